@@ -1,0 +1,234 @@
+"""`ViTConfig`: one frozen record of every architectural and numerics choice.
+
+Nothing a backend computes may depend on a framework default: every choice that
+frameworks disagree on (GELU form, LayerNorm eps, token layout, position-table
+resampling kernel, ...) is a field here, and the backends read it from here.
+
+Widths: the model width is `embed_dim`; attention runs at `attn_dim` (default:
+`embed_dim`). When they differ, the first block maps `embed_dim -> attn_dim`
+like the token transformer of T2T-ViT: it has no outer residual around
+attention (widths differ) and relies on the value skip inside attention; every
+later block, the final norm and the head then run at `attn_dim`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+GELU_KINDS = ("erf", "tanh")
+CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
+POOL_KINDS = ("token", "mean")
+POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
+RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear")
+
+
+class ConfigError(ValueError):
+    """A ViTConfig that cannot describe a working model."""
+
+
+def _pair(value: Any, what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    try:
+        h, w = value
+        return (int(h), int(w))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be an int or a (height, width) pair, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    name: str = "custom"
+    # --- input and tokens -------------------------------------------------
+    image_size: tuple[int, int] = (224, 224)  # (height, width)
+    in_chans: int = 3
+    patch_size: int = 16
+    # --- widths ------------------------------------------------------------
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    attn_dim: int | None = None  # None: same as embed_dim
+    qkv_bias: bool = True
+    qk_scale: float | None = None  # None: head_dim ** -0.5
+    attn_value_skip: bool = False  # T2T-style: attn(x) = v + proj(softmax(qk) v)
+    # --- tokens and positions -----------------------------------------------
+    class_token: str = "learned"  # learned | zeros (fixed "prediction token") | none
+    pool: str = "token"  # token | mean (mean is over patch tokens only)
+    pos_embed: str = "learned"  # learned | sincos1d | sincos2d | none
+    pos_grid: tuple[int, int] | None = None  # grid of the learned table; None: the image grid
+    resize_kernel: str = "bicubic"  # used when the image grid differs from pos_grid
+    # --- numerics -----------------------------------------------------------
+    gelu: str = "erf"
+    layer_norm_eps: float = 1e-6
+    # --- head ---------------------------------------------------------------
+    final_norm: bool = True  # LayerNorm over all tokens before pooling (key `norm`)
+    fc_norm: bool = False  # LayerNorm after pooling (timm avg-pool models, key `fc_norm`)
+    representation_size: int | None = None  # pre-logits Linear + Tanh (key `pre_logits.fc`)
+    num_classes: int = 1000  # 0: features only
+    output_softmax: bool = False
+    # --- training only --------------------------------------------------------
+    dropout: float = 0.0  # after position embedding, attention proj and MLP layers
+    attn_dropout: float = 0.0  # on the attention probabilities
+    drop_path: float = 0.0  # stochastic depth, linearly increasing to this rate
+    # --- free text ------------------------------------------------------------
+    notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", _pair(self.image_size, "image_size"))
+        if self.pos_grid is not None:
+            object.__setattr__(self, "pos_grid", _pair(self.pos_grid, "pos_grid"))
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"config {self.name!r}: {msg}")
+
+        h, w = self.image_size
+        p = self.patch_size
+        for fname in ("in_chans", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim"):
+            v = getattr(self, fname)
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{fname} must be a positive int, got {v!r}")
+        need(h > 0 and w > 0, f"image_size must be positive, got {self.image_size}")
+        need(h % p == 0 and w % p == 0, f"image_size {h}x{w} is not divisible by patch_size {p}")
+        a = self.width
+        need(self.attn_dim is None or self.attn_dim > 0, f"attn_dim must be positive, got {self.attn_dim}")
+        need(a % self.num_heads == 0, f"attention width {a} is not divisible by num_heads {self.num_heads}")
+        if self.attn_dim is not None and self.attn_dim != self.embed_dim:
+            need(self.attn_value_skip, "attn_dim != embed_dim needs attn_value_skip (the first block has no outer residual)")
+        need(self.gelu in GELU_KINDS, f"gelu must be one of {GELU_KINDS}, got {self.gelu!r}")
+        need(self.class_token in CLASS_TOKEN_KINDS, f"class_token must be one of {CLASS_TOKEN_KINDS}, got {self.class_token!r}")
+        need(self.pool in POOL_KINDS, f"pool must be one of {POOL_KINDS}, got {self.pool!r}")
+        need(self.pos_embed in POS_EMBED_KINDS, f"pos_embed must be one of {POS_EMBED_KINDS}, got {self.pos_embed!r}")
+        need(self.resize_kernel in RESIZE_KERNELS, f"resize_kernel must be one of {RESIZE_KERNELS}, got {self.resize_kernel!r}")
+        need(not (self.pool == "token" and self.class_token == "none"), "pool='token' needs a class token (use pool='mean')")
+        need(self.pos_grid is None or self.pos_embed == "learned", "pos_grid only applies to a learned position table")
+        if self.pos_embed == "sincos1d":
+            need(self.embed_dim % 2 == 0, f"sincos1d needs an even embed_dim, got {self.embed_dim}")
+        if self.pos_embed == "sincos2d":
+            need(self.embed_dim % 4 == 0, f"sincos2d needs embed_dim divisible by 4, got {self.embed_dim}")
+        need(isinstance(self.layer_norm_eps, float) and self.layer_norm_eps > 0, f"layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
+        need(self.qk_scale is None or self.qk_scale > 0, f"qk_scale must be positive, got {self.qk_scale}")
+        need(not (self.final_norm and self.fc_norm), "final_norm and fc_norm are exclusive (timm: norm xor fc_norm)")
+        need(self.representation_size is None or self.representation_size > 0, "representation_size must be positive or None")
+        need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+        need(not (self.output_softmax and self.num_classes == 0), "output_softmax needs a classifier (num_classes > 0)")
+        for fname in ("dropout", "attn_dropout", "drop_path"):
+            v = getattr(self, fname)
+            need(0.0 <= v < 1.0, f"{fname} must be in [0, 1), got {v}")
+
+    # ----------------------------------------------------------- derived sizes
+    @property
+    def width(self) -> int:
+        """Width of the attention and of every stage after block 0."""
+        return self.attn_dim if self.attn_dim is not None else self.embed_dim
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def scale(self) -> float:
+        return self.qk_scale if self.qk_scale is not None else self.head_dim ** -0.5
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0 if self.class_token == "none" else 1
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def table_grid(self) -> tuple[int, int]:
+        """Grid the learned position table is stored for."""
+        return self.pos_grid if self.pos_grid is not None else self.grid
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the `pre_logits` stage (input of the head)."""
+        return self.representation_size if self.representation_size else self.width
+
+    def block_in_dim(self, i: int) -> int:
+        return self.embed_dim if i == 0 else self.width
+
+    def stage_names(self) -> list[str]:
+        return ["patch_embed", "embed", *[f"block_{i}" for i in range(self.depth)], "norm", "pre_logits", "logits"]
+
+    def with_image_size(self, image_size: Any) -> "ViTConfig":
+        """Same weights at another input size: a learned table keeps its stored grid."""
+        pos_grid = self.table_grid if self.pos_embed == "learned" else None
+        new = dataclasses.replace(self, image_size=_pair(image_size, "image_size"), pos_grid=pos_grid)
+        if new.pos_grid == new.grid:
+            new = dataclasses.replace(new, pos_grid=None)
+        return new
+
+    def replace(self, **changes: Any) -> "ViTConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------ conversions
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        if self.pos_grid is not None:
+            d["pos_grid"] = list(self.pos_grid)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; known fields: {sorted(known)}")
+        d = dict(d)
+        if "layer_norm_eps" in d:
+            d["layer_norm_eps"] = float(d["layer_norm_eps"])
+        for k in ("dropout", "attn_dropout", "drop_path"):
+            if k in d:
+                d[k] = float(d[k])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ViTConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config JSON must be an object, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+    def describe_numerics(self) -> dict[str, Any]:
+        """The choices frameworks disagree on, for `inspect` and reports."""
+        return {
+            "gelu": self.gelu,
+            "layer_norm_eps": self.layer_norm_eps,
+            "qk_scale": self.scale,
+            "qkv_bias": self.qkv_bias,
+            "attn_value_skip": self.attn_value_skip,
+            "class_token": self.class_token,
+            "pool": self.pool,
+            "pos_embed": self.pos_embed,
+            "pos_table_grid": list(self.table_grid) if self.pos_embed == "learned" else None,
+            "resize_kernel": self.resize_kernel,
+            "final_norm": self.final_norm,
+            "fc_norm": self.fc_norm,
+            "pre_logits": self.representation_size,
+            "output_softmax": self.output_softmax,
+        }

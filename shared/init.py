@@ -1,0 +1,62 @@
+"""Deterministic random weights for a config.
+
+Each tensor draws from its own generator seeded by (seed, crc32(key)), so adding
+a key never changes the others. Linear and conv weights are truncated normal
+(|z| <= 2, as timm) with std 1/sqrt(fan_in), which keeps activations O(1) and
+attention far from uniform, so a swapped q/k or a wrong scale shows in the output.
+LayerNorm scales are 1 + 0.1 z and every bias, class token and position row is
+non-zero, so every parameter affects the output and the tests exercise it.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from .config import ViTConfig
+from .weights import expected_shapes
+
+
+def _trunc_normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
+    z = rng.standard_normal(shape)
+    bad = np.abs(z) > 2.0
+    while bad.any():
+        z[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(z) > 2.0
+    return z * std
+
+
+def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    state = {}
+    for key, shape in expected_shapes(cfg).items():
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+        if key.endswith(("norm1.weight", "norm2.weight")) or key in ("norm.weight", "fc_norm.weight"):
+            v = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif key.endswith(".bias"):
+            v = 0.02 * rng.standard_normal(shape)
+        elif key in ("cls_token", "pos_embed"):
+            v = _trunc_normal(rng, shape, 0.5)
+        else:  # linear (out, in) or conv (out, in, kh, kw)
+            fan_in = int(np.prod(shape[1:]))
+            v = _trunc_normal(rng, shape, fan_in ** -0.5)
+        state[key] = v.astype(np.float32)
+    return state
+
+
+def random_images(cfg: ViTConfig, batch: int = 2, seed: int = 0, kind: str = "normal",
+                  image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """NCHW float32 inputs: normal, uniform ([0, 1]), zeros or large (normal * 100)."""
+    h, w = image_size or cfg.image_size
+    shape = (batch, cfg.in_chans, h, w)
+    rng = np.random.default_rng([seed, 7])
+    if kind == "normal":
+        x = rng.standard_normal(shape)
+    elif kind == "uniform":
+        x = rng.uniform(0.0, 1.0, shape)
+    elif kind == "zeros":
+        x = np.zeros(shape)
+    elif kind == "large":
+        x = 100.0 * rng.standard_normal(shape)
+    else:
+        raise ValueError(f"unknown input kind {kind!r}; known: normal, uniform, zeros, large")
+    return x.astype(np.float32)

@@ -1,0 +1,182 @@
+"""Position tables: the fixed sinusoidal ones, and resampling a learned table to a new grid.
+
+Resampling is written as two interpolation matrices, `table' = Wh @ table @ Ww^T`
+per channel, built here in float64 from the pinned kernel. Every backend applies
+the same matrices (so gradients flow and the kernel is the same everywhere);
+`resample_grid` is the NumPy reference of that product.
+
+Kernels (all with half-pixel centres, i.e. `align_corners=False`):
+  bicubic            torch/HF convention: Keys cubic with a = -0.75, taps clamped at
+                     the border, no antialias (`F.interpolate(mode="bicubic")`).
+  bicubic_antialias  timm's default: a separable Keys cubic with a = -0.5 (Pillow's),
+                     widened by the scale when downsampling, taps outside the image
+                     dropped and the rest renormalised
+                     (`F.interpolate(mode="bicubic", antialias=True)`).
+  bilinear           `F.interpolate(mode="bilinear")`, no antialias.
+Note that TensorFlow/Keras `image.resize(method="bicubic")` uses a = -0.5 with
+a different border rule, i.e. none of the above: backends must not call it.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from .config import RESIZE_KERNELS, ViTConfig
+
+
+# ----------------------------------------------------------------- fixed tables
+def sincos_1d(num_tokens: int, dim: int) -> np.ndarray:
+    """The seed's table: angle(i, j) = i / 10000^(2*(j//2)/dim); sin on even j, cos on odd j.
+
+    Returns (num_tokens, dim) float64; row 0 belongs to the class token when there is one.
+    """
+    i = np.arange(num_tokens, dtype=np.float64)[:, None]
+    j = np.arange(dim)[None, :]
+    angle = i / np.power(10000.0, 2 * (j // 2) / dim)
+    table = np.empty_like(angle)
+    table[:, 0::2] = np.sin(angle[:, 0::2])
+    table[:, 1::2] = np.cos(angle[:, 1::2])
+    return table
+
+
+def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> np.ndarray:
+    """big_vision's `posemb_sincos_2d`: [sin x, cos x, sin y, cos y] with dim/4 frequencies each.
+
+    omega_k = 1 / temperature^(k / (dim/4 - 1)); rows in row-major grid order. (gh*gw, dim) float64.
+    """
+    gh, gw = grid
+    if dim % 4:
+        raise ValueError(f"sincos_2d needs dim divisible by 4, got {dim}")
+    q = dim // 4
+    omega = np.arange(q, dtype=np.float64) / max(q - 1, 1)
+    omega = 1.0 / temperature ** omega
+    y, x = np.mgrid[:gh, :gw]
+    y = y.reshape(-1, 1).astype(np.float64) * omega[None, :]
+    x = x.reshape(-1, 1).astype(np.float64) * omega[None, :]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+
+
+# ------------------------------------------------------------------- resampling
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    return np.where(x <= 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _matrix_bicubic(n_in: int, n_out: int) -> np.ndarray:
+    # torch upsample_bicubic2d: src = scale*(dst+0.5)-0.5 (not clamped), 4 taps clamped to the border.
+    scale = n_in / n_out
+    w = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        src = scale * (o + 0.5) - 0.5
+        i0 = math.floor(src)
+        t = src - i0
+        coeffs = _cubic(np.array([t + 1.0, t, 1.0 - t, 2.0 - t]), -0.75)
+        for k, c in enumerate(coeffs):
+            w[o, min(max(i0 - 1 + k, 0), n_in - 1)] += c
+    return w
+
+
+def _matrix_bilinear(n_in: int, n_out: int) -> np.ndarray:
+    # torch upsample_bilinear2d: src clamped at 0, right tap clamped at the border.
+    scale = n_in / n_out
+    w = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        src = max(scale * (o + 0.5) - 0.5, 0.0)
+        i0 = int(src)
+        i1 = i0 + 1 if i0 < n_in - 1 else i0
+        lam = src - i0
+        w[o, i0] += 1.0 - lam
+        w[o, i1] += lam
+    return w
+
+
+def _matrix_antialias(n_in: int, n_out: int, filt, interp_size: int) -> np.ndarray:
+    # torch's separable antialias path (Pillow's algorithm): support widens by the scale when shrinking.
+    scale = n_in / n_out
+    support = interp_size * 0.5 * (scale if scale >= 1.0 else 1.0)
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    w = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        center = scale * (o + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        taps = np.arange(lo, hi)
+        weights = filt((taps - center + 0.5) * invscale)
+        total = weights.sum()
+        if total != 0.0:
+            weights = weights / total
+        w[o, lo:hi] = weights
+    return w
+
+
+@lru_cache(maxsize=256)
+def _resize_matrix_cached(n_in: int, n_out: int, kernel: str) -> np.ndarray:
+    if kernel == "bicubic":
+        m = _matrix_bicubic(n_in, n_out)
+    elif kernel == "bilinear":
+        m = _matrix_bilinear(n_in, n_out)
+    elif kernel == "bicubic_antialias":
+        m = _matrix_antialias(n_in, n_out, lambda x: _cubic(x, -0.5), 4)
+    else:
+        raise ValueError(f"unknown resize kernel {kernel!r}; known: {RESIZE_KERNELS}")
+    m.setflags(write=False)
+    return m
+
+
+def resize_matrix(n_in: int, n_out: int, kernel: str) -> np.ndarray:
+    """(n_out, n_in) float64 matrix that resamples one axis with the pinned kernel."""
+    if n_in <= 0 or n_out <= 0:
+        raise ValueError(f"resize sizes must be positive, got {n_in} -> {n_out}")
+    if n_in == n_out:
+        return np.eye(n_in)
+    return _resize_matrix_cached(n_in, n_out, kernel)
+
+
+def resample_grid(table: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int], kernel: str) -> np.ndarray:
+    """Resample a (gh*gw, D) patch table laid out row-major to new_grid: Wh @ T @ Ww^T per channel."""
+    gh, gw = old_grid
+    if table.shape[0] != gh * gw:
+        raise ValueError(f"table has {table.shape[0]} rows, grid {gh}x{gw} needs {gh * gw}")
+    if tuple(old_grid) == tuple(new_grid):
+        return table
+    wh = resize_matrix(gh, new_grid[0], kernel)
+    ww = resize_matrix(gw, new_grid[1], kernel)
+    grid = table.reshape(gh, gw, -1)
+    out = np.einsum("ah,hwd,bw->abd", wh, grid, ww)
+    return out.reshape(new_grid[0] * new_grid[1], -1)
+
+
+def resample_pos_embed(pos_embed: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                       num_prefix_tokens: int, kernel: str) -> np.ndarray:
+    """timm-layout (1, prefix + gh*gw, D) table to a new grid; prefix rows are kept as they are."""
+    table = pos_embed[0]
+    prefix, patches = table[:num_prefix_tokens], table[num_prefix_tokens:]
+    out = resample_grid(patches.astype(np.float64), old_grid, new_grid, kernel)
+    return np.concatenate([prefix.astype(np.float64), out], axis=0)[None].astype(pos_embed.dtype)
+
+
+def fixed_table(cfg: ViTConfig, grid: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The (tokens, D) float64 table for a sinusoidal config at `grid` (default: cfg.grid); None otherwise."""
+    grid = tuple(grid or cfg.grid)
+    n_prefix = cfg.num_prefix_tokens
+    if cfg.pos_embed == "sincos1d":
+        return sincos_1d(n_prefix + grid[0] * grid[1], cfg.embed_dim)
+    if cfg.pos_embed == "sincos2d":
+        # The class token gets position zero (MAE's convention for a 2-D table).
+        return np.concatenate([np.zeros((n_prefix, cfg.embed_dim)), sincos_2d(grid, cfg.embed_dim)], axis=0)
+    return None
+
+
+def position_table(cfg: ViTConfig, params: dict[str, np.ndarray], grid: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The (tokens, D) float64 table added to the tokens at `grid`, or None (no position embedding)."""
+    grid = tuple(grid or cfg.grid)
+    if cfg.pos_embed == "none":
+        return None
+    if cfg.pos_embed == "learned":
+        table = np.asarray(params["pos_embed"], dtype=np.float64)
+        return resample_pos_embed(table, cfg.table_grid, grid, cfg.num_prefix_tokens, cfg.resize_kernel)[0]
+    return fixed_table(cfg, grid)

@@ -1,0 +1,180 @@
+"""The float64 NumPy reference forward, written to be read.
+
+`forward(cfg, params, images)` returns every named stage (see `ViTConfig.stage_names`):
+  patch_embed  (B, N, D)   patches projected (conv with stride = kernel = patch)
+  embed        (B, T, D)   class/prediction token prepended, position table added
+  block_i      (B, T, W)   after transformer block i (W = cfg.width)
+  norm         (B, T, W)   after the final LayerNorm (= last block when there is none)
+  pre_logits   (B, F)      pooled (+ fc_norm) (+ Linear-Tanh pre-logits): the head's input
+  logits       (B, K)      head output (softmax applied when cfg.output_softmax; = pre_logits with no head)
+
+`dtype` other than float64 emulates a real kernel at that precision: weights and
+inputs are rounded to it, every matmul accumulates in float32 and rounds its
+result, LayerNorm/softmax/GELU compute in float32 and round their output, and each
+residual add rounds. That run's error against float64 is the yardstick low-precision
+backends are judged by (see shared/tolerances.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import ViTConfig
+from .posemb import position_table
+
+try:  # exact erf for the float64 GELU; scipy comes with scikit-learn
+    from scipy.special import erf as _erf
+except ImportError:  # pragma: no cover - exercised only without scipy
+    import math
+
+    _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+REFERENCE_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
+def _np_dtype(name: str):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+class _Numerics:
+    """Where a real kernel rounds: `r(x)` rounds to the storage dtype; math runs in `compute`."""
+
+    def __init__(self, dtype: str):
+        if dtype not in REFERENCE_DTYPES:
+            raise ValueError(f"reference dtype must be one of {REFERENCE_DTYPES}, got {dtype!r}")
+        self.dtype = dtype
+        self.compute = np.float64 if dtype == "float64" else np.float32
+        self.storage = _np_dtype(dtype)
+
+    def r(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if self.dtype in ("float64", "float32"):
+            return x.astype(self.compute, copy=False)
+        return x.astype(self.storage).astype(self.compute)
+
+    def linear(self, x, w, b=None):
+        y = x @ w.T
+        if b is not None:
+            y = y + b
+        return self.r(y)
+
+    def layer_norm(self, x, w, b, eps):
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return self.r((x - mean) / np.sqrt(var + eps) * w + b)
+
+    def gelu(self, x, kind):
+        if kind == "erf":
+            y = 0.5 * x * (1.0 + _erf(x.astype(np.float64) / np.sqrt(2.0)))
+        else:
+            c = np.sqrt(2.0 / np.pi)
+            y = 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x.astype(np.float64) ** 3)))
+        return self.r(y)
+
+    def softmax(self, s):
+        s = s - s.max(-1, keepdims=True)  # max-subtracted: logits of 1e4 stay finite
+        e = np.exp(s)
+        return self.r(e / e.sum(-1, keepdims=True))
+
+
+def attention(nm: _Numerics, cfg: ViTConfig, p: dict, prefix: str, x: np.ndarray, want_attn: bool = False):
+    """Multi-head self-attention; returns (output, attention probabilities or None)."""
+    B, T, _ = x.shape
+    H, hd, A = cfg.num_heads, cfg.head_dim, cfg.width
+    qkv = nm.linear(x, p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias"))
+    qkv = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)  # rows of qkv: q, k, v
+    q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
+    scores = nm.r((q @ k.transpose(0, 1, 3, 2)) * cfg.scale)
+    probs = nm.softmax(scores)
+    out = nm.r(probs @ v).transpose(0, 2, 1, 3).reshape(B, T, A)
+    out = nm.linear(out, p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
+    if cfg.attn_value_skip:
+        out = nm.r(v.transpose(0, 2, 1, 3).reshape(B, T, A) + out)
+    return out, (probs if want_attn else None)
+
+
+def block(nm: _Numerics, cfg: ViTConfig, p: dict, i: int, x: np.ndarray, want_attn: bool = False):
+    pre = f"blocks.{i}"
+    eps = cfg.layer_norm_eps
+    h = nm.layer_norm(x, p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"], eps)
+    y, probs = attention(nm, cfg, p, f"{pre}.attn", h, want_attn)
+    # Widths differ only in a T2T-style first block: then there is no outer residual.
+    x = nm.r(x + y) if cfg.block_in_dim(i) == cfg.width else y
+    h = nm.layer_norm(x, p[f"{pre}.norm2.weight"], p[f"{pre}.norm2.bias"], eps)
+    h = nm.gelu(nm.linear(h, p[f"{pre}.mlp.fc1.weight"], p[f"{pre}.mlp.fc1.bias"]), cfg.gelu)
+    h = nm.linear(h, p[f"{pre}.mlp.fc2.weight"], p[f"{pre}.mlp.fc2.bias"])
+    return nm.r(x + h), probs
+
+
+def patchify(images: np.ndarray, patch: int) -> np.ndarray:
+    """(B, C, H, W) -> (B, gh*gw, C*P*P), patches row-major, each flattened (c, i, j) like a conv weight."""
+    B, C, H, W = images.shape
+    gh, gw = H // patch, W // patch
+    x = images.reshape(B, C, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, gh * gw, C * patch * patch)
+
+
+def check_images(cfg: ViTConfig, images: np.ndarray) -> tuple[int, int]:
+    """Validate an NCHW batch against cfg; returns its patch grid."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be NCHW (4-D), got shape {images.shape}")
+    _, C, H, W = images.shape
+    if C != cfg.in_chans:
+        raise ValueError(f"images have {C} channels, config {cfg.name!r} expects {cfg.in_chans} (shape {images.shape})")
+    if H % cfg.patch_size or W % cfg.patch_size:
+        raise ValueError(f"image {H}x{W} is not divisible by patch size {cfg.patch_size}")
+    return (H // cfg.patch_size, W // cfg.patch_size)
+
+
+def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, dtype: str = "float64",
+            return_attn: bool = False) -> dict[str, np.ndarray]:
+    """Run the reference; images are NCHW of any size divisible by the patch (the position table is resampled)."""
+    nm = _Numerics(dtype)
+    grid = check_images(cfg, images)
+    p = {k: nm.r(v) for k, v in params.items()}
+    x = nm.r(images)
+    B = x.shape[0]
+    out: dict[str, np.ndarray] = {}
+
+    w = p["patch_embed.proj.weight"].reshape(cfg.embed_dim, -1)
+    x = nm.linear(patchify(x, cfg.patch_size), w, p["patch_embed.proj.bias"])
+    out["patch_embed"] = x
+
+    if cfg.class_token == "learned":
+        x = np.concatenate([np.broadcast_to(p["cls_token"], (B, 1, cfg.embed_dim)), x], axis=1)
+    elif cfg.class_token == "zeros":
+        x = np.concatenate([np.zeros((B, 1, cfg.embed_dim), dtype=x.dtype), x], axis=1)
+    table = position_table(cfg, params, grid)
+    if table is not None:
+        x = nm.r(x + nm.r(table))
+    out["embed"] = x
+
+    attn_maps = []
+    for i in range(cfg.depth):
+        x, probs = block(nm, cfg, p, i, x, return_attn)
+        out[f"block_{i}"] = x
+        attn_maps.append(probs)
+
+    if cfg.final_norm:
+        x = nm.layer_norm(x, p["norm.weight"], p["norm.bias"], cfg.layer_norm_eps)
+    out["norm"] = x
+
+    n0 = cfg.num_prefix_tokens
+    x = x[:, 0] if cfg.pool == "token" else nm.r(x[:, n0:].mean(axis=1))
+    if cfg.fc_norm:
+        x = nm.layer_norm(x, p["fc_norm.weight"], p["fc_norm.bias"], cfg.layer_norm_eps)
+    if cfg.representation_size:
+        x = nm.r(np.tanh(nm.linear(x, p["pre_logits.fc.weight"], p["pre_logits.fc.bias"])))
+    out["pre_logits"] = x
+
+    if cfg.num_classes:
+        x = nm.linear(x, p["head.weight"], p["head.bias"])
+        if cfg.output_softmax:
+            x = nm.softmax(x)
+    out["logits"] = x
+    if return_attn:
+        out.update({f"attn_{i}": a for i, a in enumerate(attn_maps)})
+    return out

@@ -1,0 +1,167 @@
+"""The tolerance policy: one place, used by `vit-suite check`, printed by `--explain`, used by the tests.
+
+Every stage is compared with the float64 reference by its relative L2 error
+
+    err = ||y - y64|| / max(||y64||, sqrt(n) * RMS_FLOOR)
+
+(the floor keeps stages that are legitimately ~0 from dividing by ~0).
+
+float32: err <= F32_SAFETY * u32 * sqrt(K) * (L + 1)
+    u32 = 2^-24 is float32's unit roundoff. A length-K dot product with
+    independent rounding errors has relative error ~ u * sqrt(K) (Higham's
+    probabilistic bound; the worst case K*u is never approached by BLAS's blocked
+    sums). K is the longest reduction in the model (C*P*P, width or MLP width).
+    L counts the transformer blocks the stage has been through: the residual stream
+    carries each block's rounding forward, so errors add per block. F32_SAFETY
+    covers the ~6 roundings per block (qkv, scores, softmax, attn*v, proj, MLP) and
+    the per-block gain. Measured float32 errors sit 30-300x below this bound,
+    while the bugs this suite exists for (q/k swapped, tanh for erf GELU, a wrong
+    scale or eps, a transposed kernel) are 1e-3 .. 1.
+
+bfloat16 / float16: err <= LOWP_MULTIPLIER * err_ref + LOWP_FLOOR_UNITS * u_dtype
+    err_ref is the error of the reference itself run at that precision
+    (shared/reference.py rounds where a real kernel rounds) on the same weights and
+    inputs. This is the approach of flash-attention's and PyTorch's attention tests:
+    a low-precision kernel may be no worse than a small multiple of what an honest
+    low-precision computation loses; the floor absorbs one extra rounding.
+
+Across backends: two backends that each pass are within bound_a + bound_b of each
+other (triangle inequality), which is the pairwise bound.
+
+Top-1 agreement with the reference is reported, not judged: near-ties can flip
+legitimately at low precision.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from .config import ViTConfig
+
+UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+F32_SAFETY = 8.0
+LOWP_MULTIPLIER = 3.0
+LOWP_FLOOR_UNITS = 2.0
+RMS_FLOOR = 1e-2
+
+
+def reduction_length(cfg: ViTConfig) -> int:
+    return max(cfg.in_chans * cfg.patch_size ** 2, cfg.embed_dim, cfg.width, cfg.mlp_dim)
+
+
+def blocks_before(cfg: ViTConfig, stage: str) -> int:
+    """How many transformer blocks feed this stage."""
+    if stage in ("patch_embed", "embed"):
+        return 0
+    if stage.startswith("block_"):
+        return int(stage.split("_")[1]) + 1
+    return cfg.depth
+
+
+def fp32_bound(cfg: ViTConfig, stage: str) -> float:
+    return F32_SAFETY * UNIT_ROUNDOFF["float32"] * math.sqrt(reduction_length(cfg)) * (blocks_before(cfg, stage) + 1)
+
+
+def lowp_bound(dtype: str, reference_error: float) -> float:
+    return LOWP_MULTIPLIER * reference_error + LOWP_FLOOR_UNITS * UNIT_ROUNDOFF[dtype]
+
+
+def rel_l2(actual: np.ndarray, expected: np.ndarray) -> float:
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise ValueError(f"shape mismatch: got {a.shape}, reference {e.shape}")
+    denom = max(float(np.linalg.norm(e)), math.sqrt(e.size) * RMS_FLOOR)
+    return float(np.linalg.norm(a - e)) / denom
+
+
+@dataclass
+class StageResult:
+    stage: str
+    rel_l2: float
+    bound: float
+    max_abs: float
+    max_rel: float
+    cosine: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.isfinite(self.rel_l2)) and self.rel_l2 <= self.bound
+
+
+@dataclass
+class Verdict:
+    dtype: str
+    stages: list[StageResult] = field(default_factory=list)
+    top1_agreement: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(s.passed for s in self.stages)
+
+    @property
+    def first_failure(self) -> StageResult | None:
+        return next((s for s in self.stages if not s.passed), None)
+
+    def summary(self) -> str:
+        f = self.first_failure
+        if f is None:
+            worst = max(self.stages, key=lambda s: s.rel_l2 / s.bound)
+            return f"pass ({self.dtype}; worst {worst.stage}: {worst.rel_l2:.2e} <= {worst.bound:.2e})"
+        return f"FAIL ({self.dtype}): first stage out of bound is {f.stage}: rel L2 {f.rel_l2:.3e} > {f.bound:.3e}"
+
+
+def stage_metrics(stage: str, actual: np.ndarray, expected: np.ndarray, bound: float) -> StageResult:
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    err = rel_l2(a, e)
+    d = np.abs(a - e)
+    scale = max(float(np.sqrt(np.mean(e ** 2))), RMS_FLOOR)
+    na, ne = float(np.linalg.norm(a)), float(np.linalg.norm(e))
+    cos = float(np.sum(a * e) / (na * ne)) if na > 0 and ne > 0 else float(na == ne)
+    return StageResult(stage, err, bound, float(d.max(initial=0.0)),
+                       float((d / (np.abs(e) + 1e-3 * scale)).max(initial=0.0)), cos)
+
+
+def stage_bounds(cfg: ViTConfig, dtype: str, ref64: Mapping[str, np.ndarray],
+                 ref_lowp: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Bound per stage. Low precision needs the reference run at that dtype (`reference.forward(..., dtype=)`)."""
+    stages = [s for s in cfg.stage_names() if s in ref64]
+    if dtype == "float32":
+        return {s: fp32_bound(cfg, s) for s in stages}
+    if dtype not in ("bfloat16", "float16"):
+        raise ValueError(f"no tolerance policy for dtype {dtype!r}")
+    if ref_lowp is None:
+        raise ValueError(f"{dtype} bounds need the reference's own {dtype} run (ref_lowp)")
+    return {s: lowp_bound(dtype, rel_l2(ref_lowp[s], ref64[s])) for s in stages}
+
+
+def top1(logits_a: np.ndarray, logits_b: np.ndarray) -> float | None:
+    if logits_a.ndim != 2 or logits_a.shape[1] < 2:
+        return None
+    return float(np.mean(np.argmax(logits_a, 1) == np.argmax(logits_b, 1)))
+
+
+def judge(cfg: ViTConfig, dtype: str, actual: Mapping[str, np.ndarray], ref64: Mapping[str, np.ndarray],
+          ref_lowp: Mapping[str, np.ndarray] | None = None) -> Verdict:
+    """Compare every stage of a backend's output with the reference under this policy."""
+    bounds = stage_bounds(cfg, dtype, ref64, ref_lowp)
+    missing = [s for s in bounds if s not in actual]
+    if missing:
+        raise ValueError(f"backend output lacks stages {missing}")
+    v = Verdict(dtype, [stage_metrics(s, actual[s], ref64[s], b) for s, b in bounds.items()])
+    if cfg.num_classes:
+        v.top1_agreement = top1(np.asarray(actual["logits"]), np.asarray(ref64["logits"]))
+    return v
+
+
+def explain(cfg: ViTConfig | None = None) -> str:
+    text = __doc__.strip()
+    if cfg is not None:
+        k = reduction_length(cfg)
+        text += (f"\n\nFor {cfg.name}: K = {k}, depth = {cfg.depth}; float32 bound "
+                 f"{fp32_bound(cfg, 'patch_embed'):.2e} at patch_embed .. {fp32_bound(cfg, 'logits'):.2e} at logits.")
+    return text

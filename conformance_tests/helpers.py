@@ -1,0 +1,48 @@
+"""Shared test helpers: preset lists, cached reference runs, and the policy's assertion."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from shared import reference, tolerances
+from shared.init import init_weights, random_images
+from shared.presets import get_preset
+
+#: Presets every backend is tested on in the CI-sized run (toy sizes cover every config option).
+TINY_PRESETS = ["tiny", "tiny_meanpool", "tiny_t2t", "tiny_pretrain"]
+#: Seed models; the T2T walkthrough has only 15 tokens and runs in the CI-sized set, the B/16-shaped ones are slow.
+SEED_FAST = ["seed_t2t_walkthrough"]
+SEED_SLOW = ["seed_classic_torch", "seed_keras", "seed_mindspore"]
+SMALL_SLOW = ["vit_tiny_patch16_224", "vit_small_patch16_224"]
+LOWP_DTYPES = ["bfloat16", "float16"]
+
+
+@lru_cache(maxsize=32)
+def case(preset: str, seed: int = 0, batch: int = 2, kind: str = "normal", image_size: tuple | None = None):
+    """(cfg, state, images) for a preset; cached so every backend sees the same arrays."""
+    cfg = get_preset(preset)
+    return cfg, init_weights(cfg, seed), random_images(cfg, batch, seed, kind, image_size)
+
+
+_ref_cache: dict = {}
+
+
+def reference_stages(preset: str, dtype: str = "float64", **case_kw) -> dict[str, np.ndarray]:
+    key = (preset, dtype, tuple(sorted(case_kw.items())))
+    if key not in _ref_cache:
+        cfg, state, x = case(preset, **case_kw)
+        _ref_cache[key] = reference.forward(cfg, state, x, dtype=dtype)
+    return _ref_cache[key]
+
+
+def assert_conforms(preset: str, dtype: str, actual: dict[str, np.ndarray], **case_kw) -> tolerances.Verdict:
+    """Every stage within the policy's bound of the float64 reference; the message names the first failure."""
+    cfg = case(preset, **case_kw)[0]
+    ref64 = reference_stages(preset, "float64", **case_kw)
+    ref_lp = reference_stages(preset, dtype, **case_kw) if dtype != "float32" else None
+    v = tolerances.judge(cfg, dtype, actual, ref64, ref_lp)
+    table = "\n".join(f"  {s.stage:12s} rel_l2={s.rel_l2:.3e} bound={s.bound:.3e} max_abs={s.max_abs:.3e}"
+                      for s in v.stages)
+    assert v.passed, f"{preset} {dtype}: {v.summary()}\n{table}"
+    return v

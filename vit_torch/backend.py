@@ -1,0 +1,82 @@
+"""`TorchBackend`: the suite's Backend interface over vit_torch.
+
+Float32 matmul settings are pinned explicitly (never inherited): TF32 is off for CUDA matmul
+and cuDNN, and the oneDNN (mkldnn) CPU backend stays enabled (torch's default CPU path; its
+float32 GEMMs accumulate in float32). bfloat16/float16 models hold their weights in that dtype;
+their errors are judged by the low-precision rule of shared/tolerances.py.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from shared.backend import Backend, BackendError
+from shared.config import ViTConfig
+
+from . import convert
+from .model import TORCH_DTYPES, VisionTransformer, build_model
+
+
+def pin_float32_numerics() -> None:
+    """Keep float32 matmuls in true float32 everywhere (no TF32 / reduced-precision reductions)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    torch.backends.mkldnn.enabled = True
+    torch.set_float32_matmul_precision("highest")
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    requires = ("torch",)
+    dtypes = ("float32", "bfloat16", "float16")
+    native_suffixes = (".pt", ".pth", ".safetensors")
+
+    def __init__(self) -> None:
+        pin_float32_numerics()
+
+    def build(self, cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *,
+              dtype: str = "float32", seed: int = 0, fused_attn: bool = True) -> VisionTransformer:
+        self.check_dtype(dtype)
+        return build_model(cfg, state, dtype=dtype, seed=seed, fused_attn=fused_attn)
+
+    def export(self, model: VisionTransformer) -> dict[str, np.ndarray]:
+        return convert.to_canonical(model)
+
+    def forward(self, model: VisionTransformer, images: np.ndarray) -> dict[str, np.ndarray]:
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must be NCHW (4-D), got shape {images.shape}")
+        cfg = model.config
+        if images.shape[1] != cfg.in_chans:
+            raise ValueError(f"images have {images.shape[1]} channels, config {cfg.name!r} expects {cfg.in_chans}")
+        p = model.patch_embed.proj.weight
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(p.device, p.dtype)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                stages = model.forward_stages(x)
+        finally:
+            model.train(was_training)
+        return {k: stages[k].to("cpu", torch.float32).numpy() for k in cfg.stage_names()}
+
+    def save_native(self, model: VisionTransformer, path: str | os.PathLike) -> Path:
+        return convert.save_state_dict(model.config, model.state_dict(), path)
+
+    def load_native(self, path: str | os.PathLike, cfg: ViTConfig | None = None, *,
+                    dtype: str = "float32") -> VisionTransformer:
+        self.check_dtype(dtype)
+        cfg, tensors = convert.load_state_dict_file(path, cfg)
+        model = VisionTransformer(cfg)
+        with torch.no_grad():
+            model.load_state_dict(tensors, strict=True)
+        return model.to(TORCH_DTYPES[dtype]).eval()
+
+
+__all__ = ["TorchBackend", "BackendError", "pin_float32_numerics"]

@@ -1,0 +1,142 @@
+"""PyTorch building blocks of the suite's ViT: PatchEmbed, Attention, Mlp, Block (timm parameter names).
+
+Every numerics choice comes from `ViTConfig` (LayerNorm eps, GELU form, qk scale, value skip,
+widths); nothing relies on a torch default. Where a low-precision model (bfloat16/float16)
+reduces or normalises (softmax, mean pooling), the computation runs in float32 and rounds its
+result once, which is what `shared.reference` emulates at those dtypes.
+
+Dropout, attention dropout and stochastic depth are active only in training mode.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.config import ViTConfig
+
+
+def layer_norm(dim: int, cfg: ViTConfig) -> nn.LayerNorm:
+    """Every LayerNorm of the model: eps from the config, affine."""
+    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps, elementwise_affine=True)
+
+
+def softmax_f32(x: torch.Tensor) -> torch.Tensor:
+    """Softmax computed in float32 (max-subtracted by torch) and rounded once to x's dtype."""
+    return torch.softmax(x, dim=-1, dtype=torch.float32).to(x.dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (drops the whole residual branch), active only in training."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = float(rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches projected by a Conv2d with stride = kernel = patch: (B,C,H,W) -> (B,N,D)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image {h}x{w} is not divisible by patch size {self.patch_size}")
+        return self.proj(x).flatten(2).transpose(1, 2)  # row-major patch order
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv Linear (rows q, k, v).
+
+    Input width `in_dim` may differ from the attention width cfg.width (T2T first block).
+    With cfg.attn_value_skip the output is `v_merged + proj(softmax(q k^T * scale) v)`.
+    `fused_attn=True` uses F.scaled_dot_product_attention(scale=cfg.scale); the explicit path
+    (matmul, float32 softmax, matmul) is used otherwise and whenever attention maps are requested.
+    """
+
+    def __init__(self, cfg: ViTConfig, in_dim: int, fused_attn: bool = True):
+        super().__init__()
+        self.num_heads, self.head_dim, self.width = cfg.num_heads, cfg.head_dim, cfg.width
+        self.scale = float(cfg.scale)
+        self.value_skip = bool(cfg.attn_value_skip)
+        self.fused_attn = bool(fused_attn)
+        self.qkv = nn.Linear(in_dim, 3 * cfg.width, bias=cfg.qkv_bias)
+        self.attn_drop = nn.Dropout(cfg.attn_dropout)
+        self.proj = nn.Linear(cfg.width, cfg.width, bias=True)
+        self.proj_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        B, T, _ = x.shape
+        H, hd, W = self.num_heads, self.head_dim, self.width
+        qkv = self.qkv(x).reshape(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, H, T, hd)
+        probs = None
+        if self.fused_attn and not return_attn:
+            p = self.attn_drop.p if self.training else 0.0
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * self.scale
+            probs = softmax_f32(scores)
+            o = self.attn_drop(probs) @ v
+        o = o.transpose(1, 2).reshape(B, T, W)
+        o = self.proj_drop(self.proj(o))
+        if self.value_skip:
+            o = v.transpose(1, 2).reshape(B, T, W) + o
+        return o, probs
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, scale={self.scale}, value_skip={self.value_skip}, fused_attn={self.fused_attn}"
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (erf: approximate='none'; tanh: approximate='tanh') -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, cfg: ViTConfig, dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, cfg.mlp_dim, bias=True)
+        self.act = nn.GELU(approximate={"erf": "none", "tanh": "tanh"}[cfg.gelu])
+        self.drop1 = nn.Dropout(cfg.dropout)
+        self.fc2 = nn.Linear(cfg.mlp_dim, dim, bias=True)
+        self.drop2 = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block i, exactly like `shared.reference.block`.
+
+    When the block's input width differs from cfg.width (T2T first block) there is no outer
+    residual around attention (and so no stochastic depth on that branch).
+    """
+
+    def __init__(self, cfg: ViTConfig, index: int, drop_path: float = 0.0, fused_attn: bool = True):
+        super().__init__()
+        din = cfg.block_in_dim(index)
+        self.residual = din == cfg.width
+        self.norm1 = layer_norm(din, cfg)
+        self.attn = Attention(cfg, din, fused_attn)
+        self.drop_path1 = DropPath(drop_path if self.residual else 0.0)
+        self.norm2 = layer_norm(cfg.width, cfg)
+        self.mlp = Mlp(cfg, cfg.width)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        y, probs = self.attn(self.norm1(x), return_attn)
+        x = x + self.drop_path1(y) if self.residual else y
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x, probs

@@ -1,0 +1,169 @@
+"""`VisionTransformer`: the suite's ViT in PyTorch; `state_dict()` is the canonical state dict.
+
+Parameter names equal the canonical keys of `shared.weights.expected_shapes(cfg)`: there are no
+persistent buffers, the zero prediction token is built on the fly, fixed sin-cos tables and
+the position-table resampling matrices live in a plain per-(grid, dtype, device) cache.
+
+Dynamic input size: any H, W divisible by the patch. A learned table stored at cfg.table_grid is
+resampled to the input grid with `shared.posemb.resize_matrix` (float64 NumPy, cast to float32
+tensors) applied by einsum in float32, so gradients flow to `pos_embed`; prefix rows are kept.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.config import ViTConfig
+from shared.posemb import fixed_table, resize_matrix
+
+from .layers import Block, PatchEmbed, layer_norm, softmax_f32
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: ViTConfig, fused_attn: bool = True):
+        super().__init__()
+        self.config = cfg
+        D, W = cfg.embed_dim, cfg.width
+        self.patch_embed = PatchEmbed(cfg)
+        if cfg.class_token == "learned":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        if cfg.pos_embed == "learned":
+            gh, gw = cfg.table_grid
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + gh * gw, D))
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        rates = np.linspace(0.0, cfg.drop_path, cfg.depth) if cfg.depth > 1 else np.zeros(cfg.depth)
+        self.blocks = nn.ModuleList([Block(cfg, i, float(rates[i]), fused_attn) for i in range(cfg.depth)])
+        self.norm = layer_norm(W, cfg) if cfg.final_norm else nn.Identity()
+        self.fc_norm = layer_norm(W, cfg) if cfg.fc_norm else nn.Identity()
+        if cfg.representation_size:
+            self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(W, cfg.representation_size), act=nn.Tanh()))
+        else:
+            self.pre_logits = nn.Identity()
+        self.head = nn.Linear(cfg.feature_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self._table_cache: dict = {}  # not module state: never in state_dict
+
+    # ------------------------------------------------------------------ options
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embed.proj.weight.dtype
+
+    def set_fused_attn(self, enabled: bool) -> "VisionTransformer":
+        for b in self.blocks:
+            b.attn.fused_attn = bool(enabled)
+        return self
+
+    # ---------------------------------------------------------- position table
+    def _resample_matrices(self, grid: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("resize", grid, device)
+        if key not in self._table_cache:
+            cfg = self.config
+            (th, tw), (gh, gw) = cfg.table_grid, grid
+            wh = torch.from_numpy(np.array(resize_matrix(th, gh, cfg.resize_kernel), np.float64))
+            ww = torch.from_numpy(np.array(resize_matrix(tw, gw, cfg.resize_kernel), np.float64))
+            self._table_cache[key] = (wh.to(device, torch.float32), ww.to(device, torch.float32))
+        return self._table_cache[key]
+
+    def pos_table(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The (1, prefix + gh*gw, D) table added at `grid` (float32 for learned tables, float64 for fixed), or None."""
+        cfg = self.config
+        grid = (int(grid[0]), int(grid[1]))
+        if cfg.pos_embed == "none":
+            return None
+        if cfg.pos_embed == "learned":
+            table = self.pos_embed
+            if grid == tuple(cfg.table_grid):
+                return table
+            n0 = cfg.num_prefix_tokens
+            th, tw = cfg.table_grid
+            wh, ww = self._resample_matrices(grid, table.device)
+            patches = table[0, n0:].float().reshape(th, tw, -1)
+            out = torch.einsum("ah,hwd,bw->abd", wh, patches, ww).reshape(grid[0] * grid[1], -1)
+            return torch.cat([table[0, :n0].float(), out], dim=0)[None]
+        device = self.patch_embed.proj.weight.device
+        key = ("fixed", grid, device)
+        if key not in self._table_cache:
+            self._table_cache[key] = torch.from_numpy(fixed_table(cfg, grid)).to(device)[None]  # float64
+        return self._table_cache[key]
+
+    # ------------------------------------------------------------------ forward
+    def _embed(self, x: torch.Tensor, out: dict | None = None) -> torch.Tensor:
+        cfg = self.config
+        _, _, h, w = x.shape
+        grid = (h // cfg.patch_size, w // cfg.patch_size)
+        x = self.patch_embed(x)
+        if out is not None:
+            out["patch_embed"] = x
+        B = x.shape[0]
+        if cfg.class_token == "learned":
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
+        elif cfg.class_token == "zeros":
+            x = torch.cat([x.new_zeros(B, 1, cfg.embed_dim), x], dim=1)
+        table = self.pos_table(grid)
+        if table is not None:
+            x = x + table.to(x.dtype)
+        x = self.pos_drop(x)
+        if out is not None:
+            out["embed"] = x
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._embed(x)
+        for blk in self.blocks:
+            x, _ = blk(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        cfg = self.config
+        if cfg.pool == "token":
+            x = x[:, 0]
+        else:  # mean over patch tokens only, accumulated in float32
+            x = x[:, cfg.num_prefix_tokens:].float().mean(dim=1).to(x.dtype)
+        x = self.pre_logits(self.fc_norm(x))
+        return x if pre_logits else self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(x)
+        if self.config.num_classes and self.config.output_softmax:
+            x = softmax_f32(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_stages(self, x: torch.Tensor, return_attn: bool = False) -> dict[str, torch.Tensor]:
+        """Every stage of cfg.stage_names() as `shared.reference.forward` defines them (+ attn_i maps)."""
+        out: dict[str, torch.Tensor] = {}
+        x = self._embed(x, out)
+        maps = []
+        for i, blk in enumerate(self.blocks):
+            x, probs = blk(x, return_attn)
+            out[f"block_{i}"] = x
+            maps.append(probs)
+        x = self.norm(x)
+        out["norm"] = x
+        x = self.forward_head(x, pre_logits=True)
+        out["pre_logits"] = x
+        out["logits"] = self._logits(x)
+        if return_attn:
+            out.update({f"attn_{i}": a for i, a in enumerate(maps)})
+        return out
+
+
+def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, dtype: str = "float32",
+                seed: int = 0, fused_attn: bool = True) -> VisionTransformer:
+    """A VisionTransformer in eval mode with canonical weights (`state`, or init_weights(cfg, seed)) in `dtype`."""
+    from shared.init import init_weights
+
+    from .convert import load_canonical
+
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(TORCH_DTYPES)}, got {dtype!r}")
+    model = VisionTransformer(cfg, fused_attn=fused_attn)
+    load_canonical(model, init_weights(cfg, seed) if state is None else state)
+    return model.to(TORCH_DTYPES[dtype]).eval()

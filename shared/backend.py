@@ -15,6 +15,9 @@ Third parties register through the entry-point group `vit_suite.backends`:
 
     [project.entry-points."vit_suite.backends"]
     mine = "my_package.backend:MyBackend"
+
+or, without packaging, with the environment variable (inherited by the check's child processes)
+`VIT_SUITE_BACKENDS="mine=my_module:MyBackend,other=pkg.mod:Other"`.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from . import weights as _weights
 from .config import ViTConfig
 
 ENTRY_POINT_GROUP = "vit_suite.backends"
+ENV_VAR = "VIT_SUITE_BACKENDS"
 ALL_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -124,6 +128,11 @@ def _load_entry_points() -> None:
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         _REGISTRY.setdefault(ep.name, ep.value)
+    for item in filter(None, os.environ.get(ENV_VAR, "").split(",")):
+        name, sep, target = item.partition("=")
+        if not sep or ":" not in target:
+            raise BackendError(f"{ENV_VAR}: expected name=module:Class entries, got {item!r}")
+        _REGISTRY.setdefault(name.strip(), target.strip())
 
 
 def backend_names() -> list[str]:

@@ -1,0 +1,79 @@
+"""Weight-file formats, recognised from content (magic bytes and structure), never from the extension."""
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+from .weights import InvalidFileError
+
+#: every format `vit-suite convert` reads or writes
+FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore")
+#: which backend's framework reads/writes each native format
+NATIVE_BACKEND = {"torch": "torch", "keras": "keras", "keras-h5": "keras", "mindspore": "mindspore"}
+#: default suffix when writing each format
+SUFFIX = {"canonical": ".safetensors", "timm": ".safetensors", "hf": "", "torch": ".pt", "keras": ".keras",
+          "keras-h5": ".weights.h5", "mindspore": ".ckpt"}
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _safetensors_kind(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        (n,) = struct.unpack("<Q", head)
+        if n <= 1 or n > min(path.stat().st_size - 8, 100_000_000):
+            return None
+        raw = f.read(n)
+    if not raw.startswith(b"{"):
+        return None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    meta = header.get("__metadata__") or {}
+    if "vit_config" in meta:
+        return "canonical"
+    keys = [k for k in header if k != "__metadata__"]
+    if any("embeddings.patch_embeddings" in k or ".attention.attention.query" in k for k in keys):
+        return "hf"
+    # a torch-backend native safetensors state dict has canonical names but no config: timm layout
+    return "timm"
+
+
+def detect_format(path: str | Path) -> str:
+    """One of FORMATS, from the bytes of `path` (a directory with config.json is a Hugging Face model)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "config.json").is_file() and any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
+            return "hf"
+        raise InvalidFileError(f"{path}: a directory but not a Hugging Face model (needs config.json + model.safetensors)")
+    if not path.is_file():
+        raise InvalidFileError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise InvalidFileError(f"{path}: empty file")
+    if head.startswith(_HDF5_MAGIC):
+        return "keras-h5"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except zipfile.BadZipFile:
+            raise InvalidFileError(f"{path}: looks like a zip archive but is corrupt") from None
+        if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
+            return "keras"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        raise InvalidFileError(f"{path}: zip archive that is neither a .keras model nor a torch.save file: {names[:5]}")
+    if head[:1] == b"\x80":
+        return "torch"  # legacy (non-zip) torch.save; read only with weights_only=True
+    kind = _safetensors_kind(path)
+    if kind:
+        return kind
+    if head[:1] == b"\x0a":  # protobuf field 1, length-delimited: MindSpore's Checkpoint message
+        return "mindspore"
+    raise InvalidFileError(f"{path}: unrecognised weight format (first bytes {head[:8]!r}); known: {', '.join(FORMATS)}")

@@ -1,0 +1,296 @@
+"""MindSpore building blocks whose numerics follow shared/reference.py exactly.
+
+Every numerics choice comes from the ViTConfig: nothing here relies on a MindSpore default
+(nn.GELU is tanh-approximate by default, nn.LayerNorm uses eps 1e-7 and names its parameters
+gamma/beta, nn.Conv2d is slow on CPU). Parameters are named like the canonical keys
+(`weight`, `bias`, ...), so a cell's parameter names *are* the canonical names.
+
+Precision: parameters are stored in the compute dtype (float32 or float16). Matmuls run in that
+dtype; LayerNorm, softmax, GELU and tanh compute in float32 and round their output to the compute
+dtype, like the reference's low-precision emulation. For float32 every cast is skipped
+(a Python constant, so Graph mode folds it away).
+
+All cells work in PyNative and Graph mode: primitives are created in __init__, `construct`
+branches only on Python constants fixed at construction.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore import dtype as mstype
+
+from shared.config import ViTConfig
+
+MS_DTYPES = {"float32": mstype.float32, "float16": mstype.float16, "bfloat16": mstype.bfloat16}
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_TANH_C = math.sqrt(2.0 / math.pi)
+
+
+def _param(value: np.ndarray, name: str, dtype) -> Parameter:
+    return Parameter(Tensor(np.asarray(value, dtype=np.float32)).astype(dtype), name=name)
+
+
+class _Cell(nn.Cell):
+    """Base: knows the compute dtype and whether float32 islands need casts."""
+
+    def __init__(self, dtype=mstype.float32):
+        super().__init__()
+        self.cdtype = dtype
+        self.lowp = dtype != mstype.float32
+        self.cast = ops.Cast()
+
+    def f32(self, x):
+        if self.lowp:
+            return self.cast(x, mstype.float32)
+        return x
+
+    def back(self, x):
+        if self.lowp:
+            return self.cast(x, self.cdtype)
+        return x
+
+
+class Linear(_Cell):
+    """y = x W^T + b with W (out, in) as in the canonical file; rounds once to the compute dtype."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.out_features, self.in_features = weight.shape
+        self.weight = _param(weight, "weight", dtype)
+        self.has_bias = bias is not None
+        self.bias = _param(bias, "bias", dtype) if bias is not None else None
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.bias_add = ops.BiasAdd()
+        self.reshape = ops.Reshape()
+
+    def construct(self, x):
+        shape = x.shape
+        y = self.matmul(self.reshape(x, (-1, shape[-1])), self.weight)
+        if self.has_bias:
+            y = self.bias_add(y, self.bias)
+        return self.reshape(y, shape[:-1] + (self.out_features,))
+
+
+class LayerNorm(_Cell):
+    """LayerNorm over the last axis with eps from the config, params `weight`/`bias`, computed in float32."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, eps: float, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.eps = float(eps)
+        self.weight = _param(weight, "weight", dtype)
+        self.bias = _param(bias, "bias", dtype)
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=self.eps)
+
+    def construct(self, x):
+        y, _, _ = self.norm(self.f32(x), self.f32(self.weight), self.f32(self.bias))
+        return self.back(y)
+
+
+def gelu_erf(x):
+    """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), on float32 (ops.erf is accurate to ~5e-8 absolute)."""
+    return 0.5 * x * (1.0 + ops.erf(x * _INV_SQRT2))
+
+
+def gelu_tanh(x):
+    """tanh-approximate GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + ops.tanh(_TANH_C * (x + 0.044715 * x * x * x)))
+
+
+class GELU(_Cell):
+    def __init__(self, kind: str, dtype=mstype.float32):
+        super().__init__(dtype)
+        if kind not in ("erf", "tanh"):
+            raise ValueError(f"GELU kind must be 'erf' or 'tanh', got {kind!r}")
+        self.exact = kind == "erf"
+
+    def construct(self, x):
+        x = self.f32(x)
+        if self.exact:
+            y = gelu_erf(x)
+        else:
+            y = gelu_tanh(x)
+        return self.back(y)
+
+
+class Softmax(_Cell):
+    """Max-subtracted softmax over the last axis, in float32 (logits of 1e4 stay finite)."""
+
+    def __init__(self, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.exp = ops.Exp()
+        self.reduce_max = ops.ReduceMax(keep_dims=True)
+        self.reduce_sum = ops.ReduceSum(keep_dims=True)
+
+    def construct(self, s):
+        s = self.f32(s)
+        s = s - self.reduce_max(s, -1)
+        e = self.exp(s)
+        return self.back(e / self.reduce_sum(e, -1))
+
+
+class Dropout(nn.Cell):
+    """Inverted dropout, active only in training mode (rate from the config, 0 = identity)."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = float(rate)
+        self.active = self.rate > 0.0
+        self.drop = nn.Dropout(p=self.rate) if self.active else None
+
+    def construct(self, x):
+        if self.active and self.training:
+            return self.drop(x)
+        return x
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: zero a sample's residual branch with probability `rate` (training only)."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = float(rate)
+        self.keep = 1.0 - self.rate
+        self.active = self.rate > 0.0
+        self.floor = ops.Floor()
+
+    def construct(self, x):
+        if self.active and self.training:
+            shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+            mask = self.floor(self.keep + ops.rand(shape, dtype=mstype.float32))
+            return x * self.cast_like(mask / self.keep, x)
+        return x
+
+    def cast_like(self, m, x):
+        return ops.cast(m, x.dtype)
+
+
+class PatchEmbed(_Cell):
+    """Non-overlapping patches projected by a conv with stride = kernel = P, written as reshape + matmul.
+
+    Same math as the conv (patches flattened (c, i, j) like the conv weight) and ~2x faster than
+    nn.Conv2d on MindSpore CPU. The parameter keeps the conv layout (D, C, P, P) of the canonical key.
+    """
+
+    def __init__(self, cfg: ViTConfig, weight: np.ndarray, bias: np.ndarray, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.patch = cfg.patch_size
+        self.in_chans = cfg.in_chans
+        self.embed_dim = cfg.embed_dim
+        self.proj = _ConvAsMatmul(weight, bias, dtype)
+        self.reshape = ops.Reshape()
+        self.transpose = ops.Transpose()
+
+    def construct(self, x):
+        B, C, H, W = x.shape
+        P = self.patch
+        gh = H // P
+        gw = W // P
+        x = self.reshape(x, (B, C, gh, P, gw, P))
+        x = self.transpose(x, (0, 2, 4, 1, 3, 5))
+        x = self.reshape(x, (B, gh * gw, C * P * P))
+        return self.proj(x)
+
+
+class _ConvAsMatmul(_Cell):
+    """Holds `weight` (D, C, P, P) and `bias` (D,); applies them to flattened patches."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.out_features = int(weight.shape[0])
+        self.fan_in = int(np.prod(weight.shape[1:]))
+        self.weight = _param(weight, "weight", dtype)
+        self.bias = _param(bias, "bias", dtype)
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.bias_add = ops.BiasAdd()
+        self.reshape = ops.Reshape()
+
+    def construct(self, x):
+        shape = x.shape
+        w = self.reshape(self.weight, (self.out_features, self.fan_in))
+        y = self.bias_add(self.matmul(self.reshape(x, (-1, self.fan_in)), w), self.bias)
+        return self.reshape(y, shape[:-1] + (self.out_features,))
+
+
+class Attention(_Cell):
+    """Multi-head self-attention: fused qkv (rows q, k, v), scores * cfg.scale, softmax, proj.
+
+    With cfg.attn_value_skip the output is v (heads merged) + proj(attn @ v), as reference.attention.
+    """
+
+    def __init__(self, cfg: ViTConfig, p: dict, prefix: str, in_dim: int, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.width = cfg.width
+        self.scale = float(cfg.scale)
+        self.value_skip = bool(cfg.attn_value_skip)
+        self.qkv = Linear(p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias") if cfg.qkv_bias else None, dtype)
+        self.proj = Linear(p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"], dtype)
+        self.softmax = Softmax(dtype)
+        self.attn_drop = Dropout(cfg.attn_dropout)
+        self.proj_drop = Dropout(cfg.dropout)
+        self.qk_matmul = ops.BatchMatMul(transpose_b=True)
+        self.av_matmul = ops.BatchMatMul()
+        self.reshape = ops.Reshape()
+        self.transpose = ops.Transpose()
+
+    def scores(self, x):
+        """(q, k, v) heads and the scaled scores, shared by construct and attention maps."""
+        B, T, _ = x.shape
+        qkv = self.reshape(self.qkv(x), (B, T, 3, self.num_heads, self.head_dim))
+        qkv = self.transpose(qkv, (2, 0, 3, 1, 4))
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        s = self.qk_matmul(q, k) * self.scale
+        return v, s
+
+    def construct(self, x):
+        B, T, _ = x.shape
+        v, s = self.scores(x)
+        probs = self.attn_drop(self.softmax(s))
+        out = self.av_matmul(probs, v)
+        out = self.reshape(self.transpose(out, (0, 2, 1, 3)), (B, T, self.width))
+        out = self.proj_drop(self.proj(out))
+        if self.value_skip:
+            out = self.reshape(self.transpose(v, (0, 2, 1, 3)), (B, T, self.width)) + out
+        return out
+
+
+class Mlp(_Cell):
+    def __init__(self, cfg: ViTConfig, p: dict, prefix: str, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.fc1 = Linear(p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"], dtype)
+        self.act = GELU(cfg.gelu, dtype)
+        self.drop1 = Dropout(cfg.dropout)
+        self.fc2 = Linear(p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"], dtype)
+        self.drop2 = Dropout(cfg.dropout)
+
+    def construct(self, x):
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Block(_Cell):
+    """Pre-norm transformer block; no outer attention residual when in/attention widths differ (T2T)."""
+
+    def __init__(self, cfg: ViTConfig, p: dict, i: int, drop_path: float = 0.0, dtype=mstype.float32):
+        super().__init__(dtype)
+        pre = f"blocks.{i}"
+        eps = cfg.layer_norm_eps
+        in_dim = cfg.block_in_dim(i)
+        self.residual = in_dim == cfg.width
+        self.norm1 = LayerNorm(p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"], eps, dtype)
+        self.attn = Attention(cfg, p, f"{pre}.attn", in_dim, dtype)
+        self.norm2 = LayerNorm(p[f"{pre}.norm2.weight"], p[f"{pre}.norm2.bias"], eps, dtype)
+        self.mlp = Mlp(cfg, p, f"{pre}.mlp", dtype)
+        self.drop_path = DropPath(drop_path)
+
+    def construct(self, x):
+        y = self.attn(self.norm1(x))
+        if self.residual:
+            x = x + self.drop_path(y)
+        else:
+            x = y
+        return x + self.drop_path(self.mlp(self.norm2(x)))

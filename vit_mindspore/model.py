@@ -222,9 +222,11 @@ class LossNet(nn.Cell):
     with logits (labels 0/1). Returns the mean loss in float32.
     """
 
-    def __init__(self, model: VisionTransformer):
+    def __init__(self, model: VisionTransformer, image_size: tuple[int, int] | None = None):
         super().__init__(auto_prefix=False)
         cfg = model.config
+        size = tuple(image_size) if image_size is not None else cfg.image_size
+        self.pos = PosTable(cfg, (size[0] // cfg.patch_size, size[1] // cfg.patch_size))
         if not cfg.num_classes:
             raise ValueError(f"config {cfg.name!r} has no classifier (num_classes=0): no loss to train")
         self.model = model
@@ -235,7 +237,7 @@ class LossNet(nn.Cell):
 
     def construct(self, x, labels):
         m = self.model
-        outs = m.forward_stages(x, m.pos)
+        outs = m.forward_stages(x, self.pos)
         z = self.cast(m.head_raw(outs[-2]), mstype.float32)
         if self.binary:
             return self.bce(z[:, 0], self.cast(labels, mstype.float32))
@@ -261,7 +263,8 @@ def loss_and_grads(model: VisionTransformer, images: np.ndarray, labels: np.ndar
     `train=True` runs with dropout / drop-path active (the model is put back in its previous mode after).
     `jit=True` compiles the step with mindspore.jit (Graph mode).
     """
-    loss_net = LossNet(model)
+    images = np.asarray(images)
+    loss_net = LossNet(model, (int(images.shape[2]), int(images.shape[3])))
     params = model.trainable_params()
     grad_fn = ms.value_and_grad(loss_net, grad_position=None, weights=params)
     if jit:

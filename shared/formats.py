@@ -44,6 +44,38 @@ def _safetensors_kind(path: Path) -> str | None:
     return "timm"
 
 
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while i < len(buf):
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+    return -1, i
+
+
+def _looks_like_mindspore_ckpt(path: Path) -> bool:
+    """MindSpore's Checkpoint protobuf: repeated Value(1) { string tag = 1; TensorProto tensor = 2 }.
+
+    The file opens with 0x0a <len of first Value> 0x0a <len of its tag> <printable parameter name>.
+    """
+    with open(path, "rb") as f:
+        buf = f.read(1100)
+    size = path.stat().st_size
+    if buf[:1] != b"\x0a":
+        return False
+    n_value, i = _varint(buf, 1)
+    if not 0 < n_value <= size or buf[i:i + 1] != b"\x0a":
+        return False
+    n_tag, j = _varint(buf, i + 1)
+    if not 0 < n_tag <= 1024 or j + n_tag > len(buf):
+        return False
+    tag = buf[j:j + n_tag]
+    return all(32 <= c < 127 for c in tag)
+
+
 def detect_format(path: str | Path) -> str:
     """One of FORMATS, from the bytes of `path` (a directory with config.json is a Hugging Face model)."""
     path = Path(path)
@@ -74,6 +106,6 @@ def detect_format(path: str | Path) -> str:
     kind = _safetensors_kind(path)
     if kind:
         return kind
-    if head[:1] == b"\x0a":  # protobuf field 1, length-delimited: MindSpore's Checkpoint message
+    if _looks_like_mindspore_ckpt(path):
         return "mindspore"
     raise InvalidFileError(f"{path}: unrecognised weight format (first bytes {head[:8]!r}); known: {', '.join(FORMATS)}")

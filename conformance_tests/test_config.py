@@ -1,0 +1,78 @@
+"""ViTConfig validation, JSON round trip, presets."""
+import json
+
+import pytest
+
+from shared.config import ConfigError, ViTConfig
+from shared.presets import ALIASES, PRESETS, get_preset
+from shared.weights import parameter_count
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_json_round_trip(name):
+    cfg = PRESETS[name]
+    again = ViTConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert again.to_json() == cfg.to_json()
+    assert json.loads(cfg.to_json())["image_size"] == list(cfg.image_size)
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_aliases_resolve(alias):
+    assert get_preset(alias) is PRESETS[ALIASES[alias]]
+
+
+@pytest.mark.parametrize("name,params", [
+    # timm.create_model(name, num_classes=1000) parameter counts, checked once by hand
+    ("vit_tiny_patch16_224", 5_717_416), ("vit_small_patch16_224", 22_050_664),
+    ("vit_base_patch16_224", 86_567_656), ("vit_base_patch32_224", 88_224_232),
+    ("vit_large_patch16_224", 304_326_632), ("vit_huge_patch14_224", 632_045_800),
+])
+def test_standard_parameter_counts(name, params):
+    assert parameter_count(get_preset(name)) == params
+
+
+def test_seed_presets_pin_their_numerics():
+    t2t = get_preset("seed_t2t_walkthrough")
+    assert (t2t.in_chans, t2t.image_size, t2t.patch_size, t2t.num_tokens) == (1, (60, 100), 20, 16)
+    assert (t2t.embed_dim, t2t.num_heads, t2t.mlp_dim, t2t.qkv_bias, t2t.attn_value_skip) == (768, 4, 1152, False, True)
+    assert (t2t.class_token, t2t.pos_embed, t2t.final_norm, t2t.num_classes) == ("zeros", "sincos1d", True, 1)
+    classic = get_preset("seed_classic_torch")
+    assert (classic.layer_norm_eps, classic.representation_size, classic.final_norm) == (1e-5, 768, False)
+    keras = get_preset("seed_keras")
+    assert (keras.layer_norm_eps, keras.gelu, keras.table_grid, keras.resize_kernel, keras.output_softmax) == \
+        (1e-6, "tanh", (14, 14), "bicubic", True)
+    at384 = keras.with_image_size(384)
+    assert at384.grid == (24, 24) and at384.table_grid == (14, 14)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(image_size=(225, 224)), "not divisible by patch_size"),
+    (dict(embed_dim=100, num_heads=12), "not divisible by num_heads"),
+    (dict(gelu="relu"), "gelu must be one of"),
+    (dict(class_token="none"), "pool='token' needs a class token"),
+    (dict(final_norm=True, fc_norm=True), "exclusive"),
+    (dict(attn_dim=96), "needs attn_value_skip"),
+    (dict(layer_norm_eps=0.0), "layer_norm_eps"),
+    (dict(pos_embed="sincos1d", pos_grid=(7, 7)), "pos_grid only applies"),
+    (dict(output_softmax=True, num_classes=0), "needs a classifier"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_invalid_configs_are_refused_clearly(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        get_preset("B/16").replace(**changes)
+
+
+def test_from_json_rejects_unknown_fields_and_garbage():
+    d = get_preset("tiny").to_dict() | {"layer_scale": 1e-5}
+    with pytest.raises(ConfigError, match="unknown config fields .*layer_scale"):
+        ViTConfig.from_dict(d)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        ViTConfig.from_json("{nope")
+
+
+def test_non_square_and_any_channels():
+    cfg = ViTConfig(image_size=(60, 100), in_chans=5, patch_size=20, embed_dim=64, depth=1, num_heads=4, mlp_dim=96)
+    assert cfg.grid == (3, 5) and cfg.num_tokens == 16
+    assert cfg.with_image_size((40, 60)).table_grid == (3, 5)
+    assert cfg.with_image_size((60, 100)).pos_grid is None

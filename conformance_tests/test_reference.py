@@ -1,0 +1,259 @@
+"""The float64 NumPy reference against computations written independently of it.
+
+float64 comparisons use 1e-12 relative: both sides are float64 with different
+operation orders, whose difference is a few hundred ulps (2.2e-16 each) at most.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shared import posemb, reference
+from shared.init import init_weights, random_images
+from shared.presets import get_preset
+
+from .helpers import TINY_PRESETS, SEED_FAST
+
+F64 = 1e-12
+
+
+def rel(a, b):
+    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(b), 1e-300)
+
+
+# ----------------------------------------------------------------------------- attention
+def test_attention_matches_explicit_per_head_loop():
+    cfg = get_preset("tiny_t2t")  # value skip, no qkv bias, qk_scale override, attn width != input width
+    p = init_weights(cfg, 3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, cfg.embed_dim))
+    nm = reference._Numerics("float64")
+    got, probs = reference.attention(nm, cfg, {k: v.astype(np.float64) for k, v in p.items()}, "blocks.0.attn", x, True)
+
+    Wqkv = p["blocks.0.attn.qkv.weight"].astype(np.float64)
+    A, H = cfg.width, cfg.num_heads
+    hd = A // H
+    want = np.zeros((2, 5, A))
+    for b in range(2):
+        heads = []
+        for h in range(H):
+            rows = lambda part: Wqkv[part * A + h * hd: part * A + (h + 1) * hd]
+            q, k, v = (x[b] @ rows(i).T for i in range(3))
+            out = np.zeros((5, hd))
+            for i in range(5):
+                s = [float(q[i] @ k[j]) * cfg.qk_scale for j in range(5)]
+                m = max(s)
+                e = [math.exp(t - m) for t in s]
+                w = [t / sum(e) for t in e]
+                assert np.allclose(w, probs[b, h, i], rtol=F64, atol=0)
+                out[i] = sum(w[j] * v[j] for j in range(5))
+            heads.append((out, v))
+        o = np.concatenate([hh[0] for hh in heads], axis=1)
+        v_all = np.concatenate([hh[1] for hh in heads], axis=1)
+        proj = o @ p["blocks.0.attn.proj.weight"].astype(np.float64).T + p["blocks.0.attn.proj.bias"]
+        want[b] = v_all + proj  # the T2T value skip
+    assert rel(got, want) < F64
+
+
+def test_softmax_is_stable_for_huge_logits():
+    nm = reference._Numerics("float64")
+    got = nm.softmax(np.array([[1e4, 1e4 - 1.0, 0.0, -1e4]]))
+    e = math.exp(-1.0)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[0], [1 / (1 + e), e / (1 + e), 0.0, 0.0], rtol=F64, atol=1e-300)
+    for dtype in ("float32", "float16", "bfloat16"):
+        assert np.all(np.isfinite(reference._Numerics(dtype).softmax(np.array([[1e4, 0.0]], np.float32))))
+
+
+# ----------------------------------------------------------------------------- positions
+def seed_sinusoid_table(num_tokens, token_len):
+    """The T2T walkthrough's own formula, transcribed loop for loop."""
+    def angle_vec(i):
+        return [i / np.power(10000, 2 * (j // 2) / token_len) for j in range(token_len)]
+
+    table = np.array([angle_vec(i) for i in range(num_tokens)])
+    table[:, 0::2] = np.sin(table[:, 0::2])
+    table[:, 1::2] = np.cos(table[:, 1::2])
+    return table
+
+
+@pytest.mark.parametrize("tokens,dim", [(16, 768), (9, 32), (197, 64)])
+def test_sincos_1d_is_the_seed_formula(tokens, dim):
+    np.testing.assert_array_equal(posemb.sincos_1d(tokens, dim), seed_sinusoid_table(tokens, dim))
+
+
+def test_sincos_2d_big_vision_layout():
+    t = posemb.sincos_2d((3, 4), 16)
+    omega = 1.0 / 10000 ** (np.arange(4) / 3)
+    for r in range(3):
+        for c in range(4):
+            row = t[r * 4 + c]
+            np.testing.assert_allclose(row, np.concatenate([np.sin(c * omega), np.cos(c * omega),
+                                                            np.sin(r * omega), np.cos(r * omega)]), rtol=F64, atol=1e-15)
+
+
+@pytest.mark.parametrize("kernel,torch_kw", [
+    ("bicubic", dict(mode="bicubic")),
+    ("bicubic_antialias", dict(mode="bicubic", antialias=True)),
+    ("bilinear", dict(mode="bilinear")),
+])
+@pytest.mark.parametrize("old,new", [((14, 14), (24, 24)), ((14, 14), (7, 9)), ((4, 4), (6, 5)), ((24, 24), (14, 14)),
+                                     ((5, 3), (2, 11)), ((3, 5), (3, 5))], ids=lambda g: f"{g[0]}x{g[1]}")
+def test_resampling_matches_torch_interpolate(kernel, torch_kw, old, new):
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((old[0] * old[1], 6))
+    t = torch.from_numpy(table.reshape(*old, 6).transpose(2, 0, 1)[None].copy())
+    want = F.interpolate(t, size=new, align_corners=False, **torch_kw)[0].numpy().transpose(1, 2, 0).reshape(-1, 6)
+    got = posemb.resample_grid(table, old, new, kernel)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+
+
+def test_resample_pos_embed_keeps_the_class_token_row():
+    rng = np.random.default_rng(2)
+    pe = rng.standard_normal((1, 1 + 16, 8)).astype(np.float32)
+    out = posemb.resample_pos_embed(pe, (4, 4), (6, 5), 1, "bicubic")
+    assert out.shape == (1, 31, 8) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0, 0], pe[0, 0])
+
+
+# ----------------------------------------------------------------------------- patch embedding
+def test_patch_embedding_matches_explicit_patch_loop():
+    cfg = get_preset("tiny_meanpool")  # 1 channel, 24x40, patch 8
+    p = init_weights(cfg, 0)
+    x = random_images(cfg, 2, 0)
+    got = reference.forward(cfg, p, x)["patch_embed"]
+    w, b = p["patch_embed.proj.weight"].astype(np.float64), p["patch_embed.proj.bias"].astype(np.float64)
+    P = cfg.patch_size
+    gh, gw = cfg.grid
+    for n in range(2):
+        for r in range(gh):
+            for c in range(gw):
+                patch = x[n, :, r * P:(r + 1) * P, c * P:(c + 1) * P].astype(np.float64)
+                want = np.array([np.sum(patch * w[d]) for d in range(cfg.embed_dim)]) + b
+                np.testing.assert_allclose(got[n, r * gw + c], want, rtol=F64, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------- whole forward
+def torch_forward(cfg, params, images):
+    """A second implementation: torch float64 functional ops, written from the architecture, not from reference.py."""
+    p = {k: torch.from_numpy(v.astype(np.float64)) for k, v in params.items()}
+    x = torch.from_numpy(images.astype(np.float64))
+    B = x.shape[0]
+    tok = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=cfg.patch_size)
+    gh, gw = tok.shape[-2:]
+    tok = tok.flatten(2).transpose(1, 2)
+    out = {"patch_embed": tok}
+    if cfg.class_token != "none":
+        cls = p["cls_token"].expand(B, -1, -1) if cfg.class_token == "learned" else torch.zeros(B, 1, cfg.embed_dim, dtype=x.dtype)
+        tok = torch.cat([cls, tok], 1)
+    if cfg.pos_embed == "learned":
+        pe = p["pos_embed"]
+        n0 = cfg.num_prefix_tokens
+        th, tw = cfg.table_grid
+        if (th, tw) != (gh, gw):
+            grid = pe[:, n0:].reshape(1, th, tw, -1).permute(0, 3, 1, 2)
+            mode = dict(bicubic=dict(mode="bicubic"), bilinear=dict(mode="bilinear"),
+                        bicubic_antialias=dict(mode="bicubic", antialias=True))[cfg.resize_kernel]
+            grid = F.interpolate(grid, size=(gh, gw), align_corners=False, **mode)
+            pe = torch.cat([pe[:, :n0], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], 1)
+        tok = tok + pe
+    elif cfg.pos_embed == "sincos1d":
+        tok = tok + torch.from_numpy(seed_sinusoid_table(tok.shape[1], cfg.embed_dim))
+    elif cfg.pos_embed == "sincos2d":
+        tab = torch.from_numpy(posemb.sincos_2d((gh, gw), cfg.embed_dim))
+        tok = tok + torch.cat([torch.zeros(cfg.num_prefix_tokens, cfg.embed_dim, dtype=x.dtype), tab])
+    out["embed"] = tok
+    A, H = cfg.width, cfg.num_heads
+    for i in range(cfg.depth):
+        pre = f"blocks.{i}."
+        h = F.layer_norm(tok, (tok.shape[-1],), p[pre + "norm1.weight"], p[pre + "norm1.bias"], cfg.layer_norm_eps)
+        qkv = F.linear(h, p[pre + "attn.qkv.weight"], p.get(pre + "attn.qkv.bias"))
+        q, k, v = (t.reshape(B, -1, H, A // H).transpose(1, 2) for t in qkv.split(A, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, scale=cfg.scale).transpose(1, 2).reshape(B, -1, A)
+        a = F.linear(a, p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"])
+        if cfg.attn_value_skip:
+            a = a + v.transpose(1, 2).reshape(B, -1, A)
+        tok = tok + a if tok.shape[-1] == A else a
+        h = F.layer_norm(tok, (A,), p[pre + "norm2.weight"], p[pre + "norm2.bias"], cfg.layer_norm_eps)
+        h = F.gelu(F.linear(h, p[pre + "mlp.fc1.weight"], p[pre + "mlp.fc1.bias"]), approximate="none" if cfg.gelu == "erf" else "tanh")
+        tok = tok + F.linear(h, p[pre + "mlp.fc2.weight"], p[pre + "mlp.fc2.bias"])
+        out[f"block_{i}"] = tok
+    if cfg.final_norm:
+        tok = F.layer_norm(tok, (A,), p["norm.weight"], p["norm.bias"], cfg.layer_norm_eps)
+    out["norm"] = tok
+    f = tok[:, 0] if cfg.pool == "token" else tok[:, cfg.num_prefix_tokens:].mean(1)
+    if cfg.fc_norm:
+        f = F.layer_norm(f, (A,), p["fc_norm.weight"], p["fc_norm.bias"], cfg.layer_norm_eps)
+    if cfg.representation_size:
+        f = torch.tanh(F.linear(f, p["pre_logits.fc.weight"], p["pre_logits.fc.bias"]))
+    out["pre_logits"] = f
+    if cfg.num_classes:
+        f = F.linear(f, p["head.weight"], p["head.bias"])
+        if cfg.output_softmax:
+            f = f.softmax(-1)
+    out["logits"] = f
+    return {k: v.numpy() for k, v in out.items()}
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS + SEED_FAST)
+@pytest.mark.parametrize("kind", ["normal", "large"])
+def test_forward_matches_an_independent_float64_implementation(preset, kind):
+    cfg = get_preset(preset)
+    p = init_weights(cfg, 1)
+    x = random_images(cfg, 2, 1, kind)
+    got, want = reference.forward(cfg, p, x), torch_forward(cfg, p, x)
+    assert list(got) == cfg.stage_names()
+    for stage in cfg.stage_names():
+        assert got[stage].shape == want[stage].shape, stage
+        assert rel(got[stage], want[stage]) < F64, stage
+
+
+@pytest.mark.parametrize("preset,size", [("tiny", (40, 56)), ("tiny_pretrain", (32, 64)), ("tiny_meanpool", (16, 16)),
+                                         ("tiny_t2t", (30, 30))])
+def test_forward_at_another_image_size(preset, size):
+    cfg = get_preset(preset)
+    p = init_weights(cfg, 1)
+    x = random_images(cfg, 2, 1, image_size=size)
+    got, want = reference.forward(cfg, p, x), torch_forward(cfg, p, x)
+    for stage in cfg.stage_names():
+        assert rel(got[stage], want[stage]) < F64, stage
+
+
+def test_permutation_invariance_without_positions():
+    """The seed's demonstration: with no position embedding and mean pooling, shuffling patches changes nothing."""
+    cfg = get_preset("tiny_meanpool").replace(pos_embed="none")
+    p = init_weights(cfg, 0)
+    x = random_images(cfg, 1, 0)
+    P = cfg.patch_size
+    gh, gw = cfg.grid
+    patches = [x[:, :, r * P:(r + 1) * P, c * P:(c + 1) * P] for r in range(gh) for c in range(gw)]
+    perm = np.random.default_rng(0).permutation(len(patches))
+    shuffled = np.concatenate([np.concatenate([patches[perm[r * gw + c]] for c in range(gw)], axis=3) for r in range(gh)], axis=2)
+    a, b = reference.forward(cfg, p, x)["logits"], reference.forward(cfg, p, shuffled)["logits"]
+    assert rel(b, a) < F64
+    with_pos = get_preset("tiny_meanpool")
+    a, b = reference.forward(with_pos, p, x)["logits"], reference.forward(with_pos, p, shuffled)["logits"]
+    assert rel(b, a) > 1e-3
+
+
+def test_batch_rows_are_independent():
+    cfg = get_preset("tiny")
+    p = init_weights(cfg, 0)
+    x = random_images(cfg, 3, 0)
+    full = reference.forward(cfg, p, x)
+    one = reference.forward(cfg, p, x[1:2])
+    for stage in cfg.stage_names():
+        np.testing.assert_allclose(full[stage][1:2], one[stage], rtol=F64, atol=1e-14)
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_low_precision_emulation_orders_errors_by_precision(preset):
+    cfg = get_preset(preset)
+    p = init_weights(cfg, 0)
+    x = random_images(cfg, 2, 0)
+    ref = reference.forward(cfg, p, x)
+    err = {d: rel(reference.forward(cfg, p, x, dtype=d)["norm"], ref["norm"]) for d in ("float32", "float16", "bfloat16")}
+    # each precision loses roughly its unit roundoff: fp32 ~1e-7, fp16 ~1e-3.5, bf16 ~1e-2.5
+    assert 1e-9 < err["float32"] < 1e-5 < err["float16"] < err["bfloat16"] < 5e-2, err

@@ -1,0 +1,173 @@
+"""Canonical weight files: bit-exact round trip, strict validation, clean failures, CLI exit codes."""
+import json
+import struct
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from shared import weights as W
+from shared.cli import main
+from shared.init import init_weights
+from shared.presets import PRESETS, get_preset
+
+from .helpers import TINY_PRESETS
+
+
+def _meta(cfg):
+    return {"format": W.FORMAT_NAME, "format_version": W.FORMAT_VERSION, "vit_config": cfg.to_json()}
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS + ["seed_t2t_walkthrough"])
+def test_round_trip_is_bit_exact(tmp_path, preset):
+    cfg = get_preset(preset)
+    state = init_weights(cfg, 5)
+    path = W.save(tmp_path / "w.safetensors", cfg, state)
+    cfg2, state2 = W.load(path)
+    assert cfg2 == cfg
+    assert set(state2) == set(state)
+    for k in state:
+        assert state2[k].dtype == np.float32 and np.array_equal(state2[k], state[k]), k
+
+
+@pytest.mark.parametrize("preset", [pytest.param(n, marks=pytest.mark.slow) if W.parameter_count(c) > 100e6 else n
+                                    for n, c in sorted(PRESETS.items())])
+def test_init_covers_exactly_the_expected_keys(preset):
+    cfg = get_preset(preset)
+    state = init_weights(cfg, 0)
+    W.validate_state(cfg, state)  # raises on any mismatch
+
+
+def test_init_is_deterministic_and_seeded():
+    cfg = get_preset("tiny")
+    a, b, c = init_weights(cfg, 1), init_weights(cfg, 1), init_weights(cfg, 2)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["blocks.0.attn.qkv.weight"], c["blocks.0.attn.qkv.weight"])
+    # every parameter is non-trivial, so every parameter is exercised by the tests
+    assert all(np.std(v) > 0 or v.size == 1 for v in a.values())
+
+
+@pytest.fixture
+def tiny():
+    cfg = get_preset("tiny")
+    return cfg, init_weights(cfg, 0)
+
+
+def _bad_file(tmp_path, cfg, state, meta=None):
+    path = tmp_path / "bad.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path), metadata=meta or _meta(cfg))
+    return path
+
+
+@pytest.mark.parametrize("mutation,expected", [
+    ("missing", r"missing key 'blocks.1.mlp.fc2.bias' \(expected shape \(32,\)\)"),
+    ("extra", r"unexpected key 'blocks.0.ls1.gamma' \(shape \(32,\)\)"),
+    ("shape", r"key 'head.weight': expected shape \(10, 32\), got \(32, 10\)"),
+    ("dtype", r"key 'norm.weight': expected dtype float32, got float64"),
+    ("nan", r"key 'pos_embed': 1 non-finite value"),
+])
+def test_bad_state_is_reported_by_name(tmp_path, tiny, mutation, expected):
+    cfg, state = tiny
+    state = dict(state)
+    if mutation == "missing":
+        del state["blocks.1.mlp.fc2.bias"]
+    elif mutation == "extra":
+        state["blocks.0.ls1.gamma"] = np.ones(32, np.float32)
+    elif mutation == "shape":
+        state["head.weight"] = np.ascontiguousarray(state["head.weight"].T)
+    elif mutation == "dtype":
+        state["norm.weight"] = state["norm.weight"].astype(np.float64)
+    elif mutation == "nan":
+        state["pos_embed"] = state["pos_embed"].copy()
+        state["pos_embed"][0, 3, 4] = np.nan
+    path = _bad_file(tmp_path, cfg, state)
+    with pytest.raises(W.MismatchError, match=expected) as e:
+        W.load(path)
+    assert str(path) in str(e.value)
+    assert main(["inspect", str(path)]) == W.EXIT_MISMATCH
+
+
+def test_every_problem_is_listed_at_once(tmp_path, tiny):
+    cfg, state = tiny
+    state = dict(state)
+    del state["cls_token"]
+    state["extra"] = np.zeros(2, np.float32)
+    with pytest.raises(W.MismatchError) as e:
+        W.load(_bad_file(tmp_path, cfg, state))
+    assert len(e.value.problems) == 2
+
+
+def test_truncated_file(tmp_path, tiny):
+    cfg, state = tiny
+    path = W.save(tmp_path / "w.safetensors", cfg, state)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(W.InvalidFileError, match="truncated file or a header lying"):
+        W.load(path)
+    assert main(["inspect", str(path)]) == W.EXIT_INVALID_FILE
+
+
+def test_header_lying_about_sizes(tmp_path, tiny):
+    cfg, state = tiny
+    path = W.save(tmp_path / "w.safetensors", cfg, state)
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    start, end = header["head.bias"]["data_offsets"]
+    header["head.bias"]["data_offsets"] = [start, end + 10_000_000]
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    with pytest.raises(W.InvalidFileError, match="'head.bias' claims bytes"):
+        W.load(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 4, b"hello world, not weights" * 10, b"\xff" * 64,
+                                     struct.pack("<Q", 10) + b"not json!!"])
+def test_not_safetensors(tmp_path, content):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(W.InvalidFileError, match=str(path)):
+        W.load(path)
+    assert main(["inspect", str(path)]) == W.EXIT_INVALID_FILE
+
+
+def test_safetensors_without_config_is_not_canonical(tmp_path, tiny):
+    cfg, state = tiny
+    path = _bad_file(tmp_path, cfg, state, meta={"format": "pt"})
+    with pytest.raises(W.InvalidFileError, match="no 'vit_config' in the safetensors metadata"):
+        W.load(path)
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path, tiny):
+    cfg, state = tiny
+    state = dict(state)
+    state["head.weight"] = state["head.weight"][:3]
+    with pytest.raises(W.MismatchError):
+        W.save(tmp_path / "out.safetensors", cfg, state)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_replaces_atomically(tmp_path, tiny):
+    cfg, state = tiny
+    path = W.save(tmp_path / "w.safetensors", cfg, state)
+    before = path.read_bytes()
+
+    def boom(_):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        W.atomic_write(path, boom)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_bfloat16_files_are_read_exactly(tmp_path):
+    import ml_dtypes
+
+    path = tmp_path / "bf16.safetensors"
+    values = np.array([1.0, -2.5, 3.140625, 1e-3], np.float32).astype(ml_dtypes.bfloat16)
+    # safetensors' numpy API cannot write bf16: write the file by hand
+    header = json.dumps({"x": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + values.tobytes())
+    tensors, _ = W.read_tensors(path)
+    np.testing.assert_array_equal(tensors["x"], values.astype(np.float32))

@@ -1,0 +1,211 @@
+"""The Keras 3 VisionTransformer (subclassed keras.Model) and `build_model`.
+
+Layer / variable paths follow timm's names, with "/" for "." and "_" inside a layer name (the torch
+Keras backend registers variable paths as torch parameter names, which may not contain dots):
+  patch_embed/proj/{kernel,bias}, cls_token, pos_embed, blocks_{i}/norm1/{gamma,beta},
+  blocks_{i}/attn/qkv/{kernel,bias}, blocks_{i}/attn/proj/..., blocks_{i}/norm2/...,
+  blocks_{i}/mlp/fc1/..., blocks_{i}/mlp/fc2/..., norm/..., fc_norm/..., pre_logits_fc/..., head/...
+(all under the model's name, "vision_transformer/" by default). `canonical_variables()` is the exact map.
+
+Input: NHWC by default (Keras' convention), `data_format="channels_first"` takes NCHW. Any image size
+divisible by the patch works: a learned table stored at cfg.table_grid is resampled in-graph with
+constant matrices (shared.posemb.resize_matrix), a sinusoidal table is a constant built for the grid.
+
+`model(x)` returns the logits (softmaxed when cfg.output_softmax; the pooled features when
+num_classes == 0); `model.forward_stages(x)` returns every stage of cfg.stage_names().
+
+Precision: pass a dtype policy: "float32", "mixed_bfloat16" or "mixed_float16" (`build_model(cfg,
+dtype="bfloat16")` picks the mixed policy): float32 variables, compute in the half dtype. A pure
+"bfloat16" policy also computes in bfloat16 but stores bfloat16 variables (export then is lossy).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import keras
+from keras import ops
+
+from shared.config import ViTConfig
+from shared.posemb import fixed_table
+
+from .layers import PACKAGE, Block, PatchEmbed, _CfgLayer, _dense, _layer_norm, as_config, resample_table, softmax_f32
+
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class VisionTransformer(keras.Model):
+    def __init__(self, config, data_format: str = "channels_last", **kwargs):
+        kwargs.setdefault("name", "vision_transformer")
+        super().__init__(**kwargs)
+        c = self.cfg = as_config(config)
+        self.config = c  # the Backend interface's `model.config`
+        self.data_format = data_format
+        pol = self.dtype_policy
+        self.patch_embed = PatchEmbed(c.to_dict(), data_format=data_format, name="patch_embed", dtype=pol)
+        self.pos_drop = keras.layers.Dropout(c.dropout, name="pos_drop", dtype=pol)
+        self.blocks = [Block(c.to_dict(), i, name=f"blocks_{i}", dtype=pol) for i in range(c.depth)]
+        W = c.width
+        self.norm = _layer_norm(c, "norm", pol) if c.final_norm else None
+        self.fc_norm = _layer_norm(c, "fc_norm", pol) if c.fc_norm else None
+        self.pre_logits = (_dense(c.representation_size, "pre_logits_fc", pol)
+                           if c.representation_size else None)
+        self.head = _dense(c.num_classes, "head", pol) if c.num_classes else None
+        self._fixed_tables: dict = {}
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape=None):
+        c = self.cfg
+        D, W = c.embed_dim, c.width
+        if c.class_token == "learned":
+            self.cls_token = self.add_weight(shape=(1, 1, D), initializer="zeros", name="cls_token", autocast=False)
+        if c.pos_embed == "learned":
+            gh, gw = c.table_grid
+            self.pos_embed = self.add_weight(shape=(1, c.num_prefix_tokens + gh * gw, D), initializer="zeros",
+                                             name="pos_embed", autocast=False)
+        self.patch_embed.build(None)
+        for b in self.blocks:
+            b.build(None)
+        if self.norm is not None:
+            self.norm.build((None, None, W))
+        if self.fc_norm is not None:
+            self.fc_norm.build((None, W))
+        if self.pre_logits is not None:
+            self.pre_logits.build((None, W))
+        if self.head is not None:
+            self.head.build((None, c.feature_dim))
+        self.built = True
+
+    # --------------------------------------------------------------- helpers
+    def _grid(self, x_shape):
+        P = self.cfg.patch_size
+        if self.data_format == "channels_first":
+            H, W = x_shape[2], x_shape[3]
+        else:
+            H, W = x_shape[1], x_shape[2]
+        return (H // P, W // P)
+
+    def position_table(self, grid):
+        """(1, T, D) float32 table for a patch grid, or None: learned (resampled) or fixed sinusoidal."""
+        c = self.cfg
+        grid = tuple(int(g) for g in grid)
+        if c.pos_embed == "none":
+            return None
+        if c.pos_embed == "learned":
+            table = ops.convert_to_tensor(self.pos_embed.value if hasattr(self.pos_embed, "value") else self.pos_embed)
+            return resample_table(ops.cast(table, "float32"), c.table_grid, grid, c.num_prefix_tokens,
+                                  c.resize_kernel)
+        if grid not in self._fixed_tables:
+            self._fixed_tables[grid] = np.asarray(fixed_table(c, grid), np.float32)[None]
+        return ops.convert_to_tensor(self._fixed_tables[grid])
+
+    # --------------------------------------------------------------- forward
+    def forward_stages(self, x, training=False, return_attn=False):
+        """Every named stage (dict), computed in the policy's compute dtype."""
+        c = self.cfg
+        dt = self.compute_dtype
+        out = {}
+        grid = self._grid(x.shape)
+        x = self.patch_embed(x)
+        out["patch_embed"] = x
+        B = ops.shape(x)[0]
+        if c.class_token == "learned":
+            tok = ops.broadcast_to(ops.cast(self.cls_token, dt), (B, 1, c.embed_dim))
+            x = ops.concatenate([tok, x], axis=1)
+        elif c.class_token == "zeros":
+            x = ops.concatenate([ops.zeros((B, 1, c.embed_dim), dtype=x.dtype), x], axis=1)
+        table = self.position_table(grid)
+        if table is not None:
+            x = x + ops.cast(table, dt)
+        if training and c.dropout > 0:
+            x = self.pos_drop(x, training=training)
+        out["embed"] = x
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, training=training)
+            out[f"block_{i}"] = x
+        if self.norm is not None:
+            x = self.norm(x)
+        out["norm"] = x
+        n0 = c.num_prefix_tokens
+        if c.pool == "token":
+            x = x[:, 0]
+        else:
+            x = ops.cast(ops.mean(ops.cast(x[:, n0:], "float32"), axis=1), dt)
+        if self.fc_norm is not None:
+            x = self.fc_norm(x)
+        if self.pre_logits is not None:
+            x = ops.tanh(self.pre_logits(x))
+        out["pre_logits"] = x
+        if self.head is not None:
+            x = self.head(x)
+            if c.output_softmax:
+                x = softmax_f32(x, dt)
+        out["logits"] = x
+        return out
+
+    def call(self, x, training=False):
+        return self.forward_stages(x, training=training)["logits"]
+
+    # ------------------------------------------------------------ bookkeeping
+    def canonical_variables(self) -> dict:
+        """canonical key -> (keras Variable, kind) with kind in {"conv", "dense", "direct"}."""
+        c = self.cfg
+        v = {"patch_embed.proj.weight": (self.patch_embed.proj.kernel, "conv"),
+             "patch_embed.proj.bias": (self.patch_embed.proj.bias, "direct")}
+        if c.class_token == "learned":
+            v["cls_token"] = (self.cls_token, "direct")
+        if c.pos_embed == "learned":
+            v["pos_embed"] = (self.pos_embed, "direct")
+
+        def ln(key, layer):
+            v[f"{key}.weight"] = (layer.gamma, "direct")
+            v[f"{key}.bias"] = (layer.beta, "direct")
+
+        def dense(key, layer):
+            v[f"{key}.weight"] = (layer.kernel, "dense")
+            if layer.use_bias:
+                v[f"{key}.bias"] = (layer.bias, "direct")
+
+        for i, b in enumerate(self.blocks):
+            p = f"blocks.{i}"
+            ln(f"{p}.norm1", b.norm1)
+            dense(f"{p}.attn.qkv", b.attn.qkv)
+            dense(f"{p}.attn.proj", b.attn.proj)
+            ln(f"{p}.norm2", b.norm2)
+            dense(f"{p}.mlp.fc1", b.mlp.fc1)
+            dense(f"{p}.mlp.fc2", b.mlp.fc2)
+        if self.norm is not None:
+            ln("norm", self.norm)
+        if self.fc_norm is not None:
+            ln("fc_norm", self.fc_norm)
+        if self.pre_logits is not None:
+            dense("pre_logits.fc", self.pre_logits)
+        if self.head is not None:
+            dense("head", self.head)
+        return v
+
+    def get_config(self):
+        return {"name": self.name, "config": self.cfg.to_dict(), "data_format": self.data_format,
+                "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+                "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+def build_model(cfg: ViTConfig, *, dtype: str = "float32", data_format: str = "channels_last",
+                name: str = "vision_transformer") -> VisionTransformer:
+    """A built (random-zero-initialised) model for `cfg`; compute dtype float32 / bfloat16 / float16.
+
+    `dtype` may also be a Keras dtype policy (name or object), e.g. "mixed_bfloat16" or "bfloat16".
+    """
+    policy = POLICIES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    model = VisionTransformer(cfg.to_dict(), data_format=data_format, name=name, dtype=policy)
+    H, W = cfg.image_size
+    shape = (None, cfg.in_chans, H, W) if data_format == "channels_first" else (None, H, W, cfg.in_chans)
+    model.build(shape)
+    return model

@@ -1,0 +1,204 @@
+"""CPU throughput of vit_torch, with an analytic FLOP count, and timm's ViT for comparison.
+
+    python -m vit_torch.bench --preset B/16 --batch 8 --passes 5
+
+Modes
+  eager    the model as `build_model` makes it (SDPA attention), weights in `dtype`.
+  fast     the documented fast path: every Linear's weight is reordered once into oneDNN's blocked
+           layout (`torch.ops.mkldnn._reorder_linear_weight`) and run by `mkldnn._linear_pointwise`,
+           with the MLP's GELU (cfg.gelu's form) fused into fc1; weights in `dtype` (bfloat16 uses
+           the CPU's AVX512-BF16/AMX kernels). Numerically this is a different kernel, so it is a
+           benchmark path, not the conformance path (`fast_conformance` reports its verdict).
+  compile  `torch.compile(model)` (inductor; compile time is reported separately).
+
+Threads: `torch.set_num_threads(threads)` is set explicitly (default: all cores).
+`vit_flops` counts 2 FLOPs per multiply-add of every matmul (patch projection, qkv, scores,
+attention x values, proj, MLP, pre-logits, head); elementwise work (LayerNorm, softmax, GELU) is
+not counted. TODO(shared): `vit_flops` belongs in shared/ once the other backends benchmark too.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.config import ViTConfig
+from shared.init import random_images
+
+from .model import TORCH_DTYPES, VisionTransformer, build_model
+
+
+def vit_flops(cfg: ViTConfig, image_size: tuple[int, int] | None = None) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one image's forward at `image_size` (default cfg.image_size)."""
+    h, w = image_size or cfg.image_size
+    P, D, W, M = cfg.patch_size, cfg.embed_dim, cfg.width, cfg.mlp_dim
+    n = (h // P) * (w // P)
+    t = n + cfg.num_prefix_tokens
+    f = 2 * n * D * cfg.in_chans * P * P
+    for i in range(cfg.depth):
+        din = cfg.block_in_dim(i)
+        f += 2 * t * din * 3 * W  # qkv
+        f += 2 * 2 * t * t * W  # q k^T and probs v over all heads
+        f += 2 * t * W * W  # proj
+        f += 2 * 2 * t * W * M  # fc1, fc2
+    if cfg.representation_size:
+        f += 2 * W * cfg.representation_size
+    if cfg.num_classes:
+        f += 2 * cfg.feature_dim * cfg.num_classes
+    return f
+
+
+# ------------------------------------------------------------------ fast path
+class PackedLinear(nn.Module):
+    """A Linear whose weight is prepacked for oneDNN; optional fused GELU ('none' or 'tanh' form)."""
+
+    def __init__(self, linear: nn.Linear, gelu: str | None = None):
+        super().__init__()
+        w = linear.weight.detach()
+        self.out_features = w.shape[0]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w)
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.attr, self.algorithm = ("gelu", gelu) if gelu else ("none", "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.attr, [], self.algorithm)
+
+
+def make_fast(model: VisionTransformer) -> VisionTransformer:
+    """Inference-only copy of `model` with prepacked oneDNN Linears and GELU fused into fc1."""
+    fast = copy.deepcopy(model).eval()
+    gelu = {"erf": "none", "tanh": "tanh"}[model.config.gelu]
+    with torch.no_grad():
+        for blk in fast.blocks:
+            blk.attn.qkv = PackedLinear(blk.attn.qkv)
+            blk.attn.proj = PackedLinear(blk.attn.proj)
+            blk.mlp.fc1 = PackedLinear(blk.mlp.fc1, gelu=gelu)
+            blk.mlp.act = nn.Identity()
+            blk.mlp.fc2 = PackedLinear(blk.mlp.fc2)
+    return fast
+
+
+def fast_conformance(preset: str = "tiny", dtype: str = "float32") -> str:
+    """The policy's verdict on the fast path for a preset (reported by the benchmark, not a test)."""
+    from conformance_tests import helpers
+    from shared import tolerances
+
+    cfg, state, x = helpers.case(preset)
+    model = make_fast(build_model(cfg, state, dtype=dtype))
+    with torch.inference_mode():
+        st = model.forward_stages(torch.from_numpy(x).to(TORCH_DTYPES[dtype]))
+    out = {k: v.float().numpy() for k, v in st.items()}
+    ref_lp = helpers.reference_stages(preset, dtype) if dtype != "float32" else None
+    return tolerances.judge(cfg, dtype, out, helpers.reference_stages(preset), ref_lp).summary()
+
+
+# -------------------------------------------------------------------- timing
+def _time(fn, x, n_warmup: int, n_iter: int) -> list[float]:
+    with torch.inference_mode():
+        for _ in range(n_warmup):
+            fn(x)
+        times = []
+        for _ in range(n_iter):
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def prepare(cfg: ViTConfig, dtype: str = "float32", mode: str = "eager", seed: int = 0):
+    """(callable, setup seconds) for a mode."""
+    t0 = time.perf_counter()
+    model = build_model(cfg, dtype=dtype, seed=seed)
+    if mode == "eager":
+        fn = model
+    elif mode == "fast":
+        fn = make_fast(model)
+    elif mode == "compile":
+        fn = torch.compile(model)
+    else:
+        raise ValueError(f"unknown mode {mode!r}; modes: eager, fast, compile")
+    return fn, time.perf_counter() - t0
+
+
+def _result(cfg, batch, times, **extra) -> dict:
+    med = statistics.median(times)
+    return dict(batch=batch, median_s=med, images_per_s=batch / med,
+                gflops_per_s=vit_flops(cfg) * batch / med / 1e9, n=len(times), **extra)
+
+
+def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "eager", n_warmup: int = 2,
+          n_iter: int = 5, threads: int | None = None, seed: int = 0) -> dict:
+    """Median-timed forward of `batch` images: images/s and matmul GFLOP/s (vit_flops)."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    fn, setup_s = prepare(cfg, dtype, mode, seed)
+    x = torch.from_numpy(random_images(cfg, batch, seed)).to(TORCH_DTYPES[dtype])
+    t0 = time.perf_counter()
+    times = _time(fn, x, n_warmup, n_iter)
+    return _result(cfg, batch, times, mode=mode, dtype=dtype, setup_s=setup_s,
+                   warmup_and_run_s=time.perf_counter() - t0, threads=torch.get_num_threads())
+
+
+def bench_timm(name: str = "vit_base_patch16_224", batch: int = 8, dtype: str = "float32", n_warmup: int = 2,
+               n_iter: int = 5) -> dict:
+    """timm's model (pretrained=False, eval, weights in dtype) timed like `bench`."""
+    import timm
+
+    from shared.presets import get_preset
+
+    model = timm.create_model(name, pretrained=False).eval().to(TORCH_DTYPES[dtype])
+    cfg = get_preset(name)
+    x = torch.randn(batch, 3, *cfg.image_size, dtype=TORCH_DTYPES[dtype])
+    return _result(cfg, batch, _time(model, x, n_warmup, n_iter), mode="timm", dtype=dtype)
+
+
+def main(argv=None) -> None:
+    from shared.presets import get_preset
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="B/16")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--passes", type=int, default=5, help="interleaved passes; medians over passes are reported")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--runs", default="timm:float32,eager:float32,fast:float32,timm:bfloat16,eager:bfloat16,fast:bfloat16")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    cfg = get_preset(args.preset)
+    runs = [tuple(r.split(":")) for r in args.runs.split(",")]
+    fns = {}
+    for mode, dtype in runs:
+        t0 = time.perf_counter()
+        if mode == "timm":
+            import timm
+            fns[(mode, dtype)] = timm.create_model(cfg.name, pretrained=False).eval().to(TORCH_DTYPES[dtype])
+        else:
+            fns[(mode, dtype)] = prepare(cfg, dtype, mode)[0]
+        x = torch.from_numpy(random_images(cfg, args.batch)).to(TORCH_DTYPES[dtype])
+        _time(fns[(mode, dtype)], x, 1, 0)  # warm-up (and compile)
+        print(f"prepared {mode}:{dtype} in {time.perf_counter() - t0:.1f}s", flush=True)
+    per_pass = {r: [] for r in runs}
+    for p in range(args.passes):
+        for mode, dtype in runs:
+            x = torch.from_numpy(random_images(cfg, args.batch)).to(TORCH_DTYPES[dtype])
+            per_pass[(mode, dtype)].append(statistics.median(_time(fns[(mode, dtype)], x, 1, args.iters)))
+    base = args.batch / statistics.median(per_pass.get(("timm", "float32"), [float("nan")]))
+    rows = []
+    for (mode, dtype), ts in per_pass.items():
+        r = _result(cfg, args.batch, ts, mode=mode, dtype=dtype)
+        r["vs_timm_fp32"] = r["images_per_s"] / base
+        rows.append(r)
+        print(f"{mode:8s} {dtype:9s} {r['images_per_s']:7.2f} img/s {r['gflops_per_s']:7.1f} GFLOP/s "
+              f"x{r['vs_timm_fp32']:.2f} vs timm fp32  (passes: {', '.join(f'{args.batch / t:.2f}' for t in ts)})")
+    print(json.dumps({"preset": cfg.name, "gflop_per_image": vit_flops(cfg) / 1e9, "threads": torch.get_num_threads(),
+                      "rows": rows}, default=str))
+
+
+if __name__ == "__main__":
+    main()

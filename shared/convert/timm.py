@@ -288,13 +288,16 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
             raise MismatchError(source, [f"key 'pos_embed': expected shape (1, tokens, {D}), got {pe_shape}"])
         T = int(pe_shape[1])
         if has_cls:
-            no_embed = (_isqrt_exact(T) and not _isqrt_exact(T - 1)) or any(
-                h % P == 0 and w % P == 0 and (h // P) * (w // P) == T for h, w in hints)
+            def fits(n: int) -> bool:
+                return any(h % P == 0 and w % P == 0 and (h // P) * (w // P) == n for h, w in hints)
+            # One row per patch and none for the class token: a known grid first, else a square count.
+            no_embed = not fits(T - 1) and (fits(T) or (_isqrt_exact(T) and not _isqrt_exact(T - 1)))
             if no_embed:
                 raise ConversionError(
                     f"{source}: pos_embed has {T} rows = one per patch while the model has a cls_token: a timm "
                     f"no_embed_class model (DeiT-3 / big_vision style), whose class token gets no position; the "
-                    f"canonical table has a row for the class token")
+                    f"canonical table has a row for the class token. (If the table is instead a class row plus a "
+                    f"non-square grid of {T - 1} patches, pass image_size=(H, W) / --image-size HxW.)")
         pos_grid = _infer_grid(T - prefix, P, hints, source)
     if target is None:
         if pos_grid is not None:

@@ -1,0 +1,337 @@
+"""shared.convert without any framework: synthetic timm / HF dicts built from canonical states."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from shared import reference
+from shared.convert import (ConversionError, ConversionWarning, MissingFactsError, export_hf, export_timm,
+                            import_hf, import_timm, load_hf_dir, load_timm_file, save_hf_dir, timm_model_kwargs)
+from shared.init import init_weights, random_images
+from shared.posemb import resample_pos_embed
+from shared.presets import get_preset
+from shared.weights import MismatchError
+
+TIMM_OK = ["tiny", "tiny_meanpool_learned", "tiny_fcnorm_token", "tiny_nohead"]
+
+
+def _cfg(name: str):
+    base = get_preset("tiny")
+    if name == "tiny_meanpool_learned":  # no class token, mean pool, fc_norm, tanh GELU, eps 1e-5, non-square
+        return base.replace(name=name, class_token="none", pool="mean", final_norm=False, fc_norm=True,
+                            gelu="tanh", layer_norm_eps=1e-5, image_size=(24, 40), in_chans=1, qkv_bias=False)
+    if name == "tiny_fcnorm_token":
+        return base.replace(name=name, final_norm=False, fc_norm=True, resize_kernel="bicubic_antialias")
+    if name == "tiny_nohead":
+        return base.replace(name=name, num_classes=0, pos_embed="none", final_norm=False)
+    return get_preset(name)
+
+
+def _same_state(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype == np.float32, k
+        assert np.array_equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------- timm
+@pytest.mark.parametrize("name", TIMM_OK)
+def test_timm_round_trip_bit_exact(name):
+    cfg = _cfg(name)
+    state = init_weights(cfg, seed=3)
+    timm_state = export_timm(cfg, state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a preset that matches the file raises no warning
+        cfg2, state2 = import_timm(timm_state, preset=cfg)
+    assert cfg2 == cfg
+    _same_state(state, state2)
+
+
+def test_timm_prefix_stripping_and_nesting():
+    cfg = get_preset("tiny")
+    state = init_weights(cfg)
+    for prefix in ("module.", "model.", "module.model.", "_orig_mod."):
+        _, s2 = import_timm({prefix + k: v for k, v in state.items()}, preset="tiny")
+        _same_state(state, s2)
+
+
+def test_timm_missing_facts_named():
+    cfg = get_preset("tiny")
+    with pytest.raises(MissingFactsError) as e:
+        import_timm(export_timm(cfg, init_weights(cfg)))
+    msg = str(e.value)
+    for fact in ("num_heads", "layer_norm_eps", "gelu", "--preset"):
+        assert fact in msg
+
+
+def test_timm_config_json_supplies_facts():
+    cfg = get_preset("tiny")
+    state = export_timm(cfg, init_weights(cfg))
+    tc = {"architecture": "vit_custom", "global_pool": "token", "num_classes": 10,
+          "model_args": {"num_heads": 4, "embed_dim": 32}, "pretrained_cfg": {"input_size": [3, 32, 32]}}
+    cfg2, _ = import_timm(state, timm_config=tc)
+    assert (cfg2.num_heads, cfg2.layer_norm_eps, cfg2.gelu, cfg2.resize_kernel, cfg2.pool) == \
+        (4, 1e-6, "erf", "bicubic_antialias", "token")
+    # a known architecture name is enough
+    big = get_preset("vit_tiny_patch16_224")
+    cfg3, _ = import_timm(export_timm(big, init_weights(big)), timm_config={"architecture": "vit_tiny_patch16_224.augreg_in21k"})
+    assert cfg3 == big.replace(notes="")
+    # num_heads alone at the top level is not enough: eps and GELU stay unknown
+    with pytest.raises(MissingFactsError, match="layer_norm_eps"):
+        import_timm(state, timm_config={"architecture": "vit_custom", "num_heads": 4, "global_pool": "token"})
+
+
+def test_timm_file_wins_over_preset_sizes():
+    cfg = get_preset("tiny")
+    state = export_timm(cfg, init_weights(cfg))
+    with pytest.warns(ConversionWarning, match="file's sizes win"):
+        cfg2, _ = import_timm(state, preset="vit_large_patch16_224")  # 1024 wide, 24 deep, 16 heads (divide 32)
+    assert (cfg2.embed_dim, cfg2.depth, cfg2.num_heads, cfg2.num_classes) == (32, 2, 16, 10)
+
+
+def test_timm_heads_not_dividing_raises():
+    cfg = get_preset("tiny").replace(embed_dim=40, num_heads=4)
+    state = export_timm(cfg, init_weights(cfg))
+    with pytest.raises(ConversionError, match="not divisible by num_heads 6"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import_timm(state, preset="vit_small_patch16_224")  # 6 heads
+
+
+@pytest.mark.parametrize("extra,what", [
+    ({"blocks.0.ls1.gamma": np.ones(32, np.float32), "blocks.0.ls2.gamma": np.ones(32, np.float32)}, "layer scale"),
+    ({"reg_token": np.zeros((1, 4, 32), np.float32)}, "register tokens"),
+    ({"dist_token": np.zeros((1, 1, 32), np.float32), "head_dist.weight": np.zeros((10, 32), np.float32)}, "distillation"),
+    ({"attn_pool.latent": np.zeros((1, 1, 32), np.float32)}, "attention-pooling"),
+    ({"blocks.1.attn.q_norm.weight": np.ones(8, np.float32)}, "qk normalisation"),
+    ({"patch_embed.norm.weight": np.ones(32, np.float32)}, "patch embedding"),
+    ({"norm_pre.weight": np.ones(32, np.float32)}, "pre_norm"),
+])
+def test_timm_refuses_unrepresentable(extra, what):
+    cfg = get_preset("tiny")
+    state = {**export_timm(cfg, init_weights(cfg)), **extra}
+    with pytest.raises(ConversionError, match=what):
+        import_timm(state, preset="tiny")
+
+
+def test_timm_refuses_no_embed_class():
+    cfg = get_preset("tiny")
+    state = export_timm(cfg, init_weights(cfg))
+    state["pos_embed"] = state["pos_embed"][:, 1:]  # 16 rows: one per patch, none for the class token
+    with pytest.raises(ConversionError, match="no_embed_class"):
+        import_timm(state, preset="tiny")
+
+
+def test_timm_unknown_keys_reported():
+    cfg = get_preset("tiny")
+    state = {**export_timm(cfg, init_weights(cfg)), "blocks.0.foo.weight": np.ones(3, np.float32)}
+    with pytest.raises(MismatchError, match="blocks.0.foo.weight"):
+        import_timm(state, preset="tiny")
+
+
+def test_timm_pos_embed_resampled_on_import():
+    cfg = get_preset("tiny")  # 4x4 grid, bicubic
+    state = export_timm(cfg, init_weights(cfg))
+    for size, kernel in (((48, 40), "bicubic"), ((16, 24), "bicubic_antialias")):
+        p = cfg.replace(resize_kernel=kernel)
+        cfg2, s2 = import_timm(state, preset=p, image_size=size)
+        assert cfg2.image_size == size and cfg2.pos_grid is None and cfg2.resize_kernel == kernel
+        want = resample_pos_embed(state["pos_embed"], (4, 4), cfg2.grid, 1, kernel)
+        assert np.array_equal(s2["pos_embed"], want)
+        # same model as running the original at that size (the reference resamples the same way)
+        x = random_images(cfg2, 1)
+        a = reference.forward(cfg2, s2, x)["logits"]
+        b = reference.forward(p, init_weights(cfg), x)["logits"]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_timm_non_square_grid_needs_image_size():
+    cfg = get_preset("tiny").replace(image_size=(24, 40))  # 3x5 = 15 patches, not a square
+    state = export_timm(cfg, init_weights(cfg))
+    with pytest.raises(ConversionError, match="image_size"):  # 16 rows: 4x4 without class row, or 1 + 3x5?
+        import_timm(state, preset="tiny")
+    odd = export_timm(cfg.replace(image_size=(16, 40)), init_weights(cfg.replace(image_size=(16, 40))))
+    with pytest.raises(MissingFactsError, match="image_size"):  # 1 + 2x5 rows, no size hint at all
+        import_timm(odd, timm_config={"architecture": "x", "global_pool": "token", "model_args": {"num_heads": 4}})
+    cfg2, s2 = import_timm(state, preset="tiny", image_size=(24, 40))
+    assert cfg2.grid == (3, 5)
+    _same_state(init_weights(cfg), s2)
+
+
+def test_timm_old_pre_logits_imported():
+    cfg = get_preset("tiny").replace(representation_size=24, final_norm=True)
+    state = init_weights(cfg)
+    with pytest.warns(ConversionWarning, match="representation_size"):  # export_timm refuses pre_logits: build by hand
+        cfg2, s2 = import_timm(dict(state), preset="tiny")
+    assert cfg2.representation_size == 24
+    _same_state(state, s2)
+    with pytest.raises(ConversionError, match="pre-logits"):
+        export_timm(cfg, state)
+
+
+@pytest.mark.parametrize("preset,what", [("tiny_t2t", "value skip"), ("tiny_meanpool", "sin-cos"),
+                                         ("tiny_pretrain", "pre-logits")])
+def test_export_timm_refuses(preset, what):
+    cfg = get_preset(preset)
+    with pytest.raises(ConversionError, match=what):
+        export_timm(cfg, init_weights(cfg))
+    with pytest.raises(ConversionError):
+        timm_model_kwargs(cfg)
+
+
+def test_timm_model_kwargs_mlp_ratio_exact():
+    cfg = get_preset("tiny").replace(mlp_dim=37)
+    kw = timm_model_kwargs(cfg)
+    assert int(cfg.embed_dim * kw["mlp_ratio"]) == 37
+
+
+def test_load_timm_file_safetensors_with_config(tmp_path):
+    from safetensors.numpy import save_file
+
+    cfg = get_preset("tiny")
+    state = init_weights(cfg)
+    save_file({"module." + k: v for k, v in export_timm(cfg, state).items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(MissingFactsError):
+        load_timm_file(tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architecture": "vit_x", "global_pool": "token", "model_args": {"num_heads": 4}}))
+    cfg2, s2 = load_timm_file(tmp_path / "model.safetensors")
+    assert cfg2.num_heads == 4
+    _same_state(state, s2)
+
+
+# --------------------------------------------------------------------------- HF
+def _hf_cfgs():
+    tiny = get_preset("tiny")
+    return {
+        "cls": tiny,
+        "cls_tanh_nonsquare_nobias": tiny.replace(gelu="tanh", image_size=(24, 40), qkv_bias=False, layer_norm_eps=1e-12,
+                                                  resize_kernel="bicubic"),
+        "features_pooler": tiny.replace(num_classes=0, representation_size=24),
+        "features": tiny.replace(num_classes=0),
+    }
+
+
+@pytest.mark.parametrize("layout", ["file", "module"])
+@pytest.mark.parametrize("which", list(_hf_cfgs()))
+def test_hf_round_trip_bit_exact(which, layout):
+    cfg = _hf_cfgs()[which]
+    state = init_weights(cfg, seed=5)
+    hf_state, hf_conf = export_hf(cfg, state, layout=layout)
+    assert any(k.startswith("vit.") for k in hf_state) == bool(cfg.num_classes)
+    cfg2, state2 = import_hf(hf_state, json.loads(json.dumps(hf_conf)))
+    _same_state(state, state2)
+    assert cfg2 == cfg.replace(name=cfg2.name, resize_kernel="bicubic")
+
+
+def test_hf_qkv_fusion_order():
+    cfg = get_preset("tiny")
+    state = init_weights(cfg)
+    hf_state, conf = export_hf(cfg, state)
+    W = cfg.width
+    rng = np.random.default_rng(0)
+    for i in range(cfg.depth):
+        b = f"vit.encoder.layer.{i}.attention.attention."
+        q, k, v = (rng.standard_normal((W, W)).astype(np.float32) for _ in range(3))
+        qb, kb, vb = (rng.standard_normal(W).astype(np.float32) for _ in range(3))
+        hf_state.update({b + "query.weight": q, b + "key.weight": k, b + "value.weight": v,
+                         b + "query.bias": qb, b + "key.bias": kb, b + "value.bias": vb})
+        _, s2 = import_hf(hf_state, conf)
+        w = s2[f"blocks.{i}.attn.qkv.weight"]
+        assert np.array_equal(w[:W], q) and np.array_equal(w[W:2 * W], k) and np.array_equal(w[2 * W:], v)
+        bias = s2[f"blocks.{i}.attn.qkv.bias"]
+        assert np.array_equal(bias, np.concatenate([qb, kb, vb]))
+
+
+def test_hf_defaults_and_activation():
+    cfg = get_preset("tiny")
+    hf_state, conf = export_hf(cfg, init_weights(cfg))
+    conf = {k: v for k, v in conf.items() if k not in ("layer_norm_eps", "hidden_act")}
+    cfg2, _ = import_hf(hf_state, conf)
+    assert cfg2.layer_norm_eps == 1e-12 and cfg2.gelu == "erf" and cfg2.resize_kernel == "bicubic"
+    for act, kind in (("gelu_new", "tanh"), ("gelu_pytorch_tanh", "tanh")):
+        assert import_hf(hf_state, {**conf, "hidden_act": act})[0].gelu == kind
+    with pytest.raises(ConversionError, match="quick_gelu"):
+        import_hf(hf_state, {**conf, "hidden_act": "quick_gelu"})
+    with pytest.raises(MissingFactsError, match="num_attention_heads"):
+        import_hf(hf_state, {k: v for k, v in conf.items() if k != "num_attention_heads"})
+    with pytest.raises(MismatchError, match="hidden_size"):
+        import_hf(hf_state, {**conf, "hidden_size": 64})
+
+
+def test_hf_mask_token_dropped_decoder_refused_pooler_with_head_dropped():
+    cfg = get_preset("tiny")
+    state = init_weights(cfg)
+    hf_state, conf = export_hf(cfg, state)
+    with pytest.warns(ConversionWarning, match="mask_token"):
+        _, s2 = import_hf({**hf_state, "vit.embeddings.mask_token": np.zeros((1, 1, 32), np.float32)}, conf)
+    _same_state(state, s2)
+    with pytest.raises(ConversionError, match="pixel decoder"):
+        import_hf({**hf_state, "decoder.0.weight": np.zeros((192, 32, 1, 1), np.float32)}, conf)
+    with pytest.warns(ConversionWarning, match="pooler"):
+        cfg3, s3 = import_hf({**hf_state, "vit.pooler.dense.weight": np.zeros((32, 32), np.float32),
+                              "vit.pooler.dense.bias": np.zeros(32, np.float32)}, conf)
+    assert cfg3.representation_size is None
+    _same_state(state, s3)
+
+
+def test_hf_resample_on_import():
+    cfg = get_preset("tiny")
+    state = init_weights(cfg)
+    hf_state, conf = export_hf(cfg, state)
+    cfg2, s2 = import_hf(hf_state, conf, image_size=(48, 40))
+    assert np.array_equal(s2["pos_embed"], resample_pos_embed(state["pos_embed"], (4, 4), (6, 5), 1, "bicubic"))
+
+
+@pytest.mark.parametrize("change,what", [
+    (dict(class_token="zeros", attn_value_skip=True, attn_dim=48, qkv_bias=False), "class_token"),
+    (dict(pos_embed="sincos1d"), "pos_embed"),
+    (dict(pool="mean"), "pool"),
+    (dict(final_norm=False), "final_norm"),
+    (dict(representation_size=24), "pre_logits together with a head"),
+    (dict(output_softmax=True), "output_softmax"),
+])
+def test_export_hf_refuses(change, what):
+    cfg = get_preset("tiny").replace(**change)
+    with pytest.raises(ConversionError, match=what):
+        export_hf(cfg, init_weights(cfg))
+
+
+def test_hf_dir_save_load_atomic(tmp_path, monkeypatch):
+    cfg = get_preset("tiny").replace(resize_kernel="bicubic")
+    state = init_weights(cfg)
+    d = tmp_path / "hf"
+    save_hf_dir(d, cfg, state)
+    assert sorted(os.listdir(d)) == ["config.json", "model.safetensors"]
+    cfg2, s2 = load_hf_dir(d)
+    _same_state(state, s2)
+    with pytest.raises(FileExistsError):
+        save_hf_dir(d, cfg, state)
+    # a failure while writing leaves neither a directory nor a temp dir behind
+    import safetensors.numpy
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
+    with pytest.raises(OSError):
+        save_hf_dir(tmp_path / "hf2", cfg, state)
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+    # an unexpressible config leaves nothing either
+    with pytest.raises(ConversionError):
+        save_hf_dir(tmp_path / "hf3", get_preset("tiny_t2t"), init_weights(get_preset("tiny_t2t")))
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+
+
+def test_hf_timm_cross_conversion():
+    """HF -> canonical -> timm -> canonical keeps every tensor (eps and GELU travel through the config)."""
+    cfg = get_preset("tiny").replace(layer_norm_eps=1e-12, resize_kernel="bicubic")
+    state = init_weights(cfg)
+    c1, s1 = import_hf(*export_hf(cfg, state))
+    c2, s2 = import_timm(export_timm(c1, s1), preset=c1)
+    assert c2 == c1
+    _same_state(state, s2)

@@ -1,0 +1,259 @@
+"""Keras 3 backend (vit_keras) against the float64 reference, under the shared tolerance policy.
+
+The in-process tests run on the Keras backend conftest selects (tensorflow by default); one test runs the
+same model under KERAS_BACKEND=torch in a subprocess and compares both runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance_tests import helpers
+from shared import posemb, tolerances, weights
+
+keras = pytest.importorskip("keras")
+
+from vit_keras.backend import KerasBackend  # noqa: E402
+from vit_keras.convert import load_keras, load_weights_h5, save_keras  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = ["float32", "bfloat16", "float16"]
+BE = KerasBackend()
+
+
+def _model(preset, dtype="float32", **kw):
+    cfg, state, _ = helpers.case(preset)
+    return BE.build(cfg, state, dtype=dtype, **kw)
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), f"stage {k} differs (max {np.abs(a[k] - b[k]).max():.3e})"
+
+
+# ------------------------------------------------------------------ conformance
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset", helpers.TINY_PRESETS + helpers.SEED_FAST)
+def test_conforms(preset, dtype):
+    cfg, state, x = helpers.case(preset)
+    model = BE.build(cfg, state, dtype=dtype)
+    out = BE.forward(model, x)
+    for s in cfg.stage_names():
+        ref_shape = helpers.reference_stages(preset)[s].shape
+        assert out[s].shape == ref_shape and out[s].dtype == np.float32, (s, out[s].shape, ref_shape)
+    helpers.assert_conforms(preset, dtype, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", helpers.SEED_SLOW + helpers.SMALL_SLOW)
+def test_conforms_slow(preset):
+    cfg, state, x = helpers.case(preset)
+    helpers.assert_conforms(preset, "float32", BE.forward(BE.build(cfg, state), x))
+
+
+def test_dtype_policy_computes_in_half():
+    for dtype, policy in [("bfloat16", "mixed_bfloat16"), ("float16", "mixed_float16")]:
+        m = _model("tiny", dtype)
+        assert m.dtype_policy.name == policy and m.compute_dtype == dtype
+        assert all(str(v.dtype) == "float32" for v in m.weights)  # float32 variables: lossless export
+        x = np.transpose(helpers.case("tiny")[2], (0, 2, 3, 1))
+        stages = m.forward_stages(keras.ops.convert_to_tensor(x))
+        assert all(keras.backend.standardize_dtype(v.dtype) == dtype for v in stages.values())
+
+
+def test_layer_norm_eps_and_gelu_come_from_config():
+    m = _model("tiny_meanpool")  # eps 1e-5, tanh GELU
+    assert m.blocks[0].norm1.epsilon == 1e-5 and m.fc_norm.epsilon == 1e-5
+    assert m.blocks[0].mlp.cfg.gelu == "tanh"
+
+
+def test_jit_mode_conforms():
+    cfg, state, x = helpers.case("tiny_t2t")
+    helpers.assert_conforms("tiny_t2t", "float32", KerasBackend(mode="jit").forward(BE.build(cfg, state), x))
+
+
+# ---------------------------------------------------------------- weights
+@pytest.mark.parametrize("preset", helpers.TINY_PRESETS)
+def test_canonical_round_trip_bit_exact(preset):
+    cfg, state, _ = helpers.case(preset)
+    back = BE.export(BE.build(cfg, state))
+    assert back.keys() == state.keys()
+    for k in state:
+        assert back[k].dtype == np.float32 and np.array_equal(back[k], state[k]), k
+
+
+def test_layout_conv_hwio_dense_transposed():
+    cfg, state, _ = helpers.case("tiny")
+    m = BE.build(cfg, state)
+    kernel = keras.ops.convert_to_numpy(m.patch_embed.proj.kernel)
+    assert np.array_equal(kernel, state["patch_embed.proj.weight"].transpose(2, 3, 1, 0))
+    qkv = keras.ops.convert_to_numpy(m.blocks[1].attn.qkv.kernel)
+    assert np.array_equal(qkv, state["blocks.1.attn.qkv.weight"].T)
+    gamma = keras.ops.convert_to_numpy(m.blocks[0].norm2.gamma)
+    assert np.array_equal(gamma, state["blocks.0.norm2.weight"])
+
+
+def test_missing_extra_misshaped_weights_named():
+    cfg, state, _ = helpers.case("tiny")
+    missing = {k: v for k, v in state.items() if k != "blocks.1.mlp.fc2.bias"}
+    with pytest.raises(weights.MismatchError, match=r"blocks\.1\.mlp\.fc2\.bias"):
+        BE.build(cfg, missing)
+    extra = dict(state, **{"blocks.9.attn.qkv.weight": np.zeros((96, 32), np.float32)})
+    with pytest.raises(weights.MismatchError, match=r"blocks\.9\.attn\.qkv\.weight"):
+        BE.build(cfg, extra)
+    bad = dict(state, **{"blocks.0.attn.proj.weight": np.zeros((32, 31), np.float32)})
+    with pytest.raises(weights.MismatchError, match=r"blocks\.0\.attn\.proj\.weight.*\(32, 32\).*\(32, 31\)"):
+        BE.build(cfg, bad)
+
+
+def test_keras_file_round_trip_bit_exact(tmp_path):
+    cfg, state, x = helpers.case("tiny_pretrain")
+    m = BE.build(cfg, state)
+    path = BE.save_native(m, tmp_path / "m.keras")
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]  # atomic: no temporary left behind
+    m2 = BE.load_native(path, cfg)
+    assert m2.cfg == cfg
+    _same(BE.forward(m, x), BE.forward(m2, x))
+    # the same file at another compute dtype
+    assert BE.load_native(path, dtype="bfloat16").compute_dtype == "bfloat16"
+
+
+def test_weights_h5_round_trip(tmp_path):
+    cfg, state, x = helpers.case("tiny_t2t")
+    m = BE.build(cfg, state)
+    path = BE.save_native(m, tmp_path / "m.weights.h5")
+    m2 = BE.load_native(path, cfg)
+    _same(BE.forward(m, x), BE.forward(m2, x))
+    for k, v in BE.export(m2).items():
+        assert np.array_equal(v, state[k]), k
+    with pytest.raises(weights.MismatchError):
+        load_weights_h5(path, helpers.case("tiny")[0])  # another config does not fit
+
+
+def test_keras_file_with_lambda_refused(tmp_path):
+    inp = keras.Input((4,))
+    out = keras.layers.Lambda(lambda t: t * 2.0)(inp)
+    path = tmp_path / "evil.keras"
+    keras.Model(inp, out).save(path)
+    with pytest.raises(weights.InvalidFileError, match=r"evil\.keras.*Lambda"):
+        load_keras(path)
+
+
+def test_keras_file_with_unknown_class_refused(tmp_path):
+    good = save_keras(_model("tiny"), tmp_path / "good.keras")
+    bad = tmp_path / "unknown.keras"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                cfg = json.loads(data)
+                cfg["registered_name"] = "elsewhere>Payload"
+                cfg["module"] = "elsewhere.payload"
+                data = json.dumps(cfg).encode()
+            zout.writestr(item, data)
+    with pytest.raises(weights.InvalidFileError, match=r"unknown\.keras.*elsewhere>Payload"):
+        load_keras(bad)
+
+
+def test_not_a_keras_file(tmp_path):
+    p = tmp_path / "junk.keras"
+    p.write_bytes(b"not a zip")
+    with pytest.raises(weights.InvalidFileError, match="junk.keras"):
+        load_keras(p)
+
+
+# ------------------------------------------------------- positions and layout
+@pytest.mark.parametrize("kernel", ["bicubic", "bicubic_antialias", "bilinear"])
+def test_resampled_table_matches_posemb(kernel):
+    cfg0, state, _ = helpers.case("tiny_pretrain")
+    cfg = cfg0.replace(resize_kernel=kernel)
+    m = BE.build(cfg, state)
+    for grid in [(6, 5), (2, 3), (9, 7), (4, 4)]:
+        got = keras.ops.convert_to_numpy(m.position_table(grid))
+        want = posemb.resample_pos_embed(state["pos_embed"], cfg.table_grid, grid, cfg.num_prefix_tokens, kernel)
+        assert got.shape == want.shape
+        assert tolerances.rel_l2(got, want.astype(np.float64)) < 1e-6, (kernel, grid)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_meanpool", "tiny_pretrain"])
+def test_other_image_size_conforms(preset):
+    size = {"tiny": (40, 56), "tiny_meanpool": (32, 16), "tiny_pretrain": (24, 64)}[preset]
+    cfg, state, x = helpers.case(preset, image_size=size)
+    model = BE.build(cfg.with_image_size(size), state)
+    helpers.assert_conforms(preset, "float32", BE.forward(model, x), image_size=size)
+
+
+def test_channels_first_equals_channels_last():
+    cfg, state, x = helpers.case("tiny_t2t")
+    last = BE.forward(BE.build(cfg, state), x)
+    first = BE.forward(BE.build(cfg, state, data_format="channels_first"), x)
+    for k in last:
+        np.testing.assert_allclose(first[k], last[k], rtol=0, atol=1e-6, err_msg=k)
+
+
+def test_bad_input_rejected():
+    cfg, state, x = helpers.case("tiny")
+    m = BE.build(cfg, state)
+    with pytest.raises(ValueError, match="channels"):
+        BE.forward(m, np.zeros((1, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="divisible"):
+        BE.forward(m, np.zeros((1, 3, 30, 32), np.float32))
+
+
+# ------------------------------------------------------------------ training
+def test_training_dropout_differs_from_inference():
+    cfg0, state, x = helpers.case("tiny")
+    cfg = cfg0.replace(dropout=0.2, attn_dropout=0.2, drop_path=0.2)
+    m = BE.build(cfg, state)
+    xt = keras.ops.convert_to_tensor(np.transpose(x, (0, 2, 3, 1)))
+    infer = keras.ops.convert_to_numpy(m(xt, training=False))
+    train1 = keras.ops.convert_to_numpy(m(xt, training=True))
+    train2 = keras.ops.convert_to_numpy(m(xt, training=True))
+    assert not np.allclose(train1, infer) and not np.allclose(train1, train2)
+    # dropout never acts at inference: still the reference's answer
+    helpers.assert_conforms("tiny", "float32", BE.forward(m, x))
+
+
+def test_gradients_flow_to_every_variable():
+    cfg, state, x = helpers.case("tiny_pretrain")
+    m = BE.build(cfg, state)
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradient check written with tf.GradientTape")
+    import tensorflow as tf
+
+    xt = tf.constant(np.transpose(x, (0, 2, 3, 1)))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(m(xt, training=True) ** 2)
+    grads = tape.gradient(loss, m.trainable_variables)
+    assert all(g is not None and np.any(np.asarray(g) != 0) for g in grads)
+
+
+# --------------------------------------------------------- two Keras backends
+def test_torch_keras_backend_matches_reference_and_tensorflow(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("this test compares a torch subprocess with the in-process TensorFlow run")
+    preset = "tiny_pretrain"
+    cfg, state, x = helpers.case(preset)
+    weights.save(tmp_path / "w.safetensors", cfg, state)
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "vit_keras.backend", "--weights", str(tmp_path / "w.safetensors"),
+                        "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz")],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["keras_backend"] == "torch"
+    torch_out = dict(np.load(tmp_path / "y.npz"))
+    helpers.assert_conforms(preset, "float32", torch_out)
+    tf_out = BE.forward(BE.build(cfg, state), x)
+    for s in cfg.stage_names():
+        pair = 2 * tolerances.fp32_bound(cfg, s)  # each run within its float32 bound: triangle inequality
+        err = tolerances.rel_l2(torch_out[s], tf_out[s])
+        assert err <= pair, f"{s}: torch vs tensorflow rel_l2 {err:.3e} > {pair:.3e}"

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -107,7 +109,16 @@ def read_ckpt(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
     if path.stat().st_size == 0:
         raise W.InvalidFileError(f"{path}: empty file, not a MindSpore checkpoint")
     try:
-        raw = ms.load_checkpoint(str(path))
+        if path.suffix == ".ckpt":
+            raw = ms.load_checkpoint(str(path))
+        else:  # load_checkpoint insists on the suffix: read through a link that has it
+            with tempfile.TemporaryDirectory() as tmp:
+                link = os.path.join(tmp, "model.ckpt")
+                try:
+                    os.symlink(path.resolve(), link)
+                except OSError:
+                    shutil.copyfile(path, link)
+                raw = ms.load_checkpoint(link)
     except Exception as e:  # MindSpore raises ValueError/RuntimeError for unparsable protobuf
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise W.InvalidFileError(f"{path}: not a readable MindSpore checkpoint (truncated or corrupted): {msg}") from None

@@ -1,0 +1,357 @@
+"""Conformance of the MindSpore backend (vit_mindspore) with the float64 reference, under shared/tolerances.py.
+
+Every numerical comparison of model outputs uses the policy (helpers.assert_conforms / tolerances.fp32_bound);
+none are invented here. Graph-mode compilation is slow, so built models and their compiled stage networks are
+shared across tests (module-level caches).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ms = pytest.importorskip("mindspore")
+
+from conformance_tests import helpers  # noqa: E402
+from shared import reference, tolerances  # noqa: E402
+from shared import weights as W  # noqa: E402
+from shared.backend import BackendError  # noqa: E402
+from shared.posemb import resample_pos_embed  # noqa: E402
+from shared.presets import get_preset  # noqa: E402
+from vit_mindspore import convert  # noqa: E402
+from vit_mindspore.backend import MindSporeBackend  # noqa: E402
+from vit_mindspore.layers import GELU, Softmax, gelu_erf  # noqa: E402
+from vit_mindspore.model import PosTable, StageNet, loss_and_grads  # noqa: E402
+
+MODES = ["pynative", "graph"]
+BACKENDS = {m: MindSporeBackend(mode=m) for m in MODES}
+DTYPES = list(MindSporeBackend.dtypes)  # float32, float16 (bfloat16 has no CPU kernels: see test below)
+FAST = helpers.TINY_PRESETS + helpers.SEED_FAST
+U32 = tolerances.UNIT_ROUNDOFF["float32"]
+
+_models: dict = {}
+_outputs: dict = {}
+
+
+def _model(preset, dtype="float32"):
+    key = (preset, dtype)
+    if key not in _models:
+        cfg, state, _ = helpers.case(preset)
+        _models[key] = BACKENDS["graph"].build(cfg, state, dtype=dtype)
+    return _models[key]
+
+
+def _forward(preset, dtype="float32", mode="graph"):
+    key = (preset, dtype, mode)
+    if key not in _outputs:
+        _outputs[key] = BACKENDS[mode].forward(_model(preset, dtype), helpers.case(preset)[2])
+    return _outputs[key]
+
+
+# ---------------------------------------------------------------- conformance
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset", FAST)
+def test_conforms(preset, dtype, mode):
+    out = _forward(preset, dtype, mode)
+    assert list(out) == get_preset(preset).stage_names()
+    ref = helpers.reference_stages(preset)
+    for s, v in out.items():
+        assert v.dtype == np.float32 and v.shape == ref[s].shape, s
+    helpers.assert_conforms(preset, dtype, out)
+
+
+@pytest.mark.parametrize("preset", FAST)
+def test_pynative_and_graph_agree(preset):
+    cfg = get_preset(preset)
+    a, b = _forward(preset, "float32", "pynative"), _forward(preset, "float32", "graph")
+    for s in cfg.stage_names():  # pairwise: each within its bound of the reference, so within the sum
+        err, bound = tolerances.rel_l2(a[s], b[s]), 2 * tolerances.fp32_bound(cfg, s)
+        assert err <= bound, f"{preset} {s}: pynative vs graph rel_l2 {err:.3e} > {bound:.3e}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", helpers.SEED_SLOW + helpers.SMALL_SLOW)
+def test_conforms_slow(preset):
+    cfg, state, x = helpers.case(preset)
+    be = BACKENDS["graph"]
+    out = be.forward(be.build(cfg, state), x)
+    helpers.assert_conforms(preset, "float32", out)
+
+
+def test_bfloat16_refused_clearly():
+    assert "bfloat16" not in MindSporeBackend.dtypes
+    cfg, state, _ = helpers.case("tiny")
+    with pytest.raises(BackendError, match=r"bfloat16.*MatMul"):
+        BACKENDS["graph"].build(cfg, state, dtype="bfloat16")
+
+
+def test_unknown_mode_refused():
+    with pytest.raises(BackendError, match="mode"):
+        MindSporeBackend(mode="eager")
+
+
+# ------------------------------------------------------------------ numerics
+@pytest.mark.parametrize("mode", MODES)
+def test_erf_gelu_is_exact(mode):
+    """erf GELU vs scipy's erf in float64: within a few float32 roundings (tanh's approximation is ~1e3x off)."""
+    from scipy.special import erf
+
+    x = np.linspace(-10, 10, 40001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * (1.0 + erf(x64 / np.sqrt(2.0)))
+    tanh = 0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
+    cell = GELU("erf")
+    fn = ms.jit(cell) if mode == "graph" else cell
+    y = fn(ms.Tensor(x)).asnumpy().astype(np.float64)
+    scale = U32 * np.maximum(1.0, np.abs(x64))  # one float32 rounding at the input's scale
+    assert np.all(np.abs(y - exact) <= 4 * scale), f"worst {np.max(np.abs(y - exact) / scale):.2f} roundings"
+    assert np.max(np.abs(tanh - exact) / scale) > 1000  # the check above would catch a tanh fallback
+    y2 = gelu_erf(ms.Tensor(x)).asnumpy()
+    np.testing.assert_array_equal(y2, y.astype(np.float32))
+
+
+def test_erf_gelu_float16_computes_in_float32():
+    from scipy.special import erf
+
+    x = np.linspace(-6, 6, 2001).astype(np.float16)
+    y = GELU("erf", ms.float16)(ms.Tensor(x)).asnumpy()
+    x64 = x.astype(np.float64)
+    exact = (0.5 * x64 * (1.0 + erf(x64 / np.sqrt(2.0)))).astype(np.float16)
+    assert y.dtype == np.float16
+    # computed in float32 (error <= 4 float32 roundings at the input's scale), then rounded once to float16
+    tol = np.spacing(np.abs(exact)).astype(np.float64) + 4 * U32 * np.maximum(1.0, np.abs(x64))
+    assert np.all(np.abs(y.astype(np.float64) - exact) <= tol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_softmax_is_max_subtracted(mode):
+    s = np.array([[1e4, 1e4 - 1.0, -1e4], [0.0, 1.0, 2.0]], np.float32)
+    cell = Softmax()
+    fn = ms.jit(cell) if mode == "graph" else cell
+    y = fn(ms.Tensor(s)).asnumpy()
+    e = np.exp(s.astype(np.float64) - s.max(-1, keepdims=True))
+    ref = e / e.sum(-1, keepdims=True)
+    assert np.all(np.isfinite(y))
+    assert np.max(np.abs(y - ref)) <= 4 * U32
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain"])
+def test_parameter_names_are_canonical(preset):
+    model = _model(preset)
+    names = [p.name for p in model.get_parameters()]
+    assert sorted(names) == sorted(W.expected_shapes(model.config))
+    for p in model.get_parameters():
+        assert tuple(p.shape) == W.expected_shapes(model.config)[p.name]
+
+
+def test_fixed_tables_and_zero_token_are_not_parameters():
+    for preset in ["tiny_meanpool", "tiny_t2t", "seed_t2t_walkthrough"]:
+        names = {p.name for p in _model(preset).get_parameters()}
+        assert "pos_embed" not in names and "cls_token" not in names
+
+
+# ---------------------------------------------------------- position resampling
+@pytest.mark.parametrize("mode", MODES)
+def test_dynamic_size_conforms(mode):
+    preset, size = "tiny_pretrain", (40, 56)
+    cfg, state, x = helpers.case(preset, image_size=size)
+    out = BACKENDS[mode].forward(_model(preset), x)
+    assert out["embed"].shape == (2, 1 + 5 * 7, cfg.embed_dim)
+    helpers.assert_conforms(preset, "float32", out, image_size=size)
+
+
+@pytest.mark.parametrize("kernel", ["bicubic", "bicubic_antialias", "bilinear"])
+@pytest.mark.parametrize("new_grid", [(6, 5), (2, 3), (9, 9)])
+def test_resampled_table_equals_shared_resample(kernel, new_grid):
+    cfg = get_preset("tiny_pretrain").replace(resize_kernel=kernel)
+    state = helpers.case("tiny_pretrain")[1]
+    table = PosTable(cfg, new_grid)(ms.Tensor(state["pos_embed"])).asnumpy()
+    ref = resample_pos_embed(state["pos_embed"].astype(np.float64), cfg.table_grid, new_grid,
+                             cfg.num_prefix_tokens, kernel)[0]
+    assert table.shape == ref.shape
+    assert tolerances.rel_l2(table, ref) <= tolerances.fp32_bound(cfg, "embed")
+
+
+def test_with_image_size_model_matches_dynamic_forward():
+    preset, size = "tiny_pretrain", (40, 56)
+    cfg, state, x = helpers.case(preset, image_size=size)
+    be = BACKENDS["pynative"]
+    resized = be.build(cfg.with_image_size(size), state)
+    a, b = be.forward(resized, x), be.forward(_model(preset), x)
+    for s in cfg.stage_names():
+        assert tolerances.rel_l2(a[s], b[s]) <= 2 * tolerances.fp32_bound(cfg, s), s
+
+
+def test_bad_images_refused():
+    be = BACKENDS["pynative"]
+    with pytest.raises(ValueError, match="channels"):
+        be.forward(_model("tiny"), np.zeros((1, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="divisible"):
+        be.forward(_model("tiny"), np.zeros((1, 3, 33, 32), np.float32))
+
+
+# ------------------------------------------------------------------ training
+@pytest.mark.parametrize("preset", ["tiny", "tiny_t2t", "tiny_pretrain"])
+def test_gradients_nonzero_for_every_parameter(preset):
+    cfg, state, x = helpers.case(preset)
+    model = BACKENDS["pynative"].build(cfg, state)
+    labels = np.arange(x.shape[0]) % cfg.num_classes if cfg.num_classes > 1 else np.array([0.0, 1.0])
+    loss, grads = loss_and_grads(model, x, labels, train=False)
+    assert np.isfinite(loss)
+    assert sorted(grads) == sorted(W.expected_shapes(cfg))
+    for k, g in grads.items():
+        assert g.shape == state[k].shape and np.all(np.isfinite(g)), k
+        assert np.any(g != 0), f"zero gradient for {k}"
+
+
+def test_gradient_matches_finite_difference():
+    cfg, state, x = helpers.case("tiny")
+    model = BACKENDS["pynative"].build(cfg, state)
+    labels = np.array([1, 3])
+    _, grads = loss_and_grads(model, x, labels, train=False)
+    key = "head.bias"
+    i = int(np.argmax(np.abs(grads[key])))
+    eps = 1e-2
+    losses = []
+    for sign in (1, -1):
+        st = dict(state)
+        st[key] = state[key].copy()
+        st[key][i] += sign * eps
+        losses.append(loss_and_grads(BACKENDS["pynative"].build(cfg, st), x, labels, train=False)[0])
+    fd = (losses[0] - losses[1]) / (2 * eps)
+    assert abs(fd - grads[key][i]) <= 1e-3 * max(1.0, abs(fd))
+
+
+def test_training_mode_with_dropout_differs_from_inference():
+    cfg, state, x = helpers.case("tiny")
+    cfg = cfg.replace(dropout=0.1, attn_dropout=0.1, drop_path=0.1)
+    be = BACKENDS["pynative"]
+    model = be.build(cfg, state)
+    infer1, infer2 = be.forward(model, x)["logits"], be.forward(model, x)["logits"]
+    np.testing.assert_array_equal(infer1, infer2)  # inference: no randomness
+    ref = reference.forward(cfg, state, x)["logits"]
+    assert tolerances.rel_l2(infer1, ref) <= tolerances.fp32_bound(cfg, "logits")  # dropout off at inference
+    model.set_train(True)
+    train = StageNet(model)(ms.Tensor(x))[-1].asnumpy()
+    model.set_train(False)
+    assert tolerances.rel_l2(train, ref) > 1e-3
+    loss, grads = loss_and_grads(model, x, np.array([0, 1]), train=True, jit=True)
+    assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values())
+    np.testing.assert_array_equal(be.forward(model, x)["logits"], infer1)  # mode restored, weights untouched
+
+
+# ------------------------------------------------------------------ files
+def test_canonical_ckpt_canonical_is_bit_exact(tmp_path):
+    cfg, state, _ = helpers.case("tiny_pretrain")
+    st = W.save(tmp_path / "a.safetensors", cfg, state)
+    ck = convert.safetensors_to_ckpt(st, tmp_path / "a.ckpt")
+    assert ck == tmp_path / "a.ckpt" and ck.is_file()
+    back = convert.ckpt_to_safetensors(ck, tmp_path / "b.safetensors")
+    cfg2, state2 = W.load(back)
+    assert cfg2 == cfg and sorted(state2) == sorted(state)
+    for k in state:
+        assert state2[k].dtype == np.float32 and state2[k].tobytes() == state[k].tobytes(), k
+    assert sorted(os.listdir(tmp_path)) == ["a.ckpt", "a.safetensors", "b.safetensors"]  # no temp files left
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_save_and_load_native(tmp_path, dtype):
+    be = BACKENDS["pynative"]
+    cfg, state, x = helpers.case("tiny")
+    model = be.build(cfg, state)
+    path = be.save_native(model, tmp_path / "m")  # no suffix: written exactly where asked
+    assert path == tmp_path / "m" and os.listdir(tmp_path) == ["m"]
+    loaded = be.load_native(path, dtype=dtype)  # config from the file
+    assert loaded.config == cfg
+    if dtype == "float32":
+        exported = be.export(loaded)
+        assert all(exported[k].tobytes() == state[k].tobytes() for k in state)
+    helpers.assert_conforms("tiny", dtype, be.forward(loaded, x))
+
+
+def _bad_state(kind):
+    cfg, state, _ = helpers.case("tiny")
+    st = dict(state)
+    if kind == "missing":
+        del st["blocks.1.mlp.fc2.bias"]
+        return cfg, st, "blocks.1.mlp.fc2.bias"
+    if kind == "extra":
+        st["blocks.2.norm1.weight"] = np.ones(cfg.embed_dim, np.float32)
+        return cfg, st, "blocks.2.norm1.weight"
+    if kind == "shape":
+        st["blocks.0.attn.qkv.weight"] = np.ascontiguousarray(state["blocks.0.attn.qkv.weight"].T)
+        return cfg, st, "blocks.0.attn.qkv.weight"
+    if kind == "dtype":
+        st["head.weight"] = state["head.weight"].astype(np.float16)
+        return cfg, st, "head.weight"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing", "extra", "shape", "dtype"])
+def test_mismatched_ckpt_fails_naming_the_parameter(tmp_path, kind):
+    cfg, st, key = _bad_state(kind)
+    path = convert.save_ckpt(cfg, st, tmp_path / f"{kind}.ckpt", validate=False)
+    for load in (lambda: BACKENDS["graph"].load_native(path, cfg), lambda: BACKENDS["graph"].load_native(path),
+                 lambda: convert.ckpt_to_safetensors(path, tmp_path / "out.safetensors")):
+        with pytest.raises(W.MismatchError) as ei:
+            load()
+        assert key in str(ei.value) and str(path) in str(ei.value)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_ckpt_for_another_config_is_refused(tmp_path):
+    cfg, state, _ = helpers.case("tiny")
+    path = convert.save_ckpt(cfg, state, tmp_path / "tiny.ckpt")
+    with pytest.raises(W.MismatchError, match="tiny"):
+        BACKENDS["graph"].load_native(path, get_preset("tiny_pretrain"))
+
+
+def _corruptions(raw: bytes):
+    yield "half", raw[: len(raw) // 2]
+    yield "minus5", raw[:-5]
+    yield "garbage", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
+    yield "empty", b""
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x01  # inside tensor data: the protobuf still parses
+    yield "bitflip", bytes(flipped)
+    for n in range(64, len(raw), max(1, len(raw) // 40)):  # every cut, including ones at record boundaries
+        yield f"cut{n}", raw[:n]
+
+
+def test_corrupted_ckpt_fails_cleanly(tmp_path):
+    cfg, state, _ = helpers.case("tiny")
+    good = convert.save_ckpt(cfg, state, tmp_path / "good.ckpt")
+    raw = good.read_bytes()
+    for name, data in _corruptions(raw):
+        bad = tmp_path / f"{name}.ckpt"
+        bad.write_bytes(data)
+        with pytest.raises(W.InvalidFileError) as ei:
+            BACKENDS["graph"].load_native(bad, cfg)
+        assert str(bad) in str(ei.value), name
+    with pytest.raises(W.InvalidFileError, match="no such file"):
+        BACKENDS["graph"].load_native(tmp_path / "absent.ckpt", cfg)
+
+
+def test_failed_save_leaves_nothing(tmp_path):
+    cfg, state, _ = helpers.case("tiny")
+    st = dict(state)
+    del st["head.bias"]
+    with pytest.raises(W.MismatchError):
+        convert.save_ckpt(cfg, st, tmp_path / "x.ckpt")
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------- import order
+def test_import_after_tensorflow_raises_instead_of_aborting():
+    pytest.importorskip("tensorflow")
+    code = ("import tensorflow\n"
+            "try:\n    import vit_mindspore\nexcept ImportError as e:\n    print('IMPORTERROR', e)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "IMPORTERROR" in r.stdout and "LLVM" in r.stdout and "own process" in r.stdout

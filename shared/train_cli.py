@@ -1,0 +1,311 @@
+"""`vit-suite train | evaluate | predict | grad`: training commands, added to shared/cli.py's parser.
+
+Each command uses ONE backend, imported lazily inside the command, so the process holds only that
+framework (TensorFlow before MindSpore in one process aborts it). `grad` runs every backend (and the
+float64 oracle) in its own child process: `python -m shared.train_cli grad-worker ...`.
+
+    vit-suite train --preset digits --backend torch --steps 300 --out digits.safetensors
+    vit-suite train --init digits.safetensors --backend keras --data FOLDER --head linear --epochs 5
+    vit-suite evaluate digits.safetensors digits --backend mindspore
+    vit-suite predict digits.safetensors img1.png img2.jpg digits:0-4 --backend torch
+    vit-suite grad [WEIGHTS] [--preset tiny] [--backends torch,keras] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import weights as W
+
+TRAIN_MODULES = {"torch": "vit_torch.train", "keras": "vit_keras.train", "mindspore": "vit_mindspore.train"}
+
+
+class _Usage(Exception):
+    pass
+
+
+def _usage_error(msg: str):
+    from .cli import UsageError
+
+    return UsageError(msg)
+
+
+def train_module(backend: str):
+    """The backend's train module (imports only that framework)."""
+    if backend not in TRAIN_MODULES:
+        raise _usage_error(f"no training implementation for backend {backend!r}; known: {', '.join(TRAIN_MODULES)}")
+    if backend == "keras":
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return importlib.import_module(TRAIN_MODULES[backend])
+
+
+def _console(stderr: bool = False):
+    from .cli import _console as c
+
+    return c(stderr)
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            os.environ.setdefault(v, str(n))
+
+
+# ------------------------------------------------------------------ data arguments
+def load_eval_data(spec: str, cfg, split_seed: int | None = None, meta: dict | None = None):
+    """'digits' (held-out split) or an image folder -> Dataset."""
+    from . import data as D
+
+    if spec == "digits":
+        seed = split_seed if split_seed is not None else int((meta or {}).get("split_seed", D.DEFAULT_SPLIT_SEED))
+        return D.load_digits_split(cfg.image_size, seed, cfg.in_chans)[1]
+    return D.load_image_folder(spec, cfg.image_size, cfg.in_chans)
+
+
+def load_train_data(spec: str | None, cfg, split_seed: int):
+    from . import data as D
+
+    if spec in (None, "digits"):
+        return D.load_digits_split(cfg.image_size, split_seed, cfg.in_chans)
+    full = D.load_image_folder(spec, cfg.image_size, cfg.in_chans)
+    return D.split_dataset(full, D.HELDOUT_FRACTION, split_seed)
+
+
+# ------------------------------------------------------------------ train
+def cmd_train(args) -> int:
+    from . import data as D
+    from . import training as T
+    from .init import init_weights
+    from .presets import get_preset
+
+    _set_threads(args.threads)
+    if args.init:
+        cfg, state = W.load(args.init)
+        source = args.init
+    else:
+        cfg = get_preset(args.preset or "digits")
+        state = init_weights(cfg, args.seed)
+        source = f"preset {cfg.name} (init seed {args.seed})"
+    train_ds, held_ds = load_train_data(args.data, cfg, args.split_seed)
+    n_classes = len(train_ds.classes)
+    if args.head:
+        cfg, state = T.switch_head(cfg, state, args.head, n_classes, seed=args.seed)
+    elif cfg.num_classes != n_classes:
+        raise _usage_error(f"{source} has {cfg.num_classes} classes, the data {n_classes}: pass --head linear|pretrain")
+    steps = args.steps if args.steps else (None if args.epochs else 300)
+    tcfg = T.TrainConfig(steps=steps, epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
+                         warmup_steps=args.warmup, label_smoothing=args.label_smoothing, seed=args.seed,
+                         eval_every=args.eval_every, head=args.head)
+    out = Path(args.out or f"{cfg.name}-{args.backend}.safetensors")
+    if out.exists() and not args.force and not args.out:
+        raise _usage_error(f"{out} exists: pass --out or --force")
+    c = _console()
+    c.print(f"[bold]vit-suite train[/]: {source}; {cfg.name}, backend {args.backend}, "
+            f"{len(train_ds)} train / {len(held_ds)} held-out images, {tcfg.total_steps(len(train_ds))} steps "
+            f"of batch {tcfg.batch}, AdamW lr {tcfg.lr} (warm-up {tcfg.warmup_steps}, cosine), wd {tcfg.weight_decay}, "
+            f"label smoothing {tcfg.label_smoothing}")
+    mod = train_module(args.backend)
+    t0 = time.perf_counter()
+    ckpt = out.with_name(out.stem + ".ckpt.safetensors") if args.checkpoint_every_epoch else None
+    state, history = mod.train(cfg, state, train_ds, held_ds, tcfg, progress=not args.quiet, checkpoint=ckpt)
+    seconds = time.perf_counter() - t0
+    acc = mod.evaluate(cfg, state, held_ds.images, held_ds.labels)
+    extra = {"train_seconds": f"{seconds:.1f}", "init": source,
+             f"heldout_top1_{args.backend}": repr(acc["top1"]), f"heldout_top5_{args.backend}": repr(acc["top5"])}
+    if args.data in (None, "digits"):
+        extra.update(D.digits_metadata(args.split_seed, cfg.image_size))
+        logits = T.raw_logits_reference(cfg, state, held_ds.images)
+        ref = T.topk_accuracy(logits, held_ds.labels)
+        extra.update({"heldout_top1_reference": repr(ref["top1"]), "heldout_top5_reference": repr(ref["top5"]),
+                      "heldout_predictions_reference": json.dumps(np.argmax(logits, 1).tolist())})
+    else:
+        extra.update({"dataset": str(args.data), "classes": json.dumps(train_ds.classes),
+                      "split_seed": str(args.split_seed)})
+    T.save_checkpoint(out, cfg, state, tcfg, tcfg.total_steps(len(train_ds)), args.backend, history, extra)
+    c.print(f"trained in {seconds:.1f} s; held-out top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%} ({args.backend})"
+            + (f"; float64 reference top-1 {float(extra['heldout_top1_reference']):.2%}" if "heldout_top1_reference" in extra else ""))
+    c.print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ evaluate / predict
+def cmd_evaluate(args) -> int:
+    _set_threads(args.threads)
+    cfg, state = W.load(args.weights)
+    meta = W.read_tensors(args.weights)[1]
+    ds = load_eval_data(args.data, cfg, args.split_seed, meta)
+    mod = train_module(args.backend)
+    acc = mod.evaluate(cfg, state, ds.images, ds.labels)
+    if args.json:
+        print(json.dumps({"weights": args.weights, "data": args.data, "backend": args.backend, "images": len(ds), **acc}))
+    else:
+        _console().print(f"{args.weights} on {args.data} ({len(ds)} images), {args.backend}: "
+                         f"top-1 [bold]{acc['top1']:.2%}[/], top-5 [bold]{acc['top5']:.2%}[/]")
+    return 0
+
+
+def _parse_digits_spec(spec: str) -> list[int]:
+    body = spec.split(":", 1)[1]
+    out = []
+    for part in body.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out
+
+
+def softmax64(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def cmd_predict(args) -> int:
+    from . import data as D
+
+    _set_threads(args.threads)
+    cfg, state = W.load(args.weights)
+    meta = W.read_tensors(args.weights)[1]
+    names, batches, truth = [], [], []
+    held = None
+    for spec in args.images:
+        if spec.startswith("digits:"):
+            if held is None:
+                held = load_eval_data("digits", cfg, None, meta)
+            rows = _parse_digits_spec(spec)
+            bad = [r for r in rows if not 0 <= r < len(held)]
+            if bad:
+                raise _usage_error(f"{spec}: held-out rows are 0..{len(held) - 1}, got {bad}")
+            batches.append(held.images[rows])
+            names += [f"digits:{r}" for r in rows]
+            truth += [str(int(held.labels[r])) for r in rows]
+        else:
+            if not Path(spec).is_file():
+                raise _usage_error(f"{spec}: no such image file")
+            batches.append(D.load_images([spec], cfg.image_size, cfg.in_chans))
+            names.append(spec)
+            truth.append("")
+    if not batches:
+        raise _usage_error("no images given")
+    x = np.concatenate(batches)
+    mod = train_module(args.backend)
+    logits = mod.predict_logits(cfg, state, x)
+    probs = logits.astype(np.float64) if cfg.output_softmax else softmax64(logits)
+    classes = json.loads(meta["classes"]) if "classes" in meta else [str(i) for i in range(cfg.num_classes)]
+    if args.json:
+        print(json.dumps([{"image": n, "label": t or None, "predicted": classes[int(np.argmax(p))],
+                           "probabilities": {classes[k]: float(p[k]) for k in range(len(p))}}
+                          for n, t, p in zip(names, truth, probs)], indent=2))
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"class probabilities ({args.backend})")
+    t.add_column("image")
+    t.add_column("label")
+    t.add_column("predicted")
+    for k in classes:
+        t.add_column(k, justify="right")
+    t.add_column("sum", justify="right")
+    for n, lab, p in zip(names, truth, probs):
+        top = int(np.argmax(p))
+        t.add_row(n, lab, classes[top], *[f"[bold]{v:.3f}[/]" if j == top else f"{v:.3f}" for j, v in enumerate(p)],
+                  f"{p.sum():.6f}")
+    _console().print(t)
+    return 0
+
+
+# ------------------------------------------------------------------ grad
+def cmd_grad(args) -> int:
+    from .grad import run_grad_command
+
+    return run_grad_command(args)
+
+
+def cmd_grad_worker(args) -> int:
+    from .grad import grad_worker
+
+    return grad_worker(args)
+
+
+# ------------------------------------------------------------------ parser
+def _common(p, backend_required=True):
+    p.add_argument("--backend", required=backend_required, choices=sorted(TRAIN_MODULES))
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default 1: the small models here train fastest single-threaded)")
+
+
+def add_training_commands(sub) -> None:
+    t = sub.add_parser("train", help="train a model (default: the digits preset on scikit-learn digits)")
+    _common(t)
+    t.add_argument("--preset", help="preset to start from with random weights (default digits)")
+    t.add_argument("--init", help="canonical weights to start from (fine-tuning / resuming)")
+    t.add_argument("--data", help="image folder (one sub-folder per class); default: scikit-learn digits")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, help="optimiser steps (default 300)")
+    g.add_argument("--epochs", type=int)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--weight-decay", type=float, default=0.05)
+    t.add_argument("--warmup", type=int, default=30, help="warm-up steps (then cosine decay)")
+    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument("--eval-every", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0, help="init, shuffling and head seed")
+    t.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split")
+    t.add_argument("--head", choices=["linear", "pretrain"], help="replace the classifier before training")
+    t.add_argument("--out", help="output canonical .safetensors (written atomically)")
+    t.add_argument("--force", action="store_true")
+    t.add_argument("--checkpoint-every-epoch", action="store_true",
+                   help="also write OUT.ckpt.safetensors at the end of every epoch")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="Top-1/Top-5 of a weight file on 'digits' (held-out split) or an image folder")
+    e.add_argument("weights")
+    e.add_argument("data", help="'digits' or an image folder (one sub-folder per class)")
+    _common(e)
+    e.add_argument("--split-seed", type=int, help="held-out split (default: the one recorded in the file)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="class probabilities for PNG/JPEG files (or digits:ROWS of the held-out split)")
+    p.add_argument("weights")
+    p.add_argument("images", nargs="+", help="image files, or digits:0-9 / digits:3,5 for held-out rows")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("grad", help="gradient and optimiser-step conformance of every backend vs a float64 oracle")
+    d.add_argument("weights", nargs="?", help="canonical weights (default: the shipped digits model)")
+    d.add_argument("--preset", help="random weights of a preset instead")
+    d.add_argument("--backends", help="comma-separated (default: every installed one)")
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--label-smoothing", type=float, default=0.1)
+    d.add_argument("--json", help="write every metric to this JSON file")
+    d.set_defaults(func=cmd_grad)
+
+    w = sub.add_parser("grad-worker", help=argparse.SUPPRESS)
+    w.add_argument("weights")
+    w.add_argument("--backend", required=True)
+    w.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    w.add_argument("--inputs", required=True, help=".npz with images, labels and hyper-parameters")
+    w.add_argument("--output", required=True)
+    w.set_defaults(func=cmd_grad_worker)
+
+
+def main(argv=None) -> int:
+    from .cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

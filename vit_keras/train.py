@@ -1,0 +1,224 @@
+"""Training with Keras 3: `keras.Model.fit` with AdamW, a LearningRateSchedule and Keras' own progress bar.
+
+Same functions as vit_torch.train (train, evaluate, predict_logits, one_step, loss_and_grads); the
+model runs NCHW (`data_format="channels_first"`) so the shared pipeline's arrays go in unchanged.
+
+  data       a keras.utils.PyDataset over shared.data's shuffled batches (the same batches as torch)
+  schedule   WarmupCosine(LearningRateSchedule) computes shared.training.lr_at with keras.ops
+  loss       CategoricalCrossentropy(from_logits=True, label_smoothing=eps) on one-hot labels:
+             target (1 - eps) one_hot + eps / K, the formula of shared.training.smoothed_ce
+  decay      AdamW.exclude_from_weight_decay on biases, LayerNorm gamma/beta, cls_token, pos_embed
+             (= shared.training.decay_mask: matrices only)
+  epsilon    Keras' Adam adds epsilon to sqrt(v) before bias correction ("epsilon hat"); one_step passes
+             eps * sqrt(1 - beta2^t) so its step equals torch's formula exactly (training uses eps as is)
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Mapping
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+
+import keras
+from keras import ops
+
+from shared import training as T
+from shared.config import ViTConfig
+from shared.data import shuffled_order
+
+from .convert import export_canonical, from_canonical
+
+BACKEND = "keras"
+NO_DECAY_NAMES = ["bias", "gamma", "beta", "cls_token", "pos_embed"]
+
+
+class RawLogits(keras.Model):
+    """The ViT's head output before any output softmax (what the loss sees); shares the ViT's variables."""
+
+    def __init__(self, vit, **kwargs):
+        super().__init__(**kwargs)
+        self.vit = vit
+
+    def call(self, x, training=False):
+        feats = self.vit.forward_stages(x, training=training)["pre_logits"]
+        return self.vit.head(feats) if self.vit.head is not None else feats
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """shared.training.lr_at as a Keras schedule (`step` = optimizer.iterations, offset by start_step)."""
+
+    def __init__(self, lr, min_lr, warmup_steps, total_steps, start_step=0):
+        self.lr, self.min_lr = float(lr), float(min_lr)
+        self.warmup_steps, self.total_steps, self.start_step = int(warmup_steps), int(total_steps), int(start_step)
+
+    def __call__(self, step):
+        s = ops.cast(step, "float32") + float(self.start_step)
+        w = float(max(self.warmup_steps, 1))
+        warm = self.lr * (s + 1.0) / w
+        span = float(max(self.total_steps - self.warmup_steps, 1))
+        t = ops.clip((s - float(self.warmup_steps)) / span, 0.0, 1.0)
+        cos = self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + ops.cos(math.pi * t))
+        if self.warmup_steps <= 0:
+            return cos
+        return ops.where(s < float(self.warmup_steps), warm, cos)
+
+    def get_config(self):
+        return {"lr": self.lr, "min_lr": self.min_lr, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "start_step": self.start_step}
+
+
+class Batches(keras.utils.PyDataset):
+    """Global steps start..total of shared.data's shuffled batches, one-hot labels."""
+
+    def __init__(self, x, y, num_classes, batch, seed, start, total):
+        super().__init__()
+        self.x, self.y, self.k = x, y, num_classes
+        self.batch, self.seed, self.start, self.total = min(batch, len(y)), seed, start, total
+        self.per_epoch = max(len(y) // self.batch, 1)
+        self._orders = {}
+
+    def __len__(self):
+        return self.total - self.start
+
+    def indices(self, i):
+        epoch, j = divmod(self.start + i, self.per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: shuffled_order(len(self.y), self.seed, epoch)}
+        return epoch, self._orders[epoch][j * self.batch:(j + 1) * self.batch]
+
+    def __getitem__(self, i):
+        _, idx = self.indices(i)
+        return self.x[idx], np.eye(self.k, dtype=np.float32)[self.y[idx]]
+
+
+class _Monitor(keras.callbacks.Callback):
+    """Held-out evaluation every `eval_every` steps and a canonical checkpoint at every epoch end."""
+
+    def __init__(self, cfg, vit, tcfg, total, per_epoch, val, checkpoint, history, verbose):
+        super().__init__()
+        self.cfg, self.vit, self.tcfg, self.total, self.per_epoch = cfg, vit, tcfg, total, per_epoch
+        self.val, self.checkpoint, self.history, self.verbose = val, checkpoint, history, verbose
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self.tcfg.start_step + batch + 1
+        end_of_epoch = done % self.per_epoch == 0
+        want_eval = (self.tcfg.eval_every and done % self.tcfg.eval_every == 0) or done == self.total
+        if not (want_eval or end_of_epoch):
+            return
+        logs = logs or {}
+        rec = {"step": done, "epoch": (done - 1) // self.per_epoch,
+               "lr": T.lr_at(self.tcfg, done - 1, self.total), "loss": float(logs.get("loss", float("nan"))),
+               "seconds": time.perf_counter() - self.t0}
+        if want_eval and self.val[0] is not None:
+            rec.update({f"val_{k}": v for k, v in evaluate(self.cfg, None, *self.val, model=self.vit).items()})
+            if self.verbose:
+                print(f"\nstep {done}: held-out top-1 {rec['val_top1']:.2%}")
+        self.history.append(rec)
+        if self.checkpoint is not None and (end_of_epoch or done == self.total):
+            T.save_checkpoint(self.checkpoint, self.cfg, export_canonical(self.vit), self.tcfg, done, BACKEND,
+                              self.history)
+
+
+def _build(cfg: ViTConfig, state):
+    return from_canonical(cfg, state, data_format="channels_first")
+
+
+def predict_logits(cfg: ViTConfig, state, images: np.ndarray, batch: int = 256, model=None) -> np.ndarray:
+    vit = model or _build(cfg, state)
+    outs = [np.asarray(ops.convert_to_numpy(vit(ops.convert_to_tensor(np.ascontiguousarray(images[i:i + batch],
+                                                                                             np.float32)),
+                                                  training=False)), np.float32)
+            for i in range(0, len(images), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0, cfg.num_classes), np.float32)
+
+
+def evaluate(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, model=None) -> dict[str, float]:
+    return T.topk_accuracy(predict_logits(cfg, state, images, model=model), labels)
+
+
+def _loss(smoothing: float):
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+
+
+def train(cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data, tcfg: T.TrainConfig,
+          progress: bool = True, checkpoint=None):
+    """model.fit over the shared batches; returns (canonical float32 state, history)."""
+    keras.utils.set_random_seed(tcfg.seed)
+    x, y = T.as_xy(train_data)
+    val = T.as_xy(val_data)
+    vit = _build(cfg, state)
+    net = RawLogits(vit)
+    total = tcfg.total_steps(len(y))
+    sched = WarmupCosine(tcfg.lr, tcfg.min_lr, tcfg.warmup_steps, total, tcfg.start_step)
+    opt = keras.optimizers.AdamW(learning_rate=sched, weight_decay=tcfg.weight_decay, beta_1=tcfg.beta1,
+                                 beta_2=tcfg.beta2, epsilon=tcfg.eps)
+    opt.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+    net.compile(optimizer=opt, loss=_loss(tcfg.label_smoothing),
+                metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
+    data = Batches(x, y, cfg.num_classes, tcfg.batch, tcfg.seed, tcfg.start_step, total)
+    history: list[dict] = []
+    mon = _Monitor(cfg, vit, tcfg, total, data.per_epoch, val, checkpoint, history, progress)
+    net.fit(data, epochs=1, verbose=1 if progress else 0, callbacks=[mon], shuffle=False)
+    return export_canonical(vit), history
+
+
+# ------------------------------------------------------------------ conformance entry points
+def loss_and_grads(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0):
+    """(mean loss, canonical key -> float32 gradient), no dropout; gradients via the backend's autodiff."""
+    from .convert import to_canonical
+
+    vit = _build(cfg, state)
+    net = RawLogits(vit)
+    x = ops.convert_to_tensor(np.ascontiguousarray(images, np.float32))
+    t = ops.convert_to_tensor(np.eye(cfg.num_classes, dtype=np.float32)[np.asarray(labels, np.int64)])
+    mapping = vit.canonical_variables()
+    variables = [v for v, _ in mapping.values()]
+    loss_fn = _loss(label_smoothing)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(t, net(x, training=False))
+        grads = tape.gradient(loss, [v.value for v in variables])
+    elif backend == "torch":
+        import torch
+
+        loss = loss_fn(t, net(x, training=False))
+        grads = torch.autograd.grad(loss, [v.value for v in variables])
+    else:
+        raise NotImplementedError(f"loss_and_grads: Keras backend {backend!r}")
+    out = {}
+    for (key, (_, kind)), g in zip(mapping.items(), grads):
+        out[key] = to_canonical(kind, np.asarray(ops.convert_to_numpy(g), np.float32))
+    return float(ops.convert_to_numpy(loss)), out
+
+
+def one_step(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, optimizer: str = "sgd",
+             lr: float = 1e-2, weight_decay: float = 0.0, label_smoothing: float = 0.0, betas=(0.9, 0.999),
+             eps: float = 1e-8) -> dict[str, np.ndarray]:
+    """One keras.optimizers.SGD / AdamW step (decay on matrices only) via optimizer.apply_gradients."""
+    vit = _build(cfg, state)
+    _, grads = loss_and_grads(cfg, state, images, labels, label_smoothing)
+    from .convert import to_native
+
+    mapping = vit.canonical_variables()
+    if optimizer == "sgd":
+        opt = keras.optimizers.SGD(learning_rate=lr, weight_decay=weight_decay or None)
+    elif optimizer == "adamw":
+        # Keras: p -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps_k); torch: eps added to sqrt(v_hat).
+        # They agree when eps_k = eps * sqrt(1 - b2^t) (t = 1 here).
+        opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, beta_1=betas[0], beta_2=betas[1],
+                                     epsilon=eps * math.sqrt(1.0 - betas[1]))
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    if weight_decay:
+        opt.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+    pairs = [(ops.convert_to_tensor(to_native(kind, grads[key])), var) for key, (var, kind) in mapping.items()]
+    opt.apply_gradients(pairs)
+    return export_canonical(vit)

@@ -1,0 +1,200 @@
+"""Training with MindSpore: `mindspore.value_and_grad` + `mindspore.experimental.optim.AdamW` (PyTorch's formula;
+mint.optim.AdamW has no CPU kernel).
+
+Same functions as vit_torch.train (train, evaluate, predict_logits, one_step, loss_and_grads).
+
+  loss       SmoothedCE(nn.Cell): log-softmax cross-entropy against (1 - eps) one_hot + eps / K, the
+             formula of shared.training.smoothed_ce, on the head output before any output softmax
+             (vit_mindspore.model.LossNet has no label smoothing, so this module has its own loss cell)
+  optimiser  experimental.optim.AdamW / SGD with two parameter groups (decay on matrices only,
+             shared.training.decay_mask); the shared warm-up + cosine schedule through
+             mindspore.experimental.optim.lr_scheduler.LambdaLR
+  step       a train step function `grad_fn -> optimizer(grads)`, compiled with mindspore.jit when jit=True
+  progress   a rich progress bar (loss, batch accuracy, lr), checkpoints in the canonical format per epoch
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+from mindspore.experimental import optim as eoptim
+from mindspore import dtype as mstype
+
+from shared import training as T
+from shared.config import ViTConfig
+from shared.data import batch_stream
+from shared.weights import validate_state
+
+from .backend import configure_runtime
+from .convert import to_canonical
+from .model import PosTable, build_model
+
+BACKEND = "mindspore"
+
+
+class RawLogits(nn.Cell):
+    """Head output before any output softmax, at the model's own input size."""
+
+    def __init__(self, model):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        cfg = model.config
+        self.pos = PosTable(cfg, cfg.grid)
+        self.cast = ops.Cast()
+
+    def construct(self, x):
+        outs = self.model.forward_stages(x, self.pos)
+        return self.cast(self.model.head_raw(outs[-2]), mstype.float32)
+
+
+class SmoothedCE(nn.Cell):
+    """mean_b( -sum_k target_bk log_softmax(z)_bk ), target = (1 - eps) one_hot + eps / K."""
+
+    def __init__(self, net: RawLogits, num_classes: int, smoothing: float):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.k = int(num_classes)
+        self.smoothing = float(smoothing)
+        self.log_softmax = nn.LogSoftmax(axis=-1)
+        self.one_hot = ops.OneHot()
+        self.on = Tensor(1.0 - smoothing + smoothing / num_classes, mstype.float32)
+        self.off = Tensor(smoothing / num_classes, mstype.float32)
+
+    def construct(self, x, labels):
+        z = self.net(x)
+        logp = self.log_softmax(z)
+        t = self.one_hot(labels, self.k, self.on, self.off)
+        return -(t * logp).sum() / z.shape[0]
+
+
+def _build(cfg: ViTConfig, state):
+    configure_runtime()
+    validate_state(cfg, state)
+    return build_model(cfg, state, "float32")
+
+
+def _groups(model, weight_decay: float):
+    decay = [p for p in model.trainable_params() if T.decay_mask(p.name, tuple(p.shape))]
+    other = [p for p in model.trainable_params() if not T.decay_mask(p.name, tuple(p.shape))]
+    return [{"params": decay, "weight_decay": float(weight_decay)}, {"params": other, "weight_decay": 0.0}]
+
+
+def predict_logits(cfg: ViTConfig, state, images: np.ndarray, batch: int = 256, model=None) -> np.ndarray:
+    model = model or _build(cfg, state)
+    was = model.training
+    model.set_train(False)
+    net = RawLogits(model)
+    try:
+        outs = [net(Tensor(np.ascontiguousarray(images[i:i + batch], np.float32))).asnumpy()
+                for i in range(0, len(images), batch)]
+    finally:
+        model.set_train(was)
+    logits = np.concatenate(outs) if outs else np.zeros((0, cfg.num_classes), np.float32)
+    if cfg.output_softmax:
+        z = logits.astype(np.float64) - logits.max(1, keepdims=True)
+        logits = (np.exp(z) / np.exp(z).sum(1, keepdims=True)).astype(np.float32)
+    return logits
+
+
+def evaluate(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, model=None) -> dict[str, float]:
+    return T.topk_accuracy(predict_logits(cfg, state, images, model=model), labels)
+
+
+def train(cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data, tcfg: T.TrainConfig,
+          progress: bool = True, checkpoint=None, jit: bool = False):
+    """A value_and_grad loop with experimental.optim.AdamW; returns (canonical float32 state, history)."""
+    from mindspore.experimental.optim.lr_scheduler import LambdaLR
+
+    ms.set_seed(tcfg.seed)
+    x, y = T.as_xy(train_data)
+    vx, vy = T.as_xy(val_data)
+    model = _build(cfg, state)
+    model.set_train(True)
+    total = tcfg.total_steps(len(y))
+    per_epoch = tcfg.steps_per_epoch(len(y))
+    opt = eoptim.AdamW(_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2),
+                           eps=tcfg.eps)
+    sched = LambdaLR(opt, lambda s: T.lr_at(tcfg, s + tcfg.start_step, total) / tcfg.lr)
+    loss_net = SmoothedCE(RawLogits(model), cfg.num_classes, tcfg.label_smoothing)
+    params = opt.parameters
+    grad_fn = ms.value_and_grad(loss_net, None, params)
+
+    def step_fn(xb, yb):
+        loss, grads = grad_fn(xb, yb)
+        opt(grads)
+        return loss
+
+    if jit:
+        step_fn = ms.jit(step_fn)
+    acc_net = RawLogits(model)
+    history: list[dict] = []
+    stream = batch_stream(len(y), tcfg.batch, tcfg.seed, tcfg.start_step)
+    t0 = time.perf_counter()
+    run_loss = run_acc = None
+    with T.Progress(total - tcfg.start_step, f"mindspore train {cfg.name}", progress) as bar:
+        for step in range(tcfg.start_step, total):
+            epoch, idx = next(stream)
+            xb = Tensor(x[idx])
+            yb = Tensor(y[idx].astype(np.int32))
+            lr = T.lr_at(tcfg, step, total)
+            loss = float(step_fn(xb, yb).asnumpy())
+            sched.step()
+            if progress or (step + 1) % per_epoch == 0:
+                acc = float(np.mean(np.argmax(acc_net(xb).asnumpy(), 1) == y[idx]))
+            else:
+                acc = float("nan")
+            run_loss = loss if run_loss is None else 0.9 * run_loss + 0.1 * loss
+            run_acc = acc if run_acc is None or np.isnan(run_acc) else 0.9 * run_acc + 0.1 * acc
+            bar.update(1, epoch=epoch, lr=lr, loss=run_loss, acc=run_acc)
+            done = step + 1
+            end_of_epoch = done % per_epoch == 0
+            want_eval = (tcfg.eval_every and done % tcfg.eval_every == 0) or done == total
+            if want_eval or end_of_epoch:
+                rec = {"step": done, "epoch": epoch, "lr": lr, "loss": loss, "train_loss_avg": run_loss,
+                       "seconds": time.perf_counter() - t0}
+                if want_eval and vx is not None:
+                    rec.update({f"val_{k}": v for k, v in evaluate(cfg, None, vx, vy, model=model).items()})
+                    model.set_train(True)
+                    bar.log(f"step {done}: loss {run_loss:.4f}, held-out top-1 {rec['val_top1']:.2%}")
+                history.append(rec)
+                if checkpoint is not None and (end_of_epoch or done == total):
+                    T.save_checkpoint(checkpoint, cfg, to_canonical(model), tcfg, done, BACKEND, history)
+    model.set_train(False)
+    return to_canonical(model), history
+
+
+# ------------------------------------------------------------------ conformance entry points
+def loss_and_grads(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0):
+    """(mean loss, canonical key -> float32 gradient) via mindspore.value_and_grad, no dropout."""
+    model = _build(cfg, state)
+    model.set_train(False)
+    loss_net = SmoothedCE(RawLogits(model), cfg.num_classes, label_smoothing)
+    params = model.trainable_params()
+    grad_fn = ms.value_and_grad(loss_net, None, params)
+    loss, grads = grad_fn(Tensor(np.ascontiguousarray(images, np.float32)),
+                          Tensor(np.asarray(labels, np.int32)))
+    return float(loss.asnumpy()), {p.name: g.asnumpy().astype(np.float32) for p, g in zip(params, grads)}
+
+
+def one_step(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, optimizer: str = "sgd",
+             lr: float = 1e-2, weight_decay: float = 0.0, label_smoothing: float = 0.0, betas=(0.9, 0.999),
+             eps: float = 1e-8) -> dict[str, np.ndarray]:
+    """One experimental.optim.SGD / AdamW step (decay on matrices only) from `state`; no dropout."""
+    model = _build(cfg, state)
+    model.set_train(False)
+    groups = _groups(model, weight_decay)
+    if optimizer == "sgd":
+        opt = eoptim.SGD(groups, lr=lr)
+    elif optimizer == "adamw":
+        opt = eoptim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    loss_net = SmoothedCE(RawLogits(model), cfg.num_classes, label_smoothing)
+    grad_fn = ms.value_and_grad(loss_net, None, opt.parameters)
+    _, grads = grad_fn(Tensor(np.ascontiguousarray(images, np.float32)), Tensor(np.asarray(labels, np.int32)))
+    opt(grads)
+    return to_canonical(model)

@@ -47,7 +47,7 @@ def _param_groups(model: VisionTransformer, weight_decay: float):
 def _build(cfg: ViTConfig, state, dtype: str = "float32", fused_attn: bool = True) -> VisionTransformer:
     pin_float32_numerics()
     if dtype == "float64":
-        return build_model(cfg, state, fused_attn=False).double()
+        return build_model(cfg, state, fused_attn=True).double()  # SDPA: softmax in float64 (the explicit path rounds to float32)
     return build_model(cfg, state, dtype=dtype, fused_attn=fused_attn)
 
 

@@ -51,6 +51,15 @@ def test_conforms(preset, dtype, attn):
     helpers.assert_conforms(preset, dtype, out)
 
 
+@pytest.mark.parametrize("kind", ["zeros", "uniform", "large"])
+@pytest.mark.parametrize("preset", helpers.TINY_PRESETS)
+def test_conforms_input_kinds(preset, kind):
+    # zeros inputs leave only biases after the patch projection: small-variance LayerNorm inputs
+    # make a wrong layer_norm_eps (1e-5 vs 1e-6) visible, which O(1) normal inputs do not.
+    _, out = _forward(preset, "float32", "fused", kind=kind)
+    helpers.assert_conforms(preset, "float32", out, kind=kind)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", helpers.SEED_SLOW + helpers.SMALL_SLOW)
 def test_conforms_slow(preset):
@@ -103,6 +112,17 @@ def test_dynamic_image_size(preset, size):
     n = size[0] // cfg.patch_size * (size[1] // cfg.patch_size) + cfg.num_prefix_tokens
     assert out["embed"].shape[1] == n
     helpers.assert_conforms(preset, "float32", out, image_size=size)  # reference resamples the table itself
+
+
+def test_bad_inputs_rejected():
+    cfg, state, x = helpers.case("tiny")
+    model = BE.build(cfg, state)
+    with pytest.raises(ValueError, match="divisible"):
+        BE.forward(model, np.zeros((1, 3, 36, 32), np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        BE.forward(model, np.zeros((1, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="NCHW"):
+        BE.forward(model, x[0])
 
 
 @pytest.mark.parametrize("kernel", ["bicubic", "bicubic_antialias", "bilinear"])
@@ -239,6 +259,7 @@ class _Evil:
         return (os.system, (f"echo pwned > {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
 def test_pickle_with_code_refused(writer, tmp_path):
     cfg, state, _ = helpers.case("tiny")

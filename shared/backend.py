@@ -123,11 +123,11 @@ def register_backend(name: str, target: str | type[Backend]) -> None:
 
 def _load_entry_points() -> None:
     global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _REGISTRY.setdefault(ep.name, ep.value)
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            _REGISTRY.setdefault(ep.name, ep.value)
+    # read on every call: the check's child processes inherit it, and tests set it late
     for item in filter(None, os.environ.get(ENV_VAR, "").split(",")):
         name, sep, target = item.partition("=")
         if not sep or ":" not in target:

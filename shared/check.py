@@ -118,7 +118,7 @@ def run_backend(backend: str, weights: Path, images_path: Path, dtype: str, work
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-6:]) or f"exit code {proc.returncode}"
         run.error = tail
-        run.unsupported = "supports dtypes" in proc.stderr
+        run.unsupported = proc.returncode == 6  # shared.cli.EXIT_UNSUPPORTED: the dtype, said clearly
         return run
     with np.load(out, allow_pickle=False) as z:
         run.stages = {k: z[k] for k in z.files if not k.startswith("__")}

@@ -1,7 +1,7 @@
 """`vit-suite`: check conformance, convert weights, inspect files, run one backend, benchmark.
 
 Exit codes: 0 ok, 1 a backend crashed, 2 bad usage, 3 invalid or unsafe file, 4 key/shape mismatch,
-5 a backend out of its tolerance bound.
+5 a backend out of its tolerance bound, 6 (forward) the backend does not support the dtype.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .config import ConfigError, ViTConfig
 from .presets import ALIASES, DEFAULT_PRESET, get_preset, preset_names
 
 EXIT_CRASH = 1
+EXIT_UNSUPPORTED = 6
 
 
 class UsageError(Exception):
@@ -169,7 +170,11 @@ def cmd_reference(args) -> int:
 def cmd_forward(args) -> int:
     _prepare_frameworks([args.backend])
     be = get_backend(args.backend)
-    be.check_dtype(args.dtype)
+    try:
+        be.check_dtype(args.dtype)
+    except BackendError as e:
+        _console(stderr=True).print(f"unsupported: {e}", markup=False)
+        return EXIT_UNSUPPORTED
     cfg, state = W.load(args.weights)
     x = _model_inputs(args, cfg)
     size = _parse_size(args.image_size) or tuple(x.shape[2:])
@@ -267,6 +272,7 @@ def cmd_check(args) -> int:
 
 
 def _print_check(c, result, show_stages: bool) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"{result.config.name}, {result.dtype}: final output vs float64 reference", show_lines=False)
@@ -279,7 +285,7 @@ def _print_check(c, result, show_stages: bool) -> None:
         style = {"pass": "green", "FAIL": "bold red", "error": "red", "unsupported": "yellow"}[r.status]
         if r.verdict is None:
             msg = (r.error or "").splitlines()[-1] if r.error else ""
-            row = [r.backend, f"[{style}]{r.status}[/]", "", "", "", "", "", "", msg[:60], f"{r.seconds:.1f}s"]
+            row = [r.backend, f"[{style}]{r.status}[/]", "", "", "", "", "", "", escape(msg[:90]), f"{r.seconds:.1f}s"]
         else:
             last = r.verdict.stages[-1]
             worst = max(r.verdict.stages, key=lambda s: s.rel_l2 / s.bound)
@@ -336,11 +342,40 @@ def read_any(src: str, fmt: str | None, preset: str | None, image_size: tuple[in
         from .convert import load_hf_dir
 
         cfg, state = load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
+    elif fmt == "torch":
+        # a plain state dict carries no config: the named preset if it fits exactly, else sizes from the file
+        from .convert import import_timm
+        from .convert.timm import read_checkpoint
+
+        state = read_checkpoint(src)
+        try:
+            if cfg_hint is None:
+                raise W.MismatchError(src, ["no preset"])
+            W.validate_state(cfg_hint, state, source=src)
+            cfg = cfg_hint
+        except W.MismatchError:
+            cfg, state = import_timm(state, preset=cfg_hint, image_size=image_size, source=src)
     elif fmt in NATIVE_BACKEND:
+        from .formats import SUFFIX
+
         be_name = NATIVE_BACKEND[fmt]
         _prepare_frameworks([be_name])
         be = get_backend(be_name)
-        model = be.load_native(src, cfg_hint)
+        with tempfile.TemporaryDirectory(prefix="vit-suite-src-") as tmp:
+            if not str(src).lower().endswith(SUFFIX[fmt]):
+                # detected from content: frameworks insist on their suffix, so give them a correctly named link
+                link = Path(tmp) / f"weights{SUFFIX[fmt]}"
+                link.symlink_to(Path(src).resolve())
+                src = str(link)
+            if fmt == "keras-h5":  # weights only: the config must come from --preset
+                model = be.load_native(src, cfg_hint)
+            else:  # .keras and our .ckpt carry their config; --preset serves files that carry none
+                try:
+                    model = be.load_native(src, None)
+                except (W.InvalidFileError, BackendError):
+                    if cfg_hint is None:
+                        raise
+                    model = be.load_native(src, cfg_hint)
         cfg, state = model.config, be.export(model)
     else:
         raise UsageError(f"unknown source format {fmt!r}")

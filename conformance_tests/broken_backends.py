@@ -1,0 +1,38 @@
+"""Deliberately broken backends: the check must catch each bug and locate it at the right stage.
+
+Registered for a test through VIT_SUITE_BACKENDS (inherited by the check's child processes), exactly as a
+third-party backend would be.
+"""
+from __future__ import annotations
+
+import torch
+
+from vit_torch.backend import TorchBackend
+
+
+class SwappedQK(TorchBackend):
+    """q and k swapped in block 1 (a classic bug when splitting a fused qkv projection)."""
+
+    name = "broken_qk"
+
+    def build(self, cfg, state=None, *, dtype="float32", seed=0):
+        model = super().build(cfg, state, dtype=dtype, seed=seed)
+        W = cfg.width
+        attn = model.blocks[1].attn
+        with torch.no_grad():
+            for p in (attn.qkv.weight, attn.qkv.bias) if attn.qkv.bias is not None else (attn.qkv.weight,):
+                q = p[:W].clone()
+                p[:W] = p[W:2 * W]
+                p[W:2 * W] = q
+        return model
+
+
+class TanhGelu(TorchBackend):
+    """tanh-approximate GELU where the config says erf (MindSpore's nn.GELU default)."""
+
+    name = "broken_gelu"
+
+    def build(self, cfg, state=None, *, dtype="float32", seed=0):
+        model = super().build(cfg.replace(gelu="tanh"), state, dtype=dtype, seed=seed)
+        model.config = cfg
+        return model

@@ -1,0 +1,194 @@
+"""The vit-suite command line end to end: check (a process per backend), convert, forward, reference, inspect."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shared import reference, tolerances
+from shared import weights as W
+from shared.cli import main, read_any, write_any
+from shared.init import init_weights, random_images
+from shared.presets import get_preset
+
+BUILTIN = ["torch", "keras", "mindspore"]
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    cfg = get_preset("tiny")
+    W.save(path, cfg, init_weights(cfg, 0))
+    return path
+
+
+def test_init_and_inspect_json(tmp_path, capsys):
+    out = tmp_path / "t2t.safetensors"
+    assert main(["init", "seed_t2t_walkthrough", str(out), "--seed", "3"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == W.parameter_count(get_preset("seed_t2t_walkthrough"))
+    assert info["numerics"]["class_token"] == "zeros" and info["numerics"]["attn_value_skip"] is True
+
+
+def test_usage_errors_exit_2(tmp_path, tiny_file):
+    assert main(["init", "no_such_preset", str(tmp_path / "x.safetensors")]) == W.EXIT_USAGE
+    assert main(["check", str(tiny_file), "--backends", "nope"]) == W.EXIT_USAGE
+    assert main(["check", str(tiny_file), "--image-size", "banana"]) == W.EXIT_USAGE
+    assert main(["frobnicate"]) == W.EXIT_USAGE
+
+
+def test_reference_command_writes_every_stage(tmp_path, tiny_file):
+    cfg, state = W.load(tiny_file)
+    x = random_images(cfg, 2, 9)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["reference", str(tiny_file), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz")]) == 0
+    want = reference.forward(cfg, state, x)
+    with np.load(tmp_path / "y.npz") as z:
+        for s in cfg.stage_names():
+            np.testing.assert_allclose(z[s], want[s].astype(np.float32), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BUILTIN)
+def test_forward_command_in_a_fresh_process(tmp_path, tiny_file, backend):
+    """`vit-suite forward` in a child process: what check does, and what a user scripts across machines."""
+    cfg, state = W.load(tiny_file)
+    x = random_images(cfg, 3, 4)
+    np.save(tmp_path / "x.npy", x)
+    r = subprocess.run([sys.executable, "-m", "shared.cli", "forward", str(tiny_file), "--backend", backend,
+                        "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz"), "--stages"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with np.load(tmp_path / "y.npz") as z:
+        out = {k: z[k] for k in z.files if not k.startswith("__")}
+    v = tolerances.judge(cfg, "float32", out, reference.forward(cfg, state, x))
+    assert v.passed, v.summary()
+
+
+def test_check_all_backends_pass(tmp_path, tiny_file):
+    report = tmp_path / "r.html"
+    code = main(["check", str(tiny_file), "--json", str(tmp_path / "c.json"), "--report", str(report), "--stages"])
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert code == 0, json.dumps({b: (d["status"], d.get("error")) for b, d in res["backends"].items()})
+    assert set(res["backends"]) == set(BUILTIN)
+    for b, d in res["backends"].items():
+        assert d["status"] == "pass" and d["first_failure"] is None
+        assert len(d["stages"]) == len(get_preset("tiny").stage_names())
+    assert len(res["pairs"]) == 3 and all(p["passed"] for p in res["pairs"])
+    page = report.read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "Tolerance policy" in page
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_check_low_precision(tmp_path, tiny_file, dtype):
+    code = main(["check", str(tiny_file), "--dtype", dtype, "--json", str(tmp_path / "c.json")])
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert code == 0, json.dumps({b: (d["status"], d.get("error")) for b, d in res["backends"].items()})
+    assert all(d["status"] in ("pass", "unsupported") for d in res["backends"].values())
+
+
+@pytest.mark.parametrize("broken,stage", [("broken_qk", "block_1"), ("broken_gelu", "block_0")])
+def test_check_catches_and_locates_a_broken_backend(tmp_path, tiny_file, monkeypatch, broken, stage):
+    monkeypatch.setenv("VIT_SUITE_BACKENDS", f"broken_qk=conformance_tests.broken_backends:SwappedQK,"
+                                             f"broken_gelu=conformance_tests.broken_backends:TanhGelu")
+    code = main(["check", str(tiny_file), "--backends", f"torch,{broken}", "--json", str(tmp_path / "c.json")])
+    assert code == W.EXIT_OUT_OF_BOUNDS
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["backends"]["torch"]["status"] == "pass"
+    assert res["backends"][broken]["status"] == "FAIL"
+    assert res["backends"][broken]["first_failure"] == stage
+    assert res["pairs"][0]["first_failure"] == stage
+
+
+def test_explain_prints_the_policy(capsys):
+    assert main(["check", "--explain", "--preset", "B/16"]) == 0
+    out = capsys.readouterr().out
+    assert "F32_SAFETY" in out and "vit_base_patch16_224" in out
+
+
+# ------------------------------------------------------------------------------------------- convert
+FORMATS = ["canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore"]
+SUFFIX = {"canonical": ".safetensors", "timm": ".safetensors", "hf": "", "torch": ".pt", "keras": ".keras",
+          "keras-h5": ".weights.h5", "mindspore": ".ckpt"}
+
+
+@pytest.mark.parametrize("src", FORMATS)
+@pytest.mark.parametrize("dst", FORMATS)
+def test_convert_between_every_pair_is_bit_exact(tmp_path, src, dst):
+    if src == dst:
+        return
+    cfg = get_preset("tiny")
+    state = init_weights(cfg, 11)
+    a = tmp_path / f"a{SUFFIX[src]}"
+    b = tmp_path / f"b{SUFFIX[dst]}"
+    write_any(str(a), src, cfg, state)
+    assert main(["convert", str(a), str(b), "--to", dst, "--preset", "tiny"]) == 0
+    cfg2, back = read_any(str(b), None, "tiny", None)  # the format is detected from the bytes
+    assert set(back) == set(state)
+    assert all(np.array_equal(back[k], state[k]) for k in state)
+    assert cfg2.stage_names() == cfg.stage_names()
+
+
+def test_convert_detects_format_from_content_not_extension(tmp_path):
+    cfg = get_preset("tiny")
+    state = init_weights(cfg, 2)
+    disguised = tmp_path / "really_a_keras_file.ckpt"
+    write_any(str(tmp_path / "m.keras"), "keras", cfg, state)
+    (tmp_path / "m.keras").rename(disguised)
+    from shared.formats import detect_format
+
+    assert detect_format(disguised) == "keras"
+    assert main(["convert", str(disguised), str(tmp_path / "out.safetensors")]) == 0
+    assert all(np.array_equal(W.load(tmp_path / "out.safetensors")[1][k], state[k]) for k in state)
+
+
+def test_failed_convert_leaves_no_output(tmp_path):
+    cfg = get_preset("tiny_t2t")  # value skip + zero token: timm cannot express it
+    src = W.save(tmp_path / "t2t.safetensors", cfg, init_weights(cfg, 0))
+    for dst, fmt in ((tmp_path / "out.safetensors", "timm"), (tmp_path / "hfdir", "hf")):
+        assert main(["convert", str(src), str(dst), "--to", fmt]) != 0
+        assert not dst.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2t.safetensors"]
+
+
+def test_convert_refuses_a_malicious_pickle(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (eval, (f"open({str(marker)!r}, 'w').write('x')",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"patch_embed.proj.weight": Evil()}, f, protocol=2)
+    code = main(["convert", str(path), str(tmp_path / "out.safetensors"), "--preset", "tiny"])
+    assert code in (W.EXIT_INVALID_FILE, W.EXIT_MISMATCH)
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def test_convert_timm_checkpoint_to_every_native_file_and_back(tmp_path):
+    """A real timm model's weights (random init, no download) through every backend's native file."""
+    timm = pytest.importorskip("timm")  # [oracles] is part of [all]; CI installs it
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64).eval()
+    src = tmp_path / "timm.safetensors"
+    save_file(m.state_dict(), str(src))
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = m(torch.from_numpy(x)).numpy()
+    for fmt in ("torch", "keras", "mindspore", "hf"):
+        native = tmp_path / f"m{SUFFIX[fmt]}"
+        assert main(["convert", str(src), str(native), "--preset", "Ti/16", "--to", fmt]) == 0, fmt
+        assert main(["convert", str(native), str(tmp_path / f"{fmt}.safetensors"), "--preset", "Ti/16"]) == 0, fmt
+        cfg, state = W.load(tmp_path / f"{fmt}.safetensors")
+        got = reference.forward(cfg, state, x)["logits"]
+        assert tolerances.rel_l2(want, got) <= tolerances.fp32_bound(cfg, "logits"), fmt

@@ -192,3 +192,45 @@ def test_convert_timm_checkpoint_to_every_native_file_and_back(tmp_path):
         cfg, state = W.load(tmp_path / f"{fmt}.safetensors")
         got = reference.forward(cfg, state, x)["logits"]
         assert tolerances.rel_l2(want, got) <= tolerances.fp32_bound(cfg, "logits"), fmt
+
+
+def test_convert_hf_directory_both_ways_against_transformers(tmp_path):
+    """A real transformers model (random init, no download) -> convert -> reference; and back into transformers."""
+    transformers = pytest.importorskip("transformers")  # [oracles] is part of [all]; CI installs it
+    import torch
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                    image_size=[16, 24], patch_size=4, num_channels=3, num_labels=5,
+                                    layer_norm_eps=1e-12)
+    model = transformers.ViTForImageClassification(hf_cfg).eval()
+    model.save_pretrained(tmp_path / "hf_in", safe_serialization=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 24)).astype(np.float32)
+    with torch.no_grad():
+        want = model(pixel_values=torch.from_numpy(x)).logits.numpy()
+    assert main(["convert", str(tmp_path / "hf_in"), str(tmp_path / "c.safetensors")]) == 0
+    cfg, state = W.load(tmp_path / "c.safetensors")
+    assert cfg.layer_norm_eps == 1e-12 and cfg.image_size == (16, 24)
+    got = reference.forward(cfg, state, x)["logits"]
+    assert tolerances.rel_l2(want, got) <= tolerances.fp32_bound(cfg, "logits")
+    assert main(["convert", str(tmp_path / "c.safetensors"), str(tmp_path / "hf_out"), "--to", "hf"]) == 0
+    again = transformers.ViTForImageClassification.from_pretrained(tmp_path / "hf_out").eval()
+    with torch.no_grad():
+        back = again(pixel_values=torch.from_numpy(x)).logits.numpy()
+    np.testing.assert_array_equal(back, want)
+
+
+def test_a_third_party_backend_runs_the_suite_against_itself(tmp_path):
+    """Registered from outside (VIT_SUITE_BACKENDS; an entry point works the same), selected with --backends."""
+    import os
+
+    env = dict(os.environ, VIT_SUITE_BACKENDS="thirdparty=conformance_tests.broken_backends:ThirdParty,"
+                                              "broken_qk=conformance_tests.broken_backends:SwappedQK")
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "conformance_tests/test_conformance.py",
+            "-k", "golden_files or export_round_trip"]
+    ok = subprocess.run(args + ["--backends", "thirdparty"], capture_output=True, text=True, env=env, timeout=600)
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    assert "5 passed" in ok.stdout
+    bad = subprocess.run(args + ["--backends", "broken_qk"], capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 1 and "5 failed" in bad.stdout, bad.stdout[-3000:]  # its export is wrong too
+    assert "first stage out of bound is block_1" in bad.stdout

@@ -65,7 +65,7 @@ class Attention(nn.Module):
     Input width `in_dim` may differ from the attention width cfg.width (T2T first block).
     With cfg.attn_value_skip the output is `v_merged + proj(softmax(q k^T * scale) v)`.
     `fused_attn=True` uses F.scaled_dot_product_attention(scale=cfg.scale); the explicit path
-    (matmul, float32 softmax, matmul) is used otherwise and whenever attention maps are requested.
+    (float32 q k^T and softmax, probabilities rounded to the model dtype, matmul) is used otherwise and whenever attention maps are requested.
     """
 
     def __init__(self, cfg: ViTConfig, in_dim: int, fused_attn: bool = True):
@@ -89,8 +89,9 @@ class Attention(nn.Module):
             p = self.attn_drop.p if self.training else 0.0
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
         else:
-            scores = (q @ k.transpose(-2, -1)) * self.scale
-            probs = softmax_f32(scores)
+            # scores in float32 (one rounding less than a low-precision matmul + scale), probs rounded once
+            scores = (q.float() @ k.float().transpose(-2, -1)) * self.scale
+            probs = torch.softmax(scores, dim=-1).to(q.dtype)
             o = self.attn_drop(probs) @ v
         o = o.transpose(1, 2).reshape(B, T, W)
         o = self.proj_drop(self.proj(o))

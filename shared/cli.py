@@ -215,6 +215,12 @@ def cmd_check(args) -> int:
     from .init import init_weights, random_images
     from . import tolerances
 
+    if args.grad:
+        from .grad import run_grad_command
+
+        return run_grad_command(argparse.Namespace(weights=args.weights, preset=args.preset, backends=args.backends,
+                                                   batch=args.batch or 8, seed=args.seed, label_smoothing=0.1,
+                                                   json=args.json))
     if args.explain:
         cfg = W.load(args.weights)[0] if args.weights else get_preset(args.preset or DEFAULT_PRESET)
         print(tolerances.explain(cfg))
@@ -497,6 +503,8 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--attn-block", type=int, default=0, help="block of the attention map in the report")
     c.add_argument("--attn-head", type=int, default=0, help="head of the attention map in the report")
     c.add_argument("--explain", action="store_true", help="print the tolerance policy and exit")
+    c.add_argument("--grad", action="store_true",
+                   help="gradient and optimiser-step conformance against a float64 oracle (= vit-suite grad)")
     c.set_defaults(func=cmd_check)
 
     v = sub.add_parser("convert", help="convert weights between canonical, timm, HF, torch, Keras and MindSpore files")

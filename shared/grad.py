@@ -60,9 +60,7 @@ import numpy as np
 from . import tolerances, training as T
 from .config import ViTConfig
 
-GRAD_FACTOR = 4.0
-GRAD_FLOOR = 1e-3
-STEP_ROUNDING = 8.0
+from .tolerances import GRAD_FACTOR, GRAD_FLOOR, STEP_ROUNDING, grad_bound  # noqa: E402  (the one policy)
 FD_STEP = 1e-5
 #: oracle loss vs the float64 reference: vit_torch keeps float32 islands even in a float64 model (mean pooling
 #: and position-table resampling compute in float32), ~u32 = 6e-8 relative, still 100x below every float32 bound
@@ -75,9 +73,6 @@ U32 = tolerances.UNIT_ROUNDOFF["float32"]
 STEP_HPARAMS = {"sgd": {"lr": 0.1, "weight_decay": 0.05}, "adamw": {"lr": 1e-3, "weight_decay": 0.05}}
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
-
-def grad_bound(cfg: ViTConfig) -> float:
-    return GRAD_FACTOR * tolerances.fp32_bound(cfg, "logits")
 
 
 def loss_bound(cfg: ViTConfig) -> float:

@@ -28,6 +28,13 @@ bfloat16 / float16: err <= LOWP_MULTIPLIER * err_ref + LOWP_FLOOR_UNITS * u_dtyp
 Across backends: two backends that each pass are within bound_a + bound_b of each
 other (triangle inequality), which is the pairwise bound.
 
+Gradients (`vit-suite check --grad`, shared/grad.py): each parameter's gradient is within
+GRAD_FACTOR * (the float32 logits bound) of a float64 oracle in relative L2. GRAD_FACTOR = 4: the
+backward pass runs the forward's rounding chain again in reverse (x2), and every weight gradient adds
+one more reduction on top while LayerNorm/softmax backward subtract nearly equal terms (x2). GRAD_FLOOR
+keeps a legitimately ~0 gradient from dividing by ~0; STEP_ROUNDING scales the float32 rounding
+allowed in one optimiser update. The full derivation is in shared/grad.py.
+
 Top-1 agreement with the reference is reported, not judged: near-ties can flip
 legitimately at low precision.
 """
@@ -46,6 +53,9 @@ F32_SAFETY = 8.0
 LOWP_MULTIPLIER = 3.0
 LOWP_FLOOR_UNITS = 2.0
 RMS_FLOOR = 1e-2
+GRAD_FACTOR = 4.0
+GRAD_FLOOR = 1e-3
+STEP_ROUNDING = 8.0
 
 
 def reduction_length(cfg: ViTConfig) -> int:
@@ -63,6 +73,11 @@ def blocks_before(cfg: ViTConfig, stage: str) -> int:
 
 def fp32_bound(cfg: ViTConfig, stage: str) -> float:
     return F32_SAFETY * UNIT_ROUNDOFF["float32"] * math.sqrt(reduction_length(cfg)) * (blocks_before(cfg, stage) + 1)
+
+
+def grad_bound(cfg: ViTConfig) -> float:
+    """Relative L2 bound of one parameter's float32 gradient against the float64 oracle."""
+    return GRAD_FACTOR * fp32_bound(cfg, "logits")
 
 
 def lowp_bound(dtype: str, reference_error: float) -> float:

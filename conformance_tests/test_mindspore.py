@@ -64,6 +64,15 @@ def test_conforms(preset, dtype, mode):
     helpers.assert_conforms(preset, dtype, out)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset", FAST)
+def test_fused_softmax_option_conforms(preset, dtype):
+    """The opt-in fused Softmax kernel (less accurate Exp) still meets the policy, in Graph mode."""
+    cfg, state, x = helpers.case(preset)
+    be = MindSporeBackend(mode="graph", fused_softmax=True)
+    helpers.assert_conforms(preset, dtype, be.forward(be.build(cfg, state, dtype=dtype), x))
+
+
 @pytest.mark.parametrize("preset", FAST)
 def test_pynative_and_graph_agree(preset):
     cfg = get_preset(preset)

@@ -75,10 +75,13 @@ class MindSporeBackend(Backend):
     dtypes = ("float32", "float16")
     native_suffixes = (".ckpt",)
 
-    def __init__(self, mode: str = "graph") -> None:
+    def __init__(self, mode: str = "graph", fused_softmax: bool = False) -> None:
+        """mode: "graph" (mindspore.jit, fastest) or "pynative". fused_softmax: attention uses the fused
+        Softmax kernel (faster, less accurate: see vit_mindspore.layers.Softmax); default off."""
         if mode not in MODES:
             raise BackendError(f"MindSpore mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+        self.fused_softmax = bool(fused_softmax)
         configure_runtime()
 
     def check_dtype(self, dtype: str) -> None:
@@ -95,7 +98,7 @@ class MindSporeBackend(Backend):
         if state is None:
             state = init_weights(cfg, seed)
         W.validate_state(cfg, state)
-        return build_model(cfg, state, dtype)
+        return build_model(cfg, state, dtype, self.fused_softmax)
 
     def export(self, model: VisionTransformer) -> dict[str, np.ndarray]:
         return convert.to_canonical(model)
@@ -134,10 +137,10 @@ class MindSporeBackend(Backend):
                     dtype: str = "float32") -> VisionTransformer:
         self.check_dtype(dtype)
         cfg, state = convert.load_ckpt(path, cfg)
-        model = build_model(cfg, {k: np.zeros_like(v) for k, v in state.items()}, "float32")
+        model = build_model(cfg, {k: np.zeros_like(v) for k, v in state.items()}, "float32", self.fused_softmax)
         convert.load_into(model, state, str(path))  # strict: load_param_into_net, not-loaded lists must be empty
         if dtype != "float32":
-            model = build_model(cfg, convert.to_canonical(model), dtype)
+            model = build_model(cfg, convert.to_canonical(model), dtype, self.fused_softmax)
         return model
 
 

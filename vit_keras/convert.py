@@ -69,7 +69,7 @@ def load_canonical(model: VisionTransformer, state: Mapping[str, np.ndarray], so
     if stray:
         raise MismatchError(source, [f"model variable {p!r} has no canonical key" for p in stray])
     for key, (var, _) in mapping.items():
-        var.assign(values[key].astype(var.dtype) if str(var.dtype) != "float32" else values[key])
+        var.assign(values[key])  # Keras casts to the variable dtype (bfloat16 for a pure "bfloat16" policy)
 
 
 def export_canonical(model: VisionTransformer) -> dict[str, np.ndarray]:

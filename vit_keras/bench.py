@@ -16,22 +16,9 @@ import time
 
 import numpy as np
 
+from shared.bench import vit_flops
 from shared.config import ViTConfig
 from shared.presets import get_preset
-
-
-def flops_per_image(cfg: ViTConfig) -> int:
-    """Multiply-adds x 2 of the matmuls (patch embedding, attention, MLP, head) for one image."""
-    N, T, D, W, M = cfg.num_patches, cfg.num_tokens, cfg.embed_dim, cfg.width, cfg.mlp_dim
-    f = 2 * N * cfg.in_chans * cfg.patch_size ** 2 * D
-    for i in range(cfg.depth):
-        din = cfg.block_in_dim(i)
-        f += 2 * T * din * 3 * W + 2 * 2 * T * T * W + 2 * T * W * W + 2 * 2 * T * W * M
-    if cfg.representation_size:
-        f += 2 * W * cfg.representation_size
-    if cfg.num_classes:
-        f += 2 * cfg.feature_dim * cfg.num_classes
-    return f
 
 
 def _compile(fn, mode: str):
@@ -96,6 +83,37 @@ def keras_hub_model(cfg: ViTConfig, dtype: str):
                                                dtype=POLICIES[dtype])
 
 
+MODES = {
+    "eager": "eager Keras calls",
+    "graph": "tf.function graph (the backend's default)",
+    "jit": "tf.function(jit_compile=True): XLA",
+    "keras_hub": "peer: keras-hub's ViTImageClassifier with the same sizes, graph mode (if keras-hub is installed)",
+}
+
+
+def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "graph", n_warmup: int = 2,
+          n_iter: int = 5) -> dict:
+    """The shared.bench contract: median-timed forward of `batch` images in one mode."""
+    import keras
+
+    from .model import build_model
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    if mode == "keras_hub":
+        model = keras_hub_model(cfg, dtype)
+        if model is None:
+            raise RuntimeError("keras-hub is not installed (pip install --no-deps keras-hub)")
+    else:
+        model = build_model(cfg, dtype=dtype)
+    fn = _compile(_no_grad(lambda t: model(t, training=False)), "graph" if mode == "keras_hub" else mode)
+    H, W = cfg.image_size
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal((batch, H, W, cfg.in_chans)).astype(np.float32))
+    rates = _time(fn, x, passes=n_iter, iters=1, warmup=n_warmup)
+    med = statistics.median(rates)
+    return {"images_per_s": med, "median_s": batch / med, "passes": rates, "keras_backend": keras.backend.backend()}
+
+
 def run(preset: str, batches=(8,), modes=("eager", "graph", "jit"), dtype: str = "float32", passes: int = 5,
         iters: int = 2, warmup: int = 2, hub: bool = True, seed: int = 0) -> list[dict]:
     import keras
@@ -103,7 +121,7 @@ def run(preset: str, batches=(8,), modes=("eager", "graph", "jit"), dtype: str =
     from .model import build_model
 
     cfg = get_preset(preset)
-    gflop = flops_per_image(cfg) / 1e9
+    gflop = vit_flops(cfg) / 1e9
     models = {"vit_keras": build_model(cfg, dtype=dtype)}
     if hub:
         hm = keras_hub_model(cfg, dtype)

@@ -20,28 +20,13 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
+from shared.bench import vit_flops
 from shared.config import ViTConfig
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
 from .backend import configure_runtime
 from .model import build_model
-
-
-def flops_per_image(cfg: ViTConfig, grid: tuple[int, int] | None = None) -> int:
-    """2 x multiply-adds of every matmul (patch projection, qkv, scores, attn@v, proj, MLP, head)."""
-    gh, gw = grid or cfg.grid
-    n = gh * gw
-    t = n + cfg.num_prefix_tokens
-    W, M = cfg.width, cfg.mlp_dim
-    macs = n * cfg.in_chans * cfg.patch_size ** 2 * cfg.embed_dim
-    for i in range(cfg.depth):
-        din = cfg.block_in_dim(i)
-        macs += t * din * 3 * W + 2 * t * t * W + t * W * W + 2 * t * W * M
-    if cfg.representation_size:
-        macs += W * cfg.representation_size
-    macs += cfg.feature_dim * cfg.num_classes
-    return 2 * macs
 
 
 def _time(fn, passes: int, warmup: int = 1) -> list[float]:
@@ -92,9 +77,33 @@ def _timm_runners(batches, threads: int) -> list[tuple[dict, object]]:
     return runners
 
 
-def bench(cfg: ViTConfig, runners, passes: int) -> list[dict]:
+MODES = {
+    "pynative": "PyNative with synchronous launch (mindspore.runtime.launch_blocking)",
+    "graph": "Graph mode (mindspore.jit, jit_level O0), the backend's default",
+    "graph_fused": "Graph mode with the opt-in fused softmax (faster, ~7e-6 less accurate; still in bounds)",
+}
+
+
+def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "graph", n_warmup: int = 2,
+          n_iter: int = 5) -> dict:
+    """The shared.bench contract: median-timed forward of `batch` images in one mode."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    configure_runtime(threads)
+    model = build_model(cfg, init_weights(cfg, 0), dtype, mode == "graph_fused")
+    fn = model if mode == "pynative" else ms.jit(model, jit_level="O0")
+    x = Tensor(random_images(cfg, batch))
+    if dtype != "float32":
+        x = x.astype(ms.float16)
+    times = _time(lambda: fn(x).asnumpy(), n_iter, n_warmup)
+    med = statistics.median(times)
+    return {"images_per_s": batch / med, "median_s": med, "passes": times, "threads": threads}
+
+
+def run_interleaved(cfg: ViTConfig, runners, passes: int) -> list[dict]:
     """Passes interleaved across runners (fair under a shared, noisy machine); medians reported."""
-    fl = flops_per_image(cfg)
+    fl = vit_flops(cfg)
     times = [[] for _ in runners]
     for _ in range(passes):
         for i, (_, fn) in enumerate(runners):
@@ -170,7 +179,7 @@ def main(argv=None) -> int:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     configure_runtime(threads)
     cfg = get_preset(args.preset)
-    print(f"{cfg.name}: {flops_per_image(cfg) / 1e9:.2f} GFLOP/image, {threads} threads, "
+    print(f"{cfg.name}: {vit_flops(cfg) / 1e9:.2f} GFLOP/image, {threads} threads, "
           f"mindspore {ms.__version__}", flush=True)
     runners = []
     for i, level in enumerate(args.jit_levels):
@@ -179,7 +188,7 @@ def main(argv=None) -> int:
         runners += _mindspore_runners(cfg, args.batches, args.jit_levels[-1], pynative=True, fused_softmax=True)
     if not args.no_timm and cfg.name == "vit_base_patch16_224":
         runners += _timm_runners(args.batches, threads)
-    rows = bench(cfg, runners, args.passes)
+    rows = run_interleaved(cfg, runners, args.passes)
     prof = []
     if not args.no_profile:
         b = max(args.batches)

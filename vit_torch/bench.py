@@ -35,6 +35,15 @@ from shared.init import random_images
 from .model import TORCH_DTYPES, VisionTransformer, build_model
 
 
+#: mode -> description (the contract of the suite's bench modules: MODES + bench()).
+MODES: dict[str, str] = {
+    "eager": "build_model as is: SDPA attention, weights in dtype",
+    "fast": "oneDNN-prepacked Linear weights, GELU fused into fc1 (bfloat16: AVX512-BF16/AMX kernels)",
+    "compile": "torch.compile(model), inductor (compile time excluded from the timing)",
+    "timm": "peer: timm.create_model(cfg.name, pretrained=False), weights in dtype",
+}
+
+
 def vit_flops(cfg: ViTConfig, image_size: tuple[int, int] | None = None) -> int:
     """Matmul FLOPs (2 per multiply-add) of one image's forward at `image_size` (default cfg.image_size)."""
     h, w = image_size or cfg.image_size
@@ -137,6 +146,8 @@ def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "e
           n_iter: int = 5, threads: int | None = None, seed: int = 0) -> dict:
     """Median-timed forward of `batch` images: images/s and matmul GFLOP/s (vit_flops)."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
+    if mode == "timm":
+        return bench_timm(cfg.name, batch, dtype, n_warmup, n_iter)
     fn, setup_s = prepare(cfg, dtype, mode, seed)
     x = torch.from_numpy(random_images(cfg, batch, seed)).to(TORCH_DTYPES[dtype])
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ Modes
 Threads: `torch.set_num_threads(threads)` is set explicitly (default: all cores).
 `vit_flops` counts 2 FLOPs per multiply-add of every matmul (patch projection, qkv, scores,
 attention x values, proj, MLP, pre-logits, head); elementwise work (LayerNorm, softmax, GELU) is
-not counted. TODO(shared): `vit_flops` belongs in shared/ once the other backends benchmark too.
+not counted. `vit_flops` lives in shared/bench.py (one count for every backend).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.bench import vit_flops
 from shared.config import ViTConfig
 from shared.init import random_images
 
@@ -41,27 +42,8 @@ MODES: dict[str, str] = {
     "fast": "oneDNN-prepacked Linear weights, GELU fused into fc1 (bfloat16: AVX512-BF16/AMX kernels)",
     "compile": "torch.compile(model), inductor (compile time excluded from the timing)",
     "timm": "peer: timm.create_model(cfg.name, pretrained=False), weights in dtype",
+    "hf": "peer: transformers ViTForImageClassification with the same sizes (random init), weights in dtype",
 }
-
-
-def vit_flops(cfg: ViTConfig, image_size: tuple[int, int] | None = None) -> int:
-    """Matmul FLOPs (2 per multiply-add) of one image's forward at `image_size` (default cfg.image_size)."""
-    h, w = image_size or cfg.image_size
-    P, D, W, M = cfg.patch_size, cfg.embed_dim, cfg.width, cfg.mlp_dim
-    n = (h // P) * (w // P)
-    t = n + cfg.num_prefix_tokens
-    f = 2 * n * D * cfg.in_chans * P * P
-    for i in range(cfg.depth):
-        din = cfg.block_in_dim(i)
-        f += 2 * t * din * 3 * W  # qkv
-        f += 2 * 2 * t * t * W  # q k^T and probs v over all heads
-        f += 2 * t * W * W  # proj
-        f += 2 * 2 * t * W * M  # fc1, fc2
-    if cfg.representation_size:
-        f += 2 * W * cfg.representation_size
-    if cfg.num_classes:
-        f += 2 * cfg.feature_dim * cfg.num_classes
-    return f
 
 
 # ------------------------------------------------------------------ fast path
@@ -148,12 +130,27 @@ def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "e
     torch.set_num_threads(threads or os.cpu_count() or 1)
     if mode == "timm":
         return bench_timm(cfg.name, batch, dtype, n_warmup, n_iter)
+    if mode == "hf":
+        return bench_hf(cfg, batch, dtype, n_warmup, n_iter)
     fn, setup_s = prepare(cfg, dtype, mode, seed)
     x = torch.from_numpy(random_images(cfg, batch, seed)).to(TORCH_DTYPES[dtype])
     t0 = time.perf_counter()
     times = _time(fn, x, n_warmup, n_iter)
     return _result(cfg, batch, times, mode=mode, dtype=dtype, setup_s=setup_s,
                    warmup_and_run_s=time.perf_counter() - t0, threads=torch.get_num_threads())
+
+
+def bench_hf(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", n_warmup: int = 2, n_iter: int = 5) -> dict:
+    """Hugging Face's ViTForImageClassification with cfg's sizes (random init, no download), timed like `bench`."""
+    import transformers
+
+    hf_cfg = transformers.ViTConfig(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+                                    intermediate_size=cfg.mlp_dim, image_size=list(cfg.image_size), patch_size=cfg.patch_size,
+                                    num_channels=cfg.in_chans, num_labels=max(cfg.num_classes, 1),
+                                    layer_norm_eps=cfg.layer_norm_eps, qkv_bias=cfg.qkv_bias)
+    model = transformers.ViTForImageClassification(hf_cfg).eval().to(TORCH_DTYPES[dtype])
+    x = torch.randn(batch, cfg.in_chans, *cfg.image_size, dtype=TORCH_DTYPES[dtype])
+    return _result(cfg, batch, _time(lambda t: model(pixel_values=t), x, n_warmup, n_iter), mode="hf", dtype=dtype)
 
 
 def bench_timm(name: str = "vit_base_patch16_224", batch: int = 8, dtype: str = "float32", n_warmup: int = 2,

@@ -164,7 +164,7 @@ def finite_difference_check(cfg: ViTConfig, state, images, labels, smoothing: fl
 
 # ------------------------------------------------------------------ worker (one backend per process)
 def grad_worker(args) -> int:
-    """`python -m shared.train_cli grad-worker W --backend B --inputs in.npz --output out.npz [--dtype float64]`."""
+    """`python -m shared.grad W --backend B --inputs in.npz --output out.npz [--dtype float64]` (one backend)."""
     from . import weights as W
     from .train_cli import train_module
 
@@ -192,7 +192,7 @@ def grad_worker(args) -> int:
 
 def run_worker(backend: str, weights: Path, inputs: Path, out: Path, dtype: str = "float32",
                timeout: float = 1800) -> tuple[dict | None, str | None, float]:
-    cmd = [sys.executable, "-m", "shared.train_cli", "grad-worker", str(weights), "--backend", backend,
+    cmd = [sys.executable, "-m", "shared.grad", str(weights), "--backend", backend,
            "--inputs", str(inputs), "--output", str(out), "--dtype", dtype]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
                GLOG_v="3")
@@ -387,3 +387,20 @@ def print_grad(c, res: GradResult) -> None:
                   f"worst {opt:.2f} of bound", f"{r.seconds:.1f}s")
     c.print(t)
     c.print("[bold green]PASS[/]" if res.passed else "[bold red]FAIL[/]")
+
+
+def main(argv=None) -> int:
+    """The child-process entry point of the gradient check (one backend per process)."""
+    import argparse
+
+    w = argparse.ArgumentParser(prog="python -m shared.grad", description=grad_worker.__doc__)
+    w.add_argument("weights")
+    w.add_argument("--backend", required=True)
+    w.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    w.add_argument("--inputs", required=True, help=".npz with images, labels and hyper-parameters")
+    w.add_argument("--output", required=True)
+    return grad_worker(w.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

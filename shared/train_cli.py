@@ -2,7 +2,7 @@
 
 Each command uses ONE backend, imported lazily inside the command, so the process holds only that
 framework (TensorFlow before MindSpore in one process aborts it). `grad` runs every backend (and the
-float64 oracle) in its own child process: `python -m shared.train_cli grad-worker ...`.
+float64 oracle) in its own child process: `python -m shared.grad ...`.
 
     vit-suite train --preset digits --backend torch --steps 300 --out digits.safetensors
     vit-suite train --init digits.safetensors --backend keras --data FOLDER --head linear --epochs 5
@@ -229,12 +229,6 @@ def cmd_grad(args) -> int:
     return run_grad_command(args)
 
 
-def cmd_grad_worker(args) -> int:
-    from .grad import grad_worker
-
-    return grad_worker(args)
-
-
 # ------------------------------------------------------------------ parser
 def _common(p, backend_required=True):
     p.add_argument("--backend", required=backend_required, choices=sorted(TRAIN_MODULES))
@@ -292,13 +286,6 @@ def add_training_commands(sub) -> None:
     d.add_argument("--json", help="write every metric to this JSON file")
     d.set_defaults(func=cmd_grad)
 
-    w = sub.add_parser("grad-worker", help=argparse.SUPPRESS)
-    w.add_argument("weights")
-    w.add_argument("--backend", required=True)
-    w.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    w.add_argument("--inputs", required=True, help=".npz with images, labels and hyper-parameters")
-    w.add_argument("--output", required=True)
-    w.set_defaults(func=cmd_grad_worker)
 
 
 def main(argv=None) -> int:

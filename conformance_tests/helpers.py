@@ -25,6 +25,15 @@ def case(preset: str, seed: int = 0, batch: int = 2, kind: str = "normal", image
     return cfg, init_weights(cfg, seed), random_images(cfg, batch, seed, kind, image_size)
 
 
+def shuffle_patches(x: np.ndarray, patch: int, seed: int = 0) -> np.ndarray:
+    """The same images with their patches in a random order (the seed's permutation demonstration)."""
+    B, C, H, W = x.shape
+    gh, gw = H // patch, W // patch
+    tiles = x.reshape(B, C, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C, patch, patch)
+    tiles = tiles[:, np.random.default_rng(seed).permutation(gh * gw)]
+    return tiles.reshape(B, gh, gw, C, patch, patch).transpose(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+
+
 _ref_cache: dict = {}
 
 

@@ -93,8 +93,8 @@ def test_check_low_precision(tmp_path, tiny_file, dtype):
 
 @pytest.mark.parametrize("broken,stage", [("broken_qk", "block_1"), ("broken_gelu", "block_0")])
 def test_check_catches_and_locates_a_broken_backend(tmp_path, tiny_file, monkeypatch, broken, stage):
-    monkeypatch.setenv("VIT_SUITE_BACKENDS", f"broken_qk=conformance_tests.broken_backends:SwappedQK,"
-                                             f"broken_gelu=conformance_tests.broken_backends:TanhGelu")
+    monkeypatch.setenv("VIT_SUITE_BACKENDS", "broken_qk=conformance_tests.broken_backends:SwappedQK,"
+                                             "broken_gelu=conformance_tests.broken_backends:TanhGelu")
     code = main(["check", str(tiny_file), "--backends", f"torch,{broken}", "--json", str(tmp_path / "c.json")])
     assert code == W.EXIT_OUT_OF_BOUNDS
     res = json.loads((tmp_path / "c.json").read_text())

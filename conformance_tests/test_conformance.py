@@ -15,7 +15,7 @@ from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
 from .golden.regenerate import PRESETS as GOLDEN_PRESETS, load_golden
-from .helpers import SEED_FAST, SEED_SLOW, SMALL_SLOW, TINY_PRESETS, assert_conforms, case
+from .helpers import SEED_FAST, SEED_SLOW, SMALL_SLOW, TINY_PRESETS, assert_conforms, case, shuffle_patches
 
 _models: dict = {}
 
@@ -85,11 +85,7 @@ def test_patch_permutation_invariance_needs_no_position_embedding(backend):
     """The seed's demonstration as a test: no positions + mean pooling = a bag of patches."""
     base = get_preset("tiny_meanpool")
     x = random_images(base, 1, 3)
-    P = base.patch_size
-    gh, gw = base.grid
-    patches = [x[:, :, r * P:(r + 1) * P, c * P:(c + 1) * P] for r in range(gh) for c in range(gw)]
-    perm = np.random.default_rng(0).permutation(len(patches))
-    y = np.concatenate([np.concatenate([patches[perm[r * gw + c]] for c in range(gw)], axis=3) for r in range(gh)], axis=2)
+    y = shuffle_patches(x, base.patch_size)
     for pos, invariant in (("none", True), ("sincos2d", False)):
         cfg = base.replace(pos_embed=pos, name=f"perm_{pos}")
         model = backend.build(cfg, init_weights(cfg, 3))

@@ -14,7 +14,7 @@ from shared import posemb, reference
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
-from .helpers import TINY_PRESETS, SEED_FAST
+from .helpers import SEED_FAST, TINY_PRESETS, shuffle_patches
 
 F64 = 1e-12
 
@@ -226,11 +226,11 @@ def test_permutation_invariance_without_positions():
     cfg = get_preset("tiny_meanpool").replace(pos_embed="none")
     p = init_weights(cfg, 0)
     x = random_images(cfg, 1, 0)
+    shuffled = shuffle_patches(x, cfg.patch_size)
+    # the helper really moves whole patches: the multiset of patches is unchanged, their order is not
     P = cfg.patch_size
-    gh, gw = cfg.grid
-    patches = [x[:, :, r * P:(r + 1) * P, c * P:(c + 1) * P] for r in range(gh) for c in range(gw)]
-    perm = np.random.default_rng(0).permutation(len(patches))
-    shuffled = np.concatenate([np.concatenate([patches[perm[r * gw + c]] for c in range(gw)], axis=3) for r in range(gh)], axis=2)
+    key = lambda im: sorted(im[0, :, r:r + P, c:c + P].tobytes() for r in range(0, im.shape[2], P) for c in range(0, im.shape[3], P))
+    assert key(shuffled) == key(x) and not np.array_equal(shuffled, x)
     a, b = reference.forward(cfg, p, x)["logits"], reference.forward(cfg, p, shuffled)["logits"]
     assert rel(b, a) < F64
     with_pos = get_preset("tiny_meanpool")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time
@@ -65,7 +64,7 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 def _prepare_frameworks(backends: list[str]) -> None:
     """Deliberate import order for one process using several frameworks: MindSpore before TensorFlow."""
     if "mindspore" in backends and importlib.util.find_spec("mindspore") is not None:
-        import mindspore  # noqa: F401
+        import mindspore  # noqa: F401  (deliberately first)
 
 
 # ------------------------------------------------------------------------------ init / inspect
@@ -194,6 +193,22 @@ def cmd_forward(args) -> int:
 
 
 # ------------------------------------------------------------------------------ check
+def resolve_model(weights: str | None, preset: str | None, seed: int = 0):
+    """(cfg, state, source, images, labels) from a canonical file, a preset's seeded weights, or the default.
+
+    images/labels are the default model's held-out set, None otherwise.
+    """
+    from .init import init_weights
+
+    if weights:
+        cfg, state = W.load(weights)
+        return cfg, state, weights, None, None
+    if preset:
+        cfg = get_preset(preset)
+        return cfg, init_weights(cfg, seed), f"preset {cfg.name} (seed {seed})", None, None
+    return _default_model()
+
+
 def _default_model() -> tuple[ViTConfig, dict, str, np.ndarray | None, np.ndarray | None]:
     """The built-in default: the shipped trained digits model with real digits, else a seeded tiny model."""
     try:
@@ -211,9 +226,9 @@ def _default_model() -> tuple[ViTConfig, dict, str, np.ndarray | None, np.ndarra
 
 
 def cmd_check(args) -> int:
-    from .check import run_check
-    from .init import init_weights, random_images
     from . import tolerances
+    from .check import run_check
+    from .init import random_images
 
     if args.grad:
         from .grad import run_grad_command
@@ -225,16 +240,7 @@ def cmd_check(args) -> int:
         cfg = W.load(args.weights)[0] if args.weights else get_preset(args.preset or DEFAULT_PRESET)
         print(tolerances.explain(cfg))
         return 0
-    images = labels = None
-    if args.weights:
-        cfg, state = W.load(args.weights)
-        source = args.weights
-    elif args.preset:
-        cfg = get_preset(args.preset)
-        state = init_weights(cfg, args.seed)
-        source = f"preset {cfg.name} (seed {args.seed})"
-    else:
-        cfg, state, source, images, labels = _default_model()
+    cfg, state, source, images, labels = resolve_model(args.weights, args.preset, args.seed)
     size = _parse_size(args.image_size)
     if args.input:
         images, labels = _load_npy(args.input, "--input"), None
@@ -561,7 +567,6 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(func=cmd_bench)
 
-    from .presets import preset_names as _pn  # noqa: F401  (keeps presets importable for --help)
     try:
         from .train_cli import add_training_commands
     except ImportError:

@@ -308,38 +308,19 @@ def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: lis
 def run_grad_command(args) -> int:
     from . import weights as W
     from .backend import available_backends
-    from .init import init_weights, random_images
-    from .presets import get_preset
+    from .cli import UsageError, _console, resolve_model
+    from .init import random_images
 
-    images = labels = None
-    if args.weights:
-        cfg, state = W.load(args.weights)
-        source = args.weights
-    elif args.preset:
-        cfg = get_preset(args.preset)
-        state = init_weights(cfg, args.seed)
-        source = f"preset {cfg.name} (seed {args.seed})"
-    else:
-        from .data import default_model
-
-        found = default_model()
-        if found is None:
-            cfg = get_preset("tiny")
-            state, source = init_weights(cfg, args.seed), "preset tiny (seed 0)"
-        else:
-            cfg, state, source, images, labels = found
-            images, labels = images[:args.batch], labels[:args.batch]
+    cfg, state, source, images, labels = resolve_model(args.weights, args.preset, args.seed)
+    if images is not None:  # the shipped model's held-out digits: the first batch of them
+        images, labels = images[:args.batch], labels[:args.batch]
     if cfg.num_classes < 2:
-        from .cli import UsageError
-
         raise UsageError(f"{cfg.name}: gradient conformance needs a classifier with >= 2 classes")
     if images is None:
         images = random_images(cfg, args.batch, args.seed)
         labels = np.random.default_rng([args.seed, 5]).integers(0, cfg.num_classes, args.batch)
     wanted = args.backends.split(",") if args.backends else [b for b in available_backends()
                                                              if b in ("torch", "keras", "mindspore")]
-    from .cli import _console
-
     c = _console()
     c.print(f"[bold]vit-suite grad[/]: {source}; {cfg.name}, batch {len(labels)}, label smoothing "
             f"{args.label_smoothing}; oracle: torch float64 (checked by finite differences of the reference); "

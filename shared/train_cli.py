@@ -12,7 +12,6 @@ float64 oracle) in its own child process: `python -m shared.grad ...`.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os

@@ -20,7 +20,7 @@ import keras
 from keras import ops
 
 from shared.config import ViTConfig
-from shared.posemb import fixed_table, resize_matrix
+from shared.posemb import resize_matrix
 
 PACKAGE = "vit_keras"
 HALF = ("float16", "bfloat16")

@@ -28,7 +28,7 @@ from keras import ops
 from shared.config import ViTConfig
 from shared.posemb import fixed_table
 
-from .layers import PACKAGE, Block, PatchEmbed, _CfgLayer, _dense, _layer_norm, as_config, resample_table, softmax_f32
+from .layers import PACKAGE, Block, PatchEmbed, _dense, _layer_norm, as_config, resample_table, softmax_f32
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -45,7 +45,6 @@ class VisionTransformer(keras.Model):
         self.patch_embed = PatchEmbed(c.to_dict(), data_format=data_format, name="patch_embed", dtype=pol)
         self.pos_drop = keras.layers.Dropout(c.dropout, name="pos_drop", dtype=pol)
         self.blocks = [Block(c.to_dict(), i, name=f"blocks_{i}", dtype=pol) for i in range(c.depth)]
-        W = c.width
         self.norm = _layer_norm(c, "norm", pol) if c.final_norm else None
         self.fc_norm = _layer_norm(c, "fc_norm", pol) if c.fc_norm else None
         self.pre_logits = (_dense(c.representation_size, "pre_logits_fc", pol)

@@ -15,7 +15,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 
 import mindspore as ms
 from mindspore import Tensor

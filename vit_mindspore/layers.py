@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 

@@ -25,7 +25,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 import torch
 from torch import nn
 

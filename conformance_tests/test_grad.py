@@ -36,8 +36,7 @@ def case(name: str):
 
 
 def train_mod(backend: str):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} not installed")
+    # no skip: a backend that is not installed fails here, as CI must run all three
     return importlib.import_module(f"vit_{backend}.train")
 
 

@@ -18,7 +18,7 @@ import pytest
 from conformance_tests import helpers
 from shared import posemb, tolerances, weights
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from vit_keras.backend import KerasBackend  # noqa: E402
 from vit_keras.convert import load_keras, load_weights_h5, save_keras  # noqa: E402

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-ms = pytest.importorskip("mindspore")
+import mindspore as ms  # noqa: E402
 
 from conformance_tests import helpers  # noqa: E402
 from shared import reference, tolerances  # noqa: E402
@@ -356,7 +356,6 @@ def test_failed_save_leaves_nothing(tmp_path):
 
 # --------------------------------------------------------------- import order
 def test_import_after_tensorflow_raises_instead_of_aborting():
-    pytest.importorskip("tensorflow")
     code = ("import tensorflow\n"
             "try:\n    import vit_mindspore\nexcept ImportError as e:\n    print('IMPORTERROR', e)\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,9 +17,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
+import timm  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from shared import reference  # noqa: E402
 from shared.convert import (export_hf, export_timm, import_hf, import_timm, save_hf_dir,  # noqa: E402

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 from conformance_tests import helpers  # noqa: E402
 from shared import reference, tolerances  # noqa: E402

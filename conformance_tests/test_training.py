@@ -27,8 +27,7 @@ MIN_TOP1 = 0.5
 
 
 def train_mod(backend: str):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} not installed")
+    # no skip: a backend that is not installed fails here, as CI must run all three
     return importlib.import_module(f"vit_{backend}.train")
 
 
@@ -117,8 +116,6 @@ def test_schedule_and_loss_oracle():
 
 
 def test_keras_schedule_equals_shared_schedule():
-    if importlib.util.find_spec("keras") is None:
-        pytest.skip("keras not installed")
     from keras import ops
 
     from vit_keras.train import WarmupCosine
@@ -161,8 +158,7 @@ def test_short_training_beats_chance(backend, tmp_path):
 @pytest.mark.parametrize("backend", ["torch", "keras", "mindspore"])
 def test_shipped_model_reproduces_recorded_accuracy(backend):
     found = D.default_model()
-    if found is None:
-        pytest.skip("no shipped model")
+    assert found is not None, f"the shipped model {D.DEFAULT_MODEL_PATH} is missing"
     cfg, state, source, x, y = found
     meta = W.read_tensors(D.DEFAULT_MODEL_PATH)[1]
     ref_pred = np.array(json.loads(meta["heldout_predictions_reference"]))

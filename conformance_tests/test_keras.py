@@ -257,3 +257,14 @@ def test_torch_keras_backend_matches_reference_and_tensorflow(tmp_path):
         pair = 2 * tolerances.fp32_bound(cfg, s)  # each run within its float32 bound: triangle inequality
         err = tolerances.rel_l2(torch_out[s], tf_out[s])
         assert err <= pair, f"{s}: torch vs tensorflow rel_l2 {err:.3e} > {pair:.3e}"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="this test starts the torch-backend run; inside that run it would recurse")
+def test_this_whole_file_passes_under_the_torch_keras_backend():
+    """Both Keras backends in CI: the same tests, run again with KERAS_BACKEND=torch in a process of its own."""
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__],
+                       capture_output=True, text=True, env=env, timeout=1200, cwd=str(ROOT))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout

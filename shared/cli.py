@@ -250,6 +250,7 @@ def cmd_check(args) -> int:
     if images.shape[1] != cfg.in_chans:
         raise UsageError(f"inputs have {images.shape[1]} channels, {cfg.name} expects {cfg.in_chans}")
     run_cfg = cfg.with_image_size(tuple(images.shape[2:])) if tuple(images.shape[2:]) != tuple(cfg.image_size) else cfg
+    missing = [b for b in backend_names() if b not in available_backends()]
     wanted = args.backends.split(",") if args.backends else available_backends()
     unknown = [b for b in wanted if b not in backend_names()]
     if unknown:
@@ -257,6 +258,8 @@ def cmd_check(args) -> int:
     if not wanted:
         raise UsageError("no backend is installed: pip install 'vit-suite[all]'")
     c = _console()
+    if missing and not args.backends:
+        c.print(f"[yellow]not installed, not checked: {', '.join(missing)}[/] (pip install -e '.[all]')")
     c.print(f"[bold]vit-suite check[/]: {source}; {cfg.name}, {args.dtype}, batch {images.shape[0]}, "
             f"image {images.shape[2]}x{images.shape[3]}; backends: {', '.join(wanted)}")
     with tempfile.TemporaryDirectory(prefix="vit-suite-") as tmp:

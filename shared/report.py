@@ -147,7 +147,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:right}} t
 pass/fail on every stage under the tolerance policy below.</p>
 <h2>Backends</h2>{summary}
 <h2>Per-stage error</h2><img src="{_error_plot(result)}" alt="per-stage error">{stages}
-<h2>Across backends</h2>{pairs}
+<h2>Across backends</h2>{pairs if result.pairs else '<p>One backend ran: nothing to compare it with.</p>'}
 {f'<h2>Position embedding</h2><img src="{pos}" alt="position table">' if pos else ''}
 <h2>Attention</h2><img src="{_attention_plot(result, state, attn_block, attn_head)}" alt="attention map">
 <h2>Numerics</h2>{numerics}

@@ -65,7 +65,7 @@ def _posemb_plots(result: CheckResult, state: dict) -> str | None:
     unit = patches / np.maximum(np.linalg.norm(patches, axis=1, keepdims=True), 1e-12)
     centre = (grid[0] // 2) * grid[1] + grid[1] // 2
     im = a1.imshow((unit @ unit[centre]).reshape(grid), cmap="viridis", vmin=-1, vmax=1)
-    a1.set_title("cosine similarity to the centre patch")
+    a1.set_title("cos. similarity to centre patch", fontsize=9)
     fig.colorbar(im, ax=a1)
     return _png(fig)
 

@@ -125,6 +125,18 @@ def test_native_file_round_trip_is_bit_exact(backend, tmp_path):
     assert all(np.array_equal(a[s], b[s]) for s in cfg.stage_names())
 
 
+def test_bad_inputs_are_refused_clearly(backend):
+    """Wrong channels, a size the patch does not divide, or not NCHW: one message, naming the shapes, everywhere."""
+    cfg, state, x = case("tiny")
+    model = model_for(backend, "tiny")
+    with pytest.raises(ValueError, match=r"images have 1 channels, config 'tiny' expects 3 \(shape \(1, 1, 32, 32\)\)"):
+        backend.forward(model, np.zeros((1, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="image 36x32 is not divisible by patch size 8"):
+        backend.forward(model, np.zeros((1, 3, 36, 32), np.float32))
+    with pytest.raises(ValueError, match=r"images must be NCHW \(4-D\), got shape \(3, 32, 32\)"):
+        backend.forward(model, x[0])
+
+
 def test_unknown_dtype_is_refused(backend):
     with pytest.raises(BackendError, match="float64"):
         backend.check_dtype("float64")

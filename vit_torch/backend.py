@@ -16,6 +16,7 @@ import torch
 
 from shared.backend import Backend, BackendError
 from shared.config import ViTConfig
+from shared.reference import check_images
 
 from . import convert
 from .model import TORCH_DTYPES, VisionTransformer, build_model
@@ -50,11 +51,8 @@ class TorchBackend(Backend):
 
     def forward(self, model: VisionTransformer, images: np.ndarray) -> dict[str, np.ndarray]:
         images = np.asarray(images)
-        if images.ndim != 4:
-            raise ValueError(f"images must be NCHW (4-D), got shape {images.shape}")
         cfg = model.config
-        if images.shape[1] != cfg.in_chans:
-            raise ValueError(f"images have {images.shape[1]} channels, config {cfg.name!r} expects {cfg.in_chans}")
+        check_images(cfg, images)  # the same checks and messages in every backend
         p = model.patch_embed.proj.weight
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(p.device, p.dtype)
         was_training = model.training

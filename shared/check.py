@@ -152,12 +152,11 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
     if state is None:
         from .weights import load
 
-        cfg_file, state = load(weights)
-    run_cfg = cfg
+        state = load(weights)[1]
     image_size = tuple(images.shape[2:])
     notify("reference", "float64 reference")
-    ref64 = reference.forward(run_cfg, state, images)
-    ref_lowp = reference.forward(run_cfg, state, images, dtype=dtype) if dtype != "float32" else None
+    ref64 = reference.forward(cfg, state, images)
+    ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
     runs: list[BackendRun] = []
     with tempfile.TemporaryDirectory(prefix="vit-suite-check-") as tmp:
         tmp = Path(tmp)
@@ -168,7 +167,7 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
             run = run_backend(b, Path(weights), images_path, dtype, tmp,
                               image_size if image_size != tuple(cfg.image_size) else None)
             if run.stages is not None:
-                run.verdict = tolerances.judge(run_cfg, dtype, run.stages, ref64, ref_lowp)
+                run.verdict = tolerances.judge(cfg, dtype, run.stages, ref64, ref_lowp)
             notify(b, run.status)
             runs.append(run)
     ok = [r for r in runs if r.verdict is not None]

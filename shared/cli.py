@@ -159,8 +159,6 @@ def cmd_reference(args) -> int:
     cfg, state = W.load(args.weights)
     x = _model_inputs(args, cfg)
     out = reference.forward(cfg, state, x, dtype=args.dtype)
-    if not args.stages:
-        out = {"logits": out["logits"]}
     _write_npz(args.output, out, {"backend": "reference", "dtype": args.dtype})
     _console().print(f"wrote {args.output}: {', '.join(out)}")
     return 0
@@ -539,12 +537,11 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=cmd_forward)
 
-    r = sub.add_parser("reference", help="run the NumPy reference on given inputs and save every stage")
+    r = sub.add_parser("reference", help="run the NumPy reference on given inputs and save every named stage")
     r.add_argument("weights")
     r.add_argument("--input", required=True)
     r.add_argument("--output", required=True)
     r.add_argument("--dtype", default="float64", choices=["float64", "float32", "float16", "bfloat16"])
-    r.add_argument("--stages", action="store_true", default=True)
     r.set_defaults(func=cmd_reference)
 
     i = sub.add_parser("inspect", help="config, parameter count, numerics and tensors of a weight file")

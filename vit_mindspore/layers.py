@@ -116,13 +116,18 @@ class GELU(_Cell):
 
 
 class Softmax(_Cell):
-    """Max-subtracted softmax over the last axis, in float32 (logits of 1e4 stay finite).
+    """Softmax over the last axis, in float32, max-subtracted (logits of 1e4 stay finite).
 
-    exp is computed as expm1(s) + 1 (s <= 0 after the max subtraction): MindSpore's CPU Exp kernel
-    has ~3e-6 relative error (50-140 float32 ulps, measured), expm1 + 1 is within one ulp of 1 in
-    absolute terms, which is what a softmax (denominator >= 1) needs. The fused Softmax primitive
-    inherits Exp's error (7e-6 measured) but is several times faster: `fused=True` selects it
-    (opt-in, for speed; still within the tolerance policy, see the tests).
+    fused=True: MindSpore's Softmax kernel, ~15x faster. Its Exp is off by up to ~170 float32 ulps, but
+    neither path is uniformly better on the probabilities (float64 check, 3.7M scores N(0, sd^2), sd 0.5-10):
+    max abs error 6e-8..8e-7 for both, RMS 2-6x higher fused, max relative error on p > 1e-3 up to 6x
+    *lower* fused (expm1 + 1 carries an absolute, not relative, error). Stage errors against the reference
+    are the same with either (conformance_tests/test_mindspore.py runs both). The attention uses it.
+    fused=False: exp as expm1(s) + 1 (s <= 0 after the max subtraction), within one ulp of 1 absolute,
+    which is what a softmax (denominator >= 1) needs. The model's output softmax uses it (one small call),
+    and `build_model(..., fused_softmax=False)` puts it in the attention too.
+    Reductions run on a 2-D view: MindSpore CPU's ReduceSum is ~25x slower over the last axis of a 4-D
+    tensor than of the same data viewed as 2-D (measured).
     """
 
     def __init__(self, dtype=mstype.float32, fused: bool = False):
@@ -132,14 +137,17 @@ class Softmax(_Cell):
         self.expm1 = ops.Expm1()
         self.reduce_max = ops.ReduceMax(keep_dims=True)
         self.reduce_sum = ops.ReduceSum(keep_dims=True)
+        self.reshape = ops.Reshape()
 
     def construct(self, s):
         s = self.f32(s)
         if self.fused:
             return self.back(self.fused_softmax(s))
+        shape = s.shape
+        s = self.reshape(s, (-1, shape[-1]))
         s = s - self.reduce_max(s, -1)
         e = self.expm1(s) + 1.0
-        return self.back(e / self.reduce_sum(e, -1))
+        return self.back(self.reshape(e / self.reduce_sum(e, -1), shape))
 
 
 class Dropout(nn.Cell):
@@ -232,7 +240,7 @@ class Attention(_Cell):
     """
 
     def __init__(self, cfg: ViTConfig, p: dict, prefix: str, in_dim: int, dtype=mstype.float32,
-                 fused_softmax: bool = False):
+                 fused_softmax: bool = True):
         super().__init__(dtype)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
@@ -244,6 +252,7 @@ class Attention(_Cell):
         self.softmax = Softmax(dtype, fused_softmax)
         self.attn_drop = Dropout(cfg.attn_dropout)
         self.proj_drop = Dropout(cfg.dropout)
+        self.split = ops.Split(axis=-1, output_num=3)
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
         self.reshape = ops.Reshape()
@@ -252,11 +261,17 @@ class Attention(_Cell):
     def scores(self, x):
         """(q, k, v) heads and the scaled scores, shared by construct and attention maps."""
         B, T, _ = x.shape
-        qkv = self.reshape(self.qkv(x), (B, T, 3, self.num_heads, self.head_dim))
-        qkv = self.transpose(qkv, (2, 0, 3, 1, 4))
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # Split, then per-tensor head transposes: indexing a transposed (3, B, H, T, hd) tensor runs
+        # MindSpore CPU's StridedSlice, ~10x slower here (22% of a B/16 forward, measured).
+        q, k, v = self.split(self.qkv(x))
+        q, k, v = self.heads(q), self.heads(k), self.heads(v)
         s = self.qk_matmul(q, k) * self.scale
         return v, s
+
+    def heads(self, t):
+        """(B, T, W) -> (B, heads, T, head_dim)."""
+        B, T, _ = t.shape
+        return self.transpose(self.reshape(t, (B, T, self.num_heads, self.head_dim)), (0, 2, 1, 3))
 
     def construct(self, x):
         B, T, _ = x.shape
@@ -287,7 +302,7 @@ class Block(_Cell):
     """Pre-norm transformer block; no outer attention residual when in/attention widths differ (T2T)."""
 
     def __init__(self, cfg: ViTConfig, p: dict, i: int, drop_path: float = 0.0, dtype=mstype.float32,
-                 fused_softmax: bool = False):
+                 fused_softmax: bool = True):
         super().__init__(dtype)
         pre = f"blocks.{i}"
         eps = cfg.layer_norm_eps

@@ -259,8 +259,7 @@ class Attention(_Cell):
         self.transpose = ops.Transpose()
 
     def scores(self, x):
-        """(q, k, v) heads and the scaled scores, shared by construct and attention maps."""
-        B, T, _ = x.shape
+        """v in heads (B, H, T, hd) and the scaled scores q k^T * scale (B, H, T, T)."""
         # Split, then per-tensor head transposes: indexing a transposed (3, B, H, T, hd) tensor runs
         # MindSpore CPU's StridedSlice, ~10x slower here (22% of a B/16 forward, measured).
         q, k, v = self.split(self.qkv(x))

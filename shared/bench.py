@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .config import ViTConfig
@@ -42,6 +43,18 @@ def vit_flops(cfg: ViTConfig, image_size: tuple[int, int] | None = None) -> int:
     if cfg.num_classes:
         f += 2 * cfg.feature_dim * cfg.num_classes
     return f
+
+
+def time_calls(call, n_warmup: int, n_iter: int) -> list[float]:
+    """Seconds of each of `n_iter` calls of `call()` (which must block until its result exists), after `n_warmup`."""
+    for _ in range(n_warmup):
+        call()
+    times = []
+    for _ in range(n_iter):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def _modes(backend: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ import time
 import mindspore as ms
 from mindspore import Tensor
 
-from shared.bench import vit_flops
+from shared.bench import time_calls, vit_flops
 from shared.config import ViTConfig
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
@@ -35,17 +35,6 @@ from .backend import configure_runtime
 from .model import build_model
 
 WARMUP = 6
-
-
-def _time(fn, passes: int, warmup: int = WARMUP) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(passes):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _mindspore_runners(cfg: ViTConfig, batches, jit_level: str, pynative: bool = True,
@@ -116,7 +105,7 @@ def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "g
     if mode == "pynative_nice":
         fn(x).asnumpy()  # the pool's threads exist now and keep their priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    times = _time(lambda: fn(x).asnumpy(), n_iter, max(n_warmup, WARMUP))
+    times = time_calls(lambda: fn(x).asnumpy(), max(n_warmup, WARMUP), n_iter)
     med = statistics.median(times)
     return {"images_per_s": batch / med, "median_s": med, "passes": times, "threads": threads}
 

@@ -28,7 +28,7 @@ import time
 import torch
 from torch import nn
 
-from shared.bench import vit_flops
+from shared.bench import time_calls, vit_flops
 from shared.config import ViTConfig
 from shared.init import random_images
 
@@ -92,14 +92,7 @@ def fast_conformance(preset: str = "tiny", dtype: str = "float32") -> str:
 # -------------------------------------------------------------------- timing
 def _time(fn, x, n_warmup: int, n_iter: int) -> list[float]:
     with torch.inference_mode():
-        for _ in range(n_warmup):
-            fn(x)
-        times = []
-        for _ in range(n_iter):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
-    return times
+        return time_calls(lambda: fn(x), n_warmup, n_iter)
 
 
 def prepare(cfg: ViTConfig, dtype: str = "float32", mode: str = "eager", seed: int = 0):

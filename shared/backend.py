@@ -1,4 +1,4 @@
-"""The backend interface the three implementations share, and the registry that finds them.
+"""The backend interface, and the registry that finds backends: the only way the tool reaches a framework.
 
 A backend turns canonical weights into a native model and runs it on NumPy inputs:
 
@@ -8,15 +8,29 @@ A backend turns canonical weights into a native model and runs it on NumPy input
     state2 = be.export(model)                         # canonical state dict back, bit-exact
     be.save_native(model, path); be.load_native(path, cfg)
 
-Backends are registered by name with an import path, so asking whether one is
-available never imports its framework (TensorFlow and MindSpore abort when
-imported in the wrong order; the CLI runs each backend in a process of its own).
-Third parties register through the entry-point group `vit_suite.backends`:
+and, optionally, trains it and times it (every `vit-suite` command reaches these through the interface, so a
+third-party backend gets `check --grad`, `train`, `evaluate`, `predict` and `bench` by implementing them):
+
+    be.predict(model, images)                                   # the logits, in batches
+    be.loss_and_grads(cfg, state, images, labels, smoothing)    # (loss, canonical key -> gradient)
+    be.optimizer_step(cfg, state, images, labels, "adamw", lr=...)   # the state after one step
+    be.train(cfg, state, train_data, val_data, tcfg)            # (state, history)
+    be.bench_modes(); be.bench(cfg, batch=8, dtype="float32", mode="eager", n_warmup=2, n_iter=5)
+
+A hook a backend does not implement raises UnsupportedError, which the tool reports as "unsupported".
+
+Registry. Backends are registered by name with an import path, so asking whether one is available never
+imports its framework (TensorFlow and MindSpore abort when imported in the wrong order; the tool runs each
+backend in a process of its own). A *variant* is a configuration of another backend (explicit attention,
+PyNative mode, ...), registered under its own name: it is in the conformance matrix and can be checked by
+name (`vit-suite check --backends torch-explicit`), but the default `check` runs the primary backends only.
+Third parties register through the entry-point group `vit_suite.backends`, or in-process with
+`register_backend(name, cls)`:
 
     [project.entry-points."vit_suite.backends"]
     mine = "my_package.backend:MyBackend"
 
-or, without packaging, with the environment variable (inherited by the check's child processes)
+or, without packaging, with the environment variable (inherited by the tool's child processes)
 `VIT_SUITE_BACKENDS="mine=my_module:MyBackend,other=pkg.mod:Other"`.
 """
 from __future__ import annotations
@@ -27,20 +41,19 @@ import importlib.util
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
 from . import weights as _weights
 from .config import ViTConfig
+from .errors import BackendError, UnsupportedError
+
+if TYPE_CHECKING:  # the training recipe sits above this module; only its types are named here
+    from .training.recipe import TrainConfig
 
 ENTRY_POINT_GROUP = "vit_suite.backends"
 ENV_VAR = "VIT_SUITE_BACKENDS"
-ALL_DTYPES = ("float32", "bfloat16", "float16")
-
-
-class BackendError(RuntimeError):
-    """A backend that is unknown, unavailable, or asked for something it does not support."""
 
 
 class Backend(abc.ABC):
@@ -59,7 +72,22 @@ class Backend(abc.ABC):
 
     def check_dtype(self, dtype: str) -> None:
         if dtype not in self.dtypes:
-            raise BackendError(f"backend {self.name!r} supports dtypes {self.dtypes}, not {dtype!r}")
+            raise UnsupportedError(f"backend {self.name!r} supports dtypes {self.dtypes}, not {dtype!r}")
+
+    def versions(self) -> dict[str, str]:
+        """The installed versions of the modules the backend requires (recorded with every result)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for module in self.requires:
+            try:
+                out[module] = version(module)
+            except PackageNotFoundError:
+                out[module] = "unknown"
+        return out
+
+    def _unsupported(self, hook: str) -> UnsupportedError:
+        return UnsupportedError(f"backend {self.name!r} does not implement the optional hook {hook!r}")
 
     # ---------------------------------------------------------------- required
     @abc.abstractmethod
@@ -101,24 +129,74 @@ class Backend(abc.ABC):
         """Write the model's weights as a canonical safetensors file."""
         return _weights.save(path, model.config, self.export(model))
 
+    def predict(self, model: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        """The model's output (the `logits` stage) for NCHW float32 images, `batch` at a time.
 
-_BUILTIN: dict[str, str] = {
-    "torch": "vit_torch.backend:TorchBackend",
-    "keras": "vit_keras.backend:KerasBackend",
-    "mindspore": "vit_mindspore.backend:MindSporeBackend",
+        This default runs `forward` and keeps the last stage; backends override it with their plain forward.
+        """
+        outs = [self.forward(model, images[i:i + batch])["logits"] for i in range(0, len(images), batch)]
+        return np.concatenate(outs) if outs else np.zeros((0, model.config.num_classes), np.float32)
+
+    # ----------------------------------------------------- optional: training
+    def loss_and_grads(self, cfg: ViTConfig, state: Mapping[str, np.ndarray], images: np.ndarray,
+                       labels: np.ndarray, label_smoothing: float = 0.0, *,
+                       dtype: str = "float32") -> tuple[float, dict[str, np.ndarray]]:
+        """(mean label-smoothing cross-entropy of the head output before any output softmax, canonical key ->
+        gradient), without dropout. A backend that offers dtype "float64" can serve as the gradient oracle."""
+        raise self._unsupported("loss_and_grads")
+
+    def optimizer_step(self, cfg: ViTConfig, state: Mapping[str, np.ndarray], images: np.ndarray,
+                       labels: np.ndarray, optimizer: str = "sgd", *, lr: float, weight_decay: float = 0.0,
+                       label_smoothing: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                       eps: float = 1e-8) -> dict[str, np.ndarray]:
+        """The canonical state after one framework optimiser step ("sgd": torch.optim.SGD's formula without
+        momentum; "adamw": torch.optim.AdamW's), weight decay on `shared.training.recipe.decay_mask` keys only,
+        no dropout."""
+        raise self._unsupported("optimizer_step")
+
+    def train(self, cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data,
+              tcfg: "TrainConfig", *, progress: bool = True,
+              checkpoint: str | os.PathLike | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+        """Train with the shared recipe (`shared.training.recipe`) on the shared batches
+        (`shared.training.data`): (canonical float32 state, history of evaluations). `checkpoint`: a canonical
+        file written at every epoch end and at the last step."""
+        raise self._unsupported("train")
+
+    # --------------------------------------------------- optional: benchmarks
+    def bench_modes(self) -> dict[str, str]:
+        """mode -> one-line description; peers' modes (timm, keras-hub, ...) start with "peer:"."""
+        return {}
+
+    def bench(self, cfg: ViTConfig, *, batch: int, dtype: str, mode: str, n_warmup: int,
+              n_iter: int) -> dict:
+        """Median-timed forward of `batch` images in one mode: a dict with at least "images_per_s" and
+        "median_s" (the timing loop is `shared.bench.time_calls`)."""
+        raise self._unsupported("bench")
+
+
+# -------------------------------------------------------------------------------------- the registry
+#: built-in backends: name -> (import path, modules it needs, the primary backend it is a variant of)
+_BUILTIN: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "torch": ("vit_torch.backend:TorchBackend", ("torch",), None),
+    "keras": ("vit_keras.backend:KerasBackend", ("keras",), None),
+    "mindspore": ("vit_mindspore.backend:MindSporeBackend", ("mindspore",), None),
+    "torch-explicit": ("vit_torch.backend:TorchExplicitBackend", ("torch",), "torch"),
+    "keras-xla": ("vit_keras.backend:KerasXLABackend", ("keras",), "keras"),
+    "mindspore-pynative": ("vit_mindspore.backend:MindSporePyNativeBackend", ("mindspore",), "mindspore"),
+    "mindspore-expm1": ("vit_mindspore.backend:MindSporeExpm1Backend", ("mindspore",), "mindspore"),
 }
-_BUILTIN_REQUIRES: dict[str, tuple[str, ...]] = {
-    "torch": ("torch",),
-    "keras": ("keras",),
-    "mindspore": ("mindspore",),
-}
-_REGISTRY: dict[str, str | type[Backend]] = dict(_BUILTIN)
+_REGISTRY: dict[str, str | type[Backend]] = {name: target for name, (target, _, _) in _BUILTIN.items()}
+#: variant -> the primary backend it is a configuration of (known without importing anything)
+_VARIANTS: dict[str, str] = {name: primary for name, (_, _, primary) in _BUILTIN.items() if primary}
 _entry_points_loaded = False
 
 
-def register_backend(name: str, target: str | type[Backend]) -> None:
-    """Register a Backend subclass (or a "module:Class" path, imported when first used)."""
+def register_backend(name: str, target: str | type[Backend], variant_of: str | None = None) -> None:
+    """Register a Backend subclass (or a "module:Class" path, imported when first used), optionally as a
+    configuration variant of another registered backend."""
     _REGISTRY[name] = target
+    if variant_of:
+        _VARIANTS[name] = variant_of
 
 
 def _load_entry_points() -> None:
@@ -127,17 +205,12 @@ def _load_entry_points() -> None:
         _entry_points_loaded = True
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             _REGISTRY.setdefault(ep.name, ep.value)
-    # read on every call: the check's child processes inherit it, and tests set it late
+    # read on every call: the tool's child processes inherit it, and tests set it late
     for item in filter(None, os.environ.get(ENV_VAR, "").split(",")):
         name, sep, target = item.partition("=")
         if not sep or ":" not in target:
             raise BackendError(f"{ENV_VAR}: expected name=module:Class entries, got {item!r}")
         _REGISTRY.setdefault(name.strip(), target.strip())
-
-
-def backend_names() -> list[str]:
-    _load_entry_points()
-    return list(_REGISTRY)
 
 
 def _resolve(name: str) -> type[Backend]:
@@ -155,18 +228,31 @@ def _resolve(name: str) -> type[Backend]:
     return target
 
 
+def variant_of(name: str) -> str | None:
+    """The primary backend a registered variant configures (None for a primary backend). Imports nothing:
+    entry-point and environment registrations are primary backends."""
+    return _VARIANTS.get(name)
+
+
+def backend_names(variants: bool = True) -> list[str]:
+    """Every registered backend (built-ins first), optionally without the variants."""
+    _load_entry_points()
+    return [n for n in _REGISTRY if variants or n not in _VARIANTS]
+
+
 def is_available(name: str) -> bool:
     """Whether a backend's framework is installed, without importing it (for the built-ins)."""
-    if name in _BUILTIN_REQUIRES and isinstance(_REGISTRY.get(name), str):
-        return all(importlib.util.find_spec(m) is not None for m in _BUILTIN_REQUIRES[name])
+    if name in _BUILTIN and isinstance(_REGISTRY.get(name), str):
+        return all(importlib.util.find_spec(m) is not None for m in _BUILTIN[name][1])
     try:
         return _resolve(name).available()
     except BackendError:
         return False
 
 
-def available_backends() -> list[str]:
-    return [n for n in backend_names() if is_available(n)]
+def available_backends(variants: bool = False) -> list[str]:
+    """The installed backends: by default the primary ones (what `vit-suite check` runs)."""
+    return [n for n in backend_names(variants) if is_available(n)]
 
 
 def get_backend(name: str) -> Backend:
@@ -174,3 +260,15 @@ def get_backend(name: str) -> Backend:
     if not cls.available():
         raise BackendError(f"backend {name!r} is not available: install its extra (pip install 'vit-suite[{name}]')")
     return cls()
+
+
+def import_frameworks_in_safe_order(names: Iterable[str]) -> None:
+    """Import MindSpore first when a process will use it next to other frameworks.
+
+    TensorFlow imported before MindSpore aborts the process (both register the same LLVM option); the other
+    order works. The tool calls this before it touches any framework in a process that may hold two
+    (`convert` between a Keras and a MindSpore file, for instance).
+    """
+    needs_mindspore = any("mindspore" in _BUILTIN.get(n, ("", (n,), None))[1] for n in names)
+    if needs_mindspore and importlib.util.find_spec("mindspore") is not None:
+        import mindspore  # noqa: F401  (deliberately first)

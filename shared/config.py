@@ -17,15 +17,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from .errors import ConfigError
+
 GELU_KINDS = ("erf", "tanh")
 CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
 POOL_KINDS = ("token", "mean")
 POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
 RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear")
-
-
-class ConfigError(ValueError):
-    """A ViTConfig that cannot describe a working model."""
 
 
 def _pair(value: Any, what: str) -> tuple[int, int]:
@@ -164,6 +164,14 @@ class ViTConfig:
 
     def block_in_dim(self, i: int) -> int:
         return self.embed_dim if i == 0 else self.width
+
+    @property
+    def drop_path_rates(self) -> tuple[float, ...]:
+        """Stochastic-depth rate of each block: linear from 0 to `drop_path` (timm's linspace; 0 at depth 1).
+
+        Every backend reads its rates from here, so they agree block by block.
+        """
+        return tuple(float(r) for r in np.linspace(0.0, self.drop_path, self.depth))
 
     def stage_names(self) -> list[str]:
         return ["patch_embed", "embed", *[f"block_{i}" for i in range(self.depth)], "norm", "pre_logits", "logits"]

@@ -109,7 +109,7 @@ def get_preset(name: str) -> ViTConfig:
             f"unknown preset {name!r}; presets: {', '.join(preset_names())}; short names: {', '.join(sorted(ALIASES))}")
     return PRESETS[key]
 
-# --- the shipped trained model: 8x8 scikit-learn digits upsampled to 16x16 (shared/data.py) ----------
+# --- the shipped trained model: 8x8 scikit-learn digits upsampled to 16x16 (shared/training/data.py) -
 PRESETS["digits"] = ViTConfig(
     name="digits", image_size=(16, 16), in_chans=1, patch_size=4, embed_dim=64, depth=4, num_heads=4,
     mlp_dim=128, qkv_bias=True, class_token="learned", pool="token", pos_embed="learned",

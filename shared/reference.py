@@ -31,6 +31,16 @@ except ImportError:  # pragma: no cover - exercised only without scipy
 REFERENCE_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 
+def softmax(s: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in the input's float dtype, max-subtracted (logits of 1e4 stay finite).
+
+    The suite's one NumPy softmax: the reference's attention and output softmax, and `vit-suite predict`.
+    """
+    s = s - s.max(-1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(-1, keepdims=True)
+
+
 def _np_dtype(name: str):
     if name == "bfloat16":
         import ml_dtypes
@@ -75,9 +85,7 @@ class _Numerics:
         return self.r(y)
 
     def softmax(self, s):
-        s = s - s.max(-1, keepdims=True)  # max-subtracted: logits of 1e4 stay finite
-        e = np.exp(s)
-        return self.r(e / e.sum(-1, keepdims=True))
+        return self.r(softmax(s))
 
 
 def attention(nm: _Numerics, cfg: ViTConfig, p: dict, prefix: str, x: np.ndarray, want_attn: bool = False):

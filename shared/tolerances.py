@@ -30,12 +30,12 @@ bfloat16 / float16: err <= LOWP_MULTIPLIER * err_ref + LOWP_FLOOR_UNITS * u_dtyp
 Across backends: two backends that each pass are within bound_a + bound_b of each
 other (triangle inequality), which is the pairwise bound.
 
-Gradients (`vit-suite check --grad`, shared/grad.py): each parameter's gradient is within
+Gradients (`vit-suite check --grad`, shared/training/grad.py): each parameter's gradient is within
 GRAD_FACTOR * (the float32 logits bound) of a float64 oracle in relative L2. GRAD_FACTOR = 4: the
 backward pass runs the forward's rounding chain again in reverse (x2), and every weight gradient adds
 one more reduction on top while LayerNorm/softmax backward subtract nearly equal terms (x2). GRAD_FLOOR
 keeps a legitimately ~0 gradient from dividing by ~0; STEP_ROUNDING scales the float32 rounding
-allowed in one optimiser update. The full derivation is in shared/grad.py.
+allowed in one optimiser update. The full derivation is in shared/training/grad.py.
 
 Top-1 agreement with the reference is reported, not judged: near-ties can flip
 legitimately at low precision.
@@ -173,6 +173,40 @@ def judge(cfg: ViTConfig, dtype: str, actual: Mapping[str, np.ndarray], ref64: M
     if cfg.num_classes:
         v.top1_agreement = top1(np.asarray(actual["logits"]), np.asarray(ref64["logits"]))
     return v
+
+
+@dataclass
+class PairResult:
+    """Two backends against each other: the worst stage relative to the pairwise bound, the first stage over it."""
+
+    a: str
+    b: str
+    worst_stage: str
+    rel_l2: float
+    bound: float
+    first_failure: str | None
+
+    @property
+    def passed(self) -> bool:
+        return self.first_failure is None
+
+
+def compare_pair(cfg: ViTConfig, a: str, stages_a: Mapping[str, np.ndarray], verdict_a: Verdict,
+                 b: str, stages_b: Mapping[str, np.ndarray], verdict_b: Verdict) -> PairResult:
+    """Two backends that each pass are within bound_a + bound_b of each other at every stage (triangle inequality)."""
+    bounds_a = {s.stage: s.bound for s in verdict_a.stages}
+    bounds_b = {s.stage: s.bound for s in verdict_b.stages}
+    worst, worst_ratio, first = None, -1.0, None
+    for stage in cfg.stage_names():
+        if stage not in bounds_a:
+            continue
+        err = rel_l2(stages_a[stage], stages_b[stage])
+        bound = bounds_a[stage] + bounds_b[stage]
+        if err / bound > worst_ratio:
+            worst, worst_ratio = (stage, err, bound), err / bound
+        if first is None and not err <= bound:
+            first = stage
+    return PairResult(a, b, worst[0], worst[1], worst[2], first)
 
 
 def explain(cfg: ViTConfig | None = None) -> str:

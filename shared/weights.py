@@ -27,36 +27,12 @@ from typing import Mapping
 
 import numpy as np
 
-from .config import ConfigError, ViTConfig
+from .config import ViTConfig
+from .errors import ConfigError, InvalidFileError, MismatchError
 
 FORMAT_NAME = "vit-suite"
 FORMAT_VERSION = "1"
 CANONICAL_DTYPE = np.dtype(np.float32)
-
-# CLI exit codes, shared by every command.
-EXIT_OK, EXIT_USAGE, EXIT_INVALID_FILE, EXIT_MISMATCH, EXIT_OUT_OF_BOUNDS = 0, 2, 3, 4, 5
-
-
-class WeightsError(Exception):
-    """Base of weight-file errors; `exit_code` is what the CLI returns."""
-
-    exit_code = EXIT_INVALID_FILE
-
-
-class InvalidFileError(WeightsError):
-    """Not a readable, safe weight file (not safetensors, truncated, lying header, no config, pickle...)."""
-
-    exit_code = EXIT_INVALID_FILE
-
-
-class MismatchError(WeightsError):
-    """Keys, shapes, dtypes or values disagree with what the config requires."""
-
-    exit_code = EXIT_MISMATCH
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source, self.problems = source, problems
-        super().__init__(f"{source}: {len(problems)} problem(s) with the weights:\n  " + "\n  ".join(problems))
 
 
 def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
@@ -92,28 +68,44 @@ def parameter_count(cfg: ViTConfig) -> int:
     return int(sum(int(np.prod(shape)) for shape in expected_shapes(cfg).values()))
 
 
-def validate_state(cfg: ViTConfig, state: Mapping[str, np.ndarray], source: str = "<state dict>",
+def dtype_name(value) -> str:
+    """'float32', 'bfloat16', ... for a NumPy array or a framework tensor (torch.float32 -> 'float32')."""
+    dt = getattr(value, "dtype", None)
+    return type(value).__name__ if dt is None else str(dt).rsplit(".", 1)[-1].lower()
+
+
+def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<state dict>",
                    check_dtype: bool = True) -> None:
-    """Raise MismatchError naming every missing/unexpected key, wrong shape/dtype and non-finite tensor."""
+    """Raise MismatchError naming every missing/unexpected key, wrong shape/dtype and non-finite tensor.
+
+    The one validator of the suite: canonical dicts, timm/HF imports and every backend's native files go
+    through it. Values may be NumPy arrays or framework tensors (anything with `.shape` and `.dtype` that
+    NumPy can read once it is float32).
+    """
     expected = expected_shapes(cfg)
     problems: list[str] = []
     missing = [k for k in expected if k not in state]
-    unexpected = sorted(k for k in state if k not in expected)
+    unexpected = sorted((k for k in state if k not in expected), key=str)
     problems += [f"missing key {k!r} (expected shape {expected[k]})" for k in missing]
     problems += [f"unexpected key {k!r} (shape {tuple(np.shape(state[k]))})" for k in unexpected]
     for k, shape in expected.items():
         if k not in state:
             continue
         v = state[k]
-        if tuple(np.shape(v)) != shape:
-            problems.append(f"key {k!r}: expected shape {shape}, got {tuple(np.shape(v))}")
+        if not hasattr(v, "shape"):
+            problems.append(f"key {k!r}: expected a tensor of shape {shape}, got {type(v).__name__}")
             continue
-        dt = np.asarray(v).dtype
-        if check_dtype and dt != CANONICAL_DTYPE:
+        if tuple(v.shape) != shape:
+            problems.append(f"key {k!r}: expected shape {shape}, got {tuple(v.shape)}")
+            continue
+        dt = dtype_name(v)
+        if check_dtype and dt != "float32":
             problems.append(f"key {k!r}: expected dtype float32, got {dt}")
-        elif np.issubdtype(dt, np.floating) and not np.all(np.isfinite(v)):
-            bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
-            problems.append(f"key {k!r}: {bad} non-finite value(s) (NaN or Inf)")
+        elif dt in ("float16", "float32", "float64"):
+            finite = np.isfinite(np.asarray(v))
+            if not finite.all():
+                problems.append(f"key {k!r}: {int(finite.size - np.count_nonzero(finite))} non-finite value(s) "
+                                f"(NaN or Inf)")
     if problems:
         raise MismatchError(source, problems)
 

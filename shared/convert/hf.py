@@ -31,10 +31,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import ConfigError, ViTConfig
+from ..config import ViTConfig
+from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
+                      MissingFactsError)
 from ..posemb import resample_pos_embed
-from ..weights import CANONICAL_DTYPE, InvalidFileError, MismatchError, read_tensors, validate_state
-from . import ConversionError, ConversionWarning, MissingFactsError
+from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 
 HF_DEFAULT_EPS = 1e-12

@@ -26,11 +26,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import ConfigError, ViTConfig
+from ..config import ViTConfig
+from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
+                      MissingFactsError)
 from ..posemb import resample_pos_embed
 from ..presets import PRESETS, get_preset
-from ..weights import CANONICAL_DTYPE, InvalidFileError, MismatchError, read_tensors, validate_state
-from . import ConversionError, ConversionWarning, MissingFactsError
+from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
 TIMM_DEFAULT_EPS = 1e-6

@@ -1,13 +1,24 @@
-"""Shared test helpers: preset lists, cached reference runs, and the policy's assertion."""
+"""Conformance helpers shipped with the product, as `torch.testing` ships with torch.
+
+The suite's own tests use them, and so can a third-party backend's tests or a user's CI:
+
+    from shared.testing import assert_conforms, case
+    cfg, state, images = case("tiny")
+    assert_conforms("tiny", "float32", my_backend.forward(my_backend.build(cfg, state), images))
+
+`case` gives the same seeded weights and inputs to every caller; `reference_stages` caches the float64 (or
+emulated low-precision) reference; `assert_conforms` applies the one tolerance policy (shared/tolerances.py)
+and names the first stage out of bound.
+"""
 from __future__ import annotations
 
 from functools import lru_cache
 
 import numpy as np
 
-from shared import reference, tolerances
-from shared.init import init_weights, random_images
-from shared.presets import get_preset
+from . import reference, tolerances
+from .init import init_weights, random_images
+from .presets import get_preset
 
 #: Presets every backend is tested on in the CI-sized run (toy sizes cover every config option).
 TINY_PRESETS = ["tiny", "tiny_meanpool", "tiny_t2t", "tiny_pretrain"]
@@ -15,14 +26,19 @@ TINY_PRESETS = ["tiny", "tiny_meanpool", "tiny_t2t", "tiny_pretrain"]
 SEED_FAST = ["seed_t2t_walkthrough"]
 SEED_SLOW = ["seed_classic_torch", "seed_keras", "seed_mindspore"]
 SMALL_SLOW = ["vit_tiny_patch16_224", "vit_small_patch16_224"]
-LOWP_DTYPES = ["bfloat16", "float16"]
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=None)
+def weights(preset: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """A preset's seeded weights, made once per process (a 12-block model takes a second or two)."""
+    return init_weights(get_preset(preset), seed)
+
+
+@lru_cache(maxsize=None)
 def case(preset: str, seed: int = 0, batch: int = 2, kind: str = "normal", image_size: tuple | None = None):
     """(cfg, state, images) for a preset; cached so every backend sees the same arrays."""
     cfg = get_preset(preset)
-    return cfg, init_weights(cfg, seed), random_images(cfg, batch, seed, kind, image_size)
+    return cfg, weights(preset, seed), random_images(cfg, batch, seed, kind, image_size)
 
 
 def shuffle_patches(x: np.ndarray, patch: int, seed: int = 0) -> np.ndarray:

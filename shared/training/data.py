@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .posemb import resize_matrix
+from ..posemb import resize_matrix
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,7 +38,7 @@ DIGITS_STD = (0.376,)
 HELDOUT_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # shared/data: the shipped model
 DEFAULT_MODEL_PATH = DATA_DIR / "digits.safetensors"
 
 
@@ -206,7 +206,7 @@ def heldout_for(meta: dict[str, str], image_size) -> Dataset:
 
 def default_model(path: str | os.PathLike | None = None):
     """(cfg, state, source, held-out images, held-out labels) of the shipped digits model, or None if absent."""
-    from . import weights as W
+    from .. import weights as W
 
     p = Path(path) if path is not None else DEFAULT_MODEL_PATH
     if not p.is_file():

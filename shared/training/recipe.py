@@ -1,4 +1,4 @@
-"""Framework-free training definitions shared by the three backends' `train.py`.
+"""The framework-free training recipe every backend's `train.py` implements, and its float64 oracles.
 
   TrainConfig       the recipe (steps or epochs, batch, AdamW lr / weight decay, warm-up, label smoothing,
                     seed, evaluation period, head kind); recorded in checkpoint metadata as JSON
@@ -6,7 +6,7 @@
                     (the one schedule every backend implements; step counts from 0)
   smoothed_ce       label-smoothing cross-entropy and its gradient w.r.t. the logits, float64 NumPy (the
                     oracle): target = (1 - eps) one_hot + eps / K, loss = mean_b(-sum_k target log_softmax)
-  topk_accuracy     Top-1 / Top-5
+  topk_accuracy     Top-1 / Top-5;  evaluate(backend, cfg, state, images, labels) runs a backend's `predict`
   switch_head       replace the classifier: 'linear' (head only) or 'pretrain' (pre_logits.fc Linear+Tanh,
                     then head), freshly initialised, everything else kept
   decay_mask        which canonical keys get weight decay (matrices only: not biases, norms, tokens, tables)
@@ -23,7 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .config import ViTConfig
+from ..config import ViTConfig
 
 
 @dataclass
@@ -87,6 +87,12 @@ def smoothed_ce(logits: np.ndarray, labels: np.ndarray, smoothing: float = 0.0) 
     loss = float(-(t * logp).sum() / B)
     grad = (np.exp(logp) - t) / B
     return loss, grad
+
+
+def evaluate(backend, cfg: ViTConfig, state: Mapping[str, np.ndarray], images: np.ndarray,
+             labels: np.ndarray) -> dict[str, float]:
+    """Top-1 / Top-5 of canonical weights in a backend (`Backend.build` + `Backend.predict`)."""
+    return topk_accuracy(backend.predict(backend.build(cfg, state), images), labels)
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str, float]:
@@ -168,14 +174,9 @@ def adamw_update(state: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray
     return out
 
 
-def history_summary(history: list[dict]) -> str:
-    last = history[-1] if history else {}
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items())
-
-
 # ------------------------------------------------------------------ helpers shared by the train loops
 def as_xy(data) -> tuple[np.ndarray, np.ndarray]:
-    """A shared.data.Dataset or an (images, labels) pair -> (NCHW float32, int64 labels)."""
+    """A shared.training.data.Dataset or an (images, labels) pair -> (NCHW float32, int64 labels)."""
     if data is None:
         return None, None
     if hasattr(data, "images"):
@@ -186,7 +187,7 @@ def as_xy(data) -> tuple[np.ndarray, np.ndarray]:
 
 def raw_logits_reference(cfg: ViTConfig, state: Mapping[str, np.ndarray], images: np.ndarray) -> np.ndarray:
     """float64 head output before any output softmax (what the training loss sees)."""
-    from .reference import forward
+    from ..reference import forward
 
     out = forward(cfg, state, images)
     if not cfg.output_softmax:
@@ -205,7 +206,7 @@ def checkpoint_metadata(tcfg: TrainConfig, step: int, backend: str, history: lis
 def save_checkpoint(path, cfg: ViTConfig, state: Mapping[str, np.ndarray], tcfg: TrainConfig, step: int,
                     backend: str, history: list[dict], extra: Mapping[str, str] | None = None):
     """Canonical safetensors (shared.weights.save: validated, atomic) with the recipe in the metadata."""
-    from .weights import save
+    from ..weights import save
 
     return save(path, cfg, state, checkpoint_metadata(tcfg, step, backend, history, extra))
 

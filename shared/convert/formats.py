@@ -6,7 +6,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from .weights import InvalidFileError
+from ..errors import InvalidFileError
 
 #: every format `vit-suite convert` reads or writes
 FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore")

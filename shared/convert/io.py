@@ -1,0 +1,119 @@
+"""Read and write a model in any supported format: (config, canonical state) <-> a file or directory.
+
+    cfg, state = read_any("model.keras")                      # format detected from the bytes
+    write_any("model.ckpt", "mindspore", cfg, state)           # atomically: nothing left behind on failure
+
+Peer formats (timm, Hugging Face) go through the pure converters of this package; a backend's own native
+files (.pt, .keras, .weights.h5, .ckpt) through that backend's `save_native` / `load_native`, reached by the
+registry like everything else.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import weights as W
+from ..backend import get_backend, import_frameworks_in_safe_order
+from ..config import ViTConfig
+from ..errors import BackendError, InvalidFileError, MismatchError, UsageError
+from ..posemb import resample_pos_embed
+from ..presets import get_preset
+from .formats import FORMATS, NATIVE_BACKEND, SUFFIX, detect_format
+from .hf import load_hf_dir, save_hf_dir
+from .timm import export_timm, import_timm, load_timm_file, read_checkpoint
+
+
+def read_any(src: str, fmt: str | None = None, preset: str | None = None,
+             image_size: tuple[int, int] | None = None) -> tuple[ViTConfig, dict]:
+    """Any supported file -> (config, canonical state); `preset` supplies what a file cannot tell."""
+    fmt = fmt or detect_format(src)
+    cfg_hint = get_preset(preset) if preset else None
+    if fmt == "canonical":
+        cfg, state = W.load(src)
+    elif fmt == "timm":
+        return load_timm_file(src, preset=cfg_hint, image_size=image_size)
+    elif fmt == "hf":
+        cfg, state = load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
+    elif fmt == "torch":
+        # a plain state dict carries no config: the named preset if it fits exactly, else sizes from the file
+        state = read_checkpoint(src)
+        try:
+            if cfg_hint is None:
+                raise MismatchError(src, ["no preset"])
+            W.validate_state(cfg_hint, state, source=src)
+            cfg = cfg_hint
+        except MismatchError:
+            cfg, state = import_timm(state, preset=cfg_hint, image_size=image_size, source=src)
+    elif fmt in NATIVE_BACKEND:
+        be_name = NATIVE_BACKEND[fmt]
+        import_frameworks_in_safe_order([be_name])
+        be = get_backend(be_name)
+        with tempfile.TemporaryDirectory(prefix="vit-suite-src-") as tmp:
+            if not str(src).lower().endswith(SUFFIX[fmt]):
+                # detected from content: frameworks insist on their suffix, so give them a correctly named link
+                link = Path(tmp) / f"weights{SUFFIX[fmt]}"
+                link.symlink_to(Path(src).resolve())
+                src = str(link)
+            if fmt == "keras-h5":  # weights only: the config must come from --preset
+                model = be.load_native(src, cfg_hint)
+            else:  # .keras and our .ckpt carry their config; --preset serves files that carry none
+                try:
+                    model = be.load_native(src, None)
+                except (InvalidFileError, BackendError):
+                    if cfg_hint is None:
+                        raise
+                    model = be.load_native(src, cfg_hint)
+        cfg, state = model.config, be.export(model)
+    else:
+        raise UsageError(f"unknown source format {fmt!r}; known: {', '.join(FORMATS)}")
+    if image_size and tuple(image_size) != tuple(cfg.image_size):
+        cfg, state = resize_state(cfg, state, image_size)
+    return cfg, state
+
+
+def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tuple[ViTConfig, dict]:
+    """Store the weights for another image size: a learned table is resampled with the config's kernel."""
+    new = cfg.replace(image_size=image_size, pos_grid=None)
+    state = dict(state)
+    if cfg.pos_embed == "learned":
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_prefix_tokens,
+                                                cfg.resize_kernel).astype(np.float32)
+    return new, state
+
+
+def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict) -> None:
+    """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically."""
+    if fmt == "canonical":
+        W.save(dst, cfg, state)
+    elif fmt == "timm":
+        from safetensors.numpy import save_file
+
+        timm_state = export_timm(cfg, state)
+        W.atomic_write(dst, lambda t: save_file({k: np.ascontiguousarray(v) for k, v in timm_state.items()}, t))
+    elif fmt == "hf":
+        save_hf_dir(dst, cfg, state)
+    elif fmt in NATIVE_BACKEND:
+        be_name = NATIVE_BACKEND[fmt]
+        import_frameworks_in_safe_order([be_name])
+        be = get_backend(be_name)
+        be.save_native(be.build(cfg, state), dst)
+    else:
+        raise UsageError(f"unknown target format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def target_format(dst: str, to: str | None = None) -> str:
+    """The format to write `dst` in: `to` if given, else from the destination's suffix (no suffix: HF directory)."""
+    if to:
+        return to
+    name = dst.lower()
+    if name.endswith(".weights.h5"):
+        return "keras-h5"
+    for suffix, fmt in ((".keras", "keras"), (".ckpt", "mindspore"), (".pt", "torch"), (".pth", "torch"),
+                        (".safetensors", "canonical")):
+        if name.endswith(suffix):
+            return fmt
+    if not Path(dst).suffix:
+        return "hf"
+    raise UsageError(f"cannot tell the target format of {dst!r}: pass --to ({', '.join(FORMATS)})")

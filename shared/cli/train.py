@@ -1,67 +1,44 @@
-"""`vit-suite train | evaluate | predict | grad`: training commands, added to shared/cli.py's parser.
+"""`vit-suite train | evaluate | predict`: the training commands, through the backend's hooks.
 
-Each command uses ONE backend, imported lazily inside the command, so the process holds only that
-framework (TensorFlow before MindSpore in one process aborts it). `grad` runs every backend (and the
-float64 oracle) in its own child process: `python -m shared.grad ...`.
+Each command uses ONE backend (its `Backend.train`, `Backend.build` + `Backend.predict`), so the process holds only
+that framework (TensorFlow before MindSpore in one process aborts it).
 
     vit-suite train --preset digits --backend torch --steps 300 --out digits.safetensors
     vit-suite train --init digits.safetensors --backend keras --data FOLDER --head linear --epochs 5
     vit-suite evaluate digits.safetensors digits --backend mindspore
     vit-suite predict digits.safetensors img1.png img2.jpg digits:0-4 --backend torch
-    vit-suite grad [WEIGHTS] [--preset tiny] [--backends torch,keras] [--json out.json]
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import weights as W
-
-TRAIN_MODULES = {"torch": "vit_torch.train", "keras": "vit_keras.train", "mindspore": "vit_mindspore.train"}
-
-
-class _Usage(Exception):
-    pass
+from .. import weights as W
+from ..backend import backend_names, get_backend, import_frameworks_in_safe_order
+from ..errors import EXIT_OK, UsageError
+from .common import console
 
 
-def _usage_error(msg: str):
-    from .cli import UsageError
-
-    return UsageError(msg)
-
-
-def train_module(backend: str):
-    """The backend's train module (imports only that framework)."""
-    if backend not in TRAIN_MODULES:
-        raise _usage_error(f"no training implementation for backend {backend!r}; known: {', '.join(TRAIN_MODULES)}")
-    if backend == "keras":
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return importlib.import_module(TRAIN_MODULES[backend])
-
-
-def _console(stderr: bool = False):
-    from .cli import _console as c
-
-    return c(stderr)
+def _backend(name: str):
+    """The one backend a training command uses (its framework is the only one this process imports)."""
+    import_frameworks_in_safe_order([name])
+    return get_backend(name)
 
 
 def _set_threads(n: int | None) -> None:
     if n:
-        for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"):
             os.environ.setdefault(v, str(n))
 
 
 # ------------------------------------------------------------------ data arguments
 def load_eval_data(spec: str, cfg, split_seed: int | None = None, meta: dict | None = None):
     """'digits' (held-out split) or an image folder -> Dataset."""
-    from . import data as D
+    from ..training import data as D
 
     if spec == "digits":
         seed = split_seed if split_seed is not None else int((meta or {}).get("split_seed", D.DEFAULT_SPLIT_SEED))
@@ -70,7 +47,7 @@ def load_eval_data(spec: str, cfg, split_seed: int | None = None, meta: dict | N
 
 
 def load_train_data(spec: str | None, cfg, split_seed: int):
-    from . import data as D
+    from ..training import data as D
 
     if spec in (None, "digits"):
         return D.load_digits_split(cfg.image_size, split_seed, cfg.in_chans)
@@ -80,10 +57,10 @@ def load_train_data(spec: str | None, cfg, split_seed: int):
 
 # ------------------------------------------------------------------ train
 def cmd_train(args) -> int:
-    from . import data as D
-    from . import training as T
-    from .init import init_weights
-    from .presets import get_preset
+    from ..init import init_weights
+    from ..presets import get_preset
+    from ..training import data as D
+    from ..training import recipe as T
 
     _set_threads(args.threads)
     if args.init:
@@ -98,25 +75,25 @@ def cmd_train(args) -> int:
     if args.head:
         cfg, state = T.switch_head(cfg, state, args.head, n_classes, seed=args.seed)
     elif cfg.num_classes != n_classes:
-        raise _usage_error(f"{source} has {cfg.num_classes} classes, the data {n_classes}: pass --head linear|pretrain")
+        raise UsageError(f"{source} has {cfg.num_classes} classes, the data {n_classes}: pass --head linear|pretrain")
     steps = args.steps if args.steps else (None if args.epochs else 300)
     tcfg = T.TrainConfig(steps=steps, epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_steps=args.warmup, label_smoothing=args.label_smoothing, seed=args.seed,
                          eval_every=args.eval_every, head=args.head)
     out = Path(args.out or f"{cfg.name}-{args.backend}.safetensors")
     if out.exists() and not args.force and not args.out:
-        raise _usage_error(f"{out} exists: pass --out or --force")
-    c = _console()
+        raise UsageError(f"{out} exists: pass --out or --force")
+    c = console()
     c.print(f"[bold]vit-suite train[/]: {source}; {cfg.name}, backend {args.backend}, "
             f"{len(train_ds)} train / {len(held_ds)} held-out images, {tcfg.total_steps(len(train_ds))} steps "
             f"of batch {tcfg.batch}, AdamW lr {tcfg.lr} (warm-up {tcfg.warmup_steps}, cosine), wd {tcfg.weight_decay}, "
             f"label smoothing {tcfg.label_smoothing}")
-    mod = train_module(args.backend)
+    be = _backend(args.backend)
     t0 = time.perf_counter()
     ckpt = out.with_name(out.stem + ".ckpt.safetensors") if args.checkpoint_every_epoch else None
-    state, history = mod.train(cfg, state, train_ds, held_ds, tcfg, progress=not args.quiet, checkpoint=ckpt)
+    state, history = be.train(cfg, state, train_ds, held_ds, tcfg, progress=not args.quiet, checkpoint=ckpt)
     seconds = time.perf_counter() - t0
-    acc = mod.evaluate(cfg, state, held_ds.images, held_ds.labels)
+    acc = T.evaluate(be, cfg, state, held_ds.images, held_ds.labels)
     extra = {"train_seconds": f"{seconds:.1f}", "init": source,
              f"heldout_top1_{args.backend}": repr(acc["top1"]), f"heldout_top5_{args.backend}": repr(acc["top5"])}
     if args.data in (None, "digits"):
@@ -132,7 +109,7 @@ def cmd_train(args) -> int:
     c.print(f"trained in {seconds:.1f} s; held-out top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%} ({args.backend})"
             + (f"; float64 reference top-1 {float(extra['heldout_top1_reference']):.2%}" if "heldout_top1_reference" in extra else ""))
     c.print(f"wrote {out}")
-    return 0
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------ evaluate / predict
@@ -141,14 +118,15 @@ def cmd_evaluate(args) -> int:
     cfg, state = W.load(args.weights)
     meta = W.read_tensors(args.weights)[1]
     ds = load_eval_data(args.data, cfg, args.split_seed, meta)
-    mod = train_module(args.backend)
-    acc = mod.evaluate(cfg, state, ds.images, ds.labels)
+    from ..training.recipe import evaluate
+
+    acc = evaluate(_backend(args.backend), cfg, state, ds.images, ds.labels)
     if args.json:
         print(json.dumps({"weights": args.weights, "data": args.data, "backend": args.backend, "images": len(ds), **acc}))
     else:
-        _console().print(f"{args.weights} on {args.data} ({len(ds)} images), {args.backend}: "
+        console().print(f"{args.weights} on {args.data} ({len(ds)} images), {args.backend}: "
                          f"top-1 [bold]{acc['top1']:.2%}[/], top-5 [bold]{acc['top5']:.2%}[/]")
-    return 0
+    return EXIT_OK
 
 
 def _parse_digits_spec(spec: str) -> list[int]:
@@ -160,15 +138,8 @@ def _parse_digits_spec(spec: str) -> list[int]:
     return out
 
 
-def softmax64(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
-
-
 def cmd_predict(args) -> int:
-    from . import data as D
+    from ..training import data as D
 
     _set_threads(args.threads)
     cfg, state = W.load(args.weights)
@@ -182,28 +153,30 @@ def cmd_predict(args) -> int:
             rows = _parse_digits_spec(spec)
             bad = [r for r in rows if not 0 <= r < len(held)]
             if bad:
-                raise _usage_error(f"{spec}: held-out rows are 0..{len(held) - 1}, got {bad}")
+                raise UsageError(f"{spec}: held-out rows are 0..{len(held) - 1}, got {bad}")
             batches.append(held.images[rows])
             names += [f"digits:{r}" for r in rows]
             truth += [str(int(held.labels[r])) for r in rows]
         else:
             if not Path(spec).is_file():
-                raise _usage_error(f"{spec}: no such image file")
+                raise UsageError(f"{spec}: no such image file")
             batches.append(D.load_images([spec], cfg.image_size, cfg.in_chans))
             names.append(spec)
             truth.append("")
     if not batches:
-        raise _usage_error("no images given")
+        raise UsageError("no images given")
     x = np.concatenate(batches)
-    mod = train_module(args.backend)
-    logits = mod.predict_logits(cfg, state, x)
-    probs = logits.astype(np.float64) if cfg.output_softmax else softmax64(logits)
+    from ..reference import softmax
+
+    be = _backend(args.backend)
+    logits = be.predict(be.build(cfg, state), x).astype(np.float64)
+    probs = logits if cfg.output_softmax else softmax(logits)
     classes = json.loads(meta["classes"]) if "classes" in meta else [str(i) for i in range(cfg.num_classes)]
     if args.json:
         print(json.dumps([{"image": n, "label": t or None, "predicted": classes[int(np.argmax(p))],
                            "probabilities": {classes[k]: float(p[k]) for k in range(len(p))}}
                           for n, t, p in zip(names, truth, probs)], indent=2))
-        return 0
+        return EXIT_OK
     from rich.table import Table
 
     t = Table(title=f"class probabilities ({args.backend})")
@@ -217,25 +190,17 @@ def cmd_predict(args) -> int:
         top = int(np.argmax(p))
         t.add_row(n, lab, classes[top], *[f"[bold]{v:.3f}[/]" if j == top else f"{v:.3f}" for j, v in enumerate(p)],
                   f"{p.sum():.6f}")
-    _console().print(t)
-    return 0
+    console().print(t)
+    return EXIT_OK
 
 
-# ------------------------------------------------------------------ grad
-def cmd_grad(args) -> int:
-    from .grad import run_grad_command
-
-    return run_grad_command(args)
-
-
-# ------------------------------------------------------------------ parser
-def _common(p, backend_required=True):
-    p.add_argument("--backend", required=backend_required, choices=sorted(TRAIN_MODULES))
+def _common(p):
+    p.add_argument("--backend", required=True, choices=backend_names())
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (default 1: the small models here train fastest single-threaded)")
 
 
-def add_training_commands(sub) -> None:
+def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model (default: the digits preset on scikit-learn digits)")
     _common(t)
     t.add_argument("--preset", help="preset to start from with random weights (default digits)")
@@ -274,24 +239,3 @@ def add_training_commands(sub) -> None:
     _common(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
-
-    d = sub.add_parser("grad", help="gradient and optimiser-step conformance of every backend vs a float64 oracle")
-    d.add_argument("weights", nargs="?", help="canonical weights (default: the shipped digits model)")
-    d.add_argument("--preset", help="random weights of a preset instead")
-    d.add_argument("--backends", help="comma-separated (default: every installed one)")
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--label-smoothing", type=float, default=0.1)
-    d.add_argument("--json", help="write every metric to this JSON file")
-    d.set_defaults(func=cmd_grad)
-
-
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,13 +5,16 @@ import base64
 import html
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import reference, tolerances
-from .check import CheckResult
-from .posemb import position_table
-from .weights import atomic_write
+from .. import reference, tolerances
+from ..posemb import position_table
+from ..weights import atomic_write
+
+if TYPE_CHECKING:  # check.py imports this module
+    from .check import CheckResult
 
 
 def _png(fig) -> str:

@@ -1,0 +1,58 @@
+"""The `vit-suite` tool: one module per command, one child-process worker, the console.
+
+    check.py     check (the default command) and its HTML report (report.py)
+    convert.py   convert        forward.py   forward, reference       inspect.py   inspect, init
+    bench.py     bench          train.py     train, evaluate, predict grad.py      grad (= check --grad)
+    worker.py    the one entry point of every child process (forward, grad, bench tasks)
+    common.py    the console, argument helpers, where a model comes from
+
+The tool sits at the top: it imports the contract, shared.convert, shared.training and shared.testing; nothing
+imports it. It reaches a framework only through the backend registry (shared/backend.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EXIT_CODES, EXIT_USAGE, SuiteError, UnsupportedError
+from . import bench, check, convert, forward, grad, inspect, train
+from .common import console
+
+#: the commands, in the order `--help` lists them
+COMMAND_MODULES = (check, convert, forward, inspect, bench, train, grad)
+
+DESCRIPTION = ("`vit-suite`: check conformance, convert weights, inspect files, run one backend, benchmark, train.\n\n"
+               "Exit codes: " + ", ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + ".")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vit-suite", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["check", *argv]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from rich.markup import escape
+
+    try:
+        return args.func(args)
+    except SuiteError as e:
+        label = "unsupported:" if isinstance(e, UnsupportedError) else "[red]error:[/]"
+        console(stderr=True).print(f"{label} {escape(str(e))}", soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,259 @@
+"""`vit-suite check`: identical weights and inputs into every backend, each in its own process.
+
+Each backend runs in a child process (`shared.cli.worker forward`: TensorFlow imported before MindSpore aborts
+a process, and the frameworks' thread pools should not share one) and returns every named stage; this process
+compares each stage with the float64 reference and every pair of backends under shared/tolerances.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import reference, tolerances
+from .. import weights as W
+from ..backend import available_backends, backend_names
+from ..config import ViTConfig
+from ..errors import EXIT_CRASH, EXIT_OK, EXIT_OUT_OF_BOUNDS, UsageError
+from ..presets import ALIASES, DEFAULT_PRESET, get_preset
+from .common import console, load_npy, parse_size, resolve_model, selected_backends
+from .worker import run_child
+
+
+@dataclass
+class BackendRun:
+    backend: str
+    stages: dict[str, np.ndarray] | None = None
+    verdict: tolerances.Verdict | None = None
+    error: str | None = None
+    unsupported: bool = False
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.unsupported:
+            return "unsupported"
+        if self.error:
+            return "error"
+        return "pass" if self.verdict.passed else "FAIL"
+
+
+@dataclass
+class CheckResult:
+    config: ViTConfig
+    dtype: str
+    images: np.ndarray
+    ref64: dict[str, np.ndarray]
+    ref_lowp: dict[str, np.ndarray] | None
+    runs: list[BackendRun]
+    pairs: list[tolerances.PairResult]
+    labels: np.ndarray | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(r.status in ("pass", "unsupported") for r in self.runs) and all(p.passed for p in self.pairs)
+
+    @property
+    def any_error(self) -> bool:
+        return any(r.status == "error" for r in self.runs)
+
+    def to_json(self) -> dict:
+        def stage_rows(v):
+            return [dict(stage=s.stage, rel_l2=s.rel_l2, bound=s.bound, max_abs=s.max_abs, max_rel=s.max_rel,
+                         cosine=s.cosine, passed=s.passed) for s in v.stages]
+
+        out = {
+            "config": self.config.to_dict(), "dtype": self.dtype, "batch": int(self.images.shape[0]),
+            "image_size": list(self.images.shape[2:]), "passed": self.passed,
+            "policy": {"f32_safety": tolerances.F32_SAFETY, "lowp_multiplier": tolerances.LOWP_MULTIPLIER,
+                       "lowp_floor_units": tolerances.LOWP_FLOOR_UNITS},
+            "backends": {}, "pairs": [p.__dict__ | {"passed": p.passed} for p in self.pairs],
+        }
+        for r in self.runs:
+            d = {"status": r.status, "seconds": r.seconds, "meta": r.meta, "error": r.error}
+            if r.verdict is not None:
+                f = r.verdict.first_failure
+                d.update(stages=stage_rows(r.verdict), top1_agreement=r.verdict.top1_agreement,
+                         first_failure=f.stage if f else None)
+                if self.labels is not None and r.stages is not None and self.config.num_classes > 1:
+                    d["accuracy"] = float(np.mean(np.argmax(r.stages["logits"], 1) == self.labels))
+                    d["predictions"] = np.argmax(r.stages["logits"], 1).tolist()
+            out["backends"][r.backend] = d
+        return out
+
+
+def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[str], dtype: str = "float32",
+              state: dict | None = None, labels: np.ndarray | None = None,
+              on_event: Callable[[str, str], None] | None = None) -> CheckResult:
+    """Reference + every backend (each in its own process) + pairwise comparison."""
+    notify = on_event or (lambda who, what: None)
+    if state is None:
+        state = W.load(weights)[1]
+    image_size = tuple(images.shape[2:])
+    notify("reference", "float64 reference")
+    ref64 = reference.forward(cfg, state, images)
+    ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
+    runs: list[BackendRun] = []
+    with tempfile.TemporaryDirectory(prefix="vit-suite-check-") as tmp:
+        images_path = Path(tmp) / "images.npy"
+        np.save(images_path, images.astype(np.float32))
+        spec = {"weights": str(weights), "input": str(images_path), "dtype": dtype, "stages": True,
+                "image_size": list(image_size) if image_size != tuple(cfg.image_size) else None}
+        for b in backends:
+            notify(b, "loading and running")
+            child = run_child("forward", {**spec, "backend": b}, Path(tmp), name=b)
+            run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
+                             seconds=child.seconds, meta=child.meta)
+            if run.stages is not None:
+                run.verdict = tolerances.judge(cfg, dtype, run.stages, ref64, ref_lowp)
+            notify(b, run.status)
+            runs.append(run)
+    ok = [r for r in runs if r.verdict is not None]
+    pairs = [tolerances.compare_pair(cfg, a.backend, a.stages, a.verdict, b.backend, b.stages, b.verdict)
+             for i, a in enumerate(ok) for b in ok[i + 1:]]
+    return CheckResult(cfg, dtype, images, ref64, ref_lowp, runs, pairs, labels)
+
+
+def cmd_check(args) -> int:
+    from ..init import random_images
+
+    if args.grad:
+        from .grad import cmd_grad
+
+        return cmd_grad(argparse.Namespace(weights=args.weights, preset=args.preset, backends=args.backends,
+                                           batch=args.batch or 8, seed=args.seed, label_smoothing=0.1,
+                                           json=args.json))
+    if args.explain:
+        cfg = W.load(args.weights)[0] if args.weights else get_preset(args.preset or DEFAULT_PRESET)
+        print(tolerances.explain(cfg))
+        return EXIT_OK
+    cfg, state, source, images, labels = resolve_model(args.weights, args.preset, args.seed)
+    size = parse_size(args.image_size)
+    if args.input:
+        images, labels = load_npy(args.input, "--input"), None
+    elif images is None or size or args.batch:
+        images = random_images(cfg, args.batch or 2, args.seed, args.input_kind, size)
+        labels = None
+    if images.shape[1] != cfg.in_chans:
+        raise UsageError(f"inputs have {images.shape[1]} channels, {cfg.name} expects {cfg.in_chans}")
+    run_cfg = cfg.with_image_size(tuple(images.shape[2:])) if tuple(images.shape[2:]) != tuple(cfg.image_size) else cfg
+    wanted = selected_backends(args.backends)
+    missing = [b for b in backend_names(variants=False) if b not in available_backends()]
+    c = console()
+    if missing and not args.backends:
+        c.print(f"[yellow]not installed, not checked: {', '.join(missing)}[/] (pip install -e '.[all]')")
+    c.print(f"[bold]vit-suite check[/]: {source}; {cfg.name}, {args.dtype}, batch {images.shape[0]}, "
+            f"image {images.shape[2]}x{images.shape[3]}; backends: {', '.join(wanted)}")
+    with tempfile.TemporaryDirectory(prefix="vit-suite-") as tmp:
+        weights_path = Path(args.weights) if args.weights else W.save(Path(tmp) / "weights.safetensors", cfg, state)
+        with c.status("starting") as status:
+            def on_event(who, what):
+                status.update(f"[bold]{who}[/]: {what}")
+                if what in ("pass", "FAIL", "error", "unsupported"):
+                    c.print(f"  {who}: {what}")
+
+            result = run_check(run_cfg, weights_path, images, wanted, args.dtype, state=state, labels=labels,
+                               on_event=on_event)
+    print_check(c, result, args.stages)
+    if args.json:
+        W.atomic_write(args.json, lambda t: Path(t).write_text(json.dumps(result.to_json(), indent=2)))
+        c.print(f"wrote {args.json}")
+    if args.report:
+        from .report import write_report
+
+        write_report(args.report, result, state, args.attn_block, args.attn_head)
+        c.print(f"wrote {args.report}")
+    if any(r.status == "FAIL" for r in result.runs) or any(not p.passed for p in result.pairs):
+        return EXIT_OUT_OF_BOUNDS
+    return EXIT_CRASH if result.any_error else EXIT_OK
+
+
+def print_check(c, result: CheckResult, show_stages: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"{result.config.name}, {result.dtype}: final output vs float64 reference", show_lines=False)
+    for col in ("backend", "status", "max abs", "max rel", "rel L2", "cosine", "top-1 agree", "worst stage / bound",
+                "first stage out of bound", "time"):
+        t.add_column(col, justify="right" if col not in ("backend", "status", "first stage out of bound") else "left")
+    if result.labels is not None:
+        t.add_column("accuracy", justify="right")
+    for r in result.runs:
+        style = {"pass": "green", "FAIL": "bold red", "error": "red", "unsupported": "yellow"}[r.status]
+        if r.verdict is None:
+            msg = (r.error or "").splitlines()[-1] if r.error else ""
+            row = [r.backend, f"[{style}]{r.status}[/]", "", "", "", "", "", "", escape(msg[:90]), f"{r.seconds:.1f}s"]
+        else:
+            last = r.verdict.stages[-1]
+            worst = max(r.verdict.stages, key=lambda s: s.rel_l2 / s.bound)
+            f = r.verdict.first_failure
+            t1 = r.verdict.top1_agreement
+            row = [r.backend, f"[{style}]{r.status}[/]", f"{last.max_abs:.2e}", f"{last.max_rel:.2e}", f"{last.rel_l2:.2e}",
+                   f"{last.cosine:.8f}", "-" if t1 is None else f"{100 * t1:.0f}%",
+                   f"{worst.stage} {worst.rel_l2 / worst.bound:.2f}", f"[red]{f.stage}[/]" if f else "none", f"{r.seconds:.1f}s"]
+        if result.labels is not None:
+            acc = "" if r.stages is None else f"{100 * np.mean(np.argmax(r.stages['logits'], 1) == result.labels):.2f}%"
+            row.append(acc)
+        t.add_row(*row)
+    c.print(t)
+    if show_stages:
+        ok = [r for r in result.runs if r.verdict is not None]
+        st = Table(title="per-stage relative L2 error / bound")
+        st.add_column("stage")
+        for r in ok:
+            st.add_column(r.backend, justify="right")
+        for i, name in enumerate(s.stage for s in ok[0].verdict.stages) if ok else []:
+            st.add_row(name, *[("" if r.verdict.stages[i].passed else "[red]") + f"{r.verdict.stages[i].rel_l2:.2e} / "
+                               f"{r.verdict.stages[i].bound:.1e}" for r in ok])
+        c.print(st)
+    if result.pairs:
+        pt = Table(title="across backends (bound = sum of the two backends' bounds)")
+        for col in ("pair", "worst stage", "rel L2", "bound", "verdict"):
+            pt.add_column(col)
+        for p in result.pairs:
+            pt.add_row(f"{p.a} vs {p.b}", p.worst_stage, f"{p.rel_l2:.2e}", f"{p.bound:.2e}",
+                       "[green]pass[/]" if p.passed else f"[red]FAIL at {p.first_failure}[/]")
+        c.print(pt)
+    if result.labels is not None and len([r for r in result.runs if r.stages is not None]) > 1:
+        preds = [np.argmax(r.stages["logits"], 1) for r in result.runs if r.stages is not None]
+        same = np.all([np.array_equal(preds[0], p) for p in preds[1:]])
+        c.print(f"predictions on {len(result.labels)} held-out images: "
+                + ("[green]identical in every backend[/]" if same else "[red]differ between backends[/]"))
+    c.print("[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]: see the first stage out of bound above")
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("check", help="run identical weights in every backend and compare with the float64 reference "
+                                     "(the default command)")
+    c.add_argument("weights", nargs="?", help="canonical .safetensors (default: the built-in default model)")
+    c.add_argument("--preset", help=f"random weights for a preset instead of a file ({', '.join(sorted(ALIASES))}, ...)")
+    c.add_argument("--backends", help=f"comma-separated (default: every installed one of "
+                                      f"{', '.join(backend_names(variants=False))})")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    c.add_argument("--batch", type=int, help="batch size of random inputs (default 2)")
+    c.add_argument("--image-size", help="HxW; a learned position table is resampled with the config's kernel")
+    c.add_argument("--input", help="NCHW float32 .npy inputs instead of random ones")
+    c.add_argument("--input-kind", default="normal", choices=["normal", "uniform", "zeros", "large"])
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--stages", action="store_true", help="print the per-stage table")
+    c.add_argument("--json", help="write every metric to this JSON file")
+    c.add_argument("--report", help="write a self-contained HTML report with plots")
+    c.add_argument("--attn-block", type=int, default=0, help="block of the attention map in the report")
+    c.add_argument("--attn-head", type=int, default=0, help="head of the attention map in the report")
+    c.add_argument("--explain", action="store_true", help="print the tolerance policy and exit")
+    c.add_argument("--grad", action="store_true",
+                   help="gradient and optimiser-step conformance against a float64 oracle (= vit-suite grad)")
+    c.set_defaults(func=cmd_check)
+
+
+def default_args(**overrides) -> argparse.Namespace:
+    """The arguments of a plain `vit-suite check`, with some replaced (used by `convert --verify`)."""
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers())
+    return argparse.Namespace(**{**vars(p.parse_args(["check"])), **overrides})

@@ -1,15 +1,16 @@
-"""Keras 3 Vision Transformer (keras.ops only: runs on KERAS_BACKEND=tensorflow and =torch).
+"""Keras 3 backend of the vit-suite (keras.ops only: runs on KERAS_BACKEND=tensorflow and =torch): the ViT
+(`VisionTransformer`, `build_model`), canonical weights in and out (`load_canonical`, `to_canonical`) and
+`KerasBackend`, the suite's interface to it.
 
-Names are imported lazily so `import vit_keras` does not import Keras (and so TensorFlow):
-TensorFlow imported before MindSpore aborts a process, and the backend is the caller's choice.
+Names are imported on first use, the same way in all three backend packages; here that also keeps
+`import vit_keras` from importing Keras (and so TensorFlow, which must not precede MindSpore in a process).
 """
 from __future__ import annotations
 
 _EXPORTS = {
-    "PatchEmbed": "layers", "Attention": "layers", "Mlp": "layers", "Block": "layers", "DropPath": "layers",
+    "DropPath": "layers", "PatchEmbed": "layers", "Attention": "layers", "Mlp": "layers", "Block": "layers",
     "VisionTransformer": "model", "build_model": "model",
-    "from_canonical": "convert", "export_canonical": "convert", "load_canonical": "convert",
-    "save_keras": "convert", "load_keras": "convert", "save_weights_h5": "convert", "load_weights_h5": "convert",
+    "load_canonical": "model", "to_canonical": "model",
     "KerasBackend": "backend",
 }
 
@@ -21,4 +22,4 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'vit_keras' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,26 +1,25 @@
-"""`KerasBackend`: the shared Backend interface over vit_keras (any Keras 3 backend: tensorflow, torch).
+"""`KerasBackend`: the suite's Backend interface over vit_keras, and its variant `KerasXLABackend`.
 
-The Keras backend is chosen by the environment (KERAS_BACKEND), never here. Keras is imported lazily,
-so importing this module does not import TensorFlow.
+The Keras backend (tensorflow, torch) is chosen by the environment (KERAS_BACKEND), never here. Keras is imported
+lazily, so importing this module does not import TensorFlow (which must not precede MindSpore in a process).
 
-Also a small entry point that runs one model in a process of its own (used to check the torch
-Keras backend against the TensorFlow one):
-
-    KERAS_BACKEND=torch python -m vit_keras.backend --weights W.safetensors --input X.npy --output Y.npz
+Forward modes: "eager", "graph" (tf.function on TensorFlow, the default) or "jit" (XLA); the torch Keras backend
+always runs eagerly. Training hooks run vit_keras.train (`keras.Model.fit`, the backend's autodiff) on a model
+built here in NCHW (`data_format="channels_first"`), so the shared pipeline's arrays go in unchanged.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from shared.backend import Backend, BackendError
+from shared.backend import Backend
 from shared.config import ViTConfig
-from shared.weights import InvalidFileError
+from shared.errors import BackendError, InvalidFileError
+from shared.reference import check_images
+
+MODES = ("eager", "graph", "jit")
 
 
 def _keras():
@@ -34,25 +33,32 @@ class KerasBackend(Backend):
     requires = ("keras",)
     dtypes = ("float32", "bfloat16", "float16")
     native_suffixes = (".keras", ".weights.h5")
+    #: forward mode (see the module docstring)
+    mode: ClassVar[str] = "graph"
 
-    def __init__(self, mode: str = "graph"):
-        """mode: "eager", "graph" (tf.function on TensorFlow) or "jit" (XLA); torch always runs eagerly."""
-        if mode not in ("eager", "graph", "jit"):
+    def __init__(self, mode: str | None = None, data_format: str = "channels_last"):
+        """mode: one of MODES (default: the class's); data_format: the layout of the models `build` makes."""
+        mode = mode or type(self).mode
+        if mode not in MODES:
             raise BackendError(f"mode must be eager, graph or jit, got {mode!r}")
         self.mode = mode
+        self.data_format = data_format
+
+    def versions(self) -> dict[str, str]:
+        return {**super().versions(), "keras_backend": _keras().backend.backend()}
 
     # ------------------------------------------------------------------ build
     def build(self, cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *,
-              dtype: str = "float32", seed: int = 0, data_format: str = "channels_last") -> Any:
+              dtype: str = "float32", seed: int = 0) -> Any:
         self.check_dtype(dtype)
-        from .convert import from_canonical
+        from .model import build_model
 
-        return from_canonical(cfg, state, dtype=dtype, seed=seed, data_format=data_format)
+        return build_model(cfg, state, dtype=dtype, seed=seed, data_format=self.data_format)
 
     def export(self, model) -> dict[str, np.ndarray]:
-        from .convert import export_canonical
+        from .model import to_canonical
 
-        return export_canonical(model)
+        return to_canonical(model)
 
     # ---------------------------------------------------------------- forward
     def _stage_fn(self, model, shape: tuple[int, ...]):
@@ -81,14 +87,18 @@ class KerasBackend(Backend):
 
     def forward(self, model, images: np.ndarray) -> dict[str, np.ndarray]:
         keras = _keras()
-        from shared.reference import check_images
-
         images = np.asarray(images, dtype=np.float32)
         check_images(model.cfg, images)
         x = images if model.data_format == "channels_first" else np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         out = self._stage_fn(model, x.shape)(keras.ops.convert_to_tensor(x))
         stages = {k: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32) for k, v in out.items()}
         return {k: stages[k] for k in model.cfg.stage_names()}
+
+    def predict(self, model, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        from .train import predict_logits
+
+        check_images(model.cfg, np.asarray(images))
+        return predict_logits(model, images, batch)
 
     # ------------------------------------------------------------ native files
     def save_native(self, model, path) -> Path:
@@ -103,8 +113,8 @@ class KerasBackend(Backend):
 
     def load_native(self, path, cfg: ViTConfig | None = None, *, dtype: str = "float32") -> Any:
         self.check_dtype(dtype)
-        from .convert import export_canonical, from_canonical, load_keras, load_weights_h5
-        from .model import POLICIES
+        from .convert import load_keras, load_weights_h5
+        from .model import POLICIES, build_model, to_canonical
 
         p = str(path)
         if p.endswith(".weights.h5"):
@@ -114,33 +124,57 @@ class KerasBackend(Backend):
         if p.endswith(".keras"):
             model = load_keras(path, expect=cfg)
             if model.dtype_policy.name != POLICIES[dtype]:  # same weights, other compute precision
-                model = from_canonical(model.cfg, export_canonical(model), dtype=dtype, data_format=model.data_format,
-                                       source=p)
+                model = build_model(model.cfg, to_canonical(model), dtype=dtype, data_format=model.data_format)
             return model
         raise InvalidFileError(f"{path}: not a Keras native file (expected a suffix in {self.native_suffixes})")
 
+    # --------------------------------------------------------------- training
+    def _trainable(self, cfg: ViTConfig, state):
+        from .model import build_model
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vit_keras.backend", description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", required=True, help="canonical .safetensors, .keras, or .weights.h5 (with --config)")
-    ap.add_argument("--config", help="ViTConfig JSON file (needed for .weights.h5)")
-    ap.add_argument("--input", required=True, help="NCHW float32 .npy")
-    ap.add_argument("--output", required=True, help=".npz with every stage")
-    ap.add_argument("--dtype", default="float32", choices=KerasBackend.dtypes)
-    ap.add_argument("--mode", default="graph", choices=("eager", "graph", "jit"))
-    a = ap.parse_args(argv)
-    be = KerasBackend(mode=a.mode)
-    cfg = ViTConfig.from_json(Path(a.config).read_text()) if a.config else None
-    if a.weights.endswith(KerasBackend.native_suffixes):
-        model = be.load_native(a.weights, cfg, dtype=a.dtype)
-    else:
-        model = be.load_file(a.weights, dtype=a.dtype)
-    stages = be.forward(model, np.load(a.input))
-    np.savez(a.output, **stages)
-    print(json.dumps({"keras_backend": _keras().backend.backend(), "config": model.cfg.name, "dtype": a.dtype,
-                      "stages": len(stages)}))
-    return 0
+        return build_model(cfg, state, data_format="channels_first")
+
+    def loss_and_grads(self, cfg, state, images, labels, label_smoothing=0.0, *, dtype="float32"):
+        from .train import loss_and_grads
+
+        if dtype != "float32":
+            raise self._unsupported(f"loss_and_grads(dtype={dtype!r})")
+        return loss_and_grads(self._trainable(cfg, state), images, labels, label_smoothing)
+
+    def optimizer_step(self, cfg, state, images, labels, optimizer="sgd", *, lr, weight_decay=0.0,
+                       label_smoothing=0.0, betas=(0.9, 0.999), eps=1e-8):
+        from .train import optimizer_step
+
+        model = self._trainable(cfg, state)
+        optimizer_step(model, images, labels, optimizer, lr=lr, weight_decay=weight_decay,
+                       label_smoothing=label_smoothing, betas=betas, eps=eps)
+        return self.export(model)
+
+    def train(self, cfg, state, train_data, val_data, tcfg, *, progress=True, checkpoint=None):
+        from .train import train
+
+        model = self._trainable(cfg, state)
+        history = train(model, train_data, val_data, tcfg, progress=progress, checkpoint=checkpoint, name=self.name,
+                        jit_compile=True if self.mode == "jit" else "auto")
+        return self.export(model), history
+
+    # ------------------------------------------------------------- benchmarks
+    def bench_modes(self) -> dict[str, str]:
+        from .bench import MODES as BENCH_MODES
+
+        return BENCH_MODES
+
+    def bench(self, cfg, *, batch, dtype, mode, n_warmup, n_iter):
+        from .bench import bench
+
+        return bench(cfg, batch=batch, dtype=dtype, mode=mode, n_warmup=n_warmup, n_iter=n_iter)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+class KerasXLABackend(KerasBackend):
+    """XLA (`tf.function(jit_compile=True)`) forwards, and `fit(jit_compile=True)` training."""
+
+    name = "keras-xla"
+    mode = "jit"
+
+
+__all__ = ["KerasBackend", "KerasXLABackend", "MODES"]

@@ -91,9 +91,9 @@ MODES = {
 }
 
 
-def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "graph", n_warmup: int = 2,
+def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str = "graph", n_warmup: int = 2,
           n_iter: int = 5) -> dict:
-    """The shared.bench contract: median-timed forward of `batch` images in one mode."""
+    """Median-timed forward of `batch` images in one mode (KerasBackend.bench)."""
     import keras
 
     from .model import build_model

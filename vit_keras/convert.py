@@ -1,91 +1,24 @@
-"""Canonical (timm-layout float32 NumPy) <-> Keras weights, and the native `.keras` / `.weights.h5` files.
+"""The native weight files of the Keras backend: `.keras` (safe mode, classes checked) and `.weights.h5`.
 
-Layout: Dense kernel = torch weight transposed (in, out); conv kernel HWIO = weight.transpose(2, 3, 1, 0);
-LayerNorm gamma/beta = weight/bias; cls_token and pos_embed as they are. Both directions are pure
-transposes, so a float32 round trip is bit-exact. Loading is strict: the canonical dict is validated
-first (shared.weights.validate_state), every model variable must be assigned, shapes are checked.
+Canonical dicts (timm layout) go in and out of a model through model.py's `load_canonical` / `to_canonical`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import zipfile
-import json
 from pathlib import Path
-from typing import Mapping
 
-import numpy as np
 
 import keras
 
 from shared.config import ViTConfig
-from shared.init import init_weights
-from shared.weights import InvalidFileError, MismatchError, atomic_write, validate_state
+from shared.errors import InvalidFileError, MismatchError
+from shared.weights import atomic_write
 
-from .model import VisionTransformer, build_model
-
-
-def to_native(kind: str, value: np.ndarray) -> np.ndarray:
-    if kind == "conv":  # (D, C, P, P) -> (P, P, C, D)
-        return np.ascontiguousarray(np.transpose(value, (2, 3, 1, 0)))
-    if kind == "dense":  # (out, in) -> (in, out)
-        return np.ascontiguousarray(np.transpose(value))
-    return np.asarray(value)
-
-
-def to_canonical(kind: str, value: np.ndarray) -> np.ndarray:
-    if kind == "conv":  # (P, P, C, D) -> (D, C, P, P)
-        return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)))
-    if kind == "dense":
-        return np.ascontiguousarray(np.transpose(value))
-    return np.ascontiguousarray(value)
-
-
-def load_canonical(model: VisionTransformer, state: Mapping[str, np.ndarray], source: str = "<state dict>") -> None:
-    """Assign a canonical state dict to every variable of `model` (strict)."""
-    cfg = model.cfg
-    validate_state(cfg, state, source=source)
-    mapping = model.canonical_variables()
-    problems = []
-    unassigned = [k for k in mapping if k not in state]
-    problems += [f"model variable for key {k!r} has no value in the state dict" for k in unassigned]
-    problems += [f"unexpected key {k!r}: the model has no variable for it" for k in state if k not in mapping]
-    values = {}
-    for key, (var, kind) in mapping.items():
-        if key not in state:
-            continue
-        native = to_native(kind, np.asarray(state[key], np.float32))
-        if tuple(native.shape) != tuple(var.shape):
-            problems.append(f"key {key!r}: canonical shape {tuple(np.shape(state[key]))} gives Keras shape "
-                            f"{tuple(native.shape)}, variable {var.path!r} has {tuple(var.shape)}")
-            continue
-        values[key] = native
-    if problems:
-        raise MismatchError(source, problems)
-    # every variable of the model must be covered by the mapping (nothing left at its initial value)
-    mapped = {id(var) for var, _ in mapping.values()}
-    stray = [v.path for v in model.weights if id(v) not in mapped and v.trainable]
-    if stray:
-        raise MismatchError(source, [f"model variable {p!r} has no canonical key" for p in stray])
-    for key, (var, _) in mapping.items():
-        var.assign(values[key])  # Keras casts to the variable dtype (bfloat16 for a pure "bfloat16" policy)
-
-
-def export_canonical(model: VisionTransformer) -> dict[str, np.ndarray]:
-    """The model's canonical float32 state dict (bit-exact for float32 variables)."""
-    out = {}
-    for key, (var, kind) in model.canonical_variables().items():
-        out[key] = to_canonical(kind, np.asarray(keras.ops.convert_to_numpy(var.value)).astype(np.float32))
-    validate_state(model.cfg, out, source="exported Keras model")
-    return out
-
-
-def from_canonical(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *, dtype: str = "float32",
-                   data_format: str = "channels_last", seed: int = 0, source: str = "<state dict>") -> VisionTransformer:
-    model = build_model(cfg, dtype=dtype, data_format=data_format)
-    load_canonical(model, init_weights(cfg, seed) if state is None else state, source=source)
-    return model
+from .model import VisionTransformer, new_model
 
 
 # ------------------------------------------------------------------ native files
@@ -191,7 +124,7 @@ def load_weights_h5(path, cfg: ViTConfig, *, dtype: str = "float32",
                          if isinstance(obj, h5py.Dataset) else None)
     except OSError as e:
         raise InvalidFileError(f"{path}: not an HDF5 weights file ({e})") from None
-    model = build_model(cfg, dtype=dtype, data_format=data_format)
+    model = new_model(cfg, dtype=dtype, data_format=data_format)
     n_vars = len(model.weights)
     if len(stored) != n_vars:
         raise MismatchError(str(path), [f"file holds {len(stored)} arrays, model {cfg.name!r} has {n_vars} variables"])

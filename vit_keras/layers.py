@@ -23,7 +23,6 @@ from shared.config import ViTConfig
 from shared.posemb import resize_matrix
 
 PACKAGE = "vit_keras"
-HALF = ("float16", "bfloat16")
 
 
 def as_config(config) -> ViTConfig:
@@ -65,6 +64,30 @@ class _CfgLayer(keras.layers.Layer):
     def get_config(self):
         base = super().get_config()
         base.update({"config": self.cfg.to_dict()})
+        return base
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drop the whole residual branch per sample (training only)."""
+
+    def __init__(self, rate: float = 0.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.cast(keras.random.uniform(shape, seed=self.seed_generator) < keep, x.dtype)
+        return x * mask / ops.cast(keep, x.dtype)
+
+    def get_config(self):
+        base = super().get_config()
+        base.update({"rate": self.rate, "seed": self.seed})
         return base
 
 
@@ -196,30 +219,6 @@ class Mlp(_CfgLayer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class DropPath(keras.layers.Layer):
-    """Stochastic depth: drop the whole residual branch per sample (training only)."""
-
-    def __init__(self, rate: float = 0.0, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.rate = float(rate)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, x, training=False):
-        if not training or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        mask = ops.cast(keras.random.uniform(shape, seed=self.seed_generator) < keep, x.dtype)
-        return x * mask / ops.cast(keep, x.dtype)
-
-    def get_config(self):
-        base = super().get_config()
-        base.update({"rate": self.rate, "seed": self.seed})
-        return base
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
 class Block(_CfgLayer):
     """Pre-norm transformer block; block 0 of a T2T-style model (in_dim != width) has no outer attention residual."""
 
@@ -232,10 +231,9 @@ class Block(_CfgLayer):
         self.attn = Attention(c.to_dict(), self.in_dim, name="attn", dtype=self.dtype_policy)
         self.norm2 = _layer_norm(c, "norm2", self.dtype_policy)
         self.mlp = Mlp(c.to_dict(), name="mlp", dtype=self.dtype_policy)
-        rate = float(np.linspace(0.0, c.drop_path, c.depth)[self.index]) if c.depth > 1 else c.drop_path
-        self.drop_path_rate = rate
-        self.drop_path1 = DropPath(rate, name="drop_path1", dtype=self.dtype_policy)
-        self.drop_path2 = DropPath(rate, name="drop_path2", dtype=self.dtype_policy)
+        self.drop_path_rate = c.drop_path_rates[self.index]  # the same rates in every backend
+        self.drop_path1 = DropPath(self.drop_path_rate, name="drop_path1", dtype=self.dtype_policy)
+        self.drop_path2 = DropPath(self.drop_path_rate, name="drop_path2", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         W = self.cfg.width

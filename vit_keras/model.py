@@ -5,7 +5,12 @@ Keras backend registers variable paths as torch parameter names, which may not c
   patch_embed/proj/{kernel,bias}, cls_token, pos_embed, blocks_{i}/norm1/{gamma,beta},
   blocks_{i}/attn/qkv/{kernel,bias}, blocks_{i}/attn/proj/..., blocks_{i}/norm2/...,
   blocks_{i}/mlp/fc1/..., blocks_{i}/mlp/fc2/..., norm/..., fc_norm/..., pre_logits_fc/..., head/...
-(all under the model's name, "vision_transformer/" by default). `canonical_variables()` is the exact map.
+(all under the model's name, "vision_transformer/" by default). `canonical_variables()` is the exact map;
+`load_canonical` / `to_canonical` move canonical dicts in and out: Dense kernel = torch weight transposed
+(in, out); conv kernel HWIO = weight.transpose(2, 3, 1, 0); LayerNorm gamma/beta = weight/bias; cls_token and
+pos_embed as they are. Both directions are pure transposes, so a float32 round trip is bit-exact. Loading is
+strict: the canonical dict is validated first (shared.weights.validate_state), every model variable must be
+assigned, shapes are checked.
 
 Input: NHWC by default (Keras' convention), `data_format="channels_first"` takes NCHW. Any image size
 divisible by the patch works: a learned table stored at cfg.table_grid is resampled in-graph with
@@ -14,11 +19,13 @@ constant matrices (shared.posemb.resize_matrix), a sinusoidal table is a constan
 `model(x)` returns the logits (softmaxed when cfg.output_softmax; the pooled features when
 num_classes == 0); `model.forward_stages(x)` returns every stage of cfg.stage_names().
 
-Precision: pass a dtype policy: "float32", "mixed_bfloat16" or "mixed_float16" (`build_model(cfg,
+Precision: pass a dtype policy: "float32", "mixed_bfloat16" or "mixed_float16" (`build_model(cfg, state,
 dtype="bfloat16")` picks the mixed policy): float32 variables, compute in the half dtype. A pure
 "bfloat16" policy also computes in bfloat16 but stores bfloat16 variables (export then is lossy).
 """
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 
@@ -26,7 +33,10 @@ import keras
 from keras import ops
 
 from shared.config import ViTConfig
+from shared.errors import MismatchError
+from shared.init import init_weights
 from shared.posemb import fixed_table
+from shared.weights import validate_state
 
 from .layers import PACKAGE, Block, PatchEmbed, _dense, _layer_norm, as_config, resample_table, softmax_f32
 
@@ -84,7 +94,7 @@ class VisionTransformer(keras.Model):
             H, W = x_shape[1], x_shape[2]
         return (H // P, W // P)
 
-    def position_table(self, grid):
+    def pos_table(self, grid):
         """(1, T, D) float32 table for a patch grid, or None: learned (resampled) or fixed sinusoidal."""
         c = self.cfg
         grid = tuple(int(g) for g in grid)
@@ -113,7 +123,7 @@ class VisionTransformer(keras.Model):
             x = ops.concatenate([tok, x], axis=1)
         elif c.class_token == "zeros":
             x = ops.concatenate([ops.zeros((B, 1, c.embed_dim), dtype=x.dtype), x], axis=1)
-        table = self.position_table(grid)
+        table = self.pos_table(grid)
         if table is not None:
             x = x + ops.cast(table, dt)
         if training and c.dropout > 0:
@@ -196,15 +206,84 @@ class VisionTransformer(keras.Model):
         return cls(**config)
 
 
-def build_model(cfg: ViTConfig, *, dtype: str = "float32", data_format: str = "channels_last",
-                name: str = "vision_transformer") -> VisionTransformer:
-    """A built (random-zero-initialised) model for `cfg`; compute dtype float32 / bfloat16 / float16.
+def to_keras_layout(kind: str, value: np.ndarray) -> np.ndarray:
+    """One canonical tensor in the Keras variable's layout (kind from `VisionTransformer.canonical_variables`)."""
+    if kind == "conv":  # (D, C, P, P) -> (P, P, C, D)
+        return np.ascontiguousarray(np.transpose(value, (2, 3, 1, 0)))
+    if kind == "dense":  # (out, in) -> (in, out)
+        return np.ascontiguousarray(np.transpose(value))
+    return np.asarray(value)
 
-    `dtype` may also be a Keras dtype policy (name or object), e.g. "mixed_bfloat16" or "bfloat16".
+
+def from_keras_layout(kind: str, value: np.ndarray) -> np.ndarray:
+    """The inverse of `to_keras_layout` (a pure transpose: bit-exact)."""
+    if kind == "conv":  # (P, P, C, D) -> (D, C, P, P)
+        return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)))
+    if kind == "dense":
+        return np.ascontiguousarray(np.transpose(value))
+    return np.ascontiguousarray(value)
+
+
+def load_canonical(model: VisionTransformer, state: Mapping[str, np.ndarray], source: str = "<state dict>") -> None:
+    """Assign a canonical state dict to every variable of `model` (strict)."""
+    cfg = model.cfg
+    validate_state(cfg, state, source=source)
+    mapping = model.canonical_variables()
+    problems = []
+    unassigned = [k for k in mapping if k not in state]
+    problems += [f"model variable for key {k!r} has no value in the state dict" for k in unassigned]
+    problems += [f"unexpected key {k!r}: the model has no variable for it" for k in state if k not in mapping]
+    values = {}
+    for key, (var, kind) in mapping.items():
+        if key not in state:
+            continue
+        native = to_keras_layout(kind, np.asarray(state[key], np.float32))
+        if tuple(native.shape) != tuple(var.shape):
+            problems.append(f"key {key!r}: canonical shape {tuple(np.shape(state[key]))} gives Keras shape "
+                            f"{tuple(native.shape)}, variable {var.path!r} has {tuple(var.shape)}")
+            continue
+        values[key] = native
+    if problems:
+        raise MismatchError(source, problems)
+    # every variable of the model must be covered by the mapping (nothing left at its initial value)
+    mapped = {id(var) for var, _ in mapping.values()}
+    stray = [v.path for v in model.weights if id(v) not in mapped and v.trainable]
+    if stray:
+        raise MismatchError(source, [f"model variable {p!r} has no canonical key" for p in stray])
+    for key, (var, _) in mapping.items():
+        var.assign(values[key])  # Keras casts to the variable dtype (bfloat16 for a pure "bfloat16" policy)
+
+
+def to_canonical(model: VisionTransformer) -> dict[str, np.ndarray]:
+    """The model's canonical float32 state dict (bit-exact for float32 variables)."""
+    out = {}
+    for key, (var, kind) in model.canonical_variables().items():
+        out[key] = from_keras_layout(kind, np.asarray(keras.ops.convert_to_numpy(var.value)).astype(np.float32))
+    validate_state(model.cfg, out, source="exported Keras model")
+    return out
+
+
+def new_model(cfg: ViTConfig, *, dtype: str = "float32", data_format: str = "channels_last",
+              name: str = "vision_transformer") -> VisionTransformer:
+    """A built model for `cfg` with zero-initialised variables (`build_model` fills them; `.weights.h5` loads them).
+
+    `dtype` is "float32", "bfloat16", "float16" (the mixed policies) or any Keras dtype policy (name or object).
     """
     policy = POLICIES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     model = VisionTransformer(cfg.to_dict(), data_format=data_format, name=name, dtype=policy)
     H, W = cfg.image_size
     shape = (None, cfg.in_chans, H, W) if data_format == "channels_first" else (None, H, W, cfg.in_chans)
     model.build(shape)
+    return model
+
+
+def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *, dtype: str = "float32",
+                seed: int = 0, data_format: str = "channels_last") -> VisionTransformer:
+    """A model holding canonical weights (`state`, or init_weights(cfg, seed)); compute dtype float32 / bfloat16 /
+    float16 (the mixed policies: float32 variables) or a Keras dtype policy.
+
+    data_format: "channels_last" (NHWC, Keras' convention) or "channels_first" (NCHW).
+    """
+    model = new_model(cfg, dtype=dtype, data_format=data_format)
+    load_canonical(model, init_weights(cfg, seed) if state is None else state)
     return model

@@ -1,38 +1,38 @@
 """Training with Keras 3: `keras.Model.fit` with AdamW, a LearningRateSchedule and Keras' own progress bar.
 
-Same functions as vit_torch.train (train, evaluate, predict_logits, one_step, loss_and_grads); the
-model runs NCHW (`data_format="channels_first"`) so the shared pipeline's arrays go in unchanged.
+Every function takes a native model (`build_model`); `KerasBackend` adapts them to the canonical-state hooks of
+shared.backend.Backend (its training models run NCHW, `data_format="channels_first"`, so the shared pipeline's
+arrays go in unchanged):
 
-  data       a keras.utils.PyDataset over shared.data's shuffled batches (the same batches as torch)
-  schedule   WarmupCosine(LearningRateSchedule) computes shared.training.lr_at with keras.ops
+    predict_logits(model, images) -> the model's output for NCHW images (either layout of model)
+    loss_and_grads(model, images, labels, label_smoothing) -> (loss, {canonical key: grad})
+    optimizer_step(model, images, labels, "sgd" | "adamw", lr=..., weight_decay=...)   in place
+    train(model, train_data, val_data, TrainConfig(steps=300)) -> history        in place
+
+  data       a keras.utils.PyDataset over shared.training.data's shuffled batches (the same as torch's)
+  schedule   WarmupCosine(LearningRateSchedule) computes shared.training.recipe.lr_at with keras.ops
   loss       CategoricalCrossentropy(from_logits=True, label_smoothing=eps) on one-hot labels:
-             target (1 - eps) one_hot + eps / K, the formula of shared.training.smoothed_ce
+             target (1 - eps) one_hot + eps / K, the formula of shared.training.recipe.smoothed_ce
   decay      AdamW.exclude_from_weight_decay on biases, LayerNorm gamma/beta, cls_token, pos_embed
-             (= shared.training.decay_mask: matrices only)
-  epsilon    Keras' Adam adds epsilon to sqrt(v) before bias correction ("epsilon hat"); one_step passes
+             (= shared.training.recipe.decay_mask: matrices only)
+  epsilon    Keras' Adam adds epsilon to sqrt(v) before bias correction ("epsilon hat"); optimizer_step passes
              eps * sqrt(1 - beta2^t) so its step equals torch's formula exactly (training uses eps as is)
 """
 from __future__ import annotations
 
 import math
-import os
 import time
-from typing import Mapping
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 
 import keras
 from keras import ops
 
-from shared import training as T
-from shared.config import ViTConfig
-from shared.data import shuffled_order
+from shared.training import recipe as T
+from shared.training.data import shuffled_order
 
-from .convert import export_canonical, from_canonical
+from .model import VisionTransformer, from_keras_layout, to_canonical
 
-BACKEND = "keras"
 NO_DECAY_NAMES = ["bias", "gamma", "beta", "cls_token", "pos_embed"]
 
 
@@ -49,7 +49,7 @@ class RawLogits(keras.Model):
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """shared.training.lr_at as a Keras schedule (`step` = optimizer.iterations, offset by start_step)."""
+    """shared.training.recipe.lr_at as a Keras schedule (`step` = optimizer.iterations, offset by start_step)."""
 
     def __init__(self, lr, min_lr, warmup_steps, total_steps, start_step=0):
         self.lr, self.min_lr = float(lr), float(min_lr)
@@ -72,7 +72,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class Batches(keras.utils.PyDataset):
-    """Global steps start..total of shared.data's shuffled batches, one-hot labels."""
+    """Global steps start..total of shared.training.data's shuffled batches, one-hot labels."""
 
     def __init__(self, x, y, num_classes, batch, seed, start, total):
         super().__init__()
@@ -98,10 +98,10 @@ class Batches(keras.utils.PyDataset):
 class _Monitor(keras.callbacks.Callback):
     """Held-out evaluation every `eval_every` steps and a canonical checkpoint at every epoch end."""
 
-    def __init__(self, cfg, vit, tcfg, total, per_epoch, val, checkpoint, history, verbose):
+    def __init__(self, vit, tcfg, total, per_epoch, val, checkpoint, history, verbose, name):
         super().__init__()
-        self.cfg, self.vit, self.tcfg, self.total, self.per_epoch = cfg, vit, tcfg, total, per_epoch
-        self.val, self.checkpoint, self.history, self.verbose = val, checkpoint, history, verbose
+        self.cfg, self.vit, self.tcfg, self.total, self.per_epoch = vit.cfg, vit, tcfg, total, per_epoch
+        self.val, self.checkpoint, self.history, self.verbose, self.name = val, checkpoint, history, verbose, name
         self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -115,70 +115,65 @@ class _Monitor(keras.callbacks.Callback):
                "lr": T.lr_at(self.tcfg, done - 1, self.total), "loss": float(logs.get("loss", float("nan"))),
                "seconds": time.perf_counter() - self.t0}
         if want_eval and self.val[0] is not None:
-            rec.update({f"val_{k}": v for k, v in evaluate(self.cfg, None, *self.val, model=self.vit).items()})
+            acc = T.topk_accuracy(predict_logits(self.vit, self.val[0]), self.val[1])
+            rec.update({f"val_{k}": v for k, v in acc.items()})
             if self.verbose:
                 print(f"\nstep {done}: held-out top-1 {rec['val_top1']:.2%}")
         self.history.append(rec)
         if self.checkpoint is not None and (end_of_epoch or done == self.total):
-            T.save_checkpoint(self.checkpoint, self.cfg, export_canonical(self.vit), self.tcfg, done, BACKEND,
+            T.save_checkpoint(self.checkpoint, self.cfg, to_canonical(self.vit), self.tcfg, done, self.name,
                               self.history)
 
 
-def _build(cfg: ViTConfig, state):
-    return from_canonical(cfg, state, data_format="channels_first")
+def _nchw_to_model(model: VisionTransformer, images: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(images, np.float32)
+    return x if model.data_format == "channels_first" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-def predict_logits(cfg: ViTConfig, state, images: np.ndarray, batch: int = 256, model=None) -> np.ndarray:
-    vit = model or _build(cfg, state)
-    outs = [np.asarray(ops.convert_to_numpy(vit(ops.convert_to_tensor(np.ascontiguousarray(images[i:i + batch],
-                                                                                             np.float32)),
+def predict_logits(model: VisionTransformer, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    outs = [np.asarray(ops.convert_to_numpy(model(ops.convert_to_tensor(_nchw_to_model(model, images[i:i + batch])),
                                                   training=False)), np.float32)
             for i in range(0, len(images), batch)]
-    return np.concatenate(outs) if outs else np.zeros((0, cfg.num_classes), np.float32)
-
-
-def evaluate(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, model=None) -> dict[str, float]:
-    return T.topk_accuracy(predict_logits(cfg, state, images, model=model), labels)
+    return np.concatenate(outs) if outs else np.zeros((0, model.cfg.num_classes), np.float32)
 
 
 def _loss(smoothing: float):
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
 
 
-def train(cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data, tcfg: T.TrainConfig,
-          progress: bool = True, checkpoint=None):
-    """model.fit over the shared batches; returns (canonical float32 state, history)."""
+def train(model: VisionTransformer, train_data, val_data, tcfg: T.TrainConfig, *, progress: bool = True,
+          checkpoint=None, name: str = "keras", jit_compile="auto") -> list[dict]:
+    """model.fit over the shared batches, in place; returns the history (a dict per evaluation)."""
+    if model.data_format != "channels_first":
+        raise ValueError("train() feeds the shared pipeline's NCHW arrays: build the model channels_first")
+    cfg = model.cfg
     keras.utils.set_random_seed(tcfg.seed)
     x, y = T.as_xy(train_data)
     val = T.as_xy(val_data)
-    vit = _build(cfg, state)
-    net = RawLogits(vit)
+    net = RawLogits(model)
     total = tcfg.total_steps(len(y))
     sched = WarmupCosine(tcfg.lr, tcfg.min_lr, tcfg.warmup_steps, total, tcfg.start_step)
     opt = keras.optimizers.AdamW(learning_rate=sched, weight_decay=tcfg.weight_decay, beta_1=tcfg.beta1,
                                  beta_2=tcfg.beta2, epsilon=tcfg.eps)
     opt.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
     net.compile(optimizer=opt, loss=_loss(tcfg.label_smoothing),
-                metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
+                metrics=[keras.metrics.CategoricalAccuracy(name="acc")], jit_compile=jit_compile)
     data = Batches(x, y, cfg.num_classes, tcfg.batch, tcfg.seed, tcfg.start_step, total)
     history: list[dict] = []
-    mon = _Monitor(cfg, vit, tcfg, total, data.per_epoch, val, checkpoint, history, progress)
+    mon = _Monitor(model, tcfg, total, data.per_epoch, val, checkpoint, history, progress, name)
     net.fit(data, epochs=1, verbose=1 if progress else 0, callbacks=[mon], shuffle=False)
-    return export_canonical(vit), history
+    return history
 
 
-# ------------------------------------------------------------------ conformance entry points
-def loss_and_grads(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0):
-    """(mean loss, canonical key -> float32 gradient), no dropout; gradients via the backend's autodiff."""
-    from .convert import to_canonical
-
-    vit = _build(cfg, state)
-    net = RawLogits(vit)
-    x = ops.convert_to_tensor(np.ascontiguousarray(images, np.float32))
+def _native_grads(model: VisionTransformer, images: np.ndarray, labels: np.ndarray, smoothing: float):
+    """(loss, [(gradient, variable, kind)] in canonical-key order) through the Keras backend's autodiff, no dropout."""
+    cfg = model.cfg
+    net = RawLogits(model)
+    x = ops.convert_to_tensor(_nchw_to_model(model, images))
     t = ops.convert_to_tensor(np.eye(cfg.num_classes, dtype=np.float32)[np.asarray(labels, np.int64)])
-    mapping = vit.canonical_variables()
+    mapping = model.canonical_variables()
     variables = [v for v, _ in mapping.values()]
-    loss_fn = _loss(label_smoothing)
+    loss_fn = _loss(smoothing)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -193,21 +188,21 @@ def loss_and_grads(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray
         grads = torch.autograd.grad(loss, [v.value for v in variables])
     else:
         raise NotImplementedError(f"loss_and_grads: Keras backend {backend!r}")
-    out = {}
-    for (key, (_, kind)), g in zip(mapping.items(), grads):
-        out[key] = to_canonical(kind, np.asarray(ops.convert_to_numpy(g), np.float32))
-    return float(ops.convert_to_numpy(loss)), out
+    return float(ops.convert_to_numpy(loss)), dict(zip(mapping, zip(grads, variables, (k for _, k in mapping.values()))))
 
 
-def one_step(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, optimizer: str = "sgd",
-             lr: float = 1e-2, weight_decay: float = 0.0, label_smoothing: float = 0.0, betas=(0.9, 0.999),
-             eps: float = 1e-8) -> dict[str, np.ndarray]:
-    """One keras.optimizers.SGD / AdamW step (decay on matrices only) via optimizer.apply_gradients."""
-    vit = _build(cfg, state)
-    _, grads = loss_and_grads(cfg, state, images, labels, label_smoothing)
-    from .convert import to_native
+def loss_and_grads(model: VisionTransformer, images: np.ndarray, labels: np.ndarray,
+                   label_smoothing: float = 0.0) -> tuple[float, dict[str, np.ndarray]]:
+    """(mean loss, canonical key -> float32 gradient), no dropout; gradients via the backend's autodiff."""
+    loss, grads = _native_grads(model, images, labels, label_smoothing)
+    return loss, {key: from_keras_layout(kind, np.asarray(ops.convert_to_numpy(g), np.float32))
+                  for key, (g, _, kind) in grads.items()}
 
-    mapping = vit.canonical_variables()
+
+def optimizer_step(model: VisionTransformer, images: np.ndarray, labels: np.ndarray, optimizer: str = "sgd", *,
+                   lr: float, weight_decay: float = 0.0, label_smoothing: float = 0.0, betas=(0.9, 0.999),
+                   eps: float = 1e-8) -> None:
+    """One keras.optimizers.SGD / AdamW step (decay on matrices only) via optimizer.apply_gradients, in place."""
     if optimizer == "sgd":
         opt = keras.optimizers.SGD(learning_rate=lr, weight_decay=weight_decay or None)
     elif optimizer == "adamw":
@@ -219,6 +214,5 @@ def one_step(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, opti
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
     if weight_decay:
         opt.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
-    pairs = [(ops.convert_to_tensor(to_native(kind, grads[key])), var) for key, (var, kind) in mapping.items()]
-    opt.apply_gradients(pairs)
-    return export_canonical(vit)
+    _, grads = _native_grads(model, images, labels, label_smoothing)
+    opt.apply_gradients([(g, var) for g, var, _ in grads.values()])

@@ -1,4 +1,7 @@
-"""MindSpore backend of the ViT reference suite (see vit_mindspore.backend.MindSporeBackend).
+"""MindSpore backend of the vit-suite: the ViT (`VisionTransformer`, `build_model`), canonical weights in and out
+(`load_canonical`, `to_canonical`) and `MindSporeBackend`, the suite's interface to it.
+
+Names are imported on first use, the same way in all three backend packages.
 
 Import guard: TensorFlow and MindSpore both register the same LLVM command-line option, so
 importing MindSpore after TensorFlow in one process aborts the whole process (no Python
@@ -6,6 +9,8 @@ exception, just a crash). We refuse early with a clear ImportError instead. Impo
 first (the test suite does so in conformance_tests/conftest.py), or run each backend in its own
 process as `vit-suite check` does.
 """
+from __future__ import annotations
+
 import sys
 
 if "tensorflow" in sys.modules and "mindspore" not in sys.modules:
@@ -14,12 +19,19 @@ if "tensorflow" in sys.modules and "mindspore" not in sys.modules:
         "aborts the process (both register the same LLVM command-line option). Import mindspore before "
         "tensorflow, or run each backend in its own process (`vit-suite check` does this).")
 
-__all__ = ["MindSporeBackend"]
+_EXPORTS = {
+    "DropPath": "layers", "PatchEmbed": "layers", "Attention": "layers", "Mlp": "layers", "Block": "layers",
+    "VisionTransformer": "model", "build_model": "model",
+    "load_canonical": "model", "to_canonical": "model",
+    "MindSporeBackend": "backend",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    if name == "MindSporeBackend":
-        from .backend import MindSporeBackend
+    if name in _EXPORTS:
+        import importlib
 
-        return MindSporeBackend
-    raise AttributeError(name)
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,13 @@
-"""`MindSporeBackend`: the suite's Backend interface over vit_mindspore.
+"""`MindSporeBackend`: the suite's Backend interface over vit_mindspore, and its variants.
 
     be = MindSporeBackend()                   # mode="graph" (default, fastest) or "pynative"
     model = be.build(cfg, state, dtype="float16")
     stages = be.forward(model, images)        # any image size divisible by the patch
 
-Process-wide settings, made once: CPU kernel threads = the core count (MindSpore defaults to 25
-threads, which oversubscribes small machines), and `launch_blocking()` (synchronous PyNative:
-3-4x faster than the asynchronous default on CPU for these models).
+Variants (registered names): `mindspore-pynative` (PyNative forwards) and `mindspore-expm1` (the expm1-based
+attention softmax instead of MindSpore's fused Softmax kernel, in every hook).
+
+Process-wide settings are made once, by the first model built (vit_mindspore.model.configure_runtime).
 
 Graph mode compiles one graph per (model, input size, dtype) with `mindspore.jit`; compiled
 stage networks are cached on the model. bfloat16 is not offered: MindSpore's CPU backend has no
@@ -16,47 +17,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
 import mindspore as ms
 from mindspore import Tensor
 
-from shared import weights as W
-from shared.backend import Backend, BackendError
+from shared.backend import Backend
 from shared.config import ViTConfig
-from shared.init import init_weights
+from shared.errors import BackendError, UnsupportedError
 from shared.reference import check_images
 
 from . import convert
-from .model import StageNet, VisionTransformer, build_model
+from .model import StageNet, VisionTransformer, build_model, configure_runtime, to_canonical
 
 MODES = ("graph", "pynative")
-_configured = False
-
-
-def configure_runtime(threads: int | None = None) -> None:
-    """Thread count = cores and synchronous launches, once per process."""
-    global _configured
-    if _configured:
-        return
-    _configured = True
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = threads
-    try:
-        ms.set_device("CPU")
-    except Exception:  # already set by the caller
-        pass
-    try:
-        ms.device_context.cpu.op_tuning.threads_num(int(n))
-    except Exception:  # set already (it may only be set once): keep the caller's choice
-        pass
-    try:
-        ms.runtime.launch_blocking()
-    except Exception:
-        pass
 
 
 def bf16_probe() -> str | None:
@@ -74,35 +50,36 @@ class MindSporeBackend(Backend):
     requires = ("mindspore",)
     dtypes = ("float32", "float16")
     native_suffixes = (".ckpt",)
+    #: forward mode: "graph" (mindspore.jit, fastest) or "pynative"
+    mode: ClassVar[str] = "graph"
+    #: the attention softmax: MindSpore's fused Softmax kernel (True) or the expm1-based one
+    fused_softmax: ClassVar[bool] = True
 
-    def __init__(self, mode: str = "graph", fused_softmax: bool = True) -> None:
-        """mode: "graph" (mindspore.jit, fastest) or "pynative". fused_softmax: the attention uses
-        MindSpore's Softmax kernel (default, faster) or, if False, the expm1-based softmax; see
-        vit_mindspore.layers.Softmax for what each costs in accuracy."""
+    def __init__(self, mode: str | None = None, fused_softmax: bool | None = None) -> None:
+        """mode and fused_softmax default to the class's; see vit_mindspore.layers.Softmax for what each softmax
+        costs in accuracy."""
+        mode = mode or type(self).mode
         if mode not in MODES:
             raise BackendError(f"MindSpore mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
-        self.fused_softmax = bool(fused_softmax)
+        self.fused_softmax = type(self).fused_softmax if fused_softmax is None else bool(fused_softmax)
         configure_runtime()
 
     def check_dtype(self, dtype: str) -> None:
         if dtype == "bfloat16":
             why = bf16_probe() or "bfloat16 is not validated for this backend"
-            raise BackendError(f"backend 'mindspore' does not support bfloat16: MindSpore's CPU backend lacks "
-                               f"bfloat16 kernels ({why}); use float32 or float16")
+            raise UnsupportedError(f"backend 'mindspore' does not support bfloat16: MindSpore's CPU backend lacks "
+                                   f"bfloat16 kernels ({why}); use float32 or float16")
         super().check_dtype(dtype)
 
     # ------------------------------------------------------------------ build
     def build(self, cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *,
               dtype: str = "float32", seed: int = 0) -> VisionTransformer:
         self.check_dtype(dtype)
-        if state is None:
-            state = init_weights(cfg, seed)
-        W.validate_state(cfg, state)
-        return build_model(cfg, state, dtype, self.fused_softmax)
+        return build_model(cfg, state, dtype=dtype, seed=seed, fused_softmax=self.fused_softmax)
 
     def export(self, model: VisionTransformer) -> dict[str, np.ndarray]:
-        return convert.to_canonical(model)
+        return to_canonical(model)
 
     # ---------------------------------------------------------------- forward
     def stage_net(self, model: VisionTransformer, image_size: tuple[int, int]):
@@ -130,6 +107,12 @@ class MindSporeBackend(Backend):
                 model.set_train(True)
         return {name: o.asnumpy().astype(np.float32, copy=False) for name, o in zip(cfg.stage_names(), outs)}
 
+    def predict(self, model: VisionTransformer, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        from .train import predict_logits
+
+        check_images(model.config, np.asarray(images))
+        return predict_logits(model, images, batch)
+
     # ----------------------------------------------------------------- files
     def save_native(self, model: VisionTransformer, path: str | os.PathLike) -> Path:
         return convert.save_ckpt(model.config, self.export(model), path)
@@ -137,12 +120,57 @@ class MindSporeBackend(Backend):
     def load_native(self, path: str | os.PathLike, cfg: ViTConfig | None = None, *,
                     dtype: str = "float32") -> VisionTransformer:
         self.check_dtype(dtype)
-        cfg, state = convert.load_ckpt(path, cfg)
-        model = build_model(cfg, {k: np.zeros_like(v) for k, v in state.items()}, "float32", self.fused_softmax)
-        convert.load_into(model, state, str(path))  # strict: load_param_into_net, not-loaded lists must be empty
+        cfg, state = convert.load_ckpt(path, cfg)  # strict: digest, keys, shapes, dtypes
+        return build_model(cfg, state, dtype=dtype, fused_softmax=self.fused_softmax)
+
+    # --------------------------------------------------------------- training
+    def loss_and_grads(self, cfg, state, images, labels, label_smoothing=0.0, *, dtype="float32"):
+        from .train import loss_and_grads
+
         if dtype != "float32":
-            model = build_model(cfg, convert.to_canonical(model), dtype, self.fused_softmax)
-        return model
+            raise self._unsupported(f"loss_and_grads(dtype={dtype!r})")
+        return loss_and_grads(self.build(cfg, state), images, labels, label_smoothing)
+
+    def optimizer_step(self, cfg, state, images, labels, optimizer="sgd", *, lr, weight_decay=0.0,
+                       label_smoothing=0.0, betas=(0.9, 0.999), eps=1e-8):
+        from .train import optimizer_step
+
+        model = self.build(cfg, state)
+        optimizer_step(model, images, labels, optimizer, lr=lr, weight_decay=weight_decay,
+                       label_smoothing=label_smoothing, betas=betas, eps=eps)
+        return self.export(model)
+
+    def train(self, cfg, state, train_data, val_data, tcfg, *, progress=True, checkpoint=None):
+        from .train import train
+
+        model = self.build(cfg, state)
+        history = train(model, train_data, val_data, tcfg, progress=progress, checkpoint=checkpoint, name=self.name)
+        return self.export(model), history
+
+    # ------------------------------------------------------------- benchmarks
+    def bench_modes(self) -> dict[str, str]:
+        from .bench import MODES as BENCH_MODES
+
+        return BENCH_MODES
+
+    def bench(self, cfg, *, batch, dtype, mode, n_warmup, n_iter):
+        from .bench import bench
+
+        return bench(cfg, batch=batch, dtype=dtype, mode=mode, n_warmup=n_warmup, n_iter=n_iter)
 
 
-__all__ = ["MindSporeBackend", "BackendError", "configure_runtime", "bf16_probe"]
+class MindSporePyNativeBackend(MindSporeBackend):
+    """PyNative forwards (launch_blocking), no graph compilation."""
+
+    name = "mindspore-pynative"
+    mode = "pynative"
+
+
+class MindSporeExpm1Backend(MindSporeBackend):
+    """The expm1-based attention softmax instead of the fused Softmax kernel, in every hook."""
+
+    name = "mindspore-expm1"
+    fused_softmax = False
+
+
+__all__ = ["MindSporeBackend", "MindSporePyNativeBackend", "MindSporeExpm1Backend", "bf16_probe"]

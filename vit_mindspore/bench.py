@@ -28,18 +28,17 @@ from mindspore import Tensor
 
 from shared.bench import time_calls, vit_flops
 from shared.config import ViTConfig
-from shared.init import init_weights, random_images
+from shared.init import random_images
 from shared.presets import get_preset
 
-from .backend import configure_runtime
-from .model import build_model
+from .model import build_model, configure_runtime
 
 WARMUP = 6
 
 
 def _mindspore_runners(cfg: ViTConfig, batches, jit_level: str, pynative: bool = True,
                        fused_softmax: bool = True) -> list[tuple[dict, object]]:
-    model = build_model(cfg, init_weights(cfg, 0), "float32", fused_softmax)
+    model = build_model(cfg, fused_softmax=fused_softmax)
     graph = ms.jit(model, jit_level=jit_level)
     runners = []
     modes = (("pynative", model), ("graph", graph)) if pynative else (("graph", graph),)
@@ -90,14 +89,14 @@ MODES = {
 # the backend does not renice threads it does not own.
 
 
-def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "graph", n_warmup: int = 2,
+def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str = "graph", n_warmup: int = 2,
           n_iter: int = 5) -> dict:
-    """The shared.bench contract: median-timed forward of `batch` images in one mode (>= WARMUP warm-up calls)."""
+    """Median-timed forward of `batch` images in one mode, >= WARMUP warm-up calls (MindSporeBackend.bench)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     configure_runtime(threads)
-    model = build_model(cfg, init_weights(cfg, 0), dtype, mode != "graph_expm1")
+    model = build_model(cfg, dtype=dtype, fused_softmax=mode != "graph_expm1")
     fn = model if mode.startswith("pynative") else ms.jit(model, jit_level="O0")
     x = Tensor(random_images(cfg, batch))
     if dtype != "float32":
@@ -132,7 +131,7 @@ def profile_graph(cfg: ViTConfig, batch: int, steps: int = 2) -> list[tuple[str,
     """Graph-mode time per op type, from MindSpore's profiler: [(op type, calls per step, ms per step)]."""
     from mindspore import Profiler
 
-    model = ms.jit(build_model(cfg, init_weights(cfg, 0), "float32"), jit_level="O0")
+    model = ms.jit(build_model(cfg), jit_level="O0")
     x = Tensor(random_images(cfg, batch))
     for _ in range(WARMUP):
         model(x).asnumpy()

@@ -3,7 +3,11 @@
 Every numerics choice comes from the ViTConfig: nothing here relies on a MindSpore default
 (nn.GELU is tanh-approximate by default, nn.LayerNorm uses eps 1e-7 and names its parameters
 gamma/beta, nn.Conv2d is slow on CPU). Parameters are named like the canonical keys
-(`weight`, `bias`, ...), so a cell's parameter names *are* the canonical names.
+(`weight`, `bias`, ...), so a cell's parameter names *are* the canonical names. Cells create their
+parameters (zeros, canonical shapes, the compute dtype); `convert.load_canonical` fills them.
+
+The cells the other backends have too come in the same order: DropPath, PatchEmbed, Attention, Mlp,
+Block; before them, the cells MindSpore needs written out (Linear, LayerNorm, GELU, Softmax, Dropout).
 
 Precision: parameters are stored in the compute dtype (float32 or float16). Matmuls run in that
 dtype; LayerNorm, softmax, GELU and tanh compute in float32 and round their output to the compute
@@ -29,8 +33,9 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _TANH_C = math.sqrt(2.0 / math.pi)
 
 
-def _param(value: np.ndarray, name: str, dtype) -> Parameter:
-    return Parameter(Tensor(np.asarray(value, dtype=np.float32)).astype(dtype), name=name)
+def _param(shape: tuple[int, ...], name: str, dtype) -> Parameter:
+    """A zero parameter of a canonical shape in the compute dtype (the weights come from load_canonical)."""
+    return Parameter(Tensor(np.zeros(shape, np.float32)).astype(dtype), name=name)
 
 
 class _Cell(nn.Cell):
@@ -56,12 +61,12 @@ class _Cell(nn.Cell):
 class Linear(_Cell):
     """y = x W^T + b with W (out, in) as in the canonical file; rounds once to the compute dtype."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, dtype=mstype.float32):
+    def __init__(self, in_features: int, out_features: int, has_bias: bool = True, dtype=mstype.float32):
         super().__init__(dtype)
-        self.out_features, self.in_features = weight.shape
-        self.weight = _param(weight, "weight", dtype)
-        self.has_bias = bias is not None
-        self.bias = _param(bias, "bias", dtype) if bias is not None else None
+        self.out_features, self.in_features = out_features, in_features
+        self.weight = _param((out_features, in_features), "weight", dtype)
+        self.has_bias = bool(has_bias)
+        self.bias = _param((out_features,), "bias", dtype) if has_bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
         self.reshape = ops.Reshape()
@@ -77,11 +82,11 @@ class Linear(_Cell):
 class LayerNorm(_Cell):
     """LayerNorm over the last axis with eps from the config, params `weight`/`bias`, computed in float32."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, eps: float, dtype=mstype.float32):
+    def __init__(self, dim: int, eps: float, dtype=mstype.float32):
         super().__init__(dtype)
         self.eps = float(eps)
-        self.weight = _param(weight, "weight", dtype)
-        self.bias = _param(bias, "bias", dtype)
+        self.weight = _param((dim,), "weight", dtype)
+        self.bias = _param((dim,), "bias", dtype)
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=self.eps)
 
     def construct(self, x):
@@ -193,12 +198,12 @@ class PatchEmbed(_Cell):
     nn.Conv2d on MindSpore CPU. The parameter keeps the conv layout (D, C, P, P) of the canonical key.
     """
 
-    def __init__(self, cfg: ViTConfig, weight: np.ndarray, bias: np.ndarray, dtype=mstype.float32):
+    def __init__(self, cfg: ViTConfig, dtype=mstype.float32):
         super().__init__(dtype)
         self.patch = cfg.patch_size
         self.in_chans = cfg.in_chans
         self.embed_dim = cfg.embed_dim
-        self.proj = _ConvAsMatmul(weight, bias, dtype)
+        self.proj = _ConvAsMatmul((cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size), dtype)
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
 
@@ -216,12 +221,12 @@ class PatchEmbed(_Cell):
 class _ConvAsMatmul(_Cell):
     """Holds `weight` (D, C, P, P) and `bias` (D,); applies them to flattened patches."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, dtype=mstype.float32):
+    def __init__(self, shape: tuple[int, int, int, int], dtype=mstype.float32):
         super().__init__(dtype)
-        self.out_features = int(weight.shape[0])
-        self.fan_in = int(np.prod(weight.shape[1:]))
-        self.weight = _param(weight, "weight", dtype)
-        self.bias = _param(bias, "bias", dtype)
+        self.out_features = int(shape[0])
+        self.fan_in = int(np.prod(shape[1:]))
+        self.weight = _param(tuple(shape), "weight", dtype)
+        self.bias = _param((self.out_features,), "bias", dtype)
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
         self.reshape = ops.Reshape()
@@ -239,16 +244,15 @@ class Attention(_Cell):
     With cfg.attn_value_skip the output is v (heads merged) + proj(attn @ v), as reference.attention.
     """
 
-    def __init__(self, cfg: ViTConfig, p: dict, prefix: str, in_dim: int, dtype=mstype.float32,
-                 fused_softmax: bool = True):
+    def __init__(self, cfg: ViTConfig, in_dim: int, dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         self.width = cfg.width
         self.scale = float(cfg.scale)
         self.value_skip = bool(cfg.attn_value_skip)
-        self.qkv = Linear(p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias") if cfg.qkv_bias else None, dtype)
-        self.proj = Linear(p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"], dtype)
+        self.qkv = Linear(in_dim, 3 * cfg.width, cfg.qkv_bias, dtype)
+        self.proj = Linear(cfg.width, cfg.width, True, dtype)
         self.softmax = Softmax(dtype, fused_softmax)
         self.attn_drop = Dropout(cfg.attn_dropout)
         self.proj_drop = Dropout(cfg.dropout)
@@ -285,12 +289,14 @@ class Attention(_Cell):
 
 
 class Mlp(_Cell):
-    def __init__(self, cfg: ViTConfig, p: dict, prefix: str, dtype=mstype.float32):
+    """fc1 -> GELU (form from cfg.gelu, computed in float32) -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, cfg: ViTConfig, dim: int, dtype=mstype.float32):
         super().__init__(dtype)
-        self.fc1 = Linear(p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"], dtype)
+        self.fc1 = Linear(dim, cfg.mlp_dim, True, dtype)
         self.act = GELU(cfg.gelu, dtype)
         self.drop1 = Dropout(cfg.dropout)
-        self.fc2 = Linear(p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"], dtype)
+        self.fc2 = Linear(cfg.mlp_dim, dim, True, dtype)
         self.drop2 = Dropout(cfg.dropout)
 
     def construct(self, x):
@@ -298,25 +304,30 @@ class Mlp(_Cell):
 
 
 class Block(_Cell):
-    """Pre-norm transformer block; no outer attention residual when in/attention widths differ (T2T)."""
+    """Pre-norm transformer block i, exactly like `shared.reference.block`.
 
-    def __init__(self, cfg: ViTConfig, p: dict, i: int, drop_path: float = 0.0, dtype=mstype.float32,
-                 fused_softmax: bool = True):
+    When the block's input width differs from cfg.width (T2T first block) there is no outer residual around
+    attention (and so no stochastic depth on that branch). The stochastic-depth rate is
+    cfg.drop_path_rates[index], as in every backend.
+    """
+
+    def __init__(self, cfg: ViTConfig, index: int, dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
-        pre = f"blocks.{i}"
         eps = cfg.layer_norm_eps
-        in_dim = cfg.block_in_dim(i)
+        in_dim = cfg.block_in_dim(index)
         self.residual = in_dim == cfg.width
-        self.norm1 = LayerNorm(p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"], eps, dtype)
-        self.attn = Attention(cfg, p, f"{pre}.attn", in_dim, dtype, fused_softmax)
-        self.norm2 = LayerNorm(p[f"{pre}.norm2.weight"], p[f"{pre}.norm2.bias"], eps, dtype)
-        self.mlp = Mlp(cfg, p, f"{pre}.mlp", dtype)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path_rate = cfg.drop_path_rates[index]
+        self.norm1 = LayerNorm(in_dim, eps, dtype)
+        self.attn = Attention(cfg, in_dim, dtype, fused_softmax)
+        self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
+        self.norm2 = LayerNorm(cfg.width, eps, dtype)
+        self.mlp = Mlp(cfg, cfg.width, dtype)
+        self.drop_path2 = DropPath(self.drop_path_rate)
 
     def construct(self, x):
         y = self.attn(self.norm1(x))
         if self.residual:
-            x = x + self.drop_path(y)
+            x = x + self.drop_path1(y)
         else:
             x = y
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))

@@ -1,13 +1,18 @@
 """Training with MindSpore: `mindspore.value_and_grad` + `mindspore.experimental.optim.AdamW` (PyTorch's formula;
 mint.optim.AdamW has no CPU kernel).
 
-Same functions as vit_torch.train (train, evaluate, predict_logits, one_step, loss_and_grads).
+Every function takes a native model (`build_model`); `MindSporeBackend` adapts them to the canonical-state hooks
+of shared.backend.Backend:
+
+    predict_logits(model, images) -> the model's output (logits, softmaxed when cfg.output_softmax)
+    loss_and_grads(model, images, labels, label_smoothing) -> (loss, {canonical key: grad})
+    optimizer_step(model, images, labels, "sgd" | "adamw", lr=..., weight_decay=...)   in place
+    train(model, train_data, val_data, TrainConfig(steps=300)) -> history        in place
 
   loss       SmoothedCE(nn.Cell): log-softmax cross-entropy against (1 - eps) one_hot + eps / K, the
-             formula of shared.training.smoothed_ce, on the head output before any output softmax
-             (vit_mindspore.model.LossNet has no label smoothing, so this module has its own loss cell)
+             formula of shared.training.recipe.smoothed_ce, on the head output before any output softmax
   optimiser  experimental.optim.AdamW / SGD with two parameter groups (decay on matrices only,
-             shared.training.decay_mask); the shared warm-up + cosine schedule through
+             shared.training.recipe.decay_mask); the shared warm-up + cosine schedule through
              mindspore.experimental.optim.lr_scheduler.LambdaLR
   step       a train step function `grad_fn -> optimizer(grads)`, compiled with mindspore.jit when jit=True
   progress   a rich progress bar (loss, batch accuracy, lr), checkpoints in the canonical format per epoch
@@ -15,7 +20,6 @@ Same functions as vit_torch.train (train, evaluate, predict_logits, one_step, lo
 from __future__ import annotations
 
 import time
-from typing import Mapping
 
 import numpy as np
 
@@ -24,16 +28,10 @@ from mindspore import Tensor, nn, ops
 from mindspore.experimental import optim as eoptim
 from mindspore import dtype as mstype
 
-from shared import training as T
-from shared.config import ViTConfig
-from shared.data import batch_stream
-from shared.weights import validate_state
+from shared.training import recipe as T
+from shared.training.data import batch_stream
 
-from .backend import configure_runtime
-from .convert import to_canonical
-from .model import PosTable, build_model
-
-BACKEND = "mindspore"
+from .model import PosTable, VisionTransformer, to_canonical
 
 
 class RawLogits(nn.Cell):
@@ -71,48 +69,32 @@ class SmoothedCE(nn.Cell):
         return -(t * logp).sum() / z.shape[0]
 
 
-def _build(cfg: ViTConfig, state):
-    configure_runtime()
-    validate_state(cfg, state)
-    return build_model(cfg, state, "float32")
-
-
 def _groups(model, weight_decay: float):
     decay = [p for p in model.trainable_params() if T.decay_mask(p.name, tuple(p.shape))]
     other = [p for p in model.trainable_params() if not T.decay_mask(p.name, tuple(p.shape))]
     return [{"params": decay, "weight_decay": float(weight_decay)}, {"params": other, "weight_decay": 0.0}]
 
 
-def predict_logits(cfg: ViTConfig, state, images: np.ndarray, batch: int = 256, model=None) -> np.ndarray:
-    model = model or _build(cfg, state)
+def predict_logits(model: VisionTransformer, images: np.ndarray, batch: int = 256) -> np.ndarray:
     was = model.training
     model.set_train(False)
-    net = RawLogits(model)
     try:
-        outs = [net(Tensor(np.ascontiguousarray(images[i:i + batch], np.float32))).asnumpy()
+        outs = [model(Tensor(np.ascontiguousarray(images[i:i + batch], np.float32))).asnumpy().astype(np.float32)
                 for i in range(0, len(images), batch)]
     finally:
         model.set_train(was)
-    logits = np.concatenate(outs) if outs else np.zeros((0, cfg.num_classes), np.float32)
-    if cfg.output_softmax:
-        z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-        logits = (np.exp(z) / np.exp(z).sum(1, keepdims=True)).astype(np.float32)
-    return logits
+    return np.concatenate(outs) if outs else np.zeros((0, model.config.num_classes), np.float32)
 
 
-def evaluate(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, model=None) -> dict[str, float]:
-    return T.topk_accuracy(predict_logits(cfg, state, images, model=model), labels)
-
-
-def train(cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data, tcfg: T.TrainConfig,
-          progress: bool = True, checkpoint=None, jit: bool = False):
-    """A value_and_grad loop with experimental.optim.AdamW; returns (canonical float32 state, history)."""
+def train(model: VisionTransformer, train_data, val_data, tcfg: T.TrainConfig, *, progress: bool = True,
+          checkpoint=None, name: str = "mindspore", jit: bool = False) -> list[dict]:
+    """A value_and_grad loop with experimental.optim.AdamW, in place; returns the history (a dict per evaluation)."""
     from mindspore.experimental.optim.lr_scheduler import LambdaLR
 
+    cfg = model.config
     ms.set_seed(tcfg.seed)
     x, y = T.as_xy(train_data)
     vx, vy = T.as_xy(val_data)
-    model = _build(cfg, state)
     model.set_train(True)
     total = tcfg.total_steps(len(y))
     per_epoch = tcfg.steps_per_epoch(len(y))
@@ -125,7 +107,7 @@ def train(cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data,
 
     def step_fn(xb, yb):
         loss, grads = grad_fn(xb, yb)
-        opt(grads)
+        opt(tuple(ms.mutable(g) for g in grads))  # variables, not constants: no recompiling per step
         return loss
 
     if jit:
@@ -135,7 +117,7 @@ def train(cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data,
     stream = batch_stream(len(y), tcfg.batch, tcfg.seed, tcfg.start_step)
     t0 = time.perf_counter()
     run_loss = run_acc = None
-    with T.Progress(total - tcfg.start_step, f"mindspore train {cfg.name}", progress) as bar:
+    with T.Progress(total - tcfg.start_step, f"{name} train {cfg.name}", progress) as bar:
         for step in range(tcfg.start_step, total):
             epoch, idx = next(stream)
             xb = Tensor(x[idx])
@@ -157,35 +139,34 @@ def train(cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data,
                 rec = {"step": done, "epoch": epoch, "lr": lr, "loss": loss, "train_loss_avg": run_loss,
                        "seconds": time.perf_counter() - t0}
                 if want_eval and vx is not None:
-                    rec.update({f"val_{k}": v for k, v in evaluate(cfg, None, vx, vy, model=model).items()})
-                    model.set_train(True)
+                    rec.update({f"val_{k}": v for k, v in T.topk_accuracy(predict_logits(model, vx), vy).items()})
                     bar.log(f"step {done}: loss {run_loss:.4f}, held-out top-1 {rec['val_top1']:.2%}")
                 history.append(rec)
                 if checkpoint is not None and (end_of_epoch or done == total):
-                    T.save_checkpoint(checkpoint, cfg, to_canonical(model), tcfg, done, BACKEND, history)
+                    T.save_checkpoint(checkpoint, cfg, to_canonical(model), tcfg, done, name, history)
     model.set_train(False)
-    return to_canonical(model), history
+    return history
 
 
-# ------------------------------------------------------------------ conformance entry points
-def loss_and_grads(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0):
+def _grad_fn(model: VisionTransformer, label_smoothing: float, params):
+    model.set_train(False)  # no dropout / drop path
+    loss_net = SmoothedCE(RawLogits(model), model.config.num_classes, label_smoothing)
+    return ms.value_and_grad(loss_net, None, params)
+
+
+def loss_and_grads(model: VisionTransformer, images: np.ndarray, labels: np.ndarray,
+                   label_smoothing: float = 0.0) -> tuple[float, dict[str, np.ndarray]]:
     """(mean loss, canonical key -> float32 gradient) via mindspore.value_and_grad, no dropout."""
-    model = _build(cfg, state)
-    model.set_train(False)
-    loss_net = SmoothedCE(RawLogits(model), cfg.num_classes, label_smoothing)
     params = model.trainable_params()
-    grad_fn = ms.value_and_grad(loss_net, None, params)
-    loss, grads = grad_fn(Tensor(np.ascontiguousarray(images, np.float32)),
-                          Tensor(np.asarray(labels, np.int32)))
+    loss, grads = _grad_fn(model, label_smoothing, params)(Tensor(np.ascontiguousarray(images, np.float32)),
+                                                           Tensor(np.asarray(labels, np.int32)))
     return float(loss.asnumpy()), {p.name: g.asnumpy().astype(np.float32) for p, g in zip(params, grads)}
 
 
-def one_step(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, optimizer: str = "sgd",
-             lr: float = 1e-2, weight_decay: float = 0.0, label_smoothing: float = 0.0, betas=(0.9, 0.999),
-             eps: float = 1e-8) -> dict[str, np.ndarray]:
-    """One experimental.optim.SGD / AdamW step (decay on matrices only) from `state`; no dropout."""
-    model = _build(cfg, state)
-    model.set_train(False)
+def optimizer_step(model: VisionTransformer, images: np.ndarray, labels: np.ndarray, optimizer: str = "sgd", *,
+                   lr: float, weight_decay: float = 0.0, label_smoothing: float = 0.0, betas=(0.9, 0.999),
+                   eps: float = 1e-8) -> None:
+    """One experimental.optim.SGD / AdamW step (decay on matrices only) on `model`, no dropout."""
     groups = _groups(model, weight_decay)
     if optimizer == "sgd":
         opt = eoptim.SGD(groups, lr=lr)
@@ -193,8 +174,6 @@ def one_step(cfg: ViTConfig, state, images: np.ndarray, labels: np.ndarray, opti
         opt = eoptim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
-    loss_net = SmoothedCE(RawLogits(model), cfg.num_classes, label_smoothing)
-    grad_fn = ms.value_and_grad(loss_net, None, opt.parameters)
-    _, grads = grad_fn(Tensor(np.ascontiguousarray(images, np.float32)), Tensor(np.asarray(labels, np.int32)))
-    opt(grads)
-    return to_canonical(model)
+    _, grads = _grad_fn(model, label_smoothing, opt.parameters)(Tensor(np.ascontiguousarray(images, np.float32)),
+                                                                 Tensor(np.asarray(labels, np.int32)))
+    opt(tuple(ms.mutable(g) for g in grads))

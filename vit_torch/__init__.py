@@ -1,5 +1,23 @@
-"""PyTorch backend of the vit-suite: `VisionTransformer`, `build_model`, and `TorchBackend` (vit_torch.backend)."""
-from .layers import Attention, Block, Mlp, PatchEmbed
-from .model import VisionTransformer, build_model
+"""PyTorch backend of the vit-suite: the ViT (`VisionTransformer`, `build_model`), canonical weights in and out
+(`load_canonical`, `to_canonical`) and `TorchBackend`, the suite's interface to it.
 
-__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer", "build_model"]
+Names are imported on first use, the same way in all three backend packages.
+"""
+from __future__ import annotations
+
+_EXPORTS = {
+    "DropPath": "layers", "PatchEmbed": "layers", "Attention": "layers", "Mlp": "layers", "Block": "layers",
+    "VisionTransformer": "model", "build_model": "model",
+    "load_canonical": "model", "to_canonical": "model",
+    "TorchBackend": "backend",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

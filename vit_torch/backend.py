@@ -1,25 +1,28 @@
-"""`TorchBackend`: the suite's Backend interface over vit_torch.
+"""`TorchBackend`: the suite's Backend interface over vit_torch, and its variant `TorchExplicitBackend`.
 
 Float32 matmul settings are pinned explicitly (never inherited): TF32 is off for CUDA matmul
 and cuDNN, and the oneDNN (mkldnn) CPU backend stays enabled (torch's default CPU path; its
 float32 GEMMs accumulate in float32). bfloat16/float16 models hold their weights in that dtype;
 their errors are judged by the low-precision rule of shared/tolerances.py.
+
+Training hooks run vit_torch.train on a model built here (so a variant trains with its own attention);
+`loss_and_grads(dtype="float64")` is the suite's gradient oracle (SDPA attention in float64).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 import torch
 
-from shared.backend import Backend, BackendError
+from shared.backend import Backend
 from shared.config import ViTConfig
 from shared.reference import check_images
 
 from . import convert
-from .model import TORCH_DTYPES, VisionTransformer, build_model
+from .model import TORCH_DTYPES, VisionTransformer, build_model, to_canonical
 
 
 def pin_float32_numerics() -> None:
@@ -37,17 +40,19 @@ class TorchBackend(Backend):
     requires = ("torch",)
     dtypes = ("float32", "bfloat16", "float16")
     native_suffixes = (".pt", ".pth", ".safetensors")
+    #: F.scaled_dot_product_attention (True) or the explicit attention that can return its maps
+    fused_attn: ClassVar[bool] = True
 
     def __init__(self) -> None:
         pin_float32_numerics()
 
     def build(self, cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *,
-              dtype: str = "float32", seed: int = 0, fused_attn: bool = True) -> VisionTransformer:
+              dtype: str = "float32", seed: int = 0) -> VisionTransformer:
         self.check_dtype(dtype)
-        return build_model(cfg, state, dtype=dtype, seed=seed, fused_attn=fused_attn)
+        return build_model(cfg, state, dtype=dtype, seed=seed, fused_attn=self.fused_attn)
 
     def export(self, model: VisionTransformer) -> dict[str, np.ndarray]:
-        return convert.to_canonical(model)
+        return to_canonical(model)
 
     def forward(self, model: VisionTransformer, images: np.ndarray) -> dict[str, np.ndarray]:
         images = np.asarray(images)
@@ -71,10 +76,60 @@ class TorchBackend(Backend):
                     dtype: str = "float32") -> VisionTransformer:
         self.check_dtype(dtype)
         cfg, tensors = convert.load_state_dict_file(path, cfg)
-        model = VisionTransformer(cfg)
+        model = VisionTransformer(cfg, fused_attn=self.fused_attn)
         with torch.no_grad():
             model.load_state_dict(tensors, strict=True)
         return model.to(TORCH_DTYPES[dtype]).eval()
 
+    def predict(self, model: VisionTransformer, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        from .train import predict_logits
 
-__all__ = ["TorchBackend", "BackendError", "pin_float32_numerics"]
+        check_images(model.config, np.asarray(images))
+        return predict_logits(model, images, batch)
+
+    # --------------------------------------------------------------- training
+    def loss_and_grads(self, cfg, state, images, labels, label_smoothing=0.0, *, dtype="float32"):
+        from .train import loss_and_grads
+
+        if dtype not in ("float32", "float64"):
+            raise self._unsupported(f"loss_and_grads(dtype={dtype!r})")
+        return loss_and_grads(build_model(cfg, state, dtype=dtype, fused_attn=self.fused_attn), images, labels,
+                              label_smoothing)
+
+    def optimizer_step(self, cfg, state, images, labels, optimizer="sgd", *, lr, weight_decay=0.0,
+                       label_smoothing=0.0, betas=(0.9, 0.999), eps=1e-8):
+        from .train import optimizer_step
+
+        model = self.build(cfg, state)
+        optimizer_step(model, images, labels, optimizer, lr=lr, weight_decay=weight_decay,
+                       label_smoothing=label_smoothing, betas=betas, eps=eps)
+        return self.export(model)
+
+    def train(self, cfg, state, train_data, val_data, tcfg, *, progress=True, checkpoint=None):
+        from .train import train
+
+        model = self.build(cfg, state)
+        history = train(model, train_data, val_data, tcfg, progress=progress, checkpoint=checkpoint, name=self.name)
+        return self.export(model), history
+
+    # ------------------------------------------------------------- benchmarks
+    def bench_modes(self) -> dict[str, str]:
+        from .bench import MODES
+
+        return MODES
+
+    def bench(self, cfg, *, batch, dtype, mode, n_warmup, n_iter):
+        from .bench import bench
+
+        return bench(cfg, batch=batch, dtype=dtype, mode=mode, n_warmup=n_warmup, n_iter=n_iter,
+                     fused_attn=self.fused_attn)
+
+
+class TorchExplicitBackend(TorchBackend):
+    """The explicit attention path (float32 scores and softmax, maps available) in every hook."""
+
+    name = "torch-explicit"
+    fused_attn = False
+
+
+__all__ = ["TorchBackend", "TorchExplicitBackend", "pin_float32_numerics"]

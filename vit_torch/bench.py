@@ -35,7 +35,7 @@ from shared.init import random_images
 from .model import TORCH_DTYPES, VisionTransformer, build_model
 
 
-#: mode -> description (the contract of the suite's bench modules: MODES + bench()).
+#: mode -> description (TorchBackend.bench_modes; peers' descriptions start with "peer:").
 MODES: dict[str, str] = {
     "eager": "build_model as is: SDPA attention, weights in dtype",
     "fast": "oneDNN-prepacked Linear weights, GELU fused into fc1 (bfloat16: AVX512-BF16/AMX kernels)",
@@ -77,16 +77,18 @@ def make_fast(model: VisionTransformer) -> VisionTransformer:
 
 def fast_conformance(preset: str = "tiny", dtype: str = "float32") -> str:
     """The policy's verdict on the fast path for a preset (reported by the benchmark, not a test)."""
-    from conformance_tests import helpers
-    from shared import tolerances
+    from shared import reference, tolerances
+    from shared.init import init_weights
+    from shared.presets import get_preset
 
-    cfg, state, x = helpers.case(preset)
+    cfg = get_preset(preset)
+    state, x = init_weights(cfg, 0), random_images(cfg, 2, 0)
     model = make_fast(build_model(cfg, state, dtype=dtype))
     with torch.inference_mode():
         st = model.forward_stages(torch.from_numpy(x).to(TORCH_DTYPES[dtype]))
     out = {k: v.float().numpy() for k, v in st.items()}
-    ref_lp = helpers.reference_stages(preset, dtype) if dtype != "float32" else None
-    return tolerances.judge(cfg, dtype, out, helpers.reference_stages(preset), ref_lp).summary()
+    ref_lp = reference.forward(cfg, state, x, dtype=dtype) if dtype != "float32" else None
+    return tolerances.judge(cfg, dtype, out, reference.forward(cfg, state, x), ref_lp).summary()
 
 
 # -------------------------------------------------------------------- timing
@@ -95,10 +97,10 @@ def _time(fn, x, n_warmup: int, n_iter: int) -> list[float]:
         return time_calls(lambda: fn(x), n_warmup, n_iter)
 
 
-def prepare(cfg: ViTConfig, dtype: str = "float32", mode: str = "eager", seed: int = 0):
+def prepare(cfg: ViTConfig, dtype: str = "float32", mode: str = "eager", seed: int = 0, fused_attn: bool = True):
     """(callable, setup seconds) for a mode."""
     t0 = time.perf_counter()
-    model = build_model(cfg, dtype=dtype, seed=seed)
+    model = build_model(cfg, dtype=dtype, seed=seed, fused_attn=fused_attn)
     if mode == "eager":
         fn = model
     elif mode == "fast":
@@ -116,15 +118,15 @@ def _result(cfg, batch, times, **extra) -> dict:
                 best_images_per_s=batch / best, n=len(times), **extra)
 
 
-def bench(cfg: ViTConfig, batch: int = 8, dtype: str = "float32", mode: str = "eager", n_warmup: int = 2,
-          n_iter: int = 5, threads: int | None = None, seed: int = 0) -> dict:
-    """Median-timed forward of `batch` images: images/s and matmul GFLOP/s (vit_flops)."""
+def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str = "eager", n_warmup: int = 2,
+          n_iter: int = 5, threads: int | None = None, seed: int = 0, fused_attn: bool = True) -> dict:
+    """Median-timed forward of `batch` images: images/s and matmul GFLOP/s (vit_flops). TorchBackend.bench."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     if mode == "timm":
         return bench_timm(cfg.name, batch, dtype, n_warmup, n_iter)
     if mode == "hf":
         return bench_hf(cfg, batch, dtype, n_warmup, n_iter)
-    fn, setup_s = prepare(cfg, dtype, mode, seed)
+    fn, setup_s = prepare(cfg, dtype, mode, seed, fused_attn)
     x = torch.from_numpy(random_images(cfg, batch, seed)).to(TORCH_DTYPES[dtype])
     t0 = time.perf_counter()
     times = _time(fn, x, n_warmup, n_iter)
@@ -199,6 +201,9 @@ def main(argv=None) -> None:
         print(f"{mode:8s} {dtype:9s} {r['images_per_s']:7.2f} img/s {r['gflops_per_s']:7.1f} GFLOP/s "
               f"x{r['vs_timm_fp32']:.2f} vs timm fp32 (median of per-pass ratios x{r['vs_timm_fp32_same_pass']:.2f}; "
               f"best {r['best_images_per_s']:.2f} img/s; passes: {', '.join(f'{args.batch / t:.2f}' for t in ts)})")
+    for dtype in sorted({d for m, d in runs if m == "fast"}):  # the fast path is another kernel: its accuracy
+        print(f"fast path {dtype}, tolerance policy on presets tiny / tiny_t2t: "
+              f"{fast_conformance('tiny', dtype)} / {fast_conformance('tiny_t2t', dtype)}")
     print(json.dumps({"preset": cfg.name, "gflop_per_image": vit_flops(cfg) / 1e9, "threads": torch.get_num_threads(),
                       "rows": rows}, default=str))
 

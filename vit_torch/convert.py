@@ -1,4 +1,4 @@
-"""Canonical state dict <-> torch model, and the native weight files (.pt/.pth, .safetensors).
+"""The native weight files of the torch backend (.pt/.pth, .safetensors); canonical dicts are model.py's.
 
 Native files are plain float32 state dicts with the canonical key names (a bfloat16/float16 model
 is written upcast, which is exact). `.safetensors` files also carry the config in their metadata
@@ -13,67 +13,23 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 import torch
 
 from shared.config import ViTConfig
-from shared.weights import (CANONICAL_DTYPE, FORMAT_NAME, FORMAT_VERSION, InvalidFileError, MismatchError,
-                            atomic_write, config_from_metadata, expected_shapes, read_safetensors_header,
-                            validate_state)
+from shared.errors import InvalidFileError, MismatchError
+from shared.weights import (FORMAT_NAME, FORMAT_VERSION, atomic_write, config_from_metadata, expected_shapes,
+                            read_safetensors_header, validate_state)
 
 PT_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
-# ------------------------------------------------------------ canonical dicts
-def load_canonical(model: torch.nn.Module, state: Mapping[str, np.ndarray], source: str = "<state dict>") -> None:
-    """Validate a canonical float32 NumPy state dict strictly, then load it into `model` (strict=True)."""
-    cfg = model.config
-    validate_state(cfg, state, source=source)
-    dtype = model.patch_embed.proj.weight.dtype
-    tensors = {k: torch.from_numpy(np.array(state[k], dtype=CANONICAL_DTYPE, copy=True)).to(dtype)
-               for k in expected_shapes(cfg)}
-    with torch.no_grad():
-        model.load_state_dict(tensors, strict=True)
-
-
-def to_canonical(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    """The model's canonical float32 state dict (bit-exact for a float32 model; exact upcast otherwise)."""
-    out = {}
-    for k, v in model.state_dict().items():
-        out[k] = v.detach().to("cpu", torch.float32).contiguous().numpy().copy()
-    return out
-
-
 # --------------------------------------------------------------- native files
-def check_native_state(cfg: ViTConfig, tensors: Mapping[str, object], source: str) -> None:
-    """Every key present, none extra, each a dense float32 tensor of the expected shape; else MismatchError."""
-    expected = expected_shapes(cfg)
-    problems = [f"missing key {k!r} (expected shape {s})" for k, s in expected.items() if k not in tensors]
-    problems += [f"unexpected key {k!r}" for k in sorted(tensors, key=str) if k not in expected]
-    for k, shape in expected.items():
-        if k not in tensors:
-            continue
-        v = tensors[k]
-        if not isinstance(v, torch.Tensor):
-            problems.append(f"key {k!r}: expected a tensor, got {type(v).__name__}")
-        elif v.layout != torch.strided:
-            problems.append(f"key {k!r}: expected a dense tensor, got layout {v.layout}")
-        elif tuple(v.shape) != shape:
-            problems.append(f"key {k!r}: expected shape {shape}, got {tuple(v.shape)}")
-        elif v.dtype != torch.float32:
-            problems.append(f"key {k!r}: expected dtype float32, got {str(v.dtype).replace('torch.', '')}")
-        elif not bool(torch.isfinite(v).all()):
-            problems.append(f"key {k!r}: {int((~torch.isfinite(v)).sum())} non-finite value(s) (NaN or Inf)")
-    if problems:
-        raise MismatchError(source, problems)
-
-
 def save_state_dict(cfg: ViTConfig, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write a float32 torch state dict to `.safetensors` (config in metadata) or `.pt`/`.pth`, atomically."""
     path = Path(path)
     tensors = {k: state[k].detach().to("cpu", torch.float32).contiguous().clone() for k in expected_shapes(cfg)}
-    check_native_state(cfg, tensors, str(path))
+    validate_state(cfg, tensors, str(path))
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
         from safetensors.torch import save_file
@@ -124,7 +80,11 @@ def load_state_dict_file(path: str | os.PathLike, cfg: ViTConfig | None = None) 
                 f"re-save the weights as a plain state dict or as .safetensors") from None
         if not isinstance(tensors, dict) or not all(isinstance(k, str) for k in tensors):
             raise InvalidFileError(f"{path}: expected a state dict (str -> tensor), got {type(tensors).__name__}")
+        sparse = [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.layout != torch.strided]
+        if sparse:
+            raise MismatchError(str(path), [f"key {k!r}: expected a dense tensor, got layout {tensors[k].layout}"
+                                            for k in sparse])
     else:
         raise InvalidFileError(f"{path}: unknown native suffix {path.suffix!r}; use .pt, .pth or .safetensors")
-    check_native_state(cfg, tensors, str(path))
+    validate_state(cfg, tensors, str(path))
     return cfg, dict(tensors)

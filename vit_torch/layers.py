@@ -22,8 +22,8 @@ def layer_norm(dim: int, cfg: ViTConfig) -> nn.LayerNorm:
 
 
 def softmax_f32(x: torch.Tensor) -> torch.Tensor:
-    """Softmax computed in float32 (max-subtracted by torch) and rounded once to x's dtype."""
-    return torch.softmax(x, dim=-1, dtype=torch.float32).to(x.dtype)
+    """Softmax computed in at least float32 (max-subtracted by torch) and rounded once to x's dtype."""
+    return torch.softmax(x, dim=-1, dtype=torch.promote_types(x.dtype, torch.float32)).to(x.dtype)
 
 
 class DropPath(nn.Module):
@@ -64,8 +64,9 @@ class Attention(nn.Module):
 
     Input width `in_dim` may differ from the attention width cfg.width (T2T first block).
     With cfg.attn_value_skip the output is `v_merged + proj(softmax(q k^T * scale) v)`.
-    `fused_attn=True` uses F.scaled_dot_product_attention(scale=cfg.scale); the explicit path
-    (float32 q k^T and softmax, probabilities rounded to the model dtype, matmul) is used otherwise and whenever attention maps are requested.
+    `fused_attn=True` uses F.scaled_dot_product_attention(scale=cfg.scale); the explicit path (q k^T and softmax
+    in at least float32, probabilities rounded to the model dtype, matmul) is used otherwise and whenever
+    attention maps are requested.
     """
 
     def __init__(self, cfg: ViTConfig, in_dim: int, fused_attn: bool = True):
@@ -89,8 +90,10 @@ class Attention(nn.Module):
             p = self.attn_drop.p if self.training else 0.0
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
         else:
-            # scores in float32 (one rounding less than a low-precision matmul + scale), probs rounded once
-            scores = (q.float() @ k.float().transpose(-2, -1)) * self.scale
+            # scores in at least float32 (one rounding less than a low-precision matmul + scale; a float64
+            # model stays float64), probabilities rounded once to the model dtype
+            acc = torch.promote_types(q.dtype, torch.float32)
+            scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * self.scale
             probs = torch.softmax(scores, dim=-1).to(q.dtype)
             o = self.attn_drop(probs) @ v
         o = o.transpose(1, 2).reshape(B, T, W)
@@ -122,19 +125,21 @@ class Block(nn.Module):
     """Pre-norm transformer block i, exactly like `shared.reference.block`.
 
     When the block's input width differs from cfg.width (T2T first block) there is no outer
-    residual around attention (and so no stochastic depth on that branch).
+    residual around attention (and so no stochastic depth on that branch). The stochastic-depth
+    rate is cfg.drop_path_rates[index], as in every backend.
     """
 
-    def __init__(self, cfg: ViTConfig, index: int, drop_path: float = 0.0, fused_attn: bool = True):
+    def __init__(self, cfg: ViTConfig, index: int, fused_attn: bool = True):
         super().__init__()
         din = cfg.block_in_dim(index)
         self.residual = din == cfg.width
+        self.drop_path_rate = cfg.drop_path_rates[index]
         self.norm1 = layer_norm(din, cfg)
         self.attn = Attention(cfg, din, fused_attn)
-        self.drop_path1 = DropPath(drop_path if self.residual else 0.0)
+        self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
         self.norm2 = layer_norm(cfg.width, cfg)
         self.mlp = Mlp(cfg, cfg.width)
-        self.drop_path2 = DropPath(drop_path)
+        self.drop_path2 = DropPath(self.drop_path_rate)
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
         y, probs = self.attn(self.norm1(x), return_attn)

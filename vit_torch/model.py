@@ -1,12 +1,18 @@
 """`VisionTransformer`: the suite's ViT in PyTorch; `state_dict()` is the canonical state dict.
 
+    model = build_model(cfg, state, dtype="float32")   # canonical weights in (validated strictly)
+    state = to_canonical(model)                         # and out, bit-exact; load_canonical(model, state)
+
 Parameter names equal the canonical keys of `shared.weights.expected_shapes(cfg)`: there are no
 persistent buffers, the zero prediction token is built on the fly, fixed sin-cos tables and
 the position-table resampling matrices live in a plain per-(grid, dtype, device) cache.
 
 Dynamic input size: any H, W divisible by the patch. A learned table stored at cfg.table_grid is
-resampled to the input grid with `shared.posemb.resize_matrix` (float64 NumPy, cast to float32
-tensors) applied by einsum in float32, so gradients flow to `pos_embed`; prefix rows are kept.
+resampled to the input grid with `shared.posemb.resize_matrix` (float64 NumPy) applied by einsum in at
+least float32 (float64 in a float64 model), so gradients flow to `pos_embed`; prefix rows are kept.
+
+Precision: float32, bfloat16, float16 (the backend's dtypes) and float64 (the gradient oracle). Reductions
+and normalisations (softmax, mean pooling, table resampling) run in at least float32 and round once.
 """
 from __future__ import annotations
 
@@ -18,11 +24,18 @@ import torch
 from torch import nn
 
 from shared.config import ViTConfig
+from shared.init import init_weights
 from shared.posemb import fixed_table, resize_matrix
+from shared.weights import CANONICAL_DTYPE, expected_shapes, validate_state
 
 from .layers import Block, PatchEmbed, layer_norm, softmax_f32
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+
+
+def _at_least_f32(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
 
 
 class VisionTransformer(nn.Module):
@@ -37,8 +50,7 @@ class VisionTransformer(nn.Module):
             gh, gw = cfg.table_grid
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + gh * gw, D))
         self.pos_drop = nn.Dropout(cfg.dropout)
-        rates = np.linspace(0.0, cfg.drop_path, cfg.depth) if cfg.depth > 1 else np.zeros(cfg.depth)
-        self.blocks = nn.ModuleList([Block(cfg, i, float(rates[i]), fused_attn) for i in range(cfg.depth)])
+        self.blocks = nn.ModuleList([Block(cfg, i, fused_attn) for i in range(cfg.depth)])
         self.norm = layer_norm(W, cfg) if cfg.final_norm else nn.Identity()
         self.fc_norm = layer_norm(W, cfg) if cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
@@ -53,24 +65,23 @@ class VisionTransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embed.proj.weight.dtype
 
-    def set_fused_attn(self, enabled: bool) -> "VisionTransformer":
-        for b in self.blocks:
-            b.attn.fused_attn = bool(enabled)
-        return self
-
     # ---------------------------------------------------------- position table
-    def _resample_matrices(self, grid: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = ("resize", grid, device)
+    def _resample_matrices(self, grid: tuple[int, int], device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("resize", grid, device, dtype)
         if key not in self._table_cache:
             cfg = self.config
             (th, tw), (gh, gw) = cfg.table_grid, grid
             wh = torch.from_numpy(np.array(resize_matrix(th, gh, cfg.resize_kernel), np.float64))
             ww = torch.from_numpy(np.array(resize_matrix(tw, gw, cfg.resize_kernel), np.float64))
-            self._table_cache[key] = (wh.to(device, torch.float32), ww.to(device, torch.float32))
+            self._table_cache[key] = (wh.to(device, dtype), ww.to(device, dtype))
         return self._table_cache[key]
 
     def pos_table(self, grid: tuple[int, int]) -> torch.Tensor | None:
-        """The (1, prefix + gh*gw, D) table added at `grid` (float32 for learned tables, float64 for fixed), or None."""
+        """The (1, prefix + gh*gw, D) table added at `grid`, or None.
+
+        Learned tables come in at least float32 (resampled when the grid differs), fixed ones in float64;
+        the caller rounds to the model dtype once.
+        """
         cfg = self.config
         grid = (int(grid[0]), int(grid[1]))
         if cfg.pos_embed == "none":
@@ -81,10 +92,11 @@ class VisionTransformer(nn.Module):
                 return table
             n0 = cfg.num_prefix_tokens
             th, tw = cfg.table_grid
-            wh, ww = self._resample_matrices(grid, table.device)
-            patches = table[0, n0:].float().reshape(th, tw, -1)
+            acc = _at_least_f32(table)
+            wh, ww = self._resample_matrices(grid, table.device, acc)
+            patches = table[0, n0:].to(acc).reshape(th, tw, -1)
             out = torch.einsum("ah,hwd,bw->abd", wh, patches, ww).reshape(grid[0] * grid[1], -1)
-            return torch.cat([table[0, :n0].float(), out], dim=0)[None]
+            return torch.cat([table[0, :n0].to(acc), out], dim=0)[None]
         device = self.patch_embed.proj.weight.device
         key = ("fixed", grid, device)
         if key not in self._table_cache:
@@ -122,8 +134,8 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         if cfg.pool == "token":
             x = x[:, 0]
-        else:  # mean over patch tokens only, accumulated in float32
-            x = x[:, cfg.num_prefix_tokens:].float().mean(dim=1).to(x.dtype)
+        else:  # mean over patch tokens only, accumulated in at least float32
+            x = x[:, cfg.num_prefix_tokens:].to(_at_least_f32(x)).mean(dim=1).to(x.dtype)
         x = self.pre_logits(self.fc_norm(x))
         return x if pre_logits else self._logits(x)
 
@@ -155,13 +167,31 @@ class VisionTransformer(nn.Module):
         return out
 
 
-def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, dtype: str = "float32",
+def load_canonical(model: VisionTransformer, state: Mapping[str, np.ndarray], source: str = "<state dict>") -> None:
+    """Validate a canonical float32 NumPy state dict strictly, then load it into `model` (strict=True)."""
+    cfg = model.config
+    validate_state(cfg, state, source=source)
+    dtype = model.patch_embed.proj.weight.dtype
+    tensors = {k: torch.from_numpy(np.array(state[k], dtype=CANONICAL_DTYPE, copy=True)).to(dtype)
+               for k in expected_shapes(cfg)}
+    with torch.no_grad():
+        model.load_state_dict(tensors, strict=True)
+
+
+def to_canonical(model: VisionTransformer) -> dict[str, np.ndarray]:
+    """The model's canonical float32 state dict (bit-exact for a float32 model; exact upcast otherwise)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        out[k] = v.detach().to("cpu", torch.float32).contiguous().numpy().copy()
+    return out
+
+
+def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *, dtype: str = "float32",
                 seed: int = 0, fused_attn: bool = True) -> VisionTransformer:
-    """A VisionTransformer in eval mode with canonical weights (`state`, or init_weights(cfg, seed)) in `dtype`."""
-    from shared.init import init_weights
+    """A VisionTransformer in eval mode holding canonical weights (`state`, or init_weights(cfg, seed)) in `dtype`.
 
-    from .convert import load_canonical
-
+    fused_attn: F.scaled_dot_product_attention (default) or the explicit attention that can return its maps.
+    """
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(TORCH_DTYPES)}, got {dtype!r}")
     model = VisionTransformer(cfg, fused_attn=fused_attn)

@@ -36,9 +36,3 @@ class TanhGelu(TorchBackend):
         model = super().build(cfg.replace(gelu="tanh"), state, dtype=dtype, seed=seed)
         model.config = cfg
         return model
-
-
-class ThirdParty(TorchBackend):
-    """A correct implementation registered from outside, as a third party would: it must pass the suite."""
-
-    name = "thirdparty"

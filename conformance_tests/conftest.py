@@ -1,15 +1,24 @@
-"""Suite-wide setup.
+"""Suite-wide setup: the backend matrix.
 
-Import order is deliberate, not luck: TensorFlow imported before MindSpore aborts the
-process (both register the same LLVM option), the other order works. The whole suite
-runs in one process, so MindSpore (when installed) is imported here, before any test
-module can import TensorFlow. `vit-suite check` instead runs each backend in its own process.
+The `backend` fixture is every registered backend: the built-ins, their configuration variants (explicit
+attention, XLA, PyNative, the expm1 softmax) and any third-party one registered through the
+`vit_suite.backends` entry point or VIT_SUITE_BACKENDS. `--backends a,b` narrows it. A registered backend that
+is not installed FAILS its tests: CI must run all of them. `primary_backend` leaves the variants out, for what a
+variant shares with its primary by construction (files, validation, the training loop), `variant` is every
+registered variant (each is compared with its primary backend), `backend_pair` every unordered pair.
+
+Import order is deliberate, not luck: TensorFlow imported before MindSpore aborts the process (both register
+the same LLVM option), the other order works. The whole suite runs in one process, so MindSpore (when
+installed) is imported here, before any test module can import TensorFlow. `vit-suite check` instead runs
+each backend in its own process.
 """
 import importlib.util
+import itertools
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "upb")
 if importlib.util.find_spec("mindspore") is not None:
     import mindspore  # noqa: F401  (must precede tensorflow, see above)
 
@@ -18,25 +27,75 @@ import pytest  # noqa: E402
 
 def pytest_addoption(parser):
     parser.addoption("--backends", default=None,
-                     help="comma-separated backends to test (default: every registered one: the built-ins and any "
-                          "registered through the 'vit_suite.backends' entry point or VIT_SUITE_BACKENDS)")
+                     help="comma-separated backends to test (default: every registered one: the built-ins, their "
+                          "variants and any registered through the 'vit_suite.backends' entry point or "
+                          "VIT_SUITE_BACKENDS)")
+
+
+def _selected(config) -> list[str]:
+    from shared.backend import backend_names
+
+    opt = config.getoption("--backends")
+    return opt.split(",") if opt else backend_names()
 
 
 def pytest_generate_tests(metafunc):
-    if "backend_name" in metafunc.fixturenames:
-        from shared.backend import backend_names
+    from shared.backend import variant_of
 
-        opt = metafunc.config.getoption("--backends")
-        names = opt.split(",") if opt else backend_names()
+    names = _selected(metafunc.config)
+    if "backend_name" in metafunc.fixturenames:
         metafunc.parametrize("backend_name", names, scope="session")
+    if "primary_name" in metafunc.fixturenames:
+        metafunc.parametrize("primary_name", [n for n in names if not variant_of(n)], scope="session")
+    if "variant_name" in metafunc.fixturenames:
+        metafunc.parametrize("variant_name", [n for n in names if variant_of(n)], scope="session")
+    if "backend_pair" in metafunc.fixturenames:
+        pairs = list(itertools.combinations(names, 2))
+        metafunc.parametrize("backend_pair", pairs, ids=[f"{a}-{b}" for a, b in pairs], scope="session")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(config, items):
+    """A variant's runs on the 12-block seed T2T model are slow-marked: in the CI-sized set the variants run on the
+    tiny presets, which cover every config option (their graph and XLA compiles of the seed model take seconds per
+    dtype and input shape); the primary backends run the seed model there too, and `-m slow` runs everything."""
+    from shared.backend import variant_of
+    from shared.testing import SEED_FAST
+
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if variant_of(params.get("backend_name", "")) and params.get("preset") in SEED_FAST:
+            item.add_marker(pytest.mark.slow)
+
+
+def _get(name: str):
+    from shared.backend import get_backend, import_frameworks_in_safe_order, is_available
+
+    if not is_available(name):
+        pytest.fail(f"backend {name!r} is not installed; install it (pip install -e '.[all]') "
+                    f"or deselect it with --backends")
+    import_frameworks_in_safe_order([name])
+    return get_backend(name)
 
 
 @pytest.fixture(scope="session")
 def backend(backend_name):
-    """The backend under test. A registered backend that is not installed FAILS: CI must run all of them."""
-    from shared.backend import get_backend, is_available
+    """The backend under test."""
+    return _get(backend_name)
 
-    if not is_available(backend_name):
-        pytest.fail(f"backend {backend_name!r} is not installed; install it (pip install -e '.[all]') "
-                    f"or deselect it with --backends")
-    return get_backend(backend_name)
+
+@pytest.fixture(scope="session")
+def primary_backend(primary_name):
+    """A backend that is not a configuration variant of another."""
+    return _get(primary_name)
+
+
+@pytest.fixture(scope="session")
+def variant(variant_name):
+    """A configuration variant of a backend (its primary is `shared.backend.variant_of(name)`)."""
+    return _get(variant_name)
+
+
+@pytest.fixture(scope="session")
+def backends_of_pair(backend_pair):
+    return tuple(_get(n) for n in backend_pair)

@@ -8,9 +8,11 @@ import sys
 import numpy as np
 import pytest
 
+from shared import errors as E
 from shared import reference, tolerances
 from shared import weights as W
-from shared.cli import main, read_any, write_any
+from shared.cli import main
+from shared.convert.io import read_any, write_any
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
@@ -36,10 +38,10 @@ def test_init_and_inspect_json(tmp_path, capsys):
 
 
 def test_usage_errors_exit_2(tmp_path, tiny_file):
-    assert main(["init", "no_such_preset", str(tmp_path / "x.safetensors")]) == W.EXIT_USAGE
-    assert main(["check", str(tiny_file), "--backends", "nope"]) == W.EXIT_USAGE
-    assert main(["check", str(tiny_file), "--image-size", "banana"]) == W.EXIT_USAGE
-    assert main(["frobnicate"]) == W.EXIT_USAGE
+    assert main(["init", "no_such_preset", str(tmp_path / "x.safetensors")]) == E.EXIT_USAGE
+    assert main(["check", str(tiny_file), "--backends", "nope"]) == E.EXIT_USAGE
+    assert main(["check", str(tiny_file), "--image-size", "banana"]) == E.EXIT_USAGE
+    assert main(["frobnicate"]) == E.EXIT_USAGE
 
 
 def test_reference_command_writes_every_stage(tmp_path, tiny_file):
@@ -96,7 +98,7 @@ def test_check_catches_and_locates_a_broken_backend(tmp_path, tiny_file, monkeyp
     monkeypatch.setenv("VIT_SUITE_BACKENDS", "broken_qk=conformance_tests.broken_backends:SwappedQK,"
                                              "broken_gelu=conformance_tests.broken_backends:TanhGelu")
     code = main(["check", str(tiny_file), "--backends", f"torch,{broken}", "--json", str(tmp_path / "c.json")])
-    assert code == W.EXIT_OUT_OF_BOUNDS
+    assert code == E.EXIT_OUT_OF_BOUNDS
     res = json.loads((tmp_path / "c.json").read_text())
     assert res["backends"]["torch"]["status"] == "pass"
     assert res["backends"][broken]["status"] == "FAIL"
@@ -139,7 +141,7 @@ def test_convert_detects_format_from_content_not_extension(tmp_path):
     disguised = tmp_path / "really_a_keras_file.ckpt"
     write_any(str(tmp_path / "m.keras"), "keras", cfg, state)
     (tmp_path / "m.keras").rename(disguised)
-    from shared.formats import detect_format
+    from shared.convert.formats import detect_format
 
     assert detect_format(disguised) == "keras"
     assert main(["convert", str(disguised), str(tmp_path / "out.safetensors")]) == 0
@@ -168,7 +170,7 @@ def test_convert_refuses_a_malicious_pickle(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"patch_embed.proj.weight": Evil()}, f, protocol=2)
     code = main(["convert", str(path), str(tmp_path / "out.safetensors"), "--preset", "tiny"])
-    assert code in (W.EXIT_INVALID_FILE, W.EXIT_MISMATCH)
+    assert code in (E.EXIT_INVALID_FILE, E.EXIT_MISMATCH)
     assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
 
 
@@ -220,17 +222,98 @@ def test_convert_hf_directory_both_ways_against_transformers(tmp_path):
     np.testing.assert_array_equal(back, want)
 
 
-def test_a_third_party_backend_runs_the_suite_against_itself(tmp_path):
-    """Registered from outside (VIT_SUITE_BACKENDS; an entry point works the same), selected with --backends."""
+# ------------------------------------------------------------------------------- third-party backends
+ACME = '''"""A backend written outside the repo, registered by entry point: it gets every command."""
+from shared.backend import Backend
+from vit_torch.backend import TorchBackend
+
+
+class AcmeBackend(TorchBackend):
+    """vit_torch under another name, with a benchmark mode of its own."""
+
+    name = "acme"
+
+    def bench_modes(self):
+        return {"eager": "acme: the plain forward"}
+
+
+class BareBackend(TorchBackend):
+    """Forward only: every optional hook left to the base class."""
+
+    name = "bare"
+    loss_and_grads, optimizer_step, train = Backend.loss_and_grads, Backend.optimizer_step, Backend.train
+    bench_modes, bench = Backend.bench_modes, Backend.bench
+'''
+
+
+@pytest.fixture(scope="module")
+def entry_point_env(tmp_path_factory):
+    """A site directory outside the repo holding the backend module and its distribution's entry points."""
     import os
 
-    env = dict(os.environ, VIT_SUITE_BACKENDS="thirdparty=conformance_tests.broken_backends:ThirdParty,"
-                                              "broken_qk=conformance_tests.broken_backends:SwappedQK")
+    site = tmp_path_factory.mktemp("site")
+    (site / "acme_vit.py").write_text(ACME)
+    info = site / "acme_vit-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-vit\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[vit_suite.backends]\nacme = acme_vit:AcmeBackend\n"
+                                           "bare = acme_vit:BareBackend\n")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+
+
+def _cli_in(env, *args):
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_an_entry_point_backend_gets_every_command(tmp_path, tiny_file, entry_point_env):
+    """check, check --grad and bench reach a third-party backend through the registry alone; hooks it does not
+    implement are reported as unsupported, not as failures."""
+    r = _cli_in(entry_point_env, "check", str(tiny_file), "--backends", "torch,acme", "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["backends"]["acme"]["status"] == "pass" and res["pairs"][0]["passed"]
+
+    r = _cli_in(entry_point_env, "check", "--grad", "--preset", "tiny", "--backends", "acme,bare", "--batch", "4",
+                "--json", str(tmp_path / "g.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "g.json").read_text())
+    assert res["passed"] and res["backends"]["acme"]["status"] == "pass"
+    assert res["backends"]["bare"]["status"] == "unsupported" and "loss_and_grads" in res["backends"]["bare"]["error"]
+
+    r = _cli_in(entry_point_env, "bench", "--preset", "tiny", "--backends", "acme,bare", "--batch", "2", "--iters", "2",
+                "--json", str(tmp_path / "b.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert [(row["backend"], row["mode"], row["batch"]) for row in res["rows"]] == [("acme", "eager", 2)]
+    assert res["rows"][0]["images_per_s"] > 0 and res["rows"][0]["gflops_per_s"] > 0
+    assert [f["backend"] for f in res["failures"]] == ["bare"]
+
+
+def test_a_hook_a_backend_lacks_is_unsupported(tmp_path, monkeypatch, capsys):
+    """`train` on a backend without training hooks: exit 6 and the hook named, nothing written."""
+    import shared.backend
+    from shared.backend import Backend
+    from vit_torch.backend import TorchBackend
+
+    class Bare(TorchBackend):
+        name = "bare"
+        train = Backend.train
+
+    monkeypatch.setitem(shared.backend._REGISTRY, "bare", Bare)
+    out = tmp_path / "t.safetensors"
+    assert main(["train", "--backend", "bare", "--steps", "1", "--out", str(out)]) == E.EXIT_UNSUPPORTED
+    assert "'train'" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_third_party_backend_runs_the_suite_against_itself(entry_point_env):
+    """The conformance matrix for a backend registered by entry point (an env-registered broken one must fail)."""
+    env = dict(entry_point_env, VIT_SUITE_BACKENDS="broken_qk=conformance_tests.broken_backends:SwappedQK")
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "conformance_tests/test_conformance.py",
             "-k", "golden_files or export_round_trip"]
-    ok = subprocess.run(args + ["--backends", "thirdparty"], capture_output=True, text=True, env=env, timeout=600)
+    ok = subprocess.run(args + ["--backends", "acme"], capture_output=True, text=True, env=env, timeout=600)
     assert ok.returncode == 0, ok.stdout[-3000:]
-    assert "5 passed" in ok.stdout
+    assert "8 passed" in ok.stdout
     bad = subprocess.run(args + ["--backends", "broken_qk"], capture_output=True, text=True, env=env, timeout=600)
-    assert bad.returncode == 1 and "5 failed" in bad.stdout, bad.stdout[-3000:]  # its export is wrong too
+    assert bad.returncode == 1 and "8 failed" in bad.stdout, bad.stdout[-3000:]  # its export is wrong too
     assert "first stage out of bound is block_1" in bad.stdout

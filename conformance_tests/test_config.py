@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from shared.config import ConfigError, ViTConfig
+from shared.config import ViTConfig
+from shared.errors import ConfigError
 from shared.presets import ALIASES, PRESETS, get_preset
 from shared.weights import parameter_count
 

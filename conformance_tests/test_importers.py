@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from shared import reference
-from shared.convert import (ConversionError, ConversionWarning, MissingFactsError, export_hf, export_timm,
-                            import_hf, import_timm, load_hf_dir, load_timm_file, save_hf_dir, timm_model_kwargs)
+from shared.convert import (export_hf, export_timm, import_hf, import_timm, load_hf_dir, load_timm_file, save_hf_dir,
+                            timm_model_kwargs)
+from shared.errors import ConversionError, ConversionWarning, MismatchError, MissingFactsError
 from shared.init import init_weights, random_images
 from shared.posemb import resample_pos_embed
 from shared.presets import get_preset
-from shared.weights import MismatchError
 
 TIMM_OK = ["tiny", "tiny_meanpool_learned", "tiny_fcnorm_token", "tiny_nohead"]
 

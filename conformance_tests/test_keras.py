@@ -1,7 +1,9 @@
-"""Keras 3 backend (vit_keras) against the float64 reference, under the shared tolerance policy.
+"""What only the Keras 3 backend (vit_keras) has: dtype policies, variable layout, .keras / .weights.h5 files and
+their safety, channels_first, Keras' training mode, and its two Keras backends. Its conformance in every preset,
+dtype and mode is the backend matrix (test_conformance.py: `keras`, `keras-xla`; gradients: test_grad.py).
 
-The in-process tests run on the Keras backend conftest selects (tensorflow by default); one test runs the
-same model under KERAS_BACKEND=torch in a subprocess and compares both runs.
+The in-process tests run on the Keras backend conftest selects (tensorflow by default); one test runs this file
+and the Keras matrix again under KERAS_BACKEND=torch in a process of its own, another compares both runs.
 """
 from __future__ import annotations
 
@@ -15,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance_tests import helpers
-from shared import posemb, tolerances, weights
+from shared import testing as helpers, tolerances, weights
 
 import keras  # noqa: E402
 
@@ -24,7 +25,6 @@ from vit_keras.backend import KerasBackend  # noqa: E402
 from vit_keras.convert import load_keras, load_weights_h5, save_keras  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DTYPES = ["float32", "bfloat16", "float16"]
 BE = KerasBackend()
 
 
@@ -39,26 +39,7 @@ def _same(a: dict, b: dict) -> None:
         assert np.array_equal(a[k], b[k]), f"stage {k} differs (max {np.abs(a[k] - b[k]).max():.3e})"
 
 
-# ------------------------------------------------------------------ conformance
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("preset", helpers.TINY_PRESETS + helpers.SEED_FAST)
-def test_conforms(preset, dtype):
-    cfg, state, x = helpers.case(preset)
-    model = BE.build(cfg, state, dtype=dtype)
-    out = BE.forward(model, x)
-    for s in cfg.stage_names():
-        ref_shape = helpers.reference_stages(preset)[s].shape
-        assert out[s].shape == ref_shape and out[s].dtype == np.float32, (s, out[s].shape, ref_shape)
-    helpers.assert_conforms(preset, dtype, out)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("preset", helpers.SEED_SLOW + helpers.SMALL_SLOW)
-def test_conforms_slow(preset):
-    cfg, state, x = helpers.case(preset)
-    helpers.assert_conforms(preset, "float32", BE.forward(BE.build(cfg, state), x))
-
-
+# ------------------------------------------------------------------ precision
 def test_dtype_policy_computes_in_half():
     for dtype, policy in [("bfloat16", "mixed_bfloat16"), ("float16", "mixed_float16")]:
         m = _model("tiny", dtype)
@@ -75,21 +56,7 @@ def test_layer_norm_eps_and_gelu_come_from_config():
     assert m.blocks[0].mlp.cfg.gelu == "tanh"
 
 
-def test_jit_mode_conforms():
-    cfg, state, x = helpers.case("tiny_t2t")
-    helpers.assert_conforms("tiny_t2t", "float32", KerasBackend(mode="jit").forward(BE.build(cfg, state), x))
-
-
 # ---------------------------------------------------------------- weights
-@pytest.mark.parametrize("preset", helpers.TINY_PRESETS)
-def test_canonical_round_trip_bit_exact(preset):
-    cfg, state, _ = helpers.case(preset)
-    back = BE.export(BE.build(cfg, state))
-    assert back.keys() == state.keys()
-    for k in state:
-        assert back[k].dtype == np.float32 and np.array_equal(back[k], state[k]), k
-
-
 def test_layout_conv_hwio_dense_transposed():
     cfg, state, _ = helpers.case("tiny")
     m = BE.build(cfg, state)
@@ -99,19 +66,6 @@ def test_layout_conv_hwio_dense_transposed():
     assert np.array_equal(qkv, state["blocks.1.attn.qkv.weight"].T)
     gamma = keras.ops.convert_to_numpy(m.blocks[0].norm2.gamma)
     assert np.array_equal(gamma, state["blocks.0.norm2.weight"])
-
-
-def test_missing_extra_misshaped_weights_named():
-    cfg, state, _ = helpers.case("tiny")
-    missing = {k: v for k, v in state.items() if k != "blocks.1.mlp.fc2.bias"}
-    with pytest.raises(weights.MismatchError, match=r"blocks\.1\.mlp\.fc2\.bias"):
-        BE.build(cfg, missing)
-    extra = dict(state, **{"blocks.9.attn.qkv.weight": np.zeros((96, 32), np.float32)})
-    with pytest.raises(weights.MismatchError, match=r"blocks\.9\.attn\.qkv\.weight"):
-        BE.build(cfg, extra)
-    bad = dict(state, **{"blocks.0.attn.proj.weight": np.zeros((32, 31), np.float32)})
-    with pytest.raises(weights.MismatchError, match=r"blocks\.0\.attn\.proj\.weight.*\(32, 32\).*\(32, 31\)"):
-        BE.build(cfg, bad)
 
 
 def test_keras_file_round_trip_bit_exact(tmp_path):
@@ -170,31 +124,11 @@ def test_not_a_keras_file(tmp_path):
         load_keras(p)
 
 
-# ------------------------------------------------------- positions and layout
-@pytest.mark.parametrize("kernel", ["bicubic", "bicubic_antialias", "bilinear"])
-def test_resampled_table_matches_posemb(kernel):
-    cfg0, state, _ = helpers.case("tiny_pretrain")
-    cfg = cfg0.replace(resize_kernel=kernel)
-    m = BE.build(cfg, state)
-    for grid in [(6, 5), (2, 3), (9, 7), (4, 4)]:
-        got = keras.ops.convert_to_numpy(m.position_table(grid))
-        want = posemb.resample_pos_embed(state["pos_embed"], cfg.table_grid, grid, cfg.num_prefix_tokens, kernel)
-        assert got.shape == want.shape
-        assert tolerances.rel_l2(got, want.astype(np.float64)) < 1e-6, (kernel, grid)
-
-
-@pytest.mark.parametrize("preset", ["tiny", "tiny_meanpool", "tiny_pretrain"])
-def test_other_image_size_conforms(preset):
-    size = {"tiny": (40, 56), "tiny_meanpool": (32, 16), "tiny_pretrain": (24, 64)}[preset]
-    cfg, state, x = helpers.case(preset, image_size=size)
-    model = BE.build(cfg.with_image_size(size), state)
-    helpers.assert_conforms(preset, "float32", BE.forward(model, x), image_size=size)
-
-
+# ------------------------------------------------------------------ layout
 def test_channels_first_equals_channels_last():
     cfg, state, x = helpers.case("tiny_t2t")
     last = BE.forward(BE.build(cfg, state), x)
-    first = BE.forward(BE.build(cfg, state, data_format="channels_first"), x)
+    first = BE.forward(KerasBackend(data_format="channels_first").build(cfg, state), x)
     for k in last:
         np.testing.assert_allclose(first[k], last[k], rtol=0, atol=1e-6, err_msg=k)
 
@@ -213,20 +147,6 @@ def test_training_dropout_differs_from_inference():
     helpers.assert_conforms("tiny", "float32", BE.forward(m, x))
 
 
-def test_gradients_flow_to_every_variable():
-    cfg, state, x = helpers.case("tiny_pretrain")
-    m = BE.build(cfg, state)
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("gradient check written with tf.GradientTape")
-    import tensorflow as tf
-
-    xt = tf.constant(np.transpose(x, (0, 2, 3, 1)))
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(m(xt, training=True) ** 2)
-    grads = tape.gradient(loss, m.trainable_variables)
-    assert all(g is not None and np.any(np.asarray(g) != 0) for g in grads)
-
-
 # --------------------------------------------------------- two Keras backends
 def test_torch_keras_backend_matches_reference_and_tensorflow(tmp_path):
     if keras.backend.backend() != "tensorflow":
@@ -236,12 +156,13 @@ def test_torch_keras_backend_matches_reference_and_tensorflow(tmp_path):
     weights.save(tmp_path / "w.safetensors", cfg, state)
     np.save(tmp_path / "x.npy", x)
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "vit_keras.backend", "--weights", str(tmp_path / "w.safetensors"),
-                        "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz")],
+    r = subprocess.run([sys.executable, "-m", "shared.cli", "forward", str(tmp_path / "w.safetensors"), "--backend",
+                        "keras", "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz"), "--stages"],
                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1])["keras_backend"] == "torch"
-    torch_out = dict(np.load(tmp_path / "y.npz"))
+    with np.load(tmp_path / "y.npz") as z:
+        torch_out = {k: z[k] for k in z.files if not k.startswith("__")}
+        assert json.loads(str(z["__meta__"]))["versions"]["keras_backend"] == "torch"
     helpers.assert_conforms(preset, "float32", torch_out)
     tf_out = BE.forward(BE.build(cfg, state), x)
     for s in cfg.stage_names():
@@ -253,9 +174,13 @@ def test_torch_keras_backend_matches_reference_and_tensorflow(tmp_path):
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="this test starts the torch-backend run; inside that run it would recurse")
 def test_this_whole_file_passes_under_the_torch_keras_backend():
-    """Both Keras backends in CI: the same tests, run again with KERAS_BACKEND=torch in a process of its own."""
+    """Both Keras backends in CI: this file and the Keras backend matrix (forward and gradients), run again with
+    KERAS_BACKEND=torch in a process of its own."""
     env = dict(os.environ, KERAS_BACKEND="torch")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__],
+    here = Path(__file__).parent
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__,
+                        str(here / "test_conformance.py"), str(here / "test_grad.py"), "--backends", "keras",
+                        "-k", "not variant_agrees and not steps_agree and not oracle_matches and not grad_command"],
                        capture_output=True, text=True, env=env, timeout=1200, cwd=str(ROOT))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout

@@ -14,7 +14,7 @@ from shared import posemb, reference
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
-from .helpers import SEED_FAST, TINY_PRESETS, shuffle_patches
+from shared.testing import SEED_FAST, TINY_PRESETS, shuffle_patches
 
 F64 = 1e-12
 

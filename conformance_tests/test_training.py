@@ -6,8 +6,6 @@ Figures asserted: a CI-sized run (SHORT_STEPS steps of batch 64 from random init
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
 import subprocess
@@ -16,20 +14,15 @@ import sys
 import numpy as np
 import pytest
 
-from shared import data as D
-from shared import training as T
 from shared import weights as W
+from shared.backend import get_backend
 from shared.init import init_weights
 from shared.presets import get_preset
+from shared.training import data as D
+from shared.training import recipe as T
 
 SHORT_STEPS = 80
 MIN_TOP1 = 0.5
-
-
-def train_mod(backend: str):
-    # no skip: a backend that is not installed fails here, as CI must run all three
-    return importlib.import_module(f"vit_{backend}.train")
-
 
 _split_cache = {}
 
@@ -115,7 +108,7 @@ def test_schedule_and_loss_oracle():
     assert acc["top1"] == pytest.approx(2 / 3) and acc["top5"] == 1.0  # ties: stable order puts 4 in the top 5
 
 
-def test_keras_schedule_equals_shared_schedule():
+def test_keras_schedule_equals_shared_schedule():  # Keras' schedule is its own code: compare it here
     from keras import ops
 
     from vit_keras.train import WarmupCosine
@@ -139,23 +132,24 @@ def test_switch_head_keeps_trunk():
 
 
 # ------------------------------------------------------------------ training in every backend
-@pytest.mark.parametrize("backend", ["torch", "keras", "mindspore"])
-def test_short_training_beats_chance(backend, tmp_path):
-    mod = train_mod(backend)
+def test_short_training_beats_chance(primary_backend, tmp_path):
+    """The training loop of every primary backend (a variant's loss, gradients and optimiser step are checked
+    in test_grad.py; its loop is its primary's)."""
+    backend = primary_backend
     cfg = get_preset("digits")
     tr, te = digits()
     tc = T.TrainConfig(steps=SHORT_STEPS, batch=64, lr=2e-3, warmup_steps=8, eval_every=0, seed=0)
     ckpt = tmp_path / "ckpt.safetensors"
-    state, hist = mod.train(cfg, init_weights(cfg, 0), tr, te, tc, progress=False, checkpoint=ckpt)
-    acc = mod.evaluate(cfg, state, te.images, te.labels)
-    assert acc["top1"] >= MIN_TOP1, f"{backend}: held-out top-1 {acc['top1']:.2%} after {SHORT_STEPS} steps"
+    state, hist = backend.train(cfg, init_weights(cfg, 0), tr, te, tc, progress=False, checkpoint=ckpt)
+    acc = T.evaluate(backend, cfg, state, te.images, te.labels)
+    assert acc["top1"] >= MIN_TOP1, f"{backend.name}: held-out top-1 {acc['top1']:.2%} after {SHORT_STEPS} steps"
     assert hist[-1]["step"] == SHORT_STEPS and hist[-1]["val_top1"] == pytest.approx(acc["top1"])
     ccfg, cstate = W.load(ckpt)  # the per-epoch / final checkpoint is canonical
     assert ccfg == cfg and all(np.array_equal(cstate[k], state[k]) for k in state)
-    assert W.read_tensors(ckpt)[1]["train_step"] == str(SHORT_STEPS)
+    meta = W.read_tensors(ckpt)[1]
+    assert meta["train_step"] == str(SHORT_STEPS) and meta["train_backend"] == backend.name
 
 
-@pytest.mark.parametrize("backend", ["torch", "keras", "mindspore"])
 def test_shipped_model_reproduces_recorded_accuracy(backend):
     found = D.default_model()
     assert found is not None, f"the shipped model {D.DEFAULT_MODEL_PATH} is missing"
@@ -163,15 +157,15 @@ def test_shipped_model_reproduces_recorded_accuracy(backend):
     meta = W.read_tensors(D.DEFAULT_MODEL_PATH)[1]
     ref_pred = np.array(json.loads(meta["heldout_predictions_reference"]))
     assert np.array_equal(np.argmax(T.raw_logits_reference(cfg, state, x), 1), ref_pred)
-    logits = train_mod(backend).predict_logits(cfg, state, x)
-    assert np.array_equal(np.argmax(logits, 1), ref_pred), f"{backend}: predictions differ from the reference"
+    logits = backend.predict(backend.build(cfg, state), x)
+    assert np.array_equal(np.argmax(logits, 1), ref_pred), f"{backend.name}: predictions differ from the reference"
     acc = T.topk_accuracy(logits, y)
     assert acc["top1"] == float(meta["heldout_top1_reference"]) and acc["top5"] == float(meta["heldout_top5_reference"])
     assert acc["top1"] > 0.9
 
 
 def test_checkpoint_from_torch_resumes_in_keras(tmp_path):
-    torch_t, keras_t = train_mod("torch"), train_mod("keras")
+    torch_t, keras_t = get_backend("torch"), get_backend("keras")
     cfg = get_preset("digits")
     tr, te = digits()
     total = 60
@@ -186,15 +180,15 @@ def test_checkpoint_from_torch_resumes_in_keras(tmp_path):
 
 
 def test_head_switch_then_train_in_mindspore():
-    mod = train_mod("mindspore")
+    mod = get_backend("mindspore")
     found = D.default_model()
     cfg, state = (found[0], found[1]) if found else (get_preset("digits"), init_weights(get_preset("digits"), 0))
     cfg2, st2 = T.switch_head(cfg, state, "pretrain", 10, seed=0)
     tr, te = digits()
-    before = mod.evaluate(cfg2, st2, te.images, te.labels)["top1"]
+    before = T.evaluate(mod, cfg2, st2, te.images, te.labels)["top1"]
     tc = T.TrainConfig(steps=40, batch=64, lr=1e-3, warmup_steps=4, eval_every=0)
     st3, _ = mod.train(cfg2, st2, tr, te, tc, progress=False)
-    after = mod.evaluate(cfg2, st3, te.images, te.labels)["top1"]
+    after = T.evaluate(mod, cfg2, st3, te.images, te.labels)["top1"]
     assert after >= MIN_TOP1 and after > before, (before, after)
 
 

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from shared import errors as E
 from shared import weights as W
 from shared.cli import main
 from shared.init import init_weights
 from shared.presets import PRESETS, get_preset
 
-from .helpers import TINY_PRESETS
+from shared.testing import TINY_PRESETS
 
 
 def _meta(cfg):
@@ -81,10 +82,10 @@ def test_bad_state_is_reported_by_name(tmp_path, tiny, mutation, expected):
         state["pos_embed"] = state["pos_embed"].copy()
         state["pos_embed"][0, 3, 4] = np.nan
     path = _bad_file(tmp_path, cfg, state)
-    with pytest.raises(W.MismatchError, match=expected) as e:
+    with pytest.raises(E.MismatchError, match=expected) as e:
         W.load(path)
     assert str(path) in str(e.value)
-    assert main(["inspect", str(path)]) == W.EXIT_MISMATCH
+    assert main(["inspect", str(path)]) == E.EXIT_MISMATCH
 
 
 def test_every_problem_is_listed_at_once(tmp_path, tiny):
@@ -92,7 +93,7 @@ def test_every_problem_is_listed_at_once(tmp_path, tiny):
     state = dict(state)
     del state["cls_token"]
     state["extra"] = np.zeros(2, np.float32)
-    with pytest.raises(W.MismatchError) as e:
+    with pytest.raises(E.MismatchError) as e:
         W.load(_bad_file(tmp_path, cfg, state))
     assert len(e.value.problems) == 2
 
@@ -102,9 +103,9 @@ def test_truncated_file(tmp_path, tiny):
     path = W.save(tmp_path / "w.safetensors", cfg, state)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
-    with pytest.raises(W.InvalidFileError, match="truncated file or a header lying"):
+    with pytest.raises(E.InvalidFileError, match="truncated file or a header lying"):
         W.load(path)
-    assert main(["inspect", str(path)]) == W.EXIT_INVALID_FILE
+    assert main(["inspect", str(path)]) == E.EXIT_INVALID_FILE
 
 
 def test_header_lying_about_sizes(tmp_path, tiny):
@@ -117,7 +118,7 @@ def test_header_lying_about_sizes(tmp_path, tiny):
     header["head.bias"]["data_offsets"] = [start, end + 10_000_000]
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
-    with pytest.raises(W.InvalidFileError, match="'head.bias' claims bytes"):
+    with pytest.raises(E.InvalidFileError, match="'head.bias' claims bytes"):
         W.load(path)
 
 
@@ -126,15 +127,15 @@ def test_header_lying_about_sizes(tmp_path, tiny):
 def test_not_safetensors(tmp_path, content):
     path = tmp_path / "junk.safetensors"
     path.write_bytes(content)
-    with pytest.raises(W.InvalidFileError, match=str(path)):
+    with pytest.raises(E.InvalidFileError, match=str(path)):
         W.load(path)
-    assert main(["inspect", str(path)]) == W.EXIT_INVALID_FILE
+    assert main(["inspect", str(path)]) == E.EXIT_INVALID_FILE
 
 
 def test_safetensors_without_config_is_not_canonical(tmp_path, tiny):
     cfg, state = tiny
     path = _bad_file(tmp_path, cfg, state, meta={"format": "pt"})
-    with pytest.raises(W.InvalidFileError, match="no 'vit_config' in the safetensors metadata"):
+    with pytest.raises(E.InvalidFileError, match="no 'vit_config' in the safetensors metadata"):
         W.load(path)
 
 
@@ -142,7 +143,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, tiny):
     cfg, state = tiny
     state = dict(state)
     state["head.weight"] = state["head.weight"][:3]
-    with pytest.raises(W.MismatchError):
+    with pytest.raises(E.MismatchError):
         W.save(tmp_path / "out.safetensors", cfg, state)
     assert list(tmp_path.iterdir()) == []
 

@@ -3,7 +3,7 @@
 Each `<preset>.safetensors` holds a tiny model's canonical weights (`weights/<key>`), an input batch (`input`,
 NCHW float32) and the float64 reference output of every named stage (`stage/<name>`), with the config in the
 metadata. A backend can be tested against these without NumPy reference code or other frameworks; the suite
-checks that the reference still reproduces them (`test_golden.py`).
+checks that the reference still reproduces them (`test_conformance.py`).
 """
 from __future__ import annotations
 

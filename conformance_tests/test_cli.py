@@ -317,3 +317,13 @@ def test_a_third_party_backend_runs_the_suite_against_itself(entry_point_env):
     bad = subprocess.run(args + ["--backends", "broken_qk"], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 1 and "8 failed" in bad.stdout, bad.stdout[-3000:]  # its export is wrong too
     assert "first stage out of bound is block_1" in bad.stdout
+
+
+def test_a_child_reports_its_own_peak_memory():
+    """bench's peak RSS is the child's own: Linux keeps ru_maxrss across execve, so a child of a large parent
+    would report the parent's peak (every row of `vit-suite bench` showed the same figure)."""
+    ballast = np.ones(64 * 2**20)  # 512 MiB resident in this (the parent) process
+    r = subprocess.run([sys.executable, "-c", "from shared.cli.worker import peak_rss_mb; print(peak_rss_mb())"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) < 256, f"child reports {float(r.stdout):.0f} MB with a {ballast.nbytes >> 20} MiB parent"

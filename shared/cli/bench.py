@@ -1,7 +1,8 @@
 """`vit-suite bench`: images/s, achieved GFLOP/s and peak memory per backend and mode, next to the peers.
 
 Each (backend, mode, dtype) is measured in a process of its own (`shared.cli.worker bench`), so the frameworks
-do not share thread pools and the peak resident memory (ru_maxrss) belongs to that run alone. A backend's modes
+do not share thread pools and the peak resident memory (VmHWM, see worker.peak_rss_mb) belongs to that run
+alone. A backend's modes
 and its timing come from its `Backend.bench_modes()` / `Backend.bench()` hooks (a backend without them is
 listed as unsupported); the FLOP count is `shared.bench.vit_flops`.
 """

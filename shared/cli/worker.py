@@ -5,7 +5,7 @@
 TASK is `forward` (every named stage of one backend's forward), `grad` (loss, gradients and one SGD and one
 AdamW step) or `bench` (timed forwards in one mode). Why a process each: TensorFlow imported before
 MindSpore aborts a process, the frameworks' thread pools should not share one, and the peak memory
-(ru_maxrss) of a benchmark must belong to that run alone.
+of a benchmark must belong to that run alone (see peak_rss_mb).
 
 The parent calls `run_child(task, spec, workdir, name=...)`. The child writes its arrays and a JSON `__meta__`
 to OUT, or exits with the code of the error it met (shared/errors.py): 6 means the backend does not support
@@ -67,6 +67,22 @@ def run_child(task: str, spec: dict, workdir: Path, *, name: str, timeout: float
         return ChildResult(error=tail, exit_code=proc.returncode, seconds=seconds)
     arrays, meta = read_npz(out)
     return ChildResult(arrays, meta, seconds=seconds)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    /proc's VmHWM belongs to the address space, which starts afresh at exec; getrusage's ru_maxrss does not
+    (Linux keeps resource usage across execve), so in a child it reports at least the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; no /proc elsewhere
 
 
 # ------------------------------------------------------------------------------------ the tasks
@@ -136,7 +152,7 @@ def bench_task(spec: dict) -> tuple[dict, dict]:
         r.update(backend=spec["backend"], mode=spec["mode"], dtype=spec["dtype"], batch=batch, preset=cfg.name,
                  gflops_per_s=vit_flops(cfg) * batch / r["median_s"] / 1e9)
         rows.append(r)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_mb = peak_rss_mb()
     for r in rows:
         r["peak_rss_mb"] = peak_mb
     return {}, {"rows": json.loads(json.dumps(rows, default=str))}

@@ -224,7 +224,6 @@ def test_convert_hf_directory_both_ways_against_transformers(tmp_path):
 
 # ------------------------------------------------------------------------------- third-party backends
 ACME = '''"""A backend written outside the repo, registered by entry point: it gets every command."""
-from shared.backend import Backend
 from vit_torch.backend import TorchBackend
 
 
@@ -238,11 +237,10 @@ class AcmeBackend(TorchBackend):
 
 
 class BareBackend(TorchBackend):
-    """Forward only: every optional hook left to the base class."""
+    """Forward only: no training or benchmark functions."""
 
     name = "bare"
-    loss_and_grads, optimizer_step, train = Backend.loss_and_grads, Backend.optimizer_step, Backend.train
-    bench_modes, bench = Backend.bench_modes, Backend.bench
+    train_module = bench_module = None
 '''
 
 
@@ -293,12 +291,11 @@ def test_an_entry_point_backend_gets_every_command(tmp_path, tiny_file, entry_po
 def test_a_hook_a_backend_lacks_is_unsupported(tmp_path, monkeypatch, capsys):
     """`train` on a backend without training hooks: exit 6 and the hook named, nothing written."""
     import shared.backend
-    from shared.backend import Backend
     from vit_torch.backend import TorchBackend
 
     class Bare(TorchBackend):
         name = "bare"
-        train = Backend.train
+        train_module = None
 
     monkeypatch.setitem(shared.backend._REGISTRY, "bare", Bare)
     out = tmp_path / "t.safetensors"

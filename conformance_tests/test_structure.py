@@ -14,13 +14,12 @@ stochastic-depth rates and position tables.
 from __future__ import annotations
 
 import ast
-import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shared.backend import Backend, get_backend
+from shared.backend import get_backend
 from shared.posemb import resample_pos_embed
 from shared.presets import get_preset
 from shared.testing import case
@@ -182,7 +181,7 @@ def test_the_backend_packages_export_the_same_names():
 @pytest.mark.parametrize("module,function,n_kwonly", [
     ("model", "build_model", 2), ("model", "load_canonical", 0), ("model", "to_canonical", 0),
     ("train", "predict_logits", 0), ("train", "loss_and_grads", 0), ("train", "optimizer_step", 5),
-    ("train", "train", 2)])
+    ("train", "train", 2), ("bench", "bench", 6)])
 def test_the_functions_the_suite_calls_have_one_signature(module, function, n_kwonly):
     sigs = {pkg: _signature(_functions(_tree(pkg, module))[function], n_kwonly) for pkg in BACKEND_PACKAGES.values()}
     assert len(set(sigs.values())) == 1, sigs
@@ -204,13 +203,16 @@ def test_every_model_has_pos_table_and_forward_stages():
         assert {"pos_table", "forward_stages"} <= methods, (pkg, methods)
 
 
-def test_every_builtin_backend_implements_every_hook():
-    hooks = [name for name, member in vars(Backend).items() if inspect.isfunction(member) and not name.startswith("_")
-             and name not in ("check_dtype", "load_file", "save_file", "versions")]
-    for backend in BACKEND_PACKAGES:
+def test_every_builtin_backend_provides_the_training_and_benchmark_functions():
+    """The Backend hooks adapt a backend's train_module and bench_module: all three provide every function."""
+    for backend, pkg in BACKEND_PACKAGES.items():
         cls = type(get_backend(backend))
-        missing = [h for h in hooks if getattr(cls, h) is getattr(Backend, h)]
-        assert not missing, f"{backend} leaves {missing} to the base class"
+        assert (cls.train_module, cls.bench_module) == (f"{pkg}.train", f"{pkg}.bench"), backend
+        train, bench = _functions(_tree(pkg, "train")), _tree(pkg, "bench")
+        assert {"predict_logits", "loss_and_grads", "optimizer_step", "train"} <= set(train), pkg
+        assigned = {t.id for n in bench.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                    for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+        assert "bench" in _functions(bench) and "MODES" in assigned, pkg
 
 
 # --------------------------------------------------------------------- the same numbers

@@ -9,7 +9,8 @@ A backend turns canonical weights into a native model and runs it on NumPy input
     be.save_native(model, path); be.load_native(path, cfg)
 
 and, optionally, trains it and times it (every `vit-suite` command reaches these through the interface, so a
-third-party backend gets `check --grad`, `train`, `evaluate`, `predict` and `bench` by implementing them):
+third-party backend gets `check --grad`, `train`, `evaluate`, `predict` and `bench` by providing them: a
+`train_module` / `bench_module` of native functions, which the hooks below adapt, or the hooks themselves):
 
     be.predict(model, images)                                   # the logits, in batches
     be.loss_and_grads(cfg, state, images, labels, smoothing)    # (loss, canonical key -> gradient)
@@ -48,6 +49,7 @@ import numpy as np
 from . import weights as _weights
 from .config import ViTConfig
 from .errors import BackendError, UnsupportedError
+from .reference import check_images
 
 if TYPE_CHECKING:  # the training recipe sits above this module; only its types are named here
     from .training.recipe import TrainConfig
@@ -132,18 +134,38 @@ class Backend(abc.ABC):
     def predict(self, model: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
         """The model's output (the `logits` stage) for NCHW float32 images, `batch` at a time.
 
-        This default runs `forward` and keeps the last stage; backends override it with their plain forward.
+        Runs the train module's `predict_logits` (the plain forward); without one, `forward`'s last stage.
         """
+        check_images(model.config, np.asarray(images))  # the same checks and messages in every backend
+        if self.train_module is not None:
+            return self._module("train_module", "predict").predict_logits(model, images, batch)
         outs = [self.forward(model, images[i:i + batch])["logits"] for i in range(0, len(images), batch)]
         return np.concatenate(outs) if outs else np.zeros((0, model.config.num_classes), np.float32)
 
     # ----------------------------------------------------- optional: training
+    #: the module of native training functions, each working on a model from `trainable()`:
+    #:   predict_logits(model, images, batch) -> the model's output
+    #:   loss_and_grads(model, images, labels, label_smoothing) -> (loss, canonical key -> gradient)
+    #:   optimizer_step(model, images, labels, optimizer, *, lr, weight_decay, label_smoothing, betas, eps)
+    #:   train(model, train_data, val_data, tcfg, *, progress, checkpoint, name) -> history
+    #: None: the training hooks are unsupported. A backend may instead override the hooks themselves.
+    train_module: ClassVar[str | None] = None
+    #: the dtypes `loss_and_grads` accepts ("float64": the backend can serve as the gradient oracle)
+    grad_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
+
+    def trainable(self, cfg: ViTConfig, state: Mapping[str, np.ndarray] | None, dtype: str = "float32") -> Any:
+        """The native model the training functions work on (default: `build`)."""
+        return self.build(cfg, state, dtype=dtype)
+
     def loss_and_grads(self, cfg: ViTConfig, state: Mapping[str, np.ndarray], images: np.ndarray,
                        labels: np.ndarray, label_smoothing: float = 0.0, *,
                        dtype: str = "float32") -> tuple[float, dict[str, np.ndarray]]:
         """(mean label-smoothing cross-entropy of the head output before any output softmax, canonical key ->
-        gradient), without dropout. A backend that offers dtype "float64" can serve as the gradient oracle."""
-        raise self._unsupported("loss_and_grads")
+        gradient), without dropout, in `dtype` (one of `grad_dtypes`)."""
+        mod = self._module("train_module", "loss_and_grads")
+        if dtype not in self.grad_dtypes:
+            raise UnsupportedError(f"backend {self.name!r} computes gradients in {self.grad_dtypes}, not {dtype!r}")
+        return mod.loss_and_grads(self.trainable(cfg, state, dtype), images, labels, label_smoothing)
 
     def optimizer_step(self, cfg: ViTConfig, state: Mapping[str, np.ndarray], images: np.ndarray,
                        labels: np.ndarray, optimizer: str = "sgd", *, lr: float, weight_decay: float = 0.0,
@@ -152,7 +174,11 @@ class Backend(abc.ABC):
         """The canonical state after one framework optimiser step ("sgd": torch.optim.SGD's formula without
         momentum; "adamw": torch.optim.AdamW's), weight decay on `shared.training.recipe.decay_mask` keys only,
         no dropout."""
-        raise self._unsupported("optimizer_step")
+        mod = self._module("train_module", "optimizer_step")
+        model = self.trainable(cfg, state)
+        mod.optimizer_step(model, images, labels, optimizer, lr=lr, weight_decay=weight_decay,
+                           label_smoothing=label_smoothing, betas=betas, eps=eps)
+        return self.export(model)
 
     def train(self, cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data,
               tcfg: "TrainConfig", *, progress: bool = True,
@@ -160,18 +186,33 @@ class Backend(abc.ABC):
         """Train with the shared recipe (`shared.training.recipe`) on the shared batches
         (`shared.training.data`): (canonical float32 state, history of evaluations). `checkpoint`: a canonical
         file written at every epoch end and at the last step."""
-        raise self._unsupported("train")
+        mod = self._module("train_module", "train")
+        model = self.trainable(cfg, state)
+        history = mod.train(model, train_data, val_data, tcfg, progress=progress, checkpoint=checkpoint,
+                            name=self.name)
+        return self.export(model), history
 
     # --------------------------------------------------- optional: benchmarks
+    #: the module with MODES (mode -> one-line description; peers' modes start with "peer:") and
+    #: bench(cfg, *, batch, dtype, mode, n_warmup, n_iter, backend) -> dict; None: no benchmark hooks
+    bench_module: ClassVar[str | None] = None
+
     def bench_modes(self) -> dict[str, str]:
         """mode -> one-line description; peers' modes (timm, keras-hub, ...) start with "peer:"."""
-        return {}
+        return {} if self.bench_module is None else dict(self._module("bench_module", "bench_modes").MODES)
 
     def bench(self, cfg: ViTConfig, *, batch: int, dtype: str, mode: str, n_warmup: int,
               n_iter: int) -> dict:
         """Median-timed forward of `batch` images in one mode: a dict with at least "images_per_s" and
         "median_s" (the timing loop is `shared.bench.time_calls`)."""
-        raise self._unsupported("bench")
+        return self._module("bench_module", "bench").bench(cfg, batch=batch, dtype=dtype, mode=mode,
+                                                            n_warmup=n_warmup, n_iter=n_iter, backend=self)
+
+    def _module(self, attr: str, hook: str):
+        path = getattr(self, attr)
+        if path is None:
+            raise self._unsupported(hook)
+        return importlib.import_module(path)
 
 
 # -------------------------------------------------------------------------------------- the registry

@@ -4,8 +4,9 @@ The Keras backend (tensorflow, torch) is chosen by the environment (KERAS_BACKEN
 lazily, so importing this module does not import TensorFlow (which must not precede MindSpore in a process).
 
 Forward modes: "eager", "graph" (tf.function on TensorFlow, the default) or "jit" (XLA); the torch Keras backend
-always runs eagerly. Training hooks run vit_keras.train (`keras.Model.fit`, the backend's autodiff) on a model
-built here in NCHW (`data_format="channels_first"`), so the shared pipeline's arrays go in unchanged.
+always runs eagerly. The training hooks (shared.backend.Backend) run vit_keras.train (`keras.Model.fit`, the
+backend's autodiff) on a model from `trainable`, in NCHW (`data_format="channels_first"`), so the shared
+pipeline's arrays go in unchanged; the benchmark hooks run vit_keras.bench.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from shared.backend import Backend
 from shared.config import ViTConfig
-from shared.errors import BackendError, InvalidFileError
+from shared.errors import BackendError, InvalidFileError, UnsupportedError
 from shared.reference import check_images
 
 MODES = ("eager", "graph", "jit")
@@ -33,6 +34,8 @@ class KerasBackend(Backend):
     requires = ("keras",)
     dtypes = ("float32", "bfloat16", "float16")
     native_suffixes = (".keras", ".weights.h5")
+    train_module = "vit_keras.train"
+    bench_module = "vit_keras.bench"
     #: forward mode (see the module docstring)
     mode: ClassVar[str] = "graph"
 
@@ -94,12 +97,6 @@ class KerasBackend(Backend):
         stages = {k: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32) for k, v in out.items()}
         return {k: stages[k] for k in model.cfg.stage_names()}
 
-    def predict(self, model, images: np.ndarray, batch: int = 256) -> np.ndarray:
-        from .train import predict_logits
-
-        check_images(model.cfg, np.asarray(images))
-        return predict_logits(model, images, batch)
-
     # ------------------------------------------------------------ native files
     def save_native(self, model, path) -> Path:
         from .convert import save_keras, save_weights_h5
@@ -129,49 +126,17 @@ class KerasBackend(Backend):
         raise InvalidFileError(f"{path}: not a Keras native file (expected a suffix in {self.native_suffixes})")
 
     # --------------------------------------------------------------- training
-    def _trainable(self, cfg: ViTConfig, state):
+    def trainable(self, cfg, state, dtype="float32"):
+        """NCHW (channels_first): the shared pipeline's arrays go in unchanged."""
+        if dtype != "float32":
+            raise UnsupportedError(f"backend {self.name!r} trains in float32, not {dtype!r}")
         from .model import build_model
 
         return build_model(cfg, state, data_format="channels_first")
 
-    def loss_and_grads(self, cfg, state, images, labels, label_smoothing=0.0, *, dtype="float32"):
-        from .train import loss_and_grads
-
-        if dtype != "float32":
-            raise self._unsupported(f"loss_and_grads(dtype={dtype!r})")
-        return loss_and_grads(self._trainable(cfg, state), images, labels, label_smoothing)
-
-    def optimizer_step(self, cfg, state, images, labels, optimizer="sgd", *, lr, weight_decay=0.0,
-                       label_smoothing=0.0, betas=(0.9, 0.999), eps=1e-8):
-        from .train import optimizer_step
-
-        model = self._trainable(cfg, state)
-        optimizer_step(model, images, labels, optimizer, lr=lr, weight_decay=weight_decay,
-                       label_smoothing=label_smoothing, betas=betas, eps=eps)
-        return self.export(model)
-
-    def train(self, cfg, state, train_data, val_data, tcfg, *, progress=True, checkpoint=None):
-        from .train import train
-
-        model = self._trainable(cfg, state)
-        history = train(model, train_data, val_data, tcfg, progress=progress, checkpoint=checkpoint, name=self.name,
-                        jit_compile=True if self.mode == "jit" else "auto")
-        return self.export(model), history
-
-    # ------------------------------------------------------------- benchmarks
-    def bench_modes(self) -> dict[str, str]:
-        from .bench import MODES as BENCH_MODES
-
-        return BENCH_MODES
-
-    def bench(self, cfg, *, batch, dtype, mode, n_warmup, n_iter):
-        from .bench import bench
-
-        return bench(cfg, batch=batch, dtype=dtype, mode=mode, n_warmup=n_warmup, n_iter=n_iter)
-
 
 class KerasXLABackend(KerasBackend):
-    """XLA (`tf.function(jit_compile=True)`) forwards, and `fit(jit_compile=True)` training."""
+    """XLA (`tf.function(jit_compile=True)`) forwards."""
 
     name = "keras-xla"
     mode = "jit"

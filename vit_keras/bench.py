@@ -91,9 +91,10 @@ MODES = {
 }
 
 
-def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str = "graph", n_warmup: int = 2,
-          n_iter: int = 5) -> dict:
-    """Median-timed forward of `batch` images in one mode (KerasBackend.bench)."""
+def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str, n_warmup: int = 2,
+          n_iter: int = 5, backend=None) -> dict:
+    """Median-timed forward of `batch` images in one mode (KerasBackend.bench); the model comes from
+    `backend.build` when one is given."""
     import keras
 
     from .model import build_model
@@ -105,7 +106,7 @@ def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str =
         if model is None:
             raise RuntimeError("keras-hub is not installed (pip install --no-deps keras-hub)")
     else:
-        model = build_model(cfg, dtype=dtype)
+        model = backend.build(cfg, dtype=dtype) if backend is not None else build_model(cfg, dtype=dtype)
     fn = _compile(_no_grad(lambda t: model(t, training=False)), "graph" if mode == "keras_hub" else mode)
     H, W = cfg.image_size
     x = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal((batch, H, W, cfg.in_chans)).astype(np.float32))

@@ -5,7 +5,9 @@
     stages = be.forward(model, images)        # any image size divisible by the patch
 
 Variants (registered names): `mindspore-pynative` (PyNative forwards) and `mindspore-expm1` (the expm1-based
-attention softmax instead of MindSpore's fused Softmax kernel, in every hook).
+attention softmax instead of MindSpore's fused Softmax kernel, in every hook). The training hooks
+(shared.backend.Backend) run vit_mindspore.train (PyNative, `mindspore.value_and_grad`) on a model built here;
+the benchmark hooks run vit_mindspore.bench.
 
 Process-wide settings are made once, by the first model built (vit_mindspore.model.configure_runtime).
 
@@ -50,6 +52,8 @@ class MindSporeBackend(Backend):
     requires = ("mindspore",)
     dtypes = ("float32", "float16")
     native_suffixes = (".ckpt",)
+    train_module = "vit_mindspore.train"
+    bench_module = "vit_mindspore.bench"
     #: forward mode: "graph" (mindspore.jit, fastest) or "pynative"
     mode: ClassVar[str] = "graph"
     #: the attention softmax: MindSpore's fused Softmax kernel (True) or the expm1-based one
@@ -107,12 +111,6 @@ class MindSporeBackend(Backend):
                 model.set_train(True)
         return {name: o.asnumpy().astype(np.float32, copy=False) for name, o in zip(cfg.stage_names(), outs)}
 
-    def predict(self, model: VisionTransformer, images: np.ndarray, batch: int = 256) -> np.ndarray:
-        from .train import predict_logits
-
-        check_images(model.config, np.asarray(images))
-        return predict_logits(model, images, batch)
-
     # ----------------------------------------------------------------- files
     def save_native(self, model: VisionTransformer, path: str | os.PathLike) -> Path:
         return convert.save_ckpt(model.config, self.export(model), path)
@@ -122,42 +120,6 @@ class MindSporeBackend(Backend):
         self.check_dtype(dtype)
         cfg, state = convert.load_ckpt(path, cfg)  # strict: digest, keys, shapes, dtypes
         return build_model(cfg, state, dtype=dtype, fused_softmax=self.fused_softmax)
-
-    # --------------------------------------------------------------- training
-    def loss_and_grads(self, cfg, state, images, labels, label_smoothing=0.0, *, dtype="float32"):
-        from .train import loss_and_grads
-
-        if dtype != "float32":
-            raise self._unsupported(f"loss_and_grads(dtype={dtype!r})")
-        return loss_and_grads(self.build(cfg, state), images, labels, label_smoothing)
-
-    def optimizer_step(self, cfg, state, images, labels, optimizer="sgd", *, lr, weight_decay=0.0,
-                       label_smoothing=0.0, betas=(0.9, 0.999), eps=1e-8):
-        from .train import optimizer_step
-
-        model = self.build(cfg, state)
-        optimizer_step(model, images, labels, optimizer, lr=lr, weight_decay=weight_decay,
-                       label_smoothing=label_smoothing, betas=betas, eps=eps)
-        return self.export(model)
-
-    def train(self, cfg, state, train_data, val_data, tcfg, *, progress=True, checkpoint=None):
-        from .train import train
-
-        model = self.build(cfg, state)
-        history = train(model, train_data, val_data, tcfg, progress=progress, checkpoint=checkpoint, name=self.name)
-        return self.export(model), history
-
-    # ------------------------------------------------------------- benchmarks
-    def bench_modes(self) -> dict[str, str]:
-        from .bench import MODES as BENCH_MODES
-
-        return BENCH_MODES
-
-    def bench(self, cfg, *, batch, dtype, mode, n_warmup, n_iter):
-        from .bench import bench
-
-        return bench(cfg, batch=batch, dtype=dtype, mode=mode, n_warmup=n_warmup, n_iter=n_iter)
-
 
 class MindSporePyNativeBackend(MindSporeBackend):
     """PyNative forwards (launch_blocking), no graph compilation."""

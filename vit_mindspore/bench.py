@@ -89,9 +89,12 @@ MODES = {
 # the backend does not renice threads it does not own.
 
 
-def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str = "graph", n_warmup: int = 2,
-          n_iter: int = 5) -> dict:
-    """Median-timed forward of `batch` images in one mode, >= WARMUP warm-up calls (MindSporeBackend.bench)."""
+def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str, n_warmup: int = 2,
+          n_iter: int = 5, backend=None) -> dict:
+    """Median-timed forward of `batch` images in one mode, >= WARMUP warm-up calls (MindSporeBackend.bench).
+
+    The mode fixes the execution (PyNative or Graph) and the softmax, so `backend` (a variant) changes nothing.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

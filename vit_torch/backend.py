@@ -5,8 +5,9 @@ and cuDNN, and the oneDNN (mkldnn) CPU backend stays enabled (torch's default CP
 float32 GEMMs accumulate in float32). bfloat16/float16 models hold their weights in that dtype;
 their errors are judged by the low-precision rule of shared/tolerances.py.
 
-Training hooks run vit_torch.train on a model built here (so a variant trains with its own attention);
-`loss_and_grads(dtype="float64")` is the suite's gradient oracle (SDPA attention in float64).
+The training hooks (shared.backend.Backend) run vit_torch.train on a model from `trainable` (so a variant trains
+with its own attention); `loss_and_grads(dtype="float64")` is the suite's gradient oracle (SDPA attention in
+float64). The benchmark hooks run vit_torch.bench.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class TorchBackend(Backend):
     requires = ("torch",)
     dtypes = ("float32", "bfloat16", "float16")
     native_suffixes = (".pt", ".pth", ".safetensors")
+    train_module = "vit_torch.train"
+    grad_dtypes = ("float32", "float64")  # float64: the suite's gradient oracle
+    bench_module = "vit_torch.bench"
     #: F.scaled_dot_product_attention (True) or the explicit attention that can return its maps
     fused_attn: ClassVar[bool] = True
 
@@ -81,48 +85,9 @@ class TorchBackend(Backend):
             model.load_state_dict(tensors, strict=True)
         return model.to(TORCH_DTYPES[dtype]).eval()
 
-    def predict(self, model: VisionTransformer, images: np.ndarray, batch: int = 256) -> np.ndarray:
-        from .train import predict_logits
-
-        check_images(model.config, np.asarray(images))
-        return predict_logits(model, images, batch)
-
     # --------------------------------------------------------------- training
-    def loss_and_grads(self, cfg, state, images, labels, label_smoothing=0.0, *, dtype="float32"):
-        from .train import loss_and_grads
-
-        if dtype not in ("float32", "float64"):
-            raise self._unsupported(f"loss_and_grads(dtype={dtype!r})")
-        return loss_and_grads(build_model(cfg, state, dtype=dtype, fused_attn=self.fused_attn), images, labels,
-                              label_smoothing)
-
-    def optimizer_step(self, cfg, state, images, labels, optimizer="sgd", *, lr, weight_decay=0.0,
-                       label_smoothing=0.0, betas=(0.9, 0.999), eps=1e-8):
-        from .train import optimizer_step
-
-        model = self.build(cfg, state)
-        optimizer_step(model, images, labels, optimizer, lr=lr, weight_decay=weight_decay,
-                       label_smoothing=label_smoothing, betas=betas, eps=eps)
-        return self.export(model)
-
-    def train(self, cfg, state, train_data, val_data, tcfg, *, progress=True, checkpoint=None):
-        from .train import train
-
-        model = self.build(cfg, state)
-        history = train(model, train_data, val_data, tcfg, progress=progress, checkpoint=checkpoint, name=self.name)
-        return self.export(model), history
-
-    # ------------------------------------------------------------- benchmarks
-    def bench_modes(self) -> dict[str, str]:
-        from .bench import MODES
-
-        return MODES
-
-    def bench(self, cfg, *, batch, dtype, mode, n_warmup, n_iter):
-        from .bench import bench
-
-        return bench(cfg, batch=batch, dtype=dtype, mode=mode, n_warmup=n_warmup, n_iter=n_iter,
-                     fused_attn=self.fused_attn)
+    def trainable(self, cfg, state, dtype="float32") -> VisionTransformer:
+        return build_model(cfg, state, dtype=dtype, fused_attn=self.fused_attn)  # float64 too: the oracle
 
 
 class TorchExplicitBackend(TorchBackend):

@@ -97,10 +97,11 @@ def _time(fn, x, n_warmup: int, n_iter: int) -> list[float]:
         return time_calls(lambda: fn(x), n_warmup, n_iter)
 
 
-def prepare(cfg: ViTConfig, dtype: str = "float32", mode: str = "eager", seed: int = 0, fused_attn: bool = True):
-    """(callable, setup seconds) for a mode."""
+def prepare(cfg: ViTConfig, dtype: str = "float32", mode: str = "eager", seed: int = 0, backend=None):
+    """(callable, setup seconds) for a mode; the model comes from `backend.build` (a TorchBackend or variant)."""
     t0 = time.perf_counter()
-    model = build_model(cfg, dtype=dtype, seed=seed, fused_attn=fused_attn)
+    build = backend.build if backend is not None else build_model
+    model = build(cfg, dtype=dtype, seed=seed)
     if mode == "eager":
         fn = model
     elif mode == "fast":
@@ -118,15 +119,15 @@ def _result(cfg, batch, times, **extra) -> dict:
                 best_images_per_s=batch / best, n=len(times), **extra)
 
 
-def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str = "eager", n_warmup: int = 2,
-          n_iter: int = 5, threads: int | None = None, seed: int = 0, fused_attn: bool = True) -> dict:
+def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str, n_warmup: int = 2,
+          n_iter: int = 5, backend=None, threads: int | None = None, seed: int = 0) -> dict:
     """Median-timed forward of `batch` images: images/s and matmul GFLOP/s (vit_flops). TorchBackend.bench."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     if mode == "timm":
         return bench_timm(cfg.name, batch, dtype, n_warmup, n_iter)
     if mode == "hf":
         return bench_hf(cfg, batch, dtype, n_warmup, n_iter)
-    fn, setup_s = prepare(cfg, dtype, mode, seed, fused_attn)
+    fn, setup_s = prepare(cfg, dtype, mode, seed, backend)
     x = torch.from_numpy(random_images(cfg, batch, seed)).to(TORCH_DTYPES[dtype])
     t0 = time.perf_counter()
     times = _time(fn, x, n_warmup, n_iter)

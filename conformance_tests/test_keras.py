@@ -1,14 +1,16 @@
 """What only the Keras 3 backend (vit_keras) has: dtype policies, variable layout, .keras / .weights.h5 files and
-their safety, channels_first, Keras' training mode, and its two Keras backends. Its conformance in every preset,
-dtype and mode is the backend matrix (test_conformance.py: `keras`, `keras-xla`; gradients: test_grad.py).
+their safety, channels_first, Keras' training mode, and its three Keras backends. Its conformance in every preset,
+dtype and mode is the backend matrix (test_conformance.py, test_grad.py, test_training.py).
 
-The in-process tests run on the Keras backend conftest selects (tensorflow by default); one test runs this file
-and the Keras matrix again under KERAS_BACKEND=torch in a process of its own, another compares both runs.
+This process runs Keras on the backend conftest selects (TensorFlow: `keras`, `keras-xla`); one test per other Keras
+backend runs this file and the Keras matrix again in a process of its own (`keras-jax`, `keras-torch`), and one
+checks that a file written under each Keras backend loads bit-exactly under the other two.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -17,15 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import testing as helpers, tolerances, weights
+from shared import testing as helpers, weights
 
 import keras  # noqa: E402
 
-from vit_keras.backend import KerasBackend  # noqa: E402
+from shared.backend import get_backend  # noqa: E402
 from vit_keras.convert import load_keras, load_weights_h5, save_keras  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BE = KerasBackend()
+#: the suite's backend for each Keras backend
+TARGETS = {"tensorflow": "keras", "jax": "keras-jax", "torch": "keras-torch"}
+BE = get_backend(TARGETS[keras.backend.backend()])
 
 
 def _model(preset, dtype="float32", **kw):
@@ -128,7 +132,7 @@ def test_not_a_keras_file(tmp_path):
 def test_channels_first_equals_channels_last():
     cfg, state, x = helpers.case("tiny_t2t")
     last = BE.forward(BE.build(cfg, state), x)
-    first = BE.forward(KerasBackend(data_format="channels_first").build(cfg, state), x)
+    first = BE.forward(type(BE)(data_format="channels_first").build(cfg, state), x)
     for k in last:
         np.testing.assert_allclose(first[k], last[k], rtol=0, atol=1e-6, err_msg=k)
 
@@ -147,40 +151,52 @@ def test_training_dropout_differs_from_inference():
     helpers.assert_conforms("tiny", "float32", BE.forward(m, x))
 
 
-# --------------------------------------------------------- two Keras backends
-def test_torch_keras_backend_matches_reference_and_tensorflow(tmp_path):
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("this test compares a torch subprocess with the in-process TensorFlow run")
-    preset = "tiny_pretrain"
-    cfg, state, x = helpers.case(preset)
-    weights.save(tmp_path / "w.safetensors", cfg, state)
-    np.save(tmp_path / "x.npy", x)
-    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "forward", str(tmp_path / "w.safetensors"), "--backend",
-                        "keras", "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz"), "--stages"],
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    with np.load(tmp_path / "y.npz") as z:
-        torch_out = {k: z[k] for k in z.files if not k.startswith("__")}
-        assert json.loads(str(z["__meta__"]))["versions"]["keras_backend"] == "torch"
-    helpers.assert_conforms(preset, "float32", torch_out)
-    tf_out = BE.forward(BE.build(cfg, state), x)
-    for s in cfg.stage_names():
-        pair = 2 * tolerances.fp32_bound(cfg, s)  # each run within its float32 bound: triangle inequality
-        err = tolerances.rel_l2(torch_out[s], tf_out[s])
-        assert err <= pair, f"{s}: torch vs tensorflow rel_l2 {err:.3e} > {pair:.3e}"
+# ------------------------------------------------------ every Keras backend
+OUTER = keras.backend.backend() == "tensorflow"  # the outer run starts the others; inside them this would recurse
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="this test starts the torch-backend run; inside that run it would recurse")
-def test_this_whole_file_passes_under_the_torch_keras_backend():
-    """Both Keras backends in CI: this file and the Keras backend matrix (forward and gradients), run again with
-    KERAS_BACKEND=torch in a process of its own."""
-    env = dict(os.environ, KERAS_BACKEND="torch")
+@pytest.mark.skipif(not OUTER, reason="run by the TensorFlow process, which starts one process per Keras backend")
+@pytest.mark.parametrize("keras_backend", ["jax", "torch"])
+def test_the_keras_matrix_under_every_keras_backend(keras_backend):
+    """This file, the forward and gradient matrix and the training checks, for `keras-jax` and `keras-torch`, each in a
+    process whose Keras runs on that backend."""
     here = Path(__file__).parent
+    target = TARGETS[keras_backend]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__,
-                        str(here / "test_conformance.py"), str(here / "test_grad.py"), "--backends", "keras",
+                        str(here / "test_conformance.py"), str(here / "test_grad.py"),
+                        str(here / "test_training.py::test_short_training_beats_chance"),
+                        str(here / "test_training.py::test_shipped_model_reproduces_recorded_accuracy"),
+                        "--backends", target,
                         "-k", "not variant_agrees and not steps_agree and not oracle_matches and not grad_command"],
-                       capture_output=True, text=True, env=env, timeout=1200, cwd=str(ROOT))
+                       capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=keras_backend),
+                       timeout=1800, cwd=str(ROOT))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " failed" not in r.stdout
+    passed = re.search(r"(\d+) passed", r.stdout)
+    assert passed and int(passed.group(1)) >= 60, r.stdout[-2000:]  # the whole matrix ran, not a stray subset
+
+
+@pytest.mark.skipif(not OUTER, reason="run by the TensorFlow process, which starts the JAX and torch ones")
+def test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others(tmp_path):
+    """.keras and .weights.h5 from each of TensorFlow, JAX and torch, read by the other two: canonical weights
+    bit-exact, forward within the float32 bound (conformance_tests/keras_files.py)."""
+    from . import keras_files
+
+    def under(keras_backend, *actions):
+        r = subprocess.run([sys.executable, "-m", "conformance_tests.keras_files", str(tmp_path), *actions],
+                           capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=keras_backend),
+                           timeout=600, cwd=str(ROOT))
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["keras_backend"] == keras_backend
+        return out["read"]
+
+    keras_files.write(tmp_path)                  # TensorFlow, in this process
+    results = {"jax": under("jax", "write")}
+    results["torch"] = under("torch", "write", "read")   # reads the TensorFlow and JAX files
+    results["jax"] = under("jax", "read")                 # reads the TensorFlow and torch files
+    results["tensorflow"] = keras_files.read(tmp_path)   # reads the JAX and torch files
+    for reader, files in results.items():
+        others = {kb for kb in TARGETS if kb != reader}
+        assert {f.split(".")[0] for f in files} == others and len(files) == 4, (reader, sorted(files))
+        for name, res in files.items():
+            assert res["bit_exact"] and res["conforms"], (reader, name, res)

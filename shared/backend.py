@@ -22,9 +22,11 @@ A hook a backend does not implement raises UnsupportedError, which the tool repo
 
 Registry. Backends are registered by name with an import path, so asking whether one is available never
 imports its framework (TensorFlow and MindSpore abort when imported in the wrong order; the tool runs each
-backend in a process of its own). A *variant* is a configuration of another backend (explicit attention,
-PyNative mode, ...), registered under its own name: it is in the conformance matrix and can be checked by
-name (`vit-suite check --backends torch-explicit`), but the default `check` runs the primary backends only.
+backend in a process of its own, with the environment `backend_env(name)` it needs: each Keras backend,
+`keras` (TensorFlow), `keras-jax` and `keras-torch`, is a backend of its own because Keras reads KERAS_BACKEND
+once per process). A *variant* is a configuration of another backend (explicit attention, PyNative mode, ...),
+registered under its own name: it is in the conformance matrix and can be checked by name
+(`vit-suite check --backends torch-explicit`), but the default `check` runs the primary backends only.
 Third parties register through the entry-point group `vit_suite.backends`, or in-process with
 `register_backend(name, cls)`:
 
@@ -216,28 +218,38 @@ class Backend(abc.ABC):
 
 
 # -------------------------------------------------------------------------------------- the registry
-#: built-in backends: name -> (import path, modules it needs, the primary backend it is a variant of)
-_BUILTIN: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "torch": ("vit_torch.backend:TorchBackend", ("torch",), None),
-    "keras": ("vit_keras.backend:KerasBackend", ("keras",), None),
-    "mindspore": ("vit_mindspore.backend:MindSporeBackend", ("mindspore",), None),
-    "torch-explicit": ("vit_torch.backend:TorchExplicitBackend", ("torch",), "torch"),
-    "keras-xla": ("vit_keras.backend:KerasXLABackend", ("keras",), "keras"),
-    "mindspore-pynative": ("vit_mindspore.backend:MindSporePyNativeBackend", ("mindspore",), "mindspore"),
-    "mindspore-expm1": ("vit_mindspore.backend:MindSporeExpm1Backend", ("mindspore",), "mindspore"),
+#: built-in backends: name -> (import path, modules it needs, the primary backend it is a variant of, the process
+#: environment it needs). Keras reads KERAS_BACKEND once per process, so each Keras backend is a target of its own.
+_BUILTIN: dict[str, tuple[str, tuple[str, ...], str | None, dict[str, str]]] = {
+    "torch": ("vit_torch.backend:TorchBackend", ("torch",), None, {}),
+    "keras": ("vit_keras.backend:KerasBackend", ("keras", "tensorflow"), None, {"KERAS_BACKEND": "tensorflow"}),
+    "keras-jax": ("vit_keras.backend:KerasJaxBackend", ("keras", "jax"), None, {"KERAS_BACKEND": "jax"}),
+    "keras-torch": ("vit_keras.backend:KerasTorchBackend", ("keras", "torch"), None, {"KERAS_BACKEND": "torch"}),
+    "mindspore": ("vit_mindspore.backend:MindSporeBackend", ("mindspore",), None, {}),
+    "torch-explicit": ("vit_torch.backend:TorchExplicitBackend", ("torch",), "torch", {}),
+    "keras-xla": ("vit_keras.backend:KerasXLABackend", ("keras", "tensorflow"), "keras",
+                  {"KERAS_BACKEND": "tensorflow"}),
+    "mindspore-pynative": ("vit_mindspore.backend:MindSporePyNativeBackend", ("mindspore",), "mindspore", {}),
+    "mindspore-expm1": ("vit_mindspore.backend:MindSporeExpm1Backend", ("mindspore",), "mindspore", {}),
 }
-_REGISTRY: dict[str, str | type[Backend]] = {name: target for name, (target, _, _) in _BUILTIN.items()}
+_REGISTRY: dict[str, str | type[Backend]] = {name: entry[0] for name, entry in _BUILTIN.items()}
 #: variant -> the primary backend it is a configuration of (known without importing anything)
-_VARIANTS: dict[str, str] = {name: primary for name, (_, _, primary) in _BUILTIN.items() if primary}
+_VARIANTS: dict[str, str] = {name: entry[2] for name, entry in _BUILTIN.items() if entry[2]}
+#: backend -> the environment variables its process needs (the tool's child processes get them)
+_ENVS: dict[str, dict[str, str]] = {name: entry[3] for name, entry in _BUILTIN.items() if entry[3]}
 _entry_points_loaded = False
 
 
-def register_backend(name: str, target: str | type[Backend], variant_of: str | None = None) -> None:
+def register_backend(name: str, target: str | type[Backend], variant_of: str | None = None,
+                     env: dict[str, str] | None = None) -> None:
     """Register a Backend subclass (or a "module:Class" path, imported when first used), optionally as a
-    configuration variant of another registered backend."""
+    configuration variant of another registered backend, or as one that needs environment variables set before
+    its framework is imported (the tool's child processes get them)."""
     _REGISTRY[name] = target
     if variant_of:
         _VARIANTS[name] = variant_of
+    if env:
+        _ENVS[name] = dict(env)
 
 
 def _load_entry_points() -> None:
@@ -275,6 +287,17 @@ def variant_of(name: str) -> str | None:
     return _VARIANTS.get(name)
 
 
+def backend_env(name: str) -> dict[str, str]:
+    """The environment variables a backend's process needs (e.g. KERAS_BACKEND); {} for most."""
+    return dict(_ENVS.get(name, {}))
+
+
+def runs_in_this_process(name: str) -> bool:
+    """Whether this process's environment suits the backend: each variable it needs is unset (the backend sets it
+    before its framework is imported) or already has its value."""
+    return all(os.environ.get(k, v) == v for k, v in backend_env(name).items())
+
+
 def backend_names(variants: bool = True) -> list[str]:
     """Every registered backend (built-ins first), optionally without the variants."""
     _load_entry_points()
@@ -310,6 +333,6 @@ def import_frameworks_in_safe_order(names: Iterable[str]) -> None:
     order works. The tool calls this before it touches any framework in a process that may hold two
     (`convert` between a Keras and a MindSpore file, for instance).
     """
-    needs_mindspore = any("mindspore" in _BUILTIN.get(n, ("", (n,), None))[1] for n in names)
+    needs_mindspore = any("mindspore" in _BUILTIN[n][1] if n in _BUILTIN else n == "mindspore" for n in names)
     if needs_mindspore and importlib.util.find_spec("mindspore") is not None:
         import mindspore  # noqa: F401  (deliberately first)

@@ -1,15 +1,22 @@
-"""`KerasBackend`: the suite's Backend interface over vit_keras, and its variant `KerasXLABackend`.
+"""The suite's Backend interface over vit_keras, one backend per Keras backend, each in a process of its own:
 
-The Keras backend (tensorflow, torch) is chosen by the environment (KERAS_BACKEND), never here. Keras is imported
-lazily, so importing this module does not import TensorFlow (which must not precede MindSpore in a process).
+    keras        KerasBackend       Keras on TensorFlow (forward: tf.function graph; its variant keras-xla: XLA)
+    keras-jax    KerasJaxBackend    Keras on JAX (forward: jax.jit, XLA)
+    keras-torch  KerasTorchBackend  Keras on PyTorch (forward: eager)
 
-Forward modes: "eager", "graph" (tf.function on TensorFlow, the default) or "jit" (XLA); the torch Keras backend
-always runs eagerly. The training hooks (shared.backend.Backend) run vit_keras.train (`keras.Model.fit`, the
+Keras reads KERAS_BACKEND once, when it is first imported: a backend sets it if Keras is not imported yet and
+refuses, naming both, if this process already runs Keras on another backend (the tool's child processes get the
+variable from the registry). Keras is imported lazily, so importing this module imports no framework
+(TensorFlow must not precede MindSpore in a process).
+
+Forward modes: "eager", "graph" (tf.function, TensorFlow only) and "jit" (XLA: tf.function(jit_compile=True) on
+TensorFlow, jax.jit on JAX); the torch Keras backend runs eagerly. The training hooks (shared.backend.Backend) run vit_keras.train (`keras.Model.fit`, the
 backend's autodiff) on a model from `trainable`, in NCHW (`data_format="channels_first"`), so the shared
 pipeline's arrays go in unchanged; the benchmark hooks run vit_keras.bench.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -20,7 +27,8 @@ from shared.config import ViTConfig
 from shared.errors import BackendError, InvalidFileError, UnsupportedError
 from shared.reference import check_images
 
-MODES = ("eager", "graph", "jit")
+#: the forward modes each Keras backend offers
+MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torch": ("eager",)}
 
 
 def _keras():
@@ -29,21 +37,39 @@ def _keras():
     return keras
 
 
+def use_keras_backend(keras_backend: str, who: str) -> None:
+    """Make this process's Keras run on `keras_backend`: set KERAS_BACKEND before Keras is imported, or check it."""
+    import sys
+
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = keras_backend
+    running = _keras().backend.backend()
+    if running != keras_backend:
+        raise BackendError(f"backend {who!r} needs Keras on {keras_backend}, but this process already runs Keras on "
+                           f"{running} (Keras reads KERAS_BACKEND once per process): run it in a process of its "
+                           f"own, as vit-suite does, or set KERAS_BACKEND={keras_backend} before anything imports keras")
+
+
 class KerasBackend(Backend):
     name = "keras"
-    requires = ("keras",)
+    requires = ("keras", "tensorflow")
     dtypes = ("float32", "bfloat16", "float16")
     native_suffixes = (".keras", ".weights.h5")
     train_module = "vit_keras.train"
     bench_module = "vit_keras.bench"
+    #: the Keras backend this backend runs on
+    keras_backend: ClassVar[str] = "tensorflow"
     #: forward mode (see the module docstring)
     mode: ClassVar[str] = "graph"
 
     def __init__(self, mode: str | None = None, data_format: str = "channels_last"):
-        """mode: one of MODES (default: the class's); data_format: the layout of the models `build` makes."""
+        """mode: one of MODES[keras_backend] (default: the class's); data_format: the layout of the models `build`
+        makes."""
+        use_keras_backend(self.keras_backend, self.name)
         mode = mode or type(self).mode
-        if mode not in MODES:
-            raise BackendError(f"mode must be eager, graph or jit, got {mode!r}")
+        if mode not in MODES[self.keras_backend]:
+            raise BackendError(f"Keras on {self.keras_backend} runs the modes {MODES[self.keras_backend]}, "
+                               f"not {mode!r}")
         self.mode = mode
         self.data_format = data_format
 
@@ -79,6 +105,10 @@ class KerasBackend(Backend):
             import tensorflow as tf
 
             fn = tf.function(run, jit_compile=(self.mode == "jit"), reduce_retracing=False)
+        elif keras.backend.backend() == "jax" and self.mode == "jit":
+            from .model import jax_jit
+
+            fn = jax_jit(model, run)
         elif keras.backend.backend() == "torch":
             import torch
 
@@ -134,6 +164,13 @@ class KerasBackend(Backend):
 
         return build_model(cfg, state, data_format="channels_first")
 
+    # ------------------------------------------------------------- benchmarks
+    def bench_modes(self) -> dict[str, str]:
+        """vit_keras.bench's modes that this Keras backend runs."""
+        from .bench import MODES as BENCH_MODES
+
+        return {m: d for m, d in BENCH_MODES.items() if m == "keras_hub" or m in MODES[self.keras_backend]}
+
 
 class KerasXLABackend(KerasBackend):
     """XLA (`tf.function(jit_compile=True)`) forwards."""
@@ -142,4 +179,22 @@ class KerasXLABackend(KerasBackend):
     mode = "jit"
 
 
-__all__ = ["KerasBackend", "KerasXLABackend", "MODES"]
+class KerasJaxBackend(KerasBackend):
+    """Keras on JAX; forwards compiled by jax.jit (XLA), gradients by jax.value_and_grad."""
+
+    name = "keras-jax"
+    requires = ("keras", "jax")
+    keras_backend = "jax"
+    mode = "jit"
+
+
+class KerasTorchBackend(KerasBackend):
+    """Keras on PyTorch; eager forwards, gradients by torch.autograd."""
+
+    name = "keras-torch"
+    requires = ("keras", "torch")
+    keras_backend = "torch"
+    mode = "eager"
+
+
+__all__ = ["KerasBackend", "KerasXLABackend", "KerasJaxBackend", "KerasTorchBackend", "MODES", "use_keras_backend"]

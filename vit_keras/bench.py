@@ -1,7 +1,9 @@
-"""Throughput of the Keras ViT (images/s, GFLOP/s): eager / graph (tf.function) / jit (XLA), and
-keras-hub's ViTImageClassifier built from the same sizes (random weights, no download) when installed.
+"""Throughput of the Keras ViT (images/s, GFLOP/s): eager / graph (tf.function) / jit (XLA: tf.function with
+jit_compile on TensorFlow, jax.jit on JAX), and keras-hub's ViTImageClassifier built from the same sizes (random
+weights, no download) when installed.
 
     python -m vit_keras.bench --preset B/16 --batch 8 --passes 5
+    KERAS_BACKEND=jax python -m vit_keras.bench --preset B/16 --modes eager jit
     KERAS_BACKEND=torch python -m vit_keras.bench --preset tiny --modes eager
 
 Each mode: warm-up calls (tracing / XLA compile excluded), then `passes` timed passes of `iters` batches
@@ -21,13 +23,23 @@ from shared.config import ViTConfig
 from shared.presets import get_preset
 
 
-def _compile(fn, mode: str):
+#: the mode a peer (keras-hub) runs in on each Keras backend: the fastest one the backend has
+PEER_MODE = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
+
+
+def _compile(fn, mode: str, model):
+    """`fn` (which calls `model`) in a mode: as it is, a tf.function (graph / XLA), or jax.jit."""
     import keras
 
+    kb = keras.backend.backend()
     if mode == "eager":
         return fn
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(f"mode {mode!r} needs the tensorflow Keras backend (have {keras.backend.backend()})")
+    if kb == "jax" and mode == "jit":
+        from .model import jax_jit
+
+        return jax_jit(model, fn)
+    if kb != "tensorflow":
+        raise ValueError(f"mode {mode!r} does not run on Keras' {kb} backend")
     import tensorflow as tf
 
     return tf.function(fn, jit_compile=(mode == "jit"))
@@ -85,9 +97,10 @@ def keras_hub_model(cfg: ViTConfig, dtype: str):
 
 MODES = {
     "eager": "eager Keras calls",
-    "graph": "tf.function graph (the backend's default)",
-    "jit": "tf.function(jit_compile=True): XLA",
-    "keras_hub": "peer: keras-hub's ViTImageClassifier with the same sizes, graph mode (if keras-hub is installed)",
+    "graph": "tf.function graph (TensorFlow only; the keras backend's default)",
+    "jit": "XLA: tf.function(jit_compile=True) on TensorFlow, jax.jit on JAX (keras-jax's default)",
+    "keras_hub": "peer: keras-hub's ViTImageClassifier with the same sizes, in the Keras backend's fastest mode "
+                 "(if keras-hub is installed)",
 }
 
 
@@ -107,7 +120,8 @@ def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str, 
             raise RuntimeError("keras-hub is not installed (pip install --no-deps keras-hub)")
     else:
         model = backend.build(cfg, dtype=dtype) if backend is not None else build_model(cfg, dtype=dtype)
-    fn = _compile(_no_grad(lambda t: model(t, training=False)), "graph" if mode == "keras_hub" else mode)
+    run_mode = PEER_MODE[keras.backend.backend()] if mode == "keras_hub" else mode
+    fn = _compile(_no_grad(lambda t: model(t, training=False)), run_mode, model)
     H, W = cfg.image_size
     x = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal((batch, H, W, cfg.in_chans)).astype(np.float32))
     rates = _time(fn, x, passes=n_iter, iters=1, warmup=n_warmup)
@@ -135,7 +149,7 @@ def run(preset: str, batches=(8,), modes=("eager", "graph", "jit"), dtype: str =
         x = keras.ops.convert_to_tensor(rng.standard_normal((batch, H, W, cfg.in_chans)).astype(np.float32))
         for mode in modes:
             for label, model in models.items():
-                fn = _compile(_no_grad(lambda t, m=model: m(t, training=False)), mode)
+                fn = _compile(_no_grad(lambda t, m=model: m(t, training=False)), mode, model)
                 rates = _time(fn, x, passes, iters, warmup)
                 med = statistics.median(rates)
                 rows.append({"model": label, "preset": cfg.name, "dtype": dtype, "batch": batch, "mode": mode,

@@ -263,6 +263,21 @@ def to_canonical(model: VisionTransformer) -> dict[str, np.ndarray]:
     return out
 
 
+def jax_jit(model: VisionTransformer, fn):
+    """`fn(x)`, which calls `model`, compiled by jax.jit with the model's variables as arguments (Keras on JAX keeps
+    state in variables; a jitted function must take their values, not capture them as constants)."""
+    import jax
+
+    variables = model.variables
+
+    def stateless(values, x):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(x)
+
+    jitted = jax.jit(stateless)
+    return lambda x: jitted([v.value for v in variables], x)
+
+
 def new_model(cfg: ViTConfig, *, dtype: str = "float32", data_format: str = "channels_last",
               name: str = "vision_transformer") -> VisionTransformer:
     """A built model for `cfg` with zero-initialised variables (`build_model` fills them; `.weights.h5` loads them).

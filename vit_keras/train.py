@@ -1,4 +1,5 @@
-"""Training with Keras 3: `keras.Model.fit` with AdamW, a LearningRateSchedule and Keras' own progress bar.
+"""Training with Keras 3: `keras.Model.fit` with AdamW, a LearningRateSchedule and Keras' own progress bar, on
+every Keras backend (gradients: tf.GradientTape, torch.autograd or jax.value_and_grad).
 
 Every function takes a native model (`build_model`); `KerasBackend` adapts them to the canonical-state hooks of
 shared.backend.Backend (its training models run NCHW, `data_format="channels_first"`, so the shared pipeline's
@@ -110,6 +111,8 @@ class _Monitor(keras.callbacks.Callback):
         want_eval = (self.tcfg.eval_every and done % self.tcfg.eval_every == 0) or done == self.total
         if not (want_eval or end_of_epoch):
             return
+        if hasattr(self.model, "jax_state_sync"):  # JAX: fit holds the variables' values apart from the model
+            self.model.jax_state_sync()
         logs = logs or {}
         rec = {"step": done, "epoch": (done - 1) // self.per_epoch,
                "lr": T.lr_at(self.tcfg, done - 1, self.total), "loss": float(logs.get("loss", float("nan"))),
@@ -186,6 +189,14 @@ def _native_grads(model: VisionTransformer, images: np.ndarray, labels: np.ndarr
 
         loss = loss_fn(t, net(x, training=False))
         grads = torch.autograd.grad(loss, [v.value for v in variables])
+    elif backend == "jax":  # functional: the loss of the variables' values, under a StatelessScope
+        import jax
+
+        def loss_of(values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return loss_fn(t, net(x, training=False))
+
+        loss, grads = jax.jit(jax.value_and_grad(loss_of))([v.value for v in variables])
     else:
         raise NotImplementedError(f"loss_and_grads: Keras backend {backend!r}")
     return float(ops.convert_to_numpy(loss)), dict(zip(mapping, zip(grads, variables, (k for _, k in mapping.values()))))

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
-from ..convert.formats import FORMATS, NATIVE_BACKEND, detect_format
+from ..convert.formats import FORMATS, detect_format, native_backend
 from ..convert.io import read_any, target_format, write_any
 from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
 from .common import console, parse_size
@@ -19,7 +19,7 @@ def cmd_convert(args) -> int:
     dst_fmt = target_format(args.dst, args.to)
     if Path(args.dst).exists() and not args.force:
         raise UsageError(f"{args.dst} exists; pass --force to replace it")
-    import_frameworks_in_safe_order([NATIVE_BACKEND.get(src_fmt, ""), NATIVE_BACKEND.get(dst_fmt, "")])
+    import_frameworks_in_safe_order([native_backend(src_fmt) or "", native_backend(dst_fmt) or ""])
     c = console()
     cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size))
     write_any(args.dst, dst_fmt, cfg, state)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import weights as W
-from ..backend import get_backend, import_frameworks_in_safe_order
+from ..backend import backend_env, get_backend, import_frameworks_in_safe_order
 from ..errors import EXIT_CRASH, EXIT_UNSUPPORTED, SuiteError, UnsupportedError, UsageError
 from .common import load_npy, read_npz, write_npz
 
@@ -50,14 +50,18 @@ class ChildResult:
 
 def run_child(task: str, spec: dict, workdir: Path, *, name: str, timeout: float = 1800,
               env: dict[str, str] | None = None) -> ChildResult:
-    """Run one task in a fresh Python process; `name` keeps the files of several children in `workdir` apart."""
+    """Run one task in a fresh Python process; `name` keeps the files of several children in `workdir` apart.
+
+    The child gets the environment its backend needs (`shared.backend.backend_env`: KERAS_BACKEND for a Keras
+    backend), then `env`.
+    """
     spec_path, out = Path(workdir) / f"{name}.spec.json", Path(workdir) / f"{name}.npz"
     spec_path.write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "shared.cli.worker", task, "--spec", str(spec_path), "--out", str(out)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **CHILD_ENV, **(env or {})})
+                              env={**os.environ, **CHILD_ENV, **backend_env(spec["backend"]), **(env or {})})
     except subprocess.TimeoutExpired:
         return ChildResult(error=f"timed out after {timeout:.0f} s", exit_code=EXIT_CRASH,
                            seconds=time.perf_counter() - t0)

@@ -6,17 +6,30 @@ import struct
 import zipfile
 from pathlib import Path
 
+from ..backend import is_available, runs_in_this_process
 from ..errors import InvalidFileError
 
 #: every format `vit-suite convert` reads or writes
 FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore")
-#: which backend's framework reads/writes each native format
-NATIVE_BACKEND = {"torch": "torch", "keras": "keras", "keras-h5": "keras", "mindspore": "mindspore"}
+#: the backends that read and write each native format, preferred first
+NATIVE_BACKENDS = {"torch": ("torch",), "keras": ("keras", "keras-jax", "keras-torch"),
+                   "keras-h5": ("keras", "keras-jax", "keras-torch"), "mindspore": ("mindspore",)}
 #: default suffix when writing each format
 SUFFIX = {"canonical": ".safetensors", "timm": ".safetensors", "hf": "", "torch": ".pt", "keras": ".keras",
           "keras-h5": ".weights.h5", "mindspore": ".ckpt"}
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def native_backend(fmt: str) -> str | None:
+    """The backend that reads and writes native format `fmt` in this process (None for a peer format).
+
+    Keras files: the Keras backend KERAS_BACKEND names (TensorFlow when it is unset), if installed; a Keras file
+    written under one Keras backend loads under the others.
+    """
+    names = NATIVE_BACKENDS.get(fmt, ())
+    usable = [n for n in names if runs_in_this_process(n) and is_available(n)]
+    return (usable or list(names) or [None])[0]
 
 
 def _safetensors_kind(path: Path) -> str | None:

@@ -20,7 +20,7 @@ from ..config import ViTConfig
 from ..errors import BackendError, InvalidFileError, MismatchError, UsageError
 from ..posemb import resample_pos_embed
 from ..presets import get_preset
-from .formats import FORMATS, NATIVE_BACKEND, SUFFIX, detect_format
+from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
 from .hf import load_hf_dir, save_hf_dir
 from .timm import export_timm, import_timm, load_timm_file, read_checkpoint
 
@@ -46,8 +46,8 @@ def read_any(src: str, fmt: str | None = None, preset: str | None = None,
             cfg = cfg_hint
         except MismatchError:
             cfg, state = import_timm(state, preset=cfg_hint, image_size=image_size, source=src)
-    elif fmt in NATIVE_BACKEND:
-        be_name = NATIVE_BACKEND[fmt]
+    elif fmt in NATIVE_BACKENDS:
+        be_name = native_backend(fmt)
         import_frameworks_in_safe_order([be_name])
         be = get_backend(be_name)
         with tempfile.TemporaryDirectory(prefix="vit-suite-src-") as tmp:
@@ -94,8 +94,8 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict) -> None:
         W.atomic_write(dst, lambda t: save_file({k: np.ascontiguousarray(v) for k, v in timm_state.items()}, t))
     elif fmt == "hf":
         save_hf_dir(dst, cfg, state)
-    elif fmt in NATIVE_BACKEND:
-        be_name = NATIVE_BACKEND[fmt]
+    elif fmt in NATIVE_BACKENDS:
+        be_name = native_backend(fmt)
         import_frameworks_in_safe_order([be_name])
         be = get_backend(be_name)
         be.save_native(be.build(cfg, state), dst)

@@ -200,3 +200,28 @@ def test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others
         assert {f.split(".")[0] for f in files} == others and len(files) == 4, (reader, sorted(files))
         for name, res in files.items():
             assert res["bit_exact"] and res["conforms"], (reader, name, res)
+
+
+@pytest.mark.skipif(not OUTER, reason="one check, run from the TensorFlow process")
+def test_a_process_runs_keras_on_one_backend_and_refuses_another_by_name():
+    """Making Keras backend objects starts no framework (the tool's parent lists every Keras target's modes); the
+    first model fixes the process's Keras backend, and a model for another is refused with both named."""
+    code = (
+        "import sys\n"
+        "from shared.backend import get_backend\n"
+        "from shared.errors import BackendError\n"
+        "from shared.presets import get_preset\n"
+        "jx, tf = get_backend('keras-jax'), get_backend('keras')\n"
+        "assert 'keras' not in sys.modules, 'making a backend object imported keras'\n"
+        "jx.build(get_preset('tiny'))\n"
+        "try:\n"
+        "    tf.build(get_preset('tiny'))\n"
+        "except BackendError as e:\n"
+        "    print(e)\n"
+        "else:\n"
+        "    raise SystemExit('a TensorFlow model was built in a process whose Keras runs on JAX')\n")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=str(ROOT))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "'keras' needs Keras on tensorflow, but this process already runs Keras on jax" in r.stdout

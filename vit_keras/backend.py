@@ -37,12 +37,16 @@ def _keras():
     return keras
 
 
-def use_keras_backend(keras_backend: str, who: str) -> None:
-    """Make this process's Keras run on `keras_backend`: set KERAS_BACKEND before Keras is imported, or check it."""
+def use_keras_backend(keras_backend: str, who: str, *, start: bool = True) -> None:
+    """Make this process's Keras run on `keras_backend`: set KERAS_BACKEND before Keras is imported, or check it.
+    start=False leaves Keras unimported when it is not yet (making a backend object starts no framework: the tool's
+    parent process lists several Keras backends' modes)."""
     import sys
 
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = keras_backend
+        if not start:
+            return
     running = _keras().backend.backend()
     if running != keras_backend:
         raise BackendError(f"backend {who!r} needs Keras on {keras_backend}, but this process already runs Keras on "
@@ -65,7 +69,7 @@ class KerasBackend(Backend):
     def __init__(self, mode: str | None = None, data_format: str = "channels_last"):
         """mode: one of MODES[keras_backend] (default: the class's); data_format: the layout of the models `build`
         makes."""
-        use_keras_backend(self.keras_backend, self.name)
+        use_keras_backend(self.keras_backend, self.name, start=False)
         mode = mode or type(self).mode
         if mode not in MODES[self.keras_backend]:
             raise BackendError(f"Keras on {self.keras_backend} runs the modes {MODES[self.keras_backend]}, "
@@ -74,12 +78,14 @@ class KerasBackend(Backend):
         self.data_format = data_format
 
     def versions(self) -> dict[str, str]:
+        use_keras_backend(self.keras_backend, self.name)
         return {**super().versions(), "keras_backend": _keras().backend.backend()}
 
     # ------------------------------------------------------------------ build
     def build(self, cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *,
               dtype: str = "float32", seed: int = 0) -> Any:
         self.check_dtype(dtype)
+        use_keras_backend(self.keras_backend, self.name)
         from .model import build_model
 
         return build_model(cfg, state, dtype=dtype, seed=seed, data_format=self.data_format)
@@ -140,6 +146,7 @@ class KerasBackend(Backend):
 
     def load_native(self, path, cfg: ViTConfig | None = None, *, dtype: str = "float32") -> Any:
         self.check_dtype(dtype)
+        use_keras_backend(self.keras_backend, self.name)
         from .convert import load_keras, load_weights_h5
         from .model import POLICIES, build_model, to_canonical
 
@@ -160,6 +167,7 @@ class KerasBackend(Backend):
         """NCHW (channels_first): the shared pipeline's arrays go in unchanged."""
         if dtype != "float32":
             raise UnsupportedError(f"backend {self.name!r} trains in float32, not {dtype!r}")
+        use_keras_backend(self.keras_backend, self.name)
         from .model import build_model
 
         return build_model(cfg, state, data_format="channels_first")

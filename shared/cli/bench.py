@@ -56,12 +56,16 @@ def cmd_bench(args) -> int:
                 got = child.meta["rows"]
                 rows += got
                 c.print(f"  {b} {mode}: " + ", ".join(f"batch {r['batch']} {r['images_per_s']:.2f} img/s" for r in got))
-    t = Table(title=f"{cfg.name} {args.dtype}: images/s (median), achieved GFLOP/s, peak RSS")
-    for col in ("backend", "mode", "batch", "img/s", "GFLOP/s", "peak RSS MB"):
+    # the ratio to timm (the torch backend's "timm" peer mode) at the same batch, in this run
+    timm = {r["batch"]: r["images_per_s"] for r in rows if r["mode"] == "timm"}
+    for r in rows:
+        r["vs_timm"] = r["images_per_s"] / timm[r["batch"]] if r["batch"] in timm else None
+    t = Table(title=f"{cfg.name} {args.dtype}: images/s (median), achieved GFLOP/s, ratio to timm, peak RSS")
+    for col in ("backend", "mode", "batch", "img/s", "GFLOP/s", "x timm", "peak RSS MB"):
         t.add_column(col, justify="left" if col in ("backend", "mode") else "right")
     for r in rows:
         t.add_row(r["backend"], r["mode"], str(r["batch"]), f"{r['images_per_s']:.2f}", f"{r['gflops_per_s']:.0f}",
-                  f"{r['peak_rss_mb']:.0f}")
+                  "-" if r["vs_timm"] is None else f"{r['vs_timm']:.2f}", f"{r['peak_rss_mb']:.0f}")
     c.print(t)
     if args.json:
         atomic_write(args.json, lambda p: Path(p).write_text(json.dumps(

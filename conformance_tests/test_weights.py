@@ -172,3 +172,61 @@ def test_bfloat16_files_are_read_exactly(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + values.tobytes())
     tensors, _ = W.read_tensors(path)
     np.testing.assert_array_equal(tensors["x"], values.astype(np.float32))
+
+
+def _safetensors_bytes(meta: dict | None, header_len: int) -> bytes | None:
+    """One 2x3 float32 tensor in a safetensors file whose JSON header is exactly `header_len` bytes (space padded,
+    as the format allows), or None when the header cannot be that short."""
+    header = {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}
+    if meta is not None:
+        header = {"__metadata__": meta, **header}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    if len(raw) > header_len:
+        return None
+    return struct.pack("<Q", header_len) + raw.ljust(header_len, b" ") + np.arange(6, dtype="<f4").tobytes()
+
+
+def test_format_detection_reads_the_safetensors_header_for_every_length(tmp_path, tiny):
+    """Format detection reads safetensors structurally (length, then JSON) before any pickle sniffing. The first
+    byte of a safetensors file is the low byte of its header length, 0x80 for about one file in 256: taken for a
+    legacy torch pickle, such a canonical file lost its config. Every header length up to 4096 bytes, canonical
+    (config in the metadata) and timm (no metadata); a real legacy torch pickle is still a torch file."""
+    import torch
+    from safetensors.numpy import load_file
+
+    from shared.convert.formats import detect_format
+
+    cfg, _ = tiny
+    seen = {"canonical": 0, "timm": 0}
+    for kind, meta in (("canonical", _meta(cfg)), ("timm", None)):
+        for n in range(4097):
+            data = _safetensors_bytes(meta, n)
+            if data is None:
+                continue
+            f = tmp_path / f"{kind}_{n}.safetensors"
+            f.write_bytes(data)
+            assert detect_format(f) == kind, (kind, n, data[:1])
+            if n % 256 == 0x80:
+                assert data[:1] == b"\x80" and np.array_equal(load_file(f)["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+            f.unlink()
+            seen[kind] += 1
+    assert seen["timm"] > 4000 and seen["canonical"] > 2000, seen
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:1] == b"\x80" and detect_format(legacy) == "torch"
+
+
+def test_a_canonical_file_whose_header_length_ends_in_0x80_converts(tmp_path, tiny):
+    """End to end: `inspect` and `convert` read the config of a canonical file whose first byte is 0x80 (the notes
+    metadata, e.g. a source path, sets the header length)."""
+    cfg, state = tiny
+    for pad in range(256):
+        path = W.save(tmp_path / "w.safetensors", cfg, state, metadata={"notes": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        raise AssertionError("no notes length gave a header length ending in 0x80")
+    assert main(["inspect", str(path)]) == 0
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 0
+    cfg2, state2 = W.load(tmp_path / "out.safetensors")
+    assert cfg2 == cfg and all(np.array_equal(state2[k], state[k]) for k in state)

@@ -33,6 +33,8 @@ def native_backend(fmt: str) -> str | None:
 
 
 def _safetensors_kind(path: Path) -> str | None:
+    """The safetensors flavour of `path`, read structurally (an 8-byte little-endian header length that fits the
+    file, then a JSON object), or None when the file is not safetensors."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -45,10 +47,12 @@ def _safetensors_kind(path: Path) -> str | None:
         return None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(header, dict):
         return None
     meta = header.get("__metadata__") or {}
-    if "vit_config" in meta:
+    if isinstance(meta, dict) and "vit_config" in meta:
         return "canonical"
     keys = [k for k in header if k != "__metadata__"]
     if any("embeddings.patch_embeddings" in k or ".attention.attention.query" in k for k in keys):
@@ -114,11 +118,13 @@ def detect_format(path: str | Path) -> str:
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
         raise InvalidFileError(f"{path}: zip archive that is neither a .keras model nor a torch.save file: {names[:5]}")
-    if head[:1] == b"\x80":
-        return "torch"  # legacy (non-zip) torch.save; read only with weights_only=True
+    # safetensors before any pickle sniffing: its first byte is the low byte of the header length, 0x80 for about
+    # one file in 256, so "starts with 0x80" alone would call those files legacy torch pickles
     kind = _safetensors_kind(path)
     if kind:
         return kind
+    if head[:1] == b"\x80":
+        return "torch"  # legacy (non-zip) torch.save; read only with weights_only=True
     if _looks_like_mindspore_ckpt(path):
         return "mindspore"
     raise InvalidFileError(f"{path}: unrecognised weight format (first bytes {head[:8]!r}); known: {', '.join(FORMATS)}")

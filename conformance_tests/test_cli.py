@@ -326,3 +326,119 @@ def test_a_child_reports_its_own_peak_memory():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout) < 256, f"child reports {float(r.stdout):.0f} MB with a {ballast.nbytes >> 20} MiB parent"
+
+
+# ------------------------------------------------------------ outputs never clobber, flags are validated
+def test_no_command_writes_over_its_own_input_even_with_force(tmp_path, tiny_file):
+    """Pointed at the weights or the input .npy, an output flag destroyed it (exit 0). Now: exit 2, input intact."""
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(tiny_file.read_bytes())
+    x = tmp_path / "x.npy"
+    np.save(x, random_images(get_preset("tiny"), 2, 1))
+    before = {p: p.read_bytes() for p in (w, x)}
+    attempts = [["reference", str(w), "--input", str(x), "--output", str(w)],
+                ["reference", str(w), "--input", str(x), "--output", str(x)],
+                ["forward", str(w), "--backend", "torch", "--input", str(x), "--output", str(x)],
+                ["check", str(w), "--json", str(w)],
+                ["check", str(w), "--backends", "torch", "--input", str(x), "--report", str(x)],
+                ["check", "--grad", str(w), "--json", str(w)],
+                ["convert", str(w), str(w)],
+                ["train", "--backend", "torch", "--init", str(w), "--out", str(w), "--steps", "1"]]
+    for argv in attempts:
+        for force in ([], ["--force"]):
+            assert main(argv + force) == E.EXIT_USAGE, argv + force
+            assert all(p.read_bytes() == b for p, b in before.items()), argv + force
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors", "x.npy"]  # and nothing half-written
+
+
+def test_an_existing_output_is_replaced_only_with_force(tmp_path, tiny_file, capsys):
+    out = tmp_path / "m.safetensors"
+    assert main(["init", "tiny", str(out), "--seed", "1"]) == 0
+    first = out.read_bytes()
+    assert main(["init", "tiny", str(out), "--seed", "2"]) == E.EXIT_USAGE
+    assert "pass --force" in capsys.readouterr().err and out.read_bytes() == first
+    assert main(["init", "tiny", str(out), "--seed", "2", "--force"]) == 0
+    assert out.read_bytes() != first and W.load(out)[1]["head.weight"].tolist() == \
+        init_weights(get_preset("tiny"), 2)["head.weight"].tolist()
+    x = tmp_path / "x.npy"
+    np.save(x, random_images(get_preset("tiny"), 2, 1))
+    y = tmp_path / "y.npz"
+    y.write_bytes(b"keep me")
+    assert main(["reference", str(tiny_file), "--input", str(x), "--output", str(y)]) == E.EXIT_USAGE
+    assert y.read_bytes() == b"keep me"
+    assert main(["reference", str(tiny_file), "--input", str(x), "--output", str(y), "--force"]) == 0
+    with np.load(y) as z:
+        assert "logits" in z.files
+    # convert --force reaches the writer, the Hugging Face directory writer included
+    hf = tmp_path / "hfdir"
+    assert main(["convert", str(tiny_file), str(hf), "--to", "hf"]) == 0
+    assert main(["convert", str(tiny_file), str(hf), "--to", "hf"]) == E.EXIT_USAGE
+    assert main(["convert", str(out), str(hf), "--to", "hf", "--force"]) == 0
+    assert all(np.array_equal(read_any(str(hf))[1][k], W.load(out)[1][k]) for k in W.load(out)[1])
+
+
+def test_a_writer_that_loses_the_race_to_create_the_destination_fails_and_leaves_nothing(tmp_path, tiny_file):
+    """The exists-check before the work is not atomic; the final create is (a hard link): of two writers to one
+    destination without --force, the second gets exit 2 and the first one's file stays."""
+    cfg, state = W.load(tiny_file)
+    dst = tmp_path / "m.safetensors"
+
+    def racing_writer(tmp):  # another process creates the destination while this one writes
+        dst.write_bytes(b"the other writer's file")
+        from safetensors.numpy import save_file
+
+        save_file(state, tmp)
+
+    with pytest.raises(E.OutputError, match="exists"):
+        W.atomic_write(dst, racing_writer, overwrite=False)
+    assert dst.read_bytes() == b"the other writer's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, tiny_file):
+    """Temporary files are created 0600 (MindSpore writes 0400); what the suite writes is readable as far as the
+    umask allows, so a teammate or a later CI stage can read it."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        for name, fmt in (("m.safetensors", None), ("m.ckpt", None), ("m.pt", None), ("hfdir", "hf")):
+            argv = ["convert", str(tiny_file), str(tmp_path / name)] + (["--to", fmt] if fmt else [])
+            assert main(argv) == 0, name
+        assert main(["init", "tiny", str(tmp_path / "i.safetensors")]) == 0
+    finally:
+        os.umask(old)
+    for name in ("m.safetensors", "m.ckpt", "m.pt", "i.safetensors", "hfdir/config.json", "hfdir/model.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert stat.S_IMODE((tmp_path / "hfdir").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "--batch", "0"], ["check", "--batch", "-3"], ["check", "--batch", "1000000"],
+    ["check", "--seed", "-1"], ["init", "tiny", "OUT", "--seed", "-1"], ["grad", "--batch", "0"],
+    ["train", "--backend", "torch", "--steps", "0"], ["train", "--backend", "torch", "--lr", "nan"],
+    ["train", "--backend", "torch", "--label-smoothing", "1"], ["bench", "--iters", "0"],
+])
+def test_out_of_range_flags_are_usage_errors(tmp_path, argv, capsys):
+    """`check --batch 0` ran batch 2 and printed PASS; negative seeds and batches crashed. Now: exit 2, the range
+    named, before any work."""
+    argv = [str(tmp_path / a) if a == "OUT" else a for a in argv]
+    assert main(argv) == E.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "outside" in err or "expected" in err, err
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_flags_that_conflict_with_the_input_are_refused(tmp_path, tiny_file, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, random_images(get_preset("tiny"), 2, 1))  # tiny's own image size
+    h, w = get_preset("tiny").image_size
+    argv = ["forward", str(tiny_file), "--backend", "torch", "--input", str(x), "--output", str(tmp_path / "y.npz"),
+            "--image-size", f"{2 * h}x{2 * w}"]
+    assert main(argv) == E.EXIT_USAGE  # it was ignored: logits identical to a plain run
+    assert "conflicts with --input" in capsys.readouterr().err
+    assert main(["check", str(tiny_file), "--backends", "torch", "--report", str(tmp_path / "r.html"),
+                 "--attn-block", "99"]) == E.EXIT_USAGE  # it was clamped to the last block without a word
+    assert "has blocks 0.." in capsys.readouterr().err
+    assert not (tmp_path / "y.npz").exists() and not (tmp_path / "r.html").exists()

@@ -335,3 +335,38 @@ def test_hf_timm_cross_conversion():
     c2, s2 = import_timm(export_timm(c1, s1), preset=c1)
     assert c2 == c1
     _same_state(state, s2)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors"])
+def test_hf_index_naming_a_shard_outside_the_directory_is_refused(tmp_path, shard):
+    """A `model.safetensors.index.json` is data from the internet: a shard outside the model directory is a
+    path-traversal read. Refused with exit 3, naming the shard; the outside file is never opened."""
+    from shared.errors import InvalidFileError
+
+    cfg = get_preset("tiny").replace(resize_kernel="bicubic")
+    d = tmp_path / "hf"
+    save_hf_dir(d, cfg, init_weights(cfg))
+    (d / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"vit.embeddings.cls_token": shard}}))
+    with pytest.raises(InvalidFileError, match="refusing to read outside") as e:
+        load_hf_dir(d)
+    assert e.value.exit_code == 3 and repr(shard) in str(e.value)
+
+
+def test_hf_sharded_directory_reads_every_shard(tmp_path):
+    """The positive side of the index check: shards inside the directory are read, bit-exact."""
+    from safetensors.numpy import load_file, save_file
+
+    cfg = get_preset("tiny").replace(resize_kernel="bicubic")
+    state = init_weights(cfg)
+    d = tmp_path / "hf"
+    save_hf_dir(d, cfg, state)
+    tensors = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    keys = sorted(tensors)
+    parts = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, ks in parts.items():
+        save_file({k: tensors[k] for k in ks}, d / name)
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: name for name, ks in parts.items() for k in ks}}))
+    _same_state(state, load_hf_dir(d)[1])

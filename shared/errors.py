@@ -48,6 +48,11 @@ class UsageError(SuiteError):
     exit_code = EXIT_USAGE
 
 
+class OutputError(UsageError, FileExistsError):
+    """A destination that exists (replaced only with --force), or that is one of the command's own inputs (never
+    written over, even with --force). Also a FileExistsError, for Python callers of the writers."""
+
+
 class ConfigError(SuiteError, ValueError):
     """A ViTConfig that cannot describe a working model."""
 

@@ -28,7 +28,7 @@ from typing import Mapping
 import numpy as np
 
 from .config import ViTConfig
-from .errors import ConfigError, InvalidFileError, MismatchError
+from .errors import ConfigError, InvalidFileError, MismatchError, OutputError
 
 FORMAT_NAME = "vit-suite"
 FORMAT_VERSION = "1"
@@ -111,10 +111,20 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
 
 
 # ------------------------------------------------------------------- writing
-def atomic_write(path: str | os.PathLike, write_fn) -> Path:
-    """Call write_fn(tmp_path) on a temporary file beside `path`, then rename it into place.
+def umask_mode(directory: bool = False) -> int:
+    """The mode the process umask gives a new file (0o666 & ~umask) or directory (0o777 & ~umask). Temporary files
+    are created 0600 (and MindSpore writes 0400): a written file gets this mode back, so teammates and later CI
+    stages can read what the suite writes exactly as far as the umask allows."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
 
-    On any failure the temporary file is removed and `path` is left untouched.
+
+def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -> Path:
+    """Call write_fn(tmp_path) on a temporary file beside `path`, then move it into place with the umask's mode.
+
+    On any failure the temporary file is removed and `path` is left untouched. overwrite=False creates `path`
+    only if it does not exist, atomically (a hard link): of two concurrent writers the second gets OutputError.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +132,11 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     os.close(fd)
     try:
         write_fn(tmp)
-        os.replace(tmp, path)
+        os.chmod(tmp, umask_mode())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _create_exclusively(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -130,16 +144,29 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     return path
 
 
+def _create_exclusively(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)  # fails if `path` exists, whoever created it in the meantime
+    except FileExistsError:
+        raise OutputError(f"{path} exists (written by another process meanwhile?); pass --force to replace it") from None
+    except OSError:  # a filesystem without hard links: check, then rename (not atomic against a concurrent writer)
+        if path.exists():
+            raise OutputError(f"{path} exists; pass --force to replace it") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def save(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray],
-         metadata: Mapping[str, str] | None = None) -> Path:
-    """Validate and write a canonical file atomically."""
+         metadata: Mapping[str, str] | None = None, *, overwrite: bool = True) -> Path:
+    """Validate and write a canonical file atomically (overwrite=False: only if `path` does not exist)."""
     from safetensors.numpy import save_file
 
     validate_state(cfg, state, source=str(path))
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "vit_config": cfg.to_json()}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     tensors = {k: np.ascontiguousarray(state[k]) for k in expected_shapes(cfg)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
 
 
 # ------------------------------------------------------------------- reading

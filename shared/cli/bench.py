@@ -17,8 +17,7 @@ from ..backend import get_backend, import_frameworks_in_safe_order
 from ..bench import vit_flops
 from ..errors import EXIT_CRASH, EXIT_OK
 from ..presets import get_preset
-from ..weights import atomic_write
-from .common import console, selected_backends
+from .common import claim_output, console, int_arg, selected_backends, write_text
 
 
 def cmd_bench(args) -> int:
@@ -27,6 +26,7 @@ def cmd_bench(args) -> int:
 
     from .worker import run_child
 
+    claim_output(args.json, "--json", force=args.force)
     c = console()
     cfg = get_preset(args.preset)
     backends = selected_backends(args.backends)
@@ -68,9 +68,10 @@ def cmd_bench(args) -> int:
                   "-" if r["vs_timm"] is None else f"{r['vs_timm']:.2f}", f"{r['peak_rss_mb']:.0f}")
     c.print(t)
     if args.json:
-        atomic_write(args.json, lambda p: Path(p).write_text(json.dumps(
+        write_text(args.json, json.dumps(
             {"preset": cfg.name, "gflop_per_image": vit_flops(cfg) / 1e9, "dtype": args.dtype, "rows": rows,
-             "failures": [dict(backend=b, mode=m, error=e) for b, m, e in failures]}, indent=2, default=str)))
+             "failures": [dict(backend=b, mode=m, error=e) for b, m, e in failures]}, indent=2, default=str),
+            overwrite=args.force)
         c.print(f"wrote {args.json}")
     return EXIT_OK if rows else EXIT_CRASH
 
@@ -81,7 +82,8 @@ def add_parser(sub) -> None:
     b.add_argument("--preset", default="B/16")
     b.add_argument("--batch", default="1,8")
     b.add_argument("--dtype", default="float32")
-    b.add_argument("--iters", type=int, default=5)
+    b.add_argument("--iters", type=int_arg(1, 1000), default=5)
     b.add_argument("--no-peers", action="store_true", help="skip timm / Hugging Face")
     b.add_argument("--json", help="write the figures to this JSON file")
+    b.add_argument("--force", action="store_true", help="replace an existing --json file")
     b.set_defaults(func=cmd_bench)

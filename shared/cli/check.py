@@ -21,7 +21,8 @@ from ..backend import available_backends, backend_names
 from ..config import ViTConfig
 from ..errors import EXIT_CRASH, EXIT_OK, EXIT_OUT_OF_BOUNDS, UsageError
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
-from .common import console, load_npy, parse_size, resolve_model, selected_backends
+from .common import (SEED_MAX, claim_output, console, int_arg, load_npy, parse_size, resolve_model, same_file,
+                     selected_backends, write_text)
 from .worker import run_child
 
 
@@ -128,12 +129,20 @@ def cmd_check(args) -> int:
 
         return cmd_grad(argparse.Namespace(weights=args.weights, preset=args.preset, backends=args.backends,
                                            batch=args.batch or 8, seed=args.seed, label_smoothing=0.1,
-                                           json=args.json))
+                                           json=args.json, force=args.force))
     if args.explain:
         cfg = W.load(args.weights)[0] if args.weights else get_preset(args.preset or DEFAULT_PRESET)
         print(tolerances.explain(cfg))
         return EXIT_OK
+    inputs = (args.weights, args.input)
+    claim_output(args.json, "--json", force=args.force, inputs=inputs)
+    claim_output(args.report, "--report", force=args.force, inputs=inputs)
+    if args.json and args.report and same_file(args.json, args.report):
+        raise UsageError(f"--json and --report name one file, {args.json}")
     cfg, state, source, images, labels = resolve_model(args.weights, args.preset, args.seed)
+    if args.report and not (args.attn_block < cfg.depth and args.attn_head < cfg.num_heads):
+        raise UsageError(f"--attn-block {args.attn_block} --attn-head {args.attn_head}: {cfg.name} has blocks "
+                         f"0..{cfg.depth - 1} and heads 0..{cfg.num_heads - 1}")
     size = parse_size(args.image_size)
     if args.input:
         images, labels = load_npy(args.input, "--input"), None
@@ -162,12 +171,12 @@ def cmd_check(args) -> int:
                                on_event=on_event)
     print_check(c, result, args.stages)
     if args.json:
-        W.atomic_write(args.json, lambda t: Path(t).write_text(json.dumps(result.to_json(), indent=2)))
+        write_text(args.json, json.dumps(result.to_json(), indent=2), overwrite=args.force)
         c.print(f"wrote {args.json}")
     if args.report:
         from .report import write_report
 
-        write_report(args.report, result, state, args.attn_block, args.attn_head)
+        write_report(args.report, result, state, args.attn_block, args.attn_head, overwrite=args.force)
         c.print(f"wrote {args.report}")
     if any(r.status == "FAIL" for r in result.runs) or any(not p.passed for p in result.pairs):
         return EXIT_OUT_OF_BOUNDS
@@ -236,16 +245,17 @@ def add_parser(sub) -> None:
     c.add_argument("--backends", help=f"comma-separated (default: every installed one of "
                                       f"{', '.join(backend_names(variants=False))})")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    c.add_argument("--batch", type=int, help="batch size of random inputs (default 2)")
+    c.add_argument("--batch", type=int_arg(1, 1024), help="batch size of random inputs (default 2)")
     c.add_argument("--image-size", help="HxW; a learned position table is resampled with the config's kernel")
     c.add_argument("--input", help="NCHW float32 .npy inputs instead of random ones")
     c.add_argument("--input-kind", default="normal", choices=["normal", "uniform", "zeros", "large"])
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
     c.add_argument("--stages", action="store_true", help="print the per-stage table")
     c.add_argument("--json", help="write every metric to this JSON file")
     c.add_argument("--report", help="write a self-contained HTML report with plots")
-    c.add_argument("--attn-block", type=int, default=0, help="block of the attention map in the report")
-    c.add_argument("--attn-head", type=int, default=0, help="head of the attention map in the report")
+    c.add_argument("--attn-block", type=int_arg(0, 10**6), default=0, help="block of the attention map in the report")
+    c.add_argument("--attn-head", type=int_arg(0, 10**6), default=0, help="head of the attention map in the report")
+    c.add_argument("--force", action="store_true", help="replace an existing --json / --report file")
     c.add_argument("--explain", action="store_true", help="print the tolerance policy and exit")
     c.add_argument("--grad", action="store_true",
                    help="gradient and optimiser-step conformance against a float64 oracle (= vit-suite grad)")

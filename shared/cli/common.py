@@ -1,7 +1,10 @@
 """What every `vit-suite` command shares: the console, argument parsing helpers, and where a model comes from."""
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import numpy as np
 from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
-from ..errors import InvalidFileError, UsageError
+from ..errors import InvalidFileError, OutputError, UsageError
 from ..presets import DEFAULT_PRESET, get_preset
 
 
@@ -18,6 +21,43 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, width=None if sys.stdout.isatty() else 130)
+
+
+#: seeds reach numpy.random.default_rng and the frameworks' seeders: 0 .. 2**32 - 1
+SEED_MAX = 2**32 - 1
+
+
+def int_arg(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi]; anything else is bad usage (exit 2), the range named."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside [{lo}, {hi}]")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_arg(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type: a finite float in the interval (open at an end where asked)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        above = v > lo if lo_open else v >= lo
+        below = v < hi if hi_open else v <= hi
+        if not (math.isfinite(v) and above and below):
+            raise argparse.ArgumentTypeError(f"expected a number in {'(' if lo_open else '['}{lo}, {hi}"
+                                             f"{')' if hi_open else ']'}, got {text!r}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -35,6 +75,32 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return (parts[0], parts[1])
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file or directory (links and relative spellings included), existing or not."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def claim_output(path: str | Path | None, flag: str, *, force: bool, inputs=()) -> Path | None:
+    """Refuse to write `path` (given by `flag`) over one of the command's `inputs`, even with --force, or over an
+    existing file without --force; run before any work, so a refused command costs nothing. The write itself then
+    uses `overwrite=force`, which closes the race with a concurrent writer."""
+    if path is None:
+        return None
+    for src in inputs:
+        if src is not None and same_file(path, src):
+            raise OutputError(f"{flag} {path} is also this command's input {src}: refusing to write over it, "
+                              f"even with --force")
+    if Path(path).exists() and not force:
+        raise OutputError(f"{flag} {path} exists; pass --force to replace it")
+    return Path(path)
+
+
 def load_npy(path: str, what: str) -> np.ndarray:
     """An NCHW float array from a .npy file, never unpickled."""
     p = Path(path)
@@ -49,11 +115,21 @@ def load_npy(path: str, what: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def write_npz(path: str | Path, arrays: dict, meta: dict, as_float32: bool = True) -> None:
+def write_npz(path: str | Path, arrays: dict, meta: dict, as_float32: bool = True, *, overwrite: bool = True) -> None:
     """Arrays (cast to float32 unless `as_float32` is False) and a JSON `__meta__` entry, written atomically."""
     arrays = {k: np.asarray(v, dtype=np.float32 if as_float32 else None) for k, v in arrays.items()}
     arrays["__meta__"] = np.array(json.dumps(meta))
-    W.atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    W.atomic_write(path, write, overwrite=overwrite)
+
+
+def write_text(path: str | Path, text: str, *, overwrite: bool) -> Path:
+    """A JSON / HTML output, atomically (overwrite=False: only if `path` does not exist)."""
+    return W.atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
 
 
 def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:

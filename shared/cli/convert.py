@@ -10,19 +10,18 @@ from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
 from ..convert.formats import FORMATS, detect_format, native_backend
 from ..convert.io import read_any, target_format, write_any
-from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
-from .common import console, parse_size
+from ..errors import EXIT_MISMATCH, EXIT_OK
+from .common import claim_output, console, parse_size
 
 
 def cmd_convert(args) -> int:
     src_fmt = args.from_ or detect_format(args.src)
     dst_fmt = target_format(args.dst, args.to)
-    if Path(args.dst).exists() and not args.force:
-        raise UsageError(f"{args.dst} exists; pass --force to replace it")
+    claim_output(args.dst, "DST", force=args.force, inputs=(args.src,))
     import_frameworks_in_safe_order([native_backend(src_fmt) or "", native_backend(dst_fmt) or ""])
     c = console()
     cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size))
-    write_any(args.dst, dst_fmt, cfg, state)
+    write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force)
     c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters")
     if args.verify:
         from .check import cmd_check, default_args

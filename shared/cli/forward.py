@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import weights as W
 from ..errors import EXIT_OK, UsageError
-from .common import console, load_npy, parse_size, write_npz
+from .common import claim_output, console, load_npy, parse_size, write_npz
 
 
 def _inputs(path: str, in_chans: int):
@@ -16,10 +16,11 @@ def _inputs(path: str, in_chans: int):
 def cmd_reference(args) -> int:
     from .. import reference
 
+    claim_output(args.output, "--output", force=args.force, inputs=(args.weights, args.input))
     cfg, state = W.load(args.weights)
     x = _inputs(args.input, cfg.in_chans)
     out = reference.forward(cfg, state, x, dtype=args.dtype)
-    write_npz(args.output, out, {"backend": "reference", "dtype": args.dtype})
+    write_npz(args.output, out, {"backend": "reference", "dtype": args.dtype}, overwrite=args.force)
     console().print(f"wrote {args.output}: {', '.join(out)}")
     return EXIT_OK
 
@@ -27,10 +28,18 @@ def cmd_reference(args) -> int:
 def cmd_forward(args) -> int:
     from .worker import run_forward
 
-    out, meta = run_forward(args.backend, args.weights, args.input, args.dtype, parse_size(args.image_size))
+    claim_output(args.output, "--output", force=args.force, inputs=(args.weights, args.input))
+    size = parse_size(args.image_size)
+    if size is not None:
+        hw = tuple(load_npy(args.input, "--input").shape[2:])
+        if hw != size:
+            raise UsageError(f"--image-size {size[0]}x{size[1]} conflicts with --input {args.input}, whose images are "
+                             f"{hw[0]}x{hw[1]}: the model runs at its input's size (omit --image-size, or resize "
+                             f"the input)")
+    out, meta = run_forward(args.backend, args.weights, args.input, args.dtype, size)
     if not args.stages:
         out = {"logits": out["logits"]}
-    write_npz(args.output, out, meta)
+    write_npz(args.output, out, meta, overwrite=args.force)
     if not args.quiet:
         console(stderr=True).print(f"{args.backend}: build {meta['build_s']:.2f} s, forward {meta['forward_s']:.2f} s "
                                    f"-> {args.output}")
@@ -47,6 +56,7 @@ def add_parser(sub) -> None:
     f.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     f.add_argument("--image-size", help="HxW (default: the input's size)")
     f.add_argument("--quiet", action="store_true")
+    f.add_argument("--force", action="store_true", help="replace an existing --output")
     f.set_defaults(func=cmd_forward)
 
     r = sub.add_parser("reference", help="run the NumPy reference on given inputs and save every named stage")
@@ -54,4 +64,5 @@ def add_parser(sub) -> None:
     r.add_argument("--input", required=True)
     r.add_argument("--output", required=True)
     r.add_argument("--dtype", default="float64", choices=["float64", "float32", "float16", "bfloat16"])
+    r.add_argument("--force", action="store_true", help="replace an existing --output")
     r.set_defaults(func=cmd_reference)

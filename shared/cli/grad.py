@@ -14,7 +14,7 @@ from .. import weights as W
 from ..config import ViTConfig
 from ..errors import EXIT_CRASH, EXIT_OK, EXIT_OUT_OF_BOUNDS, UsageError
 from ..training import grad as G
-from .common import console, resolve_model, selected_backends
+from .common import SEED_MAX, claim_output, console, float_arg, int_arg, resolve_model, selected_backends, write_text
 from .worker import run_child
 
 #: tiny models run fastest single-threaded, and the oracle's float64 sums must not depend on a thread count
@@ -64,6 +64,7 @@ def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: lis
 def cmd_grad(args) -> int:
     from ..init import random_images
 
+    claim_output(args.json, "--json", force=args.force, inputs=(args.weights,))
     cfg, state, source, images, labels = resolve_model(args.weights, args.preset, args.seed)
     if images is not None:  # the shipped model's held-out digits: the first batch of them
         images, labels = images[:args.batch], labels[:args.batch]
@@ -84,7 +85,7 @@ def cmd_grad(args) -> int:
                            lambda who, what: status.update(f"[bold]{who}[/]: {what}"))
     print_grad(c, res)
     if args.json:
-        W.atomic_write(args.json, lambda t: Path(t).write_text(json.dumps(res.to_json(), indent=2, default=float)))
+        write_text(args.json, json.dumps(res.to_json(), indent=2, default=float), overwrite=args.force)
         c.print(f"wrote {args.json}")
     if res.oracle_error or any(r.error and not r.unsupported for r in res.runs):
         return EXIT_CRASH
@@ -129,8 +130,9 @@ def add_parser(sub) -> None:
     d.add_argument("weights", nargs="?", help="canonical weights (default: the shipped digits model)")
     d.add_argument("--preset", help="random weights of a preset instead")
     d.add_argument("--backends", help="comma-separated (default: every installed one)")
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--label-smoothing", type=float, default=0.1)
+    d.add_argument("--batch", type=int_arg(1, 1024), default=8)
+    d.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
+    d.add_argument("--label-smoothing", type=float_arg(0, 1, hi_open=True), default=0.1)
     d.add_argument("--json", help="write every metric to this JSON file")
+    d.add_argument("--force", action="store_true", help="replace an existing --json file")
     d.set_defaults(func=cmd_grad)

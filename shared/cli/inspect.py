@@ -7,16 +7,17 @@ from pathlib import Path
 from .. import weights as W
 from ..errors import EXIT_OK
 from ..presets import ALIASES, get_preset, preset_names
-from .common import console, parse_size
+from .common import SEED_MAX, claim_output, console, int_arg, parse_size
 
 
 def cmd_init(args) -> int:
     from ..init import init_weights
 
+    claim_output(args.output, "OUTPUT", force=args.force)
     cfg = get_preset(args.preset)
     if args.image_size:
         cfg = cfg.replace(image_size=parse_size(args.image_size))
-    W.save(args.output, cfg, init_weights(cfg, args.seed), metadata={"init_seed": str(args.seed)})
+    W.save(args.output, cfg, init_weights(cfg, args.seed), metadata={"init_seed": str(args.seed)}, overwrite=args.force)
     console().print(f"wrote {args.output}: {cfg.name}, {W.parameter_count(cfg) / 1e6:.2f}M parameters, seed {args.seed}")
     return EXIT_OK
 
@@ -91,6 +92,7 @@ def add_parser(sub) -> None:
     n = sub.add_parser("init", help="write deterministic random weights for a preset")
     n.add_argument("preset", help=f"one of: {', '.join(preset_names())}, or a short name ({', '.join(sorted(ALIASES))})")
     n.add_argument("output")
-    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
     n.add_argument("--image-size", help="HxW instead of the preset's")
+    n.add_argument("--force", action="store_true", help="replace an existing OUTPUT")
     n.set_defaults(func=cmd_init)

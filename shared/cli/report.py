@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import reference, tolerances
 from ..posemb import position_table
+from ..errors import UsageError
 from ..weights import atomic_write
 
 if TYPE_CHECKING:  # check.py imports this module
@@ -104,10 +105,12 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(path: str | Path, result: CheckResult, state: dict, attn_block: int = 0, attn_head: int = 0) -> Path:
+def write_report(path: str | Path, result: CheckResult, state: dict, attn_block: int = 0, attn_head: int = 0, *,
+                 overwrite: bool = True) -> Path:
     cfg = result.config
-    attn_block = min(attn_block, cfg.depth - 1)
-    attn_head = min(attn_head, cfg.num_heads - 1)
+    if not (0 <= attn_block < cfg.depth and 0 <= attn_head < cfg.num_heads):
+        raise UsageError(f"attention map of block {attn_block}, head {attn_head}: {cfg.name} has blocks "
+                         f"0..{cfg.depth - 1} and heads 0..{cfg.num_heads - 1}")
     esc = html.escape
     badge = lambda st: f'<b class="{"ok" if st in ("pass", "unsupported") else "bad"}">{esc(st)}</b>'
     rows = []
@@ -156,4 +159,4 @@ pass/fail on every stage under the tolerance policy below.</p>
 <h2>Numerics</h2>{numerics}
 <h2>Tolerance policy</h2><pre>{esc(tolerances.explain(cfg))}</pre>
 </body></html>"""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"), overwrite=overwrite)

@@ -20,7 +20,7 @@ import numpy as np
 from .. import weights as W
 from ..backend import backend_names, get_backend, import_frameworks_in_safe_order
 from ..errors import EXIT_OK, UsageError
-from .common import console
+from .common import SEED_MAX, claim_output, console, float_arg, int_arg
 
 
 def _backend(name: str):
@@ -80,9 +80,8 @@ def cmd_train(args) -> int:
     tcfg = T.TrainConfig(steps=steps, epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_steps=args.warmup, label_smoothing=args.label_smoothing, seed=args.seed,
                          eval_every=args.eval_every, head=args.head)
-    out = Path(args.out or f"{cfg.name}-{args.backend}.safetensors")
-    if out.exists() and not args.force and not args.out:
-        raise UsageError(f"{out} exists: pass --out or --force")
+    out = claim_output(args.out or f"{cfg.name}-{args.backend}.safetensors", "--out", force=args.force,
+                       inputs=(args.init, args.data))
     c = console()
     c.print(f"[bold]vit-suite train[/]: {source}; {cfg.name}, backend {args.backend}, "
             f"{len(train_ds)} train / {len(held_ds)} held-out images, {tcfg.total_steps(len(train_ds))} steps "
@@ -105,7 +104,8 @@ def cmd_train(args) -> int:
     else:
         extra.update({"dataset": str(args.data), "classes": json.dumps(train_ds.classes),
                       "split_seed": str(args.split_seed)})
-    T.save_checkpoint(out, cfg, state, tcfg, tcfg.total_steps(len(train_ds)), args.backend, history, extra)
+    T.save_checkpoint(out, cfg, state, tcfg, tcfg.total_steps(len(train_ds)), args.backend, history, extra,
+                      overwrite=args.force)
     c.print(f"trained in {seconds:.1f} s; held-out top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%} ({args.backend})"
             + (f"; float64 reference top-1 {float(extra['heldout_top1_reference']):.2%}" if "heldout_top1_reference" in extra else ""))
     c.print(f"wrote {out}")
@@ -196,7 +196,7 @@ def cmd_predict(args) -> int:
 
 def _common(p):
     p.add_argument("--backend", required=True, choices=backend_names())
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=int_arg(1, 1024), default=1,
                    help="CPU threads (default 1: the small models here train fastest single-threaded)")
 
 
@@ -207,16 +207,16 @@ def add_parser(sub) -> None:
     t.add_argument("--init", help="canonical weights to start from (fine-tuning / resuming)")
     t.add_argument("--data", help="image folder (one sub-folder per class); default: scikit-learn digits")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, help="optimiser steps (default 300)")
-    g.add_argument("--epochs", type=int)
-    t.add_argument("--batch", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--warmup", type=int, default=30, help="warm-up steps (then cosine decay)")
-    t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--eval-every", type=int, default=100)
-    t.add_argument("--seed", type=int, default=0, help="init, shuffling and head seed")
-    t.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split")
+    g.add_argument("--steps", type=int_arg(1, 10**8), help="optimiser steps (default 300)")
+    g.add_argument("--epochs", type=int_arg(1, 10**6))
+    t.add_argument("--batch", type=int_arg(1, 4096), default=64)
+    t.add_argument("--lr", type=float_arg(0, 10, lo_open=True), default=2e-3)
+    t.add_argument("--weight-decay", type=float_arg(0, 10), default=0.05)
+    t.add_argument("--warmup", type=int_arg(0, 10**8), default=30, help="warm-up steps (then cosine decay)")
+    t.add_argument("--label-smoothing", type=float_arg(0, 1, hi_open=True), default=0.1)
+    t.add_argument("--eval-every", type=int_arg(1, 10**8), default=100)
+    t.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0, help="init, shuffling and head seed")
+    t.add_argument("--split-seed", type=int_arg(0, SEED_MAX), default=0, help="seed of the held-out split")
     t.add_argument("--head", choices=["linear", "pretrain"], help="replace the classifier before training")
     t.add_argument("--out", help="output canonical .safetensors (written atomically)")
     t.add_argument("--force", action="store_true")
@@ -229,7 +229,7 @@ def add_parser(sub) -> None:
     e.add_argument("weights")
     e.add_argument("data", help="'digits' or an image folder (one sub-folder per class)")
     _common(e)
-    e.add_argument("--split-seed", type=int, help="held-out split (default: the one recorded in the file)")
+    e.add_argument("--split-seed", type=int_arg(0, SEED_MAX), help="held-out split (default: the one recorded in the file)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 

@@ -32,10 +32,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import ViTConfig
-from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
+from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, OutputError,
                       MissingFactsError)
 from ..posemb import resample_pos_embed
-from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
+from ..weights import CANONICAL_DTYPE, read_tensors, umask_mode, validate_state
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 
 HF_DEFAULT_EPS = 1e-12
@@ -317,7 +317,7 @@ def save_hf_dir(directory: str | os.PathLike, cfg: ViTConfig, state: Mapping[str
     directory = Path(directory)
     hf_state, conf = export_hf(cfg, state, layout="file")
     if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise FileExistsError(f"{directory}: exists and is not empty (pass overwrite=True / --force)")
+        raise OutputError(f"{directory}: exists and is not empty; pass --force to replace it")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
     old = None
@@ -325,6 +325,9 @@ def save_hf_dir(directory: str | os.PathLike, cfg: ViTConfig, state: Mapping[str
         save_file({k: np.ascontiguousarray(v) for k, v in hf_state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():  # safetensors writes 0600, mkdtemp makes 0700: give back the umask's modes
+            os.chmod(f, umask_mode())
+        os.chmod(tmp, umask_mode(directory=True))
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
             os.replace(directory, old)
@@ -337,6 +340,27 @@ def save_hf_dir(directory: str | os.PathLike, cfg: ViTConfig, state: Mapping[str
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def _index_shards(index_path: Path) -> list[Path]:
+    """The shard files a `model.safetensors.index.json` names, each checked to be a plain file name inside the
+    model directory: an index naming `../elsewhere` or an absolute path is refused, never followed."""
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InvalidFileError(f"{index_path}: unreadable index: {type(e).__name__}: {e}") from None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not wmap or not all(isinstance(v, str) for v in wmap.values()):
+        raise InvalidFileError(f"{index_path}: 'weight_map' must map tensor names to shard file names")
+    root = index_path.parent.resolve()
+    shards = []
+    for name in sorted(set(wmap.values())):
+        shard = (root / name).resolve()
+        if Path(name).is_absolute() or Path(name).name != name or shard.parent != root:
+            raise InvalidFileError(f"{index_path}: shard {name!r} is not a file in the model directory {root}; "
+                                   f"refusing to read outside it")
+        shards.append(shard)
+    return shards
 
 
 def load_hf_dir(directory: str | os.PathLike, image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
@@ -353,9 +377,8 @@ def load_hf_dir(directory: str | os.PathLike, image_size=None) -> tuple[ViTConfi
     if (d / "model.safetensors").is_file():
         state, _ = read_tensors(d / "model.safetensors")
     elif (d / "model.safetensors.index.json").is_file():
-        index = json.loads((d / "model.safetensors.index.json").read_text())
-        for shard in sorted(set(index.get("weight_map", {}).values())):
-            part, _ = read_tensors(d / shard)
+        for shard in _index_shards(d / "model.safetensors.index.json"):
+            part, _ = read_tensors(shard)
             state.update(part)
     elif (d / "pytorch_model.bin").is_file():
         state = flatten_checkpoint(read_torch_checkpoint(d / "pytorch_model.bin"))

@@ -17,7 +17,7 @@ import numpy as np
 from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
-from ..errors import BackendError, InvalidFileError, MismatchError, UsageError
+from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, UsageError
 from ..posemb import resample_pos_embed
 from ..presets import get_preset
 from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
@@ -83,18 +83,22 @@ def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tu
     return new, state
 
 
-def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict) -> None:
-    """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically."""
+def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> None:
+    """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically; an existing `dst` is replaced
+    only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost)."""
     if fmt == "canonical":
-        W.save(dst, cfg, state)
+        W.save(dst, cfg, state, overwrite=overwrite)
     elif fmt == "timm":
         from safetensors.numpy import save_file
 
         timm_state = export_timm(cfg, state)
-        W.atomic_write(dst, lambda t: save_file({k: np.ascontiguousarray(v) for k, v in timm_state.items()}, t))
+        W.atomic_write(dst, lambda t: save_file({k: np.ascontiguousarray(v) for k, v in timm_state.items()}, t),
+                       overwrite=overwrite)
     elif fmt == "hf":
-        save_hf_dir(dst, cfg, state)
+        save_hf_dir(dst, cfg, state, overwrite=overwrite)
     elif fmt in NATIVE_BACKENDS:
+        if not overwrite and Path(dst).exists():
+            raise OutputError(f"{dst} exists; pass --force to replace it")
         be_name = native_backend(fmt)
         import_frameworks_in_safe_order([be_name])
         be = get_backend(be_name)

@@ -204,11 +204,12 @@ def checkpoint_metadata(tcfg: TrainConfig, step: int, backend: str, history: lis
 
 
 def save_checkpoint(path, cfg: ViTConfig, state: Mapping[str, np.ndarray], tcfg: TrainConfig, step: int,
-                    backend: str, history: list[dict], extra: Mapping[str, str] | None = None):
+                    backend: str, history: list[dict], extra: Mapping[str, str] | None = None, *,
+                    overwrite: bool = True):
     """Canonical safetensors (shared.weights.save: validated, atomic) with the recipe in the metadata."""
     from ..weights import save
 
-    return save(path, cfg, state, checkpoint_metadata(tcfg, step, backend, history, extra))
+    return save(path, cfg, state, checkpoint_metadata(tcfg, step, backend, history, extra), overwrite=overwrite)
 
 
 class Progress:

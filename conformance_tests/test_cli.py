@@ -442,3 +442,38 @@ def test_flags_that_conflict_with_the_input_are_refused(tmp_path, tiny_file, cap
                  "--attn-block", "99"]) == E.EXIT_USAGE  # it was clamped to the last block without a word
     assert "has blocks 0.." in capsys.readouterr().err
     assert not (tmp_path / "y.npz").exists() and not (tmp_path / "r.html").exists()
+
+
+def _npy_header_only(shape) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return b.getvalue() + bytes(64)
+
+
+@pytest.mark.parametrize("name,make,code,message", [
+    ("empty", lambda: np.zeros((0, 3, 32, 32), np.float32), E.EXIT_USAGE, "empty batch"),
+    ("strings", lambda: np.array([["a", "b"]]), E.EXIT_INVALID_FILE, "not numeric"),
+    ("nan", lambda: np.where(np.arange(3 * 32 * 32).reshape(1, 3, 32, 32) % 7 == 0, np.nan, 0.5), E.EXIT_USAGE,
+     "439 of 3072 values are NaN or infinite"),
+    ("inf_after_cast", lambda: np.full((1, 3, 32, 32), 1e300), E.EXIT_USAGE, "3072 of 3072"),
+    ("billion_batch_header", lambda: _npy_header_only((10**9, 3, 32, 32)), E.EXIT_INVALID_FILE, "does not match"),
+    ("not_divisible", lambda: np.zeros((1, 3, 30, 30), np.float32), E.EXIT_USAGE, "divisible"),
+])
+def test_bad_npy_inputs_are_typed_errors(tmp_path, tiny_file, capsys, name, make, code, message):
+    """Empty, non-numeric, non-finite, lying-header and wrongly-sized inputs: a typed error naming the file, exit 2/3,
+    no traceback, no output file; a header claiming a billion images is refused before anything is allocated."""
+    x = tmp_path / f"{name}.npy"
+    data = make()
+    if isinstance(data, bytes):
+        x.write_bytes(data)
+    else:
+        np.save(x, data)
+    out = tmp_path / "y.npz"
+    for argv in (["reference", str(tiny_file), "--input", str(x), "--output", str(out)],
+                 ["check", str(tiny_file), "--backends", "torch", "--input", str(x)]):
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not out.exists()

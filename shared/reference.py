@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ViTConfig
+from .errors import ConfigError
 from .posemb import position_table
 
 try:  # exact erf for the float64 GELU; scipy comes with scikit-learn
@@ -126,14 +127,14 @@ def patchify(images: np.ndarray, patch: int) -> np.ndarray:
 
 
 def check_images(cfg: ViTConfig, images: np.ndarray) -> tuple[int, int]:
-    """Validate an NCHW batch against cfg; returns its patch grid."""
+    """Validate an NCHW batch against cfg; returns its patch grid. ConfigError (a ValueError; exit 2) otherwise."""
     if images.ndim != 4:
-        raise ValueError(f"images must be NCHW (4-D), got shape {images.shape}")
+        raise ConfigError(f"images must be NCHW (4-D), got shape {images.shape}")
     _, C, H, W = images.shape
     if C != cfg.in_chans:
-        raise ValueError(f"images have {C} channels, config {cfg.name!r} expects {cfg.in_chans} (shape {images.shape})")
+        raise ConfigError(f"images have {C} channels, config {cfg.name!r} expects {cfg.in_chans} (shape {images.shape})")
     if H % cfg.patch_size or W % cfg.patch_size:
-        raise ValueError(f"image {H}x{W} is not divisible by patch size {cfg.patch_size}")
+        raise ConfigError(f"image {H}x{W} is not divisible by patch size {cfg.patch_size}")
     return (H // cfg.patch_size, W // cfg.patch_size)
 
 

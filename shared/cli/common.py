@@ -101,18 +101,37 @@ def claim_output(path: str | Path | None, flag: str, *, force: bool, inputs=()) 
     return Path(path)
 
 
+#: the most input bytes a command reads from one .npy (float32 after conversion): 4 GiB
+NPY_MAX_BYTES = 4 * 2**30
+
+
 def load_npy(path: str, what: str) -> np.ndarray:
-    """An NCHW float array from a .npy file, never unpickled."""
+    """A finite, non-empty NCHW float32 array from a .npy file, never unpickled; the header is checked against the
+    file's size before anything is allocated (a header may claim a billion images)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{what} {p}: no such file")
     try:
-        arr = np.load(p, allow_pickle=False)  # never unpickle
-    except ValueError as e:
-        raise InvalidFileError(f"{p}: not a plain .npy array ({e})") from None
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)  # never unpickle; maps, so nothing is read yet
+    except ValueError as e:  # a pickle, a header that claims more data than the file has, a bad header
+        raise InvalidFileError(f"{what} {p}: not a plain .npy array, or its header does not match its size ({e})") from None
+    except OSError as e:
+        raise InvalidFileError(f"{what} {p}: unreadable ({e})") from None
+    if arr.dtype.kind not in "fiub":
+        raise InvalidFileError(f"{what} {p}: dtype {arr.dtype} is not numeric; expected float32 images")
     if arr.ndim != 4:
         raise UsageError(f"{what} {p}: expected NCHW (4-D) float array, got shape {arr.shape}")
-    return arr.astype(np.float32)
+    if arr.size == 0:
+        raise UsageError(f"{what} {p}: an empty batch (shape {arr.shape})")
+    if arr.size * 4 > NPY_MAX_BYTES:
+        raise UsageError(f"{what} {p}: shape {arr.shape} is {arr.size * 4 / 2**30:.1f} GiB as float32, over the "
+                         f"{NPY_MAX_BYTES / 2**30:.0f} GiB limit for one input")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: counted just below
+        out = np.array(arr, dtype=np.float32)
+    bad = out.size - int(np.isfinite(out).sum())
+    if bad:
+        raise UsageError(f"{what} {p}: {bad} of {out.size} values are NaN or infinite (after conversion to float32)")
+    return out
 
 
 def write_npz(path: str | Path, arrays: dict, meta: dict, as_float32: bool = True, *, overwrite: bool = True) -> None:

@@ -188,6 +188,11 @@ def _infer_grid(n_patch_rows: int, patch: int, hints: list[tuple[int, int]], sou
             return (h // patch, w // patch)
     s = _isqrt_exact(n_patch_rows)
     if s:
+        # a guess, and said so: 256 rows are 16x16, but also 8x32 (a 128x512 model), and a wrong grid runs
+        stated = ", ".join(f"{h}x{w}" for h, w in hints) or "none"
+        warnings.warn(f"{source}: pos_embed has {n_patch_rows} patch rows, matching no stated image size "
+                      f"({stated}); read as a square {s}x{s} grid ({s * patch}x{s * patch} images). If the table "
+                      f"is not square, pass --image-size HxW at which it was trained", ConversionWarning, stacklevel=3)
         return (s, s)
     raise MissingFactsError(
         f"{source}: pos_embed has {n_patch_rows} patch rows, which is not a square grid and matches no known image "
@@ -267,6 +272,12 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise ConversionError(f"{source}: embed_dim {D} from the file is not divisible by num_heads {H}"
                               f"{' from preset ' + repr(p_cfg.name) if p_cfg else ''}: wrong preset?")
     pool = facts.get("pool", "mean")
+    if has_cls and fc_norm and pool == "token" and tc_facts.get("pool") != "token" and not (p_cfg and p_cfg.fc_norm):
+        # timm makes fc_norm only for global_pool='avg' unless told otherwise: the preset's pooling is doubtful
+        warnings.warn(f"{source}: the file has fc_norm, which timm creates for average pooling (global_pool='avg'), "
+                      f"but preset {p_cfg.name if p_cfg else '?'!r} pools the class token; if the model averages the "
+                      f"patch tokens, its logits will differ: use a preset with pool='mean' or timm's config.json",
+                      ConversionWarning, stacklevel=2)
     if not has_cls and pool == "token":
         pool = "mean"
         warnings.warn(f"{source}: no cls_token in the file, so pooling is the patch mean (preset said 'token')",

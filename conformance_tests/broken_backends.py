@@ -36,3 +36,12 @@ class TanhGelu(TorchBackend):
         model = super().build(cfg.replace(gelu="tanh"), state, dtype=dtype, seed=seed)
         model.config = cfg
         return model
+
+
+class Crashing(TorchBackend):
+    """A backend whose forward raises (a crash, not a numerical error): `check` and `sweep` report it as such."""
+
+    name = "crashing"
+
+    def forward(self, model, images):
+        raise RuntimeError("deliberately crashing backend")

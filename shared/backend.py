@@ -80,15 +80,7 @@ class Backend(abc.ABC):
 
     def versions(self) -> dict[str, str]:
         """The installed versions of the modules the backend requires (recorded with every result)."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        out = {}
-        for module in self.requires:
-            try:
-                out[module] = version(module)
-            except PackageNotFoundError:
-                out[module] = "unknown"
-        return out
+        return module_versions(self.requires)
 
     def _unsupported(self, hook: str) -> UnsupportedError:
         return UnsupportedError(f"backend {self.name!r} does not implement the optional hook {hook!r}")
@@ -317,6 +309,32 @@ def is_available(name: str) -> bool:
 def available_backends(variants: bool = False) -> list[str]:
     """The installed backends: by default the primary ones (what `vit-suite check` runs)."""
     return [n for n in backend_names(variants) if is_available(n)]
+
+
+def module_versions(modules: Iterable[str]) -> dict[str, str]:
+    """module -> its installed distribution's version ("unknown" where none is found), without importing it.
+
+    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`)."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    out = {}
+    for module in modules:
+        for dist in (module, *packages_distributions().get(module, ())):
+            try:
+                out[module] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+        else:
+            out[module] = "unknown"
+    return out
+
+
+def backend_versions(name: str) -> dict[str, str]:
+    """The versions `Backend.versions` records, known without importing a built-in backend's framework."""
+    if name in _BUILTIN and isinstance(_REGISTRY.get(name), str):
+        return module_versions(_BUILTIN[name][1])
+    return get_backend(name).versions()
 
 
 def get_backend(name: str) -> Backend:

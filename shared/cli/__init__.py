@@ -3,6 +3,8 @@
     check.py     check (the default command) and its HTML report (report.py)
     convert.py   convert        forward.py   forward, reference       inspect.py   inspect, init
     bench.py     bench          train.py     train, evaluate, predict grad.py      grad (= check --grad)
+    sweep.py     sweep: a manifest's checkpoints x backends x dtypes, one check per cell, local or on Ray
+                 (its reports: sweep_report.py)
     worker.py    the one entry point of every child process (forward, grad, bench tasks)
     common.py    the console, argument helpers, where a model comes from
 
@@ -15,13 +17,13 @@ import argparse
 import sys
 
 from ..errors import EXIT_CODES, EXIT_USAGE, SuiteError, UnsupportedError
-from . import bench, check, convert, forward, grad, inspect, train
+from . import bench, check, convert, forward, grad, inspect, sweep, train
 from .common import console
 
 #: the commands, in the order `--help` lists them
-COMMAND_MODULES = (check, convert, forward, inspect, bench, train, grad)
+COMMAND_MODULES = (check, sweep, convert, forward, inspect, bench, train, grad)
 
-DESCRIPTION = ("`vit-suite`: check conformance, convert weights, inspect files, run one backend, benchmark, train.\n\n"
+DESCRIPTION = ("`vit-suite`: check conformance, sweep a model zoo, convert weights, inspect files, run one backend, benchmark, train.\n\n"
                "Exit codes: " + ", ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + ".")
 
 

@@ -91,8 +91,8 @@ class CheckResult:
 
 def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[str], dtype: str = "float32",
               state: dict | None = None, labels: np.ndarray | None = None,
-              on_event: Callable[[str, str], None] | None = None) -> CheckResult:
-    """Reference + every backend (each in its own process) + pairwise comparison."""
+              on_event: Callable[[str, str], None] | None = None, env: dict[str, str] | None = None) -> CheckResult:
+    """Reference + every backend (each in its own process, `env` added to its environment) + pairwise comparison."""
     notify = on_event or (lambda who, what: None)
     if state is None:
         state = W.load(weights)[1]
@@ -108,7 +108,7 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
                 "image_size": list(image_size) if image_size != tuple(cfg.image_size) else None}
         for b in backends:
             notify(b, "loading and running")
-            child = run_child("forward", {**spec, "backend": b}, Path(tmp), name=b)
+            child = run_child("forward", {**spec, "backend": b}, Path(tmp), name=b, env=env)
             run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
                              seconds=child.seconds, meta=child.meta)
             if run.stages is not None:

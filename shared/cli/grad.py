@@ -27,7 +27,7 @@ def _section(d: dict, prefix: str) -> dict:
 
 
 def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: list[str], smoothing: float = 0.1,
-             on_event=None) -> G.GradResult:
+             on_event=None, env: dict[str, str] | None = None) -> G.GradResult:
     """The oracle (checked by finite differences of the reference), then every backend, each in its own process."""
     notify = on_event or (lambda who, what: None)
     with tempfile.TemporaryDirectory(prefix="vit-suite-grad-") as tmp:
@@ -38,7 +38,7 @@ def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: lis
         spec = {"weights": str(weights), "inputs": str(inputs)}
         notify("oracle", f"{G.ORACLE_BACKEND} float64")
         oracle = run_child("grad", {**spec, "backend": G.ORACLE_BACKEND, "dtype": "float64"}, tmp, name="oracle",
-                           env=GRAD_CHILD_ENV)
+                           env={**GRAD_CHILD_ENV, **(env or {})})
         ref_loss = G.reference_loss(cfg, state, images, labels, smoothing)
         if oracle.arrays is None:
             return G.GradResult(cfg, float("nan"), ref_loss, [], [], oracle_error=oracle.error)
@@ -48,7 +48,7 @@ def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: lis
         runs = []
         for b in backends:
             notify(b, "gradients and steps")
-            child = run_child("grad", {**spec, "backend": b, "dtype": "float32"}, tmp, name=b, env=GRAD_CHILD_ENV)
+            child = run_child("grad", {**spec, "backend": b, "dtype": "float32"}, tmp, name=b, env={**GRAD_CHILD_ENV, **(env or {})})
             if child.arrays is None:
                 r = G.BackendGrad(b, error=child.error, unsupported=child.unsupported, seconds=child.seconds)
             else:

@@ -1,0 +1,285 @@
+"""`vit-suite sweep`: a manifest's cells on the local executor and on Ray, resumed after a kill, with a broken
+backend, and its HTML report in a headless browser.
+
+The sweeps run as the user runs them, `python -m shared.cli sweep` in a process of its own. Cells here are tiny
+models on torch and MindSpore (the quickest backends to start); MindSpore's CPU kernels have no bfloat16, so those
+cells are "unsupported", which is a result as well.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared import weights as W
+from shared.cli import main
+from shared.cli.sweep import Cell, Prepared, cell_key, load_manifest
+from shared.convert.io import write_any
+from shared.errors import EXIT_OK, EXIT_OUT_OF_BOUNDS, EXIT_USAGE
+from shared.init import init_weights
+from shared.presets import get_preset
+
+BROKEN = ("broken_qk=conformance_tests.broken_backends:SwappedQK,"
+          "crashing=conformance_tests.broken_backends:Crashing")
+#: the fields of a cell that depend on the run (time, whether it came from the cache), not on the result
+RUN_FIELDS = ("seconds", "cached")
+
+
+def sweep(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shared.cli", "sweep", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def results(out: Path) -> list[dict]:
+    return [{k: v for k, v in c.items() if k not in RUN_FIELDS} for c in json.loads((out / "sweep.json").read_text())["cells"]]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> Path:
+    """Three checkpoints (a canonical file, a timm state dict that needs its preset, a preset's seeded weights)
+    x torch, mindspore x float32, bfloat16: 12 cells."""
+    d = tmp_path_factory.mktemp("zoo")
+    tiny = get_preset("tiny")
+    W.save(d / "tiny.safetensors", tiny, init_weights(tiny, 0))
+    write_any(str(d / "timm.safetensors"), "timm", tiny, init_weights(tiny, 1))
+    (d / "zoo.toml").write_text("""
+[sweep]
+backends = ["torch", "mindspore"]
+dtypes = ["float32", "bfloat16"]
+batches = [2]
+
+[[checkpoints]]
+path = "tiny.safetensors"
+
+[[checkpoints]]
+name = "timm-tiny"
+path = "timm.safetensors"
+preset = "tiny"
+
+[[checkpoints]]
+preset = "tiny"
+seed = 5
+image_sizes = ["48x48"]
+""")
+    return d
+
+
+@pytest.fixture(scope="module")
+def local_run(zoo) -> Path:
+    out = zoo / "local.sweep"
+    proc = sweep(zoo / "zoo.toml", "--out", out)
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    return out
+
+
+def test_a_local_sweep_runs_every_cell_and_writes_three_reports(local_run, zoo):
+    report = json.loads((local_run / "sweep.json").read_text())
+    cells = report["cells"]
+    assert len(cells) == 12
+    assert {(c["checkpoint"], c["backend"], c["dtype"]) for c in cells} == {
+        (n, b, d) for n in ("tiny", "timm-tiny", "tiny-seed5") for b in ("torch", "mindspore")
+        for d in ("float32", "bfloat16")}
+    for c in cells:
+        expect = "unsupported" if (c["backend"], c["dtype"]) == ("mindspore", "bfloat16") else "pass"
+        assert c["status"] == expect, c
+        if expect == "pass":  # every stage of the tiny model, each under its bound
+            assert [s["stage"] for s in c["stages"]][0] == "patch_embed" and c["stages"][-1]["stage"] == "logits"
+            assert 0 < c["worst_ratio"] <= 1 and all(s["rel_l2"] <= s["bound"] for s in c["stages"])
+    assert {tuple(c["image_size"]) for c in cells if c["checkpoint"] == "tiny-seed5"} == {(48, 48)}
+    assert report["summary"] == {"cells": 12, "pass": 9, "FAIL": 0, "error": 0, "unsupported": 3, "passed": True}
+    # the timm file was converted with its preset, once, into the sweep's own cache
+    assert len(list((local_run / "weights").glob("*.safetensors"))) == 2  # the timm file's and the preset's
+    suite = ET.parse(local_run / "junit.xml").getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("12", "0", "0", "3")
+    assert (local_run / "sweep.html").read_text().count("<td class='cell") == 12
+
+
+def test_a_cell_agrees_with_the_reference_computed_here(local_run, zoo):
+    """The stored per-stage error is the check's: recompute one cell's logits error from torch directly."""
+    import torch
+
+    from shared import reference
+    from shared.init import random_images
+    from vit_torch.model import build_model
+
+    cell = next(c for c in json.loads((local_run / "sweep.json").read_text())["cells"]
+                if (c["checkpoint"], c["backend"], c["dtype"]) == ("tiny", "torch", "float32"))
+    cfg, state = W.load(zoo / "tiny.safetensors")
+    x = random_images(cfg, cell["batch"], cell["seed"], cell["input_kind"])
+    ref = reference.forward(cfg, state, x)["logits"]
+    with torch.no_grad():
+        got = build_model(cfg, state).eval()(torch.from_numpy(x)).numpy()
+    rel = float(np.linalg.norm(got.astype(np.float64) - ref) / np.linalg.norm(ref))
+    logits = next(s for s in cell["stages"] if s["stage"] == "logits")
+    assert logits["rel_l2"] == pytest.approx(rel, rel=0.05, abs=1e-9)
+
+
+def test_ray_gives_the_local_results_and_moves_each_checkpoint_once_per_node(local_run, zoo):
+    out = zoo / "ray.sweep"
+    proc = sweep(zoo / "zoo.toml", "--out", out, "--executor", "ray")
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    assert results(out) == results(local_run)  # every status, stage error and bound, bit for bit
+    executor = json.loads((out / "sweep.json").read_text())["executor"]
+    assert executor["name"] == "ray" and executor["nodes"] == 1
+    assert sum(executor["weight_transfers"].values()) == 3  # three checkpoints, one node: once each
+    assert not list(Path(tempfile.gettempdir()).glob("vit-suite-sweep-*"))  # node caches removed
+
+
+def test_a_rerun_does_nothing_and_the_cache_key_follows_what_the_result_depends_on(local_run, zoo):
+    before = {p.name: p.stat().st_mtime_ns for p in (local_run / "cells").iterdir()}
+    proc = sweep(zoo / "zoo.toml", "--out", local_run)
+    assert proc.returncode == EXIT_OK and "12 already done" in proc.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (local_run / "cells").iterdir()} == before
+    assert all(c["cached"] for c in json.loads((local_run / "sweep.json").read_text())["cells"])
+    # the key: the same cell gives the same key; the config, the framework version, the dtype and the inputs change it
+    cfg = get_preset("tiny")
+    ck = load_manifest(zoo / "zoo.toml")[0]
+    p = Prepared(ck, zoo / "tiny.safetensors", cfg, "sha256:ab", "ab")
+    cell = Cell("tiny", "torch", "forward", "float32", None, 2, 0, "normal")
+    key = cell_key(cell, p, {"torch": "2.15.0"})
+    assert key == cell_key(cell, p, {"torch": "2.15.0"})
+    others = [cell_key(cell, Prepared(ck, p.weights, cfg.replace(layer_norm_eps=1e-5), "sha256:ab", "ab"),
+                       {"torch": "2.15.0"}),
+              cell_key(cell, Prepared(ck, p.weights, cfg, "sha256:cd", "cd"), {"torch": "2.15.0"}),
+              cell_key(cell, p, {"torch": "2.16.0"}),
+              cell_key(Cell("tiny", "torch", "forward", "bfloat16", None, 2, 0, "normal"), p, {"torch": "2.15.0"}),
+              cell_key(Cell("tiny", "torch", "forward", "float32", (48, 48), 2, 0, "normal"), p, {"torch": "2.15.0"}),
+              cell_key(Cell("tiny", "torch", "forward", "float32", None, 2, 1, "normal"), p, {"torch": "2.15.0"})]
+    assert len({key, *others}) == 7
+
+
+def test_a_killed_sweep_resumes_without_redoing_its_done_cells(zoo, tmp_path):
+    manifest = tmp_path / "m.toml"
+    shutil.copy(zoo / "tiny.safetensors", tmp_path)
+    manifest.write_text('[sweep]\nbackends = ["torch"]\ndtypes = ["float32", "float16"]\nbatches = [1, 2, 3]\n'
+                        '[[checkpoints]]\npath = "tiny.safetensors"\n')
+    out = tmp_path / "m.sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "sweep", str(manifest), "--jobs", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list((out / "cells").glob("*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert 2 <= len(done) < 6, "the sweep should have been killed part-way"
+    resumed = sweep(manifest, "--jobs", "1")
+    assert resumed.returncode == EXIT_OK, resumed.stdout + resumed.stderr
+    assert f"{len(done)} already done" in resumed.stdout
+    assert {n: m for n, m in ((p.name, p.stat().st_mtime_ns) for p in (out / "cells").glob("*.json"))
+            if n in done} == done  # not re-run
+    report = json.loads((out / "sweep.json").read_text())
+    assert [c["status"] for c in report["cells"]] == ["pass"] * 6
+    assert sum(c["cached"] for c in report["cells"]) == len(done)
+
+
+def test_a_broken_backend_fails_its_cells_and_leaves_the_others_alone(zoo, tmp_path):
+    manifest = tmp_path / "b.toml"
+    manifest.write_text('[sweep]\nbackends = ["torch", "broken_qk", "crashing"]\n'
+                        f'[[checkpoints]]\npath = "{zoo / "tiny.safetensors"}"\n')
+    env = {"VIT_SUITE_BACKENDS": BROKEN}
+    proc = sweep(manifest, env=env)
+    assert proc.returncode == EXIT_OUT_OF_BOUNDS, proc.stdout + proc.stderr
+    out = tmp_path / "b.sweep"
+    by = {c["backend"]: c for c in json.loads((out / "sweep.json").read_text())["cells"]}
+    assert by["torch"]["status"] == "pass"
+    assert by["broken_qk"]["status"] == "FAIL" and by["broken_qk"]["first_failure"] == "block_1"
+    assert by["crashing"]["status"] == "error" and "deliberately" in by["crashing"]["error"]
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    cases = {c.get("name").split()[0]: c for c in suite.iter("testcase")}
+    assert "block_1" in cases["broken_qk"].find("failure").get("message")
+    assert cases["crashing"].find("error") is not None and not list(cases["torch"])
+    # --rerun-failed runs the two failures again, and only them
+    again = sweep(manifest, "--rerun-failed", env=env)
+    assert again.returncode == EXIT_OUT_OF_BOUNDS and "1 already done" in again.stdout
+    assert sum(not c["cached"] for c in json.loads((out / "sweep.json").read_text())["cells"]) == 2
+
+
+@pytest.mark.parametrize("text,named", [
+    ('[sweep]\ndtypes = ["float64"]\n[[checkpoints]]\npreset = "tiny"\n', "dtypes"),
+    ('[sweep]\nbackends = ["nope"]\n[[checkpoints]]\npreset = "tiny"\n', "backends"),
+    ('[sweep]\nbatch = 2\n[[checkpoints]]\npreset = "tiny"\n', "batch"),
+    ('[[checkpoints]]\npath = "missing.safetensors"\n', "does not exist"),
+    ('[[checkpoints]]\npreset = "tiny"\n[[checkpoints]]\npreset = "tiny"\n', "used twice"),
+    ('[[checkpoints]]\npreset = "tiny"\nimage_sizes = ["big"]\n', "image_sizes"),
+    ('[[checkpoints]]\npreset = "tiny"\nbatches = [0]\n', "batches"),
+    ('[[checkpoints]]\nname = "x"\n', "path"),
+    ("[sweep\n", "not valid TOML"),
+])
+def test_a_bad_manifest_is_bad_usage_naming_the_key(tmp_path, capsys, text, named):
+    (tmp_path / "m.toml").write_text(text)
+    assert main(["sweep", str(tmp_path / "m.toml")]) == EXIT_USAGE
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "m.sweep").exists() or not list((tmp_path / "m.sweep" / "cells").iterdir())
+
+
+def test_yaml_manifests_and_output_directories(tmp_path, capsys):
+    (tmp_path / "m.yaml").write_text("sweep:\n  backends: [torch]\ncheckpoints:\n  - preset: tiny\n    seed: 2\n")
+    assert [c.name for c in load_manifest(tmp_path / "m.yaml")] == ["tiny-seed2"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["sweep", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "mine")]) == EXIT_USAGE
+    assert "no sweep wrote" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert main(["sweep", str(tmp_path / "m.yaml"), "--address", "h:1"]) == EXIT_USAGE
+
+
+def _chromium() -> str | None:
+    return os.environ.get("VIT_SUITE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_html_report_opens_in_a_headless_browser_and_a_click_shows_the_plot(local_run, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("VIT_SUITE_REQUIRE_BROWSER"):
+            pytest.fail("no headless Chromium (VIT_SUITE_REQUIRE_BROWSER is set): apt-get install chromium")
+        pytest.skip("no headless Chromium on this machine (apt-get install chromium; CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=browser, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        page = b.new_page(viewport={"width": 1100, "height": 700})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("request", lambda r: errors.append(f"fetched {r.url}") if not r.url.startswith("file:") else None)
+        page.goto((local_run / "sweep.html").as_uri())
+        assert page.locator("td.cell").count() == 12
+        page.screenshot(path=str(tmp_path / "matrix.png"), full_page=True)
+        assert not page.is_visible("#modal")
+        page.locator("td.cell.pass").first.click()
+        assert page.is_visible("#modal svg.plot")
+        assert page.locator("#modal svg.plot circle").count() == 7  # the tiny model's seven stages
+        page.screenshot(path=str(tmp_path / "plot.png"))
+        page.keyboard.press("Escape")
+        assert not page.is_visible("#modal")
+        b.close()
+    assert errors == []
+    for shot in ("matrix.png", "plot.png"):
+        from PIL import Image
+
+        img = np.asarray(Image.open(tmp_path / shot).convert("L"))
+        assert img.std() > 10, f"{shot} is blank"
+
+
+def test_grad_cells_judge_the_gradients_and_steps_against_the_oracle(zoo, tmp_path):
+    manifest = tmp_path / "g.toml"
+    manifest.write_text(f'[sweep]\nbackends = ["torch"]\ngrad = true\n[[checkpoints]]\npath = "{zoo / "tiny.safetensors"}"\n')
+    proc = sweep(manifest)
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    cells = {c["kind"]: c for c in json.loads((tmp_path / "g.sweep" / "sweep.json").read_text())["cells"]}
+    g = cells["grad"]
+    assert g["status"] == "pass" and g["dtype"] == "float32"
+    names = [s["stage"] for s in g["stages"]]
+    cfg = get_preset("tiny")
+    assert names[0] == "loss" and sum(n.startswith("grad ") for n in names) == len(W.expected_shapes(cfg))
+    assert all(0 <= s["rel_l2"] <= s["bound"] for s in g["stages"])

@@ -151,9 +151,9 @@ def _options(raw: dict, base: dict, where: str) -> dict:
                 raise UsageError(f"{where}: seed must be an integer in [0, 2**32), got {value!r}")
             out[key] = value
         elif key == "input_kind":
-            out[key] = _list(value, key, where, str, INPUT_KINDS)[0] if not isinstance(value, list) else None
-            if out[key] is None:
-                raise UsageError(f"{where}: input_kind is one of {', '.join(INPUT_KINDS)}, not a list")
+            if value not in INPUT_KINDS:
+                raise UsageError(f"{where}: input_kind {value!r} is not one of {', '.join(INPUT_KINDS)}")
+            out[key] = value
         elif key == "grad":
             if not isinstance(value, bool):
                 raise UsageError(f"{where}: grad must be true or false, got {value!r}")
@@ -457,7 +457,8 @@ class Progress:
         eta = ""
         if self.seconds and todo:
             eta = f", ETA {_clock(sum(self.seconds) / len(self.seconds) * math.ceil(todo / max(slots, 1)))}"
-        return (f"cells: {self.cached + self.done}/{self.total} done ({self.cached} cached), {self.running} running, "
+        return (f"cells: {self.cached + self.done}/{self.total} done ({self.cached} cached), "
+                f"{min(self.running, slots)} running, "
                 f"{self.failed} failed, elapsed {_clock(time.perf_counter() - self.started)}{eta}")
 
 
@@ -502,9 +503,10 @@ def _node_cache_dir(run_id: str) -> Path:
     return Path(tempfile.gettempdir()) / f"vit-suite-sweep-{run_id}"
 
 
-def _ray_cell(cell: dict, weights_box: list, sha: str, run_id: str, env: dict) -> tuple[dict, str, bool]:
+def _ray_cell(cell: dict, weights_box: list, sha: str, run_id: str, env: dict) -> tuple[dict, str, float | None]:
     """A Ray task: the checkpoint's file is written to this node's cache once (under a lock), from the object
-    store, then the cell runs as under the local executor. Returns (result, node id, whether it wrote the file)."""
+    store, then the cell runs as under the local executor. Returns (result, node id, the seconds it took to fetch
+    and write the file, None where the node had it)."""
     import fcntl
 
     import ray
@@ -512,15 +514,16 @@ def _ray_cell(cell: dict, weights_box: list, sha: str, run_id: str, env: dict) -
     cache = _node_cache_dir(run_id)
     cache.mkdir(exist_ok=True)
     path = cache / f"{sha}.safetensors"
-    wrote = False
+    wrote = None
     with open(cache / f"{sha}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
+            t0 = time.perf_counter()
             data = ray.get(weights_box[0])
             tmp = path.with_suffix(".partial")
             tmp.write_bytes(data)
             os.replace(tmp, path)
-            wrote = True
+            wrote = time.perf_counter() - t0
     return run_cell(cell, str(path), env), ray.get_runtime_context().get_node_id(), wrote
 
 
@@ -548,7 +551,8 @@ class RayRun:
             except Exception as e:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ValueError...)
                 raise UsageError(f"--executor ray: cannot start or reach Ray{f' at {address}' if address else ''}: "
                                  f"{e}") from None
-        self.transfers: dict[str, int] = {}  # node id -> checkpoint files written there
+        self.transfers: dict[str, dict] = {}  # node id -> {"files": written there, "seconds": fetching them}
+        self.put_s = 0.0  # putting the checkpoints into the object store
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
         self.memory = ray.cluster_resources().get("memory")
 
@@ -556,9 +560,11 @@ class RayRun:
         ray = self.ray
         task = ray.remote(_ray_cell)
         refs = {}
+        t0 = time.perf_counter()
         for _, p in todo:
             if p.sha256 not in refs:
                 refs[p.sha256] = ray.put(p.weights.read_bytes())
+        self.put_s = time.perf_counter() - t0
         env = cell_env(self.threads)
         pending = {}
         for cell, p in todo:
@@ -575,13 +581,16 @@ class RayRun:
                 for ref in done:
                     cell = pending.pop(ref)
                     try:
-                        result, node, wrote = ray.get(ref)
+                        result, node, fetch_s = ray.get(ref)
                     except Exception as e:  # noqa: BLE001 (a task Ray lost: the cell's result)
-                        result, node, wrote = ({"status": "error", "error": f"ray: {type(e).__name__}: {e}",
-                                                "stages": [], "seconds": 0.0, "worst_stage": None,
-                                                "worst_ratio": None, "first_failure": None}, None, False)
+                        result, node, fetch_s = ({"status": "error", "error": f"ray: {type(e).__name__}: {e}",
+                                                  "stages": [], "seconds": 0.0, "worst_stage": None,
+                                                  "worst_ratio": None, "first_failure": None}, None, None)
                     if node is not None:
-                        self.transfers[node] = self.transfers.get(node, 0) + int(wrote)
+                        t = self.transfers.setdefault(node, {"files": 0, "seconds": 0.0})
+                        if fetch_s is not None:
+                            t["files"] += 1
+                            t["seconds"] += fetch_s
                     yield cell, result
         finally:
             for ref in pending:
@@ -693,9 +702,14 @@ def cmd_sweep(args) -> int:
                         f"{ratio} ({result['seconds']:.1f}s)" + (f" {rec['error'].splitlines()[-1][:100]}"
                                                                   if rec.get("error") else ""))
                 status.update(prog.line(slots))
+    except KeyboardInterrupt:
+        c.print(f"[yellow]interrupted[/]: {prog.cached + prog.done} of {prog.total} cells have their results in "
+                f"{out / 'cells'}; the same command resumes")
+        raise
     finally:
         if ray_run:
-            executor.update(nodes=len(ray_run.transfers), weight_transfers=ray_run.transfers)
+            executor.update(nodes=len(ray_run.transfers), object_store_put_s=ray_run.put_s,
+                            weight_transfers=ray_run.transfers)
             ray_run.close()
     executor["wall_s"] = time.perf_counter() - t0
     ordered = [records[cell.key] for cell, _ in plan if cell.key in records]

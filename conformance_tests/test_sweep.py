@@ -135,6 +135,16 @@ def test_ray_gives_the_local_results_and_moves_each_checkpoint_once_per_node(loc
     assert not list(Path(tempfile.gettempdir()).glob("vit-suite-sweep-*"))  # node caches removed
 
 
+def test_ray_with_a_shared_file_system_reads_the_files_in_place(zoo, tmp_path):
+    manifest = tmp_path / "s.toml"
+    manifest.write_text(f'[sweep]\nbackends = ["torch"]\n[[checkpoints]]\npath = "{zoo / "tiny.safetensors"}"\n')
+    proc = sweep(manifest, "--executor", "ray", "--shared-fs")
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "s.sweep" / "sweep.json").read_text())
+    assert [c["status"] for c in report["cells"]] == ["pass"]
+    assert [t["files"] for t in report["executor"]["weight_transfers"].values()] == [0]
+
+
 def test_a_rerun_does_nothing_and_the_cache_key_follows_what_the_result_depends_on(local_run, zoo):
     before = {p.name: p.stat().st_mtime_ns for p in (local_run / "cells").iterdir()}
     proc = sweep(zoo / "zoo.toml", "--out", local_run)
@@ -231,6 +241,7 @@ def test_yaml_manifests_and_output_directories(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "mine")]) == EXIT_USAGE
     assert "no sweep wrote" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     assert main(["sweep", str(tmp_path / "m.yaml"), "--address", "h:1"]) == EXIT_USAGE
+    assert main(["sweep", str(tmp_path / "m.yaml"), "--shared-fs"]) == EXIT_USAGE
 
 
 def _chromium() -> str | None:

@@ -36,7 +36,7 @@ and a killed sweep loses only the cells in flight. OUT gets sweep.json, sweep.ht
 Executors. `local` runs --jobs cells at once, each cell driving its own child process (the process pool is those
 children). `ray` makes each cell a Ray task declaring its CPUs and an estimate of its memory; a checkpoint's
 canonical file is put into Ray's object store once and written to a node-local cache once per node (not per cell),
-and the node caches are removed at the end.
+and the node caches are removed at the end; with --shared-fs the nodes read the files in place instead.
 """
 from __future__ import annotations
 
@@ -506,11 +506,13 @@ def _node_cache_dir(run_id: str) -> Path:
 def _ray_cell(cell: dict, weights_box: list, sha: str, run_id: str, env: dict) -> tuple[dict, str, float | None]:
     """A Ray task: the checkpoint's file is written to this node's cache once (under a lock), from the object
     store, then the cell runs as under the local executor. Returns (result, node id, the seconds it took to fetch
-    and write the file, None where the node had it)."""
+    and write the file, None where the node had it). A box holding a path (--shared-fs) is read in place."""
     import fcntl
 
     import ray
 
+    if isinstance(weights_box[0], str):
+        return run_cell(cell, weights_box[0], env), ray.get_runtime_context().get_node_id(), None
     cache = _node_cache_dir(run_id)
     cache.mkdir(exist_ok=True)
     path = cache / f"{sha}.safetensors"
@@ -536,12 +538,12 @@ def _ray_cleanup(run_id: str) -> None:
 class RayRun:
     """Each cell a Ray task with its CPUs and memory declared; weights through the object store, once per node."""
 
-    def __init__(self, address: str | None, jobs: int, threads: int):
+    def __init__(self, address: str | None, jobs: int, threads: int, shared_fs: bool = False):
         try:
             import ray
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'vit-suite[ray]'") from None
-        self.ray, self.threads = ray, threads
+        self.ray, self.threads, self.shared_fs = ray, threads, shared_fs
         self.run_id = f"{os.getpid()}-{time.time_ns()}"
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -563,7 +565,7 @@ class RayRun:
         t0 = time.perf_counter()
         for _, p in todo:
             if p.sha256 not in refs:
-                refs[p.sha256] = ray.put(p.weights.read_bytes())
+                refs[p.sha256] = str(p.weights.resolve()) if self.shared_fs else ray.put(p.weights.read_bytes())
         self.put_s = time.perf_counter() - t0
         env = cell_env(self.threads)
         pending = {}
@@ -645,6 +647,8 @@ def cmd_sweep(args) -> int:
 
     if args.address and args.executor != "ray":
         raise UsageError("--address names a Ray cluster: it needs --executor ray")
+    if args.shared_fs and args.executor != "ray":
+        raise UsageError("--shared-fs tells Ray's nodes to read files in place: it needs --executor ray")
     manifest = Path(args.manifest)
     checkpoints = load_manifest(manifest)
     out = Path(args.out) if args.out else manifest.with_suffix(".sweep")
@@ -682,7 +686,7 @@ def cmd_sweep(args) -> int:
         with prog.lock:
             prog.running += 1
 
-    ray_run = RayRun(args.address, jobs, args.threads) if args.executor == "ray" and todo else None
+    ray_run = RayRun(args.address, jobs, args.threads, args.shared_fs) if args.executor == "ray" and todo else None
     slots = ray_run.slots if ray_run else jobs
     stream = ray_run.run(todo, on_start) if ray_run else run_local(todo, jobs, args.threads, on_start)
     t0 = time.perf_counter()
@@ -728,6 +732,9 @@ def add_parser(sub) -> None:
     s.add_argument("--out", help="results directory (default: MANIFEST with the suffix .sweep); reused to resume")
     s.add_argument("--executor", choices=["local", "ray"], default="local")
     s.add_argument("--address", help="Ray cluster address (default: start Ray on this machine)")
+    s.add_argument("--shared-fs", action="store_true",
+                   help="Ray: the checkpoints and --out lie on a file system every node mounts at the same path; "
+                        "cells read the files in place instead of through the object store")
     s.add_argument("--jobs", type=int_arg(1, 1024), help="cells at once (default: cores / --threads)")
     s.add_argument("--threads", type=int_arg(1, 256), default=1, help="CPU threads per cell (default 1)")
     s.add_argument("--rerun-failed", action="store_true", help="run the cells that failed last time again")

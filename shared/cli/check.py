@@ -19,7 +19,7 @@ from .. import reference, tolerances
 from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
-from ..errors import EXIT_CRASH, EXIT_OK, EXIT_OUT_OF_BOUNDS, UsageError
+from ..errors import EXIT_CRASH, EXIT_OK, EXIT_OUT_OF_BOUNDS, EXIT_USAGE, UsageError
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
 from .common import (SEED_MAX, claim_output, console, int_arg, load_npy, parse_size, resolve_model, same_file,
                      selected_backends, write_text)
@@ -55,10 +55,12 @@ class CheckResult:
     runs: list[BackendRun]
     pairs: list[tolerances.PairResult]
     labels: np.ndarray | None = None
+    against: dict | None = None  # the proof against the source library (prove_against), when asked for
 
     @property
     def passed(self) -> bool:
-        return all(r.status in ("pass", "unsupported") for r in self.runs) and all(p.passed for p in self.pairs)
+        return (all(r.status in ("pass", "unsupported") for r in self.runs) and all(p.passed for p in self.pairs)
+                and (self.against is None or self.against["status"] in ("pass", "not verified")))
 
     @property
     def any_error(self) -> bool:
@@ -75,6 +77,7 @@ class CheckResult:
             "policy": {"f32_safety": tolerances.F32_SAFETY, "lowp_multiplier": tolerances.LOWP_MULTIPLIER,
                        "lowp_floor_units": tolerances.LOWP_FLOOR_UNITS},
             "backends": {}, "pairs": [p.__dict__ | {"passed": p.passed} for p in self.pairs],
+            "against": self.against,
         }
         for r in self.runs:
             d = {"status": r.status, "seconds": r.seconds, "meta": r.meta, "error": r.error}
@@ -121,11 +124,45 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
     return CheckResult(cfg, dtype, images, ref64, ref_lowp, runs, pairs, labels)
 
 
+def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np.ndarray],
+                  images: np.ndarray) -> dict:
+    """The source library's own output (in a child process) against the float64 reference of the converted file,
+    on the same images, under the float32 bound of the final output: status pass, FAIL, error or not verified."""
+    from ..convert.sources import library_available, resolve_source
+
+    fmt, library = resolve_source(src, fmt)
+    out = {"source": str(src), "format": fmt, "library": library, "stage": "logits"}
+    if not library_available(library):
+        return {**out, "status": "not verified", "message": f"{library} is not installed: not verified against "
+                                                            f"the source (pip install {library})"}
+    with tempfile.TemporaryDirectory(prefix="vit-suite-against-") as tmp:
+        np.save(Path(tmp) / "images.npy", images.astype(np.float32))
+        child = run_child("source", {"backend": "torch", "format": fmt, "src": str(Path(src).resolve()),
+                                     "input": str(Path(tmp) / "images.npy"), "config": cfg.to_json()},
+                          Path(tmp), name="source")
+    if child.arrays is None:
+        status = "not verified" if child.exit_code == EXIT_USAGE else "error"
+        return {**out, "status": status, "message": (child.error or "").splitlines()[-1] if child.error else ""}
+    got, ref = child.arrays["output"], ref64["logits"]
+    out["versions"] = child.meta.get("versions")
+    if got.shape != ref.shape:
+        return {**out, "status": "FAIL", "message": f"{library}'s output has shape {got.shape}, the converted "
+                                                    f"file's {ref.shape}"}
+    m = tolerances.stage_metrics("logits", got, ref, tolerances.fp32_bound(cfg, "logits"))
+    return {**out, "status": "pass" if m.passed else "FAIL", "rel_l2": m.rel_l2, "bound": m.bound,
+            "max_abs": m.max_abs, "cosine": m.cosine,
+            "message": f"{library}'s own output vs the float64 reference of the converted file: relative L2 "
+                       f"{m.rel_l2:.2e}, bound {m.bound:.1e}"}
+
+
 def cmd_check(args) -> int:
     from ..init import random_images
 
     if args.grad:
         from .grad import cmd_grad
+
+        if args.against:
+            raise UsageError("--against proves a conversion's forward output; it does not combine with --grad")
 
         return cmd_grad(argparse.Namespace(weights=args.weights, preset=args.preset, backends=args.backends,
                                            batch=args.batch or 8, seed=args.seed, label_smoothing=0.1,
@@ -134,7 +171,7 @@ def cmd_check(args) -> int:
         cfg = W.load(args.weights)[0] if args.weights else get_preset(args.preset or DEFAULT_PRESET)
         print(tolerances.explain(cfg))
         return EXIT_OK
-    inputs = (args.weights, args.input)
+    inputs = (args.weights, args.input, args.against)
     claim_output(args.json, "--json", force=args.force, inputs=inputs)
     claim_output(args.report, "--report", force=args.force, inputs=inputs)
     if args.json and args.report and same_file(args.json, args.report):
@@ -169,6 +206,9 @@ def cmd_check(args) -> int:
 
             result = run_check(run_cfg, weights_path, images, wanted, args.dtype, state=state, labels=labels,
                                on_event=on_event)
+            if args.against:
+                status.update(f"[bold]source[/]: running {args.against} in its own library")
+                result.against = prove_against(args.against, args.against_format, run_cfg, result.ref64, images)
     print_check(c, result, args.stages)
     if args.json:
         write_text(args.json, json.dumps(result.to_json(), indent=2), overwrite=args.force)
@@ -178,9 +218,10 @@ def cmd_check(args) -> int:
 
         write_report(args.report, result, state, args.attn_block, args.attn_head, overwrite=args.force)
         c.print(f"wrote {args.report}")
-    if any(r.status == "FAIL" for r in result.runs) or any(not p.passed for p in result.pairs):
+    against = result.against["status"] if result.against else None
+    if any(r.status == "FAIL" for r in result.runs) or any(not p.passed for p in result.pairs) or against == "FAIL":
         return EXIT_OUT_OF_BOUNDS
-    return EXIT_CRASH if result.any_error else EXIT_OK
+    return EXIT_CRASH if result.any_error or against == "error" else EXIT_OK
 
 
 def print_check(c, result: CheckResult, show_stages: bool) -> None:
@@ -234,6 +275,10 @@ def print_check(c, result: CheckResult, show_stages: bool) -> None:
         same = np.all([np.array_equal(preds[0], p) for p in preds[1:]])
         c.print(f"predictions on {len(result.labels)} held-out images: "
                 + ("[green]identical in every backend[/]" if same else "[red]differ between backends[/]"))
+    if result.against:
+        a = result.against
+        style = {"pass": "green", "FAIL": "bold red", "error": "red"}.get(a["status"], "yellow")
+        c.print(f"against the source ({a['library']}, {a['source']}): [{style}]{a['status']}[/] {escape(a['message'])}")
     c.print("[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]: see the first stage out of bound above")
 
 
@@ -257,6 +302,10 @@ def add_parser(sub) -> None:
     c.add_argument("--attn-head", type=int_arg(0, 10**6), default=0, help="head of the attention map in the report")
     c.add_argument("--force", action="store_true", help="replace an existing --json / --report file")
     c.add_argument("--explain", action="store_true", help="print the tolerance policy and exit")
+    c.add_argument("--against", metavar="SRC",
+                   help="the file WEIGHTS was converted from: run it in its own library (timm, transformers) on the "
+                        "same inputs and compare with the reference of WEIGHTS (exit 5 on a mismatch)")
+    c.add_argument("--against-format", help="the format of --against (default: detected from its content)")
     c.add_argument("--grad", action="store_true",
                    help="gradient and optimiser-step conformance against a float64 oracle (= vit-suite grad)")
     c.set_defaults(func=cmd_check)

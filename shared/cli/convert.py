@@ -31,10 +31,16 @@ def cmd_convert(args) -> int:
         if diffs or set(back) != set(state):
             c.print(f"[red]verify: reading {args.dst} back differs from the source in {diffs[:5]}[/]")
             return EXIT_MISMATCH
-        c.print("verify: read back bit-exact; running the conformance check on the result")
+        from ..convert.sources import source_library
+
+        against = args.src if source_library(src_fmt) else None
+        c.print("verify: read back bit-exact; running the conformance check on the result"
+                + (f" and proving it against {source_library(src_fmt)}'s own output" if against else
+                   f"; not verified against the source: a {src_fmt!r} file has no source library"))
         with tempfile.TemporaryDirectory(prefix="vit-suite-verify-") as tmp:
             weights = str(W.save(Path(tmp) / "converted.safetensors", back_cfg, back))
-            return cmd_check(default_args(weights=weights, backends=args.backends))
+            return cmd_check(default_args(weights=weights, backends=args.backends, against=against,
+                                          against_format=src_fmt if against else None))
     return EXIT_OK
 
 
@@ -46,7 +52,9 @@ def add_parser(sub) -> None:
     v.add_argument("--to", choices=list(FORMATS), help="target format (default: from the destination's suffix)")
     v.add_argument("--preset", help="config for files that do not carry one (timm, .pt, .weights.h5, .ckpt)")
     v.add_argument("--image-size", help="HxW: resample the learned position table for this input size")
-    v.add_argument("--verify", action="store_true", help="read the result back and run the check on it")
+    v.add_argument("--verify", action="store_true",
+                   help="read the result back, run the check on it, and prove it against the source library's own "
+                        "output (timm, transformers) where there is one")
     v.add_argument("--backends", help="backends for --verify (default: every installed one)")
     v.add_argument("--force", action="store_true", help="replace an existing destination")
     v.set_defaults(func=cmd_convert)

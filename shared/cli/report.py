@@ -124,6 +124,12 @@ def write_report(path: str | Path, result: CheckResult, state: dict, attn_block:
         rows.append([esc(r.backend), badge(r.status), f"{last.max_abs:.2e}", f"{last.max_rel:.2e}", f"{last.rel_l2:.2e}",
                      f"{last.cosine:.8f}", "-" if t1 is None else f"{100 * t1:.1f}%", esc(f.stage if f else "none"),
                      f"{r.seconds:.1f} s"])
+    if result.against:  # the proof against the source library: a row of its own
+        a = result.against
+        rows.append([esc(f"source: {a['library']}"), badge(a["status"]),
+                     f"{a['max_abs']:.2e}" if "max_abs" in a else "", "",
+                     f"{a['rel_l2']:.2e} / {a['bound']:.1e}" if "rel_l2" in a else "",
+                     f"{a['cosine']:.8f}" if "cosine" in a else "", "", esc(a["message"]), ""])
     summary = _table(["backend", "status", "max abs", "max rel", "rel L2", "cosine", "top-1 agree", "first stage out of bound",
                       "time"], rows)
     stage_rows = []

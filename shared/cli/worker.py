@@ -3,7 +3,8 @@
     python -m shared.cli.worker TASK --spec SPEC.json --out OUT.npz
 
 TASK is `forward` (every named stage of one backend's forward), `grad` (loss, gradients and one SGD and one
-AdamW step) or `bench` (timed forwards in one mode). Why a process each: TensorFlow imported before
+AdamW step), `bench` (timed forwards in one mode) or `source` (the source library's own output, for
+`check --against`). Why a process each: TensorFlow imported before
 MindSpore aborts a process, the frameworks' thread pools should not share one, and the peak memory
 of a benchmark must belong to that run alone (see peak_rss_mb).
 
@@ -162,7 +163,20 @@ def bench_task(spec: dict) -> tuple[dict, dict]:
     return {}, {"rows": json.loads(json.dumps(rows, default=str))}
 
 
-TASKS = {"forward": forward_task, "grad": grad_task, "bench": bench_task}
+def source_task(spec: dict) -> tuple[dict, dict]:
+    """The source library's own output for `check --against` (shared/convert/sources.py)."""
+    from ..backend import module_versions
+    from ..config import ViTConfig
+    from ..convert.sources import source_library, source_output
+
+    import_frameworks_in_safe_order(["torch"])
+    images = load_npy(spec["input"], "--input")
+    out = source_output(spec["format"], spec["src"], images, ViTConfig.from_json(spec["config"]))
+    library = source_library(spec["format"])
+    return {"output": out}, {"library": library, "versions": module_versions([library, "torch"])}
+
+
+TASKS = {"forward": forward_task, "grad": grad_task, "bench": bench_task, "source": source_task}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -389,3 +389,47 @@ def test_timm_guesses_are_said_not_silent():
     with pytest.warns(ConversionWarning, match="fc_norm, which timm creates for average pooling"):
         got, _ = import_timm(export_timm(avg, init_weights(avg)), preset="tiny")
     assert got.pool == "token"  # the preset's word, now with the warning
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("num_attention_heads", 0, "'num_attention_heads' must be an int in \\[1, 1024\\], got int 0"),
+    ("num_attention_heads", "4", "'num_attention_heads' must be an int .* got str '4'"),
+    ("layer_norm_eps", "1e-12", "'layer_norm_eps' must be a finite number .* got str"),
+    ("layer_norm_eps", float("inf"), "'layer_norm_eps' must be a finite number"),
+    ("qkv_bias", "false", "'qkv_bias' must be a bool .* got str 'false'"),
+    ("hidden_dropout_prob", "0.1", "'hidden_dropout_prob' must be a finite number"),
+    ("hidden_size", "64", "'hidden_size' must be an int"),
+    ("num_hidden_layers", 10**9, "'num_hidden_layers' must be an int in \\[1, 1024\\]"),
+    ("image_size", "224", "'image_size' must be an int or"),
+    ("hidden_act", ["gelu"], "'hidden_act' must be a string"),
+])
+def test_hf_config_json_fields_of_the_wrong_type_are_config_errors(tmp_path, key, value, message):
+    """config.json is read field by field with its type checked: a ConfigError (exit 2) naming the file, the key,
+    the expected type and the value, never a ZeroDivisionError / ValueError traceback or a truthy "false"."""
+    from shared.cli import main
+    from shared.errors import ConfigError
+
+    cfg = get_preset("tiny").replace(resize_kernel="bicubic")
+    d = tmp_path / "hf"
+    save_hf_dir(d, cfg, init_weights(cfg))
+    conf = json.loads((d / "config.json").read_text()) | {key: value}
+    (d / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ConfigError, match=message) as e:
+        load_hf_dir(d)
+    assert "config.json" in str(e.value)
+    assert main(["convert", str(d), str(tmp_path / "out.safetensors")]) == 2
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("index", [b"{not json", b"[1, 2]", b'{"weight_map": {"a": 5}}', b'{"weight_map": []}',
+                                   b'{"weight_map": ' * 10_000 + b"1" + b"}" * 10_000, b"\xff\xfe"])
+def test_a_malformed_hf_index_is_an_invalid_file(tmp_path, index):
+    from shared.errors import InvalidFileError
+
+    cfg = get_preset("tiny").replace(resize_kernel="bicubic")
+    d = tmp_path / "hf"
+    save_hf_dir(d, cfg, init_weights(cfg))
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_bytes(index)
+    with pytest.raises(InvalidFileError, match="index.json"):
+        load_hf_dir(d)

@@ -12,9 +12,11 @@
                             benchmark hook it does not implement; `check` and `grad` show it as unsupported
 
 The tool maps an exception to its code through `exit_code`; nothing else spells these numbers.
-This module imports nothing from the suite: every other module may import it.
+This module imports nothing from the suite but `shared.limits` (constants only): every other module may import it.
 """
 from __future__ import annotations
+
+from .limits import MAX_LISTED_PROBLEMS
 
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -83,14 +85,24 @@ class InvalidFileError(WeightsError):
     exit_code = EXIT_INVALID_FILE
 
 
+def capped_list(items: list[str], sep: str = "\n  ", limit: int = MAX_LISTED_PROBLEMS) -> str:
+    """The first `limit` items joined, then "... and N more": a message stays short whatever a file holds (each
+    item is cut at 300 characters too)."""
+    shown = [i if len(i) <= 300 else i[:297] + "..." for i in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"... and {len(items) - limit:,} more")
+    return sep.join(shown)
+
+
 class MismatchError(WeightsError):
-    """Keys, shapes, dtypes or values disagree with what the config requires; every problem is listed."""
+    """Keys, shapes, dtypes or values disagree with what the config requires; every problem is kept in `problems`,
+    the message lists the first MAX_LISTED_PROBLEMS."""
 
     exit_code = EXIT_MISMATCH
 
     def __init__(self, source: str, problems: list[str]):
         self.source, self.problems = source, problems
-        super().__init__(f"{source}: {len(problems)} problem(s) with the weights:\n  " + "\n  ".join(problems))
+        super().__init__(f"{source}: {len(problems)} problem(s) with the weights:\n  " + capped_list(problems))
 
 
 class ConversionError(WeightsError, ValueError):

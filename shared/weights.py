@@ -18,7 +18,6 @@ saving writes a temporary file and renames it, so a failure leaves nothing behin
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import tempfile
@@ -27,6 +26,7 @@ from typing import Mapping
 
 import numpy as np
 
+from . import limits as L
 from .config import ViTConfig
 from .errors import ConfigError, InvalidFileError, MismatchError, OutputError
 
@@ -74,6 +74,14 @@ def dtype_name(value) -> str:
     return type(value).__name__ if dt is None else str(dt).rsplit(".", 1)[-1].lower()
 
 
+def _shape_of(v) -> tuple:
+    shape = getattr(v, "shape", None)
+    try:
+        return tuple(shape) if shape is not None else tuple(np.shape(v))
+    except (TypeError, ValueError):
+        return ()
+
+
 def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<state dict>",
                    check_dtype: bool = True) -> None:
     """Raise MismatchError naming every missing/unexpected key, wrong shape/dtype and non-finite tensor.
@@ -87,7 +95,7 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
     missing = [k for k in expected if k not in state]
     unexpected = sorted((k for k in state if k not in expected), key=str)
     problems += [f"missing key {k!r} (expected shape {expected[k]})" for k in missing]
-    problems += [f"unexpected key {k!r} (shape {tuple(np.shape(state[k]))})" for k in unexpected]
+    problems += [f"unexpected key {k!r} (shape {_shape_of(state[k])})" for k in unexpected]
     for k, shape in expected.items():
         if k not in state:
             continue
@@ -101,7 +109,7 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
         dt = dtype_name(v)
         if check_dtype and dt != "float32":
             problems.append(f"key {k!r}: expected dtype float32, got {dt}")
-        elif dt in ("float16", "float32", "float64"):
+        elif dt in ("float16", "float32", "float64") and not isinstance(v, TensorSpec):
             finite = np.isfinite(np.asarray(v))
             if not finite.all():
                 problems.append(f"key {k!r}: {int(finite.size - np.count_nonzero(finite))} non-finite value(s) "
@@ -170,8 +178,27 @@ def save(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray
 
 
 # ------------------------------------------------------------------- reading
+#: safetensors dtype names -> (NumPy-style name, bytes per element)
+SAFETENSORS_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+                      "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
+                      "U64": ("uint64", 8), "U32": ("uint32", 4), "U16": ("uint16", 2), "U8": ("uint8", 1),
+                      "BOOL": ("bool", 1)}
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def read_safetensors_header(path: str | os.PathLike) -> dict:
-    """Parse and sanity-check a safetensors header without trusting it; raises InvalidFileError."""
+    """Parse and check a safetensors header without trusting it; raises InvalidFileError naming the file and key.
+
+    Checked before any tensor is read: the header length against the file and MAX_HEADER_BYTES, JSON nesting
+    (MAX_JSON_DEPTH), `__metadata__` a str -> str object, each tensor's dtype, shape (non-negative ints) and
+    `data_offsets` (two ints whose span is exactly shape x itemsize, inside the data), and the total of the
+    tensor sizes against the data the file holds.
+    """
+    from .safeio import load_json
+
     path = Path(path)
     if not path.is_file():
         raise InvalidFileError(f"{path}: no such file")
@@ -181,28 +208,68 @@ def read_safetensors_header(path: str | os.PathLike) -> dict:
         if len(head) < 8:
             raise InvalidFileError(f"{path}: not a safetensors file ({size} bytes, too short for a header)")
         (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100_000_000:
-            raise InvalidFileError(f"{path}: not a safetensors file (header length {n} exceeds file size {size})")
+        if n > size - 8 or n > L.MAX_HEADER_BYTES:
+            raise InvalidFileError(f"{path}: not a safetensors file (header length {n} exceeds the file size {size} "
+                                   f"or the {L.MAX_HEADER_BYTES:,}-byte header limit)")
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidFileError(f"{path}: not a safetensors file (header is not JSON)") from None
+    header = load_json(raw, f"{path}: safetensors header", max_bytes=L.MAX_HEADER_BYTES)
     if not isinstance(header, dict):
-        raise InvalidFileError(f"{path}: not a safetensors file (header is not a JSON object)")
+        raise InvalidFileError(f"{path}: not a safetensors file (header is a JSON {type(header).__name__}, "
+                               f"not an object)")
+    meta = header.get("__metadata__", {})
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise InvalidFileError(f"{path}: '__metadata__' must be an object of string -> string, got "
+                               f"{type(meta).__name__}")
     data_len = size - 8 - n
+    total = 0
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        try:
-            start, end = info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise InvalidFileError(f"{path}: tensor {key!r} has no valid data_offsets") from None
-        if not (0 <= start <= end <= data_len):
+        if not isinstance(info, dict):
+            raise InvalidFileError(f"{path}: tensor {key!r}: expected an object with dtype, shape and data_offsets, "
+                                   f"got {type(info).__name__}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise InvalidFileError(f"{path}: tensor {key!r}: dtype {str(dtype)[:40]!r} is not one of "
+                                   f"{sorted(SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
+            raise InvalidFileError(f"{path}: tensor {key!r}: shape must be a list of at most 8 non-negative ints, "
+                                   f"got {str(shape)[:80]}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise InvalidFileError(f"{path}: tensor {key!r}: data_offsets must be two non-negative ints, got "
+                                   f"{str(offsets)[:80]}")
+        start, end = offsets
+        if not (start <= end <= data_len):
             raise InvalidFileError(
                 f"{path}: tensor {key!r} claims bytes {start}..{end} but the file holds {data_len} data bytes "
                 f"(truncated file or a header lying about sizes)")
+        nbytes = SAFETENSORS_DTYPES[dtype][1]
+        for d in shape:
+            nbytes *= d
+        if nbytes != end - start:
+            raise InvalidFileError(f"{path}: tensor {key!r}: shape {tuple(shape)} of {dtype} is {nbytes:,} bytes but "
+                                   f"data_offsets span {end - start:,}")
+        total += nbytes
+    if total > data_len:
+        raise InvalidFileError(f"{path}: the tensors claim {total:,} bytes in all, the file holds {data_len:,} "
+                               f"(overlapping or lying data_offsets)")
     return header
+
+
+class TensorSpec:
+    """A tensor described by a header (shape, dtype), not read: `validate_state` checks keys, shapes and dtypes
+    of these before any data is read."""
+
+    def __init__(self, shape, dtype: str):
+        self.shape, self.dtype = tuple(shape), dtype
+
+
+def header_specs(header: Mapping) -> dict[str, TensorSpec]:
+    """{key: TensorSpec} of a checked safetensors header."""
+    return {k: TensorSpec(v["shape"], SAFETENSORS_DTYPES[v["dtype"]][0]) for k, v in header.items()
+            if k != "__metadata__"}
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -247,8 +314,11 @@ def config_from_metadata(meta: Mapping[str, str], source: str) -> ViTConfig:
 
 
 def load(path: str | os.PathLike) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """Read a canonical file strictly: (config, float32 state dict)."""
-    tensors, meta = read_tensors(path)
-    cfg = config_from_metadata(meta, str(path))
+    """Read a canonical file strictly: (config, float32 state dict). The config is checked (types, limits) and then
+    against the header's keys, shapes and dtypes before any tensor is read."""
+    header = read_safetensors_header(path)
+    cfg = config_from_metadata(header.get("__metadata__") or {}, str(path))
+    validate_state(cfg, header_specs(header), source=str(path))
+    tensors, _ = read_tensors(path)
     validate_state(cfg, tensors, source=str(path))
     return cfg, tensors

@@ -263,7 +263,8 @@ def _set(key, field, value):
     (lambda h: h | {"head.bias": "garbage"}, "expected an object"),
     (lambda h: h | {"dup": dict(h["head.weight"])}, "claim .* bytes in all"),
     (lambda h: [1, 2, 3], "not an object"),
-])
+], ids=["nested", "offsets_str", "offsets_short", "offsets_bool", "shape_negative", "shape_str", "shape_huge",
+        "dtype", "metadata_list", "metadata_int", "tensor_str", "overlap", "list"])
 def test_hostile_headers_are_invalid_files(tmp_path, tiny, edit, message):
     """Valid JSON of the wrong shape is refused by name before any tensor is read: never a RecursionError,
     TypeError or KeyError (exit 1)."""

@@ -46,8 +46,10 @@ MAX_JSON_DEPTH = 64
 MAX_JSON_BYTES = 64 * 2**20
 #: the most entries one archive (.pt, .keras) may list
 MAX_ARCHIVE_MEMBERS = 100_000
-#: an archive whose members claim more than this many times its own size uncompressed is a zip bomb
+#: an archive whose members claim more than this many times its own size uncompressed (and more than
+#: ZIP_RATIO_FLOOR in all: small JSON compresses well) is a zip bomb
 MAX_ZIP_RATIO = 50
+ZIP_RATIO_FLOOR = 16 * 2**20
 #: the most an archive may claim uncompressed, whatever its size (weights at MAX_PARAMETERS, plus room)
 MAX_ARCHIVE_UNCOMPRESSED = 20 * 2**30
 

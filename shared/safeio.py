@@ -75,7 +75,7 @@ def check_zip(path: str | os.PathLike, what: str = "archive") -> None:
         raise InvalidFileError(f"{path}: {len(infos):,} members, over the limit of {L.MAX_ARCHIVE_MEMBERS:,}")
     declared = sum(i.file_size for i in infos)
     compressed = sum(i.compress_size for i in infos)
-    limit = min(L.MAX_ARCHIVE_UNCOMPRESSED, max(size, 1) * L.MAX_ZIP_RATIO)
+    limit = min(L.MAX_ARCHIVE_UNCOMPRESSED, max(size * L.MAX_ZIP_RATIO, L.ZIP_RATIO_FLOOR))
     if declared > limit or compressed > size:
         raise InvalidFileError(
             f"{path}: a {size:,}-byte {what} whose members claim {declared:,} bytes uncompressed ({compressed:,} "

@@ -4,18 +4,17 @@ Canonical dicts (timm layout) go in and out of a model through model.py's `load_
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 
 import keras
 
 from shared.config import ViTConfig
-from shared.errors import InvalidFileError, MismatchError
+from shared.errors import ConfigError, InvalidFileError, MismatchError, capped_list
+from shared.safeio import load_json, read_zip_member
 from shared.weights import atomic_write
 
 from .model import VisionTransformer, new_model
@@ -62,11 +61,8 @@ ALLOWED_CLASSES = frozenset(f"vit_keras>{n}" for n in
 
 def _scan_keras_config(path: Path) -> None:
     """Refuse a `.keras` file whose config holds a Lambda layer or a class not registered by vit_keras."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            config = json.loads(z.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as e:
-        raise InvalidFileError(f"{path}: not a readable .keras file ({e})") from None
+    # the archive's sizes are checked (a zip bomb is refused) and config.json is read bounded, nesting included
+    config = load_json(read_zip_member(path, "config.json", ".keras file"), f"{path}: config.json")
     bad = []
 
     def walk(node):
@@ -88,7 +84,17 @@ def _scan_keras_config(path: Path) -> None:
 
     walk(config)
     if bad:
-        raise InvalidFileError(f"{path}: refusing to load: " + "; ".join(bad))
+        raise InvalidFileError(f"{path}: refusing to load: " + capped_list(bad, sep="; "))
+    # the model's ViTConfig is type-checked and held to the limits before Keras builds anything (depth 1e6 costs
+    # nothing to refuse)
+    inner = config.get("config") if isinstance(config, dict) else None
+    vit = inner.get("config") if isinstance(inner, dict) else None
+    if not isinstance(vit, dict) or config.get("registered_name") != "vit_keras>VisionTransformer":
+        raise InvalidFileError(f"{path}: config.json does not describe a vit_keras VisionTransformer")
+    try:
+        ViTConfig.from_dict(vit)
+    except ConfigError as e:
+        raise InvalidFileError(f"{path}: invalid model config in config.json: {e}") from None
 
 
 def load_keras(path, *, expect: ViTConfig | None = None) -> VisionTransformer:

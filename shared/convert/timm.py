@@ -20,6 +20,7 @@ import math
 import os
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,7 +32,7 @@ from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFi
                       MissingFactsError)
 from ..posemb import resample_pos_embed
 from ..presets import PRESETS, get_preset
-from ..safeio import read_json_file
+from ..safeio import check_zip, read_json_file
 from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
@@ -453,6 +454,8 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except ImportError:
         raise InvalidFileError(f"{path}: reading a PyTorch checkpoint needs torch (not installed); convert it to "
                                f".safetensors, which needs no framework") from None
+    if zipfile.is_zipfile(path):
+        check_zip(path, "PyTorch checkpoint")  # a zip bomb is refused before torch expands anything
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
@@ -463,6 +466,9 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for k, t in flat.items():
         if not isinstance(t, torch.Tensor):
             continue
+        if t.layout != torch.strided or t.is_quantized:
+            raise InvalidFileError(f"{path}: key {k!r}: expected a dense float tensor, got layout {t.layout}, dtype "
+                                   f"{t.dtype}{' (quantized)' if t.is_quantized else ''}")
         t = t.detach().cpu()
         if t.dtype == torch.bfloat16:
             t = t.float()  # exact; NumPy has no bfloat16

@@ -477,3 +477,49 @@ def test_bad_npy_inputs_are_typed_errors(tmp_path, tiny_file, capsys, name, make
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def overflowing_file(tmp_path_factory):
+    """Finite float32 weights whose float32 logits overflow (the float64 reference stays finite)."""
+    path = tmp_path_factory.mktemp("w") / "overflow.safetensors"
+    cfg = get_preset("tiny")
+    state = init_weights(cfg, 0)
+    state["head.weight"] = (state["head.weight"] * 1e38 / np.abs(state["head.weight"]).max()).astype(np.float32)
+    state["head.bias"] = np.full_like(state["head.bias"], 3e38)
+    W.save(path, cfg, state)
+    return path
+
+
+def test_check_reports_non_finite_backend_output_with_its_own_exit_code(tmp_path, overflowing_file, capsys):
+    code = main(["check", str(overflowing_file), "--backends", "torch", "--json", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert code == E.EXIT_NONFINITE == 7, out[-2000:]
+    d = json.loads((tmp_path / "c.json").read_text())["backends"]["torch"]
+    assert d["status"] == "non-finite" and d["nonfinite"]["logits"] > 0 and "logits" in d["error"]
+    assert "non-finite" in out
+
+
+def test_forward_and_reference_warn_and_exit_7_on_non_finite_outputs(tmp_path, overflowing_file, capsys):
+    cfg = get_preset("tiny")
+    np.save(tmp_path / "x.npy", random_images(cfg, 2, 1))
+    for argv in (["reference", str(overflowing_file), "--dtype", "float32"],
+                 ["forward", str(overflowing_file), "--backend", "torch"]):
+        out = tmp_path / f"{argv[0]}.npz"
+        capsys.readouterr()
+        assert main([*argv, "--input", str(tmp_path / "x.npy"), "--output", str(out)]) == E.EXIT_NONFINITE
+        err = capsys.readouterr().err
+        assert "not finite" in err and "logits:" in err and "values NaN/Inf" in err
+        assert out.exists()  # written, and said
+
+
+def test_run_check_refuses_an_empty_or_non_finite_batch(tiny_file):
+    from shared.cli.check import run_check
+
+    cfg, state = W.load(tiny_file)
+    with pytest.raises(E.UsageError, match="non-empty"):
+        run_check(cfg, tiny_file, np.zeros((0, 3, *cfg.image_size), np.float32), ["torch"], state=state)
+    x = random_images(cfg, 2, 0)
+    x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    with pytest.raises(E.UsageError, match="3 of .* NaN or infinite"):
+        run_check(cfg, tiny_file, x, ["torch"], state=state)

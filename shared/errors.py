@@ -10,6 +10,8 @@
     5  EXIT_OUT_OF_BOUNDS   a backend computed something outside its tolerance bound (check, grad)
     6  EXIT_UNSUPPORTED     the backend does not support what was asked: a dtype, or a training or
                             benchmark hook it does not implement; `check` and `grad` show it as unsupported
+    7  EXIT_NONFINITE       an output holds NaN or Inf: a backend's (check), the reference's, or what
+                            `forward` / `reference` wrote (each stage named, with its count)
 
 The tool maps an exception to its code through `exit_code`; nothing else spells these numbers.
 This module imports nothing from the suite but `shared.limits` (constants only): every other module may import it.
@@ -25,6 +27,7 @@ EXIT_INVALID_FILE = 3
 EXIT_MISMATCH = 4
 EXIT_OUT_OF_BOUNDS = 5
 EXIT_UNSUPPORTED = 6
+EXIT_NONFINITE = 7
 
 #: exit code -> what it means (the README and `vit-suite --help` print this table)
 EXIT_CODES: dict[int, str] = {
@@ -35,6 +38,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_MISMATCH: "key/shape mismatch",
     EXIT_OUT_OF_BOUNDS: "a backend out of its bound",
     EXIT_UNSUPPORTED: "the backend does not support the dtype or hook",
+    EXIT_NONFINITE: "non-finite (NaN/Inf) output",
 }
 
 
@@ -71,6 +75,12 @@ class UnsupportedError(BackendError):
     """A backend asked for something it does not offer: a dtype, or an optional training / benchmark hook."""
 
     exit_code = EXIT_UNSUPPORTED
+
+
+class NonFiniteError(SuiteError, ArithmeticError):
+    """A computed output (or the reference itself) holds NaN or Inf; the message names each stage and its count."""
+
+    exit_code = EXIT_NONFINITE
 
 
 class WeightsError(SuiteError):

@@ -19,7 +19,7 @@ from .. import reference, tolerances
 from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
-from ..errors import EXIT_CRASH, EXIT_OK, EXIT_OUT_OF_BOUNDS, UsageError
+from ..errors import EXIT_CRASH, EXIT_NONFINITE, EXIT_OK, EXIT_OUT_OF_BOUNDS, NonFiniteError, UsageError
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
 from .common import (SEED_MAX, claim_output, console, int_arg, load_npy, parse_size, resolve_model, same_file,
                      selected_backends, write_text)
@@ -33,6 +33,7 @@ class BackendRun:
     verdict: tolerances.Verdict | None = None
     error: str | None = None
     unsupported: bool = False
+    nonfinite: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
 
@@ -40,6 +41,8 @@ class BackendRun:
     def status(self) -> str:
         if self.unsupported:
             return "unsupported"
+        if self.nonfinite:
+            return "non-finite"
         if self.error:
             return "error"
         return "pass" if self.verdict.passed else "FAIL"
@@ -77,7 +80,8 @@ class CheckResult:
             "backends": {}, "pairs": [p.__dict__ | {"passed": p.passed} for p in self.pairs],
         }
         for r in self.runs:
-            d = {"status": r.status, "seconds": r.seconds, "meta": r.meta, "error": r.error}
+            d = {"status": r.status, "seconds": r.seconds, "meta": r.meta, "error": r.error,
+                 "nonfinite": r.nonfinite or None}
             if r.verdict is not None:
                 f = r.verdict.first_failure
                 d.update(stages=stage_rows(r.verdict), top1_agreement=r.verdict.top1_agreement,
@@ -94,12 +98,23 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
               on_event: Callable[[str, str], None] | None = None) -> CheckResult:
     """Reference + every backend (each in its own process) + pairwise comparison."""
     notify = on_event or (lambda who, what: None)
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise UsageError(f"check needs a non-empty NCHW batch of images, got shape {images.shape}")
+    bad = int(images.size - np.count_nonzero(np.isfinite(images)))
+    if bad:
+        raise UsageError(f"input: {bad} of {images.size} values are NaN or infinite")
     if state is None:
         state = W.load(weights)[1]
     image_size = tuple(images.shape[2:])
     notify("reference", "float64 reference")
     ref64 = reference.forward(cfg, state, images)
     ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
+    for name, ref in (("float64", ref64), (dtype, ref_lowp)):
+        counts = tolerances.nonfinite_counts(ref or {})
+        if counts:
+            raise NonFiniteError(f"the {name} reference itself is not finite (the weights or inputs overflow it): "
+                                 f"{tolerances.describe_nonfinite(counts, ref)}")
     runs: list[BackendRun] = []
     with tempfile.TemporaryDirectory(prefix="vit-suite-check-") as tmp:
         images_path = Path(tmp) / "images.npy"
@@ -112,7 +127,12 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
             run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
                              seconds=child.seconds, meta=child.meta)
             if run.stages is not None:
-                run.verdict = tolerances.judge(cfg, dtype, run.stages, ref64, ref_lowp)
+                run.nonfinite = tolerances.nonfinite_counts({k: run.stages[k] for k in cfg.stage_names()
+                                                             if k in run.stages})
+                if run.nonfinite:
+                    run.error = f"non-finite output: {tolerances.describe_nonfinite(run.nonfinite, run.stages)}"
+                else:
+                    run.verdict = tolerances.judge(cfg, dtype, run.stages, ref64, ref_lowp)
             notify(b, run.status)
             runs.append(run)
     ok = [r for r in runs if r.verdict is not None]
@@ -164,7 +184,7 @@ def cmd_check(args) -> int:
         with c.status("starting") as status:
             def on_event(who, what):
                 status.update(f"[bold]{who}[/]: {what}")
-                if what in ("pass", "FAIL", "error", "unsupported"):
+                if what in ("pass", "FAIL", "error", "unsupported", "non-finite"):
                     c.print(f"  {who}: {what}")
 
             result = run_check(run_cfg, weights_path, images, wanted, args.dtype, state=state, labels=labels,
@@ -180,6 +200,8 @@ def cmd_check(args) -> int:
         c.print(f"wrote {args.report}")
     if any(r.status == "FAIL" for r in result.runs) or any(not p.passed for p in result.pairs):
         return EXIT_OUT_OF_BOUNDS
+    if any(r.status == "non-finite" for r in result.runs):
+        return EXIT_NONFINITE
     return EXIT_CRASH if result.any_error else EXIT_OK
 
 
@@ -194,7 +216,8 @@ def print_check(c, result: CheckResult, show_stages: bool) -> None:
     if result.labels is not None:
         t.add_column("accuracy", justify="right")
     for r in result.runs:
-        style = {"pass": "green", "FAIL": "bold red", "error": "red", "unsupported": "yellow"}[r.status]
+        style = {"pass": "green", "FAIL": "bold red", "error": "red", "unsupported": "yellow",
+                 "non-finite": "bold red"}[r.status]
         if r.verdict is None:
             msg = (r.error or "").splitlines()[-1] if r.error else ""
             row = [r.backend, f"[{style}]{r.status}[/]", "", "", "", "", "", "", escape(msg[:90]), f"{r.seconds:.1f}s"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import weights as W
-from ..errors import EXIT_OK, UsageError
+from ..errors import EXIT_NONFINITE, EXIT_OK, UsageError
 from .common import claim_output, console, load_npy, parse_size, write_npz
 
 
@@ -22,7 +22,7 @@ def cmd_reference(args) -> int:
     out = reference.forward(cfg, state, x, dtype=args.dtype)
     write_npz(args.output, out, {"backend": "reference", "dtype": args.dtype}, overwrite=args.force)
     console().print(f"wrote {args.output}: {', '.join(out)}")
-    return EXIT_OK
+    return _warn_nonfinite("reference", out, args.output)
 
 
 def cmd_forward(args) -> int:
@@ -43,7 +43,21 @@ def cmd_forward(args) -> int:
     if not args.quiet:
         console(stderr=True).print(f"{args.backend}: build {meta['build_s']:.2f} s, forward {meta['forward_s']:.2f} s "
                                    f"-> {args.output}")
-    return EXIT_OK
+    return _warn_nonfinite(args.backend, out, args.output)
+
+
+def _warn_nonfinite(who: str, out: dict, path: str) -> int:
+    """Written, but said: every stage with NaN/Inf and its count, and exit code EXIT_NONFINITE."""
+    from rich.markup import escape
+
+    from ..tolerances import describe_nonfinite, nonfinite_counts
+
+    counts = nonfinite_counts(out)
+    if not counts:
+        return EXIT_OK
+    console(stderr=True).print(f"[yellow]warning:[/] {who} output written to {escape(str(path))} is not finite: "
+                               f"{escape(describe_nonfinite(counts, out))}", soft_wrap=True)
+    return EXIT_NONFINITE
 
 
 def add_parser(sub) -> None:

@@ -523,3 +523,72 @@ def test_run_check_refuses_an_empty_or_non_finite_batch(tiny_file):
     x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
     with pytest.raises(E.UsageError, match="3 of .* NaN or infinite"):
         run_check(cfg, tiny_file, x, ["torch"], state=state)
+
+
+def _png_header_only(width, height) -> bytes:
+    """A PNG that claims width x height in its header (a decompression bomb's header; the data is not needed to be
+    refused)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("text.png", b"this is not an image\n", "not a readable PNG/JPEG image"),
+    ("truncated.png", None, "not a readable PNG/JPEG image"),
+    ("bomb.png", _png_header_only(12000, 12000), "over the limit of 40,000,000 pixels"),
+    ("big.png", _png_header_only(8000, 6000), "8000x6000 pixels, over the limit"),
+], ids=["text", "truncated", "bomb", "big"])
+def test_predict_refuses_bad_image_files_by_name(tmp_path, tiny_file, capsys, name, content, message):
+    import io
+    import time
+
+    from PIL import Image
+
+    if content is None:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 40), (10, 200, 30)).save(buf, format="PNG")
+        content = buf.getvalue()[:60]
+    (tmp_path / name).write_bytes(content)
+    t = time.perf_counter()
+    assert main(["predict", str(tiny_file), str(tmp_path / name), "--backend", "torch"]) == E.EXIT_INVALID_FILE
+    assert time.perf_counter() - t < 10
+    err = capsys.readouterr().err
+    assert name in err and message in " ".join(err.split())
+
+
+def test_evaluate_and_predict_refuse_missing_empty_and_huge_data(tmp_path, tiny_file, capsys):
+    import time
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noimages" / "cat").mkdir(parents=True)
+    for data, message in ((tmp_path / "missing", "not a folder"), (tmp_path / "empty", "no class sub-folders"),
+                          (tmp_path / "noimages", "no .png/.jpg/.jpeg images")):
+        capsys.readouterr()
+        assert main(["evaluate", str(tiny_file), str(data), "--backend", "torch"]) == E.EXIT_USAGE
+        err = " ".join(capsys.readouterr().err.split())
+        assert str(data.name) in err and message in err
+    t = time.perf_counter()
+    for spec, message in (("digits:0-300000000", "held-out rows are 0.."), ("digits:x-3", "expected digits:ROW")):
+        assert main(["predict", str(tiny_file), spec, "--backend", "torch"]) == E.EXIT_USAGE
+        assert message in " ".join(capsys.readouterr().err.split())
+    assert time.perf_counter() - t < 30
+
+
+@pytest.mark.parametrize("argv,flag", [(["--image-size", "2048x2048"], "--image-size"),
+                                       (["--batch", "1024", "--image-size", "512x512"], "--batch --image-size"),
+                                       (["--batch", "1000000"], "--batch")])
+def test_check_refuses_work_beyond_the_memory_limit_before_allocating(tiny_file, capsys, argv, flag):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert main(["check", str(tiny_file), "--backends", "torch", *argv]) == E.EXIT_USAGE
+    err = " ".join(capsys.readouterr().err.split())
+    assert flag in err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000

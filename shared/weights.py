@@ -313,6 +313,11 @@ def config_from_metadata(meta: Mapping[str, str], source: str) -> ViTConfig:
         raise InvalidFileError(f"{source}: invalid config in metadata: {e}") from None
 
 
+def read_config(path: str | os.PathLike) -> ViTConfig:
+    """The config of a canonical file, from its header alone (no tensor is read)."""
+    return config_from_metadata(read_safetensors_header(path).get("__metadata__") or {}, str(path))
+
+
 def load(path: str | os.PathLike) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """Read a canonical file strictly: (config, float32 state dict). The config is checked (types, limits) and then
     against the header's keys, shapes and dtypes before any tensor is read."""

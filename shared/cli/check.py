@@ -167,11 +167,14 @@ def cmd_check(args) -> int:
     if args.input:
         images, labels = load_npy(args.input, "--input"), None
     elif images is None or size or args.batch:
+        flags = " ".join(f for f, v in (("--batch", args.batch), ("--image-size", args.image_size)) if v) or "check"
+        reference.check_forward_size(cfg.with_image_size(size) if size else cfg, args.batch or 2, flags)
         images = random_images(cfg, args.batch or 2, args.seed, args.input_kind, size)
         labels = None
     if images.shape[1] != cfg.in_chans:
         raise UsageError(f"inputs have {images.shape[1]} channels, {cfg.name} expects {cfg.in_chans}")
     run_cfg = cfg.with_image_size(tuple(images.shape[2:])) if tuple(images.shape[2:]) != tuple(cfg.image_size) else cfg
+    reference.check_forward_size(run_cfg, images.shape[0], f"--input {args.input}" if args.input else "check")
     wanted = selected_backends(args.backends)
     missing = [b for b in backend_names(variants=False) if b not in available_backends()]
     c = console()

@@ -14,6 +14,7 @@ from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
 from ..errors import InvalidFileError, OutputError, UsageError
+from ..limits import NPY_MAX_BYTES
 from ..presets import DEFAULT_PRESET, get_preset
 
 
@@ -101,8 +102,6 @@ def claim_output(path: str | Path | None, flag: str, *, force: bool, inputs=()) 
     return Path(path)
 
 
-#: the most input bytes a command reads from one .npy (float32 after conversion): 4 GiB
-NPY_MAX_BYTES = 4 * 2**30
 
 
 def load_npy(path: str, what: str) -> np.ndarray:

@@ -592,3 +592,103 @@ def test_check_refuses_work_beyond_the_memory_limit_before_allocating(tiny_file,
     err = " ".join(capsys.readouterr().err.split())
     assert flag in err
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000
+
+
+@pytest.mark.parametrize("fmt,suffix", [("torch", ".pt"), ("hf", "")])
+def test_native_and_hf_writers_create_the_destination_exclusively(tmp_path, tiny_file, monkeypatch, fmt, suffix):
+    """`.pt`/`.keras`/`.weights.h5`/`.ckpt` and HF directories go through the same exclusive create as canonical
+    files: a destination that appears while this writer works is not replaced (exit 2), nothing is left behind."""
+    import shared.convert.io as io_mod
+    from shared.convert import hf as hf_mod
+
+    cfg, state = W.load(tiny_file)
+    cfg = cfg.replace(resize_kernel="bicubic")
+    dst = tmp_path / f"m{suffix}"
+
+    def appear():
+        if fmt == "hf":
+            dst.mkdir()
+            (dst / "config.json").write_text("{}")
+        else:
+            dst.write_bytes(b"the other writer's file")
+
+    if fmt == "hf":
+        real = hf_mod.export_hf
+        monkeypatch.setattr(hf_mod, "export_hf", lambda *a, **k: (appear(), real(*a, **k))[1])
+    else:
+        real_build = io_mod.get_backend("torch").__class__.build
+        monkeypatch.setattr(io_mod.get_backend("torch").__class__, "build",
+                            lambda self, *a, **k: (appear(), real_build(self, *a, **k))[1])
+    with pytest.raises(E.OutputError, match="exists"):
+        write_any(str(dst), fmt, cfg, state, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dst.name]
+    assert (dst / "config.json").read_text() == "{}" if fmt == "hf" else dst.read_bytes() == b"the other writer's file"
+
+
+def test_stale_partials_of_dead_writers_are_removed_by_the_next_write(tmp_path, tiny_file):
+    import os
+
+    cfg, state = W.load(tiny_file)
+    dead = tmp_path / ".m.safetensors.999999999.abcd1234.partial"  # a writer killed with SIGKILL
+    alive = tmp_path / f".m.safetensors.{os.getpid()}.efgh5678.partial"  # a writer still at work
+    other = tmp_path / ".other.safetensors.999999999.abcd1234.partial"  # not this destination's
+    for p in (dead, alive, other):
+        p.write_bytes(b"partial")
+    W.save(tmp_path / "m.safetensors", cfg, state)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["m.safetensors", alive.name, other.name])
+
+
+@pytest.mark.parametrize("signal_name,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_sigterm_and_ctrl_c_during_a_write_leave_nothing_behind(tmp_path, monkeypatch, signal_name, code):
+    import os
+    import signal
+    import time
+
+    import safetensors.numpy
+
+    def interrupted_save(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        os.kill(os.getpid(), getattr(signal, signal_name))
+        time.sleep(5)  # the handler raises in the main thread before this returns
+        raise AssertionError("the signal did not interrupt the write")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", interrupted_save)
+    assert main(["init", "tiny", str(tmp_path / "out.safetensors")]) == code
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_or_full_destination_is_a_typed_error(tmp_path, tiny_file, monkeypatch, capsys):
+    import errno
+
+    import safetensors.numpy
+
+    (tmp_path / "a_file").write_text("x")
+    assert main(["init", "tiny", str(tmp_path / "a_file" / "out.safetensors")]) == E.EXIT_USAGE
+    assert "cannot write there" in capsys.readouterr().err
+
+    def full_disk(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"some bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    assert main(["init", "tiny", str(tmp_path / "out.safetensors")]) == E.EXIT_USAGE
+    assert "No space left on device" in " ".join(capsys.readouterr().err.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    from shared.cli import inspect as inspect_cmd
+
+    def boom(args):
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(inspect_cmd, "cmd_inspect", boom)  # main() builds its parser per call: it binds this
+    assert main(["inspect", "x"]) == E.EXIT_CRASH
+    err = capsys.readouterr().err
+    assert "RuntimeError: something nobody expected" in err and "--debug" in err and "Traceback" not in err
+    assert main(["--debug", "inspect", "x"]) == E.EXIT_CRASH
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "something nobody expected" in err

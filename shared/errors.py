@@ -59,6 +59,11 @@ class OutputError(UsageError, FileExistsError):
     written over, even with --force). Also a FileExistsError, for Python callers of the writers."""
 
 
+class UnwritableError(UsageError, OSError):
+    """A destination that cannot be written: no permission, a read-only file system, a full disk. Nothing is left
+    behind. Also an OSError, for Python callers."""
+
+
 class ConfigError(SuiteError, ValueError):
     """A ViTConfig that cannot describe a working model."""
 

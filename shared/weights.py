@@ -28,7 +28,7 @@ import numpy as np
 
 from . import limits as L
 from .config import ViTConfig
-from .errors import ConfigError, InvalidFileError, MismatchError, OutputError
+from .errors import ConfigError, InvalidFileError, MismatchError, OutputError, SuiteError, UnwritableError
 
 FORMAT_NAME = "vit-suite"
 FORMAT_VERSION = "1"
@@ -128,16 +128,87 @@ def umask_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~mask
 
 
-def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -> Path:
-    """Call write_fn(tmp_path) on a temporary file beside `path`, then move it into place with the umask's mode.
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
-    On any failure the temporary file is removed and `path` is left untouched. overwrite=False creates `path`
-    only if it does not exist, atomically (a hard link): of two concurrent writers the second gets OutputError.
+
+def remove_stale_tempdirs(prefix: str) -> None:
+    """Remove `PREFIX<pid>-*` directories in the system temp folder whose process is dead (a run killed before its
+    cleanup ran: SIGKILL, a crash)."""
+    import shutil
+
+    for d in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = d.name[len(prefix):].split("-", 1)[0]
+        try:
+            if pid.isdigit() and not pid_alive(int(pid)) and d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def temp_prefix(name: str) -> str:
+    """`.NAME.PID.`: the prefix of every temporary file or directory written beside a destination NAME (the PID tells
+    a later run whether its writer is still alive)."""
+    return f".{name}.{os.getpid()}."
+
+
+def remove_stale_partials(directory: str | os.PathLike, name: str) -> list[Path]:
+    """Remove `.NAME.<pid>.*.partial` files and directories beside destination NAME whose writer is dead (killed
+    before it could clean up), or, without a PID in the name, older than STALE_PARTIAL_SECONDS. Returns them."""
+    import shutil
+    import time
+
+    removed = []
+    try:
+        entries = list(Path(directory).glob(f".{glob_escape(name)}.*.partial"))
+    except OSError:
+        return removed
+    for p in entries:
+        middle = p.name[len(name) + 2:-len(".partial")]  # "PID.XXXX", or "XXXX" from an older version
+        pid_text, _, rest = middle.partition(".")
+        try:
+            if pid_text.isdigit() and rest and "." not in rest:
+                stale = not pid_alive(int(pid_text))
+            else:
+                stale = "." not in middle and time.time() - p.lstat().st_mtime > L.STALE_PARTIAL_SECONDS
+            if stale:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -> Path:
+    """Call write_fn(tmp_path) on a temporary file `.NAME.PID.XXXX.partial` beside `path`, then move it into place
+    with the umask's mode.
+
+    On any failure (SIGTERM and Ctrl-C included: the tool turns both into exceptions) the temporary file is removed
+    and `path` is left untouched; stale temporary files of dead writers to the same destination are removed first.
+    overwrite=False creates `path` only if it does not exist, atomically (a hard link): of two concurrent writers the
+    second gets OutputError. A destination that cannot be written (permissions, read-only, disk full) is an
+    UnwritableError (exit 2), never a bare OSError.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".partial", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise UnwritableError(f"{path}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
     try:
         write_fn(tmp)
         os.chmod(tmp, umask_mode())
@@ -145,9 +216,16 @@ def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -
             os.replace(tmp, path)
         else:
             _create_exclusively(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, SuiteError)):
+            raise UnwritableError(f"{path}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing was "
+                                  f"left behind") from None
         raise
     return path
 

@@ -15,7 +15,7 @@ import keras
 from shared.config import ViTConfig
 from shared.errors import ConfigError, InvalidFileError, MismatchError, capped_list
 from shared.safeio import load_json, read_zip_member
-from shared.weights import atomic_write
+from shared.weights import atomic_write, remove_stale_tempdirs, temp_prefix
 
 from .model import VisionTransformer, new_model
 
@@ -27,14 +27,24 @@ def _check_suffix(path: Path, suffix: str) -> None:
 
 
 def _atomic_keras_write(path: Path, suffix: str, write) -> Path:
-    """Keras insists on the suffix: write inside a temporary directory beside `path`, then rename."""
+    """Keras insists on the suffix: write inside a temporary directory (`.NAME.PID.*.partial` beside `path`), then
+    rename. A `.weights.h5` is written by HDF5, which crashes the process (SIGSEGV) when the disk fills up: it is
+    written in the system temp folder and then copied beside `path` by Python, so a full disk is an OSError there
+    (UnwritableError, exit 2), never a crash."""
 
     def write_fn(tmp: str) -> None:
-        d = tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)
+        if suffix == ".weights.h5":
+            remove_stale_tempdirs("vit-suite-h5-")
+            d = tempfile.mkdtemp(prefix=f"vit-suite-h5-{os.getpid()}-")
+        else:
+            d = tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".partial", dir=path.parent)
         try:
             inner = os.path.join(d, "model" + suffix)
             write(inner)
-            os.replace(inner, tmp)
+            if suffix == ".weights.h5":
+                shutil.copyfile(inner, tmp)
+            else:
+                os.replace(inner, tmp)
         finally:
             shutil.rmtree(d, ignore_errors=True)
 

@@ -93,28 +93,47 @@ class CheckResult:
         return out
 
 
-def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[str], dtype: str = "float32",
-              state: dict | None = None, labels: np.ndarray | None = None,
-              on_event: Callable[[str, str], None] | None = None) -> CheckResult:
-    """Reference + every backend (each in its own process) + pairwise comparison."""
-    notify = on_event or (lambda who, what: None)
+def _check_batch(images: np.ndarray) -> None:
+    """A non-empty, finite NCHW batch, or a UsageError saying what is wrong (with the count of bad values)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[0] == 0:
         raise UsageError(f"check needs a non-empty NCHW batch of images, got shape {images.shape}")
     bad = int(images.size - np.count_nonzero(np.isfinite(images)))
     if bad:
         raise UsageError(f"input: {bad} of {images.size} values are NaN or infinite")
+
+
+def _check_references(dtype: str, ref64: dict, ref_lowp: dict | None) -> None:
+    """A reference that is itself NaN/Inf cannot judge anything: NonFiniteError naming each stage and count."""
+    for name, ref in (("float64", ref64), (dtype, ref_lowp)):
+        counts = tolerances.nonfinite_counts(ref or {})
+        if counts:
+            raise NonFiniteError(f"the {name} reference itself is not finite (the weights or inputs overflow it): "
+                                 f"{tolerances.describe_nonfinite(counts, ref)}")
+
+
+def _judge(run: BackendRun, cfg: ViTConfig, dtype: str, ref64: dict, ref_lowp: dict | None) -> None:
+    """A backend's stages: non-finite (status 'non-finite', counts per stage) or judged under the policy."""
+    run.nonfinite = tolerances.nonfinite_counts({k: run.stages[k] for k in cfg.stage_names() if k in run.stages})
+    if run.nonfinite:
+        run.error = f"non-finite output: {tolerances.describe_nonfinite(run.nonfinite, run.stages)}"
+    else:
+        run.verdict = tolerances.judge(cfg, dtype, run.stages, ref64, ref_lowp)
+
+
+def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[str], dtype: str = "float32",
+              state: dict | None = None, labels: np.ndarray | None = None,
+              on_event: Callable[[str, str], None] | None = None) -> CheckResult:
+    """Reference + every backend (each in its own process) + pairwise comparison."""
+    notify = on_event or (lambda who, what: None)
+    _check_batch(images)
     if state is None:
         state = W.load(weights)[1]
     image_size = tuple(images.shape[2:])
     notify("reference", "float64 reference")
     ref64 = reference.forward(cfg, state, images)
     ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
-    for name, ref in (("float64", ref64), (dtype, ref_lowp)):
-        counts = tolerances.nonfinite_counts(ref or {})
-        if counts:
-            raise NonFiniteError(f"the {name} reference itself is not finite (the weights or inputs overflow it): "
-                                 f"{tolerances.describe_nonfinite(counts, ref)}")
+    _check_references(dtype, ref64, ref_lowp)
     runs: list[BackendRun] = []
     with tempfile.TemporaryDirectory(prefix="vit-suite-check-") as tmp:
         images_path = Path(tmp) / "images.npy"
@@ -127,12 +146,7 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
             run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
                              seconds=child.seconds, meta=child.meta)
             if run.stages is not None:
-                run.nonfinite = tolerances.nonfinite_counts({k: run.stages[k] for k in cfg.stage_names()
-                                                             if k in run.stages})
-                if run.nonfinite:
-                    run.error = f"non-finite output: {tolerances.describe_nonfinite(run.nonfinite, run.stages)}"
-                else:
-                    run.verdict = tolerances.judge(cfg, dtype, run.stages, ref64, ref_lowp)
+                _judge(run, cfg, dtype, ref64, ref_lowp)
             notify(b, run.status)
             runs.append(run)
     ok = [r for r in runs if r.verdict is not None]

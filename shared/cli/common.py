@@ -18,6 +18,56 @@ from ..limits import NPY_MAX_BYTES
 from ..presets import DEFAULT_PRESET, get_preset
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every `finally` and cleanup runs (temp files removed) before exit."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def run_guarded(func, args, *, debug: bool = False) -> int:
+    """Run a command: a SuiteError prints one typed line and returns its exit code; anything else prints one line
+    naming the exception (the traceback with --debug) and returns EXIT_CRASH; Ctrl-C returns 130 and SIGTERM 143,
+    after the cleanups of whatever was being written have run."""
+    import signal
+    import threading
+    import traceback
+
+    from rich.markup import escape
+
+    from ..errors import EXIT_CRASH, SuiteError, UnsupportedError
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    err = console(stderr=True)
+    try:
+        return func(args)
+    except SuiteError as e:
+        label = "unsupported:" if isinstance(e, UnsupportedError) else "[red]error:[/]"
+        err.print(f"{label} {escape(str(e))}", soft_wrap=True)
+        if debug:
+            traceback.print_exc()
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        return 130
+    except Terminated:
+        err.print("[yellow]terminated (SIGTERM)[/]")
+        return 143
+    except Exception as e:  # noqa: BLE001 - the top of the tool: one line, never a bare traceback
+        if debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        err.print(f"[red]unexpected error:[/] {type(e).__name__}: {escape(first)}"
+                  + ("" if debug else " (run again with --debug for the traceback)"), soft_wrap=True)
+        return EXIT_CRASH
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def console(stderr: bool = False):
     from rich.console import Console
 

@@ -138,8 +138,8 @@ def load_weights_h5(path, cfg: ViTConfig, *, dtype: str = "float32",
             stored = {}
             f.visititems(lambda name, obj: stored.__setitem__(name, tuple(obj.shape))
                          if isinstance(obj, h5py.Dataset) else None)
-    except OSError as e:
-        raise InvalidFileError(f"{path}: not an HDF5 weights file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... for a corrupt file
+        raise InvalidFileError(f"{path}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
     model = new_model(cfg, dtype=dtype, data_format=data_format)
     n_vars = len(model.weights)
     if len(stored) != n_vars:

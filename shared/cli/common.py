@@ -162,7 +162,7 @@ def load_npy(path: str, what: str) -> np.ndarray:
         raise UsageError(f"{what} {p}: no such file")
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)  # never unpickle; maps, so nothing is read yet
-    except ValueError as e:  # a pickle, a header that claims more data than the file has, a bad header
+    except (ValueError, OverflowError, TypeError) as e:  # a pickle, a header claiming more than the file holds
         raise InvalidFileError(f"{what} {p}: not a plain .npy array, or its header does not match its size ({e})") from None
     except OSError as e:
         raise InvalidFileError(f"{what} {p}: unreadable ({e})") from None

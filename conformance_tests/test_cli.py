@@ -477,3 +477,218 @@ def test_bad_npy_inputs_are_typed_errors(tmp_path, tiny_file, capsys, name, make
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def overflowing_file(tmp_path_factory):
+    """Finite float32 weights whose float32 logits overflow (the float64 reference stays finite)."""
+    path = tmp_path_factory.mktemp("w") / "overflow.safetensors"
+    cfg = get_preset("tiny")
+    state = init_weights(cfg, 0)
+    state["head.weight"] = (state["head.weight"] * 1e38 / np.abs(state["head.weight"]).max()).astype(np.float32)
+    state["head.bias"] = np.full_like(state["head.bias"], 3e38)
+    W.save(path, cfg, state)
+    return path
+
+
+def test_check_reports_non_finite_backend_output_with_its_own_exit_code(tmp_path, overflowing_file, capsys):
+    code = main(["check", str(overflowing_file), "--backends", "torch", "--json", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert code == E.EXIT_NONFINITE == 7, out[-2000:]
+    d = json.loads((tmp_path / "c.json").read_text())["backends"]["torch"]
+    assert d["status"] == "non-finite" and d["nonfinite"]["logits"] > 0 and "logits" in d["error"]
+    assert "non-finite" in out
+
+
+def test_forward_and_reference_warn_and_exit_7_on_non_finite_outputs(tmp_path, overflowing_file, capsys):
+    cfg = get_preset("tiny")
+    np.save(tmp_path / "x.npy", random_images(cfg, 2, 1))
+    for argv in (["reference", str(overflowing_file), "--dtype", "float32"],
+                 ["forward", str(overflowing_file), "--backend", "torch"]):
+        out = tmp_path / f"{argv[0]}.npz"
+        capsys.readouterr()
+        assert main([*argv, "--input", str(tmp_path / "x.npy"), "--output", str(out)]) == E.EXIT_NONFINITE
+        err = capsys.readouterr().err
+        assert "not finite" in err and "logits:" in err and "values NaN/Inf" in err
+        assert out.exists()  # written, and said
+
+
+def test_run_check_refuses_an_empty_or_non_finite_batch(tiny_file):
+    from shared.cli.check import run_check
+
+    cfg, state = W.load(tiny_file)
+    with pytest.raises(E.UsageError, match="non-empty"):
+        run_check(cfg, tiny_file, np.zeros((0, 3, *cfg.image_size), np.float32), ["torch"], state=state)
+    x = random_images(cfg, 2, 0)
+    x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    with pytest.raises(E.UsageError, match="3 of .* NaN or infinite"):
+        run_check(cfg, tiny_file, x, ["torch"], state=state)
+
+
+def _png_header_only(width, height) -> bytes:
+    """A PNG that claims width x height in its header (a decompression bomb's header; the data is not needed to be
+    refused)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("text.png", b"this is not an image\n", "not a readable PNG/JPEG image"),
+    ("truncated.png", None, "not a readable PNG/JPEG image"),
+    ("bomb.png", _png_header_only(12000, 12000), "over the limit of 40,000,000 pixels"),
+    ("big.png", _png_header_only(8000, 6000), "8000x6000 pixels, over the limit"),
+], ids=["text", "truncated", "bomb", "big"])
+def test_predict_refuses_bad_image_files_by_name(tmp_path, tiny_file, capsys, name, content, message):
+    import io
+    import time
+
+    from PIL import Image
+
+    if content is None:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 40), (10, 200, 30)).save(buf, format="PNG")
+        content = buf.getvalue()[:60]
+    (tmp_path / name).write_bytes(content)
+    t = time.perf_counter()
+    assert main(["predict", str(tiny_file), str(tmp_path / name), "--backend", "torch"]) == E.EXIT_INVALID_FILE
+    assert time.perf_counter() - t < 10
+    err = capsys.readouterr().err
+    assert name in err and message in " ".join(err.split())
+
+
+def test_evaluate_and_predict_refuse_missing_empty_and_huge_data(tmp_path, tiny_file, capsys):
+    import time
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noimages" / "cat").mkdir(parents=True)
+    for data, message in ((tmp_path / "missing", "not a folder"), (tmp_path / "empty", "no class sub-folders"),
+                          (tmp_path / "noimages", "no .png/.jpg/.jpeg images")):
+        capsys.readouterr()
+        assert main(["evaluate", str(tiny_file), str(data), "--backend", "torch"]) == E.EXIT_USAGE
+        err = " ".join(capsys.readouterr().err.split())
+        assert str(data.name) in err and message in err
+    t = time.perf_counter()
+    for spec, message in (("digits:0-300000000", "held-out rows are 0.."), ("digits:x-3", "expected digits:ROW")):
+        assert main(["predict", str(tiny_file), spec, "--backend", "torch"]) == E.EXIT_USAGE
+        assert message in " ".join(capsys.readouterr().err.split())
+    assert time.perf_counter() - t < 30
+
+
+@pytest.mark.parametrize("argv,flag", [(["--image-size", "2048x2048"], "--image-size"),
+                                       (["--batch", "1024", "--image-size", "512x512"], "--batch --image-size"),
+                                       (["--batch", "1000000"], "--batch")])
+def test_check_refuses_work_beyond_the_memory_limit_before_allocating(tiny_file, capsys, argv, flag):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert main(["check", str(tiny_file), "--backends", "torch", *argv]) == E.EXIT_USAGE
+    err = " ".join(capsys.readouterr().err.split())
+    assert flag in err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000
+
+
+@pytest.mark.parametrize("fmt,suffix", [("torch", ".pt"), ("hf", "")])
+def test_native_and_hf_writers_create_the_destination_exclusively(tmp_path, tiny_file, monkeypatch, fmt, suffix):
+    """`.pt`/`.keras`/`.weights.h5`/`.ckpt` and HF directories go through the same exclusive create as canonical
+    files: a destination that appears while this writer works is not replaced (exit 2), nothing is left behind."""
+    import shared.convert.io as io_mod
+    from shared.convert import hf as hf_mod
+
+    cfg, state = W.load(tiny_file)
+    cfg = cfg.replace(resize_kernel="bicubic")
+    dst = tmp_path / f"m{suffix}"
+
+    def appear():
+        if fmt == "hf":
+            dst.mkdir()
+            (dst / "config.json").write_text("{}")
+        else:
+            dst.write_bytes(b"the other writer's file")
+
+    if fmt == "hf":
+        real = hf_mod.export_hf
+        monkeypatch.setattr(hf_mod, "export_hf", lambda *a, **k: (appear(), real(*a, **k))[1])
+    else:
+        real_build = io_mod.get_backend("torch").__class__.build
+        monkeypatch.setattr(io_mod.get_backend("torch").__class__, "build",
+                            lambda self, *a, **k: (appear(), real_build(self, *a, **k))[1])
+    with pytest.raises(E.OutputError, match="exists"):
+        write_any(str(dst), fmt, cfg, state, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dst.name]
+    assert (dst / "config.json").read_text() == "{}" if fmt == "hf" else dst.read_bytes() == b"the other writer's file"
+
+
+def test_stale_partials_of_dead_writers_are_removed_by_the_next_write(tmp_path, tiny_file):
+    import os
+
+    cfg, state = W.load(tiny_file)
+    dead = tmp_path / ".m.safetensors.999999999.abcd1234.partial"  # a writer killed with SIGKILL
+    alive = tmp_path / f".m.safetensors.{os.getpid()}.efgh5678.partial"  # a writer still at work
+    other = tmp_path / ".other.safetensors.999999999.abcd1234.partial"  # not this destination's
+    for p in (dead, alive, other):
+        p.write_bytes(b"partial")
+    W.save(tmp_path / "m.safetensors", cfg, state)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["m.safetensors", alive.name, other.name])
+
+
+@pytest.mark.parametrize("signal_name,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_sigterm_and_ctrl_c_during_a_write_leave_nothing_behind(tmp_path, monkeypatch, signal_name, code):
+    import os
+    import signal
+    import time
+
+    import safetensors.numpy
+
+    def interrupted_save(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        os.kill(os.getpid(), getattr(signal, signal_name))
+        time.sleep(5)  # the handler raises in the main thread before this returns
+        raise AssertionError("the signal did not interrupt the write")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", interrupted_save)
+    assert main(["init", "tiny", str(tmp_path / "out.safetensors")]) == code
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_or_full_destination_is_a_typed_error(tmp_path, tiny_file, monkeypatch, capsys):
+    import errno
+
+    import safetensors.numpy
+
+    (tmp_path / "a_file").write_text("x")
+    assert main(["init", "tiny", str(tmp_path / "a_file" / "out.safetensors")]) == E.EXIT_USAGE
+    assert "cannot write there" in capsys.readouterr().err
+
+    def full_disk(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"some bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    assert main(["init", "tiny", str(tmp_path / "out.safetensors")]) == E.EXIT_USAGE
+    assert "No space left on device" in " ".join(capsys.readouterr().err.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    from shared.cli import inspect as inspect_cmd
+
+    def boom(args):
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(inspect_cmd, "cmd_inspect", boom)  # main() builds its parser per call: it binds this
+    assert main(["inspect", "x"]) == E.EXIT_CRASH
+    err = capsys.readouterr().err
+    assert "RuntimeError: something nobody expected" in err and "--debug" in err and "Traceback" not in err
+    assert main(["--debug", "inspect", "x"]) == E.EXIT_CRASH
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "something nobody expected" in err

@@ -77,3 +77,41 @@ def test_non_square_and_any_channels():
     assert cfg.grid == (3, 5) and cfg.num_tokens == 16
     assert cfg.with_image_size((40, 60)).table_grid == (3, 5)
     assert cfg.with_image_size((60, 100)).pos_grid is None
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("layer_norm_eps", "1e-6", "a finite float"), ("layer_norm_eps", None, "a finite float"),
+    ("layer_norm_eps", float("inf"), "a finite float"), ("layer_norm_eps", float("nan"), "a finite float"),
+    ("layer_norm_eps", -1e-6, "a finite float"), ("num_classes", "10", "an int"), ("dropout", "0.1", "a float"),
+    ("dropout", 1.5, "a float"), ("final_norm", "false", "a bool"), ("final_norm", 0, "a bool"),
+    ("qk_scale", float("inf"), "null or a finite float"), ("num_heads", 0, "an int"), ("depth", True, "an int"),
+    ("depth", 12.0, "an int"), ("depth", 10**9, "an int in \\[1, 1024\\]"), ("embed_dim", 10**6, "an int"),
+    ("image_size", [224.5, 224], "an int or a \\(height, width\\) pair of ints"), ("gelu", ["erf"], "a string"),
+])
+def test_config_fields_of_the_wrong_type_name_the_field_type_and_value(field, value, expected):
+    """A wrong type is refused with the field, the expected type and the value: never coerced (the string "false"
+    is not True, "1e-6" is not a float), never a TypeError or ZeroDivisionError from later arithmetic."""
+    d = get_preset("tiny").to_dict() | {field: value}
+    with pytest.raises(ConfigError, match=f"field '{field}' must be {expected}") as e:
+        ViTConfig.from_dict(d)
+    assert type(value).__name__ in str(e.value)
+    with pytest.raises(ConfigError, match=field):
+        ViTConfig.from_json(json.dumps(d))
+
+
+def test_a_config_too_large_to_allocate_is_refused_by_counting():
+    """Within every field limit but 17 trillion parameters: counted from the sizes (no key list, no tensor) and
+    refused against shared.limits.MAX_PARAMETERS."""
+    from shared import limits
+
+    d = get_preset("tiny").to_dict() | {"depth": 1000, "embed_dim": 65536, "num_heads": 1, "mlp_dim": 65536}
+    with pytest.raises(ConfigError, match="parameters, over the limit"):
+        ViTConfig.from_dict(d)
+    for name in ("tiny", "B/16", "seed_t2t_walkthrough", "seed_classic_torch", "seed_keras"):
+        assert get_preset(name).num_parameters == parameter_count(get_preset(name))
+    assert get_preset("vit_huge_patch14_224").num_parameters < limits.MAX_PARAMETERS
+
+
+def test_deeply_nested_config_json_is_a_config_error():
+    with pytest.raises(ConfigError, match="nested"):
+        ViTConfig.from_json("[" * 100_000 + "]" * 100_000)

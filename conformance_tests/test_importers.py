@@ -389,3 +389,122 @@ def test_timm_guesses_are_said_not_silent():
     with pytest.warns(ConversionWarning, match="fc_norm, which timm creates for average pooling"):
         got, _ = import_timm(export_timm(avg, init_weights(avg)), preset="tiny")
     assert got.pool == "token"  # the preset's word, now with the warning
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("num_attention_heads", 0, "'num_attention_heads' must be an int in \\[1, 1024\\], got int 0"),
+    ("num_attention_heads", "4", "'num_attention_heads' must be an int .* got str '4'"),
+    ("layer_norm_eps", "1e-12", "'layer_norm_eps' must be a finite number .* got str"),
+    ("layer_norm_eps", float("inf"), "'layer_norm_eps' must be a finite number"),
+    ("qkv_bias", "false", "'qkv_bias' must be a bool .* got str 'false'"),
+    ("hidden_dropout_prob", "0.1", "'hidden_dropout_prob' must be a finite number"),
+    ("hidden_size", "64", "'hidden_size' must be an int"),
+    ("num_hidden_layers", 10**9, "'num_hidden_layers' must be an int in \\[1, 1024\\]"),
+    ("image_size", "224", "'image_size' must be an int or"),
+    ("hidden_act", ["gelu"], "'hidden_act' must be a string"),
+])
+def test_hf_config_json_fields_of_the_wrong_type_are_config_errors(tmp_path, key, value, message):
+    """config.json is read field by field with its type checked: a ConfigError (exit 2) naming the file, the key,
+    the expected type and the value, never a ZeroDivisionError / ValueError traceback or a truthy "false"."""
+    from shared.cli import main
+    from shared.errors import ConfigError
+
+    cfg = get_preset("tiny").replace(resize_kernel="bicubic")
+    d = tmp_path / "hf"
+    save_hf_dir(d, cfg, init_weights(cfg))
+    conf = json.loads((d / "config.json").read_text()) | {key: value}
+    (d / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ConfigError, match=message) as e:
+        load_hf_dir(d)
+    assert "config.json" in str(e.value)
+    assert main(["convert", str(d), str(tmp_path / "out.safetensors")]) == 2
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("index", [b"{not json", b"[1, 2]", b'{"weight_map": {"a": 5}}', b'{"weight_map": []}',
+                                   b'{"weight_map": ' * 10_000 + b"1" + b"}" * 10_000, b"\xff\xfe"],
+                         ids=["not_json", "list", "int_shard", "list_map", "nested", "not_utf8"])
+def test_a_malformed_hf_index_is_an_invalid_file(tmp_path, index):
+    from shared.errors import InvalidFileError
+
+    cfg = get_preset("tiny").replace(resize_kernel="bicubic")
+    d = tmp_path / "hf"
+    save_hf_dir(d, cfg, init_weights(cfg))
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_bytes(index)
+    with pytest.raises(InvalidFileError, match="index.json"):
+        load_hf_dir(d)
+
+
+def _zip(path, members, compression=None):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=compression or zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def _rss_kib():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+@pytest.mark.parametrize("kind", ["pt", "keras"])
+def test_a_zip_bomb_is_refused_before_anything_is_extracted(tmp_path, kind):
+    """A ~60 kB archive whose member expands to 64 MB: refused from the zip directory (declared sizes against the
+    archive's size, shared.limits.MAX_ZIP_RATIO), before torch or Keras decompresses a byte."""
+    from shared.cli import main
+
+    zeros = bytes(64 * 2**20)
+    if kind == "pt":
+        bomb = _zip(tmp_path / "bomb.pt", {"archive/data.pkl": zeros, "archive/version": b"3\n"})
+    else:
+        bomb = _zip(tmp_path / "bomb.keras", {"config.json": b"{}", "model.weights.h5": zeros})
+    del zeros
+    assert bomb.stat().st_size < 200_000
+    before = _rss_kib()
+    assert main(["convert", str(bomb), str(tmp_path / "out.safetensors"), "--preset", "tiny"]) == 3
+    assert _rss_kib() - before < 50_000
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_sparse_and_quantized_tensors_in_a_pt_are_typed_errors(tmp_path):
+    import torch
+
+    from shared.cli import main
+    from shared.errors import InvalidFileError
+    from shared.convert.timm import read_torch_checkpoint
+
+    cfg = get_preset("tiny")
+    state = {k: torch.from_numpy(v) for k, v in init_weights(cfg).items()}
+    for name, bad in [("sparse", state["head.weight"].to_sparse()),
+                      ("quantized", torch.quantize_per_tensor(state["head.weight"], 0.1, 0, torch.qint8))]:
+        path = tmp_path / f"{name}.pt"
+        torch.save({**state, "head.weight": bad}, path)
+        with pytest.raises(InvalidFileError, match="'head.weight': expected a dense float tensor"):
+            read_torch_checkpoint(path)
+        assert main(["convert", str(path), str(tmp_path / f"{name}.safetensors"), "--preset", "tiny"]) == 3
+
+
+@pytest.mark.parametrize("config,message", [
+    (b'{"a": ' * 5000 + b"1" + b"}" * 5000, "nested"),
+    (json.dumps({"module": None, "class_name": "VisionTransformer", "registered_name": "vit_keras>VisionTransformer",
+                 "config": {"config": get_preset("tiny").to_dict() | {"depth": 1_000_000}}}).encode(),
+     "'depth' must be an int in \\[1, 1024\\]"),
+    (b"[]", "does not describe a vit_keras VisionTransformer"),
+], ids=["nested", "depth_1e6", "list"])
+def test_a_hostile_keras_config_is_refused_before_keras_builds_anything(tmp_path, config, message):
+    import time
+
+    pytest.importorskip("keras")
+    from vit_keras.convert import load_keras
+
+    from shared.errors import InvalidFileError
+
+    path = _zip(tmp_path / "m.keras", {"config.json": config, "model.weights.h5": b"x"})
+    t = time.perf_counter()
+    with pytest.raises(InvalidFileError, match=message):
+        load_keras(path)
+    assert time.perf_counter() - t < 5

@@ -95,7 +95,8 @@ def test_a_local_sweep_runs_every_cell_and_writes_three_reports(local_run, zoo):
             assert [s["stage"] for s in c["stages"]][0] == "patch_embed" and c["stages"][-1]["stage"] == "logits"
             assert 0 < c["worst_ratio"] <= 1 and all(s["rel_l2"] <= s["bound"] for s in c["stages"])
     assert {tuple(c["image_size"]) for c in cells if c["checkpoint"] == "tiny-seed5"} == {(48, 48)}
-    assert report["summary"] == {"cells": 12, "pass": 9, "FAIL": 0, "error": 0, "unsupported": 3, "passed": True}
+    assert report["summary"] == {"cells": 12, "pass": 9, "FAIL": 0, "non-finite": 0, "error": 0,
+                                 "unsupported": 3, "passed": True}
     # the timm file was converted with its preset, once, into the sweep's own cache
     assert len(list((local_run / "weights").glob("*.safetensors"))) == 2  # the timm file's and the preset's
     suite = ET.parse(local_run / "junit.xml").getroot().find("testsuite")

@@ -230,3 +230,87 @@ def test_a_canonical_file_whose_header_length_ends_in_0x80_converts(tmp_path, ti
     assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 0
     cfg2, state2 = W.load(tmp_path / "out.safetensors")
     assert cfg2 == cfg and all(np.array_equal(state2[k], state[k]) for k in state)
+
+
+def _rewrite_header(path, edit):
+    """Rewrite a safetensors file's header with edit(header) -> header (or raw bytes), keeping the data."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = edit(json.loads(data[8:8 + n]))
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    return path
+
+
+def _set(key, field, value):
+    def edit(h):
+        h[key][field] = value
+        return h
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda h: b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nested"),
+    (_set("head.bias", "data_offsets", ["0", "40"]), "data_offsets must be two non-negative ints"),
+    (_set("head.bias", "data_offsets", [0]), "data_offsets must be two non-negative ints"),
+    (_set("head.bias", "data_offsets", [True, 40]), "data_offsets must be two non-negative ints"),
+    (_set("head.bias", "shape", [-1]), "shape must be a list"),
+    (_set("head.bias", "shape", "10"), "shape must be a list"),
+    (_set("head.bias", "shape", [10**12]), "span"),
+    (_set("head.bias", "dtype", "F128"), "dtype 'F128'"),
+    (lambda h: h | {"__metadata__": ["not", "a", "dict"]}, "'__metadata__' must be an object"),
+    (lambda h: h | {"__metadata__": {"vit_config": 5}}, "'__metadata__' must be an object"),
+    (lambda h: h | {"head.bias": "garbage"}, "expected an object"),
+    (lambda h: h | {"dup": dict(h["head.weight"])}, "claim .* bytes in all"),
+    (lambda h: [1, 2, 3], "not an object"),
+], ids=["nested", "offsets_str", "offsets_short", "offsets_bool", "shape_negative", "shape_str", "shape_huge",
+        "dtype", "metadata_list", "metadata_int", "tensor_str", "overlap", "list"])
+def test_hostile_headers_are_invalid_files(tmp_path, tiny, edit, message):
+    """Valid JSON of the wrong shape is refused by name before any tensor is read: never a RecursionError,
+    TypeError or KeyError (exit 1)."""
+    cfg, state = tiny
+    path = _rewrite_header(W.save(tmp_path / "w.safetensors", cfg, state), edit)
+    with pytest.raises(E.InvalidFileError, match=message):
+        W.load(path)
+    assert main(["inspect", str(path)]) == E.EXIT_INVALID_FILE
+
+
+@pytest.mark.parametrize("changes,code", [
+    ({"depth": 10**9}, E.EXIT_INVALID_FILE),  # the config itself is refused (a limit), nothing is allocated
+    ({"depth": 1000}, E.EXIT_MISMATCH),  # a legal config the tensors do not match: checked against the header
+    ({"layer_norm_eps": "1e-6"}, E.EXIT_INVALID_FILE),
+    ({"final_norm": "false"}, E.EXIT_INVALID_FILE),
+])
+def test_a_config_is_checked_against_the_header_before_anything_is_read(tmp_path, tiny, capsys, changes, code):
+    import resource
+
+    cfg, state = tiny
+    d = cfg.to_dict() | changes
+
+    def edit(h):
+        h["__metadata__"]["vit_config"] = json.dumps(d)
+        return h
+
+    path = _rewrite_header(W.save(tmp_path / "w.safetensors", cfg, state), edit)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    capsys.readouterr()
+    assert main(["inspect", str(path)]) == code
+    err = capsys.readouterr().err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no model was built
+    assert len(err) < 5000 and list(changes)[0] in err or "problem(s)" in err
+    if code == E.EXIT_MISMATCH:
+        assert "... and " in err and " more" in err  # 16,000 missing keys: the first 20, then a count
+
+
+def test_error_lists_are_capped(tmp_path, tiny):
+    """100k extra keys: the exception keeps every problem, the message shows the first 20 and 'and N more'."""
+    from shared import limits
+
+    cfg, state = tiny
+    extra = {f"extra.{i}": np.zeros(1, np.float32) for i in range(100_000)}
+    with pytest.raises(E.MismatchError) as e:
+        W.validate_state(cfg, {**state, **extra}, source="big")
+    assert len(e.value.problems) == 100_000
+    msg = str(e.value)
+    assert msg.count("\n") == limits.MAX_LISTED_PROBLEMS + 1 and f"... and {100_000 - 20:,} more" in msg
+    assert len(msg) < 3000

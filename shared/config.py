@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import limits as L
 from .errors import ConfigError
 
 GELU_KINDS = ("erf", "tanh")
@@ -28,14 +30,71 @@ POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
 RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear")
 
 
+def is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def shown(v: Any) -> str:
+    """`str '1e-6'`: a value with its type, for messages (long values cut)."""
+    r = repr(v)
+    return f"{type(v).__name__} {r if len(r) <= 60 else r[:57] + '...'}"
+
+
 def _pair(value: Any, what: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    try:
-        h, w = value
-        return (int(h), int(w))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be an int or a (height, width) pair, got {value!r}") from None
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"{what} must be an int or a (height, width) pair of ints, got {shown(value)}")
+
+
+#: the type every field must have: (kind, bounds); kinds: int, opt_int, bool, float, opt_float, str
+_INT_BOUNDS = {"in_chans": (1, L.MAX_CHANNELS), "patch_size": (1, L.MAX_PATCH), "embed_dim": (1, L.MAX_WIDTH),
+               "depth": (1, L.MAX_DEPTH), "num_heads": (1, L.MAX_HEADS), "mlp_dim": (1, L.MAX_WIDTH),
+               "num_classes": (0, L.MAX_CLASSES)}
+_OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH)}
+_BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax")
+_STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes")
+_RATES = ("dropout", "attn_dropout", "drop_path")
+
+
+def check_field_types(d: dict[str, Any], where: str) -> None:
+    """Raise ConfigError naming the field, the expected type and the value for any field of the wrong type or
+    outside its range: strict ints (a bool or 12.0 is not an int), strict bools (the string "false" is refused,
+    never read as true), finite floats. Runs before anything is computed from the values."""
+    def bad(name: str, expected: str) -> ConfigError:
+        return ConfigError(f"{where}: field {name!r} must be {expected}, got {shown(d[name])}")
+
+    for name, (lo, hi) in _INT_BOUNDS.items():
+        if name in d and not (is_int(d[name]) and lo <= d[name] <= hi):
+            raise bad(name, f"an int in [{lo}, {hi}]")
+    for name, (lo, hi) in _OPT_INT_BOUNDS.items():
+        if name in d and d[name] is not None and not (is_int(d[name]) and lo <= d[name] <= hi):
+            raise bad(name, f"null or an int in [{lo}, {hi}]")
+    for name in _BOOLS:
+        if name in d and not isinstance(d[name], (bool, np.bool_)):
+            raise bad(name, "a bool (true or false)")
+    for name in _STRS:
+        if name in d and not isinstance(d[name], str):
+            raise bad(name, "a string")
+    if "layer_norm_eps" in d and not (is_real(d["layer_norm_eps"]) and math.isfinite(d["layer_norm_eps"])
+                                      and 0 < d["layer_norm_eps"] < 1):
+        raise bad("layer_norm_eps", "a finite float in (0, 1)")
+    if "qk_scale" in d and d["qk_scale"] is not None and not (
+            is_real(d["qk_scale"]) and math.isfinite(d["qk_scale"]) and 0 < d["qk_scale"] <= 1e6):
+        raise bad("qk_scale", "null or a finite float in (0, 1e6]")
+    for name in _RATES:
+        if name in d and not (is_real(d[name]) and 0.0 <= d[name] < 1.0):
+            raise bad(name, "a float in [0, 1)")
+    for name in ("image_size", "pos_grid"):
+        if name in d and not (name == "pos_grid" and d[name] is None):
+            h, w = _pair(d[name], f"{where}: field {name!r}")
+            if not (1 <= h <= L.MAX_IMAGE_SIDE and 1 <= w <= L.MAX_IMAGE_SIDE):
+                raise bad(name, f"sizes in [1, {L.MAX_IMAGE_SIDE}]")
 
 
 @dataclass(frozen=True)
@@ -77,6 +136,16 @@ class ViTConfig:
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        check_field_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                          f"config {self.name!r}")
+        for f in dataclasses.fields(self):  # NumPy scalars and ints where floats belong -> plain Python values
+            v = getattr(self, f.name)
+            if f.name in ("layer_norm_eps", "qk_scale", *_RATES) and v is not None:
+                object.__setattr__(self, f.name, float(v))
+            elif is_int(v):
+                object.__setattr__(self, f.name, int(v))
+            elif isinstance(v, np.bool_):
+                object.__setattr__(self, f.name, bool(v))
         object.__setattr__(self, "image_size", _pair(self.image_size, "image_size"))
         if self.pos_grid is not None:
             object.__setattr__(self, "pos_grid", _pair(self.pos_grid, "pos_grid"))
@@ -88,15 +157,11 @@ class ViTConfig:
             if not cond:
                 raise ConfigError(f"config {self.name!r}: {msg}")
 
+        check_field_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, f"config {self.name!r}")
         h, w = self.image_size
         p = self.patch_size
-        for fname in ("in_chans", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim"):
-            v = getattr(self, fname)
-            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{fname} must be a positive int, got {v!r}")
-        need(h > 0 and w > 0, f"image_size must be positive, got {self.image_size}")
         need(h % p == 0 and w % p == 0, f"image_size {h}x{w} is not divisible by patch_size {p}")
         a = self.width
-        need(self.attn_dim is None or self.attn_dim > 0, f"attn_dim must be positive, got {self.attn_dim}")
         need(a % self.num_heads == 0, f"attention width {a} is not divisible by num_heads {self.num_heads}")
         if self.attn_dim is not None and self.attn_dim != self.embed_dim:
             need(self.attn_value_skip, "attn_dim != embed_dim needs attn_value_skip (the first block has no outer residual)")
@@ -111,15 +176,11 @@ class ViTConfig:
             need(self.embed_dim % 2 == 0, f"sincos1d needs an even embed_dim, got {self.embed_dim}")
         if self.pos_embed == "sincos2d":
             need(self.embed_dim % 4 == 0, f"sincos2d needs embed_dim divisible by 4, got {self.embed_dim}")
-        need(isinstance(self.layer_norm_eps, float) and self.layer_norm_eps > 0, f"layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
-        need(self.qk_scale is None or self.qk_scale > 0, f"qk_scale must be positive, got {self.qk_scale}")
         need(not (self.final_norm and self.fc_norm), "final_norm and fc_norm are exclusive (timm: norm xor fc_norm)")
-        need(self.representation_size is None or self.representation_size > 0, "representation_size must be positive or None")
-        need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
         need(not (self.output_softmax and self.num_classes == 0), "output_softmax needs a classifier (num_classes > 0)")
-        for fname in ("dropout", "attn_dropout", "drop_path"):
-            v = getattr(self, fname)
-            need(0.0 <= v < 1.0, f"{fname} must be in [0, 1), got {v}")
+        n = self.num_parameters
+        need(n <= L.MAX_PARAMETERS, f"describes {n:,} parameters, over the limit of {L.MAX_PARAMETERS:,} "
+                                    f"(shared.limits.MAX_PARAMETERS); refused before anything is allocated")
 
     # ----------------------------------------------------------- derived sizes
     @property
@@ -166,6 +227,30 @@ class ViTConfig:
         return self.embed_dim if i == 0 else self.width
 
     @property
+    def num_parameters(self) -> int:
+        """The parameter count, computed from the sizes (no tensor and no key list is built: a config claiming
+        a billion blocks costs nothing to count). Equals shared.weights.parameter_count."""
+        D, W, M, P, C = self.embed_dim, self.width, self.mlp_dim, self.patch_size, self.in_chans
+        n = D * C * P * P + D
+        n += D if self.class_token == "learned" else 0
+        if self.pos_embed == "learned":
+            gh, gw = self.table_grid
+            n += (self.num_prefix_tokens + gh * gw) * D
+
+        def block(din: int) -> int:
+            return (2 * din + 3 * W * din + (3 * W if self.qkv_bias else 0) + W * W + W + 2 * W
+                    + M * W + M + W * M + W)
+
+        n += block(D) + (self.depth - 1) * block(W)
+        n += 2 * W if self.final_norm else 0
+        n += 2 * W if self.fc_norm else 0
+        if self.representation_size:
+            n += self.representation_size * W + self.representation_size
+        if self.num_classes:
+            n += self.num_classes * self.feature_dim + self.num_classes
+        return n
+
+    @property
     def drop_path_rates(self) -> tuple[float, ...]:
         """Stochastic-depth rate of each block: linear from 0 to `drop_path` (timm's linspace; 0 at depth 1).
 
@@ -200,24 +285,22 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a JSON object / dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}; known fields: {sorted(known)}")
-        d = dict(d)
-        if "layer_norm_eps" in d:
-            d["layer_norm_eps"] = float(d["layer_norm_eps"])
-        for k in ("dropout", "attn_dropout", "drop_path"):
-            if k in d:
-                d[k] = float(d[k])
+        # types first, with the field named: a string eps or a "false" bool is refused here, never coerced
+        name = d.get("name", "custom")
+        check_field_types(d, f"config {name[:60] if isinstance(name, str) else name!r}")
         return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> "ViTConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON: {e}") from None
+        from .safeio import load_json
+
+        d = load_json(text, "config", error=ConfigError)
         if not isinstance(d, dict):
             raise ConfigError(f"config JSON must be an object, got {type(d).__name__}")
         return cls.from_dict(d)

@@ -10,11 +10,15 @@
     5  EXIT_OUT_OF_BOUNDS   a backend computed something outside its tolerance bound (check, grad)
     6  EXIT_UNSUPPORTED     the backend does not support what was asked: a dtype, or a training or
                             benchmark hook it does not implement; `check` and `grad` show it as unsupported
+    7  EXIT_NONFINITE       an output holds NaN or Inf: a backend's (check), the reference's, or what
+                            `forward` / `reference` wrote (each stage named, with its count)
 
 The tool maps an exception to its code through `exit_code`; nothing else spells these numbers.
-This module imports nothing from the suite: every other module may import it.
+This module imports nothing from the suite but `shared.limits` (constants only): every other module may import it.
 """
 from __future__ import annotations
+
+from .limits import MAX_LISTED_PROBLEMS
 
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -23,6 +27,7 @@ EXIT_INVALID_FILE = 3
 EXIT_MISMATCH = 4
 EXIT_OUT_OF_BOUNDS = 5
 EXIT_UNSUPPORTED = 6
+EXIT_NONFINITE = 7
 
 #: exit code -> what it means (the README and `vit-suite --help` print this table)
 EXIT_CODES: dict[int, str] = {
@@ -33,6 +38,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_MISMATCH: "key/shape mismatch",
     EXIT_OUT_OF_BOUNDS: "a backend out of its bound",
     EXIT_UNSUPPORTED: "the backend does not support the dtype or hook",
+    EXIT_NONFINITE: "non-finite (NaN/Inf) output",
 }
 
 
@@ -53,6 +59,11 @@ class OutputError(UsageError, FileExistsError):
     written over, even with --force). Also a FileExistsError, for Python callers of the writers."""
 
 
+class UnwritableError(UsageError, OSError):
+    """A destination that cannot be written: no permission, a read-only file system, a full disk. Nothing is left
+    behind. Also an OSError, for Python callers."""
+
+
 class ConfigError(SuiteError, ValueError):
     """A ViTConfig that cannot describe a working model."""
 
@@ -71,6 +82,12 @@ class UnsupportedError(BackendError):
     exit_code = EXIT_UNSUPPORTED
 
 
+class NonFiniteError(SuiteError, ArithmeticError):
+    """A computed output (or the reference itself) holds NaN or Inf; the message names each stage and its count."""
+
+    exit_code = EXIT_NONFINITE
+
+
 class WeightsError(SuiteError):
     """Base of weight-file errors."""
 
@@ -83,14 +100,24 @@ class InvalidFileError(WeightsError):
     exit_code = EXIT_INVALID_FILE
 
 
+def capped_list(items: list[str], sep: str = "\n  ", limit: int = MAX_LISTED_PROBLEMS) -> str:
+    """The first `limit` items joined, then "... and N more": a message stays short whatever a file holds (each
+    item is cut at 300 characters too)."""
+    shown = [i if len(i) <= 300 else i[:297] + "..." for i in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"... and {len(items) - limit:,} more")
+    return sep.join(shown)
+
+
 class MismatchError(WeightsError):
-    """Keys, shapes, dtypes or values disagree with what the config requires; every problem is listed."""
+    """Keys, shapes, dtypes or values disagree with what the config requires; every problem is kept in `problems`,
+    the message lists the first MAX_LISTED_PROBLEMS."""
 
     exit_code = EXIT_MISMATCH
 
     def __init__(self, source: str, problems: list[str]):
         self.source, self.problems = source, problems
-        super().__init__(f"{source}: {len(problems)} problem(s) with the weights:\n  " + "\n  ".join(problems))
+        super().__init__(f"{source}: {len(problems)} problem(s) with the weights:\n  " + capped_list(problems))
 
 
 class ConversionError(WeightsError, ValueError):

@@ -126,6 +126,27 @@ def patchify(images: np.ndarray, patch: int) -> np.ndarray:
     return x.reshape(B, gh * gw, C * patch * patch)
 
 
+def forward_bytes(cfg: ViTConfig, batch: int) -> int:
+    """Working memory of one float64 forward over `batch` images (the largest of the suite's forwards): every kept
+    stage, q/k/v, two score tensors and the MLP's hidden activations. Commands refuse a batch or image size whose
+    estimate exceeds shared.limits.MAX_FORWARD_BYTES before anything is allocated."""
+    t, w, m, h = cfg.num_tokens, max(cfg.embed_dim, cfg.width), cfg.mlp_dim, cfg.num_heads
+    per_image = 8 * ((cfg.depth + 3) * t * w + 3 * t * w + 2 * h * t * t + 2 * t * m)
+    return batch * per_image
+
+
+def check_forward_size(cfg: ViTConfig, batch: int, what: str) -> None:
+    """ConfigError (exit 2) naming `what` (the flag or file) when a forward would need more than the limit."""
+    from .limits import MAX_FORWARD_BYTES
+
+    need = forward_bytes(cfg, batch)
+    if need > MAX_FORWARD_BYTES:
+        raise ConfigError(f"{what}: batch {batch} of {cfg.image_size[0]}x{cfg.image_size[1]} images "
+                          f"({cfg.num_tokens:,} tokens each) would need about {need / 2**30:,.1f} GiB for one forward, "
+                          f"over the {MAX_FORWARD_BYTES / 2**30:.0f} GiB limit (shared.limits.MAX_FORWARD_BYTES); "
+                          f"use a smaller batch or image size")
+
+
 def check_images(cfg: ViTConfig, images: np.ndarray) -> tuple[int, int]:
     """Validate an NCHW batch against cfg; returns its patch grid. ConfigError (a ValueError; exit 2) otherwise."""
     if images.ndim != 4:

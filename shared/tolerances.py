@@ -143,6 +143,23 @@ def stage_metrics(stage: str, actual: np.ndarray, expected: np.ndarray, bound: f
                        float((d / (np.abs(e) + 1e-3 * scale)).max(initial=0.0)), cos)
 
 
+def nonfinite_counts(stages: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """{stage: number of NaN/Inf values} for every stage that has any, in the stages' order."""
+    out = {}
+    for name, v in stages.items():
+        a = np.asarray(v)
+        if a.dtype.kind in "fc":
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                out[name] = bad
+    return out
+
+
+def describe_nonfinite(counts: Mapping[str, int], stages: Mapping[str, np.ndarray]) -> str:
+    """'block_3: 12 of 4096 values NaN/Inf; norm: ...' (first stage first: where it began)."""
+    return "; ".join(f"{s}: {n} of {np.asarray(stages[s]).size} values NaN/Inf" for s, n in counts.items())
+
+
 def stage_bounds(cfg: ViTConfig, dtype: str, ref64: Mapping[str, np.ndarray],
                  ref_lowp: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """Bound per stage. Low precision needs the reference run at that dtype (`reference.forward(..., dtype=)`)."""

@@ -18,7 +18,6 @@ saving writes a temporary file and renames it, so a failure leaves nothing behin
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import tempfile
@@ -27,8 +26,9 @@ from typing import Mapping
 
 import numpy as np
 
+from . import limits as L
 from .config import ViTConfig
-from .errors import ConfigError, InvalidFileError, MismatchError, OutputError
+from .errors import ConfigError, InvalidFileError, MismatchError, OutputError, SuiteError, UnwritableError
 
 FORMAT_NAME = "vit-suite"
 FORMAT_VERSION = "1"
@@ -74,6 +74,14 @@ def dtype_name(value) -> str:
     return type(value).__name__ if dt is None else str(dt).rsplit(".", 1)[-1].lower()
 
 
+def _shape_of(v) -> tuple:
+    shape = getattr(v, "shape", None)
+    try:
+        return tuple(shape) if shape is not None else tuple(np.shape(v))
+    except (TypeError, ValueError):
+        return ()
+
+
 def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<state dict>",
                    check_dtype: bool = True) -> None:
     """Raise MismatchError naming every missing/unexpected key, wrong shape/dtype and non-finite tensor.
@@ -87,7 +95,7 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
     missing = [k for k in expected if k not in state]
     unexpected = sorted((k for k in state if k not in expected), key=str)
     problems += [f"missing key {k!r} (expected shape {expected[k]})" for k in missing]
-    problems += [f"unexpected key {k!r} (shape {tuple(np.shape(state[k]))})" for k in unexpected]
+    problems += [f"unexpected key {k!r} (shape {_shape_of(state[k])})" for k in unexpected]
     for k, shape in expected.items():
         if k not in state:
             continue
@@ -101,7 +109,7 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
         dt = dtype_name(v)
         if check_dtype and dt != "float32":
             problems.append(f"key {k!r}: expected dtype float32, got {dt}")
-        elif dt in ("float16", "float32", "float64"):
+        elif dt in ("float16", "float32", "float64") and not isinstance(v, TensorSpec):
             finite = np.isfinite(np.asarray(v))
             if not finite.all():
                 problems.append(f"key {k!r}: {int(finite.size - np.count_nonzero(finite))} non-finite value(s) "
@@ -120,16 +128,87 @@ def umask_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~mask
 
 
-def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -> Path:
-    """Call write_fn(tmp_path) on a temporary file beside `path`, then move it into place with the umask's mode.
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
-    On any failure the temporary file is removed and `path` is left untouched. overwrite=False creates `path`
-    only if it does not exist, atomically (a hard link): of two concurrent writers the second gets OutputError.
+
+def remove_stale_tempdirs(prefix: str) -> None:
+    """Remove `PREFIX<pid>-*` directories in the system temp folder whose process is dead (a run killed before its
+    cleanup ran: SIGKILL, a crash)."""
+    import shutil
+
+    for d in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = d.name[len(prefix):].split("-", 1)[0]
+        try:
+            if pid.isdigit() and not pid_alive(int(pid)) and d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def temp_prefix(name: str) -> str:
+    """`.NAME.PID.`: the prefix of every temporary file or directory written beside a destination NAME (the PID tells
+    a later run whether its writer is still alive)."""
+    return f".{name}.{os.getpid()}."
+
+
+def remove_stale_partials(directory: str | os.PathLike, name: str) -> list[Path]:
+    """Remove `.NAME.<pid>.*.partial` files and directories beside destination NAME whose writer is dead (killed
+    before it could clean up), or, without a PID in the name, older than STALE_PARTIAL_SECONDS. Returns them."""
+    import shutil
+    import time
+
+    removed = []
+    try:
+        entries = list(Path(directory).glob(f".{glob_escape(name)}.*.partial"))
+    except OSError:
+        return removed
+    for p in entries:
+        middle = p.name[len(name) + 2:-len(".partial")]  # "PID.XXXX", or "XXXX" from an older version
+        pid_text, _, rest = middle.partition(".")
+        try:
+            if pid_text.isdigit() and rest and "." not in rest:
+                stale = not pid_alive(int(pid_text))
+            else:
+                stale = "." not in middle and time.time() - p.lstat().st_mtime > L.STALE_PARTIAL_SECONDS
+            if stale:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -> Path:
+    """Call write_fn(tmp_path) on a temporary file `.NAME.PID.XXXX.partial` beside `path`, then move it into place
+    with the umask's mode.
+
+    On any failure (SIGTERM and Ctrl-C included: the tool turns both into exceptions) the temporary file is removed
+    and `path` is left untouched; stale temporary files of dead writers to the same destination are removed first.
+    overwrite=False creates `path` only if it does not exist, atomically (a hard link): of two concurrent writers the
+    second gets OutputError. A destination that cannot be written (permissions, read-only, disk full) is an
+    UnwritableError (exit 2), never a bare OSError.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".partial", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise UnwritableError(f"{path}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
     try:
         write_fn(tmp)
         os.chmod(tmp, umask_mode())
@@ -137,9 +216,16 @@ def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -
             os.replace(tmp, path)
         else:
             _create_exclusively(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, SuiteError)):
+            raise UnwritableError(f"{path}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing was "
+                                  f"left behind") from None
         raise
     return path
 
@@ -170,8 +256,27 @@ def save(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray
 
 
 # ------------------------------------------------------------------- reading
+#: safetensors dtype names -> (NumPy-style name, bytes per element)
+SAFETENSORS_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+                      "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
+                      "U64": ("uint64", 8), "U32": ("uint32", 4), "U16": ("uint16", 2), "U8": ("uint8", 1),
+                      "BOOL": ("bool", 1)}
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def read_safetensors_header(path: str | os.PathLike) -> dict:
-    """Parse and sanity-check a safetensors header without trusting it; raises InvalidFileError."""
+    """Parse and check a safetensors header without trusting it; raises InvalidFileError naming the file and key.
+
+    Checked before any tensor is read: the header length against the file and MAX_HEADER_BYTES, JSON nesting
+    (MAX_JSON_DEPTH), `__metadata__` a str -> str object, each tensor's dtype, shape (non-negative ints) and
+    `data_offsets` (two ints whose span is exactly shape x itemsize, inside the data), and the total of the
+    tensor sizes against the data the file holds.
+    """
+    from .safeio import load_json
+
     path = Path(path)
     if not path.is_file():
         raise InvalidFileError(f"{path}: no such file")
@@ -181,28 +286,68 @@ def read_safetensors_header(path: str | os.PathLike) -> dict:
         if len(head) < 8:
             raise InvalidFileError(f"{path}: not a safetensors file ({size} bytes, too short for a header)")
         (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100_000_000:
-            raise InvalidFileError(f"{path}: not a safetensors file (header length {n} exceeds file size {size})")
+        if n > size - 8 or n > L.MAX_HEADER_BYTES:
+            raise InvalidFileError(f"{path}: not a safetensors file (header length {n} exceeds the file size {size} "
+                                   f"or the {L.MAX_HEADER_BYTES:,}-byte header limit)")
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidFileError(f"{path}: not a safetensors file (header is not JSON)") from None
+    header = load_json(raw, f"{path}: safetensors header", max_bytes=L.MAX_HEADER_BYTES)
     if not isinstance(header, dict):
-        raise InvalidFileError(f"{path}: not a safetensors file (header is not a JSON object)")
+        raise InvalidFileError(f"{path}: not a safetensors file (header is a JSON {type(header).__name__}, "
+                               f"not an object)")
+    meta = header.get("__metadata__", {})
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise InvalidFileError(f"{path}: '__metadata__' must be an object of string -> string, got "
+                               f"{type(meta).__name__}")
     data_len = size - 8 - n
+    total = 0
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        try:
-            start, end = info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise InvalidFileError(f"{path}: tensor {key!r} has no valid data_offsets") from None
-        if not (0 <= start <= end <= data_len):
+        if not isinstance(info, dict):
+            raise InvalidFileError(f"{path}: tensor {key!r}: expected an object with dtype, shape and data_offsets, "
+                                   f"got {type(info).__name__}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise InvalidFileError(f"{path}: tensor {key!r}: dtype {str(dtype)[:40]!r} is not one of "
+                                   f"{sorted(SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
+            raise InvalidFileError(f"{path}: tensor {key!r}: shape must be a list of at most 8 non-negative ints, "
+                                   f"got {str(shape)[:80]}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise InvalidFileError(f"{path}: tensor {key!r}: data_offsets must be two non-negative ints, got "
+                                   f"{str(offsets)[:80]}")
+        start, end = offsets
+        if not (start <= end <= data_len):
             raise InvalidFileError(
                 f"{path}: tensor {key!r} claims bytes {start}..{end} but the file holds {data_len} data bytes "
                 f"(truncated file or a header lying about sizes)")
+        nbytes = SAFETENSORS_DTYPES[dtype][1]
+        for d in shape:
+            nbytes *= d
+        if nbytes != end - start:
+            raise InvalidFileError(f"{path}: tensor {key!r}: shape {tuple(shape)} of {dtype} is {nbytes:,} bytes but "
+                                   f"data_offsets span {end - start:,}")
+        total += nbytes
+    if total > data_len:
+        raise InvalidFileError(f"{path}: the tensors claim {total:,} bytes in all, the file holds {data_len:,} "
+                               f"(overlapping or lying data_offsets)")
     return header
+
+
+class TensorSpec:
+    """A tensor described by a header (shape, dtype), not read: `validate_state` checks keys, shapes and dtypes
+    of these before any data is read."""
+
+    def __init__(self, shape, dtype: str):
+        self.shape, self.dtype = tuple(shape), dtype
+
+
+def header_specs(header: Mapping) -> dict[str, TensorSpec]:
+    """{key: TensorSpec} of a checked safetensors header."""
+    return {k: TensorSpec(v["shape"], SAFETENSORS_DTYPES[v["dtype"]][0]) for k, v in header.items()
+            if k != "__metadata__"}
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -246,9 +391,17 @@ def config_from_metadata(meta: Mapping[str, str], source: str) -> ViTConfig:
         raise InvalidFileError(f"{source}: invalid config in metadata: {e}") from None
 
 
+def read_config(path: str | os.PathLike) -> ViTConfig:
+    """The config of a canonical file, from its header alone (no tensor is read)."""
+    return config_from_metadata(read_safetensors_header(path).get("__metadata__") or {}, str(path))
+
+
 def load(path: str | os.PathLike) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """Read a canonical file strictly: (config, float32 state dict)."""
-    tensors, meta = read_tensors(path)
-    cfg = config_from_metadata(meta, str(path))
+    """Read a canonical file strictly: (config, float32 state dict). The config is checked (types, limits) and then
+    against the header's keys, shapes and dtypes before any tensor is read."""
+    header = read_safetensors_header(path)
+    cfg = config_from_metadata(header.get("__metadata__") or {}, str(path))
+    validate_state(cfg, header_specs(header), source=str(path))
+    tensors, _ = read_tensors(path)
     validate_state(cfg, tensors, source=str(path))
     return cfg, tensors

@@ -4,19 +4,18 @@ Canonical dicts (timm layout) go in and out of a model through model.py's `load_
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 
 import keras
 
 from shared.config import ViTConfig
-from shared.errors import InvalidFileError, MismatchError
-from shared.weights import atomic_write
+from shared.errors import ConfigError, InvalidFileError, MismatchError, capped_list
+from shared.safeio import load_json, read_zip_member
+from shared.weights import atomic_write, remove_stale_tempdirs, temp_prefix
 
 from .model import VisionTransformer, new_model
 
@@ -28,14 +27,24 @@ def _check_suffix(path: Path, suffix: str) -> None:
 
 
 def _atomic_keras_write(path: Path, suffix: str, write) -> Path:
-    """Keras insists on the suffix: write inside a temporary directory beside `path`, then rename."""
+    """Keras insists on the suffix: write inside a temporary directory (`.NAME.PID.*.partial` beside `path`), then
+    rename. A `.weights.h5` is written by HDF5, which crashes the process (SIGSEGV) when the disk fills up: it is
+    written in the system temp folder and then copied beside `path` by Python, so a full disk is an OSError there
+    (UnwritableError, exit 2), never a crash."""
 
     def write_fn(tmp: str) -> None:
-        d = tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)
+        if suffix == ".weights.h5":
+            remove_stale_tempdirs("vit-suite-h5-")
+            d = tempfile.mkdtemp(prefix=f"vit-suite-h5-{os.getpid()}-")
+        else:
+            d = tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".partial", dir=path.parent)
         try:
             inner = os.path.join(d, "model" + suffix)
             write(inner)
-            os.replace(inner, tmp)
+            if suffix == ".weights.h5":
+                shutil.copyfile(inner, tmp)
+            else:
+                os.replace(inner, tmp)
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -62,11 +71,8 @@ ALLOWED_CLASSES = frozenset(f"vit_keras>{n}" for n in
 
 def _scan_keras_config(path: Path) -> None:
     """Refuse a `.keras` file whose config holds a Lambda layer or a class not registered by vit_keras."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            config = json.loads(z.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as e:
-        raise InvalidFileError(f"{path}: not a readable .keras file ({e})") from None
+    # the archive's sizes are checked (a zip bomb is refused) and config.json is read bounded, nesting included
+    config = load_json(read_zip_member(path, "config.json", ".keras file"), f"{path}: config.json")
     bad = []
 
     def walk(node):
@@ -88,7 +94,17 @@ def _scan_keras_config(path: Path) -> None:
 
     walk(config)
     if bad:
-        raise InvalidFileError(f"{path}: refusing to load: " + "; ".join(bad))
+        raise InvalidFileError(f"{path}: refusing to load: " + capped_list(bad, sep="; "))
+    # the model's ViTConfig is type-checked and held to the limits before Keras builds anything (depth 1e6 costs
+    # nothing to refuse)
+    inner = config.get("config") if isinstance(config, dict) else None
+    vit = inner.get("config") if isinstance(inner, dict) else None
+    if not isinstance(vit, dict) or config.get("registered_name") != "vit_keras>VisionTransformer":
+        raise InvalidFileError(f"{path}: config.json does not describe a vit_keras VisionTransformer")
+    try:
+        ViTConfig.from_dict(vit)
+    except ConfigError as e:
+        raise InvalidFileError(f"{path}: invalid model config in config.json: {e}") from None
 
 
 def load_keras(path, *, expect: ViTConfig | None = None) -> VisionTransformer:
@@ -122,8 +138,8 @@ def load_weights_h5(path, cfg: ViTConfig, *, dtype: str = "float32",
             stored = {}
             f.visititems(lambda name, obj: stored.__setitem__(name, tuple(obj.shape))
                          if isinstance(obj, h5py.Dataset) else None)
-    except OSError as e:
-        raise InvalidFileError(f"{path}: not an HDF5 weights file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... for a corrupt file
+        raise InvalidFileError(f"{path}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
     model = new_model(cfg, dtype=dtype, data_format=data_format)
     n_vars = len(model.weights)
     if len(stored) != n_vars:

@@ -10,6 +10,7 @@ Every write is atomic (`shared.weights.atomic_write`).
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -17,6 +18,7 @@ import torch
 
 from shared.config import ViTConfig
 from shared.errors import InvalidFileError, MismatchError
+from shared.safeio import check_zip
 from shared.weights import (FORMAT_NAME, FORMAT_VERSION, atomic_write, config_from_metadata, expected_shapes,
                             read_safetensors_header, validate_state)
 
@@ -69,6 +71,8 @@ def load_state_dict_file(path: str | os.PathLike, cfg: ViTConfig | None = None) 
     elif suffix in PT_SUFFIXES:
         if cfg is None:
             raise InvalidFileError(f"{path}: a {suffix} state dict carries no config; pass the config (e.g. --preset)")
+        if zipfile.is_zipfile(path):
+            check_zip(path, "PyTorch checkpoint")  # a zip bomb is refused before torch expands anything
         try:
             # weights_only=True: only tensors and plain containers are unpickled; never a full-pickle fallback.
             tensors = torch.load(path, map_location="cpu", weights_only=True)
@@ -80,10 +84,11 @@ def load_state_dict_file(path: str | os.PathLike, cfg: ViTConfig | None = None) 
                 f"re-save the weights as a plain state dict or as .safetensors") from None
         if not isinstance(tensors, dict) or not all(isinstance(k, str) for k in tensors):
             raise InvalidFileError(f"{path}: expected a state dict (str -> tensor), got {type(tensors).__name__}")
-        sparse = [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.layout != torch.strided]
+        sparse = [k for k, v in tensors.items() if isinstance(v, torch.Tensor)
+                  and (v.layout != torch.strided or v.is_quantized)]
         if sparse:
-            raise MismatchError(str(path), [f"key {k!r}: expected a dense tensor, got layout {tensors[k].layout}"
-                                            for k in sparse])
+            raise MismatchError(str(path), [f"key {k!r}: expected a dense float32 tensor, got layout "
+                                            f"{tensors[k].layout}, dtype {tensors[k].dtype}" for k in sparse])
     else:
         raise InvalidFileError(f"{path}: unknown native suffix {path.suffix!r}; use .pt, .pth or .safetensors")
     validate_state(cfg, tensors, str(path))

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EXIT_CODES, EXIT_USAGE, SuiteError, UnsupportedError
+from ..errors import EXIT_CODES, EXIT_USAGE
 from . import bench, check, convert, forward, grad, inspect, sweep, train
-from .common import console
+from .common import run_guarded
 
 #: the commands, in the order `--help` lists them
 COMMAND_MODULES = (check, sweep, convert, forward, inspect, bench, train, grad)
@@ -30,6 +30,8 @@ DESCRIPTION = ("`vit-suite`: check conformance, sweep a model zoo, convert weigh
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vit-suite", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error (anywhere on "
+                                                          "the command line)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.add_parser(sub)
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["check", *argv]
@@ -48,13 +52,4 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    from rich.markup import escape
-
-    try:
-        return args.func(args)
-    except SuiteError as e:
-        label = "unsupported:" if isinstance(e, UnsupportedError) else "[red]error:[/]"
-        console(stderr=True).print(f"{label} {escape(str(e))}", soft_wrap=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_guarded(args.func, args, debug=debug)

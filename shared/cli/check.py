@@ -19,7 +19,8 @@ from .. import reference, tolerances
 from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
-from ..errors import EXIT_CRASH, EXIT_OK, EXIT_OUT_OF_BOUNDS, EXIT_USAGE, UsageError
+from ..errors import (EXIT_CRASH, EXIT_NONFINITE, EXIT_OK, EXIT_OUT_OF_BOUNDS, EXIT_USAGE, NonFiniteError,
+                      UsageError)
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
 from .common import (SEED_MAX, claim_output, console, int_arg, load_npy, parse_size, resolve_model, same_file,
                      selected_backends, write_text)
@@ -33,6 +34,7 @@ class BackendRun:
     verdict: tolerances.Verdict | None = None
     error: str | None = None
     unsupported: bool = False
+    nonfinite: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
 
@@ -40,6 +42,8 @@ class BackendRun:
     def status(self) -> str:
         if self.unsupported:
             return "unsupported"
+        if self.nonfinite:
+            return "non-finite"
         if self.error:
             return "error"
         return "pass" if self.verdict.passed else "FAIL"
@@ -80,7 +84,8 @@ class CheckResult:
             "against": self.against,
         }
         for r in self.runs:
-            d = {"status": r.status, "seconds": r.seconds, "meta": r.meta, "error": r.error}
+            d = {"status": r.status, "seconds": r.seconds, "meta": r.meta, "error": r.error,
+                 "nonfinite": r.nonfinite or None}
             if r.verdict is not None:
                 f = r.verdict.first_failure
                 d.update(stages=stage_rows(r.verdict), top1_agreement=r.verdict.top1_agreement,
@@ -92,17 +97,47 @@ class CheckResult:
         return out
 
 
+def _check_batch(images: np.ndarray) -> None:
+    """A non-empty, finite NCHW batch, or a UsageError saying what is wrong (with the count of bad values)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise UsageError(f"check needs a non-empty NCHW batch of images, got shape {images.shape}")
+    bad = int(images.size - np.count_nonzero(np.isfinite(images)))
+    if bad:
+        raise UsageError(f"input: {bad} of {images.size} values are NaN or infinite")
+
+
+def _check_references(dtype: str, ref64: dict, ref_lowp: dict | None) -> None:
+    """A reference that is itself NaN/Inf cannot judge anything: NonFiniteError naming each stage and count."""
+    for name, ref in (("float64", ref64), (dtype, ref_lowp)):
+        counts = tolerances.nonfinite_counts(ref or {})
+        if counts:
+            raise NonFiniteError(f"the {name} reference itself is not finite (the weights or inputs overflow it): "
+                                 f"{tolerances.describe_nonfinite(counts, ref)}")
+
+
+def _judge(run: BackendRun, cfg: ViTConfig, dtype: str, ref64: dict, ref_lowp: dict | None) -> None:
+    """A backend's stages: non-finite (status 'non-finite', counts per stage) or judged under the policy."""
+    run.nonfinite = tolerances.nonfinite_counts({k: run.stages[k] for k in cfg.stage_names() if k in run.stages})
+    if run.nonfinite:
+        run.error = f"non-finite output: {tolerances.describe_nonfinite(run.nonfinite, run.stages)}"
+    else:
+        run.verdict = tolerances.judge(cfg, dtype, run.stages, ref64, ref_lowp)
+
+
 def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[str], dtype: str = "float32",
               state: dict | None = None, labels: np.ndarray | None = None,
               on_event: Callable[[str, str], None] | None = None, env: dict[str, str] | None = None) -> CheckResult:
     """Reference + every backend (each in its own process, `env` added to its environment) + pairwise comparison."""
     notify = on_event or (lambda who, what: None)
+    _check_batch(images)
     if state is None:
         state = W.load(weights)[1]
     image_size = tuple(images.shape[2:])
     notify("reference", "float64 reference")
     ref64 = reference.forward(cfg, state, images)
     ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
+    _check_references(dtype, ref64, ref_lowp)
     runs: list[BackendRun] = []
     with tempfile.TemporaryDirectory(prefix="vit-suite-check-") as tmp:
         images_path = Path(tmp) / "images.npy"
@@ -115,7 +150,7 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
             run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
                              seconds=child.seconds, meta=child.meta)
             if run.stages is not None:
-                run.verdict = tolerances.judge(cfg, dtype, run.stages, ref64, ref_lowp)
+                _judge(run, cfg, dtype, ref64, ref_lowp)
             notify(b, run.status)
             runs.append(run)
     ok = [r for r in runs if r.verdict is not None]
@@ -184,11 +219,14 @@ def cmd_check(args) -> int:
     if args.input:
         images, labels = load_npy(args.input, "--input"), None
     elif images is None or size or args.batch:
+        flags = " ".join(f for f, v in (("--batch", args.batch), ("--image-size", args.image_size)) if v) or "check"
+        reference.check_forward_size(cfg.with_image_size(size) if size else cfg, args.batch or 2, flags)
         images = random_images(cfg, args.batch or 2, args.seed, args.input_kind, size)
         labels = None
     if images.shape[1] != cfg.in_chans:
         raise UsageError(f"inputs have {images.shape[1]} channels, {cfg.name} expects {cfg.in_chans}")
     run_cfg = cfg.with_image_size(tuple(images.shape[2:])) if tuple(images.shape[2:]) != tuple(cfg.image_size) else cfg
+    reference.check_forward_size(run_cfg, images.shape[0], f"--input {args.input}" if args.input else "check")
     wanted = selected_backends(args.backends)
     missing = [b for b in backend_names(variants=False) if b not in available_backends()]
     c = console()
@@ -201,7 +239,7 @@ def cmd_check(args) -> int:
         with c.status("starting") as status:
             def on_event(who, what):
                 status.update(f"[bold]{who}[/]: {what}")
-                if what in ("pass", "FAIL", "error", "unsupported"):
+                if what in ("pass", "FAIL", "error", "unsupported", "non-finite"):
                     c.print(f"  {who}: {what}")
 
             result = run_check(run_cfg, weights_path, images, wanted, args.dtype, state=state, labels=labels,
@@ -221,6 +259,8 @@ def cmd_check(args) -> int:
     against = result.against["status"] if result.against else None
     if any(r.status == "FAIL" for r in result.runs) or any(not p.passed for p in result.pairs) or against == "FAIL":
         return EXIT_OUT_OF_BOUNDS
+    if any(r.status == "non-finite" for r in result.runs):
+        return EXIT_NONFINITE
     return EXIT_CRASH if result.any_error or against == "error" else EXIT_OK
 
 
@@ -235,7 +275,8 @@ def print_check(c, result: CheckResult, show_stages: bool) -> None:
     if result.labels is not None:
         t.add_column("accuracy", justify="right")
     for r in result.runs:
-        style = {"pass": "green", "FAIL": "bold red", "error": "red", "unsupported": "yellow"}[r.status]
+        style = {"pass": "green", "FAIL": "bold red", "error": "red", "unsupported": "yellow",
+                 "non-finite": "bold red"}[r.status]
         if r.verdict is None:
             msg = (r.error or "").splitlines()[-1] if r.error else ""
             row = [r.backend, f"[{style}]{r.status}[/]", "", "", "", "", "", "", escape(msg[:90]), f"{r.seconds:.1f}s"]

@@ -14,7 +14,58 @@ from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
 from ..errors import InvalidFileError, OutputError, UsageError
+from ..limits import NPY_MAX_BYTES
 from ..presets import DEFAULT_PRESET, get_preset
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every `finally` and cleanup runs (temp files removed) before exit."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def run_guarded(func, args, *, debug: bool = False) -> int:
+    """Run a command: a SuiteError prints one typed line and returns its exit code; anything else prints one line
+    naming the exception (the traceback with --debug) and returns EXIT_CRASH; Ctrl-C returns 130 and SIGTERM 143,
+    after the cleanups of whatever was being written have run."""
+    import signal
+    import threading
+    import traceback
+
+    from rich.markup import escape
+
+    from ..errors import EXIT_CRASH, SuiteError, UnsupportedError
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    err = console(stderr=True)
+    try:
+        return func(args)
+    except SuiteError as e:
+        label = "unsupported:" if isinstance(e, UnsupportedError) else "[red]error:[/]"
+        err.print(f"{label} {escape(str(e))}", soft_wrap=True)
+        if debug:
+            traceback.print_exc()
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        return 130
+    except Terminated:
+        err.print("[yellow]terminated (SIGTERM)[/]")
+        return 143
+    except Exception as e:  # noqa: BLE001 - the top of the tool: one line, never a bare traceback
+        if debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        err.print(f"[red]unexpected error:[/] {type(e).__name__}: {escape(first)}"
+                  + ("" if debug else " (run again with --debug for the traceback)"), soft_wrap=True)
+        return EXIT_CRASH
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def console(stderr: bool = False):
@@ -101,8 +152,6 @@ def claim_output(path: str | Path | None, flag: str, *, force: bool, inputs=()) 
     return Path(path)
 
 
-#: the most input bytes a command reads from one .npy (float32 after conversion): 4 GiB
-NPY_MAX_BYTES = 4 * 2**30
 
 
 def load_npy(path: str, what: str) -> np.ndarray:
@@ -113,7 +162,7 @@ def load_npy(path: str, what: str) -> np.ndarray:
         raise UsageError(f"{what} {p}: no such file")
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)  # never unpickle; maps, so nothing is read yet
-    except ValueError as e:  # a pickle, a header that claims more data than the file has, a bad header
+    except (ValueError, OverflowError, TypeError) as e:  # a pickle, a header claiming more than the file holds
         raise InvalidFileError(f"{what} {p}: not a plain .npy array, or its header does not match its size ({e})") from None
     except OSError as e:
         raise InvalidFileError(f"{what} {p}: unreadable ({e})") from None

@@ -1,28 +1,30 @@
 """`vit-suite forward` (one backend) and `vit-suite reference` (the NumPy reference) on given inputs."""
 from __future__ import annotations
 
+from .. import reference
 from .. import weights as W
-from ..errors import EXIT_OK, UsageError
+from ..errors import EXIT_NONFINITE, EXIT_OK, UsageError
 from .common import claim_output, console, load_npy, parse_size, write_npz
 
 
-def _inputs(path: str, in_chans: int):
+def _inputs(path: str, cfg):
     x = load_npy(path, "--input")
-    if x.shape[1] != in_chans:
-        raise UsageError(f"--input {path}: {x.shape[1]} channels, model expects {in_chans} (NCHW)")
+    if x.shape[1] != cfg.in_chans:
+        raise UsageError(f"--input {path}: {x.shape[1]} channels, model expects {cfg.in_chans} (NCHW)")
+    reference.check_images(cfg, x)
+    run_cfg = cfg.with_image_size(tuple(x.shape[2:])) if tuple(x.shape[2:]) != tuple(cfg.image_size) else cfg
+    reference.check_forward_size(run_cfg, x.shape[0], f"--input {path}")
     return x
 
 
 def cmd_reference(args) -> int:
-    from .. import reference
-
     claim_output(args.output, "--output", force=args.force, inputs=(args.weights, args.input))
     cfg, state = W.load(args.weights)
-    x = _inputs(args.input, cfg.in_chans)
+    x = _inputs(args.input, cfg)
     out = reference.forward(cfg, state, x, dtype=args.dtype)
     write_npz(args.output, out, {"backend": "reference", "dtype": args.dtype}, overwrite=args.force)
     console().print(f"wrote {args.output}: {', '.join(out)}")
-    return EXIT_OK
+    return _warn_nonfinite("reference", out, args.output)
 
 
 def cmd_forward(args) -> int:
@@ -30,8 +32,8 @@ def cmd_forward(args) -> int:
 
     claim_output(args.output, "--output", force=args.force, inputs=(args.weights, args.input))
     size = parse_size(args.image_size)
+    hw = tuple(_inputs(args.input, W.read_config(args.weights)).shape[2:])
     if size is not None:
-        hw = tuple(load_npy(args.input, "--input").shape[2:])
         if hw != size:
             raise UsageError(f"--image-size {size[0]}x{size[1]} conflicts with --input {args.input}, whose images are "
                              f"{hw[0]}x{hw[1]}: the model runs at its input's size (omit --image-size, or resize "
@@ -43,7 +45,21 @@ def cmd_forward(args) -> int:
     if not args.quiet:
         console(stderr=True).print(f"{args.backend}: build {meta['build_s']:.2f} s, forward {meta['forward_s']:.2f} s "
                                    f"-> {args.output}")
-    return EXIT_OK
+    return _warn_nonfinite(args.backend, out, args.output)
+
+
+def _warn_nonfinite(who: str, out: dict, path: str) -> int:
+    """Written, but said: every stage with NaN/Inf and its count, and exit code EXIT_NONFINITE."""
+    from rich.markup import escape
+
+    from ..tolerances import describe_nonfinite, nonfinite_counts
+
+    counts = nonfinite_counts(out)
+    if not counts:
+        return EXIT_OK
+    console(stderr=True).print(f"[yellow]warning:[/] {who} output written to {escape(str(path))} is not finite: "
+                               f"{escape(describe_nonfinite(counts, out))}", soft_wrap=True)
+    return EXIT_NONFINITE
 
 
 def add_parser(sub) -> None:

@@ -639,7 +639,7 @@ def store(out: Path, cell: Cell, result: dict) -> dict:
 
 
 def failed(rec: dict) -> bool:
-    return rec["status"] in ("FAIL", "error")
+    return rec["status"] in ("FAIL", "non-finite", "error")
 
 
 def cmd_sweep(args) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import weights as W
 
-STATUS_CLASS = {"pass": "pass", "FAIL": "fail", "error": "error", "unsupported": "unsupported"}
+STATUS_CLASS = {"pass": "pass", "FAIL": "fail", "non-finite": "fail", "error": "error", "unsupported": "unsupported"}
 
 
 def _size(cell: dict) -> str:
@@ -37,10 +37,11 @@ def to_json(manifest: Path, prepared, records: list[dict], executor: dict) -> di
                       "worst_ratio": r["worst_ratio"], "first_failure": r["first_failure"],
                       "seconds": r["seconds"], "cached": r.get("cached", False), "versions": r.get("versions"),
                       "error": r.get("error"), "stages": r["stages"]})
-    counts = {s: sum(c["status"] == s for c in cells) for s in ("pass", "FAIL", "error", "unsupported")}
+    counts = {s: sum(c["status"] == s for c in cells) for s in STATUS_CLASS}
     return {
         "manifest": str(manifest), "executor": executor,
-        "summary": {"cells": len(cells), **counts, "passed": counts["FAIL"] + counts["error"] == 0},
+        "summary": {"cells": len(cells), **counts,
+                    "passed": counts["FAIL"] + counts["non-finite"] + counts["error"] == 0},
         "checkpoints": [{"name": p.checkpoint.name, "source": p.source_id, "weights": str(p.weights),
                          "config": p.cfg.name} for p in prepared],
         "cells": cells,
@@ -138,7 +139,7 @@ def to_html(report: dict) -> str:
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>vit-suite sweep</title>",
            f"<style>{CSS}</style></head><body>",
            f"<h1>vit-suite sweep</h1><p>{e(report['manifest'])}: {s['cells']} cells, {s['pass']} pass, "
-           f"{s['FAIL']} out of bound, {s['error']} crashed, {s['unsupported']} unsupported. "
+           f"{s['FAIL']} out of bound, {s['non-finite']} non-finite, {s['error']} crashed, {s['unsupported']} unsupported. "
            "Each cell: status, worst stage / its bound, the first stage out of bound, time. "
            "Click a cell for its per-stage plot.</p>",
            "<table class='matrix'><thead><tr><th>checkpoint @ image size, batch</th>"]
@@ -178,7 +179,8 @@ def to_html(report: dict) -> str:
 def to_junit(report: dict) -> str:
     cells = report["cells"]
     s = report["summary"]
-    suite = ET.Element("testsuite", name="vit-suite sweep", tests=str(len(cells)), failures=str(s["FAIL"]),
+    suite = ET.Element("testsuite", name="vit-suite sweep", tests=str(len(cells)),
+                       failures=str(s["FAIL"] + s["non-finite"]),
                        errors=str(s["error"]), skipped=str(s["unsupported"]),
                        time=f"{sum(c['seconds'] for c in cells):.3f}")
     for c in cells:
@@ -188,6 +190,8 @@ def to_junit(report: dict) -> str:
             worst = "" if c["worst_ratio"] is None else f"; worst {c['worst_stage']} at {c['worst_ratio']:.2f}x its bound"
             ET.SubElement(case, "failure", message=f"first stage out of bound: {c['first_failure']}{worst}").text = \
                 "\n".join(f"{r['stage']}: {r['rel_l2']} / {r['bound']}" for r in c["stages"] if not r["passed"])
+        elif c["status"] == "non-finite":
+            ET.SubElement(case, "failure", message=(c.get("error") or "non-finite output").splitlines()[-1][:200])
         elif c["status"] == "error":
             ET.SubElement(case, "error", message=(c.get("error") or "crashed").splitlines()[-1][:200]).text = c.get("error")
         elif c["status"] == "unsupported":

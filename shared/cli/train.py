@@ -20,6 +20,7 @@ import numpy as np
 from .. import weights as W
 from ..backend import backend_names, get_backend, import_frameworks_in_safe_order
 from ..errors import EXIT_OK, UsageError
+from ..limits import MAX_IMAGES
 from .common import SEED_MAX, claim_output, console, float_arg, int_arg
 
 
@@ -129,12 +130,23 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
-def _parse_digits_spec(spec: str) -> list[int]:
+def _parse_digits_spec(spec: str, n_rows: int) -> list[int]:
+    """'digits:0-9,12' -> row numbers, each range checked against the n_rows held-out rows before it is expanded
+    (digits:0-300000000 costs nothing to refuse)."""
     body = spec.split(":", 1)[1]
-    out = []
+    out: list[int] = []
     for part in body.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+        a, dash, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b) if dash else int(a)
+        except ValueError:
+            raise UsageError(f"{spec}: expected digits:ROW, digits:FIRST-LAST or a comma-separated list of those, "
+                             f"got {part[:40]!r}") from None
+        if not (0 <= lo <= hi < n_rows):
+            raise UsageError(f"{spec}: held-out rows are 0..{n_rows - 1}, got {lo}..{hi}")
+        if len(out) + hi - lo + 1 > MAX_IMAGES:
+            raise UsageError(f"{spec}: more than {MAX_IMAGES:,} rows")
+        out += range(lo, hi + 1)
     return out
 
 
@@ -150,16 +162,15 @@ def cmd_predict(args) -> int:
         if spec.startswith("digits:"):
             if held is None:
                 held = load_eval_data("digits", cfg, None, meta)
-            rows = _parse_digits_spec(spec)
-            bad = [r for r in rows if not 0 <= r < len(held)]
-            if bad:
-                raise UsageError(f"{spec}: held-out rows are 0..{len(held) - 1}, got {bad}")
+            rows = _parse_digits_spec(spec, len(held))
             batches.append(held.images[rows])
             names += [f"digits:{r}" for r in rows]
             truth += [str(int(held.labels[r])) for r in rows]
         else:
             if not Path(spec).is_file():
                 raise UsageError(f"{spec}: no such image file")
+            if len(names) >= MAX_IMAGES:
+                raise UsageError(f"more than {MAX_IMAGES:,} images given")
             batches.append(D.load_images([spec], cfg.image_size, cfg.in_chans))
             names.append(spec)
             truth.append("")

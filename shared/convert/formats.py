@@ -1,13 +1,14 @@
 """Weight-file formats, recognised from content (magic bytes and structure), never from the extension."""
 from __future__ import annotations
 
-import json
 import struct
 import zipfile
 from pathlib import Path
 
 from ..backend import is_available, runs_in_this_process
+from .. import limits as L
 from ..errors import InvalidFileError
+from ..safeio import check_zip, load_json
 
 #: every format `vit-suite convert` reads or writes
 FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore")
@@ -40,14 +41,16 @@ def _safetensors_kind(path: Path) -> str | None:
         if len(head) < 8:
             return None
         (n,) = struct.unpack("<Q", head)
-        if n <= 1 or n > min(path.stat().st_size - 8, 100_000_000):
+        if n <= 1 or n > min(path.stat().st_size - 8, L.MAX_HEADER_BYTES):
             return None
         raw = f.read(n)
     if not raw.startswith(b"{"):
         return None
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        header = load_json(raw, str(path), max_bytes=L.MAX_HEADER_BYTES)
+    except InvalidFileError as e:
+        if "nested" in str(e):  # a safetensors header, but a hostile one: the reader refuses it by name
+            return "timm"
         return None
     if not isinstance(header, dict):
         return None
@@ -109,15 +112,15 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(_HDF5_MAGIC):
         return "keras-h5"
     if head.startswith(b"PK\x03\x04"):
-        try:
-            names = zipfile.ZipFile(path).namelist()
-        except zipfile.BadZipFile:
-            raise InvalidFileError(f"{path}: looks like a zip archive but is corrupt") from None
+        check_zip(path)  # corrupt, too many members, or a zip bomb: refused from the central directory
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
         if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
             return "keras"
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
-        raise InvalidFileError(f"{path}: zip archive that is neither a .keras model nor a torch.save file: {names[:5]}")
+        raise InvalidFileError(f"{path}: zip archive that is neither a .keras model nor a torch.save file: "
+                               f"{[n[:80] for n in names[:5]]}")
     # safetensors before any pickle sniffing: its first byte is the low byte of the header length, 0x80 for about
     # one file in 256, so "starts with 0x80" alone would call those files legacy torch pickles
     kind = _safetensors_kind(path)

@@ -21,6 +21,7 @@ Decisions:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -31,11 +32,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import ViTConfig
+from .. import limits as L
+from ..config import ViTConfig, is_int, is_real, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, OutputError,
-                      MissingFactsError)
+                      MissingFactsError, UnwritableError)
 from ..posemb import resample_pos_embed
-from ..weights import CANONICAL_DTYPE, read_tensors, umask_mode, validate_state
+from ..safeio import read_json_file
+from ..weights import (CANONICAL_DTYPE, read_tensors, remove_stale_partials, temp_prefix, umask_mode,
+                       validate_state)
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 
 HF_DEFAULT_EPS = 1e-12
@@ -81,7 +85,7 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
                                 f"layer_norm_eps, hidden_act, image_size ...)")
     mt = hf_config.get("model_type", "vit")
     if mt != "vit":
-        raise ConversionError(f"{source}: model_type {mt!r} is not a plain HF ViT (model_type 'vit'); not supported")
+        raise ConversionError(f"{source}: model_type {str(mt)[:60]!r} is not a plain HF ViT (model_type 'vit'); not supported")
     st = strip_prefixes(state)
     is_cls_model = any(k.startswith("vit.") for k in st)
     if is_cls_model:
@@ -102,7 +106,10 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
 
     layout = "module" if any(k.startswith("layers.") for k in st) else "file"
 
-    # ---- facts from config.json, checked against the file
+    # ---- facts from config.json, type-checked (ConfigError naming the key, the expected type and the value),
+    # then checked against the file
+    where = f"{source}: config.json"
+
     def conf(key, default=None, required=False):
         if key not in hf_config or hf_config[key] is None:
             if required:
@@ -110,13 +117,52 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
             return default
         return hf_config[key]
 
-    H = int(conf("num_attention_heads", required=True))
-    act = conf("hidden_act", "gelu")
+    def conf_int(key, default=None, required=False, lo=1, hi=L.MAX_WIDTH):
+        v = conf(key, default, required)
+        if v is not None and not (is_int(v) and lo <= v <= hi):
+            raise ConfigError(f"{where}: {key!r} must be an int in [{lo}, {hi}], got {shown(v)}")
+        return None if v is None else int(v)
+
+    def conf_float(key, default, lo, hi, lo_open=False):
+        v = conf(key, default)
+        ok = is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and v < hi
+        if not ok:
+            raise ConfigError(f"{where}: {key!r} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}), "
+                              f"got {shown(v)}")
+        return float(v)
+
+    def conf_bool(key, default):
+        v = conf(key, default)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where}: {key!r} must be a bool (true or false), got {shown(v)}")
+        return v
+
+    def conf_str(key, default):
+        v = conf(key, default)
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}: {key!r} must be a string, got {shown(v)}")
+        return v
+
+    H = conf_int("num_attention_heads", required=True, hi=L.MAX_HEADS)
+    act = conf_str("hidden_act", "gelu")
     if act not in _GELU:
         raise ConversionError(f"{source}: hidden_act {act!r} is not a GELU the canonical model supports "
                               f"(gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh)")
-    eps = float(conf("layer_norm_eps", HF_DEFAULT_EPS))
-    qkv_bias = bool(conf("qkv_bias", True))
+    eps = conf_float("layer_norm_eps", HF_DEFAULT_EPS, 0.0, 1.0, lo_open=True)
+    qkv_bias = conf_bool("qkv_bias", True)
+    hidden_dropout = conf_float("hidden_dropout_prob", 0.0, 0.0, 1.0)
+    attn_dropout = conf_float("attention_probs_dropout_prob", 0.0, 0.0, 1.0)
+    for key, hi in (("hidden_size", L.MAX_WIDTH), ("num_channels", L.MAX_CHANNELS), ("patch_size", L.MAX_PATCH),
+                    ("num_hidden_layers", L.MAX_DEPTH), ("intermediate_size", L.MAX_WIDTH)):
+        conf_int(key, hi=hi)
+    img_v = conf("image_size", 224)
+    if not (is_int(img_v) or isinstance(img_v, list) and len(img_v) == 2 and all(is_int(x) for x in img_v)) \
+            or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([img_v] if is_int(img_v) else img_v)):
+        raise ConfigError(f"{where}: 'image_size' must be an int or [height, width] ints in [1, "
+                          f"{L.MAX_IMAGE_SIDE}], got {shown(img_v)}")
+    name_v = hf_config.get("_name_or_path")
+    if name_v is not None and not isinstance(name_v, str):
+        raise ConfigError(f"{where}: '_name_or_path' must be a string, got {shown(name_v)}")
     pw = np.shape(st["embeddings.patch_embeddings.projection.weight"])
     if len(pw) != 4 or pw[2] != pw[3]:
         raise ConversionError(f"{source}: patch projection has shape {pw}; expected (D, C, P, P)")
@@ -126,7 +172,8 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
     ids = sorted({int(m.group(1)) for k in st if (m := pat.match(k))})
     depth = len(ids)
     if ids != list(range(depth)) or depth == 0:
-        raise MismatchError(source, [f"encoder layers are not numbered 0..n-1: {ids}"])
+        first = ids[:10] + (["..."] if len(ids) > 10 else [])
+        raise MismatchError(source, [f"encoder layers are not numbered 0..n-1: {len(ids)} layers, {first}"])
     fc1 = bp.format(i=0) + ("intermediate.dense.weight" if layout == "file" else "mlp.fc1.weight")
     if fc1 not in st:
         raise MismatchError(source, [f"missing key {fc1!r}"])
@@ -206,7 +253,7 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
             qkv_bias=qkv_bias, class_token="learned", pool="token", pos_embed="learned",
             resize_kernel=HF_RESIZE_KERNEL, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
             representation_size=rep, num_classes=K,
-            dropout=float(conf("hidden_dropout_prob", 0.0)), attn_dropout=float(conf("attention_probs_dropout_prob", 0.0)),
+            dropout=hidden_dropout, attn_dropout=attn_dropout,
             notes=f"imported from Hugging Face ViT {source}")
     except ConfigError as e:
         raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
@@ -318,9 +365,14 @@ def save_hf_dir(directory: str | os.PathLike, cfg: ViTConfig, state: Mapping[str
     hf_state, conf = export_hf(cfg, state, layout="file")
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise OutputError(f"{directory}: exists and is not empty; pass --force to replace it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(directory.parent, directory.name)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(directory.name), suffix=".partial", dir=directory.parent))
+    except OSError as e:
+        raise UnwritableError(f"{directory}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
     old = None
+    claimed = False
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in hf_state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
@@ -328,14 +380,31 @@ def save_hf_dir(directory: str | os.PathLike, cfg: ViTConfig, state: Mapping[str
         for f in tmp.iterdir():  # safetensors writes 0600, mkdtemp makes 0700: give back the umask's modes
             os.chmod(f, umask_mode())
         os.chmod(tmp, umask_mode(directory=True))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-    except BaseException:
+        if overwrite:
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
+                os.replace(directory, old)
+        else:
+            # claim the name exclusively: an empty directory the user made is taken over, but of two concurrent
+            # writers the second finds the first's directory and fails (exit 2) instead of replacing it
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                raise OutputError(f"{directory}: exists (written by another process meanwhile?); pass --force to "
+                                  f"replace it") from None
+            claimed = True
+        os.replace(tmp, directory)  # onto nothing, or onto the empty directory this writer just created
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if claimed and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
         if old is not None and old.exists() and not directory.exists():
             os.replace(old, directory)
+        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, UnwritableError)):
+            raise UnwritableError(f"{directory}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing "
+                                  f"was left behind") from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -345,10 +414,7 @@ def save_hf_dir(directory: str | os.PathLike, cfg: ViTConfig, state: Mapping[str
 def _index_shards(index_path: Path) -> list[Path]:
     """The shard files a `model.safetensors.index.json` names, each checked to be a plain file name inside the
     model directory: an index naming `../elsewhere` or an absolute path is refused, never followed."""
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise InvalidFileError(f"{index_path}: unreadable index: {type(e).__name__}: {e}") from None
+    index = read_json_file(index_path)
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not wmap or not all(isinstance(v, str) for v in wmap.values()):
         raise InvalidFileError(f"{index_path}: 'weight_map' must map tensor names to shard file names")
@@ -369,10 +435,9 @@ def load_hf_dir(directory: str | os.PathLike, image_size=None) -> tuple[ViTConfi
     cj = d / "config.json"
     if not cj.is_file():
         raise InvalidFileError(f"{d}: no config.json (a Hugging Face model directory needs one)")
-    try:
-        conf = json.loads(cj.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InvalidFileError(f"{cj}: unreadable: {e}") from None
+    conf = read_json_file(cj)
+    if not isinstance(conf, dict):
+        raise InvalidFileError(f"{cj}: must be a JSON object, got {type(conf).__name__}")
     state: dict[str, np.ndarray] = {}
     if (d / "model.safetensors").is_file():
         state, _ = read_tensors(d / "model.safetensors")

@@ -9,6 +9,7 @@ registry like everything else.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def read_any(src: str, fmt: str | None = None, preset: str | None = None,
         be_name = native_backend(fmt)
         import_frameworks_in_safe_order([be_name])
         be = get_backend(be_name)
-        with tempfile.TemporaryDirectory(prefix="vit-suite-src-") as tmp:
+        W.remove_stale_tempdirs("vit-suite-src-")
+        with tempfile.TemporaryDirectory(prefix=f"vit-suite-src-{os.getpid()}-") as tmp:
             if not str(src).lower().endswith(SUFFIX[fmt]):
                 # detected from content: frameworks insist on their suffix, so give them a correctly named link
                 link = Path(tmp) / f"weights{SUFFIX[fmt]}"
@@ -102,7 +104,20 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
         be_name = native_backend(fmt)
         import_frameworks_in_safe_order([be_name])
         be = get_backend(be_name)
-        be.save_native(be.build(cfg, state), dst)
+        model = be.build(cfg, state)
+
+        def write(tmp: str) -> None:
+            # the framework writes a file with its own suffix beside our temporary file; the suite's atomic_write
+            # then creates `dst` from it exclusively (overwrite=False) or replaces it (--force)
+            inner = f"{tmp}{SUFFIX[fmt]}"
+            try:
+                be.save_native(model, inner)
+                os.replace(inner, tmp)
+            finally:
+                if os.path.lexists(inner):
+                    os.unlink(inner)
+
+        W.atomic_write(dst, write, overwrite=overwrite)
     else:
         raise UsageError(f"unknown target format {fmt!r}; known: {', '.join(FORMATS)}")
 

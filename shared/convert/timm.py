@@ -16,21 +16,23 @@ attention / MLP, pre-norm (CLIP), gated MLPs, hybrid CNN stems, relative positio
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import ViTConfig
+from .. import limits as L
+from ..config import ViTConfig, is_int, is_real, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
                       MissingFactsError)
 from ..posemb import resample_pos_embed
 from ..presets import PRESETS, get_preset
+from ..safeio import check_zip, read_json_file
 from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
@@ -135,6 +137,8 @@ def _resolve_preset(preset) -> ViTConfig | None:
 # ------------------------------------------------------------------ facts from configs
 def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Facts a timm config.json gives: num_heads, eps, gelu, pool, image size, resize kernel, name."""
+    if not isinstance(tc.get("model_args") or {}, Mapping):
+        raise ConfigError(f"{source}: config.json: 'model_args' must be an object, got {shown(tc.get('model_args'))}")
     args = dict(tc.get("model_args") or {})
     merged = {**{k: v for k, v in tc.items() if k not in ("model_args", "pretrained_cfg")}, **args}
     facts: dict[str, Any] = {}
@@ -151,12 +155,21 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
         if v is not None and not (bad == "act_layer" and v in ("gelu", "gelu_tanh")):
             raise ConversionError(f"{source}: config.json sets model_args.{bad}={v!r}, which this converter cannot "
                                   f"interpret; pass --preset NAME with the model's numerics instead")
+    where = f"{source}: config.json"
     if "num_heads" in merged:
-        facts["num_heads"] = int(merged["num_heads"])
+        v = merged["num_heads"]
+        if not (is_int(v) and 1 <= v <= L.MAX_HEADS):
+            raise ConfigError(f"{where}: 'num_heads' must be an int in [1, {L.MAX_HEADS}], got {shown(v)}")
+        facts["num_heads"] = int(v)
     for k in ("layer_norm_eps", "norm_eps", "eps"):
         if k in merged:
-            facts["layer_norm_eps"] = float(merged[k])
+            v = merged[k]
+            if not (is_real(v) and math.isfinite(v) and 0 < v < 1):
+                raise ConfigError(f"{where}: {k!r} must be a finite number in (0, 1), got {shown(v)}")
+            facts["layer_norm_eps"] = float(v)
     act = merged.get("act_layer") or merged.get("gelu")
+    if act is not None and not isinstance(act, str):
+        raise ConfigError(f"{where}: 'act_layer' must be a string, got {shown(act)}")
     if act is not None:
         facts["gelu"] = {"gelu": "erf", "erf": "erf", "gelu_tanh": "tanh", "tanh": "tanh"}.get(act)
         if facts["gelu"] is None:
@@ -166,6 +179,8 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
         facts.setdefault("layer_norm_eps", TIMM_DEFAULT_EPS)
         facts.setdefault("gelu", "erf")
     gp = merged.get("global_pool")
+    if gp is not None and not isinstance(gp, str):
+        raise ConfigError(f"{where}: 'global_pool' must be a string, got {shown(gp)}")
     if gp is not None:
         if gp not in ("token", "avg"):
             raise ConversionError(f"{source}: global_pool={gp!r} cannot be represented (canonical pooling: 'token' "
@@ -174,9 +189,13 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
     img = merged.get("img_size")
     if img is None and isinstance(tc.get("pretrained_cfg"), Mapping):
         inp = tc["pretrained_cfg"].get("input_size")
-        if inp is not None and len(inp) == 3:
+        if isinstance(inp, list) and len(inp) == 3:
             img = inp[1:]
     if img is not None:
+        if not (is_int(img) or isinstance(img, (list, tuple)) and len(img) == 2 and all(is_int(x) for x in img)) \
+                or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([img] if is_int(img) else img)):
+            raise ConfigError(f"{where}: image size must be an int or [height, width] ints in [1, "
+                              f"{L.MAX_IMAGE_SIDE}], got {shown(img)}")
         facts["image_size"] = _pair(img)
     facts["resize_kernel"] = "bicubic_antialias"  # timm's resample_abs_pos_embed, fixed in timm
     return facts
@@ -435,6 +454,8 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except ImportError:
         raise InvalidFileError(f"{path}: reading a PyTorch checkpoint needs torch (not installed); convert it to "
                                f".safetensors, which needs no framework") from None
+    if zipfile.is_zipfile(path):
+        check_zip(path, "PyTorch checkpoint")  # a zip bomb is refused before torch expands anything
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
@@ -445,6 +466,9 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for k, t in flat.items():
         if not isinstance(t, torch.Tensor):
             continue
+        if t.layout != torch.strided or t.is_quantized:
+            raise InvalidFileError(f"{path}: key {k!r}: expected a dense float tensor, got layout {t.layout}, dtype "
+                                   f"{t.dtype}{' (quantized)' if t.is_quantized else ''}")
         t = t.detach().cpu()
         if t.dtype == torch.bfloat16:
             t = t.float()  # exact; NumPy has no bfloat16
@@ -470,10 +494,7 @@ def load_timm_file(path: str | os.PathLike, preset: ViTConfig | str | None = Non
     timm_config = None
     cj = path.parent / "config.json"
     if cj.is_file():
-        try:
-            d = json.loads(cj.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InvalidFileError(f"{cj}: unreadable config.json: {e}") from None
+        d = read_json_file(cj)
         if isinstance(d, dict) and ("architecture" in d or "model_args" in d):
             timm_config = d
     return import_timm(tensors, preset=preset, timm_config=timm_config, image_size=image_size, source=str(path))

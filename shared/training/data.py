@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import limits as L
+from ..errors import ConfigError, InvalidFileError, UsageError
 from ..posemb import resize_matrix
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -147,38 +149,81 @@ def load_digits_split(image_size=(16, 16), seed: int = DEFAULT_SPLIT_SEED, in_ch
 
 # ------------------------------------------------------------------ files
 def read_image(path: str | os.PathLike, in_chans: int) -> np.ndarray:
-    """One PNG/JPEG -> (C, H, W) float64 in [0, 1] with the config's channels."""
+    """One PNG/JPEG -> (C, H, W) float64 in [0, 1] with the config's channels.
+
+    InvalidFileError (exit 3) naming the file for anything that is not a readable image: text, a corrupt or
+    truncated file, more than shared.limits.MAX_IMAGE_PIXELS pixels (read from the header before decoding: a
+    decompression bomb costs nothing) or a file over MAX_IMAGE_FILE_BYTES."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        mode = {1: "L", 3: "RGB"}.get(in_chans)
-        if mode is None:
-            raise ValueError(f"{path}: can only read images for 1- or 3-channel models, not {in_chans}")
-        a = np.asarray(im.convert(mode), dtype=np.float64) / 255.0
+    mode = {1: "L", 3: "RGB"}.get(in_chans)
+    if mode is None:
+        raise ConfigError(f"{path}: can only read images for 1- or 3-channel models, not {in_chans}")
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise UsageError(f"{path}: no such image file ({e.strerror})") from None
+    if not path.is_file():
+        raise UsageError(f"{path}: not an image file")
+    if size > L.MAX_IMAGE_FILE_BYTES:
+        raise InvalidFileError(f"{path}: {size:,} bytes, over the {L.MAX_IMAGE_FILE_BYTES:,}-byte limit for one image")
+    Image.MAX_IMAGE_PIXELS = L.MAX_IMAGE_PIXELS  # Pillow's own guard, at the suite's limit
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > L.MAX_IMAGE_PIXELS or w <= 0 or h <= 0:
+                raise InvalidFileError(f"{path}: {w}x{h} pixels, over the limit of {L.MAX_IMAGE_PIXELS:,} "
+                                       f"(shared.limits.MAX_IMAGE_PIXELS): refused before decoding (a decompression "
+                                       f"bomb?)")
+            a = np.asarray(im.convert(mode), dtype=np.float64) / 255.0
+    except InvalidFileError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise InvalidFileError(f"{path}: over the limit of {L.MAX_IMAGE_PIXELS:,} pixels "
+                               f"(shared.limits.MAX_IMAGE_PIXELS), refused before decoding: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # UnidentifiedImageError is an OSError
+        raise InvalidFileError(f"{path}: not a readable PNG/JPEG image ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
 def load_images(paths: list[str | os.PathLike], image_size, in_chans: int) -> np.ndarray:
     """Image files -> normalised NCHW float32 model inputs (each resized separately)."""
+    check_dataset_size(len(paths), image_size, in_chans, f"{len(paths)} image files")
     return np.concatenate([prepare(read_image(p, in_chans)[None], tuple(image_size), in_chans) for p in paths])
 
 
+def check_dataset_size(n: int, image_size, in_chans: int, what: str) -> None:
+    """UsageError naming `what` when n images would exceed MAX_IMAGES or NPY_MAX_BYTES as float32 model inputs."""
+    nbytes = n * in_chans * int(image_size[0]) * int(image_size[1]) * 4
+    if n > L.MAX_IMAGES or nbytes > L.NPY_MAX_BYTES:
+        raise UsageError(f"{what}: {n:,} images ({nbytes / 2**30:,.1f} GiB as model inputs), over the limit of "
+                         f"{L.MAX_IMAGES:,} images or {L.NPY_MAX_BYTES / 2**30:.0f} GiB")
+
+
 def load_image_folder(root: str | os.PathLike, image_size, in_chans: int) -> Dataset:
-    """ImageFolder layout: root/<class>/<image>; classes are the sorted sub-folder names."""
+    """ImageFolder layout: root/<class>/<image>; classes are the sorted sub-folder names. A missing folder, one
+    without class sub-folders or without images is a UsageError naming it; a bad image an InvalidFileError."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder (expected one sub-folder per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise ValueError(f"{root}: no class sub-folders")
-    paths, labels = [], []
-    for i, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(f)
-                labels.append(i)
+        raise UsageError(f"{root}: not a folder (expected one sub-folder per class)")
+    try:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise UsageError(f"{root}: no class sub-folders (expected {root}/<class>/<image>.png)")
+        paths, labels = [], []
+        for i, c in enumerate(classes):
+            for f in sorted((root / c).iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                    paths.append(f)
+                    labels.append(i)
+                    if len(paths) > L.MAX_IMAGES:
+                        raise UsageError(f"{root}: more than {L.MAX_IMAGES:,} images (shared.limits.MAX_IMAGES)")
+    except OSError as e:
+        raise UsageError(f"{root}: unreadable folder ({type(e).__name__}: {e.strerror or e})") from None
     if not paths:
-        raise ValueError(f"{root}: no {'/'.join(IMAGE_SUFFIXES)} images in {classes}")
+        raise UsageError(f"{root}: no {'/'.join(IMAGE_SUFFIXES)} images in {classes[:20]}")
     return Dataset(load_images(paths, image_size, in_chans), np.asarray(labels, np.int64), classes)
 
 

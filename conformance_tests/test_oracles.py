@@ -236,3 +236,73 @@ def test_load_timm_file_torch_checkpoint(tmp_path, timm224):
     torch.save({"state_dict": sd, "x": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(InvalidFileError, match="weights_only"):
         load_timm_file(tmp_path / "evil.pth", preset=VIT_TINY)
+
+
+# ---------------------------------------------------------------------- check --against / convert --verify
+def _timm_file(tmp_path, suffix=".safetensors"):
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    with torch.no_grad():
+        m.head.weight.normal_(0, 0.5)
+    path = tmp_path / f"src{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    else:
+        torch.save(m.state_dict(), path)
+    return path
+
+
+def test_convert_verify_proves_a_timm_import_against_timm(tmp_path, capsys):
+    from shared.cli import main
+
+    src = _timm_file(tmp_path)
+    code = main(["convert", str(src), str(tmp_path / "c.safetensors"), "--preset", "vit_tiny_patch16_224",
+                 "--verify", "--backends", "torch"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "against the source (timm" in out and "pass" in out
+
+
+def test_check_against_fails_a_wrong_conversion_with_exit_5(tmp_path):
+    """A conversion gone wrong (an attention scale of 1 where timm's architecture has 1/sqrt(head dim)) passes the
+    plain check, whose reference shares the mistake, and fails against timm's own output."""
+    import json
+
+    from shared import weights as W
+    from shared.cli import main
+    from shared.convert.io import read_any
+
+    src = _timm_file(tmp_path, ".pt")
+    cfg, state = read_any(str(src), preset="vit_tiny_patch16_224")
+    W.save(tmp_path / "wrong.safetensors", cfg.replace(qk_scale=1.0), state)
+    assert main(["check", str(tmp_path / "wrong.safetensors"), "--backends", "torch"]) == 0
+    code = main(["check", str(tmp_path / "wrong.safetensors"), "--backends", "torch", "--against", str(src),
+                 "--json", str(tmp_path / "r.json"), "--report", str(tmp_path / "r.html")])
+    assert code == 5
+    a = json.loads((tmp_path / "r.json").read_text())["against"]
+    assert a["status"] == "FAIL" and a["library"] == "timm" and a["rel_l2"] > 10 * a["bound"]
+    assert "source: timm" in (tmp_path / "r.html").read_text()
+
+
+def test_check_against_a_hf_directory_and_without_its_library(tmp_path, capsys, monkeypatch):
+    from shared.cli import main
+    from shared.convert import sources
+
+    c = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, intermediate_size=64, num_labels=5)
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(c).save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "c.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "c.safetensors"), "--backends", "torch", "--against",
+                 str(tmp_path / "hf")]) == 0
+    assert "against the source (transformers" in capsys.readouterr().out
+    # a missing library is said plainly, never claimed as a proof
+    monkeypatch.setattr(sources, "library_available", lambda lib: False)
+    assert main(["check", str(tmp_path / "c.safetensors"), "--backends", "torch", "--against",
+                 str(tmp_path / "hf")]) == 0
+    assert "not verified against the source" in capsys.readouterr().out
+    # a canonical file has no source library: bad usage
+    assert main(["check", str(tmp_path / "c.safetensors"), "--backends", "torch", "--against",
+                 str(tmp_path / "c.safetensors")]) == 2

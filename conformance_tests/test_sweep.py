@@ -296,3 +296,26 @@ def test_grad_cells_judge_the_gradients_and_steps_against_the_oracle(zoo, tmp_pa
     cfg = get_preset("tiny")
     assert names[0] == "loss" and sum(n.startswith("grad ") for n in names) == len(W.expected_shapes(cfg))
     assert all(0 <= s["rel_l2"] <= s["bound"] for s in g["stages"])
+
+
+def test_against_cells_prove_each_import_against_its_source_library(zoo, tmp_path):
+    """`against = true`: a timm file converted under its timm architecture's name is proven against timm's own
+    output; one converted under a suite preset names no timm architecture: 'unsupported' (not verified)."""
+    import timm
+    from safetensors.torch import save_file
+
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "vt.safetensors"))
+    manifest = tmp_path / "a.toml"
+    manifest.write_text(f'[sweep]\nbackends = ["torch"]\nagainst = true\n'
+                        f'[[checkpoints]]\npath = "vt.safetensors"\npreset = "vit_tiny_patch16_224"\n'
+                        f'[[checkpoints]]\nname = "suite-preset"\npath = "{zoo / "timm.safetensors"}"\npreset = "tiny"\n')
+    proc = sweep(manifest)
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    cells = {(c["checkpoint"], c["kind"]): c for c in json.loads((tmp_path / "a.sweep" / "sweep.json").read_text())["cells"]}
+    proof = cells[("vt", "against")]
+    assert proof["backend"] == "timm" and proof["status"] == "pass"
+    assert proof["stages"][0]["stage"] == "logits" and 0 < proof["stages"][0]["rel_l2"] <= proof["stages"][0]["bound"]
+    assert cells[("vt", "forward")]["status"] == "pass"
+    unproven = cells[("suite-preset", "against")]
+    assert unproven["status"] == "unsupported" and "timm architecture" in unproven["error"]

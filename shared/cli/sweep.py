@@ -13,6 +13,7 @@ The manifest (TOML or YAML) names checkpoints and what to run them on:
     image_sizes = ["native", "64x64"]
     batches = [2]
     grad = false                     # true adds a gradient-conformance cell per checkpoint x backend
+    against = false                  # true adds a cell proving the import against the source library's output
 
     [[checkpoints]]
     path = "models/vit_s16.safetensors"   # any format `convert` reads; relative to the manifest
@@ -73,7 +74,7 @@ INPUT_KINDS = ("normal", "uniform", "zeros", "large")
 #: [sweep] keys and their defaults, parsed (image size None: the checkpoint's own, "native" in a manifest); each may
 #: be overridden in a [[checkpoints]] entry
 SWEEP_DEFAULTS: dict[str, Any] = {"backends": None, "dtypes": ["float32"], "image_sizes": [None],
-                                  "batches": [2], "seed": 0, "input_kind": "normal", "grad": False}
+                                  "batches": [2], "seed": 0, "input_kind": "normal", "grad": False, "against": False}
 CHECKPOINT_KEYS = {"name", "path", "format", "preset", "image_size"}
 #: marks a directory as a sweep's output (a non-empty directory without it is not ours to write into)
 MARKER = ".vit-suite-sweep"
@@ -95,17 +96,19 @@ class Checkpoint:
 class Cell:
     checkpoint: str
     backend: str
-    kind: str                  # "forward" or "grad"
+    kind: str                  # "forward", "grad" or "against" (backend: the source library)
     dtype: str
     image_size: tuple[int, int] | None  # None: the checkpoint's own
     batch: int
     seed: int
     input_kind: str
     key: str = ""
+    source: str | None = None  # an "against" cell's source file and format
+    source_format: str | None = None
 
     @property
     def column(self) -> str:
-        return f"{self.backend} {'grad' if self.kind == 'grad' else self.dtype}"
+        return f"{self.backend} {self.dtype if self.kind == 'forward' else self.kind}"
 
     @property
     def label(self) -> str:
@@ -154,9 +157,9 @@ def _options(raw: dict, base: dict, where: str) -> dict:
             if value not in INPUT_KINDS:
                 raise UsageError(f"{where}: input_kind {value!r} is not one of {', '.join(INPUT_KINDS)}")
             out[key] = value
-        elif key == "grad":
+        elif key in ("grad", "against"):
             if not isinstance(value, bool):
-                raise UsageError(f"{where}: grad must be true or false, got {value!r}")
+                raise UsageError(f"{where}: {key} must be true or false, got {value!r}")
             out[key] = value
     return out
 
@@ -257,6 +260,8 @@ class Prepared:
     cfg: ViTConfig
     source_id: str
     sha256: str     # of the canonical file the cells read (what the Ray node caches are named by)
+    fmt: str | None = None      # the source file's format
+    library: str | None = None  # the library that defines it (for `against = true`)
 
 
 def sha256_of(path: Path) -> str:
@@ -332,7 +337,18 @@ def prepare(ck: Checkpoint, out: Path, hashes: HashCache) -> Prepared:
                     raise UsageError(f"checkpoint {ck.name!r} ({ck.path}): cannot be converted: {msg[0]}")
     header = W.read_safetensors_header(dst)
     cfg = W.config_from_metadata(header.get("__metadata__") or {}, str(dst))
-    return Prepared(ck, dst, cfg, source_id, hashes.get(dst) if dst != ck.path else source_id[7:])
+    fmt = library = None
+    if ck.path is not None:
+        from ..convert.sources import source_library
+
+        fmt = ck.fmt or detect_format(str(ck.path))
+        library = source_library(fmt)
+        if ck.options["against"] and library is None:
+            raise UsageError(f"checkpoint {ck.name!r}: against = true, but a {fmt!r} file has no source library "
+                             f"to prove it against")
+    elif ck.options["against"]:
+        raise UsageError(f"checkpoint {ck.name!r}: against = true needs a source file (path), not a preset")
+    return Prepared(ck, dst, cfg, source_id, hashes.get(dst) if dst != ck.path else source_id[7:], fmt, library)
 
 
 def cells_of(p: Prepared) -> list[Cell]:
@@ -346,6 +362,11 @@ def cells_of(p: Prepared) -> list[Cell]:
                 cells += [Cell(kind="forward", dtype=d, **common) for d in o["dtypes"]]
                 if o["grad"]:
                     cells.append(Cell(kind="grad", dtype="float32", **common))
+        if o["against"]:  # the source library's own output, once per image size and batch
+            for size in o["image_sizes"]:
+                for batch in o["batches"]:
+                    cells.append(Cell(p.checkpoint.name, p.library, "against", "float32", size, batch, o["seed"],
+                                      o["input_kind"], source=str(p.checkpoint.path), source_format=p.fmt))
     return cells
 
 
@@ -388,7 +409,7 @@ def run_cell(cell: dict, weights: str, env: dict[str, str]) -> dict:
     c = Cell(**{**cell, "image_size": tuple(cell["image_size"]) if cell["image_size"] else None})
     t0 = time.perf_counter()
     try:
-        if not is_available(c.backend):
+        if c.kind != "against" and not is_available(c.backend):
             raise UsageError(f"backend {c.backend!r} is not installed here")
         cfg, state = W.load(weights)
         size = c.image_size or tuple(cfg.image_size)
@@ -396,6 +417,16 @@ def run_cell(cell: dict, weights: str, env: dict[str, str]) -> dict:
         images = random_images(cfg, c.batch, c.seed, c.input_kind, size)
         if c.kind == "grad":
             result = _grad_cell(run_cfg, weights, state, images, c, env)
+        elif c.kind == "against":
+            from .. import reference
+            from .check import prove_against
+
+            a = prove_against(c.source, c.source_format, run_cfg, reference.forward(run_cfg, state, images), images)
+            rows = [] if "rel_l2" not in a else [{"stage": "logits", "rel_l2": _finite(a["rel_l2"]),
+                                                  "bound": a["bound"], "passed": a["status"] == "pass"}]
+            status = {"not verified": "unsupported"}.get(a["status"], a["status"])
+            result = {"status": status, "error": None if status == "pass" else a["message"],
+                      "versions": a.get("versions"), "stages": rows}
         else:
             from .check import run_check
 
@@ -666,7 +697,12 @@ def cmd_sweep(args) -> int:
     for p in prepared:
         for cell in cells_of(p):
             if cell.backend not in versions:
-                versions[cell.backend] = backend_versions(cell.backend) if is_available(cell.backend) else {}
+                if cell.kind == "against":
+                    from ..backend import module_versions
+
+                    versions[cell.backend] = module_versions([cell.backend, "torch"])
+                else:
+                    versions[cell.backend] = backend_versions(cell.backend) if is_available(cell.backend) else {}
             plan.append((Cell(**{**asdict(cell), "key": cell_key(cell, p, versions[cell.backend])}), p))
     records: dict[str, dict] = {}
     todo = []

@@ -716,7 +716,8 @@ def cmd_sweep(args) -> int:
     executor = {"name": args.executor, "jobs": jobs, "threads_per_cell": args.threads}
     c.print(f"[bold]vit-suite sweep[/]: {manifest}: {len(prepared)} checkpoint(s), {len(plan)} cell(s), "
             f"{prog.cached} already done; executor {args.executor}" + (f" ({jobs} at once)" if args.executor ==
-                                                                       "local" else "") + f"; results in {out}")
+                                                                       "local" else "") + f"; results in {out}",
+            soft_wrap=True)
 
     def on_start(cell):
         with prog.lock:

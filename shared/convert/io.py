@@ -34,6 +34,14 @@ def read_any(src: str, fmt: str | None = None, preset: str | None = None,
         cfg, state = W.load(src)
     elif fmt == "timm":
         return load_timm_file(src, preset=cfg_hint, image_size=image_size)
+    elif fmt == "torchvision":
+        from .torchvision import load_torchvision_file
+
+        return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
+    elif fmt == "bigvision":
+        from .bigvision import load_bigvision_file
+
+        return load_bigvision_file(src, preset=cfg_hint, image_size=image_size)
     elif fmt == "hf":
         cfg, state = load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
     elif fmt == "torch":
@@ -96,6 +104,13 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
                        overwrite=overwrite)
     elif fmt == "hf":
         save_hf_dir(dst, cfg, state, overwrite=overwrite)
+    elif fmt == "torchvision":
+        from .torchvision import save_torchvision_file
+
+        save_torchvision_file(dst, cfg, state, overwrite=overwrite)
+    elif fmt == "bigvision":
+        raise UsageError("bigvision (.npz) is read only: vit-suite does not write the big_vision layout; "
+                         "pick another --to")
     elif fmt in NATIVE_BACKENDS:
         if not overwrite and Path(dst).exists():
             raise OutputError(f"{dst} exists; pass --force to replace it")

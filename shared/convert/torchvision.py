@@ -35,6 +35,7 @@ from ..config import ViTConfig
 from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchError, MissingFactsError, UsageError
 from ..posemb import resample_pos_embed
 from ..weights import CANONICAL_DTYPE, atomic_write, expected_shapes, read_tensors, validate_state
+from .formats import _safetensors_kind
 from .timm import _isqrt_exact, _pair, _resolve_preset, read_torch_checkpoint, strip_prefixes, to_float32
 
 #: torchvision's LayerNorm eps (partial(nn.LayerNorm, eps=1e-6), the default of every builder)
@@ -289,10 +290,8 @@ def export_torchvision(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> dict[
 # ---------------------------------------------------------------------------- files
 def read_torchvision_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A torchvision state dict file -> NumPy dict: safetensors, or .pt/.pth through torch.load(weights_only=True)."""
-    from .formats import _safetensors_kind  # the file's content decides, not its suffix
-
     path = Path(path)
-    if _safetensors_kind(path):
+    if _safetensors_kind(path):  # the file's content decides, not its suffix
         return read_tensors(path)[0]
     return read_torch_checkpoint(path)
 

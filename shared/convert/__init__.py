@@ -10,6 +10,10 @@ through its `Backend`):
   import_hf(state, hf_config) -> (ViTConfig, canonical state)
   export_hf(cfg, state, layout="file"|"module") -> (hf state, config.json dict)
   save_hf_dir(dir, cfg, state);  load_hf_dir(dir) -> (ViTConfig, canonical state)
+  import_torchvision(state, preset=None, image_size=None) -> (ViTConfig, canonical state)  (heads: builder table or preset)
+  export_torchvision(cfg, state) -> torchvision state dict;  torchvision_source_output(path, images) -> torchvision's logits
+  import_bigvision(arrays, preset=None, image_size=None) -> (ViTConfig, canonical state)  (original-ViT .npz, as timm reads it)
+  bigvision_source_output(path, images, image_size=None) -> logits of timm's _load_weights on the file
   formats.detect_format(path) -> one of formats.FORMATS, from the file's content
   io.read_any(path, ...) / io.write_any(path, fmt, cfg, state): any format <-> (config, canonical state)
 
@@ -21,8 +25,14 @@ from __future__ import annotations
 
 from .timm import export_timm, import_timm, load_timm_file, timm_model_kwargs
 from .hf import export_hf, import_hf, load_hf_dir, save_hf_dir
+from .torchvision import (export_torchvision, import_torchvision, load_torchvision_file, save_torchvision_file,
+                          torchvision_source_output)
+from .bigvision import bigvision_source_output, import_bigvision, load_bigvision_file
 
 __all__ = [
     "import_timm", "export_timm", "timm_model_kwargs", "load_timm_file",
     "import_hf", "export_hf", "save_hf_dir", "load_hf_dir",
+    "import_torchvision", "export_torchvision", "load_torchvision_file", "save_torchvision_file",
+    "torchvision_source_output",
+    "import_bigvision", "load_bigvision_file", "bigvision_source_output",
 ]

@@ -11,13 +11,13 @@ from ..errors import InvalidFileError
 from ..safeio import check_zip, load_json
 
 #: every format `vit-suite convert` reads or writes
-FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore")
+FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore", "torchvision", "bigvision")
 #: the backends that read and write each native format, preferred first
 NATIVE_BACKENDS = {"torch": ("torch",), "keras": ("keras", "keras-jax", "keras-torch"),
                    "keras-h5": ("keras", "keras-jax", "keras-torch"), "mindspore": ("mindspore",)}
 #: default suffix when writing each format
 SUFFIX = {"canonical": ".safetensors", "timm": ".safetensors", "hf": "", "torch": ".pt", "keras": ".keras",
-          "keras-h5": ".weights.h5", "mindspore": ".ckpt"}
+          "keras-h5": ".weights.h5", "mindspore": ".ckpt", "torchvision": ".pth", "bigvision": ".npz"}
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -60,6 +60,8 @@ def _safetensors_kind(path: Path) -> str | None:
     keys = [k for k in header if k != "__metadata__"]
     if any("embeddings.patch_embeddings" in k or ".attention.attention.query" in k for k in keys):
         return "hf"
+    if "conv_proj.weight" in keys and "encoder.pos_embedding" in keys:
+        return "torchvision"
     # a torch-backend native safetensors state dict has canonical names but no config: timm layout
     return "timm"
 
@@ -96,6 +98,28 @@ def _looks_like_mindspore_ckpt(path: Path) -> bool:
     return all(32 <= c < 127 for c in tag)
 
 
+# torchvision's signature keys, as the pickle of a torch.save'd state dict spells them (never unpickled here)
+_TORCHVISION_MARKS = (b"conv_proj.weight", b"encoder.pos_embedding")
+
+
+def _torch_pickle_is_torchvision(path: Path, names: list[str] | None) -> bool:
+    """Whether a torch.save file holds a torchvision VisionTransformer state dict: its key strings are read as
+    bytes from the pickle (data.pkl in the zip; the first 4 MiB of a legacy file), nothing is unpickled."""
+    if names is None:
+        with open(path, "rb") as f:
+            blob = f.read(4 << 20)
+    else:
+        with zipfile.ZipFile(path) as z:
+            blob = z.read(next(n for n in names if n.endswith("data.pkl")))
+    return all(m in blob for m in _TORCHVISION_MARKS)
+
+
+def _is_bigvision_npz(names: list[str]) -> bool:
+    """np.savez of the original ViT / big_vision parameter tree: every member an .npy named by its Flax path."""
+    return bool(names) and all(n.endswith(".npy") for n in names) and any(
+        n.endswith("embedding/kernel.npy") for n in names)
+
+
 def detect_format(path: str | Path) -> str:
     """One of FORMATS, from the bytes of `path` (a directory with config.json is a Hugging Face model)."""
     path = Path(path)
@@ -118,7 +142,9 @@ def detect_format(path: str | Path) -> str:
         if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
             return "keras"
         if any(n.endswith("data.pkl") for n in names):
-            return "torch"
+            return "torchvision" if _torch_pickle_is_torchvision(path, names) else "torch"
+        if _is_bigvision_npz(names):
+            return "bigvision"
         raise InvalidFileError(f"{path}: zip archive that is neither a .keras model nor a torch.save file: "
                                f"{[n[:80] for n in names[:5]]}")
     # safetensors before any pickle sniffing: its first byte is the low byte of the header length, 0x80 for about
@@ -127,7 +153,8 @@ def detect_format(path: str | Path) -> str:
     if kind:
         return kind
     if head[:1] == b"\x80":
-        return "torch"  # legacy (non-zip) torch.save; read only with weights_only=True
+        # legacy (non-zip) torch.save; read only with weights_only=True
+        return "torchvision" if _torch_pickle_is_torchvision(path, None) else "torch"
     if _looks_like_mindspore_ckpt(path):
         return "mindspore"
     raise InvalidFileError(f"{path}: unrecognised weight format (first bytes {head[:8]!r}); known: {', '.join(FORMATS)}")

@@ -23,6 +23,8 @@ from ..posemb import resample_pos_embed
 from ..presets import get_preset
 from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
 from .hf import load_hf_dir, save_hf_dir
+from .bigvision import load_bigvision_file
+from .torchvision import load_torchvision_file, save_torchvision_file
 from .timm import export_timm, import_timm, load_timm_file, read_checkpoint
 
 
@@ -35,6 +37,10 @@ def read_any(src: str, fmt: str | None = None, preset: str | None = None,
         cfg, state = W.load(src)
     elif fmt == "timm":
         return load_timm_file(src, preset=cfg_hint, image_size=image_size)
+    elif fmt == "torchvision":
+        return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
+    elif fmt == "bigvision":
+        return load_bigvision_file(src, preset=cfg_hint, image_size=image_size)
     elif fmt == "hf":
         cfg, state = load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
     elif fmt == "torch":
@@ -98,6 +104,11 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
                        overwrite=overwrite)
     elif fmt == "hf":
         save_hf_dir(dst, cfg, state, overwrite=overwrite)
+    elif fmt == "torchvision":
+        save_torchvision_file(dst, cfg, state, overwrite=overwrite)
+    elif fmt == "bigvision":
+        raise UsageError("bigvision (.npz) is read only: vit-suite does not write the big_vision layout; "
+                         "pick another --to")
     elif fmt in NATIVE_BACKENDS:
         if not overwrite and Path(dst).exists():
             raise OutputError(f"{dst} exists; pass --force to replace it")

@@ -1,0 +1,272 @@
+"""The original Google ViT / big_vision `.npz` checkpoints (the AugReg files) -> the canonical format. Import only.
+
+The file is np.savez of the Flax parameter tree, read the way timm's `_load_weights`
+(timm/models/vision_transformer.py) reads it, optionally under timm's `opt/target/` prefix:
+
+  cls (1,1,D)                                                   cls_token
+  embedding/kernel (P,P,C,D) HWIO, embedding/bias               patch_embed.proj.* (kernel -> OIHW)
+  Transformer/posembed_input/pos_embedding (1, 1+N, D)          pos_embed
+  Transformer/encoderblock_{i}/LayerNorm_0/scale|bias            blocks.{i}.norm1.*
+    MultiHeadDotProductAttention_1/query|key|value/kernel (D,H,d), bias (H,d)
+                                                                blocks.{i}.attn.qkv.* (q, k, v stacked, heads-major)
+    MultiHeadDotProductAttention_1/out/kernel (H,d,D), bias     blocks.{i}.attn.proj.*
+    LayerNorm_2/scale|bias                                      blocks.{i}.norm2.*
+    MlpBlock_3/Dense_0|Dense_1/kernel|bias                      blocks.{i}.mlp.fc1|fc2.* (kernels transposed)
+  Transformer/encoder_norm/scale|bias                           norm.*
+  pre_logits/kernel|bias (a representation layer, then tanh)    pre_logits.fc.*
+  head/kernel|bias                                              head.*
+
+The file determines every size, the heads included (the attention kernels are (D, heads, head_dim)). The
+numerics it cannot tell are timm's reading of these files, unless `--preset NAME` says otherwise (a
+ConversionWarning then says what the preset changed): LayerNorm eps 1e-6, exact (erf) GELU, class-token pooling
+(patch mean when the file has no `cls`), and the position table resampled with `bilinear` (timm's
+`_load_weights`) when the requested image size differs from the table's. (The JAX code that trained these
+models uses Flax's default nn.gelu, the tanh approximation; timm and this reader use erf.)
+
+Not read: the big_vision layout (`params/` prefix, a root `pos_embedding` without a class row, scanned
+`encoderblock` stacks, MAP heads) and hybrid ResNet stems: refused by name.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..config import ViTConfig
+from ..errors import ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError
+from ..posemb import resample_pos_embed
+from ..weights import CANONICAL_DTYPE, validate_state
+from .timm import _isqrt_exact, _pair, _resolve_preset, to_float32
+
+#: numerics timm's _load_weights gives these files (timm's VisionTransformer defaults, bilinear resampling)
+TIMM_READING = dict(layer_norm_eps=1e-6, gelu="erf", resize_kernel="bilinear")
+#: key prefixes of the original layout that timm accepts
+PREFIXES = ("", "opt/target/")
+_POS = "Transformer/posembed_input/pos_embedding"
+_BLOCK = re.compile(r"Transformer/encoderblock_(\d+)/")
+
+
+def _layout_prefix(keys, source: str) -> str:
+    for p in PREFIXES:
+        if f"{p}embedding/kernel" in keys:
+            if f"{p}pos_embedding" in keys or any(k.startswith(f"{p}Transformer/encoderblock/") for k in keys):
+                break
+            return p
+    if any(f"{p}conv_root/kernel" in keys for p in PREFIXES):
+        raise ConversionError(f"{source}: a hybrid ResNet-ViT (conv_root/...): the canonical patch embedding is "
+                              f"one strided conv")
+    if any(k.endswith("embedding/kernel") for k in keys):
+        raise ConversionError(
+            f"{source}: the big_vision layout (a 'params/' prefix, a root 'pos_embedding' or a scanned "
+            f"'Transformer/encoderblock/' stack) is not read: only the original ViT layout "
+            f"('Transformer/encoderblock_N/...', prefix '' or 'opt/target/'); first keys: {sorted(keys)[:5]}")
+    raise ConversionError(f"{source}: not an original-ViT .npz: no 'embedding/kernel'; first keys: {sorted(keys)[:5]}")
+
+
+def expected_npz_shapes(cfg: ViTConfig, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Every key of the original-ViT layout for `cfg`, with its shape."""
+    D, M, P, C, H = cfg.embed_dim, cfg.mlp_dim, cfg.patch_size, cfg.in_chans, cfg.num_heads
+    d = D // H
+    gh, gw = cfg.table_grid
+    s = {"embedding/kernel": (P, P, C, D), "embedding/bias": (D,), _POS: (1, cfg.num_prefix_tokens + gh * gw, D),
+         "Transformer/encoder_norm/scale": (D,), "Transformer/encoder_norm/bias": (D,)}
+    if cfg.class_token == "learned":
+        s["cls"] = (1, 1, D)
+    for i in range(cfg.depth):
+        b = f"Transformer/encoderblock_{i}/"
+        a = b + "MultiHeadDotProductAttention_1/"
+        for ln in ("LayerNorm_0", "LayerNorm_2"):
+            s[f"{b}{ln}/scale"] = s[f"{b}{ln}/bias"] = (D,)
+        for n in ("query", "key", "value"):
+            s[f"{a}{n}/kernel"], s[f"{a}{n}/bias"] = (D, H, d), (H, d)
+        s[f"{a}out/kernel"], s[f"{a}out/bias"] = (H, d, D), (D,)
+        s[f"{b}MlpBlock_3/Dense_0/kernel"], s[f"{b}MlpBlock_3/Dense_0/bias"] = (D, M), (M,)
+        s[f"{b}MlpBlock_3/Dense_1/kernel"], s[f"{b}MlpBlock_3/Dense_1/bias"] = (M, D), (D,)
+    if cfg.representation_size:
+        s["pre_logits/kernel"], s["pre_logits/bias"] = (D, cfg.representation_size), (cfg.representation_size,)
+    if cfg.num_classes:
+        s["head/kernel"], s["head/bias"] = (cfg.feature_dim, cfg.num_classes), (cfg.num_classes,)
+    return {prefix + k: v for k, v in s.items()}
+
+
+def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None = None, image_size=None,
+                     source: str = "<npz>") -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    """The arrays of an original-ViT .npz -> (ViTConfig, canonical float32 state), as timm's _load_weights reads
+    them; image_size=(H, W) other than the table's resamples the position table with the config's kernel."""
+    keys = set(arrays)
+    pre = _layout_prefix(keys, source)
+    outside = sorted(k for k in keys if not k.startswith(pre))
+    if outside:
+        warnings.warn(f"{source}: {len(outside)} array(s) outside the model parameters '{pre}*' ignored (e.g. "
+                      f"{outside[0]!r}: optimizer state?)", ConversionWarning, stacklevel=2)
+    w = {k[len(pre):]: arrays[k] for k in keys if k.startswith(pre)}
+
+    def shape_of(k: str, ndim: int) -> tuple[int, ...]:
+        if k not in w:
+            raise MismatchError(source, [f"missing key {pre + k!r}"])
+        s = tuple(int(x) for x in np.shape(w[k]))
+        if len(s) != ndim:
+            raise MismatchError(source, [f"key {pre + k!r}: expected a {ndim}-d array, got shape {s}"])
+        return s
+
+    # ---- sizes, the heads included, from the file
+    P, P2, C, D = shape_of("embedding/kernel", 4)
+    if P != P2:
+        raise ConversionError(f"{source}: {pre}embedding/kernel has non-square {P}x{P2} patches")
+    ids = sorted({int(m.group(1)) for k in w if (m := _BLOCK.match(k))})
+    depth = len(ids)
+    if depth == 0 or ids != list(range(depth)):
+        raise MismatchError(source, [f"encoder blocks are not numbered {pre}Transformer/encoderblock_0..N: {ids}"])
+    b0 = "Transformer/encoderblock_0/"
+    _, H, d = shape_of(b0 + "MultiHeadDotProductAttention_1/query/kernel", 3)
+    if H * d != D:
+        raise ConversionError(f"{source}: attention width {H}x{d} != embedding width {D}: the canonical attention "
+                              f"keeps one width")
+    M = shape_of(b0 + "MlpBlock_3/Dense_0/kernel", 2)[1]
+    rep = shape_of("pre_logits/kernel", 2)[1] if "pre_logits/kernel" in w else None
+    K = shape_of("head/kernel", 2)[1] if "head/kernel" in w else 0
+    T = shape_of(_POS, 3)[1]
+    has_cls = "cls" in w
+    prefix_rows = 1 if has_cls else 0
+
+    # ---- numerics: timm's reading, or the preset's (said)
+    p_cfg = _resolve_preset(preset)
+    facts = dict(TIMM_READING, pool="token" if has_cls else "mean")
+    if p_cfg is not None:
+        said = [f"{k}={getattr(p_cfg, k)!r} (timm reads {v!r})" for k, v in TIMM_READING.items()
+                if getattr(p_cfg, k) != v]
+        facts.update({k: getattr(p_cfg, k) for k in TIMM_READING})
+        if has_cls and p_cfg.pool == "mean":
+            facts["pool"] = "mean"
+            said.append("pool='mean' (timm pools the class token)")
+        file_vals = dict(embed_dim=D, in_chans=C, patch_size=P, depth=depth, num_heads=H, mlp_dim=M,
+                         representation_size=rep, num_classes=K)
+        said += [f"{k}={v!r} from the file, not the preset's {getattr(p_cfg, k)!r}" for k, v in file_vals.items()
+                 if getattr(p_cfg, k) != v]
+        if said:
+            warnings.warn(f"{source}: preset {p_cfg.name!r}: using " + "; ".join(said), ConversionWarning, stacklevel=2)
+
+    # ---- the position table's grid
+    stated = _pair(image_size) if image_size is not None else None
+    s = _isqrt_exact(T - prefix_rows)
+    if s:
+        table_grid = (s, s)
+    elif stated and stated[0] % P == 0 and stated[1] % P == 0 and (stated[0] // P) * (stated[1] // P) == T - prefix_rows:
+        table_grid = (stated[0] // P, stated[1] // P)
+    else:
+        raise MissingFactsError(f"{source}: {pre}{_POS} has {T - prefix_rows} patch rows, not a square grid; pass "
+                                f"--image-size HxW at which the table was trained")
+    target = stated or (table_grid[0] * P, table_grid[1] * P)
+    try:
+        cfg = ViTConfig(
+            name=p_cfg.name if p_cfg else "bigvision_import", image_size=(table_grid[0] * P, table_grid[1] * P),
+            in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M, qkv_bias=True,
+            class_token="learned" if has_cls else "none", pool=facts["pool"], pos_embed="learned",
+            resize_kernel=facts["resize_kernel"], gelu=facts["gelu"], layer_norm_eps=float(facts["layer_norm_eps"]),
+            final_norm=True, representation_size=rep, num_classes=K,
+            notes=f"imported from original-ViT .npz {source}")
+    except ConfigError as e:
+        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
+
+    # ---- every key and shape, named as the file names it
+    expected = expected_npz_shapes(cfg)
+    problems = [f"missing key {pre + k!r} (expected shape {shp})" for k, shp in expected.items() if k not in w]
+    problems += [f"unexpected key {pre + k!r} (shape {tuple(np.shape(w[k]))})" for k in sorted(w) if k not in expected]
+    problems += [f"key {pre + k!r}: expected shape {shp}, got {tuple(np.shape(w[k]))}"
+                 for k, shp in expected.items() if k in w and tuple(np.shape(w[k])) != shp]
+    if problems:
+        raise MismatchError(source, problems)
+    f = {k: to_float32(pre + k, v, source) for k, v in w.items()}
+
+    # ---- the weights, laid out as timm's _load_weights lays them
+    out = {"patch_embed.proj.weight": f["embedding/kernel"].transpose(3, 2, 0, 1), "patch_embed.proj.bias": f["embedding/bias"],
+           "pos_embed": f[_POS], "norm.weight": f["Transformer/encoder_norm/scale"],
+           "norm.bias": f["Transformer/encoder_norm/bias"]}
+    if has_cls:
+        out["cls_token"] = f["cls"]
+    for i in range(depth):
+        b, c = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        a = b + "MultiHeadDotProductAttention_1/"
+        out[c + "norm1.weight"], out[c + "norm1.bias"] = f[b + "LayerNorm_0/scale"], f[b + "LayerNorm_0/bias"]
+        out[c + "attn.qkv.weight"] = np.concatenate([f[f"{a}{n}/kernel"].reshape(D, D).T for n in ("query", "key", "value")])
+        out[c + "attn.qkv.bias"] = np.concatenate([f[f"{a}{n}/bias"].reshape(-1) for n in ("query", "key", "value")])
+        out[c + "attn.proj.weight"], out[c + "attn.proj.bias"] = f[a + "out/kernel"].reshape(D, D).T, f[a + "out/bias"]
+        out[c + "norm2.weight"], out[c + "norm2.bias"] = f[b + "LayerNorm_2/scale"], f[b + "LayerNorm_2/bias"]
+        for r in range(2):
+            out[c + f"mlp.fc{r + 1}.weight"] = f[b + f"MlpBlock_3/Dense_{r}/kernel"].T
+            out[c + f"mlp.fc{r + 1}.bias"] = f[b + f"MlpBlock_3/Dense_{r}/bias"]
+    if rep:
+        out["pre_logits.fc.weight"], out["pre_logits.fc.bias"] = f["pre_logits/kernel"].T, f["pre_logits/bias"]
+    if K:
+        out["head.weight"], out["head.bias"] = f["head/kernel"].T, f["head/bias"]
+    out = {k: np.ascontiguousarray(v, dtype=CANONICAL_DTYPE) for k, v in out.items()}
+    validate_state(cfg, out, source=source)
+    if tuple(target) != tuple(cfg.image_size):
+        try:
+            new = cfg.replace(image_size=target)
+        except ConfigError as e:
+            raise ConversionError(f"{source}: image size {target}: {e}") from None
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], table_grid, new.grid, prefix_rows,
+                                              cfg.resize_kernel).astype(CANONICAL_DTYPE)
+        cfg = new
+    return cfg, out
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz, never unpickling (allow_pickle=False: object arrays are refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise InvalidFileError(f"{path}: not a readable .npz of plain arrays ({type(e).__name__}: {e})") from None
+
+
+def load_bigvision_file(path: str | os.PathLike, preset: ViTConfig | str | None = None,
+                        image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    return import_bigvision(read_npz(path), preset=preset, image_size=image_size, source=str(Path(path)))
+
+
+# ------------------------------------------------------------------ the source library itself
+def bigvision_source_output(path: str | os.PathLike, images: np.ndarray, image_size=None) -> np.ndarray:
+    """Logits (float32) of a timm VisionTransformer loaded by timm's own `_load_weights(model, path)`, for NCHW
+    `images`: the proof against the source. The model's shape is read here from the file's array shapes
+    (independently of import_bigvision); image_size other than the table's makes timm resample the table.
+
+    timm >= 0.9 dropped the pre-logits layer (its `_load_weights` leaves `pre_logits/*` unread), so for a file
+    with one the timm model is built without a head and the representation layer (Dense, tanh) and the head are
+    applied here in torch from the file's arrays.
+    """
+    import torch
+    from timm.models.vision_transformer import VisionTransformer, _load_weights
+
+    w = read_npz(path)
+    pre = next((p for p in PREFIXES if f"{p}embedding/kernel" in w), "")
+    P, _, C, D = w[f"{pre}embedding/kernel"].shape
+    depth = len({m.group(1) for k in w if (m := _BLOCK.match(k[len(pre):]))})
+    H = w[f"{pre}Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"].shape[1]
+    M = w[f"{pre}Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"].shape[1]
+    has_cls, has_rep = f"{pre}cls" in w, f"{pre}pre_logits/kernel" in w
+    K = w[f"{pre}head/kernel"].shape[1] if f"{pre}head/kernel" in w else 0
+    side = int(round((w[f"{pre}{_POS}"].shape[1] - has_cls) ** 0.5)) * P
+    model = VisionTransformer(img_size=_pair(image_size) if image_size is not None else (side, side), patch_size=P,
+                              in_chans=C, embed_dim=D, depth=depth, num_heads=H, mlp_ratio=M / D, qkv_bias=True,
+                              class_token=has_cls, global_pool="token" if has_cls else "avg", fc_norm=False,
+                              num_classes=0 if has_rep else K)
+    assert model.blocks[0].mlp.fc1.out_features == M
+    _load_weights(model, str(path))
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        if not has_rep:
+            return model(x).numpy().astype(np.float32)
+        t = {k: torch.from_numpy(np.asarray(w[pre + k], dtype=np.float32)) for k in
+             ("pre_logits/kernel", "pre_logits/bias", "head/kernel", "head/bias") if pre + k in w}
+        y = torch.tanh(model(x) @ t["pre_logits/kernel"] + t["pre_logits/bias"])
+        if K:
+            y = y @ t["head/kernel"] + t["head/bias"]
+        return y.numpy().astype(np.float32)

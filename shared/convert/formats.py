@@ -11,13 +11,13 @@ from ..errors import InvalidFileError
 from ..safeio import check_zip, load_json
 
 #: every format `vit-suite convert` reads or writes
-FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore")
+FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore", "kerashub", "mindcv")
 #: the backends that read and write each native format, preferred first
 NATIVE_BACKENDS = {"torch": ("torch",), "keras": ("keras", "keras-jax", "keras-torch"),
                    "keras-h5": ("keras", "keras-jax", "keras-torch"), "mindspore": ("mindspore",)}
 #: default suffix when writing each format
 SUFFIX = {"canonical": ".safetensors", "timm": ".safetensors", "hf": "", "torch": ".pt", "keras": ".keras",
-          "keras-h5": ".weights.h5", "mindspore": ".ckpt"}
+          "keras-h5": ".weights.h5", "mindspore": ".ckpt", "kerashub": "", "mindcv": ".ckpt"}
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -99,6 +99,10 @@ def _looks_like_mindspore_ckpt(path: Path) -> bool:
 def detect_format(path: str | Path) -> str:
     """One of FORMATS, from the bytes of `path` (a directory with config.json is a Hugging Face model)."""
     path = Path(path)
+    from .kerashub import is_kerashub  # keras-hub's preset directory, .keras and .weights.h5 (read as data)
+
+    if is_kerashub(path):
+        return "kerashub"
     if path.is_dir():
         if (path / "config.json").is_file() and any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
             return "hf"
@@ -129,5 +133,7 @@ def detect_format(path: str | Path) -> str:
     if head[:1] == b"\x80":
         return "torch"  # legacy (non-zip) torch.save; read only with weights_only=True
     if _looks_like_mindspore_ckpt(path):
-        return "mindspore"
+        from .mindcv import is_mindcv_ckpt  # a ViT checkpoint without vit-suite's digest record (mindcv's)
+
+        return "mindcv" if is_mindcv_ckpt(path) else "mindspore"
     raise InvalidFileError(f"{path}: unrecognised weight format (first bytes {head[:8]!r}); known: {', '.join(FORMATS)}")

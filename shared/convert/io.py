@@ -30,6 +30,14 @@ def read_any(src: str, fmt: str | None = None, preset: str | None = None,
              image_size: tuple[int, int] | None = None) -> tuple[ViTConfig, dict]:
     """Any supported file -> (config, canonical state); `preset` supplies what a file cannot tell."""
     fmt = fmt or detect_format(src)
+    if fmt in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
+        from .kerashub import load_kerashub
+        from .mindcv import load_mindcv_file
+
+        cfg, state = (load_kerashub if fmt == "kerashub" else load_mindcv_file)(src, preset)
+        if image_size and tuple(image_size) != tuple(cfg.image_size):
+            cfg, state = resize_state(cfg, state, image_size)
+        return cfg, state
     cfg_hint = get_preset(preset) if preset else None
     if fmt == "canonical":
         cfg, state = W.load(src)
@@ -98,6 +106,14 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
                        overwrite=overwrite)
     elif fmt == "hf":
         save_hf_dir(dst, cfg, state, overwrite=overwrite)
+    elif fmt == "kerashub":
+        from .kerashub import save_kerashub_preset
+
+        save_kerashub_preset(dst, cfg, state, overwrite=overwrite)
+    elif fmt == "mindcv":
+        from .mindcv import save_mindcv_ckpt
+
+        save_mindcv_ckpt(dst, cfg, state, overwrite=overwrite)
     elif fmt in NATIVE_BACKENDS:
         if not overwrite and Path(dst).exists():
             raise OutputError(f"{dst} exists; pass --force to replace it")

@@ -150,7 +150,8 @@ def mindcv_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     kw = mindcv_model_kwargs(cfg)
     if cfg.name in MINDCV_MODELS:
         model = mindcv.create_model(cfg.name, pretrained=False, num_classes=cfg.num_classes,
-                                    in_channels=cfg.in_chans)
+                                    in_channels=cfg.in_chans, global_pool=kw["global_pool"],
+                                    class_token=kw["class_token"])
     else:
         model = VisionTransformer(**kw)
     path = Path(src)

@@ -96,6 +96,30 @@ def _looks_like_mindspore_ckpt(path: Path) -> bool:
     return all(32 <= c < 127 for c in tag)
 
 
+def mindspore_ckpt_names(path: str | Path, limit: int = 4096) -> list[str]:
+    """The parameter (and record) names of a MindSpore checkpoint, read from its protobuf framing without MindSpore,
+    seeking past the tensor data; stops at `limit` names or at the first bytes that do not frame a Value."""
+    names: list[str] = []
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size and len(names) < limit:
+            f.seek(pos)
+            head = f.read(24)
+            if head[:1] != b"\x0a":
+                break
+            n_value, i = _varint(head, 1)
+            if n_value <= 0 or head[i:i + 1] != b"\x0a":
+                break
+            n_tag, j = _varint(head, i + 1)
+            if not 0 < n_tag <= 1024:
+                break
+            f.seek(pos + j)
+            names.append(f.read(n_tag).decode("utf-8", "replace"))
+            pos += i + n_value
+    return names
+
+
 def detect_format(path: str | Path) -> str:
     """One of FORMATS, from the bytes of `path` (a directory with config.json is a Hugging Face model)."""
     path = Path(path)
@@ -133,7 +157,8 @@ def detect_format(path: str | Path) -> str:
     if head[:1] == b"\x80":
         return "torch"  # legacy (non-zip) torch.save; read only with weights_only=True
     if _looks_like_mindspore_ckpt(path):
-        from .mindcv import is_mindcv_ckpt  # a ViT checkpoint without vit-suite's digest record (mindcv's)
-
-        return "mindcv" if is_mindcv_ckpt(path) else "mindspore"
+        # without vit-suite's digest record, a ViT's parameter names make it a foreign (mindcv) checkpoint
+        names = mindspore_ckpt_names(path)
+        foreign_vit = "vit_suite_digest" not in names and any(n.startswith("blocks.0.attn.qkv.") for n in names)
+        return "mindcv" if foreign_vit else "mindspore"
     raise InvalidFileError(f"{path}: unrecognised weight format (first bytes {head[:8]!r}); known: {', '.join(FORMATS)}")

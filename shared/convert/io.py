@@ -26,9 +26,10 @@ from .hf import load_hf_dir, save_hf_dir
 from .timm import export_timm, import_timm, load_timm_file, read_checkpoint
 
 
-def read_any(src: str, fmt: str | None = None, preset: str | None = None,
+def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = None,
              image_size: tuple[int, int] | None = None) -> tuple[ViTConfig, dict]:
-    """Any supported file -> (config, canonical state); `preset` supplies what a file cannot tell."""
+    """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
+    tell."""
     fmt = fmt or detect_format(src)
     if fmt in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
         from .kerashub import load_kerashub
@@ -38,7 +39,7 @@ def read_any(src: str, fmt: str | None = None, preset: str | None = None,
         if image_size and tuple(image_size) != tuple(cfg.image_size):
             cfg, state = resize_state(cfg, state, image_size)
         return cfg, state
-    cfg_hint = get_preset(preset) if preset else None
+    cfg_hint = _preset_hint(preset) if preset else None
     if fmt == "canonical":
         cfg, state = W.load(src)
     elif fmt == "timm":
@@ -81,6 +82,15 @@ def read_any(src: str, fmt: str | None = None, preset: str | None = None,
     if image_size and tuple(image_size) != tuple(cfg.image_size):
         cfg, state = resize_state(cfg, state, image_size)
     return cfg, state
+
+
+def _preset_hint(name: str | ViTConfig) -> ViTConfig:
+    """A config, a suite preset, or a mindcv model name (its files' --preset, which `convert --verify` passes on)."""
+    from .mindcv import MINDCV_MODELS, mindcv_preset
+
+    if isinstance(name, ViTConfig):
+        return name
+    return mindcv_preset(name) if name in MINDCV_MODELS else get_preset(name)
 
 
 def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tuple[ViTConfig, dict]:

@@ -34,7 +34,6 @@ from ..errors import ConversionError, InvalidFileError, MissingFactsError, Usage
 
 MINDCV_EPS = 1e-7  # mindspore.nn.LayerNorm's default epsilon
 MINDCV_GELU = "tanh"  # mindspore.nn.GELU's default approximate=True
-DIGEST_KEY = "vit_suite_digest"  # vit_mindspore.convert.DIGEST_KEY (not imported: that imports mindspore)
 INSTALL = "pip install --no-deps mindcv==0.3.0"
 
 #: mindcv's ViT model names -> (width, depth, heads, mlp, patch, image)
@@ -57,38 +56,6 @@ def mindcv_preset(name: str) -> ViTConfig:
     from ..presets import get_preset
 
     return get_preset(name)
-
-
-def ckpt_names(path: str | os.PathLike, limit: int = 4096) -> list[str]:
-    """The parameter names of a MindSpore checkpoint, read from its protobuf framing without MindSpore
-    (repeated Value(1) { string tag = 1; TensorProto tensor = 2 }); stops after `limit` names."""
-    from .formats import _varint
-
-    names: list[str] = []
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f:
-        pos = 0
-        while pos < size and len(names) < limit:
-            f.seek(pos)
-            head = f.read(24)
-            if head[:1] != b"\x0a":
-                break
-            n_value, i = _varint(head, 1)
-            if n_value < 0 or head[i:i + 1] != b"\x0a":
-                break
-            n_tag, j = _varint(head, i + 1)
-            if not 0 < n_tag <= 1024:
-                break
-            f.seek(pos + j)
-            names.append(f.read(n_tag).decode("utf-8", "replace"))
-            pos += i + n_value
-    return names
-
-
-def is_mindcv_ckpt(path: str | os.PathLike) -> bool:
-    """A checkpoint without vit-suite's digest record whose names are a ViT's (mindcv's or canonical)."""
-    names = ckpt_names(path)
-    return DIGEST_KEY not in names and any(n.startswith("blocks.0.attn.qkv.") for n in names)
 
 
 def import_mindcv(tensors: Mapping[str, np.ndarray], preset: ViTConfig | str | None,

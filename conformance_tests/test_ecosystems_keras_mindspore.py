@@ -287,3 +287,25 @@ def test_mindcv_refusals(mindcv_files, tmp_path):
     W.save(tmp_path / "c.safetensors", cfg, state)
     assert main(["convert", str(tmp_path / "c.safetensors"), str(tmp_path / "suite.ckpt")]) == 0
     assert detect_format(tmp_path / "suite.ckpt") == "mindspore"
+
+
+def test_a_foreign_ckpt_with_canonical_names_is_read_strictly(mindcv_files, tmp_path):
+    """Any digest-less ViT .ckpt (here canonical names, saved with plain mindspore.save_checkpoint) is a foreign
+    checkpoint: read with the preset's numerics, bit-exact; the MindSpore backend's own reader keeps its digest check
+    and points at the foreign route."""
+    import mindspore as ms
+
+    from shared.convert.formats import detect_format
+    from shared.convert.io import read_any
+    from shared.init import init_weights
+    from shared.presets import get_preset
+
+    cfg = get_preset("tiny")
+    state = init_weights(cfg, 0)
+    path = tmp_path / "plain.ckpt"
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], str(path))
+    assert detect_format(path) == "mindcv"
+    got_cfg, got = read_any(str(path), preset="tiny")
+    assert got_cfg == cfg and all(np.array_equal(got[k], state[k]) for k in state)
+    with pytest.raises(InvalidFileError, match="--from mindcv --preset NAME"):
+        read_any(str(path), "mindspore", "tiny")

@@ -106,8 +106,9 @@ def read_ckpt(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
             records[name] = str(value)
     if DIGEST_KEY not in records:
         raise InvalidFileError(
-            f"{path}: no {DIGEST_KEY!r} record: the file is truncated, or was not written by vit-suite "
-            f"(convert it from canonical safetensors with vit_mindspore.convert.save_ckpt)")
+            f"{path}: no {DIGEST_KEY!r} record: the file is truncated, or was not written by vit-suite; a "
+            f"foreign ViT checkpoint (mindcv's, or any saved with mindspore.save_checkpoint) is read as format "
+            f"'mindcv': --from mindcv --preset NAME")
     actual = _digest(list(tensors.items()))
     if actual != records[DIGEST_KEY]:
         raise InvalidFileError(f"{path}: tensor data does not match the file's digest (corrupted or altered file)")

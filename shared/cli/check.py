@@ -163,7 +163,7 @@ def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np
                   images: np.ndarray) -> dict:
     """The source library's own output (in a child process) against the float64 reference of the converted file,
     on the same images, under the float32 bound of the final output: status pass, FAIL, error or not verified."""
-    from ..convert.sources import library_available, resolve_source
+    from ..convert.sources import library_available, resolve_source, source_backend
 
     fmt, library = resolve_source(src, fmt)
     out = {"source": str(src), "format": fmt, "library": library, "stage": "logits"}
@@ -172,7 +172,7 @@ def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np
                                                             f"the source (pip install {library})"}
     with tempfile.TemporaryDirectory(prefix="vit-suite-against-") as tmp:
         np.save(Path(tmp) / "images.npy", images.astype(np.float32))
-        child = run_child("source", {"backend": "torch", "format": fmt, "src": str(Path(src).resolve()),
+        child = run_child("source", {"backend": source_backend(fmt), "format": fmt, "src": str(Path(src).resolve()),
                                      "input": str(Path(tmp) / "images.npy"), "config": cfg.to_json()},
                           Path(tmp), name="source")
     if child.arrays is None:

@@ -26,7 +26,8 @@ def cmd_convert(args) -> int:
     if args.verify:
         from .check import cmd_check, default_args
 
-        back_cfg, back = read_any(args.dst, dst_fmt, args.preset, None)
+        # files that carry no config (a mindcv .ckpt) are read back with the config they were written from
+        back_cfg, back = read_any(args.dst, dst_fmt, args.preset or (cfg if dst_fmt == "mindcv" else None), None)
         diffs = [k for k in state if k not in back or not np.array_equal(state[k], back[k])]
         if diffs or set(back) != set(state):
             c.print(f"[red]verify: reading {args.dst} back differs from the source in {diffs[:5]}[/]")
@@ -50,11 +51,12 @@ def add_parser(sub) -> None:
     v.add_argument("dst")
     v.add_argument("--from", dest="from_", choices=list(FORMATS), help="source format (default: detected from content)")
     v.add_argument("--to", choices=list(FORMATS), help="target format (default: from the destination's suffix)")
-    v.add_argument("--preset", help="config for files that do not carry one (timm, .pt, .weights.h5, .ckpt)")
+    v.add_argument("--preset", help="config for files that do not carry one (timm, .pt, .weights.h5, .ckpt); for a mindcv .ckpt also "
+                        "a mindcv model name (vit_b_16_224, ...)")
     v.add_argument("--image-size", help="HxW: resample the learned position table for this input size")
     v.add_argument("--verify", action="store_true",
                    help="read the result back, run the check on it, and prove it against the source library's own "
-                        "output (timm, transformers) where there is one")
+                        "output (timm, transformers, keras-hub, mindcv) where there is one")
     v.add_argument("--backends", help="backends for --verify (default: every installed one)")
     v.add_argument("--force", action="store_true", help="replace an existing destination")
     v.set_defaults(func=cmd_convert)

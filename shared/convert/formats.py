@@ -11,13 +11,15 @@ from ..errors import InvalidFileError
 from ..safeio import check_zip, load_json
 
 #: every format `vit-suite convert` reads or writes
-FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore", "torchvision", "bigvision")
+FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore", "torchvision", "bigvision",
+           "kerashub", "mindcv")
 #: the backends that read and write each native format, preferred first
 NATIVE_BACKENDS = {"torch": ("torch",), "keras": ("keras", "keras-jax", "keras-torch"),
                    "keras-h5": ("keras", "keras-jax", "keras-torch"), "mindspore": ("mindspore",)}
 #: default suffix when writing each format
 SUFFIX = {"canonical": ".safetensors", "timm": ".safetensors", "hf": "", "torch": ".pt", "keras": ".keras",
-          "keras-h5": ".weights.h5", "mindspore": ".ckpt", "torchvision": ".pth", "bigvision": ".npz"}
+          "keras-h5": ".weights.h5", "mindspore": ".ckpt", "torchvision": ".pth", "bigvision": ".npz", "kerashub": "",
+          "mindcv": ".ckpt"}
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -120,9 +122,37 @@ def _is_bigvision_npz(names: list[str]) -> bool:
         n.endswith("embedding/kernel.npy") for n in names)
 
 
+def mindspore_ckpt_names(path: str | Path, limit: int = 4096) -> list[str]:
+    """The parameter (and record) names of a MindSpore checkpoint, read from its protobuf framing without MindSpore,
+    seeking past the tensor data; stops at `limit` names or at the first bytes that do not frame a Value."""
+    names: list[str] = []
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size and len(names) < limit:
+            f.seek(pos)
+            head = f.read(24)
+            if head[:1] != b"\x0a":
+                break
+            n_value, i = _varint(head, 1)
+            if n_value <= 0 or head[i:i + 1] != b"\x0a":
+                break
+            n_tag, j = _varint(head, i + 1)
+            if not 0 < n_tag <= 1024:
+                break
+            f.seek(pos + j)
+            names.append(f.read(n_tag).decode("utf-8", "replace"))
+            pos += i + n_value
+    return names
+
+
 def detect_format(path: str | Path) -> str:
     """One of FORMATS, from the bytes of `path` (a directory with config.json is a Hugging Face model)."""
     path = Path(path)
+    from .kerashub import is_kerashub  # keras-hub's preset directory, .keras and .weights.h5 (read as data)
+
+    if is_kerashub(path):
+        return "kerashub"
     if path.is_dir():
         if (path / "config.json").is_file() and any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
             return "hf"
@@ -156,5 +186,8 @@ def detect_format(path: str | Path) -> str:
         # legacy (non-zip) torch.save; read only with weights_only=True
         return "torchvision" if _torch_pickle_is_torchvision(path, None) else "torch"
     if _looks_like_mindspore_ckpt(path):
-        return "mindspore"
+        # without vit-suite's digest record, a ViT's parameter names make it a foreign (mindcv) checkpoint
+        names = mindspore_ckpt_names(path)
+        foreign_vit = "vit_suite_digest" not in names and any(n.startswith("blocks.0.attn.qkv.") for n in names)
+        return "mindcv" if foreign_vit else "mindspore"
     raise InvalidFileError(f"{path}: unrecognised weight format (first bytes {head[:8]!r}); known: {', '.join(FORMATS)}")

@@ -28,11 +28,20 @@ from .torchvision import load_torchvision_file, save_torchvision_file
 from .timm import export_timm, import_timm, load_timm_file, read_checkpoint
 
 
-def read_any(src: str, fmt: str | None = None, preset: str | None = None,
+def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = None,
              image_size: tuple[int, int] | None = None) -> tuple[ViTConfig, dict]:
-    """Any supported file -> (config, canonical state); `preset` supplies what a file cannot tell."""
+    """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
+    tell."""
     fmt = fmt or detect_format(src)
-    cfg_hint = get_preset(preset) if preset else None
+    if fmt in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
+        from .kerashub import load_kerashub
+        from .mindcv import load_mindcv_file
+
+        cfg, state = (load_kerashub if fmt == "kerashub" else load_mindcv_file)(src, preset)
+        if image_size and tuple(image_size) != tuple(cfg.image_size):
+            cfg, state = resize_state(cfg, state, image_size)
+        return cfg, state
+    cfg_hint = _preset_hint(preset) if preset else None
     if fmt == "canonical":
         cfg, state = W.load(src)
     elif fmt == "timm":
@@ -81,6 +90,15 @@ def read_any(src: str, fmt: str | None = None, preset: str | None = None,
     return cfg, state
 
 
+def _preset_hint(name: str | ViTConfig) -> ViTConfig:
+    """A config, a suite preset, or a mindcv model name (its files' --preset, which `convert --verify` passes on)."""
+    from .mindcv import MINDCV_MODELS, mindcv_preset
+
+    if isinstance(name, ViTConfig):
+        return name
+    return mindcv_preset(name) if name in MINDCV_MODELS else get_preset(name)
+
+
 def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tuple[ViTConfig, dict]:
     """Store the weights for another image size: a learned table is resampled with the config's kernel."""
     new = cfg.replace(image_size=image_size, pos_grid=None)
@@ -109,6 +127,14 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
     elif fmt == "bigvision":
         raise UsageError("bigvision (.npz) is read only: vit-suite does not write the big_vision layout; "
                          "pick another --to")
+    elif fmt == "kerashub":
+        from .kerashub import save_kerashub_preset
+
+        save_kerashub_preset(dst, cfg, state, overwrite=overwrite)
+    elif fmt == "mindcv":
+        from .mindcv import save_mindcv_ckpt
+
+        save_mindcv_ckpt(dst, cfg, state, overwrite=overwrite)
     elif fmt in NATIVE_BACKENDS:
         if not overwrite and Path(dst).exists():
             raise OutputError(f"{dst} exists; pass --force to replace it")

@@ -9,13 +9,20 @@ the source file (not from the converted config) and returns its final output, wh
     timm (state dicts)   timm.create_model(ARCH) + load_state_dict(strict=True); ARCH is the timm architecture the
                          conversion named (--preset vit_base_patch16_224, or timm's config.json); no other guess
     hf (directories)     transformers' own ViTForImageClassification / ViTModel, from_pretrained(local_files_only)
+    torchvision          torchvision's own VisionTransformer + load_state_dict(strict=True)
+    bigvision (.npz)     timm's own _load_weights on the file
+    kerashub             keras-hub's own from_preset / Keras' safe-mode loader / model + load_weights (a Keras child)
+    mindcv (.ckpt)       mindcv's own VisionTransformer + MindSpore's load_param_into_net (a MindSpore child)
 
-Runners need torch and their library; the tool runs them in a child process (`shared.cli.worker source`).
+Runners need their library (and torch, keras or mindspore: SOURCE_BACKENDS); the tool runs them in a child process
+(`shared.cli.worker source`) with that backend's environment.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +33,15 @@ from ..errors import MissingFactsError, UsageError
 from .formats import detect_format
 
 #: source format -> the library whose own code defines it (and whose absence means "not verified")
-SOURCE_LIBRARIES: dict[str, str] = {"timm": "timm", "torch": "timm", "hf": "transformers"}
+SOURCE_LIBRARIES: dict[str, str] = {"timm": "timm", "torch": "timm", "hf": "transformers",
+                                     "torchvision": "torchvision", "bigvision": "timm",
+                                     "kerashub": "keras_hub", "mindcv": "mindcv"}
+#: source format -> the backend whose environment the runner's child process gets (default "torch")
+SOURCE_BACKENDS: dict[str, str] = {"kerashub": "keras", "mindcv": "mindspore"}
+
+
+def source_backend(fmt: str) -> str:
+    return SOURCE_BACKENDS.get(fmt, "torch")
 
 
 def source_library(fmt: str) -> str | None:
@@ -98,8 +113,83 @@ def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     return out.last_hidden_state[:, 0].numpy()
 
 
+def kerashub_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
+    """keras-hub's own model: `from_preset` for a preset directory, Keras' loader in safe mode for a `.keras`
+    archive (its config scanned first: no Lambda, no unknown class), or keras-hub's model of the converted
+    architecture + `load_weights` for a `.weights.h5`. Logits, or the backbone's final-norm class token (the mean
+    of its tokens without one) when there is no classifier. Images go in NHWC."""
+    import keras
+    import keras_hub
+
+    from .kerashub import build_kerashub, scan_config
+    from ..safeio import load_json, read_zip_member
+
+    path = Path(src)
+    if path.is_dir():
+        cls = keras_hub.models.ViTImageClassifier if (path / "task.json").is_file() else keras_hub.models.ViTBackbone
+        model = cls.from_preset(str(path))
+    elif zipfile.is_zipfile(path):
+        scan_config(load_json(read_zip_member(path, "config.json", ".keras file"), f"{path}: config.json"), src)
+        model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
+    else:
+        model = build_kerashub(cfg)
+        model.load_weights(str(path))
+    out = np.asarray(model.predict(np.ascontiguousarray(images.transpose(0, 2, 3, 1), np.float32), verbose=0))
+    if isinstance(model, keras_hub.models.ViTBackbone):
+        return out[:, 0] if model.use_class_token else out.mean(axis=1)
+    return out
+
+
+def mindcv_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
+    """mindcv's own VisionTransformer (pretrained=False): `mindcv.create_model(NAME)` when the conversion named a
+    mindcv model (--preset vit_b_16_224), else its VisionTransformer of the converted sizes (numerics mindcv's
+    own); the checkpoint loaded by MindSpore's own loader, strictly (no missing, no unexpected parameter)."""
+    import mindcv
+    import mindspore as ms
+    from mindcv.models.vit import VisionTransformer
+
+    from .mindcv import MINDCV_MODELS, mindcv_model_kwargs
+
+    kw = mindcv_model_kwargs(cfg)
+    if cfg.name in MINDCV_MODELS:
+        model = mindcv.create_model(cfg.name, pretrained=False, num_classes=cfg.num_classes,
+                                    in_channels=cfg.in_chans, global_pool=kw["global_pool"],
+                                    class_token=kw["class_token"])
+    else:
+        model = VisionTransformer(**kw)
+    path = Path(src)
+    with tempfile.TemporaryDirectory(prefix="vit-suite-mindcv-") as tmp:
+        link = path
+        if path.suffix != ".ckpt":
+            link = Path(tmp) / "model.ckpt"
+            link.symlink_to(path.resolve())
+        params = ms.load_checkpoint(str(link))
+    not_loaded, unused = ms.load_param_into_net(model, params, strict_load=True)
+    if not_loaded or unused:
+        raise MissingFactsError(f"{src}: mindcv's model does not take this checkpoint: parameters not loaded "
+                                f"{list(not_loaded)[:5]}, unused {list(unused)[:5]}")
+    model.set_train(False)
+    return model(ms.Tensor(np.ascontiguousarray(images, np.float32))).asnumpy()
+
+
+def torchvision_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
+    """torchvision's own VisionTransformer, loaded strictly from the file (heads: torchvision's builder table, or
+    the preset the conversion named)."""
+    from .torchvision import torchvision_source_output
+
+    return torchvision_source_output(src, images, preset=cfg)
+
+
+def bigvision_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
+    """timm's own `_load_weights` reading the .npz (its shape read from the file's arrays)."""
+    from .bigvision import bigvision_source_output
+
+    return bigvision_source_output(src, images, image_size=tuple(images.shape[2:]))
+
+
 RUNNERS: dict[str, Callable[[str, np.ndarray, ViTConfig], np.ndarray]] = {
-    "timm": timm_output, "torch": timm_output, "hf": hf_output}
+    "timm": timm_output, "torch": timm_output, "hf": hf_output, "torchvision": torchvision_output,
+    "bigvision": bigvision_output, "kerashub": kerashub_output, "mindcv": mindcv_output}
 
 
 def source_output(fmt: str, src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:

@@ -332,3 +332,35 @@ def test_npz_is_import_only(tmp_path, npz_file, capsys):
     assert main(["convert", str(npz_file["src"]), str(c)]) == EXIT_OK
     assert main(["convert", str(c), str(tmp_path / "o.npz"), "--to", "bigvision"]) == EXIT_USAGE
     assert "read only" in capsys.readouterr().err and not (tmp_path / "o.npz").exists()
+
+
+# ---------------------------------------------------------------------- convert --verify against the source
+def test_convert_verify_proves_torchvision_and_npz_imports_against_their_libraries(tmp_path, tv_file, npz_file,
+                                                                                 capsys):
+    import json
+
+    from shared.cli import main
+
+    assert main(["convert", str(tv_file["src"]), str(tmp_path / "tv.safetensors"), "--preset", "tiny",
+                 "--verify", "--backends", "torch"]) == 0
+    assert "against the source (torchvision" in " ".join(capsys.readouterr().out.split())
+    assert main(["convert", str(npz_file["src"]), str(tmp_path / "npz.safetensors"), "--verify", "--backends",
+                 "torch"]) == 0
+    assert "against the source (timm" in " ".join(capsys.readouterr().out.split())
+    # and check --against says how close: the reference of the converted file against timm reading the .npz
+    assert main(["check", str(tmp_path / "npz.safetensors"), "--backends", "torch", "--against",
+                 str(npz_file["src"]), "--json", str(tmp_path / "a.json")]) == 0
+    a = json.loads((tmp_path / "a.json").read_text())["against"]
+    assert a["status"] == "pass" and a["format"] == "bigvision" and 0 < a["rel_l2"] <= a["bound"]
+
+
+def test_a_zero_output_proves_nothing_and_says_so(tmp_path, capsys):
+    """torchvision initialises its head to zero: both outputs are 0, and equal 0s are no proof."""
+    from shared.cli import main
+
+    m = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                             hidden_dim=32, mlp_dim=64, num_classes=10)
+    torch.save(m.state_dict(), tmp_path / "zero.pth")
+    assert main(["convert", str(tmp_path / "zero.pth"), str(tmp_path / "z.safetensors"), "--preset", "tiny",
+                 "--verify", "--backends", "torch"]) == 0
+    assert "the comparison proves nothing" in " ".join(capsys.readouterr().out.split())

@@ -153,7 +153,8 @@ class KerasBackend(Backend):
         p = str(path)
         if p.endswith(".weights.h5"):
             if cfg is None:
-                raise BackendError(f"{path}: a .weights.h5 file holds no config: pass the ViTConfig")
+                raise BackendError(f"{path}: a .weights.h5 file holds no config: name the model with --preset NAME "
+                                   f"(from Python: the cfg argument)")
             return load_weights_h5(path, cfg, dtype=dtype)
         if p.endswith(".keras"):
             model = load_keras(path, expect=cfg)

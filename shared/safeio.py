@@ -101,3 +101,32 @@ def read_zip_member(path: str | os.PathLike, name: str, what: str = "archive") -
     if len(data) > info.file_size:
         raise InvalidFileError(f"{path}: member {name!r} is larger than its declared {info.file_size:,} bytes")
     return data
+
+
+def refuse_unsafe_keras_classes(config: Any, allowed: frozenset[str], source: str) -> None:
+    """Refuse a Keras config (a `.keras` file's config.json, read as data) that names a Lambda layer (code) or a
+    class that is neither Keras' own nor one of `allowed` ("package>Class" registered names), anywhere in it."""
+    from .errors import capped_list
+
+    bad: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "class_name" in node:
+                cls, module, reg = node.get("class_name"), str(node.get("module") or ""), node.get("registered_name")
+                if cls == "Lambda" or (isinstance(reg, str) and reg.endswith("Lambda")):
+                    name = node["config"].get("name", "?") if isinstance(node.get("config"), dict) else "?"
+                    bad.append(f"a Lambda layer ({name!r}): arbitrary code")
+                elif reg is not None and reg not in allowed:
+                    bad.append(f"unknown class {reg!r} (module {module!r})")
+                elif reg is None and not (module == "keras" or module.startswith("keras.")):
+                    bad.append(f"class {cls!r} from module {module!r} is not a Keras class")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(config)
+    if bad:
+        raise InvalidFileError(f"{source}: refusing to load: " + capped_list(bad, sep="; "))

@@ -13,8 +13,8 @@ from pathlib import Path
 import keras
 
 from shared.config import ViTConfig
-from shared.errors import ConfigError, InvalidFileError, MismatchError, capped_list
-from shared.safeio import load_json, read_zip_member
+from shared.errors import ConfigError, InvalidFileError, MismatchError
+from shared.safeio import load_json, read_zip_member, refuse_unsafe_keras_classes
 from shared.weights import atomic_write, remove_stale_tempdirs, temp_prefix
 
 from .model import VisionTransformer, new_model
@@ -73,28 +73,7 @@ def _scan_keras_config(path: Path) -> None:
     """Refuse a `.keras` file whose config holds a Lambda layer or a class not registered by vit_keras."""
     # the archive's sizes are checked (a zip bomb is refused) and config.json is read bounded, nesting included
     config = load_json(read_zip_member(path, "config.json", ".keras file"), f"{path}: config.json")
-    bad = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "class_name" in node and "config" in node:
-                cls, module = node.get("class_name"), str(node.get("module") or "")
-                reg = node.get("registered_name")
-                if cls == "Lambda" or (isinstance(reg, str) and reg.endswith("Lambda")):
-                    bad.append(f"a Lambda layer ({node.get('config', {}).get('name', '?')!r}): arbitrary code")
-                elif reg is not None and reg not in ALLOWED_CLASSES:
-                    bad.append(f"unknown class {reg!r} (module {module!r})")
-                elif reg is None and not (module == "keras" or module.startswith("keras.")):
-                    bad.append(f"class {cls!r} from module {module!r} is not a Keras class")
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
-    if bad:
-        raise InvalidFileError(f"{path}: refusing to load: " + capped_list(bad, sep="; "))
+    refuse_unsafe_keras_classes(config, ALLOWED_CLASSES, str(path))
     # the model's ViTConfig is type-checked and held to the limits before Keras builds anything (depth 1e6 costs
     # nothing to refuse)
     inner = config.get("config") if isinstance(config, dict) else None

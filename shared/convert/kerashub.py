@@ -33,7 +33,7 @@ from .. import limits as L
 from .. import weights as W
 from ..config import ViTConfig, is_int, is_real
 from ..errors import ConversionError, InvalidFileError, MismatchError, MissingFactsError, OutputError, UsageError
-from ..safeio import check_zip, load_json, read_json_file, read_zip_member
+from ..safeio import check_zip, load_json, read_json_file, read_zip_member, refuse_unsafe_keras_classes
 
 INSTALL = "pip install --no-deps keras-hub==0.32.0"
 BACKBONE, CLASSIFIER = "keras_hub>ViTBackbone", "keras_hub>ViTImageClassifier"
@@ -80,30 +80,7 @@ def is_kerashub(path: str | os.PathLike) -> bool:
 # --------------------------------------------------------------------------------------------------- configs
 def scan_config(config: Any, source: str) -> None:
     """Refuse a Lambda layer or a class that is neither Keras' own nor keras-hub's ViT, anywhere in the config."""
-    bad: list[str] = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "class_name" in node:
-                cls, module, reg = node.get("class_name"), str(node.get("module") or ""), node.get("registered_name")
-                if cls == "Lambda" or (isinstance(reg, str) and reg.endswith("Lambda")):
-                    name = node.get("config", {}).get("name", "?") if isinstance(node.get("config"), dict) else "?"
-                    bad.append(f"a Lambda layer ({name!r}): arbitrary code")
-                elif reg is not None and reg not in ALLOWED_CLASSES:
-                    bad.append(f"unknown class {reg!r} (module {module!r})")
-                elif reg is None and not (module == "keras" or module.startswith("keras.")):
-                    bad.append(f"class {cls!r} from module {module!r} is not a Keras class")
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
-    if bad:
-        from ..errors import capped_list
-
-        raise InvalidFileError(f"{source}: refusing to load: " + capped_list(bad, sep="; "))
+    refuse_unsafe_keras_classes(config, ALLOWED_CLASSES, source)
 
 
 def _field(d: Mapping, key: str, kind: str, source: str, default: Any = ...) -> Any:

@@ -60,6 +60,14 @@ def valid_files(tmp_path_factory):
     save_file({k: np.ascontiguousarray(v) for k, v in export_timm(cfg, state).items()}, str(root / "timm.safetensors"))
     files["timm"] = root / "timm.safetensors"
     files["hf"] = save_hf_dir(root / "hf", cfg, state)
+    write_any(str(root / "tv.pth"), "torchvision", cfg, state)
+    files["torchvision"] = root / "tv.pth"
+    from shared.convert.bigvision import expected_npz_shapes
+
+    rng = np.random.default_rng(0)
+    np.savez(root / "vit.npz", **{k: rng.standard_normal(shape).astype(np.float32)
+                                  for k, shape in expected_npz_shapes(cfg).items()})
+    files["bigvision"] = root / "vit.npz"
     for fmt, name, backend in (("torch", "m.pt", "torch"), ("keras", "m.keras", "keras"),
                                ("keras-h5", "m.weights.h5", "keras"), ("mindspore", "m.ckpt", "mindspore")):
         if is_available(backend):
@@ -117,7 +125,8 @@ def _fuzz_file(valid_files, fmt, ops, tmp_path_factory):
     _assert_clean(work, {dst.name}, tmp_before)
 
 
-@pytest.mark.parametrize("fmt", ["canonical", "timm", "torch", "keras", "keras-h5", "mindspore"])
+@pytest.mark.parametrize("fmt", ["canonical", "timm", "torch", "torchvision", "bigvision", "keras", "keras-h5",
+                                 "mindspore"])
 def test_fuzz_every_file_format_gives_only_typed_errors(valid_files, tmp_path_factory, fmt):
     """Truncations, byte flips and insertions anywhere in a valid file: a result or a SuiteError, nothing else."""
     before = _rss_peak_kib()

@@ -107,12 +107,15 @@ _TORCHVISION_MARKS = (b"conv_proj.weight", b"encoder.pos_embedding")
 def _torch_pickle_is_torchvision(path: Path, names: list[str] | None) -> bool:
     """Whether a torch.save file holds a torchvision VisionTransformer state dict: its key strings are read as
     bytes from the pickle (data.pkl in the zip; the first 4 MiB of a legacy file), nothing is unpickled."""
-    if names is None:
-        with open(path, "rb") as f:
-            blob = f.read(4 << 20)
-    else:
-        with zipfile.ZipFile(path) as z:
-            blob = z.read(next(n for n in names if n.endswith("data.pkl")))
+    try:
+        if names is None:
+            with open(path, "rb") as f:
+                blob = f.read(4 << 20)
+        else:
+            with zipfile.ZipFile(path) as z, z.open(next(n for n in names if n.endswith("data.pkl"))) as member:
+                blob = member.read(4 << 20)
+    except Exception:  # noqa: BLE001 (detection only: a damaged archive is refused, typed, by the reader)
+        return False
     return all(m in blob for m in _TORCHVISION_MARKS)
 
 

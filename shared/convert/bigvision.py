@@ -218,12 +218,42 @@ def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None =
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every array of an .npz, never unpickling (allow_pickle=False: object arrays are refused)."""
+    """Every array of an .npz, as data: the archive's sizes checked first (no zip bomb), each member's .npy header
+    read and held to the member's size before anything is allocated, object arrays refused (nothing unpickled)."""
+    from numpy.lib import format as npf
+
+    from ..safeio import check_zip
+
+    check_zip(path, ".npz archive")
+    out: dict[str, np.ndarray] = {}
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                name = info.filename
+                if not name.endswith(".npy"):
+                    raise InvalidFileError(f"{path}: member {name[:80]!r} is not an .npy array")
+                with z.open(info) as f:
+                    version = npf.read_magic(f)
+                    if version == (1, 0):
+                        shape, fortran, dtype = npf.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = npf.read_array_header_2_0(f)
+                    else:
+                        raise InvalidFileError(f"{path}: member {name[:80]!r}: .npy version {version} is not read")
+                    if dtype.hasobject:
+                        raise InvalidFileError(f"{path}: member {name[:80]!r} holds Python objects (a pickle): refused")
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if nbytes != info.file_size - f.tell():
+                        raise InvalidFileError(f"{path}: member {name[:80]!r}: its header claims shape {shape} "
+                                               f"{dtype} ({nbytes} bytes), the member holds "
+                                               f"{info.file_size - f.tell()}")
+                    data = f.read(nbytes)
+                out[name[:-4]] = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
+    except InvalidFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 (zipfile, numpy's header parser: every way a damaged file fails)
         raise InvalidFileError(f"{path}: not a readable .npz of plain arrays ({type(e).__name__}: {e})") from None
+    return out
 
 
 def load_bigvision_file(path: str | os.PathLike, preset: ViTConfig | str | None = None,

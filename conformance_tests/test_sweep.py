@@ -197,6 +197,8 @@ def test_a_killed_sweep_resumes_without_redoing_its_done_cells(zoo, tmp_path):
     report = json.loads((out / "sweep.json").read_text())
     assert [c["status"] for c in report["cells"]] == ["pass"] * 6
     assert sum(c["cached"] for c in report["cells"]) == len(done)
+    # the killed run's work directories (its cell in flight) were removed by the next run
+    assert not list(Path(tempfile.gettempdir()).glob(f"vit-suite-*-{proc.pid}-*"))
 
 
 def test_a_broken_backend_fails_its_cells_and_leaves_the_others_alone(zoo, tmp_path):

@@ -152,6 +152,14 @@ def remove_stale_tempdirs(prefix: str) -> None:
             continue
 
 
+def work_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A temporary directory `vit-suite-KIND-PID-*` in the system temp folder, removed when the `with` ends; those of
+    dead processes (killed before their cleanup ran) are removed first, so none outlives a later run."""
+    prefix = f"vit-suite-{kind}-"
+    remove_stale_tempdirs(prefix)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
+
+
 def temp_prefix(name: str) -> str:
     """`.NAME.PID.`: the prefix of every temporary file or directory written beside a destination NAME (the PID tells
     a later run whether its writer is still alive)."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..bench import vit_flops
 from ..errors import EXIT_CRASH, EXIT_OK
@@ -35,7 +35,7 @@ def cmd_bench(args) -> int:
             f"{args.dtype}, {os.cpu_count()} cores; each run in its own process, medians of {args.iters} calls")
     import_frameworks_in_safe_order(backends)  # asking for the modes imports the backends' modules here
     rows, failures = [], []
-    with tempfile.TemporaryDirectory(prefix="vit-suite-bench-") as tmp, c.status("starting") as status:
+    with W.work_dir("bench") as tmp, c.status("starting") as status:
         for b in backends:
             modes = get_backend(b).bench_modes()
             if not modes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -139,7 +138,7 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
     ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
     _check_references(dtype, ref64, ref_lowp)
     runs: list[BackendRun] = []
-    with tempfile.TemporaryDirectory(prefix="vit-suite-check-") as tmp:
+    with W.work_dir("check") as tmp:
         images_path = Path(tmp) / "images.npy"
         np.save(images_path, images.astype(np.float32))
         spec = {"weights": str(weights), "input": str(images_path), "dtype": dtype, "stages": True,
@@ -170,7 +169,7 @@ def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np
     if not library_available(library):
         return {**out, "status": "not verified", "message": f"{library} is not installed: not verified against "
                                                             f"the source (pip install {library})"}
-    with tempfile.TemporaryDirectory(prefix="vit-suite-against-") as tmp:
+    with W.work_dir("against") as tmp:
         np.save(Path(tmp) / "images.npy", images.astype(np.float32))
         child = run_child("source", {"backend": source_backend(fmt), "format": fmt, "src": str(Path(src).resolve()),
                                      "input": str(Path(tmp) / "images.npy"), "config": cfg.to_json()},
@@ -237,7 +236,7 @@ def cmd_check(args) -> int:
         c.print(f"[yellow]not installed, not checked: {', '.join(missing)}[/] (pip install -e '.[all]')")
     c.print(f"[bold]vit-suite check[/]: {source}; {cfg.name}, {args.dtype}, batch {images.shape[0]}, "
             f"image {images.shape[2]}x{images.shape[3]}; backends: {', '.join(wanted)}")
-    with tempfile.TemporaryDirectory(prefix="vit-suite-") as tmp:
+    with W.work_dir("weights") as tmp:
         weights_path = Path(args.weights) if args.weights else W.save(Path(tmp) / "weights.safetensors", cfg, state)
         with c.status("starting") as status:
             def on_event(who, what):

@@ -1,7 +1,6 @@
 """`vit-suite convert`: any supported format to any other, atomically, optionally verified by a check."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ def cmd_convert(args) -> int:
         c.print("verify: read back bit-exact; running the conformance check on the result"
                 + (f" and proving it against {source_library(src_fmt)}'s own output" if against else
                    f"; not verified against the source: a {src_fmt!r} file has no source library"))
-        with tempfile.TemporaryDirectory(prefix="vit-suite-verify-") as tmp:
+        with W.work_dir("verify") as tmp:
             weights = str(W.save(Path(tmp) / "converted.safetensors", back_cfg, back))
             return cmd_check(default_args(weights=weights, backends=args.backends, against=against,
                                           against_format=src_fmt if against else None))

@@ -5,7 +5,6 @@ its derivation, is shared/training/grad.py.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: lis
              on_event=None, env: dict[str, str] | None = None) -> G.GradResult:
     """The oracle (checked by finite differences of the reference), then every backend, each in its own process."""
     notify = on_event or (lambda who, what: None)
-    with tempfile.TemporaryDirectory(prefix="vit-suite-grad-") as tmp:
+    with W.work_dir("grad") as tmp:
         tmp = Path(tmp)
         inputs = tmp / "inputs.npz"
         np.savez(inputs, images=np.asarray(images, np.float32), labels=np.asarray(labels, np.int64),
@@ -78,7 +77,7 @@ def cmd_grad(args) -> int:
     c.print(f"[bold]vit-suite grad[/]: {source}; {cfg.name}, batch {len(labels)}, label smoothing "
             f"{args.label_smoothing}; oracle: {G.ORACLE_BACKEND} float64 (checked by finite differences of the "
             f"reference); backends: {', '.join(wanted)}")
-    with tempfile.TemporaryDirectory(prefix="vit-suite-") as tmp:
+    with W.work_dir("weights") as tmp:
         wpath = Path(args.weights) if args.weights else W.save(Path(tmp) / "w.safetensors", cfg, state)
         with c.status("starting") as status:
             res = run_grad(cfg, wpath, state, images, labels, wanted, args.label_smoothing,

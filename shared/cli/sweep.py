@@ -575,6 +575,7 @@ class RayRun:
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'vit-suite[ray]'") from None
         self.ray, self.threads, self.shared_fs = ray, threads, shared_fs
+        W.remove_stale_tempdirs("vit-suite-sweep-")  # node caches of killed sweeps (this node's)
         self.run_id = f"{os.getpid()}-{time.time_ns()}"
         self.started_here = not ray.is_initialized()
         if self.started_here:

@@ -143,11 +143,10 @@ def _ms():
 def read_ckpt_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every tensor of a (foreign) MindSpore checkpoint, by MindSpore's own reader."""
     ms = _ms()
-    import tempfile
 
     path = Path(path)
     try:
-        with tempfile.TemporaryDirectory(prefix="vit-suite-ckpt-") as tmp:
+        with W.work_dir("ckpt") as tmp:
             link = path
             if path.suffix != ".ckpt":  # load_checkpoint insists on the suffix
                 link = Path(tmp) / "model.ckpt"

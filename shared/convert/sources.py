@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -158,7 +157,9 @@ def mindcv_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     else:
         model = VisionTransformer(**kw)
     path = Path(src)
-    with tempfile.TemporaryDirectory(prefix="vit-suite-mindcv-") as tmp:
+    from ..weights import work_dir
+
+    with work_dir("mindcv") as tmp:
         link = path
         if path.suffix != ".ckpt":
             link = Path(tmp) / "model.ckpt"

@@ -23,7 +23,8 @@ def _size(cell: dict) -> str:
 
 
 def _column(cell: dict) -> str:
-    return f"{cell['backend']} {'grad' if cell['kind'] == 'grad' else cell['dtype']}"
+    """As Cell.column: backend x dtype for a forward cell, backend (or source library) x kind for the others."""
+    return f"{cell['backend']} {cell['dtype'] if cell['kind'] == 'forward' else cell['kind']}"
 
 
 def _row(cell: dict) -> str:

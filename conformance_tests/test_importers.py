@@ -498,7 +498,6 @@ def test_sparse_and_quantized_tensors_in_a_pt_are_typed_errors(tmp_path):
 def test_a_hostile_keras_config_is_refused_before_keras_builds_anything(tmp_path, config, message):
     import time
 
-    pytest.importorskip("keras")
     from vit_keras.convert import load_keras
 
     from shared.errors import InvalidFileError

@@ -23,9 +23,9 @@ import numpy as np
 from . import limits as L
 from .errors import ConfigError
 
-GELU_KINDS = ("erf", "tanh")
+GELU_KINDS = ("erf", "tanh", "quick")  # quick: x * sigmoid(1.702 x) (OpenAI CLIP)
 CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
-POOL_KINDS = ("token", "mean")
+POOL_KINDS = ("token", "mean", "map")  # map: attention pool with a latent query (SigLIP, timm 'map')
 POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
 RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear")
 
@@ -56,8 +56,11 @@ def _pair(value: Any, what: str) -> tuple[int, int]:
 _INT_BOUNDS = {"in_chans": (1, L.MAX_CHANNELS), "patch_size": (1, L.MAX_PATCH), "embed_dim": (1, L.MAX_WIDTH),
                "depth": (1, L.MAX_DEPTH), "num_heads": (1, L.MAX_HEADS), "mlp_dim": (1, L.MAX_WIDTH),
                "num_classes": (0, L.MAX_CLASSES)}
-_OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH)}
-_BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax")
+_INT_BOUNDS["reg_tokens"] = (0, L.MAX_PREFIX_TOKENS)
+_OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH),
+                   "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
+_BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
+          "patch_bias", "qk_norm")
 _STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes")
 _RATES = ("dropout", "attn_dropout", "drop_path")
 
@@ -84,6 +87,9 @@ def check_field_types(d: dict[str, Any], where: str) -> None:
     if "layer_norm_eps" in d and not (is_real(d["layer_norm_eps"]) and math.isfinite(d["layer_norm_eps"])
                                       and 0 < d["layer_norm_eps"] < 1):
         raise bad("layer_norm_eps", "a finite float in (0, 1)")
+    if "init_values" in d and d["init_values"] is not None and not (
+            is_real(d["init_values"]) and math.isfinite(d["init_values"]) and 0 < d["init_values"] <= 1e6):
+        raise bad("init_values", "null or a finite float in (0, 1e6]")
     if "qk_scale" in d and d["qk_scale"] is not None and not (
             is_real(d["qk_scale"]) and math.isfinite(d["qk_scale"]) and 0 < d["qk_scale"] <= 1e6):
         raise bad("qk_scale", "null or a finite float in (0, 1e6]")
@@ -104,6 +110,7 @@ class ViTConfig:
     image_size: tuple[int, int] = (224, 224)  # (height, width)
     in_chans: int = 3
     patch_size: int = 16
+    patch_bias: bool = True  # False: the patch projection has no bias (CLIP)
     # --- widths ------------------------------------------------------------
     embed_dim: int = 768
     depth: int = 12
@@ -113,15 +120,23 @@ class ViTConfig:
     qkv_bias: bool = True
     qk_scale: float | None = None  # None: head_dim ** -0.5
     attn_value_skip: bool = False  # T2T-style: attn(x) = v + proj(softmax(qk) v)
+    qk_norm: bool = False  # LayerNorm over the head dim on q and k (keys attn.q_norm, attn.k_norm)
+    init_values: float | None = None  # LayerScale: set -> per-channel gammas ls1/ls2 (initialised to this value)
     # --- tokens and positions -----------------------------------------------
     class_token: str = "learned"  # learned | zeros (fixed "prediction token") | none
-    pool: str = "token"  # token | mean (mean is over patch tokens only)
+    dist_token: bool = False  # DeiT distillation token (after the class token) with its own head `head_dist`
+    reg_tokens: int = 0  # register tokens (key `reg_token`), after the class and distillation tokens
+    pool: str = "token"  # token | mean (over patch tokens only, timm 'avg') | map (attention pool `attn_pool`)
     pos_embed: str = "learned"  # learned | sincos1d | sincos2d | none
+    # how many leading prefix tokens have a row in a learned table: None = all (timm), 0 = none (timm
+    # no_embed_class: DeiT III, DINOv2 with registers), 1 = the class token only (HF DINOv2 with registers)
+    pos_prefix_tokens: int | None = None
     pos_grid: tuple[int, int] | None = None  # grid of the learned table; None: the image grid
     resize_kernel: str = "bicubic"  # used when the image grid differs from pos_grid
     # --- numerics -----------------------------------------------------------
     gelu: str = "erf"
     layer_norm_eps: float = 1e-6
+    norm_pre: bool = False  # LayerNorm after the position embedding, before block 0 (CLIP; key `norm_pre`)
     # --- head ---------------------------------------------------------------
     final_norm: bool = True  # LayerNorm over all tokens before pooling (key `norm`)
     fc_norm: bool = False  # LayerNorm after pooling (timm avg-pool models, key `fc_norm`)
@@ -140,7 +155,7 @@ class ViTConfig:
                           f"config {self.name!r}")
         for f in dataclasses.fields(self):  # NumPy scalars and ints where floats belong -> plain Python values
             v = getattr(self, f.name)
-            if f.name in ("layer_norm_eps", "qk_scale", *_RATES) and v is not None:
+            if f.name in ("layer_norm_eps", "qk_scale", "init_values", *_RATES) and v is not None:
                 object.__setattr__(self, f.name, float(v))
             elif is_int(v):
                 object.__setattr__(self, f.name, int(v))
@@ -171,6 +186,18 @@ class ViTConfig:
         need(self.pos_embed in POS_EMBED_KINDS, f"pos_embed must be one of {POS_EMBED_KINDS}, got {self.pos_embed!r}")
         need(self.resize_kernel in RESIZE_KERNELS, f"resize_kernel must be one of {RESIZE_KERNELS}, got {self.resize_kernel!r}")
         need(not (self.pool == "token" and self.class_token == "none"), "pool='token' needs a class token (use pool='mean')")
+        if self.dist_token:
+            need(self.class_token == "learned" and self.pool == "token",
+                 "dist_token needs a learned class token and pool='token' (DeiT: the class and distillation tokens "
+                 "feed head and head_dist)")
+            need(not self.representation_size and not self.fc_norm,
+                 "dist_token with a pre-logits layer or fc_norm is not a DeiT layout")
+        if self.pos_prefix_tokens is not None:
+            need(self.pos_embed == "learned", "pos_prefix_tokens only applies to a learned position table")
+            need(self.pos_prefix_tokens <= self.num_prefix_tokens,
+                 f"pos_prefix_tokens {self.pos_prefix_tokens} exceeds the {self.num_prefix_tokens} prefix tokens")
+        if self.pool == "map":
+            need(not self.representation_size, "pool='map' with a pre-logits layer is not a known layout")
         need(self.pos_grid is None or self.pos_embed == "learned", "pos_grid only applies to a learned position table")
         if self.pos_embed == "sincos1d":
             need(self.embed_dim % 2 == 0, f"sincos1d needs an even embed_dim, got {self.embed_dim}")
@@ -207,7 +234,13 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 0 if self.class_token == "none" else 1
+        """Tokens before the patches, in this order: class (learned or zeros), distillation, registers."""
+        return (0 if self.class_token == "none" else 1) + int(self.dist_token) + self.reg_tokens
+
+    @property
+    def num_pos_prefix(self) -> int:
+        """Prefix tokens that have a row in the position table (the first ones); the others get no position."""
+        return self.num_prefix_tokens if self.pos_prefix_tokens is None else self.pos_prefix_tokens
 
     @property
     def num_tokens(self) -> int:
@@ -231,23 +264,28 @@ class ViTConfig:
         """The parameter count, computed from the sizes (no tensor and no key list is built: a config claiming
         a billion blocks costs nothing to count). Equals shared.weights.parameter_count."""
         D, W, M, P, C = self.embed_dim, self.width, self.mlp_dim, self.patch_size, self.in_chans
-        n = D * C * P * P + D
+        n = D * C * P * P + (D if self.patch_bias else 0)
         n += D if self.class_token == "learned" else 0
+        n += D * (int(self.dist_token) + self.reg_tokens)
         if self.pos_embed == "learned":
             gh, gw = self.table_grid
-            n += (self.num_prefix_tokens + gh * gw) * D
+            n += (self.num_pos_prefix + gh * gw) * D
+        n += 2 * D if self.norm_pre else 0
 
         def block(din: int) -> int:
             return (2 * din + 3 * W * din + (3 * W if self.qkv_bias else 0) + W * W + W + 2 * W
-                    + M * W + M + W * M + W)
+                    + M * W + M + W * M + W + (4 * self.head_dim if self.qk_norm else 0)
+                    + (2 * W if self.init_values is not None else 0))
 
         n += block(D) + (self.depth - 1) * block(W)
+        if self.pool == "map":  # latent, q, kv, proj, norm, mlp
+            n += W + (W * W + W) + (2 * W * W + 2 * W) + (W * W + W) + 2 * W + (M * W + M + W * M + W)
         n += 2 * W if self.final_norm else 0
         n += 2 * W if self.fc_norm else 0
         if self.representation_size:
             n += self.representation_size * W + self.representation_size
         if self.num_classes:
-            n += self.num_classes * self.feature_dim + self.num_classes
+            n += (1 + int(self.dist_token)) * (self.num_classes * self.feature_dim + self.num_classes)
         return n
 
     @property
@@ -259,7 +297,8 @@ class ViTConfig:
         return tuple(float(r) for r in np.linspace(0.0, self.drop_path, self.depth))
 
     def stage_names(self) -> list[str]:
-        return ["patch_embed", "embed", *[f"block_{i}" for i in range(self.depth)], "norm", "pre_logits", "logits"]
+        return ["patch_embed", "embed", *(["norm_pre"] if self.norm_pre else []),
+                *[f"block_{i}" for i in range(self.depth)], "norm", "pre_logits", "logits"]
 
     def with_image_size(self, image_size: Any) -> "ViTConfig":
         """Same weights at another input size: a learned table keeps its stored grid."""
@@ -309,6 +348,13 @@ class ViTConfig:
         """The choices frameworks disagree on, for `inspect` and reports."""
         return {
             "gelu": self.gelu,
+            "qk_norm": self.qk_norm,
+            "layer_scale": self.init_values is not None,
+            "patch_bias": self.patch_bias,
+            "dist_token": self.dist_token,
+            "reg_tokens": self.reg_tokens,
+            "pos_prefix_tokens": self.num_pos_prefix if self.pos_embed == "learned" else None,
+            "norm_pre": self.norm_pre,
             "layer_norm_eps": self.layer_norm_eps,
             "qk_scale": self.scale,
             "qkv_bias": self.qkv_bias,

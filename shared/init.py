@@ -30,11 +30,13 @@ def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
     state = {}
     for key, shape in expected_shapes(cfg).items():
         rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-        if key.endswith(("norm1.weight", "norm2.weight")) or key in ("norm.weight", "fc_norm.weight"):
+        if key.endswith("norm.weight") or key.endswith(("norm1.weight", "norm2.weight")):
             v = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif key.endswith(".gamma"):  # LayerScale: well away from 0 and 1, so a missing or misplaced scale shows
+            v = 0.5 + 0.1 * rng.standard_normal(shape)
         elif key.endswith(".bias"):
             v = 0.02 * rng.standard_normal(shape)
-        elif key in ("cls_token", "pos_embed"):
+        elif key in ("cls_token", "pos_embed", "dist_token", "reg_token", "attn_pool.latent"):
             v = _trunc_normal(rng, shape, 0.5)
         else:  # linear (out, in) or conv (out, in, kh, kw)
             fan_in = int(np.prod(shape[1:]))

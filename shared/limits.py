@@ -16,6 +16,8 @@ MAX_DEPTH = 1_024
 MAX_HEADS = 1_024
 MAX_CHANNELS = 1_024
 MAX_PATCH = 1_024
+#: the most register tokens (DINOv2 uses 4)
+MAX_PREFIX_TOKENS = 1_024
 #: the largest image side a config may name
 MAX_IMAGE_SIDE = 16_384
 #: the most classes a head may have

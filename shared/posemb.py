@@ -171,12 +171,24 @@ def fixed_table(cfg: ViTConfig, grid: tuple[int, int] | None = None) -> np.ndarr
     return None
 
 
+def with_unpositioned_prefix(table: np.ndarray, cfg: ViTConfig) -> np.ndarray:
+    """Insert zero rows for the prefix tokens that have no position (cfg.num_pos_prefix of the
+    cfg.num_prefix_tokens have one): (Np + N, D) -> (prefix + N, D). Adding 0 is exact, so this equals timm's
+    "add to the patches, then concatenate" (no_embed_class) bit for bit. Every backend inserts the same rows."""
+    n_pos, n0 = cfg.num_pos_prefix, cfg.num_prefix_tokens
+    if n_pos == n0:
+        return table
+    zeros = np.zeros((n0 - n_pos, table.shape[1]), dtype=table.dtype)
+    return np.concatenate([table[:n_pos], zeros, table[n_pos:]], axis=0)
+
+
 def position_table(cfg: ViTConfig, params: dict[str, np.ndarray], grid: tuple[int, int] | None = None) -> np.ndarray | None:
-    """The (tokens, D) float64 table added to the tokens at `grid`, or None (no position embedding)."""
+    """The (tokens, D) float64 table added to all the tokens at `grid`, or None (no position embedding)."""
     grid = tuple(grid or cfg.grid)
     if cfg.pos_embed == "none":
         return None
     if cfg.pos_embed == "learned":
         table = np.asarray(params["pos_embed"], dtype=np.float64)
-        return resample_pos_embed(table, cfg.table_grid, grid, cfg.num_prefix_tokens, cfg.resize_kernel)[0]
+        table = resample_pos_embed(table, cfg.table_grid, grid, cfg.num_pos_prefix, cfg.resize_kernel)[0]
+        return with_unpositioned_prefix(table, cfg)
     return fixed_table(cfg, grid)

@@ -42,6 +42,66 @@ for _v, _p, _i in _STANDARD:
     else:
         ALIASES[f"{_v}/{_p}@{_i}"] = _cfg.name
 
+# --- the ViT family, with timm's names and exactly timm's architecture arguments ------------------
+def _family(name: str, patch: int, image: int, dim: int, depth: int, heads: int, mlp: int, num_classes: int,
+            **options) -> ViTConfig:
+    """A timm vision_transformer / deit model; `options` are the ViTConfig fields its timm arguments set."""
+    base = dict(name=name, image_size=(image, image), in_chans=3, patch_size=patch, embed_dim=dim, depth=depth,
+                num_heads=heads, mlp_dim=mlp, qkv_bias=True, class_token="learned", pool="token", pos_embed="learned",
+                resize_kernel="bicubic_antialias", gelu="erf", layer_norm_eps=1e-6, final_norm=True,
+                num_classes=num_classes)
+    base.update(options)
+    return ViTConfig(**base)
+
+
+_DEIT3 = dict(pos_prefix_tokens=0, init_values=1e-6)  # timm no_embed_class=True, LayerScale
+_DINOV2 = dict(init_values=1e-5)
+_CLIP = dict(norm_pre=True, patch_bias=False, layer_norm_eps=1e-5)  # timm pre_norm=True: no patch bias
+_SIGLIP = dict(class_token="none", pool="map")  # timm's SigLIP uses erf GELU (HF's uses tanh)
+_GAP = dict(class_token="none", pool="mean")  # global_pool='avg', fc_norm=False: the final norm stays
+_FAMILY = [
+    # name, patch, image, dim, depth, heads, mlp, classes, options
+    ("deit_tiny_distilled_patch16_224", 16, 224, 192, 12, 3, 768, 1000, dict(dist_token=True)),
+    ("deit_small_distilled_patch16_224", 16, 224, 384, 12, 6, 1536, 1000, dict(dist_token=True)),
+    ("deit_base_distilled_patch16_224", 16, 224, 768, 12, 12, 3072, 1000, dict(dist_token=True)),
+    ("deit_base_distilled_patch16_384", 16, 384, 768, 12, 12, 3072, 1000, dict(dist_token=True)),
+    ("deit3_small_patch16_224", 16, 224, 384, 12, 6, 1536, 1000, _DEIT3),
+    ("deit3_medium_patch16_224", 16, 224, 512, 12, 8, 2048, 1000, _DEIT3),
+    ("deit3_base_patch16_224", 16, 224, 768, 12, 12, 3072, 1000, _DEIT3),
+    ("deit3_large_patch16_224", 16, 224, 1024, 24, 16, 4096, 1000, _DEIT3),
+    ("deit3_huge_patch14_224", 14, 224, 1280, 32, 16, 5120, 1000, _DEIT3),
+    ("deit3_small_patch16_384", 16, 384, 384, 12, 6, 1536, 1000, _DEIT3),
+    ("deit3_base_patch16_384", 16, 384, 768, 12, 12, 3072, 1000, _DEIT3),
+    ("deit3_large_patch16_384", 16, 384, 1024, 24, 16, 4096, 1000, _DEIT3),
+    ("vit_small_patch14_dinov2", 14, 518, 384, 12, 6, 1536, 0, _DINOV2),
+    ("vit_base_patch14_dinov2", 14, 518, 768, 12, 12, 3072, 0, _DINOV2),
+    ("vit_large_patch14_dinov2", 14, 518, 1024, 24, 16, 4096, 0, _DINOV2),
+    ("vit_small_patch14_reg4_dinov2", 14, 518, 384, 12, 6, 1536, 0, dict(_DINOV2, reg_tokens=4, pos_prefix_tokens=0)),
+    ("vit_base_patch14_reg4_dinov2", 14, 518, 768, 12, 12, 3072, 0, dict(_DINOV2, reg_tokens=4, pos_prefix_tokens=0)),
+    ("vit_large_patch14_reg4_dinov2", 14, 518, 1024, 24, 16, 4096, 0, dict(_DINOV2, reg_tokens=4, pos_prefix_tokens=0)),
+    ("vit_base_patch16_clip_224", 16, 224, 768, 12, 12, 3072, 1000, _CLIP),
+    ("vit_base_patch32_clip_224", 32, 224, 768, 12, 12, 3072, 1000, _CLIP),
+    ("vit_large_patch14_clip_224", 14, 224, 1024, 24, 16, 4096, 1000, _CLIP),
+    ("vit_huge_patch14_clip_224", 14, 224, 1280, 32, 16, 5120, 1000, _CLIP),
+    ("vit_base_patch16_clip_quickgelu_224", 16, 224, 768, 12, 12, 3072, 512, dict(_CLIP, gelu="quick")),
+    ("vit_base_patch32_clip_quickgelu_224", 32, 224, 768, 12, 12, 3072, 512, dict(_CLIP, gelu="quick")),
+    ("vit_large_patch14_clip_quickgelu_224", 14, 224, 1024, 24, 16, 4096, 768, dict(_CLIP, gelu="quick")),
+    ("vit_base_patch16_siglip_224", 16, 224, 768, 12, 12, 3072, 0, _SIGLIP),
+    ("vit_base_patch16_siglip_256", 16, 256, 768, 12, 12, 3072, 0, _SIGLIP),
+    ("vit_base_patch16_siglip_384", 16, 384, 768, 12, 12, 3072, 0, _SIGLIP),
+    ("vit_large_patch16_siglip_256", 16, 256, 1024, 24, 16, 4096, 0, _SIGLIP),
+    ("vit_large_patch16_siglip_384", 16, 384, 1024, 24, 16, 4096, 0, _SIGLIP),
+    ("vit_so400m_patch14_siglip_224", 14, 224, 1152, 27, 16, 4304, 0, _SIGLIP),
+    ("vit_medium_patch16_gap_240", 16, 240, 512, 12, 8, 2048, 11821, dict(_GAP, qkv_bias=False, init_values=1e-6)),
+    ("vit_medium_patch16_gap_256", 16, 256, 512, 12, 8, 2048, 1000, dict(_GAP, qkv_bias=False, init_values=1e-6)),
+    ("vit_medium_patch16_gap_384", 16, 384, 512, 12, 8, 2048, 1000, dict(_GAP, qkv_bias=False, init_values=1e-6)),
+    ("vit_base_patch16_gap_224", 16, 224, 768, 12, 16, 3072, 1000, _GAP),
+]
+for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _FAMILY:
+    PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
+#: the family presets (timm names), for tests and the README table
+FAMILY_PRESETS = [f[0] for f in _FAMILY]
+
 # --- tiny models for tests: small enough for float64 NumPy in milliseconds -------
 PRESETS["tiny"] = ViTConfig(
     name="tiny", image_size=(32, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4,
@@ -62,6 +122,32 @@ PRESETS["tiny_pretrain"] = ViTConfig(
     mlp_dim=64, pos_grid=(4, 4), resize_kernel="bicubic", representation_size=24, final_norm=False,
     layer_norm_eps=1e-5, gelu="tanh", num_classes=7, output_softmax=True,
     notes="learned 4x4 table resampled to a 6x5 grid, Linear-Tanh pre-logits, softmax output")
+
+# --- tiny models that turn on the family's options, for the CI-sized matrix --------------------
+PRESETS["tiny_deit"] = ViTConfig(
+    name="tiny_deit", image_size=(32, 24), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64,
+    dist_token=True, gelu="erf", layer_norm_eps=1e-6, resize_kernel="bicubic_antialias", num_classes=6,
+    notes="DeiT distilled: class and distillation tokens, both with position rows; logits = mean of head, head_dist")
+PRESETS["tiny_deit3"] = ViTConfig(
+    name="tiny_deit3", image_size=(32, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64,
+    pos_prefix_tokens=0, init_values=1e-6, pool="mean", final_norm=False, fc_norm=True, gelu="erf",
+    layer_norm_eps=1e-6, num_classes=5,
+    notes="DeiT III / timm global_pool='avg': LayerScale, class token without a position row, mean of the "
+          "patch tokens then fc_norm")
+PRESETS["tiny_dinov2_reg"] = ViTConfig(
+    name="tiny_dinov2_reg", image_size=(28, 42), in_chans=3, patch_size=7, embed_dim=32, depth=2, num_heads=2,
+    mlp_dim=64, reg_tokens=3, pos_prefix_tokens=1, init_values=1e-5, qk_norm=True, gelu="erf", layer_norm_eps=1e-6,
+    resize_kernel="bicubic", num_classes=0,
+    notes="DINOv2 with registers as HF stores it (the class token has a position row, the 3 registers none), "
+          "LayerScale, qk-norm, patch 7, features only")
+PRESETS["tiny_clip"] = ViTConfig(
+    name="tiny_clip", image_size=(32, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64,
+    norm_pre=True, patch_bias=False, gelu="quick", layer_norm_eps=1e-5, num_classes=16,
+    notes="CLIP: no patch bias, LayerNorm before the blocks, QuickGELU, eps 1e-5, projection as a head")
+PRESETS["tiny_siglip"] = ViTConfig(
+    name="tiny_siglip", image_size=(32, 40), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=48,
+    class_token="none", pool="map", gelu="tanh", layer_norm_eps=1e-6, num_classes=3,
+    notes="SigLIP: no class token, attention-pool (MAP) head over the patch tokens, tanh GELU")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

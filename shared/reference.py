@@ -2,11 +2,17 @@
 
 `forward(cfg, params, images)` returns every named stage (see `ViTConfig.stage_names`):
   patch_embed  (B, N, D)   patches projected (conv with stride = kernel = patch)
-  embed        (B, T, D)   class/prediction token prepended, position table added
+  embed        (B, T, D)   prefix tokens (class or prediction, distillation, registers) prepended, position
+                           table added (prefix tokens without a row get none)
+  norm_pre     (B, T, D)   after the pre-block LayerNorm (only when cfg.norm_pre: CLIP)
   block_i      (B, T, W)   after transformer block i (W = cfg.width)
   norm         (B, T, W)   after the final LayerNorm (= last block when there is none)
-  pre_logits   (B, F)      pooled (+ fc_norm) (+ Linear-Tanh pre-logits): the head's input
-  logits       (B, K)      head output (softmax applied when cfg.output_softmax; = pre_logits with no head)
+  pre_logits   (B, F)      pooled: class token, mean of the patch tokens, or the attention pool (cfg.pool);
+                           (+ fc_norm) (+ Linear-Tanh pre-logits): the head's input. With a distillation token:
+                           the mean of the class and distillation tokens (timm's pre_logits)
+  logits       (B, K)      head output (softmax applied when cfg.output_softmax; = pre_logits with no head);
+                           with a distillation token the mean of `head` on the class token and `head_dist` on
+                           the distillation token (DeiT's inference output; `head_logits` gives both)
 
 `dtype` other than float64 emulates a real kernel at that precision: weights and
 inputs are rounded to it, every matmul accumulates in float32 and rounds its
@@ -80,6 +86,8 @@ class _Numerics:
     def gelu(self, x, kind):
         if kind == "erf":
             y = 0.5 * x * (1.0 + _erf(x.astype(np.float64) / np.sqrt(2.0)))
+        elif kind == "quick":  # OpenAI CLIP's QuickGELU
+            y = x / (1.0 + np.exp(-1.702 * x.astype(np.float64)))
         else:
             c = np.sqrt(2.0 / np.pi)
             y = 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x.astype(np.float64) ** 3)))
@@ -96,6 +104,9 @@ def attention(nm: _Numerics, cfg: ViTConfig, p: dict, prefix: str, x: np.ndarray
     qkv = nm.linear(x, p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias"))
     qkv = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)  # rows of qkv: q, k, v
     q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
+    if cfg.qk_norm:  # LayerNorm over each head's channels, before the scale (timm's q_norm / k_norm)
+        q = nm.layer_norm(q, p[f"{prefix}.q_norm.weight"], p[f"{prefix}.q_norm.bias"], cfg.layer_norm_eps)
+        k = nm.layer_norm(k, p[f"{prefix}.k_norm.weight"], p[f"{prefix}.k_norm.bias"], cfg.layer_norm_eps)
     scores = nm.r((q @ k.transpose(0, 1, 3, 2)) * cfg.scale)
     probs = nm.softmax(scores)
     out = nm.r(probs @ v).transpose(0, 2, 1, 3).reshape(B, T, A)
@@ -110,12 +121,37 @@ def block(nm: _Numerics, cfg: ViTConfig, p: dict, i: int, x: np.ndarray, want_at
     eps = cfg.layer_norm_eps
     h = nm.layer_norm(x, p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"], eps)
     y, probs = attention(nm, cfg, p, f"{pre}.attn", h, want_attn)
+    if cfg.init_values is not None:  # LayerScale: a per-channel gamma on each branch, rounded like a multiply
+        y = nm.r(y * p[f"{pre}.ls1.gamma"])
     # Widths differ only in a T2T-style first block: then there is no outer residual.
     x = nm.r(x + y) if cfg.block_in_dim(i) == cfg.width else y
     h = nm.layer_norm(x, p[f"{pre}.norm2.weight"], p[f"{pre}.norm2.bias"], eps)
-    h = nm.gelu(nm.linear(h, p[f"{pre}.mlp.fc1.weight"], p[f"{pre}.mlp.fc1.bias"]), cfg.gelu)
-    h = nm.linear(h, p[f"{pre}.mlp.fc2.weight"], p[f"{pre}.mlp.fc2.bias"])
+    h = mlp(nm, cfg, p, f"{pre}.mlp", h)
+    if cfg.init_values is not None:
+        h = nm.r(h * p[f"{pre}.ls2.gamma"])
     return nm.r(x + h), probs
+
+
+def mlp(nm: _Numerics, cfg: ViTConfig, p: dict, prefix: str, x: np.ndarray) -> np.ndarray:
+    h = nm.gelu(nm.linear(x, p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"]), cfg.gelu)
+    return nm.linear(h, p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
+
+
+def attention_pool(nm: _Numerics, cfg: ViTConfig, p: dict, x: np.ndarray) -> np.ndarray:
+    """timm's AttentionPoolLatent (SigLIP's MAP head) over the patch tokens x (B, N, W): one learned latent query
+    attends to them (q from the latent, k and v from `kv`), then proj, and a residual MLP on its LayerNorm.
+    Returns (B, W), the latent's output."""
+    B, N, W = x.shape
+    H, hd = cfg.num_heads, cfg.head_dim
+    q = nm.linear(p["attn_pool.latent"], p["attn_pool.q.weight"], p["attn_pool.q.bias"])  # (1, 1, W)
+    q = np.broadcast_to(q.reshape(1, 1, H, hd).transpose(0, 2, 1, 3), (B, H, 1, hd))
+    kv = nm.linear(x, p["attn_pool.kv.weight"], p["attn_pool.kv.bias"]).reshape(B, N, 2, H, hd).transpose(2, 0, 3, 1, 4)
+    k, v = kv[0], kv[1]
+    probs = nm.softmax(nm.r((q @ k.transpose(0, 1, 3, 2)) * hd ** -0.5))
+    o = nm.r(probs @ v).transpose(0, 2, 1, 3).reshape(B, 1, W)
+    o = nm.linear(o, p["attn_pool.proj.weight"], p["attn_pool.proj.bias"])
+    h = nm.layer_norm(o, p["attn_pool.norm.weight"], p["attn_pool.norm.bias"], cfg.layer_norm_eps)
+    return nm.r(o + mlp(nm, cfg, p, "attn_pool.mlp", h))[:, 0]
 
 
 def patchify(images: np.ndarray, patch: int) -> np.ndarray:
@@ -170,17 +206,27 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
     out: dict[str, np.ndarray] = {}
 
     w = p["patch_embed.proj.weight"].reshape(cfg.embed_dim, -1)
-    x = nm.linear(patchify(x, cfg.patch_size), w, p["patch_embed.proj.bias"])
+    x = nm.linear(patchify(x, cfg.patch_size), w, p.get("patch_embed.proj.bias"))
     out["patch_embed"] = x
 
+    D = cfg.embed_dim
+    prefix = []  # class (or prediction) token, distillation token, registers: timm's order
     if cfg.class_token == "learned":
-        x = np.concatenate([np.broadcast_to(p["cls_token"], (B, 1, cfg.embed_dim)), x], axis=1)
+        prefix.append(np.broadcast_to(p["cls_token"], (B, 1, D)))
     elif cfg.class_token == "zeros":
-        x = np.concatenate([np.zeros((B, 1, cfg.embed_dim), dtype=x.dtype), x], axis=1)
-    table = position_table(cfg, params, grid)
+        prefix.append(np.zeros((B, 1, D), dtype=x.dtype))
+    if cfg.dist_token:
+        prefix.append(np.broadcast_to(p["dist_token"], (B, 1, D)))
+    if cfg.reg_tokens:
+        prefix.append(np.broadcast_to(p["reg_token"], (B, cfg.reg_tokens, D)))
+    x = np.concatenate(prefix + [x], axis=1)
+    table = position_table(cfg, params, grid)  # zero rows for prefix tokens without a position: x + 0 is exact
     if table is not None:
         x = nm.r(x + nm.r(table))
     out["embed"] = x
+    if cfg.norm_pre:
+        x = nm.layer_norm(x, p["norm_pre.weight"], p["norm_pre.bias"], cfg.layer_norm_eps)
+        out["norm_pre"] = x
 
     attn_maps = []
     for i in range(cfg.depth):
@@ -193,14 +239,27 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
     out["norm"] = x
 
     n0 = cfg.num_prefix_tokens
-    x = x[:, 0] if cfg.pool == "token" else nm.r(x[:, n0:].mean(axis=1))
+    if cfg.dist_token:  # timm's distilled pre_logits: the mean of the class and distillation tokens
+        x_cls, x_dist = x[:, 0], x[:, 1]
+        x = nm.r((x_cls + x_dist) / 2)
+    elif cfg.pool == "token":
+        x = x[:, 0]
+    elif cfg.pool == "mean":
+        x = nm.r(x[:, n0:].mean(axis=1))
+    else:  # map: the attention pool sees the patch tokens only (timm's pool_include_prefix=False)
+        x = attention_pool(nm, cfg, p, x[:, n0:])
     if cfg.fc_norm:
         x = nm.layer_norm(x, p["fc_norm.weight"], p["fc_norm.bias"], cfg.layer_norm_eps)
     if cfg.representation_size:
         x = nm.r(np.tanh(nm.linear(x, p["pre_logits.fc.weight"], p["pre_logits.fc.bias"])))
     out["pre_logits"] = x
 
-    if cfg.num_classes:
+    if cfg.num_classes and cfg.dist_token:
+        x = nm.r((nm.linear(x_cls, p["head.weight"], p["head.bias"])
+                  + nm.linear(x_dist, p["head_dist.weight"], p["head_dist.bias"])) / 2)
+        if cfg.output_softmax:
+            x = nm.softmax(x)
+    elif cfg.num_classes:
         x = nm.linear(x, p["head.weight"], p["head.bias"])
         if cfg.output_softmax:
             x = nm.softmax(x)
@@ -208,3 +267,19 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
     if return_attn:
         out.update({f"attn_{i}": a for i, a in enumerate(attn_maps)})
     return out
+
+
+def head_logits(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
+    """float64 head outputs before any output softmax, as training sees them: (B, K), or (2, B, K) for a
+    distilled model ([head on the class token, head_dist on the distillation token]; the training loss is the
+    mean of the two heads' losses)."""
+    out = forward(cfg, params, images)
+    if not cfg.num_classes:
+        return out["logits"]
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    if cfg.dist_token:
+        t = out["norm"]
+        return np.stack([t[:, 0] @ p["head.weight"].T + p["head.bias"], t[:, 1] @ p["head_dist.weight"].T + p["head_dist.bias"]])
+    if not cfg.output_softmax:
+        return out["logits"]
+    return out["pre_logits"] @ p["head.weight"].T + p["head.bias"]

@@ -1,18 +1,27 @@
 """The canonical weight file: safetensors, timm key names, the full ViTConfig in the metadata.
 
 Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = classes):
-  patch_embed.proj.weight (D, C, P, P), patch_embed.proj.bias (D,)
+  patch_embed.proj.weight (D, C, P, P), patch_embed.proj.bias (D,) if patch_bias
   cls_token (1, 1, D)                       if class_token == "learned"
-  pos_embed (1, prefix + gh*gw, D)          if pos_embed == "learned" (gh, gw = cfg.table_grid)
+  dist_token (1, 1, D)                      if dist_token
+  reg_token (1, R, D)                       if reg_tokens = R > 0
+  pos_embed (1, Np + gh*gw, D)              if pos_embed == "learned" (gh, gw = cfg.table_grid; Np = num_pos_prefix)
+  norm_pre.{weight,bias} (D,)               if norm_pre
   blocks.{i}.norm1.{weight,bias} (Din,)     Din = D for block 0, W after
   blocks.{i}.attn.qkv.weight (3W, Din)      rows: q, k, v; .bias (3W,) if qkv_bias
+  blocks.{i}.attn.{q_norm,k_norm}.{weight,bias} (W/heads,)  if qk_norm
   blocks.{i}.attn.proj.{weight (W, W), bias (W,)}
+  blocks.{i}.ls1.gamma (W,)                 if init_values (LayerScale)
   blocks.{i}.norm2.{weight,bias} (W,)
   blocks.{i}.mlp.fc1.{weight (M, W), bias (M,)}, blocks.{i}.mlp.fc2.{weight (W, M), bias (W,)}
+  blocks.{i}.ls2.gamma (W,)                 if init_values
   norm.{weight,bias} (W,)                   if final_norm
+  attn_pool.latent (1, 1, W), attn_pool.q (W, W), attn_pool.kv (2W, W), attn_pool.proj (W, W) (weights and
+  biases), attn_pool.norm (W,), attn_pool.mlp.fc1 (M, W), attn_pool.mlp.fc2 (W, M)   if pool == "map"
   fc_norm.{weight,bias} (W,)                if fc_norm
   pre_logits.fc.{weight (F, W), bias (F,)}  if representation_size
   head.{weight (K, F), bias (K,)}           if num_classes
+  head_dist.{weight (K, F), bias (K,)}      if num_classes and dist_token
 All tensors are float32. Loading is strict and reports every problem by name;
 saving writes a temporary file and renames it, so a failure leaves nothing behind.
 """
@@ -37,30 +46,55 @@ CANONICAL_DTYPE = np.dtype(np.float32)
 
 def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     D, W, M, P, C = cfg.embed_dim, cfg.width, cfg.mlp_dim, cfg.patch_size, cfg.in_chans
-    s: dict[str, tuple[int, ...]] = {"patch_embed.proj.weight": (D, C, P, P), "patch_embed.proj.bias": (D,)}
+    s: dict[str, tuple[int, ...]] = {"patch_embed.proj.weight": (D, C, P, P)}
+    if cfg.patch_bias:
+        s["patch_embed.proj.bias"] = (D,)
     if cfg.class_token == "learned":
         s["cls_token"] = (1, 1, D)
+    if cfg.dist_token:
+        s["dist_token"] = (1, 1, D)
+    if cfg.reg_tokens:
+        s["reg_token"] = (1, cfg.reg_tokens, D)
     if cfg.pos_embed == "learned":
         gh, gw = cfg.table_grid
-        s["pos_embed"] = (1, cfg.num_prefix_tokens + gh * gw, D)
+        s["pos_embed"] = (1, cfg.num_pos_prefix + gh * gw, D)
+    if cfg.norm_pre:
+        s["norm_pre.weight"] = s["norm_pre.bias"] = (D,)
     for i in range(cfg.depth):
         b, din = f"blocks.{i}", cfg.block_in_dim(i)
         s[f"{b}.norm1.weight"] = s[f"{b}.norm1.bias"] = (din,)
         s[f"{b}.attn.qkv.weight"] = (3 * W, din)
         if cfg.qkv_bias:
             s[f"{b}.attn.qkv.bias"] = (3 * W,)
+        if cfg.qk_norm:
+            for n in ("q_norm", "k_norm"):
+                s[f"{b}.attn.{n}.weight"] = s[f"{b}.attn.{n}.bias"] = (cfg.head_dim,)
         s[f"{b}.attn.proj.weight"], s[f"{b}.attn.proj.bias"] = (W, W), (W,)
+        if cfg.init_values is not None:
+            s[f"{b}.ls1.gamma"] = (W,)
         s[f"{b}.norm2.weight"] = s[f"{b}.norm2.bias"] = (W,)
         s[f"{b}.mlp.fc1.weight"], s[f"{b}.mlp.fc1.bias"] = (M, W), (M,)
         s[f"{b}.mlp.fc2.weight"], s[f"{b}.mlp.fc2.bias"] = (W, M), (W,)
+        if cfg.init_values is not None:
+            s[f"{b}.ls2.gamma"] = (W,)
     if cfg.final_norm:
         s["norm.weight"] = s["norm.bias"] = (W,)
+    if cfg.pool == "map":
+        s["attn_pool.latent"] = (1, 1, W)
+        s["attn_pool.q.weight"], s["attn_pool.q.bias"] = (W, W), (W,)
+        s["attn_pool.kv.weight"], s["attn_pool.kv.bias"] = (2 * W, W), (2 * W,)
+        s["attn_pool.proj.weight"], s["attn_pool.proj.bias"] = (W, W), (W,)
+        s["attn_pool.norm.weight"] = s["attn_pool.norm.bias"] = (W,)
+        s["attn_pool.mlp.fc1.weight"], s["attn_pool.mlp.fc1.bias"] = (M, W), (M,)
+        s["attn_pool.mlp.fc2.weight"], s["attn_pool.mlp.fc2.bias"] = (W, M), (W,)
     if cfg.fc_norm:
         s["fc_norm.weight"] = s["fc_norm.bias"] = (W,)
     if cfg.representation_size:
         s["pre_logits.fc.weight"], s["pre_logits.fc.bias"] = (cfg.representation_size, W), (cfg.representation_size,)
     if cfg.num_classes:
         s["head.weight"], s["head.bias"] = (cfg.num_classes, cfg.feature_dim), (cfg.num_classes,)
+        if cfg.dist_token:
+            s["head_dist.weight"], s["head_dist.bias"] = (cfg.num_classes, cfg.feature_dim), (cfg.num_classes,)
     return s
 
 

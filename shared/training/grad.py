@@ -132,7 +132,7 @@ def step_errors(kind: str, cfg: ViTConfig, state, new_state, own_grads, oracle_g
 # ------------------------------------------------------------------ finite differences
 def reference_loss(cfg: ViTConfig, state, images, labels, smoothing: float) -> float:
     st = {k: np.asarray(v, np.float64) for k, v in state.items()}
-    return T.smoothed_ce(T.raw_logits_reference(cfg, st, images), labels, smoothing)[0]
+    return T.training_loss(T.raw_logits_reference(cfg, st, images), labels, smoothing)[0]
 
 
 def finite_difference_check(cfg: ViTConfig, state, images, labels, smoothing: float, oracle_grads,

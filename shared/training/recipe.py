@@ -186,13 +186,22 @@ def as_xy(data) -> tuple[np.ndarray, np.ndarray]:
 
 
 def raw_logits_reference(cfg: ViTConfig, state: Mapping[str, np.ndarray], images: np.ndarray) -> np.ndarray:
-    """float64 head output before any output softmax (what the training loss sees)."""
-    from ..reference import forward
+    """float64 head output before any output softmax (what the training loss sees): (B, K), or (2, B, K) with a
+    distillation token (see `training_loss`)."""
+    from ..reference import head_logits
 
-    out = forward(cfg, state, images)
-    if not cfg.output_softmax:
-        return out["logits"]
-    return out["pre_logits"] @ np.asarray(state["head.weight"], np.float64).T + np.asarray(state["head.bias"], np.float64)
+    return head_logits(cfg, state, images)
+
+
+def training_loss(logits: np.ndarray, labels: np.ndarray, smoothing: float = 0.0) -> tuple[float, np.ndarray]:
+    """The training loss every backend computes, float64: smoothed_ce of (B, K) logits, or for a distilled model's
+    (2, B, K) [class head, distillation head] the mean of the two heads' losses (DeiT's hard distillation with the
+    labels standing in for the teacher: no teacher model is part of the suite). Returns (loss, d loss / d logits)."""
+    z = np.asarray(logits, np.float64)
+    if z.ndim == 3:
+        parts = [smoothed_ce(z[i], labels, smoothing) for i in range(z.shape[0])]
+        return float(np.mean([l for l, _ in parts])), np.stack([g / z.shape[0] for _, g in parts])
+    return smoothed_ce(z, labels, smoothing)
 
 
 def checkpoint_metadata(tcfg: TrainConfig, step: int, backend: str, history: list[dict],

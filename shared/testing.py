@@ -20,8 +20,10 @@ from . import reference, tolerances
 from .init import init_weights, random_images
 from .presets import get_preset
 
+#: Tiny presets that turn on the ViT family's options (DeiT, DeiT III, DINOv2 with registers, CLIP, SigLIP).
+FAMILY_TINY = ["tiny_deit", "tiny_deit3", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip"]
 #: Presets every backend is tested on in the CI-sized run (toy sizes cover every config option).
-TINY_PRESETS = ["tiny", "tiny_meanpool", "tiny_t2t", "tiny_pretrain"]
+TINY_PRESETS = ["tiny", "tiny_meanpool", "tiny_t2t", "tiny_pretrain", *FAMILY_TINY]
 #: Seed models; the T2T walkthrough has only 15 tokens and runs in the CI-sized set, the B/16-shaped ones are slow.
 SEED_FAST = ["seed_t2t_walkthrough"]
 SEED_SLOW = ["seed_classic_torch", "seed_keras", "seed_mindspore"]

@@ -18,6 +18,7 @@ import pytest
 from shared.backend import get_backend
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
+from shared.testing import FAMILY_TINY
 from shared.training import grad as G
 
 SMOOTHING = 0.1
@@ -26,7 +27,12 @@ SMOOTHING = 0.1
 #: output softmax (the loss is taken before it)
 CASES = {"tiny": lambda: get_preset("tiny"), "tiny_meanpool": lambda: get_preset("tiny_meanpool"),
          "tiny_t2t": lambda: get_preset("tiny_t2t").replace(num_classes=5),
-         "tiny_pretrain": lambda: get_preset("tiny_pretrain")}
+         "tiny_pretrain": lambda: get_preset("tiny_pretrain"),
+         # the family options: two heads whose losses are averaged (DeiT), LayerScale + a class token without a
+         # position row + mean pool, registers + qk-norm (features-only preset: a 4-class head added), norm_pre +
+         # QuickGELU + no patch bias, the attention-pool head
+         **{n: (lambda n=n: get_preset(n) if get_preset(n).num_classes else get_preset(n).replace(num_classes=4))
+            for n in FAMILY_TINY}}
 
 
 @lru_cache(maxsize=None)

@@ -1,4 +1,5 @@
-"""PyTorch building blocks of the suite's ViT: PatchEmbed, Attention, Mlp, Block (timm parameter names).
+"""PyTorch building blocks of the suite's ViT: PatchEmbed, Attention, Mlp, LayerScale, Block, AttentionPool
+(timm parameter names).
 
 Every numerics choice comes from `ViTConfig` (LayerNorm eps, GELU form, qk scale, value skip,
 widths); nothing relies on a torch default. Where a low-precision model (bfloat16/float16)
@@ -50,7 +51,8 @@ class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.patch_size = cfg.patch_size
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=True)
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size,
+                              bias=cfg.patch_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
@@ -76,6 +78,9 @@ class Attention(nn.Module):
         self.value_skip = bool(cfg.attn_value_skip)
         self.fused_attn = bool(fused_attn)
         self.qkv = nn.Linear(in_dim, 3 * cfg.width, bias=cfg.qkv_bias)
+        # qk-norm: LayerNorm over each head's channels on q and k, before the scale
+        self.q_norm = layer_norm(cfg.head_dim, cfg) if cfg.qk_norm else nn.Identity()
+        self.k_norm = layer_norm(cfg.head_dim, cfg) if cfg.qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(cfg.attn_dropout)
         self.proj = nn.Linear(cfg.width, cfg.width, bias=True)
         self.proj_drop = nn.Dropout(cfg.dropout)
@@ -85,6 +90,7 @@ class Attention(nn.Module):
         H, hd, W = self.num_heads, self.head_dim, self.width
         qkv = self.qkv(x).reshape(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, T, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
         probs = None
         if self.fused_attn and not return_attn:
             p = self.attn_drop.p if self.training else 0.0
@@ -106,13 +112,36 @@ class Attention(nn.Module):
         return f"heads={self.num_heads}, scale={self.scale}, value_skip={self.value_skip}, fused_attn={self.fused_attn}"
 
 
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's GELU approximation: x * sigmoid(1.702 x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def gelu(cfg: ViTConfig) -> nn.Module:
+    """The config's GELU form: erf (approximate='none'), tanh (approximate='tanh') or quick (CLIP)."""
+    return QuickGELU() if cfg.gelu == "quick" else nn.GELU(approximate={"erf": "none", "tanh": "tanh"}[cfg.gelu])
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (timm LayerScale; key `gamma`, initialised to cfg.init_values)."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Mlp(nn.Module):
-    """fc1 -> GELU (erf: approximate='none'; tanh: approximate='tanh') -> dropout -> fc2 -> dropout."""
+    """fc1 -> GELU (cfg.gelu) -> dropout -> fc2 -> dropout."""
 
     def __init__(self, cfg: ViTConfig, dim: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, cfg.mlp_dim, bias=True)
-        self.act = nn.GELU(approximate={"erf": "none", "tanh": "tanh"}[cfg.gelu])
+        self.act = gelu(cfg)
         self.drop1 = nn.Dropout(cfg.dropout)
         self.fc2 = nn.Linear(cfg.mlp_dim, dim, bias=True)
         self.drop2 = nn.Dropout(cfg.dropout)
@@ -136,13 +165,44 @@ class Block(nn.Module):
         self.drop_path_rate = cfg.drop_path_rates[index]
         self.norm1 = layer_norm(din, cfg)
         self.attn = Attention(cfg, din, fused_attn)
+        scaled = cfg.init_values is not None
+        self.ls1 = LayerScale(cfg.width, cfg.init_values) if scaled else nn.Identity()
         self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
         self.norm2 = layer_norm(cfg.width, cfg)
         self.mlp = Mlp(cfg, cfg.width)
+        self.ls2 = LayerScale(cfg.width, cfg.init_values) if scaled else nn.Identity()
         self.drop_path2 = DropPath(self.drop_path_rate)
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
         y, probs = self.attn(self.norm1(x), return_attn)
+        y = self.ls1(y)
         x = x + self.drop_path1(y) if self.residual else y
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, probs
+
+
+class AttentionPool(nn.Module):
+    """timm's AttentionPoolLatent (SigLIP's MAP head), as `shared.reference.attention_pool`: one learned latent query
+    attends to the tokens it is given (q from the latent, k and v from `kv`), proj, then a residual MLP on its
+    LayerNorm; returns the latent's output (B, W). Scale head_dim ** -0.5, the model's heads and GELU."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        W = cfg.width
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.latent = nn.Parameter(torch.zeros(1, 1, W))
+        self.q = nn.Linear(W, W, bias=True)
+        self.kv = nn.Linear(W, 2 * W, bias=True)
+        self.proj = nn.Linear(W, W, bias=True)
+        self.proj_drop = nn.Dropout(cfg.dropout)
+        self.norm = layer_norm(W, cfg)
+        self.mlp = Mlp(cfg, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, W = x.shape
+        H, hd = self.num_heads, self.head_dim
+        q = self.q(self.latent).reshape(1, 1, H, hd).transpose(1, 2).expand(B, -1, -1, -1)
+        k, v = self.kv(x).reshape(B, N, 2, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
+        o = self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, 1, W)))
+        return (o + self.mlp(self.norm(o)))[:, 0]

@@ -28,7 +28,7 @@ from shared.init import init_weights
 from shared.posemb import fixed_table, resize_matrix
 from shared.weights import CANONICAL_DTYPE, expected_shapes, validate_state
 
-from .layers import Block, PatchEmbed, layer_norm, softmax_f32
+from .layers import AttentionPool, Block, PatchEmbed, layer_norm, softmax_f32
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                 "float64": torch.float64}
@@ -46,18 +46,26 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         if cfg.class_token == "learned":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        if cfg.dist_token:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, D))
+        if cfg.reg_tokens:
+            self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D))
         if cfg.pos_embed == "learned":
             gh, gw = cfg.table_grid
-            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + gh * gw, D))
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_pos_prefix + gh * gw, D))
         self.pos_drop = nn.Dropout(cfg.dropout)
+        self.norm_pre = layer_norm(D, cfg) if cfg.norm_pre else nn.Identity()
         self.blocks = nn.ModuleList([Block(cfg, i, fused_attn) for i in range(cfg.depth)])
         self.norm = layer_norm(W, cfg) if cfg.final_norm else nn.Identity()
+        self.attn_pool = AttentionPool(cfg) if cfg.pool == "map" else None
         self.fc_norm = layer_norm(W, cfg) if cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
             self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(W, cfg.representation_size), act=nn.Tanh()))
         else:
             self.pre_logits = nn.Identity()
         self.head = nn.Linear(cfg.feature_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        if cfg.dist_token:
+            self.head_dist = nn.Linear(cfg.feature_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self._table_cache: dict = {}  # not module state: never in state_dict
 
     # ------------------------------------------------------------------ options
@@ -80,7 +88,8 @@ class VisionTransformer(nn.Module):
         """The (1, prefix + gh*gw, D) table added at `grid`, or None.
 
         Learned tables come in at least float32 (resampled when the grid differs), fixed ones in float64;
-        the caller rounds to the model dtype once.
+        the caller rounds to the model dtype once. Prefix tokens without a position row get zero rows
+        (`shared.posemb.with_unpositioned_prefix`: adding 0 is exact).
         """
         cfg = self.config
         grid = (int(grid[0]), int(grid[1]))
@@ -88,15 +97,18 @@ class VisionTransformer(nn.Module):
             return None
         if cfg.pos_embed == "learned":
             table = self.pos_embed
-            if grid == tuple(cfg.table_grid):
-                return table
-            n0 = cfg.num_prefix_tokens
-            th, tw = cfg.table_grid
-            acc = _at_least_f32(table)
-            wh, ww = self._resample_matrices(grid, table.device, acc)
-            patches = table[0, n0:].to(acc).reshape(th, tw, -1)
-            out = torch.einsum("ah,hwd,bw->abd", wh, patches, ww).reshape(grid[0] * grid[1], -1)
-            return torch.cat([table[0, :n0].to(acc), out], dim=0)[None]
+            n0 = cfg.num_pos_prefix
+            if grid != tuple(cfg.table_grid):
+                th, tw = cfg.table_grid
+                acc = _at_least_f32(table)
+                wh, ww = self._resample_matrices(grid, table.device, acc)
+                patches = table[0, n0:].to(acc).reshape(th, tw, -1)
+                out = torch.einsum("ah,hwd,bw->abd", wh, patches, ww).reshape(grid[0] * grid[1], -1)
+                table = torch.cat([table[0, :n0].to(acc), out], dim=0)[None]
+            missing = cfg.num_prefix_tokens - n0
+            if missing:
+                table = torch.cat([table[:, :n0], table.new_zeros(1, missing, table.shape[-1]), table[:, n0:]], dim=1)
+            return table
         device = self.patch_embed.proj.weight.device
         key = ("fixed", grid, device)
         if key not in self._table_cache:
@@ -112,16 +124,27 @@ class VisionTransformer(nn.Module):
         if out is not None:
             out["patch_embed"] = x
         B = x.shape[0]
+        prefix = []  # class (or prediction) token, distillation token, registers: timm's order
         if cfg.class_token == "learned":
-            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
+            prefix.append(self.cls_token.expand(B, -1, -1))
         elif cfg.class_token == "zeros":
-            x = torch.cat([x.new_zeros(B, 1, cfg.embed_dim), x], dim=1)
+            prefix.append(x.new_zeros(B, 1, cfg.embed_dim))
+        if cfg.dist_token:
+            prefix.append(self.dist_token.expand(B, -1, -1))
+        if cfg.reg_tokens:
+            prefix.append(self.reg_token.expand(B, -1, -1))
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
         table = self.pos_table(grid)
         if table is not None:
             x = x + table.to(x.dtype)
         x = self.pos_drop(x)
         if out is not None:
             out["embed"] = x
+        if cfg.norm_pre:
+            x = self.norm_pre(x)
+            if out is not None:
+                out["norm_pre"] = x
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,22 +154,41 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features (pre_logits=True) or the model's output. A distilled model gives the mean of its class
+        and distillation tokens / heads (DeiT inference); `head_outputs` gives both heads for training."""
         cfg = self.config
+        if cfg.dist_token:
+            if pre_logits:
+                return (x[:, 0] + x[:, 1]) / 2
+            return self._finish(sum(self.head_outputs(x)) / 2)
         if cfg.pool == "token":
             x = x[:, 0]
-        else:  # mean over patch tokens only, accumulated in at least float32
+        elif cfg.pool == "mean":  # mean over patch tokens only, accumulated in at least float32
             x = x[:, cfg.num_prefix_tokens:].to(_at_least_f32(x)).mean(dim=1).to(x.dtype)
+        else:  # map: the attention pool sees the patch tokens only (timm's pool_include_prefix=False)
+            x = self.attn_pool(x[:, cfg.num_prefix_tokens:])
         x = self.pre_logits(self.fc_norm(x))
-        return x if pre_logits else self._logits(x)
+        return x if pre_logits else self._finish(self.head(x))
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(x)
+    def head_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Head outputs before any output softmax, from the final-norm tokens: (logits,), or for a distilled model
+        (head on the class token, head_dist on the distillation token), what the training loss sees."""
+        if self.config.dist_token:
+            return self.head(x[:, 0]), self.head_dist(x[:, 1])
+        return (self.head(self.forward_head(x, pre_logits=True)),)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.num_classes and self.config.output_softmax:
             x = softmax_f32(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor):
+        """Logits; a distilled model in training mode returns both heads' logits (head, head_dist), as timm's
+        distilled training does, and the mean of the two in eval mode."""
+        x = self.forward_features(x)
+        if self.config.dist_token and self.training:
+            return self.head_outputs(x)
+        return self.forward_head(x)
 
     def forward_stages(self, x: torch.Tensor, return_attn: bool = False) -> dict[str, torch.Tensor]:
         """Every stage of cfg.stage_names() as `shared.reference.forward` defines them (+ attn_i maps)."""
@@ -159,9 +201,8 @@ class VisionTransformer(nn.Module):
             maps.append(probs)
         x = self.norm(x)
         out["norm"] = x
-        x = self.forward_head(x, pre_logits=True)
-        out["pre_logits"] = x
-        out["logits"] = self._logits(x)
+        out["pre_logits"] = self.forward_head(x, pre_logits=True)
+        out["logits"] = self.forward_head(x)
         if return_attn:
             out.update({f"attn_{i}": a for i, a in enumerate(maps)})
         return out

@@ -28,10 +28,14 @@ from shared.training.data import batch_stream
 from .model import VisionTransformer, to_canonical
 
 
-def raw_logits(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Head output before the output softmax (if any)."""
-    feats = model.forward_head(model.forward_features(x), pre_logits=True)
-    return model.head(feats)
+def raw_logits(model: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Head outputs before the output softmax (if any): (logits,), or (head, head_dist) for a distilled model."""
+    return model.head_outputs(model.forward_features(x))
+
+
+def training_loss(logits: tuple[torch.Tensor, ...], labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label-smoothing cross-entropy, averaged over the heads (`shared.training.recipe.training_loss`)."""
+    return sum(F.cross_entropy(z, labels, label_smoothing=smoothing) for z in logits) / len(logits)
 
 
 def _param_groups(model: VisionTransformer, weight_decay: float):
@@ -46,8 +50,8 @@ def _tensor(model: VisionTransformer, images: np.ndarray) -> torch.Tensor:
 
 
 def _loss(model: VisionTransformer, images: np.ndarray, labels: np.ndarray, smoothing: float) -> torch.Tensor:
-    return F.cross_entropy(raw_logits(model, _tensor(model, images)), torch.from_numpy(np.asarray(labels, np.int64)),
-                           label_smoothing=smoothing)
+    return training_loss(raw_logits(model, _tensor(model, images)), torch.from_numpy(np.asarray(labels, np.int64)),
+                         smoothing)
 
 
 @torch.no_grad()
@@ -111,8 +115,9 @@ def train(model: VisionTransformer, train_data, val_data, tcfg: T.TrainConfig, *
             epoch, idx = next(stream)
             xb = torch.from_numpy(x[idx])
             yb = torch.from_numpy(y[idx])
-            logits = raw_logits(model, xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
+            heads = raw_logits(model, xb)
+            loss = training_loss(heads, yb, tcfg.label_smoothing)
+            logits = sum(heads) / len(heads)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

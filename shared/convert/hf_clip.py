@@ -1,0 +1,619 @@
+"""Hugging Face CLIP and SigLIP vision towers <-> the canonical format.
+
+Model types and architectures (the vision tower only; a text tower is never part of the canonical model):
+
+  clip_vision_model   CLIPVisionModel                 features: post_layernorm(class token); num_classes 0
+                      CLIPVisionModelWithProjection   image_embeds: visual_projection(features); num_classes =
+                                                      projection_dim
+  clip                CLIPModel                       get_image_features: as WithProjection; the text tower,
+                                                      text_projection and logit_scale are dropped (ConversionWarning)
+                      CLIPForImageClassification      logits: classifier(mean of the patch tokens of the encoder
+                                                      output, no post_layernorm)
+  siglip_vision_model SiglipVisionModel               pooler_output: the attention-pool head (pool 'map')
+                      SiglipVisionModel(vision_use_head=False)  no pooled output in HF: see "features" below
+  siglip              SiglipModel                     get_image_features: as SiglipVisionModel; the text tower,
+                                                      logit_scale and logit_bias are dropped (ConversionWarning)
+                      SiglipForImageClassification    logits: classifier(mean of the post-layernormed tokens)
+
+Key mapping (relative to the vision tower; canonical keys on the left):
+
+  CLIP     cls_token (1,1,D)            embeddings.class_embedding (D,)
+           patch_embed.proj.weight      embeddings.patch_embedding.weight (no bias: patch_bias=False)
+           pos_embed (1,1+N,D)          embeddings.position_embedding.weight (1+N, D)
+           norm_pre                     pre_layrnorm (sic)
+           norm                         post_layernorm (HF applies it to the pooled class token only; LayerNorm is
+                                        per token, so it is the same function for token pooling)
+           head.weight / head.bias      visual_projection.weight (no bias: head.bias is zeros, as timm does; export
+                                        refuses a non-zero head.bias) -- or classifier.weight / .bias
+  SigLIP   patch_embed.proj.{weight,bias}  embeddings.patch_embedding.*;  pos_embed (1,N,D)  position_embedding.weight
+           norm                         post_layernorm
+           attn_pool.latent             head.probe
+           attn_pool.q / attn_pool.kv   head.attention.in_proj_{weight,bias}: rows q (the first D), then k, v (the
+                                        last 2D: kv rows k then v, as canonical)
+           attn_pool.proj               head.attention.out_proj;  attn_pool.norm  head.layernorm
+           attn_pool.mlp.fc1 / fc2      head.mlp.fc1 / fc2
+  both     blocks.i.norm1 / norm2       encoder.layers.i.layer_norm1 / layer_norm2
+           blocks.i.attn.qkv            encoder.layers.i.self_attn.{q,k,v}_proj, fused in rows q, k, v
+           blocks.i.attn.proj           encoder.layers.i.self_attn.out_proj
+           blocks.i.mlp.fc1 / fc2       encoder.layers.i.mlp.fc1 / fc2
+
+Layouts: the vision tower's keys carry a 'vision_model.' prefix in every CLIPModel, SiglipModel,
+CLIPVisionModelWithProjection and *ForImageClassification file, and in CLIPVisionModel / SiglipVisionModel files of
+transformers < 5 and the hub ("file" layout). transformers >= 5 builds CLIPVisionModel / SiglipVisionModel without
+that level and its `save_pretrained` writes the keys unprefixed ("module" layout); its `from_pretrained` reads both
+(a PrefixChange conversion rule). Import reads both; export writes "file" by default (what every transformers
+version loads) or "module" (for the installed transformers' `load_state_dict`). Old checkpoints' persistent
+`embeddings.position_ids` buffer (arange) is dropped; a non-arange one is refused.
+
+Facts from config.json (for 'clip' / 'siglip': its `vision_config`), with transformers' own class defaults where a
+key is absent (that default is what transformers itself builds, so it is not a guess): num_attention_heads (12),
+hidden_act (CLIP 'quick_gelu', SigLIP 'gelu_pytorch_tanh'), layer_norm_eps (CLIP 1e-5, SigLIP 1e-6), image_size
+(224), attention_dropout (0), vision_use_head (SigLIP, True). Sizes come from the weights and are checked against
+config.json where it states them. hidden_act: quick_gelu -> 'quick', gelu -> 'erf', gelu_pytorch_tanh / gelu_new /
+gelu_fast -> 'tanh'; anything else is refused. Position tables are resampled with 'bicubic' (HF
+interpolate_pos_encoding: bicubic, align_corners=False, no antialias).
+
+Decisions:
+  * A SigLIP tower without its head (vision_use_head=False) has no pooled output in HF (pooler_output is None).
+    The canonical model of it is pool='mean' with features only: `norm` equals HF's last_hidden_state and the
+    features (pre_logits = logits) are the mean of those tokens, exactly what SiglipForImageClassification (and
+    timm's SigLIP with global_pool='avg') feeds its classifier. Export writes such a model back as
+    vision_use_head=False.
+  * A *ForImageClassification checkpoint's unused parts are dropped with a ConversionWarning: CLIP's post_layernorm
+    (the classifier reads the encoder output), SigLIP's head.* (the classifier mean-pools). Export writes CLIP's
+    unused post_layernorm as the identity (ones, zeros) so from_pretrained finds every key, and SigLIP's with
+    vision_use_head=False.
+  * Exporting to 'clip' / 'siglip' (CLIPModel, SiglipModel) writes the vision tower (and visual_projection) only:
+    transformers initialises the text tower, text_projection and logit scale/bias randomly and says so. The
+    text_config written is `text_config` when given, else {} (transformers' defaults); a ConversionWarning says so.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import limits as L
+from ..config import ViTConfig, is_int, is_real, shown
+from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchError, MissingFactsError
+from ..posemb import resample_pos_embed
+from ..weights import CANONICAL_DTYPE, validate_state
+from .timm import strip_prefixes, to_float32
+
+MODEL_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
+RESIZE_KERNEL = "bicubic"  # HF interpolate_pos_encoding
+_FAMILY = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
+_GELU = {"quick_gelu": "quick", "gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh"}
+_GELU_OUT = {"quick": "quick_gelu", "erf": "gelu", "tanh": "gelu_pytorch_tanh"}
+#: transformers' CLIPVisionConfig / SiglipVisionConfig defaults (what transformers builds when a key is absent)
+_DEFAULTS = {
+    "clip": {"num_attention_heads": 12, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "image_size": 224,
+             "attention_dropout": 0.0},
+    "siglip": {"num_attention_heads": 12, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+               "image_size": 224, "attention_dropout": 0.0, "vision_use_head": True},
+}
+CLIP_DEFAULT_PROJECTION_DIM = 512
+TOWER = "vision_model."
+#: top-level keys of a full CLIPModel / SiglipModel that belong to the text side
+_TEXT = re.compile(r"^(text_model\.|text_projection\.|logit_scale$|logit_bias$)")
+
+# Per-block names, canonical -> HF (relative to encoder.layers.{i}.); identical in CLIP and SigLIP.
+_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj",
+          "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_BLOCK_PREFIX = "encoder.layers.{i}."
+_PATCH = "embeddings.patch_embedding."
+_POS = "embeddings.position_embedding.weight"
+_CLS = "embeddings.class_embedding"
+_POS_IDS = "embeddings.position_ids"
+_IN_PROJ = "head.attention.in_proj_"
+_HEAD_PREFIX = "head."
+
+
+def _renames(family: str, cfg_like: Mapping[str, Any]) -> dict[str, str]:
+    """canonical key -> HF key (relative to the vision tower) for every tensor that only changes its name. The
+    reshaped (cls_token, pos_embed), fused (qkv) and split (in_proj -> q, kv) ones are handled by the callers.
+    cfg_like: depth, norm_pre, final_norm, pool (a ViTConfig's fields or the facts read from a checkpoint)."""
+    r: dict[str, str] = {"patch_embed.proj.weight": _PATCH + "weight"}
+    if family == "siglip":
+        r["patch_embed.proj.bias"] = _PATCH + "bias"
+    if cfg_like["norm_pre"]:
+        r.update({"norm_pre.weight": "pre_layrnorm.weight", "norm_pre.bias": "pre_layrnorm.bias"})
+    for i in range(cfg_like["depth"]):
+        b = _BLOCK_PREFIX.format(i=i)
+        for canon, hk in _BLOCK.items():
+            for part in ("weight", "bias"):
+                r[f"blocks.{i}.{canon}.{part}"] = f"{b}{hk}.{part}"
+    if cfg_like["final_norm"]:
+        r.update({"norm.weight": "post_layernorm.weight", "norm.bias": "post_layernorm.bias"})
+    if cfg_like["pool"] == "map":
+        r["attn_pool.latent"] = "head.probe"
+        for canon, hk in (("proj", "attention.out_proj"), ("norm", "layernorm"), ("mlp.fc1", "mlp.fc1"),
+                          ("mlp.fc2", "mlp.fc2")):
+            for part in ("weight", "bias"):
+                r[f"attn_pool.{canon}.{part}"] = f"head.{hk}.{part}"
+    return r
+
+
+# ----------------------------------------------------------------------------- config.json facts
+class _Facts:
+    """Typed reads of a (vision) config dict: ConfigError naming the file, the key, the expected type and the value;
+    transformers' class default when the key is absent or null."""
+
+    def __init__(self, conf: Mapping[str, Any], defaults: Mapping[str, Any], where: str):
+        self.conf, self.defaults, self.where = conf, defaults, where
+
+    def get(self, key: str) -> Any:
+        v = self.conf.get(key)
+        return self.defaults.get(key) if v is None else v
+
+    def int(self, key: str, lo: int = 1, hi: int = L.MAX_WIDTH) -> int | None:
+        v = self.get(key)
+        if v is not None and not (is_int(v) and lo <= v <= hi):
+            raise ConfigError(f"{self.where}: {key!r} must be an int in [{lo}, {hi}], got {shown(v)}")
+        return None if v is None else int(v)
+
+    def float(self, key: str, lo: float, hi: float, lo_open: bool = False) -> float:
+        v = self.get(key)
+        if not (is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and v < hi):
+            raise ConfigError(f"{self.where}: {key!r} must be a finite number in {'(' if lo_open else '['}{lo}, "
+                              f"{hi}), got {shown(v)}")
+        return float(v)
+
+    def bool(self, key: str) -> bool:
+        v = self.get(key)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.where}: {key!r} must be a bool (true or false), got {shown(v)}")
+        return v
+
+    def str(self, key: str) -> str:
+        v = self.get(key)
+        if not isinstance(v, str):
+            raise ConfigError(f"{self.where}: {key!r} must be a string, got {shown(v)}")
+        return v
+
+
+def _vision_config(hf_config: Mapping[str, Any], model_type: str, source: str) -> tuple[Mapping[str, Any], str]:
+    """The dict that describes the vision tower (config.json itself, or its vision_config) and its name in messages."""
+    if model_type not in ("clip", "siglip"):
+        return hf_config, "config.json"
+    vc = hf_config.get("vision_config")
+    if vc is None:
+        return {}, "config.json vision_config"
+    if not isinstance(vc, Mapping):
+        raise ConfigError(f"{source}: config.json 'vision_config' must be an object, got {shown(vc)}")
+    inner = vc.get("model_type")
+    if inner is not None and inner != f"{model_type}_vision_model":
+        raise ConversionError(f"{source}: config.json vision_config has model_type {shown(inner)}; a "
+                              f"{model_type!r} model's vision tower is {model_type + '_vision_model'!r}")
+    return vc, "config.json vision_config"
+
+
+# ----------------------------------------------------------------------------- import
+def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: str = "<hf checkpoint>",
+                   image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    """HF CLIP / SigLIP state dict (NumPy arrays) + its config.json dict -> (ViTConfig, canonical float32 state).
+
+    The vision tower of any of the architectures in the module docstring, in either key layout; image_size
+    (optional) resamples the position table to another input size, as HF's interpolate_pos_encoding does.
+    """
+    if not isinstance(hf_config, Mapping):
+        raise MissingFactsError(f"{source}: a Hugging Face CLIP / SigLIP checkpoint needs its config.json "
+                                f"(model_type, num_attention_heads, hidden_act, layer_norm_eps ...)")
+    mt = hf_config.get("model_type")
+    if mt not in MODEL_TYPES:
+        raise ConversionError(f"{source}: model_type {shown(mt)} is not a CLIP or SigLIP model (expected one of "
+                              f"{', '.join(MODEL_TYPES)})")
+    family = _FAMILY[mt]
+    vconf, conf_name = _vision_config(hf_config, mt, source)
+    where = f"{source}: {conf_name}"
+    facts = _Facts(vconf, _DEFAULTS[family], where)
+
+    st = strip_prefixes(state)
+    dropped_text = sorted(k for k in st if _TEXT.match(k))
+    if dropped_text:
+        if mt not in ("clip", "siglip"):
+            raise MismatchError(source, [f"unexpected key {dropped_text[0]!r}: a text tower in a {mt!r} checkpoint "
+                                         f"(text keys belong to model_type {family!r})"])
+        for k in dropped_text:
+            st.pop(k)
+        warnings.warn(f"{source}: dropped the text tower ({len(dropped_text)} tensors: {dropped_text[0]!r} ...): the "
+                      f"canonical model is the vision tower only", ConversionWarning, stacklevel=2)
+    # the tower's keys, relative to it; top-level keys (projection, classifier) apart
+    prefixed = any(k.startswith(TOWER) for k in st)
+    if mt in ("clip", "siglip") and not prefixed:
+        raise ConversionError(f"{source}: a {mt!r} checkpoint keeps its vision tower under 'vision_model.'; no such "
+                              f"key here")
+    tower: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    for k, v in st.items():
+        if prefixed:
+            (tower if k.startswith(TOWER) else top)[k[len(TOWER):] if k.startswith(TOWER) else k] = v
+        else:
+            (top if k.split(".")[0] in ("visual_projection", "classifier") else tower)[k] = v
+    pre = TOWER if prefixed else ""
+    if _PATCH + "weight" not in tower:
+        hint = " (this looks like a timm checkpoint: use --from timm)" if "patch_embed.proj.weight" in st else ""
+        raise ConversionError(f"{source}: not a Hugging Face {family.upper() if family == 'clip' else 'SigLIP'} vision "
+                              f"tower: no '{pre}{_PATCH}weight'{hint}")
+    if _POS_IDS in tower:
+        ids = np.asarray(tower.pop(_POS_IDS))
+        if ids.size and not np.array_equal(ids.reshape(-1), np.arange(ids.size)):
+            raise MismatchError(source, [f"key {pre + _POS_IDS!r}: a persistent position_ids buffer that is not "
+                                         f"0..{ids.size - 1}: positions are permuted, which HF models no longer "
+                                         f"support"])
+
+    # ---- facts: config.json, then the weights
+    H = facts.int("num_attention_heads", hi=L.MAX_HEADS)
+    act = facts.str("hidden_act")
+    if act not in _GELU:
+        raise ConversionError(f"{where}: hidden_act {act!r} is not a GELU the canonical model supports "
+                              f"(quick_gelu -> quick; gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh)")
+    eps = facts.float("layer_norm_eps", 0.0, 1.0, lo_open=True)
+    attn_dropout = facts.float("attention_dropout", 0.0, 1.0)
+    img_v = facts.get("image_size")
+    if not (is_int(img_v) and 1 <= img_v <= L.MAX_IMAGE_SIDE):
+        raise ConfigError(f"{where}: 'image_size' must be an int in [1, {L.MAX_IMAGE_SIDE}] (HF CLIP and SigLIP "
+                          f"towers are square), got {shown(img_v)}")
+    img = int(img_v)
+    pw = np.shape(tower[_PATCH + "weight"])
+    if len(pw) != 4 or pw[2] != pw[3]:
+        raise MismatchError(source, [f"key {pre}{_PATCH}weight: shape {tuple(pw)}; expected (D, C, P, P)"])
+    D, C, P = int(pw[0]), int(pw[1]), int(pw[2])
+    pat = re.compile(re.escape(_BLOCK_PREFIX).replace(r"\{i\}", r"(\d+)"))
+    ids = sorted({int(m.group(1)) for k in tower if (m := pat.match(k))})
+    depth = len(ids)
+    if depth == 0 or ids != list(range(depth)):
+        first = ids[:10] + (["..."] if len(ids) > 10 else [])
+        raise MismatchError(source, [f"encoder layers are not numbered 0..n-1: {len(ids)} layers, {first}"])
+    fc1 = _BLOCK_PREFIX.format(i=0) + "mlp.fc1.weight"
+    if fc1 not in tower:
+        raise MismatchError(source, [f"missing key {pre + fc1!r}"])
+    M = int(np.shape(tower[fc1])[0])
+    file_vals = {"hidden_size": D, "num_channels": C, "patch_size": P, "num_hidden_layers": depth,
+                 "intermediate_size": M}
+    clash = [f"{k}: {conf_name} {vconf[k]!r}, weights {v!r}" for k, v in file_vals.items()
+             if vconf.get(k) is not None and vconf[k] != v]
+    if clash:
+        raise MismatchError(source, ["config.json disagrees with the weights: " + c for c in clash])
+    if D % H:
+        raise ConversionError(f"{where}: hidden_size {D} is not divisible by num_attention_heads {H}")
+    if img % P:
+        raise ConversionError(f"{where}: image_size {img} is not divisible by patch_size {P}: HF drops the "
+                              f"remainder pixels, the canonical model needs whole patches")
+
+    # ---- which head
+    has_proj = "visual_projection.weight" in top
+    has_cls = "classifier.weight" in top
+    has_map = any(k.startswith(_HEAD_PREFIX) for k in tower)
+    problems: list[str] = []
+    dropped: list[str] = []
+    if has_cls and mt != family:
+        problems.append(f"unexpected key 'classifier.weight' in a {mt!r} checkpoint: a classifier is "
+                        f"{'CLIP' if family == 'clip' else 'Siglip'}ForImageClassification, model_type {family!r}")
+        has_cls = False
+        top.pop("classifier.weight")
+        top.pop("classifier.bias", None)
+    if has_proj and has_cls:
+        problems.append("unexpected key 'classifier.weight' next to 'visual_projection.weight': no HF CLIP "
+                        "architecture has both")
+    if family == "clip":
+        if has_cls:  # CLIPForImageClassification: mean of the encoder's patch tokens, post_layernorm unused
+            arch, pool, final_norm = "CLIPForImageClassification", "mean", False
+            dropped += [pre + k for k in ("post_layernorm.weight", "post_layernorm.bias") if k in tower]
+        else:
+            arch = ("CLIPModel" if mt == "clip" else "CLIPVisionModelWithProjection") if has_proj else "CLIPVisionModel"
+            pool, final_norm = "token", True
+            if mt == "clip" and not has_proj:
+                problems.append("missing key 'visual_projection.weight' (a CLIPModel projects its image features)")
+    else:
+        if "visual_projection.weight" in top:
+            problems.append("unexpected key 'visual_projection.weight': SigLIP has no visual projection")
+        use_head = facts.bool("vision_use_head")
+        final_norm = True
+        if has_cls:  # SiglipForImageClassification: mean of the post-layernormed tokens, head.* unused
+            arch, pool = "SiglipForImageClassification", "mean"
+            dropped += [pre + k for k in tower if k.startswith(_HEAD_PREFIX)]
+        elif use_head:
+            arch, pool = ("SiglipModel" if mt == "siglip" else "SiglipVisionModel"), "map"
+            if not has_map:
+                problems.append(f"missing key '{pre}head.probe' and the rest of the attention-pool head "
+                                f"(vision_use_head is true in {conf_name})")
+        else:
+            arch, pool = ("SiglipModel" if mt == "siglip" else "SiglipVisionModel"), "mean"
+            if has_map:
+                problems.append(f"unexpected key '{pre}head.probe' (and the attention-pool head): "
+                                f"vision_use_head is false in {conf_name}")
+    for k in dropped:
+        tower.pop(k[len(pre):])
+    if dropped:
+        why = ("CLIPForImageClassification classifies the mean of the encoder's patch tokens and never runs "
+               "post_layernorm" if family == "clip" else
+               "SiglipForImageClassification classifies the mean of the tokens and never runs the attention-pool head")
+        warnings.warn(f"{source}: dropped {len(dropped)} unused tensors ({dropped[0]!r} ...): {why}",
+                      ConversionWarning, stacklevel=2)
+    if problems:
+        raise MismatchError(source, problems)
+
+    # ---- rename
+    facts_like = {"depth": depth, "norm_pre": family == "clip", "final_norm": final_norm, "pool": pool}
+    out: dict[str, np.ndarray] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+
+    def take(hk: str, canon: str, shape=None) -> None:
+        if hk not in tower:
+            missing.append(pre + hk)
+            return
+        used.add(hk)
+        arr = to_float32(pre + hk, tower[hk], source)
+        if shape is not None and arr.size != int(np.prod(shape)):
+            problems.append(f"key {pre + hk!r}: shape {arr.shape} cannot hold {canon!r} of shape {shape}")
+            return
+        out[canon] = arr if shape is None else arr.reshape(shape)
+
+    for canon, hk in _renames(family, facts_like).items():
+        take(hk, canon)
+    if family == "clip":
+        take(_CLS, "cls_token", (1, 1, D))
+    n_pre = 1 if family == "clip" else 0
+    if _POS in tower:
+        pos = np.asarray(tower[_POS])
+        if pos.ndim != 2 or pos.shape[1] != D:
+            problems.append(f"key {pre + _POS!r}: shape {pos.shape}; expected (positions, {D})")
+            used.add(_POS)
+        else:
+            take(_POS, "pos_embed", (1, pos.shape[0], D))
+    else:
+        missing.append(pre + _POS)
+    for i in range(depth):
+        b = _BLOCK_PREFIX.format(i=i)
+        for part in ("weight", "bias"):
+            names = [f"{b}{n}.{part}" for n in _QKV]
+            absent = [pre + n for n in names if n not in tower]
+            if absent:
+                missing += absent
+                continue
+            out[f"blocks.{i}.attn.qkv.{part}"] = np.concatenate(
+                [to_float32(pre + n, tower[n], source) for n in names], axis=0)  # rows: q, k, v
+            used.update(names)
+    if pool == "map":
+        for part in ("weight", "bias"):
+            hk = _IN_PROJ + part
+            if hk not in tower:
+                missing.append(pre + hk)
+                continue
+            w = to_float32(pre + hk, tower[hk], source)
+            used.add(hk)
+            if w.shape[0] != 3 * D:
+                problems.append(f"key {pre + hk!r}: shape {w.shape}; expected {3 * D} rows (q, k, v)")
+                continue
+            out[f"attn_pool.q.{part}"], out[f"attn_pool.kv.{part}"] = w[:D].copy(), w[D:].copy()
+    if has_proj or has_cls:
+        hk = "visual_projection.weight" if has_proj else "classifier.weight"
+        out["head.weight"] = to_float32(hk, top.pop(hk), source)
+        if has_proj:
+            out["head.bias"] = np.zeros(out["head.weight"].shape[:1], CANONICAL_DTYPE)
+        elif "classifier.bias" in top:
+            out["head.bias"] = to_float32("classifier.bias", top.pop("classifier.bias"), source)
+        else:
+            missing.append("classifier.bias")
+    problems += [f"missing key {k!r}" for k in missing]
+    problems += [f"unexpected key {pre + k!r}" for k in sorted(set(tower) - used)]
+    problems += [f"unexpected key {k!r}" for k in sorted(top)]
+    if problems:
+        raise MismatchError(source, problems)
+    K = int(out["head.weight"].shape[0]) if "head.weight" in out else 0
+    if has_proj:
+        pd = (hf_config if mt == "clip" else vconf).get("projection_dim")
+        if pd is not None and pd != K:
+            raise MismatchError(source, [f"config.json disagrees with the weights: projection_dim {pd!r}, "
+                                         f"visual_projection.weight has {K} rows"])
+
+    # ---- position table grid
+    g = img // P
+    T = int(out["pos_embed"].shape[1])
+    if T != n_pre + g * g:
+        raise MismatchError(source, [f"{pre + _POS!r} has {T} rows; image_size {img} with patch_size {P} needs "
+                                     f"{n_pre + g * g}{' (the class token, then the patches)' if n_pre else ''}"])
+    target = (img, img) if image_size is None else image_size
+    name = hf_config.get("_name_or_path")
+    name = name.replace("/", "_") if isinstance(name, str) and name else f"hf_{family}"
+    try:
+        cfg = ViTConfig(
+            name=name, image_size=target, in_chans=C, patch_size=P, patch_bias=family == "siglip", embed_dim=D,
+            depth=depth, num_heads=H, mlp_dim=M, qkv_bias=True,
+            class_token="learned" if family == "clip" else "none", pool=pool, pos_embed="learned",
+            resize_kernel=RESIZE_KERNEL, gelu=_GELU[act], layer_norm_eps=eps, norm_pre=family == "clip",
+            final_norm=final_norm, num_classes=K, attn_dropout=attn_dropout,
+            notes=f"imported from Hugging Face {arch} ({mt}) {source}")
+    except ConfigError as e:
+        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
+    if cfg.grid != (g, g):
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], (g, g), cfg.grid, n_pre, cfg.resize_kernel)
+    validate_state(cfg, out, source=source)
+    return cfg, out
+
+
+# ----------------------------------------------------------------------------- export
+def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str]]:
+    """The HF architecture `cfg` becomes under `model_type`, or None and every reason it cannot be one."""
+    family = _FAMILY[model_type]
+    p: list[str] = []
+    if cfg.pos_embed != "learned":
+        p.append(f"pos_embed={cfg.pos_embed!r}: HF {family} has a learned position table only")
+    elif cfg.num_pos_prefix != cfg.num_prefix_tokens:
+        p.append(f"pos_prefix_tokens={cfg.pos_prefix_tokens}: every HF {family} token has a position row")
+    elif cfg.table_grid != cfg.grid:
+        p.append(f"the table is stored at grid {cfg.table_grid}, the image grid is {cfg.grid}: HF stores the table "
+                 f"at image_size (resample it first, e.g. re-import with image_size)")
+    if cfg.image_size[0] != cfg.image_size[1]:
+        p.append(f"image_size {cfg.image_size}: HF {family} towers take square images (one int image_size)")
+    if cfg.dist_token:
+        p.append(f"dist_token: HF {family} has no distillation token")
+    if cfg.reg_tokens:
+        p.append(f"reg_tokens={cfg.reg_tokens}: HF {family} has no register tokens")
+    if cfg.attn_value_skip:
+        p.append("attn_value_skip: HF attention has no value skip")
+    if cfg.attn_dim is not None and cfg.attn_dim != cfg.embed_dim:
+        p.append(f"attn_dim {cfg.attn_dim} != embed_dim {cfg.embed_dim}: HF keeps one width")
+    if cfg.qk_scale is not None and cfg.qk_scale != cfg.head_dim ** -0.5:
+        p.append(f"qk_scale={cfg.qk_scale}: HF scales by head_dim**-0.5")
+    if cfg.qk_norm:
+        p.append(f"qk_norm: HF {family} attention has no q/k norm")
+    if cfg.init_values is not None:
+        p.append(f"init_values={cfg.init_values} (LayerScale): HF {family} blocks have no ls1/ls2")
+    if not cfg.qkv_bias:
+        p.append("qkv_bias=False: HF q/k/v projections have biases")
+    if cfg.fc_norm:
+        p.append("fc_norm: HF has no norm after pooling")
+    if cfg.representation_size:
+        p.append(f"representation_size={cfg.representation_size}: HF {family} has no pre-logits layer")
+    if cfg.output_softmax:
+        p.append("output_softmax: HF models return logits / embeddings")
+    if cfg.drop_path:
+        p.append(f"drop_path={cfg.drop_path}: HF {family} has no stochastic depth")
+    if cfg.dropout:
+        p.append(f"dropout={cfg.dropout}: HF {family} has no hidden dropout (only attention_dropout)")
+    arch = None
+    if family == "clip":
+        if cfg.class_token != "learned":
+            p.append(f"class_token={cfg.class_token!r}: HF CLIP has a learned class embedding")
+        if not cfg.norm_pre:
+            p.append("norm_pre=False: HF CLIP always applies pre_layrnorm")
+        if cfg.patch_bias:
+            p.append("patch_bias=True: HF CLIP's patch embedding has no bias")
+        if cfg.pool == "token" and cfg.final_norm:
+            if model_type == "clip_vision_model":
+                arch = "CLIPVisionModelWithProjection" if cfg.num_classes else "CLIPVisionModel"
+            elif cfg.num_classes:
+                arch = "CLIPModel"
+            else:
+                p.append("num_classes=0: a CLIPModel always has a visual_projection (export features-only as "
+                         "model_type 'clip_vision_model', a CLIPVisionModel)")
+        elif cfg.pool == "mean" and not cfg.final_norm and cfg.num_classes and model_type == "clip":
+            arch = "CLIPForImageClassification"
+        else:
+            p.append(f"pool={cfg.pool!r}, final_norm={cfg.final_norm}, num_classes={cfg.num_classes}: HF CLIP pools "
+                     f"the post-layernormed class token (CLIPVisionModel[WithProjection], CLIPModel) or, in "
+                     f"CLIPForImageClassification (model_type 'clip'), the mean of the patch tokens without a final "
+                     f"norm into a classifier")
+    else:
+        if cfg.class_token != "none":
+            p.append(f"class_token={cfg.class_token!r}: HF SigLIP has no class token")
+        if cfg.norm_pre:
+            p.append("norm_pre: HF SigLIP has no norm before the blocks")
+        if not cfg.patch_bias:
+            p.append("patch_bias=False: HF SigLIP's patch embedding has a bias")
+        if not cfg.final_norm:
+            p.append("final_norm=False: HF SigLIP always applies post_layernorm")
+        if cfg.pool in ("map", "mean") and not cfg.num_classes:
+            arch = "SiglipModel" if model_type == "siglip" else "SiglipVisionModel"
+        elif cfg.pool == "mean" and model_type == "siglip":
+            arch = "SiglipForImageClassification"
+        elif cfg.pool == "mean":
+            p.append(f"num_classes={cfg.num_classes}: a SigLIP classifier is a SiglipForImageClassification (export "
+                     f"with model_type 'siglip')")
+        else:
+            p.append(f"pool={cfg.pool!r}, num_classes={cfg.num_classes}: HF SigLIP pools with its attention head "
+                     f"(no classifier after it) or, in SiglipForImageClassification, the mean of the tokens")
+    return (None if p else arch), p
+
+
+def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: str, layout: str = "file",
+                   text_config: Mapping[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Canonical -> (HF state dict, config.json dict) for `model_type` (one of MODEL_TYPES).
+
+    The architecture follows from the config (see the module docstring): clip_vision_model -> CLIPVisionModel
+    (features) or CLIPVisionModelWithProjection (num_classes = projection_dim, head.bias zeros); clip -> CLIPModel or
+    CLIPForImageClassification (pool 'mean', no final norm); siglip_vision_model -> SiglipVisionModel (pool 'map', or
+    'mean' as vision_use_head=False); siglip -> SiglipModel, or SiglipForImageClassification (pool 'mean' with a
+    head). layout 'file' keeps the 'vision_model.' level every transformers version loads; 'module' drops it for
+    CLIPVisionModel / SiglipVisionModel (the installed transformers >= 5 module names, for load_state_dict).
+    text_config (CLIPModel / SiglipModel only) is written as the text tower's config (default {}: transformers'
+    defaults); the text weights are never written.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ConversionError(f"model_type {shown(model_type)} is not a CLIP or SigLIP model type (one of "
+                              f"{', '.join(MODEL_TYPES)})")
+    if layout not in ("file", "module"):
+        raise ValueError(f"layout must be 'file' or 'module', got {layout!r}")
+    family = _FAMILY[model_type]
+    arch, problems = _architecture(cfg, model_type)
+    if cfg.num_classes and cfg.pool == "token" and family == "clip" and "head.bias" in state:
+        bias = np.asarray(state["head.bias"])
+        if np.any(bias != 0):
+            problems.append(f"head.bias is not zero (max |bias| {float(np.max(np.abs(bias))):.3g}): CLIP's "
+                            f"visual_projection has no bias")
+    if problems:
+        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face {model_type!r} model:\n  "
+                              + "\n  ".join(problems))
+    if text_config is not None and model_type not in ("clip", "siglip"):
+        raise ValueError(f"text_config applies to model_type 'clip' / 'siglip' only, not {model_type!r}")
+    validate_state(cfg, state, source="<canonical state>")
+    if cfg.resize_kernel != RESIZE_KERNEL:
+        warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF "
+                      f"interpolate_pos_encoding uses plain bicubic: outputs at other image sizes will differ",
+                      ConversionWarning, stacklevel=2)
+    D = cfg.embed_dim
+    pre = "" if layout == "module" and arch in ("CLIPVisionModel", "SiglipVisionModel") else TOWER
+    out: dict[str, np.ndarray] = {}
+
+    def put(hk: str, v) -> None:
+        out[hk] = np.array(v, dtype=CANONICAL_DTYPE, copy=True)
+
+    for canon, hk in _renames(family, cfg.to_dict()).items():
+        put(pre + hk, state[canon])
+    if family == "clip":
+        put(pre + _CLS, np.asarray(state["cls_token"]).reshape(D))
+        if not cfg.final_norm:  # CLIPForImageClassification never runs it: the identity, so every key is there
+            put(pre + "post_layernorm.weight", np.ones(D))
+            put(pre + "post_layernorm.bias", np.zeros(D))
+    put(pre + _POS, np.asarray(state["pos_embed"])[0])
+    for i in range(cfg.depth):
+        b = pre + _BLOCK_PREFIX.format(i=i)
+        for part in ("weight", "bias"):
+            fused = np.asarray(state[f"blocks.{i}.attn.qkv.{part}"])
+            for j, n in enumerate(_QKV):
+                put(f"{b}{n}.{part}", fused[j * D:(j + 1) * D])
+    if cfg.pool == "map":
+        for part in ("weight", "bias"):
+            put(f"{pre}{_IN_PROJ}{part}", np.concatenate([np.asarray(state[f"attn_pool.q.{part}"]),
+                                                          np.asarray(state[f"attn_pool.kv.{part}"])], axis=0))
+    if cfg.num_classes:
+        if arch.endswith("ForImageClassification"):
+            put("classifier.weight", state["head.weight"])
+            put("classifier.bias", state["head.bias"])
+        else:
+            put("visual_projection.weight", state["head.weight"])
+
+    vision: dict[str, Any] = {
+        "model_type": f"{family}_vision_model",
+        "hidden_size": D, "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads, "num_channels": cfg.in_chans, "image_size": cfg.image_size[0],
+        "patch_size": cfg.patch_size, "hidden_act": _GELU_OUT[cfg.gelu], "layer_norm_eps": cfg.layer_norm_eps,
+        "attention_dropout": cfg.attn_dropout,
+    }
+    if family == "clip":
+        vision["projection_dim"] = cfg.num_classes if arch == "CLIPVisionModelWithProjection" else \
+            CLIP_DEFAULT_PROJECTION_DIM
+    else:
+        vision["vision_use_head"] = cfg.pool == "map"
+    if model_type.endswith("_vision_model"):
+        conf = {"architectures": [arch], **vision}
+    else:
+        conf = {"architectures": [arch], "model_type": model_type, "vision_config": vision,
+                "text_config": dict(text_config or {})}
+        if arch == "CLIPModel":
+            conf["projection_dim"] = cfg.num_classes
+        if not arch.endswith("ForImageClassification"):
+            warnings.warn(f"config {cfg.name!r} as a {arch}: only the vision tower is written; transformers "
+                          f"initialises the text tower{' and text_projection' if family == 'clip' else ''} randomly "
+                          f"on loading", ConversionWarning, stacklevel=2)
+    if arch.endswith("ForImageClassification"):
+        conf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)}
+        conf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_classes)}
+    return out, conf

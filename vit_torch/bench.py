@@ -64,13 +64,14 @@ class PackedLinear(nn.Module):
 def make_fast(model: VisionTransformer) -> VisionTransformer:
     """Inference-only copy of `model` with prepacked oneDNN Linears and GELU fused into fc1."""
     fast = copy.deepcopy(model).eval()
-    gelu = {"erf": "none", "tanh": "tanh"}[model.config.gelu]
+    gelu = {"erf": "none", "tanh": "tanh"}.get(model.config.gelu)  # oneDNN has no QuickGELU: it stays unfused
     with torch.no_grad():
         for blk in fast.blocks:
             blk.attn.qkv = PackedLinear(blk.attn.qkv)
             blk.attn.proj = PackedLinear(blk.attn.proj)
             blk.mlp.fc1 = PackedLinear(blk.mlp.fc1, gelu=gelu)
-            blk.mlp.act = nn.Identity()
+            if gelu:
+                blk.mlp.act = nn.Identity()
             blk.mlp.fc2 = PackedLinear(blk.mlp.fc2)
     return fast
 

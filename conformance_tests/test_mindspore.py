@@ -1,6 +1,8 @@
-"""What only the MindSpore backend (vit_mindspore) has: its hand-written numerics (erf GELU, the two softmaxes),
-canonical parameter names, the position-table cell, the .ckpt file and its integrity checks, bfloat16 refusal and
-the import-order guard. Its conformance in every preset, dtype and mode is the backend matrix
+"""What only the MindSpore backend (vit_mindspore) has: its hand-written numerics (erf and quick GELU, the two
+softmaxes), canonical parameter names (LayerScale gammas, prefix tokens, the attention pool and the distillation
+head included), the position-table cell (zero rows for unpositioned prefix tokens), the .ckpt file and its
+integrity checks, the distilled model's two-head training loss, its gradients on the family presets against finite
+differences of the float64 reference, bfloat16 refusal and the import-order guard. Its conformance in every preset, dtype and mode is the backend matrix
 (test_conformance.py: `mindspore`, `mindspore-pynative`, `mindspore-expm1`; gradients: test_grad.py).
 
 Every numerical comparison of model outputs uses the policy (shared.testing.assert_conforms /
@@ -21,7 +23,10 @@ from shared import reference, testing as helpers, tolerances  # noqa: E402
 from shared import weights as W  # noqa: E402
 from shared.cli import main  # noqa: E402
 from shared.errors import BackendError, InvalidFileError, MismatchError  # noqa: E402
+from shared.init import init_weights, random_images  # noqa: E402
+from shared.posemb import position_table  # noqa: E402
 from shared.presets import get_preset  # noqa: E402
+from shared.training import data as D, grad as G, recipe as T  # noqa: E402
 from vit_mindspore import convert  # noqa: E402
 from vit_mindspore.backend import MindSporeBackend  # noqa: E402
 from vit_mindspore.layers import GELU, Softmax, gelu_erf  # noqa: E402
@@ -76,6 +81,52 @@ def test_erf_gelu_is_exact(mode):
     np.testing.assert_array_equal(y2, y.astype(np.float32))
 
 
+#: Allowance for MindSpore's CPU Sigmoid kernel (its Exp): up to 13 float32 ulps absolute, measured.
+SIGMOID_ULPS = 16
+
+
+def test_sigmoid_kernel_error_is_what_quick_gelu_allows():
+    z = np.linspace(-20, 20, 80001).astype(np.float32)
+    s = ms.ops.sigmoid(ms.Tensor(z)).asnumpy().astype(np.float64)
+    exact = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+    assert np.max(np.abs(s - exact)) <= SIGMOID_ULPS * U32
+    big = exact > 1e-3  # relative accuracy where the value is not tiny: the kernel's ~40 ulps
+    assert np.max(np.abs(s - exact)[big] / exact[big]) <= 4 * SIGMOID_ULPS * U32
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_quick_gelu_is_x_sigmoid_1702x(mode):
+    """QuickGELU (CLIP) vs x * sigmoid(1.702 x) in float64: |x| times the sigmoid's error plus a few float32
+    roundings, at the input's scale; erf GELU is far off."""
+    x = np.linspace(-12, 12, 48001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    exact = x64 / (1.0 + np.exp(-1.702 * x64))
+    erf_gelu = GELU("erf")(ms.Tensor(x)).asnumpy().astype(np.float64)
+    cell = GELU("quick")
+    fn = ms.jit(cell) if mode == "graph" else cell
+    y = fn(ms.Tensor(x)).asnumpy().astype(np.float64)
+    scale = U32 * np.maximum(1.0, np.abs(x64))
+    worst = np.max(np.abs(y - exact) / scale)
+    assert worst <= 4 + SIGMOID_ULPS, f"worst {worst:.2f} roundings"
+    assert np.max(np.abs(erf_gelu - exact) / scale) > 1000  # the check above tells the two apart
+
+
+def test_quick_gelu_float16_computes_in_float32():
+    x = np.linspace(-8, 8, 2001).astype(np.float16)
+    y = GELU("quick", ms.float16)(ms.Tensor(x)).asnumpy()
+    x64 = x.astype(np.float64)
+    exact = (x64 / (1.0 + np.exp(-1.702 * x64))).astype(np.float16)
+    assert y.dtype == np.float16
+    # computed in float32 (error as the float32 test allows), then rounded once to float16
+    tol = np.spacing(np.abs(exact)).astype(np.float64) + (4 + SIGMOID_ULPS) * U32 * np.maximum(1.0, np.abs(x64))
+    assert np.all(np.abs(y.astype(np.float64) - exact) <= tol)
+
+
+def test_unknown_gelu_kind_refused():
+    with pytest.raises(ValueError, match="quick"):
+        GELU("sigmoid")
+
+
 def test_erf_gelu_float16_computes_in_float32():
     from scipy.special import erf
 
@@ -127,13 +178,28 @@ def test_softmax_paths_are_float32_accurate(sd, fused):
     assert np.sqrt(np.mean((y - ref) ** 2)) <= 16 * U32 / np.sqrt(197)  # typical error: a few roundings per row
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain", *helpers.FAMILY_TINY])
 def test_parameter_names_are_canonical(preset):
     model = _model(preset)
     names = [p.name for p in model.get_parameters()]
     assert sorted(names) == sorted(W.expected_shapes(model.config))
     for p in model.get_parameters():
         assert tuple(p.shape) == W.expected_shapes(model.config)[p.name]
+
+
+def test_family_options_own_their_canonical_parameters():
+    """The options' parameters sit where the canonical keys say (a misnamed cell would fail the build)."""
+    want = {"tiny_deit": ["dist_token", "head_dist.weight", "head_dist.bias"],
+            "tiny_deit3": ["blocks.0.ls1.gamma", "blocks.1.ls2.gamma"],
+            "tiny_dinov2_reg": ["reg_token", "blocks.1.attn.q_norm.weight", "blocks.0.attn.k_norm.bias"],
+            "tiny_clip": ["norm_pre.weight", "norm_pre.bias"],
+            "tiny_siglip": ["attn_pool.latent", "attn_pool.kv.weight", "attn_pool.mlp.fc2.bias", "attn_pool.norm.weight"]}
+    for preset, keys in want.items():
+        names = {p.name for p in _model(preset).get_parameters()}
+        missing = [k for k in keys if k not in names]
+        assert not missing, f"{preset}: no parameters {missing}"
+    assert "patch_embed.proj.bias" not in {p.name for p in _model("tiny_clip").get_parameters()}  # CLIP: no bias
+    assert "cls_token" not in {p.name for p in _model("tiny_siglip").get_parameters()}
 
 
 def test_fixed_tables_and_zero_token_are_not_parameters():
@@ -151,6 +217,32 @@ def test_with_image_size_model_matches_dynamic_forward():
     a, b = be.forward(resized, x), be.forward(_model(preset), x)
     for s in cfg.stage_names():
         assert tolerances.rel_l2(a[s], b[s]) <= 2 * tolerances.fp32_bound(cfg, s), s
+
+
+@pytest.mark.parametrize("preset", ["tiny_deit3", "tiny_dinov2_reg", "tiny_deit"])
+def test_pos_table_has_zero_rows_for_unpositioned_prefix_tokens(preset):
+    """model.pos_table is shared.posemb.position_table (resampled, zero rows inserted), at the own grid and others."""
+    cfg, state, _ = helpers.case(preset)
+    model = _model(preset)
+    n_pos, n0 = cfg.num_pos_prefix, cfg.num_prefix_tokens
+    for grid in [cfg.grid, (5, 7), (3, 2)]:
+        got = model.pos_table(grid).asnumpy()[0]
+        want = position_table(cfg, state, grid)
+        assert got.shape == want.shape == (n0 + grid[0] * grid[1], cfg.embed_dim), (grid, got.shape, want.shape)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * max(1.0, float(np.abs(want).max())))
+        np.testing.assert_array_equal(got[:n_pos], state["pos_embed"][0, :n_pos])  # positioned prefix rows kept
+        assert not np.any(got[n_pos:n0]), f"{preset}: prefix rows {n_pos}..{n0 - 1} must be zero"
+
+
+@pytest.mark.parametrize("preset,size", [("tiny_deit3", (40, 56)), ("tiny_dinov2_reg", (35, 21)),
+                                         ("tiny_siglip", (16, 56))])
+def test_family_models_at_another_image_size(preset, size):
+    """Prefix tokens without positions (and the MAP pool over other patches) at a resampled grid, both modes."""
+    cfg, state, x = helpers.case(preset, image_size=size)
+    for mode in MODES:
+        out = BACKENDS[mode].forward(_model(preset), x)
+        assert out["embed"].shape[1] == cfg.with_image_size(size).num_tokens
+        helpers.assert_conforms(preset, "float32", out, image_size=size)
 
 
 def test_training_mode_with_dropout_differs_from_inference():
@@ -197,6 +289,21 @@ def test_save_and_load_native(tmp_path, dtype):
         exported = be.export(loaded)
         assert all(exported[k].tobytes() == state[k].tobytes() for k in state)
     helpers.assert_conforms("tiny", dtype, be.forward(loaded, x))
+
+
+@pytest.mark.parametrize("preset", helpers.FAMILY_TINY)
+def test_family_ckpt_round_trip_is_bit_exact(tmp_path, preset):
+    """LayerScale gammas, prefix tokens, the MAP head and head_dist through the native .ckpt and back."""
+    be = BACKENDS["graph"]
+    cfg, state, x = helpers.case(preset)
+    path = be.save_native(be.build(cfg, state), tmp_path / f"{preset}.ckpt")
+    loaded = be.load_native(path)
+    assert loaded.config == cfg
+    back = be.export(loaded)
+    assert sorted(back) == sorted(state)
+    for k in state:
+        assert back[k].dtype == np.float32 and back[k].tobytes() == state[k].tobytes(), k
+    helpers.assert_conforms(preset, "float32", be.forward(loaded, x))
 
 
 def _bad_state(kind):
@@ -269,6 +376,81 @@ def test_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(MismatchError):
         convert.save_ckpt(cfg, st, tmp_path / "x.ckpt")
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------- gradients and training
+#: finite-difference step for the float64 reference loss: truncation O(h^2) ~ 1e-10, cancellation ~ 1e-11
+FD_STEP = G.FD_STEP
+
+
+def _family_grad_case(preset):
+    cfg = get_preset(preset)
+    if not cfg.num_classes:  # features-only presets get a head, so the loss applies
+        cfg = cfg.replace(num_classes=5)
+    state = init_weights(cfg, 0)
+    x = random_images(cfg, 6, 0)
+    y = np.random.default_rng(3).integers(0, cfg.num_classes, 6)
+    return cfg, state, x, y
+
+
+@pytest.mark.parametrize("preset", helpers.FAMILY_TINY)
+def test_family_gradients_match_finite_differences_of_the_reference(preset):
+    """Loss and every parameter gradient of the family options vs the float64 reference, independently of any
+    other backend: per tensor, the directional derivative along a random unit direction v by central differences
+    of shared.training.grad.reference_loss against <g, v>. |<g - g64, v>| <= ||g - g64||, so the error relative
+    to the gradient's size (with the policy's floor, GRAD_FLOOR) must meet the policy's gradient bound."""
+    cfg, state, x, y = _family_grad_case(preset)
+    loss, grads = BACKENDS["pynative"].loss_and_grads(cfg, state, x, y, 0.1)
+    ref = G.reference_loss(cfg, state, x, y, 0.1)
+    assert abs(loss - ref) / abs(ref) <= G.loss_bound(cfg), (loss, ref)
+    assert sorted(grads) == sorted(state) and all(grads[k].shape == state[k].shape for k in state)
+    zero = [k for k, g in grads.items() if not np.any(g)]
+    assert not zero, f"{preset}: all-zero gradients {zero}"
+    base = {k: np.asarray(v, np.float64) for k, v in state.items()}
+    rng = np.random.default_rng(7)
+    diffs, norms = {}, {}
+    for k in sorted(state):
+        v = rng.standard_normal(base[k].shape)
+        v /= np.linalg.norm(v)
+        lp = G.reference_loss(cfg, {**base, k: base[k] + FD_STEP * v}, x, y, 0.1)
+        lm = G.reference_loss(cfg, {**base, k: base[k] - FD_STEP * v}, x, y, 0.1)
+        g = np.asarray(grads[k], np.float64)
+        diffs[k] = abs((lp - lm) / (2 * FD_STEP) - float((g * v).sum()))
+        norms[k] = float(np.linalg.norm(g))
+    floor = tolerances.GRAD_FLOOR * float(np.sqrt(sum(n * n for n in norms.values()))) / np.sqrt(len(norms))
+    errs = {k: diffs[k] / max(norms[k], floor) for k in diffs}
+    bound = tolerances.grad_bound(cfg)
+    bad = {k: f"{e:.2e}" for k, e in errs.items() if not e <= bound}
+    assert not bad, f"{preset}: directional derivative errors over {bound:.2e}: {bad}"
+
+
+def test_distilled_training_loss_is_the_mean_of_both_heads():
+    """RawLogits gives both heads (2, B, K); the loss is shared.training.recipe.training_loss of them (the mean
+    of the two heads' smoothed CE), not the CE of the averaged inference logits."""
+    from vit_mindspore.train import RawLogits
+
+    cfg, state, x, y = _family_grad_case("tiny_deit")
+    model = BACKENDS["pynative"].build(cfg, state)
+    z = RawLogits(model)(ms.Tensor(x)).asnumpy()
+    z64 = T.raw_logits_reference(cfg, state, x)
+    assert z.shape == z64.shape == (2, len(x), cfg.num_classes)
+    assert tolerances.rel_l2(z, z64) <= tolerances.fp32_bound(cfg, "logits")
+    loss, _ = BACKENDS["pynative"].loss_and_grads(cfg, state, x, y, 0.1)
+    want = T.training_loss(z64, y, 0.1)[0]
+    of_mean = T.smoothed_ce(z64.mean(0), y, 0.1)[0]
+    assert abs(loss - want) / want <= G.loss_bound(cfg) < abs(of_mean - want) / want, (loss, want, of_mean)
+
+
+def test_distilled_training_trains_both_heads():
+    """A DeiT-layout digits model trained by vit_mindspore.train: each head alone beats chance by far."""
+    cfg = get_preset("digits").replace(dist_token=True, name="digits_distilled")
+    tr, te = D.load_digits_split((16, 16), 0)
+    tc = T.TrainConfig(steps=30, batch=64, lr=2e-3, warmup_steps=4, eval_every=0, seed=0)  # each head ~80 %
+    state, hist = MindSporeBackend().train(cfg, init_weights(cfg, 0), tr, te, tc, progress=False)
+    heads = T.raw_logits_reference(cfg, state, te.images)  # (2, B, K) in float64
+    top1 = [float(np.mean(np.argmax(h, 1) == te.labels)) for h in heads]
+    assert min(top1) >= 0.5, f"held-out top-1 of head, head_dist: {top1}"
+    assert hist[-1]["step"] == 30 and hist[-1]["val_top1"] >= 0.5
 
 
 # --------------------------------------------------------------- import order

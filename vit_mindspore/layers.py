@@ -7,7 +7,8 @@ gamma/beta, nn.Conv2d is slow on CPU). Parameters are named like the canonical k
 parameters (zeros, canonical shapes, the compute dtype); `convert.load_canonical` fills them.
 
 The cells the other backends have too come in the same order: DropPath, PatchEmbed, Attention, Mlp,
-Block; before them, the cells MindSpore needs written out (Linear, LayerNorm, GELU, Softmax, Dropout).
+Block; before them, the cells MindSpore needs written out (Linear, LayerNorm, GELU, Softmax, Dropout);
+between Mlp and Block, LayerScale, and after Block, AttentionPoolLatent (the MAP head, pool="map").
 
 Precision: parameters are stored in the compute dtype (float32 or float16). Matmuls run in that
 dtype; LayerNorm, softmax, GELU and tanh compute in float32 and round their output to the compute
@@ -104,17 +105,31 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + ops.tanh(_TANH_C * (x + 0.044715 * x * x * x)))
 
 
+def gelu_quick(x):
+    """QuickGELU (OpenAI CLIP), x * sigmoid(1.702 x), written out (MindSpore has no cell for it), on float32.
+
+    MindSpore CPU's Sigmoid carries its Exp kernel's error: up to 13 float32 ulps absolute (measured over
+    [-20, 20]), so QuickGELU is within ~9 roundings at the input's scale (erf GELU: ~2). An expm1-based sigmoid
+    would be within 3 absolute but ~450 ulps relative on the negative side (x in (-4, -1)), against ~40 for
+    the kernel; the kernel stays (conformance_tests/test_mindspore.py pins both figures)."""
+    return x * ops.sigmoid(1.702 * x)
+
+
 class GELU(_Cell):
+    """GELU of the config's kind ("erf", "tanh" or "quick"), computed in float32, rounded once."""
+
     def __init__(self, kind: str, dtype=mstype.float32):
         super().__init__(dtype)
-        if kind not in ("erf", "tanh"):
-            raise ValueError(f"GELU kind must be 'erf' or 'tanh', got {kind!r}")
-        self.exact = kind == "erf"
+        if kind not in ("erf", "tanh", "quick"):
+            raise ValueError(f"GELU kind must be 'erf', 'tanh' or 'quick', got {kind!r}")
+        self.kind = kind
 
     def construct(self, x):
         x = self.f32(x)
-        if self.exact:
+        if self.kind == "erf":
             y = gelu_erf(x)
+        elif self.kind == "quick":
+            y = gelu_quick(x)
         else:
             y = gelu_tanh(x)
         return self.back(y)
@@ -203,7 +218,7 @@ class PatchEmbed(_Cell):
         self.patch = cfg.patch_size
         self.in_chans = cfg.in_chans
         self.embed_dim = cfg.embed_dim
-        self.proj = _ConvAsMatmul((cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size), dtype)
+        self.proj = _ConvAsMatmul((cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size), cfg.patch_bias, dtype)
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
 
@@ -219,14 +234,16 @@ class PatchEmbed(_Cell):
 
 
 class _ConvAsMatmul(_Cell):
-    """Holds `weight` (D, C, P, P) and `bias` (D,); applies them to flattened patches."""
+    """Holds `weight` (D, C, P, P) and, unless has_bias is False (CLIP), `bias` (D,); applies them to flattened
+    patches."""
 
-    def __init__(self, shape: tuple[int, int, int, int], dtype=mstype.float32):
+    def __init__(self, shape: tuple[int, int, int, int], has_bias: bool = True, dtype=mstype.float32):
         super().__init__(dtype)
         self.out_features = int(shape[0])
         self.fan_in = int(np.prod(shape[1:]))
         self.weight = _param(tuple(shape), "weight", dtype)
-        self.bias = _param((self.out_features,), "bias", dtype)
+        self.has_bias = bool(has_bias)
+        self.bias = _param((self.out_features,), "bias", dtype) if has_bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
         self.reshape = ops.Reshape()
@@ -234,14 +251,30 @@ class _ConvAsMatmul(_Cell):
     def construct(self, x):
         shape = x.shape
         w = self.reshape(self.weight, (self.out_features, self.fan_in))
-        y = self.bias_add(self.matmul(self.reshape(x, (-1, self.fan_in)), w), self.bias)
+        y = self.matmul(self.reshape(x, (-1, self.fan_in)), w)
+        if self.has_bias:
+            y = self.bias_add(y, self.bias)
         return self.reshape(y, shape[:-1] + (self.out_features,))
 
 
-class Attention(_Cell):
-    """Multi-head self-attention: fused qkv (rows q, k, v), scores * cfg.scale, softmax, proj.
+def split_heads(t, num_heads: int, head_dim: int):
+    """(B, T, heads * head_dim) -> (B, heads, T, head_dim)."""
+    B, T, _ = t.shape
+    return ops.transpose(ops.reshape(t, (B, T, num_heads, head_dim)), (0, 2, 1, 3))
 
-    With cfg.attn_value_skip the output is v (heads merged) + proj(attn @ v), as reference.attention.
+
+def merge_heads(t, width: int):
+    """(B, heads, T, head_dim) -> (B, T, width)."""
+    B, _, T, _ = t.shape
+    return ops.reshape(ops.transpose(t, (0, 2, 1, 3)), (B, T, width))
+
+
+class Attention(_Cell):
+    """Multi-head self-attention: fused qkv (rows q, k, v), [qk-norm], scores * cfg.scale, softmax, proj.
+
+    With cfg.qk_norm, q and k are LayerNorm'ed over each head's channels (`q_norm`, `k_norm`, eps from the
+    config) after the heads are split and before the scale, as timm. With cfg.attn_value_skip the output is
+    v (heads merged) + proj(attn @ v), as reference.attention.
     """
 
     def __init__(self, cfg: ViTConfig, in_dim: int, dtype=mstype.float32, fused_softmax: bool = True):
@@ -252,6 +285,9 @@ class Attention(_Cell):
         self.scale = float(cfg.scale)
         self.value_skip = bool(cfg.attn_value_skip)
         self.qkv = Linear(in_dim, 3 * cfg.width, cfg.qkv_bias, dtype)
+        self.has_qk_norm = bool(cfg.qk_norm)
+        self.q_norm = LayerNorm(cfg.head_dim, cfg.layer_norm_eps, dtype) if cfg.qk_norm else None
+        self.k_norm = LayerNorm(cfg.head_dim, cfg.layer_norm_eps, dtype) if cfg.qk_norm else None
         self.proj = Linear(cfg.width, cfg.width, True, dtype)
         self.softmax = Softmax(dtype, fused_softmax)
         self.attn_drop = Dropout(cfg.attn_dropout)
@@ -259,8 +295,6 @@ class Attention(_Cell):
         self.split = ops.Split(axis=-1, output_num=3)
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
-        self.reshape = ops.Reshape()
-        self.transpose = ops.Transpose()
 
     def scores(self, x):
         """v in heads (B, H, T, hd) and the scaled scores q k^T * scale (B, H, T, T)."""
@@ -268,47 +302,63 @@ class Attention(_Cell):
         # MindSpore CPU's StridedSlice, ~10x slower here (22% of a B/16 forward, measured).
         q, k, v = self.split(self.qkv(x))
         q, k, v = self.heads(q), self.heads(k), self.heads(v)
+        if self.has_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         s = self.qk_matmul(q, k) * self.scale
         return v, s
 
     def heads(self, t):
         """(B, T, W) -> (B, heads, T, head_dim)."""
-        B, T, _ = t.shape
-        return self.transpose(self.reshape(t, (B, T, self.num_heads, self.head_dim)), (0, 2, 1, 3))
+        return split_heads(t, self.num_heads, self.head_dim)
 
     def construct(self, x):
-        B, T, _ = x.shape
         v, s = self.scores(x)
         probs = self.attn_drop(self.softmax(s))
-        out = self.av_matmul(probs, v)
-        out = self.reshape(self.transpose(out, (0, 2, 1, 3)), (B, T, self.width))
+        out = merge_heads(self.av_matmul(probs, v), self.width)
         out = self.proj_drop(self.proj(out))
         if self.value_skip:
-            out = self.reshape(self.transpose(v, (0, 2, 1, 3)), (B, T, self.width)) + out
+            out = merge_heads(v, self.width) + out
         return out
 
 
 class Mlp(_Cell):
-    """fc1 -> GELU (form from cfg.gelu, computed in float32) -> dropout -> fc2 -> dropout."""
+    """fc1 -> GELU (form from cfg.gelu, computed in float32) -> dropout -> fc2 -> dropout.
 
-    def __init__(self, cfg: ViTConfig, dim: int, dtype=mstype.float32):
+    dropout: the rate, cfg.dropout unless given (the attention pool's MLP has none, as timm's)."""
+
+    def __init__(self, cfg: ViTConfig, dim: int, dtype=mstype.float32, dropout: float | None = None):
         super().__init__(dtype)
+        rate = cfg.dropout if dropout is None else dropout
         self.fc1 = Linear(dim, cfg.mlp_dim, True, dtype)
         self.act = GELU(cfg.gelu, dtype)
-        self.drop1 = Dropout(cfg.dropout)
+        self.drop1 = Dropout(rate)
         self.fc2 = Linear(cfg.mlp_dim, dim, True, dtype)
-        self.drop2 = Dropout(cfg.dropout)
+        self.drop2 = Dropout(rate)
 
     def construct(self, x):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
+class LayerScale(_Cell):
+    """LayerScale (CaiT, DeiT III, DINOv2): the branch output times a per-channel `gamma` (W,), one rounding in
+    the compute dtype. The parameter is named `gamma` like timm's, so the block's `ls1.gamma` / `ls2.gamma` are
+    the canonical keys."""
+
+    def __init__(self, dim: int, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.gamma = _param((dim,), "gamma", dtype)
+
+    def construct(self, x):
+        return x * self.gamma
+
+
 class Block(_Cell):
     """Pre-norm transformer block i, exactly like `shared.reference.block`.
 
-    When the block's input width differs from cfg.width (T2T first block) there is no outer residual around
-    attention (and so no stochastic depth on that branch). The stochastic-depth rate is
-    cfg.drop_path_rates[index], as in every backend.
+    With cfg.init_values each branch's output is scaled by LayerScale (`ls1`, `ls2`) before stochastic depth
+    and the residual add (timm's order). When the block's input width differs from cfg.width (T2T first
+    block) there is no outer residual around attention (and so no stochastic depth on that branch; ls1 still
+    scales it). The stochastic-depth rate is cfg.drop_path_rates[index], as in every backend.
     """
 
     def __init__(self, cfg: ViTConfig, index: int, dtype=mstype.float32, fused_softmax: bool = True):
@@ -317,17 +367,64 @@ class Block(_Cell):
         in_dim = cfg.block_in_dim(index)
         self.residual = in_dim == cfg.width
         self.drop_path_rate = cfg.drop_path_rates[index]
+        self.layer_scale = cfg.init_values is not None
         self.norm1 = LayerNorm(in_dim, eps, dtype)
         self.attn = Attention(cfg, in_dim, dtype, fused_softmax)
+        self.ls1 = LayerScale(cfg.width, dtype) if self.layer_scale else None
         self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
         self.norm2 = LayerNorm(cfg.width, eps, dtype)
         self.mlp = Mlp(cfg, cfg.width, dtype)
+        self.ls2 = LayerScale(cfg.width, dtype) if self.layer_scale else None
         self.drop_path2 = DropPath(self.drop_path_rate)
 
     def construct(self, x):
         y = self.attn(self.norm1(x))
+        if self.layer_scale:
+            y = self.ls1(y)
         if self.residual:
             x = x + self.drop_path1(y)
         else:
             x = y
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        h = self.mlp(self.norm2(x))
+        if self.layer_scale:
+            h = self.ls2(h)
+        return x + self.drop_path2(h)
+
+
+class AttentionPoolLatent(_Cell):
+    """timm's AttentionPoolLatent (SigLIP's MAP head), exactly like `shared.reference.attention_pool`.
+
+    One learned query `latent` (1, 1, W) attends to the tokens it is given (the model passes the patch tokens
+    only): q = q(latent), k and v from `kv` (rows k then v), scores * head_dim ** -0.5 (never cfg.qk_scale),
+    cfg.num_heads heads, no qk-norm; out = proj(attn @ v); out = out + mlp(norm(out)). Returns (B, W), the
+    latent's output. No dropout (timm's defaults). Parameters: latent, q, kv, proj, norm, mlp.fc1, mlp.fc2.
+    """
+
+    def __init__(self, cfg: ViTConfig, dtype=mstype.float32, fused_softmax: bool = True):
+        super().__init__(dtype)
+        W = cfg.width
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.width = W
+        self.scale = float(cfg.head_dim) ** -0.5
+        self.latent = _param((1, 1, W), "latent", dtype)
+        self.q = Linear(W, W, True, dtype)
+        self.kv = Linear(W, 2 * W, True, dtype)
+        self.proj = Linear(W, W, True, dtype)
+        self.norm = LayerNorm(W, cfg.layer_norm_eps, dtype)
+        self.mlp = Mlp(cfg, W, dtype, dropout=0.0)
+        self.softmax = Softmax(dtype, fused_softmax)
+        self.split = ops.Split(axis=-1, output_num=2)
+        self.qk_matmul = ops.BatchMatMul(transpose_b=True)
+        self.av_matmul = ops.BatchMatMul()
+
+    def construct(self, x):
+        B = x.shape[0]
+        q = split_heads(self.q(self.latent), self.num_heads, self.head_dim)  # (1, H, 1, hd)
+        q = ops.broadcast_to(q, (B, self.num_heads, 1, self.head_dim))
+        k, v = self.split(self.kv(x))
+        k, v = split_heads(k, self.num_heads, self.head_dim), split_heads(v, self.num_heads, self.head_dim)
+        probs = self.softmax(self.qk_matmul(q, k) * self.scale)  # (B, H, 1, N)
+        out = self.proj(merge_heads(self.av_matmul(probs, v), self.width))  # (B, 1, W)
+        out = out + self.mlp(self.norm(out))
+        return out[:, 0]

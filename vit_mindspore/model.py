@@ -3,17 +3,19 @@
     model = build_model(cfg, state, dtype="float32")    # nn.Cell, parameters named like the canonical keys
     logits = model(images)                               # (B, K) at cfg.image_size
     stages = StageNet(model, image_size=(40, 56))(x)     # tuple in cfg.stage_names() order, any size
-    table = model.pos_table((5, 7))                      # (1, T, D) position table at a grid (PyNative)
+    table = model.pos_table((5, 7))                      # (1, T, D) table added to all T tokens at a grid (PyNative)
     state = to_canonical(model)                          # canonical weights out, bit-exact; load_canonical in
 
 Parameter names are the canonical keys (layers.py: LayerNorm parameters are `weight`/`bias`, not MindSpore's
 gamma/beta; the patch projection keeps the conv layout (D, C, P, P) though it runs as a matmul), so a canonical
 dict maps onto the parameters by name.
 
-Position tables are inputs of `forward_stages`, not baked into the blocks: `StageNet` holds the
-constants for one input grid (resampling matrices from shared.posemb.resize_matrix for a learned
-table, the fixed sinusoidal table otherwise) and shares the model's parameters, so one model serves
-every input size in PyNative and Graph mode (Graph mode compiles per input shape anyway).
+Prefix tokens come in timm's order: class (learned `cls_token`, or zeros), distillation (`dist_token`), registers
+(`reg_token`), then the patches. Position tables are inputs of `forward_stages`, not baked into the blocks:
+`StageNet` holds the constants for one input grid (resampling matrices from shared.posemb.resize_matrix for a
+learned table, the fixed sinusoidal table otherwise, zero rows for the prefix tokens that have no position) and
+shares the model's parameters, so one model serves every input size in PyNative and Graph mode (Graph mode
+compiles per input shape anyway).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from shared.init import init_weights
 from shared.posemb import fixed_table, resize_matrix
 from shared.weights import expected_shapes, validate_state
 
-from .layers import MS_DTYPES, Block, Dropout, LayerNorm, Linear, PatchEmbed, Softmax, _Cell, _param
+from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, LayerNorm, Linear, PatchEmbed, Softmax, _Cell,
+                     _param)
 
 
 _configured = False
@@ -63,9 +66,11 @@ def configure_runtime(threads: int | None = None) -> None:
 
 
 class PosTable(nn.Cell):
-    """The position table added at one input grid.
+    """The position table added to all the tokens at one input grid.
 
-    learned: rows = prefix rows + Wh @ table(gh, gw) @ Ww^T per channel (identity when grids agree);
+    learned: rows = the positioned prefix rows (the first cfg.num_pos_prefix), zero rows for the other prefix
+    tokens (shared.posemb.with_unpositioned_prefix: x + 0 is exact, so this is timm's no_embed_class bit for
+    bit), then Wh @ table(gh, gw) @ Ww^T per channel (identity when grids agree);
     sincos*: a constant Tensor (not a Parameter); none: nothing.
     Holds no parameters: the learned table is passed in by the model.
     """
@@ -73,13 +78,15 @@ class PosTable(nn.Cell):
     def __init__(self, cfg: ViTConfig, grid: tuple[int, int]):
         super().__init__()
         self.kind = cfg.pos_embed
-        self.prefix = cfg.num_prefix_tokens
+        self.n_pos = cfg.num_pos_prefix
+        self.n_unpos = cfg.num_prefix_tokens - cfg.num_pos_prefix if self.kind == "learned" else 0
         self.dim = cfg.embed_dim
         self.table_grid = tuple(cfg.table_grid)
         self.grid = tuple(grid)
         self.resample = self.kind == "learned" and self.table_grid != self.grid
         self.fixed = None
         self.wh = self.ww = None
+        self.gap = Tensor(np.zeros((self.n_unpos, self.dim), np.float32)) if self.n_unpos else None
         if self.kind in ("sincos1d", "sincos2d"):
             self.fixed = Tensor(fixed_table(cfg, self.grid).astype(np.float32))
         if self.resample:
@@ -91,22 +98,29 @@ class PosTable(nn.Cell):
         self.concat = ops.Concat(axis=0)
 
     def construct(self, learned):
-        """learned: the (1, prefix + gh*gw, D) float32 parameter (or None). Returns (tokens, D) float32 or None."""
+        """learned: the (1, num_pos_prefix + gh*gw, D) float32 parameter (or None).
+        Returns (tokens, D) float32 (all the tokens, prefix and patches) or None."""
         if self.kind == "learned":
             table = learned[0]
+            if self.n_unpos == 0 and not self.resample:
+                return table
+            patches = table[self.n_pos:] if self.n_pos > 0 else table
             if self.resample:
                 gh, gw = self.table_grid
                 nh, nw = self.grid
                 D = self.dim
-                patches = table[self.prefix:]
                 t = self.matmul(self.wh, self.reshape(patches, (gh, gw * D)))          # (nh, gw*D)
                 t = self.reshape(self.transpose(self.reshape(t, (nh, gw, D)), (1, 0, 2)), (gw, nh * D))
                 t = self.matmul(self.ww, t)                                             # (nw, nh*D)
-                t = self.reshape(self.transpose(self.reshape(t, (nw, nh, D)), (1, 0, 2)), (nh * nw, D))
-                if self.prefix > 0:
-                    t = self.concat((table[: self.prefix], t))
-                table = t
-            return table
+                patches = self.reshape(self.transpose(self.reshape(t, (nw, nh, D)), (1, 0, 2)), (nh * nw, D))
+            rows = ()
+            if self.n_pos > 0:
+                rows = rows + (table[: self.n_pos],)
+            if self.n_unpos > 0:
+                rows = rows + (self.gap,)
+            if self.n_pos > 0 or self.n_unpos > 0:
+                return self.concat(rows + (patches,))
+            return patches
         return self.fixed
 
 
@@ -125,9 +139,12 @@ class VisionTransformer(_Cell):
         self.embed_dim, self.width = D, W
         self.num_prefix = cfg.num_prefix_tokens
         self.class_token = cfg.class_token
+        self.has_dist = cfg.dist_token
+        self.num_reg = cfg.reg_tokens
         self.has_pos = cfg.pos_embed != "none"
         self.learned_pos = cfg.pos_embed == "learned"
-        self.pool_token = cfg.pool == "token"
+        self.has_norm_pre = cfg.norm_pre
+        self.pool_kind = cfg.pool
         self.has_final_norm = cfg.final_norm
         self.has_fc_norm = cfg.fc_norm
         self.has_pre_logits = bool(cfg.representation_size)
@@ -138,14 +155,20 @@ class VisionTransformer(_Cell):
 
         self.patch_embed = PatchEmbed(cfg, mdt)
         self.cls_token = _param(shapes["cls_token"], "cls_token", mdt) if cfg.class_token == "learned" else None
+        self.dist_token = _param(shapes["dist_token"], "dist_token", mdt) if cfg.dist_token else None
+        self.reg_token = _param(shapes["reg_token"], "reg_token", mdt) if cfg.reg_tokens else None
         self.pos_embed = _param(shapes["pos_embed"], "pos_embed", mdt) if self.learned_pos else None
         self.pos_drop = Dropout(cfg.dropout)
-        self.blocks = nn.CellList([Block(cfg, i, mdt, fused_softmax) for i in range(cfg.depth)])
         eps = cfg.layer_norm_eps
+        self.norm_pre = LayerNorm(D, eps, mdt) if cfg.norm_pre else None
+        self.blocks = nn.CellList([Block(cfg, i, mdt, fused_softmax) for i in range(cfg.depth)])
         self.norm = LayerNorm(W, eps, mdt) if cfg.final_norm else None
+        self.attn_pool = AttentionPoolLatent(cfg, mdt, fused_softmax) if cfg.pool == "map" else None
         self.fc_norm = LayerNorm(W, eps, mdt) if cfg.fc_norm else None
         self.pre_logits = _PreLogits(W, cfg.representation_size, mdt) if cfg.representation_size else None
         self.head = Linear(cfg.feature_dim, cfg.num_classes, True, mdt) if cfg.num_classes else None
+        self.head_dist = (Linear(cfg.feature_dim, cfg.num_classes, True, mdt) if cfg.num_classes and cfg.dist_token
+                          else None)
         self.softmax = Softmax(mdt)
         self.pos = PosTable(cfg, cfg.grid)  # the table at the model's own size
         self.concat = ops.Concat(axis=1)
@@ -158,7 +181,8 @@ class VisionTransformer(_Cell):
                                  f"missing {sorted(set(shapes) - names)}")
 
     def pos_table(self, grid: tuple[int, int]):
-        """The (1, prefix + gh*gw, D) float32 table added at `grid`, or None (PyNative; Graph mode uses PosTable)."""
+        """The (1, prefix + gh*gw, D) float32 table added to all the tokens at `grid` (zero rows for prefix tokens
+        without a position), or None (PyNative; Graph mode uses PosTable)."""
         if not self.has_pos:
             return None
         table = PosTable(self.config, tuple(int(g) for g in grid))(self.f32(self.pos_embed) if self.learned_pos
@@ -171,11 +195,19 @@ class VisionTransformer(_Cell):
         x = self.back(x)
         pe = self.patch_embed(x)
         B = pe.shape[0]
-        x = pe
+        D = self.embed_dim
+        prefix = ()  # timm's order: class (or prediction) token, distillation token, registers
         if self.class_token == "learned":
-            x = self.concat((ops.broadcast_to(self.cls_token, (B, 1, self.embed_dim)), x))
+            prefix = prefix + (ops.broadcast_to(self.cls_token, (B, 1, D)),)
         elif self.class_token == "zeros":
-            x = self.concat((self.zeros((B, 1, self.embed_dim), self.cdtype), x))
+            prefix = prefix + (self.zeros((B, 1, D), self.cdtype),)
+        if self.has_dist:
+            prefix = prefix + (ops.broadcast_to(self.dist_token, (B, 1, D)),)
+        if self.num_reg > 0:
+            prefix = prefix + (ops.broadcast_to(self.reg_token, (B, self.num_reg, D)),)
+        x = pe
+        if self.num_prefix > 0:
+            x = self.concat(prefix + (pe,))
         if self.has_pos:
             if self.learned_pos:
                 table = pos(self.f32(self.pos_embed))
@@ -184,38 +216,64 @@ class VisionTransformer(_Cell):
             x = x + self.back(table)
         return pe, self.pos_drop(x)
 
+    def patch_tokens(self, x):
+        """The tokens after the prefix (class, distillation, registers)."""
+        if self.num_prefix > 0:
+            return x[:, self.num_prefix:]
+        return x
+
     def pool(self, x):
-        """norm stage in, pre_logits stage out (pool, fc_norm, Linear-Tanh)."""
-        if self.pool_token:
+        """norm stage in, pre_logits stage out (pool, fc_norm, Linear-Tanh). With a distillation token: the mean
+        of the class and distillation tokens (timm's pre_logits)."""
+        if self.has_dist:
+            x = self.back((self.f32(x[:, 0]) + self.f32(x[:, 1])) / 2)
+        elif self.pool_kind == "token":
             x = x[:, 0]
-        else:
-            x = self.back(self.reduce_mean(self.f32(x[:, self.num_prefix:]), 1))
+        elif self.pool_kind == "mean":
+            x = self.back(self.reduce_mean(self.f32(self.patch_tokens(x)), 1))
+        else:  # map: the attention pool sees the patch tokens only
+            x = self.attn_pool(self.patch_tokens(x))
         if self.has_fc_norm:
             x = self.fc_norm(x)
         if self.has_pre_logits:
             x = self.pre_logits(x)
         return x
 
-    def head_raw(self, feats):
-        """Head output before any softmax (what a training loss wants)."""
+    def head_raw(self, x, feats):
+        """Head output before any softmax (what a training loss wants), from the norm stage `x` and the
+        pre_logits stage `feats`: (B, K), or for a distilled model (2, B, K) = [head on the class token,
+        head_dist on the distillation token] (the training loss is the mean of the two heads' losses)."""
+        if self.has_dist:
+            return ops.stack((self.head(x[:, 0]), self.head_dist(x[:, 1])), 0)
         return self.head(feats)
+
+    def logits(self, x, feats):
+        """The logits stage from the norm stage `x` and the pre_logits stage `feats`. Distilled: the mean of
+        head(class token) and head_dist(distillation token), DeiT's inference output."""
+        if not self.has_head:
+            return feats
+        if self.has_dist:
+            z = self.back((self.f32(self.head(x[:, 0])) + self.f32(self.head_dist(x[:, 1]))) / 2)
+        else:
+            z = self.head(feats)
+        if self.output_softmax:
+            z = self.softmax(z)
+        return z
 
     def forward_stages(self, x, pos):
         """Every stage, as a tuple in cfg.stage_names() order, in the compute dtype."""
         pe, x = self.embed(x, pos)
         outs = (pe, x)
+        if self.has_norm_pre:
+            x = self.norm_pre(x)
+            outs = outs + (x,)
         for blk in self.blocks:
             x = blk(x)
             outs = outs + (x,)
         if self.has_final_norm:
             x = self.norm(x)
         feats = self.pool(x)
-        logits = feats
-        if self.has_head:
-            logits = self.head(feats)
-            if self.output_softmax:
-                logits = self.softmax(logits)
-        return outs + (x, feats, logits)
+        return outs + (x, feats, self.logits(x, feats))
 
     def construct(self, x):
         return self.forward_stages(x, self.pos)[-1]

@@ -10,7 +10,8 @@ of shared.backend.Backend:
     train(model, train_data, val_data, TrainConfig(steps=300)) -> history        in place
 
   loss       SmoothedCE(nn.Cell): log-softmax cross-entropy against (1 - eps) one_hot + eps / K, the
-             formula of shared.training.recipe.smoothed_ce, on the head output before any output softmax
+             formula of shared.training.recipe.smoothed_ce, on the head output before any output softmax; for
+             a distilled model the mean of the two heads' losses (shared.training.recipe.training_loss)
   optimiser  experimental.optim.AdamW / SGD with two parameter groups (decay on matrices only,
              shared.training.recipe.decay_mask); the shared warm-up + cosine schedule through
              mindspore.experimental.optim.lr_scheduler.LambdaLR
@@ -35,26 +36,36 @@ from .model import PosTable, VisionTransformer, to_canonical
 
 
 class RawLogits(nn.Cell):
-    """Head output before any output softmax, at the model's own input size."""
+    """Head output before any output softmax, at the model's own input size: (B, K), or (2, B, K) for a
+    distilled model ([head, head_dist]; `heads` says how many)."""
 
     def __init__(self, model):
         super().__init__(auto_prefix=False)
         self.model = model
         cfg = model.config
+        self.heads = 2 if cfg.dist_token else 1
         self.pos = PosTable(cfg, cfg.grid)
         self.cast = ops.Cast()
 
     def construct(self, x):
         outs = self.model.forward_stages(x, self.pos)
-        return self.cast(self.model.head_raw(outs[-2]), mstype.float32)
+        return self.cast(self.model.head_raw(outs[-3], outs[-2]), mstype.float32)
+
+
+def _predicted(z: np.ndarray) -> np.ndarray:
+    """Class predictions from RawLogits' output: a distilled model's (2, B, K) is averaged over its heads first
+    (DeiT's inference logits)."""
+    return np.argmax(z.mean(0) if z.ndim == 3 else z, -1)
 
 
 class SmoothedCE(nn.Cell):
-    """mean_b( -sum_k target_bk log_softmax(z)_bk ), target = (1 - eps) one_hot + eps / K."""
+    """mean_b( -sum_k target_bk log_softmax(z)_bk ), target = (1 - eps) one_hot + eps / K; for a distilled
+    model's (2, B, K) logits the mean over both heads as well (= the mean of the two heads' losses)."""
 
     def __init__(self, net: RawLogits, num_classes: int, smoothing: float):
         super().__init__(auto_prefix=False)
         self.net = net
+        self.heads = net.heads
         self.k = int(num_classes)
         self.smoothing = float(smoothing)
         self.log_softmax = nn.LogSoftmax(axis=-1)
@@ -65,8 +76,8 @@ class SmoothedCE(nn.Cell):
     def construct(self, x, labels):
         z = self.net(x)
         logp = self.log_softmax(z)
-        t = self.one_hot(labels, self.k, self.on, self.off)
-        return -(t * logp).sum() / z.shape[0]
+        t = self.one_hot(labels, self.k, self.on, self.off)  # (B, K), broadcast over the heads
+        return -(t * logp).sum() / (z.shape[-2] * self.heads)
 
 
 def _groups(model, weight_decay: float):
@@ -126,7 +137,7 @@ def train(model: VisionTransformer, train_data, val_data, tcfg: T.TrainConfig, *
             loss = float(step_fn(xb, yb).asnumpy())
             sched.step()
             if progress or (step + 1) % per_epoch == 0:
-                acc = float(np.mean(np.argmax(acc_net(xb).asnumpy(), 1) == y[idx]))
+                acc = float(np.mean(_predicted(acc_net(xb).asnumpy()) == y[idx]))
             else:
                 acc = float("nan")
             run_loss = loss if run_loss is None else 0.9 * run_loss + 0.1 * loss

@@ -253,10 +253,10 @@ def test_hf_defaults_and_activation():
     conf = {k: v for k, v in conf.items() if k not in ("layer_norm_eps", "hidden_act")}
     cfg2, _ = import_hf(hf_state, conf)
     assert cfg2.layer_norm_eps == 1e-12 and cfg2.gelu == "erf" and cfg2.resize_kernel == "bicubic"
-    for act, kind in (("gelu_new", "tanh"), ("gelu_pytorch_tanh", "tanh")):
+    for act, kind in (("gelu_new", "tanh"), ("gelu_pytorch_tanh", "tanh"), ("quick_gelu", "quick")):
         assert import_hf(hf_state, {**conf, "hidden_act": act})[0].gelu == kind
-    with pytest.raises(ConversionError, match="quick_gelu"):
-        import_hf(hf_state, {**conf, "hidden_act": "quick_gelu"})
+    with pytest.raises(ConversionError, match="'relu' is not a GELU"):
+        import_hf(hf_state, {**conf, "hidden_act": "relu"})
     with pytest.raises(MissingFactsError, match="num_attention_heads"):
         import_hf(hf_state, {k: v for k, v in conf.items() if k != "num_attention_heads"})
     with pytest.raises(MismatchError, match="hidden_size"):

@@ -147,7 +147,7 @@ class _Family:
         return self.block == tuple(_DINO_BLOCK)
 
 
-_MIM = "a masked-image-modeling pixel decoder: a different head, the canonical model ends in a classifier or features"
+_MIM = "is a masked-image-modeling pixel decoder: a different head, the canonical model ends in a classifier or features"
 _CONCAT = ("classifies concat(class token, mean of the patch tokens), which is not a canonical head; import its "
            "backbone instead (Model.from_pretrained(DIR).save_pretrained(OUT) keeps the encoder)")
 _FAMILIES = {f.model_type: f for f in (
@@ -309,7 +309,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
                       f"{decoder[0]!r}): it reconstructs masked pixels in pre-training; the encoder is the model",
                       ConversionWarning, stacklevel=3)
     elif decoder:
-        raise ConversionError(f"{source}: {decoder[0]!r} is {_MIM} (encoder_stride "
+        raise ConversionError(f"{source}: {decoder[0]!r} {_MIM} (encoder_stride "
                               f"{shown(hf_config.get('encoder_stride'))})")
     if any(k.startswith(fam.base_prefix) for k in st):
         st = {(k[len(fam.base_prefix):] if k.startswith(fam.base_prefix) else k): v for k, v in st.items()}
@@ -317,15 +317,15 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         hint = " (this looks like a timm checkpoint: use --from timm)" if "patch_embed.proj.weight" in st else ""
         raise ConversionError(f"{source}: not a Hugging Face {mt} state dict: no "
                               f"'[{fam.base_prefix}]embeddings.patch_embeddings.projection.weight'{hint}")
-    if "embeddings.mask_token" in st:
-        st.pop("embeddings.mask_token")
-        warnings.warn(f"{source}: dropped embeddings.mask_token: it is used only for masked-image-modeling inputs "
-                      f"(bool_masked_pos), never in plain inference", ConversionWarning, stacklevel=3)
     swiglu = sorted(k for k in st if re.search(r"\.mlp\.(weights_in|weights_out|gate_proj|up_proj|down_proj)\.", k))
     if fam.dino and facts.bool("use_swiglu_ffn"):
         raise ConversionError(f"{source}: use_swiglu_ffn=True (DINOv2 giant): a SwiGLU MLP is not a canonical MLP")
     if swiglu:
         raise ConversionError(f"{source}: {swiglu[0]!r} is a SwiGLU MLP (use_swiglu_ffn): not a canonical MLP")
+    if "embeddings.mask_token" in st:
+        st.pop("embeddings.mask_token")
+        warnings.warn(f"{source}: dropped embeddings.mask_token: it is used only for masked-image-modeling inputs "
+                      f"(bool_masked_pos), never in plain inference", ConversionWarning, stacklevel=3)
     layout = "module" if any(".attention.q_proj." in k for k in st) else "file"
 
     # ---- facts from config.json, type-checked, then checked against the file
@@ -377,8 +377,9 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
     if dino:  # HF's Dinov2 sizes its MLP as int(hidden_size * mlp_ratio)
         ratio = facts.real("mlp_ratio", 0.0, float(L.MAX_WIDTH), lo_open=True)
         if int(D * ratio) != M:
-            clash.append(f"mlp_ratio: config.json {ratio!r} gives int({D} * {ratio!r}) = {int(D * ratio)} MLP "
-                         f"channels, weights {M}")
+            r = facts.get("mlp_ratio")
+            clash.append(f"mlp_ratio: config.json {r!r} gives int({D} * {r!r}) = {int(D * ratio)} MLP channels, "
+                         f"weights {M}")
     if clash:
         raise MismatchError(source, ["config.json disagrees with the weights: " + c for c in clash])
     if D % H:

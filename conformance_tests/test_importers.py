@@ -583,6 +583,7 @@ def test_hf_vit_mae_is_a_plain_encoder():
     (dict(qk_norm=True), "dinov2", "qk_norm: HF dinov2 has no LayerNorm on q and k"),
     (dict(init_values=None, reg_tokens=2), "deit", "reg_tokens=2: HF deit has exactly one token after the class"),
     (dict(init_values=None, dist_token=True), "vit", "dist_token: HF vit has no distillation token"),
+    (dict(), "dinov2_with_registers", "reg_tokens=0: HF dinov2_with_registers without registers is a dinov2"),
     (dict(), "beit", "model_type 'beit' is not a Hugging Face type vit-suite writes"),
 ])
 def test_export_hf_family_refuses_by_name(change, model_type, what):

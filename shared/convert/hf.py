@@ -174,7 +174,7 @@ def _pair(v) -> tuple[int, int]:
     return (int(h), int(w))
 
 
-def _top_keys(fam: _Family, *, dist: str | None, pooler: bool) -> dict[str, str]:
+def _top_keys(fam: _Family, *, dist: str | None, pooler: bool, registers: bool) -> dict[str, str]:
     """canonical -> HF key (relative to the base model) of everything outside the blocks and the heads; `dist`:
     the canonical name of DeiT's distillation token (dist_token or reg_token)."""
     top = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
@@ -183,7 +183,7 @@ def _top_keys(fam: _Family, *, dist: str | None, pooler: bool) -> dict[str, str]
            "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
     if dist:
         top[dist] = "embeddings.distillation_token"
-    if fam.model_type == "dinov2_with_registers":
+    if registers and fam.model_type == "dinov2_with_registers":
         top["reg_token"] = "embeddings.register_tokens"
     if pooler:
         top.update({"pre_logits.fc.weight": "pooler.dense.weight", "pre_logits.fc.bias": "pooler.dense.bias"})
@@ -215,13 +215,13 @@ class _Facts:
             return self.defaults.get(key)
         return self.conf[key]
 
-    def int(self, key: str, required: bool = False, lo: int = 1, hi: int = L.MAX_WIDTH) -> int | None:
+    def as_int(self, key: str, required: bool = False, lo: int = 1, hi: int = L.MAX_WIDTH) -> int | None:
         v = self.get(key, required)
         if v is not None and not (is_int(v) and lo <= v <= hi):
             raise ConfigError(f"{self.where}: {key!r} must be an int in [{lo}, {hi}], got {shown(v)}")
         return None if v is None else int(v)
 
-    def real(self, key: str, lo: float, hi: float, lo_open: bool = False, hi_closed: bool = False) -> float:
+    def as_real(self, key: str, lo: float, hi: float, lo_open: bool = False, hi_closed: bool = False) -> float:
         v = self.get(key)
         ok = is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v <= hi if hi_closed else v < hi)
         if not ok:
@@ -229,13 +229,13 @@ class _Facts:
                               f"{hi}{']' if hi_closed else ')'}, got {shown(v)}")
         return float(v)
 
-    def bool(self, key: str) -> bool:
+    def as_bool(self, key: str) -> bool:
         v = self.get(key)
         if not isinstance(v, bool):
             raise ConfigError(f"{self.where}: {key!r} must be a bool (true or false), got {shown(v)}")
         return v
 
-    def str(self, key: str) -> str:
+    def as_str(self, key: str) -> str:
         v = self.get(key)
         if not isinstance(v, str):
             raise ConfigError(f"{self.where}: {key!r} must be a string, got {shown(v)}")
@@ -318,7 +318,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         raise ConversionError(f"{source}: not a Hugging Face {mt} state dict: no "
                               f"'[{fam.base_prefix}]embeddings.patch_embeddings.projection.weight'{hint}")
     swiglu = sorted(k for k in st if re.search(r"\.mlp\.(weights_in|weights_out|gate_proj|up_proj|down_proj)\.", k))
-    if fam.dino and facts.bool("use_swiglu_ffn"):
+    if fam.dino and facts.as_bool("use_swiglu_ffn"):
         raise ConversionError(f"{source}: use_swiglu_ffn=True (DINOv2 giant): a SwiGLU MLP is not a canonical MLP")
     if swiglu:
         raise ConversionError(f"{source}: {swiglu[0]!r} is a SwiGLU MLP (use_swiglu_ffn): not a canonical MLP")
@@ -329,21 +329,21 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
     layout = "module" if any(".attention.q_proj." in k for k in st) else "file"
 
     # ---- facts from config.json, type-checked, then checked against the file
-    H = facts.int("num_attention_heads", required=True, hi=L.MAX_HEADS)
-    act = facts.str("hidden_act")
+    H = facts.as_int("num_attention_heads", required=True, hi=L.MAX_HEADS)
+    act = facts.as_str("hidden_act")
     if act not in _GELU:
         raise ConversionError(f"{source}: hidden_act {act!r} is not a GELU the canonical model supports "
                               f"(gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh; quick_gelu -> quick)")
-    eps = facts.real("layer_norm_eps", 0.0, 1.0, lo_open=True)
-    qkv_bias = facts.bool("qkv_bias")
-    hidden_dropout = facts.real("hidden_dropout_prob", 0.0, 1.0)
-    attn_dropout = facts.real("attention_probs_dropout_prob", 0.0, 1.0)
+    eps = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
+    qkv_bias = facts.as_bool("qkv_bias")
+    hidden_dropout = facts.as_real("hidden_dropout_prob", 0.0, 1.0)
+    attn_dropout = facts.as_real("attention_probs_dropout_prob", 0.0, 1.0)
     for key, hi in (("hidden_size", L.MAX_WIDTH), ("num_channels", L.MAX_CHANNELS), ("patch_size", L.MAX_PATCH),
                     ("num_hidden_layers", L.MAX_DEPTH)):
-        facts.int(key, hi=hi)
+        facts.as_int(key, hi=hi)
     dino = fam.dino
     if not dino:
-        facts.int("intermediate_size")
+        facts.as_int("intermediate_size")
     img_v = facts.get("image_size")
     if not (is_int(img_v) or isinstance(img_v, list) and len(img_v) == 2 and all(is_int(x) for x in img_v)) \
             or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([img_v] if is_int(img_v) else img_v)):
@@ -375,7 +375,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
     clash = [f"{k}: config.json {hf_config[k]!r}, weights {v!r}" for k, v in file_vals.items()
              if hf_config.get(k) is not None and int(hf_config[k]) != v]
     if dino:  # HF's Dinov2 sizes its MLP as int(hidden_size * mlp_ratio)
-        ratio = facts.real("mlp_ratio", 0.0, float(L.MAX_WIDTH), lo_open=True)
+        ratio = facts.as_real("mlp_ratio", 0.0, float(L.MAX_WIDTH), lo_open=True)
         if int(D * ratio) != M:
             r = facts.get("mlp_ratio")
             clash.append(f"mlp_ratio: config.json {r!r} gives int({D} * {r!r}) = {int(D * ratio)} MLP channels, "
@@ -389,8 +389,8 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
     init_values = drop_path = None
     reg, dist_token, dist = 0, False, None
     if dino:
-        init_values = facts.real("layerscale_value", 0.0, 1e6, lo_open=True, hi_closed=True)
-        drop_path = facts.real("drop_path_rate", 0.0, 1.0)
+        init_values = facts.as_real("layerscale_value", 0.0, 1e6, lo_open=True, hi_closed=True)
+        drop_path = facts.as_real("drop_path_rate", 0.0, 1.0)
         if img[0] != img[1]:
             raise ConversionError(f"{source}: image_size {list(img)} is not square: transformers' {mt} reshapes its "
                                   f"position table as a square grid whenever height != width, so this is not a "
@@ -414,10 +414,12 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
     if mt == "dinov2_with_registers":
         rt = np.shape(st.get("embeddings.register_tokens", np.zeros((0, 0, 0))))
         reg = int(rt[1]) if len(rt) == 3 else -1
-        n_conf = facts.int("num_register_tokens", lo=0, hi=L.MAX_PREFIX_TOKENS)
+        n_conf = facts.as_int("num_register_tokens", lo=0, hi=L.MAX_PREFIX_TOKENS)
         if reg != n_conf:
             raise MismatchError(source, [f"config.json disagrees with the weights: num_register_tokens: config.json "
                                          f"{n_conf}, weights {reg if reg >= 0 else 'no embeddings.register_tokens'}"])
+        if reg == 0:  # an empty (1, 0, D) tensor: no register, a plain DINOv2
+            st.pop("embeddings.register_tokens")
     has_pooler = fam.pooler and "pooler.dense.weight" in st
     if has_pooler and variant != "model":
         for k in ("pooler.dense.weight", "pooler.dense.bias"):
@@ -425,7 +427,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         has_pooler = False
         warnings.warn(f"{source}: dropped pooler.dense: HF's image classifiers classify the normed tokens and never "
                       f"run the pooler", ConversionWarning, stacklevel=3)
-    if has_pooler and facts.str("pooler_act") != "tanh":
+    if has_pooler and facts.as_str("pooler_act") != "tanh":
         raise ConversionError(f"{source}: pooler_act {facts.get('pooler_act')!r}: canonical pre-logits are "
                               f"Linear + tanh")
     rep = int(np.shape(st["pooler.dense.weight"])[0]) if has_pooler else None
@@ -434,7 +436,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         heads = {}
     K = int(np.shape(st[heads["head.weight"]])[0]) if heads else 0
     if mt == "vit_mae":
-        ratio = facts.real("mask_ratio", 0.0, 1.0)
+        ratio = facts.as_real("mask_ratio", 0.0, 1.0)
         if ratio:
             warnings.warn(f"{source}: mask_ratio {ratio}: transformers' ViTMAEModel drops that share of the patches "
                           f"at random; the imported model is the encoder on every patch (mask_ratio 0)",
@@ -452,7 +454,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         else:
             missing.append(hf_key)
 
-    for canon, hk in {**_top_keys(fam, dist=dist, pooler=has_pooler), **heads}.items():
+    for canon, hk in {**_top_keys(fam, dist=dist, pooler=has_pooler, registers=reg > 0), **heads}.items():
         take(hk, canon)
     for i in range(depth):
         b = bp.format(i=i)
@@ -556,6 +558,8 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
     else:
         if cfg.dist_token:
             p.append(f"dist_token: {what} has no distillation token (deit has)")
+        if mt == "dinov2_with_registers" and not cfg.reg_tokens:
+            p.append(f"reg_tokens=0: {what} without registers is a dinov2")
         if cfg.reg_tokens and mt != "dinov2_with_registers":
             p.append(f"reg_tokens={cfg.reg_tokens}: {what} has no register tokens"
                      + (" (dinov2_with_registers has)" if mt == "dinov2" else ""))
@@ -648,7 +652,7 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
         out[hk] = np.array(v, dtype=CANONICAL_DTYPE, copy=True)
 
     dist = ("dist_token" if cfg.dist_token else "reg_token") if mt == "deit" else None
-    for canon, hk in _top_keys(fam, dist=dist, pooler=bool(cfg.representation_size)).items():
+    for canon, hk in _top_keys(fam, dist=dist, pooler=bool(cfg.representation_size), registers=True).items():
         v = np.asarray(state[canon])
         if canon == "pos_embed" and cfg.num_pos_prefix < fam.pos_prefix:
             # prefix tokens HF positions but the canonical model does not: a zero row each (x + 0 is exact)

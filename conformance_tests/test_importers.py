@@ -253,10 +253,10 @@ def test_hf_defaults_and_activation():
     conf = {k: v for k, v in conf.items() if k not in ("layer_norm_eps", "hidden_act")}
     cfg2, _ = import_hf(hf_state, conf)
     assert cfg2.layer_norm_eps == 1e-12 and cfg2.gelu == "erf" and cfg2.resize_kernel == "bicubic"
-    for act, kind in (("gelu_new", "tanh"), ("gelu_pytorch_tanh", "tanh")):
+    for act, kind in (("gelu_new", "tanh"), ("gelu_pytorch_tanh", "tanh"), ("quick_gelu", "quick")):
         assert import_hf(hf_state, {**conf, "hidden_act": act})[0].gelu == kind
-    with pytest.raises(ConversionError, match="quick_gelu"):
-        import_hf(hf_state, {**conf, "hidden_act": "quick_gelu"})
+    with pytest.raises(ConversionError, match="'relu' is not a GELU"):
+        import_hf(hf_state, {**conf, "hidden_act": "relu"})
     with pytest.raises(MissingFactsError, match="num_attention_heads"):
         import_hf(hf_state, {k: v for k, v in conf.items() if k != "num_attention_heads"})
     with pytest.raises(MismatchError, match="hidden_size"):
@@ -434,6 +434,213 @@ def test_a_malformed_hf_index_is_an_invalid_file(tmp_path, index):
     (d / "model.safetensors.index.json").write_bytes(index)
     with pytest.raises(InvalidFileError, match="index.json"):
         load_hf_dir(d)
+
+
+# ------------------------------------------------------------------ HF ViT family (deit, dinov2, registers, MAE)
+def _hf_family_cfgs():
+    tiny = get_preset("tiny")  # 32x32, patch 8, erf, eps 1e-6, bicubic
+    dino = tiny.replace(num_classes=0, init_values=0.1, mlp_dim=96)  # mlp_ratio 3
+    return {  # name -> (config, the model type export picks, config.json architecture)
+        "deit_teacher": (tiny.replace(dist_token=True, image_size=(24, 40)), "deit",
+                         "DeiTForImageClassificationWithTeacher"),
+        "deit_teacher_features": (tiny.replace(dist_token=True, num_classes=0, gelu="quick"), "deit",
+                                  "DeiTForImageClassificationWithTeacher"),
+        "deit_classifier": (tiny.replace(reg_tokens=1, qkv_bias=False), "deit", "DeiTForImageClassification"),
+        "deit_model_pooler": (tiny.replace(reg_tokens=1, num_classes=0, representation_size=24), "deit", "DeiTModel"),
+        "dinov2": (dino.replace(drop_path=0.1, gelu="tanh"), "dinov2", "Dinov2Model"),
+        "dinov2_registers": (dino.replace(reg_tokens=3, pos_prefix_tokens=1, resize_kernel="bicubic_antialias"),
+                             "dinov2_with_registers", "Dinov2WithRegistersModel"),
+    }
+
+
+@pytest.mark.parametrize("layout", ["file", "module"])
+@pytest.mark.parametrize("which", list(_hf_family_cfgs()))
+def test_hf_family_round_trip_bit_exact(which, layout):
+    """canonical -> HF (the type export picks) -> canonical keeps every tensor bit for bit, and the config."""
+    cfg, mt, arch = _hf_family_cfgs()[which]
+    state = init_weights(cfg, seed=5)
+    state = {k: (v + np.float32(0.01) * np.arange(v.size, dtype=np.float32).reshape(v.shape) % 1).astype(np.float32)
+             for k, v in state.items()}  # LayerScale gammas and tokens non-constant
+    hf_state, conf = export_hf(cfg, state, layout=layout)
+    assert (conf["model_type"], conf["architectures"]) == (mt, [arch])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg2, state2 = import_hf(hf_state, json.loads(json.dumps(conf)))
+    assert [str(w.message) for w in caught if "mask_token" not in str(w.message)] == []
+    _same_state(state, state2)
+    assert cfg2 == cfg.replace(name=cfg2.name, notes=cfg2.notes)
+
+
+def test_hf_deit_tokens_and_heads_keep_their_names():
+    """DeiT's distillation token is `dist_token` with the teacher's two heads, `reg_token` where no head reads it."""
+    cfgs = _hf_family_cfgs()
+    cfg, _, _ = cfgs["deit_teacher"]
+    state = init_weights(cfg, seed=1)
+    hf, conf = export_hf(cfg, state)
+    assert np.array_equal(hf["deit.embeddings.distillation_token"], state["dist_token"])
+    assert np.array_equal(hf["cls_classifier.weight"], state["head.weight"])
+    assert np.array_equal(hf["distillation_classifier.bias"], state["head_dist.bias"])
+    assert hf["deit.embeddings.position_embeddings"].shape == (1, 2 + 3 * 5, 32)  # rows for both tokens
+    cfg, _, _ = cfgs["deit_classifier"]
+    state = init_weights(cfg, seed=1)
+    hf, conf = export_hf(cfg, state)
+    assert np.array_equal(hf["deit.embeddings.distillation_token"], state["reg_token"])
+    assert "classifier.weight" in hf and not any("cls_classifier" in k for k in hf)
+    cfg2, _ = import_hf(hf, conf)
+    assert (cfg2.dist_token, cfg2.reg_tokens, cfg2.pos_prefix_tokens) == (False, 1, None)
+    assert "distillation token, read by no head, is reg_token" in cfg2.notes
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped embeddings.mask_token:shared.errors.ConversionWarning")
+def test_hf_dinov2_layer_scale_mlp_ratio_mask_token_and_defaults():
+    cfg, _, _ = _hf_family_cfgs()["dinov2"]
+    state = init_weights(cfg, seed=2)
+    hf, conf = export_hf(cfg, state)
+    assert conf["mlp_ratio"] == 3 and conf["layerscale_value"] == 0.1 and "intermediate_size" not in conf
+    assert np.array_equal(hf["encoder.layer.1.layer_scale2.lambda1"], state["blocks.1.ls2.gamma"])
+    assert hf["embeddings.mask_token"].shape == (1, 32) and not hf["embeddings.mask_token"].any()  # zeros, stated
+    with pytest.warns(ConversionWarning, match="dropped embeddings.mask_token"):
+        cfg2, _ = import_hf(hf, {k: v for k, v in conf.items() if k != "layer_norm_eps"})
+    assert cfg2.layer_norm_eps == 1e-6  # DINOv2's default, not ViT's 1e-12
+    with pytest.raises(MismatchError, match=r"mlp_ratio: config.json 2 gives int\(32 \* 2\) = 64 MLP channels, "
+                                            r"weights 96"):
+        import_hf(hf, {**conf, "mlp_ratio": 2})
+    with pytest.raises(ConversionError, match="use_swiglu_ffn=True"):
+        import_hf(hf, {**conf, "use_swiglu_ffn": True})
+    swiglu = {k.replace("mlp.fc1", "mlp.weights_in"): v for k, v in hf.items()}
+    with pytest.raises(ConversionError, match="'encoder.layer.0.mlp.weights_in.bias' is a SwiGLU MLP"):
+        import_hf(swiglu, conf)
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped embeddings.mask_token:shared.errors.ConversionWarning")
+def test_hf_dinov2_registers_have_no_position_row():
+    """HF adds positions to the class token and the patches, not to the registers: pos_prefix_tokens=1, R rows
+    fewer, exactly HF's table."""
+    cfg, _, _ = _hf_family_cfgs()["dinov2_registers"]
+    state = init_weights(cfg, seed=3)
+    hf, conf = export_hf(cfg, state)
+    assert hf["embeddings.position_embeddings"].shape == (1, 1 + 16, 32)
+    assert hf["embeddings.register_tokens"].shape == (1, 3, 32) and conf["num_register_tokens"] == 3
+    with pytest.raises(MismatchError, match="num_register_tokens: config.json 4, weights 3"):
+        import_hf(hf, {**conf, "num_register_tokens": 4})
+    all_rows = cfg.replace(pos_prefix_tokens=None)  # registers with position rows: not HF's layout
+    with pytest.raises(ConversionError, match="4 prefix tokens have a position row; HF dinov2_with_registers "
+                                              "positions only the first 1"):
+        export_hf(all_rows, init_weights(all_rows))
+
+
+@pytest.mark.parametrize("cfg,model_type,rows", [
+    (get_preset("tiny").replace(num_classes=0, init_values=1e-5, reg_tokens=4, pos_prefix_tokens=0),
+     "dinov2_with_registers", 1),  # timm's reg4 DINOv2: no_embed_class
+    (get_preset("tiny").replace(dist_token=True, pos_prefix_tokens=0), "deit", 2),
+    (get_preset("tiny").replace(reg_tokens=1, pos_prefix_tokens=1), "deit", 2),
+], ids=["dinov2_reg_no_embed_class", "deit_no_rows", "deit_register_unpositioned"])
+def test_hf_export_gives_unpositioned_prefix_tokens_a_zero_row(cfg, model_type, rows):
+    """A prefix token the canonical model leaves without a position but the HF type positions (`rows` of them) gets
+    a zero row: x + 0 is exact, so the re-imported model computes the same float64 output bit for bit."""
+    state = init_weights(cfg, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConversionWarning)  # the resize kernel, said
+        hf, conf = export_hf(cfg, state)
+    assert conf["model_type"] == model_type
+    table = next(v for k, v in hf.items() if k.endswith("position_embeddings"))
+    n = cfg.num_pos_prefix
+    assert table.shape[1] == state["pos_embed"].shape[1] + rows - n and not table[0, n:rows].any()
+    assert np.array_equal(np.delete(table, range(n, rows), axis=1), state["pos_embed"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConversionWarning)
+        cfg2, state2 = import_hf(hf, conf)
+    x = random_images(cfg, 2, seed=1)
+    for stage, want in reference.forward(cfg, state, x).items():
+        assert np.array_equal(reference.forward(cfg2, state2, x)[stage], want), stage
+
+
+def test_hf_vit_mae_is_a_plain_encoder():
+    """ViTMAEForPreTraining: the encoder ('vit.') is the model; the decoder is dropped and mask_ratio said, both
+    with a ConversionWarning; written back as ViTMAEModel with mask_ratio 0 (asked for: a plain ViT is a vit)."""
+    cfg = get_preset("tiny").replace(num_classes=0, layer_norm_eps=1e-12)
+    state = init_weights(cfg, seed=6)
+    hf, conf = export_hf(cfg, state, model_type="vit_mae")
+    assert conf["architectures"] == ["ViTMAEModel"] and conf["mask_ratio"] == 0.0
+    assert export_hf(cfg, state)[1]["model_type"] == "vit"
+    pre = {"vit." + k: v for k, v in hf.items()}
+    pre["decoder.decoder_pred.weight"] = np.zeros((192, 16), np.float32)
+    with pytest.warns(ConversionWarning) as caught:
+        cfg2, state2 = import_hf(pre, {**conf, "architectures": ["ViTMAEForPreTraining"], "mask_ratio": 0.75})
+    said = " ".join(str(w.message) for w in caught)
+    assert "dropped the ViTMAEForPreTraining decoder" in said and "mask_ratio 0.75" in said
+    _same_state(state, state2)
+    assert cfg2 == cfg.replace(name=cfg2.name, notes=cfg2.notes)
+    with pytest.raises(ConversionError, match="num_classes=10: HF vit_mae has no classifier"):
+        export_hf(get_preset("tiny"), init_weights(get_preset("tiny")), model_type="vit_mae")
+
+
+@pytest.mark.parametrize("change,model_type,what", [
+    (dict(num_classes=10), "dinov2", r"num_classes=10: HF dinov2 has no class-token classifier"),
+    (dict(image_size=(32, 48)), "dinov2", r"image_size \(32, 48\): HF dinov2 reshapes its position table as a square"),
+    (dict(init_values=None), "dinov2", "init_values=None: HF dinov2 always has LayerScale"),
+    (dict(reg_tokens=2), "dinov2", "reg_tokens=2: HF dinov2 has no register tokens \\(dinov2_with_registers has\\)"),
+    (dict(qk_norm=True), "dinov2", "qk_norm: HF dinov2 has no LayerNorm on q and k"),
+    (dict(init_values=None, reg_tokens=2), "deit", "reg_tokens=2: HF deit has exactly one token after the class"),
+    (dict(init_values=None, dist_token=True), "vit", "dist_token: HF vit has no distillation token"),
+    (dict(), "dinov2_with_registers", "reg_tokens=0: HF dinov2_with_registers without registers is a dinov2"),
+    (dict(), "beit", "model_type 'beit' is not a Hugging Face type vit-suite writes"),
+])
+def test_export_hf_family_refuses_by_name(change, model_type, what):
+    cfg = get_preset("tiny").replace(num_classes=0, init_values=0.1).replace(**change)
+    with pytest.raises(ConversionError, match=what):
+        export_hf(cfg, init_weights(cfg), model_type=model_type)
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped embeddings.mask_token:shared.errors.ConversionWarning")
+def test_import_hf_family_refuses_by_name():
+    dino, _, _ = _hf_family_cfgs()["dinov2"]
+    hf, conf = export_hf(dino, init_weights(dino))
+    with pytest.raises(ConversionError, match="Dinov2ForImageClassification classifies concat"):
+        import_hf(hf, {**conf, "architectures": ["Dinov2ForImageClassification"]})  # num_labels 0: no keys
+    head = {**{"dinov2." + k: v for k, v in hf.items()}, "classifier.weight": np.zeros((3, 64), np.float32),
+            "classifier.bias": np.zeros(3, np.float32)}
+    with pytest.raises(ConversionError, match="a classifier on a dinov2 model classifies concat"):
+        import_hf(head, conf)
+    with pytest.raises(ConversionError, match=r"image_size \[32, 48\] is not square"):
+        import_hf(hf, {**conf, "image_size": [32, 48]})
+    with pytest.raises(ConversionError, match="model_type str 'beit' is not supported"):
+        import_hf(hf, {**conf, "model_type": "beit"})
+    deit, _, _ = _hf_family_cfgs()["deit_classifier"]
+    hf, conf = export_hf(deit, init_weights(deit))
+    with pytest.raises(ConversionError, match="DeiTForMaskedImageModeling is a masked-image-modeling pixel decoder"):
+        import_hf(hf, {**conf, "architectures": ["DeiTForMaskedImageModeling"]})
+    with pytest.raises(ConversionError, match="'decoder.0.weight' is a masked-image-modeling pixel decoder"):
+        import_hf({**hf, "decoder.0.weight": np.zeros((192, 32, 1, 1), np.float32)}, conf)
+
+
+def test_hf_clip_and_siglip_types_go_to_hf_clip(monkeypatch):
+    """import_hf / export_hf / load_hf_dir hand the CLIP and SigLIP model types to shared.convert.hf_clip
+    (import_hf_clip(state, hf_config, source), export_hf_clip(cfg, state, model_type)); import_hf then resamples
+    for `image_size` with the config's own prefix rows and kernel."""
+    import sys
+    import types
+
+    calls = []
+    cfg = get_preset("tiny_clip")
+    state = init_weights(cfg, seed=7)
+    fake = types.ModuleType("shared.convert.hf_clip")
+    fake.import_hf_clip = lambda st, conf, source: calls.append(("import", conf["model_type"], source)) or (cfg, state)
+    fake.export_hf_clip = lambda c, st, mt: calls.append(("export", mt)) or ({"x": np.zeros(1, np.float32)},
+                                                                             {"model_type": mt})
+    monkeypatch.setitem(sys.modules, "shared.convert.hf_clip", fake)
+    for mt in ("clip", "clip_vision_model", "siglip", "siglip_vision_model"):
+        assert import_hf({}, {"model_type": mt}, source="src") == (cfg, state)
+        assert export_hf(cfg, state, model_type=mt)[1] == {"model_type": mt}
+    assert export_hf(cfg, state)[1] == {"model_type": "clip_vision_model"}  # norm_pre, no patch bias
+    siglip = get_preset("tiny_siglip")
+    export_hf(siglip, init_weights(siglip))
+    assert calls[-1] == ("export", "siglip_vision_model")  # attention-pool head
+    assert calls[0] == ("import", "clip", "src")
+    cfg2, state2 = import_hf({}, {"model_type": "clip"}, image_size=(48, 40))
+    assert cfg2.image_size == (48, 40) and cfg2.table_grid == (6, 5)
+    assert np.array_equal(state2["pos_embed"], resample_pos_embed(state["pos_embed"], (4, 4), (6, 5), 1, "bicubic")
+                          .astype(np.float32))
 
 
 def _zip(path, members, compression=None):

@@ -1,22 +1,69 @@
-"""Hugging Face transformers ViT (ViTModel / ViTForImageClassification) <-> the canonical format.
+"""Hugging Face transformers' ViT family <-> the canonical format.
 
-Two key layouts are read: the on-disk one every hub checkpoint and `save_pretrained` use
-("file": encoder.layer.{i}.attention.attention.query, ..., intermediate.dense, output.dense) and the
-module names of transformers >= 5 ("module": layers.{i}.attention.q_proj, o_proj, mlp.fc1, mlp.fc2).
-ViTForImageClassification keys carry a 'vit.' prefix, ViTModel keys none.
+Model types (config.json `model_type`) and the transformers classes read and written:
 
-Mapping: query/key/value are fused into qkv in q, k, v row order; layer_norm_eps from config.json
-(HF's default 1e-12 when absent); hidden_act 'gelu' -> erf, 'gelu_pytorch_tanh' / 'gelu_new' /
-'gelu_fast' (the same tanh formula) -> tanh, anything else refused; the ViTModel pooler (dense + tanh)
-becomes pre_logits (representation_size); the resize kernel is 'bicubic' (HF interpolate_pos_encoding:
-bicubic, align_corners=False, no antialias).
+  vit                    ViTModel (features; its pooler, dense + tanh on the class token, is pre_logits),
+                         ViTForImageClassification
+  deit                   DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher
+  dinov2                 Dinov2Model (and Dinov2Backbone's weights, the same keys)
+  dinov2_with_registers  Dinov2WithRegistersModel (and its Backbone)
+  vit_mae                ViTMAEModel, and the encoder of ViTMAEForPreTraining
+  clip, clip_vision_model, siglip, siglip_vision_model
+                         dispatched to shared.convert.hf_clip (import_hf_clip / export_hf_clip)
+
+Key layouts: the on-disk one every hub checkpoint and `save_pretrained` write ("file":
+encoder.layer.{i}.attention.attention.query, attention.output.dense, ...) and the module names of transformers >= 5
+("module": ViT/DeiT/ViTMAE layers.{i}.attention.q_proj, o_proj, mlp.fc1, mlp.fc2; DINOv2
+encoder.layer.{i}.attention.q_proj, o_proj). Task models keep the base model under a prefix ('vit.', 'deit.',
+'dinov2.', 'dinov2_with_registers.'), base models have none.
+
+Mapping, every type: query/key/value fused into qkv in q, k, v row order; numerics from config.json, where a missing
+key means transformers' own default for that model type (_DEFAULTS, tested against the config classes):
+layer_norm_eps, hidden_act ('gelu' -> erf; 'gelu_pytorch_tanh' / 'gelu_new' / 'gelu_fast' (one tanh formula) ->
+tanh; 'quick_gelu' -> quick; anything else refused), qkv_bias, image_size (the grid of the stored table),
+num_attention_heads (required: the weights do not tell it). Sizes the weights tell are checked against
+config.json.
+  deit      embeddings.distillation_token; the position table has rows for both tokens.
+            WithTeacher: cls_classifier -> head, distillation_classifier -> head_dist, dist_token (logits = the mean
+            of the two heads, HF's inference output). DeiTForImageClassification classifies the class token only,
+            and DeiTModel's features are its class token (its pooler: pre_logits): in these two nothing but
+            attention reads the distillation token, so it is imported as what it computes as, a register with a
+            position row (reg_token, reg_tokens=1, pos_prefix_tokens None); no head_dist is invented. Exported,
+            a model with one positioned register and no distillation token is such a DeiT.
+  dinov2    layer_scale{1,2}.lambda1 -> ls{1,2}.gamma (init_values = layerscale_value, the initial value only),
+            norm1/norm2, mlp.fc1/fc2; the MLP width is int(hidden_size * mlp_ratio) (HF's Dinov2 never reads
+            intermediate_size); drop_path_rate -> drop_path. use_swiglu_ffn=True (the giant models) is refused:
+            SwiGLU is not a canonical MLP. Dinov2ForImageClassification classifies concat(class token, mean of
+            the patch tokens), which is not a canonical head: refused by name (import the backbone:
+            `Dinov2Model.from_pretrained(DIR).save_pretrained(OUT)`). The features are the final-norm class token
+            (Dinov2Model's pooler_output).
+  dinov2_with_registers   as dinov2, plus embeddings.register_tokens -> reg_token; HF adds positions to the
+            class token and the patches, not to the registers: pos_prefix_tokens=1, reg_tokens=N, exactly HF's
+            layout (no folding, so the round trip is bit-exact).
+  vit_mae   a plain ViT encoder (keys as vit). Its fixed 2-D sin-cos position table is stored as a tensor and
+            imported as a learned table (exact). ViTMAEModel's forward drops mask_ratio of the patches at random;
+            the canonical model is the encoder on every patch (mask_ratio 0, what fine-tuning and feature
+            extraction run): a mask_ratio > 0 in config.json is said with a ConversionWarning, and the export
+            writes mask_ratio 0. Even then ViTMAEModel shuffles the patch tokens of last_hidden_state (pass
+            `noise=arange` to keep their order); the class token does not depend on the order.
+
+Resize kernel: what each type's interpolate_pos_encoding does. vit, deit, dinov2, vit_mae: F.interpolate bicubic,
+align_corners=False, no antialias -> 'bicubic'; dinov2_with_registers: the same with antialias=True ->
+'bicubic_antialias'. (HF reshapes the stored table as a square grid; DINOv2 does so whenever height != width, even
+at the stored size, so a non-square DINOv2 is not a model transformers runs: refused both ways.)
 
 Decisions:
-  * `embeddings.mask_token` (ViTModel(use_mask_token=True), the MIM encoder) is used only when
-    `bool_masked_pos` is passed, never by plain inference: it is dropped with a ConversionWarning.
-    The MIM pixel decoder (`decoder.*`, encoder_stride) is refused: it is a different head.
-  * a pooler next to a classifier (ViTForImageClassification never runs its pooler) is dropped with a
-    ConversionWarning, so the imported model computes what HF computes.
+  * embeddings.mask_token (ViTModel / DeiTModel(use_mask_token=True); always in DINOv2) is used only when
+    `bool_masked_pos` is passed, never by plain inference: dropped with a ConversionWarning. DINOv2 exports write
+    it as zeros (HF's own initial value), so from_pretrained finds every key.
+  * a masked-image-modeling pixel decoder (ViT/DeiT `decoder.*`, encoder_stride) is refused: it is a different
+    head. ViTMAEForPreTraining's decoder (`decoder.*`: the pre-training reconstruction head) is dropped with a
+    ConversionWarning: the encoder is the model.
+  * a pooler next to a classifier (HF's classifiers never run their pooler) is dropped with a ConversionWarning.
+  * export: the model type is the one HF type that holds the config (`hf_model_type`), or the one asked for
+    (`model_type=`; a plain ViT can also be written as vit_mae). Prefix tokens the canonical model leaves without
+    a position row but the HF type positions (timm's no_embed_class class token, for one) get a zero row: x + 0
+    is exact, so the function is the same (re-imported, the config states the zero row as a position row).
 """
 from __future__ import annotations
 
@@ -27,6 +74,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,31 +90,81 @@ from ..weights import (CANONICAL_DTYPE, read_tensors, remove_stale_partials, tem
                        validate_state)
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 
-HF_DEFAULT_EPS = 1e-12
-HF_RESIZE_KERNEL = "bicubic"
-_GELU = {"gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh"}
+#: model types of the CLIP / SigLIP vision towers, converted by shared.convert.hf_clip
+HF_CLIP_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
+HF_DEFAULT_EPS = 1e-12  # ViTConfig's (vit, deit, vit_mae); DINOv2's is 1e-6 (_DEFAULTS)
+_GELU = {"gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "quick_gelu": "quick"}
+_GELU_OUT = {"erf": "gelu", "tanh": "gelu_pytorch_tanh", "quick": "quick_gelu"}
 
-# Per-block names: canonical suffix -> (file layout, module layout), relative to the block prefix.
-_BLOCK = {
-    "norm1": ("layernorm_before", "layernorm_before"),
-    "norm2": ("layernorm_after", "layernorm_after"),
-    "attn.proj": ("attention.output.dense", "attention.o_proj"),
-    "mlp.fc1": ("intermediate.dense", "mlp.fc1"),
-    "mlp.fc2": ("output.dense", "mlp.fc2"),
+_COMMON_DEFAULTS = {"image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_act": "gelu", "qkv_bias": True,
+                    "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+#: transformers' defaults (the config classes' __init__) for the keys read here: a key missing from config.json
+#: means this, as it does to transformers
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vit": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-12, "pooler_act": "tanh"},
+    "deit": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-12, "pooler_act": "tanh"},
+    "vit_mae": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-12, "mask_ratio": 0.75},
+    "dinov2": {**_COMMON_DEFAULTS, "patch_size": 14, "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "mlp_ratio": 4,
+               "use_swiglu_ffn": False, "drop_path_rate": 0.0, "use_mask_token": True},
+    "dinov2_with_registers": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "mlp_ratio": 4,
+                              "use_swiglu_ffn": False, "drop_path_rate": 0.0, "num_register_tokens": 4},
 }
+
+
+def _wb(canon: str, file: str, module: str) -> list[tuple[str, str, str]]:
+    return [(f"{canon}.{p}", f"{file}.{p}", f"{module}.{p}") for p in ("weight", "bias")]
+
+
+# Per-block tensors: (canonical suffix, file name, module name), relative to the block prefix.
+_VIT_BLOCK = [*_wb("norm1", "layernorm_before", "layernorm_before"), *_wb("norm2", "layernorm_after", "layernorm_after"),
+              *_wb("attn.proj", "attention.output.dense", "attention.o_proj"),
+              *_wb("mlp.fc1", "intermediate.dense", "mlp.fc1"), *_wb("mlp.fc2", "output.dense", "mlp.fc2")]
+_DINO_BLOCK = [*_wb("norm1", "norm1", "norm1"), *_wb("norm2", "norm2", "norm2"),
+               *_wb("attn.proj", "attention.output.dense", "attention.o_proj"),
+               *_wb("mlp.fc1", "mlp.fc1", "mlp.fc1"), *_wb("mlp.fc2", "mlp.fc2", "mlp.fc2"),
+               ("ls1.gamma", "layer_scale1.lambda1", "layer_scale1.lambda1"),
+               ("ls2.gamma", "layer_scale2.lambda1", "layer_scale2.lambda1")]
 _QKV = {"file": ("attention.attention.query", "attention.attention.key", "attention.attention.value"),
         "module": ("attention.q_proj", "attention.k_proj", "attention.v_proj")}
-_BLOCK_PREFIX = {"file": "encoder.layer.{i}.", "module": "layers.{i}."}
-_TOP = {  # canonical -> HF (relative to the ViTModel)
-    "cls_token": "embeddings.cls_token",
-    "pos_embed": "embeddings.position_embeddings",
-    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-    "norm.weight": "layernorm.weight",
-    "norm.bias": "layernorm.bias",
-    "pre_logits.fc.weight": "pooler.dense.weight",
-    "pre_logits.fc.bias": "pooler.dense.bias",
-}
+LAYOUTS = ("file", "module")
+
+
+@dataclass(frozen=True)
+class _Family:
+    model_type: str
+    base_prefix: str  # the base model's attribute in a task model
+    block_prefix: tuple[str, str]  # (file, module)
+    block: tuple  # _VIT_BLOCK or _DINO_BLOCK
+    pos_prefix: int  # prefix tokens with a row in HF's position table
+    classes: tuple[str, ...]  # the transformers classes read (the first: the base model)
+    refused: Mapping[str, str]  # architecture -> why it is refused
+    resize_kernel: str
+    pooler: bool  # the base model may have a pooler (dense + tanh on the class token)
+
+    @property
+    def dino(self) -> bool:
+        """DINOv2's block (LayerScale, norm1/norm2, an MLP sized by mlp_ratio) and its config keys."""
+        return self.block == tuple(_DINO_BLOCK)
+
+
+_MIM = "is a masked-image-modeling pixel decoder: a different head, the canonical model ends in a classifier or features"
+_CONCAT = ("classifies concat(class token, mean of the patch tokens), which is not a canonical head; import its "
+           "backbone instead (Model.from_pretrained(DIR).save_pretrained(OUT) keeps the encoder)")
+_FAMILIES = {f.model_type: f for f in (
+    _Family("vit", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
+            ("ViTModel", "ViTForImageClassification"), {"ViTForMaskedImageModeling": _MIM}, "bicubic", True),
+    _Family("deit", "deit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 2,
+            ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
+            {"DeiTForMaskedImageModeling": _MIM}, "bicubic", True),
+    _Family("dinov2", "dinov2.", ("encoder.layer.{i}.", "encoder.layer.{i}."), tuple(_DINO_BLOCK), 1,
+            ("Dinov2Model", "Dinov2Backbone"), {"Dinov2ForImageClassification": _CONCAT}, "bicubic", False),
+    _Family("dinov2_with_registers", "dinov2_with_registers.", ("encoder.layer.{i}.", "encoder.layer.{i}."),
+            tuple(_DINO_BLOCK), 1, ("Dinov2WithRegistersModel", "Dinov2WithRegistersBackbone"),
+            {"Dinov2WithRegistersForImageClassification": _CONCAT}, "bicubic_antialias", False),
+    _Family("vit_mae", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
+            ("ViTMAEModel", "ViTMAEForPreTraining"), {}, "bicubic", False),
+)}
+HF_MODEL_TYPES = (*_FAMILIES, *HF_CLIP_TYPES)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -76,154 +174,293 @@ def _pair(v) -> tuple[int, int]:
     return (int(h), int(w))
 
 
+def _top_keys(fam: _Family, *, dist: str | None, pooler: bool, registers: bool) -> dict[str, str]:
+    """canonical -> HF key (relative to the base model) of everything outside the blocks and the heads; `dist`:
+    the canonical name of DeiT's distillation token (dist_token or reg_token)."""
+    top = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+           "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+           "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+           "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
+    if dist:
+        top[dist] = "embeddings.distillation_token"
+    if registers and fam.model_type == "dinov2_with_registers":
+        top["reg_token"] = "embeddings.register_tokens"
+    if pooler:
+        top.update({"pre_logits.fc.weight": "pooler.dense.weight", "pre_logits.fc.bias": "pooler.dense.bias"})
+    return top
+
+
+def _head_keys(variant: str) -> dict[str, str]:
+    """canonical -> HF key of the classifier(s), outside the base model."""
+    if variant == "teacher":
+        return {"head.weight": "cls_classifier.weight", "head.bias": "cls_classifier.bias",
+                "head_dist.weight": "distillation_classifier.weight", "head_dist.bias": "distillation_classifier.bias"}
+    if variant == "classifier":
+        return {"head.weight": "classifier.weight", "head.bias": "classifier.bias"}
+    return {}
+
+
+class _Facts:
+    """config.json read field by field with its type checked (a ConfigError naming the file, the key, the expected
+    type and the value); a missing (or null) key means transformers' default for the model type."""
+
+    def __init__(self, conf: Mapping[str, Any], defaults: Mapping[str, Any], source: str):
+        self.conf, self.defaults, self.source = conf, defaults, source
+        self.where = f"{source}: config.json"
+
+    def get(self, key: str, required: bool = False):
+        if key not in self.conf or self.conf[key] is None:
+            if required:
+                raise MissingFactsError(f"{self.source}: config.json lacks {key!r}")
+            return self.defaults.get(key)
+        return self.conf[key]
+
+    def as_int(self, key: str, required: bool = False, lo: int = 1, hi: int = L.MAX_WIDTH) -> int | None:
+        v = self.get(key, required)
+        if v is not None and not (is_int(v) and lo <= v <= hi):
+            raise ConfigError(f"{self.where}: {key!r} must be an int in [{lo}, {hi}], got {shown(v)}")
+        return None if v is None else int(v)
+
+    def as_real(self, key: str, lo: float, hi: float, lo_open: bool = False, hi_closed: bool = False) -> float:
+        v = self.get(key)
+        ok = is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v <= hi if hi_closed else v < hi)
+        if not ok:
+            raise ConfigError(f"{self.where}: {key!r} must be a finite number in {'(' if lo_open else '['}{lo}, "
+                              f"{hi}{']' if hi_closed else ')'}, got {shown(v)}")
+        return float(v)
+
+    def as_bool(self, key: str) -> bool:
+        v = self.get(key)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.where}: {key!r} must be a bool (true or false), got {shown(v)}")
+        return v
+
+    def as_str(self, key: str) -> str:
+        v = self.get(key)
+        if not isinstance(v, str):
+            raise ConfigError(f"{self.where}: {key!r} must be a string, got {shown(v)}")
+        return v
+
+
+def _architectures(hf_config: Mapping[str, Any], source: str) -> list[str]:
+    archs = hf_config.get("architectures")
+    if archs is None:
+        return []
+    if not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise ConfigError(f"{source}: config.json: 'architectures' must be a list of class names, got {shown(archs)}")
+    return archs
+
+
+def _resized(cfg: ViTConfig, state: dict[str, np.ndarray], image_size) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    """The same weights stored for another input size: a learned table resampled with the config's kernel (the
+    prefix rows, cfg.num_pos_prefix of them, kept)."""
+    target = _pair(image_size)
+    if target == tuple(cfg.image_size) and cfg.table_grid == cfg.grid:
+        return cfg, state
+    new = cfg.replace(image_size=target, pos_grid=None)
+    state = dict(state)
+    if cfg.pos_embed == "learned":
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_pos_prefix,
+                                                cfg.resize_kernel).astype(CANONICAL_DTYPE)
+    return new, state
+
+
 # ---------------------------------------------------------------------------- import
 def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: str = "<hf checkpoint>",
               image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """HF ViT state dict (NumPy arrays) + its config.json dict -> (ViTConfig, canonical float32 state)."""
+    """HF state dict (NumPy arrays) + its config.json dict -> (ViTConfig, canonical float32 state).
+
+    Dispatches on config.json's model_type (HF_MODEL_TYPES; CLIP and SigLIP to shared.convert.hf_clip) and refuses
+    the architectures whose head is not canonical by name. `image_size` resamples the position table for another
+    input size with the type's own kernel."""
     if not isinstance(hf_config, Mapping):
-        raise MissingFactsError(f"{source}: a Hugging Face checkpoint needs its config.json (num_attention_heads, "
-                                f"layer_norm_eps, hidden_act, image_size ...)")
+        raise MissingFactsError(f"{source}: a Hugging Face checkpoint needs its config.json (model_type, "
+                                f"num_attention_heads, layer_norm_eps, hidden_act, image_size ...)")
     mt = hf_config.get("model_type", "vit")
-    if mt != "vit":
-        raise ConversionError(f"{source}: model_type {str(mt)[:60]!r} is not a plain HF ViT (model_type 'vit'); not supported")
+    if mt in HF_CLIP_TYPES:
+        from .hf_clip import import_hf_clip
+
+        cfg, out = import_hf_clip(state, hf_config, source)
+    else:
+        fam = _FAMILIES.get(mt) if isinstance(mt, str) else None
+        if fam is None:
+            raise ConversionError(f"{source}: model_type {shown(mt)[:80]} is not supported (Hugging Face model types "
+                                  f"read: {', '.join(HF_MODEL_TYPES)})")
+        cfg, out = _import_family(fam, state, hf_config, source)
+    if image_size is not None:
+        cfg, out = _resized(cfg, out, image_size)
+    validate_state(cfg, out, source=source)
+    return cfg, out
+
+
+def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[str, Any],
+                   source: str) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    mt = fam.model_type
+    facts = _Facts(hf_config, _DEFAULTS[mt], source)
+    archs = _architectures(hf_config, source)
+    for a in archs:
+        if a in fam.refused:
+            raise ConversionError(f"{source}: {a} {fam.refused[a]}")
     st = strip_prefixes(state)
-    is_cls_model = any(k.startswith("vit.") for k in st)
-    if is_cls_model:
-        st = {(k[4:] if k.startswith("vit.") else k): v for k, v in st.items()}
+    decoder = sorted(k for k in st if k.startswith("decoder."))
+    if decoder and mt == "vit_mae":
+        st = {k: v for k, v in st.items() if not k.startswith("decoder.")}
+        warnings.warn(f"{source}: dropped the ViTMAEForPreTraining decoder ({len(decoder)} tensors, e.g. "
+                      f"{decoder[0]!r}): it reconstructs masked pixels in pre-training; the encoder is the model",
+                      ConversionWarning, stacklevel=3)
+    elif decoder:
+        raise ConversionError(f"{source}: {decoder[0]!r} {_MIM} (encoder_stride "
+                              f"{shown(hf_config.get('encoder_stride'))})")
+    if any(k.startswith(fam.base_prefix) for k in st):
+        st = {(k[len(fam.base_prefix):] if k.startswith(fam.base_prefix) else k): v for k, v in st.items()}
     if "embeddings.patch_embeddings.projection.weight" not in st:
         hint = " (this looks like a timm checkpoint: use --from timm)" if "patch_embed.proj.weight" in st else ""
-        raise ConversionError(f"{source}: not a Hugging Face ViT state dict: no "
-                              f"'[vit.]embeddings.patch_embeddings.projection.weight'{hint}")
-    dec = sorted(k for k in st if k.startswith("decoder."))
-    if dec:
-        raise ConversionError(f"{source}: a masked-image-modeling pixel decoder ({dec[0]!r}, encoder_stride "
-                              f"{hf_config.get('encoder_stride')}) cannot be represented: the canonical model ends in "
-                              f"a classifier or features")
+        raise ConversionError(f"{source}: not a Hugging Face {mt} state dict: no "
+                              f"'[{fam.base_prefix}]embeddings.patch_embeddings.projection.weight'{hint}")
+    swiglu = sorted(k for k in st if re.search(r"\.mlp\.(weights_in|weights_out|gate_proj|up_proj|down_proj)\.", k))
+    if fam.dino and facts.as_bool("use_swiglu_ffn"):
+        raise ConversionError(f"{source}: use_swiglu_ffn=True (DINOv2 giant): a SwiGLU MLP is not a canonical MLP")
+    if swiglu:
+        raise ConversionError(f"{source}: {swiglu[0]!r} is a SwiGLU MLP (use_swiglu_ffn): not a canonical MLP")
     if "embeddings.mask_token" in st:
         st.pop("embeddings.mask_token")
         warnings.warn(f"{source}: dropped embeddings.mask_token: it is used only for masked-image-modeling inputs "
-                      f"(bool_masked_pos), never in plain inference", ConversionWarning, stacklevel=2)
+                      f"(bool_masked_pos), never in plain inference", ConversionWarning, stacklevel=3)
+    layout = "module" if any(".attention.q_proj." in k for k in st) else "file"
 
-    layout = "module" if any(k.startswith("layers.") for k in st) else "file"
-
-    # ---- facts from config.json, type-checked (ConfigError naming the key, the expected type and the value),
-    # then checked against the file
-    where = f"{source}: config.json"
-
-    def conf(key, default=None, required=False):
-        if key not in hf_config or hf_config[key] is None:
-            if required:
-                raise MissingFactsError(f"{source}: config.json lacks {key!r}")
-            return default
-        return hf_config[key]
-
-    def conf_int(key, default=None, required=False, lo=1, hi=L.MAX_WIDTH):
-        v = conf(key, default, required)
-        if v is not None and not (is_int(v) and lo <= v <= hi):
-            raise ConfigError(f"{where}: {key!r} must be an int in [{lo}, {hi}], got {shown(v)}")
-        return None if v is None else int(v)
-
-    def conf_float(key, default, lo, hi, lo_open=False):
-        v = conf(key, default)
-        ok = is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and v < hi
-        if not ok:
-            raise ConfigError(f"{where}: {key!r} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}), "
-                              f"got {shown(v)}")
-        return float(v)
-
-    def conf_bool(key, default):
-        v = conf(key, default)
-        if not isinstance(v, bool):
-            raise ConfigError(f"{where}: {key!r} must be a bool (true or false), got {shown(v)}")
-        return v
-
-    def conf_str(key, default):
-        v = conf(key, default)
-        if not isinstance(v, str):
-            raise ConfigError(f"{where}: {key!r} must be a string, got {shown(v)}")
-        return v
-
-    H = conf_int("num_attention_heads", required=True, hi=L.MAX_HEADS)
-    act = conf_str("hidden_act", "gelu")
+    # ---- facts from config.json, type-checked, then checked against the file
+    H = facts.as_int("num_attention_heads", required=True, hi=L.MAX_HEADS)
+    act = facts.as_str("hidden_act")
     if act not in _GELU:
         raise ConversionError(f"{source}: hidden_act {act!r} is not a GELU the canonical model supports "
-                              f"(gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh)")
-    eps = conf_float("layer_norm_eps", HF_DEFAULT_EPS, 0.0, 1.0, lo_open=True)
-    qkv_bias = conf_bool("qkv_bias", True)
-    hidden_dropout = conf_float("hidden_dropout_prob", 0.0, 0.0, 1.0)
-    attn_dropout = conf_float("attention_probs_dropout_prob", 0.0, 0.0, 1.0)
+                              f"(gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh; quick_gelu -> quick)")
+    eps = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
+    qkv_bias = facts.as_bool("qkv_bias")
+    hidden_dropout = facts.as_real("hidden_dropout_prob", 0.0, 1.0)
+    attn_dropout = facts.as_real("attention_probs_dropout_prob", 0.0, 1.0)
     for key, hi in (("hidden_size", L.MAX_WIDTH), ("num_channels", L.MAX_CHANNELS), ("patch_size", L.MAX_PATCH),
-                    ("num_hidden_layers", L.MAX_DEPTH), ("intermediate_size", L.MAX_WIDTH)):
-        conf_int(key, hi=hi)
-    img_v = conf("image_size", 224)
+                    ("num_hidden_layers", L.MAX_DEPTH)):
+        facts.as_int(key, hi=hi)
+    dino = fam.dino
+    if not dino:
+        facts.as_int("intermediate_size")
+    img_v = facts.get("image_size")
     if not (is_int(img_v) or isinstance(img_v, list) and len(img_v) == 2 and all(is_int(x) for x in img_v)) \
             or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([img_v] if is_int(img_v) else img_v)):
-        raise ConfigError(f"{where}: 'image_size' must be an int or [height, width] ints in [1, "
+        raise ConfigError(f"{facts.where}: 'image_size' must be an int or [height, width] ints in [1, "
                           f"{L.MAX_IMAGE_SIDE}], got {shown(img_v)}")
+    img = _pair(img_v)
     name_v = hf_config.get("_name_or_path")
     if name_v is not None and not isinstance(name_v, str):
-        raise ConfigError(f"{where}: '_name_or_path' must be a string, got {shown(name_v)}")
+        raise ConfigError(f"{facts.where}: '_name_or_path' must be a string, got {shown(name_v)}")
     pw = np.shape(st["embeddings.patch_embeddings.projection.weight"])
     if len(pw) != 4 or pw[2] != pw[3]:
         raise ConversionError(f"{source}: patch projection has shape {pw}; expected (D, C, P, P)")
     D, C, P = int(pw[0]), int(pw[1]), int(pw[2])
-    bp = _BLOCK_PREFIX[layout]
+    bp = fam.block_prefix[LAYOUTS.index(layout)]
     pat = re.compile(bp.replace(".", r"\.").replace("{i}", r"(\d+)"))
     ids = sorted({int(m.group(1)) for k in st if (m := pat.match(k))})
     depth = len(ids)
     if ids != list(range(depth)) or depth == 0:
         first = ids[:10] + (["..."] if len(ids) > 10 else [])
         raise MismatchError(source, [f"encoder layers are not numbered 0..n-1: {len(ids)} layers, {first}"])
-    fc1 = bp.format(i=0) + ("intermediate.dense.weight" if layout == "file" else "mlp.fc1.weight")
+    li = LAYOUTS.index(layout)
+    fc1 = bp.format(i=0) + next(names[li] for c, *names in fam.block if c == "mlp.fc1.weight")
     if fc1 not in st:
         raise MismatchError(source, [f"missing key {fc1!r}"])
     M = int(np.shape(st[fc1])[0])
-    img = _pair(conf("image_size", 224))
-    file_vals = {"hidden_size": D, "num_channels": C, "patch_size": P, "num_hidden_layers": depth,
-                 "intermediate_size": M}
+    file_vals = {"hidden_size": D, "num_channels": C, "patch_size": P, "num_hidden_layers": depth}
+    if not dino:
+        file_vals["intermediate_size"] = M
     clash = [f"{k}: config.json {hf_config[k]!r}, weights {v!r}" for k, v in file_vals.items()
              if hf_config.get(k) is not None and int(hf_config[k]) != v]
+    if dino:  # HF's Dinov2 sizes its MLP as int(hidden_size * mlp_ratio)
+        ratio = facts.as_real("mlp_ratio", 0.0, float(L.MAX_WIDTH), lo_open=True)
+        if int(D * ratio) != M:
+            r = facts.get("mlp_ratio")
+            clash.append(f"mlp_ratio: config.json {r!r} gives int({D} * {r!r}) = {int(D * ratio)} MLP channels, "
+                         f"weights {M}")
     if clash:
         raise MismatchError(source, ["config.json disagrees with the weights: " + c for c in clash])
     if D % H:
         raise ConversionError(f"{source}: hidden_size {D} is not divisible by num_attention_heads {H}")
 
-    has_pooler = "pooler.dense.weight" in st
-    has_head = "classifier.weight" in st
-    if has_pooler and has_head:
+    # ---- what the file holds: heads, pooler, extra tokens
+    init_values = drop_path = None
+    reg, dist_token, dist = 0, False, None
+    if dino:
+        init_values = facts.as_real("layerscale_value", 0.0, 1e6, lo_open=True, hi_closed=True)
+        drop_path = facts.as_real("drop_path_rate", 0.0, 1.0)
+        if img[0] != img[1]:
+            raise ConversionError(f"{source}: image_size {list(img)} is not square: transformers' {mt} reshapes its "
+                                  f"position table as a square grid whenever height != width, so this is not a "
+                                  f"model it runs")
+    if "classifier.weight" in st and dino:
+        raise ConversionError(f"{source}: a classifier on a {mt} model {_CONCAT}")
+    if ("cls_classifier.weight" in st or "distillation_classifier.weight" in st
+            or "DeiTForImageClassificationWithTeacher" in archs):  # num_labels 0: Identity heads, no keys
+        variant = "teacher"
+    elif "classifier.weight" in st:
+        variant = "classifier"
+    else:
+        variant = "model"
+    if variant == "teacher" and mt != "deit":
+        raise ConversionError(f"{source}: cls_classifier / distillation_classifier belong to "
+                              f"DeiTForImageClassificationWithTeacher, not to a {mt} model")
+    if mt == "deit":
+        dist_token = variant == "teacher"
+        dist = "dist_token" if dist_token else "reg_token"
+        reg = 0 if dist_token else 1
+    if mt == "dinov2_with_registers":
+        rt = np.shape(st.get("embeddings.register_tokens", np.zeros((0, 0, 0))))
+        reg = int(rt[1]) if len(rt) == 3 else -1
+        n_conf = facts.as_int("num_register_tokens", lo=0, hi=L.MAX_PREFIX_TOKENS)
+        if reg != n_conf:
+            raise MismatchError(source, [f"config.json disagrees with the weights: num_register_tokens: config.json "
+                                         f"{n_conf}, weights {reg if reg >= 0 else 'no embeddings.register_tokens'}"])
+        if reg == 0:  # an empty (1, 0, D) tensor: no register, a plain DINOv2
+            st.pop("embeddings.register_tokens")
+    has_pooler = fam.pooler and "pooler.dense.weight" in st
+    if has_pooler and variant != "model":
         for k in ("pooler.dense.weight", "pooler.dense.bias"):
             st.pop(k, None)
         has_pooler = False
-        warnings.warn(f"{source}: dropped pooler.dense: ViTForImageClassification classifies the normed class "
-                      f"token and never runs the pooler", ConversionWarning, stacklevel=2)
-    if has_pooler and conf("pooler_act", "tanh") != "tanh":
-        raise ConversionError(f"{source}: pooler_act {conf('pooler_act')!r}: canonical pre-logits are Linear + tanh")
+        warnings.warn(f"{source}: dropped pooler.dense: HF's image classifiers classify the normed tokens and never "
+                      f"run the pooler", ConversionWarning, stacklevel=3)
+    if has_pooler and facts.as_str("pooler_act") != "tanh":
+        raise ConversionError(f"{source}: pooler_act {facts.get('pooler_act')!r}: canonical pre-logits are "
+                              f"Linear + tanh")
     rep = int(np.shape(st["pooler.dense.weight"])[0]) if has_pooler else None
-    K = int(np.shape(st["classifier.weight"])[0]) if has_head else 0
+    heads = _head_keys(variant)
+    if not any(hk in st for hk in heads.values()):  # a classifier with num_labels 0 is an Identity: no keys
+        heads = {}
+    K = int(np.shape(st[heads["head.weight"]])[0]) if heads else 0
+    if mt == "vit_mae":
+        ratio = facts.as_real("mask_ratio", 0.0, 1.0)
+        if ratio:
+            warnings.warn(f"{source}: mask_ratio {ratio}: transformers' ViTMAEModel drops that share of the patches "
+                          f"at random; the imported model is the encoder on every patch (mask_ratio 0)",
+                          ConversionWarning, stacklevel=3)
 
     # ---- rename
     out: dict[str, np.ndarray] = {}
     used: set[str] = set()
+    missing: list[str] = []
 
     def take(hf_key: str, canon: str) -> None:
         if hf_key in st:
             out[canon] = to_float32(hf_key, st[hf_key], source)
             used.add(hf_key)
+        else:
+            missing.append(hf_key)
 
-    for canon, hk in _TOP.items():
+    for canon, hk in {**_top_keys(fam, dist=dist, pooler=has_pooler, registers=reg > 0), **heads}.items():
         take(hk, canon)
-    take("classifier.weight", "head.weight")
-    take("classifier.bias", "head.bias")
-    missing = []
     for i in range(depth):
         b = bp.format(i=i)
-        for canon, names in _BLOCK.items():
-            hk = b + names[0 if layout == "file" else 1]
-            take(hk + ".weight", f"blocks.{i}.{canon}.weight")
-            take(hk + ".bias", f"blocks.{i}.{canon}.bias")
-        for part in ("weight", "bias"):
-            if part == "bias" and not qkv_bias:
-                continue
+        for canon, *names in fam.block:
+            take(b + names[li], f"blocks.{i}.{canon}")
+        for part in ("weight", "bias") if qkv_bias else ("weight",):
             names = [f"{b}{n}.{part}" for n in _QKV[layout]]
             absent = [n for n in names if n not in st]
             if absent:
@@ -239,130 +476,241 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
     if problems:
         raise MismatchError(source, problems)
 
-    # ---- position table grid
+    # ---- position table grid: HF's rows are its positioned prefix tokens, then the patches at image_size
     gh, gw = img[0] // P, img[1] // P
-    T = int(np.shape(out["pos_embed"])[1]) if "pos_embed" in out else -1
-    if img[0] % P or img[1] % P or T != 1 + gh * gw:
-        raise MismatchError(source, [f"position_embeddings has {T} rows; image_size {img} with patch_size {P} "
-                                     f"needs {1 + gh * gw}"])
-    target = _pair(image_size) if image_size is not None else img
+    T = int(np.shape(out["pos_embed"])[1]) if np.ndim(out["pos_embed"]) == 3 else -1
+    if img[0] % P or img[1] % P or T != fam.pos_prefix + gh * gw:
+        raise MismatchError(source, [f"position_embeddings has {T} rows; image_size {list(img)} with patch_size {P} "
+                                     f"needs {fam.pos_prefix + gh * gw} ({fam.pos_prefix} for the prefix tokens)"])
+    arch = next((a for a in archs if a in fam.classes), None) or mt
+    note = ""
+    if mt == "deit" and not dist_token:
+        note = "; its distillation token, read by no head, is reg_token"
     try:
         cfg = ViTConfig(
-            name=str(hf_config.get("_name_or_path") or "hf_vit").replace("/", "_") or "hf_vit",
-            image_size=target, in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M,
-            qkv_bias=qkv_bias, class_token="learned", pool="token", pos_embed="learned",
-            resize_kernel=HF_RESIZE_KERNEL, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
-            representation_size=rep, num_classes=K,
-            dropout=hidden_dropout, attn_dropout=attn_dropout,
-            notes=f"imported from Hugging Face ViT {source}")
+            name=str(name_v or f"hf_{mt}").replace("/", "_") or f"hf_{mt}",
+            image_size=img, in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M,
+            qkv_bias=qkv_bias, init_values=init_values, class_token="learned", dist_token=dist_token,
+            reg_tokens=reg, pool="token", pos_embed="learned",
+            pos_prefix_tokens=fam.pos_prefix if reg and mt == "dinov2_with_registers" else None,
+            resize_kernel=fam.resize_kernel, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
+            representation_size=rep, num_classes=K, dropout=hidden_dropout, attn_dropout=attn_dropout,
+            drop_path=drop_path or 0.0, notes=f"imported from Hugging Face {arch} {source}{note}")
     except ConfigError as e:
         raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
-    if cfg.grid != (gh, gw):
-        out["pos_embed"] = resample_pos_embed(out["pos_embed"], (gh, gw), cfg.grid, 1, cfg.resize_kernel)
-    validate_state(cfg, out, source=source)
     return cfg, out
 
 
 # ---------------------------------------------------------------------------- export
-def _hf_problems(cfg: ViTConfig) -> list[str]:
+def hf_model_type(cfg: ViTConfig) -> str:
+    """The Hugging Face model type that holds `cfg` (export's default): siglip_vision_model for an attention-pool
+    head, clip_vision_model for CLIP's pre-norm or bias-free patch projection, deit for a distillation token (or one
+    register: DeiT's distillation token when no head reads it), dinov2 / dinov2_with_registers for LayerScale,
+    else vit. Whether that type can hold every other option is export_hf's check."""
+    if cfg.pool == "map":
+        return "siglip_vision_model"
+    if cfg.norm_pre or not cfg.patch_bias:
+        return "clip_vision_model"
+    if cfg.dist_token or (cfg.reg_tokens == 1 and cfg.init_values is None):
+        return "deit"
+    if cfg.init_values is not None:
+        return "dinov2_with_registers" if cfg.reg_tokens else "dinov2"
+    return "vit"
+
+
+def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
+    mt, what = fam.model_type, f"HF {fam.model_type}"
     p = []
     if cfg.class_token != "learned":
-        p.append(f"class_token={cfg.class_token!r}: HF ViT always has a learned cls_token")
+        p.append(f"class_token={cfg.class_token!r}: {what} always has a learned cls_token")
     if cfg.pos_embed != "learned":
-        p.append(f"pos_embed={cfg.pos_embed!r}: HF ViT has a learned position table only")
+        p.append(f"pos_embed={cfg.pos_embed!r}: {what} has a learned position table only")
     if cfg.attn_value_skip:
-        p.append("attn_value_skip: HF ViTSelfAttention has no value skip")
+        p.append(f"attn_value_skip: {what} attention has no value skip")
     if cfg.attn_dim is not None and cfg.attn_dim != cfg.embed_dim:
-        p.append(f"attn_dim {cfg.attn_dim} != embed_dim {cfg.embed_dim}: HF ViT keeps one width")
+        p.append(f"attn_dim {cfg.attn_dim} != embed_dim {cfg.embed_dim}: {what} keeps one width")
     if cfg.qk_scale is not None and cfg.qk_scale != cfg.head_dim ** -0.5:
-        p.append(f"qk_scale={cfg.qk_scale}: HF scales by head_dim**-0.5")
+        p.append(f"qk_scale={cfg.qk_scale}: {what} scales by head_dim**-0.5")
+    if cfg.qk_norm:
+        p.append(f"qk_norm: {what} has no LayerNorm on q and k")
+    if not cfg.patch_bias:
+        p.append(f"patch_bias=False: {what}'s patch projection has a bias")
+    if cfg.norm_pre:
+        p.append(f"norm_pre: {what} has no LayerNorm before the blocks")
     if cfg.pool != "token":
-        p.append("pool='mean': HF ViT classifies the class token")
+        p.append(f"pool={cfg.pool!r}: {what} reads the class token")
     if not cfg.final_norm:
-        p.append("final_norm=False: HF ViT always applies its final layernorm")
+        p.append(f"final_norm=False: {what} always applies its final layernorm")
     if cfg.fc_norm:
-        p.append("fc_norm: HF ViT has no norm after pooling")
-    if cfg.representation_size and cfg.num_classes:
-        p.append("pre_logits together with a head: ViTForImageClassification never runs the pooler "
-                 "(only a features-only ViTModel keeps the pooler as pre-logits)")
+        p.append(f"fc_norm: {what} has no norm after pooling")
     if cfg.output_softmax:
         p.append("output_softmax: HF models return logits")
     if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid:
         p.append(f"the table is stored at grid {cfg.table_grid}, the image grid is {cfg.grid}: HF stores the "
                  f"table at image_size (resample it first, e.g. re-import with image_size)")
-    if cfg.drop_path:
-        p.append("drop_path: HF ViT has no stochastic depth")
+    if cfg.drop_path and not fam.dino:
+        p.append(f"drop_path: {what} has no stochastic depth")
+    # prefix tokens
+    if mt == "deit":
+        if cfg.reg_tokens + int(cfg.dist_token) != 1:
+            p.append(f"dist_token={cfg.dist_token}, reg_tokens={cfg.reg_tokens}: HF deit has exactly one token after "
+                     f"the class token (distillation_token)")
+    else:
+        if cfg.dist_token:
+            p.append(f"dist_token: {what} has no distillation token (deit has)")
+        if mt == "dinov2_with_registers" and not cfg.reg_tokens:
+            p.append(f"reg_tokens=0: {what} without registers is a dinov2")
+        if cfg.reg_tokens and mt != "dinov2_with_registers":
+            p.append(f"reg_tokens={cfg.reg_tokens}: {what} has no register tokens"
+                     + (" (dinov2_with_registers has)" if mt == "dinov2" else ""))
+    if cfg.pos_embed == "learned" and cfg.num_pos_prefix > fam.pos_prefix:
+        p.append(f"{cfg.num_pos_prefix} prefix tokens have a position row; {what} positions only the first "
+                 f"{fam.pos_prefix} (registers get none in dinov2_with_registers)")
+    # blocks and heads
+    if fam.dino:
+        if cfg.init_values is None:
+            p.append(f"init_values=None: {what} always has LayerScale (layer_scale1, layer_scale2)")
+        if cfg.num_classes:
+            p.append(f"num_classes={cfg.num_classes}: {what} has no class-token classifier (its "
+                     f"ForImageClassification {_CONCAT.split(';')[0]})")
+        if cfg.image_size[0] != cfg.image_size[1]:
+            p.append(f"image_size {cfg.image_size}: {what} reshapes its position table as a square grid whenever "
+                     f"height != width")
+    elif cfg.init_values is not None:
+        p.append(f"init_values (LayerScale): {what} has none (dinov2 has)")
+    if not fam.pooler and cfg.representation_size:
+        p.append(f"representation_size: {what} has no pooler (pre-logits layer)")
+    if mt == "vit_mae" and cfg.num_classes:
+        p.append(f"num_classes={cfg.num_classes}: HF vit_mae has no classifier (export as vit)")
+    if fam.pooler and cfg.representation_size and cfg.num_classes:
+        p.append("pre_logits together with a head: HF's image classifiers never run the pooler "
+                 "(only a features-only base model keeps the pooler as pre-logits)")
     return p
 
 
-def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray],
-              layout: str = "file") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Canonical -> (HF state dict, config.json dict).
+def _mlp_ratio(D: int, M: int) -> float | int:
+    """A ratio r with int(D * r) == M (HF's Dinov2 sizes its MLP so)."""
+    r = M / D
+    for cand in (r, float(np.nextafter(r, np.inf))):
+        if int(D * cand) == M:
+            return int(cand) if float(cand).is_integer() else cand
+    raise ConversionError(f"mlp_dim {M} with embed_dim {D}: no mlp_ratio gives int({D} * ratio) == {M}")
 
-    With a head: ViTForImageClassification ('vit.' prefix); without: ViTModel (the pooler when
-    representation_size is set). layout='file' is the on-disk / save_pretrained naming that every
-    transformers version reads; layout='module' the module names of the installed transformers >= 5
-    (for model.load_state_dict).
+
+def _variant(cfg: ViTConfig, mt: str) -> tuple[str, str]:
+    """(head variant, architecture) of the HF model that holds cfg."""
+    if mt == "deit":
+        if cfg.dist_token:
+            return "teacher", "DeiTForImageClassificationWithTeacher"
+        return ("classifier", "DeiTForImageClassification") if cfg.num_classes else ("model", "DeiTModel")
+    if mt == "vit":
+        return ("classifier", "ViTForImageClassification") if cfg.num_classes else ("model", "ViTModel")
+    return "model", _FAMILIES[mt].classes[0]
+
+
+def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "file",
+              model_type: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Canonical -> (HF state dict, config.json dict) of model type `model_type` (default: hf_model_type(cfg)).
+
+    vit: ViTForImageClassification ('vit.' prefix) with a head, else ViTModel (the pooler when representation_size
+    is set). deit: DeiTForImageClassificationWithTeacher for a distillation token (num_labels 0 without a head:
+    its Identity heads average the two tokens, the canonical features), DeiTForImageClassification / DeiTModel for
+    one register. dinov2, dinov2_with_registers, vit_mae: the base model (features). CLIP and SigLIP types:
+    shared.convert.hf_clip.export_hf_clip (file layout only). layout='file' is the on-disk / save_pretrained
+    naming that every transformers version reads; layout='module' the module names of the installed
+    transformers >= 5 (for model.load_state_dict).
     """
-    if layout not in _BLOCK_PREFIX:
+    if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'file' or 'module', got {layout!r}")
-    problems = _hf_problems(cfg)
+    mt = model_type or hf_model_type(cfg)
+    if mt in HF_CLIP_TYPES:
+        if layout != "file":
+            raise ValueError(f"layout={layout!r}: CLIP and SigLIP are exported in the file layout only")
+        from .hf_clip import export_hf_clip
+
+        return export_hf_clip(cfg, state, mt)
+    fam = _FAMILIES.get(mt)
+    if fam is None:
+        raise ConversionError(f"model_type {mt!r} is not a Hugging Face type vit-suite writes "
+                              f"({', '.join(HF_MODEL_TYPES)})")
+    problems = _export_problems(cfg, fam)
     if problems:
-        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face ViT:\n  " + "\n  ".join(problems))
+        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face {mt} model:\n  "
+                              + "\n  ".join(problems))
     validate_state(cfg, state, source="<canonical state>")
-    if cfg.resize_kernel != HF_RESIZE_KERNEL:
-        warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF "
-                      f"interpolate_pos_encoding uses plain bicubic: outputs at other image sizes will differ",
+    if cfg.resize_kernel != fam.resize_kernel:
+        warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF {mt}'s "
+                      f"interpolate_pos_encoding uses {fam.resize_kernel!r}: outputs at other image sizes will differ",
                       ConversionWarning, stacklevel=2)
-    W = cfg.width
-    pre = "vit." if cfg.num_classes else ""
+    D, W, M = cfg.embed_dim, cfg.width, cfg.mlp_dim
+    variant, arch = _variant(cfg, mt)
+    pre = fam.base_prefix if variant != "model" else ""
+    li = LAYOUTS.index(layout)
     out: dict[str, np.ndarray] = {}
 
     def put(hk: str, v) -> None:
-        out[pre + hk] = np.array(v, dtype=CANONICAL_DTYPE, copy=True)
+        out[hk] = np.array(v, dtype=CANONICAL_DTYPE, copy=True)
 
-    for canon, hk in _TOP.items():
-        if canon in state:
-            put(hk, state[canon])
-    li = 0 if layout == "file" else 1
+    dist = ("dist_token" if cfg.dist_token else "reg_token") if mt == "deit" else None
+    for canon, hk in _top_keys(fam, dist=dist, pooler=bool(cfg.representation_size), registers=True).items():
+        v = np.asarray(state[canon])
+        if canon == "pos_embed" and cfg.num_pos_prefix < fam.pos_prefix:
+            # prefix tokens HF positions but the canonical model does not: a zero row each (x + 0 is exact)
+            n = cfg.num_pos_prefix
+            v = np.concatenate([v[:, :n], np.zeros((1, fam.pos_prefix - n, D), v.dtype), v[:, n:]], axis=1)
+        put(pre + hk, v)
+    if fam.dino:  # HF's Dinov2 always holds a mask token; zeros are its own initial value
+        put(pre + "embeddings.mask_token", np.zeros((1, D)))
     for i in range(cfg.depth):
-        b = _BLOCK_PREFIX[layout].format(i=i)
-        for canon, names in _BLOCK.items():
-            put(f"{b}{names[li]}.weight", state[f"blocks.{i}.{canon}.weight"])
-            put(f"{b}{names[li]}.bias", state[f"blocks.{i}.{canon}.bias"])
+        b = pre + fam.block_prefix[li].format(i=i)
+        for canon, *names in fam.block:
+            put(b + names[li], state[f"blocks.{i}.{canon}"])
         for part in ("weight", "bias") if cfg.qkv_bias else ("weight",):
             fused = np.asarray(state[f"blocks.{i}.attn.qkv.{part}"])
             for j, n in enumerate(_QKV[layout]):
                 put(f"{b}{n}.{part}", fused[j * W:(j + 1) * W])
     if cfg.num_classes:
-        out["classifier.weight"] = np.array(state["head.weight"], dtype=CANONICAL_DTYPE, copy=True)
-        out["classifier.bias"] = np.array(state["head.bias"], dtype=CANONICAL_DTYPE, copy=True)
+        for canon, hk in _head_keys(variant).items():
+            put(hk, state[canon])
     h, w = cfg.image_size
     conf: dict[str, Any] = {
-        "architectures": ["ViTForImageClassification" if cfg.num_classes else "ViTModel"],
-        "model_type": "vit",
+        "architectures": [arch], "model_type": mt,
         "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
-        "intermediate_size": cfg.mlp_dim, "hidden_act": "gelu" if cfg.gelu == "erf" else "gelu_pytorch_tanh",
-        "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attn_dropout,
-        "initializer_range": 0.02, "layer_norm_eps": cfg.layer_norm_eps,
-        "image_size": h if h == w else [h, w], "patch_size": cfg.patch_size, "num_channels": cfg.in_chans,
-        "qkv_bias": cfg.qkv_bias, "encoder_stride": cfg.patch_size,
-        "pooler_output_size": cfg.representation_size or cfg.embed_dim, "pooler_act": "tanh",
+        "hidden_act": _GELU_OUT[cfg.gelu], "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.attn_dropout, "initializer_range": 0.02,
+        "layer_norm_eps": cfg.layer_norm_eps, "image_size": h if h == w else [h, w], "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
     }
-    if cfg.num_classes:
+    if fam.dino:
+        conf.update(mlp_ratio=_mlp_ratio(D, M), layerscale_value=cfg.init_values, drop_path_rate=cfg.drop_path,
+                    use_swiglu_ffn=False)
+        if mt == "dinov2":
+            conf["use_mask_token"] = True
+        else:
+            conf["num_register_tokens"] = cfg.reg_tokens
+    else:
+        conf["intermediate_size"] = M
+    if fam.pooler:
+        conf.update(encoder_stride=cfg.patch_size, pooler_output_size=cfg.representation_size or cfg.embed_dim,
+                    pooler_act="tanh")
+    if mt == "vit_mae":
+        conf["mask_ratio"] = 0.0  # the canonical model: the encoder on every patch
+    if variant != "model":  # num_labels from id2label; 0 for a headless DeiT teacher (Identity heads)
         conf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)}
         conf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_classes)}
     return out, conf
 
 
 # ---------------------------------------------------------------------------- directories
+
 def save_hf_dir(directory: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray],
-                overwrite: bool = False) -> Path:
-    """Write config.json + model.safetensors (from_pretrained layout) atomically: a temp dir renamed into place."""
+                overwrite: bool = False, model_type: str | None = None) -> Path:
+    """Write config.json + model.safetensors (from_pretrained layout) atomically: a temp dir renamed into place.
+    `model_type`: the HF type to write (default: hf_model_type(cfg), see export_hf)."""
     from safetensors.numpy import save_file
 
     directory = Path(directory)
-    hf_state, conf = export_hf(cfg, state, layout="file")
+    hf_state, conf = export_hf(cfg, state, layout="file", model_type=model_type)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise OutputError(f"{directory}: exists and is not empty; pass --force to replace it")
     try:
@@ -430,7 +778,8 @@ def _index_shards(index_path: Path) -> list[Path]:
 
 
 def load_hf_dir(directory: str | os.PathLike, image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """Read a save_pretrained directory (config.json + model.safetensors, sharded or not; pytorch_model.bin with torch)."""
+    """Read a save_pretrained directory (config.json + model.safetensors, sharded or not; pytorch_model.bin with torch)
+    of any model type import_hf reads."""
     d = Path(directory)
     cj = d / "config.json"
     if not cj.is_file():

@@ -8,7 +8,8 @@ the source file (not from the converted config) and returns its final output, wh
 
     timm (state dicts)   timm.create_model(ARCH) + load_state_dict(strict=True); ARCH is the timm architecture the
                          conversion named (--preset vit_base_patch16_224, or timm's config.json); no other guess
-    hf (directories)     transformers' own ViTForImageClassification / ViTModel, from_pretrained(local_files_only)
+    hf (directories)     transformers' own class for the directory's model_type and architectures (ViT, DeiT, DINOv2,
+                         ViTMAE, CLIP, SigLIP: hf_runner), from_pretrained(local_files_only)
     torchvision          torchvision's own VisionTransformer + load_state_dict(strict=True)
     bigvision (.npz)     timm's own _load_weights on the file
     kerashub             keras-hub's own from_preset / Keras' safe-mode loader / model + load_weights (a Keras child)
@@ -28,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import ViTConfig
-from ..errors import MissingFactsError, UsageError
+from ..errors import MismatchError, MissingFactsError, UsageError
 from .formats import detect_format
 
 #: source format -> the library whose own code defines it (and whose absence means "not verified")
@@ -90,26 +91,86 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     return _torch_forward(model, images).numpy()
 
 
+#: the architecture (config.json `architectures`) -> the transformers class that runs it and its output that is the
+#: canonical `logits` stage: a classifier's logits, CLIP's / SigLIP's pooled or projected image features
+_HF_RUN = {
+    "ViTForImageClassification": ("ViTForImageClassification", "logits"),
+    "DeiTForImageClassification": ("DeiTForImageClassification", "logits"),
+    "DeiTForImageClassificationWithTeacher": ("DeiTForImageClassificationWithTeacher", "logits"),
+    "CLIPVisionModel": ("CLIPVisionModel", "pooler_output"),
+    "CLIPVisionModelWithProjection": ("CLIPVisionModelWithProjection", "image_embeds"),
+    "CLIPModel": ("CLIPModel", "image_features"),
+    "SiglipVisionModel": ("SiglipVisionModel", "pooler_output"),
+    "SiglipModel": ("SiglipModel", "image_features"),
+}
+#: model_type -> what runs a checkpoint whose architecture is none of the above (a base model, a backbone, MAE's
+#: pre-training model): the base model, and its "features" (the pooler when the file has one, else the final-norm
+#: class token), or the CLIP / SigLIP default
+_HF_BASE = {
+    "vit": ("ViTModel", "features"), "deit": ("DeiTModel", "features"), "dinov2": ("Dinov2Model", "features"),
+    "dinov2_with_registers": ("Dinov2WithRegistersModel", "features"), "vit_mae": ("ViTMAEModel", "features"),
+    "clip": ("CLIPModel", "image_features"), "clip_vision_model": ("CLIPVisionModel", "pooler_output"),
+    "siglip": ("SiglipModel", "image_features"), "siglip_vision_model": ("SiglipVisionModel", "pooler_output"),
+}
+
+
+def hf_runner(model_type: str, architectures) -> tuple[str, str]:
+    """(transformers class name, output) that runs a directory of `model_type` saved as `architectures`."""
+    for arch in architectures or []:
+        if arch in _HF_RUN:
+            return _HF_RUN[arch]
+    if model_type not in _HF_BASE:
+        raise MissingFactsError(f"model_type {model_type!r}: no transformers class to prove it against "
+                                f"(known: {', '.join(_HF_BASE)})")
+    return _HF_BASE[model_type]
+
+
 def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
-    """transformers' own model from the directory (config.json + weights), offline: logits, or for a model
-    without a classifier the final-norm class token (the canonical pre-logits features)."""
+    """transformers' own model from the directory (config.json + weights), offline, picked by the directory's
+    model_type and architectures (hf_runner): a classifier's logits (DeiT with teacher: the mean of its two heads);
+    a base model's pooler output when the file has a pooler, else its final-norm class token (ViTMAEModel with
+    mask_ratio 0 and noise = arange, so every patch is kept in order); CLIPVisionModel / SiglipVisionModel:
+    pooler_output; CLIPVisionModelWithProjection: image_embeds; CLIPModel / SiglipModel: get_image_features. The
+    position table is interpolated by the model's own interpolate_pos_encoding when the images are not at the
+    directory's image_size."""
+    import inspect
+
     import torch
     import transformers
 
     path = Path(src)
     directory = path if path.is_dir() else path.parent
     hf_cfg = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
-    heads = [a for a in (hf_cfg.architectures or []) if a.endswith("ForImageClassification")]
-    cls = transformers.ViTForImageClassification if heads else transformers.ViTModel
-    kwargs = {} if heads else {"add_pooling_layer": False}
-    model = cls.from_pretrained(directory, local_files_only=True, **kwargs)
+    cls_name, output = hf_runner(hf_cfg.model_type, hf_cfg.architectures)
+    cls = getattr(transformers, cls_name)
+    kwargs = {"mask_ratio": 0.0} if hf_cfg.model_type == "vit_mae" else {}
+    model, info = cls.from_pretrained(directory, local_files_only=True, output_loading_info=True, **kwargs)
+    absent = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if absent:
+        raise MismatchError(src, [f"transformers' {cls_name} did not find {k!r} in the directory" for k in absent])
+    has_pooler = getattr(model, "pooler", None) is not None and not any(
+        k.startswith("pooler.") for k in info.get("missing_keys", ()))
+    model = model.eval().float()
     x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
-    interpolate = tuple(images.shape[2:]) != (hf_cfg.image_size,) * 2
+    vision = getattr(hf_cfg, "vision_config", None) or hf_cfg
+    size = vision.image_size
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    fn = model.get_image_features if output == "image_features" else model.forward
+    kw = {}
+    if tuple(images.shape[2:]) != size and "interpolate_pos_encoding" in inspect.signature(fn).parameters:
+        kw["interpolate_pos_encoding"] = True  # (DINOv2 interpolates whenever the size differs: no such argument)
+    if hf_cfg.model_type == "vit_mae":  # keep every patch, in order
+        n = (images.shape[2] // hf_cfg.patch_size) * (images.shape[3] // hf_cfg.patch_size)
+        kw["noise"] = torch.arange(n, dtype=torch.float32).expand(images.shape[0], n)
     with torch.no_grad():
-        out = model.eval().float()(pixel_values=x, interpolate_pos_encoding=interpolate)
-    if heads:
-        return out.logits.numpy()
-    return out.last_hidden_state[:, 0].numpy()
+        out = fn(pixel_values=x, **kw)
+    if output == "image_features":  # transformers >= 5 returns the projected features as pooler_output
+        out = getattr(out, "pooler_output", out)
+    elif output == "features":
+        out = out.pooler_output if has_pooler else out.last_hidden_state[:, 0]
+    else:
+        out = getattr(out, output)
+    return out.numpy()
 
 
 def kerashub_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:

@@ -1,0 +1,347 @@
+"""Hugging Face's ViT family against transformers itself: ViT, DeiT (with teacher, classifier only, features with the
+pooler), DINOv2, DINOv2 with registers, ViTMAE and ViTMAE's pre-training checkpoint, each made by transformers (random
+init, then every parameter shaken so each one matters; tiny; no download) and saved with `save_pretrained`, as its
+users save it.
+
+Per family:
+  * the Python API (load_hf_dir) and the CLI (`vit-suite convert DIR out.safetensors`) give one canonical file, whose
+    float64 reference equals transformers' own output (computed here, from the model object) within
+    shared.tolerances.fp32_bound(cfg, "logits");
+  * the proof-against-source runner (shared.convert.sources.hf_output) gives exactly that output, and
+    `vit-suite check --against DIR` passes (its `against` row: one backend runs beside it);
+  * export back (save_hf_dir, and `vit-suite convert ... --to hf`) is loaded by transformers' from_pretrained with
+    nothing missing and every tensor identical; the module layout loads with load_state_dict(strict=True);
+  * `vit-suite check CONVERTED --against DIR` on every installed backend exits 0.
+
+Needs the backends of issue 12's model options: test_every_backend_check for the deit_*, dinov2* families (a
+distillation token, a register, LayerScale, position rows for some prefix tokens only). The ViT and ViTMAE rows use
+no new option and pass on the backends as they are.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+
+from shared import reference  # noqa: E402
+from shared import weights as W  # noqa: E402
+from shared.cli import main  # noqa: E402
+from shared.convert.hf import _DEFAULTS, export_hf, load_hf_dir, save_hf_dir  # noqa: E402
+from shared.convert.sources import hf_output  # noqa: E402
+from shared.errors import ConversionWarning  # noqa: E402
+from shared.posemb import resample_pos_embed  # noqa: E402
+from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::shared.errors.ConversionWarning")  # each said, tested in test_importers
+torch.set_num_threads(2)
+transformers.logging.set_verbosity_error()
+
+_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+_DINO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=3, image_size=28, patch_size=7)
+#: name -> (transformers class, config class, config kwargs, the canonical facts the import must state)
+FAMILIES = {
+    "vit": ("ViTForImageClassification", "ViTConfig",
+            dict(_VIT, image_size=[28, 42], patch_size=7, num_labels=5),
+            dict(num_classes=5, image_size=(28, 42), gelu="erf", layer_norm_eps=1e-12)),
+    "deit_teacher": ("DeiTForImageClassificationWithTeacher", "DeiTConfig",
+                     dict(_VIT, image_size=[28, 42], patch_size=7, num_labels=5),
+                     dict(dist_token=True, reg_tokens=0, num_classes=5, resize_kernel="bicubic")),
+    "deit_classifier": ("DeiTForImageClassification", "DeiTConfig",
+                        dict(_VIT, image_size=28, patch_size=7, num_labels=4, hidden_act="gelu_pytorch_tanh",
+                             qkv_bias=False),
+                        dict(dist_token=False, reg_tokens=1, pos_prefix_tokens=None, num_classes=4, gelu="tanh",
+                             qkv_bias=False)),
+    "deit_model": ("DeiTModel", "DeiTConfig", dict(_VIT, image_size=28, patch_size=7, layer_norm_eps=1e-6),
+                   dict(reg_tokens=1, num_classes=0, representation_size=32, layer_norm_eps=1e-6)),
+    "dinov2": ("Dinov2Model", "Dinov2Config", dict(_DINO, num_channels=1, layerscale_value=0.5),
+               dict(init_values=0.5, mlp_dim=96, in_chans=1, layer_norm_eps=1e-6, resize_kernel="bicubic")),
+    "dinov2_registers": ("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig",
+                         dict(_DINO, num_register_tokens=3, hidden_act="quick_gelu"),
+                         dict(reg_tokens=3, pos_prefix_tokens=1, gelu="quick", resize_kernel="bicubic_antialias")),
+    "vit_mae": ("ViTMAEModel", "ViTMAEConfig", dict(_VIT, image_size=28, patch_size=7),
+                dict(num_classes=0, representation_size=None)),
+    "vit_mae_pretraining": ("ViTMAEForPreTraining", "ViTMAEConfig",
+                            dict(_VIT, image_size=28, patch_size=7, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                                 decoder_num_attention_heads=2, decoder_intermediate_size=32),
+                            dict(num_classes=0)),
+}
+#: families whose every-backend check needs no model option of issue 12 (they pass before the backends have them)
+PLAIN = ("vit", "vit_mae")
+
+
+def _make(name: str):
+    cls_name, conf_name, kwargs, _ = FAMILIES[name]
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(getattr(transformers, conf_name)(**kwargs))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # HF's init leaves biases at 0, norms at 1, tokens at 0: shake every parameter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """name -> (model, its save_pretrained directory), made once."""
+    root = tmp_path_factory.mktemp("hf_family")
+    out = {}
+    for name in FAMILIES:
+        model = _make(name)
+        model.save_pretrained(root / name)
+        out[name] = (model, root / name)
+    return out
+
+
+def _images(model, batch=2, size=None, seed=0):
+    conf = model.config
+    s = size or ((conf.image_size,) * 2 if isinstance(conf.image_size, int) else tuple(conf.image_size))
+    return np.random.default_rng(seed).standard_normal((batch, conf.num_channels, *s)).astype(np.float32)
+
+
+@torch.no_grad()
+def _their_output(name: str, model, x: np.ndarray, **kw) -> np.ndarray:
+    """transformers' own output that the canonical `logits` stage stands for, from the model object: a
+    classifier's logits (DeiT with teacher: the mean of its two heads, HF's inference output), a pooler's output,
+    or the final-norm class token (ViTMAE on every patch, in order: mask_ratio 0, noise = arange)."""
+    t = torch.from_numpy(x)
+    if name.startswith("vit_mae"):
+        encoder = model.vit if name == "vit_mae_pretraining" else model
+        encoder.config.mask_ratio = 0.0
+        n = (x.shape[2] // encoder.config.patch_size) * (x.shape[3] // encoder.config.patch_size)
+        kw.setdefault("noise", torch.arange(n, dtype=torch.float32).expand(x.shape[0], n))  # keep the order
+        return encoder(pixel_values=t, **kw).last_hidden_state[:, 0].numpy()
+    out = model(pixel_values=t, **kw)
+    if hasattr(out, "logits"):
+        return out.logits.numpy()
+    return out.pooler_output.numpy()
+
+
+def _load(d, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConversionWarning)  # mask_token, MAE's decoder and mask_ratio: said
+        return load_hf_dir(d, **kw)
+
+
+def _within(cfg, got, want, what):
+    err, bound = rel_l2(np.asarray(got, np.float64), want), fp32_bound(cfg, "logits")
+    assert err <= bound, f"{what}: logits rel L2 {err:.3e} > float32 bound {bound:.3e}"
+    print(f"{what}: rel L2 {err:.2e} (bound {bound:.2e})")
+    return err
+
+
+# ----------------------------------------------------------------------------------------------- import
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_import_matches_transformers(name, saved, tmp_path):
+    """Python API and CLI give the same canonical file, with the facts of config.json, and its float64 reference
+    equals transformers' own output."""
+    model, d = saved[name]
+    cfg, state = _load(d)
+    for key, want in FAMILIES[name][3].items():
+        assert getattr(cfg, key) == want, f"{name}: {key} = {getattr(cfg, key)!r}, config.json says {want!r}"
+    x = _images(model)
+    _within(cfg, _their_output(name, model, x), reference.forward(cfg, state, x)["logits"], f"{name} (Python API)")
+    out = tmp_path / "c.safetensors"
+    assert main(["convert", str(d), str(out)]) == 0
+    cfg2, state2 = W.load(out)
+    assert cfg2 == cfg
+    assert sorted(state2) == sorted(state) and all(np.array_equal(state[k], state2[k]) for k in state)
+
+
+@pytest.mark.parametrize("name", ["vit_mae", "vit_mae_pretraining"])
+def test_vit_mae_class_token_does_not_depend_on_the_shuffle(name, saved):
+    """ViTMAEModel shuffles the patches even with mask_ratio 0; the class token is the same function of them."""
+    model, d = saved[name]
+    cfg, state = _load(d)
+    x = _images(model, seed=3)
+    _within(cfg, _their_output(name, model, x, noise=torch.rand(2, cfg.grid[0] * cfg.grid[1])),
+            reference.forward(cfg, state, x)["logits"], f"{name}, shuffled")
+
+
+@pytest.mark.parametrize("name,right,wrong", [("deit_model", "bicubic", "bicubic_antialias"),
+                                              ("dinov2", "bicubic", "bicubic_antialias"),
+                                              ("dinov2_registers", "bicubic_antialias", "bicubic")])
+@pytest.mark.parametrize("size", [(42, 42), (14, 14)])
+def test_resize_kernel_is_the_types_interpolate_pos_encoding(name, right, wrong, size, saved):
+    """At another image size HF interpolates its table at run time; importing for that size resamples with the
+    type's kernel and matches it, and the other kernel does not (the test can tell them apart). (HF reshapes the
+    stored table as a square: the models here are square.)"""
+    model, d = saved[name]
+    cfg, state = _load(d, image_size=size)
+    assert cfg.resize_kernel == right and cfg.image_size == size
+    x = _images(model, size=size, seed=4)
+    kw = {} if name.startswith("dinov2") else {"interpolate_pos_encoding": True}  # DINOv2 always interpolates
+    theirs = _their_output(name, model, x, **kw)
+    _within(cfg, theirs, reference.forward(cfg, state, x)["logits"], f"{name} at {size}")
+    native, state_w = _load(d)
+    cfg_w = native.replace(image_size=size, resize_kernel=wrong)
+    state_w = {**state_w, "pos_embed": resample_pos_embed(state_w["pos_embed"], native.grid, cfg_w.grid,
+                                                          native.num_pos_prefix, wrong).astype(np.float32)}
+    err = rel_l2(theirs.astype(np.float64), reference.forward(cfg_w, state_w, x)["logits"])
+    assert err > fp32_bound(cfg, "logits"), f"{name}: the {wrong} kernel is indistinguishable ({err:.2e})"
+
+
+def test_config_defaults_are_transformers_own():
+    """A key missing from config.json means what transformers' config class defaults it to."""
+    for mt, defaults in _DEFAULTS.items():
+        theirs = transformers.AutoConfig.for_model(mt).to_dict()
+        wrong = {k: (v, theirs.get(k)) for k, v in defaults.items() if theirs.get(k) != v}
+        assert not wrong, f"{mt}: vit-suite's default vs transformers': {wrong}"
+
+
+# ------------------------------------------------------------------------------------ proof against the source
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_hf_output_runs_the_directorys_own_class(name, saved):
+    """The runner of `check --against` picks the class from config.json (model_type, architectures) and returns the
+    output that the canonical logits stand for: exactly what the model object computes."""
+    model, d = saved[name]
+    x = _images(model, seed=5)
+    np.testing.assert_allclose(hf_output(str(d), x, None), _their_output(name, model, x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_check_against_the_source_passes(name, saved, tmp_path):
+    model, d = saved[name]
+    out, report = tmp_path / "c.safetensors", tmp_path / "check.json"
+    assert main(["convert", str(d), str(out)]) == 0
+    main(["check", str(out), "--against", str(d), "--backends", "torch", "--json", str(report)])
+    against = json.loads(report.read_text())["against"]
+    assert against["status"] == "pass" and against["library"] == "transformers", against
+    assert against["rel_l2"] <= against["bound"] == fp32_bound(W.load(out)[0], "logits")
+
+
+def test_check_against_the_source_catches_a_wrong_conversion(saved, tmp_path):
+    """The runner is not blind: the same DeiT with tanh GELU instead of erf is a different function, and the proof
+    against transformers fails, naming the error and the bound."""
+    _, d = saved["deit_teacher"]
+    cfg, state = _load(d)
+    wrong = tmp_path / "wrong.safetensors"
+    W.save(wrong, cfg.replace(gelu="tanh"), state)
+    report = tmp_path / "check.json"
+    main(["check", str(wrong), "--against", str(d), "--backends", "torch", "--json", str(report)])
+    against = json.loads(report.read_text())["against"]
+    assert against["status"] == "FAIL" and against["rel_l2"] > against["bound"], against
+
+
+# ----------------------------------------------------------------------------------------------- export
+def _compare_loaded(name, source, loaded, info):
+    """Every tensor of the source model that the canonical model holds is in the loaded model, identical."""
+    missing = sorted(info["missing_keys"])
+    assert missing == [], f"{name}: from_pretrained did not find {missing}"
+    theirs = {k: v for k, v in source.state_dict().items()}
+    if name == "vit_mae_pretraining":  # the encoder is the model; the decoder is dropped, said
+        theirs = {k[4:]: v for k, v in theirs.items() if k.startswith("vit.")}
+    ours = loaded.state_dict()
+    for k, v in theirs.items():
+        if k.endswith("mask_token"):  # training-only: dropped on import, written as zeros
+            assert not ours[k].any(), f"{name}: {k} is not zeros"
+            continue
+        assert k in ours, f"{name}: {k} not in the exported model"
+        assert torch.equal(ours[k], v), f"{name}: {k} differs after the round trip"
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_export_back_gives_transformers_identical_tensors(name, saved, tmp_path):
+    model, d = saved[name]
+    cfg, state = _load(d)
+    mae = name.startswith("vit_mae")
+    save_hf_dir(tmp_path / "api", cfg, state, model_type="vit_mae" if mae else None)
+    conf = json.loads((tmp_path / "api" / "config.json").read_text())
+    cls = getattr(transformers, conf["architectures"][0])
+    assert conf["architectures"] == [FAMILIES[name][0] if name != "vit_mae_pretraining" else "ViTMAEModel"]
+    loaded, info = cls.from_pretrained(tmp_path / "api", output_loading_info=True)
+    _compare_loaded(name, model, loaded.eval(), info)
+    x = _images(model, seed=6)
+    theirs = _their_output(name, model, x)
+    assert np.array_equal(_their_output("vit_mae" if mae else name, loaded, x), theirs)
+    # the CLI: canonical -> HF directory (a plain encoder is written as a ViT: the same tensors under ViTModel)
+    assert main(["convert", str(d), str(tmp_path / "c.safetensors")]) == 0
+    assert main(["convert", str(tmp_path / "c.safetensors"), str(tmp_path / "cli"), "--to", "hf"]) == 0
+    conf = json.loads((tmp_path / "cli" / "config.json").read_text())
+    cls = getattr(transformers, conf["architectures"][0])
+    kw = {"add_pooling_layer": False} if mae else {}
+    loaded, info = cls.from_pretrained(tmp_path / "cli", output_loading_info=True, **kw)
+    _compare_loaded(name, model, loaded.eval(), info)
+    a, b = load_file(tmp_path / "api" / "model.safetensors"), load_file(tmp_path / "cli" / "model.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a if k in b)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_module_layout_loads_strict(name, saved):
+    """layout='module': the installed transformers' own module names, loaded with load_state_dict(strict=True)."""
+    model, d = saved[name]
+    cfg, state = _load(d)
+    mae = name.startswith("vit_mae")
+    hf_state, conf = export_hf(cfg, state, layout="module", model_type="vit_mae" if mae else None)
+    arch = conf.pop("architectures")[0]
+    hf_cfg = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
+    fresh = getattr(transformers, arch)(hf_cfg).eval()
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in hf_state.items()}, strict=True)
+    x = _images(model, seed=7)
+    assert np.array_equal(_their_output("vit_mae" if mae else name, fresh, x), _their_output(name, model, x))
+
+
+# ------------------------------------------------------------------------------------------- every backend
+@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "vit_mae_pretraining"])
+def test_every_backend_check(name, saved, tmp_path):
+    """The user's whole path: convert, then `vit-suite check CONVERTED --against DIR` on every installed backend.
+    Needs the backends of issue 12's options for every family but those in PLAIN."""
+    _, d = saved[name]
+    out = tmp_path / "c.safetensors"
+    assert main(["convert", str(d), str(out)]) == 0
+    report = tmp_path / "check.json"
+    code = main(["check", str(out), "--against", str(d), "--json", str(report)])
+    result = json.loads(report.read_text())
+    assert result["against"]["status"] == "pass", result["against"]
+    bad = {b: (r["status"], r.get("first_failure"), (r.get("error") or "")[-300:])
+           for b, r in result["backends"].items() if r["status"] != "pass"}
+    assert code == 0 and not bad, f"{name}: exit {code}, backends {bad}"
+
+
+# ------------------------------------------------------------------------------------ CLIP / SigLIP runners
+def _clip_dirs(tmp_path):
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+                  patch_size=7, projection_dim=16)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=99,
+                max_position_embeddings=16, projection_dim=16)
+    sig_vision = {k: v for k, v in vision.items() if k != "projection_dim"}
+    sig_text = {k: v for k, v in text.items() if k != "projection_dim"}
+    made = {
+        "CLIPVisionModel": lambda m, t: m(pixel_values=t).pooler_output,
+        "CLIPVisionModelWithProjection": lambda m, t: m(pixel_values=t).image_embeds,
+        "CLIPModel": lambda m, t: m.get_image_features(pixel_values=t),
+        "SiglipVisionModel": lambda m, t: m(pixel_values=t).pooler_output,
+        "SiglipModel": lambda m, t: m.get_image_features(pixel_values=t),
+    }
+    confs = {"CLIPVisionModel": transformers.CLIPVisionConfig(**vision),
+             "CLIPVisionModelWithProjection": transformers.CLIPVisionConfig(**vision),
+             "CLIPModel": transformers.CLIPConfig(vision_config=vision, text_config=text, projection_dim=16),
+             "SiglipVisionModel": transformers.SiglipVisionConfig(**sig_vision),
+             "SiglipModel": transformers.SiglipConfig(vision_config=sig_vision, text_config=sig_text)}
+    for arch, fn in made.items():
+        torch.manual_seed(0)
+        model = getattr(transformers, arch)(confs[arch]).eval()
+        model.save_pretrained(tmp_path / arch)
+        yield arch, model, fn
+
+
+def test_hf_output_clip_and_siglip_outputs(tmp_path):
+    """For the CLIP / SigLIP converters (shared.convert.hf_clip) to be provable: the runner gives CLIPVisionModel's
+    and SiglipVisionModel's pooler_output, CLIPVisionModelWithProjection's image_embeds, and CLIPModel's and
+    SiglipModel's get_image_features, each exactly as the model object computes it."""
+    x = np.random.default_rng(8).standard_normal((2, 3, 28, 28)).astype(np.float32)
+    for arch, model, fn in _clip_dirs(tmp_path):
+        with torch.no_grad():
+            want = fn(model, torch.from_numpy(x))
+        want = getattr(want, "pooler_output", want).numpy()  # transformers 5: get_image_features -> pooler_output
+        got = hf_output(str(tmp_path / arch), x, None)
+        assert got.shape == want.shape, arch
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=arch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 _EXPORTS = {
     "DropPath": "layers", "PatchEmbed": "layers", "Attention": "layers", "Mlp": "layers", "Block": "layers",
+    "LayerScale": "layers", "AttentionPool": "layers",
     "VisionTransformer": "model", "build_model": "model",
     "load_canonical": "model", "to_canonical": "model",
     "KerasBackend": "backend",

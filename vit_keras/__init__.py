@@ -1,4 +1,4 @@
-"""Keras 3 backend of the vit-suite (keras.ops only: runs on KERAS_BACKEND=tensorflow and =torch): the ViT
+"""Keras 3 backend of the vit-suite (keras.ops only: runs on KERAS_BACKEND=tensorflow, =jax and =torch): the ViT
 (`VisionTransformer`, `build_model`), canonical weights in and out (`load_canonical`, `to_canonical`) and
 `KerasBackend`, the suite's interface to it.
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 _EXPORTS = {
     "DropPath": "layers", "PatchEmbed": "layers", "Attention": "layers", "Mlp": "layers", "Block": "layers",
-    "LayerScale": "layers", "AttentionPool": "layers",
     "VisionTransformer": "model", "build_model": "model",
     "load_canonical": "model", "to_canonical": "model",
     "KerasBackend": "backend",

@@ -1,4 +1,4 @@
-"""Keras 3 layers of the ViT, written with keras.ops only (run on the TensorFlow and torch backends).
+"""Keras 3 layers of the ViT, written with keras.ops only (run on the TensorFlow, JAX and torch backends).
 
 Numerics follow shared/reference.py exactly; every choice comes from the ViTConfig, never from a
 Keras default: LayerNormalization gets `epsilon=cfg.layer_norm_eps` (the qk-norm ones too), GELU is

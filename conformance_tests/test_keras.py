@@ -218,6 +218,28 @@ def test_family_gradients_match_finite_differences_of_the_reference(preset):
     assert not bad, f"{BE.name} {preset}: gradients out of bound {bound:.2e}: {bad}"
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_family_optimiser_step_decays_what_decay_mask_says(kind):
+    """One SGD / AdamW step on tiny_deit (distillation token, head_dist) and tiny_siglip (attention-pool latent):
+    the new weights equal the NumPy float64 update (shared.training.recipe, weight decay where decay_mask puts it)
+    of the backend's own gradients, within float32 rounding."""
+    from shared.init import init_weights, random_images
+    from shared.training import grad as G
+
+    for preset in ("tiny_deit", "tiny_siglip"):
+        cfg = helpers.case(preset)[0]
+        state = init_weights(cfg, 0)
+        x = random_images(cfg, 6, 0)
+        y = np.random.default_rng(3).integers(0, cfg.num_classes, 6)
+        hp = G.STEP_HPARAMS[kind]
+        new = BE.optimizer_step(cfg, state, x, y, kind, lr=hp["lr"], weight_decay=hp["weight_decay"],
+                                label_smoothing=0.1, betas=G.ADAM_BETAS, eps=G.ADAM_EPS)
+        _, own = BE.loss_and_grads(cfg, state, x, y, 0.1)
+        rows = G.step_errors(kind, cfg, state, new, own, own)
+        bad = {k: m for k, m in rows.items() if not m["opt_err"] <= m["opt_bound"]}
+        assert not bad, f"{BE.name} {preset} {kind}: step out of bound: {bad}"
+
+
 def test_family_models_train(tmp_path):
     """keras.Model.fit on a distilled model with registers, LayerScale and qk-norm (two heads: the loss is the mean
     of their losses, the accuracy metric reads their mean) and on a MAP-pooled CLIP-style one: a few steps lower

@@ -128,6 +128,174 @@ def test_not_a_keras_file(tmp_path):
         load_keras(p)
 
 
+# ------------------------------------------------------------ family options
+def _keras_path(key: str, kinds: dict) -> str:
+    """The documented Keras variable path of a canonical key (vit_keras/model.py): "." -> "/" except inside a layer
+    name (blocks_i, pre_logits_fc); weight -> kernel (Dense, conv) or gamma (LayerNorm), a LayerNorm's bias -> beta."""
+    parts = re.sub(r"^blocks\.(\d+)", r"blocks_\1", key).replace("pre_logits.fc", "pre_logits_fc").split(".")
+    owner = ".".join(key.split(".")[:-1])
+    layer_norm = kinds.get(f"{owner}.weight") == "direct" and f"{owner}.bias" in kinds
+    if parts[-1] == "weight":
+        parts[-1] = "gamma" if layer_norm else "kernel"
+    elif parts[-1] == "bias" and layer_norm:
+        parts[-1] = "beta"
+    return "vision_transformer/" + "/".join(parts)
+
+
+@pytest.mark.parametrize("preset", helpers.FAMILY_TINY)
+def test_family_variables_sit_at_timm_named_paths_in_keras_layout(preset):
+    """Every canonical key of the family options (ls1/ls2 gamma, q_norm/k_norm, dist_token, reg_token, head_dist,
+    norm_pre, attn_pool.*) is one model variable at its documented path holding the canonical value in Keras'
+    layout, and the model has no other variable."""
+    cfg, state, _ = helpers.case(preset)
+    m = BE.build(cfg, state)
+    mapping = m.canonical_variables()
+    assert set(mapping) == set(state)
+    assert {id(v) for v, _ in mapping.values()} == {id(v) for v in m.weights}
+    kinds = {k: kind for k, (_, kind) in mapping.items()}
+    for key, (var, kind) in mapping.items():
+        assert var.path == _keras_path(key, kinds), (key, var.path)
+        want = state[key].T if kind == "dense" else state[key].transpose(2, 3, 1, 0) if kind == "conv" else state[key]
+        assert np.array_equal(keras.ops.convert_to_numpy(var), want), key
+    assert m.patch_embed.proj.use_bias == cfg.patch_bias
+    norms = [la for la in m._flatten_layers() if isinstance(la, keras.layers.LayerNormalization)]
+    assert norms and all(la.epsilon == cfg.layer_norm_eps for la in norms)  # qk-norm, norm_pre, attn_pool too
+
+
+def test_distilled_model_trains_on_both_heads_and_infers_their_mean():
+    """tiny_deit: `head_logits` (what the loss sees) is (B, 2, K) = [head(class token), head_dist(distillation
+    token)], the float64 reference's `head_logits` (2, B, K) within the float32 bound; the inference logits are
+    their mean."""
+    from shared import reference, tolerances
+
+    cfg, state, x = helpers.case("tiny_deit")
+    m = BE.build(cfg, state)
+    xt = keras.ops.convert_to_tensor(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    both = np.asarray(keras.ops.convert_to_numpy(m.head_logits(xt)), np.float64)
+    ref = reference.head_logits(cfg, state, x)
+    assert both.shape == (x.shape[0], 2, cfg.num_classes) and ref.shape == (2, x.shape[0], cfg.num_classes)
+    bound = tolerances.fp32_bound(cfg, "logits")
+    for i, head in enumerate(("head", "head_dist")):
+        assert tolerances.rel_l2(both[:, i], ref[i]) <= bound, head
+    logits = np.asarray(keras.ops.convert_to_numpy(m(xt)), np.float64)
+    assert tolerances.rel_l2(logits, both.mean(axis=1)) <= bound
+    assert tolerances.rel_l2(both[:, 0], both[:, 1]) > 0.1  # two different heads, not one twice
+
+
+@pytest.mark.parametrize("preset", helpers.FAMILY_TINY)
+def test_family_gradients_match_finite_differences_of_the_reference(preset):
+    """The loss and every parameter's gradient of the family options (loss_and_grads, the Keras backend's autodiff)
+    against central differences of the float64 NumPy reference loss (shared.training.grad.reference_loss, which
+    for a distilled model is the mean of the two heads' losses): one random unit direction d per tensor, with
+    err = |fd - <g, d>| / (max(||g||, floor) / sqrt(size)), an estimate of ||g - g64|| / ||g64||, held to the
+    gradient bound. Independent of the torch oracle of test_grad.py."""
+    from shared.init import init_weights, random_images
+    from shared.training import grad as G
+
+    cfg = helpers.case(preset)[0]
+    cfg = cfg if cfg.num_classes else cfg.replace(num_classes=5)  # a head, so the cross-entropy applies
+    state = init_weights(cfg, 0)
+    x = random_images(cfg, 6, 0)
+    y = np.random.default_rng(3).integers(0, cfg.num_classes, 6)
+    smoothing, h = 0.1, 1e-5
+    loss, grads = BE.loss_and_grads(cfg, state, x, y, smoothing)
+    assert set(grads) == set(state) and all(grads[k].shape == state[k].shape for k in state)
+    ref = G.reference_loss(cfg, state, x, y, smoothing)
+    assert abs(loss - ref) / abs(ref) <= G.loss_bound(cfg), (loss, ref)
+    base = {k: np.asarray(v, np.float64) for k, v in state.items()}
+    g = {k: np.asarray(v, np.float64) for k, v in grads.items()}
+    floor = G.GRAD_FLOOR * np.sqrt(sum(np.sum(v ** 2) for v in g.values())) / np.sqrt(len(g))
+    rng = np.random.default_rng(7)
+    errs = {}
+    for k in sorted(state):
+        d = rng.standard_normal(state[k].shape)
+        d /= np.linalg.norm(d)
+        fd = (G.reference_loss(cfg, {**base, k: base[k] + h * d}, x, y, smoothing)
+              - G.reference_loss(cfg, {**base, k: base[k] - h * d}, x, y, smoothing)) / (2 * h)
+        errs[k] = abs(fd - np.sum(g[k] * d)) / (max(np.linalg.norm(g[k]), floor) / np.sqrt(d.size))
+    bound = G.grad_bound(cfg)
+    bad = {k: e for k, e in errs.items() if not e <= bound}
+    assert not bad, f"{BE.name} {preset}: gradients out of bound {bound:.2e}: {bad}"
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_family_optimiser_step_decays_what_decay_mask_says(kind):
+    """One SGD / AdamW step on tiny_deit (distillation token, head_dist) and tiny_siglip (attention-pool latent):
+    the new weights equal the NumPy float64 update (shared.training.recipe, weight decay where decay_mask puts it)
+    of the backend's own gradients, within float32 rounding."""
+    from shared.init import init_weights, random_images
+    from shared.training import grad as G
+
+    for preset in ("tiny_deit", "tiny_siglip"):
+        cfg = helpers.case(preset)[0]
+        state = init_weights(cfg, 0)
+        x = random_images(cfg, 6, 0)
+        y = np.random.default_rng(3).integers(0, cfg.num_classes, 6)
+        hp = G.STEP_HPARAMS[kind]
+        new = BE.optimizer_step(cfg, state, x, y, kind, lr=hp["lr"], weight_decay=hp["weight_decay"],
+                                label_smoothing=0.1, betas=G.ADAM_BETAS, eps=G.ADAM_EPS)
+        _, own = BE.loss_and_grads(cfg, state, x, y, 0.1)
+        rows = G.step_errors(kind, cfg, state, new, own, own)
+        bad = {k: m for k, m in rows.items() if not m["opt_err"] <= m["opt_bound"]}
+        assert not bad, f"{BE.name} {preset} {kind}: step out of bound: {bad}"
+
+
+def test_family_models_train(tmp_path):
+    """keras.Model.fit on a distilled model with registers, LayerScale and qk-norm (two heads: the loss is the mean
+    of their losses, the accuracy metric reads their mean) and on a MAP-pooled CLIP-style one: a few steps lower
+    the float64 reference training loss, and the canonical checkpoint is what `train` returned."""
+    from shared import weights as W
+    from shared.init import init_weights
+    from shared.presets import get_preset
+    from shared.training import data as D, recipe as T
+
+    tr, te = D.load_digits_split((16, 16), 0)
+    base = get_preset("digits").replace(depth=2)
+    cfgs = [base.replace(name="digits_deit", dist_token=True, reg_tokens=2, pos_prefix_tokens=1, init_values=0.1,
+                         qk_norm=True),
+            base.replace(name="digits_map", class_token="none", pool="map", norm_pre=True, gelu="quick",
+                         patch_bias=False)]
+    tc = T.TrainConfig(steps=12, batch=32, lr=2e-3, warmup_steps=2, eval_every=0, seed=0)
+    for cfg in cfgs:
+        st0 = init_weights(cfg, 0)
+        ckpt = tmp_path / f"{cfg.name}.safetensors"
+        st, hist = BE.train(cfg, st0, tr, te, tc, progress=False, checkpoint=ckpt)
+
+        def loss(s):
+            return T.training_loss(T.raw_logits_reference(cfg, s, tr.images[:256]), tr.labels[:256])[0]
+
+        before, after = loss(st0), loss(st)
+        assert after < 0.9 * before, (cfg.name, before, after)
+        assert hist[-1]["step"] == tc.steps and np.isfinite(hist[-1]["loss"])
+        assert hist[-1]["val_top1"] == pytest.approx(T.evaluate(BE, cfg, st, te.images, te.labels)["top1"])
+        ccfg, cstate = W.load(ckpt)
+        assert ccfg == cfg and all(np.array_equal(cstate[k], st[k]) for k in st)
+
+
+@pytest.mark.parametrize("preset", helpers.FAMILY_TINY)
+def test_family_files_round_trip_bit_exact(preset, tmp_path):
+    """`.keras` (safe mode: the new layer classes are on the allow-list) and `.weights.h5` of every family preset:
+    the same canonical weights and the same stages."""
+    cfg, state, x = helpers.case(preset)
+    m = BE.build(cfg, state)
+    ref = BE.forward(m, x)
+    for suffix in (".keras", ".weights.h5"):
+        again = BE.load_native(BE.save_native(m, tmp_path / f"m{suffix}"), cfg)
+        back = BE.export(again)
+        assert set(back) == set(state) and all(np.array_equal(back[k], state[k]) for k in state), suffix
+        _same(ref, BE.forward(again, x))
+
+
+def test_registered_layer_classes_are_allowed_in_keras_files():
+    """The `.keras` allow-list is exactly the classes vit_keras registers, so a layer added later cannot be left
+    off it."""
+    from vit_keras import convert
+
+    registered = {n for n, c in keras.saving.get_custom_objects().items() if c.__module__.startswith("vit_keras")}
+    assert convert.ALLOWED_CLASSES == registered
+    assert {"vit_keras>LayerScale", "vit_keras>AttentionPool"} <= convert.ALLOWED_CLASSES
+
+
 # ------------------------------------------------------------------ layout
 def test_channels_first_equals_channels_last():
     cfg, state, x = helpers.case("tiny_t2t")
@@ -177,8 +345,9 @@ def test_the_keras_matrix_under_every_keras_backend(keras_backend):
 
 @pytest.mark.skipif(not OUTER, reason="run by the TensorFlow process, which starts the JAX and torch ones")
 def test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others(tmp_path):
-    """.keras and .weights.h5 from each of TensorFlow, JAX and torch, read by the other two: canonical weights
-    bit-exact, forward within the float32 bound (conformance_tests/keras_files.py)."""
+    """.keras and .weights.h5 of every keras_files.PRESETS model (tiny_pretrain and the family presets) from each of
+    TensorFlow, JAX and torch, read by the other two: canonical weights bit-exact, forward within the float32 bound
+    (conformance_tests/keras_files.py)."""
     from . import keras_files
 
     def under(keras_backend, *actions):
@@ -197,7 +366,8 @@ def test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others
     results["tensorflow"] = keras_files.read(tmp_path)   # reads the JAX and torch files
     for reader, files in results.items():
         others = {kb for kb in TARGETS if kb != reader}
-        assert {f.split(".")[0] for f in files} == others and len(files) == 4, (reader, sorted(files))
+        expected = {f"{kb}.{p}{suffix}" for kb in others for p in keras_files.PRESETS for suffix in keras_files.SUFFIXES}
+        assert set(files) == expected, (reader, sorted(set(files) ^ expected))
         for name, res in files.items():
             assert res["bit_exact"] and res["conforms"], (reader, name, res)
 

@@ -1,4 +1,4 @@
-"""Keras 3 backend of the vit-suite (keras.ops only: runs on KERAS_BACKEND=tensorflow and =torch): the ViT
+"""Keras 3 backend of the vit-suite (keras.ops only: runs on KERAS_BACKEND=tensorflow, =jax and =torch): the ViT
 (`VisionTransformer`, `build_model`), canonical weights in and out (`load_canonical`, `to_canonical`) and
 `KerasBackend`, the suite's interface to it.
 

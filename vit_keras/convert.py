@@ -17,6 +17,7 @@ from shared.errors import ConfigError, InvalidFileError, MismatchError
 from shared.safeio import load_json, read_zip_member, refuse_unsafe_keras_classes
 from shared.weights import atomic_write, remove_stale_tempdirs, temp_prefix
 
+from .layers import LAYER_CLASSES
 from .model import VisionTransformer, new_model
 
 
@@ -64,9 +65,8 @@ def save_weights_h5(model: VisionTransformer, path) -> Path:
     return _atomic_keras_write(path, ".weights.h5", lambda p: model.save_weights(p))
 
 
-#: the only non-Keras classes a vit_keras `.keras` file may name
-ALLOWED_CLASSES = frozenset(f"vit_keras>{n}" for n in
-                            ("VisionTransformer", "PatchEmbed", "Attention", "Mlp", "Block", "DropPath"))
+#: the only non-Keras classes a vit_keras `.keras` file may name: the ones vit_keras registers
+ALLOWED_CLASSES = frozenset(keras.saving.get_registered_name(c) for c in (VisionTransformer, *LAYER_CLASSES))
 
 
 def _scan_keras_config(path: Path) -> None:

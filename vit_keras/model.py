@@ -2,22 +2,29 @@
 
 Layer / variable paths follow timm's names, with "/" for "." and "_" inside a layer name (the torch
 Keras backend registers variable paths as torch parameter names, which may not contain dots):
-  patch_embed/proj/{kernel,bias}, cls_token, pos_embed, blocks_{i}/norm1/{gamma,beta},
-  blocks_{i}/attn/qkv/{kernel,bias}, blocks_{i}/attn/proj/..., blocks_{i}/norm2/...,
-  blocks_{i}/mlp/fc1/..., blocks_{i}/mlp/fc2/..., norm/..., fc_norm/..., pre_logits_fc/..., head/...
-(all under the model's name, "vision_transformer/" by default). `canonical_variables()` is the exact map;
+  patch_embed/proj/{kernel,bias}, cls_token, dist_token, reg_token, pos_embed, norm_pre/{gamma,beta},
+  blocks_{i}/norm1/{gamma,beta}, blocks_{i}/attn/qkv/{kernel,bias}, blocks_{i}/attn/{q_norm,k_norm}/...,
+  blocks_{i}/attn/proj/..., blocks_{i}/ls1/gamma, blocks_{i}/norm2/..., blocks_{i}/mlp/fc1/...,
+  blocks_{i}/mlp/fc2/..., blocks_{i}/ls2/gamma, norm/..., attn_pool/{latent,q,kv,proj,norm,mlp/fc1,mlp/fc2},
+  fc_norm/..., pre_logits_fc/..., head/..., head_dist/...
+(all under the model's name, "vision_transformer/" by default; each only where the config has it). `canonical_variables()` is the exact map;
 `load_canonical` / `to_canonical` move canonical dicts in and out: Dense kernel = torch weight transposed
 (in, out); conv kernel HWIO = weight.transpose(2, 3, 1, 0); LayerNorm gamma/beta = weight/bias; cls_token and
 pos_embed as they are. Both directions are pure transposes, so a float32 round trip is bit-exact. Loading is
 strict: the canonical dict is validated first (shared.weights.validate_state), every model variable must be
 assigned, shapes are checked.
 
+Prefix tokens, in timm's order: class (learned or zeros), distillation, registers. A learned table holds rows for
+the first cfg.num_pos_prefix of them; the others get a zero row (layers.with_unpositioned_prefix).
+
 Input: NHWC by default (Keras' convention), `data_format="channels_first"` takes NCHW. Any image size
 divisible by the patch works: a learned table stored at cfg.table_grid is resampled in-graph with
 constant matrices (shared.posemb.resize_matrix), a sinusoidal table is a constant built for the grid.
 
 `model(x)` returns the logits (softmaxed when cfg.output_softmax; the pooled features when
-num_classes == 0); `model.forward_stages(x)` returns every stage of cfg.stage_names().
+num_classes == 0; with a distillation token the mean of `head` and `head_dist`); `model.forward_stages(x)`
+returns every stage of cfg.stage_names(); `model.head_logits(x)` what training sees (before any output softmax;
+a distilled model's two heads stacked, (B, 2, K)).
 
 Precision: pass a dtype policy: "float32", "mixed_bfloat16" or "mixed_float16" (`build_model(cfg, state,
 dtype="bfloat16")` picks the mixed policy): float32 variables, compute in the half dtype. A pure
@@ -38,7 +45,8 @@ from shared.init import init_weights
 from shared.posemb import fixed_table
 from shared.weights import validate_state
 
-from .layers import PACKAGE, Block, PatchEmbed, _dense, _layer_norm, as_config, resample_table, softmax_f32
+from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, _dense, _layer_norm, as_config, resample_table,
+                     softmax_f32, with_unpositioned_prefix)
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -54,12 +62,15 @@ class VisionTransformer(keras.Model):
         pol = self.dtype_policy
         self.patch_embed = PatchEmbed(c.to_dict(), data_format=data_format, name="patch_embed", dtype=pol)
         self.pos_drop = keras.layers.Dropout(c.dropout, name="pos_drop", dtype=pol)
+        self.norm_pre = _layer_norm(c, "norm_pre", pol) if c.norm_pre else None
         self.blocks = [Block(c.to_dict(), i, name=f"blocks_{i}", dtype=pol) for i in range(c.depth)]
         self.norm = _layer_norm(c, "norm", pol) if c.final_norm else None
+        self.attn_pool = AttentionPool(c.to_dict(), name="attn_pool", dtype=pol) if c.pool == "map" else None
         self.fc_norm = _layer_norm(c, "fc_norm", pol) if c.fc_norm else None
         self.pre_logits = (_dense(c.representation_size, "pre_logits_fc", pol)
                            if c.representation_size else None)
         self.head = _dense(c.num_classes, "head", pol) if c.num_classes else None
+        self.head_dist = _dense(c.num_classes, "head_dist", pol) if c.num_classes and c.dist_token else None
         self._fixed_tables: dict = {}
 
     # ------------------------------------------------------------------ build
@@ -68,21 +79,32 @@ class VisionTransformer(keras.Model):
         D, W = c.embed_dim, c.width
         if c.class_token == "learned":
             self.cls_token = self.add_weight(shape=(1, 1, D), initializer="zeros", name="cls_token", autocast=False)
+        if c.dist_token:
+            self.dist_token = self.add_weight(shape=(1, 1, D), initializer="zeros", name="dist_token", autocast=False)
+        if c.reg_tokens:
+            self.reg_token = self.add_weight(shape=(1, c.reg_tokens, D), initializer="zeros", name="reg_token",
+                                             autocast=False)
         if c.pos_embed == "learned":
             gh, gw = c.table_grid
-            self.pos_embed = self.add_weight(shape=(1, c.num_prefix_tokens + gh * gw, D), initializer="zeros",
+            self.pos_embed = self.add_weight(shape=(1, c.num_pos_prefix + gh * gw, D), initializer="zeros",
                                              name="pos_embed", autocast=False)
         self.patch_embed.build(None)
+        if self.norm_pre is not None:
+            self.norm_pre.build((None, None, D))
         for b in self.blocks:
             b.build(None)
         if self.norm is not None:
             self.norm.build((None, None, W))
+        if self.attn_pool is not None:
+            self.attn_pool.build((None, None, W))
         if self.fc_norm is not None:
             self.fc_norm.build((None, W))
         if self.pre_logits is not None:
             self.pre_logits.build((None, W))
         if self.head is not None:
             self.head.build((None, c.feature_dim))
+        if self.head_dist is not None:
+            self.head_dist.build((None, c.feature_dim))
         self.built = True
 
     # --------------------------------------------------------------- helpers
@@ -95,15 +117,16 @@ class VisionTransformer(keras.Model):
         return (H // P, W // P)
 
     def pos_table(self, grid):
-        """(1, T, D) float32 table for a patch grid, or None: learned (resampled) or fixed sinusoidal."""
+        """(1, T, D) float32 table for a patch grid, or None: learned (resampled; zero rows for the prefix tokens
+        without a position) or fixed sinusoidal."""
         c = self.cfg
         grid = tuple(int(g) for g in grid)
         if c.pos_embed == "none":
             return None
         if c.pos_embed == "learned":
             table = ops.convert_to_tensor(self.pos_embed.value if hasattr(self.pos_embed, "value") else self.pos_embed)
-            return resample_table(ops.cast(table, "float32"), c.table_grid, grid, c.num_prefix_tokens,
-                                  c.resize_kernel)
+            table = resample_table(ops.cast(table, "float32"), c.table_grid, grid, c.num_pos_prefix, c.resize_kernel)
+            return with_unpositioned_prefix(table, c.num_pos_prefix, c.num_prefix_tokens)
         if grid not in self._fixed_tables:
             self._fixed_tables[grid] = np.asarray(fixed_table(c, grid), np.float32)[None]
         return ops.convert_to_tensor(self._fixed_tables[grid])
@@ -117,18 +140,27 @@ class VisionTransformer(keras.Model):
         grid = self._grid(x.shape)
         x = self.patch_embed(x)
         out["patch_embed"] = x
-        B = ops.shape(x)[0]
+        B, D = ops.shape(x)[0], c.embed_dim
+        prefix = []  # class (or prediction) token, distillation token, registers: timm's order
         if c.class_token == "learned":
-            tok = ops.broadcast_to(ops.cast(self.cls_token, dt), (B, 1, c.embed_dim))
-            x = ops.concatenate([tok, x], axis=1)
+            prefix.append(ops.broadcast_to(ops.cast(self.cls_token, dt), (B, 1, D)))
         elif c.class_token == "zeros":
-            x = ops.concatenate([ops.zeros((B, 1, c.embed_dim), dtype=x.dtype), x], axis=1)
+            prefix.append(ops.zeros((B, 1, D), dtype=x.dtype))
+        if c.dist_token:
+            prefix.append(ops.broadcast_to(ops.cast(self.dist_token, dt), (B, 1, D)))
+        if c.reg_tokens:
+            prefix.append(ops.broadcast_to(ops.cast(self.reg_token, dt), (B, c.reg_tokens, D)))
+        if prefix:
+            x = ops.concatenate([*prefix, x], axis=1)
         table = self.pos_table(grid)
         if table is not None:
             x = x + ops.cast(table, dt)
         if training and c.dropout > 0:
             x = self.pos_drop(x, training=training)
         out["embed"] = x
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+            out["norm_pre"] = x
         for i, blk in enumerate(self.blocks):
             x = blk(x, training=training)
             out[f"block_{i}"] = x
@@ -136,33 +168,61 @@ class VisionTransformer(keras.Model):
             x = self.norm(x)
         out["norm"] = x
         n0 = c.num_prefix_tokens
-        if c.pool == "token":
+        if c.dist_token:  # timm's distilled pre_logits: the mean of the class and distillation tokens
+            x = (x[:, 0] + x[:, 1]) / 2
+        elif c.pool == "token":
             x = x[:, 0]
-        else:
+        elif c.pool == "mean":
             x = ops.cast(ops.mean(ops.cast(x[:, n0:], "float32"), axis=1), dt)
+        else:  # map: the attention pool sees the patch tokens only
+            x = self.attn_pool(x[:, n0:])
         if self.fc_norm is not None:
             x = self.fc_norm(x)
         if self.pre_logits is not None:
             x = ops.tanh(self.pre_logits(x))
         out["pre_logits"] = x
         if self.head is not None:
-            x = self.head(x)
+            if self.head_dist is not None:  # DeiT's inference output: the mean of the two heads
+                heads = self._heads(out["norm"])
+                x = (heads[:, 0] + heads[:, 1]) / 2
+            else:
+                x = self.head(x)
             if c.output_softmax:
                 x = softmax_f32(x, dt)
         out["logits"] = x
         return out
 
+    def _heads(self, tokens):
+        """A distilled model's (B, 2, K): `head` on the class token, `head_dist` on the distillation token."""
+        return ops.stack([self.head(tokens[:, 0]), self.head_dist(tokens[:, 1])], axis=1)
+
     def call(self, x, training=False):
         return self.forward_stages(x, training=training)["logits"]
+
+    def head_logits(self, x, training=False):
+        """What the training loss sees (shared.reference.head_logits): the head output before any output softmax,
+        (B, K); a distilled model's two heads, (B, 2, K) (the loss is the mean of their losses); the pooled
+        features (B, F) without a head."""
+        stages = self.forward_stages(x, training=training)
+        if self.head is None:
+            return stages["pre_logits"]
+        if self.head_dist is not None:
+            return self._heads(stages["norm"])
+        return self.head(stages["pre_logits"])
 
     # ------------------------------------------------------------ bookkeeping
     def canonical_variables(self) -> dict:
         """canonical key -> (keras Variable, kind) with kind in {"conv", "dense", "direct"}."""
         c = self.cfg
-        v = {"patch_embed.proj.weight": (self.patch_embed.proj.kernel, "conv"),
-             "patch_embed.proj.bias": (self.patch_embed.proj.bias, "direct")}
+        v = {"patch_embed.proj.weight": (self.patch_embed.proj.kernel, "conv")}
+        if self.patch_embed.proj.use_bias:
+            v["patch_embed.proj.bias"] = (self.patch_embed.proj.bias, "direct")
         if c.class_token == "learned":
             v["cls_token"] = (self.cls_token, "direct")
+        if c.dist_token:
+            v["dist_token"] = (self.dist_token, "direct")
+        if c.reg_tokens:
+            v["reg_token"] = (self.reg_token, "direct")
         if c.pos_embed == "learned":
             v["pos_embed"] = (self.pos_embed, "direct")
 
@@ -175,22 +235,43 @@ class VisionTransformer(keras.Model):
             if layer.use_bias:
                 v[f"{key}.bias"] = (layer.bias, "direct")
 
+        def mlp(key, layer):
+            dense(f"{key}.fc1", layer.fc1)
+            dense(f"{key}.fc2", layer.fc2)
+
+        if self.norm_pre is not None:
+            ln("norm_pre", self.norm_pre)
         for i, b in enumerate(self.blocks):
             p = f"blocks.{i}"
             ln(f"{p}.norm1", b.norm1)
             dense(f"{p}.attn.qkv", b.attn.qkv)
+            if b.attn.q_norm is not None:
+                ln(f"{p}.attn.q_norm", b.attn.q_norm)
+                ln(f"{p}.attn.k_norm", b.attn.k_norm)
             dense(f"{p}.attn.proj", b.attn.proj)
+            if b.ls1 is not None:
+                v[f"{p}.ls1.gamma"] = (b.ls1.gamma, "direct")
             ln(f"{p}.norm2", b.norm2)
-            dense(f"{p}.mlp.fc1", b.mlp.fc1)
-            dense(f"{p}.mlp.fc2", b.mlp.fc2)
+            mlp(f"{p}.mlp", b.mlp)
+            if b.ls2 is not None:
+                v[f"{p}.ls2.gamma"] = (b.ls2.gamma, "direct")
         if self.norm is not None:
             ln("norm", self.norm)
+        if self.attn_pool is not None:
+            ap = self.attn_pool
+            v["attn_pool.latent"] = (ap.latent, "direct")
+            for name in ("q", "kv", "proj"):
+                dense(f"attn_pool.{name}", getattr(ap, name))
+            ln("attn_pool.norm", ap.norm)
+            mlp("attn_pool.mlp", ap.mlp)
         if self.fc_norm is not None:
             ln("fc_norm", self.fc_norm)
         if self.pre_logits is not None:
             dense("pre_logits.fc", self.pre_logits)
         if self.head is not None:
             dense("head", self.head)
+        if self.head_dist is not None:
+            dense("head_dist", self.head_dist)
         return v
 
     def get_config(self):

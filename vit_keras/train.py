@@ -12,10 +12,12 @@ arrays go in unchanged):
 
   data       a keras.utils.PyDataset over shared.training.data's shuffled batches (the same as torch's)
   schedule   WarmupCosine(LearningRateSchedule) computes shared.training.recipe.lr_at with keras.ops
-  loss       CategoricalCrossentropy(from_logits=True, label_smoothing=eps) on one-hot labels:
-             target (1 - eps) one_hot + eps / K, the formula of shared.training.recipe.smoothed_ce
-  decay      AdamW.exclude_from_weight_decay on biases, LayerNorm gamma/beta, cls_token, pos_embed
-             (= shared.training.recipe.decay_mask: matrices only)
+  loss       categorical cross-entropy (from_logits, label_smoothing=eps) on one-hot labels:
+             target (1 - eps) one_hot + eps / K, the formula of shared.training.recipe.smoothed_ce; a distilled
+             model's two heads (B, 2, K) each get the labels and the loss is the mean of the two heads' losses
+             (shared.training.recipe.training_loss)
+  decay      AdamW.exclude_from_weight_decay on the variables shared.training.recipe.decay_mask exempts
+             (vectors, cls_token, pos_embed: decay on matrices only)
   epsilon    Keras' Adam adds epsilon to sqrt(v) before bias correction ("epsilon hat"); optimizer_step passes
              eps * sqrt(1 - beta2^t) so its step equals torch's formula exactly (training uses eps as is)
 """
@@ -34,19 +36,49 @@ from shared.training.data import shuffled_order
 
 from .model import VisionTransformer, from_keras_layout, to_canonical
 
-NO_DECAY_NAMES = ["bias", "gamma", "beta", "cls_token", "pos_embed"]
-
 
 class RawLogits(keras.Model):
-    """The ViT's head output before any output softmax (what the loss sees); shares the ViT's variables."""
+    """The ViT's head output before any output softmax (what the loss sees: `VisionTransformer.head_logits`,
+    (B, K), or (B, 2, K) for a distilled model); shares the ViT's variables."""
 
     def __init__(self, vit, **kwargs):
         super().__init__(**kwargs)
         self.vit = vit
 
     def call(self, x, training=False):
-        feats = self.vit.forward_stages(x, training=training)["pre_logits"]
-        return self.vit.head(feats) if self.vit.head is not None else feats
+        return self.vit.head_logits(x, training=training)
+
+
+class TrainingLoss(keras.losses.Loss):
+    """shared.training.recipe.training_loss in keras.ops: label-smoothed cross-entropy of (B, K) logits against
+    one-hot (B, K) targets; for a distilled model's (B, 2, K) both heads get the targets, and the mean over all
+    (sample, head) pairs is the mean of the two heads' mean losses."""
+
+    def __init__(self, label_smoothing: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        if len(y_pred.shape) == 3:
+            y_true = ops.broadcast_to(ops.expand_dims(y_true, 1), ops.shape(y_pred))
+        return keras.losses.categorical_crossentropy(y_true, y_pred, from_logits=True,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def _accuracy(y_true, y_pred):
+    """Top-1 of the training output; a distilled model is judged by the mean of its heads (its inference output)."""
+    if len(y_pred.shape) == 3:
+        y_pred = ops.mean(y_pred, axis=1)
+    return keras.metrics.categorical_accuracy(y_true, y_pred)
+
+
+def exclude_from_decay(opt, model: VisionTransformer) -> None:
+    """Weight decay only where shared.training.recipe.decay_mask puts it (canonical key and rank decide)."""
+    opt.exclude_from_weight_decay(var_list=[var for key, (var, _) in model.canonical_variables().items()
+                                            if not T.decay_mask(key, var.shape)])
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -141,7 +173,7 @@ def predict_logits(model: VisionTransformer, images: np.ndarray, batch: int = 25
 
 
 def _loss(smoothing: float):
-    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+    return TrainingLoss(smoothing)
 
 
 def train(model: VisionTransformer, train_data, val_data, tcfg: T.TrainConfig, *, progress: bool = True,
@@ -158,9 +190,9 @@ def train(model: VisionTransformer, train_data, val_data, tcfg: T.TrainConfig, *
     sched = WarmupCosine(tcfg.lr, tcfg.min_lr, tcfg.warmup_steps, total, tcfg.start_step)
     opt = keras.optimizers.AdamW(learning_rate=sched, weight_decay=tcfg.weight_decay, beta_1=tcfg.beta1,
                                  beta_2=tcfg.beta2, epsilon=tcfg.eps)
-    opt.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+    exclude_from_decay(opt, model)
     net.compile(optimizer=opt, loss=_loss(tcfg.label_smoothing),
-                metrics=[keras.metrics.CategoricalAccuracy(name="acc")], jit_compile=jit_compile)
+                metrics=[keras.metrics.MeanMetricWrapper(_accuracy, name="acc")], jit_compile=jit_compile)
     data = Batches(x, y, cfg.num_classes, tcfg.batch, tcfg.seed, tcfg.start_step, total)
     history: list[dict] = []
     mon = _Monitor(model, tcfg, total, data.per_epoch, val, checkpoint, history, progress, name)
@@ -224,6 +256,6 @@ def optimizer_step(model: VisionTransformer, images: np.ndarray, labels: np.ndar
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
     if weight_decay:
-        opt.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+        exclude_from_decay(opt, model)
     _, grads = _native_grads(model, images, labels, label_smoothing)
     opt.apply_gradients([(g, var) for g, var, _ in grads.values()])

@@ -184,7 +184,7 @@ class Block(nn.Module):
 class AttentionPool(nn.Module):
     """timm's AttentionPoolLatent (SigLIP's MAP head), as `shared.reference.attention_pool`: one learned latent query
     attends to the tokens it is given (q from the latent, k and v from `kv`), proj, then a residual MLP on its
-    LayerNorm; returns the latent's output (B, W). Scale head_dim ** -0.5, the model's heads and GELU."""
+    LayerNorm; returns the latent's output (B, W). Scale head_dim ** -0.5, the model's heads and GELU, no dropout."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -194,9 +194,8 @@ class AttentionPool(nn.Module):
         self.q = nn.Linear(W, W, bias=True)
         self.kv = nn.Linear(W, 2 * W, bias=True)
         self.proj = nn.Linear(W, W, bias=True)
-        self.proj_drop = nn.Dropout(cfg.dropout)
         self.norm = layer_norm(W, cfg)
-        self.mlp = Mlp(cfg, W)
+        self.mlp = Mlp(cfg.replace(dropout=0.0), W)  # timm builds the pool without dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, W = x.shape
@@ -204,5 +203,5 @@ class AttentionPool(nn.Module):
         q = self.q(self.latent).reshape(1, 1, H, hd).transpose(1, 2).expand(B, -1, -1, -1)
         k, v = self.kv(x).reshape(B, N, 2, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
         o = F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
-        o = self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, 1, W)))
+        o = self.proj(o.transpose(1, 2).reshape(B, 1, W))
         return (o + self.mlp(self.norm(o)))[:, 0]

@@ -74,8 +74,6 @@ FAMILIES = {
                                  decoder_num_attention_heads=2, decoder_intermediate_size=32),
                             dict(num_classes=0)),
 }
-#: families whose every-backend check needs no model option of issue 12 (they pass before the backends have them)
-PLAIN = ("vit", "vit_mae")
 
 
 def _make(name: str):
@@ -290,10 +288,15 @@ def test_module_layout_loads_strict(name, saved):
 
 
 # ------------------------------------------------------------------------------------------- every backend
-@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "vit_mae_pretraining"])
+#: the whole CLI path runs every backend in its own process (~30 s a family): two families in the CI-sized set,
+#: the rest slow; test_family_backends.py runs every family in every backend in-process
+_CLI_CI = ("deit_teacher", "dinov2_registers")
+
+
+@pytest.mark.parametrize("name", [n if n in _CLI_CI else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in FAMILIES if n != "vit_mae_pretraining"])
 def test_every_backend_check(name, saved, tmp_path):
-    """The user's whole path: convert, then `vit-suite check CONVERTED --against DIR` on every installed backend.
-    Needs the backends of issue 12's options for every family but those in PLAIN."""
+    """The user's whole path: convert, then `vit-suite check CONVERTED --against DIR` on every installed backend."""
     _, d = saved[name]
     out = tmp_path / "c.safetensors"
     assert main(["convert", str(d), str(out)]) == 0

@@ -502,6 +502,37 @@ def test_timm_dinov2_registers_class_row_folded_on_export():
     np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)  # one float32 rounding of cls + row apart
 
 
+def test_timm_hub_directory_written_detected_and_read_back(tmp_path):
+    """A timm hub directory (timm's save_for_hf layout): written atomically, detected by its config.json (timm's
+    `architecture`, not transformers' `model_type`), read back to the same weights; a config whose eps no
+    config.json can state is refused and leaves nothing behind."""
+    from shared.convert.formats import detect_format
+    from shared.convert.io import read_any, write_any
+    from shared.errors import OutputError, UsageError
+
+    cfg = get_preset("tiny_deit")  # a distillation token: built on timm's VisionTransformerDistilled
+    state = init_weights(cfg, seed=1)
+    write_any(str(tmp_path / "hub"), "timm", cfg, state)
+    assert sorted(os.listdir(tmp_path / "hub")) == ["config.json", "model.safetensors"]
+    assert detect_format(tmp_path / "hub") == "timm"
+    conf = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert conf["architecture"] == "deit_base_distilled_patch16_224" and conf["global_pool"] == "token"
+    assert conf["model_args"]["embed_dim"] == 32 and conf["model_args"]["img_size"] == [32, 24]
+    cfg2, state2 = read_any(str(tmp_path / "hub"))
+    assert cfg2.replace(name=cfg.name, notes="") == cfg.replace(notes="")
+    _same_state(state, state2)
+    with pytest.raises(OutputError):
+        write_any(str(tmp_path / "hub"), "timm", cfg, state)
+    odd = get_preset("tiny").replace(layer_norm_eps=1e-12)
+    with pytest.raises(ConversionError, match="eps 1e-12 cannot be stated in a timm config.json"):
+        write_any(str(tmp_path / "odd"), "timm", odd, init_weights(odd))
+    assert sorted(os.listdir(tmp_path)) == ["hub"]
+    save_hf_dir(tmp_path / "hf", get_preset("tiny").replace(resize_kernel="bicubic"), init_weights(get_preset("tiny")))
+    assert detect_format(tmp_path / "hf") == "hf"
+    with pytest.raises(UsageError, match="--pool answer"):
+        read_any(str(tmp_path / "hf"), pool="avg")
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("num_attention_heads", 0, "'num_attention_heads' must be an int in \\[1, 1024\\], got int 0"),
     ("num_attention_heads", "4", "'num_attention_heads' must be an int .* got str '4'"),

@@ -40,6 +40,7 @@ from shared.convert.io import read_any  # noqa: E402
 from shared.convert.sources import source_output  # noqa: E402
 from shared.convert.timm import TIMM_ARCHITECTURES, timm_architecture, timm_model_kwargs  # noqa: E402
 from shared.errors import EXIT_OK, EXIT_USAGE, ConversionWarning  # noqa: E402
+from shared.testing import FAMILY_TINY  # noqa: E402
 from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
 
 torch.set_num_threads(2)
@@ -191,6 +192,33 @@ def test_export_back_gives_timm_identical_tensors(family, tmp_path):
     _, state = W.load(src)
     assert cfg2.replace(notes="") == cfg.replace(notes="")
     assert all(np.array_equal(state[k], state2[k]) for k in state) and sorted(state) == sorted(state2)
+
+
+@pytest.mark.parametrize("preset", FAMILY_TINY)
+def test_suite_family_configs_export_to_models_timm_runs(preset, tmp_path):
+    """The tiny family presets (suite names, not timm's): exported as a timm state dict and as a hub directory,
+    timm builds the model (timm_architecture + timm_model_kwargs; `local-dir:` for the directory), loads it
+    strictly and computes the float64 reference's logits within the float32 bound. tiny_dinov2_reg has HF's
+    layout (a position row for the class token only): the export folds it, as timm's _convert_dinov2 does."""
+    from shared.init import init_weights, random_images
+    from shared.presets import get_preset
+
+    cfg = get_preset(preset)
+    state = init_weights(cfg, seed=5)
+    src = W.save(tmp_path / "c.safetensors", cfg, state)
+    x = random_images(cfg, 2, seed=6)
+    want = reference.forward(cfg, state, x)["logits"]
+    for dst in (tmp_path / "t.safetensors", tmp_path / "hub"):
+        if cfg.num_pos_prefix < cfg.num_prefix_tokens and cfg.num_pos_prefix:
+            with pytest.warns(ConversionWarning, match="_convert_dinov2"):
+                assert main(["convert", str(src), str(dst), "--to", "timm"]) == EXIT_OK
+        else:
+            assert main(["convert", str(src), str(dst), "--to", "timm"]) == EXIT_OK
+    model = timm.create_model(timm_architecture(cfg), pretrained=False, **timm_model_kwargs(cfg)).eval()
+    model.load_state_dict(load_file(str(tmp_path / "t.safetensors")), strict=True)
+    _check(cfg, _run(model, x), want, f"{preset} -> timm state dict")
+    hub = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True).eval()
+    np.testing.assert_array_equal(_run(hub, x), _run(model, x))
 
 
 # ------------------------------------------------------------------- every backend (needs the family backends)

@@ -27,17 +27,17 @@ from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_bac
 from .hf import load_hf_dir, save_hf_dir
 from .bigvision import load_bigvision_file
 from .torchvision import load_torchvision_file, save_torchvision_file
-from .timm import export_timm, import_timm, load_timm_file, read_checkpoint, timm_form, timm_hub_config
+from .timm import export_timm, load_timm_file, read_checkpoint, timm_form, timm_hub_config
 
-#: the formats whose importer takes stated facts (`read_any(..., pool=, gelu=, grid=, num_heads=)`)
+#: the formats whose importer takes stated facts (`read_any(..., pool=, gelu=, grid=, num_heads=, layer_norm_eps=)`)
 STATED_FACT_FORMATS = ("timm", "torch")
 
 
 def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = None,
              image_size: tuple[int, int] | None = None, **stated) -> tuple[ViTConfig, dict]:
     """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
-    tell. `stated` (pool=, gelu=, grid=, num_heads=: see shared.convert.timm.import_timm) answers the questions a
-    timm state dict leaves open; other formats refuse them (UsageError)."""
+    tell. `stated` (pool=, gelu=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
+    the questions a timm state dict leaves open; other formats refuse them (UsageError)."""
     fmt = fmt or detect_format(src)
     stated = {k: v for k, v in stated.items() if v is not None}
     if stated and fmt not in STATED_FACT_FORMATS:
@@ -71,8 +71,8 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
                 raise MismatchError(src, ["no preset, or facts stated for a timm state dict"])
             W.validate_state(cfg_hint, state, source=src)
             cfg = cfg_hint
-        except MismatchError:
-            cfg, state = import_timm(state, preset=cfg_hint, image_size=image_size, source=src, **stated)
+        except MismatchError:  # a timm state dict (with timm's config.json beside it, when there is one)
+            cfg, state = load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
     elif fmt in NATIVE_BACKENDS:
         be_name = native_backend(fmt)
         import_frameworks_in_safe_order([be_name])

@@ -16,11 +16,11 @@ What it cannot tell, and so must be stated:
 Stated by, highest first: an explicit argument (`pool=`, `gelu=`, `grid=`, `num_heads=`, `layer_norm_eps=`; CLI
 --pool, --gelu, --grid, --num-heads, --layer-norm-eps), the preset (`preset=`, CLI --preset NAME), timm's
 `config.json` (`timm_config=`: the architecture resolves to the preset of the same name, then `model_args` /
-`global_pool` / `img_size` override it; an architecture that is no preset states nothing about eps or GELU, since
-its timm function may set them). A stated
-image size (`image_size=`, config.json, the preset) fixes the grid only when it fits the table's row count, and only
-one reading may fit. Nothing is guessed: a fact nobody stated is a MissingFactsError naming the question and the flag
-that answers it. A preset that contradicts the file loses to the file, with a ConversionWarning naming each fact;
+`global_pool` / `img_size` override it; an architecture that is no preset states its GELU only by
+`model_args.act_layer` and never its eps, since its timm function may set either). A stated image size
+(`image_size=`, config.json, the preset) fixes the grid only when it fits the table's row count with the prefix rows
+its own source states, and only one reading may fit. Nothing is guessed: a fact nobody stated is a MissingFactsError
+naming the question and the flag that answers it. A preset that contradicts the file loses to the file, with a ConversionWarning naming each fact;
 a flag or config.json that contradicts the file is refused. The facts the file does not determine are recorded,
 with who stated each, in the imported config's `notes`.
 
@@ -28,9 +28,9 @@ Refused by name (the canonical model cannot run them): norms inside the patch em
 MLPs (SwiGLU), hybrid CNN stems, relative position biases, separate q/k/v projections, an attention pool with its
 own positions or qk-norm, pooling timm calls 'avgmax', 'max', 'prr' or '' (none).
 
-Export (`export_timm`, `save_timm_hub_dir`) writes what timm loads strictly: `timm_architecture(cfg)` and
-`timm_model_kwargs(cfg)` build the matching model (`timm.models.deit.VisionTransformerDistilled` for a distillation
-token). A config whose position table has rows for only some of its prefix tokens (HF's DINOv2-with-registers
+Export (`export_timm`; `shared.convert.io.save_timm_hub_dir` with `timm_hub_config`) writes what timm loads
+strictly: `timm_architecture(cfg)` and `timm_model_kwargs(cfg)` build the matching model
+(`timm.models.deit.VisionTransformerDistilled` for a distillation token). A config whose position table has rows for only some of its prefix tokens (HF's DINOv2-with-registers
 layout: the class token has a row, the registers none) has no timm form: the rows are folded into their tokens and
 the table keeps the patch rows only, exactly as timm's `_convert_dinov2` does (`cls_token + pos_embed[:, 0]`), and a
 ConversionWarning says so.
@@ -348,7 +348,6 @@ class _Stated:
         return value
 
 
-
 # ---------------------------------------------------------------------------- import
 def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = None,
                 timm_config: Mapping[str, Any] | None = None, image_size=None, grid=None, pool: str | None = None,
@@ -358,9 +357,9 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
 
     preset / timm_config / the explicit facts (pool: timm's name 'token' | 'avg' | 'map'; gelu: 'erf' | 'tanh' |
     'quick'; grid: the position table's (rows, columns) in patches; num_heads; layer_norm_eps) state what the file
-    cannot tell (see the module docstring). image_size=(H, W): the input size to convert for; when it fits the table's row count it
-    also states the table's grid, otherwise the table is resampled from its grid to this one with timm's kernel
-    (shared.posemb.resample_pos_embed).
+    cannot tell (see the module docstring). image_size=(H, W): the input size to convert for; when it fits the
+    table's row count it also states the table's grid, otherwise the table is resampled from its grid to this one
+    with the preset's kernel, timm's (bicubic_antialias) without one (shared.posemb.resample_pos_embed).
     """
     st = _rename_legacy(strip_prefixes(state))
     if "patch_embed.proj.weight" not in st or not any(k.startswith("blocks.") for k in st):
@@ -565,7 +564,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         if p_cfg.output_softmax:
             conflicts.append("preset's output_softmax: timm models return logits")
         if conflicts:
-            heads = "" if file_heads is not None else f" (num_heads {H} is the preset's: the file cannot tell)"
+            heads = "" if file_heads is not None or D == p_cfg.embed_dim else \
+                f" (num_heads {H} is the preset's: the file cannot tell)"
             warnings.warn(f"{source}: the file's sizes win over preset {p_cfg.name!r}{heads}: " + "; ".join(conflicts),
                           ConversionWarning, stacklevel=2)
     extra = {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 
 import numpy as np
@@ -72,8 +73,13 @@ def test_timm_config_json_supplies_facts():
     cfg = get_preset("tiny")
     state = export_timm(cfg, init_weights(cfg))
     tc = {"architecture": "vit_custom", "global_pool": "token", "num_classes": 10,
-          "model_args": {"num_heads": 4, "embed_dim": 32}, "pretrained_cfg": {"input_size": [3, 32, 32]}}
-    cfg2, _ = import_timm(state, timm_config=tc)
+          "model_args": {"num_heads": 4, "embed_dim": 32, "act_layer": "gelu"},
+          "pretrained_cfg": {"input_size": [3, 32, 32]}}
+    # an architecture that is no preset: its timm function may set norm_layer, so its eps is asked for
+    with pytest.raises(MissingFactsError, match="layer_norm_eps.*--layer-norm-eps") as e:
+        import_timm(state, timm_config=tc)
+    assert "num_heads" not in str(e.value) and "GELU" not in str(e.value) and "grid" not in str(e.value)
+    cfg2, _ = import_timm(state, timm_config=tc, layer_norm_eps=1e-6)
     assert (cfg2.num_heads, cfg2.layer_norm_eps, cfg2.gelu, cfg2.resize_kernel, cfg2.pool) == \
         (4, 1e-6, "erf", "bicubic_antialias", "token")
     # a known architecture name is enough
@@ -88,8 +94,9 @@ def test_timm_config_json_supplies_facts():
 def test_timm_file_wins_over_preset_sizes():
     cfg = get_preset("tiny")
     state = export_timm(cfg, init_weights(cfg))
-    with pytest.warns(ConversionWarning, match="file's sizes win"):
-        cfg2, _ = import_timm(state, preset="vit_large_patch16_224")  # 1024 wide, 24 deep, 16 heads (divide 32)
+    with pytest.warns(ConversionWarning, match="file's sizes win.*num_heads 16 is the preset's"):
+        # 1024 wide, 24 deep, 16 heads (divide 32); its 224 px do not fit the 4x4 table: the size is stated
+        cfg2, _ = import_timm(state, preset="vit_large_patch16_224", image_size=(32, 32))
     assert (cfg2.embed_dim, cfg2.depth, cfg2.num_heads, cfg2.num_classes) == (32, 2, 16, 10)
 
 
@@ -99,17 +106,16 @@ def test_timm_heads_not_dividing_raises():
     with pytest.raises(ConversionError, match="not divisible by num_heads 6"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import_timm(state, preset="vit_small_patch16_224")  # 6 heads
+            import_timm(state, preset="vit_small_patch16_224", grid=(4, 4))  # 6 heads
 
 
 @pytest.mark.parametrize("extra,what", [
-    ({"blocks.0.ls1.gamma": np.ones(32, np.float32), "blocks.0.ls2.gamma": np.ones(32, np.float32)}, "layer scale"),
-    ({"reg_token": np.zeros((1, 4, 32), np.float32)}, "register tokens"),
-    ({"dist_token": np.zeros((1, 1, 32), np.float32), "head_dist.weight": np.zeros((10, 32), np.float32)}, "distillation"),
-    ({"attn_pool.latent": np.zeros((1, 1, 32), np.float32)}, "attention-pooling"),
-    ({"blocks.1.attn.q_norm.weight": np.ones(8, np.float32)}, "qk normalisation"),
     ({"patch_embed.norm.weight": np.ones(32, np.float32)}, "patch embedding"),
-    ({"norm_pre.weight": np.ones(32, np.float32)}, "pre_norm"),
+    ({"blocks.0.mlp.fc1_g.weight": np.ones((64, 32), np.float32)}, "gated MLP"),
+    ({"blocks.0.mlp.norm.weight": np.ones(64, np.float32)}, "inside the MLP"),
+    ({"blocks.0.attn.norm.weight": np.ones(32, np.float32)}, "inside attention"),
+    ({"attn_pool.pos_embed": np.ones((1, 16, 32), np.float32)}, "attention pool with its own position table"),
+    ({"blocks.0.attn.q_proj.weight": np.ones((32, 32), np.float32)}, "separate q/k/v"),
 ])
 def test_timm_refuses_unrepresentable(extra, what):
     cfg = get_preset("tiny")
@@ -118,12 +124,77 @@ def test_timm_refuses_unrepresentable(extra, what):
         import_timm(state, preset="tiny")
 
 
-def test_timm_refuses_no_embed_class():
+@pytest.mark.parametrize("name", ["tiny_deit", "tiny_deit3", "tiny_clip", "tiny_siglip"])
+def test_timm_family_round_trip_bit_exact(name):
+    """Every family option travels through timm's layout and back unchanged, under its own preset, silently."""
+    cfg = get_preset(name)
+    state = init_weights(cfg, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg2, state2 = import_timm(export_timm(cfg, state), preset=cfg)
+    assert cfg2 == cfg
+    _same_state(state, state2)
+
+
+def test_timm_family_options_read_from_the_keys():
+    """What the keys determine wins over a preset that says otherwise, and the warning names each fact."""
+    cases = {"tiny_deit": dict(dist_token=True, pool="token"), "tiny_siglip": dict(pool="map", class_token="none"),
+             "tiny_clip": dict(norm_pre=True, patch_bias=False),
+             "tiny_deit3": dict(init_values=1e-5, pos_prefix_tokens=0, pool="mean", fc_norm=True)}  # 1e-5: default
+    for name, want in cases.items():
+        cfg = get_preset(name)
+        with pytest.warns(ConversionWarning, match="file's sizes win over preset 'tiny'"):
+            got, _ = import_timm(export_timm(cfg, init_weights(cfg)), preset="tiny",
+                                 image_size=cfg.image_size, pool="avg" if name == "tiny_deit3" else None,
+                                 gelu=cfg.gelu)
+        assert {k: getattr(got, k) for k in want} == want, name
+    qk = get_preset("tiny").replace(qk_norm=True, num_heads=2)  # the q_norm width (16) makes 2 heads of 32
+    with pytest.warns(ConversionWarning, match="num_heads=4, the file's qk-norm width makes 2"):
+        got, _ = import_timm(export_timm(qk, init_weights(qk)), preset="tiny")
+    assert got.num_heads == 2 and got.qk_norm
+    with pytest.raises(ConversionError, match="num_heads 4 contradicts the file"):
+        import_timm(export_timm(qk, init_weights(qk)), preset="tiny", num_heads=4)
+
+
+def test_timm_layer_scale_init_value_stated_or_said():
+    """LayerScale's init value only initialises training: from the preset or config.json, else the documented
+    default, said in a warning and in the notes."""
+    from shared.convert.timm import DEFAULT_INIT_VALUES
+
+    cfg = get_preset("tiny").replace(init_values=1e-3)
+    state = export_timm(cfg, init_weights(cfg))
+    assert import_timm(state, preset=cfg)[0].init_values == 1e-3
+    tc = {"architecture": "vit_x", "global_pool": "token", "model_args": {"num_heads": 4, "act_layer": "gelu",
+          "init_values": 0.1, "img_size": 32}}
+    assert import_timm(state, timm_config=tc, layer_norm_eps=1e-6)[0].init_values == 0.1
+    with pytest.warns(ConversionWarning, match="init_values.*stated nowhere"):
+        got, _ = import_timm(state, timm_config={**tc, "model_args": {**tc["model_args"], "init_values": None}},
+                             layer_norm_eps=1e-6)
+    assert got.init_values == DEFAULT_INIT_VALUES and "init_values from the default" in got.notes
+
+
+def test_timm_legacy_gamma_names_renamed():
+    cfg = get_preset("tiny").replace(init_values=1e-6)
+    state = export_timm(cfg, init_weights(cfg))
+    old = {re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k): v for k, v in state.items()}
+    assert any(k.endswith("gamma_1") for k in old)
+    _same_state(state, import_timm(old, preset=cfg)[1])
+
+
+def test_timm_table_without_prefix_rows_read_at_a_stated_grid():
+    """A table with a row per patch only (timm no_embed_class): 16 rows are 1 + 15 patches or 0 + 16; the row
+    count decides only with a stated grid or image size, else it is a question naming --grid."""
     cfg = get_preset("tiny")
     state = export_timm(cfg, init_weights(cfg))
     state["pos_embed"] = state["pos_embed"][:, 1:]  # 16 rows: one per patch, none for the class token
-    with pytest.raises(ConversionError, match="no_embed_class"):
-        import_timm(state, preset="tiny")
+    with pytest.raises(MissingFactsError, match="no_embed_class.*--grid"):
+        import_timm(state, preset="tiny")  # tiny gives its class token a row: its 32x32 (17 rows) does not fit
+    got, _ = import_timm(state, preset="tiny", grid=(4, 4))
+    assert (got.grid, got.num_pos_prefix, got.pos_prefix_tokens) == ((4, 4), 0, 0)
+    got, _ = import_timm(state, preset=get_preset("tiny_deit3"), pool="token")  # a no_embed_class preset fits
+    assert got.pos_prefix_tokens == 0
+    with pytest.raises(ConversionError, match="grid 3x3 gives 9 patch rows"):
+        import_timm(state, preset="tiny", grid=(3, 3))
 
 
 def test_timm_unknown_keys_reported():
@@ -152,14 +223,16 @@ def test_timm_pos_embed_resampled_on_import():
 def test_timm_non_square_grid_needs_image_size():
     cfg = get_preset("tiny").replace(image_size=(24, 40))  # 3x5 = 15 patches, not a square
     state = export_timm(cfg, init_weights(cfg))
-    with pytest.raises(ConversionError, match="image_size"):  # 16 rows: 4x4 without class row, or 1 + 3x5?
+    with pytest.raises(MissingFactsError, match="--image-size"):  # 16 rows: 4x4 without class row, or 1 + 3x5?
         import_timm(state, preset="tiny")
     odd = export_timm(cfg.replace(image_size=(16, 40)), init_weights(cfg.replace(image_size=(16, 40))))
-    with pytest.raises(MissingFactsError, match="image_size"):  # 1 + 2x5 rows, no size hint at all
-        import_timm(odd, timm_config={"architecture": "x", "global_pool": "token", "model_args": {"num_heads": 4}})
-    cfg2, s2 = import_timm(state, preset="tiny", image_size=(24, 40))
-    assert cfg2.grid == (3, 5)
-    _same_state(init_weights(cfg), s2)
+    with pytest.raises(MissingFactsError, match="--grid HxW"):  # 1 + 2x5 rows, no size stated at all
+        import_timm(odd, timm_config={"architecture": "x", "global_pool": "token",
+                                      "model_args": {"num_heads": 4, "act_layer": "gelu"}})
+    for stated in (dict(image_size=(24, 40)), dict(grid=(3, 5))):
+        cfg2, s2 = import_timm(state, preset="tiny", **stated)
+        assert cfg2.grid == (3, 5)
+        _same_state(init_weights(cfg), s2)
 
 
 def test_timm_old_pre_logits_imported():
@@ -197,8 +270,10 @@ def test_load_timm_file_safetensors_with_config(tmp_path):
     save_file({"module." + k: v for k, v in export_timm(cfg, state).items()}, str(tmp_path / "model.safetensors"))
     with pytest.raises(MissingFactsError):
         load_timm_file(tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"architecture": "vit_x", "global_pool": "token", "model_args": {"num_heads": 4}}))
+    (tmp_path / "config.json").write_text(json.dumps(  # timm's save_for_hf layout; the architecture's numerics
+        {"architecture": "vit_tiny_patch16_224", "global_pool": "token", "num_classes": 10,
+         "model_args": {"num_heads": 4, "embed_dim": 32, "depth": 2, "img_size": [32, 32]},
+         "pretrained_cfg": {"input_size": [3, 32, 32]}}))
     cfg2, s2 = load_timm_file(tmp_path / "model.safetensors")
     assert cfg2.num_heads == 4
     _same_state(state, s2)
@@ -372,23 +447,90 @@ def test_hf_sharded_directory_reads_every_shard(tmp_path):
     _same_state(state, load_hf_dir(d)[1])
 
 
-def test_timm_guesses_are_said_not_silent():
-    """Two ways a plain timm state dict imported wrong without a word (measured against timm: error 1.3e-3 and
-    0.42): a table whose row count matches no stated image size, read as a square grid; and fc_norm (timm's mark of
-    average pooling) under a preset that pools the class token. Both now warn, naming the flag that settles it."""
+def test_timm_guesses_are_refused_not_made():
+    """Two ways a plain timm state dict imported wrong (measured against timm: error 1.3e-3 and 0.42): a table whose
+    row count matches no stated image size, read as a square grid; and fc_norm (timm's mark of average pooling)
+    under a preset that pools the class token with a final norm. Both are now questions, named with their flag;
+    stated, each is read as stated. (Against timm itself: conformance_tests/test_family_timm.py.)"""
     cfg = get_preset("tiny").replace(image_size=(32, 128))  # a 4x16 grid: 64 patch rows, also 8x8
     state = export_timm(cfg, init_weights(cfg))
-    with pytest.warns(ConversionWarning, match=r"64 patch rows, matching no stated image size \(32x32\).*--image-size"):
-        got, _ = import_timm(state, preset="tiny")
-    assert got.grid == (8, 8)  # the guess, stated
+    with pytest.raises(MissingFactsError, match=r"which grid.*65 rows.*8x8, 4x16.*--grid HxW") as e:
+        import_timm(state, preset="tiny")
+    assert e.value.exit_code == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got, _ = import_timm(state, preset="tiny", image_size=(32, 128))  # stated: no guess, no warning
-    assert got.grid == (4, 16)
+        assert got.grid == (4, 16)
+        got, _ = import_timm(state, preset="tiny", grid=(4, 16))
+        assert got.grid == (4, 16) and got.image_size == (32, 128)
     avg = get_preset("tiny").replace(pool="mean", final_norm=False, fc_norm=True)
-    with pytest.warns(ConversionWarning, match="fc_norm, which timm creates for average pooling"):
-        got, _ = import_timm(export_timm(avg, init_weights(avg)), preset="tiny")
-    assert got.pool == "token"  # the preset's word, now with the warning
+    with pytest.raises(MissingFactsError, match="class-token or average pooling.*fc_norm.*--pool token\\|avg"):
+        import_timm(export_timm(avg, init_weights(avg)), preset="tiny")
+    got, _ = import_timm(export_timm(avg, init_weights(avg)), preset="tiny", pool="avg")
+    assert (got.pool, got.fc_norm) == ("mean", True) and "pool from --pool" in got.notes
+
+
+def test_timm_gelu_form_is_a_question():
+    """No preset, a config.json that names no known architecture and no act_layer: the GELU form is asked for."""
+    cfg = get_preset("tiny").replace(gelu="quick")
+    state = export_timm(cfg, init_weights(cfg))
+    tc = {"architecture": "vit_custom", "global_pool": "token", "model_args": {"num_heads": 4, "img_size": 32}}
+    with pytest.raises(MissingFactsError) as e:
+        import_timm(state, timm_config=tc, layer_norm_eps=1e-6)
+    assert "GELU form" in str(e.value) and "--gelu erf|tanh|quick" in str(e.value)
+    assert "num_heads" not in str(e.value) and "grid" not in str(e.value)  # only the open question is asked
+    assert import_timm(state, timm_config=tc, layer_norm_eps=1e-6, gelu="quick")[0].gelu == "quick"
+    tc["model_args"]["act_layer"] = "quick_gelu"
+    assert import_timm(state, timm_config=tc, layer_norm_eps=1e-6)[0].gelu == "quick"
+
+
+def test_timm_dinov2_registers_class_row_folded_on_export():
+    """HF's DINOv2-with-registers layout (a position row for the class token only) has no timm form: export folds
+    the row into the class token, as timm's _convert_dinov2 does, and says so; the model is the same."""
+    cfg = get_preset("tiny_dinov2_reg")
+    state = init_weights(cfg, seed=2)
+    with pytest.warns(ConversionWarning, match="folded into its token.*_convert_dinov2"):
+        t = export_timm(cfg, state)
+    assert np.array_equal(t["cls_token"], state["cls_token"] + state["pos_embed"][:, :1])
+    assert np.array_equal(t["pos_embed"], state["pos_embed"][:, 1:])
+    kw = timm_model_kwargs(cfg)  # the kwargs of the model export_timm's state dict loads into
+    assert kw["no_embed_class"] and kw["reg_tokens"] == 3
+    back, s2 = import_timm(t, preset=cfg.replace(pos_prefix_tokens=0))
+    assert back.pos_prefix_tokens == 0 and back.reg_tokens == 3
+    x = random_images(cfg, 2, seed=1)
+    a, b = reference.forward(cfg, state, x)["logits"], reference.forward(back, s2, x)["logits"]
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)  # one float32 rounding of cls + row apart
+
+
+def test_timm_hub_directory_written_detected_and_read_back(tmp_path):
+    """A timm hub directory (timm's save_for_hf layout): written atomically, detected by its config.json (timm's
+    `architecture`, not transformers' `model_type`), read back to the same weights; a config whose eps no
+    config.json can state is refused and leaves nothing behind."""
+    from shared.convert.formats import detect_format
+    from shared.convert.io import read_any, write_any
+    from shared.errors import OutputError, UsageError
+
+    cfg = get_preset("tiny_deit")  # a distillation token: built on timm's VisionTransformerDistilled
+    state = init_weights(cfg, seed=1)
+    write_any(str(tmp_path / "hub"), "timm", cfg, state)
+    assert sorted(os.listdir(tmp_path / "hub")) == ["config.json", "model.safetensors"]
+    assert detect_format(tmp_path / "hub") == "timm"
+    conf = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert conf["architecture"] == "deit_base_distilled_patch16_224" and conf["global_pool"] == "token"
+    assert conf["model_args"]["embed_dim"] == 32 and conf["model_args"]["img_size"] == [32, 24]
+    cfg2, state2 = read_any(str(tmp_path / "hub"))
+    assert cfg2.replace(name=cfg.name, notes="") == cfg.replace(notes="")
+    _same_state(state, state2)
+    with pytest.raises(OutputError):
+        write_any(str(tmp_path / "hub"), "timm", cfg, state)
+    odd = get_preset("tiny").replace(layer_norm_eps=1e-12)
+    with pytest.raises(ConversionError, match="eps 1e-12 cannot be stated in a timm config.json"):
+        write_any(str(tmp_path / "odd"), "timm", odd, init_weights(odd))
+    assert sorted(os.listdir(tmp_path)) == ["hub"]
+    save_hf_dir(tmp_path / "hf", get_preset("tiny").replace(resize_kernel="bicubic"), init_weights(get_preset("tiny")))
+    assert detect_format(tmp_path / "hf") == "hf"
+    with pytest.raises(UsageError, match="--pool answer"):
+        read_any(str(tmp_path / "hf"), pool="avg")
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -5,12 +5,31 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import limits as L
 from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
 from ..convert.formats import FORMATS, detect_format, native_backend
 from ..convert.io import read_any, target_format, write_any
-from ..errors import EXIT_MISMATCH, EXIT_OK
-from .common import claim_output, console, parse_size
+from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
+from .common import claim_output, console, float_arg, int_arg, parse_size
+
+#: formats whose files carry no config (or a partial one): read back by --verify with the config they were written from
+_NO_CONFIG = ("mindcv", "timm", "torch", "keras-h5")
+
+
+def parse_grid(text: str | None) -> tuple[int, int] | None:
+    """--grid: 'HxW' in patches (rows x columns of the position table) -> (H, W)."""
+    try:
+        return parse_size(text)
+    except UsageError:
+        raise UsageError(f"--grid must be HxW, the position table's rows x columns in patches (e.g. 8x32), got "
+                         f"{text!r}") from None
+
+
+def stated_facts(args) -> dict:
+    """What the command line states about a file that cannot tell it (timm state dicts): import_timm's arguments."""
+    return dict(pool=args.pool, gelu=args.gelu, grid=parse_grid(args.grid), num_heads=args.num_heads,
+                layer_norm_eps=args.layer_norm_eps)
 
 
 def cmd_convert(args) -> int:
@@ -19,14 +38,21 @@ def cmd_convert(args) -> int:
     claim_output(args.dst, "DST", force=args.force, inputs=(args.src,))
     import_frameworks_in_safe_order([native_backend(src_fmt) or "", native_backend(dst_fmt) or ""])
     c = console()
-    cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size))
+    cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size), **stated_facts(args))
     write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force)
     c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters")
+    told = cfg.notes.find("what the file does not determine")  # a timm import says who stated each open fact
+    if src_fmt in ("timm", "torch") and told >= 0:
+        c.print(cfg.notes[told:], markup=False)
     if args.verify:
         from .check import cmd_check, default_args
+        from ..convert.timm import timm_form
 
-        # files that carry no config (a mindcv .ckpt) are read back with the config they were written from
-        back_cfg, back = read_any(args.dst, dst_fmt, args.preset or (cfg if dst_fmt == "mindcv" else None), None)
+        if dst_fmt == "timm":  # what was written: timm's form (a class-token position row folded, if any)
+            cfg, state = timm_form(cfg, state)
+        # files that carry no config (a timm state dict, a mindcv .ckpt) are read back with the config they were
+        # written from
+        back_cfg, back = read_any(args.dst, dst_fmt, cfg if dst_fmt in _NO_CONFIG else args.preset, None)
         diffs = [k for k in state if k not in back or not np.array_equal(state[k], back[k])]
         if diffs or set(back) != set(state):
             c.print(f"[red]verify: reading {args.dst} back differs from the source in {diffs[:5]}[/]")
@@ -49,10 +75,25 @@ def add_parser(sub) -> None:
     v.add_argument("src")
     v.add_argument("dst")
     v.add_argument("--from", dest="from_", choices=list(FORMATS), help="source format (default: detected from content)")
-    v.add_argument("--to", choices=list(FORMATS), help="target format (default: from the destination's suffix)")
+    v.add_argument("--to", choices=list(FORMATS), help="target format (default: from the destination's suffix); "
+                        "--to timm writes a state dict (DST.safetensors) or, for a DST without a suffix, a timm hub "
+                        "directory (config.json + model.safetensors)")
     v.add_argument("--preset", help="config for files that do not carry one (timm, .pt, .weights.h5, .ckpt); for a mindcv .ckpt also "
                         "a mindcv model name (vit_b_16_224, ...)")
-    v.add_argument("--image-size", help="HxW: resample the learned position table for this input size")
+    v.add_argument("--image-size", help="HxW: the input size to convert for; the learned position table is resampled "
+                        "to it (a timm state dict's table is read at this size when its row count fits it)")
+    v.add_argument("--pool", choices=["token", "avg", "map"],
+                   help="timm state dicts: the pooling the file cannot tell (a class token and no attention pool): "
+                        "'token' (class token) or 'avg' (timm's mean of the patch tokens)")
+    v.add_argument("--gelu", choices=["erf", "tanh", "quick"],
+                   help="timm state dicts: the GELU form (erf: timm's nn.GELU; tanh: gelu_tanh; quick: CLIP's "
+                        "x * sigmoid(1.702 x))")
+    v.add_argument("--grid", metavar="HxW",
+                   help="timm state dicts: the position table's grid in patches (rows x columns), which a row count "
+                        "cannot tell (256 rows: 16x16 or 8x32), nor whether the prefix tokens have rows")
+    v.add_argument("--num-heads", type=int_arg(1, L.MAX_HEADS), help="timm state dicts: the attention heads")
+    v.add_argument("--layer-norm-eps", type=float_arg(0.0, 1.0, lo_open=True, hi_open=True),
+                   help="timm state dicts: the LayerNorm eps (timm 1e-6, CLIP 1e-5)")
     v.add_argument("--verify", action="store_true",
                    help="read the result back, run the check on it, and prove it against the source library's own "
                         "output (timm, transformers, keras-hub, mindcv) where there is one")

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..backend import is_available, runs_in_this_process
 from .. import limits as L
 from ..errors import InvalidFileError
-from ..safeio import check_zip, load_json
+from ..safeio import check_zip, load_json, read_json_file
 
 #: every format `vit-suite convert` reads or writes
 FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore", "torchvision", "bigvision",
@@ -150,7 +150,8 @@ def mindspore_ckpt_names(path: str | Path, limit: int = 4096) -> list[str]:
 
 
 def detect_format(path: str | Path) -> str:
-    """One of FORMATS, from the bytes of `path` (a directory with config.json is a Hugging Face model)."""
+    """One of FORMATS, from the bytes of `path`. A directory with config.json and its weights is a timm hub model
+    when config.json is timm's (`architecture`, written by timm's save_for_hf), else a Hugging Face model."""
     path = Path(path)
     from .kerashub import is_kerashub  # keras-hub's preset directory, .keras and .weights.h5 (read as data)
 
@@ -158,8 +159,11 @@ def detect_format(path: str | Path) -> str:
         return "kerashub"
     if path.is_dir():
         if (path / "config.json").is_file() and any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
-            return "hf"
-        raise InvalidFileError(f"{path}: a directory but not a Hugging Face model (needs config.json + model.safetensors)")
+            from .timm import is_timm_config  # timm's save_for_hf: `architecture`; transformers: `model_type`
+
+            return "timm" if is_timm_config(read_json_file(path / "config.json")) else "hf"
+        raise InvalidFileError(f"{path}: a directory but neither a Hugging Face nor a timm hub model (needs "
+                               f"config.json + model.safetensors)")
     if not path.is_file():
         raise InvalidFileError(f"{path}: no such file")
     with open(path, "rb") as f:

@@ -9,7 +9,9 @@ registry like everything else.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,21 +20,30 @@ import numpy as np
 from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
-from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, UsageError
+from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, UnwritableError, UsageError
 from ..posemb import resample_pos_embed
 from ..presets import get_preset
 from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
 from .hf import load_hf_dir, save_hf_dir
 from .bigvision import load_bigvision_file
 from .torchvision import load_torchvision_file, save_torchvision_file
-from .timm import export_timm, import_timm, load_timm_file, read_checkpoint
+from .timm import export_timm, load_timm_file, read_checkpoint, timm_form, timm_hub_config
+
+#: the formats whose importer takes stated facts (`read_any(..., pool=, gelu=, grid=, num_heads=, layer_norm_eps=)`)
+STATED_FACT_FORMATS = ("timm", "torch")
 
 
 def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = None,
-             image_size: tuple[int, int] | None = None) -> tuple[ViTConfig, dict]:
+             image_size: tuple[int, int] | None = None, **stated) -> tuple[ViTConfig, dict]:
     """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
-    tell."""
+    tell. `stated` (pool=, gelu=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
+    the questions a timm state dict leaves open; other formats refuse them (UsageError)."""
     fmt = fmt or detect_format(src)
+    stated = {k: v for k, v in stated.items() if v is not None}
+    if stated and fmt not in STATED_FACT_FORMATS:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in stated)
+        raise UsageError(f"{flags} answer(s) what a timm state dict cannot tell; {src} is a {fmt!r} file, which "
+                         f"states it (or takes --preset)")
     if fmt in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
         from .kerashub import load_kerashub
         from .mindcv import load_mindcv_file
@@ -45,7 +56,7 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
     if fmt == "canonical":
         cfg, state = W.load(src)
     elif fmt == "timm":
-        return load_timm_file(src, preset=cfg_hint, image_size=image_size)
+        return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
     elif fmt == "torchvision":
         return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
     elif fmt == "bigvision":
@@ -56,12 +67,12 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
         # a plain state dict carries no config: the named preset if it fits exactly, else sizes from the file
         state = read_checkpoint(src)
         try:
-            if cfg_hint is None:
-                raise MismatchError(src, ["no preset"])
+            if cfg_hint is None or stated:
+                raise MismatchError(src, ["no preset, or facts stated for a timm state dict"])
             W.validate_state(cfg_hint, state, source=src)
             cfg = cfg_hint
-        except MismatchError:
-            cfg, state = import_timm(state, preset=cfg_hint, image_size=image_size, source=src)
+        except MismatchError:  # a timm state dict (with timm's config.json beside it, when there is one)
+            cfg, state = load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
     elif fmt in NATIVE_BACKENDS:
         be_name = native_backend(fmt)
         import_frameworks_in_safe_order([be_name])
@@ -104,16 +115,19 @@ def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tu
     new = cfg.replace(image_size=image_size, pos_grid=None)
     state = dict(state)
     if cfg.pos_embed == "learned":
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_prefix_tokens,
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_pos_prefix,
                                                 cfg.resize_kernel).astype(np.float32)
     return new, state
 
 
 def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> None:
     """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically; an existing `dst` is replaced
-    only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost)."""
+    only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost).
+    timm: a `dst` with a suffix is a state dict (safetensors), one without is a timm hub directory."""
     if fmt == "canonical":
         W.save(dst, cfg, state, overwrite=overwrite)
+    elif fmt == "timm" and not Path(dst).suffix:
+        save_timm_hub_dir(dst, cfg, state, overwrite=overwrite)
     elif fmt == "timm":
         from safetensors.numpy import save_file
 
@@ -173,3 +187,68 @@ def target_format(dst: str, to: str | None = None) -> str:
     if not Path(dst).suffix:
         return "hf"
     raise UsageError(f"cannot tell the target format of {dst!r}: pass --to ({', '.join(FORMATS)})")
+
+
+def write_dir_atomically(directory: str | os.PathLike, write_files, *, overwrite: bool = False) -> Path:
+    """Call write_files(tmp_dir) on a temporary directory beside `directory`, then move it into place with the
+    umask's modes: on any failure nothing is left behind and an existing `directory` is untouched. An existing,
+    non-empty `directory` is replaced only with overwrite=True; otherwise the name is claimed exclusively (an empty
+    directory the user made is taken over; of two concurrent writers the second fails with OutputError)."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not overwrite:
+        raise OutputError(f"{directory}: exists and is not empty; pass --force to replace it")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        W.remove_stale_partials(directory.parent, directory.name)
+        tmp = Path(tempfile.mkdtemp(prefix=W.temp_prefix(directory.name), suffix=".partial", dir=directory.parent))
+    except OSError as e:
+        raise UnwritableError(f"{directory}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
+    old = None
+    claimed = False
+    try:
+        write_files(tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, W.umask_mode())
+        os.chmod(tmp, W.umask_mode(directory=True))
+        if overwrite and directory.exists():
+            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
+            os.replace(directory, old)
+        elif not overwrite:
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                raise OutputError(f"{directory}: exists (written by another process meanwhile?); pass --force to "
+                                  f"replace it") from None
+            claimed = True
+        os.replace(tmp, directory)  # onto nothing, or onto the empty directory this writer just created
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if claimed and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+        if old is not None and old.exists() and not directory.exists():
+            os.replace(old, directory)
+        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, UnwritableError)):
+            raise UnwritableError(f"{directory}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing "
+                                  f"was left behind") from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def save_timm_hub_dir(directory: str | os.PathLike, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> Path:
+    """A timm hub directory, as timm's save_for_hf writes one: config.json (shared.convert.timm.timm_hub_config) +
+    model.safetensors (the timm state dict), atomically; `timm.create_model('local-dir:DIR', pretrained=True)` loads
+    it strictly."""
+    from safetensors.numpy import save_file
+
+    cfg_t, timm_state = timm_form(cfg, state)
+    conf = timm_hub_config(cfg_t)
+
+    def write(tmp: Path) -> None:
+        save_file({k: np.ascontiguousarray(v) for k, v in timm_state.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
+
+    return write_dir_atomically(directory, write, overwrite=overwrite)

@@ -6,8 +6,12 @@ is the source library's own output: each runner here builds the source model wit
 the source file (not from the converted config) and returns its final output, which `check --against SRC` and
 `convert --verify` compare with the reference of the converted file.
 
-    timm (state dicts)   timm.create_model(ARCH) + load_state_dict(strict=True); ARCH is the timm architecture the
-                         conversion named (--preset vit_base_patch16_224, or timm's config.json); no other guess
+    timm (state dicts)   timm.create_model(ARCH, **overrides) + load_state_dict(strict=True); ARCH is the timm
+                         architecture the conversion named (--preset vit_base_patch16_224, or timm's config.json
+                         beside the file, with its model_args); no other guess. The overrides are where the
+                         converted config differs from ARCH's preset: the sizes the file fixes and the facts stated
+                         at conversion (--pool, --gelu, --grid, ...): a wrong statement is shared, a wrong reading
+                         of the file is not. A timm hub directory: timm.create_model('local-dir:DIR', pretrained=True)
     hf (directories)     transformers' own class for the directory's model_type and architectures (ViT, DeiT, DINOv2,
                          ViTMAE, CLIP, SigLIP: hf_runner), from_pretrained(local_files_only)
     torchvision          torchvision's own VisionTransformer + load_state_dict(strict=True)
@@ -72,22 +76,59 @@ def _torch_forward(model, images: np.ndarray) -> np.ndarray:
 
 
 def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
-    """timm's VisionTransformer of the architecture the conversion named, loaded strictly from the source file
-    (timm's own checkpoint filter resamples its position table to the converted image size)."""
+    """timm's own model of the source, loaded strictly from the source file (DeiT distilled in eval: the mean of
+    its two heads, timm's inference output).
+
+    A timm hub directory (config.json + weights) is built and loaded by timm itself:
+    `timm.create_model('local-dir:DIR', pretrained=True)`, with img_size = the images' size when they differ from
+    its own (timm's checkpoint filter resamples the table from the size config.json states). A state dict is built
+    as `timm.create_model(ARCH, **overrides)`: ARCH is the architecture its config.json beside it names, with that
+    file's model_args, else the architecture the conversion named (a family or vit_* preset name: `--preset NAME`);
+    the overrides are what the converted config says differently from that architecture's preset (the sizes the
+    file determines, and the facts stated at conversion: --pool, --gelu, --num-heads). A fact timm's architecture
+    cannot take (a changed qk scale, a suite resize kernel) is not passed: timm computes its own, and the comparison
+    shows the difference.
+    """
     import timm
     import torch
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    from .timm import read_checkpoint, strip_prefixes
+    from ..presets import PRESETS
+    from .timm import (architecture_eps, read_checkpoint, strip_prefixes, timm_files, timm_model_args,
+                       timm_norm_layer)
 
-    if not timm.is_model(cfg.name):
-        raise MissingFactsError(f"{src}: the file does not name a timm architecture and the converted config's "
-                                f"name {cfg.name!r} is not one: convert with --preset NAME, a timm model name "
-                                f"(e.g. vit_base_patch16_224), to prove it against timm")
-    state = {k: torch.from_numpy(np.array(v)) for k, v in strip_prefixes(read_checkpoint(src)).items()}
-    model = timm.create_model(cfg.name, pretrained=False, num_classes=cfg.num_classes, in_chans=cfg.in_chans,
-                              img_size=tuple(cfg.image_size))
-    model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+    size = tuple(int(s) for s in images.shape[2:])
+    weights, config = timm_files(src)
+    if Path(src).is_dir():
+        name = f"local-dir:{Path(src).resolve()}"
+        model = timm.create_model(name, pretrained=True)
+        if tuple(model.patch_embed.img_size) != size:
+            model = timm.create_model(name, pretrained=True, img_size=size)
+        return _torch_forward(model, images).numpy()
+    state = strip_prefixes(read_checkpoint(weights))
+    if config is not None:
+        arch, kw = config["architecture"].split(".")[0], dict(config.get("model_args") or {})
+        kw.setdefault("num_classes", config.get("num_classes", cfg.num_classes))
+    else:
+        arch = cfg.name
+        if not (arch in PRESETS and timm.is_model(arch)):
+            raise MissingFactsError(f"{src}: the file does not name a timm architecture and the converted config's "
+                                    f"name {cfg.name!r} is not one: convert with --preset NAME, a timm model name "
+                                    f"(e.g. vit_base_patch16_224), to prove it against timm")
+        mine = timm_model_args(cfg)
+        kw = {k: v for k, v in mine.items() if timm_model_args(PRESETS[arch]).get(k) != v}
+        if cfg.layer_norm_eps != architecture_eps(arch):
+            kw["norm_layer"] = timm_norm_layer(cfg.layer_norm_eps)
+        # the file's table as the conversion read it (when kept), else at the images' size: timm's filter resamples
+        rows = np.shape(state["pos_embed"])[1] if "pos_embed" in state else None
+        kept = cfg.pos_embed == "learned" and rows == cfg.num_pos_prefix + cfg.table_grid[0] * cfg.table_grid[1]
+        kw["img_size"] = tuple(mine["img_size"]) if kept else size
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+    model = timm.create_model(arch, pretrained=False, **kw)
+    if tuple(model.patch_embed.img_size) != size:  # timm resamples its table at run time, from its own grid
+        model = timm.create_model(arch, pretrained=False, **{**kw, "dynamic_img_size": True})
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+    model.load_state_dict(checkpoint_filter_fn(tensors, model, adapt_layer_scale=True), strict=True)
     return _torch_forward(model, images).numpy()
 
 

@@ -1,18 +1,39 @@
 """timm VisionTransformer checkpoints <-> the canonical format (canonical keys ARE timm's keys).
 
-What a timm state dict determines, and so is read from it (the file wins over a preset):
-  embed_dim, in_chans, patch size (conv kernel), depth, mlp_dim, qkv_bias (bias present),
-  class token (cls_token present), position table (pos_embed present) and its grid (token count,
-  with an image size to tell non-square grids apart), final norm (`norm`) vs `fc_norm`,
-  pre-logits (old timm `pre_logits.fc`) and its size, num_classes (`head`, 0 without).
-What it cannot tell, and so must come from a preset (`preset=`, CLI `--preset NAME`) or a timm
-`config.json` (`timm_config=`: architecture name and/or model_args / global_pool):
-  num_heads, layer_norm_eps, GELU form, resize kernel, and the pooling when there is a class token.
-Nothing is guessed: without either, MissingFactsError names the missing facts.
+What a timm state dict determines, and so is read from it (the file wins over a preset, and says so):
+  embed_dim, in_chans, patch size (conv kernel) and whether the patch projection has a bias (CLIP has none),
+  depth, mlp_dim, qkv_bias, the class token, a distillation token and `head_dist` (DeiT distilled), register tokens
+  (their count from `reg_token`'s shape), LayerScale (`ls1.gamma`, `ls2.gamma`; old `gamma_1`/`gamma_2` are renamed
+  as timm's own filter does), qk-norm (and with it num_heads: the norms' width is the head dim), `norm_pre`, the final
+  `norm` vs `fc_norm`, the attention-pool head (`attn_pool.*`), old pre-logits, num_classes (`head`, 0 without).
+  The pooling where the keys settle it: `attn_pool.*` -> 'map', a distillation token -> 'token', no class token ->
+  'mean' (timm 'avg' over the patch tokens).
+What it cannot tell, and so must be stated:
+  num_heads, layer_norm_eps, the GELU form (erf, tanh, quick), class-token vs average pooling when there is a class
+  token and no attention pool, the grid of the position table and with it how many prefix tokens have a row (timm
+  `no_embed_class`: a row per patch only), LayerScale's init value (it only initialises training: when nothing
+  states it, DEFAULT_INIT_VALUES, said in a warning).
+Stated by, highest first: an explicit argument (`pool=`, `gelu=`, `grid=`, `num_heads=`, `layer_norm_eps=`; CLI
+--pool, --gelu, --grid, --num-heads, --layer-norm-eps), the preset (`preset=`, CLI --preset NAME), timm's
+`config.json` (`timm_config=`: the architecture resolves to the preset of the same name, then `model_args` /
+`global_pool` / `img_size` override it; an architecture that is no preset states its GELU only by
+`model_args.act_layer` and never its eps, since its timm function may set either). A stated image size
+(`image_size=`, config.json, the preset) fixes the grid only when it fits the table's row count with the prefix rows
+its own source states, and only one reading may fit. Nothing is guessed: a fact nobody stated is a MissingFactsError
+naming the question and the flag that answers it. A preset that contradicts the file loses to the file, with a ConversionWarning naming each fact;
+a flag or config.json that contradicts the file is refused. The facts the file does not determine are recorded,
+with who stated each, in the imported config's `notes`.
 
-Refused (the canonical model cannot run them): layer scale, register tokens, no_embed_class
-tables, distillation tokens, attention-pool heads, qk-norm, norms inside the patch embedding /
-attention / MLP, pre-norm (CLIP), gated MLPs, hybrid CNN stems, relative position biases.
+Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, gated
+MLPs (SwiGLU), hybrid CNN stems, relative position biases, separate q/k/v projections, an attention pool with its
+own positions or qk-norm, pooling timm calls 'avgmax', 'max', 'prr' or '' (none).
+
+Export (`export_timm`; `shared.convert.io.save_timm_hub_dir` with `timm_hub_config`) writes what timm loads
+strictly: `timm_architecture(cfg)` and `timm_model_kwargs(cfg)` build the matching model
+(`timm.models.deit.VisionTransformerDistilled` for a distillation token). A config whose position table has rows for only some of its prefix tokens (HF's DINOv2-with-registers
+layout: the class token has a row, the registers none) has no timm form: the rows are folded into their tokens and
+the table keeps the patch rows only, exactly as timm's `_convert_dinov2` does (`cls_token + pos_embed[:, 0]`), and a
+ConversionWarning says so.
 """
 from __future__ import annotations
 
@@ -37,31 +58,42 @@ from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
 TIMM_DEFAULT_EPS = 1e-6
+#: LayerScale's init value when gammas are present and nothing states it. It only initialises training (the trained
+#: gammas are in the file); DINOv2's value. The import says so in a ConversionWarning and in the config's notes.
+DEFAULT_INIT_VALUES = 1e-5
+#: timm resamples position tables with bicubic interpolation and antialiasing (resample_abs_pos_embed), always
+TIMM_RESIZE_KERNEL = "bicubic_antialias"
+#: canonical GELU form <-> timm's act_layer name (timm.layers.get_act_layer)
+TIMM_ACT = {"erf": "gelu", "tanh": "gelu_tanh", "quick": "quick_gelu"}
+GELU_OF_ACT = {v: k for k, v in TIMM_ACT.items()}
+#: timm's global_pool name <-> canonical pooling; CLI --pool takes timm's names ('avg' = the mean of the patch tokens)
+POOL_OF_TIMM = {"token": "token", "avg": "mean", "map": "map"}
+TIMM_POOL = {v: k for k, v in POOL_OF_TIMM.items()}
+#: the presets that carry a timm architecture name (timm.is_model of each is tested): a config.json's
+#: `architecture` resolves to one of them, and a conversion under one of them is provable against timm
+TIMM_ARCHITECTURES = frozenset(n for n in PRESETS if n.startswith(("vit_", "deit")))
+#: the architecture an exported config is built on when its own name is not a timm one: every size and option
+#: is then given as kwargs / model_args; the base fixes the model class and the LayerNorm (eps) only
+_BASE_ARCHITECTURES = {(False, 1e-6): "vit_base_patch16_224", (False, 1e-5): "vit_base_patch16_clip_224",
+                       (True, 1e-6): "deit_base_distilled_patch16_224"}
 #: Wrapper prefixes stripped when every key carries them (DDP, training wrappers, torch.compile, Lightning).
 STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "net.")
 
 # (pattern on the key, what it is, why the canonical format cannot represent it)
 _UNSUPPORTED = [
-    (r"(^|\.)ls[12]\.gamma$|(^|\.)gamma_[12]$", "layer scale (timm init_values / LayerScale, keys ls1.gamma, ls2.gamma)",
-     "the canonical block has no per-channel residual scaling"),
-    (r"^reg_token$", "register tokens (timm reg_tokens, key reg_token)", "the canonical model has at most one prefix token"),
-    (r"^dist_token$|^head_dist\.", "a distillation token / head (DeiT distilled, keys dist_token, head_dist)",
-     "the canonical model has one prefix token and one head"),
-    (r"^attn_pool\.", "an attention-pooling head (global_pool='map', keys attn_pool.*)",
-     "canonical pooling is the class token or the patch mean"),
-    (r"\.attn\.[qk]_norm\.", "qk normalisation (qk_norm=True, keys attn.q_norm / attn.k_norm)",
-     "canonical attention has no norm on q and k"),
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (embed_norm_layer, key patch_embed.norm)",
      "the canonical patch embedding is a plain strided conv"),
-    (r"^norm_pre\.", "a norm before the transformer blocks (pre_norm=True, CLIP style, key norm_pre)",
-     "the canonical model has no pre-block norm"),
     (r"\.attn\.norm\.", "a norm inside attention (scale_attn_norm=True)", "canonical attention has no inner norm"),
     (r"\.mlp\.norm\.", "a norm inside the MLP (scale_mlp_norm=True)", "the canonical MLP has no inner norm"),
-    (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.", "a gated MLP (SwiGLU)", "the canonical MLP is Linear-GELU-Linear"),
+    (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.|\.mlp\.w3\.", "a gated MLP (SwiGLU, keys mlp.fc1_g / fc1_x / w12)",
+     "the canonical MLP is Linear-GELU-Linear"),
     (r"^patch_embed\.backbone\.", "a hybrid CNN stem (patch_embed.backbone)", "canonical patches come from one conv"),
     (r"relative_position|rel_pos", "relative position biases", "the canonical model has absolute positions only"),
     (r"\.attn\.[qv]_bias$", "separate q/v biases (BEiT style)", "canonical attention has one fused qkv bias"),
     (r"\.attn\.(q|k|v)_proj\.|\.attn\.(q|k|v)\.weight$", "separate q/k/v projections", "this is not a timm VisionTransformer layout"),
+    (r"^attn_pool\.(pos_embed|[qk]_norm\.)", "an attention pool with its own position table or qk-norm (keys "
+     "attn_pool.pos_embed / attn_pool.q_norm)", "the canonical MAP head is timm's AttentionPoolLatent with one "
+     "latent, no positions and no qk-norm"),
 ]
 
 
@@ -134,28 +166,62 @@ def _resolve_preset(preset) -> ViTConfig | None:
         raise MissingFactsError(str(e)) from None
 
 
+def _rename_legacy(st: dict[str, Any]) -> dict[str, Any]:
+    """Old DeiT III names `blocks.N.gamma_1/2` -> `blocks.N.ls1/ls2.gamma`, as timm's checkpoint filter does."""
+    return {re.sub(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma", k): v for k, v in st.items()}
+
+
+def _image_size_arg(v: Any, where: str) -> tuple[int, int]:
+    if not (is_int(v) or isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) for x in v)) \
+            or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([v] if is_int(v) else v)):
+        raise ConfigError(f"{where}: image size must be an int or [height, width] ints in [1, {L.MAX_IMAGE_SIDE}], "
+                          f"got {shown(v)}")
+    return _pair(v)
+
+
 # ------------------------------------------------------------------ facts from configs
+def _pos_rows_rule(p: ViTConfig) -> str | None:
+    """Which prefix tokens a preset gives a position row, as a rule for any token count: "all" (timm's default),
+    "none" (no_embed_class), or None (no timm rule: HF's class-token-only layout, or no learned table)."""
+    if p.pos_embed != "learned":
+        return None
+    return {None: "all", 0: "none"}.get(p.pos_prefix_tokens, "all" if p.pos_prefix_tokens == p.num_prefix_tokens
+                                        else None)
+
+
+def _preset_facts(p: ViTConfig) -> dict[str, Any]:
+    """What a preset states about a timm file's unknowns (its sizes are checked against the file separately)."""
+    facts = dict(num_heads=p.num_heads, layer_norm_eps=p.layer_norm_eps, gelu=p.gelu, pool=p.pool,
+                 image_size=tuple(p.image_size), name=p.name, pos_rows=_pos_rows_rule(p))
+    if p.init_values is not None:
+        facts["init_values"] = p.init_values
+    return facts
+
+
 def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Facts a timm config.json gives: num_heads, eps, gelu, pool, image size, resize kernel, name."""
+    """Facts timm's config.json states: the architecture's preset (when the name is one), then its overrides
+    (model_args, global_pool, img_size / pretrained_cfg.input_size). Keys it cannot interpret are refused by name."""
+    where = f"{source}: config.json"
     if not isinstance(tc.get("model_args") or {}, Mapping):
-        raise ConfigError(f"{source}: config.json: 'model_args' must be an object, got {shown(tc.get('model_args'))}")
+        raise ConfigError(f"{where}: 'model_args' must be an object, got {shown(tc.get('model_args'))}")
     args = dict(tc.get("model_args") or {})
     merged = {**{k: v for k, v in tc.items() if k not in ("model_args", "pretrained_cfg")}, **args}
     facts: dict[str, Any] = {}
     arch = tc.get("architecture") or tc.get("model_name")
-    base = arch.split(".")[0] if isinstance(arch, str) else None
+    if arch is not None and not isinstance(arch, str):
+        raise ConfigError(f"{where}: 'architecture' must be a string, got {shown(arch)}")
+    base = arch.split(".")[0] if arch else None
+    if base in TIMM_ARCHITECTURES:
+        facts.update(_preset_facts(PRESETS[base]))
     if base:
         facts["name"] = base
-    if base in PRESETS and PRESETS[base].name.startswith("vit_"):
-        p = PRESETS[base]
-        facts.update(num_heads=p.num_heads, layer_norm_eps=p.layer_norm_eps, gelu=p.gelu, pool=p.pool,
-                     image_size=p.image_size)
-    for bad in ("norm_layer", "act_layer", "block_fn", "mlp_layer", "attn_layer", "embed_layer"):
-        v = args.get(bad)
-        if v is not None and not (bad == "act_layer" and v in ("gelu", "gelu_tanh")):
-            raise ConversionError(f"{source}: config.json sets model_args.{bad}={v!r}, which this converter cannot "
-                                  f"interpret; pass --preset NAME with the model's numerics instead")
-    where = f"{source}: config.json"
+    for bad in ("norm_layer", "block_fn", "mlp_layer", "attn_layer", "embed_layer", "embed_norm_layer"):
+        if args.get(bad) is not None:
+            raise ConversionError(f"{source}: config.json sets model_args.{bad}={args[bad]!r}, which this converter "
+                                  f"cannot interpret; pass --preset NAME with the model's numerics instead")
+    if args.get("pool_include_prefix"):
+        raise ConversionError(f"{source}: config.json sets model_args.pool_include_prefix=true: the pool sees the "
+                              f"prefix tokens too; canonical pooling ('avg', 'map') sees the patch tokens only")
     if "num_heads" in merged:
         v = merged["num_heads"]
         if not (is_int(v) and 1 <= v <= L.MAX_HEADS):
@@ -167,67 +233,135 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
             if not (is_real(v) and math.isfinite(v) and 0 < v < 1):
                 raise ConfigError(f"{where}: {k!r} must be a finite number in (0, 1), got {shown(v)}")
             facts["layer_norm_eps"] = float(v)
-    act = merged.get("act_layer") or merged.get("gelu")
-    if act is not None and not isinstance(act, str):
-        raise ConfigError(f"{where}: 'act_layer' must be a string, got {shown(act)}")
+    act = merged.get("act_layer")
     if act is not None:
-        facts["gelu"] = {"gelu": "erf", "erf": "erf", "gelu_tanh": "tanh", "tanh": "tanh"}.get(act)
-        if facts["gelu"] is None:
-            raise ConversionError(f"{source}: activation {act!r} is not a GELU the canonical model supports (erf, tanh)")
-    # Stated explicitly (model_args) without overriding norm/act: timm's VisionTransformer class defaults apply.
-    if "num_heads" in args:
-        facts.setdefault("layer_norm_eps", TIMM_DEFAULT_EPS)
-        facts.setdefault("gelu", "erf")
+        if not isinstance(act, str):
+            raise ConfigError(f"{where}: 'act_layer' must be a string, got {shown(act)}")
+        if act not in GELU_OF_ACT:
+            raise ConversionError(f"{source}: act_layer {act!r} is not a GELU the canonical model supports "
+                                  f"({', '.join(GELU_OF_ACT)})")
+        facts["gelu"] = GELU_OF_ACT[act]
     gp = merged.get("global_pool")
-    if gp is not None and not isinstance(gp, str):
-        raise ConfigError(f"{where}: 'global_pool' must be a string, got {shown(gp)}")
     if gp is not None:
-        if gp not in ("token", "avg"):
-            raise ConversionError(f"{source}: global_pool={gp!r} cannot be represented (canonical pooling: 'token' "
-                                  f"or 'avg' = mean over patch tokens)")
-        facts["pool"] = "token" if gp == "token" else "mean"
+        if not isinstance(gp, str):
+            raise ConfigError(f"{where}: 'global_pool' must be a string, got {shown(gp)}")
+        if gp not in POOL_OF_TIMM:
+            raise ConversionError(f"{source}: global_pool={gp!r} cannot be represented (canonical pooling: 'token', "
+                                  f"'avg' = mean over the patch tokens, 'map' = attention pool)")
+        facts["pool"] = POOL_OF_TIMM[gp]
+    if "no_embed_class" in args:
+        if not isinstance(args["no_embed_class"], bool):
+            raise ConfigError(f"{where}: 'no_embed_class' must be true or false, got {shown(args['no_embed_class'])}")
+        facts["pos_rows"] = "none" if args["no_embed_class"] else "all"
+    if args.get("init_values") is not None:
+        v = args["init_values"]
+        if not (is_real(v) and math.isfinite(v) and 0 < v <= 1e6):
+            raise ConfigError(f"{where}: 'init_values' must be a finite number in (0, 1e6], got {shown(v)}")
+        facts["init_values"] = float(v)
     img = merged.get("img_size")
     if img is None and isinstance(tc.get("pretrained_cfg"), Mapping):
         inp = tc["pretrained_cfg"].get("input_size")
-        if isinstance(inp, list) and len(inp) == 3:
-            img = inp[1:]
+        if isinstance(inp, (list, tuple)) and len(inp) == 3:
+            img = list(inp[1:])
     if img is not None:
-        if not (is_int(img) or isinstance(img, (list, tuple)) and len(img) == 2 and all(is_int(x) for x in img)) \
-                or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([img] if is_int(img) else img)):
-            raise ConfigError(f"{where}: image size must be an int or [height, width] ints in [1, "
-                              f"{L.MAX_IMAGE_SIDE}], got {shown(img)}")
-        facts["image_size"] = _pair(img)
-    facts["resize_kernel"] = "bicubic_antialias"  # timm's resample_abs_pos_embed, fixed in timm
+        facts["image_size"] = _image_size_arg(img, where)
     return facts
 
 
-def _infer_grid(n_patch_rows: int, patch: int, hints: list[tuple[int, int]], source: str) -> tuple[int, int]:
-    for h, w in hints:
-        if h % patch == 0 and w % patch == 0 and (h // patch) * (w // patch) == n_patch_rows:
-            return (h // patch, w // patch)
-    s = _isqrt_exact(n_patch_rows)
-    if s:
-        # a guess, and said so: 256 rows are 16x16, but also 8x32 (a 128x512 model), and a wrong grid runs
-        stated = ", ".join(f"{h}x{w}" for h, w in hints) or "none"
-        warnings.warn(f"{source}: pos_embed has {n_patch_rows} patch rows, matching no stated image size "
-                      f"({stated}); read as a square {s}x{s} grid ({s * patch}x{s * patch} images). If the table "
-                      f"is not square, pass --image-size HxW at which it was trained", ConversionWarning, stacklevel=3)
-        return (s, s)
+def _factor_pairs(n: int, limit: int = 4) -> list[tuple[int, int]]:
+    """Grids with n cells, the squarest first: what a row count could be (for messages)."""
+    pairs = [(a, n // a) for a in range(1, math.isqrt(n) + 1) if n % a == 0]
+    out = []
+    for a, b in reversed(pairs):
+        out += [(a, b)] + ([(b, a)] if a != b else [])
+    return out[:limit]
+
+
+def _table_layout(T: int, P: int, n0: int, grid, hints: list[tuple[tuple[int, int], str, str | None]],
+                  source: str) -> tuple[int, tuple[int, int], str]:
+    """(position rows of the prefix tokens, the table's grid, who stated it) for a table of T rows.
+
+    timm gives every prefix token a row (n0) or none (no_embed_class); which, and the grid, follow from the row
+    count only with a stated grid (`grid`) or a stated image size that fits it (hints: (size, who, the prefix-row
+    rule the same source states: "all", "none" or None), and a source's size counts only with its own rule; two
+    stated readings that differ, or none, are a question for the user."""
+    options = sorted({n0, 0}, reverse=True)
+    if grid is not None:
+        gh, gw = _pair(grid)
+        npos = T - gh * gw
+        if npos not in options:
+            raise ConversionError(
+                f"{source}: grid {gh}x{gw} gives {gh * gw} patch rows, but pos_embed has {T} rows and the model "
+                f"{n0} prefix token(s): the table would have {' or '.join(str(gh * gw + o) for o in options)} rows")
+        return npos, (gh, gw), f"--grid {gh}x{gw}"
+    fits: dict[tuple[int, tuple[int, int]], str] = {}
+    for (h, w), by, rule in hints:
+        if h % P or w % P:
+            continue
+        g = (h // P, w // P)
+        for npos in {"all": [n0], "none": [0]}.get(rule, options):
+            if g[0] * g[1] + npos == T:
+                fits.setdefault((npos, g), f"image size {h}x{w} from {by}")
+    if len(fits) == 1:
+        (npos, g), by = next(iter(fits.items()))
+        return npos, g, by
+    readings = []
+    for npos in options:
+        if T - npos > 0:
+            rows = f"{npos} prefix row(s) + {T - npos} patch rows" if n0 else f"{T} patch rows"
+            readings.append(f"{rows} ({', '.join(f'{a}x{b}' for a, b in _factor_pairs(T - npos))}, ...)")
+    if fits:
+        stated = "; ".join(f"{g[0]}x{g[1]} with {n} prefix row(s) by {by}" for (n, g), by in fits.items())
+        raise MissingFactsError(f"{source}: the position table's grid is stated twice, differently ({stated}); "
+                                f"pass --grid HxW (the table's grid in patches)")
+    stated = ", ".join(f"{h}x{w} ({by}{', ' + rule + ' prefix rows' if rule and n0 else ''})"
+                       for (h, w), by, rule in hints) or "none"
+    prefix_q = (f" nor whether the {n0} prefix token(s) have rows (timm no_embed_class)" if n0 else "")
     raise MissingFactsError(
-        f"{source}: pos_embed has {n_patch_rows} patch rows, which is not a square grid and matches no known image "
-        f"size; pass image_size=(H, W) (CLI --image-size HxW) at which the table was trained")
+        f"{source}: which grid is the position table? pos_embed has {T} rows: {' or '.join(readings)}; the file "
+        f"does not tell the grid{prefix_q}, and no stated image size fits (stated: {stated}). Pass --grid HxW (the "
+        f"table's grid in patches, e.g. --grid {'x'.join(map(str, _factor_pairs(T - options[0])[0]))}) or "
+        f"--image-size HxW at which the table was trained")
+
+
+class _Stated:
+    """Each fact the file cannot tell, from the sources that state it, highest first: who won is recorded (notes),
+    and a lower source that said otherwise is told in a ConversionWarning. A source named "{flag}" is the argument
+    of the fact's own name (num_heads: --num-heads)."""
+
+    def __init__(self, sources: list[tuple[str, Mapping[str, Any]]], source: str):
+        self.sources = [(who, facts) for who, facts in sources if facts]
+        self.source = source
+        self.used: dict[str, str] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = [(who, facts[key]) for who, facts in self.sources if facts.get(key) is not None]
+        if not found:
+            return default
+        found = [(who.replace("{flag}", "--" + key.replace("_", "-")), v) for who, v in found]
+        (who, value), others = found[0], found[1:]
+        overruled = [f"{w} says {v!r}" for w, v in others if v != value]
+        if overruled:
+            warnings.warn(f"{self.source}: {key}={value!r} from {who} ({'; '.join(overruled)})",
+                          ConversionWarning, stacklevel=3)
+        self.used[key] = who
+        return value
 
 
 # ---------------------------------------------------------------------------- import
 def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = None,
-                timm_config: Mapping[str, Any] | None = None, image_size=None,
+                timm_config: Mapping[str, Any] | None = None, image_size=None, grid=None, pool: str | None = None,
+                gelu: str | None = None, num_heads: int | None = None, layer_norm_eps: float | None = None,
                 source: str = "<file>") -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """A timm VisionTransformer state dict (NumPy arrays) -> (ViTConfig, canonical float32 state).
 
-    image_size=(H, W) other than the table's grid resamples pos_embed to the new grid with the config's
-    kernel (timm's: bicubic_antialias) via shared.posemb.resample_pos_embed.
+    preset / timm_config / the explicit facts (pool: timm's name 'token' | 'avg' | 'map'; gelu: 'erf' | 'tanh' |
+    'quick'; grid: the position table's (rows, columns) in patches; num_heads; layer_norm_eps) state what the file
+    cannot tell (see the module docstring). image_size=(H, W): the input size to convert for; when it fits the
+    table's row count it also states the table's grid, otherwise the table is resampled from its grid to this one
+    with the preset's kernel, timm's (bicubic_antialias) without one (shared.posemb.resample_pos_embed).
     """
-    st = strip_prefixes(state)
+    st = _rename_legacy(strip_prefixes(state))
     if "patch_embed.proj.weight" not in st or not any(k.startswith("blocks.") for k in st):
         hint = ""
         if any("embeddings.patch_embeddings" in k for k in st):
@@ -235,8 +369,12 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise ConversionError(f"{source}: not a timm VisionTransformer state dict: no 'patch_embed.proj.weight' / "
                               f"'blocks.*' keys{hint}; first keys: {sorted(st)[:5]}")
     refuse_unsupported(st.keys(), source)
+    if pool is not None and pool not in POOL_OF_TIMM:
+        raise ConversionError(f"{source}: pool {pool!r}: expected one of {', '.join(POOL_OF_TIMM)} (timm's names)")
+    if gelu is not None and gelu not in TIMM_ACT:
+        raise ConversionError(f"{source}: gelu {gelu!r}: expected one of {', '.join(TIMM_ACT)}")
 
-    # ---- sizes the file determines
+    # ---- what the file determines
     pw = np.shape(st["patch_embed.proj.weight"])
     if len(pw) != 4:
         raise ConversionError(f"{source}: patch_embed.proj.weight has shape {pw}; expected a conv kernel (D, C, P, P)")
@@ -256,8 +394,12 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise ConversionError(f"{source}: blocks.0.attn.qkv.weight has shape {qkv_shape}, expected {(3 * D, D)}: "
                               f"an attention width different from embed_dim is not a timm VisionTransformer")
     qkv_bias = "blocks.0.attn.qkv.bias" in st
-    has_cls = "cls_token" in st
-    has_pos = "pos_embed" in st
+    patch_bias = "patch_embed.proj.bias" in st
+    has_cls, has_dist, has_pos = "cls_token" in st, "dist_token" in st, "pos_embed" in st
+    reg_tokens = int(np.shape(st["reg_token"])[1]) if "reg_token" in st and np.ndim(st["reg_token"]) == 3 else 0
+    layer_scale = "blocks.0.ls1.gamma" in st
+    norm_pre = "norm_pre.weight" in st
+    has_map = any(k.startswith("attn_pool.") for k in st)
     final_norm, fc_norm = "norm.weight" in st, "fc_norm.weight" in st
     if final_norm and fc_norm:
         raise ConversionError(f"{source}: both 'norm' and 'fc_norm' present; timm uses one or the other")
@@ -265,113 +407,191 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     num_classes = int(np.shape(st["head.weight"])[0]) if "head.weight" in st else 0
     if "head.weight" in st and np.ndim(st["head.weight"]) != 2:
         raise ConversionError(f"{source}: head.weight has shape {np.shape(st['head.weight'])}; expected a Linear head")
+    qk_norm = "blocks.0.attn.q_norm.weight" in st
+    file_heads = None
+    if qk_norm:  # the norms run over each head's channels: their width is the head dim
+        hd = int(np.shape(st["blocks.0.attn.q_norm.weight"])[0])
+        if hd < 1 or D % hd:
+            raise ConversionError(f"{source}: blocks.0.attn.q_norm.weight has {hd} channels, which do not divide "
+                                  f"embed_dim {D} into heads")
+        file_heads = D // hd
+    file_pool = "map" if has_map else "token" if has_dist else "mean" if not has_cls else None
+    n0 = int(has_cls) + int(has_dist) + reg_tokens
 
-    # ---- facts the file cannot tell
+    # ---- what others state
     p_cfg = _resolve_preset(preset)
+    if layer_norm_eps is not None and not (is_real(layer_norm_eps) and 0 < layer_norm_eps < 1):
+        raise ConversionError(f"{source}: layer_norm_eps {layer_norm_eps!r}: expected a number in (0, 1)")
+    flags = {k: v for k, v in dict(num_heads=num_heads, gelu=gelu, layer_norm_eps=layer_norm_eps,
+                                   pool=POOL_OF_TIMM.get(pool) if pool else None).items() if v is not None}
+    p_facts = _preset_facts(p_cfg) if p_cfg is not None else {}
     tc_facts = _facts_from_timm_config(timm_config, source) if timm_config else {}
-    facts: dict[str, Any] = dict(tc_facts)
-    if p_cfg is not None:
-        for k in ("num_heads", "layer_norm_eps", "gelu", "pool", "image_size"):
-            pv = getattr(p_cfg, k)
-            if k in tc_facts and tc_facts[k] != pv and k != "image_size":
-                warnings.warn(f"{source}: preset {p_cfg.name!r} says {k}={pv!r}, config.json says {tc_facts[k]!r}; "
-                              f"using the preset (named explicitly)", ConversionWarning, stacklevel=2)
-            facts[k] = pv
-        facts["resize_kernel"] = p_cfg.resize_kernel
-        facts["name"] = p_cfg.name
-    needed = ["num_heads", "layer_norm_eps", "gelu", "resize_kernel"] + (["pool"] if has_cls else [])
-    missing = [k for k in needed if k not in facts]
-    if missing:
-        raise MissingFactsError(
-            f"{source}: a timm state dict does not determine {', '.join(missing)}; name a preset with these numerics "
-            f"(preset=NAME, CLI --preset NAME, e.g. --preset vit_base_patch16_224) or put timm's config.json "
-            f"(architecture / model_args.num_heads / global_pool) beside the weights")
-    H = int(facts["num_heads"])
-    if D % H:
-        raise ConversionError(f"{source}: embed_dim {D} from the file is not divisible by num_heads {H}"
-                              f"{' from preset ' + repr(p_cfg.name) if p_cfg else ''}: wrong preset?")
-    pool = facts.get("pool", "mean")
-    if has_cls and fc_norm and pool == "token" and tc_facts.get("pool") != "token" and not (p_cfg and p_cfg.fc_norm):
-        # timm makes fc_norm only for global_pool='avg' unless told otherwise: the preset's pooling is doubtful
-        warnings.warn(f"{source}: the file has fc_norm, which timm creates for average pooling (global_pool='avg'), "
-                      f"but preset {p_cfg.name if p_cfg else '?'!r} pools the class token; if the model averages the "
-                      f"patch tokens, its logits will differ: use a preset with pool='mean' or timm's config.json",
-                      ConversionWarning, stacklevel=2)
-    if not has_cls and pool == "token":
-        pool = "mean"
-        warnings.warn(f"{source}: no cls_token in the file, so pooling is the patch mean (preset said 'token')",
-                      ConversionWarning, stacklevel=2)
+    p_name = f"preset {p_cfg.name!r}" if p_cfg is not None else None
+    p_pool = p_facts.pop("pool", None)
+    tc_pool = tc_facts.pop("pool", None)
+    known = _Stated([("{flag}", flags), (p_name, p_facts),
+                     ("config.json", tc_facts)], source)
+    questions: list[str] = []
 
-    # ---- the position table's grid
-    prefix = 1 if has_cls else 0
-    hints = []
+    # heads: the file (qk-norm) first; an argument that contradicts it is refused, a preset or config.json is told
+    if file_heads is not None:
+        if num_heads is not None and num_heads != file_heads:
+            raise ConversionError(f"{source}: num_heads {num_heads} contradicts the file: its qk-norm width "
+                                  f"{D // file_heads} makes {file_heads} heads of embed_dim {D}")
+        for who, facts in ((p_name, p_facts), ("config.json", tc_facts)):
+            if facts.get("num_heads") not in (None, file_heads):
+                warnings.warn(f"{source}: {who} says num_heads={facts['num_heads']}, the file's qk-norm width makes "
+                              f"{file_heads}: using the file's", ConversionWarning, stacklevel=2)
+        H = file_heads
+    else:
+        H = known.get("num_heads")
+        if H is None:
+            questions.append("num_heads (--num-heads N, or --preset NAME, or timm's config.json with "
+                             "architecture / model_args.num_heads)")
+    eps = known.get("layer_norm_eps")
+    if eps is None:
+        questions.append("layer_norm_eps (--layer-norm-eps EPS, or --preset NAME with the model's numerics, e.g. "
+                         "--preset vit_base_patch16_224, or timm's config.json naming a known architecture)")
+    act = known.get("gelu")
+    if act is None:
+        questions.append("the GELU form: erf, tanh or quick (x * sigmoid(1.702 x), CLIP) (--gelu erf|tanh|quick, "
+                         "or --preset NAME, or config.json model_args.act_layer)")
+
+    # pooling: the keys settle it (attn_pool, a distillation token, no class token), else it must be stated
+    layout = "fc_norm" if fc_norm else "a final norm" if final_norm else "no norm"
+    if file_pool is not None:
+        why = {"map": "it has attn_pool.* (an attention-pool head)", "token": "it has a distillation token (DeiT "
+               "pools the class and distillation tokens)", "mean": "it has no class token"}[file_pool]
+        for who, v in (("--pool", flags.get("pool")), ("config.json", tc_pool)):
+            if v is not None and v != file_pool:
+                raise ConversionError(f"{source}: {who} says pool {TIMM_POOL[v]!r}, which contradicts the file: "
+                                      f"{why} (pool {TIMM_POOL[file_pool]!r})")
+        pool_c, pool_by = file_pool, "the file"
+    else:
+        stated = [("--pool", flags.get("pool"))]
+        if p_cfg is not None and p_pool in ("token", "mean") and p_cfg.class_token != "none" \
+                and (p_cfg.final_norm, p_cfg.fc_norm) == (final_norm, fc_norm):
+            stated.append((p_name, p_pool))
+        stated.append(("config.json", tc_pool))
+        stated = [(who, v) for who, v in stated if v is not None]
+        if stated:
+            (pool_by, pool_c), others = stated[0], stated[1:]
+            if pool_c == "map":
+                raise ConversionError(f"{source}: {pool_by} says pool 'map', but the file has no attn_pool.* keys")
+            told = [f"{w} says {TIMM_POOL[v]!r}" for w, v in others if v != pool_c]
+            if told:
+                warnings.warn(f"{source}: pool={TIMM_POOL[pool_c]!r} from {pool_by} ({'; '.join(told)})",
+                              ConversionWarning, stacklevel=2)
+        else:
+            pool_c, pool_by = None, None
+            if p_cfg is not None:
+                said = (f"preset {p_cfg.name!r} says {TIMM_POOL.get(p_pool, p_pool)!r} pooling with "
+                        f"{'fc_norm' if p_cfg.fc_norm else 'a final norm' if p_cfg.final_norm else 'no norm'}"
+                        f"{', no class token' if p_cfg.class_token == 'none' else ''}, which is not this file's "
+                        f"layout, so it does not answer; ")
+            else:
+                said = ""
+            questions.append(f"class-token or average pooling: the file has a class token and {layout}, which "
+                             f"timm builds for both ({said}--pool token|avg, or config.json global_pool)")
+
+    # the position table: its grid and its prefix rows
+    hints: list[tuple[tuple[int, int], str, str | None]] = []
     if image_size is not None:
-        hints.append(_pair(image_size))
+        hints.append((_pair(image_size), "--image-size", None))
     if "image_size" in tc_facts:
-        hints.append(tc_facts["image_size"])
+        hints.append((tc_facts["image_size"], "config.json", tc_facts.get("pos_rows")))
     if p_cfg is not None:
-        hints.append(tuple(p_cfg.image_size))
-    target = _pair(image_size) if image_size is not None else None
-    pos_grid = None
+        hints.append((tuple(p_cfg.image_size), p_name, p_facts.get("pos_rows")))
+    npos, pos_grid, grid_by = n0, None, None
     if has_pos:
         pe_shape = np.shape(st["pos_embed"])
         if len(pe_shape) != 3 or pe_shape[0] != 1 or pe_shape[2] != D:
             raise MismatchError(source, [f"key 'pos_embed': expected shape (1, tokens, {D}), got {pe_shape}"])
-        T = int(pe_shape[1])
-        if has_cls:
-            def fits(n: int) -> bool:
-                return any(h % P == 0 and w % P == 0 and (h // P) * (w // P) == n for h, w in hints)
-            # One row per patch and none for the class token: a known grid first, else a square count.
-            no_embed = not fits(T - 1) and (fits(T) or (_isqrt_exact(T) and not _isqrt_exact(T - 1)))
-            if no_embed:
-                raise ConversionError(
-                    f"{source}: pos_embed has {T} rows = one per patch while the model has a cls_token: a timm "
-                    f"no_embed_class model (DeiT-3 / big_vision style), whose class token gets no position; the "
-                    f"canonical table has a row for the class token. (If the table is instead a class row plus a "
-                    f"non-square grid of {T - 1} patches, pass image_size=(H, W) / --image-size HxW.)")
-        pos_grid = _infer_grid(T - prefix, P, hints, source)
+        try:
+            npos, pos_grid, grid_by = _table_layout(int(pe_shape[1]), P, n0, grid, hints, source)
+        except MissingFactsError as e:
+            questions.append(str(e).removeprefix(f"{source}: "))
+    elif grid is not None:
+        raise ConversionError(f"{source}: a grid was given, but the file has no pos_embed (no position table)")
+    if questions:
+        raise MissingFactsError(f"{source}: a timm state dict does not determine these, and nothing stated them:\n  "
+                                + "\n  ".join(questions))
+    target = _pair(image_size) if image_size is not None else None
     if target is None:
         if pos_grid is not None:
             target = (pos_grid[0] * P, pos_grid[1] * P)
         elif hints:
-            target = hints[0]
+            target = hints[0][0]
         else:
-            raise MissingFactsError(f"{source}: no pos_embed, so the file does not tell the image size; pass image_size")
+            raise MissingFactsError(f"{source}: no pos_embed, so the file does not tell the image size; pass "
+                                    f"--image-size HxW (image_size=)")
 
-    # ---- the config
-    conflicts = []
+    if D % H:
+        raise ConversionError(f"{source}: embed_dim {D} from the file is not divisible by num_heads {H} (from "
+                              f"{known.used.get('num_heads', '?')}): wrong preset?")
+    init_values = None
+    if layer_scale:
+        init_values = known.get("init_values")
+        if init_values is None:
+            init_values = DEFAULT_INIT_VALUES
+            warnings.warn(f"{source}: the file has LayerScale gammas; their init value (init_values, used only to "
+                          f"initialise training) is stated nowhere: set to {DEFAULT_INIT_VALUES}",
+                          ConversionWarning, stacklevel=2)
+            known.used["init_values"] = "the default (not stated; training init only)"
+    kernel = p_cfg.resize_kernel if p_cfg is not None else TIMM_RESIZE_KERNEL  # timm's own, fixed in timm
+
+    # ---- the preset against the file: the file wins, and says so
+    class_token = "learned" if has_cls else "none"
+    pos_prefix = None if npos == n0 else npos
     if p_cfg is not None:
-        file_vals = dict(embed_dim=D, in_chans=C, patch_size=P, depth=depth, mlp_dim=mlp_dim, qkv_bias=qkv_bias,
-                         class_token="learned" if has_cls else "none", pos_embed="learned" if has_pos else "none",
+        file_vals = dict(embed_dim=D, in_chans=C, patch_size=P, patch_bias=patch_bias, depth=depth, mlp_dim=mlp_dim,
+                         qkv_bias=qkv_bias, qk_norm=qk_norm, class_token=class_token, dist_token=has_dist,
+                         reg_tokens=reg_tokens, pos_embed="learned" if has_pos else "none", norm_pre=norm_pre,
                          final_norm=final_norm, fc_norm=fc_norm, representation_size=rep, num_classes=num_classes)
         conflicts = [f"{k}: preset {getattr(p_cfg, k)!r}, file {v!r}" for k, v in file_vals.items()
                      if getattr(p_cfg, k) != v]
+        if (p_cfg.init_values is not None) != layer_scale:
+            conflicts.append(f"LayerScale: preset {'has' if p_cfg.init_values is not None else 'has none'}, file "
+                             f"{'has ls1/ls2 gammas' if layer_scale else 'has none'}")
+        if file_pool is not None and p_cfg.pool != file_pool:
+            conflicts.append(f"pool: preset {TIMM_POOL[p_cfg.pool]!r}, file {TIMM_POOL[file_pool]!r}")
+        if has_pos and p_cfg.pos_embed == "learned" and p_cfg.num_pos_prefix != npos \
+                and p_cfg.num_prefix_tokens == n0:
+            conflicts.append(f"prefix tokens with a position row: preset {p_cfg.num_pos_prefix}, file {npos} "
+                             f"(read at the grid stated by {grid_by})")
         if p_cfg.attn_dim not in (None, D) or p_cfg.attn_value_skip or p_cfg.qk_scale is not None:
             conflicts.append("preset's attention width / value skip / qk_scale do not apply to a timm file")
         if p_cfg.output_softmax:
             conflicts.append("preset's output_softmax: timm models return logits")
         if conflicts:
-            warnings.warn(f"{source}: the file's sizes win over preset {p_cfg.name!r}: " + "; ".join(conflicts),
+            heads = "" if file_heads is not None or D == p_cfg.embed_dim else \
+                f" (num_heads {H} is the preset's: the file cannot tell)"
+            warnings.warn(f"{source}: the file's sizes win over preset {p_cfg.name!r}{heads}: " + "; ".join(conflicts),
                           ConversionWarning, stacklevel=2)
     extra = {}
     if p_cfg is not None:
         extra = dict(dropout=p_cfg.dropout, attn_dropout=p_cfg.attn_dropout, drop_path=p_cfg.drop_path)
+    said = {"num_heads": "the file (qk-norm width)" if file_heads is not None else known.used.get("num_heads"),
+            "layer_norm_eps": known.used.get("layer_norm_eps"), "gelu": known.used.get("gelu"), "pool": pool_by,
+            "grid": grid_by, "init_values": known.used.get("init_values")}
+    told = ", ".join(f"{k} from {v}" for k, v in said.items() if v)
     try:
         cfg = ViTConfig(
-            name=facts.get("name", "timm_import"), image_size=target, in_chans=C, patch_size=P, embed_dim=D,
-            depth=depth, num_heads=H, mlp_dim=mlp_dim, qkv_bias=qkv_bias,
-            class_token="learned" if has_cls else "none", pool=pool,
-            pos_embed="learned" if has_pos else "none", resize_kernel=facts["resize_kernel"],
-            gelu=facts["gelu"], layer_norm_eps=float(facts["layer_norm_eps"]), final_norm=final_norm,
+            name=p_cfg.name if p_cfg is not None else tc_facts.get("name", "timm_import"), image_size=target,
+            in_chans=C, patch_size=P, patch_bias=patch_bias, embed_dim=D, depth=depth, num_heads=H, mlp_dim=mlp_dim,
+            qkv_bias=qkv_bias, qk_norm=qk_norm, init_values=init_values, class_token=class_token,
+            dist_token=has_dist, reg_tokens=reg_tokens, pool=pool_c,
+            pos_embed="learned" if has_pos else "none", pos_prefix_tokens=pos_prefix if has_pos else None,
+            resize_kernel=kernel, gelu=act, layer_norm_eps=float(eps), norm_pre=norm_pre, final_norm=final_norm,
             fc_norm=fc_norm, representation_size=rep, num_classes=num_classes,
-            notes=f"imported from timm checkpoint {source}", **extra)
+            notes=f"imported from timm checkpoint {source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
         raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
 
     # ---- the weights
     out = {k: to_float32(k, v, source) for k, v in st.items()}
     if has_pos and pos_grid != cfg.grid:
-        out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, prefix, cfg.resize_kernel)
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, npos, cfg.resize_kernel)
     validate_state(cfg, out, source=source)
     return cfg, out
 
@@ -393,9 +613,14 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
         p.append("representation_size (pre_logits.fc Linear+Tanh): timm >= 0.9 VisionTransformer has no pre-logits layer")
     if cfg.output_softmax:
         p.append("output_softmax: timm models return logits (use cfg.replace(output_softmax=False))")
-    if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid and cfg.resize_kernel != "bicubic_antialias":
+    if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid and cfg.resize_kernel != TIMM_RESIZE_KERNEL:
         p.append(f"the table ({cfg.table_grid}) is resampled to the image grid {cfg.grid} with "
-                 f"{cfg.resize_kernel!r}; timm resamples only with bicubic_antialias")
+                 f"{cfg.resize_kernel!r}; timm resamples only with {TIMM_RESIZE_KERNEL}")
+    if cfg.dist_token and cfg.reg_tokens:
+        p.append("a distillation token with register tokens: timm's VisionTransformerDistilled has no registers")
+    if cfg.patch_bias == cfg.norm_pre:
+        p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
+                 f"bias = not pre_norm")
     return p
 
 
@@ -406,44 +631,124 @@ def _refuse_for_timm(cfg: ViTConfig) -> None:
                               + "\n  ".join(problems))
 
 
-def export_timm(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Canonical state -> timm VisionTransformer state dict (the same keys and arrays, copied)."""
+def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    """(config, canonical state) -> the same model as timm holds it: (its config, timm's state dict, copied).
+
+    Position rows for only some prefix tokens (HF's DINOv2 with registers: the class token has a row, the
+    registers none) have no timm form: each row is added to its token, in float32, and dropped from the table
+    (pos_prefix_tokens=0, timm's no_embed_class), as timm's `_convert_dinov2` does; a ConversionWarning says so.
+    A float32 forward computes the same sums (token + row, rounded once) either way."""
     _refuse_for_timm(cfg)
     validate_state(cfg, state, source="<canonical state>")
-    return {k: np.array(v, dtype=CANONICAL_DTYPE, copy=True) for k, v in state.items()}
+    out = {k: np.array(v, dtype=CANONICAL_DTYPE, copy=True) for k, v in state.items()}
+    n_pos, n0 = cfg.num_pos_prefix, cfg.num_prefix_tokens
+    if cfg.pos_embed == "learned" and 0 < n_pos < n0:
+        owners = ([("cls_token", 0)] if cfg.class_token == "learned" else []) + \
+                 ([("dist_token", 0)] if cfg.dist_token else []) + [("reg_token", j) for j in range(cfg.reg_tokens)]
+        pe = out["pos_embed"]
+        for i, (key, j) in enumerate(owners[:n_pos]):
+            out[key][:, j] = out[key][:, j] + pe[:, i]
+        out["pos_embed"] = np.ascontiguousarray(pe[:, n_pos:])
+        warnings.warn(f"config {cfg.name!r} has position rows for {n_pos} of its {n0} prefix tokens, which timm "
+                      f"cannot express: each row is folded into its token ({', '.join(k for k, _ in owners[:n_pos])}"
+                      f" + pos_embed[:, :{n_pos}]) and the table keeps the patch rows only (timm no_embed_class), as "
+                      f"timm's _convert_dinov2 does", ConversionWarning, stacklevel=2)
+        cfg = cfg.replace(pos_prefix_tokens=0)
+    return cfg, out
 
 
-def timm_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
-    """kwargs for timm.create_model('vit_*', pretrained=False, **kwargs) / VisionTransformer(**kwargs).
+def export_timm(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Canonical state -> timm state dict (the same keys and arrays, copied; see `timm_form` for the one fold)."""
+    return timm_form(cfg, state)[1]
 
-    A table stored at another grid than the image's gives img_size = table grid and dynamic_img_size=True
-    (timm then resamples with bicubic_antialias, like the canonical model). A non-default eps needs a
-    `norm_layer` callable, the one case where this imports timm (lazily).
-    """
-    _refuse_for_timm(cfg)
+
+def timm_architecture(cfg: ViTConfig) -> str:
+    """The timm architecture to build `cfg` on with `timm.create_model(ARCH, **timm_model_kwargs(cfg))`: its own
+    name when that is a timm one (the family presets carry timm's names), else a base whose model class
+    (VisionTransformer, or deit's VisionTransformerDistilled for a distillation token) and LayerNorm (eps 1e-6, or
+    CLIP's 1e-5) fit; the kwargs give every size and option."""
+    if cfg.name in TIMM_ARCHITECTURES and PRESETS[cfg.name].dist_token == cfg.dist_token:
+        return cfg.name
+    return _BASE_ARCHITECTURES.get((cfg.dist_token, cfg.layer_norm_eps),
+                                   "deit_base_distilled_patch16_224" if cfg.dist_token else "vit_base_patch16_224")
+
+
+def architecture_eps(arch: str) -> float:
+    """The LayerNorm eps timm's architecture `arch` builds (its preset's; timm's default for other names)."""
+    return PRESETS[arch].layer_norm_eps if arch in PRESETS else TIMM_DEFAULT_EPS
+
+
+def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
+    """timm VisionTransformer arguments for every size and option of `cfg` (its timm form; JSON values only: no
+    norm layer, no drop rates). Not checked for expressibility: see timm_model_kwargs."""
     D, M = cfg.embed_dim, cfg.mlp_dim
     ratio = M / D if int(D * (M / D)) == M else (M + 0.5) / D  # timm builds int(dim * mlp_ratio)
     gh, gw = cfg.table_grid if cfg.pos_embed == "learned" else cfg.grid
     kw: dict[str, Any] = dict(
-        img_size=(gh * cfg.patch_size, gw * cfg.patch_size), patch_size=cfg.patch_size, in_chans=cfg.in_chans,
+        img_size=[gh * cfg.patch_size, gw * cfg.patch_size], patch_size=cfg.patch_size, in_chans=cfg.in_chans,
         num_classes=cfg.num_classes, embed_dim=D, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=ratio,
-        qkv_bias=cfg.qkv_bias, class_token=cfg.class_token == "learned",
-        global_pool="token" if cfg.pool == "token" else "avg",
+        qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, init_values=cfg.init_values,
+        class_token=cfg.class_token != "none", global_pool=TIMM_POOL[cfg.pool],
         pos_embed="learn" if cfg.pos_embed == "learned" else "none",
-        final_norm=cfg.final_norm or cfg.fc_norm, fc_norm=cfg.fc_norm, no_embed_class=False, reg_tokens=0,
-        act_layer="gelu" if cfg.gelu == "erf" else "gelu_tanh",
-        pos_drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout,
-        drop_path_rate=cfg.drop_path,
+        no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix < cfg.num_prefix_tokens,
+        reg_tokens=cfg.reg_tokens, pre_norm=cfg.norm_pre, final_norm=cfg.final_norm or cfg.fc_norm,
+        fc_norm=cfg.fc_norm, act_layer=TIMM_ACT[cfg.gelu],
     )
     if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid:
         kw["dynamic_img_size"] = True
-    if cfg.layer_norm_eps != TIMM_DEFAULT_EPS:
-        from functools import partial
-
-        from timm.layers import LayerNorm  # lazy: only callers building a timm model get here
-
-        kw["norm_layer"] = partial(LayerNorm, eps=cfg.layer_norm_eps)
     return kw
+
+
+def timm_norm_layer(eps: float):
+    """timm's LayerNorm with this eps, as a VisionTransformer `norm_layer` (imports timm)."""
+    from functools import partial
+
+    from timm.layers import LayerNorm  # lazy: only callers building a timm model get here
+
+    return partial(LayerNorm, eps=eps)
+
+
+def timm_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
+    """kwargs for timm.create_model(timm_architecture(cfg), pretrained=False, **kwargs) (any timm VisionTransformer
+    architecture of the model class: every size and option is given), or for the class itself:
+    `VisionTransformer(**kwargs)`, or `timm.models.deit.VisionTransformerDistilled(**kwargs)` when cfg.dist_token.
+    The model loads `export_timm(cfg, state)` strictly.
+
+    A table stored at another grid than the image's gives img_size = table grid and dynamic_img_size=True (timm then
+    resamples with bicubic_antialias, like the canonical model). An eps other than 1e-6 (or an architecture whose
+    LayerNorm has another) adds a `norm_layer` callable, the one case where this imports timm (lazily).
+    """
+    _refuse_for_timm(cfg)
+    kw = timm_model_args(cfg)
+    kw["img_size"] = tuple(kw["img_size"])
+    kw.update(pos_drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout,
+              drop_path_rate=cfg.drop_path)
+    if cfg.layer_norm_eps != TIMM_DEFAULT_EPS or architecture_eps(timm_architecture(cfg)) != TIMM_DEFAULT_EPS:
+        kw["norm_layer"] = timm_norm_layer(cfg.layer_norm_eps)
+    return kw
+
+
+def timm_hub_config(cfg: ViTConfig) -> dict[str, Any]:
+    """timm's config.json for `cfg` (already in its timm form): the layout `timm.models._hub.save_for_hf` writes
+    (architecture, num_classes, num_features, global_pool, model_args, pretrained_cfg), which
+    `timm.create_model('local-dir:DIR', pretrained=True)` builds and loads. model_args is JSON: it cannot name a
+    norm layer, so the architecture's LayerNorm eps must be the config's."""
+    _refuse_for_timm(cfg)
+    arch = timm_architecture(cfg)
+    if architecture_eps(arch) != cfg.layer_norm_eps:
+        raise ConversionError(
+            f"config {cfg.name!r}: LayerNorm eps {cfg.layer_norm_eps} cannot be stated in a timm config.json on "
+            f"architecture {arch!r} (eps {architecture_eps(arch)}; model_args cannot name a norm layer); write a "
+            f"timm state dict instead (--to timm FILE.safetensors) and build it with timm_model_kwargs")
+    args = timm_model_args(cfg)
+    dynamic = bool(args.get("dynamic_img_size"))
+    return {
+        "architecture": arch, "num_classes": cfg.num_classes, "num_features": cfg.width,
+        "global_pool": args["global_pool"], "model_args": args,
+        "pretrained_cfg": {"input_size": [cfg.in_chans, *cfg.image_size], "num_classes": cfg.num_classes,
+                           "fixed_input_size": not dynamic, "first_conv": "patch_embed.proj",
+                           "classifier": ["head", "head_dist"] if cfg.dist_token else "head", "custom_load": False},
+    }
 
 
 # ---------------------------------------------------------------------------- files
@@ -486,15 +791,43 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise InvalidFileError(f"{path}: unknown checkpoint type {path.suffix!r} (expected .safetensors, .pt, .pth, .bin)")
 
 
-def load_timm_file(path: str | os.PathLike, preset: ViTConfig | str | None = None,
-                   image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """Read a timm checkpoint (+ timm's config.json beside it when present) and import it."""
+#: the weight files of a timm hub directory, preferred first (timm's save_for_hf names)
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def is_timm_config(d: Any) -> bool:
+    """A timm config.json (save_for_hf: `architecture`, ...), not a transformers one (which has `model_type`)."""
+    return isinstance(d, dict) and "model_type" not in d and ("architecture" in d or "model_args" in d)
+
+
+def timm_files(path: str | os.PathLike) -> tuple[Path, dict | None]:
+    """(weights file, timm's config.json as a dict or None) of a timm checkpoint file or hub directory (the
+    directory's config.json + model.safetensors, else pytorch_model.bin)."""
     path = Path(path)
-    tensors = read_checkpoint(path)
-    timm_config = None
-    cj = path.parent / "config.json"
+    if path.is_dir():
+        weights = next((path / n for n in HUB_WEIGHTS if (path / n).is_file()), None)
+        if weights is None:
+            raise InvalidFileError(f"{path}: a timm hub directory needs {' or '.join(HUB_WEIGHTS)} beside config.json")
+        directory = path
+    else:
+        weights, directory = path, path.parent
+    cj = directory / "config.json"
+    config = None
     if cj.is_file():
         d = read_json_file(cj)
-        if isinstance(d, dict) and ("architecture" in d or "model_args" in d):
-            timm_config = d
-    return import_timm(tensors, preset=preset, timm_config=timm_config, image_size=image_size, source=str(path))
+        config = d if is_timm_config(d) else None
+    if path.is_dir() and config is None:
+        raise InvalidFileError(f"{path}: not a timm hub directory: config.json has no 'architecture' (a transformers "
+                               f"directory has 'model_type'; use --from hf)")
+    return weights, config
+
+
+def load_timm_file(path: str | os.PathLike, preset: ViTConfig | str | None = None, image_size=None, *,
+                   grid=None, pool: str | None = None, gelu: str | None = None, num_heads: int | None = None,
+                   layer_norm_eps: float | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    """Read a timm checkpoint file (+ timm's config.json beside it when present) or a timm hub directory
+    (config.json + model.safetensors / pytorch_model.bin) and import it (see import_timm for the arguments)."""
+    weights, timm_config = timm_files(path)
+    return import_timm(read_checkpoint(weights), preset=preset, timm_config=timm_config, image_size=image_size,
+                       grid=grid, pool=pool, gelu=gelu, num_heads=num_heads, layer_norm_eps=layer_norm_eps,
+                       source=str(path))

@@ -1,0 +1,372 @@
+"""timm's ViT family, imported and exported both ways and proven against timm itself (random init, no download).
+
+For each family architecture a SMALL timm model is made by timm: `timm.create_model(ARCH, depth=2, embed_dim=96,
+num_classes=5, img_size=...)` (96 is divisible by every family's head count, 6, 8 and 12, so the architecture's
+own heads apply), perturbed so every parameter matters, and saved the ways timm users save it: a state dict
+(.safetensors and .pth) and a hub directory (timm's save_for_hf: config.json + model.safetensors). Then:
+
+  * `vit-suite convert` reads it (the state dict under `--preset ARCH --image-size HxW`, the hub directory alone)
+    and the float64 reference of the converted file gives timm's own output within the float32 bound of the logits;
+  * the proof against the source (`check --against`, shared.convert.sources.timm_output) builds timm's model from the
+    source file and agrees with it;
+  * export back (a timm state dict, and a hub directory) gives timm identical tensors, loaded strictly;
+  * every primary backend runs the converted file within twice its bound of timm's output, and `vit-suite check
+    CONVERTED --against SRC` passes on torch, Keras and MindSpore (test_every_primary_backend_matches_timm,
+    test_check_on_every_backend_and_against_timm: these two pass once the backends build the family options).
+
+The last section: each way a timm state dict could be imported wrong without a word is refused, naming the
+question and the flag that answers it, and the flag makes the import exact against timm.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from timm.models._hub import save_for_hf  # noqa: E402
+
+from shared import reference  # noqa: E402
+from shared import weights as W  # noqa: E402
+from shared.cli import main  # noqa: E402
+from shared.convert.formats import detect_format  # noqa: E402
+from shared.convert.io import read_any  # noqa: E402
+from shared.convert.sources import source_output  # noqa: E402
+from shared.convert.timm import TIMM_ARCHITECTURES, timm_architecture, timm_model_kwargs  # noqa: E402
+from shared.errors import EXIT_OK, EXIT_USAGE, ConversionWarning  # noqa: E402
+from shared.testing import FAMILY_TINY  # noqa: E402
+from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
+
+torch.set_num_threads(2)
+
+#: the family's architectures (timm names = vit-suite preset names)
+FAMILY = ["deit_small_distilled_patch16_224", "deit3_small_patch16_224", "vit_small_patch14_dinov2",
+          "vit_small_patch14_reg4_dinov2", "vit_base_patch16_clip_224", "vit_base_patch16_clip_quickgelu_224",
+          "vit_base_patch16_siglip_224", "vit_medium_patch16_gap_256"]
+SMALL = dict(depth=2, embed_dim=96, num_classes=5)
+FORMS = ["safetensors", "pth", "hub"]
+
+
+def _size(arch: str) -> tuple[int, int]:
+    """A non-square input of 2x3 patches: no preset's image size fits it, so a state dict must be told it."""
+    p = 14 if "patch14" in arch else 16
+    return (2 * p, 3 * p)
+
+
+@torch.no_grad()
+def _timm_model(arch: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    m = timm.create_model(arch, pretrained=False, **{**SMALL, "img_size": _size(arch), **kw}).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    for p in m.parameters():  # timm's init leaves biases at 0, norms at 1, gammas at 1e-5: shake every one
+        p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return m
+
+
+def _images(size, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((2, 3, *size)).astype(np.float32)
+
+
+@torch.no_grad()
+def _run(model, x: np.ndarray) -> np.ndarray:
+    return model(torch.from_numpy(x)).numpy()
+
+
+def _save(m, root, form: str):
+    """The model saved as its users save it: a state dict file, or timm's own hub directory."""
+    if form == "hub":
+        save_for_hf(m, str(root / "hub"), safe_serialization=True)
+        return root / "hub"
+    if form == "pth":
+        torch.save(m.state_dict(), root / "model.pth")
+        return root / "model.pth"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(root / "model.safetensors"))
+    return root / "model.safetensors"
+
+
+def _convert_args(arch: str, form: str) -> list[str]:
+    """What the user states: nothing for a hub directory (config.json says it all), the architecture and the image
+    size for a state dict."""
+    if form == "hub":
+        return []
+    h, w = _size(arch)
+    return ["--preset", arch, "--image-size", f"{h}x{w}"]
+
+
+@pytest.fixture(scope="module", params=FAMILY)
+def family(request, tmp_path_factory):
+    arch = request.param
+    root = tmp_path_factory.mktemp(arch)
+    m = _timm_model(arch)
+    x = _images(_size(arch))
+    return dict(arch=arch, model=m, x=x, want=_run(m, x), files={f: _save(m, root, f) for f in FORMS}, root=root)
+
+
+def _converted(family, form: str, tmp_path):
+    dst = tmp_path / f"{form}.safetensors"
+    assert main(["convert", str(family["files"][form]), str(dst), *_convert_args(family["arch"], form)]) == EXIT_OK
+    return dst, *W.load(dst)
+
+
+def _check(cfg, got, want, what: str, factor: float = 1.0) -> float:
+    err, bound = rel_l2(np.asarray(got, np.float64), np.asarray(want, np.float64)), factor * fp32_bound(cfg, "logits")
+    print(f"{what}: logits rel L2 {err:.2e} (bound {bound:.1e})")
+    assert err <= bound, f"{what}: logits rel L2 {err:.3e} > float32 bound {bound:.3e}"
+    return err
+
+
+def test_family_names_are_timm_architectures():
+    """Every preset the converter treats as a timm architecture is one (and the family's are among them)."""
+    assert set(FAMILY) <= TIMM_ARCHITECTURES
+    assert all(timm.is_model(a) for a in TIMM_ARCHITECTURES)
+
+
+# ------------------------------------------------------------------------------- import, proof, export
+@pytest.mark.parametrize("form", FORMS)
+def test_convert_matches_timm(family, form, tmp_path):
+    """timm's file -> `vit-suite convert` -> the float64 reference of the result = timm's own output."""
+    assert detect_format(family["files"][form]) == ("timm" if form != "pth" else "torch")
+    _, cfg, state = _converted(family, form, tmp_path)
+    assert cfg.name == family["arch"] and tuple(cfg.image_size) == _size(family["arch"])
+    _check(cfg, reference.forward(cfg, state, family["x"])["logits"], family["want"], f"{family['arch']} {form}")
+
+
+@pytest.mark.parametrize("form", ["safetensors", "hub"])
+def test_proof_runner_is_timm_itself(family, form, tmp_path):
+    """The runner `check --against` uses builds timm's model from the source file: it gives timm's output
+    exactly, and so agrees with the converted file's reference."""
+    _, cfg, state = _converted(family, form, tmp_path)
+    got = source_output("timm", str(family["files"][form]), family["x"], cfg)
+    np.testing.assert_array_equal(got, family["want"])
+    _check(cfg, reference.forward(cfg, state, family["x"])["logits"], got, f"against timm {form}")
+
+
+#: one case per source form, each on an architecture with the most options (the runner itself is tested on all)
+CHILD_CASES = [("deit_small_distilled_patch16_224", "hub"), ("vit_small_patch14_reg4_dinov2", "pth"),
+               ("vit_base_patch16_siglip_224", "safetensors")]
+
+
+@pytest.mark.parametrize("arch,form", CHILD_CASES)
+def test_check_against_the_source_in_a_child(arch, form, tmp_path):
+    """`check --against` as the tool runs it: timm in a child process, on the converted file's inputs."""
+    from shared.cli.check import prove_against
+
+    m = _timm_model(arch)
+    family = dict(arch=arch, files={form: _save(m, tmp_path, form)})
+    _, cfg, state = _converted(family, form, tmp_path)
+    x = _images(_size(arch))
+    a = prove_against(str(family["files"][form]), None, cfg, reference.forward(cfg, state, x), x)
+    assert (a["status"], a["library"]) == ("pass", "timm"), a
+    print(f"{arch} {form}: {a['message']}")
+
+
+def test_export_back_gives_timm_identical_tensors(family, tmp_path):
+    """converted -> a timm state dict and a timm hub directory: timm loads each strictly, every tensor bitwise
+    the original's; timm_architecture + timm_model_kwargs build the model class that takes it."""
+    arch, m = family["arch"], family["model"]
+    src, cfg, _ = _converted(family, "safetensors", tmp_path)
+    original = m.state_dict()
+    assert main(["convert", str(src), str(tmp_path / "back.safetensors"), "--to", "timm"]) == EXIT_OK
+    sd = load_file(str(tmp_path / "back.safetensors"))
+    fresh = timm.create_model(arch, pretrained=False, **SMALL, img_size=_size(arch))
+    fresh.load_state_dict(sd, strict=True)
+    assert sorted(sd) == sorted(original) and all(torch.equal(sd[k], original[k]) for k in original)
+    built = timm.create_model(timm_architecture(cfg), pretrained=False, **timm_model_kwargs(cfg)).eval()
+    built.load_state_dict(sd, strict=True)
+    assert type(built).__name__ == type(m).__name__  # VisionTransformerDistilled for DeiT distilled
+    np.testing.assert_array_equal(_run(built, family["x"]), family["want"])
+    assert main(["convert", str(src), str(tmp_path / "hub_back"), "--to", "timm"]) == EXIT_OK
+    conf = json.loads((tmp_path / "hub_back" / "config.json").read_text())
+    assert conf["architecture"] == arch
+    hub = timm.create_model(f"local-dir:{tmp_path / 'hub_back'}", pretrained=True).eval()
+    assert all(torch.equal(hub.state_dict()[k], original[k]) for k in original)
+    np.testing.assert_array_equal(_run(hub, family["x"]), family["want"])
+    # and what was written reads back into the same canonical weights
+    cfg2, state2 = read_any(str(tmp_path / "hub_back"))
+    _, state = W.load(src)
+    assert cfg2.replace(notes="") == cfg.replace(notes="")
+    assert all(np.array_equal(state[k], state2[k]) for k in state) and sorted(state) == sorted(state2)
+
+
+@pytest.mark.parametrize("preset", FAMILY_TINY)
+def test_suite_family_configs_export_to_models_timm_runs(preset, tmp_path):
+    """The tiny family presets (suite names, not timm's): exported as a timm state dict and as a hub directory,
+    timm builds the model (timm_architecture + timm_model_kwargs; `local-dir:` for the directory), loads it
+    strictly and computes the float64 reference's logits within the float32 bound. tiny_dinov2_reg has HF's
+    layout (a position row for the class token only): the export folds it, as timm's _convert_dinov2 does."""
+    from shared.init import init_weights, random_images
+    from shared.presets import get_preset
+
+    cfg = get_preset(preset)
+    state = init_weights(cfg, seed=5)
+    src = W.save(tmp_path / "c.safetensors", cfg, state)
+    x = random_images(cfg, 2, seed=6)
+    want = reference.forward(cfg, state, x)["logits"]
+    for dst in (tmp_path / "t.safetensors", tmp_path / "hub"):
+        if cfg.num_pos_prefix < cfg.num_prefix_tokens and cfg.num_pos_prefix:
+            with pytest.warns(ConversionWarning, match="_convert_dinov2"):
+                assert main(["convert", str(src), str(dst), "--to", "timm"]) == EXIT_OK
+        else:
+            assert main(["convert", str(src), str(dst), "--to", "timm"]) == EXIT_OK
+    model = timm.create_model(timm_architecture(cfg), pretrained=False, **timm_model_kwargs(cfg)).eval()
+    model.load_state_dict(load_file(str(tmp_path / "t.safetensors")), strict=True)
+    _check(cfg, _run(model, x), want, f"{preset} -> timm state dict")
+    hub = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True).eval()
+    np.testing.assert_array_equal(_run(hub, x), _run(model, x))
+
+
+# ------------------------------------------------------------------- every backend (needs the family backends)
+def test_every_primary_backend_matches_timm(family, primary_backend, tmp_path):
+    """Each primary backend runs the converted file within twice the float32 bound of timm's own output."""
+    _, cfg, state = _converted(family, "safetensors", tmp_path)
+    got = primary_backend.forward(primary_backend.build(cfg, state), family["x"])["logits"]
+    _check(cfg, got, family["want"], f"{family['arch']} {primary_backend.name}", factor=2.0)
+
+
+@pytest.mark.parametrize("arch,form", CHILD_CASES)
+def test_check_on_every_backend_and_against_timm(arch, form, tmp_path):
+    """`vit-suite check CONVERTED --against SRC`: torch, Keras and MindSpore each within bound of the reference,
+    and the reference within bound of timm's own output on the same inputs: exit 0."""
+    m = _timm_model(arch)
+    family = dict(arch=arch, files={form: _save(m, tmp_path, form)})
+    src, _, _ = _converted(family, form, tmp_path)
+    report = tmp_path / "check.json"
+    code = main(["check", str(src), "--backends", "torch,keras,mindspore", "--against", str(family["files"][form]),
+                 "--json", str(report)])
+    result = json.loads(report.read_text())
+    assert result["against"]["status"] == "pass", result["against"]
+    assert {b: r["status"] for b, r in result["backends"].items()} == dict.fromkeys(("torch", "keras", "mindspore"),
+                                                                                    "pass"), result["backends"]
+    assert code == EXIT_OK
+
+
+# ---------------------------------------------------------------------- no silent guesses, against timm
+def _refused(args: list[str], capsys, *questions: str) -> str:
+    dst = args[2]
+    code = main(args)
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == EXIT_USAGE, err
+    for q in questions:
+        assert q in err, f"{q!r} not in: {err}"
+    assert not os.path.exists(dst)
+    return err
+
+
+def _import_error(src, x, want, tmp_path, *flags: str, name: str = "c") -> float:
+    """rel L2 of the reference of `convert SRC --flags` against timm's output (the conversion must succeed)."""
+    dst = tmp_path / f"{name}.safetensors"
+    assert main(["convert", str(src), str(dst), *flags]) == EXIT_OK
+    cfg, state = W.load(dst)
+    err = rel_l2(reference.forward(cfg, state, x)["logits"], want)
+    print(f"convert {' '.join(flags)}: logits rel L2 vs timm {err:.2e} (bound {fp32_bound(cfg, 'logits'):.1e})")
+    return err, fp32_bound(cfg, "logits")
+
+
+def test_average_pooling_with_fc_norm_is_asked_for(tmp_path, capsys):
+    """timm global_pool='avg' (fc_norm, no final norm) under --preset vit_base_patch16_224 (token pooling with a
+    final norm): the file contradicts the preset, so the pooling is a question, never the preset's guess (which was
+    0.42 off against timm); --pool avg makes it exact."""
+    m = _timm_model("vit_base_patch16_224", global_pool="avg", img_size=32)
+    src = _save(m, tmp_path, "safetensors")
+    x = _images((32, 32))
+    want = _run(m, x)
+    base = ["--preset", "vit_base_patch16_224", "--image-size", "32x32"]
+    _refused(["convert", str(src), str(tmp_path / "no.safetensors"), *base], capsys,
+             "class-token or average pooling", "fc_norm", "--pool token|avg")
+    err, bound = _import_error(src, x, want, tmp_path, *base, "--pool", "avg", name="avg")
+    assert err <= bound
+    wrong, _ = _import_error(src, x, want, tmp_path, *base, "--pool", "token", name="token")  # the old silent reading
+    assert wrong > 100 * bound
+
+
+def test_average_pooling_without_fc_norm_is_stated_by_the_preset_and_said(tmp_path, capsys):
+    """global_pool='avg', fc_norm=False: the keys are exactly a token-pooling model's, so only a statement can tell.
+    The preset's is taken and printed as such; --pool avg, or timm's config.json (a hub directory), make it exact."""
+    m = _timm_model("vit_base_patch16_224", global_pool="avg", fc_norm=False, img_size=32)
+    x = _images((32, 32))
+    want = _run(m, x)
+    src = _save(m, tmp_path, "safetensors")
+    base = ["--preset", "vit_base_patch16_224", "--image-size", "32x32"]
+    wrong, bound = _import_error(src, x, want, tmp_path, *base, name="preset")
+    assert "pool from preset 'vit_base_patch16_224'" in " ".join(capsys.readouterr().out.split())
+    assert wrong > 100 * bound  # the preset states token pooling, and says so: the user sees whose word it is
+    assert _import_error(src, x, want, tmp_path, *base, "--pool", "avg", name="avg")[0] <= bound
+    hub = _save(m, tmp_path, "hub")
+    assert _import_error(hub, x, want, tmp_path, name="hub")[0] <= bound
+
+
+def test_non_square_grid_is_asked_for(tmp_path, capsys):
+    """A table stored for 32x128 images (2x8 patches: 16 rows, also 4x4) under a 224 px preset: the grid is a
+    question (read as square it was 1.3e-3 off against timm); --grid 2x8 or --image-size 32x128 make it exact."""
+    m = _timm_model("vit_base_patch16_224", img_size=(32, 128))
+    src = _save(m, tmp_path, "pth")
+    x = _images((32, 128))
+    want = _run(m, x)
+    _refused(["convert", str(src), str(tmp_path / "no.safetensors"), "--preset", "vit_base_patch16_224"], capsys,
+             "which grid is the position table", "17 rows", "4x4, 2x8", "--grid HxW")
+    for i, flags in enumerate((["--grid", "2x8"], ["--image-size", "32x128"])):
+        err, bound = _import_error(src, x, want, tmp_path, "--preset", "vit_base_patch16_224", *flags, name=f"g{i}")
+        assert err <= bound
+    # read as the square it also is, run at the true size: what the old silent guess computed
+    wrong, bound = _import_error(src, x, want, tmp_path, "--preset", "vit_base_patch16_224", "--grid", "4x4",
+                                 "--image-size", "32x128", name="square")
+    assert wrong > 10 * bound
+
+
+def test_prefix_rows_are_asked_for(tmp_path, capsys):
+    """DeiT III (no_embed_class): 6 rows at 32x48 are 1 class row + 5 patches or 6 patches; the row count alone
+    does not say, so it is asked (--grid); stated, the import is exact."""
+    m = _timm_model("deit3_small_patch16_224")
+    src = _save(m, tmp_path, "safetensors")
+    x = _images(_size("deit3_small_patch16_224"))
+    want = _run(m, x)
+    _refused(["convert", str(src), str(tmp_path / "no.safetensors"), "--preset", "deit3_small_patch16_224"],
+             capsys, "which grid", "no_embed_class", "--grid HxW")
+    err, bound = _import_error(src, x, want, tmp_path, "--preset", "deit3_small_patch16_224", "--grid", "2x3")
+    assert err <= bound
+
+
+def test_gelu_form_is_asked_for(tmp_path, capsys):
+    """A CLIP QuickGELU state dict with everything stated but the activation: the GELU form is asked for
+    (--gelu); --gelu quick is exact against timm, erf (timm's default) is not."""
+    m = _timm_model("vit_base_patch16_clip_quickgelu_224", img_size=32)
+    src = _save(m, tmp_path, "safetensors")
+    x = _images((32, 32))
+    want = _run(m, x)
+    stated = ["--num-heads", "12", "--layer-norm-eps", "1e-5", "--pool", "token", "--image-size", "32x32"]
+    err = _refused(["convert", str(src), str(tmp_path / "no.safetensors"), *stated], capsys,
+                   "the GELU form", "--gelu erf|tanh|quick")
+    assert "num_heads" not in err and "layer_norm_eps" not in err and "grid" not in err
+    err, bound = _import_error(src, x, want, tmp_path, *stated, "--gelu", "quick", name="quick")
+    assert err <= bound
+    wrong, _ = _import_error(src, x, want, tmp_path, *stated, "--gelu", "erf", name="erf")
+    assert wrong > 10 * bound
+    # the quickgelu architecture's preset states it; the plain CLIP preset states erf, overridden by --gelu
+    assert _import_error(src, x, want, tmp_path, "--preset", "vit_base_patch16_clip_quickgelu_224",
+                         "--image-size", "32x32", name="preset")[0] <= bound
+    with pytest.warns(ConversionWarning, match="gelu='quick' from --gelu \\(preset 'vit_base_patch16_clip_224' says "
+                                               "'erf'\\)"):
+        assert _import_error(src, x, want, tmp_path, "--preset", "vit_base_patch16_clip_224", "--image-size",
+                             "32x32", "--gelu", "quick", name="override")[0] <= bound
+
+
+def test_preset_contradicting_the_file_is_told(tmp_path):
+    """A DeiT III file under a plain ViT preset: the keys win (LayerScale, no class row) and the warning names each
+    fact the preset got wrong; what the preset rightly states (eps, GELU, heads) makes it exact."""
+    m = _timm_model("deit3_small_patch16_224")
+    src = _save(m, tmp_path, "safetensors")
+    x = _images(_size("deit3_small_patch16_224"))
+    with pytest.warns(ConversionWarning) as record:
+        err, bound = _import_error(src, x, _run(m, x), tmp_path, "--preset", "vit_small_patch16_224",
+                                   "--image-size", "32x48")
+    told = " ".join(str(w.message) for w in record)
+    assert "file's sizes win over preset 'vit_small_patch16_224'" in told
+    assert "LayerScale: preset has none, file has ls1/ls2 gammas" in told
+    assert "prefix tokens with a position row: preset 1, file 0" in told and "depth: preset 12, file 2" in told
+    assert err <= bound

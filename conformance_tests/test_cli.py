@@ -312,11 +312,16 @@ def test_a_third_party_backend_runs_the_suite_against_itself(entry_point_env):
     env = dict(entry_point_env, VIT_SUITE_BACKENDS="broken_qk=conformance_tests.broken_backends:SwappedQK")
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "conformance_tests/test_conformance.py",
             "-k", "golden_files or export_round_trip"]
+    from shared.testing import TINY_PRESETS
+
+    from .golden.regenerate import PRESETS as GOLDEN
+
+    n = len(GOLDEN) + len(TINY_PRESETS)  # a golden-file case per golden preset, an export round trip per tiny one
     ok = subprocess.run(args + ["--backends", "acme"], capture_output=True, text=True, env=env, timeout=600)
     assert ok.returncode == 0, ok.stdout[-3000:]
-    assert "8 passed" in ok.stdout
+    assert f"{n} passed" in ok.stdout
     bad = subprocess.run(args + ["--backends", "broken_qk"], capture_output=True, text=True, env=env, timeout=600)
-    assert bad.returncode == 1 and "8 failed" in bad.stdout, bad.stdout[-3000:]  # its export is wrong too
+    assert bad.returncode == 1 and f"{n} failed" in bad.stdout, bad.stdout[-3000:]  # its export is wrong too
     assert "first stage out of bound is block_1" in bad.stdout
 
 

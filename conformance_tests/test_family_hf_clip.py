@@ -447,3 +447,13 @@ def test_export_refusals_name_the_problem():
     with pytest.warns(ConversionWarning, match="initialises the text tower and text_projection randomly"):
         _, conf = export_hf_clip(cfg, state, "clip")
     assert conf["text_config"] == {} and conf["projection_dim"] == cfg.num_classes
+
+
+@pytest.mark.parametrize("arch", ["CLIPVisionModel", "SiglipVisionModel"])
+def test_model_safetensors_given_as_a_file_is_detected_as_hf(arch, tmp_path):
+    """CLIP / SigLIP name the projection `patch_embedding` (singular): their model.safetensors, given as a file, was
+    taken for a timm state dict."""
+    from shared.convert.formats import detect_format
+
+    _source(arch).save_pretrained(tmp_path)
+    assert detect_format(tmp_path / "model.safetensors") == "hf"

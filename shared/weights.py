@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import struct
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Mapping
@@ -447,3 +448,52 @@ def load(path: str | os.PathLike) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     tensors, _ = read_tensors(path)
     validate_state(cfg, tensors, source=str(path))
     return cfg, tensors
+
+
+def write_dir_atomically(directory: str | os.PathLike, write_files, *, overwrite: bool = False) -> Path:
+    """Call write_files(tmp_dir) on a temporary directory beside `directory`, then move it into place with the
+    umask's modes: on any failure nothing is left behind and an existing `directory` is untouched. An existing,
+    non-empty `directory` is replaced only with overwrite=True; otherwise the name is claimed exclusively (an empty
+    directory the user made is taken over; of two concurrent writers the second fails with OutputError)."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not overwrite:
+        raise OutputError(f"{directory}: exists and is not empty; pass --force to replace it")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(directory.parent, directory.name)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(directory.name), suffix=".partial", dir=directory.parent))
+    except OSError as e:
+        raise UnwritableError(f"{directory}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
+    old = None
+    claimed = False
+    try:
+        write_files(tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, umask_mode())
+        os.chmod(tmp, umask_mode(directory=True))
+        if overwrite and directory.exists():
+            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
+            os.replace(directory, old)
+        elif not overwrite:
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                raise OutputError(f"{directory}: exists (written by another process meanwhile?); pass --force to "
+                                  f"replace it") from None
+            claimed = True
+        os.replace(tmp, directory)  # onto nothing, or onto the empty directory this writer just created
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if claimed and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+        if old is not None and old.exists() and not directory.exists():
+            os.replace(old, directory)
+        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, UnwritableError)):
+            raise UnwritableError(f"{directory}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing "
+                                  f"was left behind") from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory

@@ -60,7 +60,9 @@ def _safetensors_kind(path: Path) -> str | None:
     if isinstance(meta, dict) and "vit_config" in meta:
         return "canonical"
     keys = [k for k in header if k != "__metadata__"]
-    if any("embeddings.patch_embeddings" in k or ".attention.attention.query" in k for k in keys):
+    # HF: ViT / DeiT / DINOv2 / ViTMAE name the patch projection `patch_embeddings`, CLIP / SigLIP `patch_embedding`
+    if any("embeddings.patch_embeddings" in k or "embeddings.patch_embedding." in k
+           or ".attention.attention.query" in k for k in keys):
         return "hf"
     if "conv_proj.weight" in keys and "encoder.pos_embedding" in keys:
         return "torchvision"

@@ -71,8 +71,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +80,10 @@ import numpy as np
 
 from .. import limits as L
 from ..config import ViTConfig, is_int, is_real, shown
-from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, OutputError,
-                      MissingFactsError, UnwritableError)
+from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError)
 from ..posemb import resample_pos_embed
 from ..safeio import read_json_file
-from ..weights import (CANONICAL_DTYPE, read_tensors, remove_stale_partials, temp_prefix, umask_mode,
+from ..weights import (CANONICAL_DTYPE, read_tensors, write_dir_atomically,
                        validate_state)
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 
@@ -709,54 +706,14 @@ def save_hf_dir(directory: str | os.PathLike, cfg: ViTConfig, state: Mapping[str
     `model_type`: the HF type to write (default: hf_model_type(cfg), see export_hf)."""
     from safetensors.numpy import save_file
 
-    directory = Path(directory)
     hf_state, conf = export_hf(cfg, state, layout="file", model_type=model_type)
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise OutputError(f"{directory}: exists and is not empty; pass --force to replace it")
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(directory.parent, directory.name)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(directory.name), suffix=".partial", dir=directory.parent))
-    except OSError as e:
-        raise UnwritableError(f"{directory}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
-    old = None
-    claimed = False
-    try:
+
+    def write(tmp: Path) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in hf_state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
-        for f in tmp.iterdir():  # safetensors writes 0600, mkdtemp makes 0700: give back the umask's modes
-            os.chmod(f, umask_mode())
-        os.chmod(tmp, umask_mode(directory=True))
-        if overwrite:
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
-                os.replace(directory, old)
-        else:
-            # claim the name exclusively: an empty directory the user made is taken over, but of two concurrent
-            # writers the second finds the first's directory and fails (exit 2) instead of replacing it
-            if directory.is_dir() and not any(directory.iterdir()):
-                directory.rmdir()
-            try:
-                os.mkdir(directory)
-            except FileExistsError:
-                raise OutputError(f"{directory}: exists (written by another process meanwhile?); pass --force to "
-                                  f"replace it") from None
-            claimed = True
-        os.replace(tmp, directory)  # onto nothing, or onto the empty directory this writer just created
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if claimed and directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
-        if old is not None and old.exists() and not directory.exists():
-            os.replace(old, directory)
-        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, UnwritableError)):
-            raise UnwritableError(f"{directory}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing "
-                                  f"was left behind") from None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory
+
+    return write_dir_atomically(directory, write, overwrite=overwrite)
 
 
 def _index_shards(index_path: Path) -> list[Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
-from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, UnwritableError, UsageError
+from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, UsageError
 from ..posemb import resample_pos_embed
 from ..presets import get_preset
 from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
@@ -189,55 +188,6 @@ def target_format(dst: str, to: str | None = None) -> str:
     raise UsageError(f"cannot tell the target format of {dst!r}: pass --to ({', '.join(FORMATS)})")
 
 
-def write_dir_atomically(directory: str | os.PathLike, write_files, *, overwrite: bool = False) -> Path:
-    """Call write_files(tmp_dir) on a temporary directory beside `directory`, then move it into place with the
-    umask's modes: on any failure nothing is left behind and an existing `directory` is untouched. An existing,
-    non-empty `directory` is replaced only with overwrite=True; otherwise the name is claimed exclusively (an empty
-    directory the user made is taken over; of two concurrent writers the second fails with OutputError)."""
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not overwrite:
-        raise OutputError(f"{directory}: exists and is not empty; pass --force to replace it")
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        W.remove_stale_partials(directory.parent, directory.name)
-        tmp = Path(tempfile.mkdtemp(prefix=W.temp_prefix(directory.name), suffix=".partial", dir=directory.parent))
-    except OSError as e:
-        raise UnwritableError(f"{directory}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
-    old = None
-    claimed = False
-    try:
-        write_files(tmp)
-        for f in tmp.iterdir():
-            os.chmod(f, W.umask_mode())
-        os.chmod(tmp, W.umask_mode(directory=True))
-        if overwrite and directory.exists():
-            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
-            os.replace(directory, old)
-        elif not overwrite:
-            if directory.is_dir() and not any(directory.iterdir()):
-                directory.rmdir()
-            try:
-                os.mkdir(directory)
-            except FileExistsError:
-                raise OutputError(f"{directory}: exists (written by another process meanwhile?); pass --force to "
-                                  f"replace it") from None
-            claimed = True
-        os.replace(tmp, directory)  # onto nothing, or onto the empty directory this writer just created
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if claimed and directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
-        if old is not None and old.exists() and not directory.exists():
-            os.replace(old, directory)
-        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, UnwritableError)):
-            raise UnwritableError(f"{directory}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing "
-                                  f"was left behind") from None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory
-
-
 def save_timm_hub_dir(directory: str | os.PathLike, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> Path:
     """A timm hub directory, as timm's save_for_hf writes one: config.json (shared.convert.timm.timm_hub_config) +
     model.safetensors (the timm state dict), atomically; `timm.create_model('local-dir:DIR', pretrained=True)` loads
@@ -251,4 +201,4 @@ def save_timm_hub_dir(directory: str | os.PathLike, cfg: ViTConfig, state: dict,
         save_file({k: np.ascontiguousarray(v) for k, v in timm_state.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
 
-    return write_dir_atomically(directory, write, overwrite=overwrite)
+    return W.write_dir_atomically(directory, write, overwrite=overwrite)

@@ -68,7 +68,6 @@ Decisions:
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import warnings
@@ -79,12 +78,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import limits as L
-from ..config import ViTConfig, is_int, is_real, shown
+from ..config import ViTConfig, is_int, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError)
 from ..posemb import resample_pos_embed
 from ..safeio import read_json_file
 from ..weights import (CANONICAL_DTYPE, read_tensors, write_dir_atomically,
                        validate_state)
+from .hfconfig import ConfigFacts
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 
 #: model types of the CLIP / SigLIP vision towers, converted by shared.convert.hf_clip
@@ -197,48 +197,6 @@ def _head_keys(variant: str) -> dict[str, str]:
     return {}
 
 
-class _Facts:
-    """config.json read field by field with its type checked (a ConfigError naming the file, the key, the expected
-    type and the value); a missing (or null) key means transformers' default for the model type."""
-
-    def __init__(self, conf: Mapping[str, Any], defaults: Mapping[str, Any], source: str):
-        self.conf, self.defaults, self.source = conf, defaults, source
-        self.where = f"{source}: config.json"
-
-    def get(self, key: str, required: bool = False):
-        if key not in self.conf or self.conf[key] is None:
-            if required:
-                raise MissingFactsError(f"{self.source}: config.json lacks {key!r}")
-            return self.defaults.get(key)
-        return self.conf[key]
-
-    def as_int(self, key: str, required: bool = False, lo: int = 1, hi: int = L.MAX_WIDTH) -> int | None:
-        v = self.get(key, required)
-        if v is not None and not (is_int(v) and lo <= v <= hi):
-            raise ConfigError(f"{self.where}: {key!r} must be an int in [{lo}, {hi}], got {shown(v)}")
-        return None if v is None else int(v)
-
-    def as_real(self, key: str, lo: float, hi: float, lo_open: bool = False, hi_closed: bool = False) -> float:
-        v = self.get(key)
-        ok = is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v <= hi if hi_closed else v < hi)
-        if not ok:
-            raise ConfigError(f"{self.where}: {key!r} must be a finite number in {'(' if lo_open else '['}{lo}, "
-                              f"{hi}{']' if hi_closed else ')'}, got {shown(v)}")
-        return float(v)
-
-    def as_bool(self, key: str) -> bool:
-        v = self.get(key)
-        if not isinstance(v, bool):
-            raise ConfigError(f"{self.where}: {key!r} must be a bool (true or false), got {shown(v)}")
-        return v
-
-    def as_str(self, key: str) -> str:
-        v = self.get(key)
-        if not isinstance(v, str):
-            raise ConfigError(f"{self.where}: {key!r} must be a string, got {shown(v)}")
-        return v
-
-
 def _architectures(hf_config: Mapping[str, Any], source: str) -> list[str]:
     archs = hf_config.get("architectures")
     if archs is None:
@@ -293,7 +251,7 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
 def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[str, Any],
                    source: str) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     mt = fam.model_type
-    facts = _Facts(hf_config, _DEFAULTS[mt], source)
+    facts = ConfigFacts(hf_config, _DEFAULTS[mt], source)
     archs = _architectures(hf_config, source)
     for a in archs:
         if a in fam.refused:

@@ -69,7 +69,6 @@ Decisions:
 """
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from typing import Any, Mapping
@@ -77,10 +76,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import limits as L
-from ..config import ViTConfig, is_int, is_real, shown
+from ..config import ViTConfig, is_int, shown
 from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchError, MissingFactsError
 from ..posemb import resample_pos_embed
 from ..weights import CANONICAL_DTYPE, validate_state
+from .hfconfig import ConfigFacts
 from .timm import strip_prefixes, to_float32
 
 MODEL_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
@@ -139,43 +139,6 @@ def _renames(family: str, cfg_like: Mapping[str, Any]) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- config.json facts
-class _Facts:
-    """Typed reads of a (vision) config dict: ConfigError naming the file, the key, the expected type and the value;
-    transformers' class default when the key is absent or null."""
-
-    def __init__(self, conf: Mapping[str, Any], defaults: Mapping[str, Any], where: str):
-        self.conf, self.defaults, self.where = conf, defaults, where
-
-    def get(self, key: str) -> Any:
-        v = self.conf.get(key)
-        return self.defaults.get(key) if v is None else v
-
-    def int(self, key: str, lo: int = 1, hi: int = L.MAX_WIDTH) -> int | None:
-        v = self.get(key)
-        if v is not None and not (is_int(v) and lo <= v <= hi):
-            raise ConfigError(f"{self.where}: {key!r} must be an int in [{lo}, {hi}], got {shown(v)}")
-        return None if v is None else int(v)
-
-    def float(self, key: str, lo: float, hi: float, lo_open: bool = False) -> float:
-        v = self.get(key)
-        if not (is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and v < hi):
-            raise ConfigError(f"{self.where}: {key!r} must be a finite number in {'(' if lo_open else '['}{lo}, "
-                              f"{hi}), got {shown(v)}")
-        return float(v)
-
-    def bool(self, key: str) -> bool:
-        v = self.get(key)
-        if not isinstance(v, bool):
-            raise ConfigError(f"{self.where}: {key!r} must be a bool (true or false), got {shown(v)}")
-        return v
-
-    def str(self, key: str) -> str:
-        v = self.get(key)
-        if not isinstance(v, str):
-            raise ConfigError(f"{self.where}: {key!r} must be a string, got {shown(v)}")
-        return v
-
-
 def _vision_config(hf_config: Mapping[str, Any], model_type: str, source: str) -> tuple[Mapping[str, Any], str]:
     """The dict that describes the vision tower (config.json itself, or its vision_config) and its name in messages."""
     if model_type not in ("clip", "siglip"):
@@ -210,7 +173,7 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
     family = _FAMILY[mt]
     vconf, conf_name = _vision_config(hf_config, mt, source)
     where = f"{source}: {conf_name}"
-    facts = _Facts(vconf, _DEFAULTS[family], where)
+    facts = ConfigFacts(vconf, _DEFAULTS[family], source, where)
 
     st = strip_prefixes(state)
     dropped_text = sorted(k for k in st if _TEXT.match(k))
@@ -247,13 +210,13 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
                                          f"support"])
 
     # ---- facts: config.json, then the weights
-    H = facts.int("num_attention_heads", hi=L.MAX_HEADS)
-    act = facts.str("hidden_act")
+    H = facts.as_int("num_attention_heads", hi=L.MAX_HEADS)
+    act = facts.as_str("hidden_act")
     if act not in _GELU:
         raise ConversionError(f"{where}: hidden_act {act!r} is not a GELU the canonical model supports "
                               f"(quick_gelu -> quick; gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh)")
-    eps = facts.float("layer_norm_eps", 0.0, 1.0, lo_open=True)
-    attn_dropout = facts.float("attention_dropout", 0.0, 1.0)
+    eps = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
+    attn_dropout = facts.as_real("attention_dropout", 0.0, 1.0)
     img_v = facts.get("image_size")
     if not (is_int(img_v) and 1 <= img_v <= L.MAX_IMAGE_SIDE):
         raise ConfigError(f"{where}: 'image_size' must be an int in [1, {L.MAX_IMAGE_SIDE}] (HF CLIP and SigLIP "
@@ -312,7 +275,7 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
     else:
         if "visual_projection.weight" in top:
             problems.append("unexpected key 'visual_projection.weight': SigLIP has no visual projection")
-        use_head = facts.bool("vision_use_head")
+        use_head = facts.as_bool("vision_use_head")
         final_norm = True
         if has_cls:  # SiglipForImageClassification: mean of the post-layernormed tokens, head.* unused
             arch, pool = "SiglipForImageClassification", "mean"

@@ -79,7 +79,7 @@ def test_state_dict_is_canonical_and_export_bit_exact(preset):
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".pth", ".safetensors"])
-@pytest.mark.parametrize("preset", ["tiny", "tiny_t2t", "tiny_pretrain"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny_t2t", "tiny_pretrain", *helpers.FAMILY_TINY])
 def test_native_round_trip_bit_exact(preset, suffix, tmp_path):
     cfg, state, x = helpers.case(preset)
     model = BE.build(cfg, state)

@@ -76,7 +76,8 @@ def test_large_presets_float32(backend, preset):
 
 
 #: a learned table with a class-token row enlarged and shrunk, a 2-D sin-cos table and a 1-D one at new grids
-SIZES = [("tiny_pretrain", (32, 64)), ("tiny_pretrain", (24, 16)), ("tiny_meanpool", (40, 56)), ("tiny_t2t", (30, 50))]
+SIZES = [("tiny_pretrain", (32, 64)), ("tiny_pretrain", (24, 16)), ("tiny_meanpool", (40, 56)), ("tiny_t2t", (30, 50)),
+         ("tiny_dinov2_reg", (35, 21)), ("tiny_deit3", (48, 40))]  # resampling with prefix rows not all positioned
 
 
 @pytest.mark.parametrize("preset,size", SIZES, ids=[f"{p}-{h}x{w}" for p, (h, w) in SIZES])

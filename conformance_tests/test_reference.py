@@ -137,60 +137,109 @@ def test_patch_embedding_matches_explicit_patch_loop():
 
 # ----------------------------------------------------------------------------- whole forward
 def torch_forward(cfg, params, images):
-    """A second implementation: torch float64 functional ops, written from the architecture, not from reference.py."""
+    """A second implementation: torch float64 functional ops, written from the architecture (timm's and SigLIP's
+    layouts for the family options: add-then-concatenate positions, nn.MultiheadAttention for the attention pool),
+    not from reference.py."""
     p = {k: torch.from_numpy(v.astype(np.float64)) for k, v in params.items()}
     x = torch.from_numpy(images.astype(np.float64))
     B = x.shape[0]
-    tok = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=cfg.patch_size)
+    tok = F.conv2d(x, p["patch_embed.proj.weight"], p.get("patch_embed.proj.bias"), stride=cfg.patch_size)
     gh, gw = tok.shape[-2:]
     tok = tok.flatten(2).transpose(1, 2)
     out = {"patch_embed": tok}
+    D = cfg.embed_dim
+    prefix = []  # timm's order: class, distillation, registers
     if cfg.class_token != "none":
-        cls = p["cls_token"].expand(B, -1, -1) if cfg.class_token == "learned" else torch.zeros(B, 1, cfg.embed_dim, dtype=x.dtype)
-        tok = torch.cat([cls, tok], 1)
+        prefix.append(p["cls_token"].expand(B, -1, -1) if cfg.class_token == "learned" else torch.zeros(B, 1, D, dtype=x.dtype))
+    if cfg.dist_token:
+        prefix.append(p["dist_token"].expand(B, -1, -1))
+    if cfg.reg_tokens:
+        prefix.append(p["reg_token"].expand(B, -1, -1))
+    prefix = torch.cat(prefix, 1) if prefix else tok[:, :0]
     if cfg.pos_embed == "learned":
-        pe = p["pos_embed"]
-        n0 = cfg.num_prefix_tokens
+        # the first n_pos prefix tokens and the patches get rows; the other prefix tokens are concatenated as they
+        # are (timm's no_embed_class adds to the patches, then concatenates: no zero rows here)
+        pe, n_pos = p["pos_embed"], cfg.num_pos_prefix
         th, tw = cfg.table_grid
         if (th, tw) != (gh, gw):
-            grid = pe[:, n0:].reshape(1, th, tw, -1).permute(0, 3, 1, 2)
+            grid = pe[:, n_pos:].reshape(1, th, tw, -1).permute(0, 3, 1, 2)
             mode = dict(bicubic=dict(mode="bicubic"), bilinear=dict(mode="bilinear"),
                         bicubic_antialias=dict(mode="bicubic", antialias=True))[cfg.resize_kernel]
             grid = F.interpolate(grid, size=(gh, gw), align_corners=False, **mode)
-            pe = torch.cat([pe[:, :n0], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], 1)
-        tok = tok + pe
-    elif cfg.pos_embed == "sincos1d":
-        tok = tok + torch.from_numpy(seed_sinusoid_table(tok.shape[1], cfg.embed_dim))
-    elif cfg.pos_embed == "sincos2d":
-        tab = torch.from_numpy(posemb.sincos_2d((gh, gw), cfg.embed_dim))
-        tok = tok + torch.cat([torch.zeros(cfg.num_prefix_tokens, cfg.embed_dim, dtype=x.dtype), tab])
+            pe = torch.cat([pe[:, :n_pos], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], 1)
+        tok = torch.cat([prefix[:, :n_pos] + pe[:, :n_pos], prefix[:, n_pos:], tok + pe[:, n_pos:]], 1)
+    else:
+        tok = torch.cat([prefix, tok], 1)
+        if cfg.pos_embed == "sincos1d":
+            tok = tok + torch.from_numpy(seed_sinusoid_table(tok.shape[1], D))
+        elif cfg.pos_embed == "sincos2d":
+            tab = torch.from_numpy(posemb.sincos_2d((gh, gw), D))
+            tok = tok + torch.cat([torch.zeros(cfg.num_prefix_tokens, D, dtype=x.dtype), tab])
     out["embed"] = tok
+    eps = cfg.layer_norm_eps
+    if cfg.norm_pre:
+        tok = F.layer_norm(tok, (D,), p["norm_pre.weight"], p["norm_pre.bias"], eps)
+        out["norm_pre"] = tok
     A, H = cfg.width, cfg.num_heads
+
+    def act(h):
+        if cfg.gelu == "quick":
+            return h * torch.sigmoid(1.702 * h)
+        return F.gelu(h, approximate="none" if cfg.gelu == "erf" else "tanh")
+
+    def mlp(h, pre):
+        return F.linear(act(F.linear(h, p[pre + "fc1.weight"], p[pre + "fc1.bias"])), p[pre + "fc2.weight"], p[pre + "fc2.bias"])
+
     for i in range(cfg.depth):
         pre = f"blocks.{i}."
-        h = F.layer_norm(tok, (tok.shape[-1],), p[pre + "norm1.weight"], p[pre + "norm1.bias"], cfg.layer_norm_eps)
+        h = F.layer_norm(tok, (tok.shape[-1],), p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps)
         qkv = F.linear(h, p[pre + "attn.qkv.weight"], p.get(pre + "attn.qkv.bias"))
         q, k, v = (t.reshape(B, -1, H, A // H).transpose(1, 2) for t in qkv.split(A, dim=-1))
+        if cfg.qk_norm:
+            q = F.layer_norm(q, (A // H,), p[pre + "attn.q_norm.weight"], p[pre + "attn.q_norm.bias"], eps)
+            k = F.layer_norm(k, (A // H,), p[pre + "attn.k_norm.weight"], p[pre + "attn.k_norm.bias"], eps)
         a = F.scaled_dot_product_attention(q, k, v, scale=cfg.scale).transpose(1, 2).reshape(B, -1, A)
         a = F.linear(a, p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"])
         if cfg.attn_value_skip:
             a = a + v.transpose(1, 2).reshape(B, -1, A)
+        if cfg.init_values is not None:
+            a = a * p[pre + "ls1.gamma"]
         tok = tok + a if tok.shape[-1] == A else a
-        h = F.layer_norm(tok, (A,), p[pre + "norm2.weight"], p[pre + "norm2.bias"], cfg.layer_norm_eps)
-        h = F.gelu(F.linear(h, p[pre + "mlp.fc1.weight"], p[pre + "mlp.fc1.bias"]), approximate="none" if cfg.gelu == "erf" else "tanh")
-        tok = tok + F.linear(h, p[pre + "mlp.fc2.weight"], p[pre + "mlp.fc2.bias"])
+        h = mlp(F.layer_norm(tok, (A,), p[pre + "norm2.weight"], p[pre + "norm2.bias"], eps), pre + "mlp.")
+        tok = tok + (h * p[pre + "ls2.gamma"] if cfg.init_values is not None else h)
         out[f"block_{i}"] = tok
     if cfg.final_norm:
-        tok = F.layer_norm(tok, (A,), p["norm.weight"], p["norm.bias"], cfg.layer_norm_eps)
+        tok = F.layer_norm(tok, (A,), p["norm.weight"], p["norm.bias"], eps)
     out["norm"] = tok
-    f = tok[:, 0] if cfg.pool == "token" else tok[:, cfg.num_prefix_tokens:].mean(1)
+    n0 = cfg.num_prefix_tokens
+    if cfg.dist_token:
+        f = (tok[:, 0] + tok[:, 1]) / 2
+    elif cfg.pool == "token":
+        f = tok[:, 0]
+    elif cfg.pool == "mean":
+        f = tok[:, n0:].mean(1)
+    else:  # map: nn.MultiheadAttention with the pool's q and kv as its in-projection (SigLIP's head)
+        mha = torch.nn.MultiheadAttention(A, H, batch_first=True, dtype=torch.float64)
+        with torch.no_grad():
+            mha.in_proj_weight.copy_(torch.cat([p["attn_pool.q.weight"], p["attn_pool.kv.weight"]]))
+            mha.in_proj_bias.copy_(torch.cat([p["attn_pool.q.bias"], p["attn_pool.kv.bias"]]))
+            mha.out_proj.weight.copy_(p["attn_pool.proj.weight"])
+            mha.out_proj.bias.copy_(p["attn_pool.proj.bias"])
+        patches = tok[:, n0:]
+        o = mha(p["attn_pool.latent"].expand(B, -1, -1), patches, patches, need_weights=False)[0]
+        o = o + mlp(F.layer_norm(o, (A,), p["attn_pool.norm.weight"], p["attn_pool.norm.bias"], eps), "attn_pool.mlp.")
+        f = o[:, 0].detach()
     if cfg.fc_norm:
-        f = F.layer_norm(f, (A,), p["fc_norm.weight"], p["fc_norm.bias"], cfg.layer_norm_eps)
+        f = F.layer_norm(f, (A,), p["fc_norm.weight"], p["fc_norm.bias"], eps)
     if cfg.representation_size:
         f = torch.tanh(F.linear(f, p["pre_logits.fc.weight"], p["pre_logits.fc.bias"]))
     out["pre_logits"] = f
     if cfg.num_classes:
-        f = F.linear(f, p["head.weight"], p["head.bias"])
+        if cfg.dist_token:
+            f = (F.linear(tok[:, 0], p["head.weight"], p["head.bias"])
+                 + F.linear(tok[:, 1], p["head_dist.weight"], p["head_dist.bias"])) / 2
+        else:
+            f = F.linear(f, p["head.weight"], p["head.bias"])
         if cfg.output_softmax:
             f = f.softmax(-1)
     out["logits"] = f
@@ -211,7 +260,8 @@ def test_forward_matches_an_independent_float64_implementation(preset, kind):
 
 
 @pytest.mark.parametrize("preset,size", [("tiny", (40, 56)), ("tiny_pretrain", (32, 64)), ("tiny_meanpool", (16, 16)),
-                                         ("tiny_t2t", (30, 30))])
+                                         ("tiny_t2t", (30, 30)), ("tiny_dinov2_reg", (35, 21)), ("tiny_deit3", (48, 40)),
+                                         ("tiny_deit", (24, 40))])
 def test_forward_at_another_image_size(preset, size):
     cfg = get_preset(preset)
     p = init_weights(cfg, 1)

@@ -60,13 +60,20 @@ def pytest_generate_tests(metafunc):
 def pytest_collection_modifyitems(config, items):
     """A variant's runs on the 12-block seed T2T model are slow-marked: in the CI-sized set the variants run on the
     tiny presets, which cover every config option (their graph and XLA compiles of the seed model take seconds per
-    dtype and input shape); the primary backends run the seed model there too, and `-m slow` runs everything."""
+    dtype and input shape); the primary backends run the seed model there too, and `-m slow` runs everything.
+    The family tiny presets (one option each, on top of what the first four cover) run the float32 matrix at
+    batch 2 only (normal, zeros and large inputs; the variants normal inputs only): batch sizes 1 and 3 test shape
+    handling, which the first four tiny presets cover, and each new shape is another graph / XLA / jit compile."""
     from shared.backend import variant_of
-    from shared.testing import SEED_FAST
+    from shared.testing import FAMILY_TINY, SEED_FAST
 
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if variant_of(params.get("backend_name", "")) and params.get("preset") in SEED_FAST:
+        variant = variant_of(params.get("backend_name", ""))
+        if variant and params.get("preset") in SEED_FAST:
+            item.add_marker(pytest.mark.slow)
+        if params.get("preset") in FAMILY_TINY and "batch" in params and (
+                params["batch"] != 2 or params.get("kind") == "uniform" or (variant and params.get("kind") != "normal")):
             item.add_marker(pytest.mark.slow)
 
 

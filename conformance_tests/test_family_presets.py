@@ -11,7 +11,10 @@ import timm
 import torch
 from timm.layers import QuickGELU as TimmQuickGELU  # noqa: N811
 
+from shared.errors import ConversionError
+from shared.init import init_weights
 from shared.presets import FAMILY_PRESETS, get_preset
+from shared.testing import FAMILY_TINY
 from shared.weights import expected_shapes
 
 
@@ -40,3 +43,19 @@ def test_family_preset_is_timms_architecture(name):
     if cfg.init_values is not None:
         assert blk.ls1.init_values == blk.ls2.init_values == cfg.init_values
     assert blk.attn.scale == pytest.approx(cfg.scale)
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "kerashub", "mindcv"])
+@pytest.mark.parametrize("preset", FAMILY_TINY)
+def test_formats_without_the_family_options_refuse_them_by_name(fmt, preset):
+    """torchvision, keras-hub and mindcv ViTs have none of the family options: exporting a model that uses one is
+    refused, naming it, rather than written without its LayerScale, tokens or pool."""
+    from shared.convert.kerashub import export_kerashub
+    from shared.convert.mindcv import export_mindcv
+    from shared.convert.torchvision import export_torchvision
+
+    cfg = get_preset(preset)
+    export = {"torchvision": export_torchvision, "kerashub": export_kerashub, "mindcv": export_mindcv}[fmt]
+    with pytest.raises(ConversionError) as e:
+        export(cfg, init_weights(cfg))
+    assert all(option in str(e.value) for option in cfg.family_options()), str(e.value)

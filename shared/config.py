@@ -344,6 +344,21 @@ class ViTConfig:
             raise ConfigError(f"config JSON must be an object, got {type(d).__name__}")
         return cls.from_dict(d)
 
+    def family_options(self) -> list[str]:
+        """The ViT-family options this config turns on, named for messages: an exporter to a format that has none
+        of them refuses the config with these names rather than drop a parameter in silence."""
+        named = [(self.init_values is not None, "LayerScale (init_values: ls1/ls2.gamma)"),
+                 (self.dist_token, "a distillation token and head (dist_token, head_dist)"),
+                 (self.reg_tokens > 0, f"{self.reg_tokens} register token(s) (reg_token)"),
+                 (self.pos_embed == "learned" and self.num_pos_prefix != self.num_prefix_tokens,
+                  f"prefix tokens without a position row (pos_prefix_tokens={self.pos_prefix_tokens})"),
+                 (self.norm_pre, "a LayerNorm before the blocks (norm_pre)"),
+                 (self.qk_norm, "qk-norm (attn.q_norm, attn.k_norm)"),
+                 (self.pool == "map", "the attention-pool head (pool='map', attn_pool)"),
+                 (not self.patch_bias, "a patch projection without bias (patch_bias=False)"),
+                 (self.gelu == "quick", "QuickGELU (gelu='quick')")]
+        return [name for on, name in named if on]
+
     def describe_numerics(self) -> dict[str, Any]:
         """The choices frameworks disagree on, for `inspect` and reports."""
         return {

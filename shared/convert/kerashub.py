@@ -305,6 +305,7 @@ def load_kerashub(path: str | os.PathLike, preset: ViTConfig | str | None = None
 # --------------------------------------------------------------------------------------------------- writing
 def _kerashub_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> list[str]:
     p = []
+    p += [f"{option}: keras-hub's ViT has no such option" for option in cfg.family_options()]
     if cfg.gelu != "erf":
         p.append(f"GELU {cfg.gelu!r}: keras-hub's MLP uses Keras' exact (erf) gelu")
     if cfg.attn_dim not in (None, cfg.embed_dim) or cfg.attn_value_skip or cfg.qk_scale is not None:

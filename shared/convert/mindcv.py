@@ -89,6 +89,7 @@ def import_mindcv(tensors: Mapping[str, np.ndarray], preset: ViTConfig | str | N
 
 def _mindcv_problems(cfg: ViTConfig) -> list[str]:
     p = []
+    p += [f"{option}: mindcv's VisionTransformer has no such option" for option in cfg.family_options()]
     if cfg.gelu != MINDCV_GELU:
         p.append(f"GELU {cfg.gelu!r}: mindcv's VisionTransformer computes the tanh form (nn.GELU default)")
     if cfg.layer_norm_eps != MINDCV_EPS:

@@ -243,6 +243,7 @@ def import_torchvision(state: Mapping[str, Any], preset: ViTConfig | str | None 
 def torchvision_problems(cfg: ViTConfig) -> list[str]:
     """Why `cfg` cannot be a torchvision VisionTransformer (empty when it can)."""
     p = []
+    p += [f"{option}: torchvision's VisionTransformer has no such option" for option in cfg.family_options()]
     if cfg.in_chans != 3:
         p.append(f"in_chans={cfg.in_chans}: torchvision's conv_proj always takes 3 channels")
     if cfg.image_size[0] != cfg.image_size[1]:

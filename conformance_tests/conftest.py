@@ -63,14 +63,21 @@ def pytest_collection_modifyitems(config, items):
     dtype and input shape); the primary backends run the seed model there too, and `-m slow` runs everything.
     The family tiny presets (one option each, on top of what the first four cover) run the float32 matrix at
     batch 2 only (normal, zeros and large inputs; the variants normal inputs only): batch sizes 1 and 3 test shape
-    handling, which the first four tiny presets cover, and each new shape is another graph / XLA / jit compile."""
+    handling, which the first four tiny presets cover, and each new shape is another graph / XLA / jit compile.
+    A variant's gradients on the family presets are slow too (its primary's run in the CI-sized set)."""
     from shared.backend import variant_of
     from shared.testing import FAMILY_TINY, SEED_FAST
 
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         variant = variant_of(params.get("backend_name", ""))
+        ci = item.get_closest_marker("ci_backends")  # the backends a test runs on in the CI-sized set; others slow
+        name = params.get("backend_name", params.get("primary_name"))
+        if ci is not None and name is not None and name not in ci.args:
+            item.add_marker(pytest.mark.slow)
         if variant and params.get("preset") in SEED_FAST:
+            item.add_marker(pytest.mark.slow)
+        if variant and params.get("name") in FAMILY_TINY:  # test_grad: a variant's gradients on the family presets
             item.add_marker(pytest.mark.slow)
         if params.get("preset") in FAMILY_TINY and "batch" in params and (
                 params["batch"] != 2 or params.get("kind") == "uniform" or (variant and params.get("kind") != "normal")):

@@ -159,10 +159,13 @@ FAMILY_TRAIN = {
 }
 
 
+@pytest.mark.ci_backends("torch")
 @pytest.mark.parametrize("options", sorted(FAMILY_TRAIN))
 def test_family_options_train(primary_backend, options):
     """Every option trains in every primary backend: the loss falls, every new parameter moves, and the model
-    beats chance on held-out digits (a distilled model trains both heads: the mean of their losses)."""
+    beats chance on held-out digits (a distilled model trains both heads: the mean of their losses). The CI-sized
+    set runs torch here (the other backends are slow-marked): test_keras.py and test_mindspore.py train family
+    models in their own backends."""
     backend = primary_backend
     cfg = get_preset("digits").replace(name=f"digits_{options}", **FAMILY_TRAIN[options])
     tr, te = digits()

@@ -371,3 +371,23 @@ def test_preset_contradicting_the_file_is_told(tmp_path):
     assert "LayerScale: preset has none, file has ls1/ls2 gammas" in told
     assert "prefix tokens with a position row: preset 1, file 0" in told and "depth: preset 12, file 2" in told
     assert err <= bound
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin", ".safetensors"])
+def test_timm_export_writes_what_its_suffix_says(suffix, tmp_path):
+    """`convert X out.pth --to timm` wrote safetensors bytes under a .pth name, which torch.load refuses: a torch
+    suffix now gets torch.save (read back with weights_only=True), any other a safetensors state dict."""
+    from shared.convert import export_timm
+    from shared.convert.io import write_any
+    from shared.init import init_weights
+    from shared.presets import get_preset
+    from shared.weights import read_tensors
+
+    cfg = get_preset("tiny_deit3")
+    state = init_weights(cfg)
+    dst = tmp_path / f"w{suffix}"
+    write_any(str(dst), "timm", cfg, state)
+    want = export_timm(cfg, state)
+    got = (read_tensors(dst)[0] if suffix == ".safetensors"
+           else {k: v.numpy() for k, v in torch.load(dst, weights_only=True).items()})
+    assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)

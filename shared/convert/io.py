@@ -122,17 +122,23 @@ def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tu
 def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> None:
     """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically; an existing `dst` is replaced
     only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost).
-    timm: a `dst` with a suffix is a state dict (safetensors), one without is a timm hub directory."""
+    timm: a `dst` without a suffix is a timm hub directory; `.pt`/`.pth`/`.bin` a torch state dict (torch.save, what
+    `torch.load(weights_only=True)` reads), any other suffix a safetensors state dict."""
     if fmt == "canonical":
         W.save(dst, cfg, state, overwrite=overwrite)
     elif fmt == "timm" and not Path(dst).suffix:
         save_timm_hub_dir(dst, cfg, state, overwrite=overwrite)
     elif fmt == "timm":
-        from safetensors.numpy import save_file
+        timm_state = {k: np.ascontiguousarray(v) for k, v in export_timm(cfg, state).items()}
+        if Path(dst).suffix.lower() in (".pt", ".pth", ".bin"):
+            import torch
 
-        timm_state = export_timm(cfg, state)
-        W.atomic_write(dst, lambda t: save_file({k: np.ascontiguousarray(v) for k, v in timm_state.items()}, t),
-                       overwrite=overwrite)
+            tensors = {k: torch.from_numpy(v) for k, v in timm_state.items()}
+            W.atomic_write(dst, lambda t: torch.save(tensors, t), overwrite=overwrite)
+        else:
+            from safetensors.numpy import save_file
+
+            W.atomic_write(dst, lambda t: save_file(timm_state, t), overwrite=overwrite)
     elif fmt == "hf":
         save_hf_dir(dst, cfg, state, overwrite=overwrite)
     elif fmt == "torchvision":

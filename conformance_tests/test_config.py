@@ -58,6 +58,7 @@ def test_seed_presets_pin_their_numerics():
     (dict(pos_embed="sincos1d", pos_grid=(7, 7)), "pos_grid only applies"),
     (dict(output_softmax=True, num_classes=0), "needs a classifier"),
     (dict(dropout=1.0), "dropout"),
+    (dict(swiglu=True, class_token="none", pool="map"), "pool='map' with a SwiGLU MLP"),
 ])
 def test_invalid_configs_are_refused_clearly(changes, message):
     with pytest.raises(ConfigError, match=message):

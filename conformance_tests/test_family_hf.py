@@ -1,7 +1,7 @@
 """Hugging Face's ViT family against transformers itself: ViT, DeiT (with teacher, classifier only, features with the
-pooler), DINOv2, DINOv2 with registers, ViTMAE and ViTMAE's pre-training checkpoint, each made by transformers (random
-init, then every parameter shaken so each one matters; tiny; no download) and saved with `save_pretrained`, as its
-users save it.
+pooler), DINOv2, DINOv2-giant's SwiGLU MLP, DINOv2 with registers, ViTMAE and ViTMAE's pre-training checkpoint, each
+made by transformers (random init, then every parameter shaken so each one matters; tiny; no download) and saved
+with `save_pretrained`, as its users save it.
 
 Per family:
   * the Python API (load_hf_dir) and the CLI (`vit-suite convert DIR out.safetensors`) give one canonical file, whose
@@ -67,6 +67,9 @@ FAMILIES = {
     "dinov2_registers": ("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig",
                          dict(_DINO, num_register_tokens=3, hidden_act="quick_gelu"),
                          dict(reg_tokens=3, pos_prefix_tokens=1, gelu="quick", resize_kernel="bicubic_antialias")),
+    # DINOv2-giant's SwiGLU MLP: int(32 * 4) = 128 -> (int(128 * 2 / 3) + 7) // 8 * 8 = 88 hidden channels
+    "dinov2_swiglu": ("Dinov2Model", "Dinov2Config", dict(_DINO, mlp_ratio=4, use_swiglu_ffn=True),
+                      dict(swiglu=True, mlp_dim=88, init_values=1.0)),
     "vit_mae": ("ViTMAEModel", "ViTMAEConfig", dict(_VIT, image_size=28, patch_size=7),
                 dict(num_classes=0, representation_size=None)),
     "vit_mae_pretraining": ("ViTMAEForPreTraining", "ViTMAEConfig",

@@ -34,7 +34,12 @@ def test_family_preset_is_timms_architecture(name):
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == expected_shapes(cfg)
     blk = m.blocks[0]
     assert tuple(m.patch_embed.img_size) == cfg.image_size
-    assert _gelu_form(blk.mlp.act) == cfg.gelu
+    if cfg.swiglu:  # timm SwiGLUPacked: a GluMlp with SiLU, the gate in fc1's first half
+        assert type(blk.mlp).__name__ == "GluMlp" and isinstance(blk.mlp.act, torch.nn.SiLU)
+        assert blk.mlp.gate_last is False
+    else:
+        assert type(blk.mlp).__name__ == "Mlp"
+        assert _gelu_form(blk.mlp.act) == cfg.gelu
     assert blk.norm1.eps == cfg.layer_norm_eps and m.norm.eps == cfg.layer_norm_eps
     assert m.num_prefix_tokens == cfg.num_prefix_tokens
     assert m.no_embed_class == (cfg.num_pos_prefix == 0 and cfg.num_prefix_tokens > 0)

@@ -39,7 +39,7 @@ from shared.convert.formats import detect_format  # noqa: E402
 from shared.convert.io import read_any  # noqa: E402
 from shared.convert.sources import source_output  # noqa: E402
 from shared.convert.timm import TIMM_ARCHITECTURES, timm_architecture, timm_model_kwargs  # noqa: E402
-from shared.errors import EXIT_OK, EXIT_USAGE, ConversionWarning  # noqa: E402
+from shared.errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, ConversionWarning  # noqa: E402
 from shared.testing import FAMILY_TINY  # noqa: E402
 from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
 
@@ -48,7 +48,7 @@ torch.set_num_threads(2)
 #: the family's architectures (timm names = vit-suite preset names)
 FAMILY = ["deit_small_distilled_patch16_224", "deit3_small_patch16_224", "vit_small_patch14_dinov2",
           "vit_small_patch14_reg4_dinov2", "vit_base_patch16_clip_224", "vit_base_patch16_clip_quickgelu_224",
-          "vit_base_patch16_siglip_224", "vit_medium_patch16_gap_256"]
+          "vit_base_patch16_siglip_224", "vit_medium_patch16_gap_256", "vit_giant_patch14_dinov2"]
 SMALL = dict(depth=2, embed_dim=96, num_classes=5)
 FORMS = ["safetensors", "pth", "hub"]
 
@@ -248,11 +248,12 @@ def test_check_on_every_backend_and_against_timm(arch, form, tmp_path):
 
 
 # ---------------------------------------------------------------------- no silent guesses, against timm
-def _refused(args: list[str], capsys, *questions: str) -> str:
+def _refused(args: list[str], capsys, *questions: str, code: int = EXIT_USAGE) -> str:
+    """A question left open is exit 2 (usage); a statement the file contradicts is a conversion error (exit 4, EXIT_MISMATCH)."""
     dst = args[2]
-    code = main(args)
+    got = main(args)
     err = " ".join(capsys.readouterr().err.split())
-    assert code == EXIT_USAGE, err
+    assert got == code, err
     for q in questions:
         assert q in err, f"{q!r} not in: {err}"
     assert not os.path.exists(dst)
@@ -355,6 +356,29 @@ def test_gelu_form_is_asked_for(tmp_path, capsys):
                                                "'erf'\\)"):
         assert _import_error(src, x, want, tmp_path, "--preset", "vit_base_patch16_clip_224", "--image-size",
                              "32x32", "--gelu", "quick", name="override")[0] <= bound
+
+
+def test_gated_mlp_activation_is_asked_for(tmp_path, capsys):
+    """DINOv2-giant's packed SwiGLU MLP (fc1 has twice fc2's input rows): the keys show the gate, not its
+    activation, so it is asked for (--mlp swiglu) when no preset or config.json states it; --mlp swiglu is exact
+    against timm. A statement the keys contradict (--mlp gelu here, --mlp swiglu on a plain ViT) is refused."""
+    m = _timm_model("vit_giant_patch14_dinov2", img_size=28)
+    src = _save(m, tmp_path, "safetensors")
+    x = _images((28, 28))
+    want = _run(m, x)
+    stated = ["--num-heads", "24", "--layer-norm-eps", "1e-6", "--pool", "token", "--image-size", "28x28"]
+    err = _refused(["convert", str(src), str(tmp_path / "no.safetensors"), *stated], capsys,
+                   "the gated MLP's activation", "512 rows, twice fc2's 256 inputs", "--mlp swiglu")
+    assert "GELU form" not in err  # a SwiGLU block has no GELU: that question is not asked
+    err, bound = _import_error(src, x, want, tmp_path, *stated, "--mlp", "swiglu", name="swiglu")
+    assert err <= bound
+    _refused(["convert", str(src), str(tmp_path / "no.safetensors"), *stated, "--mlp", "gelu"], capsys,
+             "--mlp says a GELU MLP, which contradicts the file", "a packed gated MLP", code=EXIT_MISMATCH)
+    (tmp_path / "plain").mkdir()
+    plain = _save(_timm_model("vit_base_patch16_224", img_size=32), tmp_path / "plain", "safetensors")
+    _refused(["convert", str(plain), str(tmp_path / "no.safetensors"), "--preset", "vit_base_patch16_224",
+              "--image-size", "32x32", "--mlp", "swiglu"], capsys,
+             "--mlp says a SwiGLU MLP, which contradicts the file", "a plain MLP", code=EXIT_MISMATCH)
 
 
 def test_preset_contradicting_the_file_is_told(tmp_path):

@@ -647,10 +647,12 @@ def test_hf_dinov2_layer_scale_mlp_ratio_mask_token_and_defaults():
     with pytest.raises(MismatchError, match=r"mlp_ratio: config.json 2 gives int\(32 \* 2\) = 64 MLP channels, "
                                             r"weights 96"):
         import_hf(hf, {**conf, "mlp_ratio": 2})
-    with pytest.raises(ConversionError, match="use_swiglu_ffn=True"):
+    # config.json and the MLP's keys must agree on SwiGLU (use_swiglu_ffn: weights_in / weights_out)
+    with pytest.raises(MismatchError, match="missing key 'encoder.layer.0.mlp.weights_out.weight'"):
         import_hf(hf, {**conf, "use_swiglu_ffn": True})
     swiglu = {k.replace("mlp.fc1", "mlp.weights_in"): v for k, v in hf.items()}
-    with pytest.raises(ConversionError, match="'encoder.layer.0.mlp.weights_in.bias' is a SwiGLU MLP"):
+    with pytest.raises(ConversionError, match="'encoder.layer.0.mlp.weights_in.bias' is a SwiGLU MLP, but config.json "
+                                              "says use_swiglu_ffn=false"):
         import_hf(swiglu, conf)
 
 

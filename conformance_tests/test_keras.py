@@ -241,7 +241,7 @@ def test_family_optimiser_step_decays_what_decay_mask_says(kind):
 
 
 def test_family_models_train(tmp_path):
-    """keras.Model.fit on a distilled model with registers, LayerScale and qk-norm (two heads: the loss is the mean
+    """keras.Model.fit on a distilled model with registers, LayerScale, qk-norm and a SwiGLU MLP (two heads: the loss is the mean
     of their losses, the accuracy metric reads their mean) and on a MAP-pooled CLIP-style one: a few steps lower
     the float64 reference training loss, and the canonical checkpoint is what `train` returned."""
     from shared import weights as W
@@ -252,7 +252,7 @@ def test_family_models_train(tmp_path):
     tr, te = D.load_digits_split((16, 16), 0)
     base = get_preset("digits").replace(depth=2)
     cfgs = [base.replace(name="digits_deit", dist_token=True, reg_tokens=2, pos_prefix_tokens=1, init_values=0.1,
-                         qk_norm=True),
+                         qk_norm=True, swiglu=True),
             base.replace(name="digits_map", class_token="none", pool="map", norm_pre=True, gelu="quick",
                          patch_bias=False)]
     tc = T.TrainConfig(steps=12, batch=32, lr=2e-3, warmup_steps=2, eval_every=0, seed=0)

@@ -188,7 +188,13 @@ def torch_forward(cfg, params, images):
         return F.gelu(h, approximate="none" if cfg.gelu == "erf" else "tanh")
 
     def mlp(h, pre):
-        return F.linear(act(F.linear(h, p[pre + "fc1.weight"], p[pre + "fc1.bias"])), p[pre + "fc2.weight"], p[pre + "fc2.bias"])
+        h = F.linear(h, p[pre + "fc1.weight"], p[pre + "fc1.bias"])
+        if cfg.swiglu and pre.startswith("blocks."):  # timm SwiGLUPacked: the gate is fc1's first half
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        else:
+            h = act(h)
+        return F.linear(h, p[pre + "fc2.weight"], p[pre + "fc2.bias"])
 
     for i in range(cfg.depth):
         pre = f"blocks.{i}."

@@ -151,10 +151,10 @@ def test_short_training_beats_chance(primary_backend, tmp_path):
 
 
 #: the digits model with the family's options: DeiT-style (distillation token and head, LayerScale, registers,
-#: a class token without a position row) and CLIP/SigLIP-style (norm_pre, QuickGELU, no patch bias, qk-norm,
+#: a class token without a position row, DINOv2-giant's SwiGLU MLP) and CLIP/SigLIP-style (norm_pre, QuickGELU, no patch bias, qk-norm,
 #: no class token, the attention-pool head)
 FAMILY_TRAIN = {
-    "deit_reg": dict(dist_token=True, init_values=0.1, reg_tokens=2, pos_prefix_tokens=0),
+    "deit_reg": dict(dist_token=True, init_values=0.1, reg_tokens=2, pos_prefix_tokens=0, swiglu=True),
     "clip_map": dict(norm_pre=True, gelu="quick", patch_bias=False, qk_norm=True, class_token="none", pool="map"),
 }
 

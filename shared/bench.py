@@ -25,7 +25,7 @@ def vit_flops(cfg: ViTConfig, image_size: tuple[int, int] | None = None) -> int:
         f += 2 * t * cfg.block_in_dim(i) * 3 * W  # qkv
         f += 2 * 2 * t * t * W  # q k^T and probs v, all heads
         f += 2 * t * W * W  # proj
-        f += 2 * 2 * t * W * M  # fc1, fc2
+        f += 2 * t * W * (cfg.fc1_dim + M)  # fc1 (packed gate and value for SwiGLU), fc2
     if cfg.representation_size:
         f += 2 * W * cfg.representation_size
     if cfg.num_classes:

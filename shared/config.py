@@ -60,7 +60,7 @@ _INT_BOUNDS["reg_tokens"] = (0, L.MAX_PREFIX_TOKENS)
 _OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH),
                    "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
-          "patch_bias", "qk_norm")
+          "patch_bias", "qk_norm", "swiglu")
 _STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes")
 _RATES = ("dropout", "attn_dropout", "drop_path")
 
@@ -115,7 +115,10 @@ class ViTConfig:
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
-    mlp_dim: int = 3072
+    mlp_dim: int = 3072  # the MLP's hidden width (fc2's input)
+    # SwiGLU MLP (timm SwiGLUPacked, DINOv2-giant): fc1 gives 2 * mlp_dim, silu(first half) * second half -> fc2.
+    # The block MLPs only; the GELU form then applies nowhere in the blocks.
+    swiglu: bool = False
     attn_dim: int | None = None  # None: same as embed_dim
     qkv_bias: bool = True
     qk_scale: float | None = None  # None: head_dim ** -0.5
@@ -198,6 +201,8 @@ class ViTConfig:
                  f"pos_prefix_tokens {self.pos_prefix_tokens} exceeds the {self.num_prefix_tokens} prefix tokens")
         if self.pool == "map":
             need(not self.representation_size, "pool='map' with a pre-logits layer is not a known layout")
+            need(not self.swiglu, "pool='map' with a SwiGLU MLP is not a known layout (timm's attention pool would "
+                                  "build a GELU MLP of the packed width)")
         need(self.pos_grid is None or self.pos_embed == "learned", "pos_grid only applies to a learned position table")
         if self.pos_embed == "sincos1d":
             need(self.embed_dim % 2 == 0, f"sincos1d needs an even embed_dim, got {self.embed_dim}")
@@ -252,6 +257,11 @@ class ViTConfig:
         return self.pos_grid if self.pos_grid is not None else self.grid
 
     @property
+    def fc1_dim(self) -> int:
+        """Rows of a block's mlp.fc1: the hidden width, twice it for SwiGLU (gate and value halves, packed)."""
+        return 2 * self.mlp_dim if self.swiglu else self.mlp_dim
+
+    @property
     def feature_dim(self) -> int:
         """Width of the `pre_logits` stage (input of the head)."""
         return self.representation_size if self.representation_size else self.width
@@ -274,7 +284,7 @@ class ViTConfig:
 
         def block(din: int) -> int:
             return (2 * din + 3 * W * din + (3 * W if self.qkv_bias else 0) + W * W + W + 2 * W
-                    + M * W + M + W * M + W + (4 * self.head_dim if self.qk_norm else 0)
+                    + self.fc1_dim * (W + 1) + W * M + W + (4 * self.head_dim if self.qk_norm else 0)
                     + (2 * W if self.init_values is not None else 0))
 
         n += block(D) + (self.depth - 1) * block(W)
@@ -356,6 +366,7 @@ class ViTConfig:
                  (self.qk_norm, "qk-norm (attn.q_norm, attn.k_norm)"),
                  (self.pool == "map", "the attention-pool head (pool='map', attn_pool)"),
                  (not self.patch_bias, "a patch projection without bias (patch_bias=False)"),
+                 (self.swiglu, "a SwiGLU MLP (swiglu: mlp.fc1 packs the gate and value halves)"),
                  (self.gelu == "quick", "QuickGELU (gelu='quick')")]
         return [name for on, name in named if on]
 
@@ -363,6 +374,7 @@ class ViTConfig:
         """The choices frameworks disagree on, for `inspect` and reports."""
         return {
             "gelu": self.gelu,
+            "swiglu": self.swiglu,
             "qk_norm": self.qk_norm,
             "layer_scale": self.init_values is not None,
             "patch_bias": self.patch_bias,

@@ -76,9 +76,12 @@ _FAMILY = [
     ("vit_small_patch14_dinov2", 14, 518, 384, 12, 6, 1536, 0, _DINOV2),
     ("vit_base_patch14_dinov2", 14, 518, 768, 12, 12, 3072, 0, _DINOV2),
     ("vit_large_patch14_dinov2", 14, 518, 1024, 24, 16, 4096, 0, _DINOV2),
+    ("vit_giant_patch14_dinov2", 14, 518, 1536, 40, 24, 4096, 0, dict(_DINOV2, swiglu=True)),
     ("vit_small_patch14_reg4_dinov2", 14, 518, 384, 12, 6, 1536, 0, dict(_DINOV2, reg_tokens=4, pos_prefix_tokens=0)),
     ("vit_base_patch14_reg4_dinov2", 14, 518, 768, 12, 12, 3072, 0, dict(_DINOV2, reg_tokens=4, pos_prefix_tokens=0)),
     ("vit_large_patch14_reg4_dinov2", 14, 518, 1024, 24, 16, 4096, 0, dict(_DINOV2, reg_tokens=4, pos_prefix_tokens=0)),
+    ("vit_giant_patch14_reg4_dinov2", 14, 518, 1536, 40, 24, 4096, 0,
+     dict(_DINOV2, reg_tokens=4, pos_prefix_tokens=0, swiglu=True)),
     ("vit_base_patch16_clip_224", 16, 224, 768, 12, 12, 3072, 1000, _CLIP),
     ("vit_base_patch32_clip_224", 32, 224, 768, 12, 12, 3072, 1000, _CLIP),
     ("vit_large_patch14_clip_224", 14, 224, 1024, 24, 16, 4096, 1000, _CLIP),
@@ -136,10 +139,10 @@ PRESETS["tiny_deit3"] = ViTConfig(
           "patch tokens then fc_norm")
 PRESETS["tiny_dinov2_reg"] = ViTConfig(
     name="tiny_dinov2_reg", image_size=(28, 42), in_chans=3, patch_size=7, embed_dim=32, depth=2, num_heads=2,
-    mlp_dim=64, reg_tokens=3, pos_prefix_tokens=1, init_values=1e-5, qk_norm=True, gelu="erf", layer_norm_eps=1e-6,
-    resize_kernel="bicubic", num_classes=0,
+    mlp_dim=64, reg_tokens=3, pos_prefix_tokens=1, init_values=1e-5, qk_norm=True, swiglu=True, gelu="erf",
+    layer_norm_eps=1e-6, resize_kernel="bicubic", num_classes=0,
     notes="DINOv2 with registers as HF stores it (the class token has a position row, the 3 registers none), "
-          "LayerScale, qk-norm, patch 7, features only")
+          "LayerScale, qk-norm, SwiGLU MLP (DINOv2-giant), patch 7, features only")
 PRESETS["tiny_clip"] = ViTConfig(
     name="tiny_clip", image_size=(32, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64,
     norm_pre=True, patch_bias=False, gelu="quick", layer_norm_eps=1e-5, num_classes=16,

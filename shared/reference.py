@@ -93,6 +93,11 @@ class _Numerics:
             y = 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x.astype(np.float64) ** 3)))
         return self.r(y)
 
+    def swiglu(self, x):
+        """silu(first half) * second half of the last axis (timm SwiGLUPacked: the gate first), rounded once."""
+        a, b = np.split(x.astype(np.float64), 2, axis=-1)
+        return self.r(a / (1.0 + np.exp(-a)) * b)
+
     def softmax(self, s):
         return self.r(softmax(s))
 
@@ -126,14 +131,16 @@ def block(nm: _Numerics, cfg: ViTConfig, p: dict, i: int, x: np.ndarray, want_at
     # Widths differ only in a T2T-style first block: then there is no outer residual.
     x = nm.r(x + y) if cfg.block_in_dim(i) == cfg.width else y
     h = nm.layer_norm(x, p[f"{pre}.norm2.weight"], p[f"{pre}.norm2.bias"], eps)
-    h = mlp(nm, cfg, p, f"{pre}.mlp", h)
+    h = mlp(nm, cfg, p, f"{pre}.mlp", h, gated=cfg.swiglu)
     if cfg.init_values is not None:
         h = nm.r(h * p[f"{pre}.ls2.gamma"])
     return nm.r(x + h), probs
 
 
-def mlp(nm: _Numerics, cfg: ViTConfig, p: dict, prefix: str, x: np.ndarray) -> np.ndarray:
-    h = nm.gelu(nm.linear(x, p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"]), cfg.gelu)
+def mlp(nm: _Numerics, cfg: ViTConfig, p: dict, prefix: str, x: np.ndarray, gated: bool = False) -> np.ndarray:
+    """fc1 -> GELU (cfg.gelu) -> fc2, or with `gated` (cfg.swiglu, block MLPs only) fc1 -> SwiGLU -> fc2."""
+    h = nm.linear(x, p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"])
+    h = nm.swiglu(h) if gated else nm.gelu(h, cfg.gelu)
     return nm.linear(h, p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
 
 
@@ -166,7 +173,7 @@ def forward_bytes(cfg: ViTConfig, batch: int) -> int:
     """Working memory of one float64 forward over `batch` images (the largest of the suite's forwards): every kept
     stage, q/k/v, two score tensors and the MLP's hidden activations. Commands refuse a batch or image size whose
     estimate exceeds shared.limits.MAX_FORWARD_BYTES before anything is allocated."""
-    t, w, m, h = cfg.num_tokens, max(cfg.embed_dim, cfg.width), cfg.mlp_dim, cfg.num_heads
+    t, w, m, h = cfg.num_tokens, max(cfg.embed_dim, cfg.width), cfg.fc1_dim, cfg.num_heads
     per_image = 8 * ((cfg.depth + 3) * t * w + 3 * t * w + 2 * h * t * t + 2 * t * m)
     return batch * per_image
 

@@ -14,6 +14,7 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
   blocks.{i}.ls1.gamma (W,)                 if init_values (LayerScale)
   blocks.{i}.norm2.{weight,bias} (W,)
   blocks.{i}.mlp.fc1.{weight (M, W), bias (M,)}, blocks.{i}.mlp.fc2.{weight (W, M), bias (W,)}
+                                            fc1 is (2M, W), (2M,) if swiglu: rows [gate; value], timm SwiGLUPacked
   blocks.{i}.ls2.gamma (W,)                 if init_values
   norm.{weight,bias} (W,)                   if final_norm
   attn_pool.latent (1, 1, W), attn_pool.q (W, W), attn_pool.kv (2W, W), attn_pool.proj (W, W) (weights and
@@ -74,7 +75,7 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         if cfg.init_values is not None:
             s[f"{b}.ls1.gamma"] = (W,)
         s[f"{b}.norm2.weight"] = s[f"{b}.norm2.bias"] = (W,)
-        s[f"{b}.mlp.fc1.weight"], s[f"{b}.mlp.fc1.bias"] = (M, W), (M,)
+        s[f"{b}.mlp.fc1.weight"], s[f"{b}.mlp.fc1.bias"] = (cfg.fc1_dim, W), (cfg.fc1_dim,)
         s[f"{b}.mlp.fc2.weight"], s[f"{b}.mlp.fc2.bias"] = (W, M), (W,)
         if cfg.init_values is not None:
             s[f"{b}.ls2.gamma"] = (W,)

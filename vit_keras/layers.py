@@ -58,6 +58,13 @@ def gelu_f32(x, kind: str, dtype):
     return ops.cast(y, dtype)
 
 
+def swiglu_f32(x, dtype):
+    """silu(gate) * value over the packed [gate; value] last axis (timm SwiGLUPacked), computed in float32,
+    rounded to `dtype`."""
+    gate, value = ops.split(_f32(x), 2, axis=-1)
+    return ops.cast(ops.silu(gate) * value, dtype)
+
+
 def _layer_norm(cfg: ViTConfig, name: str, dtype):
     # epsilon passed explicitly: Keras' default 1e-3 must never apply.
     return keras.layers.LayerNormalization(epsilon=cfg.layer_norm_eps, name=name, dtype=dtype)
@@ -217,14 +224,16 @@ class Mlp(_CfgLayer):
     """fc1 -> GELU (form from cfg.gelu, computed in float32) -> dropout -> fc2 -> dropout.
 
     `dropout`: None for cfg.dropout (a block's MLP); the attention pool's MLP passes 0.0 (timm's
-    AttentionPoolLatent has no dropout)."""
+    AttentionPoolLatent has no dropout). `gated` (cfg.swiglu, a block's MLP): fc1 has 2 * mlp_dim units and
+    SwiGLU replaces the GELU."""
 
-    def __init__(self, config, dropout: float | None = None, **kwargs):
+    def __init__(self, config, dropout: float | None = None, gated: bool = False, **kwargs):
         super().__init__(config, **kwargs)
         c = self.cfg
         self.dropout = None if dropout is None else float(dropout)
         self.rate = c.dropout if dropout is None else float(dropout)
-        self.fc1 = _dense(c.mlp_dim, "fc1", self.dtype_policy)
+        self.gated = bool(gated)
+        self.fc1 = _dense(2 * c.mlp_dim if self.gated else c.mlp_dim, "fc1", self.dtype_policy)
         self.fc2 = _dense(c.width, "fc2", self.dtype_policy)
         self.drop1 = keras.layers.Dropout(self.rate, name="drop1", dtype=self.dtype_policy)
         self.drop2 = keras.layers.Dropout(self.rate, name="drop2", dtype=self.dtype_policy)
@@ -236,7 +245,7 @@ class Mlp(_CfgLayer):
 
     def call(self, x, training=False):
         c = self.cfg
-        h = gelu_f32(self.fc1(x), c.gelu, self.compute_dtype)
+        h = swiglu_f32(self.fc1(x), self.compute_dtype) if self.gated else gelu_f32(self.fc1(x), c.gelu, self.compute_dtype)
         if training and self.rate > 0:
             h = self.drop1(h, training=training)
         h = self.fc2(h)
@@ -246,7 +255,7 @@ class Mlp(_CfgLayer):
 
     def get_config(self):
         base = super().get_config()
-        base.update({"dropout": self.dropout})
+        base.update({"dropout": self.dropout, "gated": self.gated})
         return base
 
 
@@ -285,7 +294,7 @@ class Block(_CfgLayer):
         self.norm1 = _layer_norm(c, "norm1", self.dtype_policy)
         self.attn = Attention(c.to_dict(), self.in_dim, name="attn", dtype=self.dtype_policy)
         self.norm2 = _layer_norm(c, "norm2", self.dtype_policy)
-        self.mlp = Mlp(c.to_dict(), name="mlp", dtype=self.dtype_policy)
+        self.mlp = Mlp(c.to_dict(), gated=c.swiglu, name="mlp", dtype=self.dtype_policy)
         scaled = c.init_values is not None
         self.ls1 = LayerScale(c.width, name="ls1", dtype=self.dtype_policy) if scaled else None
         self.ls2 = LayerScale(c.width, name="ls2", dtype=self.dtype_policy) if scaled else None

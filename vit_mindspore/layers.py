@@ -135,6 +135,15 @@ class GELU(_Cell):
         return self.back(y)
 
 
+class SwiGLU(_Cell):
+    """silu(gate) * value over the packed [gate; value] last axis (timm SwiGLUPacked), in float32, rounded once.
+    silu is written x * sigmoid(x), like QuickGELU (the same Sigmoid kernel and its error)."""
+
+    def construct(self, x):
+        gate, value = ops.chunk(self.f32(x), 2, axis=-1)
+        return self.back(gate * ops.sigmoid(gate) * value)
+
+
 class Softmax(_Cell):
     """Softmax over the last axis, in float32, max-subtracted (logits of 1e4 stay finite).
 
@@ -324,13 +333,15 @@ class Attention(_Cell):
 class Mlp(_Cell):
     """fc1 -> GELU (form from cfg.gelu, computed in float32) -> dropout -> fc2 -> dropout.
 
-    dropout: the rate, cfg.dropout unless given (the attention pool's MLP has none, as timm's)."""
+    dropout: the rate, cfg.dropout unless given (the attention pool's MLP has none, as timm's). gated (cfg.swiglu,
+    a block's MLP): fc1 has 2 * mlp_dim outputs and SwiGLU replaces the GELU."""
 
-    def __init__(self, cfg: ViTConfig, dim: int, dtype=mstype.float32, dropout: float | None = None):
+    def __init__(self, cfg: ViTConfig, dim: int, dtype=mstype.float32, dropout: float | None = None,
+                 gated: bool = False):
         super().__init__(dtype)
         rate = cfg.dropout if dropout is None else dropout
-        self.fc1 = Linear(dim, cfg.mlp_dim, True, dtype)
-        self.act = GELU(cfg.gelu, dtype)
+        self.fc1 = Linear(dim, 2 * cfg.mlp_dim if gated else cfg.mlp_dim, True, dtype)
+        self.act = SwiGLU(dtype) if gated else GELU(cfg.gelu, dtype)
         self.drop1 = Dropout(rate)
         self.fc2 = Linear(cfg.mlp_dim, dim, True, dtype)
         self.drop2 = Dropout(rate)
@@ -373,7 +384,7 @@ class Block(_Cell):
         self.ls1 = LayerScale(cfg.width, dtype) if self.layer_scale else None
         self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
         self.norm2 = LayerNorm(cfg.width, eps, dtype)
-        self.mlp = Mlp(cfg, cfg.width, dtype)
+        self.mlp = Mlp(cfg, cfg.width, dtype, gated=cfg.swiglu)
         self.ls2 = LayerScale(cfg.width, dtype) if self.layer_scale else None
         self.drop_path2 = DropPath(self.drop_path_rate)
 

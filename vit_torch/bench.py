@@ -64,7 +64,8 @@ class PackedLinear(nn.Module):
 def make_fast(model: VisionTransformer) -> VisionTransformer:
     """Inference-only copy of `model` with prepacked oneDNN Linears and GELU fused into fc1."""
     fast = copy.deepcopy(model).eval()
-    gelu = {"erf": "none", "tanh": "tanh"}.get(model.config.gelu)  # oneDNN has no QuickGELU: it stays unfused
+    # oneDNN has no QuickGELU or SwiGLU: those stay unfused
+    gelu = None if model.config.swiglu else {"erf": "none", "tanh": "tanh"}.get(model.config.gelu)
     with torch.no_grad():
         for blk in fast.blocks:
             blk.attn.qkv = PackedLinear(blk.attn.qkv)

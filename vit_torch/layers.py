@@ -135,13 +135,23 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class Mlp(nn.Module):
-    """fc1 -> GELU (cfg.gelu) -> dropout -> fc2 -> dropout."""
+class SwiGLU(nn.Module):
+    """silu(gate) * value over fc1's packed output [gate; value] (timm SwiGLUPacked), computed in float32 and
+    rounded once, like the reference."""
 
-    def __init__(self, cfg: ViTConfig, dim: int):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = x.float().chunk(2, dim=-1)
+        return (F.silu(gate) * value).to(x.dtype)
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (cfg.gelu) -> dropout -> fc2 -> dropout; with `gated` (cfg.swiglu, the blocks' MLPs) fc1 has
+    2 * mlp_dim rows and SwiGLU replaces the GELU."""
+
+    def __init__(self, cfg: ViTConfig, dim: int, gated: bool = False):
         super().__init__()
-        self.fc1 = nn.Linear(dim, cfg.mlp_dim, bias=True)
-        self.act = gelu(cfg)
+        self.fc1 = nn.Linear(dim, 2 * cfg.mlp_dim if gated else cfg.mlp_dim, bias=True)
+        self.act = SwiGLU() if gated else gelu(cfg)
         self.drop1 = nn.Dropout(cfg.dropout)
         self.fc2 = nn.Linear(cfg.mlp_dim, dim, bias=True)
         self.drop2 = nn.Dropout(cfg.dropout)
@@ -169,7 +179,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(cfg.width, cfg.init_values) if scaled else nn.Identity()
         self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
         self.norm2 = layer_norm(cfg.width, cfg)
-        self.mlp = Mlp(cfg, cfg.width)
+        self.mlp = Mlp(cfg, cfg.width, gated=cfg.swiglu)
         self.ls2 = LayerScale(cfg.width, cfg.init_values) if scaled else nn.Identity()
         self.drop_path2 = DropPath(self.drop_path_rate)
 

@@ -28,7 +28,7 @@ def parse_grid(text: str | None) -> tuple[int, int] | None:
 
 def stated_facts(args) -> dict:
     """What the command line states about a file that cannot tell it (timm state dicts): import_timm's arguments."""
-    return dict(pool=args.pool, gelu=args.gelu, grid=parse_grid(args.grid), num_heads=args.num_heads,
+    return dict(pool=args.pool, gelu=args.gelu, mlp=args.mlp, grid=parse_grid(args.grid), num_heads=args.num_heads,
                 layer_norm_eps=args.layer_norm_eps)
 
 
@@ -88,6 +88,9 @@ def add_parser(sub) -> None:
     v.add_argument("--gelu", choices=["erf", "tanh", "quick"],
                    help="timm state dicts: the GELU form (erf: timm's nn.GELU; tanh: gelu_tanh; quick: CLIP's "
                         "x * sigmoid(1.702 x))")
+    v.add_argument("--mlp", choices=["swiglu", "gelu"],
+                   help="timm state dicts: what the MLP is, which a packed gated fc1 (twice fc2's input rows) cannot "
+                        "tell: 'swiglu' (SiLU gate, timm SwiGLUPacked, DINOv2-giant); 'gelu' for a plain MLP")
     v.add_argument("--grid", metavar="HxW",
                    help="timm state dicts: the position table's grid in patches (rows x columns), which a row count "
                         "cannot tell (256 rows: 16x16 or 8x32), nor whether the prefix tokens have rows")

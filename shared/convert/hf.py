@@ -32,8 +32,9 @@ config.json.
             a model with one positioned register and no distillation token is such a DeiT.
   dinov2    layer_scale{1,2}.lambda1 -> ls{1,2}.gamma (init_values = layerscale_value, the initial value only),
             norm1/norm2, mlp.fc1/fc2; the MLP width is int(hidden_size * mlp_ratio) (HF's Dinov2 never reads
-            intermediate_size); drop_path_rate -> drop_path. use_swiglu_ffn=True (the giant models) is refused:
-            SwiGLU is not a canonical MLP. Dinov2ForImageClassification classifies concat(class token, mean of
+            intermediate_size); drop_path_rate -> drop_path. use_swiglu_ffn=True (the giant models): swiglu, fc1 =
+            mlp.weights_in (rows [gate; value]; transformers >= 5 modules: gate_proj, up_proj), fc2 = weights_out /
+            down_proj, mlp_dim = (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8. Dinov2ForImageClassification classifies concat(class token, mean of
             the patch tokens), which is not a canonical head: refused by name (import the backbone:
             `Dinov2Model.from_pretrained(DIR).save_pretrained(OUT)`). The features are the final-norm class token
             (Dinov2Model's pooler_output).
@@ -121,6 +122,11 @@ _DINO_BLOCK = [*_wb("norm1", "norm1", "norm1"), *_wb("norm2", "norm2", "norm2"),
                *_wb("mlp.fc1", "mlp.fc1", "mlp.fc1"), *_wb("mlp.fc2", "mlp.fc2", "mlp.fc2"),
                ("ls1.gamma", "layer_scale1.lambda1", "layer_scale1.lambda1"),
                ("ls2.gamma", "layer_scale2.lambda1", "layer_scale2.lambda1")]
+# DINOv2's SwiGLU MLP (use_swiglu_ffn, the giant models): the file packs fc1 as weights_in, rows [gate; value] like
+# timm's SwiGLUPacked; transformers >= 5 modules split it in two (its conversion mapping chunks weights_in on dim 0).
+_SWIGLU_FC1 = {"file": ("mlp.weights_in",), "module": ("mlp.gate_proj", "mlp.up_proj")}
+_SWIGLU_BLOCK = (*[e for e in _DINO_BLOCK if not e[0].startswith("mlp.")],
+                 *_wb("mlp.fc2", "mlp.weights_out", "mlp.down_proj"))
 _QKV = {"file": ("attention.attention.query", "attention.attention.key", "attention.attention.value"),
         "module": ("attention.q_proj", "attention.k_proj", "attention.v_proj")}
 LAYOUTS = ("file", "module")
@@ -272,11 +278,12 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         hint = " (this looks like a timm checkpoint: use --from timm)" if "patch_embed.proj.weight" in st else ""
         raise ConversionError(f"{source}: not a Hugging Face {mt} state dict: no "
                               f"'[{fam.base_prefix}]embeddings.patch_embeddings.projection.weight'{hint}")
-    swiglu = sorted(k for k in st if re.search(r"\.mlp\.(weights_in|weights_out|gate_proj|up_proj|down_proj)\.", k))
-    if fam.dino and facts.as_bool("use_swiglu_ffn"):
-        raise ConversionError(f"{source}: use_swiglu_ffn=True (DINOv2 giant): a SwiGLU MLP is not a canonical MLP")
-    if swiglu:
-        raise ConversionError(f"{source}: {swiglu[0]!r} is a SwiGLU MLP (use_swiglu_ffn): not a canonical MLP")
+    gated_keys = sorted(k for k in st if re.search(r"\.mlp\.(weights_in|weights_out|gate_proj|up_proj|down_proj)\.", k))
+    swiglu = fam.dino and facts.as_bool("use_swiglu_ffn")
+    if gated_keys and not swiglu:
+        raise ConversionError(f"{source}: {gated_keys[0]!r} is a SwiGLU MLP, but config.json "
+                              + ("says use_swiglu_ffn=false" if fam.dino else f"is a {mt} model, which has none"))
+    block = _SWIGLU_BLOCK if swiglu else fam.block
     if "embeddings.mask_token" in st:
         st.pop("embeddings.mask_token")
         warnings.warn(f"{source}: dropped embeddings.mask_token: it is used only for masked-image-modeling inputs "
@@ -320,21 +327,22 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         first = ids[:10] + (["..."] if len(ids) > 10 else [])
         raise MismatchError(source, [f"encoder layers are not numbered 0..n-1: {len(ids)} layers, {first}"])
     li = LAYOUTS.index(layout)
-    fc1 = bp.format(i=0) + next(names[li] for c, *names in fam.block if c == "mlp.fc1.weight")
-    if fc1 not in st:
-        raise MismatchError(source, [f"missing key {fc1!r}"])
-    M = int(np.shape(st[fc1])[0])
+    fc2 = bp.format(i=0) + next(names[li] for c, *names in block if c == "mlp.fc2.weight")
+    if fc2 not in st:
+        raise MismatchError(source, [f"missing key {fc2!r}"])
+    M = int(np.shape(st[fc2])[-1])  # the hidden width: fc2's input
     file_vals = {"hidden_size": D, "num_channels": C, "patch_size": P, "num_hidden_layers": depth}
     if not dino:
         file_vals["intermediate_size"] = M
     clash = [f"{k}: config.json {hf_config[k]!r}, weights {v!r}" for k, v in file_vals.items()
              if hf_config.get(k) is not None and int(hf_config[k]) != v]
-    if dino:  # HF's Dinov2 sizes its MLP as int(hidden_size * mlp_ratio)
+    if dino:  # HF's Dinov2 sizes its MLP as int(hidden_size * mlp_ratio), then its SwiGLU takes 2/3 of that
         ratio = facts.as_real("mlp_ratio", 0.0, float(L.MAX_WIDTH), lo_open=True)
-        if int(D * ratio) != M:
+        if _dino_hidden(D, ratio, swiglu) != M:
             r = facts.get("mlp_ratio")
-            clash.append(f"mlp_ratio: config.json {r!r} gives int({D} * {r!r}) = {int(D * ratio)} MLP channels, "
-                         f"weights {M}")
+            formula = f"(int(int({D} * {r!r}) * 2 / 3) + 7) // 8 * 8" if swiglu else f"int({D} * {r!r})"
+            clash.append(f"mlp_ratio: config.json {r!r} gives {formula} = {_dino_hidden(D, ratio, swiglu)} "
+                         f"{'SwiGLU ' if swiglu else ''}MLP channels, weights {M}")
     if clash:
         raise MismatchError(source, ["config.json disagrees with the weights: " + c for c in clash])
     if D % H:
@@ -413,17 +421,21 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         take(hk, canon)
     for i in range(depth):
         b = bp.format(i=i)
-        for canon, *names in fam.block:
+        for canon, *names in block:
             take(b + names[li], f"blocks.{i}.{canon}")
-        for part in ("weight", "bias") if qkv_bias else ("weight",):
-            names = [f"{b}{n}.{part}" for n in _QKV[layout]]
-            absent = [n for n in names if n not in st]
-            if absent:
-                missing += absent
-                continue
-            out[f"blocks.{i}.attn.qkv.{part}"] = np.concatenate(
-                [to_float32(n, st[n], source) for n in names], axis=0)  # rows: q, k, v
-            used.update(names)
+        fused = [("attn.qkv", _QKV[layout], ("weight", "bias") if qkv_bias else ("weight",))]  # rows: q, k, v
+        if swiglu:
+            fused.append(("mlp.fc1", _SWIGLU_FC1[layout], ("weight", "bias")))  # rows: gate, value
+        for canon, parts, kinds in fused:
+            for part in kinds:
+                names = [f"{b}{n}.{part}" for n in parts]
+                absent = [n for n in names if n not in st]
+                if absent:
+                    missing += absent
+                    continue
+                out[f"blocks.{i}.{canon}.{part}"] = np.concatenate(
+                    [to_float32(n, st[n], source) for n in names], axis=0)
+                used.update(names)
     leftovers = sorted(set(st) - used)
     problems = [f"missing key {k!r}" for k in missing]
     problems += [f"unexpected key {k!r} (qkv_bias={qkv_bias} in config.json)" if "attention" in k
@@ -445,7 +457,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         cfg = ViTConfig(
             name=str(name_v or f"hf_{mt}").replace("/", "_") or f"hf_{mt}",
             image_size=img, in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M,
-            qkv_bias=qkv_bias, init_values=init_values, class_token="learned", dist_token=dist_token,
+            swiglu=swiglu, qkv_bias=qkv_bias, init_values=init_values, class_token="learned", dist_token=dist_token,
             reg_tokens=reg, pool="token", pos_embed="learned",
             pos_prefix_tokens=fam.pos_prefix if reg and mt == "dinov2_with_registers" else None,
             resize_kernel=fam.resize_kernel, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
@@ -531,8 +543,12 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
         if cfg.image_size[0] != cfg.image_size[1]:
             p.append(f"image_size {cfg.image_size}: {what} reshapes its position table as a square grid whenever "
                      f"height != width")
+        if cfg.swiglu and cfg.mlp_dim % 8:
+            p.append(f"a SwiGLU MLP of {cfg.mlp_dim} channels: {what} rounds its SwiGLU width to a multiple of 8")
     elif cfg.init_values is not None:
         p.append(f"init_values (LayerScale): {what} has none (dinov2 has)")
+    if cfg.swiglu and not fam.dino:
+        p.append(f"a SwiGLU MLP: {what}'s MLP is Linear-GELU-Linear (dinov2 has use_swiglu_ffn)")
     if not fam.pooler and cfg.representation_size:
         p.append(f"representation_size: {what} has no pooler (pre-logits layer)")
     if mt == "vit_mae" and cfg.num_classes:
@@ -550,6 +566,24 @@ def _mlp_ratio(D: int, M: int) -> float | int:
         if int(D * cand) == M:
             return int(cand) if float(cand).is_integer() else cand
     raise ConversionError(f"mlp_dim {M} with embed_dim {D}: no mlp_ratio gives int({D} * ratio) == {M}")
+
+
+def _dino_hidden(D: int, ratio: float, swiglu: bool) -> int:
+    """The MLP width HF's Dinov2 builds: int(D * mlp_ratio); its SwiGLU keeps 2/3 of it, rounded up to a multiple
+    of 8 (Dinov2SwiGLUFFN)."""
+    h = int(D * ratio)
+    return (int(h * 2 / 3) + 7) // 8 * 8 if swiglu else h
+
+
+def _dino_mlp_ratio(D: int, M: int, swiglu: bool) -> float | int:
+    """An mlp_ratio for which HF's Dinov2 builds M MLP channels (an integer ratio when one exists)."""
+    if not swiglu:
+        return _mlp_ratio(D, M)
+    widths = [h for h in range(max(1, (3 * (M - 8)) // 2), (3 * M) // 2 + 3) if _dino_hidden(h, 1, True) == M]
+    if not widths:
+        raise ConversionError(f"mlp_dim {M}: no mlp_ratio makes HF's Dinov2 build a SwiGLU of {M} channels")
+    h = next((h for h in widths if h % D == 0), widths[0])
+    return _mlp_ratio(D, h)
 
 
 def _variant(cfg: ViTConfig, mt: str) -> tuple[str, str]:
@@ -597,7 +631,7 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
         warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF {mt}'s "
                       f"interpolate_pos_encoding uses {fam.resize_kernel!r}: outputs at other image sizes will differ",
                       ConversionWarning, stacklevel=2)
-    D, W, M = cfg.embed_dim, cfg.width, cfg.mlp_dim
+    D, M = cfg.embed_dim, cfg.mlp_dim
     variant, arch = _variant(cfg, mt)
     pre = fam.base_prefix if variant != "model" else ""
     li = LAYOUTS.index(layout)
@@ -616,14 +650,17 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
         put(pre + hk, v)
     if fam.dino:  # HF's Dinov2 always holds a mask token; zeros are its own initial value
         put(pre + "embeddings.mask_token", np.zeros((1, D)))
+    fused = [("attn.qkv", _QKV[layout], ("weight", "bias") if cfg.qkv_bias else ("weight",))]
+    if cfg.swiglu:
+        fused.append(("mlp.fc1", _SWIGLU_FC1[layout], ("weight", "bias")))
     for i in range(cfg.depth):
         b = pre + fam.block_prefix[li].format(i=i)
-        for canon, *names in fam.block:
+        for canon, *names in (_SWIGLU_BLOCK if cfg.swiglu else fam.block):
             put(b + names[li], state[f"blocks.{i}.{canon}"])
-        for part in ("weight", "bias") if cfg.qkv_bias else ("weight",):
-            fused = np.asarray(state[f"blocks.{i}.attn.qkv.{part}"])
-            for j, n in enumerate(_QKV[layout]):
-                put(f"{b}{n}.{part}", fused[j * W:(j + 1) * W])
+        for canon, parts, kinds in fused:  # split a fused tensor's rows into HF's tensors, in order
+            for part in kinds:
+                for n, rows in zip(parts, np.split(np.asarray(state[f"blocks.{i}.{canon}.{part}"]), len(parts))):
+                    put(f"{b}{n}.{part}", rows)
     if cfg.num_classes:
         for canon, hk in _head_keys(variant).items():
             put(hk, state[canon])
@@ -637,8 +674,8 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
         "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
     }
     if fam.dino:
-        conf.update(mlp_ratio=_mlp_ratio(D, M), layerscale_value=cfg.init_values, drop_path_rate=cfg.drop_path,
-                    use_swiglu_ffn=False)
+        conf.update(mlp_ratio=_dino_mlp_ratio(D, M, cfg.swiglu), layerscale_value=cfg.init_values,
+                    drop_path_rate=cfg.drop_path, use_swiglu_ffn=cfg.swiglu)
         if mt == "dinov2":
             conf["use_mask_token"] = True
         else:

@@ -429,6 +429,8 @@ def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str
         p.append(f"qk_norm: HF {family} attention has no q/k norm")
     if cfg.init_values is not None:
         p.append(f"init_values={cfg.init_values} (LayerScale): HF {family} blocks have no ls1/ls2")
+    if cfg.swiglu:
+        p.append(f"a SwiGLU MLP: HF {family}'s MLP is Linear-GELU-Linear")
     if not cfg.qkv_bias:
         p.append("qkv_bias=False: HF q/k/v projections have biases")
     if cfg.fc_norm:

@@ -28,14 +28,15 @@ from .bigvision import load_bigvision_file
 from .torchvision import load_torchvision_file, save_torchvision_file
 from .timm import export_timm, load_timm_file, read_checkpoint, timm_form, timm_hub_config
 
-#: the formats whose importer takes stated facts (`read_any(..., pool=, gelu=, grid=, num_heads=, layer_norm_eps=)`)
+#: the formats whose importer takes stated facts (`read_any(..., pool=, gelu=, mlp=, grid=, num_heads=,
+#: layer_norm_eps=)`)
 STATED_FACT_FORMATS = ("timm", "torch")
 
 
 def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = None,
              image_size: tuple[int, int] | None = None, **stated) -> tuple[ViTConfig, dict]:
     """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
-    tell. `stated` (pool=, gelu=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
+    tell. `stated` (pool=, gelu=, mlp=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
     the questions a timm state dict leaves open; other formats refuse them (UsageError)."""
     fmt = fmt or detect_format(src)
     stated = {k: v for k, v in stated.items() if v is not None}

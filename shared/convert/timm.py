@@ -5,11 +5,13 @@ What a timm state dict determines, and so is read from it (the file wins over a 
   depth, mlp_dim, qkv_bias, the class token, a distillation token and `head_dist` (DeiT distilled), register tokens
   (their count from `reg_token`'s shape), LayerScale (`ls1.gamma`, `ls2.gamma`; old `gamma_1`/`gamma_2` are renamed
   as timm's own filter does), qk-norm (and with it num_heads: the norms' width is the head dim), `norm_pre`, the final
-  `norm` vs `fc_norm`, the attention-pool head (`attn_pool.*`), old pre-logits, num_classes (`head`, 0 without).
+  `norm` vs `fc_norm`, the attention-pool head (`attn_pool.*`), old pre-logits, num_classes (`head`, 0 without),
+  and whether the MLP is gated (fc1 with twice fc2's input rows: timm's packed GluMlp, DINOv2-giant's SwiGLUPacked).
   The pooling where the keys settle it: `attn_pool.*` -> 'map', a distillation token -> 'token', no class token ->
   'mean' (timm 'avg' over the patch tokens).
 What it cannot tell, and so must be stated:
-  num_heads, layer_norm_eps, the GELU form (erf, tanh, quick), class-token vs average pooling when there is a class
+  num_heads, layer_norm_eps, the GELU form (erf, tanh, quick), a gated MLP's activation (only SiLU, SwiGLU, is
+  supported: `mlp='swiglu'`, CLI --mlp swiglu), class-token vs average pooling when there is a class
   token and no attention pool, the grid of the position table and with it how many prefix tokens have a row (timm
   `no_embed_class`: a row per patch only), LayerScale's init value (it only initialises training: when nothing
   states it, DEFAULT_INIT_VALUES, said in a warning).
@@ -24,8 +26,8 @@ naming the question and the flag that answers it. A preset that contradicts the 
 a flag or config.json that contradicts the file is refused. The facts the file does not determine are recorded,
 with who stated each, in the imported config's `notes`.
 
-Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, gated
-MLPs (SwiGLU), hybrid CNN stems, relative position biases, separate q/k/v projections, an attention pool with its
+Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, unpacked
+gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, relative position biases, separate q/k/v projections, an attention pool with its
 own positions or qk-norm, pooling timm calls 'avgmax', 'max', 'prr' or '' (none).
 
 Export (`export_timm`; `shared.convert.io.save_timm_hub_dir` with `timm_hub_config`) writes what timm loads
@@ -76,6 +78,10 @@ TIMM_ARCHITECTURES = frozenset(n for n in PRESETS if n.startswith(("vit_", "deit
 #: is then given as kwargs / model_args; the base fixes the model class and the LayerNorm (eps) only
 _BASE_ARCHITECTURES = {(False, 1e-6): "vit_base_patch16_224", (False, 1e-5): "vit_base_patch16_clip_224",
                        (True, 1e-6): "deit_base_distilled_patch16_224"}
+#: a SwiGLU config's base (timm's SwiGLUPacked MLP with SiLU; eps 1e-6): the kwargs give every size and option
+_SWIGLU_ARCHITECTURE = "vit_giant_patch14_dinov2"
+#: what a timm MLP is: `mlp=` / --mlp, for a file whose fc1 is packed (gated) or not
+MLP_KINDS = ("swiglu", "gelu")
 #: Wrapper prefixes stripped when every key carries them (DDP, training wrappers, torch.compile, Lightning).
 STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "net.")
 
@@ -85,8 +91,8 @@ _UNSUPPORTED = [
      "the canonical patch embedding is a plain strided conv"),
     (r"\.attn\.norm\.", "a norm inside attention (scale_attn_norm=True)", "canonical attention has no inner norm"),
     (r"\.mlp\.norm\.", "a norm inside the MLP (scale_mlp_norm=True)", "the canonical MLP has no inner norm"),
-    (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.|\.mlp\.w3\.", "a gated MLP (SwiGLU, keys mlp.fc1_g / fc1_x / w12)",
-     "the canonical MLP is Linear-GELU-Linear"),
+    (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.|\.mlp\.w3\.", "an unpacked gated MLP (timm SwiGLU, keys mlp.fc1_g / "
+     "fc1_x / w12)", "the canonical gated MLP is timm's SwiGLUPacked (one fc1 holding [gate; value])"),
     (r"^patch_embed\.backbone\.", "a hybrid CNN stem (patch_embed.backbone)", "canonical patches come from one conv"),
     (r"relative_position|rel_pos", "relative position biases", "the canonical model has absolute positions only"),
     (r"\.attn\.[qv]_bias$", "separate q/v biases (BEiT style)", "canonical attention has one fused qkv bias"),
@@ -191,8 +197,10 @@ def _pos_rows_rule(p: ViTConfig) -> str | None:
 
 def _preset_facts(p: ViTConfig) -> dict[str, Any]:
     """What a preset states about a timm file's unknowns (its sizes are checked against the file separately)."""
-    facts = dict(num_heads=p.num_heads, layer_norm_eps=p.layer_norm_eps, gelu=p.gelu, pool=p.pool,
+    facts = dict(num_heads=p.num_heads, layer_norm_eps=p.layer_norm_eps, pool=p.pool,
                  image_size=tuple(p.image_size), name=p.name, pos_rows=_pos_rows_rule(p))
+    # a SwiGLU preset states the gated MLP's activation and no GELU form (its blocks have none)
+    facts.update(mlp="swiglu") if p.swiglu else facts.update(mlp="gelu", gelu=p.gelu)
     if p.init_values is not None:
         facts["init_values"] = p.init_values
     return facts
@@ -237,10 +245,14 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
     if act is not None:
         if not isinstance(act, str):
             raise ConfigError(f"{where}: 'act_layer' must be a string, got {shown(act)}")
-        if act not in GELU_OF_ACT:
-            raise ConversionError(f"{source}: act_layer {act!r} is not a GELU the canonical model supports "
-                                  f"({', '.join(GELU_OF_ACT)})")
-        facts["gelu"] = GELU_OF_ACT[act]
+        if act == "silu":  # timm's SwiGLUPacked blocks (DINOv2-giant): the gated MLP's activation
+            facts.pop("gelu", None)
+            facts["mlp"] = "swiglu"
+        elif act not in GELU_OF_ACT:
+            raise ConversionError(f"{source}: act_layer {act!r} is not an activation the canonical model supports "
+                                  f"({', '.join(GELU_OF_ACT)}, or 'silu' for a SwiGLU MLP)")
+        else:
+            facts.update(gelu=GELU_OF_ACT[act], mlp="gelu")
     gp = merged.get("global_pool")
     if gp is not None:
         if not isinstance(gp, str):
@@ -352,11 +364,12 @@ class _Stated:
 def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = None,
                 timm_config: Mapping[str, Any] | None = None, image_size=None, grid=None, pool: str | None = None,
                 gelu: str | None = None, num_heads: int | None = None, layer_norm_eps: float | None = None,
-                source: str = "<file>") -> tuple[ViTConfig, dict[str, np.ndarray]]:
+                mlp: str | None = None, source: str = "<file>") -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """A timm VisionTransformer state dict (NumPy arrays) -> (ViTConfig, canonical float32 state).
 
     preset / timm_config / the explicit facts (pool: timm's name 'token' | 'avg' | 'map'; gelu: 'erf' | 'tanh' |
-    'quick'; grid: the position table's (rows, columns) in patches; num_heads; layer_norm_eps) state what the file
+    'quick'; mlp: 'swiglu' | 'gelu', the activation of a packed gated MLP; grid: the position table's (rows,
+    columns) in patches; num_heads; layer_norm_eps) state what the file
     cannot tell (see the module docstring). image_size=(H, W): the input size to convert for; when it fits the
     table's row count it also states the table's grid, otherwise the table is resampled from its grid to this one
     with the preset's kernel, timm's (bicubic_antialias) without one (shared.posemb.resample_pos_embed).
@@ -373,6 +386,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise ConversionError(f"{source}: pool {pool!r}: expected one of {', '.join(POOL_OF_TIMM)} (timm's names)")
     if gelu is not None and gelu not in TIMM_ACT:
         raise ConversionError(f"{source}: gelu {gelu!r}: expected one of {', '.join(TIMM_ACT)}")
+    if mlp is not None and mlp not in MLP_KINDS:
+        raise ConversionError(f"{source}: mlp {mlp!r}: expected one of {', '.join(MLP_KINDS)}")
 
     # ---- what the file determines
     pw = np.shape(st["patch_embed.proj.weight"])
@@ -387,9 +402,13 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise MismatchError(source, [f"blocks are not numbered 0..{depth - 1}: {block_ids}"])
     try:
         qkv_shape = np.shape(st["blocks.0.attn.qkv.weight"])
-        mlp_dim = int(np.shape(st["blocks.0.mlp.fc1.weight"])[0])
+        fc1_rows = int(np.shape(st["blocks.0.mlp.fc1.weight"])[0])
+        fc2_cols = int(np.shape(st["blocks.0.mlp.fc2.weight"])[-1])
     except KeyError as e:
         raise MismatchError(source, [f"missing key {e.args[0]!r}"]) from None
+    # a packed gated MLP (timm GluMlp: fc1 gives [gate; value], fc2 reads one half) has twice fc2's input rows
+    gated = fc1_rows == 2 * fc2_cols
+    mlp_dim = fc2_cols if gated else fc1_rows
     if qkv_shape != (3 * D, D):
         raise ConversionError(f"{source}: blocks.0.attn.qkv.weight has shape {qkv_shape}, expected {(3 * D, D)}: "
                               f"an attention width different from embed_dim is not a timm VisionTransformer")
@@ -422,7 +441,7 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     p_cfg = _resolve_preset(preset)
     if layer_norm_eps is not None and not (is_real(layer_norm_eps) and 0 < layer_norm_eps < 1):
         raise ConversionError(f"{source}: layer_norm_eps {layer_norm_eps!r}: expected a number in (0, 1)")
-    flags = {k: v for k, v in dict(num_heads=num_heads, gelu=gelu, layer_norm_eps=layer_norm_eps,
+    flags = {k: v for k, v in dict(num_heads=num_heads, gelu=gelu, layer_norm_eps=layer_norm_eps, mlp=mlp,
                                    pool=POOL_OF_TIMM.get(pool) if pool else None).items() if v is not None}
     p_facts = _preset_facts(p_cfg) if p_cfg is not None else {}
     tc_facts = _facts_from_timm_config(timm_config, source) if timm_config else {}
@@ -452,10 +471,25 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     if eps is None:
         questions.append("layer_norm_eps (--layer-norm-eps EPS, or --preset NAME with the model's numerics, e.g. "
                          "--preset vit_base_patch16_224, or timm's config.json naming a known architecture)")
-    act = known.get("gelu")
-    if act is None:
-        questions.append("the GELU form: erf, tanh or quick (x * sigmoid(1.702 x), CLIP) (--gelu erf|tanh|quick, "
-                         "or --preset NAME, or config.json model_args.act_layer)")
+    # the MLP: the file tells whether it is gated; a gated MLP's activation, or else the GELU form, is stated
+    for who, v in (("--mlp", flags.get("mlp")), ("config.json", tc_facts.get("mlp"))):
+        if v is not None and (v == "swiglu") != gated:
+            raise ConversionError(
+                f"{source}: {who} says a {'SwiGLU' if v == 'swiglu' else 'GELU'} MLP, which contradicts the file: "
+                f"blocks.0.mlp.fc1 has {fc1_rows} rows for fc2's {fc2_cols} inputs (" +
+                ("a packed gated MLP)" if gated else "a plain MLP)"))
+    if gated:
+        if known.get("mlp") != "swiglu":
+            questions.append(f"the gated MLP's activation: blocks.0.mlp.fc1 has {fc1_rows} rows, twice fc2's "
+                             f"{fc2_cols} inputs (a packed gated MLP, timm GluMlp), and only SiLU (SwiGLU, "
+                             f"DINOv2-giant) is supported (--mlp swiglu, or --preset NAME of a SwiGLU model, or "
+                             f"config.json act_layer 'silu')")
+        act = known.get("gelu") or "erf"  # the blocks have no GELU; the field keeps a valid value
+    else:
+        act = known.get("gelu")
+        if act is None:
+            questions.append("the GELU form: erf, tanh or quick (x * sigmoid(1.702 x), CLIP) (--gelu erf|tanh|quick, "
+                             "or --preset NAME, or config.json model_args.act_layer)")
 
     # pooling: the keys settle it (attn_pool, a distillation token, no class token), else it must be stated
     layout = "fc_norm" if fc_norm else "a final norm" if final_norm else "no norm"
@@ -545,6 +579,7 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     pos_prefix = None if npos == n0 else npos
     if p_cfg is not None:
         file_vals = dict(embed_dim=D, in_chans=C, patch_size=P, patch_bias=patch_bias, depth=depth, mlp_dim=mlp_dim,
+                         swiglu=gated,
                          qkv_bias=qkv_bias, qk_norm=qk_norm, class_token=class_token, dist_token=has_dist,
                          reg_tokens=reg_tokens, pos_embed="learned" if has_pos else "none", norm_pre=norm_pre,
                          final_norm=final_norm, fc_norm=fc_norm, representation_size=rep, num_classes=num_classes)
@@ -572,14 +607,15 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     if p_cfg is not None:
         extra = dict(dropout=p_cfg.dropout, attn_dropout=p_cfg.attn_dropout, drop_path=p_cfg.drop_path)
     said = {"num_heads": "the file (qk-norm width)" if file_heads is not None else known.used.get("num_heads"),
-            "layer_norm_eps": known.used.get("layer_norm_eps"), "gelu": known.used.get("gelu"), "pool": pool_by,
+            "layer_norm_eps": known.used.get("layer_norm_eps"), "gelu": known.used.get("gelu"),
+            "mlp": known.used.get("mlp") if gated else None, "pool": pool_by,
             "grid": grid_by, "init_values": known.used.get("init_values")}
     told = ", ".join(f"{k} from {v}" for k, v in said.items() if v)
     try:
         cfg = ViTConfig(
             name=p_cfg.name if p_cfg is not None else tc_facts.get("name", "timm_import"), image_size=target,
             in_chans=C, patch_size=P, patch_bias=patch_bias, embed_dim=D, depth=depth, num_heads=H, mlp_dim=mlp_dim,
-            qkv_bias=qkv_bias, qk_norm=qk_norm, init_values=init_values, class_token=class_token,
+            swiglu=gated, qkv_bias=qkv_bias, qk_norm=qk_norm, init_values=init_values, class_token=class_token,
             dist_token=has_dist, reg_tokens=reg_tokens, pool=pool_c,
             pos_embed="learned" if has_pos else "none", pos_prefix_tokens=pos_prefix if has_pos else None,
             resize_kernel=kernel, gelu=act, layer_norm_eps=float(eps), norm_pre=norm_pre, final_norm=final_norm,
@@ -616,6 +652,8 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
     if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid and cfg.resize_kernel != TIMM_RESIZE_KERNEL:
         p.append(f"the table ({cfg.table_grid}) is resampled to the image grid {cfg.grid} with "
                  f"{cfg.resize_kernel!r}; timm resamples only with {TIMM_RESIZE_KERNEL}")
+    if cfg.swiglu and cfg.dist_token:
+        p.append("a SwiGLU MLP with a distillation token: timm's VisionTransformerDistilled has no SwiGLU architecture")
     if cfg.dist_token and cfg.reg_tokens:
         p.append("a distillation token with register tokens: timm's VisionTransformerDistilled has no registers")
     if cfg.patch_bias == cfg.norm_pre:
@@ -667,8 +705,11 @@ def timm_architecture(cfg: ViTConfig) -> str:
     name when that is a timm one (the family presets carry timm's names), else a base whose model class
     (VisionTransformer, or deit's VisionTransformerDistilled for a distillation token) and LayerNorm (eps 1e-6, or
     CLIP's 1e-5) fit; the kwargs give every size and option."""
-    if cfg.name in TIMM_ARCHITECTURES and PRESETS[cfg.name].dist_token == cfg.dist_token:
+    if cfg.name in TIMM_ARCHITECTURES and (PRESETS[cfg.name].dist_token, PRESETS[cfg.name].swiglu) == \
+            (cfg.dist_token, cfg.swiglu):
         return cfg.name
+    if cfg.swiglu:  # the model_args cannot name an MLP layer: the base architecture builds SwiGLUPacked
+        return _SWIGLU_ARCHITECTURE
     return _BASE_ARCHITECTURES.get((cfg.dist_token, cfg.layer_norm_eps),
                                    "deit_base_distilled_patch16_224" if cfg.dist_token else "vit_base_patch16_224")
 
@@ -681,7 +722,7 @@ def architecture_eps(arch: str) -> float:
 def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     """timm VisionTransformer arguments for every size and option of `cfg` (its timm form; JSON values only: no
     norm layer, no drop rates). Not checked for expressibility: see timm_model_kwargs."""
-    D, M = cfg.embed_dim, cfg.mlp_dim
+    D, M = cfg.embed_dim, cfg.fc1_dim  # timm's mlp_ratio sizes fc1: the packed width for SwiGLU
     ratio = M / D if int(D * (M / D)) == M else (M + 0.5) / D  # timm builds int(dim * mlp_ratio)
     gh, gw = cfg.table_grid if cfg.pos_embed == "learned" else cfg.grid
     kw: dict[str, Any] = dict(
@@ -692,7 +733,7 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
         pos_embed="learn" if cfg.pos_embed == "learned" else "none",
         no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix < cfg.num_prefix_tokens,
         reg_tokens=cfg.reg_tokens, pre_norm=cfg.norm_pre, final_norm=cfg.final_norm or cfg.fc_norm,
-        fc_norm=cfg.fc_norm, act_layer=TIMM_ACT[cfg.gelu],
+        fc_norm=cfg.fc_norm, act_layer="silu" if cfg.swiglu else TIMM_ACT[cfg.gelu],
     )
     if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid:
         kw["dynamic_img_size"] = True
@@ -824,10 +865,10 @@ def timm_files(path: str | os.PathLike) -> tuple[Path, dict | None]:
 
 def load_timm_file(path: str | os.PathLike, preset: ViTConfig | str | None = None, image_size=None, *,
                    grid=None, pool: str | None = None, gelu: str | None = None, num_heads: int | None = None,
-                   layer_norm_eps: float | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+                   layer_norm_eps: float | None = None, mlp: str | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """Read a timm checkpoint file (+ timm's config.json beside it when present) or a timm hub directory
     (config.json + model.safetensors / pytorch_model.bin) and import it (see import_timm for the arguments)."""
     weights, timm_config = timm_files(path)
     return import_timm(read_checkpoint(weights), preset=preset, timm_config=timm_config, image_size=image_size,
                        grid=grid, pool=pool, gelu=gelu, num_heads=num_heads, layer_norm_eps=layer_norm_eps,
-                       source=str(path))
+                       mlp=mlp, source=str(path))

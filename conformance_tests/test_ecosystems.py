@@ -335,6 +335,8 @@ def test_npz_is_import_only(tmp_path, npz_file, capsys):
 
 
 # ---------------------------------------------------------------------- convert --verify against the source
+@pytest.mark.parametrize("tv_file,npz_file", [(None, ("", None)), (24, ("opt/target/", 24))],
+                         ids=["plain", "pre_logits"], indirect=True)  # each file kind once: not their cross product
 def test_convert_verify_proves_torchvision_and_npz_imports_against_their_libraries(tmp_path, tv_file, npz_file,
                                                                                  capsys):
     import json

@@ -335,10 +335,12 @@ def test_the_keras_matrix_under_every_keras_backend(keras_backend):
                         str(here / "test_training.py::test_short_training_beats_chance"),
                         str(here / "test_training.py::test_shipped_model_reproduces_recorded_accuracy"),
                         "--backends", target,
-                        # the family's finite-difference and fit checks stay in the TensorFlow run (test_grad's
-                        # oracle comparison covers the family's gradients under every Keras backend)
+                        # the family's finite-difference, fit and decay-mask checks stay in the TensorFlow run
+                        # (test_grad's oracle comparison covers the family's gradients, and its optimiser-step test
+                        # the optimisers, under every Keras backend)
                         "-k", "not variant_agrees and not steps_agree and not oracle_matches and not grad_command and "
-                              "not finite_differences_of_the_reference and not family_models_train"],
+                              "not finite_differences_of_the_reference and not family_models_train and "
+                              "not family_optimiser_step"],
                        capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=keras_backend),
                        timeout=1800, cwd=str(ROOT))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -31,8 +31,16 @@ def test_round_trip_is_bit_exact(tmp_path, preset):
         assert state2[k].dtype == np.float32 and np.array_equal(state2[k], state[k]), k
 
 
-@pytest.mark.parametrize("preset", [pytest.param(n, marks=pytest.mark.slow) if W.parameter_count(c) > 100e6 else n
-                                    for n, c in sorted(PRESETS.items())])
+def _init_case(name: str, cfg):
+    """Presets over 30 M parameters are slow (seconds each to draw), except the seed tutorials': the init code is
+    one loop over expected_shapes, which the tiny presets (every option) and the seeds cover, and each family
+    preset's shapes are checked against timm's own model in test_family_presets.py."""
+    n = W.parameter_count(cfg)
+    return pytest.param(name, marks=pytest.mark.slow) if n > 100e6 or (n > 30e6 and not name.startswith("seed_")) \
+        else name
+
+
+@pytest.mark.parametrize("preset", [_init_case(n, c) for n, c in sorted(PRESETS.items())])
 def test_init_covers_exactly_the_expected_keys(preset):
     cfg = get_preset(preset)
     state = init_weights(cfg, 0)

@@ -89,8 +89,9 @@ def add_parser(sub) -> None:
                    help="timm state dicts: the GELU form (erf: timm's nn.GELU; tanh: gelu_tanh; quick: CLIP's "
                         "x * sigmoid(1.702 x))")
     v.add_argument("--mlp", choices=["swiglu", "gelu"],
-                   help="timm state dicts: what the MLP is, which a packed gated fc1 (twice fc2's input rows) cannot "
-                        "tell: 'swiglu' (SiLU gate, timm SwiGLUPacked, DINOv2-giant); 'gelu' for a plain MLP")
+                   help="timm state dicts: the activation of a packed gated MLP (fc1 with twice fc2's input rows), "
+                        "which its keys cannot tell: 'swiglu' (SiLU gate, timm SwiGLUPacked, DINOv2-giant); 'gelu' "
+                        "states a plain MLP")
     v.add_argument("--grid", metavar="HxW",
                    help="timm state dicts: the position table's grid in patches (rows x columns), which a row count "
                         "cannot tell (256 rows: 16x16 or 8x32), nor whether the prefix tokens have rows")

@@ -245,7 +245,8 @@ class Mlp(_CfgLayer):
 
     def call(self, x, training=False):
         c = self.cfg
-        h = swiglu_f32(self.fc1(x), self.compute_dtype) if self.gated else gelu_f32(self.fc1(x), c.gelu, self.compute_dtype)
+        h = self.fc1(x)
+        h = swiglu_f32(h, self.compute_dtype) if self.gated else gelu_f32(h, c.gelu, self.compute_dtype)
         if training and self.rate > 0:
             h = self.drop1(h, training=training)
         h = self.fc2(h)

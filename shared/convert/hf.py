@@ -34,8 +34,9 @@ config.json.
             norm1/norm2, mlp.fc1/fc2; the MLP width is int(hidden_size * mlp_ratio) (HF's Dinov2 never reads
             intermediate_size); drop_path_rate -> drop_path. use_swiglu_ffn=True (the giant models): swiglu, fc1 =
             mlp.weights_in (rows [gate; value]; transformers >= 5 modules: gate_proj, up_proj), fc2 = weights_out /
-            down_proj, mlp_dim = (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8. Dinov2ForImageClassification classifies concat(class token, mean of
-            the patch tokens), which is not a canonical head: refused by name (import the backbone:
+            down_proj, mlp_dim = (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8.
+            Dinov2ForImageClassification classifies concat(class token, mean of the patch tokens), which is not a
+            canonical head: refused by name (import the backbone:
             `Dinov2Model.from_pretrained(DIR).save_pretrained(OUT)`). The features are the final-norm class token
             (Dinov2Model's pooler_output).
   dinov2_with_registers   as dinov2, plus embeddings.register_tokens -> reg_token; HF adds positions to the

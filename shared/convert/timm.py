@@ -27,8 +27,8 @@ a flag or config.json that contradicts the file is refused. The facts the file d
 with who stated each, in the imported config's `notes`.
 
 Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, unpacked
-gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, relative position biases, separate q/k/v projections, an attention pool with its
-own positions or qk-norm, pooling timm calls 'avgmax', 'max', 'prr' or '' (none).
+gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, relative position biases, separate q/k/v projections, an
+attention pool with its own positions or qk-norm, pooling timm calls 'avgmax', 'max', 'prr' or '' (none).
 
 Export (`export_timm`; `shared.convert.io.save_timm_hub_dir` with `timm_hub_config`) writes what timm loads
 strictly: `timm_architecture(cfg)` and `timm_model_kwargs(cfg)` build the matching model
@@ -199,8 +199,10 @@ def _preset_facts(p: ViTConfig) -> dict[str, Any]:
     """What a preset states about a timm file's unknowns (its sizes are checked against the file separately)."""
     facts = dict(num_heads=p.num_heads, layer_norm_eps=p.layer_norm_eps, pool=p.pool,
                  image_size=tuple(p.image_size), name=p.name, pos_rows=_pos_rows_rule(p))
-    # a SwiGLU preset states the gated MLP's activation and no GELU form (its blocks have none)
-    facts.update(mlp="swiglu") if p.swiglu else facts.update(mlp="gelu", gelu=p.gelu)
+    if p.swiglu:  # a SwiGLU preset states the gated MLP's activation and no GELU form (its blocks have none)
+        facts["mlp"] = "swiglu"
+    else:
+        facts.update(mlp="gelu", gelu=p.gelu)
     if p.init_values is not None:
         facts["init_values"] = p.init_values
     return facts
@@ -865,7 +867,8 @@ def timm_files(path: str | os.PathLike) -> tuple[Path, dict | None]:
 
 def load_timm_file(path: str | os.PathLike, preset: ViTConfig | str | None = None, image_size=None, *,
                    grid=None, pool: str | None = None, gelu: str | None = None, num_heads: int | None = None,
-                   layer_norm_eps: float | None = None, mlp: str | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+                   layer_norm_eps: float | None = None,
+                   mlp: str | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """Read a timm checkpoint file (+ timm's config.json beside it when present) or a timm hub directory
     (config.json + model.safetensors / pytorch_model.bin) and import it (see import_timm for the arguments)."""
     weights, timm_config = timm_files(path)

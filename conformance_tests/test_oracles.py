@@ -264,6 +264,82 @@ def test_convert_verify_proves_a_timm_import_against_timm(tmp_path, capsys):
     assert "against the source (timm" in out and "pass" in out
 
 
+def test_convert_proves_an_import_by_default_and_no_verify_says_so(tmp_path, capsys):
+    """No flag: timm's own output is compared with the float64 reference of the converted model before anything is
+    written (issue 24); --no-verify skips it and says so. Both write the same tensors."""
+    from shared import weights as W
+    from shared.cli import main
+
+    src = _timm_file(tmp_path)
+    assert main(["convert", str(src), str(tmp_path / "a.safetensors"), "--preset", VIT_TINY]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "against the source (timm," in out and " pass timm's own output" in out and "relative L2" in out, out
+    assert main(["convert", str(src), str(tmp_path / "b.safetensors"), "--preset", VIT_TINY, "--no-verify"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not verified against the source: --no-verify" in out and "relative L2" not in out, out
+    (_, a), (_, b) = W.load(tmp_path / "a.safetensors"), W.load(tmp_path / "b.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_convert_writes_nothing_when_the_source_disagrees_or_cannot_run(tmp_path, capsys, monkeypatch):
+    """The proof's verdicts decide convert's exit: the source library disagreeing is exit 5 and its last line names
+    the library, the error and the bound; a library that cannot run the source is exit 8 (not proven), one line,
+    never a numeric failure. Either way nothing is written. (timm's runner is wrapped: 1 % off its own output, then
+    raising, so both verdicts are reached on a conversion that is itself right.)"""
+    from shared.cli import main
+    from shared.convert import sources
+    from shared.errors import EXIT_OUT_OF_BOUNDS, EXIT_UNPROVEN
+
+    src, dst = _timm_file(tmp_path), tmp_path / "c.safetensors"
+    real = sources.RUNNERS["timm"]
+    monkeypatch.setitem(sources.RUNNERS, "timm", lambda s, x, cfg: real(s, x, cfg) * np.float32(1.01))
+    assert main(["convert", str(src), str(dst), "--preset", VIT_TINY]) == EXIT_OUT_OF_BOUNDS
+    out = " ".join(capsys.readouterr().out.split())
+    assert "FAIL: the source library (timm) disagrees with the converted file: relative L2 1.00e-02 against a " \
+           "bound of" in out, out
+    assert "first stage out of bound" not in out and not dst.exists()
+
+    def cannot_run(s, x, cfg):
+        raise RuntimeError("Error(s) in loading state_dict:\n\tUnexpected key(s) in state_dict: \"norm.bias\"")
+
+    monkeypatch.setitem(sources.RUNNERS, "timm", cannot_run)
+    assert main(["convert", str(src), str(dst), "--preset", VIT_TINY]) == EXIT_UNPROVEN
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert 'not proven: timm could not run' in flat and 'RuntimeError: Error(s) in loading state_dict: Unexpected ' \
+           'key(s) in state_dict: "norm.bias"' in flat, out
+    assert "FAIL" not in out and "NOT PROVEN" in out and not dst.exists()
+
+
+def test_check_against_a_source_that_cannot_run_is_exit_8_not_a_failure(tmp_path, capsys):
+    """A converted file that names vit_tiny (depth 12) checked against a depth-2 timm state dict: timm cannot load
+    the source into the model the conversion describes. The child says why in one line; the exit is 8 (not
+    proven), the last line says so, and no stage or backend is reported as failing."""
+    import json
+
+    from shared import weights as W
+    from shared.cli import main
+    from shared.convert.io import read_any
+    from shared.errors import EXIT_UNPROVEN
+
+    cfg, state = read_any(str(_timm_file(tmp_path)), preset=VIT_TINY)
+    W.save(tmp_path / "w.safetensors", cfg, state)
+    from safetensors.torch import save_file
+
+    other = timm.create_model(VIT_TINY, pretrained=False, depth=2, num_classes=10)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "other.safetensors"))
+    code = main(["check", str(tmp_path / "w.safetensors"), "--backends", "torch", "--against",
+                 str(tmp_path / "other.safetensors"), "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert code == EXIT_UNPROVEN, out
+    a = json.loads((tmp_path / "r.json").read_text())["against"]
+    assert a["status"] == "error" and "\n" not in a["message"] and a["message"].startswith("timm could not run")
+    assert "Missing key(s)" in a["message"] and "blocks.2" in a["message"], a["message"]
+    closing = [ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL", "NOT PROVEN"))]
+    assert len(closing) == 1 and closing[0].startswith("NOT PROVEN: timm could not run the source"), out
+    assert "FAIL" not in out
+
+
 def test_check_against_fails_a_wrong_conversion_with_exit_5(tmp_path):
     """A conversion gone wrong (an attention scale of 1 where timm's architecture has 1/sqrt(head dim)) passes the
     plain check, whose reference shares the mistake, and fails against timm's own output."""

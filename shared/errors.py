@@ -12,6 +12,8 @@
                             benchmark hook it does not implement; `check` and `grad` show it as unsupported
     7  EXIT_NONFINITE       an output holds NaN or Inf: a backend's (check), the reference's, or what
                             `forward` / `reference` wrote (each stage named, with its count)
+    8  EXIT_UNPROVEN        the source library could not run the source file, so the conversion is not proven
+                            (`convert`'s proof, `check --against`): never reported as a numeric failure
 
 The tool maps an exception to its code through `exit_code`; nothing else spells these numbers.
 This module imports nothing from the suite but `shared.limits` (constants only): every other module may import it.
@@ -28,6 +30,7 @@ EXIT_MISMATCH = 4
 EXIT_OUT_OF_BOUNDS = 5
 EXIT_UNSUPPORTED = 6
 EXIT_NONFINITE = 7
+EXIT_UNPROVEN = 8
 
 #: exit code -> what it means (the README and `vit-suite --help` print this table)
 EXIT_CODES: dict[int, str] = {
@@ -39,6 +42,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OUT_OF_BOUNDS: "a backend out of its bound",
     EXIT_UNSUPPORTED: "the backend does not support the dtype or hook",
     EXIT_NONFINITE: "non-finite (NaN/Inf) output",
+    EXIT_UNPROVEN: "the source library could not run the source: not proven",
 }
 
 
@@ -86,6 +90,13 @@ class NonFiniteError(SuiteError, ArithmeticError):
     """A computed output (or the reference itself) holds NaN or Inf; the message names each stage and its count."""
 
     exit_code = EXIT_NONFINITE
+
+
+class SourceError(SuiteError):
+    """The source library could not run the source file (`convert`'s proof, `check --against`): the conversion is
+    neither proven nor disproven. The message is one line: the library, the file and what it raised."""
+
+    exit_code = EXIT_UNPROVEN
 
 
 class WeightsError(SuiteError):

@@ -18,8 +18,8 @@ from .. import reference, tolerances
 from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
-from ..errors import (EXIT_CRASH, EXIT_NONFINITE, EXIT_OK, EXIT_OUT_OF_BOUNDS, EXIT_USAGE, NonFiniteError,
-                      UsageError)
+from ..errors import (EXIT_CRASH, EXIT_NONFINITE, EXIT_OK, EXIT_OUT_OF_BOUNDS, EXIT_UNPROVEN, EXIT_USAGE,
+                      NonFiniteError, SuiteError, UsageError)
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
 from .common import (SEED_MAX, claim_output, console, int_arg, load_npy, parse_size, resolve_model, same_file,
                      selected_backends, write_text)
@@ -64,6 +64,12 @@ class CheckResult:
     def passed(self) -> bool:
         return (all(r.status in ("pass", "unsupported") for r in self.runs) and all(p.passed for p in self.pairs)
                 and (self.against is None or self.against["status"] in ("pass", "not verified")))
+
+    @property
+    def headline(self) -> str:
+        """PASS, FAIL or NOT PROVEN (the source could not be run): the word `check_outcome`'s line and the report
+        start with."""
+        return {EXIT_OK: "PASS", EXIT_UNPROVEN: "NOT PROVEN"}.get(check_outcome(self)[0], "FAIL")
 
     @property
     def any_error(self) -> bool:
@@ -159,26 +165,42 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
 
 
 def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np.ndarray],
-                  images: np.ndarray) -> dict:
-    """The source library's own output (in a child process) against the float64 reference of the converted file,
-    on the same images, under the float32 bound of the final output: status pass, FAIL, error or not verified."""
-    from ..convert.sources import library_available, resolve_source, source_backend
+                  images: np.ndarray, *, in_process: bool = False) -> dict:
+    """The source library's own output against the float64 reference of the converted file, on the same images,
+    under the float32 bound of the final output: status pass, FAIL, error (the library could not run the source:
+    not proven) or not verified (no library, or the conversion named no model the library can build).
+
+    `check --against` runs the library in a child process (`shared.cli.worker source`); `convert`'s proof runs it
+    in this process (in_process=True), whose frameworks were imported in the safe order for the source already."""
+    from ..convert.sources import library_available, one_line, resolve_source, run_source, source_backend
 
     fmt, library = resolve_source(src, fmt)
     out = {"source": str(src), "format": fmt, "library": library, "stage": "logits"}
     if not library_available(library):
         return {**out, "status": "not verified", "message": f"{library} is not installed: not verified against "
                                                             f"the source (pip install {library})"}
-    with W.work_dir("against") as tmp:
-        np.save(Path(tmp) / "images.npy", images.astype(np.float32))
-        child = run_child("source", {"backend": source_backend(fmt), "format": fmt, "src": str(Path(src).resolve()),
-                                     "input": str(Path(tmp) / "images.npy"), "config": cfg.to_json()},
-                          Path(tmp), name="source")
-    if child.arrays is None:
-        status = "not verified" if child.exit_code == EXIT_USAGE else "error"
-        return {**out, "status": status, "message": (child.error or "").splitlines()[-1] if child.error else ""}
-    got, ref = child.arrays["output"], ref64["logits"]
-    out["versions"] = child.meta.get("versions")
+    if in_process:
+        from ..backend import import_frameworks_in_safe_order, module_versions
+
+        import_frameworks_in_safe_order([source_backend(fmt)])
+        try:
+            got = run_source(fmt, str(Path(src).resolve()), images.astype(np.float32), cfg)
+        except SuiteError as e:
+            status = "not verified" if e.exit_code == EXIT_USAGE else "error"
+            return {**out, "status": status, "message": one_line(e)}
+        out["versions"] = module_versions([library])
+    else:
+        with W.work_dir("against") as tmp:
+            np.save(Path(tmp) / "images.npy", images.astype(np.float32))
+            child = run_child("source", {"backend": source_backend(fmt), "format": fmt,
+                                         "src": str(Path(src).resolve()), "input": str(Path(tmp) / "images.npy"),
+                                         "config": cfg.to_json()}, Path(tmp), name="source")
+        if child.arrays is None:
+            status = "not verified" if child.exit_code == EXIT_USAGE else "error"
+            return {**out, "status": status, "message": _child_reason(child.error)}
+        got = child.arrays["output"]
+        out["versions"] = child.meta.get("versions")
+    ref = ref64["logits"]
     if got.shape != ref.shape:
         return {**out, "status": "FAIL", "message": f"{library}'s output has shape {got.shape}, the converted "
                                                     f"file's {ref.shape}"}
@@ -190,6 +212,65 @@ def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np
             "max_abs": m.max_abs, "cosine": m.cosine,
             "message": f"{library}'s own output vs the float64 reference of the converted file: relative L2 "
                        f"{m.rel_l2:.2e}, bound {m.bound:.1e}"}
+
+
+def _child_reason(stderr: str | None) -> str:
+    """One line saying why a source child failed: its `error: ...` line (a SourceError is one line already), else
+    the last line of its traceback."""
+    from ..convert.sources import one_line
+
+    lines = [ln for ln in (stderr or "").splitlines() if ln.strip()]
+    tagged = [ln for ln in lines if ln.startswith(("error: ", "unsupported: "))]
+    return one_line(tagged[-1].split(": ", 1)[1] if tagged else (lines[-1] if lines else "no output"))
+
+
+def against_line(a: dict) -> str:
+    """The proof's row, as `check` and `convert` print it (rich markup; the message escaped)."""
+    from rich.markup import escape
+
+    style = {"pass": "green", "FAIL": "bold red", "error": "red"}.get(a["status"], "yellow")
+    status = {"error": "not proven:"}.get(a["status"], a["status"])
+    return f"against the source ({escape(a['library'])}, {escape(a['source'])}): [{style}]{status}[/] " \
+           f"{escape(a['message'])}"
+
+
+def against_verdict(a: dict | None) -> tuple[int, str] | None:
+    """(exit code, closing line) when the proof decides the outcome: a mismatch (EXIT_OUT_OF_BOUNDS, naming the
+    library, the error and the bound) or a source that could not run (EXIT_UNPROVEN, saying why); None otherwise."""
+    from rich.markup import escape
+
+    if a is None:
+        return None
+    if a["status"] == "FAIL":
+        err = (f": relative L2 {a['rel_l2']:.2e} against a bound of {a['bound']:.1e}" if "rel_l2" in a
+               else f": {a['message']}")
+        return EXIT_OUT_OF_BOUNDS, f"[bold red]FAIL[/]: the source library ({a['library']}) disagrees with the " \
+                                   f"converted file{escape(err)}"
+    if a["status"] == "error":
+        return EXIT_UNPROVEN, f"[bold yellow]NOT PROVEN[/]: {escape(a['library'])} could not run the source (see " \
+                              f"above); nothing is proven either way"
+    return None
+
+
+def check_outcome(result: "CheckResult") -> tuple[int, str]:
+    """(exit code, closing line) of a check: one place decides both, so the last line names what failed."""
+    failed = [r for r in result.runs if r.status == "FAIL"]
+    bad_pairs = [p for p in result.pairs if not p.passed]
+    if failed:
+        return EXIT_OUT_OF_BOUNDS, "[bold red]FAIL[/]: see the first stage out of bound above"
+    if bad_pairs:
+        p = bad_pairs[0]
+        return EXIT_OUT_OF_BOUNDS, f"[bold red]FAIL[/]: {p.a} and {p.b} disagree beyond their bound at " \
+                                   f"{p.first_failure}"
+    if any(r.status == "non-finite" for r in result.runs):
+        return EXIT_NONFINITE, "[bold red]FAIL[/]: a backend's output is not finite (see above)"
+    if result.any_error:
+        crashed = ", ".join(r.backend for r in result.runs if r.status == "error")
+        return EXIT_CRASH, f"[bold red]FAIL[/]: {crashed} crashed (see the table above)"
+    decided = against_verdict(result.against)
+    if decided:
+        return decided
+    return EXIT_OK, "[bold green]PASS[/]"
 
 
 def cmd_check(args) -> int:
@@ -258,12 +339,7 @@ def cmd_check(args) -> int:
 
         write_report(args.report, result, state, args.attn_block, args.attn_head, overwrite=args.force)
         c.print(f"wrote {args.report}")
-    against = result.against["status"] if result.against else None
-    if any(r.status == "FAIL" for r in result.runs) or any(not p.passed for p in result.pairs) or against == "FAIL":
-        return EXIT_OUT_OF_BOUNDS
-    if any(r.status == "non-finite" for r in result.runs):
-        return EXIT_NONFINITE
-    return EXIT_CRASH if result.any_error or against == "error" else EXIT_OK
+    return check_outcome(result)[0]
 
 
 def print_check(c, result: CheckResult, show_stages: bool) -> None:
@@ -319,10 +395,8 @@ def print_check(c, result: CheckResult, show_stages: bool) -> None:
         c.print(f"predictions on {len(result.labels)} held-out images: "
                 + ("[green]identical in every backend[/]" if same else "[red]differ between backends[/]"))
     if result.against:
-        a = result.against
-        style = {"pass": "green", "FAIL": "bold red", "error": "red"}.get(a["status"], "yellow")
-        c.print(f"against the source ({a['library']}, {a['source']}): [{style}]{a['status']}[/] {escape(a['message'])}")
-    c.print("[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]: see the first stage out of bound above")
+        c.print(against_line(result.against))
+    c.print(check_outcome(result)[1])
 
 
 def add_parser(sub) -> None:

@@ -1,4 +1,12 @@
-"""`vit-suite convert`: any supported format to any other, atomically, optionally verified by a check."""
+"""`vit-suite convert`: any supported format to any other, atomically, proven against the source library.
+
+By default every import from a format a library defines (timm, transformers, torchvision, big_vision, keras-hub,
+mindcv) is proven before anything is written: that library's own output on a small batch against the float64
+reference of the converted model, under the float32 bound of the logits (`check.prove_against`, in this process).
+A mismatch is exit 5 and a source the library cannot run exit 8, with nothing written; a missing library, or a
+conversion that named no model the library can build, is said ("not verified ...") and the file is written.
+`--no-verify` skips the proof and says so; `--verify` adds reading the result back and the full check in every
+backend."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +21,8 @@ from ..convert.io import read_any, target_format, write_any
 from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
 from .common import claim_output, console, float_arg, int_arg, parse_size
 
+#: the batch the default proof runs the source library on: enough to compare logits, a few seconds at B/16
+PROOF_BATCH = 2
 #: formats whose files carry no config (or a partial one): read back by --verify with the config they were written from
 _NO_CONFIG = ("mindcv", "timm", "torch", "keras-h5")
 
@@ -39,6 +49,9 @@ def cmd_convert(args) -> int:
     import_frameworks_in_safe_order([native_backend(src_fmt) or "", native_backend(dst_fmt) or ""])
     c = console()
     cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size), **stated_facts(args))
+    stop = prove_import(c, args, src_fmt, cfg, state)
+    if stop is not None:
+        return stop
     write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force)
     c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters")
     told = cfg.notes.find("what the file does not determine")  # a timm import says who stated each open fact
@@ -57,17 +70,36 @@ def cmd_convert(args) -> int:
         if diffs or set(back) != set(state):
             c.print(f"[red]verify: reading {args.dst} back differs from the source in {diffs[:5]}[/]")
             return EXIT_MISMATCH
-        from ..convert.sources import source_library
-
-        against = args.src if source_library(src_fmt) else None
-        c.print("verify: read back bit-exact; running the conformance check on the result"
-                + (f" and proving it against {source_library(src_fmt)}'s own output" if against else
-                   f"; not verified against the source: a {src_fmt!r} file has no source library"))
+        c.print("verify: read back bit-exact; running the conformance check on the result")
         with W.work_dir("verify") as tmp:
             weights = str(W.save(Path(tmp) / "converted.safetensors", back_cfg, back))
-            return cmd_check(default_args(weights=weights, backends=args.backends, against=against,
-                                          against_format=src_fmt if against else None))
+            return cmd_check(default_args(weights=weights, backends=args.backends))
     return EXIT_OK
+
+
+def prove_import(c, args, src_fmt: str, cfg, state) -> int | None:
+    """The default proof of an import (module docstring): prints its row; returns the exit code to stop with
+    (nothing written), or None to go on and write."""
+    from ..convert.sources import source_library
+
+    library = source_library(src_fmt)
+    if library is None:  # the suite's own formats carry the model itself: nothing to prove against
+        return None
+    if args.no_verify:
+        c.print(f"not verified against the source: --no-verify skipped the proof against {library}'s own output")
+        return None
+    from .. import reference
+    from ..init import random_images
+    from .check import against_line, against_verdict, prove_against
+
+    images = random_images(cfg, PROOF_BATCH)
+    a = prove_against(args.src, src_fmt, cfg, reference.forward(cfg, state, images), images, in_process=True)
+    c.print(against_line(a))
+    decided = against_verdict(a)
+    if decided is None:
+        return None
+    c.print(f"{decided[1]}; {args.dst} was not written (--no-verify converts without the proof)")
+    return decided[0]
 
 
 def add_parser(sub) -> None:
@@ -98,9 +130,13 @@ def add_parser(sub) -> None:
     v.add_argument("--num-heads", type=int_arg(1, L.MAX_HEADS), help="timm state dicts: the attention heads")
     v.add_argument("--layer-norm-eps", type=float_arg(0.0, 1.0, lo_open=True, hi_open=True),
                    help="timm state dicts: the LayerNorm eps (timm 1e-6, CLIP 1e-5)")
-    v.add_argument("--verify", action="store_true",
-                   help="read the result back, run the check on it, and prove it against the source library's own "
-                        "output (timm, transformers, keras-hub, mindcv) where there is one")
+    proof = v.add_mutually_exclusive_group()
+    proof.add_argument("--verify", action="store_true",
+                       help="besides the proof against the source library (on by default), read the result back and "
+                            "run the full check on it in every backend")
+    proof.add_argument("--no-verify", action="store_true",
+                       help="skip the default proof against the source library's own output (timm, transformers, "
+                            "torchvision, keras-hub, mindcv) and say so")
     v.add_argument("--backends", help="backends for --verify (default: every installed one)")
     v.add_argument("--force", action="store_true", help="replace an existing destination")
     v.set_defaults(func=cmd_convert)

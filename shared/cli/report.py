@@ -153,7 +153,7 @@ def write_report(path: str | Path, result: CheckResult, state: dict, attn_block:
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:right}} th{{background:#f3f3f3}}
 .ok{{color:#17702b}} .bad{{color:#b00020}} pre{{white-space:pre-wrap;text-align:left;font-size:11px}} img{{max-width:100%}}</style>
 </head><body>
-<h1>vit-suite check: {esc(cfg.name)} <span class="{'ok' if result.passed else 'bad'}">{'PASS' if result.passed else 'FAIL'}</span></h1>
+<h1>vit-suite check: {esc(cfg.name)} <span class="{'ok' if result.passed else 'bad'}">{result.headline}</span></h1>
 <p>dtype <b>{esc(result.dtype)}</b>, batch {result.images.shape[0]}, image {result.images.shape[2]}x{result.images.shape[3]},
 {cfg.depth} blocks, width {cfg.width}. Metrics on the final output (<code>logits</code>) against the float64 NumPy reference;
 pass/fail on every stage under the tolerance policy below.</p>

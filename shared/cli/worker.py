@@ -167,11 +167,11 @@ def source_task(spec: dict) -> tuple[dict, dict]:
     """The source library's own output for `check --against` (shared/convert/sources.py)."""
     from ..backend import module_versions
     from ..config import ViTConfig
-    from ..convert.sources import source_backend, source_library, source_output
+    from ..convert.sources import run_source, source_backend, source_library
 
     import_frameworks_in_safe_order([source_backend(spec["format"])])
     images = load_npy(spec["input"], "--input")
-    out = source_output(spec["format"], spec["src"], images, ViTConfig.from_json(spec["config"]))
+    out = run_source(spec["format"], spec["src"], images, ViTConfig.from_json(spec["config"]))
     library = source_library(spec["format"])
     framework = {"keras": "keras", "mindspore": "mindspore"}.get(source_backend(spec["format"]), "torch")
     return {"output": out}, {"library": library, "versions": module_versions([library, framework])}

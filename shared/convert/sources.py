@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import ViTConfig
-from ..errors import MismatchError, MissingFactsError, UsageError
+from ..errors import EXIT_USAGE, MismatchError, MissingFactsError, SourceError, SuiteError, UsageError
 from .formats import detect_format
 
 #: source format -> the library whose own code defines it (and whose absence means "not verified")
@@ -298,3 +298,24 @@ RUNNERS: dict[str, Callable[[str, np.ndarray, ViTConfig], np.ndarray]] = {
 def source_output(fmt: str, src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     """The source library's own final output on `images` (NCHW float32), as a float32 array."""
     return np.asarray(RUNNERS[fmt](src, images, cfg), np.float32)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A message on one line (whitespace runs collapsed), cut at `limit` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def run_source(fmt: str, src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
+    """`source_output`, with every failure of the source library turned into a one-line SourceError (exit
+    EXIT_UNPROVEN: not proven, never a numeric failure). A usage error (the conversion named no model the library can
+    build, e.g. a timm state dict under a suite preset) stays what it is: the caller reports "not verified"."""
+    try:
+        return source_output(fmt, src, images, cfg)
+    except SuiteError as e:
+        if e.exit_code == EXIT_USAGE:
+            raise
+        raise SourceError(f"{source_library(fmt)} could not run {src}: {one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the library raises, the proof is not made; say why in one line
+        raise SourceError(f"{source_library(fmt)} could not run {src}: {type(e).__name__}: {one_line(e)}") from None
+

@@ -96,6 +96,7 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     from ..presets import PRESETS
     from .timm import (architecture_eps, read_checkpoint, strip_prefixes, timm_files, timm_model_args,
                        timm_norm_layer)
+    from .timm_resolve import resolve_timm_architecture
 
     size = tuple(int(s) for s in images.shape[2:])
     weights, config = timm_files(src)
@@ -111,18 +112,21 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
         kw.setdefault("num_classes", config.get("num_classes", cfg.num_classes))
     else:
         arch = cfg.name
-        if not (arch in PRESETS and timm.is_model(arch)):
+        if not timm.is_model(arch):
             raise MissingFactsError(f"{src}: the file does not name a timm architecture and the converted config's "
                                     f"name {cfg.name!r} is not one: convert with --preset NAME, a timm model name "
                                     f"(e.g. vit_base_patch16_224), to prove it against timm")
-        mine = timm_model_args(cfg)
-        kw = {k: v for k, v in mine.items() if timm_model_args(PRESETS[arch]).get(k) != v}
-        if cfg.layer_norm_eps != architecture_eps(arch):
+        # every fact the converted config states (timm derives some defaults from others: global_pool='avg' alone
+        # turns fc_norm on), on the architecture's own modules; its LayerNorm replaced only where the eps differs
+        kw = timm_model_args(cfg)
+        own_eps = architecture_eps(arch) if arch in PRESETS else \
+            resolve_timm_architecture(arch, {"num_classes": cfg.num_classes}, src).facts["layer_norm_eps"]
+        if cfg.layer_norm_eps != own_eps:
             kw["norm_layer"] = timm_norm_layer(cfg.layer_norm_eps)
         # the file's table as the conversion read it (when kept), else at the images' size: timm's filter resamples
         rows = np.shape(state["pos_embed"])[1] if "pos_embed" in state else None
         kept = cfg.pos_embed == "learned" and rows == cfg.num_pos_prefix + cfg.table_grid[0] * cfg.table_grid[1]
-        kw["img_size"] = tuple(mine["img_size"]) if kept else size
+        kw["img_size"] = tuple(kw["img_size"]) if kept else size
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
     model = timm.create_model(arch, pretrained=False, **kw)
     if tuple(model.patch_embed.img_size) != size:  # timm resamples its table at run time, from its own grid

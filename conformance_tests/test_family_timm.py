@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -512,6 +514,20 @@ def test_unsupported_architecture_refused_by_name_with_or_without_flags(refused_
         _refused(["convert", *args], capsys, f"timm's {arch} {why}", "refused by name", code=EXIT_MISMATCH)
 
 
+def test_resolution_never_hands_timm_a_loading_option(resolved_dirs, tmp_path, capsys):
+    """config.json's model_args go to timm.create_model: its own loading options there (checkpoint_path would
+    torch.load a file, pretrained_cfg fetch one) are refused before timm sees them, nothing written."""
+    import shutil
+
+    d = tmp_path / "hub"
+    shutil.copytree(resolved_dirs["deit_tiny_patch16_224"]["hub"], d)
+    conf = json.loads((d / "config.json").read_text())
+    conf["model_args"]["checkpoint_path"] = str(tmp_path / "evil.pth")
+    (d / "config.json").write_text(json.dumps(conf))
+    _refused(["convert", str(d), str(tmp_path / "no.safetensors")], capsys, "['checkpoint_path']",
+             "loading options", code=EXIT_MISMATCH)
+
+
 def test_pool_avg_without_fc_norm_is_proven_against_timm(tmp_path):
     """`convert SD --preset vit_small_patch16_224 --pool avg` of timm's create_model(global_pool='avg',
     fc_norm=False): the proof built timm's model with global_pool='avg' but not fc_norm=False, so timm added an
@@ -541,3 +557,91 @@ def test_resolver_reads_every_timm_preset_as_its_preset_states():
         got = resolve_timm_architecture(arch, {"depth": 1}).facts
         want = _preset_facts(PRESETS[arch])
         assert {k: got.get(k) for k in want} == want, arch
+
+
+# ------------------------------------------------------------------------------------------ the zoo (slow)
+#: timm modules whose models are ViT-like, and name patterns of ViT-like models registered elsewhere (vitamin)
+_ZOO_MODULES = ("vision_transformer", "vision_transformer_hybrid", "vision_transformer_relpos",
+                "vision_transformer_sam", "deit", "eva", "beit", "naflexvit")
+_ZOO_PATTERNS = ("vit*", "deit*", "eva*", "beit*", "flexivit*", "samvit*", "naflexvit*")
+#: size and resolution words: what is left of a name is its family (a d-prefix, differential attention, stays)
+_SIZES = ("test", "tiny", "wee", "pwee", "xsmall", "small", "little", "medium", "mediumd", "betwixt", "base", "large",
+          "large2", "xlarge", "huge", "giant", "giantopt", "gigantic", "enormous")
+_SIZE_WORD = re.compile(r"^(\d+|" + "|".join(_SIZES) + r"|so\d+m\d?|\d+b)$")
+
+
+def zoo_families() -> dict[str, str]:
+    """One architecture per family of timm's ViT-like registry: {family: architecture} (the smallest size word,
+    then the shortest name, first)."""
+    names = set().union(*(timm.list_models(module=m) for m in _ZOO_MODULES),
+                        *(timm.list_models(p) for p in _ZOO_PATTERNS))
+
+    def cost(n: str):
+        return (min((_SIZES.index(w) for w in n.split("_") if w in _SIZES), default=len(_SIZES)), len(n), n)
+
+    fams: dict[str, str] = {}
+    for n in sorted(names, key=cost):
+        fams.setdefault("_".join(w for w in n.split("_") if not _SIZE_WORD.match(w)), n)
+    return fams
+
+
+def _zoo_model(arch: str):
+    """timm's model of `arch` at depth 2 and a small width (16 channels a head) where its arguments allow."""
+    with torch.device("meta"):
+        meta = timm.create_model(arch, pretrained=False)
+    heads = next((int(m.num_heads) for m in meta.modules() if hasattr(m, "num_heads")), None)
+    tries = ([dict(depth=2, embed_dim=16 * heads)] if heads else []) + [dict(depth=2), {}]
+    for kw in tries:
+        try:
+            torch.manual_seed(0)
+            m = timm.create_model(arch, pretrained=False, num_classes=5, **kw).eval()
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.05 * torch.randn(p.shape))
+            return m
+        except Exception:  # noqa: BLE001 - an argument this architecture does not take: the next try
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_zoo_every_vit_family_verifies_or_is_refused_by_name(tmp_path):
+    """One architecture per family of timm's ViT-like registry (depth 2, small width), saved as a timm hub
+    directory and converted from it alone: each either gives timm's own output within the float32 bound, or is
+    refused naming its reason (ConversionError / MissingFactsError). None imports wrong, none crashes. Prints the
+    outcome table (~6 min on 2 cores)."""
+    from shared.convert.timm import load_timm_file
+    from shared.errors import ConversionError, InvalidFileError, MismatchError
+
+    outcomes: dict[str, list[str]] = {}
+    wrong, crashed = [], []
+    for fam, arch in sorted(zoo_families().items()):
+        m = _zoo_model(arch)
+        if m is None:
+            outcomes.setdefault("timm cannot build it at depth 2", []).append(arch)
+            continue
+        d = tmp_path / arch
+        save_for_hf(m, str(d), safe_serialization=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConversionWarning)
+                cfg, state = load_timm_file(d)
+        except (ConversionError, MismatchError, InvalidFileError) as e:  # MissingFactsError is a ConversionError
+            reason = str(e).split(": ", 1)[-1]
+            key = re.sub(r"timm's \S+ ", "timm's ARCH ", reason.splitlines()[0])[:110]
+            outcomes.setdefault(f"refused ({type(e).__name__}): {key}", []).append(arch)
+            continue
+        except Exception as e:  # noqa: BLE001 - the zoo's point: nothing may crash
+            crashed.append(f"{arch}: {type(e).__name__}: {e}")
+            continue
+        h, w = (int(s) for s in m.patch_embed.img_size)
+        x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+        err, bound = rel_l2(reference.forward(cfg, state, x)["logits"], _run(m, x)), fp32_bound(cfg, "logits")
+        if err <= bound:
+            outcomes.setdefault("verified against timm, no flag", []).append(arch)
+        else:
+            wrong.append(f"{arch}: rel L2 {err:.2e} > bound {bound:.1e}")
+    print(f"\n{sum(map(len, outcomes.values())) + len(wrong) + len(crashed)} families")
+    for k, v in sorted(outcomes.items(), key=lambda kv: -len(kv[1])):
+        print(f"{len(v):4d}  {k}\n      {', '.join(v)}")
+    assert not wrong and not crashed, "\n".join(["imported WRONG:", *wrong, "crashed:", *crashed])

@@ -6,12 +6,12 @@ is the source library's own output: each runner here builds the source model wit
 the source file (not from the converted config) and returns its final output, which `check --against SRC` and
 `convert --verify` compare with the reference of the converted file.
 
-    timm (state dicts)   timm.create_model(ARCH, **overrides) + load_state_dict(strict=True); ARCH is the timm
-                         architecture the conversion named (--preset vit_base_patch16_224, or timm's config.json
-                         beside the file, with its model_args); no other guess. The overrides are where the
-                         converted config differs from ARCH's preset: the sizes the file fixes and the facts stated
-                         at conversion (--pool, --gelu, --grid, ...): a wrong statement is shared, a wrong reading
-                         of the file is not. A timm hub directory: timm.create_model('local-dir:DIR', pretrained=True)
+    timm (state dicts)   timm.create_model(ARCH, **kwargs) + load_state_dict(strict=True); ARCH is the timm
+                         architecture the conversion named (--preset NAME, any timm name, or timm's config.json
+                         beside the file, with its model_args); no other guess. Without a config.json the kwargs
+                         are every fact the converted config states (timm_model_args: sizes, pooling with fc_norm,
+                         GELU form, ...) on ARCH's own modules: a wrong statement is shared, a wrong reading of the
+                         keys fails the strict load. A timm hub directory: timm.create_model('local-dir:DIR', pretrained=True)
     hf (directories)     transformers' own class for the directory's model_type and architectures (ViT, DeiT, DINOv2,
                          ViTMAE, CLIP, SigLIP: hf_runner), from_pretrained(local_files_only)
     torchvision          torchvision's own VisionTransformer + load_state_dict(strict=True)
@@ -82,12 +82,13 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     A timm hub directory (config.json + weights) is built and loaded by timm itself:
     `timm.create_model('local-dir:DIR', pretrained=True)`, with img_size = the images' size when they differ from
     its own (timm's checkpoint filter resamples the table from the size config.json states). A state dict is built
-    as `timm.create_model(ARCH, **overrides)`: ARCH is the architecture its config.json beside it names, with that
-    file's model_args, else the architecture the conversion named (a family or vit_* preset name: `--preset NAME`);
-    the overrides are what the converted config says differently from that architecture's preset (the sizes the
-    file determines, and the facts stated at conversion: --pool, --gelu, --num-heads). A fact timm's architecture
-    cannot take (a changed qk scale, a suite resize kernel) is not passed: timm computes its own, and the comparison
-    shows the difference.
+    as `timm.create_model(ARCH, **kwargs)`: ARCH is the architecture its config.json beside it names, with that
+    file's model_args, else the architecture the conversion named (`--preset NAME`: a suite preset with a timm name,
+    or any timm name the import resolved), with every fact the converted config states (`timm_model_args`: passing
+    only the facts that differ from the preset's lost the ones timm derives, e.g. global_pool='avg' turning fc_norm
+    on) and ARCH's LayerNorm replaced only when the eps differs from its own. A fact timm's architecture cannot
+    take (a changed qk scale, a suite resize kernel) is not passed: timm computes its own, and the comparison shows
+    the difference.
     """
     import timm
     import torch

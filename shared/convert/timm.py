@@ -18,8 +18,13 @@ What it cannot tell, and so must be stated:
 Stated by, highest first: an explicit argument (`pool=`, `gelu=`, `grid=`, `num_heads=`, `layer_norm_eps=`; CLI
 --pool, --gelu, --grid, --num-heads, --layer-norm-eps), the preset (`preset=`, CLI --preset NAME), timm's
 `config.json` (`timm_config=`: the architecture resolves to the preset of the same name, then `model_args` /
-`global_pool` / `img_size` override it; an architecture that is no preset states its GELU only by
-`model_args.act_layer` and never its eps, since its timm function may set either). A stated image size
+`global_pool` / `img_size` override it). A name that is no suite preset (`preset=` a string, or config.json's
+`architecture`) is resolved by timm itself (`shared.convert.timm_resolve`): timm's own model of that name, built on
+the meta device with config.json's `model_args`, states every fact above from its modules ("from timm's ARCH",
+ranked right after the preset / config.json that named it), or the architecture is refused by name
+(ConversionError, whatever the flags say) when the canonical model cannot run it (rotary positions, post-norm
+blocks, ...). The file's keys and shapes must be exactly that model's (config.json; --preset NAME: the file's sizes
+win, with a warning). Without timm, or for a name timm does not know, the questions are asked and say so. A stated image size
 (`image_size=`, config.json, the preset) fixes the grid only when it fits the table's row count with the prefix rows
 its own source states, and only one reading may fit. Nothing is guessed: a fact nobody stated is a MissingFactsError
 naming the question and the flag that answers it. A preset that contradicts the file loses to the file, with a ConversionWarning naming each fact;

@@ -41,6 +41,12 @@ _BLOCK_REASONS = {
 }
 
 
+#: timm.create_model's own options (files, downloads, devices), refused in a file's model_args
+_LOADING_ARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",
+                           "pretrained_strict", "features_only", "device", "dtype", "scriptable", "exportable",
+                           "no_jit"})
+
+
 @dataclass(frozen=True)
 class Resolved:
     """timm's own model of `arch`, as the import reads it."""
@@ -212,6 +218,10 @@ def resolve_timm_architecture(arch: str, model_args: Mapping[str, Any] | None = 
     import timm
     import torch
 
+    loading = sorted(set(model_args or {}) & _LOADING_ARGS)
+    if loading:  # never handed to timm: it would read (and unpickle) files, or fetch weights
+        raise ConversionError(f"{source}: config.json model_args {loading} are create_model's loading options, not "
+                              f"model arguments: refused")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_args or {}).items()}
     try:
         with torch.device("meta"):

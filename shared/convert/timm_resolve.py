@@ -41,6 +41,11 @@ _BLOCK_REASONS = {
 }
 
 
+#: attention classes other than timm's `Attention`, and what they compute differently
+_ATTN_REASONS = {
+    "DiffAttention": "differential attention (the difference of two softmax maps, with learned lambdas)",
+    "AttentionRope": "rotary position embeddings, which its keys do not show",
+}
 #: timm.create_model's own options (files, downloads, devices), refused in a file's model_args
 _LOADING_ARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",
                            "pretrained_strict", "features_only", "device", "dtype", "scriptable", "exportable",
@@ -141,7 +146,8 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         norm(blk.norm2, f"blocks.{i}.norm2", optional=False)
         a = blk.attn
         if type(a) is not Attention:
-            _refuse(arch, f"has {_tname(a)} attention (not timm's Attention: e.g. rotary or relative positions)")
+            _refuse(arch, f"has {_tname(a)} attention: "
+                          f"{_ATTN_REASONS.get(_tname(a), 'not the timm Attention the canonical model runs')}")
         if type(a.norm) is not nn.Identity or getattr(a, "gate", None) is not None:
             _refuse(arch, "has a norm or a gate inside attention (scale_attn_norm / gated attention)")
         if a.attn_dim != blk.norm1.normalized_shape[0] or not math.isclose(a.scale, a.head_dim ** -0.5):

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -415,3 +417,231 @@ def test_timm_export_writes_what_its_suffix_says(suffix, tmp_path):
     got = (read_tensors(dst)[0] if suffix == ".safetensors"
            else {k: v.numpy() for k, v in torch.load(dst, weights_only=True).items()})
     assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+# ------------------------------------------------- architectures that are no suite preset, resolved by timm itself
+#: plain timm VisionTransformers that are no suite preset, each with options of its own that its keys do not show
+#: (arch, small width: a multiple of its head count): DeiT-tiny (3 heads), the SO150M MAP head with registers (14),
+#: a GAP register ViT with LayerScale and no_embed_class (4), CLIP's eps 1e-5 with norm_pre (4), InternViT's
+#: LayerScale init 0.1 and dynamic image size (16)
+RESOLVED = [("deit_tiny_patch16_224", 96), ("vit_so150m_patch16_reg4_map_256", 112),
+            ("vit_wee_patch16_reg1_gap_256", 96), ("vit_xsmall_patch16_clip_224", 96),
+            ("vit_intern300m_patch14_448", 96)]
+#: timm architectures whose keys are a supported model's but whose modules are not: refused by name, with flags too
+REFUSED = [("vit_small_patch16_rope_224", "is an Eva model: rotary position embeddings"),
+           ("vit_small_patch16_rope_ape_224", "is an Eva model: rotary position embeddings"),
+           ("vit_small_patch16_dinov3", "is an Eva model: rotary position embeddings"),
+           ("vit_pe_core_small_patch16_384", "is an Eva model: rotary position embeddings"),
+           ("vit_base_patch16_rpn_224", "builds ResPostBlock blocks: norms after each branch (post-norm): its keys "
+                                        "are exactly a pre-norm block's")]
+
+
+@pytest.fixture(scope="module")
+def resolved_dirs(tmp_path_factory):
+    """Each RESOLVED architecture made by timm (depth 2, its small width, 2x3 patches), saved as a hub directory
+    and (the first two) as a bare state dict: {arch: dict(model, x, want, hub, sd)}."""
+    root = tmp_path_factory.mktemp("resolved")
+    out = {}
+    for i, (arch, width) in enumerate(RESOLVED):
+        (root / arch).mkdir()
+        m = _timm_model(arch, embed_dim=width)
+        x = _images(_size(arch))
+        out[arch] = dict(model=m, x=x, want=_run(m, x), hub=_save(m, root / arch, "hub"),
+                         sd=_save(m, root / arch, "safetensors") if i < 2 else None)
+    return out
+
+
+@pytest.mark.parametrize("arch", [a for a, _ in RESOLVED])
+def test_resolved_architecture_verifies_with_no_flag(resolved_dirs, arch, tmp_path, capsys):
+    """A hub directory of an architecture that is no suite preset converts with no flag: what its keys do not
+    show is read from timm's own model of that name (built on the meta device with config.json's model_args),
+    said as such, and the float64 reference of the result gives timm's output within the float32 bound; the proof
+    runner (timm itself) agrees."""
+    d = resolved_dirs[arch]
+    dst = tmp_path / "c.safetensors"
+    assert main(["convert", str(d["hub"]), str(dst)]) == EXIT_OK
+    said = " ".join(capsys.readouterr().out.split())
+    for fact in ("num_heads", "layer_norm_eps", "gelu"):
+        assert f"{fact} from timm's {arch}" in said, said
+    cfg, state = W.load(dst)
+    assert cfg.name == arch and "timm's " + arch in cfg.notes
+    _check(cfg, reference.forward(cfg, state, d["x"])["logits"], d["want"], f"{arch} hub, no flag")
+    np.testing.assert_array_equal(source_output("timm", str(d["hub"]), d["x"], cfg), d["want"])
+
+
+@pytest.mark.parametrize("arch", [a for a, _ in RESOLVED[:2]])
+def test_resolved_architecture_named_by_preset(resolved_dirs, arch, tmp_path):
+    """A bare state dict under `--preset ARCH` (a timm name that is no suite preset): timm's model of that name
+    states what the keys do not show (the file's sizes win over its default sizes, said in a warning), and the
+    proof builds timm's model of that name with every fact the conversion stated: both equal timm's output."""
+    d = resolved_dirs[arch]
+    h, w = _size(arch)
+    dst = tmp_path / "c.safetensors"
+    with pytest.warns(ConversionWarning, match=f"the file's sizes win over timm's {arch}"):
+        assert main(["convert", str(d["sd"]), str(dst), "--preset", arch, "--image-size", f"{h}x{w}"]) == EXIT_OK
+    cfg, state = W.load(dst)
+    _check(cfg, reference.forward(cfg, state, d["x"])["logits"], d["want"], f"{arch} --preset")
+    np.testing.assert_array_equal(source_output("timm", str(d["sd"]), d["x"], cfg), d["want"])
+
+
+@pytest.fixture(scope="module")
+def refused_dirs(tmp_path_factory):
+    """Each REFUSED architecture made by timm (depth 2, 2x3 patches) as a hub directory and a bare state dict."""
+    root = tmp_path_factory.mktemp("refused")
+    out = {}
+    for arch, _ in REFUSED:
+        (root / arch).mkdir()
+        m = timm.create_model(arch, pretrained=False, depth=2, num_classes=5, img_size=_size(arch))
+        out[arch] = dict(hub=_save(m, root / arch, "hub"), sd=_save(m, root / arch, "safetensors"))
+    return out
+
+
+#: everything a flag can state about a timm state dict: the architecture stays refused
+_ALL_FLAGS = ["--gelu", "erf", "--num-heads", "6", "--layer-norm-eps", "1e-6", "--pool", "token", "--mlp", "gelu",
+              "--image-size", "32x48"]
+
+
+@pytest.mark.parametrize("arch,why", REFUSED)
+def test_unsupported_architecture_refused_by_name_with_or_without_flags(refused_dirs, arch, why, tmp_path, capsys):
+    """Rotary positions (RoPE ViTs, DINOv3, Perception Encoder) and post-norm blocks (rpn) have keys a supported
+    ViT has too: imported through flags they were exit 0 and wrong against timm (0.86 for rpn, 1.8e-4 to 1.6e-2 for
+    the rotary ones). Their hub directory, and their state dict under `--preset ARCH`, are refused by name with the
+    reason, with every flag too: exit 4, nothing written."""
+    d = refused_dirs[arch]
+    dst = str(tmp_path / "no.safetensors")
+    for args in ([str(d["hub"]), dst], [str(d["hub"]), dst, *_ALL_FLAGS],
+                 [str(d["sd"]), dst, "--preset", arch, *_ALL_FLAGS]):
+        _refused(["convert", *args], capsys, f"timm's {arch} {why}", "refused by name", code=EXIT_MISMATCH)
+
+
+def test_resolution_never_hands_timm_a_loading_option(resolved_dirs, tmp_path, capsys):
+    """config.json's model_args go to timm.create_model: its own loading options there (checkpoint_path would
+    torch.load a file, pretrained_cfg fetch one) are refused before timm sees them, nothing written."""
+    import shutil
+
+    d = tmp_path / "hub"
+    shutil.copytree(resolved_dirs["deit_tiny_patch16_224"]["hub"], d)
+    conf = json.loads((d / "config.json").read_text())
+    conf["model_args"]["checkpoint_path"] = str(tmp_path / "evil.pth")
+    (d / "config.json").write_text(json.dumps(conf))
+    _refused(["convert", str(d), str(tmp_path / "no.safetensors")], capsys, "['checkpoint_path']",
+             "loading options", code=EXIT_MISMATCH)
+
+
+def test_pool_avg_without_fc_norm_is_proven_against_timm(tmp_path):
+    """`convert SD --preset vit_small_patch16_224 --pool avg` of timm's create_model(global_pool='avg',
+    fc_norm=False): the proof built timm's model with global_pool='avg' but not fc_norm=False, so timm added an
+    fc_norm and the strict load failed ('Unexpected key(s) in state_dict: "norm.bias", "norm.weight"', exit 1).
+    The proof states every fact the conversion stated: it is timm's output exactly, and the reference agrees."""
+    m = _timm_model("vit_small_patch16_224", global_pool="avg", fc_norm=False, img_size=32)
+    src = _save(m, tmp_path, "safetensors")
+    x = _images((32, 32))
+    dst = tmp_path / "c.safetensors"
+    assert main(["convert", str(src), str(dst), "--preset", "vit_small_patch16_224", "--pool", "avg",
+                 "--image-size", "32x32"]) == EXIT_OK
+    cfg, state = W.load(dst)
+    got = source_output("timm", str(src), x, cfg)
+    np.testing.assert_array_equal(got, _run(m, x))
+    _check(cfg, reference.forward(cfg, state, x)["logits"], got, "pool avg, no fc_norm, against timm")
+
+
+def test_resolver_reads_every_timm_preset_as_its_preset_states():
+    """timm's own model of each suite preset with a timm name, read from its built modules (depth 1 on the meta
+    device), states what the hand-written preset states: heads, eps, GELU form or SwiGLU, pooling, image size,
+    prefix position rows, LayerScale init."""
+    from shared.convert.timm import _preset_facts
+    from shared.convert.timm_resolve import resolve_timm_architecture
+    from shared.presets import PRESETS
+
+    for arch in sorted(TIMM_ARCHITECTURES):
+        got = resolve_timm_architecture(arch, {"depth": 1}).facts
+        want = _preset_facts(PRESETS[arch])
+        assert {k: got.get(k) for k in want} == want, arch
+
+
+# ------------------------------------------------------------------------------------------ the zoo (slow)
+#: timm modules whose models are ViT-like, and name patterns of ViT-like models registered elsewhere (vitamin)
+_ZOO_MODULES = ("vision_transformer", "vision_transformer_hybrid", "vision_transformer_relpos",
+                "vision_transformer_sam", "deit", "eva", "beit", "naflexvit")
+_ZOO_PATTERNS = ("vit*", "deit*", "eva*", "beit*", "flexivit*", "samvit*", "naflexvit*")
+#: size and resolution words: what is left of a name is its family (a d-prefix, differential attention, stays)
+_SIZES = ("test", "tiny", "wee", "pwee", "xsmall", "small", "little", "medium", "mediumd", "betwixt", "base", "large",
+          "large2", "xlarge", "huge", "giant", "giantopt", "gigantic", "enormous")
+_SIZE_WORD = re.compile(r"^(\d+|" + "|".join(_SIZES) + r"|so\d+m\d?|\d+b)$")
+
+
+def zoo_families() -> dict[str, str]:
+    """One architecture per family of timm's ViT-like registry: {family: architecture} (the smallest size word,
+    then the shortest name, first)."""
+    names = set().union(*(timm.list_models(module=m) for m in _ZOO_MODULES),
+                        *(timm.list_models(p) for p in _ZOO_PATTERNS))
+
+    def cost(n: str):
+        return (min((_SIZES.index(w) for w in n.split("_") if w in _SIZES), default=len(_SIZES)), len(n), n)
+
+    fams: dict[str, str] = {}
+    for n in sorted(names, key=cost):
+        fams.setdefault("_".join(w for w in n.split("_") if not _SIZE_WORD.match(w)), n)
+    return fams
+
+
+def _zoo_model(arch: str):
+    """timm's model of `arch` at depth 2 and a small width (16 channels a head) where its arguments allow."""
+    with torch.device("meta"):
+        meta = timm.create_model(arch, pretrained=False)
+    heads = next((int(m.num_heads) for m in meta.modules() if hasattr(m, "num_heads")), None)
+    tries = ([dict(depth=2, embed_dim=16 * heads)] if heads else []) + [dict(depth=2), {}]
+    for kw in tries:
+        try:
+            torch.manual_seed(0)
+            m = timm.create_model(arch, pretrained=False, num_classes=5, **kw).eval()
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.05 * torch.randn(p.shape))
+            return m
+        except Exception:  # noqa: BLE001 - an argument this architecture does not take: the next try
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_zoo_every_vit_family_verifies_or_is_refused_by_name(tmp_path):
+    """One architecture per family of timm's ViT-like registry (depth 2, small width), saved as a timm hub
+    directory and converted from it alone: each either gives timm's own output within the float32 bound, or is
+    refused naming its reason (ConversionError / MissingFactsError). None imports wrong, none crashes. Prints the
+    outcome table (~5 min on 2 cores)."""
+    from shared.convert.timm import load_timm_file
+    from shared.errors import ConversionError, InvalidFileError, MismatchError
+
+    outcomes: dict[str, list[str]] = {}
+    wrong, crashed = [], []
+    for fam, arch in sorted(zoo_families().items()):
+        m = _zoo_model(arch)
+        if m is None:
+            outcomes.setdefault("timm cannot build it at depth 2", []).append(arch)
+            continue
+        d = tmp_path / arch
+        save_for_hf(m, str(d), safe_serialization=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConversionWarning)
+                cfg, state = load_timm_file(d)
+        except (ConversionError, MismatchError, InvalidFileError) as e:  # MissingFactsError is a ConversionError
+            reason = str(e).split(": ", 1)[-1]
+            key = reason.splitlines()[0].replace(f"timm's {arch} ", "timm's ARCH ")[:110]
+            outcomes.setdefault(f"refused ({type(e).__name__}): {key}", []).append(arch)
+            continue
+        except Exception as e:  # noqa: BLE001 - the zoo's point: nothing may crash
+            crashed.append(f"{arch}: {type(e).__name__}: {e}")
+            continue
+        h, w = (int(s) for s in m.patch_embed.img_size)
+        x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+        err, bound = rel_l2(reference.forward(cfg, state, x)["logits"], _run(m, x)), fp32_bound(cfg, "logits")
+        if err <= bound:
+            outcomes.setdefault("verified against timm, no flag", []).append(arch)
+        else:
+            wrong.append(f"{arch}: rel L2 {err:.2e} > bound {bound:.1e}")
+    print(f"\n{sum(map(len, outcomes.values())) + len(wrong) + len(crashed)} families")
+    for k, v in sorted(outcomes.items(), key=lambda kv: -len(kv[1])):
+        print(f"{len(v):4d}  {k}\n      {', '.join(v)}")
+    assert not wrong and not crashed, "\n".join(["imported WRONG:", *wrong, "crashed:", *crashed])

@@ -484,6 +484,21 @@ def test_timm_gelu_form_is_a_question():
     assert import_timm(state, timm_config=tc, layer_norm_eps=1e-6)[0].gelu == "quick"
 
 
+def test_timm_unresolved_architecture_is_said():
+    """A named architecture that is no suite preset and that timm cannot resolve (timm does not know it, or is not
+    installed) is never taken for a known one: the questions are asked, and the message says the name could not be
+    resolved and may hold parts its keys do not show; an unknown --preset name is refused the same way."""
+    cfg = get_preset("tiny")
+    state = export_timm(cfg, init_weights(cfg))
+    with pytest.raises(MissingFactsError) as e:
+        import_timm(state, timm_config={"architecture": "vit_custom", "global_pool": "token"})
+    msg = " ".join(str(e.value).split())
+    assert "the named architecture 'vit_custom' is no suite preset and could not be resolved" in msg
+    assert "it may hold parts its keys do not show" in msg and "layer_norm_eps" in msg
+    with pytest.raises(MissingFactsError, match="unknown preset 'vit_nonesuch'.*could not be resolved"):
+        import_timm(state, preset="vit_nonesuch")
+
+
 def test_timm_dinov2_registers_class_row_folded_on_export():
     """HF's DINOv2-with-registers layout (a position row for the class token only) has no timm form: export folds
     the row into the class token, as timm's _convert_dinov2 does, and says so; the model is the same."""

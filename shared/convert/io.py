@@ -52,7 +52,7 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
         if image_size and tuple(image_size) != tuple(cfg.image_size):
             cfg, state = resize_state(cfg, state, image_size)
         return cfg, state
-    cfg_hint = _preset_hint(preset) if preset else None
+    cfg_hint = _preset_hint(preset, fmt) if preset else None
     if fmt == "canonical":
         cfg, state = W.load(src)
     elif fmt == "timm":
@@ -67,7 +67,7 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
         # a plain state dict carries no config: the named preset if it fits exactly, else sizes from the file
         state = read_checkpoint(src)
         try:
-            if cfg_hint is None or stated:
+            if not isinstance(cfg_hint, ViTConfig) or stated:
                 raise MismatchError(src, ["no preset, or facts stated for a timm state dict"])
             W.validate_state(cfg_hint, state, source=src)
             cfg = cfg_hint
@@ -101,13 +101,25 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
     return cfg, state
 
 
-def _preset_hint(name: str | ViTConfig) -> ViTConfig:
-    """A config, a suite preset, or a mindcv model name (its files' --preset, which `convert --verify` passes on)."""
+def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | str | None:
+    """A config, a suite preset, or a mindcv model name (its files' --preset, which `convert --verify` passes on).
+    Any other name timm knows is kept as a name for a timm state dict (the importer resolves it by timm's own
+    model), and unused by a file that carries its config (canonical, hf: `convert --verify` reads the result back
+    with the --preset it was given)."""
     from .mindcv import MINDCV_MODELS, mindcv_preset
+    from .timm import is_suite_preset
+    from .timm_resolve import timm_knows
 
     if isinstance(name, ViTConfig):
         return name
-    return mindcv_preset(name) if name in MINDCV_MODELS else get_preset(name)
+    if name in MINDCV_MODELS:
+        return mindcv_preset(name)
+    if not is_suite_preset(name):
+        if fmt in STATED_FACT_FORMATS:
+            return name
+        if fmt in ("canonical", "hf") and timm_knows(name):
+            return None
+    return get_preset(name)
 
 
 def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tuple[ViTConfig, dict]:

@@ -6,12 +6,12 @@ is the source library's own output: each runner here builds the source model wit
 the source file (not from the converted config) and returns its final output, which `check --against SRC` and
 `convert --verify` compare with the reference of the converted file.
 
-    timm (state dicts)   timm.create_model(ARCH, **overrides) + load_state_dict(strict=True); ARCH is the timm
-                         architecture the conversion named (--preset vit_base_patch16_224, or timm's config.json
-                         beside the file, with its model_args); no other guess. The overrides are where the
-                         converted config differs from ARCH's preset: the sizes the file fixes and the facts stated
-                         at conversion (--pool, --gelu, --grid, ...): a wrong statement is shared, a wrong reading
-                         of the file is not. A timm hub directory: timm.create_model('local-dir:DIR', pretrained=True)
+    timm (state dicts)   timm.create_model(ARCH, **kwargs) + load_state_dict(strict=True); ARCH is the timm
+                         architecture the conversion named (--preset NAME, any timm name, or timm's config.json
+                         beside the file, with its model_args); no other guess. Without a config.json the kwargs
+                         are every fact the converted config states (timm_model_args: sizes, pooling with fc_norm,
+                         GELU form, ...) on ARCH's own modules: a wrong statement is shared, a wrong reading of the
+                         keys fails the strict load. A timm hub directory: timm.create_model('local-dir:DIR', pretrained=True)
     hf (directories)     transformers' own class for the directory's model_type and architectures (ViT, DeiT, DINOv2,
                          ViTMAE, CLIP, SigLIP: hf_runner), from_pretrained(local_files_only)
     torchvision          torchvision's own VisionTransformer + load_state_dict(strict=True)
@@ -82,12 +82,13 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     A timm hub directory (config.json + weights) is built and loaded by timm itself:
     `timm.create_model('local-dir:DIR', pretrained=True)`, with img_size = the images' size when they differ from
     its own (timm's checkpoint filter resamples the table from the size config.json states). A state dict is built
-    as `timm.create_model(ARCH, **overrides)`: ARCH is the architecture its config.json beside it names, with that
-    file's model_args, else the architecture the conversion named (a family or vit_* preset name: `--preset NAME`);
-    the overrides are what the converted config says differently from that architecture's preset (the sizes the
-    file determines, and the facts stated at conversion: --pool, --gelu, --num-heads). A fact timm's architecture
-    cannot take (a changed qk scale, a suite resize kernel) is not passed: timm computes its own, and the comparison
-    shows the difference.
+    as `timm.create_model(ARCH, **kwargs)`: ARCH is the architecture its config.json beside it names, with that
+    file's model_args, else the architecture the conversion named (`--preset NAME`: a suite preset with a timm name,
+    or any timm name the import resolved), with every fact the converted config states (`timm_model_args`: passing
+    only the facts that differ from the preset's lost the ones timm derives, e.g. global_pool='avg' turning fc_norm
+    on) and ARCH's LayerNorm replaced only when the eps differs from its own. A fact timm's architecture cannot
+    take (a changed qk scale, a suite resize kernel) is not passed: timm computes its own, and the comparison shows
+    the difference.
     """
     import timm
     import torch
@@ -96,6 +97,7 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     from ..presets import PRESETS
     from .timm import (architecture_eps, read_checkpoint, strip_prefixes, timm_files, timm_model_args,
                        timm_norm_layer)
+    from .timm_resolve import resolve_timm_architecture
 
     size = tuple(int(s) for s in images.shape[2:])
     weights, config = timm_files(src)
@@ -111,18 +113,21 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
         kw.setdefault("num_classes", config.get("num_classes", cfg.num_classes))
     else:
         arch = cfg.name
-        if not (arch in PRESETS and timm.is_model(arch)):
+        if not timm.is_model(arch):
             raise MissingFactsError(f"{src}: the file does not name a timm architecture and the converted config's "
                                     f"name {cfg.name!r} is not one: convert with --preset NAME, a timm model name "
                                     f"(e.g. vit_base_patch16_224), to prove it against timm")
-        mine = timm_model_args(cfg)
-        kw = {k: v for k, v in mine.items() if timm_model_args(PRESETS[arch]).get(k) != v}
-        if cfg.layer_norm_eps != architecture_eps(arch):
+        # every fact the converted config states (timm derives some defaults from others: global_pool='avg' alone
+        # turns fc_norm on), on the architecture's own modules; its LayerNorm replaced only where the eps differs
+        kw = timm_model_args(cfg)
+        own_eps = architecture_eps(arch) if arch in PRESETS else \
+            resolve_timm_architecture(arch, {"num_classes": cfg.num_classes}, src).facts["layer_norm_eps"]
+        if cfg.layer_norm_eps != own_eps:
             kw["norm_layer"] = timm_norm_layer(cfg.layer_norm_eps)
         # the file's table as the conversion read it (when kept), else at the images' size: timm's filter resamples
         rows = np.shape(state["pos_embed"])[1] if "pos_embed" in state else None
         kept = cfg.pos_embed == "learned" and rows == cfg.num_pos_prefix + cfg.table_grid[0] * cfg.table_grid[1]
-        kw["img_size"] = tuple(mine["img_size"]) if kept else size
+        kw["img_size"] = tuple(kw["img_size"]) if kept else size
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
     model = timm.create_model(arch, pretrained=False, **kw)
     if tuple(model.patch_embed.img_size) != size:  # timm resamples its table at run time, from its own grid

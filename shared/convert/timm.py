@@ -18,8 +18,13 @@ What it cannot tell, and so must be stated:
 Stated by, highest first: an explicit argument (`pool=`, `gelu=`, `grid=`, `num_heads=`, `layer_norm_eps=`; CLI
 --pool, --gelu, --grid, --num-heads, --layer-norm-eps), the preset (`preset=`, CLI --preset NAME), timm's
 `config.json` (`timm_config=`: the architecture resolves to the preset of the same name, then `model_args` /
-`global_pool` / `img_size` override it; an architecture that is no preset states its GELU only by
-`model_args.act_layer` and never its eps, since its timm function may set either). A stated image size
+`global_pool` / `img_size` override it). A name that is no suite preset (`preset=` a string, or config.json's
+`architecture`) is resolved by timm itself (`shared.convert.timm_resolve`): timm's own model of that name, built on
+the meta device with config.json's `model_args`, states every fact above from its modules ("from timm's ARCH",
+ranked right after the preset / config.json that named it), or the architecture is refused by name
+(ConversionError, whatever the flags say) when the canonical model cannot run it (rotary positions, post-norm
+blocks, ...). The file's keys and shapes must be exactly that model's (config.json; --preset NAME: the file's sizes
+win, with a warning). Without timm, or for a name timm does not know, the questions are asked and say so. A stated image size
 (`image_size=`, config.json, the preset) fixes the grid only when it fits the table's row count with the prefix rows
 its own source states, and only one reading may fit. Nothing is guessed: a fact nobody stated is a MissingFactsError
 naming the question and the flag that answers it. A preset that contradicts the file loses to the file, with a ConversionWarning naming each fact;
@@ -57,6 +62,7 @@ from ..posemb import resample_pos_embed
 from ..presets import PRESETS, get_preset
 from ..safeio import check_zip, read_json_file
 from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
+from .timm_resolve import Resolved, resolve_timm_architecture, timm_knows
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
 TIMM_DEFAULT_EPS = 1e-6
@@ -163,13 +169,46 @@ def _isqrt_exact(n: int) -> int | None:
     return r if r >= 0 and r * r == n else None
 
 
+def is_suite_preset(name: str) -> bool:
+    try:
+        get_preset(name)
+    except ConfigError:
+        return False
+    return True
+
+
+def _unresolved(name: str) -> str:
+    """Why a named architecture that is no suite preset could not be resolved by timm."""
+    why = {None: "timm is not installed", False: "timm does not know it"}[timm_knows(name)]
+    return (f"the named architecture {name!r} is no suite preset and could not be resolved ({why}): it may hold "
+            f"parts its keys do not show")
+
+
 def _resolve_preset(preset) -> ViTConfig | None:
     if preset is None or isinstance(preset, ViTConfig):
         return preset
     try:
         return get_preset(preset)
     except ConfigError as e:
-        raise MissingFactsError(str(e)) from None
+        raise MissingFactsError(f"{e}; {_unresolved(preset)}") from None
+
+
+def _resolved_facts(r: Resolved) -> dict[str, Any]:
+    """What timm's built model states about a file's unknowns (as _preset_facts does for a preset)."""
+    return {k: r.facts[k] for k in ("num_heads", "layer_norm_eps", "gelu", "mlp", "pool", "image_size",
+                                    "pos_rows", "init_values", "name") if r.facts.get(k) is not None}
+
+
+def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Where a file's keys and shapes differ from a built model's (the position table's row count aside: its grid
+    is read from the stated image size, and timm resamples it on load)."""
+    out = [f"{k}: the file has none" for k in sorted(set(shapes) - set(st))]
+    out += [f"{k}: timm's model has none" for k in sorted(set(st) - set(shapes))]
+    for k in sorted(set(st) & set(shapes)):
+        a, b = tuple(np.shape(st[k])), shapes[k]
+        if (a[::2], len(a)) != (b[::2], len(b)) if k == "pos_embed" else a != b:
+            out.append(f"{k}: file {a}, timm's model {b}")
+    return out
 
 
 def _rename_legacy(st: dict[str, Any]) -> dict[str, Any]:
@@ -377,6 +416,35 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     with the preset's kernel, timm's (bicubic_antialias) without one (shared.posemb.resample_pos_embed).
     """
     st = _rename_legacy(strip_prefixes(state))
+    # ---- a named architecture that is no suite preset: timm's own model of that name states what it is (or it is
+    # refused by name, whatever else is stated); the file's keys must then be exactly that model's
+    resolved: list[tuple[str, Resolved, bool]] = []  # (who, timm's model, built with the file's own config.json)
+    unresolved: list[str] = []
+    n_cls = int(np.shape(st["head.weight"])[0]) if "head.weight" in st and np.ndim(st["head.weight"]) == 2 else 0
+    if isinstance(preset, str) and not is_suite_preset(preset):
+        r = resolve_timm_architecture(preset, {"num_classes": n_cls}, source)
+        if r is None:
+            _resolve_preset(preset)  # the unknown name, and why timm could not resolve it
+        resolved.append((f"timm's {preset}", r, False))
+        preset = None
+    tc_arch = timm_config.get("architecture") or timm_config.get("model_name") if timm_config else None
+    if isinstance(tc_arch, str) and tc_arch.split(".")[0] not in TIMM_ARCHITECTURES:
+        tc_arch = tc_arch.split(".")[0]
+        args = timm_config.get("model_args") or {}
+        if not isinstance(args, Mapping):
+            raise ConfigError(f"{source}: config.json: 'model_args' must be an object, got {shown(args)}")
+        args = {"num_classes": timm_config.get("num_classes", n_cls), **args}
+        r = resolve_timm_architecture(tc_arch, args, source)
+        if r is None:
+            unresolved.append(_unresolved(tc_arch))
+        else:
+            conflicts = _shape_conflicts(st, r.shapes)
+            if conflicts:
+                more = f" (+{len(conflicts) - 6} more)" if len(conflicts) > 6 else ""
+                raise ConversionError(f"{source}: config.json names {tc_arch!r}, and timm's {tc_arch} built with its "
+                                      f"model_args does not hold this file's tensors: " + "; ".join(conflicts[:6])
+                                      + more)
+            resolved.append((f"timm's {tc_arch}", r, True))
     if "patch_embed.proj.weight" not in st or not any(k.startswith("blocks.") for k in st):
         hint = ""
         if any("embeddings.patch_embeddings" in k for k in st):
@@ -450,8 +518,13 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     p_name = f"preset {p_cfg.name!r}" if p_cfg is not None else None
     p_pool = p_facts.pop("pool", None)
     tc_pool = tc_facts.pop("pool", None)
-    known = _Stated([("{flag}", flags), (p_name, p_facts),
-                     ("config.json", tc_facts)], source)
+    r_facts = [(who, _resolved_facts(r), mine) for who, r, mine in resolved]
+    r_pools = [(who, f.pop("pool", None), r.layout, mine) for (who, f, mine), (_, r, _) in zip(r_facts, resolved)]
+    # ranked like a preset (--preset NAME) and like config.json (its architecture): each right after it
+    by_preset = [(who, f) for who, f, mine in r_facts if not mine]
+    by_config = [(who, f) for who, f, mine in r_facts if mine]
+    known = _Stated([("{flag}", flags), (p_name, p_facts), *by_preset,
+                     ("config.json", tc_facts), *by_config], source)
     questions: list[str] = []
 
     # heads: the file (qk-norm) first; an argument that contradicts it is refused, a preset or config.json is told
@@ -459,7 +532,7 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         if num_heads is not None and num_heads != file_heads:
             raise ConversionError(f"{source}: num_heads {num_heads} contradicts the file: its qk-norm width "
                                   f"{D // file_heads} makes {file_heads} heads of embed_dim {D}")
-        for who, facts in ((p_name, p_facts), ("config.json", tc_facts)):
+        for who, facts in ((p_name, p_facts), *by_preset, ("config.json", tc_facts), *by_config):
             if facts.get("num_heads") not in (None, file_heads):
                 warnings.warn(f"{source}: {who} says num_heads={facts['num_heads']}, the file's qk-norm width makes "
                               f"{file_heads}: using the file's", ConversionWarning, stacklevel=2)
@@ -474,7 +547,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         questions.append("layer_norm_eps (--layer-norm-eps EPS, or --preset NAME with the model's numerics, e.g. "
                          "--preset vit_base_patch16_224, or timm's config.json naming a known architecture)")
     # the MLP: the file tells whether it is gated; a gated MLP's activation, or else the GELU form, is stated
-    for who, v in (("--mlp", flags.get("mlp")), ("config.json", tc_facts.get("mlp"))):
+    for who, v in (("--mlp", flags.get("mlp")), ("config.json", tc_facts.get("mlp")),
+                   *((who, f.get("mlp")) for who, f, _ in r_facts)):
         if v is not None and (v == "swiglu") != gated:
             raise ConversionError(
                 f"{source}: {who} says a {'SwiGLU' if v == 'swiglu' else 'GELU'} MLP, which contradicts the file: "
@@ -498,7 +572,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     if file_pool is not None:
         why = {"map": "it has attn_pool.* (an attention-pool head)", "token": "it has a distillation token (DeiT "
                "pools the class and distillation tokens)", "mean": "it has no class token"}[file_pool]
-        for who, v in (("--pool", flags.get("pool")), ("config.json", tc_pool)):
+        for who, v in (("--pool", flags.get("pool")), ("config.json", tc_pool),
+                       *((who, v) for who, v, _, mine in r_pools if mine)):
             if v is not None and v != file_pool:
                 raise ConversionError(f"{source}: {who} says pool {TIMM_POOL[v]!r}, which contradicts the file: "
                                       f"{why} (pool {TIMM_POOL[file_pool]!r})")
@@ -508,7 +583,10 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         if p_cfg is not None and p_pool in ("token", "mean") and p_cfg.class_token != "none" \
                 and (p_cfg.final_norm, p_cfg.fc_norm) == (final_norm, fc_norm):
             stated.append((p_name, p_pool))
+        keys = (has_cls, final_norm, fc_norm)  # a resolved model's pooling applies to its own layout only
+        stated += [(who, v) for who, v, lay, mine in r_pools if not mine and lay == keys]
         stated.append(("config.json", tc_pool))
+        stated += [(who, v) for who, v, lay, mine in r_pools if mine and lay == keys]
         stated = [(who, v) for who, v in stated if v is not None]
         if stated:
             (pool_by, pool_c), others = stated[0], stated[1:]
@@ -536,8 +614,10 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         hints.append((_pair(image_size), "--image-size", None))
     if "image_size" in tc_facts:
         hints.append((tc_facts["image_size"], "config.json", tc_facts.get("pos_rows")))
+    hints += [(f["image_size"], who, f.get("pos_rows")) for who, f in by_config]
     if p_cfg is not None:
         hints.append((tuple(p_cfg.image_size), p_name, p_facts.get("pos_rows")))
+    hints += [(f["image_size"], who, f.get("pos_rows")) for who, f in by_preset]
     npos, pos_grid, grid_by = n0, None, None
     if has_pos:
         pe_shape = np.shape(st["pos_embed"])
@@ -551,7 +631,7 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise ConversionError(f"{source}: a grid was given, but the file has no pos_embed (no position table)")
     if questions:
         raise MissingFactsError(f"{source}: a timm state dict does not determine these, and nothing stated them:\n  "
-                                + "\n  ".join(questions))
+                                + "\n  ".join(questions) + "".join(f"\n  ({u})" for u in unresolved))
     target = _pair(image_size) if image_size is not None else None
     if target is None:
         if pos_grid is not None:
@@ -605,6 +685,12 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
                 f" (num_heads {H} is the preset's: the file cannot tell)"
             warnings.warn(f"{source}: the file's sizes win over preset {p_cfg.name!r}{heads}: " + "; ".join(conflicts),
                           ConversionWarning, stacklevel=2)
+    for who, r, mine in resolved:  # --preset NAME resolved by timm: like a preset, the file's sizes win, and say so
+        conflicts = [] if mine else _shape_conflicts(st, r.shapes)
+        if conflicts:
+            more = f" (+{len(conflicts) - 6} more)" if len(conflicts) > 6 else ""
+            warnings.warn(f"{source}: the file's sizes win over {who} (built with no model_args): "
+                          + "; ".join(conflicts[:6]) + more, ConversionWarning, stacklevel=2)
     extra = {}
     if p_cfg is not None:
         extra = dict(dropout=p_cfg.dropout, attn_dropout=p_cfg.attn_dropout, drop_path=p_cfg.drop_path)
@@ -615,7 +701,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     told = ", ".join(f"{k} from {v}" for k, v in said.items() if v)
     try:
         cfg = ViTConfig(
-            name=p_cfg.name if p_cfg is not None else tc_facts.get("name", "timm_import"), image_size=target,
+            name=p_cfg.name if p_cfg is not None else (by_preset[0][1]["name"] if by_preset else
+                                                       tc_facts.get("name", "timm_import")), image_size=target,
             in_chans=C, patch_size=P, patch_bias=patch_bias, embed_dim=D, depth=depth, num_heads=H, mlp_dim=mlp_dim,
             swiglu=gated, qkv_bias=qkv_bias, qk_norm=qk_norm, init_values=init_values, class_token=class_token,
             dist_token=has_dist, reg_tokens=reg_tokens, pool=pool_c,

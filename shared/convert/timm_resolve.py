@@ -1,0 +1,243 @@
+"""A timm architecture resolved by timm itself: its own model of that name, built on the meta device (no weights,
+no memory), and read for what a timm state dict cannot tell.
+
+    resolved = resolve_timm_architecture("vit_large_patch14_224", {"depth": 2, "embed_dim": 96}, source)
+    resolved.facts   # num_heads, layer_norm_eps, gelu / mlp, pool, pos_rows, image_size, init_values, name
+    resolved.shapes  # the built model's state-dict keys and shapes: what a file of this architecture holds
+
+Every fact is read from the BUILT MODULES (model, block, norm, attention, MLP and activation classes; the pool,
+the tokens, the position table), never from the name. Only what the canonical model runs is accepted: timm's
+`VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm, `Attention`, `Mlp` with a GELU form or
+the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked), a plain-conv `PatchEmbed`, the one-latent
+`AttentionPoolLatent` MAP head. Anything else is refused by name with the reason (ConversionError), whatever
+else is stated: several of them (rotary positions, post-norm blocks) have keys a supported model also has, so any
+reading of their files would be silently wrong.
+
+timm and torch are imported lazily; `timm_knows(name)` says whether a resolution is possible at all.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import ConversionError
+
+#: model classes that are not a timm VisionTransformer, and what in them the canonical model cannot run
+_CLASS_REASONS = {
+    "Eva": "EVA-style blocks (EvaBlock: separate q/k/v biases, optional rotary positions and SwiGLU)",
+    "Beit": "relative position biases in every block (and separate q/v biases)",
+    "VisionTransformerRelPos": "relative position biases (the canonical model has absolute positions only)",
+    "VisionTransformerSAM": "windowed attention with relative positions and a convolutional neck",
+    "NaFlexVit": "a variable-resolution (NaFlex) patch embedding with its own position handling",
+    "VisionTransformerHybrid": "a hybrid CNN stem",
+}
+#: block classes of timm's VisionTransformer other than the pre-norm `Block`, and why each cannot be read
+_BLOCK_REASONS = {
+    "ResPostBlock": "norms after each branch (post-norm): its keys are exactly a pre-norm block's",
+    "ParallelScalingBlock": "attention and MLP in parallel from one fused projection",
+    "DiffParallelScalingBlock": "differential attention in parallel blocks",
+    "ParallelThingsBlock": "parallel attention and MLP branches",
+}
+
+
+#: attention classes other than timm's `Attention`, and what they compute differently
+_ATTN_REASONS = {
+    "DiffAttention": "differential attention (the difference of two softmax maps, with learned lambdas)",
+    "AttentionRope": "rotary position embeddings, which its keys do not show",
+}
+#: timm.create_model's own options (files, downloads, devices), refused in a file's model_args
+_LOADING_ARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",
+                           "pretrained_strict", "features_only", "device", "dtype", "scriptable", "exportable",
+                           "no_jit"})
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """timm's own model of `arch`, as the import reads it."""
+
+    arch: str
+    facts: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]] = field(repr=False)
+    #: what its keys would show: (class token, final norm, fc_norm) -- a pooling it states applies to that layout
+    layout: tuple[bool, bool, bool] = (True, True, False)
+
+
+def timm_knows(name: str) -> bool | None:
+    """True: timm builds `name`; False: timm does not know it; None: timm is not installed."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    return bool(timm.is_model(name))
+
+
+def _tname(obj) -> str:
+    return type(obj).__name__
+
+
+def _refuse(arch: str, what: str) -> None:
+    raise ConversionError(f"timm's {arch} {what}: refused by name (never read as its nearest look-alike; no flag "
+                          f"makes it importable)")
+
+
+def _gelu_form(act, arch: str, where: str) -> str:
+    import torch.nn as nn
+    from timm.layers.activations import GELU, GELUTanh, QuickGELU
+
+    if type(act) is nn.GELU:
+        return {"none": "erf", "tanh": "tanh"}[act.approximate]
+    if type(act) in (GELU, GELUTanh, QuickGELU):
+        return {GELU: "erf", GELUTanh: "tanh", QuickGELU: "quick"}[type(act)]
+    _refuse(arch, f"has a {_tname(act)} activation in {where} (the canonical MLP runs GELU: erf, tanh or quick, "
+                  f"or SwiGLU)")
+    raise AssertionError  # unreachable
+
+
+def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
+    """The facts of a built timm model, or ConversionError naming what the canonical model cannot run."""
+    import torch.nn as nn
+    from timm.layers import AttentionPoolLatent, LayerScale, PatchEmbed
+    from timm.layers.attention import Attention
+    from timm.layers.mlp import GluMlp, Mlp
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    cls = _tname(model)
+    if type(model) not in (VisionTransformer, VisionTransformerDistilled):
+        rope = getattr(model, "rope", None)
+        why = (f"rotary position embeddings ({_tname(rope)}), which its keys do not show; the canonical model has "
+               f"none" if rope is not None else _CLASS_REASONS.get(cls, "not a timm VisionTransformer"))
+        _refuse(arch, f"is {'an' if cls[0] in 'AEIOU' else 'a'} {cls} model: {why}")
+    pe = model.patch_embed
+    if type(pe) is not PatchEmbed:
+        _refuse(arch, f"embeds patches with {_tname(pe)} (a hybrid stem or another embedding), not a plain conv")
+    proj = pe.proj
+    if not (type(proj) is nn.Conv2d and proj.kernel_size == proj.stride and proj.padding == (0, 0)
+            and proj.dilation == (1, 1) and proj.groups == 1 and proj.kernel_size[0] == proj.kernel_size[1]):
+        _refuse(arch, f"has a patch projection {proj!r}, not one square strided conv")
+    if type(pe.norm) is not nn.Identity:
+        _refuse(arch, "has a norm inside the patch embedding")
+    if getattr(pe, "dynamic_img_pad", False):
+        _refuse(arch, "pads images to a patch multiple (dynamic_img_pad)")
+    if getattr(model, "pool_include_prefix", False):
+        _refuse(arch, "pools the prefix tokens too (pool_include_prefix)")
+    if getattr(model, "rope", None) is not None:
+        _refuse(arch, "has rotary position embeddings, which its keys do not show")
+
+    norms = []  # every LayerNorm of the model: one eps
+
+    def norm(m, where: str, optional: bool = True) -> bool:
+        if type(m) is nn.Identity and optional:
+            return False
+        if not isinstance(m, nn.LayerNorm) or type(m).__name__ not in ("LayerNorm",) \
+                or not m.elementwise_affine or m.bias is None:
+            _refuse(arch, f"has a {_tname(m)} as {where} (the canonical model's norms are LayerNorm with weight "
+                          f"and bias)")
+        norms.append((where, float(m.eps)))
+        return True
+
+    gelus, heads, mlps, inits = set(), set(), set(), set()
+    for i, blk in enumerate(model.blocks):
+        if type(blk) is not Block:
+            _refuse(arch, f"builds {_tname(blk)} blocks: "
+                          f"{_BLOCK_REASONS.get(_tname(blk), 'not the pre-norm Block the canonical model runs')}")
+        norm(blk.norm1, f"blocks.{i}.norm1", optional=False)
+        norm(blk.norm2, f"blocks.{i}.norm2", optional=False)
+        a = blk.attn
+        if type(a) is not Attention:
+            _refuse(arch, f"has {_tname(a)} attention: "
+                          f"{_ATTN_REASONS.get(_tname(a), 'not the timm Attention the canonical model runs')}")
+        if type(a.norm) is not nn.Identity or getattr(a, "gate", None) is not None:
+            _refuse(arch, "has a norm or a gate inside attention (scale_attn_norm / gated attention)")
+        if a.attn_dim != blk.norm1.normalized_shape[0] or not math.isclose(a.scale, a.head_dim ** -0.5):
+            _refuse(arch, "has an attention width or scale other than embed_dim and head_dim**-0.5")
+        norm(a.q_norm, f"blocks.{i}.attn.q_norm")
+        norm(a.k_norm, f"blocks.{i}.attn.k_norm")
+        heads.add(int(a.num_heads))
+        for ls in (blk.ls1, blk.ls2):
+            if type(ls) is LayerScale:
+                inits.add(float(ls.init_values))
+            elif type(ls) is not nn.Identity:
+                _refuse(arch, f"scales its branches with {_tname(ls)}")
+        m = blk.mlp
+        if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity:
+            gelus.add(_gelu_form(m.act, arch, f"blocks.{i}.mlp"))
+            mlps.add("gelu")
+        elif type(m) is GluMlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity \
+                and type(m.act) is nn.SiLU and not m.gate_last and m.chunk_dim == -1:
+            mlps.add("swiglu")
+        else:
+            _refuse(arch, f"has a {_tname(m)} MLP{' with ' + _tname(getattr(m, 'act', None)) if hasattr(m, 'act') else ''}"
+                          f" (the canonical MLP is timm's Mlp with a GELU form, or SwiGLUPacked)")
+    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1:
+        _refuse(arch, "varies heads, MLP kind, activation or LayerScale init across its blocks")
+    pre = norm(model.norm_pre, "norm_pre")
+    final = norm(model.norm, "norm")
+    fc = norm(model.fc_norm, "fc_norm")
+    gp = model.global_pool
+    if gp not in ("token", "avg", "map"):
+        _refuse(arch, f"pools with global_pool={gp!r} (canonical pooling: 'token', 'avg' over the patch tokens, "
+                      f"'map')")
+    if gp == "map":
+        ap = model.attn_pool
+        if type(ap) is not AttentionPoolLatent or ap.latent_len != 1 or ap.pos_embed is not None \
+                or type(ap.q) is not nn.Linear or type(ap.q_norm) is not nn.Identity \
+                or ap.latent_dim != ap.kv.in_features or ap.num_heads not in heads or type(ap.mlp) is not Mlp:
+            _refuse(arch, "has an attention pool other than the canonical MAP head (one latent, no positions, no "
+                          "qk-norm, the blocks' heads)")
+        norm(ap.norm, "attn_pool.norm", optional=False)
+        form = _gelu_form(ap.mlp.act, arch, "attn_pool.mlp")
+        if gelus and form not in gelus:
+            _refuse(arch, f"runs {form} GELU in its attention pool and {gelus.pop()} in its blocks")
+        gelus.add(form)
+    if len({eps for _, eps in norms}) > 1:
+        _refuse(arch, "has LayerNorms with different eps: " + ", ".join(f"{w} {e}" for w, e in norms[:4]))
+    if not isinstance(model.head, (nn.Linear, nn.Identity)):
+        _refuse(arch, f"has a {_tname(model.head)} head")
+
+    n0 = int(model.num_prefix_tokens)
+    gh, gw = pe.grid_size
+    facts: dict[str, Any] = dict(name=arch, num_heads=heads.pop(), layer_norm_eps=norms[0][1],
+                                 pool={"token": "token", "avg": "mean", "map": "map"}[gp],
+                                 image_size=tuple(int(s) for s in pe.img_size), mlp=mlps.pop())
+    if facts["mlp"] == "gelu" or gelus:
+        facts["gelu"] = gelus.pop()
+    if model.pos_embed is not None:
+        rows = int(model.pos_embed.shape[1]) - gh * gw
+        facts["pos_rows"] = "all" if rows == n0 else "none" if rows == 0 else None
+    if inits:
+        facts["init_values"] = inits.pop()
+    facts["dynamic_img_size"] = bool(getattr(model, "dynamic_img_size", False))
+    facts["norm_pre"] = pre
+    return facts, (model.cls_token is not None, final, fc)
+
+
+def resolve_timm_architecture(arch: str, model_args: Mapping[str, Any] | None = None,
+                              source: str = "<file>") -> Resolved | None:
+    """timm's own model of `arch` built on the meta device with `model_args` (a config.json's), read for the facts
+    a file cannot tell. None when timm is not installed or does not know the name (nothing is guessed then);
+    ConversionError when timm cannot build it with these arguments, or builds something the canonical model
+    cannot run (by name, with the reason)."""
+    if not timm_knows(arch):
+        return None
+    import timm
+    import torch
+
+    loading = sorted(set(model_args or {}) & _LOADING_ARGS)
+    if loading:  # never handed to timm: it would read (and unpickle) files, or fetch weights
+        raise ConversionError(f"{source}: config.json model_args {loading} are create_model's loading options, not "
+                              f"model arguments: refused")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_args or {}).items()}
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - timm raises many types for arguments its architecture cannot take
+        raise ConversionError(f"{source}: timm cannot build its {arch} with model_args {dict(model_args or {})}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    try:
+        facts, layout = _read(model, arch)
+    except ConversionError as e:
+        raise ConversionError(f"{source}: {e}") from None
+    shapes = {k: tuple(int(s) for s in v.shape) for k, v in model.state_dict().items()}
+    return Resolved(arch=arch, facts=facts, shapes=shapes, layout=layout)

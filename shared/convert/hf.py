@@ -101,7 +101,6 @@ from ..weights import (CANONICAL_DTYPE, read_tensors, write_dir_atomically,
                        validate_state)
 from .hf_clip import ARCHITECTURES as CLIP_ARCHITECTURES
 from .hf_clip import MODEL_TYPES as HF_CLIP_TYPES
-from .hf_clip import export_hf_clip, import_hf_clip
 from .hfconfig import ConfigFacts
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 
@@ -274,6 +273,8 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
                                 f"num_attention_heads, layer_norm_eps, hidden_act, image_size ...)")
     mt = hf_config.get("model_type", "vit")
     if mt in HF_CLIP_TYPES:
+        from .hf_clip import import_hf_clip
+
         cfg, out = import_hf_clip(state, hf_config, source)
     else:
         fam = _FAMILIES.get(mt) if isinstance(mt, str) else None
@@ -654,6 +655,8 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
     if mt in HF_CLIP_TYPES:
         if layout != "file":
             raise ValueError(f"layout={layout!r}: CLIP and SigLIP are exported in the file layout only")
+        from .hf_clip import export_hf_clip
+
         return export_hf_clip(cfg, state, mt)
     fam = _FAMILIES.get(mt)
     if fam is None:

@@ -1,4 +1,4 @@
-"""Hugging Face CLIP and SigLIP vision towers <-> the canonical format.
+"""Hugging Face CLIP, SigLIP and MetaCLIP 2 vision towers <-> the canonical format.
 
 Model types and architectures (the vision tower only; a text tower is never part of the canonical model):
 
@@ -14,6 +14,12 @@ Model types and architectures (the vision tower only; a text tower is never part
   siglip              SiglipModel                     get_image_features: as SiglipVisionModel; the text tower,
                                                       logit_scale and logit_bias are dropped (ConversionWarning)
                       SiglipForImageClassification    logits: classifier(mean of the post-layernormed tokens)
+  metaclip_2_vision_model, metaclip_2
+                      MetaClip2VisionModel, MetaClip2VisionModelWithProjection, MetaClip2Model,
+                      MetaClip2ForImageClassification: CLIP's structure, keys, defaults and outputs under MetaCLIP 2's
+                      class names (read and written as the clip rows above)
+
+ARCHITECTURES lists these classes per model type (built from _FULL, as the importer names them).
 
 Key mapping (relative to the vision tower; canonical keys on the left):
 

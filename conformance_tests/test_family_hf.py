@@ -398,7 +398,8 @@ def _pair(vision_conf: str, full_conf: str, **extra):
 def _mae_out(m, t):
     base = getattr(m, "vit", m)  # ViTMAEForPreTraining keeps the encoder under vit.
     n = (t.shape[2] // 7) * (t.shape[3] // 7)
-    return base(pixel_values=t, noise=torch.arange(n, dtype=torch.float32).expand(t.shape[0], n)).last_hidden_state[:, 0]
+    noise = torch.arange(n, dtype=torch.float32).expand(t.shape[0], n)  # every patch, in order
+    return base(pixel_values=t, noise=noise).last_hidden_state[:, 0]
 
 
 _OUT = {  # what the canonical logits stand for, computed from the model object
@@ -466,7 +467,7 @@ def _save_class(mt: str, arch: str, directory):
 def test_every_accepted_class(mt, arch, tmp_path):
     """Each class the importer accepts, saved by transformers: the canonical file's float64 reference within the
     float32 bound of that class's own output, and the proof runner picks a class that computes exactly it."""
-    assert (mt, arch) in EVERY_CLASS, f"the importer accepts {arch} ({mt}) but no test builds one: add it to EVERY_CLASS"
+    assert (mt, arch) in EVERY_CLASS, f"the importer accepts {arch} ({mt}), no test builds one: add it to EVERY_CLASS"
     model = _save_class(mt, arch, tmp_path)
     cfg, state = _load(tmp_path)
     x = np.random.default_rng(9).standard_normal((2, 3, 28, 28)).astype(np.float32)

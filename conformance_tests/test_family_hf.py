@@ -1,7 +1,12 @@
 """Hugging Face's ViT family against transformers itself: ViT, DeiT (with teacher, classifier only, features with the
-pooler), DINOv2, DINOv2-giant's SwiGLU MLP, DINOv2 with registers, ViTMAE and ViTMAE's pre-training checkpoint, each
-made by transformers (random init, then every parameter shaken so each one matters; tiny; no download) and saved
-with `save_pretrained`, as its users save it.
+pooler), DINOv2, DINOv2-giant's SwiGLU MLP, DINOv2 with registers, ViTMAE and ViTMAE's pre-training checkpoint,
+ViTMSN's and I-JEPA's classifiers and I-JEPA's encoder, each made by transformers (random init, then every parameter
+shaken so each one matters; tiny; no download) and saved with `save_pretrained`, as its users save it.
+
+Every (model_type, class) the importer accepts (shared.convert.hf.accepted_architectures, its own tables: the CLIP,
+SigLIP and MetaCLIP 2 ones too) is imported from a save_pretrained directory and matched against that class's own
+output, and the proof runner (hf_output) must pick a class that gives exactly that output: a class accepted
+without a case here fails test_every_accepted_class.
 
 Per family:
   * the Python API (load_hf_dir) and the CLI (`vit-suite convert DIR out.safetensors`) give one canonical file, whose
@@ -35,7 +40,7 @@ from safetensors.numpy import load_file  # noqa: E402
 from shared import reference  # noqa: E402
 from shared import weights as W  # noqa: E402
 from shared.cli import main  # noqa: E402
-from shared.convert.hf import _DEFAULTS, export_hf, load_hf_dir, save_hf_dir  # noqa: E402
+from shared.convert.hf import _DEFAULTS, accepted_architectures, export_hf, load_hf_dir, save_hf_dir  # noqa: E402
 from shared.convert.sources import hf_output  # noqa: E402
 from shared.errors import ConversionWarning  # noqa: E402
 from shared.posemb import resample_pos_embed  # noqa: E402
@@ -76,7 +81,19 @@ FAMILIES = {
                             dict(_VIT, image_size=28, patch_size=7, decoder_hidden_size=16, decoder_num_hidden_layers=1,
                                  decoder_num_attention_heads=2, decoder_intermediate_size=32),
                             dict(num_classes=0)),
+    # ViTMSN: a plain ViT whose layer_norm_eps defaults to 1e-6; it classifies the final-norm class token
+    "vit_msn": ("ViTMSNForImageClassification", "ViTMSNConfig", dict(_VIT, image_size=28, patch_size=7, num_labels=5),
+                dict(num_classes=5, layer_norm_eps=1e-6, class_token="learned", pool="token")),
+    # I-JEPA: no class token; it classifies (and its features are) the mean of the final-normed tokens
+    "ijepa": ("IJepaForImageClassification", "IJepaConfig",
+              dict(_VIT, image_size=28, patch_size=7, num_labels=5, hidden_act="gelu_pytorch_tanh"),
+              dict(num_classes=5, class_token="none", pool="mean", gelu="tanh", layer_norm_eps=1e-12)),
+    "ijepa_model": ("IJepaModel", "IJepaConfig", dict(_VIT, image_size=[28, 42], patch_size=7),
+                    dict(num_classes=0, class_token="none", pool="mean", representation_size=None)),
 }
+#: the HF type each family is exported back as (default: hf_model_type, the one that holds the config); the CLI
+#: writes the default (a plain encoder as a ViT: the same tensors under ViTModel / ViTForImageClassification)
+_EXPORT_TYPE = {"vit_mae": "vit_mae", "vit_mae_pretraining": "vit_mae", "vit_msn": "vit_msn"}
 
 
 def _make(name: str):
@@ -123,6 +140,8 @@ def _their_output(name: str, model, x: np.ndarray, **kw) -> np.ndarray:
     out = model(pixel_values=t, **kw)
     if hasattr(out, "logits"):
         return out.logits.numpy()
+    if name == "ijepa_model":  # no class token, no pooler: the mean of the final-normed tokens
+        return out.last_hidden_state.mean(1).numpy()
     return out.pooler_output.numpy()
 
 
@@ -168,6 +187,7 @@ def test_vit_mae_class_token_does_not_depend_on_the_shuffle(name, saved):
 
 
 @pytest.mark.parametrize("name,right,wrong", [("deit_model", "bicubic", "bicubic_antialias"),
+                                              ("ijepa", "bicubic", "bicubic_antialias"),
                                               ("dinov2", "bicubic", "bicubic_antialias"),
                                               ("dinov2_registers", "bicubic_antialias", "bicubic")])
 @pytest.mark.parametrize("size", [(42, 42), (14, 14)])
@@ -259,7 +279,7 @@ def test_export_back_gives_transformers_identical_tensors(name, saved, tmp_path)
     model, d = saved[name]
     cfg, state = _load(d)
     mae = name.startswith("vit_mae")
-    save_hf_dir(tmp_path / "api", cfg, state, model_type="vit_mae" if mae else None)
+    save_hf_dir(tmp_path / "api", cfg, state, model_type=_EXPORT_TYPE.get(name))
     conf = json.loads((tmp_path / "api" / "config.json").read_text())
     cls = getattr(transformers, conf["architectures"][0])
     assert conf["architectures"] == [FAMILIES[name][0] if name != "vit_mae_pretraining" else "ViTMAEModel"]
@@ -286,7 +306,7 @@ def test_module_layout_loads_strict(name, saved):
     model, d = saved[name]
     cfg, state = _load(d)
     mae = name.startswith("vit_mae")
-    hf_state, conf = export_hf(cfg, state, layout="module", model_type="vit_mae" if mae else None)
+    hf_state, conf = export_hf(cfg, state, layout="module", model_type=_EXPORT_TYPE.get(name))
     arch = conf.pop("architectures")[0]
     hf_cfg = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
     fresh = getattr(transformers, arch)(hf_cfg).eval()
@@ -357,3 +377,125 @@ def test_hf_output_clip_and_siglip_outputs(tmp_path):
         got = hf_output(str(tmp_path / arch), x, None)
         assert got.shape == want.shape, arch
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=arch)
+
+
+# ------------------------------------------------------------------------- every class the importer accepts
+_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=28,
+              patch_size=7)
+_TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=64,
+             max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+_DINO_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=28, patch_size=7)
+_MAE = dict(_TOWER, mask_ratio=0.0, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+            decoder_intermediate_size=32)
+_LABELS = dict(num_labels=5)
+
+
+def _pair(vision_conf: str, full_conf: str, **extra):
+    """config kwargs of a full (vision + text) model: CLIPConfig(vision_config=..., text_config=...)."""
+    return full_conf, dict(vision_config=_TOWER, text_config=_TEXT, **extra)
+
+
+def _mae_out(m, t):
+    base = getattr(m, "vit", m)  # ViTMAEForPreTraining keeps the encoder under vit.
+    n = (t.shape[2] // 7) * (t.shape[3] // 7)
+    noise = torch.arange(n, dtype=torch.float32).expand(t.shape[0], n)  # every patch, in order
+    return base(pixel_values=t, noise=noise).last_hidden_state[:, 0]
+
+
+_OUT = {  # what the canonical logits stand for, computed from the model object
+    "logits": lambda m, t: m(pixel_values=t).logits,
+    "pooler": lambda m, t: m(pixel_values=t).pooler_output,
+    "class token": lambda m, t: m(pixel_values=t).last_hidden_state[:, 0],
+    "mean": lambda m, t: m(pixel_values=t).last_hidden_state.mean(1),
+    "image_embeds": lambda m, t: m(pixel_values=t).image_embeds,
+    "image_features": lambda m, t: getattr(m.get_image_features(pixel_values=t), "pooler_output", None),
+    # a backbone's last stage, not reshaped: the final-norm tokens; the canonical features are its class token
+    "backbone": lambda m, t: m(pixel_values=t).feature_maps[-1][:, 0],
+    "mae": _mae_out,
+}
+_BACKBONE = dict(_DINO_TINY, out_features=["stage2"], reshape_hidden_states=False)
+#: (model_type, class) -> (config class, its kwargs, the output kind): one tiny model of every accepted class
+EVERY_CLASS = {
+    ("vit", "ViTModel"): ("ViTConfig", _TOWER, "pooler"),
+    ("vit", "ViTForImageClassification"): ("ViTConfig", dict(_TOWER, **_LABELS), "logits"),
+    ("deit", "DeiTModel"): ("DeiTConfig", _TOWER, "pooler"),
+    ("deit", "DeiTForImageClassification"): ("DeiTConfig", dict(_TOWER, **_LABELS), "logits"),
+    ("deit", "DeiTForImageClassificationWithTeacher"): ("DeiTConfig", dict(_TOWER, **_LABELS), "logits"),
+    ("dinov2", "Dinov2Model"): ("Dinov2Config", _DINO_TINY, "pooler"),
+    ("dinov2", "Dinov2Backbone"): ("Dinov2Config", _BACKBONE, "backbone"),
+    ("dinov2_with_registers", "Dinov2WithRegistersModel"): ("Dinov2WithRegistersConfig", _DINO_TINY, "pooler"),
+    ("dinov2_with_registers", "Dinov2WithRegistersBackbone"): ("Dinov2WithRegistersConfig", _BACKBONE, "backbone"),
+    ("vit_mae", "ViTMAEModel"): ("ViTMAEConfig", dict(_TOWER, mask_ratio=0.0), "mae"),
+    ("vit_mae", "ViTMAEForPreTraining"): ("ViTMAEConfig", _MAE, "mae"),
+    ("vit_msn", "ViTMSNModel"): ("ViTMSNConfig", _TOWER, "class token"),
+    ("vit_msn", "ViTMSNForImageClassification"): ("ViTMSNConfig", dict(_TOWER, **_LABELS), "logits"),
+    ("ijepa", "IJepaModel"): ("IJepaConfig", _TOWER, "mean"),
+    ("ijepa", "IJepaForImageClassification"): ("IJepaConfig", dict(_TOWER, **_LABELS), "logits"),
+    ("clip_vision_model", "CLIPVisionModel"): ("CLIPVisionConfig", _TOWER, "pooler"),
+    ("clip_vision_model", "CLIPVisionModelWithProjection"): ("CLIPVisionConfig", dict(_TOWER, projection_dim=16),
+                                                             "image_embeds"),
+    ("clip", "CLIPModel"): (*_pair("CLIPVisionConfig", "CLIPConfig", projection_dim=16), "image_features"),
+    ("clip", "CLIPForImageClassification"): (*_pair("CLIPVisionConfig", "CLIPConfig", **_LABELS), "logits"),
+    ("siglip_vision_model", "SiglipVisionModel"): ("SiglipVisionConfig", _TOWER, "pooler"),
+    ("siglip", "SiglipModel"): (*_pair("SiglipVisionConfig", "SiglipConfig"), "image_features"),
+    ("siglip", "SiglipForImageClassification"): (*_pair("SiglipVisionConfig", "SiglipConfig", **_LABELS), "logits"),
+    ("metaclip_2_vision_model", "MetaClip2VisionModel"): ("MetaClip2VisionConfig", _TOWER, "pooler"),
+    ("metaclip_2_vision_model", "MetaClip2VisionModelWithProjection"): (
+        "MetaClip2VisionConfig", dict(_TOWER, projection_dim=16), "image_embeds"),
+    ("metaclip_2", "MetaClip2Model"): (*_pair("MetaClip2VisionConfig", "MetaClip2Config", projection_dim=16),
+                                       "image_features"),
+    ("metaclip_2", "MetaClip2ForImageClassification"): (
+        *_pair("MetaClip2VisionConfig", "MetaClip2Config", **_LABELS), "logits"),
+}
+
+
+def _save_class(mt: str, arch: str, directory):
+    """transformers' own tiny random-init `arch` (every parameter shaken), saved with save_pretrained."""
+    conf_name, kwargs, _ = EVERY_CLASS[(mt, arch)]
+    torch.manual_seed(0)
+    model = getattr(transformers, arch)(getattr(transformers, conf_name)(**kwargs))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    model.eval().save_pretrained(directory)
+    assert json.loads((directory / "config.json").read_text())["model_type"] == mt
+    return model
+
+
+@pytest.mark.parametrize("mt,arch", accepted_architectures(), ids=lambda v: v)
+def test_every_accepted_class(mt, arch, tmp_path):
+    """Each class the importer accepts, saved by transformers: the canonical file's float64 reference within the
+    float32 bound of that class's own output, and the proof runner picks a class that computes exactly it."""
+    assert (mt, arch) in EVERY_CLASS, f"the importer accepts {arch} ({mt}), no test builds one: add it to EVERY_CLASS"
+    model = _save_class(mt, arch, tmp_path)
+    cfg, state = _load(tmp_path)
+    x = np.random.default_rng(9).standard_normal((2, 3, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        theirs = _OUT[EVERY_CLASS[(mt, arch)][2]](model, torch.from_numpy(x)).numpy()
+    _within(cfg, theirs, reference.forward(cfg, state, x)["logits"], f"{arch} ({mt})")
+    np.testing.assert_allclose(hf_output(str(tmp_path), x, cfg), theirs, rtol=1e-5, atol=1e-6, err_msg=arch)
+
+
+def test_every_class_case_is_accepted():
+    """No stale case: every class built above is one the importer accepts."""
+    assert set(EVERY_CLASS) <= set(accepted_architectures()), set(EVERY_CLASS) - set(accepted_architectures())
+
+
+@pytest.mark.parametrize("mt,arch", [("clip", "CLIPForImageClassification"),  # ~10 s each (child processes)
+                                     pytest.param("siglip", "SiglipForImageClassification", marks=pytest.mark.slow)])
+def test_check_against_the_classifier_directory_passes(mt, arch, tmp_path):
+    """The bug: the proof of a CLIP / SigLIP classifier built CLIPModel / SiglipModel, which cannot load the
+    directory (no text tower), so `check --against DIR` reported an error and exited 1 while the conversion was
+    right. It runs the directory's own class now: the against row passes and check exits 0. (test_every_accepted_class
+    proves the runner's class for both in-process, in the CI-sized set; the SigLIP CLI run is slow-marked.)"""
+    d = tmp_path / "src"
+    _save_class(mt, arch, d)
+    out, report = tmp_path / "c.safetensors", tmp_path / "check.json"
+    assert main(["convert", str(d), str(out)]) == 0
+    code = main(["check", str(out), "--against", str(d), "--backends", "torch", "--json", str(report)])
+    against = json.loads(report.read_text())["against"]
+    assert against["status"] == "pass" and against["library"] == "transformers", against
+    assert against["rel_l2"] <= against["bound"] == fp32_bound(W.load(out)[0], "logits")
+    print(f"{arch}: check --against rel L2 {against['rel_l2']:.2e} (bound {against['bound']:.2e})")
+    assert code == 0

@@ -1,4 +1,5 @@
-"""Hugging Face CLIP and SigLIP vision towers (shared/convert/hf_clip.py) against transformers' own models.
+"""Hugging Face CLIP, SigLIP and MetaCLIP 2 vision towers (shared/convert/hf_clip.py) against transformers' own
+models.
 
 Every source model is a tiny random-init transformers model (no download), its parameters shaken so each bias and
 norm matters. Import: the float64 reference of the imported file equals transformers' own float32 output within
@@ -74,6 +75,19 @@ ARCHS = {
         "siglip_vision_model",
         lambda: transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**VISION, vision_use_head=False)),
         lambda m, x, **kw: m(pixel_values=x, **kw).last_hidden_state.mean(1)),
+    # MetaCLIP 2: CLIP's structure under its own classes (model types metaclip_2, metaclip_2_vision_model)
+    "MetaClip2VisionModel": ("metaclip_2_vision_model",
+                             lambda: transformers.MetaClip2VisionModel(transformers.MetaClip2VisionConfig(**VISION)),
+                             lambda m, x, **kw: m(pixel_values=x, **kw).pooler_output),
+    "MetaClip2Model": ("metaclip_2",
+                       lambda: transformers.MetaClip2Model(transformers.MetaClip2Config(
+                           vision_config=VISION, text_config=TEXT, projection_dim=PROJ)),
+                       lambda m, x, **kw: m.get_image_features(pixel_values=x, **kw).pooler_output),
+    "MetaClip2ForImageClassification": (
+        "metaclip_2",
+        lambda: transformers.MetaClip2ForImageClassification(transformers.MetaClip2Config(
+            vision_config=VISION, text_config=TEXT, num_labels=LABELS)),
+        lambda m, x, **kw: m(pixel_values=x, **kw).logits),
 }
 FIVE = ["CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPModel", "SiglipVisionModel", "SiglipModel"]
 TEXT_SIDE = ("text_model.", "text_projection.", "logit_scale", "logit_bias")
@@ -131,7 +145,7 @@ def _write_dir(directory, hf_state: dict, conf: dict) -> None:
 def test_import_equals_transformers(arch):
     model = _source(arch)
     cfg, state = _import(arch, model)
-    family = ARCHS[arch][0].split("_")[0]
+    family = "siglip" if arch.startswith("Siglip") else "clip"
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.patch_size) == (32, 2, 4, 64, 8)
     assert cfg.image_size == (32, 32) and cfg.resize_kernel == "bicubic"
     if family == "clip":
@@ -139,8 +153,8 @@ def test_import_equals_transformers(arch):
         assert cfg.gelu == ("erf" if arch == "CLIPVisionModelWithProjection" else "quick")
     else:
         assert (cfg.class_token, cfg.norm_pre, cfg.patch_bias, cfg.gelu) == ("none", False, True, "tanh")
-    expected_k = {"CLIPVisionModelWithProjection": PROJ, "CLIPModel": PROJ, "CLIPForImageClassification": LABELS,
-                  "SiglipForImageClassification": LABELS}.get(arch, 0)
+    expected_k = {"CLIPVisionModelWithProjection": PROJ, "CLIPModel": PROJ, "MetaClip2Model": PROJ}.get(
+        arch, LABELS if arch.endswith("Classification") else 0)
     assert cfg.num_classes == expected_k
     assert cfg.pool == {"SiglipVisionModel": "map", "SiglipModel": "map"}.get(
         arch, "mean" if arch.endswith(("Classification", "no_head")) else "token")
@@ -249,7 +263,7 @@ def test_export_back_identical_in_from_pretrained(arch, tmp_path):
         hf_state, conf = export_hf_clip(cfg, state, mt, text_config=text)
     base = arch.replace("_no_head", "")
     assert conf["architectures"] == [base]
-    has_text = base in ("CLIPModel", "SiglipModel")
+    has_text = mt in ("clip", "siglip", "metaclip_2") and not base.endswith("Classification")
     assert any("text tower" in str(w.message) for w in caught) == has_text
     _write_dir(tmp_path / "hf", hf_state, conf)
     cls = getattr(transformers, base)
@@ -265,7 +279,8 @@ def test_export_back_identical_in_from_pretrained(arch, tmp_path):
     for k, v in src_sd.items():
         if k.startswith(TEXT_SIDE):
             continue
-        if arch == "CLIPForImageClassification" and "post_layernorm" in k:  # unused there: written as the identity
+        # CLIP's classifiers never run post_layernorm: it is written as the identity
+        if arch.endswith("ForImageClassification") and mt != "siglip" and "post_layernorm" in k:
             assert torch.equal(got_sd[k], torch.ones_like(v) if k.endswith("weight") else torch.zeros_like(v)), k
             continue
         if arch == "SiglipForImageClassification" and ".head." in k:
@@ -299,6 +314,10 @@ ROUND_TRIPS = {
                        "siglip_vision_model", "SiglipVisionModel"),
     "siglip_classifier": (("tiny_siglip",), {"pool": "mean", "image_size": (32, 32)}, "siglip",
                           "SiglipForImageClassification"),
+    "metaclip_2_projection": (("tiny_clip",), {}, "metaclip_2_vision_model", "MetaClip2VisionModelWithProjection"),
+    "metaclip_2_model": (("tiny_clip",), {"gelu": "erf"}, "metaclip_2", "MetaClip2Model"),
+    "metaclip_2_classifier": (("tiny_clip",), {"pool": "mean", "final_norm": False}, "metaclip_2",
+                              "MetaClip2ForImageClassification"),
 }
 
 
@@ -321,7 +340,7 @@ def test_canonical_round_trip_bit_exact(which, layout):
 def test_exported_canonical_presets_run_in_transformers(tmp_path):
     """The tiny CLIP and SigLIP presets' own weights (not transformers'), exported, give transformers' outputs equal
     to the float64 reference."""
-    for which in ("clip_projection", "siglip_map", "clip_classifier"):
+    for which in ("clip_projection", "siglip_map", "clip_classifier", "metaclip_2_classifier"):
         (preset,), changes, mt, arch = ROUND_TRIPS[which]
         cfg, state = _canonical(preset, **changes)
         hf_state, conf = export_hf_clip(cfg, state, mt)

@@ -744,6 +744,10 @@ def test_hf_vit_mae_is_a_plain_encoder():
     (dict(init_values=None, dist_token=True), "vit", "dist_token: HF vit has no distillation token"),
     (dict(), "dinov2_with_registers", "reg_tokens=0: HF dinov2_with_registers without registers is a dinov2"),
     (dict(), "beit", "model_type 'beit' is not a Hugging Face type vit-suite writes"),
+    (dict(init_values=None), "ijepa", "class_token='learned': HF ijepa has no class token"),
+    (dict(init_values=None, class_token="none", pool="mean", fc_norm=True, final_norm=False), "ijepa",
+     "final_norm=False: HF ijepa always applies its final layernorm"),
+    (dict(init_values=None, representation_size=16), "vit_msn", "representation_size: HF vit_msn has no pooler"),
 ])
 def test_export_hf_family_refuses_by_name(change, model_type, what):
     cfg = get_preset("tiny").replace(num_classes=0, init_values=0.1).replace(**change)

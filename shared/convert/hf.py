@@ -8,14 +8,17 @@ Model types (config.json `model_type`) and the transformers classes read and wri
   dinov2                 Dinov2Model (and Dinov2Backbone's weights, the same keys)
   dinov2_with_registers  Dinov2WithRegistersModel (and its Backbone)
   vit_mae                ViTMAEModel, and the encoder of ViTMAEForPreTraining
-  clip, clip_vision_model, siglip, siglip_vision_model
+  vit_msn                ViTMSNModel (features: the final-norm class token; no pooler), ViTMSNForImageClassification
+  ijepa                  IJepaModel (features: the mean of the final-normed tokens; no class token),
+                         IJepaForImageClassification (its classifier reads that mean)
+  clip, clip_vision_model, siglip, siglip_vision_model, metaclip_2, metaclip_2_vision_model
                          dispatched to shared.convert.hf_clip (import_hf_clip / export_hf_clip)
 
 Key layouts: the on-disk one every hub checkpoint and `save_pretrained` write ("file":
 encoder.layer.{i}.attention.attention.query, attention.output.dense, ...) and the module names of transformers >= 5
 ("module": ViT/DeiT/ViTMAE layers.{i}.attention.q_proj, o_proj, mlp.fc1, mlp.fc2; DINOv2
 encoder.layer.{i}.attention.q_proj, o_proj). Task models keep the base model under a prefix ('vit.', 'deit.',
-'dinov2.', 'dinov2_with_registers.'), base models have none.
+'dinov2.', 'dinov2_with_registers.', 'ijepa.'; ViTMSN's 'vit.'), base models have none.
 
 Mapping, every type: query/key/value fused into qkv in q, k, v row order; numerics from config.json, where a missing
 key means transformers' own default for that model type (_DEFAULTS, tested against the config classes):
@@ -48,11 +51,19 @@ config.json.
             extraction run): a mask_ratio > 0 in config.json is said with a ConversionWarning, and the export
             writes mask_ratio 0. Even then ViTMAEModel shuffles the patch tokens of last_hidden_state (pass
             `noise=arange` to keep their order); the class token does not depend on the order.
+  vit_msn   a plain ViT (keys as vit; layer_norm_eps defaults to 1e-6). Neither class has a pooler:
+            ViTMSNForImageClassification classifies the final-norm class token, ViTMSNModel's features are it.
+  ijepa     a plain ViT without a class token (keys as vit, no embeddings.cls_token; the position table has a row
+            per patch only): class_token 'none', pool 'mean'. IJepaForImageClassification classifies the mean of
+            the final-normed last_hidden_state (every token is a patch); IJepaModel's features are that mean (its
+            optional pooler, dense + tanh on the first patch token, is built only with add_pooling_layer=True,
+            which neither class passes: pooler keys are refused as unexpected).
 
-Resize kernel: what each type's interpolate_pos_encoding does. vit, deit, dinov2, vit_mae: F.interpolate bicubic,
-align_corners=False, no antialias -> 'bicubic'; dinov2_with_registers: the same with antialias=True ->
-'bicubic_antialias'. (HF reshapes the stored table as a square grid; DINOv2 does so whenever height != width, even
-at the stored size, so a non-square DINOv2 is not a model transformers runs: refused both ways.)
+Resize kernel: what each type's interpolate_pos_encoding does. vit, deit, dinov2, vit_mae, vit_msn, ijepa:
+F.interpolate bicubic, align_corners=False, no antialias -> 'bicubic'; dinov2_with_registers: the same with
+antialias=True -> 'bicubic_antialias'. (HF reshapes the stored table as a square grid; DINOv2 does so whenever
+height != width, even at the stored size, so a non-square DINOv2 is not a model transformers runs: refused both
+ways.)
 
 Decisions:
   * embeddings.mask_token (ViTModel / DeiTModel(use_mask_token=True); always in DINOv2) is used only when
@@ -66,6 +77,8 @@ Decisions:
     (`model_type=`; a plain ViT can also be written as vit_mae). Prefix tokens the canonical model leaves without
     a position row but the HF type positions (timm's no_embed_class class token, for one) get a zero row: x + 0
     is exact, so the function is the same (re-imported, the config states the zero row as a position row).
+    A model without a class token that classifies (or whose features are) the mean of its final-normed tokens is
+    an ijepa model by default; vit_msn and vit_mae are written only when asked for.
 """
 from __future__ import annotations
 
@@ -86,12 +99,12 @@ from ..posemb import resample_pos_embed
 from ..safeio import read_json_file
 from ..weights import (CANONICAL_DTYPE, read_tensors, write_dir_atomically,
                        validate_state)
+from .hf_clip import ARCHITECTURES as CLIP_ARCHITECTURES
+from .hf_clip import MODEL_TYPES as HF_CLIP_TYPES
 from .hfconfig import ConfigFacts
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 
-#: model types of the CLIP / SigLIP vision towers, converted by shared.convert.hf_clip
-HF_CLIP_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
-HF_DEFAULT_EPS = 1e-12  # ViTConfig's (vit, deit, vit_mae); DINOv2's is 1e-6 (_DEFAULTS)
+HF_DEFAULT_EPS = 1e-12  # ViTConfig's (vit, deit, vit_mae, ijepa); DINOv2's and ViTMSN's are 1e-6 (_DEFAULTS)
 _GELU = {"gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "quick_gelu": "quick"}
 _GELU_OUT = {"erf": "gelu", "tanh": "gelu_pytorch_tanh", "quick": "quick_gelu"}
 
@@ -103,6 +116,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "vit": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-12, "pooler_act": "tanh"},
     "deit": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-12, "pooler_act": "tanh"},
     "vit_mae": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-12, "mask_ratio": 0.75},
+    "vit_msn": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-6},
+    "ijepa": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-12},
     "dinov2": {**_COMMON_DEFAULTS, "patch_size": 14, "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "mlp_ratio": 4,
                "use_swiglu_ffn": False, "drop_path_rate": 0.0, "use_mask_token": True},
     "dinov2_with_registers": {**_COMMON_DEFAULTS, "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "mlp_ratio": 4,
@@ -144,6 +159,9 @@ class _Family:
     refused: Mapping[str, str]  # architecture -> why it is refused
     resize_kernel: str
     pooler: bool  # the base model may have a pooler (dense + tanh on the class token)
+    classifier: str | None = None  # the class whose head classifies what `pool` reads (None: no such class)
+    class_token: bool = True  # embeddings.cls_token (the first position row is its)
+    pool: str = "token"  # what the features and the classifier read: the class token, or the mean of the tokens
 
     @property
     def dino(self) -> bool:
@@ -156,10 +174,11 @@ _CONCAT = ("classifies concat(class token, mean of the patch tokens), which is n
            "backbone instead (Model.from_pretrained(DIR).save_pretrained(OUT) keeps the encoder)")
 _FAMILIES = {f.model_type: f for f in (
     _Family("vit", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
-            ("ViTModel", "ViTForImageClassification"), {"ViTForMaskedImageModeling": _MIM}, "bicubic", True),
+            ("ViTModel", "ViTForImageClassification"), {"ViTForMaskedImageModeling": _MIM}, "bicubic", True,
+            classifier="ViTForImageClassification"),
     _Family("deit", "deit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 2,
             ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
-            {"DeiTForMaskedImageModeling": _MIM}, "bicubic", True),
+            {"DeiTForMaskedImageModeling": _MIM}, "bicubic", True, classifier="DeiTForImageClassification"),
     _Family("dinov2", "dinov2.", ("encoder.layer.{i}.", "encoder.layer.{i}."), tuple(_DINO_BLOCK), 1,
             ("Dinov2Model", "Dinov2Backbone"), {"Dinov2ForImageClassification": _CONCAT}, "bicubic", False),
     _Family("dinov2_with_registers", "dinov2_with_registers.", ("encoder.layer.{i}.", "encoder.layer.{i}."),
@@ -167,8 +186,21 @@ _FAMILIES = {f.model_type: f for f in (
             {"Dinov2WithRegistersForImageClassification": _CONCAT}, "bicubic_antialias", False),
     _Family("vit_mae", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
             ("ViTMAEModel", "ViTMAEForPreTraining"), {}, "bicubic", False),
+    _Family("vit_msn", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
+            ("ViTMSNModel", "ViTMSNForImageClassification"), {}, "bicubic", False,
+            classifier="ViTMSNForImageClassification"),
+    _Family("ijepa", "ijepa.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 0,
+            ("IJepaModel", "IJepaForImageClassification"), {}, "bicubic", False,
+            classifier="IJepaForImageClassification", class_token=False, pool="mean"),
 )}
 HF_MODEL_TYPES = (*_FAMILIES, *HF_CLIP_TYPES)
+
+
+def accepted_architectures() -> list[tuple[str, str]]:
+    """Every (model_type, transformers class) the importer reads, from its own tables (the families' classes, the
+    CLIP / SigLIP / MetaCLIP 2 architectures of shared.convert.hf_clip): the list a test must cover."""
+    return [(mt, a) for mt, f in _FAMILIES.items() for a in f.classes] + \
+        [(mt, a) for mt, archs in CLIP_ARCHITECTURES.items() for a in archs]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -181,10 +213,11 @@ def _pair(v) -> tuple[int, int]:
 def _top_keys(fam: _Family, *, dist: str | None, pooler: bool, registers: bool) -> dict[str, str]:
     """canonical -> HF key (relative to the base model) of everything outside the blocks and the heads; `dist`:
     the canonical name of DeiT's distillation token (dist_token or reg_token)."""
-    top = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
-           "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-           "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-           "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
+    top = {"cls_token": "embeddings.cls_token"} if fam.class_token else {}
+    top.update({"pos_embed": "embeddings.position_embeddings",
+                "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+                "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+                "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"})
     if dist:
         top[dist] = "embeddings.distillation_token"
     if registers and fam.model_type == "dinov2_with_registers":
@@ -458,8 +491,9 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         cfg = ViTConfig(
             name=str(name_v or f"hf_{mt}").replace("/", "_") or f"hf_{mt}",
             image_size=img, in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M,
-            swiglu=swiglu, qkv_bias=qkv_bias, init_values=init_values, class_token="learned", dist_token=dist_token,
-            reg_tokens=reg, pool="token", pos_embed="learned",
+            swiglu=swiglu, qkv_bias=qkv_bias, init_values=init_values,
+            class_token="learned" if fam.class_token else "none", dist_token=dist_token, reg_tokens=reg,
+            pool=fam.pool, pos_embed="learned",
             pos_prefix_tokens=fam.pos_prefix if reg and mt == "dinov2_with_registers" else None,
             resize_kernel=fam.resize_kernel, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
             representation_size=rep, num_classes=K, dropout=hidden_dropout, attn_dropout=attn_dropout,
@@ -474,11 +508,14 @@ def hf_model_type(cfg: ViTConfig) -> str:
     """The Hugging Face model type that holds `cfg` (export's default): siglip_vision_model for an attention-pool
     head, clip_vision_model for CLIP's pre-norm or bias-free patch projection, deit for a distillation token (or one
     register: DeiT's distillation token when no head reads it), dinov2 / dinov2_with_registers for LayerScale,
-    else vit. Whether that type can hold every other option is export_hf's check."""
+    ijepa for the mean of the tokens without a class token, else vit; CLIP's classifier (the mean of the patch
+    tokens, no final norm) is a clip model. Whether that type can hold every other option is export_hf's check."""
     if cfg.pool == "map":
         return "siglip_vision_model"
     if cfg.norm_pre or not cfg.patch_bias:
-        return "clip_vision_model"
+        return "clip" if cfg.pool == "mean" and cfg.num_classes else "clip_vision_model"
+    if cfg.class_token == "none" and cfg.pool == "mean":
+        return "ijepa"
     if cfg.dist_token or (cfg.reg_tokens == 1 and cfg.init_values is None):
         return "deit"
     if cfg.init_values is not None:
@@ -489,8 +526,9 @@ def hf_model_type(cfg: ViTConfig) -> str:
 def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
     mt, what = fam.model_type, f"HF {fam.model_type}"
     p = []
-    if cfg.class_token != "learned":
-        p.append(f"class_token={cfg.class_token!r}: {what} always has a learned cls_token")
+    if cfg.class_token != ("learned" if fam.class_token else "none"):
+        p.append(f"class_token={cfg.class_token!r}: {what} "
+                 + ("always has a learned cls_token" if fam.class_token else "has no class token"))
     if cfg.pos_embed != "learned":
         p.append(f"pos_embed={cfg.pos_embed!r}: {what} has a learned position table only")
     if cfg.attn_value_skip:
@@ -505,8 +543,9 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
         p.append(f"patch_bias=False: {what}'s patch projection has a bias")
     if cfg.norm_pre:
         p.append(f"norm_pre: {what} has no LayerNorm before the blocks")
-    if cfg.pool != "token":
-        p.append(f"pool={cfg.pool!r}: {what} reads the class token")
+    if cfg.pool != fam.pool:
+        p.append(f"pool={cfg.pool!r}: {what} reads "
+                 + ("the class token" if fam.pool == "token" else "the mean of its final-normed tokens"))
     if not cfg.final_norm:
         p.append(f"final_norm=False: {what} always applies its final layernorm")
     if cfg.fc_norm:
@@ -552,8 +591,8 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
         p.append(f"a SwiGLU MLP: {what}'s MLP is Linear-GELU-Linear (dinov2 has use_swiglu_ffn)")
     if not fam.pooler and cfg.representation_size:
         p.append(f"representation_size: {what} has no pooler (pre-logits layer)")
-    if mt == "vit_mae" and cfg.num_classes:
-        p.append(f"num_classes={cfg.num_classes}: HF vit_mae has no classifier (export as vit)")
+    if not fam.classifier and cfg.num_classes and not fam.dino:
+        p.append(f"num_classes={cfg.num_classes}: HF {mt} has no classifier (export as vit)")
     if fam.pooler and cfg.representation_size and cfg.num_classes:
         p.append("pre_logits together with a head: HF's image classifiers never run the pooler "
                  "(only a features-only base model keeps the pooler as pre-logits)")
@@ -589,13 +628,12 @@ def _dino_mlp_ratio(D: int, M: int, swiglu: bool) -> float | int:
 
 def _variant(cfg: ViTConfig, mt: str) -> tuple[str, str]:
     """(head variant, architecture) of the HF model that holds cfg."""
-    if mt == "deit":
-        if cfg.dist_token:
-            return "teacher", "DeiTForImageClassificationWithTeacher"
-        return ("classifier", "DeiTForImageClassification") if cfg.num_classes else ("model", "DeiTModel")
-    if mt == "vit":
-        return ("classifier", "ViTForImageClassification") if cfg.num_classes else ("model", "ViTModel")
-    return "model", _FAMILIES[mt].classes[0]
+    if mt == "deit" and cfg.dist_token:
+        return "teacher", "DeiTForImageClassificationWithTeacher"
+    fam = _FAMILIES[mt]
+    if cfg.num_classes and fam.classifier:
+        return "classifier", fam.classifier
+    return "model", fam.classes[0]
 
 
 def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "file",
@@ -605,7 +643,8 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
     vit: ViTForImageClassification ('vit.' prefix) with a head, else ViTModel (the pooler when representation_size
     is set). deit: DeiTForImageClassificationWithTeacher for a distillation token (num_labels 0 without a head:
     its Identity heads average the two tokens, the canonical features), DeiTForImageClassification / DeiTModel for
-    one register. dinov2, dinov2_with_registers, vit_mae: the base model (features). CLIP and SigLIP types:
+    one register. vit_msn, ijepa: their ForImageClassification with a head, else the base model. dinov2,
+    dinov2_with_registers, vit_mae: the base model (features). CLIP, SigLIP and MetaCLIP 2 types:
     shared.convert.hf_clip.export_hf_clip (file layout only). layout='file' is the on-disk / save_pretrained
     naming that every transformers version reads; layout='module' the module names of the installed
     transformers >= 5 (for model.load_state_dict).

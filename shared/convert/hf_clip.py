@@ -1,4 +1,4 @@
-"""Hugging Face CLIP and SigLIP vision towers <-> the canonical format.
+"""Hugging Face CLIP, SigLIP and MetaCLIP 2 vision towers <-> the canonical format.
 
 Model types and architectures (the vision tower only; a text tower is never part of the canonical model):
 
@@ -14,6 +14,12 @@ Model types and architectures (the vision tower only; a text tower is never part
   siglip              SiglipModel                     get_image_features: as SiglipVisionModel; the text tower,
                                                       logit_scale and logit_bias are dropped (ConversionWarning)
                       SiglipForImageClassification    logits: classifier(mean of the post-layernormed tokens)
+  metaclip_2_vision_model, metaclip_2
+                      MetaClip2VisionModel, MetaClip2VisionModelWithProjection, MetaClip2Model,
+                      MetaClip2ForImageClassification: CLIP's structure, keys, defaults and outputs under MetaCLIP 2's
+                      class names (read and written as the clip rows above)
+
+ARCHITECTURES lists these classes per model type (built from _FULL, as the importer names them).
 
 Key mapping (relative to the vision tower; canonical keys on the left):
 
@@ -83,12 +89,35 @@ from ..weights import CANONICAL_DTYPE, validate_state
 from .hfconfig import ConfigFacts
 from .timm import strip_prefixes, to_float32
 
-MODEL_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
+#: the full model's type (a vision tower and a text tower) -> (its vision tower's structure, the prefix of its
+#: transformers class names); its vision tower alone is model type f"{type}_vision_model"
+_FULL = {"clip": ("clip", "CLIP"), "siglip": ("siglip", "Siglip"), "metaclip_2": ("clip", "MetaClip2")}
+MODEL_TYPES = tuple(t for full in _FULL for t in (full, f"{full}_vision_model"))
 RESIZE_KERNEL = "bicubic"  # HF interpolate_pos_encoding
-_FAMILY = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
+_FAMILY = {t: _FULL[t.removesuffix("_vision_model")][0] for t in MODEL_TYPES}
+
+
+def _full_type(model_type: str) -> str:
+    """The full model's type of a model type (clip_vision_model -> clip)."""
+    return model_type.removesuffix("_vision_model")
+
+
+def _class(model_type: str, kind: str) -> str:
+    """The transformers class of `kind` ('VisionModel', 'VisionModelWithProjection', 'Model',
+    'ForImageClassification') in model_type's family: ('metaclip_2', 'Model') -> 'MetaClip2Model'."""
+    return _FULL[_full_type(model_type)][1] + kind
+
+
+#: model type -> the transformers classes read and written (the architectures config.json names)
+ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    t: tuple(_class(t, k) for k in (
+        ("Model", "ForImageClassification") if t in _FULL
+        else ("VisionModel", "VisionModelWithProjection") if _FAMILY[t] == "clip" else ("VisionModel",)))
+    for t in MODEL_TYPES}
 _GELU = {"quick_gelu": "quick", "gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh"}
 _GELU_OUT = {"quick": "quick_gelu", "erf": "gelu", "tanh": "gelu_pytorch_tanh"}
-#: transformers' CLIPVisionConfig / SiglipVisionConfig defaults (what transformers builds when a key is absent)
+#: transformers' CLIPVisionConfig / SiglipVisionConfig defaults (what transformers builds when a key is absent;
+#: MetaClip2VisionConfig's are CLIP's)
 _DEFAULTS = {
     "clip": {"num_attention_heads": 12, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "image_size": 224,
              "attention_dropout": 0.0},
@@ -141,7 +170,7 @@ def _renames(family: str, cfg_like: Mapping[str, Any]) -> dict[str, str]:
 # ----------------------------------------------------------------------------- config.json facts
 def _vision_config(hf_config: Mapping[str, Any], model_type: str, source: str) -> tuple[Mapping[str, Any], str]:
     """The dict that describes the vision tower (config.json itself, or its vision_config) and its name in messages."""
-    if model_type not in ("clip", "siglip"):
+    if model_type not in _FULL:
         return hf_config, "config.json"
     vc = hf_config.get("vision_config")
     if vc is None:
@@ -178,16 +207,16 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
     st = strip_prefixes(state)
     dropped_text = sorted(k for k in st if _TEXT.match(k))
     if dropped_text:
-        if mt not in ("clip", "siglip"):
+        if mt not in _FULL:
             raise MismatchError(source, [f"unexpected key {dropped_text[0]!r}: a text tower in a {mt!r} checkpoint "
-                                         f"(text keys belong to model_type {family!r})"])
+                                         f"(text keys belong to model_type {_full_type(mt)!r})"])
         for k in dropped_text:
             st.pop(k)
         warnings.warn(f"{source}: dropped the text tower ({len(dropped_text)} tensors: {dropped_text[0]!r} ...): the "
                       f"canonical model is the vision tower only", ConversionWarning, stacklevel=2)
     # the tower's keys, relative to it; top-level keys (projection, classifier) apart
     prefixed = any(k.startswith(TOWER) for k in st)
-    if mt in ("clip", "siglip") and not prefixed:
+    if mt in _FULL and not prefixed:
         raise ConversionError(f"{source}: a {mt!r} checkpoint keeps its vision tower under 'vision_model.'; no such "
                               f"key here")
     tower: dict[str, Any] = {}
@@ -254,9 +283,14 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
     has_map = any(k.startswith(_HEAD_PREFIX) for k in tower)
     problems: list[str] = []
     dropped: list[str] = []
-    if has_cls and mt != family:
+    full = mt in _FULL  # a full model (vision_config), not a vision tower alone
+
+    def cls(kind: str) -> str:
+        return _class(mt, kind)
+
+    if has_cls and not full:
         problems.append(f"unexpected key 'classifier.weight' in a {mt!r} checkpoint: a classifier is "
-                        f"{'CLIP' if family == 'clip' else 'Siglip'}ForImageClassification, model_type {family!r}")
+                        f"{cls('ForImageClassification')}, model_type {_full_type(mt)!r}")
         has_cls = False
         top.pop("classifier.weight")
         top.pop("classifier.bias", None)
@@ -265,37 +299,38 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
                         "architecture has both")
     if family == "clip":
         if has_cls:  # CLIPForImageClassification: mean of the encoder's patch tokens, post_layernorm unused
-            arch, pool, final_norm = "CLIPForImageClassification", "mean", False
+            arch, pool, final_norm = cls("ForImageClassification"), "mean", False
             dropped += [pre + k for k in ("post_layernorm.weight", "post_layernorm.bias") if k in tower]
         else:
-            arch = ("CLIPModel" if mt == "clip" else "CLIPVisionModelWithProjection") if has_proj else "CLIPVisionModel"
+            arch = cls(("Model" if full else "VisionModelWithProjection") if has_proj else "VisionModel")
             pool, final_norm = "token", True
-            if mt == "clip" and not has_proj:
-                problems.append("missing key 'visual_projection.weight' (a CLIPModel projects its image features)")
+            if full and not has_proj:
+                problems.append(f"missing key 'visual_projection.weight' (a {cls('Model')} projects its image "
+                                f"features)")
     else:
         if "visual_projection.weight" in top:
             problems.append("unexpected key 'visual_projection.weight': SigLIP has no visual projection")
         use_head = facts.as_bool("vision_use_head")
         final_norm = True
         if has_cls:  # SiglipForImageClassification: mean of the post-layernormed tokens, head.* unused
-            arch, pool = "SiglipForImageClassification", "mean"
+            arch, pool = cls("ForImageClassification"), "mean"
             dropped += [pre + k for k in tower if k.startswith(_HEAD_PREFIX)]
         elif use_head:
-            arch, pool = ("SiglipModel" if mt == "siglip" else "SiglipVisionModel"), "map"
+            arch, pool = cls("Model" if full else "VisionModel"), "map"
             if not has_map:
                 problems.append(f"missing key '{pre}head.probe' and the rest of the attention-pool head "
                                 f"(vision_use_head is true in {conf_name})")
         else:
-            arch, pool = ("SiglipModel" if mt == "siglip" else "SiglipVisionModel"), "mean"
+            arch, pool = cls("Model" if full else "VisionModel"), "mean"
             if has_map:
                 problems.append(f"unexpected key '{pre}head.probe' (and the attention-pool head): "
                                 f"vision_use_head is false in {conf_name}")
     for k in dropped:
         tower.pop(k[len(pre):])
     if dropped:
-        why = ("CLIPForImageClassification classifies the mean of the encoder's patch tokens and never runs "
-               "post_layernorm" if family == "clip" else
-               "SiglipForImageClassification classifies the mean of the tokens and never runs the attention-pool head")
+        why = (f"{arch} classifies the mean of the encoder's patch tokens and never runs post_layernorm"
+               if family == "clip" else
+               f"{arch} classifies the mean of the tokens and never runs the attention-pool head")
         warnings.warn(f"{source}: dropped {len(dropped)} unused tensors ({dropped[0]!r} ...): {why}",
                       ConversionWarning, stacklevel=2)
     if problems:
@@ -371,7 +406,7 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
         raise MismatchError(source, problems)
     K = int(out["head.weight"].shape[0]) if "head.weight" in out else 0
     if has_proj:
-        pd = (hf_config if mt == "clip" else vconf).get("projection_dim")
+        pd = (hf_config if full else vconf).get("projection_dim")
         if pd is not None and pd != K:
             raise MismatchError(source, [f"config.json disagrees with the weights: projection_dim {pd!r}, "
                                          f"visual_projection.weight has {K} rows"])
@@ -384,7 +419,7 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
                                      f"{n_pre + g * g}{' (the class token, then the patches)' if n_pre else ''}"])
     target = (img, img) if image_size is None else image_size
     name = hf_config.get("_name_or_path")
-    name = name.replace("/", "_") if isinstance(name, str) and name else f"hf_{family}"
+    name = name.replace("/", "_") if isinstance(name, str) and name else f"hf_{_full_type(mt)}"
     try:
         cfg = ViTConfig(
             name=name, image_size=target, in_chans=C, patch_size=P, patch_bias=family == "siglip", embed_dim=D,
@@ -405,6 +440,12 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
 def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str]]:
     """The HF architecture `cfg` becomes under `model_type`, or None and every reason it cannot be one."""
     family = _FAMILY[model_type]
+    full_type, vision_type = _full_type(model_type), _full_type(model_type) + "_vision_model"
+    full = model_type == full_type
+
+    def cls(kind: str) -> str:
+        return _class(model_type, kind)
+
     p: list[str] = []
     if cfg.pos_embed != "learned":
         p.append(f"pos_embed={cfg.pos_embed!r}: HF {family} has a learned position table only")
@@ -452,20 +493,20 @@ def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str
         if cfg.patch_bias:
             p.append("patch_bias=True: HF CLIP's patch embedding has no bias")
         if cfg.pool == "token" and cfg.final_norm:
-            if model_type == "clip_vision_model":
-                arch = "CLIPVisionModelWithProjection" if cfg.num_classes else "CLIPVisionModel"
+            if not full:
+                arch = cls("VisionModelWithProjection" if cfg.num_classes else "VisionModel")
             elif cfg.num_classes:
-                arch = "CLIPModel"
+                arch = cls("Model")
             else:
-                p.append("num_classes=0: a CLIPModel always has a visual_projection (export features-only as "
-                         "model_type 'clip_vision_model', a CLIPVisionModel)")
-        elif cfg.pool == "mean" and not cfg.final_norm and cfg.num_classes and model_type == "clip":
-            arch = "CLIPForImageClassification"
+                p.append(f"num_classes=0: a {cls('Model')} always has a visual_projection (export features-only as "
+                         f"model_type '{vision_type}', a {cls('VisionModel')})")
+        elif cfg.pool == "mean" and not cfg.final_norm and cfg.num_classes and full:
+            arch = cls("ForImageClassification")
         else:
-            p.append(f"pool={cfg.pool!r}, final_norm={cfg.final_norm}, num_classes={cfg.num_classes}: HF CLIP pools "
-                     f"the post-layernormed class token (CLIPVisionModel[WithProjection], CLIPModel) or, in "
-                     f"CLIPForImageClassification (model_type 'clip'), the mean of the patch tokens without a final "
-                     f"norm into a classifier")
+            p.append(f"pool={cfg.pool!r}, final_norm={cfg.final_norm}, num_classes={cfg.num_classes}: HF "
+                     f"{cls('')} pools the post-layernormed class token ({cls('VisionModel')}[WithProjection], "
+                     f"{cls('Model')}) or, in {cls('ForImageClassification')} (model_type '{full_type}'), the mean "
+                     f"of the patch tokens without a final norm into a classifier")
     else:
         if cfg.class_token != "none":
             p.append(f"class_token={cfg.class_token!r}: HF SigLIP has no class token")
@@ -476,12 +517,12 @@ def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str
         if not cfg.final_norm:
             p.append("final_norm=False: HF SigLIP always applies post_layernorm")
         if cfg.pool in ("map", "mean") and not cfg.num_classes:
-            arch = "SiglipModel" if model_type == "siglip" else "SiglipVisionModel"
-        elif cfg.pool == "mean" and model_type == "siglip":
-            arch = "SiglipForImageClassification"
+            arch = cls("Model" if full else "VisionModel")
+        elif cfg.pool == "mean" and full:
+            arch = cls("ForImageClassification")
         elif cfg.pool == "mean":
-            p.append(f"num_classes={cfg.num_classes}: a SigLIP classifier is a SiglipForImageClassification (export "
-                     f"with model_type 'siglip')")
+            p.append(f"num_classes={cfg.num_classes}: a SigLIP classifier is a {cls('ForImageClassification')} "
+                     f"(export with model_type '{full_type}')")
         else:
             p.append(f"pool={cfg.pool!r}, num_classes={cfg.num_classes}: HF SigLIP pools with its attention head "
                      f"(no classifier after it) or, in SiglipForImageClassification, the mean of the tokens")
@@ -516,15 +557,16 @@ def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: 
     if problems:
         raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face {model_type!r} model:\n  "
                               + "\n  ".join(problems))
-    if text_config is not None and model_type not in ("clip", "siglip"):
-        raise ValueError(f"text_config applies to model_type 'clip' / 'siglip' only, not {model_type!r}")
+    if text_config is not None and model_type not in _FULL:
+        raise ValueError(f"text_config applies to model_type {' / '.join(map(repr, _FULL))} only, not "
+                         f"{model_type!r}")
     validate_state(cfg, state, source="<canonical state>")
     if cfg.resize_kernel != RESIZE_KERNEL:
         warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF "
                       f"interpolate_pos_encoding uses plain bicubic: outputs at other image sizes will differ",
                       ConversionWarning, stacklevel=2)
     D = cfg.embed_dim
-    pre = "" if layout == "module" and arch in ("CLIPVisionModel", "SiglipVisionModel") else TOWER
+    pre = "" if layout == "module" and arch == _class(model_type, "VisionModel") else TOWER
     out: dict[str, np.ndarray] = {}
 
     def put(hk: str, v) -> None:
@@ -556,23 +598,23 @@ def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: 
             put("visual_projection.weight", state["head.weight"])
 
     vision: dict[str, Any] = {
-        "model_type": f"{family}_vision_model",
+        "model_type": f"{_full_type(model_type)}_vision_model",
         "hidden_size": D, "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.num_heads, "num_channels": cfg.in_chans, "image_size": cfg.image_size[0],
         "patch_size": cfg.patch_size, "hidden_act": _GELU_OUT[cfg.gelu], "layer_norm_eps": cfg.layer_norm_eps,
         "attention_dropout": cfg.attn_dropout,
     }
     if family == "clip":
-        vision["projection_dim"] = cfg.num_classes if arch == "CLIPVisionModelWithProjection" else \
+        vision["projection_dim"] = cfg.num_classes if arch == _class(model_type, "VisionModelWithProjection") else \
             CLIP_DEFAULT_PROJECTION_DIM
     else:
         vision["vision_use_head"] = cfg.pool == "map"
-    if model_type.endswith("_vision_model"):
+    if model_type not in _FULL:
         conf = {"architectures": [arch], **vision}
     else:
         conf = {"architectures": [arch], "model_type": model_type, "vision_config": vision,
                 "text_config": dict(text_config or {})}
-        if arch == "CLIPModel":
+        if family == "clip" and arch == _class(model_type, "Model"):
             conf["projection_dim"] = cfg.num_classes
         if not arch.endswith("ForImageClassification"):
             warnings.warn(f"config {cfg.name!r} as a {arch}: only the vision tower is written; transformers "

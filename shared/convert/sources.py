@@ -13,7 +13,7 @@ the source file (not from the converted config) and returns its final output, wh
                          GELU form, ...) on ARCH's own modules: a wrong statement is shared, a wrong reading of the
                          keys fails the strict load. A timm hub directory: timm.create_model('local-dir:DIR', pretrained=True)
     hf (directories)     transformers' own class for the directory's model_type and architectures (ViT, DeiT, DINOv2,
-                         ViTMAE, CLIP, SigLIP: hf_runner), from_pretrained(local_files_only)
+                         ViTMAE, ViTMSN, I-JEPA, CLIP, SigLIP, MetaCLIP 2: hf_runner), from_pretrained(local_files_only)
     torchvision          torchvision's own VisionTransformer + load_state_dict(strict=True)
     bigvision (.npz)     timm's own _load_weights on the file
     kerashub             keras-hub's own from_preset / Keras' safe-mode loader / model + load_weights (a Keras child)
@@ -138,25 +138,30 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
 
 
 #: the architecture (config.json `architectures`) -> the transformers class that runs it and its output that is the
-#: canonical `logits` stage: a classifier's logits, CLIP's / SigLIP's pooled or projected image features
+#: canonical `logits` stage: a classifier's logits, CLIP's / SigLIP's / MetaCLIP 2's pooled or projected image
+#: features. Every class the importer reads as a classifier is here (a ForImageClassification directory cannot be
+#: loaded into the base model: CLIPModel would miss the text tower).
 _HF_RUN = {
-    "ViTForImageClassification": ("ViTForImageClassification", "logits"),
-    "DeiTForImageClassification": ("DeiTForImageClassification", "logits"),
-    "DeiTForImageClassificationWithTeacher": ("DeiTForImageClassificationWithTeacher", "logits"),
-    "CLIPVisionModel": ("CLIPVisionModel", "pooler_output"),
-    "CLIPVisionModelWithProjection": ("CLIPVisionModelWithProjection", "image_embeds"),
-    "CLIPModel": ("CLIPModel", "image_features"),
-    "SiglipVisionModel": ("SiglipVisionModel", "pooler_output"),
-    "SiglipModel": ("SiglipModel", "image_features"),
+    **{a: (a, "logits") for a in (
+        "ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
+        "ViTMSNForImageClassification", "IJepaForImageClassification", "CLIPForImageClassification",
+        "SiglipForImageClassification", "MetaClip2ForImageClassification")},
+    **{f"{p}VisionModel": (f"{p}VisionModel", "pooler_output") for p in ("CLIP", "Siglip", "MetaClip2")},
+    **{f"{p}VisionModelWithProjection": (f"{p}VisionModelWithProjection", "image_embeds")
+       for p in ("CLIP", "MetaClip2")},
+    **{f"{p}Model": (f"{p}Model", "image_features") for p in ("CLIP", "Siglip", "MetaClip2")},
 }
 #: model_type -> what runs a checkpoint whose architecture is none of the above (a base model, a backbone, MAE's
 #: pre-training model): the base model, and its "features" (the pooler when the file has one, else the final-norm
-#: class token), or the CLIP / SigLIP default
+#: class token), "mean" (I-JEPA: the mean of the final-normed tokens), or the CLIP / SigLIP / MetaCLIP 2 default
 _HF_BASE = {
     "vit": ("ViTModel", "features"), "deit": ("DeiTModel", "features"), "dinov2": ("Dinov2Model", "features"),
     "dinov2_with_registers": ("Dinov2WithRegistersModel", "features"), "vit_mae": ("ViTMAEModel", "features"),
+    "vit_msn": ("ViTMSNModel", "features"), "ijepa": ("IJepaModel", "mean"),
     "clip": ("CLIPModel", "image_features"), "clip_vision_model": ("CLIPVisionModel", "pooler_output"),
     "siglip": ("SiglipModel", "image_features"), "siglip_vision_model": ("SiglipVisionModel", "pooler_output"),
+    "metaclip_2": ("MetaClip2Model", "image_features"),
+    "metaclip_2_vision_model": ("MetaClip2VisionModel", "pooler_output"),
 }
 
 
@@ -175,8 +180,10 @@ def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     """transformers' own model from the directory (config.json + weights), offline, picked by the directory's
     model_type and architectures (hf_runner): a classifier's logits (DeiT with teacher: the mean of its two heads);
     a base model's pooler output when the file has a pooler, else its final-norm class token (ViTMAEModel with
-    mask_ratio 0 and noise = arange, so every patch is kept in order); CLIPVisionModel / SiglipVisionModel:
-    pooler_output; CLIPVisionModelWithProjection: image_embeds; CLIPModel / SiglipModel: get_image_features. The
+    mask_ratio 0 and noise = arange, so every patch is kept in order); IJepaModel: the mean of its final-normed
+    tokens; CLIPVisionModel / SiglipVisionModel / MetaClip2VisionModel: pooler_output;
+    CLIPVisionModelWithProjection / MetaClip2VisionModelWithProjection: image_embeds; CLIPModel / SiglipModel /
+    MetaClip2Model: get_image_features. The
     position table is interpolated by the model's own interpolate_pos_encoding when the images are not at the
     directory's image_size."""
     import inspect
@@ -214,6 +221,8 @@ def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
         out = getattr(out, "pooler_output", out)
     elif output == "features":
         out = out.pooler_output if has_pooler else out.last_hidden_state[:, 0]
+    elif output == "mean":
+        out = out.last_hidden_state.mean(dim=1)
     else:
         out = getattr(out, output)
     return out.numpy()

@@ -5,8 +5,8 @@ Model types (config.json `model_type`) and the transformers classes read and wri
   vit                    ViTModel (features; its pooler, dense + tanh on the class token, is pre_logits),
                          ViTForImageClassification
   deit                   DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher
-  dinov2                 Dinov2Model (and Dinov2Backbone's weights, the same keys)
-  dinov2_with_registers  Dinov2WithRegistersModel (and its Backbone)
+  dinov2                 Dinov2Model (and Dinov2Backbone's weights, the same keys), Dinov2ForImageClassification
+  dinov2_with_registers  Dinov2WithRegistersModel (and its Backbone), Dinov2WithRegistersForImageClassification
   vit_mae                ViTMAEModel, and the encoder of ViTMAEForPreTraining
   clip, clip_vision_model, siglip, siglip_vision_model
                          dispatched to shared.convert.hf_clip (import_hf_clip / export_hf_clip)
@@ -35,13 +35,14 @@ config.json.
             intermediate_size); drop_path_rate -> drop_path. use_swiglu_ffn=True (the giant models): swiglu, fc1 =
             mlp.weights_in (rows [gate; value]; transformers >= 5 modules: gate_proj, up_proj), fc2 = weights_out /
             down_proj, mlp_dim = (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8.
-            Dinov2ForImageClassification classifies concat(class token, mean of the patch tokens), which is not a
-            canonical head: refused by name (import the backbone:
-            `Dinov2Model.from_pretrained(DIR).save_pretrained(OUT)`). The features are the final-norm class token
-            (Dinov2Model's pooler_output).
+            Dinov2Model's features are the final-norm class token (its pooler_output). Dinov2ForImageClassification
+            classifies concat(class token, mean of the patch tokens) (DINOv2's linear-probe head): pool='token_mean',
+            classifier (num_labels, 2 * hidden_size) -> head (num_labels 0: an Identity classifier, the
+            concatenated features); a token_mean config is written back as that class.
   dinov2_with_registers   as dinov2, plus embeddings.register_tokens -> reg_token; HF adds positions to the
             class token and the patches, not to the registers: pos_prefix_tokens=1, reg_tokens=N, exactly HF's
-            layout (no folding, so the round trip is bit-exact).
+            layout (no folding, so the round trip is bit-exact). Dinov2WithRegistersForImageClassification: as
+            dinov2's, the registers in neither half (HF's mean runs over [:, 1 + num_register_tokens:]).
   vit_mae   a plain ViT encoder (keys as vit). Its fixed 2-D sin-cos position table is stored as a tensor and
             imported as a learned table (exact). ViTMAEModel's forward drops mask_ratio of the patches at random;
             the canonical model is the encoder on every patch (mask_ratio 0, what fine-tuning and feature
@@ -152,8 +153,9 @@ class _Family:
 
 
 _MIM = "is a masked-image-modeling pixel decoder: a different head, the canonical model ends in a classifier or features"
-_CONCAT = ("classifies concat(class token, mean of the patch tokens), which is not a canonical head; import its "
-           "backbone instead (Model.from_pretrained(DIR).save_pretrained(OUT) keeps the encoder)")
+#: model type -> the class whose head reads concat(class token, mean of the patch tokens): pool='token_mean'
+_DINO_CLASSIFIERS = {"dinov2": "Dinov2ForImageClassification",
+                     "dinov2_with_registers": "Dinov2WithRegistersForImageClassification"}
 _FAMILIES = {f.model_type: f for f in (
     _Family("vit", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
             ("ViTModel", "ViTForImageClassification"), {"ViTForMaskedImageModeling": _MIM}, "bicubic", True),
@@ -161,10 +163,10 @@ _FAMILIES = {f.model_type: f for f in (
             ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
             {"DeiTForMaskedImageModeling": _MIM}, "bicubic", True),
     _Family("dinov2", "dinov2.", ("encoder.layer.{i}.", "encoder.layer.{i}."), tuple(_DINO_BLOCK), 1,
-            ("Dinov2Model", "Dinov2Backbone"), {"Dinov2ForImageClassification": _CONCAT}, "bicubic", False),
+            ("Dinov2Model", "Dinov2Backbone", "Dinov2ForImageClassification"), {}, "bicubic", False),
     _Family("dinov2_with_registers", "dinov2_with_registers.", ("encoder.layer.{i}.", "encoder.layer.{i}."),
-            tuple(_DINO_BLOCK), 1, ("Dinov2WithRegistersModel", "Dinov2WithRegistersBackbone"),
-            {"Dinov2WithRegistersForImageClassification": _CONCAT}, "bicubic_antialias", False),
+            tuple(_DINO_BLOCK), 1, ("Dinov2WithRegistersModel", "Dinov2WithRegistersBackbone",
+                                    "Dinov2WithRegistersForImageClassification"), {}, "bicubic_antialias", False),
     _Family("vit_mae", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
             ("ViTMAEModel", "ViTMAEForPreTraining"), {}, "bicubic", False),
 )}
@@ -359,12 +361,10 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
             raise ConversionError(f"{source}: image_size {list(img)} is not square: transformers' {mt} reshapes its "
                                   f"position table as a square grid whenever height != width, so this is not a "
                                   f"model it runs")
-    if "classifier.weight" in st and dino:
-        raise ConversionError(f"{source}: a classifier on a {mt} model {_CONCAT}")
     if ("cls_classifier.weight" in st or "distillation_classifier.weight" in st
             or "DeiTForImageClassificationWithTeacher" in archs):  # num_labels 0: Identity heads, no keys
         variant = "teacher"
-    elif "classifier.weight" in st:
+    elif "classifier.weight" in st or _DINO_CLASSIFIERS.get(mt) in archs:  # num_labels 0: Identity, no keys
         variant = "classifier"
     else:
         variant = "model"
@@ -459,7 +459,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
             name=str(name_v or f"hf_{mt}").replace("/", "_") or f"hf_{mt}",
             image_size=img, in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M,
             swiglu=swiglu, qkv_bias=qkv_bias, init_values=init_values, class_token="learned", dist_token=dist_token,
-            reg_tokens=reg, pool="token", pos_embed="learned",
+            reg_tokens=reg, pool="token_mean" if dino and variant == "classifier" else "token", pos_embed="learned",
             pos_prefix_tokens=fam.pos_prefix if reg and mt == "dinov2_with_registers" else None,
             resize_kernel=fam.resize_kernel, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
             representation_size=rep, num_classes=K, dropout=hidden_dropout, attn_dropout=attn_dropout,
@@ -505,8 +505,10 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
         p.append(f"patch_bias=False: {what}'s patch projection has a bias")
     if cfg.norm_pre:
         p.append(f"norm_pre: {what} has no LayerNorm before the blocks")
-    if cfg.pool != "token":
-        p.append(f"pool={cfg.pool!r}: {what} reads the class token")
+    if cfg.pool != "token" and not (fam.dino and cfg.pool == "token_mean"):
+        p.append(f"pool={cfg.pool!r}: {what} reads the class token"
+                 + (" (dinov2's ForImageClassification reads concat(class token, patch mean))"
+                    if cfg.pool == "token_mean" else ""))
     if not cfg.final_norm:
         p.append(f"final_norm=False: {what} always applies its final layernorm")
     if cfg.fc_norm:
@@ -538,9 +540,10 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
     if fam.dino:
         if cfg.init_values is None:
             p.append(f"init_values=None: {what} always has LayerScale (layer_scale1, layer_scale2)")
-        if cfg.num_classes:
-            p.append(f"num_classes={cfg.num_classes}: {what} has no class-token classifier (its "
-                     f"ForImageClassification {_CONCAT.split(';')[0]})")
+        if cfg.num_classes and cfg.pool != "token_mean":
+            p.append(f"num_classes={cfg.num_classes} with pool={cfg.pool!r}: {what} has no class-token classifier "
+                     f"(its {_DINO_CLASSIFIERS[mt]} reads concat(class token, mean of the patch tokens): "
+                     f"pool='token_mean')")
         if cfg.image_size[0] != cfg.image_size[1]:
             p.append(f"image_size {cfg.image_size}: {what} reshapes its position table as a square grid whenever "
                      f"height != width")
@@ -595,6 +598,8 @@ def _variant(cfg: ViTConfig, mt: str) -> tuple[str, str]:
         return ("classifier", "DeiTForImageClassification") if cfg.num_classes else ("model", "DeiTModel")
     if mt == "vit":
         return ("classifier", "ViTForImageClassification") if cfg.num_classes else ("model", "ViTModel")
+    if mt in _DINO_CLASSIFIERS and cfg.pool == "token_mean":
+        return "classifier", _DINO_CLASSIFIERS[mt]
     return "model", _FAMILIES[mt].classes[0]
 
 
@@ -605,7 +610,8 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
     vit: ViTForImageClassification ('vit.' prefix) with a head, else ViTModel (the pooler when representation_size
     is set). deit: DeiTForImageClassificationWithTeacher for a distillation token (num_labels 0 without a head:
     its Identity heads average the two tokens, the canonical features), DeiTForImageClassification / DeiTModel for
-    one register. dinov2, dinov2_with_registers, vit_mae: the base model (features). CLIP and SigLIP types:
+    one register. dinov2, dinov2_with_registers: Dinov2[WithRegisters]ForImageClassification for pool='token_mean'
+    (num_labels 0 without a head), else the base model (features). vit_mae: the base model. CLIP and SigLIP types:
     shared.convert.hf_clip.export_hf_clip (file layout only). layout='file' is the on-disk / save_pretrained
     naming that every transformers version reads; layout='module' the module names of the installed
     transformers >= 5 (for model.load_state_dict).
@@ -688,7 +694,7 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
                     pooler_act="tanh")
     if mt == "vit_mae":
         conf["mask_ratio"] = 0.0  # the canonical model: the encoder on every patch
-    if variant != "model":  # num_labels from id2label; 0 for a headless DeiT teacher (Identity heads)
+    if variant != "model":  # num_labels from id2label; 0 for a headless DeiT teacher or DINOv2 classifier (Identity)
         conf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)}
         conf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_classes)}
     return out, conf

@@ -138,6 +138,8 @@ _HF_RUN = {
     "ViTForImageClassification": ("ViTForImageClassification", "logits"),
     "DeiTForImageClassification": ("DeiTForImageClassification", "logits"),
     "DeiTForImageClassificationWithTeacher": ("DeiTForImageClassificationWithTeacher", "logits"),
+    "Dinov2ForImageClassification": ("Dinov2ForImageClassification", "logits"),
+    "Dinov2WithRegistersForImageClassification": ("Dinov2WithRegistersForImageClassification", "logits"),
     "CLIPVisionModel": ("CLIPVisionModel", "pooler_output"),
     "CLIPVisionModelWithProjection": ("CLIPVisionModelWithProjection", "image_embeds"),
     "CLIPModel": ("CLIPModel", "image_features"),

@@ -82,3 +82,11 @@ def test_formats_without_the_concat_head_refuse_it_by_name(preset):
         with pytest.raises(ConversionError, match="pool='token_mean'") as e:
             export(cfg, init_weights(cfg))
         assert "concat(class token" in str(e.value), (export.__name__, str(e.value))
+    # as a timm import's preset, its pooling is named where the file contradicts it (it was a KeyError)
+    from shared.convert.timm import import_timm
+    from shared.errors import ConversionWarning
+
+    gap = cfg.replace(class_token="none", pool="mean", pos_prefix_tokens=0)
+    with pytest.warns(ConversionWarning, match="pool: preset 'token_mean', file 'avg'"):
+        got, _ = import_timm(init_weights(gap), preset=cfg)
+    assert got.pool == "mean"

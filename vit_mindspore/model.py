@@ -224,7 +224,7 @@ class VisionTransformer(_Cell):
             return x[:, self.num_prefix:]
         return x
 
-    def patch_mean(self, x):
+    def _patch_mean(self, x):
         """The mean of the patch tokens, accumulated in float32, rounded once to the compute dtype."""
         return self.back(self.reduce_mean(self.f32(self.patch_tokens(x)), 1))
 
@@ -236,9 +236,9 @@ class VisionTransformer(_Cell):
         elif self.pool_kind == "token":
             x = x[:, 0]
         elif self.pool_kind == "mean":
-            x = self.patch_mean(x)
+            x = self._patch_mean(x)
         elif self.pool_kind == "token_mean":  # DINOv2's linear head: the registers are in neither half
-            x = self.concat_last((x[:, 0], self.patch_mean(x)))
+            x = self.concat_last((x[:, 0], self._patch_mean(x)))
         else:  # map: the attention pool sees the patch tokens only
             x = self.attn_pool(self.patch_tokens(x))
         if self.has_fc_norm:

@@ -591,7 +591,7 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
             conflicts.append(f"LayerScale: preset {'has' if p_cfg.init_values is not None else 'has none'}, file "
                              f"{'has ls1/ls2 gammas' if layer_scale else 'has none'}")
         if file_pool is not None and p_cfg.pool != file_pool:
-            conflicts.append(f"pool: preset {TIMM_POOL[p_cfg.pool]!r}, file {TIMM_POOL[file_pool]!r}")
+            conflicts.append(f"pool: preset {TIMM_POOL.get(p_cfg.pool, p_cfg.pool)!r}, file {TIMM_POOL[file_pool]!r}")
         if has_pos and p_cfg.pos_embed == "learned" and p_cfg.num_pos_prefix != npos \
                 and p_cfg.num_prefix_tokens == n0:
             conflicts.append(f"prefix tokens with a position row: preset {p_cfg.num_pos_prefix}, file {npos} "

@@ -64,9 +64,10 @@ def pytest_collection_modifyitems(config, items):
     The family tiny presets (one option each, on top of what the first four cover) run the float32 matrix at
     batch 2 only (normal, zeros and large inputs; the variants normal inputs only): batch sizes 1 and 3 test shape
     handling, which the first four tiny presets cover, and each new shape is another graph / XLA / jit compile.
-    A variant's gradients on the family presets are slow too (its primary's run in the CI-sized set)."""
+    A variant's gradients on the family presets are slow too (its primary's run in the CI-sized set). The head-only
+    tiny presets (HEAD_TINY: the same blocks, another pooling) run on the primary backends only, at batch 2."""
     from shared.backend import variant_of
-    from shared.testing import FAMILY_TINY, SEED_FAST
+    from shared.testing import FAMILY_TINY, HEAD_TINY, SEED_FAST
 
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -79,7 +80,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if variant and params.get("name") in FAMILY_TINY:  # test_grad: a variant's gradients on the family presets
             item.add_marker(pytest.mark.slow)
-        if params.get("preset") in FAMILY_TINY and "batch" in params and (
+        if variant and (params.get("preset") in HEAD_TINY or params.get("name") in HEAD_TINY):
+            item.add_marker(pytest.mark.slow)
+        if params.get("preset") in FAMILY_TINY + HEAD_TINY and "batch" in params and (
                 params["batch"] != 2 or params.get("kind") == "uniform" or (variant and params.get("kind") != "normal")):
             item.add_marker(pytest.mark.slow)
 

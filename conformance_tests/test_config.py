@@ -59,6 +59,8 @@ def test_seed_presets_pin_their_numerics():
     (dict(output_softmax=True, num_classes=0), "needs a classifier"),
     (dict(dropout=1.0), "dropout"),
     (dict(swiglu=True, class_token="none", pool="map"), "pool='map' with a SwiGLU MLP"),
+    (dict(pool="token_mean", class_token="none"), "pool='token_mean' needs a class token"),
+    (dict(pool="token_mean", final_norm=False, fc_norm=True), "pool='token_mean' with fc_norm"),
 ])
 def test_invalid_configs_are_refused_clearly(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -108,8 +110,11 @@ def test_a_config_too_large_to_allocate_is_refused_by_counting():
     d = get_preset("tiny").to_dict() | {"depth": 1000, "embed_dim": 65536, "num_heads": 1, "mlp_dim": 65536}
     with pytest.raises(ConfigError, match="parameters, over the limit"):
         ViTConfig.from_dict(d)
-    for name in ("tiny", "B/16", "seed_t2t_walkthrough", "seed_classic_torch", "seed_keras"):
+    for name in ("tiny", "B/16", "seed_t2t_walkthrough", "seed_classic_torch", "seed_keras", "tiny_dinov2_cls"):
         assert get_preset(name).num_parameters == parameter_count(get_preset(name))
+    cls = get_preset("tiny_dinov2_cls")  # the head (and a pre-logits layer) read 2 * width pooled features
+    assert parameter_count(cls) - parameter_count(cls.replace(pool="token")) == cls.num_classes * cls.width
+    assert cls.replace(representation_size=24).num_parameters == parameter_count(cls.replace(representation_size=24))
     assert get_preset("vit_huge_patch14_224").num_parameters < limits.MAX_PARAMETERS
 
 

@@ -1,7 +1,8 @@
 """Hugging Face's ViT family against transformers itself: ViT, DeiT (with teacher, classifier only, features with the
-pooler), DINOv2, DINOv2-giant's SwiGLU MLP, DINOv2 with registers, ViTMAE and ViTMAE's pre-training checkpoint,
-ViTMSN's and I-JEPA's classifiers and I-JEPA's encoder, each made by transformers (random init, then every parameter
-shaken so each one matters; tiny; no download) and saved with `save_pretrained`, as its users save it.
+pooler), DINOv2, DINOv2-giant's SwiGLU MLP, DINOv2 with registers, the two DINOv2 classifiers (concat(class token,
+patch mean): pool='token_mean'), ViTMAE and ViTMAE's pre-training checkpoint, ViTMSN's and I-JEPA's classifiers and
+I-JEPA's encoder, each made by transformers (random init, then every parameter shaken so each one matters; tiny; no
+download) and saved with `save_pretrained`, as its users save it.
 
 Every (model_type, class) the importer accepts (shared.convert.hf.accepted_architectures, its own tables: the CLIP,
 SigLIP and MetaCLIP 2 ones too) is imported from a save_pretrained directory and matched against that class's own
@@ -75,6 +76,13 @@ FAMILIES = {
     # DINOv2-giant's SwiGLU MLP: int(32 * 4) = 128 -> (int(128 * 2 / 3) + 7) // 8 * 8 = 88 hidden channels
     "dinov2_swiglu": ("Dinov2Model", "Dinov2Config", dict(_DINO, mlp_ratio=4, use_swiglu_ffn=True),
                       dict(swiglu=True, mlp_dim=88, init_values=1.0)),
+    # DINOv2's linear-probe head: classifier (num_labels, 2 * hidden) on concat(class token, mean of the patch tokens)
+    "dinov2_classifier": ("Dinov2ForImageClassification", "Dinov2Config", dict(_DINO, num_labels=5),
+                          dict(pool="token_mean", num_classes=5, reg_tokens=0)),
+    # ... with registers: HF's mean runs over [:, 1 + num_register_tokens:], the registers are in neither half
+    "dinov2_registers_classifier": ("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
+                                    dict(_DINO, num_register_tokens=2, num_labels=5),
+                                    dict(pool="token_mean", num_classes=5, reg_tokens=2, pos_prefix_tokens=1)),
     "vit_mae": ("ViTMAEModel", "ViTMAEConfig", dict(_VIT, image_size=28, patch_size=7),
                 dict(num_classes=0, representation_size=None)),
     "vit_mae_pretraining": ("ViTMAEForPreTraining", "ViTMAEConfig",
@@ -316,9 +324,10 @@ def test_module_layout_loads_strict(name, saved):
 
 
 # ------------------------------------------------------------------------------------------- every backend
-#: the whole CLI path runs every backend in its own process (~20 s a family): one family in the CI-sized set,
-#: the rest slow; test_family_backends.py runs every family in every backend in-process
-_CLI_CI = ("dinov2_registers",)
+#: the whole CLI path runs every backend in its own process (~20 s a family): one family in the CI-sized set (DINOv2
+#: with registers and its classifier head: every DINOv2 option and the proof against the classifier's logits), the
+#: rest slow; test_family_backends.py runs every family in every backend in-process
+_CLI_CI = ("dinov2_registers_classifier",)
 
 
 @pytest.mark.parametrize("name", [n if n in _CLI_CI else pytest.param(n, marks=pytest.mark.slow)
@@ -336,6 +345,26 @@ def test_every_backend_check(name, saved, tmp_path):
     bad = {b: (r["status"], r.get("first_failure"), (r.get("error") or "")[-300:])
            for b, r in result["backends"].items() if r["status"] != "pass"}
     assert code == 0 and not bad, f"{name}: exit {code}, backends {bad}"
+
+
+def test_dinov2_classifier_without_labels_is_its_concatenated_features(tmp_path):
+    """Dinov2ForImageClassification with num_labels 0 has an Identity classifier: its logits are concat(class token,
+    patch mean), 2 * hidden wide. Imported as pool='token_mean' features (num_classes 0), written back as that class."""
+    cls_name, conf_name, kwargs, _ = FAMILIES["dinov2_classifier"]
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(getattr(transformers, conf_name)(**{**kwargs, "num_labels": 0})).eval()
+    model.save_pretrained(tmp_path / "src")
+    cfg, state = _load(tmp_path / "src")
+    assert (cfg.pool, cfg.num_classes, cfg.feature_dim) == ("token_mean", 0, 64)
+    x = _images(model, seed=9)
+    theirs = _their_output("dinov2_classifier", model, x)
+    assert theirs.shape == (2, 64)
+    _within(cfg, theirs, reference.forward(cfg, state, x)["logits"], "Dinov2ForImageClassification, num_labels 0")
+    save_hf_dir(tmp_path / "back", cfg, state)
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["architectures"] == [cls_name]
+    loaded, info = getattr(transformers, cls_name).from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert np.array_equal(_their_output("dinov2_classifier", loaded.eval(), x), theirs)
 
 
 # ------------------------------------------------------------------------------------ CLIP / SigLIP runners
@@ -423,8 +452,11 @@ EVERY_CLASS = {
     ("deit", "DeiTForImageClassificationWithTeacher"): ("DeiTConfig", dict(_TOWER, **_LABELS), "logits"),
     ("dinov2", "Dinov2Model"): ("Dinov2Config", _DINO_TINY, "pooler"),
     ("dinov2", "Dinov2Backbone"): ("Dinov2Config", _BACKBONE, "backbone"),
+    ("dinov2", "Dinov2ForImageClassification"): ("Dinov2Config", dict(_DINO_TINY, **_LABELS), "logits"),
     ("dinov2_with_registers", "Dinov2WithRegistersModel"): ("Dinov2WithRegistersConfig", _DINO_TINY, "pooler"),
     ("dinov2_with_registers", "Dinov2WithRegistersBackbone"): ("Dinov2WithRegistersConfig", _BACKBONE, "backbone"),
+    ("dinov2_with_registers", "Dinov2WithRegistersForImageClassification"): (
+        "Dinov2WithRegistersConfig", dict(_DINO_TINY, **_LABELS), "logits"),
     ("vit_mae", "ViTMAEModel"): ("ViTMAEConfig", dict(_TOWER, mask_ratio=0.0), "mae"),
     ("vit_mae", "ViTMAEForPreTraining"): ("ViTMAEConfig", _MAE, "mae"),
     ("vit_msn", "ViTMSNModel"): ("ViTMSNConfig", _TOWER, "class token"),

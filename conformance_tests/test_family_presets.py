@@ -14,7 +14,7 @@ from timm.layers import QuickGELU as TimmQuickGELU  # noqa: N811
 from shared.errors import ConversionError
 from shared.init import init_weights
 from shared.presets import FAMILY_PRESETS, get_preset
-from shared.testing import FAMILY_TINY
+from shared.testing import FAMILY_TINY, HEAD_TINY
 from shared.weights import expected_shapes
 
 
@@ -64,3 +64,29 @@ def test_formats_without_the_family_options_refuse_them_by_name(fmt, preset):
     with pytest.raises(ConversionError) as e:
         export(cfg, init_weights(cfg))
     assert all(option in str(e.value) for option in cfg.family_options()), str(e.value)
+
+
+@pytest.mark.parametrize("preset", HEAD_TINY)
+def test_formats_without_the_concat_head_refuse_it_by_name(preset):
+    """pool='token_mean' (DINOv2's linear head, HF's Dinov2[WithRegisters]ForImageClassification) exists in no other
+    format: timm, torchvision, keras-hub and mindcv exports refuse it, naming it, rather than write a head that would
+    read the class token (or the mean) alone."""
+    from shared.convert.kerashub import export_kerashub
+    from shared.convert.mindcv import export_mindcv
+    from shared.convert.timm import export_timm
+    from shared.convert.torchvision import export_torchvision
+
+    cfg = get_preset(preset)
+    assert cfg.pool == "token_mean"
+    for export in (export_timm, export_torchvision, export_kerashub, export_mindcv):
+        with pytest.raises(ConversionError, match="pool='token_mean'") as e:
+            export(cfg, init_weights(cfg))
+        assert "concat(class token" in str(e.value), (export.__name__, str(e.value))
+    # as a timm import's preset, its pooling is named where the file contradicts it (it was a KeyError)
+    from shared.convert.timm import import_timm
+    from shared.errors import ConversionWarning
+
+    gap = cfg.replace(class_token="none", pool="mean", pos_prefix_tokens=0)
+    with pytest.warns(ConversionWarning, match="pool: preset 'token_mean', file 'avg'"):
+        got, _ = import_timm(init_weights(gap), preset=cfg)
+    assert got.pool == "mean"

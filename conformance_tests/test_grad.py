@@ -18,7 +18,7 @@ import pytest
 from shared.backend import get_backend
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
-from shared.testing import FAMILY_TINY
+from shared.testing import FAMILY_TINY, HEAD_TINY
 from shared.training import grad as G
 
 SMOOTHING = 0.1
@@ -32,7 +32,9 @@ CASES = {"tiny": lambda: get_preset("tiny"), "tiny_meanpool": lambda: get_preset
          # position row + mean pool, registers + qk-norm (features-only preset: a 4-class head added), norm_pre +
          # QuickGELU + no patch bias, the attention-pool head
          **{n: (lambda n=n: get_preset(n) if get_preset(n).num_classes else get_preset(n).replace(num_classes=4))
-            for n in FAMILY_TINY}}
+            for n in FAMILY_TINY},
+         # a head-only option: concat(class token, patch mean) with registers in neither half (DINOv2's linear head)
+         **{n: (lambda n=n: get_preset(n)) for n in HEAD_TINY}}
 
 
 @lru_cache(maxsize=None)

@@ -224,6 +224,8 @@ def torch_forward(cfg, params, images):
         f = tok[:, 0]
     elif cfg.pool == "mean":
         f = tok[:, n0:].mean(1)
+    elif cfg.pool == "token_mean":  # as HF's Dinov2WithRegistersForImageClassification writes it
+        f = torch.cat([tok[:, 0], tok[:, 1 + cfg.reg_tokens:].mean(dim=1)], dim=1)
     else:  # map: nn.MultiheadAttention with the pool's q and kv as its in-projection (SigLIP's head)
         mha = torch.nn.MultiheadAttention(A, H, batch_first=True, dtype=torch.float64)
         with torch.no_grad():

@@ -25,7 +25,9 @@ from .errors import ConfigError
 
 GELU_KINDS = ("erf", "tanh", "quick")  # quick: x * sigmoid(1.702 x) (OpenAI CLIP)
 CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
-POOL_KINDS = ("token", "mean", "map")  # map: attention pool with a latent query (SigLIP, timm 'map')
+# map: attention pool with a latent query (SigLIP, timm 'map'); token_mean: concat(class token, mean of the patch
+# tokens), DINOv2's linear-probe head (HF Dinov2ForImageClassification): the head reads 2 * width features
+POOL_KINDS = ("token", "mean", "map", "token_mean")
 POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
 RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear")
 
@@ -129,7 +131,9 @@ class ViTConfig:
     class_token: str = "learned"  # learned | zeros (fixed "prediction token") | none
     dist_token: bool = False  # DeiT distillation token (after the class token) with its own head `head_dist`
     reg_tokens: int = 0  # register tokens (key `reg_token`), after the class and distillation tokens
-    pool: str = "token"  # token | mean (over patch tokens only, timm 'avg') | map (attention pool `attn_pool`)
+    # token | mean (over patch tokens only, timm 'avg') | map (attention pool `attn_pool`) | token_mean
+    # (concat(class token, mean over the patch tokens): DINOv2's linear-probe head, 2 * width wide)
+    pool: str = "token"
     pos_embed: str = "learned"  # learned | sincos1d | sincos2d | none
     # how many leading prefix tokens have a row in a learned table: None = all (timm), 0 = none (timm
     # no_embed_class: DeiT III, DINOv2 with registers), 1 = the class token only (HF DINOv2 with registers)
@@ -189,6 +193,11 @@ class ViTConfig:
         need(self.pos_embed in POS_EMBED_KINDS, f"pos_embed must be one of {POS_EMBED_KINDS}, got {self.pos_embed!r}")
         need(self.resize_kernel in RESIZE_KERNELS, f"resize_kernel must be one of {RESIZE_KERNELS}, got {self.resize_kernel!r}")
         need(not (self.pool == "token" and self.class_token == "none"), "pool='token' needs a class token (use pool='mean')")
+        if self.pool == "token_mean":
+            need(self.class_token != "none", "pool='token_mean' needs a class token (concat(class token, mean of the "
+                                             "patch tokens); use pool='mean')")
+            need(not self.fc_norm, "pool='token_mean' with fc_norm is not a known layout (DINOv2's linear head reads "
+                                   "the final-norm tokens)")
         if self.dist_token:
             need(self.class_token == "learned" and self.pool == "token",
                  "dist_token needs a learned class token and pool='token' (DeiT: the class and distillation tokens "
@@ -262,9 +271,15 @@ class ViTConfig:
         return 2 * self.mlp_dim if self.swiglu else self.mlp_dim
 
     @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled features (input of the pre-logits layer, else of the head): twice the width for
+        pool='token_mean' (class token and patch mean, concatenated), else the width."""
+        return 2 * self.width if self.pool == "token_mean" else self.width
+
+    @property
     def feature_dim(self) -> int:
         """Width of the `pre_logits` stage (input of the head)."""
-        return self.representation_size if self.representation_size else self.width
+        return self.representation_size if self.representation_size else self.pooled_dim
 
     def block_in_dim(self, i: int) -> int:
         return self.embed_dim if i == 0 else self.width
@@ -293,7 +308,7 @@ class ViTConfig:
         n += 2 * W if self.final_norm else 0
         n += 2 * W if self.fc_norm else 0
         if self.representation_size:
-            n += self.representation_size * W + self.representation_size
+            n += self.representation_size * self.pooled_dim + self.representation_size
         if self.num_classes:
             n += (1 + int(self.dist_token)) * (self.num_classes * self.feature_dim + self.num_classes)
         return n
@@ -365,6 +380,7 @@ class ViTConfig:
                  (self.norm_pre, "a LayerNorm before the blocks (norm_pre)"),
                  (self.qk_norm, "qk-norm (attn.q_norm, attn.k_norm)"),
                  (self.pool == "map", "the attention-pool head (pool='map', attn_pool)"),
+                 (self.pool == "token_mean", "the concat(class token, patch mean) head (pool='token_mean')"),
                  (not self.patch_bias, "a patch projection without bias (patch_bias=False)"),
                  (self.swiglu, "a SwiGLU MLP (swiglu: mlp.fc1 packs the gate and value halves)"),
                  (self.gelu == "quick", "QuickGELU (gelu='quick')")]

@@ -143,6 +143,12 @@ PRESETS["tiny_dinov2_reg"] = ViTConfig(
     layer_norm_eps=1e-6, resize_kernel="bicubic", num_classes=0,
     notes="DINOv2 with registers as HF stores it (the class token has a position row, the 3 registers none), "
           "LayerScale, qk-norm, SwiGLU MLP (DINOv2-giant), patch 7, features only")
+PRESETS["tiny_dinov2_cls"] = ViTConfig(
+    name="tiny_dinov2_cls", image_size=(28, 28), in_chans=3, patch_size=7, embed_dim=32, depth=2, num_heads=2,
+    mlp_dim=64, reg_tokens=2, pos_prefix_tokens=1, init_values=1.0, pool="token_mean", gelu="erf",
+    layer_norm_eps=1e-6, resize_kernel="bicubic_antialias", num_classes=5,
+    notes="HF Dinov2WithRegistersForImageClassification: the head reads concat(class token, mean of the patch "
+          "tokens; the 2 registers in neither), head (5, 64)")
 PRESETS["tiny_clip"] = ViTConfig(
     name="tiny_clip", image_size=(32, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64,
     norm_pre=True, patch_bias=False, gelu="quick", layer_norm_eps=1e-5, num_classes=16,

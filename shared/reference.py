@@ -7,7 +7,8 @@
   norm_pre     (B, T, D)   after the pre-block LayerNorm (only when cfg.norm_pre: CLIP)
   block_i      (B, T, W)   after transformer block i (W = cfg.width)
   norm         (B, T, W)   after the final LayerNorm (= last block when there is none)
-  pre_logits   (B, F)      pooled: class token, mean of the patch tokens, or the attention pool (cfg.pool);
+  pre_logits   (B, F)      pooled: class token, mean of the patch tokens, the attention pool, or concat(class
+                           token, mean of the patch tokens) (cfg.pool; token_mean: 2W wide, DINOv2's linear head);
                            (+ fc_norm) (+ Linear-Tanh pre-logits): the head's input. With a distillation token:
                            the mean of the class and distillation tokens (timm's pre_logits)
   logits       (B, K)      head output (softmax applied when cfg.output_softmax; = pre_logits with no head);
@@ -253,6 +254,8 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
         x = x[:, 0]
     elif cfg.pool == "mean":
         x = nm.r(x[:, n0:].mean(axis=1))
+    elif cfg.pool == "token_mean":  # HF Dinov2ForImageClassification: the registers are in neither half
+        x = np.concatenate([x[:, 0], nm.r(x[:, n0:].mean(axis=1))], axis=-1)
     else:  # map: the attention pool sees the patch tokens only (timm's pool_include_prefix=False)
         x = attention_pool(nm, cfg, p, x[:, n0:])
     if cfg.fc_norm:

@@ -22,8 +22,11 @@ from .presets import get_preset
 
 #: Tiny presets that turn on the ViT family's options (DeiT, DeiT III, DINOv2 with registers, CLIP, SigLIP).
 FAMILY_TINY = ["tiny_deit", "tiny_deit3", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip"]
+#: Tiny presets whose option is only in the head (no new parameter): the CI-sized matrix runs them on the primary
+#: backends at batch 2 (the variants' compiles of the same blocks are slow-marked: conftest.py).
+HEAD_TINY = ["tiny_dinov2_cls"]
 #: Presets every backend is tested on in the CI-sized run (toy sizes cover every config option).
-TINY_PRESETS = ["tiny", "tiny_meanpool", "tiny_t2t", "tiny_pretrain", *FAMILY_TINY]
+TINY_PRESETS = ["tiny", "tiny_meanpool", "tiny_t2t", "tiny_pretrain", *FAMILY_TINY, *HEAD_TINY]
 #: Seed models; the T2T walkthrough has only 15 tokens and runs in the CI-sized set, the B/16-shaped ones are slow.
 SEED_FAST = ["seed_t2t_walkthrough"]
 SEED_SLOW = ["seed_classic_torch", "seed_keras", "seed_mindspore"]

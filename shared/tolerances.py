@@ -10,7 +10,7 @@ float32: err <= F32_SAFETY * u32 * sqrt(K) * (L + 1)
     u32 = 2^-24 is float32's unit roundoff. A length-K dot product with
     independent rounding errors has relative error ~ u * sqrt(K) (Higham's
     probabilistic bound; the worst case K*u is never approached by BLAS's blocked
-    sums). K is the longest reduction in the model (C*P*P, width or MLP width).
+    sums). K is the longest reduction in the model (C*P*P, width, MLP width or the head's pooled width).
     L counts the transformer blocks the stage has been through: the residual stream
     carries each block's rounding forward, so errors add per block. F32_SAFETY
     covers the ~6 roundings per block (qkv, scores, softmax, attn*v, proj, MLP) and
@@ -61,7 +61,7 @@ STEP_ROUNDING = 8.0
 
 
 def reduction_length(cfg: ViTConfig) -> int:
-    return max(cfg.in_chans * cfg.patch_size ** 2, cfg.embed_dim, cfg.width, cfg.mlp_dim)
+    return max(cfg.in_chans * cfg.patch_size ** 2, cfg.embed_dim, cfg.width, cfg.mlp_dim, cfg.pooled_dim)
 
 
 def blocks_before(cfg: ViTConfig, stage: str) -> int:

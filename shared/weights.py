@@ -20,8 +20,8 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
   attn_pool.latent (1, 1, W), attn_pool.q (W, W), attn_pool.kv (2W, W), attn_pool.proj (W, W) (weights and
   biases), attn_pool.norm (W,), attn_pool.mlp.fc1 (M, W), attn_pool.mlp.fc2 (W, M)   if pool == "map"
   fc_norm.{weight,bias} (W,)                if fc_norm
-  pre_logits.fc.{weight (F, W), bias (F,)}  if representation_size
-  head.{weight (K, F), bias (K,)}           if num_classes
+  pre_logits.fc.{weight (F, Wp), bias (F,)} if representation_size (Wp = pooled_dim: 2W for pool='token_mean')
+  head.{weight (K, F), bias (K,)}           if num_classes (F = representation_size, else Wp)
   head_dist.{weight (K, F), bias (K,)}      if num_classes and dist_token
 All tensors are float32. Loading is strict and reports every problem by name;
 saving writes a temporary file and renames it, so a failure leaves nothing behind.
@@ -92,7 +92,8 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     if cfg.fc_norm:
         s["fc_norm.weight"] = s["fc_norm.bias"] = (W,)
     if cfg.representation_size:
-        s["pre_logits.fc.weight"], s["pre_logits.fc.bias"] = (cfg.representation_size, W), (cfg.representation_size,)
+        s["pre_logits.fc.weight"], s["pre_logits.fc.bias"] = ((cfg.representation_size, cfg.pooled_dim),
+                                                              (cfg.representation_size,))
     if cfg.num_classes:
         s["head.weight"], s["head.bias"] = (cfg.num_classes, cfg.feature_dim), (cfg.num_classes,)
         if cfg.dist_token:

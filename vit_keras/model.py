@@ -100,7 +100,7 @@ class VisionTransformer(keras.Model):
         if self.fc_norm is not None:
             self.fc_norm.build((None, W))
         if self.pre_logits is not None:
-            self.pre_logits.build((None, W))
+            self.pre_logits.build((None, c.pooled_dim))
         if self.head is not None:
             self.head.build((None, c.feature_dim))
         if self.head_dist is not None:
@@ -173,7 +173,9 @@ class VisionTransformer(keras.Model):
         elif c.pool == "token":
             x = x[:, 0]
         elif c.pool == "mean":
-            x = ops.cast(ops.mean(ops.cast(x[:, n0:], "float32"), axis=1), dt)
+            x = self._patch_mean(x[:, n0:], dt)
+        elif c.pool == "token_mean":  # DINOv2's linear head: the registers are in neither half
+            x = ops.concatenate([x[:, 0], self._patch_mean(x[:, n0:], dt)], axis=-1)
         else:  # map: the attention pool sees the patch tokens only
             x = self.attn_pool(x[:, n0:])
         if self.fc_norm is not None:
@@ -191,6 +193,11 @@ class VisionTransformer(keras.Model):
                 x = softmax_f32(x, dt)
         out["logits"] = x
         return out
+
+    @staticmethod
+    def _patch_mean(patches, dt):
+        """The mean of the patch tokens, accumulated in float32, rounded once to the compute dtype."""
+        return ops.cast(ops.mean(ops.cast(patches, "float32"), axis=1), dt)
 
     def _heads(self, tokens):
         """A distilled model's (B, 2, K): `head` on the class token, `head_dist` on the distillation token."""

@@ -165,13 +165,15 @@ class VisionTransformer(_Cell):
         self.norm = LayerNorm(W, eps, mdt) if cfg.final_norm else None
         self.attn_pool = AttentionPoolLatent(cfg, mdt, fused_softmax) if cfg.pool == "map" else None
         self.fc_norm = LayerNorm(W, eps, mdt) if cfg.fc_norm else None
-        self.pre_logits = _PreLogits(W, cfg.representation_size, mdt) if cfg.representation_size else None
+        self.pre_logits = (_PreLogits(cfg.pooled_dim, cfg.representation_size, mdt) if cfg.representation_size
+                           else None)
         self.head = Linear(cfg.feature_dim, cfg.num_classes, True, mdt) if cfg.num_classes else None
         self.head_dist = (Linear(cfg.feature_dim, cfg.num_classes, True, mdt) if cfg.num_classes and cfg.dist_token
                           else None)
         self.softmax = Softmax(mdt)
         self.pos = PosTable(cfg, cfg.grid)  # the table at the model's own size
         self.concat = ops.Concat(axis=1)
+        self.concat_last = ops.Concat(axis=-1)
         self.zeros = ops.Zeros()
         self.reduce_mean = ops.ReduceMean(keep_dims=False)
 
@@ -222,6 +224,10 @@ class VisionTransformer(_Cell):
             return x[:, self.num_prefix:]
         return x
 
+    def _patch_mean(self, x):
+        """The mean of the patch tokens, accumulated in float32, rounded once to the compute dtype."""
+        return self.back(self.reduce_mean(self.f32(self.patch_tokens(x)), 1))
+
     def pool(self, x):
         """norm stage in, pre_logits stage out (pool, fc_norm, Linear-Tanh). With a distillation token: the mean
         of the class and distillation tokens (timm's pre_logits)."""
@@ -230,7 +236,9 @@ class VisionTransformer(_Cell):
         elif self.pool_kind == "token":
             x = x[:, 0]
         elif self.pool_kind == "mean":
-            x = self.back(self.reduce_mean(self.f32(self.patch_tokens(x)), 1))
+            x = self._patch_mean(x)
+        elif self.pool_kind == "token_mean":  # DINOv2's linear head: the registers are in neither half
+            x = self.concat_last((x[:, 0], self._patch_mean(x)))
         else:  # map: the attention pool sees the patch tokens only
             x = self.attn_pool(self.patch_tokens(x))
         if self.has_fc_norm:

@@ -60,7 +60,8 @@ class VisionTransformer(nn.Module):
         self.attn_pool = AttentionPool(cfg) if cfg.pool == "map" else None
         self.fc_norm = layer_norm(W, cfg) if cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
-            self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(W, cfg.representation_size), act=nn.Tanh()))
+            self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(cfg.pooled_dim, cfg.representation_size),
+                                                        act=nn.Tanh()))
         else:
             self.pre_logits = nn.Identity()
         self.head = nn.Linear(cfg.feature_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -164,11 +165,17 @@ class VisionTransformer(nn.Module):
         if cfg.pool == "token":
             x = x[:, 0]
         elif cfg.pool == "mean":  # mean over patch tokens only, accumulated in at least float32
-            x = x[:, cfg.num_prefix_tokens:].to(_at_least_f32(x)).mean(dim=1).to(x.dtype)
+            x = self._patch_mean(x)
+        elif cfg.pool == "token_mean":  # DINOv2's linear head: the registers are in neither half
+            x = torch.cat([x[:, 0], self._patch_mean(x)], dim=-1)
         else:  # map: the attention pool sees the patch tokens only (timm's pool_include_prefix=False)
             x = self.attn_pool(x[:, cfg.num_prefix_tokens:])
         x = self.pre_logits(self.fc_norm(x))
         return x if pre_logits else self._finish(self.head(x))
+
+    def _patch_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of the patch tokens (the prefix excluded), accumulated in at least float32, rounded once."""
+        return x[:, self.config.num_prefix_tokens:].to(_at_least_f32(x)).mean(dim=1).to(x.dtype)
 
     def head_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Head outputs before any output softmax, from the final-norm tokens: (logits,), or for a distilled model

@@ -5,8 +5,8 @@ Model types (config.json `model_type`) and the transformers classes read and wri
   vit                    ViTModel (features; its pooler, dense + tanh on the class token, is pre_logits),
                          ViTForImageClassification
   deit                   DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher
-  dinov2                 Dinov2Model (and Dinov2Backbone's weights, the same keys)
-  dinov2_with_registers  Dinov2WithRegistersModel (and its Backbone)
+  dinov2                 Dinov2Model (and Dinov2Backbone's weights, the same keys), Dinov2ForImageClassification
+  dinov2_with_registers  Dinov2WithRegistersModel (and its Backbone), Dinov2WithRegistersForImageClassification
   vit_mae                ViTMAEModel, and the encoder of ViTMAEForPreTraining
   vit_msn                ViTMSNModel (features: the final-norm class token; no pooler), ViTMSNForImageClassification
   ijepa                  IJepaModel (features: the mean of the final-normed tokens; no class token),
@@ -38,13 +38,14 @@ config.json.
             intermediate_size); drop_path_rate -> drop_path. use_swiglu_ffn=True (the giant models): swiglu, fc1 =
             mlp.weights_in (rows [gate; value]; transformers >= 5 modules: gate_proj, up_proj), fc2 = weights_out /
             down_proj, mlp_dim = (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8.
-            Dinov2ForImageClassification classifies concat(class token, mean of the patch tokens), which is not a
-            canonical head: refused by name (import the backbone:
-            `Dinov2Model.from_pretrained(DIR).save_pretrained(OUT)`). The features are the final-norm class token
-            (Dinov2Model's pooler_output).
+            Dinov2Model's features are the final-norm class token (its pooler_output). Dinov2ForImageClassification
+            classifies concat(class token, mean of the patch tokens) (DINOv2's linear-probe head): pool='token_mean',
+            classifier (num_labels, 2 * hidden_size) -> head (num_labels 0: an Identity classifier, the
+            concatenated features); a token_mean config is written back as that class.
   dinov2_with_registers   as dinov2, plus embeddings.register_tokens -> reg_token; HF adds positions to the
             class token and the patches, not to the registers: pos_prefix_tokens=1, reg_tokens=N, exactly HF's
-            layout (no folding, so the round trip is bit-exact).
+            layout (no folding, so the round trip is bit-exact). Dinov2WithRegistersForImageClassification: as
+            dinov2's, the registers in neither half (HF's mean runs over [:, 1 + num_register_tokens:]).
   vit_mae   a plain ViT encoder (keys as vit). Its fixed 2-D sin-cos position table is stored as a tensor and
             imported as a learned table (exact). ViTMAEModel's forward drops mask_ratio of the patches at random;
             the canonical model is the encoder on every patch (mask_ratio 0, what fine-tuning and feature
@@ -170,8 +171,6 @@ class _Family:
 
 
 _MIM = "is a masked-image-modeling pixel decoder: a different head, the canonical model ends in a classifier or features"
-_CONCAT = ("classifies concat(class token, mean of the patch tokens), which is not a canonical head; import its "
-           "backbone instead (Model.from_pretrained(DIR).save_pretrained(OUT) keeps the encoder)")
 _FAMILIES = {f.model_type: f for f in (
     _Family("vit", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
             ("ViTModel", "ViTForImageClassification"), {"ViTForMaskedImageModeling": _MIM}, "bicubic", True,
@@ -180,10 +179,12 @@ _FAMILIES = {f.model_type: f for f in (
             ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
             {"DeiTForMaskedImageModeling": _MIM}, "bicubic", True, classifier="DeiTForImageClassification"),
     _Family("dinov2", "dinov2.", ("encoder.layer.{i}.", "encoder.layer.{i}."), tuple(_DINO_BLOCK), 1,
-            ("Dinov2Model", "Dinov2Backbone"), {"Dinov2ForImageClassification": _CONCAT}, "bicubic", False),
+            ("Dinov2Model", "Dinov2Backbone", "Dinov2ForImageClassification"), {}, "bicubic", False,
+            classifier="Dinov2ForImageClassification"),  # its head reads concat(class token, patch mean): token_mean
     _Family("dinov2_with_registers", "dinov2_with_registers.", ("encoder.layer.{i}.", "encoder.layer.{i}."),
-            tuple(_DINO_BLOCK), 1, ("Dinov2WithRegistersModel", "Dinov2WithRegistersBackbone"),
-            {"Dinov2WithRegistersForImageClassification": _CONCAT}, "bicubic_antialias", False),
+            tuple(_DINO_BLOCK), 1, ("Dinov2WithRegistersModel", "Dinov2WithRegistersBackbone",
+                                    "Dinov2WithRegistersForImageClassification"), {}, "bicubic_antialias", False,
+            classifier="Dinov2WithRegistersForImageClassification"),
     _Family("vit_mae", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
             ("ViTMAEModel", "ViTMAEForPreTraining"), {}, "bicubic", False),
     _Family("vit_msn", "vit.", ("encoder.layer.{i}.", "layers.{i}."), tuple(_VIT_BLOCK), 1,
@@ -392,12 +393,10 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
             raise ConversionError(f"{source}: image_size {list(img)} is not square: transformers' {mt} reshapes its "
                                   f"position table as a square grid whenever height != width, so this is not a "
                                   f"model it runs")
-    if "classifier.weight" in st and dino:
-        raise ConversionError(f"{source}: a classifier on a {mt} model {_CONCAT}")
     if ("cls_classifier.weight" in st or "distillation_classifier.weight" in st
             or "DeiTForImageClassificationWithTeacher" in archs):  # num_labels 0: Identity heads, no keys
         variant = "teacher"
-    elif "classifier.weight" in st:
+    elif "classifier.weight" in st or dino and fam.classifier in archs:  # num_labels 0: Identity, no keys
         variant = "classifier"
     else:
         variant = "model"
@@ -493,7 +492,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
             image_size=img, in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M,
             swiglu=swiglu, qkv_bias=qkv_bias, init_values=init_values,
             class_token="learned" if fam.class_token else "none", dist_token=dist_token, reg_tokens=reg,
-            pool=fam.pool, pos_embed="learned",
+            pool="token_mean" if dino and variant == "classifier" else fam.pool, pos_embed="learned",
             pos_prefix_tokens=fam.pos_prefix if reg and mt == "dinov2_with_registers" else None,
             resize_kernel=fam.resize_kernel, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
             representation_size=rep, num_classes=K, dropout=hidden_dropout, attn_dropout=attn_dropout,
@@ -543,9 +542,10 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
         p.append(f"patch_bias=False: {what}'s patch projection has a bias")
     if cfg.norm_pre:
         p.append(f"norm_pre: {what} has no LayerNorm before the blocks")
-    if cfg.pool != fam.pool:
+    if cfg.pool != fam.pool and not (fam.dino and cfg.pool == "token_mean"):
         p.append(f"pool={cfg.pool!r}: {what} reads "
-                 + ("the class token" if fam.pool == "token" else "the mean of its final-normed tokens"))
+                 + ("the class token" if fam.pool == "token" else "the mean of its final-normed tokens")
+                 + (f" ({fam.classifier} reads concat(class token, patch mean))" if fam.dino else ""))
     if not cfg.final_norm:
         p.append(f"final_norm=False: {what} always applies its final layernorm")
     if cfg.fc_norm:
@@ -577,9 +577,10 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
     if fam.dino:
         if cfg.init_values is None:
             p.append(f"init_values=None: {what} always has LayerScale (layer_scale1, layer_scale2)")
-        if cfg.num_classes:
-            p.append(f"num_classes={cfg.num_classes}: {what} has no class-token classifier (its "
-                     f"ForImageClassification {_CONCAT.split(';')[0]})")
+        if cfg.num_classes and cfg.pool != "token_mean":
+            p.append(f"num_classes={cfg.num_classes} with pool={cfg.pool!r}: {what} has no class-token classifier "
+                     f"(its {fam.classifier} reads concat(class token, mean of the patch tokens): "
+                     f"pool='token_mean')")
         if cfg.image_size[0] != cfg.image_size[1]:
             p.append(f"image_size {cfg.image_size}: {what} reshapes its position table as a square grid whenever "
                      f"height != width")
@@ -631,6 +632,8 @@ def _variant(cfg: ViTConfig, mt: str) -> tuple[str, str]:
     if mt == "deit" and cfg.dist_token:
         return "teacher", "DeiTForImageClassificationWithTeacher"
     fam = _FAMILIES[mt]
+    if fam.dino:  # its classifier reads concat(class token, patch mean): token_mean (num_labels 0: Identity head)
+        return ("classifier", fam.classifier) if cfg.pool == "token_mean" else ("model", fam.classes[0])
     if cfg.num_classes and fam.classifier:
         return "classifier", fam.classifier
     return "model", fam.classes[0]
@@ -644,7 +647,8 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
     is set). deit: DeiTForImageClassificationWithTeacher for a distillation token (num_labels 0 without a head:
     its Identity heads average the two tokens, the canonical features), DeiTForImageClassification / DeiTModel for
     one register. vit_msn, ijepa: their ForImageClassification with a head, else the base model. dinov2,
-    dinov2_with_registers, vit_mae: the base model (features). CLIP, SigLIP and MetaCLIP 2 types:
+    dinov2_with_registers: Dinov2[WithRegisters]ForImageClassification for pool='token_mean' (num_labels 0 without a
+    head), else the base model (features). vit_mae: the base model. CLIP, SigLIP and MetaCLIP 2 types:
     shared.convert.hf_clip.export_hf_clip (file layout only). layout='file' is the on-disk / save_pretrained
     naming that every transformers version reads; layout='module' the module names of the installed
     transformers >= 5 (for model.load_state_dict).
@@ -727,7 +731,7 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
                     pooler_act="tanh")
     if mt == "vit_mae":
         conf["mask_ratio"] = 0.0  # the canonical model: the encoder on every patch
-    if variant != "model":  # num_labels from id2label; 0 for a headless DeiT teacher (Identity heads)
+    if variant != "model":  # num_labels from id2label; 0 for a headless DeiT teacher or DINOv2 classifier (Identity)
         conf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)}
         conf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_classes)}
     return out, conf

@@ -145,7 +145,8 @@ _HF_RUN = {
     **{a: (a, "logits") for a in (
         "ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
         "ViTMSNForImageClassification", "IJepaForImageClassification", "CLIPForImageClassification",
-        "SiglipForImageClassification", "MetaClip2ForImageClassification")},
+        "SiglipForImageClassification", "MetaClip2ForImageClassification", "Dinov2ForImageClassification",
+        "Dinov2WithRegistersForImageClassification")},
     **{f"{p}VisionModel": (f"{p}VisionModel", "pooler_output") for p in ("CLIP", "Siglip", "MetaClip2")},
     **{f"{p}VisionModelWithProjection": (f"{p}VisionModelWithProjection", "image_embeds")
        for p in ("CLIP", "MetaClip2")},

@@ -671,7 +671,7 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
             conflicts.append(f"LayerScale: preset {'has' if p_cfg.init_values is not None else 'has none'}, file "
                              f"{'has ls1/ls2 gammas' if layer_scale else 'has none'}")
         if file_pool is not None and p_cfg.pool != file_pool:
-            conflicts.append(f"pool: preset {TIMM_POOL[p_cfg.pool]!r}, file {TIMM_POOL[file_pool]!r}")
+            conflicts.append(f"pool: preset {TIMM_POOL.get(p_cfg.pool, p_cfg.pool)!r}, file {TIMM_POOL[file_pool]!r}")
         if has_pos and p_cfg.pos_embed == "learned" and p_cfg.num_pos_prefix != npos \
                 and p_cfg.num_prefix_tokens == n0:
             conflicts.append(f"prefix tokens with a position row: preset {p_cfg.num_pos_prefix}, file {npos} "
@@ -745,6 +745,9 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
         p.append("a SwiGLU MLP with a distillation token: timm's VisionTransformerDistilled has no SwiGLU architecture")
     if cfg.dist_token and cfg.reg_tokens:
         p.append("a distillation token with register tokens: timm's VisionTransformerDistilled has no registers")
+    if cfg.pool == "token_mean":
+        p.append("pool='token_mean' (concat(class token, mean of the patch tokens), DINOv2's linear head): timm's "
+                 "VisionTransformer has no such global_pool (HF Dinov2ForImageClassification has it: --to hf)")
     if cfg.patch_bias == cfg.norm_pre:
         p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
                  f"bias = not pre_norm")
@@ -818,7 +821,7 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
         img_size=[gh * cfg.patch_size, gw * cfg.patch_size], patch_size=cfg.patch_size, in_chans=cfg.in_chans,
         num_classes=cfg.num_classes, embed_dim=D, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=ratio,
         qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, init_values=cfg.init_values,
-        class_token=cfg.class_token != "none", global_pool=TIMM_POOL[cfg.pool],
+        class_token=cfg.class_token != "none", global_pool=TIMM_POOL.get(cfg.pool, cfg.pool),
         pos_embed="learn" if cfg.pos_embed == "learned" else "none",
         no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix < cfg.num_prefix_tokens,
         reg_tokens=cfg.reg_tokens, pre_norm=cfg.norm_pre, final_norm=cfg.final_norm or cfg.fc_norm,

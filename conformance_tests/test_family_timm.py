@@ -41,7 +41,7 @@ from shared.convert.formats import detect_format  # noqa: E402
 from shared.convert.io import read_any  # noqa: E402
 from shared.convert.sources import source_output  # noqa: E402
 from shared.convert.timm import TIMM_ARCHITECTURES, timm_architecture, timm_model_kwargs  # noqa: E402
-from shared.errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, ConversionWarning  # noqa: E402
+from shared.errors import EXIT_MISMATCH, EXIT_OK, EXIT_OUT_OF_BOUNDS, EXIT_USAGE, ConversionWarning  # noqa: E402
 from shared.testing import FAMILY_TINY  # noqa: E402
 from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
 
@@ -317,9 +317,13 @@ def test_non_square_grid_is_asked_for(tmp_path, capsys):
     for i, flags in enumerate((["--grid", "2x8"], ["--image-size", "32x128"])):
         err, bound = _import_error(src, x, want, tmp_path, "--preset", "vit_base_patch16_224", *flags, name=f"g{i}")
         assert err <= bound
-    # read as the square it also is, run at the true size: what the old silent guess computed
-    wrong, bound = _import_error(src, x, want, tmp_path, "--preset", "vit_base_patch16_224", "--grid", "4x4",
-                                 "--image-size", "32x128", name="square")
+    # read as the square it also is, run at the true size: what the old silent guess computed. Stated so, convert's
+    # default proof catches it (timm runs the file's table at its own 2x8 grid): exit 5, nothing written
+    square = ["--preset", "vit_base_patch16_224", "--grid", "4x4", "--image-size", "32x128"]
+    assert main(["convert", str(src), str(tmp_path / "square.safetensors"), *square]) == EXIT_OUT_OF_BOUNDS
+    assert not (tmp_path / "square.safetensors").exists()
+    assert "FAIL: the source library (timm) disagrees" in " ".join(capsys.readouterr().out.split())
+    wrong, bound = _import_error(src, x, want, tmp_path, *square, "--no-verify", name="square")
     assert wrong > 10 * bound
 
 

@@ -110,8 +110,9 @@ def add_parser(sub) -> None:
     v.add_argument("--to", choices=list(FORMATS), help="target format (default: from the destination's suffix); "
                         "--to timm writes a state dict (DST.pth / .pt / .bin: torch.save; any other suffix: safetensors) "
                         "or, for a DST without a suffix, a timm hub directory (config.json + model.safetensors)")
-    v.add_argument("--preset", help="config for files that do not carry one (timm, .pt, .weights.h5, .ckpt); for a mindcv .ckpt also "
-                        "a mindcv model name (vit_b_16_224, ...)")
+    v.add_argument("--preset", help="config for files that do not carry one (timm, .pt, .weights.h5, .ckpt): a suite "
+                        "preset, or for a timm file any timm architecture name (resolved by timm's own model, or "
+                        "refused by name); for a mindcv .ckpt also a mindcv model name (vit_b_16_224, ...)")
     v.add_argument("--image-size", help="HxW: the input size to convert for; the learned position table is resampled "
                         "to it (a timm state dict's table is read at this size when its row count fits it)")
     v.add_argument("--pool", choices=["token", "avg", "map"],

@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import limits as L
+from .. import fileio as F
 from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
 from ..convert.formats import FORMATS, detect_format, native_backend
 from ..convert.io import read_any, target_format, write_any
 from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
-from .common import claim_output, console, float_arg, int_arg, parse_size
+from .common import claim_output, console, esc, float_arg, int_arg, parse_size
 
 #: formats whose files carry no config (or a partial one): read back by --verify with the config they were written from
 _NO_CONFIG = ("mindcv", "timm", "torch", "keras-h5")
@@ -40,7 +41,8 @@ def cmd_convert(args) -> int:
     c = console()
     cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size), **stated_facts(args))
     write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force)
-    c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters")
+    c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters",
+            markup=False)
     told = cfg.notes.find("what the file does not determine")  # a timm import says who stated each open fact
     if src_fmt in ("timm", "torch") and told >= 0:
         c.print(cfg.notes[told:], markup=False)
@@ -55,7 +57,7 @@ def cmd_convert(args) -> int:
         back_cfg, back = read_any(args.dst, dst_fmt, cfg if dst_fmt in _NO_CONFIG else args.preset, None)
         diffs = [k for k in state if k not in back or not np.array_equal(state[k], back[k])]
         if diffs or set(back) != set(state):
-            c.print(f"[red]verify: reading {args.dst} back differs from the source in {diffs[:5]}[/]")
+            c.print(f"[red]verify: reading {esc(args.dst)} back differs from the source in {esc(diffs[:5])}[/]")
             return EXIT_MISMATCH
         from ..convert.sources import source_library
 
@@ -63,7 +65,7 @@ def cmd_convert(args) -> int:
         c.print("verify: read back bit-exact; running the conformance check on the result"
                 + (f" and proving it against {source_library(src_fmt)}'s own output" if against else
                    f"; not verified against the source: a {src_fmt!r} file has no source library"))
-        with W.work_dir("verify") as tmp:
+        with F.work_dir("verify") as tmp:
             weights = str(W.save(Path(tmp) / "converted.safetensors", back_cfg, back))
             return cmd_check(default_args(weights=weights, backends=args.backends, against=against,
                                           against_format=src_fmt if against else None))

@@ -84,8 +84,8 @@ from ..config import ViTConfig, is_int, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError)
 from ..posemb import resample_pos_embed
 from ..safeio import read_json_file
-from ..weights import (CANONICAL_DTYPE, read_tensors, write_dir_atomically,
-                       validate_state)
+from ..fileio import write_dir_atomically
+from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 from .hfconfig import ConfigFacts
 from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
 

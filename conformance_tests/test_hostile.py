@@ -312,10 +312,10 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_disk(tmp_path_factory):
-    """(folder, filling): a folder on a 64 KiB tmpfs (root) where the tiny model's ~100 KB files cannot fit, and a
-    context in which writes fail. Without the right to mount, writes fail by RLIMIT_FSIZE (SIGXFSZ ignored: EFBIG,
-    an OSError like ENOSPC) inside the context; a failing write leaves nothing, so the folder stays empty and
-    serves every case."""
+    """(folder, filling, mounted): a folder on a 64 KiB tmpfs (as root) where the tiny model's ~100 KB files cannot
+    fit, and a context in which writes fail. Without the right to mount, writes fail by RLIMIT_FSIZE (SIGXFSZ
+    ignored: EFBIG, an OSError like ENOSPC) inside the context; a failing write leaves nothing, so the folder stays
+    empty and serves every case."""
     import contextlib
     import signal
     import subprocess
@@ -338,7 +338,7 @@ def full_disk(tmp_path_factory):
             resource.setrlimit(resource.RLIMIT_FSIZE, old)
             signal.signal(signal.SIGXFSZ, old_sig)
 
-    yield folder, filling
+    yield folder, filling, mounted
     if mounted:
         subprocess.run(["umount", str(folder)], check=True)
 
@@ -367,7 +367,10 @@ def test_a_full_disk_is_exit_2_naming_the_destination_and_leaves_nothing(tiny_we
     """convert to every format on a full disk: exit 2 naming the destination (not a temporary name), no
     traceback; nothing beside it (a `..NAME.PID.x.partial.ckpt.PID.y.partial.tmp` was left) and nothing in the
     temp folder (Keras' `tmpXXXX/assets` was)."""
-    folder, filling = full_disk
+    folder, filling, mounted = full_disk
+    if name.endswith(".weights.h5") and not mounted:
+        pytest.skip("cannot mount a tmpfs (not root?), and RLIMIT_FSIZE also fails the HDF5 write in the temp folder, "
+                    "which crashes HDF5: a full destination is only made with a small tmpfs")
     dst = folder / name
     with filling():
         code, err = _cli(["convert", tiny_weights, dst] + (["--to", to] if to else []), capsys)
@@ -379,7 +382,7 @@ def test_a_full_disk_is_exit_2_naming_the_destination_and_leaves_nothing(tiny_we
 def test_init_reference_and_a_new_subfolder_on_a_full_disk(tiny_weights, full_disk, private_tmp, tmp_path, capsys):
     """init, reference --output (np.savez's half-written archive printed a traceback from its finaliser), and a
     destination in folders the writer creates: exit 2 naming it, the folders removed again."""
-    folder, filling = full_disk
+    folder, filling, _ = full_disk
     x = tmp_path / "x.npy"
     np.save(x, np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32))  # ~400 KB of stages
     cases = [["init", "tiny", folder / "i.safetensors"], ["init", "tiny", folder / "sub" / "deeper" / "i.safetensors"],

@@ -256,7 +256,8 @@ def _create_exclusively(tmp: Path, path: Path) -> None:
     try:
         os.link(tmp, path)  # fails if `path` exists, whoever created it in the meantime
     except FileExistsError:
-        raise OutputError(f"{path} exists (written by another process meanwhile?); pass --force to replace it") from None
+        raise OutputError(f"{path} exists (written by another process meanwhile?); pass --force to replace "
+                          f"it") from None
     except OSError:  # a filesystem without hard links: check, then rename (not atomic against a concurrent writer)
         if os.path.lexists(path):
             raise OutputError(f"{path} exists; pass --force to replace it") from None

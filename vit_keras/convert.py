@@ -13,8 +13,8 @@ import keras
 
 from shared.config import ViTConfig
 from shared.errors import ConfigError, InvalidFileError, MismatchError
-from shared.safeio import load_json, read_zip_member, refuse_unsafe_keras_classes
 from shared.fileio import atomic_write, work_dir
+from shared.safeio import load_json, read_zip_member, refuse_unsafe_keras_classes
 
 from .layers import LAYER_CLASSES
 from .model import VisionTransformer, new_model

@@ -200,8 +200,8 @@ def cmd_predict(args) -> int:
     t.add_column("sum", justify="right")
     for n, lab, p in zip(names, truth, probs):
         top = int(np.argmax(p))
-        t.add_row(esc(n), esc(lab), esc(classes[top]), *[f"[bold]{v:.3f}[/]" if j == top else f"{v:.3f}" for j, v in enumerate(p)],
-                  f"{p.sum():.6f}")
+        cells = [f"[bold]{v:.3f}[/]" if j == top else f"{v:.3f}" for j, v in enumerate(p)]
+        t.add_row(esc(n), esc(lab), esc(classes[top]), *cells, f"{p.sum():.6f}")
     console().print(t)
     return EXIT_OK
 

@@ -10,6 +10,7 @@ import pytest
 
 from shared import errors as E
 from shared import reference, tolerances
+from shared import fileio as F
 from shared import weights as W
 from shared.cli import main
 from shared.convert.io import read_any, write_any
@@ -397,7 +398,7 @@ def test_a_writer_that_loses_the_race_to_create_the_destination_fails_and_leaves
         save_file(state, tmp)
 
     with pytest.raises(E.OutputError, match="exists"):
-        W.atomic_write(dst, racing_writer, overwrite=False)
+        F.atomic_write(dst, racing_writer, overwrite=False)
     assert dst.read_bytes() == b"the other writer's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
@@ -467,6 +468,9 @@ def _npy_header_only(shape) -> bytes:
     ("inf_after_cast", lambda: np.full((1, 3, 32, 32), 1e300), E.EXIT_USAGE, "3072 of 3072"),
     ("billion_batch_header", lambda: _npy_header_only((10**9, 3, 32, 32)), E.EXIT_INVALID_FILE, "does not match"),
     ("not_divisible", lambda: np.zeros((1, 3, 30, 30), np.float32), E.EXIT_USAGE, "divisible"),
+    ("channels", lambda: np.zeros((1, 4, 32, 32), np.float32), E.EXIT_USAGE, "4 channels"),
+    ("zero_bytes", lambda: b"", E.EXIT_INVALID_FILE, "an empty file (0 bytes)"),  # was exit 1: EOFError
+    ("npz", lambda: "npz", E.EXIT_INVALID_FILE, "an .npz archive"),  # was exit 1: AttributeError
 ])
 def test_bad_npy_inputs_are_typed_errors(tmp_path, tiny_file, capsys, name, make, code, message):
     """Empty, non-numeric, non-finite, lying-header and wrongly-sized inputs: a typed error naming the file, exit 2/3,
@@ -475,14 +479,18 @@ def test_bad_npy_inputs_are_typed_errors(tmp_path, tiny_file, capsys, name, make
     data = make()
     if isinstance(data, bytes):
         x.write_bytes(data)
+    elif isinstance(data, str):  # an .npz given as --input
+        with open(x, "wb") as f:
+            np.savez(f, images=np.zeros((1, 3, 32, 32), np.float32))
     else:
         np.save(x, data)
     out = tmp_path / "y.npz"
     for argv in (["reference", str(tiny_file), "--input", str(x), "--output", str(out)],
-                 ["check", str(tiny_file), "--backends", "torch", "--input", str(x)]):
+                 ["check", str(tiny_file), "--backends", "torch", "--input", str(x)],
+                 ["forward", str(tiny_file), "--backend", "torch", "--input", str(x), "--output", str(out)]):
         assert main(argv) == code, argv
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err, err
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"--input {x}: " in err and message in err and "Traceback" not in err, err
     assert not out.exists()
 
 

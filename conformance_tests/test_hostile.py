@@ -291,3 +291,235 @@ def test_soak_run_check_and_the_cli_keep_memory_flat(tmp_path, capsys):
         print(f"vit-suite check x20 peak RSS (MiB): first {peaks[0] / 1024:.1f}, max {max(peaks) / 1024:.1f}, "
               f"last {peaks[-1] / 1024:.1f}")
     assert max(peaks[2:]) < 1.2 * min(peaks[2:]) + 20 * 1024
+
+
+# ------------------------------------------------------------------ the last gaps: full disks, stale names, metadata
+# Each case is what a user met (issue 28): a typed exit naming the user's file, no traceback, nothing left behind.
+DEAD_PID = 999_999_999  # above any pid_max: never a live process
+
+#: every writer `convert` reaches, by destination (and --to where the suffix does not tell)
+WRITERS = [("o.safetensors", None), ("t.safetensors", "timm"), ("timmdir", "timm"), ("o.pt", None),
+           ("o.keras", None), ("o.weights.h5", None), ("o.ckpt", None), ("hfdir", None)]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    cfg = get_preset("tiny")
+    W.save(path, cfg, init_weights(cfg, 0))
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory):
+    """(folder, filling, mounted): a folder on a 64 KiB tmpfs (as root) where the tiny model's ~100 KB files cannot
+    fit, and a context in which writes fail. Without the right to mount, writes fail by RLIMIT_FSIZE (SIGXFSZ
+    ignored: EFBIG, an OSError like ENOSPC) inside the context; a failing write leaves nothing, so the folder stays
+    empty and serves every case."""
+    import contextlib
+    import signal
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("full")
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                                                   capture_output=True).returncode == 0
+
+    @contextlib.contextmanager
+    def filling():
+        if mounted:
+            yield
+            return
+        old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        old = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (48 * 1024, old[1]))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old)
+            signal.signal(signal.SIGXFSZ, old_sig)
+
+    yield folder, filling, mounted
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """The system temp folder, made private to this test: whatever a library leaves there is this test's."""
+    d = tmp_path / "systmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
+def _cli(argv, capsys) -> tuple[int, str]:
+    from shared.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, " ".join((out.out + out.err).split())  # the console wraps long lines
+
+
+@pytest.mark.parametrize("name,to", WRITERS)
+def test_a_full_disk_is_exit_2_naming_the_destination_and_leaves_nothing(tiny_weights, full_disk, private_tmp,
+                                                                         capsys, name, to):
+    """convert to every format on a full disk: exit 2 naming the destination (not a temporary name), no
+    traceback; nothing beside it (a `..NAME.PID.x.partial.ckpt.PID.y.partial.tmp` was left) and nothing in the
+    temp folder (Keras' `tmpXXXX/assets` was)."""
+    folder, filling, mounted = full_disk
+    if name.endswith(".weights.h5") and not mounted:
+        pytest.skip("cannot mount a tmpfs (not root?), and RLIMIT_FSIZE also fails the HDF5 write in the temp folder, "
+                    "which crashes HDF5: a full destination is only made with a small tmpfs")
+    dst = folder / name
+    with filling():
+        code, err = _cli(["convert", tiny_weights, dst] + (["--to", to] if to else []), capsys)
+    assert code == 2, err
+    assert f"{dst}: writing failed" in err and "Traceback" not in err and "unexpected error" not in err, err
+    assert os.listdir(folder) == [] and os.listdir(private_tmp) == []
+
+
+def test_init_reference_and_a_new_subfolder_on_a_full_disk(tiny_weights, full_disk, private_tmp, tmp_path, capsys):
+    """init, reference --output (np.savez's half-written archive printed a traceback from its finaliser), and a
+    destination in folders the writer creates: exit 2 naming it, the folders removed again."""
+    folder, filling, _ = full_disk
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32))  # ~400 KB of stages
+    cases = [["init", "tiny", folder / "i.safetensors"], ["init", "tiny", folder / "sub" / "deeper" / "i.safetensors"],
+             ["reference", tiny_weights, "--input", x, "--output", folder / "sub" / "r.npz"]]
+    for argv in cases:
+        with filling():
+            code, err = _cli(argv, capsys)
+        assert code == 2 and f"{argv[-1]}: writing failed" in err and "Traceback" not in err, err
+        assert os.listdir(folder) == [] and os.listdir(private_tmp) == [], argv
+
+
+def _stale_names(name: str) -> list[str]:
+    """What a SIGKILLed writer to NAME leaves beside it: this version's staging folder, and the nested names of the
+    earlier versions (an atomic writer inside another, and the library's own `.tmp`)."""
+    suffix = "." + name.split(".", 1)[1] if "." in name else ""
+    d = DEAD_PID
+    return [f".{name}.{d}.abcd1234.partial", f"..{name}.{d}.abcd1234.partial{suffix}.{d}.efgh5678.partial",
+            f"..{name}.{d}.abcd1234.partial{suffix}.{d}.efgh5678.partial.tmp",
+            f"..{name}.{d}.abcd1234.partial{suffix}.{d}.ijkl9012.partial", f".{name}.{d}.mnop3456.partial"]
+
+
+@pytest.mark.parametrize("name,fmt", [("o.safetensors", "canonical"), ("o.pt", "torch"), ("o.keras", "keras"),
+                                      ("o.weights.h5", "keras-h5"), ("o.ckpt", "mindspore"), ("hfdir", "hf")])
+def test_the_next_write_removes_every_stale_name_of_a_killed_writer(tmp_path, name, fmt):
+    """After a SIGKILL mid-write: the next write to the same destination removes every temporary name of the dead
+    writer (nested ones included, and what a library left in its staging folder), and nothing of a live writer or of
+    another destination. A successful write leaves only the destination."""
+    from shared.convert.io import write_any
+
+    cfg = get_preset("tiny").replace(resize_kernel="bicubic")
+    stale = _stale_names(name)
+    for s in stale[:-1]:
+        (tmp_path / s).write_bytes(b"partial")
+    stage = tmp_path / stale[-1]  # this version's staging folder: the file, and a library's temporary folder
+    (stage / "tmpabcdefgh" / "assets").mkdir(parents=True)
+    (stage / name).write_bytes(b"half a file")
+    keep = [f".{name}.{os.getpid()}.qrst7890.partial", f".other{name}.{DEAD_PID}.abcd1234.partial"]
+    for k in keep:
+        (tmp_path / k).write_bytes(b"not this run's")
+    write_any(str(tmp_path / name), fmt, cfg, init_weights(cfg, 0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, *keep])
+
+
+def test_convert_force_over_a_file_where_a_directory_goes_leaves_only_the_directory(tiny_weights, tmp_path, capsys):
+    dst = tmp_path / "hfdir"
+    dst.write_text("a file in the way")
+    code, err = _cli(["convert", tiny_weights, dst, "--to", "hf", "--force"], capsys)
+    assert code == 0, err
+    assert [p.name for p in tmp_path.iterdir()] == ["hfdir"] and (dst / "config.json").is_file()  # no .hfdir.old.PID
+
+
+#: a garbage value for every metadata field the suite reads, with what the message says it must be
+GARBAGE_METADATA = {"format": "pt", "format_version": "7", "init_seed": "-1", "split_seed": "abc",
+                    "train_step": "1.5", "train_seconds": "inf", "heldout_fraction": "2",
+                    "train_recipe": "[1, 2]", "train_history": "{\"a\": 1}", "normalisation": "not json",
+                    "image_size": "[16]", "classes": "[\"a\", \"b\"]", "heldout_predictions_reference": "[0, 99]",
+                    "heldout_top1_torch": "nan", "heldout_top5_reference": "1.5"}
+
+
+def test_every_metadata_field_is_checked_when_the_file_is_read(tiny_weights, tmp_path):
+    """A canonical file's metadata is checked like its config, field by field (exit 3 naming file and field); the
+    shipped digits model (written by `train`) carries every field of a digits run and passes."""
+    from safetensors.numpy import save_file
+
+    from shared.errors import InvalidFileError
+    from shared.training.data import DEFAULT_MODEL_PATH
+
+    shipped = W.read_metadata(DEFAULT_MODEL_PATH)
+    assert set(W.METADATA_FIELDS) - set(shipped) == {"init_seed", "classes"}  # a digits run: no folder classes
+    assert not set(GARBAGE_METADATA) ^ (set(W.METADATA_FIELDS) | {"heldout_top1_torch", "heldout_top5_reference"})
+    cfg, state = W.load(tiny_weights)
+    base = {"vit_config": cfg.to_json()}
+    for key, value in GARBAGE_METADATA.items():
+        path = tmp_path / f"{key}.safetensors"
+        save_file(state, str(path), metadata={**base, key: value})
+        for read in (W.load, W.read_metadata):
+            with pytest.raises(InvalidFileError, match=f"{path}: metadata field '{key}' must be"):
+                read(path)
+
+
+@pytest.mark.parametrize("command,key,value,spec", [
+    ("evaluate", "split_seed", "abc", "digits"),  # was exit 1: ValueError: invalid literal for int()
+    ("predict", "classes", "[not json", "digits:0"),  # was exit 1: JSONDecodeError
+    ("predict", "classes", "[\"a\", \"b\"]", "digits:0"),  # was exit 1: IndexError
+])
+def test_evaluate_and_predict_refuse_garbage_metadata_by_file_and_field(tiny_weights, tmp_path, capsys, command,
+                                                                        key, value, spec):
+    from safetensors.numpy import save_file
+
+    cfg, state = W.load(tiny_weights)
+    path = tmp_path / "m.safetensors"
+    save_file(state, str(path), metadata={"vit_config": cfg.to_json(), key: value})
+    code, err = _cli([command, path, spec, "--backend", "torch"], capsys)
+    assert code == 3 and f"{path}: metadata field '{key}'" in err and "Traceback" not in err, err
+
+
+def test_user_strings_print_as_written(tiny_weights, tmp_path, capsys, monkeypatch):
+    """`digits:abc:` printed `digits🔤` (an emoji code); a file name or a class name with `[red]` or `[/]` was read
+    as markup (or crashed the console). Now every user string prints as written."""
+    from safetensors.numpy import save_file
+
+    from shared.training.data import DEFAULT_MODEL_PATH
+
+    code, err = _cli(["predict", DEFAULT_MODEL_PATH, "digits:abc:", "--backend", "torch"], capsys)
+    assert code == 2 and "digits:abc:" in err and "\U0001f524" not in err, err
+    odd = tmp_path / "we[red]ird:abc:.safetensors"
+    odd.write_bytes(tiny_weights.read_bytes())
+    code, out = _cli(["inspect", odd], capsys)
+    assert code == 0 and str(odd) in out, out
+    cfg, state = W.load(tiny_weights)
+    classes = ["[/]", "[red]x", ":abc:"] + [f"c{i}" for i in range(3, cfg.num_classes)]
+    path = tmp_path / "classes.safetensors"
+    save_file(state, str(path), metadata={"vit_config": cfg.to_json(), "classes": json.dumps(classes)})
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)  # a short name: the table has room for it
+    image = "[b]:abc:.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    code, out = _cli(["predict", path, image, "--backend", "torch"], capsys)
+    assert code == 0 and all(c in out for c in classes[:3]) and image in out, out
+
+
+def test_a_wrong_from_names_the_users_file(tiny_weights, tmp_path, capsys):
+    """`--from keras` on a safetensors file named the suite's link (`.../vit-suite-src-PID-x/weights.keras`)."""
+    for fmt in ("keras", "mindspore"):
+        code, err = _cli(["convert", tiny_weights, tmp_path / "out.safetensors", "--from", fmt], capsys)
+        assert code == 3 and f"{tiny_weights}: not a readable" in err and "vit-suite-src-" not in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_inspect_reads_what_it_describes(tmp_path, capsys):
+    """Garbage that sniffs as a torch pickle (first byte 0x80) or as HDF5 was described as convertible (exit 0):
+    inspect reads the file, and says what it could not read (exit 3)."""
+    garbage = tmp_path / "g.bin"
+    garbage.write_bytes(b"\x80" + np.random.default_rng(0).bytes(4000))
+    h5 = tmp_path / "c.weights.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 8)
+    for path, what in ((garbage, "not a safe PyTorch checkpoint"), (h5, "not a readable HDF5 weights file")):
+        code, err = _cli(["inspect", path], capsys)
+        assert code == 3 and f"{path}: {what}" in err and "convert it first" not in err, err

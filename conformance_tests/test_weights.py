@@ -7,6 +7,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from shared import errors as E
+from shared import fileio as F
 from shared import weights as W
 from shared.cli import main
 from shared.init import init_weights
@@ -165,7 +166,7 @@ def test_save_replaces_atomically(tmp_path, tiny):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        W.atomic_write(path, boom)
+        F.atomic_write(path, boom)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 

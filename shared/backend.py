@@ -109,7 +109,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def save_native(self, model: Any, path: str | os.PathLike) -> Path:
-        """Write the framework's own weight file (atomically: nothing left behind on failure)."""
+        """Write the framework's own weight file through shared.fileio.atomic_write (nothing left behind on failure;
+        inside another writer's staging folder it writes `path` directly)."""
 
     @abc.abstractmethod
     def load_native(self, path: str | os.PathLike, cfg: ViTConfig | None = None, *, dtype: str = "float32") -> Any:

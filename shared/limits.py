@@ -25,6 +25,10 @@ MAX_CLASSES = 1_000_000
 #: the most parameters a config may describe: 2^32 (16 GiB as float32; ViT-H/14 has 0.63e9, ViT-G/14 1.8e9)
 MAX_PARAMETERS = 2**32
 
+#: seeds (`--seed`, `--split-seed`, a file's `init_seed` / `split_seed`) reach numpy.random.default_rng and the
+#: frameworks' seeders: 0 .. 2**32 - 1
+SEED_MAX = 2**32 - 1
+
 # ------------------------------------------------------------------ work a command may ask for
 #: the largest estimated working memory of one forward pass (all images of a batch, float64 reference included):
 #: a bigger `--batch` or `--image-size` is refused before anything is allocated

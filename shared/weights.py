@@ -24,14 +24,14 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
   head.{weight (K, F), bias (K,)}           if num_classes (F = representation_size, else Wp)
   head_dist.{weight (K, F), bias (K,)}      if num_classes and dist_token
 All tensors are float32. Loading is strict and reports every problem by name;
-saving writes a temporary file and renames it, so a failure leaves nothing behind.
+saving goes through shared.fileio.atomic_write (staged beside the destination, then moved into place), so a failure
+leaves nothing behind.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -39,7 +39,8 @@ import numpy as np
 
 from . import limits as L
 from .config import ViTConfig
-from .errors import ConfigError, InvalidFileError, MismatchError, OutputError, SuiteError, UnwritableError
+from .errors import ConfigError, InvalidFileError, MismatchError
+from .fileio import atomic_write
 
 FORMAT_NAME = "vit-suite"
 FORMAT_VERSION = "1"
@@ -156,138 +157,6 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
 
 
 # ------------------------------------------------------------------- writing
-def umask_mode(directory: bool = False) -> int:
-    """The mode the process umask gives a new file (0o666 & ~umask) or directory (0o777 & ~umask). Temporary files
-    are created 0600 (and MindSpore writes 0400): a written file gets this mode back, so teammates and later CI
-    stages can read what the suite writes exactly as far as the umask allows."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
-
-
-def remove_stale_tempdirs(prefix: str) -> None:
-    """Remove `PREFIX<pid>-*` directories in the system temp folder whose process is dead (a run killed before its
-    cleanup ran: SIGKILL, a crash)."""
-    import shutil
-
-    for d in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
-        pid = d.name[len(prefix):].split("-", 1)[0]
-        try:
-            if pid.isdigit() and not pid_alive(int(pid)) and d.is_dir() and not d.is_symlink():
-                shutil.rmtree(d, ignore_errors=True)
-        except OSError:
-            continue
-
-
-def work_dir(kind: str) -> tempfile.TemporaryDirectory:
-    """A temporary directory `vit-suite-KIND-PID-*` in the system temp folder, removed when the `with` ends; those of
-    dead processes (killed before their cleanup ran) are removed first, so none outlives a later run."""
-    prefix = f"vit-suite-{kind}-"
-    remove_stale_tempdirs(prefix)
-    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
-
-
-def temp_prefix(name: str) -> str:
-    """`.NAME.PID.`: the prefix of every temporary file or directory written beside a destination NAME (the PID tells
-    a later run whether its writer is still alive)."""
-    return f".{name}.{os.getpid()}."
-
-
-def remove_stale_partials(directory: str | os.PathLike, name: str) -> list[Path]:
-    """Remove `.NAME.<pid>.*.partial` files and directories beside destination NAME whose writer is dead (killed
-    before it could clean up), or, without a PID in the name, older than STALE_PARTIAL_SECONDS. Returns them."""
-    import shutil
-    import time
-
-    removed = []
-    try:
-        entries = list(Path(directory).glob(f".{glob_escape(name)}.*.partial"))
-    except OSError:
-        return removed
-    for p in entries:
-        middle = p.name[len(name) + 2:-len(".partial")]  # "PID.XXXX", or "XXXX" from an older version
-        pid_text, _, rest = middle.partition(".")
-        try:
-            if pid_text.isdigit() and rest and "." not in rest:
-                stale = not pid_alive(int(pid_text))
-            else:
-                stale = "." not in middle and time.time() - p.lstat().st_mtime > L.STALE_PARTIAL_SECONDS
-            if stale:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-                removed.append(p)
-        except OSError:
-            continue
-    return removed
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
-
-
-def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -> Path:
-    """Call write_fn(tmp_path) on a temporary file `.NAME.PID.XXXX.partial` beside `path`, then move it into place
-    with the umask's mode.
-
-    On any failure (SIGTERM and Ctrl-C included: the tool turns both into exceptions) the temporary file is removed
-    and `path` is left untouched; stale temporary files of dead writers to the same destination are removed first.
-    overwrite=False creates `path` only if it does not exist, atomically (a hard link): of two concurrent writers the
-    second gets OutputError. A destination that cannot be written (permissions, read-only, disk full) is an
-    UnwritableError (exit 2), never a bare OSError.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(path.parent, path.name)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".partial", dir=path.parent)
-        os.close(fd)
-    except OSError as e:
-        raise UnwritableError(f"{path}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, umask_mode())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _create_exclusively(tmp, path)
-    except BaseException as e:
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, SuiteError)):
-            raise UnwritableError(f"{path}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing was "
-                                  f"left behind") from None
-        raise
-    return path
-
-
-def _create_exclusively(tmp: str, path: Path) -> None:
-    try:
-        os.link(tmp, path)  # fails if `path` exists, whoever created it in the meantime
-    except FileExistsError:
-        raise OutputError(f"{path} exists (written by another process meanwhile?); pass --force to replace it") from None
-    except OSError:  # a filesystem without hard links: check, then rename (not atomic against a concurrent writer)
-        if path.exists():
-            raise OutputError(f"{path} exists; pass --force to replace it") from None
-        os.replace(tmp, path)
-        return
-    os.unlink(tmp)
-
-
 def save(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray],
          metadata: Mapping[str, str] | None = None, *, overwrite: bool = True) -> Path:
     """Validate and write a canonical file atomically (overwrite=False: only if `path` does not exist)."""
@@ -296,6 +165,7 @@ def save(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray
     validate_state(cfg, state, source=str(path))
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "vit_config": cfg.to_json()}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    validate_metadata(meta, cfg, str(path))  # never write what the reader refuses
     tensors = {k: np.ascontiguousarray(state[k]) for k in expected_shapes(cfg)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
 
@@ -436,66 +306,108 @@ def config_from_metadata(meta: Mapping[str, str], source: str) -> ViTConfig:
         raise InvalidFileError(f"{source}: invalid config in metadata: {e}") from None
 
 
+def _int_field(hi: int):
+    def check(v: str, cfg: ViTConfig) -> str | None:
+        return None if v.isascii() and v.isdigit() and len(v) <= 20 and int(v) <= hi else f"an integer in [0, {hi}]"
+    return check
+
+
+def _float_field(lo: float, hi: float):
+    def check(v: str, cfg: ViTConfig) -> str | None:
+        try:
+            x = float(v)
+        except ValueError:
+            x = math.nan
+        return None if math.isfinite(x) and lo <= x <= hi else f"a finite number in [{lo}, {hi}]"
+    return check
+
+
+def _is(kind: type, what: str, extra=lambda v, cfg: True):
+    """A JSON field: parsed within the JSON limits, of type `kind`, and `extra(value, cfg)`."""
+    def check(v: str, cfg: ViTConfig) -> str | None:
+        from .safeio import load_json
+
+        try:
+            value = load_json(v, "metadata")  # within the JSON size and nesting limits
+        except InvalidFileError:
+            value = None
+        return None if isinstance(value, kind) and extra(value, cfg) else what(cfg) if callable(what) else what
+    return check
+
+
+def _classes_ok(v: list, cfg: ViTConfig) -> bool:
+    return (len(v) == cfg.num_classes and all(isinstance(c, str) and 0 < len(c) <= 200 for c in v)
+            and len(set(v)) == len(v))
+
+
+def _predictions_ok(v: list, cfg: ViTConfig) -> bool:
+    return all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < max(cfg.num_classes, 1) for p in v)
+
+
+def _image_size_ok(v: list, cfg: ViTConfig) -> bool:
+    return len(v) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= L.MAX_IMAGE_SIDE for s in v)
+
+
+#: every metadata field a canonical file carries, and what it must hold: `save` writes format, format_version and
+#: vit_config; `init` init_seed; `train` the train_* fields, init, the held-out accuracies, and its data's fields
+#: (digits: dataset, split_seed, heldout_fraction, image_size, normalisation, the reference's held-out predictions;
+#: a folder: dataset, classes, split_seed). Any other key is the writer's own and is not read by the suite.
+METADATA_FIELDS = {
+    "format": lambda v, cfg: None if v == FORMAT_NAME else repr(FORMAT_NAME),
+    "format_version": lambda v, cfg: None if v == FORMAT_VERSION else repr(FORMAT_VERSION),
+    "init_seed": _int_field(L.SEED_MAX),
+    "split_seed": _int_field(L.SEED_MAX),
+    "train_step": _int_field(2**63 - 1),
+    "train_seconds": _float_field(0.0, math.inf),
+    "heldout_fraction": _float_field(0.0, 1.0),
+    "train_recipe": _is(dict, "a JSON object (the training recipe)"),
+    "train_history": _is(list, "a JSON list of objects", lambda v, cfg: all(isinstance(h, dict) for h in v)),
+    "normalisation": _is(dict, "a JSON object"),
+    "image_size": _is(list, "a JSON [height, width] of positive ints", _image_size_ok),
+    "classes": _is(list, lambda cfg: f"a JSON list of {cfg.num_classes} distinct, non-empty class names (one per "
+                                     f"output of the head)", _classes_ok),
+    "heldout_predictions_reference": _is(list, "a JSON list of class indices of the head", _predictions_ok),
+}
+#: accuracies: heldout_top1_BACKEND, heldout_top5_BACKEND (BACKEND: the one that trained, or `reference`)
+ACCURACY_PREFIXES = ("heldout_top1_", "heldout_top5_")
+
+
+def validate_metadata(meta: Mapping[str, str], cfg: ViTConfig, source: str) -> dict[str, str]:
+    """Check every field of METADATA_FIELDS (and the accuracies) a file's metadata holds, as the config is checked:
+    InvalidFileError (exit 3) naming the file, the field, what it must hold and what it holds."""
+    for key, value in meta.items():
+        check = METADATA_FIELDS.get(key)
+        if check is None and key.startswith(ACCURACY_PREFIXES):
+            check = _float_field(0.0, 1.0)
+        if check is None:
+            continue
+        wrong = check(value, cfg)
+        if wrong:
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            raise InvalidFileError(f"{source}: metadata field {key!r} must be {wrong}, got {shown!r}")
+    return dict(meta)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The checked metadata of a canonical file (validate_metadata), from its header alone (no tensor is read)."""
+    meta = read_safetensors_header(path).get("__metadata__") or {}
+    return validate_metadata(meta, config_from_metadata(meta, str(path)), str(path))
+
+
 def read_config(path: str | os.PathLike) -> ViTConfig:
     """The config of a canonical file, from its header alone (no tensor is read)."""
     return config_from_metadata(read_safetensors_header(path).get("__metadata__") or {}, str(path))
 
 
 def load(path: str | os.PathLike) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """Read a canonical file strictly: (config, float32 state dict). The config is checked (types, limits) and then
-    against the header's keys, shapes and dtypes before any tensor is read."""
+    """Read a canonical file strictly: (config, float32 state dict). The config (types, limits) and the metadata
+    (validate_metadata) are checked, then the config against the header's keys, shapes and dtypes, before any
+    tensor is read."""
     header = read_safetensors_header(path)
-    cfg = config_from_metadata(header.get("__metadata__") or {}, str(path))
+    meta = header.get("__metadata__") or {}
+    cfg = config_from_metadata(meta, str(path))
+    validate_metadata(meta, cfg, str(path))
     validate_state(cfg, header_specs(header), source=str(path))
     tensors, _ = read_tensors(path)
     validate_state(cfg, tensors, source=str(path))
     return cfg, tensors
-
-
-def write_dir_atomically(directory: str | os.PathLike, write_files, *, overwrite: bool = False) -> Path:
-    """Call write_files(tmp_dir) on a temporary directory beside `directory`, then move it into place with the
-    umask's modes: on any failure nothing is left behind and an existing `directory` is untouched. An existing,
-    non-empty `directory` is replaced only with overwrite=True; otherwise the name is claimed exclusively (an empty
-    directory the user made is taken over; of two concurrent writers the second fails with OutputError)."""
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not overwrite:
-        raise OutputError(f"{directory}: exists and is not empty; pass --force to replace it")
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(directory.parent, directory.name)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(directory.name), suffix=".partial", dir=directory.parent))
-    except OSError as e:
-        raise UnwritableError(f"{directory}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
-    old = None
-    claimed = False
-    try:
-        write_files(tmp)
-        for f in tmp.iterdir():
-            os.chmod(f, umask_mode())
-        os.chmod(tmp, umask_mode(directory=True))
-        if overwrite and directory.exists():
-            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
-            os.replace(directory, old)
-        elif not overwrite:
-            if directory.is_dir() and not any(directory.iterdir()):
-                directory.rmdir()
-            try:
-                os.mkdir(directory)
-            except FileExistsError:
-                raise OutputError(f"{directory}: exists (written by another process meanwhile?); pass --force to "
-                                  f"replace it") from None
-            claimed = True
-        os.replace(tmp, directory)  # onto nothing, or onto the empty directory this writer just created
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if claimed and directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
-        if old is not None and old.exists() and not directory.exists():
-            os.replace(old, directory)
-        if isinstance(e, OSError) and not isinstance(e, (FileExistsError, UnwritableError)):
-            raise UnwritableError(f"{directory}: writing failed ({type(e).__name__}: {e.strerror or e}); nothing "
-                                  f"was left behind") from None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 
@@ -14,8 +13,8 @@ import keras
 
 from shared.config import ViTConfig
 from shared.errors import ConfigError, InvalidFileError, MismatchError
+from shared.fileio import atomic_write, work_dir
 from shared.safeio import load_json, read_zip_member, refuse_unsafe_keras_classes
-from shared.weights import atomic_write, remove_stale_tempdirs, temp_prefix
 
 from .layers import LAYER_CLASSES
 from .model import VisionTransformer, new_model
@@ -27,42 +26,27 @@ def _check_suffix(path: Path, suffix: str) -> None:
         raise ValueError(f"{path}: Keras needs the file name to end with {suffix!r}")
 
 
-def _atomic_keras_write(path: Path, suffix: str, write) -> Path:
-    """Keras insists on the suffix: write inside a temporary directory (`.NAME.PID.*.partial` beside `path`), then
-    rename. A `.weights.h5` is written by HDF5, which crashes the process (SIGSEGV) when the disk fills up: it is
-    written in the system temp folder and then copied beside `path` by Python, so a full disk is an OSError there
+def _write_weights_h5(model: VisionTransformer, path: str) -> None:
+    """HDF5 can crash the process (SIGSEGV) when the disk fills up under it: the file is written in a work folder
+    in the system temp folder and copied beside the destination by Python, so a full destination is an OSError
     (UnwritableError, exit 2), never a crash."""
-
-    def write_fn(tmp: str) -> None:
-        if suffix == ".weights.h5":
-            remove_stale_tempdirs("vit-suite-h5-")
-            d = tempfile.mkdtemp(prefix=f"vit-suite-h5-{os.getpid()}-")
-        else:
-            d = tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".partial", dir=path.parent)
-        try:
-            inner = os.path.join(d, "model" + suffix)
-            write(inner)
-            if suffix == ".weights.h5":
-                shutil.copyfile(inner, tmp)
-            else:
-                os.replace(inner, tmp)
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-
-    return atomic_write(path, write_fn)
+    with work_dir("h5") as d:
+        inner = os.path.join(d, "model.weights.h5")
+        model.save_weights(inner)
+        shutil.copyfile(inner, path)
 
 
 def save_keras(model: VisionTransformer, path) -> Path:
     """Whole model (architecture + config + weights) as a `.keras` zip, atomically."""
     path = Path(path)
     _check_suffix(path, ".keras")
-    return _atomic_keras_write(path, ".keras", lambda p: model.save(p))
+    return atomic_write(path, lambda p: model.save(p))  # Keras' own temporary folders land in the staging folder
 
 
 def save_weights_h5(model: VisionTransformer, path) -> Path:
     path = Path(path)
     _check_suffix(path, ".weights.h5")
-    return _atomic_keras_write(path, ".weights.h5", lambda p: model.save_weights(p))
+    return atomic_write(path, lambda p: _write_weights_h5(model, p))
 
 
 #: the only non-Keras classes a vit_keras `.keras` file may name: the ones vit_keras registers

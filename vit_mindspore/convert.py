@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -26,6 +25,7 @@ from mindspore import Tensor
 from shared import weights as W
 from shared.config import ViTConfig
 from shared.errors import ConfigError, InvalidFileError, MismatchError
+from shared.fileio import atomic_write, work_dir
 
 CONFIG_KEY = "vit_config"
 DIGEST_KEY = "vit_suite_digest"
@@ -58,17 +58,14 @@ def save_ckpt(cfg: ViTConfig, state: Mapping[str, np.ndarray], path: str | os.Pa
                DIGEST_KEY: _digest(arrays)}
 
     def write(tmp: str) -> None:
-        # save_checkpoint appends ".ckpt" to a name lacking it: give it a name that has it, then move.
-        target = tmp + ".ckpt"
-        try:
-            ms.save_checkpoint([{"name": k, "data": Tensor(a)} for k, a in arrays],
-                               target, append_dict=records)
+        # save_checkpoint appends ".ckpt" to a name lacking it (and writes NAME.tmp beside it first): both stay in the
+        # writer's staging folder
+        target = tmp if tmp.endswith(".ckpt") else tmp + ".ckpt"
+        ms.save_checkpoint([{"name": k, "data": Tensor(a)} for k, a in arrays], target, append_dict=records)
+        if target != tmp:
             os.replace(target, tmp)
-        finally:
-            if os.path.exists(target):
-                os.unlink(target)
 
-    return W.atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def read_ckpt(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -85,7 +82,7 @@ def read_ckpt(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
         if path.suffix == ".ckpt":
             raw = ms.load_checkpoint(str(path))
         else:  # load_checkpoint insists on the suffix: read through a link that has it
-            with tempfile.TemporaryDirectory() as tmp:
+            with work_dir("ckpt") as tmp:
                 link = os.path.join(tmp, "model.ckpt")
                 try:
                     os.symlink(path.resolve(), link)

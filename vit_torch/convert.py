@@ -5,7 +5,7 @@ is written upcast, which is exact). `.safetensors` files also carry the config i
 (`vit_config`), so they load without one. `.pt`/`.pth` are read ONLY with
 `torch.load(weights_only=True)`: a pickle that references anything but tensors (e.g. code run by
 `__reduce__`) is refused with InvalidFileError; there is no fallback to full unpickling.
-Every write is atomic (`shared.weights.atomic_write`).
+Every write is atomic (`shared.fileio.atomic_write`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import torch
 from shared.config import ViTConfig
 from shared.errors import InvalidFileError, MismatchError
 from shared.safeio import check_zip
-from shared.weights import (FORMAT_NAME, FORMAT_VERSION, atomic_write, config_from_metadata, expected_shapes,
+from shared.fileio import atomic_write
+from shared.weights import (FORMAT_NAME, FORMAT_VERSION, config_from_metadata, expected_shapes,
                             read_safetensors_header, validate_state)
 
 PT_SUFFIXES = (".pt", ".pth")

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from shared import reference
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
-from shared.weights import atomic_write
+from shared.fileio import atomic_write
 
 GOLDEN_DIR = Path(__file__).parent
 PRESETS = ("tiny", "tiny_meanpool", "tiny_t2t", "tiny_pretrain")

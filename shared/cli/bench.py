@@ -12,12 +12,13 @@ import json
 import os
 from pathlib import Path
 
+from .. import fileio as F
 from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..bench import vit_flops
 from ..errors import EXIT_CRASH, EXIT_OK
 from ..presets import get_preset
-from .common import claim_output, console, int_arg, selected_backends, write_text
+from .common import claim_output, console, esc, int_arg, selected_backends, write_text
 
 
 def cmd_bench(args) -> int:
@@ -31,11 +32,11 @@ def cmd_bench(args) -> int:
     cfg = get_preset(args.preset)
     backends = selected_backends(args.backends)
     batches = [int(b) for b in args.batch.split(",")]
-    c.print(f"[bold]vit-suite bench[/]: {cfg.name}, {vit_flops(cfg) / 1e9:.1f} GFLOP/image, batch {args.batch}, "
+    c.print(f"[bold]vit-suite bench[/]: {esc(cfg.name)}, {vit_flops(cfg) / 1e9:.1f} GFLOP/image, batch {args.batch}, "
             f"{args.dtype}, {os.cpu_count()} cores; each run in its own process, medians of {args.iters} calls")
     import_frameworks_in_safe_order(backends)  # asking for the modes imports the backends' modules here
     rows, failures = [], []
-    with W.work_dir("bench") as tmp, c.status("starting") as status:
+    with F.work_dir("bench") as tmp, c.status("starting") as status:
         for b in backends:
             modes = get_backend(b).bench_modes()
             if not modes:
@@ -60,7 +61,7 @@ def cmd_bench(args) -> int:
     timm = {r["batch"]: r["images_per_s"] for r in rows if r["mode"] == "timm"}
     for r in rows:
         r["vs_timm"] = r["images_per_s"] / timm[r["batch"]] if r["batch"] in timm else None
-    t = Table(title=f"{cfg.name} {args.dtype}: images/s (median), achieved GFLOP/s, ratio to timm, peak RSS")
+    t = Table(title=f"{esc(cfg.name)} {args.dtype}: images/s (median), achieved GFLOP/s, ratio to timm, peak RSS")
     for col in ("backend", "mode", "batch", "img/s", "GFLOP/s", "x timm", "peak RSS MB"):
         t.add_column(col, justify="left" if col in ("backend", "mode") else "right")
     for r in rows:
@@ -72,7 +73,7 @@ def cmd_bench(args) -> int:
             {"preset": cfg.name, "gflop_per_image": vit_flops(cfg) / 1e9, "dtype": args.dtype, "rows": rows,
              "failures": [dict(backend=b, mode=m, error=e) for b, m, e in failures]}, indent=2, default=str),
             overwrite=args.force)
-        c.print(f"wrote {args.json}")
+        c.print(f"wrote {args.json}", markup=False)
     return EXIT_OK if rows else EXIT_CRASH
 
 

@@ -15,13 +15,14 @@ from typing import Callable
 import numpy as np
 
 from .. import reference, tolerances
+from .. import fileio as F
 from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
 from ..errors import (EXIT_CRASH, EXIT_NONFINITE, EXIT_OK, EXIT_OUT_OF_BOUNDS, EXIT_UNPROVEN, EXIT_USAGE,
                       NonFiniteError, SuiteError, UsageError)
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
-from .common import (SEED_MAX, claim_output, console, int_arg, load_npy, parse_size, resolve_model, same_file,
+from .common import (SEED_MAX, claim_output, console, esc, int_arg, load_npy, parse_size, resolve_model, same_file,
                      selected_backends, write_text)
 from .worker import run_child
 
@@ -144,7 +145,7 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
     ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
     _check_references(dtype, ref64, ref_lowp)
     runs: list[BackendRun] = []
-    with W.work_dir("check") as tmp:
+    with F.work_dir("check") as tmp:
         images_path = Path(tmp) / "images.npy"
         np.save(images_path, images.astype(np.float32))
         spec = {"weights": str(weights), "input": str(images_path), "dtype": dtype, "stages": True,
@@ -190,7 +191,7 @@ def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np
             return {**out, "status": status, "message": one_line(e)}
         out["versions"] = module_versions([library])
     else:
-        with W.work_dir("against") as tmp:
+        with F.work_dir("against") as tmp:
             np.save(Path(tmp) / "images.npy", images.astype(np.float32))
             child = run_child("source", {"backend": source_backend(fmt), "format": fmt,
                                          "src": str(Path(src).resolve()), "input": str(Path(tmp) / "images.npy"),
@@ -300,7 +301,7 @@ def cmd_check(args) -> int:
                          f"0..{cfg.depth - 1} and heads 0..{cfg.num_heads - 1}")
     size = parse_size(args.image_size)
     if args.input:
-        images, labels = load_npy(args.input, "--input"), None
+        images, labels = load_npy(args.input, "--input", cfg), None
     elif images is None or size or args.batch:
         flags = " ".join(f for f, v in (("--batch", args.batch), ("--image-size", args.image_size)) if v) or "check"
         reference.check_forward_size(cfg.with_image_size(size) if size else cfg, args.batch or 2, flags)
@@ -315,9 +316,9 @@ def cmd_check(args) -> int:
     c = console()
     if missing and not args.backends:
         c.print(f"[yellow]not installed, not checked: {', '.join(missing)}[/] (pip install -e '.[all]')")
-    c.print(f"[bold]vit-suite check[/]: {source}; {cfg.name}, {args.dtype}, batch {images.shape[0]}, "
+    c.print(f"[bold]vit-suite check[/]: {esc(source)}; {esc(cfg.name)}, {args.dtype}, batch {images.shape[0]}, "
             f"image {images.shape[2]}x{images.shape[3]}; backends: {', '.join(wanted)}")
-    with W.work_dir("weights") as tmp:
+    with F.work_dir("weights") as tmp:
         weights_path = Path(args.weights) if args.weights else W.save(Path(tmp) / "weights.safetensors", cfg, state)
         with c.status("starting") as status:
             def on_event(who, what):
@@ -333,12 +334,12 @@ def cmd_check(args) -> int:
     print_check(c, result, args.stages)
     if args.json:
         write_text(args.json, json.dumps(result.to_json(), indent=2), overwrite=args.force)
-        c.print(f"wrote {args.json}")
+        c.print(f"wrote {args.json}", markup=False)
     if args.report:
         from .report import write_report
 
         write_report(args.report, result, state, args.attn_block, args.attn_head, overwrite=args.force)
-        c.print(f"wrote {args.report}")
+        c.print(f"wrote {args.report}", markup=False)
     return check_outcome(result)[0]
 
 

@@ -6,15 +6,17 @@ import json
 import math
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .. import fileio as F
 from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
 from ..errors import InvalidFileError, OutputError, UsageError
-from ..limits import NPY_MAX_BYTES
+from ..limits import NPY_MAX_BYTES, SEED_MAX  # noqa: F401 (SEED_MAX: the commands import it from here)
 from ..presets import DEFAULT_PRESET, get_preset
 
 
@@ -69,13 +71,21 @@ def run_guarded(func, args, *, debug: bool = False) -> int:
 
 
 def console(stderr: bool = False):
+    """The console every command prints through: no emoji codes (`digits:abc:` prints as written), no highlighting.
+    Markup stays on for the tool's own styles, so a user-supplied string inside markup goes through `esc`."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, width=None if sys.stdout.isatty() else 130)
+    return Console(stderr=stderr, highlight=False, emoji=False, width=None if sys.stdout.isatty() else 130)
 
 
-#: seeds reach numpy.random.default_rng and the frameworks' seeders: 0 .. 2**32 - 1
-SEED_MAX = 2**32 - 1
+def esc(value) -> str:
+    """A user-supplied value (a file name, a model or class name, an image spec) for console markup: printed as
+    written, never read as a style tag (`x[red].npy`, `[/]`)."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 
 
 def int_arg(lo: int, hi: int):
@@ -154,18 +164,27 @@ def claim_output(path: str | Path | None, flag: str, *, force: bool, inputs=()) 
 
 
 
-def load_npy(path: str, what: str) -> np.ndarray:
+def load_npy(path: str, what: str, cfg: ViTConfig | None = None) -> np.ndarray:
     """A finite, non-empty NCHW float32 array from a .npy file, never unpickled; the header is checked against the
-    file's size before anything is allocated (a header may claim a billion images)."""
+    file's size before anything is allocated (a header may claim a billion images). With `cfg`, also images that
+    model can take (channels, a size divisible by the patch). Every error names the file."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{what} {p}: no such file")
+    if p.stat().st_size == 0:
+        raise InvalidFileError(f"{what} {p}: an empty file (0 bytes), not a .npy array")
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)  # never unpickle; maps, so nothing is read yet
-    except (ValueError, OverflowError, TypeError) as e:  # a pickle, a header claiming more than the file holds
-        raise InvalidFileError(f"{what} {p}: not a plain .npy array, or its header does not match its size ({e})") from None
+    except (ValueError, OverflowError, TypeError, EOFError) as e:  # a pickle, a header claiming more than the file
+        raise InvalidFileError(f"{what} {p}: not a plain .npy array, or its header does not match its size "
+                               f"({type(e).__name__}: {e})") from None
     except OSError as e:
         raise InvalidFileError(f"{what} {p}: unreadable ({e})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive: np.load opened it as a dict of arrays
+        close = getattr(arr, "close", None)
+        if close:
+            close()
+        raise InvalidFileError(f"{what} {p}: an .npz archive, not a .npy array (save the images with np.save)")
     if arr.dtype.kind not in "fiub":
         raise InvalidFileError(f"{what} {p}: dtype {arr.dtype} is not numeric; expected float32 images")
     if arr.ndim != 4:
@@ -180,6 +199,14 @@ def load_npy(path: str, what: str) -> np.ndarray:
     bad = out.size - int(np.isfinite(out).sum())
     if bad:
         raise UsageError(f"{what} {p}: {bad} of {out.size} values are NaN or infinite (after conversion to float32)")
+    if cfg is not None:
+        from ..errors import ConfigError
+        from ..reference import check_images
+
+        try:
+            check_images(cfg, out)
+        except ConfigError as e:
+            raise UsageError(f"{what} {p}: {e}") from None
     return out
 
 
@@ -189,15 +216,19 @@ def write_npz(path: str | Path, arrays: dict, meta: dict, as_float32: bool = Tru
     arrays["__meta__"] = np.array(json.dumps(meta))
 
     def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        # what np.savez writes, with the archive closed on every path: np.savez leaves a half-written ZipFile whose
+        # finaliser prints a traceback when the disk fills up
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            for k, v in arrays.items():
+                with z.open(f"{k}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, v, allow_pickle=False)
 
-    W.atomic_write(path, write, overwrite=overwrite)
+    F.atomic_write(path, write, overwrite=overwrite)
 
 
 def write_text(path: str | Path, text: str, *, overwrite: bool) -> Path:
     """A JSON / HTML output, atomically (overwrite=False: only if `path` does not exist)."""
-    return W.atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
+    return F.atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
 
 
 def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import limits as L
+from .. import fileio as F
 from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
 from ..convert.formats import FORMATS, detect_format, native_backend
 from ..convert.io import read_any, target_format, write_any
 from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
-from .common import claim_output, console, float_arg, int_arg, parse_size
+from .common import claim_output, console, esc, float_arg, int_arg, parse_size
 
 #: the batch the default proof runs the source library on: enough to compare logits, a few seconds at B/16
 PROOF_BATCH = 2
@@ -53,7 +54,8 @@ def cmd_convert(args) -> int:
     if stop is not None:
         return stop
     write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force)
-    c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters")
+    c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters",
+            markup=False)
     told = cfg.notes.find("what the file does not determine")  # a timm import says who stated each open fact
     if src_fmt in ("timm", "torch") and told >= 0:
         c.print(cfg.notes[told:], markup=False)
@@ -68,10 +70,10 @@ def cmd_convert(args) -> int:
         back_cfg, back = read_any(args.dst, dst_fmt, cfg if dst_fmt in _NO_CONFIG else args.preset, None)
         diffs = [k for k in state if k not in back or not np.array_equal(state[k], back[k])]
         if diffs or set(back) != set(state):
-            c.print(f"[red]verify: reading {args.dst} back differs from the source in {diffs[:5]}[/]")
+            c.print(f"[red]verify: reading {esc(args.dst)} back differs from the source in {esc(diffs[:5])}[/]")
             return EXIT_MISMATCH
         c.print("verify: read back bit-exact; running the conformance check on the result")
-        with W.work_dir("verify") as tmp:
+        with F.work_dir("verify") as tmp:
             weights = str(W.save(Path(tmp) / "converted.safetensors", back_cfg, back))
             return cmd_check(default_args(weights=weights, backends=args.backends))
     return EXIT_OK

@@ -8,10 +8,7 @@ from .common import claim_output, console, load_npy, parse_size, write_npz
 
 
 def _inputs(path: str, cfg):
-    x = load_npy(path, "--input")
-    if x.shape[1] != cfg.in_chans:
-        raise UsageError(f"--input {path}: {x.shape[1]} channels, model expects {cfg.in_chans} (NCHW)")
-    reference.check_images(cfg, x)
+    x = load_npy(path, "--input", cfg)  # channels and patch divisibility too, the file named
     run_cfg = cfg.with_image_size(tuple(x.shape[2:])) if tuple(x.shape[2:]) != tuple(cfg.image_size) else cfg
     reference.check_forward_size(run_cfg, x.shape[0], f"--input {path}")
     return x
@@ -23,7 +20,7 @@ def cmd_reference(args) -> int:
     x = _inputs(args.input, cfg)
     out = reference.forward(cfg, state, x, dtype=args.dtype)
     write_npz(args.output, out, {"backend": "reference", "dtype": args.dtype}, overwrite=args.force)
-    console().print(f"wrote {args.output}: {', '.join(out)}")
+    console().print(f"wrote {args.output}: {', '.join(out)}", markup=False)
     return _warn_nonfinite("reference", out, args.output)
 
 
@@ -44,7 +41,7 @@ def cmd_forward(args) -> int:
     write_npz(args.output, out, meta, overwrite=args.force)
     if not args.quiet:
         console(stderr=True).print(f"{args.backend}: build {meta['build_s']:.2f} s, forward {meta['forward_s']:.2f} s "
-                                   f"-> {args.output}")
+                                   f"-> {args.output}", markup=False)
     return _warn_nonfinite(args.backend, out, args.output)
 
 

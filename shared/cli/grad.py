@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import fileio as F
 from .. import weights as W
 from ..config import ViTConfig
 from ..errors import EXIT_CRASH, EXIT_OK, EXIT_OUT_OF_BOUNDS, UsageError
 from ..training import grad as G
-from .common import SEED_MAX, claim_output, console, float_arg, int_arg, resolve_model, selected_backends, write_text
+from .common import SEED_MAX, claim_output, console, esc, float_arg, int_arg, resolve_model, selected_backends, write_text
 from .worker import run_child
 
 #: tiny models run fastest single-threaded, and the oracle's float64 sums must not depend on a thread count
@@ -29,7 +30,7 @@ def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: lis
              on_event=None, env: dict[str, str] | None = None) -> G.GradResult:
     """The oracle (checked by finite differences of the reference), then every backend, each in its own process."""
     notify = on_event or (lambda who, what: None)
-    with W.work_dir("grad") as tmp:
+    with F.work_dir("grad") as tmp:
         tmp = Path(tmp)
         inputs = tmp / "inputs.npz"
         np.savez(inputs, images=np.asarray(images, np.float32), labels=np.asarray(labels, np.int64),
@@ -74,10 +75,10 @@ def cmd_grad(args) -> int:
         labels = np.random.default_rng([args.seed, 5]).integers(0, cfg.num_classes, args.batch)
     wanted = selected_backends(args.backends)
     c = console()
-    c.print(f"[bold]vit-suite grad[/]: {source}; {cfg.name}, batch {len(labels)}, label smoothing "
+    c.print(f"[bold]vit-suite grad[/]: {esc(source)}; {esc(cfg.name)}, batch {len(labels)}, label smoothing "
             f"{args.label_smoothing}; oracle: {G.ORACLE_BACKEND} float64 (checked by finite differences of the "
             f"reference); backends: {', '.join(wanted)}")
-    with W.work_dir("weights") as tmp:
+    with F.work_dir("weights") as tmp:
         wpath = Path(args.weights) if args.weights else W.save(Path(tmp) / "w.safetensors", cfg, state)
         with c.status("starting") as status:
             res = run_grad(cfg, wpath, state, images, labels, wanted, args.label_smoothing,
@@ -85,7 +86,7 @@ def cmd_grad(args) -> int:
     print_grad(c, res)
     if args.json:
         write_text(args.json, json.dumps(res.to_json(), indent=2, default=float), overwrite=args.force)
-        c.print(f"wrote {args.json}")
+        c.print(f"wrote {args.json}", markup=False)
     if res.oracle_error or any(r.error and not r.unsupported for r in res.runs):
         return EXIT_CRASH
     return EXIT_OK if res.passed else EXIT_OUT_OF_BOUNDS
@@ -100,7 +101,7 @@ def print_grad(c, res: G.GradResult) -> None:
     c.print(f"oracle: loss {res.oracle_loss:.10f} vs reference {res.reference_loss:.10f}; finite differences at "
             f"{len(res.fd_rows)} coordinates, worst error/bound {fd_worst:.2e} -> "
             + ("[green]ok[/]" if res.oracle_ok else f"[red]FAIL[/] {escape(res.oracle_error or '')}"))
-    t = Table(title=f"{cfg.name}: float32 gradients and one optimiser step vs the float64 oracle "
+    t = Table(title=f"{esc(cfg.name)}: float32 gradients and one optimiser step vs the float64 oracle "
                     f"(gradient bound {G.grad_bound(cfg):.2e} = {G.GRAD_FACTOR:g} x fp32 logits bound)")
     for col in ("backend", "status", "loss rel err", "worst grad rel err / bound", "SGD step err/bound",
                 "AdamW step err/bound", "optimiser vs NumPy", "time"):

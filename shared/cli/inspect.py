@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .. import weights as W
 from ..errors import EXIT_OK
 from ..presets import ALIASES, get_preset, preset_names
-from .common import SEED_MAX, claim_output, console, int_arg, parse_size
+from .common import SEED_MAX, claim_output, console, esc, int_arg, parse_size
 
 
 def cmd_init(args) -> int:
@@ -18,7 +17,8 @@ def cmd_init(args) -> int:
     if args.image_size:
         cfg = cfg.replace(image_size=parse_size(args.image_size))
     W.save(args.output, cfg, init_weights(cfg, args.seed), metadata={"init_seed": str(args.seed)}, overwrite=args.force)
-    console().print(f"wrote {args.output}: {cfg.name}, {W.parameter_count(cfg) / 1e6:.2f}M parameters, seed {args.seed}")
+    console().print(f"wrote {args.output}: {cfg.name}, {W.parameter_count(cfg) / 1e6:.2f}M parameters, seed {args.seed}",
+                    markup=False)
     return EXIT_OK
 
 
@@ -31,7 +31,9 @@ def cmd_inspect(args) -> int:
 
     fmt = detect_format(args.file)
     if fmt != "canonical":
-        tensors, meta = W.read_tensors(args.file) if fmt in ("timm", "hf") and Path(args.file).is_file() else ({}, {})
+        from ..convert.io import read_stored_tensors
+
+        tensors = read_stored_tensors(args.file, fmt)  # read, not only sniffed: garbage is exit 3, named
         info = {"file": args.file, "format": fmt, "canonical": False,
                 "tensors": {k: [list(v.shape), str(v.dtype)] for k, v in tensors.items()},
                 "hint": f"convert it first: vit-suite convert {args.file} OUT.safetensors --from {fmt} [--preset NAME]"}
@@ -39,10 +41,10 @@ def cmd_inspect(args) -> int:
             print(json.dumps(info, indent=2))
         else:
             c = console()
-            c.print(f"[bold]{args.file}[/]: {fmt} format (not a canonical vit-suite file)")
+            c.print(f"[bold]{esc(args.file)}[/]: {fmt} format (not a canonical vit-suite file)")
             for k, (shape, dt) in list(info["tensors"].items())[:40]:
-                c.print(f"  {k:50s} {str(tuple(shape)):20s} {dt}")
-            c.print(info["hint"])
+                c.print(f"  {k:50s} {str(tuple(shape)):20s} {dt}", markup=False)
+            c.print(info["hint"], markup=False)
         return EXIT_OK
     cfg, state = W.load(args.file)
     n = W.parameter_count(cfg)
@@ -54,7 +56,7 @@ def cmd_inspect(args) -> int:
     from rich.table import Table
 
     c = console()
-    c.print(f"[bold]{args.file}[/]: canonical vit-suite weights, model [bold]{cfg.name}[/]")
+    c.print(f"[bold]{esc(args.file)}[/]: canonical vit-suite weights, model [bold]{esc(cfg.name)}[/]")
     c.print(f"parameters: [bold]{n:,}[/] ({n / 1e6:.1f}M); input {cfg.in_chans}x{cfg.image_size[0]}x{cfg.image_size[1]}, "
             f"patch {cfg.patch_size} -> grid {cfg.grid[0]}x{cfg.grid[1]}, {cfg.num_tokens} tokens; width {cfg.embed_dim}"
             f"{f' (attention {cfg.width})' if cfg.width != cfg.embed_dim else ''}, depth {cfg.depth}, heads {cfg.num_heads}, "
@@ -63,10 +65,10 @@ def cmd_inspect(args) -> int:
     t.add_column("choice")
     t.add_column("value")
     for k, v in cfg.describe_numerics().items():
-        t.add_row(k, str(v))
+        t.add_row(k, esc(v))
     c.print(t)
     if cfg.notes:
-        c.print(f"notes: {cfg.notes}")
+        c.print(f"notes: {cfg.notes}", markup=False)
     t = Table(title="tensors", show_header=True)
     for col in ("key", "shape", "dtype", "count"):
         t.add_column(col)

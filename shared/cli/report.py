@@ -12,7 +12,7 @@ import numpy as np
 from .. import reference, tolerances
 from ..posemb import position_table
 from ..errors import UsageError
-from ..weights import atomic_write
+from ..fileio import atomic_write
 
 if TYPE_CHECKING:  # check.py imports this module
     from .check import CheckResult

@@ -60,12 +60,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import tolerances
+from .. import fileio as F
 from .. import weights as W
 from ..backend import backend_names, backend_versions, is_available
 from ..config import ViTConfig
 from ..errors import EXIT_OK, EXIT_OUT_OF_BOUNDS, SuiteError, UsageError
 from ..presets import get_preset
-from .common import console, int_arg, parse_size
+from .common import console, esc, int_arg, parse_size
 
 #: bumped when a cell's stored result changes meaning: older results are then not reused
 RESULT_FORMAT = 1
@@ -299,7 +300,7 @@ class HashCache:
         return digest
 
     def save(self) -> None:
-        W.atomic_write(self.path, lambda tmp: Path(tmp).write_text(json.dumps(self.data, indent=1)))
+        F.atomic_write(self.path, lambda tmp: Path(tmp).write_text(json.dumps(self.data, indent=1)))
 
 
 def prepare(ck: Checkpoint, out: Path, hashes: HashCache) -> Prepared:
@@ -575,7 +576,7 @@ class RayRun:
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'vit-suite[ray]'") from None
         self.ray, self.threads, self.shared_fs = ray, threads, shared_fs
-        W.remove_stale_tempdirs("vit-suite-sweep-")  # node caches of killed sweeps (this node's)
+        F.remove_stale_tempdirs("vit-suite-sweep-")  # node caches of killed sweeps (this node's)
         self.run_id = f"{os.getpid()}-{time.time_ns()}"
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -666,7 +667,7 @@ def load_cached(out: Path, key: str) -> dict | None:
 
 def store(out: Path, cell: Cell, result: dict) -> dict:
     rec = {"key": cell.key, "cell": _cell_dict(cell), **result}
-    W.atomic_write(out / "cells" / f"{cell.key}.json", lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)))
+    F.atomic_write(out / "cells" / f"{cell.key}.json", lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)))
     return rec
 
 
@@ -691,7 +692,7 @@ def cmd_sweep(args) -> int:
     prepared, versions = [], {}
     with c.status("preparing checkpoints") as status:
         for ck in checkpoints:
-            status.update(f"preparing {ck.name}")
+            status.update(f"preparing {esc(ck.name)}")
             prepared.append(prepare(ck, out, hashes))
     hashes.save()
     plan: list[tuple[Cell, Prepared]] = []
@@ -715,7 +716,7 @@ def cmd_sweep(args) -> int:
             todo.append((cell, p))
     prog = Progress(total=len(plan), cached=len(plan) - len(todo))
     executor = {"name": args.executor, "jobs": jobs, "threads_per_cell": args.threads}
-    c.print(f"[bold]vit-suite sweep[/]: {manifest}: {len(prepared)} checkpoint(s), {len(plan)} cell(s), "
+    c.print(f"[bold]vit-suite sweep[/]: {esc(manifest)}: {len(prepared)} checkpoint(s), {len(plan)} cell(s), "
             f"{prog.cached} already done; executor {args.executor}" + (f" ({jobs} at once)" if args.executor ==
                                                                        "local" else "") + f"; results in {out}",
             soft_wrap=True)
@@ -740,7 +741,7 @@ def cmd_sweep(args) -> int:
                     prog.seconds.append(result["seconds"])
                 ratio = "" if rec["worst_ratio"] is None else f" worst {rec['worst_stage']} {rec['worst_ratio']:.2f}"
                 style = {"pass": "green", "unsupported": "yellow"}.get(rec["status"], "bold red")
-                c.print(f"  [{prog.cached + prog.done}/{prog.total}] {cell.label}: [{style}]{rec['status']}[/]"
+                c.print(f"  [{prog.cached + prog.done}/{prog.total}] {esc(cell.label)}: [{style}]{rec['status']}[/]"
                         f"{ratio} ({result['seconds']:.1f}s)" + (f" {rec['error'].splitlines()[-1][:100]}"
                                                                   if rec.get("error") else ""))
                 status.update(prog.line(slots))

@@ -12,6 +12,7 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from .. import fileio as F
 from .. import weights as W
 
 STATUS_CLASS = {"pass": "pass", "FAIL": "fail", "non-finite": "fail", "error": "error", "unsupported": "unsupported"}
@@ -208,5 +209,5 @@ def write_reports(out: Path, manifest: Path, prepared, records: list[dict], exec
     texts = {"sweep.json": json.dumps(report, indent=1), "sweep.html": to_html(report), "junit.xml": to_junit(report)}
     paths = []
     for name, text in texts.items():
-        paths.append(W.atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text)))
+        paths.append(F.atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text)))
     return paths

@@ -21,7 +21,7 @@ from .. import weights as W
 from ..backend import backend_names, get_backend, import_frameworks_in_safe_order
 from ..errors import EXIT_OK, UsageError
 from ..limits import MAX_IMAGES
-from .common import SEED_MAX, claim_output, console, float_arg, int_arg
+from .common import SEED_MAX, claim_output, console, esc, float_arg, int_arg
 
 
 def _backend(name: str):
@@ -84,7 +84,7 @@ def cmd_train(args) -> int:
     out = claim_output(args.out or f"{cfg.name}-{args.backend}.safetensors", "--out", force=args.force,
                        inputs=(args.init, args.data))
     c = console()
-    c.print(f"[bold]vit-suite train[/]: {source}; {cfg.name}, backend {args.backend}, "
+    c.print(f"[bold]vit-suite train[/]: {esc(source)}; {esc(cfg.name)}, backend {args.backend}, "
             f"{len(train_ds)} train / {len(held_ds)} held-out images, {tcfg.total_steps(len(train_ds))} steps "
             f"of batch {tcfg.batch}, AdamW lr {tcfg.lr} (warm-up {tcfg.warmup_steps}, cosine), wd {tcfg.weight_decay}, "
             f"label smoothing {tcfg.label_smoothing}")
@@ -110,7 +110,7 @@ def cmd_train(args) -> int:
                       overwrite=args.force)
     c.print(f"trained in {seconds:.1f} s; held-out top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%} ({args.backend})"
             + (f"; float64 reference top-1 {float(extra['heldout_top1_reference']):.2%}" if "heldout_top1_reference" in extra else ""))
-    c.print(f"wrote {out}")
+    c.print(f"wrote {out}", markup=False)
     return EXIT_OK
 
 
@@ -118,7 +118,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     _set_threads(args.threads)
     cfg, state = W.load(args.weights)
-    meta = W.read_tensors(args.weights)[1]
+    meta = W.read_metadata(args.weights)  # checked: split_seed, classes, ...
     ds = load_eval_data(args.data, cfg, args.split_seed, meta)
     from ..training.recipe import evaluate
 
@@ -126,7 +126,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps({"weights": args.weights, "data": args.data, "backend": args.backend, "images": len(ds), **acc}))
     else:
-        console().print(f"{args.weights} on {args.data} ({len(ds)} images), {args.backend}: "
+        console().print(f"{esc(args.weights)} on {esc(args.data)} ({len(ds)} images), {args.backend}: "
                          f"top-1 [bold]{acc['top1']:.2%}[/], top-5 [bold]{acc['top5']:.2%}[/]")
     return EXIT_OK
 
@@ -156,7 +156,7 @@ def cmd_predict(args) -> int:
 
     _set_threads(args.threads)
     cfg, state = W.load(args.weights)
-    meta = W.read_tensors(args.weights)[1]
+    meta = W.read_metadata(args.weights)  # checked: split_seed, classes, ...
     names, batches, truth = [], [], []
     held = None
     for spec in args.images:
@@ -196,12 +196,12 @@ def cmd_predict(args) -> int:
     t.add_column("label")
     t.add_column("predicted")
     for k in classes:
-        t.add_column(k, justify="right")
+        t.add_column(esc(k), justify="right")
     t.add_column("sum", justify="right")
     for n, lab, p in zip(names, truth, probs):
         top = int(np.argmax(p))
-        t.add_row(n, lab, classes[top], *[f"[bold]{v:.3f}[/]" if j == top else f"{v:.3f}" for j, v in enumerate(p)],
-                  f"{p.sum():.6f}")
+        cells = [f"[bold]{v:.3f}[/]" if j == top else f"{v:.3f}" for j, v in enumerate(p)]
+        t.add_row(esc(n), esc(lab), esc(classes[top]), *cells, f"{p.sum():.6f}")
     console().print(t)
     return EXIT_OK
 

@@ -98,8 +98,8 @@ from ..config import ViTConfig, is_int, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError)
 from ..posemb import resample_pos_embed
 from ..safeio import read_json_file
-from ..weights import (CANONICAL_DTYPE, read_tensors, write_dir_atomically,
-                       validate_state)
+from ..fileio import write_dir_atomically
+from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 from .hf_clip import ARCHITECTURES as CLIP_ARCHITECTURES
 from .hf_clip import MODEL_TYPES as HF_CLIP_TYPES
 from .hfconfig import ConfigFacts

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ import numpy as np
 from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
-from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, UsageError
+from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, SuiteError, UsageError
+from ..fileio import atomic_write, work_dir, write_dir_atomically
 from ..posemb import resample_pos_embed
 from ..presets import get_preset
 from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
@@ -77,28 +78,70 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
         be_name = native_backend(fmt)
         import_frameworks_in_safe_order([be_name])
         be = get_backend(be_name)
-        W.remove_stale_tempdirs("vit-suite-src-")
-        with tempfile.TemporaryDirectory(prefix=f"vit-suite-src-{os.getpid()}-") as tmp:
+        with work_dir("src") as tmp:
+            link = None
             if not str(src).lower().endswith(SUFFIX[fmt]):
                 # detected from content: frameworks insist on their suffix, so give them a correctly named link
                 link = Path(tmp) / f"weights{SUFFIX[fmt]}"
                 link.symlink_to(Path(src).resolve())
-                src = str(link)
-            if fmt == "keras-h5":  # weights only: the config must come from --preset
-                model = be.load_native(src, cfg_hint)
-            else:  # .keras and our .ckpt carry their config; --preset serves files that carry none
-                try:
-                    model = be.load_native(src, None)
-                except (InvalidFileError, BackendError):
-                    if cfg_hint is None:
-                        raise
-                    model = be.load_native(src, cfg_hint)
+            try:
+                model = _load_native(be, fmt, str(link or src), cfg_hint)
+            except SuiteError as e:  # name the user's file, never the link in the suite's work folder
+                raise _renamed(e, str(link), str(src)) if link is not None else e from None
         cfg, state = model.config, be.export(model)
     else:
         raise UsageError(f"unknown source format {fmt!r}; known: {', '.join(FORMATS)}")
     if image_size and tuple(image_size) != tuple(cfg.image_size):
         cfg, state = resize_state(cfg, state, image_size)
     return cfg, state
+
+
+def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
+    """The tensors a file of format `fmt` holds, read as data, without a preset (what `inspect` lists for a file that
+    is not canonical): a file's own names where it carries no config, the canonical names where it carries one (a
+    Hugging Face directory, .keras, .ckpt, a keras-hub preset). A file that cannot be read is an InvalidFileError
+    naming it and what failed."""
+    from .bigvision import read_npz
+    from .formats import _safetensors_kind
+    from .kerashub import read_h5
+    from .mindcv import read_ckpt_tensors
+    from .timm import read_torch_checkpoint, timm_files
+
+    p = Path(src)
+    if fmt == "timm" and p.is_dir():
+        p = timm_files(p)[0]
+    if fmt in ("timm", "torchvision", "hf") and p.is_file() and _safetensors_kind(p):
+        return W.read_tensors(p)[0]
+    if fmt in ("timm", "torch", "torchvision"):
+        return read_torch_checkpoint(p)
+    if fmt == "bigvision":
+        return read_npz(p)
+    if fmt == "mindcv":
+        return read_ckpt_tensors(p)
+    if fmt == "keras-h5" or (fmt == "kerashub" and p.is_file() and not zipfile.is_zipfile(p)):
+        return read_h5(p, str(p))
+    return read_any(src, fmt)[1]
+
+
+def _load_native(be, fmt: str, src: str, cfg_hint: ViTConfig | None):
+    if fmt == "keras-h5":  # weights only: the config must come from --preset
+        return be.load_native(src, cfg_hint)
+    try:  # .keras and our .ckpt carry their config; --preset serves files that carry none
+        return be.load_native(src, None)
+    except (InvalidFileError, BackendError):
+        if cfg_hint is None:
+            raise
+        return be.load_native(src, cfg_hint)
+
+
+def _renamed(e: SuiteError, old: str, new: str) -> SuiteError:
+    """The same error, with every mention of `old` (a link the suite made) replaced by `new` (the user's file)."""
+    if isinstance(e, MismatchError):
+        return MismatchError(e.source.replace(old, new), [p.replace(old, new) for p in e.problems])
+    try:
+        return type(e)(str(e).replace(old, new))
+    except TypeError:
+        return e
 
 
 def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | str | None:
@@ -147,11 +190,11 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
             import torch
 
             tensors = {k: torch.from_numpy(v) for k, v in timm_state.items()}
-            W.atomic_write(dst, lambda t: torch.save(tensors, t), overwrite=overwrite)
+            atomic_write(dst, lambda t: torch.save(tensors, t), overwrite=overwrite)
         else:
             from safetensors.numpy import save_file
 
-            W.atomic_write(dst, lambda t: save_file(timm_state, t), overwrite=overwrite)
+            atomic_write(dst, lambda t: save_file(timm_state, t), overwrite=overwrite)
     elif fmt == "hf":
         save_hf_dir(dst, cfg, state, overwrite=overwrite)
     elif fmt == "torchvision":
@@ -174,19 +217,17 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
         import_frameworks_in_safe_order([be_name])
         be = get_backend(be_name)
         model = be.build(cfg, state)
+        suffix = SUFFIX[fmt]
 
         def write(tmp: str) -> None:
-            # the framework writes a file with its own suffix beside our temporary file; the suite's atomic_write
-            # then creates `dst` from it exclusively (overwrite=False) or replaces it (--force)
-            inner = f"{tmp}{SUFFIX[fmt]}"
-            try:
-                be.save_native(model, inner)
+            # the backend's own atomic writer writes directly inside this writer's staging folder (no second
+            # layer); a framework that insists on its suffix gets a name with it there, moved onto `tmp`
+            inner = tmp if tmp.endswith(suffix) else os.path.join(os.path.dirname(tmp), f"model{suffix}")
+            be.save_native(model, inner)
+            if inner != tmp:
                 os.replace(inner, tmp)
-            finally:
-                if os.path.lexists(inner):
-                    os.unlink(inner)
 
-        W.atomic_write(dst, write, overwrite=overwrite)
+        atomic_write(dst, write, overwrite=overwrite)
     else:
         raise UsageError(f"unknown target format {fmt!r}; known: {', '.join(FORMATS)}")
 
@@ -220,4 +261,4 @@ def save_timm_hub_dir(directory: str | os.PathLike, cfg: ViTConfig, state: dict,
         save_file({k: np.ascontiguousarray(v) for k, v in timm_state.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
 
-    return W.write_dir_atomically(directory, write, overwrite=overwrite)
+    return write_dir_atomically(directory, write, overwrite=overwrite)

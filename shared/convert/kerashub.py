@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,6 +31,7 @@ from .. import limits as L
 from .. import weights as W
 from ..config import ViTConfig, is_int, is_real
 from ..errors import ConversionError, InvalidFileError, MismatchError, MissingFactsError, OutputError, UsageError
+from ..fileio import write_dir_atomically
 from ..safeio import check_zip, load_json, read_json_file, read_zip_member, refuse_unsafe_keras_classes
 
 INSTALL = "pip install --no-deps keras-hub==0.32.0"
@@ -160,8 +159,10 @@ def read_h5(data: str | os.PathLike | bytes, source: str) -> dict[str, np.ndarra
                     arrays[name] = np.asarray(obj[()])
 
             f.visititems(visit)
-    except OSError as e:
-        raise InvalidFileError(f"{source}: not a readable HDF5 weights file: {e}") from None
+    except InvalidFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... for a damaged file
+        raise InvalidFileError(f"{source}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
     return arrays
 
 
@@ -441,16 +442,4 @@ def save_kerashub_preset(directory: str | os.PathLike, cfg: ViTConfig, state: Ma
     import_frameworks_in_safe_order(["keras"])
     model = build_kerashub(cfg)
     _assign(model, backbone, head)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    W.remove_stale_partials(directory.parent, directory.name)
-    tmp = Path(tempfile.mkdtemp(prefix=W.temp_prefix(directory.name), suffix=".partial", dir=directory.parent))
-    try:
-        model.save_to_preset(str(tmp))
-        os.chmod(tmp, W.umask_mode(directory=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return write_dir_atomically(directory, lambda tmp: model.save_to_preset(str(tmp)), overwrite=overwrite)

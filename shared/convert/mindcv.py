@@ -27,6 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .. import fileio as F
 from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
 from ..config import ViTConfig
@@ -147,7 +148,7 @@ def read_ckpt_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     path = Path(path)
     try:
-        with W.work_dir("ckpt") as tmp:
+        with F.work_dir("ckpt") as tmp:
             link = path
             if path.suffix != ".ckpt":  # load_checkpoint insists on the suffix
                 link = Path(tmp) / "model.ckpt"
@@ -171,12 +172,9 @@ def save_mindcv_ckpt(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str
     ms = _ms()
 
     def write(tmp: str) -> None:
-        target = tmp + ".ckpt"  # save_checkpoint appends .ckpt to a name lacking it
-        try:
-            ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], target)
+        target = tmp if tmp.endswith(".ckpt") else tmp + ".ckpt"  # save_checkpoint appends .ckpt to a name lacking it
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], target)
+        if target != tmp:
             os.replace(target, tmp)
-        finally:
-            if os.path.exists(target):
-                os.unlink(target)
 
-    return W.atomic_write(path, write, overwrite=overwrite)
+    return F.atomic_write(path, write, overwrite=overwrite)

@@ -274,7 +274,7 @@ def mindcv_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     else:
         model = VisionTransformer(**kw)
     path = Path(src)
-    from ..weights import work_dir
+    from ..fileio import work_dir
 
     with work_dir("mindcv") as tmp:
         link = path

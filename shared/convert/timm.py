@@ -895,10 +895,13 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if zipfile.is_zipfile(path):
         check_zip(path, "PyTorch checkpoint")  # a zip bomb is refused before torch expands anything
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage before refusing it
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
+        first = str(e).splitlines()[0].split(" In PyTorch 2.6,")[0] if str(e) else ""  # not torch's advice to unpickle
         raise InvalidFileError(f"{path}: not a safe PyTorch checkpoint (torch.load weights_only=True failed: "
-                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                               f"{type(e).__name__}: {first}); nothing in it was executed") from None
     flat = flatten_checkpoint(obj)
     out = {}
     for k, t in flat.items():

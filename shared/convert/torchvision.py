@@ -34,7 +34,8 @@ import numpy as np
 from ..config import ViTConfig
 from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchError, MissingFactsError, UsageError
 from ..posemb import resample_pos_embed
-from ..weights import CANONICAL_DTYPE, atomic_write, expected_shapes, read_tensors, validate_state
+from ..fileio import atomic_write
+from ..weights import CANONICAL_DTYPE, expected_shapes, read_tensors, validate_state
 from .formats import _safetensors_kind
 from .timm import _isqrt_exact, _pair, _resolve_preset, read_torch_checkpoint, strip_prefixes, to_float32
 

@@ -257,7 +257,7 @@ def default_model(path: str | os.PathLike | None = None):
     if not p.is_file():
         return None
     cfg, state = W.load(p)
-    meta = W.read_tensors(p)[1]
+    meta = W.read_metadata(p)
     held = heldout_for(meta, cfg.image_size)
     acc = meta.get("heldout_top1_reference")
     source = f"shipped model {p.name} (digits, {len(held)} held-out images" + (f", top-1 {float(acc):.2%})" if acc else ")")

@@ -735,7 +735,7 @@ def test_hf_vit_mae_is_a_plain_encoder():
 
 
 @pytest.mark.parametrize("change,model_type,what", [
-    (dict(num_classes=10), "dinov2", r"num_classes=10: HF dinov2 has no class-token classifier"),
+    (dict(num_classes=10), "dinov2", r"num_classes=10 with pool='token': HF dinov2 has no class-token classifier"),
     (dict(image_size=(32, 48)), "dinov2", r"image_size \(32, 48\): HF dinov2 reshapes its position table as a square"),
     (dict(init_values=None), "dinov2", "init_values=None: HF dinov2 always has LayerScale"),
     (dict(reg_tokens=2), "dinov2", "reg_tokens=2: HF dinov2 has no register tokens \\(dinov2_with_registers has\\)"),
@@ -759,12 +759,15 @@ def test_export_hf_family_refuses_by_name(change, model_type, what):
 def test_import_hf_family_refuses_by_name():
     dino, _, _ = _hf_family_cfgs()["dinov2"]
     hf, conf = export_hf(dino, init_weights(dino))
-    with pytest.raises(ConversionError, match="Dinov2ForImageClassification classifies concat"):
-        import_hf(hf, {**conf, "architectures": ["Dinov2ForImageClassification"]})  # num_labels 0: no keys
+    # DINOv2's classifier reads concat(class token, patch mean): imported as pool='token_mean' (no longer refused)
+    cfg, _ = import_hf(hf, {**conf, "architectures": ["Dinov2ForImageClassification"]})  # num_labels 0: no keys
+    assert (cfg.pool, cfg.num_classes) == ("token_mean", 0)
     head = {**{"dinov2." + k: v for k, v in hf.items()}, "classifier.weight": np.zeros((3, 64), np.float32),
             "classifier.bias": np.zeros(3, np.float32)}
-    with pytest.raises(ConversionError, match="a classifier on a dinov2 model classifies concat"):
-        import_hf(head, conf)
+    cfg, state = import_hf(head, conf)
+    assert (cfg.pool, cfg.num_classes, state["head.weight"].shape) == ("token_mean", 3, (3, 64))
+    with pytest.raises(MismatchError, match=r"expected shape \(3, 64\), got \(3, 32\)"):  # not [class; mean] wide
+        import_hf({**head, "classifier.weight": np.zeros((3, 32), np.float32)}, conf)
     with pytest.raises(ConversionError, match=r"image_size \[32, 48\] is not square"):
         import_hf(hf, {**conf, "image_size": [32, 48]})
     with pytest.raises(ConversionError, match="model_type str 'beit' is not supported"):

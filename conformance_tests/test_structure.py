@@ -4,8 +4,8 @@ Layers (README, "Layout"): the contract at the bottom of shared/ imports only it
 shared.training and shared.testing import the contract (and themselves); shared.cli may import all of those;
 a backend package imports only the contract and shared.training. Nothing in the product imports shared.cli or
 conformance_tests, and the tool reaches a framework only through the backend registry. Imports are read from
-the source with `ast` (function-level imports included: a lazy import is still a dependency; imports under
-`if TYPE_CHECKING:` are not).
+the source with `ast` (function-level imports included: a lazy import is still a dependency, and so is an import
+under `if TYPE_CHECKING:`: a type named across layers is a dependency too, and a circle through one is a circle).
 
 Mirror images: vit_torch, vit_keras and vit_mindspore have the same files, the same public names, the same
 signatures for what the rest of the suite calls, the shared layer classes in the same order, and compute the same
@@ -40,10 +40,6 @@ def _module_name(path: Path) -> str:
 MODULES = {_module_name(p): p for top in (*PRODUCT, "conformance_tests") for p in (ROOT / top).rglob("*.py")}
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-
-
 def _imports(name: str) -> set[str]:
     """The suite's modules `name` imports anywhere in its source (resolved: `from . import x` -> pkg.x)."""
     path = MODULES[name]
@@ -52,8 +48,6 @@ def _imports(name: str) -> set[str]:
 
     def visit(node):
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
-                continue
             if isinstance(child, ast.Import):
                 found.update(a.name for a in child.names)
             elif isinstance(child, ast.ImportFrom):

@@ -44,17 +44,14 @@ import importlib.util
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
 from . import weights as _weights
-from .config import ViTConfig
+from .config import TrainConfig, ViTConfig
 from .errors import BackendError, UnsupportedError
 from .reference import check_images
-
-if TYPE_CHECKING:  # the training recipe sits above this module; only its types are named here
-    from .training.recipe import TrainConfig
 
 ENTRY_POINT_GROUP = "vit_suite.backends"
 ENV_VAR = "VIT_SUITE_BACKENDS"
@@ -176,7 +173,7 @@ class Backend(abc.ABC):
         return self.export(model)
 
     def train(self, cfg: ViTConfig, state: Mapping[str, np.ndarray], train_data, val_data,
-              tcfg: "TrainConfig", *, progress: bool = True,
+              tcfg: TrainConfig, *, progress: bool = True,
               checkpoint: str | os.PathLike | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
         """Train with the shared recipe (`shared.training.recipe`) on the shared batches
         (`shared.training.data`): (canonical float32 state, history of evaluations). `checkpoint`: a canonical

@@ -412,3 +412,42 @@ class ViTConfig:
             "pre_logits": self.representation_size,
             "output_softmax": self.output_softmax,
         }
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe's settings (steps or epochs, batch, AdamW lr / weight decay, warm-up, label smoothing,
+    seed, evaluation period, head kind); recorded in checkpoint metadata as JSON. The recipe itself (schedule, loss,
+    decay mask) is shared.training.recipe; this is the contract the Backend interface names."""
+
+    steps: int | None = 300  # total optimiser steps (wins over epochs when set)
+    epochs: int | None = None
+    batch: int = 64
+    lr: float = 2e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    label_smoothing: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    seed: int = 0
+    eval_every: int = 100  # steps between held-out evaluations (0: only at the end)
+    head: str | None = None  # None: keep the model's head; 'linear' | 'pretrain': switch first
+    start_step: int = 0  # resumed runs continue the schedule and the batch stream from here
+
+    def total_steps(self, n_train: int) -> int:
+        if self.steps:
+            return int(self.steps)
+        per_epoch = max(n_train // self.batch, 1)
+        return int(self.epochs or 1) * per_epoch
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return max(n_train // self.batch, 1)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls(**json.loads(text))

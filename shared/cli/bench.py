@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 from .. import fileio as F
-from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..bench import vit_flops
 from ..errors import EXIT_CRASH, EXIT_OK

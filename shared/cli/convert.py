@@ -92,7 +92,8 @@ def prove_import(c, args, src_fmt: str, cfg, state) -> int | None:
         return None
     from .. import reference
     from ..init import random_images
-    from .check import against_line, against_verdict, prove_against
+    from .check import against_line, prove_against
+    from .results import against_verdict
 
     images = random_images(cfg, PROOF_BATCH)
     a = prove_against(args.src, src_fmt, cfg, reference.forward(cfg, state, images), images, in_process=True)

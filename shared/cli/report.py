@@ -14,8 +14,8 @@ from ..posemb import position_table
 from ..errors import UsageError
 from ..fileio import atomic_write
 
-if TYPE_CHECKING:  # check.py imports this module
-    from .check import CheckResult
+if TYPE_CHECKING:
+    from .results import CheckResult
 
 
 def _png(fig) -> str:

@@ -13,7 +13,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .. import fileio as F
-from .. import weights as W
 
 STATUS_CLASS = {"pass": "pass", "FAIL": "fail", "non-finite": "fail", "error": "error", "unsupported": "unsupported"}
 

@@ -1,7 +1,7 @@
 """The framework-free training recipe every backend's `train.py` implements, and its float64 oracles.
 
-  TrainConfig       the recipe (steps or epochs, batch, AdamW lr / weight decay, warm-up, label smoothing,
-                    seed, evaluation period, head kind); recorded in checkpoint metadata as JSON
+  TrainConfig       the recipe's settings (defined in the contract, shared/config.py, which the Backend
+                    interface names; importable here too)
   lr_at(tcfg, step) linear warm-up from 0 to lr over `warmup_steps`, then cosine to `min_lr`
                     (the one schedule every backend implements; step counts from 0)
   smoothed_ce       label-smoothing cross-entropy and its gradient w.r.t. the logits, float64 NumPy (the
@@ -14,51 +14,14 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import zlib
-from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
-from ..config import ViTConfig
-
-
-@dataclass
-class TrainConfig:
-    steps: int | None = 300  # total optimiser steps (wins over epochs when set)
-    epochs: int | None = None
-    batch: int = 64
-    lr: float = 2e-3
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    warmup_steps: int = 30
-    label_smoothing: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    seed: int = 0
-    eval_every: int = 100  # steps between held-out evaluations (0: only at the end)
-    head: str | None = None  # None: keep the model's head; 'linear' | 'pretrain': switch first
-    start_step: int = 0  # resumed runs continue the schedule and the batch stream from here
-
-    def total_steps(self, n_train: int) -> int:
-        if self.steps:
-            return int(self.steps)
-        per_epoch = max(n_train // self.batch, 1)
-        return int(self.epochs or 1) * per_epoch
-
-    def steps_per_epoch(self, n_train: int) -> int:
-        return max(n_train // self.batch, 1)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        return cls(**json.loads(text))
+from ..config import TrainConfig, ViTConfig  # noqa: F401  (TrainConfig: the recipe's, kept importable here)
 
 
 def lr_at(tcfg: TrainConfig, step: int, total: int) -> float:

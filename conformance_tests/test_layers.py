@@ -343,9 +343,10 @@ def test_a_block_passes_the_rotary_table_to_attention_in_every_backend():
         assert rel_l2(out, want) <= bound, (name, rel_l2(out, want), bound)
 
 
-@pytest.mark.parametrize("act,gated", [("silu", True), ("erf", True), ("quick", False)])
-def test_every_backend_mlp_is_the_hand_written_one(act, gated):
-    """Mlp(dim, hidden, act, gated): fc1 -> act (or act(gate) * value) -> fc2, against a float64 MLP written out."""
+@pytest.mark.parametrize("act,gated,inner_norm", [("silu", True, False), ("erf", True, True), ("quick", False, True)])
+def test_every_backend_mlp_is_the_hand_written_one(act, gated, inner_norm):
+    """Mlp(dim, hidden, act, gated, inner_norm): fc1 -> act (or act(gate) * value) -> [LayerNorm] -> fc2, against a
+    float64 MLP written out."""
     import keras
     from mindspore import Tensor
 
@@ -358,13 +359,17 @@ def test_every_backend_mlp_is_the_hand_written_one(act, gated):
     D, M = 32, 40
     p = {"fc1.weight": rng.standard_normal(((2 if gated else 1) * M, D)) / 6, "fc1.bias": rng.standard_normal((2 if gated else 1) * M) / 4,
          "fc2.weight": rng.standard_normal((D, M)) / 6, "fc2.bias": rng.standard_normal(D) / 4}
+    if inner_norm:
+        p["norm.weight"], p["norm.bias"] = 1 + 0.1 * rng.standard_normal(M), 0.1 * rng.standard_normal(M)
     p = {k: v.astype(np.float32) for k, v in p.items()}
     x = rng.standard_normal((2, 5, D)).astype(np.float32)
     f = {"silu": lambda t: t / (1 + np.exp(-t)), "erf": _erf_gelu, "quick": lambda t: t / (1 + np.exp(-1.702 * t))}[act]
     h = x.astype(np.float64) @ p["fc1.weight"].T.astype(np.float64) + p["fc1.bias"]
     h = f(h[..., :M]) * h[..., M:] if gated else f(h)
+    if inner_norm:
+        h = _ln(h, p["norm.weight"].astype(np.float64), p["norm.bias"], 1e-5)
     want = h @ p["fc2.weight"].T.astype(np.float64) + p["fc2.bias"]
-    args = dict(dim=D, hidden=M, act=act, gated=gated)
+    args = dict(dim=D, hidden=M, act=act, gated=gated, inner_norm=inner_norm, norm_eps=1e-5)
     got64 = reference.mlp_forward(reference._Numerics("float64"), {k: v.astype(np.float64) for k, v in p.items()},
                                   "", x.astype(np.float64), **args)
     assert rel_l2(got64, want) < F64

@@ -289,7 +289,7 @@ class ViTConfig:
     def attention_args(self, i: int) -> dict[str, Any]:
         """Block i's attention: the keyword arguments of `Attention` in every backend and of
         `shared.reference.attention` (which ignores the dropout rates). Variants no field turns on yet
-        (qkv_fused, k_bias, inner_norm, rotate_half) keep their defaults."""
+        (qkv_fused, k_bias, inner_norm, rotate_half) keep their defaults; so does the Mlp's inner_norm."""
         return dict(dim=self.block_in_dim(i), num_heads=self.num_heads, width=self.width, qkv_bias=self.qkv_bias,
                     qk_norm=self.qk_norm, scale=self.scale, value_skip=self.attn_value_skip,
                     norm_eps=self.layer_norm_eps, attn_drop=self.attn_dropout, proj_drop=self.dropout)
@@ -297,7 +297,7 @@ class ViTConfig:
     def mlp_args(self) -> dict[str, Any]:
         """A block's MLP: the keyword arguments of `Mlp` in every backend and of `shared.reference.mlp_forward`."""
         return dict(dim=self.width, hidden=self.mlp_dim, act="silu" if self.swiglu else self.gelu, gated=self.swiglu,
-                    dropout=self.dropout)
+                    norm_eps=self.layer_norm_eps, dropout=self.dropout)
 
     def block_args(self, i: int) -> dict[str, Any]:
         """Block i: the keyword arguments of `Block` in every backend and of `shared.reference.block`."""

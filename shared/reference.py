@@ -206,11 +206,15 @@ def block(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, attn:
 
 
 def mlp_forward(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | None = None, hidden: int,
-                act: str = "erf", gated: bool = False, dropout: float = 0.0) -> np.ndarray:
-    """fc1 -> act -> fc2 (the backends' `Mlp`, same arguments: `cfg.mlp_args()`); with `gated` fc1 has 2 * hidden
-    rows and act(gate) * value replaces act (act "silu": SwiGLU). The dropout rate is training-only."""
+                act: str = "erf", gated: bool = False, inner_norm: bool = False, norm_eps: float = 1e-6,
+                dropout: float = 0.0) -> np.ndarray:
+    """fc1 -> act -> [norm] -> fc2 (the backends' `Mlp`, same arguments: `cfg.mlp_args()`); with `gated` fc1 has
+    2 * hidden rows and act(gate) * value replaces act (act "silu": SwiGLU); inner_norm: a LayerNorm `norm` over the
+    hidden width before fc2 (timm's scale_mlp_norm). The dropout rate is training-only."""
     h = nm.linear(x, p[_key(prefix, "fc1.weight")], p[_key(prefix, "fc1.bias")])
     h = nm.glu(h, act) if gated else nm.act(h, act)
+    if inner_norm:
+        h = nm.layer_norm(h, p[_key(prefix, "norm.weight")], p[_key(prefix, "norm.bias")], norm_eps)
     return nm.linear(h, p[_key(prefix, "fc2.weight")], p[_key(prefix, "fc2.bias")])
 
 

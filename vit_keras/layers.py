@@ -322,22 +322,27 @@ class Attention(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Mlp(keras.layers.Layer):
-    """fc1 -> act (computed in float32) -> dropout -> fc2 -> dropout, as `shared.reference.mlp_forward` (same
-    arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden units and
-    act(gate) * value replaces act (silu: SwiGLU)."""
+    """fc1 -> act (computed in float32) -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward`
+    (same arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden units
+    and act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width before fc2
+    (timm's scale_mlp_norm)."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, dropout: float = 0.0,
-                 **kwargs):
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
+                 norm_eps: float = 1e-6, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.hidden, self.act, self.gated = int(dim), int(hidden), str(act), bool(gated)
+        self.inner_norm, self.norm_eps = bool(inner_norm), float(norm_eps)
         self.rate = float(dropout)
         self.fc1 = _dense(2 * self.hidden if self.gated else self.hidden, "fc1", self.dtype_policy)
+        self.norm = _layer_norm(self.norm_eps, "norm", self.dtype_policy) if self.inner_norm else None
         self.fc2 = _dense(self.dim, "fc2", self.dtype_policy)
         self.drop1 = keras.layers.Dropout(self.rate, name="drop1", dtype=self.dtype_policy)
         self.drop2 = keras.layers.Dropout(self.rate, name="drop2", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         self.fc1.build((None, None, self.dim))
+        if self.norm is not None:
+            self.norm.build((None, None, self.hidden))
         self.fc2.build((None, None, self.hidden))
         self.built = True
 
@@ -346,18 +351,24 @@ class Mlp(keras.layers.Layer):
         h = glu_f32(h, self.act, self.compute_dtype) if self.gated else act_f32(h, self.act, self.compute_dtype)
         if training and self.rate > 0:
             h = self.drop1(h, training=training)
+        if self.norm is not None:
+            h = self.norm(h)
         h = self.fc2(h)
         if training and self.rate > 0:
             h = self.drop2(h, training=training)
         return h
 
     def canonical_variables(self, prefix: str = "") -> dict:
-        return {**dense_variables(_key(prefix, "fc1"), self.fc1), **dense_variables(_key(prefix, "fc2"), self.fc2)}
+        v = dense_variables(_key(prefix, "fc1"), self.fc1)
+        if self.norm is not None:
+            v.update(ln_variables(_key(prefix, "norm"), self.norm))
+        v.update(dense_variables(_key(prefix, "fc2"), self.fc2))
+        return v
 
     def get_config(self):
         base = super().get_config()
         base.update({"dim": self.dim, "hidden": self.hidden, "act": self.act, "gated": self.gated,
-                     "dropout": self.rate})
+                     "inner_norm": self.inner_norm, "norm_eps": self.norm_eps, "dropout": self.rate})
         return base
 
 

@@ -394,21 +394,27 @@ class Attention(_Cell):
 
 
 class Mlp(_Cell):
-    """fc1 -> act (computed in float32) -> dropout -> fc2 -> dropout, as `shared.reference.mlp_forward` (same
-    arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden outputs
-    and act(gate) * value replaces act (silu: SwiGLU)."""
+    """fc1 -> act (computed in float32) -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward`
+    (same arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden
+    outputs and act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width
+    before fc2 (timm's scale_mlp_norm)."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, dropout: float = 0.0, *,
-                 dtype=mstype.float32):
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
+                 norm_eps: float = 1e-6, dropout: float = 0.0, *, dtype=mstype.float32):
         super().__init__(dtype)
         self.fc1 = Linear(dim, 2 * hidden if gated else hidden, True, dtype)
         self.act = GELU(act, dtype, gated)
         self.drop1 = Dropout(dropout)
+        self.inner_norm = bool(inner_norm)
+        self.norm = LayerNorm(hidden, norm_eps, dtype) if inner_norm else None
         self.fc2 = Linear(hidden, dim, True, dtype)
         self.drop2 = Dropout(dropout)
 
     def construct(self, x):
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        h = self.drop1(self.act(self.fc1(x)))
+        if self.inner_norm:
+            h = self.norm(h)
+        return self.drop2(self.fc2(h))
 
 
 class LayerScale(_Cell):

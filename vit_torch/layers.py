@@ -205,20 +205,23 @@ class GLU(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> act -> dropout -> fc2 -> dropout, as `shared.reference.mlp_forward` (same arguments: `cfg.mlp_args()`).
-    act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden rows and act(gate) * value replaces act
-    (silu: SwiGLU)."""
+    """fc1 -> act -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward` (same arguments:
+    `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden rows and
+    act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width before fc2
+    (timm's scale_mlp_norm)."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
+                 norm_eps: float = 1e-6, dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=True)
         self.act = GLU(act) if gated else activation(act)
         self.drop1 = nn.Dropout(dropout)
+        self.norm = layer_norm(hidden, norm_eps) if inner_norm else nn.Identity()
         self.fc2 = nn.Linear(hidden, dim, bias=True)
         self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
 
 
 class Block(nn.Module):

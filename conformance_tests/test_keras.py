@@ -57,7 +57,7 @@ def test_dtype_policy_computes_in_half():
 def test_layer_norm_eps_and_gelu_come_from_config():
     m = _model("tiny_meanpool")  # eps 1e-5, tanh GELU
     assert m.blocks[0].norm1.epsilon == 1e-5 and m.fc_norm.epsilon == 1e-5
-    assert m.blocks[0].mlp.cfg.gelu == "tanh"
+    assert m.blocks[0].mlp.act == "tanh"
 
 
 # ---------------------------------------------------------------- weights

@@ -30,7 +30,8 @@ def test_attention_matches_explicit_per_head_loop():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, cfg.embed_dim))
     nm = reference._Numerics("float64")
-    got, probs = reference.attention(nm, cfg, {k: v.astype(np.float64) for k, v in p.items()}, "blocks.0.attn", x, True)
+    got, probs = reference.attention(nm, {k: v.astype(np.float64) for k, v in p.items()}, "blocks.0.attn", x,
+                                     **cfg.attention_args(0), want_attn=True)
 
     Wqkv = p["blocks.0.attn.qkv.weight"].astype(np.float64)
     A, H = cfg.width, cfg.num_heads

@@ -191,11 +191,50 @@ def test_the_shared_layer_classes_come_in_the_same_order():
         assert order == common, (pkg, order)
 
 
+#: what a backend's layer may take beyond the shared arguments, keyword-only (or Keras' **kwargs)
+BACKEND_EXTRAS = {"vit_torch": {"fused_attn"}, "vit_keras": set(), "vit_mindspore": {"dtype", "fused_softmax"}}
+#: the call method of a layer in each backend, and the arguments only that framework's call has
+CALL = {"vit_torch": ("forward", set()), "vit_keras": ("call", {"training"}), "vit_mindspore": ("construct", set())}
+
+
+def _method(cls: ast.ClassDef, name: str) -> ast.FunctionDef:
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _args(fn: ast.FunctionDef, skip: set[str]) -> list[tuple[str, str | None]]:
+    """Every named parameter after self with its default (positional ones, then keyword-only), less `skip`."""
+    a = fn.args
+    pos = [(p.arg, None) for p in a.args[1:]]
+    defaults = [ast.unparse(d) for d in a.defaults]
+    pos[len(pos) - len(defaults):] = [(n, d) for (n, _), d in zip(pos[len(pos) - len(defaults):], defaults)]
+    kw = [(p.arg, ast.unparse(d) if d is not None else None) for p, d in zip(a.kwonlyargs, a.kw_defaults)]
+    return [(n, d) for n, d in pos + kw if n not in skip]
+
+
+@pytest.mark.parametrize("layer", ["Attention", "Mlp", "Block"])
+def test_the_shared_layers_take_the_same_arguments(layer):
+    """Attention, Mlp and Block take their own arguments (cfg.attention_args / mlp_args / block_args), the same
+    names, order and defaults in every backend; Attention and Block are called (x, rope, attn_bias, return_attn)."""
+    inits, calls = {}, {}
+    for pkg in BACKEND_PACKAGES.values():
+        cls = _classes(_tree(pkg, "layers"))[layer]
+        inits[pkg] = _args(_method(cls, "__init__"), BACKEND_EXTRAS[pkg])
+        name, skip = CALL[pkg]
+        calls[pkg] = _args(_method(cls, name), skip)
+    assert len({tuple(v) for v in inits.values()}) == 1, inits
+    assert len({tuple(v) for v in calls.values()}) == 1, calls
+    cfg = get_preset("tiny")
+    shared_args = {"Attention": cfg.attention_args(0), "Mlp": cfg.mlp_args(), "Block": cfg.block_args(0)}[layer]
+    assert set(shared_args) <= {n for n, _ in inits["vit_torch"]}
+    if layer != "Mlp":
+        assert calls["vit_torch"] == [("x", None), ("rope", "None"), ("attn_bias", "None"), ("return_attn", "False")]
+
+
 def test_every_model_has_pos_table_and_forward_stages():
     for pkg in BACKEND_PACKAGES.values():
         vit = _classes(_tree(pkg, "model"))["VisionTransformer"]
         methods = {n.name for n in vit.body if isinstance(n, ast.FunctionDef)}
-        assert {"pos_table", "forward_stages"} <= methods, (pkg, methods)
+        assert {"pos_table", "rope_table", "forward_stages"} <= methods, (pkg, methods)
 
 
 def test_every_builtin_backend_provides_the_training_and_benchmark_functions():

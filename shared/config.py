@@ -24,6 +24,7 @@ from . import limits as L
 from .errors import ConfigError
 
 GELU_KINDS = ("erf", "tanh", "quick")  # quick: x * sigmoid(1.702 x) (OpenAI CLIP)
+ACT_KINDS = GELU_KINDS + ("silu",)  # an Mlp's activation (silu: the gate of a SwiGLU MLP)
 CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
 # map: attention pool with a latent query (SigLIP, timm 'map'); token_mean: concat(class token, mean of the patch
 # tokens), DINOv2's linear-probe head (HF Dinov2ForImageClassification): the head reads 2 * width features
@@ -283,6 +284,34 @@ class ViTConfig:
 
     def block_in_dim(self, i: int) -> int:
         return self.embed_dim if i == 0 else self.width
+
+    # ------------------------------------------- layer arguments (the one reading of the config for the layers)
+    def attention_args(self, i: int) -> dict[str, Any]:
+        """Block i's attention: the keyword arguments of `Attention` in every backend and of
+        `shared.reference.attention` (which ignores the dropout rates). Variants no field turns on yet
+        (qkv_fused, k_bias, inner_norm, rotate_half) keep their defaults; so does the Mlp's inner_norm."""
+        return dict(dim=self.block_in_dim(i), num_heads=self.num_heads, width=self.width, qkv_bias=self.qkv_bias,
+                    qk_norm=self.qk_norm, scale=self.scale, value_skip=self.attn_value_skip,
+                    norm_eps=self.layer_norm_eps, attn_drop=self.attn_dropout, proj_drop=self.dropout)
+
+    def mlp_args(self) -> dict[str, Any]:
+        """A block's MLP: the keyword arguments of `Mlp` in every backend and of `shared.reference.mlp_forward`."""
+        return dict(dim=self.width, hidden=self.mlp_dim, act="silu" if self.swiglu else self.gelu, gated=self.swiglu,
+                    norm_eps=self.layer_norm_eps, dropout=self.dropout)
+
+    def block_args(self, i: int) -> dict[str, Any]:
+        """Block i: the keyword arguments of `Block` in every backend and of `shared.reference.block`."""
+        attn, mlp = self.attention_args(i), self.mlp_args()
+        dim = attn.pop("dim")
+        mlp.pop("dim")  # a block's MLP runs at the attention's width
+        return dict(dim=dim, attn=attn, mlp=mlp, ls_init=self.init_values, drop_path=self.drop_path_rates[i],
+                    norm_eps=self.layer_norm_eps)
+
+    def pool_args(self) -> dict[str, Any]:
+        """The attention pool (pool='map'): the keyword arguments of the backends' pool layer and of
+        `shared.reference.attention_pool` (timm's AttentionPoolLatent: GELU MLP, no dropout)."""
+        return dict(dim=self.width, num_heads=self.num_heads, hidden=self.mlp_dim, act=self.gelu,
+                    norm_eps=self.layer_norm_eps)
 
     @property
     def num_parameters(self) -> int:

@@ -1,4 +1,4 @@
-"""Position tables: the fixed sinusoidal ones, and resampling a learned table to a new grid.
+"""Position tables: the fixed sinusoidal ones, resampling a learned table to a new grid, and rotary tables.
 
 Resampling is written as two interpolation matrices, `table' = Wh @ table @ Ww^T`
 per channel, built here in float64 from the pinned kernel. Every backend applies
@@ -56,6 +56,45 @@ def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> 
     y = y.reshape(-1, 1).astype(np.float64) * omega[None, :]
     x = x.reshape(-1, 1).astype(np.float64) * omega[None, :]
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+
+
+# ---------------------------------------------------------------- rotary tables
+ROPE_INDEXING = ("ij", "xy")
+
+
+def rope_freqs(head_dim: int, temperature: float = 10000.0) -> np.ndarray:
+    """The head_dim/4 frequencies of a 2-D rotary table, 1 / temperature^(k / (head_dim/4)) (timm's `freq_bands`,
+    step 1, in float64)."""
+    if head_dim % 4:
+        raise ValueError(f"a 2-D rotary table needs head_dim divisible by 4, got {head_dim}")
+    nb = head_dim // 4
+    return 1.0 / temperature ** (np.arange(nb, dtype=np.float64) / nb)
+
+
+def rope_table(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, indexing: str = "ij",
+               offset: float = 0.0, ref_grid: tuple[int, int] | None = None, rotate_half: bool = False) -> np.ndarray:
+    """The rotary table of a patch grid: (gh*gw, 2*head_dim) float64, [sin | cos] per patch token in row-major order
+    (timm's `RotaryEmbeddingCat.get_embed` with in_pixels=False, the layout `apply_rot_embed_cat` splits).
+
+    Position of patch (i, j): (i + offset, j + offset), scaled by ref_grid / grid per axis when ref_grid is given
+    (EVA's fine-tuning rescale); indexing "ij" puts the row coordinate's frequencies first, "xy" the column's.
+    Angles: [coordinate 0 * freqs, coordinate 1 * freqs] (head_dim/2 of them, `rope_freqs`), laid out for the
+    rotation the attention applies: interleaved pairs [a0, a0, a1, a1, ...] (rotate_half=False: x' = x cos +
+    (-x1, x0, -x3, x2, ...) sin) or halves [a0, a1, ..., a0, a1, ...] (rotate_half=True: x' = x cos +
+    (-x_hi, x_lo) sin). The attention rotates the last gh*gw tokens' q and k (the prefix tokens stay unrotated).
+    """
+    if indexing not in ROPE_INDEXING:
+        raise ValueError(f"rope indexing must be one of {ROPE_INDEXING}, got {indexing!r}")
+    shape = tuple(int(g) for g in grid)
+    axes = [np.arange(n, dtype=np.float64) + offset for n in shape]
+    if ref_grid is not None:
+        axes = [a / n * r for a, n, r in zip(axes, shape, ref_grid)]
+    rows, cols = np.meshgrid(axes[0], axes[1], indexing="ij")  # (gh, gw) each: spatial layout always row-major
+    coords = (rows, cols) if indexing == "ij" else (cols, rows)
+    freqs = rope_freqs(head_dim, temperature)
+    angles = np.concatenate([c.reshape(-1, 1) * freqs for c in coords], axis=1)  # (gh*gw, head_dim/2)
+    angles = np.concatenate([angles, angles], axis=1) if rotate_half else np.repeat(angles, 2, axis=1)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
 # ------------------------------------------------------------------- resampling

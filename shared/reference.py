@@ -94,72 +94,148 @@ class _Numerics:
             y = 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x.astype(np.float64) ** 3)))
         return self.r(y)
 
-    def swiglu(self, x):
-        """silu(first half) * second half of the last axis (timm SwiGLUPacked: the gate first), rounded once."""
+    def act(self, x, kind):
+        """The activation of an MLP: a GELU form (erf, tanh, quick) or silu, rounded once."""
+        if kind == "silu":
+            return self.r(x / (1.0 + np.exp(-x.astype(np.float64))))
+        return self.gelu(x, kind)
+
+    def glu(self, x, kind):
+        """act(first half) * second half of the last axis (timm's packed gated MLP, the gate first), rounded once;
+        kind "silu" is SwiGLU (timm SwiGLUPacked)."""
         a, b = np.split(x.astype(np.float64), 2, axis=-1)
-        return self.r(a / (1.0 + np.exp(-a)) * b)
+        if kind == "silu":
+            g = a / (1.0 + np.exp(-a))
+        else:
+            g = _Numerics("float64").gelu(a, kind)
+        return self.r(g * b)
 
     def softmax(self, s):
         return self.r(softmax(s))
 
+    def rotate(self, x, rope, rotate_half):
+        """Rotate the last N tokens of x (..., T, hd) by the rotary table rope = [sin | cos] (N, 2*hd) (see
+        shared.posemb.rope_table), computed in float64 and rounded once, like a backend that rotates in float32
+        and casts back; the T - N tokens before them (the prefix) stay as they are."""
+        sin, cos = np.split(np.asarray(rope, np.float64), 2, axis=-1)
+        n = sin.shape[0]
+        t = x[..., x.shape[-2] - n:, :].astype(np.float64)
+        if rotate_half:
+            lo, hi = np.split(t, 2, axis=-1)
+            r = np.concatenate([-hi, lo], axis=-1)
+        else:
+            r = np.stack([-t[..., 1::2], t[..., 0::2]], axis=-1).reshape(t.shape)
+        return np.concatenate([x[..., :x.shape[-2] - n, :], self.r(t * cos + r * sin)], axis=-2)
 
-def attention(nm: _Numerics, cfg: ViTConfig, p: dict, prefix: str, x: np.ndarray, want_attn: bool = False):
-    """Multi-head self-attention; returns (output, attention probabilities or None)."""
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | None = None, num_heads: int,
+              width: int | None = None, qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True,
+              qk_norm: bool = False, inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
+              value_skip: bool = False, norm_eps: float = 1e-6, attn_drop: float = 0.0, proj_drop: float = 0.0,
+              rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None, want_attn: bool = False):
+    """Multi-head self-attention (the backends' `Attention`, same arguments: `cfg.attention_args(i)`); returns
+    (output, attention probabilities or None). The dropout rates are training-only and ignored here.
+
+    Parameters under `prefix`: qkv (rows q, k, v) when qkv_fused, else q_proj, k_proj, v_proj; biases with qkv_bias,
+    the k third held at zero with k_bias=False (BEiT, EVA: no k bias; k_proj then has none); q_norm and k_norm
+    (LayerNorm over each head's channels) with qk_norm; norm (LayerNorm over the merged heads, before proj: timm's
+    scale_attn_inner) with inner_norm; proj. `rope` (shared.posemb.rope_table) rotates the last N tokens' q and k
+    after the qk-norm; `attn_bias` (broadcastable to (B, heads, T, T), a relative position bias) is added to the
+    scaled scores before the softmax. With value_skip (T2T) the output is v (heads merged) + proj(...).
+    """
     B, T, _ = x.shape
-    H, hd, A = cfg.num_heads, cfg.head_dim, cfg.width
-    qkv = nm.linear(x, p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias"))
-    qkv = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)  # rows of qkv: q, k, v
-    q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
-    if cfg.qk_norm:  # LayerNorm over each head's channels, before the scale (timm's q_norm / k_norm)
-        q = nm.layer_norm(q, p[f"{prefix}.q_norm.weight"], p[f"{prefix}.q_norm.bias"], cfg.layer_norm_eps)
-        k = nm.layer_norm(k, p[f"{prefix}.k_norm.weight"], p[f"{prefix}.k_norm.bias"], cfg.layer_norm_eps)
-    scores = nm.r((q @ k.transpose(0, 1, 3, 2)) * cfg.scale)
-    probs = nm.softmax(scores)
+    A = width if width is not None else x.shape[-1]
+    H = num_heads
+    hd = A // H
+    scale = hd ** -0.5 if scale is None else scale
+
+    def bias(name):
+        return p[_key(prefix, f"{name}.bias")] if qkv_bias else None
+
+    if qkv_fused:
+        b = bias("qkv")
+        if b is not None and not k_bias:
+            b = np.concatenate([b[:A], np.zeros_like(b[A:2 * A]), b[2 * A:]])
+        qkv = nm.linear(x, p[_key(prefix, "qkv.weight")], b)
+        q, k, v = np.split(qkv, 3, axis=-1)  # rows of qkv: q, k, v
+    else:
+        q = nm.linear(x, p[_key(prefix, "q_proj.weight")], bias("q_proj"))
+        k = nm.linear(x, p[_key(prefix, "k_proj.weight")], bias("k_proj") if k_bias else None)
+        v = nm.linear(x, p[_key(prefix, "v_proj.weight")], bias("v_proj"))
+    q, k, v = (t.reshape(B, T, H, hd).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, H, T, hd)
+    if qk_norm:  # LayerNorm over each head's channels, before the scale (timm's q_norm / k_norm)
+        q = nm.layer_norm(q, p[_key(prefix, "q_norm.weight")], p[_key(prefix, "q_norm.bias")], norm_eps)
+        k = nm.layer_norm(k, p[_key(prefix, "k_norm.weight")], p[_key(prefix, "k_norm.bias")], norm_eps)
+    if rope is not None:  # the patch tokens' q and k, after the qk-norm (timm's EVA)
+        q, k = nm.rotate(q, rope, rotate_half), nm.rotate(k, rope, rotate_half)
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale
+    if attn_bias is not None:
+        scores = scores + attn_bias
+    probs = nm.softmax(nm.r(scores))
     out = nm.r(probs @ v).transpose(0, 2, 1, 3).reshape(B, T, A)
-    out = nm.linear(out, p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
-    if cfg.attn_value_skip:
+    if inner_norm:
+        out = nm.layer_norm(out, p[_key(prefix, "norm.weight")], p[_key(prefix, "norm.bias")], norm_eps)
+    out = nm.linear(out, p[_key(prefix, "proj.weight")], p[_key(prefix, "proj.bias")])
+    if value_skip:
         out = nm.r(v.transpose(0, 2, 1, 3).reshape(B, T, A) + out)
     return out, (probs if want_attn else None)
 
 
-def block(nm: _Numerics, cfg: ViTConfig, p: dict, i: int, x: np.ndarray, want_attn: bool = False):
-    pre = f"blocks.{i}"
-    eps = cfg.layer_norm_eps
-    h = nm.layer_norm(x, p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"], eps)
-    y, probs = attention(nm, cfg, p, f"{pre}.attn", h, want_attn)
-    if cfg.init_values is not None:  # LayerScale: a per-channel gamma on each branch, rounded like a multiply
-        y = nm.r(y * p[f"{pre}.ls1.gamma"])
-    # Widths differ only in a T2T-style first block: then there is no outer residual.
-    x = nm.r(x + y) if cfg.block_in_dim(i) == cfg.width else y
-    h = nm.layer_norm(x, p[f"{pre}.norm2.weight"], p[f"{pre}.norm2.bias"], eps)
-    h = mlp(nm, cfg, p, f"{pre}.mlp", h, gated=cfg.swiglu)
-    if cfg.init_values is not None:
-        h = nm.r(h * p[f"{pre}.ls2.gamma"])
+def block(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, attn: dict, mlp: dict,
+          ls_init: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6,
+          rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None, want_attn: bool = False):
+    """Pre-norm transformer block (the backends' `Block`, same arguments: `cfg.block_args(i)`); returns (output,
+    attention probabilities or None). With ls_init, LayerScale gammas ls1/ls2 scale each branch. When dim differs
+    from the attention's width (a T2T-style first block) there is no outer residual around attention."""
+    width = attn.get("width") or dim
+    h = nm.layer_norm(x, p[_key(prefix, "norm1.weight")], p[_key(prefix, "norm1.bias")], norm_eps)
+    y, probs = attention(nm, p, _key(prefix, "attn"), h, dim=dim, **attn, rope=rope, attn_bias=attn_bias,
+                         want_attn=want_attn)
+    if ls_init is not None:  # LayerScale: a per-channel gamma on each branch, rounded like a multiply
+        y = nm.r(y * p[_key(prefix, "ls1.gamma")])
+    x = nm.r(x + y) if dim == width else y
+    h = nm.layer_norm(x, p[_key(prefix, "norm2.weight")], p[_key(prefix, "norm2.bias")], norm_eps)
+    h = mlp_forward(nm, p, _key(prefix, "mlp"), h, **mlp)
+    if ls_init is not None:
+        h = nm.r(h * p[_key(prefix, "ls2.gamma")])
     return nm.r(x + h), probs
 
 
-def mlp(nm: _Numerics, cfg: ViTConfig, p: dict, prefix: str, x: np.ndarray, gated: bool = False) -> np.ndarray:
-    """fc1 -> GELU (cfg.gelu) -> fc2, or with `gated` (cfg.swiglu, block MLPs only) fc1 -> SwiGLU -> fc2."""
-    h = nm.linear(x, p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"])
-    h = nm.swiglu(h) if gated else nm.gelu(h, cfg.gelu)
-    return nm.linear(h, p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
+def mlp_forward(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | None = None, hidden: int,
+                act: str = "erf", gated: bool = False, inner_norm: bool = False, norm_eps: float = 1e-6,
+                dropout: float = 0.0) -> np.ndarray:
+    """fc1 -> act -> [norm] -> fc2 (the backends' `Mlp`, same arguments: `cfg.mlp_args()`); with `gated` fc1 has
+    2 * hidden rows and act(gate) * value replaces act (act "silu": SwiGLU); inner_norm: a LayerNorm `norm` over the
+    hidden width before fc2 (timm's scale_mlp_norm). The dropout rate is training-only."""
+    h = nm.linear(x, p[_key(prefix, "fc1.weight")], p[_key(prefix, "fc1.bias")])
+    h = nm.glu(h, act) if gated else nm.act(h, act)
+    if inner_norm:
+        h = nm.layer_norm(h, p[_key(prefix, "norm.weight")], p[_key(prefix, "norm.bias")], norm_eps)
+    return nm.linear(h, p[_key(prefix, "fc2.weight")], p[_key(prefix, "fc2.bias")])
 
 
-def attention_pool(nm: _Numerics, cfg: ViTConfig, p: dict, x: np.ndarray) -> np.ndarray:
-    """timm's AttentionPoolLatent (SigLIP's MAP head) over the patch tokens x (B, N, W): one learned latent query
-    attends to them (q from the latent, k and v from `kv`), then proj, and a residual MLP on its LayerNorm.
-    Returns (B, W), the latent's output."""
+def attention_pool(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, num_heads: int, hidden: int,
+                   act: str = "erf", norm_eps: float = 1e-6) -> np.ndarray:
+    """timm's AttentionPoolLatent (SigLIP's MAP head) over the patch tokens x (B, N, W) (arguments:
+    `cfg.pool_args()`): one learned latent query attends to them (q from the latent, k and v from `kv`), then
+    proj, and a residual MLP on its LayerNorm. Returns (B, W), the latent's output."""
     B, N, W = x.shape
-    H, hd = cfg.num_heads, cfg.head_dim
-    q = nm.linear(p["attn_pool.latent"], p["attn_pool.q.weight"], p["attn_pool.q.bias"])  # (1, 1, W)
+    H = num_heads
+    hd = W // H
+    q = nm.linear(p[_key(prefix, "latent")], p[_key(prefix, "q.weight")], p[_key(prefix, "q.bias")])  # (1, 1, W)
     q = np.broadcast_to(q.reshape(1, 1, H, hd).transpose(0, 2, 1, 3), (B, H, 1, hd))
-    kv = nm.linear(x, p["attn_pool.kv.weight"], p["attn_pool.kv.bias"]).reshape(B, N, 2, H, hd).transpose(2, 0, 3, 1, 4)
+    kv = nm.linear(x, p[_key(prefix, "kv.weight")], p[_key(prefix, "kv.bias")])
+    kv = kv.reshape(B, N, 2, H, hd).transpose(2, 0, 3, 1, 4)
     k, v = kv[0], kv[1]
     probs = nm.softmax(nm.r((q @ k.transpose(0, 1, 3, 2)) * hd ** -0.5))
     o = nm.r(probs @ v).transpose(0, 2, 1, 3).reshape(B, 1, W)
-    o = nm.linear(o, p["attn_pool.proj.weight"], p["attn_pool.proj.bias"])
-    h = nm.layer_norm(o, p["attn_pool.norm.weight"], p["attn_pool.norm.bias"], cfg.layer_norm_eps)
-    return nm.r(o + mlp(nm, cfg, p, "attn_pool.mlp", h))[:, 0]
+    o = nm.linear(o, p[_key(prefix, "proj.weight")], p[_key(prefix, "proj.bias")])
+    h = nm.layer_norm(o, p[_key(prefix, "norm.weight")], p[_key(prefix, "norm.bias")], norm_eps)
+    return nm.r(o + mlp_forward(nm, p, _key(prefix, "mlp"), h, hidden=hidden, act=act))[:, 0]
 
 
 def patchify(images: np.ndarray, patch: int) -> np.ndarray:
@@ -236,9 +312,10 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
         x = nm.layer_norm(x, p["norm_pre.weight"], p["norm_pre.bias"], cfg.layer_norm_eps)
         out["norm_pre"] = x
 
+    rope = None  # a rotary table (shared.posemb.rope_table) for this grid, once per forward: no config field yet
     attn_maps = []
     for i in range(cfg.depth):
-        x, probs = block(nm, cfg, p, i, x, return_attn)
+        x, probs = block(nm, p, f"blocks.{i}", x, **cfg.block_args(i), rope=rope, want_attn=return_attn)
         out[f"block_{i}"] = x
         attn_maps.append(probs)
 
@@ -257,7 +334,7 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
     elif cfg.pool == "token_mean":  # HF Dinov2ForImageClassification: the registers are in neither half
         x = np.concatenate([x[:, 0], nm.r(x[:, n0:].mean(axis=1))], axis=-1)
     else:  # map: the attention pool sees the patch tokens only (timm's pool_include_prefix=False)
-        x = attention_pool(nm, cfg, p, x[:, n0:])
+        x = attention_pool(nm, p, "attn_pool", x[:, n0:], **cfg.pool_args())
     if cfg.fc_norm:
         x = nm.layer_norm(x, p["fc_norm.weight"], p["fc_norm.bias"], cfg.layer_norm_eps)
     if cfg.representation_size:

@@ -1,9 +1,9 @@
 """Keras 3 layers of the ViT, written with keras.ops only (run on the TensorFlow, JAX and torch backends).
 
-Numerics follow shared/reference.py exactly; every choice comes from the ViTConfig, never from a
-Keras default: LayerNormalization gets `epsilon=cfg.layer_norm_eps` (the qk-norm ones too), GELU is
-`gelu_f32(x, cfg.gelu)` (erf, tanh or QuickGELU x * sigmoid(1.702 x)), the softmax is max-subtracted and
-computed in float32.
+Numerics follow shared/reference.py exactly; every choice is a layer argument (the model reads them from the
+ViTConfig: cfg.block_args(i), cfg.pool_args()), never a Keras default: LayerNormalization gets an explicit
+epsilon (the qk-norm ones too), the activation is `act_f32(x, kind)` (GELU erf, tanh or QuickGELU
+x * sigmoid(1.702 x), or silu), the softmax is max-subtracted and computed in float32.
 
 Precision: the model is built with a dtype policy (`mixed_bfloat16` / `mixed_float16` for the
 low-precision runs): variables stay float32 (so export is lossless) and are cast to the compute
@@ -12,7 +12,8 @@ compute in float32 and round their output to the compute dtype, as the reference
 multiply runs in the compute dtype (one rounding, as in the reference).
 
 Every layer is registered under the package 'vit_keras' and its `get_config` returns every
-constructor argument; the ViTConfig travels as a plain dict (`ViTConfig.to_dict()`).
+constructor argument (PatchEmbed's ViTConfig travels as a plain dict, `ViTConfig.to_dict()`). Attention, Mlp,
+Block and AttentionPool map their variables to canonical keys (`canonical_variables(prefix)`).
 """
 from __future__ import annotations
 
@@ -58,20 +59,59 @@ def gelu_f32(x, kind: str, dtype):
     return ops.cast(y, dtype)
 
 
-def swiglu_f32(x, dtype):
-    """silu(gate) * value over the packed [gate; value] last axis (timm SwiGLUPacked), computed in float32,
-    rounded to `dtype`."""
+def act_f32(x, kind: str, dtype):
+    """An MLP activation (shared.config.ACT_KINDS: a GELU form or "silu"), computed in float32, rounded to `dtype`."""
+    if kind == "silu":
+        return ops.cast(ops.silu(_f32(x)), dtype)
+    return gelu_f32(x, kind, dtype)
+
+
+def glu_f32(x, kind: str, dtype):
+    """act(gate) * value over the packed [gate; value] last axis (timm's packed gated MLP; silu: SwiGLUPacked),
+    computed in float32, rounded to `dtype`."""
     gate, value = ops.split(_f32(x), 2, axis=-1)
-    return ops.cast(ops.silu(gate) * value, dtype)
+    g = ops.silu(gate) if kind == "silu" else gelu_f32(gate, kind, "float32")
+    return ops.cast(g * value, dtype)
 
 
-def _layer_norm(cfg: ViTConfig, name: str, dtype):
+def apply_rope(x, rope, rotate_half: bool, dtype):
+    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd)
+    (shared.posemb.rope_table), in float32, rounded to `dtype`; the prefix tokens stay as they are."""
+    n, H, T, hd = rope.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    sin, cos = ops.split(_f32(rope), 2, axis=-1)
+    t = _f32(x[:, :, T - n:])
+    if rotate_half:
+        lo, hi = ops.split(t, 2, axis=-1)
+        r = ops.concatenate([-hi, lo], axis=-1)
+    else:
+        r = ops.reshape(ops.stack([-t[..., 1::2], t[..., 0::2]], axis=-1), (-1, H, n, hd))
+    return ops.concatenate([x[:, :, :T - n], ops.cast(t * cos + r * sin, dtype)], axis=2)
+
+
+def _layer_norm(eps: float, name: str, dtype):
     # epsilon passed explicitly: Keras' default 1e-3 must never apply.
-    return keras.layers.LayerNormalization(epsilon=cfg.layer_norm_eps, name=name, dtype=dtype)
+    return keras.layers.LayerNormalization(epsilon=eps, name=name, dtype=dtype)
 
 
 def _dense(units: int, name: str, dtype, use_bias: bool = True):
     return keras.layers.Dense(units, use_bias=use_bias, name=name, dtype=dtype)
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def ln_variables(prefix: str, layer) -> dict:
+    """A LayerNormalization's canonical keys: weight = gamma, bias = beta."""
+    return {f"{prefix}.weight": (layer.gamma, "direct"), f"{prefix}.bias": (layer.beta, "direct")}
+
+
+def dense_variables(prefix: str, layer) -> dict:
+    """A Dense layer's canonical keys: weight = kernel transposed ("dense"), bias."""
+    v = {f"{prefix}.weight": (layer.kernel, "dense")}
+    if layer.use_bias:
+        v[f"{prefix}.bias"] = (layer.bias, "direct")
+    return v
 
 
 class _CfgLayer(keras.layers.Layer):
@@ -166,97 +206,169 @@ class PatchEmbed(_CfgLayer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Attention(_CfgLayer):
-    """Fused-qkv multi-head self-attention at width cfg.width; optional qk-norm (LayerNorm over each head's
-    channels of q and k, before the scale: `q_norm`, `k_norm`) and T2T value skip."""
+class Attention(keras.layers.Layer):
+    """Multi-head self-attention, as `shared.reference.attention` (same arguments: `cfg.attention_args(i)`).
 
-    def __init__(self, config, in_dim: int, **kwargs):
-        super().__init__(config, **kwargs)
-        c = self.cfg
-        self.in_dim = int(in_dim)
-        self.qkv = _dense(3 * c.width, "qkv", self.dtype_policy, use_bias=c.qkv_bias)
-        self.q_norm = _layer_norm(c, "q_norm", self.dtype_policy) if c.qk_norm else None
-        self.k_norm = _layer_norm(c, "k_norm", self.dtype_policy) if c.qk_norm else None
-        self.proj = _dense(c.width, "proj", self.dtype_policy)
-        self.attn_drop = keras.layers.Dropout(c.attn_dropout, name="attn_drop", dtype=self.dtype_policy)
-        self.proj_drop = keras.layers.Dropout(c.dropout, name="proj_drop", dtype=self.dtype_policy)
+    dim: input width; width: the attention's (default dim); heads of width/num_heads. Projections: one fused `qkv`
+    (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases with qkv_bias, the k part held at
+    zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's channels of q and k (`q_norm`, `k_norm`)
+    before the scale; inner_norm: LayerNorm `norm` over the merged heads before `proj` (timm's scale_attn_inner);
+    scale: default head_dim ** -0.5; value_skip (T2T): v (heads merged) + proj(...). call(x, rope, attn_bias,
+    return_attn): a rotary table rotates the last N tokens' q and k (`apply_rope`), attn_bias is added to the
+    scaled scores. Returns the output, or (output, probabilities) with return_attn."""
+
+    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
+                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
+                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
+                 norm_eps: float = 1e-6, attn_drop: float = 0.0, proj_drop: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.num_heads = int(dim), int(num_heads)
+        self.width = int(width) if width is not None else self.dim
+        self.head_dim = self.width // self.num_heads
+        self.qkv_bias, self.qkv_fused, self.k_bias = bool(qkv_bias), bool(qkv_fused), bool(k_bias)
+        self.qk_norm, self.inner_norm, self.rotate_half = bool(qk_norm), bool(inner_norm), bool(rotate_half)
+        self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
+        self.value_skip, self.norm_eps = bool(value_skip), float(norm_eps)
+        self.attn_drop_rate, self.proj_drop_rate = float(attn_drop), float(proj_drop)
+        pol, W = self.dtype_policy, self.width
+        if self.qkv_fused:
+            self.qkv = _dense(3 * W, "qkv", pol, use_bias=self.qkv_bias)
+        else:
+            self.q_proj = _dense(W, "q_proj", pol, use_bias=self.qkv_bias)
+            self.k_proj = _dense(W, "k_proj", pol, use_bias=self.qkv_bias and self.k_bias)
+            self.v_proj = _dense(W, "v_proj", pol, use_bias=self.qkv_bias)
+        self.q_norm = _layer_norm(self.norm_eps, "q_norm", pol) if self.qk_norm else None
+        self.k_norm = _layer_norm(self.norm_eps, "k_norm", pol) if self.qk_norm else None
+        self.norm = _layer_norm(self.norm_eps, "norm", pol) if self.inner_norm else None
+        self.proj = _dense(W, "proj", pol)
+        self.attn_drop = keras.layers.Dropout(self.attn_drop_rate, name="attn_drop", dtype=pol)
+        self.proj_drop = keras.layers.Dropout(self.proj_drop_rate, name="proj_drop", dtype=pol)
 
     def build(self, input_shape=None):
-        self.qkv.build((None, None, self.in_dim))
+        for name in self._projections():
+            getattr(self, name).build((None, None, self.dim))
         if self.q_norm is not None:
-            self.q_norm.build((None, None, None, self.cfg.head_dim))
-            self.k_norm.build((None, None, None, self.cfg.head_dim))
-        self.proj.build((None, None, self.cfg.width))
+            self.q_norm.build((None, None, None, self.head_dim))
+            self.k_norm.build((None, None, None, self.head_dim))
+        if self.norm is not None:
+            self.norm.build((None, None, self.width))
+        self.proj.build((None, None, self.width))
         self.built = True
 
-    def call(self, x, training=False, return_attn=False):
-        c = self.cfg
-        H, hd, A = c.num_heads, c.head_dim, c.width
+    def _projections(self) -> list[str]:
+        return ["qkv"] if self.qkv_fused else ["q_proj", "k_proj", "v_proj"]
+
+    def _qkv(self, x):
+        if not self.qkv_fused:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qkv_bias and not self.k_bias:  # the k third of the bias held at zero
+            W, dt = self.width, self.compute_dtype
+            b = ops.cast(self.qkv.bias, dt)
+            b = ops.concatenate([b[:W], ops.zeros((W,), dtype=dt), b[2 * W:]])
+            qkv = ops.matmul(x, ops.cast(self.qkv.kernel, dt)) + b
+        else:
+            qkv = self.qkv(x)
+        return ops.split(qkv, 3, axis=-1)
+
+    def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
+        H, hd, A = self.num_heads, self.head_dim, self.width
         T = x.shape[1]
-        qkv = self.qkv(x)
-        qkv = ops.reshape(qkv, (-1, T, 3, H, hd))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, H, T, hd): q, k, v
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = (ops.transpose(ops.reshape(t, (-1, T, H, hd)), (0, 2, 1, 3)) for t in self._qkv(x))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
-        scores = ops.cast(_f32(scores) * c.scale, self.compute_dtype)
-        probs = softmax_f32(scores, self.compute_dtype)
-        if training and c.attn_dropout > 0:
-            probs = self.attn_drop(probs, training=training)
-        out = ops.matmul(probs, v)
+        if rope is not None:
+            q = apply_rope(q, rope, self.rotate_half, self.compute_dtype)
+            k = apply_rope(k, rope, self.rotate_half, self.compute_dtype)
+        scores = _f32(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))) * self.scale
+        if attn_bias is not None:
+            scores = scores + _f32(attn_bias)
+        probs = softmax_f32(ops.cast(scores, self.compute_dtype), self.compute_dtype)
+        p = probs
+        if training and self.attn_drop_rate > 0:
+            p = self.attn_drop(probs, training=training)
+        out = ops.matmul(p, v)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, T, A))
+        if self.norm is not None:
+            out = self.norm(out)
         out = self.proj(out)
-        if training and c.dropout > 0:
+        if training and self.proj_drop_rate > 0:
             out = self.proj_drop(out, training=training)
-        if c.attn_value_skip:
+        if self.value_skip:
             out = ops.reshape(ops.transpose(v, (0, 2, 1, 3)), (-1, T, A)) + out
         return (out, probs) if return_attn else out
 
+    def canonical_variables(self, prefix: str = "") -> dict:
+        """canonical key (under `prefix`) -> (variable, kind), as `VisionTransformer.canonical_variables`."""
+        v = {}
+        for name in self._projections():
+            v.update(dense_variables(_key(prefix, name), getattr(self, name)))
+        if self.q_norm is not None:
+            v.update(ln_variables(_key(prefix, "q_norm"), self.q_norm))
+            v.update(ln_variables(_key(prefix, "k_norm"), self.k_norm))
+        if self.norm is not None:
+            v.update(ln_variables(_key(prefix, "norm"), self.norm))
+        v.update(dense_variables(_key(prefix, "proj"), self.proj))
+        return v
+
     def get_config(self):
         base = super().get_config()
-        base.update({"in_dim": self.in_dim})
+        base.update({"dim": self.dim, "num_heads": self.num_heads, "width": self.width, "qkv_bias": self.qkv_bias,
+                     "qkv_fused": self.qkv_fused, "k_bias": self.k_bias, "qk_norm": self.qk_norm,
+                     "inner_norm": self.inner_norm, "scale": self.scale, "rotate_half": self.rotate_half,
+                     "value_skip": self.value_skip, "norm_eps": self.norm_eps, "attn_drop": self.attn_drop_rate,
+                     "proj_drop": self.proj_drop_rate})
         return base
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Mlp(_CfgLayer):
-    """fc1 -> GELU (form from cfg.gelu, computed in float32) -> dropout -> fc2 -> dropout.
+class Mlp(keras.layers.Layer):
+    """fc1 -> act (computed in float32) -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward`
+    (same arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden units
+    and act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width before fc2
+    (timm's scale_mlp_norm)."""
 
-    `dropout`: None for cfg.dropout (a block's MLP); the attention pool's MLP passes 0.0 (timm's
-    AttentionPoolLatent has no dropout). `gated` (cfg.swiglu, a block's MLP): fc1 has 2 * mlp_dim units and
-    SwiGLU replaces the GELU."""
-
-    def __init__(self, config, dropout: float | None = None, gated: bool = False, **kwargs):
-        super().__init__(config, **kwargs)
-        c = self.cfg
-        self.dropout = None if dropout is None else float(dropout)
-        self.rate = c.dropout if dropout is None else float(dropout)
-        self.gated = bool(gated)
-        self.fc1 = _dense(2 * c.mlp_dim if self.gated else c.mlp_dim, "fc1", self.dtype_policy)
-        self.fc2 = _dense(c.width, "fc2", self.dtype_policy)
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
+                 norm_eps: float = 1e-6, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.hidden, self.act, self.gated = int(dim), int(hidden), str(act), bool(gated)
+        self.inner_norm, self.norm_eps = bool(inner_norm), float(norm_eps)
+        self.rate = float(dropout)
+        self.fc1 = _dense(2 * self.hidden if self.gated else self.hidden, "fc1", self.dtype_policy)
+        self.norm = _layer_norm(self.norm_eps, "norm", self.dtype_policy) if self.inner_norm else None
+        self.fc2 = _dense(self.dim, "fc2", self.dtype_policy)
         self.drop1 = keras.layers.Dropout(self.rate, name="drop1", dtype=self.dtype_policy)
         self.drop2 = keras.layers.Dropout(self.rate, name="drop2", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
-        self.fc1.build((None, None, self.cfg.width))
-        self.fc2.build((None, None, self.cfg.mlp_dim))
+        self.fc1.build((None, None, self.dim))
+        if self.norm is not None:
+            self.norm.build((None, None, self.hidden))
+        self.fc2.build((None, None, self.hidden))
         self.built = True
 
     def call(self, x, training=False):
-        c = self.cfg
         h = self.fc1(x)
-        h = swiglu_f32(h, self.compute_dtype) if self.gated else gelu_f32(h, c.gelu, self.compute_dtype)
+        h = glu_f32(h, self.act, self.compute_dtype) if self.gated else act_f32(h, self.act, self.compute_dtype)
         if training and self.rate > 0:
             h = self.drop1(h, training=training)
+        if self.norm is not None:
+            h = self.norm(h)
         h = self.fc2(h)
         if training and self.rate > 0:
             h = self.drop2(h, training=training)
         return h
 
+    def canonical_variables(self, prefix: str = "") -> dict:
+        v = dense_variables(_key(prefix, "fc1"), self.fc1)
+        if self.norm is not None:
+            v.update(ln_variables(_key(prefix, "norm"), self.norm))
+        v.update(dense_variables(_key(prefix, "fc2"), self.fc2))
+        return v
+
     def get_config(self):
         base = super().get_config()
-        base.update({"dropout": self.dropout, "gated": self.gated})
+        base.update({"dim": self.dim, "hidden": self.hidden, "act": self.act, "gated": self.gated,
+                     "inner_norm": self.inner_norm, "norm_eps": self.norm_eps, "dropout": self.rate})
         return base
 
 
@@ -283,30 +395,38 @@ class LayerScale(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Block(_CfgLayer):
-    """Pre-norm transformer block; block 0 of a T2T-style model (in_dim != width) has no outer attention residual.
-    With cfg.init_values each branch is scaled by a LayerScale (`ls1`, `ls2`) before its residual add."""
+class Block(keras.layers.Layer):
+    """Pre-norm transformer block, as `shared.reference.block` (same arguments: `cfg.block_args(i)`).
 
-    def __init__(self, config, index: int, **kwargs):
-        super().__init__(config, **kwargs)
-        c = self.cfg
-        self.index = int(index)
-        self.in_dim = c.block_in_dim(self.index)
-        self.norm1 = _layer_norm(c, "norm1", self.dtype_policy)
-        self.attn = Attention(c.to_dict(), self.in_dim, name="attn", dtype=self.dtype_policy)
-        self.norm2 = _layer_norm(c, "norm2", self.dtype_policy)
-        self.mlp = Mlp(c.to_dict(), gated=c.swiglu, name="mlp", dtype=self.dtype_policy)
-        scaled = c.init_values is not None
-        self.ls1 = LayerScale(c.width, name="ls1", dtype=self.dtype_policy) if scaled else None
-        self.ls2 = LayerScale(c.width, name="ls2", dtype=self.dtype_policy) if scaled else None
-        self.drop_path_rate = c.drop_path_rates[self.index]  # the same rates in every backend
-        self.drop_path1 = DropPath(self.drop_path_rate, name="drop_path1", dtype=self.dtype_policy)
-        self.drop_path2 = DropPath(self.drop_path_rate, name="drop_path2", dtype=self.dtype_policy)
+    attn / mlp: the Attention's and the Mlp's arguments (dim aside: the block's input width, and the attention's
+    width for the MLP). ls_init: LayerScale `ls1`, `ls2` on each branch before its residual add. When dim differs
+    from the attention's width (T2T first block) there is no outer attention residual. call(x, rope, attn_bias,
+    return_attn) passes rope and attn_bias to the attention; returns the output, or (output, probabilities) with
+    return_attn."""
+
+    def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        pol = self.dtype_policy
+        self.dim, self.attn_args, self.mlp_args = int(dim), dict(attn), dict(mlp)
+        self.ls_init = None if ls_init is None else float(ls_init)
+        self.norm_eps = float(norm_eps)
+        self.width = int(self.attn_args.get("width") or self.dim)
+        self.norm1 = _layer_norm(self.norm_eps, "norm1", pol)
+        self.attn = Attention(self.dim, **self.attn_args, name="attn", dtype=pol)
+        self.norm2 = _layer_norm(self.norm_eps, "norm2", pol)
+        self.mlp = Mlp(self.width, **self.mlp_args, name="mlp", dtype=pol)
+        scaled = self.ls_init is not None
+        self.ls1 = LayerScale(self.width, name="ls1", dtype=pol) if scaled else None
+        self.ls2 = LayerScale(self.width, name="ls2", dtype=pol) if scaled else None
+        self.drop_path_rate = float(drop_path)
+        self.drop_path1 = DropPath(self.drop_path_rate, name="drop_path1", dtype=pol)
+        self.drop_path2 = DropPath(self.drop_path_rate, name="drop_path2", dtype=pol)
 
     def build(self, input_shape=None):
-        W = self.cfg.width
-        self.norm1.build((None, None, self.in_dim))
-        self.attn.build((None, None, self.in_dim))
+        W = self.width
+        self.norm1.build((None, None, self.dim))
+        self.attn.build((None, None, self.dim))
         self.norm2.build((None, None, W))
         self.mlp.build((None, None, W))
         if self.ls1 is not None:
@@ -314,52 +434,67 @@ class Block(_CfgLayer):
             self.ls2.build((None, None, W))
         self.built = True
 
-    def call(self, x, training=False):
-        c = self.cfg
-        y = self.attn(self.norm1(x), training=training)
+    def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
+        y = self.attn(self.norm1(x), rope=rope, attn_bias=attn_bias, return_attn=return_attn, training=training)
+        y, probs = y if return_attn else (y, None)
         if self.ls1 is not None:
             y = self.ls1(y)
-        if self.in_dim == c.width:
+        if self.dim == self.width:
             x = x + self.drop_path1(y, training=training)
         else:
             x = y  # widths differ: no outer residual (the value skip inside attention carries x)
         h = self.mlp(self.norm2(x), training=training)
         if self.ls2 is not None:
             h = self.ls2(h)
-        return x + self.drop_path2(h, training=training)
+        x = x + self.drop_path2(h, training=training)
+        return (x, probs) if return_attn else x
+
+    def canonical_variables(self, prefix: str = "") -> dict:
+        v = ln_variables(_key(prefix, "norm1"), self.norm1)
+        v.update(self.attn.canonical_variables(_key(prefix, "attn")))
+        if self.ls1 is not None:
+            v[_key(prefix, "ls1.gamma")] = (self.ls1.gamma, "direct")
+        v.update(ln_variables(_key(prefix, "norm2"), self.norm2))
+        v.update(self.mlp.canonical_variables(_key(prefix, "mlp")))
+        if self.ls2 is not None:
+            v[_key(prefix, "ls2.gamma")] = (self.ls2.gamma, "direct")
+        return v
 
     def get_config(self):
         base = super().get_config()
-        base.update({"index": self.index})
+        base.update({"dim": self.dim, "attn": dict(self.attn_args), "mlp": dict(self.mlp_args),
+                     "ls_init": self.ls_init, "drop_path": self.drop_path_rate, "norm_eps": self.norm_eps})
         return base
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class AttentionPool(_CfgLayer):
-    """timm's AttentionPoolLatent (SigLIP's MAP head, cfg.pool == "map") over the patch tokens (B, N, W): a learned
-    `latent` query (q from it, k and v from `kv`, rows k then v) attends with cfg.num_heads heads and scale
-    head_dim ** -0.5 (not cfg.qk_scale), then `proj`; out = out + mlp(norm(out)). Returns (B, W)."""
+class AttentionPool(keras.layers.Layer):
+    """timm's AttentionPoolLatent (SigLIP's MAP head, pool="map"), as `shared.reference.attention_pool` (same
+    arguments: `cfg.pool_args()`), over the patch tokens (B, N, dim): a learned `latent` query (q from it, k and v
+    from `kv`, rows k then v) attends with num_heads heads and scale head_dim ** -0.5, then `proj`;
+    out = out + mlp(norm(out)) (act, no dropout: timm's). Returns (B, dim)."""
 
-    def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
-        c = self.cfg
-        pol = self.dtype_policy
-        self.q = _dense(c.width, "q", pol)
-        self.kv = _dense(2 * c.width, "kv", pol)
-        self.proj = _dense(c.width, "proj", pol)
-        self.norm = _layer_norm(c, "norm", pol)
-        self.mlp = Mlp(c.to_dict(), dropout=0.0, name="mlp", dtype=pol)
+    def __init__(self, dim: int, num_heads: int, hidden: int, act: str = "erf", norm_eps: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.num_heads, self.hidden, self.act = int(dim), int(num_heads), int(hidden), str(act)
+        self.norm_eps = float(norm_eps)
+        pol, W = self.dtype_policy, self.dim
+        self.q = _dense(W, "q", pol)
+        self.kv = _dense(2 * W, "kv", pol)
+        self.proj = _dense(W, "proj", pol)
+        self.norm = _layer_norm(self.norm_eps, "norm", pol)
+        self.mlp = Mlp(W, self.hidden, self.act, name="mlp", dtype=pol)
 
     def build(self, input_shape=None):
-        W = self.cfg.width
+        W = self.dim
         self.latent = self.add_weight(shape=(1, 1, W), initializer="zeros", name="latent", autocast=False)
         for layer in (self.q, self.kv, self.proj, self.norm, self.mlp):
             layer.build((None, None, W))
         self.built = True
 
     def call(self, x):
-        c = self.cfg
-        H, hd, W = c.num_heads, c.head_dim, c.width
+        H, W = self.num_heads, self.dim
+        hd = W // H
         dt = self.compute_dtype
         N = x.shape[1]
         q = self.q(ops.cast(self.latent, dt))  # (1, 1, W)
@@ -373,6 +508,20 @@ class AttentionPool(_CfgLayer):
         out = self.proj(out)
         out = out + self.mlp(self.norm(out))
         return out[:, 0]
+
+    def canonical_variables(self, prefix: str = "") -> dict:
+        v = {_key(prefix, "latent"): (self.latent, "direct")}
+        for name in ("q", "kv", "proj"):
+            v.update(dense_variables(_key(prefix, name), getattr(self, name)))
+        v.update(ln_variables(_key(prefix, "norm"), self.norm))
+        v.update(self.mlp.canonical_variables(_key(prefix, "mlp")))
+        return v
+
+    def get_config(self):
+        base = super().get_config()
+        base.update({"dim": self.dim, "num_heads": self.num_heads, "hidden": self.hidden, "act": self.act,
+                     "norm_eps": self.norm_eps})
+        return base
 
 
 #: every layer class vit_keras registers (the `.keras` loader's allow-list adds the model's class)

@@ -45,8 +45,8 @@ from shared.init import init_weights
 from shared.posemb import fixed_table
 from shared.weights import validate_state
 
-from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, _dense, _layer_norm, as_config, resample_table,
-                     softmax_f32, with_unpositioned_prefix)
+from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, _dense, _layer_norm, as_config, dense_variables,
+                     ln_variables, resample_table, softmax_f32, with_unpositioned_prefix)
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -62,11 +62,12 @@ class VisionTransformer(keras.Model):
         pol = self.dtype_policy
         self.patch_embed = PatchEmbed(c.to_dict(), data_format=data_format, name="patch_embed", dtype=pol)
         self.pos_drop = keras.layers.Dropout(c.dropout, name="pos_drop", dtype=pol)
-        self.norm_pre = _layer_norm(c, "norm_pre", pol) if c.norm_pre else None
-        self.blocks = [Block(c.to_dict(), i, name=f"blocks_{i}", dtype=pol) for i in range(c.depth)]
-        self.norm = _layer_norm(c, "norm", pol) if c.final_norm else None
-        self.attn_pool = AttentionPool(c.to_dict(), name="attn_pool", dtype=pol) if c.pool == "map" else None
-        self.fc_norm = _layer_norm(c, "fc_norm", pol) if c.fc_norm else None
+        eps = c.layer_norm_eps
+        self.norm_pre = _layer_norm(eps, "norm_pre", pol) if c.norm_pre else None
+        self.blocks = [Block(**c.block_args(i), name=f"blocks_{i}", dtype=pol) for i in range(c.depth)]
+        self.norm = _layer_norm(eps, "norm", pol) if c.final_norm else None
+        self.attn_pool = AttentionPool(**c.pool_args(), name="attn_pool", dtype=pol) if c.pool == "map" else None
+        self.fc_norm = _layer_norm(eps, "fc_norm", pol) if c.fc_norm else None
         self.pre_logits = (_dense(c.representation_size, "pre_logits_fc", pol)
                            if c.representation_size else None)
         self.head = _dense(c.num_classes, "head", pol) if c.num_classes else None
@@ -131,13 +132,19 @@ class VisionTransformer(keras.Model):
             self._fixed_tables[grid] = np.asarray(fixed_table(c, grid), np.float32)[None]
         return ops.convert_to_tensor(self._fixed_tables[grid])
 
+    def rope_table(self, grid):
+        """The rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
+        at `grid`, or None: no config field turns rotary positions on yet."""
+        return None
+
     # --------------------------------------------------------------- forward
     def forward_stages(self, x, training=False, return_attn=False):
-        """Every named stage (dict), computed in the policy's compute dtype."""
+        """Every named stage (dict), computed in the policy's compute dtype (+ attn_i maps with return_attn)."""
         c = self.cfg
         dt = self.compute_dtype
         out = {}
         grid = self._grid(x.shape)
+        rope = self.rope_table(grid)
         x = self.patch_embed(x)
         out["patch_embed"] = x
         B, D = ops.shape(x)[0], c.embed_dim
@@ -161,8 +168,12 @@ class VisionTransformer(keras.Model):
         if self.norm_pre is not None:
             x = self.norm_pre(x)
             out["norm_pre"] = x
+        maps = {}
         for i, blk in enumerate(self.blocks):
-            x = blk(x, training=training)
+            if return_attn:
+                x, maps[f"attn_{i}"] = blk(x, rope=rope, return_attn=True, training=training)
+            else:
+                x = blk(x, rope=rope, training=training)
             out[f"block_{i}"] = x
         if self.norm is not None:
             x = self.norm(x)
@@ -192,6 +203,7 @@ class VisionTransformer(keras.Model):
             if c.output_softmax:
                 x = softmax_f32(x, dt)
         out["logits"] = x
+        out.update(maps)
         return out
 
     @staticmethod
@@ -234,43 +246,19 @@ class VisionTransformer(keras.Model):
             v["pos_embed"] = (self.pos_embed, "direct")
 
         def ln(key, layer):
-            v[f"{key}.weight"] = (layer.gamma, "direct")
-            v[f"{key}.bias"] = (layer.beta, "direct")
+            v.update(ln_variables(key, layer))
 
         def dense(key, layer):
-            v[f"{key}.weight"] = (layer.kernel, "dense")
-            if layer.use_bias:
-                v[f"{key}.bias"] = (layer.bias, "direct")
-
-        def mlp(key, layer):
-            dense(f"{key}.fc1", layer.fc1)
-            dense(f"{key}.fc2", layer.fc2)
+            v.update(dense_variables(key, layer))
 
         if self.norm_pre is not None:
             ln("norm_pre", self.norm_pre)
         for i, b in enumerate(self.blocks):
-            p = f"blocks.{i}"
-            ln(f"{p}.norm1", b.norm1)
-            dense(f"{p}.attn.qkv", b.attn.qkv)
-            if b.attn.q_norm is not None:
-                ln(f"{p}.attn.q_norm", b.attn.q_norm)
-                ln(f"{p}.attn.k_norm", b.attn.k_norm)
-            dense(f"{p}.attn.proj", b.attn.proj)
-            if b.ls1 is not None:
-                v[f"{p}.ls1.gamma"] = (b.ls1.gamma, "direct")
-            ln(f"{p}.norm2", b.norm2)
-            mlp(f"{p}.mlp", b.mlp)
-            if b.ls2 is not None:
-                v[f"{p}.ls2.gamma"] = (b.ls2.gamma, "direct")
+            v.update(b.canonical_variables(f"blocks.{i}"))
         if self.norm is not None:
             ln("norm", self.norm)
         if self.attn_pool is not None:
-            ap = self.attn_pool
-            v["attn_pool.latent"] = (ap.latent, "direct")
-            for name in ("q", "kv", "proj"):
-                dense(f"attn_pool.{name}", getattr(ap, name))
-            ln("attn_pool.norm", ap.norm)
-            mlp("attn_pool.mlp", ap.mlp)
+            v.update(self.attn_pool.canonical_variables("attn_pool"))
         if self.fc_norm is not None:
             ln("fc_norm", self.fc_norm)
         if self.pre_logits is not None:

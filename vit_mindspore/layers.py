@@ -1,6 +1,7 @@
 """MindSpore building blocks whose numerics follow shared/reference.py exactly.
 
-Every numerics choice comes from the ViTConfig: nothing here relies on a MindSpore default
+Every numerics choice is a cell argument (the model reads them from the ViTConfig: cfg.block_args(i),
+cfg.pool_args()): nothing here relies on a MindSpore default
 (nn.GELU is tanh-approximate by default, nn.LayerNorm uses eps 1e-7 and names its parameters
 gamma/beta, nn.Conv2d is slow on CPU). Parameters are named like the canonical keys
 (`weight`, `bias`, ...), so a cell's parameter names *are* the canonical names. Cells create their
@@ -62,12 +63,15 @@ class _Cell(nn.Cell):
 class Linear(_Cell):
     """y = x W^T + b with W (out, in) as in the canonical file; rounds once to the compute dtype."""
 
-    def __init__(self, in_features: int, out_features: int, has_bias: bool = True, dtype=mstype.float32):
+    def __init__(self, in_features: int, out_features: int, has_bias: bool = True, dtype=mstype.float32,
+                 bias_mask=None):
         super().__init__(dtype)
         self.out_features, self.in_features = out_features, in_features
         self.weight = _param((out_features, in_features), "weight", dtype)
         self.has_bias = bool(has_bias)
         self.bias = _param((out_features,), "bias", dtype) if has_bias else None
+        # bias_mask: a constant 0/1 vector the bias is multiplied by (the k third of a fused qkv held at zero)
+        self.bias_mask = Tensor(np.asarray(bias_mask, np.float32)).astype(dtype) if bias_mask is not None else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
         self.reshape = ops.Reshape()
@@ -76,7 +80,10 @@ class Linear(_Cell):
         shape = x.shape
         y = self.matmul(self.reshape(x, (-1, shape[-1])), self.weight)
         if self.has_bias:
-            y = self.bias_add(y, self.bias)
+            if self.bias_mask is not None:
+                y = self.bias_add(y, self.bias * self.bias_mask)
+            else:
+                y = self.bias_add(y, self.bias)
         return self.reshape(y, shape[:-1] + (self.out_features,))
 
 
@@ -115,33 +122,38 @@ def gelu_quick(x):
     return x * ops.sigmoid(1.702 * x)
 
 
-class GELU(_Cell):
-    """GELU of the config's kind ("erf", "tanh" or "quick"), computed in float32, rounded once."""
+def silu(x):
+    """x * sigmoid(x), written out like QuickGELU (the same Sigmoid kernel and its error)."""
+    return x * ops.sigmoid(x)
 
-    def __init__(self, kind: str, dtype=mstype.float32):
+
+class GELU(_Cell):
+    """An MLP activation (shared.config.ACT_KINDS): GELU "erf", "tanh" or "quick", or "silu", computed in float32,
+    rounded once. gated: act(gate) * value over the packed [gate; value] last axis instead (timm's packed gated
+    MLP; silu: SwiGLUPacked), in float32, rounded once."""
+
+    def __init__(self, kind: str, dtype=mstype.float32, gated: bool = False):
         super().__init__(dtype)
-        if kind not in ("erf", "tanh", "quick"):
-            raise ValueError(f"GELU kind must be 'erf', 'tanh' or 'quick', got {kind!r}")
+        if kind not in ("erf", "tanh", "quick", "silu"):
+            raise ValueError(f"activation must be 'erf', 'tanh', 'quick' or 'silu', got {kind!r}")
         self.kind = kind
+        self.gated = bool(gated)
+
+    def act(self, x):
+        if self.kind == "erf":
+            return gelu_erf(x)
+        if self.kind == "quick":
+            return gelu_quick(x)
+        if self.kind == "silu":
+            return silu(x)
+        return gelu_tanh(x)
 
     def construct(self, x):
         x = self.f32(x)
-        if self.kind == "erf":
-            y = gelu_erf(x)
-        elif self.kind == "quick":
-            y = gelu_quick(x)
-        else:
-            y = gelu_tanh(x)
-        return self.back(y)
-
-
-class SwiGLU(_Cell):
-    """silu(gate) * value over the packed [gate; value] last axis (timm SwiGLUPacked), in float32, rounded once.
-    silu is written x * sigmoid(x), like QuickGELU (the same Sigmoid kernel and its error)."""
-
-    def construct(self, x):
-        gate, value = ops.chunk(self.f32(x), 2, axis=-1)
-        return self.back(gate * ops.sigmoid(gate) * value)
+        if self.gated:
+            gate, value = ops.chunk(x, 2, axis=-1)
+            return self.back(self.act(gate) * value)
+        return self.back(self.act(x))
 
 
 class Softmax(_Cell):
@@ -278,76 +290,131 @@ def merge_heads(t, width: int):
     return ops.reshape(ops.transpose(t, (0, 2, 1, 3)), (B, T, width))
 
 
-class Attention(_Cell):
-    """Multi-head self-attention: fused qkv (rows q, k, v), [qk-norm], scores * cfg.scale, softmax, proj.
+def apply_rope(x, rope, rotate_half: bool):
+    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd) float32
+    (shared.posemb.rope_table), in float32, rounded once to x's dtype; the prefix tokens stay as they are."""
+    n = rope.shape[0]
+    B, H, T, hd = x.shape
+    sin, cos = ops.chunk(ops.cast(rope, mstype.float32), 2, axis=-1)
+    t = ops.cast(x[:, :, T - n:], mstype.float32)
+    if rotate_half:
+        lo, hi = ops.chunk(t, 2, axis=-1)
+        r = ops.concat((-hi, lo), axis=-1)
+    else:
+        r = ops.reshape(ops.stack((-t[..., 1::2], t[..., 0::2]), axis=-1), (B, H, n, hd))
+    y = ops.cast(t * cos + r * sin, x.dtype)
+    if T == n:
+        return y
+    return ops.concat((x[:, :, :T - n], y), axis=2)
 
-    With cfg.qk_norm, q and k are LayerNorm'ed over each head's channels (`q_norm`, `k_norm`, eps from the
-    config) after the heads are split and before the scale, as timm. With cfg.attn_value_skip the output is
-    v (heads merged) + proj(attn @ v), as reference.attention.
+
+class Attention(_Cell):
+    """Multi-head self-attention, as `shared.reference.attention` (same arguments: `cfg.attention_args(i)`).
+
+    dim: input width; width: the attention's (default dim); heads of width/num_heads. Projections: one fused `qkv`
+    (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases with qkv_bias, the k part held at
+    zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's channels of q and k (`q_norm`,
+    `k_norm`) after the heads are split, before the scale, as timm; inner_norm: LayerNorm `norm` over the merged
+    heads before `proj` (timm's scale_attn_inner); scale: default head_dim ** -0.5; value_skip (T2T): v (heads
+    merged) + proj(attn @ v). construct(x, rope, attn_bias, return_attn): a rotary table rotates the last N tokens'
+    q and k (`apply_rope`), attn_bias is added to the scaled scores. Returns the output, or (output,
+    probabilities) with return_attn.
     """
 
-    def __init__(self, cfg: ViTConfig, in_dim: int, dtype=mstype.float32, fused_softmax: bool = True):
+    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
+                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
+                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
+                 norm_eps: float = 1e-6, attn_drop: float = 0.0, proj_drop: float = 0.0, *,
+                 dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
-        self.num_heads = cfg.num_heads
-        self.head_dim = cfg.head_dim
-        self.width = cfg.width
-        self.scale = float(cfg.scale)
-        self.value_skip = bool(cfg.attn_value_skip)
-        self.qkv = Linear(in_dim, 3 * cfg.width, cfg.qkv_bias, dtype)
-        self.has_qk_norm = bool(cfg.qk_norm)
-        self.q_norm = LayerNorm(cfg.head_dim, cfg.layer_norm_eps, dtype) if cfg.qk_norm else None
-        self.k_norm = LayerNorm(cfg.head_dim, cfg.layer_norm_eps, dtype) if cfg.qk_norm else None
-        self.proj = Linear(cfg.width, cfg.width, True, dtype)
+        W = int(width) if width is not None else int(dim)
+        self.num_heads = int(num_heads)
+        self.head_dim = W // self.num_heads
+        self.width = W
+        self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
+        self.value_skip = bool(value_skip)
+        self.qkv_fused = bool(qkv_fused)
+        self.rotate_half = bool(rotate_half)
+        if self.qkv_fused:
+            mask = None if k_bias or not qkv_bias else np.concatenate([np.ones(W), np.zeros(W), np.ones(W)])
+            self.qkv = Linear(dim, 3 * W, qkv_bias, dtype, bias_mask=mask)
+            self.q_proj = self.k_proj = self.v_proj = None
+        else:
+            self.qkv = None
+            self.q_proj = Linear(dim, W, qkv_bias, dtype)
+            self.k_proj = Linear(dim, W, qkv_bias and k_bias, dtype)
+            self.v_proj = Linear(dim, W, qkv_bias, dtype)
+        self.has_qk_norm = bool(qk_norm)
+        self.q_norm = LayerNorm(self.head_dim, norm_eps, dtype) if qk_norm else None
+        self.k_norm = LayerNorm(self.head_dim, norm_eps, dtype) if qk_norm else None
+        self.inner_norm = bool(inner_norm)
+        self.norm = LayerNorm(W, norm_eps, dtype) if inner_norm else None
+        self.proj = Linear(W, W, True, dtype)
         self.softmax = Softmax(dtype, fused_softmax)
-        self.attn_drop = Dropout(cfg.attn_dropout)
-        self.proj_drop = Dropout(cfg.dropout)
+        self.attn_drop = Dropout(attn_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.split = ops.Split(axis=-1, output_num=3)
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
 
-    def scores(self, x):
-        """v in heads (B, H, T, hd) and the scaled scores q k^T * scale (B, H, T, T)."""
-        # Split, then per-tensor head transposes: indexing a transposed (3, B, H, T, hd) tensor runs
-        # MindSpore CPU's StridedSlice, ~10x slower here (22% of a B/16 forward, measured).
-        q, k, v = self.split(self.qkv(x))
+    def scores(self, x, rope=None, attn_bias=None):
+        """v in heads (B, H, T, hd) and the scores q k^T * scale (+ attn_bias) (B, H, T, T)."""
+        if self.qkv_fused:
+            # Split, then per-tensor head transposes: indexing a transposed (3, B, H, T, hd) tensor runs
+            # MindSpore CPU's StridedSlice, ~10x slower here (22% of a B/16 forward, measured).
+            q, k, v = self.split(self.qkv(x))
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q, k, v = self.heads(q), self.heads(k), self.heads(v)
         if self.has_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope, self.rotate_half), apply_rope(k, rope, self.rotate_half)
         s = self.qk_matmul(q, k) * self.scale
+        if attn_bias is not None:
+            s = s + attn_bias
         return v, s
 
     def heads(self, t):
         """(B, T, W) -> (B, heads, T, head_dim)."""
         return split_heads(t, self.num_heads, self.head_dim)
 
-    def construct(self, x):
-        v, s = self.scores(x)
-        probs = self.attn_drop(self.softmax(s))
-        out = merge_heads(self.av_matmul(probs, v), self.width)
+    def construct(self, x, rope=None, attn_bias=None, return_attn=False):
+        v, s = self.scores(x, rope, attn_bias)
+        probs = self.softmax(s)
+        out = merge_heads(self.av_matmul(self.attn_drop(probs), v), self.width)
+        if self.inner_norm:
+            out = self.norm(out)
         out = self.proj_drop(self.proj(out))
         if self.value_skip:
             out = merge_heads(v, self.width) + out
+        if return_attn:
+            return out, probs
         return out
 
 
 class Mlp(_Cell):
-    """fc1 -> GELU (form from cfg.gelu, computed in float32) -> dropout -> fc2 -> dropout.
+    """fc1 -> act (computed in float32) -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward`
+    (same arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden
+    outputs and act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width
+    before fc2 (timm's scale_mlp_norm)."""
 
-    dropout: the rate, cfg.dropout unless given (the attention pool's MLP has none, as timm's). gated (cfg.swiglu,
-    a block's MLP): fc1 has 2 * mlp_dim outputs and SwiGLU replaces the GELU."""
-
-    def __init__(self, cfg: ViTConfig, dim: int, dtype=mstype.float32, dropout: float | None = None,
-                 gated: bool = False):
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
+                 norm_eps: float = 1e-6, dropout: float = 0.0, *, dtype=mstype.float32):
         super().__init__(dtype)
-        rate = cfg.dropout if dropout is None else dropout
-        self.fc1 = Linear(dim, 2 * cfg.mlp_dim if gated else cfg.mlp_dim, True, dtype)
-        self.act = SwiGLU(dtype) if gated else GELU(cfg.gelu, dtype)
-        self.drop1 = Dropout(rate)
-        self.fc2 = Linear(cfg.mlp_dim, dim, True, dtype)
-        self.drop2 = Dropout(rate)
+        self.fc1 = Linear(dim, 2 * hidden if gated else hidden, True, dtype)
+        self.act = GELU(act, dtype, gated)
+        self.drop1 = Dropout(dropout)
+        self.inner_norm = bool(inner_norm)
+        self.norm = LayerNorm(hidden, norm_eps, dtype) if inner_norm else None
+        self.fc2 = Linear(hidden, dim, True, dtype)
+        self.drop2 = Dropout(dropout)
 
     def construct(self, x):
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        h = self.drop1(self.act(self.fc1(x)))
+        if self.inner_norm:
+            h = self.norm(h)
+        return self.drop2(self.fc2(h))
 
 
 class LayerScale(_Cell):
@@ -364,32 +431,38 @@ class LayerScale(_Cell):
 
 
 class Block(_Cell):
-    """Pre-norm transformer block i, exactly like `shared.reference.block`.
+    """Pre-norm transformer block, as `shared.reference.block` (same arguments: `cfg.block_args(i)`).
 
-    With cfg.init_values each branch's output is scaled by LayerScale (`ls1`, `ls2`) before stochastic depth
-    and the residual add (timm's order). When the block's input width differs from cfg.width (T2T first
-    block) there is no outer residual around attention (and so no stochastic depth on that branch; ls1 still
-    scales it). The stochastic-depth rate is cfg.drop_path_rates[index], as in every backend.
+    attn / mlp: the Attention's and the Mlp's arguments (dim aside: the block's input width, and the attention's
+    width for the MLP). With ls_init each branch's output is scaled by LayerScale (`ls1`, `ls2`) before stochastic
+    depth and the residual add (timm's order). When dim differs from the attention's width (T2T first block) there
+    is no outer residual around attention (and so no stochastic depth on that branch; ls1 still scales it).
+    construct(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the output, or
+    (output, probabilities) with return_attn.
     """
 
-    def __init__(self, cfg: ViTConfig, index: int, dtype=mstype.float32, fused_softmax: bool = True):
+    def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6, *, dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
-        eps = cfg.layer_norm_eps
-        in_dim = cfg.block_in_dim(index)
-        self.residual = in_dim == cfg.width
-        self.drop_path_rate = cfg.drop_path_rates[index]
-        self.layer_scale = cfg.init_values is not None
-        self.norm1 = LayerNorm(in_dim, eps, dtype)
-        self.attn = Attention(cfg, in_dim, dtype, fused_softmax)
-        self.ls1 = LayerScale(cfg.width, dtype) if self.layer_scale else None
+        W = attn.get("width") or dim
+        self.residual = dim == W
+        self.drop_path_rate = float(drop_path)
+        self.layer_scale = ls_init is not None
+        self.norm1 = LayerNorm(dim, norm_eps, dtype)
+        self.attn = Attention(dim, **attn, dtype=dtype, fused_softmax=fused_softmax)
+        self.ls1 = LayerScale(W, dtype) if self.layer_scale else None
         self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
-        self.norm2 = LayerNorm(cfg.width, eps, dtype)
-        self.mlp = Mlp(cfg, cfg.width, dtype, gated=cfg.swiglu)
-        self.ls2 = LayerScale(cfg.width, dtype) if self.layer_scale else None
+        self.norm2 = LayerNorm(W, norm_eps, dtype)
+        self.mlp = Mlp(W, **mlp, dtype=dtype)
+        self.ls2 = LayerScale(W, dtype) if self.layer_scale else None
         self.drop_path2 = DropPath(self.drop_path_rate)
 
-    def construct(self, x):
-        y = self.attn(self.norm1(x))
+    def construct(self, x, rope=None, attn_bias=None, return_attn=False):
+        probs = None
+        if return_attn:
+            y, probs = self.attn(self.norm1(x), rope, attn_bias, True)
+        else:
+            y = self.attn(self.norm1(x), rope, attn_bias)
         if self.layer_scale:
             y = self.ls1(y)
         if self.residual:
@@ -399,31 +472,36 @@ class Block(_Cell):
         h = self.mlp(self.norm2(x))
         if self.layer_scale:
             h = self.ls2(h)
-        return x + self.drop_path2(h)
+        x = x + self.drop_path2(h)
+        if return_attn:
+            return x, probs
+        return x
 
 
 class AttentionPoolLatent(_Cell):
-    """timm's AttentionPoolLatent (SigLIP's MAP head), exactly like `shared.reference.attention_pool`.
+    """timm's AttentionPoolLatent (SigLIP's MAP head), exactly like `shared.reference.attention_pool` (same
+    arguments: `cfg.pool_args()`).
 
     One learned query `latent` (1, 1, W) attends to the tokens it is given (the model passes the patch tokens
     only): q = q(latent), k and v from `kv` (rows k then v), scores * head_dim ** -0.5 (never cfg.qk_scale),
-    cfg.num_heads heads, no qk-norm; out = proj(attn @ v); out = out + mlp(norm(out)). Returns (B, W), the
+    num_heads heads, no qk-norm; out = proj(attn @ v); out = out + mlp(norm(out)). Returns (B, W), the
     latent's output. No dropout (timm's defaults). Parameters: latent, q, kv, proj, norm, mlp.fc1, mlp.fc2.
     """
 
-    def __init__(self, cfg: ViTConfig, dtype=mstype.float32, fused_softmax: bool = True):
+    def __init__(self, dim: int, num_heads: int, hidden: int, act: str = "erf", norm_eps: float = 1e-6, *,
+                 dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
-        W = cfg.width
-        self.num_heads = cfg.num_heads
-        self.head_dim = cfg.head_dim
+        W = int(dim)
+        self.num_heads = int(num_heads)
+        self.head_dim = W // self.num_heads
         self.width = W
-        self.scale = float(cfg.head_dim) ** -0.5
+        self.scale = float(self.head_dim) ** -0.5
         self.latent = _param((1, 1, W), "latent", dtype)
         self.q = Linear(W, W, True, dtype)
         self.kv = Linear(W, 2 * W, True, dtype)
         self.proj = Linear(W, W, True, dtype)
-        self.norm = LayerNorm(W, cfg.layer_norm_eps, dtype)
-        self.mlp = Mlp(cfg, W, dtype, dropout=0.0)
+        self.norm = LayerNorm(W, norm_eps, dtype)
+        self.mlp = Mlp(W, hidden, act, dtype=dtype)
         self.softmax = Softmax(dtype, fused_softmax)
         self.split = ops.Split(axis=-1, output_num=2)
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)

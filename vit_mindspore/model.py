@@ -72,7 +72,7 @@ class PosTable(nn.Cell):
     tokens (shared.posemb.with_unpositioned_prefix: x + 0 is exact, so this is timm's no_embed_class bit for
     bit), then Wh @ table(gh, gw) @ Ww^T per channel (identity when grids agree);
     sincos*: a constant Tensor (not a Parameter); none: nothing.
-    Holds no parameters: the learned table is passed in by the model.
+    Holds no parameters: the learned table is passed in by the model. `rope`: the grid's rotary table, or None.
     """
 
     def __init__(self, cfg: ViTConfig, grid: tuple[int, int]):
@@ -96,6 +96,9 @@ class PosTable(nn.Cell):
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
         self.concat = ops.Concat(axis=0)
+        # the rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
+        # at this grid: no config field turns rotary positions on yet
+        self.rope = None
 
     def construct(self, learned):
         """learned: the (1, num_pos_prefix + gh*gw, D) float32 parameter (or None).
@@ -161,9 +164,11 @@ class VisionTransformer(_Cell):
         self.pos_drop = Dropout(cfg.dropout)
         eps = cfg.layer_norm_eps
         self.norm_pre = LayerNorm(D, eps, mdt) if cfg.norm_pre else None
-        self.blocks = nn.CellList([Block(cfg, i, mdt, fused_softmax) for i in range(cfg.depth)])
+        self.blocks = nn.CellList([Block(**cfg.block_args(i), dtype=mdt, fused_softmax=fused_softmax)
+                                   for i in range(cfg.depth)])
         self.norm = LayerNorm(W, eps, mdt) if cfg.final_norm else None
-        self.attn_pool = AttentionPoolLatent(cfg, mdt, fused_softmax) if cfg.pool == "map" else None
+        self.attn_pool = (AttentionPoolLatent(**cfg.pool_args(), dtype=mdt, fused_softmax=fused_softmax)
+                          if cfg.pool == "map" else None)
         self.fc_norm = LayerNorm(W, eps, mdt) if cfg.fc_norm else None
         self.pre_logits = (_PreLogits(cfg.pooled_dim, cfg.representation_size, mdt) if cfg.representation_size
                            else None)
@@ -190,6 +195,11 @@ class VisionTransformer(_Cell):
         table = PosTable(self.config, tuple(int(g) for g in grid))(self.f32(self.pos_embed) if self.learned_pos
                                                                    else None)
         return ops.expand_dims(table, 0)
+
+    def rope_table(self, grid: tuple[int, int]):
+        """The rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
+        at `grid`, or None (PosTable.rope: no config field turns rotary positions on yet)."""
+        return PosTable(self.config, tuple(int(g) for g in grid)).rope
 
     # ------------------------------------------------------------------ forward
     def embed(self, x, pos):
@@ -276,7 +286,7 @@ class VisionTransformer(_Cell):
             x = self.norm_pre(x)
             outs = outs + (x,)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, pos.rope)
             outs = outs + (x,)
         if self.has_final_norm:
             x = self.norm(x)

@@ -1,8 +1,9 @@
 """PyTorch building blocks of the suite's ViT: PatchEmbed, Attention, Mlp, LayerScale, Block, AttentionPool
 (timm parameter names).
 
-Every numerics choice comes from `ViTConfig` (LayerNorm eps, GELU form, qk scale, value skip,
-widths); nothing relies on a torch default. Where a low-precision model (bfloat16/float16)
+Each layer takes its own arguments (the model reads them from `ViTConfig`: cfg.block_args(i), cfg.pool_args());
+every numerics choice (LayerNorm eps, activation, qk scale, value skip, widths) is an argument, nothing relies on
+a torch default. Where a low-precision model (bfloat16/float16)
 reduces or normalises (softmax, mean pooling), the computation runs in float32 and rounds its
 result once, which is what `shared.reference` emulates at those dtypes.
 
@@ -17,9 +18,9 @@ from torch import nn
 from shared.config import ViTConfig
 
 
-def layer_norm(dim: int, cfg: ViTConfig) -> nn.LayerNorm:
-    """Every LayerNorm of the model: eps from the config, affine."""
-    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps, elementwise_affine=True)
+def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
+    """Every LayerNorm of the model: eps given (from the config), affine."""
+    return nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
 
 
 def softmax_f32(x: torch.Tensor) -> torch.Tensor:
@@ -61,52 +62,96 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # row-major patch order
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv Linear (rows q, k, v).
+def apply_rope(x: torch.Tensor, rope: torch.Tensor, rotate_half: bool) -> torch.Tensor:
+    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd)
+    (shared.posemb.rope_table), in at least float32, rounded once to x's dtype; the prefix tokens stay as they are."""
+    n = rope.shape[0]
+    sin, cos = rope.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
+    t = x[..., x.shape[-2] - n:, :].to(sin.dtype)
+    if rotate_half:
+        lo, hi = t.chunk(2, dim=-1)
+        r = torch.cat([-hi, lo], dim=-1)
+    else:
+        r = torch.stack([-t[..., 1::2], t[..., 0::2]], dim=-1).reshape(t.shape)
+    return torch.cat([x[..., :x.shape[-2] - n, :], (t * cos + r * sin).to(x.dtype)], dim=-2)
 
-    Input width `in_dim` may differ from the attention width cfg.width (T2T first block).
-    With cfg.attn_value_skip the output is `v_merged + proj(softmax(q k^T * scale) v)`.
-    `fused_attn=True` uses F.scaled_dot_product_attention(scale=cfg.scale); the explicit path (q k^T and softmax
-    in at least float32, probabilities rounded to the model dtype, matmul) is used otherwise and whenever
-    attention maps are requested.
+
+class Attention(nn.Module):
+    """Multi-head self-attention, as `shared.reference.attention` (same arguments: `cfg.attention_args(i)`).
+
+    dim: input width; width: the attention's (default dim; differs in a T2T first block); heads of width/num_heads.
+    Projections: one fused `qkv` Linear (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases
+    with qkv_bias, the k part held at zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's
+    channels of q and k (`q_norm`, `k_norm`), before the scale. inner_norm: LayerNorm `norm` over the merged heads
+    before `proj` (timm's scale_attn_inner). scale: default head_dim ** -0.5. value_skip (T2T): the output is
+    v (heads merged) + proj(...). forward(x, rope, attn_bias, return_attn): a rotary table rotates the last N
+    tokens' q and k (`apply_rope`; rotate_half picks the rotation), attn_bias is added to the scaled scores.
+    Returns the output, or (output, probabilities) with return_attn.
+    `fused_attn=True` uses F.scaled_dot_product_attention; the explicit path (q k^T and softmax in at least
+    float32, probabilities rounded to the model dtype, matmul) is used otherwise and whenever the probabilities
+    are requested.
     """
 
-    def __init__(self, cfg: ViTConfig, in_dim: int, fused_attn: bool = True):
+    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
+                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
+                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
+                 norm_eps: float = 1e-6, attn_drop: float = 0.0, proj_drop: float = 0.0, *, fused_attn: bool = True):
         super().__init__()
-        self.num_heads, self.head_dim, self.width = cfg.num_heads, cfg.head_dim, cfg.width
-        self.scale = float(cfg.scale)
-        self.value_skip = bool(cfg.attn_value_skip)
+        W = int(width) if width is not None else int(dim)
+        self.num_heads, self.head_dim, self.width = int(num_heads), W // int(num_heads), W
+        self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
+        self.value_skip = bool(value_skip)
+        self.qkv_fused, self.k_bias, self.rotate_half = bool(qkv_fused), bool(k_bias), bool(rotate_half)
         self.fused_attn = bool(fused_attn)
-        self.qkv = nn.Linear(in_dim, 3 * cfg.width, bias=cfg.qkv_bias)
-        # qk-norm: LayerNorm over each head's channels on q and k, before the scale
-        self.q_norm = layer_norm(cfg.head_dim, cfg) if cfg.qk_norm else nn.Identity()
-        self.k_norm = layer_norm(cfg.head_dim, cfg) if cfg.qk_norm else nn.Identity()
-        self.attn_drop = nn.Dropout(cfg.attn_dropout)
-        self.proj = nn.Linear(cfg.width, cfg.width, bias=True)
-        self.proj_drop = nn.Dropout(cfg.dropout)
+        if qkv_fused:
+            self.qkv = nn.Linear(dim, 3 * W, bias=qkv_bias)
+        else:
+            self.q_proj = nn.Linear(dim, W, bias=qkv_bias)
+            self.k_proj = nn.Linear(dim, W, bias=qkv_bias and k_bias)
+            self.v_proj = nn.Linear(dim, W, bias=qkv_bias)
+        self.q_norm = layer_norm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = layer_norm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = layer_norm(W, norm_eps) if inner_norm else nn.Identity()
+        self.proj = nn.Linear(W, W, bias=True)
+        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False):
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.qkv_fused:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        b = self.qkv.bias
+        if b is None or self.k_bias:
+            return self.qkv(x).chunk(3, dim=-1)
+        W = self.width  # the k third of the bias held at zero
+        return F.linear(x, self.qkv.weight, torch.cat([b[:W], torch.zeros_like(b[W:2 * W]), b[2 * W:]])).chunk(3, dim=-1)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+                return_attn: bool = False):
         B, T, _ = x.shape
         H, hd, W = self.num_heads, self.head_dim, self.width
-        qkv = self.qkv(x).reshape(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, T, hd)
+        q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in self._qkv(x))  # (B, H, T, hd)
         q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope, self.rotate_half), apply_rope(k, rope, self.rotate_half)
         probs = None
         if self.fused_attn and not return_attn:
             p = self.attn_drop.p if self.training else 0.0
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+            mask = attn_bias.to(q.dtype) if attn_bias is not None else None
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
         else:
             # scores in at least float32 (one rounding less than a low-precision matmul + scale; a float64
             # model stays float64), probabilities rounded once to the model dtype
             acc = torch.promote_types(q.dtype, torch.float32)
             scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * self.scale
+            if attn_bias is not None:
+                scores = scores + attn_bias.to(acc)
             probs = torch.softmax(scores, dim=-1).to(q.dtype)
             o = self.attn_drop(probs) @ v
-        o = o.transpose(1, 2).reshape(B, T, W)
+        o = self.norm(o.transpose(1, 2).reshape(B, T, W))
         o = self.proj_drop(self.proj(o))
         if self.value_skip:
             o = v.transpose(1, 2).reshape(B, T, W) + o
-        return o, probs
+        return (o, probs) if return_attn else o
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, scale={self.scale}, value_skip={self.value_skip}, fused_attn={self.fused_attn}"
@@ -119,9 +164,20 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-def gelu(cfg: ViTConfig) -> nn.Module:
-    """The config's GELU form: erf (approximate='none'), tanh (approximate='tanh') or quick (CLIP)."""
-    return QuickGELU() if cfg.gelu == "quick" else nn.GELU(approximate={"erf": "none", "tanh": "tanh"}[cfg.gelu])
+class SiLU(nn.Module):
+    """x * sigmoid(x), computed in float32 and rounded once (a SwiGLU gate)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x.float()).to(x.dtype)
+
+
+def activation(kind: str) -> nn.Module:
+    """An MLP activation (shared.config.ACT_KINDS): GELU erf (approximate='none') or tanh, QuickGELU (CLIP), silu."""
+    if kind == "quick":
+        return QuickGELU()
+    if kind == "silu":
+        return SiLU()
+    return nn.GELU(approximate={"erf": "none", "tanh": "tanh"}[kind])
 
 
 class LayerScale(nn.Module):
@@ -135,77 +191,91 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class SwiGLU(nn.Module):
-    """silu(gate) * value over fc1's packed output [gate; value] (timm SwiGLUPacked), computed in float32 and
-    rounded once, like the reference."""
+class GLU(nn.Module):
+    """act(gate) * value over fc1's packed output [gate; value] (timm's packed gated MLP; act silu: SwiGLUPacked),
+    computed in float32 and rounded once, like the reference."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.act = F.silu if kind == "silu" else activation(kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = x.float().chunk(2, dim=-1)
-        return (F.silu(gate) * value).to(x.dtype)
+        return (self.act(gate) * value).to(x.dtype)
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU (cfg.gelu) -> dropout -> fc2 -> dropout; with `gated` (cfg.swiglu, the blocks' MLPs) fc1 has
-    2 * mlp_dim rows and SwiGLU replaces the GELU."""
+    """fc1 -> act -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward` (same arguments:
+    `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden rows and
+    act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width before fc2
+    (timm's scale_mlp_norm)."""
 
-    def __init__(self, cfg: ViTConfig, dim: int, gated: bool = False):
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
+                 norm_eps: float = 1e-6, dropout: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * cfg.mlp_dim if gated else cfg.mlp_dim, bias=True)
-        self.act = SwiGLU() if gated else gelu(cfg)
-        self.drop1 = nn.Dropout(cfg.dropout)
-        self.fc2 = nn.Linear(cfg.mlp_dim, dim, bias=True)
-        self.drop2 = nn.Dropout(cfg.dropout)
+        self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=True)
+        self.act = GLU(act) if gated else activation(act)
+        self.drop1 = nn.Dropout(dropout)
+        self.norm = layer_norm(hidden, norm_eps) if inner_norm else nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim, bias=True)
+        self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block i, exactly like `shared.reference.block`.
+    """Pre-norm transformer block, as `shared.reference.block` (same arguments: `cfg.block_args(i)`).
 
-    When the block's input width differs from cfg.width (T2T first block) there is no outer
-    residual around attention (and so no stochastic depth on that branch). The stochastic-depth
-    rate is cfg.drop_path_rates[index], as in every backend.
+    attn / mlp: the Attention's and the Mlp's arguments (dim aside: the block's input width, and the attention's
+    width for the MLP). ls_init: LayerScale `ls1`, `ls2` on each branch. When dim differs from the attention's
+    width (T2T first block) there is no outer residual around attention (and so no stochastic depth on that
+    branch). forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
+    output, or (output, probabilities) with return_attn.
     """
 
-    def __init__(self, cfg: ViTConfig, index: int, fused_attn: bool = True):
+    def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6, *, fused_attn: bool = True):
         super().__init__()
-        din = cfg.block_in_dim(index)
-        self.residual = din == cfg.width
-        self.drop_path_rate = cfg.drop_path_rates[index]
-        self.norm1 = layer_norm(din, cfg)
-        self.attn = Attention(cfg, din, fused_attn)
-        scaled = cfg.init_values is not None
-        self.ls1 = LayerScale(cfg.width, cfg.init_values) if scaled else nn.Identity()
+        W = attn.get("width") or dim
+        self.residual = dim == W
+        self.drop_path_rate = float(drop_path)
+        self.norm1 = layer_norm(dim, norm_eps)
+        self.attn = Attention(dim, **attn, fused_attn=fused_attn)
+        scaled = ls_init is not None
+        self.ls1 = LayerScale(W, ls_init) if scaled else nn.Identity()
         self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
-        self.norm2 = layer_norm(cfg.width, cfg)
-        self.mlp = Mlp(cfg, cfg.width, gated=cfg.swiglu)
-        self.ls2 = LayerScale(cfg.width, cfg.init_values) if scaled else nn.Identity()
+        self.norm2 = layer_norm(W, norm_eps)
+        self.mlp = Mlp(W, **mlp)
+        self.ls2 = LayerScale(W, ls_init) if scaled else nn.Identity()
         self.drop_path2 = DropPath(self.drop_path_rate)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False):
-        y, probs = self.attn(self.norm1(x), return_attn)
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+                return_attn: bool = False):
+        y = self.attn(self.norm1(x), rope, attn_bias, return_attn)
+        y, probs = y if return_attn else (y, None)
         y = self.ls1(y)
         x = x + self.drop_path1(y) if self.residual else y
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, probs
+        return (x, probs) if return_attn else x
 
 
 class AttentionPool(nn.Module):
-    """timm's AttentionPoolLatent (SigLIP's MAP head), as `shared.reference.attention_pool`: one learned latent query
-    attends to the tokens it is given (q from the latent, k and v from `kv`), proj, then a residual MLP on its
-    LayerNorm; returns the latent's output (B, W). Scale head_dim ** -0.5, the model's heads and GELU, no dropout."""
+    """timm's AttentionPoolLatent (SigLIP's MAP head), as `shared.reference.attention_pool` (same arguments:
+    `cfg.pool_args()`): one learned latent query attends to the tokens it is given (q from the latent, k and v from
+    `kv`), proj, then a residual MLP (act, no dropout: timm's) on its LayerNorm; returns the latent's output (B, dim).
+    Scale head_dim ** -0.5."""
 
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, dim: int, num_heads: int, hidden: int, act: str = "erf", norm_eps: float = 1e-6):
         super().__init__()
-        W = cfg.width
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        W = dim
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.latent = nn.Parameter(torch.zeros(1, 1, W))
         self.q = nn.Linear(W, W, bias=True)
         self.kv = nn.Linear(W, 2 * W, bias=True)
         self.proj = nn.Linear(W, W, bias=True)
-        self.norm = layer_norm(W, cfg)
-        self.mlp = Mlp(cfg.replace(dropout=0.0), W)  # timm builds the pool without dropout
+        self.norm = layer_norm(W, norm_eps)
+        self.mlp = Mlp(W, hidden, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, W = x.shape

@@ -54,11 +54,12 @@ class VisionTransformer(nn.Module):
             gh, gw = cfg.table_grid
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_pos_prefix + gh * gw, D))
         self.pos_drop = nn.Dropout(cfg.dropout)
-        self.norm_pre = layer_norm(D, cfg) if cfg.norm_pre else nn.Identity()
-        self.blocks = nn.ModuleList([Block(cfg, i, fused_attn) for i in range(cfg.depth)])
-        self.norm = layer_norm(W, cfg) if cfg.final_norm else nn.Identity()
-        self.attn_pool = AttentionPool(cfg) if cfg.pool == "map" else None
-        self.fc_norm = layer_norm(W, cfg) if cfg.fc_norm else nn.Identity()
+        eps = cfg.layer_norm_eps
+        self.norm_pre = layer_norm(D, eps) if cfg.norm_pre else nn.Identity()
+        self.blocks = nn.ModuleList([Block(**cfg.block_args(i), fused_attn=fused_attn) for i in range(cfg.depth)])
+        self.norm = layer_norm(W, eps) if cfg.final_norm else nn.Identity()
+        self.attn_pool = AttentionPool(**cfg.pool_args()) if cfg.pool == "map" else None
+        self.fc_norm = layer_norm(W, eps) if cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
             self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(cfg.pooled_dim, cfg.representation_size),
                                                         act=nn.Tanh()))
@@ -116,11 +117,18 @@ class VisionTransformer(nn.Module):
             self._table_cache[key] = torch.from_numpy(fixed_table(cfg, grid)).to(device)[None]  # float64
         return self._table_cache[key]
 
+    def rope_table(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
+        at `grid`, or None: no config field turns rotary positions on yet."""
+        return None
+
     # ------------------------------------------------------------------ forward
+    def _grid(self, x: torch.Tensor) -> tuple[int, int]:
+        return (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
+
     def _embed(self, x: torch.Tensor, out: dict | None = None) -> torch.Tensor:
         cfg = self.config
-        _, _, h, w = x.shape
-        grid = (h // cfg.patch_size, w // cfg.patch_size)
+        grid = self._grid(x)
         x = self.patch_embed(x)
         if out is not None:
             out["patch_embed"] = x
@@ -149,9 +157,10 @@ class VisionTransformer(nn.Module):
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        rope = self.rope_table(self._grid(x))
         x = self._embed(x)
         for blk in self.blocks:
-            x, _ = blk(x)
+            x = blk(x, rope)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -200,10 +209,11 @@ class VisionTransformer(nn.Module):
     def forward_stages(self, x: torch.Tensor, return_attn: bool = False) -> dict[str, torch.Tensor]:
         """Every stage of cfg.stage_names() as `shared.reference.forward` defines them (+ attn_i maps)."""
         out: dict[str, torch.Tensor] = {}
+        rope = self.rope_table(self._grid(x))
         x = self._embed(x, out)
         maps = []
         for i, blk in enumerate(self.blocks):
-            x, probs = blk(x, return_attn)
+            x, probs = blk(x, rope, return_attn=True) if return_attn else (blk(x, rope), None)
             out[f"block_{i}"] = x
             maps.append(probs)
         x = self.norm(x)

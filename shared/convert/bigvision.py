@@ -41,7 +41,7 @@ from ..config import ViTConfig
 from ..errors import ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError
 from ..posemb import resample_pos_embed
 from ..weights import CANONICAL_DTYPE, validate_state
-from .timm import _isqrt_exact, _pair, _resolve_preset, to_float32
+from .common import isqrt_exact, pair, resolve_preset, to_float32
 
 #: numerics timm's _load_weights gives these files (timm's VisionTransformer defaults, bilinear resampling)
 TIMM_READING = dict(layer_norm_eps=1e-6, gelu="erf", resize_kernel="bilinear")
@@ -135,7 +135,7 @@ def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None =
     prefix_rows = 1 if has_cls else 0
 
     # ---- numerics: timm's reading, or the preset's (said)
-    p_cfg = _resolve_preset(preset)
+    p_cfg = resolve_preset(preset)
     facts = dict(TIMM_READING, pool="token" if has_cls else "mean")
     if p_cfg is not None:
         said = [f"{k}={getattr(p_cfg, k)!r} (timm reads {v!r})" for k, v in TIMM_READING.items()
@@ -152,8 +152,8 @@ def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None =
             warnings.warn(f"{source}: preset {p_cfg.name!r}: using " + "; ".join(said), ConversionWarning, stacklevel=2)
 
     # ---- the position table's grid
-    stated = _pair(image_size) if image_size is not None else None
-    s = _isqrt_exact(T - prefix_rows)
+    stated = pair(image_size) if image_size is not None else None
+    s = isqrt_exact(T - prefix_rows)
     if s:
         table_grid = (s, s)
     elif stated and stated[0] % P == 0 and stated[1] % P == 0 and (stated[0] // P) * (stated[1] // P) == T - prefix_rows:
@@ -283,7 +283,7 @@ def bigvision_source_output(path: str | os.PathLike, images: np.ndarray, image_s
     has_cls, has_rep = f"{pre}cls" in w, f"{pre}pre_logits/kernel" in w
     K = w[f"{pre}head/kernel"].shape[1] if f"{pre}head/kernel" in w else 0
     side = int(round((w[f"{pre}{_POS}"].shape[1] - has_cls) ** 0.5)) * P
-    model = VisionTransformer(img_size=_pair(image_size) if image_size is not None else (side, side), patch_size=P,
+    model = VisionTransformer(img_size=pair(image_size) if image_size is not None else (side, side), patch_size=P,
                               in_chans=C, embed_dim=D, depth=depth, num_heads=H, mlp_ratio=M / D, qkv_bias=True,
                               class_token=has_cls, global_pool="token" if has_cls else "avg", fc_norm=False,
                               num_classes=0 if has_rep else K)

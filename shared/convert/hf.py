@@ -96,18 +96,16 @@ import numpy as np
 from .. import limits as L
 from ..config import ViTConfig, is_int, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError)
-from ..posemb import resample_pos_embed
 from ..safeio import read_json_file
 from ..fileio import write_dir_atomically
 from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 from .hf_clip import ARCHITECTURES as CLIP_ARCHITECTURES
 from .hf_clip import MODEL_TYPES as HF_CLIP_TYPES
 from .hfconfig import ConfigFacts
-from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
+from .common import (HF_GELU, HF_GELU_OUT, flatten_checkpoint, pair, read_torch_checkpoint, resize_state, strip_prefixes,
+                     to_float32)
 
 HF_DEFAULT_EPS = 1e-12  # ViTConfig's (vit, deit, vit_mae, ijepa); DINOv2's and ViTMSN's are 1e-6 (_DEFAULTS)
-_GELU = {"gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "quick_gelu": "quick"}
-_GELU_OUT = {"erf": "gelu", "tanh": "gelu_pytorch_tanh", "quick": "quick_gelu"}
 
 _COMMON_DEFAULTS = {"image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_act": "gelu", "qkv_bias": True,
                     "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -204,13 +202,6 @@ def accepted_architectures() -> list[tuple[str, str]]:
         [(mt, a) for mt, archs in CLIP_ARCHITECTURES.items() for a in archs]
 
 
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
-        return (int(v), int(v))
-    h, w = v
-    return (int(h), int(w))
-
-
 def _top_keys(fam: _Family, *, dist: str | None, pooler: bool, registers: bool) -> dict[str, str]:
     """canonical -> HF key (relative to the base model) of everything outside the blocks and the heads; `dist`:
     the canonical name of DeiT's distillation token (dist_token or reg_token)."""
@@ -247,20 +238,6 @@ def _architectures(hf_config: Mapping[str, Any], source: str) -> list[str]:
     return archs
 
 
-def _resized(cfg: ViTConfig, state: dict[str, np.ndarray], image_size) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """The same weights stored for another input size: a learned table resampled with the config's kernel (the
-    prefix rows, cfg.num_pos_prefix of them, kept)."""
-    target = _pair(image_size)
-    if target == tuple(cfg.image_size) and cfg.table_grid == cfg.grid:
-        return cfg, state
-    new = cfg.replace(image_size=target, pos_grid=None)
-    state = dict(state)
-    if cfg.pos_embed == "learned":
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_pos_prefix,
-                                                cfg.resize_kernel).astype(CANONICAL_DTYPE)
-    return new, state
-
-
 # ---------------------------------------------------------------------------- import
 def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: str = "<hf checkpoint>",
               image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
@@ -284,7 +261,7 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
                                   f"read: {', '.join(HF_MODEL_TYPES)})")
         cfg, out = _import_family(fam, state, hf_config, source)
     if image_size is not None:
-        cfg, out = _resized(cfg, out, image_size)
+        cfg, out = resize_state(cfg, out, image_size)
     validate_state(cfg, out, source=source)
     return cfg, out
 
@@ -328,7 +305,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
     # ---- facts from config.json, type-checked, then checked against the file
     H = facts.as_int("num_attention_heads", required=True, hi=L.MAX_HEADS)
     act = facts.as_str("hidden_act")
-    if act not in _GELU:
+    if act not in HF_GELU:
         raise ConversionError(f"{source}: hidden_act {act!r} is not a GELU the canonical model supports "
                               f"(gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh; quick_gelu -> quick)")
     eps = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
@@ -346,7 +323,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
             or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([img_v] if is_int(img_v) else img_v)):
         raise ConfigError(f"{facts.where}: 'image_size' must be an int or [height, width] ints in [1, "
                           f"{L.MAX_IMAGE_SIDE}], got {shown(img_v)}")
-    img = _pair(img_v)
+    img = pair(img_v)
     name_v = hf_config.get("_name_or_path")
     if name_v is not None and not isinstance(name_v, str):
         raise ConfigError(f"{facts.where}: '_name_or_path' must be a string, got {shown(name_v)}")
@@ -494,7 +471,7 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
             class_token="learned" if fam.class_token else "none", dist_token=dist_token, reg_tokens=reg,
             pool="token_mean" if dino and variant == "classifier" else fam.pool, pos_embed="learned",
             pos_prefix_tokens=fam.pos_prefix if reg and mt == "dinov2_with_registers" else None,
-            resize_kernel=fam.resize_kernel, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
+            resize_kernel=fam.resize_kernel, gelu=HF_GELU[act], layer_norm_eps=eps, final_norm=True,
             representation_size=rep, num_classes=K, dropout=hidden_dropout, attn_dropout=attn_dropout,
             drop_path=drop_path or 0.0, notes=f"imported from Hugging Face {arch} {source}{note}")
     except ConfigError as e:
@@ -712,7 +689,7 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
     conf: dict[str, Any] = {
         "architectures": [arch], "model_type": mt,
         "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
-        "hidden_act": _GELU_OUT[cfg.gelu], "hidden_dropout_prob": cfg.dropout,
+        "hidden_act": HF_GELU_OUT[cfg.gelu], "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.attn_dropout, "initializer_range": 0.02,
         "layer_norm_eps": cfg.layer_norm_eps, "image_size": h if h == w else [h, w], "patch_size": cfg.patch_size,
         "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,

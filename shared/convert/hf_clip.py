@@ -87,7 +87,7 @@ from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchEr
 from ..posemb import resample_pos_embed
 from ..weights import CANONICAL_DTYPE, validate_state
 from .hfconfig import ConfigFacts
-from .timm import strip_prefixes, to_float32
+from .common import HF_GELU, HF_GELU_OUT, strip_prefixes, to_float32
 
 #: the full model's type (a vision tower and a text tower) -> (its vision tower's structure, the prefix of its
 #: transformers class names); its vision tower alone is model type f"{type}_vision_model"
@@ -114,8 +114,6 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
         ("Model", "ForImageClassification") if t in _FULL
         else ("VisionModel", "VisionModelWithProjection") if _FAMILY[t] == "clip" else ("VisionModel",)))
     for t in MODEL_TYPES}
-_GELU = {"quick_gelu": "quick", "gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh"}
-_GELU_OUT = {"quick": "quick_gelu", "erf": "gelu", "tanh": "gelu_pytorch_tanh"}
 #: transformers' CLIPVisionConfig / SiglipVisionConfig defaults (what transformers builds when a key is absent;
 #: MetaClip2VisionConfig's are CLIP's)
 _DEFAULTS = {
@@ -241,7 +239,7 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
     # ---- facts: config.json, then the weights
     H = facts.as_int("num_attention_heads", hi=L.MAX_HEADS)
     act = facts.as_str("hidden_act")
-    if act not in _GELU:
+    if act not in HF_GELU:
         raise ConversionError(f"{where}: hidden_act {act!r} is not a GELU the canonical model supports "
                               f"(quick_gelu -> quick; gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh)")
     eps = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
@@ -425,7 +423,7 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
             name=name, image_size=target, in_chans=C, patch_size=P, patch_bias=family == "siglip", embed_dim=D,
             depth=depth, num_heads=H, mlp_dim=M, qkv_bias=True,
             class_token="learned" if family == "clip" else "none", pool=pool, pos_embed="learned",
-            resize_kernel=RESIZE_KERNEL, gelu=_GELU[act], layer_norm_eps=eps, norm_pre=family == "clip",
+            resize_kernel=RESIZE_KERNEL, gelu=HF_GELU[act], layer_norm_eps=eps, norm_pre=family == "clip",
             final_norm=final_norm, num_classes=K, attn_dropout=attn_dropout,
             notes=f"imported from Hugging Face {arch} ({mt}) {source}")
     except ConfigError as e:
@@ -601,7 +599,7 @@ def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: 
         "model_type": f"{_full_type(model_type)}_vision_model",
         "hidden_size": D, "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.num_heads, "num_channels": cfg.in_chans, "image_size": cfg.image_size[0],
-        "patch_size": cfg.patch_size, "hidden_act": _GELU_OUT[cfg.gelu], "layer_norm_eps": cfg.layer_norm_eps,
+        "patch_size": cfg.patch_size, "hidden_act": HF_GELU_OUT[cfg.gelu], "layer_norm_eps": cfg.layer_norm_eps,
         "attention_dropout": cfg.attn_dropout,
     }
     if family == "clip":

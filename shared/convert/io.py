@@ -21,8 +21,8 @@ from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
 from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, SuiteError, UsageError
 from ..fileio import atomic_write, work_dir, write_dir_atomically
-from ..posemb import resample_pos_embed
 from ..presets import get_preset
+from .common import resize_state
 from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
 from .hf import load_hf_dir, save_hf_dir
 from .bigvision import load_bigvision_file
@@ -150,7 +150,7 @@ def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | s
     model), and unused by a file that carries its config (canonical, hf: `convert --verify` reads the result back
     with the --preset it was given)."""
     from .mindcv import MINDCV_MODELS, mindcv_preset
-    from .timm import is_suite_preset
+    from .common import is_suite_preset
     from .timm_resolve import timm_knows
 
     if isinstance(name, ViTConfig):
@@ -163,16 +163,6 @@ def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | s
         if fmt in ("canonical", "hf") and timm_knows(name):
             return None
     return get_preset(name)
-
-
-def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tuple[ViTConfig, dict]:
-    """Store the weights for another image size: a learned table is resampled with the config's kernel."""
-    new = cfg.replace(image_size=image_size, pos_grid=None)
-    state = dict(state)
-    if cfg.pos_embed == "learned":
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_pos_prefix,
-                                                cfg.resize_kernel).astype(np.float32)
-    return new, state
 
 
 def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> None:

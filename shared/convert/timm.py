@@ -48,9 +48,8 @@ import math
 import os
 import re
 import warnings
-import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -59,10 +58,14 @@ from ..config import ViTConfig, is_int, is_real, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
                       MissingFactsError)
 from ..posemb import resample_pos_embed
-from ..presets import PRESETS, get_preset
-from ..safeio import check_zip, read_json_file
-from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
-from .timm_resolve import Resolved, resolve_timm_architecture, timm_knows
+from ..presets import PRESETS
+from ..safeio import read_json_file
+from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
+from .common import (GELU_OF_ACT, TIMM_ACT, image_size_arg, is_suite_preset, isqrt_exact, pair, read_checkpoint,
+                     refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
+from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
+from .keymap import Entry, expand, take
+from .timm_resolve import Resolved, resolve_timm_architecture
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
 TIMM_DEFAULT_EPS = 1e-6
@@ -71,9 +74,6 @@ TIMM_DEFAULT_EPS = 1e-6
 DEFAULT_INIT_VALUES = 1e-5
 #: timm resamples position tables with bicubic interpolation and antialiasing (resample_abs_pos_embed), always
 TIMM_RESIZE_KERNEL = "bicubic_antialias"
-#: canonical GELU form <-> timm's act_layer name (timm.layers.get_act_layer)
-TIMM_ACT = {"erf": "gelu", "tanh": "gelu_tanh", "quick": "quick_gelu"}
-GELU_OF_ACT = {v: k for k, v in TIMM_ACT.items()}
 #: timm's global_pool name <-> canonical pooling; CLI --pool takes timm's names ('avg' = the mean of the patch tokens)
 POOL_OF_TIMM = {"token": "token", "avg": "mean", "map": "map"}
 TIMM_POOL = {v: k for k, v in POOL_OF_TIMM.items()}
@@ -88,9 +88,6 @@ _BASE_ARCHITECTURES = {(False, 1e-6): "vit_base_patch16_224", (False, 1e-5): "vi
 _SWIGLU_ARCHITECTURE = "vit_giant_patch14_dinov2"
 #: what a timm MLP is: `mlp=` / --mlp, for a file whose fc1 is packed (gated) or not
 MLP_KINDS = ("swiglu", "gelu")
-#: Wrapper prefixes stripped when every key carries them (DDP, training wrappers, torch.compile, Lightning).
-STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "net.")
-
 # (pattern on the key, what it is, why the canonical format cannot represent it)
 _UNSUPPORTED = [
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (embed_norm_layer, key patch_embed.norm)",
@@ -110,87 +107,8 @@ _UNSUPPORTED = [
 
 
 # ----------------------------------------------------------------------------- helpers
-def strip_prefixes(state: Mapping[str, Any], prefixes=STRIP_PREFIXES) -> dict[str, Any]:
-    """Remove wrapper prefixes shared by every key (repeatedly: 'module.model.' etc.)."""
-    out = dict(state)
-    changed = True
-    while changed and out:
-        changed = False
-        for p in prefixes:
-            if all(k.startswith(p) for k in out):
-                out = {k[len(p):]: v for k, v in out.items()}
-                changed = True
-    return out
-
-
-def flatten_checkpoint(obj: Any) -> dict[str, Any]:
-    """A loaded checkpoint -> its flat tensor dict: picks 'state_dict' / 'model' / 'module' nesting if present."""
-    if not isinstance(obj, Mapping):
-        raise InvalidFileError(f"checkpoint is a {type(obj).__name__}, not a dict of tensors")
-    for key in ("state_dict", "model", "module"):
-        inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner:
-            return flatten_checkpoint(inner)
-    return {k: v for k, v in obj.items() if hasattr(v, "shape")}
-
-
-def to_float32(name: str, value: Any, source: str) -> np.ndarray:
-    arr = np.asarray(value)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise MismatchError(source, [f"key {name!r}: expected a floating tensor, got dtype {arr.dtype}"])
-    out = arr.astype(CANONICAL_DTYPE)
-    if arr.dtype.itemsize > 4 and not np.array_equal(out.astype(arr.dtype), arr):
-        warnings.warn(f"{source}: {name!r} is {arr.dtype}; rounded to float32 (the canonical dtype)",
-                      ConversionWarning, stacklevel=3)
-    return out
-
-
-def refuse_unsupported(keys, source: str, table=_UNSUPPORTED) -> None:
-    problems = []
-    for pattern, what, why in table:
-        hits = sorted(k for k in keys if re.search(pattern, k))
-        if hits:
-            more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
-            problems.append(f"{what}: e.g. {hits[0]!r}{more}; {why}")
-    if problems:
-        raise ConversionError(f"{source}: cannot convert: the checkpoint uses features the canonical format cannot "
-                              f"represent:\n  " + "\n  ".join(problems))
-
-
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
-        return (int(v), int(v))
-    h, w = v
-    return (int(h), int(w))
-
-
-def _isqrt_exact(n: int) -> int | None:
-    r = math.isqrt(n) if n >= 0 else -1
-    return r if r >= 0 and r * r == n else None
-
-
-def is_suite_preset(name: str) -> bool:
-    try:
-        get_preset(name)
-    except ConfigError:
-        return False
-    return True
-
-
-def _unresolved(name: str) -> str:
-    """Why a named architecture that is no suite preset could not be resolved by timm."""
-    why = {None: "timm is not installed", False: "timm does not know it"}[timm_knows(name)]
-    return (f"the named architecture {name!r} is no suite preset and could not be resolved ({why}): it may hold "
-            f"parts its keys do not show")
-
-
-def _resolve_preset(preset) -> ViTConfig | None:
-    if preset is None or isinstance(preset, ViTConfig):
-        return preset
-    try:
-        return get_preset(preset)
-    except ConfigError as e:
-        raise MissingFactsError(f"{e}; {_unresolved(preset)}") from None
+_pair, _isqrt_exact = pair, isqrt_exact  # the names the timm importer has always used
+_resolve_preset, _unresolved = resolve_preset, unresolved
 
 
 def _resolved_facts(r: Resolved) -> dict[str, Any]:
@@ -214,14 +132,6 @@ def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
 def _rename_legacy(st: dict[str, Any]) -> dict[str, Any]:
     """Old DeiT III names `blocks.N.gamma_1/2` -> `blocks.N.ls1/ls2.gamma`, as timm's checkpoint filter does."""
     return {re.sub(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma", k): v for k, v in st.items()}
-
-
-def _image_size_arg(v: Any, where: str) -> tuple[int, int]:
-    if not (is_int(v) or isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) for x in v)) \
-            or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([v] if is_int(v) else v)):
-        raise ConfigError(f"{where}: image size must be an int or [height, width] ints in [1, {L.MAX_IMAGE_SIDE}], "
-                          f"got {shown(v)}")
-    return _pair(v)
 
 
 # ------------------------------------------------------------------ facts from configs
@@ -317,7 +227,7 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
         if isinstance(inp, (list, tuple)) and len(inp) == 3:
             img = list(inp[1:])
     if img is not None:
-        facts["image_size"] = _image_size_arg(img, where)
+        facts["image_size"] = image_size_arg(img, where)
     return facts
 
 
@@ -451,7 +361,7 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
             hint = " (this looks like a Hugging Face ViT checkpoint: use the hf importer, --from hf)"
         raise ConversionError(f"{source}: not a timm VisionTransformer state dict: no 'patch_embed.proj.weight' / "
                               f"'blocks.*' keys{hint}; first keys: {sorted(st)[:5]}")
-    refuse_unsupported(st.keys(), source)
+    refuse_unsupported(st.keys(), source, _UNSUPPORTED)
     if pool is not None and pool not in POOL_OF_TIMM:
         raise ConversionError(f"{source}: pool {pool!r}: expected one of {', '.join(POOL_OF_TIMM)} (timm's names)")
     if gelu is not None and gelu not in TIMM_ACT:
@@ -714,11 +624,23 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
 
     # ---- the weights
-    out = {k: to_float32(k, v, source) for k, v in st.items()}
+    table = cfg.replace(image_size=(pos_grid[0] * P, pos_grid[1] * P)) if has_pos else cfg  # as stored
+    out = take(key_map(table), st, source, expected=expected_shapes(table))
     if has_pos and pos_grid != cfg.grid:
         out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, npos, cfg.resize_kernel)
     validate_state(cfg, out, source=source)
     return cfg, out
+
+
+# ---------------------------------------------------------------------------- the key map
+def key_map(cfg: ViTConfig, extra: Sequence[Entry] = ()) -> list[Entry]:
+    """timm's keys for `cfg`: timm's keys are the canonical ones, each read as itself, except the canonical keys an
+    `extra` entry writes (templates over blocks.{i}, see shared.convert.keymap.expand): a layout timm's blocks hold
+    differently is one entry here, e.g. BEiT's q and v biases, fused with a zero k bias:
+    Entry(("blocks.{i}.attn.q_bias", "blocks.{i}.attn.v_bias"), "blocks.{i}.attn.qkv.bias", Fold((0, None, 1)))."""
+    own = expand(extra, cfg.depth)
+    written = {k for e in own for k in e.dst}
+    return [Entry(k, k) for k in expected_shapes(cfg) if k not in written] + own
 
 
 # ---------------------------------------------------------------------------- export
@@ -885,48 +807,6 @@ def timm_hub_config(cfg: ViTConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- files
-def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """.pt/.pth/.bin through torch.load(weights_only=True) -> NumPy; never a full pickle load."""
-    try:
-        import torch
-    except ImportError:
-        raise InvalidFileError(f"{path}: reading a PyTorch checkpoint needs torch (not installed); convert it to "
-                               f".safetensors, which needs no framework") from None
-    if zipfile.is_zipfile(path):
-        check_zip(path, "PyTorch checkpoint")  # a zip bomb is refused before torch expands anything
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage before refusing it
-            warnings.simplefilter("ignore")
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
-        first = str(e).splitlines()[0].split(" In PyTorch 2.6,")[0] if str(e) else ""  # not torch's advice to unpickle
-        raise InvalidFileError(f"{path}: not a safe PyTorch checkpoint (torch.load weights_only=True failed: "
-                               f"{type(e).__name__}: {first}); nothing in it was executed") from None
-    flat = flatten_checkpoint(obj)
-    out = {}
-    for k, t in flat.items():
-        if not isinstance(t, torch.Tensor):
-            continue
-        if t.layout != torch.strided or t.is_quantized:
-            raise InvalidFileError(f"{path}: key {k!r}: expected a dense float tensor, got layout {t.layout}, dtype "
-                                   f"{t.dtype}{' (quantized)' if t.is_quantized else ''}")
-        t = t.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()  # exact; NumPy has no bfloat16
-        out[k] = t.numpy()
-    return out
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        tensors, _ = read_tensors(path)
-        return tensors
-    if path.suffix in (".pt", ".pth", ".bin"):
-        return read_torch_checkpoint(path)
-    raise InvalidFileError(f"{path}: unknown checkpoint type {path.suffix!r} (expected .safetensors, .pt, .pth, .bin)")
-
-
 #: the weight files of a timm hub directory, preferred first (timm's save_for_hf names)
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 

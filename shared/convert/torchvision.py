@@ -37,7 +37,8 @@ from ..posemb import resample_pos_embed
 from ..fileio import atomic_write
 from ..weights import CANONICAL_DTYPE, expected_shapes, read_tensors, validate_state
 from .formats import _safetensors_kind
-from .timm import _isqrt_exact, _pair, _resolve_preset, read_torch_checkpoint, strip_prefixes, to_float32
+from .common import isqrt_exact, pair, read_torch_checkpoint, strip_prefixes, to_float32
+from .common import resolve_preset
 
 #: torchvision's LayerNorm eps (partial(nn.LayerNorm, eps=1e-6), the default of every builder)
 TORCHVISION_EPS = 1e-6
@@ -163,7 +164,7 @@ def import_torchvision(state: Mapping[str, Any], preset: ViTConfig | str | None 
     qkv_bias = "blocks.0.attn.qkv.bias" in tv
 
     # ---- facts the file cannot tell: the heads (and eps), from the preset or torchvision's builders
-    p_cfg = _resolve_preset(preset)
+    p_cfg = resolve_preset(preset)
     builder = BUILDERS.get((P, D, depth, M))
     if p_cfg is None and builder is None:
         table = ", ".join(f"{n} (patch {p}, width {d}, {L} layers, mlp {m})" for (p, d, L, m), (n, _) in BUILDERS.items())
@@ -193,8 +194,8 @@ def import_torchvision(state: Mapping[str, Any], preset: ViTConfig | str | None 
                               f"{p_cfg.name!r}: wrong preset?")
 
     # ---- the position table's grid: torchvision's tables are square; anything else needs --image-size
-    stated = _pair(image_size) if image_size is not None else None
-    s = _isqrt_exact(T - 1)
+    stated = pair(image_size) if image_size is not None else None
+    s = isqrt_exact(T - 1)
     if s:
         table_grid = (s, s)
     elif stated and stated[0] % P == 0 and stated[1] % P == 0 and (stated[0] // P) * (stated[1] // P) == T - 1:

@@ -38,62 +38,89 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
              image_size: tuple[int, int] | None = None, **stated) -> tuple[ViTConfig, dict]:
     """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
     tell. `stated` (pool=, gelu=, mlp=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
-    the questions a timm state dict leaves open; other formats refuse them (UsageError)."""
+    the questions a timm state dict leaves open; other formats refuse them (UsageError). The reader is the format's
+    row of READERS."""
     fmt = fmt or detect_format(src)
     stated = {k: v for k, v in stated.items() if v is not None}
     if stated and fmt not in STATED_FACT_FORMATS:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in stated)
         raise UsageError(f"{flags} answer(s) what a timm state dict cannot tell; {src} is a {fmt!r} file, which "
                          f"states it (or takes --preset)")
-    if fmt in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
-        from .kerashub import load_kerashub
-        from .mindcv import load_mindcv_file
-
-        cfg, state = (load_kerashub if fmt == "kerashub" else load_mindcv_file)(src, preset)
-        if image_size and tuple(image_size) != tuple(cfg.image_size):
-            cfg, state = resize_state(cfg, state, image_size)
-        return cfg, state
-    cfg_hint = _preset_hint(preset, fmt) if preset else None
-    if fmt == "canonical":
-        cfg, state = W.load(src)
-    elif fmt == "timm":
-        return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
-    elif fmt == "torchvision":
-        return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
-    elif fmt == "bigvision":
-        return load_bigvision_file(src, preset=cfg_hint, image_size=image_size)
-    elif fmt == "hf":
-        cfg, state = load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
-    elif fmt == "torch":
-        # a plain state dict carries no config: the named preset if it fits exactly, else sizes from the file
-        state = read_checkpoint(src)
-        try:
-            if not isinstance(cfg_hint, ViTConfig) or stated:
-                raise MismatchError(src, ["no preset, or facts stated for a timm state dict"])
-            W.validate_state(cfg_hint, state, source=src)
-            cfg = cfg_hint
-        except MismatchError:  # a timm state dict (with timm's config.json beside it, when there is one)
-            cfg, state = load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
-    elif fmt in NATIVE_BACKENDS:
-        be_name = native_backend(fmt)
-        import_frameworks_in_safe_order([be_name])
-        be = get_backend(be_name)
-        with work_dir("src") as tmp:
-            link = None
-            if not str(src).lower().endswith(SUFFIX[fmt]):
-                # detected from content: frameworks insist on their suffix, so give them a correctly named link
-                link = Path(tmp) / f"weights{SUFFIX[fmt]}"
-                link.symlink_to(Path(src).resolve())
-            try:
-                model = _load_native(be, fmt, str(link or src), cfg_hint)
-            except SuiteError as e:  # name the user's file, never the link in the suite's work folder
-                raise _renamed(e, str(link), str(src)) if link is not None else e from None
-        cfg, state = model.config, be.export(model)
-    else:
+    reader = READERS.get(fmt) or (_read_native if fmt in NATIVE_BACKENDS else None)
+    if reader is None:
         raise UsageError(f"unknown source format {fmt!r}; known: {', '.join(FORMATS)}")
-    if image_size and tuple(image_size) != tuple(cfg.image_size):
+    if fmt not in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
+        preset = _preset_hint(preset, fmt) if preset else None
+    cfg, state = reader(src, fmt, preset, image_size, stated)
+    if fmt not in SIZED_BY_IMPORTER and image_size and tuple(image_size) != tuple(cfg.image_size):
         cfg, state = resize_state(cfg, state, image_size)
     return cfg, state
+
+
+def _read_foreign(src, fmt, preset, image_size, stated):
+    from .kerashub import load_kerashub
+    from .mindcv import load_mindcv_file
+
+    return (load_kerashub if fmt == "kerashub" else load_mindcv_file)(src, preset)
+
+
+def _read_canonical(src, fmt, cfg_hint, image_size, stated):
+    return W.load(src)
+
+
+def _read_timm(src, fmt, cfg_hint, image_size, stated):
+    return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
+
+
+def _read_torchvision(src, fmt, cfg_hint, image_size, stated):
+    return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
+
+
+def _read_bigvision(src, fmt, cfg_hint, image_size, stated):
+    return load_bigvision_file(src, preset=cfg_hint, image_size=image_size)
+
+
+def _read_hf(src, fmt, cfg_hint, image_size, stated):
+    return load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
+
+
+def _read_torch(src, fmt, cfg_hint, image_size, stated):
+    """A plain state dict carries no config: the named preset if it fits exactly, else sizes from the file."""
+    state = read_checkpoint(src)
+    try:
+        if not isinstance(cfg_hint, ViTConfig) or stated:
+            raise MismatchError(src, ["no preset, or facts stated for a timm state dict"])
+        W.validate_state(cfg_hint, state, source=src)
+        return cfg_hint, state
+    except MismatchError:  # a timm state dict (with timm's config.json beside it, when there is one)
+        return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
+
+
+def _read_native(src, fmt, cfg_hint, image_size, stated):
+    """A backend's own file (.pt, .keras, .weights.h5, .ckpt) through that backend's load_native."""
+    be_name = native_backend(fmt)
+    import_frameworks_in_safe_order([be_name])
+    be = get_backend(be_name)
+    with work_dir("src") as tmp:
+        link = None
+        if not str(src).lower().endswith(SUFFIX[fmt]):
+            # detected from content: frameworks insist on their suffix, so give them a correctly named link
+            link = Path(tmp) / f"weights{SUFFIX[fmt]}"
+            link.symlink_to(Path(src).resolve())
+        try:
+            model = _load_native(be, fmt, str(link or src), cfg_hint)
+        except SuiteError as e:  # name the user's file, never the link in the suite's work folder
+            raise _renamed(e, str(link), str(src)) if link is not None else e from None
+    return model.config, be.export(model)
+
+
+#: the formats whose importer takes image_size itself (it may state the table's grid, not only resize it)
+SIZED_BY_IMPORTER = ("timm", "torchvision", "bigvision")
+#: format -> its reader (src, fmt, preset or its hint, image_size, stated facts) -> (config, canonical state); a
+#: backend's native formats (NATIVE_BACKENDS) not listed here go through _read_native
+READERS = {"canonical": _read_canonical, "timm": _read_timm, "torchvision": _read_torchvision,
+           "bigvision": _read_bigvision, "hf": _read_hf, "torch": _read_torch, "kerashub": _read_foreign,
+           "mindcv": _read_foreign}
 
 
 def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
@@ -169,57 +196,84 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
     """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically; an existing `dst` is replaced
     only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost).
     timm: a `dst` without a suffix is a timm hub directory; `.pt`/`.pth`/`.bin` a torch state dict (torch.save, what
-    `torch.load(weights_only=True)` reads), any other suffix a safetensors state dict."""
-    if fmt == "canonical":
-        W.save(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "timm" and not Path(dst).suffix:
-        save_timm_hub_dir(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "timm":
-        timm_state = {k: np.ascontiguousarray(v) for k, v in export_timm(cfg, state).items()}
-        if Path(dst).suffix.lower() in (".pt", ".pth", ".bin"):
-            import torch
-
-            tensors = {k: torch.from_numpy(v) for k, v in timm_state.items()}
-            atomic_write(dst, lambda t: torch.save(tensors, t), overwrite=overwrite)
-        else:
-            from safetensors.numpy import save_file
-
-            atomic_write(dst, lambda t: save_file(timm_state, t), overwrite=overwrite)
-    elif fmt == "hf":
-        save_hf_dir(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "torchvision":
-        save_torchvision_file(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "bigvision":
-        raise UsageError("bigvision (.npz) is read only: vit-suite does not write the big_vision layout; "
-                         "pick another --to")
-    elif fmt == "kerashub":
-        from .kerashub import save_kerashub_preset
-
-        save_kerashub_preset(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "mindcv":
-        from .mindcv import save_mindcv_ckpt
-
-        save_mindcv_ckpt(dst, cfg, state, overwrite=overwrite)
-    elif fmt in NATIVE_BACKENDS:
-        if not overwrite and Path(dst).exists():
-            raise OutputError(f"{dst} exists; pass --force to replace it")
-        be_name = native_backend(fmt)
-        import_frameworks_in_safe_order([be_name])
-        be = get_backend(be_name)
-        model = be.build(cfg, state)
-        suffix = SUFFIX[fmt]
-
-        def write(tmp: str) -> None:
-            # the backend's own atomic writer writes directly inside this writer's staging folder (no second
-            # layer); a framework that insists on its suffix gets a name with it there, moved onto `tmp`
-            inner = tmp if tmp.endswith(suffix) else os.path.join(os.path.dirname(tmp), f"model{suffix}")
-            be.save_native(model, inner)
-            if inner != tmp:
-                os.replace(inner, tmp)
-
-        atomic_write(dst, write, overwrite=overwrite)
-    else:
+    `torch.load(weights_only=True)` reads), any other suffix a safetensors state dict. The writer is the format's
+    row of WRITERS (a backend's native formats: _write_native)."""
+    writer = WRITERS.get(fmt) or (_write_native if fmt in NATIVE_BACKENDS else None)
+    if writer is None:
         raise UsageError(f"unknown target format {fmt!r}; known: {', '.join(FORMATS)}")
+    writer(dst, fmt, cfg, state, overwrite)
+
+
+def _write_canonical(dst, fmt, cfg, state, overwrite):
+    W.save(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_timm(dst, fmt, cfg, state, overwrite):
+    if not Path(dst).suffix:
+        save_timm_hub_dir(dst, cfg, state, overwrite=overwrite)
+        return
+    timm_state = {k: np.ascontiguousarray(v) for k, v in export_timm(cfg, state).items()}
+    if Path(dst).suffix.lower() in (".pt", ".pth", ".bin"):
+        import torch
+
+        tensors = {k: torch.from_numpy(v) for k, v in timm_state.items()}
+        atomic_write(dst, lambda t: torch.save(tensors, t), overwrite=overwrite)
+    else:
+        from safetensors.numpy import save_file
+
+        atomic_write(dst, lambda t: save_file(timm_state, t), overwrite=overwrite)
+
+
+def _write_hf(dst, fmt, cfg, state, overwrite):
+    save_hf_dir(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_torchvision(dst, fmt, cfg, state, overwrite):
+    save_torchvision_file(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_bigvision(dst, fmt, cfg, state, overwrite):
+    raise UsageError("bigvision (.npz) is read only: vit-suite does not write the big_vision layout; "
+                     "pick another --to")
+
+
+def _write_kerashub(dst, fmt, cfg, state, overwrite):
+    from .kerashub import save_kerashub_preset
+
+    save_kerashub_preset(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_mindcv(dst, fmt, cfg, state, overwrite):
+    from .mindcv import save_mindcv_ckpt
+
+    save_mindcv_ckpt(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_native(dst, fmt, cfg, state, overwrite):
+    """A backend's own file, through the backend's save_native inside one atomic writer."""
+    if not overwrite and Path(dst).exists():
+        raise OutputError(f"{dst} exists; pass --force to replace it")
+    be_name = native_backend(fmt)
+    import_frameworks_in_safe_order([be_name])
+    be = get_backend(be_name)
+    model = be.build(cfg, state)
+    suffix = SUFFIX[fmt]
+
+    def write(tmp: str) -> None:
+        # the backend's own atomic writer writes directly inside this writer's staging folder (no second
+        # layer); a framework that insists on its suffix gets a name with it there, moved onto `tmp`
+        inner = tmp if tmp.endswith(suffix) else os.path.join(os.path.dirname(tmp), f"model{suffix}")
+        be.save_native(model, inner)
+        if inner != tmp:
+            os.replace(inner, tmp)
+
+    atomic_write(dst, write, overwrite=overwrite)
+
+
+#: format -> its writer (dst, fmt, config, canonical state, overwrite); the formats NATIVE_BACKENDS lists and this
+#: does not ("torch", "keras", "keras-h5", "mindspore") go through _write_native
+WRITERS = {"canonical": _write_canonical, "timm": _write_timm, "hf": _write_hf, "torchvision": _write_torchvision,
+           "bigvision": _write_bigvision, "kerashub": _write_kerashub, "mindcv": _write_mindcv}
 
 
 def target_format(dst: str, to: str | None = None) -> str:

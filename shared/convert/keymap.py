@@ -67,7 +67,7 @@ class Rows(Transform):
     def forward(self, src):
         (x,) = src
         if x.shape[0] != sum(self.sizes):
-            raise _ShapeError(f"expected {sum(self.sizes)} rows {self.sizes}, got shape {x.shape}")
+            raise _ShapeError(f"shape {x.shape}; expected {sum(self.sizes)} rows {self.sizes}")
         return [p.copy() for p in split_rows(x, self.sizes)]
 
     def backward(self, canon):
@@ -77,19 +77,34 @@ class Rows(Transform):
 @dataclass(frozen=True)
 class Reshape(Transform):
     """One tensor, reshaped: `canon` is its canonical shape, `file` its shape in the file (a class embedding (D,) ->
-    (1, 1, D); a position table (T, D) -> (1, T, D))."""
+    (1, 1, D); a position table (T, D) -> (1, T, D)). Read: any tensor of that size."""
     canon: tuple[int, ...]
     file: tuple[int, ...]
     name = "reshape"
 
     def forward(self, src):
         (x,) = src
-        if tuple(x.shape) != tuple(self.file):
-            raise _ShapeError(f"expected shape {tuple(self.file)}, got {tuple(x.shape)}")
+        if x.size != int(np.prod(self.canon)) or min(self.canon) < 0:
+            raise _ShapeError(f"shape {tuple(x.shape)} cannot hold the canonical shape {tuple(self.canon)} "
+                              f"(expected {tuple(self.file)})")
         return [x.reshape(self.canon)]
 
     def backward(self, canon):
         return [np.asarray(canon[0]).reshape(self.file)]
+
+
+@dataclass(frozen=True)
+class Zeros(Transform):
+    """No source tensor: the canonical one is zeros of `shape` (CLIP's visual_projection has no bias; the canonical
+    head's is zero). Written back as nothing (an exporter refuses a non-zero one first)."""
+    shape: tuple[int, ...]
+    name = "zeros"
+
+    def forward(self, src):
+        return [np.zeros(self.shape, CANONICAL_DTYPE)]
+
+    def backward(self, canon):
+        return []
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def test_take_names_every_missing_leftover_and_misshapen_key_at_once():
         take(m, src, "model.bin", expected={"x.weight": (4, 3)})
     msg = str(e.value)
     assert "model.bin" in msg and "missing key 'v'" in msg and "unexpected key 'extra' (shape (1,))" in msg
-    assert "key 't': shape (3, 3) cannot hold the canonical shape (1, 2, 3) (expected (2, 3))" in msg
+    assert "key 't': shape (3, 3) cannot hold 'pos' of shape (1, 2, 3) (expected (2, 3))" in msg
     assert "key 'a.w': expected shape (4, 3), got (4, 2)" in msg
     with pytest.raises(ValueError, match="twice"):  # a map reads each source key once
         take([Entry("a", "x"), Entry("a", "y")], {"a": _r(1)}, "f")

@@ -398,13 +398,7 @@ def _head(mt: str, facts: ConfigFacts, st: dict[str, Any], pre: str, conf_name: 
 def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str]]:
     """The HF architecture `cfg` becomes under `model_type`, or None and every reason it cannot be one."""
     family = _FAMILY[model_type]
-    full_type, vision_type = _full_type(model_type), _full_type(model_type) + "_vision_model"
-    full = model_type == full_type
-
-    def cls(kind: str) -> str:
-        return _class(model_type, kind)
-
-    # the family options: the pools (map, token_mean), CLIP's norm_pre and bias-free patches are _arch's questions
+    # the family options: the pools (map, token_mean), CLIP's norm_pre and bias-free patches are the class's questions
     p = family_refusals(cfg, f"HF {family}", supports=("QuickGELU", "attention-pool", "token_mean") + (
         ("norm_pre", "patch_bias=False") if family == "clip" else ()), say={
         "without a position row": f"pos_prefix_tokens={cfg.pos_prefix_tokens}: every HF {family} token has a "
@@ -441,45 +435,65 @@ def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str
         p.append(f"drop_path={cfg.drop_path}: HF {family} has no stochastic depth")
     if cfg.dropout:
         p.append(f"dropout={cfg.dropout}: HF {family} has no hidden dropout (only attention_dropout)")
-    arch = None
-    if family == "clip":
-        if cfg.class_token != "learned":
-            p.append(f"class_token={cfg.class_token!r}: HF CLIP has a learned class embedding")
-        if not cfg.norm_pre:
-            p.append("norm_pre=False: HF CLIP always applies pre_layrnorm")
-        if cfg.patch_bias:
-            p.append("patch_bias=True: HF CLIP's patch embedding has no bias")
-        if cfg.pool == "token" and cfg.final_norm:
-            if not full:
-                arch = cls("VisionModelWithProjection" if cfg.num_classes else "VisionModel")
-            elif cfg.num_classes:
-                arch = cls("Model")
-            else:
-                p.append(f"num_classes=0: a {cls('Model')} always has a visual_projection (export features-only as "
-                         f"model_type '{vision_type}', a {cls('VisionModel')})")
-        elif cfg.pool == "mean" and not cfg.final_norm and cfg.num_classes and full:
-            arch = cls("ForImageClassification")
-        else:
-            p.append(f"pool={cfg.pool!r}, final_norm={cfg.final_norm}, num_classes={cfg.num_classes}: HF "
-                     f"{cls('')} pools the post-layernormed class token ({cls('VisionModel')}[WithProjection], "
-                     f"{cls('Model')}) or, in {cls('ForImageClassification')} (model_type '{full_type}'), the mean "
-                     f"of the patch tokens without a final norm into a classifier")
-    else:
-        if cfg.class_token != "none":
-            p.append(f"class_token={cfg.class_token!r}: HF SigLIP has no class token")
-        if not cfg.final_norm:
-            p.append("final_norm=False: HF SigLIP always applies post_layernorm")
-        if cfg.pool in ("map", "mean") and not cfg.num_classes:
-            arch = cls("Model" if full else "VisionModel")
-        elif cfg.pool == "mean" and full:
-            arch = cls("ForImageClassification")
-        elif cfg.pool == "mean":
-            p.append(f"num_classes={cfg.num_classes}: a SigLIP classifier is a {cls('ForImageClassification')} "
-                     f"(export with model_type '{full_type}')")
-        else:
-            p.append(f"pool={cfg.pool!r}, num_classes={cfg.num_classes}: HF SigLIP pools with its attention head "
-                     f"(no classifier after it) or, in SiglipForImageClassification, the mean of the tokens")
+    arch = (_clip_class if family == "clip" else _siglip_class)(cfg, model_type, p)
     return (None if p else arch), p
+
+
+def _clip_class(cfg: ViTConfig, model_type: str, p: list[str]) -> str | None:
+    """The CLIP (or MetaCLIP 2) class that holds cfg under model_type, or None with the reasons added to `p`."""
+    full_type, vision_type = _full_type(model_type), _full_type(model_type) + "_vision_model"
+    full, arch = model_type == full_type, None
+
+    def cls(kind: str) -> str:
+        return _class(model_type, kind)
+
+    if cfg.class_token != "learned":
+        p.append(f"class_token={cfg.class_token!r}: HF CLIP has a learned class embedding")
+    if not cfg.norm_pre:
+        p.append("norm_pre=False: HF CLIP always applies pre_layrnorm")
+    if cfg.patch_bias:
+        p.append("patch_bias=True: HF CLIP's patch embedding has no bias")
+    if cfg.pool == "token" and cfg.final_norm:
+        if not full:
+            arch = cls("VisionModelWithProjection" if cfg.num_classes else "VisionModel")
+        elif cfg.num_classes:
+            arch = cls("Model")
+        else:
+            p.append(f"num_classes=0: a {cls('Model')} always has a visual_projection (export features-only as "
+                     f"model_type '{vision_type}', a {cls('VisionModel')})")
+    elif cfg.pool == "mean" and not cfg.final_norm and cfg.num_classes and full:
+        arch = cls("ForImageClassification")
+    else:
+        p.append(f"pool={cfg.pool!r}, final_norm={cfg.final_norm}, num_classes={cfg.num_classes}: HF "
+                 f"{cls('')} pools the post-layernormed class token ({cls('VisionModel')}[WithProjection], "
+                 f"{cls('Model')}) or, in {cls('ForImageClassification')} (model_type '{full_type}'), the mean "
+                 f"of the patch tokens without a final norm into a classifier")
+    return arch
+
+
+def _siglip_class(cfg: ViTConfig, model_type: str, p: list[str]) -> str | None:
+    """The SigLIP class that holds cfg under model_type, or None with the reasons added to `p`."""
+    full_type = _full_type(model_type)
+    full, arch = model_type == full_type, None
+
+    def cls(kind: str) -> str:
+        return _class(model_type, kind)
+
+    if cfg.class_token != "none":
+        p.append(f"class_token={cfg.class_token!r}: HF SigLIP has no class token")
+    if not cfg.final_norm:
+        p.append("final_norm=False: HF SigLIP always applies post_layernorm")
+    if cfg.pool in ("map", "mean") and not cfg.num_classes:
+        arch = cls("Model" if full else "VisionModel")
+    elif cfg.pool == "mean" and full:
+        arch = cls("ForImageClassification")
+    elif cfg.pool == "mean":
+        p.append(f"num_classes={cfg.num_classes}: a SigLIP classifier is a {cls('ForImageClassification')} "
+                 f"(export with model_type '{full_type}')")
+    else:
+        p.append(f"pool={cfg.pool!r}, num_classes={cfg.num_classes}: HF SigLIP pools with its attention head "
+                 f"(no classifier after it) or, in SiglipForImageClassification, the mean of the tokens")
+    return arch
 
 
 def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: str, layout: str = "file",

@@ -85,7 +85,7 @@ class Reshape(Transform):
     def forward(self, src):
         (x,) = src
         if x.size != int(np.prod(self.canon)) or min(self.canon) < 0:
-            raise _ShapeError(f"shape {tuple(x.shape)} cannot hold the canonical shape {tuple(self.canon)} "
+            raise _ShapeError(f"shape {tuple(x.shape)} cannot hold {{dst}} of shape {tuple(self.canon)} "
                               f"(expected {tuple(self.file)})")
         return [x.reshape(self.canon)]
 
@@ -215,7 +215,7 @@ def take(entries: Sequence[Entry], src: Mapping[str, Any], source: str, *,
         try:
             got = e.transform.forward([to_float32(shown(k), src[k], source) for k in e.src])
         except _ShapeError as err:
-            problems.append(f"key {shown(e.src[0])!r}: {err}")
+            problems.append(f"key {shown(e.src[0])!r}: " + str(err).replace("{dst}", repr(e.dst[0])))
             continue
         for k, v in zip(e.dst, got):
             out[k] = v

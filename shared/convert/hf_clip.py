@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from functools import partial
 from typing import Any, Mapping
 
 import numpy as np
@@ -442,11 +443,7 @@ def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str
 def _clip_class(cfg: ViTConfig, model_type: str, p: list[str]) -> str | None:
     """The CLIP (or MetaCLIP 2) class that holds cfg under model_type, or None with the reasons added to `p`."""
     full_type, vision_type = _full_type(model_type), _full_type(model_type) + "_vision_model"
-    full, arch = model_type == full_type, None
-
-    def cls(kind: str) -> str:
-        return _class(model_type, kind)
-
+    full, arch, cls = model_type == full_type, None, partial(_class, model_type)
     if cfg.class_token != "learned":
         p.append(f"class_token={cfg.class_token!r}: HF CLIP has a learned class embedding")
     if not cfg.norm_pre:
@@ -474,11 +471,7 @@ def _clip_class(cfg: ViTConfig, model_type: str, p: list[str]) -> str | None:
 def _siglip_class(cfg: ViTConfig, model_type: str, p: list[str]) -> str | None:
     """The SigLIP class that holds cfg under model_type, or None with the reasons added to `p`."""
     full_type = _full_type(model_type)
-    full, arch = model_type == full_type, None
-
-    def cls(kind: str) -> str:
-        return _class(model_type, kind)
-
+    full, arch, cls = model_type == full_type, None, partial(_class, model_type)
     if cfg.class_token != "none":
         p.append(f"class_token={cfg.class_token!r}: HF SigLIP has no class token")
     if not cfg.final_norm:

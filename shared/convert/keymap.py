@@ -142,6 +142,38 @@ class Fold(Transform):
         return [parts[self.slots.index(i)] for i in range(sum(s is not None for s in self.slots))]
 
 
+@dataclass(frozen=True)
+class Chain(Transform):
+    """Transforms applied in order (back: in reverse): a Flax kernel (D, H, d) -> Reshape to (D, D) -> Transpose."""
+    steps: tuple[Transform, ...]
+    name = "chain"
+
+    def forward(self, src):
+        for t in self.steps:
+            src = t.forward(src)
+        return src
+
+    def backward(self, canon):
+        for t in reversed(self.steps):
+            canon = t.backward(canon)
+        return canon
+
+
+@dataclass(frozen=True)
+class Each(Transform):
+    """`inner` on each of `n` source tensors, the results fused in row order (Flax's query, key and value kernels,
+    each reshaped and transposed, -> one qkv weight)."""
+    inner: Transform
+    n: int
+    name = "each"
+
+    def forward(self, src):
+        return [fuse_rows([self.inner.forward([x])[0] for x in src])]
+
+    def backward(self, canon):
+        return [self.inner.backward([p])[0] for p in split_rows(canon[0], self.n)]
+
+
 class _ShapeError(ValueError):
     pass
 

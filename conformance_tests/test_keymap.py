@@ -85,3 +85,13 @@ def test_family_refusals_derive_from_the_config():
     assert family_refusals(cfg, "X", say={"LayerScale": lambda c: f"init_values={c.init_values}"},
                            supports=["qk-norm"]) == ["init_values=1e-05"]
     assert isinstance(cfg, ViTConfig)
+
+
+def test_every_format_has_a_row_in_the_io_table():
+    from shared.convert.formats import FORMATS
+    from shared.convert.io import TABLE
+
+    assert set(TABLE) == set(FORMATS) and all(row.read for row in TABLE.values())
+    cfg = get_preset("tiny").replace(init_values=1e-5)  # LayerScale: timm and HF dinov2 hold it, torchvision does not
+    assert TABLE["timm"].export_problems(cfg) == [] and TABLE["hf"].export_problems(cfg) != []
+    assert TABLE["torchvision"].export_problems(cfg)[0].startswith("LayerScale (init_values")

@@ -490,6 +490,18 @@ def hf_model_type(cfg: ViTConfig) -> str:
     return "vit"
 
 
+def export_problems(cfg: ViTConfig, model_type: str | None = None) -> list[str]:
+    """Why `cfg` cannot be written as HF `model_type` (default: hf_model_type(cfg)); empty when it can."""
+    mt = model_type or hf_model_type(cfg)
+    if mt in HF_CLIP_TYPES:
+        from .hf_clip import _architecture
+
+        return _architecture(cfg, mt)[1]
+    if mt not in _FAMILIES:
+        return [f"model_type {mt!r} is not a Hugging Face type vit-suite writes ({', '.join(HF_MODEL_TYPES)})"]
+    return _export_problems(cfg, _FAMILIES[mt])
+
+
 def _family_support(fam: _Family) -> tuple[str, ...]:
     """The ViT-family options (words of ViTConfig.family_options' names) HF `fam` holds, or refuses in its own
     checks (a pool it does not read)."""

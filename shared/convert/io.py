@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from ..errors import BackendError, InvalidFileError, MismatchError, OutputError,
 from ..fileio import atomic_write, work_dir, write_dir_atomically
 from ..presets import get_preset
 from .common import resize_state
-from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
+from .formats import FORMATS, SUFFIX, detect_format, native_backend
 from .hf import load_hf_dir, save_hf_dir
 from .bigvision import load_bigvision_file
 from .torchvision import load_torchvision_file, save_torchvision_file
@@ -39,20 +41,20 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
     """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
     tell. `stated` (pool=, gelu=, mlp=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
     the questions a timm state dict leaves open; other formats refuse them (UsageError). The reader is the format's
-    row of READERS."""
+    row of TABLE."""
     fmt = fmt or detect_format(src)
     stated = {k: v for k, v in stated.items() if v is not None}
     if stated and fmt not in STATED_FACT_FORMATS:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in stated)
         raise UsageError(f"{flags} answer(s) what a timm state dict cannot tell; {src} is a {fmt!r} file, which "
                          f"states it (or takes --preset)")
-    reader = READERS.get(fmt) or (_read_native if fmt in NATIVE_BACKENDS else None)
+    reader = TABLE[fmt].read if fmt in TABLE else None
     if reader is None:
         raise UsageError(f"unknown source format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt not in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
         preset = _preset_hint(preset, fmt) if preset else None
     cfg, state = reader(src, fmt, preset, image_size, stated)
-    if fmt not in SIZED_BY_IMPORTER and image_size and tuple(image_size) != tuple(cfg.image_size):
+    if not TABLE[fmt].sized_by_importer and image_size and tuple(image_size) != tuple(cfg.image_size):
         cfg, state = resize_state(cfg, state, image_size)
     return cfg, state
 
@@ -112,15 +114,6 @@ def _read_native(src, fmt, cfg_hint, image_size, stated):
         except SuiteError as e:  # name the user's file, never the link in the suite's work folder
             raise _renamed(e, str(link), str(src)) if link is not None else e from None
     return model.config, be.export(model)
-
-
-#: the formats whose importer takes image_size itself (it may state the table's grid, not only resize it)
-SIZED_BY_IMPORTER = ("timm", "torchvision", "bigvision")
-#: format -> its reader (src, fmt, preset or its hint, image_size, stated facts) -> (config, canonical state); a
-#: backend's native formats (NATIVE_BACKENDS) not listed here go through _read_native
-READERS = {"canonical": _read_canonical, "timm": _read_timm, "torchvision": _read_torchvision,
-           "bigvision": _read_bigvision, "hf": _read_hf, "torch": _read_torch, "kerashub": _read_foreign,
-           "mindcv": _read_foreign}
 
 
 def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
@@ -197,8 +190,8 @@ def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: boo
     only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost).
     timm: a `dst` without a suffix is a timm hub directory; `.pt`/`.pth`/`.bin` a torch state dict (torch.save, what
     `torch.load(weights_only=True)` reads), any other suffix a safetensors state dict. The writer is the format's
-    row of WRITERS (a backend's native formats: _write_native)."""
-    writer = WRITERS.get(fmt) or (_write_native if fmt in NATIVE_BACKENDS else None)
+    row of TABLE."""
+    writer = TABLE[fmt].write if fmt in TABLE else None
     if writer is None:
         raise UsageError(f"unknown target format {fmt!r}; known: {', '.join(FORMATS)}")
     writer(dst, fmt, cfg, state, overwrite)
@@ -270,12 +263,6 @@ def _write_native(dst, fmt, cfg, state, overwrite):
     atomic_write(dst, write, overwrite=overwrite)
 
 
-#: format -> its writer (dst, fmt, config, canonical state, overwrite); the formats NATIVE_BACKENDS lists and this
-#: does not ("torch", "keras", "keras-h5", "mindspore") go through _write_native
-WRITERS = {"canonical": _write_canonical, "timm": _write_timm, "hf": _write_hf, "torchvision": _write_torchvision,
-           "bigvision": _write_bigvision, "kerashub": _write_kerashub, "mindcv": _write_mindcv}
-
-
 def target_format(dst: str, to: str | None = None) -> str:
     """The format to write `dst` in: `to` if given, else from the destination's suffix (no suffix: HF directory)."""
     if to:
@@ -306,3 +293,42 @@ def save_timm_hub_dir(directory: str | os.PathLike, cfg: ViTConfig, state: dict,
         (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
 
     return write_dir_atomically(directory, write, overwrite=overwrite)
+
+
+def _problems(module: str, name: str):
+    """A converter's export_problems(cfg, state), imported when asked (kerashub and mindcv load lazily)."""
+    def problems(cfg: ViTConfig, state: dict | None = None) -> list[str]:
+        import importlib
+
+        fn = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        return fn(cfg, state) if module == "kerashub" else fn(cfg)
+    return problems
+
+
+@dataclass(frozen=True)
+class Format:
+    """One format's row: its reader (src, fmt, preset or its hint, image_size, stated facts) -> (config, canonical
+    state), its writer (dst, fmt, config, canonical state, overwrite), and, for a peer format, why an export refuses
+    a config (export_problems(cfg, state) -> the problems, empty when it can be written). sized_by_importer: the
+    importer takes image_size itself (it may state the table's grid, not only resize it)."""
+    read: Callable | None
+    write: Callable | None
+    export_problems: Callable[..., list[str]] | None = None
+    sized_by_importer: bool = False
+
+
+#: every format (FORMATS) -> its row: read_any and write_any dispatch through this table
+TABLE: dict[str, Format] = {
+    "canonical": Format(_read_canonical, _write_canonical),
+    "timm": Format(_read_timm, _write_timm, _problems("timm", "export_problems"), sized_by_importer=True),
+    "hf": Format(_read_hf, _write_hf, _problems("hf", "export_problems")),
+    "torch": Format(_read_torch, _write_native),
+    "keras": Format(_read_native, _write_native),
+    "keras-h5": Format(_read_native, _write_native),
+    "mindspore": Format(_read_native, _write_native),
+    "torchvision": Format(_read_torchvision, _write_torchvision, _problems("torchvision", "torchvision_problems"),
+                          sized_by_importer=True),
+    "bigvision": Format(_read_bigvision, _write_bigvision, sized_by_importer=True),
+    "kerashub": Format(_read_foreign, _write_kerashub, _problems("kerashub", "_kerashub_problems")),
+    "mindcv": Format(_read_foreign, _write_mindcv, _problems("mindcv", "_mindcv_problems")),
+}

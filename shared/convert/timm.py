@@ -736,6 +736,9 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
     return p
 
 
+export_problems = _timm_problems  # why `cfg` has no timm form (empty when it has one): the format's interface name
+
+
 def _refuse_for_timm(cfg: ViTConfig) -> None:
     problems = _timm_problems(cfg)
     if problems:

@@ -37,9 +37,9 @@ from ..posemb import resample_pos_embed
 from ..fileio import atomic_write
 from ..weights import CANONICAL_DTYPE, expected_shapes, read_tensors, validate_state
 from .formats import _safetensors_kind
-from .common import block_ids, isqrt_exact, pair, read_torch_checkpoint, strip_prefixes
+from .common import (block_ids, family_refusals, isqrt_exact, pair, read_torch_checkpoint, resolve_preset,
+                     strip_prefixes)
 from .keymap import Entry, take
-from .common import resolve_preset
 
 #: torchvision's LayerNorm eps (partial(nn.LayerNorm, eps=1e-6), the default of every builder)
 TORCHVISION_EPS = 1e-6
@@ -254,8 +254,7 @@ def _grid(f: Mapping[str, Any], p_cfg: ViTConfig | None, image_size, source: str
 # ---------------------------------------------------------------------------- export
 def torchvision_problems(cfg: ViTConfig) -> list[str]:
     """Why `cfg` cannot be a torchvision VisionTransformer (empty when it can)."""
-    p = []
-    p += [f"{option}: torchvision's VisionTransformer has no such option" for option in cfg.family_options()]
+    p = family_refusals(cfg, "torchvision's VisionTransformer")
     if cfg.in_chans != 3:
         p.append(f"in_chans={cfg.in_chans}: torchvision's conv_proj always takes 3 channels")
     if cfg.image_size[0] != cfg.image_size[1]:

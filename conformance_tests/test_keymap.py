@@ -9,7 +9,7 @@ import pytest
 from shared.config import ViTConfig
 from shared.convert import timm as T
 from shared.convert.common import family_refusals
-from shared.convert.keymap import FUSE, Entry, Fold, Reshape, Rows, Transpose, put, take
+from shared.convert.keymap import FUSE, Chain, Each, Entry, Fold, Reshape, Rows, Transpose, put, take
 from shared.errors import ConversionError, MismatchError
 from shared.init import init_weights
 from shared.presets import get_preset
@@ -71,6 +71,7 @@ def test_take_names_every_missing_leftover_and_misshapen_key_at_once():
     (Entry("cls", "cls_token", Reshape((1, 1, 3), (3,))), {"cls": _r(3)}),
     (Entry("kernel", "w", Transpose((1, 0))), {"kernel": _r(3, 5)}),
     (Entry(("q", "v"), "b", Fold((0, None, 1))), {"q": _r(4), "v": _r(4)}),
+    (Entry(("a", "b"), "ab", Each(Chain((Reshape((4,), (2, 2)), Transpose((0,)))))), {"a": _r(2, 2), "b": _r(2, 2)}),
 ])
 def test_every_transform_round_trips_bit_exactly(entry, src):
     canon = take([entry], src, "f")

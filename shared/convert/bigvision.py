@@ -112,8 +112,8 @@ def key_map(cfg: ViTConfig, pre: str = "") -> list[Entry]:
                        b + "LayerNorm_2/scale": "blocks.{i}.norm2.weight", b + "LayerNorm_2/bias": "blocks.{i}.norm2.bias",
                        a + "out/bias": "blocks.{i}.attn.proj.bias"}),
              Entry(tuple(k + "/kernel" for k in qkv), "blocks.{i}.attn.qkv.weight",
-                   Each(Chain((Reshape((D, D), (D, H, d)), linear)), 3)),
-             Entry(tuple(k + "/bias" for k in qkv), "blocks.{i}.attn.qkv.bias", Each(Reshape((D,), (H, d)), 3)),
+                   Each(Chain((Reshape((D, D), (D, H, d)), linear)))),
+             Entry(tuple(k + "/bias" for k in qkv), "blocks.{i}.attn.qkv.bias", Each(Reshape((D,), (H, d)))),
              Entry(a + "out/kernel", "blocks.{i}.attn.proj.weight", Chain((Reshape((D, D), (H, d, D)), linear)))]
     for r in range(2):
         block += [Entry(b + f"MlpBlock_3/Dense_{r}/kernel", f"blocks.{{i}}.mlp.fc{r + 1}.weight", linear),

@@ -28,13 +28,14 @@ from .common import fuse_rows, split_rows, to_float32
 
 # ----------------------------------------------------------------------------- transforms
 class Transform:
-    """source tensors -> canonical tensors (`forward`) and back (`backward`); each a list, in the entry's order."""
+    """source tensors -> canonical tensors (`forward`) and back (`backward`: `n` source tensors); each a list, in the
+    entry's order."""
     name = "copy"
 
     def forward(self, src: list[np.ndarray]) -> list[np.ndarray]:
         return src
 
-    def backward(self, canon: list[np.ndarray]) -> list[np.ndarray]:
+    def backward(self, canon: list[np.ndarray], n: int) -> list[np.ndarray]:
         return canon
 
     def __repr__(self) -> str:
@@ -51,8 +52,8 @@ class _Fuse(Transform):
     def forward(self, src):
         return [fuse_rows(src)]
 
-    def backward(self, canon):
-        raise ValueError("fuse: the parts' sizes are the entry's (use Entry.put)")
+    def backward(self, canon, n):
+        return split_rows(canon[0], n)
 
 
 FUSE = _Fuse()
@@ -70,7 +71,7 @@ class Rows(Transform):
             raise _ShapeError(f"shape {x.shape}; expected {sum(self.sizes)} rows {self.sizes}")
         return [p.copy() for p in split_rows(x, self.sizes)]
 
-    def backward(self, canon):
+    def backward(self, canon, n):
         return [fuse_rows(canon)]
 
 
@@ -89,7 +90,7 @@ class Reshape(Transform):
                               f"(expected {tuple(self.file)})")
         return [x.reshape(self.canon)]
 
-    def backward(self, canon):
+    def backward(self, canon, n):
         return [np.asarray(canon[0]).reshape(self.file)]
 
 
@@ -103,7 +104,7 @@ class Zeros(Transform):
     def forward(self, src):
         return [np.zeros(self.shape, CANONICAL_DTYPE)]
 
-    def backward(self, canon):
+    def backward(self, canon, n):
         return []
 
 
@@ -117,7 +118,7 @@ class Transpose(Transform):
     def forward(self, src):
         return [np.ascontiguousarray(np.transpose(src[0], self.axes))]
 
-    def backward(self, canon):
+    def backward(self, canon, n):
         return [np.ascontiguousarray(np.transpose(canon[0], np.argsort(self.axes)))]
 
 
@@ -134,7 +135,7 @@ class Fold(Transform):
         like = src[0]
         return [fuse_rows([src[s] if s is not None else np.zeros_like(like) for s in self.slots])]
 
-    def backward(self, canon):
+    def backward(self, canon, n):
         parts = split_rows(canon[0], len(self.slots))
         for s, p in zip(self.slots, parts):
             if s is None and np.any(p != 0):
@@ -153,25 +154,24 @@ class Chain(Transform):
             src = t.forward(src)
         return src
 
-    def backward(self, canon):
+    def backward(self, canon, n):
         for t in reversed(self.steps):
-            canon = t.backward(canon)
+            canon = t.backward(canon, n)
         return canon
 
 
 @dataclass(frozen=True)
 class Each(Transform):
-    """`inner` on each of `n` source tensors, the results fused in row order (Flax's query, key and value kernels,
-    each reshaped and transposed, -> one qkv weight)."""
+    """`inner` on each source tensor, the results fused in row order (Flax's query, key and value kernels, each
+    reshaped and transposed, -> one qkv weight)."""
     inner: Transform
-    n: int
     name = "each"
 
     def forward(self, src):
         return [fuse_rows([self.inner.forward([x])[0] for x in src])]
 
-    def backward(self, canon):
-        return [self.inner.backward([p])[0] for p in split_rows(canon[0], self.n)]
+    def backward(self, canon, n):
+        return [self.inner.backward([p], 1)[0] for p in split_rows(canon[0], n)]
 
 
 class _ShapeError(ValueError):
@@ -275,10 +275,7 @@ def put(entries: Sequence[Entry], state: Mapping[str, np.ndarray]) -> dict[str, 
     out: dict[str, np.ndarray] = {}
     for e in entries:
         canon = [np.asarray(state[k]) for k in e.dst]
-        if e.transform is FUSE:
-            got = split_rows(canon[0], len(e.src))
-        else:
-            got = e.transform.backward(canon)
+        got = e.transform.backward(canon, len(e.src))
         for k, v in zip(e.src, got):
             out[k] = np.array(v, dtype=CANONICAL_DTYPE, copy=True)
     return out

@@ -41,7 +41,8 @@ from ..config import ViTConfig
 from ..errors import ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError
 from ..posemb import resample_pos_embed
 from ..weights import CANONICAL_DTYPE, validate_state
-from .timm import _isqrt_exact, _pair, _resolve_preset, to_float32
+from .common import isqrt_exact, pair, resolve_preset
+from .keymap import Chain, Each, Entry, Reshape, Transpose, expand, prefixed, renames, take
 
 #: numerics timm's _load_weights gives these files (timm's VisionTransformer defaults, bilinear resampling)
 TIMM_READING = dict(layer_norm_eps=1e-6, gelu="erf", resize_kernel="bilinear")
@@ -94,6 +95,36 @@ def expected_npz_shapes(cfg: ViTConfig, prefix: str = "") -> dict[str, tuple[int
     return {prefix + k: v for k, v in s.items()}
 
 
+def key_map(cfg: ViTConfig, pre: str = "") -> list[Entry]:
+    """(.npz keys under `pre`, canonical keys, transform), as timm's _load_weights lays the arrays out: Flax kernels
+    transposed to torch's (out, in), the attention's per-head kernels reshaped first, q/k/v fused in row order."""
+    D, H = cfg.embed_dim, cfg.num_heads
+    d = D // H
+    linear = Transpose((1, 0))
+    m = [Entry("embedding/kernel", "patch_embed.proj.weight", Transpose((3, 2, 0, 1))),
+         *renames({"embedding/bias": "patch_embed.proj.bias", _POS: "pos_embed",
+                   "Transformer/encoder_norm/scale": "norm.weight", "Transformer/encoder_norm/bias": "norm.bias"})]
+    if cfg.class_token == "learned":
+        m.append(Entry("cls", "cls_token"))
+    b, a = "Transformer/encoderblock_{i}/", "Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/"
+    qkv = [f"{a}{n}" for n in ("query", "key", "value")]
+    block = [*renames({b + "LayerNorm_0/scale": "blocks.{i}.norm1.weight", b + "LayerNorm_0/bias": "blocks.{i}.norm1.bias",
+                       b + "LayerNorm_2/scale": "blocks.{i}.norm2.weight", b + "LayerNorm_2/bias": "blocks.{i}.norm2.bias",
+                       a + "out/bias": "blocks.{i}.attn.proj.bias"}),
+             Entry(tuple(k + "/kernel" for k in qkv), "blocks.{i}.attn.qkv.weight",
+                   Each(Chain((Reshape((D, D), (D, H, d)), linear)))),
+             Entry(tuple(k + "/bias" for k in qkv), "blocks.{i}.attn.qkv.bias", Each(Reshape((D,), (H, d)))),
+             Entry(a + "out/kernel", "blocks.{i}.attn.proj.weight", Chain((Reshape((D, D), (H, d, D)), linear)))]
+    for r in range(2):
+        block += [Entry(b + f"MlpBlock_3/Dense_{r}/kernel", f"blocks.{{i}}.mlp.fc{r + 1}.weight", linear),
+                  Entry(b + f"MlpBlock_3/Dense_{r}/bias", f"blocks.{{i}}.mlp.fc{r + 1}.bias")]
+    m += expand(block, cfg.depth)
+    for key, canon, on in (("pre_logits", "pre_logits.fc", cfg.representation_size), ("head", "head", cfg.num_classes)):
+        if on:
+            m += [Entry(f"{key}/kernel", f"{canon}.weight", linear), Entry(f"{key}/bias", f"{canon}.bias")]
+    return prefixed(m, pre)
+
+
 def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None = None, image_size=None,
                      source: str = "<npz>") -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """The arrays of an original-ViT .npz -> (ViTConfig, canonical float32 state), as timm's _load_weights reads
@@ -105,7 +136,54 @@ def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None =
         warnings.warn(f"{source}: {len(outside)} array(s) outside the model parameters '{pre}*' ignored (e.g. "
                       f"{outside[0]!r}: optimizer state?)", ConversionWarning, stacklevel=2)
     w = {k[len(pre):]: arrays[k] for k in keys if k.startswith(pre)}
+    f = facts(w, pre, source)
+    P, prefix_rows = f["P"], int(f["has_cls"])
+    numerics = _numerics(f, resolve_preset(preset), source)
+    # ---- the position table's grid
+    stated = pair(image_size) if image_size is not None else None
+    T = f["T"]
+    s = isqrt_exact(T - prefix_rows)
+    if s:
+        table_grid = (s, s)
+    elif stated and stated[0] % P == 0 and stated[1] % P == 0 and (stated[0] // P) * (stated[1] // P) == T - prefix_rows:
+        table_grid = (stated[0] // P, stated[1] // P)
+    else:
+        raise MissingFactsError(f"{source}: {pre}{_POS} has {T - prefix_rows} patch rows, not a square grid; pass "
+                                f"--image-size HxW at which the table was trained")
+    target = stated or (table_grid[0] * P, table_grid[1] * P)
+    try:
+        cfg = ViTConfig(
+            name=numerics["name"], image_size=(table_grid[0] * P, table_grid[1] * P),
+            in_chans=f["C"], patch_size=P, embed_dim=f["D"], depth=f["depth"], num_heads=f["H"], mlp_dim=f["M"],
+            qkv_bias=True, class_token="learned" if f["has_cls"] else "none", pool=numerics["pool"],
+            pos_embed="learned", resize_kernel=numerics["resize_kernel"], gelu=numerics["gelu"],
+            layer_norm_eps=float(numerics["layer_norm_eps"]), final_norm=True, representation_size=f["rep"],
+            num_classes=f["K"], notes=f"imported from original-ViT .npz {source}")
+    except ConfigError as e:
+        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
+    # ---- every key and shape, named as the file names it; then the weights through the key map
+    expected = expected_npz_shapes(cfg)
+    problems = [f"missing key {pre + k!r} (expected shape {shp})" for k, shp in expected.items() if k not in w]
+    problems += [f"unexpected key {pre + k!r} (shape {tuple(np.shape(w[k]))})" for k in sorted(w) if k not in expected]
+    problems += [f"key {pre + k!r}: expected shape {shp}, got {tuple(np.shape(w[k]))}"
+                 for k, shp in expected.items() if k in w and tuple(np.shape(w[k])) != shp]
+    if problems:
+        raise MismatchError(source, problems)
+    out = take(key_map(cfg), w, source, shown=lambda k: pre + k)
+    validate_state(cfg, out, source=source)
+    if tuple(target) != tuple(cfg.image_size):
+        try:
+            new = cfg.replace(image_size=target)
+        except ConfigError as e:
+            raise ConversionError(f"{source}: image size {target}: {e}") from None
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], table_grid, new.grid, prefix_rows,
+                                              cfg.resize_kernel).astype(CANONICAL_DTYPE)
+        cfg = new
+    return cfg, out
 
+
+def facts(w: Mapping[str, Any], pre: str, source: str) -> dict[str, Any]:
+    """The sizes an original-ViT .npz states, the heads included (keys relative to `pre`)."""
     def shape_of(k: str, ndim: int) -> tuple[int, ...]:
         if k not in w:
             raise MismatchError(source, [f"missing key {pre + k!r}"])
@@ -114,7 +192,6 @@ def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None =
             raise MismatchError(source, [f"key {pre + k!r}: expected a {ndim}-d array, got shape {s}"])
         return s
 
-    # ---- sizes, the heads included, from the file
     P, P2, C, D = shape_of("embedding/kernel", 4)
     if P != P2:
         raise ConversionError(f"{source}: {pre}embedding/kernel has non-square {P}x{P2} patches")
@@ -127,94 +204,30 @@ def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None =
     if H * d != D:
         raise ConversionError(f"{source}: attention width {H}x{d} != embedding width {D}: the canonical attention "
                               f"keeps one width")
-    M = shape_of(b0 + "MlpBlock_3/Dense_0/kernel", 2)[1]
-    rep = shape_of("pre_logits/kernel", 2)[1] if "pre_logits/kernel" in w else None
-    K = shape_of("head/kernel", 2)[1] if "head/kernel" in w else 0
-    T = shape_of(_POS, 3)[1]
-    has_cls = "cls" in w
-    prefix_rows = 1 if has_cls else 0
+    return {"P": P, "C": C, "D": D, "depth": depth, "H": H, "M": shape_of(b0 + "MlpBlock_3/Dense_0/kernel", 2)[1],
+            "rep": shape_of("pre_logits/kernel", 2)[1] if "pre_logits/kernel" in w else None,
+            "K": shape_of("head/kernel", 2)[1] if "head/kernel" in w else 0, "T": shape_of(_POS, 3)[1],
+            "has_cls": "cls" in w}
 
-    # ---- numerics: timm's reading, or the preset's (said)
-    p_cfg = _resolve_preset(preset)
-    facts = dict(TIMM_READING, pool="token" if has_cls else "mean")
+
+def _numerics(f: Mapping[str, Any], p_cfg: ViTConfig | None, source: str) -> dict[str, Any]:
+    """timm's reading (eps, GELU, kernel, pooling), or the preset's, said in a ConversionWarning."""
+    numerics = dict(TIMM_READING, pool="token" if f["has_cls"] else "mean",
+                    name=p_cfg.name if p_cfg else "bigvision_import")
     if p_cfg is not None:
         said = [f"{k}={getattr(p_cfg, k)!r} (timm reads {v!r})" for k, v in TIMM_READING.items()
                 if getattr(p_cfg, k) != v]
-        facts.update({k: getattr(p_cfg, k) for k in TIMM_READING})
-        if has_cls and p_cfg.pool == "mean":
-            facts["pool"] = "mean"
+        numerics.update({k: getattr(p_cfg, k) for k in TIMM_READING})
+        if f["has_cls"] and p_cfg.pool == "mean":
+            numerics["pool"] = "mean"
             said.append("pool='mean' (timm pools the class token)")
-        file_vals = dict(embed_dim=D, in_chans=C, patch_size=P, depth=depth, num_heads=H, mlp_dim=M,
-                         representation_size=rep, num_classes=K)
+        file_vals = dict(embed_dim=f["D"], in_chans=f["C"], patch_size=f["P"], depth=f["depth"], num_heads=f["H"],
+                         mlp_dim=f["M"], representation_size=f["rep"], num_classes=f["K"])
         said += [f"{k}={v!r} from the file, not the preset's {getattr(p_cfg, k)!r}" for k, v in file_vals.items()
                  if getattr(p_cfg, k) != v]
         if said:
-            warnings.warn(f"{source}: preset {p_cfg.name!r}: using " + "; ".join(said), ConversionWarning, stacklevel=2)
-
-    # ---- the position table's grid
-    stated = _pair(image_size) if image_size is not None else None
-    s = _isqrt_exact(T - prefix_rows)
-    if s:
-        table_grid = (s, s)
-    elif stated and stated[0] % P == 0 and stated[1] % P == 0 and (stated[0] // P) * (stated[1] // P) == T - prefix_rows:
-        table_grid = (stated[0] // P, stated[1] // P)
-    else:
-        raise MissingFactsError(f"{source}: {pre}{_POS} has {T - prefix_rows} patch rows, not a square grid; pass "
-                                f"--image-size HxW at which the table was trained")
-    target = stated or (table_grid[0] * P, table_grid[1] * P)
-    try:
-        cfg = ViTConfig(
-            name=p_cfg.name if p_cfg else "bigvision_import", image_size=(table_grid[0] * P, table_grid[1] * P),
-            in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M, qkv_bias=True,
-            class_token="learned" if has_cls else "none", pool=facts["pool"], pos_embed="learned",
-            resize_kernel=facts["resize_kernel"], gelu=facts["gelu"], layer_norm_eps=float(facts["layer_norm_eps"]),
-            final_norm=True, representation_size=rep, num_classes=K,
-            notes=f"imported from original-ViT .npz {source}")
-    except ConfigError as e:
-        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
-
-    # ---- every key and shape, named as the file names it
-    expected = expected_npz_shapes(cfg)
-    problems = [f"missing key {pre + k!r} (expected shape {shp})" for k, shp in expected.items() if k not in w]
-    problems += [f"unexpected key {pre + k!r} (shape {tuple(np.shape(w[k]))})" for k in sorted(w) if k not in expected]
-    problems += [f"key {pre + k!r}: expected shape {shp}, got {tuple(np.shape(w[k]))}"
-                 for k, shp in expected.items() if k in w and tuple(np.shape(w[k])) != shp]
-    if problems:
-        raise MismatchError(source, problems)
-    f = {k: to_float32(pre + k, v, source) for k, v in w.items()}
-
-    # ---- the weights, laid out as timm's _load_weights lays them
-    out = {"patch_embed.proj.weight": f["embedding/kernel"].transpose(3, 2, 0, 1), "patch_embed.proj.bias": f["embedding/bias"],
-           "pos_embed": f[_POS], "norm.weight": f["Transformer/encoder_norm/scale"],
-           "norm.bias": f["Transformer/encoder_norm/bias"]}
-    if has_cls:
-        out["cls_token"] = f["cls"]
-    for i in range(depth):
-        b, c = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        a = b + "MultiHeadDotProductAttention_1/"
-        out[c + "norm1.weight"], out[c + "norm1.bias"] = f[b + "LayerNorm_0/scale"], f[b + "LayerNorm_0/bias"]
-        out[c + "attn.qkv.weight"] = np.concatenate([f[f"{a}{n}/kernel"].reshape(D, D).T for n in ("query", "key", "value")])
-        out[c + "attn.qkv.bias"] = np.concatenate([f[f"{a}{n}/bias"].reshape(-1) for n in ("query", "key", "value")])
-        out[c + "attn.proj.weight"], out[c + "attn.proj.bias"] = f[a + "out/kernel"].reshape(D, D).T, f[a + "out/bias"]
-        out[c + "norm2.weight"], out[c + "norm2.bias"] = f[b + "LayerNorm_2/scale"], f[b + "LayerNorm_2/bias"]
-        for r in range(2):
-            out[c + f"mlp.fc{r + 1}.weight"] = f[b + f"MlpBlock_3/Dense_{r}/kernel"].T
-            out[c + f"mlp.fc{r + 1}.bias"] = f[b + f"MlpBlock_3/Dense_{r}/bias"]
-    if rep:
-        out["pre_logits.fc.weight"], out["pre_logits.fc.bias"] = f["pre_logits/kernel"].T, f["pre_logits/bias"]
-    if K:
-        out["head.weight"], out["head.bias"] = f["head/kernel"].T, f["head/bias"]
-    out = {k: np.ascontiguousarray(v, dtype=CANONICAL_DTYPE) for k, v in out.items()}
-    validate_state(cfg, out, source=source)
-    if tuple(target) != tuple(cfg.image_size):
-        try:
-            new = cfg.replace(image_size=target)
-        except ConfigError as e:
-            raise ConversionError(f"{source}: image size {target}: {e}") from None
-        out["pos_embed"] = resample_pos_embed(out["pos_embed"], table_grid, new.grid, prefix_rows,
-                                              cfg.resize_kernel).astype(CANONICAL_DTYPE)
-        cfg = new
-    return cfg, out
+            warnings.warn(f"{source}: preset {p_cfg.name!r}: using " + "; ".join(said), ConversionWarning, stacklevel=3)
+    return numerics
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -283,7 +296,7 @@ def bigvision_source_output(path: str | os.PathLike, images: np.ndarray, image_s
     has_cls, has_rep = f"{pre}cls" in w, f"{pre}pre_logits/kernel" in w
     K = w[f"{pre}head/kernel"].shape[1] if f"{pre}head/kernel" in w else 0
     side = int(round((w[f"{pre}{_POS}"].shape[1] - has_cls) ** 0.5)) * P
-    model = VisionTransformer(img_size=_pair(image_size) if image_size is not None else (side, side), patch_size=P,
+    model = VisionTransformer(img_size=pair(image_size) if image_size is not None else (side, side), patch_size=P,
                               in_chans=C, embed_dim=D, depth=depth, num_heads=H, mlp_ratio=M / D, qkv_bias=True,
                               class_token=has_cls, global_pool="token" if has_cls else "avg", fc_norm=False,
                               num_classes=0 if has_rep else K)

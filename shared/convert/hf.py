@@ -94,20 +94,19 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import limits as L
-from ..config import ViTConfig, is_int, shown
+from ..config import ViTConfig, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError)
-from ..posemb import resample_pos_embed
 from ..safeio import read_json_file
 from ..fileio import write_dir_atomically
 from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 from .hf_clip import ARCHITECTURES as CLIP_ARCHITECTURES
 from .hf_clip import MODEL_TYPES as HF_CLIP_TYPES
 from .hfconfig import ConfigFacts
-from .timm import flatten_checkpoint, read_torch_checkpoint, strip_prefixes, to_float32
+from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, flatten_checkpoint,
+                     image_size_arg, read_torch_checkpoint, resize_state, strip_prefixes)
+from .keymap import FUSE, Entry, expand, put, take
 
 HF_DEFAULT_EPS = 1e-12  # ViTConfig's (vit, deit, vit_mae, ijepa); DINOv2's and ViTMSN's are 1e-6 (_DEFAULTS)
-_GELU = {"gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "quick_gelu": "quick"}
-_GELU_OUT = {"erf": "gelu", "tanh": "gelu_pytorch_tanh", "quick": "quick_gelu"}
 
 _COMMON_DEFAULTS = {"image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_act": "gelu", "qkv_bias": True,
                     "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -204,13 +203,6 @@ def accepted_architectures() -> list[tuple[str, str]]:
         [(mt, a) for mt, archs in CLIP_ARCHITECTURES.items() for a in archs]
 
 
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
-        return (int(v), int(v))
-    h, w = v
-    return (int(h), int(w))
-
-
 def _top_keys(fam: _Family, *, dist: str | None, pooler: bool, registers: bool) -> dict[str, str]:
     """canonical -> HF key (relative to the base model) of everything outside the blocks and the heads; `dist`:
     the canonical name of DeiT's distillation token (dist_token or reg_token)."""
@@ -247,20 +239,6 @@ def _architectures(hf_config: Mapping[str, Any], source: str) -> list[str]:
     return archs
 
 
-def _resized(cfg: ViTConfig, state: dict[str, np.ndarray], image_size) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """The same weights stored for another input size: a learned table resampled with the config's kernel (the
-    prefix rows, cfg.num_pos_prefix of them, kept)."""
-    target = _pair(image_size)
-    if target == tuple(cfg.image_size) and cfg.table_grid == cfg.grid:
-        return cfg, state
-    new = cfg.replace(image_size=target, pos_grid=None)
-    state = dict(state)
-    if cfg.pos_embed == "learned":
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_pos_prefix,
-                                                cfg.resize_kernel).astype(CANONICAL_DTYPE)
-    return new, state
-
-
 # ---------------------------------------------------------------------------- import
 def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: str = "<hf checkpoint>",
               image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
@@ -284,9 +262,26 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
                                   f"read: {', '.join(HF_MODEL_TYPES)})")
         cfg, out = _import_family(fam, state, hf_config, source)
     if image_size is not None:
-        cfg, out = _resized(cfg, out, image_size)
+        cfg, out = resize_state(cfg, out, image_size)
     validate_state(cfg, out, source=source)
     return cfg, out
+
+
+def key_map(fam: _Family, layout: str, *, depth: int, qkv_bias: bool, swiglu: bool, dist: str | None, pooler: bool,
+            registers: bool, heads: Mapping[str, str], pre: str = "") -> list[Entry]:
+    """(HF keys, canonical keys, transform) of a `fam` model in `layout` ('file' | 'module'): the base model's keys
+    under `pre` (a task model's base prefix), the heads' (`heads`: canonical -> HF key, see _head_keys) outside it.
+    q/k/v (and a SwiGLU's gate/value halves in the module layout) are fused in row order."""
+    li = LAYOUTS.index(layout)
+    m = [Entry(pre + hk, canon) for canon, hk in _top_keys(fam, dist=dist, pooler=pooler, registers=registers).items()]
+    b = pre + fam.block_prefix[li]  # holds {i}
+    block = [Entry(b + names[li], f"blocks.{{i}}.{canon}") for canon, *names in (_SWIGLU_BLOCK if swiglu else fam.block)]
+    fused = [("attn.qkv", _QKV[layout], ("weight", "bias") if qkv_bias else ("weight",))]  # rows: q, k, v
+    if swiglu:
+        fused.append(("mlp.fc1", _SWIGLU_FC1[layout], ("weight", "bias")))  # rows: gate, value
+    block += [Entry(tuple(f"{b}{n}.{part}" for n in parts), f"blocks.{{i}}.{canon}.{part}", FUSE)
+              for canon, parts, kinds in fused for part in kinds]
+    return m + expand(block, depth) + [Entry(hk, canon) for canon, hk in heads.items()]
 
 
 def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[str, Any],
@@ -297,13 +292,52 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
     for a in archs:
         if a in fam.refused:
             raise ConversionError(f"{source}: {a} {fam.refused[a]}")
+    st, swiglu, layout = _family_state(fam, facts, state, hf_config, source)
+    f = _family_sizes(fam, facts, st, layout, swiglu, hf_config, source)
+    h = _family_heads(fam, facts, st, archs, source)
+    qkv_bias = f["qkv_bias"]
+    out = take(key_map(fam, layout, depth=f["depth"], qkv_bias=qkv_bias, swiglu=swiglu, dist=h["dist"],
+                       pooler=h["rep"] is not None, registers=h["reg"] > 0, heads=h["heads"]), st, source,
+               unexpected=lambda k: f"unexpected key {k!r} (qkv_bias={qkv_bias} in config.json)" if "attention" in k
+               else f"unexpected key {k!r}")
+    # ---- position table grid: HF's rows are its positioned prefix tokens, then the patches at image_size
+    img, P = f["img"], f["P"]
+    gh, gw = img[0] // P, img[1] // P
+    T = int(np.shape(out["pos_embed"])[1]) if np.ndim(out["pos_embed"]) == 3 else -1
+    if img[0] % P or img[1] % P or T != fam.pos_prefix + gh * gw:
+        raise MismatchError(source, [f"position_embeddings has {T} rows; image_size {list(img)} with patch_size {P} "
+                                     f"needs {fam.pos_prefix + gh * gw} ({fam.pos_prefix} for the prefix tokens)"])
+    arch = next((a for a in archs if a in fam.classes), None) or mt
+    note = "; its distillation token, read by no head, is reg_token" if mt == "deit" and not h["dist_token"] else ""
+    try:
+        cfg = ViTConfig(
+            name=str(f["name"] or f"hf_{mt}").replace("/", "_") or f"hf_{mt}",
+            image_size=img, in_chans=f["C"], patch_size=P, embed_dim=f["D"], depth=f["depth"], num_heads=f["H"],
+            mlp_dim=f["M"], swiglu=swiglu, qkv_bias=qkv_bias, init_values=h["init_values"],
+            class_token="learned" if fam.class_token else "none", dist_token=h["dist_token"], reg_tokens=h["reg"],
+            pool="token_mean" if fam.dino and h["variant"] == "classifier" else fam.pool, pos_embed="learned",
+            pos_prefix_tokens=fam.pos_prefix if h["reg"] and mt == "dinov2_with_registers" else None,
+            resize_kernel=fam.resize_kernel, gelu=HF_GELU[f["act"]], layer_norm_eps=f["eps"], final_norm=True,
+            representation_size=h["rep"], num_classes=h["K"], dropout=f["hidden_dropout"],
+            attn_dropout=f["attn_dropout"], drop_path=h["drop_path"] or 0.0,
+            notes=f"imported from Hugging Face {arch} {source}{note}")
+    except ConfigError as e:
+        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
+    return cfg, out
+
+
+def _family_state(fam: _Family, facts: ConfigFacts, state: Mapping[str, Any], hf_config: Mapping[str, Any],
+                  source: str) -> tuple[dict[str, Any], bool, str]:
+    """(the base model's keys, without wrapper or base prefix, decoder or mask token; whether the MLP is SwiGLU;
+    the key layout, 'file' or 'module')."""
+    mt = fam.model_type
     st = strip_prefixes(state)
     decoder = sorted(k for k in st if k.startswith("decoder."))
     if decoder and mt == "vit_mae":
         st = {k: v for k, v in st.items() if not k.startswith("decoder.")}
         warnings.warn(f"{source}: dropped the ViTMAEForPreTraining decoder ({len(decoder)} tensors, e.g. "
                       f"{decoder[0]!r}): it reconstructs masked pixels in pre-training; the encoder is the model",
-                      ConversionWarning, stacklevel=3)
+                      ConversionWarning, stacklevel=4)
     elif decoder:
         raise ConversionError(f"{source}: {decoder[0]!r} {_MIM} (encoder_stride "
                               f"{shown(hf_config.get('encoder_stride'))})")
@@ -318,60 +352,51 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
     if gated_keys and not swiglu:
         raise ConversionError(f"{source}: {gated_keys[0]!r} is a SwiGLU MLP, but config.json "
                               + ("says use_swiglu_ffn=false" if fam.dino else f"is a {mt} model, which has none"))
-    block = _SWIGLU_BLOCK if swiglu else fam.block
     if "embeddings.mask_token" in st:
         st.pop("embeddings.mask_token")
         warnings.warn(f"{source}: dropped embeddings.mask_token: it is used only for masked-image-modeling inputs "
-                      f"(bool_masked_pos), never in plain inference", ConversionWarning, stacklevel=3)
-    layout = "module" if any(".attention.q_proj." in k for k in st) else "file"
+                      f"(bool_masked_pos), never in plain inference", ConversionWarning, stacklevel=4)
+    return st, swiglu, "module" if any(".attention.q_proj." in k for k in st) else "file"
 
-    # ---- facts from config.json, type-checked, then checked against the file
-    H = facts.as_int("num_attention_heads", required=True, hi=L.MAX_HEADS)
-    act = facts.as_str("hidden_act")
-    if act not in _GELU:
-        raise ConversionError(f"{source}: hidden_act {act!r} is not a GELU the canonical model supports "
+
+def _family_sizes(fam: _Family, facts: ConfigFacts, st: Mapping[str, Any], layout: str, swiglu: bool,
+                  hf_config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """config.json's numerics, type-checked, and the sizes of the weights, checked against config.json."""
+    f: dict[str, Any] = {"H": facts.as_int("num_attention_heads", required=True, hi=L.MAX_HEADS),
+                         "act": facts.as_str("hidden_act")}
+    if f["act"] not in HF_GELU:
+        raise ConversionError(f"{source}: hidden_act {f['act']!r} is not a GELU the canonical model supports "
                               f"(gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh; quick_gelu -> quick)")
-    eps = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
-    qkv_bias = facts.as_bool("qkv_bias")
-    hidden_dropout = facts.as_real("hidden_dropout_prob", 0.0, 1.0)
-    attn_dropout = facts.as_real("attention_probs_dropout_prob", 0.0, 1.0)
+    f.update(eps=facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True), qkv_bias=facts.as_bool("qkv_bias"),
+             hidden_dropout=facts.as_real("hidden_dropout_prob", 0.0, 1.0),
+             attn_dropout=facts.as_real("attention_probs_dropout_prob", 0.0, 1.0))
     for key, hi in (("hidden_size", L.MAX_WIDTH), ("num_channels", L.MAX_CHANNELS), ("patch_size", L.MAX_PATCH),
                     ("num_hidden_layers", L.MAX_DEPTH)):
         facts.as_int(key, hi=hi)
-    dino = fam.dino
-    if not dino:
+    if not fam.dino:
         facts.as_int("intermediate_size")
-    img_v = facts.get("image_size")
-    if not (is_int(img_v) or isinstance(img_v, list) and len(img_v) == 2 and all(is_int(x) for x in img_v)) \
-            or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([img_v] if is_int(img_v) else img_v)):
-        raise ConfigError(f"{facts.where}: 'image_size' must be an int or [height, width] ints in [1, "
-                          f"{L.MAX_IMAGE_SIDE}], got {shown(img_v)}")
-    img = _pair(img_v)
-    name_v = hf_config.get("_name_or_path")
-    if name_v is not None and not isinstance(name_v, str):
-        raise ConfigError(f"{facts.where}: '_name_or_path' must be a string, got {shown(name_v)}")
+    f["img"] = img = image_size_arg(facts.get("image_size"), facts.where, key="image_size", lists_only=True)
+    f["name"] = hf_config.get("_name_or_path")
+    if f["name"] is not None and not isinstance(f["name"], str):
+        raise ConfigError(f"{facts.where}: '_name_or_path' must be a string, got {shown(f['name'])}")
     pw = np.shape(st["embeddings.patch_embeddings.projection.weight"])
     if len(pw) != 4 or pw[2] != pw[3]:
         raise ConversionError(f"{source}: patch projection has shape {pw}; expected (D, C, P, P)")
     D, C, P = int(pw[0]), int(pw[1]), int(pw[2])
-    bp = fam.block_prefix[LAYOUTS.index(layout)]
-    pat = re.compile(bp.replace(".", r"\.").replace("{i}", r"(\d+)"))
-    ids = sorted({int(m.group(1)) for k in st if (m := pat.match(k))})
-    depth = len(ids)
-    if ids != list(range(depth)) or depth == 0:
-        first = ids[:10] + (["..."] if len(ids) > 10 else [])
-        raise MismatchError(source, [f"encoder layers are not numbered 0..n-1: {len(ids)} layers, {first}"])
     li = LAYOUTS.index(layout)
-    fc2 = bp.format(i=0) + next(names[li] for c, *names in block if c == "mlp.fc2.weight")
+    bp = fam.block_prefix[li]
+    depth = check_numbering(block_ids(st, bp), source)
+    fc2 = bp.format(i=0) + next(names[li] for c, *names in (_SWIGLU_BLOCK if swiglu else fam.block)
+                                if c == "mlp.fc2.weight")
     if fc2 not in st:
         raise MismatchError(source, [f"missing key {fc2!r}"])
     M = int(np.shape(st[fc2])[-1])  # the hidden width: fc2's input
     file_vals = {"hidden_size": D, "num_channels": C, "patch_size": P, "num_hidden_layers": depth}
-    if not dino:
+    if not fam.dino:
         file_vals["intermediate_size"] = M
     clash = [f"{k}: config.json {hf_config[k]!r}, weights {v!r}" for k, v in file_vals.items()
              if hf_config.get(k) is not None and int(hf_config[k]) != v]
-    if dino:  # HF's Dinov2 sizes its MLP as int(hidden_size * mlp_ratio), then its SwiGLU takes 2/3 of that
+    if fam.dino:  # HF's Dinov2 sizes its MLP as int(hidden_size * mlp_ratio), then its SwiGLU takes 2/3 of that
         ratio = facts.as_real("mlp_ratio", 0.0, float(L.MAX_WIDTH), lo_open=True)
         if _dino_hidden(D, ratio, swiglu) != M:
             r = facts.get("mlp_ratio")
@@ -380,19 +405,24 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
                          f"{'SwiGLU ' if swiglu else ''}MLP channels, weights {M}")
     if clash:
         raise MismatchError(source, ["config.json disagrees with the weights: " + c for c in clash])
-    if D % H:
-        raise ConversionError(f"{source}: hidden_size {D} is not divisible by num_attention_heads {H}")
+    if D % f["H"]:
+        raise ConversionError(f"{source}: hidden_size {D} is not divisible by num_attention_heads {f['H']}")
+    if fam.dino and img[0] != img[1]:
+        raise ConversionError(f"{source}: image_size {list(img)} is not square: transformers' {fam.model_type} "
+                              f"reshapes its position table as a square grid whenever height != width, so this is "
+                              f"not a model it runs")
+    return {**f, "D": D, "C": C, "P": P, "depth": depth, "M": M}
 
-    # ---- what the file holds: heads, pooler, extra tokens
-    init_values = drop_path = None
-    reg, dist_token, dist = 0, False, None
+
+def _family_heads(fam: _Family, facts: ConfigFacts, st: dict[str, Any], archs: list[str],
+                  source: str) -> dict[str, Any]:
+    """What the file holds besides the blocks: its head variant and keys, pooler, distillation and register
+    tokens, LayerScale's init value (an unused pooler is dropped from `st` with a ConversionWarning)."""
+    mt, dino = fam.model_type, fam.dino
+    h: dict[str, Any] = {"init_values": None, "drop_path": None, "reg": 0, "dist_token": False, "dist": None}
     if dino:
-        init_values = facts.as_real("layerscale_value", 0.0, 1e6, lo_open=True, hi_closed=True)
-        drop_path = facts.as_real("drop_path_rate", 0.0, 1.0)
-        if img[0] != img[1]:
-            raise ConversionError(f"{source}: image_size {list(img)} is not square: transformers' {mt} reshapes its "
-                                  f"position table as a square grid whenever height != width, so this is not a "
-                                  f"model it runs")
+        h["init_values"] = facts.as_real("layerscale_value", 0.0, 1e6, lo_open=True, hi_closed=True)
+        h["drop_path"] = facts.as_real("drop_path_rate", 0.0, 1.0)
     if ("cls_classifier.weight" in st or "distillation_classifier.weight" in st
             or "DeiTForImageClassificationWithTeacher" in archs):  # num_labels 0: Identity heads, no keys
         variant = "teacher"
@@ -404,12 +434,12 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
         raise ConversionError(f"{source}: cls_classifier / distillation_classifier belong to "
                               f"DeiTForImageClassificationWithTeacher, not to a {mt} model")
     if mt == "deit":
-        dist_token = variant == "teacher"
-        dist = "dist_token" if dist_token else "reg_token"
-        reg = 0 if dist_token else 1
+        h["dist_token"] = variant == "teacher"
+        h["dist"] = "dist_token" if h["dist_token"] else "reg_token"
+        h["reg"] = 0 if h["dist_token"] else 1
     if mt == "dinov2_with_registers":
         rt = np.shape(st.get("embeddings.register_tokens", np.zeros((0, 0, 0))))
-        reg = int(rt[1]) if len(rt) == 3 else -1
+        h["reg"] = reg = int(rt[1]) if len(rt) == 3 else -1
         n_conf = facts.as_int("num_register_tokens", lo=0, hi=L.MAX_PREFIX_TOKENS)
         if reg != n_conf:
             raise MismatchError(source, [f"config.json disagrees with the weights: num_register_tokens: config.json "
@@ -422,84 +452,22 @@ def _import_family(fam: _Family, state: Mapping[str, Any], hf_config: Mapping[st
             st.pop(k, None)
         has_pooler = False
         warnings.warn(f"{source}: dropped pooler.dense: HF's image classifiers classify the normed tokens and never "
-                      f"run the pooler", ConversionWarning, stacklevel=3)
+                      f"run the pooler", ConversionWarning, stacklevel=4)
     if has_pooler and facts.as_str("pooler_act") != "tanh":
         raise ConversionError(f"{source}: pooler_act {facts.get('pooler_act')!r}: canonical pre-logits are "
                               f"Linear + tanh")
-    rep = int(np.shape(st["pooler.dense.weight"])[0]) if has_pooler else None
+    h["rep"] = int(np.shape(st["pooler.dense.weight"])[0]) if has_pooler else None
     heads = _head_keys(variant)
     if not any(hk in st for hk in heads.values()):  # a classifier with num_labels 0 is an Identity: no keys
         heads = {}
-    K = int(np.shape(st[heads["head.weight"]])[0]) if heads else 0
+    h.update(variant=variant, heads=heads, K=int(np.shape(st[heads["head.weight"]])[0]) if heads else 0)
     if mt == "vit_mae":
         ratio = facts.as_real("mask_ratio", 0.0, 1.0)
         if ratio:
             warnings.warn(f"{source}: mask_ratio {ratio}: transformers' ViTMAEModel drops that share of the patches "
                           f"at random; the imported model is the encoder on every patch (mask_ratio 0)",
-                          ConversionWarning, stacklevel=3)
-
-    # ---- rename
-    out: dict[str, np.ndarray] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-
-    def take(hf_key: str, canon: str) -> None:
-        if hf_key in st:
-            out[canon] = to_float32(hf_key, st[hf_key], source)
-            used.add(hf_key)
-        else:
-            missing.append(hf_key)
-
-    for canon, hk in {**_top_keys(fam, dist=dist, pooler=has_pooler, registers=reg > 0), **heads}.items():
-        take(hk, canon)
-    for i in range(depth):
-        b = bp.format(i=i)
-        for canon, *names in block:
-            take(b + names[li], f"blocks.{i}.{canon}")
-        fused = [("attn.qkv", _QKV[layout], ("weight", "bias") if qkv_bias else ("weight",))]  # rows: q, k, v
-        if swiglu:
-            fused.append(("mlp.fc1", _SWIGLU_FC1[layout], ("weight", "bias")))  # rows: gate, value
-        for canon, parts, kinds in fused:
-            for part in kinds:
-                names = [f"{b}{n}.{part}" for n in parts]
-                absent = [n for n in names if n not in st]
-                if absent:
-                    missing += absent
-                    continue
-                out[f"blocks.{i}.{canon}.{part}"] = np.concatenate(
-                    [to_float32(n, st[n], source) for n in names], axis=0)
-                used.update(names)
-    leftovers = sorted(set(st) - used)
-    problems = [f"missing key {k!r}" for k in missing]
-    problems += [f"unexpected key {k!r} (qkv_bias={qkv_bias} in config.json)" if "attention" in k
-                 else f"unexpected key {k!r}" for k in leftovers]
-    if problems:
-        raise MismatchError(source, problems)
-
-    # ---- position table grid: HF's rows are its positioned prefix tokens, then the patches at image_size
-    gh, gw = img[0] // P, img[1] // P
-    T = int(np.shape(out["pos_embed"])[1]) if np.ndim(out["pos_embed"]) == 3 else -1
-    if img[0] % P or img[1] % P or T != fam.pos_prefix + gh * gw:
-        raise MismatchError(source, [f"position_embeddings has {T} rows; image_size {list(img)} with patch_size {P} "
-                                     f"needs {fam.pos_prefix + gh * gw} ({fam.pos_prefix} for the prefix tokens)"])
-    arch = next((a for a in archs if a in fam.classes), None) or mt
-    note = ""
-    if mt == "deit" and not dist_token:
-        note = "; its distillation token, read by no head, is reg_token"
-    try:
-        cfg = ViTConfig(
-            name=str(name_v or f"hf_{mt}").replace("/", "_") or f"hf_{mt}",
-            image_size=img, in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=H, mlp_dim=M,
-            swiglu=swiglu, qkv_bias=qkv_bias, init_values=init_values,
-            class_token="learned" if fam.class_token else "none", dist_token=dist_token, reg_tokens=reg,
-            pool="token_mean" if dino and variant == "classifier" else fam.pool, pos_embed="learned",
-            pos_prefix_tokens=fam.pos_prefix if reg and mt == "dinov2_with_registers" else None,
-            resize_kernel=fam.resize_kernel, gelu=_GELU[act], layer_norm_eps=eps, final_norm=True,
-            representation_size=rep, num_classes=K, dropout=hidden_dropout, attn_dropout=attn_dropout,
-            drop_path=drop_path or 0.0, notes=f"imported from Hugging Face {arch} {source}{note}")
-    except ConfigError as e:
-        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
-    return cfg, out
+                          ConversionWarning, stacklevel=4)
+    return h
 
 
 # ---------------------------------------------------------------------------- export
@@ -522,9 +490,37 @@ def hf_model_type(cfg: ViTConfig) -> str:
     return "vit"
 
 
+def export_problems(cfg: ViTConfig, model_type: str | None = None) -> list[str]:
+    """Why `cfg` cannot be written as HF `model_type` (default: hf_model_type(cfg)); empty when it can."""
+    mt = model_type or hf_model_type(cfg)
+    if mt in HF_CLIP_TYPES:
+        from .hf_clip import _architecture
+
+        return _architecture(cfg, mt)[1]
+    if mt not in _FAMILIES:
+        return [f"model_type {mt!r} is not a Hugging Face type vit-suite writes ({', '.join(HF_MODEL_TYPES)})"]
+    return _export_problems(cfg, _FAMILIES[mt])
+
+
+def _family_support(fam: _Family) -> tuple[str, ...]:
+    """The ViT-family options (words of ViTConfig.family_options' names) HF `fam` holds, or refuses in its own
+    checks (a pool it does not read)."""
+    own = ("QuickGELU", "without a position row", "attention-pool", "token_mean")  # zero rows; pools: _export_problems
+    return own + {"deit": ("distillation", "register"), "dinov2": ("LayerScale", "SwiGLU"),
+                  "dinov2_with_registers": ("LayerScale", "SwiGLU", "register")}.get(fam.model_type, ())
+
+
 def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
     mt, what = fam.model_type, f"HF {fam.model_type}"
-    p = []
+    p = family_refusals(cfg, what, supports=_family_support(fam), say={
+        "qk-norm": f"qk_norm: {what} has no LayerNorm on q and k",
+        "patch_bias=False": f"patch_bias=False: {what}'s patch projection has a bias",
+        "norm_pre": f"norm_pre: {what} has no LayerNorm before the blocks",
+        "distillation": f"dist_token: {what} has no distillation token (deit has)",
+        "register": lambda c: f"reg_tokens={c.reg_tokens}: {what} has no register tokens"
+                              + (" (dinov2_with_registers has)" if mt == "dinov2" else ""),
+        "LayerScale": f"init_values (LayerScale): {what} has none (dinov2 has)",
+        "SwiGLU": f"a SwiGLU MLP: {what}'s MLP is Linear-GELU-Linear (dinov2 has use_swiglu_ffn)"})
     if cfg.class_token != ("learned" if fam.class_token else "none"):
         p.append(f"class_token={cfg.class_token!r}: {what} "
                  + ("always has a learned cls_token" if fam.class_token else "has no class token"))
@@ -536,12 +532,6 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
         p.append(f"attn_dim {cfg.attn_dim} != embed_dim {cfg.embed_dim}: {what} keeps one width")
     if cfg.qk_scale is not None and cfg.qk_scale != cfg.head_dim ** -0.5:
         p.append(f"qk_scale={cfg.qk_scale}: {what} scales by head_dim**-0.5")
-    if cfg.qk_norm:
-        p.append(f"qk_norm: {what} has no LayerNorm on q and k")
-    if not cfg.patch_bias:
-        p.append(f"patch_bias=False: {what}'s patch projection has a bias")
-    if cfg.norm_pre:
-        p.append(f"norm_pre: {what} has no LayerNorm before the blocks")
     if cfg.pool != fam.pool and not (fam.dino and cfg.pool == "token_mean"):
         p.append(f"pool={cfg.pool!r}: {what} reads "
                  + ("the class token" if fam.pool == "token" else "the mean of its final-normed tokens")
@@ -557,23 +547,26 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
                  f"table at image_size (resample it first, e.g. re-import with image_size)")
     if cfg.drop_path and not fam.dino:
         p.append(f"drop_path: {what} has no stochastic depth")
-    # prefix tokens
-    if mt == "deit":
-        if cfg.reg_tokens + int(cfg.dist_token) != 1:
-            p.append(f"dist_token={cfg.dist_token}, reg_tokens={cfg.reg_tokens}: HF deit has exactly one token after "
-                     f"the class token (distillation_token)")
-    else:
-        if cfg.dist_token:
-            p.append(f"dist_token: {what} has no distillation token (deit has)")
-        if mt == "dinov2_with_registers" and not cfg.reg_tokens:
-            p.append(f"reg_tokens=0: {what} without registers is a dinov2")
-        if cfg.reg_tokens and mt != "dinov2_with_registers":
-            p.append(f"reg_tokens={cfg.reg_tokens}: {what} has no register tokens"
-                     + (" (dinov2_with_registers has)" if mt == "dinov2" else ""))
+    return p + _prefix_problems(cfg, fam) + _block_problems(cfg, fam)
+
+
+def _prefix_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
+    """HF's own rules for the prefix tokens (beyond which options a type has: family_refusals)."""
+    mt, what, p = fam.model_type, f"HF {fam.model_type}", []
+    if mt == "deit" and cfg.reg_tokens + int(cfg.dist_token) != 1:
+        p.append(f"dist_token={cfg.dist_token}, reg_tokens={cfg.reg_tokens}: HF deit has exactly one token after "
+                 f"the class token (distillation_token)")
+    if mt == "dinov2_with_registers" and not cfg.reg_tokens:
+        p.append(f"reg_tokens=0: {what} without registers is a dinov2")
     if cfg.pos_embed == "learned" and cfg.num_pos_prefix > fam.pos_prefix:
         p.append(f"{cfg.num_pos_prefix} prefix tokens have a position row; {what} positions only the first "
                  f"{fam.pos_prefix} (registers get none in dinov2_with_registers)")
-    # blocks and heads
+    return p
+
+
+def _block_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
+    """HF's own rules for the blocks and heads of `fam`."""
+    mt, what, p = fam.model_type, f"HF {fam.model_type}", []
     if fam.dino:
         if cfg.init_values is None:
             p.append(f"init_values=None: {what} always has LayerScale (layer_scale1, layer_scale2)")
@@ -586,10 +579,6 @@ def _export_problems(cfg: ViTConfig, fam: _Family) -> list[str]:
                      f"height != width")
         if cfg.swiglu and cfg.mlp_dim % 8:
             p.append(f"a SwiGLU MLP of {cfg.mlp_dim} channels: {what} rounds its SwiGLU width to a multiple of 8")
-    elif cfg.init_values is not None:
-        p.append(f"init_values (LayerScale): {what} has none (dinov2 has)")
-    if cfg.swiglu and not fam.dino:
-        p.append(f"a SwiGLU MLP: {what}'s MLP is Linear-GELU-Linear (dinov2 has use_swiglu_ffn)")
     if not fam.pooler and cfg.representation_size:
         p.append(f"representation_size: {what} has no pooler (pre-logits layer)")
     if not fam.classifier and cfg.num_classes and not fam.dino:
@@ -675,44 +664,31 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
         warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF {mt}'s "
                       f"interpolate_pos_encoding uses {fam.resize_kernel!r}: outputs at other image sizes will differ",
                       ConversionWarning, stacklevel=2)
-    D, M = cfg.embed_dim, cfg.mlp_dim
+    D = cfg.embed_dim
     variant, arch = _variant(cfg, mt)
+    state = dict(state)
+    if cfg.num_pos_prefix < fam.pos_prefix:
+        # prefix tokens HF positions but the canonical model does not: a zero row each (x + 0 is exact)
+        v, n = np.asarray(state["pos_embed"]), cfg.num_pos_prefix
+        state["pos_embed"] = np.concatenate([v[:, :n], np.zeros((1, fam.pos_prefix - n, D), v.dtype), v[:, n:]], axis=1)
     pre = fam.base_prefix if variant != "model" else ""
-    li = LAYOUTS.index(layout)
-    out: dict[str, np.ndarray] = {}
-
-    def put(hk: str, v) -> None:
-        out[hk] = np.array(v, dtype=CANONICAL_DTYPE, copy=True)
-
-    dist = ("dist_token" if cfg.dist_token else "reg_token") if mt == "deit" else None
-    for canon, hk in _top_keys(fam, dist=dist, pooler=bool(cfg.representation_size), registers=True).items():
-        v = np.asarray(state[canon])
-        if canon == "pos_embed" and cfg.num_pos_prefix < fam.pos_prefix:
-            # prefix tokens HF positions but the canonical model does not: a zero row each (x + 0 is exact)
-            n = cfg.num_pos_prefix
-            v = np.concatenate([v[:, :n], np.zeros((1, fam.pos_prefix - n, D), v.dtype), v[:, n:]], axis=1)
-        put(pre + hk, v)
+    out = put(key_map(fam, layout, depth=cfg.depth, qkv_bias=cfg.qkv_bias, swiglu=cfg.swiglu,
+                      dist=("dist_token" if cfg.dist_token else "reg_token") if mt == "deit" else None,
+                      pooler=bool(cfg.representation_size), registers=cfg.reg_tokens > 0,
+                      heads=_head_keys(variant) if cfg.num_classes else {}, pre=pre), state)
     if fam.dino:  # HF's Dinov2 always holds a mask token; zeros are its own initial value
-        put(pre + "embeddings.mask_token", np.zeros((1, D)))
-    fused = [("attn.qkv", _QKV[layout], ("weight", "bias") if cfg.qkv_bias else ("weight",))]
-    if cfg.swiglu:
-        fused.append(("mlp.fc1", _SWIGLU_FC1[layout], ("weight", "bias")))
-    for i in range(cfg.depth):
-        b = pre + fam.block_prefix[li].format(i=i)
-        for canon, *names in (_SWIGLU_BLOCK if cfg.swiglu else fam.block):
-            put(b + names[li], state[f"blocks.{i}.{canon}"])
-        for canon, parts, kinds in fused:  # split a fused tensor's rows into HF's tensors, in order
-            for part in kinds:
-                for n, rows in zip(parts, np.split(np.asarray(state[f"blocks.{i}.{canon}.{part}"]), len(parts))):
-                    put(f"{b}{n}.{part}", rows)
-    if cfg.num_classes:
-        for canon, hk in _head_keys(variant).items():
-            put(hk, state[canon])
+        out[pre + "embeddings.mask_token"] = np.zeros((1, D), CANONICAL_DTYPE)
+    return out, _hf_config(cfg, fam, arch, variant)
+
+
+def _hf_config(cfg: ViTConfig, fam: _Family, arch: str, variant: str) -> dict[str, Any]:
+    """config.json of `cfg` as HF model type fam.model_type, class `arch`."""
+    mt, D, M = fam.model_type, cfg.embed_dim, cfg.mlp_dim
     h, w = cfg.image_size
     conf: dict[str, Any] = {
         "architectures": [arch], "model_type": mt,
         "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
-        "hidden_act": _GELU_OUT[cfg.gelu], "hidden_dropout_prob": cfg.dropout,
+        "hidden_act": HF_GELU_OUT[cfg.gelu], "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.attn_dropout, "initializer_range": 0.02,
         "layer_norm_eps": cfg.layer_norm_eps, "image_size": h if h == w else [h, w], "patch_size": cfg.patch_size,
         "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
@@ -734,7 +710,7 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
     if variant != "model":  # num_labels from id2label; 0 for a headless DeiT teacher or DINOv2 classifier (Identity)
         conf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)}
         conf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_classes)}
-    return out, conf
+    return conf
 
 
 # ---------------------------------------------------------------------------- directories

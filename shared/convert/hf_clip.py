@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from functools import partial
 from typing import Any, Mapping
 
 import numpy as np
@@ -87,7 +88,8 @@ from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchEr
 from ..posemb import resample_pos_embed
 from ..weights import CANONICAL_DTYPE, validate_state
 from .hfconfig import ConfigFacts
-from .timm import strip_prefixes, to_float32
+from .common import HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, strip_prefixes
+from .keymap import FUSE, Entry, Reshape, Rows, Zeros, expand, put, take
 
 #: the full model's type (a vision tower and a text tower) -> (its vision tower's structure, the prefix of its
 #: transformers class names); its vision tower alone is model type f"{type}_vision_model"
@@ -114,8 +116,6 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
         ("Model", "ForImageClassification") if t in _FULL
         else ("VisionModel", "VisionModelWithProjection") if _FAMILY[t] == "clip" else ("VisionModel",)))
     for t in MODEL_TYPES}
-_GELU = {"quick_gelu": "quick", "gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh"}
-_GELU_OUT = {"quick": "quick_gelu", "erf": "gelu", "tanh": "gelu_pytorch_tanh"}
 #: transformers' CLIPVisionConfig / SiglipVisionConfig defaults (what transformers builds when a key is absent;
 #: MetaClip2VisionConfig's are CLIP's)
 _DEFAULTS = {
@@ -184,6 +184,29 @@ def _vision_config(hf_config: Mapping[str, Any], model_type: str, source: str) -
     return vc, "config.json vision_config"
 
 
+# ----------------------------------------------------------------------------- the key map
+def key_map(family: str, *, depth: int, width: int, positions: int, final_norm: bool, pool: str,
+            head: str | None = None, classes: int = 0, pre: str = TOWER) -> list[Entry]:
+    """(HF keys, canonical keys, transform) of a vision tower whose keys sit under `pre`, and of its head ('projection':
+    visual_projection, its canonical bias zeros; 'classifier'; None). positions: the rows of the position table."""
+    D = width
+    like = {"depth": depth, "norm_pre": family == "clip", "final_norm": final_norm, "pool": pool}
+    m = [Entry(pre + hk, canon) for canon, hk in _renames(family, like).items()]
+    if family == "clip":
+        m.append(Entry(pre + _CLS, "cls_token", Reshape((1, 1, D), (D,))))
+    m.append(Entry(pre + _POS, "pos_embed", Reshape((1, positions, D), (positions, D))))
+    m += expand([Entry(tuple(f"{pre}{_BLOCK_PREFIX}{n}.{part}" for n in _QKV), f"blocks.{{i}}.attn.qkv.{part}", FUSE)
+                 for part in ("weight", "bias")], depth)  # rows: q, k, v
+    if pool == "map":  # in_proj rows: q (the first D), then k, v (canonical kv)
+        m += [Entry(pre + _IN_PROJ + part, (f"attn_pool.q.{part}", f"attn_pool.kv.{part}"), Rows((D, 2 * D)))
+              for part in ("weight", "bias")]
+    if head == "projection":
+        m += [Entry("visual_projection.weight", "head.weight"), Entry((), "head.bias", Zeros((classes,)))]
+    elif head == "classifier":
+        m += [Entry("classifier.weight", "head.weight"), Entry("classifier.bias", "head.bias")]
+    return m
+
+
 # ----------------------------------------------------------------------------- import
 def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: str = "<hf checkpoint>",
                    image_size=None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
@@ -201,9 +224,46 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
                               f"{', '.join(MODEL_TYPES)})")
     family = _FAMILY[mt]
     vconf, conf_name = _vision_config(hf_config, mt, source)
-    where = f"{source}: {conf_name}"
-    facts = ConfigFacts(vconf, _DEFAULTS[family], source, where)
+    facts = ConfigFacts(vconf, _DEFAULTS[family], source, f"{source}: {conf_name}")
+    st, pre = _tower(state, mt, source)
+    f = _sizes(facts, st, pre, vconf, conf_name, source)
+    arch, pool, final_norm, head = _head(mt, facts, st, pre, conf_name, source)
+    K = int(np.shape(st["visual_projection.weight"])[0]) if head == "projection" else 0
+    T = int(np.shape(st[pre + _POS])[0]) if np.ndim(st.get(pre + _POS)) == 2 else -1
+    out = take(key_map(family, depth=f["depth"], width=f["D"], positions=T, final_norm=final_norm, pool=pool,
+                       head=head, classes=K, pre=pre), st, source)
+    K = int(out["head.weight"].shape[0]) if "head.weight" in out else 0
+    if head == "projection":
+        pd = (hf_config if mt in _FULL else vconf).get("projection_dim")
+        if pd is not None and pd != K:
+            raise MismatchError(source, [f"config.json disagrees with the weights: projection_dim {pd!r}, "
+                                         f"visual_projection.weight has {K} rows"])
+    img, P, n_pre = f["img"], f["P"], 1 if family == "clip" else 0
+    g = img // P
+    if T != n_pre + g * g:  # the position table's grid
+        raise MismatchError(source, [f"{pre + _POS!r} has {T} rows; image_size {img} with patch_size {P} needs "
+                                     f"{n_pre + g * g}{' (the class token, then the patches)' if n_pre else ''}"])
+    name = hf_config.get("_name_or_path")
+    name = name.replace("/", "_") if isinstance(name, str) and name else f"hf_{_full_type(mt)}"
+    try:
+        cfg = ViTConfig(
+            name=name, image_size=(img, img) if image_size is None else image_size, in_chans=f["C"], patch_size=P,
+            patch_bias=family == "siglip", embed_dim=f["D"], depth=f["depth"], num_heads=f["H"], mlp_dim=f["M"],
+            qkv_bias=True, class_token="learned" if family == "clip" else "none", pool=pool, pos_embed="learned",
+            resize_kernel=RESIZE_KERNEL, gelu=HF_GELU[f["act"]], layer_norm_eps=f["eps"], norm_pre=family == "clip",
+            final_norm=final_norm, num_classes=K, attn_dropout=f["attn_dropout"],
+            notes=f"imported from Hugging Face {arch} ({mt}) {source}")
+    except ConfigError as e:
+        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
+    if cfg.grid != (g, g):
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], (g, g), cfg.grid, n_pre, cfg.resize_kernel)
+    validate_state(cfg, out, source=source)
+    return cfg, out
 
+
+def _tower(state: Mapping[str, Any], mt: str, source: str) -> tuple[dict[str, Any], str]:
+    """(the checkpoint's keys without a wrapper prefix, the text tower, or a position_ids buffer; the vision tower's
+    prefix in them: 'vision_model.' or '')."""
     st = strip_prefixes(state)
     dropped_text = sorted(k for k in st if _TEXT.match(k))
     if dropped_text:
@@ -213,77 +273,73 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
         for k in dropped_text:
             st.pop(k)
         warnings.warn(f"{source}: dropped the text tower ({len(dropped_text)} tensors: {dropped_text[0]!r} ...): the "
-                      f"canonical model is the vision tower only", ConversionWarning, stacklevel=2)
-    # the tower's keys, relative to it; top-level keys (projection, classifier) apart
+                      f"canonical model is the vision tower only", ConversionWarning, stacklevel=3)
     prefixed = any(k.startswith(TOWER) for k in st)
     if mt in _FULL and not prefixed:
         raise ConversionError(f"{source}: a {mt!r} checkpoint keeps its vision tower under 'vision_model.'; no such "
                               f"key here")
-    tower: dict[str, Any] = {}
-    top: dict[str, Any] = {}
-    for k, v in st.items():
-        if prefixed:
-            (tower if k.startswith(TOWER) else top)[k[len(TOWER):] if k.startswith(TOWER) else k] = v
-        else:
-            (top if k.split(".")[0] in ("visual_projection", "classifier") else tower)[k] = v
     pre = TOWER if prefixed else ""
-    if _PATCH + "weight" not in tower:
+    if pre + _PATCH + "weight" not in st:
+        family = _FAMILY[mt]
         hint = " (this looks like a timm checkpoint: use --from timm)" if "patch_embed.proj.weight" in st else ""
         raise ConversionError(f"{source}: not a Hugging Face {family.upper() if family == 'clip' else 'SigLIP'} vision "
                               f"tower: no '{pre}{_PATCH}weight'{hint}")
-    if _POS_IDS in tower:
-        ids = np.asarray(tower.pop(_POS_IDS))
+    if pre + _POS_IDS in st:
+        ids = np.asarray(st.pop(pre + _POS_IDS))
         if ids.size and not np.array_equal(ids.reshape(-1), np.arange(ids.size)):
             raise MismatchError(source, [f"key {pre + _POS_IDS!r}: a persistent position_ids buffer that is not "
                                          f"0..{ids.size - 1}: positions are permuted, which HF models no longer "
                                          f"support"])
+    return st, pre
 
-    # ---- facts: config.json, then the weights
-    H = facts.as_int("num_attention_heads", hi=L.MAX_HEADS)
-    act = facts.as_str("hidden_act")
-    if act not in _GELU:
-        raise ConversionError(f"{where}: hidden_act {act!r} is not a GELU the canonical model supports "
+
+def _sizes(facts: ConfigFacts, st: Mapping[str, Any], pre: str, vconf: Mapping[str, Any], conf_name: str,
+           source: str) -> dict[str, Any]:
+    """The tower's numerics (config.json) and sizes (the weights, checked against config.json)."""
+    where = facts.where
+    f: dict[str, Any] = {"H": facts.as_int("num_attention_heads", hi=L.MAX_HEADS), "act": facts.as_str("hidden_act")}
+    if f["act"] not in HF_GELU:
+        raise ConversionError(f"{where}: hidden_act {f['act']!r} is not a GELU the canonical model supports "
                               f"(quick_gelu -> quick; gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh)")
-    eps = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
-    attn_dropout = facts.as_real("attention_dropout", 0.0, 1.0)
+    f["eps"] = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
+    f["attn_dropout"] = facts.as_real("attention_dropout", 0.0, 1.0)
     img_v = facts.get("image_size")
     if not (is_int(img_v) and 1 <= img_v <= L.MAX_IMAGE_SIDE):
         raise ConfigError(f"{where}: 'image_size' must be an int in [1, {L.MAX_IMAGE_SIDE}] (HF CLIP and SigLIP "
                           f"towers are square), got {shown(img_v)}")
-    img = int(img_v)
-    pw = np.shape(tower[_PATCH + "weight"])
+    f["img"] = int(img_v)
+    pw = np.shape(st[pre + _PATCH + "weight"])
     if len(pw) != 4 or pw[2] != pw[3]:
         raise MismatchError(source, [f"key {pre}{_PATCH}weight: shape {tuple(pw)}; expected (D, C, P, P)"])
     D, C, P = int(pw[0]), int(pw[1]), int(pw[2])
-    pat = re.compile(re.escape(_BLOCK_PREFIX).replace(r"\{i\}", r"(\d+)"))
-    ids = sorted({int(m.group(1)) for k in tower if (m := pat.match(k))})
-    depth = len(ids)
-    if depth == 0 or ids != list(range(depth)):
-        first = ids[:10] + (["..."] if len(ids) > 10 else [])
-        raise MismatchError(source, [f"encoder layers are not numbered 0..n-1: {len(ids)} layers, {first}"])
-    fc1 = _BLOCK_PREFIX.format(i=0) + "mlp.fc1.weight"
-    if fc1 not in tower:
-        raise MismatchError(source, [f"missing key {pre + fc1!r}"])
-    M = int(np.shape(tower[fc1])[0])
+    depth = check_numbering(block_ids(st, pre + _BLOCK_PREFIX), source)
+    fc1 = pre + _BLOCK_PREFIX.format(i=0) + "mlp.fc1.weight"
+    if fc1 not in st:
+        raise MismatchError(source, [f"missing key {fc1!r}"])
+    M = int(np.shape(st[fc1])[0])
     file_vals = {"hidden_size": D, "num_channels": C, "patch_size": P, "num_hidden_layers": depth,
                  "intermediate_size": M}
     clash = [f"{k}: {conf_name} {vconf[k]!r}, weights {v!r}" for k, v in file_vals.items()
              if vconf.get(k) is not None and vconf[k] != v]
     if clash:
         raise MismatchError(source, ["config.json disagrees with the weights: " + c for c in clash])
-    if D % H:
-        raise ConversionError(f"{where}: hidden_size {D} is not divisible by num_attention_heads {H}")
-    if img % P:
-        raise ConversionError(f"{where}: image_size {img} is not divisible by patch_size {P}: HF drops the "
+    if D % f["H"]:
+        raise ConversionError(f"{where}: hidden_size {D} is not divisible by num_attention_heads {f['H']}")
+    if f["img"] % P:
+        raise ConversionError(f"{where}: image_size {f['img']} is not divisible by patch_size {P}: HF drops the "
                               f"remainder pixels, the canonical model needs whole patches")
+    return {**f, "D": D, "C": C, "P": P, "depth": depth, "M": M}
 
-    # ---- which head
-    has_proj = "visual_projection.weight" in top
-    has_cls = "classifier.weight" in top
-    has_map = any(k.startswith(_HEAD_PREFIX) for k in tower)
+
+def _head(mt: str, facts: ConfigFacts, st: dict[str, Any], pre: str, conf_name: str,
+          source: str) -> tuple[str, str, bool, str | None]:
+    """(architecture, pool, final_norm, head: 'projection' | 'classifier' | None) the keys and config.json show;
+    the tensors that architecture never runs are dropped from `st` with a ConversionWarning."""
+    family, full = _FAMILY[mt], mt in _FULL  # a full model (vision_config), not a vision tower alone
+    has_proj, has_cls = "visual_projection.weight" in st, "classifier.weight" in st
+    has_map = any(k.startswith(pre + _HEAD_PREFIX) for k in st)
     problems: list[str] = []
     dropped: list[str] = []
-    full = mt in _FULL  # a full model (vision_config), not a vision tower alone
 
     def cls(kind: str) -> str:
         return _class(mt, kind)
@@ -292,15 +348,15 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
         problems.append(f"unexpected key 'classifier.weight' in a {mt!r} checkpoint: a classifier is "
                         f"{cls('ForImageClassification')}, model_type {_full_type(mt)!r}")
         has_cls = False
-        top.pop("classifier.weight")
-        top.pop("classifier.bias", None)
+        st.pop("classifier.weight")
+        st.pop("classifier.bias", None)
     if has_proj and has_cls:
         problems.append("unexpected key 'classifier.weight' next to 'visual_projection.weight': no HF CLIP "
                         "architecture has both")
     if family == "clip":
         if has_cls:  # CLIPForImageClassification: mean of the encoder's patch tokens, post_layernorm unused
             arch, pool, final_norm = cls("ForImageClassification"), "mean", False
-            dropped += [pre + k for k in ("post_layernorm.weight", "post_layernorm.bias") if k in tower]
+            dropped += [pre + k for k in ("post_layernorm.weight", "post_layernorm.bias") if pre + k in st]
         else:
             arch = cls(("Model" if full else "VisionModelWithProjection") if has_proj else "VisionModel")
             pool, final_norm = "token", True
@@ -308,13 +364,13 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
                 problems.append(f"missing key 'visual_projection.weight' (a {cls('Model')} projects its image "
                                 f"features)")
     else:
-        if "visual_projection.weight" in top:
+        if has_proj:
             problems.append("unexpected key 'visual_projection.weight': SigLIP has no visual projection")
         use_head = facts.as_bool("vision_use_head")
         final_norm = True
         if has_cls:  # SiglipForImageClassification: mean of the post-layernormed tokens, head.* unused
             arch, pool = cls("ForImageClassification"), "mean"
-            dropped += [pre + k for k in tower if k.startswith(_HEAD_PREFIX)]
+            dropped += [k for k in st if k.startswith(pre + _HEAD_PREFIX)]
         elif use_head:
             arch, pool = cls("Model" if full else "VisionModel"), "map"
             if not has_map:
@@ -326,152 +382,48 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
                 problems.append(f"unexpected key '{pre}head.probe' (and the attention-pool head): "
                                 f"vision_use_head is false in {conf_name}")
     for k in dropped:
-        tower.pop(k[len(pre):])
+        st.pop(k)
     if dropped:
         why = (f"{arch} classifies the mean of the encoder's patch tokens and never runs post_layernorm"
                if family == "clip" else
                f"{arch} classifies the mean of the tokens and never runs the attention-pool head")
         warnings.warn(f"{source}: dropped {len(dropped)} unused tensors ({dropped[0]!r} ...): {why}",
-                      ConversionWarning, stacklevel=2)
+                      ConversionWarning, stacklevel=3)
     if problems:
         raise MismatchError(source, problems)
-
-    # ---- rename
-    facts_like = {"depth": depth, "norm_pre": family == "clip", "final_norm": final_norm, "pool": pool}
-    out: dict[str, np.ndarray] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-
-    def take(hk: str, canon: str, shape=None) -> None:
-        if hk not in tower:
-            missing.append(pre + hk)
-            return
-        used.add(hk)
-        arr = to_float32(pre + hk, tower[hk], source)
-        if shape is not None and arr.size != int(np.prod(shape)):
-            problems.append(f"key {pre + hk!r}: shape {arr.shape} cannot hold {canon!r} of shape {shape}")
-            return
-        out[canon] = arr if shape is None else arr.reshape(shape)
-
-    for canon, hk in _renames(family, facts_like).items():
-        take(hk, canon)
-    if family == "clip":
-        take(_CLS, "cls_token", (1, 1, D))
-    n_pre = 1 if family == "clip" else 0
-    if _POS in tower:
-        pos = np.asarray(tower[_POS])
-        if pos.ndim != 2 or pos.shape[1] != D:
-            problems.append(f"key {pre + _POS!r}: shape {pos.shape}; expected (positions, {D})")
-            used.add(_POS)
-        else:
-            take(_POS, "pos_embed", (1, pos.shape[0], D))
-    else:
-        missing.append(pre + _POS)
-    for i in range(depth):
-        b = _BLOCK_PREFIX.format(i=i)
-        for part in ("weight", "bias"):
-            names = [f"{b}{n}.{part}" for n in _QKV]
-            absent = [pre + n for n in names if n not in tower]
-            if absent:
-                missing += absent
-                continue
-            out[f"blocks.{i}.attn.qkv.{part}"] = np.concatenate(
-                [to_float32(pre + n, tower[n], source) for n in names], axis=0)  # rows: q, k, v
-            used.update(names)
-    if pool == "map":
-        for part in ("weight", "bias"):
-            hk = _IN_PROJ + part
-            if hk not in tower:
-                missing.append(pre + hk)
-                continue
-            w = to_float32(pre + hk, tower[hk], source)
-            used.add(hk)
-            if w.shape[0] != 3 * D:
-                problems.append(f"key {pre + hk!r}: shape {w.shape}; expected {3 * D} rows (q, k, v)")
-                continue
-            out[f"attn_pool.q.{part}"], out[f"attn_pool.kv.{part}"] = w[:D].copy(), w[D:].copy()
-    if has_proj or has_cls:
-        hk = "visual_projection.weight" if has_proj else "classifier.weight"
-        out["head.weight"] = to_float32(hk, top.pop(hk), source)
-        if has_proj:
-            out["head.bias"] = np.zeros(out["head.weight"].shape[:1], CANONICAL_DTYPE)
-        elif "classifier.bias" in top:
-            out["head.bias"] = to_float32("classifier.bias", top.pop("classifier.bias"), source)
-        else:
-            missing.append("classifier.bias")
-    problems += [f"missing key {k!r}" for k in missing]
-    problems += [f"unexpected key {pre + k!r}" for k in sorted(set(tower) - used)]
-    problems += [f"unexpected key {k!r}" for k in sorted(top)]
-    if problems:
-        raise MismatchError(source, problems)
-    K = int(out["head.weight"].shape[0]) if "head.weight" in out else 0
-    if has_proj:
-        pd = (hf_config if full else vconf).get("projection_dim")
-        if pd is not None and pd != K:
-            raise MismatchError(source, [f"config.json disagrees with the weights: projection_dim {pd!r}, "
-                                         f"visual_projection.weight has {K} rows"])
-
-    # ---- position table grid
-    g = img // P
-    T = int(out["pos_embed"].shape[1])
-    if T != n_pre + g * g:
-        raise MismatchError(source, [f"{pre + _POS!r} has {T} rows; image_size {img} with patch_size {P} needs "
-                                     f"{n_pre + g * g}{' (the class token, then the patches)' if n_pre else ''}"])
-    target = (img, img) if image_size is None else image_size
-    name = hf_config.get("_name_or_path")
-    name = name.replace("/", "_") if isinstance(name, str) and name else f"hf_{_full_type(mt)}"
-    try:
-        cfg = ViTConfig(
-            name=name, image_size=target, in_chans=C, patch_size=P, patch_bias=family == "siglip", embed_dim=D,
-            depth=depth, num_heads=H, mlp_dim=M, qkv_bias=True,
-            class_token="learned" if family == "clip" else "none", pool=pool, pos_embed="learned",
-            resize_kernel=RESIZE_KERNEL, gelu=_GELU[act], layer_norm_eps=eps, norm_pre=family == "clip",
-            final_norm=final_norm, num_classes=K, attn_dropout=attn_dropout,
-            notes=f"imported from Hugging Face {arch} ({mt}) {source}")
-    except ConfigError as e:
-        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
-    if cfg.grid != (g, g):
-        out["pos_embed"] = resample_pos_embed(out["pos_embed"], (g, g), cfg.grid, n_pre, cfg.resize_kernel)
-    validate_state(cfg, out, source=source)
-    return cfg, out
+    head = "classifier" if has_cls else "projection" if has_proj and family == "clip" else None
+    return arch, pool, final_norm, head
 
 
 # ----------------------------------------------------------------------------- export
 def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str]]:
     """The HF architecture `cfg` becomes under `model_type`, or None and every reason it cannot be one."""
     family = _FAMILY[model_type]
-    full_type, vision_type = _full_type(model_type), _full_type(model_type) + "_vision_model"
-    full = model_type == full_type
-
-    def cls(kind: str) -> str:
-        return _class(model_type, kind)
-
-    p: list[str] = []
+    # the family options: the pools (map, token_mean), CLIP's norm_pre and bias-free patches are the class's questions
+    p = family_refusals(cfg, f"HF {family}", supports=("QuickGELU", "attention-pool", "token_mean") + (
+        ("norm_pre", "patch_bias=False") if family == "clip" else ()), say={
+        "without a position row": f"pos_prefix_tokens={cfg.pos_prefix_tokens}: every HF {family} token has a "
+                                  f"position row",
+        "distillation": f"dist_token: HF {family} has no distillation token",
+        "register": f"reg_tokens={cfg.reg_tokens}: HF {family} has no register tokens",
+        "qk-norm": f"qk_norm: HF {family} attention has no q/k norm",
+        "LayerScale": f"init_values={cfg.init_values} (LayerScale): HF {family} blocks have no ls1/ls2",
+        "SwiGLU": f"a SwiGLU MLP: HF {family}'s MLP is Linear-GELU-Linear",
+        "norm_pre": "norm_pre: HF SigLIP has no norm before the blocks",
+        "patch_bias=False": "patch_bias=False: HF SigLIP's patch embedding has a bias"})
     if cfg.pos_embed != "learned":
         p.append(f"pos_embed={cfg.pos_embed!r}: HF {family} has a learned position table only")
-    elif cfg.num_pos_prefix != cfg.num_prefix_tokens:
-        p.append(f"pos_prefix_tokens={cfg.pos_prefix_tokens}: every HF {family} token has a position row")
-    elif cfg.table_grid != cfg.grid:
+    elif cfg.num_pos_prefix == cfg.num_prefix_tokens and cfg.table_grid != cfg.grid:
         p.append(f"the table is stored at grid {cfg.table_grid}, the image grid is {cfg.grid}: HF stores the table "
                  f"at image_size (resample it first, e.g. re-import with image_size)")
     if cfg.image_size[0] != cfg.image_size[1]:
         p.append(f"image_size {cfg.image_size}: HF {family} towers take square images (one int image_size)")
-    if cfg.dist_token:
-        p.append(f"dist_token: HF {family} has no distillation token")
-    if cfg.reg_tokens:
-        p.append(f"reg_tokens={cfg.reg_tokens}: HF {family} has no register tokens")
     if cfg.attn_value_skip:
         p.append("attn_value_skip: HF attention has no value skip")
     if cfg.attn_dim is not None and cfg.attn_dim != cfg.embed_dim:
         p.append(f"attn_dim {cfg.attn_dim} != embed_dim {cfg.embed_dim}: HF keeps one width")
     if cfg.qk_scale is not None and cfg.qk_scale != cfg.head_dim ** -0.5:
         p.append(f"qk_scale={cfg.qk_scale}: HF scales by head_dim**-0.5")
-    if cfg.qk_norm:
-        p.append(f"qk_norm: HF {family} attention has no q/k norm")
-    if cfg.init_values is not None:
-        p.append(f"init_values={cfg.init_values} (LayerScale): HF {family} blocks have no ls1/ls2")
-    if cfg.swiglu:
-        p.append(f"a SwiGLU MLP: HF {family}'s MLP is Linear-GELU-Linear")
     if not cfg.qkv_bias:
         p.append("qkv_bias=False: HF q/k/v projections have biases")
     if cfg.fc_norm:
@@ -484,49 +436,57 @@ def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str
         p.append(f"drop_path={cfg.drop_path}: HF {family} has no stochastic depth")
     if cfg.dropout:
         p.append(f"dropout={cfg.dropout}: HF {family} has no hidden dropout (only attention_dropout)")
-    arch = None
-    if family == "clip":
-        if cfg.class_token != "learned":
-            p.append(f"class_token={cfg.class_token!r}: HF CLIP has a learned class embedding")
-        if not cfg.norm_pre:
-            p.append("norm_pre=False: HF CLIP always applies pre_layrnorm")
-        if cfg.patch_bias:
-            p.append("patch_bias=True: HF CLIP's patch embedding has no bias")
-        if cfg.pool == "token" and cfg.final_norm:
-            if not full:
-                arch = cls("VisionModelWithProjection" if cfg.num_classes else "VisionModel")
-            elif cfg.num_classes:
-                arch = cls("Model")
-            else:
-                p.append(f"num_classes=0: a {cls('Model')} always has a visual_projection (export features-only as "
-                         f"model_type '{vision_type}', a {cls('VisionModel')})")
-        elif cfg.pool == "mean" and not cfg.final_norm and cfg.num_classes and full:
-            arch = cls("ForImageClassification")
-        else:
-            p.append(f"pool={cfg.pool!r}, final_norm={cfg.final_norm}, num_classes={cfg.num_classes}: HF "
-                     f"{cls('')} pools the post-layernormed class token ({cls('VisionModel')}[WithProjection], "
-                     f"{cls('Model')}) or, in {cls('ForImageClassification')} (model_type '{full_type}'), the mean "
-                     f"of the patch tokens without a final norm into a classifier")
-    else:
-        if cfg.class_token != "none":
-            p.append(f"class_token={cfg.class_token!r}: HF SigLIP has no class token")
-        if cfg.norm_pre:
-            p.append("norm_pre: HF SigLIP has no norm before the blocks")
-        if not cfg.patch_bias:
-            p.append("patch_bias=False: HF SigLIP's patch embedding has a bias")
-        if not cfg.final_norm:
-            p.append("final_norm=False: HF SigLIP always applies post_layernorm")
-        if cfg.pool in ("map", "mean") and not cfg.num_classes:
-            arch = cls("Model" if full else "VisionModel")
-        elif cfg.pool == "mean" and full:
-            arch = cls("ForImageClassification")
-        elif cfg.pool == "mean":
-            p.append(f"num_classes={cfg.num_classes}: a SigLIP classifier is a {cls('ForImageClassification')} "
-                     f"(export with model_type '{full_type}')")
-        else:
-            p.append(f"pool={cfg.pool!r}, num_classes={cfg.num_classes}: HF SigLIP pools with its attention head "
-                     f"(no classifier after it) or, in SiglipForImageClassification, the mean of the tokens")
+    arch = (_clip_class if family == "clip" else _siglip_class)(cfg, model_type, p)
     return (None if p else arch), p
+
+
+def _clip_class(cfg: ViTConfig, model_type: str, p: list[str]) -> str | None:
+    """The CLIP (or MetaCLIP 2) class that holds cfg under model_type, or None with the reasons added to `p`."""
+    full_type, vision_type = _full_type(model_type), _full_type(model_type) + "_vision_model"
+    full, arch, cls = model_type == full_type, None, partial(_class, model_type)
+    if cfg.class_token != "learned":
+        p.append(f"class_token={cfg.class_token!r}: HF CLIP has a learned class embedding")
+    if not cfg.norm_pre:
+        p.append("norm_pre=False: HF CLIP always applies pre_layrnorm")
+    if cfg.patch_bias:
+        p.append("patch_bias=True: HF CLIP's patch embedding has no bias")
+    if cfg.pool == "token" and cfg.final_norm:
+        if not full:
+            arch = cls("VisionModelWithProjection" if cfg.num_classes else "VisionModel")
+        elif cfg.num_classes:
+            arch = cls("Model")
+        else:
+            p.append(f"num_classes=0: a {cls('Model')} always has a visual_projection (export features-only as "
+                     f"model_type '{vision_type}', a {cls('VisionModel')})")
+    elif cfg.pool == "mean" and not cfg.final_norm and cfg.num_classes and full:
+        arch = cls("ForImageClassification")
+    else:
+        p.append(f"pool={cfg.pool!r}, final_norm={cfg.final_norm}, num_classes={cfg.num_classes}: HF "
+                 f"{cls('')} pools the post-layernormed class token ({cls('VisionModel')}[WithProjection], "
+                 f"{cls('Model')}) or, in {cls('ForImageClassification')} (model_type '{full_type}'), the mean "
+                 f"of the patch tokens without a final norm into a classifier")
+    return arch
+
+
+def _siglip_class(cfg: ViTConfig, model_type: str, p: list[str]) -> str | None:
+    """The SigLIP class that holds cfg under model_type, or None with the reasons added to `p`."""
+    full_type = _full_type(model_type)
+    full, arch, cls = model_type == full_type, None, partial(_class, model_type)
+    if cfg.class_token != "none":
+        p.append(f"class_token={cfg.class_token!r}: HF SigLIP has no class token")
+    if not cfg.final_norm:
+        p.append("final_norm=False: HF SigLIP always applies post_layernorm")
+    if cfg.pool in ("map", "mean") and not cfg.num_classes:
+        arch = cls("Model" if full else "VisionModel")
+    elif cfg.pool == "mean" and full:
+        arch = cls("ForImageClassification")
+    elif cfg.pool == "mean":
+        p.append(f"num_classes={cfg.num_classes}: a SigLIP classifier is a {cls('ForImageClassification')} "
+                 f"(export with model_type '{full_type}')")
+    else:
+        p.append(f"pool={cfg.pool!r}, num_classes={cfg.num_classes}: HF SigLIP pools with its attention head "
+                 f"(no classifier after it) or, in SiglipForImageClassification, the mean of the tokens")
+    return arch
 
 
 def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: str, layout: str = "file",
@@ -567,41 +527,18 @@ def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: 
                       ConversionWarning, stacklevel=2)
     D = cfg.embed_dim
     pre = "" if layout == "module" and arch == _class(model_type, "VisionModel") else TOWER
-    out: dict[str, np.ndarray] = {}
-
-    def put(hk: str, v) -> None:
-        out[hk] = np.array(v, dtype=CANONICAL_DTYPE, copy=True)
-
-    for canon, hk in _renames(family, cfg.to_dict()).items():
-        put(pre + hk, state[canon])
-    if family == "clip":
-        put(pre + _CLS, np.asarray(state["cls_token"]).reshape(D))
-        if not cfg.final_norm:  # CLIPForImageClassification never runs it: the identity, so every key is there
-            put(pre + "post_layernorm.weight", np.ones(D))
-            put(pre + "post_layernorm.bias", np.zeros(D))
-    put(pre + _POS, np.asarray(state["pos_embed"])[0])
-    for i in range(cfg.depth):
-        b = pre + _BLOCK_PREFIX.format(i=i)
-        for part in ("weight", "bias"):
-            fused = np.asarray(state[f"blocks.{i}.attn.qkv.{part}"])
-            for j, n in enumerate(_QKV):
-                put(f"{b}{n}.{part}", fused[j * D:(j + 1) * D])
-    if cfg.pool == "map":
-        for part in ("weight", "bias"):
-            put(f"{pre}{_IN_PROJ}{part}", np.concatenate([np.asarray(state[f"attn_pool.q.{part}"]),
-                                                          np.asarray(state[f"attn_pool.kv.{part}"])], axis=0))
-    if cfg.num_classes:
-        if arch.endswith("ForImageClassification"):
-            put("classifier.weight", state["head.weight"])
-            put("classifier.bias", state["head.bias"])
-        else:
-            put("visual_projection.weight", state["head.weight"])
+    head = None if not cfg.num_classes else "classifier" if arch.endswith("ForImageClassification") else "projection"
+    out = put(key_map(family, depth=cfg.depth, width=D, positions=cfg.num_pos_prefix + cfg.grid[0] * cfg.grid[1],
+                      final_norm=cfg.final_norm, pool=cfg.pool, head=head, classes=cfg.num_classes, pre=pre), state)
+    if family == "clip" and not cfg.final_norm:  # CLIPForImageClassification never runs it: the identity, so
+        out[pre + "post_layernorm.weight"] = np.ones(D, CANONICAL_DTYPE)  # every key is there
+        out[pre + "post_layernorm.bias"] = np.zeros(D, CANONICAL_DTYPE)
 
     vision: dict[str, Any] = {
         "model_type": f"{_full_type(model_type)}_vision_model",
         "hidden_size": D, "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.num_heads, "num_channels": cfg.in_chans, "image_size": cfg.image_size[0],
-        "patch_size": cfg.patch_size, "hidden_act": _GELU_OUT[cfg.gelu], "layer_norm_eps": cfg.layer_norm_eps,
+        "patch_size": cfg.patch_size, "hidden_act": HF_GELU_OUT[cfg.gelu], "layer_norm_eps": cfg.layer_norm_eps,
         "attention_dropout": cfg.attn_dropout,
     }
     if family == "clip":

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -21,9 +23,9 @@ from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
 from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, SuiteError, UsageError
 from ..fileio import atomic_write, work_dir, write_dir_atomically
-from ..posemb import resample_pos_embed
 from ..presets import get_preset
-from .formats import FORMATS, NATIVE_BACKENDS, SUFFIX, detect_format, native_backend
+from .common import resize_state
+from .formats import FORMATS, SUFFIX, detect_format, native_backend
 from .hf import load_hf_dir, save_hf_dir
 from .bigvision import load_bigvision_file
 from .torchvision import load_torchvision_file, save_torchvision_file
@@ -38,62 +40,80 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
              image_size: tuple[int, int] | None = None, **stated) -> tuple[ViTConfig, dict]:
     """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
     tell. `stated` (pool=, gelu=, mlp=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
-    the questions a timm state dict leaves open; other formats refuse them (UsageError)."""
+    the questions a timm state dict leaves open; other formats refuse them (UsageError). The reader is the format's
+    row of TABLE."""
     fmt = fmt or detect_format(src)
     stated = {k: v for k, v in stated.items() if v is not None}
     if stated and fmt not in STATED_FACT_FORMATS:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in stated)
         raise UsageError(f"{flags} answer(s) what a timm state dict cannot tell; {src} is a {fmt!r} file, which "
                          f"states it (or takes --preset)")
-    if fmt in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
-        from .kerashub import load_kerashub
-        from .mindcv import load_mindcv_file
-
-        cfg, state = (load_kerashub if fmt == "kerashub" else load_mindcv_file)(src, preset)
-        if image_size and tuple(image_size) != tuple(cfg.image_size):
-            cfg, state = resize_state(cfg, state, image_size)
-        return cfg, state
-    cfg_hint = _preset_hint(preset, fmt) if preset else None
-    if fmt == "canonical":
-        cfg, state = W.load(src)
-    elif fmt == "timm":
-        return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
-    elif fmt == "torchvision":
-        return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
-    elif fmt == "bigvision":
-        return load_bigvision_file(src, preset=cfg_hint, image_size=image_size)
-    elif fmt == "hf":
-        cfg, state = load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
-    elif fmt == "torch":
-        # a plain state dict carries no config: the named preset if it fits exactly, else sizes from the file
-        state = read_checkpoint(src)
-        try:
-            if not isinstance(cfg_hint, ViTConfig) or stated:
-                raise MismatchError(src, ["no preset, or facts stated for a timm state dict"])
-            W.validate_state(cfg_hint, state, source=src)
-            cfg = cfg_hint
-        except MismatchError:  # a timm state dict (with timm's config.json beside it, when there is one)
-            cfg, state = load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
-    elif fmt in NATIVE_BACKENDS:
-        be_name = native_backend(fmt)
-        import_frameworks_in_safe_order([be_name])
-        be = get_backend(be_name)
-        with work_dir("src") as tmp:
-            link = None
-            if not str(src).lower().endswith(SUFFIX[fmt]):
-                # detected from content: frameworks insist on their suffix, so give them a correctly named link
-                link = Path(tmp) / f"weights{SUFFIX[fmt]}"
-                link.symlink_to(Path(src).resolve())
-            try:
-                model = _load_native(be, fmt, str(link or src), cfg_hint)
-            except SuiteError as e:  # name the user's file, never the link in the suite's work folder
-                raise _renamed(e, str(link), str(src)) if link is not None else e from None
-        cfg, state = model.config, be.export(model)
-    else:
+    reader = TABLE[fmt].read if fmt in TABLE else None
+    if reader is None:
         raise UsageError(f"unknown source format {fmt!r}; known: {', '.join(FORMATS)}")
-    if image_size and tuple(image_size) != tuple(cfg.image_size):
+    if fmt not in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
+        preset = _preset_hint(preset, fmt) if preset else None
+    cfg, state = reader(src, fmt, preset, image_size, stated)
+    if not TABLE[fmt].sized_by_importer and image_size and tuple(image_size) != tuple(cfg.image_size):
         cfg, state = resize_state(cfg, state, image_size)
     return cfg, state
+
+
+def _read_foreign(src, fmt, preset, image_size, stated):
+    from .kerashub import load_kerashub
+    from .mindcv import load_mindcv_file
+
+    return (load_kerashub if fmt == "kerashub" else load_mindcv_file)(src, preset)
+
+
+def _read_canonical(src, fmt, cfg_hint, image_size, stated):
+    return W.load(src)
+
+
+def _read_timm(src, fmt, cfg_hint, image_size, stated):
+    return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
+
+
+def _read_torchvision(src, fmt, cfg_hint, image_size, stated):
+    return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
+
+
+def _read_bigvision(src, fmt, cfg_hint, image_size, stated):
+    return load_bigvision_file(src, preset=cfg_hint, image_size=image_size)
+
+
+def _read_hf(src, fmt, cfg_hint, image_size, stated):
+    return load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
+
+
+def _read_torch(src, fmt, cfg_hint, image_size, stated):
+    """A plain state dict carries no config: the named preset if it fits exactly, else sizes from the file."""
+    state = read_checkpoint(src)
+    try:
+        if not isinstance(cfg_hint, ViTConfig) or stated:
+            raise MismatchError(src, ["no preset, or facts stated for a timm state dict"])
+        W.validate_state(cfg_hint, state, source=src)
+        return cfg_hint, state
+    except MismatchError:  # a timm state dict (with timm's config.json beside it, when there is one)
+        return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
+
+
+def _read_native(src, fmt, cfg_hint, image_size, stated):
+    """A backend's own file (.pt, .keras, .weights.h5, .ckpt) through that backend's load_native."""
+    be_name = native_backend(fmt)
+    import_frameworks_in_safe_order([be_name])
+    be = get_backend(be_name)
+    with work_dir("src") as tmp:
+        link = None
+        if not str(src).lower().endswith(SUFFIX[fmt]):
+            # detected from content: frameworks insist on their suffix, so give them a correctly named link
+            link = Path(tmp) / f"weights{SUFFIX[fmt]}"
+            link.symlink_to(Path(src).resolve())
+        try:
+            model = _load_native(be, fmt, str(link or src), cfg_hint)
+        except SuiteError as e:  # name the user's file, never the link in the suite's work folder
+            raise _renamed(e, str(link), str(src)) if link is not None else e from None
+    return model.config, be.export(model)
 
 
 def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
@@ -150,7 +170,7 @@ def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | s
     model), and unused by a file that carries its config (canonical, hf: `convert --verify` reads the result back
     with the --preset it was given)."""
     from .mindcv import MINDCV_MODELS, mindcv_preset
-    from .timm import is_suite_preset
+    from .common import is_suite_preset
     from .timm_resolve import timm_knows
 
     if isinstance(name, ViTConfig):
@@ -165,71 +185,82 @@ def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | s
     return get_preset(name)
 
 
-def resize_state(cfg: ViTConfig, state: dict, image_size: tuple[int, int]) -> tuple[ViTConfig, dict]:
-    """Store the weights for another image size: a learned table is resampled with the config's kernel."""
-    new = cfg.replace(image_size=image_size, pos_grid=None)
-    state = dict(state)
-    if cfg.pos_embed == "learned":
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_pos_prefix,
-                                                cfg.resize_kernel).astype(np.float32)
-    return new, state
-
-
 def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> None:
     """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically; an existing `dst` is replaced
     only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost).
     timm: a `dst` without a suffix is a timm hub directory; `.pt`/`.pth`/`.bin` a torch state dict (torch.save, what
-    `torch.load(weights_only=True)` reads), any other suffix a safetensors state dict."""
-    if fmt == "canonical":
-        W.save(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "timm" and not Path(dst).suffix:
-        save_timm_hub_dir(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "timm":
-        timm_state = {k: np.ascontiguousarray(v) for k, v in export_timm(cfg, state).items()}
-        if Path(dst).suffix.lower() in (".pt", ".pth", ".bin"):
-            import torch
-
-            tensors = {k: torch.from_numpy(v) for k, v in timm_state.items()}
-            atomic_write(dst, lambda t: torch.save(tensors, t), overwrite=overwrite)
-        else:
-            from safetensors.numpy import save_file
-
-            atomic_write(dst, lambda t: save_file(timm_state, t), overwrite=overwrite)
-    elif fmt == "hf":
-        save_hf_dir(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "torchvision":
-        save_torchvision_file(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "bigvision":
-        raise UsageError("bigvision (.npz) is read only: vit-suite does not write the big_vision layout; "
-                         "pick another --to")
-    elif fmt == "kerashub":
-        from .kerashub import save_kerashub_preset
-
-        save_kerashub_preset(dst, cfg, state, overwrite=overwrite)
-    elif fmt == "mindcv":
-        from .mindcv import save_mindcv_ckpt
-
-        save_mindcv_ckpt(dst, cfg, state, overwrite=overwrite)
-    elif fmt in NATIVE_BACKENDS:
-        if not overwrite and Path(dst).exists():
-            raise OutputError(f"{dst} exists; pass --force to replace it")
-        be_name = native_backend(fmt)
-        import_frameworks_in_safe_order([be_name])
-        be = get_backend(be_name)
-        model = be.build(cfg, state)
-        suffix = SUFFIX[fmt]
-
-        def write(tmp: str) -> None:
-            # the backend's own atomic writer writes directly inside this writer's staging folder (no second
-            # layer); a framework that insists on its suffix gets a name with it there, moved onto `tmp`
-            inner = tmp if tmp.endswith(suffix) else os.path.join(os.path.dirname(tmp), f"model{suffix}")
-            be.save_native(model, inner)
-            if inner != tmp:
-                os.replace(inner, tmp)
-
-        atomic_write(dst, write, overwrite=overwrite)
-    else:
+    `torch.load(weights_only=True)` reads), any other suffix a safetensors state dict. The writer is the format's
+    row of TABLE."""
+    writer = TABLE[fmt].write if fmt in TABLE else None
+    if writer is None:
         raise UsageError(f"unknown target format {fmt!r}; known: {', '.join(FORMATS)}")
+    writer(dst, fmt, cfg, state, overwrite)
+
+
+def _write_canonical(dst, fmt, cfg, state, overwrite):
+    W.save(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_timm(dst, fmt, cfg, state, overwrite):
+    if not Path(dst).suffix:
+        save_timm_hub_dir(dst, cfg, state, overwrite=overwrite)
+        return
+    timm_state = {k: np.ascontiguousarray(v) for k, v in export_timm(cfg, state).items()}
+    if Path(dst).suffix.lower() in (".pt", ".pth", ".bin"):
+        import torch
+
+        tensors = {k: torch.from_numpy(v) for k, v in timm_state.items()}
+        atomic_write(dst, lambda t: torch.save(tensors, t), overwrite=overwrite)
+    else:
+        from safetensors.numpy import save_file
+
+        atomic_write(dst, lambda t: save_file(timm_state, t), overwrite=overwrite)
+
+
+def _write_hf(dst, fmt, cfg, state, overwrite):
+    save_hf_dir(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_torchvision(dst, fmt, cfg, state, overwrite):
+    save_torchvision_file(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_bigvision(dst, fmt, cfg, state, overwrite):
+    raise UsageError("bigvision (.npz) is read only: vit-suite does not write the big_vision layout; "
+                     "pick another --to")
+
+
+def _write_kerashub(dst, fmt, cfg, state, overwrite):
+    from .kerashub import save_kerashub_preset
+
+    save_kerashub_preset(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_mindcv(dst, fmt, cfg, state, overwrite):
+    from .mindcv import save_mindcv_ckpt
+
+    save_mindcv_ckpt(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_native(dst, fmt, cfg, state, overwrite):
+    """A backend's own file, through the backend's save_native inside one atomic writer."""
+    if not overwrite and Path(dst).exists():
+        raise OutputError(f"{dst} exists; pass --force to replace it")
+    be_name = native_backend(fmt)
+    import_frameworks_in_safe_order([be_name])
+    be = get_backend(be_name)
+    model = be.build(cfg, state)
+    suffix = SUFFIX[fmt]
+
+    def write(tmp: str) -> None:
+        # the backend's own atomic writer writes directly inside this writer's staging folder (no second
+        # layer); a framework that insists on its suffix gets a name with it there, moved onto `tmp`
+        inner = tmp if tmp.endswith(suffix) else os.path.join(os.path.dirname(tmp), f"model{suffix}")
+        be.save_native(model, inner)
+        if inner != tmp:
+            os.replace(inner, tmp)
+
+    atomic_write(dst, write, overwrite=overwrite)
 
 
 def target_format(dst: str, to: str | None = None) -> str:
@@ -262,3 +293,42 @@ def save_timm_hub_dir(directory: str | os.PathLike, cfg: ViTConfig, state: dict,
         (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
 
     return write_dir_atomically(directory, write, overwrite=overwrite)
+
+
+def _problems(module: str, name: str):
+    """A converter's export_problems(cfg, state), imported when asked (kerashub and mindcv load lazily)."""
+    def problems(cfg: ViTConfig, state: dict | None = None) -> list[str]:
+        import importlib
+
+        fn = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        return fn(cfg, state) if module == "kerashub" else fn(cfg)
+    return problems
+
+
+@dataclass(frozen=True)
+class Format:
+    """One format's row: its reader (src, fmt, preset or its hint, image_size, stated facts) -> (config, canonical
+    state), its writer (dst, fmt, config, canonical state, overwrite), and, for a peer format, why an export refuses
+    a config (export_problems(cfg, state) -> the problems, empty when it can be written). sized_by_importer: the
+    importer takes image_size itself (it may state the table's grid, not only resize it)."""
+    read: Callable | None
+    write: Callable | None
+    export_problems: Callable[..., list[str]] | None = None
+    sized_by_importer: bool = False
+
+
+#: every format (FORMATS) -> its row: read_any and write_any dispatch through this table
+TABLE: dict[str, Format] = {
+    "canonical": Format(_read_canonical, _write_canonical),
+    "timm": Format(_read_timm, _write_timm, _problems("timm", "export_problems"), sized_by_importer=True),
+    "hf": Format(_read_hf, _write_hf, _problems("hf", "export_problems")),
+    "torch": Format(_read_torch, _write_native),
+    "keras": Format(_read_native, _write_native),
+    "keras-h5": Format(_read_native, _write_native),
+    "mindspore": Format(_read_native, _write_native),
+    "torchvision": Format(_read_torchvision, _write_torchvision, _problems("torchvision", "torchvision_problems"),
+                          sized_by_importer=True),
+    "bigvision": Format(_read_bigvision, _write_bigvision, sized_by_importer=True),
+    "kerashub": Format(_read_foreign, _write_kerashub, _problems("kerashub", "_kerashub_problems")),
+    "mindcv": Format(_read_foreign, _write_mindcv, _problems("mindcv", "_mindcv_problems")),
+}

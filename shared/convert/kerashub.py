@@ -33,6 +33,7 @@ from ..config import ViTConfig, is_int, is_real
 from ..errors import ConversionError, InvalidFileError, MismatchError, MissingFactsError, OutputError, UsageError
 from ..fileio import write_dir_atomically
 from ..safeio import check_zip, load_json, read_json_file, read_zip_member, refuse_unsafe_keras_classes
+from .common import family_refusals
 
 INSTALL = "pip install --no-deps keras-hub==0.32.0"
 BACKBONE, CLASSIFIER = "keras_hub>ViTBackbone", "keras_hub>ViTImageClassifier"
@@ -305,8 +306,7 @@ def load_kerashub(path: str | os.PathLike, preset: ViTConfig | str | None = None
 
 # --------------------------------------------------------------------------------------------------- writing
 def _kerashub_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> list[str]:
-    p = []
-    p += [f"{option}: keras-hub's ViT has no such option" for option in cfg.family_options()]
+    p = family_refusals(cfg, "keras-hub's ViT")
     if cfg.gelu != "erf":
         p.append(f"GELU {cfg.gelu!r}: keras-hub's MLP uses Keras' exact (erf) gelu")
     if cfg.attn_dim not in (None, cfg.embed_dim) or cfg.attn_value_skip or cfg.qk_scale is not None:

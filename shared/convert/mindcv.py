@@ -32,6 +32,7 @@ from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
 from ..config import ViTConfig
 from ..errors import ConversionError, InvalidFileError, MissingFactsError, UsageError
+from .common import family_refusals
 
 MINDCV_EPS = 1e-7  # mindspore.nn.LayerNorm's default epsilon
 MINDCV_GELU = "tanh"  # mindspore.nn.GELU's default approximate=True
@@ -89,8 +90,7 @@ def import_mindcv(tensors: Mapping[str, np.ndarray], preset: ViTConfig | str | N
 
 
 def _mindcv_problems(cfg: ViTConfig) -> list[str]:
-    p = []
-    p += [f"{option}: mindcv's VisionTransformer has no such option" for option in cfg.family_options()]
+    p = family_refusals(cfg, "mindcv's VisionTransformer")
     if cfg.gelu != MINDCV_GELU:
         p.append(f"GELU {cfg.gelu!r}: mindcv's VisionTransformer computes the tanh form (nn.GELU default)")
     if cfg.layer_norm_eps != MINDCV_EPS:

@@ -48,9 +48,9 @@ import math
 import os
 import re
 import warnings
-import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from types import SimpleNamespace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -59,10 +59,14 @@ from ..config import ViTConfig, is_int, is_real, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
                       MissingFactsError)
 from ..posemb import resample_pos_embed
-from ..presets import PRESETS, get_preset
-from ..safeio import check_zip, read_json_file
-from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
-from .timm_resolve import Resolved, resolve_timm_architecture, timm_knows
+from ..presets import PRESETS
+from ..safeio import read_json_file
+from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
+from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
+                     pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
+from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
+from .keymap import Entry, expand, take
+from .timm_resolve import Resolved, resolve_timm_architecture
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
 TIMM_DEFAULT_EPS = 1e-6
@@ -71,9 +75,6 @@ TIMM_DEFAULT_EPS = 1e-6
 DEFAULT_INIT_VALUES = 1e-5
 #: timm resamples position tables with bicubic interpolation and antialiasing (resample_abs_pos_embed), always
 TIMM_RESIZE_KERNEL = "bicubic_antialias"
-#: canonical GELU form <-> timm's act_layer name (timm.layers.get_act_layer)
-TIMM_ACT = {"erf": "gelu", "tanh": "gelu_tanh", "quick": "quick_gelu"}
-GELU_OF_ACT = {v: k for k, v in TIMM_ACT.items()}
 #: timm's global_pool name <-> canonical pooling; CLI --pool takes timm's names ('avg' = the mean of the patch tokens)
 POOL_OF_TIMM = {"token": "token", "avg": "mean", "map": "map"}
 TIMM_POOL = {v: k for k, v in POOL_OF_TIMM.items()}
@@ -88,9 +89,6 @@ _BASE_ARCHITECTURES = {(False, 1e-6): "vit_base_patch16_224", (False, 1e-5): "vi
 _SWIGLU_ARCHITECTURE = "vit_giant_patch14_dinov2"
 #: what a timm MLP is: `mlp=` / --mlp, for a file whose fc1 is packed (gated) or not
 MLP_KINDS = ("swiglu", "gelu")
-#: Wrapper prefixes stripped when every key carries them (DDP, training wrappers, torch.compile, Lightning).
-STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "net.")
-
 # (pattern on the key, what it is, why the canonical format cannot represent it)
 _UNSUPPORTED = [
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (embed_norm_layer, key patch_embed.norm)",
@@ -110,87 +108,8 @@ _UNSUPPORTED = [
 
 
 # ----------------------------------------------------------------------------- helpers
-def strip_prefixes(state: Mapping[str, Any], prefixes=STRIP_PREFIXES) -> dict[str, Any]:
-    """Remove wrapper prefixes shared by every key (repeatedly: 'module.model.' etc.)."""
-    out = dict(state)
-    changed = True
-    while changed and out:
-        changed = False
-        for p in prefixes:
-            if all(k.startswith(p) for k in out):
-                out = {k[len(p):]: v for k, v in out.items()}
-                changed = True
-    return out
-
-
-def flatten_checkpoint(obj: Any) -> dict[str, Any]:
-    """A loaded checkpoint -> its flat tensor dict: picks 'state_dict' / 'model' / 'module' nesting if present."""
-    if not isinstance(obj, Mapping):
-        raise InvalidFileError(f"checkpoint is a {type(obj).__name__}, not a dict of tensors")
-    for key in ("state_dict", "model", "module"):
-        inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner:
-            return flatten_checkpoint(inner)
-    return {k: v for k, v in obj.items() if hasattr(v, "shape")}
-
-
-def to_float32(name: str, value: Any, source: str) -> np.ndarray:
-    arr = np.asarray(value)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise MismatchError(source, [f"key {name!r}: expected a floating tensor, got dtype {arr.dtype}"])
-    out = arr.astype(CANONICAL_DTYPE)
-    if arr.dtype.itemsize > 4 and not np.array_equal(out.astype(arr.dtype), arr):
-        warnings.warn(f"{source}: {name!r} is {arr.dtype}; rounded to float32 (the canonical dtype)",
-                      ConversionWarning, stacklevel=3)
-    return out
-
-
-def refuse_unsupported(keys, source: str, table=_UNSUPPORTED) -> None:
-    problems = []
-    for pattern, what, why in table:
-        hits = sorted(k for k in keys if re.search(pattern, k))
-        if hits:
-            more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
-            problems.append(f"{what}: e.g. {hits[0]!r}{more}; {why}")
-    if problems:
-        raise ConversionError(f"{source}: cannot convert: the checkpoint uses features the canonical format cannot "
-                              f"represent:\n  " + "\n  ".join(problems))
-
-
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
-        return (int(v), int(v))
-    h, w = v
-    return (int(h), int(w))
-
-
-def _isqrt_exact(n: int) -> int | None:
-    r = math.isqrt(n) if n >= 0 else -1
-    return r if r >= 0 and r * r == n else None
-
-
-def is_suite_preset(name: str) -> bool:
-    try:
-        get_preset(name)
-    except ConfigError:
-        return False
-    return True
-
-
-def _unresolved(name: str) -> str:
-    """Why a named architecture that is no suite preset could not be resolved by timm."""
-    why = {None: "timm is not installed", False: "timm does not know it"}[timm_knows(name)]
-    return (f"the named architecture {name!r} is no suite preset and could not be resolved ({why}): it may hold "
-            f"parts its keys do not show")
-
-
-def _resolve_preset(preset) -> ViTConfig | None:
-    if preset is None or isinstance(preset, ViTConfig):
-        return preset
-    try:
-        return get_preset(preset)
-    except ConfigError as e:
-        raise MissingFactsError(f"{e}; {_unresolved(preset)}") from None
+_pair, _isqrt_exact = pair, isqrt_exact  # the names the timm importer has always used
+_resolve_preset, _unresolved = resolve_preset, unresolved
 
 
 def _resolved_facts(r: Resolved) -> dict[str, Any]:
@@ -214,14 +133,6 @@ def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
 def _rename_legacy(st: dict[str, Any]) -> dict[str, Any]:
     """Old DeiT III names `blocks.N.gamma_1/2` -> `blocks.N.ls1/ls2.gamma`, as timm's checkpoint filter does."""
     return {re.sub(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma", k): v for k, v in st.items()}
-
-
-def _image_size_arg(v: Any, where: str) -> tuple[int, int]:
-    if not (is_int(v) or isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) for x in v)) \
-            or not all(1 <= x <= L.MAX_IMAGE_SIDE for x in ([v] if is_int(v) else v)):
-        raise ConfigError(f"{where}: image size must be an int or [height, width] ints in [1, {L.MAX_IMAGE_SIDE}], "
-                          f"got {shown(v)}")
-    return _pair(v)
 
 
 # ------------------------------------------------------------------ facts from configs
@@ -317,7 +228,7 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
         if isinstance(inp, (list, tuple)) and len(inp) == 3:
             img = list(inp[1:])
     if img is not None:
-        facts["image_size"] = _image_size_arg(img, where)
+        facts["image_size"] = image_size_arg(img, where)
     return facts
 
 
@@ -396,7 +307,7 @@ class _Stated:
         overruled = [f"{w} says {v!r}" for w, v in others if v != value]
         if overruled:
             warnings.warn(f"{self.source}: {key}={value!r} from {who} ({'; '.join(overruled)})",
-                          ConversionWarning, stacklevel=3)
+                          ConversionWarning, stacklevel=4)
         self.used[key] = who
         return value
 
@@ -416,15 +327,55 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     with the preset's kernel, timm's (bicubic_antialias) without one (shared.posemb.resample_pos_embed).
     """
     st = _rename_legacy(strip_prefixes(state))
-    # ---- a named architecture that is no suite preset: timm's own model of that name states what it is (or it is
+    # a named architecture that is no suite preset: timm's own model of that name states what it is (or it is
     # refused by name, whatever else is stated); the file's keys must then be exactly that model's
-    resolved: list[tuple[str, Resolved, bool]] = []  # (who, timm's model, built with the file's own config.json)
-    unresolved: list[str] = []
+    resolved, unresolved, preset = _resolve_names(st, preset, timm_config, source)
+    _check_timm_state(st, source, pool=pool, gelu=gelu, mlp=mlp)
+    f = facts(st, source)
+    # ---- what others state, and the questions nobody answered
+    k = _Known(preset, timm_config, resolved, source, num_heads=num_heads, gelu=gelu, layer_norm_eps=layer_norm_eps,
+               mlp=mlp, pool=POOL_OF_TIMM.get(pool) if pool else None)
+    H, eps, act = _ask_numerics(f, k, num_heads)
+    pool_c, pool_by = _ask_pool(f, k)
+    npos, pos_grid, grid_by, hints = _ask_grid(f, k, st, image_size, grid)
+    if k.questions:
+        raise MissingFactsError(f"{source}: a timm state dict does not determine these, and nothing stated them:\n  "
+                                + "\n  ".join(k.questions) + "".join(f"\n  ({u})" for u in unresolved))
+    target = pair(image_size) if image_size is not None else None
+    if target is None:
+        if pos_grid is not None:
+            target = (pos_grid[0] * f.P, pos_grid[1] * f.P)
+        elif hints:
+            target = hints[0][0]
+        else:
+            raise MissingFactsError(f"{source}: no pos_embed, so the file does not tell the image size; pass "
+                                    f"--image-size HxW (image_size=)")
+    if f.D % H:
+        raise ConversionError(f"{source}: embed_dim {f.D} from the file is not divisible by num_heads {H} (from "
+                              f"{k.known.used.get('num_heads', '?')}): wrong preset?")
+    init_values = _init_values(f, k)
+    _tell_preset_conflicts(f, k, st, H, npos, grid_by)
+    cfg = _timm_config(f, k, H=H, eps=eps, act=act, pool=pool_c, pool_by=pool_by, npos=npos, grid_by=grid_by,
+                       target=target, init_values=init_values)
+    # ---- the weights, through the key map (at the table's stored grid), then resampled to the image grid
+    table = cfg.replace(image_size=(pos_grid[0] * f.P, pos_grid[1] * f.P)) if f.has_pos else cfg
+    out = take(key_map(table), st, source, expected=expected_shapes(table))
+    if f.has_pos and pos_grid != cfg.grid:
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, npos, cfg.resize_kernel)
+    validate_state(cfg, out, source=source)
+    return cfg, out
+
+
+def _resolve_names(st: Mapping[str, Any], preset, timm_config, source: str):
+    """(timm's models of the names that are no suite preset: (who, model, built with the file's own config.json),
+    why a name could not be resolved, the preset left to read as a suite preset)."""
+    resolved: list[tuple[str, Resolved, bool]] = []
+    unresolved_: list[str] = []
     n_cls = int(np.shape(st["head.weight"])[0]) if "head.weight" in st and np.ndim(st["head.weight"]) == 2 else 0
     if isinstance(preset, str) and not is_suite_preset(preset):
         r = resolve_timm_architecture(preset, {"num_classes": n_cls}, source)
         if r is None:
-            _resolve_preset(preset)  # the unknown name, and why timm could not resolve it
+            resolve_preset(preset)  # the unknown name, and why timm could not resolve it
         resolved.append((f"timm's {preset}", r, False))
         preset = None
     tc_arch = timm_config.get("architecture") or timm_config.get("model_name") if timm_config else None
@@ -436,7 +387,7 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         args = {"num_classes": timm_config.get("num_classes", n_cls), **args}
         r = resolve_timm_architecture(tc_arch, args, source)
         if r is None:
-            unresolved.append(_unresolved(tc_arch))
+            unresolved_.append(unresolved(tc_arch))
         else:
             conflicts = _shape_conflicts(st, r.shapes)
             if conflicts:
@@ -445,13 +396,18 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
                                       f"model_args does not hold this file's tensors: " + "; ".join(conflicts[:6])
                                       + more)
             resolved.append((f"timm's {tc_arch}", r, True))
+    return resolved, unresolved_, preset
+
+
+def _check_timm_state(st: Mapping[str, Any], source: str, *, pool, gelu, mlp) -> None:
+    """A timm VisionTransformer's keys, no part the canonical model cannot run, and valid stated facts."""
     if "patch_embed.proj.weight" not in st or not any(k.startswith("blocks.") for k in st):
         hint = ""
         if any("embeddings.patch_embeddings" in k for k in st):
             hint = " (this looks like a Hugging Face ViT checkpoint: use the hf importer, --from hf)"
         raise ConversionError(f"{source}: not a timm VisionTransformer state dict: no 'patch_embed.proj.weight' / "
                               f"'blocks.*' keys{hint}; first keys: {sorted(st)[:5]}")
-    refuse_unsupported(st.keys(), source)
+    refuse_unsupported(st.keys(), source, _UNSUPPORTED)
     if pool is not None and pool not in POOL_OF_TIMM:
         raise ConversionError(f"{source}: pool {pool!r}: expected one of {', '.join(POOL_OF_TIMM)} (timm's names)")
     if gelu is not None and gelu not in TIMM_ACT:
@@ -459,17 +415,19 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     if mlp is not None and mlp not in MLP_KINDS:
         raise ConversionError(f"{source}: mlp {mlp!r}: expected one of {', '.join(MLP_KINDS)}")
 
-    # ---- what the file determines
+
+def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
+    """What a timm state dict states by its keys and shapes (see the module docstring)."""
     pw = np.shape(st["patch_embed.proj.weight"])
     if len(pw) != 4:
         raise ConversionError(f"{source}: patch_embed.proj.weight has shape {pw}; expected a conv kernel (D, C, P, P)")
     D, C, P, P2 = (int(x) for x in pw)
     if P != P2:
         raise ConversionError(f"{source}: non-square patches {P}x{P2} cannot be represented (canonical patch_size is one int)")
-    block_ids = sorted({int(m.group(1)) for k in st if (m := re.match(r"blocks\.(\d+)\.", k))})
-    depth = len(block_ids)
-    if block_ids != list(range(depth)):
-        raise MismatchError(source, [f"blocks are not numbered 0..{depth - 1}: {block_ids}"])
+    ids = block_ids(st, "blocks.{i}.")
+    depth = len(ids)
+    if ids != list(range(depth)):
+        raise MismatchError(source, [f"blocks are not numbered 0..{depth - 1}: {ids}"])
     try:
         qkv_shape = np.shape(st["blocks.0.attn.qkv.weight"])
         fc1_rows = int(np.shape(st["blocks.0.mlp.fc1.weight"])[0])
@@ -478,252 +436,279 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise MismatchError(source, [f"missing key {e.args[0]!r}"]) from None
     # a packed gated MLP (timm GluMlp: fc1 gives [gate; value], fc2 reads one half) has twice fc2's input rows
     gated = fc1_rows == 2 * fc2_cols
-    mlp_dim = fc2_cols if gated else fc1_rows
     if qkv_shape != (3 * D, D):
         raise ConversionError(f"{source}: blocks.0.attn.qkv.weight has shape {qkv_shape}, expected {(3 * D, D)}: "
                               f"an attention width different from embed_dim is not a timm VisionTransformer")
-    qkv_bias = "blocks.0.attn.qkv.bias" in st
-    patch_bias = "patch_embed.proj.bias" in st
-    has_cls, has_dist, has_pos = "cls_token" in st, "dist_token" in st, "pos_embed" in st
-    reg_tokens = int(np.shape(st["reg_token"])[1]) if "reg_token" in st and np.ndim(st["reg_token"]) == 3 else 0
-    layer_scale = "blocks.0.ls1.gamma" in st
-    norm_pre = "norm_pre.weight" in st
-    has_map = any(k.startswith("attn_pool.") for k in st)
-    final_norm, fc_norm = "norm.weight" in st, "fc_norm.weight" in st
-    if final_norm and fc_norm:
+    f = SimpleNamespace(D=D, C=C, P=P, depth=depth, gated=gated, fc1_rows=fc1_rows, fc2_cols=fc2_cols,
+                        mlp_dim=fc2_cols if gated else fc1_rows, qkv_bias="blocks.0.attn.qkv.bias" in st,
+                        patch_bias="patch_embed.proj.bias" in st, has_cls="cls_token" in st,
+                        has_dist="dist_token" in st, has_pos="pos_embed" in st,
+                        reg_tokens=int(np.shape(st["reg_token"])[1]) if "reg_token" in st and
+                        np.ndim(st["reg_token"]) == 3 else 0, layer_scale="blocks.0.ls1.gamma" in st,
+                        norm_pre="norm_pre.weight" in st, has_map=any(k.startswith("attn_pool.") for k in st),
+                        final_norm="norm.weight" in st, fc_norm="fc_norm.weight" in st,
+                        rep=int(np.shape(st["pre_logits.fc.weight"])[0]) if "pre_logits.fc.weight" in st else None,
+                        num_classes=int(np.shape(st["head.weight"])[0]) if "head.weight" in st else 0,
+                        qk_norm="blocks.0.attn.q_norm.weight" in st, heads=None)
+    if f.final_norm and f.fc_norm:
         raise ConversionError(f"{source}: both 'norm' and 'fc_norm' present; timm uses one or the other")
-    rep = int(np.shape(st["pre_logits.fc.weight"])[0]) if "pre_logits.fc.weight" in st else None
-    num_classes = int(np.shape(st["head.weight"])[0]) if "head.weight" in st else 0
     if "head.weight" in st and np.ndim(st["head.weight"]) != 2:
         raise ConversionError(f"{source}: head.weight has shape {np.shape(st['head.weight'])}; expected a Linear head")
-    qk_norm = "blocks.0.attn.q_norm.weight" in st
-    file_heads = None
-    if qk_norm:  # the norms run over each head's channels: their width is the head dim
+    if f.qk_norm:  # the norms run over each head's channels: their width is the head dim
         hd = int(np.shape(st["blocks.0.attn.q_norm.weight"])[0])
         if hd < 1 or D % hd:
             raise ConversionError(f"{source}: blocks.0.attn.q_norm.weight has {hd} channels, which do not divide "
                                   f"embed_dim {D} into heads")
-        file_heads = D // hd
-    file_pool = "map" if has_map else "token" if has_dist else "mean" if not has_cls else None
-    n0 = int(has_cls) + int(has_dist) + reg_tokens
+        f.heads = D // hd
+    f.pool = "map" if f.has_map else "token" if f.has_dist else "mean" if not f.has_cls else None
+    f.n0 = int(f.has_cls) + int(f.has_dist) + f.reg_tokens
+    return f
 
-    # ---- what others state
-    p_cfg = _resolve_preset(preset)
-    if layer_norm_eps is not None and not (is_real(layer_norm_eps) and 0 < layer_norm_eps < 1):
-        raise ConversionError(f"{source}: layer_norm_eps {layer_norm_eps!r}: expected a number in (0, 1)")
-    flags = {k: v for k, v in dict(num_heads=num_heads, gelu=gelu, layer_norm_eps=layer_norm_eps, mlp=mlp,
-                                   pool=POOL_OF_TIMM.get(pool) if pool else None).items() if v is not None}
-    p_facts = _preset_facts(p_cfg) if p_cfg is not None else {}
-    tc_facts = _facts_from_timm_config(timm_config, source) if timm_config else {}
-    p_name = f"preset {p_cfg.name!r}" if p_cfg is not None else None
-    p_pool = p_facts.pop("pool", None)
-    tc_pool = tc_facts.pop("pool", None)
-    r_facts = [(who, _resolved_facts(r), mine) for who, r, mine in resolved]
-    r_pools = [(who, f.pop("pool", None), r.layout, mine) for (who, f, mine), (_, r, _) in zip(r_facts, resolved)]
-    # ranked like a preset (--preset NAME) and like config.json (its architecture): each right after it
-    by_preset = [(who, f) for who, f, mine in r_facts if not mine]
-    by_config = [(who, f) for who, f, mine in r_facts if mine]
-    known = _Stated([("{flag}", flags), (p_name, p_facts), *by_preset,
-                     ("config.json", tc_facts), *by_config], source)
-    questions: list[str] = []
 
-    # heads: the file (qk-norm) first; an argument that contradicts it is refused, a preset or config.json is told
-    if file_heads is not None:
-        if num_heads is not None and num_heads != file_heads:
+class _Known:
+    """What others state about a file's unknowns, ranked: the arguments, the preset, timm's models of the names,
+    config.json; and the questions nobody answered (collected, asked together)."""
+
+    def __init__(self, preset, timm_config, resolved, source: str, *, layer_norm_eps, **flags):
+        self.source = source
+        self.p_cfg = p_cfg = resolve_preset(preset)
+        if layer_norm_eps is not None and not (is_real(layer_norm_eps) and 0 < layer_norm_eps < 1):
+            raise ConversionError(f"{source}: layer_norm_eps {layer_norm_eps!r}: expected a number in (0, 1)")
+        self.flags = {k: v for k, v in dict(flags, layer_norm_eps=layer_norm_eps).items() if v is not None}
+        self.p_facts = _preset_facts(p_cfg) if p_cfg is not None else {}
+        self.tc_facts = _facts_from_timm_config(timm_config, source) if timm_config else {}
+        self.p_name = f"preset {p_cfg.name!r}" if p_cfg is not None else None
+        self.p_pool = self.p_facts.pop("pool", None)
+        self.tc_pool = self.tc_facts.pop("pool", None)
+        self.resolved = resolved
+        self.r_facts = [(who, _resolved_facts(r), mine) for who, r, mine in resolved]
+        self.r_pools = [(who, f.pop("pool", None), r.layout, mine)
+                        for (who, f, mine), (_, r, _) in zip(self.r_facts, resolved)]
+        # ranked like a preset (--preset NAME) and like config.json (its architecture): each right after it
+        self.by_preset = [(who, f) for who, f, mine in self.r_facts if not mine]
+        self.by_config = [(who, f) for who, f, mine in self.r_facts if mine]
+        self.known = _Stated([("{flag}", self.flags), (self.p_name, self.p_facts), *self.by_preset,
+                              ("config.json", self.tc_facts), *self.by_config], source)
+        self.questions: list[str] = []
+
+
+def _ask_numerics(f: SimpleNamespace, k: _Known, num_heads) -> tuple[int | None, float | None, str | None]:
+    """(num_heads, layer_norm_eps, GELU form): the file's heads (qk-norm) first, else what is stated."""
+    source, known = k.source, k.known
+    if f.heads is not None:  # an argument that contradicts the file is refused, a preset or config.json is told
+        if num_heads is not None and num_heads != f.heads:
             raise ConversionError(f"{source}: num_heads {num_heads} contradicts the file: its qk-norm width "
-                                  f"{D // file_heads} makes {file_heads} heads of embed_dim {D}")
-        for who, facts in ((p_name, p_facts), *by_preset, ("config.json", tc_facts), *by_config):
-            if facts.get("num_heads") not in (None, file_heads):
-                warnings.warn(f"{source}: {who} says num_heads={facts['num_heads']}, the file's qk-norm width makes "
-                              f"{file_heads}: using the file's", ConversionWarning, stacklevel=2)
-        H = file_heads
+                                  f"{f.D // f.heads} makes {f.heads} heads of embed_dim {f.D}")
+        for who, said in ((k.p_name, k.p_facts), *k.by_preset, ("config.json", k.tc_facts), *k.by_config):
+            if said.get("num_heads") not in (None, f.heads):
+                warnings.warn(f"{source}: {who} says num_heads={said['num_heads']}, the file's qk-norm width makes "
+                              f"{f.heads}: using the file's", ConversionWarning, stacklevel=3)
+        H = f.heads
     else:
         H = known.get("num_heads")
         if H is None:
-            questions.append("num_heads (--num-heads N, or --preset NAME, or timm's config.json with "
-                             "architecture / model_args.num_heads)")
+            k.questions.append("num_heads (--num-heads N, or --preset NAME, or timm's config.json with "
+                               "architecture / model_args.num_heads)")
     eps = known.get("layer_norm_eps")
     if eps is None:
-        questions.append("layer_norm_eps (--layer-norm-eps EPS, or --preset NAME with the model's numerics, e.g. "
-                         "--preset vit_base_patch16_224, or timm's config.json naming a known architecture)")
+        k.questions.append("layer_norm_eps (--layer-norm-eps EPS, or --preset NAME with the model's numerics, e.g. "
+                           "--preset vit_base_patch16_224, or timm's config.json naming a known architecture)")
     # the MLP: the file tells whether it is gated; a gated MLP's activation, or else the GELU form, is stated
-    for who, v in (("--mlp", flags.get("mlp")), ("config.json", tc_facts.get("mlp")),
-                   *((who, f.get("mlp")) for who, f, _ in r_facts)):
-        if v is not None and (v == "swiglu") != gated:
+    for who, v in (("--mlp", k.flags.get("mlp")), ("config.json", k.tc_facts.get("mlp")),
+                   *((who, r.get("mlp")) for who, r, _ in k.r_facts)):
+        if v is not None and (v == "swiglu") != f.gated:
             raise ConversionError(
                 f"{source}: {who} says a {'SwiGLU' if v == 'swiglu' else 'GELU'} MLP, which contradicts the file: "
-                f"blocks.0.mlp.fc1 has {fc1_rows} rows for fc2's {fc2_cols} inputs (" +
-                ("a packed gated MLP)" if gated else "a plain MLP)"))
-    if gated:
+                f"blocks.0.mlp.fc1 has {f.fc1_rows} rows for fc2's {f.fc2_cols} inputs (" +
+                ("a packed gated MLP)" if f.gated else "a plain MLP)"))
+    if f.gated:
         if known.get("mlp") != "swiglu":
-            questions.append(f"the gated MLP's activation: blocks.0.mlp.fc1 has {fc1_rows} rows, twice fc2's "
-                             f"{fc2_cols} inputs (a packed gated MLP, timm GluMlp), and only SiLU (SwiGLU, "
-                             f"DINOv2-giant) is supported (--mlp swiglu, or --preset NAME of a SwiGLU model, or "
-                             f"config.json act_layer 'silu')")
+            k.questions.append(f"the gated MLP's activation: blocks.0.mlp.fc1 has {f.fc1_rows} rows, twice fc2's "
+                               f"{f.fc2_cols} inputs (a packed gated MLP, timm GluMlp), and only SiLU (SwiGLU, "
+                               f"DINOv2-giant) is supported (--mlp swiglu, or --preset NAME of a SwiGLU model, or "
+                               f"config.json act_layer 'silu')")
         act = known.get("gelu") or "erf"  # the blocks have no GELU; the field keeps a valid value
     else:
         act = known.get("gelu")
         if act is None:
-            questions.append("the GELU form: erf, tanh or quick (x * sigmoid(1.702 x), CLIP) (--gelu erf|tanh|quick, "
-                             "or --preset NAME, or config.json model_args.act_layer)")
+            k.questions.append("the GELU form: erf, tanh or quick (x * sigmoid(1.702 x), CLIP) (--gelu erf|tanh|"
+                               "quick, or --preset NAME, or config.json model_args.act_layer)")
+    return H, eps, act
 
-    # pooling: the keys settle it (attn_pool, a distillation token, no class token), else it must be stated
-    layout = "fc_norm" if fc_norm else "a final norm" if final_norm else "no norm"
-    if file_pool is not None:
+
+def _ask_pool(f: SimpleNamespace, k: _Known) -> tuple[str | None, str | None]:
+    """(pooling, who said it): the keys settle it (attn_pool, a distillation token, no class token), else stated."""
+    source, p_cfg = k.source, k.p_cfg
+    if f.pool is not None:
         why = {"map": "it has attn_pool.* (an attention-pool head)", "token": "it has a distillation token (DeiT "
-               "pools the class and distillation tokens)", "mean": "it has no class token"}[file_pool]
-        for who, v in (("--pool", flags.get("pool")), ("config.json", tc_pool),
-                       *((who, v) for who, v, _, mine in r_pools if mine)):
-            if v is not None and v != file_pool:
+               "pools the class and distillation tokens)", "mean": "it has no class token"}[f.pool]
+        for who, v in (("--pool", k.flags.get("pool")), ("config.json", k.tc_pool),
+                       *((who, v) for who, v, _, mine in k.r_pools if mine)):
+            if v is not None and v != f.pool:
                 raise ConversionError(f"{source}: {who} says pool {TIMM_POOL[v]!r}, which contradicts the file: "
-                                      f"{why} (pool {TIMM_POOL[file_pool]!r})")
-        pool_c, pool_by = file_pool, "the file"
-    else:
-        stated = [("--pool", flags.get("pool"))]
-        if p_cfg is not None and p_pool in ("token", "mean") and p_cfg.class_token != "none" \
-                and (p_cfg.final_norm, p_cfg.fc_norm) == (final_norm, fc_norm):
-            stated.append((p_name, p_pool))
-        keys = (has_cls, final_norm, fc_norm)  # a resolved model's pooling applies to its own layout only
-        stated += [(who, v) for who, v, lay, mine in r_pools if not mine and lay == keys]
-        stated.append(("config.json", tc_pool))
-        stated += [(who, v) for who, v, lay, mine in r_pools if mine and lay == keys]
-        stated = [(who, v) for who, v in stated if v is not None]
-        if stated:
-            (pool_by, pool_c), others = stated[0], stated[1:]
-            if pool_c == "map":
-                raise ConversionError(f"{source}: {pool_by} says pool 'map', but the file has no attn_pool.* keys")
-            told = [f"{w} says {TIMM_POOL[v]!r}" for w, v in others if v != pool_c]
-            if told:
-                warnings.warn(f"{source}: pool={TIMM_POOL[pool_c]!r} from {pool_by} ({'; '.join(told)})",
-                              ConversionWarning, stacklevel=2)
-        else:
-            pool_c, pool_by = None, None
-            if p_cfg is not None:
-                said = (f"preset {p_cfg.name!r} says {TIMM_POOL.get(p_pool, p_pool)!r} pooling with "
-                        f"{'fc_norm' if p_cfg.fc_norm else 'a final norm' if p_cfg.final_norm else 'no norm'}"
-                        f"{', no class token' if p_cfg.class_token == 'none' else ''}, which is not this file's "
-                        f"layout, so it does not answer; ")
-            else:
-                said = ""
-            questions.append(f"class-token or average pooling: the file has a class token and {layout}, which "
-                             f"timm builds for both ({said}--pool token|avg, or config.json global_pool)")
+                                      f"{why} (pool {TIMM_POOL[f.pool]!r})")
+        return f.pool, "the file"
+    stated = [("--pool", k.flags.get("pool"))]
+    if p_cfg is not None and k.p_pool in ("token", "mean") and p_cfg.class_token != "none" \
+            and (p_cfg.final_norm, p_cfg.fc_norm) == (f.final_norm, f.fc_norm):
+        stated.append((k.p_name, k.p_pool))
+    keys = (f.has_cls, f.final_norm, f.fc_norm)  # a resolved model's pooling applies to its own layout only
+    stated += [(who, v) for who, v, lay, mine in k.r_pools if not mine and lay == keys]
+    stated.append(("config.json", k.tc_pool))
+    stated += [(who, v) for who, v, lay, mine in k.r_pools if mine and lay == keys]
+    stated = [(who, v) for who, v in stated if v is not None]
+    if stated:
+        (pool_by, pool_c), others = stated[0], stated[1:]
+        if pool_c == "map":
+            raise ConversionError(f"{source}: {pool_by} says pool 'map', but the file has no attn_pool.* keys")
+        told = [f"{w} says {TIMM_POOL[v]!r}" for w, v in others if v != pool_c]
+        if told:
+            warnings.warn(f"{source}: pool={TIMM_POOL[pool_c]!r} from {pool_by} ({'; '.join(told)})",
+                          ConversionWarning, stacklevel=3)
+        return pool_c, pool_by
+    said = ""
+    if p_cfg is not None:
+        said = (f"preset {p_cfg.name!r} says {TIMM_POOL.get(k.p_pool, k.p_pool)!r} pooling with "
+                f"{'fc_norm' if p_cfg.fc_norm else 'a final norm' if p_cfg.final_norm else 'no norm'}"
+                f"{', no class token' if p_cfg.class_token == 'none' else ''}, which is not this file's "
+                f"layout, so it does not answer; ")
+    layout = "fc_norm" if f.fc_norm else "a final norm" if f.final_norm else "no norm"
+    k.questions.append(f"class-token or average pooling: the file has a class token and {layout}, which "
+                       f"timm builds for both ({said}--pool token|avg, or config.json global_pool)")
+    return None, None
 
-    # the position table: its grid and its prefix rows
+
+def _ask_grid(f: SimpleNamespace, k: _Known, st: Mapping[str, Any], image_size, grid):
+    """(prefix tokens with a position row, the table's grid, who stated it, the stated image sizes)."""
+    source, p_cfg = k.source, k.p_cfg
     hints: list[tuple[tuple[int, int], str, str | None]] = []
     if image_size is not None:
-        hints.append((_pair(image_size), "--image-size", None))
-    if "image_size" in tc_facts:
-        hints.append((tc_facts["image_size"], "config.json", tc_facts.get("pos_rows")))
-    hints += [(f["image_size"], who, f.get("pos_rows")) for who, f in by_config]
+        hints.append((pair(image_size), "--image-size", None))
+    if "image_size" in k.tc_facts:
+        hints.append((k.tc_facts["image_size"], "config.json", k.tc_facts.get("pos_rows")))
+    hints += [(r["image_size"], who, r.get("pos_rows")) for who, r in k.by_config]
     if p_cfg is not None:
-        hints.append((tuple(p_cfg.image_size), p_name, p_facts.get("pos_rows")))
-    hints += [(f["image_size"], who, f.get("pos_rows")) for who, f in by_preset]
-    npos, pos_grid, grid_by = n0, None, None
-    if has_pos:
+        hints.append((tuple(p_cfg.image_size), k.p_name, k.p_facts.get("pos_rows")))
+    hints += [(r["image_size"], who, r.get("pos_rows")) for who, r in k.by_preset]
+    npos, pos_grid, grid_by = f.n0, None, None
+    if f.has_pos:
         pe_shape = np.shape(st["pos_embed"])
-        if len(pe_shape) != 3 or pe_shape[0] != 1 or pe_shape[2] != D:
-            raise MismatchError(source, [f"key 'pos_embed': expected shape (1, tokens, {D}), got {pe_shape}"])
+        if len(pe_shape) != 3 or pe_shape[0] != 1 or pe_shape[2] != f.D:
+            raise MismatchError(source, [f"key 'pos_embed': expected shape (1, tokens, {f.D}), got {pe_shape}"])
         try:
-            npos, pos_grid, grid_by = _table_layout(int(pe_shape[1]), P, n0, grid, hints, source)
+            npos, pos_grid, grid_by = _table_layout(int(pe_shape[1]), f.P, f.n0, grid, hints, source)
         except MissingFactsError as e:
-            questions.append(str(e).removeprefix(f"{source}: "))
+            k.questions.append(str(e).removeprefix(f"{source}: "))
     elif grid is not None:
         raise ConversionError(f"{source}: a grid was given, but the file has no pos_embed (no position table)")
-    if questions:
-        raise MissingFactsError(f"{source}: a timm state dict does not determine these, and nothing stated them:\n  "
-                                + "\n  ".join(questions) + "".join(f"\n  ({u})" for u in unresolved))
-    target = _pair(image_size) if image_size is not None else None
-    if target is None:
-        if pos_grid is not None:
-            target = (pos_grid[0] * P, pos_grid[1] * P)
-        elif hints:
-            target = hints[0][0]
-        else:
-            raise MissingFactsError(f"{source}: no pos_embed, so the file does not tell the image size; pass "
-                                    f"--image-size HxW (image_size=)")
+    return npos, pos_grid, grid_by, hints
 
-    if D % H:
-        raise ConversionError(f"{source}: embed_dim {D} from the file is not divisible by num_heads {H} (from "
-                              f"{known.used.get('num_heads', '?')}): wrong preset?")
-    init_values = None
-    if layer_scale:
-        init_values = known.get("init_values")
-        if init_values is None:
-            init_values = DEFAULT_INIT_VALUES
-            warnings.warn(f"{source}: the file has LayerScale gammas; their init value (init_values, used only to "
-                          f"initialise training) is stated nowhere: set to {DEFAULT_INIT_VALUES}",
-                          ConversionWarning, stacklevel=2)
-            known.used["init_values"] = "the default (not stated; training init only)"
-    kernel = p_cfg.resize_kernel if p_cfg is not None else TIMM_RESIZE_KERNEL  # timm's own, fixed in timm
 
-    # ---- the preset against the file: the file wins, and says so
-    class_token = "learned" if has_cls else "none"
-    pos_prefix = None if npos == n0 else npos
+def _init_values(f: SimpleNamespace, k: _Known) -> float | None:
+    """LayerScale's init value: stated, else DEFAULT_INIT_VALUES with a warning; None without gammas."""
+    if not f.layer_scale:
+        return None
+    init_values = k.known.get("init_values")
+    if init_values is None:
+        init_values = DEFAULT_INIT_VALUES
+        warnings.warn(f"{k.source}: the file has LayerScale gammas; their init value (init_values, used only to "
+                      f"initialise training) is stated nowhere: set to {DEFAULT_INIT_VALUES}",
+                      ConversionWarning, stacklevel=3)
+        k.known.used["init_values"] = "the default (not stated; training init only)"
+    return init_values
+
+
+def _tell_preset_conflicts(f: SimpleNamespace, k: _Known, st: Mapping[str, Any], H: int, npos: int,
+                           grid_by: str | None) -> None:
+    """The preset (and timm's models of the names) against the file: the file wins, and a warning says where."""
+    p_cfg, source = k.p_cfg, k.source
     if p_cfg is not None:
-        file_vals = dict(embed_dim=D, in_chans=C, patch_size=P, patch_bias=patch_bias, depth=depth, mlp_dim=mlp_dim,
-                         swiglu=gated,
-                         qkv_bias=qkv_bias, qk_norm=qk_norm, class_token=class_token, dist_token=has_dist,
-                         reg_tokens=reg_tokens, pos_embed="learned" if has_pos else "none", norm_pre=norm_pre,
-                         final_norm=final_norm, fc_norm=fc_norm, representation_size=rep, num_classes=num_classes)
-        conflicts = [f"{k}: preset {getattr(p_cfg, k)!r}, file {v!r}" for k, v in file_vals.items()
-                     if getattr(p_cfg, k) != v]
-        if (p_cfg.init_values is not None) != layer_scale:
+        file_vals = dict(embed_dim=f.D, in_chans=f.C, patch_size=f.P, patch_bias=f.patch_bias, depth=f.depth,
+                         mlp_dim=f.mlp_dim, swiglu=f.gated, qkv_bias=f.qkv_bias, qk_norm=f.qk_norm,
+                         class_token="learned" if f.has_cls else "none", dist_token=f.has_dist,
+                         reg_tokens=f.reg_tokens, pos_embed="learned" if f.has_pos else "none", norm_pre=f.norm_pre,
+                         final_norm=f.final_norm, fc_norm=f.fc_norm, representation_size=f.rep,
+                         num_classes=f.num_classes)
+        conflicts = [f"{key}: preset {getattr(p_cfg, key)!r}, file {v!r}" for key, v in file_vals.items()
+                     if getattr(p_cfg, key) != v]
+        if (p_cfg.init_values is not None) != f.layer_scale:
             conflicts.append(f"LayerScale: preset {'has' if p_cfg.init_values is not None else 'has none'}, file "
-                             f"{'has ls1/ls2 gammas' if layer_scale else 'has none'}")
-        if file_pool is not None and p_cfg.pool != file_pool:
-            conflicts.append(f"pool: preset {TIMM_POOL.get(p_cfg.pool, p_cfg.pool)!r}, file {TIMM_POOL[file_pool]!r}")
-        if has_pos and p_cfg.pos_embed == "learned" and p_cfg.num_pos_prefix != npos \
-                and p_cfg.num_prefix_tokens == n0:
+                             f"{'has ls1/ls2 gammas' if f.layer_scale else 'has none'}")
+        if f.pool is not None and p_cfg.pool != f.pool:
+            conflicts.append(f"pool: preset {TIMM_POOL.get(p_cfg.pool, p_cfg.pool)!r}, file {TIMM_POOL[f.pool]!r}")
+        if f.has_pos and p_cfg.pos_embed == "learned" and p_cfg.num_pos_prefix != npos \
+                and p_cfg.num_prefix_tokens == f.n0:
             conflicts.append(f"prefix tokens with a position row: preset {p_cfg.num_pos_prefix}, file {npos} "
                              f"(read at the grid stated by {grid_by})")
-        if p_cfg.attn_dim not in (None, D) or p_cfg.attn_value_skip or p_cfg.qk_scale is not None:
+        if p_cfg.attn_dim not in (None, f.D) or p_cfg.attn_value_skip or p_cfg.qk_scale is not None:
             conflicts.append("preset's attention width / value skip / qk_scale do not apply to a timm file")
         if p_cfg.output_softmax:
             conflicts.append("preset's output_softmax: timm models return logits")
         if conflicts:
-            heads = "" if file_heads is not None or D == p_cfg.embed_dim else \
+            heads = "" if f.heads is not None or f.D == p_cfg.embed_dim else \
                 f" (num_heads {H} is the preset's: the file cannot tell)"
             warnings.warn(f"{source}: the file's sizes win over preset {p_cfg.name!r}{heads}: " + "; ".join(conflicts),
-                          ConversionWarning, stacklevel=2)
-    for who, r, mine in resolved:  # --preset NAME resolved by timm: like a preset, the file's sizes win, and say so
+                          ConversionWarning, stacklevel=3)
+    for who, r, mine in k.resolved:  # --preset NAME resolved by timm: like a preset, the file's sizes win, and say so
         conflicts = [] if mine else _shape_conflicts(st, r.shapes)
         if conflicts:
             more = f" (+{len(conflicts) - 6} more)" if len(conflicts) > 6 else ""
             warnings.warn(f"{source}: the file's sizes win over {who} (built with no model_args): "
-                          + "; ".join(conflicts[:6]) + more, ConversionWarning, stacklevel=2)
+                          + "; ".join(conflicts[:6]) + more, ConversionWarning, stacklevel=3)
+
+
+def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, npos, grid_by, target,
+                 init_values) -> ViTConfig:
+    """The imported config, its notes saying who stated each fact the file does not determine."""
+    p_cfg, known = k.p_cfg, k.known
     extra = {}
     if p_cfg is not None:
         extra = dict(dropout=p_cfg.dropout, attn_dropout=p_cfg.attn_dropout, drop_path=p_cfg.drop_path)
-    said = {"num_heads": "the file (qk-norm width)" if file_heads is not None else known.used.get("num_heads"),
+    said = {"num_heads": "the file (qk-norm width)" if f.heads is not None else known.used.get("num_heads"),
             "layer_norm_eps": known.used.get("layer_norm_eps"), "gelu": known.used.get("gelu"),
-            "mlp": known.used.get("mlp") if gated else None, "pool": pool_by,
+            "mlp": known.used.get("mlp") if f.gated else None, "pool": pool_by,
             "grid": grid_by, "init_values": known.used.get("init_values")}
-    told = ", ".join(f"{k} from {v}" for k, v in said.items() if v)
+    told = ", ".join(f"{key} from {v}" for key, v in said.items() if v)
     try:
-        cfg = ViTConfig(
-            name=p_cfg.name if p_cfg is not None else (by_preset[0][1]["name"] if by_preset else
-                                                       tc_facts.get("name", "timm_import")), image_size=target,
-            in_chans=C, patch_size=P, patch_bias=patch_bias, embed_dim=D, depth=depth, num_heads=H, mlp_dim=mlp_dim,
-            swiglu=gated, qkv_bias=qkv_bias, qk_norm=qk_norm, init_values=init_values, class_token=class_token,
-            dist_token=has_dist, reg_tokens=reg_tokens, pool=pool_c,
-            pos_embed="learned" if has_pos else "none", pos_prefix_tokens=pos_prefix if has_pos else None,
-            resize_kernel=kernel, gelu=act, layer_norm_eps=float(eps), norm_pre=norm_pre, final_norm=final_norm,
-            fc_norm=fc_norm, representation_size=rep, num_classes=num_classes,
-            notes=f"imported from timm checkpoint {source}; what the file does not determine: {told}", **extra)
+        return ViTConfig(
+            name=p_cfg.name if p_cfg is not None else (k.by_preset[0][1]["name"] if k.by_preset else
+                                                       k.tc_facts.get("name", "timm_import")), image_size=target,
+            in_chans=f.C, patch_size=f.P, patch_bias=f.patch_bias, embed_dim=f.D, depth=f.depth, num_heads=H,
+            mlp_dim=f.mlp_dim, swiglu=f.gated, qkv_bias=f.qkv_bias, qk_norm=f.qk_norm, init_values=init_values,
+            class_token="learned" if f.has_cls else "none", dist_token=f.has_dist, reg_tokens=f.reg_tokens,
+            pool=pool, pos_embed="learned" if f.has_pos else "none",
+            pos_prefix_tokens=(None if npos == f.n0 else npos) if f.has_pos else None,
+            resize_kernel=p_cfg.resize_kernel if p_cfg is not None else TIMM_RESIZE_KERNEL,  # timm's own, fixed
+            gelu=act, layer_norm_eps=float(eps), norm_pre=f.norm_pre, final_norm=f.final_norm, fc_norm=f.fc_norm,
+            representation_size=f.rep, num_classes=f.num_classes,
+            notes=f"imported from timm checkpoint {k.source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
-        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
+        raise ConversionError(f"{k.source}: the imported model is not a valid ViTConfig: {e}") from None
 
-    # ---- the weights
-    out = {k: to_float32(k, v, source) for k, v in st.items()}
-    if has_pos and pos_grid != cfg.grid:
-        out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, npos, cfg.resize_kernel)
-    validate_state(cfg, out, source=source)
-    return cfg, out
+
+# ---------------------------------------------------------------------------- the key map
+def key_map(cfg: ViTConfig, extra: Sequence[Entry] = ()) -> list[Entry]:
+    """timm's keys for `cfg`: timm's keys are the canonical ones, each read as itself, except the canonical keys an
+    `extra` entry writes (templates over blocks.{i}, see shared.convert.keymap.expand): a layout timm's blocks hold
+    differently is one entry here, e.g. BEiT's q and v biases, fused with a zero k bias:
+    Entry(("blocks.{i}.attn.q_bias", "blocks.{i}.attn.v_bias"), "blocks.{i}.attn.qkv.bias", Fold((0, None, 1)))."""
+    own = expand(extra, cfg.depth)
+    written = {k for e in own for k in e.dst}
+    return [Entry(k, k) for k in expected_shapes(cfg) if k not in written] + own
 
 
 # ---------------------------------------------------------------------------- export
+#: the ViT-family options (words of ViTConfig.family_options' names) timm's VisionTransformer holds: all but DINOv2's
+#: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
+TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row", "norm_pre", "qk-norm",
+               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU")
+
+
 def _timm_problems(cfg: ViTConfig) -> list[str]:
-    p = []
+    p = family_refusals(cfg, "timm's VisionTransformer", supports=TIMM_FAMILY, say={
+        "token_mean": "pool='token_mean' (concat(class token, mean of the patch tokens), DINOv2's linear head): "
+                      "timm's VisionTransformer has no such global_pool (HF Dinov2ForImageClassification has it: "
+                      "--to hf)"})
     if cfg.class_token == "zeros":
         p.append("class_token='zeros' (a fixed zero prediction token): timm's cls_token is a learned parameter")
     if cfg.attn_value_skip:
@@ -745,13 +730,13 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
         p.append("a SwiGLU MLP with a distillation token: timm's VisionTransformerDistilled has no SwiGLU architecture")
     if cfg.dist_token and cfg.reg_tokens:
         p.append("a distillation token with register tokens: timm's VisionTransformerDistilled has no registers")
-    if cfg.pool == "token_mean":
-        p.append("pool='token_mean' (concat(class token, mean of the patch tokens), DINOv2's linear head): timm's "
-                 "VisionTransformer has no such global_pool (HF Dinov2ForImageClassification has it: --to hf)")
     if cfg.patch_bias == cfg.norm_pre:
         p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
                  f"bias = not pre_norm")
     return p
+
+
+export_problems = _timm_problems  # why `cfg` has no timm form (empty when it has one): the format's interface name
 
 
 def _refuse_for_timm(cfg: ViTConfig) -> None:
@@ -885,48 +870,6 @@ def timm_hub_config(cfg: ViTConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- files
-def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """.pt/.pth/.bin through torch.load(weights_only=True) -> NumPy; never a full pickle load."""
-    try:
-        import torch
-    except ImportError:
-        raise InvalidFileError(f"{path}: reading a PyTorch checkpoint needs torch (not installed); convert it to "
-                               f".safetensors, which needs no framework") from None
-    if zipfile.is_zipfile(path):
-        check_zip(path, "PyTorch checkpoint")  # a zip bomb is refused before torch expands anything
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage before refusing it
-            warnings.simplefilter("ignore")
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
-        first = str(e).splitlines()[0].split(" In PyTorch 2.6,")[0] if str(e) else ""  # not torch's advice to unpickle
-        raise InvalidFileError(f"{path}: not a safe PyTorch checkpoint (torch.load weights_only=True failed: "
-                               f"{type(e).__name__}: {first}); nothing in it was executed") from None
-    flat = flatten_checkpoint(obj)
-    out = {}
-    for k, t in flat.items():
-        if not isinstance(t, torch.Tensor):
-            continue
-        if t.layout != torch.strided or t.is_quantized:
-            raise InvalidFileError(f"{path}: key {k!r}: expected a dense float tensor, got layout {t.layout}, dtype "
-                                   f"{t.dtype}{' (quantized)' if t.is_quantized else ''}")
-        t = t.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()  # exact; NumPy has no bfloat16
-        out[k] = t.numpy()
-    return out
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        tensors, _ = read_tensors(path)
-        return tensors
-    if path.suffix in (".pt", ".pth", ".bin"):
-        return read_torch_checkpoint(path)
-    raise InvalidFileError(f"{path}: unknown checkpoint type {path.suffix!r} (expected .safetensors, .pt, .pth, .bin)")
-
-
 #: the weight files of a timm hub directory, preferred first (timm's save_for_hf names)
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 

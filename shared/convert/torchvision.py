@@ -37,7 +37,9 @@ from ..posemb import resample_pos_embed
 from ..fileio import atomic_write
 from ..weights import CANONICAL_DTYPE, expected_shapes, read_tensors, validate_state
 from .formats import _safetensors_kind
-from .timm import _isqrt_exact, _pair, _resolve_preset, read_torch_checkpoint, strip_prefixes, to_float32
+from .common import (block_ids, family_refusals, isqrt_exact, pair, read_torch_checkpoint, resolve_preset,
+                     strip_prefixes)
+from .keymap import Entry, take
 
 #: torchvision's LayerNorm eps (partial(nn.LayerNorm, eps=1e-6), the default of every builder)
 TORCHVISION_EPS = 1e-6
@@ -115,6 +117,34 @@ def import_torchvision(state: Mapping[str, Any], preset: ViTConfig | str | None 
     is not a canonical kernel, so without a preset that is refused).
     """
     st = strip_prefixes(state)
+    origin = _names(st, source)
+    f = facts(st, origin, source)
+    p_cfg = resolve_preset(preset)
+    builder, heads, eps = _heads(f, p_cfg, source)
+    table_grid, target = _grid(f, p_cfg, image_size, source)
+    P = f["P"]
+    try:
+        cfg = ViTConfig(
+            name=builder[0] if builder and p_cfg is None else (p_cfg.name if p_cfg else "torchvision_import"),
+            image_size=target, in_chans=f["C"], patch_size=P, embed_dim=f["D"], depth=f["depth"], num_heads=heads,
+            mlp_dim=f["M"], qkv_bias=f["qkv_bias"], class_token="learned", pool="token", pos_embed="learned",
+            resize_kernel=p_cfg.resize_kernel if p_cfg else "bicubic", gelu="erf", layer_norm_eps=float(eps),
+            final_norm=True, representation_size=f["rep"], num_classes=f["K"],
+            notes=f"imported from torchvision state dict {source}")
+    except ConfigError as e:
+        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
+    # ---- every key through the key map, its shape checked, named as the file names it
+    expected = expected_shapes(cfg.replace(image_size=(table_grid[0] * P, table_grid[1] * P)))
+    out = take([Entry(origin.get(c, torchvision_key(c)), c) for c in expected], st, source, expected=expected)
+    if cfg.grid != table_grid:
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], table_grid, cfg.grid, 1,
+                                              cfg.resize_kernel).astype(CANONICAL_DTYPE)
+    validate_state(cfg, out, source=source)
+    return cfg, out
+
+
+def _names(st: Mapping[str, Any], source: str) -> dict[str, str]:
+    """canonical key -> the file's key: every key must have a canonical name, and only one file key per name."""
     if not is_torchvision_state(st):
         raise ConversionError(f"{source}: not a torchvision VisionTransformer state dict: no 'conv_proj.weight' / "
                               f"'encoder.pos_embedding' keys; first keys: {sorted(st)[:5]}")
@@ -122,8 +152,7 @@ def import_torchvision(state: Mapping[str, Any], preset: ViTConfig | str | None 
     if stem:
         raise ConversionError(f"{source}: cannot convert: a convolutional stem (torchvision conv_stem_configs, keys "
                               f"{stem[:3]}); the canonical patch embedding is one strided conv")
-    # ---- names: every key must have a canonical name, and only one file key per name
-    origin: dict[str, str] = {}  # canonical -> the file's key
+    origin: dict[str, str] = {}
     problems = []
     for k in st:
         c = canonical_key(k)
@@ -136,34 +165,37 @@ def import_torchvision(state: Mapping[str, Any], preset: ViTConfig | str | None 
             origin[c] = k
     if problems:
         raise MismatchError(source, problems)
-    tv = {c: st[k] for c, k in origin.items()}
+    return origin
 
+
+def facts(st: Mapping[str, Any], origin: Mapping[str, str], source: str) -> dict[str, Any]:
+    """The sizes a torchvision state dict states (origin: canonical key -> the file's key)."""
     def shape_of(c: str, ndim: int) -> tuple[int, ...]:
         name = origin.get(c, torchvision_key(c))
-        if c not in tv:
+        if c not in origin:
             raise MismatchError(source, [f"missing key {name!r}"])
-        s = tuple(int(x) for x in np.shape(tv[c]))
+        s = tuple(int(x) for x in np.shape(st[name]))
         if len(s) != ndim:
             raise MismatchError(source, [f"key {name!r}: expected a {ndim}-d tensor, got shape {s}"])
         return s
 
-    # ---- sizes the file determines
     D, C, P, P2 = shape_of("patch_embed.proj.weight", 4)
     if P != P2:
         raise ConversionError(f"{source}: 'conv_proj.weight' has non-square {P}x{P2} patches; the canonical "
                               f"patch_size is one int")
-    block_ids = sorted({int(m.group(1)) for c in tv if (m := re.match(r"blocks\.(\d+)\.", c))})
-    depth = len(block_ids)
-    if depth == 0 or block_ids != list(range(depth)):
-        raise MismatchError(source, [f"encoder layers are not numbered encoder_layer_0..N: {block_ids}"])
-    M = shape_of("blocks.0.mlp.fc1.weight", 2)[0]
-    rep = shape_of("pre_logits.fc.weight", 2)[0] if "pre_logits.fc.weight" in tv else None
-    K = shape_of("head.weight", 2)[0]
-    T = shape_of("pos_embed", 3)[1]
-    qkv_bias = "blocks.0.attn.qkv.bias" in tv
+    ids = block_ids(origin, "blocks.{i}.")
+    if not ids or ids != list(range(len(ids))):
+        raise MismatchError(source, [f"encoder layers are not numbered encoder_layer_0..N: {ids}"])
+    return {"D": D, "C": C, "P": P, "depth": len(ids), "M": shape_of("blocks.0.mlp.fc1.weight", 2)[0],
+            "rep": shape_of("pre_logits.fc.weight", 2)[0] if "pre_logits.fc.weight" in origin else None,
+            "K": shape_of("head.weight", 2)[0], "T": shape_of("pos_embed", 3)[1],
+            "qkv_bias": "blocks.0.attn.qkv.bias" in origin}
 
-    # ---- facts the file cannot tell: the heads (and eps), from the preset or torchvision's builders
-    p_cfg = _resolve_preset(preset)
+
+def _heads(f: Mapping[str, Any], p_cfg: ViTConfig | None, source: str):
+    """(torchvision's builder of these sizes or None, num_heads, layer_norm_eps): the facts the file cannot tell,
+    from the preset or torchvision's builders; the preset's other differences from the file are said."""
+    P, D, depth, M = f["P"], f["D"], f["depth"], f["M"]
     builder = BUILDERS.get((P, D, depth, M))
     if p_cfg is None and builder is None:
         table = ", ".join(f"{n} (patch {p}, width {d}, {L} layers, mlp {m})" for (p, d, L, m), (n, _) in BUILDERS.items())
@@ -182,19 +214,24 @@ def import_torchvision(state: Mapping[str, Any], preset: ViTConfig | str | None 
         if p_cfg.gelu != "erf" or p_cfg.pool != "token" or p_cfg.class_token != "learned":
             said.append(f"torchvision's erf GELU and class-token pooling, not the preset's gelu={p_cfg.gelu!r} "
                         f"pool={p_cfg.pool!r}")
-        file_vals = dict(embed_dim=D, in_chans=C, patch_size=P, depth=depth, mlp_dim=M, qkv_bias=qkv_bias,
-                         representation_size=rep, num_classes=K, final_norm=True, fc_norm=False)
+        file_vals = dict(embed_dim=D, in_chans=f["C"], patch_size=P, depth=depth, mlp_dim=M, qkv_bias=f["qkv_bias"],
+                         representation_size=f["rep"], num_classes=f["K"], final_norm=True, fc_norm=False)
         said += [f"{k}={v!r} from the file, not the preset's {getattr(p_cfg, k)!r}" for k, v in file_vals.items()
                  if getattr(p_cfg, k) != v]
         if said:
-            warnings.warn(f"{source}: using " + "; ".join(said), ConversionWarning, stacklevel=2)
+            warnings.warn(f"{source}: using " + "; ".join(said), ConversionWarning, stacklevel=3)
     if D % heads:
         raise ConversionError(f"{source}: width {D} from the file is not divisible by num_heads {heads} from preset "
                               f"{p_cfg.name!r}: wrong preset?")
+    return builder, heads, eps
 
-    # ---- the position table's grid: torchvision's tables are square; anything else needs --image-size
-    stated = _pair(image_size) if image_size is not None else None
-    s = _isqrt_exact(T - 1)
+
+def _grid(f: Mapping[str, Any], p_cfg: ViTConfig | None, image_size, source: str):
+    """(the position table's grid, the image size to convert for): torchvision's tables are square; anything else
+    needs --image-size, and resampling needs a preset's kernel."""
+    T, P = f["T"], f["P"]
+    stated = pair(image_size) if image_size is not None else None
+    s = isqrt_exact(T - 1)
     if s:
         table_grid = (s, s)
     elif stated and stated[0] % P == 0 and stated[1] % P == 0 and (stated[0] // P) * (stated[1] // P) == T - 1:
@@ -206,45 +243,18 @@ def import_torchvision(state: Mapping[str, Any], preset: ViTConfig | str | None 
     target = stated or (table_grid[0] * P, table_grid[1] * P)
     if target[0] % P or target[1] % P:
         raise UsageError(f"{source}: image size {target[0]}x{target[1]} is not divisible by the patch size {P}")
-    new_grid = (target[0] // P, target[1] // P)
-    if new_grid != table_grid and p_cfg is None:
+    if (target[0] // P, target[1] // P) != table_grid and p_cfg is None:
         raise MissingFactsError(
             f"{source}: resampling the {table_grid[0]}x{table_grid[1]} position table to {target[0]}x{target[1]} "
             f"images needs a kernel; torchvision's interpolate_embeddings (bicubic, align_corners=True) is not one "
             f"the canonical model has: pass --preset NAME whose resize_kernel to use")
-    try:
-        cfg = ViTConfig(
-            name=builder[0] if builder and p_cfg is None else (p_cfg.name if p_cfg else "torchvision_import"),
-            image_size=target, in_chans=C, patch_size=P, embed_dim=D, depth=depth, num_heads=heads, mlp_dim=M,
-            qkv_bias=qkv_bias, class_token="learned", pool="token", pos_embed="learned",
-            resize_kernel=p_cfg.resize_kernel if p_cfg else "bicubic", gelu="erf", layer_norm_eps=float(eps),
-            final_norm=True, representation_size=rep, num_classes=K,
-            notes=f"imported from torchvision state dict {source}")
-    except ConfigError as e:
-        raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
-
-    # ---- every key's shape, named as the file names it
-    expected = expected_shapes(cfg.replace(image_size=(table_grid[0] * P, table_grid[1] * P)))
-    problems = [f"missing key {torchvision_key(c)!r} (expected shape {shp})" for c, shp in expected.items()
-                if c not in tv]
-    problems += [f"unexpected key {origin[c]!r}" for c in tv if c not in expected]
-    problems += [f"key {origin[c]!r}: expected shape {shp}, got {tuple(np.shape(tv[c]))}"
-                 for c, shp in expected.items() if c in tv and tuple(np.shape(tv[c])) != shp]
-    if problems:
-        raise MismatchError(source, problems)
-    out = {c: to_float32(origin[c], v, source) for c, v in tv.items()}
-    if new_grid != table_grid:
-        out["pos_embed"] = resample_pos_embed(out["pos_embed"], table_grid, new_grid, 1,
-                                              cfg.resize_kernel).astype(CANONICAL_DTYPE)
-    validate_state(cfg, out, source=source)
-    return cfg, out
+    return table_grid, target
 
 
 # ---------------------------------------------------------------------------- export
 def torchvision_problems(cfg: ViTConfig) -> list[str]:
     """Why `cfg` cannot be a torchvision VisionTransformer (empty when it can)."""
-    p = []
-    p += [f"{option}: torchvision's VisionTransformer has no such option" for option in cfg.family_options()]
+    p = family_refusals(cfg, "torchvision's VisionTransformer")
     if cfg.in_chans != 3:
         p.append(f"in_chans={cfg.in_chans}: torchvision's conv_proj always takes 3 channels")
     if cfg.image_size[0] != cfg.image_size[1]:

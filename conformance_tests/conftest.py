@@ -27,6 +27,18 @@ if importlib.util.find_spec("mindspore") is not None:
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A command run in-process (`main([...])`) may set process-wide variables (train / evaluate / predict set the
+    frameworks' thread counts, OMP_NUM_THREADS=1 by default): later tests' child processes must not inherit them (a
+    one-thread reduction order changes low-precision results, e.g. the Keras-on-torch matrix's float16 logits)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def pytest_addoption(parser):
     parser.addoption("--backends", default=None,
                      help="comma-separated backends to test (default: every registered one: the built-ins, their "

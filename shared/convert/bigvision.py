@@ -42,6 +42,7 @@ from ..errors import ConfigError, ConversionError, ConversionWarning, InvalidFil
 from ..posemb import resample_pos_embed
 from ..weights import CANONICAL_DTYPE, validate_state
 from .common import isqrt_exact, pair, resolve_preset
+from .common import shape_of as common_shape_of
 from .keymap import Chain, Each, Entry, Reshape, Transpose, expand, prefixed, renames, take
 
 #: numerics timm's _load_weights gives these files (timm's VisionTransformer defaults, bilinear resampling)
@@ -185,12 +186,7 @@ def import_bigvision(arrays: Mapping[str, Any], preset: ViTConfig | str | None =
 def facts(w: Mapping[str, Any], pre: str, source: str) -> dict[str, Any]:
     """The sizes an original-ViT .npz states, the heads included (keys relative to `pre`)."""
     def shape_of(k: str, ndim: int) -> tuple[int, ...]:
-        if k not in w:
-            raise MismatchError(source, [f"missing key {pre + k!r}"])
-        s = tuple(int(x) for x in np.shape(w[k]))
-        if len(s) != ndim:
-            raise MismatchError(source, [f"key {pre + k!r}: expected a {ndim}-d array, got shape {s}"])
-        return s
+        return common_shape_of(w, k, ndim, source, pre + k, what="array")
 
     P, P2, C, D = shape_of("embedding/kernel", 4)
     if P != P2:

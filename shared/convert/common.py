@@ -158,6 +158,19 @@ def resolve_preset(preset) -> ViTConfig | None:
 
 
 # ----------------------------------------------------------------------------- sizes
+def shape_of(tensors: Mapping[str, Any], key: str, ndim: int, source: str, shown_key: str | None = None,
+             what: str = "tensor") -> tuple[int, ...]:
+    """The shape of `tensors[key]`, which must be there with `ndim` dimensions; else a MismatchError naming the file
+    and the key as the file spells it (`shown_key`, default `key`)."""
+    name = key if shown_key is None else shown_key
+    if key not in tensors:
+        raise MismatchError(source, [f"missing key {name!r}"])
+    s = tuple(int(x) for x in np.shape(tensors[key]))
+    if len(s) != ndim:
+        raise MismatchError(source, [f"key {name!r}: expected a {ndim}-d {what}, got shape {s}"])
+    return s
+
+
 def pair(v) -> tuple[int, int]:
     """An int or an (h, w) pair as (h, w)."""
     if isinstance(v, (int, np.integer)):

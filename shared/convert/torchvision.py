@@ -37,6 +37,7 @@ from ..posemb import resample_pos_embed
 from ..fileio import atomic_write
 from ..weights import CANONICAL_DTYPE, expected_shapes, read_tensors, validate_state
 from .formats import _safetensors_kind
+from .common import shape_of as common_shape_of
 from .common import (block_ids, family_refusals, isqrt_exact, pair, read_torch_checkpoint, resolve_preset,
                      strip_prefixes)
 from .keymap import Entry, take
@@ -172,12 +173,7 @@ def facts(st: Mapping[str, Any], origin: Mapping[str, str], source: str) -> dict
     """The sizes a torchvision state dict states (origin: canonical key -> the file's key)."""
     def shape_of(c: str, ndim: int) -> tuple[int, ...]:
         name = origin.get(c, torchvision_key(c))
-        if c not in origin:
-            raise MismatchError(source, [f"missing key {name!r}"])
-        s = tuple(int(x) for x in np.shape(st[name]))
-        if len(s) != ndim:
-            raise MismatchError(source, [f"key {name!r}: expected a {ndim}-d tensor, got shape {s}"])
-        return s
+        return common_shape_of(st if c in origin else {}, name, ndim, source)
 
     D, C, P, P2 = shape_of("patch_embed.proj.weight", 4)
     if P != P2:

@@ -31,6 +31,9 @@ CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
 POOL_KINDS = ("token", "mean", "map", "token_mean")
 POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
 RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear")
+# none | table: a learned (rows, heads) table read through shared.posemb.rel_pos_index (BEiT, timm RelPosBias) |
+# mlp: timm's RelPosMlp ('cr'): fc1 -> ReLU -> fc2 over the log relative coordinates (vit_relpos_*)
+REL_POS_KINDS = ("none", "table", "mlp")
 
 
 def is_int(v: Any) -> bool:
@@ -60,11 +63,13 @@ _INT_BOUNDS = {"in_chans": (1, L.MAX_CHANNELS), "patch_size": (1, L.MAX_PATCH), 
                "depth": (1, L.MAX_DEPTH), "num_heads": (1, L.MAX_HEADS), "mlp_dim": (1, L.MAX_WIDTH),
                "num_classes": (0, L.MAX_CLASSES)}
 _INT_BOUNDS["reg_tokens"] = (0, L.MAX_PREFIX_TOKENS)
+_INT_BOUNDS["rel_pos_dim"] = (1, L.MAX_WIDTH)
 _OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH),
                    "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
           "patch_bias", "qk_norm", "swiglu")
-_STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes")
+_BOOLS += ("k_bias", "rel_pos_shared")
+_STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes", "rel_pos")
 _RATES = ("dropout", "attn_dropout", "drop_path")
 
 
@@ -155,6 +160,13 @@ class ViTConfig:
     dropout: float = 0.0  # after position embedding, attention proj and MLP layers
     attn_dropout: float = 0.0  # on the attention probabilities
     drop_path: float = 0.0  # stochastic depth, linearly increasing to this rate
+    # --- relative position bias (BEiT, timm VisionTransformerRelPos) --------------
+    k_bias: bool = True  # False: the qkv bias has no k part (BEiT's q_bias / v_bias; the k third held at zero)
+    # none | table | mlp (REL_POS_KINDS): a (heads, T, T) bias added to every block's attention scores, built once
+    # per forward from a learned table (keys *.relative_position_bias_table) or from timm's RelPosMlp (*.mlp.*)
+    rel_pos: str = "none"
+    rel_pos_shared: bool = False  # one bias for all blocks (keys rel_pos.*) instead of one per block (blocks.i.attn.rel_pos.*)
+    rel_pos_dim: int = 128  # the hidden width of the mlp form
     # --- free text ------------------------------------------------------------
     notes: str = field(default="", compare=False)
 
@@ -218,6 +230,16 @@ class ViTConfig:
             need(self.embed_dim % 2 == 0, f"sincos1d needs an even embed_dim, got {self.embed_dim}")
         if self.pos_embed == "sincos2d":
             need(self.embed_dim % 4 == 0, f"sincos2d needs embed_dim divisible by 4, got {self.embed_dim}")
+        need(self.rel_pos in REL_POS_KINDS, f"rel_pos must be one of {REL_POS_KINDS}, got {self.rel_pos!r}")
+        if self.rel_pos != "none":
+            need(self.num_prefix_tokens <= 1, f"a relative position bias knows one class token at most (timm), got "
+                                              f"{self.num_prefix_tokens} prefix tokens")
+            need(self.attn_dim is None or self.attn_dim == self.embed_dim,
+                 "a relative position bias with attn_dim != embed_dim (T2T) is not a known layout")
+        else:
+            need(not self.rel_pos_shared, "rel_pos_shared needs rel_pos 'table' or 'mlp'")
+        if not self.k_bias:
+            need(self.qkv_bias, "k_bias=False (no k part of the qkv bias) needs qkv_bias")
         need(not (self.final_norm and self.fc_norm), "final_norm and fc_norm are exclusive (timm: norm xor fc_norm)")
         need(not (self.output_softmax and self.num_classes == 0), "output_softmax needs a classifier (num_classes > 0)")
         n = self.num_parameters
@@ -272,6 +294,27 @@ class ViTConfig:
         return 2 * self.mlp_dim if self.swiglu else self.mlp_dim
 
     @property
+    def rel_pos_prefixes(self) -> list[str]:
+        """Where the relative position bias parameters live: ["rel_pos"] (shared), ["blocks.{i}.attn.rel_pos", ...]
+        (one per block), or [] (rel_pos 'none')."""
+        if self.rel_pos == "none":
+            return []
+        return ["rel_pos"] if self.rel_pos_shared else [f"blocks.{i}.attn.rel_pos" for i in range(self.depth)]
+
+    def rel_pos_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The parameters of one relative position bias, by name under its prefix: the learned table
+        (rows, heads), rows = (2 gh - 1)(2 gw - 1) (+ 3 with a class token; shared.posemb.rel_pos_table_rows), or
+        the MLP: fc1 (rel_pos_dim, 2), fc2 (heads, rel_pos_dim) with biases."""
+        if self.rel_pos == "table":
+            gh, gw = self.grid
+            return {"relative_position_bias_table": ((2 * gh - 1) * (2 * gw - 1) + 3 * int(self.num_prefix_tokens > 0),
+                                                     self.num_heads)}
+        if self.rel_pos == "mlp":
+            R, H = self.rel_pos_dim, self.num_heads
+            return {"mlp.fc1.weight": (R, 2), "mlp.fc1.bias": (R,), "mlp.fc2.weight": (H, R), "mlp.fc2.bias": (H,)}
+        return {}
+
+    @property
     def pooled_dim(self) -> int:
         """Width of the pooled features (input of the pre-logits layer, else of the head): twice the width for
         pool='token_mean' (class token and patch mean, concatenated), else the width."""
@@ -289,9 +332,9 @@ class ViTConfig:
     def attention_args(self, i: int) -> dict[str, Any]:
         """Block i's attention: the keyword arguments of `Attention` in every backend and of
         `shared.reference.attention` (which ignores the dropout rates). Variants no field turns on yet
-        (qkv_fused, k_bias, inner_norm, rotate_half) keep their defaults; so does the Mlp's inner_norm."""
+        (qkv_fused, inner_norm, rotate_half) keep their defaults; so does the Mlp's inner_norm."""
         return dict(dim=self.block_in_dim(i), num_heads=self.num_heads, width=self.width, qkv_bias=self.qkv_bias,
-                    qk_norm=self.qk_norm, scale=self.scale, value_skip=self.attn_value_skip,
+                    k_bias=self.k_bias, qk_norm=self.qk_norm, scale=self.scale, value_skip=self.attn_value_skip,
                     norm_eps=self.layer_norm_eps, attn_drop=self.attn_dropout, proj_drop=self.dropout)
 
     def mlp_args(self) -> dict[str, Any]:
@@ -332,6 +375,7 @@ class ViTConfig:
                     + (2 * W if self.init_values is not None else 0))
 
         n += block(D) + (self.depth - 1) * block(W)
+        n += len(self.rel_pos_prefixes) * sum(math.prod(v) for v in self.rel_pos_shapes().values())
         if self.pool == "map":  # latent, q, kv, proj, norm, mlp
             n += W + (W * W + W) + (2 * W * W + 2 * W) + (W * W + W) + 2 * W + (M * W + M + W * M + W)
         n += 2 * W if self.final_norm else 0
@@ -412,7 +456,10 @@ class ViTConfig:
                  (self.pool == "token_mean", "the concat(class token, patch mean) head (pool='token_mean')"),
                  (not self.patch_bias, "a patch projection without bias (patch_bias=False)"),
                  (self.swiglu, "a SwiGLU MLP (swiglu: mlp.fc1 packs the gate and value halves)"),
-                 (self.gelu == "quick", "QuickGELU (gelu='quick')")]
+                 (self.gelu == "quick", "QuickGELU (gelu='quick')"),
+                 (not self.k_bias, "a qkv bias without its k part (k_bias=False: q_bias, v_bias)"),
+                 (self.rel_pos != "none", f"a relative position bias (rel_pos={self.rel_pos!r}"
+                                          f"{', shared' if self.rel_pos_shared else ', per block'})")]
         return [name for on, name in named if on]
 
     def describe_numerics(self) -> dict[str, Any]:
@@ -430,6 +477,9 @@ class ViTConfig:
             "layer_norm_eps": self.layer_norm_eps,
             "qk_scale": self.scale,
             "qkv_bias": self.qkv_bias,
+            "k_bias": self.k_bias,
+            "rel_pos": self.rel_pos,
+            "rel_pos_shared": self.rel_pos_shared,
             "attn_value_skip": self.attn_value_skip,
             "class_token": self.class_token,
             "pool": self.pool,

@@ -231,3 +231,132 @@ def position_table(cfg: ViTConfig, params: dict[str, np.ndarray], grid: tuple[in
         table = resample_pos_embed(table, cfg.table_grid, grid, cfg.num_pos_prefix, cfg.resize_kernel)[0]
         return with_unpositioned_prefix(table, cfg)
     return fixed_table(cfg, grid)
+
+
+# ------------------------------------------------------------ relative position biases
+REL_POS_KINDS = ("none", "table", "mlp")
+
+
+def rel_pos_distances(grid: tuple[int, int]) -> int:
+    """Rows of a relative table for the patch pairs of `grid`: (2 gh - 1) (2 gw - 1) distinct offsets."""
+    return (2 * int(grid[0]) - 1) * (2 * int(grid[1]) - 1)
+
+
+def rel_pos_table_rows(grid: tuple[int, int], prefix_tokens: int) -> int:
+    """Rows of a learned relative table (BEiT, timm RelPosBias): the offsets, plus three rows (class-to-patch,
+    patch-to-class, class-to-class) when the sequence starts with a class token."""
+    return rel_pos_distances(grid) + 3 * int(prefix_tokens > 0)
+
+
+@lru_cache(maxsize=64)
+def _rel_pos_index_cached(gh: int, gw: int, prefix_tokens: int) -> np.ndarray:
+    ys, xs = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)  # row-major patch order
+    dy = ys[:, None] - ys[None, :] + gh - 1
+    dx = xs[:, None] - xs[None, :] + gw - 1
+    patch = dy * (2 * gw - 1) + dx  # (N, N)
+    if not prefix_tokens:
+        idx = patch
+    else:
+        n = rel_pos_distances((gh, gw))
+        idx = np.empty((gh * gw + 1,) * 2, dtype=np.int64)
+        idx[1:, 1:] = patch
+        idx[0, :] = n  # class token -> patch
+        idx[:, 0] = n + 1  # patch -> class token
+        idx[0, 0] = n + 2
+    idx = idx.astype(np.int64)
+    idx.setflags(write=False)
+    return idx
+
+
+def rel_pos_index(grid: tuple[int, int], prefix_tokens: int = 0) -> np.ndarray:
+    """The (T, T) int64 row of the relative table that each (query, key) pair reads (T = prefix + gh*gw): a derived
+    index, never a weight. Patch pairs read row (dy + gh - 1) (2 gw - 1) + (dx + gw - 1) for the offset (dy, dx) =
+    query - key in the row-major grid; with a class token (prefix_tokens 1) its row, column and corner read the
+    three extra rows (timm's `gen_relative_position_index`, BEiT's and RelPosBias's). Read-only, cached."""
+    if prefix_tokens not in (0, 1):
+        raise ValueError(f"a relative position table knows one class token at most, got {prefix_tokens} prefix tokens")
+    return _rel_pos_index_cached(int(grid[0]), int(grid[1]), int(prefix_tokens))
+
+
+@lru_cache(maxsize=64)
+def _rel_log_coords_cached(gh: int, gw: int) -> np.ndarray:
+    dy, dx = np.meshgrid(np.arange(-(gh - 1), gh, dtype=np.float64), np.arange(-(gw - 1), gw, dtype=np.float64),
+                         indexing="ij")
+    c = np.stack([dy, dx], axis=-1).reshape(-1, 2)
+    c = np.sign(c) * np.log1p(np.abs(c))
+    c.setflags(write=False)
+    return c
+
+
+def rel_log_coords(grid: tuple[int, int]) -> np.ndarray:
+    """The ((2 gh - 1)(2 gw - 1), 2) float64 inputs of timm's RelPosMlp ('cr' mode): sign(d) log(1 + |d|) of each
+    offset (dy, dx), in the row order `rel_pos_index` reads (without the class rows). Read-only, cached."""
+    return _rel_log_coords_cached(int(grid[0]), int(grid[1]))
+
+
+def gather_rel_pos_bias(rows: np.ndarray, grid: tuple[int, int], prefix_tokens: int, kind: str) -> np.ndarray:
+    """The (heads, T, T) float64 score bias from per-offset rows (R, heads): a learned table ("table", its class
+    rows included) or the MLP's output over `rel_log_coords` ("mlp": the class token's row and column are zero,
+    timm's RelPosMlp padding). The NumPy reference of what every backend computes once per forward."""
+    rows = np.asarray(rows, np.float64)
+    if kind == "table":
+        idx = rel_pos_index(grid, prefix_tokens)
+        return np.transpose(rows[idx], (2, 0, 1))
+    bias = np.transpose(rows[rel_pos_index(grid, 0)], (2, 0, 1))
+    if prefix_tokens:
+        bias = np.pad(bias, ((0, 0), (prefix_tokens, 0), (prefix_tokens, 0)))
+    return bias
+
+
+def _rel_table_axis(src: int, dst: int) -> np.ndarray:
+    """(dst, src) linear-interpolation matrix of one axis of a relative table (timm's resize_rel_pos_bias_table:
+    the source offsets laid on a geometric progression found by bisection, the destination on integers, then
+    torch_interpolations' RegularGridInterpolator: linear, clamped at the ends)."""
+    if src == dst:
+        return np.eye(src)
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:  # q with 1 + q + ... + q^(src//2 - 1) just under dst // 2, timm's bisection
+        q = (left + right) / 2.0
+        gp = (1.0 - q ** (src // 2)) / (1.0 - q)
+        if gp > dst // 2:
+            right = q
+        else:
+            left = q
+    dis, cur = [], 1.0
+    for i in range(src // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    p = np.asarray([-d for d in reversed(dis)] + [0.0] + dis, np.float32).astype(np.float64)  # timm: float32 points
+    t = dst // 2
+    x = np.arange(-t, t + 0.1, 1.0, dtype=np.float32).astype(np.float64)
+    w = np.zeros((len(x), src))
+    for o, xv in enumerate(x):
+        r = min(int(np.searchsorted(p, xv, side="left")), src - 1)
+        lft = min(max(r - 1, 0), src - 1)
+        dl, dr = max(xv - p[lft], 0.0), max(p[r] - xv, 0.0)
+        if dl == 0.0 and dr == 0.0:
+            dl = dr = 1.0
+        w[o, lft] += dr / (dl + dr)
+        w[o, r] += dl / (dl + dr)
+    return w
+
+
+def resize_rel_pos_table(table: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                         prefix_tokens: int) -> np.ndarray:
+    """A learned (R, heads) relative table stored for `old_grid`, resampled to `new_grid` by timm's own rule
+    (`timm.layers.resize_rel_pos_bias_table`, the BEiT fine-tuning rule: per head a separable linear interpolation
+    from geometrically spaced source offsets; the three class rows kept as they are). float64 in and out."""
+    table = np.asarray(table, np.float64)
+    n_extra = 3 * int(prefix_tokens > 0)
+    sh, sw = 2 * old_grid[0] - 1, 2 * old_grid[1] - 1
+    dh, dw = 2 * new_grid[0] - 1, 2 * new_grid[1] - 1
+    if table.shape[0] != sh * sw + n_extra:
+        raise ValueError(f"relative table has {table.shape[0]} rows, grid {old_grid[0]}x{old_grid[1]} with "
+                         f"{prefix_tokens} class token(s) needs {sh * sw + n_extra}")
+    if (sh, sw) == (dh, dw):
+        return table
+    body, extra = table[:sh * sw], table[sh * sw:]
+    wy, wx = _rel_table_axis(sh, dh), _rel_table_axis(sw, dw)
+    out = np.einsum("ah,hwn,bw->abn", wy, body.reshape(sh, sw, -1), wx).reshape(dh * dw, -1)
+    return np.concatenate([out, extra], axis=0)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .config import ViTConfig
 from .errors import ConfigError
-from .posemb import position_table
+from .posemb import gather_rel_pos_bias, position_table, rel_log_coords
 
 try:  # exact erf for the float64 GELU; scipy comes with scikit-learn
     from scipy.special import erf as _erf
@@ -238,6 +238,26 @@ def attention_pool(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: i
     return nm.r(o + mlp_forward(nm, p, _key(prefix, "mlp"), h, hidden=hidden, act=act))[:, 0]
 
 
+def rel_pos_bias(nm: _Numerics, p: dict, prefix: str, cfg: ViTConfig, grid: tuple[int, int]) -> np.ndarray:
+    """The (heads, T, T) score bias of one relative position module (parameters under `prefix`: cfg.rel_pos_prefixes)
+    at `grid`, built once per forward: the learned table's rows gathered by shared.posemb.rel_pos_index ('table';
+    exact: a gather rounds nothing), or timm's RelPosMlp ('mlp': fc1 -> ReLU -> fc2 over the rounded log relative
+    coordinates, each linear rounded once; the class token's row and column zero). The attention adds it to the
+    scaled scores and rounds the sum once."""
+    n0 = cfg.num_prefix_tokens
+    if cfg.rel_pos == "table":
+        rows = p[_key(prefix, "relative_position_bias_table")]
+        want = cfg.rel_pos_shapes()["relative_position_bias_table"][0]
+        if tuple(grid) != tuple(cfg.grid):
+            raise ConfigError(f"config {cfg.name!r}: its relative position table ({want} rows) is stored for the "
+                              f"{cfg.grid[0]}x{cfg.grid[1]} patch grid, the input has {grid[0]}x{grid[1]}; resample the "
+                              f"table first (shared.posemb.resize_rel_pos_table, timm's rule)")
+    else:
+        h = nm.linear(nm.r(rel_log_coords(grid)), p[_key(prefix, "mlp.fc1.weight")], p[_key(prefix, "mlp.fc1.bias")])
+        rows = nm.linear(np.maximum(h, 0.0), p[_key(prefix, "mlp.fc2.weight")], p[_key(prefix, "mlp.fc2.bias")])
+    return gather_rel_pos_bias(rows, grid, n0, cfg.rel_pos).astype(nm.compute)
+
+
 def patchify(images: np.ndarray, patch: int) -> np.ndarray:
     """(B, C, H, W) -> (B, gh*gw, C*P*P), patches row-major, each flattened (c, i, j) like a conv weight."""
     B, C, H, W = images.shape
@@ -252,7 +272,7 @@ def forward_bytes(cfg: ViTConfig, batch: int) -> int:
     estimate exceeds shared.limits.MAX_FORWARD_BYTES before anything is allocated."""
     t, w, m, h = cfg.num_tokens, max(cfg.embed_dim, cfg.width), cfg.fc1_dim, cfg.num_heads
     per_image = 8 * ((cfg.depth + 3) * t * w + 3 * t * w + 2 * h * t * t + 2 * t * m)
-    return batch * per_image
+    return batch * per_image + 8 * len(cfg.rel_pos_prefixes) * h * t * t  # + the relative biases (heads, T, T)
 
 
 def check_forward_size(cfg: ViTConfig, batch: int, what: str) -> None:
@@ -313,9 +333,13 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
         out["norm_pre"] = x
 
     rope = None  # a rotary table (shared.posemb.rope_table) for this grid, once per forward: no config field yet
+    # relative position biases, once per forward: one shared by all blocks, or one per block
+    biases = [rel_pos_bias(nm, p, pre, cfg, grid) for pre in cfg.rel_pos_prefixes]
     attn_maps = []
     for i in range(cfg.depth):
-        x, probs = block(nm, p, f"blocks.{i}", x, **cfg.block_args(i), rope=rope, want_attn=return_attn)
+        bias = biases[0 if cfg.rel_pos_shared else i] if biases else None
+        x, probs = block(nm, p, f"blocks.{i}", x, **cfg.block_args(i), rope=rope, attn_bias=bias,
+                         want_attn=return_attn)
         out[f"block_{i}"] = x
         attn_maps.append(probs)
 

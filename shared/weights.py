@@ -16,6 +16,9 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
   blocks.{i}.mlp.fc1.{weight (M, W), bias (M,)}, blocks.{i}.mlp.fc2.{weight (W, M), bias (W,)}
                                             fc1 is (2M, W), (2M,) if swiglu: rows [gate; value], timm SwiGLUPacked
   blocks.{i}.ls2.gamma (W,)                 if init_values
+  rel_pos.* or blocks.{i}.attn.rel_pos.*     if rel_pos != "none" (shared, or per block): relative_position_bias_table
+                                            (R, heads) for 'table' (R: shared.posemb.rel_pos_table_rows), or
+                                            mlp.fc1 (rel_pos_dim, 2), mlp.fc2 (heads, rel_pos_dim) (+ biases) for 'mlp'
   norm.{weight,bias} (W,)                   if final_norm
   attn_pool.latent (1, 1, W), attn_pool.q (W, W), attn_pool.kv (2W, W), attn_pool.proj (W, W) (weights and
   biases), attn_pool.norm (W,), attn_pool.mlp.fc1 (M, W), attn_pool.mlp.fc2 (W, M)   if pool == "map"
@@ -80,6 +83,8 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         s[f"{b}.mlp.fc2.weight"], s[f"{b}.mlp.fc2.bias"] = (W, M), (W,)
         if cfg.init_values is not None:
             s[f"{b}.ls2.gamma"] = (W,)
+    for prefix in cfg.rel_pos_prefixes:  # relative position bias: one shared, or one per block
+        s.update({f"{prefix}.{name}": shape for name, shape in cfg.rel_pos_shapes().items()})
     if cfg.final_norm:
         s["norm.weight"] = s["norm.bias"] = (W,)
     if cfg.pool == "map":

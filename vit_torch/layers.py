@@ -1,5 +1,5 @@
-"""PyTorch building blocks of the suite's ViT: PatchEmbed, Attention, Mlp, LayerScale, Block, AttentionPool
-(timm parameter names).
+"""PyTorch building blocks of the suite's ViT: PatchEmbed, Attention, Mlp, LayerScale, Block, AttentionPool,
+RelPosBias (timm parameter names).
 
 Each layer takes its own arguments (the model reads them from `ViTConfig`: cfg.block_args(i), cfg.pool_args());
 every numerics choice (LayerNorm eps, activation, qk scale, value skip, widths) is an argument, nothing relies on
@@ -11,6 +11,9 @@ Dropout, attention dropout and stochastic depth are active only in training mode
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -285,3 +288,40 @@ class AttentionPool(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
         o = self.proj(o.transpose(1, 2).reshape(B, 1, W))
         return (o + self.mlp(self.norm(o)))[:, 0]
+
+
+class RelPosBias(nn.Module):
+    """A relative position bias (shared.reference.rel_pos_bias): forward(grid) -> (heads, T, T) score bias in the
+    parameters' dtype, built once per forward by the model. kind "table": `relative_position_bias_table`
+    (rows, heads) gathered by shared.posemb.rel_pos_index (BEiT, timm RelPosBias); "mlp": timm's RelPosMlp, `mlp.fc1`
+    -> ReLU -> `mlp.fc2` over shared.posemb.rel_log_coords, the class token's row and column zero. The derived
+    index and coordinates live in a plain per-(grid, device) cache, never in the state dict."""
+
+    def __init__(self, kind: str, shapes: dict, prefix_tokens: int):
+        super().__init__()
+        self.kind, self.prefix_tokens = kind, int(prefix_tokens)
+        if kind == "table":
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(shapes["relative_position_bias_table"]))
+        else:
+            (hidden, _), (heads, _) = shapes["mlp.fc1.weight"], shapes["mlp.fc2.weight"]
+            self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(2, hidden), act=nn.ReLU(), fc2=nn.Linear(hidden, heads)))
+        self._cache: dict = {}
+
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
+        from shared.posemb import rel_log_coords, rel_pos_index
+
+        if self.kind == "table":
+            rows = self.relative_position_bias_table
+            key = ("index", grid, rows.device)
+            if key not in self._cache:
+                self._cache[key] = torch.from_numpy(np.array(rel_pos_index(grid, self.prefix_tokens))).to(rows.device)
+            return rows[self._cache[key]].permute(2, 0, 1)
+        w = self.mlp.fc1.weight
+        key = ("coords", grid, w.device)
+        if key not in self._cache:
+            self._cache[key] = (torch.from_numpy(np.array(rel_log_coords(grid))).to(w.device),
+                                torch.from_numpy(np.array(rel_pos_index(grid, 0))).to(w.device))
+        coords, index = self._cache[key]
+        bias = self.mlp(coords.to(w.dtype))[index].permute(2, 0, 1)
+        n0 = self.prefix_tokens
+        return F.pad(bias, (n0, 0, n0, 0)) if n0 else bias

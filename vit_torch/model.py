@@ -28,7 +28,7 @@ from shared.init import init_weights
 from shared.posemb import fixed_table, resize_matrix
 from shared.weights import CANONICAL_DTYPE, expected_shapes, validate_state
 
-from .layers import AttentionPool, Block, PatchEmbed, layer_norm, softmax_f32
+from .layers import AttentionPool, Block, PatchEmbed, RelPosBias, layer_norm, softmax_f32
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                 "float64": torch.float64}
@@ -57,6 +57,14 @@ class VisionTransformer(nn.Module):
         eps = cfg.layer_norm_eps
         self.norm_pre = layer_norm(D, eps) if cfg.norm_pre else nn.Identity()
         self.blocks = nn.ModuleList([Block(**cfg.block_args(i), fused_attn=fused_attn) for i in range(cfg.depth)])
+        # relative position bias (cfg.rel_pos_prefixes): one module `rel_pos`, or one per block held by its attention
+        # (`blocks.i.attn.rel_pos`, which the block never calls: the model builds each bias once per forward)
+        rel = [RelPosBias(cfg.rel_pos, cfg.rel_pos_shapes(), cfg.num_prefix_tokens) for _ in cfg.rel_pos_prefixes]
+        if cfg.rel_pos_shared:
+            self.rel_pos = rel[0]
+        else:
+            for blk, module in zip(self.blocks, rel):
+                blk.attn.rel_pos = module
         self.norm = layer_norm(W, eps) if cfg.final_norm else nn.Identity()
         self.attn_pool = AttentionPool(**cfg.pool_args()) if cfg.pool == "map" else None
         self.fc_norm = layer_norm(W, eps) if cfg.fc_norm else nn.Identity()
@@ -122,6 +130,23 @@ class VisionTransformer(nn.Module):
         at `grid`, or None: no config field turns rotary positions on yet."""
         return None
 
+    def rel_pos_biases(self, grid: tuple[int, int]) -> list:
+        """The (heads, T, T) score bias each block adds at `grid`, built once per forward (one shared module or one
+        per block; shared.reference.rel_pos_bias), or Nones without a relative position bias."""
+        cfg = self.config
+        grid = (int(grid[0]), int(grid[1]))
+        if cfg.rel_pos == "none":
+            return [None] * cfg.depth
+        if cfg.rel_pos == "table" and grid != tuple(cfg.grid):
+            from shared.errors import ConfigError
+
+            raise ConfigError(f"config {cfg.name!r}: its relative position table is stored for the "
+                              f"{cfg.grid[0]}x{cfg.grid[1]} patch grid, the input has {grid[0]}x{grid[1]}; resample "
+                              f"the table first (shared.posemb.resize_rel_pos_table, timm's rule)")
+        if cfg.rel_pos_shared:
+            return [self.rel_pos(grid)] * cfg.depth
+        return [blk.attn.rel_pos(grid) for blk in self.blocks]
+
     # ------------------------------------------------------------------ forward
     def _grid(self, x: torch.Tensor) -> tuple[int, int]:
         return (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
@@ -157,10 +182,10 @@ class VisionTransformer(nn.Module):
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        rope = self.rope_table(self._grid(x))
+        rope, biases = self.rope_table(self._grid(x)), self.rel_pos_biases(self._grid(x))
         x = self._embed(x)
-        for blk in self.blocks:
-            x = blk(x, rope)
+        for blk, bias in zip(self.blocks, biases):
+            x = blk(x, rope, bias)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -209,11 +234,11 @@ class VisionTransformer(nn.Module):
     def forward_stages(self, x: torch.Tensor, return_attn: bool = False) -> dict[str, torch.Tensor]:
         """Every stage of cfg.stage_names() as `shared.reference.forward` defines them (+ attn_i maps)."""
         out: dict[str, torch.Tensor] = {}
-        rope = self.rope_table(self._grid(x))
+        rope, biases = self.rope_table(self._grid(x)), self.rel_pos_biases(self._grid(x))
         x = self._embed(x, out)
         maps = []
-        for i, blk in enumerate(self.blocks):
-            x, probs = blk(x, rope, return_attn=True) if return_attn else (blk(x, rope), None)
+        for i, (blk, bias) in enumerate(zip(self.blocks, biases)):
+            x, probs = blk(x, rope, bias, return_attn=True) if return_attn else (blk(x, rope, bias), None)
             out[f"block_{i}"] = x
             maps.append(probs)
         x = self.norm(x)

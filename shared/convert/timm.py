@@ -65,7 +65,7 @@ from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
 from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
                      pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
 from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
-from .keymap import Entry, expand, take
+from .keymap import Entry, Fold, expand, take
 from .timm_resolve import Resolved, resolve_timm_architecture
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
@@ -98,8 +98,9 @@ _UNSUPPORTED = [
     (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.|\.mlp\.w3\.", "an unpacked gated MLP (timm SwiGLU, keys mlp.fc1_g / "
      "fc1_x / w12)", "the canonical gated MLP is timm's SwiGLUPacked (one fc1 holding [gate; value])"),
     (r"^patch_embed\.backbone\.", "a hybrid CNN stem (patch_embed.backbone)", "canonical patches come from one conv"),
-    (r"relative_position|rel_pos", "relative position biases", "the canonical model has absolute positions only"),
-    (r"\.attn\.[qv]_bias$", "separate q/v biases (BEiT style)", "canonical attention has one fused qkv bias"),
+    (r"\.attn\.k_bias$", "a k bias beside separate q/v biases", "BEiT's q/v layout has none (the k part is zero)"),
+    (r"rel_pos\.mlp\.fc[12]\.weight_[gv]|relative_coords_table", "a Swin-v2 relative position MLP",
+     "the canonical MLP form is timm's RelPosMlp in 'cr' mode"),
     (r"\.attn\.(q|k|v)_proj\.|\.attn\.(q|k|v)\.weight$", "separate q/k/v projections", "this is not a timm VisionTransformer layout"),
     (r"^attn_pool\.(pos_embed|[qk]_norm\.)", "an attention pool with its own position table or qk-norm (keys "
      "attn_pool.pos_embed / attn_pool.q_norm)", "the canonical MAP head is timm's AttentionPoolLatent with one "
@@ -131,8 +132,11 @@ def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
 
 
 def _rename_legacy(st: dict[str, Any]) -> dict[str, Any]:
-    """Old DeiT III names `blocks.N.gamma_1/2` -> `blocks.N.ls1/ls2.gamma`, as timm's checkpoint filter does."""
-    return {re.sub(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma", k): v for k, v in st.items()}
+    """Old DeiT III names (and BEiT's) `blocks.N.gamma_1/2` -> `blocks.N.ls1/ls2.gamma`, as timm's checkpoint filter
+    does; BEiT's `relative_position_index` buffers in old files are dropped as timm's filter drops them (derived from
+    the grid: shared.posemb.rel_pos_index, never a weight)."""
+    return {re.sub(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma", k): v for k, v in st.items()
+            if not k.endswith("relative_position_index")}
 
 
 # ------------------------------------------------------------------ facts from configs
@@ -359,7 +363,11 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
                        target=target, init_values=init_values)
     # ---- the weights, through the key map (at the table's stored grid), then resampled to the image grid
     table = cfg.replace(image_size=(pos_grid[0] * f.P, pos_grid[1] * f.P)) if f.has_pos else cfg
-    out = take(key_map(table), st, source, expected=expected_shapes(table))
+    if f.rel_pos == "table" and table.grid != cfg.grid:
+        raise ConversionError(f"{source}: a position table stored for {pos_grid[0]}x{pos_grid[1]} with a relative "
+                              f"table converted to {cfg.grid[0]}x{cfg.grid[1]}: convert at the table's own size")
+    st = _resize_rel_tables(f, st, cfg, source)
+    out = take(key_map(table, extra=f.rel_entries), st, source, expected=expected_shapes(table))
     if f.has_pos and pos_grid != cfg.grid:
         out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, npos, cfg.resize_kernel)
     validate_state(cfg, out, source=source)
@@ -450,6 +458,7 @@ def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
                         rep=int(np.shape(st["pre_logits.fc.weight"])[0]) if "pre_logits.fc.weight" in st else None,
                         num_classes=int(np.shape(st["head.weight"])[0]) if "head.weight" in st else 0,
                         qk_norm="blocks.0.attn.q_norm.weight" in st, heads=None)
+    _rel_pos_facts(f, st, source)
     if f.final_norm and f.fc_norm:
         raise ConversionError(f"{source}: both 'norm' and 'fc_norm' present; timm uses one or the other")
     if "head.weight" in st and np.ndim(st["head.weight"]) != 2:
@@ -463,6 +472,83 @@ def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
     f.pool = "map" if f.has_map else "token" if f.has_dist else "mean" if not f.has_cls else None
     f.n0 = int(f.has_cls) + int(f.has_dist) + f.reg_tokens
     return f
+
+
+#: where timm keeps a relative position bias, by class: (source prefix of the shared module, of a block's, the
+#: table's name under it); the canonical prefixes are `rel_pos` and `blocks.{i}.attn.rel_pos` (ViTConfig.rel_pos_prefixes)
+_REL_POS_LAYOUTS = {"beit": ("rel_pos_bias", "blocks.{i}.attn", "relative_position_bias_table"),
+                    "relpos": ("shared_rel_pos", "blocks.{i}.attn.rel_pos", "relative_position_bias_table")}
+
+
+def _rel_pos_facts(f: SimpleNamespace, st: Mapping[str, Any], source: str) -> None:
+    """What the keys say of BEiT's and VisionTransformerRelPos' parts: q/v biases without a k bias (k_bias), the
+    relative position bias's form ('table' / 'mlp'), whether one module is shared, the MLP's hidden width; and the
+    key-map entries (f.rel_entries) that read them into the canonical keys."""
+    f.k_bias, f.rel_pos, f.rel_pos_shared, f.rel_pos_dim, f.rel_entries = True, "none", False, 128, []
+    if "blocks.0.attn.q_bias" in st:  # BEiT: q_bias and v_bias, the k part zero
+        if f.qkv_bias:
+            raise ConversionError(f"{source}: both 'blocks.0.attn.qkv.bias' and 'blocks.0.attn.q_bias': one qkv bias "
+                                  f"layout or the other")
+        f.qkv_bias, f.k_bias = True, False
+        f.rel_entries.append(Entry(("blocks.{i}.attn.q_bias", "blocks.{i}.attn.v_bias"), "blocks.{i}.attn.qkv.bias",
+                                   Fold((0, None, 1))))
+    found = []  # (style, shared, kind)
+    for style, (shared, block, table) in _REL_POS_LAYOUTS.items():
+        for is_shared, prefix in ((True, shared), (False, block.format(i=0))):
+            if f"{prefix}.{table}" in st:
+                found.append((style, is_shared, "table"))
+            elif f"{prefix}.mlp.fc1.weight" in st:
+                found.append((style, is_shared, "mlp"))
+    if not found:
+        return
+    if len(found) > 1:
+        raise ConversionError(f"{source}: relative position biases in {len(found)} places ("
+                              + ", ".join(f"{'shared' if sh else 'per block'} {k} ({st_})" for st_, sh, k in found)
+                              + "): a per-block bias with a shared one (their sum) is not a layout the canonical "
+                                "model runs")
+    style, is_shared, kind = found[0]
+    if f.has_dist or f.reg_tokens:
+        raise ConversionError(f"{source}: a relative position bias with distillation or register tokens is not a "
+                              f"timm layout")
+    f.rel_pos, f.rel_pos_shared = kind, is_shared
+    shared, block, table = _REL_POS_LAYOUTS[style]
+    src = shared if is_shared else block
+    dst = "rel_pos" if is_shared else "blocks.{i}.attn.rel_pos"
+    names = [table] if kind == "table" else [f"mlp.fc{j}.{w}" for j in (1, 2) for w in ("weight", "bias")]
+    f.rel_entries += [Entry(f"{src}.{n}", f"{dst}.{n}") for n in names if f"{src}.{n}" != f"{dst}.{n}"]
+    if kind == "mlp":
+        w = np.shape(st[f"{src.format(i=0)}.mlp.fc1.weight"])
+        if len(w) != 2 or w[1] != 2:
+            raise ConversionError(f"{source}: {src.format(i=0)}.mlp.fc1.weight has shape {w}; timm's RelPosMlp reads "
+                                  f"2 coordinates: (hidden, 2)")
+        f.rel_pos_dim = int(w[0])
+    f.rel_table_key = f"{src}.{table}" if kind == "table" else None
+
+
+def _resize_rel_tables(f: SimpleNamespace, st: Mapping[str, Any], cfg: ViTConfig, source: str) -> dict[str, Any]:
+    """The file's learned relative tables at cfg's grid: a table stored for another (square) grid is resampled by
+    timm's own rule (shared.posemb.resize_rel_pos_table, as timm's BEiT checkpoint filter does), with a warning."""
+    if f.rel_pos != "table":
+        return st
+    from ..posemb import resize_rel_pos_table
+
+    want = cfg.rel_pos_shapes()["relative_position_bias_table"][0]
+    n_extra = 3 * int(cfg.num_prefix_tokens > 0)
+    out = dict(st)
+    keys = [f.rel_table_key] if f.rel_pos_shared else [f.rel_table_key.format(i=i) for i in range(f.depth)]
+    for key in keys:
+        if key not in st or np.ndim(st[key]) != 2 or np.shape(st[key])[0] == want:
+            continue
+        side = isqrt_exact(int(np.shape(st[key])[0]) - n_extra)
+        if side is None or side % 2 == 0:
+            raise ConversionError(f"{source}: {key} has {np.shape(st[key])[0]} rows: neither the {want} of the "
+                                  f"{cfg.grid[0]}x{cfg.grid[1]} grid nor a square grid's (2g-1)^2 + {n_extra}")
+        old = ((side + 1) // 2,) * 2
+        warnings.warn(f"{source}: {key} is stored for the {old[0]}x{old[1]} grid; resampled to {cfg.grid[0]}x"
+                      f"{cfg.grid[1]} by timm's rule (resize_rel_pos_bias_table)", ConversionWarning, stacklevel=3)
+        out[key] = resize_rel_pos_table(np.asarray(st[key], np.float32), old, cfg.grid, cfg.num_prefix_tokens
+                                        ).astype(np.float32)
+    return out
 
 
 class _Known:
@@ -628,7 +714,8 @@ def _tell_preset_conflicts(f: SimpleNamespace, k: _Known, st: Mapping[str, Any],
                          class_token="learned" if f.has_cls else "none", dist_token=f.has_dist,
                          reg_tokens=f.reg_tokens, pos_embed="learned" if f.has_pos else "none", norm_pre=f.norm_pre,
                          final_norm=f.final_norm, fc_norm=f.fc_norm, representation_size=f.rep,
-                         num_classes=f.num_classes)
+                         num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
+                         rel_pos_shared=f.rel_pos_shared)
         conflicts = [f"{key}: preset {getattr(p_cfg, key)!r}, file {v!r}" for key, v in file_vals.items()
                      if getattr(p_cfg, key) != v]
         if (p_cfg.init_values is not None) != f.layer_scale:
@@ -680,7 +767,8 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
             pos_prefix_tokens=(None if npos == f.n0 else npos) if f.has_pos else None,
             resize_kernel=p_cfg.resize_kernel if p_cfg is not None else TIMM_RESIZE_KERNEL,  # timm's own, fixed
             gelu=act, layer_norm_eps=float(eps), norm_pre=f.norm_pre, final_norm=f.final_norm, fc_norm=f.fc_norm,
-            representation_size=f.rep, num_classes=f.num_classes,
+            representation_size=f.rep, num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
+            rel_pos_shared=f.rel_pos_shared, rel_pos_dim=f.rel_pos_dim,
             notes=f"imported from timm checkpoint {k.source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
         raise ConversionError(f"{k.source}: the imported model is not a valid ViTConfig: {e}") from None

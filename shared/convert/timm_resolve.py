@@ -9,7 +9,8 @@ Every fact is read from the BUILT MODULES (model, block, norm, attention, MLP an
 the tokens, the position table), never from the name. Only what the canonical model runs is accepted: timm's
 `VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm, `Attention`, `Mlp` with a GELU form or
 the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked), a plain-conv `PatchEmbed`, the one-latent
-`AttentionPoolLatent` MAP head. Anything else is refused by name with the reason (ConversionError), whatever
+`AttentionPoolLatent` MAP head; timm's `Beit` and `VisionTransformerRelPos` with pre-norm blocks and a relative
+position bias (a learned table or the 'cr' RelPosMlp, per block or shared: `_read_rel_pos`). Anything else is refused by name with the reason (ConversionError), whatever
 else is stated: several of them (rotary positions, post-norm blocks) have keys a supported model also has, so any
 reading of their files would be silently wrong.
 
@@ -26,8 +27,6 @@ from ..errors import ConversionError
 #: model classes that are not a timm VisionTransformer, and what in them the canonical model cannot run
 _CLASS_REASONS = {
     "Eva": "EVA-style blocks (EvaBlock: separate q/k/v biases, optional rotary positions and SwiGLU)",
-    "Beit": "relative position biases in every block (and separate q/v biases)",
-    "VisionTransformerRelPos": "relative position biases (the canonical model has absolute positions only)",
     "VisionTransformerSAM": "windowed attention with relative positions and a convolutional neck",
     "NaFlexVit": "a variable-resolution (NaFlex) patch embedding with its own position handling",
     "VisionTransformerHybrid": "a hybrid CNN stem",
@@ -94,6 +93,106 @@ def _gelu_form(act, arch: str, where: str) -> str:
     raise AssertionError  # unreachable
 
 
+def _read_rel_pos(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
+    """The facts of timm's Beit (BEiT, BEiTv2) or VisionTransformerRelPos (vit_relpos_*, vit_srelpos_*): pre-norm
+    blocks with a relative position bias (a learned table, or RelPosMlp in timm's 'cr' mode), shared or per block;
+    or ConversionError naming what the canonical model cannot run (post-norm blocks, the Swin-v2 MLP mode, a SwiGLU or
+    inner-norm MLP, a per-block table together with a shared one)."""
+    import torch.nn as nn
+    from timm.layers import LayerScale, Mlp, PatchEmbed, RelPosBias, RelPosMlp
+    from timm.models import beit, vision_transformer_relpos as vrp
+
+    cls = _tname(model)
+    pe = model.patch_embed
+    if type(pe) is not PatchEmbed or type(pe.norm) is not nn.Identity or pe.proj.kernel_size != pe.proj.stride \
+            or pe.proj.kernel_size[0] != pe.proj.kernel_size[1]:
+        _refuse(arch, "embeds patches with something other than one square strided conv")
+    norms, heads, inits, gelus = [], set(), set(), set()
+
+    def norm(m, where: str, optional: bool = True) -> bool:
+        if type(m) is nn.Identity and optional:
+            return False
+        if not isinstance(m, nn.LayerNorm) or _tname(m) != "LayerNorm" or not m.elementwise_affine or m.bias is None:
+            _refuse(arch, f"has a {_tname(m)} as {where} (the canonical norms are LayerNorm with weight and bias)")
+        norms.append((where, float(m.eps)))
+        return True
+
+    rel = set()  # (kind, where) of every relative position module
+    shared = model.rel_pos_bias if cls == "Beit" else model.shared_rel_pos
+    for i, blk in enumerate(model.blocks):
+        if type(blk) not in (beit.Block, vrp.RelPosBlock):
+            _refuse(arch, f"builds {_tname(blk)} blocks: " + ("norms after each branch (res-post-norm): the canonical "
+                                                             "blocks are pre-norm" if "Post" in _tname(blk) else
+                                                             "not a pre-norm block the canonical model runs"))
+        norm(blk.norm1, f"blocks.{i}.norm1", optional=False)
+        norm(blk.norm2, f"blocks.{i}.norm2", optional=False)
+        a = blk.attn
+        heads.add(int(a.num_heads))
+        if not math.isclose(a.scale, (a.qkv.in_features // a.num_heads) ** -0.5) \
+                or a.qkv.out_features != 3 * a.qkv.in_features:
+            _refuse(arch, "has an attention width or scale other than embed_dim and head_dim**-0.5 (attn_head_dim)")
+        if cls == "Beit":
+            if getattr(a, "qkv_bias_separate", False):
+                _refuse(arch, "adds its qkv bias after the projection (qkv_bias_separate)")
+            if a.relative_position_bias_table is not None:
+                rel.add(("table", "block"))
+            gammas = (blk.gamma_1, blk.gamma_2)
+            if gammas[0] is not None:
+                inits.add(float(blk.init_values))
+        else:
+            norm(a.q_norm, f"blocks.{i}.attn.q_norm")
+            norm(a.k_norm, f"blocks.{i}.attn.k_norm")
+            if a.rel_pos is not None:
+                rel.add(("mlp" if type(a.rel_pos) is RelPosMlp else "table", "block"))
+                module = a.rel_pos
+            for ls in (blk.ls1, blk.ls2):
+                if type(ls) is LayerScale:
+                    inits.add(float(ls.init_values))
+                elif type(ls) is not nn.Identity:
+                    _refuse(arch, f"scales its branches with {_tname(ls)}")
+        m = blk.mlp
+        if type(m) is not Mlp or type(m.fc1) is not nn.Linear or type(m.norm) is not nn.Identity:
+            _refuse(arch, f"has a {_tname(m)} MLP{' with an inner norm (scale_mlp)' if type(m) is Mlp else ''} (the "
+                          f"canonical MLP here is timm's Mlp with a GELU form)")
+        gelus.add(_gelu_form(m.act, arch, f"blocks.{i}.mlp"))
+    if shared is not None:
+        rel.add(("mlp" if type(shared) is RelPosMlp else "table", "shared"))
+        module = shared
+    kinds = {k for k, _ in rel}
+    if len(rel) != 1:
+        _refuse(arch, "has " + ("no relative position bias" if not rel else "a per-block relative position bias "
+                                "together with a shared one (their sum)") + ": not a layout the canonical model runs")
+    if cls != "Beit" and type(module) is RelPosMlp and (module.mode != "cr" or module.bias_gain is not None):
+        _refuse(arch, f"generates its relative position bias with RelPosMlp in mode {module.mode!r} (Swin-v2: "
+                      f"sigmoid gain and normalised coordinates); the canonical MLP form is timm's 'cr' mode")
+    if cls != "Beit" and type(module) is RelPosBias and module.prefix_tokens > 1:
+        _refuse(arch, "has a relative table for more than one prefix token")
+    if len(heads) > 1 or len(gelus) > 1 or len(inits) > 1:
+        _refuse(arch, "varies heads, activation or LayerScale init across its blocks")
+    final = norm(model.norm, "norm")
+    fc = norm(model.fc_norm, "fc_norm")
+    if len({eps for _, eps in norms}) > 1:
+        _refuse(arch, "has LayerNorms with different eps: " + ", ".join(f"{w} {e}" for w, e in norms[:4]))
+    gp = model.global_pool
+    if gp not in ("token", "avg"):
+        _refuse(arch, f"pools with global_pool={gp!r} (canonical pooling here: 'token', 'avg' over the patch tokens)")
+    if not isinstance(model.head, (nn.Linear, nn.Identity)):
+        _refuse(arch, f"has a {_tname(model.head)} head")
+    cls_token = getattr(model, "cls_token", None) is not None
+    facts: dict[str, Any] = dict(name=arch, num_heads=heads.pop(), layer_norm_eps=norms[0][1], mlp="gelu",
+                                 gelu=gelus.pop(), pool={"token": "token", "avg": "mean"}[gp],
+                                 image_size=tuple(int(s) for s in pe.img_size), rel_pos=kinds.pop(),
+                                 rel_pos_shared=next(iter(rel))[1] == "shared")
+    if getattr(model, "pos_embed", None) is not None:
+        gh, gw = pe.grid_size
+        facts["pos_rows"] = "all" if int(model.pos_embed.shape[1]) - gh * gw == int(cls_token) else "none"
+    if inits:
+        facts["init_values"] = inits.pop()
+    facts["dynamic_img_size"] = False
+    facts["norm_pre"] = False
+    return facts, (cls_token, final, fc)
+
+
 def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     """The facts of a built timm model, or ConversionError naming what the canonical model cannot run."""
     import torch.nn as nn
@@ -103,7 +202,12 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import Block, VisionTransformer
 
+    from timm.models.beit import Beit
+    from timm.models.vision_transformer_relpos import VisionTransformerRelPos
+
     cls = _tname(model)
+    if type(model) in (Beit, VisionTransformerRelPos):
+        return _read_rel_pos(model, arch)
     if type(model) not in (VisionTransformer, VisionTransformerDistilled):
         rope = getattr(model, "rope", None)
         why = (f"rotary position embeddings ({_tname(rope)}), which its keys do not show; the canonical model has "

@@ -550,3 +550,55 @@ def resample_table(table, old_grid, new_grid, num_prefix: int, kernel: str):
     out = ops.einsum("ah,hwd,bw->abd", wh, grid, ww)
     out = ops.reshape(out, (1, new_grid[0] * new_grid[1], D))
     return ops.concatenate([prefix, out], axis=1) if num_prefix else out
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RelPosBias(keras.layers.Layer):
+    """A relative position bias, as `shared.reference.rel_pos_bias`: call(grid) -> (heads, T, T) score bias in the
+    compute dtype, built once per forward by the model. kind "table": `relative_position_bias_table` (rows, heads)
+    gathered by shared.posemb.rel_pos_index (BEiT, timm RelPosBias); "mlp": timm's RelPosMlp, `mlp.fc1` -> ReLU ->
+    `mlp.fc2` over shared.posemb.rel_log_coords (rounded to the compute dtype), the class token's row and column
+    zero. The index and coordinates are NumPy constants per grid, never variables."""
+
+    def __init__(self, kind: str, rows: int, heads: int, hidden: int, prefix_tokens: int, **kwargs):
+        super().__init__(**kwargs)
+        self.kind, self.rows, self.heads = str(kind), int(rows), int(heads)
+        self.hidden, self.prefix_tokens = int(hidden), int(prefix_tokens)
+        if self.kind == "mlp":
+            self.fc1 = _dense(self.hidden, "fc1", self.dtype_policy)
+            self.fc2 = _dense(self.heads, "fc2", self.dtype_policy)
+
+    def build(self, input_shape=None):
+        if self.kind == "table":
+            self.table = self.add_weight(shape=(self.rows, self.heads), initializer="zeros",
+                                         name="relative_position_bias_table", autocast=False)
+        else:
+            self.fc1.build((None, 2))
+            self.fc2.build((None, self.hidden))
+        self.built = True
+
+    def call(self, grid):
+        from shared.posemb import rel_log_coords, rel_pos_index
+
+        dt = self.compute_dtype
+        if self.kind == "table":
+            rows, n0 = ops.cast(self.table, dt), self.prefix_tokens
+            idx = rel_pos_index(grid, n0)
+        else:
+            coords = ops.cast(ops.convert_to_tensor(np.asarray(rel_log_coords(grid), np.float32)), dt)
+            rows, n0 = self.fc2(ops.relu(self.fc1(coords))), 0
+            idx = rel_pos_index(grid, 0)
+        bias = ops.transpose(ops.take(rows, ops.convert_to_tensor(np.asarray(idx, np.int32)), axis=0), (2, 0, 1))
+        p = self.prefix_tokens - n0
+        return ops.pad(bias, ((0, 0), (p, 0), (p, 0))) if p else bias
+
+    def canonical_variables(self, prefix: str = "") -> dict:
+        if self.kind == "table":
+            return {_key(prefix, "relative_position_bias_table"): (self.table, "direct")}
+        return {**dense_variables(_key(prefix, "mlp.fc1"), self.fc1), **dense_variables(_key(prefix, "mlp.fc2"), self.fc2)}
+
+    def get_config(self):
+        base = super().get_config()
+        base.update({"kind": self.kind, "rows": self.rows, "heads": self.heads, "hidden": self.hidden,
+                     "prefix_tokens": self.prefix_tokens})
+        return base

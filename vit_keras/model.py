@@ -45,7 +45,7 @@ from shared.init import init_weights
 from shared.posemb import fixed_table
 from shared.weights import validate_state
 
-from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, _dense, _layer_norm, as_config, dense_variables,
+from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, RelPosBias, _dense, _layer_norm, as_config, dense_variables,
                      ln_variables, resample_table, softmax_f32, with_unpositioned_prefix)
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -65,6 +65,11 @@ class VisionTransformer(keras.Model):
         eps = c.layer_norm_eps
         self.norm_pre = _layer_norm(eps, "norm_pre", pol) if c.norm_pre else None
         self.blocks = [Block(**c.block_args(i), name=f"blocks_{i}", dtype=pol) for i in range(c.depth)]
+        # relative position biases (c.rel_pos_prefixes): one shared layer or one per block, built once per forward
+        shapes = c.rel_pos_shapes()
+        rows = shapes["relative_position_bias_table"][0] if c.rel_pos == "table" else 0
+        self.rel_pos = [RelPosBias(c.rel_pos, rows, c.num_heads, c.rel_pos_dim, c.num_prefix_tokens,
+                                   name=key.replace(".", "_"), dtype=pol) for key in c.rel_pos_prefixes]
         self.norm = _layer_norm(eps, "norm", pol) if c.final_norm else None
         self.attn_pool = AttentionPool(**c.pool_args(), name="attn_pool", dtype=pol) if c.pool == "map" else None
         self.fc_norm = _layer_norm(eps, "fc_norm", pol) if c.fc_norm else None
@@ -94,6 +99,8 @@ class VisionTransformer(keras.Model):
             self.norm_pre.build((None, None, D))
         for b in self.blocks:
             b.build(None)
+        for r in self.rel_pos:
+            r.build(None)
         if self.norm is not None:
             self.norm.build((None, None, W))
         if self.attn_pool is not None:
@@ -137,6 +144,22 @@ class VisionTransformer(keras.Model):
         at `grid`, or None: no config field turns rotary positions on yet."""
         return None
 
+    def rel_pos_biases(self, grid):
+        """The (heads, T, T) score bias each block adds at `grid` (shared.reference.rel_pos_bias), built once per
+        forward, or Nones without a relative position bias."""
+        c = self.cfg
+        grid = tuple(int(g) for g in grid)
+        if not self.rel_pos:
+            return [None] * c.depth
+        if c.rel_pos == "table" and grid != tuple(c.grid):
+            from shared.errors import ConfigError
+
+            raise ConfigError(f"config {c.name!r}: its relative position table is stored for the {c.grid[0]}x"
+                              f"{c.grid[1]} patch grid, the input has {grid[0]}x{grid[1]}; resample the table first "
+                              f"(shared.posemb.resize_rel_pos_table, timm's rule)")
+        biases = [r(grid=grid) for r in self.rel_pos]
+        return biases * c.depth if c.rel_pos_shared else biases
+
     # --------------------------------------------------------------- forward
     def forward_stages(self, x, training=False, return_attn=False):
         """Every named stage (dict), computed in the policy's compute dtype (+ attn_i maps with return_attn)."""
@@ -144,7 +167,7 @@ class VisionTransformer(keras.Model):
         dt = self.compute_dtype
         out = {}
         grid = self._grid(x.shape)
-        rope = self.rope_table(grid)
+        rope, biases = self.rope_table(grid), self.rel_pos_biases(grid)
         x = self.patch_embed(x)
         out["patch_embed"] = x
         B, D = ops.shape(x)[0], c.embed_dim
@@ -171,9 +194,9 @@ class VisionTransformer(keras.Model):
         maps = {}
         for i, blk in enumerate(self.blocks):
             if return_attn:
-                x, maps[f"attn_{i}"] = blk(x, rope=rope, return_attn=True, training=training)
+                x, maps[f"attn_{i}"] = blk(x, rope=rope, attn_bias=biases[i], return_attn=True, training=training)
             else:
-                x = blk(x, rope=rope, training=training)
+                x = blk(x, rope=rope, attn_bias=biases[i], training=training)
             out[f"block_{i}"] = x
         if self.norm is not None:
             x = self.norm(x)
@@ -255,6 +278,8 @@ class VisionTransformer(keras.Model):
             ln("norm_pre", self.norm_pre)
         for i, b in enumerate(self.blocks):
             v.update(b.canonical_variables(f"blocks.{i}"))
+        for key, r in zip(c.rel_pos_prefixes, self.rel_pos):
+            v.update(r.canonical_variables(key))
         if self.norm is not None:
             ln("norm", self.norm)
         if self.attn_pool is not None:

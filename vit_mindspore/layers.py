@@ -517,3 +517,47 @@ class AttentionPoolLatent(_Cell):
         out = self.proj(merge_heads(self.av_matmul(probs, v), self.width))  # (B, 1, W)
         out = out + self.mlp(self.norm(out))
         return out[:, 0]
+
+
+class RelPosBias(_Cell):
+    """A relative position bias, as `shared.reference.rel_pos_bias`: construct(index, coords) -> (heads, T, T) score
+    bias in the compute dtype, built once per forward by the model from the grid's constants (the model's PosTable:
+    `rel_index`, shared.posemb.rel_pos_index as (T, T) int32, and for the MLP `rel_coords`,
+    shared.posemb.rel_log_coords). kind "table": `relative_position_bias_table` (rows, heads) gathered (BEiT, timm
+    RelPosBias); "mlp": timm's RelPosMlp, `mlp.fc1` -> ReLU -> `mlp.fc2` over the coordinates (rounded to the compute
+    dtype), the class token's row and column zero."""
+
+    def __init__(self, kind: str, shapes: dict, prefix_tokens: int, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.kind, self.prefix_tokens = kind, int(prefix_tokens)
+        if kind == "table":
+            self.relative_position_bias_table = _param(shapes["relative_position_bias_table"],
+                                                       "relative_position_bias_table", dtype)
+        else:
+            (hidden, _), (heads, _) = shapes["mlp.fc1.weight"], shapes["mlp.fc2.weight"]
+            self.mlp = _RelPosMlp(hidden, heads, dtype)
+        self.gather = ops.Gather()
+        self.transpose = ops.Transpose()
+        n0 = self.prefix_tokens
+        self.pad = nn.Pad(((0, 0), (n0, 0), (n0, 0))) if kind == "mlp" and n0 else None
+
+    def construct(self, index, coords=None):
+        if self.kind == "table":
+            return self.transpose(self.gather(self.relative_position_bias_table, index, 0), (2, 0, 1))
+        bias = self.transpose(self.gather(self.mlp(self.cast(coords, self.cdtype)), index, 0), (2, 0, 1))
+        if self.pad is not None:
+            bias = self.pad(bias)
+        return bias
+
+
+class _RelPosMlp(_Cell):
+    """fc1 -> ReLU -> fc2 (timm's RelPosMlp; parameters fc1.*, fc2.*), each Linear rounded once."""
+
+    def __init__(self, hidden: int, heads: int, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.fc1 = Linear(2, hidden, True, dtype)
+        self.fc2 = Linear(hidden, heads, True, dtype)
+        self.relu = ops.ReLU()
+
+    def construct(self, x):
+        return self.fc2(self.relu(self.fc1(x)))

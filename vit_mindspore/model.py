@@ -30,11 +30,11 @@ from mindspore import dtype as mstype
 
 from shared.config import ViTConfig
 from shared.init import init_weights
-from shared.posemb import fixed_table, resize_matrix
+from shared.posemb import fixed_table, rel_log_coords, rel_pos_index, resize_matrix
 from shared.weights import expected_shapes, validate_state
 
-from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, LayerNorm, Linear, PatchEmbed, Softmax, _Cell,
-                     _param)
+from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, LayerNorm, Linear, PatchEmbed, RelPosBias,
+                     Softmax, _Cell, _param)
 
 
 _configured = False
@@ -99,6 +99,19 @@ class PosTable(nn.Cell):
         # the rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
         # at this grid: no config field turns rotary positions on yet
         self.rope = None
+        # a relative position bias's constants at this grid (RelPosBias): the (T, T) index, the MLP's coordinates
+        self.rel_index = self.rel_coords = None
+        if cfg.rel_pos != "none":
+            if cfg.rel_pos == "table" and self.grid != tuple(cfg.grid):
+                from shared.errors import ConfigError
+
+                raise ConfigError(f"config {cfg.name!r}: its relative position table is stored for the "
+                                  f"{cfg.grid[0]}x{cfg.grid[1]} patch grid, the input has {self.grid[0]}x"
+                                  f"{self.grid[1]}; resample the table first (shared.posemb.resize_rel_pos_table)")
+            n0 = cfg.num_prefix_tokens if cfg.rel_pos == "table" else 0
+            self.rel_index = Tensor(np.asarray(rel_pos_index(self.grid, n0), np.int32))
+            if cfg.rel_pos == "mlp":
+                self.rel_coords = Tensor(np.asarray(rel_log_coords(self.grid), np.float32))
 
     def construct(self, learned):
         """learned: the (1, num_pos_prefix + gh*gw, D) float32 parameter (or None).
@@ -164,8 +177,16 @@ class VisionTransformer(_Cell):
         self.pos_drop = Dropout(cfg.dropout)
         eps = cfg.layer_norm_eps
         self.norm_pre = LayerNorm(D, eps, mdt) if cfg.norm_pre else None
-        self.blocks = nn.CellList([Block(**cfg.block_args(i), dtype=mdt, fused_softmax=fused_softmax)
-                                   for i in range(cfg.depth)])
+        blocks = [Block(**cfg.block_args(i), dtype=mdt, fused_softmax=fused_softmax) for i in range(cfg.depth)]
+        # relative position bias (cfg.rel_pos_prefixes): one cell `rel_pos`, or one per block held by its attention
+        # (`blocks.i.attn.rel_pos`, which the block never calls: the model builds each bias once per forward)
+        rel = [RelPosBias(cfg.rel_pos, cfg.rel_pos_shapes(), cfg.num_prefix_tokens, mdt) for _ in cfg.rel_pos_prefixes]
+        self.rel_pos_kind, self.rel_pos_shared = cfg.rel_pos, cfg.rel_pos_shared
+        self.rel_pos = rel[0] if cfg.rel_pos_shared else None
+        if rel and not cfg.rel_pos_shared:
+            for blk, cell in zip(blocks, rel):
+                blk.attn.rel_pos = cell
+        self.blocks = nn.CellList(blocks)
         self.norm = LayerNorm(W, eps, mdt) if cfg.final_norm else None
         self.attn_pool = (AttentionPoolLatent(**cfg.pool_args(), dtype=mdt, fused_softmax=fused_softmax)
                           if cfg.pool == "map" else None)
@@ -285,8 +306,14 @@ class VisionTransformer(_Cell):
         if self.has_norm_pre:
             x = self.norm_pre(x)
             outs = outs + (x,)
+        shared = None
+        if self.rel_pos_shared:
+            shared = self.rel_pos(pos.rel_index, pos.rel_coords)
         for blk in self.blocks:
-            x = blk(x, pos.rope)
+            bias = shared
+            if self.rel_pos_kind != "none" and not self.rel_pos_shared:
+                bias = blk.attn.rel_pos(pos.rel_index, pos.rel_coords)
+            x = blk(x, pos.rope, bias)
             outs = outs + (x,)
         if self.has_final_norm:
             x = self.norm(x)

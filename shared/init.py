@@ -42,6 +42,9 @@ def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
             fan_in = int(np.prod(shape[1:]))
             v = _trunc_normal(rng, shape, fan_in ** -0.5)
         state[key] = v.astype(np.float32)
+    if cfg.qkv_bias and not cfg.k_bias:  # the k third of the qkv bias is never read: zero, as BEiT holds it
+        for i in range(cfg.depth):
+            state[f"blocks.{i}.attn.qkv.bias"][cfg.width:2 * cfg.width] = 0.0
     return state
 
 

@@ -65,7 +65,7 @@ from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
 from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
                      pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
 from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
-from .keymap import Entry, Fold, expand, take
+from .keymap import Entry, Fold, expand, put, take
 from .timm_resolve import Resolved, resolve_timm_architecture
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
@@ -80,13 +80,15 @@ POOL_OF_TIMM = {"token": "token", "avg": "mean", "map": "map"}
 TIMM_POOL = {v: k for k, v in POOL_OF_TIMM.items()}
 #: the presets that carry a timm architecture name (timm.is_model of each is tested): a config.json's
 #: `architecture` resolves to one of them, and a conversion under one of them is provable against timm
-TIMM_ARCHITECTURES = frozenset(n for n in PRESETS if n.startswith(("vit_", "deit")))
+TIMM_ARCHITECTURES = frozenset(n for n in PRESETS if n.startswith(("vit_", "deit", "beit")))
 #: the architecture an exported config is built on when its own name is not a timm one: every size and option
 #: is then given as kwargs / model_args; the base fixes the model class and the LayerNorm (eps) only
 _BASE_ARCHITECTURES = {(False, 1e-6): "vit_base_patch16_224", (False, 1e-5): "vit_base_patch16_clip_224",
                        (True, 1e-6): "deit_base_distilled_patch16_224"}
 #: a SwiGLU config's base (timm's SwiGLUPacked MLP with SiLU; eps 1e-6): the kwargs give every size and option
 _SWIGLU_ARCHITECTURE = "vit_giant_patch14_dinov2"
+#: a relative-position config's base, by timm class (rel_pos_class): the kwargs give every size and option
+_REL_POS_BASES = {"Beit": "beit_base_patch16_224", "VisionTransformerRelPos": "vit_relpos_base_patch16_224"}
 #: what a timm MLP is: `mlp=` / --mlp, for a file whose fc1 is packed (gated) or not
 MLP_KINDS = ("swiglu", "gelu")
 # (pattern on the key, what it is, why the canonical format cannot represent it)
@@ -480,6 +482,31 @@ _REL_POS_LAYOUTS = {"beit": ("rel_pos_bias", "blocks.{i}.attn", "relative_positi
                     "relpos": ("shared_rel_pos", "blocks.{i}.attn.rel_pos", "relative_position_bias_table")}
 
 
+def _rel_pos_entries(style: str, kind: str, shared: bool) -> list[Entry]:
+    """timm's keys of a relative position bias -> the canonical ones (templates over blocks.{i})."""
+    src = _REL_POS_LAYOUTS[style][0 if shared else 1]
+    dst = "rel_pos" if shared else "blocks.{i}.attn.rel_pos"
+    names = [_REL_POS_LAYOUTS[style][2]] if kind == "table" else \
+        [f"mlp.fc{j}.{w}" for j in (1, 2) for w in ("weight", "bias")]
+    return [Entry(f"{src}.{n}", f"{dst}.{n}") for n in names if f"{src}.{n}" != f"{dst}.{n}"]
+
+
+def _export_entries(cfg: ViTConfig) -> list[Entry]:
+    """The key map's extra entries of `cfg`'s timm class (rel_pos_class): BEiT's q/v biases (Fold: the k part must
+    be zero), gamma_1 / gamma_2, its table names; VisionTransformerRelPos' shared module name."""
+    cls = rel_pos_class(cfg)
+    if cls is None:
+        return []
+    out = _rel_pos_entries("beit" if cls == "Beit" else "relpos", cfg.rel_pos, cfg.rel_pos_shared)
+    if cls == "Beit":
+        if cfg.qkv_bias:
+            out.append(Entry(("blocks.{i}.attn.q_bias", "blocks.{i}.attn.v_bias"), "blocks.{i}.attn.qkv.bias",
+                             Fold((0, None, 1))))
+        if cfg.init_values is not None:
+            out += [Entry(f"blocks.{{i}}.gamma_{j}", f"blocks.{{i}}.ls{j}.gamma") for j in (1, 2)]
+    return out
+
+
 def _rel_pos_facts(f: SimpleNamespace, st: Mapping[str, Any], source: str) -> None:
     """What the keys say of BEiT's and VisionTransformerRelPos' parts: q/v biases without a k bias (k_bias), the
     relative position bias's form ('table' / 'mlp'), whether one module is shared, the MLP's hidden width; and the
@@ -511,11 +538,9 @@ def _rel_pos_facts(f: SimpleNamespace, st: Mapping[str, Any], source: str) -> No
         raise ConversionError(f"{source}: a relative position bias with distillation or register tokens is not a "
                               f"timm layout")
     f.rel_pos, f.rel_pos_shared = kind, is_shared
-    shared, block, table = _REL_POS_LAYOUTS[style]
-    src = shared if is_shared else block
-    dst = "rel_pos" if is_shared else "blocks.{i}.attn.rel_pos"
-    names = [table] if kind == "table" else [f"mlp.fc{j}.{w}" for j in (1, 2) for w in ("weight", "bias")]
-    f.rel_entries += [Entry(f"{src}.{n}", f"{dst}.{n}") for n in names if f"{src}.{n}" != f"{dst}.{n}"]
+    f.rel_entries += _rel_pos_entries(style, kind, is_shared)
+    src = _REL_POS_LAYOUTS[style][0 if is_shared else 1]
+    table = _REL_POS_LAYOUTS[style][2]
     if kind == "mlp":
         w = np.shape(st[f"{src.format(i=0)}.mlp.fc1.weight"])
         if len(w) != 2 or w[1] != 2:
@@ -792,11 +817,67 @@ TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row
                "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU")
 
 
+def rel_pos_class(cfg: ViTConfig) -> str | None:
+    """timm's model class that holds a relative-position config: "Beit" (a learned table and, with a qkv bias, q/v
+    biases without a k bias), "VisionTransformerRelPos" (a table or RelPosMlp, a full qkv bias or none), or None."""
+    if cfg.rel_pos == "none":
+        return None
+    return "Beit" if cfg.rel_pos == "table" and (not cfg.k_bias or not cfg.qkv_bias) and cfg.class_token == "learned" \
+        and cfg.qk_norm is False else "VisionTransformerRelPos"
+
+
+def _rel_pos_problems(cfg: ViTConfig) -> list[str]:
+    """Why a relative-position config has no form in timm's Beit / VisionTransformerRelPos (empty when it has)."""
+    cls, p = rel_pos_class(cfg), []
+    if cfg.dist_token or cfg.reg_tokens:
+        p.append("a relative position bias with distillation or register tokens: neither timm class has them")
+    if cfg.gelu != "erf" or cfg.swiglu:
+        p.append(f"gelu={cfg.gelu!r}{' / SwiGLU' if cfg.swiglu else ''} with a relative position bias: timm's Beit and "
+                 f"VisionTransformerRelPos build erf GELU MLPs")
+    if cfg.norm_pre or not cfg.patch_bias:
+        p.append("norm_pre / a patch projection without bias: not in timm's Beit / VisionTransformerRelPos")
+    if cfg.pool not in ("token", "mean"):
+        p.append(f"pool={cfg.pool!r} with a relative position bias: timm's classes pool 'token' or 'avg'")
+    if cfg.final_norm == cfg.fc_norm:
+        p.append("timm's Beit and VisionTransformerRelPos have a final norm or fc_norm, exactly one")
+    if cls == "Beit":
+        if cfg.pos_embed not in ("learned", "none") or (cfg.pos_embed == "learned" and cfg.num_pos_prefix != 1):
+            p.append("timm's Beit has a learned table with a class-token row, or none")
+        if cfg.pos_embed == "learned" and cfg.pos_grid is not None:
+            p.append("timm's Beit stores its position table at the image grid")
+    else:
+        if not cfg.k_bias:
+            p.append("q/v biases without a k bias with the MLP-generated bias or qk-norm: timm's "
+                     "VisionTransformerRelPos has one fused qkv bias")
+        if cfg.pos_embed != "none":
+            p.append("an absolute position table with the MLP-generated bias: timm's VisionTransformerRelPos has none")
+    return p
+
+
 def _timm_problems(cfg: ViTConfig) -> list[str]:
+    if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos: their own options, then the common ones
+        return _rel_pos_problems(cfg) + _common_problems(cfg)
     p = family_refusals(cfg, "timm's VisionTransformer", supports=TIMM_FAMILY, say={
         "token_mean": "pool='token_mean' (concat(class token, mean of the patch tokens), DINOv2's linear head): "
                       "timm's VisionTransformer has no such global_pool (HF Dinov2ForImageClassification has it: "
                       "--to hf)"})
+    p += _common_problems(cfg)
+    if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid and cfg.resize_kernel != TIMM_RESIZE_KERNEL:
+        p.append(f"the table ({cfg.table_grid}) is resampled to the image grid {cfg.grid} with "
+                 f"{cfg.resize_kernel!r}; timm resamples only with {TIMM_RESIZE_KERNEL}")
+    if cfg.swiglu and cfg.dist_token:
+        p.append("a SwiGLU MLP with a distillation token: timm's VisionTransformerDistilled has no SwiGLU architecture")
+    if cfg.dist_token and cfg.reg_tokens:
+        p.append("a distillation token with register tokens: timm's VisionTransformerDistilled has no registers")
+    if cfg.patch_bias == cfg.norm_pre:
+        p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
+                 f"bias = not pre_norm")
+    return p
+
+
+def _common_problems(cfg: ViTConfig) -> list[str]:
+    """What no timm ViT class holds (its VisionTransformer, Beit, VisionTransformerRelPos)."""
+    p = []
     if cfg.class_token == "zeros":
         p.append("class_token='zeros' (a fixed zero prediction token): timm's cls_token is a learned parameter")
     if cfg.attn_value_skip:
@@ -811,16 +892,6 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
         p.append("representation_size (pre_logits.fc Linear+Tanh): timm >= 0.9 VisionTransformer has no pre-logits layer")
     if cfg.output_softmax:
         p.append("output_softmax: timm models return logits (use cfg.replace(output_softmax=False))")
-    if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid and cfg.resize_kernel != TIMM_RESIZE_KERNEL:
-        p.append(f"the table ({cfg.table_grid}) is resampled to the image grid {cfg.grid} with "
-                 f"{cfg.resize_kernel!r}; timm resamples only with {TIMM_RESIZE_KERNEL}")
-    if cfg.swiglu and cfg.dist_token:
-        p.append("a SwiGLU MLP with a distillation token: timm's VisionTransformerDistilled has no SwiGLU architecture")
-    if cfg.dist_token and cfg.reg_tokens:
-        p.append("a distillation token with register tokens: timm's VisionTransformerDistilled has no registers")
-    if cfg.patch_bias == cfg.norm_pre:
-        p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
-                 f"bias = not pre_norm")
     return p
 
 
@@ -843,6 +914,15 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
     A float32 forward computes the same sums (token + row, rounded once) either way."""
     _refuse_for_timm(cfg)
     validate_state(cfg, state, source="<canonical state>")
+    if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos: their own names, through the key map
+        state = dict(state)
+        if cfg.qkv_bias and not cfg.k_bias:  # the k third is never read (k_bias=False): BEiT's file has no k bias
+            W = cfg.width
+            for i in range(cfg.depth):
+                b = np.array(state[f"blocks.{i}.attn.qkv.bias"], CANONICAL_DTYPE, copy=True)
+                b[W:2 * W] = 0.0
+                state[f"blocks.{i}.attn.qkv.bias"] = b
+        return cfg, put(key_map(cfg, extra=_export_entries(cfg)), state)
     out = {k: np.array(v, dtype=CANONICAL_DTYPE, copy=True) for k, v in state.items()}
     n_pos, n0 = cfg.num_pos_prefix, cfg.num_prefix_tokens
     if cfg.pos_embed == "learned" and 0 < n_pos < n0:
@@ -870,9 +950,12 @@ def timm_architecture(cfg: ViTConfig) -> str:
     name when that is a timm one (the family presets carry timm's names), else a base whose model class
     (VisionTransformer, or deit's VisionTransformerDistilled for a distillation token) and LayerNorm (eps 1e-6, or
     CLIP's 1e-5) fit; the kwargs give every size and option."""
-    if cfg.name in TIMM_ARCHITECTURES and (PRESETS[cfg.name].dist_token, PRESETS[cfg.name].swiglu) == \
-            (cfg.dist_token, cfg.swiglu):
+    if cfg.name in TIMM_ARCHITECTURES and (PRESETS[cfg.name].dist_token, PRESETS[cfg.name].swiglu,
+                                           rel_pos_class(PRESETS[cfg.name])) == (cfg.dist_token, cfg.swiglu,
+                                                                                 rel_pos_class(cfg)):
         return cfg.name
+    if cfg.rel_pos != "none":
+        return _REL_POS_BASES[rel_pos_class(cfg)]
     if cfg.swiglu:  # the model_args cannot name an MLP layer: the base architecture builds SwiGLUPacked
         return _SWIGLU_ARCHITECTURE
     return _BASE_ARCHITECTURES.get((cfg.dist_token, cfg.layer_norm_eps),
@@ -890,6 +973,21 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     D, M = cfg.embed_dim, cfg.fc1_dim  # timm's mlp_ratio sizes fc1: the packed width for SwiGLU
     ratio = M / D if int(D * (M / D)) == M else (M + 0.5) / D  # timm builds int(dim * mlp_ratio)
     gh, gw = cfg.table_grid if cfg.pos_embed == "learned" else cfg.grid
+    if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos arguments
+        kw = dict(img_size=[gh * cfg.patch_size, gw * cfg.patch_size], patch_size=cfg.patch_size,
+                  in_chans=cfg.in_chans, num_classes=cfg.num_classes, embed_dim=D, depth=cfg.depth,
+                  num_heads=cfg.num_heads, mlp_ratio=ratio, qkv_bias=cfg.qkv_bias,
+                  init_values=cfg.init_values or 0.0,  # 0: no LayerScale (create_model drops a None)
+                  global_pool=TIMM_POOL[cfg.pool])
+        if rel_pos_class(cfg) == "Beit":
+            kw.update(use_abs_pos_emb=cfg.pos_embed == "learned", use_rel_pos_bias=not cfg.rel_pos_shared,
+                      use_shared_rel_pos_bias=cfg.rel_pos_shared, use_fc_norm=cfg.fc_norm)
+        else:
+            kw.update(qk_norm=cfg.qk_norm, class_token=cfg.class_token == "learned", fc_norm=cfg.fc_norm,
+                      rel_pos_type="mlp" if cfg.rel_pos == "mlp" else "bias", shared_rel_pos=cfg.rel_pos_shared)
+            if cfg.rel_pos == "mlp":
+                kw["rel_pos_dim"] = cfg.rel_pos_dim
+        return kw
     kw: dict[str, Any] = dict(
         img_size=[gh * cfg.patch_size, gw * cfg.patch_size], patch_size=cfg.patch_size, in_chans=cfg.in_chans,
         num_classes=cfg.num_classes, embed_dim=D, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=ratio,
@@ -929,6 +1027,8 @@ def timm_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
     kw["img_size"] = tuple(kw["img_size"])
     kw.update(pos_drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout,
               drop_path_rate=cfg.drop_path)
+    if rel_pos_class(cfg) == "VisionTransformerRelPos":  # no dropout after the (absent) position table
+        kw.pop("pos_drop_rate")
     if cfg.layer_norm_eps != TIMM_DEFAULT_EPS or architecture_eps(timm_architecture(cfg)) != TIMM_DEFAULT_EPS:
         kw["norm_layer"] = timm_norm_layer(cfg.layer_norm_eps)
     return kw

@@ -197,15 +197,41 @@ def torch_forward(cfg, params, images):
             h = act(h)
         return F.linear(h, p[pre + "fc2.weight"], p[pre + "fc2.bias"])
 
+    def rel_bias(pre):
+        """A relative position bias written as BEiT / timm's RelPosMlp write it: pairwise coordinate differences,
+        shifted and flattened into table rows (torch ops, not shared.posemb); the class token's three rows last."""
+        ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        c = torch.stack([ys.flatten(), xs.flatten()])
+        d = (c[:, :, None] - c[:, None, :]).permute(1, 2, 0)
+        rows = (d[..., 0] + gh - 1) * (2 * gw - 1) + (d[..., 1] + gw - 1)
+        n0, nrd = cfg.num_prefix_tokens, (2 * gh - 1) * (2 * gw - 1)
+        if cfg.rel_pos == "table":
+            if n0:
+                rows = F.pad(rows, (1, 0, 1, 0))
+                rows[0, :], rows[:, 0], rows[0, 0] = nrd, nrd + 1, nrd + 2
+            return p[pre + "relative_position_bias_table"][rows].permute(2, 0, 1)
+        dy, dx = torch.meshgrid(torch.arange(-(gh - 1), gh), torch.arange(-(gw - 1), gw), indexing="ij")
+        coords = torch.stack([dy, dx], -1).reshape(-1, 2).to(torch.float64)
+        coords = torch.sign(coords) * torch.log(1 + coords.abs())
+        t = F.linear(F.relu(F.linear(coords, p[pre + "mlp.fc1.weight"], p[pre + "mlp.fc1.bias"])),
+                     p[pre + "mlp.fc2.weight"], p[pre + "mlp.fc2.bias"])
+        return F.pad(t[rows].permute(2, 0, 1), (n0, 0, n0, 0))
+
+    shared_bias = rel_bias("rel_pos.") if cfg.rel_pos != "none" and cfg.rel_pos_shared else None
     for i in range(cfg.depth):
         pre = f"blocks.{i}."
+        bias = shared_bias if shared_bias is not None else \
+            rel_bias(pre + "attn.rel_pos.") if cfg.rel_pos != "none" else None
         h = F.layer_norm(tok, (tok.shape[-1],), p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps)
-        qkv = F.linear(h, p[pre + "attn.qkv.weight"], p.get(pre + "attn.qkv.bias"))
+        qkv_b = p.get(pre + "attn.qkv.bias")
+        if qkv_b is not None and not cfg.k_bias:  # BEiT: q and v biases only
+            qkv_b = torch.cat([qkv_b[:A], torch.zeros(A, dtype=qkv_b.dtype), qkv_b[2 * A:]])
+        qkv = F.linear(h, p[pre + "attn.qkv.weight"], qkv_b)
         q, k, v = (t.reshape(B, -1, H, A // H).transpose(1, 2) for t in qkv.split(A, dim=-1))
         if cfg.qk_norm:
             q = F.layer_norm(q, (A // H,), p[pre + "attn.q_norm.weight"], p[pre + "attn.q_norm.bias"], eps)
             k = F.layer_norm(k, (A // H,), p[pre + "attn.k_norm.weight"], p[pre + "attn.k_norm.bias"], eps)
-        a = F.scaled_dot_product_attention(q, k, v, scale=cfg.scale).transpose(1, 2).reshape(B, -1, A)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=cfg.scale).transpose(1, 2).reshape(B, -1, A)
         a = F.linear(a, p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"])
         if cfg.attn_value_skip:
             a = a + v.transpose(1, 2).reshape(B, -1, A)

@@ -105,6 +105,44 @@ for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _FAMILY:
 #: the family presets (timm names), for tests and the README table
 FAMILY_PRESETS = [f[0] for f in _FAMILY]
 
+# --- relative position biases: timm's Beit and VisionTransformerRelPos, with timm's names ----------------------
+#: BEiT / BEiTv2: a learned relative table per block, q/v biases without a k bias, LayerScale, no absolute table,
+#: mean of the patch tokens then fc_norm (timm use_rel_pos_bias=True, use_abs_pos_emb=False, global_pool='avg')
+_BEIT = dict(k_bias=False, rel_pos="table", pos_embed="none", pool="mean", final_norm=False, fc_norm=True)
+#: timm's VisionTransformerRelPos: RelPosMlp ('cr' log coordinates, hidden 128 unless rel_pos_dim), LayerScale 1e-6,
+#: no absolute table, no class token and global_pool='avg' unless stated
+_RELPOS = dict(rel_pos="mlp", pos_embed="none", init_values=1e-6, class_token="none", pool="mean")
+_REL_FAMILY = [
+    ("beit_base_patch16_224", 16, 224, 768, 12, 12, 3072, 1000, dict(_BEIT, init_values=0.1)),
+    ("beit_base_patch16_384", 16, 384, 768, 12, 12, 3072, 1000, dict(_BEIT, init_values=0.1)),
+    ("beit_large_patch16_224", 16, 224, 1024, 24, 16, 4096, 1000, dict(_BEIT, init_values=1e-5)),
+    ("beit_large_patch16_384", 16, 384, 1024, 24, 16, 4096, 1000, dict(_BEIT, init_values=1e-5)),
+    ("beit_large_patch16_512", 16, 512, 1024, 24, 16, 4096, 1000, dict(_BEIT, init_values=1e-5)),
+    ("beitv2_base_patch16_224", 16, 224, 768, 12, 12, 3072, 1000, dict(_BEIT, init_values=1e-5)),
+    ("beitv2_large_patch16_224", 16, 224, 1024, 24, 16, 4096, 1000, dict(_BEIT, init_values=1e-5)),
+    ("vit_relpos_small_patch16_224", 16, 224, 384, 12, 6, 1536, 1000,
+     dict(_RELPOS, qkv_bias=False, final_norm=False, fc_norm=True)),
+    ("vit_relpos_medium_patch16_224", 16, 224, 512, 12, 8, 2048, 1000,
+     dict(_RELPOS, qkv_bias=False, final_norm=False, fc_norm=True)),
+    ("vit_relpos_base_patch16_224", 16, 224, 768, 12, 12, 3072, 1000,
+     dict(_RELPOS, qkv_bias=False, final_norm=False, fc_norm=True)),
+    ("vit_srelpos_small_patch16_224", 16, 224, 384, 12, 6, 1536, 1000,
+     dict(_RELPOS, qkv_bias=False, rel_pos_dim=384, rel_pos_shared=True)),
+    ("vit_srelpos_medium_patch16_224", 16, 224, 512, 12, 8, 2048, 1000,
+     dict(_RELPOS, qkv_bias=False, rel_pos_dim=512, rel_pos_shared=True)),
+    ("vit_relpos_medium_patch16_cls_224", 16, 224, 512, 12, 8, 2048, 1000,
+     dict(_RELPOS, qkv_bias=False, rel_pos_dim=256, class_token="learned", pool="token")),
+    ("vit_relpos_base_patch16_cls_224", 16, 224, 768, 12, 12, 3072, 1000,
+     dict(_RELPOS, qkv_bias=False, class_token="learned", pool="token")),
+    ("vit_relpos_base_patch16_clsgap_224", 16, 224, 768, 12, 12, 3072, 1000,
+     dict(_RELPOS, qkv_bias=False, final_norm=False, fc_norm=True, class_token="learned")),
+    ("vit_relpos_base_patch16_plus_240", 16, 240, 896, 12, 14, 3584, 1000, dict(_RELPOS)),
+]
+for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _REL_FAMILY:
+    PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
+#: the relative-position family presets (timm names: Beit, VisionTransformerRelPos), for tests and the README table
+REL_POS_PRESETS = [f[0] for f in _REL_FAMILY]
+
 # --- tiny models for tests: small enough for float64 NumPy in milliseconds -------
 PRESETS["tiny"] = ViTConfig(
     name="tiny", image_size=(32, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4,
@@ -157,6 +195,19 @@ PRESETS["tiny_siglip"] = ViTConfig(
     name="tiny_siglip", image_size=(32, 40), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=48,
     class_token="none", pool="map", gelu="tanh", layer_norm_eps=1e-6, num_classes=3,
     notes="SigLIP: no class token, attention-pool (MAP) head over the patch tokens, tanh GELU")
+
+PRESETS["tiny_beit"] = ViTConfig(
+    name="tiny_beit", image_size=(32, 24), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64,
+    k_bias=False, rel_pos="table", init_values=0.1, pos_embed="none", pool="mean", final_norm=False, fc_norm=True,
+    gelu="erf", layer_norm_eps=1e-6, num_classes=5,
+    notes="BEiT: a learned relative position table per block (4x3 grid + class token: 38 rows), q/v biases without "
+          "a k bias, LayerScale, no absolute table, mean of the patch tokens then fc_norm")
+PRESETS["tiny_relpos"] = ViTConfig(
+    name="tiny_relpos", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
+    qkv_bias=False, rel_pos="mlp", rel_pos_dim=16, rel_pos_shared=True, init_values=1e-6, pos_embed="none",
+    pool="token", gelu="erf", layer_norm_eps=1e-6, num_classes=4,
+    notes="timm vit_srelpos / vit_relpos_*_cls: one RelPosMlp bias (log relative coordinates -> 16 -> heads) shared "
+          "by all blocks, zero for the class token's row and column; LayerScale, no qkv bias, class-token pooling")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

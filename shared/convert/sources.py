@@ -133,7 +133,13 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     if tuple(model.patch_embed.img_size) != size:  # timm resamples its table at run time, from its own grid
         model = timm.create_model(arch, pretrained=False, **{**kw, "dynamic_img_size": True})
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-    model.load_state_dict(checkpoint_filter_fn(tensors, model, adapt_layer_scale=True), strict=True)
+    if type(model).__name__ == "Beit":  # each class through its own checkpoint filter (BEiT: tables resampled)
+        from timm.models.beit import checkpoint_filter_fn as beit_filter
+
+        tensors = beit_filter(tensors, model)
+    elif type(model).__name__ != "VisionTransformerRelPos":  # that one has none: its state dict loads as saved
+        tensors = checkpoint_filter_fn(tensors, model, adapt_layer_scale=True)
+    model.load_state_dict(tensors, strict=True)
     return _torch_forward(model, images).numpy()
 
 

@@ -818,12 +818,13 @@ TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row
 
 
 def rel_pos_class(cfg: ViTConfig) -> str | None:
-    """timm's model class that holds a relative-position config: "Beit" (a learned table and, with a qkv bias, q/v
-    biases without a k bias), "VisionTransformerRelPos" (a table or RelPosMlp, a full qkv bias or none), or None."""
+    """timm's model class that holds a relative-position config: "Beit" (a learned table with q/v biases without a
+    k bias, or with an absolute table), "VisionTransformerRelPos" (the rest: a table or RelPosMlp, a full qkv bias
+    or none; a table without any qkv bias is the same model in both, and goes here), or None."""
     if cfg.rel_pos == "none":
         return None
-    return "Beit" if cfg.rel_pos == "table" and (not cfg.k_bias or not cfg.qkv_bias) and cfg.class_token == "learned" \
-        and cfg.qk_norm is False else "VisionTransformerRelPos"
+    beit = cfg.rel_pos == "table" and ((cfg.qkv_bias and not cfg.k_bias) or cfg.pos_embed == "learned")
+    return "Beit" if beit else "VisionTransformerRelPos"
 
 
 def _rel_pos_problems(cfg: ViTConfig) -> list[str]:

@@ -235,3 +235,42 @@ def test_config_refuses_what_no_relative_layout_is():
         ViTConfig(rel_pos_shared=True)
     with pytest.raises(ConfigError, match="k_bias=False .* needs qkv_bias"):
         ViTConfig(k_bias=False, qkv_bias=False)
+
+
+# ------------------------------------------------------- the MLP-generated shared bias on the primary backends
+def test_tiny_relpos_on_every_primary_backend(primary_backend):
+    """tiny_relpos (a RelPosMlp bias shared by the blocks, zero for the class token) is not in the family matrix
+    (FAMILY_TINY: each preset there costs minutes of compiles): each primary backend runs it here, every stage
+    within the float32 bound, at a low precision within the bound of the reference run at that precision, and its
+    loss gradients within the gradient bound of the float64 oracle."""
+    from shared.testing import assert_conforms, case
+    from shared.training import grad as G
+
+    be = primary_backend
+    cfg, state, x = case("tiny_relpos")
+    v = assert_conforms("tiny_relpos", "float32", be.forward(be.build(cfg, state), x))
+    print(f"{be.name} float32: worst stage at {max(s.rel_l2 / s.bound for s in v.stages):.3f} of its bound")
+    low = next(d for d in ("bfloat16", "float16") if d in be.dtypes)
+    v = assert_conforms("tiny_relpos", low, be.forward(be.build(cfg, state, dtype=low), x))
+    print(f"{be.name} {low}: {v.summary()}")
+    y = np.random.default_rng(3).integers(0, cfg.num_classes, x.shape[0])
+    _, grads = be.loss_and_grads(cfg, state, x, y, 0.1)
+    _, g64 = _oracle(cfg, state, x, y)
+    bound = G.GRAD_FACTOR * fp32_bound(cfg, "logits")
+    worst = max((rel_l2(grads[k], g64[k]) / bound, k) for k in g64 if np.any(g64[k] != 0))
+    print(f"{be.name} gradients: worst {worst[1]} at {worst[0]:.3f} of the bound")
+    assert set(grads) == set(g64) and worst[0] <= 1.0, worst
+    assert all(np.any(g64[k] != 0) for k in g64 if k.startswith("rel_pos.")), "the MLP gets no gradient"
+
+
+_ORACLE: dict = {}
+
+
+def _oracle(cfg, state, x, y):
+    """The float64 oracle's loss and gradients (torch in float64), computed once for all the backends."""
+    from shared.backend import get_backend
+    from shared.training import grad as G
+
+    if cfg.name not in _ORACLE:
+        _ORACLE[cfg.name] = get_backend(G.ORACLE_BACKEND).loss_and_grads(cfg, state, x, y, 0.1, dtype="float64")
+    return _ORACLE[cfg.name]

@@ -131,7 +131,10 @@ def test_not_a_keras_file(tmp_path):
 # ------------------------------------------------------------ family options
 def _keras_path(key: str, kinds: dict) -> str:
     """The documented Keras variable path of a canonical key (vit_keras/model.py): "." -> "/" except inside a layer
-    name (blocks_i, pre_logits_fc); weight -> kernel (Dense, conv) or gamma (LayerNorm), a LayerNorm's bias -> beta."""
+    name (blocks_i, pre_logits_fc, blocks_i_attn_rel_pos, mlp_fc1 of a relative position MLP); weight -> kernel
+    (Dense, conv) or gamma (LayerNorm), a LayerNorm's bias -> beta."""
+    key = re.sub(r"^blocks\.(\d+)\.attn\.rel_pos\.", r"blocks_\1_attn_rel_pos.", key)
+    key = re.sub(r"rel_pos\.mlp\.fc([12])", r"rel_pos.mlp_fc\1", key)
     parts = re.sub(r"^blocks\.(\d+)", r"blocks_\1", key).replace("pre_logits.fc", "pre_logits_fc").split(".")
     owner = ".".join(key.split(".")[:-1])
     layer_norm = kinds.get(f"{owner}.weight") == "direct" and f"{owner}.bias" in kinds

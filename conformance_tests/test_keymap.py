@@ -47,9 +47,11 @@ def test_beit_qv_bias_is_one_entry_in_the_timm_map():
             np.testing.assert_array_equal(got[k], st[k])
     back = put(m, got)  # and back, bit-exact
     assert set(back) == set(st) and all(np.array_equal(back[k], st[k]) for k in st)
-    # the real timm importer does not read them yet (the zoo issue enables the entry): refused by name
-    with pytest.raises(ConversionError, match=r"separate q/v biases \(BEiT style\).*blocks\.0\.attn\.q_bias"):
-        T.import_timm(st, preset="tiny")
+    # the timm importer reads them through the same entry: k_bias=False, the k part of qkv.bias zero
+    cfg2, got2 = T.import_timm(st, preset="tiny")
+    assert cfg2.k_bias is False and cfg2.qkv_bias
+    for i in range(cfg.depth):
+        np.testing.assert_array_equal(got2[f"blocks.{i}.attn.qkv.bias"], got[f"blocks.{i}.attn.qkv.bias"])
 
 
 def test_take_names_every_missing_leftover_and_misshapen_key_at_once():

@@ -13,7 +13,7 @@ multiply runs in the compute dtype (one rounding, as in the reference).
 
 Every layer is registered under the package 'vit_keras' and its `get_config` returns every
 constructor argument (PatchEmbed's ViTConfig travels as a plain dict, `ViTConfig.to_dict()`). Attention, Mlp,
-Block and AttentionPool map their variables to canonical keys (`canonical_variables(prefix)`).
+Block, AttentionPool and RelPosBias map their variables to canonical keys (`canonical_variables(prefix)`).
 """
 from __future__ import annotations
 
@@ -565,8 +565,8 @@ class RelPosBias(keras.layers.Layer):
         self.kind, self.rows, self.heads = str(kind), int(rows), int(heads)
         self.hidden, self.prefix_tokens = int(hidden), int(prefix_tokens)
         if self.kind == "mlp":
-            self.fc1 = _dense(self.hidden, "fc1", self.dtype_policy)
-            self.fc2 = _dense(self.heads, "fc2", self.dtype_policy)
+            self.fc1 = _dense(self.hidden, "mlp_fc1", self.dtype_policy)
+            self.fc2 = _dense(self.heads, "mlp_fc2", self.dtype_policy)
 
     def build(self, input_shape=None):
         if self.kind == "table":

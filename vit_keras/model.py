@@ -6,7 +6,9 @@ Keras backend registers variable paths as torch parameter names, which may not c
   blocks_{i}/norm1/{gamma,beta}, blocks_{i}/attn/qkv/{kernel,bias}, blocks_{i}/attn/{q_norm,k_norm}/...,
   blocks_{i}/attn/proj/..., blocks_{i}/ls1/gamma, blocks_{i}/norm2/..., blocks_{i}/mlp/fc1/...,
   blocks_{i}/mlp/fc2/..., blocks_{i}/ls2/gamma, norm/..., attn_pool/{latent,q,kv,proj,norm,mlp/fc1,mlp/fc2},
-  fc_norm/..., pre_logits_fc/..., head/..., head_dist/...
+  fc_norm/..., pre_logits_fc/..., head/..., head_dist/...,
+  relative position biases: rel_pos/... (shared) or blocks_{i}_attn_rel_pos/... (one model-level layer per block),
+  each relative_position_bias_table, or mlp_fc1/{kernel,bias} and mlp_fc2/...
 (all under the model's name, "vision_transformer/" by default; each only where the config has it). `canonical_variables()` is the exact map;
 `load_canonical` / `to_canonical` move canonical dicts in and out: Dense kernel = torch weight transposed
 (in, out); conv kernel HWIO = weight.transpose(2, 3, 1, 0); LayerNorm gamma/beta = weight/bias; cls_token and
@@ -45,8 +47,8 @@ from shared.init import init_weights
 from shared.posemb import fixed_table
 from shared.weights import validate_state
 
-from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, RelPosBias, _dense, _layer_norm, as_config, dense_variables,
-                     ln_variables, resample_table, softmax_f32, with_unpositioned_prefix)
+from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, RelPosBias, _dense, _layer_norm, as_config,
+                     dense_variables, ln_variables, resample_table, softmax_f32, with_unpositioned_prefix)
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 

@@ -478,6 +478,16 @@ EVERY_CLASS = {
                                        "image_features"),
     ("metaclip_2", "MetaClip2ForImageClassification"): (
         *_pair("MetaClip2VisionConfig", "MetaClip2Config", **_LABELS), "logits"),
+    # BEiT and data2vec-vision (shared.convert.hf_beit): a relative table per layer, or a shared one with an
+    # absolute table; the mean of the patch tokens + the pooler's norm, or the final-normed class token
+    ("beit", "BeitModel"): ("BeitConfig", dict(_TOWER, use_relative_position_bias=True), "pooler"),
+    ("beit", "BeitForImageClassification"): ("BeitConfig", dict(
+        _TOWER, **_LABELS, use_shared_relative_position_bias=True, use_absolute_position_embeddings=True,
+        use_mean_pooling=False), "logits"),
+    ("data2vec-vision", "Data2VecVisionModel"): ("Data2VecVisionConfig", dict(_TOWER, use_relative_position_bias=True),
+                                                 "class token"),
+    ("data2vec-vision", "Data2VecVisionForImageClassification"): ("Data2VecVisionConfig", dict(
+        _TOWER, **_LABELS, use_relative_position_bias=True, layer_scale_init_value=0.0), "logits"),
 }
 
 

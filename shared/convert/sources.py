@@ -152,7 +152,8 @@ _HF_RUN = {
         "ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
         "ViTMSNForImageClassification", "IJepaForImageClassification", "CLIPForImageClassification",
         "SiglipForImageClassification", "MetaClip2ForImageClassification", "Dinov2ForImageClassification",
-        "Dinov2WithRegistersForImageClassification")},
+        "Dinov2WithRegistersForImageClassification", "BeitForImageClassification",
+        "Data2VecVisionForImageClassification")},
     **{f"{p}VisionModel": (f"{p}VisionModel", "pooler_output") for p in ("CLIP", "Siglip", "MetaClip2")},
     **{f"{p}VisionModelWithProjection": (f"{p}VisionModelWithProjection", "image_embeds")
        for p in ("CLIP", "MetaClip2")},
@@ -169,6 +170,7 @@ _HF_BASE = {
     "siglip": ("SiglipModel", "image_features"), "siglip_vision_model": ("SiglipVisionModel", "pooler_output"),
     "metaclip_2": ("MetaClip2Model", "image_features"),
     "metaclip_2_vision_model": ("MetaClip2VisionModel", "pooler_output"),
+    "beit": ("BeitModel", "features"), "data2vec-vision": ("Data2VecVisionModel", "features"),
 }
 
 

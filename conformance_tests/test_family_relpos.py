@@ -274,3 +274,37 @@ def _oracle(cfg, state, x, y):
     if cfg.name not in _ORACLE:
         _ORACLE[cfg.name] = get_backend(G.ORACLE_BACKEND).loss_and_grads(cfg, state, x, y, 0.1, dtype="float64")
     return _ORACLE[cfg.name]
+
+
+# ------------------------------------------------------------------------ Hugging Face beit / data2vec-vision
+@pytest.mark.parametrize("mt,changes", [
+    ("beit", {}),  # tiny_beit: a table per layer, LayerScale, mean of the patch tokens + the pooler's norm
+    ("data2vec-vision", dict(rel_pos_shared=True, pos_embed="learned", pool="token", final_norm=True, fc_norm=False,
+                             init_values=None, num_classes=0)),
+])
+def test_export_to_hf_beit_loads_in_transformers_and_reads_back(mt, changes, tmp_path):
+    """Canonical -> save_hf_dir as BEiT / data2vec-vision -> transformers' from_pretrained (every key found) gives the
+    reference's output within the float32 bound, and the directory reads back into the same config and weights."""
+    import transformers
+
+    from shared.convert.hf import load_hf_dir, save_hf_dir
+
+    cfg = get_preset("tiny_beit").replace(image_size=(32, 32), **changes)  # HF's BEiT: square grids only
+    state = init_weights(cfg, seed=4)
+    save_hf_dir(tmp_path / "hf", cfg, state, model_type=mt)
+    name = {"beit": "Beit", "data2vec-vision": "Data2VecVision"}[mt]
+    cls = getattr(transformers, f"{name}ForImageClassification" if cfg.num_classes else f"{name}Model")
+    kw = {} if cfg.num_classes else {"add_pooling_layer": True}
+    model, info = cls.from_pretrained(tmp_path / "hf", local_files_only=True, output_loading_info=True, **kw)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    x = random_images(cfg)
+    with torch.no_grad():
+        out = model.eval()(pixel_values=torch.from_numpy(x))
+    theirs = out.logits if cfg.num_classes else out.pooler_output
+    _check(cfg, theirs.numpy(), reference.forward(cfg, state, x)["logits"], f"{cfg.name} -> HF {mt}")
+    cfg2, state2 = load_hf_dir(tmp_path / "hf")
+    fields = ("k_bias", "rel_pos", "rel_pos_shared", "pool", "fc_norm", "final_norm", "init_values", "pos_embed")
+    assert {f: getattr(cfg2, f) for f in fields} == {f: getattr(cfg, f) for f in fields}
+    assert all(np.array_equal(state2[k], state[k]) for k in state) and sorted(state2) == sorted(state)
+    with pytest.raises(ConversionError, match="square grid only"):  # tiny_beit itself is 4x3
+        save_hf_dir(tmp_path / "no", get_preset("tiny_beit"), init_weights(get_preset("tiny_beit")), model_type=mt)

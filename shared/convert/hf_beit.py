@@ -25,7 +25,8 @@ Key mapping (the on-disk "file" layout every hub checkpoint and save_pretrained 
   norm                         layernorm (use_mean_pooling=False: the final norm; the features are the class token)
   head                         classifier
 HF builds the relative index as BEiT does (shared.posemb.rel_pos_index with the class token's three rows) and scales
-by head_dim ** -0.5. A base model without a pooler (Data2VecVisionModel's default) has features = the class token of
+by head_dim ** -0.5. HF resamples the table (bilinear) on every forward after reading it as (2w-1, 2h-1): the
+identity on a square grid, something else on a non-square one, which is refused both ways. A base model without a pooler (Data2VecVisionModel's default) has features = the class token of
 last_hidden_state (no norm with use_mean_pooling). embeddings.mask_token (bool_masked_pos only) is dropped with a
 ConversionWarning; old files' relative_position_index buffers are dropped (derived, never weights).
 """
@@ -134,6 +135,10 @@ def import_hf_beit(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
     ls = facts.as_real("layer_scale_init_value", 0.0, 1e6, hi_closed=True)
     h, w = image_size_arg(facts.get("image_size"), f"{source}: config.json", key="image_size")
     classifier = "classifier.weight" in st
+    if (per_block or shared) and (h // int(pw[2])) != (w // int(pw[2])):
+        raise ConversionError(f"{source}: image_size {h}x{w}: transformers' {mt} reads its relative table as "
+                              f"(2w-1, 2h-1) and resamples it bilinearly to (2h-1, 2w-1) on every forward, so a "
+                              f"non-square grid is not the model it stores (refused, as HF computes something else)")
     try:
         cfg = ViTConfig(
             name=f"hf_{mt.replace('-', '_')}", image_size=(h, w), in_chans=int(pw[1]), patch_size=int(pw[2]),
@@ -178,6 +183,9 @@ def export_problems(cfg: ViTConfig, mt: str) -> list[str]:
     if not ((cfg.pool == "mean" and cfg.fc_norm and not cfg.final_norm) or (cfg.pool == "token" and cfg.final_norm)):
         p.append(f"pool={cfg.pool!r} with final_norm={cfg.final_norm}, fc_norm={cfg.fc_norm}: {what} pools the mean "
                  f"of the patch tokens then its pooler's norm, or the final-normed class token")
+    if cfg.rel_pos == "table" and cfg.grid[0] != cfg.grid[1]:
+        p.append(f"a {cfg.grid[0]}x{cfg.grid[1]} grid: {what} reads its relative table as (2w-1, 2h-1) and resamples "
+                 f"it bilinearly to (2h-1, 2w-1) on every forward, the same function on a square grid only")
     if cfg.attn_value_skip or (cfg.attn_dim not in (None, cfg.embed_dim)) or cfg.representation_size \
             or cfg.output_softmax or cfg.qk_scale is not None:
         p.append(f"value skip / attn_dim / pre-logits / output softmax / qk_scale: not in {what}")

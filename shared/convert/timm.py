@@ -31,9 +31,17 @@ naming the question and the flag that answers it. A preset that contradicts the 
 a flag or config.json that contradicts the file is refused. The facts the file does not determine are recorded,
 with who stated each, in the imported config's `notes`.
 
+Relative position biases (timm's Beit and VisionTransformerRelPos) are read from their keys: BEiT's q_bias / v_bias
+(k_bias=False, through the key map's Fold entry), gamma_1 / gamma_2 (LayerScale), a relative table per block
+(blocks.N.attn[.rel_pos].relative_position_bias_table) or shared (rel_pos_bias., shared_rel_pos.), or RelPosMlp
+(rel_pos.mlp.fc1 / fc2: its hidden width from fc1); a table stored for another grid than the converted one is
+resampled by timm's own rule (shared.posemb.resize_rel_pos_table), with a warning. Export writes them back under
+timm's names for the class `rel_pos_class(cfg)` names.
+
 Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, unpacked
-gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, relative position biases, separate q/k/v projections, an
-attention pool with its own positions or qk-norm, pooling timm calls 'avgmax', 'max', 'prr' or '' (none).
+gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, separate q/k/v projections, a per-block relative bias
+summed with a shared one, Swin-v2's relative MLP, an attention pool with its own positions or qk-norm, pooling timm
+calls 'avgmax', 'max', 'prr' or '' (none).
 
 Export (`export_timm`; `shared.convert.io.save_timm_hub_dir` with `timm_hub_config`) writes what timm loads
 strictly: `timm_architecture(cfg)` and `timm_model_kwargs(cfg)` build the matching model

@@ -743,7 +743,8 @@ def test_hf_vit_mae_is_a_plain_encoder():
     (dict(init_values=None, reg_tokens=2), "deit", "reg_tokens=2: HF deit has exactly one token after the class"),
     (dict(init_values=None, dist_token=True), "vit", "dist_token: HF vit has no distillation token"),
     (dict(), "dinov2_with_registers", "reg_tokens=0: HF dinov2_with_registers without registers is a dinov2"),
-    (dict(), "beit", "model_type 'beit' is not a Hugging Face type vit-suite writes"),
+    (dict(), "swin", "model_type 'swin' is not a Hugging Face type vit-suite writes"),
+    (dict(), "beit", "HF beit's attention has q and v biases and no k bias"),
     (dict(init_values=None), "ijepa", "class_token='learned': HF ijepa has no class token"),
     (dict(init_values=None, class_token="none", pool="mean", fc_norm=True, final_norm=False), "ijepa",
      "final_norm=False: HF ijepa always applies its final layernorm"),
@@ -770,8 +771,8 @@ def test_import_hf_family_refuses_by_name():
         import_hf({**head, "classifier.weight": np.zeros((3, 32), np.float32)}, conf)
     with pytest.raises(ConversionError, match=r"image_size \[32, 48\] is not square"):
         import_hf(hf, {**conf, "image_size": [32, 48]})
-    with pytest.raises(ConversionError, match="model_type str 'beit' is not supported"):
-        import_hf(hf, {**conf, "model_type": "beit"})
+    with pytest.raises(ConversionError, match="model_type str 'swin' is not supported"):
+        import_hf(hf, {**conf, "model_type": "swin"})
     deit, _, _ = _hf_family_cfgs()["deit_classifier"]
     hf, conf = export_hf(deit, init_weights(deit))
     with pytest.raises(ConversionError, match="DeiTForMaskedImageModeling is a masked-image-modeling pixel decoder"):

@@ -12,7 +12,8 @@ proven against timm itself (random init, no download).
   * the layouts the canonical model cannot run (res-post-norm rpn, a per-block bias plus a shared one) are refused
     by name.
 The tiny presets tiny_beit and tiny_relpos run through the conformance matrix (every backend, dtype, gradients,
-training) with the other FAMILY_TINY presets. About 10 s on 2 cores.
+training) with the other FAMILY_TINY presets. The CI-sized part: about 20 s on 2 cores (its Keras and MindSpore runs
+of tiny_relpos are slow-marked).
 """
 from __future__ import annotations
 
@@ -238,11 +239,13 @@ def test_config_refuses_what_no_relative_layout_is():
 
 
 # ------------------------------------------------------- the MLP-generated shared bias on the primary backends
+@pytest.mark.ci_backends("torch")  # Keras and MindSpore (~30 s of compiles) in the slow set
 def test_tiny_relpos_on_every_primary_backend(primary_backend):
     """tiny_relpos (a RelPosMlp bias shared by the blocks, zero for the class token) is not in the family matrix
     (FAMILY_TINY: each preset there costs minutes of compiles): each primary backend runs it here, every stage
     within the float32 bound, at a low precision within the bound of the reference run at that precision, and its
-    loss gradients within the gradient bound of the float64 oracle."""
+    loss gradients within the gradient bound of the float64 oracle (torch in the CI-sized set, all three with
+    -m slow; the layers are the ones tiny_beit runs through the whole matrix)."""
     from shared.testing import assert_conforms, case
     from shared.training import grad as G
 

@@ -17,8 +17,8 @@ from .. import limits as L
 from .. import fileio as F
 from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
-from ..convert.formats import FORMATS, detect_format, native_backend
-from ..convert.io import read_any, target_format, write_any
+from ..convert.formats import FORMATS, detect_format
+from ..convert.io import frameworks_needed, read_any, target_format, write_any
 from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
 from .common import claim_output, console, esc, float_arg, int_arg, parse_size
 
@@ -47,7 +47,7 @@ def cmd_convert(args) -> int:
     src_fmt = args.from_ or detect_format(args.src)
     dst_fmt = target_format(args.dst, args.to)
     claim_output(args.dst, "DST", force=args.force, inputs=(args.src,))
-    import_frameworks_in_safe_order([native_backend(src_fmt) or "", native_backend(dst_fmt) or ""])
+    import_frameworks_in_safe_order(frameworks_needed(src_fmt, dst_fmt))
     c = console()
     cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size), **stated_facts(args))
     stop = prove_import(c, args, src_fmt, cfg, state)

@@ -3,9 +3,11 @@
     cfg, state = read_any("model.keras")                      # format detected from the bytes
     write_any("model.ckpt", "mindspore", cfg, state)           # atomically: nothing left behind on failure
 
-Peer formats (timm, Hugging Face) go through the pure converters of this package; a backend's own native
-files (.pt, .keras, .weights.h5, .ckpt) through that backend's `save_native` / `load_native`, reached by the
-registry like everything else.
+Peer formats (timm, Hugging Face) go through the pure converters of this package; the Keras and MindSpore backends'
+native files (.keras, .weights.h5, .ckpt) are read and written as data (keras_file: h5py and zipfile; ms_ckpt: the
+checkpoint protobuf), the bytes the framework writes, without importing it; the torch backend's `.pt` through its
+`save_native` / `load_native`, reached by the registry like everything else (`frameworks_needed` names the backends
+a conversion imports).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import numpy as np
 from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
-from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, SuiteError, UsageError
-from ..fileio import atomic_write, work_dir, write_dir_atomically
+from ..errors import InvalidFileError, MismatchError, OutputError, UsageError
+from ..fileio import atomic_write, write_dir_atomically
 from ..presets import get_preset
 from .common import resize_state
 from .formats import FORMATS, SUFFIX, detect_format, native_backend
@@ -98,22 +100,25 @@ def _read_torch(src, fmt, cfg_hint, image_size, stated):
         return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
 
 
-def _read_native(src, fmt, cfg_hint, image_size, stated):
-    """A backend's own file (.pt, .keras, .weights.h5, .ckpt) through that backend's load_native."""
-    be_name = native_backend(fmt)
-    import_frameworks_in_safe_order([be_name])
-    be = get_backend(be_name)
-    with work_dir("src") as tmp:
-        link = None
-        if not str(src).lower().endswith(SUFFIX[fmt]):
-            # detected from content: frameworks insist on their suffix, so give them a correctly named link
-            link = Path(tmp) / f"weights{SUFFIX[fmt]}"
-            link.symlink_to(Path(src).resolve())
-        try:
-            model = _load_native(be, fmt, str(link or src), cfg_hint)
-        except SuiteError as e:  # name the user's file, never the link in the suite's work folder
-            raise _renamed(e, str(link), str(src)) if link is not None else e from None
-    return model.config, be.export(model)
+def _read_keras(src, fmt, cfg_hint, image_size, stated):
+    """A vit_keras .keras (its config; --preset serves nothing) or .weights.h5 (the config from --preset), as data."""
+    from .keras_file import load_keras, load_weights_h5
+
+    if fmt == "keras-h5":
+        return load_weights_h5(src, cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
+    return load_keras(src)
+
+
+def _read_mindspore(src, fmt, cfg_hint, image_size, stated):
+    """The MindSpore backend's .ckpt, as data: its own config, or --preset's for a file that records none."""
+    from .ms_ckpt import load_suite_ckpt
+
+    try:
+        return load_suite_ckpt(src, None)
+    except InvalidFileError:
+        if not isinstance(cfg_hint, ViTConfig):
+            raise
+        return load_suite_ckpt(src, cfg_hint)
 
 
 def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
@@ -141,27 +146,6 @@ def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
     if fmt == "keras-h5" or (fmt == "kerashub" and p.is_file() and not zipfile.is_zipfile(p)):
         return read_h5(p, str(p))
     return read_any(src, fmt)[1]
-
-
-def _load_native(be, fmt: str, src: str, cfg_hint: ViTConfig | None):
-    if fmt == "keras-h5":  # weights only: the config must come from --preset
-        return be.load_native(src, cfg_hint)
-    try:  # .keras and our .ckpt carry their config; --preset serves files that carry none
-        return be.load_native(src, None)
-    except (InvalidFileError, BackendError):
-        if cfg_hint is None:
-            raise
-        return be.load_native(src, cfg_hint)
-
-
-def _renamed(e: SuiteError, old: str, new: str) -> SuiteError:
-    """The same error, with every mention of `old` (a link the suite made) replaced by `new` (the user's file)."""
-    if isinstance(e, MismatchError):
-        return MismatchError(e.source.replace(old, new), [p.replace(old, new) for p in e.problems])
-    try:
-        return type(e)(str(e).replace(old, new))
-    except TypeError:
-        return e
 
 
 def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | str | None:
@@ -242,6 +226,19 @@ def _write_mindcv(dst, fmt, cfg, state, overwrite):
     save_mindcv_ckpt(dst, cfg, state, overwrite=overwrite)
 
 
+def _write_keras(dst, fmt, cfg, state, overwrite):
+    """What vit_keras' save_native writes for build_model(cfg, state), as data."""
+    from .keras_file import save_keras, save_weights_h5
+
+    (save_weights_h5 if fmt == "keras-h5" else save_keras)(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_mindspore(dst, fmt, cfg, state, overwrite):
+    from .ms_ckpt import save_suite_ckpt
+
+    save_suite_ckpt(cfg, state, dst, overwrite=overwrite)
+
+
 def _write_native(dst, fmt, cfg, state, overwrite):
     """A backend's own file, through the backend's save_native inside one atomic writer."""
     if not overwrite and Path(dst).exists():
@@ -261,6 +258,13 @@ def _write_native(dst, fmt, cfg, state, overwrite):
             os.replace(inner, tmp)
 
     atomic_write(dst, write, overwrite=overwrite)
+
+
+def frameworks_needed(*fmts: str) -> list[str]:
+    """The backends whose framework reading or writing these formats imports (the others are read and written as
+    data): what a conversion must import, in the safe order, before it starts."""
+    return [native_backend(f) for f in fmts
+            if f in TABLE and TABLE[f].write is _write_native]
 
 
 def target_format(dst: str, to: str | None = None) -> str:
@@ -323,9 +327,9 @@ TABLE: dict[str, Format] = {
     "timm": Format(_read_timm, _write_timm, _problems("timm", "export_problems"), sized_by_importer=True),
     "hf": Format(_read_hf, _write_hf, _problems("hf", "export_problems")),
     "torch": Format(_read_torch, _write_native),
-    "keras": Format(_read_native, _write_native),
-    "keras-h5": Format(_read_native, _write_native),
-    "mindspore": Format(_read_native, _write_native),
+    "keras": Format(_read_keras, _write_keras),
+    "keras-h5": Format(_read_keras, _write_keras),
+    "mindspore": Format(_read_mindspore, _write_mindspore),
     "torchvision": Format(_read_torchvision, _write_torchvision, _problems("torchvision", "torchvision_problems"),
                           sized_by_importer=True),
     "bigvision": Format(_read_bigvision, _write_bigvision, sized_by_importer=True),

@@ -138,6 +138,30 @@ def test_convert_between_every_pair_is_bit_exact(tmp_path, src, dst):
     assert cfg2.stage_names() == cfg.stage_names()
 
 
+#: run in a fresh process: every conversion to and from the Keras and MindSpore files, then the frameworks it imported
+_NO_FRAMEWORK = """
+import sys
+from shared.cli import main
+src, d = sys.argv[1], sys.argv[2]
+for name, back in (("m.keras", []), ("m.weights.h5", ["--preset", "tiny"]), ("m.ckpt", [])):
+    assert main(["convert", src, f"{d}/{name}"]) == 0
+    assert main(["convert", f"{d}/{name}", f"{d}/{name}.safetensors", *back]) == 0
+print(sorted(m for m in ("tensorflow", "keras", "mindspore", "torch", "jax") if m in sys.modules))
+"""
+
+
+def test_convert_to_and_from_keras_and_mindspore_files_imports_no_framework(tmp_path, tiny_file):
+    """`.keras`, `.weights.h5` and `.ckpt` are written and read as data: neither Keras (nor TensorFlow) nor MindSpore
+    (nor torch) is imported, and the round trip is bit-exact."""
+    r = subprocess.run([sys.executable, "-c", _NO_FRAMEWORK, str(tiny_file), str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", r.stdout[-2000:] + r.stderr[-2000:]
+    cfg, state = W.load(tiny_file)
+    for name in ("m.keras", "m.weights.h5", "m.ckpt"):
+        cfg2, back = W.load(tmp_path / f"{name}.safetensors")
+        assert cfg2 == cfg and set(back) == set(state) and all(np.array_equal(back[k], state[k]) for k in state)
+
+
 def test_convert_detects_format_from_content_not_extension(tmp_path):
     cfg = get_preset("tiny")
     state = init_weights(cfg, 2)

@@ -140,6 +140,82 @@ def test_fuzz_every_file_format_gives_only_typed_errors(valid_files, tmp_path_fa
     assert _rss_peak_kib() - before < RSS_GROWTH_LIMIT_KIB
 
 
+def _ckpt_value(tag: bytes, dims: list[int], ttype: bytes, content: bytes, lie: int = 0) -> bytes:
+    """One MindSpore checkpoint Value framed by hand (checkpoint.proto); `lie` adds to its claimed length."""
+    from shared.convert.ms_ckpt import _field, _varint
+
+    tensor = b"".join(_field(1, d) for d in dims) + _field(2, ttype) + _field(3, content)
+    value = _field(1, tag) + _field(2, tensor)
+    return _varint(1 << 3 | 2) + _varint(len(value) + lie) + value
+
+
+def _h5_edit(src: Path, dst: Path, edit) -> None:
+    import shutil
+
+    import h5py
+
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+
+
+def _h5_float64(f):
+    data = f["vars/0"][()]
+    del f["vars/0"]
+    f["vars/0"] = data.astype(np.float64)
+
+
+def _rezip(src: Path, dst: Path, member: str, cut: int) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, data[:cut] if info.filename == member else data)
+
+
+#: hostile Keras and MindSpore files, read as data: (name, source format, make(valid, dst), exit code, in the message)
+FRAMEWORK_FILE_CASES = [
+    ("ckpt-truncated", "mindspore", lambda v, d: d.write_bytes(v.read_bytes()[:len(v.read_bytes()) // 2]), 3,
+     "not a readable MindSpore checkpoint"),
+    ("ckpt-dtype-tag", "mindspore", lambda v, d: d.write_bytes(v.read_bytes().replace(b"Float32", b"Float99", 1)), 3,
+     "tensor_type 'Float99'"),
+    ("ckpt-oversized-dims", "mindspore", lambda v, d: d.write_bytes(_ckpt_value(b"cls_token", [2**40, 2**40],
+                                                                                b"Float32", b"\0" * 16)), 3,
+     "claim more than"),
+    ("ckpt-length-lie", "mindspore", lambda v, d: d.write_bytes(_ckpt_value(b"x", [1], b"Float32", b"\0" * 4,
+                                                                            lie=2**40)), 3, "claims"),
+    ("ckpt-map-tensor", "mindspore", lambda v, d: d.write_bytes(b"\x0a\x05\x0a\x01x\x1a\x00"), 3, "MapTensor"),
+    ("h5-truncated", "keras-h5", lambda v, d: d.write_bytes(v.read_bytes()[:len(v.read_bytes()) // 2]), 3,
+     "not a readable HDF5 weights file"),
+    ("h5-float64", "keras-h5", lambda v, d: _h5_edit(v, d, _h5_float64), 4, "dtype float64, expected float32"),
+    ("h5-extra-dataset", "keras-h5", lambda v, d: _h5_edit(v, d, lambda f: f.create_dataset("payload", data=[1.0])),
+     4, "unexpected dataset 'payload'"),
+    ("h5-wrong-shape", "keras-h5", lambda v, d: _h5_edit(v, d, lambda f: (f.__delitem__("vars/0"),
+                                                                          f.create_dataset("vars/0", (1, 10**6), "f4"))),
+     4, "shape (1, 1000000)"),
+    ("keras-truncated", "keras", lambda v, d: d.write_bytes(v.read_bytes()[:len(v.read_bytes()) * 2 // 3]), 3,
+     "not a readable"),
+    ("keras-h5-member-cut", "keras", lambda v, d: _rezip(v, d, "model.weights.h5", 2000), 3,
+     "model.weights.h5: not a readable HDF5 weights file"),
+]
+
+
+@pytest.mark.parametrize("name,fmt,make,code,says", FRAMEWORK_FILE_CASES, ids=[c[0] for c in FRAMEWORK_FILE_CASES])
+def test_hostile_keras_and_mindspore_files_are_typed_errors_naming_the_file(valid_files, tmp_path, capsys, name, fmt,
+                                                                            make, code, says):
+    """Truncated zip / HDF5 / protobuf, a wrong dtype tag or dtype, oversized dims, a lying length, a stray dataset:
+    the typed exit, the file and what is wrong named, nothing written, nothing read past the limits."""
+    src = valid_files[fmt]
+    bad = tmp_path / f"bad{src.suffix if fmt != 'keras-h5' else '.weights.h5'}"
+    make(src, bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    got, err = _cli(["convert", bad, out / "o.safetensors", "--from", fmt, "--preset", "tiny"], capsys)
+    assert got == code and str(bad) in err and says in err and "Traceback" not in err, err
+    assert os.listdir(out) == []
+
+
 def _header_of(path: Path) -> tuple[dict, bytes]:
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])

@@ -23,7 +23,7 @@ import numpy as np
 from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
-from ..errors import InvalidFileError, MismatchError, OutputError, UsageError
+from ..errors import MismatchError, OutputError, UsageError
 from ..fileio import atomic_write, write_dir_atomically
 from ..presets import get_preset
 from .common import resize_state
@@ -113,12 +113,7 @@ def _read_mindspore(src, fmt, cfg_hint, image_size, stated):
     """The MindSpore backend's .ckpt, as data: its own config, or --preset's for a file that records none."""
     from .ms_ckpt import load_suite_ckpt
 
-    try:
-        return load_suite_ckpt(src, None)
-    except InvalidFileError:
-        if not isinstance(cfg_hint, ViTConfig):
-            raise
-        return load_suite_ckpt(src, cfg_hint)
+    return load_suite_ckpt(src, None, default=cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
 
 
 def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:

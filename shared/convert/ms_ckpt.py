@@ -293,10 +293,11 @@ def read_suite_ckpt(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     return tensors, records
 
 
-def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None
+def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None, *, default: ViTConfig | None = None
                     ) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """Read a suite checkpoint strictly: (config, canonical float32 state dict). `cfg` given: the file must hold
-    exactly that model's parameters (and, if it records a config, the same architecture); None: the file's config."""
+    exactly that model's parameters (and, if it records a config, the same architecture); None: the file's config,
+    or `default` for a file that records none."""
     tensors, records = read_suite_ckpt(path)
     file_cfg = None
     if CONFIG_KEY in records:
@@ -304,6 +305,8 @@ def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None
             file_cfg = ViTConfig.from_json(records[CONFIG_KEY])
         except ConfigError as e:
             raise InvalidFileError(f"{path}: invalid {CONFIG_KEY!r} record: {e}") from None
+    if cfg is None and file_cfg is None:
+        cfg = default
     if cfg is None:
         if file_cfg is None:
             raise InvalidFileError(f"{path}: no {CONFIG_KEY!r} record in the checkpoint; pass the config explicitly")

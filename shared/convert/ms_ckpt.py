@@ -253,6 +253,63 @@ def read_ckpt_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
     return tensors, records
 
 
+# ------------------------------------------------------------------ detection (the first bytes only)
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while i < len(buf):
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+    return -1, i
+
+
+def looks_like_ckpt(path: Path) -> bool:
+    """MindSpore's Checkpoint protobuf: repeated Value(1) { string tag = 1; TensorProto tensor = 2 }.
+
+    The file opens with 0x0a <len of first Value> 0x0a <len of its tag> <printable parameter name>.
+    """
+    with open(path, "rb") as f:
+        buf = f.read(1100)
+    size = path.stat().st_size
+    if buf[:1] != b"\x0a":
+        return False
+    n_value, i = _read_varint(buf, 1)
+    if not 0 < n_value <= size or buf[i:i + 1] != b"\x0a":
+        return False
+    n_tag, j = _read_varint(buf, i + 1)
+    if not 0 < n_tag <= L.MAX_NAME_BYTES or j + n_tag > len(buf):
+        return False
+    tag = buf[j:j + n_tag]
+    return all(32 <= c < 127 for c in tag)
+
+
+def ckpt_names(path: str | Path, limit: int = 4096) -> list[str]:
+    """The parameter (and record) names of a MindSpore checkpoint, read from its protobuf framing without MindSpore,
+    seeking past the tensor data; stops at `limit` names or at the first bytes that do not frame a Value."""
+    names: list[str] = []
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size and len(names) < limit:
+            f.seek(pos)
+            head = f.read(24)
+            if head[:1] != b"\x0a":
+                break
+            n_value, i = _read_varint(head, 1)
+            if n_value <= 0 or head[i:i + 1] != b"\x0a":
+                break
+            n_tag, j = _read_varint(head, i + 1)
+            if not 0 < n_tag <= L.MAX_NAME_BYTES:
+                break
+            f.seek(pos + j)
+            names.append(f.read(n_tag).decode("utf-8", "replace"))
+            pos += i + n_value
+    return names
+
+
 # ------------------------------------------------------------------ the suite's own checkpoint
 def digest(items: Iterable[tuple[str, np.ndarray]]) -> str:
     h = hashlib.sha256()
@@ -318,5 +375,5 @@ def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None, *, de
     return cfg, {k: tensors[k] for k in W.expected_shapes(cfg)}
 
 
-__all__ = ["write_ckpt", "read_ckpt_file", "save_suite_ckpt", "read_suite_ckpt", "load_suite_ckpt", "digest",
+__all__ = ["write_ckpt", "read_ckpt_file", "looks_like_ckpt", "ckpt_names", "save_suite_ckpt", "read_suite_ckpt", "load_suite_ckpt", "digest",
            "CONFIG_KEY", "DIGEST_KEY", "FORMAT_KEY", "DTYPES"]

@@ -301,7 +301,7 @@ def _h5_tree(data) -> list:
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the files are the same under every Keras "
                     "backend (test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others): one run")
-@pytest.mark.parametrize("preset", ["tiny_t2t", "tiny_pretrain", *helpers.FAMILY_TINY])
+@pytest.mark.parametrize("preset", ["tiny_t2t", "tiny_pretrain", "tiny_meanpool", *helpers.FAMILY_TINY])
 def test_frameworkless_keras_files_are_keras_own(preset, tmp_path):
     """shared.convert.keras_file (what `convert` writes and reads, without Keras) against Keras itself, in every
     kind of layer and variable: `.weights.h5` byte for byte; `.keras` the same members in the same order with the

@@ -142,7 +142,7 @@ def test_fuzz_every_file_format_gives_only_typed_errors(valid_files, tmp_path_fa
 
 def _ckpt_value(tag: bytes, dims: list[int], ttype: bytes, content: bytes, lie: int = 0) -> bytes:
     """One MindSpore checkpoint Value framed by hand (checkpoint.proto); `lie` adds to its claimed length."""
-    from shared.convert.ms_ckpt import _field, _varint
+    from shared.ms_ckpt import _field, _varint
 
     tensor = b"".join(_field(1, d) for d in dims) + _field(2, ttype) + _field(3, content)
     value = _field(1, tag) + _field(2, tensor)

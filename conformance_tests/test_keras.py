@@ -303,12 +303,12 @@ def _h5_tree(data) -> list:
                     "backend (test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others): one run")
 @pytest.mark.parametrize("preset", ["tiny_t2t", "tiny_pretrain", "tiny_meanpool", *helpers.FAMILY_TINY])
 def test_frameworkless_keras_files_are_keras_own(preset, tmp_path):
-    """shared.convert.keras_file (what `convert` writes and reads, without Keras) against Keras itself, in every
+    """shared.keras_file (what `convert` writes and reads, without Keras) against Keras itself, in every
     kind of layer and variable: `.weights.h5` byte for byte; `.keras` the same members in the same order with the
     same zip fields, config.json and model.weights.h5 byte for byte (metadata.json differs in its date only); Keras
     loads the files (load_model safe_mode=True, load_weights) bit-exactly, and the frameworkless reader reads
     Keras' files to the same tensors and config."""
-    from shared.convert import keras_file as KF
+    from shared import keras_file as KF
     from vit_keras.convert import save_weights_h5
 
     cfg, state, _ = helpers.case(preset)

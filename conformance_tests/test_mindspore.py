@@ -325,13 +325,13 @@ def _bad_state(kind):
 
 
 def test_frameworkless_ckpt_is_mindspores_own(tmp_path, monkeypatch):
-    """shared.convert.ms_ckpt (the backend's .ckpt, and what `convert` writes and reads, without MindSpore) against
+    """shared.ms_ckpt (the backend's .ckpt, and what `convert` writes and reads, without MindSpore) against
     MindSpore itself: `mindspore.save_checkpoint` writes the same bytes (the suite's file with its string records;
     scalars, integer and float16 tensors; a tensor saved in slices), `mindspore.load_checkpoint` reads the
     frameworkless files to the same tensors and records, and the frameworkless reader reads MindSpore's files."""
     from mindspore.train import serialization
 
-    from shared.convert import ms_ckpt
+    from shared import ms_ckpt
 
     cfg, state, _ = helpers.case("tiny_deit3")
     nf = ms_ckpt.save_suite_ckpt(cfg, state, tmp_path / "nf.ckpt")

@@ -1,6 +1,6 @@
 """The native weight files of the Keras backend: `.keras` (safe mode, classes checked) and `.weights.h5`, saved and
 loaded by Keras from a model (any dtype policy or data format). `vit-suite convert` reads and writes the same files
-as data, without Keras (shared.convert.keras_file, the float32 channels_last model's bytes).
+as data, without Keras (shared.keras_file, the float32 channels_last model's bytes).
 
 Canonical dicts (timm layout) go in and out of a model through model.py's `load_canonical` / `to_canonical`.
 """
@@ -16,7 +16,7 @@ import keras
 from shared.config import ViTConfig
 from shared.errors import InvalidFileError, MismatchError
 from shared.fileio import atomic_write, work_dir
-from shared.convert import keras_file
+from shared import keras_file
 
 from .model import VisionTransformer, new_model
 
@@ -51,13 +51,13 @@ def save_weights_h5(model: VisionTransformer, path) -> Path:
 
 
 #: the only non-Keras classes a vit_keras `.keras` file may name: the ones vit_keras registers (one list, in
-#: shared.convert.keras_file, which reads these files as data)
+#: shared.keras_file, which reads these files as data)
 ALLOWED_CLASSES = keras_file.ALLOWED_CLASSES
 
 
 def _scan_keras_config(path: Path) -> None:
     """Refuse a `.keras` file whose config holds a Lambda layer or a class not registered by vit_keras, or whose
-    ViTConfig is invalid or over the limits, before Keras builds anything (shared.convert.keras_file)."""
+    ViTConfig is invalid or over the limits, before Keras builds anything (shared.keras_file)."""
     keras_file.read_keras_config(path)
 
 

@@ -1,6 +1,6 @@
 """The native weight file of the MindSpore backend, `.ckpt`, lossless and strict (canonical dicts are model.py's).
 
-The file is what `mindspore.save_checkpoint` writes, read and written as data by shared.convert.ms_ckpt (the one
+The file is what `mindspore.save_checkpoint` writes, read and written as data by shared.ms_ckpt (the one
 place of the format: its layout, records and checks are described there), so `vit-suite convert` needs no MindSpore:
   save_ckpt(cfg, state, path)   every canonical tensor as float32, then the vit_config and vit_suite_digest records
   read_ckpt(path)               (tensors, string records), the digest verified
@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from shared.config import ViTConfig
-from shared.convert.ms_ckpt import CONFIG_KEY, DIGEST_KEY, FORMAT_KEY, load_suite_ckpt, read_suite_ckpt, save_suite_ckpt
+from shared.ms_ckpt import CONFIG_KEY, DIGEST_KEY, FORMAT_KEY, load_suite_ckpt, read_suite_ckpt, save_suite_ckpt
 
 
 def save_ckpt(cfg: ViTConfig, state: Mapping[str, np.ndarray], path: str | os.PathLike,

@@ -9,7 +9,7 @@ from ..backend import is_available, runs_in_this_process
 from .. import limits as L
 from ..errors import InvalidFileError
 from ..safeio import check_zip, load_json, read_json_file
-from .ms_ckpt import ckpt_names, looks_like_ckpt
+from ..ms_ckpt import ckpt_names, looks_like_ckpt
 
 #: every format `vit-suite convert` reads or writes
 FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore", "torchvision", "bigvision",

@@ -102,7 +102,7 @@ def _read_torch(src, fmt, cfg_hint, image_size, stated):
 
 def _read_keras(src, fmt, cfg_hint, image_size, stated):
     """A vit_keras .keras (its config; --preset serves nothing) or .weights.h5 (the config from --preset), as data."""
-    from .keras_file import load_keras, load_weights_h5
+    from ..keras_file import load_keras, load_weights_h5
 
     if fmt == "keras-h5":
         return load_weights_h5(src, cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
@@ -111,7 +111,7 @@ def _read_keras(src, fmt, cfg_hint, image_size, stated):
 
 def _read_mindspore(src, fmt, cfg_hint, image_size, stated):
     """The MindSpore backend's .ckpt, as data: its own config, or --preset's for a file that records none."""
-    from .ms_ckpt import load_suite_ckpt
+    from ..ms_ckpt import load_suite_ckpt
 
     return load_suite_ckpt(src, None, default=cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
 
@@ -223,13 +223,13 @@ def _write_mindcv(dst, fmt, cfg, state, overwrite):
 
 def _write_keras(dst, fmt, cfg, state, overwrite):
     """What vit_keras' save_native writes for build_model(cfg, state), as data."""
-    from .keras_file import save_keras, save_weights_h5
+    from ..keras_file import save_keras, save_weights_h5
 
     (save_weights_h5 if fmt == "keras-h5" else save_keras)(dst, cfg, state, overwrite=overwrite)
 
 
 def _write_mindspore(dst, fmt, cfg, state, overwrite):
-    from .ms_ckpt import save_suite_ckpt
+    from ..ms_ckpt import save_suite_ckpt
 
     save_suite_ckpt(cfg, state, dst, overwrite=overwrite)
 

@@ -134,8 +134,8 @@ def mindcv_model_kwargs(cfg: ViTConfig) -> dict:
 
 
 def read_ckpt_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of a (foreign) MindSpore checkpoint, read as data (shared.convert.ms_ckpt: no MindSpore)."""
-    from .ms_ckpt import read_ckpt_file
+    """Every tensor of a (foreign) MindSpore checkpoint, read as data (shared.ms_ckpt: no MindSpore)."""
+    from ..ms_ckpt import read_ckpt_file
 
     return read_ckpt_file(path)[0]
 
@@ -148,7 +148,7 @@ def load_mindcv_file(path: str | os.PathLike, preset: ViTConfig | str | None = N
 def save_mindcv_ckpt(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray], *,
                      overwrite: bool = False) -> Path:
     """Write a checkpoint mindcv's VisionTransformer loads (atomically: nothing is left on failure): the bytes
-    `mindspore.save_checkpoint` writes for its parameters, written as data (shared.convert.ms_ckpt)."""
-    from .ms_ckpt import write_ckpt
+    `mindspore.save_checkpoint` writes for its parameters, written as data (shared.ms_ckpt)."""
+    from ..ms_ckpt import write_ckpt
 
     return write_ckpt(path, export_mindcv(cfg, state).items(), overwrite=overwrite)

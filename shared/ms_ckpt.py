@@ -32,11 +32,11 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .. import limits as L
-from .. import weights as W
-from ..config import ViTConfig
-from ..errors import ConfigError, InvalidFileError, MismatchError
-from ..fileio import atomic_write
+from . import limits as L
+from . import weights as W
+from .config import ViTConfig
+from .errors import ConfigError, InvalidFileError, MismatchError
+from .fileio import atomic_write
 
 CONFIG_KEY = "vit_config"
 DIGEST_KEY = "vit_suite_digest"

@@ -31,12 +31,12 @@ from typing import Mapping
 
 import numpy as np
 
-from .. import limits as L
-from .. import weights as W
-from ..config import ViTConfig
-from ..errors import BackendError, ConfigError, InvalidFileError, MismatchError
-from ..fileio import atomic_write
-from ..safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_classes
+from . import limits as L
+from . import weights as W
+from .config import ViTConfig
+from .errors import BackendError, ConfigError, InvalidFileError, MismatchError
+from .fileio import atomic_write
+from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_classes
 
 #: vit_keras' registered classes (keras.saving.register_keras_serializable(package="vit_keras")): the only
 #: non-Keras classes a vit_keras `.keras` file may name

@@ -44,6 +44,9 @@ PACKAGE = "vit_keras"
 ALLOWED_CLASSES = frozenset(f"{PACKAGE}>{c}" for c in ("VisionTransformer", "DropPath", "PatchEmbed", "Attention",
                                                         "Mlp", "LayerScale", "Block", "AttentionPool"))
 MODEL_NAME = "vision_transformer"
+#: the Keras release whose files keras_layout and keras_config reproduce (conformance_tests/test_keras.py holds them
+#: against the installed Keras); metadata.json names the installed Keras, or this one where Keras is not installed
+KERAS_VERSION = "3.15.1"
 WEIGHTS_MEMBER = "model.weights.h5"
 
 
@@ -237,10 +240,14 @@ def save_weights_h5(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str,
 def save_keras(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray], *,
                overwrite: bool = True) -> Path:
     """`model.save(path)` of the model build_model(cfg, state) makes, atomically."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        keras_version = version("keras")
+    except PackageNotFoundError:
+        keras_version = KERAS_VERSION
     image = _h5_image(cfg, state, standalone=False)
-    metadata = json.dumps({"keras_version": version("keras"),
+    metadata = json.dumps({"keras_version": keras_version,
                            "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")})
     config = json.dumps(keras_config(cfg))
 

@@ -286,22 +286,14 @@ def test_family_files_round_trip_bit_exact(preset, tmp_path):
         _same(ref, BE.forward(again, x))
 
 
-def _h5_tree(data) -> list:
-    """Every group and dataset of an HDF5 file (a path or bytes): name, attributes, shape, dtype and bytes."""
-    import io
-
-    import h5py
-
-    out = []
-    with h5py.File(io.BytesIO(data) if isinstance(data, bytes) else data, "r") as f:
-        f.visititems(lambda n, o: out.append((n, dict(o.attrs), getattr(o, "shape", None), str(getattr(o, "dtype", "")),
-                                              o[()].tobytes() if isinstance(o, h5py.Dataset) else None)))
-    return out
+#: every kind of layer and variable once: separate q/k/v (T2T), pre-logits, fc_norm, the distillation token and head,
+#: LayerScale with registers, norm_pre without a patch bias, the attention pool
+FILE_PRESETS = ["tiny_t2t", "tiny_pretrain", "tiny_meanpool", "tiny_deit", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip"]
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the files are the same under every Keras "
                     "backend (test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others): one run")
-@pytest.mark.parametrize("preset", ["tiny_t2t", "tiny_pretrain", "tiny_meanpool", *helpers.FAMILY_TINY])
+@pytest.mark.parametrize("preset", FILE_PRESETS)
 def test_frameworkless_keras_files_are_keras_own(preset, tmp_path):
     """shared.keras_file (what `convert` writes and reads, without Keras) against Keras itself, in every
     kind of layer and variable: `.weights.h5` byte for byte; `.keras` the same members in the same order with the

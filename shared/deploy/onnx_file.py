@@ -28,9 +28,9 @@ import numpy as np
 from .. import limits as L
 from .. import weights as W
 from ..config import ViTConfig
-from ..errors import InvalidFileError, MismatchError, UnsupportedError
+from ..errors import InvalidFileError, MismatchError
 from ..fileio import atomic_write
-from .onnx_graph import DIGEST_KEY, GRAPH_NAME, build_graph, weights_sha256
+from .onnx_graph import DIGEST_KEY, GRAPH_NAME, build_graph, checked_bytes, weights_sha256
 
 #: the opset domains a graph of this suite uses ("" and its alias "ai.onnx": the standard operators)
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -40,10 +40,7 @@ def write_onnx(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.n
                overwrite: bool = True) -> Path:
     """Export to `path` atomically (nothing is left behind on failure); stages=True adds every stage as an output.
     A model over protobuf's 2 GiB limit is refused (external data is not written)."""
-    data = build_graph(cfg, state, stages=stages).SerializeToString()
-    if len(data) > L.MAX_ONNX_BYTES:
-        raise UnsupportedError(f"{path}: {cfg.name} is {len(data) / 2**30:.1f} GiB as ONNX, over protobuf's 2 GiB "
-                               f"limit; the exporter writes no external data (keep the canonical .safetensors)")
+    data = checked_bytes(build_graph(cfg, state, stages=stages))
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -126,10 +123,12 @@ def _tensor(tensor, directory: Path, source: str, budget: list[int]) -> np.ndarr
             raise InvalidFileError(f"{source}: initializer {tensor.name!r}: {len(raw)} external bytes, its shape "
                                    f"{shape} needs {n}")
         return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
-    a = numpy_helper.to_array(tensor)
-    if a.shape != shape:  # pragma: no cover - numpy_helper reshapes by dims
-        raise InvalidFileError(f"{source}: initializer {tensor.name!r} holds {a.shape}, dims say {shape}")
-    return np.array(a, dtype=np.float32)
+    n = int(np.prod(shape, dtype=np.int64))
+    held = len(tensor.raw_data) // 4 if tensor.HasField("raw_data") else len(tensor.float_data)
+    if held != n or (tensor.HasField("raw_data") and len(tensor.raw_data) != 4 * n):
+        raise InvalidFileError(f"{source}: initializer {tensor.name!r} holds {held} values, its shape {shape} "
+                               f"needs {n}")
+    return np.array(numpy_helper.to_array(tensor), dtype=np.float32).reshape(shape)
 
 
 def read_onnx(path: str | os.PathLike) -> tuple[ViTConfig, dict[str, np.ndarray]]:

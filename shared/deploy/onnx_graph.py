@@ -30,6 +30,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .. import limits as L
 from .. import weights as W
 from ..config import ViTConfig
 from ..errors import UnsupportedError
@@ -323,12 +324,11 @@ def stage_shapes(cfg: ViTConfig) -> dict[str, list]:
 
 
 def build_graph(cfg: ViTConfig, state: Mapping[str, np.ndarray], *, stages: bool = True, dtype: str = "float32",
-                metadata: Mapping[str, str] | None = None, check: bool = True):
+                metadata: Mapping[str, str] | None = None):
     """The ONNX model of `cfg` with the canonical `state` (validated strictly first): output `logits`, plus every
     stage of cfg.stage_names() with stages=True. dtype float16 builds the same graph in float16 (initializers,
-    constants, input and outputs; a runtime's own float16 kernels run it); the canonical initializers are then
-    float16 and only a float32 graph reads back bit-exact. onnx.checker runs on every graph (check=True)."""
-    import onnx
+    constants, input and outputs); the canonical initializers are then float16 and only a float32 graph reads back
+    bit-exact. Every export and every runtime build serializes it through `checked_bytes` (onnx.checker)."""
     from onnx import helper, numpy_helper
 
     problems = export_problems(cfg)
@@ -356,6 +356,17 @@ def build_graph(cfg: ViTConfig, state: Mapping[str, np.ndarray], *, stages: bool
     meta = {"format": W.FORMAT_NAME, "format_version": W.FORMAT_VERSION, "vit_config": cfg.to_json(),
             DIGEST_KEY: weights_sha256(cfg, state), **(metadata or {})}
     helper.set_model_props(model, meta)
-    if check:
-        onnx.checker.check_model(model, full_check=False)
     return model
+
+
+def checked_bytes(model) -> bytes:
+    """The serialized model, passed by onnx.checker (serialized once: a B/16 graph is 350 MB). A graph over
+    protobuf's 2 GiB limit is refused (the exporter writes no external data)."""
+    import onnx
+
+    data = model.SerializeToString()
+    if len(data) > L.MAX_ONNX_BYTES:
+        raise UnsupportedError(f"{model.graph.name}: {len(data) / 2**30:.1f} GiB as ONNX, over protobuf's 2 GiB "
+                               f"limit; the exporter writes no external data (keep the canonical .safetensors)")
+    onnx.checker.check_model(data, full_check=False)
+    return data

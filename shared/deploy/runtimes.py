@@ -38,7 +38,7 @@ from ..errors import UnsupportedError
 from ..init import init_weights
 from ..reference import check_images
 from .onnx_file import read_onnx, write_onnx
-from .onnx_graph import INPUT_NAME, build_graph
+from .onnx_graph import INPUT_NAME, build_graph, checked_bytes
 
 
 def thread_count() -> int:
@@ -56,13 +56,13 @@ class DeployedModel:
         self.state = state
         self.proto = build_graph(cfg, state, stages=True, dtype=backend.graph_dtype(dtype))
         self.output_names = [o.name for o in self.proto.graph.output]
-        self._runners = {tuple(cfg.image_size): backend.compile(self.proto, dtype)}
+        self._runners = {tuple(cfg.image_size): backend.compile(checked_bytes(self.proto), dtype)}
 
     def runner(self, size: tuple[int, int]):
         if size not in self._runners:
             cfg = self.config.with_image_size(size)
             proto = build_graph(cfg, self.state, stages=True, dtype=self.backend.graph_dtype(self.dtype))
-            self._runners[size] = self.backend.compile(proto, self.dtype)
+            self._runners[size] = self.backend.compile(checked_bytes(proto), self.dtype)
         return self._runners[size]
 
 
@@ -75,7 +75,8 @@ class _GraphBackend(Backend):
     def graph_dtype(self, dtype: str) -> str:
         return "float32"
 
-    def compile(self, proto, dtype: str) -> Any:  # pragma: no cover - abstract in spirit
+    def compile(self, data: bytes, dtype: str) -> Any:  # pragma: no cover - each runtime's own
+        """A runner of the serialized graph `data` computing in `dtype`."""
         raise NotImplementedError
 
     def run(self, runner: Any, x: np.ndarray) -> list[np.ndarray]:  # pragma: no cover
@@ -129,10 +130,10 @@ class OnnxRuntimeBackend(_GraphBackend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return so
 
-    def compile(self, proto, dtype: str):
+    def compile(self, data: bytes, dtype: str):
         import onnxruntime as ort
 
-        return ort.InferenceSession(proto.SerializeToString(), self.options(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, self.options(), providers=["CPUExecutionProvider"])
 
     def run(self, runner, x: np.ndarray) -> list[np.ndarray]:
         return runner.run(None, {INPUT_NAME: x})
@@ -169,13 +170,12 @@ class OpenVinoBackend(_GraphBackend):
                                    f"(AVX512-BF16 or AMX); this one offers {list(caps)}, where the bf16 hint would "
                                    f"silently run float32")
 
-    def compile(self, proto, dtype: str):
+    def compile(self, data: bytes, dtype: str):
         core = openvino_core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if dtype == "bfloat16" else "f32"}
         if thread_count():
             config["INFERENCE_NUM_THREADS"] = thread_count()
-        compiled = core.compile_model(core.read_model(io.BytesIO(proto.SerializeToString())), "CPU", config)
-        return compiled
+        return core.compile_model(core.read_model(io.BytesIO(data)), "CPU", config)
 
     def run(self, runner, x: np.ndarray) -> list[np.ndarray]:
         result = runner({INPUT_NAME: x})

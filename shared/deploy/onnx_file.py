@@ -113,8 +113,8 @@ def _tensor(tensor, directory: Path, source: str, budget: list[int]) -> np.ndarr
     from onnx import TensorProto, numpy_helper
 
     if tensor.data_type != TensorProto.FLOAT:
-        raise MismatchError(source, [f"initializer {tensor.name!r}: dtype {TensorProto.DataType.Name(tensor.data_type)}, "
-                                     f"expected FLOAT (float32)"])
+        raise MismatchError(source, [f"initializer {tensor.name!r}: ONNX data type {tensor.data_type}, expected "
+                                     f"FLOAT (float32)"])
     shape = tuple(int(d) for d in tensor.dims)
     if tensor.data_location == TensorProto.EXTERNAL:
         raw = _external_bytes(tensor, directory, source, budget)
@@ -144,8 +144,8 @@ def read_onnx(path: str | os.PathLike) -> tuple[ViTConfig, dict[str, np.ndarray]
     W.validate_metadata(meta, cfg, source)
     expected = W.expected_shapes(cfg)
     inits = {t.name: t for t in model.graph.initializer if t.name in expected}
-    specs = {k: W.TensorSpec(tuple(int(d) for d in t.dims), "float32" if t.data_type == 1 else f"onnx type {t.data_type}")
-             for k, t in inits.items()}
+    specs = {k: W.TensorSpec(tuple(int(d) for d in t.dims),
+                             "float32" if t.data_type == 1 else f"ONNX data type {t.data_type}") for k, t in inits.items()}
     W.validate_state(cfg, specs, source=source)  # keys, shapes, dtypes before any tensor is read
     budget = [0]
     directory = Path(path).parent

@@ -4,6 +4,7 @@
     onnx_file   write_onnx / read_onnx: the .onnx file, written atomically, read back safely and bit-exact
     runtimes    the `onnxruntime` and `openvino` backends: the in-memory graph (every stage an output) run by
                 ONNX Runtime's CPU execution provider and by OpenVINO's CPU plugin
+    bench       their benchmark modes: the suite's export, and timm's own torch.onnx.export as a peer
 
 A layer above the contract, like shared.convert: it imports the contract only; shared.convert (the `onnx` format
 row) and shared.cli import it.

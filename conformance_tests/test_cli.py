@@ -17,7 +17,8 @@ from shared.convert.io import read_any, write_any
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
-BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore"]  # the default check: every installed target
+# the default check: every installed target, the deployment runtimes included
+BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore", "onnxruntime", "openvino"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_check_all_backends_pass(tmp_path, tiny_file):
     for b, d in res["backends"].items():
         assert d["status"] == "pass" and d["first_failure"] is None
         assert len(d["stages"]) == len(get_preset("tiny").stage_names())
-    assert len(res["pairs"]) == 10 and all(p["passed"] for p in res["pairs"])
+    assert len(res["pairs"]) == 21 and all(p["passed"] for p in res["pairs"])
     keras_backends = {b: res["backends"][b]["meta"]["versions"]["keras_backend"] for b in BUILTIN if "keras" in b}
     assert keras_backends == {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
     page = report.read_text()

@@ -254,7 +254,7 @@ def read_ckpt_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
 
 
 # ------------------------------------------------------------------ detection (the first bytes only)
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+def read_varint(buf: bytes, i: int) -> tuple[int, int]:
     value = shift = 0
     while i < len(buf):
         b = buf[i]
@@ -276,10 +276,10 @@ def looks_like_ckpt(path: Path) -> bool:
     size = path.stat().st_size
     if buf[:1] != b"\x0a":
         return False
-    n_value, i = _read_varint(buf, 1)
+    n_value, i = read_varint(buf, 1)
     if not 0 < n_value <= size or buf[i:i + 1] != b"\x0a":
         return False
-    n_tag, j = _read_varint(buf, i + 1)
+    n_tag, j = read_varint(buf, i + 1)
     if not 0 < n_tag <= L.MAX_NAME_BYTES or j + n_tag > len(buf):
         return False
     tag = buf[j:j + n_tag]
@@ -298,10 +298,10 @@ def ckpt_names(path: str | Path, limit: int = 4096) -> list[str]:
             head = f.read(24)
             if head[:1] != b"\x0a":
                 break
-            n_value, i = _read_varint(head, 1)
+            n_value, i = read_varint(head, 1)
             if n_value <= 0 or head[i:i + 1] != b"\x0a":
                 break
-            n_tag, j = _read_varint(head, i + 1)
+            n_tag, j = read_varint(head, i + 1)
             if not 0 < n_tag <= L.MAX_NAME_BYTES:
                 break
             f.seek(pos + j)

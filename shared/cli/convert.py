@@ -53,7 +53,7 @@ def cmd_convert(args) -> int:
     stop = prove_import(c, args, src_fmt, cfg, state)
     if stop is not None:
         return stop
-    write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force)
+    write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force, stages=args.stages)
     c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters",
             markup=False)
     told = cfg.notes.find("what the file does not determine")  # a timm import says who stated each open fact
@@ -118,6 +118,9 @@ def add_parser(sub) -> None:
                         "refused by name); for a mindcv .ckpt also a mindcv model name (vit_b_16_224, ...)")
     v.add_argument("--image-size", help="HxW: the input size to convert for; the learned position table is resampled "
                         "to it (a timm state dict's table is read at this size when its row count fits it)")
+    v.add_argument("--stages", action="store_true",
+                   help="ONNX: every named stage (patch_embed, embed, block_i, norm, pre_logits) as an extra graph "
+                        "output beside logits, so a runtime's divergence is located by stage")
     v.add_argument("--pool", choices=["token", "avg", "map"],
                    help="timm state dicts: the pooling the file cannot tell (a class token and no attention pool): "
                         "'token' (class token) or 'avg' (timm's mean of the patch tokens)")

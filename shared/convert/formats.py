@@ -9,18 +9,18 @@ from ..backend import is_available, runs_in_this_process
 from .. import limits as L
 from ..errors import InvalidFileError
 from ..safeio import check_zip, load_json, read_json_file
-from ..ms_ckpt import ckpt_names, looks_like_ckpt
+from ..ms_ckpt import ckpt_names, looks_like_ckpt, read_varint
 
 #: every format `vit-suite convert` reads or writes
 FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore", "torchvision", "bigvision",
-           "kerashub", "mindcv")
+           "kerashub", "mindcv", "onnx")
 #: the backends that read and write each native format, preferred first
 NATIVE_BACKENDS = {"torch": ("torch",), "keras": ("keras", "keras-jax", "keras-torch"),
                    "keras-h5": ("keras", "keras-jax", "keras-torch"), "mindspore": ("mindspore",)}
 #: default suffix when writing each format
 SUFFIX = {"canonical": ".safetensors", "timm": ".safetensors", "hf": "", "torch": ".pt", "keras": ".keras",
           "keras-h5": ".weights.h5", "mindspore": ".ckpt", "torchvision": ".pth", "bigvision": ".npz", "kerashub": "",
-          "mindcv": ".ckpt"}
+          "mindcv": ".ckpt", "onnx": ".onnx"}
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -69,6 +69,15 @@ def _safetensors_kind(path: Path) -> str | None:
         return "torchvision"
     # a torch-backend native safetensors state dict has canonical names but no config: timm layout
     return "timm"
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto: field 1 (ir_version, a small varint) first, then another ModelProto field's tag
+    (producer_name 2, producer_version 3, domain 4, model_version 5, doc_string 6, graph 7, opset_import 8)."""
+    if head[:1] != b"\x08":
+        return False
+    ir, i = read_varint(head, 1)
+    return 1 <= ir <= 64 and head[i:i + 1] in (b"\x12", b"\x1a", b"\x22", b"\x28", b"\x32", b"\x3a", b"\x42")
 
 
 # torchvision's signature keys, as the pickle of a torch.save'd state dict spells them (never unpickled here)
@@ -139,6 +148,8 @@ def detect_format(path: str | Path) -> str:
     if head[:1] == b"\x80":
         # legacy (non-zip) torch.save; read only with weights_only=True
         return "torchvision" if _torch_pickle_is_torchvision(path, None) else "torch"
+    if _looks_like_onnx(head):
+        return "onnx"
     if looks_like_ckpt(path):
         # without vit-suite's digest record, a ViT's parameter names make it a foreign (mindcv) checkpoint
         names = ckpt_names(path)

@@ -164,15 +164,21 @@ def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | s
     return get_preset(name)
 
 
-def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> None:
+def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False,
+              stages: bool = False) -> None:
     """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically; an existing `dst` is replaced
     only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost).
     timm: a `dst` without a suffix is a timm hub directory; `.pt`/`.pth`/`.bin` a torch state dict (torch.save, what
     `torch.load(weights_only=True)` reads), any other suffix a safetensors state dict. The writer is the format's
-    row of TABLE."""
+    row of TABLE. onnx: the suite's own graph (shared.deploy), `stages` adding every named stage as an output."""
     writer = TABLE[fmt].write if fmt in TABLE else None
     if writer is None:
         raise UsageError(f"unknown target format {fmt!r}; known: {', '.join(FORMATS)}")
+    if stages and fmt != "onnx":
+        raise UsageError(f"--stages adds graph outputs to an ONNX export; {dst} is written as {fmt!r}")
+    if stages:
+        _write_onnx(dst, fmt, cfg, state, overwrite, stages=True)
+        return
     writer(dst, fmt, cfg, state, overwrite)
 
 
@@ -234,6 +240,18 @@ def _write_mindspore(dst, fmt, cfg, state, overwrite):
     save_suite_ckpt(cfg, state, dst, overwrite=overwrite)
 
 
+def _read_onnx(src, fmt, cfg_hint, image_size, stated):
+    from ..deploy.onnx_file import read_onnx
+
+    return read_onnx(src)
+
+
+def _write_onnx(dst, fmt, cfg, state, overwrite, stages: bool = False):
+    from ..deploy.onnx_file import write_onnx
+
+    write_onnx(dst, cfg, state, stages=stages, overwrite=overwrite)
+
+
 def _write_native(dst, fmt, cfg, state, overwrite):
     """A backend's own file, through the backend's save_native inside one atomic writer."""
     if not overwrite and Path(dst).exists():
@@ -270,7 +288,7 @@ def target_format(dst: str, to: str | None = None) -> str:
     if name.endswith(".weights.h5"):
         return "keras-h5"
     for suffix, fmt in ((".keras", "keras"), (".ckpt", "mindspore"), (".pt", "torch"), (".pth", "torch"),
-                        (".safetensors", "canonical")):
+                        (".safetensors", "canonical"), (".onnx", "onnx")):
         if name.endswith(suffix):
             return fmt
     if not Path(dst).suffix:
@@ -304,6 +322,12 @@ def _problems(module: str, name: str):
     return problems
 
 
+def _onnx_problems(cfg: ViTConfig, state: dict | None = None) -> list[str]:
+    from ..deploy.onnx_graph import export_problems
+
+    return export_problems(cfg, state)
+
+
 @dataclass(frozen=True)
 class Format:
     """One format's row: its reader (src, fmt, preset or its hint, image_size, stated facts) -> (config, canonical
@@ -330,4 +354,5 @@ TABLE: dict[str, Format] = {
     "bigvision": Format(_read_bigvision, _write_bigvision, sized_by_importer=True),
     "kerashub": Format(_read_foreign, _write_kerashub, _problems("kerashub", "_kerashub_problems")),
     "mindcv": Format(_read_foreign, _write_mindcv, _problems("mindcv", "_mindcv_problems")),
+    "onnx": Format(_read_onnx, _write_onnx, _onnx_problems),
 }

@@ -7,7 +7,9 @@ KERAS_BACKEND once per process, so this process runs Keras on TensorFlow (`keras
 runs the Keras matrix again in a process per other Keras backend (`keras-jax`, `keras-torch`). A registered backend that
 is not installed FAILS its tests: CI must run all of them. `primary_backend` leaves the variants out, for what a
 variant shares with its primary by construction (files, validation, the training loop), `variant` is every
-registered variant (each is compared with its primary backend), `backend_pair` every unordered pair.
+registered variant (each is compared with its primary backend), `backend_pair` every unordered pair. The deployment
+runtimes (onnxruntime, openvino: inference only, no training hooks) are not in this matrix unless `--backends` names
+them: test_deploy.py runs every tiny and seed preset on them.
 
 Import order is deliberate, not luck: TensorFlow imported before MindSpore aborts the process (both register
 the same LLVM option), the other order works. The whole suite runs in one process, so MindSpore (when
@@ -47,10 +49,10 @@ def pytest_addoption(parser):
 
 
 def _selected(config) -> list[str]:
-    from shared.backend import backend_names, runs_in_this_process
+    from shared.backend import backend_names, is_runtime, runs_in_this_process
 
     opt = config.getoption("--backends")
-    return opt.split(",") if opt else [n for n in backend_names() if runs_in_this_process(n)]
+    return opt.split(",") if opt else [n for n in backend_names() if runs_in_this_process(n) and not is_runtime(n)]
 
 
 def pytest_generate_tests(metafunc):

@@ -17,7 +17,8 @@ from shared.convert.io import read_any, write_any
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
-BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore"]  # the default check: every installed target
+# the default check: every installed target, the deployment runtimes included
+BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore", "onnxruntime", "openvino"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_check_all_backends_pass(tmp_path, tiny_file):
     for b, d in res["backends"].items():
         assert d["status"] == "pass" and d["first_failure"] is None
         assert len(d["stages"]) == len(get_preset("tiny").stage_names())
-    assert len(res["pairs"]) == 10 and all(p["passed"] for p in res["pairs"])
+    assert len(res["pairs"]) == 21 and all(p["passed"] for p in res["pairs"])
     keras_backends = {b: res["backends"][b]["meta"]["versions"]["keras_backend"] for b in BUILTIN if "keras" in b}
     assert keras_backends == {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
     page = report.read_text()
@@ -136,6 +137,30 @@ def test_convert_between_every_pair_is_bit_exact(tmp_path, src, dst):
     assert set(back) == set(state)
     assert all(np.array_equal(back[k], state[k]) for k in state)
     assert cfg2.stage_names() == cfg.stage_names()
+
+
+#: run in a fresh process: every conversion to and from the Keras and MindSpore files, then the frameworks it imported
+_NO_FRAMEWORK = """
+import sys
+from shared.cli import main
+src, d = sys.argv[1], sys.argv[2]
+for name, back in (("m.keras", []), ("m.weights.h5", ["--preset", "tiny"]), ("m.ckpt", [])):
+    assert main(["convert", src, f"{d}/{name}"]) == 0
+    assert main(["convert", f"{d}/{name}", f"{d}/{name}.safetensors", *back]) == 0
+print(sorted(m for m in ("tensorflow", "keras", "mindspore", "torch", "jax") if m in sys.modules))
+"""
+
+
+def test_convert_to_and_from_keras_and_mindspore_files_imports_no_framework(tmp_path, tiny_file):
+    """`.keras`, `.weights.h5` and `.ckpt` are written and read as data: neither Keras (nor TensorFlow) nor MindSpore
+    (nor torch) is imported, and the round trip is bit-exact."""
+    r = subprocess.run([sys.executable, "-c", _NO_FRAMEWORK, str(tiny_file), str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", r.stdout[-2000:] + r.stderr[-2000:]
+    cfg, state = W.load(tiny_file)
+    for name in ("m.keras", "m.weights.h5", "m.ckpt"):
+        cfg2, back = W.load(tmp_path / f"{name}.safetensors")
+        assert cfg2 == cfg and set(back) == set(state) and all(np.array_equal(back[k], state[k]) for k in state)
 
 
 def test_convert_detects_format_from_content_not_extension(tmp_path):

@@ -289,6 +289,44 @@ def test_family_files_round_trip_bit_exact(preset, tmp_path):
         _same(ref, BE.forward(again, x))
 
 
+#: every kind of layer and variable once: separate q/k/v (T2T), pre-logits, fc_norm, the distillation token and head,
+#: LayerScale with registers, norm_pre without a patch bias, the attention pool
+FILE_PRESETS = ["tiny_t2t", "tiny_pretrain", "tiny_meanpool", "tiny_deit", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the files are the same under every Keras "
+                    "backend (test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others): one run")
+@pytest.mark.parametrize("preset", FILE_PRESETS)
+def test_frameworkless_keras_files_are_keras_own(preset, tmp_path):
+    """shared.keras_file (what `convert` writes and reads, without Keras) against Keras itself, in every
+    kind of layer and variable: `.weights.h5` byte for byte; `.keras` the same members in the same order with the
+    same zip fields, config.json and model.weights.h5 byte for byte (metadata.json differs in its date only); Keras
+    loads the files (load_model safe_mode=True, load_weights) bit-exactly, and the frameworkless reader reads
+    Keras' files to the same tensors and config."""
+    from shared import keras_file as KF
+    from vit_keras.convert import save_weights_h5
+
+    cfg, state, _ = helpers.case(preset)
+    m = BE.build(cfg, state)
+    fw_k, fw_h = save_keras(m, tmp_path / "fw.keras"), save_weights_h5(m, tmp_path / "fw.weights.h5")
+    nf_k, nf_h = KF.save_keras(tmp_path / "nf.keras", cfg, state), KF.save_weights_h5(tmp_path / "nf.weights.h5", cfg, state)
+    assert nf_h.read_bytes() == fw_h.read_bytes()
+    with zipfile.ZipFile(fw_k) as a, zipfile.ZipFile(nf_k) as b:
+        fields = [[(i.filename, i.compress_type, i.file_size, i.external_attr, i.create_system, i.create_version,
+                    i.extract_version, i.flag_bits, i.extra) for i in z.infolist()] for z in (a, b)]
+        assert fields[0] == fields[1]
+        assert [i.filename for i in b.infolist()] == ["metadata.json", "config.json", "model.weights.h5"]
+        assert a.read("config.json") == b.read("config.json")
+        assert a.read("model.weights.h5") == b.read("model.weights.h5")
+        meta = [json.loads(z.read("metadata.json")) for z in (a, b)]
+        assert meta[1]["keras_version"] == keras.__version__ and meta[0].keys() == meta[1].keys()
+    # Keras loads the frameworkless files; the frameworkless reader loads Keras' files
+    for back in (BE.export(load_keras(nf_k)), BE.export(load_weights_h5(nf_h, cfg)),
+                 KF.load_keras(fw_k)[1], KF.load_weights_h5(fw_h, cfg)[1]):
+        assert set(back) == set(state) and all(np.array_equal(back[k], state[k]) for k in state)
+    assert KF.load_keras(fw_k)[0] == cfg
+
+
 def test_registered_layer_classes_are_allowed_in_keras_files():
     """The `.keras` allow-list is exactly the classes vit_keras registers, so a layer added later cannot be left
     off it."""

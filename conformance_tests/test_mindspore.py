@@ -324,6 +324,42 @@ def _bad_state(kind):
     raise ValueError(kind)
 
 
+def test_frameworkless_ckpt_is_mindspores_own(tmp_path, monkeypatch):
+    """shared.ms_ckpt (the backend's .ckpt, and what `convert` writes and reads, without MindSpore) against
+    MindSpore itself: `mindspore.save_checkpoint` writes the same bytes (the suite's file with its string records;
+    scalars, integer and float16 tensors; a tensor saved in slices), `mindspore.load_checkpoint` reads the
+    frameworkless files to the same tensors and records, and the frameworkless reader reads MindSpore's files."""
+    from mindspore.train import serialization
+
+    from shared import ms_ckpt
+
+    cfg, state, _ = helpers.case("tiny_deit3")
+    nf = ms_ckpt.save_suite_ckpt(cfg, state, tmp_path / "nf.ckpt")
+    arrays = [(k, np.ascontiguousarray(state[k])) for k in W.expected_shapes(cfg)]
+    records = {ms_ckpt.FORMAT_KEY: f"{W.FORMAT_NAME}/{W.FORMAT_VERSION}", ms_ckpt.CONFIG_KEY: cfg.to_json(),
+               ms_ckpt.DIGEST_KEY: ms_ckpt.digest(arrays)}
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(a)} for k, a in arrays], str(tmp_path / "fw.ckpt"),
+                       append_dict=dict(records))
+    assert nf.read_bytes() == (tmp_path / "fw.ckpt").read_bytes()
+    loaded = ms.load_checkpoint(str(nf))
+    assert list(loaded) == [k for k, _ in arrays] + list(records)
+    assert all(loaded[k] == v for k, v in records.items())
+    assert all(np.array_equal(loaded[k].asnumpy(), a) and loaded[k].asnumpy().dtype == a.dtype for k, a in arrays)
+    # other dtypes, a scalar, a string with non-ASCII text, and slicing (SLICE_SIZE made small on both sides)
+    monkeypatch.setattr(serialization, "SLICE_SIZE", 1)  # KiB
+    monkeypatch.setattr(ms_ckpt, "SLICE_BYTES", 1024)
+    odd = {"scalar": np.array(3.5, np.float32), "ints": np.arange(6, dtype=np.int32).reshape(2, 3),
+           "half": np.linspace(-2, 2, 5).astype(np.float16), "long": np.arange(700, dtype=np.float64).reshape(7, 100)}
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in odd.items()], str(tmp_path / "fw2.ckpt"),
+                       append_dict={"text": "größe ∞"})
+    nf2 = ms_ckpt.write_ckpt(tmp_path / "nf2.ckpt", [*odd.items(), ("text", "größe ∞")])
+    assert nf2.read_bytes() == (tmp_path / "fw2.ckpt").read_bytes()
+    tensors, strings = ms_ckpt.read_ckpt_file(tmp_path / "fw2.ckpt")
+    assert strings == {"text": "größe ∞"} and list(tensors) == list(odd)
+    assert all(np.array_equal(tensors[k], v) and tensors[k].dtype == v.dtype and tensors[k].shape == v.shape
+               for k, v in odd.items())
+
+
 @pytest.mark.parametrize("kind", ["missing", "extra", "shape", "dtype"])
 def test_mismatched_ckpt_fails_naming_the_parameter(tmp_path, kind):
     cfg, st, key = _bad_state(kind)

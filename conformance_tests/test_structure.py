@@ -1,7 +1,8 @@
 """The structure the project promises its contributors: one-way layers, no import circle, three mirror images.
 
-Layers (README, "Layout"): the contract at the bottom of shared/ imports only itself; shared.convert,
-shared.training and shared.testing import the contract (and themselves); shared.cli may import all of those;
+Layers (README, "Layout"): the contract at the bottom of shared/ imports only itself; shared.deploy (the ONNX export
+and the runtimes), shared.training and shared.testing import the contract (and themselves); shared.convert imports the
+contract and shared.deploy (its `onnx` format row); shared.cli may import all of those;
 a backend package imports only the contract and shared.training. Nothing in the product imports shared.cli or
 conformance_tests, and the tool reaches a framework only through the backend registry. Imports are read from
 the source with `ast` (function-level imports included: a lazy import is still a dependency, and so is an import
@@ -29,7 +30,7 @@ PRODUCT = ("shared", "vit_torch", "vit_keras", "vit_mindspore")
 BACKEND_PACKAGES = {"torch": "vit_torch", "keras": "vit_keras", "mindspore": "vit_mindspore"}
 CONTRACT = {"shared", "shared.errors", "shared.config", "shared.presets", "shared.reference", "shared.posemb",
             "shared.weights", "shared.init", "shared.tolerances", "shared.backend", "shared.bench",
-            "shared.limits", "shared.safeio", "shared.fileio"}
+            "shared.limits", "shared.safeio", "shared.fileio", "shared.keras_file", "shared.ms_ckpt"}
 
 
 def _module_name(path: Path) -> str:
@@ -68,7 +69,7 @@ def _layer(module: str) -> str:
         return "tests"
     if module in CONTRACT:
         return "contract"
-    for layer in ("shared.cli", "shared.convert", "shared.training", "shared.testing"):
+    for layer in ("shared.cli", "shared.convert", "shared.deploy", "shared.training", "shared.testing"):
         if module == layer or module.startswith(layer + "."):
             return layer
     return module.split(".")[0]  # a backend package
@@ -76,10 +77,11 @@ def _layer(module: str) -> str:
 
 ALLOWED = {
     "contract": {"contract"},
-    "shared.convert": {"contract", "shared.convert"},
+    "shared.deploy": {"contract", "shared.deploy"},
+    "shared.convert": {"contract", "shared.deploy", "shared.convert"},
     "shared.training": {"contract", "shared.training"},
     "shared.testing": {"contract"},
-    "shared.cli": {"contract", "shared.convert", "shared.training", "shared.testing", "shared.cli"},
+    "shared.cli": {"contract", "shared.convert", "shared.deploy", "shared.training", "shared.testing", "shared.cli"},
     **{pkg: {"contract", "shared.training", pkg} for pkg in BACKEND_PACKAGES.values()},
 }
 

@@ -26,7 +26,9 @@ backend in a process of its own, with the environment `backend_env(name)` it nee
 `keras` (TensorFlow), `keras-jax` and `keras-torch`, is a backend of its own because Keras reads KERAS_BACKEND
 once per process). A *variant* is a configuration of another backend (explicit attention, PyNative mode, ...),
 registered under its own name: it is in the conformance matrix and can be checked by name
-(`vit-suite check --backends torch-explicit`), but the default `check` runs the primary backends only.
+(`vit-suite check --backends torch-explicit`), but the default `check` runs the primary backends only. The
+deployment runtimes (`onnxruntime`, `openvino`: RUNTIMES, shared/deploy) are primary backends that run the suite's
+own ONNX export of the model, inference only.
 Third parties register through the entry-point group `vit_suite.backends`, or in-process with
 `register_backend(name, cls)`:
 
@@ -221,7 +223,13 @@ _BUILTIN: dict[str, tuple[str, tuple[str, ...], str | None, dict[str, str]]] = {
                   {"KERAS_BACKEND": "tensorflow"}),
     "mindspore-pynative": ("vit_mindspore.backend:MindSporePyNativeBackend", ("mindspore",), "mindspore", {}),
     "mindspore-expm1": ("vit_mindspore.backend:MindSporeExpm1Backend", ("mindspore",), "mindspore", {}),
+    "onnxruntime": ("shared.deploy.runtimes:OnnxRuntimeBackend", ("onnxruntime", "onnx"), None, {}),
+    "openvino": ("shared.deploy.runtimes:OpenVinoBackend", ("openvino", "onnx"), None, {}),
 }
+#: the deployment runtimes: primary backends that run the suite's exported graph (shared/deploy), inference only
+#: (no training or gradient hooks: those report unsupported). The default `check` runs them when installed; the
+#: framework backends' conformance matrix (conformance_tests/conftest.py) leaves them out, test_deploy.py covers them.
+RUNTIMES = ("onnxruntime", "openvino")
 _REGISTRY: dict[str, str | type[Backend]] = {name: entry[0] for name, entry in _BUILTIN.items()}
 #: variant -> the primary backend it is a configuration of (known without importing anything)
 _VARIANTS: dict[str, str] = {name: entry[2] for name, entry in _BUILTIN.items() if entry[2]}
@@ -269,6 +277,11 @@ def _resolve(name: str) -> type[Backend]:
             raise BackendError(f"backend {name!r} is not available: {e} (install the '{name}' extra)") from None
         _REGISTRY[name] = target
     return target
+
+
+def is_runtime(name: str) -> bool:
+    """Whether a registered backend is a deployment runtime (RUNTIMES: inference only). Imports nothing."""
+    return name in RUNTIMES
 
 
 def variant_of(name: str) -> str | None:

@@ -58,6 +58,16 @@ MAX_ZIP_RATIO = 50
 ZIP_RATIO_FLOOR = 16 * 2**20
 #: the most an archive may claim uncompressed, whatever its size (weights at MAX_PARAMETERS, plus room)
 MAX_ARCHIVE_UNCOMPRESSED = 20 * 2**30
+#: the largest .onnx file read or written: protobuf's own 2 GiB limit (bigger models keep external data)
+MAX_ONNX_BYTES = 2**31 - 1
+#: the most external data one .onnx may reference, in all (weights at MAX_PARAMETERS, plus room)
+MAX_ONNX_EXTERNAL_BYTES = 20 * 2**30
+
+#: a tensor file's records (a MindSpore checkpoint's Values, a Keras weights file's datasets): the most of them, the
+#: longest name, the most dimensions of one tensor
+MAX_TENSORS = 100_000
+MAX_NAME_BYTES = 1_024
+MAX_NDIM = 32
 
 # ------------------------------------------------------------------ messages
 #: an error lists at most this many problems, then "... and N more"

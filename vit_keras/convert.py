@@ -1,4 +1,6 @@
-"""The native weight files of the Keras backend: `.keras` (safe mode, classes checked) and `.weights.h5`.
+"""The native weight files of the Keras backend: `.keras` (safe mode, classes checked) and `.weights.h5`, saved and
+loaded by Keras from a model (any dtype policy or data format). `vit-suite convert` reads and writes the same files
+as data, without Keras (shared.keras_file, the float32 channels_last model's bytes).
 
 Canonical dicts (timm layout) go in and out of a model through model.py's `load_canonical` / `to_canonical`.
 """
@@ -12,11 +14,10 @@ from pathlib import Path
 import keras
 
 from shared.config import ViTConfig
-from shared.errors import ConfigError, InvalidFileError, MismatchError
+from shared.errors import InvalidFileError, MismatchError
 from shared.fileio import atomic_write, work_dir
-from shared.safeio import load_json, read_zip_member, refuse_unsafe_keras_classes
+from shared import keras_file
 
-from .layers import LAYER_CLASSES
 from .model import VisionTransformer, new_model
 
 
@@ -49,25 +50,15 @@ def save_weights_h5(model: VisionTransformer, path) -> Path:
     return atomic_write(path, lambda p: _write_weights_h5(model, p))
 
 
-#: the only non-Keras classes a vit_keras `.keras` file may name: the ones vit_keras registers
-ALLOWED_CLASSES = frozenset(keras.saving.get_registered_name(c) for c in (VisionTransformer, *LAYER_CLASSES))
+#: the only non-Keras classes a vit_keras `.keras` file may name: the ones vit_keras registers (one list, in
+#: shared.keras_file, which reads these files as data)
+ALLOWED_CLASSES = keras_file.ALLOWED_CLASSES
 
 
 def _scan_keras_config(path: Path) -> None:
-    """Refuse a `.keras` file whose config holds a Lambda layer or a class not registered by vit_keras."""
-    # the archive's sizes are checked (a zip bomb is refused) and config.json is read bounded, nesting included
-    config = load_json(read_zip_member(path, "config.json", ".keras file"), f"{path}: config.json")
-    refuse_unsafe_keras_classes(config, ALLOWED_CLASSES, str(path))
-    # the model's ViTConfig is type-checked and held to the limits before Keras builds anything (depth 1e6 costs
-    # nothing to refuse)
-    inner = config.get("config") if isinstance(config, dict) else None
-    vit = inner.get("config") if isinstance(inner, dict) else None
-    if not isinstance(vit, dict) or config.get("registered_name") != "vit_keras>VisionTransformer":
-        raise InvalidFileError(f"{path}: config.json does not describe a vit_keras VisionTransformer")
-    try:
-        ViTConfig.from_dict(vit)
-    except ConfigError as e:
-        raise InvalidFileError(f"{path}: invalid model config in config.json: {e}") from None
+    """Refuse a `.keras` file whose config holds a Lambda layer or a class not registered by vit_keras, or whose
+    ViTConfig is invalid or over the limits, before Keras builds anything (shared.keras_file)."""
+    keras_file.read_keras_config(path)
 
 
 def load_keras(path, *, expect: ViTConfig | None = None) -> VisionTransformer:

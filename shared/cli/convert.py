@@ -17,8 +17,8 @@ from .. import limits as L
 from .. import fileio as F
 from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
-from ..convert.formats import FORMATS, detect_format, native_backend
-from ..convert.io import read_any, target_format, write_any
+from ..convert.formats import FORMATS, detect_format
+from ..convert.io import frameworks_needed, read_any, target_format, write_any
 from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
 from .common import claim_output, console, esc, float_arg, int_arg, parse_size
 
@@ -47,13 +47,13 @@ def cmd_convert(args) -> int:
     src_fmt = args.from_ or detect_format(args.src)
     dst_fmt = target_format(args.dst, args.to)
     claim_output(args.dst, "DST", force=args.force, inputs=(args.src,))
-    import_frameworks_in_safe_order([native_backend(src_fmt) or "", native_backend(dst_fmt) or ""])
+    import_frameworks_in_safe_order(frameworks_needed(src_fmt, dst_fmt))
     c = console()
     cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size), **stated_facts(args))
     stop = prove_import(c, args, src_fmt, cfg, state)
     if stop is not None:
         return stop
-    write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force)
+    write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force, stages=args.stages)
     c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters",
             markup=False)
     told = cfg.notes.find("what the file does not determine")  # a timm import says who stated each open fact
@@ -118,6 +118,9 @@ def add_parser(sub) -> None:
                         "refused by name); for a mindcv .ckpt also a mindcv model name (vit_b_16_224, ...)")
     v.add_argument("--image-size", help="HxW: the input size to convert for; the learned position table is resampled "
                         "to it (a timm state dict's table is read at this size when its row count fits it)")
+    v.add_argument("--stages", action="store_true",
+                   help="ONNX: every named stage (patch_embed, embed, block_i, norm, pre_logits) as an extra graph "
+                        "output beside logits, so a runtime's divergence is located by stage")
     v.add_argument("--pool", choices=["token", "avg", "map"],
                    help="timm state dicts: the pooling the file cannot tell (a class token and no attention pool): "
                         "'token' (class token) or 'avg' (timm's mean of the patch tokens)")

@@ -1,8 +1,9 @@
 """Every peer format as pure dict-to-dict functions, format detection from bytes, and read/write of any format.
 
 Everything here works on plain dicts of NumPy arrays; no deep-learning framework is imported (torch only to
-read a .pt/.pth/.bin file when it happens to be installed; a backend's own native files are read and written
-through its `Backend`):
+read a .pt/.pth/.bin file when it happens to be installed; the torch backend's `.pt` is written through its
+`Backend`, the Keras and MindSpore backends' `.keras`, `.weights.h5` and `.ckpt` as data by shared.keras_file and
+shared.ms_ckpt):
 
   import_timm(state, preset=..., timm_config=..., image_size=...) -> (ViTConfig, canonical state)
   export_timm(cfg, state) -> timm state dict;  timm_model_kwargs(cfg) -> timm.create_model kwargs

@@ -9,17 +9,18 @@ from ..backend import is_available, runs_in_this_process
 from .. import limits as L
 from ..errors import InvalidFileError
 from ..safeio import check_zip, load_json, read_json_file
+from ..ms_ckpt import ckpt_names, looks_like_ckpt, read_varint
 
 #: every format `vit-suite convert` reads or writes
 FORMATS = ("canonical", "timm", "hf", "torch", "keras", "keras-h5", "mindspore", "torchvision", "bigvision",
-           "kerashub", "mindcv")
+           "kerashub", "mindcv", "onnx")
 #: the backends that read and write each native format, preferred first
 NATIVE_BACKENDS = {"torch": ("torch",), "keras": ("keras", "keras-jax", "keras-torch"),
                    "keras-h5": ("keras", "keras-jax", "keras-torch"), "mindspore": ("mindspore",)}
 #: default suffix when writing each format
 SUFFIX = {"canonical": ".safetensors", "timm": ".safetensors", "hf": "", "torch": ".pt", "keras": ".keras",
           "keras-h5": ".weights.h5", "mindspore": ".ckpt", "torchvision": ".pth", "bigvision": ".npz", "kerashub": "",
-          "mindcv": ".ckpt"}
+          "mindcv": ".ckpt", "onnx": ".onnx"}
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -70,36 +71,13 @@ def _safetensors_kind(path: Path) -> str | None:
     return "timm"
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while i < len(buf):
-        b = buf[i]
-        value |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            return value, i
-        shift += 7
-    return -1, i
-
-
-def _looks_like_mindspore_ckpt(path: Path) -> bool:
-    """MindSpore's Checkpoint protobuf: repeated Value(1) { string tag = 1; TensorProto tensor = 2 }.
-
-    The file opens with 0x0a <len of first Value> 0x0a <len of its tag> <printable parameter name>.
-    """
-    with open(path, "rb") as f:
-        buf = f.read(1100)
-    size = path.stat().st_size
-    if buf[:1] != b"\x0a":
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto: field 1 (ir_version, a small varint) first, then another ModelProto field's tag
+    (producer_name 2, producer_version 3, domain 4, model_version 5, doc_string 6, graph 7, opset_import 8)."""
+    if head[:1] != b"\x08":
         return False
-    n_value, i = _varint(buf, 1)
-    if not 0 < n_value <= size or buf[i:i + 1] != b"\x0a":
-        return False
-    n_tag, j = _varint(buf, i + 1)
-    if not 0 < n_tag <= 1024 or j + n_tag > len(buf):
-        return False
-    tag = buf[j:j + n_tag]
-    return all(32 <= c < 127 for c in tag)
+    ir, i = read_varint(head, 1)
+    return 1 <= ir <= 64 and head[i:i + 1] in (b"\x12", b"\x1a", b"\x22", b"\x28", b"\x32", b"\x3a", b"\x42")
 
 
 # torchvision's signature keys, as the pickle of a torch.save'd state dict spells them (never unpickled here)
@@ -125,30 +103,6 @@ def _is_bigvision_npz(names: list[str]) -> bool:
     """np.savez of the original ViT / big_vision parameter tree: every member an .npy named by its Flax path."""
     return bool(names) and all(n.endswith(".npy") for n in names) and any(
         n.endswith("embedding/kernel.npy") for n in names)
-
-
-def mindspore_ckpt_names(path: str | Path, limit: int = 4096) -> list[str]:
-    """The parameter (and record) names of a MindSpore checkpoint, read from its protobuf framing without MindSpore,
-    seeking past the tensor data; stops at `limit` names or at the first bytes that do not frame a Value."""
-    names: list[str] = []
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f:
-        pos = 0
-        while pos < size and len(names) < limit:
-            f.seek(pos)
-            head = f.read(24)
-            if head[:1] != b"\x0a":
-                break
-            n_value, i = _varint(head, 1)
-            if n_value <= 0 or head[i:i + 1] != b"\x0a":
-                break
-            n_tag, j = _varint(head, i + 1)
-            if not 0 < n_tag <= 1024:
-                break
-            f.seek(pos + j)
-            names.append(f.read(n_tag).decode("utf-8", "replace"))
-            pos += i + n_value
-    return names
 
 
 def detect_format(path: str | Path) -> str:
@@ -194,9 +148,11 @@ def detect_format(path: str | Path) -> str:
     if head[:1] == b"\x80":
         # legacy (non-zip) torch.save; read only with weights_only=True
         return "torchvision" if _torch_pickle_is_torchvision(path, None) else "torch"
-    if _looks_like_mindspore_ckpt(path):
+    if _looks_like_onnx(head):
+        return "onnx"
+    if looks_like_ckpt(path):
         # without vit-suite's digest record, a ViT's parameter names make it a foreign (mindcv) checkpoint
-        names = mindspore_ckpt_names(path)
+        names = ckpt_names(path)
         foreign_vit = "vit_suite_digest" not in names and any(n.startswith("blocks.0.attn.qkv.") for n in names)
         return "mindcv" if foreign_vit else "mindspore"
     raise InvalidFileError(f"{path}: unrecognised weight format (first bytes {head[:8]!r}); known: {', '.join(FORMATS)}")

@@ -3,9 +3,11 @@
     cfg, state = read_any("model.keras")                      # format detected from the bytes
     write_any("model.ckpt", "mindspore", cfg, state)           # atomically: nothing left behind on failure
 
-Peer formats (timm, Hugging Face) go through the pure converters of this package; a backend's own native
-files (.pt, .keras, .weights.h5, .ckpt) through that backend's `save_native` / `load_native`, reached by the
-registry like everything else.
+Peer formats (timm, Hugging Face) go through the pure converters of this package; the Keras and MindSpore backends'
+native files (.keras, .weights.h5, .ckpt) are read and written as data (keras_file: h5py and zipfile; ms_ckpt: the
+checkpoint protobuf), the bytes the framework writes, without importing it; the torch backend's `.pt` through its
+`save_native` / `load_native`, reached by the registry like everything else (`frameworks_needed` names the backends
+a conversion imports).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import numpy as np
 from .. import weights as W
 from ..backend import get_backend, import_frameworks_in_safe_order
 from ..config import ViTConfig
-from ..errors import BackendError, InvalidFileError, MismatchError, OutputError, SuiteError, UsageError
-from ..fileio import atomic_write, work_dir, write_dir_atomically
+from ..errors import MismatchError, OutputError, UsageError
+from ..fileio import atomic_write, write_dir_atomically
 from ..presets import get_preset
 from .common import resize_state
 from .formats import FORMATS, SUFFIX, detect_format, native_backend
@@ -98,22 +100,20 @@ def _read_torch(src, fmt, cfg_hint, image_size, stated):
         return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
 
 
-def _read_native(src, fmt, cfg_hint, image_size, stated):
-    """A backend's own file (.pt, .keras, .weights.h5, .ckpt) through that backend's load_native."""
-    be_name = native_backend(fmt)
-    import_frameworks_in_safe_order([be_name])
-    be = get_backend(be_name)
-    with work_dir("src") as tmp:
-        link = None
-        if not str(src).lower().endswith(SUFFIX[fmt]):
-            # detected from content: frameworks insist on their suffix, so give them a correctly named link
-            link = Path(tmp) / f"weights{SUFFIX[fmt]}"
-            link.symlink_to(Path(src).resolve())
-        try:
-            model = _load_native(be, fmt, str(link or src), cfg_hint)
-        except SuiteError as e:  # name the user's file, never the link in the suite's work folder
-            raise _renamed(e, str(link), str(src)) if link is not None else e from None
-    return model.config, be.export(model)
+def _read_keras(src, fmt, cfg_hint, image_size, stated):
+    """A vit_keras .keras (its config; --preset serves nothing) or .weights.h5 (the config from --preset), as data."""
+    from ..keras_file import load_keras, load_weights_h5
+
+    if fmt == "keras-h5":
+        return load_weights_h5(src, cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
+    return load_keras(src)
+
+
+def _read_mindspore(src, fmt, cfg_hint, image_size, stated):
+    """The MindSpore backend's .ckpt, as data: its own config, or --preset's for a file that records none."""
+    from ..ms_ckpt import load_suite_ckpt
+
+    return load_suite_ckpt(src, None, default=cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
 
 
 def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
@@ -143,27 +143,6 @@ def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
     return read_any(src, fmt)[1]
 
 
-def _load_native(be, fmt: str, src: str, cfg_hint: ViTConfig | None):
-    if fmt == "keras-h5":  # weights only: the config must come from --preset
-        return be.load_native(src, cfg_hint)
-    try:  # .keras and our .ckpt carry their config; --preset serves files that carry none
-        return be.load_native(src, None)
-    except (InvalidFileError, BackendError):
-        if cfg_hint is None:
-            raise
-        return be.load_native(src, cfg_hint)
-
-
-def _renamed(e: SuiteError, old: str, new: str) -> SuiteError:
-    """The same error, with every mention of `old` (a link the suite made) replaced by `new` (the user's file)."""
-    if isinstance(e, MismatchError):
-        return MismatchError(e.source.replace(old, new), [p.replace(old, new) for p in e.problems])
-    try:
-        return type(e)(str(e).replace(old, new))
-    except TypeError:
-        return e
-
-
 def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | str | None:
     """A config, a suite preset, or a mindcv model name (its files' --preset, which `convert --verify` passes on).
     Any other name timm knows is kept as a name for a timm state dict (the importer resolves it by timm's own
@@ -185,15 +164,21 @@ def _preset_hint(name: str | ViTConfig, fmt: str | None = None) -> ViTConfig | s
     return get_preset(name)
 
 
-def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False) -> None:
+def write_any(dst: str, fmt: str, cfg: ViTConfig, state: dict, *, overwrite: bool = False,
+              stages: bool = False) -> None:
     """Write (config, canonical state) in format `fmt` (one of FORMATS), atomically; an existing `dst` is replaced
     only with overwrite=True (single files are then created exclusively, so a concurrent writer cannot be lost).
     timm: a `dst` without a suffix is a timm hub directory; `.pt`/`.pth`/`.bin` a torch state dict (torch.save, what
     `torch.load(weights_only=True)` reads), any other suffix a safetensors state dict. The writer is the format's
-    row of TABLE."""
+    row of TABLE. onnx: the suite's own graph (shared.deploy), `stages` adding every named stage as an output."""
     writer = TABLE[fmt].write if fmt in TABLE else None
     if writer is None:
         raise UsageError(f"unknown target format {fmt!r}; known: {', '.join(FORMATS)}")
+    if stages and fmt != "onnx":
+        raise UsageError(f"--stages adds graph outputs to an ONNX export; {dst} is written as {fmt!r}")
+    if stages:
+        _write_onnx(dst, fmt, cfg, state, overwrite, stages=True)
+        return
     writer(dst, fmt, cfg, state, overwrite)
 
 
@@ -242,6 +227,31 @@ def _write_mindcv(dst, fmt, cfg, state, overwrite):
     save_mindcv_ckpt(dst, cfg, state, overwrite=overwrite)
 
 
+def _write_keras(dst, fmt, cfg, state, overwrite):
+    """What vit_keras' save_native writes for build_model(cfg, state), as data."""
+    from ..keras_file import save_keras, save_weights_h5
+
+    (save_weights_h5 if fmt == "keras-h5" else save_keras)(dst, cfg, state, overwrite=overwrite)
+
+
+def _write_mindspore(dst, fmt, cfg, state, overwrite):
+    from ..ms_ckpt import save_suite_ckpt
+
+    save_suite_ckpt(cfg, state, dst, overwrite=overwrite)
+
+
+def _read_onnx(src, fmt, cfg_hint, image_size, stated):
+    from ..deploy.onnx_file import read_onnx
+
+    return read_onnx(src)
+
+
+def _write_onnx(dst, fmt, cfg, state, overwrite, stages: bool = False):
+    from ..deploy.onnx_file import write_onnx
+
+    write_onnx(dst, cfg, state, stages=stages, overwrite=overwrite)
+
+
 def _write_native(dst, fmt, cfg, state, overwrite):
     """A backend's own file, through the backend's save_native inside one atomic writer."""
     if not overwrite and Path(dst).exists():
@@ -263,6 +273,13 @@ def _write_native(dst, fmt, cfg, state, overwrite):
     atomic_write(dst, write, overwrite=overwrite)
 
 
+def frameworks_needed(*fmts: str) -> list[str]:
+    """The backends whose framework reading or writing these formats imports (the others are read and written as
+    data): what a conversion must import, in the safe order, before it starts."""
+    return [native_backend(f) for f in fmts
+            if f in TABLE and TABLE[f].write is _write_native]
+
+
 def target_format(dst: str, to: str | None = None) -> str:
     """The format to write `dst` in: `to` if given, else from the destination's suffix (no suffix: HF directory)."""
     if to:
@@ -271,7 +288,7 @@ def target_format(dst: str, to: str | None = None) -> str:
     if name.endswith(".weights.h5"):
         return "keras-h5"
     for suffix, fmt in ((".keras", "keras"), (".ckpt", "mindspore"), (".pt", "torch"), (".pth", "torch"),
-                        (".safetensors", "canonical")):
+                        (".safetensors", "canonical"), (".onnx", "onnx")):
         if name.endswith(suffix):
             return fmt
     if not Path(dst).suffix:
@@ -305,6 +322,12 @@ def _problems(module: str, name: str):
     return problems
 
 
+def _onnx_problems(cfg: ViTConfig, state: dict | None = None) -> list[str]:
+    from ..deploy.onnx_graph import export_problems
+
+    return export_problems(cfg, state)
+
+
 @dataclass(frozen=True)
 class Format:
     """One format's row: its reader (src, fmt, preset or its hint, image_size, stated facts) -> (config, canonical
@@ -323,12 +346,13 @@ TABLE: dict[str, Format] = {
     "timm": Format(_read_timm, _write_timm, _problems("timm", "export_problems"), sized_by_importer=True),
     "hf": Format(_read_hf, _write_hf, _problems("hf", "export_problems")),
     "torch": Format(_read_torch, _write_native),
-    "keras": Format(_read_native, _write_native),
-    "keras-h5": Format(_read_native, _write_native),
-    "mindspore": Format(_read_native, _write_native),
+    "keras": Format(_read_keras, _write_keras),
+    "keras-h5": Format(_read_keras, _write_keras),
+    "mindspore": Format(_read_mindspore, _write_mindspore),
     "torchvision": Format(_read_torchvision, _write_torchvision, _problems("torchvision", "torchvision_problems"),
                           sized_by_importer=True),
     "bigvision": Format(_read_bigvision, _write_bigvision, sized_by_importer=True),
     "kerashub": Format(_read_foreign, _write_kerashub, _problems("kerashub", "_kerashub_problems")),
     "mindcv": Format(_read_foreign, _write_mindcv, _problems("mindcv", "_mindcv_problems")),
+    "onnx": Format(_read_onnx, _write_onnx, _onnx_problems),
 }

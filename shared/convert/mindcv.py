@@ -27,11 +27,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .. import fileio as F
 from .. import weights as W
-from ..backend import import_frameworks_in_safe_order
 from ..config import ViTConfig
-from ..errors import ConversionError, InvalidFileError, MissingFactsError, UsageError
+from ..errors import ConversionError, MissingFactsError, UsageError
 from .common import family_refusals
 
 MINDCV_EPS = 1e-7  # mindspore.nn.LayerNorm's default epsilon
@@ -135,29 +133,11 @@ def mindcv_model_kwargs(cfg: ViTConfig) -> dict:
                 class_token=cfg.class_token == "learned", global_pool="avg" if cfg.fc_norm else "token")
 
 
-def _ms():
-    import_frameworks_in_safe_order(["mindspore"])
-    import mindspore
-
-    return mindspore
-
-
 def read_ckpt_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of a (foreign) MindSpore checkpoint, by MindSpore's own reader."""
-    ms = _ms()
+    """Every tensor of a (foreign) MindSpore checkpoint, read as data (shared.ms_ckpt: no MindSpore)."""
+    from ..ms_ckpt import read_ckpt_file
 
-    path = Path(path)
-    try:
-        with F.work_dir("ckpt") as tmp:
-            link = path
-            if path.suffix != ".ckpt":  # load_checkpoint insists on the suffix
-                link = Path(tmp) / "model.ckpt"
-                link.symlink_to(path.resolve())
-            raw = ms.load_checkpoint(str(link))
-    except Exception as e:  # MindSpore raises ValueError/RuntimeError for unparsable protobuf
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InvalidFileError(f"{path}: not a readable MindSpore checkpoint (truncated or corrupted): {msg}") from None
-    return {k: v.asnumpy() for k, v in raw.items() if hasattr(v, "asnumpy")}
+    return read_ckpt_file(path)[0]
 
 
 def load_mindcv_file(path: str | os.PathLike, preset: ViTConfig | str | None = None
@@ -167,14 +147,8 @@ def load_mindcv_file(path: str | os.PathLike, preset: ViTConfig | str | None = N
 
 def save_mindcv_ckpt(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray], *,
                      overwrite: bool = False) -> Path:
-    """Write a checkpoint mindcv's VisionTransformer loads (atomically: nothing is left on failure)."""
-    params = export_mindcv(cfg, state)
-    ms = _ms()
+    """Write a checkpoint mindcv's VisionTransformer loads (atomically: nothing is left on failure): the bytes
+    `mindspore.save_checkpoint` writes for its parameters, written as data (shared.ms_ckpt)."""
+    from ..ms_ckpt import write_ckpt
 
-    def write(tmp: str) -> None:
-        target = tmp if tmp.endswith(".ckpt") else tmp + ".ckpt"  # save_checkpoint appends .ckpt to a name lacking it
-        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], target)
-        if target != tmp:
-            os.replace(target, tmp)
-
-    return F.atomic_write(path, write, overwrite=overwrite)
+    return write_ckpt(path, export_mindcv(cfg, state).items(), overwrite=overwrite)

@@ -1,0 +1,361 @@
+"""vit_keras's native files (`.keras`, `.weights.h5`) read and written as data, without Keras: h5py and zipfile.
+
+What Keras 3 writes for a `vit_keras.model.VisionTransformer` (`model.save`, `model.save_weights`):
+  .weights.h5   one HDF5 file: for every saveable layer, reached as `keras.src.saving.saving_lib._save_state` walks
+                the model (attributes in sorted order, private ones last, a layer reached twice saved once; a list
+                attribute's layers named by their snake-cased class, `block`, `block_1`, ...; a Model's `layers`
+                list too), a group `PATH/vars` with attribute `name` (the layer's name) holding its variables as
+                datasets `0`, `1`, ... in the layer's variable order (Dense / Conv2D: kernel, bias; LayerNorm: gamma,
+                beta). `keras_layout(cfg)` is that walk for the model a config builds, as data.
+  .keras        a zip (stored, not compressed) of metadata.json ({"keras_version", "date_saved"}), config.json
+                (`serialize_keras_object(model)`: `keras_config(cfg)`) and model.weights.h5, in that order, each
+                member written as zipfile writes it for Keras (`ZipFile.open(name, "w")`, then `writestr`).
+The files written here hold the same groups, datasets, attributes, dtypes and bytes of tensor data, in the same
+creation order, as Keras' (only HDF5's object timestamps and metadata.json's date differ, as between two Keras
+saves); `keras.saving.load_model(path, safe_mode=True)` and `model.load_weights` load them.
+
+Reading is strict: the config (classes refused unless Keras' own or vit_keras', as for the framework's loader, then
+a valid ViTConfig), then every dataset of the layout present with its exact shape and dtype float32, and no other
+dataset (an optimizer's are ignored): MismatchError / InvalidFileError naming the file and the key.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from . import limits as L
+from . import weights as W
+from .config import ViTConfig
+from .errors import BackendError, ConfigError, InvalidFileError, MismatchError
+from .fileio import atomic_write
+from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_classes
+
+#: vit_keras' registered classes (keras.saving.register_keras_serializable(package="vit_keras")): the only
+#: non-Keras classes a vit_keras `.keras` file may name
+PACKAGE = "vit_keras"
+ALLOWED_CLASSES = frozenset(f"{PACKAGE}>{c}" for c in ("VisionTransformer", "DropPath", "PatchEmbed", "Attention",
+                                                        "Mlp", "LayerScale", "Block", "AttentionPool"))
+MODEL_NAME = "vision_transformer"
+#: the Keras release whose files keras_layout and keras_config reproduce (conformance_tests/test_keras.py holds them
+#: against the installed Keras); metadata.json names the installed Keras, or this one where Keras is not installed
+KERAS_VERSION = "3.15.1"
+WEIGHTS_MEMBER = "model.weights.h5"
+
+
+# ------------------------------------------------------------------ the layout
+@dataclass
+class _Layer:
+    cls: str                      # Keras class name (names the layer inside a list attribute)
+    name: str                     # the layer's name: its vars group's `name` attribute
+    variables: list = field(default_factory=list)  # [(canonical key, kind)], kind: conv, dense or direct
+    attrs: dict = field(default_factory=dict)      # attribute -> _Layer or [_Layer] (a list attribute)
+
+
+def _dense(name: str, prefix: str, keys) -> _Layer:
+    v = [(f"{prefix}.weight", "dense")] + ([(f"{prefix}.bias", "direct")] if f"{prefix}.bias" in keys else [])
+    return _Layer("Dense", name, v)
+
+
+def _ln(name: str, prefix: str) -> _Layer:
+    return _Layer("LayerNormalization", name, [(f"{prefix}.weight", "direct"), (f"{prefix}.bias", "direct")])
+
+
+def _mlp(prefix: str, keys) -> _Layer:
+    a = {"fc1": _dense("fc1", f"{prefix}.fc1", keys), "fc2": _dense("fc2", f"{prefix}.fc2", keys),
+         "drop1": _Layer("Dropout", "drop1"), "drop2": _Layer("Dropout", "drop2")}
+    if f"{prefix}.norm.weight" in keys:
+        a["norm"] = _ln("norm", f"{prefix}.norm")
+    return _Layer("Mlp", "mlp", attrs=a)
+
+
+def _block(i: int, keys) -> _Layer:
+    p = f"blocks.{i}"
+    attn = {n: _dense(n, f"{p}.attn.{n}", keys) for n in ("qkv", "q_proj", "k_proj", "v_proj", "proj")
+            if f"{p}.attn.{n}.weight" in keys}
+    attn.update({n: _ln(n, f"{p}.attn.{n}") for n in ("q_norm", "k_norm", "norm") if f"{p}.attn.{n}.weight" in keys})
+    attn.update(attn_drop=_Layer("Dropout", "attn_drop"), proj_drop=_Layer("Dropout", "proj_drop"))
+    a = {"norm1": _ln("norm1", f"{p}.norm1"), "attn": _Layer("Attention", "attn", attrs=attn),
+         "norm2": _ln("norm2", f"{p}.norm2"), "mlp": _mlp(f"{p}.mlp", keys),
+         "drop_path1": _Layer("DropPath", "drop_path1"), "drop_path2": _Layer("DropPath", "drop_path2")}
+    for ls in ("ls1", "ls2"):
+        if f"{p}.{ls}.gamma" in keys:
+            a[ls] = _Layer("LayerScale", ls, [(f"{p}.{ls}.gamma", "direct")])
+    return _Layer("Block", f"blocks_{i}", attrs=a)
+
+
+def _model(cfg: ViTConfig, name: str = MODEL_NAME) -> _Layer:
+    """vit_keras.model.VisionTransformer's layers, as its __init__ assigns them (the order of its `layers`)."""
+    keys = W.expected_shapes(cfg)
+    pe = [("patch_embed.proj.weight", "conv")] + [("patch_embed.proj.bias", "direct")] * cfg.patch_bias
+    tracked: list[tuple[str, _Layer | list]] = [
+        ("patch_embed", _Layer("PatchEmbed", "patch_embed", attrs={"proj": _Layer("Conv2D", "proj", pe)})),
+        ("pos_drop", _Layer("Dropout", "pos_drop"))]
+    if "norm_pre.weight" in keys:
+        tracked.append(("norm_pre", _ln("norm_pre", "norm_pre")))
+    tracked.append(("blocks", [_block(i, keys) for i in range(cfg.depth)]))
+    if "norm.weight" in keys:
+        tracked.append(("norm", _ln("norm", "norm")))
+    if "attn_pool.latent" in keys:
+        pool = {n: _dense(n, f"attn_pool.{n}", keys) for n in ("q", "kv", "proj")}
+        pool.update(norm=_ln("norm", "attn_pool.norm"), mlp=_mlp("attn_pool.mlp", keys))
+        tracked.append(("attn_pool", _Layer("AttentionPool", "attn_pool", [("attn_pool.latent", "direct")], pool)))
+    if "fc_norm.weight" in keys:
+        tracked.append(("fc_norm", _ln("fc_norm", "fc_norm")))
+    if "pre_logits.fc.weight" in keys:
+        tracked.append(("pre_logits", _dense("pre_logits_fc", "pre_logits.fc", keys)))
+    for head in ("head", "head_dist"):
+        if f"{head}.weight" in keys:
+            tracked.append((head, _dense(head, head, keys)))
+    own = [(k, "direct") for k in ("cls_token", "dist_token", "reg_token", "pos_embed") if k in keys]
+    layers = [x for _, v in tracked for x in (v if isinstance(v, list) else [v])]
+    return _Layer("VisionTransformer", name, own, {**dict(tracked), "layers": layers})
+
+
+def _snake(name: str) -> str:  # keras.src.utils.naming.to_snake_case, for CamelCase class names
+    import re
+
+    return re.sub("([a-z0-9])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)).lower()
+
+
+def keras_layout(cfg: ViTConfig, name: str = MODEL_NAME) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """[(vars group path, layer name, [(canonical key, kind)] as datasets 0, 1, ...)] in the order Keras writes
+    them (module docstring)."""
+    out: list = []
+    visited: set[int] = set()
+
+    def walk(layer: _Layer, path: str) -> None:
+        if id(layer) in visited:
+            return
+        visited.add(id(layer))
+        out.append((f"{path}/vars" if path else "vars", layer.name, layer.variables))
+        for attr in sorted(layer.attrs, key=lambda a: f"~{a}" if a.startswith("_") else a):
+            child = layer.attrs[attr]
+            sub = f"{path}/{attr}" if path else attr
+            if isinstance(child, list):
+                used: dict[str, int] = {}
+                for item in child:
+                    base = _snake(item.cls)
+                    used[base] = used.get(base, -1) + 1
+                    walk(item, f"{sub}/{base}" + (f"_{used[base]}" if used[base] else ""))
+            else:
+                walk(child, sub)
+
+    walk(_model(cfg, name), "")
+    return out
+
+
+def _transposed(a: np.ndarray) -> np.ndarray:
+    """A 2-D array's transpose, contiguous: copied in bands of 32 rows, which stay in cache (numpy's one strided copy
+    of a big matrix is several times slower)."""
+    a = np.asarray(a)
+    out = np.empty(a.shape[::-1], a.dtype)
+    for i in range(0, a.shape[0], 32):
+        out[:, i:i + 32] = a[i:i + 32].T
+    return out
+
+
+def to_keras_layout(kind: str, value: np.ndarray) -> np.ndarray:
+    """One canonical tensor in the Keras variable's layout: conv (D, C, P, P) -> HWIO (P, P, C, D); dense
+    (out, in) -> (in, out); direct as it is."""
+    if kind == "conv":
+        return np.ascontiguousarray(np.transpose(value, (2, 3, 1, 0)))
+    if kind == "dense":
+        return _transposed(value)
+    return np.asarray(value)
+
+
+def from_keras_layout(kind: str, value: np.ndarray) -> np.ndarray:
+    """The inverse of `to_keras_layout` (a pure transpose: bit-exact)."""
+    if kind == "conv":
+        return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)))
+    if kind == "dense":
+        return _transposed(value)
+    return np.ascontiguousarray(value)
+
+
+def keras_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if kind == "conv":
+        return tuple(shape[i] for i in (2, 3, 1, 0))
+    if kind == "dense":
+        return tuple(reversed(shape))
+    return tuple(shape)
+
+
+def keras_config(cfg: ViTConfig) -> dict:
+    """config.json of a `.keras` file: `serialize_keras_object` of the model `vit_keras.model.build_model(cfg)`
+    builds (float32 policy, channels_last)."""
+    H, Wd = cfg.image_size
+    return {"module": "vit_keras.model", "class_name": "VisionTransformer",
+            "config": {"name": MODEL_NAME, "config": cfg.to_dict(), "data_format": "channels_last",
+                       "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"},
+                                 "registered_name": None},
+                       "trainable": True},
+            "registered_name": f"{PACKAGE}>VisionTransformer", "build_config": {"input_shape": [None, H, Wd, cfg.in_chans]},
+            "compile_config": {}}
+
+
+# ------------------------------------------------------------------ writing
+def _h5_image(cfg: ViTConfig, state: Mapping[str, np.ndarray], *, standalone: bool):
+    """The weights file's bytes, made in memory: HDF5 never writes to disk (a full disk under it can crash the
+    process); Python writes the bytes. standalone: what HDF5 makes of a file of its own (Keras' `save_weights`: the
+    core driver's image equals it), else what it makes inside a `.keras` zip (Keras writes there through a BytesIO,
+    whose file HDF5 lays out a little smaller)."""
+    import h5py
+
+    W.validate_state(cfg, state, source=f"model {cfg.name!r}")
+    bio = None if standalone else io.BytesIO()
+    f = h5py.File("weights.h5", "w", driver="core", backing_store=False) if standalone else h5py.File(bio, "w")
+    with f:
+        for path, name, variables in keras_layout(cfg):
+            g = f.create_group(path)
+            g.attrs["name"] = name
+            for i, (key, kind) in enumerate(variables):
+                g[str(i)] = to_keras_layout(kind, np.asarray(state[key], np.float32))
+        if standalone:
+            f.flush()
+            return f.id.get_file_image()
+    return bio.getbuffer()
+
+
+def _write_member(path: str, data) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def save_weights_h5(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray], *,
+                    overwrite: bool = True) -> Path:
+    """`model.save_weights(path)` of the model build_model(cfg, state) makes, atomically."""
+    image = _h5_image(cfg, state, standalone=True)
+    return atomic_write(path, lambda t: _write_member(t, image), overwrite=overwrite)
+
+
+def save_keras(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray], *,
+               overwrite: bool = True) -> Path:
+    """`model.save(path)` of the model build_model(cfg, state) makes, atomically."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        keras_version = version("keras")
+    except PackageNotFoundError:
+        keras_version = KERAS_VERSION
+    image = _h5_image(cfg, state, standalone=False)
+    metadata = json.dumps({"keras_version": keras_version,
+                           "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")})
+    config = json.dumps(keras_config(cfg))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f, zipfile.ZipFile(f, "w") as zf:
+            with zf.open("metadata.json", "w") as m:
+                m.write(metadata.encode())
+            with zf.open("config.json", "w") as m:
+                m.write(config.encode())
+            zf.writestr(WEIGHTS_MEMBER, image)
+
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+# ------------------------------------------------------------------ reading
+def read_keras_config(path: str | os.PathLike) -> ViTConfig:
+    """The ViTConfig of a vit_keras `.keras` file, from its config.json read as data: classes checked (a Lambda or a
+    class neither Keras' nor vit_keras' is refused), the config type-checked and held to the limits."""
+    config = load_json(read_zip_member(path, "config.json", ".keras file"), f"{path}: config.json")
+    refuse_unsafe_keras_classes(config, ALLOWED_CLASSES, str(path))
+    inner = config.get("config") if isinstance(config, dict) else None
+    vit = inner.get("config") if isinstance(inner, dict) else None
+    if not isinstance(vit, dict) or config.get("registered_name") != f"{PACKAGE}>VisionTransformer":
+        raise InvalidFileError(f"{path}: config.json does not describe a vit_keras VisionTransformer")
+    try:
+        return ViTConfig.from_dict(vit)
+    except ConfigError as e:
+        raise InvalidFileError(f"{path}: invalid model config in config.json: {e}") from None
+
+
+def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
+    """The canonical state of a weights file (a path or bytes), every dataset checked against keras_layout(cfg)."""
+    import h5py
+
+    shapes = W.expected_shapes(cfg)
+    want = {f"{path}/{i}": (key, kind) for path, _, variables in keras_layout(cfg)
+            for i, (key, kind) in enumerate(variables)}
+    state: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    try:
+        with h5py.File(io.BytesIO(data) if isinstance(data, (bytes, memoryview)) else data, "r") as f:
+            found: list[str] = []
+
+            def visit(name, obj):
+                if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer/"):
+                    found.append(name)
+                    if len(found) > L.MAX_TENSORS:
+                        raise InvalidFileError(f"{source}: more than {L.MAX_TENSORS:,} datasets")
+            f.visititems(visit)
+            problems += [f"unexpected dataset {n!r}: model {cfg.name!r} has no variable for it"
+                         for n in found if n not in want]
+            for name, (key, kind) in want.items():
+                expect = keras_shape(kind, shapes[key])
+                obj = f.get(name)
+                if not isinstance(obj, h5py.Dataset):
+                    problems.append(f"key {name!r} (canonical {key!r}): missing, expected shape {expect} float32")
+                    continue
+                if obj.attrs.get("dtype") is not None or obj.dtype != np.float32:
+                    stored = obj.attrs.get("dtype", obj.dtype)
+                    problems.append(f"key {name!r} (canonical {key!r}): dtype {stored}, expected float32")
+                    continue
+                if tuple(obj.shape) != expect:
+                    problems.append(f"key {name!r} (canonical {key!r}): shape {tuple(obj.shape)}, expected {expect}")
+                    continue
+                if not problems:
+                    arr = np.empty(expect, np.float32)
+                    if arr.size:
+                        obj.read_direct(arr)
+                    state[key] = from_keras_layout(kind, arr)
+    except (InvalidFileError, MismatchError):
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... for a damaged file
+        raise InvalidFileError(f"{source}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
+    if problems:
+        raise MismatchError(source, problems)
+    W.validate_state(cfg, state, source=source)
+    return state
+
+
+def load_weights_h5(path: str | os.PathLike, cfg: ViTConfig | None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    """A `.weights.h5` file (which holds no config) read strictly as the weights of `cfg`: (cfg, canonical state)."""
+    if cfg is None:
+        raise BackendError(f"{path}: a .weights.h5 file holds no config: name the model with --preset NAME "
+                           f"(from Python: the cfg argument)")
+    if not Path(path).is_file():
+        raise InvalidFileError(f"{path}: no such file")
+    return cfg, _read_h5(str(path), cfg, str(path))
+
+
+def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    """A vit_keras `.keras` file read strictly as data: (its config, canonical state); `expect` given, the file's
+    config must equal it."""
+    if not Path(path).is_file():
+        raise InvalidFileError(f"{path}: no such file")
+    check_zip(path, ".keras file")
+    cfg = read_keras_config(path)
+    if expect is not None and cfg != expect:
+        raise MismatchError(str(path), [f"file config {cfg.name!r} differs from the expected config "
+                                        f"{expect.name!r}: {cfg.to_dict()} != {expect.to_dict()}"])
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = z.read(WEIGHTS_MEMBER)  # its size bounded by check_zip
+    except KeyError:
+        raise InvalidFileError(f"{path}: not a .keras file: no member {WEIGHTS_MEMBER!r}") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        raise InvalidFileError(f"{path}: member {WEIGHTS_MEMBER!r} is unreadable ({type(e).__name__}: {e})") from None
+    return cfg, _read_h5(data, cfg, f"{path}: {WEIGHTS_MEMBER}")
+
+
+__all__ = ["ALLOWED_CLASSES", "keras_layout", "keras_config", "save_keras", "save_weights_h5", "load_keras",
+           "load_weights_h5", "read_keras_config", "to_keras_layout", "from_keras_layout"]

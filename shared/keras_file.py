@@ -42,7 +42,7 @@ from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_c
 #: non-Keras classes a vit_keras `.keras` file may name
 PACKAGE = "vit_keras"
 ALLOWED_CLASSES = frozenset(f"{PACKAGE}>{c}" for c in ("VisionTransformer", "DropPath", "PatchEmbed", "Attention",
-                                                        "Mlp", "LayerScale", "Block", "AttentionPool"))
+                                                        "Mlp", "LayerScale", "Block", "AttentionPool", "RelPosBias"))
 MODEL_NAME = "vision_transformer"
 #: the Keras release whose files keras_layout and keras_config reproduce (conformance_tests/test_keras.py holds them
 #: against the installed Keras); metadata.json names the installed Keras, or this one where Keras is not installed
@@ -91,6 +91,15 @@ def _block(i: int, keys) -> _Layer:
     return _Layer("Block", f"blocks_{i}", attrs=a)
 
 
+def _rel_pos(prefix: str, keys) -> _Layer:
+    """vit_keras.layers.RelPosBias: its table is its own variable, or two Dense layers mlp_fc1, mlp_fc2."""
+    name = prefix.replace(".", "_")
+    table = f"{prefix}.relative_position_bias_table"
+    if table in keys:
+        return _Layer("RelPosBias", name, [(table, "direct")])
+    return _Layer("RelPosBias", name, attrs={f"fc{j}": _dense(f"mlp_fc{j}", f"{prefix}.mlp.fc{j}", keys) for j in (1, 2)})
+
+
 def _model(cfg: ViTConfig, name: str = MODEL_NAME) -> _Layer:
     """vit_keras.model.VisionTransformer's layers, as its __init__ assigns them (the order of its `layers`)."""
     keys = W.expected_shapes(cfg)
@@ -101,6 +110,8 @@ def _model(cfg: ViTConfig, name: str = MODEL_NAME) -> _Layer:
     if "norm_pre.weight" in keys:
         tracked.append(("norm_pre", _ln("norm_pre", "norm_pre")))
     tracked.append(("blocks", [_block(i, keys) for i in range(cfg.depth)]))
+    # relative position biases: a list attribute `rel_pos` of model-level layers named by their key (vit_keras.model)
+    tracked.append(("rel_pos", [_rel_pos(prefix, keys) for prefix in cfg.rel_pos_prefixes]))
     if "norm.weight" in keys:
         tracked.append(("norm", _ln("norm", "norm")))
     if "attn_pool.latent" in keys:

@@ -35,7 +35,7 @@ from shared.cli import main  # noqa: E402
 from shared.config import ViTConfig  # noqa: E402
 from shared.convert.keymap import Fold  # noqa: E402
 from shared.convert.timm import _export_entries, export_timm, import_timm, key_map  # noqa: E402
-from shared.errors import EXIT_MISMATCH, EXIT_OK, ConfigError, ConversionError, ConversionWarning  # noqa: E402
+from shared.errors import EXIT_OK, ConfigError, ConversionError, ConversionWarning  # noqa: E402
 from shared.init import init_weights, random_images  # noqa: E402
 from shared.posemb import rel_log_coords, rel_pos_index, resize_rel_pos_table  # noqa: E402
 from shared.presets import REL_POS_PRESETS, get_preset  # noqa: E402

@@ -23,7 +23,7 @@ import keras
 from keras import ops
 
 from shared.config import ViTConfig
-from shared.posemb import resize_matrix
+from shared.posemb import rel_log_coords, rel_pos_index, resize_matrix
 
 PACKAGE = "vit_keras"
 
@@ -578,8 +578,6 @@ class RelPosBias(keras.layers.Layer):
         self.built = True
 
     def call(self, grid):
-        from shared.posemb import rel_log_coords, rel_pos_index
-
         dt = self.compute_dtype
         if self.kind == "table":
             rows, n0 = ops.cast(self.table, dt), self.prefix_tokens

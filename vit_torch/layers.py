@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ViTConfig
+from shared.posemb import rel_log_coords, rel_pos_index
 
 
 def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
@@ -308,8 +309,6 @@ class RelPosBias(nn.Module):
         self._cache: dict = {}
 
     def forward(self, grid: tuple[int, int]) -> torch.Tensor:
-        from shared.posemb import rel_log_coords, rel_pos_index
-
         if self.kind == "table":
             rows = self.relative_position_bias_table
             key = ("index", grid, rows.device)

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..config import ViTConfig, shown
 from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchError
-from ..weights import validate_state
+from ..weights import expected_shapes, validate_state
 from .common import HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, image_size_arg
 from .hfconfig import ConfigFacts
 from .keymap import FUSE, Entry, Fold, expand, put, take
@@ -156,15 +156,9 @@ def import_hf_beit(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
             notes=f"imported from Hugging Face {mt} {source} ({', '.join(archs) or 'no architectures'})")
     except (ConfigError, KeyError) as e:
         raise ConversionError(f"{source}: the {mt} checkpoint is not a valid ViTConfig: {e}") from None
-    out = take(key_map(cfg, pre, classifier), st, source, expected=_expected(cfg))
+    out = take(key_map(cfg, pre, classifier), st, source, expected=expected_shapes(cfg))
     validate_state(cfg, out, source=source)
     return cfg, out
-
-
-def _expected(cfg: ViTConfig):
-    from ..weights import expected_shapes
-
-    return expected_shapes(cfg)
 
 
 def export_problems(cfg: ViTConfig, mt: str) -> list[str]:

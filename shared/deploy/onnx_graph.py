@@ -25,6 +25,8 @@ divergence is the runtime's, never a tracer's. What the graph is:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 from typing import Mapping
 
@@ -60,14 +62,17 @@ def weights_sha256(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> str:
 
 def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None) -> list[str]:
     """What the ONNX graph cannot express for `cfg` (empty: it can be exported). Every field of today's ViTConfig
-    is covered; a config field added later is refused here by name until the builder learns it."""
+    is covered; a config field added later is refused here by name, when it is not at its default, until the builder
+    learns it."""
     known = {"name", "image_size", "in_chans", "patch_size", "patch_bias", "embed_dim", "depth", "num_heads",
              "mlp_dim", "swiglu", "attn_dim", "qkv_bias", "qk_scale", "attn_value_skip", "qk_norm", "init_values",
              "class_token", "dist_token", "reg_tokens", "pool", "pos_embed", "pos_prefix_tokens", "pos_grid",
              "resize_kernel", "gelu", "layer_norm_eps", "norm_pre", "final_norm", "fc_norm", "representation_size",
              "num_classes", "output_softmax", "dropout", "attn_dropout", "drop_path", "notes"}
-    unknown = sorted(set(cfg.to_dict()) - known)
-    return [f"config field {k!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)" for k in unknown]
+    defaults = {f.name: f.default for f in dataclasses.fields(ViTConfig)}
+    unknown = sorted(k for k in set(cfg.to_dict()) - known if getattr(cfg, k) != defaults.get(k))
+    return [f"config field {k}={getattr(cfg, k)!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)"
+            for k in unknown]
 
 
 class _Graph:

@@ -30,7 +30,7 @@ CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
 # tokens), DINOv2's linear-probe head (HF Dinov2ForImageClassification): the head reads 2 * width features
 POOL_KINDS = ("token", "mean", "map", "token_mean")
 POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
-RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear")
+RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear", "bilinear_antialias")
 
 
 def is_int(v: Any) -> bool:

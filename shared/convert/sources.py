@@ -95,8 +95,8 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     from ..presets import PRESETS
-    from .timm import (architecture_eps, read_checkpoint, strip_prefixes, timm_files, timm_model_args,
-                       timm_norm_layer)
+    from .timm import (architecture_eps, is_naflex_state, read_checkpoint, strip_prefixes, timm_architecture,
+                       timm_files, timm_model_args, timm_norm_layer)
     from .timm_resolve import resolve_timm_architecture
 
     size = tuple(int(s) for s in images.shape[2:])
@@ -104,10 +104,19 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     if Path(src).is_dir():
         name = f"local-dir:{Path(src).resolve()}"
         model = timm.create_model(name, pretrained=True)
-        if tuple(model.patch_embed.img_size) != size:
+        pe = getattr(model, "patch_embed", None)  # a NaFlexVit has none: it resamples its table per grid itself
+        if pe is not None and tuple(pe.img_size) != size:
             model = timm.create_model(name, pretrained=True, img_size=size)
         return _torch_forward(model, images).numpy()
     state = strip_prefixes(read_checkpoint(weights))
+    if is_naflex_state(state):  # timm's NaFlexVit, built with every fact the config states; any image size
+        arch, kw = (config["architecture"].split(".")[0], dict(config.get("model_args") or {})) if config else \
+            (timm_architecture(cfg), timm_model_args(cfg))
+        kw.setdefault("num_classes", cfg.num_classes)
+        model = timm.create_model(arch, pretrained=False, **{k: tuple(v) if isinstance(v, list) else v
+                                                            for k, v in kw.items()})
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+        return _torch_forward(model, images).numpy()
     if config is not None:
         arch, kw = config["architecture"].split(".")[0], dict(config.get("model_args") or {})
         kw.setdefault("num_classes", config.get("num_classes", cfg.num_classes))

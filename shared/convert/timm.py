@@ -342,14 +342,14 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     # a named architecture that is no suite preset: timm's own model of that name states what it is (or it is
     # refused by name, whatever else is stated); the file's keys must then be exactly that model's
     resolved, unresolved, preset = _resolve_names(st, preset, timm_config, source)
-    naflex = None
+    naflex = naflex_grid = None
     if is_naflex_state(st):  # timm's NaFlexVit: read as the VisionTransformer it computes at a fixed image size
         naflex = _naflex_facts(preset, resolved, source)
-        st, table_grid = naflex_to_vit(st, naflex["patch_size"], naflex["in_chans"], source)
-        if table_grid is not None and grid is not None and _pair(grid) != table_grid:
+        st, naflex_grid = naflex_to_vit(st, naflex["patch_size"], naflex["in_chans"], source)
+        if naflex_grid is not None and grid is not None and _pair(grid) != naflex_grid:
             raise ConversionError(f"{source}: grid {grid} stated, but the NaFlexVit table embeds.pos_embed is "
-                                  f"{table_grid[0]}x{table_grid[1]}")
-        grid = table_grid if table_grid is not None else grid
+                                  f"{naflex_grid[0]}x{naflex_grid[1]}")
+        grid = naflex_grid if naflex_grid is not None else grid
         resolved = [(who, replace(r, shapes=_vit_shapes(r.shapes, naflex)), mine) for who, r, mine in resolved]
     _check_timm_state(st, source, pool=pool, gelu=gelu, mlp=mlp)
     f = facts(st, source)
@@ -359,6 +359,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     H, eps, act = _ask_numerics(f, k, num_heads)
     pool_c, pool_by = _ask_pool(f, k)
     npos, pos_grid, grid_by, hints = _ask_grid(f, k, st, image_size, grid)
+    if naflex is not None and naflex_grid is not None:
+        grid_by = f"the file (embeds.pos_embed is {naflex_grid[0]}x{naflex_grid[1]})"
     if k.questions:
         raise MissingFactsError(f"{source}: a timm state dict does not determine these, and nothing stated them:\n  "
                                 + "\n  ".join(k.questions) + "".join(f"\n  ({u})" for u in unresolved))

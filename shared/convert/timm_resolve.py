@@ -118,7 +118,11 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         pe = model.patch_embed
         if type(pe) is not PatchEmbed:
             bb = getattr(pe, "backbone", None)
-            why = (f"a hybrid CNN stem ({_tname(bb)} backbone before the patch projection): the canonical model "
+            bb_name = ((getattr(bb, "pretrained_cfg", None) or {}).get("architecture") or _tname(bb)) \
+                if bb is not None else None  # a features-only wrapper: the network it wraps
+            if bb_name == "Sequential":
+                bb_name = "a ResNetV2 stem: " + ", ".join(_tname(c) for c in list(bb.children())[:3])
+            why = (f"a hybrid CNN stem ({bb_name} backbone before the patch projection): the canonical model "
                    f"would need a conv stem (it embeds patches with one strided conv)" if bb is not None
                    else "another patch embedding: the canonical model embeds patches with one strided conv")
             _refuse(arch, f"embeds patches with {_tname(pe)}: {why}")

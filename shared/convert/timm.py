@@ -66,7 +66,7 @@ from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
 from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
                      pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
 from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
-from .keymap import Entry, expand, take
+from .keymap import Entry, expand, linear_patches, take
 from .timm_resolve import Resolved, resolve_timm_architecture
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
@@ -756,7 +756,8 @@ def naflex_to_vit(st: Mapping[str, Any], patch_size: int, in_chans: int, source:
     """A NaFlexVit state dict -> the classic VisionTransformer's, exactly (only reshapes and transposes): the Linear
     over (ph, pw, C)-flattened patches becomes the conv kernel (D, C, P, P) (W_conv[d, c, i, j] =
     W_lin[d, (i * P + j) * C + c]), the (1, h, w, D) table (1, h*w, D) in row-major order (rows for the patches
-    only). Returns (state, the table's grid or None). Any other embeds.* key is refused by name."""
+    only; `shared.convert.keymap.linear_patches`). Returns (state, the table's grid or None). Any other embeds.* key
+    is refused by name."""
     out = {k: v for k, v in st.items() if not k.startswith("embeds.")}
     other = sorted(k for k in st if k.startswith("embeds.") and k not in _NAFLEX_KEYS)
     if other:
@@ -771,7 +772,7 @@ def naflex_to_vit(st: Mapping[str, Any], patch_size: int, in_chans: int, source:
         if w.shape[1] != P * P * C:
             raise MismatchError(source, [f"key 'embeds.proj.weight': expected (D, {P * P * C}) = patch {P}x{P} x "
                                          f"{C} channels, got {w.shape}"])
-        w = w.reshape(w.shape[0], P, P, C).transpose(0, 3, 1, 2)
+        w = linear_patches(w.shape[0], P, C).forward([w])[0]
     out["patch_embed.proj.weight"] = np.ascontiguousarray(w)
     for k in ("embeds.proj.bias", "embeds.cls_token", "embeds.reg_token"):
         if k in st:
@@ -790,7 +791,7 @@ def vit_to_naflex(cfg: ViTConfig, st: Mapping[str, np.ndarray]) -> dict[str, np.
     """The exact inverse of `naflex_to_vit` for `cfg` (its table at cfg.table_grid, patch rows only)."""
     out = {k: v for k, v in st.items() if k not in _NAFLEX_KEYS.values()}
     w = np.asarray(st["patch_embed.proj.weight"])
-    out["embeds.proj.weight"] = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
+    out["embeds.proj.weight"] = linear_patches(w.shape[0], cfg.patch_size, cfg.in_chans).backward([w], 1)[0]
     for nk, vk in _NAFLEX_KEYS.items():
         if vk in st and nk != "embeds.proj.weight":
             out[nk] = st[vk]

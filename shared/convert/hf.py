@@ -252,9 +252,13 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
                                 f"num_attention_heads, layer_norm_eps, hidden_act, image_size ...)")
     mt = hf_config.get("model_type", "vit")
     if mt in HF_CLIP_TYPES:
-        from .hf_clip import import_hf_clip
+        from .hf_clip import NAFLEX_TYPES, import_hf_clip
 
-        cfg, out = import_hf_clip(state, hf_config, source)
+        if mt in NAFLEX_TYPES:  # SigLIP 2 keeps its table at its grid and resamples it per image, as HF does
+            cfg, out = import_hf_clip(state, hf_config, source, image_size=image_size)
+            image_size = None
+        else:
+            cfg, out = import_hf_clip(state, hf_config, source)
     else:
         fam = _FAMILIES.get(mt) if isinstance(mt, str) else None
         if fam is None:

@@ -155,11 +155,11 @@ _HF_RUN = {
         "ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
         "ViTMSNForImageClassification", "IJepaForImageClassification", "CLIPForImageClassification",
         "SiglipForImageClassification", "MetaClip2ForImageClassification", "Dinov2ForImageClassification",
-        "Dinov2WithRegistersForImageClassification")},
-    **{f"{p}VisionModel": (f"{p}VisionModel", "pooler_output") for p in ("CLIP", "Siglip", "MetaClip2")},
+        "Dinov2WithRegistersForImageClassification", "Siglip2ForImageClassification")},
+    **{f"{p}VisionModel": (f"{p}VisionModel", "pooler_output") for p in ("CLIP", "Siglip", "MetaClip2", "Siglip2")},
     **{f"{p}VisionModelWithProjection": (f"{p}VisionModelWithProjection", "image_embeds")
        for p in ("CLIP", "MetaClip2")},
-    **{f"{p}Model": (f"{p}Model", "image_features") for p in ("CLIP", "Siglip", "MetaClip2")},
+    **{f"{p}Model": (f"{p}Model", "image_features") for p in ("CLIP", "Siglip", "MetaClip2", "Siglip2")},
 }
 #: model_type -> what runs a checkpoint whose architecture is none of the above (a base model, a backbone, MAE's
 #: pre-training model): the base model, and its "features" (the pooler when the file has one, else the final-norm
@@ -172,7 +172,22 @@ _HF_BASE = {
     "siglip": ("SiglipModel", "image_features"), "siglip_vision_model": ("SiglipVisionModel", "pooler_output"),
     "metaclip_2": ("MetaClip2Model", "image_features"),
     "metaclip_2_vision_model": ("MetaClip2VisionModel", "pooler_output"),
+    "siglip2": ("Siglip2Model", "image_features"), "siglip2_vision_model": ("Siglip2VisionModel", "pooler_output"),
 }
+
+
+def siglip2_inputs(images: np.ndarray, patch_size: int) -> dict:
+    """What a transformers SigLIP 2 model takes for whole images (B, C, H, W): pixel_values, the flattened patches
+    as transformers' own image processor makes them (`convert_image_to_patches`: (ph, pw, C) per patch, row-major),
+    pixel_attention_mask (every patch valid: ones (B, N)) and spatial_shapes ((H / P, W / P) per image)."""
+    import torch
+    from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+    patches = torch.stack([convert_image_to_patches(im, patch_size) for im in x])
+    gh, gw = images.shape[2] // patch_size, images.shape[3] // patch_size
+    return {"pixel_values": patches, "pixel_attention_mask": torch.ones(x.shape[0], gh * gw, dtype=torch.int32),
+            "spatial_shapes": torch.tensor([[gh, gw]] * x.shape[0], dtype=torch.long)}
 
 
 def hf_runner(model_type: str, architectures) -> tuple[str, str]:
@@ -191,7 +206,8 @@ def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     model_type and architectures (hf_runner): a classifier's logits (DeiT with teacher: the mean of its two heads);
     a base model's pooler output when the file has a pooler, else its final-norm class token (ViTMAEModel with
     mask_ratio 0 and noise = arange, so every patch is kept in order); IJepaModel: the mean of its final-normed
-    tokens; CLIPVisionModel / SiglipVisionModel / MetaClip2VisionModel: pooler_output;
+    tokens; CLIPVisionModel / SiglipVisionModel / MetaClip2VisionModel / Siglip2VisionModel: pooler_output (SigLIP 2
+    takes the images as flattened patches with pixel_attention_mask and spatial_shapes: siglip2_inputs);
     CLIPVisionModelWithProjection / MetaClip2VisionModelWithProjection: image_embeds; CLIPModel / SiglipModel /
     MetaClip2Model: get_image_features. The
     position table is interpolated by the model's own interpolate_pos_encoding when the images are not at the
@@ -216,6 +232,11 @@ def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     model = model.eval().float()
     x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
     vision = getattr(hf_cfg, "vision_config", None) or hf_cfg
+    if hf_cfg.model_type in ("siglip2", "siglip2_vision_model"):  # patches + pixel_attention_mask + spatial_shapes
+        fn = model.get_image_features if output == "image_features" else model.forward
+        with torch.no_grad():
+            out = fn(**siglip2_inputs(images, vision.patch_size))
+        return getattr(out, "pooler_output" if output == "image_features" else output).numpy()
     size = vision.image_size
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     fn = model.get_image_features if output == "image_features" else model.forward

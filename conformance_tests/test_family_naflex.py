@@ -1,10 +1,13 @@
-"""timm's NaFlexVit at a fixed image size, imported and exported both ways and proven against timm itself (random
-init, no download), and the zoo's other layouts refused by name with what they would need.
+"""timm's NaFlexVit at a fixed image size and Hugging Face SigLIP 2, imported and exported both ways and proven
+against their own libraries (random init, no download), and the zoo's other layouts refused by name with what they
+would need.
 
 A NaFlexVit embeds patches with a Linear over (ph, pw, C)-flattened patches and adds a (1, h, w, D) table to the
 patch tokens only, resampled to each image's grid with F.interpolate (bicubic or bilinear, antialias=True); the
 import reads it as the canonical conv + table kept at its grid with the same kernel (shared.posemb), and the export
-writes timm's NaFlexVit keys again, which timm loads strictly.
+writes timm's NaFlexVit keys again, which timm loads strictly. SigLIP 2 is the same layout in transformers (a
+num_patches table resampled per image with bilinear antialias), run on flattened patches with pixel_attention_mask
+and spatial_shapes.
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ from timm.models._hub import save_for_hf  # noqa: E402
 from shared import posemb, reference  # noqa: E402
 from shared import weights as W  # noqa: E402
 from shared.cli import main  # noqa: E402
+from shared.convert.hf import load_hf_dir, save_hf_dir  # noqa: E402
 from shared.convert.io import save_timm_hub_dir  # noqa: E402
-from shared.convert.sources import source_output  # noqa: E402
+from shared.convert.sources import siglip2_inputs, source_output  # noqa: E402
 from shared.convert.timm import _vit_shapes, export_timm, load_timm_file  # noqa: E402
 from shared.convert.timm_resolve import resolve_timm_architecture  # noqa: E402
 from shared.errors import EXIT_OK, ConversionError, ConversionWarning  # noqa: E402
@@ -143,3 +147,55 @@ def test_layouts_the_canonical_model_cannot_run_are_refused_by_name(arch, words)
     with pytest.raises(ConversionError, match="refused by name") as e:
         resolve_timm_architecture(arch, {"depth": 1})
     assert words in str(e.value) and arch in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------- HF SigLIP 2
+#: a tiny SigLIP 2 tower: 7-pixel patches, a 4x4 table (num_patches=16), resampled per image by transformers
+_S2 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=7,
+           num_patches=16)
+#: non-square, up and down from the table's 4x4 grid
+S2_SIZES = [(42, 21), (14, 56)]
+
+
+@pytest.fixture(scope="module")
+def siglip2(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    m = transformers.Siglip2VisionModel(transformers.Siglip2VisionConfig(**_S2)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    d = tmp_path_factory.mktemp("siglip2") / "hf"
+    m.save_pretrained(d)
+    xs = {s: np.random.default_rng(5).standard_normal((2, 3, *s)).astype(np.float32) for s in S2_SIZES}
+    with torch.no_grad():
+        want = {s: m(**siglip2_inputs(x, 7)).pooler_output.numpy() for s, x in xs.items()}
+    return dict(model=m, dir=d, xs=xs, want=want)
+
+
+def test_siglip2_imports_as_transformers_computes_at_other_shapes(siglip2):
+    """transformers' Siglip2VisionModel on flattened patches + pixel_attention_mask + spatial_shapes at two
+    non-square shapes = the canonical model (table kept at 4x4, bilinear_antialias), under the float32 bound."""
+    for size in S2_SIZES:
+        cfg, state = load_hf_dir(siglip2["dir"], image_size=size)
+        assert (cfg.pos_grid, cfg.resize_kernel, cfg.pool) == ((4, 4), "bilinear_antialias", "map")
+        err = rel_l2(reference.forward(cfg, state, siglip2["xs"][size])["logits"], siglip2["want"][size])
+        print(f"siglip2 {size}: rel L2 {err:.2e} (bound {fp32_bound(cfg, 'logits'):.1e})")
+        assert err <= fp32_bound(cfg, "logits")
+
+
+def test_siglip2_export_loads_in_transformers_and_convert_proves_it(siglip2, tmp_path):
+    """Export writes SigLIP 2's own keys (the Linear over patches, num_patches table rows) bit for bit, which
+    transformers loads and runs as the source; `convert` proves the import against transformers (in process)."""
+    transformers = pytest.importorskip("transformers")
+    size = S2_SIZES[0]
+    cfg, state = load_hf_dir(siglip2["dir"], image_size=size)
+    save_hf_dir(tmp_path / "back", cfg, state, model_type="siglip2_vision_model")
+    back = transformers.Siglip2VisionModel.from_pretrained(tmp_path / "back").eval()
+    src = siglip2["model"].state_dict()
+    for k, v in back.state_dict().items():
+        torch.testing.assert_close(v, src[k], rtol=0, atol=0, msg=k)
+    dst = tmp_path / "c.safetensors"
+    assert main(["convert", str(siglip2["dir"]), str(dst), "--image-size", f"{size[0]}x{size[1]}"]) == EXIT_OK
+    got = source_output("hf", str(siglip2["dir"]), siglip2["xs"][size], W.load(dst)[0])
+    np.testing.assert_array_equal(got, siglip2["want"][size])

@@ -199,3 +199,64 @@ def test_siglip2_export_loads_in_transformers_and_convert_proves_it(siglip2, tmp
     assert main(["convert", str(siglip2["dir"]), str(dst), "--image-size", f"{size[0]}x{size[1]}"]) == EXIT_OK
     got = source_output("hf", str(siglip2["dir"]), siglip2["xs"][size], W.load(dst)[0])
     np.testing.assert_array_equal(got, siglip2["want"][size])
+
+
+# ------------------------------------------------------------------------------ the variable-size patch path
+#: one image at two aspect ratios (patch 8 / 7): grids 3x7 and 6x3, one NaFlex batch padded to the longer sequence
+ASPECTS = [(24, 56), (48, 24)]
+
+
+def _one_image_at(sizes, seed: int = 11) -> dict[tuple[int, int], np.ndarray]:
+    """The same image resized (bilinear, by torch) to each size: (1, 3, h, w) float32 each."""
+    img = torch.from_numpy(np.random.default_rng(seed).standard_normal((1, 3, 40, 40)).astype(np.float32))
+    return {s: torch.nn.functional.interpolate(img, size=s, mode="bilinear", align_corners=False).numpy()
+            for s in sizes}
+
+
+def test_naflex_variable_size_batch_matches_the_canonical_model_per_image(naflex):
+    """timm's NaFlex path (flattened patches + patch_coord + patch_valid, the shorter sequence padded and masked)
+    on one image at two aspect ratios = the canonical model run on each image at its own size."""
+    from timm.models.naflexvit import batch_patchify
+
+    images = _one_image_at(ASPECTS)
+    seqs = [batch_patchify(torch.from_numpy(x), (8, 8))[0][0] for x in images.values()]
+    n = max(len(q) for q in seqs)
+    patches = torch.zeros(len(seqs), n, seqs[0].shape[1])
+    coord = torch.zeros(len(seqs), n, 2, dtype=torch.long)
+    valid = torch.zeros(len(seqs), n, dtype=torch.bool)
+    for b, ((h, w), q) in enumerate(zip(images, seqs)):
+        gh, gw = h // 8, w // 8
+        patches[b, :len(q)] = q
+        coord[b, :len(q)] = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij"), -1).reshape(-1, 2)
+        valid[b, :len(q)] = True
+    with torch.no_grad():
+        theirs = naflex["model"](patches, patch_coord=coord, patch_valid=valid).numpy()
+    for b, (size, x) in enumerate(images.items()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConversionWarning)
+            cfg, state = load_timm_file(naflex["hub"], image_size=size)
+        err = rel_l2(reference.forward(cfg, state, x)["logits"], theirs[b:b + 1])
+        print(f"{naflex['arch']} NaFlex batch, {size}: rel L2 {err:.2e} (bound {fp32_bound(cfg, 'logits'):.1e})")
+        assert err <= fp32_bound(cfg, "logits")
+
+
+def test_siglip2_padded_batch_matches_the_canonical_model_per_image(siglip2):
+    """transformers' SigLIP 2 on one image at two aspect ratios in one batch (the shorter sequence padded,
+    pixel_attention_mask 0 there, spatial_shapes per image) = the canonical model run on each at its own size."""
+    sizes = [(21, 49), (42, 21)]  # 3x7 and 6x3 patches of 7
+    images = _one_image_at(sizes)
+    ins = [siglip2_inputs(x, 7) for x in images.values()]
+    n = max(i["pixel_values"].shape[1] for i in ins)
+    pix = torch.zeros(len(ins), n, ins[0]["pixel_values"].shape[2])
+    mask = torch.zeros(len(ins), n, dtype=torch.int32)
+    for b, i in enumerate(ins):
+        pix[b, :i["pixel_values"].shape[1]] = i["pixel_values"][0]
+        mask[b, :i["pixel_values"].shape[1]] = 1
+    shapes = torch.cat([i["spatial_shapes"] for i in ins])
+    with torch.no_grad():
+        theirs = siglip2["model"](pixel_values=pix, pixel_attention_mask=mask, spatial_shapes=shapes).pooler_output
+    for b, (size, x) in enumerate(images.items()):
+        cfg, state = load_hf_dir(siglip2["dir"], image_size=size)
+        err = rel_l2(reference.forward(cfg, state, x)["logits"], theirs[b:b + 1].numpy())
+        print(f"siglip2 padded batch, {size}: rel L2 {err:.2e} (bound {fp32_bound(cfg, 'logits'):.1e})")
+        assert err <= fp32_bound(cfg, "logits")

@@ -1,4 +1,4 @@
-"""Hugging Face CLIP, SigLIP and MetaCLIP 2 vision towers <-> the canonical format.
+"""Hugging Face CLIP, SigLIP, MetaCLIP 2 and SigLIP 2 vision towers <-> the canonical format.
 
 Model types and architectures (the vision tower only; a text tower is never part of the canonical model):
 
@@ -18,6 +18,14 @@ Model types and architectures (the vision tower only; a text tower is never part
                       MetaClip2VisionModel, MetaClip2VisionModelWithProjection, MetaClip2Model,
                       MetaClip2ForImageClassification: CLIP's structure, keys, defaults and outputs under MetaCLIP 2's
                       class names (read and written as the clip rows above)
+  siglip2_vision_model, siglip2
+                      Siglip2VisionModel, Siglip2Model, Siglip2ForImageClassification: SigLIP's rows (same keys, head
+                      and outputs) with NaFlex embeddings: patch_embedding is a Linear over (ph, pw, C)-flattened
+                      patches (keymap.linear_patches <-> the conv kernel), position_embedding has num_patches rows (a
+                      square grid, config.json has no image_size) resampled to each image's grid with bilinear
+                      antialias: imported with pos_grid = that grid and resize_kernel 'bilinear_antialias' (any
+                      image size, also non-square); transformers runs it on flattened patches with
+                      pixel_attention_mask and spatial_shapes (shared.convert.sources.siglip2_inputs)
 
 ARCHITECTURES lists these classes per model type (built from _FULL, as the importer names them).
 

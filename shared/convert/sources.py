@@ -13,7 +13,9 @@ the source file (not from the converted config) and returns its final output, wh
                          GELU form, ...) on ARCH's own modules: a wrong statement is shared, a wrong reading of the
                          keys fails the strict load. A timm hub directory: timm.create_model('local-dir:DIR', pretrained=True)
     hf (directories)     transformers' own class for the directory's model_type and architectures (ViT, DeiT, DINOv2,
-                         ViTMAE, ViTMSN, I-JEPA, CLIP, SigLIP, MetaCLIP 2: hf_runner), from_pretrained(local_files_only)
+                         ViTMAE, ViTMSN, I-JEPA, CLIP, SigLIP, MetaCLIP 2, SigLIP 2: hf_runner),
+                         from_pretrained(local_files_only); SigLIP 2 on flattened patches + pixel_attention_mask +
+                         spatial_shapes (siglip2_inputs)
     torchvision          torchvision's own VisionTransformer + load_state_dict(strict=True)
     bigvision (.npz)     timm's own _load_weights on the file
     kerashub             keras-hub's own from_preset / Keras' safe-mode loader / model + load_weights (a Keras child)

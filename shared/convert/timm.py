@@ -31,6 +31,13 @@ naming the question and the flag that answers it. A preset that contradicts the 
 a flag or config.json that contradicts the file is refused. The facts the file does not determine are recorded,
 with who stated each, in the imported config's `notes`.
 
+timm's NaFlexVit (keys `embeds.*`) is read as the VisionTransformer it computes at a fixed image size: its
+architecture (config.json or --preset naflexvit_...) states the patch size, channels and the table's resize kernel;
+`naflex_to_vit` turns the Linear over (ph, pw, C) patches into the conv kernel and the (1, h, w, D) table (patch rows
+only) into (1, h*w, D), kept at its grid (cfg.pos_grid) and resampled per image grid with NaFlexVit's own kernel. A
+config named after a NaFlexVit architecture (`is_naflex`) exports as that NaFlexVit (`vit_to_naflex`, the exact
+inverse; `timm_model_args` gives NaFlexVitCfg's fields).
+
 Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, unpacked
 gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, relative position biases, separate q/k/v projections, an
 attention pool with its own positions or qk-norm, pooling timm calls 'avgmax', 'max', 'prr' or '' (none).

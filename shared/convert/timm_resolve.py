@@ -9,7 +9,9 @@ Every fact is read from the BUILT MODULES (model, block, norm, attention, MLP an
 the tokens, the position table), never from the name. Only what the canonical model runs is accepted: timm's
 `VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm, `Attention`, `Mlp` with a GELU form or
 the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked), a plain-conv `PatchEmbed`, the one-latent
-`AttentionPoolLatent` MAP head. Anything else is refused by name with the reason (ConversionError), whatever
+`AttentionPoolLatent` MAP head; timm's `NaFlexVit` of the same blocks at a fixed image size (`_read_naflex_embeds`:
+a Linear over (ph, pw, C) patches, a patch-only learned table resampled with one of the canonical kernels; its facts
+under "naflex"). Anything else is refused by name with the reason (ConversionError), whatever
 else is stated: several of them (rotary positions, post-norm blocks) have keys a supported model also has, so any
 reading of their files would be silently wrong.
 

@@ -20,6 +20,7 @@ pytest.importorskip("timm")  # the family needs the source library itself (insta
 
 import timm  # noqa: E402
 import torch  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
 from timm.models._hub import save_for_hf  # noqa: E402
 
 from shared import posemb, reference  # noqa: E402
@@ -30,7 +31,7 @@ from shared.convert.io import save_timm_hub_dir  # noqa: E402
 from shared.convert.sources import siglip2_inputs, source_output  # noqa: E402
 from shared.convert.timm import _vit_shapes, export_timm, load_timm_file  # noqa: E402
 from shared.convert.timm_resolve import resolve_timm_architecture  # noqa: E402
-from shared.errors import EXIT_OK, ConversionError, ConversionWarning  # noqa: E402
+from shared.errors import EXIT_OK, ConversionError, ConversionWarning, MissingFactsError  # noqa: E402
 from shared.presets import NAFLEX_PRESETS, PRESETS  # noqa: E402
 from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
 
@@ -94,7 +95,9 @@ def test_naflex_imports_as_timm_computes_at_every_grid(naflex):
 
 def test_naflex_export_is_the_exact_inverse_and_timm_loads_it_strictly(naflex, tmp_path):
     """Export writes NaFlexVit's own keys (the Linear over (ph, pw, C) patches, the (1, h, w, D) table): equal to
-    the source state dict bit for bit, and timm builds and strictly loads the exported hub directory."""
+    the source state dict bit for bit, and timm builds and strictly loads the exported hub directory. Without its
+    architecture's name (no config.json beside it) the state dict is refused: its Linear does not tell the patch
+    size from the channels."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConversionWarning)
         cfg, state = load_timm_file(naflex["hub"], image_size=(48, 80))
@@ -103,6 +106,9 @@ def test_naflex_export_is_the_exact_inverse_and_timm_loads_it_strictly(naflex, t
     assert set(out) == set(sd)
     for k, v in sd.items():
         np.testing.assert_array_equal(out[k], v.numpy(), err_msg=k)
+    save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(MissingFactsError, match="name its architecture"):  # (ph, pw, C) vs P*P*C: not guessed
+        load_timm_file(tmp_path / "bare.safetensors")
     save_timm_hub_dir(tmp_path / "hub", cfg, state)
     back = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True).eval()
     assert type(back).__name__ == "NaFlexVit"
@@ -227,7 +233,8 @@ def test_naflex_variable_size_batch_matches_the_canonical_model_per_image(naflex
     for b, ((h, w), q) in enumerate(zip(images, seqs)):
         gh, gw = h // 8, w // 8
         patches[b, :len(q)] = q
-        coord[b, :len(q)] = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij"), -1).reshape(-1, 2)
+        yx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")  # (y, x) per patch, row-major
+        coord[b, :len(q)] = torch.stack(yx, -1).reshape(-1, 2)
         valid[b, :len(q)] = True
     with torch.no_grad():
         theirs = naflex["model"](patches, patch_coord=coord, patch_valid=valid).numpy()

@@ -74,7 +74,7 @@ from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_si
                      pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
 from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
 from .keymap import Entry, expand, linear_patches, take
-from .timm_resolve import Resolved, resolve_timm_architecture
+from .timm_resolve import Resolved, resolve_timm_architecture, timm_knows
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
 TIMM_DEFAULT_EPS = 1e-6
@@ -739,8 +739,10 @@ def is_naflex_state(st: Mapping[str, Any]) -> bool:
 
 
 def is_naflex(cfg: ViTConfig) -> bool:
-    """Whether `cfg` is named after a timm NaFlexVit architecture (its timm form is then that NaFlexVit)."""
-    return cfg.name.split(".")[0].startswith(NAFLEX_PREFIX)
+    """Whether `cfg` is named after a timm NaFlexVit architecture (a NaFlex preset, or a naflexvit_* name timm
+    knows): its timm form is then that NaFlexVit."""
+    name = cfg.name.split(".")[0]
+    return name.startswith(NAFLEX_PREFIX) and (name in PRESETS or bool(timm_knows(name)))
 
 
 def _naflex_facts(preset, resolved, source: str) -> dict[str, Any]:

@@ -101,6 +101,7 @@ from ..fileio import write_dir_atomically
 from ..weights import CANONICAL_DTYPE, read_tensors, validate_state
 from .hf_clip import ARCHITECTURES as CLIP_ARCHITECTURES
 from .hf_clip import MODEL_TYPES as HF_CLIP_TYPES
+from .hf_clip import NAFLEX_TYPES as HF_NAFLEX_TYPES
 from .hfconfig import ConfigFacts
 from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, flatten_checkpoint,
                      image_size_arg, read_torch_checkpoint, resize_state, strip_prefixes)
@@ -252,9 +253,9 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
                                 f"num_attention_heads, layer_norm_eps, hidden_act, image_size ...)")
     mt = hf_config.get("model_type", "vit")
     if mt in HF_CLIP_TYPES:
-        from .hf_clip import NAFLEX_TYPES, import_hf_clip
+        from .hf_clip import import_hf_clip
 
-        if mt in NAFLEX_TYPES:  # SigLIP 2 keeps its table at its grid and resamples it per image, as HF does
+        if mt in HF_NAFLEX_TYPES:  # SigLIP 2 keeps its table at its grid and resamples it per image, as HF does
             cfg, out = import_hf_clip(state, hf_config, source, image_size=image_size)
             image_size = None
         else:

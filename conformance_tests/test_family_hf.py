@@ -42,7 +42,7 @@ from shared import reference  # noqa: E402
 from shared import weights as W  # noqa: E402
 from shared.cli import main  # noqa: E402
 from shared.convert.hf import _DEFAULTS, accepted_architectures, export_hf, load_hf_dir, save_hf_dir  # noqa: E402
-from shared.convert.sources import hf_output  # noqa: E402
+from shared.convert.sources import hf_output, siglip2_inputs  # noqa: E402
 from shared.errors import ConversionWarning  # noqa: E402
 from shared.posemb import resample_pos_embed  # noqa: E402
 from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
@@ -441,7 +441,14 @@ _OUT = {  # what the canonical logits stand for, computed from the model object
     # a backbone's last stage, not reshaped: the final-norm tokens; the canonical features are its class token
     "backbone": lambda m, t: m(pixel_values=t).feature_maps[-1][:, 0],
     "mae": _mae_out,
+    # SigLIP 2 takes flattened patches + pixel_attention_mask + spatial_shapes (transformers' own patchify)
+    "siglip2 pooler": lambda m, t: m(**siglip2_inputs(t.numpy(), m.config.patch_size)).pooler_output,
+    "siglip2 image_features": lambda m, t: m.get_image_features(
+        **siglip2_inputs(t.numpy(), m.config.vision_config.patch_size)).pooler_output,
+    "siglip2 logits": lambda m, t: m(**siglip2_inputs(t.numpy(), m.config.vision_config.patch_size)).logits,
 }
+#: a SigLIP 2 tower: no image_size, a 4x4 table (num_patches) of 7-pixel patches: 28x28 images are its own grid
+_S2 = dict({k: v for k, v in _TOWER.items() if k != "image_size"}, num_patches=16)
 _BACKBONE = dict(_DINO_TINY, out_features=["stage2"], reshape_hidden_states=False)
 #: (model_type, class) -> (config class, its kwargs, the output kind): one tiny model of every accepted class
 EVERY_CLASS = {
@@ -488,6 +495,11 @@ EVERY_CLASS = {
                                                  "class token"),
     ("data2vec-vision", "Data2VecVisionForImageClassification"): ("Data2VecVisionConfig", dict(
         _TOWER, **_LABELS, use_relative_position_bias=True, layer_scale_init_value=0.0), "logits"),
+    ("siglip2_vision_model", "Siglip2VisionModel"): ("Siglip2VisionConfig", _S2, "siglip2 pooler"),
+    ("siglip2", "Siglip2Model"): ("Siglip2Config", dict(vision_config=_S2, text_config=_TEXT),
+                                  "siglip2 image_features"),
+    ("siglip2", "Siglip2ForImageClassification"): (
+        "Siglip2Config", dict(vision_config=_S2, text_config=_TEXT, **_LABELS), "siglip2 logits"),
 }
 
 

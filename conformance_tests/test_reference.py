@@ -99,6 +99,7 @@ def test_sincos_2d_big_vision_layout():
     ("bicubic", dict(mode="bicubic")),
     ("bicubic_antialias", dict(mode="bicubic", antialias=True)),
     ("bilinear", dict(mode="bilinear")),
+    ("bilinear_antialias", dict(mode="bilinear", antialias=True)),
 ])
 @pytest.mark.parametrize("old,new", [((14, 14), (24, 24)), ((14, 14), (7, 9)), ((4, 4), (6, 5)), ((24, 24), (14, 14)),
                                      ((5, 3), (2, 11)), ((3, 5), (3, 5))], ids=lambda g: f"{g[0]}x{g[1]}")

@@ -30,7 +30,7 @@ CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
 # tokens), DINOv2's linear-probe head (HF Dinov2ForImageClassification): the head reads 2 * width features
 POOL_KINDS = ("token", "mean", "map", "token_mean")
 POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
-RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear")
+RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear", "bilinear_antialias")
 # none | table: a learned (rows, heads) table read through shared.posemb.rel_pos_index (BEiT, timm RelPosBias) |
 # mlp: timm's RelPosMlp ('cr'): fc1 -> ReLU -> fc2 over the log relative coordinates (vit_relpos_*)
 REL_POS_KINDS = ("none", "table", "mlp")

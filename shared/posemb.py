@@ -13,6 +13,9 @@ Kernels (all with half-pixel centres, i.e. `align_corners=False`):
                      dropped and the rest renormalised
                      (`F.interpolate(mode="bicubic", antialias=True)`).
   bilinear           `F.interpolate(mode="bilinear")`, no antialias.
+  bilinear_antialias the triangle filter on the same antialias path, widened by the scale when
+                     downsampling (`F.interpolate(mode="bilinear", antialias=True)`: timm's
+                     NaFlexVit SigLIP tables, HF SigLIP 2's position grid, up and down).
 Note that TensorFlow/Keras `image.resize(method="bicubic")` uses a = -0.5 with
 a different border rule, i.e. none of the above: backends must not call it.
 """
@@ -133,6 +136,11 @@ def _matrix_bilinear(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
+def _triangle(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
 def _matrix_antialias(n_in: int, n_out: int, filt, interp_size: int) -> np.ndarray:
     # torch's separable antialias path (Pillow's algorithm): support widens by the scale when shrinking.
     scale = n_in / n_out
@@ -160,6 +168,8 @@ def _resize_matrix_cached(n_in: int, n_out: int, kernel: str) -> np.ndarray:
         m = _matrix_bilinear(n_in, n_out)
     elif kernel == "bicubic_antialias":
         m = _matrix_antialias(n_in, n_out, lambda x: _cubic(x, -0.5), 4)
+    elif kernel == "bilinear_antialias":
+        m = _matrix_antialias(n_in, n_out, _triangle, 2)
     else:
         raise ValueError(f"unknown resize kernel {kernel!r}; known: {RESIZE_KERNELS}")
     m.setflags(write=False)

@@ -143,6 +143,28 @@ for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _REL_FAMILY:
 #: the relative-position family presets (timm names: Beit, VisionTransformerRelPos), for tests and the README table
 REL_POS_PRESETS = [f[0] for f in _REL_FAMILY]
 
+# --- timm's NaFlexVit at a fixed image size (timm's names): a Linear over (ph, pw, C) patches (the conv kernel,
+# reshaped), a 16x16 table for the patch tokens only (pos_prefix_tokens=0) resampled per grid with NaFlexVit's
+# own F.interpolate rule (bicubic or bilinear, antialias=True), no class token
+_NAFLEX = dict(class_token="none", pos_prefix_tokens=0, pos_grid=(16, 16))
+_NAFLEX_GAP = dict(_NAFLEX, pool="mean", final_norm=False, fc_norm=True, init_values=1e-5)
+_NAFLEX_MAP = dict(_NAFLEX, pool="map", init_values=1e-5)
+_NAFLEX_SIGLIP = dict(_NAFLEX, pool="map", gelu="tanh", resize_kernel="bilinear_antialias")
+_NAFLEX_FAMILY = [
+    ("naflexvit_base_patch16_gap", 16, 384, 768, 12, 12, 3072, 1000, dict(_NAFLEX_GAP, reg_tokens=4)),
+    ("naflexvit_base_patch16_map", 16, 384, 768, 12, 12, 3072, 1000, dict(_NAFLEX_MAP, reg_tokens=1)),
+    ("naflexvit_so150m2_patch16_reg1_gap", 16, 384, 832, 21, 13, 2176, 1000,
+     dict(_NAFLEX_GAP, reg_tokens=1, qkv_bias=False)),
+    ("naflexvit_so150m2_patch16_reg1_map", 16, 384, 832, 21, 13, 2176, 1000,
+     dict(_NAFLEX_MAP, reg_tokens=1, qkv_bias=False)),
+    ("naflexvit_base_patch16_siglip", 16, 384, 768, 12, 12, 3072, 0, _NAFLEX_SIGLIP),
+    ("naflexvit_so400m_patch16_siglip", 16, 384, 1152, 27, 16, 4304, 0, _NAFLEX_SIGLIP),
+]
+for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _NAFLEX_FAMILY:
+    PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
+#: the NaFlexVit presets (timm names; shared.convert.timm exports a config of such a name as that NaFlexVit)
+NAFLEX_PRESETS = [f[0] for f in _NAFLEX_FAMILY]
+
 # --- tiny models for tests: small enough for float64 NumPy in milliseconds -------
 PRESETS["tiny"] = ViTConfig(
     name="tiny", image_size=(32, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4,

@@ -104,6 +104,7 @@ from .hf_clip import ARCHITECTURES as CLIP_ARCHITECTURES
 from .hf_clip import MODEL_TYPES as HF_CLIP_TYPES
 from .hf_beit import ARCHITECTURES as BEIT_ARCHITECTURES
 from .hf_beit import MODEL_TYPES as HF_BEIT_TYPES
+from .hf_clip import NAFLEX_TYPES as HF_NAFLEX_TYPES
 from .hfconfig import ConfigFacts
 from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, flatten_checkpoint,
                      image_size_arg, read_torch_checkpoint, resize_state, strip_prefixes)
@@ -258,7 +259,11 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
     if mt in HF_CLIP_TYPES:
         from .hf_clip import import_hf_clip
 
-        cfg, out = import_hf_clip(state, hf_config, source)
+        if mt in HF_NAFLEX_TYPES:  # SigLIP 2 keeps its table at its grid and resamples it per image, as HF does
+            cfg, out = import_hf_clip(state, hf_config, source, image_size=image_size)
+            image_size = None
+        else:
+            cfg, out = import_hf_clip(state, hf_config, source)
     elif mt in HF_BEIT_TYPES:
         from .hf_beit import import_hf_beit
 

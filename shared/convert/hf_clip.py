@@ -1,4 +1,4 @@
-"""Hugging Face CLIP, SigLIP and MetaCLIP 2 vision towers <-> the canonical format.
+"""Hugging Face CLIP, SigLIP, MetaCLIP 2 and SigLIP 2 vision towers <-> the canonical format.
 
 Model types and architectures (the vision tower only; a text tower is never part of the canonical model):
 
@@ -18,6 +18,14 @@ Model types and architectures (the vision tower only; a text tower is never part
                       MetaClip2VisionModel, MetaClip2VisionModelWithProjection, MetaClip2Model,
                       MetaClip2ForImageClassification: CLIP's structure, keys, defaults and outputs under MetaCLIP 2's
                       class names (read and written as the clip rows above)
+  siglip2_vision_model, siglip2
+                      Siglip2VisionModel, Siglip2Model, Siglip2ForImageClassification: SigLIP's rows (same keys, head
+                      and outputs) with NaFlex embeddings: patch_embedding is a Linear over (ph, pw, C)-flattened
+                      patches (keymap.linear_patches <-> the conv kernel), position_embedding has num_patches rows (a
+                      square grid, config.json has no image_size) resampled to each image's grid with bilinear
+                      antialias: imported with pos_grid = that grid and resize_kernel 'bilinear_antialias' (any
+                      image size, also non-square); transformers runs it on flattened patches with
+                      pixel_attention_mask and spatial_shapes (shared.convert.sources.siglip2_inputs)
 
 ARCHITECTURES lists these classes per model type (built from _FULL, as the importer names them).
 
@@ -89,14 +97,20 @@ from ..posemb import resample_pos_embed
 from ..weights import CANONICAL_DTYPE, validate_state
 from .hfconfig import ConfigFacts
 from .common import HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, strip_prefixes
-from .keymap import FUSE, Entry, Reshape, Rows, Zeros, expand, put, take
+from .keymap import FUSE, Entry, Reshape, Rows, Zeros, expand, linear_patches, put, take
 
 #: the full model's type (a vision tower and a text tower) -> (its vision tower's structure, the prefix of its
 #: transformers class names); its vision tower alone is model type f"{type}_vision_model"
-_FULL = {"clip": ("clip", "CLIP"), "siglip": ("siglip", "Siglip"), "metaclip_2": ("clip", "MetaClip2")}
+_FULL = {"clip": ("clip", "CLIP"), "siglip": ("siglip", "Siglip"), "metaclip_2": ("clip", "MetaClip2"),
+         "siglip2": ("siglip", "Siglip2")}
 MODEL_TYPES = tuple(t for full in _FULL for t in (full, f"{full}_vision_model"))
 RESIZE_KERNEL = "bicubic"  # HF interpolate_pos_encoding
 _FAMILY = {t: _FULL[t.removesuffix("_vision_model")][0] for t in MODEL_TYPES}
+#: SigLIP 2 (NaFlex): SigLIP's tower with a Linear over (ph, pw, C)-flattened patches and a learned table of
+#: num_patches rows (a square grid) resampled to each image's grid with F.interpolate(bilinear, antialias=True)
+NAFLEX_TYPES = ("siglip2", "siglip2_vision_model")
+NAFLEX_RESIZE_KERNEL = "bilinear_antialias"  # Siglip2VisionEmbeddings.resize_positional_embeddings
+NAFLEX_DEFAULT_PATCHES = 256  # Siglip2VisionConfig.num_patches
 
 
 def _full_type(model_type: str) -> str:
@@ -123,6 +137,11 @@ _DEFAULTS = {
              "attention_dropout": 0.0},
     "siglip": {"num_attention_heads": 12, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
                "image_size": 224, "attention_dropout": 0.0, "vision_use_head": True},
+    # Siglip2VisionConfig: no image_size (any size; the table has num_patches rows), patch size and channels stated
+    # (its Linear's P*P*C inputs do not tell them apart)
+    "siglip2": {"num_attention_heads": 12, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+                "attention_dropout": 0.0, "vision_use_head": True, "num_patches": NAFLEX_DEFAULT_PATCHES,
+                "patch_size": 16, "num_channels": 3},
 }
 CLIP_DEFAULT_PROJECTION_DIM = 512
 TOWER = "vision_model."
@@ -186,12 +205,17 @@ def _vision_config(hf_config: Mapping[str, Any], model_type: str, source: str) -
 
 # ----------------------------------------------------------------------------- the key map
 def key_map(family: str, *, depth: int, width: int, positions: int, final_norm: bool, pool: str,
-            head: str | None = None, classes: int = 0, pre: str = TOWER) -> list[Entry]:
+            head: str | None = None, classes: int = 0, pre: str = TOWER,
+            linear: tuple[int, int] | None = None) -> list[Entry]:
     """(HF keys, canonical keys, transform) of a vision tower whose keys sit under `pre`, and of its head ('projection':
-    visual_projection, its canonical bias zeros; 'classifier'; None). positions: the rows of the position table."""
+    visual_projection, its canonical bias zeros; 'classifier'; None). positions: the rows of the position table.
+    linear=(patch, channels): the patch embedding is a Linear over (ph, pw, C)-flattened patches (SigLIP 2)."""
     D = width
     like = {"depth": depth, "norm_pre": family == "clip", "final_norm": final_norm, "pool": pool}
     m = [Entry(pre + hk, canon) for canon, hk in _renames(family, like).items()]
+    if linear is not None:
+        m = [Entry(e.src, e.dst, linear_patches(D, *linear)) if e.dst == ("patch_embed.proj.weight",) else e
+             for e in m]
     if family == "clip":
         m.append(Entry(pre + _CLS, "cls_token", Reshape((1, 1, D), (D,))))
     m.append(Entry(pre + _POS, "pos_embed", Reshape((1, positions, D), (positions, D))))
@@ -222,16 +246,16 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
     if mt not in MODEL_TYPES:
         raise ConversionError(f"{source}: model_type {shown(mt)} is not a CLIP or SigLIP model (expected one of "
                               f"{', '.join(MODEL_TYPES)})")
-    family = _FAMILY[mt]
+    family, naflex = _FAMILY[mt], mt in NAFLEX_TYPES
     vconf, conf_name = _vision_config(hf_config, mt, source)
-    facts = ConfigFacts(vconf, _DEFAULTS[family], source, f"{source}: {conf_name}")
+    facts = ConfigFacts(vconf, _DEFAULTS["siglip2" if naflex else family], source, f"{source}: {conf_name}")
     st, pre = _tower(state, mt, source)
-    f = _sizes(facts, st, pre, vconf, conf_name, source)
+    f = _sizes(facts, st, pre, vconf, conf_name, source, naflex=naflex)
     arch, pool, final_norm, head = _head(mt, facts, st, pre, conf_name, source)
     K = int(np.shape(st["visual_projection.weight"])[0]) if head == "projection" else 0
     T = int(np.shape(st[pre + _POS])[0]) if np.ndim(st.get(pre + _POS)) == 2 else -1
     out = take(key_map(family, depth=f["depth"], width=f["D"], positions=T, final_norm=final_norm, pool=pool,
-                       head=head, classes=K, pre=pre), st, source)
+                       head=head, classes=K, pre=pre, linear=(f["P"], f["C"]) if naflex else None), st, source)
     K = int(out["head.weight"].shape[0]) if "head.weight" in out else 0
     if head == "projection":
         pd = (hf_config if mt in _FULL else vconf).get("projection_dim")
@@ -245,17 +269,19 @@ def import_hf_clip(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
                                      f"{n_pre + g * g}{' (the class token, then the patches)' if n_pre else ''}"])
     name = hf_config.get("_name_or_path")
     name = name.replace("/", "_") if isinstance(name, str) and name else f"hf_{_full_type(mt)}"
+    # SigLIP 2 keeps its table at its grid and resamples it per image (bilinear, antialias), as transformers does
+    table = dict(pos_grid=(g, g), resize_kernel=NAFLEX_RESIZE_KERNEL) if naflex else dict(resize_kernel=RESIZE_KERNEL)
     try:
         cfg = ViTConfig(
             name=name, image_size=(img, img) if image_size is None else image_size, in_chans=f["C"], patch_size=P,
             patch_bias=family == "siglip", embed_dim=f["D"], depth=f["depth"], num_heads=f["H"], mlp_dim=f["M"],
             qkv_bias=True, class_token="learned" if family == "clip" else "none", pool=pool, pos_embed="learned",
-            resize_kernel=RESIZE_KERNEL, gelu=HF_GELU[f["act"]], layer_norm_eps=f["eps"], norm_pre=family == "clip",
+            **table, gelu=HF_GELU[f["act"]], layer_norm_eps=f["eps"], norm_pre=family == "clip",
             final_norm=final_norm, num_classes=K, attn_dropout=f["attn_dropout"],
             notes=f"imported from Hugging Face {arch} ({mt}) {source}")
     except ConfigError as e:
         raise ConversionError(f"{source}: the imported model is not a valid ViTConfig: {e}") from None
-    if cfg.grid != (g, g):
+    if cfg.table_grid != (g, g):
         out["pos_embed"] = resample_pos_embed(out["pos_embed"], (g, g), cfg.grid, n_pre, cfg.resize_kernel)
     validate_state(cfg, out, source=source)
     return cfg, out
@@ -294,7 +320,7 @@ def _tower(state: Mapping[str, Any], mt: str, source: str) -> tuple[dict[str, An
 
 
 def _sizes(facts: ConfigFacts, st: Mapping[str, Any], pre: str, vconf: Mapping[str, Any], conf_name: str,
-           source: str) -> dict[str, Any]:
+           source: str, naflex: bool = False) -> dict[str, Any]:
     """The tower's numerics (config.json) and sizes (the weights, checked against config.json)."""
     where = facts.where
     f: dict[str, Any] = {"H": facts.as_int("num_attention_heads", hi=L.MAX_HEADS), "act": facts.as_str("hidden_act")}
@@ -303,6 +329,8 @@ def _sizes(facts: ConfigFacts, st: Mapping[str, Any], pre: str, vconf: Mapping[s
                               f"(quick_gelu -> quick; gelu -> erf; gelu_pytorch_tanh / gelu_new / gelu_fast -> tanh)")
     f["eps"] = facts.as_real("layer_norm_eps", 0.0, 1.0, lo_open=True)
     f["attn_dropout"] = facts.as_real("attention_dropout", 0.0, 1.0)
+    if naflex:
+        return {**f, **_naflex_sizes(facts, st, pre, source)}
     img_v = facts.get("image_size")
     if not (is_int(img_v) and 1 <= img_v <= L.MAX_IMAGE_SIDE):
         raise ConfigError(f"{where}: 'image_size' must be an int in [1, {L.MAX_IMAGE_SIDE}] (HF CLIP and SigLIP "
@@ -329,6 +357,36 @@ def _sizes(facts: ConfigFacts, st: Mapping[str, Any], pre: str, vconf: Mapping[s
         raise ConversionError(f"{where}: image_size {f['img']} is not divisible by patch_size {P}: HF drops the "
                               f"remainder pixels, the canonical model needs whole patches")
     return {**f, "D": D, "C": C, "P": P, "depth": depth, "M": M}
+
+
+def _naflex_sizes(facts: ConfigFacts, st: Mapping[str, Any], pre: str, source: str) -> dict[str, Any]:
+    """A SigLIP 2 tower's sizes: patch size and channels from config.json (its Linear's P*P*C inputs do not tell them
+    apart), the table's square grid from num_patches, the rest from the weights."""
+    where = facts.where
+    P, C = facts.as_int("patch_size", hi=L.MAX_PATCH), facts.as_int("num_channels", hi=L.MAX_CHANNELS)
+    n = facts.as_int("num_patches", hi=L.MAX_IMAGE_SIDE ** 2)
+    g = int(round(n ** 0.5))
+    if g * g != n:
+        raise ConversionError(f"{where}: num_patches {n} is not a square: transformers reshapes the table to "
+                              f"int(sqrt({n}))^2 rows")
+    pw = np.shape(st[pre + _PATCH + "weight"])
+    if len(pw) != 2 or pw[1] != P * P * C:
+        raise MismatchError(source, [f"key {pre}{_PATCH}weight: shape {tuple(pw)}; expected (D, {P * P * C}) (a "
+                                     f"Linear over {P}x{P} patches of {C} channels)"])
+    D = int(pw[0])
+    depth = check_numbering(block_ids(st, pre + _BLOCK_PREFIX), source)
+    fc1 = pre + _BLOCK_PREFIX.format(i=0) + "mlp.fc1.weight"
+    if fc1 not in st:
+        raise MismatchError(source, [f"missing key {fc1!r}"])
+    M = int(np.shape(st[fc1])[0])
+    clash = [f"{k}: {where} {facts.get(k)!r}, weights {v!r}" for k, v in
+             {"hidden_size": D, "num_hidden_layers": depth, "intermediate_size": M}.items()
+             if facts.get(k) is not None and facts.get(k) != v]
+    if clash:
+        raise MismatchError(source, ["config.json disagrees with the weights: " + c for c in clash])
+    if D % facts.as_int("num_attention_heads", hi=L.MAX_HEADS):
+        raise ConversionError(f"{where}: hidden_size {D} is not divisible by num_attention_heads")
+    return {"D": D, "C": C, "P": P, "depth": depth, "M": M, "img": g * P}
 
 
 def _head(mt: str, facts: ConfigFacts, st: dict[str, Any], pre: str, conf_name: str,
@@ -411,12 +469,20 @@ def _architecture(cfg: ViTConfig, model_type: str) -> tuple[str | None, list[str
         "SwiGLU": f"a SwiGLU MLP: HF {family}'s MLP is Linear-GELU-Linear",
         "norm_pre": "norm_pre: HF SigLIP has no norm before the blocks",
         "patch_bias=False": "patch_bias=False: HF SigLIP's patch embedding has a bias"})
+    naflex = model_type in NAFLEX_TYPES
     if cfg.pos_embed != "learned":
         p.append(f"pos_embed={cfg.pos_embed!r}: HF {family} has a learned position table only")
+    elif naflex:
+        th, tw = cfg.table_grid
+        if th != tw:
+            p.append(f"the table's grid {th}x{tw}: HF SigLIP 2 stores a square grid (num_patches rows)")
+        if cfg.table_grid != cfg.grid and cfg.resize_kernel != NAFLEX_RESIZE_KERNEL:
+            p.append(f"resize_kernel {cfg.resize_kernel!r} with the table at {cfg.table_grid} and the image grid "
+                     f"{cfg.grid}: HF SigLIP 2 resamples with {NAFLEX_RESIZE_KERNEL}")
     elif cfg.num_pos_prefix == cfg.num_prefix_tokens and cfg.table_grid != cfg.grid:
         p.append(f"the table is stored at grid {cfg.table_grid}, the image grid is {cfg.grid}: HF stores the table "
                  f"at image_size (resample it first, e.g. re-import with image_size)")
-    if cfg.image_size[0] != cfg.image_size[1]:
+    if cfg.image_size[0] != cfg.image_size[1] and not naflex:
         p.append(f"image_size {cfg.image_size}: HF {family} towers take square images (one int image_size)")
     if cfg.attn_value_skip:
         p.append("attn_value_skip: HF attention has no value skip")
@@ -521,15 +587,19 @@ def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: 
         raise ValueError(f"text_config applies to model_type {' / '.join(map(repr, _FULL))} only, not "
                          f"{model_type!r}")
     validate_state(cfg, state, source="<canonical state>")
-    if cfg.resize_kernel != RESIZE_KERNEL:
-        warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF "
-                      f"interpolate_pos_encoding uses plain bicubic: outputs at other image sizes will differ",
+    naflex = model_type in NAFLEX_TYPES
+    kernel = NAFLEX_RESIZE_KERNEL if naflex else RESIZE_KERNEL
+    if cfg.resize_kernel != kernel:
+        warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF {model_type} "
+                      f"resamples with {kernel}: outputs at other image sizes will differ",
                       ConversionWarning, stacklevel=2)
     D = cfg.embed_dim
     pre = "" if layout == "module" and arch == _class(model_type, "VisionModel") else TOWER
     head = None if not cfg.num_classes else "classifier" if arch.endswith("ForImageClassification") else "projection"
-    out = put(key_map(family, depth=cfg.depth, width=D, positions=cfg.num_pos_prefix + cfg.grid[0] * cfg.grid[1],
-                      final_norm=cfg.final_norm, pool=cfg.pool, head=head, classes=cfg.num_classes, pre=pre), state)
+    rows = cfg.num_pos_prefix + cfg.table_grid[0] * cfg.table_grid[1]
+    out = put(key_map(family, depth=cfg.depth, width=D, positions=rows, final_norm=cfg.final_norm, pool=cfg.pool,
+                      head=head, classes=cfg.num_classes, pre=pre,
+                      linear=(cfg.patch_size, cfg.in_chans) if naflex else None), state)
     if family == "clip" and not cfg.final_norm:  # CLIPForImageClassification never runs it: the identity, so
         out[pre + "post_layernorm.weight"] = np.ones(D, CANONICAL_DTYPE)  # every key is there
         out[pre + "post_layernorm.bias"] = np.zeros(D, CANONICAL_DTYPE)
@@ -541,6 +611,9 @@ def export_hf_clip(cfg: ViTConfig, state: Mapping[str, np.ndarray], model_type: 
         "patch_size": cfg.patch_size, "hidden_act": HF_GELU_OUT[cfg.gelu], "layer_norm_eps": cfg.layer_norm_eps,
         "attention_dropout": cfg.attn_dropout,
     }
+    if naflex:  # any image size: the table's rows instead of image_size
+        del vision["image_size"]
+        vision["num_patches"] = cfg.table_grid[0] * cfg.table_grid[1]
     if family == "clip":
         vision["projection_dim"] = cfg.num_classes if arch == _class(model_type, "VisionModelWithProjection") else \
             CLIP_DEFAULT_PROJECTION_DIM

@@ -174,6 +174,13 @@ class Each(Transform):
         return [self.inner.backward([p], 1)[0] for p in split_rows(canon[0], n)]
 
 
+def linear_patches(width: int, patch: int, channels: int) -> Transform:
+    """A Linear over (ph, pw, C)-flattened patches (width, P*P*C) <-> the canonical conv kernel (width, C, P, P):
+    W_conv[d, c, i, j] = W_lin[d, (i * P + j) * C + c] (timm NaFlexVit, HF SigLIP 2; exact both ways)."""
+    D, P, C = width, patch, channels
+    return Chain((Reshape((D, P, P, C), (D, P * P * C)), Transpose((0, 3, 1, 2))))
+
+
 class _ShapeError(ValueError):
     pass
 

@@ -13,7 +13,9 @@ the source file (not from the converted config) and returns its final output, wh
                          GELU form, ...) on ARCH's own modules: a wrong statement is shared, a wrong reading of the
                          keys fails the strict load. A timm hub directory: timm.create_model('local-dir:DIR', pretrained=True)
     hf (directories)     transformers' own class for the directory's model_type and architectures (ViT, DeiT, DINOv2,
-                         ViTMAE, ViTMSN, I-JEPA, CLIP, SigLIP, MetaCLIP 2: hf_runner), from_pretrained(local_files_only)
+                         ViTMAE, ViTMSN, I-JEPA, CLIP, SigLIP, MetaCLIP 2, SigLIP 2: hf_runner),
+                         from_pretrained(local_files_only); SigLIP 2 on flattened patches + pixel_attention_mask +
+                         spatial_shapes (siglip2_inputs)
     torchvision          torchvision's own VisionTransformer + load_state_dict(strict=True)
     bigvision (.npz)     timm's own _load_weights on the file
     kerashub             keras-hub's own from_preset / Keras' safe-mode loader / model + load_weights (a Keras child)
@@ -95,8 +97,8 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     from ..presets import PRESETS
-    from .timm import (architecture_eps, read_checkpoint, strip_prefixes, timm_files, timm_model_args,
-                       timm_norm_layer)
+    from .timm import (architecture_eps, is_naflex_state, read_checkpoint, strip_prefixes, timm_architecture,
+                       timm_files, timm_model_args, timm_norm_layer)
     from .timm_resolve import resolve_timm_architecture
 
     size = tuple(int(s) for s in images.shape[2:])
@@ -104,10 +106,19 @@ def timm_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     if Path(src).is_dir():
         name = f"local-dir:{Path(src).resolve()}"
         model = timm.create_model(name, pretrained=True)
-        if tuple(model.patch_embed.img_size) != size:
+        pe = getattr(model, "patch_embed", None)  # a NaFlexVit has none: it resamples its table per grid itself
+        if pe is not None and tuple(pe.img_size) != size:
             model = timm.create_model(name, pretrained=True, img_size=size)
         return _torch_forward(model, images).numpy()
     state = strip_prefixes(read_checkpoint(weights))
+    if is_naflex_state(state):  # timm's NaFlexVit, built with every fact the config states; any image size
+        arch, kw = (config["architecture"].split(".")[0], dict(config.get("model_args") or {})) if config else \
+            (timm_architecture(cfg), timm_model_args(cfg))
+        kw.setdefault("num_classes", cfg.num_classes)
+        model = timm.create_model(arch, pretrained=False, **{k: tuple(v) if isinstance(v, list) else v
+                                                            for k, v in kw.items()})
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+        return _torch_forward(model, images).numpy()
     if config is not None:
         arch, kw = config["architecture"].split(".")[0], dict(config.get("model_args") or {})
         kw.setdefault("num_classes", config.get("num_classes", cfg.num_classes))
@@ -153,11 +164,11 @@ _HF_RUN = {
         "ViTMSNForImageClassification", "IJepaForImageClassification", "CLIPForImageClassification",
         "SiglipForImageClassification", "MetaClip2ForImageClassification", "Dinov2ForImageClassification",
         "Dinov2WithRegistersForImageClassification", "BeitForImageClassification",
-        "Data2VecVisionForImageClassification")},
-    **{f"{p}VisionModel": (f"{p}VisionModel", "pooler_output") for p in ("CLIP", "Siglip", "MetaClip2")},
+        "Data2VecVisionForImageClassification", "Siglip2ForImageClassification")},
+    **{f"{p}VisionModel": (f"{p}VisionModel", "pooler_output") for p in ("CLIP", "Siglip", "MetaClip2", "Siglip2")},
     **{f"{p}VisionModelWithProjection": (f"{p}VisionModelWithProjection", "image_embeds")
        for p in ("CLIP", "MetaClip2")},
-    **{f"{p}Model": (f"{p}Model", "image_features") for p in ("CLIP", "Siglip", "MetaClip2")},
+    **{f"{p}Model": (f"{p}Model", "image_features") for p in ("CLIP", "Siglip", "MetaClip2", "Siglip2")},
 }
 #: model_type -> what runs a checkpoint whose architecture is none of the above (a base model, a backbone, MAE's
 #: pre-training model): the base model, and its "features" (the pooler when the file has one, else the final-norm
@@ -171,7 +182,22 @@ _HF_BASE = {
     "metaclip_2": ("MetaClip2Model", "image_features"),
     "metaclip_2_vision_model": ("MetaClip2VisionModel", "pooler_output"),
     "beit": ("BeitModel", "features"), "data2vec-vision": ("Data2VecVisionModel", "features"),
+    "siglip2": ("Siglip2Model", "image_features"), "siglip2_vision_model": ("Siglip2VisionModel", "pooler_output"),
 }
+
+
+def siglip2_inputs(images: np.ndarray, patch_size: int) -> dict:
+    """What a transformers SigLIP 2 model takes for whole images (B, C, H, W): pixel_values, the flattened patches
+    as transformers' own image processor makes them (`convert_image_to_patches`: (ph, pw, C) per patch, row-major),
+    pixel_attention_mask (every patch valid: ones (B, N)) and spatial_shapes ((H / P, W / P) per image)."""
+    import torch
+    from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+    patches = torch.stack([convert_image_to_patches(im, patch_size) for im in x])
+    gh, gw = images.shape[2] // patch_size, images.shape[3] // patch_size
+    return {"pixel_values": patches, "pixel_attention_mask": torch.ones(x.shape[0], gh * gw, dtype=torch.int32),
+            "spatial_shapes": torch.tensor([[gh, gw]] * x.shape[0], dtype=torch.long)}
 
 
 def hf_runner(model_type: str, architectures) -> tuple[str, str]:
@@ -190,7 +216,8 @@ def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     model_type and architectures (hf_runner): a classifier's logits (DeiT with teacher: the mean of its two heads);
     a base model's pooler output when the file has a pooler, else its final-norm class token (ViTMAEModel with
     mask_ratio 0 and noise = arange, so every patch is kept in order); IJepaModel: the mean of its final-normed
-    tokens; CLIPVisionModel / SiglipVisionModel / MetaClip2VisionModel: pooler_output;
+    tokens; CLIPVisionModel / SiglipVisionModel / MetaClip2VisionModel / Siglip2VisionModel: pooler_output (SigLIP 2
+    takes the images as flattened patches with pixel_attention_mask and spatial_shapes: siglip2_inputs);
     CLIPVisionModelWithProjection / MetaClip2VisionModelWithProjection: image_embeds; CLIPModel / SiglipModel /
     MetaClip2Model: get_image_features. The
     position table is interpolated by the model's own interpolate_pos_encoding when the images are not at the
@@ -215,6 +242,11 @@ def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     model = model.eval().float()
     x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
     vision = getattr(hf_cfg, "vision_config", None) or hf_cfg
+    if hf_cfg.model_type in ("siglip2", "siglip2_vision_model"):  # patches + pixel_attention_mask + spatial_shapes
+        fn = model.get_image_features if output == "image_features" else model.forward
+        with torch.no_grad():
+            out = fn(**siglip2_inputs(images, vision.patch_size))
+        return getattr(out, "pooler_output" if output == "image_features" else output).numpy()
     size = vision.image_size
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     fn = model.get_image_features if output == "image_features" else model.forward

@@ -38,6 +38,13 @@ Relative position biases (timm's Beit and VisionTransformerRelPos) are read from
 resampled by timm's own rule (shared.posemb.resize_rel_pos_table), with a warning. Export writes them back under
 timm's names for the class `rel_pos_class(cfg)` names.
 
+timm's NaFlexVit (keys `embeds.*`) is read as the VisionTransformer it computes at a fixed image size: its
+architecture (config.json or --preset naflexvit_...) states the patch size, channels and the table's resize kernel;
+`naflex_to_vit` turns the Linear over (ph, pw, C) patches into the conv kernel and the (1, h, w, D) table (patch rows
+only) into (1, h*w, D), kept at its grid (cfg.pos_grid) and resampled per image grid with NaFlexVit's own kernel. A
+config named after a NaFlexVit architecture (`is_naflex`) exports as that NaFlexVit (`vit_to_naflex`, the exact
+inverse; `timm_model_args` gives NaFlexVitCfg's fields).
+
 Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, unpacked
 gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, separate q/k/v projections, a per-block relative bias
 summed with a shared one, Swin-v2's relative MLP, an attention pool with its own positions or qk-norm, pooling timm
@@ -56,6 +63,7 @@ import math
 import os
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
@@ -73,8 +81,8 @@ from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
 from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
                      pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
 from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
-from .keymap import Entry, Fold, expand, put, take
-from .timm_resolve import Resolved, resolve_timm_architecture
+from .keymap import Entry, Fold, expand, linear_patches, put, take
+from .timm_resolve import Resolved, resolve_timm_architecture, timm_knows
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
 TIMM_DEFAULT_EPS = 1e-6
@@ -138,6 +146,17 @@ def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
         a, b = tuple(np.shape(st[k])), shapes[k]
         if (a[::2], len(a)) != (b[::2], len(b)) if k == "pos_embed" else a != b:
             out.append(f"{k}: file {a}, timm's model {b}")
+    return out
+
+
+def _vit_shapes(shapes: Mapping[str, tuple[int, ...]], nf: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """A NaFlexVit's state-dict shapes as `naflex_to_vit` gives them (for the same checks as a VisionTransformer's)."""
+    out = {k: v for k, v in shapes.items() if not k.startswith("embeds.")}
+    for nk, vk in _NAFLEX_KEYS.items():
+        if nk in shapes:
+            v = shapes[nk]
+            out[vk] = ((v[0], nf["in_chans"], nf["patch_size"], nf["patch_size"]) if nk == "embeds.proj.weight"
+                       and len(v) == 2 else (1, v[1] * v[2], v[3]) if nk == "embeds.pos_embed" else v)
     return out
 
 
@@ -344,6 +363,15 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     # a named architecture that is no suite preset: timm's own model of that name states what it is (or it is
     # refused by name, whatever else is stated); the file's keys must then be exactly that model's
     resolved, unresolved, preset = _resolve_names(st, preset, timm_config, source)
+    naflex = naflex_grid = None
+    if is_naflex_state(st):  # timm's NaFlexVit: read as the VisionTransformer it computes at a fixed image size
+        naflex = _naflex_facts(preset, resolved, source)
+        st, naflex_grid = naflex_to_vit(st, naflex["patch_size"], naflex["in_chans"], source)
+        if naflex_grid is not None and grid is not None and _pair(grid) != naflex_grid:
+            raise ConversionError(f"{source}: grid {grid} stated, but the NaFlexVit table embeds.pos_embed is "
+                                  f"{naflex_grid[0]}x{naflex_grid[1]}")
+        grid = naflex_grid if naflex_grid is not None else grid
+        resolved = [(who, replace(r, shapes=_vit_shapes(r.shapes, naflex)), mine) for who, r, mine in resolved]
     _check_timm_state(st, source, pool=pool, gelu=gelu, mlp=mlp)
     f = facts(st, source)
     # ---- what others state, and the questions nobody answered
@@ -352,6 +380,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     H, eps, act = _ask_numerics(f, k, num_heads)
     pool_c, pool_by = _ask_pool(f, k)
     npos, pos_grid, grid_by, hints = _ask_grid(f, k, st, image_size, grid)
+    if naflex is not None and naflex_grid is not None:
+        grid_by = f"the file (embeds.pos_embed is {naflex_grid[0]}x{naflex_grid[1]})"
     if k.questions:
         raise MissingFactsError(f"{source}: a timm state dict does not determine these, and nothing stated them:\n  "
                                 + "\n  ".join(k.questions) + "".join(f"\n  ({u})" for u in unresolved))
@@ -372,13 +402,19 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     cfg = _timm_config(f, k, H=H, eps=eps, act=act, pool=pool_c, pool_by=pool_by, npos=npos, grid_by=grid_by,
                        target=target, init_values=init_values)
     # ---- the weights, through the key map (at the table's stored grid), then resampled to the image grid
+    if naflex is not None and f.has_pos:  # the table stays at its grid: resampled per grid as NaFlexVit does
+        if naflex.get("resize_kernel") is None:
+            raise ConversionError(f"{source}: {naflex['who']} resamples its table with no canonical kernel")
+        cfg = cfg.replace(pos_grid=pos_grid, resize_kernel=naflex["resize_kernel"],
+                          notes=cfg.notes + f"; a NaFlexVit: patch size, channels and the table's resize kernel "
+                                            f"from {naflex['who']}")
     table = cfg.replace(image_size=(pos_grid[0] * f.P, pos_grid[1] * f.P)) if f.has_pos else cfg
     if f.rel_pos == "table" and table.grid != cfg.grid:
         raise ConversionError(f"{source}: a position table stored for {pos_grid[0]}x{pos_grid[1]} with a relative "
                               f"table converted to {cfg.grid[0]}x{cfg.grid[1]}: convert at the table's own size")
     st = _resize_rel_tables(f, st, cfg, source)
     out = take(key_map(table, extra=f.rel_entries), st, source, expected=expected_shapes(table))
-    if f.has_pos and pos_grid != cfg.grid:
+    if f.has_pos and pos_grid != cfg.table_grid:
         out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, npos, cfg.resize_kernel)
     validate_state(cfg, out, source=source)
     return cfg, out
@@ -807,6 +843,108 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
         raise ConversionError(f"{k.source}: the imported model is not a valid ViTConfig: {e}") from None
 
 
+# ---------------------------------------------------------------------------- NaFlex
+#: timm's NaFlexVit architectures are named naflexvit_*: a config of such a name exports as that NaFlexVit
+NAFLEX_PREFIX = "naflexvit_"
+#: the resize kernels NaFlexVit can state (pos_embed_interp_mode, pos_embed_antialias), align_corners=False
+NAFLEX_KERNEL_ARGS = {"bicubic_antialias": ("bicubic", True), "bicubic": ("bicubic", False),
+                      "bilinear_antialias": ("bilinear", True), "bilinear": ("bilinear", False)}
+#: NaFlexVit's embedding keys <-> the classic VisionTransformer's (the patch projection and the table reshaped)
+_NAFLEX_KEYS = {"embeds.proj.weight": "patch_embed.proj.weight", "embeds.proj.bias": "patch_embed.proj.bias",
+                "embeds.pos_embed": "pos_embed", "embeds.cls_token": "cls_token", "embeds.reg_token": "reg_token"}
+
+
+def is_naflex_state(st: Mapping[str, Any]) -> bool:
+    """A timm NaFlexVit state dict (its `embeds.*` keys), not a VisionTransformer's."""
+    return any(k.startswith("embeds.") for k in st)
+
+
+def is_naflex(cfg: ViTConfig) -> bool:
+    """Whether `cfg` is named after a timm NaFlexVit architecture (a NaFlex preset, or a naflexvit_* name timm
+    knows): its timm form is then that NaFlexVit."""
+    name = cfg.name.split(".")[0]
+    return name.startswith(NAFLEX_PREFIX) and (name in PRESETS or bool(timm_knows(name)))
+
+
+def _naflex_facts(preset, resolved, source: str) -> dict[str, Any]:
+    """What a NaFlexVit file cannot tell by itself (its Linear's P*P*C inputs do not split into patch size and
+    channels; the table's resize kernel): from timm's model of its architecture, else a NaFlex preset."""
+    for who, r, _ in resolved:
+        if "naflex" in r.facts:
+            return dict(r.facts["naflex"], who=who)
+    p_cfg = resolve_preset(preset)
+    if p_cfg is not None and is_naflex(p_cfg):
+        return dict(patch_size=p_cfg.patch_size, in_chans=p_cfg.in_chans, resize_kernel=p_cfg.resize_kernel,
+                    who=f"preset {p_cfg.name!r}")
+    raise MissingFactsError(f"{source}: a timm NaFlexVit state dict (embeds.* keys): its flattened patch projection "
+                            f"does not tell the patch size from the channels, nor the table's resize kernel; name "
+                            f"its architecture (timm's config.json beside it, or --preset naflexvit_...)")
+
+
+def naflex_to_vit(st: Mapping[str, Any], patch_size: int, in_chans: int, source: str) -> tuple[dict[str, Any],
+                                                                                             tuple[int, int] | None]:
+    """A NaFlexVit state dict -> the classic VisionTransformer's, exactly (only reshapes and transposes): the Linear
+    over (ph, pw, C)-flattened patches becomes the conv kernel (D, C, P, P) (W_conv[d, c, i, j] =
+    W_lin[d, (i * P + j) * C + c]), the (1, h, w, D) table (1, h*w, D) in row-major order (rows for the patches
+    only; `shared.convert.keymap.linear_patches`). Returns (state, the table's grid or None). Any other embeds.* key
+    is refused by name."""
+    out = {k: v for k, v in st.items() if not k.startswith("embeds.")}
+    other = sorted(k for k in st if k.startswith("embeds.") and k not in _NAFLEX_KEYS)
+    if other:
+        raise ConversionError(f"{source}: NaFlexVit embedding keys the canonical model cannot run: {other[:4]} "
+                              f"(factorized tables pos_embed_y/x, norms inside the embedding)")
+    P, C = patch_size, in_chans
+    w = np.asarray(st["embeds.proj.weight"]) if "embeds.proj.weight" in st else None
+    if w is None or w.ndim not in (2, 4):
+        raise MismatchError(source, [f"key 'embeds.proj.weight': expected a Linear (D, {P * P * C}) or a conv "
+                                     f"(D, {C}, {P}, {P}), got {None if w is None else w.shape}"])
+    if w.ndim == 2:
+        if w.shape[1] != P * P * C:
+            raise MismatchError(source, [f"key 'embeds.proj.weight': expected (D, {P * P * C}) = patch {P}x{P} x "
+                                         f"{C} channels, got {w.shape}"])
+        w = linear_patches(w.shape[0], P, C).forward([w])[0]
+    out["patch_embed.proj.weight"] = np.ascontiguousarray(w)
+    for k in ("embeds.proj.bias", "embeds.cls_token", "embeds.reg_token"):
+        if k in st:
+            out[_NAFLEX_KEYS[k]] = st[k]
+    grid = None
+    if "embeds.pos_embed" in st:
+        pe = np.asarray(st["embeds.pos_embed"])
+        if pe.ndim != 4 or pe.shape[0] != 1:
+            raise MismatchError(source, [f"key 'embeds.pos_embed': expected (1, h, w, D), got {pe.shape}"])
+        grid = (int(pe.shape[1]), int(pe.shape[2]))
+        out["pos_embed"] = pe.reshape(1, grid[0] * grid[1], pe.shape[3])
+    return out, grid
+
+
+def vit_to_naflex(cfg: ViTConfig, st: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The exact inverse of `naflex_to_vit` for `cfg` (its table at cfg.table_grid, patch rows only)."""
+    out = {k: v for k, v in st.items() if k not in _NAFLEX_KEYS.values()}
+    w = np.asarray(st["patch_embed.proj.weight"])
+    out["embeds.proj.weight"] = linear_patches(w.shape[0], cfg.patch_size, cfg.in_chans).backward([w], 1)[0]
+    for nk, vk in _NAFLEX_KEYS.items():
+        if vk in st and nk != "embeds.proj.weight":
+            out[nk] = st[vk]
+    if "pos_embed" in st:
+        gh, gw = cfg.table_grid
+        out["embeds.pos_embed"] = np.ascontiguousarray(np.asarray(st["pos_embed"]).reshape(1, gh, gw, -1))
+    return out
+
+
+def _naflex_problems(cfg: ViTConfig) -> list[str]:
+    """Why `cfg` has no NaFlexVit form (beyond a VisionTransformer's)."""
+    p = []
+    if cfg.pos_embed == "learned" and cfg.resize_kernel not in NAFLEX_KERNEL_ARGS:
+        p.append(f"resize_kernel {cfg.resize_kernel!r}: NaFlexVit resamples with {', '.join(NAFLEX_KERNEL_ARGS)}")
+    if cfg.dist_token:
+        p.append("a distillation token: NaFlexVit has none")
+    if cfg.swiglu:
+        p.append("a packed SwiGLU MLP: NaFlexVit's swiglu_mlp builds EVA blocks with an unpacked SwiGLU")
+    if cfg.layer_norm_eps != TIMM_DEFAULT_EPS:
+        p.append(f"LayerNorm eps {cfg.layer_norm_eps}: NaFlexVit's norm_layer is named by a string (eps 1e-6)")
+    return p
+
+
 # ---------------------------------------------------------------------------- the key map
 def key_map(cfg: ViTConfig, extra: Sequence[Entry] = ()) -> list[Entry]:
     """timm's keys for `cfg`: timm's keys are the canonical ones, each read as itself, except the canonical keys an
@@ -871,12 +1009,14 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
                       "timm's VisionTransformer has no such global_pool (HF Dinov2ForImageClassification has it: "
                       "--to hf)"})
     p += _common_problems(cfg)
-    if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid and cfg.resize_kernel != TIMM_RESIZE_KERNEL:
+    if is_naflex(cfg):
+        p += _naflex_problems(cfg)
+    elif cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid and cfg.resize_kernel != TIMM_RESIZE_KERNEL:
         p.append(f"the table ({cfg.table_grid}) is resampled to the image grid {cfg.grid} with "
                  f"{cfg.resize_kernel!r}; timm resamples only with {TIMM_RESIZE_KERNEL}")
-    if cfg.swiglu and cfg.dist_token:
+    if cfg.swiglu and cfg.dist_token and not is_naflex(cfg):
         p.append("a SwiGLU MLP with a distillation token: timm's VisionTransformerDistilled has no SwiGLU architecture")
-    if cfg.dist_token and cfg.reg_tokens:
+    if cfg.dist_token and cfg.reg_tokens and not is_naflex(cfg):
         p.append("a distillation token with register tokens: timm's VisionTransformerDistilled has no registers")
     if cfg.patch_bias == cfg.norm_pre:
         p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
@@ -920,7 +1060,9 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
     Position rows for only some prefix tokens (HF's DINOv2 with registers: the class token has a row, the
     registers none) have no timm form: each row is added to its token, in float32, and dropped from the table
     (pos_prefix_tokens=0, timm's no_embed_class), as timm's `_convert_dinov2` does; a ConversionWarning says so.
-    A float32 forward computes the same sums (token + row, rounded once) either way."""
+    A float32 forward computes the same sums (token + row, rounded once) either way. A config named after a timm
+    NaFlexVit (`is_naflex`) gets that NaFlexVit's state dict (`vit_to_naflex`; its table has patch rows only, so
+    every prefix row is folded the same way)."""
     _refuse_for_timm(cfg)
     validate_state(cfg, state, source="<canonical state>")
     if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos: their own names, through the key map
@@ -934,7 +1076,7 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
         return cfg, put(key_map(cfg, extra=_export_entries(cfg)), state)
     out = {k: np.array(v, dtype=CANONICAL_DTYPE, copy=True) for k, v in state.items()}
     n_pos, n0 = cfg.num_pos_prefix, cfg.num_prefix_tokens
-    if cfg.pos_embed == "learned" and 0 < n_pos < n0:
+    if cfg.pos_embed == "learned" and 0 < n_pos and (n_pos < n0 or is_naflex(cfg)):
         owners = ([("cls_token", 0)] if cfg.class_token == "learned" else []) + \
                  ([("dist_token", 0)] if cfg.dist_token else []) + [("reg_token", j) for j in range(cfg.reg_tokens)]
         pe = out["pos_embed"]
@@ -946,6 +1088,8 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
                       f" + pos_embed[:, :{n_pos}]) and the table keeps the patch rows only (timm no_embed_class), as "
                       f"timm's _convert_dinov2 does", ConversionWarning, stacklevel=2)
         cfg = cfg.replace(pos_prefix_tokens=0)
+    if is_naflex(cfg):
+        out = vit_to_naflex(cfg, out)
     return cfg, out
 
 
@@ -959,6 +1103,8 @@ def timm_architecture(cfg: ViTConfig) -> str:
     name when that is a timm one (the family presets carry timm's names), else a base whose model class
     (VisionTransformer, or deit's VisionTransformerDistilled for a distillation token) and LayerNorm (eps 1e-6, or
     CLIP's 1e-5) fit; the kwargs give every size and option."""
+    if is_naflex(cfg):
+        return cfg.name.split(".")[0]
     if cfg.name in TIMM_ARCHITECTURES and (PRESETS[cfg.name].dist_token, PRESETS[cfg.name].swiglu,
                                            rel_pos_class(PRESETS[cfg.name])) == (cfg.dist_token, cfg.swiglu,
                                                                                  rel_pos_class(cfg)):
@@ -981,6 +1127,16 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     norm layer, no drop rates). Not checked for expressibility: see timm_model_kwargs."""
     D, M = cfg.embed_dim, cfg.fc1_dim  # timm's mlp_ratio sizes fc1: the packed width for SwiGLU
     ratio = M / D if int(D * (M / D)) == M else (M + 0.5) / D  # timm builds int(dim * mlp_ratio)
+    if is_naflex(cfg):  # NaFlexVitCfg's fields (create_model overlays them on the architecture's)
+        mode, aa = NAFLEX_KERNEL_ARGS.get(cfg.resize_kernel, (None, None))
+        return dict(patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes, embed_dim=D,
+                    depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=ratio, qkv_bias=cfg.qkv_bias,
+                    qk_norm=cfg.qk_norm, init_values=cfg.init_values, class_token=cfg.class_token != "none",
+                    reg_tokens=cfg.reg_tokens, global_pool=TIMM_POOL.get(cfg.pool, cfg.pool),
+                    pos_embed="learned" if cfg.pos_embed == "learned" else "none",
+                    pos_embed_grid_size=list(cfg.table_grid), pos_embed_interp_mode=mode, pos_embed_antialias=aa,
+                    pos_embed_align_corners=False, pos_embed_ar_preserving=False, pre_norm=cfg.norm_pre,
+                    final_norm=cfg.final_norm or cfg.fc_norm, fc_norm=cfg.fc_norm, act_layer=TIMM_ACT[cfg.gelu])
     gh, gw = cfg.table_grid if cfg.pos_embed == "learned" else cfg.grid
     if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos arguments
         kw = dict(img_size=[gh * cfg.patch_size, gw * cfg.patch_size], patch_size=cfg.patch_size,
@@ -1033,11 +1189,14 @@ def timm_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
     """
     _refuse_for_timm(cfg)
     kw = timm_model_args(cfg)
-    kw["img_size"] = tuple(kw["img_size"])
     kw.update(pos_drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout,
               drop_path_rate=cfg.drop_path)
     if rel_pos_class(cfg) == "VisionTransformerRelPos":  # no dropout after the (absent) position table
         kw.pop("pos_drop_rate")
+    if is_naflex(cfg):
+        kw["pos_embed_grid_size"] = tuple(kw["pos_embed_grid_size"])
+        return kw
+    kw["img_size"] = tuple(kw["img_size"])
     if cfg.layer_norm_eps != TIMM_DEFAULT_EPS or architecture_eps(timm_architecture(cfg)) != TIMM_DEFAULT_EPS:
         kw["norm_layer"] = timm_norm_layer(cfg.layer_norm_eps)
     return kw
@@ -1050,6 +1209,13 @@ def timm_hub_config(cfg: ViTConfig) -> dict[str, Any]:
     norm layer, so the architecture's LayerNorm eps must be the config's."""
     _refuse_for_timm(cfg)
     arch = timm_architecture(cfg)
+    if is_naflex(cfg):
+        args = timm_model_args(cfg)
+        return {"architecture": arch, "num_classes": cfg.num_classes, "num_features": cfg.width,
+                "global_pool": args["global_pool"], "model_args": args,
+                "pretrained_cfg": {"input_size": [cfg.in_chans, *cfg.image_size], "num_classes": cfg.num_classes,
+                                   "fixed_input_size": False, "first_conv": "embeds.proj", "classifier": "head",
+                                   "custom_load": False}}
     if architecture_eps(arch) != cfg.layer_norm_eps:
         raise ConversionError(
             f"config {cfg.name!r}: LayerNorm eps {cfg.layer_norm_eps} cannot be stated in a timm config.json on "

@@ -27,8 +27,8 @@ from ..errors import ConversionError
 #: model classes that are not a timm VisionTransformer, and what in them the canonical model cannot run
 _CLASS_REASONS = {
     "Eva": "EVA-style blocks (EvaBlock: separate q/k/v biases, optional rotary positions and SwiGLU)",
-    "VisionTransformerSAM": "windowed attention with relative positions and a convolutional neck",
-    "NaFlexVit": "a variable-resolution (NaFlex) patch embedding with its own position handling",
+    "VisionTransformerSAM": "windowed attention with decomposed relative positions and a convolutional neck (SAM): "
+                            "needs windowed attention, relative position biases and a conv neck",
     "VisionTransformerHybrid": "a hybrid CNN stem",
 }
 #: block classes of timm's VisionTransformer other than the pre-norm `Block`, and why each cannot be read
@@ -203,27 +203,41 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     from timm.models.vision_transformer import Block, VisionTransformer
 
     from timm.models.beit import Beit
+    from timm.models.naflexvit import NaFlexVit
     from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
     cls = _tname(model)
     if type(model) in (Beit, VisionTransformerRelPos):
         return _read_rel_pos(model, arch)
-    if type(model) not in (VisionTransformer, VisionTransformerDistilled):
+    naflex = None
+    if type(model) is NaFlexVit:
+        naflex = _read_naflex_embeds(model, arch)
+    elif type(model) not in (VisionTransformer, VisionTransformerDistilled):
         rope = getattr(model, "rope", None)
         why = (f"rotary position embeddings ({_tname(rope)}), which its keys do not show; the canonical model has "
                f"none" if rope is not None else _CLASS_REASONS.get(cls, "not a timm VisionTransformer"))
         _refuse(arch, f"is {'an' if cls[0] in 'AEIOU' else 'a'} {cls} model: {why}")
-    pe = model.patch_embed
-    if type(pe) is not PatchEmbed:
-        _refuse(arch, f"embeds patches with {_tname(pe)} (a hybrid stem or another embedding), not a plain conv")
-    proj = pe.proj
-    if not (type(proj) is nn.Conv2d and proj.kernel_size == proj.stride and proj.padding == (0, 0)
-            and proj.dilation == (1, 1) and proj.groups == 1 and proj.kernel_size[0] == proj.kernel_size[1]):
-        _refuse(arch, f"has a patch projection {proj!r}, not one square strided conv")
-    if type(pe.norm) is not nn.Identity:
-        _refuse(arch, "has a norm inside the patch embedding")
-    if getattr(pe, "dynamic_img_pad", False):
-        _refuse(arch, "pads images to a patch multiple (dynamic_img_pad)")
+    else:
+        pe = model.patch_embed
+        if type(pe) is not PatchEmbed:
+            bb = getattr(pe, "backbone", None)
+            bb_name = ((getattr(bb, "pretrained_cfg", None) or {}).get("architecture") or _tname(bb)) \
+                if bb is not None else None  # a features-only wrapper: the network it wraps
+            if bb_name == "Sequential":
+                bb_name = "a ResNetV2 stem: " + ", ".join(_tname(c) for c in list(bb.children())[:3])
+            why = (f"a hybrid CNN stem ({bb_name} backbone before the patch projection): the canonical model "
+                   f"would need a conv stem (it embeds patches with one strided conv)" if bb is not None
+                   else "another patch embedding: the canonical model embeds patches with one strided conv")
+            _refuse(arch, f"embeds patches with {_tname(pe)}: {why}")
+        proj = pe.proj
+        if not (type(proj) is nn.Conv2d and proj.kernel_size == proj.stride and proj.padding == (0, 0)
+                and proj.dilation == (1, 1) and proj.groups == 1 and proj.kernel_size[0] == proj.kernel_size[1]):
+            _refuse(arch, f"has a patch projection {proj!r}, not one square strided conv (overlapping or "
+                          f"non-square patches need a general conv stem)")
+        if type(pe.norm) is not nn.Identity:
+            _refuse(arch, "has a norm inside the patch embedding")
+        if getattr(pe, "dynamic_img_pad", False):
+            _refuse(arch, "pads images to a patch multiple (dynamic_img_pad)")
     if getattr(model, "pool_include_prefix", False):
         _refuse(arch, "pools the prefix tokens too (pool_include_prefix)")
     if getattr(model, "rope", None) is not None:
@@ -301,20 +315,70 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         _refuse(arch, f"has a {_tname(model.head)} head")
 
     n0 = int(model.num_prefix_tokens)
-    gh, gw = pe.grid_size
+    image_size = naflex["image_size"] if naflex else tuple(int(s) for s in pe.img_size)
     facts: dict[str, Any] = dict(name=arch, num_heads=heads.pop(), layer_norm_eps=norms[0][1],
                                  pool={"token": "token", "avg": "mean", "map": "map"}[gp],
-                                 image_size=tuple(int(s) for s in pe.img_size), mlp=mlps.pop())
+                                 image_size=image_size, mlp=mlps.pop())
     if facts["mlp"] == "gelu" or gelus:
         facts["gelu"] = gelus.pop()
-    if model.pos_embed is not None:
+    if naflex:  # the table has rows for the patches only (added before the prefix tokens are joined)
+        facts["pos_rows"] = "none" if naflex["pos_grid"] is not None else None
+        facts["naflex"] = naflex
+    elif model.pos_embed is not None:
+        gh, gw = pe.grid_size
         rows = int(model.pos_embed.shape[1]) - gh * gw
         facts["pos_rows"] = "all" if rows == n0 else "none" if rows == 0 else None
     if inits:
         facts["init_values"] = inits.pop()
-    facts["dynamic_img_size"] = bool(getattr(model, "dynamic_img_size", False))
+    facts["dynamic_img_size"] = bool(naflex) or bool(getattr(model, "dynamic_img_size", False))
     facts["norm_pre"] = pre
-    return facts, (model.cls_token is not None, final, fc)
+    cls_token = model.embeds.cls_token if naflex else model.cls_token
+    return facts, (cls_token is not None, final, fc)
+
+
+#: NaFlexVit's (interpolation mode, antialias) for its position table -> the canonical resize kernel
+#: (shared.posemb: the same F.interpolate rule, align_corners=False)
+NAFLEX_KERNELS = {("bicubic", True): "bicubic_antialias", ("bicubic", False): "bicubic",
+                  ("bilinear", True): "bilinear_antialias", ("bilinear", False): "bilinear"}
+
+
+def _read_naflex_embeds(model, arch: str) -> dict[str, Any]:
+    """The facts of a NaFlexVit's `embeds` at a fixed image size (4-D images in, timm's standard path): a Linear
+    over flattened (ph, pw, C) patches (or a conv), a learned (h, w, D) table for the patch tokens only, resampled
+    to each grid with F.interpolate(mode, antialias, align_corners=False). What the canonical model cannot run is
+    refused by name."""
+    import torch.nn as nn
+
+    e = model.embeds
+    if e.pos_embed_type == "factorized":
+        _refuse(arch, "is a NaFlexVit with factorized position tables (embeds.pos_embed_y / pos_embed_x, summed per "
+                      "row and column): the canonical model has one 2-D table")
+    if e.pos_embed_ar_preserving:
+        _refuse(arch, "is a NaFlexVit with aspect-preserving position resampling (the table resized to a square of "
+                      "the larger grid side, then cropped): the canonical resampling resizes each axis to its own "
+                      "size")
+    if e.pos_embed_type == "learned" and e.pos_embed_align_corners:
+        _refuse(arch, "is a NaFlexVit resampling its table with align_corners=True: the canonical kernels use "
+                      "half-pixel centres (align_corners=False)")
+    if e.pos_embed_type == "learned" and (e.pos_embed_interp_mode, bool(e.pos_embed_antialias)) not in NAFLEX_KERNELS:
+        _refuse(arch, f"is a NaFlexVit resampling its table with mode {e.pos_embed_interp_mode!r}: no canonical kernel")
+    if e.dynamic_img_pad:
+        _refuse(arch, "pads images to a patch multiple (dynamic_img_pad)")
+    if e.norm_input is not None or type(e.norm) is not nn.Identity:
+        _refuse(arch, "has a norm inside the patch embedding (NaFlexVit input_norm_layer / embed_norm_layer)")
+    if e.is_linear and not e.channels_last:
+        _refuse(arch, "flattens its patches channels-first (patchify_channels_last=False); NaFlexVit's (ph, pw, C) "
+                      "order is the one read")
+    P = e.patch_size
+    if P[0] != P[1]:
+        _refuse(arch, f"has non-square {P[0]}x{P[1]} patches (canonical patch_size is one int)")
+    grid = tuple(int(g) for g in e.pos_embed.shape[1:3]) if e.pos_embed_type == "learned" else None
+    size = (model.pretrained_cfg or {}).get("input_size") if hasattr(model, "pretrained_cfg") else None
+    image_size = tuple(int(s) for s in size[1:]) if size else \
+        tuple(g * P[0] for g in (grid or e.pos_embed_grid_size or (14, 14)))
+    return dict(patch_size=int(P[0]), in_chans=int(e.in_chans), linear=bool(e.is_linear), pos_grid=grid,
+                resize_kernel=NAFLEX_KERNELS.get((e.pos_embed_interp_mode, bool(e.pos_embed_antialias))),
+                image_size=image_size)
 
 
 def resolve_timm_architecture(arch: str, model_args: Mapping[str, Any] | None = None,

@@ -48,6 +48,13 @@ def _tensor(seed: int, key: str, shape) -> np.ndarray:
     return v.astype(np.float32)
 
 
+def init_tensors(cfg: ViTConfig, seed: int = 0):
+    """init_weights one tensor at a time, (key, float32 array) in the canonical order: a caller that takes each
+    array over (a backend building its model) never holds a second copy of the weights."""
+    for key, shape in expected_shapes(cfg).items():
+        yield key, _tensor(seed, key, shape)
+
+
 def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Every tensor of `cfg`, each from its own generator: drawn by a few threads at once (NumPy's generators
     release the GIL while they fill), the values independent of the threads and their order."""

@@ -293,7 +293,7 @@ def run_forward(backend: str, weights: str | Path, input_path: str | Path, dtype
     out = be.forward(model, x)
     t2 = time.perf_counter()
     return out, {"backend": backend, "dtype": dtype, "build_s": t1 - t0, "forward_s": t2 - t1,
-                 "versions": be.versions()}
+                 "peak_rss_mb": peak_rss_mb(), "versions": be.versions()}
 
 
 def forward_task(spec: dict) -> tuple[dict, dict]:

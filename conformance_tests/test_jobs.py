@@ -84,3 +84,16 @@ def test_a_crashing_task_takes_down_only_its_warm_worker(tiny, tmp_path, monkeyp
         assert got.arrays is not None, got.error
         for k in fresh.arrays:
             np.testing.assert_array_equal(got.arrays[k], fresh.arrays[k], err_msg=k)
+
+
+def test_the_digits_are_scikit_learns_without_importing_it():
+    """`check`'s main process reads the default model's digits from scikit-learn's data file (its import cost
+    seconds): the very arrays load_digits gives."""
+    from sklearn.datasets import load_digits
+
+    from shared.training.data import _raw_digits
+
+    x, y = _raw_digits()
+    d = load_digits()
+    np.testing.assert_array_equal(x, (d.images.astype(np.float64) / 16.0)[:, None])
+    np.testing.assert_array_equal(y, d.target.astype(np.int64))

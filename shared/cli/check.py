@@ -92,7 +92,8 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
         for fut in as_completed(futures):
             b, child = futures[fut], fut.result()
             run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
-                             seconds=child.seconds, meta={**child.meta, "threads": int(child_env["OMP_NUM_THREADS"]), "jobs": slots})
+                             seconds=child.seconds,
+                             meta={**child.meta, "threads": int(child_env["OMP_NUM_THREADS"]), "jobs": slots})
             if run.stages is not None:
                 _judge(run, cfg, dtype, ref64, ref_lowp)
             notify(b, run.status)
@@ -134,8 +135,8 @@ def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np
         with F.work_dir("against") as tmp:
             np.save(Path(tmp) / "images.npy", images.astype(np.float32))
             child = runner("source", {"backend": source_backend(fmt), "format": fmt,
-                                         "src": str(Path(src).resolve()), "input": str(Path(tmp) / "images.npy"),
-                                         "config": cfg.to_json()}, Path(tmp), name="source")
+                                      "src": str(Path(src).resolve()), "input": str(Path(tmp) / "images.npy"),
+                                      "config": cfg.to_json()}, Path(tmp), name="source")
         if child.arrays is None:
             status = "not verified" if child.exit_code == EXIT_USAGE else "error"
             return {**out, "status": status, "message": _child_reason(child.error)}

@@ -37,7 +37,8 @@ and a killed sweep loses only the cells in flight. OUT gets sweep.json, sweep.ht
 Executors. `local` runs --jobs cells at once through warm workers (shared/cli/worker.py `WarmWorkers`): one
 long-lived child per framework in use, reused across cells, so a framework's start-up is paid once per sweep, not
 once per cell; a cell that crashes its worker takes down only that worker, is reported as crashed (status "error",
-the worker's last stderr lines), and the next cell on that backend starts a fresh one. `ray` makes each cell a Ray task declaring its CPUs and an estimate of its memory; a checkpoint's
+the worker's last stderr lines), and the next cell on that backend starts a fresh one. `ray` makes each cell a Ray
+task (a fresh child per cell, as before) declaring its CPUs and an estimate of its memory; a checkpoint's
 canonical file is put into Ray's object store once and written to a node-local cache once per node (not per cell),
 and the node caches are removed at the end; with --shared-fs the nodes read the files in place instead.
 """

@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["executor"] = s.get("executor")
                 entry = results["jobs"].setdefault(name, {"row": row, "argv": cmd}).setdefault(tree_name, [])
                 entry.append(r)
+                Path(args.out).write_text(json.dumps(results, indent=1, default=str))  # what is done so far
                 print(f"[{rep + 1}/{args.repeats}] {tree_name:8s} {name}: {r['wall_s']:.1f} s wall, "
                       f"{r['cpu_s']:.1f} s CPU, peak {r['peak_rss_mb']:.0f} MB, rc {r['rc']}"
                       + (f", {r['cells_per_min']:.1f} cells/min" if "cells_per_min" in r else ""), flush=True)

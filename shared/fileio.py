@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 from . import limits as L
@@ -61,7 +62,9 @@ def pid_alive(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------- the system temp folder
-_redirect = threading.local()  # .outer: the real temp folder while a writer redirects `tempfile` into its stage
+#: .outer: the real temp folder while a writer (in the main thread) redirects `tempfile` into its stage; one for the
+#: process, not per thread, since the redirect is process-wide: another thread's work_dir must not land in the stage
+_redirect = types.SimpleNamespace(outer=None)
 
 
 def system_tempdir() -> str:

@@ -18,34 +18,61 @@ from .weights import expected_shapes
 
 
 def _trunc_normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
+    """Normal draws with |z| > 2 redrawn (in index order, until none is left), times std. Only the redrawn
+    positions are looked at again: the values are those of redrawing over the whole array, at a fraction of the
+    passes."""
     z = rng.standard_normal(shape)
-    bad = np.abs(z) > 2.0
-    while bad.any():
-        z[bad] = rng.standard_normal(int(bad.sum()))
-        bad = np.abs(z) > 2.0
-    return z * std
+    flat = z.reshape(-1)
+    idx = np.flatnonzero(np.abs(flat) > 2.0)
+    while idx.size:
+        flat[idx] = rng.standard_normal(idx.size)
+        idx = idx[np.abs(flat[idx]) > 2.0]
+    z *= std
+    return z
+
+
+def _tensor(seed: int, key: str, shape) -> np.ndarray:
+    """One tensor of init_weights, from its own generator (float64 draws, then float32)."""
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    if key.endswith("norm.weight") or key.endswith(("norm1.weight", "norm2.weight")):
+        v = 1.0 + 0.1 * rng.standard_normal(shape)
+    elif key.endswith(".gamma"):  # LayerScale: well away from 0 and 1, so a missing or misplaced scale shows
+        v = 0.5 + 0.1 * rng.standard_normal(shape)
+    elif key.endswith(".bias"):
+        v = 0.02 * rng.standard_normal(shape)
+    elif key in ("cls_token", "pos_embed", "dist_token", "reg_token", "attn_pool.latent"):
+        v = _trunc_normal(rng, shape, 0.5)
+    else:  # linear (out, in) or conv (out, in, kh, kw)
+        fan_in = int(np.prod(shape[1:]))
+        v = _trunc_normal(rng, shape, fan_in ** -0.5)
+    return v.astype(np.float32)
+
+
+def _draw(cfg: ViTConfig, seed: int, key: str, shape) -> np.ndarray:
+    v = _tensor(seed, key, shape)
+    if cfg.qkv_bias and not cfg.k_bias and key.endswith(".attn.qkv.bias"):
+        v[cfg.width:2 * cfg.width] = 0.0  # the k third of the qkv bias is never read: zero, as BEiT holds it
+    return v
+
+
+def init_tensors(cfg: ViTConfig, seed: int = 0):
+    """init_weights one tensor at a time, (key, float32 array) in the canonical order: a caller that takes each
+    array over (a backend building its model) never holds a second copy of the weights."""
+    for key, shape in expected_shapes(cfg).items():
+        yield key, _draw(cfg, seed, key, shape)
 
 
 def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    state = {}
-    for key, shape in expected_shapes(cfg).items():
-        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-        if key.endswith("norm.weight") or key.endswith(("norm1.weight", "norm2.weight")):
-            v = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif key.endswith(".gamma"):  # LayerScale: well away from 0 and 1, so a missing or misplaced scale shows
-            v = 0.5 + 0.1 * rng.standard_normal(shape)
-        elif key.endswith(".bias"):
-            v = 0.02 * rng.standard_normal(shape)
-        elif key in ("cls_token", "pos_embed", "dist_token", "reg_token", "attn_pool.latent"):
-            v = _trunc_normal(rng, shape, 0.5)
-        else:  # linear (out, in) or conv (out, in, kh, kw)
-            fan_in = int(np.prod(shape[1:]))
-            v = _trunc_normal(rng, shape, fan_in ** -0.5)
-        state[key] = v.astype(np.float32)
-    if cfg.qkv_bias and not cfg.k_bias:  # the k third of the qkv bias is never read: zero, as BEiT holds it
-        for i in range(cfg.depth):
-            state[f"blocks.{i}.attn.qkv.bias"][cfg.width:2 * cfg.width] = 0.0
-    return state
+    """Every tensor of `cfg`, each from its own generator: drawn by a few threads at once (NumPy's generators
+    release the GIL while they fill), the values independent of the threads and their order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .jobs import cores
+
+    shapes = expected_shapes(cfg)
+    with ThreadPoolExecutor(max_workers=min(cores(), 8)) as pool:
+        arrays = pool.map(lambda kv: _draw(cfg, seed, *kv), shapes.items())
+        return dict(zip(shapes, arrays))
 
 
 def random_images(cfg: ViTConfig, batch: int = 2, seed: int = 0, kind: str = "normal",

@@ -23,6 +23,8 @@ backends are judged by (see shared/tolerances.py).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .config import ViTConfig
@@ -299,12 +301,30 @@ def check_images(cfg: ViTConfig, images: np.ndarray) -> tuple[int, int]:
     return (H // cfg.patch_size, W // cfg.patch_size)
 
 
+class _Converted(Mapping):
+    """The parameters, each converted to the compute dtype when it is read (and let go after use): a forward holds
+    one converted weight at a time instead of a float64 copy of the whole model (its size again, twice over for
+    float32 weights, and the slowest part of a large model's reference: fresh memory is costly to touch)."""
+
+    def __init__(self, params: Mapping[str, np.ndarray], convert):
+        self._params, self._convert = params, convert
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._convert(self._params[key])
+
+    def __iter__(self):
+        return iter(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+
 def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, dtype: str = "float64",
             return_attn: bool = False) -> dict[str, np.ndarray]:
     """Run the reference; images are NCHW of any size divisible by the patch (the position table is resampled)."""
     nm = _Numerics(dtype)
     grid = check_images(cfg, images)
-    p = {k: nm.r(v) for k, v in params.items()}
+    p = _Converted(params, nm.r)
     x = nm.r(images)
     B = x.shape[0]
     out: dict[str, np.ndarray] = {}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from shared.config import ViTConfig
-from shared.init import init_weights
+from shared.init import init_tensors
 from shared.posemb import fixed_table, resize_matrix
 from shared.weights import CANONICAL_DTYPE, expected_shapes, validate_state
 
@@ -250,15 +250,18 @@ class VisionTransformer(nn.Module):
         return out
 
 
-def load_canonical(model: VisionTransformer, state: Mapping[str, np.ndarray], source: str = "<state dict>") -> None:
-    """Validate a canonical float32 NumPy state dict strictly, then load it into `model` (strict=True)."""
+def load_canonical(model: VisionTransformer, state: Mapping[str, np.ndarray], source: str = "<state dict>", *,
+                   assign: bool = False) -> None:
+    """Validate a canonical float32 NumPy state dict strictly, then load it into `model` (strict=True). With
+    assign, the model's parameters become copies of the state (a model built on the meta device: no memory or
+    time spent on an init that would be overwritten); the model never shares memory with `state`."""
     cfg = model.config
     validate_state(cfg, state, source=source)
     dtype = model.patch_embed.proj.weight.dtype
     tensors = {k: torch.from_numpy(np.array(state[k], dtype=CANONICAL_DTYPE, copy=True)).to(dtype)
                for k in expected_shapes(cfg)}
     with torch.no_grad():
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=assign)
 
 
 def to_canonical(model: VisionTransformer) -> dict[str, np.ndarray]:
@@ -277,6 +280,12 @@ def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *
     """
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(TORCH_DTYPES)}, got {dtype!r}")
-    model = VisionTransformer(cfg, fused_attn=fused_attn)
-    load_canonical(model, init_weights(cfg, seed) if state is None else state)
+    with torch.device("meta"):  # no storage: the parameters are assigned below
+        model = VisionTransformer(cfg, fused_attn=fused_attn)
+    if state is None:  # seeded weights, each array taken over as it is drawn (never a second copy of the model)
+        with torch.no_grad():
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in init_tensors(cfg, seed)}, strict=True,
+                                  assign=True)
+    else:
+        load_canonical(model, state, assign=True)
     return model.to(TORCH_DTYPES[dtype]).eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +24,7 @@ from ..presets import ALIASES, DEFAULT_PRESET, get_preset
 from .common import (SEED_MAX, claim_output, console, esc, int_arg, load_npy, parse_size, resolve_model, same_file,
                      selected_backends, write_text)
 from .results import BackendRun, CheckResult, check_outcome
-from .worker import run_child
+from .worker import ChildPool, run_child
 
 
 def _check_batch(images: np.ndarray) -> None:
@@ -56,46 +57,63 @@ def _judge(run: BackendRun, cfg: ViTConfig, dtype: str, ref64: dict, ref_lowp: d
 
 def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[str], dtype: str = "float32",
               state: dict | None = None, labels: np.ndarray | None = None,
-              on_event: Callable[[str, str], None] | None = None, env: dict[str, str] | None = None) -> CheckResult:
-    """Reference + every backend (each in its own process, `env` added to its environment) + pairwise comparison."""
+              on_event: Callable[[str, str], None] | None = None, env: dict[str, str] | None = None,
+              jobs: int | None = None, threads: int | None = None, runner=None) -> CheckResult:
+    """Reference + every backend (each in its own process, `env` added to its environment) + pairwise comparison.
+
+    The children start first and run `jobs` at once (default: as many as the cores and memory hold,
+    shared/jobs.py) while this process computes the float64 reference. Each child gets `threads` threads
+    (default `jobs.child_threads()`, fixed per machine), so the numbers do not depend on `jobs`; `env` (the
+    sweep's) overrides them. `runner`: how a child runs (`run_child`, or a sweep's warm workers). The runs come
+    back in the order of `backends`; `on_event(backend, status)` as each finishes."""
+    from .. import jobs as J
+
     notify = on_event or (lambda who, what: None)
     _check_batch(images)
     if state is None:
         state = W.load(weights)[1]
     image_size = tuple(images.shape[2:])
-    notify("reference", "float64 reference")
-    ref64 = reference.forward(cfg, state, images)
-    ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
-    _check_references(dtype, ref64, ref_lowp)
-    runs: list[BackendRun] = []
-    with F.work_dir("check") as tmp:
+    threads = threads or J.child_threads()
+    child_env = {**J.thread_env(threads), **(env or {})}
+    slots = J.concurrent_children(len(backends), J.child_memory(cfg, images.shape[0], image_size), jobs, threads)
+    runs: dict[str, BackendRun] = {}
+    with F.work_dir("check") as tmp, ChildPool(slots, runner) as pool:
         images_path = Path(tmp) / "images.npy"
         np.save(images_path, images.astype(np.float32))
         spec = {"weights": str(weights), "input": str(images_path), "dtype": dtype, "stages": True,
                 "image_size": list(image_size) if image_size != tuple(cfg.image_size) else None}
-        for b in backends:
-            notify(b, "loading and running")
-            child = run_child("forward", {**spec, "backend": b}, Path(tmp), name=b, env=env)
+        futures = {pool.submit("forward", {**spec, "backend": b}, Path(tmp), name=b, env=child_env): b
+                   for b in backends}
+        notify("reference", "float64 reference" + (f"; {len(backends)} backend(s) started, {slots} at once"
+                                                    if backends else ""))
+        ref64 = reference.forward(cfg, state, images)
+        ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
+        _check_references(dtype, ref64, ref_lowp)
+        for fut in as_completed(futures):
+            b, child = futures[fut], fut.result()
             run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
-                             seconds=child.seconds, meta=child.meta)
+                             seconds=child.seconds,
+                             meta={**child.meta, "threads": int(child_env["OMP_NUM_THREADS"]), "jobs": slots})
             if run.stages is not None:
                 _judge(run, cfg, dtype, ref64, ref_lowp)
             notify(b, run.status)
-            runs.append(run)
-    ok = [r for r in runs if r.verdict is not None]
+            runs[b] = run
+    ordered = [runs[b] for b in backends]
+    ok = [r for r in ordered if r.verdict is not None]
     pairs = [tolerances.compare_pair(cfg, a.backend, a.stages, a.verdict, b.backend, b.stages, b.verdict)
              for i, a in enumerate(ok) for b in ok[i + 1:]]
-    return CheckResult(cfg, dtype, images, ref64, ref_lowp, runs, pairs, labels)
+    return CheckResult(cfg, dtype, images, ref64, ref_lowp, ordered, pairs, labels)
 
 
 def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np.ndarray],
-                  images: np.ndarray, *, in_process: bool = False) -> dict:
+                  images: np.ndarray, *, in_process: bool = False, runner=run_child) -> dict:
     """The source library's own output against the float64 reference of the converted file, on the same images,
     under the float32 bound of the final output: status pass, FAIL, error (the library could not run the source:
     not proven) or not verified (no library, or the conversion named no model the library can build).
 
     `check --against` runs the library in a child process (`shared.cli.worker source`); `convert`'s proof runs it
-    in this process (in_process=True), whose frameworks were imported in the safe order for the source already."""
+    in this process (in_process=True), whose frameworks were imported in the safe order for the source already;
+    `runner` runs the child (`run_child`, or a sweep's warm workers)."""
     from ..convert.sources import library_available, one_line, resolve_source, run_source, source_backend
 
     fmt, library = resolve_source(src, fmt)
@@ -116,9 +134,9 @@ def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np
     else:
         with F.work_dir("against") as tmp:
             np.save(Path(tmp) / "images.npy", images.astype(np.float32))
-            child = run_child("source", {"backend": source_backend(fmt), "format": fmt,
-                                         "src": str(Path(src).resolve()), "input": str(Path(tmp) / "images.npy"),
-                                         "config": cfg.to_json()}, Path(tmp), name="source")
+            child = runner("source", {"backend": source_backend(fmt), "format": fmt,
+                                      "src": str(Path(src).resolve()), "input": str(Path(tmp) / "images.npy"),
+                                      "config": cfg.to_json()}, Path(tmp), name="source")
         if child.arrays is None:
             status = "not verified" if child.exit_code == EXIT_USAGE else "error"
             return {**out, "status": status, "message": _child_reason(child.error)}
@@ -211,7 +229,7 @@ def cmd_check(args) -> int:
                     c.print(f"  {who}: {what}")
 
             result = run_check(run_cfg, weights_path, images, wanted, args.dtype, state=state, labels=labels,
-                               on_event=on_event)
+                               on_event=on_event, jobs=args.jobs, threads=args.threads)
             if args.against:
                 status.update(f"[bold]source[/]: running {args.against} in its own library")
                 result.against = prove_against(args.against, args.against_format, run_cfg, result.ref64, images)
@@ -297,6 +315,11 @@ def add_parser(sub) -> None:
     c.add_argument("--input", help="NCHW float32 .npy inputs instead of random ones")
     c.add_argument("--input-kind", default="normal", choices=["normal", "uniform", "zeros", "large"])
     c.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
+    c.add_argument("--jobs", type=int_arg(1, 1024),
+                   help="backends run at once (default: as many as the cores and the available memory hold)")
+    c.add_argument("--threads", type=int_arg(1, 1024),
+                   help="threads of each backend's process (default: cores / 4, at least 1; fixed per machine, so "
+                        "the numbers do not depend on --jobs)")
     c.add_argument("--stages", action="store_true", help="print the per-stage table")
     c.add_argument("--json", help="write every metric to this JSON file")
     c.add_argument("--report", help="write a self-contained HTML report with plots")

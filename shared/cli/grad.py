@@ -27,8 +27,9 @@ def _section(d: dict, prefix: str) -> dict:
 
 
 def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: list[str], smoothing: float = 0.1,
-             on_event=None, env: dict[str, str] | None = None) -> G.GradResult:
-    """The oracle (checked by finite differences of the reference), then every backend, each in its own process."""
+             on_event=None, env: dict[str, str] | None = None, runner=run_child) -> G.GradResult:
+    """The oracle (checked by finite differences of the reference), then every backend, each in its own process
+    (`runner`: `run_child`, or a sweep's warm workers)."""
     notify = on_event or (lambda who, what: None)
     with F.work_dir("grad") as tmp:
         tmp = Path(tmp)
@@ -37,7 +38,7 @@ def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: lis
                  label_smoothing=np.float64(smoothing))
         spec = {"weights": str(weights), "inputs": str(inputs)}
         notify("oracle", f"{G.ORACLE_BACKEND} float64")
-        oracle = run_child("grad", {**spec, "backend": G.ORACLE_BACKEND, "dtype": "float64"}, tmp, name="oracle",
+        oracle = runner("grad", {**spec, "backend": G.ORACLE_BACKEND, "dtype": "float64"}, tmp, name="oracle",
                            env={**GRAD_CHILD_ENV, **(env or {})})
         ref_loss = G.reference_loss(cfg, state, images, labels, smoothing)
         if oracle.arrays is None:
@@ -48,7 +49,8 @@ def run_grad(cfg: ViTConfig, weights: Path, state, images, labels, backends: lis
         runs = []
         for b in backends:
             notify(b, "gradients and steps")
-            child = run_child("grad", {**spec, "backend": b, "dtype": "float32"}, tmp, name=b, env={**GRAD_CHILD_ENV, **(env or {})})
+            child = runner("grad", {**spec, "backend": b, "dtype": "float32"}, tmp, name=b,
+                           env={**GRAD_CHILD_ENV, **(env or {})})
             if child.arrays is None:
                 r = G.BackendGrad(b, error=child.error, unsupported=child.unsupported, seconds=child.seconds)
             else:

@@ -34,8 +34,11 @@ the inputs (plus the suite's version and tolerance policy): a re-run does only t
 and a killed sweep loses only the cells in flight. OUT gets sweep.json, sweep.html and junit.xml
 (shared/cli/sweep_report.py). Exit 5 when any cell fails or crashes.
 
-Executors. `local` runs --jobs cells at once, each cell driving its own child process (the process pool is those
-children). `ray` makes each cell a Ray task declaring its CPUs and an estimate of its memory; a checkpoint's
+Executors. `local` runs --jobs cells at once through warm workers (shared/cli/worker.py `WarmWorkers`): one
+long-lived child per framework in use, reused across cells, so a framework's start-up is paid once per sweep, not
+once per cell; a cell that crashes its worker takes down only that worker, is reported as crashed (status "error",
+the worker's last stderr lines), and the next cell on that backend starts a fresh one. `ray` makes each cell a Ray
+task (a fresh child per cell, as before) declaring its CPUs and an estimate of its memory; a checkpoint's
 canonical file is put into Ray's object store once and written to a node-local cache once per node (not per cell),
 and the node caches are removed at the end; with --shared-fs the nodes read the files in place instead.
 """
@@ -46,13 +49,13 @@ import hashlib
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import tomllib
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -67,6 +70,7 @@ from ..config import ViTConfig
 from ..errors import EXIT_OK, EXIT_OUT_OF_BOUNDS, SuiteError, UsageError
 from ..presets import get_preset
 from .common import console, esc, int_arg, parse_size
+from .worker import WarmWorkers
 
 #: bumped when a cell's stored result changes meaning: older results are then not reused
 RESULT_FORMAT = 1
@@ -79,7 +83,6 @@ SWEEP_DEFAULTS: dict[str, Any] = {"backends": None, "dtypes": ["float32"], "imag
 CHECKPOINT_KEYS = {"name", "path", "format", "preset", "image_size"}
 #: marks a directory as a sweep's output (a non-empty directory without it is not ours to write into)
 MARKER = ".vit-suite-sweep"
-GIB = 1 << 30
 
 
 # ----------------------------------------------------------------------------------------------- the manifest
@@ -386,15 +389,10 @@ def cell_key(cell: Cell, p: Prepared, versions: dict) -> str:
 
 
 def estimate_memory(cfg: ViTConfig, cell: Cell) -> int:
-    """Bytes one cell may hold at its peak: the framework, the weights (file, float64 reference, backend copy,
-    gradients) and the float64 activations of every recorded stage. An estimate, declared to Ray."""
-    h, w = cell.image_size or cfg.image_size
-    run_cfg = cfg if (h, w) == tuple(cfg.image_size) else cfg.with_image_size((h, w))
-    params = W.parameter_count(cfg)
-    tokens, width = run_cfg.num_tokens, run_cfg.width
-    per_block = cell.batch * tokens * (6 * width + 2 * run_cfg.num_heads * tokens) * 8
-    return int(1.5 * GIB + params * (4 + 8 + 8 + (16 if cell.kind == "grad" else 4))
-               + per_block * (run_cfg.depth + 4))
+    """Bytes one cell may hold at its peak (shared/jobs.py's estimate), declared to Ray."""
+    from ..jobs import child_memory
+
+    return child_memory(cfg, cell.batch, cell.image_size, grad=cell.kind == "grad")
 
 
 # ---------------------------------------------------------------------------------------------- one cell
@@ -402,9 +400,13 @@ def _finite(x):
     return x if x is None or math.isfinite(x) else None
 
 
-def run_cell(cell: dict, weights: str, env: dict[str, str]) -> dict:
-    """One cell, in the executor's process; its backend runs in a child process. Never raises: what goes wrong
-    is the cell's result (status "error")."""
+def run_cell(cell: dict, weights: str, env: dict[str, str], runner=None) -> dict:
+    """One cell, in the executor's process; its backend runs in a child process (a fresh one each, or through
+    `runner`: the local executor's warm workers). Never raises: what goes wrong is the cell's result (status
+    "error")."""
+    from .worker import run_child
+
+    runner = runner or run_child
     from ..init import random_images
 
     c = Cell(**{**cell, "image_size": tuple(cell["image_size"]) if cell["image_size"] else None})
@@ -417,12 +419,13 @@ def run_cell(cell: dict, weights: str, env: dict[str, str]) -> dict:
         run_cfg = cfg if size == tuple(cfg.image_size) else cfg.with_image_size(size)
         images = random_images(cfg, c.batch, c.seed, c.input_kind, size)
         if c.kind == "grad":
-            result = _grad_cell(run_cfg, weights, state, images, c, env)
+            result = _grad_cell(run_cfg, weights, state, images, c, env, runner)
         elif c.kind == "against":
             from .. import reference
             from .check import prove_against
 
-            a = prove_against(c.source, c.source_format, run_cfg, reference.forward(run_cfg, state, images), images)
+            a = prove_against(c.source, c.source_format, run_cfg, reference.forward(run_cfg, state, images), images,
+                              runner=runner)
             rows = [] if "rel_l2" not in a else [{"stage": "logits", "rel_l2": _finite(a["rel_l2"]),
                                                   "bound": a["bound"], "passed": a["status"] == "pass"}]
             status = {"not verified": "unsupported"}.get(a["status"], a["status"])
@@ -431,7 +434,8 @@ def run_cell(cell: dict, weights: str, env: dict[str, str]) -> dict:
         else:
             from .check import run_check
 
-            res = run_check(run_cfg, Path(weights), images, [c.backend], c.dtype, state=state, env=env)
+            res = run_check(run_cfg, Path(weights), images, [c.backend], c.dtype, state=state, env=env, jobs=1,
+                            runner=runner)
             r = res.runs[0]
             rows = [] if r.verdict is None else [
                 {"stage": s.stage, "rel_l2": _finite(s.rel_l2), "bound": s.bound, "passed": bool(s.passed)}
@@ -448,7 +452,7 @@ def run_cell(cell: dict, weights: str, env: dict[str, str]) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def _grad_cell(cfg: ViTConfig, weights: str, state, images, c: Cell, env) -> dict:
+def _grad_cell(cfg: ViTConfig, weights: str, state, images, c: Cell, env, runner) -> dict:
     """Gradient conformance as stage-like rows: the loss, each gradient, each optimiser step (error / bound)."""
     from ..training import grad as G
     from .grad import run_grad
@@ -456,7 +460,7 @@ def _grad_cell(cfg: ViTConfig, weights: str, state, images, c: Cell, env) -> dic
     if cfg.num_classes < 2:
         raise UsageError(f"{cfg.name}: gradient conformance needs a classifier with >= 2 classes")
     labels = np.random.default_rng([c.seed, 5]).integers(0, cfg.num_classes, c.batch)
-    res = run_grad(cfg, Path(weights), state, images, labels, [c.backend], env=env)
+    res = run_grad(cfg, Path(weights), state, images, labels, [c.backend], env=env, runner=runner)
     if res.oracle_error:
         return {"status": "error", "error": f"oracle: {res.oracle_error}", "stages": []}
     r = res.runs[0]
@@ -501,28 +505,64 @@ def _clock(s: float) -> str:
 
 def cell_env(threads: int) -> dict[str, str]:
     """The thread count of a cell's child, the same under every executor (results must not depend on it)."""
-    n = str(threads)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": "1"}
+    from ..jobs import thread_env
+
+    return thread_env(threads)
 
 
-def run_local(todo: list[tuple[Cell, Prepared]], jobs: int, threads: int,
-              on_start: Callable[[Cell], None]) -> Iterator[tuple[Cell, dict]]:
-    """`jobs` cells at once, each driving its own child process; results as they complete."""
+def run_local(todo: list[tuple[Cell, Prepared]], jobs: int, threads: int, on_start: Callable[[Cell], None],
+              workers: WarmWorkers) -> Iterator[tuple[Cell, dict]]:
+    """`jobs` cells at once, each driving a child process of `workers` (warm: kept alive across cells). Each of
+    the `jobs` slots takes the cells of one backend (kind) after another, so that backend's worker is reused;
+    a slot that finds every backend taken helps with the one with the most cells left. Results as they complete."""
     env = cell_env(threads)
+    groups: dict[tuple, list] = {}
+    for cp in todo:
+        groups.setdefault((cp[0].backend, cp[0].kind), []).append(cp)
+    owners: dict[tuple, int] = {}
+    lock = threading.Lock()
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
 
-    def one(cell: Cell, p: Prepared) -> dict:
-        on_start(cell)
-        return run_cell(_cell_dict(cell), str(p.weights), env)
+    def next_cell(slot: int, last: tuple | None):
+        with lock:
+            left = [g for g, cells in groups.items() if cells]
+            if not left:
+                return None
+            free = [g for g in left if owners.get(g, 0) == 0]
+            g = last if last in left else (free[0] if free else max(left, key=lambda g: len(groups[g])))
+            owners[g] = owners.get(g, 0) + 1
+            if last is not None and last != g:
+                owners[last] -= 1
+            return g, groups[g].pop(0)
 
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="sweep-cell")
+    def slot_loop(slot: int) -> None:
+        last = None
+        while not stop.is_set():
+            picked = next_cell(slot, last)
+            if picked is None:
+                break
+            last, (cell, p) = picked
+            on_start(cell)
+            results.put((cell, run_cell(_cell_dict(cell), str(p.weights), env, workers.run)))
+        results.put(None)
+
+    slots = [threading.Thread(target=slot_loop, args=(i,), name=f"sweep-slot-{i}", daemon=True)
+             for i in range(max(1, min(jobs, len(todo))))]
+    for t in slots:
+        t.start()
     try:
-        pending = {pool.submit(one, c, p): c for c, p in todo}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                yield pending.pop(f), f.result()
+        finished = 0
+        while finished < len(slots):
+            item = results.get()
+            if item is None:
+                finished += 1
+            else:
+                yield item
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop.set()
+        for t in slots:
+            t.join()
 
 
 def _cell_dict(cell: Cell) -> dict:
@@ -727,7 +767,12 @@ def cmd_sweep(args) -> int:
 
     ray_run = RayRun(args.address, jobs, args.threads, args.shared_fs) if args.executor == "ray" and todo else None
     slots = ray_run.slots if ray_run else jobs
-    stream = ray_run.run(todo, on_start) if ray_run else run_local(todo, jobs, args.threads, on_start)
+    stack = contextlib.ExitStack()
+    if ray_run:
+        stream = ray_run.run(todo, on_start)
+    else:
+        workers = stack.enter_context(WarmWorkers(Path(stack.enter_context(F.work_dir("workers"))), 2 * jobs))
+        stream = run_local(todo, jobs, args.threads, on_start, workers)
     t0 = time.perf_counter()
     try:
         with c.status(prog.line(slots)) as status:
@@ -754,6 +799,9 @@ def cmd_sweep(args) -> int:
             executor.update(nodes=len(ray_run.transfers), object_store_put_s=ray_run.put_s,
                             weight_transfers=ray_run.transfers)
             ray_run.close()
+        else:
+            executor.update(workers_started=workers.started, workers_crashed=workers.crashed)
+        stack.close()
     executor["wall_s"] = time.perf_counter() - t0
     ordered = [records[cell.key] for cell, _ in plan if cell.key in records]
     paths = write_reports(out, manifest, prepared, ordered, executor)

@@ -4,26 +4,34 @@
 
 TASK is `forward` (every named stage of one backend's forward), `grad` (loss, gradients and one SGD and one
 AdamW step), `bench` (timed forwards in one mode) or `source` (the source library's own output, for
-`check --against`). Why a process each: TensorFlow imported before
-MindSpore aborts a process, the frameworks' thread pools should not share one, and the peak memory
-of a benchmark must belong to that run alone (see peak_rss_mb).
+`check --against`). Why a process each: TensorFlow imported before MindSpore aborts a process, the frameworks'
+thread pools should not share one, and the peak memory of a benchmark must belong to that run alone (see
+peak_rss_mb). `python -m shared.cli.worker serve` is a warm worker instead: it runs such tasks one after another
+for one backend (`WarmWorkers`, what `sweep` uses), paying the framework's start-up once.
 
-The parent calls `run_child(task, spec, workdir, name=...)`. The child writes its arrays and a JSON `__meta__`
-to OUT, or exits with the code of the error it met (shared/errors.py): 6 means the backend does not support
-what was asked (a dtype, a training or benchmark hook), which the commands show as "unsupported".
+The parent calls `run_child(task, spec, workdir, name=...)`, or runs several at once through a `ChildPool`. The
+child writes its arrays and a JSON `__meta__` to OUT, or exits with the code of the error it met
+(shared/errors.py): 6 means the backend does not support what was asked (a dtype, a training or benchmark hook),
+which the commands show as "unsupported".
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import resource
+import select
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -50,28 +58,200 @@ class ChildResult:
 
 
 def run_child(task: str, spec: dict, workdir: Path, *, name: str, timeout: float = 1800,
-              env: dict[str, str] | None = None) -> ChildResult:
+              env: dict[str, str] | None = None, procs: "ChildPool | None" = None) -> ChildResult:
     """Run one task in a fresh Python process; `name` keeps the files of several children in `workdir` apart.
 
     The child gets the environment its backend needs (`shared.backend.backend_env`: KERAS_BACKEND for a Keras
-    backend), then `env`.
+    backend), then `env`. `procs`: the pool whose `kill()` ends this child early.
     """
     spec_path, out = Path(workdir) / f"{name}.spec.json", Path(workdir) / f"{name}.npz"
     spec_path.write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "shared.cli.worker", task, "--spec", str(spec_path), "--out", str(out)]
     t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **CHILD_ENV, **backend_env(spec["backend"]), **(env or {})})
+    if procs is not None:
+        procs._started(proc)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **CHILD_ENV, **backend_env(spec["backend"]), **(env or {})})
+        _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         return ChildResult(error=f"timed out after {timeout:.0f} s", exit_code=EXIT_CRASH,
                            seconds=time.perf_counter() - t0)
+    finally:
+        if procs is not None:
+            procs._ended(proc)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-6:]) or f"exit code {proc.returncode}"
+        tail = "\n".join(stderr.strip().splitlines()[-6:]) or f"exit code {proc.returncode}"
         return ChildResult(error=tail, exit_code=proc.returncode, seconds=seconds)
     arrays, meta = read_npz(out)
     return ChildResult(arrays, meta, seconds=seconds)
+
+
+class ChildPool:
+    """Children run `jobs` at once, each waited on by a thread of this process; `submit` returns a Future of its
+    ChildResult. `runner` runs one child (`run_child`, or a `WarmWorkers.run`). Leaving the `with` block on an
+    exception kills the children still running and cancels those not started."""
+
+    def __init__(self, jobs: int, runner: Callable[..., ChildResult] | None = None):
+        self.jobs = max(1, jobs)
+        self.runner = runner
+        self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="child")
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def submit(self, task: str, spec: dict, workdir: Path, *, name: str, env: dict[str, str] | None = None) -> Future:
+        return self._pool.submit(self._run, task, spec, workdir, name, env)
+
+    def _run(self, task, spec, workdir, name, env) -> ChildResult:
+        if self._stopped:
+            return ChildResult(error="cancelled", exit_code=EXIT_CRASH)
+        if self.runner is not None:
+            return self.runner(task, spec, workdir, name=name, env=env)
+        return run_child(task, spec, workdir, name=name, env=env, procs=self)
+
+    def _started(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            stopped = self._stopped
+        if stopped:
+            proc.kill()
+
+    def _ended(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def kill(self) -> None:
+        with self._lock:
+            self._stopped = True
+            procs = list(self._procs)
+        for proc in procs:
+            proc.kill()
+
+    def __enter__(self) -> "ChildPool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Warm:
+    """One warm worker process (`python -m shared.cli.worker serve`) and the file its stderr goes to."""
+
+    def __init__(self, key: tuple, backend: str, env: dict[str, str], logdir: Path, n: int):
+        self.key = key
+        self.log = Path(logdir) / f"worker-{n}.stderr"
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "shared.cli.worker", "serve"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, text=True,
+                                         env={**os.environ, **CHILD_ENV, **backend_env(backend), **env})
+
+    def request(self, req: dict, timeout: float) -> dict | None:
+        """The worker's answer, or None when it died (or timed out: then it is killed)."""
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            return None
+        return json.loads(line)
+
+    def stderr_tail(self, lines: int = 6) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            text = ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+class WarmWorkers:
+    """Long-lived workers, one per (backend, environment) in use at a time, reused across tasks: a repeated job
+    (`sweep`'s cells) pays each framework's start-up once, not once per task. `run` has `run_child`'s signature
+    and results. A task that crashes its worker (a segfault, an abort, a timeout) takes down only that worker:
+    the task's result is the crash (the worker's last stderr lines and exit code), and the next task on that
+    backend starts a fresh worker. At most `max_workers` live at once: an idle one is ended to make room."""
+
+    def __init__(self, logdir: Path, max_workers: int = 4):
+        self.logdir = Path(logdir)
+        self.max_workers = max(1, max_workers)
+        self._idle: list[_Warm] = []  # least recently used first
+        self._busy = 0
+        self._lock = threading.Lock()
+        self.started: dict[str, int] = {}  # backend -> workers started
+        self.crashed: dict[str, int] = {}  # backend -> workers lost to a task
+
+    def _take(self, key: tuple, backend: str, env: dict[str, str]) -> _Warm:
+        with self._lock:
+            for w in self._idle:
+                if w.key == key and w.proc.poll() is None:
+                    self._idle.remove(w)
+                    self._busy += 1
+                    return w
+            evict = self._idle.pop(0) if self._idle and len(self._idle) + self._busy >= self.max_workers else None
+            self._busy += 1
+            n = sum(self.started.values())
+            self.started[backend] = self.started.get(backend, 0) + 1
+        if evict is not None:
+            evict.close()
+        return _Warm(key, backend, env, self.logdir, n)
+
+    def _give(self, w: _Warm, alive: bool) -> None:
+        with self._lock:
+            self._busy -= 1
+            if alive:
+                self._idle.append(w)
+
+    def run(self, task: str, spec: dict, workdir: Path, *, name: str, timeout: float = 1800,
+            env: dict[str, str] | None = None) -> ChildResult:
+        backend, env = spec["backend"], dict(env or {})
+        spec_path, out = Path(workdir) / f"{name}.spec.json", Path(workdir) / f"{name}.npz"
+        spec_path.write_text(json.dumps(spec))
+        w = self._take((backend, tuple(sorted(env.items()))), backend, env)
+        t0 = time.perf_counter()
+        answer = w.request({"task": task, "spec": str(spec_path), "out": str(out)}, timeout)
+        seconds = time.perf_counter() - t0
+        if answer is None:  # the worker died with the task: report the crash, start afresh next time
+            self._give(w, alive=False)
+            with self._lock:
+                self.crashed[backend] = self.crashed.get(backend, 0) + 1
+            code = w.proc.returncode
+            why = w.stderr_tail() if w.proc.returncode not in (None, -9) else f"timed out after {timeout:.0f} s"
+            return ChildResult(error=f"the worker crashed (exit code {code})" + (f": {why}" if why else ""),
+                               exit_code=EXIT_CRASH, seconds=seconds)
+        self._give(w, alive=True)
+        if answer["rc"] != 0:
+            return ChildResult(error=answer["error"], exit_code=answer["rc"], seconds=seconds)
+        arrays, meta = read_npz(out)
+        return ChildResult(arrays, meta, seconds=seconds)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for w in idle:
+            w.close()
+
+    def __enter__(self) -> "WarmWorkers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def peak_rss_mb() -> float:
@@ -113,7 +293,7 @@ def run_forward(backend: str, weights: str | Path, input_path: str | Path, dtype
     out = be.forward(model, x)
     t2 = time.perf_counter()
     return out, {"backend": backend, "dtype": dtype, "build_s": t1 - t0, "forward_s": t2 - t1,
-                 "versions": be.versions()}
+                 "peak_rss_mb": peak_rss_mb(), "versions": be.versions()}
 
 
 def forward_task(spec: dict) -> tuple[dict, dict]:
@@ -180,23 +360,55 @@ def source_task(spec: dict) -> tuple[dict, dict]:
 TASKS = {"forward": forward_task, "grad": grad_task, "bench": bench_task, "source": source_task}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shared.cli.worker", description=__doc__.split("\n")[0])
-    p.add_argument("task", choices=sorted(TASKS))
-    p.add_argument("--spec", required=True, help="JSON file with the task's arguments")
-    p.add_argument("--out", required=True, help=".npz the results are written to")
-    args = p.parse_args(argv)
+def _run_task(task: str, spec_path: str, out: str) -> tuple[int, str | None]:
+    """One task: (0, None), or (its exit code, what to report: `error: ...`, `unsupported: ...` or a traceback's
+    last lines)."""
     try:
-        arrays, meta = TASKS[args.task](json.loads(Path(args.spec).read_text()))
-        write_npz(args.out, arrays, meta, as_float32=False)  # the oracle's gradients stay float64
+        arrays, meta = TASKS[task](json.loads(Path(spec_path).read_text()))
+        write_npz(out, arrays, meta, as_float32=False)  # the oracle's gradients stay float64
     except SuiteError as e:
         label = "unsupported" if isinstance(e, UnsupportedError) else "error"
-        print(f"{label}: {e}", file=sys.stderr)
-        return e.exit_code
+        return e.exit_code, f"{label}: {e}"
     except Exception:  # a backend crashed: the traceback's last lines reach the parent's table
-        traceback.print_exc()
-        return EXIT_CRASH
+        return EXIT_CRASH, "\n".join(traceback.format_exc().strip().splitlines()[-6:])
+    return 0, None
+
+
+def _forget_models() -> None:
+    """Between a warm worker's tasks: drop the last task's models (Keras keeps its graph state per session)."""
+    if "keras" in sys.modules:
+        with contextlib.suppress(Exception):
+            sys.modules["keras"].backend.clear_session()
+    gc.collect()
+
+
+def serve() -> int:
+    """A warm worker (`WarmWorkers`): one request a line on stdin, {"task", "spec", "out"}, one answer a line,
+    {"rc", "error"}, on the original stdout; whatever a framework prints goes to stderr instead."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    for line in sys.stdin:
+        req = json.loads(line)
+        rc, error = _run_task(req["task"], req["spec"], req["out"])
+        _forget_models()
+        answers.write(json.dumps({"rc": rc, "error": error}) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shared.cli.worker", description=__doc__.split("\n")[0])
+    p.add_argument("task", choices=sorted(TASKS) + ["serve"])
+    p.add_argument("--spec", help="JSON file with the task's arguments")
+    p.add_argument("--out", help=".npz the results are written to")
+    args = p.parse_args(argv)
+    if args.task == "serve":
+        return serve()
+    if not (args.spec and args.out):
+        p.error(f"{args.task} needs --spec and --out")
+    rc, error = _run_task(args.task, args.spec, args.out)
+    if error:
+        print(error, file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

@@ -1,0 +1,170 @@
+"""Whole-job timings (issue 27's table): each job as a user runs it, in a process of its own, repeated and
+interleaved with its peer, medians written to JSON. Not a test: these machines are noisy.
+
+    python -m benchmarks.jobs --out jobs.json                       # every row, 3 repeats
+    python -m benchmarks.jobs --rows check,sweep --repeats 5
+    python -m benchmarks.jobs --baseline /path/to/old/checkout     # the same jobs on older code, interleaved
+
+Each run records wall seconds, CPU seconds (user + system of the whole process tree) and peak RSS (the largest
+process of the tree, from wait4), and the job's own figures where it writes JSON (a check's per-backend seconds,
+threads and child peak RSS; bench's peak RSS per mode, timm's included; a sweep's cells/min). With --baseline,
+every job runs on both trees in alternation (A B A B ...), so a change of load hits both alike.
+
+Rows: check (the default `check`, all targets, and each target alone), check-b16 (a B/16 file on torch, keras,
+mindspore), convert (B/16 to .keras / .ckpt / timm / HF and back), sweep (a zoo of tiny models: cells/min),
+rss (`bench` B/16 batch 1: our torch modes against timm's), ci (the CI-sized test set; not in the default rows:
+about 20 minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ROWS = ("check", "check-b16", "convert", "sweep", "rss")
+SWEEP_ZOO = """
+[sweep]
+backends = {backends}
+dtypes = ["float32"]
+batches = [2]
+
+[[checkpoints]]
+preset = "tiny"
+seed = 1
+[[checkpoints]]
+preset = "tiny"
+seed = 2
+[[checkpoints]]
+preset = "tiny_meanpool"
+seed = 3
+"""
+
+
+def run(argv: list[str], tree: Path, cwd: Path, timeout: float = 3600) -> dict:
+    """One command in `tree` (PYTHONPATH): wall, CPU of the process tree, peak RSS of its largest process."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:  # drained as it comes: a full pipe would stall the job
+        out.append(line)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "rc": proc.returncode, "tail": "".join(out[-3:])[-400:]}
+
+
+def jobs_of(rows: list[str], work: Path, backends: list[str]) -> list[tuple[str, str, list[str], str | None]]:
+    """(row, job name, argv after `python -m`, a JSON file the job writes)."""
+    b16 = work / "b16.safetensors"
+    out: list = []
+    if "check" in rows:
+        out.append(("check", "check default, all targets", ["shared.cli", "check", "--json", "{json}", "--force"],
+                    "{json}"))
+        out += [("check", f"check default, {b} alone", ["shared.cli", "check", "--backends", b, "--json", "{json}",
+                                                        "--force"], "{json}") for b in backends]
+    if "check-b16" in rows:
+        out.append(("check-b16", "check B/16 file, torch+keras+mindspore",
+                    ["shared.cli", "check", str(b16), "--backends", "torch,keras,mindspore", "--json", "{json}",
+                     "--force"], "{json}"))
+    if "convert" in rows:
+        for fmt, suffix in (("keras", ".keras"), ("mindspore", ".ckpt"), ("timm", ".safetensors"), ("hf", "")):
+            dst = work / f"b16-{fmt}{suffix or '.hf'}"
+            out.append(("convert", f"convert B/16 -> {fmt}", ["shared.cli", "convert", str(b16), str(dst), "--to",
+                                                              fmt, "--no-verify", "--force"], None))
+            out.append(("convert", f"convert {fmt} -> B/16", ["shared.cli", "convert", str(dst),
+                                                              str(work / f"back-{fmt}.safetensors"), "--from", fmt,
+                                                              "--to", "canonical", "--preset", "B/16", "--no-verify",
+                                                              "--force"], None))
+    if "sweep" in rows:
+        out.append(("sweep", "sweep of tiny models", ["shared.cli", "sweep", str(work / "zoo.toml"), "--out",
+                                                       "{sweep_out}"], None))
+    if "rss" in rows:
+        out.append(("rss", "bench B/16 batch 1, torch vs timm",
+                    ["shared.cli", "bench", "--backends", "torch", "--preset", "B/16", "--batch", "1", "--iters",
+                     "2", "--json", "{json}", "--force"], "{json}"))
+    if "ci" in rows:
+        out.append(("ci", "CI-sized test set", ["pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
+                                                str(ROOT / "conformance_tests")], None))
+    return out
+
+
+def figures(row: str, data: dict | None, result: dict) -> dict:
+    """What a job's own JSON adds to its run."""
+    if row in ("check", "check-b16") and data:
+        return {"backends": {b: {"status": d["status"], "seconds": d["seconds"],
+                                 "threads": (d.get("meta") or {}).get("threads"),
+                                 "child_peak_rss_mb": (d.get("meta") or {}).get("peak_rss_mb")}
+                             for b, d in data["backends"].items()}}
+    if row == "rss" and data:
+        return {"modes": {f"{r['mode']} b{r['batch']}": {"peak_rss_mb": r["peak_rss_mb"],
+                                                          "images_per_s": r["images_per_s"]} for r in data["rows"]}}
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated of {DEFAULT_ROWS + ('ci',)}")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline", help="another checkout of the suite: every job runs on it too, interleaved")
+    ap.add_argument("--backends", default="torch,keras,keras-jax,keras-torch,mindspore",
+                    help="the default check's targets each timed alone")
+    ap.add_argument("--sweep-backends", default="torch,mindspore,keras,keras-jax", help="the sweep zoo's backends")
+    ap.add_argument("--out", default="jobs.json")
+    args = ap.parse_args(argv)
+    rows = args.rows.split(",")
+    backends = args.backends.split(",")
+    trees = {"this": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
+    work = Path(tempfile.mkdtemp(prefix="vit-suite-jobs-"))
+    (work / "zoo.toml").write_text(SWEEP_ZOO.format(backends=json.dumps(args.sweep_backends.split(","))))
+    if {"check-b16", "convert"} & set(rows):
+        subprocess.run([sys.executable, "-m", "shared.cli", "init", "B/16", str(work / "b16.safetensors"),
+                        "--force"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    results: dict = {"machine": {"cores": os.cpu_count(), "load_before": os.getloadavg()}, "repeats": args.repeats,
+                     "trees": {k: str(v) for k, v in trees.items()}, "jobs": {}}
+    plan = jobs_of(rows, work, backends)
+    for rep in range(args.repeats):
+        for row, name, cmd, json_out in plan:
+            for tree_name, tree in trees.items():
+                j = work / f"out-{tree_name}.json"
+                sweep_out = work / f"sweep-{tree_name}-{rep}"
+                argv_ = [a.replace("{json}", str(j)).replace("{sweep_out}", str(sweep_out)) for a in cmd]
+                r = run(argv_, tree, ROOT if tree_name == "this" else tree)
+                data = None
+                if json_out and j.exists():
+                    data = json.loads(j.read_text())
+                    j.unlink()
+                r.update(figures(row, data, r))
+                if row == "sweep" and (sweep_out / "sweep.json").exists():
+                    s = json.loads((sweep_out / "sweep.json").read_text())
+                    r["cells"] = len(s["cells"])
+                    r["cells_per_min"] = len(s["cells"]) / r["wall_s"] * 60
+                    r["executor"] = s.get("executor")
+                entry = results["jobs"].setdefault(name, {"row": row, "argv": cmd}).setdefault(tree_name, [])
+                entry.append(r)
+                Path(args.out).write_text(json.dumps(results, indent=1, default=str))  # what is done so far
+                print(f"[{rep + 1}/{args.repeats}] {tree_name:8s} {name}: {r['wall_s']:.1f} s wall, "
+                      f"{r['cpu_s']:.1f} s CPU, peak {r['peak_rss_mb']:.0f} MB, rc {r['rc']}"
+                      + (f", {r['cells_per_min']:.1f} cells/min" if "cells_per_min" in r else ""), flush=True)
+    for name, entry in results["jobs"].items():
+        for tree_name in trees:
+            runs = entry[tree_name]
+            entry.setdefault("median", {})[tree_name] = {
+                k: statistics.median(r[k] for r in runs if k in r)
+                for k in ("wall_s", "cpu_s", "peak_rss_mb", "cells_per_min") if any(k in r for r in runs)}
+    results["machine"]["load_after"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The job machinery (shared/jobs.py, shared/cli/worker.py): `check`'s backends side by side give the numbers of a
+sequential run, and a warm worker (`sweep`'s) survives nothing but its own crash.
+
+Timings are not asserted here (the machines are noisy): benchmarks/jobs.py measures them.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from shared import jobs as J
+from shared import weights as W
+from shared.cli.check import run_check
+from shared.cli.worker import WarmWorkers, run_child
+from shared.errors import EXIT_CRASH
+from shared.init import init_weights, random_images
+from shared.presets import get_preset
+
+ABORTING = "aborting=conformance_tests.broken_backends:Aborting"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cfg = get_preset("tiny")
+    state = init_weights(cfg, 3)
+    path = W.save(tmp_path_factory.mktemp("jobs") / "tiny.safetensors", cfg, state)
+    return cfg, state, path
+
+
+def test_backends_side_by_side_give_the_sequential_numbers(tiny):
+    """torch and MindSpore at once (each 1 thread) and one after another: every stage bit for bit, the same
+    verdicts, and each run records its thread count."""
+    cfg, state, path = tiny
+    x = random_images(cfg, 2, 0)
+    together = run_check(cfg, path, x, ["torch", "mindspore"], state=state, jobs=2, threads=1)
+    alone = run_check(cfg, path, x, ["torch", "mindspore"], state=state, jobs=1, threads=1)
+    assert [r.backend for r in together.runs] == ["torch", "mindspore"]  # the order asked for, not of finishing
+    for a, b in zip(together.runs, alone.runs):
+        assert a.status == b.status == "pass", (a.error, b.error)
+        assert a.meta["threads"] == b.meta["threads"] == 1
+        assert (a.meta["jobs"], b.meta["jobs"]) == (2, 1)
+        assert a.stages.keys() == b.stages.keys()
+        for k in a.stages:
+            np.testing.assert_array_equal(a.stages[k], b.stages[k], err_msg=f"{a.backend} {k}")
+        assert [s.rel_l2 for s in a.verdict.stages] == [s.rel_l2 for s in b.verdict.stages]
+    assert [(p.a, p.b, p.rel_l2) for p in together.pairs] == [(p.a, p.b, p.rel_l2) for p in alone.pairs]
+
+
+def test_the_thread_count_does_not_depend_on_the_jobs():
+    assert J.child_threads() == max(1, J.cores() // min(J.cores(), J.CHILD_SLOTS))
+    assert J.concurrent_children(5, 1, jobs=3) == 3 and J.concurrent_children(2, 1, jobs=8) == 2
+    assert 1 <= J.concurrent_children(5, 1) <= J.cores()
+    assert J.concurrent_children(5, 1 << 60) == 1  # no memory for two: one at a time
+    assert J.thread_env(3)["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_crashing_task_takes_down_only_its_warm_worker(tiny, tmp_path, monkeypatch):
+    """One worker serves batch 2 twice; a batch of 3 aborts it: that task alone is reported crashed (with the
+    worker's exit code and last stderr lines), the next task starts a fresh worker, and a warm worker's output is a
+    fresh process's, bit for bit."""
+    cfg, _, path = tiny
+    monkeypatch.setenv("VIT_SUITE_BACKENDS", ABORTING)
+    env = J.thread_env(1)
+    for b in (2, 3):
+        np.save(tmp_path / f"x{b}.npy", random_images(cfg, b, 0))
+
+    def spec(b):
+        return {"backend": "aborting", "weights": str(path), "input": str(tmp_path / f"x{b}.npy"),
+                "dtype": "float32", "stages": True, "image_size": None}
+
+    fresh = run_child("forward", spec(2), tmp_path, name="fresh", env=env)
+    assert fresh.arrays is not None, fresh.error
+    with WarmWorkers(tmp_path, max_workers=2) as workers:
+        first = workers.run("forward", spec(2), tmp_path, name="a", env=env)
+        again = workers.run("forward", spec(2), tmp_path, name="b", env=env)
+        assert workers.started == {"aborting": 1}  # the second task reused the first's worker
+        crashed = workers.run("forward", spec(3), tmp_path, name="c", env=env)
+        assert crashed.arrays is None and crashed.exit_code == EXIT_CRASH
+        assert "worker crashed" in crashed.error and str(-6) in crashed.error  # SIGABRT
+        after = workers.run("forward", spec(2), tmp_path, name="d", env=env)
+        assert workers.started == {"aborting": 2} and workers.crashed == {"aborting": 1}
+    for got in (first, again, after):
+        assert got.arrays is not None, got.error
+        for k in fresh.arrays:
+            np.testing.assert_array_equal(got.arrays[k], fresh.arrays[k], err_msg=k)
+
+
+def test_the_digits_are_scikit_learns_without_importing_it():
+    """`check`'s main process reads the default model's digits from scikit-learn's data file (its import cost
+    seconds): the very arrays load_digits gives."""
+    from sklearn.datasets import load_digits
+
+    from shared.training.data import _raw_digits
+
+    x, y = _raw_digits()
+    d = load_digits()
+    np.testing.assert_array_equal(x, (d.images.astype(np.float64) / 16.0)[:, None])
+    np.testing.assert_array_equal(y, d.target.astype(np.int64))

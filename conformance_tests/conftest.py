@@ -28,6 +28,15 @@ if importlib.util.find_spec("mindspore") is not None:
 
 import pytest  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N`: each worker gets its own temp folder, so the tests that check
+    import atexit                          # that nothing was left in the temp folder see only their own worker's
+    import shutil
+    import tempfile
+
+    _tmp = tempfile.mkdtemp(prefix=f"vit-suite-tests-{os.environ['PYTEST_XDIST_WORKER']}-")
+    os.environ["TMPDIR"] = tempfile.tempdir = _tmp  # child processes inherit TMPDIR
+    atexit.register(shutil.rmtree, _tmp, True)
+
 
 @pytest.fixture(autouse=True)
 def _environment_restored():

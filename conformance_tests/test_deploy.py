@@ -2,7 +2,7 @@
 backends, stage by stage against the float64 reference, and the .onnx file read back bit-exact.
 
 The runtimes are inference only, so the framework backends' matrix (conftest.py) leaves them out; here every tiny
-preset (family presets included) and the fast seed preset run on both, one module-scoped backend each, in this
+preset (family presets included), tiny_relpos (the shared RelPosMlp bias) and the fast seed preset run on both, one module-scoped backend each, in this
 process. Hostile .onnx files are in test_hostile.py.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from shared.deploy.onnx_file import read_onnx, write_onnx
 from shared.deploy.onnx_graph import DIGEST_KEY, OPSET, build_graph, weights_sha256
 from shared.deploy.runtimes import openvino_has_bf16
 from shared.errors import MismatchError, UnsupportedError
+from shared.posemb import rel_pos_index
 from shared.testing import SEED_FAST, TINY_PRESETS, assert_conforms, case, reference_stages
 
 RUNTIMES = ["onnxruntime", "openvino"]
@@ -30,7 +31,7 @@ def runtimes():
     return {name: get_backend(name) for name in RUNTIMES}
 
 
-@pytest.mark.parametrize("preset", TINY_PRESETS + SEED_FAST)
+@pytest.mark.parametrize("preset", TINY_PRESETS + ["tiny_relpos"] + SEED_FAST)
 def test_every_preset_exports_and_conforms_on_both_runtimes(runtimes, preset):
     """Built from the canonical state into an in-memory graph with every stage an output, run by each runtime:
     every stage within the float32 bound of the float64 reference; the initializers read back bit-exact."""
@@ -69,7 +70,8 @@ def test_the_exported_file_is_checked_opset_dynamic_batch_and_carries_config_and
     assert [o.name for o in plain.graph.output] == ["logits"]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain", "tiny_dinov2_reg", "tiny_siglip", "tiny_t2t"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain", "tiny_dinov2_reg", "tiny_siglip", "tiny_t2t",
+                                    "tiny_beit", "tiny_relpos"])
 def test_canonical_to_onnx_to_canonical_is_bit_exact(tmp_path, preset):
     cfg, state, _ = case(preset)
     dst = tmp_path / "m.onnx"
@@ -85,20 +87,29 @@ def _run_tampered(be, proto, x):
     return dict(zip([o.name for o in proto.graph.output], be.run(runner, x)))
 
 
-@pytest.mark.parametrize("key,stage", [("blocks.1.mlp.fc1.weight", "block_1"), ("head.bias", "logits")])
-def test_one_tampered_initializer_fails_at_the_stage_that_uses_it(runtimes, tmp_path, key, stage):
+@pytest.mark.parametrize("preset,key,stage", [
+    ("tiny", "blocks.1.mlp.fc1.weight", "block_1"), ("tiny", "head.bias", "logits"),
+    ("tiny_beit", "blocks.1.attn.rel_pos.relative_position_bias_table", "block_1"),
+    ("tiny_relpos", "rel_pos.mlp.fc2.weight", "block_0")])
+def test_one_tampered_initializer_fails_at_the_stage_that_uses_it(runtimes, tmp_path, preset, key, stage):
     """One weight perturbed by 1e-3 of its scale inside the graph: each runtime's first stage out of bound is the
-    one that uses it (the stages before it still pass); the tampered file is refused by its weights digest."""
+    one that uses it (the stages before it still pass; a relative position table or MLP is computed in the graph,
+    not folded into a constant at export); the tampered file is refused by its weights digest. A relative table's
+    first entry is read by one (query, key) pair only: its zero-offset row (every patch's score for itself), head 0,
+    is perturbed by 1e-2 instead (a shift of a head's whole column would be softmax-invariant)."""
     from onnx import numpy_helper
 
-    cfg, state, x = case("tiny")
+    cfg, state, x = case(preset)
     proto = build_graph(cfg, state, stages=True)
     t = next(t for t in proto.graph.initializer if t.name == key)
     a = numpy_helper.to_array(t).copy()
-    a.flat[0] += 1e-3 * max(float(np.abs(a).max()), 1.0)
+    at, size = 0, 1e-3
+    if key.endswith("relative_position_bias_table"):
+        at, size = int(rel_pos_index(cfg.grid, cfg.num_prefix_tokens)[-1, -1]) * cfg.num_heads, 1e-2
+    a.flat[at] += size * max(float(np.abs(a).max()), 1.0)
     t.CopyFrom(numpy_helper.from_array(a, key))
     for be in runtimes.values():
-        v = tolerances.judge(cfg, "float32", _run_tampered(be, proto, x), reference_stages("tiny"))
+        v = tolerances.judge(cfg, "float32", _run_tampered(be, proto, x), reference_stages(preset))
         assert v.first_failure is not None and v.first_failure.stage == stage, (be.name, v.summary())
     path = tmp_path / "tampered.onnx"
     path.write_bytes(proto.SerializeToString())

@@ -19,8 +19,9 @@ from shared.convert.io import read_any, write_any
 from shared.deploy.onnx_file import read_onnx, write_onnx
 from shared.deploy.onnx_graph import DIGEST_KEY, OPSET, build_graph, weights_sha256
 from shared.deploy.runtimes import openvino_has_bf16
-from shared.errors import MismatchError, UnsupportedError
+from shared.errors import ConfigError, MismatchError, UnsupportedError
 from shared.posemb import rel_pos_index
+from shared.presets import get_preset
 from shared.testing import SEED_FAST, TINY_PRESETS, assert_conforms, case, reference_stages
 
 RUNTIMES = ["onnxruntime", "openvino"]
@@ -51,6 +52,39 @@ def test_another_image_size_builds_the_graph_for_it(runtimes):
     for be in runtimes.values():
         v = tolerances.judge(cfg.with_image_size((48, 40)), "float32", be.forward(be.build(cfg, state), x), ref)
         assert v.passed, v.summary()
+
+
+def test_a_naflex_style_table_is_resampled_at_export_by_its_kernel(runtimes):
+    """A NaFlex / SigLIP 2 style config (no class token, a learned 6x5 table for a 4x4 grid, bilinear_antialias):
+    the graph's constant `vit_suite.pos_table` is shared.posemb's resampling, as in the reference; the learned
+    table still reads back bit-exact."""
+    from shared.init import init_weights, random_images
+
+    cfg = get_preset("tiny").replace(name="tiny_naflex_like", class_token="none", pos_grid=(6, 5), pool="map",
+                                     gelu="tanh", resize_kernel="bilinear_antialias")
+    state, x = init_weights(cfg, 0), random_images(cfg, 2, 0, "normal", None)
+    ref = reference.forward(cfg, state, x)
+    for name, be in runtimes.items():
+        model = be.build(cfg, state)
+        v = tolerances.judge(cfg, "float32", be.forward(model, x), ref)
+        assert v.passed, (name, v.summary())
+        assert all(np.array_equal(be.export(model)[k], state[k]) for k in state), name
+
+
+def test_relative_position_biases_at_another_image_size(runtimes):
+    """The RelPosMlp's log coordinates and index are constants of the export's grid: another size builds them for
+    that grid; a learned relative table is stored for one grid, and both the reference and the runtimes refuse
+    another one by name."""
+    cfg, state, x = case("tiny_relpos", image_size=(40, 24))
+    ref = reference.forward(cfg, state, x)
+    beit, beit_state, beit_x = case("tiny_beit", image_size=(40, 24))
+    with pytest.raises(ConfigError, match="resize_rel_pos_table"):
+        reference.forward(beit, beit_state, beit_x)
+    for be in runtimes.values():
+        v = tolerances.judge(cfg.with_image_size((40, 24)), "float32", be.forward(be.build(cfg, state), x), ref)
+        assert v.passed, v.summary()
+        with pytest.raises(ConfigError, match="resize_rel_pos_table"):
+            be.forward(be.build(beit, beit_state), beit_x)
 
 
 def test_the_exported_file_is_checked_opset_dynamic_batch_and_carries_config_and_digest(tmp_path):

@@ -2,7 +2,7 @@
 backends, stage by stage against the float64 reference, and the .onnx file read back bit-exact.
 
 The runtimes are inference only, so the framework backends' matrix (conftest.py) leaves them out; here every tiny
-preset (family presets included) and the fast seed preset run on both, one module-scoped backend each, in this
+preset (family presets included), tiny_relpos (the shared RelPosMlp bias) and the fast seed preset run on both, one module-scoped backend each, in this
 process. Hostile .onnx files are in test_hostile.py.
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ from shared.convert.io import read_any, write_any
 from shared.deploy.onnx_file import read_onnx, write_onnx
 from shared.deploy.onnx_graph import DIGEST_KEY, OPSET, build_graph, weights_sha256
 from shared.deploy.runtimes import openvino_has_bf16
-from shared.errors import MismatchError, UnsupportedError
+from shared.errors import ConfigError, MismatchError, UnsupportedError
+from shared.posemb import rel_pos_index
+from shared.presets import get_preset
 from shared.testing import SEED_FAST, TINY_PRESETS, assert_conforms, case, reference_stages
 
 RUNTIMES = ["onnxruntime", "openvino"]
@@ -30,7 +32,7 @@ def runtimes():
     return {name: get_backend(name) for name in RUNTIMES}
 
 
-@pytest.mark.parametrize("preset", TINY_PRESETS + SEED_FAST)
+@pytest.mark.parametrize("preset", TINY_PRESETS + ["tiny_relpos"] + SEED_FAST)
 def test_every_preset_exports_and_conforms_on_both_runtimes(runtimes, preset):
     """Built from the canonical state into an in-memory graph with every stage an output, run by each runtime:
     every stage within the float32 bound of the float64 reference; the initializers read back bit-exact."""
@@ -52,6 +54,39 @@ def test_another_image_size_builds_the_graph_for_it(runtimes):
         assert v.passed, v.summary()
 
 
+def test_a_naflex_style_table_is_resampled_at_export_by_its_kernel(runtimes):
+    """A NaFlex / SigLIP 2 style config (no class token, a learned 6x5 table for a 4x4 grid, bilinear_antialias):
+    the graph's constant `vit_suite.pos_table` is shared.posemb's resampling, as in the reference; the learned
+    table still reads back bit-exact."""
+    from shared.init import init_weights, random_images
+
+    cfg = get_preset("tiny").replace(name="tiny_naflex_like", class_token="none", pos_grid=(6, 5), pool="map",
+                                     gelu="tanh", resize_kernel="bilinear_antialias")
+    state, x = init_weights(cfg, 0), random_images(cfg, 2, 0, "normal", None)
+    ref = reference.forward(cfg, state, x)
+    for name, be in runtimes.items():
+        model = be.build(cfg, state)
+        v = tolerances.judge(cfg, "float32", be.forward(model, x), ref)
+        assert v.passed, (name, v.summary())
+        assert all(np.array_equal(be.export(model)[k], state[k]) for k in state), name
+
+
+def test_relative_position_biases_at_another_image_size(runtimes):
+    """The RelPosMlp's log coordinates and index are constants of the export's grid: another size builds them for
+    that grid; a learned relative table is stored for one grid, and both the reference and the runtimes refuse
+    another one by name."""
+    cfg, state, x = case("tiny_relpos", image_size=(40, 24))
+    ref = reference.forward(cfg, state, x)
+    beit, beit_state, beit_x = case("tiny_beit", image_size=(40, 24))
+    with pytest.raises(ConfigError, match="resize_rel_pos_table"):
+        reference.forward(beit, beit_state, beit_x)
+    for be in runtimes.values():
+        v = tolerances.judge(cfg.with_image_size((40, 24)), "float32", be.forward(be.build(cfg, state), x), ref)
+        assert v.passed, v.summary()
+        with pytest.raises(ConfigError, match="resize_rel_pos_table"):
+            be.forward(be.build(beit, beit_state), beit_x)
+
+
 def test_the_exported_file_is_checked_opset_dynamic_batch_and_carries_config_and_digest(tmp_path):
     cfg, state, _ = case("tiny_siglip")
     path = write_onnx(tmp_path / "m.onnx", cfg, state, stages=True)
@@ -69,7 +104,8 @@ def test_the_exported_file_is_checked_opset_dynamic_batch_and_carries_config_and
     assert [o.name for o in plain.graph.output] == ["logits"]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain", "tiny_dinov2_reg", "tiny_siglip", "tiny_t2t"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain", "tiny_dinov2_reg", "tiny_siglip", "tiny_t2t",
+                                    "tiny_beit", "tiny_relpos"])
 def test_canonical_to_onnx_to_canonical_is_bit_exact(tmp_path, preset):
     cfg, state, _ = case(preset)
     dst = tmp_path / "m.onnx"
@@ -85,20 +121,29 @@ def _run_tampered(be, proto, x):
     return dict(zip([o.name for o in proto.graph.output], be.run(runner, x)))
 
 
-@pytest.mark.parametrize("key,stage", [("blocks.1.mlp.fc1.weight", "block_1"), ("head.bias", "logits")])
-def test_one_tampered_initializer_fails_at_the_stage_that_uses_it(runtimes, tmp_path, key, stage):
+@pytest.mark.parametrize("preset,key,stage", [
+    ("tiny", "blocks.1.mlp.fc1.weight", "block_1"), ("tiny", "head.bias", "logits"),
+    ("tiny_beit", "blocks.1.attn.rel_pos.relative_position_bias_table", "block_1"),
+    ("tiny_relpos", "rel_pos.mlp.fc2.weight", "block_0")])
+def test_one_tampered_initializer_fails_at_the_stage_that_uses_it(runtimes, tmp_path, preset, key, stage):
     """One weight perturbed by 1e-3 of its scale inside the graph: each runtime's first stage out of bound is the
-    one that uses it (the stages before it still pass); the tampered file is refused by its weights digest."""
+    one that uses it (the stages before it still pass; a relative position table or MLP is computed in the graph,
+    not folded into a constant at export); the tampered file is refused by its weights digest. A relative table's
+    first entry is read by one (query, key) pair only: its zero-offset row (every patch's score for itself), head 0,
+    is perturbed by 1e-2 instead (a shift of a head's whole column would be softmax-invariant)."""
     from onnx import numpy_helper
 
-    cfg, state, x = case("tiny")
+    cfg, state, x = case(preset)
     proto = build_graph(cfg, state, stages=True)
     t = next(t for t in proto.graph.initializer if t.name == key)
     a = numpy_helper.to_array(t).copy()
-    a.flat[0] += 1e-3 * max(float(np.abs(a).max()), 1.0)
+    at, size = 0, 1e-3
+    if key.endswith("relative_position_bias_table"):
+        at, size = int(rel_pos_index(cfg.grid, cfg.num_prefix_tokens)[-1, -1]) * cfg.num_heads, 1e-2
+    a.flat[at] += size * max(float(np.abs(a).max()), 1.0)
     t.CopyFrom(numpy_helper.from_array(a, key))
     for be in runtimes.values():
-        v = tolerances.judge(cfg, "float32", _run_tampered(be, proto, x), reference_stages("tiny"))
+        v = tolerances.judge(cfg, "float32", _run_tampered(be, proto, x), reference_stages(preset))
         assert v.first_failure is not None and v.first_failure.stage == stage, (be.name, v.summary())
     path = tmp_path / "tampered.onnx"
     path.write_bytes(proto.SerializeToString())

@@ -14,6 +14,13 @@ divergence is the runtime's, never a tracer's. What the graph is:
     for unpositioned prefix tokens are concatenated in the graph); a sin-cos table, or a learned table at another
     grid, is computed at export time in float64 by shared.posemb (the same resampling every backend uses) and
     stored as the constant `vit_suite.pos_table` (float32);
+  - k_bias=False: the canonical `qkv.bias` initializer stays whole; the graph splits it and concatenates a zero k
+    third (the reference's zeroing, so reading back returns the stored tensor);
+  - a relative position bias (rel_pos 'table' or 'mlp', per block or shared) is built once per forward in the graph
+    from its canonical initializers, like shared.reference.rel_pos_bias: the table's rows (or fc1 -> Relu -> fc2 of
+    timm's RelPosMlp over the constant `vit_suite.rel_log_coords`, float32) gathered by the constant int64
+    `vit_suite.rel_pos_index` (shared.posemb, for the export's fixed grid), transposed to (heads, T, T) (the mlp
+    form padded with zeros for the class token's row and column), and added to the scaled scores before the Softmax;
   - the patch embedding is the reference's patchify (Reshape, Transpose: the Unfold tokens of the T2T seed and a
     stride-P conv are the same math) and a MatMul; LayerNormalization, Gelu (opset 20: erf, tanh), Sigmoid for
     QuickGELU and SiLU, Softmax and MatMul for attention;
@@ -36,7 +43,7 @@ from .. import limits as L
 from .. import weights as W
 from ..config import ViTConfig
 from ..errors import UnsupportedError
-from ..posemb import position_table
+from ..posemb import position_table, rel_log_coords, rel_pos_index
 
 #: opset of the export: 20 is the first with Gelu (approximate = none | tanh)
 OPSET = 20
@@ -68,7 +75,8 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              "mlp_dim", "swiglu", "attn_dim", "qkv_bias", "qk_scale", "attn_value_skip", "qk_norm", "init_values",
              "class_token", "dist_token", "reg_tokens", "pool", "pos_embed", "pos_prefix_tokens", "pos_grid",
              "resize_kernel", "gelu", "layer_norm_eps", "norm_pre", "final_norm", "fc_norm", "representation_size",
-             "num_classes", "output_softmax", "dropout", "attn_dropout", "drop_path", "notes"}
+             "num_classes", "output_softmax", "dropout", "attn_dropout", "drop_path", "k_bias", "rel_pos",
+             "rel_pos_shared", "rel_pos_dim", "notes"}
     defaults = {f.name: f.default for f in dataclasses.fields(ViTConfig)}
     unknown = sorted(k for k in set(cfg.to_dict()) - known if getattr(cfg, k) != defaults.get(k))
     return [f"config field {k}={getattr(cfg, k)!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)"
@@ -119,6 +127,7 @@ def _key(prefix: str, name: str) -> str:
 class _Builder:
     def __init__(self, cfg: ViTConfig, state: Mapping[str, np.ndarray], dtype: str):
         self.cfg, self.g = cfg, _Graph(np.float16 if dtype == "float16" else np.float32)
+        self._rel: dict[str, str] = {}  # the relative position constants, made once
         for key in W.expected_shapes(cfg):
             self.g.inits[key] = np.asarray(state[key], dtype=np.float32).astype(self.g.dtype, copy=False)
 
@@ -165,7 +174,7 @@ class _Builder:
     def attention(self, x: str, prefix: str, *, num_heads: int, width: int | None = None, qkv_bias: bool = True,
                   qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
                   scale: float | None = None, value_skip: bool = False, norm_eps: float = 1e-6,
-                  dim=None, attn_drop=0.0, proj_drop=0.0, rotate_half=False) -> str:
+                  dim=None, attn_drop=0.0, proj_drop=0.0, rotate_half=False, attn_bias: str | None = None) -> str:
         g, A, H = self.g, width, num_heads
         hd = A // H
         scale = hd ** -0.5 if scale is None else scale
@@ -184,6 +193,8 @@ class _Builder:
             qh = self.layer_norm(qh, _key(prefix, "q_norm"), norm_eps)
             kh = self.layer_norm(kh, _key(prefix, "k_norm"), norm_eps)
         scores = g.op("Mul", g.op("MatMul", qh, g.op("Transpose", kh, perm=[0, 1, 3, 2])), g.scalar(scale))
+        if attn_bias is not None:  # (H, T, T), broadcast over the batch
+            scores = g.op("Add", scores, attn_bias)
         probs = g.op("Softmax", scores, axis=-1)
         out = g.op("MatMul", probs, vh)
         out = g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]), g.ints(0, 0, A))
@@ -195,11 +206,11 @@ class _Builder:
         return out
 
     def block(self, x: str, prefix: str, *, dim: int, attn: dict, mlp: dict, ls_init=None, drop_path=0.0,
-              norm_eps: float = 1e-6) -> str:
+              norm_eps: float = 1e-6, attn_bias: str | None = None) -> str:
         g = self.g
         width = attn.get("width") or dim
         h = self.layer_norm(x, _key(prefix, "norm1"), norm_eps)
-        y = self.attention(h, _key(prefix, "attn"), **attn)
+        y = self.attention(h, _key(prefix, "attn"), **attn, attn_bias=attn_bias)
         if ls_init is not None:
             y = g.op("Mul", y, _key(prefix, "ls1.gamma"))
         x = g.op("Add", x, y) if dim == width else y
@@ -224,6 +235,26 @@ class _Builder:
         h = self.layer_norm(o, _key(prefix, "norm"), norm_eps)
         o = g.op("Add", o, self.mlp(h, _key(prefix, "mlp"), hidden=hidden, act=act))
         return self.token(o, 0)
+
+    def rel_pos_bias(self, prefix: str) -> str:
+        """The (heads, T, T) bias of the relative position module under `prefix` (shared.reference.rel_pos_bias):
+        the constants (index, log coordinates) are made once and shared by every module of the graph."""
+        cfg, g = self.cfg, self.g
+        n0 = cfg.num_prefix_tokens if cfg.rel_pos == "table" else 0
+        if "index" not in self._rel:
+            self._rel["index"] = g.const("rel_pos_index", rel_pos_index(cfg.grid, n0), np.int64)
+        if cfg.rel_pos == "table":
+            rows = _key(prefix, "relative_position_bias_table")
+        else:  # timm's RelPosMlp over the log relative coordinates (float64 -> the graph's dtype: the reference's r)
+            if "coords" not in self._rel:
+                self._rel["coords"] = g.const("rel_log_coords", rel_log_coords(cfg.grid))
+            h = g.op("Relu", self.linear(self._rel["coords"], _key(prefix, "mlp.fc1")))
+            rows = self.linear(h, _key(prefix, "mlp.fc2"))  # (R, heads)
+        bias = g.op("Transpose", g.op("Gather", rows, self._rel["index"], axis=0), perm=[2, 0, 1])
+        if cfg.rel_pos == "mlp" and cfg.num_prefix_tokens:  # zero row and column for the class token
+            p = cfg.num_prefix_tokens
+            bias = g.op("Pad", bias, g.ints(0, p, p, 0, 0, 0))
+        return bias
 
     def token(self, x: str, i: int) -> str:
         return self.g.op("Gather", x, self.g.const("", np.array(i, np.int64), np.int64), axis=1)
@@ -263,8 +294,10 @@ class _Builder:
         if cfg.norm_pre:
             x = self.layer_norm(x, "norm_pre", cfg.layer_norm_eps)
             out["norm_pre"] = x
+        biases = [self.rel_pos_bias(pre) for pre in cfg.rel_pos_prefixes]  # once per forward, like the reference
         for i in range(cfg.depth):
-            x = self.block(x, f"blocks.{i}", **cfg.block_args(i))
+            bias = biases[0 if cfg.rel_pos_shared else i] if biases else None
+            x = self.block(x, f"blocks.{i}", **cfg.block_args(i), attn_bias=bias)
             out[f"block_{i}"] = x
         if cfg.final_norm:
             x = self.layer_norm(x, "norm", cfg.layer_norm_eps)

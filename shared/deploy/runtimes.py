@@ -34,7 +34,7 @@ import numpy as np
 from .. import weights as W
 from ..backend import Backend
 from ..config import ViTConfig
-from ..errors import UnsupportedError
+from ..errors import ConfigError, UnsupportedError
 from ..init import init_weights
 from ..reference import check_images
 from .onnx_file import read_onnx, write_onnx
@@ -61,6 +61,11 @@ class DeployedModel:
     def runner(self, size: tuple[int, int]):
         if size not in self._runners:
             cfg = self.config.with_image_size(size)
+            if cfg.rel_pos == "table" and tuple(cfg.grid) != tuple(self.config.grid):  # as the reference refuses it
+                raise ConfigError(f"config {cfg.name!r}: its relative position table is stored for the "
+                                  f"{self.config.grid[0]}x{self.config.grid[1]} patch grid, the input has "
+                                  f"{cfg.grid[0]}x{cfg.grid[1]}; resample the table first "
+                                  f"(shared.posemb.resize_rel_pos_table, timm's rule)")
             proto = build_graph(cfg, self.state, stages=True, dtype=self.backend.graph_dtype(self.dtype))
             self._runners[size] = self.backend.compile(checked_bytes(proto), self.dtype)
         return self._runners[size]

@@ -1,0 +1,1 @@
+"""Deployed artifacts: exported graphs run in their runtimes (ONNX Runtime, OpenVINO, LiteRT)."""

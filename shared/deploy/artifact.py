@@ -1,0 +1,143 @@
+"""Run an exported graph in its runtime, framework-free: `.onnx` in ONNX Runtime, `.tflite` in LiteRT, an OpenVINO
+IR `.xml` in OpenVINO, each in float32 on the CPU.
+
+    info = artifact_io(path)                        # graph inputs and outputs: name -> shape (None: dynamic)
+    outs = run_artifact(path, {name: array})        # output name -> float32 array
+
+Used by the Keras deployment backends (vit_keras.backend: litert, keras-onnx, keras-openvino-ir) on the exports
+they write, and by `vit-suite check W --against ARTIFACT` on files this suite did not write. An `.onnx` is opened
+by `safe_onnx` first: no custom-op domain, external data only inside the model's folder and under a size limit;
+nothing in the file is executed by loading it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidFileError, UnsupportedError
+from ..limits import MAX_ARCHIVE_UNCOMPRESSED
+
+#: file suffix -> the runtime that runs it
+RUNTIMES = {".onnx": "onnxruntime", ".tflite": "ai_edge_litert", ".xml": "openvino"}
+#: the operator domains of the ONNX standard (a node of any other domain is a custom op: refused)
+ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def runtime_for(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in RUNTIMES:
+        raise UnsupportedError(f"{path}: no runtime for {suffix!r} files (known: {', '.join(RUNTIMES)})")
+    return RUNTIMES[suffix]
+
+
+def safe_onnx(path: str | os.PathLike):
+    """The graph of an `.onnx` file (onnx.ModelProto, external data not loaded), checked before any runtime sees it:
+    a readable protobuf, standard operator domains only (in the graph and its functions), and every external-data
+    file inside the model's folder, present, and all of them together under MAX_ARCHIVE_UNCOMPRESSED bytes.
+    InvalidFileError (naming the file and what is wrong) otherwise."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # a truncated or non-protobuf file: the parser's message, one line
+        raise InvalidFileError(f"{path}: not a readable ONNX protobuf ({type(e).__name__}: {str(e)[:200]})") from None
+    custom = sorted({n.domain for g in [model.graph, *model.functions] for n in g.node if n.domain not in ONNX_DOMAINS}
+                    | {o.domain for o in model.opset_import if o.domain not in ONNX_DOMAINS})
+    if custom:
+        raise InvalidFileError(f"{path}: custom operator domains {custom} (only the standard ONNX domains run here)")
+    root, total = path.resolve().parent, 0
+    for t in model.graph.initializer:
+        if not uses_external_data(t):
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if root not in target.parents or not target.is_file():
+            raise InvalidFileError(f"{path}: initializer {t.name!r} names external data {location!r} outside the "
+                                   f"model's folder {root} or missing")
+        total += target.stat().st_size
+        if total > MAX_ARCHIVE_UNCOMPRESSED:
+            raise InvalidFileError(f"{path}: external data over the limit of {MAX_ARCHIVE_UNCOMPRESSED} bytes")
+    return model
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    safe_onnx(path)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _tflite(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    signatures = interp.get_signature_list()
+    if len(signatures) != 1:
+        raise InvalidFileError(f"{path}: expected one signature, found {sorted(signatures)}")
+    key = next(iter(signatures))
+    return interp, key
+
+
+def _dims(shape) -> tuple:
+    return tuple(d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)
+
+
+def artifact_io(path: str | os.PathLike) -> tuple[dict[str, tuple], list[str]]:
+    """(input name -> shape, output names in graph order); a dimension that is not fixed is None."""
+    path = Path(path)
+    runtime = runtime_for(path)
+    if runtime == "onnxruntime":
+        s = _session(path)
+        return {i.name: _dims(i.shape) for i in s.get_inputs()}, [o.name for o in s.get_outputs()]
+    if runtime == "ai_edge_litert":
+        interp, key = _tflite(path)
+        runner = interp.get_signature_runner(key)
+        ins = runner.get_input_details()
+        return ({k: _dims(d["shape_signature"]) for k, d in ins.items()},
+                list(interp.get_signature_list()[key]["outputs"]))
+    import openvino as ov
+
+    m = ov.Core().read_model(str(path))
+    return ({p.get_any_name(): tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
+             for p in m.inputs}, [o.get_any_name() for o in m.outputs])
+
+
+def load_artifact(path: str | os.PathLike):
+    """A function running the graph: float32 `inputs` (name -> array) in, every output (name -> float32 array) out,
+    on the CPU in float32 (OpenVINO: INFERENCE_PRECISION_HINT f32, so it does not compute in bf16 where the CPU has
+    it). The runtime's session is made once, here."""
+    path = Path(path)
+    runtime = runtime_for(path)
+    if runtime == "onnxruntime":
+        s = _session(path)
+        names = [o.name for o in s.get_outputs()]
+        run = lambda inputs: dict(zip(names, s.run(names, inputs)))  # noqa: E731
+    elif runtime == "ai_edge_litert":
+        interp, key = _tflite(path)
+        runner = interp.get_signature_runner(key)
+        run = lambda inputs: runner(**inputs)  # noqa: E731
+    else:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        run = lambda inputs: {o.get_any_name(): r for o, r in compiled(inputs).items()}  # noqa: E731
+
+    def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = run({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()})
+        return {k: np.asarray(v, dtype=np.float32) for k, v in outs.items()}
+
+    return call
+
+
+def run_artifact(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of the graph for `inputs`, once (load_artifact(path)(inputs))."""
+    return load_artifact(path)(inputs)
+
+
+__all__ = ["RUNTIMES", "artifact_io", "load_artifact", "run_artifact", "runtime_for", "safe_onnx"]

@@ -1,8 +1,8 @@
 """The structure the project promises its contributors: one-way layers, no import circle, three mirror images.
 
 Layers (README, "Layout"): the contract at the bottom of shared/ imports only itself; shared.convert,
-shared.training and shared.testing import the contract (and themselves); shared.cli may import all of those;
-a backend package imports only the contract and shared.training. Nothing in the product imports shared.cli or
+shared.training, shared.testing and shared.deploy import the contract (and themselves); shared.cli may import all of
+those; a backend package imports only the contract, shared.training and shared.deploy (runtimes for exports). Nothing in the product imports shared.cli or
 conformance_tests, and the tool reaches a framework only through the backend registry. Imports are read from
 the source with `ast` (function-level imports included: a lazy import is still a dependency, and so is an import
 under `if TYPE_CHECKING:`: a type named across layers is a dependency too, and a circle through one is a circle).
@@ -68,7 +68,7 @@ def _layer(module: str) -> str:
         return "tests"
     if module in CONTRACT:
         return "contract"
-    for layer in ("shared.cli", "shared.convert", "shared.training", "shared.testing"):
+    for layer in ("shared.cli", "shared.convert", "shared.training", "shared.testing", "shared.deploy"):
         if module == layer or module.startswith(layer + "."):
             return layer
     return module.split(".")[0]  # a backend package
@@ -79,8 +79,9 @@ ALLOWED = {
     "shared.convert": {"contract", "shared.convert"},
     "shared.training": {"contract", "shared.training"},
     "shared.testing": {"contract"},
-    "shared.cli": {"contract", "shared.convert", "shared.training", "shared.testing", "shared.cli"},
-    **{pkg: {"contract", "shared.training", pkg} for pkg in BACKEND_PACKAGES.values()},
+    "shared.deploy": {"contract", "shared.deploy"},
+    "shared.cli": {"contract", "shared.convert", "shared.training", "shared.testing", "shared.deploy", "shared.cli"},
+    **{pkg: {"contract", "shared.training", "shared.deploy", pkg} for pkg in BACKEND_PACKAGES.values()},
 }
 
 

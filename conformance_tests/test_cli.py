@@ -17,7 +17,7 @@ from shared.convert.io import read_any, write_any
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
-BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore"]  # the default check: every installed target
+BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore", "keras-openvino"]  # the default check
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +81,10 @@ def test_check_all_backends_pass(tmp_path, tiny_file):
     for b, d in res["backends"].items():
         assert d["status"] == "pass" and d["first_failure"] is None
         assert len(d["stages"]) == len(get_preset("tiny").stage_names())
-    assert len(res["pairs"]) == 10 and all(p["passed"] for p in res["pairs"])
+    assert len(res["pairs"]) == 15 and all(p["passed"] for p in res["pairs"])
     keras_backends = {b: res["backends"][b]["meta"]["versions"]["keras_backend"] for b in BUILTIN if "keras" in b}
-    assert keras_backends == {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+    assert keras_backends == {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch",
+                              "keras-openvino": "openvino"}
     page = report.read_text()
     assert page.count("data:image/png;base64,") >= 3 and "Tolerance policy" in page
 

@@ -2,6 +2,7 @@
 IR `.xml` in OpenVINO, each in float32 on the CPU.
 
     info = artifact_io(path)                        # graph inputs and outputs: name -> shape (None: dynamic)
+    layout = input_layout(name, shape, in_chans, (H, W))   # "NCHW" or "NHWC", from the shape, or UsageError
     outs = run_artifact(path, {name: array})        # output name -> float32 array
 
 Used by the Keras deployment backends (vit_keras.backend: litert, keras-onnx, keras-openvino-ir) on the exports
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidFileError, UnsupportedError
+from ..errors import InvalidFileError, UnsupportedError, UsageError
 from ..limits import MAX_ARCHIVE_UNCOMPRESSED
 
 #: file suffix -> the runtime that runs it
@@ -108,6 +109,29 @@ def artifact_io(path: str | os.PathLike) -> tuple[dict[str, tuple], list[str]]:
              for p in m.inputs}, [o.get_any_name() for o in m.outputs])
 
 
+def input_layout(name: str, shape: tuple, in_chans: int, image_size: tuple[int, int]) -> str:
+    """"NCHW" or "NHWC": which layout of (in_chans, H, W) images the graph input `name` of `shape` (None: a dynamic
+    dimension) takes, read from its shape, never guessed. UsageError when it takes neither (naming the shape and what
+    the images are), or when both fit (e.g. 3x3 images of 3 channels, or dynamic height and width)."""
+    H, W = image_size
+
+    def fits(dims, want):
+        return all(d is None or d == w for d, w in zip(dims, want))
+
+    if len(shape) != 4:
+        raise UsageError(f"graph input {name!r} has shape {list(shape)}: not a 4-D image batch")
+    layouts = [lay for lay, want in (("NCHW", (in_chans, H, W)), ("NHWC", (H, W, in_chans))) if fits(shape[1:], want)]
+    dims = ["?" if d is None else d for d in shape]
+    if not layouts:
+        raise UsageError(f"graph input {name!r} has shape {dims}, which takes neither NCHW nor NHWC images of "
+                         f"{in_chans} channels at {H}x{W} (pass --image-size to match a fixed-size graph)")
+    if len(layouts) == 2:
+        raise UsageError(f"graph input {name!r} has shape {dims}: both NCHW and NHWC fit {in_chans}-channel {H}x{W} "
+                         f"images, so the layout is ambiguous; it is never guessed (export with a fixed channel "
+                         f"dimension, or check at another --image-size)")
+    return layouts[0]
+
+
 def load_artifact(path: str | os.PathLike):
     """A function running the graph: float32 `inputs` (name -> array) in, every output (name -> float32 array) out,
     on the CPU in float32 (OpenVINO: INFERENCE_PRECISION_HINT f32, so it does not compute in bf16 where the CPU has
@@ -140,4 +164,4 @@ def run_artifact(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> dict
     return load_artifact(path)(inputs)
 
 
-__all__ = ["RUNTIMES", "artifact_io", "load_artifact", "run_artifact", "runtime_for", "safe_onnx"]
+__all__ = ["RUNTIMES", "artifact_io", "input_layout", "load_artifact", "run_artifact", "runtime_for", "safe_onnx"]

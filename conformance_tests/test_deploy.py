@@ -209,3 +209,36 @@ def test_a_tflite_against_checks_every_stage_and_names_the_first_out_of_bound(tm
     a = _prove(tmp_path / "bad.safetensors", tflite, x)
     assert a["status"] == "FAIL" and a["stage"] == "block_1" and against_verdict(a)[0] == EXIT_OUT_OF_BOUNDS
     assert [s["passed"] for s in a["stages"][:3]] == [True, True, True]  # patch_embed, embed, block_0
+
+
+def test_an_unsafe_onnx_is_refused_before_any_runtime_sees_it(tmp_path):
+    """A custom-op domain, external data outside the model's folder, and a truncated protobuf: InvalidFileError
+    (exit 3) naming the file and what is wrong; nothing is run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from shared.deploy.artifact import safe_onnx
+    from shared.errors import InvalidFileError
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    custom = helper.make_model(helper.make_graph([helper.make_node("Evil", ["x"], ["y"], domain="com.evil")], "g",
+                                                 [x], [y]), opset_imports=[helper.make_opsetid("", 18),
+                                                                           helper.make_opsetid("com.evil", 1)])
+    onnx.save(custom, tmp_path / "custom.onnx")
+    with pytest.raises(InvalidFileError, match="custom operator domains.*com.evil"):
+        safe_onnx(tmp_path / "custom.onnx")
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("float_data")
+    w.external_data.add(key="location", value="../outside.bin")
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 4)
+    (tmp_path / "m").mkdir()
+    outside = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w]),
+                                opset_imports=[helper.make_opsetid("", 18)])
+    (tmp_path / "m" / "outside.onnx").write_bytes(outside.SerializeToString())
+    with pytest.raises(InvalidFileError, match="outside the model's folder"):
+        safe_onnx(tmp_path / "m" / "outside.onnx")
+    (tmp_path / "cut.onnx").write_bytes((tmp_path / "custom.onnx").read_bytes()[:40])
+    with pytest.raises(InvalidFileError, match="not a readable ONNX protobuf"):
+        safe_onnx(tmp_path / "cut.onnx")

@@ -106,7 +106,7 @@ def artifact_io(path: str | os.PathLike) -> tuple[dict[str, tuple], list[str]]:
 
     m = ov.Core().read_model(str(path))
     return ({p.get_any_name(): tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
-             for p in m.inputs}, [o.get_any_name() for o in m.outputs])
+             for p in m.inputs}, [n for o in m.outputs for n in sorted(o.get_names())])
 
 
 def input_layout(name: str, shape: tuple, in_chans: int, image_size: tuple[int, int]) -> str:
@@ -150,7 +150,9 @@ def load_artifact(path: str | os.PathLike):
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        run = lambda inputs: {o.get_any_name(): r for o, r in compiled(inputs).items()}  # noqa: E731
+        # an output tensor may carry several names (two stages that are one tensor, e.g. pre_logits = logits
+        # without a head): every name maps to it
+        run = lambda inputs: {n: r for o, r in compiled(inputs).items() for n in sorted(o.get_names())}  # noqa: E731
 
     def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = run({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()})

@@ -4,8 +4,10 @@ The `backend` fixture is every registered backend this process can run: the buil
 variants (explicit attention, XLA, PyNative, the expm1 softmax) and any third-party one registered through the
 `vit_suite.backends` entry point or VIT_SUITE_BACKENDS. `--backends a,b` narrows it. Keras reads
 KERAS_BACKEND once per process, so this process runs Keras on TensorFlow (`keras`, `keras-xla`); test_keras.py
-runs the Keras matrix again in a process per other Keras backend (`keras-jax`, `keras-torch`). A registered backend that
-is not installed FAILS its tests: CI must run all of them. `primary_backend` leaves the variants out, for what a
+runs the Keras matrix again in a process per other Keras backend (`keras-jax`, `keras-torch`); Keras on OpenVINO
+(`keras-openvino`, inference only) and the deployment variants (shared.backend.DEPLOYMENT: `litert`,
+`keras-openvino-ir`, `keras-onnx`, whose every new model is an export taking seconds) are tested by test_artifacts.py,
+and join this matrix only when named with --backends. A registered backend that is not installed FAILS its tests: CI must run all of them. `primary_backend` leaves the variants out, for what a
 variant shares with its primary by construction (files, validation, the training loop), `variant` is every
 registered variant (each is compared with its primary backend), `backend_pair` every unordered pair. The deployment
 runtimes (onnxruntime, openvino: inference only, no training hooks) are not in this matrix unless `--backends` names
@@ -58,10 +60,11 @@ def pytest_addoption(parser):
 
 
 def _selected(config) -> list[str]:
-    from shared.backend import backend_names, is_runtime, runs_in_this_process
+    from shared.backend import DEPLOYMENT, backend_names, is_runtime, runs_in_this_process
 
     opt = config.getoption("--backends")
-    return opt.split(",") if opt else [n for n in backend_names() if runs_in_this_process(n) and not is_runtime(n)]
+    return opt.split(",") if opt else [n for n in backend_names()
+                                       if runs_in_this_process(n) and not is_runtime(n) and n not in DEPLOYMENT]
 
 
 def pytest_generate_tests(metafunc):

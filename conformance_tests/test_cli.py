@@ -18,7 +18,7 @@ from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
 # the default check: every installed target, the deployment runtimes included
-BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore", "onnxruntime", "openvino"]
+BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore", "keras-openvino", "onnxruntime", "openvino"]
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +82,10 @@ def test_check_all_backends_pass(tmp_path, tiny_file):
     for b, d in res["backends"].items():
         assert d["status"] == "pass" and d["first_failure"] is None
         assert len(d["stages"]) == len(get_preset("tiny").stage_names())
-    assert len(res["pairs"]) == 21 and all(p["passed"] for p in res["pairs"])
+    assert len(res["pairs"]) == 28 and all(p["passed"] for p in res["pairs"])
     keras_backends = {b: res["backends"][b]["meta"]["versions"]["keras_backend"] for b in BUILTIN if "keras" in b}
-    assert keras_backends == {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+    assert keras_backends == {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch",
+                              "keras-openvino": "openvino"}
     page = report.read_text()
     assert page.count("data:image/png;base64,") >= 3 and "Tolerance policy" in page
 

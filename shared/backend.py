@@ -23,7 +23,7 @@ A hook a backend does not implement raises UnsupportedError, which the tool repo
 Registry. Backends are registered by name with an import path, so asking whether one is available never
 imports its framework (TensorFlow and MindSpore abort when imported in the wrong order; the tool runs each
 backend in a process of its own, with the environment `backend_env(name)` it needs: each Keras backend,
-`keras` (TensorFlow), `keras-jax` and `keras-torch`, is a backend of its own because Keras reads KERAS_BACKEND
+`keras` (TensorFlow), `keras-jax`, `keras-torch` and `keras-openvino`, is a backend of its own because Keras reads KERAS_BACKEND
 once per process). A *variant* is a configuration of another backend (explicit attention, PyNative mode, ...),
 registered under its own name: it is in the conformance matrix and can be checked by name
 (`vit-suite check --backends torch-explicit`), but the default `check` runs the primary backends only. The
@@ -225,11 +225,23 @@ _BUILTIN: dict[str, tuple[str, tuple[str, ...], str | None, dict[str, str]]] = {
     "mindspore-expm1": ("vit_mindspore.backend:MindSporeExpm1Backend", ("mindspore",), "mindspore", {}),
     "onnxruntime": ("shared.deploy.runtimes:OnnxRuntimeBackend", ("onnxruntime", "onnx"), None, {}),
     "openvino": ("shared.deploy.runtimes:OpenVinoBackend", ("openvino", "onnx"), None, {}),
+    "keras-openvino": ("vit_keras.backend:KerasOpenVINOBackend", ("keras", "openvino"), None,
+                       {"KERAS_BACKEND": "openvino"}),
+    # deployment variants: the Keras model exported by Keras' own model.export and run by a runtime
+    "litert": ("vit_keras.backend:KerasLiteRTBackend", ("keras", "tensorflow", "ai_edge_litert"), "keras",
+               {"KERAS_BACKEND": "tensorflow"}),
+    "keras-openvino-ir": ("vit_keras.backend:KerasOpenVINOIRBackend", ("keras", "tensorflow", "openvino"), "keras",
+                          {"KERAS_BACKEND": "tensorflow"}),
+    "keras-onnx": ("vit_keras.backend:KerasONNXBackend", ("keras", "torch", "onnxscript", "onnxruntime"),
+                   "keras-torch", {"KERAS_BACKEND": "torch"}),
 }
 #: the deployment runtimes: primary backends that run the suite's exported graph (shared/deploy), inference only
 #: (no training or gradient hooks: those report unsupported). The default `check` runs them when installed; the
 #: framework backends' conformance matrix (conformance_tests/conftest.py) leaves them out, test_deploy.py covers them.
 RUNTIMES = ("onnxruntime", "openvino")
+#: the deployment variants: each forward of a new model is an export (seconds), so the in-process test matrix
+#: (conformance_tests/conftest.py) leaves them out unless named with --backends; test_artifacts.py tests them
+DEPLOYMENT = ("litert", "keras-openvino-ir", "keras-onnx")
 _REGISTRY: dict[str, str | type[Backend]] = {name: entry[0] for name, entry in _BUILTIN.items()}
 #: variant -> the primary backend it is a configuration of (known without importing anything)
 _VARIANTS: dict[str, str] = {name: entry[2] for name, entry in _BUILTIN.items() if entry[2]}

@@ -3,6 +3,17 @@
     keras        KerasBackend       Keras on TensorFlow (forward: tf.function graph; its variant keras-xla: XLA)
     keras-jax    KerasJaxBackend    Keras on JAX (forward: jax.jit, XLA)
     keras-torch  KerasTorchBackend  Keras on PyTorch (forward: eager)
+    keras-openvino  KerasOpenVINOBackend  Keras on OpenVINO (inference only: forward eager, no training hooks)
+
+and three deployment variants, the Keras model exported by Keras' own `model.export` (every named stage a graph
+output, vit_keras.convert.export_artifact) and run by a runtime (shared.deploy.artifact), float32 only, no training
+or benchmark hooks:
+
+    litert             KerasLiteRTBackend      format="litert" (TensorFlow), run by ai_edge_litert's Interpreter
+    keras-openvino-ir  KerasOpenVINOIRBackend  format="openvino" (TensorFlow), run by OpenVINO (f32 hint)
+    keras-onnx         KerasONNXBackend        format="onnx" (torch: Keras exports ONNX through torch.onnx; on
+                                               TensorFlow it needs tf2onnx, which does not install here), run by
+                                               ONNX Runtime; a fixed batch per export, so one export per batch size
 
 Keras reads KERAS_BACKEND once, when it is first imported: a backend sets it if Keras is not imported yet and
 refuses, naming both, if this process already runs Keras on another backend (the tool's child processes get the
@@ -28,7 +39,7 @@ from shared.errors import BackendError, InvalidFileError, UnsupportedError
 from shared.reference import check_images
 
 #: the forward modes each Keras backend offers
-MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torch": ("eager",)}
+MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torch": ("eager",), "openvino": ("eager",)}
 
 
 def _keras():
@@ -206,4 +217,128 @@ class KerasTorchBackend(KerasBackend):
     mode = "eager"
 
 
-__all__ = ["KerasBackend", "KerasXLABackend", "KerasJaxBackend", "KerasTorchBackend", "MODES", "use_keras_backend"]
+class KerasOpenVINOBackend(KerasBackend):
+    """Keras on OpenVINO (Keras 3.15's inference-only backend); eager forwards; no training or benchmark hooks."""
+
+    name = "keras-openvino"
+    requires = ("keras", "openvino")
+    dtypes = ("float32",)
+    keras_backend = "openvino"
+    mode = "eager"
+    train_module = None
+    bench_module = None
+
+    def trainable(self, cfg, state, dtype="float32"):
+        raise self._unsupported("trainable")
+
+    def bench_modes(self) -> dict[str, str]:
+        return {}
+
+
+class DeployedModel:
+    """A Keras model and its exports (made on first use, one per input shape a fixed-batch export needs), each held
+    as a loaded runtime session; the files live in a temporary folder removed with the object."""
+
+    def __init__(self, keras_model, export_format: str, dynamic_batch: bool):
+        import shutil
+        import tempfile
+        import weakref
+
+        self.keras_model, self.config, self.cfg = keras_model, keras_model.cfg, keras_model.cfg
+        self.data_format = "channels_last"
+        self.export_format, self.dynamic_batch = export_format, dynamic_batch
+        self.folder = Path(tempfile.mkdtemp(prefix="vit-suite-export-"))
+        weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self._runners: dict = {}
+
+    def runner(self, shape: tuple[int, ...]):
+        """(input name, run function, output names) for NHWC inputs of `shape`, exporting the model on first use."""
+        from shared.deploy.artifact import artifact_io, load_artifact
+
+        from .convert import EXPORT_FORMATS, export_artifact
+
+        key = (None if self.dynamic_batch else shape[0], *shape[1:3])
+        if key not in self._runners:
+            path = self.folder / f"model_{'x'.join(map(str, key))}{EXPORT_FORMATS[self.export_format]}"
+            export_artifact(self.keras_model, path, self.export_format, batch=key[0], image_size=tuple(key[1:]))
+            inputs, outputs = artifact_io(path)
+            if len(inputs) != 1:
+                raise BackendError(f"{path}: the export has {len(inputs)} inputs, expected one image input")
+            self._runners[key] = (next(iter(inputs)), load_artifact(path), outputs)
+        return self._runners[key]
+
+
+class KerasDeployedBackend(KerasBackend):
+    """A Keras model exported by Keras' own `model.export(format=export_format)` and run in a runtime: the base of
+    the deployment variants (float32; the training and benchmark hooks are unsupported)."""
+
+    dtypes = ("float32",)
+    train_module = None
+    bench_module = None
+    #: Keras' export format (vit_keras.convert.EXPORT_FORMATS)
+    export_format: ClassVar[str]
+    #: whether the export takes any batch size (False: one export per batch size)
+    dynamic_batch: ClassVar[bool] = True
+
+    def build(self, cfg, state=None, *, dtype="float32", seed=0) -> DeployedModel:
+        return DeployedModel(super().build(cfg, state, dtype=dtype, seed=seed), self.export_format, self.dynamic_batch)
+
+    def export(self, model) -> dict[str, np.ndarray]:
+        return super().export(model.keras_model)
+
+    def forward(self, model, images: np.ndarray) -> dict[str, np.ndarray]:
+        images = np.asarray(images, dtype=np.float32)
+        check_images(model.cfg, images)
+        x = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        name, run, outputs = model.runner(x.shape)
+        out = run({name: x})
+        names = model.cfg.stage_names()
+        if set(names) <= set(out):
+            return {k: out[k] for k in names}
+        if len(outputs) != len(names):  # positional outputs (the ONNX export): one per stage, in order
+            raise BackendError(f"the {self.export_format} export has outputs {outputs}, expected the stages {names}")
+        return {k: out[o] for k, o in zip(names, outputs)}
+
+    def save_native(self, model, path) -> Path:
+        return super().save_native(model.keras_model, path)
+
+    def load_native(self, path, cfg=None, *, dtype="float32") -> DeployedModel:
+        return DeployedModel(super().load_native(path, cfg, dtype=dtype), self.export_format, self.dynamic_batch)
+
+    def trainable(self, cfg, state, dtype="float32"):
+        raise self._unsupported("trainable")
+
+    def bench_modes(self) -> dict[str, str]:
+        return {}
+
+
+class KerasLiteRTBackend(KerasDeployedBackend):
+    """`model.export(format="litert")` on TensorFlow, run by ai_edge_litert's Interpreter (XNNPACK, float32)."""
+
+    name = "litert"
+    requires = ("keras", "tensorflow", "ai_edge_litert")
+    export_format = "litert"
+
+
+class KerasOpenVINOIRBackend(KerasDeployedBackend):
+    """`model.export(format="openvino")` on TensorFlow (an OpenVINO IR), run by OpenVINO on the CPU in f32."""
+
+    name = "keras-openvino-ir"
+    requires = ("keras", "tensorflow", "openvino")
+    export_format = "openvino"
+
+
+class KerasONNXBackend(KerasDeployedBackend):
+    """`model.export(format="onnx")` on torch (torch.onnx's dynamo exporter, a fixed batch), run by ONNX Runtime."""
+
+    name = "keras-onnx"
+    requires = ("keras", "torch", "onnxscript", "onnxruntime")
+    keras_backend = "torch"
+    mode = "eager"
+    export_format = "onnx"
+    dynamic_batch = False
+
+
+__all__ = ["KerasBackend", "KerasXLABackend", "KerasJaxBackend", "KerasTorchBackend", "KerasOpenVINOBackend",
+           "KerasLiteRTBackend", "KerasOpenVINOIRBackend", "KerasONNXBackend", "DeployedModel", "MODES",
+           "use_keras_backend"]

@@ -103,3 +103,44 @@ def load_weights_h5(path, cfg: ViTConfig, *, dtype: str = "float32",
     except Exception as e:
         raise MismatchError(str(path), [f"weights do not fit config {cfg.name!r}: {type(e).__name__}: {e}"]) from None
     return model
+
+
+# ------------------------------------------------------------------ deployed artifacts (Keras' own exporters)
+#: Keras' `model.export` format -> the suffix of the file it writes
+EXPORT_FORMATS = {"litert": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
+
+
+class _Stages(keras.Model):
+    """The model with every named stage as an output, for Keras' exporters: a dict (its keys become the graph's
+    output names) where the exporter keeps names, a tuple in `stage_names()` order where it does not (Keras' ONNX
+    export on torch names its outputs after the ops that make them)."""
+
+    def __init__(self, vit: VisionTransformer, as_tuple: bool, **kwargs):
+        super().__init__(name="vit_stages", **kwargs)
+        self.vit, self.as_tuple = vit, as_tuple
+        self.built = True  # the wrapped model is built; this layer has no variables of its own
+
+    def call(self, x):
+        stages = self.vit.forward_stages(x, training=False)
+        names = self.vit.cfg.stage_names()
+        return tuple(stages[k] for k in names) if self.as_tuple else {k: stages[k] for k in names}
+
+
+def export_artifact(model: VisionTransformer, path, fmt: str, batch: int | None = None,
+                    image_size: tuple[int, int] | None = None) -> Path:
+    """Keras' own `model.export(path, format=fmt)` of `model` with every named stage as a graph output, for NHWC
+    float32 input at `image_size` (default: the model's; a learned table is resampled), `batch` images (None: a dynamic batch). Returns the written file (an
+    OpenVINO IR writes `path` (.xml) and the .bin beside it). The outputs are named after the stages, except in an
+    ONNX export (Keras exports ONNX through torch.onnx on the torch backend): there they come in stage_names() order.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"Keras export formats: {sorted(EXPORT_FORMATS)}, not {fmt!r}")
+    path = Path(path)
+    _check_suffix(path, EXPORT_FORMATS[fmt])
+    cfg = model.cfg
+    H, W = image_size or cfg.image_size
+    if model.data_format != "channels_last":
+        raise ValueError("export_artifact exports NHWC (channels_last) models")
+    spec = keras.InputSpec(shape=(batch, H, W, cfg.in_chans), dtype="float32")
+    _Stages(model, as_tuple=(fmt == "onnx")).export(str(path), format=fmt, verbose=False, input_signature=[spec])
+    return path

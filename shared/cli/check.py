@@ -19,7 +19,7 @@ from .. import fileio as F
 from .. import weights as W
 from ..backend import available_backends, backend_names
 from ..config import ViTConfig
-from ..errors import EXIT_OK, EXIT_USAGE, NonFiniteError, SuiteError, UsageError
+from ..errors import EXIT_OK, EXIT_USAGE, InvalidFileError, NonFiniteError, SuiteError, UsageError
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
 from .common import (SEED_MAX, claim_output, console, esc, int_arg, load_npy, parse_size, resolve_model, same_file,
                      selected_backends, write_text)
@@ -156,6 +156,102 @@ def prove_against(src: str, fmt: str | None, cfg: ViTConfig, ref64: dict[str, np
                        f"{m.rel_l2:.2e}, bound {m.bound:.1e}"}
 
 
+#: the suffixes `check --against` runs as a deployed artifact (shared.deploy.artifact), not as a source checkpoint
+ARTIFACT_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino-ir"}
+
+
+def is_artifact(src: str | None) -> bool:
+    return src is not None and Path(src).suffix.lower() in ARTIFACT_FORMATS
+
+
+def parse_against_outputs(items: list[str] | None, cfg: ViTConfig) -> dict[str, str]:
+    """`--against-output NAME=STAGE` flags -> graph output name -> stage (each STAGE one of the config's stages)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, stage = item.rpartition("=")
+        if not sep or not name or stage not in cfg.stage_names():
+            raise UsageError(f"--against-output {item!r}: expected GRAPH_OUTPUT=STAGE, STAGE one of "
+                             f"{', '.join(cfg.stage_names())}")
+        out[name] = stage
+    return out
+
+
+def prove_artifact(path: str, cfg: ViTConfig, ref64: dict[str, np.ndarray], images: np.ndarray,
+                   named: dict[str, str] | None = None) -> dict:
+    """An exported graph this suite did not write (.onnx in ONNX Runtime, .tflite in LiteRT, an OpenVINO .xml), run
+    on the check's own images, against the float64 reference of W: every stage the graph exposes (outputs named
+    after a stage, or named with --against-output NAME=STAGE; a graph with one output gives the logits) under its
+    float32 bound, the first stage out of bound reported. The input layout is read from the graph input's shape
+    (shared.deploy.artifact.input_layout); the images are the reference's, with no normalisation added.
+
+    Status pass / FAIL / error (the runtime could not run the file: not proven) / not verified (runtime not
+    installed). Unsafe or unreadable files raise InvalidFileError; an ambiguous layout or outputs, UsageError."""
+    import importlib.util
+
+    from ..backend import module_versions
+    from ..deploy.artifact import artifact_io, input_layout, load_artifact, runtime_for
+
+    fmt, runtime = ARTIFACT_FORMATS[Path(path).suffix.lower()], runtime_for(path)
+    out = {"source": str(path), "format": fmt, "library": runtime, "kind": "artifact", "stage": "logits"}
+    if importlib.util.find_spec(runtime) is None:
+        return {**out, "status": "not verified", "message": f"{runtime} is not installed: the artifact is not run"}
+    if not Path(path).is_file():
+        raise UsageError(f"--against {path}: no such file")
+    inputs, outputs = artifact_io(path)
+    if len(inputs) != 1:
+        raise UsageError(f"{path}: the graph has inputs {sorted(inputs)}; check --against runs one image input")
+    (name, shape), = inputs.items()
+    layout = input_layout(name, shape, cfg.in_chans, tuple(images.shape[2:]))
+    named = dict(named or {})
+    unknown = sorted(set(named) - set(outputs))
+    if unknown:
+        raise UsageError(f"--against-output names {unknown}, not outputs of {path} (its outputs: {outputs})")
+    stages = named or {o: o for o in outputs if o in cfg.stage_names()} or (
+        {outputs[0]: "logits"} if len(outputs) == 1 else {})
+    if not stages:
+        raise UsageError(f"{path} has outputs {outputs}, none named after a stage: say which is which with "
+                         f"--against-output NAME=STAGE (stages: {', '.join(cfg.stage_names())})")
+    x = images.astype(np.float32) if layout == "NCHW" else np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    out.update(layout=layout, input=name, outputs=stages,
+               inputs_note=f"the check's images as the reference gets them ({layout}, float32, no normalisation "
+                           f"added)", versions=module_versions([runtime]))
+    try:
+        run = load_artifact(path)
+        if shape[0] is not None and shape[0] != len(x):  # a fixed batch: one image at a time, if it is 1
+            if shape[0] != 1:
+                raise UsageError(f"{path}: input {name!r} takes a fixed batch of {shape[0]}: pass --batch {shape[0]}")
+            parts = [run({name: x[i:i + 1]}) for i in range(len(x))]
+            got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        else:
+            got = run({name: x})
+    except (UsageError, InvalidFileError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the runtime's own error: nothing is proven either way
+        return {**out, "status": "error", "message": f"{runtime} could not run {path}: {type(e).__name__}: "
+                                                     f"{str(e).splitlines()[0][:200] if str(e) else ''}"}
+    rows = []
+    for stage in [s for s in cfg.stage_names() if s in stages.values()]:
+        graph_out = next(o for o, s in stages.items() if s == stage)
+        g, ref = got[graph_out], ref64[stage]
+        if g.shape != ref.shape:
+            rows.append({"stage": stage, "output": graph_out, "passed": False,
+                         "message": f"output {graph_out!r} has shape {list(g.shape)}, the stage {list(ref.shape)}"})
+            continue
+        m = tolerances.stage_metrics(stage, g, ref, tolerances.fp32_bound(cfg, stage))
+        rows.append({"stage": stage, "output": graph_out, "passed": bool(m.passed), "rel_l2": m.rel_l2,
+                     "bound": m.bound, "max_abs": m.max_abs, "cosine": m.cosine})
+    first = next((r for r in rows if not r["passed"]), None)
+    shown = first or rows[-1]
+    out.update(stages=rows, stage=shown["stage"], **{k: shown[k] for k in ("rel_l2", "bound", "max_abs", "cosine")
+                                                     if k in shown})
+    what = shown.get("message") or f"relative L2 {shown['rel_l2']:.2e}, bound {shown['bound']:.1e}"
+    compared = ", ".join(r["stage"] for r in rows)
+    return {**out, "status": "FAIL" if first else "pass",
+            "message": f"input {name!r} {layout} (the reference's images, float32, no normalisation added); stages "
+                       f"{compared} vs the float64 reference: " + (f"first out of bound: {shown['stage']} ({what})"
+                                                                   if first else f"{shown['stage']} {what}")}
+
+
 def _child_reason(stderr: str | None) -> str:
     """One line saying why a source child failed: its `error: ...` line (a SourceError is one line already), else
     the last line of its traceback."""
@@ -172,7 +268,8 @@ def against_line(a: dict) -> str:
 
     style = {"pass": "green", "FAIL": "bold red", "error": "red"}.get(a["status"], "yellow")
     status = {"error": "not proven:"}.get(a["status"], a["status"])
-    return f"against the source ({escape(a['library'])}, {escape(a['source'])}): [{style}]{status}[/] " \
+    what = "the artifact" if a.get("kind") == "artifact" else "the source"
+    return f"against {what} ({escape(a['library'])}, {escape(a['source'])}): [{style}]{status}[/] " \
            f"{escape(a['message'])}"
 
 
@@ -213,6 +310,10 @@ def cmd_check(args) -> int:
         raise UsageError(f"inputs have {images.shape[1]} channels, {cfg.name} expects {cfg.in_chans}")
     run_cfg = cfg.with_image_size(tuple(images.shape[2:])) if tuple(images.shape[2:]) != tuple(cfg.image_size) else cfg
     reference.check_forward_size(run_cfg, images.shape[0], f"--input {args.input}" if args.input else "check")
+    if args.against_output and not is_artifact(args.against):
+        raise UsageError(f"--against-output names graph outputs of an exported artifact "
+                         f"({', '.join(ARTIFACT_FORMATS)}), not of {args.against or 'nothing'}")
+    named = parse_against_outputs(args.against_output, cfg)
     wanted = selected_backends(args.backends)
     missing = [b for b in backend_names(variants=False) if b not in available_backends()]
     c = console()
@@ -232,7 +333,10 @@ def cmd_check(args) -> int:
                                on_event=on_event, jobs=args.jobs, threads=args.threads)
             if args.against:
                 status.update(f"[bold]source[/]: running {args.against} in its own library")
-                result.against = prove_against(args.against, args.against_format, run_cfg, result.ref64, images)
+                if is_artifact(args.against):
+                    result.against = prove_artifact(args.against, run_cfg, result.ref64, images, named)
+                else:
+                    result.against = prove_against(args.against, args.against_format, run_cfg, result.ref64, images)
     print_check(c, result, args.stages)
     if args.json:
         write_text(args.json, json.dumps(result.to_json(), indent=2), overwrite=args.force)
@@ -329,8 +433,14 @@ def add_parser(sub) -> None:
     c.add_argument("--explain", action="store_true", help="print the tolerance policy and exit")
     c.add_argument("--against", metavar="SRC",
                    help="the file WEIGHTS was converted from: run it in its own library (timm, transformers) on the "
-                        "same inputs and compare with the reference of WEIGHTS (exit 5 on a mismatch)")
+                        "same inputs and compare with the reference of WEIGHTS (exit 5 on a mismatch); or an exported "
+                        "graph (.onnx: ONNX Runtime, .tflite: LiteRT, .xml: OpenVINO), run on the same images "
+                        "(layout read from its input shape, no normalisation added), each stage it exposes compared")
     c.add_argument("--against-format", help="the format of --against (default: detected from its content)")
+    c.add_argument("--against-output", action="append", metavar="NAME=STAGE",
+                   help="with an --against artifact (.onnx, .tflite, OpenVINO .xml): the graph output NAME is the "
+                        "stage STAGE (repeatable); outputs named after a stage are matched without it, a graph "
+                        "with one output gives the logits")
     c.add_argument("--grad", action="store_true",
                    help="gradient and optimiser-step conformance against a float64 oracle (= vit-suite grad)")
     c.set_defaults(func=cmd_check)

@@ -126,7 +126,7 @@ def write_report(path: str | Path, result: CheckResult, state: dict, attn_block:
                      f"{r.seconds:.1f} s"])
     if result.against:  # the proof against the source library: a row of its own
         a = result.against
-        rows.append([esc(f"source: {a['library']}"), badge(a["status"]),
+        rows.append([esc(f"{'artifact' if a.get('kind') == 'artifact' else 'source'}: {a['library']}"), badge(a["status"]),
                      f"{a['max_abs']:.2e}" if "max_abs" in a else "", "",
                      f"{a['rel_l2']:.2e} / {a['bound']:.1e}" if "rel_l2" in a else "",
                      f"{a['cosine']:.8f}" if "cosine" in a else "", "", esc(a["message"]), ""])

@@ -96,11 +96,18 @@ def against_verdict(a: dict | None) -> tuple[int, str] | None:
 
     if a is None:
         return None
+    artifact = a.get("kind") == "artifact"
     if a["status"] == "FAIL":
         err = (f": relative L2 {a['rel_l2']:.2e} against a bound of {a['bound']:.1e}" if "rel_l2" in a
                else f": {a['message']}")
+        if artifact:
+            return EXIT_OUT_OF_BOUNDS, f"[bold red]FAIL[/]: the artifact {escape(a['source'])} ({a['library']}) " \
+                                       f"leaves its bound first at {a['stage']}{escape(err)}"
         return EXIT_OUT_OF_BOUNDS, f"[bold red]FAIL[/]: the source library ({a['library']}) disagrees with the " \
                                    f"converted file{escape(err)}"
+    if a["status"] == "error" and artifact:
+        return EXIT_UNPROVEN, f"[bold yellow]NOT PROVEN[/]: {escape(a['library'])} could not run the artifact (see " \
+                              f"above); nothing is proven either way"
     if a["status"] == "error":
         return EXIT_UNPROVEN, f"[bold yellow]NOT PROVEN[/]: {escape(a['library'])} could not run the source (see " \
                               f"above); nothing is proven either way"

@@ -5,6 +5,8 @@
     runtimes    the `onnxruntime` and `openvino` backends: the in-memory graph (every stage an output) run by
                 ONNX Runtime's CPU execution provider and by OpenVINO's CPU plugin
     bench       their benchmark modes: the suite's export, and timm's own torch.onnx.export as a peer
+    artifact    artifacts this suite did not write (`check --against model.onnx | .tflite | .xml`): opened safely,
+                inputs laid out by shape, run in ONNX Runtime, LiteRT or OpenVINO
 
 A layer above the contract, like shared.convert: it imports the contract only; shared.convert (the `onnx` format
 row) and shared.cli import it.

@@ -49,9 +49,10 @@ def write_onnx(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.n
     return atomic_write(path, write, overwrite=overwrite)
 
 
-def parse_onnx(path: str | os.PathLike):
-    """The ModelProto of `path`, parsed as data within the size limit, custom-op domains refused; external data is
-    not loaded (read_onnx resolves it, safely)."""
+def parse_onnx(path: str | os.PathLike, *, functions: bool = False):
+    """The ModelProto of `path`, parsed as data within the size limit, custom-op domains refused (in the graph and in
+    model-local functions, which are refused unless `functions`); external data is not loaded (read_onnx resolves
+    it, safely; open_onnx checks every reference without reading it)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -67,18 +68,33 @@ def parse_onnx(path: str | os.PathLike):
         model.ParseFromString(p.read_bytes())
     except (DecodeError, RuntimeError, ValueError) as e:
         raise InvalidFileError(f"{p}: not a valid ONNX protobuf (truncated or damaged): {e}") from None
-    domains = sorted(({o.domain for o in model.opset_import} | {n.domain for n in model.graph.node})
-                     - set(STANDARD_DOMAINS))
+    domains = sorted(({o.domain for o in model.opset_import}
+                      | {n.domain for g in [model.graph, *model.functions] for n in g.node}) - set(STANDARD_DOMAINS))
     if domains:
         raise InvalidFileError(f"{p}: custom-op domain(s) {domains} refused: the suite reads graphs of standard ONNX "
                                f"operators only")
-    if len(model.functions):
+    if len(model.functions) and not functions:
         raise InvalidFileError(f"{p}: model-local functions {[f.name for f in model.functions][:5]} refused")
     return model
 
 
-def _external_bytes(tensor, directory: Path, source: str, budget: list[int]) -> bytes:
-    """The bytes of an initializer stored as external data, resolved only inside `directory`."""
+def open_onnx(path: str | os.PathLike):
+    """An .onnx of any exporter, checked before a runtime sees it (`check --against`): parse_onnx (functions of
+    standard operators allowed), and every external-data reference inside the model's directory, within its file and
+    under the limit (nothing read). InvalidFileError naming the file and what is wrong otherwise."""
+    from onnx import TensorProto
+
+    model = parse_onnx(path, functions=True)
+    budget = [0]
+    for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            _external_span(t, Path(path).parent, str(path), budget)
+    return model
+
+
+def _external_span(tensor, directory: Path, source: str, budget: list[int]) -> tuple[Path, int, int]:
+    """(file, offset, length) of an initializer stored as external data, resolved only inside `directory`, in
+    bounds, counted against the limit."""
     info = {e.key: e.value for e in tensor.external_data}
     loc = info.get("location", "")
     rel = Path(loc)
@@ -104,6 +120,12 @@ def _external_bytes(tensor, directory: Path, source: str, budget: list[int]) -> 
     if budget[0] > L.MAX_ONNX_EXTERNAL_BYTES:
         raise InvalidFileError(f"{source}: external data over the {L.MAX_ONNX_EXTERNAL_BYTES:,}-byte limit "
                                f"(shared.limits.MAX_ONNX_EXTERNAL_BYTES)")
+    return target, offset, length
+
+
+def _external_bytes(tensor, directory: Path, source: str, budget: list[int]) -> bytes:
+    """The bytes of an initializer stored as external data (`_external_span`)."""
+    target, offset, length = _external_span(tensor, directory, source, budget)
     with open(target, "rb") as f:
         f.seek(offset)
         return f.read(length)

@@ -237,7 +237,7 @@ def test_an_unsafe_onnx_is_refused_before_any_runtime_sees_it(tmp_path):
     outside = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w]),
                                 opset_imports=[helper.make_opsetid("", 18)])
     (tmp_path / "m" / "outside.onnx").write_bytes(outside.SerializeToString())
-    with pytest.raises(InvalidFileError, match="outside the model's directory"):
+    with pytest.raises(InvalidFileError, match="external data location '../outside.bin' refused"):
         open_onnx(tmp_path / "m" / "outside.onnx")
     (tmp_path / "cut.onnx").write_bytes((tmp_path / "custom.onnx").read_bytes()[:40])
     with pytest.raises(InvalidFileError, match="not a valid ONNX protobuf"):

@@ -26,6 +26,17 @@ def _trunc_normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
     return z * std
 
 
+def mixed_rope_freqs(cfg: ViTConfig, rng: np.random.Generator) -> np.ndarray:
+    """(2, depth, heads, head_dim/2) learned RoPE-Mixed frequencies as timm's init_random_2d_freqs draws them:
+    magnitudes 1 / temperature^(4k / head_dim), turned by a random angle per block and head; [x; y] components."""
+    hd = cfg.head_dim
+    mag = 1.0 / cfg.rope_temperature ** (np.arange(0, hd, 4) / hd)
+    ang = rng.uniform(0.0, 2 * np.pi, (cfg.depth, cfg.num_heads, 1))
+    fx = np.concatenate([mag * np.cos(ang), mag * np.cos(ang + np.pi / 2)], axis=-1)
+    fy = np.concatenate([mag * np.sin(ang), mag * np.sin(ang + np.pi / 2)], axis=-1)
+    return np.stack([fx, fy])
+
+
 def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
     state = {}
     for key, shape in expected_shapes(cfg).items():
@@ -36,6 +47,8 @@ def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
             v = 0.5 + 0.1 * rng.standard_normal(shape)
         elif key.endswith(".bias"):
             v = 0.02 * rng.standard_normal(shape)
+        elif key == "rope.freqs":  # RoPE-Mixed: timm's init_random_2d_freqs (a random rotation per block and head)
+            v = mixed_rope_freqs(cfg, rng)
         elif key in ("cls_token", "pos_embed", "dist_token", "reg_token", "attn_pool.latent"):
             v = _trunc_normal(rng, shape, 0.5)
         else:  # linear (out, in) or conv (out, in, kh, kw)

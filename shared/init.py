@@ -54,6 +54,8 @@ def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
         else:  # linear (out, in) or conv (out, in, kh, kw)
             fan_in = int(np.prod(shape[1:]))
             v = _trunc_normal(rng, shape, fan_in ** -0.5)
+        if key.endswith("attn.qkv.bias") and cfg.qkv_bias and not cfg.k_bias:  # the k third no model reads: zero
+            v[cfg.width:2 * cfg.width] = 0.0
         state[key] = v.astype(np.float32)
     return state
 

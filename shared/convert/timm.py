@@ -65,7 +65,7 @@ from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
 from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
                      pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
 from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
-from .keymap import Entry, expand, take
+from .keymap import Entry, Fold, expand, put, take
 from .timm_resolve import Resolved, resolve_timm_architecture
 
 #: timm's VisionTransformer LayerNorm default eps (timm.layers.LayerNorm).
@@ -326,6 +326,9 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     table's row count it also states the table's grid, otherwise the table is resampled from its grid to this one
     with the preset's kernel, timm's (bicubic_antialias) without one (shared.posemb.resample_pos_embed).
     """
+    eva = _eva_config(strip_prefixes(state), preset, timm_config, source)
+    if eva is not None:  # timm's Eva class: the config is the preset's or timm's built model's, nothing asked
+        return _import_eva(strip_prefixes(state), eva, image_size, source)
     st = _rename_legacy(strip_prefixes(state))
     # a named architecture that is no suite preset: timm's own model of that name states what it is (or it is
     # refused by name, whatever else is stated); the file's keys must then be exactly that model's
@@ -697,6 +700,122 @@ def key_map(cfg: ViTConfig, extra: Sequence[Entry] = ()) -> list[Entry]:
     return [Entry(k, k) for k in expected_shapes(cfg) if k not in written] + own
 
 
+# ---------------------------------------------------------------------------- timm's Eva class
+def is_eva(cfg: ViTConfig) -> bool:
+    """Whether `cfg` is a timm `Eva` (an Eva option on: rotary positions, q/v biases without k, separate q/k/v,
+    inner norms, an unpacked SwiGLU, RMSNorm, attention-only LayerScale) rather than a VisionTransformer."""
+    return (cfg.rope != "none" or not cfg.qkv_fused or (cfg.qkv_bias and not cfg.k_bias) or cfg.attn_inner_norm
+            or cfg.mlp_inner_norm or cfg.swiglu_unpacked or cfg.norm_kind != "layer" or cfg.ls_attn_only)
+
+
+def eva_key_map(cfg: ViTConfig) -> list[Entry]:
+    """timm Eva's keys for `cfg`: the canonical ones, except LayerScale's `gamma_1` / `gamma_2` (ls1 / ls2.gamma) and
+    a fused projection's `q_bias` / `v_bias` (qkv.bias with a zero k third: EvaAttention keeps no k bias)."""
+    extra = []
+    if cfg.qkv_fused and cfg.qkv_bias and not cfg.k_bias:
+        extra.append(Entry(("blocks.{i}.attn.q_bias", "blocks.{i}.attn.v_bias"), "blocks.{i}.attn.qkv.bias",
+                           Fold((0, None, 1))))
+    if cfg.init_values is not None:
+        extra.append(Entry("blocks.{i}.gamma_1", "blocks.{i}.ls1.gamma"))
+        if not cfg.ls_attn_only:
+            extra.append(Entry("blocks.{i}.gamma_2", "blocks.{i}.ls2.gamma"))
+    return key_map(cfg, extra)
+
+
+def _eva_config(st: Mapping[str, Any], preset, timm_config, source: str) -> ViTConfig | None:
+    """The config of a timm Eva file: an Eva preset (by name or config), or the architecture a name / config.json
+    names, resolved by timm (its built model's facts['eva_config'], num_classes from the file); None otherwise."""
+    if isinstance(preset, ViTConfig):
+        return preset if is_eva(preset) else None
+    n_cls = int(np.shape(st["head.weight"])[0]) if "head.weight" in st and np.ndim(st["head.weight"]) == 2 else 0
+    if isinstance(preset, str):
+        if is_suite_preset(preset):
+            p = resolve_preset(preset)
+            return p.replace(num_classes=n_cls) if is_eva(p) else None
+        r = resolve_timm_architecture(preset, {"num_classes": n_cls}, source)
+        if r is not None and "eva_config" in r.facts:
+            return ViTConfig(**r.facts["eva_config"])
+        return None
+    arch = (timm_config.get("architecture") or timm_config.get("model_name")) if timm_config else None
+    if isinstance(arch, str):
+        args = timm_config.get("model_args") or {}
+        if not isinstance(args, Mapping):
+            raise ConfigError(f"{source}: config.json: 'model_args' must be an object, got {shown(args)}")
+        r = resolve_timm_architecture(arch.split(".")[0], {"num_classes": timm_config.get("num_classes", n_cls),
+                                                           **args}, source)
+        if r is not None and "eva_config" in r.facts:
+            return ViTConfig(**r.facts["eva_config"])
+    return None
+
+
+def _import_eva(st: Mapping[str, Any], cfg: ViTConfig, image_size, source: str):
+    """A timm Eva state dict under its config: every key read once through `eva_key_map` (the file's keys must be
+    exactly that model's), at image_size when given (a learned table keeps its grid: resampled in the forward)."""
+    out = take(eva_key_map(cfg), st, source, expected=expected_shapes(cfg))
+    if image_size is not None and pair(image_size) != cfg.image_size:
+        cfg = cfg.with_image_size(pair(image_size))
+    validate_state(cfg, out, source=source)
+    return cfg, out
+
+
+def _eva_problems(cfg: ViTConfig) -> list[str]:
+    p = []
+    if cfg.gelu != "erf" and not cfg.swiglu:
+        p.append(f"gelu={cfg.gelu!r}: timm's Eva blocks run nn.GELU (erf)")
+    if cfg.dist_token or cfg.class_token == "zeros" or cfg.pool == "token_mean" or cfg.representation_size \
+            or cfg.attn_value_skip or cfg.attn_dim is not None or cfg.pos_embed in ("sincos1d", "sincos2d") \
+            or cfg.output_softmax or (cfg.qk_scale is not None and cfg.qk_scale != cfg.head_dim ** -0.5):
+        p.append("a distillation token, zero class token, token_mean pool, pre-logits, value skip, attn_dim, a "
+                 "sin-cos table, output softmax or a qk_scale: timm's Eva has none of them")
+    if cfg.pos_embed == "learned" and (cfg.table_grid != cfg.grid or 0 < cfg.num_pos_prefix < cfg.num_prefix_tokens):
+        p.append("a position table at another grid, or rows for only some prefix tokens")
+    if cfg.patch_bias == cfg.norm_pre:
+        p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm's Eva builds the patch projection "
+                 f"with bias = not use_pre_transformer_norm")
+    if cfg.pool == "map" and cfg.num_prefix_tokens:
+        p.append("pool='map' with prefix tokens: timm's Eva pools every token")
+    return p
+
+
+def eva_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
+    """kwargs for `timm.models.eva.Eva(**kwargs)`, the model that loads `export_timm(cfg, state)` strictly (imports
+    timm for the norm layer). q/v biases without a k bias build EvaAttention (attn_type 'eva'), full biases
+    AttentionRope ('rope'); an unpacked SwiGLU without an MLP norm is forced with swiglu_align_to=1 (a no-op
+    alignment)."""
+    from functools import partial
+
+    from timm.layers import LayerNorm, RmsNorm
+
+    problems = _eva_problems(cfg)
+    if problems:
+        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a timm Eva:\n  " + "\n  ".join(problems))
+    D, M = cfg.embed_dim, cfg.mlp_dim
+    ratio = M / D if int(D * (M / D)) == M else (M + 0.5) / D
+    kw: dict[str, Any] = dict(
+        img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+        global_pool=TIMM_POOL[cfg.pool], embed_dim=D, depth=cfg.depth, num_heads=cfg.num_heads,
+        qkv_bias=cfg.qkv_bias, qkv_fused=cfg.qkv_fused, qk_norm=cfg.qk_norm, mlp_ratio=ratio, swiglu_mlp=cfg.swiglu,
+        swiglu_align_to=1 if cfg.swiglu_unpacked and not cfg.mlp_inner_norm else 0,
+        scale_mlp=cfg.mlp_inner_norm, scale_attn_inner=cfg.attn_inner_norm,
+        attn_type="eva" if not cfg.qkv_bias or not cfg.k_bias else "rope",
+        norm_layer=partial(RmsNorm if cfg.norm_kind == "rms" else LayerNorm, eps=cfg.layer_norm_eps),
+        init_values=cfg.init_values, attn_only_layer_scale=cfg.ls_attn_only, class_token=cfg.class_token != "none",
+        num_reg_tokens=cfg.reg_tokens, no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix == 0,
+        use_abs_pos_emb=cfg.pos_embed == "learned", use_rot_pos_emb=cfg.rope != "none",
+        use_pre_transformer_norm=cfg.norm_pre, use_post_transformer_norm=cfg.final_norm, use_fc_norm=cfg.fc_norm,
+        drop_rate=0.0, proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout, drop_path_rate=cfg.drop_path)
+    if cfg.rope != "none":
+        kw.update(rope_type=cfg.rope, rope_temperature=cfg.rope_temperature, rope_grid_indexing=cfg.rope_indexing,
+                  rope_rotate_half=cfg.rope_rotate_half)
+        if cfg.rope != "mixed":
+            kw["rope_grid_offset"] = cfg.rope_offset
+        if cfg.rope_ref_grid is not None:
+            kw["ref_feat_shape"] = cfg.rope_ref_grid
+    if cfg.pool == "map":
+        kw.update(attn_pool_num_heads=cfg.num_heads, attn_pool_mlp_ratio=ratio)
+    return kw
+
+
 # ---------------------------------------------------------------------------- export
 #: the ViT-family options (words of ViTConfig.family_options' names) timm's VisionTransformer holds: all but DINOv2's
 #: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
@@ -773,7 +892,14 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
 
 
 def export_timm(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Canonical state -> timm state dict (the same keys and arrays, copied; see `timm_form` for the one fold)."""
+    """Canonical state -> timm state dict (the same keys and arrays, copied; see `timm_form` for the one fold; a
+    timm Eva config through `eva_key_map`: `eva_model_kwargs` builds the model that loads it)."""
+    if is_eva(cfg):
+        problems = _eva_problems(cfg)
+        if problems:
+            raise ConversionError(f"config {cfg.name!r} cannot be expressed as a timm Eva:\n  " + "\n  ".join(problems))
+        validate_state(cfg, state, source="<canonical state>")
+        return put(eva_key_map(cfg), state)
     return timm_form(cfg, state)[1]
 
 

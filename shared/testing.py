@@ -20,8 +20,12 @@ from . import reference, tolerances
 from .init import init_weights, random_images
 from .presets import get_preset
 
-#: Tiny presets that turn on the ViT family's options (DeiT, DeiT III, DINOv2 with registers, CLIP, SigLIP).
-FAMILY_TINY = ["tiny_deit", "tiny_deit3", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip"]
+#: Tiny presets that turn on the ViT family's options (DeiT, DeiT III, DINOv2 with registers, CLIP, SigLIP, and
+#: timm's Eva: EVA02, RoPE-ViT mixed).
+FAMILY_TINY = ["tiny_deit", "tiny_deit3", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip", "tiny_eva02", "tiny_rope_mixed"]
+#: The timm Eva tiny presets (in FAMILY_TINY): their variants' matrix runs are slow-marked (conftest.py): the Eva
+#: options live in the layers every variant shares, and each variant's compile of them costs seconds per dtype.
+EVA_TINY = ["tiny_eva02", "tiny_rope_mixed"]
 #: Tiny presets whose option is only in the head (no new parameter): the CI-sized matrix runs them on the primary
 #: backends at batch 2 (the variants' compiles of the same blocks are slow-marked: conftest.py).
 HEAD_TINY = ["tiny_dinov2_cls"]

@@ -59,7 +59,7 @@ from ..config import ViTConfig, is_int, is_real, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
                       MissingFactsError)
 from ..posemb import resample_pos_embed
-from ..presets import PRESETS
+from ..presets import EVA_PRESETS, PRESETS
 from ..safeio import read_json_file
 from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
 from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
@@ -80,7 +80,7 @@ POOL_OF_TIMM = {"token": "token", "avg": "mean", "map": "map"}
 TIMM_POOL = {v: k for k, v in POOL_OF_TIMM.items()}
 #: the presets that carry a timm architecture name (timm.is_model of each is tested): a config.json's
 #: `architecture` resolves to one of them, and a conversion under one of them is provable against timm
-TIMM_ARCHITECTURES = frozenset(n for n in PRESETS if n.startswith(("vit_", "deit")))
+TIMM_ARCHITECTURES = frozenset(n for n in PRESETS if n.startswith(("vit_", "deit")) and n not in EVA_PRESETS)
 #: the architecture an exported config is built on when its own name is not a timm one: every size and option
 #: is then given as kwargs / model_args; the base fixes the model class and the LayerNorm (eps) only
 _BASE_ARCHITECTURES = {(False, 1e-6): "vit_base_patch16_224", (False, 1e-5): "vit_base_patch16_clip_224",
@@ -786,31 +786,48 @@ def eva_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
 
     from timm.layers import LayerNorm, RmsNorm
 
+    _refuse_for_eva(cfg)
+    kw = eva_model_args(cfg)
+    kw["img_size"] = tuple(kw["img_size"])
+    if kw.get("ref_feat_shape") is not None:
+        kw["ref_feat_shape"] = tuple(kw["ref_feat_shape"])
+    kw["norm_layer"] = partial(RmsNorm if cfg.norm_kind == "rms" else LayerNorm, eps=cfg.layer_norm_eps)
+    kw.update(proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout, drop_path_rate=cfg.drop_path)
+    return kw
+
+
+#: the architecture an exported Eva config is built on, by its norm (kind, eps): only the norm layer, which JSON
+#: model_args cannot name, comes from it; every size and option is given
+_EVA_BASES = {("layer", 1e-6): "eva02_tiny_patch14_224", ("layer", 1e-5): "vit_base_patch16_dinov3",
+              ("rms", 1e-6): "vit_base_patch16_sapiens2"}
+
+
+def _refuse_for_eva(cfg: ViTConfig) -> None:
     problems = _eva_problems(cfg)
     if problems:
         raise ConversionError(f"config {cfg.name!r} cannot be expressed as a timm Eva:\n  " + "\n  ".join(problems))
+
+
+def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
+    """timm Eva arguments for every size and option of `cfg` (JSON values only: no norm layer, no drop rates)."""
     D, M = cfg.embed_dim, cfg.mlp_dim
     ratio = M / D if int(D * (M / D)) == M else (M + 0.5) / D
     kw: dict[str, Any] = dict(
-        img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+        img_size=list(cfg.image_size), patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
         global_pool=TIMM_POOL[cfg.pool], embed_dim=D, depth=cfg.depth, num_heads=cfg.num_heads,
         qkv_bias=cfg.qkv_bias, qkv_fused=cfg.qkv_fused, qk_norm=cfg.qk_norm, mlp_ratio=ratio, swiglu_mlp=cfg.swiglu,
         swiglu_align_to=1 if cfg.swiglu_unpacked and not cfg.mlp_inner_norm else 0,
         scale_mlp=cfg.mlp_inner_norm, scale_attn_inner=cfg.attn_inner_norm,
         attn_type="eva" if not cfg.qkv_bias or not cfg.k_bias else "rope",
-        norm_layer=partial(RmsNorm if cfg.norm_kind == "rms" else LayerNorm, eps=cfg.layer_norm_eps),
         init_values=cfg.init_values, attn_only_layer_scale=cfg.ls_attn_only, class_token=cfg.class_token != "none",
         num_reg_tokens=cfg.reg_tokens, no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix == 0,
         use_abs_pos_emb=cfg.pos_embed == "learned", use_rot_pos_emb=cfg.rope != "none",
         use_pre_transformer_norm=cfg.norm_pre, use_post_transformer_norm=cfg.final_norm, use_fc_norm=cfg.fc_norm,
-        drop_rate=0.0, proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout, drop_path_rate=cfg.drop_path)
-    if cfg.rope != "none":
+        num_kv_heads=cfg.num_heads, dynamic_img_size=False,
+        ref_feat_shape=list(cfg.rope_ref_grid) if cfg.rope_ref_grid is not None else None)
+    if cfg.rope != "none":  # (rope_grid_offset: timm's mixed form takes none)
         kw.update(rope_type=cfg.rope, rope_temperature=cfg.rope_temperature, rope_grid_indexing=cfg.rope_indexing,
-                  rope_rotate_half=cfg.rope_rotate_half)
-        if cfg.rope != "mixed":
-            kw["rope_grid_offset"] = cfg.rope_offset
-        if cfg.rope_ref_grid is not None:
-            kw["ref_feat_shape"] = cfg.rope_ref_grid
+                  rope_rotate_half=cfg.rope_rotate_half, rope_grid_offset=cfg.rope_offset)
     if cfg.pool == "map":
         kw.update(attn_pool_num_heads=cfg.num_heads, attn_pool_mlp_ratio=ratio)
     return kw
@@ -871,7 +888,12 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
     Position rows for only some prefix tokens (HF's DINOv2 with registers: the class token has a row, the
     registers none) have no timm form: each row is added to its token, in float32, and dropped from the table
     (pos_prefix_tokens=0, timm's no_embed_class), as timm's `_convert_dinov2` does; a ConversionWarning says so.
-    A float32 forward computes the same sums (token + row, rounded once) either way."""
+    A float32 forward computes the same sums (token + row, rounded once) either way. A timm Eva config goes through
+    `eva_key_map` (LayerScale's gamma_1 / gamma_2, a fused projection's q_bias / v_bias)."""
+    if is_eva(cfg):
+        _refuse_for_eva(cfg)
+        validate_state(cfg, state, source="<canonical state>")
+        return cfg, put(eva_key_map(cfg), state)
     _refuse_for_timm(cfg)
     validate_state(cfg, state, source="<canonical state>")
     out = {k: np.array(v, dtype=CANONICAL_DTYPE, copy=True) for k, v in state.items()}
@@ -894,12 +916,6 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
 def export_timm(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Canonical state -> timm state dict (the same keys and arrays, copied; see `timm_form` for the one fold; a
     timm Eva config through `eva_key_map`: `eva_model_kwargs` builds the model that loads it)."""
-    if is_eva(cfg):
-        problems = _eva_problems(cfg)
-        if problems:
-            raise ConversionError(f"config {cfg.name!r} cannot be expressed as a timm Eva:\n  " + "\n  ".join(problems))
-        validate_state(cfg, state, source="<canonical state>")
-        return put(eva_key_map(cfg), state)
     return timm_form(cfg, state)[1]
 
 
@@ -907,7 +923,17 @@ def timm_architecture(cfg: ViTConfig) -> str:
     """The timm architecture to build `cfg` on with `timm.create_model(ARCH, **timm_model_kwargs(cfg))`: its own
     name when that is a timm one (the family presets carry timm's names), else a base whose model class
     (VisionTransformer, or deit's VisionTransformerDistilled for a distillation token) and LayerNorm (eps 1e-6, or
-    CLIP's 1e-5) fit; the kwargs give every size and option."""
+    CLIP's 1e-5) fit; the kwargs give every size and option. A timm Eva config: its own name when timm's Eva of
+    that name (an Eva preset), else an Eva whose norm layer (kind and eps) fits (_EVA_BASES)."""
+    if is_eva(cfg):
+        if cfg.name in EVA_PRESETS:
+            return cfg.name
+        base = _EVA_BASES.get((cfg.norm_kind, cfg.layer_norm_eps))
+        if base is None:
+            raise ConversionError(f"config {cfg.name!r}: no timm Eva architecture builds {cfg.norm_kind} norms with "
+                                  f"eps {cfg.layer_norm_eps} (known: {sorted(_EVA_BASES)}); build "
+                                  f"timm.models.eva.Eva(**eva_model_kwargs(cfg)) instead")
+        return base
     if cfg.name in TIMM_ARCHITECTURES and (PRESETS[cfg.name].dist_token, PRESETS[cfg.name].swiglu) == \
             (cfg.dist_token, cfg.swiglu):
         return cfg.name
@@ -960,8 +986,11 @@ def timm_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
 
     A table stored at another grid than the image's gives img_size = table grid and dynamic_img_size=True (timm then
     resamples with bicubic_antialias, like the canonical model). An eps other than 1e-6 (or an architecture whose
-    LayerNorm has another) adds a `norm_layer` callable, the one case where this imports timm (lazily).
+    LayerNorm has another) adds a `norm_layer` callable, the one case where this imports timm (lazily). A timm Eva
+    config: `eva_model_kwargs` (always with its norm layer).
     """
+    if is_eva(cfg):
+        return eva_model_kwargs(cfg)
     _refuse_for_timm(cfg)
     kw = timm_model_args(cfg)
     kw["img_size"] = tuple(kw["img_size"])
@@ -976,7 +1005,16 @@ def timm_hub_config(cfg: ViTConfig) -> dict[str, Any]:
     """timm's config.json for `cfg` (already in its timm form): the layout `timm.models._hub.save_for_hf` writes
     (architecture, num_classes, num_features, global_pool, model_args, pretrained_cfg), which
     `timm.create_model('local-dir:DIR', pretrained=True)` builds and loads. model_args is JSON: it cannot name a
-    norm layer, so the architecture's LayerNorm eps must be the config's."""
+    norm layer, so the architecture's LayerNorm eps must be the config's (a timm Eva config: an Eva base whose
+    norm layer fits, `eva_model_args` as model_args)."""
+    if is_eva(cfg):
+        _refuse_for_eva(cfg)
+        args = eva_model_args(cfg)
+        return {"architecture": timm_architecture(cfg), "num_classes": cfg.num_classes, "num_features": cfg.width,
+                "global_pool": args["global_pool"], "model_args": args,
+                "pretrained_cfg": {"input_size": [cfg.in_chans, *cfg.image_size], "num_classes": cfg.num_classes,
+                                   "fixed_input_size": True, "first_conv": "patch_embed.proj", "classifier": "head",
+                                   "custom_load": False}}
     _refuse_for_timm(cfg)
     arch = timm_architecture(cfg)
     if architecture_eps(arch) != cfg.layer_norm_eps:

@@ -737,6 +737,10 @@ def _eva_config(st: Mapping[str, Any], preset, timm_config, source: str) -> ViTC
             return ViTConfig(**r.facts["eva_config"])
         return None
     arch = (timm_config.get("architecture") or timm_config.get("model_name")) if timm_config else None
+    if isinstance(arch, str) and arch.split(".")[0] in EVA_PRESETS + [n for n in PRESETS if is_eva(PRESETS[n])]:
+        arch = arch.split(".")[0]
+    elif isinstance(arch, str) and arch.split(".")[0] in TIMM_ARCHITECTURES:  # a VisionTransformer preset
+        arch = None
     if isinstance(arch, str):
         args = timm_config.get("model_args") or {}
         if not isinstance(args, Mapping):

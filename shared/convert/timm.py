@@ -31,7 +31,13 @@ naming the question and the flag that answers it. A preset that contradicts the 
 a flag or config.json that contradicts the file is refused. The facts the file does not determine are recorded,
 with who stated each, in the imported config's `notes`.
 
-Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, unpacked
+timm's `Eva` (EVA, EVA02, DINOv3, PE, RoPE-ViT, Sapiens2): when the preset is an Eva config (`is_eva`) or the
+named architecture resolves to timm's Eva, the whole config comes from it (timm's built modules state every field,
+`timm_resolve._read_eva`; nothing is asked) and the keys go through `eva_key_map` (LayerScale's gamma_1 / gamma_2,
+a fused projection's q_bias / v_bias); the export writes the same keys, and `eva_model_kwargs` builds the Eva that
+loads them strictly.
+
+Refused by name in a VisionTransformer file (the canonical model cannot run them there): norms inside the patch embedding / attention / MLP, unpacked
 gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, relative position biases, separate q/k/v projections, an
 attention pool with its own positions or qk-norm, pooling timm calls 'avgmax', 'max', 'prr' or '' (none).
 

@@ -91,9 +91,10 @@ def pytest_collection_modifyitems(config, items):
     batch 2 only (normal, zeros and large inputs; the variants normal inputs only): batch sizes 1 and 3 test shape
     handling, which the first four tiny presets cover, and each new shape is another graph / XLA / jit compile.
     A variant's gradients on the family presets are slow too (its primary's run in the CI-sized set). The head-only
-    tiny presets (HEAD_TINY: the same blocks, another pooling) run on the primary backends only, at batch 2."""
+    tiny presets (HEAD_TINY: the same blocks, another pooling) run on the primary backends only, at batch 2; so do
+    the timm Eva ones (EVA_TINY: their options are in the layers the variants share)."""
     from shared.backend import variant_of
-    from shared.testing import FAMILY_TINY, HEAD_TINY, SEED_FAST
+    from shared.testing import EVA_TINY, FAMILY_TINY, HEAD_TINY, SEED_FAST
 
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -106,7 +107,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if variant and params.get("name") in FAMILY_TINY:  # test_grad: a variant's gradients on the family presets
             item.add_marker(pytest.mark.slow)
-        if variant and (params.get("preset") in HEAD_TINY or params.get("name") in HEAD_TINY):
+        if variant and (params.get("preset") in HEAD_TINY + EVA_TINY or params.get("name") in HEAD_TINY + EVA_TINY):
             item.add_marker(pytest.mark.slow)
         if params.get("preset") in FAMILY_TINY + HEAD_TINY and "batch" in params and (
                 params["batch"] != 2 or params.get("kind") == "uniform" or (variant and params.get("kind") != "normal")):

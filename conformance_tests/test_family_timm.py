@@ -432,10 +432,7 @@ RESOLVED = [("deit_tiny_patch16_224", 96), ("vit_so150m_patch16_reg4_map_256", 1
             ("vit_wee_patch16_reg1_gap_256", 96), ("vit_xsmall_patch16_clip_224", 96),
             ("vit_intern300m_patch14_448", 96)]
 #: timm architectures whose keys are a supported model's but whose modules are not: refused by name, with flags too
-REFUSED = [("vit_small_patch16_rope_224", "is an Eva model: rotary position embeddings"),
-           ("vit_small_patch16_rope_ape_224", "is an Eva model: rotary position embeddings"),
-           ("vit_small_patch16_dinov3", "is an Eva model: rotary position embeddings"),
-           ("vit_pe_core_small_patch16_384", "is an Eva model: rotary position embeddings"),
+REFUSED = [("vit_pe_core_small_patch16_384", "pools its prefix tokens too in the attention pool"),
            ("vit_base_patch16_rpn_224", "builds ResPostBlock blocks: norms after each branch (post-norm): its keys "
                                         "are exactly a pre-norm block's")]
 
@@ -507,10 +504,10 @@ _ALL_FLAGS = ["--gelu", "erf", "--num-heads", "6", "--layer-norm-eps", "1e-6", "
 
 @pytest.mark.parametrize("arch,why", REFUSED)
 def test_unsupported_architecture_refused_by_name_with_or_without_flags(refused_dirs, arch, why, tmp_path, capsys):
-    """Rotary positions (RoPE ViTs, DINOv3, Perception Encoder) and post-norm blocks (rpn) have keys a supported
-    ViT has too: imported through flags they were exit 0 and wrong against timm (0.86 for rpn, 1.8e-4 to 1.6e-2 for
-    the rotary ones). Their hub directory, and their state dict under `--preset ARCH`, are refused by name with the
-    reason, with every flag too: exit 4, nothing written."""
+    """Post-norm blocks (rpn) and PE-core's attention pool over the class token too have keys a supported model
+    has too: imported through flags rpn was exit 0 and wrong against timm (0.86). Their hub
+    directory, and their state dict under `--preset ARCH`, are refused by name with the reason, with every flag too:
+    exit 4, nothing written. (The rotary-position Eva models that were here port now: test_family_eva.py.)"""
     d = refused_dirs[arch]
     dst = str(tmp_path / "no.safetensors")
     for args in ([str(d["hub"]), dst], [str(d["hub"]), dst, *_ALL_FLAGS],

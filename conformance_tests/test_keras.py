@@ -25,6 +25,7 @@ import keras  # noqa: E402
 
 from shared.backend import get_backend  # noqa: E402
 from vit_keras.convert import load_keras, load_weights_h5, save_keras  # noqa: E402
+from vit_keras.layers import RmsNorm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the suite's backend for each Keras backend
@@ -131,13 +132,14 @@ def test_not_a_keras_file(tmp_path):
 # ------------------------------------------------------------ family options
 def _keras_path(key: str, kinds: dict) -> str:
     """The documented Keras variable path of a canonical key (vit_keras/model.py): "." -> "/" except inside a layer
-    name (blocks_i, pre_logits_fc, blocks_i_attn_rel_pos, mlp_fc1 of a relative position MLP); weight -> kernel
-    (Dense, conv) or gamma (LayerNorm), a LayerNorm's bias -> beta."""
+    name (blocks_i, pre_logits_fc, blocks_i_attn_rel_pos, mlp_fc1 of a relative position MLP, rope_freqs); weight ->
+    kernel (Dense, conv) or gamma (a norm: LayerNorm, RmsNorm), a LayerNorm's bias -> beta."""
     key = re.sub(r"^blocks\.(\d+)\.attn\.rel_pos\.", r"blocks_\1_attn_rel_pos.", key)
     key = re.sub(r"rel_pos\.mlp\.fc([12])", r"rel_pos.mlp_fc\1", key)
-    parts = re.sub(r"^blocks\.(\d+)", r"blocks_\1", key).replace("pre_logits.fc", "pre_logits_fc").split(".")
+    parts = re.sub(r"^blocks\.(\d+)", r"blocks_\1", key).replace("pre_logits.fc", "pre_logits_fc")
+    parts = parts.replace("rope.freqs", "rope_freqs").split(".")
     owner = ".".join(key.split(".")[:-1])
-    layer_norm = kinds.get(f"{owner}.weight") == "direct" and f"{owner}.bias" in kinds
+    layer_norm = kinds.get(f"{owner}.weight") == "direct"
     if parts[-1] == "weight":
         parts[-1] = "gamma" if layer_norm else "kernel"
     elif parts[-1] == "bias" and layer_norm:
@@ -161,7 +163,7 @@ def test_family_variables_sit_at_timm_named_paths_in_keras_layout(preset):
         want = state[key].T if kind == "dense" else state[key].transpose(2, 3, 1, 0) if kind == "conv" else state[key]
         assert np.array_equal(keras.ops.convert_to_numpy(var), want), key
     assert m.patch_embed.proj.use_bias == cfg.patch_bias
-    norms = [la for la in m._flatten_layers() if isinstance(la, keras.layers.LayerNormalization)]
+    norms = [la for la in m._flatten_layers() if isinstance(la, (keras.layers.LayerNormalization, RmsNorm))]
     assert norms and all(la.epsilon == cfg.layer_norm_eps for la in norms)  # qk-norm, norm_pre, attn_pool too
 
 

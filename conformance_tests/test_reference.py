@@ -179,9 +179,6 @@ def torch_forward(cfg, params, images):
             tok = tok + torch.cat([torch.zeros(cfg.num_prefix_tokens, D, dtype=x.dtype), tab])
     out["embed"] = tok
     eps = cfg.layer_norm_eps
-    if cfg.norm_pre:
-        tok = F.layer_norm(tok, (D,), p["norm_pre.weight"], p["norm_pre.bias"], eps)
-        out["norm_pre"] = tok
     A, H = cfg.width, cfg.num_heads
 
     def act(h):
@@ -189,13 +186,28 @@ def torch_forward(cfg, params, images):
             return h * torch.sigmoid(1.702 * h)
         return F.gelu(h, approximate="none" if cfg.gelu == "erf" else "tanh")
 
+    def nrm(h, key):  # LayerNorm, or RMSNorm (timm's Eva / Sapiens2: norm_kind 'rms')
+        if cfg.norm_kind == "rms":
+            return F.rms_norm(h, (h.shape[-1],), p[key + ".weight"], eps)
+        return F.layer_norm(h, (h.shape[-1],), p[key + ".weight"], p[key + ".bias"], eps)
+
+    if cfg.norm_pre:
+        tok = nrm(tok, "norm_pre")
+        out["norm_pre"] = tok
+
     def mlp(h, pre):
-        h = F.linear(h, p[pre + "fc1.weight"], p[pre + "fc1.bias"])
-        if cfg.swiglu and pre.startswith("blocks."):  # timm SwiGLUPacked: the gate is fc1's first half
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
+        if cfg.swiglu_unpacked and pre.startswith("blocks."):  # timm SwiGLU: separate gate and value projections
+            h = F.silu(F.linear(h, p[pre + "fc1_g.weight"], p[pre + "fc1_g.bias"])) * F.linear(
+                h, p[pre + "fc1_x.weight"], p[pre + "fc1_x.bias"])
         else:
-            h = act(h)
+            h = F.linear(h, p[pre + "fc1.weight"], p[pre + "fc1.bias"])
+            if cfg.swiglu and pre.startswith("blocks."):  # timm SwiGLUPacked: the gate is fc1's first half
+                gate, value = h.chunk(2, dim=-1)
+                h = F.silu(gate) * value
+            else:
+                h = act(h)
+        if cfg.mlp_inner_norm and pre.startswith("blocks."):
+            h = nrm(h, pre + "norm")
         return F.linear(h, p[pre + "fc2.weight"], p[pre + "fc2.bias"])
 
     def rel_bias(pre):
@@ -218,32 +230,72 @@ def torch_forward(cfg, params, images):
                      p[pre + "mlp.fc2.weight"], p[pre + "mlp.fc2.bias"])
         return F.pad(t[rows].permute(2, 0, 1), (n0, 0, n0, 0))
 
+    def angles(i):
+        """The rotation angles of the patch tokens (N, hd/2), or per head for rope 'mixed' (H, N, hd/2), written out
+        from timm's definitions: integer coordinates (cat; rescaled to rope_ref_grid), centred ones in [-1, 1] times
+        2 pi (dinov3), or the learned frequencies of block i (mixed)."""
+        nb = A // H // 4
+        rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
+                                    indexing="ij")
+        if cfg.rope == "dinov3":
+            rows, cols = ((rows + 0.5 + cfg.rope_offset) / gh) * 2 - 1, ((cols + 0.5 + cfg.rope_offset) / gw) * 2 - 1
+        elif cfg.rope == "cat":
+            rows, cols = rows + cfg.rope_offset, cols + cfg.rope_offset
+            if cfg.rope_ref_grid is not None:
+                rows, cols = rows / gh * cfg.rope_ref_grid[0], cols / gw * cfg.rope_ref_grid[1]
+        c0, c1 = (rows, cols) if cfg.rope_indexing == "ij" else (cols, rows)
+        c0, c1 = c0.reshape(-1, 1), c1.reshape(-1, 1)
+        if cfg.rope == "mixed":
+            fr = p["rope.freqs"][:, i]  # (2, H, hd/2)
+            return c0[None] * fr[0][:, None] + c1[None] * fr[1][:, None]
+        f = cfg.rope_temperature ** (-torch.arange(nb, dtype=torch.float64) / nb)
+        scale = 2 * math.pi if cfg.rope == "dinov3" else 1.0
+        return scale * torch.cat([c0 * f, c1 * f], dim=-1)
+
+    def rotate(t, theta):  # the patch tokens' channel pairs as complex numbers, times e^{i theta}
+        n0_, hd = t.shape[2] - gh * gw, t.shape[-1]
+        x_ = t[:, :, n0_:]
+        if cfg.rope_rotate_half:
+            z = torch.complex(x_[..., :hd // 2], x_[..., hd // 2:]) * torch.polar(torch.ones_like(theta), theta)
+            r = torch.cat([z.real, z.imag], dim=-1)
+        else:
+            z = torch.complex(x_[..., 0::2], x_[..., 1::2]) * torch.polar(torch.ones_like(theta), theta)
+            r = torch.stack([z.real, z.imag], dim=-1).reshape(x_.shape)
+        return torch.cat([t[:, :, :n0_], r], dim=2)
+
     shared_bias = rel_bias("rel_pos.") if cfg.rel_pos != "none" and cfg.rel_pos_shared else None
     for i in range(cfg.depth):
         pre = f"blocks.{i}."
         bias = shared_bias if shared_bias is not None else \
             rel_bias(pre + "attn.rel_pos.") if cfg.rel_pos != "none" else None
-        h = F.layer_norm(tok, (tok.shape[-1],), p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps)
-        qkv_b = p.get(pre + "attn.qkv.bias")
-        if qkv_b is not None and not cfg.k_bias:  # BEiT: q and v biases only
-            qkv_b = torch.cat([qkv_b[:A], torch.zeros(A, dtype=qkv_b.dtype), qkv_b[2 * A:]])
-        qkv = F.linear(h, p[pre + "attn.qkv.weight"], qkv_b)
-        q, k, v = (t.reshape(B, -1, H, A // H).transpose(1, 2) for t in qkv.split(A, dim=-1))
+        h = nrm(tok, pre + "norm1")
+        if cfg.qkv_fused:
+            b = p.get(pre + "attn.qkv.bias")
+            if b is not None and not cfg.k_bias:  # q and v biases only (EVA, BEiT)
+                b = torch.cat([b[:A], torch.zeros(A, dtype=b.dtype), b[2 * A:]])
+            q, k, v = F.linear(h, p[pre + "attn.qkv.weight"], b).split(A, dim=-1)
+        else:
+            q, k, v = (F.linear(h, p[pre + f"attn.{n}_proj.weight"], p.get(pre + f"attn.{n}_proj.bias")) for n in "qkv")
+        q, k, v = (t.reshape(B, -1, H, A // H).transpose(1, 2) for t in (q, k, v))
         if cfg.qk_norm:
-            q = F.layer_norm(q, (A // H,), p[pre + "attn.q_norm.weight"], p[pre + "attn.q_norm.bias"], eps)
-            k = F.layer_norm(k, (A // H,), p[pre + "attn.k_norm.weight"], p[pre + "attn.k_norm.bias"], eps)
+            q, k = nrm(q, pre + "attn.q_norm"), nrm(k, pre + "attn.k_norm")
+        if cfg.rope != "none":
+            theta = angles(i)
+            q, k = rotate(q, theta), rotate(k, theta)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=cfg.scale).transpose(1, 2).reshape(B, -1, A)
+        if cfg.attn_inner_norm:
+            a = nrm(a, pre + "attn.norm")
         a = F.linear(a, p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"])
         if cfg.attn_value_skip:
             a = a + v.transpose(1, 2).reshape(B, -1, A)
         if cfg.init_values is not None:
             a = a * p[pre + "ls1.gamma"]
         tok = tok + a if tok.shape[-1] == A else a
-        h = mlp(F.layer_norm(tok, (A,), p[pre + "norm2.weight"], p[pre + "norm2.bias"], eps), pre + "mlp.")
-        tok = tok + (h * p[pre + "ls2.gamma"] if cfg.init_values is not None else h)
+        h = mlp(nrm(tok, pre + "norm2"), pre + "mlp.")
+        tok = tok + (h * p[pre + "ls2.gamma"] if cfg.init_values is not None and not cfg.ls_attn_only else h)
         out[f"block_{i}"] = tok
     if cfg.final_norm:
-        tok = F.layer_norm(tok, (A,), p["norm.weight"], p["norm.bias"], eps)
+        tok = nrm(tok, "norm")
     out["norm"] = tok
     n0 = cfg.num_prefix_tokens
     if cfg.dist_token:
@@ -266,7 +318,7 @@ def torch_forward(cfg, params, images):
         o = o + mlp(F.layer_norm(o, (A,), p["attn_pool.norm.weight"], p["attn_pool.norm.bias"], eps), "attn_pool.mlp.")
         f = o[:, 0].detach()
     if cfg.fc_norm:
-        f = F.layer_norm(f, (A,), p["fc_norm.weight"], p["fc_norm.bias"], eps)
+        f = nrm(f, "fc_norm")
     if cfg.representation_size:
         f = torch.tanh(F.linear(f, p["pre_logits.fc.weight"], p["pre_logits.fc.bias"]))
     out["pre_logits"] = f

@@ -34,6 +34,12 @@ RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear", "bilinear_antialia
 # none | table: a learned (rows, heads) table read through shared.posemb.rel_pos_index (BEiT, timm RelPosBias) |
 # mlp: timm's RelPosMlp ('cr'): fc1 -> ReLU -> fc2 over the log relative coordinates (vit_relpos_*)
 REL_POS_KINDS = ("none", "table", "mlp")
+# --- Eva options: timm's Eva class (EVA02, DINOv3, Perception Encoder, RoPE-ViT)
+# rotary positions: cat (timm RotaryEmbeddingCat: axial, integer coordinates; EVA02, PE), mixed (RoPE-ViT: learned
+# per-block, per-head 2-D frequencies, key rope.freqs), dinov3 (centred coordinates normalised to [-1, 1])
+ROPE_KINDS = ("none", "cat", "mixed", "dinov3")
+ROPE_INDEXING = ("ij", "xy")
+NORM_KINDS = ("layer", "rms")  # every norm of the model: LayerNorm (weight, bias) or RMSNorm (weight only)
 
 
 def is_int(v: Any) -> bool:
@@ -67,9 +73,12 @@ _INT_BOUNDS["rel_pos_dim"] = (1, L.MAX_WIDTH)
 _OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH),
                    "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
-          "patch_bias", "qk_norm", "swiglu")
-_BOOLS += ("k_bias", "rel_pos_shared")
-_STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes", "rel_pos")
+          "patch_bias", "qk_norm", "swiglu",
+          "qkv_fused", "k_bias", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "ls_attn_only",
+          "rope_rotate_half")  # the last line: Eva options
+_STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes", "rope", "rope_indexing",
+         "norm_kind", "rel_pos")
+_BOOLS += ("rel_pos_shared",)
 _RATES = ("dropout", "attn_dropout", "drop_path")
 
 
@@ -104,8 +113,11 @@ def check_field_types(d: dict[str, Any], where: str) -> None:
     for name in _RATES:
         if name in d and not (is_real(d[name]) and 0.0 <= d[name] < 1.0):
             raise bad(name, "a float in [0, 1)")
-    for name in ("image_size", "pos_grid"):
-        if name in d and not (name == "pos_grid" and d[name] is None):
+    for name, (lo, hi) in (("rope_temperature", (1e-6, 1e9)), ("rope_offset", (-1e3, 1e3))):
+        if name in d and not (is_real(d[name]) and math.isfinite(d[name]) and lo <= d[name] <= hi):
+            raise bad(name, f"a finite float in [{lo:g}, {hi:g}]")
+    for name in ("image_size", "pos_grid", "rope_ref_grid"):
+        if name in d and not (name in ("pos_grid", "rope_ref_grid") and d[name] is None):
             h, w = _pair(d[name], f"{where}: field {name!r}")
             if not (1 <= h <= L.MAX_IMAGE_SIDE and 1 <= w <= L.MAX_IMAGE_SIDE):
                 raise bad(name, f"sizes in [1, {L.MAX_IMAGE_SIDE}]")
@@ -160,8 +172,21 @@ class ViTConfig:
     dropout: float = 0.0  # after position embedding, attention proj and MLP layers
     attn_dropout: float = 0.0  # on the attention probabilities
     drop_path: float = 0.0  # stochastic depth, linearly increasing to this rate
+    # --- Eva options (timm's Eva class) ------------------------------------------
+    rope: str = "none"  # none | cat | mixed | dinov3 (ROPE_KINDS): rotary positions on the patch tokens' q and k
+    rope_temperature: float = 10000.0  # cat/dinov3: the frequency base (dinov3: its period base); mixed: the init's
+    rope_offset: float = 0.0  # grid offset added to the coordinates (cat, dinov3)
+    rope_indexing: str = "ij"  # ij: the row coordinate's frequencies first; xy: the column's
+    rope_rotate_half: bool = False  # rotate halves (x_lo, x_hi) instead of interleaved pairs
+    rope_ref_grid: tuple[int, int] | None = None  # cat: coordinates rescaled to this grid (EVA's ref_feat_shape)
+    qkv_fused: bool = True  # False: separate q_proj, k_proj, v_proj
+    k_bias: bool = True  # False: no k bias (EVA, BEiT: the k third of qkv.bias is held at zero, k_proj has none)
+    attn_inner_norm: bool = False  # a norm over the merged heads before attn.proj (timm scale_attn_inner)
+    mlp_inner_norm: bool = False  # a norm over the MLP's hidden width before fc2 (timm scale_mlp: EVA02's sub-LN)
+    swiglu_unpacked: bool = False  # with swiglu: separate mlp.fc1_g (gate) and mlp.fc1_x (value), timm's SwiGLU
+    norm_kind: str = "layer"  # layer | rms: every norm of the model (RMSNorm: weight only)
+    ls_attn_only: bool = False  # LayerScale on the attention branch only (no ls2)
     # --- relative position bias (BEiT, timm VisionTransformerRelPos) --------------
-    k_bias: bool = True  # False: the qkv bias has no k part (BEiT's q_bias / v_bias; the k third held at zero)
     # none | table | mlp (REL_POS_KINDS): a (heads, T, T) bias added to every block's attention scores, built once
     # per forward from a learned table (keys *.relative_position_bias_table) or from timm's RelPosMlp (*.mlp.*)
     rel_pos: str = "none"
@@ -175,7 +200,8 @@ class ViTConfig:
                           f"config {self.name!r}")
         for f in dataclasses.fields(self):  # NumPy scalars and ints where floats belong -> plain Python values
             v = getattr(self, f.name)
-            if f.name in ("layer_norm_eps", "qk_scale", "init_values", *_RATES) and v is not None:
+            if f.name in ("layer_norm_eps", "qk_scale", "init_values", "rope_temperature", "rope_offset",
+                          *_RATES) and v is not None:
                 object.__setattr__(self, f.name, float(v))
             elif is_int(v):
                 object.__setattr__(self, f.name, int(v))
@@ -184,6 +210,8 @@ class ViTConfig:
         object.__setattr__(self, "image_size", _pair(self.image_size, "image_size"))
         if self.pos_grid is not None:
             object.__setattr__(self, "pos_grid", _pair(self.pos_grid, "pos_grid"))
+        if self.rope_ref_grid is not None:
+            object.__setattr__(self, "rope_ref_grid", _pair(self.rope_ref_grid, "rope_ref_grid"))
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -242,9 +270,36 @@ class ViTConfig:
             need(self.qkv_bias, "k_bias=False (no k part of the qkv bias) needs qkv_bias")
         need(not (self.final_norm and self.fc_norm), "final_norm and fc_norm are exclusive (timm: norm xor fc_norm)")
         need(not (self.output_softmax and self.num_classes == 0), "output_softmax needs a classifier (num_classes > 0)")
+        self._validate_eva(need)
         n = self.num_parameters
         need(n <= L.MAX_PARAMETERS, f"describes {n:,} parameters, over the limit of {L.MAX_PARAMETERS:,} "
                                     f"(shared.limits.MAX_PARAMETERS); refused before anything is allocated")
+
+    def _validate_eva(self, need) -> None:
+        """The Eva options (rotary positions, attention / MLP / norm variants)."""
+        need(self.rope in ROPE_KINDS, f"rope must be one of {ROPE_KINDS}, got {self.rope!r}")
+        need(self.rope_indexing in ROPE_INDEXING, f"rope_indexing must be one of {ROPE_INDEXING}, got "
+                                                  f"{self.rope_indexing!r}")
+        need(self.norm_kind in NORM_KINDS, f"norm_kind must be one of {NORM_KINDS}, got {self.norm_kind!r}")
+        if self.rope != "none":
+            need(self.head_dim % 4 == 0, f"rope needs head_dim divisible by 4, got {self.head_dim}")
+            need(not self.attn_value_skip and self.attn_dim is None, "rope with attn_dim / attn_value_skip is not a "
+                                                                      "known layout")
+        need(self.rope_ref_grid is None or self.rope == "cat", "rope_ref_grid only applies to rope='cat'")
+        need(not (self.rope == "mixed" and self.rope_rotate_half), "rope='mixed' rotates interleaved pairs (timm "
+                                                                   "refuses rotate_half with mixed)")
+        need(not self.swiglu_unpacked or self.swiglu, "swiglu_unpacked needs swiglu")
+        need(not self.ls_attn_only or self.init_values is not None, "ls_attn_only needs init_values (LayerScale)")
+        need(self.qkv_bias or self.k_bias, "k_bias=False needs qkv_bias (it drops the k third of the biases)")
+        if self.pool == "map":
+            need(self.norm_kind == "layer" and not self.swiglu_unpacked,
+                 "pool='map' with RMSNorm or an unpacked SwiGLU is not a known layout")
+
+    @property
+    def rope_grid_args(self) -> dict[str, Any]:
+        """shared.posemb.rope_table's arguments for the fixed forms (cat, dinov3)."""
+        return dict(kind=self.rope, temperature=self.rope_temperature, indexing=self.rope_indexing,
+                    offset=self.rope_offset, ref_grid=self.rope_ref_grid, rotate_half=self.rope_rotate_half)
 
     # ----------------------------------------------------------- derived sizes
     @property
@@ -289,6 +344,11 @@ class ViTConfig:
         return self.pos_grid if self.pos_grid is not None else self.grid
 
     @property
+    def rope_mixed_shape(self) -> tuple[int, int, int, int]:
+        """Shape of `rope.freqs` (rope='mixed'): (2 axes, depth, heads, head_dim / 2), timm's RotaryEmbeddingMixed."""
+        return (2, self.depth, self.num_heads, self.head_dim // 2)
+
+    @property
     def fc1_dim(self) -> int:
         """Rows of a block's mlp.fc1: the hidden width, twice it for SwiGLU (gate and value halves, packed)."""
         return 2 * self.mlp_dim if self.swiglu else self.mlp_dim
@@ -331,16 +391,19 @@ class ViTConfig:
     # ------------------------------------------- layer arguments (the one reading of the config for the layers)
     def attention_args(self, i: int) -> dict[str, Any]:
         """Block i's attention: the keyword arguments of `Attention` in every backend and of
-        `shared.reference.attention` (which ignores the dropout rates). Variants no field turns on yet
-        (qkv_fused, inner_norm, rotate_half) keep their defaults; so does the Mlp's inner_norm."""
+        `shared.reference.attention` (which ignores the dropout rates). `norm`: the kind of every norm in it
+        (q_norm, k_norm, the inner norm): cfg.norm_kind."""
         return dict(dim=self.block_in_dim(i), num_heads=self.num_heads, width=self.width, qkv_bias=self.qkv_bias,
-                    k_bias=self.k_bias, qk_norm=self.qk_norm, scale=self.scale, value_skip=self.attn_value_skip,
-                    norm_eps=self.layer_norm_eps, attn_drop=self.attn_dropout, proj_drop=self.dropout)
+                    qkv_fused=self.qkv_fused, k_bias=self.k_bias, qk_norm=self.qk_norm,
+                    inner_norm=self.attn_inner_norm, scale=self.scale, rotate_half=self.rope_rotate_half,
+                    value_skip=self.attn_value_skip, norm_eps=self.layer_norm_eps, norm=self.norm_kind,
+                    attn_drop=self.attn_dropout, proj_drop=self.dropout)
 
     def mlp_args(self) -> dict[str, Any]:
         """A block's MLP: the keyword arguments of `Mlp` in every backend and of `shared.reference.mlp_forward`."""
         return dict(dim=self.width, hidden=self.mlp_dim, act="silu" if self.swiglu else self.gelu, gated=self.swiglu,
-                    norm_eps=self.layer_norm_eps, dropout=self.dropout)
+                    unpacked=self.swiglu_unpacked, inner_norm=self.mlp_inner_norm, norm_eps=self.layer_norm_eps,
+                    norm=self.norm_kind, dropout=self.dropout)
 
     def block_args(self, i: int) -> dict[str, Any]:
         """Block i: the keyword arguments of `Block` in every backend and of `shared.reference.block`."""
@@ -348,7 +411,7 @@ class ViTConfig:
         dim = attn.pop("dim")
         mlp.pop("dim")  # a block's MLP runs at the attention's width
         return dict(dim=dim, attn=attn, mlp=mlp, ls_init=self.init_values, drop_path=self.drop_path_rates[i],
-                    norm_eps=self.layer_norm_eps)
+                    norm_eps=self.layer_norm_eps, norm=self.norm_kind, ls_attn_only=self.ls_attn_only)
 
     def pool_args(self) -> dict[str, Any]:
         """The attention pool (pool='map'): the keyword arguments of the backends' pool layer and of
@@ -361,25 +424,29 @@ class ViTConfig:
         """The parameter count, computed from the sizes (no tensor and no key list is built: a config claiming
         a billion blocks costs nothing to count). Equals shared.weights.parameter_count."""
         D, W, M, P, C = self.embed_dim, self.width, self.mlp_dim, self.patch_size, self.in_chans
+        nb = 2 if self.norm_kind == "layer" else 1  # a norm's vectors: weight (and bias)
         n = D * C * P * P + (D if self.patch_bias else 0)
         n += D if self.class_token == "learned" else 0
         n += D * (int(self.dist_token) + self.reg_tokens)
         if self.pos_embed == "learned":
             gh, gw = self.table_grid
             n += (self.num_pos_prefix + gh * gw) * D
-        n += 2 * D if self.norm_pre else 0
+        n += nb * D if self.norm_pre else 0
+        qkv_b = (3 * W if self.qkv_fused or self.k_bias else 2 * W) if self.qkv_bias else 0
 
         def block(din: int) -> int:
-            return (2 * din + 3 * W * din + (3 * W if self.qkv_bias else 0) + W * W + W + 2 * W
-                    + self.fc1_dim * (W + 1) + W * M + W + (4 * self.head_dim if self.qk_norm else 0)
-                    + (2 * W if self.init_values is not None else 0))
+            return (nb * din + 3 * W * din + qkv_b + W * W + W + nb * W
+                    + self.fc1_dim * (W + 1) + W * M + W + (2 * nb * self.head_dim if self.qk_norm else 0)
+                    + (nb * W if self.attn_inner_norm else 0) + (nb * M if self.mlp_inner_norm else 0)
+                    + ((1 if self.ls_attn_only else 2) * W if self.init_values is not None else 0))
 
         n += block(D) + (self.depth - 1) * block(W)
         n += len(self.rel_pos_prefixes) * sum(math.prod(v) for v in self.rel_pos_shapes().values())
+        n += self.rope_mixed_shape[0] * self.depth * self.num_heads * self.head_dim // 2 if self.rope == "mixed" else 0
         if self.pool == "map":  # latent, q, kv, proj, norm, mlp
             n += W + (W * W + W) + (2 * W * W + 2 * W) + (W * W + W) + 2 * W + (M * W + M + W * M + W)
-        n += 2 * W if self.final_norm else 0
-        n += 2 * W if self.fc_norm else 0
+        n += nb * W if self.final_norm else 0
+        n += nb * W if self.fc_norm else 0
         if self.representation_size:
             n += self.representation_size * self.pooled_dim + self.representation_size
         if self.num_classes:
@@ -415,6 +482,8 @@ class ViTConfig:
         d["image_size"] = list(self.image_size)
         if self.pos_grid is not None:
             d["pos_grid"] = list(self.pos_grid)
+        if self.rope_ref_grid is not None:
+            d["rope_ref_grid"] = list(self.rope_ref_grid)
         return d
 
     def to_json(self) -> str:
@@ -457,7 +526,14 @@ class ViTConfig:
                  (not self.patch_bias, "a patch projection without bias (patch_bias=False)"),
                  (self.swiglu, "a SwiGLU MLP (swiglu: mlp.fc1 packs the gate and value halves)"),
                  (self.gelu == "quick", "QuickGELU (gelu='quick')"),
-                 (not self.k_bias, "a qkv bias without its k part (k_bias=False: q_bias, v_bias)"),
+                 (self.rope != "none", f"rotary position embeddings (rope={self.rope!r})"),
+                 (not self.qkv_fused, "separate q/k/v projections (qkv_fused=False)"),
+                 (self.qkv_bias and not self.k_bias, "q and v biases without a k bias (k_bias=False)"),
+                 (self.attn_inner_norm, "a norm inside attention (attn_inner_norm: attn.norm)"),
+                 (self.mlp_inner_norm, "a norm inside the MLP (mlp_inner_norm: mlp.norm)"),
+                 (self.swiglu_unpacked, "an unpacked SwiGLU MLP (swiglu_unpacked: mlp.fc1_g, mlp.fc1_x)"),
+                 (self.norm_kind == "rms", "RMSNorm (norm_kind='rms')"),
+                 (self.ls_attn_only, "LayerScale on the attention branch only (ls_attn_only)"),
                  (self.rel_pos != "none", f"a relative position bias (rel_pos={self.rel_pos!r}"
                                           f"{', shared' if self.rel_pos_shared else ', per block'})")]
         return [name for on, name in named if on]
@@ -490,6 +566,14 @@ class ViTConfig:
             "fc_norm": self.fc_norm,
             "pre_logits": self.representation_size,
             "output_softmax": self.output_softmax,
+            "rope": None if self.rope == "none" else {k: v for k, v in self.rope_grid_args.items() if k != "kind"},
+            "rope_kind": self.rope,
+            "qkv_fused": self.qkv_fused,
+            "attn_inner_norm": self.attn_inner_norm,
+            "mlp_inner_norm": self.mlp_inner_norm,
+            "swiglu_unpacked": self.swiglu_unpacked,
+            "norm_kind": self.norm_kind,
+            "ls_attn_only": self.ls_attn_only,
         }
 
 

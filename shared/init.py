@@ -49,6 +49,8 @@ def _tensor(seed: int, key: str, shape) -> np.ndarray:
 
 
 def _draw(cfg: ViTConfig, seed: int, key: str, shape) -> np.ndarray:
+    if key == "rope.freqs":  # RoPE-Mixed: timm's init_random_2d_freqs (a random rotation per block and head)
+        return mixed_rope_freqs(cfg, np.random.default_rng([seed, zlib.crc32(key.encode())])).astype(np.float32)
     v = _tensor(seed, key, shape)
     if cfg.qkv_bias and not cfg.k_bias and key.endswith(".attn.qkv.bias"):
         v[cfg.width:2 * cfg.width] = 0.0  # the k third of the qkv bias is never read: zero, as BEiT holds it
@@ -60,6 +62,17 @@ def init_tensors(cfg: ViTConfig, seed: int = 0):
     array over (a backend building its model) never holds a second copy of the weights."""
     for key, shape in expected_shapes(cfg).items():
         yield key, _draw(cfg, seed, key, shape)
+
+
+def mixed_rope_freqs(cfg: ViTConfig, rng: np.random.Generator) -> np.ndarray:
+    """(2, depth, heads, head_dim/2) learned RoPE-Mixed frequencies as timm's init_random_2d_freqs draws them:
+    magnitudes 1 / temperature^(4k / head_dim), turned by a random angle per block and head; [x; y] components."""
+    hd = cfg.head_dim
+    mag = 1.0 / cfg.rope_temperature ** (np.arange(0, hd, 4) / hd)
+    ang = rng.uniform(0.0, 2 * np.pi, (cfg.depth, cfg.num_heads, 1))
+    fx = np.concatenate([mag * np.cos(ang), mag * np.cos(ang + np.pi / 2)], axis=-1)
+    fy = np.concatenate([mag * np.sin(ang), mag * np.sin(ang + np.pi / 2)], axis=-1)
+    return np.stack([fx, fy])
 
 
 def init_weights(cfg: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:

@@ -100,6 +100,62 @@ def rope_table(grid: tuple[int, int], head_dim: int, *, temperature: float = 100
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
+def _layout(angles: np.ndarray, rotate_half: bool) -> np.ndarray:
+    """[sin | cos] of per-frequency angles (..., hd/2) in the rotation's layout (timm's `_rope_layout`)."""
+    angles = np.concatenate([angles, angles], axis=-1) if rotate_half else np.repeat(angles, 2, axis=-1)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+
+
+def rope_grid(grid: tuple[int, int], indexing: str = "ij") -> tuple[np.ndarray, np.ndarray]:
+    """The two integer coordinates of each patch (row-major): (row, column) for "ij", (column, row) for "xy"."""
+    if indexing not in ROPE_INDEXING:
+        raise ValueError(f"rope indexing must be one of {ROPE_INDEXING}, got {indexing!r}")
+    rows, cols = np.meshgrid(np.arange(grid[0], dtype=np.float64), np.arange(grid[1], dtype=np.float64),
+                             indexing="ij")
+    rows, cols = rows.reshape(-1), cols.reshape(-1)
+    return (rows, cols) if indexing == "ij" else (cols, rows)
+
+
+def rope_table_dinov3(grid: tuple[int, int], head_dim: int, *, temperature: float = 100.0, indexing: str = "ij",
+                      offset: float = 0.0, rotate_half: bool = True) -> np.ndarray:
+    """DINOv3's rotary table (timm RotaryEmbeddingDinoV3, normalize_coords='separate', no min/max period):
+    coordinate (i + 0.5 + offset) / gh * 2 - 1 per axis (centred, in [-1, 1]), angles 2 pi * coordinate / period
+    with periods temperature^(k / (head_dim/4)) (= 1 / rope_freqs); [sin | cos] (gh*gw, 2*head_dim) float64."""
+    if indexing not in ROPE_INDEXING:
+        raise ValueError(f"rope indexing must be one of {ROPE_INDEXING}, got {indexing!r}")
+    axes = [((np.arange(n, dtype=np.float64) + 0.5 + offset) / n) * 2.0 - 1.0 for n in grid]
+    rows, cols = np.meshgrid(axes[0], axes[1], indexing="ij")
+    coords = (rows, cols) if indexing == "ij" else (cols, rows)
+    freqs = rope_freqs(head_dim, temperature)
+    angles = np.concatenate([2 * np.pi * c.reshape(-1, 1) * freqs for c in coords], axis=1)
+    return _layout(angles, rotate_half)
+
+
+def rope_table_mixed(freqs: np.ndarray, grid: tuple[int, int], indexing: str = "ij") -> np.ndarray:
+    """RoPE-Mixed's tables (timm RotaryEmbeddingMixed.get_embed): learned frequencies `freqs` (2, depth, heads,
+    hd/2) -> (depth, heads, gh*gw, 2*hd) float64, angles t0 * freqs[0] + t1 * freqs[1] (t: `rope_grid`),
+    interleaved layout. Block i rotates its heads' q and k with table [i]."""
+    t0, t1 = rope_grid(grid, indexing)
+    f = np.asarray(freqs, np.float64)
+    angles = t0[:, None] * f[0][..., None, :] + t1[:, None] * f[1][..., None, :]  # (depth, heads, N, hd/2)
+    return _layout(angles, False)
+
+
+def model_rope_table(cfg: ViTConfig, grid: tuple[int, int], freqs: np.ndarray | None = None) -> np.ndarray | None:
+    """A config's rotary table at `grid` (float64): (N, 2*hd) for rope 'cat' / 'dinov3', shared by every block;
+    (depth, heads, N, 2*hd) for 'mixed' (from `freqs`, the weights' rope.freqs); None without rotary positions."""
+    grid = (int(grid[0]), int(grid[1]))
+    if cfg.rope == "cat":
+        return rope_table(grid, cfg.head_dim, temperature=cfg.rope_temperature, indexing=cfg.rope_indexing,
+                          offset=cfg.rope_offset, ref_grid=cfg.rope_ref_grid, rotate_half=cfg.rope_rotate_half)
+    if cfg.rope == "dinov3":
+        return rope_table_dinov3(grid, cfg.head_dim, temperature=cfg.rope_temperature, indexing=cfg.rope_indexing,
+                                 offset=cfg.rope_offset, rotate_half=cfg.rope_rotate_half)
+    if cfg.rope == "mixed":
+        return rope_table_mixed(freqs, grid, cfg.rope_indexing)
+    return None
+
+
 # ------------------------------------------------------------------- resampling
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
     x = np.abs(x)

@@ -231,6 +231,85 @@ PRESETS["tiny_relpos"] = ViTConfig(
     notes="timm vit_srelpos / vit_relpos_*_cls: one RelPosMlp bias (log relative coordinates -> 16 -> heads) shared "
           "by all blocks, zero for the class token's row and column; LayerScale, no qkv bias, class-token pooling")
 
+# --- timm's Eva class (EVA, EVA02, DINOv3, Perception Encoder, RoPE-ViT, Sapiens2), with timm's names: each is
+# exactly timm's architecture of that name (tested key by key against timm's meta-device model); the sizes and
+# options as timm's built model states them (shared.convert.timm_resolve reads the same from any Eva name)
+_EVA_FAMILY = {
+    "eva02_tiny_patch14_224": dict(patch_size=14, embed_dim=192, num_heads=3, mlp_dim=512, swiglu=True, pool='mean',
+        final_norm=False, fc_norm=True, num_classes=0, rope='cat', rope_ref_grid=(16, 16), k_bias=False),
+    "eva02_small_patch14_224": dict(patch_size=14, embed_dim=384, num_heads=6, mlp_dim=1024, swiglu=True,
+        pool='mean', final_norm=False, fc_norm=True, num_classes=0, rope='cat', rope_ref_grid=(16, 16), k_bias=False),
+    "eva02_base_patch14_224": dict(patch_size=14, mlp_dim=2048, swiglu=True, pool='mean', final_norm=False,
+        fc_norm=True, num_classes=0, rope='cat', rope_ref_grid=(16, 16), qkv_fused=False, k_bias=False,
+        mlp_inner_norm=True, swiglu_unpacked=True),
+    "eva02_large_patch14_224": dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp_dim=2730, swiglu=True,
+        pool='mean', final_norm=False, fc_norm=True, num_classes=0, rope='cat', rope_ref_grid=(16, 16),
+        qkv_fused=False, k_bias=False, mlp_inner_norm=True, swiglu_unpacked=True),
+    "eva02_base_patch16_clip_224": dict(mlp_dim=2048, swiglu=True, num_classes=512, rope='cat',
+        rope_ref_grid=(16, 16), qkv_fused=False, k_bias=False, attn_inner_norm=True, mlp_inner_norm=True,
+        swiglu_unpacked=True),
+    "eva02_large_patch14_clip_224": dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp_dim=2730,
+        swiglu=True, num_classes=768, rope='cat', rope_ref_grid=(16, 16), qkv_fused=False, k_bias=False,
+        attn_inner_norm=True, mlp_inner_norm=True, swiglu_unpacked=True),
+    "eva_giant_patch14_224": dict(patch_size=14, embed_dim=1408, depth=40, num_heads=16, mlp_dim=6144, pool='mean',
+        final_norm=False, fc_norm=True, k_bias=False),
+    "vit_small_patch16_dinov3": dict(image_size=(256, 256), embed_dim=384, num_heads=6, mlp_dim=1536, qkv_bias=False,
+        init_values=1e-05, reg_tokens=4, pool='mean', pos_embed='none', layer_norm_eps=1e-05, num_classes=0,
+        rope='dinov3', rope_temperature=100.0, rope_rotate_half=True),
+    "vit_base_patch16_dinov3": dict(image_size=(256, 256), qkv_bias=False, init_values=1e-05, reg_tokens=4,
+        pool='mean', pos_embed='none', layer_norm_eps=1e-05, num_classes=0, rope='dinov3', rope_temperature=100.0,
+        rope_rotate_half=True),
+    "vit_large_patch16_dinov3": dict(image_size=(256, 256), embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096,
+        qkv_bias=False, init_values=1e-05, reg_tokens=4, pool='mean', pos_embed='none', layer_norm_eps=1e-05,
+        num_classes=0, rope='dinov3', rope_temperature=100.0, rope_rotate_half=True),
+    "vit_small_plus_patch16_dinov3": dict(image_size=(256, 256), embed_dim=384, num_heads=6, mlp_dim=1536,
+        swiglu=True, qkv_bias=False, init_values=1e-05, reg_tokens=4, pool='mean', pos_embed='none',
+        layer_norm_eps=1e-05, num_classes=0, rope='dinov3', rope_temperature=100.0, rope_rotate_half=True,
+        swiglu_unpacked=True),
+    "vit_base_patch16_dinov3_qkvb": dict(image_size=(256, 256), init_values=1e-05, reg_tokens=4, pool='mean',
+        pos_embed='none', layer_norm_eps=1e-05, num_classes=0, rope='dinov3', rope_temperature=100.0,
+        rope_rotate_half=True, k_bias=False),
+    "vit_pe_spatial_base_patch16_512": dict(image_size=(512, 512), patch_bias=False, pool='mean',
+        layer_norm_eps=1e-05, norm_pre=True, final_norm=False, num_classes=0, rope='cat', rope_offset=1.0,
+        rope_indexing='xy', rope_ref_grid=(32, 32)),
+    "vit_pe_lang_large_patch14_448": dict(image_size=(448, 448), patch_size=14, patch_bias=False, embed_dim=1024,
+        depth=23, num_heads=16, mlp_dim=4096, init_values=0.1, pool='mean', layer_norm_eps=1e-05, norm_pre=True,
+        final_norm=False, num_classes=0, rope='cat', rope_offset=1.0, rope_indexing='xy', rope_ref_grid=(32, 32)),
+    "vit_small_patch16_rope_224": dict(embed_dim=384, num_heads=6, mlp_dim=1536, init_values=1e-05, pos_embed='none',
+        rope='cat', rope_temperature=100.0, rope_indexing='xy'),
+    "vit_base_patch16_rope_224": dict(init_values=1e-05, pos_embed='none', rope='cat', rope_temperature=100.0,
+        rope_indexing='xy'),
+    "vit_base_patch16_rope_ape_224": dict(init_values=1e-05, pos_prefix_tokens=0, rope='cat', rope_temperature=100.0,
+        rope_indexing='xy'),
+    "vit_base_patch16_rope_mixed_224": dict(init_values=1e-05, pos_embed='none', rope='mixed', rope_temperature=10.0,
+        rope_indexing='xy'),
+    "vit_base_patch16_rope_mixed_ape_224": dict(init_values=1e-05, pos_prefix_tokens=0, rope='mixed',
+        rope_temperature=10.0, rope_indexing='xy'),
+    "vit_base_patch16_rope_reg1_gap_256": dict(image_size=(256, 256), init_values=1e-05, class_token='none',
+        reg_tokens=1, pool='mean', pos_embed='none', final_norm=False, fc_norm=True, rope='cat',
+        rope_ref_grid=(16, 16), k_bias=False),
+    "vit_base_patch16_sapiens2": dict(image_size=(1024, 768), swiglu=True, qk_norm=True, init_values=1.0,
+        reg_tokens=8, pos_embed='none', num_classes=0, rope='dinov3', rope_temperature=100.0, rope_rotate_half=True,
+        qkv_fused=False, norm_kind='rms', ls_attn_only=True),
+}
+for _name, _kw in _EVA_FAMILY.items():
+    PRESETS[_name] = ViTConfig(name=_name, **_kw, notes="timm's Eva " + _name)
+EVA_PRESETS = list(_EVA_FAMILY)
+
+# --- tiny Eva models for the CI-sized matrix: every Eva option between the two ---------------------------------
+PRESETS["tiny_eva02"] = ViTConfig(
+    name="tiny_eva02", image_size=(32, 24), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=40,
+    swiglu=True, swiglu_unpacked=True, mlp_inner_norm=True, attn_inner_norm=True, qkv_fused=False, k_bias=False,
+    rope="cat", rope_ref_grid=(6, 4), pool="mean", final_norm=False, fc_norm=True, num_classes=5,
+    notes="EVA02 (CLIP): cat RoPE rescaled to a reference grid, separate q/k/v with q and v biases, sub-LN in the "
+          "attention and the unpacked SwiGLU, average pool with fc_norm")
+PRESETS["tiny_rope_mixed"] = ViTConfig(
+    name="tiny_rope_mixed", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+    mlp_dim=64, rope="mixed", rope_temperature=10.0, rope_indexing="xy", k_bias=False, qk_norm=True,
+    norm_kind="rms", init_values=0.1, ls_attn_only=True, reg_tokens=1, pos_prefix_tokens=0, num_classes=4,
+    notes="RoPE-ViT mixed (learned per-block, per-head frequencies, rope.freqs) with an absolute table (_ape), "
+          "fused qkv with q and v biases, RMSNorm everywhere with qk-norm, LayerScale on attention only (Sapiens2)")
+
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(
     name="seed_t2t_walkthrough", image_size=(60, 100), in_chans=1, patch_size=20, embed_dim=768, depth=12,

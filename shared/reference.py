@@ -29,7 +29,7 @@ import numpy as np
 
 from .config import ViTConfig
 from .errors import ConfigError
-from .posemb import gather_rel_pos_bias, position_table, rel_log_coords
+from .posemb import gather_rel_pos_bias, model_rope_table, position_table, rel_log_coords
 
 try:  # exact erf for the float64 GELU; scipy comes with scikit-learn
     from scipy.special import erf as _erf
@@ -86,6 +86,16 @@ class _Numerics:
         var = ((x - mean) ** 2).mean(-1, keepdims=True)
         return self.r((x - mean) / np.sqrt(var + eps) * w + b)
 
+    def rms_norm(self, x, w, eps):
+        """RMSNorm (timm RmsNorm): x / sqrt(mean(x^2) + eps) * w, computed in `compute`, rounded once."""
+        return self.r(x / np.sqrt((x.astype(self.compute) ** 2).mean(-1, keepdims=True) + eps) * w)
+
+    def norm(self, p, key, x, eps, kind="layer"):
+        """The norm under `key` of the given kind: LayerNorm (weight, bias) or RMSNorm (weight; norm_kind 'rms')."""
+        if kind == "rms":
+            return self.rms_norm(x, p[f"{key}.weight"], eps)
+        return self.layer_norm(x, p[f"{key}.weight"], p[f"{key}.bias"], eps)
+
     def gelu(self, x, kind):
         if kind == "erf":
             y = 0.5 * x * (1.0 + _erf(x.astype(np.float64) / np.sqrt(2.0)))
@@ -116,11 +126,11 @@ class _Numerics:
         return self.r(softmax(s))
 
     def rotate(self, x, rope, rotate_half):
-        """Rotate the last N tokens of x (..., T, hd) by the rotary table rope = [sin | cos] (N, 2*hd) (see
-        shared.posemb.rope_table), computed in float64 and rounded once, like a backend that rotates in float32
-        and casts back; the T - N tokens before them (the prefix) stay as they are."""
+        """Rotate the last N tokens of x (..., T, hd) by the rotary table rope = [sin | cos] (N, 2*hd), or per head
+        (heads, N, 2*hd) (see shared.posemb.model_rope_table), computed in float64 and rounded once, like a backend
+        that rotates in float32 and casts back; the T - N tokens before them (the prefix) stay as they are."""
         sin, cos = np.split(np.asarray(rope, np.float64), 2, axis=-1)
-        n = sin.shape[0]
+        n = sin.shape[-2]
         t = x[..., x.shape[-2] - n:, :].astype(np.float64)
         if rotate_half:
             lo, hi = np.split(t, 2, axis=-1)
@@ -137,8 +147,9 @@ def _key(prefix: str, name: str) -> str:
 def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | None = None, num_heads: int,
               width: int | None = None, qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True,
               qk_norm: bool = False, inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
-              value_skip: bool = False, norm_eps: float = 1e-6, attn_drop: float = 0.0, proj_drop: float = 0.0,
-              rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None, want_attn: bool = False):
+              value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
+              proj_drop: float = 0.0, rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None,
+              want_attn: bool = False):
     """Multi-head self-attention (the backends' `Attention`, same arguments: `cfg.attention_args(i)`); returns
     (output, attention probabilities or None). The dropout rates are training-only and ignored here.
 
@@ -147,7 +158,8 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
     (LayerNorm over each head's channels) with qk_norm; norm (LayerNorm over the merged heads, before proj: timm's
     scale_attn_inner) with inner_norm; proj. `rope` (shared.posemb.rope_table) rotates the last N tokens' q and k
     after the qk-norm; `attn_bias` (broadcastable to (B, heads, T, T), a relative position bias) is added to the
-    scaled scores before the softmax. With value_skip (T2T) the output is v (heads merged) + proj(...).
+    scaled scores before the softmax. With value_skip (T2T) the output is v (heads merged) + proj(...). `norm`:
+    the kind of q_norm, k_norm and the inner norm ("layer" or "rms").
     """
     B, T, _ = x.shape
     A = width if width is not None else x.shape[-1]
@@ -170,8 +182,8 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
         v = nm.linear(x, p[_key(prefix, "v_proj.weight")], bias("v_proj"))
     q, k, v = (t.reshape(B, T, H, hd).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, H, T, hd)
     if qk_norm:  # LayerNorm over each head's channels, before the scale (timm's q_norm / k_norm)
-        q = nm.layer_norm(q, p[_key(prefix, "q_norm.weight")], p[_key(prefix, "q_norm.bias")], norm_eps)
-        k = nm.layer_norm(k, p[_key(prefix, "k_norm.weight")], p[_key(prefix, "k_norm.bias")], norm_eps)
+        q = nm.norm(p, _key(prefix, "q_norm"), q, norm_eps, norm)
+        k = nm.norm(p, _key(prefix, "k_norm"), k, norm_eps, norm)
     if rope is not None:  # the patch tokens' q and k, after the qk-norm (timm's EVA)
         q, k = nm.rotate(q, rope, rotate_half), nm.rotate(k, rope, rotate_half)
     scores = (q @ k.transpose(0, 1, 3, 2)) * scale
@@ -180,7 +192,7 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
     probs = nm.softmax(nm.r(scores))
     out = nm.r(probs @ v).transpose(0, 2, 1, 3).reshape(B, T, A)
     if inner_norm:
-        out = nm.layer_norm(out, p[_key(prefix, "norm.weight")], p[_key(prefix, "norm.bias")], norm_eps)
+        out = nm.norm(p, _key(prefix, "norm"), out, norm_eps, norm)
     out = nm.linear(out, p[_key(prefix, "proj.weight")], p[_key(prefix, "proj.bias")])
     if value_skip:
         out = nm.r(v.transpose(0, 2, 1, 3).reshape(B, T, A) + out)
@@ -188,35 +200,43 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
 
 
 def block(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, attn: dict, mlp: dict,
-          ls_init: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6,
-          rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None, want_attn: bool = False):
+          ls_init: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6, norm: str = "layer",
+          ls_attn_only: bool = False, rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None,
+          want_attn: bool = False):
     """Pre-norm transformer block (the backends' `Block`, same arguments: `cfg.block_args(i)`); returns (output,
-    attention probabilities or None). With ls_init, LayerScale gammas ls1/ls2 scale each branch. When dim differs
-    from the attention's width (a T2T-style first block) there is no outer residual around attention."""
+    attention probabilities or None). With ls_init, LayerScale gammas ls1/ls2 scale each branch (ls1 only with
+    ls_attn_only). When dim differs from the attention's width (a T2T-style first block) there is no outer
+    residual around attention. `norm`: the kind of norm1 / norm2 ("layer" or "rms")."""
     width = attn.get("width") or dim
-    h = nm.layer_norm(x, p[_key(prefix, "norm1.weight")], p[_key(prefix, "norm1.bias")], norm_eps)
+    h = nm.norm(p, _key(prefix, "norm1"), x, norm_eps, norm)
     y, probs = attention(nm, p, _key(prefix, "attn"), h, dim=dim, **attn, rope=rope, attn_bias=attn_bias,
                          want_attn=want_attn)
     if ls_init is not None:  # LayerScale: a per-channel gamma on each branch, rounded like a multiply
         y = nm.r(y * p[_key(prefix, "ls1.gamma")])
     x = nm.r(x + y) if dim == width else y
-    h = nm.layer_norm(x, p[_key(prefix, "norm2.weight")], p[_key(prefix, "norm2.bias")], norm_eps)
+    h = nm.norm(p, _key(prefix, "norm2"), x, norm_eps, norm)
     h = mlp_forward(nm, p, _key(prefix, "mlp"), h, **mlp)
-    if ls_init is not None:
+    if ls_init is not None and not ls_attn_only:
         h = nm.r(h * p[_key(prefix, "ls2.gamma")])
     return nm.r(x + h), probs
 
 
 def mlp_forward(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | None = None, hidden: int,
-                act: str = "erf", gated: bool = False, inner_norm: bool = False, norm_eps: float = 1e-6,
-                dropout: float = 0.0) -> np.ndarray:
+                act: str = "erf", gated: bool = False, unpacked: bool = False, inner_norm: bool = False,
+                norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0) -> np.ndarray:
     """fc1 -> act -> [norm] -> fc2 (the backends' `Mlp`, same arguments: `cfg.mlp_args()`); with `gated` fc1 has
-    2 * hidden rows and act(gate) * value replaces act (act "silu": SwiGLU); inner_norm: a LayerNorm `norm` over the
-    hidden width before fc2 (timm's scale_mlp_norm). The dropout rate is training-only."""
-    h = nm.linear(x, p[_key(prefix, "fc1.weight")], p[_key(prefix, "fc1.bias")])
-    h = nm.glu(h, act) if gated else nm.act(h, act)
+    2 * hidden rows and act(gate) * value replaces act (act "silu": SwiGLU); with `unpacked` too the gate and value
+    come from separate fc1_g and fc1_x (timm's SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden
+    width before fc2 (timm's scale_mlp_norm). The dropout rate is training-only."""
+    if unpacked:
+        g = nm.linear(x, p[_key(prefix, "fc1_g.weight")], p[_key(prefix, "fc1_g.bias")])
+        v = nm.linear(x, p[_key(prefix, "fc1_x.weight")], p[_key(prefix, "fc1_x.bias")])
+        h = nm.glu(np.concatenate([g, v], axis=-1), act)
+    else:
+        h = nm.linear(x, p[_key(prefix, "fc1.weight")], p[_key(prefix, "fc1.bias")])
+        h = nm.glu(h, act) if gated else nm.act(h, act)
     if inner_norm:
-        h = nm.layer_norm(h, p[_key(prefix, "norm.weight")], p[_key(prefix, "norm.bias")], norm_eps)
+        h = nm.norm(p, _key(prefix, "norm"), h, norm_eps, norm)
     return nm.linear(h, p[_key(prefix, "fc2.weight")], p[_key(prefix, "fc2.bias")])
 
 
@@ -349,22 +369,25 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
         x = nm.r(x + nm.r(table))
     out["embed"] = x
     if cfg.norm_pre:
-        x = nm.layer_norm(x, p["norm_pre.weight"], p["norm_pre.bias"], cfg.layer_norm_eps)
+        x = nm.norm(p, "norm_pre", x, cfg.layer_norm_eps, cfg.norm_kind)
         out["norm_pre"] = x
 
-    rope = None  # a rotary table (shared.posemb.rope_table) for this grid, once per forward: no config field yet
+    # the rotary table for this grid, once per forward (cfg.rope): fixed (cat, dinov3), or per block and head from the
+    # learned frequencies (mixed; they are weights: rounded to the dtype like any, the table computed in float32)
+    rope = model_rope_table(cfg, grid, nm.r(p["rope.freqs"]) if cfg.rope == "mixed" else None)
     # relative position biases, once per forward: one shared by all blocks, or one per block
     biases = [rel_pos_bias(nm, p, pre, cfg, grid) for pre in cfg.rel_pos_prefixes]
     attn_maps = []
     for i in range(cfg.depth):
+        r = rope[i] if cfg.rope == "mixed" else rope
         bias = biases[0 if cfg.rel_pos_shared else i] if biases else None
-        x, probs = block(nm, p, f"blocks.{i}", x, **cfg.block_args(i), rope=rope, attn_bias=bias,
+        x, probs = block(nm, p, f"blocks.{i}", x, **cfg.block_args(i), rope=r, attn_bias=bias,
                          want_attn=return_attn)
         out[f"block_{i}"] = x
         attn_maps.append(probs)
 
     if cfg.final_norm:
-        x = nm.layer_norm(x, p["norm.weight"], p["norm.bias"], cfg.layer_norm_eps)
+        x = nm.norm(p, "norm", x, cfg.layer_norm_eps, cfg.norm_kind)
     out["norm"] = x
 
     n0 = cfg.num_prefix_tokens
@@ -380,7 +403,7 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
     else:  # map: the attention pool sees the patch tokens only (timm's pool_include_prefix=False)
         x = attention_pool(nm, p, "attn_pool", x[:, n0:], **cfg.pool_args())
     if cfg.fc_norm:
-        x = nm.layer_norm(x, p["fc_norm.weight"], p["fc_norm.bias"], cfg.layer_norm_eps)
+        x = nm.norm(p, "fc_norm", x, cfg.layer_norm_eps, cfg.norm_kind)
     if cfg.representation_size:
         x = nm.r(np.tanh(nm.linear(x, p["pre_logits.fc.weight"], p["pre_logits.fc.bias"])))
     out["pre_logits"] = x

@@ -21,9 +21,14 @@ from .init import init_weights, random_images
 from .presets import get_preset
 
 #: Tiny presets that turn on the ViT family's options (DeiT, DeiT III, DINOv2 with registers, CLIP, SigLIP, BEiT: a
-#: relative position table per block with q/v biases). The MLP-generated shared bias (tiny_relpos) runs on the
-#: primary backends in test_family_relpos.py instead: each matrix preset costs minutes of compiles.
-FAMILY_TINY = ["tiny_deit", "tiny_deit3", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip", "tiny_beit"]
+#: relative position table per block with q/v biases, and timm's Eva: EVA02, RoPE-ViT mixed). The MLP-generated
+#: shared bias (tiny_relpos) runs on the primary backends in test_family_relpos.py instead: each matrix preset costs
+#: minutes of compiles.
+FAMILY_TINY = ["tiny_deit", "tiny_deit3", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip", "tiny_beit", "tiny_eva02",
+               "tiny_rope_mixed"]
+#: The timm Eva tiny presets (in FAMILY_TINY): their variants' matrix runs are slow-marked (conftest.py): the Eva
+#: options live in the layers every variant shares, and each variant's compile of them costs seconds per dtype.
+EVA_TINY = ["tiny_eva02", "tiny_rope_mixed"]
 #: Tiny presets whose option is only in the head (no new parameter): the CI-sized matrix runs them on the primary
 #: backends at batch 2 (the variants' compiles of the same blocks are slow-marked: conftest.py).
 HEAD_TINY = ["tiny_dinov2_cls"]

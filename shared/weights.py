@@ -26,6 +26,10 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
   pre_logits.fc.{weight (F, Wp), bias (F,)} if representation_size (Wp = pooled_dim: 2W for pool='token_mean')
   head.{weight (K, F), bias (K,)}           if num_classes (F = representation_size, else Wp)
   head_dist.{weight (K, F), bias (K,)}      if num_classes and dist_token
+Eva options: rope.freqs (2, depth, heads, head_dim/2) with rope='mixed' (timm RotaryEmbeddingMixed); with
+qkv_fused=False attn.{q_proj,k_proj,v_proj}.weight (W, Din) and biases (k_proj's only with k_bias); attn.norm (W,)
+with attn_inner_norm; mlp.fc1_g / mlp.fc1_x (M, W) (M,) instead of mlp.fc1 with swiglu_unpacked; mlp.norm (M,) with
+mlp_inner_norm; no ls2.gamma with ls_attn_only; every norm has no .bias with norm_kind='rms'.
 All tensors are float32. Loading is strict and reports every problem by name;
 saving goes through shared.fileio.atomic_write (staged beside the destination, then moved into place), so a failure
 leaves nothing behind.
@@ -64,29 +68,50 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     if cfg.pos_embed == "learned":
         gh, gw = cfg.table_grid
         s["pos_embed"] = (1, cfg.num_pos_prefix + gh * gw, D)
+    def norm(key: str, dim: int) -> None:  # LayerNorm: weight and bias; RMSNorm (norm_kind 'rms'): weight only
+        s[f"{key}.weight"] = (dim,)
+        if cfg.norm_kind == "layer":
+            s[f"{key}.bias"] = (dim,)
+
     if cfg.norm_pre:
-        s["norm_pre.weight"] = s["norm_pre.bias"] = (D,)
+        norm("norm_pre", D)
+    if cfg.rope == "mixed":
+        s["rope.freqs"] = cfg.rope_mixed_shape
     for i in range(cfg.depth):
         b, din = f"blocks.{i}", cfg.block_in_dim(i)
-        s[f"{b}.norm1.weight"] = s[f"{b}.norm1.bias"] = (din,)
-        s[f"{b}.attn.qkv.weight"] = (3 * W, din)
-        if cfg.qkv_bias:
-            s[f"{b}.attn.qkv.bias"] = (3 * W,)
+        norm(f"{b}.norm1", din)
+        if cfg.qkv_fused:
+            s[f"{b}.attn.qkv.weight"] = (3 * W, din)
+            if cfg.qkv_bias:
+                s[f"{b}.attn.qkv.bias"] = (3 * W,)
+        else:
+            for n in ("q_proj", "k_proj", "v_proj"):
+                s[f"{b}.attn.{n}.weight"] = (W, din)
+                if cfg.qkv_bias and (n != "k_proj" or cfg.k_bias):
+                    s[f"{b}.attn.{n}.bias"] = (W,)
         if cfg.qk_norm:
             for n in ("q_norm", "k_norm"):
-                s[f"{b}.attn.{n}.weight"] = s[f"{b}.attn.{n}.bias"] = (cfg.head_dim,)
+                norm(f"{b}.attn.{n}", cfg.head_dim)
+        if cfg.attn_inner_norm:
+            norm(f"{b}.attn.norm", W)
         s[f"{b}.attn.proj.weight"], s[f"{b}.attn.proj.bias"] = (W, W), (W,)
         if cfg.init_values is not None:
             s[f"{b}.ls1.gamma"] = (W,)
-        s[f"{b}.norm2.weight"] = s[f"{b}.norm2.bias"] = (W,)
-        s[f"{b}.mlp.fc1.weight"], s[f"{b}.mlp.fc1.bias"] = (cfg.fc1_dim, W), (cfg.fc1_dim,)
+        norm(f"{b}.norm2", W)
+        if cfg.swiglu_unpacked:
+            for n in ("fc1_g", "fc1_x"):
+                s[f"{b}.mlp.{n}.weight"], s[f"{b}.mlp.{n}.bias"] = (M, W), (M,)
+        else:
+            s[f"{b}.mlp.fc1.weight"], s[f"{b}.mlp.fc1.bias"] = (cfg.fc1_dim, W), (cfg.fc1_dim,)
+        if cfg.mlp_inner_norm:
+            norm(f"{b}.mlp.norm", M)
         s[f"{b}.mlp.fc2.weight"], s[f"{b}.mlp.fc2.bias"] = (W, M), (W,)
-        if cfg.init_values is not None:
+        if cfg.init_values is not None and not cfg.ls_attn_only:
             s[f"{b}.ls2.gamma"] = (W,)
     for prefix in cfg.rel_pos_prefixes:  # relative position bias: one shared, or one per block
         s.update({f"{prefix}.{name}": shape for name, shape in cfg.rel_pos_shapes().items()})
     if cfg.final_norm:
-        s["norm.weight"] = s["norm.bias"] = (W,)
+        norm("norm", W)
     if cfg.pool == "map":
         s["attn_pool.latent"] = (1, 1, W)
         s["attn_pool.q.weight"], s["attn_pool.q.bias"] = (W, W), (W,)
@@ -96,7 +121,7 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         s["attn_pool.mlp.fc1.weight"], s["attn_pool.mlp.fc1.bias"] = (M, W), (M,)
         s["attn_pool.mlp.fc2.weight"], s["attn_pool.mlp.fc2.bias"] = (W, M), (W,)
     if cfg.fc_norm:
-        s["fc_norm.weight"] = s["fc_norm.bias"] = (W,)
+        norm("fc_norm", W)
     if cfg.representation_size:
         s["pre_logits.fc.weight"], s["pre_logits.fc.bias"] = ((cfg.representation_size, cfg.pooled_dim),
                                                               (cfg.representation_size,))

@@ -75,9 +75,10 @@ def glu_f32(x, kind: str, dtype):
 
 
 def apply_rope(x, rope, rotate_half: bool, dtype):
-    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd)
-    (shared.posemb.rope_table), in float32, rounded to `dtype`; the prefix tokens stay as they are."""
-    n, H, T, hd = rope.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd), or per head
+    (H, N, 2*hd) (shared.posemb.model_rope_table), in float32, rounded to `dtype`; the prefix tokens stay as
+    they are."""
+    n, H, T, hd = rope.shape[-2], x.shape[1], x.shape[2], x.shape[3]
     sin, cos = ops.split(_f32(rope), 2, axis=-1)
     t = _f32(x[:, :, T - n:])
     if rotate_half:
@@ -93,6 +94,35 @@ def _layer_norm(eps: float, name: str, dtype):
     return keras.layers.LayerNormalization(epsilon=eps, name=name, dtype=dtype)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RmsNorm(keras.layers.Layer):
+    """timm's RmsNorm: x / sqrt(mean(x^2) + eps) * gamma (no bias), computed in float32, rounded to the compute
+    dtype once (as LayerNormalization does)."""
+
+    def __init__(self, epsilon: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(int(input_shape[-1]),), initializer="ones", name="gamma", autocast=False)
+        self.built = True
+
+    def call(self, x):
+        t = _f32(x)
+        y = t * ops.rsqrt(ops.mean(t * t, axis=-1, keepdims=True) + self.epsilon) * _f32(self.gamma)
+        return ops.cast(y, self.compute_dtype)
+
+    def get_config(self):
+        base = super().get_config()
+        base.update({"epsilon": self.epsilon})
+        return base
+
+
+def _norm(eps: float, name: str, dtype, kind: str = "layer"):
+    """A norm of the given kind (shared.config.NORM_KINDS): LayerNormalization or RmsNorm."""
+    return RmsNorm(eps, name=name, dtype=dtype) if kind == "rms" else _layer_norm(eps, name, dtype)
+
+
 def _dense(units: int, name: str, dtype, use_bias: bool = True):
     return keras.layers.Dense(units, use_bias=use_bias, name=name, dtype=dtype)
 
@@ -102,7 +132,9 @@ def _key(prefix: str, name: str) -> str:
 
 
 def ln_variables(prefix: str, layer) -> dict:
-    """A LayerNormalization's canonical keys: weight = gamma, bias = beta."""
+    """A norm's canonical keys: weight = gamma, bias = beta (an RmsNorm has no bias)."""
+    if isinstance(layer, RmsNorm):
+        return {f"{prefix}.weight": (layer.gamma, "direct")}
     return {f"{prefix}.weight": (layer.gamma, "direct"), f"{prefix}.bias": (layer.beta, "direct")}
 
 
@@ -213,6 +245,7 @@ class Attention(keras.layers.Layer):
     (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases with qkv_bias, the k part held at
     zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's channels of q and k (`q_norm`, `k_norm`)
     before the scale; inner_norm: LayerNorm `norm` over the merged heads before `proj` (timm's scale_attn_inner);
+    `norm` picks those norms' kind (layer or rms);
     scale: default head_dim ** -0.5; value_skip (T2T): v (heads merged) + proj(...). call(x, rope, attn_bias,
     return_attn): a rotary table rotates the last N tokens' q and k (`apply_rope`), attn_bias is added to the
     scaled scores. Returns the output, or (output, probabilities) with return_attn."""
@@ -220,8 +253,10 @@ class Attention(keras.layers.Layer):
     def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
                  qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
                  scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, attn_drop: float = 0.0, proj_drop: float = 0.0, **kwargs):
+                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.norm_kind = str(norm)
         self.dim, self.num_heads = int(dim), int(num_heads)
         self.width = int(width) if width is not None else self.dim
         self.head_dim = self.width // self.num_heads
@@ -237,9 +272,10 @@ class Attention(keras.layers.Layer):
             self.q_proj = _dense(W, "q_proj", pol, use_bias=self.qkv_bias)
             self.k_proj = _dense(W, "k_proj", pol, use_bias=self.qkv_bias and self.k_bias)
             self.v_proj = _dense(W, "v_proj", pol, use_bias=self.qkv_bias)
-        self.q_norm = _layer_norm(self.norm_eps, "q_norm", pol) if self.qk_norm else None
-        self.k_norm = _layer_norm(self.norm_eps, "k_norm", pol) if self.qk_norm else None
-        self.norm = _layer_norm(self.norm_eps, "norm", pol) if self.inner_norm else None
+        nk = self.norm_kind
+        self.q_norm = _norm(self.norm_eps, "q_norm", pol, nk) if self.qk_norm else None
+        self.k_norm = _norm(self.norm_eps, "k_norm", pol, nk) if self.qk_norm else None
+        self.norm = _norm(self.norm_eps, "norm", pol, nk) if self.inner_norm else None
         self.proj = _dense(W, "proj", pol)
         self.attn_drop = keras.layers.Dropout(self.attn_drop_rate, name="attn_drop", dtype=pol)
         self.proj_drop = keras.layers.Dropout(self.proj_drop_rate, name="proj_drop", dtype=pol)
@@ -315,7 +351,8 @@ class Attention(keras.layers.Layer):
         base.update({"dim": self.dim, "num_heads": self.num_heads, "width": self.width, "qkv_bias": self.qkv_bias,
                      "qkv_fused": self.qkv_fused, "k_bias": self.k_bias, "qk_norm": self.qk_norm,
                      "inner_norm": self.inner_norm, "scale": self.scale, "rotate_half": self.rotate_half,
-                     "value_skip": self.value_skip, "norm_eps": self.norm_eps, "attn_drop": self.attn_drop_rate,
+                     "value_skip": self.value_skip, "norm_eps": self.norm_eps, "norm": self.norm_kind,
+                     "attn_drop": self.attn_drop_rate,
                      "proj_drop": self.proj_drop_rate})
         return base
 
@@ -324,30 +361,40 @@ class Attention(keras.layers.Layer):
 class Mlp(keras.layers.Layer):
     """fc1 -> act (computed in float32) -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward`
     (same arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden units
-    and act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width before fc2
-    (timm's scale_mlp_norm)."""
+    and act(gate) * value replaces act (silu: SwiGLU), with `unpacked` too from separate `fc1_g` and `fc1_x` (timm's
+    SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden width before fc2 (timm's scale_mlp_norm)."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
-                 norm_eps: float = 1e-6, dropout: float = 0.0, **kwargs):
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, unpacked: bool = False,
+                 inner_norm: bool = False, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.dim, self.hidden, self.act, self.gated = int(dim), int(hidden), str(act), bool(gated)
+        self.unpacked, self.norm_kind = bool(unpacked), str(norm)
         self.inner_norm, self.norm_eps = bool(inner_norm), float(norm_eps)
         self.rate = float(dropout)
-        self.fc1 = _dense(2 * self.hidden if self.gated else self.hidden, "fc1", self.dtype_policy)
-        self.norm = _layer_norm(self.norm_eps, "norm", self.dtype_policy) if self.inner_norm else None
+        if self.unpacked:
+            self.fc1_g = _dense(self.hidden, "fc1_g", self.dtype_policy)
+            self.fc1_x = _dense(self.hidden, "fc1_x", self.dtype_policy)
+        else:
+            self.fc1 = _dense(2 * self.hidden if self.gated else self.hidden, "fc1", self.dtype_policy)
+        self.norm = _norm(self.norm_eps, "norm", self.dtype_policy, self.norm_kind) if self.inner_norm else None
         self.fc2 = _dense(self.dim, "fc2", self.dtype_policy)
         self.drop1 = keras.layers.Dropout(self.rate, name="drop1", dtype=self.dtype_policy)
         self.drop2 = keras.layers.Dropout(self.rate, name="drop2", dtype=self.dtype_policy)
 
+    def _fc1s(self) -> list[str]:
+        return ["fc1_g", "fc1_x"] if self.unpacked else ["fc1"]
+
     def build(self, input_shape=None):
-        self.fc1.build((None, None, self.dim))
+        for name in self._fc1s():
+            getattr(self, name).build((None, None, self.dim))
         if self.norm is not None:
             self.norm.build((None, None, self.hidden))
         self.fc2.build((None, None, self.hidden))
         self.built = True
 
     def call(self, x, training=False):
-        h = self.fc1(x)
+        h = ops.concatenate([self.fc1_g(x), self.fc1_x(x)], axis=-1) if self.unpacked else self.fc1(x)
         h = glu_f32(h, self.act, self.compute_dtype) if self.gated else act_f32(h, self.act, self.compute_dtype)
         if training and self.rate > 0:
             h = self.drop1(h, training=training)
@@ -359,7 +406,9 @@ class Mlp(keras.layers.Layer):
         return h
 
     def canonical_variables(self, prefix: str = "") -> dict:
-        v = dense_variables(_key(prefix, "fc1"), self.fc1)
+        v = {}
+        for name in self._fc1s():
+            v.update(dense_variables(_key(prefix, name), getattr(self, name)))
         if self.norm is not None:
             v.update(ln_variables(_key(prefix, "norm"), self.norm))
         v.update(dense_variables(_key(prefix, "fc2"), self.fc2))
@@ -368,7 +417,8 @@ class Mlp(keras.layers.Layer):
     def get_config(self):
         base = super().get_config()
         base.update({"dim": self.dim, "hidden": self.hidden, "act": self.act, "gated": self.gated,
-                     "inner_norm": self.inner_norm, "norm_eps": self.norm_eps, "dropout": self.rate})
+                     "unpacked": self.unpacked, "inner_norm": self.inner_norm, "norm_eps": self.norm_eps,
+                     "norm": self.norm_kind, "dropout": self.rate})
         return base
 
 
@@ -402,23 +452,23 @@ class Block(keras.layers.Layer):
     width for the MLP). ls_init: LayerScale `ls1`, `ls2` on each branch before its residual add. When dim differs
     from the attention's width (T2T first block) there is no outer attention residual. call(x, rope, attn_bias,
     return_attn) passes rope and attn_bias to the attention; returns the output, or (output, probabilities) with
-    return_attn."""
+    return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2."""
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, **kwargs):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, **kwargs):
         super().__init__(**kwargs)
         pol = self.dtype_policy
         self.dim, self.attn_args, self.mlp_args = int(dim), dict(attn), dict(mlp)
         self.ls_init = None if ls_init is None else float(ls_init)
-        self.norm_eps = float(norm_eps)
+        self.norm_eps, self.norm_kind, self.ls_attn_only = float(norm_eps), str(norm), bool(ls_attn_only)
         self.width = int(self.attn_args.get("width") or self.dim)
-        self.norm1 = _layer_norm(self.norm_eps, "norm1", pol)
+        self.norm1 = _norm(self.norm_eps, "norm1", pol, self.norm_kind)
         self.attn = Attention(self.dim, **self.attn_args, name="attn", dtype=pol)
-        self.norm2 = _layer_norm(self.norm_eps, "norm2", pol)
+        self.norm2 = _norm(self.norm_eps, "norm2", pol, self.norm_kind)
         self.mlp = Mlp(self.width, **self.mlp_args, name="mlp", dtype=pol)
         scaled = self.ls_init is not None
         self.ls1 = LayerScale(self.width, name="ls1", dtype=pol) if scaled else None
-        self.ls2 = LayerScale(self.width, name="ls2", dtype=pol) if scaled else None
+        self.ls2 = LayerScale(self.width, name="ls2", dtype=pol) if scaled and not self.ls_attn_only else None
         self.drop_path_rate = float(drop_path)
         self.drop_path1 = DropPath(self.drop_path_rate, name="drop_path1", dtype=pol)
         self.drop_path2 = DropPath(self.drop_path_rate, name="drop_path2", dtype=pol)
@@ -431,6 +481,7 @@ class Block(keras.layers.Layer):
         self.mlp.build((None, None, W))
         if self.ls1 is not None:
             self.ls1.build((None, None, W))
+        if self.ls2 is not None:
             self.ls2.build((None, None, W))
         self.built = True
 
@@ -463,7 +514,8 @@ class Block(keras.layers.Layer):
     def get_config(self):
         base = super().get_config()
         base.update({"dim": self.dim, "attn": dict(self.attn_args), "mlp": dict(self.mlp_args),
-                     "ls_init": self.ls_init, "drop_path": self.drop_path_rate, "norm_eps": self.norm_eps})
+                     "ls_init": self.ls_init, "drop_path": self.drop_path_rate, "norm_eps": self.norm_eps,
+                     "norm": self.norm_kind, "ls_attn_only": self.ls_attn_only})
         return base
 
 
@@ -525,7 +577,7 @@ class AttentionPool(keras.layers.Layer):
 
 
 #: every layer class vit_keras registers (the `.keras` loader's allow-list adds the model's class)
-LAYER_CLASSES = (DropPath, PatchEmbed, Attention, Mlp, LayerScale, Block, AttentionPool)
+LAYER_CLASSES = (DropPath, PatchEmbed, RmsNorm, Attention, Mlp, LayerScale, Block, AttentionPool)
 
 
 def with_unpositioned_prefix(table, num_pos_prefix: int, num_prefix: int):

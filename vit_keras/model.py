@@ -8,7 +8,8 @@ Keras backend registers variable paths as torch parameter names, which may not c
   blocks_{i}/mlp/fc2/..., blocks_{i}/ls2/gamma, norm/..., attn_pool/{latent,q,kv,proj,norm,mlp/fc1,mlp/fc2},
   fc_norm/..., pre_logits_fc/..., head/..., head_dist/...,
   relative position biases: rel_pos/... (shared) or blocks_{i}_attn_rel_pos/... (one model-level layer per block),
-  each relative_position_bias_table, or mlp_fc1/{kernel,bias} and mlp_fc2/...
+  each relative_position_bias_table, or mlp_fc1/{kernel,bias} and mlp_fc2/..., rope_freqs (rope="mixed"),
+  blocks_{i}/attn/{q_proj,k_proj,v_proj}/... (qkv_fused=False), blocks_{i}/mlp/{fc1_g,fc1_x}/... (swiglu_unpacked)
 (all under the model's name, "vision_transformer/" by default; each only where the config has it). `canonical_variables()` is the exact map;
 `load_canonical` / `to_canonical` move canonical dicts in and out: Dense kernel = torch weight transposed
 (in, out); conv kernel HWIO = weight.transpose(2, 3, 1, 0); LayerNorm gamma/beta = weight/bias; cls_token and
@@ -44,10 +45,11 @@ from keras import ops
 from shared.config import ViTConfig
 from shared.errors import MismatchError
 from shared.init import init_weights
-from shared.posemb import fixed_table
+from shared.posemb import fixed_table, model_rope_table, rope_grid
 from shared.weights import validate_state
 
-from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, RelPosBias, _dense, _layer_norm, as_config,
+from .layers import _f32
+from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, RelPosBias, _dense, _norm, as_config,
                      dense_variables, ln_variables, resample_table, softmax_f32, with_unpositioned_prefix)
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -65,16 +67,17 @@ class VisionTransformer(keras.Model):
         self.patch_embed = PatchEmbed(c.to_dict(), data_format=data_format, name="patch_embed", dtype=pol)
         self.pos_drop = keras.layers.Dropout(c.dropout, name="pos_drop", dtype=pol)
         eps = c.layer_norm_eps
-        self.norm_pre = _layer_norm(eps, "norm_pre", pol) if c.norm_pre else None
+        nk = c.norm_kind
+        self.norm_pre = _norm(eps, "norm_pre", pol, nk) if c.norm_pre else None
         self.blocks = [Block(**c.block_args(i), name=f"blocks_{i}", dtype=pol) for i in range(c.depth)]
         # relative position biases (c.rel_pos_prefixes): one shared layer or one per block, built once per forward
         shapes = c.rel_pos_shapes()
         rows = shapes["relative_position_bias_table"][0] if c.rel_pos == "table" else 0
         self.rel_pos = [RelPosBias(c.rel_pos, rows, c.num_heads, c.rel_pos_dim, c.num_prefix_tokens,
                                    name=key.replace(".", "_"), dtype=pol) for key in c.rel_pos_prefixes]
-        self.norm = _layer_norm(eps, "norm", pol) if c.final_norm else None
+        self.norm = _norm(eps, "norm", pol, nk) if c.final_norm else None
         self.attn_pool = AttentionPool(**c.pool_args(), name="attn_pool", dtype=pol) if c.pool == "map" else None
-        self.fc_norm = _layer_norm(eps, "fc_norm", pol) if c.fc_norm else None
+        self.fc_norm = _norm(eps, "fc_norm", pol, nk) if c.fc_norm else None
         self.pre_logits = (_dense(c.representation_size, "pre_logits_fc", pol)
                            if c.representation_size else None)
         self.head = _dense(c.num_classes, "head", pol) if c.num_classes else None
@@ -96,6 +99,9 @@ class VisionTransformer(keras.Model):
             gh, gw = c.table_grid
             self.pos_embed = self.add_weight(shape=(1, c.num_pos_prefix + gh * gw, D), initializer="zeros",
                                              name="pos_embed", autocast=False)
+        if c.rope == "mixed":  # RoPE-Mixed's learned frequencies (timm's rope.freqs)
+            self.rope_freqs = self.add_weight(shape=c.rope_mixed_shape, initializer="zeros", name="rope_freqs",
+                                              autocast=False)
         self.patch_embed.build(None)
         if self.norm_pre is not None:
             self.norm_pre.build((None, None, D))
@@ -142,9 +148,27 @@ class VisionTransformer(keras.Model):
         return ops.convert_to_tensor(self._fixed_tables[grid])
 
     def rope_table(self, grid):
-        """The rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
-        at `grid`, or None: no config field turns rotary positions on yet."""
-        return None
+        """The rotary table ([sin | cos] per patch token, shared.posemb.model_rope_table) the blocks' attention
+        applies at `grid`, or None (cfg.rope 'none'): (N, 2*hd) float32 for 'cat' / 'dinov3' (a constant), (depth,
+        H, N, 2*hd) for 'mixed', computed from the learned `rope_freqs` in float32 (gradients reach them)."""
+        c = self.cfg
+        grid = tuple(int(g) for g in grid)
+        if c.rope == "none":
+            return None
+        if c.rope == "mixed":
+            f = _f32(ops.convert_to_tensor(self.rope_freqs.value if hasattr(self.rope_freqs, "value")
+                                           else self.rope_freqs))
+            t0, t1 = (ops.convert_to_tensor(np.asarray(t, np.float32)) for t in rope_grid(grid, c.rope_indexing))
+            angles = t0[:, None] * f[0][..., None, :] + t1[:, None] * f[1][..., None, :]
+            angles = ops.repeat(angles, 2, axis=-1)
+            return ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
+        key = ("rope", grid)
+        if key not in self._fixed_tables:
+            self._fixed_tables[key] = np.asarray(model_rope_table(c, grid), np.float32)
+        return ops.convert_to_tensor(self._fixed_tables[key])
+
+    def _block_rope(self, rope, i: int):
+        return rope[i] if rope is not None and self.cfg.rope == "mixed" else rope
 
     def rel_pos_biases(self, grid):
         """The (heads, T, T) score bias each block adds at `grid` (shared.reference.rel_pos_bias), built once per
@@ -196,9 +220,10 @@ class VisionTransformer(keras.Model):
         maps = {}
         for i, blk in enumerate(self.blocks):
             if return_attn:
-                x, maps[f"attn_{i}"] = blk(x, rope=rope, attn_bias=biases[i], return_attn=True, training=training)
+                x, maps[f"attn_{i}"] = blk(x, rope=self._block_rope(rope, i), attn_bias=biases[i], return_attn=True,
+                                           training=training)
             else:
-                x = blk(x, rope=rope, attn_bias=biases[i], training=training)
+                x = blk(x, rope=self._block_rope(rope, i), attn_bias=biases[i], training=training)
             out[f"block_{i}"] = x
         if self.norm is not None:
             x = self.norm(x)
@@ -269,6 +294,8 @@ class VisionTransformer(keras.Model):
             v["reg_token"] = (self.reg_token, "direct")
         if c.pos_embed == "learned":
             v["pos_embed"] = (self.pos_embed, "direct")
+        if c.rope == "mixed":
+            v["rope.freqs"] = (self.rope_freqs, "direct")
 
         def ln(key, layer):
             v.update(ln_variables(key, layer))

@@ -102,6 +102,26 @@ class LayerNorm(_Cell):
         return self.back(y)
 
 
+class RmsNorm(_Cell):
+    """timm's RmsNorm: x / sqrt(mean(x^2) + eps) * weight (param `weight`, no bias), computed in float32, rounded
+    once to the compute dtype."""
+
+    def __init__(self, dim: int, eps: float, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.eps = float(eps)
+        self.weight = _param((dim,), "weight", dtype)
+
+    def construct(self, x):
+        t = ops.cast(x, mstype.float32)
+        y = t * ops.rsqrt(ops.mean(t * t, -1, True) + self.eps) * ops.cast(self.weight, mstype.float32)
+        return ops.cast(y, x.dtype)
+
+
+def norm_layer(dim: int, eps: float, dtype=mstype.float32, kind: str = "layer"):
+    """A norm of the given kind (shared.config.NORM_KINDS): LayerNorm or RmsNorm."""
+    return RmsNorm(dim, eps, dtype) if kind == "rms" else LayerNorm(dim, eps, dtype)
+
+
 def gelu_erf(x):
     """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), on float32 (ops.erf is accurate to ~5e-8 absolute)."""
     return 0.5 * x * (1.0 + ops.erf(x * _INV_SQRT2))
@@ -291,9 +311,10 @@ def merge_heads(t, width: int):
 
 
 def apply_rope(x, rope, rotate_half: bool):
-    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd) float32
-    (shared.posemb.rope_table), in float32, rounded once to x's dtype; the prefix tokens stay as they are."""
-    n = rope.shape[0]
+    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd), or per head
+    (H, N, 2*hd), float32 (shared.posemb.model_rope_table), in float32, rounded once to x's dtype; the prefix
+    tokens stay as they are."""
+    n = rope.shape[-2]
     B, H, T, hd = x.shape
     sin, cos = ops.chunk(ops.cast(rope, mstype.float32), 2, axis=-1)
     t = ops.cast(x[:, :, T - n:], mstype.float32)
@@ -315,7 +336,7 @@ class Attention(_Cell):
     (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases with qkv_bias, the k part held at
     zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's channels of q and k (`q_norm`,
     `k_norm`) after the heads are split, before the scale, as timm; inner_norm: LayerNorm `norm` over the merged
-    heads before `proj` (timm's scale_attn_inner); scale: default head_dim ** -0.5; value_skip (T2T): v (heads
+    heads before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms); scale: default head_dim ** -0.5; value_skip (T2T): v (heads
     merged) + proj(attn @ v). construct(x, rope, attn_bias, return_attn): a rotary table rotates the last N tokens'
     q and k (`apply_rope`), attn_bias is added to the scaled scores. Returns the output, or (output,
     probabilities) with return_attn.
@@ -324,7 +345,7 @@ class Attention(_Cell):
     def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
                  qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
                  scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, attn_drop: float = 0.0, proj_drop: float = 0.0, *,
+                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0, *,
                  dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
         W = int(width) if width is not None else int(dim)
@@ -345,10 +366,10 @@ class Attention(_Cell):
             self.k_proj = Linear(dim, W, qkv_bias and k_bias, dtype)
             self.v_proj = Linear(dim, W, qkv_bias, dtype)
         self.has_qk_norm = bool(qk_norm)
-        self.q_norm = LayerNorm(self.head_dim, norm_eps, dtype) if qk_norm else None
-        self.k_norm = LayerNorm(self.head_dim, norm_eps, dtype) if qk_norm else None
+        self.q_norm = norm_layer(self.head_dim, norm_eps, dtype, norm) if qk_norm else None
+        self.k_norm = norm_layer(self.head_dim, norm_eps, dtype, norm) if qk_norm else None
         self.inner_norm = bool(inner_norm)
-        self.norm = LayerNorm(W, norm_eps, dtype) if inner_norm else None
+        self.norm = norm_layer(W, norm_eps, dtype, norm) if inner_norm else None
         self.proj = Linear(W, W, True, dtype)
         self.softmax = Softmax(dtype, fused_softmax)
         self.attn_drop = Dropout(attn_drop)
@@ -396,22 +417,35 @@ class Attention(_Cell):
 class Mlp(_Cell):
     """fc1 -> act (computed in float32) -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward`
     (same arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden
-    outputs and act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width
-    before fc2 (timm's scale_mlp_norm)."""
+    outputs and act(gate) * value replaces act (silu: SwiGLU), with `unpacked` too from separate `fc1_g` and `fc1_x`
+    (timm's SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden width before fc2 (timm's
+    scale_mlp_norm)."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
-                 norm_eps: float = 1e-6, dropout: float = 0.0, *, dtype=mstype.float32):
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, unpacked: bool = False,
+                 inner_norm: bool = False, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0, *,
+                 dtype=mstype.float32):
         super().__init__(dtype)
-        self.fc1 = Linear(dim, 2 * hidden if gated else hidden, True, dtype)
+        self.unpacked = bool(unpacked)
+        if self.unpacked:
+            self.fc1 = None
+            self.fc1_g = Linear(dim, hidden, True, dtype)
+            self.fc1_x = Linear(dim, hidden, True, dtype)
+        else:
+            self.fc1 = Linear(dim, 2 * hidden if gated else hidden, True, dtype)
+            self.fc1_g = self.fc1_x = None
         self.act = GELU(act, dtype, gated)
         self.drop1 = Dropout(dropout)
         self.inner_norm = bool(inner_norm)
-        self.norm = LayerNorm(hidden, norm_eps, dtype) if inner_norm else None
+        self.norm = norm_layer(hidden, norm_eps, dtype, norm) if inner_norm else None
         self.fc2 = Linear(hidden, dim, True, dtype)
         self.drop2 = Dropout(dropout)
 
     def construct(self, x):
-        h = self.drop1(self.act(self.fc1(x)))
+        if self.unpacked:
+            h = ops.concat((self.fc1_g(x), self.fc1_x(x)), axis=-1)
+        else:
+            h = self.fc1(x)
+        h = self.drop1(self.act(h))
         if self.inner_norm:
             h = self.norm(h)
         return self.drop2(self.fc2(h))
@@ -438,23 +472,25 @@ class Block(_Cell):
     depth and the residual add (timm's order). When dim differs from the attention's width (T2T first block) there
     is no outer residual around attention (and so no stochastic depth on that branch; ls1 still scales it).
     construct(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the output, or
-    (output, probabilities) with return_attn.
+    (output, probabilities) with return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2.
     """
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, *, dtype=mstype.float32, fused_softmax: bool = True):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, *, dtype=mstype.float32,
+                 fused_softmax: bool = True):
         super().__init__(dtype)
         W = attn.get("width") or dim
         self.residual = dim == W
         self.drop_path_rate = float(drop_path)
         self.layer_scale = ls_init is not None
-        self.norm1 = LayerNorm(dim, norm_eps, dtype)
+        self.mlp_scale = self.layer_scale and not ls_attn_only
+        self.norm1 = norm_layer(dim, norm_eps, dtype, norm)
         self.attn = Attention(dim, **attn, dtype=dtype, fused_softmax=fused_softmax)
         self.ls1 = LayerScale(W, dtype) if self.layer_scale else None
         self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
-        self.norm2 = LayerNorm(W, norm_eps, dtype)
+        self.norm2 = norm_layer(W, norm_eps, dtype, norm)
         self.mlp = Mlp(W, **mlp, dtype=dtype)
-        self.ls2 = LayerScale(W, dtype) if self.layer_scale else None
+        self.ls2 = LayerScale(W, dtype) if self.mlp_scale else None
         self.drop_path2 = DropPath(self.drop_path_rate)
 
     def construct(self, x, rope=None, attn_bias=None, return_attn=False):
@@ -470,7 +506,7 @@ class Block(_Cell):
         else:
             x = y
         h = self.mlp(self.norm2(x))
-        if self.layer_scale:
+        if self.mlp_scale:
             h = self.ls2(h)
         x = x + self.drop_path2(h)
         if return_attn:

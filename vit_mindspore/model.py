@@ -30,11 +30,11 @@ from mindspore import dtype as mstype
 
 from shared.config import ViTConfig
 from shared.init import init_weights
-from shared.posemb import fixed_table, rel_log_coords, rel_pos_index, resize_matrix
+from shared.posemb import fixed_table, model_rope_table, rel_log_coords, rel_pos_index, resize_matrix, rope_grid
 from shared.weights import expected_shapes, validate_state
 
-from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, LayerNorm, Linear, PatchEmbed, RelPosBias,
-                     Softmax, _Cell, _param)
+from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, Linear, PatchEmbed, RelPosBias, Softmax, _Cell,
+                     _param, norm_layer)
 
 
 _configured = False
@@ -96,8 +96,9 @@ class PosTable(nn.Cell):
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
         self.concat = ops.Concat(axis=0)
-        # the rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
-        # at this grid: no config field turns rotary positions on yet
+        # the rotary table ([sin | cos] per patch token, shared.posemb.model_rope_table) the blocks' attention
+        # applies at this grid: a constant for rope 'cat' / 'dinov3'; for 'mixed' the grid's coordinates, the
+        # tables then come from the model's learned frequencies (`mixed`)
         self.rope = None
         # a relative position bias's constants at this grid (RelPosBias): the (T, T) index, the MLP's coordinates
         self.rel_index = self.rel_coords = None
@@ -112,6 +113,21 @@ class PosTable(nn.Cell):
             self.rel_index = Tensor(np.asarray(rel_pos_index(self.grid, n0), np.int32))
             if cfg.rel_pos == "mlp":
                 self.rel_coords = Tensor(np.asarray(rel_log_coords(self.grid), np.float32))
+        self.t0 = self.t1 = None
+        if cfg.rope in ("cat", "dinov3"):
+            self.rope = Tensor(model_rope_table(cfg, self.grid).astype(np.float32))
+        elif cfg.rope == "mixed":
+            t0, t1 = rope_grid(self.grid, cfg.rope_indexing)
+            self.t0 = Tensor(t0.astype(np.float32).reshape(-1, 1))
+            self.t1 = Tensor(t1.astype(np.float32).reshape(-1, 1))
+
+    def mixed(self, freqs):
+        """RoPE-Mixed's tables (depth, H, N, 2*hd) float32 from the learned frequencies (2, depth, H, hd/2)
+        (shared.posemb.rope_table_mixed)."""
+        f = ops.cast(freqs, mstype.float32)
+        angles = self.t0 * ops.expand_dims(f[0], -2) + self.t1 * ops.expand_dims(f[1], -2)
+        angles = ops.repeat_interleave(angles, 2, -1)
+        return ops.concat((ops.sin(angles), ops.cos(angles)), -1)
 
     def construct(self, learned):
         """learned: the (1, num_pos_prefix + gh*gw, D) float32 parameter (or None).
@@ -138,6 +154,15 @@ class PosTable(nn.Cell):
                 return self.concat(rows + (patches,))
             return patches
         return self.fixed
+
+
+class RopeMixed(_Cell):
+    """RoPE-Mixed's learned frequencies `freqs` (2, depth, heads, hd/2): the parameter `rope.freqs` (PosTable.mixed
+    turns them into a grid's tables)."""
+
+    def __init__(self, cfg: ViTConfig, dtype):
+        super().__init__(dtype)
+        self.freqs = _param(cfg.rope_mixed_shape, "freqs", dtype)
 
 
 class VisionTransformer(_Cell):
@@ -176,7 +201,10 @@ class VisionTransformer(_Cell):
         self.pos_embed = _param(shapes["pos_embed"], "pos_embed", mdt) if self.learned_pos else None
         self.pos_drop = Dropout(cfg.dropout)
         eps = cfg.layer_norm_eps
-        self.norm_pre = LayerNorm(D, eps, mdt) if cfg.norm_pre else None
+        nk = cfg.norm_kind
+        self.norm_pre = norm_layer(D, eps, mdt, nk) if cfg.norm_pre else None
+        self.rope_mixed = cfg.rope == "mixed"
+        self.rope = RopeMixed(cfg, mdt) if self.rope_mixed else None
         blocks = [Block(**cfg.block_args(i), dtype=mdt, fused_softmax=fused_softmax) for i in range(cfg.depth)]
         # relative position bias (cfg.rel_pos_prefixes): one cell `rel_pos`, or one per block held by its attention
         # (`blocks.i.attn.rel_pos`, which the block never calls: the model builds each bias once per forward)
@@ -187,10 +215,10 @@ class VisionTransformer(_Cell):
             for blk, cell in zip(blocks, rel):
                 blk.attn.rel_pos = cell
         self.blocks = nn.CellList(blocks)
-        self.norm = LayerNorm(W, eps, mdt) if cfg.final_norm else None
+        self.norm = norm_layer(W, eps, mdt, nk) if cfg.final_norm else None
         self.attn_pool = (AttentionPoolLatent(**cfg.pool_args(), dtype=mdt, fused_softmax=fused_softmax)
                           if cfg.pool == "map" else None)
-        self.fc_norm = LayerNorm(W, eps, mdt) if cfg.fc_norm else None
+        self.fc_norm = norm_layer(W, eps, mdt, nk) if cfg.fc_norm else None
         self.pre_logits = (_PreLogits(cfg.pooled_dim, cfg.representation_size, mdt) if cfg.representation_size
                            else None)
         self.head = Linear(cfg.feature_dim, cfg.num_classes, True, mdt) if cfg.num_classes else None
@@ -218,9 +246,15 @@ class VisionTransformer(_Cell):
         return ops.expand_dims(table, 0)
 
     def rope_table(self, grid: tuple[int, int]):
-        """The rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
-        at `grid`, or None (PosTable.rope: no config field turns rotary positions on yet)."""
-        return PosTable(self.config, tuple(int(g) for g in grid)).rope
+        """The rotary table ([sin | cos] per patch token, shared.posemb.model_rope_table) the blocks' attention
+        applies at `grid`, or None (cfg.rope 'none'): PosTable.rope (N, 2*hd) for 'cat' / 'dinov3', (depth, H, N,
+        2*hd) from the learned rope.freqs for 'mixed'."""
+        return self._rope(PosTable(self.config, tuple(int(g) for g in grid)))
+
+    def _rope(self, pos):
+        if self.rope_mixed:
+            return pos.mixed(self.rope.freqs)
+        return pos.rope
 
     # ------------------------------------------------------------------ forward
     def embed(self, x, pos):
@@ -309,12 +343,18 @@ class VisionTransformer(_Cell):
         shared = None
         if self.rel_pos_shared:
             shared = self.rel_pos(pos.rel_index, pos.rel_coords)
+        rope = self._rope(pos)
+        i = 0
         for blk in self.blocks:
             bias = shared
             if self.rel_pos_kind != "none" and not self.rel_pos_shared:
                 bias = blk.attn.rel_pos(pos.rel_index, pos.rel_coords)
-            x = blk(x, pos.rope, bias)
+            if self.rope_mixed:
+                x = blk(x, rope[i], bias)
+            else:
+                x = blk(x, rope, bias)
             outs = outs + (x,)
+            i = i + 1
         if self.has_final_norm:
             x = self.norm(x)
         feats = self.pool(x)

@@ -27,6 +27,27 @@ def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
 
 
+class RmsNorm(nn.Module):
+    """timm's RmsNorm: x / sqrt(mean(x^2) + eps) * weight (key `weight`, no bias), in at least float32, rounded once."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.to(torch.promote_types(x.dtype, torch.float32))
+        return (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(t.dtype)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def norm_layer(dim: int, eps: float, kind: str = "layer") -> nn.Module:
+    """A norm of the given kind (shared.config.NORM_KINDS): LayerNorm (`layer_norm`) or RMSNorm (`RmsNorm`)."""
+    return RmsNorm(dim, eps) if kind == "rms" else layer_norm(dim, eps)
+
+
 def softmax_f32(x: torch.Tensor) -> torch.Tensor:
     """Softmax computed in at least float32 (max-subtracted by torch) and rounded once to x's dtype."""
     return torch.softmax(x, dim=-1, dtype=torch.promote_types(x.dtype, torch.float32)).to(x.dtype)
@@ -67,9 +88,10 @@ class PatchEmbed(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor, rotate_half: bool) -> torch.Tensor:
-    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd)
-    (shared.posemb.rope_table), in at least float32, rounded once to x's dtype; the prefix tokens stay as they are."""
-    n = rope.shape[0]
+    """Rotate the last N tokens of x (B, H, T, hd) by the rotary table rope = [sin | cos] (N, 2*hd), or per head
+    (H, N, 2*hd) (shared.posemb.model_rope_table), in at least float32, rounded once to x's dtype; the prefix
+    tokens stay as they are."""
+    n = rope.shape[-2]
     sin, cos = rope.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
     t = x[..., x.shape[-2] - n:, :].to(sin.dtype)
     if rotate_half:
@@ -87,7 +109,7 @@ class Attention(nn.Module):
     Projections: one fused `qkv` Linear (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases
     with qkv_bias, the k part held at zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's
     channels of q and k (`q_norm`, `k_norm`), before the scale. inner_norm: LayerNorm `norm` over the merged heads
-    before `proj` (timm's scale_attn_inner). scale: default head_dim ** -0.5. value_skip (T2T): the output is
+    before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms). scale: default head_dim ** -0.5. value_skip (T2T): the output is
     v (heads merged) + proj(...). forward(x, rope, attn_bias, return_attn): a rotary table rotates the last N
     tokens' q and k (`apply_rope`; rotate_half picks the rotation), attn_bias is added to the scaled scores.
     Returns the output, or (output, probabilities) with return_attn.
@@ -99,7 +121,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
                  qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
                  scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, attn_drop: float = 0.0, proj_drop: float = 0.0, *, fused_attn: bool = True):
+                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0, *,
+                 fused_attn: bool = True):
         super().__init__()
         W = int(width) if width is not None else int(dim)
         self.num_heads, self.head_dim, self.width = int(num_heads), W // int(num_heads), W
@@ -113,10 +136,10 @@ class Attention(nn.Module):
             self.q_proj = nn.Linear(dim, W, bias=qkv_bias)
             self.k_proj = nn.Linear(dim, W, bias=qkv_bias and k_bias)
             self.v_proj = nn.Linear(dim, W, bias=qkv_bias)
-        self.q_norm = layer_norm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = layer_norm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
+        self.q_norm = norm_layer(self.head_dim, norm_eps, norm) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim, norm_eps, norm) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
-        self.norm = layer_norm(W, norm_eps) if inner_norm else nn.Identity()
+        self.norm = norm_layer(W, norm_eps, norm) if inner_norm else nn.Identity()
         self.proj = nn.Linear(W, W, bias=True)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -172,7 +195,7 @@ class SiLU(nn.Module):
     """x * sigmoid(x), computed in float32 and rounded once (a SwiGLU gate)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(x.float()).to(x.dtype)
+        return F.silu(x.to(torch.promote_types(x.dtype, torch.float32))).to(x.dtype)
 
 
 def activation(kind: str) -> nn.Module:
@@ -204,28 +227,34 @@ class GLU(nn.Module):
         self.act = F.silu if kind == "silu" else activation(kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = x.float().chunk(2, dim=-1)
+        gate, value = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
         return (self.act(gate) * value).to(x.dtype)
 
 
 class Mlp(nn.Module):
     """fc1 -> act -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward` (same arguments:
     `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden rows and
-    act(gate) * value replaces act (silu: SwiGLU); inner_norm: LayerNorm `norm` over the hidden width before fc2
-    (timm's scale_mlp_norm)."""
+    act(gate) * value replaces act (silu: SwiGLU), with `unpacked` too from separate `fc1_g` and `fc1_x` (timm's
+    SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden width before fc2 (timm's scale_mlp_norm)."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, inner_norm: bool = False,
-                 norm_eps: float = 1e-6, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, unpacked: bool = False,
+                 inner_norm: bool = False, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=True)
+        self.unpacked = bool(unpacked)
+        if self.unpacked:
+            self.fc1_g = nn.Linear(dim, hidden, bias=True)
+            self.fc1_x = nn.Linear(dim, hidden, bias=True)
+        else:
+            self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=True)
         self.act = GLU(act) if gated else activation(act)
         self.drop1 = nn.Dropout(dropout)
-        self.norm = layer_norm(hidden, norm_eps) if inner_norm else nn.Identity()
+        self.norm = norm_layer(hidden, norm_eps, norm) if inner_norm else nn.Identity()
         self.fc2 = nn.Linear(hidden, dim, bias=True)
         self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+        h = torch.cat([self.fc1_g(x), self.fc1_x(x)], dim=-1) if self.unpacked else self.fc1(x)
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(h)))))
 
 
 class Block(nn.Module):
@@ -234,24 +263,24 @@ class Block(nn.Module):
     attn / mlp: the Attention's and the Mlp's arguments (dim aside: the block's input width, and the attention's
     width for the MLP). ls_init: LayerScale `ls1`, `ls2` on each branch. When dim differs from the attention's
     width (T2T first block) there is no outer residual around attention (and so no stochastic depth on that
-    branch). forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
+    branch). norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2 (timm attn_only_layer_scale). forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
     output, or (output, probabilities) with return_attn.
     """
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, *, fused_attn: bool = True):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, *, fused_attn: bool = True):
         super().__init__()
         W = attn.get("width") or dim
         self.residual = dim == W
         self.drop_path_rate = float(drop_path)
-        self.norm1 = layer_norm(dim, norm_eps)
+        self.norm1 = norm_layer(dim, norm_eps, norm)
         self.attn = Attention(dim, **attn, fused_attn=fused_attn)
         scaled = ls_init is not None
         self.ls1 = LayerScale(W, ls_init) if scaled else nn.Identity()
         self.drop_path1 = DropPath(self.drop_path_rate if self.residual else 0.0)
-        self.norm2 = layer_norm(W, norm_eps)
+        self.norm2 = norm_layer(W, norm_eps, norm)
         self.mlp = Mlp(W, **mlp)
-        self.ls2 = LayerScale(W, ls_init) if scaled else nn.Identity()
+        self.ls2 = LayerScale(W, ls_init) if scaled and not ls_attn_only else nn.Identity()
         self.drop_path2 = DropPath(self.drop_path_rate)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,

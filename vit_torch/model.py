@@ -25,10 +25,10 @@ from torch import nn
 
 from shared.config import ViTConfig
 from shared.init import init_tensors
-from shared.posemb import fixed_table, resize_matrix
+from shared.posemb import fixed_table, model_rope_table, resize_matrix, rope_grid
 from shared.weights import CANONICAL_DTYPE, expected_shapes, validate_state
 
-from .layers import AttentionPool, Block, PatchEmbed, RelPosBias, layer_norm, softmax_f32
+from .layers import AttentionPool, Block, PatchEmbed, RelPosBias, norm_layer, softmax_f32
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                 "float64": torch.float64}
@@ -36,6 +36,23 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 def _at_least_f32(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
+
+
+class RopeMixed(nn.Module):
+    """RoPE-Mixed (timm RotaryEmbeddingMixed): learned frequencies `freqs` (2, depth, heads, hd/2); at a grid the
+    tables (depth, heads, N, 2*hd) of shared.posemb.rope_table_mixed, computed in at least float32."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.indexing = cfg.rope_indexing
+        self.freqs = nn.Parameter(torch.zeros(cfg.rope_mixed_shape))
+
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
+        f = self.freqs.to(_at_least_f32(self.freqs))
+        t0, t1 = (torch.from_numpy(t).to(f.device, f.dtype) for t in rope_grid(grid, self.indexing))
+        angles = t0[:, None] * f[0][..., None, :] + t1[:, None] * f[1][..., None, :]
+        angles = angles.repeat_interleave(2, dim=-1)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 class VisionTransformer(nn.Module):
@@ -55,7 +72,10 @@ class VisionTransformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_pos_prefix + gh * gw, D))
         self.pos_drop = nn.Dropout(cfg.dropout)
         eps = cfg.layer_norm_eps
-        self.norm_pre = layer_norm(D, eps) if cfg.norm_pre else nn.Identity()
+        nk = cfg.norm_kind
+        self.norm_pre = norm_layer(D, eps, nk) if cfg.norm_pre else nn.Identity()
+        if cfg.rope == "mixed":  # RoPE-Mixed's learned frequencies (timm's rope.freqs)
+            self.rope = RopeMixed(cfg)
         self.blocks = nn.ModuleList([Block(**cfg.block_args(i), fused_attn=fused_attn) for i in range(cfg.depth)])
         # relative position bias (cfg.rel_pos_prefixes): one module `rel_pos`, or one per block held by its attention
         # (`blocks.i.attn.rel_pos`, which the block never calls: the model builds each bias once per forward)
@@ -65,9 +85,9 @@ class VisionTransformer(nn.Module):
         else:
             for blk, module in zip(self.blocks, rel):
                 blk.attn.rel_pos = module
-        self.norm = layer_norm(W, eps) if cfg.final_norm else nn.Identity()
+        self.norm = norm_layer(W, eps, nk) if cfg.final_norm else nn.Identity()
         self.attn_pool = AttentionPool(**cfg.pool_args()) if cfg.pool == "map" else None
-        self.fc_norm = layer_norm(W, eps) if cfg.fc_norm else nn.Identity()
+        self.fc_norm = norm_layer(W, eps, nk) if cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
             self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(cfg.pooled_dim, cfg.representation_size),
                                                         act=nn.Tanh()))
@@ -126,9 +146,20 @@ class VisionTransformer(nn.Module):
         return self._table_cache[key]
 
     def rope_table(self, grid: tuple[int, int]) -> torch.Tensor | None:
-        """The rotary table ([sin | cos] per patch token, shared.posemb.rope_table) every block's attention applies
-        at `grid`, or None: no config field turns rotary positions on yet."""
-        return None
+        """The rotary table ([sin | cos] per patch token, shared.posemb.model_rope_table) the blocks' attention
+        applies at `grid`, or None (cfg.rope 'none'): (N, 2*hd) float64 for 'cat' / 'dinov3' (cached), (depth, H, N,
+        2*hd) for 'mixed', computed from the learned `rope.freqs` in at least float32 (gradients reach them)."""
+        cfg = self.config
+        grid = (int(grid[0]), int(grid[1]))
+        if cfg.rope == "none":
+            return None
+        if cfg.rope == "mixed":
+            return self.rope(grid)
+        device = self.patch_embed.proj.weight.device
+        key = ("rope", grid, device)
+        if key not in self._table_cache:
+            self._table_cache[key] = torch.from_numpy(model_rope_table(cfg, grid)).to(device)
+        return self._table_cache[key]
 
     def rel_pos_biases(self, grid: tuple[int, int]) -> list:
         """The (heads, T, T) score bias each block adds at `grid`, built once per forward (one shared module or one
@@ -184,9 +215,12 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         rope, biases = self.rope_table(self._grid(x)), self.rel_pos_biases(self._grid(x))
         x = self._embed(x)
-        for blk, bias in zip(self.blocks, biases):
-            x = blk(x, rope, bias)
+        for i, (blk, bias) in enumerate(zip(self.blocks, biases)):
+            x = blk(x, self._block_rope(rope, i), bias)
         return self.norm(x)
+
+    def _block_rope(self, rope: torch.Tensor | None, i: int) -> torch.Tensor | None:
+        return rope[i] if rope is not None and self.config.rope == "mixed" else rope
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pooled features (pre_logits=True) or the model's output. A distilled model gives the mean of its class
@@ -238,7 +272,8 @@ class VisionTransformer(nn.Module):
         x = self._embed(x, out)
         maps = []
         for i, (blk, bias) in enumerate(zip(self.blocks, biases)):
-            x, probs = blk(x, rope, bias, return_attn=True) if return_attn else (blk(x, rope, bias), None)
+            r = self._block_rope(rope, i)
+            x, probs = blk(x, r, bias, return_attn=True) if return_attn else (blk(x, r, bias), None)
             out[f"block_{i}"] = x
             maps.append(probs)
         x = self.norm(x)

@@ -45,7 +45,13 @@ only) into (1, h*w, D), kept at its grid (cfg.pos_grid) and resampled per image 
 config named after a NaFlexVit architecture (`is_naflex`) exports as that NaFlexVit (`vit_to_naflex`, the exact
 inverse; `timm_model_args` gives NaFlexVitCfg's fields).
 
-Refused by name (the canonical model cannot run them): norms inside the patch embedding / attention / MLP, unpacked
+timm's `Eva` (EVA, EVA02, DINOv3, PE, RoPE-ViT, Sapiens2): when the preset is an Eva config (`is_eva`) or the
+named architecture resolves to timm's Eva, the whole config comes from it (timm's built modules state every field,
+`timm_resolve._read_eva`; nothing is asked) and the keys go through `eva_key_map` (LayerScale's gamma_1 / gamma_2,
+a fused projection's q_bias / v_bias); the export writes the same keys, and `eva_model_kwargs` builds the Eva that
+loads them strictly.
+
+Refused by name in a VisionTransformer file (the canonical model cannot run them there): norms inside the patch embedding / attention / MLP, unpacked
 gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, separate q/k/v projections, a per-block relative bias
 summed with a shared one, Swin-v2's relative MLP, an attention pool with its own positions or qk-norm, pooling timm
 calls 'avgmax', 'max', 'prr' or '' (none).
@@ -75,7 +81,7 @@ from ..config import ViTConfig, is_int, is_real, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
                       MissingFactsError)
 from ..posemb import resample_pos_embed
-from ..presets import PRESETS
+from ..presets import EVA_PRESETS, PRESETS
 from ..safeio import read_json_file
 from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
 from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
@@ -96,7 +102,7 @@ POOL_OF_TIMM = {"token": "token", "avg": "mean", "map": "map"}
 TIMM_POOL = {v: k for k, v in POOL_OF_TIMM.items()}
 #: the presets that carry a timm architecture name (timm.is_model of each is tested): a config.json's
 #: `architecture` resolves to one of them, and a conversion under one of them is provable against timm
-TIMM_ARCHITECTURES = frozenset(n for n in PRESETS if n.startswith(("vit_", "deit", "beit")))
+TIMM_ARCHITECTURES = frozenset(n for n in PRESETS if n.startswith(("vit_", "deit", "beit")) and n not in EVA_PRESETS)
 #: the architecture an exported config is built on when its own name is not a timm one: every size and option
 #: is then given as kwargs / model_args; the base fixes the model class and the LayerNorm (eps) only
 _BASE_ARCHITECTURES = {(False, 1e-6): "vit_base_patch16_224", (False, 1e-5): "vit_base_patch16_clip_224",
@@ -359,6 +365,9 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     table's row count it also states the table's grid, otherwise the table is resampled from its grid to this one
     with the preset's kernel, timm's (bicubic_antialias) without one (shared.posemb.resample_pos_embed).
     """
+    eva = _eva_config(strip_prefixes(state), preset, timm_config, source)
+    if eva is not None:  # timm's Eva class: the config is the preset's or timm's built model's, nothing asked
+        return _import_eva(strip_prefixes(state), eva, image_size, source)
     st = _rename_legacy(strip_prefixes(state))
     # a named architecture that is no suite preset: timm's own model of that name states what it is (or it is
     # refused by name, whatever else is stated); the file's keys must then be exactly that model's
@@ -956,6 +965,144 @@ def key_map(cfg: ViTConfig, extra: Sequence[Entry] = ()) -> list[Entry]:
     return [Entry(k, k) for k in expected_shapes(cfg) if k not in written] + own
 
 
+# ---------------------------------------------------------------------------- timm's Eva class
+def is_eva(cfg: ViTConfig) -> bool:
+    """Whether `cfg` is a timm `Eva` (an Eva option on: rotary positions, q/v biases without k, separate q/k/v,
+    inner norms, an unpacked SwiGLU, RMSNorm, attention-only LayerScale) rather than a VisionTransformer."""
+    return cfg.rel_pos == "none" and (  # q/v biases with a relative position bias: timm's Beit
+        cfg.rope != "none" or not cfg.qkv_fused or (cfg.qkv_bias and not cfg.k_bias) or cfg.attn_inner_norm
+        or cfg.mlp_inner_norm or cfg.swiglu_unpacked or cfg.norm_kind != "layer" or cfg.ls_attn_only)
+
+
+def eva_key_map(cfg: ViTConfig) -> list[Entry]:
+    """timm Eva's keys for `cfg`: the canonical ones, except LayerScale's `gamma_1` / `gamma_2` (ls1 / ls2.gamma) and
+    a fused projection's `q_bias` / `v_bias` (qkv.bias with a zero k third: EvaAttention keeps no k bias)."""
+    extra = []
+    if cfg.qkv_fused and cfg.qkv_bias and not cfg.k_bias:
+        extra.append(Entry(("blocks.{i}.attn.q_bias", "blocks.{i}.attn.v_bias"), "blocks.{i}.attn.qkv.bias",
+                           Fold((0, None, 1))))
+    if cfg.init_values is not None:
+        extra.append(Entry("blocks.{i}.gamma_1", "blocks.{i}.ls1.gamma"))
+        if not cfg.ls_attn_only:
+            extra.append(Entry("blocks.{i}.gamma_2", "blocks.{i}.ls2.gamma"))
+    return key_map(cfg, extra)
+
+
+def _eva_config(st: Mapping[str, Any], preset, timm_config, source: str) -> ViTConfig | None:
+    """The config of a timm Eva file: an Eva preset (by name or config), or the architecture a name / config.json
+    names, resolved by timm (its built model's facts['eva_config'], num_classes from the file); None otherwise."""
+    if isinstance(preset, ViTConfig):
+        return preset if is_eva(preset) else None
+    n_cls = int(np.shape(st["head.weight"])[0]) if "head.weight" in st and np.ndim(st["head.weight"]) == 2 else 0
+    if isinstance(preset, str):
+        if is_suite_preset(preset):
+            p = resolve_preset(preset)
+            return p.replace(num_classes=n_cls) if is_eva(p) else None
+        r = resolve_timm_architecture(preset, {"num_classes": n_cls}, source)
+        if r is not None and "eva_config" in r.facts:
+            return ViTConfig(**r.facts["eva_config"])
+        return None
+    arch = (timm_config.get("architecture") or timm_config.get("model_name")) if timm_config else None
+    if isinstance(arch, str) and arch.split(".")[0] in EVA_PRESETS + [n for n in PRESETS if is_eva(PRESETS[n])]:
+        arch = arch.split(".")[0]
+    elif isinstance(arch, str) and arch.split(".")[0] in TIMM_ARCHITECTURES:  # a VisionTransformer preset
+        arch = None
+    if isinstance(arch, str):
+        args = timm_config.get("model_args") or {}
+        if not isinstance(args, Mapping):
+            raise ConfigError(f"{source}: config.json: 'model_args' must be an object, got {shown(args)}")
+        r = resolve_timm_architecture(arch.split(".")[0], {"num_classes": timm_config.get("num_classes", n_cls),
+                                                           **args}, source)
+        if r is not None and "eva_config" in r.facts:
+            return ViTConfig(**r.facts["eva_config"])
+    return None
+
+
+def _import_eva(st: Mapping[str, Any], cfg: ViTConfig, image_size, source: str):
+    """A timm Eva state dict under its config: every key read once through `eva_key_map` (the file's keys must be
+    exactly that model's), at image_size when given (a learned table keeps its grid: resampled in the forward)."""
+    out = take(eva_key_map(cfg), st, source, expected=expected_shapes(cfg))
+    if image_size is not None and pair(image_size) != cfg.image_size:
+        cfg = cfg.with_image_size(pair(image_size))
+    validate_state(cfg, out, source=source)
+    return cfg, out
+
+
+def _eva_problems(cfg: ViTConfig) -> list[str]:
+    p = []
+    if cfg.gelu != "erf" and not cfg.swiglu:
+        p.append(f"gelu={cfg.gelu!r}: timm's Eva blocks run nn.GELU (erf)")
+    if cfg.dist_token or cfg.class_token == "zeros" or cfg.pool == "token_mean" or cfg.representation_size \
+            or cfg.attn_value_skip or cfg.attn_dim is not None or cfg.pos_embed in ("sincos1d", "sincos2d") \
+            or cfg.output_softmax or (cfg.qk_scale is not None and cfg.qk_scale != cfg.head_dim ** -0.5):
+        p.append("a distillation token, zero class token, token_mean pool, pre-logits, value skip, attn_dim, a "
+                 "sin-cos table, output softmax or a qk_scale: timm's Eva has none of them")
+    if cfg.pos_embed == "learned" and (cfg.table_grid != cfg.grid or 0 < cfg.num_pos_prefix < cfg.num_prefix_tokens):
+        p.append("a position table at another grid, or rows for only some prefix tokens")
+    if cfg.patch_bias == cfg.norm_pre:
+        p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm's Eva builds the patch projection "
+                 f"with bias = not use_pre_transformer_norm")
+    if cfg.pool == "map" and cfg.num_prefix_tokens:
+        p.append("pool='map' with prefix tokens: timm's Eva pools every token")
+    return p
+
+
+def eva_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
+    """kwargs for `timm.models.eva.Eva(**kwargs)`, the model that loads `export_timm(cfg, state)` strictly (imports
+    timm for the norm layer). q/v biases without a k bias build EvaAttention (attn_type 'eva'), full biases
+    AttentionRope ('rope'); an unpacked SwiGLU without an MLP norm is forced with swiglu_align_to=1 (a no-op
+    alignment)."""
+    from functools import partial
+
+    from timm.layers import LayerNorm, RmsNorm
+
+    _refuse_for_eva(cfg)
+    kw = eva_model_args(cfg)
+    kw["img_size"] = tuple(kw["img_size"])
+    if kw.get("ref_feat_shape") is not None:
+        kw["ref_feat_shape"] = tuple(kw["ref_feat_shape"])
+    kw["norm_layer"] = partial(RmsNorm if cfg.norm_kind == "rms" else LayerNorm, eps=cfg.layer_norm_eps)
+    kw.update(proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout, drop_path_rate=cfg.drop_path)
+    return kw
+
+
+#: the architecture an exported Eva config is built on, by its norm (kind, eps): only the norm layer, which JSON
+#: model_args cannot name, comes from it; every size and option is given
+_EVA_BASES = {("layer", 1e-6): "eva02_tiny_patch14_224", ("layer", 1e-5): "vit_base_patch16_dinov3",
+              ("rms", 1e-6): "vit_base_patch16_sapiens2"}
+
+
+def _refuse_for_eva(cfg: ViTConfig) -> None:
+    problems = _eva_problems(cfg)
+    if problems:
+        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a timm Eva:\n  " + "\n  ".join(problems))
+
+
+def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
+    """timm Eva arguments for every size and option of `cfg` (JSON values only: no norm layer, no drop rates)."""
+    D, M = cfg.embed_dim, cfg.mlp_dim
+    ratio = M / D if int(D * (M / D)) == M else (M + 0.5) / D
+    kw: dict[str, Any] = dict(
+        img_size=list(cfg.image_size), patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+        global_pool=TIMM_POOL[cfg.pool], embed_dim=D, depth=cfg.depth, num_heads=cfg.num_heads,
+        qkv_bias=cfg.qkv_bias, qkv_fused=cfg.qkv_fused, qk_norm=cfg.qk_norm, mlp_ratio=ratio, swiglu_mlp=cfg.swiglu,
+        swiglu_align_to=1 if cfg.swiglu_unpacked and not cfg.mlp_inner_norm else 0,
+        scale_mlp=cfg.mlp_inner_norm, scale_attn_inner=cfg.attn_inner_norm,
+        attn_type="eva" if not cfg.qkv_bias or not cfg.k_bias else "rope",
+        init_values=cfg.init_values, attn_only_layer_scale=cfg.ls_attn_only, class_token=cfg.class_token != "none",
+        num_reg_tokens=cfg.reg_tokens, no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix == 0,
+        use_abs_pos_emb=cfg.pos_embed == "learned", use_rot_pos_emb=cfg.rope != "none",
+        use_pre_transformer_norm=cfg.norm_pre, use_post_transformer_norm=cfg.final_norm, use_fc_norm=cfg.fc_norm,
+        num_kv_heads=cfg.num_heads, dynamic_img_size=False,
+        ref_feat_shape=list(cfg.rope_ref_grid) if cfg.rope_ref_grid is not None else None)
+    if cfg.rope != "none":  # (rope_grid_offset: timm's mixed form takes none)
+        kw.update(rope_type=cfg.rope, rope_temperature=cfg.rope_temperature, rope_grid_indexing=cfg.rope_indexing,
+                  rope_rotate_half=cfg.rope_rotate_half, rope_grid_offset=cfg.rope_offset)
+    if cfg.pool == "map":
+        kw.update(attn_pool_num_heads=cfg.num_heads, attn_pool_mlp_ratio=ratio)
+    return kw
+
+
 # ---------------------------------------------------------------------------- export
 #: the ViT-family options (words of ViTConfig.family_options' names) timm's VisionTransformer holds: all but DINOv2's
 #: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
@@ -1062,7 +1209,12 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
     (pos_prefix_tokens=0, timm's no_embed_class), as timm's `_convert_dinov2` does; a ConversionWarning says so.
     A float32 forward computes the same sums (token + row, rounded once) either way. A config named after a timm
     NaFlexVit (`is_naflex`) gets that NaFlexVit's state dict (`vit_to_naflex`; its table has patch rows only, so
-    every prefix row is folded the same way)."""
+    every prefix row is folded the same way). A timm Eva config goes through `eva_key_map` (LayerScale's
+    gamma_1 / gamma_2, a fused projection's q_bias / v_bias)."""
+    if is_eva(cfg):
+        _refuse_for_eva(cfg)
+        validate_state(cfg, state, source="<canonical state>")
+        return cfg, put(eva_key_map(cfg), state)
     _refuse_for_timm(cfg)
     validate_state(cfg, state, source="<canonical state>")
     if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos: their own names, through the key map
@@ -1094,7 +1246,8 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
 
 
 def export_timm(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Canonical state -> timm state dict (the same keys and arrays, copied; see `timm_form` for the one fold)."""
+    """Canonical state -> timm state dict (the same keys and arrays, copied; see `timm_form` for the one fold; a
+    timm Eva config through `eva_key_map`: `eva_model_kwargs` builds the model that loads it)."""
     return timm_form(cfg, state)[1]
 
 
@@ -1102,7 +1255,17 @@ def timm_architecture(cfg: ViTConfig) -> str:
     """The timm architecture to build `cfg` on with `timm.create_model(ARCH, **timm_model_kwargs(cfg))`: its own
     name when that is a timm one (the family presets carry timm's names), else a base whose model class
     (VisionTransformer, or deit's VisionTransformerDistilled for a distillation token) and LayerNorm (eps 1e-6, or
-    CLIP's 1e-5) fit; the kwargs give every size and option."""
+    CLIP's 1e-5) fit; the kwargs give every size and option. A timm Eva config: its own name when timm's Eva of
+    that name (an Eva preset), else an Eva whose norm layer (kind and eps) fits (_EVA_BASES)."""
+    if is_eva(cfg):
+        if cfg.name in EVA_PRESETS:
+            return cfg.name
+        base = _EVA_BASES.get((cfg.norm_kind, cfg.layer_norm_eps))
+        if base is None:
+            raise ConversionError(f"config {cfg.name!r}: no timm Eva architecture builds {cfg.norm_kind} norms with "
+                                  f"eps {cfg.layer_norm_eps} (known: {sorted(_EVA_BASES)}); build "
+                                  f"timm.models.eva.Eva(**eva_model_kwargs(cfg)) instead")
+        return base
     if is_naflex(cfg):
         return cfg.name.split(".")[0]
     if cfg.name in TIMM_ARCHITECTURES and (PRESETS[cfg.name].dist_token, PRESETS[cfg.name].swiglu,
@@ -1185,8 +1348,11 @@ def timm_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
 
     A table stored at another grid than the image's gives img_size = table grid and dynamic_img_size=True (timm then
     resamples with bicubic_antialias, like the canonical model). An eps other than 1e-6 (or an architecture whose
-    LayerNorm has another) adds a `norm_layer` callable, the one case where this imports timm (lazily).
+    LayerNorm has another) adds a `norm_layer` callable, the one case where this imports timm (lazily). A timm Eva
+    config: `eva_model_kwargs` (always with its norm layer).
     """
+    if is_eva(cfg):
+        return eva_model_kwargs(cfg)
     _refuse_for_timm(cfg)
     kw = timm_model_args(cfg)
     kw.update(pos_drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout,
@@ -1206,7 +1372,16 @@ def timm_hub_config(cfg: ViTConfig) -> dict[str, Any]:
     """timm's config.json for `cfg` (already in its timm form): the layout `timm.models._hub.save_for_hf` writes
     (architecture, num_classes, num_features, global_pool, model_args, pretrained_cfg), which
     `timm.create_model('local-dir:DIR', pretrained=True)` builds and loads. model_args is JSON: it cannot name a
-    norm layer, so the architecture's LayerNorm eps must be the config's."""
+    norm layer, so the architecture's LayerNorm eps must be the config's (a timm Eva config: an Eva base whose
+    norm layer fits, `eva_model_args` as model_args)."""
+    if is_eva(cfg):
+        _refuse_for_eva(cfg)
+        args = eva_model_args(cfg)
+        return {"architecture": timm_architecture(cfg), "num_classes": cfg.num_classes, "num_features": cfg.width,
+                "global_pool": args["global_pool"], "model_args": args,
+                "pretrained_cfg": {"input_size": [cfg.in_chans, *cfg.image_size], "num_classes": cfg.num_classes,
+                                   "fixed_input_size": True, "first_conv": "patch_embed.proj", "classifier": "head",
+                                   "custom_load": False}}
     _refuse_for_timm(cfg)
     arch = timm_architecture(cfg)
     if is_naflex(cfg):

@@ -26,7 +26,6 @@ from ..errors import ConversionError
 
 #: model classes that are not a timm VisionTransformer, and what in them the canonical model cannot run
 _CLASS_REASONS = {
-    "Eva": "EVA-style blocks (EvaBlock: separate q/k/v biases, optional rotary positions and SwiGLU)",
     "VisionTransformerSAM": "windowed attention with decomposed relative positions and a convolutional neck (SAM): "
                             "needs windowed attention, relative position biases and a conv neck",
     "VisionTransformerHybrid": "a hybrid CNN stem",
@@ -207,6 +206,8 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
     cls = _tname(model)
+    if cls == "Eva":
+        return _read_eva(model, arch)
     if type(model) in (Beit, VisionTransformerRelPos):
         return _read_rel_pos(model, arch)
     naflex = None
@@ -379,6 +380,174 @@ def _read_naflex_embeds(model, arch: str) -> dict[str, Any]:
     return dict(patch_size=int(P[0]), in_chans=int(e.in_chans), linear=bool(e.is_linear), pos_grid=grid,
                 resize_kernel=NAFLEX_KERNELS.get((e.pos_embed_interp_mode, bool(e.pos_embed_antialias))),
                 image_size=image_size)
+
+
+def _norm_kind(m, arch: str, where: str, norms: list) -> str:
+    """'layer' or 'rms' for a timm norm module with weight (LayerNorm also bias); its eps recorded."""
+    import torch.nn as nn
+    from timm.layers import RmsNorm
+
+    if type(m) is RmsNorm and m.elementwise_affine:
+        kind = "rms"
+    elif isinstance(m, nn.LayerNorm) and _tname(m) == "LayerNorm" and m.elementwise_affine and m.bias is not None:
+        kind = "layer"
+    else:
+        _refuse(arch, f"has a {_tname(m)} as {where} (the canonical norms are LayerNorm with weight and bias, or "
+                      f"RmsNorm with weight)")
+    norms.append((where, kind, float(m.eps)))
+    return kind
+
+
+def _read_eva_rope(model, arch: str, attn) -> dict[str, Any]:
+    """The rotary-position fields of a timm Eva (cfg.rope ...) from its built rope module."""
+    from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, RotaryEmbeddingDinoV3, RotaryEmbeddingMixed
+
+    rope = model.rope
+    if rope is None:
+        return {}
+    half = bool(getattr(attn, "rotate_half", False))
+    if type(rope) is RotaryEmbeddingCat:
+        if rope.in_pixels:
+            _refuse(arch, "has pixel-frequency rotary positions (RotaryEmbeddingCat in_pixels=True)")
+        if getattr(rope, "grid_type", "index") not in ("index", None):
+            _refuse(arch, f"has rotary positions on a {rope.grid_type!r} grid")
+        ref = getattr(rope, "ref_feat_shape", None)
+        return dict(rope="cat", rope_temperature=float(rope.temperature), rope_indexing=rope.grid_indexing,
+                    rope_offset=float(rope.grid_offset), rope_rotate_half=half,
+                    rope_ref_grid=tuple(int(r) for r in ref) if ref is not None else None)
+    if type(rope) is RotaryEmbeddingDinoV3:
+        if rope.min_period is not None or rope.max_period is not None or rope.normalize_coords != "separate":
+            _refuse(arch, "has DINOv3 rotary positions with min/max periods or coordinates not normalised per axis")
+        if rope.rotate_half != half:
+            _refuse(arch, "rotates its DINOv3 rotary table in another layout than its attention")
+        return dict(rope="dinov3", rope_temperature=float(rope.temperature), rope_indexing=rope.grid_indexing,
+                    rope_offset=float(rope.grid_offset), rope_rotate_half=half)
+    if type(rope) is RotaryEmbeddingMixed:
+        return dict(rope="mixed", rope_temperature=float(rope.temperature), rope_indexing=rope.grid_indexing)
+    _refuse(arch, f"has {_tname(rope)} rotary positions (the canonical forms: RotaryEmbeddingCat with integer "
+                  f"coordinates, RotaryEmbeddingMixed, RotaryEmbeddingDinoV3)")
+    raise AssertionError  # unreachable
+
+
+def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
+    """The facts of a built timm `Eva` (EVA, EVA02, DINOv3, PE, RoPE-ViT, ...): every field of its ViTConfig,
+    read from the modules, under facts['eva_config'] (the import builds the config from it, nothing asked), or
+    ConversionError naming what the canonical model cannot run."""
+    import torch.nn as nn
+    from timm.layers import AttentionPoolLatent, PatchEmbed
+    from timm.layers.attention import AttentionRope
+    from timm.layers.mlp import GluMlp, Mlp, SwiGLU
+    from timm.models.eva import EvaAttention, EvaBlock
+
+    pe = model.patch_embed
+    proj = pe.proj
+    if type(pe) is not PatchEmbed or type(pe.norm) is not nn.Identity or getattr(pe, "dynamic_img_pad", False) \
+            or not (type(proj) is nn.Conv2d and proj.kernel_size == proj.stride and proj.padding == (0, 0)
+                    and proj.kernel_size[0] == proj.kernel_size[1]):
+        _refuse(arch, "embeds patches other than with one square strided conv")
+    if getattr(model, "patch_drop", None) is not None:
+        _refuse(arch, "drops patches (patch_drop_rate)")
+    norms: list = []
+    D, H = int(model.embed_dim), None
+    blocks = list(model.blocks)
+    per_block = set()
+    for i, blk in enumerate(blocks):
+        if type(blk) is not EvaBlock:
+            _refuse(arch, f"builds {_tname(blk)} blocks" + (": norms after each branch (post-norm), not the pre-norm"
+                                                              " block the canonical model runs"
+                                                              if _tname(blk) == "EvaBlockPostNorm" else ""))
+        a, m = blk.attn, blk.mlp
+        if type(a) not in (EvaAttention, AttentionRope):
+            _refuse(arch, f"has {_tname(a)} attention")
+        if getattr(a, "gate", None) is not None:
+            _refuse(arch, "has gated attention (a sigmoid gate before attn.proj)")
+        if getattr(a, "num_kv_heads", a.num_heads) != a.num_heads:
+            _refuse(arch, "has grouped-query attention (num_kv_heads < num_heads)")
+        if a.head_dim * a.num_heads != D or a.proj.bias is None or not math.isclose(a.scale, a.head_dim ** -0.5):
+            _refuse(arch, "has an attention width, scale or output projection other than the canonical one")
+        fused = a.qkv is not None
+        if type(a) is EvaAttention:  # q and v biases, never a k bias
+            qkv_bias = (a.q_bias is not None) if fused else (a.q_proj.bias is not None)
+            k_bias = False
+        else:
+            qkv_bias = (a.qkv.bias is not None) if fused else (a.q_proj.bias is not None)
+            k_bias = True
+        qk = type(a.q_norm) is not nn.Identity
+        if qk:
+            _norm_kind(a.q_norm, arch, f"blocks.{i}.attn.q_norm", norms)
+            _norm_kind(a.k_norm, arch, f"blocks.{i}.attn.k_norm", norms)
+        inner = type(a.norm) is not nn.Identity
+        if inner:
+            _norm_kind(a.norm, arch, f"blocks.{i}.attn.norm", norms)
+        _norm_kind(blk.norm1, arch, f"blocks.{i}.norm1", norms)
+        _norm_kind(blk.norm2, arch, f"blocks.{i}.norm2", norms)
+        gelu, swiglu, unpacked = None, False, False
+        if type(m) is Mlp and type(m.fc1) is nn.Linear:
+            gelu = _gelu_form(m.act, arch, f"blocks.{i}.mlp")
+        elif type(m) is GluMlp and type(m.act) is nn.SiLU and not m.gate_last and m.chunk_dim == -1 \
+                and type(m.norm) is nn.Identity:
+            swiglu = True
+        elif type(m) is SwiGLU and type(m.act) is nn.SiLU:
+            swiglu = unpacked = True
+        else:
+            _refuse(arch, f"has a {_tname(m)} MLP (canonical: Mlp with a GELU form, GluMlp or SwiGLU with SiLU)")
+        mnorm = type(getattr(m, "norm", nn.Identity())) is not nn.Identity
+        if mnorm:
+            _norm_kind(m.norm, arch, f"blocks.{i}.mlp.norm", norms)
+        g1, g2 = blk.gamma_1 is not None, blk.gamma_2 is not None
+        if g2 and not g1:
+            _refuse(arch, "scales the MLP branch only")
+        per_block.add((int(a.num_heads), fused, qkv_bias, k_bias, qk, inner, gelu, swiglu, unpacked, mnorm,
+                       int(m.fc2.in_features), g1, g2, blk.init_values if g1 else None,
+                       bool(getattr(a, "rotate_half", False))))
+    if len(per_block) != 1:
+        _refuse(arch, "varies its blocks (heads, projections, norms, MLP or LayerScale)")
+    (H, fused, qkv_bias, k_bias, qk, inner, gelu, swiglu, unpacked, mnorm, M, g1, g2, init, _half) = per_block.pop()
+    pre = type(model.norm_pre) is not nn.Identity and _norm_kind(model.norm_pre, arch, "norm_pre", norms)
+    final = type(model.norm) is not nn.Identity and _norm_kind(model.norm, arch, "norm", norms)
+    fc = type(model.fc_norm) is not nn.Identity and _norm_kind(model.fc_norm, arch, "fc_norm", norms)
+    gp = model.global_pool
+    if gp not in ("token", "avg", "map"):
+        _refuse(arch, f"pools with global_pool={gp!r} (canonical pooling: 'token', 'avg' over the patch tokens, "
+                      f"'map')")
+    n0 = int(model.num_prefix_tokens)
+    if gp == "map":
+        ap = model.attn_pool
+        if n0:
+            _refuse(arch, "pools its prefix tokens too in the attention pool (timm's Eva hands it every token; the "
+                          "canonical MAP head sees the patch tokens only)")
+        if type(ap) is not AttentionPoolLatent or ap.latent_len != 1 or ap.pos_embed is not None \
+                or type(ap.q_norm) is not nn.Identity or ap.num_heads != H or type(ap.mlp) is not Mlp \
+                or ap.mlp.fc1.out_features != M:
+            _refuse(arch, "has an attention pool other than the canonical MAP head (one latent, no positions, no "
+                          "qk-norm, the blocks' heads and MLP width)")
+        _norm_kind(ap.norm, arch, "attn_pool.norm", norms)
+        form = _gelu_form(ap.mlp.act, arch, "attn_pool.mlp")
+        if gelu is not None and form != gelu:
+            _refuse(arch, f"runs {form} GELU in its attention pool and {gelu} in its blocks")
+        gelu = form
+    if len({k for _, k, _ in norms}) > 1 or len({e for _, _, e in norms}) > 1:
+        _refuse(arch, "mixes norm kinds or eps: " + ", ".join(f"{w} {k} {e}" for w, k, e in norms[:4]))
+    if not isinstance(model.head, (nn.Linear, nn.Identity)):
+        _refuse(arch, f"has a {_tname(model.head)} head")
+    n_cls = model.head.out_features if isinstance(model.head, nn.Linear) else 0
+    reg = int(model.reg_token.shape[1]) if model.reg_token is not None else 0
+    cfg: dict[str, Any] = dict(
+        name=arch, image_size=tuple(int(v) for v in pe.img_size), in_chans=int(proj.in_channels),
+        patch_size=int(proj.kernel_size[0]), patch_bias=proj.bias is not None, embed_dim=D, depth=len(blocks),
+        num_heads=H, mlp_dim=M, swiglu=swiglu, swiglu_unpacked=unpacked, qkv_bias=qkv_bias, qkv_fused=fused,
+        k_bias=k_bias or not qkv_bias, qk_norm=qk, attn_inner_norm=inner, mlp_inner_norm=mnorm,
+        init_values=float(init) if g1 else None, ls_attn_only=g1 and not g2,
+        class_token="learned" if model.cls_token is not None else "none", reg_tokens=reg,
+        pool={"token": "token", "avg": "mean", "map": "map"}[gp],
+        pos_embed="learned" if model.pos_embed is not None else "none",
+        pos_prefix_tokens=0 if model.pos_embed is not None and model.no_embed_class and n0 else None,
+        gelu=gelu or "erf", layer_norm_eps=norms[0][2], norm_kind=norms[0][1], norm_pre=bool(pre),
+        final_norm=bool(final), fc_norm=bool(fc), num_classes=int(n_cls), **_read_eva_rope(model, arch, blocks[0].attn))
+    facts: dict[str, Any] = dict(name=arch, eva_config=cfg, num_heads=H, layer_norm_eps=norms[0][2],
+                                 pool=cfg["pool"], image_size=cfg["image_size"],
+                                 dynamic_img_size=bool(getattr(model, "dynamic_img_size", False)), norm_pre=bool(pre))
+    return facts, (model.cls_token is not None, bool(final), bool(fc))
 
 
 def resolve_timm_architecture(arch: str, model_args: Mapping[str, Any] | None = None,

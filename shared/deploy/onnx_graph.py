@@ -43,7 +43,7 @@ from .. import limits as L
 from .. import weights as W
 from ..config import ViTConfig
 from ..errors import UnsupportedError
-from ..posemb import position_table, rel_log_coords, rel_pos_index
+from ..posemb import model_rope_table, position_table, rel_log_coords, rel_pos_index, rope_grid
 
 #: opset of the export: 20 is the first with Gelu (approximate = none | tanh)
 OPSET = 20
@@ -76,7 +76,10 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              "class_token", "dist_token", "reg_tokens", "pool", "pos_embed", "pos_prefix_tokens", "pos_grid",
              "resize_kernel", "gelu", "layer_norm_eps", "norm_pre", "final_norm", "fc_norm", "representation_size",
              "num_classes", "output_softmax", "dropout", "attn_dropout", "drop_path", "k_bias", "rel_pos",
-             "rel_pos_shared", "rel_pos_dim", "notes"}
+             "rel_pos_shared", "rel_pos_dim", "notes",
+             # the Eva options
+             "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid",
+             "qkv_fused", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only"}
     defaults = {f.name: f.default for f in dataclasses.fields(ViTConfig)}
     unknown = sorted(k for k in set(cfg.to_dict()) - known if getattr(cfg, k) != defaults.get(k))
     return [f"config field {k}={getattr(cfg, k)!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)"
@@ -142,6 +145,17 @@ class _Builder:
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
         return self.g.op("LayerNormalization", x, f"{prefix}.weight", f"{prefix}.bias", axis=-1, epsilon=float(eps))
 
+    def rms_norm(self, x: str, prefix: str, eps: float) -> str:
+        """RMSNorm (the reference's rms_norm): x / Sqrt(ReduceMean(x * x) + eps) * weight, from primitives (opset
+        20 has no RMSNormalization)."""
+        g = self.g
+        ms = g.op("ReduceMean", g.op("Mul", x, x), g.ints(-1), keepdims=1)
+        return g.op("Mul", g.op("Div", x, g.op("Sqrt", g.op("Add", ms, g.scalar(eps)))), f"{prefix}.weight")
+
+    def norm(self, x: str, prefix: str, eps: float, kind: str = "layer") -> str:
+        """The norm under `prefix` of the given kind (the reference's _Numerics.norm): LayerNorm or RMSNorm."""
+        return self.rms_norm(x, prefix, eps) if kind == "rms" else self.layer_norm(x, prefix, eps)
+
     def act(self, x: str, kind: str) -> str:
         g = self.g
         if kind == "erf":
@@ -154,18 +168,61 @@ class _Builder:
             return g.op("Mul", x, g.op("Sigmoid", x))
         raise UnsupportedError(f"ONNX export: activation {kind!r} is not expressed")
 
-    def mlp(self, x: str, prefix: str, *, hidden: int, act: str = "erf", gated: bool = False,
-            inner_norm: bool = False, norm_eps: float = 1e-6, dropout: float = 0.0, dim=None) -> str:
+    def mlp(self, x: str, prefix: str, *, hidden: int, act: str = "erf", gated: bool = False, unpacked: bool = False,
+            inner_norm: bool = False, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0,
+            dim=None) -> str:
         g = self.g
-        h = self.linear(x, _key(prefix, "fc1"))
-        if gated:  # the gate first, then the value (timm's packed SwiGLU)
-            a, b = g.op("Split", h, axis=-1, num_outputs=2, outputs=2)
+        if unpacked:  # timm's SwiGLU: the gate from fc1_g, the value from fc1_x
+            h = g.op("Mul", self.act(self.linear(x, _key(prefix, "fc1_g")), act), self.linear(x, _key(prefix, "fc1_x")))
+        elif gated:  # the gate first, then the value (timm's packed SwiGLU)
+            a, b = g.op("Split", self.linear(x, _key(prefix, "fc1")), axis=-1, num_outputs=2, outputs=2)
             h = g.op("Mul", self.act(a, act), b)
         else:
-            h = self.act(h, act)
+            h = self.act(self.linear(x, _key(prefix, "fc1")), act)
         if inner_norm:
-            h = self.layer_norm(h, _key(prefix, "norm"), norm_eps)
+            h = self.norm(h, _key(prefix, "norm"), norm_eps, norm)
         return self.linear(h, _key(prefix, "fc2"))
+
+    def rotate(self, x: str, rope: tuple[str, str], hd: int) -> str:
+        """The reference's rotate: the last N tokens of x (B, H, T, hd) as x cos + r sin, r = (-x1, x0, -x3, x2, ...)
+        (interleaved pairs) or (-x_hi, x_lo) (cfg.rope_rotate_half); rope = (sin, cos), (N, hd) or (H, N, hd); the
+        prefix tokens before them stay as they are."""
+        g, cfg = self.g, self.cfg
+        n0, T = cfg.num_prefix_tokens, cfg.num_tokens
+        t = g.op("Slice", x, g.ints(n0), g.ints(T), g.ints(2)) if n0 else x
+        if cfg.rope_rotate_half:
+            lo, hi = g.op("Split", t, axis=-1, num_outputs=2, outputs=2)
+            r = g.op("Concat", g.op("Neg", hi), lo, axis=-1)
+        else:
+            pairs = g.op("Reshape", t, g.ints(0, 0, 0, hd // 2, 2))
+            even, odd = g.op("Split", pairs, axis=-1, num_outputs=2, outputs=2)
+            r = g.op("Reshape", g.op("Concat", g.op("Neg", odd), even, axis=-1), g.ints(0, 0, 0, hd))
+        sin, cos = rope
+        t = g.op("Add", g.op("Mul", t, cos), g.op("Mul", r, sin))
+        return g.op("Concat", g.op("Slice", x, g.ints(0), g.ints(n0), g.ints(2)), t, axis=2) if n0 else t
+
+    def rope_tables(self) -> list[tuple[str, str]] | None:
+        """Each block's rotary (sin, cos), once per forward like the reference (None without rotary positions).
+        cat / dinov3: shared.posemb.model_rope_table at the export's grid, computed here in float64 and stored as the
+        constants `vit_suite.rope_sin` / `vit_suite.rope_cos` (N, hd). mixed: computed in the graph from the
+        `rope.freqs` initializer (2, depth, H, hd/2) like shared.posemb.rope_table_mixed: angles t0 * freqs[0] +
+        t1 * freqs[1] over the constant coordinates `vit_suite.rope_t0` / `vit_suite.rope_t1` (N, 1) (rope_grid),
+        each angle repeated for its pair, Sin and Cos; block i gathers [i] -> (H, N, hd)."""
+        cfg, g = self.cfg, self.g
+        if cfg.rope == "none":
+            return None
+        hd = cfg.head_dim
+        if cfg.rope != "mixed":
+            sin, cos = np.split(model_rope_table(cfg, cfg.grid), 2, axis=-1)
+            return [(g.const("rope_sin", sin), g.const("rope_cos", cos))] * cfg.depth
+        t0, t1 = (g.const(f"rope_t{j}", t[:, None]) for j, t in enumerate(rope_grid(cfg.grid, cfg.rope_indexing)))
+        f0, f1 = (g.op("Unsqueeze", g.op("Gather", "rope.freqs", g.const("", np.array(j, np.int64), np.int64),
+                                         axis=0), g.ints(2)) for j in (0, 1))  # (depth, H, 1, hd/2)
+        angles = g.op("Add", g.op("Mul", t0, f0), g.op("Mul", t1, f1))  # (depth, H, N, hd/2)
+        a = g.op("Unsqueeze", angles, g.ints(-1))
+        angles = g.op("Reshape", g.op("Concat", a, a, axis=-1), g.ints(0, 0, 0, hd))  # interleaved: a0 a0 a1 a1 ...
+        sin, cos = g.op("Sin", angles), g.op("Cos", angles)
+        return [tuple(self.token(t, i, axis=0) for t in (sin, cos)) for i in range(cfg.depth)]
 
     def heads(self, t: str, H: int, hd: int) -> str:
         """(B, T, A) -> (B, H, T, hd)."""
@@ -174,7 +231,8 @@ class _Builder:
     def attention(self, x: str, prefix: str, *, num_heads: int, width: int | None = None, qkv_bias: bool = True,
                   qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
                   scale: float | None = None, value_skip: bool = False, norm_eps: float = 1e-6,
-                  dim=None, attn_drop=0.0, proj_drop=0.0, rotate_half=False, attn_bias: str | None = None) -> str:
+                  norm: str = "layer", dim=None, attn_drop=0.0, proj_drop=0.0, rotate_half=False,
+                  rope: tuple[str, str] | None = None, attn_bias: str | None = None) -> str:
         g, A, H = self.g, width, num_heads
         hd = A // H
         scale = hd ** -0.5 if scale is None else scale
@@ -190,8 +248,10 @@ class _Builder:
             v = self.linear(x, _key(prefix, "v_proj"), qkv_bias)
         qh, kh, vh = (self.heads(t, H, hd) for t in (q, k, v))
         if qk_norm:
-            qh = self.layer_norm(qh, _key(prefix, "q_norm"), norm_eps)
-            kh = self.layer_norm(kh, _key(prefix, "k_norm"), norm_eps)
+            qh = self.norm(qh, _key(prefix, "q_norm"), norm_eps, norm)
+            kh = self.norm(kh, _key(prefix, "k_norm"), norm_eps, norm)
+        if rope is not None:  # the patch tokens' q and k, after the qk-norm
+            qh, kh = self.rotate(qh, rope, hd), self.rotate(kh, rope, hd)
         scores = g.op("Mul", g.op("MatMul", qh, g.op("Transpose", kh, perm=[0, 1, 3, 2])), g.scalar(scale))
         if attn_bias is not None:  # (H, T, T), broadcast over the batch
             scores = g.op("Add", scores, attn_bias)
@@ -199,23 +259,24 @@ class _Builder:
         out = g.op("MatMul", probs, vh)
         out = g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]), g.ints(0, 0, A))
         if inner_norm:
-            out = self.layer_norm(out, _key(prefix, "norm"), norm_eps)
+            out = self.norm(out, _key(prefix, "norm"), norm_eps, norm)
         out = self.linear(out, _key(prefix, "proj"))
         if value_skip:  # T2T: v (heads merged: v itself) + proj(attention)
             out = g.op("Add", v, out)
         return out
 
     def block(self, x: str, prefix: str, *, dim: int, attn: dict, mlp: dict, ls_init=None, drop_path=0.0,
-              norm_eps: float = 1e-6, attn_bias: str | None = None) -> str:
+              norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False,
+              rope: tuple[str, str] | None = None, attn_bias: str | None = None) -> str:
         g = self.g
         width = attn.get("width") or dim
-        h = self.layer_norm(x, _key(prefix, "norm1"), norm_eps)
-        y = self.attention(h, _key(prefix, "attn"), **attn, attn_bias=attn_bias)
+        h = self.norm(x, _key(prefix, "norm1"), norm_eps, norm)
+        y = self.attention(h, _key(prefix, "attn"), **attn, rope=rope, attn_bias=attn_bias)
         if ls_init is not None:
             y = g.op("Mul", y, _key(prefix, "ls1.gamma"))
         x = g.op("Add", x, y) if dim == width else y
-        h = self.mlp(self.layer_norm(x, _key(prefix, "norm2"), norm_eps), _key(prefix, "mlp"), **mlp)
-        if ls_init is not None:
+        h = self.mlp(self.norm(x, _key(prefix, "norm2"), norm_eps, norm), _key(prefix, "mlp"), **mlp)
+        if ls_init is not None and not ls_attn_only:
             h = g.op("Mul", h, _key(prefix, "ls2.gamma"))
         return g.op("Add", x, h)
 
@@ -256,8 +317,8 @@ class _Builder:
             bias = g.op("Pad", bias, g.ints(0, p, p, 0, 0, 0))
         return bias
 
-    def token(self, x: str, i: int) -> str:
-        return self.g.op("Gather", x, self.g.const("", np.array(i, np.int64), np.int64), axis=1)
+    def token(self, x: str, i: int, axis: int = 1) -> str:
+        return self.g.op("Gather", x, self.g.const("", np.array(i, np.int64), np.int64), axis=axis)
 
     # ------------------------------------------------------------------ the forward
     def forward(self) -> dict[str, str]:
@@ -292,15 +353,16 @@ class _Builder:
             x = g.op("Add", x, table)
         out["embed"] = x
         if cfg.norm_pre:
-            x = self.layer_norm(x, "norm_pre", cfg.layer_norm_eps)
+            x = self.norm(x, "norm_pre", cfg.layer_norm_eps, cfg.norm_kind)
             out["norm_pre"] = x
-        biases = [self.rel_pos_bias(pre) for pre in cfg.rel_pos_prefixes]  # once per forward, like the reference
+        ropes = self.rope_tables()  # once per forward, like the reference
+        biases = [self.rel_pos_bias(pre) for pre in cfg.rel_pos_prefixes]
         for i in range(cfg.depth):
             bias = biases[0 if cfg.rel_pos_shared else i] if biases else None
-            x = self.block(x, f"blocks.{i}", **cfg.block_args(i), attn_bias=bias)
+            x = self.block(x, f"blocks.{i}", **cfg.block_args(i), rope=ropes[i] if ropes else None, attn_bias=bias)
             out[f"block_{i}"] = x
         if cfg.final_norm:
-            x = self.layer_norm(x, "norm", cfg.layer_norm_eps)
+            x = self.norm(x, "norm", cfg.layer_norm_eps, cfg.norm_kind)
         out["norm"] = x
 
         n0 = cfg.num_prefix_tokens
@@ -318,7 +380,7 @@ class _Builder:
             patches = g.op("Slice", x, g.ints(n0), g.ints(n0 + N), g.ints(1))
             x = self.attention_pool(patches, "attn_pool", **cfg.pool_args())
         if cfg.fc_norm:
-            x = self.layer_norm(x, "fc_norm", cfg.layer_norm_eps)
+            x = self.norm(x, "fc_norm", cfg.layer_norm_eps, cfg.norm_kind)
         if cfg.representation_size:
             x = g.op("Tanh", self.linear(x, "pre_logits.fc"))
         out["pre_logits"] = x

@@ -105,7 +105,7 @@ def test_the_exported_file_is_checked_opset_dynamic_batch_and_carries_config_and
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain", "tiny_dinov2_reg", "tiny_siglip", "tiny_t2t",
-                                    "tiny_beit", "tiny_relpos"])
+                                    "tiny_beit", "tiny_relpos", "tiny_eva02", "tiny_rope_mixed"])
 def test_canonical_to_onnx_to_canonical_is_bit_exact(tmp_path, preset):
     cfg, state, _ = case(preset)
     dst = tmp_path / "m.onnx"
@@ -124,13 +124,14 @@ def _run_tampered(be, proto, x):
 @pytest.mark.parametrize("preset,key,stage", [
     ("tiny", "blocks.1.mlp.fc1.weight", "block_1"), ("tiny", "head.bias", "logits"),
     ("tiny_beit", "blocks.1.attn.rel_pos.relative_position_bias_table", "block_1"),
-    ("tiny_relpos", "rel_pos.mlp.fc2.weight", "block_0")])
+    ("tiny_relpos", "rel_pos.mlp.fc2.weight", "block_0"), ("tiny_rope_mixed", "rope.freqs", "block_0")])
 def test_one_tampered_initializer_fails_at_the_stage_that_uses_it(runtimes, tmp_path, preset, key, stage):
     """One weight perturbed by 1e-3 of its scale inside the graph: each runtime's first stage out of bound is the
     one that uses it (the stages before it still pass; a relative position table or MLP is computed in the graph,
-    not folded into a constant at export); the tampered file is refused by its weights digest. A relative table's
-    first entry is read by one (query, key) pair only: its zero-offset row (every patch's score for itself), head 0,
-    is perturbed by 1e-2 instead (a shift of a head's whole column would be softmax-invariant)."""
+    not folded into a constant at export, and so is RoPE-Mixed's rotary table from `rope.freqs`, whose first entry
+    is block 0's); the tampered file is refused by its weights digest. A relative table's first entry is read by
+    one (query, key) pair only: its zero-offset row (every patch's score for itself), head 0, is perturbed by 1e-2
+    instead (a shift of a head's whole column would be softmax-invariant)."""
     from onnx import numpy_helper
 
     cfg, state, x = case(preset)

@@ -21,6 +21,17 @@ divergence is the runtime's, never a tracer's. What the graph is:
     timm's RelPosMlp over the constant `vit_suite.rel_log_coords`, float32) gathered by the constant int64
     `vit_suite.rel_pos_index` (shared.posemb, for the export's fixed grid), transposed to (heads, T, T) (the mlp
     form padded with zeros for the class token's row and column), and added to the scaled scores before the Softmax;
+  - rotary positions (cfg.rope), like shared.reference: q and k of the last N (patch) tokens rotated after the
+    qk-norm (Slice, interleaved pairs by Reshape/Split or halves by Split, Neg, Concat; x cos + r sin), the prefix
+    tokens unrotated. 'cat' / 'dinov3': the table at the export's fixed grid is computed at export time in float64
+    (shared.posemb.model_rope_table) and stored as the constants `vit_suite.rope_sin` / `vit_suite.rope_cos`;
+    'mixed' (RoPE-Mixed): computed once per forward in the graph from the `rope.freqs` initializer and the constant
+    coordinates `vit_suite.rope_t0` / `vit_suite.rope_t1` (shared.posemb.rope_grid), block i gathering its [i];
+  - the other Eva options: separate q_proj/k_proj/v_proj (no k bias with k_bias=False), the attention's and the
+    MLP's inner norms, timm's unpacked SwiGLU (fc1_g, fc1_x), ls_attn_only, and RMSNorm (norm_kind 'rms', every
+    norm of the model but the MAP head's) built as x / Sqrt(ReduceMean(x * x) + eps) * weight: opset 23's
+    RMSNormalization runs in both runtimes too, but measured no more accurate on tiny_rope_mixed (logits 6.6e-7 in
+    ONNX Runtime against 4.9e-7 from these primitives, the same in OpenVINO) and would raise every export's opset;
   - the patch embedding is the reference's patchify (Reshape, Transpose: the Unfold tokens of the T2T seed and a
     stride-P conv are the same math) and a MatMul; LayerNormalization, Gelu (opset 20: erf, tanh), Sigmoid for
     QuickGELU and SiLU, Softmax and MatMul for attention;
@@ -28,7 +39,8 @@ divergence is the runtime's, never a tracer's. What the graph is:
     graph a runtime backend runs always has them, so a divergence is located by stage);
   - metadata_props: the canonical file's metadata (format, format_version, vit_config) and `weights_sha256`.
 
-`export_problems(cfg)` names what the graph cannot express (nothing the suite's configs turn on today).
+`export_problems(cfg)` names what the graph cannot express (nothing the suite's configs turn on today, the Eva
+options included).
 """
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def import_hf_beit(state: Mapping[str, Any], hf_config: Mapping[str, Any], sourc
 def export_problems(cfg: ViTConfig, mt: str) -> list[str]:
     """Why `cfg` has no BEiT / data2vec-vision form (empty when it has one)."""
     what = f"HF {mt}"
-    p = family_refusals(cfg, what, supports=("LayerScale", "qkv bias without its k part", "relative position"))
+    p = family_refusals(cfg, what, supports=("LayerScale", "without a k bias", "relative position"))
     if cfg.rel_pos == "mlp":
         p.append(f"rel_pos='mlp' (timm's RelPosMlp): {what} has a learned relative table only")
     if cfg.qkv_bias is False or cfg.k_bias:

@@ -1123,6 +1123,13 @@ def rel_pos_class(cfg: ViTConfig) -> str | None:
 def _rel_pos_problems(cfg: ViTConfig) -> list[str]:
     """Why a relative-position config has no form in timm's Beit / VisionTransformerRelPos (empty when it has)."""
     cls, p = rel_pos_class(cfg), []
+    eva = [o for o, on in (("rope", cfg.rope != "none"), ("qkv_fused=False", not cfg.qkv_fused),
+                           ("attn_inner_norm", cfg.attn_inner_norm), ("mlp_inner_norm", cfg.mlp_inner_norm),
+                           ("swiglu_unpacked", cfg.swiglu_unpacked), ("norm_kind='rms'", cfg.norm_kind != "layer"),
+                           ("ls_attn_only", cfg.ls_attn_only)) if on]
+    if eva:
+        p.append(f"timm Eva options ({', '.join(eva)}) with a relative position bias: timm's Beit and "
+                 f"VisionTransformerRelPos have neither")
     if cfg.dist_token or cfg.reg_tokens:
         p.append("a relative position bias with distillation or register tokens: neither timm class has them")
     if cfg.gelu != "erf" or cfg.swiglu:

@@ -42,7 +42,8 @@ from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_c
 #: non-Keras classes a vit_keras `.keras` file may name
 PACKAGE = "vit_keras"
 ALLOWED_CLASSES = frozenset(f"{PACKAGE}>{c}" for c in ("VisionTransformer", "DropPath", "PatchEmbed", "Attention",
-                                                        "Mlp", "LayerScale", "Block", "AttentionPool", "RelPosBias"))
+                                                        "Mlp", "LayerScale", "Block", "AttentionPool", "RelPosBias",
+                                                        "RmsNorm"))
 MODEL_NAME = "vision_transformer"
 #: the Keras release whose files keras_layout and keras_config reproduce (conformance_tests/test_keras.py holds them
 #: against the installed Keras); metadata.json names the installed Keras, or this one where Keras is not installed
@@ -64,15 +65,19 @@ def _dense(name: str, prefix: str, keys) -> _Layer:
     return _Layer("Dense", name, v)
 
 
-def _ln(name: str, prefix: str) -> _Layer:
+def _ln(name: str, prefix: str, keys) -> _Layer:
+    """A norm: LayerNormalization (gamma, beta) or, without a bias (cfg.norm_kind 'rms'), vit_keras' RmsNorm (gamma)."""
+    if f"{prefix}.bias" not in keys:
+        return _Layer("RmsNorm", name, [(f"{prefix}.weight", "direct")])
     return _Layer("LayerNormalization", name, [(f"{prefix}.weight", "direct"), (f"{prefix}.bias", "direct")])
 
 
 def _mlp(prefix: str, keys) -> _Layer:
-    a = {"fc1": _dense("fc1", f"{prefix}.fc1", keys), "fc2": _dense("fc2", f"{prefix}.fc2", keys),
-         "drop1": _Layer("Dropout", "drop1"), "drop2": _Layer("Dropout", "drop2")}
+    """vit_keras.layers.Mlp: fc1 (or the unpacked SwiGLU's fc1_g, fc1_x), the inner norm, fc2."""
+    a = {n: _dense(n, f"{prefix}.{n}", keys) for n in ("fc1", "fc1_g", "fc1_x", "fc2") if f"{prefix}.{n}.weight" in keys}
+    a.update(drop1=_Layer("Dropout", "drop1"), drop2=_Layer("Dropout", "drop2"))
     if f"{prefix}.norm.weight" in keys:
-        a["norm"] = _ln("norm", f"{prefix}.norm")
+        a["norm"] = _ln("norm", f"{prefix}.norm", keys)
     return _Layer("Mlp", "mlp", attrs=a)
 
 
@@ -80,10 +85,10 @@ def _block(i: int, keys) -> _Layer:
     p = f"blocks.{i}"
     attn = {n: _dense(n, f"{p}.attn.{n}", keys) for n in ("qkv", "q_proj", "k_proj", "v_proj", "proj")
             if f"{p}.attn.{n}.weight" in keys}
-    attn.update({n: _ln(n, f"{p}.attn.{n}") for n in ("q_norm", "k_norm", "norm") if f"{p}.attn.{n}.weight" in keys})
+    attn.update({n: _ln(n, f"{p}.attn.{n}", keys) for n in ("q_norm", "k_norm", "norm") if f"{p}.attn.{n}.weight" in keys})
     attn.update(attn_drop=_Layer("Dropout", "attn_drop"), proj_drop=_Layer("Dropout", "proj_drop"))
-    a = {"norm1": _ln("norm1", f"{p}.norm1"), "attn": _Layer("Attention", "attn", attrs=attn),
-         "norm2": _ln("norm2", f"{p}.norm2"), "mlp": _mlp(f"{p}.mlp", keys),
+    a = {"norm1": _ln("norm1", f"{p}.norm1", keys), "attn": _Layer("Attention", "attn", attrs=attn),
+         "norm2": _ln("norm2", f"{p}.norm2", keys), "mlp": _mlp(f"{p}.mlp", keys),
          "drop_path1": _Layer("DropPath", "drop_path1"), "drop_path2": _Layer("DropPath", "drop_path2")}
     for ls in ("ls1", "ls2"):
         if f"{p}.{ls}.gamma" in keys:
@@ -108,24 +113,25 @@ def _model(cfg: ViTConfig, name: str = MODEL_NAME) -> _Layer:
         ("patch_embed", _Layer("PatchEmbed", "patch_embed", attrs={"proj": _Layer("Conv2D", "proj", pe)})),
         ("pos_drop", _Layer("Dropout", "pos_drop"))]
     if "norm_pre.weight" in keys:
-        tracked.append(("norm_pre", _ln("norm_pre", "norm_pre")))
+        tracked.append(("norm_pre", _ln("norm_pre", "norm_pre", keys)))
     tracked.append(("blocks", [_block(i, keys) for i in range(cfg.depth)]))
     # relative position biases: a list attribute `rel_pos` of model-level layers named by their key (vit_keras.model)
     tracked.append(("rel_pos", [_rel_pos(prefix, keys) for prefix in cfg.rel_pos_prefixes]))
     if "norm.weight" in keys:
-        tracked.append(("norm", _ln("norm", "norm")))
+        tracked.append(("norm", _ln("norm", "norm", keys)))
     if "attn_pool.latent" in keys:
         pool = {n: _dense(n, f"attn_pool.{n}", keys) for n in ("q", "kv", "proj")}
-        pool.update(norm=_ln("norm", "attn_pool.norm"), mlp=_mlp("attn_pool.mlp", keys))
+        pool.update(norm=_ln("norm", "attn_pool.norm", keys), mlp=_mlp("attn_pool.mlp", keys))
         tracked.append(("attn_pool", _Layer("AttentionPool", "attn_pool", [("attn_pool.latent", "direct")], pool)))
     if "fc_norm.weight" in keys:
-        tracked.append(("fc_norm", _ln("fc_norm", "fc_norm")))
+        tracked.append(("fc_norm", _ln("fc_norm", "fc_norm", keys)))
     if "pre_logits.fc.weight" in keys:
         tracked.append(("pre_logits", _dense("pre_logits_fc", "pre_logits.fc", keys)))
     for head in ("head", "head_dist"):
         if f"{head}.weight" in keys:
             tracked.append((head, _dense(head, head, keys)))
-    own = [(k, "direct") for k in ("cls_token", "dist_token", "reg_token", "pos_embed") if k in keys]
+    # the model's own variables, in the order its build() adds them (rope.freqs: RoPE-Mixed's `rope_freqs`)
+    own = [(k, "direct") for k in ("cls_token", "dist_token", "reg_token", "pos_embed", "rope.freqs") if k in keys]
     layers = [x for _, v in tracked for x in (v if isinstance(v, list) else [v])]
     return _Layer("VisionTransformer", name, own, {**dict(tracked), "layers": layers})
 

@@ -331,6 +331,27 @@ def test_frameworkless_keras_files_are_keras_own(preset, tmp_path):
     assert KF.load_keras(fw_k)[0] == cfg
 
 
+def test_frameworkless_keras_files_refuse_a_field_they_do_not_know(tmp_path, monkeypatch):
+    """A config field keras_file's layout does not know (here: `rope`, taken off KNOWN_FIELDS as a field added later
+    would be), off its default, is refused by name on writing and reading, leaving no file behind; at its default it
+    does not matter."""
+    from shared import keras_file as KF
+    from shared.errors import UnsupportedError
+
+    cfg, state, _ = helpers.case("tiny_eva02")
+    written = KF.save_weights_h5(tmp_path / "ok.weights.h5", cfg, state)
+    monkeypatch.setattr(KF, "KNOWN_FIELDS", KF.KNOWN_FIELDS - {"rope"})
+    for save in (KF.save_keras, KF.save_weights_h5):
+        with pytest.raises(UnsupportedError, match=r"tiny_eva02.*config field rope='cat' is not expressed"):
+            save(tmp_path / "out", cfg, state)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UnsupportedError, match="rope='cat'"):
+        KF.load_weights_h5(written, cfg)
+    plain, plain_state, _ = helpers.case("tiny")
+    assert KF.file_problems(plain) == [] and KF.load_weights_h5(
+        KF.save_weights_h5(tmp_path / "plain.weights.h5", plain, plain_state), plain)[0] == plain
+
+
 def test_registered_layer_classes_are_allowed_in_keras_files():
     """The `.keras` allow-list is exactly the classes vit_keras registers, so a layer added later cannot be left
     off it."""

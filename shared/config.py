@@ -577,6 +577,13 @@ class ViTConfig:
         }
 
 
+def fields_off_default(cfg: ViTConfig, known) -> list[str]:
+    """The fields of `cfg` outside `known` that are not at ViTConfig's default, sorted: what a writer that expresses
+    only the `known` fields must refuse by name (a field added to ViTConfig later cannot be written silently wrong)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ViTConfig)}
+    return sorted(k for k in defaults if k not in known and getattr(cfg, k) != defaults[k])
+
+
 @dataclass
 class TrainConfig:
     """The training recipe's settings (steps or epochs, batch, AdamW lr / weight decay, warm-up, label smoothing,

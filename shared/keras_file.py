@@ -14,6 +14,9 @@ The files written here hold the same groups, datasets, attributes, dtypes and by
 creation order, as Keras' (only HDF5's object timestamps and metadata.json's date differ, as between two Keras
 saves); `keras.saving.load_model(path, safe_mode=True)` and `model.load_weights` load them.
 
+A config field this layout does not know (outside KNOWN_FIELDS), off its default, is refused by name
+(UnsupportedError, `file_problems`), writing and reading, rather than laid out silently wrong.
+
 Reading is strict: the config (classes refused unless Keras' own or vit_keras', as for the framework's loader, then
 a valid ViTConfig), then every dataset of the layout present with its exact shape and dtype float32, and no other
 dataset (an optimizer's are ignored): MismatchError / InvalidFileError naming the file and the key.
@@ -33,8 +36,8 @@ import numpy as np
 
 from . import limits as L
 from . import weights as W
-from .config import ViTConfig
-from .errors import BackendError, ConfigError, InvalidFileError, MismatchError
+from .config import ViTConfig, fields_off_default
+from .errors import BackendError, ConfigError, InvalidFileError, MismatchError, UnsupportedError
 from .fileio import atomic_write
 from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_classes
 
@@ -49,9 +52,37 @@ MODEL_NAME = "vision_transformer"
 #: against the installed Keras); metadata.json names the installed Keras, or this one where Keras is not installed
 KERAS_VERSION = "3.15.1"
 WEIGHTS_MEMBER = "model.weights.h5"
+#: every ViTConfig field keras_layout and keras_config express (all of today's, held against Keras' own files by
+#: conformance_tests/test_keras.py); a field added to ViTConfig later is refused by name (`file_problems`) while it is
+#: off its default, until the layout learns it
+KNOWN_FIELDS = frozenset({
+    "name", "image_size", "in_chans", "patch_size", "patch_bias", "embed_dim", "depth", "num_heads", "mlp_dim",
+    "swiglu", "attn_dim", "qkv_bias", "qk_scale", "attn_value_skip", "qk_norm", "init_values", "class_token",
+    "dist_token", "reg_tokens", "pool", "pos_embed", "pos_prefix_tokens", "pos_grid", "resize_kernel", "gelu",
+    "layer_norm_eps", "norm_pre", "final_norm", "fc_norm", "representation_size", "num_classes", "output_softmax",
+    "dropout", "attn_dropout", "drop_path", "notes",
+    # Eva options
+    "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid", "qkv_fused",
+    "k_bias", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only",
+    # relative position biases
+    "rel_pos", "rel_pos_shared", "rel_pos_dim"})
 
 
 # ------------------------------------------------------------------ the layout
+def file_problems(cfg: ViTConfig) -> list[str]:
+    """Why the files of `cfg` cannot be written or read as data here (empty: they can): a config field outside
+    KNOWN_FIELDS, off its default."""
+    return [f"config field {k}={getattr(cfg, k)!r} is not expressed by shared/keras_file.py (its layout of Keras' files)"
+            for k in fields_off_default(cfg, KNOWN_FIELDS)]
+
+
+def _check_known(cfg: ViTConfig) -> None:
+    problems = file_problems(cfg)
+    if problems:
+        raise UnsupportedError(f"{cfg.name}: cannot write or read vit_keras' .keras / .weights.h5 as data: "
+                               + "; ".join(problems))
+
+
 @dataclass
 class _Layer:
     cls: str                      # Keras class name (names the layer inside a list attribute)
@@ -145,6 +176,7 @@ def _snake(name: str) -> str:  # keras.src.utils.naming.to_snake_case, for Camel
 def keras_layout(cfg: ViTConfig, name: str = MODEL_NAME) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """[(vars group path, layer name, [(canonical key, kind)] as datasets 0, 1, ...)] in the order Keras writes
     them (module docstring)."""
+    _check_known(cfg)
     out: list = []
     visited: set[int] = set()
 
@@ -209,6 +241,7 @@ def keras_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 def keras_config(cfg: ViTConfig) -> dict:
     """config.json of a `.keras` file: `serialize_keras_object` of the model `vit_keras.model.build_model(cfg)`
     builds (float32 policy, channels_last)."""
+    _check_known(cfg)
     H, Wd = cfg.image_size
     return {"module": "vit_keras.model", "class_name": "VisionTransformer",
             "config": {"name": MODEL_NAME, "config": cfg.to_dict(), "data_format": "channels_last",
@@ -374,5 +407,5 @@ def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None) -> tupl
     return cfg, _read_h5(data, cfg, f"{path}: {WEIGHTS_MEMBER}")
 
 
-__all__ = ["ALLOWED_CLASSES", "keras_layout", "keras_config", "save_keras", "save_weights_h5", "load_keras",
+__all__ = ["ALLOWED_CLASSES", "KNOWN_FIELDS", "file_problems", "keras_layout", "keras_config", "save_keras", "save_weights_h5", "load_keras",
            "load_weights_h5", "read_keras_config", "to_keras_layout", "from_keras_layout"]

@@ -44,7 +44,6 @@ options included).
 """
 from __future__ import annotations
 
-import dataclasses
 
 import hashlib
 from typing import Mapping
@@ -53,7 +52,7 @@ import numpy as np
 
 from .. import limits as L
 from .. import weights as W
-from ..config import ViTConfig
+from ..config import ViTConfig, fields_off_default
 from ..errors import UnsupportedError
 from ..posemb import model_rope_table, position_table, rel_log_coords, rel_pos_index, rope_grid
 
@@ -92,8 +91,7 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              # the Eva options
              "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid",
              "qkv_fused", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only"}
-    defaults = {f.name: f.default for f in dataclasses.fields(ViTConfig)}
-    unknown = sorted(k for k in set(cfg.to_dict()) - known if getattr(cfg, k) != defaults.get(k))
+    unknown = fields_off_default(cfg, known)
     return [f"config field {k}={getattr(cfg, k)!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)"
             for k in unknown]
 

@@ -328,23 +328,29 @@ def test_frameworkless_ckpt_is_mindspores_own(tmp_path, monkeypatch):
     """shared.ms_ckpt (the backend's .ckpt, and what `convert` writes and reads, without MindSpore) against
     MindSpore itself: `mindspore.save_checkpoint` writes the same bytes (the suite's file with its string records;
     scalars, integer and float16 tensors; a tensor saved in slices), `mindspore.load_checkpoint` reads the
-    frameworkless files to the same tensors and records, and the frameworkless reader reads MindSpore's files."""
+    frameworkless files to the same tensors and records, and the frameworkless reader reads MindSpore's files. The
+    suite's file for a classic model, an Eva one (separate q/k/v, fc1_g/fc1_x, RoPE-Mixed's 4-D rope.freqs, RMSNorm
+    gammas, the Eva options in vit_config) and BEiT's (relative position tables)."""
     from mindspore.train import serialization
 
     from shared import ms_ckpt
 
-    cfg, state, _ = helpers.case("tiny_deit3")
-    nf = ms_ckpt.save_suite_ckpt(cfg, state, tmp_path / "nf.ckpt")
-    arrays = [(k, np.ascontiguousarray(state[k])) for k in W.expected_shapes(cfg)]
-    records = {ms_ckpt.FORMAT_KEY: f"{W.FORMAT_NAME}/{W.FORMAT_VERSION}", ms_ckpt.CONFIG_KEY: cfg.to_json(),
-               ms_ckpt.DIGEST_KEY: ms_ckpt.digest(arrays)}
-    ms.save_checkpoint([{"name": k, "data": ms.Tensor(a)} for k, a in arrays], str(tmp_path / "fw.ckpt"),
-                       append_dict=dict(records))
-    assert nf.read_bytes() == (tmp_path / "fw.ckpt").read_bytes()
-    loaded = ms.load_checkpoint(str(nf))
-    assert list(loaded) == [k for k, _ in arrays] + list(records)
-    assert all(loaded[k] == v for k, v in records.items())
-    assert all(np.array_equal(loaded[k].asnumpy(), a) and loaded[k].asnumpy().dtype == a.dtype for k, a in arrays)
+    for preset in ("tiny_deit3", "tiny_eva02", "tiny_rope_mixed", "tiny_beit"):
+        cfg, state, _ = helpers.case(preset)
+        nf = ms_ckpt.save_suite_ckpt(cfg, state, tmp_path / f"nf_{preset}.ckpt")
+        arrays = [(k, np.ascontiguousarray(state[k])) for k in W.expected_shapes(cfg)]
+        records = {ms_ckpt.FORMAT_KEY: f"{W.FORMAT_NAME}/{W.FORMAT_VERSION}", ms_ckpt.CONFIG_KEY: cfg.to_json(),
+                   ms_ckpt.DIGEST_KEY: ms_ckpt.digest(arrays)}
+        fw = tmp_path / f"fw_{preset}.ckpt"
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(a)} for k, a in arrays], str(fw), append_dict=dict(records))
+        assert nf.read_bytes() == fw.read_bytes(), preset
+        loaded = ms.load_checkpoint(str(nf))
+        assert list(loaded) == [k for k, _ in arrays] + list(records)
+        assert all(loaded[k] == v for k, v in records.items())
+        assert all(np.array_equal(loaded[k].asnumpy(), a) and loaded[k].asnumpy().dtype == a.dtype for k, a in arrays)
+        back_cfg, back = ms_ckpt.load_suite_ckpt(fw)
+        assert back_cfg == cfg and list(back) == [k for k, _ in arrays]
+        assert all(np.array_equal(back[k], a) for k, a in arrays)
     # other dtypes, a scalar, a string with non-ASCII text, and slicing (SLICE_SIZE made small on both sides)
     monkeypatch.setattr(serialization, "SLICE_SIZE", 1)  # KiB
     monkeypatch.setattr(ms_ckpt, "SLICE_BYTES", 1024)

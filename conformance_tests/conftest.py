@@ -25,6 +25,12 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "upb")
+# The in-process frameworks' thread pools are made once, at their first op, from these variables; a command run
+# in-process (train / evaluate / predict: `setdefault` to 1 thread) must not decide them for every later test, or a
+# test's numbers would depend on which tests ran before it in this process (under pytest-xdist, on the worker's
+# share of the files): pinned to the frameworks' own default, every core.
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+    os.environ.setdefault(_v, str(os.cpu_count() or 1))
 if importlib.util.find_spec("mindspore") is not None:
     import mindspore  # noqa: F401  (must precede tensorflow, see above)
 

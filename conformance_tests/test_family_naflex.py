@@ -16,8 +16,6 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("timm")  # the family needs the source library itself (installed in the suite's environment)
-
 import timm  # noqa: E402
 import torch  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
@@ -165,7 +163,7 @@ S2_SIZES = [(42, 21), (14, 56)]
 
 @pytest.fixture(scope="module")
 def siglip2(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     torch.manual_seed(0)
     m = transformers.Siglip2VisionModel(transformers.Siglip2VisionConfig(**_S2)).eval()
     with torch.no_grad():
@@ -193,7 +191,7 @@ def test_siglip2_imports_as_transformers_computes_at_other_shapes(siglip2):
 def test_siglip2_export_loads_in_transformers_and_convert_proves_it(siglip2, tmp_path):
     """Export writes SigLIP 2's own keys (the Linear over patches, num_patches table rows) bit for bit, which
     transformers loads and runs as the source; `convert` proves the import against transformers (in process)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     size = S2_SIZES[0]
     cfg, state = load_hf_dir(siglip2["dir"], image_size=size)
     save_hf_dir(tmp_path / "back", cfg, state, model_type="siglip2_vision_model")

@@ -74,6 +74,18 @@ def _tname(obj) -> str:
     return type(obj).__name__
 
 
+def _layer_scales(blk, arch: str, inits: set) -> None:
+    """A block's LayerScale init values into `inits` (timm's ls1 / ls2); any other branch scale is refused."""
+    import torch.nn as nn
+    from timm.layers import LayerScale
+
+    for ls in (blk.ls1, blk.ls2):
+        if type(ls) is LayerScale:
+            inits.add(float(ls.init_values))
+        elif type(ls) is not nn.Identity:
+            _refuse(arch, f"scales its branches with {_tname(ls)}")
+
+
 def _refuse(arch: str, what: str) -> None:
     raise ConversionError(f"timm's {arch} {what}: refused by name (never read as its nearest look-alike; no flag "
                           f"makes it importable)")
@@ -98,7 +110,7 @@ def _read_rel_pos(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, b
     or ConversionError naming what the canonical model cannot run (post-norm blocks, the Swin-v2 MLP mode, a SwiGLU or
     inner-norm MLP, a per-block table together with a shared one)."""
     import torch.nn as nn
-    from timm.layers import LayerScale, Mlp, PatchEmbed, RelPosBias, RelPosMlp
+    from timm.layers import Mlp, PatchEmbed, RelPosBias, RelPosMlp
     from timm.models import beit, vision_transformer_relpos as vrp
 
     cls = _tname(model)
@@ -144,11 +156,7 @@ def _read_rel_pos(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, b
             if a.rel_pos is not None:
                 rel.add(("mlp" if type(a.rel_pos) is RelPosMlp else "table", "block"))
                 module = a.rel_pos
-            for ls in (blk.ls1, blk.ls2):
-                if type(ls) is LayerScale:
-                    inits.add(float(ls.init_values))
-                elif type(ls) is not nn.Identity:
-                    _refuse(arch, f"scales its branches with {_tname(ls)}")
+            _layer_scales(blk, arch, inits)
         m = blk.mlp
         if type(m) is not Mlp or type(m.fc1) is not nn.Linear or type(m.norm) is not nn.Identity:
             _refuse(arch, f"has a {_tname(m)} MLP{' with an inner norm (scale_mlp)' if type(m) is Mlp else ''} (the "
@@ -195,7 +203,7 @@ def _read_rel_pos(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, b
 def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     """The facts of a built timm model, or ConversionError naming what the canonical model cannot run."""
     import torch.nn as nn
-    from timm.layers import AttentionPoolLatent, LayerScale, PatchEmbed
+    from timm.layers import AttentionPoolLatent, PatchEmbed
     from timm.layers.attention import Attention
     from timm.layers.mlp import GluMlp, Mlp
     from timm.models.deit import VisionTransformerDistilled
@@ -274,11 +282,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         norm(a.q_norm, f"blocks.{i}.attn.q_norm")
         norm(a.k_norm, f"blocks.{i}.attn.k_norm")
         heads.add(int(a.num_heads))
-        for ls in (blk.ls1, blk.ls2):
-            if type(ls) is LayerScale:
-                inits.add(float(ls.init_values))
-            elif type(ls) is not nn.Identity:
-                _refuse(arch, f"scales its branches with {_tname(ls)}")
+        _layer_scales(blk, arch, inits)
         m = blk.mlp
         if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity:
             gelus.add(_gelu_form(m.act, arch, f"blocks.{i}.mlp"))

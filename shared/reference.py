@@ -24,6 +24,7 @@ backends are judged by (see shared/tolerances.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 import numpy as np
 
@@ -31,12 +32,23 @@ from .config import ViTConfig
 from .errors import ConfigError
 from .posemb import gather_rel_pos_bias, model_rope_table, position_table, rel_log_coords
 
-try:  # exact erf for the float64 GELU; scipy comes with scikit-learn
-    from scipy.special import erf as _erf
-except ImportError:  # pragma: no cover - exercised only without scipy
-    import math
 
-    _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+@lru_cache(maxsize=None)
+def _erf_impl():
+    """Exact erf for the float64 GELU: scipy's (it comes with scikit-learn), imported on the first GELU, not at
+    import (scipy.special is a third of a `vit-suite convert`'s start-up, and convert never runs the reference)."""
+    try:
+        from scipy.special import erf
+    except ImportError:  # pragma: no cover - exercised only without scipy
+        import math
+
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+    return erf
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return _erf_impl()(x)
 
 REFERENCE_DTYPES = ("float64", "float32", "float16", "bfloat16")
 

@@ -14,27 +14,32 @@ imports it. It reaches a framework only through the backend registry (shared/bac
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from ..errors import EXIT_CODES, EXIT_USAGE
-from . import bench, check, convert, forward, grad, inspect, sweep, train
 from .common import run_guarded
 
-#: the commands, in the order `--help` lists them
-COMMAND_MODULES = (check, sweep, convert, forward, inspect, bench, train, grad)
+#: the command modules, in the order `--help` lists them, and the commands each defines. A command line naming
+#: one command imports only its module: `convert` never pays for the backend registry and the reference.
+COMMANDS = {"check": ("check",), "sweep": ("sweep",), "convert": ("convert",), "forward": ("forward", "reference"),
+            "inspect": ("inspect", "init"), "bench": ("bench",), "train": ("train", "evaluate", "predict"),
+            "grad": ("grad",)}
 
 DESCRIPTION = ("`vit-suite`: check conformance, sweep a model zoo, convert weights, inspect files, run one backend, benchmark, train.\n\n"
                "Exit codes: " + ", ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + ".")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `command` alone (its module the only one imported)."""
     p = argparse.ArgumentParser(prog="vit-suite", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error (anywhere on "
                                                           "the command line)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        module.add_parser(sub)
+    for name, commands in COMMANDS.items():
+        if command is None or command in commands:
+            importlib.import_module(f".{name}", __name__).add_parser(sub)
     return p
 
 
@@ -42,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["check", *argv]
+    known = {c for commands in COMMANDS.values() for c in commands}
+    parser = build_parser(argv[0] if argv[0] in known else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:

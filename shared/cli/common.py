@@ -13,7 +13,6 @@ import numpy as np
 
 from .. import fileio as F
 from .. import weights as W
-from ..backend import available_backends, backend_names
 from ..config import ViTConfig
 from ..errors import InvalidFileError, OutputError, UsageError
 from ..limits import NPY_MAX_BYTES, SEED_MAX  # noqa: F401 (SEED_MAX: the commands import it from here)
@@ -273,6 +272,8 @@ def default_model() -> tuple[ViTConfig, dict, str, np.ndarray | None, np.ndarray
 
 def selected_backends(arg: str | None) -> list[str]:
     """--backends (any registered name, variants included) or every installed primary backend."""
+    from ..backend import available_backends, backend_names  # here: `convert` never needs the registry
+
     wanted = arg.split(",") if arg else available_backends()
     unknown = [b for b in wanted if b not in backend_names()]
     if unknown:

@@ -182,6 +182,7 @@ _HF_BASE = {
     "metaclip_2": ("MetaClip2Model", "image_features"),
     "metaclip_2_vision_model": ("MetaClip2VisionModel", "pooler_output"),
     "beit": ("BeitModel", "features"), "data2vec-vision": ("Data2VecVisionModel", "features"),
+    "dinov3_vit": ("DINOv3ViTModel", "features"),  # DINOv3ViTBackbone's directory too: the same weights
     "siglip2": ("Siglip2Model", "image_features"), "siglip2_vision_model": ("Siglip2VisionModel", "pooler_output"),
 }
 

@@ -493,7 +493,8 @@ def _family_heads(fam: _Family, facts: ConfigFacts, st: dict[str, Any], archs: l
 
 # ---------------------------------------------------------------------------- export
 def hf_model_type(cfg: ViTConfig) -> str:
-    """The Hugging Face model type that holds `cfg` (export's default): siglip_vision_model for an attention-pool
+    """The Hugging Face model type that holds `cfg` (export's default): dinov3_vit for DINOv3's rotary positions,
+    beit for a relative table or q/v biases, siglip_vision_model for an attention-pool
     head, clip_vision_model for CLIP's pre-norm or bias-free patch projection, deit for a distillation token (or one
     register: DeiT's distillation token when no head reads it), dinov2 / dinov2_with_registers for LayerScale,
     ijepa for the mean of the tokens without a class token, else vit; CLIP's classifier (the mean of the patch

@@ -24,12 +24,14 @@ Rotary positions (DINOv3ViTRopePositionEmbedding): patch centres (i + 0.5) / n *
 angles 2 pi * coordinate / rope_theta^(k / (head_dim / 4)), laid out [rows | cols | rows | cols] and applied with
 rotate_half to the patch tokens' q and k only (the class token and registers are not rotated): the canonical
 rope='dinov3', rope_temperature=rope_theta, rope_indexing='ij', rope_offset=0, rope_rotate_half=True, computed at
-each input's grid (as HF does). No absolute position table (pos_embed='none').
+each input's grid (as HF does: config.json's image_size is only the canonical image_size, any size runs). No absolute
+position table (pos_embed='none'). HF's inv_freq is arange(0, 1, 4 / head_dim): head_dim / 4 values, except for the
+head dims whose step rounds to one more (196, 392, ...: _rope_runs), which transformers cannot run (refused).
 
 Training-only settings (the function transformers computes in eval mode does not read them): pos_embed_shift,
 pos_embed_jitter and pos_embed_rescale augment the rotary coordinates in training mode only, and the canonical model
-trains without them: dropped with a ConversionWarning on import, written as null on export (a
-`pos_embed_rescale` > 0 with any value is train-time only too). drop_path_rate is one rate for every layer in HF and
+trains without them: dropped with a ConversionWarning on import (HF's default pos_embed_rescale 2.0 included),
+written as null on export. No setting applies them in eval mode, so none is refused. drop_path_rate is one rate for every layer in HF and
 a linearly increasing one in the canonical model: imported as drop_path 0 with a ConversionWarning, and an export
 of drop_path > 0 or dropout > 0 (HF has no hidden dropout) writes 0 with a ConversionWarning. attention_dropout is
 attn_dropout both ways. embeddings.mask_token (bool_masked_pos only) is dropped with a ConversionWarning; export
@@ -37,11 +39,15 @@ writes zeros (HF's own initial value).
 
 Refused by name, never guessed: a hidden_act that is not a GELU form (or, with use_gated_mlp, not silu / swish: a
 GEGLU is not the canonical SwiGLU); q and v biases that differ, or a k bias without q and v biases; mlp_bias=False,
-proj_bias=False (the canonical MLP and output projection have biases); a non-square patch_size; a backbone config
-whose apply_layernorm / out_features are not the base model's (the weights are the same: read as the base model).
+proj_bias=False (the canonical MLP and output projection have biases); a non-square patch_size; any architecture but
+the two above. DINOv3ViTBackbone's weights are the base model's: read as it (its feature maps are the patch tokens;
+the canonical features are the final-normed class token, the backbone's cls_tokens[-1]). Exported, a canonical model
+must be DINOv3's (export_problems): the dinov3 rope (rows first, no offset, rotate-half), LayerScale, a learned class
+token, no absolute table, pool='token' with the final norm, no classifier, no other option.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Mapping
 
@@ -67,6 +73,12 @@ _DEFAULTS = {"image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_act
 _SILU = ("silu", "swish")  # transformers' ACT2FN names of SiLU
 _AUGMENT = ("pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale")
 _BLOCK = [("norm1", "norm1"), ("norm2", "norm2"), ("attn.proj", "attention.o_proj")]
+
+
+def _rope_runs(head_dim: int) -> bool:
+    """Whether HF's DINOv3 rope builds head_dim / 4 frequencies: arange(0, 1, 4 / head_dim) has ceil(1 / step)
+    values (in double, as torch counts them), one too many for head_dim 196, 392, 412, ..."""
+    return head_dim % 4 == 0 and math.ceil(1 / (4 / head_dim)) == head_dim // 4
 
 
 def key_map(cfg: ViTConfig) -> list[Entry]:
@@ -190,6 +202,11 @@ def import_hf_dinov3(state: Mapping[str, Any], hf_config: Mapping[str, Any],
             notes=f"imported from Hugging Face dinov3_vit {source} ({', '.join(archs) or 'no architectures'})")
     except ConfigError as e:
         raise ConversionError(f"{source}: the dinov3_vit checkpoint is not a valid ViTConfig: {e}") from None
+    if not _rope_runs(cfg.head_dim):
+        hd = cfg.head_dim
+        raise ConversionError(f"{source}: head_dim {hd}: transformers' DINOv3 rope builds {math.ceil(1 / (4 / hd))} "
+                              f"frequencies (arange(0, 1, 4 / {hd})), not head_dim / 4 = {hd // 4}: it cannot run "
+                              f"this model")
     out = take(key_map(cfg), st, source, expected=expected_shapes(cfg),
                unexpected=lambda k: f"unexpected key {k!r} (query_bias/key_bias/value_bias in config.json: "
                                     f"{qkv_bias}/{k_bias and qkv_bias}/{qkv_bias})" if ".attention." in k
@@ -207,6 +224,9 @@ def export_problems(cfg: ViTConfig, mt: str = "dinov3_vit") -> list[str]:
         p.append(f"rope={cfg.rope!r} (indexing {cfg.rope_indexing!r}, offset {cfg.rope_offset}, rotate_half "
                  f"{cfg.rope_rotate_half}): {what} has DINOv3's rotary positions only, rows first, no offset, "
                  f"rotate-half (rope='dinov3', rope_indexing='ij', rope_offset=0, rope_rotate_half=True)")
+    if cfg.rope != "none" and not _rope_runs(cfg.head_dim):
+        p.append(f"head_dim {cfg.head_dim}: {what}'s rope builds arange(0, 1, 4 / head_dim) frequencies, one more "
+                 f"than head_dim / 4 for this head_dim, and cannot run it")
     if cfg.init_values is None:
         p.append(f"init_values=None: {what} always has LayerScale (layer_scale1, layer_scale2)")
     if cfg.class_token != "learned":

@@ -33,7 +33,7 @@ from shared.cli import main  # noqa: E402
 from shared.convert.hf import export_problems, hf_model_type, import_hf, load_hf_dir, save_hf_dir  # noqa: E402
 from shared.convert.hf_dinov3 import _DEFAULTS  # noqa: E402
 from shared.convert.timm import export_timm  # noqa: E402
-from shared.errors import ConversionError, ConversionWarning  # noqa: E402
+from shared.errors import ConversionError, ConversionWarning, MismatchError  # noqa: E402
 from shared.init import init_weights, random_images  # noqa: E402
 from shared.posemb import rope_table_dinov3  # noqa: E402
 from shared.presets import get_preset  # noqa: E402
@@ -145,6 +145,23 @@ def test_train_time_settings_are_said_and_dropped(saved):
     for key in ("mask_token", "pos_embed_rescale=2.0", "pos_embed_shift=0.1", "drop_path_rate=0.2"):
         assert key in text, (key, text)
     assert cfg.drop_path == 0.0
+
+
+def test_module_names_read_as_the_file_names(saved):
+    """transformers >= 5's module names (model.layer.i...: the model object's state_dict) import to the same state
+    as the file; registers the config does not state are reported, not dropped."""
+    model, d = saved
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConversionWarning)
+        cfg, state = load_hf_dir(d)
+        conf = model.config.to_dict()
+        modules = {k: v.numpy() for k, v in model.state_dict().items()}
+        assert any(k.startswith("model.layer.") for k in modules)
+        cfg2, state2 = import_hf(modules, conf, "modules")
+        assert cfg2 == cfg and sorted(state2) == sorted(state)
+        assert all(np.array_equal(state2[k], state[k]) for k in state)
+        with pytest.raises(MismatchError, match="embeddings.register_tokens"):
+            import_hf(modules, {**conf, "num_register_tokens": 0}, "modules")
 
 
 @pytest.mark.parametrize("changes,why", [

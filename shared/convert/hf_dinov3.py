@@ -168,8 +168,8 @@ def import_hf_dinov3(state: Mapping[str, Any], hf_config: Mapping[str, Any],
     if len(up) != 2:
         raise MismatchError(source, [f"key 'layer.0.mlp.up_proj.weight': expected (M, D), got {up}"])
     reg = facts.as_int("num_register_tokens", lo=0, hi=L.MAX_PREFIX_TOKENS)
-    if not reg:  # an empty (1, 0, D) tensor: no register
-        st.pop("embeddings.register_tokens", None)
+    if not reg and np.shape(st.get("embeddings.register_tokens", ()))[1:2] == (0,):  # (1, 0, D): no register
+        st.pop("embeddings.register_tokens")
     clash = [f"{k}: config.json {hf_config[k]!r}, weights {v!r}" for k, v in
              (("hidden_size", int(pw[0])), ("num_channels", int(pw[1])), ("num_hidden_layers", depth),
               ("intermediate_size", int(up[0])), ("patch_size", int(pw[2])))

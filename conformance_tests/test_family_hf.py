@@ -441,6 +441,8 @@ _OUT = {  # what the canonical logits stand for, computed from the model object
     # a backbone's last stage, not reshaped: the final-norm tokens; the canonical features are its class token
     "backbone": lambda m, t: m(pixel_values=t).feature_maps[-1][:, 0],
     "mae": _mae_out,
+    # DINOv3ViTBackbone's feature maps hold the patch tokens only; its last stage's class token (final-normed)
+    "backbone class token": lambda m, t: m(pixel_values=t).cls_tokens[-1],
     # SigLIP 2 takes flattened patches + pixel_attention_mask + spatial_shapes (transformers' own patchify)
     "siglip2 pooler": lambda m, t: m(**siglip2_inputs(t.numpy(), m.config.patch_size)).pooler_output,
     "siglip2 image_features": lambda m, t: m.get_image_features(
@@ -450,6 +452,9 @@ _OUT = {  # what the canonical logits stand for, computed from the model object
 #: a SigLIP 2 tower: no image_size, a 4x4 table (num_patches) of 7-pixel patches: 28x28 images are its own grid
 _S2 = dict({k: v for k, v in _TOWER.items() if k != "image_size"}, num_patches=16)
 _BACKBONE = dict(_DINO_TINY, out_features=["stage2"], reshape_hidden_states=False)
+#: DINOv3 (dinov3 RoPE on a 4x4 grid, head_dim 16): registers, q/v biases, GELU; the backbone: full biases, SwiGLU
+_DINOV3 = dict({k: v for k, v in _TOWER.items() if k != "intermediate_size"}, intermediate_size=48,
+               num_register_tokens=2, layerscale_value=0.5)
 #: (model_type, class) -> (config class, its kwargs, the output kind): one tiny model of every accepted class
 EVERY_CLASS = {
     ("vit", "ViTModel"): ("ViTConfig", _TOWER, "pooler"),
@@ -500,6 +505,11 @@ EVERY_CLASS = {
                                   "siglip2 image_features"),
     ("siglip2", "Siglip2ForImageClassification"): (
         "Siglip2Config", dict(vision_config=_S2, text_config=_TEXT, **_LABELS), "siglip2 logits"),
+    # DINOv3 (shared.convert.hf_dinov3); its other forms: conformance_tests/test_family_hf_dinov3.py
+    ("dinov3_vit", "DINOv3ViTModel"): ("DINOv3ViTConfig", _DINOV3, "pooler"),
+    ("dinov3_vit", "DINOv3ViTBackbone"): ("DINOv3ViTConfig", dict(
+        _DINOV3, num_register_tokens=0, use_gated_mlp=True, hidden_act="silu", key_bias=True,
+        out_features=["stage2"], return_class_token=True), "backbone class token"),
 }
 
 

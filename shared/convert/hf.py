@@ -14,6 +14,7 @@ Model types (config.json `model_type`) and the transformers classes read and wri
   clip, clip_vision_model, siglip, siglip_vision_model, metaclip_2, metaclip_2_vision_model
                          dispatched to shared.convert.hf_clip (import_hf_clip / export_hf_clip)
   beit, data2vec-vision  dispatched to shared.convert.hf_beit (relative position tables, q/v biases)
+  dinov3_vit             dispatched to shared.convert.hf_dinov3 (DINOv3's rotary positions, registers, LayerScale)
 
 Key layouts: the on-disk one every hub checkpoint and `save_pretrained` write ("file":
 encoder.layer.{i}.attention.attention.query, attention.output.dense, ...) and the module names of transformers >= 5
@@ -104,6 +105,8 @@ from .hf_clip import ARCHITECTURES as CLIP_ARCHITECTURES
 from .hf_clip import MODEL_TYPES as HF_CLIP_TYPES
 from .hf_beit import ARCHITECTURES as BEIT_ARCHITECTURES
 from .hf_beit import MODEL_TYPES as HF_BEIT_TYPES
+from .hf_dinov3 import ARCHITECTURES as DINOV3_ARCHITECTURES
+from .hf_dinov3 import MODEL_TYPES as HF_DINOV3_TYPES
 from .hf_clip import NAFLEX_TYPES as HF_NAFLEX_TYPES
 from .hfconfig import ConfigFacts
 from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, flatten_checkpoint,
@@ -197,15 +200,16 @@ _FAMILIES = {f.model_type: f for f in (
             ("IJepaModel", "IJepaForImageClassification"), {}, "bicubic", False,
             classifier="IJepaForImageClassification", class_token=False, pool="mean"),
 )}
-HF_MODEL_TYPES = (*_FAMILIES, *HF_CLIP_TYPES, *HF_BEIT_TYPES)
+HF_MODEL_TYPES = (*_FAMILIES, *HF_CLIP_TYPES, *HF_BEIT_TYPES, *HF_DINOV3_TYPES)
 
 
 def accepted_architectures() -> list[tuple[str, str]]:
     """Every (model_type, transformers class) the importer reads, from its own tables (the families' classes, the
-    CLIP / SigLIP / MetaCLIP 2 architectures of shared.convert.hf_clip): the list a test must cover."""
+    CLIP / SigLIP / MetaCLIP 2 architectures of shared.convert.hf_clip, hf_beit's and hf_dinov3's): the list a test
+    must cover."""
     return [(mt, a) for mt, f in _FAMILIES.items() for a in f.classes] + \
-        [(mt, a) for mt, archs in CLIP_ARCHITECTURES.items() for a in archs] + \
-        [(mt, a) for mt, archs in BEIT_ARCHITECTURES.items() for a in archs]
+        [(mt, a) for table in (CLIP_ARCHITECTURES, BEIT_ARCHITECTURES, DINOV3_ARCHITECTURES)
+         for mt, archs in table.items() for a in archs]
 
 
 def _top_keys(fam: _Family, *, dist: str | None, pooler: bool, registers: bool) -> dict[str, str]:
@@ -268,6 +272,10 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
         from .hf_beit import import_hf_beit
 
         cfg, out = import_hf_beit(strip_prefixes(state), hf_config, source)
+    elif mt in HF_DINOV3_TYPES:  # rotary positions, computed at each grid: no table to resample
+        from .hf_dinov3 import import_hf_dinov3
+
+        cfg, out = import_hf_dinov3(strip_prefixes(state), hf_config, source)
     else:
         fam = _FAMILIES.get(mt) if isinstance(mt, str) else None
         if fam is None:
@@ -485,11 +493,14 @@ def _family_heads(fam: _Family, facts: ConfigFacts, st: dict[str, Any], archs: l
 
 # ---------------------------------------------------------------------------- export
 def hf_model_type(cfg: ViTConfig) -> str:
-    """The Hugging Face model type that holds `cfg` (export's default): siglip_vision_model for an attention-pool
+    """The Hugging Face model type that holds `cfg` (export's default): dinov3_vit for DINOv3's rotary positions,
+    beit for a relative table or q/v biases, siglip_vision_model for an attention-pool
     head, clip_vision_model for CLIP's pre-norm or bias-free patch projection, deit for a distillation token (or one
     register: DeiT's distillation token when no head reads it), dinov2 / dinov2_with_registers for LayerScale,
     ijepa for the mean of the tokens without a class token, else vit; CLIP's classifier (the mean of the patch
     tokens, no final norm) is a clip model. Whether that type can hold every other option is export_hf's check."""
+    if cfg.rope == "dinov3":  # DINOv3's rotary positions (hf_dinov3)
+        return "dinov3_vit"
     if cfg.rel_pos != "none" or not cfg.k_bias:  # a relative table, q/v biases: BEiT (hf_beit)
         return "beit"
     if cfg.pool == "map":
@@ -516,6 +527,10 @@ def export_problems(cfg: ViTConfig, model_type: str | None = None) -> list[str]:
         from .hf_beit import export_problems as beit_problems
 
         return beit_problems(cfg, mt)
+    if mt in HF_DINOV3_TYPES:
+        from .hf_dinov3 import export_problems as dinov3_problems
+
+        return dinov3_problems(cfg, mt)
     if mt not in _FAMILIES:
         return [f"model_type {mt!r} is not a Hugging Face type vit-suite writes ({', '.join(HF_MODEL_TYPES)})"]
     return _export_problems(cfg, _FAMILIES[mt])
@@ -676,6 +691,12 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
         from .hf_beit import export_hf_beit
 
         return export_hf_beit(cfg, state, mt)
+    if mt in HF_DINOV3_TYPES:
+        if layout != "file":
+            raise ValueError(f"layout={layout!r}: DINOv3 is exported in the file layout only")
+        from .hf_dinov3 import export_hf_dinov3
+
+        return export_hf_dinov3(cfg, state, mt)
     fam = _FAMILIES.get(mt)
     if fam is None:
         raise ConversionError(f"model_type {mt!r} is not a Hugging Face type vit-suite writes "

@@ -182,6 +182,7 @@ _HF_BASE = {
     "metaclip_2": ("MetaClip2Model", "image_features"),
     "metaclip_2_vision_model": ("MetaClip2VisionModel", "pooler_output"),
     "beit": ("BeitModel", "features"), "data2vec-vision": ("Data2VecVisionModel", "features"),
+    "dinov3_vit": ("DINOv3ViTModel", "features"),  # DINOv3ViTBackbone's directory too: the same weights
     "siglip2": ("Siglip2Model", "image_features"), "siglip2_vision_model": ("Siglip2VisionModel", "pooler_output"),
 }
 
@@ -214,7 +215,8 @@ def hf_runner(model_type: str, architectures) -> tuple[str, str]:
 def hf_output(src: str, images: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     """transformers' own model from the directory (config.json + weights), offline, picked by the directory's
     model_type and architectures (hf_runner): a classifier's logits (DeiT with teacher: the mean of its two heads);
-    a base model's pooler output when the file has a pooler, else its final-norm class token (ViTMAEModel with
+    a base model's pooler output when the file has a pooler, else its final-norm class token (DINOv3ViTModel for a
+    DINOv3ViTBackbone directory too; ViTMAEModel with
     mask_ratio 0 and noise = arange, so every patch is kept in order); IJepaModel: the mean of its final-normed
     tokens; CLIPVisionModel / SiglipVisionModel / MetaClip2VisionModel / Siglip2VisionModel: pooler_output (SigLIP 2
     takes the images as flattened patches with pixel_attention_mask and spatial_shapes: siglip2_inputs);

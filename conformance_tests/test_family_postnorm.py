@@ -11,9 +11,11 @@ init, no download).
   * the resolver reads block_norm from the built block class of the full-size architectures (meta device), and the
     presets with timm's names hold it as timm builds it (their keys are checked key by key with the other presets);
   * tiny_rpn on every primary backend (float32, a low precision, gradients against the float64 oracle; torch in the
-    CI-sized set, Keras and MindSpore slow-marked) and in a frameworkless .keras file Keras loads;
+    CI-sized set, Keras and MindSpore slow-marked), the oracle against finite differences of the reference;
   * formats without post-norm blocks refuse them by name.
-The CI-sized part: about 15 s on 2 cores.
+Elsewhere: tiny_rpn against the independent float64 forward (test_reference.py), in ONNX Runtime and OpenVINO
+(test_deploy.py), as a frameworkless .keras file (test_keras.py, slow), and training in every backend
+(test_training.py, slow). The CI-sized part here: about 18 s on 2 cores.
 """
 from __future__ import annotations
 

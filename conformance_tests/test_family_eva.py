@@ -112,7 +112,6 @@ def test_timm_eva_imports_and_exports(arch):
 
 
 @pytest.mark.parametrize("arch,why", [
-    pytest.param("eva02_enormous_patch14_clip_224", "post-norm", marks=pytest.mark.slow),
     ("vit_large_patch16_sapiens2", "grouped-query attention"),
     ("vit_pe_core_base_patch16_224", "pools its prefix tokens too"),
 ])

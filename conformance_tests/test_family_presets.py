@@ -40,7 +40,12 @@ def test_family_preset_is_timms_architecture(name):
     else:
         assert type(blk.mlp).__name__ == "Mlp"
         assert _gelu_form(blk.mlp.act) == cfg.gelu
-    assert blk.norm1.eps == cfg.layer_norm_eps and m.norm.eps == cfg.layer_norm_eps
+    final = m.fc_norm if cfg.fc_norm else m.norm
+    assert blk.norm1.eps == cfg.layer_norm_eps and final.eps == cfg.layer_norm_eps
+    assert (type(m.norm).__name__ != "Identity", type(m.fc_norm).__name__ != "Identity") == (cfg.final_norm,
+                                                                                            cfg.fc_norm)
+    # the block class: its keys are the same either way (res-post-norm ResPostBlock, or the pre-norm Block)
+    assert {type(b).__name__ for b in m.blocks} == {"post": {"ResPostBlock"}, "pre": {"Block"}}[cfg.block_norm]
     assert m.num_prefix_tokens == cfg.num_prefix_tokens
     assert m.no_embed_class == (cfg.num_pos_prefix == 0 and cfg.num_prefix_tokens > 0)
     assert {"token": "token", "avg": "mean", "map": "map"}[m.global_pool] == cfg.pool

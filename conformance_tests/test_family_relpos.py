@@ -9,8 +9,8 @@ proven against timm itself (random init, no download).
   * a table stored for another grid, imported at a new size, is timm's own checkpoint filter's model;
   * `vit-suite convert` of a hub directory and of a state dict proves itself against timm by default;
   * the presets with timm's names hold exactly timm's keys (meta device);
-  * the layouts the canonical model cannot run (res-post-norm rpn, a per-block bias plus a shared one) are refused
-    by name.
+  * the layout the canonical model cannot run (a per-block bias plus a shared one) is refused by name (the
+    res-post-norm rpn blocks port: test_family_postnorm.py).
 The tiny presets tiny_beit and tiny_relpos run through the conformance matrix (every backend, dtype, gradients,
 training) with the other FAMILY_TINY presets. The CI-sized part: about 20 s on 2 cores (its Keras and MindSpore runs
 of tiny_relpos are slow-marked).
@@ -189,11 +189,7 @@ def test_relpos_preset_is_timms_architecture_key_by_key(name):
     assert tuple(m.patch_embed.img_size) == cfg.image_size
 
 
-def test_res_post_norm_and_summed_biases_are_refused_by_name():
-    from shared.convert.timm_resolve import resolve_timm_architecture
-
-    with pytest.raises(ConversionError, match="ResPostRelPosBlock blocks: norms after each branch"):
-        resolve_timm_architecture("vit_relpos_small_patch16_rpn_224", {"depth": 1})
+def test_summed_biases_are_refused_by_name():
     m = _timm_model("beit_base_patch16_224", use_shared_rel_pos_bias=True)  # a per-block table AND a shared one
     with pytest.raises(ConversionError, match="a per-block bias with a shared one"):
         import_timm({k: v.numpy() for k, v in m.state_dict().items()}, preset="beit_base_patch16_224",

@@ -268,7 +268,8 @@ def torch_forward(cfg, params, images):
         pre = f"blocks.{i}."
         bias = shared_bias if shared_bias is not None else \
             rel_bias(pre + "attn.rel_pos.") if cfg.rel_pos != "none" else None
-        h = nrm(tok, pre + "norm1")
+        post = cfg.block_norm == "post"  # res-post-norm: the norms close each branch instead of opening it
+        h = tok if post else nrm(tok, pre + "norm1")
         if cfg.qkv_fused:
             b = p.get(pre + "attn.qkv.bias")
             if b is not None and not cfg.k_bias:  # q and v biases only (EVA, BEiT)
@@ -290,8 +291,12 @@ def torch_forward(cfg, params, images):
             a = a + v.transpose(1, 2).reshape(B, -1, A)
         if cfg.init_values is not None:
             a = a * p[pre + "ls1.gamma"]
+        if post:
+            a = nrm(a, pre + "norm1")
         tok = tok + a if tok.shape[-1] == A else a
-        h = mlp(nrm(tok, pre + "norm2"), pre + "mlp.")
+        h = mlp(tok if post else nrm(tok, pre + "norm2"), pre + "mlp.")
+        if post:
+            h = nrm(h, pre + "norm2")
         tok = tok + (h * p[pre + "ls2.gamma"] if cfg.init_values is not None and not cfg.ls_attn_only else h)
         out[f"block_{i}"] = tok
     if cfg.final_norm:
@@ -334,7 +339,7 @@ def torch_forward(cfg, params, images):
     return {k: v.numpy() for k, v in out.items()}
 
 
-@pytest.mark.parametrize("preset", TINY_PRESETS + SEED_FAST)
+@pytest.mark.parametrize("preset", TINY_PRESETS + ["tiny_rpn"] + SEED_FAST)
 @pytest.mark.parametrize("kind", ["normal", "large"])
 def test_forward_matches_an_independent_float64_implementation(preset, kind):
     cfg = get_preset(preset)

@@ -152,15 +152,21 @@ def test_short_training_beats_chance(primary_backend, tmp_path):
 
 #: the digits model with the family's options: DeiT-style (distillation token and head, LayerScale, registers,
 #: a class token without a position row, DINOv2-giant's SwiGLU MLP) and CLIP/SigLIP-style (norm_pre, QuickGELU, no patch bias, qk-norm,
-#: no class token, the attention-pool head)
+#: no class token, the attention-pool head), and timm's res-post-norm blocks (block_norm='post', mean pool + fc_norm)
 FAMILY_TRAIN = {
     "deit_reg": dict(dist_token=True, init_values=0.1, reg_tokens=2, pos_prefix_tokens=0, swiglu=True),
     "clip_map": dict(norm_pre=True, gelu="quick", patch_bias=False, qk_norm=True, class_token="none", pool="map"),
+    # res-post-norm blocks (timm's rpn): the norms close each branch; fc_norm after the mean pool
+    "rpn": dict(block_norm="post", class_token="none", pool="mean", final_norm=False, fc_norm=True),
 }
+#: slow-marked (the CI-sized set's time): rpn's gradients and float32 / low-precision forwards are checked in the
+#: CI-sized set by test_family_postnorm.py
+SLOW_TRAIN = {"rpn"}
 
 
 @pytest.mark.ci_backends("torch")
-@pytest.mark.parametrize("options", sorted(FAMILY_TRAIN))
+@pytest.mark.parametrize("options", [pytest.param(o, marks=pytest.mark.slow) if o in SLOW_TRAIN else o
+                                     for o in sorted(FAMILY_TRAIN)])
 def test_family_options_train(primary_backend, options):
     """Every option trains in every primary backend: the loss falls, every new parameter moves, and the model
     beats chance on held-out digits (a distilled model trains both heads: the mean of their losses). The CI-sized

@@ -40,6 +40,10 @@ REL_POS_KINDS = ("none", "table", "mlp")
 ROPE_KINDS = ("none", "cat", "mixed", "dinov3")
 ROPE_INDEXING = ("ij", "xy")
 NORM_KINDS = ("layer", "rms")  # every norm of the model: LayerNorm (weight, bias) or RMSNorm (weight only)
+# where a block's norms sit: pre (x + attn(norm1(x)), the ViT default) | post (timm's res-post-norm blocks
+# ResPostBlock, ResPostRelPosBlock, EvaBlockPostNorm: x + norm1(attn(x)), x + norm2(mlp(x))). Same keys either way:
+# the block type comes from the architecture (timm's built model, a config's field), never from a file's keys
+BLOCK_NORMS = ("pre", "post")
 
 
 def is_int(v: Any) -> bool:
@@ -77,7 +81,7 @@ _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softma
           "qkv_fused", "k_bias", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "ls_attn_only",
           "rope_rotate_half")  # the last line: Eva options
 _STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes", "rope", "rope_indexing",
-         "norm_kind", "rel_pos")
+         "norm_kind", "rel_pos", "block_norm")
 _BOOLS += ("rel_pos_shared",)
 _RATES = ("dropout", "attn_dropout", "drop_path")
 
@@ -186,6 +190,9 @@ class ViTConfig:
     swiglu_unpacked: bool = False  # with swiglu: separate mlp.fc1_g (gate) and mlp.fc1_x (value), timm's SwiGLU
     norm_kind: str = "layer"  # layer | rms: every norm of the model (RMSNorm: weight only)
     ls_attn_only: bool = False  # LayerScale on the attention branch only (no ls2)
+    # pre | post (BLOCK_NORMS): post = res-post-norm blocks, x + norm1(attn(x)) then x + norm2(mlp(x)) (timm's
+    # ResPostBlock / ResPostRelPosBlock / EvaBlockPostNorm); the keys are a pre-norm block's
+    block_norm: str = "pre"
     # --- relative position bias (BEiT, timm VisionTransformerRelPos) --------------
     # none | table | mlp (REL_POS_KINDS): a (heads, T, T) bias added to every block's attention scores, built once
     # per forward from a learned table (keys *.relative_position_bias_table) or from timm's RelPosMlp (*.mlp.*)
@@ -291,6 +298,13 @@ class ViTConfig:
         need(not self.swiglu_unpacked or self.swiglu, "swiglu_unpacked needs swiglu")
         need(not self.ls_attn_only or self.init_values is not None, "ls_attn_only needs init_values (LayerScale)")
         need(self.qkv_bias or self.k_bias, "k_bias=False needs qkv_bias (it drops the k third of the biases)")
+        need(self.block_norm in BLOCK_NORMS, f"block_norm must be one of {BLOCK_NORMS}, got {self.block_norm!r}")
+        if self.block_norm == "post":
+            need(self.init_values is None, "block_norm='post' with LayerScale (init_values) is not a known layout "
+                                           "(timm's post-norm blocks have no ls1/ls2; their init_values only set "
+                                           "the norms' initial weights)")
+            need(self.attn_dim is None and not self.attn_value_skip,
+                 "block_norm='post' with attn_dim / attn_value_skip (T2T) is not a known layout")
         if self.pool == "map":
             need(self.norm_kind == "layer" and not self.swiglu_unpacked,
                  "pool='map' with RMSNorm or an unpacked SwiGLU is not a known layout")
@@ -411,7 +425,8 @@ class ViTConfig:
         dim = attn.pop("dim")
         mlp.pop("dim")  # a block's MLP runs at the attention's width
         return dict(dim=dim, attn=attn, mlp=mlp, ls_init=self.init_values, drop_path=self.drop_path_rates[i],
-                    norm_eps=self.layer_norm_eps, norm=self.norm_kind, ls_attn_only=self.ls_attn_only)
+                    norm_eps=self.layer_norm_eps, norm=self.norm_kind, ls_attn_only=self.ls_attn_only,
+                    post_norm=self.block_norm == "post")
 
     def pool_args(self) -> dict[str, Any]:
         """The attention pool (pool='map'): the keyword arguments of the backends' pool layer and of
@@ -534,6 +549,8 @@ class ViTConfig:
                  (self.swiglu_unpacked, "an unpacked SwiGLU MLP (swiglu_unpacked: mlp.fc1_g, mlp.fc1_x)"),
                  (self.norm_kind == "rms", "RMSNorm (norm_kind='rms')"),
                  (self.ls_attn_only, "LayerScale on the attention branch only (ls_attn_only)"),
+                 (self.block_norm == "post", "post-norm blocks (block_norm='post': x + norm1(attn(x)), "
+                                             "x + norm2(mlp(x)))"),
                  (self.rel_pos != "none", f"a relative position bias (rel_pos={self.rel_pos!r}"
                                           f"{', shared' if self.rel_pos_shared else ', per block'})")]
         return [name for on, name in named if on]
@@ -574,6 +591,7 @@ class ViTConfig:
             "swiglu_unpacked": self.swiglu_unpacked,
             "norm_kind": self.norm_kind,
             "ls_attn_only": self.ls_attn_only,
+            "block_norm": self.block_norm,
         }
 
 

@@ -99,6 +99,9 @@ _FAMILY = [
     ("vit_medium_patch16_gap_256", 16, 256, 512, 12, 8, 2048, 1000, dict(_GAP, qkv_bias=False, init_values=1e-6)),
     ("vit_medium_patch16_gap_384", 16, 384, 512, 12, 8, 2048, 1000, dict(_GAP, qkv_bias=False, init_values=1e-6)),
     ("vit_base_patch16_gap_224", 16, 224, 768, 12, 16, 3072, 1000, _GAP),
+    # timm's ResPostBlock (res-post-norm blocks; its init_values=1e-5 only set the norms' initial weights)
+    ("vit_base_patch16_rpn_224", 16, 224, 768, 12, 12, 3072, 1000,
+     dict(_GAP, qkv_bias=False, final_norm=False, fc_norm=True, block_norm="post")),
 ]
 for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _FAMILY:
     PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
@@ -112,6 +115,7 @@ _BEIT = dict(k_bias=False, rel_pos="table", pos_embed="none", pool="mean", final
 #: timm's VisionTransformerRelPos: RelPosMlp ('cr' log coordinates, hidden 128 unless rel_pos_dim), LayerScale 1e-6,
 #: no absolute table, no class token and global_pool='avg' unless stated
 _RELPOS = dict(rel_pos="mlp", pos_embed="none", init_values=1e-6, class_token="none", pool="mean")
+_RELPOS_RPN = dict(_RELPOS, init_values=None, qkv_bias=False, block_norm="post")
 _REL_FAMILY = [
     ("beit_base_patch16_224", 16, 224, 768, 12, 12, 3072, 1000, dict(_BEIT, init_values=0.1)),
     ("beit_base_patch16_384", 16, 384, 768, 12, 12, 3072, 1000, dict(_BEIT, init_values=0.1)),
@@ -137,6 +141,11 @@ _REL_FAMILY = [
     ("vit_relpos_base_patch16_clsgap_224", 16, 224, 768, 12, 12, 3072, 1000,
      dict(_RELPOS, qkv_bias=False, final_norm=False, fc_norm=True, class_token="learned")),
     ("vit_relpos_base_patch16_plus_240", 16, 240, 896, 12, 14, 3584, 1000, dict(_RELPOS)),
+    # ResPostRelPosBlock: res-post-norm blocks, no LayerScale (timm's init_values only set the norms' initial weights)
+    ("vit_relpos_small_patch16_rpn_224", 16, 224, 384, 12, 6, 1536, 1000, _RELPOS_RPN),
+    ("vit_relpos_medium_patch16_rpn_224", 16, 224, 512, 12, 8, 2048, 1000, _RELPOS_RPN),
+    ("vit_relpos_base_patch16_rpn_224", 16, 224, 768, 12, 12, 3072, 1000, _RELPOS_RPN),
+    ("vit_relpos_base_patch32_plus_rpn_256", 32, 256, 896, 12, 14, 3584, 1000, dict(_RELPOS_RPN, qkv_bias=True)),
 ]
 for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _REL_FAMILY:
     PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
@@ -230,6 +239,13 @@ PRESETS["tiny_relpos"] = ViTConfig(
     pool="token", gelu="erf", layer_norm_eps=1e-6, num_classes=4,
     notes="timm vit_srelpos / vit_relpos_*_cls: one RelPosMlp bias (log relative coordinates -> 16 -> heads) shared "
           "by all blocks, zero for the class token's row and column; LayerScale, no qkv bias, class-token pooling")
+
+PRESETS["tiny_rpn"] = ViTConfig(
+    name="tiny_rpn", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
+    qkv_bias=False, class_token="none", pool="mean", final_norm=False, fc_norm=True, block_norm="post",
+    gelu="erf", layer_norm_eps=1e-6, num_classes=4,
+    notes="timm vit_base_patch16_rpn_224 (ResPostBlock): res-post-norm blocks x + norm1(attn(x)), x + norm2(mlp(x)), "
+          "no class token, mean of the patch tokens then fc_norm, no qkv bias")
 
 # --- timm's Eva class (EVA, EVA02, DINOv3, Perception Encoder, RoPE-ViT, Sapiens2), with timm's names: each is
 # exactly timm's architecture of that name (tested key by key against timm's meta-device model); the sizes and

@@ -213,13 +213,21 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
 
 def block(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, attn: dict, mlp: dict,
           ls_init: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6, norm: str = "layer",
-          ls_attn_only: bool = False, rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None,
-          want_attn: bool = False):
+          ls_attn_only: bool = False, post_norm: bool = False, rope: np.ndarray | None = None,
+          attn_bias: np.ndarray | None = None, want_attn: bool = False):
     """Pre-norm transformer block (the backends' `Block`, same arguments: `cfg.block_args(i)`); returns (output,
     attention probabilities or None). With ls_init, LayerScale gammas ls1/ls2 scale each branch (ls1 only with
     ls_attn_only). When dim differs from the attention's width (a T2T-style first block) there is no outer
-    residual around attention. `norm`: the kind of norm1 / norm2 ("layer" or "rms")."""
+    residual around attention. `norm`: the kind of norm1 / norm2 ("layer" or "rms"). With post_norm (timm's
+    res-post-norm blocks) the norms sit at the end of each branch instead: x + norm1(attn(x)), then
+    x + norm2(mlp(x)) (no LayerScale, same widths)."""
     width = attn.get("width") or dim
+    if post_norm:
+        y, probs = attention(nm, p, _key(prefix, "attn"), x, dim=dim, **attn, rope=rope, attn_bias=attn_bias,
+                             want_attn=want_attn)
+        x = nm.r(x + nm.norm(p, _key(prefix, "norm1"), y, norm_eps, norm))
+        h = mlp_forward(nm, p, _key(prefix, "mlp"), x, **mlp)
+        return nm.r(x + nm.norm(p, _key(prefix, "norm2"), h, norm_eps, norm)), probs
     h = nm.norm(p, _key(prefix, "norm1"), x, norm_eps, norm)
     y, probs = attention(nm, p, _key(prefix, "attn"), h, dim=dim, **attn, rope=rope, attn_bias=attn_bias,
                          want_attn=want_attn)

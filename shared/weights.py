@@ -29,7 +29,8 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
 Eva options: rope.freqs (2, depth, heads, head_dim/2) with rope='mixed' (timm RotaryEmbeddingMixed); with
 qkv_fused=False attn.{q_proj,k_proj,v_proj}.weight (W, Din) and biases (k_proj's only with k_bias); attn.norm (W,)
 with attn_inner_norm; mlp.fc1_g / mlp.fc1_x (M, W) (M,) instead of mlp.fc1 with swiglu_unpacked; mlp.norm (M,) with
-mlp_inner_norm; no ls2.gamma with ls_attn_only; every norm has no .bias with norm_kind='rms'.
+mlp_inner_norm; no ls2.gamma with ls_attn_only; every norm has no .bias with norm_kind='rms'. block_norm='post'
+(res-post-norm blocks) has exactly these keys: norm1 / norm2 close their branch instead of opening it.
 All tensors are float32. Loading is strict and reports every problem by name;
 saving goes through shared.fileio.atomic_write (staged beside the destination, then moved into place), so a failure
 leaves nothing behind.

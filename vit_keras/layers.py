@@ -452,12 +452,15 @@ class Block(keras.layers.Layer):
     width for the MLP). ls_init: LayerScale `ls1`, `ls2` on each branch before its residual add. When dim differs
     from the attention's width (T2T first block) there is no outer attention residual. call(x, rope, attn_bias,
     return_attn) passes rope and attn_bias to the attention; returns the output, or (output, probabilities) with
-    return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2."""
+    return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2; post_norm: the norms at the
+    end of each branch, x + norm1(attn(x)), x + norm2(mlp(x)) (timm's res-post-norm blocks)."""
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, **kwargs):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         pol = self.dtype_policy
+        self.post_norm = bool(post_norm)
         self.dim, self.attn_args, self.mlp_args = int(dim), dict(attn), dict(mlp)
         self.ls_init = None if ls_init is None else float(ls_init)
         self.norm_eps, self.norm_kind, self.ls_attn_only = float(norm_eps), str(norm), bool(ls_attn_only)
@@ -486,6 +489,12 @@ class Block(keras.layers.Layer):
         self.built = True
 
     def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
+        if self.post_norm:  # no LayerScale, same widths (ViTConfig refuses the rest)
+            y = self.attn(x, rope=rope, attn_bias=attn_bias, return_attn=return_attn, training=training)
+            y, probs = y if return_attn else (y, None)
+            x = x + self.drop_path1(self.norm1(y), training=training)
+            x = x + self.drop_path2(self.norm2(self.mlp(x, training=training)), training=training)
+            return (x, probs) if return_attn else x
         y = self.attn(self.norm1(x), rope=rope, attn_bias=attn_bias, return_attn=return_attn, training=training)
         y, probs = y if return_attn else (y, None)
         if self.ls1 is not None:
@@ -515,7 +524,7 @@ class Block(keras.layers.Layer):
         base = super().get_config()
         base.update({"dim": self.dim, "attn": dict(self.attn_args), "mlp": dict(self.mlp_args),
                      "ls_init": self.ls_init, "drop_path": self.drop_path_rate, "norm_eps": self.norm_eps,
-                     "norm": self.norm_kind, "ls_attn_only": self.ls_attn_only})
+                     "norm": self.norm_kind, "ls_attn_only": self.ls_attn_only, "post_norm": self.post_norm})
         return base
 
 

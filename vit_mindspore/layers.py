@@ -472,14 +472,17 @@ class Block(_Cell):
     depth and the residual add (timm's order). When dim differs from the attention's width (T2T first block) there
     is no outer residual around attention (and so no stochastic depth on that branch; ls1 still scales it).
     construct(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the output, or
-    (output, probabilities) with return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2.
+    (output, probabilities) with return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2;
+    post_norm: the norms at the end of each branch, x + norm1(attn(x)), x + norm2(mlp(x)) (timm's res-post-norm
+    blocks).
     """
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, *, dtype=mstype.float32,
-                 fused_softmax: bool = True):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False, *,
+                 dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
         W = attn.get("width") or dim
+        self.post_norm = bool(post_norm)
         self.residual = dim == W
         self.drop_path_rate = float(drop_path)
         self.layer_scale = ls_init is not None
@@ -495,6 +498,16 @@ class Block(_Cell):
 
     def construct(self, x, rope=None, attn_bias=None, return_attn=False):
         probs = None
+        if self.post_norm:  # no LayerScale, same widths (ViTConfig refuses the rest)
+            if return_attn:
+                y, probs = self.attn(x, rope, attn_bias, True)
+            else:
+                y = self.attn(x, rope, attn_bias)
+            x = x + self.drop_path1(self.norm1(y))
+            x = x + self.drop_path2(self.norm2(self.mlp(x)))
+            if return_attn:
+                return x, probs
+            return x
         if return_attn:
             y, probs = self.attn(self.norm1(x), rope, attn_bias, True)
         else:

@@ -263,14 +263,18 @@ class Block(nn.Module):
     attn / mlp: the Attention's and the Mlp's arguments (dim aside: the block's input width, and the attention's
     width for the MLP). ls_init: LayerScale `ls1`, `ls2` on each branch. When dim differs from the attention's
     width (T2T first block) there is no outer residual around attention (and so no stochastic depth on that
-    branch). norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2 (timm attn_only_layer_scale). forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
+    branch). norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2 (timm attn_only_layer_scale);
+    post_norm: the norms at the end of each branch, x + norm1(attn(x)), x + norm2(mlp(x)) (timm's res-post-norm
+    blocks). forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
     output, or (output, probabilities) with return_attn.
     """
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, *, fused_attn: bool = True):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False, *,
+                 fused_attn: bool = True):
         super().__init__()
         W = attn.get("width") or dim
+        self.post_norm = bool(post_norm)
         self.residual = dim == W
         self.drop_path_rate = float(drop_path)
         self.norm1 = norm_layer(dim, norm_eps, norm)
@@ -285,6 +289,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
                 return_attn: bool = False):
+        if self.post_norm:  # no LayerScale, same widths (ViTConfig refuses the rest)
+            y = self.attn(x, rope, attn_bias, return_attn)
+            y, probs = y if return_attn else (y, None)
+            x = x + self.drop_path1(self.norm1(y))
+            x = x + self.drop_path2(self.norm2(self.mlp(x)))
+            return (x, probs) if return_attn else x
         y = self.attn(self.norm1(x), rope, attn_bias, return_attn)
         y, probs = y if return_attn else (y, None)
         y = self.ls1(y)

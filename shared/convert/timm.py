@@ -22,14 +22,20 @@ Stated by, highest first: an explicit argument (`pool=`, `gelu=`, `grid=`, `num_
 `architecture`) is resolved by timm itself (`shared.convert.timm_resolve`): timm's own model of that name, built on
 the meta device with config.json's `model_args`, states every fact above from its modules ("from timm's ARCH",
 ranked right after the preset / config.json that named it), or the architecture is refused by name
-(ConversionError, whatever the flags say) when the canonical model cannot run it (rotary positions, post-norm
-blocks, ...). The file's keys and shapes must be exactly that model's (config.json; --preset NAME: the file's sizes
+(ConversionError, whatever the flags say) when the canonical model cannot run it (rotary positions in a
+VisionTransformer, parallel blocks, ...). The file's keys and shapes must be exactly that model's (config.json; --preset NAME: the file's sizes
 win, with a warning). Without timm, or for a name timm does not know, the questions are asked and say so. A stated image size
 (`image_size=`, config.json, the preset) fixes the grid only when it fits the table's row count with the prefix rows
 its own source states, and only one reading may fit. Nothing is guessed: a fact nobody stated is a MissingFactsError
 naming the question and the flag that answers it. A preset that contradicts the file loses to the file, with a ConversionWarning naming each fact;
 a flag or config.json that contradicts the file is refused. The facts the file does not determine are recorded,
 with who stated each, in the imported config's `notes`.
+
+Post-norm blocks (cfg.block_norm='post': timm's ResPostBlock, ResPostRelPosBlock, EvaBlockPostNorm) have exactly a
+pre-norm block's keys, so the block type is never read from a file: it is what the preset, a suite preset named by
+config.json, or timm's built model of the named architecture states (pre-norm when nothing does: timm's
+VisionTransformer default). Export builds them on an architecture whose block class they are (`_POST_NORM_BASES`;
+an Eva with use_post_norm=True).
 
 Relative position biases (timm's Beit and VisionTransformerRelPos) are read from their keys: BEiT's q_bias / v_bias
 (k_bias=False, through the key map's Fold entry), gamma_1 / gamma_2 (LayerScale), a relative table per block
@@ -111,6 +117,10 @@ _BASE_ARCHITECTURES = {(False, 1e-6): "vit_base_patch16_224", (False, 1e-5): "vi
 _SWIGLU_ARCHITECTURE = "vit_giant_patch14_dinov2"
 #: a relative-position config's base, by timm class (rel_pos_class): the kwargs give every size and option
 _REL_POS_BASES = {"Beit": "beit_base_patch16_224", "VisionTransformerRelPos": "vit_relpos_base_patch16_224"}
+#: a post-norm config's base (block_norm='post'), by timm class: the architecture fixes the block class
+#: (ResPostBlock, ResPostRelPosBlock), which model_args cannot name; the kwargs give every size and option
+_POST_NORM_BASES = {"VisionTransformer": "vit_base_patch16_rpn_224",
+                    "VisionTransformerRelPos": "vit_relpos_base_patch16_rpn_224"}
 #: what a timm MLP is: `mlp=` / --mlp, for a file whose fc1 is packed (gated) or not
 MLP_KINDS = ("swiglu", "gelu")
 # (pattern on the key, what it is, why the canonical format cannot represent it)
@@ -140,7 +150,7 @@ _resolve_preset, _unresolved = resolve_preset, unresolved
 def _resolved_facts(r: Resolved) -> dict[str, Any]:
     """What timm's built model states about a file's unknowns (as _preset_facts does for a preset)."""
     return {k: r.facts[k] for k in ("num_heads", "layer_norm_eps", "gelu", "mlp", "pool", "image_size",
-                                    "pos_rows", "init_values", "name") if r.facts.get(k) is not None}
+                                    "pos_rows", "init_values", "name", "block_norm") if r.facts.get(k) is not None}
 
 
 def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -187,7 +197,7 @@ def _pos_rows_rule(p: ViTConfig) -> str | None:
 def _preset_facts(p: ViTConfig) -> dict[str, Any]:
     """What a preset states about a timm file's unknowns (its sizes are checked against the file separately)."""
     facts = dict(num_heads=p.num_heads, layer_norm_eps=p.layer_norm_eps, pool=p.pool,
-                 image_size=tuple(p.image_size), name=p.name, pos_rows=_pos_rows_rule(p))
+                 image_size=tuple(p.image_size), name=p.name, pos_rows=_pos_rows_rule(p), block_norm=p.block_norm)
     if p.swiglu:  # a SwiGLU preset states the gated MLP's activation and no GELU form (its blocks have none)
         facts["mlp"] = "swiglu"
     else:
@@ -833,6 +843,9 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
             "layer_norm_eps": known.used.get("layer_norm_eps"), "gelu": known.used.get("gelu"),
             "mlp": known.used.get("mlp") if f.gated else None, "pool": pool_by,
             "grid": grid_by, "init_values": known.used.get("init_values")}
+    block_norm = known.get("block_norm") or "pre"  # never from the keys: pre and post-norm blocks share them
+    if block_norm != "pre":
+        said["block_norm"] = known.used.get("block_norm")
     told = ", ".join(f"{key} from {v}" for key, v in said.items() if v)
     try:
         return ViTConfig(
@@ -846,7 +859,7 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
             resize_kernel=p_cfg.resize_kernel if p_cfg is not None else TIMM_RESIZE_KERNEL,  # timm's own, fixed
             gelu=act, layer_norm_eps=float(eps), norm_pre=f.norm_pre, final_norm=f.final_norm, fc_norm=f.fc_norm,
             representation_size=f.rep, num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
-            rel_pos_shared=f.rel_pos_shared, rel_pos_dim=f.rel_pos_dim,
+            rel_pos_shared=f.rel_pos_shared, rel_pos_dim=f.rel_pos_dim, block_norm=block_norm,
             notes=f"imported from timm checkpoint {k.source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
         raise ConversionError(f"{k.source}: the imported model is not a valid ViTConfig: {e}") from None
@@ -1044,6 +1057,9 @@ def _eva_problems(cfg: ViTConfig) -> list[str]:
                  f"with bias = not use_pre_transformer_norm")
     if cfg.pool == "map" and cfg.num_prefix_tokens:
         p.append("pool='map' with prefix tokens: timm's Eva pools every token")
+    if cfg.block_norm == "post" and (cfg.qk_norm or cfg.ls_attn_only):
+        p.append("post-norm blocks with qk-norm or attention-only LayerScale: timm's Eva refuses them with "
+                 "use_post_norm")
     return p
 
 
@@ -1093,7 +1109,8 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
         num_reg_tokens=cfg.reg_tokens, no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix == 0,
         use_abs_pos_emb=cfg.pos_embed == "learned", use_rot_pos_emb=cfg.rope != "none",
         use_pre_transformer_norm=cfg.norm_pre, use_post_transformer_norm=cfg.final_norm, use_fc_norm=cfg.fc_norm,
-        num_kv_heads=cfg.num_heads, dynamic_img_size=False,
+        num_kv_heads=None if cfg.block_norm == "post" else cfg.num_heads, dynamic_img_size=False,
+        use_post_norm=cfg.block_norm == "post",
         ref_feat_shape=list(cfg.rope_ref_grid) if cfg.rope_ref_grid is not None else None)
     if cfg.rope != "none":  # (rope_grid_offset: timm's mixed form takes none)
         kw.update(rope_type=cfg.rope, rope_temperature=cfg.rope_temperature, rope_grid_indexing=cfg.rope_indexing,
@@ -1107,7 +1124,7 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
 #: the ViT-family options (words of ViTConfig.family_options' names) timm's VisionTransformer holds: all but DINOv2's
 #: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
 TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row", "norm_pre", "qk-norm",
-               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU")
+               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU", "post-norm")
 
 
 def rel_pos_class(cfg: ViTConfig) -> str | None:
@@ -1141,6 +1158,9 @@ def _rel_pos_problems(cfg: ViTConfig) -> list[str]:
         p.append(f"pool={cfg.pool!r} with a relative position bias: timm's classes pool 'token' or 'avg'")
     if cfg.final_norm == cfg.fc_norm:
         p.append("timm's Beit and VisionTransformerRelPos have a final norm or fc_norm, exactly one")
+    if cls == "Beit" and cfg.block_norm == "post":
+        p.append("post-norm blocks with BEiT's layout (a learned table with q/v biases or an absolute table): timm's "
+                 "Beit has pre-norm blocks only (ResPostRelPosBlock is VisionTransformerRelPos')")
     if cls == "Beit":
         if cfg.pos_embed not in ("learned", "none") or (cfg.pos_embed == "learned" and cfg.num_pos_prefix != 1):
             p.append("timm's Beit has a learned table with a class-token row, or none")
@@ -1172,6 +1192,9 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
         p.append("a SwiGLU MLP with a distillation token: timm's VisionTransformerDistilled has no SwiGLU architecture")
     if cfg.dist_token and cfg.reg_tokens and not is_naflex(cfg):
         p.append("a distillation token with register tokens: timm's VisionTransformerDistilled has no registers")
+    if cfg.block_norm == "post" and (cfg.swiglu or cfg.dist_token or is_naflex(cfg)):
+        p.append("post-norm blocks with a SwiGLU MLP, a distillation token or NaFlexVit: no timm architecture builds "
+                 "ResPostBlock with them (config.json's model_args cannot name block_fn)")
     if cfg.patch_bias == cfg.norm_pre:
         p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
                  f"bias = not pre_norm")
@@ -1275,10 +1298,13 @@ def timm_architecture(cfg: ViTConfig) -> str:
         return base
     if is_naflex(cfg):
         return cfg.name.split(".")[0]
-    if cfg.name in TIMM_ARCHITECTURES and (PRESETS[cfg.name].dist_token, PRESETS[cfg.name].swiglu,
-                                           rel_pos_class(PRESETS[cfg.name])) == (cfg.dist_token, cfg.swiglu,
-                                                                                 rel_pos_class(cfg)):
+    def kind(c: ViTConfig):
+        return c.dist_token, c.swiglu, rel_pos_class(c), c.block_norm
+
+    if cfg.name in TIMM_ARCHITECTURES and kind(PRESETS[cfg.name]) == kind(cfg):
         return cfg.name
+    if cfg.block_norm == "post":
+        return _POST_NORM_BASES[rel_pos_class(cfg) or "VisionTransformer"]
     if cfg.rel_pos != "none":
         return _REL_POS_BASES[rel_pos_class(cfg)]
     if cfg.swiglu:  # the model_args cannot name an MLP layer: the base architecture builds SwiGLUPacked

@@ -10,9 +10,12 @@ the tokens, the position table), never from the name. Only what the canonical mo
 `VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm, `Attention`, `Mlp` with a GELU form or
 the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked), a plain-conv `PatchEmbed`, the one-latent
 `AttentionPoolLatent` MAP head; timm's `Beit` and `VisionTransformerRelPos` with pre-norm blocks and a relative
-position bias (a learned table or the 'cr' RelPosMlp, per block or shared: `_read_rel_pos`). Anything else is refused by name with the reason (ConversionError), whatever
-else is stated: several of them (rotary positions, post-norm blocks) have keys a supported model also has, so any
-reading of their files would be silently wrong.
+position bias (a learned table or the 'cr' RelPosMlp, per block or shared: `_read_rel_pos`). The res-post-norm
+blocks (`ResPostBlock`, `ResPostRelPosBlock`, Eva's `EvaBlockPostNorm`) are read from their class as
+facts['block_norm'] = 'post': their keys are exactly a pre-norm block's, so the block type comes from the built
+model only, never from a file. Anything else is refused by name with the reason (ConversionError), whatever
+else is stated: several of them (rotary positions in a VisionTransformer) have keys a supported model also has, so
+any reading of their files would be silently wrong.
 
 timm and torch are imported lazily; `timm_knows(name)` says whether a resolution is possible at all.
 """
@@ -32,7 +35,6 @@ _CLASS_REASONS = {
 }
 #: block classes of timm's VisionTransformer other than the pre-norm `Block`, and why each cannot be read
 _BLOCK_REASONS = {
-    "ResPostBlock": "norms after each branch (post-norm): its keys are exactly a pre-norm block's",
     "ParallelScalingBlock": "attention and MLP in parallel from one fused projection",
     "DiffParallelScalingBlock": "differential attention in parallel blocks",
     "ParallelThingsBlock": "parallel attention and MLP branches",
@@ -130,11 +132,11 @@ def _read_rel_pos(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, b
 
     rel = set()  # (kind, where) of every relative position module
     shared = model.rel_pos_bias if cls == "Beit" else model.shared_rel_pos
+    kinds_of_block = {type(blk) for blk in model.blocks}
     for i, blk in enumerate(model.blocks):
-        if type(blk) not in (beit.Block, vrp.RelPosBlock):
-            _refuse(arch, f"builds {_tname(blk)} blocks: " + ("norms after each branch (res-post-norm): the canonical "
-                                                             "blocks are pre-norm" if "Post" in _tname(blk) else
-                                                             "not a pre-norm block the canonical model runs"))
+        if type(blk) not in (beit.Block, vrp.RelPosBlock, vrp.ResPostRelPosBlock):
+            _refuse(arch, f"builds {_tname(blk)} blocks: not a block the canonical model runs (pre-norm, or timm's "
+                          f"res-post-norm ResPostRelPosBlock)")
         norm(blk.norm1, f"blocks.{i}.norm1", optional=False)
         norm(blk.norm2, f"blocks.{i}.norm2", optional=False)
         a = blk.attn
@@ -156,7 +158,8 @@ def _read_rel_pos(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, b
             if a.rel_pos is not None:
                 rel.add(("mlp" if type(a.rel_pos) is RelPosMlp else "table", "block"))
                 module = a.rel_pos
-            _layer_scales(blk, arch, inits)
+            if type(blk) is not vrp.ResPostRelPosBlock:  # a post-norm block has no LayerScale (its init_values
+                _layer_scales(blk, arch, inits)          # only set the norms' initial weights)
         m = blk.mlp
         if type(m) is not Mlp or type(m.fc1) is not nn.Linear or type(m.norm) is not nn.Identity:
             _refuse(arch, f"has a {_tname(m)} MLP{' with an inner norm (scale_mlp)' if type(m) is Mlp else ''} (the "
@@ -174,8 +177,8 @@ def _read_rel_pos(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, b
                       f"sigmoid gain and normalised coordinates); the canonical MLP form is timm's 'cr' mode")
     if cls != "Beit" and type(module) is RelPosBias and module.prefix_tokens > 1:
         _refuse(arch, "has a relative table for more than one prefix token")
-    if len(heads) > 1 or len(gelus) > 1 or len(inits) > 1:
-        _refuse(arch, "varies heads, activation or LayerScale init across its blocks")
+    if len(heads) > 1 or len(gelus) > 1 or len(inits) > 1 or len(kinds_of_block) > 1:
+        _refuse(arch, "varies heads, activation, LayerScale init or block type across its blocks")
     final = norm(model.norm, "norm")
     fc = norm(model.fc_norm, "fc_norm")
     if len({eps for _, eps in norms}) > 1:
@@ -189,7 +192,8 @@ def _read_rel_pos(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, b
     facts: dict[str, Any] = dict(name=arch, num_heads=heads.pop(), layer_norm_eps=norms[0][1], mlp="gelu",
                                  gelu=gelus.pop(), pool={"token": "token", "avg": "mean"}[gp],
                                  image_size=tuple(int(s) for s in pe.img_size), rel_pos=kinds.pop(),
-                                 rel_pos_shared=next(iter(rel))[1] == "shared")
+                                 rel_pos_shared=next(iter(rel))[1] == "shared",
+                                 block_norm="post" if vrp.ResPostRelPosBlock in kinds_of_block else "pre")
     if getattr(model, "pos_embed", None) is not None:
         gh, gw = pe.grid_size
         facts["pos_rows"] = "all" if int(model.pos_embed.shape[1]) - gh * gw == int(cls_token) else "none"
@@ -207,7 +211,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     from timm.layers.attention import Attention
     from timm.layers.mlp import GluMlp, Mlp
     from timm.models.deit import VisionTransformerDistilled
-    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 
     from timm.models.beit import Beit
     from timm.models.naflexvit import NaFlexVit
@@ -265,10 +269,11 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         return True
 
     gelus, heads, mlps, inits = set(), set(), set(), set()
+    kinds_of_block = {type(blk) for blk in model.blocks}
     for i, blk in enumerate(model.blocks):
-        if type(blk) is not Block:
+        if type(blk) not in (Block, ResPostBlock):
             _refuse(arch, f"builds {_tname(blk)} blocks: "
-                          f"{_BLOCK_REASONS.get(_tname(blk), 'not the pre-norm Block the canonical model runs')}")
+                          f"{_BLOCK_REASONS.get(_tname(blk), 'not a block the canonical model runs (the pre-norm Block, or the res-post-norm ResPostBlock)')}")
         norm(blk.norm1, f"blocks.{i}.norm1", optional=False)
         norm(blk.norm2, f"blocks.{i}.norm2", optional=False)
         a = blk.attn
@@ -282,7 +287,8 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         norm(a.q_norm, f"blocks.{i}.attn.q_norm")
         norm(a.k_norm, f"blocks.{i}.attn.k_norm")
         heads.add(int(a.num_heads))
-        _layer_scales(blk, arch, inits)
+        if type(blk) is Block:  # ResPostBlock has no LayerScale: its init_values only set the norms' initial weights
+            _layer_scales(blk, arch, inits)
         m = blk.mlp
         if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity:
             gelus.add(_gelu_form(m.act, arch, f"blocks.{i}.mlp"))
@@ -293,8 +299,8 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         else:
             _refuse(arch, f"has a {_tname(m)} MLP{' with ' + _tname(getattr(m, 'act', None)) if hasattr(m, 'act') else ''}"
                           f" (the canonical MLP is timm's Mlp with a GELU form, or SwiGLUPacked)")
-    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1:
-        _refuse(arch, "varies heads, MLP kind, activation or LayerScale init across its blocks")
+    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1 or len(kinds_of_block) > 1:
+        _refuse(arch, "varies heads, MLP kind, activation, LayerScale init or block type across its blocks")
     pre = norm(model.norm_pre, "norm_pre")
     final = norm(model.norm, "norm")
     fc = norm(model.fc_norm, "fc_norm")
@@ -337,6 +343,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         facts["init_values"] = inits.pop()
     facts["dynamic_img_size"] = bool(naflex) or bool(getattr(model, "dynamic_img_size", False))
     facts["norm_pre"] = pre
+    facts["block_norm"] = "post" if ResPostBlock in kinds_of_block else "pre"
     cls_token = model.embeds.cls_token if naflex else model.cls_token
     return facts, (cls_token is not None, final, fc)
 
@@ -441,7 +448,7 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
     from timm.layers import AttentionPoolLatent, PatchEmbed
     from timm.layers.attention import AttentionRope
     from timm.layers.mlp import GluMlp, Mlp, SwiGLU
-    from timm.models.eva import EvaAttention, EvaBlock
+    from timm.models.eva import EvaAttention, EvaBlock, EvaBlockPostNorm
 
     pe = model.patch_embed
     proj = pe.proj
@@ -456,10 +463,9 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
     blocks = list(model.blocks)
     per_block = set()
     for i, blk in enumerate(blocks):
-        if type(blk) is not EvaBlock:
-            _refuse(arch, f"builds {_tname(blk)} blocks" + (": norms after each branch (post-norm), not the pre-norm"
-                                                              " block the canonical model runs"
-                                                              if _tname(blk) == "EvaBlockPostNorm" else ""))
+        if type(blk) not in (EvaBlock, EvaBlockPostNorm):
+            _refuse(arch, f"builds {_tname(blk)} blocks: not EvaBlock or EvaBlockPostNorm")
+        post = type(blk) is EvaBlockPostNorm  # res-post-norm: no LayerScale (its init_values are ignored)
         a, m = blk.attn, blk.mlp
         if type(a) not in (EvaAttention, AttentionRope):
             _refuse(arch, f"has {_tname(a)} attention")
@@ -498,15 +504,16 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         mnorm = type(getattr(m, "norm", nn.Identity())) is not nn.Identity
         if mnorm:
             _norm_kind(m.norm, arch, f"blocks.{i}.mlp.norm", norms)
-        g1, g2 = blk.gamma_1 is not None, blk.gamma_2 is not None
+        g1, g2 = (False, False) if post else (blk.gamma_1 is not None, blk.gamma_2 is not None)
         if g2 and not g1:
             _refuse(arch, "scales the MLP branch only")
         per_block.add((int(a.num_heads), fused, qkv_bias, k_bias, qk, inner, gelu, swiglu, unpacked, mnorm,
                        int(m.fc2.in_features), g1, g2, blk.init_values if g1 else None,
-                       bool(getattr(a, "rotate_half", False))))
+                       bool(getattr(a, "rotate_half", False)), post))
     if len(per_block) != 1:
-        _refuse(arch, "varies its blocks (heads, projections, norms, MLP or LayerScale)")
-    (H, fused, qkv_bias, k_bias, qk, inner, gelu, swiglu, unpacked, mnorm, M, g1, g2, init, _half) = per_block.pop()
+        _refuse(arch, "varies its blocks (heads, projections, norms, MLP, LayerScale or block type)")
+    (H, fused, qkv_bias, k_bias, qk, inner, gelu, swiglu, unpacked, mnorm, M, g1, g2, init, _half,
+     post) = per_block.pop()
     pre = type(model.norm_pre) is not nn.Identity and _norm_kind(model.norm_pre, arch, "norm_pre", norms)
     final = type(model.norm) is not nn.Identity and _norm_kind(model.norm, arch, "norm", norms)
     fc = type(model.fc_norm) is not nn.Identity and _norm_kind(model.fc_norm, arch, "fc_norm", norms)
@@ -541,7 +548,7 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         patch_size=int(proj.kernel_size[0]), patch_bias=proj.bias is not None, embed_dim=D, depth=len(blocks),
         num_heads=H, mlp_dim=M, swiglu=swiglu, swiglu_unpacked=unpacked, qkv_bias=qkv_bias, qkv_fused=fused,
         k_bias=k_bias or not qkv_bias, qk_norm=qk, attn_inner_norm=inner, mlp_inner_norm=mnorm,
-        init_values=float(init) if g1 else None, ls_attn_only=g1 and not g2,
+        init_values=float(init) if g1 else None, ls_attn_only=g1 and not g2, block_norm="post" if post else "pre",
         class_token="learned" if model.cls_token is not None else "none", reg_tokens=reg,
         pool={"token": "token", "avg": "mean", "map": "map"}[gp],
         pos_embed="learned" if model.pos_embed is not None else "none",

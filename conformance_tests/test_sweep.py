@@ -200,6 +200,7 @@ def test_ray_on_three_nodes_gives_the_local_results_and_moves_each_checkpoint_on
         assert not _caches(node), node.name
 
 
+@pytest.mark.slow  # ~25 CPU-seconds: a fourth node, seven cells, two sweeps
 def test_a_node_killed_mid_sweep_loses_only_its_cells_in_flight_and_the_rerun_completes_them(zoo, tmp_path,
                                                                                               ray_cluster):
     """A fourth node is killed (its raylet and workers, `Cluster.remove_node`) as soon as its first cell has
@@ -216,9 +217,10 @@ def test_a_node_killed_mid_sweep_loses_only_its_cells_in_flight_and_the_rerun_co
             cluster.address]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not list(doomed.tmp.glob("vit-suite-sweep-*/*.safetensors")) and time.time() < deadline:
+    while not list(doomed.tmp.glob("vit-suite-sweep-*/*.safetensors")) and time.time() < deadline \
+            and proc.poll() is None:
         time.sleep(0.05)
-    assert proc.poll() is None and not list((out / "cells").glob("*.json")), "no cell started on the fourth node"
+    assert proc.poll() is None, "the sweep ended before a cell started on the fourth node"
     cluster.remove_node(doomed, allow_graceful=False)
     said_first, _ = proc.communicate(timeout=600)
     assert proc.returncode == EXIT_OUT_OF_BOUNDS, said_first

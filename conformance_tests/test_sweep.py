@@ -140,13 +140,16 @@ def ray_cluster():
     """A Ray cluster of three nodes on this machine (`ray.cluster_utils.Cluster`), one CPU each, each with a custom
     resource naming it and a temp folder (its workers' TMPDIR: the node-local disk the sweep's node caches go to):
     node a has its own, as a node on a machine of its own; b and c share one, as nodes on one machine do. Ray's own
-    files go to a private folder, so that no ray.init() elsewhere on this machine finds the cluster. Yields
+    files go to a private folder, so that no ray.init() elsewhere on this machine finds the cluster, and Ray's
+    memory monitor is off: it kills workers when the machine's memory is nearly full, which on a shared test machine
+    is other jobs' doing (the sweep would report those cells as lost, correctly, and the tests would fail). Yields
     (cluster, {name: node}); a node's `tmp` is its temp folder."""
     from ray.cluster_utils import Cluster
 
     root = Path(tempfile.mkdtemp(prefix="vsr-"))  # short: Ray's socket paths must fit in 107 bytes
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = str(root)
+    env = {"RAY_TMPDIR": str(root), "RAY_memory_monitor_refresh_ms": "0"}  # also for the sweeps the tests start
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     cluster = Cluster()
     nodes = {}
     try:
@@ -156,10 +159,11 @@ def ray_cluster():
         yield cluster, nodes
     finally:
         cluster.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         shutil.rmtree(root, ignore_errors=True)
 
 

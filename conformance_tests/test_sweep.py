@@ -7,6 +7,7 @@ cells are "unsupported", which is a result as well.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,8 +31,8 @@ from shared.presets import get_preset
 
 BROKEN = ("broken_qk=conformance_tests.broken_backends:SwappedQK,"
           "crashing=conformance_tests.broken_backends:Crashing")
-#: the fields of a cell that depend on the run (time, whether it came from the cache), not on the result
-RUN_FIELDS = ("seconds", "cached")
+#: the fields of a cell that depend on the run (time, whether it came from the cache, the Ray node), not on the result
+RUN_FIELDS = ("seconds", "cached", "node")
 
 
 def sweep(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
@@ -134,26 +135,131 @@ def test_a_cell_agrees_with_the_reference_computed_here(local_run, zoo):
     assert logits["rel_l2"] == pytest.approx(rel, rel=0.05, abs=1e-9)
 
 
-def test_ray_gives_the_local_results_and_moves_each_checkpoint_once_per_node(local_run, zoo):
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray cluster of three nodes on this machine (`ray.cluster_utils.Cluster`), one CPU each, each with a custom
+    resource naming it and a temp folder (its workers' TMPDIR: the node-local disk the sweep's node caches go to):
+    node a has its own, as a node on a machine of its own; b and c share one, as nodes on one machine do. Ray's own
+    files go to a private folder, so that no ray.init() elsewhere on this machine finds the cluster, and Ray's
+    memory monitor is off: it kills workers when the machine's memory is nearly full, which on a shared test machine
+    is other jobs' doing (the sweep would report those cells as lost, correctly, and the tests would fail). Yields
+    (cluster, {name: node}); a node's `tmp` is its temp folder."""
+    from ray.cluster_utils import Cluster
+
+    root = Path(tempfile.mkdtemp(prefix="vsr-"))  # short: Ray's socket paths must fit in 107 bytes
+    env = {"RAY_TMPDIR": str(root), "RAY_memory_monitor_refresh_ms": "0"}  # also for the sweeps the tests start
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    cluster = Cluster()
+    nodes = {}
+    try:
+        for name, disk in (("a", "a"), ("b", "bc"), ("c", "bc")):
+            nodes[name] = _add_node(cluster, root, name, disk)
+        cluster.wait_for_nodes()
+        yield cluster, nodes
+    finally:
+        cluster.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _add_node(cluster, root: Path, name: str, disk: str):
+    tmp = root / f"disk-{disk}"
+    tmp.mkdir(exist_ok=True)
+    node = cluster.add_node(num_cpus=1, resources={f"node_{name}": 1}, env_vars={"TMPDIR": str(tmp)},
+                            include_dashboard=False)
+    node.tmp, node.name = tmp, name
+    return node
+
+
+def _caches(node) -> list[Path]:
+    return list(node.tmp.glob("vit-suite-sweep-*"))
+
+
+def test_ray_on_three_nodes_gives_the_local_results_and_moves_each_checkpoint_once_per_node(local_run, zoo,
+                                                                                             ray_cluster):
+    cluster, nodes = ray_cluster
     out = zoo / "ray.sweep"
-    proc = sweep(zoo / "zoo.toml", "--out", out, "--executor", "ray")
+    proc = sweep(zoo / "zoo.toml", "--out", out, "--executor", "ray", "--address", cluster.address)
     assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
     assert results(out) == results(local_run)  # every status, stage error and bound, bit for bit
-    executor = json.loads((out / "sweep.json").read_text())["executor"]
-    assert executor["name"] == "ray" and executor["nodes"] == 1
-    transfers = list(executor["weight_transfers"].values())
-    assert [t["files"] for t in transfers] == [3]  # three checkpoints, one node: each written there once
-    assert not list(Path(tempfile.gettempdir()).glob("vit-suite-sweep-*"))  # node caches removed
+    report = json.loads((out / "sweep.json").read_text())
+    by_id = {n.node_id: n.name for n in nodes.values()}
+    ran = {}  # node name -> the checkpoints of the cells it ran
+    for c in report["cells"]:
+        ran.setdefault(by_id[c["node"]], []).append(c["checkpoint"])  # every cell ran on one of the cluster's nodes
+    assert sorted(ran) == ["a", "b", "c"], ran  # spread over all three (one CPU each, twelve cells queued)
+    executor = report["executor"]
+    assert executor["name"] == "ray" and executor["nodes"] == 3 and executor["cells_lost"] == 0
+    # each node received each checkpoint it ran cells of once, however many cells of it ran there (b and c too,
+    # though they share a disk)
+    assert {by_id[n]: (t["cells"], t["files"]) for n, t in executor["weight_transfers"].items()} == {
+        name: (len(cks), len(set(cks))) for name, cks in ran.items()}
+    assert sum(len(cks) for cks in ran.values()) == 12 > sum(len(set(cks)) for cks in ran.values())
+    for node in nodes.values():  # every node's cache removed
+        assert not _caches(node), node.name
 
 
-def test_ray_with_a_shared_file_system_reads_the_files_in_place(zoo, tmp_path):
+@pytest.mark.slow  # ~25 CPU-seconds: a fourth node, seven cells, two sweeps
+def test_a_node_killed_mid_sweep_loses_only_its_cells_in_flight_and_the_rerun_completes_them(zoo, tmp_path,
+                                                                                              ray_cluster):
+    """A fourth node is killed (its raylet and workers, `Cluster.remove_node`) as soon as its first cell has
+    started (its node cache appears): that cell is lost, reported as an error and not stored; every other cell's
+    result stands; the same command then runs the lost cell only."""
+    cluster, nodes = ray_cluster
+    shutil.copy(zoo / "tiny.safetensors", tmp_path)
+    manifest = tmp_path / "k.toml"
+    manifest.write_text('[sweep]\nbackends = ["torch"]\ndtypes = ["float32", "float16"]\nbatches = [1, 2, 3]\n'
+                        '[[checkpoints]]\npath = "tiny.safetensors"\n')
+    out = tmp_path / "k.sweep"
+    doomed = _add_node(cluster, Path(os.environ["RAY_TMPDIR"]), "d", "d")
+    args = [sys.executable, "-m", "shared.cli", "sweep", str(manifest), "--executor", "ray", "--address",
+            cluster.address]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list(doomed.tmp.glob("vit-suite-sweep-*/*.safetensors")) and time.time() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before a cell started on the fourth node"
+    cluster.remove_node(doomed, allow_graceful=False)
+    said_first, _ = proc.communicate(timeout=600)
+    assert proc.returncode == EXIT_OUT_OF_BOUNDS, said_first
+    report = json.loads((out / "sweep.json").read_text())
+    lost = [c for c in report["cells"] if c["status"] == "error"]
+    assert len(lost) == 1 and lost[0]["error"].startswith("lost: ") and report["executor"]["cells_lost"] == 1
+    stood = [c for c in report["cells"] if c["status"] != "error"]
+    assert len(stood) == 5 and all(c["status"] == "pass" and 0 < c["worst_ratio"] <= 1 for c in stood)
+    assert doomed.node_id not in {c["node"] for c in stood}  # its one cell never finished
+    stored = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert sorted(stored) == sorted(f"{c['key']}.json" for c in stood)  # the lost cell left nothing behind
+    # the dead node's cache is still on its own disk (node-local: no one could remove it); the live nodes' are gone
+    sha = hashlib.sha256((tmp_path / "tiny.safetensors").read_bytes()).hexdigest()
+    assert [p.name for p in doomed.tmp.glob("vit-suite-sweep-*/*.safetensors")] == [f"{sha}.safetensors"]
+    assert not any(_caches(n) for n in nodes.values())
+    again = sweep(*args[4:])
+    assert again.returncode == EXIT_OK, again.stdout + again.stderr
+    assert "5 already done" in said(again)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json") if p.name in stored} == stored
+    report = json.loads((out / "sweep.json").read_text())
+    assert [c["status"] for c in report["cells"]] == ["pass"] * 6
+    assert [c["key"] for c in report["cells"] if not c["cached"]] == [lost[0]["key"]]
+
+
+def test_ray_with_a_shared_file_system_reads_the_files_in_place(zoo, tmp_path, ray_cluster):
     manifest = tmp_path / "s.toml"
     manifest.write_text(f'[sweep]\nbackends = ["torch"]\n[[checkpoints]]\npath = "{zoo / "tiny.safetensors"}"\n')
-    proc = sweep(manifest, "--executor", "ray", "--shared-fs")
+    cluster, _ = ray_cluster
+    # without --address the sweep starts a Ray of its own, also where RAY_ADDRESS names a running cluster
+    proc = sweep(manifest, "--executor", "ray", "--shared-fs", env={"RAY_ADDRESS": cluster.address})
     assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "s.sweep" / "sweep.json").read_text())
     assert [c["status"] for c in report["cells"]] == ["pass"]
     assert [t["files"] for t in report["executor"]["weight_transfers"].values()] == [0]
+    assert report["cells"][0]["node"] not in {n.node_id for n in cluster.list_all_nodes()}
 
 
 def test_a_rerun_does_nothing_and_the_cache_key_follows_what_the_result_depends_on(local_run, zoo):

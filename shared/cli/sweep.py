@@ -40,7 +40,9 @@ once per cell; a cell that crashes its worker takes down only that worker, is re
 the worker's last stderr lines), and the next cell on that backend starts a fresh one. `ray` makes each cell a Ray
 task (a fresh child per cell, as before) declaring its CPUs and an estimate of its memory; a checkpoint's
 canonical file is put into Ray's object store once and written to a node-local cache once per node (not per cell),
-and the node caches are removed at the end; with --shared-fs the nodes read the files in place instead.
+and the node caches are removed at the end; with --shared-fs the nodes read the files in place instead. Each cell's
+record names the Ray node that ran it. A cell whose node (or Ray worker) dies is lost, as in a killed sweep: this
+run reports it as an error, nothing is stored for it, and the next run of the same command runs it.
 """
 from __future__ import annotations
 
@@ -571,8 +573,10 @@ def _cell_dict(cell: Cell) -> dict:
     return d
 
 
-def _node_cache_dir(run_id: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"vit-suite-sweep-{run_id}"
+def _node_cache_dir(run_id: str, node: str) -> Path:
+    """One node's cache of a run's checkpoints, named by the run and the node's Ray id: nodes that share a temp
+    folder (several on one machine) each keep their own."""
+    return Path(tempfile.gettempdir()) / f"vit-suite-sweep-{run_id}-{node[:16]}"
 
 
 def _ray_cell(cell: dict, weights_box: list, sha: str, run_id: str, env: dict) -> tuple[dict, str, float | None]:
@@ -583,9 +587,10 @@ def _ray_cell(cell: dict, weights_box: list, sha: str, run_id: str, env: dict) -
 
     import ray
 
+    node = ray.get_runtime_context().get_node_id()
     if isinstance(weights_box[0], str):
-        return run_cell(cell, weights_box[0], env), ray.get_runtime_context().get_node_id(), None
-    cache = _node_cache_dir(run_id)
+        return run_cell(cell, weights_box[0], env), node, None
+    cache = _node_cache_dir(run_id, node)
     cache.mkdir(exist_ok=True)
     path = cache / f"{sha}.safetensors"
     wrote = None
@@ -598,17 +603,32 @@ def _ray_cell(cell: dict, weights_box: list, sha: str, run_id: str, env: dict) -
             tmp.write_bytes(data)
             os.replace(tmp, path)
             wrote = time.perf_counter() - t0
-    return run_cell(cell, str(path), env), ray.get_runtime_context().get_node_id(), wrote
+    return run_cell(cell, str(path), env), node, wrote
 
 
 def _ray_cleanup(run_id: str) -> None:
     import shutil
 
-    shutil.rmtree(_node_cache_dir(run_id), ignore_errors=True)
+    import ray
+
+    shutil.rmtree(_node_cache_dir(run_id, ray.get_runtime_context().get_node_id()), ignore_errors=True)
+
+
+def lost_result(error: str) -> dict:
+    """The result of a cell whose task never returned (its node or Ray worker died): reported as an error for this
+    run but never stored, so that the next run of the same command runs it again."""
+    return {"status": "error", "error": f"lost: {error} (not stored: the same command runs this cell again)",
+            "stages": [], "seconds": 0.0, "worst_stage": None, "worst_ratio": None, "first_failure": None,
+            "lost": True}
 
 
 class RayRun:
-    """Each cell a Ray task with its CPUs and memory declared; weights through the object store, once per node."""
+    """Each cell a Ray task with its CPUs and memory declared; weights through the object store, once per node.
+
+    A task that does not return (its node died, its Ray worker was killed) is not retried (max_retries=0: a cell that
+    kills its worker, by memory for one, would take the next node down too): its cell is lost, as in a killed sweep,
+    reported as an error and not stored; the other cells' results stand, and the same command runs the lost ones
+    again."""
 
     def __init__(self, address: str | None, jobs: int, threads: int, shared_fs: bool = False):
         try:
@@ -616,17 +636,22 @@ class RayRun:
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'vit-suite[ray]'") from None
         self.ray, self.threads, self.shared_fs = ray, threads, shared_fs
-        F.remove_stale_tempdirs("vit-suite-sweep-")  # node caches of killed sweeps (this node's)
+        F.remove_stale_tempdirs("vit-suite-sweep-")  # node caches of killed sweeps (this machine's)
         self.run_id = f"{os.getpid()}-{time.time_ns()}"
         self.started_here = not ray.is_initialized()
         if self.started_here:
-            kwargs = {"address": address} if address else {"num_cpus": jobs * threads, "include_dashboard": False}
+            # without --address a Ray of our own ("local"), never a cluster that ray.init() would find on this
+            # machine (RAY_ADDRESS, or the last `ray start`, even another user's)
+            kwargs = ({"address": address} if address else
+                      {"address": "local", "num_cpus": jobs * threads, "include_dashboard": False})
             try:
                 ray.init(log_to_driver=False, configure_logging=False, **kwargs)
             except Exception as e:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ValueError...)
                 raise UsageError(f"--executor ray: cannot start or reach Ray{f' at {address}' if address else ''}: "
                                  f"{e}") from None
-        self.transfers: dict[str, dict] = {}  # node id -> {"files": written there, "seconds": fetching them}
+        #: node id -> {"cells": run there, "files": written there, "seconds": fetching them}
+        self.transfers: dict[str, dict] = {}
+        self.lost = 0  # cells whose task never returned
         self.put_s = 0.0  # putting the checkpoints into the object store
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
         self.memory = ray.cluster_resources().get("memory")
@@ -657,29 +682,36 @@ class RayRun:
                     cell = pending.pop(ref)
                     try:
                         result, node, fetch_s = ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 (a task Ray lost: the cell's result)
-                        result, node, fetch_s = ({"status": "error", "error": f"ray: {type(e).__name__}: {e}",
-                                                  "stages": [], "seconds": 0.0, "worst_stage": None,
-                                                  "worst_ratio": None, "first_failure": None}, None, None)
-                    if node is not None:
-                        t = self.transfers.setdefault(node, {"files": 0, "seconds": 0.0})
-                        if fetch_s is not None:
-                            t["files"] += 1
-                            t["seconds"] += fetch_s
-                    yield cell, result
+                    except Exception as e:  # noqa: BLE001 (run_cell never raises: Ray lost the task)
+                        self.lost += 1
+                        yield cell, lost_result(f"{type(e).__name__}: {str(e).strip().splitlines()[0]}")
+                        continue
+                    t = self.transfers.setdefault(node, {"cells": 0, "files": 0, "seconds": 0.0})
+                    t["cells"] += 1
+                    if fetch_s is not None:
+                        t["files"] += 1
+                        t["seconds"] += fetch_s
+                    yield cell, {**result, "node": node}
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            self.cleanup()
+            if not self.shared_fs:
+                self.cleanup()
 
     def cleanup(self) -> None:
+        """Remove the run's node caches: a task on every live node, then those on this machine of nodes that died."""
+        import shutil
+
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         cleanup = self.ray.remote(_ray_cleanup)
-        waits = [cleanup.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                 .remote(self.run_id) for node in self.transfers]
         with contextlib.suppress(Exception):
+            alive = [n["NodeID"] for n in self.ray.nodes() if n.get("Alive")]
+            waits = [cleanup.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                     .remote(self.run_id) for node in alive]
             self.ray.get(waits, timeout=60)
+        for d in Path(F.system_tempdir()).glob(f"vit-suite-sweep-{self.run_id}-*"):
+            shutil.rmtree(d, ignore_errors=True)
 
     def close(self) -> None:
         if self.started_here:
@@ -706,7 +738,10 @@ def load_cached(out: Path, key: str) -> dict | None:
 
 
 def store(out: Path, cell: Cell, result: dict) -> dict:
+    """The cell's record, written to OUT/cells/KEY.json; a lost cell's (`lost_result`) is not written."""
     rec = {"key": cell.key, "cell": _cell_dict(cell), **result}
+    if result.get("lost"):
+        return rec
     F.atomic_write(out / "cells" / f"{cell.key}.json", lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)))
     return rec
 
@@ -797,7 +832,7 @@ def cmd_sweep(args) -> int:
     finally:
         if ray_run:
             executor.update(nodes=len(ray_run.transfers), object_store_put_s=ray_run.put_s,
-                            weight_transfers=ray_run.transfers)
+                            weight_transfers=ray_run.transfers, cells_lost=ray_run.lost)
             ray_run.close()
         else:
             executor.update(workers_started=workers.started, workers_crashed=workers.crashed)

@@ -37,7 +37,7 @@ def to_json(manifest: Path, prepared, records: list[dict], executor: dict) -> di
         cells.append({**r["cell"], "key": r["key"], "status": r["status"], "worst_stage": r["worst_stage"],
                       "worst_ratio": r["worst_ratio"], "first_failure": r["first_failure"],
                       "seconds": r["seconds"], "cached": r.get("cached", False), "versions": r.get("versions"),
-                      "error": r.get("error"), "stages": r["stages"]})
+                      "error": r.get("error"), "node": r.get("node"), "stages": r["stages"]})
     counts = {s: sum(c["status"] == s for c in cells) for s in STATUS_CLASS}
     return {
         "manifest": str(manifest), "executor": executor,

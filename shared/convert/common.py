@@ -17,7 +17,7 @@ import numpy as np
 from .. import limits as L
 from ..config import ViTConfig, is_int, shown
 from ..errors import ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError, MissingFactsError
-from ..posemb import resample_pos_embed
+from ..posemb import model_resample_matrices, resample_pos_embed
 from ..presets import get_preset
 from ..safeio import check_zip
 from ..weights import CANONICAL_DTYPE, read_tensors
@@ -239,7 +239,11 @@ def resize_state(cfg: ViTConfig, state: Mapping[str, np.ndarray], image_size) ->
     state = dict(state)
     if cfg.pos_embed == "learned":
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_pos_prefix,
-                                                cfg.resize_kernel).astype(CANONICAL_DTYPE)
+                                                cfg.resize_kernel, cfg.pos_ar_preserving).astype(CANONICAL_DTYPE)
+    elif cfg.pos_embed == "factorized":  # each axis's table by its own matrix (the rule's own step)
+        wh, ww = model_resample_matrices(cfg, new.grid)
+        for key, m in (("pos_embed_y", wh), ("pos_embed_x", ww)):
+            state[key] = (m @ np.asarray(state[key], np.float64)[0])[None].astype(CANONICAL_DTYPE)
     return new, state
 
 

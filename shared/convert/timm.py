@@ -158,15 +158,22 @@ def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
 def _vit_shapes(shapes: Mapping[str, tuple[int, ...]], nf: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """A NaFlexVit's state-dict shapes as `naflex_to_vit` gives them (for the same checks as a VisionTransformer's)."""
     out = {k: v for k, v in shapes.items() if not k.startswith("embeds.")}
-    if "embeds.pos_embed_y" in shapes:  # read through the 2-D table y[i] + x[j] (naflex_to_vit)
-        y, x = shapes["embeds.pos_embed_y"], shapes["embeds.pos_embed_x"]
-        out["pos_embed"] = (1, y[1] * x[1], y[2])
     for nk, vk in _NAFLEX_KEYS.items():
-        if nk in shapes and vk not in _FACTORIZED:
+        if nk in shapes:
             v = shapes[nk]
             out[vk] = ((v[0], nf["in_chans"], nf["patch_size"], nf["patch_size"]) if nk == "embeds.proj.weight"
                        and len(v) == 2 else (1, v[1] * v[2], v[3]) if nk == "embeds.pos_embed" else v)
     return out
+
+
+def _as_2d_table(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Shapes with factorized tables (1, h, D), (1, w, D) read as their 2-D table pos_embed (1, h*w, D), as the
+    import checks them (`import_timm`); other shapes unchanged."""
+    if "pos_embed_y" not in shapes:
+        return dict(shapes)
+    out = {k: v for k, v in shapes.items() if k not in _FACTORIZED}
+    (_, h, D), (_, w, _) = shapes["pos_embed_y"], shapes["pos_embed_x"]
+    return out | {"pos_embed": (1, h * w, D)}
 
 
 def _rename_legacy(st: dict[str, Any]) -> dict[str, Any]:
@@ -389,7 +396,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
             raise ConversionError(f"{source}: grid {grid} stated, but the NaFlexVit table embeds.pos_embed is "
                                   f"{naflex_grid[0]}x{naflex_grid[1]}")
         grid = naflex_grid if naflex_grid is not None else grid
-        resolved = [(who, replace(r, shapes=_vit_shapes(r.shapes, naflex)), mine) for who, r, mine in resolved]
+        resolved = [(who, replace(r, shapes=_as_2d_table(_vit_shapes(r.shapes, naflex))), mine)
+                    for who, r, mine in resolved]
     _check_timm_state(st, source, pool=pool, gelu=gelu, mlp=mlp)
     f = facts(st, source)
     # ---- what others state, and the questions nobody answered

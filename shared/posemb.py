@@ -242,15 +242,17 @@ def resize_matrix(n_in: int, n_out: int, kernel: str) -> np.ndarray:
 
 
 def resample_matrices(old_grid: tuple[int, int], new_grid: tuple[int, int], kernel: str,
-                      ar_preserving: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                      ar_preserving: bool = False, per_axis: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The (gh', gh) and (gw', gw) float64 matrices that resample a table stored at old_grid to new_grid, one per
     axis (every backend applies these): each axis resized to its own size, or with `ar_preserving` (timm NaFlexVit
     pos_embed_ar_preserving) both resized to a square of the larger new side L = max(new_grid), then cropped to
     new_grid from the top left (the first gh' rows of the L-row matrix). At the table's own grid: the identity
-    (timm skips the resize there). Every row sums to 1 (all kernels are normalised): resampling a table
-    T[i, j] = y[i] + x[j] gives (Wh y)[i] + (Ww x)[j], the factorized rule."""
+    (timm's 2-D table skips the resize there); `per_axis` (factorized tables) skips it per axis only, as timm's
+    `_interp1d` does: an aspect-preserving non-square pair is resized even at its own grid. Every row sums to 1
+    (all kernels are normalised): resampling a table T[i, j] = y[i] + x[j] gives (Wh y)[i] + (Ww x)[j], the
+    factorized rule."""
     (th, tw), (gh, gw) = (int(old_grid[0]), int(old_grid[1])), (int(new_grid[0]), int(new_grid[1]))
-    if (th, tw) == (gh, gw):
+    if (th, tw) == (gh, gw) and not per_axis:
         return np.eye(th), np.eye(tw)
     if not ar_preserving:
         return resize_matrix(th, gh, kernel), resize_matrix(tw, gw, kernel)
@@ -259,8 +261,18 @@ def resample_matrices(old_grid: tuple[int, int], new_grid: tuple[int, int], kern
 
 
 def model_resample_matrices(cfg: ViTConfig, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """`resample_matrices` for a config's learned table (cfg.table_grid, resize_kernel, pos_ar_preserving)."""
-    return resample_matrices(cfg.table_grid, grid, cfg.resize_kernel, cfg.pos_ar_preserving)
+    """`resample_matrices` for a config's learned table (cfg.table_grid, resize_kernel, pos_ar_preserving; per
+    axis for pos_embed 'factorized')."""
+    return resample_matrices(cfg.table_grid, grid, cfg.resize_kernel, cfg.pos_ar_preserving,
+                             per_axis=cfg.pos_embed == "factorized")
+
+
+def model_resamples(cfg: ViTConfig, grid: tuple[int, int]) -> bool:
+    """Whether a config's learned table is resampled at `grid` (its matrices are not both the identity): the
+    backends use the stored table as it is otherwise."""
+    (th, tw), (wh, ww) = cfg.table_grid, model_resample_matrices(cfg, grid)
+    return not (wh.shape == (th, th) and ww.shape == (tw, tw) and np.array_equal(wh, np.eye(th))
+                and np.array_equal(ww, np.eye(tw)))
 
 
 def resample_grid(table: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int], kernel: str,

@@ -22,7 +22,7 @@ the first cfg.num_pos_prefix of them; the others get a zero row (layers.with_unp
 
 Input: NHWC by default (Keras' convention), `data_format="channels_first"` takes NCHW. Any image size
 divisible by the patch works: a learned table stored at cfg.table_grid is resampled in-graph with
-constant matrices (shared.posemb.resample_matrices), a sinusoidal table is a constant built for the grid.
+constant matrices (shared.posemb.model_resample_matrices), a sinusoidal table is a constant built for the grid.
 
 `model(x)` returns the logits (softmaxed when cfg.output_softmax; the pooled features when
 num_classes == 0; with a distillation token the mean of `head` and `head_dist`); `model.forward_stages(x)`
@@ -153,8 +153,7 @@ class VisionTransformer(keras.Model):
             else:
                 table = ops.convert_to_tensor(self.pos_embed.value if hasattr(self.pos_embed, "value")
                                               else self.pos_embed)
-            table = resample_table(ops.cast(table, "float32"), c.table_grid, grid, c.num_pos_prefix, c.resize_kernel,
-                                   c.pos_ar_preserving)
+            table = resample_table(ops.cast(table, "float32"), c, grid)
             return with_unpositioned_prefix(table, c.num_pos_prefix, c.num_prefix_tokens)
         if grid not in self._fixed_tables:
             self._fixed_tables[grid] = np.asarray(fixed_table(c, grid), np.float32)[None]

@@ -30,8 +30,8 @@ from mindspore import dtype as mstype
 
 from shared.config import ViTConfig
 from shared.init import init_weights
-from shared.posemb import (fixed_table, model_resample_matrices, model_rope_table, rel_log_coords, rel_pos_index,
-                            rope_grid)
+from shared.posemb import (fixed_table, model_resample_matrices, model_resamples, model_rope_table, rel_log_coords,
+                            rel_pos_index, rope_grid)
 from shared.weights import expected_shapes, validate_state
 
 from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, Linear, PatchEmbed, RelPosBias, Softmax, _Cell,
@@ -84,7 +84,7 @@ class PosTable(nn.Cell):
         self.dim = cfg.embed_dim
         self.table_grid = tuple(cfg.table_grid)
         self.grid = tuple(grid)
-        self.resample = self.kind == "learned" and self.table_grid != self.grid
+        self.resample = self.kind == "learned" and model_resamples(cfg, self.grid)
         self.fixed = None
         self.wh = self.ww = None
         self.gap = Tensor(np.zeros((self.n_unpos, self.dim), np.float32)) if self.n_unpos else None

@@ -25,7 +25,7 @@ from torch import nn
 
 from shared.config import ViTConfig
 from shared.init import init_tensors
-from shared.posemb import fixed_table, model_resample_matrices, model_rope_table, rope_grid
+from shared.posemb import fixed_table, model_resample_matrices, model_resamples, model_rope_table, rope_grid
 from shared.weights import CANONICAL_DTYPE, expected_shapes, validate_state
 
 from .layers import AttentionPool, Block, PatchEmbed, RelPosBias, norm_layer, softmax_f32
@@ -134,7 +134,7 @@ class VisionTransformer(nn.Module):
             else:
                 table = self.pos_embed
             n0 = cfg.num_pos_prefix
-            if grid != tuple(cfg.table_grid):
+            if model_resamples(cfg, grid):
                 th, tw = cfg.table_grid
                 acc = _at_least_f32(table)
                 wh, ww = self._resample_matrices(grid, table.device, acc)

@@ -39,6 +39,8 @@ from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
 #: registers, bilinear without antialias, aspect-preserving, token pool, no final norm)
 ARCHS = ["naflexvit_base_patch16_gap", "naflexvit_base_patch16_siglip", "naflexvit_base_patch16_par_gap",
          "naflexvit_base_patch16_parfac_gap", "naflexvit_huge_patch16_radio_v4"]
+#: the CLI's proof is the same code for every NaFlexVit: the first two in the CI-sized set, the others slow
+CLI_ARCHS = ARCHS[:2] + [pytest.param(a, marks=pytest.mark.slow) for a in ARCHS[2:]]
 #: the table's grid (patch 8): 4x4, the factorized pair 4 rows x 6 columns
 TABLE = {"naflexvit_base_patch16_parfac_gap": (4, 6)}
 #: up, down, non-square, and the 4x4 tables' own grid (patch 8)
@@ -128,6 +130,7 @@ def test_naflex_export_is_the_exact_inverse_and_timm_loads_it_strictly(naflex, t
     np.testing.assert_array_equal(_run(back, naflex["xs"][(24, 16)]), naflex["want"][(24, 16)])
 
 
+@pytest.mark.parametrize("naflex", CLI_ARCHS, indirect=True)
 def test_naflex_convert_proves_against_timm(naflex, tmp_path):
     """`vit-suite convert` of the hub directory proves against timm's own NaFlexVit (in process), and the proof
     runner gives timm's output exactly."""

@@ -412,6 +412,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise MissingFactsError(f"{source}: a timm state dict does not determine these, and nothing stated them:\n  "
                                 + "\n  ".join(k.questions) + "".join(f"\n  ({u})" for u in unresolved))
     target = pair(image_size) if image_size is not None else None
+    if target is None and naflex is not None and naflex.get("image_size"):  # timm's model's input size (C-RADIO:
+        target = tuple(naflex["image_size"])  # 512x512 for a 128x128 table), the table kept at its grid
     if target is None:
         if pos_grid is not None:
             target = (pos_grid[0] * f.P, pos_grid[1] * f.P)

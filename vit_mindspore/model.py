@@ -12,8 +12,8 @@ dict maps onto the parameters by name.
 
 Prefix tokens come in timm's order: class (learned `cls_token`, or zeros), distillation (`dist_token`), registers
 (`reg_token`), then the patches. Position tables are inputs of `forward_stages`, not baked into the blocks:
-`StageNet` holds the constants for one input grid (resampling matrices from shared.posemb.resize_matrix for a
-learned table, the fixed sinusoidal table otherwise, zero rows for the prefix tokens that have no position) and
+`StageNet` holds the constants for one input grid (resampling matrices from shared.posemb.model_resample_matrices for
+a learned table, the fixed sinusoidal table otherwise, zero rows for the prefix tokens that have no position) and
 shares the model's parameters, so one model serves every input size in PyNative and Graph mode (Graph mode
 compiles per input shape anyway).
 """
@@ -71,7 +71,8 @@ class PosTable(nn.Cell):
 
     learned: rows = the positioned prefix rows (the first cfg.num_pos_prefix), zero rows for the other prefix
     tokens (shared.posemb.with_unpositioned_prefix: x + 0 is exact, so this is timm's no_embed_class bit for
-    bit), then Wh @ table(gh, gw) @ Ww^T per channel (identity when grids agree);
+    bit), then Wh @ table(gh, gw) @ Ww^T per channel (shared.posemb.model_resamples: not when the table is
+    used as stored); a factorized pair arrives as its 2-D table y[i] + x[j] (VisionTransformer.learned_table);
     sincos*: a constant Tensor (not a Parameter); none: nothing.
     Holds no parameters: the learned table is passed in by the model. `rope`: the grid's rotary table, or None.
     """

@@ -41,8 +41,10 @@ timm's names for the class `rel_pos_class(cfg)` names.
 timm's NaFlexVit (keys `embeds.*`) is read as the VisionTransformer it computes at a fixed image size: its
 architecture (config.json or --preset naflexvit_...) states the patch size, channels and the table's resize kernel;
 `naflex_to_vit` turns the Linear over (ph, pw, C) patches into the conv kernel and the (1, h, w, D) table (patch rows
-only) into (1, h*w, D), kept at its grid (cfg.pos_grid) and resampled per image grid with NaFlexVit's own kernel. A
-config named after a NaFlexVit architecture (`is_naflex`) exports as that NaFlexVit (`vit_to_naflex`, the exact
+only) into (1, h*w, D), kept at its grid (cfg.pos_grid) and resampled per image grid with NaFlexVit's own kernel
+(aspect-preserving where NaFlexVit is: cfg.pos_ar_preserving); factorized tables `embeds.pos_embed_y` / `_x` are
+checked as their 2-D table and kept as `pos_embed_y` / `pos_embed_x` (pos_embed='factorized'). A config named
+after a NaFlexVit architecture (`is_naflex`) exports as that NaFlexVit (`vit_to_naflex`, the exact
 inverse; `timm_model_args` gives NaFlexVitCfg's fields).
 
 timm's `Eva` (EVA, EVA02, DINOv3, PE, RoPE-ViT, Sapiens2): when the preset is an Eva config (`is_eva`) or the
@@ -926,8 +928,9 @@ def naflex_to_vit(st: Mapping[str, Any], patch_size: int, in_chans: int, source:
     """A NaFlexVit state dict -> the classic VisionTransformer's, exactly (only reshapes and transposes): the Linear
     over (ph, pw, C)-flattened patches becomes the conv kernel (D, C, P, P) (W_conv[d, c, i, j] =
     W_lin[d, (i * P + j) * C + c]), the (1, h, w, D) table (1, h*w, D) in row-major order (rows for the patches
-    only; `shared.convert.keymap.linear_patches`). Returns (state, the table's grid or None). Any other embeds.* key
-    is refused by name."""
+    only; `shared.convert.keymap.linear_patches`); factorized tables `embeds.pos_embed_y` (1, h, D) and
+    `embeds.pos_embed_x` (1, w, D) as pos_embed_y / pos_embed_x, unchanged. Returns (state, the table's grid or
+    None). Any other embeds.* key is refused by name."""
     out = {k: v for k, v in st.items() if not k.startswith("embeds.")}
     other = sorted(k for k in st if k.startswith("embeds.") and k not in _NAFLEX_KEYS)
     if other:

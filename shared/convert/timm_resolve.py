@@ -350,8 +350,10 @@ NAFLEX_KERNELS = {("bicubic", True): "bicubic_antialias", ("bicubic", False): "b
 def _read_naflex_embeds(model, arch: str) -> dict[str, Any]:
     """The facts of a NaFlexVit's `embeds` at a fixed image size (4-D images in, timm's standard path): a Linear
     over flattened (ph, pw, C) patches (or a conv), a learned (h, w, D) table for the patch tokens only, resampled
-    to each grid with F.interpolate(mode, antialias, align_corners=False). What the canonical model cannot run is
-    refused by name."""
+    to each grid with F.interpolate(mode, antialias, align_corners=False), or factorized (1, h, D) / (1, w, D) row
+    and column tables (1-D linear each: the canonical 'bilinear' per axis); either aspect-preserving or not
+    (pos_embed_ar_preserving: `factorized`, `ar_preserving`). What the canonical model cannot run is refused by
+    name."""
     import torch.nn as nn
 
     e = model.embeds

@@ -34,16 +34,23 @@ from shared.presets import NAFLEX_PRESETS, PRESETS  # noqa: E402
 from shared.tolerances import fp32_bound, rel_l2  # noqa: E402
 
 #: the two resize kernels NaFlexVit's expressible families use (bicubic and bilinear, both antialiased), with
-#: register tokens + avg pool + fc_norm + LayerScale, and MAP with tanh GELU
-ARCHS = ["naflexvit_base_patch16_gap", "naflexvit_base_patch16_siglip"]
-#: up, down, non-square, and the table's own grid (patch 8, table 4x4)
+#: register tokens + avg pool + fc_norm + LayerScale, and MAP with tanh GELU; aspect-preserving resampling (par),
+#: factorized row / column tables, aspect-preserving (parfac, a non-square 4x6 pair), and C-RADIO (a class token,
+#: registers, bilinear without antialias, aspect-preserving, token pool, no final norm)
+ARCHS = ["naflexvit_base_patch16_gap", "naflexvit_base_patch16_siglip", "naflexvit_base_patch16_par_gap",
+         "naflexvit_base_patch16_parfac_gap", "naflexvit_huge_patch16_radio_v4"]
+#: the CLI's proof is the same code for every NaFlexVit: the first two in the CI-sized set, the others slow
+CLI_ARCHS = ARCHS[:2] + [pytest.param(a, marks=pytest.mark.slow) for a in ARCHS[2:]]
+#: the table's grid (patch 8): 4x4, the factorized pair 4 rows x 6 columns
+TABLE = {"naflexvit_base_patch16_parfac_gap": (4, 6)}
+#: up, down, non-square, and the 4x4 tables' own grid (patch 8)
 SIZES = [(48, 80), (24, 16), (32, 32)]
 
 
 def _tiny(arch: str):
     torch.manual_seed(0)
     m = timm.create_model(arch, pretrained=False, depth=2, embed_dim=64, num_heads=4, patch_size=8,
-                          pos_embed_grid_size=(4, 4), num_classes=5).eval()
+                          pos_embed_grid_size=TABLE.get(arch, (4, 4)), num_classes=5).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn(p.shape))
@@ -66,16 +73,25 @@ def naflex(request, tmp_path_factory):
 
 
 def test_naflex_table_resampling_is_timms(naflex):
-    """The canonical table at each grid (shared.posemb, float64) = NaFlexVit's own _apply_learned_pos_embed."""
+    """The canonical table at each grid (shared.posemb.position_table, float64, from the imported config and
+    weights) = NaFlexVit's own _apply_learned_pos_embed / _apply_factorized_pos_embed; for an aspect-preserving
+    table, resizing each axis to its own size instead is far off (the check can fail)."""
     e = naflex["model"].embeds
-    kernel = {"bicubic": "bicubic_antialias", "bilinear": "bilinear_antialias"}[e.pos_embed_interp_mode]
-    table = e.pos_embed.detach().double().numpy()[0]
-    for grid in [(6, 10), (3, 2), (4, 4), (1, 7)]:
-        x = torch.zeros(1, grid[0] * grid[1], table.shape[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConversionWarning)
+        cfg, state = load_timm_file(naflex["hub"], image_size=(32, 32))
+    assert (cfg.pos_embed == "factorized", cfg.pos_ar_preserving) == \
+        (e.pos_embed_type == "factorized", e.pos_embed_ar_preserving)
+    apply = e._apply_factorized_pos_embed if cfg.pos_embed == "factorized" else e._apply_learned_pos_embed
+    for grid in [(6, 10), (3, 2), (4, 4), (1, 7), (5, 3), cfg.table_grid]:
+        x = torch.zeros(1, grid[0] * grid[1], cfg.embed_dim)
         with torch.no_grad():
-            e._apply_learned_pos_embed(x, grid_size=list(grid))
-        got = posemb.resample_grid(table.reshape(16, -1), (4, 4), grid, kernel)
+            apply(x, grid_size=list(grid))
+        got = posemb.position_table(cfg, state, grid)[cfg.num_prefix_tokens:]
         assert np.abs(got - x[0].numpy()).max() < 1e-6, grid  # timm interpolates in float32
+        if cfg.pos_ar_preserving and max(grid) > max(cfg.table_grid) and min(grid) < max(grid):
+            other = posemb.position_table(cfg.replace(pos_ar_preserving=False), state, grid)[cfg.num_prefix_tokens:]
+            assert np.abs(other - x[0].numpy()).max() > 1e-3, grid
 
 
 def test_naflex_imports_as_timm_computes_at_every_grid(naflex):
@@ -85,7 +101,8 @@ def test_naflex_imports_as_timm_computes_at_every_grid(naflex):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConversionWarning)
             cfg, state = load_timm_file(naflex["hub"], image_size=size)
-        assert cfg.name == naflex["arch"] and cfg.pos_grid == (4, 4) and cfg.pos_prefix_tokens in (0, None)
+        assert cfg.name == naflex["arch"] and cfg.pos_grid == TABLE.get(cfg.name, (4, 4)) \
+            and cfg.pos_prefix_tokens in (0, None)
         err = rel_l2(reference.forward(cfg, state, naflex["xs"][size])["logits"], naflex["want"][size])
         print(f"{naflex['arch']} {size}: rel L2 {err:.2e} (bound {fp32_bound(cfg, 'logits'):.1e})")
         assert err <= fp32_bound(cfg, "logits")
@@ -113,6 +130,7 @@ def test_naflex_export_is_the_exact_inverse_and_timm_loads_it_strictly(naflex, t
     np.testing.assert_array_equal(_run(back, naflex["xs"][(24, 16)]), naflex["want"][(24, 16)])
 
 
+@pytest.mark.parametrize("naflex", CLI_ARCHS, indirect=True)
 def test_naflex_convert_proves_against_timm(naflex, tmp_path):
     """`vit-suite convert` of the hub directory proves against timm's own NaFlexVit (in process), and the proof
     runner gives timm's output exactly."""
@@ -133,15 +151,16 @@ def test_naflex_presets_are_timms_models():
         assert (r.facts["num_heads"], r.facts["layer_norm_eps"], r.facts["pool"], r.facts.get("gelu"),
                 r.facts["image_size"], r.facts.get("init_values")) == \
             (p.num_heads, p.layer_norm_eps, p.pool, p.gelu, p.image_size, p.init_values), arch
-        assert (nf["patch_size"], nf["in_chans"], nf["pos_grid"], nf["resize_kernel"]) == \
-            (p.patch_size, p.in_chans, p.pos_grid, p.resize_kernel), arch
+        assert (nf["patch_size"], nf["in_chans"], nf["pos_grid"], nf["resize_kernel"], nf["factorized"],
+                nf["ar_preserving"]) == \
+            (p.patch_size, p.in_chans, p.pos_grid, p.resize_kernel, p.pos_embed == "factorized",
+             p.pos_ar_preserving), arch
         assert _vit_shapes(r.shapes, nf) == W.expected_shapes(p), arch
 
 
 @pytest.mark.parametrize("arch,words", [
-    ("naflexvit_base_patch16_par_gap", "aspect-preserving position resampling"),
-    ("naflexvit_base_patch16_parfac_gap", "factorized position tables"),
-    ("naflexvit_base_patch16_radio_v3", "aspect-preserving position resampling"),
+    ("naflexvit_base_patch16_radio_v3", "align_corners=True"),
+    ("naflexvit_huge_patch16_radio_v3", "align_corners=True"),
     ("vit_base_r50_s16_224", "hybrid CNN stem (ResNetV2 backbone"),
     ("vitamin_small_224", "hybrid CNN stem (MbConvStages backbone"),
     ("samvit_base_patch16", "windowed attention"),
@@ -265,3 +284,96 @@ def test_siglip2_padded_batch_matches_the_canonical_model_per_image(siglip2):
         err = rel_l2(reference.forward(cfg, state, x)["logits"], theirs[b:b + 1].numpy())
         print(f"siglip2 padded batch, {size}: rel L2 {err:.2e} (bound {fp32_bound(cfg, 'logits'):.1e})")
         assert err <= fp32_bound(cfg, "logits")
+
+
+# --------------------------------------- aspect-preserving and factorized tables on the primary backends
+#: tiny_naflex_par: a 4x4 table to the 3x5 grid, aspect-preserving; tiny_naflex_parfac: factorized 4 + 6 rows to
+#: the 5x3 grid, aspect-preserving, and at the pair's own 4x6 grid (32x48 pixels), where timm still resizes the
+#: 4 rows to 6 and crops (per axis: shared.posemb.resample_matrices)
+NAFLEX_TINY = [("tiny_naflex_par", None), ("tiny_naflex_parfac", None), ("tiny_naflex_parfac", (32, 48))]
+
+
+@pytest.mark.ci_backends("torch")  # Keras and MindSpore (~30 s of compiles) in the slow set
+@pytest.mark.parametrize("preset,size", NAFLEX_TINY)
+def test_tiny_naflex_tables_on_every_primary_backend(primary_backend, preset, size):
+    """Each primary backend runs the aspect-preserving and factorized tables: every stage within the float32 bound
+    of the float64 reference (which resamples a factorized pair axis by axis, the backends the 2-D table y[i] + x[j]),
+    at a low precision within the bound of the reference run at that precision, and its loss gradients (the
+    tables' included) within the gradient bound of the float64 oracle (torch in the CI-sized set, all three with
+    -m slow)."""
+    from shared.testing import assert_conforms, case
+    from shared.training import grad as G
+
+    be = primary_backend
+    cfg, state, x = case(preset, image_size=size)
+    cfg = cfg if size is None else cfg.with_image_size(size)  # the tables stay at their grid
+    kw = {} if size is None else dict(image_size=size)
+    v = assert_conforms(preset, "float32", be.forward(be.build(cfg, state), x), **kw)
+    print(f"{be.name} {preset} {size or ''} float32: worst stage at {max(s.rel_l2 / s.bound for s in v.stages):.3f} "
+          f"of its bound")
+    low = next(d for d in ("bfloat16", "float16") if d in be.dtypes)
+    v = assert_conforms(preset, low, be.forward(be.build(cfg, state, dtype=low), x), **kw)
+    print(f"{be.name} {low}: {v.summary()}")
+    y = np.random.default_rng(3).integers(0, cfg.num_classes, x.shape[0])
+    _, grads = be.loss_and_grads(cfg, state, x, y, 0.1)
+    _, g64 = _oracle(cfg, state, x, y)
+    bound = G.GRAD_FACTOR * fp32_bound(cfg, "logits")
+    worst = max((rel_l2(grads[k], g64[k]) / bound, k) for k in g64 if np.any(g64[k] != 0))
+    print(f"{be.name} gradients: worst {worst[1]} at {worst[0]:.3f} of the bound")
+    assert set(grads) == set(g64) and worst[0] <= 1.0, worst
+
+
+@pytest.mark.parametrize("preset", ["tiny_naflex_par", "tiny_naflex_parfac"])
+def test_tiny_naflex_oracle_is_the_references_gradient_and_one_step_trains(preset):
+    """The float64 oracle's gradients of the tables (pos_embed; pos_embed_y and pos_embed_x) = central differences
+    of the float64 reference loss (shared.training.grad's step and bounds) at coordinates of every table row the
+    grid reads; and one AdamW step of the torch backend lands where the NumPy float64 step of the oracle's
+    gradients does, within shared.training.grad's bounds (the tables without weight decay)."""
+    from shared.backend import get_backend
+    from shared.testing import case
+    from shared.training import grad as G
+
+    cfg, state, x = case(preset)
+    y = np.random.default_rng(3).integers(0, cfg.num_classes, x.shape[0])
+    _, g64 = _oracle(cfg, state, x, y)
+    base = {k: np.asarray(v, np.float64).copy() for k, v in state.items()}
+    keys = ["pos_embed_y", "pos_embed_x"] if cfg.pos_embed == "factorized" else ["pos_embed"]
+    checked = 0
+    for k in keys:
+        for row in range(base[k].shape[1]):
+            if not np.any(g64[k][0, row]):  # a row the grid's resample does not read (aspect-preserving crop)
+                continue
+            idx = (0, row, row % cfg.embed_dim)
+            orig = base[k][idx]
+            losses = []
+            for step in (G.FD_STEP, -G.FD_STEP):
+                base[k][idx] = orig + step
+                losses.append(G.reference_loss(cfg, base, x, y, 0.1))
+            base[k][idx] = orig
+            fd, g = (losses[0] - losses[1]) / (2 * G.FD_STEP), float(g64[k][idx])
+            assert abs(fd - g) <= G.FD_ABS + G.FD_REL * abs(g), (k, idx, fd, g)
+            checked += 1
+    assert checked >= 4
+    be = get_backend("torch")
+    hp = G.STEP_HPARAMS["adamw"]
+    new = be.optimizer_step(cfg, state, x, y, "adamw", lr=hp["lr"], weight_decay=hp["weight_decay"],
+                            label_smoothing=0.1, betas=G.ADAM_BETAS, eps=G.ADAM_EPS)
+    _, own = be.loss_and_grads(cfg, state, x, y, 0.1)
+    rows = G.step_errors("adamw", cfg, state, new, own, g64)
+    bad = {k: m for k, m in rows.items() if not (m["opt_err"] <= m["opt_bound"] and m["e2e_err"] <= m["e2e_bound"])}
+    assert not bad, bad
+    assert all(not np.array_equal(new[k], state[k]) for k in keys)
+
+
+_ORACLE: dict = {}
+
+
+def _oracle(cfg, state, x, y):
+    """The float64 oracle's loss and gradients (torch in float64), once per config and image size."""
+    from shared.backend import get_backend
+    from shared.training import grad as G
+
+    key = (cfg.name, x.shape)
+    if key not in _ORACLE:
+        _ORACLE[key] = get_backend(G.ORACLE_BACKEND).loss_and_grads(cfg, state, x, y, 0.1, dtype="float64")
+    return _ORACLE[key]

@@ -29,7 +29,9 @@ CLASS_TOKEN_KINDS = ("learned", "zeros", "none")
 # map: attention pool with a latent query (SigLIP, timm 'map'); token_mean: concat(class token, mean of the patch
 # tokens), DINOv2's linear-probe head (HF Dinov2ForImageClassification): the head reads 2 * width features
 POOL_KINDS = ("token", "mean", "map", "token_mean")
-POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none")
+# factorized: timm NaFlexVit's row and column tables (pos_embed_y (1, gh, D), pos_embed_x (1, gw, D)), each
+# resampled along its axis, summed per patch; the patch tokens only
+POS_EMBED_KINDS = ("learned", "sincos1d", "sincos2d", "none", "factorized")
 RESIZE_KERNELS = ("bicubic", "bicubic_antialias", "bilinear", "bilinear_antialias")
 # none | table: a learned (rows, heads) table read through shared.posemb.rel_pos_index (BEiT, timm RelPosBias) |
 # mlp: timm's RelPosMlp ('cr'): fc1 -> ReLU -> fc2 over the log relative coordinates (vit_relpos_*)
@@ -79,7 +81,8 @@ _OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MA
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
           "patch_bias", "qk_norm", "swiglu",
           "qkv_fused", "k_bias", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "ls_attn_only",
-          "rope_rotate_half")  # the last line: Eva options
+          "rope_rotate_half",  # the last line: Eva options
+          "pos_ar_preserving")
 _STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes", "rope", "rope_indexing",
          "norm_kind", "rel_pos", "block_norm")
 _BOOLS += ("rel_pos_shared",)
@@ -156,12 +159,15 @@ class ViTConfig:
     # token | mean (over patch tokens only, timm 'avg') | map (attention pool `attn_pool`) | token_mean
     # (concat(class token, mean over the patch tokens): DINOv2's linear-probe head, 2 * width wide)
     pool: str = "token"
-    pos_embed: str = "learned"  # learned | sincos1d | sincos2d | none
+    pos_embed: str = "learned"  # learned | sincos1d | sincos2d | none | factorized (POS_EMBED_KINDS)
     # how many leading prefix tokens have a row in a learned table: None = all (timm), 0 = none (timm
     # no_embed_class: DeiT III, DINOv2 with registers), 1 = the class token only (HF DINOv2 with registers)
     pos_prefix_tokens: int | None = None
     pos_grid: tuple[int, int] | None = None  # grid of the learned table; None: the image grid
     resize_kernel: str = "bicubic"  # used when the image grid differs from pos_grid
+    # learned / factorized tables: resampled to a square of the larger grid side, then cropped to the grid from the
+    # top left (timm NaFlexVit pos_embed_ar_preserving); False: each axis resized to its own size
+    pos_ar_preserving: bool = False
     # --- numerics -----------------------------------------------------------
     gelu: str = "erf"
     layer_norm_eps: float = 1e-6
@@ -253,14 +259,19 @@ class ViTConfig:
             need(not self.representation_size and not self.fc_norm,
                  "dist_token with a pre-logits layer or fc_norm is not a DeiT layout")
         if self.pos_prefix_tokens is not None:
-            need(self.pos_embed == "learned", "pos_prefix_tokens only applies to a learned position table")
+            need(self.learned_table, "pos_prefix_tokens only applies to a learned position table")
             need(self.pos_prefix_tokens <= self.num_prefix_tokens,
                  f"pos_prefix_tokens {self.pos_prefix_tokens} exceeds the {self.num_prefix_tokens} prefix tokens")
         if self.pool == "map":
             need(not self.representation_size, "pool='map' with a pre-logits layer is not a known layout")
             need(not self.swiglu, "pool='map' with a SwiGLU MLP is not a known layout (timm's attention pool would "
                                   "build a GELU MLP of the packed width)")
-        need(self.pos_grid is None or self.pos_embed == "learned", "pos_grid only applies to a learned position table")
+        need(self.pos_grid is None or self.learned_table, "pos_grid only applies to a learned position table")
+        need(not self.pos_ar_preserving or self.learned_table, "pos_ar_preserving only applies to a learned position "
+                                                               "table (learned or factorized)")
+        if self.pos_embed == "factorized":
+            need(self.num_pos_prefix == 0, "pos_embed='factorized' positions the patch tokens only: set "
+                                           "pos_prefix_tokens=0 (timm NaFlexVit)")
         if self.pos_embed == "sincos1d":
             need(self.embed_dim % 2 == 0, f"sincos1d needs an even embed_dim, got {self.embed_dim}")
         if self.pos_embed == "sincos2d":
@@ -351,6 +362,11 @@ class ViTConfig:
     @property
     def num_tokens(self) -> int:
         return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def learned_table(self) -> bool:
+        """A learned table stored at `table_grid` and resampled per grid: pos_embed 'learned' or 'factorized'."""
+        return self.pos_embed in ("learned", "factorized")
 
     @property
     def table_grid(self) -> tuple[int, int]:
@@ -446,6 +462,8 @@ class ViTConfig:
         if self.pos_embed == "learned":
             gh, gw = self.table_grid
             n += (self.num_pos_prefix + gh * gw) * D
+        elif self.pos_embed == "factorized":
+            n += sum(self.table_grid) * D
         n += nb * D if self.norm_pre else 0
         qkv_b = (3 * W if self.qkv_fused or self.k_bias else 2 * W) if self.qkv_bias else 0
 
@@ -482,7 +500,7 @@ class ViTConfig:
 
     def with_image_size(self, image_size: Any) -> "ViTConfig":
         """Same weights at another input size: a learned table keeps its stored grid."""
-        pos_grid = self.table_grid if self.pos_embed == "learned" else None
+        pos_grid = self.table_grid if self.learned_table else None
         new = dataclasses.replace(self, image_size=_pair(image_size, "image_size"), pos_grid=pos_grid)
         if new.pos_grid == new.grid:
             new = dataclasses.replace(new, pos_grid=None)
@@ -534,6 +552,9 @@ class ViTConfig:
                  (self.reg_tokens > 0, f"{self.reg_tokens} register token(s) (reg_token)"),
                  (self.pos_embed == "learned" and self.num_pos_prefix != self.num_prefix_tokens,
                   f"prefix tokens without a position row (pos_prefix_tokens={self.pos_prefix_tokens})"),
+                 (self.pos_embed == "factorized", "factorized position tables (pos_embed='factorized': "
+                                                  "pos_embed_y, pos_embed_x)"),
+                 (self.pos_ar_preserving, "aspect-preserving table resampling (pos_ar_preserving)"),
                  (self.norm_pre, "a LayerNorm before the blocks (norm_pre)"),
                  (self.qk_norm, "qk-norm (attn.q_norm, attn.k_norm)"),
                  (self.pool == "map", "the attention-pool head (pool='map', attn_pool)"),
@@ -565,7 +586,7 @@ class ViTConfig:
             "patch_bias": self.patch_bias,
             "dist_token": self.dist_token,
             "reg_tokens": self.reg_tokens,
-            "pos_prefix_tokens": self.num_pos_prefix if self.pos_embed == "learned" else None,
+            "pos_prefix_tokens": self.num_pos_prefix if self.learned_table else None,
             "norm_pre": self.norm_pre,
             "layer_norm_eps": self.layer_norm_eps,
             "qk_scale": self.scale,
@@ -577,8 +598,9 @@ class ViTConfig:
             "class_token": self.class_token,
             "pool": self.pool,
             "pos_embed": self.pos_embed,
-            "pos_table_grid": list(self.table_grid) if self.pos_embed == "learned" else None,
+            "pos_table_grid": list(self.table_grid) if self.learned_table else None,
             "resize_kernel": self.resize_kernel,
+            "pos_ar_preserving": self.pos_ar_preserving,
             "final_norm": self.final_norm,
             "fc_norm": self.fc_norm,
             "pre_logits": self.representation_size,

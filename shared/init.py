@@ -40,7 +40,7 @@ def _tensor(seed: int, key: str, shape) -> np.ndarray:
         v = 0.5 + 0.1 * rng.standard_normal(shape)
     elif key.endswith(".bias"):
         v = 0.02 * rng.standard_normal(shape)
-    elif key in ("cls_token", "pos_embed", "dist_token", "reg_token", "attn_pool.latent"):
+    elif key in ("cls_token", "pos_embed", "pos_embed_y", "pos_embed_x", "dist_token", "reg_token", "attn_pool.latent"):
         v = _trunc_normal(rng, shape, 0.5)
     else:  # linear (out, in) or conv (out, in, kh, kw)
         fan_in = int(np.prod(shape[1:]))

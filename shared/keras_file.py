@@ -67,7 +67,9 @@ KNOWN_FIELDS = frozenset({
     # relative position biases
     "rel_pos", "rel_pos_shared", "rel_pos_dim",
     # post-norm blocks: the same layers and variables as pre-norm; the model reads block_norm from its config
-    "block_norm"})
+    "block_norm",
+    # NaFlexVit's tables: aspect-preserving resampling; factorized tables (pos_embed 'factorized': pos_embed_y / _x)
+    "pos_ar_preserving"})
 
 
 # ------------------------------------------------------------------ the layout
@@ -164,7 +166,8 @@ def _model(cfg: ViTConfig, name: str = MODEL_NAME) -> _Layer:
         if f"{head}.weight" in keys:
             tracked.append((head, _dense(head, head, keys)))
     # the model's own variables, in the order its build() adds them (rope.freqs: RoPE-Mixed's `rope_freqs`)
-    own = [(k, "direct") for k in ("cls_token", "dist_token", "reg_token", "pos_embed", "rope.freqs") if k in keys]
+    own = [(k, "direct") for k in ("cls_token", "dist_token", "reg_token", "pos_embed", "pos_embed_y", "pos_embed_x",
+                                   "rope.freqs") if k in keys]
     layers = [x for _, v in tracked for x in (v if isinstance(v, list) else [v])]
     return _Layer("VisionTransformer", name, own, {**dict(tracked), "layers": layers})
 

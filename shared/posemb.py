@@ -241,26 +241,61 @@ def resize_matrix(n_in: int, n_out: int, kernel: str) -> np.ndarray:
     return _resize_matrix_cached(n_in, n_out, kernel)
 
 
-def resample_grid(table: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int], kernel: str) -> np.ndarray:
-    """Resample a (gh*gw, D) patch table laid out row-major to new_grid: Wh @ T @ Ww^T per channel."""
+def resample_matrices(old_grid: tuple[int, int], new_grid: tuple[int, int], kernel: str,
+                      ar_preserving: bool = False, per_axis: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The (gh', gh) and (gw', gw) float64 matrices that resample a table stored at old_grid to new_grid, one per
+    axis (every backend applies these): each axis resized to its own size, or with `ar_preserving` (timm NaFlexVit
+    pos_embed_ar_preserving) both resized to a square of the larger new side L = max(new_grid), then cropped to
+    new_grid from the top left (the first gh' rows of the L-row matrix). At the table's own grid: the identity
+    (timm's 2-D table skips the resize there); `per_axis` (factorized tables) skips it per axis only, as timm's
+    `_interp1d` does: an aspect-preserving non-square pair is resized even at its own grid. Every row sums to 1
+    (all kernels are normalised): resampling a table T[i, j] = y[i] + x[j] gives (Wh y)[i] + (Ww x)[j], the
+    factorized rule."""
+    (th, tw), (gh, gw) = (int(old_grid[0]), int(old_grid[1])), (int(new_grid[0]), int(new_grid[1]))
+    if (th, tw) == (gh, gw) and not per_axis:
+        return np.eye(th), np.eye(tw)
+    if not ar_preserving:
+        return resize_matrix(th, gh, kernel), resize_matrix(tw, gw, kernel)
+    side = max(gh, gw)
+    return resize_matrix(th, side, kernel)[:gh], resize_matrix(tw, side, kernel)[:gw]
+
+
+def model_resample_matrices(cfg: ViTConfig, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`resample_matrices` for a config's learned table (cfg.table_grid, resize_kernel, pos_ar_preserving; per
+    axis for pos_embed 'factorized')."""
+    return resample_matrices(cfg.table_grid, grid, cfg.resize_kernel, cfg.pos_ar_preserving,
+                             per_axis=cfg.pos_embed == "factorized")
+
+
+def model_resamples(cfg: ViTConfig, grid: tuple[int, int]) -> bool:
+    """Whether a config's learned table is resampled at `grid` (its matrices are not both the identity): the
+    backends use the stored table as it is otherwise."""
+    (th, tw), (wh, ww) = cfg.table_grid, model_resample_matrices(cfg, grid)
+    return not (wh.shape == (th, th) and ww.shape == (tw, tw) and np.array_equal(wh, np.eye(th))
+                and np.array_equal(ww, np.eye(tw)))
+
+
+def resample_grid(table: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int], kernel: str,
+                  ar_preserving: bool = False) -> np.ndarray:
+    """Resample a (gh*gw, D) patch table laid out row-major to new_grid: Wh @ T @ Ww^T per channel
+    (`resample_matrices`)."""
     gh, gw = old_grid
     if table.shape[0] != gh * gw:
         raise ValueError(f"table has {table.shape[0]} rows, grid {gh}x{gw} needs {gh * gw}")
     if tuple(old_grid) == tuple(new_grid):
         return table
-    wh = resize_matrix(gh, new_grid[0], kernel)
-    ww = resize_matrix(gw, new_grid[1], kernel)
+    wh, ww = resample_matrices(old_grid, new_grid, kernel, ar_preserving)
     grid = table.reshape(gh, gw, -1)
     out = np.einsum("ah,hwd,bw->abd", wh, grid, ww)
     return out.reshape(new_grid[0] * new_grid[1], -1)
 
 
 def resample_pos_embed(pos_embed: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int],
-                       num_prefix_tokens: int, kernel: str) -> np.ndarray:
+                       num_prefix_tokens: int, kernel: str, ar_preserving: bool = False) -> np.ndarray:
     """timm-layout (1, prefix + gh*gw, D) table to a new grid; prefix rows are kept as they are."""
     table = pos_embed[0]
     prefix, patches = table[:num_prefix_tokens], table[num_prefix_tokens:]
-    out = resample_grid(patches.astype(np.float64), old_grid, new_grid, kernel)
+    out = resample_grid(patches.astype(np.float64), old_grid, new_grid, kernel, ar_preserving)
     return np.concatenate([prefix.astype(np.float64), out], axis=0)[None].astype(pos_embed.dtype)
 
 
@@ -287,6 +322,24 @@ def with_unpositioned_prefix(table: np.ndarray, cfg: ViTConfig) -> np.ndarray:
     return np.concatenate([table[:n_pos], zeros, table[n_pos:]], axis=0)
 
 
+def factorized_grid(pos_y: np.ndarray, pos_x: np.ndarray) -> np.ndarray:
+    """The 2-D table of factorized row and column tables: (1, gh, D) and (1, gw, D) -> (gh*gw, D), row (i, j) =
+    y[i] + x[j] (row-major). Resampled by `resample_matrices` it equals timm's factorized rule (each axis
+    resampled, then summed): the backends build this table and resample it like a learned one."""
+    y, x = np.asarray(pos_y)[0], np.asarray(pos_x)[0]
+    return (y[:, None, :] + x[None, :, :]).reshape(y.shape[0] * x.shape[0], -1)
+
+
+def factorized_table(cfg: ViTConfig, params: dict[str, np.ndarray], grid: tuple[int, int]) -> np.ndarray:
+    """timm NaFlexVit's factorized rule in float64 (`_apply_factorized_pos_embed`): pos_embed_y resampled along
+    the rows, pos_embed_x along the columns (each by its own resize matrix, `resample_matrices`), then summed per
+    patch: (gh*gw, D). Computed axis by axis, independent of the backends' 2-D route (`factorized_grid`)."""
+    wh, ww = model_resample_matrices(cfg, grid)
+    y = wh @ np.asarray(params["pos_embed_y"], np.float64)[0]
+    x = ww @ np.asarray(params["pos_embed_x"], np.float64)[0]
+    return (y[:, None, :] + x[None, :, :]).reshape(len(y) * len(x), -1)
+
+
 def position_table(cfg: ViTConfig, params: dict[str, np.ndarray], grid: tuple[int, int] | None = None) -> np.ndarray | None:
     """The (tokens, D) float64 table added to all the tokens at `grid`, or None (no position embedding)."""
     grid = tuple(grid or cfg.grid)
@@ -294,8 +347,11 @@ def position_table(cfg: ViTConfig, params: dict[str, np.ndarray], grid: tuple[in
         return None
     if cfg.pos_embed == "learned":
         table = np.asarray(params["pos_embed"], dtype=np.float64)
-        table = resample_pos_embed(table, cfg.table_grid, grid, cfg.num_pos_prefix, cfg.resize_kernel)[0]
+        table = resample_pos_embed(table, cfg.table_grid, grid, cfg.num_pos_prefix, cfg.resize_kernel,
+                                   cfg.pos_ar_preserving)[0]
         return with_unpositioned_prefix(table, cfg)
+    if cfg.pos_embed == "factorized":
+        return with_unpositioned_prefix(factorized_table(cfg, params, grid), cfg)
     return fixed_table(cfg, grid)
 
 

@@ -159,6 +159,9 @@ _NAFLEX = dict(class_token="none", pos_prefix_tokens=0, pos_grid=(16, 16))
 _NAFLEX_GAP = dict(_NAFLEX, pool="mean", final_norm=False, fc_norm=True, init_values=1e-5)
 _NAFLEX_MAP = dict(_NAFLEX, pool="map", init_values=1e-5)
 _NAFLEX_SIGLIP = dict(_NAFLEX, pool="map", gelu="tanh", resize_kernel="bilinear_antialias")
+_NAFLEX_PAR = dict(_NAFLEX_GAP, pos_ar_preserving=True)
+_RADIO = dict(_NAFLEX, class_token="learned", pos_grid=(128, 128), pool="token", final_norm=False,
+              resize_kernel="bilinear", pos_ar_preserving=True)
 _NAFLEX_FAMILY = [
     ("naflexvit_base_patch16_gap", 16, 384, 768, 12, 12, 3072, 1000, dict(_NAFLEX_GAP, reg_tokens=4)),
     ("naflexvit_base_patch16_map", 16, 384, 768, 12, 12, 3072, 1000, dict(_NAFLEX_MAP, reg_tokens=1)),
@@ -168,6 +171,17 @@ _NAFLEX_FAMILY = [
      dict(_NAFLEX_MAP, reg_tokens=1, qkv_bias=False)),
     ("naflexvit_base_patch16_siglip", 16, 384, 768, 12, 12, 3072, 0, _NAFLEX_SIGLIP),
     ("naflexvit_so400m_patch16_siglip", 16, 384, 1152, 27, 16, 4304, 0, _NAFLEX_SIGLIP),
+    # aspect-preserving resampling (the table resized to a square of the larger grid side, cropped top-left), and
+    # factorized row / column tables (each resampled with 1-D linear interpolation, summed per patch)
+    ("naflexvit_base_patch16_par_gap", 16, 384, 768, 12, 12, 3072, 1000, dict(_NAFLEX_PAR, reg_tokens=4)),
+    ("naflexvit_base_patch16_parfac_gap", 16, 384, 768, 12, 12, 3072, 1000,
+     dict(_NAFLEX_PAR, reg_tokens=4, pos_embed="factorized", resize_kernel="bilinear")),
+    # C-RADIO backbones: a class token, registers, a 128x128 table (bilinear, aspect-preserving), no final norm;
+    # the v3 base and huge resample with align_corners=True and stay refused (shared.convert.timm_resolve)
+    ("naflexvit_large_patch16_radio_v3", 16, 512, 1024, 24, 16, 4096, 0, dict(_RADIO, reg_tokens=7, init_values=1e-5)),
+    ("naflexvit_giant_patch16_radio_v3", 16, 512, 1536, 40, 24, 6144, 0, dict(_RADIO, reg_tokens=7)),
+    ("naflexvit_so400m_patch16_radio_v4", 16, 512, 1152, 27, 16, 4304, 0, dict(_RADIO, reg_tokens=9)),
+    ("naflexvit_huge_patch16_radio_v4", 16, 512, 1280, 32, 16, 5120, 0, dict(_RADIO, reg_tokens=9)),
 ]
 for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _NAFLEX_FAMILY:
     PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
@@ -246,6 +260,20 @@ PRESETS["tiny_rpn"] = ViTConfig(
     gelu="erf", layer_norm_eps=1e-6, num_classes=4,
     notes="timm vit_base_patch16_rpn_224 (ResPostBlock): res-post-norm blocks x + norm1(attn(x)), x + norm2(mlp(x)), "
           "no class token, mean of the patch tokens then fc_norm, no qkv bias")
+PRESETS["tiny_naflex_par"] = ViTConfig(
+    name="tiny_naflex_par", image_size=(24, 40), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+    mlp_dim=64, class_token="none", reg_tokens=1, pos_prefix_tokens=0, pos_grid=(4, 4),
+    resize_kernel="bicubic_antialias", pos_ar_preserving=True, init_values=0.1, pool="mean", final_norm=False,
+    fc_norm=True, gelu="erf", layer_norm_eps=1e-6, num_classes=5,
+    notes="timm naflexvit_*_par_gap: a 4x4 table for the patches only, resampled aspect-preserving to the 3x5 grid "
+          "(to 5x5, then the top 3 rows kept), a register, LayerScale, mean of the patch tokens then fc_norm")
+PRESETS["tiny_naflex_parfac"] = ViTConfig(
+    name="tiny_naflex_parfac", image_size=(40, 24), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+    mlp_dim=64, reg_tokens=2, pos_embed="factorized", pos_prefix_tokens=0, pos_grid=(4, 6), resize_kernel="bilinear",
+    pos_ar_preserving=True, pool="token", gelu="erf", layer_norm_eps=1e-6, num_classes=4,
+    notes="timm naflexvit_*_parfac_gap's tables (rows pos_embed_y 4, columns pos_embed_x 6, each resampled "
+          "aspect-preserving with 1-D linear to the 5x3 grid, summed per patch) with C-RADIO's class token and "
+          "registers (no position rows), class-token pooling")
 
 # --- timm's Eva class (EVA, EVA02, DINOv3, Perception Encoder, RoPE-ViT, Sapiens2), with timm's names: each is
 # exactly timm's architecture of that name (tested key by key against timm's meta-device model); the sizes and

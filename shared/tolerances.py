@@ -22,6 +22,11 @@ float32: err <= F32_SAFETY * u32 * sqrt(K) * (L + 1)
     Measured (float32 vs float64, logits): tiny timm Eva models of every rope form 1.5e-7..9e-7 against
     bounds of 3.5e-5..4e-5; tiny_eva02 / tiny_rope_mixed 1.9e-7..7e-7 (torch, MindSpore, the float32
     reference) against 2.0e-5: 28x-270x under.
+    NaFlexVit's tables add nothing per block: an aspect-preserving resample is another resize matrix (the same
+    float32 einsum, a few non-zero taps per output), a factorized pair one rounding (y[i] + x[j] in float32) on
+    the table before it is resampled, entering the residual stream once. Measured (logits): tiny timm par_gap,
+    parfac_gap and C-RADIOv4 against timm 2.5e-7..7e-7 under a bound of 2.3e-5 (30-90x); tiny_naflex_par /
+    tiny_naflex_parfac on the three backends at 0.036-0.039 of the bound in their worst stage.
     A relative position bias (BEiT, timm's RelPosMlp) adds one rounding per block (the
     score + bias sum; the bias itself is a gather, exact, or the MLP's two linears over (2gh-1)(2gw-1) offsets,
     whose hidden width joins K): 7 roundings, still inside the safety factor's allowance. Measured float32

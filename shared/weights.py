@@ -6,6 +6,7 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
   dist_token (1, 1, D)                      if dist_token
   reg_token (1, R, D)                       if reg_tokens = R > 0
   pos_embed (1, Np + gh*gw, D)              if pos_embed == "learned" (gh, gw = cfg.table_grid; Np = num_pos_prefix)
+  pos_embed_y (1, gh, D), pos_embed_x (1, gw, D)  if pos_embed == "factorized" (row and column tables, patches only)
   norm_pre.{weight,bias} (D,)               if norm_pre
   blocks.{i}.norm1.{weight,bias} (Din,)     Din = D for block 0, W after
   blocks.{i}.attn.qkv.weight (3W, Din)      rows: q, k, v; .bias (3W,) if qkv_bias
@@ -69,6 +70,9 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     if cfg.pos_embed == "learned":
         gh, gw = cfg.table_grid
         s["pos_embed"] = (1, cfg.num_pos_prefix + gh * gw, D)
+    elif cfg.pos_embed == "factorized":
+        gh, gw = cfg.table_grid
+        s["pos_embed_y"], s["pos_embed_x"] = (1, gh, D), (1, gw, D)
     def norm(key: str, dim: int) -> None:  # LayerNorm: weight and bias; RMSNorm (norm_kind 'rms'): weight only
         s[f"{key}.weight"] = (dim,)
         if cfg.norm_kind == "layer":

@@ -23,7 +23,7 @@ import keras
 from keras import ops
 
 from shared.config import ViTConfig
-from shared.posemb import rel_log_coords, rel_pos_index, resize_matrix
+from shared.posemb import model_resample_matrices, model_resamples, rel_log_coords, rel_pos_index
 
 PACKAGE = "vit_keras"
 
@@ -598,14 +598,15 @@ def with_unpositioned_prefix(table, num_pos_prefix: int, num_prefix: int):
     return ops.concatenate([table[:, :num_pos_prefix], zeros, table[:, num_pos_prefix:]], axis=1)
 
 
-def resample_table(table, old_grid, new_grid, num_prefix: int, kernel: str):
-    """(1, prefix + gh*gw, D) table -> new grid with the pinned constant matrices (float32 einsum)."""
-    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
-    if old_grid == new_grid:
+def resample_table(table, cfg, new_grid):
+    """A config's learned (1, prefix + gh*gw, D) table (prefix: cfg.num_pos_prefix rows) -> new grid with the
+    pinned constant matrices (shared.posemb.model_resample_matrices, float32 einsum); as stored where
+    shared.posemb.model_resamples says it is not resampled."""
+    old_grid, new_grid, num_prefix = tuple(cfg.table_grid), tuple(new_grid), cfg.num_pos_prefix
+    if not model_resamples(cfg, new_grid):
         return table
     D = table.shape[-1]
-    wh = ops.convert_to_tensor(np.asarray(resize_matrix(old_grid[0], new_grid[0], kernel), np.float32))
-    ww = ops.convert_to_tensor(np.asarray(resize_matrix(old_grid[1], new_grid[1], kernel), np.float32))
+    wh, ww = (ops.convert_to_tensor(np.asarray(m, np.float32)) for m in model_resample_matrices(cfg, new_grid))
     prefix = table[:, :num_prefix]
     grid = ops.reshape(table[0, num_prefix:], (old_grid[0], old_grid[1], D))
     out = ops.einsum("ah,hwd,bw->abd", wh, grid, ww)

@@ -22,7 +22,7 @@ the first cfg.num_pos_prefix of them; the others get a zero row (layers.with_unp
 
 Input: NHWC by default (Keras' convention), `data_format="channels_first"` takes NCHW. Any image size
 divisible by the patch works: a learned table stored at cfg.table_grid is resampled in-graph with
-constant matrices (shared.posemb.resize_matrix), a sinusoidal table is a constant built for the grid.
+constant matrices (shared.posemb.model_resample_matrices), a sinusoidal table is a constant built for the grid.
 
 `model(x)` returns the logits (softmaxed when cfg.output_softmax; the pooled features when
 num_classes == 0; with a distillation token the mean of `head` and `head_dist`); `model.forward_stages(x)`
@@ -99,6 +99,12 @@ class VisionTransformer(keras.Model):
             gh, gw = c.table_grid
             self.pos_embed = self.add_weight(shape=(1, c.num_pos_prefix + gh * gw, D), initializer="zeros",
                                              name="pos_embed", autocast=False)
+        elif c.pos_embed == "factorized":  # row and column tables (timm NaFlexVit's pos_embed_y / pos_embed_x)
+            gh, gw = c.table_grid
+            self.pos_embed_y = self.add_weight(shape=(1, gh, D), initializer="zeros", name="pos_embed_y",
+                                               autocast=False)
+            self.pos_embed_x = self.add_weight(shape=(1, gw, D), initializer="zeros", name="pos_embed_x",
+                                               autocast=False)
         if c.rope == "mixed":  # RoPE-Mixed's learned frequencies (timm's rope.freqs)
             self.rope_freqs = self.add_weight(shape=c.rope_mixed_shape, initializer="zeros", name="rope_freqs",
                                               autocast=False)
@@ -139,9 +145,15 @@ class VisionTransformer(keras.Model):
         grid = tuple(int(g) for g in grid)
         if c.pos_embed == "none":
             return None
-        if c.pos_embed == "learned":
-            table = ops.convert_to_tensor(self.pos_embed.value if hasattr(self.pos_embed, "value") else self.pos_embed)
-            table = resample_table(ops.cast(table, "float32"), c.table_grid, grid, c.num_pos_prefix, c.resize_kernel)
+        if c.learned_table:
+            if c.pos_embed == "factorized":  # y[i] + x[j] per patch, then resampled as a 2-D table: timm's rule
+                y, x = (_f32(ops.convert_to_tensor(w.value if hasattr(w, "value") else w))
+                        for w in (self.pos_embed_y, self.pos_embed_x))
+                table = ops.reshape(y[:, :, None, :] + x[:, None, :, :], (1, -1, c.embed_dim))
+            else:
+                table = ops.convert_to_tensor(self.pos_embed.value if hasattr(self.pos_embed, "value")
+                                              else self.pos_embed)
+            table = resample_table(ops.cast(table, "float32"), c, grid)
             return with_unpositioned_prefix(table, c.num_pos_prefix, c.num_prefix_tokens)
         if grid not in self._fixed_tables:
             self._fixed_tables[grid] = np.asarray(fixed_table(c, grid), np.float32)[None]
@@ -294,6 +306,9 @@ class VisionTransformer(keras.Model):
             v["reg_token"] = (self.reg_token, "direct")
         if c.pos_embed == "learned":
             v["pos_embed"] = (self.pos_embed, "direct")
+        elif c.pos_embed == "factorized":
+            v["pos_embed_y"] = (self.pos_embed_y, "direct")
+            v["pos_embed_x"] = (self.pos_embed_x, "direct")
         if c.rope == "mixed":
             v["rope.freqs"] = (self.rope_freqs, "direct")
 

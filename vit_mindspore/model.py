@@ -12,8 +12,8 @@ dict maps onto the parameters by name.
 
 Prefix tokens come in timm's order: class (learned `cls_token`, or zeros), distillation (`dist_token`), registers
 (`reg_token`), then the patches. Position tables are inputs of `forward_stages`, not baked into the blocks:
-`StageNet` holds the constants for one input grid (resampling matrices from shared.posemb.resize_matrix for a
-learned table, the fixed sinusoidal table otherwise, zero rows for the prefix tokens that have no position) and
+`StageNet` holds the constants for one input grid (resampling matrices from shared.posemb.model_resample_matrices for
+a learned table, the fixed sinusoidal table otherwise, zero rows for the prefix tokens that have no position) and
 shares the model's parameters, so one model serves every input size in PyNative and Graph mode (Graph mode
 compiles per input shape anyway).
 """
@@ -30,7 +30,8 @@ from mindspore import dtype as mstype
 
 from shared.config import ViTConfig
 from shared.init import init_weights
-from shared.posemb import fixed_table, model_rope_table, rel_log_coords, rel_pos_index, resize_matrix, rope_grid
+from shared.posemb import (fixed_table, model_resample_matrices, model_resamples, model_rope_table, rel_log_coords,
+                            rel_pos_index, rope_grid)
 from shared.weights import expected_shapes, validate_state
 
 from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, Linear, PatchEmbed, RelPosBias, Softmax, _Cell,
@@ -70,28 +71,28 @@ class PosTable(nn.Cell):
 
     learned: rows = the positioned prefix rows (the first cfg.num_pos_prefix), zero rows for the other prefix
     tokens (shared.posemb.with_unpositioned_prefix: x + 0 is exact, so this is timm's no_embed_class bit for
-    bit), then Wh @ table(gh, gw) @ Ww^T per channel (identity when grids agree);
+    bit), then Wh @ table(gh, gw) @ Ww^T per channel (shared.posemb.model_resamples: not when the table is
+    used as stored); a factorized pair arrives as its 2-D table y[i] + x[j] (VisionTransformer.learned_table);
     sincos*: a constant Tensor (not a Parameter); none: nothing.
     Holds no parameters: the learned table is passed in by the model. `rope`: the grid's rotary table, or None.
     """
 
     def __init__(self, cfg: ViTConfig, grid: tuple[int, int]):
         super().__init__()
-        self.kind = cfg.pos_embed
+        self.kind = "learned" if cfg.learned_table else cfg.pos_embed  # factorized: its 2-D table (MindSporeViT)
         self.n_pos = cfg.num_pos_prefix
         self.n_unpos = cfg.num_prefix_tokens - cfg.num_pos_prefix if self.kind == "learned" else 0
         self.dim = cfg.embed_dim
         self.table_grid = tuple(cfg.table_grid)
         self.grid = tuple(grid)
-        self.resample = self.kind == "learned" and self.table_grid != self.grid
+        self.resample = self.kind == "learned" and model_resamples(cfg, self.grid)
         self.fixed = None
         self.wh = self.ww = None
         self.gap = Tensor(np.zeros((self.n_unpos, self.dim), np.float32)) if self.n_unpos else None
         if self.kind in ("sincos1d", "sincos2d"):
             self.fixed = Tensor(fixed_table(cfg, self.grid).astype(np.float32))
         if self.resample:
-            self.wh = Tensor(resize_matrix(self.table_grid[0], self.grid[0], cfg.resize_kernel).astype(np.float32))
-            self.ww = Tensor(resize_matrix(self.table_grid[1], self.grid[1], cfg.resize_kernel).astype(np.float32))
+            self.wh, self.ww = (Tensor(m.astype(np.float32)) for m in model_resample_matrices(cfg, self.grid))
         self.matmul = ops.MatMul()
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
@@ -183,7 +184,8 @@ class VisionTransformer(_Cell):
         self.has_dist = cfg.dist_token
         self.num_reg = cfg.reg_tokens
         self.has_pos = cfg.pos_embed != "none"
-        self.learned_pos = cfg.pos_embed == "learned"
+        self.learned_pos = cfg.learned_table
+        self.factorized = cfg.pos_embed == "factorized"
         self.has_norm_pre = cfg.norm_pre
         self.pool_kind = cfg.pool
         self.has_final_norm = cfg.final_norm
@@ -198,7 +200,10 @@ class VisionTransformer(_Cell):
         self.cls_token = _param(shapes["cls_token"], "cls_token", mdt) if cfg.class_token == "learned" else None
         self.dist_token = _param(shapes["dist_token"], "dist_token", mdt) if cfg.dist_token else None
         self.reg_token = _param(shapes["reg_token"], "reg_token", mdt) if cfg.reg_tokens else None
-        self.pos_embed = _param(shapes["pos_embed"], "pos_embed", mdt) if self.learned_pos else None
+        self.pos_embed = _param(shapes["pos_embed"], "pos_embed", mdt) if cfg.pos_embed == "learned" else None
+        # factorized: row and column tables (timm NaFlexVit's pos_embed_y / pos_embed_x), summed into a 2-D table
+        self.pos_embed_y = _param(shapes["pos_embed_y"], "pos_embed_y", mdt) if self.factorized else None
+        self.pos_embed_x = _param(shapes["pos_embed_x"], "pos_embed_x", mdt) if self.factorized else None
         self.pos_drop = Dropout(cfg.dropout)
         eps = cfg.layer_norm_eps
         nk = cfg.norm_kind
@@ -241,9 +246,18 @@ class VisionTransformer(_Cell):
         without a position), or None (PyNative; Graph mode uses PosTable)."""
         if not self.has_pos:
             return None
-        table = PosTable(self.config, tuple(int(g) for g in grid))(self.f32(self.pos_embed) if self.learned_pos
+        table = PosTable(self.config, tuple(int(g) for g in grid))(self.learned_table() if self.learned_pos
                                                                    else None)
         return ops.expand_dims(table, 0)
+
+    def learned_table(self):
+        """The learned table at its stored grid, float32 (1, rows, D): pos_embed, or for a factorized table
+        y[i] + x[j] per patch (resampled as a 2-D table it gives timm's per-axis rule, shared.posemb)."""
+        if self.factorized:
+            y, x = self.f32(self.pos_embed_y), self.f32(self.pos_embed_x)
+            t = ops.expand_dims(y, 2) + ops.expand_dims(x, 1)  # (1, gh, gw, D)
+            return ops.reshape(t, (1, -1, self.embed_dim))
+        return self.f32(self.pos_embed)
 
     def rope_table(self, grid: tuple[int, int]):
         """The rotary table ([sin | cos] per patch token, shared.posemb.model_rope_table) the blocks' attention
@@ -277,7 +291,7 @@ class VisionTransformer(_Cell):
             x = self.concat(prefix + (pe,))
         if self.has_pos:
             if self.learned_pos:
-                table = pos(self.f32(self.pos_embed))
+                table = pos(self.learned_table())
             else:
                 table = pos(None)
             x = x + self.back(table)

@@ -8,7 +8,7 @@ persistent buffers, the zero prediction token is built on the fly, fixed sin-cos
 the position-table resampling matrices live in a plain per-(grid, dtype, device) cache.
 
 Dynamic input size: any H, W divisible by the patch. A learned table stored at cfg.table_grid is
-resampled to the input grid with `shared.posemb.resize_matrix` (float64 NumPy) applied by einsum in at
+resampled to the input grid with `shared.posemb.model_resample_matrices` (float64 NumPy) applied by einsum in at
 least float32 (float64 in a float64 model), so gradients flow to `pos_embed`; prefix rows are kept.
 
 Precision: float32, bfloat16, float16 (the backend's dtypes) and float64 (the gradient oracle). Reductions
@@ -25,7 +25,7 @@ from torch import nn
 
 from shared.config import ViTConfig
 from shared.init import init_tensors
-from shared.posemb import fixed_table, model_rope_table, resize_matrix, rope_grid
+from shared.posemb import fixed_table, model_resample_matrices, model_resamples, model_rope_table, rope_grid
 from shared.weights import CANONICAL_DTYPE, expected_shapes, validate_state
 
 from .layers import AttentionPool, Block, PatchEmbed, RelPosBias, norm_layer, softmax_f32
@@ -70,6 +70,10 @@ class VisionTransformer(nn.Module):
         if cfg.pos_embed == "learned":
             gh, gw = cfg.table_grid
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_pos_prefix + gh * gw, D))
+        elif cfg.pos_embed == "factorized":  # row and column tables (timm NaFlexVit's pos_embed_y / pos_embed_x)
+            gh, gw = cfg.table_grid
+            self.pos_embed_y = nn.Parameter(torch.zeros(1, gh, D))
+            self.pos_embed_x = nn.Parameter(torch.zeros(1, gw, D))
         self.pos_drop = nn.Dropout(cfg.dropout)
         eps = cfg.layer_norm_eps
         nk = cfg.norm_kind
@@ -108,9 +112,7 @@ class VisionTransformer(nn.Module):
         key = ("resize", grid, device, dtype)
         if key not in self._table_cache:
             cfg = self.config
-            (th, tw), (gh, gw) = cfg.table_grid, grid
-            wh = torch.from_numpy(np.array(resize_matrix(th, gh, cfg.resize_kernel), np.float64))
-            ww = torch.from_numpy(np.array(resize_matrix(tw, gw, cfg.resize_kernel), np.float64))
+            wh, ww = (torch.from_numpy(np.array(m, np.float64)) for m in model_resample_matrices(cfg, grid))
             self._table_cache[key] = (wh.to(device, dtype), ww.to(device, dtype))
         return self._table_cache[key]
 
@@ -125,10 +127,14 @@ class VisionTransformer(nn.Module):
         grid = (int(grid[0]), int(grid[1]))
         if cfg.pos_embed == "none":
             return None
-        if cfg.pos_embed == "learned":
-            table = self.pos_embed
+        if cfg.learned_table:
+            if cfg.pos_embed == "factorized":  # y[i] + x[j] per patch, then resampled as a 2-D table: timm's rule
+                acc = _at_least_f32(self.pos_embed_y)
+                table = (self.pos_embed_y.to(acc)[:, :, None] + self.pos_embed_x.to(acc)[:, None, :]).flatten(1, 2)
+            else:
+                table = self.pos_embed
             n0 = cfg.num_pos_prefix
-            if grid != tuple(cfg.table_grid):
+            if model_resamples(cfg, grid):
                 th, tw = cfg.table_grid
                 acc = _at_least_f32(table)
                 wh, ww = self._resample_matrices(grid, table.device, acc)

@@ -230,16 +230,18 @@ def split_rows(fused: np.ndarray, sizes: int | Iterable[int]) -> list[np.ndarray
 # ----------------------------------------------------------------------------- image size
 def resize_state(cfg: ViTConfig, state: Mapping[str, np.ndarray], image_size) -> tuple[ViTConfig, dict]:
     """The same weights stored for another input size: a learned table resampled from its grid to the new image
-    grid with the config's kernel (the prefix rows, cfg.num_pos_prefix of them, kept). Unchanged when nothing
-    changes."""
+    grid with the config's kernel (the prefix rows, cfg.num_pos_prefix of them, kept); factorized tables stay at
+    their grid (only the image size changes). Unchanged when nothing changes."""
     target = pair(image_size)
     if target == tuple(cfg.image_size) and cfg.table_grid == cfg.grid:
         return cfg, dict(state)
+    if cfg.pos_embed == "factorized":  # kept at their grid: an aspect-preserving pair is resized per axis even at
+        return cfg.with_image_size(target), dict(state)  # its own grid, so resampled tables would compute otherwise
     new = cfg.replace(image_size=target, pos_grid=None)
     state = dict(state)
     if cfg.pos_embed == "learned":
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.table_grid, new.grid, cfg.num_pos_prefix,
-                                                cfg.resize_kernel).astype(CANONICAL_DTYPE)
+                                                cfg.resize_kernel, cfg.pos_ar_preserving).astype(CANONICAL_DTYPE)
     return new, state
 
 

@@ -47,8 +47,10 @@ timm's names for the class `rel_pos_class(cfg)` names.
 timm's NaFlexVit (keys `embeds.*`) is read as the VisionTransformer it computes at a fixed image size: its
 architecture (config.json or --preset naflexvit_...) states the patch size, channels and the table's resize kernel;
 `naflex_to_vit` turns the Linear over (ph, pw, C) patches into the conv kernel and the (1, h, w, D) table (patch rows
-only) into (1, h*w, D), kept at its grid (cfg.pos_grid) and resampled per image grid with NaFlexVit's own kernel. A
-config named after a NaFlexVit architecture (`is_naflex`) exports as that NaFlexVit (`vit_to_naflex`, the exact
+only) into (1, h*w, D), kept at its grid (cfg.pos_grid) and resampled per image grid with NaFlexVit's own kernel
+(aspect-preserving where NaFlexVit is: cfg.pos_ar_preserving); factorized tables `embeds.pos_embed_y` / `_x` are
+checked as their 2-D table and kept as `pos_embed_y` / `pos_embed_x` (pos_embed='factorized'). A config named
+after a NaFlexVit architecture (`is_naflex`) exports as that NaFlexVit (`vit_to_naflex`, the exact
 inverse; `timm_model_args` gives NaFlexVitCfg's fields).
 
 timm's `Eva` (EVA, EVA02, DINOv3, PE, RoPE-ViT, Sapiens2): when the preset is an Eva config (`is_eva`) or the
@@ -86,7 +88,7 @@ from .. import limits as L
 from ..config import ViTConfig, is_int, is_real, shown
 from ..errors import (ConfigError, ConversionError, ConversionWarning, InvalidFileError, MismatchError,
                       MissingFactsError)
-from ..posemb import resample_pos_embed
+from ..posemb import factorized_grid, resample_pos_embed
 from ..presets import EVA_PRESETS, PRESETS
 from ..safeio import read_json_file
 from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
@@ -174,6 +176,16 @@ def _vit_shapes(shapes: Mapping[str, tuple[int, ...]], nf: Mapping[str, Any]) ->
             out[vk] = ((v[0], nf["in_chans"], nf["patch_size"], nf["patch_size"]) if nk == "embeds.proj.weight"
                        and len(v) == 2 else (1, v[1] * v[2], v[3]) if nk == "embeds.pos_embed" else v)
     return out
+
+
+def _as_2d_table(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Shapes with factorized tables (1, h, D), (1, w, D) read as their 2-D table pos_embed (1, h*w, D), as the
+    import checks them (`import_timm`); other shapes unchanged."""
+    if "pos_embed_y" not in shapes:
+        return dict(shapes)
+    out = {k: v for k, v in shapes.items() if k not in _FACTORIZED}
+    (_, h, D), (_, w, _) = shapes["pos_embed_y"], shapes["pos_embed_x"]
+    return out | {"pos_embed": (1, h * w, D)}
 
 
 def _rename_legacy(st: dict[str, Any]) -> dict[str, Any]:
@@ -383,14 +395,21 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     # refused by name, whatever else is stated); the file's keys must then be exactly that model's
     resolved, unresolved, preset = _resolve_names(st, preset, timm_config, source)
     naflex = naflex_grid = None
+    factorized: dict[str, Any] = {}
     if is_naflex_state(st):  # timm's NaFlexVit: read as the VisionTransformer it computes at a fixed image size
         naflex = _naflex_facts(preset, resolved, source)
         st, naflex_grid = naflex_to_vit(st, naflex["patch_size"], naflex["in_chans"], source)
+        # factorized tables: read as their 2-D table y[i] + x[j] (the same checks as any NaFlexVit table), kept as
+        # pos_embed_y / pos_embed_x in the result (shared.posemb.factorized_grid)
+        factorized = {k: st.pop(k) for k in _FACTORIZED if k in st}
+        if factorized:
+            st["pos_embed"] = factorized_grid(*(factorized[k] for k in _FACTORIZED))[None].astype(np.float32)
         if naflex_grid is not None and grid is not None and _pair(grid) != naflex_grid:
             raise ConversionError(f"{source}: grid {grid} stated, but the NaFlexVit table embeds.pos_embed is "
                                   f"{naflex_grid[0]}x{naflex_grid[1]}")
         grid = naflex_grid if naflex_grid is not None else grid
-        resolved = [(who, replace(r, shapes=_vit_shapes(r.shapes, naflex)), mine) for who, r, mine in resolved]
+        resolved = [(who, replace(r, shapes=_as_2d_table(_vit_shapes(r.shapes, naflex))), mine)
+                    for who, r, mine in resolved]
     _check_timm_state(st, source, pool=pool, gelu=gelu, mlp=mlp)
     f = facts(st, source)
     # ---- what others state, and the questions nobody answered
@@ -405,6 +424,8 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise MissingFactsError(f"{source}: a timm state dict does not determine these, and nothing stated them:\n  "
                                 + "\n  ".join(k.questions) + "".join(f"\n  ({u})" for u in unresolved))
     target = pair(image_size) if image_size is not None else None
+    if target is None and naflex is not None and naflex.get("image_size"):  # timm's model's input size (C-RADIO:
+        target = tuple(naflex["image_size"])  # 512x512 for a 128x128 table), the table kept at its grid
     if target is None:
         if pos_grid is not None:
             target = (pos_grid[0] * f.P, pos_grid[1] * f.P)
@@ -424,7 +445,12 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     if naflex is not None and f.has_pos:  # the table stays at its grid: resampled per grid as NaFlexVit does
         if naflex.get("resize_kernel") is None:
             raise ConversionError(f"{source}: {naflex['who']} resamples its table with no canonical kernel")
+        if bool(factorized) != bool(naflex.get("factorized", bool(factorized))):
+            raise ConversionError(f"{source}: {naflex['who']} has {'factorized' if naflex['factorized'] else 'one 2-D'}"
+                                  f" position table(s), the file {'factorized' if factorized else 'one 2-D'}")
         cfg = cfg.replace(pos_grid=pos_grid, resize_kernel=naflex["resize_kernel"],
+                          pos_ar_preserving=bool(naflex.get("ar_preserving", False)),
+                          pos_embed="factorized" if factorized else cfg.pos_embed,
                           notes=cfg.notes + f"; a NaFlexVit: patch size, channels and the table's resize kernel "
                                             f"from {naflex['who']}")
     table = cfg.replace(image_size=(pos_grid[0] * f.P, pos_grid[1] * f.P)) if f.has_pos else cfg
@@ -432,9 +458,12 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
         raise ConversionError(f"{source}: a position table stored for {pos_grid[0]}x{pos_grid[1]} with a relative "
                               f"table converted to {cfg.grid[0]}x{cfg.grid[1]}: convert at the table's own size")
     st = _resize_rel_tables(f, st, cfg, source)
+    if factorized:  # the row and column tables themselves, not the 2-D table they were checked as
+        st = {k: v for k, v in st.items() if k != "pos_embed"} | factorized
     out = take(key_map(table, extra=f.rel_entries), st, source, expected=expected_shapes(table))
     if f.has_pos and pos_grid != cfg.table_grid:
-        out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, npos, cfg.resize_kernel)
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], pos_grid, cfg.grid, npos, cfg.resize_kernel,
+                                              cfg.pos_ar_preserving)
     validate_state(cfg, out, source=source)
     return cfg, out
 
@@ -873,7 +902,10 @@ NAFLEX_KERNEL_ARGS = {"bicubic_antialias": ("bicubic", True), "bicubic": ("bicub
                       "bilinear_antialias": ("bilinear", True), "bilinear": ("bilinear", False)}
 #: NaFlexVit's embedding keys <-> the classic VisionTransformer's (the patch projection and the table reshaped)
 _NAFLEX_KEYS = {"embeds.proj.weight": "patch_embed.proj.weight", "embeds.proj.bias": "patch_embed.proj.bias",
-                "embeds.pos_embed": "pos_embed", "embeds.cls_token": "cls_token", "embeds.reg_token": "reg_token"}
+                "embeds.pos_embed": "pos_embed", "embeds.cls_token": "cls_token", "embeds.reg_token": "reg_token",
+                "embeds.pos_embed_y": "pos_embed_y", "embeds.pos_embed_x": "pos_embed_x"}
+#: a factorized NaFlexVit's row and column tables (canonical pos_embed='factorized'; the same names, no embeds.)
+_FACTORIZED = ("pos_embed_y", "pos_embed_x")
 
 
 def is_naflex_state(st: Mapping[str, Any]) -> bool:
@@ -897,6 +929,7 @@ def _naflex_facts(preset, resolved, source: str) -> dict[str, Any]:
     p_cfg = resolve_preset(preset)
     if p_cfg is not None and is_naflex(p_cfg):
         return dict(patch_size=p_cfg.patch_size, in_chans=p_cfg.in_chans, resize_kernel=p_cfg.resize_kernel,
+                    factorized=p_cfg.pos_embed == "factorized", ar_preserving=p_cfg.pos_ar_preserving,
                     who=f"preset {p_cfg.name!r}")
     raise MissingFactsError(f"{source}: a timm NaFlexVit state dict (embeds.* keys): its flattened patch projection "
                             f"does not tell the patch size from the channels, nor the table's resize kernel; name "
@@ -908,13 +941,14 @@ def naflex_to_vit(st: Mapping[str, Any], patch_size: int, in_chans: int, source:
     """A NaFlexVit state dict -> the classic VisionTransformer's, exactly (only reshapes and transposes): the Linear
     over (ph, pw, C)-flattened patches becomes the conv kernel (D, C, P, P) (W_conv[d, c, i, j] =
     W_lin[d, (i * P + j) * C + c]), the (1, h, w, D) table (1, h*w, D) in row-major order (rows for the patches
-    only; `shared.convert.keymap.linear_patches`). Returns (state, the table's grid or None). Any other embeds.* key
-    is refused by name."""
+    only; `shared.convert.keymap.linear_patches`); factorized tables `embeds.pos_embed_y` (1, h, D) and
+    `embeds.pos_embed_x` (1, w, D) as pos_embed_y / pos_embed_x, unchanged. Returns (state, the table's grid or
+    None). Any other embeds.* key is refused by name."""
     out = {k: v for k, v in st.items() if not k.startswith("embeds.")}
     other = sorted(k for k in st if k.startswith("embeds.") and k not in _NAFLEX_KEYS)
     if other:
         raise ConversionError(f"{source}: NaFlexVit embedding keys the canonical model cannot run: {other[:4]} "
-                              f"(factorized tables pos_embed_y/x, norms inside the embedding)")
+                              f"(norms inside the embedding)")
     P, C = patch_size, in_chans
     w = np.asarray(st["embeds.proj.weight"]) if "embeds.proj.weight" in st else None
     if w is None or w.ndim not in (2, 4):
@@ -936,13 +970,20 @@ def naflex_to_vit(st: Mapping[str, Any], patch_size: int, in_chans: int, source:
             raise MismatchError(source, [f"key 'embeds.pos_embed': expected (1, h, w, D), got {pe.shape}"])
         grid = (int(pe.shape[1]), int(pe.shape[2]))
         out["pos_embed"] = pe.reshape(1, grid[0] * grid[1], pe.shape[3])
+    if "embeds.pos_embed_y" in st or "embeds.pos_embed_x" in st:  # factorized: kept as they are (pos_embed_y/x)
+        y, x = (np.asarray(st.get(f"embeds.{k}")) for k in _FACTORIZED)
+        if y.ndim != 3 or x.ndim != 3 or y.shape[0] != 1 or x.shape[0] != 1 or y.shape[2] != x.shape[2]:
+            raise MismatchError(source, [f"keys 'embeds.pos_embed_y', 'embeds.pos_embed_x': expected (1, h, D) and "
+                                         f"(1, w, D), got {y.shape} and {x.shape}"])
+        grid = (int(y.shape[1]), int(x.shape[1]))
+        out["pos_embed_y"], out["pos_embed_x"] = y, x
     return out, grid
 
 
 def vit_to_naflex(cfg: ViTConfig, st: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The exact inverse of `naflex_to_vit` for `cfg` (its table at cfg.table_grid, patch rows only)."""
     out = {k: v for k, v in st.items() if k not in _NAFLEX_KEYS.values()}
-    w = np.asarray(st["patch_embed.proj.weight"])
+    w = np.asarray(st["patch_embed.proj.weight"])  # (pos_embed_y / pos_embed_x: embeds.* of the same names)
     out["embeds.proj.weight"] = linear_patches(w.shape[0], cfg.patch_size, cfg.in_chans).backward([w], 1)[0]
     for nk, vk in _NAFLEX_KEYS.items():
         if vk in st and nk != "embeds.proj.weight":
@@ -958,6 +999,9 @@ def _naflex_problems(cfg: ViTConfig) -> list[str]:
     p = []
     if cfg.pos_embed == "learned" and cfg.resize_kernel not in NAFLEX_KERNEL_ARGS:
         p.append(f"resize_kernel {cfg.resize_kernel!r}: NaFlexVit resamples with {', '.join(NAFLEX_KERNEL_ARGS)}")
+    if cfg.pos_embed == "factorized" and cfg.resize_kernel != "bilinear":
+        p.append(f"factorized tables resampled with {cfg.resize_kernel!r}: NaFlexVit resamples them with 1-D "
+                 f"linear interpolation (resize_kernel 'bilinear')")
     if cfg.dist_token:
         p.append("a distillation token: NaFlexVit has none")
     if cfg.swiglu:
@@ -1178,7 +1222,8 @@ def _rel_pos_problems(cfg: ViTConfig) -> list[str]:
 def _timm_problems(cfg: ViTConfig) -> list[str]:
     if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos: their own options, then the common ones
         return _rel_pos_problems(cfg) + _common_problems(cfg)
-    p = family_refusals(cfg, "timm's VisionTransformer", supports=TIMM_FAMILY, say={
+    naflex_only = ("factorized position tables", "aspect-preserving") if is_naflex(cfg) else ()  # NaFlexVit's own
+    p = family_refusals(cfg, "timm's VisionTransformer", supports=TIMM_FAMILY + naflex_only, say={
         "token_mean": "pool='token_mean' (concat(class token, mean of the patch tokens), DINOv2's linear head): "
                       "timm's VisionTransformer has no such global_pool (HF Dinov2ForImageClassification has it: "
                       "--to hf)"})
@@ -1329,9 +1374,10 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
                     depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=ratio, qkv_bias=cfg.qkv_bias,
                     qk_norm=cfg.qk_norm, init_values=cfg.init_values, class_token=cfg.class_token != "none",
                     reg_tokens=cfg.reg_tokens, global_pool=TIMM_POOL.get(cfg.pool, cfg.pool),
-                    pos_embed="learned" if cfg.pos_embed == "learned" else "none",
+                    pos_embed=cfg.pos_embed if cfg.learned_table else "none",
                     pos_embed_grid_size=list(cfg.table_grid), pos_embed_interp_mode=mode, pos_embed_antialias=aa,
-                    pos_embed_align_corners=False, pos_embed_ar_preserving=False, pre_norm=cfg.norm_pre,
+                    pos_embed_align_corners=False, pos_embed_ar_preserving=cfg.pos_ar_preserving,
+                    pre_norm=cfg.norm_pre,
                     final_norm=cfg.final_norm or cfg.fc_norm, fc_norm=cfg.fc_norm, act_layer=TIMM_ACT[cfg.gelu])
     gh, gw = cfg.table_grid if cfg.pos_embed == "learned" else cfg.grid
     if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos arguments

@@ -357,18 +357,13 @@ NAFLEX_KERNELS = {("bicubic", True): "bicubic_antialias", ("bicubic", False): "b
 def _read_naflex_embeds(model, arch: str) -> dict[str, Any]:
     """The facts of a NaFlexVit's `embeds` at a fixed image size (4-D images in, timm's standard path): a Linear
     over flattened (ph, pw, C) patches (or a conv), a learned (h, w, D) table for the patch tokens only, resampled
-    to each grid with F.interpolate(mode, antialias, align_corners=False). What the canonical model cannot run is
-    refused by name."""
+    to each grid with F.interpolate(mode, antialias, align_corners=False), or factorized (1, h, D) / (1, w, D) row
+    and column tables (1-D linear each: the canonical 'bilinear' per axis); either aspect-preserving or not
+    (pos_embed_ar_preserving: `factorized`, `ar_preserving`). What the canonical model cannot run is refused by
+    name."""
     import torch.nn as nn
 
     e = model.embeds
-    if e.pos_embed_type == "factorized":
-        _refuse(arch, "is a NaFlexVit with factorized position tables (embeds.pos_embed_y / pos_embed_x, summed per "
-                      "row and column): the canonical model has one 2-D table")
-    if e.pos_embed_ar_preserving:
-        _refuse(arch, "is a NaFlexVit with aspect-preserving position resampling (the table resized to a square of "
-                      "the larger grid side, then cropped): the canonical resampling resizes each axis to its own "
-                      "size")
     if e.pos_embed_type == "learned" and e.pos_embed_align_corners:
         _refuse(arch, "is a NaFlexVit resampling its table with align_corners=True: the canonical kernels use "
                       "half-pixel centres (align_corners=False)")
@@ -384,13 +379,19 @@ def _read_naflex_embeds(model, arch: str) -> dict[str, Any]:
     P = e.patch_size
     if P[0] != P[1]:
         _refuse(arch, f"has non-square {P[0]}x{P[1]} patches (canonical patch_size is one int)")
-    grid = tuple(int(g) for g in e.pos_embed.shape[1:3]) if e.pos_embed_type == "learned" else None
+    factorized = e.pos_embed_type == "factorized"
+    if factorized:  # (1, h, D) rows and (1, w, D) columns, each resampled with 1-D linear (align_corners=False)
+        grid = (int(e.pos_embed_y.shape[1]), int(e.pos_embed_x.shape[1]))
+    else:
+        grid = tuple(int(g) for g in e.pos_embed.shape[1:3]) if e.pos_embed_type == "learned" else None
     size = (model.pretrained_cfg or {}).get("input_size") if hasattr(model, "pretrained_cfg") else None
     image_size = tuple(int(s) for s in size[1:]) if size else \
         tuple(g * P[0] for g in (grid or e.pos_embed_grid_size or (14, 14)))
+    # factorized tables: F.interpolate(mode='linear', antialias off) per axis = the canonical 'bilinear' per axis
+    kernel = "bilinear" if factorized else NAFLEX_KERNELS.get((e.pos_embed_interp_mode, bool(e.pos_embed_antialias)))
     return dict(patch_size=int(P[0]), in_chans=int(e.in_chans), linear=bool(e.is_linear), pos_grid=grid,
-                resize_kernel=NAFLEX_KERNELS.get((e.pos_embed_interp_mode, bool(e.pos_embed_antialias))),
-                image_size=image_size)
+                resize_kernel=kernel, image_size=image_size, factorized=factorized,
+                ar_preserving=bool(e.pos_embed_ar_preserving))
 
 
 def _norm_kind(m, arch: str, where: str, norms: list) -> str:

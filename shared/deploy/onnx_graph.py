@@ -12,8 +12,9 @@ divergence is the runtime's, never a tracer's. What the graph is:
     those initializers, which the runtimes fold once at load;
   - the position table: the learned `pos_embed` initializer itself when its grid is the export's grid (zero rows
     for unpositioned prefix tokens are concatenated in the graph); a sin-cos table, or a learned table at another
-    grid, is computed at export time in float64 by shared.posemb (the same resampling every backend uses) and
-    stored as the constant `vit_suite.pos_table` (float32);
+    grid, a factorized pair (pos_embed_y, pos_embed_x, summed per patch), is computed at export time in float64 by
+    shared.posemb (the same resampling every backend uses, aspect-preserving or not) and stored as the constant
+    `vit_suite.pos_table` (float32);
   - k_bias=False: the canonical `qkv.bias` initializer stays whole; the graph splits it and concatenates a zero k
     third (the reference's zeroing, so reading back returns the stored tensor);
   - a relative position bias (rel_pos 'table' or 'mlp', per block or shared) is built once per forward in the graph
@@ -92,7 +93,9 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              # the Eva options
              "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid",
              "qkv_fused", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only",
-             "block_norm"}
+             "block_norm",
+             # NaFlexVit's tables (computed at export by shared.posemb: aspect-preserving, factorized)
+             "pos_ar_preserving"}
     unknown = fields_off_default(cfg, known)
     return [f"config field {k}={getattr(cfg, k)!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)"
             for k in unknown]
@@ -425,7 +428,8 @@ class _Builder:
             return g.op("Concat", head, g.const("unpositioned_rows", np.zeros((1, n0 - n_pos, cfg.embed_dim))),
                         tail, axis=1)
         # a sin-cos table, or a learned one resampled to the export's grid: computed here in float64 (shared.posemb)
-        params = {"pos_embed": self.g.inits["pos_embed"].astype(np.float64)} if cfg.pos_embed == "learned" else {}
+        params = {k: self.g.inits[k].astype(np.float64) for k in ("pos_embed", "pos_embed_y", "pos_embed_x")
+                  if k in self.g.inits}
         return g.const("pos_table", position_table(cfg, params)[None])
 
 

@@ -103,7 +103,8 @@ def switch_head(cfg: ViTConfig, state: Mapping[str, np.ndarray], kind: str = "li
 def decay_mask(key: str, shape) -> bool:
     """Weight decay on matrices / conv kernels only, and not on the tokens and position table (timm's
     `no_weight_decay`: pos_embed, cls_token, reg_token, dist_token; big_vision practice)."""
-    return len(shape) >= 2 and key not in ("cls_token", "pos_embed", "reg_token", "dist_token")
+    return len(shape) >= 2 and key not in ("cls_token", "pos_embed", "pos_embed_y", "pos_embed_x", "reg_token",
+                                             "dist_token")
 
 
 def sgd_update(state: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float,

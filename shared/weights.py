@@ -27,7 +27,8 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
   head.{weight (K, F), bias (K,)}           if num_classes (F = representation_size, else Wp)
   head_dist.{weight (K, F), bias (K,)}      if num_classes and dist_token
 Eva options: rope.freqs (2, depth, heads, head_dim/2) with rope='mixed' (timm RotaryEmbeddingMixed); with
-qkv_fused=False attn.{q_proj,k_proj,v_proj}.weight (W, Din) and biases (k_proj's only with k_bias); attn.norm (W,)
+qkv_fused=False attn.{q_proj,k_proj,v_proj}.weight (W, Din) and biases (k_proj's only with k_bias), k_proj and
+v_proj (kv_heads * head_dim, Din) with num_kv_heads (grouped-query attention); attn.norm (W,)
 with attn_inner_norm; mlp.fc1_g / mlp.fc1_x (M, W) (M,) instead of mlp.fc1 with swiglu_unpacked; mlp.norm (M,) with
 mlp_inner_norm; no ls2.gamma with ls_attn_only; every norm has no .bias with norm_kind='rms'.
 All tensors are float32. Loading is strict and reports every problem by name;
@@ -86,9 +87,10 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
                 s[f"{b}.attn.qkv.bias"] = (3 * W,)
         else:
             for n in ("q_proj", "k_proj", "v_proj"):
-                s[f"{b}.attn.{n}.weight"] = (W, din)
+                rows = W if n == "q_proj" else cfg.kv_width(i)  # grouped-query attention: fewer k/v heads
+                s[f"{b}.attn.{n}.weight"] = (rows, din)
                 if cfg.qkv_bias and (n != "k_proj" or cfg.k_bias):
-                    s[f"{b}.attn.{n}.bias"] = (W,)
+                    s[f"{b}.attn.{n}.bias"] = (rows,)
         if cfg.qk_norm:
             for n in ("q_norm", "k_norm"):
                 norm(f"{b}.attn.{n}", cfg.head_dim)

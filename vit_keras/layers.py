@@ -243,21 +243,23 @@ class Attention(keras.layers.Layer):
 
     dim: input width; width: the attention's (default dim); heads of width/num_heads. Projections: one fused `qkv`
     (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases with qkv_bias, the k part held at
-    zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's channels of q and k (`q_norm`, `k_norm`)
-    before the scale; inner_norm: LayerNorm `norm` over the merged heads before `proj` (timm's scale_attn_inner);
+    zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention): k_proj / v_proj give that many heads,
+    each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's channels of q and k
+    (`q_norm`, `k_norm`) before the scale; inner_norm: LayerNorm `norm` over the merged heads before `proj` (timm's scale_attn_inner);
     `norm` picks those norms' kind (layer or rms);
     scale: default head_dim ** -0.5; value_skip (T2T): v (heads merged) + proj(...). call(x, rope, attn_bias,
     return_attn): a rotary table rotates the last N tokens' q and k (`apply_rope`), attn_bias is added to the
     scaled scores. Returns the output, or (output, probabilities) with return_attn."""
 
-    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
-                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
-                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 **kwargs):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
+                 qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
+                 inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
+                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.norm_kind = str(norm)
         self.dim, self.num_heads = int(dim), int(num_heads)
+        self.num_kv_heads = int(num_kv_heads or num_heads)
         self.width = int(width) if width is not None else self.dim
         self.head_dim = self.width // self.num_heads
         self.qkv_bias, self.qkv_fused, self.k_bias = bool(qkv_bias), bool(qkv_fused), bool(k_bias)
@@ -270,8 +272,9 @@ class Attention(keras.layers.Layer):
             self.qkv = _dense(3 * W, "qkv", pol, use_bias=self.qkv_bias)
         else:
             self.q_proj = _dense(W, "q_proj", pol, use_bias=self.qkv_bias)
-            self.k_proj = _dense(W, "k_proj", pol, use_bias=self.qkv_bias and self.k_bias)
-            self.v_proj = _dense(W, "v_proj", pol, use_bias=self.qkv_bias)
+            Wkv = self.num_kv_heads * self.head_dim  # grouped-query attention: fewer k/v heads
+            self.k_proj = _dense(Wkv, "k_proj", pol, use_bias=self.qkv_bias and self.k_bias)
+            self.v_proj = _dense(Wkv, "v_proj", pol, use_bias=self.qkv_bias)
         nk = self.norm_kind
         self.q_norm = _norm(self.norm_eps, "q_norm", pol, nk) if self.qk_norm else None
         self.k_norm = _norm(self.norm_eps, "k_norm", pol, nk) if self.qk_norm else None
@@ -307,14 +310,18 @@ class Attention(keras.layers.Layer):
         return ops.split(qkv, 3, axis=-1)
 
     def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
-        H, hd, A = self.num_heads, self.head_dim, self.width
+        H, Hkv, hd, A = self.num_heads, self.num_kv_heads, self.head_dim, self.width
         T = x.shape[1]
-        q, k, v = (ops.transpose(ops.reshape(t, (-1, T, H, hd)), (0, 2, 1, 3)) for t in self._qkv(x))
+        q, k, v = self._qkv(x)
+        q = ops.transpose(ops.reshape(q, (-1, T, H, hd)), (0, 2, 1, 3))
+        k, v = (ops.transpose(ops.reshape(t, (-1, T, Hkv, hd)), (0, 2, 1, 3)) for t in (k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q = apply_rope(q, rope, self.rotate_half, self.compute_dtype)
             k = apply_rope(k, rope, self.rotate_half, self.compute_dtype)
+        if Hkv != H:  # grouped-query attention: kv head j serves q heads j * groups ... (timm's repeat_interleave)
+            k, v = ops.repeat(k, H // Hkv, axis=1), ops.repeat(v, H // Hkv, axis=1)
         scores = _f32(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))) * self.scale
         if attn_bias is not None:
             scores = scores + _f32(attn_bias)
@@ -348,7 +355,8 @@ class Attention(keras.layers.Layer):
 
     def get_config(self):
         base = super().get_config()
-        base.update({"dim": self.dim, "num_heads": self.num_heads, "width": self.width, "qkv_bias": self.qkv_bias,
+        base.update({"dim": self.dim, "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
+                     "width": self.width, "qkv_bias": self.qkv_bias,
                      "qkv_fused": self.qkv_fused, "k_bias": self.k_bias, "qk_norm": self.qk_norm,
                      "inner_norm": self.inner_norm, "scale": self.scale, "rotate_half": self.rotate_half,
                      "value_skip": self.value_skip, "norm_eps": self.norm_eps, "norm": self.norm_kind,

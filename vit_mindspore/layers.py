@@ -334,22 +334,25 @@ class Attention(_Cell):
 
     dim: input width; width: the attention's (default dim); heads of width/num_heads. Projections: one fused `qkv`
     (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases with qkv_bias, the k part held at
-    zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's channels of q and k (`q_norm`,
-    `k_norm`) after the heads are split, before the scale, as timm; inner_norm: LayerNorm `norm` over the merged
+    zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention): k_proj / v_proj give that many heads,
+    each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's channels of q and k
+    (`q_norm`, `k_norm`) after the heads are split, before the scale, as timm; inner_norm: LayerNorm `norm` over the merged
     heads before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms); scale: default head_dim ** -0.5; value_skip (T2T): v (heads
     merged) + proj(attn @ v). construct(x, rope, attn_bias, return_attn): a rotary table rotates the last N tokens'
     q and k (`apply_rope`), attn_bias is added to the scaled scores. Returns the output, or (output,
     probabilities) with return_attn.
     """
 
-    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
-                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
-                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0, *,
-                 dtype=mstype.float32, fused_softmax: bool = True):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
+                 qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
+                 inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
+                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, *, dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
         W = int(width) if width is not None else int(dim)
         self.num_heads = int(num_heads)
+        self.num_kv_heads = int(num_kv_heads or num_heads)
+        self.kv_groups = self.num_heads // self.num_kv_heads
         self.head_dim = W // self.num_heads
         self.width = W
         self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
@@ -363,8 +366,9 @@ class Attention(_Cell):
         else:
             self.qkv = None
             self.q_proj = Linear(dim, W, qkv_bias, dtype)
-            self.k_proj = Linear(dim, W, qkv_bias and k_bias, dtype)
-            self.v_proj = Linear(dim, W, qkv_bias, dtype)
+            Wkv = self.num_kv_heads * self.head_dim  # grouped-query attention: fewer k/v heads
+            self.k_proj = Linear(dim, Wkv, qkv_bias and k_bias, dtype)
+            self.v_proj = Linear(dim, Wkv, qkv_bias, dtype)
         self.has_qk_norm = bool(qk_norm)
         self.q_norm = norm_layer(self.head_dim, norm_eps, dtype, norm) if qk_norm else None
         self.k_norm = norm_layer(self.head_dim, norm_eps, dtype, norm) if qk_norm else None
@@ -386,11 +390,14 @@ class Attention(_Cell):
             q, k, v = self.split(self.qkv(x))
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q, k, v = self.heads(q), self.heads(k), self.heads(v)
+        q = self.heads(q)
+        k, v = (split_heads(t, self.num_kv_heads, self.head_dim) for t in (k, v))
         if self.has_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope, self.rotate_half), apply_rope(k, rope, self.rotate_half)
+        if self.kv_groups > 1:  # grouped-query attention: kv head j serves q heads j * groups ... (timm's order)
+            k, v = ops.repeat_interleave(k, self.kv_groups, 1), ops.repeat_interleave(v, self.kv_groups, 1)
         s = self.qk_matmul(q, k) * self.scale
         if attn_bias is not None:
             s = s + attn_bias

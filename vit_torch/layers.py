@@ -107,7 +107,8 @@ class Attention(nn.Module):
 
     dim: input width; width: the attention's (default dim; differs in a T2T first block); heads of width/num_heads.
     Projections: one fused `qkv` Linear (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases
-    with qkv_bias, the k part held at zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's
+    with qkv_bias, the k part held at zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention, separate
+    projections): k_proj / v_proj give that many heads, each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's
     channels of q and k (`q_norm`, `k_norm`), before the scale. inner_norm: LayerNorm `norm` over the merged heads
     before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms). scale: default head_dim ** -0.5. value_skip (T2T): the output is
     v (heads merged) + proj(...). forward(x, rope, attn_bias, return_attn): a rotary table rotates the last N
@@ -118,14 +119,16 @@ class Attention(nn.Module):
     are requested.
     """
 
-    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
-                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
-                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0, *,
-                 fused_attn: bool = True):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
+                 qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
+                 inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
+                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, *, fused_attn: bool = True):
         super().__init__()
         W = int(width) if width is not None else int(dim)
         self.num_heads, self.head_dim, self.width = int(num_heads), W // int(num_heads), W
+        self.num_kv_heads = int(num_kv_heads or num_heads)
+        Wkv = self.num_kv_heads * self.head_dim
         self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
         self.value_skip = bool(value_skip)
         self.qkv_fused, self.k_bias, self.rotate_half = bool(qkv_fused), bool(k_bias), bool(rotate_half)
@@ -134,8 +137,8 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(dim, 3 * W, bias=qkv_bias)
         else:
             self.q_proj = nn.Linear(dim, W, bias=qkv_bias)
-            self.k_proj = nn.Linear(dim, W, bias=qkv_bias and k_bias)
-            self.v_proj = nn.Linear(dim, W, bias=qkv_bias)
+            self.k_proj = nn.Linear(dim, Wkv, bias=qkv_bias and k_bias)
+            self.v_proj = nn.Linear(dim, Wkv, bias=qkv_bias)
         self.q_norm = norm_layer(self.head_dim, norm_eps, norm) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(self.head_dim, norm_eps, norm) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
@@ -155,11 +158,15 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
                 return_attn: bool = False):
         B, T, _ = x.shape
-        H, hd, W = self.num_heads, self.head_dim, self.width
-        q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in self._qkv(x))  # (B, H, T, hd)
+        H, Hkv, hd, W = self.num_heads, self.num_kv_heads, self.head_dim, self.width
+        q, k, v = self._qkv(x)
+        q = q.reshape(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k, v = (t.reshape(B, T, Hkv, hd).transpose(1, 2) for t in (k, v))  # (B, Hkv, T, hd)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope, self.rotate_half), apply_rope(k, rope, self.rotate_half)
+        if Hkv != H:  # grouped-query attention: kv head j serves q heads j * groups ... (timm's repeat_interleave)
+            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
         probs = None
         if self.fused_attn and not return_attn:
             p = self.attn_drop.p if self.training else 0.0
@@ -181,7 +188,7 @@ class Attention(nn.Module):
         return (o, probs) if return_attn else o
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, scale={self.scale}, value_skip={self.value_skip}, fused_attn={self.fused_attn}"
+        return f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, scale={self.scale}, value_skip={self.value_skip}, fused_attn={self.fused_attn}"
 
 
 class QuickGELU(nn.Module):

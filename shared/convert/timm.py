@@ -1044,6 +1044,9 @@ def _eva_problems(cfg: ViTConfig) -> list[str]:
                  f"with bias = not use_pre_transformer_norm")
     if cfg.pool == "map" and cfg.num_prefix_tokens:
         p.append("pool='map' with prefix tokens: timm's Eva pools every token")
+    if cfg.num_kv_heads is not None and cfg.qkv_bias and not cfg.k_bias:
+        p.append("num_kv_heads with k_bias=False: timm's grouped-query attention is AttentionRope's (a k bias with "
+                 "the q and v biases), EvaAttention has none")
     return p
 
 
@@ -1093,7 +1096,7 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
         num_reg_tokens=cfg.reg_tokens, no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix == 0,
         use_abs_pos_emb=cfg.pos_embed == "learned", use_rot_pos_emb=cfg.rope != "none",
         use_pre_transformer_norm=cfg.norm_pre, use_post_transformer_norm=cfg.final_norm, use_fc_norm=cfg.fc_norm,
-        num_kv_heads=cfg.num_heads, dynamic_img_size=False,
+        num_kv_heads=list(cfg.kv_heads) if cfg.num_kv_heads is not None else cfg.num_heads, dynamic_img_size=False,
         ref_feat_shape=list(cfg.rope_ref_grid) if cfg.rope_ref_grid is not None else None)
     if cfg.rope != "none":  # (rope_grid_offset: timm's mixed form takes none)
         kw.update(rope_type=cfg.rope, rope_temperature=cfg.rope_temperature, rope_grid_indexing=cfg.rope_indexing,

@@ -454,7 +454,7 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
     norms: list = []
     D, H = int(model.embed_dim), None
     blocks = list(model.blocks)
-    per_block = set()
+    per_block, kv_heads = set(), []
     for i, blk in enumerate(blocks):
         if type(blk) is not EvaBlock:
             _refuse(arch, f"builds {_tname(blk)} blocks" + (": norms after each branch (post-norm), not the pre-norm"
@@ -465,8 +465,7 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
             _refuse(arch, f"has {_tname(a)} attention")
         if getattr(a, "gate", None) is not None:
             _refuse(arch, "has gated attention (a sigmoid gate before attn.proj)")
-        if getattr(a, "num_kv_heads", a.num_heads) != a.num_heads:
-            _refuse(arch, "has grouped-query attention (num_kv_heads < num_heads)")
+        kv_heads.append(int(getattr(a, "num_kv_heads", a.num_heads)))  # grouped-query attention: per block
         if a.head_dim * a.num_heads != D or a.proj.bias is None or not math.isclose(a.scale, a.head_dim ** -0.5):
             _refuse(arch, "has an attention width, scale or output projection other than the canonical one")
         fused = a.qkv is not None
@@ -548,6 +547,8 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         pos_prefix_tokens=0 if model.pos_embed is not None and model.no_embed_class and n0 else None,
         gelu=gelu or "erf", layer_norm_eps=norms[0][2], norm_kind=norms[0][1], norm_pre=bool(pre),
         final_norm=bool(final), fc_norm=bool(fc), num_classes=int(n_cls), **_read_eva_rope(model, arch, blocks[0].attn))
+    if any(h != H for h in kv_heads):  # grouped-query attention (AttentionRope, separate projections)
+        cfg["num_kv_heads"] = tuple(kv_heads)
     facts: dict[str, Any] = dict(name=arch, eva_config=cfg, num_heads=H, layer_norm_eps=norms[0][2],
                                  pool=cfg["pool"], image_size=cfg["image_size"],
                                  dynamic_img_size=bool(getattr(model, "dynamic_img_size", False)), norm_pre=bool(pre))

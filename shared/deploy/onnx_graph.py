@@ -28,7 +28,8 @@ divergence is the runtime's, never a tracer's. What the graph is:
     'mixed' (RoPE-Mixed): computed once per forward in the graph from the `rope.freqs` initializer and the constant
     coordinates `vit_suite.rope_t0` / `vit_suite.rope_t1` (shared.posemb.rope_grid), block i gathering its [i];
   - the other Eva options: separate q_proj/k_proj/v_proj (no k bias with k_bias=False), the attention's and the
-    MLP's inner norms, timm's unpacked SwiGLU (fc1_g, fc1_x), ls_attn_only, and RMSNorm (norm_kind 'rms', every
+    MLP's inner norms, timm's unpacked SwiGLU (fc1_g, fc1_x), ls_attn_only, grouped-query attention (num_kv_heads:
+    each k / v head tiled for its group of q heads by Unsqueeze, Tile, Reshape), and RMSNorm (norm_kind 'rms', every
     norm of the model but the MAP head's) built as x / Sqrt(ReduceMean(x * x) + eps) * weight: opset 23's
     RMSNormalization runs in both runtimes too, but measured no more accurate on tiny_rope_mixed (logits 6.6e-7 in
     ONNX Runtime against 4.9e-7 from these primitives, the same in OpenVINO) and would raise every export's opset;
@@ -90,7 +91,8 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              "rel_pos_shared", "rel_pos_dim", "notes",
              # the Eva options
              "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid",
-             "qkv_fused", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only"}
+             "qkv_fused", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only",
+             "num_kv_heads"}
     unknown = fields_off_default(cfg, known)
     return [f"config field {k}={getattr(cfg, k)!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)"
             for k in unknown]
@@ -238,7 +240,8 @@ class _Builder:
         """(B, T, A) -> (B, H, T, hd)."""
         return self.g.op("Transpose", self.g.op("Reshape", t, self.g.ints(0, 0, H, hd)), perm=[0, 2, 1, 3])
 
-    def attention(self, x: str, prefix: str, *, num_heads: int, width: int | None = None, qkv_bias: bool = True,
+    def attention(self, x: str, prefix: str, *, num_heads: int, num_kv_heads: int | None = None,
+                  width: int | None = None, qkv_bias: bool = True,
                   qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
                   scale: float | None = None, value_skip: bool = False, norm_eps: float = 1e-6,
                   norm: str = "layer", dim=None, attn_drop=0.0, proj_drop=0.0, rotate_half=False,
@@ -256,12 +259,17 @@ class _Builder:
             q = self.linear(x, _key(prefix, "q_proj"), qkv_bias)
             k = self.linear(x, _key(prefix, "k_proj"), qkv_bias and k_bias)
             v = self.linear(x, _key(prefix, "v_proj"), qkv_bias)
-        qh, kh, vh = (self.heads(t, H, hd) for t in (q, k, v))
+        Hkv = num_kv_heads or H
+        qh, kh, vh = self.heads(q, H, hd), self.heads(k, Hkv, hd), self.heads(v, Hkv, hd)
         if qk_norm:
             qh = self.norm(qh, _key(prefix, "q_norm"), norm_eps, norm)
             kh = self.norm(kh, _key(prefix, "k_norm"), norm_eps, norm)
         if rope is not None:  # the patch tokens' q and k, after the qk-norm
             qh, kh = self.rotate(qh, rope, hd), self.rotate(kh, rope, hd)
+        if Hkv != H:  # grouped-query attention: kv head j repeated for q heads j * groups ... (Tile, then Reshape)
+            reps = g.ints(1, 1, H // Hkv, 1, 1)
+            kh, vh = (g.op("Reshape", g.op("Tile", g.op("Unsqueeze", t, g.ints(2)), reps), g.ints(0, H, -1, hd))
+                      for t in (kh, vh))
         scores = g.op("Mul", g.op("MatMul", qh, g.op("Transpose", kh, perm=[0, 1, 3, 2])), g.scalar(scale))
         if attn_bias is not None:  # (H, T, T), broadcast over the batch
             scores = g.op("Add", scores, attn_bias)

@@ -70,6 +70,7 @@ _INT_BOUNDS = {"in_chans": (1, L.MAX_CHANNELS), "patch_size": (1, L.MAX_PATCH), 
                "num_classes": (0, L.MAX_CLASSES)}
 _INT_BOUNDS["reg_tokens"] = (0, L.MAX_PREFIX_TOKENS)
 _INT_BOUNDS["rel_pos_dim"] = (1, L.MAX_WIDTH)
+_INT_BOUNDS["num_parallel"] = (1, 64)
 _OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH),
                    "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
@@ -155,6 +156,10 @@ class ViTConfig:
     # Normalised: a list of equal entries becomes its int, num_heads everywhere becomes None. Needs qkv_fused=False.
     num_kv_heads: int | tuple[int, ...] | None = None
     init_values: float | None = None  # LayerScale: set -> per-channel gammas ls1/ls2 (initialised to this value)
+    # parallel blocks (timm ParallelThingsBlock, `vit_*_18x2_*`): every block sums num_parallel attention branches
+    # (keys blocks.i.attns.j.{norm,attn,ls}) into the residual, then num_parallel MLP branches (blocks.i.ffns.j.
+    # {norm,mlp,ls}), each branch with its own norm and LayerScale. 1: the pre-norm block (norm1, attn, ls1, ...)
+    num_parallel: int = 1
     # --- tokens and positions -----------------------------------------------
     class_token: str = "learned"  # learned | zeros (fixed "prediction token") | none
     dist_token: bool = False  # DeiT distillation token (after the class token) with its own head `head_dist`
@@ -308,6 +313,11 @@ class ViTConfig:
         need(not self.swiglu_unpacked or self.swiglu, "swiglu_unpacked needs swiglu")
         need(not self.ls_attn_only or self.init_values is not None, "ls_attn_only needs init_values (LayerScale)")
         need(self.qkv_bias or self.k_bias, "k_bias=False needs qkv_bias (it drops the k third of the biases)")
+        if self.num_parallel > 1:
+            need(not self.attn_value_skip and self.attn_dim is None and self.rel_pos == "none"
+                 and not self.ls_attn_only,
+                 "num_parallel > 1 (parallel branches summed into the residual) with attn_dim / attn_value_skip, a "
+                 "relative position bias or ls_attn_only is not a known layout")
         if self.num_kv_heads is not None:
             bad = [h for h in set(self.kv_heads) if self.num_heads % h]
             need(not bad, f"num_kv_heads {bad} must divide num_heads {self.num_heads} (grouped-query attention)")
@@ -447,7 +457,8 @@ class ViTConfig:
         dim = attn.pop("dim")
         mlp.pop("dim")  # a block's MLP runs at the attention's width
         return dict(dim=dim, attn=attn, mlp=mlp, ls_init=self.init_values, drop_path=self.drop_path_rates[i],
-                    norm_eps=self.layer_norm_eps, norm=self.norm_kind, ls_attn_only=self.ls_attn_only)
+                    norm_eps=self.layer_norm_eps, norm=self.norm_kind, ls_attn_only=self.ls_attn_only,
+                    num_parallel=self.num_parallel)
 
     def pool_args(self) -> dict[str, Any]:
         """The attention pool (pool='map'): the keyword arguments of the backends' pool layer and of
@@ -478,9 +489,10 @@ class ViTConfig:
                     + ((1 if self.ls_attn_only else 2) * W if self.init_values is not None else 0))
 
         if self.num_kv_heads is None:  # every block alike after the first: two terms, whatever the depth
-            n += block(0) + (self.depth - 1) * block(min(1, self.depth - 1))
+            nblk = block(0) + (self.depth - 1) * block(min(1, self.depth - 1))
         else:
-            n += sum(block(i) for i in range(self.depth))
+            nblk = sum(block(i) for i in range(self.depth))
+        n += self.num_parallel * nblk  # parallel blocks: every part of a block once per branch
         n += len(self.rel_pos_prefixes) * sum(math.prod(v) for v in self.rel_pos_shapes().values())
         n += self.rope_mixed_shape[0] * self.depth * self.num_heads * self.head_dim // 2 if self.rope == "mixed" else 0
         if self.pool == "map":  # latent, q, kv, proj, norm, mlp
@@ -572,6 +584,8 @@ class ViTConfig:
                  (not self.qkv_fused, "separate q/k/v projections (qkv_fused=False)"),
                  (self.qkv_bias and not self.k_bias, "q and v biases without a k bias (k_bias=False)"),
                  (self.num_kv_heads is not None, f"grouped-query attention (num_kv_heads={self.num_kv_heads})"),
+                 (self.num_parallel > 1, f"parallel blocks ({self.num_parallel} attention and MLP branches each: "
+                                         f"num_parallel, blocks.i.attns.j / ffns.j)"),
                  (self.attn_inner_norm, "a norm inside attention (attn_inner_norm: attn.norm)"),
                  (self.mlp_inner_norm, "a norm inside the MLP (mlp_inner_norm: mlp.norm)"),
                  (self.swiglu_unpacked, "an unpacked SwiGLU MLP (swiglu_unpacked: mlp.fc1_g, mlp.fc1_x)"),
@@ -588,6 +602,7 @@ class ViTConfig:
             "swiglu": self.swiglu,
             "qk_norm": self.qk_norm,
             "layer_scale": self.init_values is not None,
+            "num_parallel": self.num_parallel,
             "patch_bias": self.patch_bias,
             "dist_token": self.dist_token,
             "reg_tokens": self.reg_tokens,

@@ -99,6 +99,9 @@ _FAMILY = [
     ("vit_medium_patch16_gap_256", 16, 256, 512, 12, 8, 2048, 1000, dict(_GAP, qkv_bias=False, init_values=1e-6)),
     ("vit_medium_patch16_gap_384", 16, 384, 512, 12, 8, 2048, 1000, dict(_GAP, qkv_bias=False, init_values=1e-6)),
     ("vit_base_patch16_gap_224", 16, 224, 768, 12, 16, 3072, 1000, _GAP),
+    # timm's ParallelThingsBlock ("Three things everyone should know about ViTs"): 18 blocks of 2 parallel branches
+    ("vit_small_patch16_18x2_224", 16, 224, 384, 18, 6, 1536, 1000, dict(init_values=1e-5, num_parallel=2)),
+    ("vit_base_patch16_18x2_224", 16, 224, 768, 18, 12, 3072, 1000, dict(init_values=1e-5, num_parallel=2)),
 ]
 for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _FAMILY:
     PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
@@ -331,6 +334,11 @@ PRESETS["tiny_sapiens2_gqa"] = ViTConfig(
     notes="Sapiens2: grouped-query attention (block 0 every head, block 1 two k/v heads for four q heads), "
           "separate q/k/v with full biases, dinov3 RoPE rotate-half, RMSNorm with qk-norm, attention-only "
           "LayerScale, registers")
+PRESETS["tiny_parallel"] = ViTConfig(
+    name="tiny_parallel", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+    mlp_dim=48, num_parallel=2, init_values=0.1, qk_norm=True, num_classes=5,
+    notes="timm ParallelThingsBlock (vit_*_18x2_*): two attention branches summed into the residual, then two MLP "
+          "branches, each with its own norm and LayerScale; qk-norm")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

@@ -207,12 +207,36 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
 
 def block(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, attn: dict, mlp: dict,
           ls_init: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6, norm: str = "layer",
-          ls_attn_only: bool = False, rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None,
-          want_attn: bool = False):
+          ls_attn_only: bool = False, num_parallel: int = 1, rope: np.ndarray | None = None,
+          attn_bias: np.ndarray | None = None, want_attn: bool = False):
     """Pre-norm transformer block (the backends' `Block`, same arguments: `cfg.block_args(i)`); returns (output,
     attention probabilities or None). With ls_init, LayerScale gammas ls1/ls2 scale each branch (ls1 only with
     ls_attn_only). When dim differs from the attention's width (a T2T-style first block) there is no outer
-    residual around attention. `norm`: the kind of norm1 / norm2 ("layer" or "rms")."""
+    residual around attention. `norm`: the kind of norm1 / norm2 ("layer" or "rms"). num_parallel > 1 (timm's
+    ParallelThingsBlock): x + the sum of the branches attns.j (norm -> attention -> ls), then + the sum of ffns.j
+    (norm -> MLP -> ls), each sum rounded once (a stack summed), then the residual add; the probabilities returned
+    are branch 0's."""
+    if num_parallel > 1:
+        def branch_sum(ys):
+            acc = ys[0]
+            for y in ys[1:]:
+                acc = nm.r(acc + y)
+            return acc
+
+        def scaled(pre, y):
+            return nm.r(y * p[_key(pre, "ls.gamma")]) if ls_init is not None else y
+
+        ys, probs = [], None
+        for j in range(num_parallel):
+            pre = _key(prefix, f"attns.{j}")
+            y, pr = attention(nm, p, _key(pre, "attn"), nm.norm(p, _key(pre, "norm"), x, norm_eps, norm), dim=dim,
+                              **attn, rope=rope, attn_bias=attn_bias, want_attn=want_attn and j == 0)
+            ys.append(scaled(pre, y))
+            probs = pr if j == 0 else probs
+        x = nm.r(x + branch_sum(ys))
+        ys = [scaled(pre, mlp_forward(nm, p, _key(pre, "mlp"), nm.norm(p, _key(pre, "norm"), x, norm_eps, norm), **mlp))
+              for pre in (_key(prefix, f"ffns.{j}") for j in range(num_parallel))]
+        return nm.r(x + branch_sum(ys)), probs
     width = attn.get("width") or dim
     h = nm.norm(p, _key(prefix, "norm1"), x, norm_eps, norm)
     y, probs = attention(nm, p, _key(prefix, "attn"), h, dim=dim, **attn, rope=rope, attn_bias=attn_bias,

@@ -460,16 +460,28 @@ class Block(keras.layers.Layer):
     width for the MLP). ls_init: LayerScale `ls1`, `ls2` on each branch before its residual add. When dim differs
     from the attention's width (T2T first block) there is no outer attention residual. call(x, rope, attn_bias,
     return_attn) passes rope and attn_bias to the attention; returns the output, or (output, probabilities) with
-    return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2."""
+    return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2. num_parallel > 1 (timm's
+    ParallelThingsBlock): `attns_j` and `ffns_j` (`Branch`es; canonical attns.j / ffns.j) instead, x + the sum of the
+    attention branches, then + the sum of the MLP branches; return_attn gives branch 0's probabilities."""
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, **kwargs):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, num_parallel: int = 1,
+                 **kwargs):
         super().__init__(**kwargs)
         pol = self.dtype_policy
         self.dim, self.attn_args, self.mlp_args = int(dim), dict(attn), dict(mlp)
         self.ls_init = None if ls_init is None else float(ls_init)
         self.norm_eps, self.norm_kind, self.ls_attn_only = float(norm_eps), str(norm), bool(ls_attn_only)
         self.width = int(self.attn_args.get("width") or self.dim)
+        self.num_parallel, self.drop_path_rate = int(num_parallel), float(drop_path)
+        if self.num_parallel > 1:
+            branch = dict(ls_init=self.ls_init, drop_path=self.drop_path_rate, norm_eps=self.norm_eps,
+                          norm=self.norm_kind, dtype=pol)
+            self.attns = [Branch(self.dim, attn=self.attn_args, name=f"attns_{j}", **branch)
+                          for j in range(self.num_parallel)]
+            self.ffns = [Branch(self.dim, mlp=self.mlp_args, name=f"ffns_{j}", **branch)
+                         for j in range(self.num_parallel)]
+            return
         self.norm1 = _norm(self.norm_eps, "norm1", pol, self.norm_kind)
         self.attn = Attention(self.dim, **self.attn_args, name="attn", dtype=pol)
         self.norm2 = _norm(self.norm_eps, "norm2", pol, self.norm_kind)
@@ -483,6 +495,11 @@ class Block(keras.layers.Layer):
 
     def build(self, input_shape=None):
         W = self.width
+        if self.num_parallel > 1:
+            for b in self.attns + self.ffns:
+                b.build((None, None, self.dim))
+            self.built = True
+            return
         self.norm1.build((None, None, self.dim))
         self.attn.build((None, None, self.dim))
         self.norm2.build((None, None, W))
@@ -494,6 +511,14 @@ class Block(keras.layers.Layer):
         self.built = True
 
     def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
+        if self.num_parallel > 1:  # the branches summed (timm: a stack summed), then the residual add
+            outs = [b(x, rope=rope, attn_bias=attn_bias, return_attn=return_attn and j == 0, training=training)
+                    for j, b in enumerate(self.attns)]
+            probs = outs[0][1] if return_attn else None
+            ys = [o[0] if return_attn and j == 0 else o for j, o in enumerate(outs)]
+            x = x + ops.sum(ops.stack(ys), axis=0)
+            x = x + ops.sum(ops.stack([f(x, training=training) for f in self.ffns]), axis=0)
+            return (x, probs) if return_attn else x
         y = self.attn(self.norm1(x), rope=rope, attn_bias=attn_bias, return_attn=return_attn, training=training)
         y, probs = y if return_attn else (y, None)
         if self.ls1 is not None:
@@ -509,6 +534,12 @@ class Block(keras.layers.Layer):
         return (x, probs) if return_attn else x
 
     def canonical_variables(self, prefix: str = "") -> dict:
+        if self.num_parallel > 1:
+            v = {}
+            for kind, branches in (("attns", self.attns), ("ffns", self.ffns)):
+                for j, b in enumerate(branches):
+                    v.update(b.canonical_variables(_key(prefix, f"{kind}.{j}")))
+            return v
         v = ln_variables(_key(prefix, "norm1"), self.norm1)
         v.update(self.attn.canonical_variables(_key(prefix, "attn")))
         if self.ls1 is not None:
@@ -523,7 +554,58 @@ class Block(keras.layers.Layer):
         base = super().get_config()
         base.update({"dim": self.dim, "attn": dict(self.attn_args), "mlp": dict(self.mlp_args),
                      "ls_init": self.ls_init, "drop_path": self.drop_path_rate, "norm_eps": self.norm_eps,
-                     "norm": self.norm_kind, "ls_attn_only": self.ls_attn_only})
+                     "norm": self.norm_kind, "ls_attn_only": self.ls_attn_only, "num_parallel": self.num_parallel})
+        return base
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Branch(keras.layers.Layer):
+    """One branch of a parallel block (timm ParallelThingsBlock's attns.j / ffns.j): `norm` -> `attn` (attn: the
+    Attention's arguments) or `mlp` (mlp: the Mlp's) -> LayerScale `ls` (with ls_init) -> stochastic depth.
+    call(x, rope, attn_bias, return_attn) as `Attention`'s (an MLP branch ignores them)."""
+
+    def __init__(self, dim: int, attn: dict | None = None, mlp: dict | None = None, ls_init: float | None = None,
+                 drop_path: float = 0.0, norm_eps: float = 1e-6, norm: str = "layer", **kwargs):
+        super().__init__(**kwargs)
+        pol = self.dtype_policy
+        self.dim, self.attn_args, self.mlp_args = int(dim), attn, mlp
+        self.ls_init, self.norm_eps, self.norm_kind = ls_init, float(norm_eps), str(norm)
+        self.drop_path_rate = float(drop_path)
+        self.norm = _norm(self.norm_eps, "norm", pol, self.norm_kind)
+        self.inner = (Attention(self.dim, **attn, name="attn", dtype=pol) if attn is not None
+                      else Mlp(self.dim, **mlp, name="mlp", dtype=pol))
+        self.ls = LayerScale(self.dim, name="ls", dtype=pol) if ls_init is not None else None
+        self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=pol)
+
+    def build(self, input_shape=None):
+        for layer in (self.norm, self.inner, self.ls):
+            if layer is not None:
+                layer.build((None, None, self.dim))
+        self.built = True
+
+    def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
+        probs = None
+        if self.attn_args is not None:
+            y = self.inner(self.norm(x), rope=rope, attn_bias=attn_bias, return_attn=return_attn, training=training)
+            y, probs = y if return_attn else (y, None)
+        else:
+            y = self.inner(self.norm(x), training=training)
+        if self.ls is not None:
+            y = self.ls(y)
+        y = self.drop_path(y, training=training)
+        return (y, probs) if return_attn else y
+
+    def canonical_variables(self, prefix: str = "") -> dict:
+        v = ln_variables(_key(prefix, "norm"), self.norm)
+        v.update(self.inner.canonical_variables(_key(prefix, "attn" if self.attn_args is not None else "mlp")))
+        if self.ls is not None:
+            v[_key(prefix, "ls.gamma")] = (self.ls.gamma, "direct")
+        return v
+
+    def get_config(self):
+        base = super().get_config()
+        base.update({"dim": self.dim, "attn": self.attn_args, "mlp": self.mlp_args, "ls_init": self.ls_init,
+                     "drop_path": self.drop_path_rate, "norm_eps": self.norm_eps, "norm": self.norm_kind})
         return base
 
 

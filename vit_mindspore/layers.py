@@ -480,12 +480,22 @@ class Block(_Cell):
     is no outer residual around attention (and so no stochastic depth on that branch; ls1 still scales it).
     construct(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the output, or
     (output, probabilities) with return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2.
+    num_parallel > 1 (timm's ParallelThingsBlock): `attns.j` and `ffns.j` (`Branch`es) instead, x + the sum of the
+    attention branches, then + the sum of the MLP branches; return_attn gives branch 0's probabilities.
     """
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, *, dtype=mstype.float32,
-                 fused_softmax: bool = True):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, num_parallel: int = 1, *,
+                 dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
+        self.num_parallel = int(num_parallel)
+        if self.num_parallel > 1:
+            branch = dict(ls_init=ls_init, drop_path=drop_path, norm_eps=norm_eps, norm=norm, dtype=dtype)
+            self.attns = nn.CellList([Branch(dim, attn=Attention(dim, **attn, dtype=dtype, fused_softmax=fused_softmax),
+                                             **branch) for _ in range(self.num_parallel)])
+            self.ffns = nn.CellList([Branch(dim, mlp=Mlp(dim, **mlp, dtype=dtype), **branch)
+                                     for _ in range(self.num_parallel)])
+            return
         W = attn.get("width") or dim
         self.residual = dim == W
         self.drop_path_rate = float(drop_path)
@@ -502,6 +512,21 @@ class Block(_Cell):
 
     def construct(self, x, rope=None, attn_bias=None, return_attn=False):
         probs = None
+        if self.num_parallel > 1:  # the branches summed, then the residual add (one rounding each, as timm's stack sum)
+            if return_attn:
+                s, probs = self.attns[0](x, rope, attn_bias, True)
+            else:
+                s = self.attns[0](x, rope, attn_bias)
+            for j in range(1, self.num_parallel):
+                s = s + self.attns[j](x, rope, attn_bias)
+            x = x + s
+            s = self.ffns[0](x)
+            for j in range(1, self.num_parallel):
+                s = s + self.ffns[j](x)
+            x = x + s
+            if return_attn:
+                return x, probs
+            return x
         if return_attn:
             y, probs = self.attn(self.norm1(x), rope, attn_bias, True)
         else:
@@ -519,6 +544,38 @@ class Block(_Cell):
         if return_attn:
             return x, probs
         return x
+
+
+class Branch(_Cell):
+    """One branch of a parallel block (timm ParallelThingsBlock's attns.j / ffns.j): `norm` -> `attn` or `mlp` ->
+    LayerScale `ls` (with ls_init) -> stochastic depth. construct(x, rope, attn_bias, return_attn) as `Attention`'s
+    (an MLP branch ignores them)."""
+
+    def __init__(self, dim: int, attn=None, mlp=None, ls_init: float | None = None, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6, norm: str = "layer", *, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.norm = norm_layer(dim, norm_eps, dtype, norm)
+        self.is_attn = attn is not None
+        self.attn, self.mlp = attn, mlp
+        self.layer_scale = ls_init is not None
+        self.ls = LayerScale(dim, dtype) if self.layer_scale else None
+        self.drop_path = DropPath(float(drop_path))
+
+    def construct(self, x, rope=None, attn_bias=None, return_attn=False):
+        probs = None
+        if self.is_attn:
+            if return_attn:
+                y, probs = self.attn(self.norm(x), rope, attn_bias, True)
+            else:
+                y = self.attn(self.norm(x), rope, attn_bias)
+        else:
+            y = self.mlp(self.norm(x))
+        if self.layer_scale:
+            y = self.ls(y)
+        y = self.drop_path(y)
+        if return_attn:
+            return y, probs
+        return y
 
 
 class AttentionPoolLatent(_Cell):

@@ -270,13 +270,25 @@ class Block(nn.Module):
     attn / mlp: the Attention's and the Mlp's arguments (dim aside: the block's input width, and the attention's
     width for the MLP). ls_init: LayerScale `ls1`, `ls2` on each branch. When dim differs from the attention's
     width (T2T first block) there is no outer residual around attention (and so no stochastic depth on that
-    branch). norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2 (timm attn_only_layer_scale). forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
+    branch). norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2 (timm attn_only_layer_scale).
+    num_parallel > 1 (timm's ParallelThingsBlock): `attns.j` and `ffns.j` (`Branch`es) instead, x + sum of the
+    attention branches, then + sum of the MLP branches; return_attn gives branch 0's probabilities. forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
     output, or (output, probabilities) with return_attn.
     """
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, *, fused_attn: bool = True):
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, num_parallel: int = 1, *,
+                 fused_attn: bool = True):
         super().__init__()
+        self.num_parallel = int(num_parallel)
+        if self.num_parallel > 1:  # timm's ParallelThingsBlock: attns.j and ffns.j, each norm -> branch -> ls
+            def branch(**inner):
+                return Branch(dim, ls_init=ls_init, drop_path=drop_path, norm_eps=norm_eps, norm=norm, **inner)
+
+            self.attns = nn.ModuleList([branch(attn=Attention(dim, **attn, fused_attn=fused_attn))
+                                        for _ in range(self.num_parallel)])
+            self.ffns = nn.ModuleList([branch(mlp=Mlp(dim, **mlp)) for _ in range(self.num_parallel)])
+            return
         W = attn.get("width") or dim
         self.residual = dim == W
         self.drop_path_rate = float(drop_path)
@@ -292,12 +304,43 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
                 return_attn: bool = False):
+        if self.num_parallel > 1:  # the branches summed (a stack summed, as timm), then the residual add
+            outs = [b(x, rope, attn_bias, return_attn and j == 0) for j, b in enumerate(self.attns)]
+            probs = outs[0][1] if return_attn else None
+            x = x + torch.stack([o[0] if return_attn and j == 0 else o for j, o in enumerate(outs)]).sum(dim=0)
+            x = x + torch.stack([f(x) for f in self.ffns]).sum(dim=0)
+            return (x, probs) if return_attn else x
         y = self.attn(self.norm1(x), rope, attn_bias, return_attn)
         y, probs = y if return_attn else (y, None)
         y = self.ls1(y)
         x = x + self.drop_path1(y) if self.residual else y
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return (x, probs) if return_attn else x
+
+
+class Branch(nn.Module):
+    """One branch of a parallel block (timm ParallelThingsBlock's attns.j / ffns.j): `norm` -> `attn` or `mlp` ->
+    LayerScale `ls` (with ls_init) -> stochastic depth. forward(x, rope, attn_bias, return_attn) as `Attention`'s
+    (an MLP branch ignores them)."""
+
+    def __init__(self, dim: int, attn: nn.Module | None = None, mlp: nn.Module | None = None,
+                 ls_init: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6, norm: str = "layer"):
+        super().__init__()
+        self.norm = norm_layer(dim, norm_eps, norm)
+        if attn is not None:
+            self.attn = attn
+        else:
+            self.mlp = mlp
+        self.ls = LayerScale(dim, ls_init) if ls_init is not None else nn.Identity()
+        self.drop_path = DropPath(float(drop_path))
+
+    def forward(self, x: torch.Tensor, rope=None, attn_bias=None, return_attn: bool = False):
+        if not hasattr(self, "attn"):
+            return self.drop_path(self.ls(self.mlp(self.norm(x))))
+        y = self.attn(self.norm(x), rope, attn_bias, return_attn)
+        y, probs = y if return_attn else (y, None)
+        y = self.drop_path(self.ls(y))
+        return (y, probs) if return_attn else y
 
 
 class AttentionPool(nn.Module):

@@ -35,7 +35,6 @@ _BLOCK_REASONS = {
     "ResPostBlock": "norms after each branch (post-norm): its keys are exactly a pre-norm block's",
     "ParallelScalingBlock": "attention and MLP in parallel from one fused projection",
     "DiffParallelScalingBlock": "differential attention in parallel blocks",
-    "ParallelThingsBlock": "parallel attention and MLP branches",
 }
 
 
@@ -74,12 +73,13 @@ def _tname(obj) -> str:
     return type(obj).__name__
 
 
-def _layer_scales(blk, arch: str, inits: set) -> None:
-    """A block's LayerScale init values into `inits` (timm's ls1 / ls2); any other branch scale is refused."""
+def _layer_scales(blk, arch: str, inits: set, scales=None) -> None:
+    """A block's LayerScale init values into `inits` (timm's ls1 / ls2, or the given `scales`: a parallel block's
+    branches' ls); any other branch scale is refused."""
     import torch.nn as nn
     from timm.layers import LayerScale
 
-    for ls in (blk.ls1, blk.ls2):
+    for ls in scales if scales is not None else (blk.ls1, blk.ls2):
         if type(ls) is LayerScale:
             inits.add(float(ls.init_values))
         elif type(ls) is not nn.Identity:
@@ -207,7 +207,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     from timm.layers.attention import Attention
     from timm.layers.mlp import GluMlp, Mlp
     from timm.models.deit import VisionTransformerDistilled
-    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.models.vision_transformer import Block, ParallelThingsBlock, VisionTransformer
 
     from timm.models.beit import Beit
     from timm.models.naflexvit import NaFlexVit
@@ -264,28 +264,38 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         norms.append((where, float(m.eps)))
         return True
 
-    gelus, heads, mlps, inits = set(), set(), set(), set()
+    gelus, heads, mlps, inits, pars = set(), set(), set(), set(), set()
+    branches = []  # (where, norm before attention, attention, where, norm before the MLP, MLP): blocks / branches
     for i, blk in enumerate(model.blocks):
+        if type(blk) is ParallelThingsBlock:  # num_parallel attention branches, then as many MLP branches
+            if blk.num_parallel < 2:
+                _refuse(arch, f"builds a ParallelThingsBlock of {blk.num_parallel} branch (canonical: 2 or more)")
+            pars.add(int(blk.num_parallel))
+            for j, (at, ff) in enumerate(zip(blk.attns, blk.ffns)):
+                _layer_scales(blk, arch, inits, scales=(at.ls, ff.ls))
+                branches.append((f"blocks.{i}.attns.{j}", at.norm, at.attn, f"blocks.{i}.ffns.{j}", ff.norm, ff.mlp))
+            continue
         if type(blk) is not Block:
             _refuse(arch, f"builds {_tname(blk)} blocks: "
                           f"{_BLOCK_REASONS.get(_tname(blk), 'not the pre-norm Block the canonical model runs')}")
-        norm(blk.norm1, f"blocks.{i}.norm1", optional=False)
-        norm(blk.norm2, f"blocks.{i}.norm2", optional=False)
-        a = blk.attn
+        pars.add(1)
+        _layer_scales(blk, arch, inits)
+        branches.append((f"blocks.{i}", blk.norm1, blk.attn, f"blocks.{i}", blk.norm2, blk.mlp))
+    for wa, n1, a, wm, n2, m in branches:
+        norm(n1, f"{wa}.norm1" if wa == wm else f"{wa}.norm", optional=False)
+        norm(n2, f"{wm}.norm2" if wa == wm else f"{wm}.norm", optional=False)
         if type(a) is not Attention:
             _refuse(arch, f"has {_tname(a)} attention: "
                           f"{_ATTN_REASONS.get(_tname(a), 'not the timm Attention the canonical model runs')}")
         if type(a.norm) is not nn.Identity or getattr(a, "gate", None) is not None:
             _refuse(arch, "has a norm or a gate inside attention (scale_attn_norm / gated attention)")
-        if a.attn_dim != blk.norm1.normalized_shape[0] or not math.isclose(a.scale, a.head_dim ** -0.5):
+        if a.attn_dim != n1.normalized_shape[0] or not math.isclose(a.scale, a.head_dim ** -0.5):
             _refuse(arch, "has an attention width or scale other than embed_dim and head_dim**-0.5")
-        norm(a.q_norm, f"blocks.{i}.attn.q_norm")
-        norm(a.k_norm, f"blocks.{i}.attn.k_norm")
+        norm(a.q_norm, f"{wa}.attn.q_norm")
+        norm(a.k_norm, f"{wa}.attn.k_norm")
         heads.add(int(a.num_heads))
-        _layer_scales(blk, arch, inits)
-        m = blk.mlp
         if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity:
-            gelus.add(_gelu_form(m.act, arch, f"blocks.{i}.mlp"))
+            gelus.add(_gelu_form(m.act, arch, f"{wm}.mlp"))
             mlps.add("gelu")
         elif type(m) is GluMlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity \
                 and type(m.act) is nn.SiLU and not m.gate_last and m.chunk_dim == -1:
@@ -293,8 +303,8 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         else:
             _refuse(arch, f"has a {_tname(m)} MLP{' with ' + _tname(getattr(m, 'act', None)) if hasattr(m, 'act') else ''}"
                           f" (the canonical MLP is timm's Mlp with a GELU form, or SwiGLUPacked)")
-    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1:
-        _refuse(arch, "varies heads, MLP kind, activation or LayerScale init across its blocks")
+    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1 or len(pars) > 1:
+        _refuse(arch, "varies heads, MLP kind, activation, LayerScale init or block kind across its blocks")
     pre = norm(model.norm_pre, "norm_pre")
     final = norm(model.norm, "norm")
     fc = norm(model.fc_norm, "fc_norm")
@@ -335,6 +345,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         facts["pos_rows"] = "all" if rows == n0 else "none" if rows == 0 else None
     if inits:
         facts["init_values"] = inits.pop()
+    facts["num_parallel"] = pars.pop()  # 1: pre-norm Blocks; more: ParallelThingsBlocks of that many branches
     facts["dynamic_img_size"] = bool(naflex) or bool(getattr(model, "dynamic_img_size", False))
     facts["norm_pre"] = pre
     cls_token = model.embeds.cls_token if naflex else model.cls_token

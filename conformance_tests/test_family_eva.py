@@ -16,6 +16,7 @@ import torch
 
 from shared import reference
 from shared.config import ViTConfig
+from shared.errors import ConfigError
 from shared.convert.timm import eva_key_map, eva_model_kwargs, export_timm, import_timm
 from shared.convert.timm_resolve import resolve_timm_architecture
 from shared.errors import ConversionError
@@ -68,6 +69,9 @@ CASES = {  # arch: the extra kwargs of the tiny model (what each case adds)
     "vit_base_patch16_rope_mixed_ape_224": dict(img_size=64),  # learned mixed rope + an absolute table (no_embed_class)
     "vit_pe_spatial_base_patch16_512": dict(img_size=64),  # cat rope 'xy' with grid offset 1, norm_pre, no patch bias
     "vit_base_patch16_sapiens2": dict(img_size=(64, 48), num_kv_heads=4),  # RMSNorm, qk-norm, attention-only LS
+    # grouped-query attention (timm's Sapiens2 keeps every head at both ends): block 0 four kv heads, block 1 two
+    "vit_large_patch16_sapiens2": dict(img_size=(64, 48), num_kv_heads=(4, 2)),
+    "vit_huge_patch16_sapiens2": dict(img_size=(64, 48), num_kv_heads=(1, 2)),  # one kv head for all four q heads
 }
 
 
@@ -81,7 +85,8 @@ def _tiny_eva(arch: str):
 
 
 #: the CI-sized set runs three (every rope form, the unpacked SwiGLU and sub-LNs); the others are slow-marked
-CI_CASES = ("eva02_base_patch16_clip_224", "vit_small_plus_patch16_dinov3_qkvb", "vit_base_patch16_rope_mixed_ape_224")
+CI_CASES = ("eva02_base_patch16_clip_224", "vit_small_plus_patch16_dinov3_qkvb", "vit_base_patch16_rope_mixed_ape_224",
+            "vit_large_patch16_sapiens2")
 
 
 @pytest.mark.parametrize("arch", [a if a in CI_CASES else pytest.param(a, marks=pytest.mark.slow) for a in CASES])
@@ -93,7 +98,7 @@ def test_timm_eva_imports_and_exports(arch):
 
     m = _tiny_eva(arch)
     sd = {k: v.numpy() for k, v in m.state_dict().items()}
-    args = {k: v for k, v in CASES[arch].items()}
+    args = {k: list(v) if isinstance(v, tuple) else v for k, v in CASES[arch].items()}  # as config.json holds them
     cfg, state = import_timm(sd, timm_config={"architecture": arch, "model_args": {**TINY, **args}})
     assert cfg.rope == resolve_timm_architecture(arch, {**TINY, **args}).facts["eva_config"]["rope"]
     x = random_images(cfg, 2, seed=3)
@@ -101,7 +106,10 @@ def test_timm_eva_imports_and_exports(arch):
         want = m(torch.from_numpy(x)).double().numpy()
     ref = reference.forward(cfg, state, x)["logits"]
     bound = fp32_bound(cfg, "logits")
+    print(f"{arch}: logits rel L2 {rel_l2(want, ref):.2e} (float32 bound {bound:.1e})")
     assert rel_l2(want, ref) < bound / 10, (rel_l2(want, ref), bound)
+    kv = CASES[arch].get("num_kv_heads")
+    assert cfg.kv_heads == (tuple(kv) if isinstance(kv, tuple) else (cfg.num_heads,) * cfg.depth)
     back = export_timm(cfg, state)
     assert sorted(back) == sorted(sd)
     assert all(np.array_equal(back[k], sd[k]) for k in sd if not k.endswith("k_bias"))
@@ -112,7 +120,6 @@ def test_timm_eva_imports_and_exports(arch):
 
 
 @pytest.mark.parametrize("arch,why", [
-    ("vit_large_patch16_sapiens2", "grouped-query attention"),
     ("vit_pe_core_base_patch16_224", "pools its prefix tokens too"),
 ])
 def test_eva_architectures_the_canonical_model_cannot_run_are_refused_by_name(arch, why):
@@ -145,3 +152,74 @@ def test_eva_preset_is_timms_architecture(name):
     assert mine == theirs
     facts = ViTConfig(**resolve_timm_architecture(name, {}).facts["eva_config"])
     assert facts.replace(notes="") == cfg.replace(notes="")
+
+
+# ------------------------------------------------------------------------------ grouped-query attention (Sapiens2)
+@pytest.mark.ci_backends("torch")  # Keras and MindSpore (~15 s of compiles) in the slow set
+def test_grouped_query_attention_on_every_primary_backend(primary_backend):
+    """tiny_sapiens2_gqa (block 0 every head, block 1 two k/v heads for four q heads; timm's layout is proven by
+    test_timm_eva_imports_and_exports): each primary backend's stages within the float32 bound of the float64
+    reference and within the low-precision bound at bfloat16 / float16; its loss gradients within the gradient
+    bound of the float64 oracle (itself checked against finite differences of the reference), and one AdamW step
+    within the step bounds (shared.training.grad)."""
+    from shared.testing import assert_conforms, case
+    from shared.training import grad as G
+
+    be = primary_backend
+    cfg, state, x = case("tiny_sapiens2_gqa")
+    v = assert_conforms(cfg.name, "float32", be.forward(be.build(cfg, state), x))
+    print(f"{be.name} float32: worst stage at {max(s.rel_l2 / s.bound for s in v.stages):.3f} of its bound")
+    low = next(d for d in ("bfloat16", "float16") if d in be.dtypes)
+    print(f"{be.name} {low}: {assert_conforms(cfg.name, low, be.forward(be.build(cfg, state, dtype=low), x)).summary()}")
+    y = np.random.default_rng(3).integers(0, cfg.num_classes, x.shape[0])
+    _, grads = be.loss_and_grads(cfg, state, x, y, 0.1)
+    g64 = _gqa_oracle(cfg, state, x, y)
+    bound = G.grad_bound(cfg)
+    errs = G.grad_errors(g64, grads)
+    worst = max(errs, key=errs.get)
+    print(f"{be.name} gradients: worst {worst} {errs[worst]:.2e} (bound {bound:.1e})")
+    assert set(grads) == set(g64) and errs[worst] <= bound
+    hp = G.STEP_HPARAMS["adamw"]
+    new = be.optimizer_step(cfg, state, x, y, "adamw", lr=hp["lr"], weight_decay=hp["weight_decay"],
+                            label_smoothing=0.1, betas=G.ADAM_BETAS, eps=G.ADAM_EPS)
+    rows = G.step_errors("adamw", cfg, state, new, grads, g64)
+    assert not {k: r for k, r in rows.items() if not (r["opt_err"] <= r["opt_bound"] and r["e2e_err"] <= r["e2e_bound"])}
+
+
+_GQA_ORACLE: dict = {}
+
+
+def _gqa_oracle(cfg, state, x, y):
+    """The float64 oracle's gradients (torch float64), checked once against central finite differences of the float64
+    reference at random coordinates, the k_proj / v_proj of the grouped block among them."""
+    from shared.backend import get_backend
+    from shared.training import grad as G
+
+    if not _GQA_ORACLE:
+        loss64, g64 = get_backend(G.ORACLE_BACKEND).loss_and_grads(cfg, state, x, y, 0.1, dtype="float64")
+        ref = G.reference_loss(cfg, state, x, y, 0.1)
+        assert abs(loss64 - ref) <= G.ORACLE_LOSS_REL * max(1.0, abs(ref)), (loss64, ref)
+        keys = ["blocks.1.attn.k_proj.weight", "blocks.1.attn.v_proj.weight", "blocks.1.attn.k_norm.weight"]
+        rows = G.finite_difference_check(cfg, state, x, y, 0.1, g64, n_coords=6, keys=keys)
+        assert rows and all(r["passed"] for r in rows), rows
+        _GQA_ORACLE["g"] = g64
+    return _GQA_ORACLE["g"]
+
+
+def test_grouped_query_attention_config_and_writers():
+    """num_kv_heads is normalised (a list of equal entries is an int, every head is None), refused where no layout
+    has it, and each writer either expresses it (ONNX: against the reference) or refuses it by name (.keras)."""
+    from shared.deploy.onnx_graph import export_problems
+    from shared.keras_file import file_problems
+
+    base = get_preset("tiny_sapiens2_gqa")
+    assert base.replace(num_kv_heads=[2, 2]).num_kv_heads == 2 and base.replace(num_kv_heads=4).num_kv_heads is None
+    assert ViTConfig.from_json(base.to_json()) == base and base.kv_heads == (4, 2)
+    assert base.num_parameters == sum(int(np.prod(s)) for s in expected_shapes(base).values())
+    assert expected_shapes(base)["blocks.1.attn.k_proj.weight"] == (16, 32)
+    for bad, why in ((dict(num_kv_heads=3), "must divide num_heads"), (dict(num_kv_heads=[4]), "lists 1 blocks"),
+                     (dict(qkv_fused=True), "needs qkv_fused=False"), (dict(num_kv_heads="2"), "num_kv_heads")):
+        with pytest.raises(ConfigError, match=why):
+            base.replace(**bad)
+    assert not export_problems(base)
+    assert any("num_kv_heads" in p for p in file_problems(base))

@@ -33,26 +33,31 @@ def test_family_preset_is_timms_architecture(name):
         m = timm.create_model(name, pretrained=False)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == expected_shapes(cfg)
     blk = m.blocks[0]
+    assert getattr(blk, "num_parallel", 1) == cfg.num_parallel  # ParallelThingsBlock: its branch 0 read below
+    n1, attn, mlp, ls1, ls2 = ((blk.attns[0].norm, blk.attns[0].attn, blk.ffns[0].mlp, blk.attns[0].ls,
+                                blk.ffns[0].ls) if cfg.num_parallel > 1 else (blk.norm1, blk.attn, blk.mlp, blk.ls1,
+                                                                              blk.ls2))
     assert tuple(m.patch_embed.img_size) == cfg.image_size
     if cfg.swiglu:  # timm SwiGLUPacked: a GluMlp with SiLU, the gate in fc1's first half
-        assert type(blk.mlp).__name__ == "GluMlp" and isinstance(blk.mlp.act, torch.nn.SiLU)
-        assert blk.mlp.gate_last is False
+        assert type(mlp).__name__ == "GluMlp" and isinstance(mlp.act, torch.nn.SiLU)
+        assert mlp.gate_last is False
     else:
-        assert type(blk.mlp).__name__ == "Mlp"
-        assert _gelu_form(blk.mlp.act) == cfg.gelu
+        assert type(mlp).__name__ == "Mlp"
+        assert _gelu_form(mlp.act) == cfg.gelu
     final = m.fc_norm if cfg.fc_norm else m.norm
-    assert blk.norm1.eps == cfg.layer_norm_eps and final.eps == cfg.layer_norm_eps
+    assert n1.eps == cfg.layer_norm_eps and final.eps == cfg.layer_norm_eps
     assert (type(m.norm).__name__ != "Identity", type(m.fc_norm).__name__ != "Identity") == (cfg.final_norm,
                                                                                             cfg.fc_norm)
     # the block class: its keys are the same either way (res-post-norm ResPostBlock, or the pre-norm Block)
-    assert {type(b).__name__ for b in m.blocks} == {"post": {"ResPostBlock"}, "pre": {"Block"}}[cfg.block_norm]
+    want = {"ParallelThingsBlock"} if cfg.num_parallel > 1 else {"post": {"ResPostBlock"}, "pre": {"Block"}}[cfg.block_norm]
+    assert {type(b).__name__ for b in m.blocks} == want
     assert m.num_prefix_tokens == cfg.num_prefix_tokens
     assert m.no_embed_class == (cfg.num_pos_prefix == 0 and cfg.num_prefix_tokens > 0)
     assert {"token": "token", "avg": "mean", "map": "map"}[m.global_pool] == cfg.pool
     assert (type(m.norm_pre).__name__ != "Identity") == cfg.norm_pre
     if cfg.init_values is not None:
-        assert blk.ls1.init_values == blk.ls2.init_values == cfg.init_values
-    assert blk.attn.scale == pytest.approx(cfg.scale)
+        assert ls1.init_values == ls2.init_values == cfg.init_values
+    assert attn.scale == pytest.approx(cfg.scale)
 
 
 @pytest.mark.parametrize("fmt", ["torchvision", "kerashub", "mindcv"])

@@ -557,6 +557,7 @@ def test_resolver_reads_every_timm_preset_as_its_preset_states():
         got = resolve_timm_architecture(arch, {"depth": 1}).facts
         want = _preset_facts(PRESETS[arch])
         assert {k: got.get(k) for k in want} == want, arch
+        assert got.get("num_parallel", 1) == PRESETS[arch].num_parallel, arch  # ParallelThingsBlock branches
 
 
 # ------------------------------------------------------------------------------------------ the zoo (slow)

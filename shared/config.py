@@ -76,6 +76,7 @@ _INT_BOUNDS = {"in_chans": (1, L.MAX_CHANNELS), "patch_size": (1, L.MAX_PATCH), 
                "num_classes": (0, L.MAX_CLASSES)}
 _INT_BOUNDS["reg_tokens"] = (0, L.MAX_PREFIX_TOKENS)
 _INT_BOUNDS["rel_pos_dim"] = (1, L.MAX_WIDTH)
+_INT_BOUNDS["num_parallel"] = (1, 64)
 _OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH),
                    "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
@@ -114,6 +115,11 @@ def check_field_types(d: dict[str, Any], where: str) -> None:
     if "init_values" in d and d["init_values"] is not None and not (
             is_real(d["init_values"]) and math.isfinite(d["init_values"]) and 0 < d["init_values"] <= 1e6):
         raise bad("init_values", "null or a finite float in (0, 1e6]")
+    if "num_kv_heads" in d and d["num_kv_heads"] is not None:
+        v = d["num_kv_heads"]
+        if not ((is_int(v) and 1 <= v <= L.MAX_HEADS) or (isinstance(v, (list, tuple)) and 1 <= len(v) <= L.MAX_DEPTH
+                                                          and all(is_int(h) and 1 <= h <= L.MAX_HEADS for h in v))):
+            raise bad("num_kv_heads", f"null, an int in [1, {L.MAX_HEADS}] or a list of them (one per block)")
     if "qk_scale" in d and d["qk_scale"] is not None and not (
             is_real(d["qk_scale"]) and math.isfinite(d["qk_scale"]) and 0 < d["qk_scale"] <= 1e6):
         raise bad("qk_scale", "null or a finite float in (0, 1e6]")
@@ -151,7 +157,16 @@ class ViTConfig:
     qk_scale: float | None = None  # None: head_dim ** -0.5
     attn_value_skip: bool = False  # T2T-style: attn(x) = v + proj(softmax(qk) v)
     qk_norm: bool = False  # LayerNorm over the head dim on q and k (keys attn.q_norm, attn.k_norm)
+    # grouped-query attention (timm Eva/AttentionRope num_kv_heads): k_proj / v_proj give this many heads, each
+    # shared by num_heads / num_kv_heads consecutive q heads (q head h reads kv head h // groups). None: num_heads
+    # (plain multi-head); an int: every block; a list: one entry per block (Sapiens2: full heads at both ends).
+    # Normalised: a list of equal entries becomes its int, num_heads everywhere becomes None. Needs qkv_fused=False.
+    num_kv_heads: int | tuple[int, ...] | None = None
     init_values: float | None = None  # LayerScale: set -> per-channel gammas ls1/ls2 (initialised to this value)
+    # parallel blocks (timm ParallelThingsBlock, `vit_*_18x2_*`): every block sums num_parallel attention branches
+    # (keys blocks.i.attns.j.{norm,attn,ls}) into the residual, then num_parallel MLP branches (blocks.i.ffns.j.
+    # {norm,mlp,ls}), each branch with its own norm and LayerScale. 1: the pre-norm block (norm1, attn, ls1, ...)
+    num_parallel: int = 1
     # --- tokens and positions -----------------------------------------------
     class_token: str = "learned"  # learned | zeros (fixed "prediction token") | none
     dist_token: bool = False  # DeiT distillation token (after the class token) with its own head `head_dist`
@@ -225,6 +240,13 @@ class ViTConfig:
             object.__setattr__(self, "pos_grid", _pair(self.pos_grid, "pos_grid"))
         if self.rope_ref_grid is not None:
             object.__setattr__(self, "rope_ref_grid", _pair(self.rope_ref_grid, "rope_ref_grid"))
+        kv = self.num_kv_heads
+        if isinstance(kv, (list, tuple)):  # canonical form: None (all full), an int (all alike) or a tuple
+            kv = tuple(int(h) for h in kv)
+            if len(kv) != self.depth:
+                raise ConfigError(f"config {self.name!r}: num_kv_heads lists {len(kv)} blocks, depth is {self.depth}")
+            kv = kv[0] if len(set(kv)) == 1 else kv
+        object.__setattr__(self, "num_kv_heads", None if kv == self.num_heads else kv)
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -316,6 +338,21 @@ class ViTConfig:
                                            "the norms' initial weights)")
             need(self.attn_dim is None and not self.attn_value_skip,
                  "block_norm='post' with attn_dim / attn_value_skip (T2T) is not a known layout")
+            need(self.num_parallel == 1 and self.num_kv_heads is None,
+                 "block_norm='post' with parallel branches or grouped-query attention is not a known layout")
+        if self.num_parallel > 1:
+            need(not self.attn_value_skip and self.attn_dim is None and self.rel_pos == "none"
+                 and not self.ls_attn_only,
+                 "num_parallel > 1 (parallel branches summed into the residual) with attn_dim / attn_value_skip, a "
+                 "relative position bias or ls_attn_only is not a known layout")
+        if self.num_kv_heads is not None:
+            bad = [h for h in set(self.kv_heads) if self.num_heads % h]
+            need(not bad, f"num_kv_heads {bad} must divide num_heads {self.num_heads} (grouped-query attention)")
+            need(not self.qkv_fused, "num_kv_heads (grouped-query attention) needs qkv_fused=False (timm: a fused qkv "
+                                     "projection has no grouped form)")
+            need(not self.attn_value_skip, "num_kv_heads with attn_value_skip is not a known layout")
+            need(self.rope != "mixed", "num_kv_heads with rope='mixed' is not a known layout (its per-head tables "
+                                       "rotate num_heads heads)")
         if self.pool == "map":
             need(self.norm_kind == "layer" and not self.swiglu_unpacked,
                  "pool='map' with RMSNorm or an unpacked SwiGLU is not a known layout")
@@ -331,6 +368,16 @@ class ViTConfig:
     def width(self) -> int:
         """Width of the attention and of every stage after block 0."""
         return self.attn_dim if self.attn_dim is not None else self.embed_dim
+
+    @property
+    def kv_heads(self) -> tuple[int, ...]:
+        """The key/value heads of each block (num_heads where num_kv_heads is None: plain multi-head attention)."""
+        kv = self.num_kv_heads
+        return tuple(kv) if isinstance(kv, tuple) else (kv if kv is not None else self.num_heads,) * self.depth
+
+    def kv_width(self, i: int) -> int:
+        """Block i's k_proj / v_proj output width: its kv heads times head_dim."""
+        return self.kv_heads[i] * self.head_dim
 
     @property
     def head_dim(self) -> int:
@@ -423,7 +470,8 @@ class ViTConfig:
         """Block i's attention: the keyword arguments of `Attention` in every backend and of
         `shared.reference.attention` (which ignores the dropout rates). `norm`: the kind of every norm in it
         (q_norm, k_norm, the inner norm): cfg.norm_kind."""
-        return dict(dim=self.block_in_dim(i), num_heads=self.num_heads, width=self.width, qkv_bias=self.qkv_bias,
+        return dict(dim=self.block_in_dim(i), num_heads=self.num_heads, num_kv_heads=self.kv_heads[i],
+                    width=self.width, qkv_bias=self.qkv_bias,
                     qkv_fused=self.qkv_fused, k_bias=self.k_bias, qk_norm=self.qk_norm,
                     inner_norm=self.attn_inner_norm, scale=self.scale, rotate_half=self.rope_rotate_half,
                     value_skip=self.attn_value_skip, norm_eps=self.layer_norm_eps, norm=self.norm_kind,
@@ -442,7 +490,7 @@ class ViTConfig:
         mlp.pop("dim")  # a block's MLP runs at the attention's width
         return dict(dim=dim, attn=attn, mlp=mlp, ls_init=self.init_values, drop_path=self.drop_path_rates[i],
                     norm_eps=self.layer_norm_eps, norm=self.norm_kind, ls_attn_only=self.ls_attn_only,
-                    post_norm=self.block_norm == "post")
+                    post_norm=self.block_norm == "post", num_parallel=self.num_parallel)
 
     def pool_args(self) -> dict[str, Any]:
         """The attention pool (pool='map'): the keyword arguments of the backends' pool layer and of
@@ -465,15 +513,20 @@ class ViTConfig:
         elif self.pos_embed == "factorized":
             n += sum(self.table_grid) * D
         n += nb * D if self.norm_pre else 0
-        qkv_b = (3 * W if self.qkv_fused or self.k_bias else 2 * W) if self.qkv_bias else 0
 
-        def block(din: int) -> int:
-            return (nb * din + 3 * W * din + qkv_b + W * W + W + nb * W
+        def block(i: int) -> int:
+            din, kw = self.block_in_dim(i), self.kv_width(i)
+            qkv_b = (W + kw + kw if self.qkv_fused or self.k_bias else W + kw) if self.qkv_bias else 0
+            return (nb * din + (W + 2 * kw) * din + qkv_b + W * W + W + nb * W
                     + self.fc1_dim * (W + 1) + W * M + W + (2 * nb * self.head_dim if self.qk_norm else 0)
                     + (nb * W if self.attn_inner_norm else 0) + (nb * M if self.mlp_inner_norm else 0)
                     + ((1 if self.ls_attn_only else 2) * W if self.init_values is not None else 0))
 
-        n += block(D) + (self.depth - 1) * block(W)
+        if self.num_kv_heads is None:  # every block alike after the first: two terms, whatever the depth
+            nblk = block(0) + (self.depth - 1) * block(min(1, self.depth - 1))
+        else:
+            nblk = sum(block(i) for i in range(self.depth))
+        n += self.num_parallel * nblk  # parallel blocks: every part of a block once per branch
         n += len(self.rel_pos_prefixes) * sum(math.prod(v) for v in self.rel_pos_shapes().values())
         n += self.rope_mixed_shape[0] * self.depth * self.num_heads * self.head_dim // 2 if self.rope == "mixed" else 0
         if self.pool == "map":  # latent, q, kv, proj, norm, mlp
@@ -517,6 +570,8 @@ class ViTConfig:
             d["pos_grid"] = list(self.pos_grid)
         if self.rope_ref_grid is not None:
             d["rope_ref_grid"] = list(self.rope_ref_grid)
+        if isinstance(self.num_kv_heads, tuple):
+            d["num_kv_heads"] = list(self.num_kv_heads)
         return d
 
     def to_json(self) -> str:
@@ -565,6 +620,9 @@ class ViTConfig:
                  (self.rope != "none", f"rotary position embeddings (rope={self.rope!r})"),
                  (not self.qkv_fused, "separate q/k/v projections (qkv_fused=False)"),
                  (self.qkv_bias and not self.k_bias, "q and v biases without a k bias (k_bias=False)"),
+                 (self.num_kv_heads is not None, f"grouped-query attention (num_kv_heads={self.num_kv_heads})"),
+                 (self.num_parallel > 1, f"parallel blocks ({self.num_parallel} attention and MLP branches each: "
+                                         f"num_parallel, blocks.i.attns.j / ffns.j)"),
                  (self.attn_inner_norm, "a norm inside attention (attn_inner_norm: attn.norm)"),
                  (self.mlp_inner_norm, "a norm inside the MLP (mlp_inner_norm: mlp.norm)"),
                  (self.swiglu_unpacked, "an unpacked SwiGLU MLP (swiglu_unpacked: mlp.fc1_g, mlp.fc1_x)"),
@@ -583,6 +641,7 @@ class ViTConfig:
             "swiglu": self.swiglu,
             "qk_norm": self.qk_norm,
             "layer_scale": self.init_values is not None,
+            "num_parallel": self.num_parallel,
             "patch_bias": self.patch_bias,
             "dist_token": self.dist_token,
             "reg_tokens": self.reg_tokens,
@@ -592,6 +651,7 @@ class ViTConfig:
             "qk_scale": self.scale,
             "qkv_bias": self.qkv_bias,
             "k_bias": self.k_bias,
+            "num_kv_heads": list(self.kv_heads) if self.num_kv_heads is not None else None,
             "rel_pos": self.rel_pos,
             "rel_pos_shared": self.rel_pos_shared,
             "attn_value_skip": self.attn_value_skip,

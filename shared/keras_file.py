@@ -46,7 +46,7 @@ from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_c
 PACKAGE = "vit_keras"
 ALLOWED_CLASSES = frozenset(f"{PACKAGE}>{c}" for c in ("VisionTransformer", "DropPath", "PatchEmbed", "Attention",
                                                         "Mlp", "LayerScale", "Block", "AttentionPool", "RelPosBias",
-                                                        "RmsNorm"))
+                                                        "RmsNorm", "Branch"))
 MODEL_NAME = "vision_transformer"
 #: the Keras release whose files keras_layout and keras_config reproduce (conformance_tests/test_keras.py holds them
 #: against the installed Keras); metadata.json names the installed Keras, or this one where Keras is not installed

@@ -102,6 +102,9 @@ _FAMILY = [
     # timm's ResPostBlock (res-post-norm blocks; its init_values=1e-5 only set the norms' initial weights)
     ("vit_base_patch16_rpn_224", 16, 224, 768, 12, 12, 3072, 1000,
      dict(_GAP, qkv_bias=False, final_norm=False, fc_norm=True, block_norm="post")),
+    # timm's ParallelThingsBlock ("Three things everyone should know about ViTs"): 18 blocks of 2 parallel branches
+    ("vit_small_patch16_18x2_224", 16, 224, 384, 18, 6, 1536, 1000, dict(init_values=1e-5, num_parallel=2)),
+    ("vit_base_patch16_18x2_224", 16, 224, 768, 18, 12, 3072, 1000, dict(init_values=1e-5, num_parallel=2)),
 ]
 for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _FAMILY:
     PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
@@ -336,6 +339,20 @@ _EVA_FAMILY = {
         reg_tokens=8, pos_embed='none', num_classes=0, rope='dinov3', rope_temperature=100.0, rope_rotate_half=True,
         qkv_fused=False, norm_kind='rms', ls_attn_only=True),
 }
+
+
+def _sapiens2(embed_dim: int, depth: int, num_heads: int, num_kv_heads: int, full: int = 8) -> dict:
+    """timm's _sapiens2_args: grouped-query attention (num_kv_heads) in the middle blocks only, the first and last
+    `full` blocks keep every head."""
+    kv = tuple(num_heads if i < full or i >= depth - full else num_kv_heads for i in range(depth))
+    return dict(_EVA_FAMILY["vit_base_patch16_sapiens2"], embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                mlp_dim=4 * embed_dim, num_kv_heads=kv)
+
+
+_EVA_FAMILY.update({"vit_large_patch16_sapiens2": _sapiens2(1024, 24, 16, 8),
+                    "vit_huge_patch16_sapiens2": _sapiens2(1280, 32, 16, 8),
+                    "vit_giant_patch16_sapiens2": _sapiens2(1536, 40, 24, 12)})
+# (vit_5b_patch16_sapiens2: 5.07e9 parameters, over shared.limits.MAX_PARAMETERS: refused by the config's limit)
 for _name, _kw in _EVA_FAMILY.items():
     PRESETS[_name] = ViTConfig(name=_name, **_kw, notes="timm's Eva " + _name)
 EVA_PRESETS = list(_EVA_FAMILY)
@@ -353,6 +370,19 @@ PRESETS["tiny_rope_mixed"] = ViTConfig(
     norm_kind="rms", init_values=0.1, ls_attn_only=True, reg_tokens=1, pos_prefix_tokens=0, num_classes=4,
     notes="RoPE-ViT mixed (learned per-block, per-head frequencies, rope.freqs) with an absolute table (_ape), "
           "fused qkv with q and v biases, RMSNorm everywhere with qk-norm, LayerScale on attention only (Sapiens2)")
+PRESETS["tiny_sapiens2_gqa"] = ViTConfig(
+    name="tiny_sapiens2_gqa", image_size=(32, 24), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+    num_kv_heads=(4, 2), mlp_dim=64, swiglu=True, qk_norm=True, init_values=0.1, ls_attn_only=True, reg_tokens=2,
+    pos_embed="none", rope="dinov3", rope_temperature=100.0, rope_rotate_half=True, qkv_fused=False,
+    norm_kind="rms", num_classes=5,
+    notes="Sapiens2: grouped-query attention (block 0 every head, block 1 two k/v heads for four q heads), "
+          "separate q/k/v with full biases, dinov3 RoPE rotate-half, RMSNorm with qk-norm, attention-only "
+          "LayerScale, registers")
+PRESETS["tiny_parallel"] = ViTConfig(
+    name="tiny_parallel", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+    mlp_dim=48, num_parallel=2, init_values=0.1, qk_norm=True, num_classes=5,
+    notes="timm ParallelThingsBlock (vit_*_18x2_*): two attention branches summed into the residual, then two MLP "
+          "branches, each with its own norm and LayerScale; qk-norm")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

@@ -157,7 +157,7 @@ def _key(prefix: str, name: str) -> str:
 
 
 def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | None = None, num_heads: int,
-              width: int | None = None, qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True,
+              num_kv_heads: int | None = None, width: int | None = None, qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True,
               qk_norm: bool = False, inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
               value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
               proj_drop: float = 0.0, rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None,
@@ -171,11 +171,14 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
     scale_attn_inner) with inner_norm; proj. `rope` (shared.posemb.rope_table) rotates the last N tokens' q and k
     after the qk-norm; `attn_bias` (broadcastable to (B, heads, T, T), a relative position bias) is added to the
     scaled scores before the softmax. With value_skip (T2T) the output is v (heads merged) + proj(...). `norm`:
-    the kind of q_norm, k_norm and the inner norm ("layer" or "rms").
+    the kind of q_norm, k_norm and the inner norm ("layer" or "rms"). num_kv_heads (grouped-query attention, timm's
+    AttentionRope; separate projections only): k_proj and v_proj give that many heads, normed and rotated as they
+    are, then each repeated for num_heads / num_kv_heads consecutive q heads (q head h reads kv head h // groups).
     """
     B, T, _ = x.shape
     A = width if width is not None else x.shape[-1]
     H = num_heads
+    Hkv = num_kv_heads or H
     hd = A // H
     scale = hd ** -0.5 if scale is None else scale
 
@@ -192,12 +195,15 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
         q = nm.linear(x, p[_key(prefix, "q_proj.weight")], bias("q_proj"))
         k = nm.linear(x, p[_key(prefix, "k_proj.weight")], bias("k_proj") if k_bias else None)
         v = nm.linear(x, p[_key(prefix, "v_proj.weight")], bias("v_proj"))
-    q, k, v = (t.reshape(B, T, H, hd).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, H, T, hd)
+    q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+    k, v = (t.reshape(B, T, Hkv, hd).transpose(0, 2, 1, 3) for t in (k, v))  # (B, Hkv, T, hd)
     if qk_norm:  # LayerNorm over each head's channels, before the scale (timm's q_norm / k_norm)
         q = nm.norm(p, _key(prefix, "q_norm"), q, norm_eps, norm)
         k = nm.norm(p, _key(prefix, "k_norm"), k, norm_eps, norm)
     if rope is not None:  # the patch tokens' q and k, after the qk-norm (timm's EVA)
         q, k = nm.rotate(q, rope, rotate_half), nm.rotate(k, rope, rotate_half)
+    if Hkv != H:  # grouped-query attention: each kv head serves H / Hkv consecutive q heads (exact: a copy)
+        k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)
     scores = (q @ k.transpose(0, 1, 3, 2)) * scale
     if attn_bias is not None:
         scores = scores + attn_bias
@@ -213,14 +219,38 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
 
 def block(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, attn: dict, mlp: dict,
           ls_init: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6, norm: str = "layer",
-          ls_attn_only: bool = False, post_norm: bool = False, rope: np.ndarray | None = None,
+          ls_attn_only: bool = False, post_norm: bool = False, num_parallel: int = 1, rope: np.ndarray | None = None,
           attn_bias: np.ndarray | None = None, want_attn: bool = False):
     """Pre-norm transformer block (the backends' `Block`, same arguments: `cfg.block_args(i)`); returns (output,
     attention probabilities or None). With ls_init, LayerScale gammas ls1/ls2 scale each branch (ls1 only with
     ls_attn_only). When dim differs from the attention's width (a T2T-style first block) there is no outer
     residual around attention. `norm`: the kind of norm1 / norm2 ("layer" or "rms"). With post_norm (timm's
     res-post-norm blocks) the norms sit at the end of each branch instead: x + norm1(attn(x)), then
-    x + norm2(mlp(x)) (no LayerScale, same widths)."""
+    x + norm2(mlp(x)) (no LayerScale, same widths). num_parallel > 1 (timm's
+    ParallelThingsBlock): x + the sum of the branches attns.j (norm -> attention -> ls), then + the sum of ffns.j
+    (norm -> MLP -> ls), each sum rounded once (a stack summed), then the residual add; the probabilities returned
+    are branch 0's."""
+    if num_parallel > 1:
+        def branch_sum(ys):
+            acc = ys[0]
+            for y in ys[1:]:
+                acc = nm.r(acc + y)
+            return acc
+
+        def scaled(pre, y):
+            return nm.r(y * p[_key(pre, "ls.gamma")]) if ls_init is not None else y
+
+        ys, probs = [], None
+        for j in range(num_parallel):
+            pre = _key(prefix, f"attns.{j}")
+            y, pr = attention(nm, p, _key(pre, "attn"), nm.norm(p, _key(pre, "norm"), x, norm_eps, norm), dim=dim,
+                              **attn, rope=rope, attn_bias=attn_bias, want_attn=want_attn and j == 0)
+            ys.append(scaled(pre, y))
+            probs = pr if j == 0 else probs
+        x = nm.r(x + branch_sum(ys))
+        ys = [scaled(pre, mlp_forward(nm, p, _key(pre, "mlp"), nm.norm(p, _key(pre, "norm"), x, norm_eps, norm), **mlp))
+              for pre in (_key(prefix, f"ffns.{j}") for j in range(num_parallel))]
+        return nm.r(x + branch_sum(ys)), probs
     width = attn.get("width") or dim
     if post_norm:
         y, probs = attention(nm, p, _key(prefix, "attn"), x, dim=dim, **attn, rope=rope, attn_bias=attn_bias,

@@ -28,10 +28,13 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
   head.{weight (K, F), bias (K,)}           if num_classes (F = representation_size, else Wp)
   head_dist.{weight (K, F), bias (K,)}      if num_classes and dist_token
 Eva options: rope.freqs (2, depth, heads, head_dim/2) with rope='mixed' (timm RotaryEmbeddingMixed); with
-qkv_fused=False attn.{q_proj,k_proj,v_proj}.weight (W, Din) and biases (k_proj's only with k_bias); attn.norm (W,)
+qkv_fused=False attn.{q_proj,k_proj,v_proj}.weight (W, Din) and biases (k_proj's only with k_bias), k_proj and
+v_proj (kv_heads * head_dim, Din) with num_kv_heads (grouped-query attention); attn.norm (W,)
 with attn_inner_norm; mlp.fc1_g / mlp.fc1_x (M, W) (M,) instead of mlp.fc1 with swiglu_unpacked; mlp.norm (M,) with
 mlp_inner_norm; no ls2.gamma with ls_attn_only; every norm has no .bias with norm_kind='rms'. block_norm='post'
 (res-post-norm blocks) has exactly these keys: norm1 / norm2 close their branch instead of opening it.
+Parallel blocks (num_parallel = P > 1, timm ParallelThingsBlock): instead of norm1 ... ls2, for j < P
+blocks.{i}.attns.{j}.{norm, attn.*, ls.gamma} and blocks.{i}.ffns.{j}.{norm, mlp.*, ls.gamma} (the same shapes).
 All tensors are float32. Loading is strict and reports every problem by name;
 saving goes through shared.fileio.atomic_write (staged beside the destination, then moved into place), so a failure
 leaves nothing behind.
@@ -82,35 +85,51 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         norm("norm_pre", D)
     if cfg.rope == "mixed":
         s["rope.freqs"] = cfg.rope_mixed_shape
-    for i in range(cfg.depth):
-        b, din = f"blocks.{i}", cfg.block_in_dim(i)
-        norm(f"{b}.norm1", din)
+    def attention(a: str, i: int, din: int) -> None:  # a block's attention under prefix `a`
         if cfg.qkv_fused:
-            s[f"{b}.attn.qkv.weight"] = (3 * W, din)
+            s[f"{a}.qkv.weight"] = (3 * W, din)
             if cfg.qkv_bias:
-                s[f"{b}.attn.qkv.bias"] = (3 * W,)
+                s[f"{a}.qkv.bias"] = (3 * W,)
         else:
             for n in ("q_proj", "k_proj", "v_proj"):
-                s[f"{b}.attn.{n}.weight"] = (W, din)
+                rows = W if n == "q_proj" else cfg.kv_width(i)  # grouped-query attention: fewer k/v heads
+                s[f"{a}.{n}.weight"] = (rows, din)
                 if cfg.qkv_bias and (n != "k_proj" or cfg.k_bias):
-                    s[f"{b}.attn.{n}.bias"] = (W,)
+                    s[f"{a}.{n}.bias"] = (rows,)
         if cfg.qk_norm:
             for n in ("q_norm", "k_norm"):
-                norm(f"{b}.attn.{n}", cfg.head_dim)
+                norm(f"{a}.{n}", cfg.head_dim)
         if cfg.attn_inner_norm:
-            norm(f"{b}.attn.norm", W)
-        s[f"{b}.attn.proj.weight"], s[f"{b}.attn.proj.bias"] = (W, W), (W,)
+            norm(f"{a}.norm", W)
+        s[f"{a}.proj.weight"], s[f"{a}.proj.bias"] = (W, W), (W,)
+
+    def mlp(m: str) -> None:  # a block's MLP under prefix `m`
+        if cfg.swiglu_unpacked:
+            for n in ("fc1_g", "fc1_x"):
+                s[f"{m}.{n}.weight"], s[f"{m}.{n}.bias"] = (M, W), (M,)
+        else:
+            s[f"{m}.fc1.weight"], s[f"{m}.fc1.bias"] = (cfg.fc1_dim, W), (cfg.fc1_dim,)
+        if cfg.mlp_inner_norm:
+            norm(f"{m}.norm", M)
+        s[f"{m}.fc2.weight"], s[f"{m}.fc2.bias"] = (W, M), (W,)
+
+    for i in range(cfg.depth):
+        b, din = f"blocks.{i}", cfg.block_in_dim(i)
+        if cfg.num_parallel > 1:  # timm ParallelThingsBlock: attns.j then ffns.j, each norm, branch, ls
+            for kind in ("attns", "ffns"):
+                for j in range(cfg.num_parallel):
+                    p = f"{b}.{kind}.{j}"
+                    norm(f"{p}.norm", W)
+                    attention(f"{p}.attn", i, W) if kind == "attns" else mlp(f"{p}.mlp")
+                    if cfg.init_values is not None:
+                        s[f"{p}.ls.gamma"] = (W,)
+            continue
+        norm(f"{b}.norm1", din)
+        attention(f"{b}.attn", i, din)
         if cfg.init_values is not None:
             s[f"{b}.ls1.gamma"] = (W,)
         norm(f"{b}.norm2", W)
-        if cfg.swiglu_unpacked:
-            for n in ("fc1_g", "fc1_x"):
-                s[f"{b}.mlp.{n}.weight"], s[f"{b}.mlp.{n}.bias"] = (M, W), (M,)
-        else:
-            s[f"{b}.mlp.fc1.weight"], s[f"{b}.mlp.fc1.bias"] = (cfg.fc1_dim, W), (cfg.fc1_dim,)
-        if cfg.mlp_inner_norm:
-            norm(f"{b}.mlp.norm", M)
-        s[f"{b}.mlp.fc2.weight"], s[f"{b}.mlp.fc2.bias"] = (W, M), (W,)
+        mlp(f"{b}.mlp")
         if cfg.init_values is not None and not cfg.ls_attn_only:
             s[f"{b}.ls2.gamma"] = (W,)
     for prefix in cfg.rel_pos_prefixes:  # relative position bias: one shared, or one per block

@@ -243,21 +243,23 @@ class Attention(keras.layers.Layer):
 
     dim: input width; width: the attention's (default dim); heads of width/num_heads. Projections: one fused `qkv`
     (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases with qkv_bias, the k part held at
-    zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's channels of q and k (`q_norm`, `k_norm`)
-    before the scale; inner_norm: LayerNorm `norm` over the merged heads before `proj` (timm's scale_attn_inner);
+    zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention): k_proj / v_proj give that many heads,
+    each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's channels of q and k
+    (`q_norm`, `k_norm`) before the scale; inner_norm: LayerNorm `norm` over the merged heads before `proj` (timm's scale_attn_inner);
     `norm` picks those norms' kind (layer or rms);
     scale: default head_dim ** -0.5; value_skip (T2T): v (heads merged) + proj(...). call(x, rope, attn_bias,
     return_attn): a rotary table rotates the last N tokens' q and k (`apply_rope`), attn_bias is added to the
     scaled scores. Returns the output, or (output, probabilities) with return_attn."""
 
-    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
-                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
-                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 **kwargs):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
+                 qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
+                 inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
+                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.norm_kind = str(norm)
         self.dim, self.num_heads = int(dim), int(num_heads)
+        self.num_kv_heads = int(num_kv_heads or num_heads)
         self.width = int(width) if width is not None else self.dim
         self.head_dim = self.width // self.num_heads
         self.qkv_bias, self.qkv_fused, self.k_bias = bool(qkv_bias), bool(qkv_fused), bool(k_bias)
@@ -270,8 +272,9 @@ class Attention(keras.layers.Layer):
             self.qkv = _dense(3 * W, "qkv", pol, use_bias=self.qkv_bias)
         else:
             self.q_proj = _dense(W, "q_proj", pol, use_bias=self.qkv_bias)
-            self.k_proj = _dense(W, "k_proj", pol, use_bias=self.qkv_bias and self.k_bias)
-            self.v_proj = _dense(W, "v_proj", pol, use_bias=self.qkv_bias)
+            Wkv = self.num_kv_heads * self.head_dim  # grouped-query attention: fewer k/v heads
+            self.k_proj = _dense(Wkv, "k_proj", pol, use_bias=self.qkv_bias and self.k_bias)
+            self.v_proj = _dense(Wkv, "v_proj", pol, use_bias=self.qkv_bias)
         nk = self.norm_kind
         self.q_norm = _norm(self.norm_eps, "q_norm", pol, nk) if self.qk_norm else None
         self.k_norm = _norm(self.norm_eps, "k_norm", pol, nk) if self.qk_norm else None
@@ -307,14 +310,18 @@ class Attention(keras.layers.Layer):
         return ops.split(qkv, 3, axis=-1)
 
     def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
-        H, hd, A = self.num_heads, self.head_dim, self.width
+        H, Hkv, hd, A = self.num_heads, self.num_kv_heads, self.head_dim, self.width
         T = x.shape[1]
-        q, k, v = (ops.transpose(ops.reshape(t, (-1, T, H, hd)), (0, 2, 1, 3)) for t in self._qkv(x))
+        q, k, v = self._qkv(x)
+        q = ops.transpose(ops.reshape(q, (-1, T, H, hd)), (0, 2, 1, 3))
+        k, v = (ops.transpose(ops.reshape(t, (-1, T, Hkv, hd)), (0, 2, 1, 3)) for t in (k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q = apply_rope(q, rope, self.rotate_half, self.compute_dtype)
             k = apply_rope(k, rope, self.rotate_half, self.compute_dtype)
+        if Hkv != H:  # grouped-query attention: kv head j serves q heads j * groups ... (timm's repeat_interleave)
+            k, v = ops.repeat(k, H // Hkv, axis=1), ops.repeat(v, H // Hkv, axis=1)
         scores = _f32(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))) * self.scale
         if attn_bias is not None:
             scores = scores + _f32(attn_bias)
@@ -348,7 +355,8 @@ class Attention(keras.layers.Layer):
 
     def get_config(self):
         base = super().get_config()
-        base.update({"dim": self.dim, "num_heads": self.num_heads, "width": self.width, "qkv_bias": self.qkv_bias,
+        base.update({"dim": self.dim, "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
+                     "width": self.width, "qkv_bias": self.qkv_bias,
                      "qkv_fused": self.qkv_fused, "k_bias": self.k_bias, "qk_norm": self.qk_norm,
                      "inner_norm": self.inner_norm, "scale": self.scale, "rotate_half": self.rotate_half,
                      "value_skip": self.value_skip, "norm_eps": self.norm_eps, "norm": self.norm_kind,
@@ -453,11 +461,13 @@ class Block(keras.layers.Layer):
     from the attention's width (T2T first block) there is no outer attention residual. call(x, rope, attn_bias,
     return_attn) passes rope and attn_bias to the attention; returns the output, or (output, probabilities) with
     return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2; post_norm: the norms at the
-    end of each branch, x + norm1(attn(x)), x + norm2(mlp(x)) (timm's res-post-norm blocks)."""
+    end of each branch, x + norm1(attn(x)), x + norm2(mlp(x)) (timm's res-post-norm blocks). num_parallel > 1 (timm's
+    ParallelThingsBlock): `attns_j` and `ffns_j` (`Branch`es; canonical attns.j / ffns.j) instead, x + the sum of the
+    attention branches, then + the sum of the MLP branches; return_attn gives branch 0's probabilities."""
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
                  norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False,
-                 **kwargs):
+                 num_parallel: int = 1, **kwargs):
         super().__init__(**kwargs)
         pol = self.dtype_policy
         self.post_norm = bool(post_norm)
@@ -465,6 +475,15 @@ class Block(keras.layers.Layer):
         self.ls_init = None if ls_init is None else float(ls_init)
         self.norm_eps, self.norm_kind, self.ls_attn_only = float(norm_eps), str(norm), bool(ls_attn_only)
         self.width = int(self.attn_args.get("width") or self.dim)
+        self.num_parallel, self.drop_path_rate = int(num_parallel), float(drop_path)
+        if self.num_parallel > 1:
+            branch = dict(ls_init=self.ls_init, drop_path=self.drop_path_rate, norm_eps=self.norm_eps,
+                          norm=self.norm_kind, dtype=pol)
+            self.attns = [Branch(self.dim, attn=self.attn_args, name=f"attns_{j}", **branch)
+                          for j in range(self.num_parallel)]
+            self.ffns = [Branch(self.dim, mlp=self.mlp_args, name=f"ffns_{j}", **branch)
+                         for j in range(self.num_parallel)]
+            return
         self.norm1 = _norm(self.norm_eps, "norm1", pol, self.norm_kind)
         self.attn = Attention(self.dim, **self.attn_args, name="attn", dtype=pol)
         self.norm2 = _norm(self.norm_eps, "norm2", pol, self.norm_kind)
@@ -478,6 +497,11 @@ class Block(keras.layers.Layer):
 
     def build(self, input_shape=None):
         W = self.width
+        if self.num_parallel > 1:
+            for b in self.attns + self.ffns:
+                b.build((None, None, self.dim))
+            self.built = True
+            return
         self.norm1.build((None, None, self.dim))
         self.attn.build((None, None, self.dim))
         self.norm2.build((None, None, W))
@@ -489,6 +513,14 @@ class Block(keras.layers.Layer):
         self.built = True
 
     def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
+        if self.num_parallel > 1:  # the branches summed (timm: a stack summed), then the residual add
+            outs = [b(x, rope=rope, attn_bias=attn_bias, return_attn=return_attn and j == 0, training=training)
+                    for j, b in enumerate(self.attns)]
+            probs = outs[0][1] if return_attn else None
+            ys = [o[0] if return_attn and j == 0 else o for j, o in enumerate(outs)]
+            x = x + ops.sum(ops.stack(ys), axis=0)
+            x = x + ops.sum(ops.stack([f(x, training=training) for f in self.ffns]), axis=0)
+            return (x, probs) if return_attn else x
         if self.post_norm:  # no LayerScale, same widths (ViTConfig refuses the rest)
             y = self.attn(x, rope=rope, attn_bias=attn_bias, return_attn=return_attn, training=training)
             y, probs = y if return_attn else (y, None)
@@ -510,6 +542,12 @@ class Block(keras.layers.Layer):
         return (x, probs) if return_attn else x
 
     def canonical_variables(self, prefix: str = "") -> dict:
+        if self.num_parallel > 1:
+            v = {}
+            for kind, branches in (("attns", self.attns), ("ffns", self.ffns)):
+                for j, b in enumerate(branches):
+                    v.update(b.canonical_variables(_key(prefix, f"{kind}.{j}")))
+            return v
         v = ln_variables(_key(prefix, "norm1"), self.norm1)
         v.update(self.attn.canonical_variables(_key(prefix, "attn")))
         if self.ls1 is not None:
@@ -524,7 +562,59 @@ class Block(keras.layers.Layer):
         base = super().get_config()
         base.update({"dim": self.dim, "attn": dict(self.attn_args), "mlp": dict(self.mlp_args),
                      "ls_init": self.ls_init, "drop_path": self.drop_path_rate, "norm_eps": self.norm_eps,
-                     "norm": self.norm_kind, "ls_attn_only": self.ls_attn_only, "post_norm": self.post_norm})
+                     "norm": self.norm_kind, "ls_attn_only": self.ls_attn_only, "post_norm": self.post_norm,
+                     "num_parallel": self.num_parallel})
+        return base
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Branch(keras.layers.Layer):
+    """One branch of a parallel block (timm ParallelThingsBlock's attns.j / ffns.j): `norm` -> `attn` (attn: the
+    Attention's arguments) or `mlp` (mlp: the Mlp's) -> LayerScale `ls` (with ls_init) -> stochastic depth.
+    call(x, rope, attn_bias, return_attn) as `Attention`'s (an MLP branch ignores them)."""
+
+    def __init__(self, dim: int, attn: dict | None = None, mlp: dict | None = None, ls_init: float | None = None,
+                 drop_path: float = 0.0, norm_eps: float = 1e-6, norm: str = "layer", **kwargs):
+        super().__init__(**kwargs)
+        pol = self.dtype_policy
+        self.dim, self.attn_args, self.mlp_args = int(dim), attn, mlp
+        self.ls_init, self.norm_eps, self.norm_kind = ls_init, float(norm_eps), str(norm)
+        self.drop_path_rate = float(drop_path)
+        self.norm = _norm(self.norm_eps, "norm", pol, self.norm_kind)
+        self.inner = (Attention(self.dim, **attn, name="attn", dtype=pol) if attn is not None
+                      else Mlp(self.dim, **mlp, name="mlp", dtype=pol))
+        self.ls = LayerScale(self.dim, name="ls", dtype=pol) if ls_init is not None else None
+        self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=pol)
+
+    def build(self, input_shape=None):
+        for layer in (self.norm, self.inner, self.ls):
+            if layer is not None:
+                layer.build((None, None, self.dim))
+        self.built = True
+
+    def call(self, x, rope=None, attn_bias=None, return_attn=False, training=False):
+        probs = None
+        if self.attn_args is not None:
+            y = self.inner(self.norm(x), rope=rope, attn_bias=attn_bias, return_attn=return_attn, training=training)
+            y, probs = y if return_attn else (y, None)
+        else:
+            y = self.inner(self.norm(x), training=training)
+        if self.ls is not None:
+            y = self.ls(y)
+        y = self.drop_path(y, training=training)
+        return (y, probs) if return_attn else y
+
+    def canonical_variables(self, prefix: str = "") -> dict:
+        v = ln_variables(_key(prefix, "norm"), self.norm)
+        v.update(self.inner.canonical_variables(_key(prefix, "attn" if self.attn_args is not None else "mlp")))
+        if self.ls is not None:
+            v[_key(prefix, "ls.gamma")] = (self.ls.gamma, "direct")
+        return v
+
+    def get_config(self):
+        base = super().get_config()
+        base.update({"dim": self.dim, "attn": self.attn_args, "mlp": self.mlp_args, "ls_init": self.ls_init,
+                     "drop_path": self.drop_path_rate, "norm_eps": self.norm_eps, "norm": self.norm_kind})
         return base
 
 

@@ -334,22 +334,25 @@ class Attention(_Cell):
 
     dim: input width; width: the attention's (default dim); heads of width/num_heads. Projections: one fused `qkv`
     (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases with qkv_bias, the k part held at
-    zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's channels of q and k (`q_norm`,
-    `k_norm`) after the heads are split, before the scale, as timm; inner_norm: LayerNorm `norm` over the merged
+    zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention): k_proj / v_proj give that many heads,
+    each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's channels of q and k
+    (`q_norm`, `k_norm`) after the heads are split, before the scale, as timm; inner_norm: LayerNorm `norm` over the merged
     heads before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms); scale: default head_dim ** -0.5; value_skip (T2T): v (heads
     merged) + proj(attn @ v). construct(x, rope, attn_bias, return_attn): a rotary table rotates the last N tokens'
     q and k (`apply_rope`), attn_bias is added to the scaled scores. Returns the output, or (output,
     probabilities) with return_attn.
     """
 
-    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
-                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
-                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0, *,
-                 dtype=mstype.float32, fused_softmax: bool = True):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
+                 qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
+                 inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
+                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, *, dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
         W = int(width) if width is not None else int(dim)
         self.num_heads = int(num_heads)
+        self.num_kv_heads = int(num_kv_heads or num_heads)
+        self.kv_groups = self.num_heads // self.num_kv_heads
         self.head_dim = W // self.num_heads
         self.width = W
         self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
@@ -363,8 +366,9 @@ class Attention(_Cell):
         else:
             self.qkv = None
             self.q_proj = Linear(dim, W, qkv_bias, dtype)
-            self.k_proj = Linear(dim, W, qkv_bias and k_bias, dtype)
-            self.v_proj = Linear(dim, W, qkv_bias, dtype)
+            Wkv = self.num_kv_heads * self.head_dim  # grouped-query attention: fewer k/v heads
+            self.k_proj = Linear(dim, Wkv, qkv_bias and k_bias, dtype)
+            self.v_proj = Linear(dim, Wkv, qkv_bias, dtype)
         self.has_qk_norm = bool(qk_norm)
         self.q_norm = norm_layer(self.head_dim, norm_eps, dtype, norm) if qk_norm else None
         self.k_norm = norm_layer(self.head_dim, norm_eps, dtype, norm) if qk_norm else None
@@ -386,11 +390,14 @@ class Attention(_Cell):
             q, k, v = self.split(self.qkv(x))
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q, k, v = self.heads(q), self.heads(k), self.heads(v)
+        q = self.heads(q)
+        k, v = (split_heads(t, self.num_kv_heads, self.head_dim) for t in (k, v))
         if self.has_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope, self.rotate_half), apply_rope(k, rope, self.rotate_half)
+        if self.kv_groups > 1:  # grouped-query attention: kv head j serves q heads j * groups ... (timm's order)
+            k, v = ops.repeat_interleave(k, self.kv_groups, 1), ops.repeat_interleave(v, self.kv_groups, 1)
         s = self.qk_matmul(q, k) * self.scale
         if attn_bias is not None:
             s = s + attn_bias
@@ -474,15 +481,24 @@ class Block(_Cell):
     construct(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the output, or
     (output, probabilities) with return_attn. norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2;
     post_norm: the norms at the end of each branch, x + norm1(attn(x)), x + norm2(mlp(x)) (timm's res-post-norm
-    blocks).
+    blocks). num_parallel > 1 (timm's ParallelThingsBlock): `attns.j` and `ffns.j` (`Branch`es) instead, x + the sum
+    of the attention branches, then + the sum of the MLP branches; return_attn gives branch 0's probabilities.
     """
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False, *,
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False,
+                 num_parallel: int = 1, *,
                  dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
+        self.num_parallel, self.post_norm = int(num_parallel), bool(post_norm)
+        if self.num_parallel > 1:
+            branch = dict(ls_init=ls_init, drop_path=drop_path, norm_eps=norm_eps, norm=norm, dtype=dtype)
+            self.attns = nn.CellList([Branch(dim, attn=Attention(dim, **attn, dtype=dtype, fused_softmax=fused_softmax),
+                                             **branch) for _ in range(self.num_parallel)])
+            self.ffns = nn.CellList([Branch(dim, mlp=Mlp(dim, **mlp, dtype=dtype), **branch)
+                                     for _ in range(self.num_parallel)])
+            return
         W = attn.get("width") or dim
-        self.post_norm = bool(post_norm)
         self.residual = dim == W
         self.drop_path_rate = float(drop_path)
         self.layer_scale = ls_init is not None
@@ -498,6 +514,21 @@ class Block(_Cell):
 
     def construct(self, x, rope=None, attn_bias=None, return_attn=False):
         probs = None
+        if self.num_parallel > 1:  # the branches summed, then the residual add (one rounding each, as timm's stack sum)
+            if return_attn:
+                s, probs = self.attns[0](x, rope, attn_bias, True)
+            else:
+                s = self.attns[0](x, rope, attn_bias)
+            for j in range(1, self.num_parallel):
+                s = s + self.attns[j](x, rope, attn_bias)
+            x = x + s
+            s = self.ffns[0](x)
+            for j in range(1, self.num_parallel):
+                s = s + self.ffns[j](x)
+            x = x + s
+            if return_attn:
+                return x, probs
+            return x
         if self.post_norm:  # no LayerScale, same widths (ViTConfig refuses the rest)
             if return_attn:
                 y, probs = self.attn(x, rope, attn_bias, True)
@@ -525,6 +556,38 @@ class Block(_Cell):
         if return_attn:
             return x, probs
         return x
+
+
+class Branch(_Cell):
+    """One branch of a parallel block (timm ParallelThingsBlock's attns.j / ffns.j): `norm` -> `attn` or `mlp` ->
+    LayerScale `ls` (with ls_init) -> stochastic depth. construct(x, rope, attn_bias, return_attn) as `Attention`'s
+    (an MLP branch ignores them)."""
+
+    def __init__(self, dim: int, attn=None, mlp=None, ls_init: float | None = None, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6, norm: str = "layer", *, dtype=mstype.float32):
+        super().__init__(dtype)
+        self.norm = norm_layer(dim, norm_eps, dtype, norm)
+        self.is_attn = attn is not None
+        self.attn, self.mlp = attn, mlp
+        self.layer_scale = ls_init is not None
+        self.ls = LayerScale(dim, dtype) if self.layer_scale else None
+        self.drop_path = DropPath(float(drop_path))
+
+    def construct(self, x, rope=None, attn_bias=None, return_attn=False):
+        probs = None
+        if self.is_attn:
+            if return_attn:
+                y, probs = self.attn(self.norm(x), rope, attn_bias, True)
+            else:
+                y = self.attn(self.norm(x), rope, attn_bias)
+        else:
+            y = self.mlp(self.norm(x))
+        if self.layer_scale:
+            y = self.ls(y)
+        y = self.drop_path(y)
+        if return_attn:
+            return y, probs
+        return y
 
 
 class AttentionPoolLatent(_Cell):

@@ -67,13 +67,16 @@ def make_fast(model: VisionTransformer) -> VisionTransformer:
     # oneDNN has no QuickGELU or SwiGLU: those stay unfused
     gelu = None if model.config.swiglu else {"erf": "none", "tanh": "tanh"}.get(model.config.gelu)
     with torch.no_grad():
-        for blk in fast.blocks:
-            blk.attn.qkv = PackedLinear(blk.attn.qkv)
-            blk.attn.proj = PackedLinear(blk.attn.proj)
-            blk.mlp.fc1 = PackedLinear(blk.mlp.fc1, gelu=gelu)
-            if gelu:
-                blk.mlp.act = nn.Identity()
-            blk.mlp.fc2 = PackedLinear(blk.mlp.fc2)
+        for blk in fast.blocks:  # a parallel block: every branch's attention and MLP
+            par = blk.num_parallel > 1
+            for attn in [b.attn for b in blk.attns] if par else [blk.attn]:
+                attn.qkv = PackedLinear(attn.qkv)
+                attn.proj = PackedLinear(attn.proj)
+            for mlp in [b.mlp for b in blk.ffns] if par else [blk.mlp]:
+                mlp.fc1 = PackedLinear(mlp.fc1, gelu=gelu)
+                if gelu:
+                    mlp.act = nn.Identity()
+                mlp.fc2 = PackedLinear(mlp.fc2)
     return fast
 
 

@@ -107,7 +107,8 @@ class Attention(nn.Module):
 
     dim: input width; width: the attention's (default dim; differs in a T2T first block); heads of width/num_heads.
     Projections: one fused `qkv` Linear (rows q, k, v), or with qkv_fused=False `q_proj`, `k_proj`, `v_proj`; biases
-    with qkv_bias, the k part held at zero with k_bias=False (BEiT, EVA). qk_norm: LayerNorm over each head's
+    with qkv_bias, the k part held at zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention, separate
+    projections): k_proj / v_proj give that many heads, each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's
     channels of q and k (`q_norm`, `k_norm`), before the scale. inner_norm: LayerNorm `norm` over the merged heads
     before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms). scale: default head_dim ** -0.5. value_skip (T2T): the output is
     v (heads merged) + proj(...). forward(x, rope, attn_bias, return_attn): a rotary table rotates the last N
@@ -118,14 +119,16 @@ class Attention(nn.Module):
     are requested.
     """
 
-    def __init__(self, dim: int, num_heads: int, width: int | None = None, qkv_bias: bool = True,
-                 qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
-                 scale: float | None = None, rotate_half: bool = False, value_skip: bool = False,
-                 norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0, proj_drop: float = 0.0, *,
-                 fused_attn: bool = True):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
+                 qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
+                 inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
+                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, *, fused_attn: bool = True):
         super().__init__()
         W = int(width) if width is not None else int(dim)
         self.num_heads, self.head_dim, self.width = int(num_heads), W // int(num_heads), W
+        self.num_kv_heads = int(num_kv_heads or num_heads)
+        Wkv = self.num_kv_heads * self.head_dim
         self.scale = float(scale) if scale is not None else self.head_dim ** -0.5
         self.value_skip = bool(value_skip)
         self.qkv_fused, self.k_bias, self.rotate_half = bool(qkv_fused), bool(k_bias), bool(rotate_half)
@@ -134,8 +137,8 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(dim, 3 * W, bias=qkv_bias)
         else:
             self.q_proj = nn.Linear(dim, W, bias=qkv_bias)
-            self.k_proj = nn.Linear(dim, W, bias=qkv_bias and k_bias)
-            self.v_proj = nn.Linear(dim, W, bias=qkv_bias)
+            self.k_proj = nn.Linear(dim, Wkv, bias=qkv_bias and k_bias)
+            self.v_proj = nn.Linear(dim, Wkv, bias=qkv_bias)
         self.q_norm = norm_layer(self.head_dim, norm_eps, norm) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(self.head_dim, norm_eps, norm) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
@@ -155,11 +158,15 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
                 return_attn: bool = False):
         B, T, _ = x.shape
-        H, hd, W = self.num_heads, self.head_dim, self.width
-        q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in self._qkv(x))  # (B, H, T, hd)
+        H, Hkv, hd, W = self.num_heads, self.num_kv_heads, self.head_dim, self.width
+        q, k, v = self._qkv(x)
+        q = q.reshape(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k, v = (t.reshape(B, T, Hkv, hd).transpose(1, 2) for t in (k, v))  # (B, Hkv, T, hd)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope, self.rotate_half), apply_rope(k, rope, self.rotate_half)
+        if Hkv != H:  # grouped-query attention: kv head j serves q heads j * groups ... (timm's repeat_interleave)
+            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
         probs = None
         if self.fused_attn and not return_attn:
             p = self.attn_drop.p if self.training else 0.0
@@ -181,7 +188,7 @@ class Attention(nn.Module):
         return (o, probs) if return_attn else o
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, scale={self.scale}, value_skip={self.value_skip}, fused_attn={self.fused_attn}"
+        return f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, scale={self.scale}, value_skip={self.value_skip}, fused_attn={self.fused_attn}"
 
 
 class QuickGELU(nn.Module):
@@ -265,16 +272,26 @@ class Block(nn.Module):
     width (T2T first block) there is no outer residual around attention (and so no stochastic depth on that
     branch). norm: the kind of norm1 / norm2 (layer or rms); ls_attn_only: no ls2 (timm attn_only_layer_scale);
     post_norm: the norms at the end of each branch, x + norm1(attn(x)), x + norm2(mlp(x)) (timm's res-post-norm
-    blocks). forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
+    blocks). num_parallel > 1 (timm's ParallelThingsBlock): `attns.j` and `ffns.j` (`Branch`es) instead, x + sum of
+    the attention branches, then + sum of the MLP branches; return_attn gives branch 0's probabilities. forward(x, rope, attn_bias, return_attn) passes rope and attn_bias to the attention; returns the
     output, or (output, probabilities) with return_attn.
     """
 
     def __init__(self, dim: int, attn: dict, mlp: dict, ls_init: float | None = None, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False, *,
+                 norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False,
+                 num_parallel: int = 1, *,
                  fused_attn: bool = True):
         super().__init__()
+        self.num_parallel, self.post_norm = int(num_parallel), bool(post_norm)
+        if self.num_parallel > 1:  # timm's ParallelThingsBlock: attns.j and ffns.j, each norm -> branch -> ls
+            def branch(**inner):
+                return Branch(dim, ls_init=ls_init, drop_path=drop_path, norm_eps=norm_eps, norm=norm, **inner)
+
+            self.attns = nn.ModuleList([branch(attn=Attention(dim, **attn, fused_attn=fused_attn))
+                                        for _ in range(self.num_parallel)])
+            self.ffns = nn.ModuleList([branch(mlp=Mlp(dim, **mlp)) for _ in range(self.num_parallel)])
+            return
         W = attn.get("width") or dim
-        self.post_norm = bool(post_norm)
         self.residual = dim == W
         self.drop_path_rate = float(drop_path)
         self.norm1 = norm_layer(dim, norm_eps, norm)
@@ -289,6 +306,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
                 return_attn: bool = False):
+        if self.num_parallel > 1:  # the branches summed (a stack summed, as timm), then the residual add
+            outs = [b(x, rope, attn_bias, return_attn and j == 0) for j, b in enumerate(self.attns)]
+            probs = outs[0][1] if return_attn else None
+            x = x + torch.stack([o[0] if return_attn and j == 0 else o for j, o in enumerate(outs)]).sum(dim=0)
+            x = x + torch.stack([f(x) for f in self.ffns]).sum(dim=0)
+            return (x, probs) if return_attn else x
         if self.post_norm:  # no LayerScale, same widths (ViTConfig refuses the rest)
             y = self.attn(x, rope, attn_bias, return_attn)
             y, probs = y if return_attn else (y, None)
@@ -301,6 +324,31 @@ class Block(nn.Module):
         x = x + self.drop_path1(y) if self.residual else y
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return (x, probs) if return_attn else x
+
+
+class Branch(nn.Module):
+    """One branch of a parallel block (timm ParallelThingsBlock's attns.j / ffns.j): `norm` -> `attn` or `mlp` ->
+    LayerScale `ls` (with ls_init) -> stochastic depth. forward(x, rope, attn_bias, return_attn) as `Attention`'s
+    (an MLP branch ignores them)."""
+
+    def __init__(self, dim: int, attn: nn.Module | None = None, mlp: nn.Module | None = None,
+                 ls_init: float | None = None, drop_path: float = 0.0, norm_eps: float = 1e-6, norm: str = "layer"):
+        super().__init__()
+        self.norm = norm_layer(dim, norm_eps, norm)
+        if attn is not None:
+            self.attn = attn
+        else:
+            self.mlp = mlp
+        self.ls = LayerScale(dim, ls_init) if ls_init is not None else nn.Identity()
+        self.drop_path = DropPath(float(drop_path))
+
+    def forward(self, x: torch.Tensor, rope=None, attn_bias=None, return_attn: bool = False):
+        if not hasattr(self, "attn"):
+            return self.drop_path(self.ls(self.mlp(self.norm(x))))
+        y = self.attn(self.norm(x), rope, attn_bias, return_attn)
+        y, probs = y if return_attn else (y, None)
+        y = self.drop_path(self.ls(y))
+        return (y, probs) if return_attn else y
 
 
 class AttentionPool(nn.Module):

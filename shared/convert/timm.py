@@ -530,6 +530,18 @@ def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
     depth = len(ids)
     if ids != list(range(depth)):
         raise MismatchError(source, [f"blocks are not numbered 0..{depth - 1}: {ids}"])
+    # timm's ParallelThingsBlock (blocks.i.attns.j / ffns.j: no other timm block has these keys): its branch 0 of
+    # block 0 is read for the sizes below, as a pre-norm block's attn / mlp / ls1 are
+    par = block_ids(st, "blocks.0.attns.{i}.")
+    num_parallel = len(par) or 1
+    if par:
+        if par != list(range(num_parallel)) or block_ids(st, "blocks.0.ffns.{i}.") != par or num_parallel < 2:
+            raise ConversionError(f"{source}: parallel blocks (blocks.0.attns.*, blocks.0.ffns.*) numbered {par} and "
+                                  f"{block_ids(st, 'blocks.0.ffns.{i}.')}: expected 2 or more branches, 0..P-1, each "
+                                  f"with attention and MLP")
+        alias = {"blocks.0.attns.0.attn.": "blocks.0.attn.", "blocks.0.ffns.0.mlp.": "blocks.0.mlp.",
+                 "blocks.0.attns.0.ls.": "blocks.0.ls1."}
+        st = {**st, **{new + k[len(old):]: st[k] for k in st for old, new in alias.items() if k.startswith(old)}}
     try:
         qkv_shape = np.shape(st["blocks.0.attn.qkv.weight"])
         fc1_rows = int(np.shape(st["blocks.0.mlp.fc1.weight"])[0])
@@ -551,7 +563,7 @@ def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
                         final_norm="norm.weight" in st, fc_norm="fc_norm.weight" in st,
                         rep=int(np.shape(st["pre_logits.fc.weight"])[0]) if "pre_logits.fc.weight" in st else None,
                         num_classes=int(np.shape(st["head.weight"])[0]) if "head.weight" in st else 0,
-                        qk_norm="blocks.0.attn.q_norm.weight" in st, heads=None)
+                        qk_norm="blocks.0.attn.q_norm.weight" in st, heads=None, num_parallel=num_parallel)
     _rel_pos_facts(f, st, source)
     if f.final_norm and f.fc_norm:
         raise ConversionError(f"{source}: both 'norm' and 'fc_norm' present; timm uses one or the other")
@@ -889,6 +901,7 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
             gelu=act, layer_norm_eps=float(eps), norm_pre=f.norm_pre, final_norm=f.final_norm, fc_norm=f.fc_norm,
             representation_size=f.rep, num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
             rel_pos_shared=f.rel_pos_shared, rel_pos_dim=f.rel_pos_dim, block_norm=block_norm,
+            num_parallel=f.num_parallel,
             notes=f"imported from timm checkpoint {k.source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
         raise ConversionError(f"{k.source}: the imported model is not a valid ViTConfig: {e}") from None
@@ -1104,6 +1117,12 @@ def _eva_problems(cfg: ViTConfig) -> list[str]:
     if cfg.block_norm == "post" and (cfg.qk_norm or cfg.ls_attn_only):
         p.append("post-norm blocks with qk-norm or attention-only LayerScale: timm's Eva refuses them with "
                  "use_post_norm")
+    if cfg.num_parallel > 1:
+        p.append("parallel blocks (num_parallel): timm's Eva has none (its VisionTransformer's ParallelThingsBlock "
+                 "runs none of the Eva options)")
+    if cfg.num_kv_heads is not None and cfg.qkv_bias and not cfg.k_bias:
+        p.append("num_kv_heads with k_bias=False: timm's grouped-query attention is AttentionRope's (a k bias with "
+                 "the q and v biases), EvaAttention has none")
     return p
 
 
@@ -1153,7 +1172,8 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
         num_reg_tokens=cfg.reg_tokens, no_embed_class=cfg.pos_embed == "learned" and cfg.num_pos_prefix == 0,
         use_abs_pos_emb=cfg.pos_embed == "learned", use_rot_pos_emb=cfg.rope != "none",
         use_pre_transformer_norm=cfg.norm_pre, use_post_transformer_norm=cfg.final_norm, use_fc_norm=cfg.fc_norm,
-        num_kv_heads=None if cfg.block_norm == "post" else cfg.num_heads, dynamic_img_size=False,
+        num_kv_heads=(None if cfg.block_norm == "post" else list(cfg.kv_heads) if cfg.num_kv_heads is not None
+                      else cfg.num_heads), dynamic_img_size=False,
         use_post_norm=cfg.block_norm == "post",
         ref_feat_shape=list(cfg.rope_ref_grid) if cfg.rope_ref_grid is not None else None)
     if cfg.rope != "none":  # (rope_grid_offset: timm's mixed form takes none)
@@ -1168,7 +1188,7 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
 #: the ViT-family options (words of ViTConfig.family_options' names) timm's VisionTransformer holds: all but DINOv2's
 #: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
 TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row", "norm_pre", "qk-norm",
-               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU", "post-norm")
+               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU", "post-norm", "parallel blocks")
 
 
 def rel_pos_class(cfg: ViTConfig) -> str | None:
@@ -1240,6 +1260,10 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
     if cfg.block_norm == "post" and (cfg.swiglu or cfg.dist_token or is_naflex(cfg)):
         p.append("post-norm blocks with a SwiGLU MLP, a distillation token or NaFlexVit: no timm architecture builds "
                  "ResPostBlock with them (config.json's model_args cannot name block_fn)")
+    if cfg.num_parallel > 1 and (cfg.num_parallel != 2 or cfg.swiglu or cfg.dist_token or is_naflex(cfg)):
+        p.append(f"{cfg.num_parallel} parallel branches with SwiGLU, a distillation token or NaFlex: timm's "
+                 f"ParallelThingsBlock architectures (vit_*_18x2_*) build 2 branches of a GELU MLP, and model_args "
+                 f"cannot name the block")
     if cfg.patch_bias == cfg.norm_pre:
         p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
                  f"bias = not pre_norm")
@@ -1344,7 +1368,7 @@ def timm_architecture(cfg: ViTConfig) -> str:
     if is_naflex(cfg):
         return cfg.name.split(".")[0]
     def kind(c: ViTConfig):
-        return c.dist_token, c.swiglu, rel_pos_class(c), c.block_norm
+        return c.dist_token, c.swiglu, rel_pos_class(c), c.block_norm, c.num_parallel
 
     if cfg.name in TIMM_ARCHITECTURES and kind(PRESETS[cfg.name]) == kind(cfg):
         return cfg.name
@@ -1352,10 +1376,16 @@ def timm_architecture(cfg: ViTConfig) -> str:
         return _POST_NORM_BASES[rel_pos_class(cfg) or "VisionTransformer"]
     if cfg.rel_pos != "none":
         return _REL_POS_BASES[rel_pos_class(cfg)]
+    if cfg.num_parallel > 1:  # the model_args cannot name a block: an architecture that builds ParallelThingsBlock
+        return _PARALLEL_ARCHITECTURE
     if cfg.swiglu:  # the model_args cannot name an MLP layer: the base architecture builds SwiGLUPacked
         return _SWIGLU_ARCHITECTURE
     return _BASE_ARCHITECTURES.get((cfg.dist_token, cfg.layer_norm_eps),
                                    "deit_base_distilled_patch16_224" if cfg.dist_token else "vit_base_patch16_224")
+
+
+#: a timm architecture whose VisionTransformer builds ParallelThingsBlocks (2 branches, LayerNorm eps 1e-6)
+_PARALLEL_ARCHITECTURE = "vit_small_patch16_18x2_224"
 
 
 def architecture_eps(arch: str) -> float:

@@ -37,7 +37,6 @@ _CLASS_REASONS = {
 _BLOCK_REASONS = {
     "ParallelScalingBlock": "attention and MLP in parallel from one fused projection",
     "DiffParallelScalingBlock": "differential attention in parallel blocks",
-    "ParallelThingsBlock": "parallel attention and MLP branches",
 }
 
 
@@ -76,12 +75,13 @@ def _tname(obj) -> str:
     return type(obj).__name__
 
 
-def _layer_scales(blk, arch: str, inits: set) -> None:
-    """A block's LayerScale init values into `inits` (timm's ls1 / ls2); any other branch scale is refused."""
+def _layer_scales(blk, arch: str, inits: set, scales=None) -> None:
+    """A block's LayerScale init values into `inits` (timm's ls1 / ls2, or the given `scales`: a parallel block's
+    branches' ls); any other branch scale is refused."""
     import torch.nn as nn
     from timm.layers import LayerScale
 
-    for ls in (blk.ls1, blk.ls2):
+    for ls in scales if scales is not None else (blk.ls1, blk.ls2):
         if type(ls) is LayerScale:
             inits.add(float(ls.init_values))
         elif type(ls) is not nn.Identity:
@@ -211,7 +211,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     from timm.layers.attention import Attention
     from timm.layers.mlp import GluMlp, Mlp
     from timm.models.deit import VisionTransformerDistilled
-    from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
+    from timm.models.vision_transformer import Block, ParallelThingsBlock, ResPostBlock, VisionTransformer
 
     from timm.models.beit import Beit
     from timm.models.naflexvit import NaFlexVit
@@ -268,30 +268,40 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         norms.append((where, float(m.eps)))
         return True
 
-    gelus, heads, mlps, inits = set(), set(), set(), set()
+    gelus, heads, mlps, inits, pars = set(), set(), set(), set(), set()
     kinds_of_block = {type(blk) for blk in model.blocks}
+    branches = []  # (where, norm before attention, attention, where, norm before the MLP, MLP): blocks / branches
     for i, blk in enumerate(model.blocks):
+        if type(blk) is ParallelThingsBlock:  # num_parallel attention branches, then as many MLP branches
+            if blk.num_parallel < 2:
+                _refuse(arch, f"builds a ParallelThingsBlock of {blk.num_parallel} branch (canonical: 2 or more)")
+            pars.add(int(blk.num_parallel))
+            for j, (at, ff) in enumerate(zip(blk.attns, blk.ffns)):
+                _layer_scales(blk, arch, inits, scales=(at.ls, ff.ls))
+                branches.append((f"blocks.{i}.attns.{j}", at.norm, at.attn, f"blocks.{i}.ffns.{j}", ff.norm, ff.mlp))
+            continue
         if type(blk) not in (Block, ResPostBlock):
             _refuse(arch, f"builds {_tname(blk)} blocks: "
-                          f"{_BLOCK_REASONS.get(_tname(blk), 'not a block the canonical model runs (the pre-norm Block, or the res-post-norm ResPostBlock)')}")
-        norm(blk.norm1, f"blocks.{i}.norm1", optional=False)
-        norm(blk.norm2, f"blocks.{i}.norm2", optional=False)
-        a = blk.attn
+                          f"{_BLOCK_REASONS.get(_tname(blk), 'not a block the canonical model runs (the pre-norm Block, the res-post-norm ResPostBlock or ParallelThingsBlock)')}")
+        pars.add(1)
+        if type(blk) is Block:  # ResPostBlock has no LayerScale: its init_values only set the norms' initial weights
+            _layer_scales(blk, arch, inits)
+        branches.append((f"blocks.{i}", blk.norm1, blk.attn, f"blocks.{i}", blk.norm2, blk.mlp))
+    for wa, n1, a, wm, n2, m in branches:
+        norm(n1, f"{wa}.norm1" if wa == wm else f"{wa}.norm", optional=False)
+        norm(n2, f"{wm}.norm2" if wa == wm else f"{wm}.norm", optional=False)
         if type(a) is not Attention:
             _refuse(arch, f"has {_tname(a)} attention: "
                           f"{_ATTN_REASONS.get(_tname(a), 'not the timm Attention the canonical model runs')}")
         if type(a.norm) is not nn.Identity or getattr(a, "gate", None) is not None:
             _refuse(arch, "has a norm or a gate inside attention (scale_attn_norm / gated attention)")
-        if a.attn_dim != blk.norm1.normalized_shape[0] or not math.isclose(a.scale, a.head_dim ** -0.5):
+        if a.attn_dim != n1.normalized_shape[0] or not math.isclose(a.scale, a.head_dim ** -0.5):
             _refuse(arch, "has an attention width or scale other than embed_dim and head_dim**-0.5")
-        norm(a.q_norm, f"blocks.{i}.attn.q_norm")
-        norm(a.k_norm, f"blocks.{i}.attn.k_norm")
+        norm(a.q_norm, f"{wa}.attn.q_norm")
+        norm(a.k_norm, f"{wa}.attn.k_norm")
         heads.add(int(a.num_heads))
-        if type(blk) is Block:  # ResPostBlock has no LayerScale: its init_values only set the norms' initial weights
-            _layer_scales(blk, arch, inits)
-        m = blk.mlp
         if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity:
-            gelus.add(_gelu_form(m.act, arch, f"blocks.{i}.mlp"))
+            gelus.add(_gelu_form(m.act, arch, f"{wm}.mlp"))
             mlps.add("gelu")
         elif type(m) is GluMlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity \
                 and type(m.act) is nn.SiLU and not m.gate_last and m.chunk_dim == -1:
@@ -299,7 +309,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         else:
             _refuse(arch, f"has a {_tname(m)} MLP{' with ' + _tname(getattr(m, 'act', None)) if hasattr(m, 'act') else ''}"
                           f" (the canonical MLP is timm's Mlp with a GELU form, or SwiGLUPacked)")
-    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1 or len(kinds_of_block) > 1:
+    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1 or len(pars) > 1 or len(kinds_of_block) > 1:
         _refuse(arch, "varies heads, MLP kind, activation, LayerScale init or block type across its blocks")
     pre = norm(model.norm_pre, "norm_pre")
     final = norm(model.norm, "norm")
@@ -341,6 +351,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         facts["pos_rows"] = "all" if rows == n0 else "none" if rows == 0 else None
     if inits:
         facts["init_values"] = inits.pop()
+    facts["num_parallel"] = pars.pop()  # 1: pre-norm Blocks; more: ParallelThingsBlocks of that many branches
     facts["dynamic_img_size"] = bool(naflex) or bool(getattr(model, "dynamic_img_size", False))
     facts["norm_pre"] = pre
     facts["block_norm"] = "post" if ResPostBlock in kinds_of_block else "pre"
@@ -462,7 +473,7 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
     norms: list = []
     D, H = int(model.embed_dim), None
     blocks = list(model.blocks)
-    per_block = set()
+    per_block, kv_heads = set(), []
     for i, blk in enumerate(blocks):
         if type(blk) not in (EvaBlock, EvaBlockPostNorm):
             _refuse(arch, f"builds {_tname(blk)} blocks: not EvaBlock or EvaBlockPostNorm")
@@ -472,8 +483,7 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
             _refuse(arch, f"has {_tname(a)} attention")
         if getattr(a, "gate", None) is not None:
             _refuse(arch, "has gated attention (a sigmoid gate before attn.proj)")
-        if getattr(a, "num_kv_heads", a.num_heads) != a.num_heads:
-            _refuse(arch, "has grouped-query attention (num_kv_heads < num_heads)")
+        kv_heads.append(int(getattr(a, "num_kv_heads", a.num_heads)))  # grouped-query attention: per block
         if a.head_dim * a.num_heads != D or a.proj.bias is None or not math.isclose(a.scale, a.head_dim ** -0.5):
             _refuse(arch, "has an attention width, scale or output projection other than the canonical one")
         fused = a.qkv is not None
@@ -556,6 +566,8 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         pos_prefix_tokens=0 if model.pos_embed is not None and model.no_embed_class and n0 else None,
         gelu=gelu or "erf", layer_norm_eps=norms[0][2], norm_kind=norms[0][1], norm_pre=bool(pre),
         final_norm=bool(final), fc_norm=bool(fc), num_classes=int(n_cls), **_read_eva_rope(model, arch, blocks[0].attn))
+    if any(h != H for h in kv_heads):  # grouped-query attention (AttentionRope, separate projections)
+        cfg["num_kv_heads"] = tuple(kv_heads)
     facts: dict[str, Any] = dict(name=arch, eva_config=cfg, num_heads=H, layer_norm_eps=norms[0][2],
                                  pool=cfg["pool"], image_size=cfg["image_size"],
                                  dynamic_img_size=bool(getattr(model, "dynamic_img_size", False)), norm_pre=bool(pre))

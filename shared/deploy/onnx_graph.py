@@ -30,7 +30,9 @@ divergence is the runtime's, never a tracer's. What the graph is:
     coordinates `vit_suite.rope_t0` / `vit_suite.rope_t1` (shared.posemb.rope_grid), block i gathering its [i];
   - the other Eva options: separate q_proj/k_proj/v_proj (no k bias with k_bias=False), the attention's and the
     MLP's inner norms, timm's unpacked SwiGLU (fc1_g, fc1_x), ls_attn_only, post-norm blocks (block_norm 'post':
-    the block's norms at the end of each branch), and RMSNorm (norm_kind 'rms', every
+    the block's norms at the end of each branch), grouped-query attention (num_kv_heads:
+    each k / v head tiled for its group of q heads by Unsqueeze, Tile, Reshape), parallel blocks (num_parallel: each
+    branch's output summed by Add, then the residual Add), and RMSNorm (norm_kind 'rms', every
     norm of the model but the MAP head's) built as x / Sqrt(ReduceMean(x * x) + eps) * weight: opset 23's
     RMSNormalization runs in both runtimes too, but measured no more accurate on tiny_rope_mixed (logits 6.6e-7 in
     ONNX Runtime against 4.9e-7 from these primitives, the same in OpenVINO) and would raise every export's opset;
@@ -95,7 +97,8 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              "qkv_fused", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only",
              "block_norm",
              # NaFlexVit's tables (computed at export by shared.posemb: aspect-preserving, factorized)
-             "pos_ar_preserving"}
+             "pos_ar_preserving",
+             "num_kv_heads", "num_parallel"}
     unknown = fields_off_default(cfg, known)
     return [f"config field {k}={getattr(cfg, k)!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)"
             for k in unknown]
@@ -243,7 +246,8 @@ class _Builder:
         """(B, T, A) -> (B, H, T, hd)."""
         return self.g.op("Transpose", self.g.op("Reshape", t, self.g.ints(0, 0, H, hd)), perm=[0, 2, 1, 3])
 
-    def attention(self, x: str, prefix: str, *, num_heads: int, width: int | None = None, qkv_bias: bool = True,
+    def attention(self, x: str, prefix: str, *, num_heads: int, num_kv_heads: int | None = None,
+                  width: int | None = None, qkv_bias: bool = True,
                   qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
                   scale: float | None = None, value_skip: bool = False, norm_eps: float = 1e-6,
                   norm: str = "layer", dim=None, attn_drop=0.0, proj_drop=0.0, rotate_half=False,
@@ -261,12 +265,17 @@ class _Builder:
             q = self.linear(x, _key(prefix, "q_proj"), qkv_bias)
             k = self.linear(x, _key(prefix, "k_proj"), qkv_bias and k_bias)
             v = self.linear(x, _key(prefix, "v_proj"), qkv_bias)
-        qh, kh, vh = (self.heads(t, H, hd) for t in (q, k, v))
+        Hkv = num_kv_heads or H
+        qh, kh, vh = self.heads(q, H, hd), self.heads(k, Hkv, hd), self.heads(v, Hkv, hd)
         if qk_norm:
             qh = self.norm(qh, _key(prefix, "q_norm"), norm_eps, norm)
             kh = self.norm(kh, _key(prefix, "k_norm"), norm_eps, norm)
         if rope is not None:  # the patch tokens' q and k, after the qk-norm
             qh, kh = self.rotate(qh, rope, hd), self.rotate(kh, rope, hd)
+        if Hkv != H:  # grouped-query attention: kv head j repeated for q heads j * groups ... (Tile, then Reshape)
+            reps = g.ints(1, 1, H // Hkv, 1, 1)
+            kh, vh = (g.op("Reshape", g.op("Tile", g.op("Unsqueeze", t, g.ints(2)), reps), g.ints(0, H, -1, hd))
+                      for t in (kh, vh))
         scores = g.op("Mul", g.op("MatMul", qh, g.op("Transpose", kh, perm=[0, 1, 3, 2])), g.scalar(scale))
         if attn_bias is not None:  # (H, T, T), broadcast over the batch
             scores = g.op("Add", scores, attn_bias)
@@ -282,8 +291,23 @@ class _Builder:
 
     def block(self, x: str, prefix: str, *, dim: int, attn: dict, mlp: dict, ls_init=None, drop_path=0.0,
               norm_eps: float = 1e-6, norm: str = "layer", ls_attn_only: bool = False, post_norm: bool = False,
+              num_parallel: int = 1,
               rope: tuple[str, str] | None = None, attn_bias: str | None = None) -> str:
         g = self.g
+        if num_parallel > 1:  # timm's ParallelThingsBlock: x + sum of attns.j, then + sum of ffns.j
+            def branch(pre: str, x: str, attention: bool) -> str:
+                h = self.norm(x, _key(pre, "norm"), norm_eps, norm)
+                y = (self.attention(h, _key(pre, "attn"), **attn, rope=rope, attn_bias=attn_bias) if attention
+                     else self.mlp(h, _key(pre, "mlp"), **mlp))
+                return g.op("Mul", y, _key(pre, "ls.gamma")) if ls_init is not None else y
+
+            for kind in ("attns", "ffns"):
+                ys = [branch(_key(prefix, f"{kind}.{j}"), x, kind == "attns") for j in range(num_parallel)]
+                s = ys[0]
+                for y in ys[1:]:
+                    s = g.op("Add", s, y)
+                x = g.op("Add", x, s)
+            return x
         width = attn.get("width") or dim
         if post_norm:  # x + norm1(attn(x)), x + norm2(mlp(x)): no LayerScale, same widths (ViTConfig)
             y = self.attention(x, _key(prefix, "attn"), **attn, rope=rope, attn_bias=attn_bias)

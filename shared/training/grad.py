@@ -136,11 +136,12 @@ def reference_loss(cfg: ViTConfig, state, images, labels, smoothing: float) -> f
 
 
 def finite_difference_check(cfg: ViTConfig, state, images, labels, smoothing: float, oracle_grads,
-                            n_coords: int = 8, seed: int = 0) -> list[dict]:
-    """Central differences of the float64 reference loss at random coordinates vs the oracle gradient."""
+                            n_coords: int = 8, seed: int = 0, keys: list[str] | None = None) -> list[dict]:
+    """Central differences of the float64 reference loss at random coordinates vs the oracle gradient: of the patch
+    projection, the head and random tensors (n_coords in all), and of each of `keys` too when given."""
     rng = np.random.default_rng([seed, 99])
-    keys = sorted(state)
-    chosen = ["patch_embed.proj.weight", "head.weight"] + list(rng.choice(keys, size=max(n_coords - 2, 0)))
+    chosen = ["patch_embed.proj.weight", "head.weight"] + list(rng.choice(sorted(state), size=max(n_coords - 2, 0)))
+    chosen += list(keys or [])
     base = {k: np.asarray(v, np.float64).copy() for k, v in state.items()}
     rows = []
     for k in chosen:

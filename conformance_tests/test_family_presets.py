@@ -35,8 +35,9 @@ def test_family_preset_is_timms_architecture(name):
     blk = m.blocks[0]
     assert getattr(blk, "num_parallel", 1) == cfg.num_parallel  # ParallelThingsBlock: its branch 0 read below
     n1, attn, mlp, ls1, ls2 = ((blk.attns[0].norm, blk.attns[0].attn, blk.ffns[0].mlp, blk.attns[0].ls,
-                                blk.ffns[0].ls) if cfg.num_parallel > 1 else (blk.norm1, blk.attn, blk.mlp, blk.ls1,
-                                                                              blk.ls2))
+                                blk.ffns[0].ls) if cfg.num_parallel > 1 else (blk.norm1, blk.attn, blk.mlp,
+                                                                              getattr(blk, "ls1", None),
+                                                                              getattr(blk, "ls2", None)))
     assert tuple(m.patch_embed.img_size) == cfg.image_size
     if cfg.swiglu:  # timm SwiGLUPacked: a GluMlp with SiLU, the gate in fc1's first half
         assert type(mlp).__name__ == "GluMlp" and isinstance(mlp.act, torch.nn.SiLU)

@@ -309,6 +309,12 @@ PRESETS["tiny_rope_mixed"] = ViTConfig(
     norm_kind="rms", init_values=0.1, ls_attn_only=True, reg_tokens=1, pos_prefix_tokens=0, num_classes=4,
     notes="RoPE-ViT mixed (learned per-block, per-head frequencies, rope.freqs) with an absolute table (_ape), "
           "fused qkv with q and v biases, RMSNorm everywhere with qk-norm, LayerScale on attention only (Sapiens2)")
+PRESETS["tiny_aimv2"] = ViTConfig(
+    name="tiny_aimv2", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+    mlp_dim=48, swiglu=True, swiglu_unpacked=True, norm_kind="rms", patch_norm=True, qkv_bias=False,
+    proj_bias=False, class_token="none", pool="mean", layer_norm_eps=1e-5, num_classes=3,
+    notes="AIMv2: RMSNorm after the patch projection (patch_norm) and everywhere else, no qkv, proj or MLP biases "
+          "(proj_bias=False), unpacked SwiGLU, no class token, final norm then the mean of the patch tokens")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

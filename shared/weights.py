@@ -2,6 +2,7 @@
 
 Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = classes):
   patch_embed.proj.weight (D, C, P, P), patch_embed.proj.bias (D,) if patch_bias
+  patch_embed.norm.{weight,bias} (D,)       if patch_norm
   cls_token (1, 1, D)                       if class_token == "learned"
   dist_token (1, 1, D)                      if dist_token
   reg_token (1, R, D)                       if reg_tokens = R > 0
@@ -29,7 +30,8 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
 Eva options: rope.freqs (2, depth, heads, head_dim/2) with rope='mixed' (timm RotaryEmbeddingMixed); with
 qkv_fused=False attn.{q_proj,k_proj,v_proj}.weight (W, Din) and biases (k_proj's only with k_bias); attn.norm (W,)
 with attn_inner_norm; mlp.fc1_g / mlp.fc1_x (M, W) (M,) instead of mlp.fc1 with swiglu_unpacked; mlp.norm (M,) with
-mlp_inner_norm; no ls2.gamma with ls_attn_only; every norm has no .bias with norm_kind='rms'.
+mlp_inner_norm; no ls2.gamma with ls_attn_only; every norm has no .bias with norm_kind='rms'. With proj_bias=False
+attn.proj and the block MLPs' linears have no .bias.
 All tensors are float32. Loading is strict and reports every problem by name;
 saving goes through shared.fileio.atomic_write (staged beside the destination, then moved into place), so a failure
 leaves nothing behind.
@@ -73,6 +75,8 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         if cfg.norm_kind == "layer":
             s[f"{key}.bias"] = (dim,)
 
+    if cfg.patch_norm:
+        norm("patch_embed.norm", D)
     if cfg.norm_pre:
         norm("norm_pre", D)
     if cfg.rope == "mixed":
@@ -94,18 +98,23 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
                 norm(f"{b}.attn.{n}", cfg.head_dim)
         if cfg.attn_inner_norm:
             norm(f"{b}.attn.norm", W)
-        s[f"{b}.attn.proj.weight"], s[f"{b}.attn.proj.bias"] = (W, W), (W,)
+        def linear(key: str, out_dim: int, in_dim: int) -> None:  # the block's proj and MLP linears (proj_bias)
+            s[f"{key}.weight"] = (out_dim, in_dim)
+            if cfg.proj_bias:
+                s[f"{key}.bias"] = (out_dim,)
+
+        linear(f"{b}.attn.proj", W, W)
         if cfg.init_values is not None:
             s[f"{b}.ls1.gamma"] = (W,)
         norm(f"{b}.norm2", W)
         if cfg.swiglu_unpacked:
             for n in ("fc1_g", "fc1_x"):
-                s[f"{b}.mlp.{n}.weight"], s[f"{b}.mlp.{n}.bias"] = (M, W), (M,)
+                linear(f"{b}.mlp.{n}", M, W)
         else:
-            s[f"{b}.mlp.fc1.weight"], s[f"{b}.mlp.fc1.bias"] = (cfg.fc1_dim, W), (cfg.fc1_dim,)
+            linear(f"{b}.mlp.fc1", cfg.fc1_dim, W)
         if cfg.mlp_inner_norm:
             norm(f"{b}.mlp.norm", M)
-        s[f"{b}.mlp.fc2.weight"], s[f"{b}.mlp.fc2.bias"] = (W, M), (W,)
+        linear(f"{b}.mlp.fc2", W, M)
         if cfg.init_values is not None and not cfg.ls_attn_only:
             s[f"{b}.ls2.gamma"] = (W,)
     for prefix in cfg.rel_pos_prefixes:  # relative position bias: one shared, or one per block

@@ -183,6 +183,7 @@ _HF_BASE = {
     "metaclip_2_vision_model": ("MetaClip2VisionModel", "pooler_output"),
     "beit": ("BeitModel", "features"), "data2vec-vision": ("Data2VecVisionModel", "features"),
     "siglip2": ("Siglip2Model", "image_features"), "siglip2_vision_model": ("Siglip2VisionModel", "pooler_output"),
+    "aimv2_vision_model": ("Aimv2VisionModel", "mean"),
 }
 
 

@@ -156,6 +156,8 @@ def test_short_training_beats_chance(primary_backend, tmp_path):
 FAMILY_TRAIN = {
     "deit_reg": dict(dist_token=True, init_values=0.1, reg_tokens=2, pos_prefix_tokens=0, swiglu=True),
     "clip_map": dict(norm_pre=True, gelu="quick", patch_bias=False, qk_norm=True, class_token="none", pool="map"),
+    "aimv2": dict(patch_norm=True, norm_kind="rms", proj_bias=False, qkv_bias=False, swiglu=True,
+                  swiglu_unpacked=True, class_token="none", pool="mean"),
 }
 
 

@@ -65,7 +65,9 @@ KNOWN_FIELDS = frozenset({
     "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid", "qkv_fused",
     "k_bias", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only",
     # relative position biases
-    "rel_pos", "rel_pos_shared", "rel_pos_dim"})
+    "rel_pos", "rel_pos_shared", "rel_pos_dim",
+    # AIMv2's patch norm and bias-free projections (the Dense layers without a bias variable)
+    "patch_norm", "proj_bias"})
 
 
 # ------------------------------------------------------------------ the layout
@@ -140,8 +142,11 @@ def _model(cfg: ViTConfig, name: str = MODEL_NAME) -> _Layer:
     """vit_keras.model.VisionTransformer's layers, as its __init__ assigns them (the order of its `layers`)."""
     keys = W.expected_shapes(cfg)
     pe = [("patch_embed.proj.weight", "conv")] + [("patch_embed.proj.bias", "direct")] * cfg.patch_bias
+    pe_attrs = {"proj": _Layer("Conv2D", "proj", pe)}
+    if "patch_embed.norm.weight" in keys:  # patch_norm: PatchEmbed's `norm`
+        pe_attrs["norm"] = _ln("norm", "patch_embed.norm", keys)
     tracked: list[tuple[str, _Layer | list]] = [
-        ("patch_embed", _Layer("PatchEmbed", "patch_embed", attrs={"proj": _Layer("Conv2D", "proj", pe)})),
+        ("patch_embed", _Layer("PatchEmbed", "patch_embed", attrs=pe_attrs)),
         ("pos_drop", _Layer("Dropout", "pos_drop"))]
     if "norm_pre.weight" in keys:
         tracked.append(("norm_pre", _ln("norm_pre", "norm_pre", keys)))

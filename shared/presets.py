@@ -309,6 +309,20 @@ PRESETS["tiny_rope_mixed"] = ViTConfig(
     norm_kind="rms", init_values=0.1, ls_attn_only=True, reg_tokens=1, pos_prefix_tokens=0, num_classes=4,
     notes="RoPE-ViT mixed (learned per-block, per-head frequencies, rope.freqs) with an absolute table (_ape), "
           "fused qkv with q and v biases, RMSNorm everywhere with qk-norm, LayerScale on attention only (Sapiens2)")
+# --- AIMv2 (timm's aimv2_*: a VisionTransformer with RMSNorm everywhere and after the patch projection, no qkv, proj or
+# MLP biases, timm's unpacked SwiGLU, no class token, the mean of the final-normed tokens), with timm's names: each is
+# exactly timm's architecture of that name (tested key by key against timm's meta-device model)
+_AIMV2 = dict(patch_size=14, patch_norm=True, depth=24, swiglu=True, swiglu_unpacked=True, qkv_bias=False,
+              proj_bias=False, class_token="none", pool="mean", resize_kernel="bicubic_antialias", layer_norm_eps=1e-5,
+              norm_kind="rms", num_classes=0)
+_AIMV2_SIZES = {"large": dict(embed_dim=1024, num_heads=8, mlp_dim=2816), "huge": dict(embed_dim=1536, mlp_dim=4096),
+                "1b": dict(embed_dim=2048, num_heads=16, mlp_dim=5632), "3b": dict(embed_dim=3072, num_heads=24, mlp_dim=8192)}
+AIMV2_PRESETS = [f"aimv2_{size}_patch14_{side}" for size in _AIMV2_SIZES for side in (224, 336, 448)]
+for _name in AIMV2_PRESETS:
+    _side = int(_name.rsplit("_", 1)[1])
+    PRESETS[_name] = ViTConfig(name=_name, image_size=(_side, _side), **_AIMV2, **_AIMV2_SIZES[_name.split("_")[1]],
+                               notes="timm's AIMv2 " + _name)
+
 PRESETS["tiny_aimv2"] = ViTConfig(
     name="tiny_aimv2", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2,
     mlp_dim=48, swiglu=True, swiglu_unpacked=True, norm_kind="rms", patch_norm=True, qkv_bias=False,

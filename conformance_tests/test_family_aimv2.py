@@ -9,8 +9,8 @@ Oracles: timm's / transformers' own tiny random models (depth 2, every parameter
 float64 reference of the imported file meets at least 10x under the float32 bound (shared/tolerances.py); the
 exports load strictly into timm's VisionTransformer and transformers' Aimv2VisionModel and give the same output. The
 tiny preset tiny_aimv2 runs on each primary backend (float32 and low-precision stages, gradients against the float64
-oracle; torch in the CI-sized set, Keras and MindSpore with -m slow), in ONNX Runtime, and trains (test_training.py
-'aimv2'). The AIMv2 presets are timm's architectures of the same name, key by key. The CI-sized part: ~15 s on 2
+oracle, one AdamW step against NumPy's; torch in the CI-sized set, Keras and MindSpore with -m slow; the oracle
+against the reference's finite differences), in ONNX Runtime, and trains on digits (test_training.py 'aimv2', slow). The AIMv2 presets are timm's architectures of the same name, key by key. The CI-sized part: ~15 s on 2
 cores.
 """
 from __future__ import annotations
@@ -190,6 +190,29 @@ def test_tiny_aimv2_on_every_primary_backend(primary_backend):
     print(f"{be.name} gradients: worst {worst[1]} at {worst[0]:.3f} of the bound")
     assert set(grads) == set(g64) and worst[0] <= 1.0, worst
     assert np.any(g64["patch_embed.norm.weight"] != 0)
+    # one AdamW step (the training recipe's optimiser) against NumPy's float64 step from the oracle's gradients
+    hp = G.STEP_HPARAMS["adamw"]
+    new = be.optimizer_step(cfg, state, x, y, "adamw", lr=hp["lr"], weight_decay=hp["weight_decay"],
+                            label_smoothing=0.1, betas=G.ADAM_BETAS, eps=G.ADAM_EPS)
+    rows = G.step_errors("adamw", cfg, state, new, grads, g64)
+    bad = {k: m for k, m in rows.items() if not (m["opt_err"] <= m["opt_bound"] and m["e2e_err"] <= m["e2e_bound"])}
+    assert not bad and all(not np.array_equal(new[k], state[k]) for k in state), bad
+
+
+def test_tiny_aimv2_oracle_is_the_reference():
+    """The float64 gradient oracle (torch float64) on tiny_aimv2: its loss is the float64 reference's, its gradients
+    agree with the reference's finite differences, and every parameter (the patch norm too) gets one."""
+    from shared.backend import get_backend
+    from shared.testing import case
+    from shared.training import grad as G
+
+    cfg, state, x = case("tiny_aimv2")
+    y = np.random.default_rng(3).integers(0, cfg.num_classes, x.shape[0])
+    loss64, g64 = get_backend(G.ORACLE_BACKEND).loss_and_grads(cfg, state, x, y, 0.1, dtype="float64")
+    ref = G.reference_loss(cfg, state, x, y, 0.1)
+    assert abs(loss64 - ref) <= G.ORACLE_LOSS_REL * max(1.0, abs(ref)), (loss64, ref)
+    bad = [r for r in G.finite_difference_check(cfg, state, x, y, 0.1, g64, n_coords=6) if not r["passed"]]
+    assert not bad and all(np.any(g != 0) for g in g64.values()), bad
 
 
 def test_tiny_aimv2_in_onnx_runtime():

@@ -51,8 +51,15 @@ named architecture resolves to timm's Eva, the whole config comes from it (timm'
 a fused projection's q_bias / v_bias); the export writes the same keys, and `eva_model_kwargs` builds the Eva that
 loads them strictly.
 
-Refused by name in a VisionTransformer file (the canonical model cannot run them there): norms inside the patch embedding / attention / MLP, unpacked
-gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, separate q/k/v projections, a per-block relative bias
+timm's VisionTransformer with options its keys cannot tell (`is_vit_stated`: RMSNorm, a patch-embedding norm, no
+projection biases, timm's unpacked SwiGLU; AIMv2, test_vit4): as for an Eva, the named architecture (or such a preset)
+states the whole config (`timm_resolve._vit_config`), the keys are read as themselves (`key_map`), and the export's
+`timm_model_kwargs` names the norm layers, `embed_norm_layer`, `proj_bias` and `mlp_layer` (a config.json: a base
+that builds them, `_STATED_BASES`).
+
+Refused by name in a VisionTransformer file no architecture names (the canonical model cannot tell them from the
+keys): norms inside the patch embedding, unpacked gated MLPs (timm SwiGLU: fc1_g / fc1_x); always: norms inside
+attention / MLP, hybrid CNN stems, separate q/k/v projections, a per-block relative bias
 summed with a shared one, Swin-v2's relative MLP, an attention pool with its own positions or qk-norm, pooling timm
 calls 'avgmax', 'max', 'prr' or '' (none).
 
@@ -116,11 +123,14 @@ MLP_KINDS = ("swiglu", "gelu")
 # (pattern on the key, what it is, why the canonical format cannot represent it)
 _UNSUPPORTED = [
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (embed_norm_layer, key patch_embed.norm)",
-     "the canonical patch embedding is a plain strided conv"),
+     "its kind and eps are not in the keys: name the architecture (config.json, --preset) and timm's model states "
+     "them (AIMv2)"),
     (r"\.attn\.norm\.", "a norm inside attention (scale_attn_norm=True)", "canonical attention has no inner norm"),
     (r"\.mlp\.norm\.", "a norm inside the MLP (scale_mlp_norm=True)", "the canonical MLP has no inner norm"),
-    (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.|\.mlp\.w3\.", "an unpacked gated MLP (timm SwiGLU, keys mlp.fc1_g / "
-     "fc1_x / w12)", "the canonical gated MLP is timm's SwiGLUPacked (one fc1 holding [gate; value])"),
+    (r"\.mlp\.w12\.|\.mlp\.w3\.", "a gated MLP with keys mlp.w12 / w3", "the canonical gated MLPs are timm's "
+     "SwiGLUPacked (one fc1 holding [gate; value]) and SwiGLU (fc1_g, fc1_x)"),
+    (r"\.mlp\.fc1_[gx]\.", "an unpacked gated MLP (timm SwiGLU, keys mlp.fc1_g / fc1_x)", "its activation and "
+     "norms are not in the keys: name the architecture (config.json, --preset) and timm's model states them"),
     (r"^patch_embed\.backbone\.", "a hybrid CNN stem (patch_embed.backbone)", "canonical patches come from one conv"),
     (r"\.attn\.k_bias$", "a k bias beside separate q/v biases", "BEiT's q/v layout has none (the k part is zero)"),
     (r"rel_pos\.mlp\.fc[12]\.weight_[gv]|relative_coords_table", "a Swin-v2 relative position MLP",

@@ -7,8 +7,10 @@ no memory), and read for what a timm state dict cannot tell.
 
 Every fact is read from the BUILT MODULES (model, block, norm, attention, MLP and activation classes; the pool,
 the tokens, the position table), never from the name. Only what the canonical model runs is accepted: timm's
-`VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm, `Attention`, `Mlp` with a GELU form or
-the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked), a plain-conv `PatchEmbed`, the one-latent
+`VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm or RmsNorm, one kind for the whole model,
+`Attention`, `Mlp` with a GELU form or the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked, timm's unpacked
+`SwiGLU`; projection biases on or off together), a plain-conv `PatchEmbed` (with a norm: AIMv2; a model with options
+its keys cannot tell gets its whole config in facts['vit_config']: `_vit_config`), the one-latent
 `AttentionPoolLatent` MAP head; timm's `Beit` and `VisionTransformerRelPos` with pre-norm blocks and a relative
 position bias (a learned table or the 'cr' RelPosMlp, per block or shared: `_read_rel_pos`). Anything else is refused by name with the reason (ConversionError), whatever
 else is stated: several of them (rotary positions, post-norm blocks) have keys a supported model also has, so any

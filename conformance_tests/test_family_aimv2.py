@@ -164,6 +164,22 @@ def test_hf_aimv2_clip_like_model_is_refused_by_name(tmp_path):
         save_hf_dir(tmp_path / "vit", get_preset("tiny_aimv2"), {}, model_type="vit")
 
 
+def test_formats_without_the_options_refuse_them_by_name():
+    """torchvision, keras-hub and mindcv ViTs have none of AIMv2's options: each export is refused naming every one
+    (the patch norm, the bias-free projections, RMSNorm, the SwiGLU) rather than written without them."""
+    from shared.convert.kerashub import export_kerashub
+    from shared.convert.mindcv import export_mindcv
+    from shared.convert.torchvision import export_torchvision
+    from shared.init import init_weights
+
+    cfg = get_preset("tiny_aimv2")
+    assert any("patch_norm" in o for o in cfg.family_options()) and any("proj_bias" in o for o in cfg.family_options())
+    for export in (export_torchvision, export_kerashub, export_mindcv):
+        with pytest.raises(ConversionError) as e:
+            export(cfg, init_weights(cfg))
+        assert all(option in str(e.value) for option in cfg.family_options()), str(e.value)
+
+
 # ------------------------------------------------------------------------------------------ the backends
 @pytest.mark.ci_backends("torch")  # Keras and MindSpore (~30 s of compiles) in the slow set
 def test_tiny_aimv2_on_every_primary_backend(primary_backend):

@@ -106,7 +106,7 @@ def test_the_exported_file_is_checked_opset_dynamic_batch_and_carries_config_and
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny_pretrain", "tiny_dinov2_reg", "tiny_siglip", "tiny_t2t",
-                                    "tiny_beit", "tiny_relpos", "tiny_eva02", "tiny_rope_mixed"])
+                                    "tiny_beit", "tiny_relpos", "tiny_eva02", "tiny_rope_mixed", "tiny_aimv2"])
 def test_canonical_to_onnx_to_canonical_is_bit_exact(tmp_path, preset):
     cfg, state, _ = case(preset)
     dst = tmp_path / "m.onnx"

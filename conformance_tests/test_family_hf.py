@@ -501,6 +501,8 @@ EVERY_CLASS = {
     ("data2vec-vision", "Data2VecVisionForImageClassification"): ("Data2VecVisionConfig", dict(
         _TOWER, **_LABELS, use_relative_position_bias=True, layer_scale_init_value=0.0), "logits"),
     ("siglip2_vision_model", "Siglip2VisionModel"): ("Siglip2VisionConfig", _S2, "siglip2 pooler"),
+    # AIMv2 (shared.convert.hf_aimv2): RMSNorm after the patch projection and everywhere, an unpacked SwiGLU
+    ("aimv2_vision_model", "Aimv2VisionModel"): ("Aimv2VisionConfig", dict(_TOWER, use_head=False), "mean"),
     ("siglip2", "Siglip2Model"): ("Siglip2Config", dict(vision_config=_S2, text_config=_TEXT),
                                   "siglip2 image_features"),
     ("siglip2", "Siglip2ForImageClassification"): (

@@ -139,7 +139,7 @@ def _attention_by_hand(p, x, a, theta=None, bias=None):
     o = np.concatenate(heads, axis=-1)
     if a.get("inner_norm"):
         o = _ln(o, p["norm.weight"], p["norm.bias"], eps)
-    o = o @ p["proj.weight"].T + p["proj.bias"]
+    o = o @ p["proj.weight"].T + (p["proj.bias"] if a.get("proj_bias", True) else 0.0)
     return v + o if a.get("value_skip") else o
 
 
@@ -160,7 +160,9 @@ def _attention_params(a, rng) -> dict[str, np.ndarray]:
             p[f"{n}.weight"], p[f"{n}.bias"] = 1 + 0.1 * rng.standard_normal(hd), 0.1 * rng.standard_normal(hd)
     if a.get("inner_norm"):
         p["norm.weight"], p["norm.bias"] = 1 + 0.1 * rng.standard_normal(W), 0.1 * rng.standard_normal(W)
-    p["proj.weight"], p["proj.bias"] = rng.standard_normal((W, W)) / np.sqrt(W), 0.1 * rng.standard_normal(W)
+    p["proj.weight"] = rng.standard_normal((W, W)) / np.sqrt(W)
+    if a.get("proj_bias", True):
+        p["proj.bias"] = 0.1 * rng.standard_normal(W)
     return {k: v.astype(np.float32) for k, v in p.items()}
 
 
@@ -172,7 +174,7 @@ CASES = {
     "separate_qkv_inner_norm_bias": (dict(dim=32, num_heads=4, qkv_fused=False, k_bias=False, inner_norm=True),
                                      None, True),
     "t2t_width_rope_bias": (dict(dim=24, num_heads=2, width=32, qkv_bias=False, qkv_fused=False, value_skip=True,
-                                 scale=0.3), dict(indexing="ij", rotate_half=False), True),
+                                 scale=0.3, proj_bias=False), dict(indexing="ij", rotate_half=False), True),
 }
 N_PREFIX = 1
 
@@ -343,10 +345,11 @@ def test_a_block_passes_the_rotary_table_to_attention_in_every_backend():
         assert rel_l2(out, want) <= bound, (name, rel_l2(out, want), bound)
 
 
-@pytest.mark.parametrize("act,gated,inner_norm", [("silu", True, False), ("erf", True, True), ("quick", False, True)])
-def test_every_backend_mlp_is_the_hand_written_one(act, gated, inner_norm):
-    """Mlp(dim, hidden, act, gated, inner_norm): fc1 -> act (or act(gate) * value) -> [LayerNorm] -> fc2, against a
-    float64 MLP written out."""
+@pytest.mark.parametrize("act,gated,inner_norm,bias", [("silu", True, False, False), ("erf", True, True, True),
+                                                       ("quick", False, True, True)])
+def test_every_backend_mlp_is_the_hand_written_one(act, gated, inner_norm, bias):
+    """Mlp(dim, hidden, act, gated, inner_norm, bias): fc1 -> act (or act(gate) * value) -> [LayerNorm] -> fc2 (biases
+    with `bias`), against a float64 MLP written out."""
     import keras
     from mindspore import Tensor
 
@@ -361,15 +364,16 @@ def test_every_backend_mlp_is_the_hand_written_one(act, gated, inner_norm):
          "fc2.weight": rng.standard_normal((D, M)) / 6, "fc2.bias": rng.standard_normal(D) / 4}
     if inner_norm:
         p["norm.weight"], p["norm.bias"] = 1 + 0.1 * rng.standard_normal(M), 0.1 * rng.standard_normal(M)
-    p = {k: v.astype(np.float32) for k, v in p.items()}
+    p = {k: v.astype(np.float32) for k, v in p.items() if bias or not k.startswith("fc")
+         or not k.endswith(".bias")}
     x = rng.standard_normal((2, 5, D)).astype(np.float32)
     f = {"silu": lambda t: t / (1 + np.exp(-t)), "erf": _erf_gelu, "quick": lambda t: t / (1 + np.exp(-1.702 * t))}[act]
-    h = x.astype(np.float64) @ p["fc1.weight"].T.astype(np.float64) + p["fc1.bias"]
+    h = x.astype(np.float64) @ p["fc1.weight"].T.astype(np.float64) + (p["fc1.bias"] if bias else 0.0)
     h = f(h[..., :M]) * h[..., M:] if gated else f(h)
     if inner_norm:
         h = _ln(h, p["norm.weight"].astype(np.float64), p["norm.bias"], 1e-5)
-    want = h @ p["fc2.weight"].T.astype(np.float64) + p["fc2.bias"]
-    args = dict(dim=D, hidden=M, act=act, gated=gated, inner_norm=inner_norm, norm_eps=1e-5)
+    want = h @ p["fc2.weight"].T.astype(np.float64) + (p["fc2.bias"] if bias else 0.0)
+    args = dict(dim=D, hidden=M, act=act, gated=gated, inner_norm=inner_norm, bias=bias, norm_eps=1e-5)
     got64 = reference.mlp_forward(reference._Numerics("float64"), {k: v.astype(np.float64) for k, v in p.items()},
                                   "", x.astype(np.float64), **args)
     assert rel_l2(got64, want) < F64

@@ -158,10 +158,12 @@ FAMILY_TRAIN = {
     "clip_map": dict(norm_pre=True, gelu="quick", patch_bias=False, qk_norm=True, class_token="none", pool="map"),
     # res-post-norm blocks (timm's rpn): the norms close each branch; fc_norm after the mean pool
     "rpn": dict(block_norm="post", class_token="none", pool="mean", final_norm=False, fc_norm=True),
+    "aimv2": dict(patch_norm=True, norm_kind="rms", proj_bias=False, qkv_bias=False, swiglu=True,
+                  swiglu_unpacked=True, class_token="none", pool="mean"),
 }
-#: slow-marked (the CI-sized set's time): rpn's gradients and float32 / low-precision forwards are checked in the
-#: CI-sized set by test_family_postnorm.py
-SLOW_TRAIN = {"rpn"}
+#: slow-marked (the CI-sized set's time): their gradients and float32 / low-precision forwards are checked in the
+#: CI-sized set by test_family_postnorm.py and test_family_aimv2.py
+SLOW_TRAIN = {"rpn", "aimv2"}
 
 
 @pytest.mark.ci_backends("torch")
@@ -171,7 +173,8 @@ def test_family_options_train(primary_backend, options):
     """Every option trains in every primary backend: the loss falls, every new parameter moves, and the model
     beats chance on held-out digits (a distilled model trains both heads: the mean of their losses). The CI-sized
     set runs torch here (the other backends are slow-marked): test_keras.py and test_mindspore.py train family
-    models in their own backends."""
+    models in their own backends. 'aimv2' (patch norm, RMSNorm, no projection biases, unpacked SwiGLU) is slow-marked
+    on every backend: test_family_aimv2.py takes an optimiser step of tiny_aimv2 against NumPy in the CI-sized set."""
     backend = primary_backend
     cfg = get_preset("digits").replace(name=f"digits_{options}", **FAMILY_TRAIN[options])
     tr, te = digits()

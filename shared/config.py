@@ -86,7 +86,7 @@ _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softma
           "pos_ar_preserving")
 _STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes", "rope", "rope_indexing",
          "norm_kind", "rel_pos", "block_norm")
-_BOOLS += ("rel_pos_shared",)
+_BOOLS += ("rel_pos_shared", "patch_norm", "proj_bias")
 _RATES = ("dropout", "attn_dropout", "drop_path")
 
 
@@ -144,6 +144,9 @@ class ViTConfig:
     in_chans: int = 3
     patch_size: int = 16
     patch_bias: bool = True  # False: the patch projection has no bias (CLIP)
+    # a norm (cfg.norm_kind, eps layer_norm_eps) over each projected patch, before the prefix tokens and positions
+    # (timm embed_norm_layer: AIMv2; key patch_embed.norm)
+    patch_norm: bool = False
     # --- widths ------------------------------------------------------------
     embed_dim: int = 768
     depth: int = 12
@@ -154,6 +157,9 @@ class ViTConfig:
     swiglu: bool = False
     attn_dim: int | None = None  # None: same as embed_dim
     qkv_bias: bool = True
+    # False: no bias on attn.proj and on the block MLPs' linears (fc1 / fc1_g / fc1_x, fc2): timm proj_bias=False
+    # (AIMv2). The attention pool keeps its biases (timm's AttentionPoolLatent).
+    proj_bias: bool = True
     qk_scale: float | None = None  # None: head_dim ** -0.5
     attn_value_skip: bool = False  # T2T-style: attn(x) = v + proj(softmax(qk) v)
     qk_norm: bool = False  # LayerNorm over the head dim on q and k (keys attn.q_norm, attn.k_norm)
@@ -474,14 +480,14 @@ class ViTConfig:
                     width=self.width, qkv_bias=self.qkv_bias,
                     qkv_fused=self.qkv_fused, k_bias=self.k_bias, qk_norm=self.qk_norm,
                     inner_norm=self.attn_inner_norm, scale=self.scale, rotate_half=self.rope_rotate_half,
-                    value_skip=self.attn_value_skip, norm_eps=self.layer_norm_eps, norm=self.norm_kind,
-                    attn_drop=self.attn_dropout, proj_drop=self.dropout)
+                    value_skip=self.attn_value_skip, proj_bias=self.proj_bias, norm_eps=self.layer_norm_eps,
+                    norm=self.norm_kind, attn_drop=self.attn_dropout, proj_drop=self.dropout)
 
     def mlp_args(self) -> dict[str, Any]:
         """A block's MLP: the keyword arguments of `Mlp` in every backend and of `shared.reference.mlp_forward`."""
         return dict(dim=self.width, hidden=self.mlp_dim, act="silu" if self.swiglu else self.gelu, gated=self.swiglu,
-                    unpacked=self.swiglu_unpacked, inner_norm=self.mlp_inner_norm, norm_eps=self.layer_norm_eps,
-                    norm=self.norm_kind, dropout=self.dropout)
+                    unpacked=self.swiglu_unpacked, inner_norm=self.mlp_inner_norm, bias=self.proj_bias,
+                    norm_eps=self.layer_norm_eps, norm=self.norm_kind, dropout=self.dropout)
 
     def block_args(self, i: int) -> dict[str, Any]:
         """Block i: the keyword arguments of `Block` in every backend and of `shared.reference.block`."""
@@ -504,7 +510,7 @@ class ViTConfig:
         a billion blocks costs nothing to count). Equals shared.weights.parameter_count."""
         D, W, M, P, C = self.embed_dim, self.width, self.mlp_dim, self.patch_size, self.in_chans
         nb = 2 if self.norm_kind == "layer" else 1  # a norm's vectors: weight (and bias)
-        n = D * C * P * P + (D if self.patch_bias else 0)
+        n = D * C * P * P + (D if self.patch_bias else 0) + (nb * D if self.patch_norm else 0)
         n += D if self.class_token == "learned" else 0
         n += D * (int(self.dist_token) + self.reg_tokens)
         if self.pos_embed == "learned":
@@ -514,11 +520,13 @@ class ViTConfig:
             n += sum(self.table_grid) * D
         n += nb * D if self.norm_pre else 0
 
+        pb = int(self.proj_bias)
+
         def block(i: int) -> int:
             din, kw = self.block_in_dim(i), self.kv_width(i)
             qkv_b = (W + kw + kw if self.qkv_fused or self.k_bias else W + kw) if self.qkv_bias else 0
-            return (nb * din + (W + 2 * kw) * din + qkv_b + W * W + W + nb * W
-                    + self.fc1_dim * (W + 1) + W * M + W + (2 * nb * self.head_dim if self.qk_norm else 0)
+            return (nb * din + (W + 2 * kw) * din + qkv_b + W * W + pb * W + nb * W
+                    + self.fc1_dim * (W + pb) + W * M + pb * W + (2 * nb * self.head_dim if self.qk_norm else 0)
                     + (nb * W if self.attn_inner_norm else 0) + (nb * M if self.mlp_inner_norm else 0)
                     + ((1 if self.ls_attn_only else 2) * W if self.init_values is not None else 0))
 
@@ -548,7 +556,8 @@ class ViTConfig:
         return tuple(float(r) for r in np.linspace(0.0, self.drop_path, self.depth))
 
     def stage_names(self) -> list[str]:
-        return ["patch_embed", "embed", *(["norm_pre"] if self.norm_pre else []),
+        return ["patch_embed", *(["patch_norm"] if self.patch_norm else []), "embed",
+                *(["norm_pre"] if self.norm_pre else []),
                 *[f"block_{i}" for i in range(self.depth)], "norm", "pre_logits", "logits"]
 
     def with_image_size(self, image_size: Any) -> "ViTConfig":
@@ -615,6 +624,8 @@ class ViTConfig:
                  (self.pool == "map", "the attention-pool head (pool='map', attn_pool)"),
                  (self.pool == "token_mean", "the concat(class token, patch mean) head (pool='token_mean')"),
                  (not self.patch_bias, "a patch projection without bias (patch_bias=False)"),
+                 (self.patch_norm, "a norm inside the patch embedding (patch_norm: patch_embed.norm)"),
+                 (not self.proj_bias, "attn.proj and MLP linears without biases (proj_bias=False)"),
                  (self.swiglu, "a SwiGLU MLP (swiglu: mlp.fc1 packs the gate and value halves)"),
                  (self.gelu == "quick", "QuickGELU (gelu='quick')"),
                  (self.rope != "none", f"rotary position embeddings (rope={self.rope!r})"),
@@ -643,6 +654,8 @@ class ViTConfig:
             "layer_scale": self.init_values is not None,
             "num_parallel": self.num_parallel,
             "patch_bias": self.patch_bias,
+            "patch_norm": self.patch_norm,
+            "proj_bias": self.proj_bias,
             "dist_token": self.dist_token,
             "reg_tokens": self.reg_tokens,
             "pos_prefix_tokens": self.num_pos_prefix if self.learned_table else None,

@@ -69,7 +69,9 @@ KNOWN_FIELDS = frozenset({
     # post-norm blocks: the same layers and variables as pre-norm; the model reads block_norm from its config
     "block_norm",
     # NaFlexVit's tables: aspect-preserving resampling; factorized tables (pos_embed 'factorized': pos_embed_y / _x)
-    "pos_ar_preserving"})
+    "pos_ar_preserving",
+    # AIMv2's patch norm and bias-free projections (the Dense layers without a bias variable)
+    "patch_norm", "proj_bias"})
 
 
 # ------------------------------------------------------------------ the layout
@@ -144,8 +146,11 @@ def _model(cfg: ViTConfig, name: str = MODEL_NAME) -> _Layer:
     """vit_keras.model.VisionTransformer's layers, as its __init__ assigns them (the order of its `layers`)."""
     keys = W.expected_shapes(cfg)
     pe = [("patch_embed.proj.weight", "conv")] + [("patch_embed.proj.bias", "direct")] * cfg.patch_bias
+    pe_attrs = {"proj": _Layer("Conv2D", "proj", pe)}
+    if "patch_embed.norm.weight" in keys:  # patch_norm: PatchEmbed's `norm`
+        pe_attrs["norm"] = _ln("norm", "patch_embed.norm", keys)
     tracked: list[tuple[str, _Layer | list]] = [
-        ("patch_embed", _Layer("PatchEmbed", "patch_embed", attrs={"proj": _Layer("Conv2D", "proj", pe)})),
+        ("patch_embed", _Layer("PatchEmbed", "patch_embed", attrs=pe_attrs)),
         ("pos_drop", _Layer("Dropout", "pos_drop"))]
     if "norm_pre.weight" in keys:
         tracked.append(("norm_pre", _ln("norm_pre", "norm_pre", keys)))

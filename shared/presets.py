@@ -383,6 +383,26 @@ PRESETS["tiny_parallel"] = ViTConfig(
     mlp_dim=48, num_parallel=2, init_values=0.1, qk_norm=True, num_classes=5,
     notes="timm ParallelThingsBlock (vit_*_18x2_*): two attention branches summed into the residual, then two MLP "
           "branches, each with its own norm and LayerScale; qk-norm")
+# --- AIMv2 (timm's aimv2_*: a VisionTransformer with RMSNorm everywhere and after the patch projection, no qkv, proj or
+# MLP biases, timm's unpacked SwiGLU, no class token, the mean of the final-normed tokens), with timm's names: each is
+# exactly timm's architecture of that name (tested key by key against timm's meta-device model)
+_AIMV2 = dict(patch_size=14, patch_norm=True, depth=24, swiglu=True, swiglu_unpacked=True, qkv_bias=False,
+              proj_bias=False, class_token="none", pool="mean", resize_kernel="bicubic_antialias", layer_norm_eps=1e-5,
+              norm_kind="rms", num_classes=0)
+_AIMV2_SIZES = {"large": dict(embed_dim=1024, num_heads=8, mlp_dim=2816), "huge": dict(embed_dim=1536, mlp_dim=4096),
+                "1b": dict(embed_dim=2048, num_heads=16, mlp_dim=5632), "3b": dict(embed_dim=3072, num_heads=24, mlp_dim=8192)}
+AIMV2_PRESETS = [f"aimv2_{size}_patch14_{side}" for size in _AIMV2_SIZES for side in (224, 336, 448)]
+for _name in AIMV2_PRESETS:
+    _side = int(_name.rsplit("_", 1)[1])
+    PRESETS[_name] = ViTConfig(name=_name, image_size=(_side, _side), **_AIMV2, **_AIMV2_SIZES[_name.split("_")[1]],
+                               notes="timm's AIMv2 " + _name)
+
+PRESETS["tiny_aimv2"] = ViTConfig(
+    name="tiny_aimv2", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+    mlp_dim=48, swiglu=True, swiglu_unpacked=True, norm_kind="rms", patch_norm=True, qkv_bias=False,
+    proj_bias=False, class_token="none", pool="mean", layer_norm_eps=1e-5, num_classes=3,
+    notes="AIMv2: RMSNorm after the patch projection (patch_norm) and everywhere else, no qkv, proj or MLP biases "
+          "(proj_bias=False), unpacked SwiGLU, no class token, final norm then the mean of the patch tokens")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

@@ -2,6 +2,7 @@
 
 `forward(cfg, params, images)` returns every named stage (see `ViTConfig.stage_names`):
   patch_embed  (B, N, D)   patches projected (conv with stride = kernel = patch)
+  patch_norm   (B, N, D)   after the norm over each projected patch (only when cfg.patch_norm: AIMv2)
   embed        (B, T, D)   prefix tokens (class or prediction, distillation, registers) prepended, position
                            table added (prefix tokens without a row get none)
   norm_pre     (B, T, D)   after the pre-block LayerNorm (only when cfg.norm_pre: CLIP)
@@ -159,8 +160,8 @@ def _key(prefix: str, name: str) -> str:
 def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | None = None, num_heads: int,
               num_kv_heads: int | None = None, width: int | None = None, qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True,
               qk_norm: bool = False, inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
-              value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
-              proj_drop: float = 0.0, rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None,
+              value_skip: bool = False, proj_bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer",
+              attn_drop: float = 0.0, proj_drop: float = 0.0, rope: np.ndarray | None = None, attn_bias: np.ndarray | None = None,
               want_attn: bool = False):
     """Multi-head self-attention (the backends' `Attention`, same arguments: `cfg.attention_args(i)`); returns
     (output, attention probabilities or None). The dropout rates are training-only and ignored here.
@@ -171,7 +172,7 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
     scale_attn_inner) with inner_norm; proj. `rope` (shared.posemb.rope_table) rotates the last N tokens' q and k
     after the qk-norm; `attn_bias` (broadcastable to (B, heads, T, T), a relative position bias) is added to the
     scaled scores before the softmax. With value_skip (T2T) the output is v (heads merged) + proj(...). `norm`:
-    the kind of q_norm, k_norm and the inner norm ("layer" or "rms"). num_kv_heads (grouped-query attention, timm's
+    the kind of q_norm, k_norm and the inner norm ("layer" or "rms"); proj has a bias with proj_bias. num_kv_heads (grouped-query attention, timm's
     AttentionRope; separate projections only): k_proj and v_proj give that many heads, normed and rotated as they
     are, then each repeated for num_heads / num_kv_heads consecutive q heads (q head h reads kv head h // groups).
     """
@@ -211,7 +212,7 @@ def attention(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | 
     out = nm.r(probs @ v).transpose(0, 2, 1, 3).reshape(B, T, A)
     if inner_norm:
         out = nm.norm(p, _key(prefix, "norm"), out, norm_eps, norm)
-    out = nm.linear(out, p[_key(prefix, "proj.weight")], p[_key(prefix, "proj.bias")])
+    out = nm.linear(out, p[_key(prefix, "proj.weight")], p[_key(prefix, "proj.bias")] if proj_bias else None)
     if value_skip:
         out = nm.r(v.transpose(0, 2, 1, 3).reshape(B, T, A) + out)
     return out, (probs if want_attn else None)
@@ -273,21 +274,23 @@ def block(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, attn:
 
 def mlp_forward(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int | None = None, hidden: int,
                 act: str = "erf", gated: bool = False, unpacked: bool = False, inner_norm: bool = False,
-                norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0) -> np.ndarray:
+                bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0) -> np.ndarray:
     """fc1 -> act -> [norm] -> fc2 (the backends' `Mlp`, same arguments: `cfg.mlp_args()`); with `gated` fc1 has
     2 * hidden rows and act(gate) * value replaces act (act "silu": SwiGLU); with `unpacked` too the gate and value
     come from separate fc1_g and fc1_x (timm's SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden
-    width before fc2 (timm's scale_mlp_norm). The dropout rate is training-only."""
+    width before fc2 (timm's scale_mlp_norm); the linears have biases with `bias` (timm proj_bias). The dropout
+    rate is training-only."""
+    def lin(h, name):
+        return nm.linear(h, p[_key(prefix, f"{name}.weight")], p[_key(prefix, f"{name}.bias")] if bias else None)
+
     if unpacked:
-        g = nm.linear(x, p[_key(prefix, "fc1_g.weight")], p[_key(prefix, "fc1_g.bias")])
-        v = nm.linear(x, p[_key(prefix, "fc1_x.weight")], p[_key(prefix, "fc1_x.bias")])
-        h = nm.glu(np.concatenate([g, v], axis=-1), act)
+        h = nm.glu(np.concatenate([lin(x, "fc1_g"), lin(x, "fc1_x")], axis=-1), act)
     else:
-        h = nm.linear(x, p[_key(prefix, "fc1.weight")], p[_key(prefix, "fc1.bias")])
+        h = lin(x, "fc1")
         h = nm.glu(h, act) if gated else nm.act(h, act)
     if inner_norm:
         h = nm.norm(p, _key(prefix, "norm"), h, norm_eps, norm)
-    return nm.linear(h, p[_key(prefix, "fc2.weight")], p[_key(prefix, "fc2.bias")])
+    return lin(h, "fc2")
 
 
 def attention_pool(nm: _Numerics, p: dict, prefix: str, x: np.ndarray, *, dim: int, num_heads: int, hidden: int,
@@ -402,6 +405,9 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
     w = p["patch_embed.proj.weight"].reshape(cfg.embed_dim, -1)
     x = nm.linear(patchify(x, cfg.patch_size), w, p.get("patch_embed.proj.bias"))
     out["patch_embed"] = x
+    if cfg.patch_norm:
+        x = nm.norm(p, "patch_embed.norm", x, cfg.layer_norm_eps, cfg.norm_kind)
+        out["patch_norm"] = x
 
     D = cfg.embed_dim
     prefix = []  # class (or prediction) token, distillation token, registers: timm's order

@@ -87,7 +87,7 @@ def reduction_length(cfg: ViTConfig) -> int:
 
 def blocks_before(cfg: ViTConfig, stage: str) -> int:
     """How many transformer blocks feed this stage."""
-    if stage in ("patch_embed", "embed", "norm_pre"):
+    if stage in ("patch_embed", "patch_norm", "embed", "norm_pre"):
         return 0
     if stage.startswith("block_"):
         return int(stage.split("_")[1]) + 1

@@ -2,6 +2,7 @@
 
 Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = classes):
   patch_embed.proj.weight (D, C, P, P), patch_embed.proj.bias (D,) if patch_bias
+  patch_embed.norm.{weight,bias} (D,)       if patch_norm
   cls_token (1, 1, D)                       if class_token == "learned"
   dist_token (1, 1, D)                      if dist_token
   reg_token (1, R, D)                       if reg_tokens = R > 0
@@ -34,7 +35,8 @@ with attn_inner_norm; mlp.fc1_g / mlp.fc1_x (M, W) (M,) instead of mlp.fc1 with 
 mlp_inner_norm; no ls2.gamma with ls_attn_only; every norm has no .bias with norm_kind='rms'. block_norm='post'
 (res-post-norm blocks) has exactly these keys: norm1 / norm2 close their branch instead of opening it.
 Parallel blocks (num_parallel = P > 1, timm ParallelThingsBlock): instead of norm1 ... ls2, for j < P
-blocks.{i}.attns.{j}.{norm, attn.*, ls.gamma} and blocks.{i}.ffns.{j}.{norm, mlp.*, ls.gamma} (the same shapes).
+blocks.{i}.attns.{j}.{norm, attn.*, ls.gamma} and blocks.{i}.ffns.{j}.{norm, mlp.*, ls.gamma} (the same shapes). With proj_bias=False
+attn.proj and the block MLPs' linears have no .bias.
 All tensors are float32. Loading is strict and reports every problem by name;
 saving goes through shared.fileio.atomic_write (staged beside the destination, then moved into place), so a failure
 leaves nothing behind.
@@ -81,10 +83,18 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         if cfg.norm_kind == "layer":
             s[f"{key}.bias"] = (dim,)
 
+    if cfg.patch_norm:
+        norm("patch_embed.norm", D)
     if cfg.norm_pre:
         norm("norm_pre", D)
     if cfg.rope == "mixed":
         s["rope.freqs"] = cfg.rope_mixed_shape
+
+    def linear(key: str, out_dim: int, in_dim: int) -> None:  # a block's proj and MLP linears (proj_bias)
+        s[f"{key}.weight"] = (out_dim, in_dim)
+        if cfg.proj_bias:
+            s[f"{key}.bias"] = (out_dim,)
+
     def attention(a: str, i: int, din: int) -> None:  # a block's attention under prefix `a`
         if cfg.qkv_fused:
             s[f"{a}.qkv.weight"] = (3 * W, din)
@@ -101,17 +111,17 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
                 norm(f"{a}.{n}", cfg.head_dim)
         if cfg.attn_inner_norm:
             norm(f"{a}.norm", W)
-        s[f"{a}.proj.weight"], s[f"{a}.proj.bias"] = (W, W), (W,)
+        linear(f"{a}.proj", W, W)
 
     def mlp(m: str) -> None:  # a block's MLP under prefix `m`
         if cfg.swiglu_unpacked:
             for n in ("fc1_g", "fc1_x"):
-                s[f"{m}.{n}.weight"], s[f"{m}.{n}.bias"] = (M, W), (M,)
+                linear(f"{m}.{n}", M, W)
         else:
-            s[f"{m}.fc1.weight"], s[f"{m}.fc1.bias"] = (cfg.fc1_dim, W), (cfg.fc1_dim,)
+            linear(f"{m}.fc1", cfg.fc1_dim, W)
         if cfg.mlp_inner_norm:
             norm(f"{m}.norm", M)
-        s[f"{m}.fc2.weight"], s[f"{m}.fc2.bias"] = (W, M), (W,)
+        linear(f"{m}.fc2", W, M)
 
     for i in range(cfg.depth):
         b, din = f"blocks.{i}", cfg.block_in_dim(i)

@@ -189,7 +189,8 @@ class PatchEmbed(_CfgLayer):
 
     The weights live in a Conv2D `proj` (kernel HWIO (P, P, C, D), bias (D,) unless cfg.patch_bias is False)
     so the variable layout is Keras' own; the call reshapes the kernel to (P*P*C, D) and multiplies patches
-    flattened in (i, j, c) order.
+    flattened in (i, j, c) order. With cfg.patch_norm a norm `norm` (cfg.norm_kind) over each projected patch,
+    which the model applies (its own stage).
     """
 
     def __init__(self, config, data_format: str = "channels_last", **kwargs):
@@ -201,10 +202,13 @@ class PatchEmbed(_CfgLayer):
         self.proj = keras.layers.Conv2D(c.embed_dim, c.patch_size, strides=c.patch_size, padding="valid",
                                         data_format="channels_last", use_bias=c.patch_bias, name="proj",
                                         dtype=self.dtype_policy)
+        self.norm = _norm(c.layer_norm_eps, "norm", self.dtype_policy, c.norm_kind) if c.patch_norm else None
 
     def build(self, input_shape=None):
         c = self.cfg
         self.proj.build((None, None, None, c.in_chans))
+        if self.norm is not None:
+            self.norm.build((None, None, c.embed_dim))
         self.built = True
 
     def call(self, x):
@@ -246,7 +250,7 @@ class Attention(keras.layers.Layer):
     zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention): k_proj / v_proj give that many heads,
     each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's channels of q and k
     (`q_norm`, `k_norm`) before the scale; inner_norm: LayerNorm `norm` over the merged heads before `proj` (timm's scale_attn_inner);
-    `norm` picks those norms' kind (layer or rms);
+    `norm` picks those norms' kind (layer or rms); `proj` has a bias with proj_bias;
     scale: default head_dim ** -0.5; value_skip (T2T): v (heads merged) + proj(...). call(x, rope, attn_bias,
     return_attn): a rotary table rotates the last N tokens' q and k (`apply_rope`), attn_bias is added to the
     scaled scores. Returns the output, or (output, probabilities) with return_attn."""
@@ -254,10 +258,10 @@ class Attention(keras.layers.Layer):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
                  qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
                  inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
-                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, **kwargs):
+                 value_skip: bool = False, proj_bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer",
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.norm_kind = str(norm)
+        self.norm_kind, self.proj_bias = str(norm), bool(proj_bias)
         self.dim, self.num_heads = int(dim), int(num_heads)
         self.num_kv_heads = int(num_kv_heads or num_heads)
         self.width = int(width) if width is not None else self.dim
@@ -279,7 +283,7 @@ class Attention(keras.layers.Layer):
         self.q_norm = _norm(self.norm_eps, "q_norm", pol, nk) if self.qk_norm else None
         self.k_norm = _norm(self.norm_eps, "k_norm", pol, nk) if self.qk_norm else None
         self.norm = _norm(self.norm_eps, "norm", pol, nk) if self.inner_norm else None
-        self.proj = _dense(W, "proj", pol)
+        self.proj = _dense(W, "proj", pol, use_bias=self.proj_bias)
         self.attn_drop = keras.layers.Dropout(self.attn_drop_rate, name="attn_drop", dtype=pol)
         self.proj_drop = keras.layers.Dropout(self.proj_drop_rate, name="proj_drop", dtype=pol)
 
@@ -359,8 +363,8 @@ class Attention(keras.layers.Layer):
                      "width": self.width, "qkv_bias": self.qkv_bias,
                      "qkv_fused": self.qkv_fused, "k_bias": self.k_bias, "qk_norm": self.qk_norm,
                      "inner_norm": self.inner_norm, "scale": self.scale, "rotate_half": self.rotate_half,
-                     "value_skip": self.value_skip, "norm_eps": self.norm_eps, "norm": self.norm_kind,
-                     "attn_drop": self.attn_drop_rate,
+                     "value_skip": self.value_skip, "proj_bias": self.proj_bias, "norm_eps": self.norm_eps,
+                     "norm": self.norm_kind, "attn_drop": self.attn_drop_rate,
                      "proj_drop": self.proj_drop_rate})
         return base
 
@@ -370,23 +374,25 @@ class Mlp(keras.layers.Layer):
     """fc1 -> act (computed in float32) -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward`
     (same arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden units
     and act(gate) * value replaces act (silu: SwiGLU), with `unpacked` too from separate `fc1_g` and `fc1_x` (timm's
-    SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden width before fc2 (timm's scale_mlp_norm)."""
+    SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden width before fc2 (timm's scale_mlp_norm); the
+    Dense layers have biases with `bias` (timm proj_bias)."""
 
     def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, unpacked: bool = False,
-                 inner_norm: bool = False, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0,
-                 **kwargs):
+                 inner_norm: bool = False, bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer",
+                 dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        self.has_bias = bool(bias)
         self.dim, self.hidden, self.act, self.gated = int(dim), int(hidden), str(act), bool(gated)
         self.unpacked, self.norm_kind = bool(unpacked), str(norm)
         self.inner_norm, self.norm_eps = bool(inner_norm), float(norm_eps)
         self.rate = float(dropout)
         if self.unpacked:
-            self.fc1_g = _dense(self.hidden, "fc1_g", self.dtype_policy)
-            self.fc1_x = _dense(self.hidden, "fc1_x", self.dtype_policy)
+            self.fc1_g = _dense(self.hidden, "fc1_g", self.dtype_policy, self.has_bias)
+            self.fc1_x = _dense(self.hidden, "fc1_x", self.dtype_policy, self.has_bias)
         else:
-            self.fc1 = _dense(2 * self.hidden if self.gated else self.hidden, "fc1", self.dtype_policy)
+            self.fc1 = _dense(2 * self.hidden if self.gated else self.hidden, "fc1", self.dtype_policy, self.has_bias)
         self.norm = _norm(self.norm_eps, "norm", self.dtype_policy, self.norm_kind) if self.inner_norm else None
-        self.fc2 = _dense(self.dim, "fc2", self.dtype_policy)
+        self.fc2 = _dense(self.dim, "fc2", self.dtype_policy, self.has_bias)
         self.drop1 = keras.layers.Dropout(self.rate, name="drop1", dtype=self.dtype_policy)
         self.drop2 = keras.layers.Dropout(self.rate, name="drop2", dtype=self.dtype_policy)
 
@@ -425,7 +431,8 @@ class Mlp(keras.layers.Layer):
     def get_config(self):
         base = super().get_config()
         base.update({"dim": self.dim, "hidden": self.hidden, "act": self.act, "gated": self.gated,
-                     "unpacked": self.unpacked, "inner_norm": self.inner_norm, "norm_eps": self.norm_eps,
+                     "unpacked": self.unpacked, "inner_norm": self.inner_norm, "bias": self.has_bias,
+                     "norm_eps": self.norm_eps,
                      "norm": self.norm_kind, "dropout": self.rate})
         return base
 

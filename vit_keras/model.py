@@ -2,7 +2,8 @@
 
 Layer / variable paths follow timm's names, with "/" for "." and "_" inside a layer name (the torch
 Keras backend registers variable paths as torch parameter names, which may not contain dots):
-  patch_embed/proj/{kernel,bias}, cls_token, dist_token, reg_token, pos_embed, norm_pre/{gamma,beta},
+  patch_embed/proj/{kernel,bias}, patch_embed/norm/{gamma,beta} (patch_norm), cls_token, dist_token, reg_token,
+  pos_embed, norm_pre/{gamma,beta},
   blocks_{i}/norm1/{gamma,beta}, blocks_{i}/attn/qkv/{kernel,bias}, blocks_{i}/attn/{q_norm,k_norm}/...,
   blocks_{i}/attn/proj/..., blocks_{i}/ls1/gamma, blocks_{i}/norm2/..., blocks_{i}/mlp/fc1/...,
   blocks_{i}/mlp/fc2/..., blocks_{i}/ls2/gamma, norm/..., attn_pool/{latent,q,kv,proj,norm,mlp/fc1,mlp/fc2},
@@ -208,6 +209,9 @@ class VisionTransformer(keras.Model):
         rope, biases = self.rope_table(grid), self.rel_pos_biases(grid)
         x = self.patch_embed(x)
         out["patch_embed"] = x
+        if self.patch_embed.norm is not None:
+            x = self.patch_embed.norm(x)
+            out["patch_norm"] = x
         B, D = ops.shape(x)[0], c.embed_dim
         prefix = []  # class (or prediction) token, distillation token, registers: timm's order
         if c.class_token == "learned":
@@ -298,6 +302,8 @@ class VisionTransformer(keras.Model):
         v = {"patch_embed.proj.weight": (self.patch_embed.proj.kernel, "conv")}
         if self.patch_embed.proj.use_bias:
             v["patch_embed.proj.bias"] = (self.patch_embed.proj.bias, "direct")
+        if self.patch_embed.norm is not None:
+            v.update(ln_variables("patch_embed.norm", self.patch_embed.norm))
         if c.class_token == "learned":
             v["cls_token"] = (self.cls_token, "direct")
         if c.dist_token:

@@ -251,7 +251,8 @@ class PatchEmbed(_Cell):
     """Non-overlapping patches projected by a conv with stride = kernel = P, written as reshape + matmul.
 
     Same math as the conv (patches flattened (c, i, j) like the conv weight) and ~2x faster than
-    nn.Conv2d on MindSpore CPU. The parameter keeps the conv layout (D, C, P, P) of the canonical key.
+    nn.Conv2d on MindSpore CPU. The parameter keeps the conv layout (D, C, P, P) of the canonical key. With
+    cfg.patch_norm a norm `norm` (cfg.norm_kind) over each projected patch, which the model applies (its own stage).
     """
 
     def __init__(self, cfg: ViTConfig, dtype=mstype.float32):
@@ -260,6 +261,7 @@ class PatchEmbed(_Cell):
         self.in_chans = cfg.in_chans
         self.embed_dim = cfg.embed_dim
         self.proj = _ConvAsMatmul((cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size), cfg.patch_bias, dtype)
+        self.norm = norm_layer(cfg.embed_dim, cfg.layer_norm_eps, dtype, cfg.norm_kind) if cfg.patch_norm else None
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
 
@@ -337,7 +339,8 @@ class Attention(_Cell):
     zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention): k_proj / v_proj give that many heads,
     each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's channels of q and k
     (`q_norm`, `k_norm`) after the heads are split, before the scale, as timm; inner_norm: LayerNorm `norm` over the merged
-    heads before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms); scale: default head_dim ** -0.5; value_skip (T2T): v (heads
+    heads before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms);
+    `proj` has a bias with proj_bias; scale: default head_dim ** -0.5; value_skip (T2T): v (heads
     merged) + proj(attn @ v). construct(x, rope, attn_bias, return_attn): a rotary table rotates the last N tokens'
     q and k (`apply_rope`), attn_bias is added to the scaled scores. Returns the output, or (output,
     probabilities) with return_attn.
@@ -346,8 +349,8 @@ class Attention(_Cell):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
                  qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
                  inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
-                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, *, dtype=mstype.float32, fused_softmax: bool = True):
+                 value_skip: bool = False, proj_bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer",
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, *, dtype=mstype.float32, fused_softmax: bool = True):
         super().__init__(dtype)
         W = int(width) if width is not None else int(dim)
         self.num_heads = int(num_heads)
@@ -374,7 +377,7 @@ class Attention(_Cell):
         self.k_norm = norm_layer(self.head_dim, norm_eps, dtype, norm) if qk_norm else None
         self.inner_norm = bool(inner_norm)
         self.norm = norm_layer(W, norm_eps, dtype, norm) if inner_norm else None
-        self.proj = Linear(W, W, True, dtype)
+        self.proj = Linear(W, W, proj_bias, dtype)
         self.softmax = Softmax(dtype, fused_softmax)
         self.attn_drop = Dropout(attn_drop)
         self.proj_drop = Dropout(proj_drop)
@@ -426,25 +429,25 @@ class Mlp(_Cell):
     (same arguments: `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden
     outputs and act(gate) * value replaces act (silu: SwiGLU), with `unpacked` too from separate `fc1_g` and `fc1_x`
     (timm's SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden width before fc2 (timm's
-    scale_mlp_norm)."""
+    scale_mlp_norm); the linears have biases with `bias` (timm proj_bias)."""
 
     def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, unpacked: bool = False,
-                 inner_norm: bool = False, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0, *,
-                 dtype=mstype.float32):
+                 inner_norm: bool = False, bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer",
+                 dropout: float = 0.0, *, dtype=mstype.float32):
         super().__init__(dtype)
         self.unpacked = bool(unpacked)
         if self.unpacked:
             self.fc1 = None
-            self.fc1_g = Linear(dim, hidden, True, dtype)
-            self.fc1_x = Linear(dim, hidden, True, dtype)
+            self.fc1_g = Linear(dim, hidden, bias, dtype)
+            self.fc1_x = Linear(dim, hidden, bias, dtype)
         else:
-            self.fc1 = Linear(dim, 2 * hidden if gated else hidden, True, dtype)
+            self.fc1 = Linear(dim, 2 * hidden if gated else hidden, bias, dtype)
             self.fc1_g = self.fc1_x = None
         self.act = GELU(act, dtype, gated)
         self.drop1 = Dropout(dropout)
         self.inner_norm = bool(inner_norm)
         self.norm = norm_layer(hidden, norm_eps, dtype, norm) if inner_norm else None
-        self.fc2 = Linear(hidden, dim, True, dtype)
+        self.fc2 = Linear(hidden, dim, bias, dtype)
         self.drop2 = Dropout(dropout)
 
     def construct(self, x):

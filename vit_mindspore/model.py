@@ -187,6 +187,7 @@ class VisionTransformer(_Cell):
         self.learned_pos = cfg.learned_table
         self.factorized = cfg.pos_embed == "factorized"
         self.has_norm_pre = cfg.norm_pre
+        self.has_patch_norm = cfg.patch_norm
         self.pool_kind = cfg.pool
         self.has_final_norm = cfg.final_norm
         self.has_fc_norm = cfg.fc_norm
@@ -272,9 +273,13 @@ class VisionTransformer(_Cell):
 
     # ------------------------------------------------------------------ forward
     def embed(self, x, pos):
-        """patch_embed and embed stages; `pos` is a PosTable for the input's grid."""
+        """patch_embed, patch_norm (= patch_embed without cfg.patch_norm) and embed stages; `pos` is a PosTable for
+        the input's grid."""
         x = self.back(x)
         pe = self.patch_embed(x)
+        pn = pe
+        if self.has_patch_norm:
+            pn = self.patch_embed.norm(pe)
         B = pe.shape[0]
         D = self.embed_dim
         prefix = ()  # timm's order: class (or prediction) token, distillation token, registers
@@ -286,16 +291,16 @@ class VisionTransformer(_Cell):
             prefix = prefix + (ops.broadcast_to(self.dist_token, (B, 1, D)),)
         if self.num_reg > 0:
             prefix = prefix + (ops.broadcast_to(self.reg_token, (B, self.num_reg, D)),)
-        x = pe
+        x = pn
         if self.num_prefix > 0:
-            x = self.concat(prefix + (pe,))
+            x = self.concat(prefix + (pn,))
         if self.has_pos:
             if self.learned_pos:
                 table = pos(self.learned_table())
             else:
                 table = pos(None)
             x = x + self.back(table)
-        return pe, self.pos_drop(x)
+        return pe, pn, self.pos_drop(x)
 
     def patch_tokens(self, x):
         """The tokens after the prefix (class, distillation, registers)."""
@@ -349,8 +354,11 @@ class VisionTransformer(_Cell):
 
     def forward_stages(self, x, pos):
         """Every stage, as a tuple in cfg.stage_names() order, in the compute dtype."""
-        pe, x = self.embed(x, pos)
-        outs = (pe, x)
+        pe, pn, x = self.embed(x, pos)
+        outs = (pe,)
+        if self.has_patch_norm:
+            outs = outs + (pn,)
+        outs = outs + (x,)
         if self.has_norm_pre:
             x = self.norm_pre(x)
             outs = outs + (x,)

@@ -72,13 +72,15 @@ class DropPath(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches projected by a Conv2d with stride = kernel = patch: (B,C,H,W) -> (B,N,D)."""
+    """Non-overlapping patches projected by a Conv2d with stride = kernel = patch: (B,C,H,W) -> (B,N,D); with
+    cfg.patch_norm a norm `norm` (cfg.norm_kind) over each projected patch, applied by the model (its own stage)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.patch_size = cfg.patch_size
         self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size,
                               bias=cfg.patch_bias)
+        self.norm = norm_layer(cfg.embed_dim, cfg.layer_norm_eps, cfg.norm_kind) if cfg.patch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
@@ -110,7 +112,8 @@ class Attention(nn.Module):
     with qkv_bias, the k part held at zero with k_bias=False (BEiT, EVA); num_kv_heads (grouped-query attention, separate
     projections): k_proj / v_proj give that many heads, each repeated for num_heads / num_kv_heads q heads. qk_norm: LayerNorm over each head's
     channels of q and k (`q_norm`, `k_norm`), before the scale. inner_norm: LayerNorm `norm` over the merged heads
-    before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms). scale: default head_dim ** -0.5. value_skip (T2T): the output is
+    before `proj` (timm's scale_attn_inner); `norm` picks those norms' kind (layer or rms); `proj` has a bias with
+    proj_bias. scale: default head_dim ** -0.5. value_skip (T2T): the output is
     v (heads merged) + proj(...). forward(x, rope, attn_bias, return_attn): a rotary table rotates the last N
     tokens' q and k (`apply_rope`; rotate_half picks the rotation), attn_bias is added to the scaled scores.
     Returns the output, or (output, probabilities) with return_attn.
@@ -122,8 +125,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, width: int | None = None,
                  qkv_bias: bool = True, qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False,
                  inner_norm: bool = False, scale: float | None = None, rotate_half: bool = False,
-                 value_skip: bool = False, norm_eps: float = 1e-6, norm: str = "layer", attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, *, fused_attn: bool = True):
+                 value_skip: bool = False, proj_bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer",
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, *, fused_attn: bool = True):
         super().__init__()
         W = int(width) if width is not None else int(dim)
         self.num_heads, self.head_dim, self.width = int(num_heads), W // int(num_heads), W
@@ -143,7 +146,7 @@ class Attention(nn.Module):
         self.k_norm = norm_layer(self.head_dim, norm_eps, norm) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
         self.norm = norm_layer(W, norm_eps, norm) if inner_norm else nn.Identity()
-        self.proj = nn.Linear(W, W, bias=True)
+        self.proj = nn.Linear(W, W, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -242,21 +245,23 @@ class Mlp(nn.Module):
     """fc1 -> act -> dropout -> [norm] -> fc2 -> dropout, as `shared.reference.mlp_forward` (same arguments:
     `cfg.mlp_args()`). act: "erf", "tanh", "quick" or "silu"; with `gated` fc1 has 2 * hidden rows and
     act(gate) * value replaces act (silu: SwiGLU), with `unpacked` too from separate `fc1_g` and `fc1_x` (timm's
-    SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden width before fc2 (timm's scale_mlp_norm)."""
+    SwiGLU); inner_norm: a norm `norm` (kind `norm`) over the hidden width before fc2 (timm's scale_mlp_norm); the
+    linears have biases with `bias` (timm proj_bias)."""
 
     def __init__(self, dim: int, hidden: int, act: str = "erf", gated: bool = False, unpacked: bool = False,
-                 inner_norm: bool = False, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0):
+                 inner_norm: bool = False, bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer",
+                 dropout: float = 0.0):
         super().__init__()
         self.unpacked = bool(unpacked)
         if self.unpacked:
-            self.fc1_g = nn.Linear(dim, hidden, bias=True)
-            self.fc1_x = nn.Linear(dim, hidden, bias=True)
+            self.fc1_g = nn.Linear(dim, hidden, bias=bias)
+            self.fc1_x = nn.Linear(dim, hidden, bias=bias)
         else:
-            self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=True)
+            self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias)
         self.act = GLU(act) if gated else activation(act)
         self.drop1 = nn.Dropout(dropout)
         self.norm = norm_layer(hidden, norm_eps, norm) if inner_norm else nn.Identity()
-        self.fc2 = nn.Linear(hidden, dim, bias=True)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -194,6 +194,10 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)
         if out is not None:
             out["patch_embed"] = x
+        if cfg.patch_norm:
+            x = self.patch_embed.norm(x)
+            if out is not None:
+                out["patch_norm"] = x
         B = x.shape[0]
         prefix = []  # class (or prediction) token, distillation token, registers: timm's order
         if cfg.class_token == "learned":

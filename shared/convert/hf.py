@@ -15,6 +15,8 @@ Model types (config.json `model_type`) and the transformers classes read and wri
                          dispatched to shared.convert.hf_clip (import_hf_clip / export_hf_clip)
   beit, data2vec-vision  dispatched to shared.convert.hf_beit (relative position tables, q/v biases)
   dinov3_vit             dispatched to shared.convert.hf_dinov3 (DINOv3's rotary positions, registers, LayerScale)
+  aimv2_vision_model     dispatched to shared.convert.hf_aimv2 (RMSNorm, a patch-embedding norm, an unpacked SwiGLU);
+                         the CLIP-like aimv2 (Aimv2Model) is refused by name there
 
 Key layouts: the on-disk one every hub checkpoint and `save_pretrained` write ("file":
 encoder.layer.{i}.attention.attention.query, attention.output.dense, ...) and the module names of transformers >= 5
@@ -107,6 +109,9 @@ from .hf_beit import ARCHITECTURES as BEIT_ARCHITECTURES
 from .hf_beit import MODEL_TYPES as HF_BEIT_TYPES
 from .hf_dinov3 import ARCHITECTURES as DINOV3_ARCHITECTURES
 from .hf_dinov3 import MODEL_TYPES as HF_DINOV3_TYPES
+from .hf_aimv2 import ARCHITECTURES as AIMV2_ARCHITECTURES
+from .hf_aimv2 import MODEL_TYPES as HF_AIMV2_TYPES
+from .hf_aimv2 import REFUSED as HF_AIMV2_REFUSED
 from .hf_clip import NAFLEX_TYPES as HF_NAFLEX_TYPES
 from .hfconfig import ConfigFacts
 from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, flatten_checkpoint,
@@ -200,7 +205,7 @@ _FAMILIES = {f.model_type: f for f in (
             ("IJepaModel", "IJepaForImageClassification"), {}, "bicubic", False,
             classifier="IJepaForImageClassification", class_token=False, pool="mean"),
 )}
-HF_MODEL_TYPES = (*_FAMILIES, *HF_CLIP_TYPES, *HF_BEIT_TYPES, *HF_DINOV3_TYPES)
+HF_MODEL_TYPES = (*_FAMILIES, *HF_CLIP_TYPES, *HF_BEIT_TYPES, *HF_DINOV3_TYPES, *HF_AIMV2_TYPES)
 
 
 def accepted_architectures() -> list[tuple[str, str]]:
@@ -208,7 +213,7 @@ def accepted_architectures() -> list[tuple[str, str]]:
     CLIP / SigLIP / MetaCLIP 2 architectures of shared.convert.hf_clip, hf_beit's and hf_dinov3's): the list a test
     must cover."""
     return [(mt, a) for mt, f in _FAMILIES.items() for a in f.classes] + \
-        [(mt, a) for table in (CLIP_ARCHITECTURES, BEIT_ARCHITECTURES, DINOV3_ARCHITECTURES)
+        [(mt, a) for table in (CLIP_ARCHITECTURES, BEIT_ARCHITECTURES, DINOV3_ARCHITECTURES, AIMV2_ARCHITECTURES)
          for mt, archs in table.items() for a in archs]
 
 
@@ -276,6 +281,10 @@ def import_hf(state: Mapping[str, Any], hf_config: Mapping[str, Any], source: st
         from .hf_dinov3 import import_hf_dinov3
 
         cfg, out = import_hf_dinov3(strip_prefixes(state), hf_config, source)
+    elif mt in HF_AIMV2_TYPES or mt in HF_AIMV2_REFUSED:  # AIMv2 (hf_aimv2); the CLIP-like aimv2 refused by name
+        from .hf_aimv2 import import_hf_aimv2
+
+        cfg, out = import_hf_aimv2(strip_prefixes(state), hf_config, source)
     else:
         fam = _FAMILIES.get(mt) if isinstance(mt, str) else None
         if fam is None:
@@ -503,6 +512,8 @@ def hf_model_type(cfg: ViTConfig) -> str:
         return "dinov3_vit"
     if cfg.rel_pos != "none" or not cfg.k_bias:  # a relative table, q/v biases: BEiT (hf_beit)
         return "beit"
+    if cfg.patch_norm or cfg.norm_kind == "rms" or cfg.swiglu_unpacked or not cfg.proj_bias:  # AIMv2 (hf_aimv2)
+        return "aimv2_vision_model"
     if cfg.pool == "map":
         return "siglip_vision_model"
     if cfg.norm_pre or not cfg.patch_bias:
@@ -531,6 +542,11 @@ def export_problems(cfg: ViTConfig, model_type: str | None = None) -> list[str]:
         from .hf_dinov3 import export_problems as dinov3_problems
 
         return dinov3_problems(cfg, mt)
+
+    if mt in HF_AIMV2_TYPES:
+        from .hf_aimv2 import export_problems as aimv2_problems
+
+        return aimv2_problems(cfg, mt)
     if mt not in _FAMILIES:
         return [f"model_type {mt!r} is not a Hugging Face type vit-suite writes ({', '.join(HF_MODEL_TYPES)})"]
     return _export_problems(cfg, _FAMILIES[mt])
@@ -697,6 +713,13 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
         from .hf_dinov3 import export_hf_dinov3
 
         return export_hf_dinov3(cfg, state, mt)
+
+    if mt in HF_AIMV2_TYPES:
+        if layout != "file":
+            raise ValueError(f"layout={layout!r}: AIMv2 is exported in the file layout only")
+        from .hf_aimv2 import export_hf_aimv2
+
+        return export_hf_aimv2(cfg, state, mt)
     fam = _FAMILIES.get(mt)
     if fam is None:
         raise ConversionError(f"model_type {mt!r} is not a Hugging Face type vit-suite writes "

@@ -322,7 +322,8 @@ def _kerashub_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> list[
                  f"averages every token (only the same as the canonical mean without a class token)")
     if cfg.output_softmax:
         p.append("an output softmax")
-    if not cfg.qkv_bias and any(np.any(np.asarray(state[f"blocks.{i}.attn.proj.bias"])) for i in range(cfg.depth)):
+    if not cfg.qkv_bias and cfg.proj_bias and any(np.any(np.asarray(state[f"blocks.{i}.attn.proj.bias"]))
+                                                  for i in range(cfg.depth)):
         p.append("no qkv bias but a non-zero attention output bias: keras-hub's use_mha_bias covers both")
     return p
 

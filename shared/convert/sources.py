@@ -184,6 +184,7 @@ _HF_BASE = {
     "beit": ("BeitModel", "features"), "data2vec-vision": ("Data2VecVisionModel", "features"),
     "dinov3_vit": ("DINOv3ViTModel", "features"),  # DINOv3ViTBackbone's directory too: the same weights
     "siglip2": ("Siglip2Model", "image_features"), "siglip2_vision_model": ("Siglip2VisionModel", "pooler_output"),
+    "aimv2_vision_model": ("Aimv2VisionModel", "mean"),
 }
 
 

@@ -59,8 +59,15 @@ named architecture resolves to timm's Eva, the whole config comes from it (timm'
 a fused projection's q_bias / v_bias); the export writes the same keys, and `eva_model_kwargs` builds the Eva that
 loads them strictly.
 
-Refused by name in a VisionTransformer file (the canonical model cannot run them there): norms inside the patch embedding / attention / MLP, unpacked
-gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, separate q/k/v projections, a per-block relative bias
+timm's VisionTransformer with options its keys cannot tell (`is_vit_stated`: RMSNorm, a patch-embedding norm, no
+projection biases, timm's unpacked SwiGLU; AIMv2, test_vit4): as for an Eva, the named architecture (or such a preset)
+states the whole config (`timm_resolve._vit_config`), the keys are read as themselves (`key_map`), and the export's
+`timm_model_kwargs` names the norm layers, `embed_norm_layer`, `proj_bias` and `mlp_layer` (a config.json: a base
+that builds them, `_STATED_BASES`).
+
+Refused by name in a VisionTransformer file no architecture names (the canonical model cannot tell them from the
+keys): norms inside the patch embedding, unpacked gated MLPs (timm SwiGLU: fc1_g / fc1_x); always: norms inside
+attention / MLP, hybrid CNN stems, separate q/k/v projections, a per-block relative bias
 summed with a shared one, Swin-v2's relative MLP, an attention pool with its own positions or qk-norm, pooling timm
 calls 'avgmax', 'max', 'prr' or '' (none).
 
@@ -128,11 +135,14 @@ MLP_KINDS = ("swiglu", "gelu")
 # (pattern on the key, what it is, why the canonical format cannot represent it)
 _UNSUPPORTED = [
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (embed_norm_layer, key patch_embed.norm)",
-     "the canonical patch embedding is a plain strided conv"),
+     "its kind and eps are not in the keys: name the architecture (config.json, --preset) and timm's model states "
+     "them (AIMv2)"),
     (r"\.attn\.norm\.", "a norm inside attention (scale_attn_norm=True)", "canonical attention has no inner norm"),
     (r"\.mlp\.norm\.", "a norm inside the MLP (scale_mlp_norm=True)", "the canonical MLP has no inner norm"),
-    (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.|\.mlp\.w3\.", "an unpacked gated MLP (timm SwiGLU, keys mlp.fc1_g / "
-     "fc1_x / w12)", "the canonical gated MLP is timm's SwiGLUPacked (one fc1 holding [gate; value])"),
+    (r"\.mlp\.w12\.|\.mlp\.w3\.", "a gated MLP with keys mlp.w12 / w3", "the canonical gated MLPs are timm's "
+     "SwiGLUPacked (one fc1 holding [gate; value]) and SwiGLU (fc1_g, fc1_x)"),
+    (r"\.mlp\.fc1_[gx]\.", "an unpacked gated MLP (timm SwiGLU, keys mlp.fc1_g / fc1_x)", "its activation and "
+     "norms are not in the keys: name the architecture (config.json, --preset) and timm's model states them"),
     (r"^patch_embed\.backbone\.", "a hybrid CNN stem (patch_embed.backbone)", "canonical patches come from one conv"),
     (r"\.attn\.k_bias$", "a k bias beside separate q/v biases", "BEiT's q/v layout has none (the k part is zero)"),
     (r"rel_pos\.mlp\.fc[12]\.weight_[gv]|relative_coords_table", "a Swin-v2 relative position MLP",
@@ -387,9 +397,9 @@ def import_timm(state: Mapping[str, Any], *, preset: ViTConfig | str | None = No
     table's row count it also states the table's grid, otherwise the table is resampled from its grid to this one
     with the preset's kernel, timm's (bicubic_antialias) without one (shared.posemb.resample_pos_embed).
     """
-    eva = _eva_config(strip_prefixes(state), preset, timm_config, source)
-    if eva is not None:  # timm's Eva class: the config is the preset's or timm's built model's, nothing asked
-        return _import_eva(strip_prefixes(state), eva, image_size, source)
+    stated = _stated_config(strip_prefixes(state), preset, timm_config, source)
+    if stated is not None:  # timm's Eva, or a VisionTransformer with options its keys cannot tell (is_vit_stated):
+        return _import_stated(strip_prefixes(state), *stated, image_size, source)  # the whole config stated
     st = _rename_legacy(strip_prefixes(state))
     # a named architecture that is no suite preset: timm's own model of that name states what it is (or it is
     # refused by name, whatever else is stated); the file's keys must then be exactly that model's
@@ -1037,11 +1047,20 @@ def key_map(cfg: ViTConfig, extra: Sequence[Entry] = ()) -> list[Entry]:
 
 # ---------------------------------------------------------------------------- timm's Eva class
 def is_eva(cfg: ViTConfig) -> bool:
-    """Whether `cfg` is a timm `Eva` (an Eva option on: rotary positions, q/v biases without k, separate q/k/v,
-    inner norms, an unpacked SwiGLU, RMSNorm, attention-only LayerScale) rather than a VisionTransformer."""
+    """Whether `cfg` is a timm `Eva` (an option only timm's Eva has on: rotary positions, q/v biases without k,
+    separate q/k/v, inner norms, attention-only LayerScale) rather than a VisionTransformer."""
     return cfg.rel_pos == "none" and (  # q/v biases with a relative position bias: timm's Beit
         cfg.rope != "none" or not cfg.qkv_fused or (cfg.qkv_bias and not cfg.k_bias) or cfg.attn_inner_norm
-        or cfg.mlp_inner_norm or cfg.swiglu_unpacked or cfg.norm_kind != "layer" or cfg.ls_attn_only)
+        or cfg.mlp_inner_norm or cfg.ls_attn_only)
+
+
+def is_vit_stated(cfg: ViTConfig) -> bool:
+    """Whether `cfg` is a timm VisionTransformer with an option its keys cannot tell, so that its whole config is
+    stated by its architecture (timm_resolve's facts['vit_config']) or preset, as an Eva's is: RMSNorm (norm_layer
+    RmsNorm: a norm without bias), a patch-embedding norm (embed_norm_layer), no projection biases (proj_bias=False)
+    or timm's unpacked SwiGLU (mlp_layer=SwiGLU): AIMv2, test_vit4."""
+    return cfg.rel_pos == "none" and not is_eva(cfg) and (
+        cfg.norm_kind != "layer" or cfg.patch_norm or not cfg.proj_bias or cfg.swiglu_unpacked)
 
 
 def eva_key_map(cfg: ViTConfig) -> list[Entry]:
@@ -1058,22 +1077,34 @@ def eva_key_map(cfg: ViTConfig) -> list[Entry]:
     return key_map(cfg, extra)
 
 
-def _eva_config(st: Mapping[str, Any], preset, timm_config, source: str) -> ViTConfig | None:
-    """The config of a timm Eva file: an Eva preset (by name or config), or the architecture a name / config.json
-    names, resolved by timm (its built model's facts['eva_config'], num_classes from the file); None otherwise."""
+def _stated(cfg: ViTConfig, eva_class: bool) -> tuple[ViTConfig, list[Entry]]:
+    return cfg, eva_key_map(cfg) if eva_class else key_map(cfg)
+
+
+def _from_resolved(r) -> tuple[ViTConfig, list[Entry]] | None:
+    if r is not None and "eva_config" in r.facts:
+        return _stated(ViTConfig(**r.facts["eva_config"]), True)
+    if r is not None and "vit_config" in r.facts:
+        return _stated(ViTConfig(**r.facts["vit_config"]), False)
+    return None
+
+
+def _stated_config(st: Mapping[str, Any], preset, timm_config, source: str) -> tuple[ViTConfig, list[Entry]] | None:
+    """(config, key map) of a file whose architecture states its whole config: timm's Eva, or a VisionTransformer
+    with options its keys cannot tell (`is_vit_stated`): such a preset (by name or config), or the architecture a
+    name / config.json names, resolved by timm (its built model's facts['eva_config'] / ['vit_config'], num_classes
+    from the file); None otherwise (the keys are read for what they tell)."""
     if isinstance(preset, ViTConfig):
-        return preset if is_eva(preset) else None
+        return _stated(preset, is_eva(preset)) if is_eva(preset) or is_vit_stated(preset) else None
     n_cls = int(np.shape(st["head.weight"])[0]) if "head.weight" in st and np.ndim(st["head.weight"]) == 2 else 0
     if isinstance(preset, str):
         if is_suite_preset(preset):
             p = resolve_preset(preset)
-            return p.replace(num_classes=n_cls) if is_eva(p) else None
-        r = resolve_timm_architecture(preset, {"num_classes": n_cls}, source)
-        if r is not None and "eva_config" in r.facts:
-            return ViTConfig(**r.facts["eva_config"])
-        return None
+            return _stated(p.replace(num_classes=n_cls), is_eva(p)) if is_eva(p) or is_vit_stated(p) else None
+        return _from_resolved(resolve_timm_architecture(preset, {"num_classes": n_cls}, source))
     arch = (timm_config.get("architecture") or timm_config.get("model_name")) if timm_config else None
-    if isinstance(arch, str) and arch.split(".")[0] in EVA_PRESETS + [n for n in PRESETS if is_eva(PRESETS[n])]:
+    if isinstance(arch, str) and arch.split(".")[0] in PRESETS and (is_eva(PRESETS[arch.split(".")[0]])
+                                                                    or is_vit_stated(PRESETS[arch.split(".")[0]])):
         arch = arch.split(".")[0]
     elif isinstance(arch, str) and arch.split(".")[0] in TIMM_ARCHITECTURES:  # a VisionTransformer preset
         arch = None
@@ -1081,17 +1112,16 @@ def _eva_config(st: Mapping[str, Any], preset, timm_config, source: str) -> ViTC
         args = timm_config.get("model_args") or {}
         if not isinstance(args, Mapping):
             raise ConfigError(f"{source}: config.json: 'model_args' must be an object, got {shown(args)}")
-        r = resolve_timm_architecture(arch.split(".")[0], {"num_classes": timm_config.get("num_classes", n_cls),
-                                                           **args}, source)
-        if r is not None and "eva_config" in r.facts:
-            return ViTConfig(**r.facts["eva_config"])
+        return _from_resolved(resolve_timm_architecture(
+            arch.split(".")[0], {"num_classes": timm_config.get("num_classes", n_cls), **args}, source))
     return None
 
 
-def _import_eva(st: Mapping[str, Any], cfg: ViTConfig, image_size, source: str):
-    """A timm Eva state dict under its config: every key read once through `eva_key_map` (the file's keys must be
-    exactly that model's), at image_size when given (a learned table keeps its grid: resampled in the forward)."""
-    out = take(eva_key_map(cfg), st, source, expected=expected_shapes(cfg))
+def _import_stated(st: Mapping[str, Any], cfg: ViTConfig, keys: list[Entry], image_size, source: str):
+    """A timm Eva (or stated VisionTransformer) state dict under its config: every key read once through its key map
+    (`eva_key_map` / `key_map`; the file's keys must be exactly that model's), at image_size when given (a learned
+    table keeps its grid: resampled in the forward)."""
+    out = take(keys, st, source, expected=expected_shapes(cfg))
     if image_size is not None and pair(image_size) != cfg.image_size:
         cfg = cfg.with_image_size(pair(image_size))
     validate_state(cfg, out, source=source)
@@ -1188,7 +1218,20 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
 #: the ViT-family options (words of ViTConfig.family_options' names) timm's VisionTransformer holds: all but DINOv2's
 #: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
 TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row", "norm_pre", "qk-norm",
-               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU", "post-norm", "parallel blocks")
+               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU", "post-norm", "parallel blocks",
+               "patch_norm", "proj_bias=False",
+               "RMSNorm")
+#: the architecture a stated VisionTransformer config (`is_vit_stated`) is built on from a config.json, by (norm kind,
+#: eps, MLP): model_args cannot name a norm layer with its eps or an MLP class, the base builds them
+_STATED_BASES = {("rms", 1e-5, "swiglu_unpacked"): "aimv2_large_patch14_224", ("rms", 1e-6, "gelu"): "test_vit4",
+                 ("layer", 1e-6, "gelu"): "vit_base_patch16_224", ("layer", 1e-5, "gelu"): "vit_base_patch16_clip_224",
+                 ("layer", 1e-6, "swiglu"): _SWIGLU_ARCHITECTURE}
+#: the stated bases that build a patch-embedding norm (the config's norm kind and eps)
+_PATCH_NORM_BASES = frozenset({"aimv2_large_patch14_224"})
+
+
+def _mlp_kind(cfg: ViTConfig) -> str:
+    return "swiglu_unpacked" if cfg.swiglu_unpacked else "swiglu" if cfg.swiglu else "gelu"
 
 
 def rel_pos_class(cfg: ViTConfig) -> str | None:
@@ -1267,6 +1310,9 @@ def _timm_problems(cfg: ViTConfig) -> list[str]:
     if cfg.patch_bias == cfg.norm_pre:
         p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm builds the patch projection with "
                  f"bias = not pre_norm")
+    if is_vit_stated(cfg) and (cfg.dist_token or is_naflex(cfg)):
+        p.append("RMSNorm, a patch-embedding norm, no projection biases or an unpacked SwiGLU with a distillation "
+                 "token or as a NaFlexVit: read and written only as timm's VisionTransformer")
     return p
 
 
@@ -1378,6 +1424,8 @@ def timm_architecture(cfg: ViTConfig) -> str:
         return _REL_POS_BASES[rel_pos_class(cfg)]
     if cfg.num_parallel > 1:  # the model_args cannot name a block: an architecture that builds ParallelThingsBlock
         return _PARALLEL_ARCHITECTURE
+    if is_vit_stated(cfg):  # the base that builds its norms and MLP (a config.json needs one: _stated_base)
+        return _STATED_BASES.get((cfg.norm_kind, cfg.layer_norm_eps, _mlp_kind(cfg)), "vit_base_patch16_224")
     if cfg.swiglu:  # the model_args cannot name an MLP layer: the base architecture builds SwiGLUPacked
         return _SWIGLU_ARCHITECTURE
     return _BASE_ARCHITECTURES.get((cfg.dist_token, cfg.layer_norm_eps),
@@ -1396,7 +1444,8 @@ def architecture_eps(arch: str) -> float:
 def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     """timm VisionTransformer arguments for every size and option of `cfg` (its timm form; JSON values only: no
     norm layer, no drop rates). Not checked for expressibility: see timm_model_kwargs."""
-    D, M = cfg.embed_dim, cfg.fc1_dim  # timm's mlp_ratio sizes fc1: the packed width for SwiGLU
+    # timm's mlp_ratio sizes fc1: the packed width for SwiGLUPacked, each half's for the unpacked SwiGLU
+    D, M = cfg.embed_dim, cfg.mlp_dim if cfg.swiglu_unpacked else cfg.fc1_dim
     ratio = M / D if int(D * (M / D)) == M else (M + 0.5) / D  # timm builds int(dim * mlp_ratio)
     if is_naflex(cfg):  # NaFlexVitCfg's fields (create_model overlays them on the architecture's)
         mode, aa = NAFLEX_KERNEL_ARGS.get(cfg.resize_kernel, (None, None))
@@ -1437,6 +1486,10 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     )
     if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid:
         kw["dynamic_img_size"] = True
+    if is_vit_stated(cfg):  # what its base does not build: the projection biases, the patch norm (by name)
+        kw["proj_bias"] = cfg.proj_bias
+        if (timm_architecture(cfg) in _PATCH_NORM_BASES) != cfg.patch_norm:
+            kw["embed_norm_layer"] = ("rmsnorm" if cfg.norm_kind == "rms" else "layernorm") if cfg.patch_norm else ""
     return kw
 
 
@@ -1464,6 +1517,15 @@ def timm_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
         return eva_model_kwargs(cfg)
     _refuse_for_timm(cfg)
     kw = timm_model_args(cfg)
+    if is_vit_stated(cfg):  # its norm layers (kind and eps) and MLP class, as callables
+        from functools import partial
+
+        from timm.layers import LayerNorm, RmsNorm, SwiGLU, SwiGLUPacked
+        from timm.layers.mlp import Mlp
+
+        norm = partial(RmsNorm if cfg.norm_kind == "rms" else LayerNorm, eps=cfg.layer_norm_eps)
+        kw.update(norm_layer=norm, embed_norm_layer=norm if cfg.patch_norm else "",
+                  mlp_layer=SwiGLU if cfg.swiglu_unpacked else SwiGLUPacked if cfg.swiglu else Mlp)
     kw.update(pos_drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout, attn_drop_rate=cfg.attn_dropout,
               drop_path_rate=cfg.drop_path)
     if rel_pos_class(cfg) == "VisionTransformerRelPos":  # no dropout after the (absent) position table
@@ -1472,7 +1534,8 @@ def timm_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
         kw["pos_embed_grid_size"] = tuple(kw["pos_embed_grid_size"])
         return kw
     kw["img_size"] = tuple(kw["img_size"])
-    if cfg.layer_norm_eps != TIMM_DEFAULT_EPS or architecture_eps(timm_architecture(cfg)) != TIMM_DEFAULT_EPS:
+    if not is_vit_stated(cfg) and (cfg.layer_norm_eps != TIMM_DEFAULT_EPS
+                                   or architecture_eps(timm_architecture(cfg)) != TIMM_DEFAULT_EPS):
         kw["norm_layer"] = timm_norm_layer(cfg.layer_norm_eps)
     return kw
 
@@ -1500,7 +1563,20 @@ def timm_hub_config(cfg: ViTConfig) -> dict[str, Any]:
                 "pretrained_cfg": {"input_size": [cfg.in_chans, *cfg.image_size], "num_classes": cfg.num_classes,
                                    "fixed_input_size": False, "first_conv": "embeds.proj", "classifier": "head",
                                    "custom_load": False}}
-    if architecture_eps(arch) != cfg.layer_norm_eps:
+    if is_vit_stated(cfg):
+        key = (cfg.norm_kind, cfg.layer_norm_eps, _mlp_kind(cfg))
+        if key not in _STATED_BASES:
+            raise ConversionError(
+                f"config {cfg.name!r}: no timm architecture builds {cfg.norm_kind} norms with eps "
+                f"{cfg.layer_norm_eps} and a {key[2]} MLP, and a config.json's model_args cannot name a norm layer or "
+                f"an MLP class (bases: {sorted(_STATED_BASES)}); write a timm state dict instead (--to timm "
+                f"FILE.safetensors) and build it with timm_model_kwargs")
+        if cfg.patch_norm and arch not in _PATCH_NORM_BASES and cfg.layer_norm_eps != TIMM_DEFAULT_EPS:
+            raise ConversionError(
+                f"config {cfg.name!r}: a patch-embedding norm with eps {cfg.layer_norm_eps} cannot be stated in a "
+                f"timm config.json on {arch!r} (embed_norm_layer by name builds eps {TIMM_DEFAULT_EPS}); write a timm "
+                f"state dict instead (--to timm FILE.safetensors) and build it with timm_model_kwargs")
+    elif architecture_eps(arch) != cfg.layer_norm_eps:
         raise ConversionError(
             f"config {cfg.name!r}: LayerNorm eps {cfg.layer_norm_eps} cannot be stated in a timm config.json on "
             f"architecture {arch!r} (eps {architecture_eps(arch)}; model_args cannot name a norm layer); write a "

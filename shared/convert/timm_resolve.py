@@ -7,8 +7,10 @@ no memory), and read for what a timm state dict cannot tell.
 
 Every fact is read from the BUILT MODULES (model, block, norm, attention, MLP and activation classes; the pool,
 the tokens, the position table), never from the name. Only what the canonical model runs is accepted: timm's
-`VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm, `Attention`, `Mlp` with a GELU form or
-the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked), a plain-conv `PatchEmbed`, the one-latent
+`VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm or RmsNorm, one kind for the whole model,
+`Attention`, `Mlp` with a GELU form or the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked, timm's unpacked
+`SwiGLU`; projection biases on or off together), a plain-conv `PatchEmbed` (with a norm: AIMv2; a model with options
+its keys cannot tell gets its whole config in facts['vit_config']: `_vit_config`), the one-latent
 `AttentionPoolLatent` MAP head; timm's `Beit` and `VisionTransformerRelPos` with pre-norm blocks and a relative
 position bias (a learned table or the 'cr' RelPosMlp, per block or shared: `_read_rel_pos`). The res-post-norm
 blocks (`ResPostBlock`, `ResPostRelPosBlock`, Eva's `EvaBlockPostNorm`) are read from their class as
@@ -209,7 +211,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     import torch.nn as nn
     from timm.layers import AttentionPoolLatent, PatchEmbed
     from timm.layers.attention import Attention
-    from timm.layers.mlp import GluMlp, Mlp
+    from timm.layers.mlp import GluMlp, Mlp, SwiGLU
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import Block, ParallelThingsBlock, ResPostBlock, VisionTransformer
 
@@ -223,6 +225,8 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     if type(model) in (Beit, VisionTransformerRelPos):
         return _read_rel_pos(model, arch)
     naflex = None
+    norms: list = []  # every norm of the model: (where, kind, eps): one kind, one eps
+    patch_norm = False
     if type(model) is NaFlexVit:
         naflex = _read_naflex_embeds(model, arch)
     elif type(model) not in (VisionTransformer, VisionTransformerDistilled):
@@ -247,8 +251,8 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
                 and proj.dilation == (1, 1) and proj.groups == 1 and proj.kernel_size[0] == proj.kernel_size[1]):
             _refuse(arch, f"has a patch projection {proj!r}, not one square strided conv (overlapping or "
                           f"non-square patches need a general conv stem)")
-        if type(pe.norm) is not nn.Identity:
-            _refuse(arch, "has a norm inside the patch embedding")
+        if type(pe.norm) is not nn.Identity:  # timm embed_norm_layer (AIMv2): the canonical patch_norm
+            patch_norm = bool(_norm_kind(pe.norm, arch, "patch_embed.norm", norms))
         if getattr(pe, "dynamic_img_pad", False):
             _refuse(arch, "pads images to a patch multiple (dynamic_img_pad)")
     if getattr(model, "pool_include_prefix", False):
@@ -256,19 +260,20 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     if getattr(model, "rope", None) is not None:
         _refuse(arch, "has rotary position embeddings, which its keys do not show")
 
-    norms = []  # every LayerNorm of the model: one eps
-
-    def norm(m, where: str, optional: bool = True) -> bool:
+    def norm(m, where: str, optional: bool = True) -> bool:  # LayerNorm or RmsNorm (one kind: checked below)
         if type(m) is nn.Identity and optional:
             return False
-        if not isinstance(m, nn.LayerNorm) or type(m).__name__ not in ("LayerNorm",) \
-                or not m.elementwise_affine or m.bias is None:
-            _refuse(arch, f"has a {_tname(m)} as {where} (the canonical model's norms are LayerNorm with weight "
-                          f"and bias)")
-        norms.append((where, float(m.eps)))
+        _norm_kind(m, arch, where, norms)
         return True
 
-    gelus, heads, mlps, inits, pars = set(), set(), set(), set(), set()
+    def has_bias(*layers) -> bool:  # timm proj_bias: attn.proj and the MLP's linears, all with biases or none
+        got = {lin.bias is not None for lin in layers}
+        if len(got) > 1:
+            _refuse(arch, "has biases on some of attn.proj and its MLP's linears but not all (the canonical "
+                          "proj_bias is one switch for them)")
+        return got.pop()
+
+    gelus, heads, mlps, inits, biases, pars = set(), set(), set(), set(), set(), set()
     kinds_of_block = {type(blk) for blk in model.blocks}
     branches = []  # (where, norm before attention, attention, where, norm before the MLP, MLP): blocks / branches
     for i, blk in enumerate(model.blocks):
@@ -303,14 +308,21 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity:
             gelus.add(_gelu_form(m.act, arch, f"{wm}.mlp"))
             mlps.add("gelu")
+            biases.add(has_bias(a.proj, m.fc1, m.fc2))
         elif type(m) is GluMlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity \
                 and type(m.act) is nn.SiLU and not m.gate_last and m.chunk_dim == -1:
             mlps.add("swiglu")
+            biases.add(has_bias(a.proj, m.fc1, m.fc2))
+        elif type(m) is SwiGLU and type(m.act) is nn.SiLU and type(m.norm) is nn.Identity:  # AIMv2: fc1_g, fc1_x
+            mlps.add("swiglu_unpacked")
+            biases.add(has_bias(a.proj, m.fc1_g, m.fc1_x, m.fc2))
         else:
             _refuse(arch, f"has a {_tname(m)} MLP{' with ' + _tname(getattr(m, 'act', None)) if hasattr(m, 'act') else ''}"
-                          f" (the canonical MLP is timm's Mlp with a GELU form, or SwiGLUPacked)")
-    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1 or len(pars) > 1 or len(kinds_of_block) > 1:
-        _refuse(arch, "varies heads, MLP kind, activation, LayerScale init or block type across its blocks")
+                          f" (the canonical MLP is timm's Mlp with a GELU form, SwiGLUPacked or SwiGLU)")
+    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1 or len(biases) > 1 or len(pars) > 1 \
+            or len(kinds_of_block) > 1:
+        _refuse(arch, "varies heads, MLP kind, activation, projection biases, LayerScale init or block type across "
+                      "its blocks")
     pre = norm(model.norm_pre, "norm_pre")
     final = norm(model.norm, "norm")
     fc = norm(model.fc_norm, "fc_norm")
@@ -325,19 +337,28 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
                 or ap.latent_dim != ap.kv.in_features or ap.num_heads not in heads or type(ap.mlp) is not Mlp:
             _refuse(arch, "has an attention pool other than the canonical MAP head (one latent, no positions, no "
                           "qk-norm, the blocks' heads)")
+        if type(ap.norm) is not nn.LayerNorm and _tname(ap.norm) != "LayerNorm":
+            _refuse(arch, f"has a {_tname(ap.norm)} as attn_pool.norm (the canonical MAP head's norm is a LayerNorm)")
         norm(ap.norm, "attn_pool.norm", optional=False)
         form = _gelu_form(ap.mlp.act, arch, "attn_pool.mlp")
         if gelus and form not in gelus:
             _refuse(arch, f"runs {form} GELU in its attention pool and {gelus.pop()} in its blocks")
         gelus.add(form)
-    if len({eps for _, eps in norms}) > 1:
-        _refuse(arch, "has LayerNorms with different eps: " + ", ".join(f"{w} {e}" for w, e in norms[:4]))
+    if len({k for _, k, _ in norms}) > 1:  # one kind for every norm (cfg.norm_kind): mixed kinds by name
+        kinds = {}
+        for w, k, _ in norms:
+            kinds.setdefault(k, w)
+        _refuse(arch, "mixes norm kinds (" + ", ".join(f"{'RmsNorm' if k == 'rms' else 'LayerNorm'} as {w}"
+                                                       for k, w in kinds.items())
+                + "): the canonical model runs one norm kind everywhere (norm_kind)")
+    if len({e for _, _, e in norms}) > 1:
+        _refuse(arch, "has norms with different eps: " + ", ".join(f"{w} {e}" for w, _, e in norms[:4]))
     if not isinstance(model.head, (nn.Linear, nn.Identity)):
         _refuse(arch, f"has a {_tname(model.head)} head")
 
     n0 = int(model.num_prefix_tokens)
     image_size = naflex["image_size"] if naflex else tuple(int(s) for s in pe.img_size)
-    facts: dict[str, Any] = dict(name=arch, num_heads=heads.pop(), layer_norm_eps=norms[0][1],
+    facts: dict[str, Any] = dict(name=arch, num_heads=heads.pop(), layer_norm_eps=norms[0][2],
                                  pool={"token": "token", "avg": "mean", "map": "map"}[gp],
                                  image_size=image_size, mlp=mlps.pop())
     if facts["mlp"] == "gelu" or gelus:
@@ -356,7 +377,46 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     facts["norm_pre"] = pre
     facts["block_norm"] = "post" if ResPostBlock in kinds_of_block else "pre"
     cls_token = model.embeds.cls_token if naflex else model.cls_token
+    kind, proj_bias = norms[0][1], biases.pop()
+    if kind == "rms" or patch_norm or not proj_bias or facts["mlp"] == "swiglu_unpacked":
+        facts["vit_config"] = _vit_config(model, arch, facts, kind=kind, patch_norm=patch_norm, proj_bias=proj_bias,
+                                          naflex=naflex, layout=(cls_token is not None, final, fc))
     return facts, (cls_token is not None, final, fc)
+
+
+def _vit_config(model, arch: str, facts: dict[str, Any], *, kind: str, patch_norm: bool, proj_bias: bool, naflex,
+                layout: tuple[bool, bool, bool]) -> dict[str, Any]:
+    """Every ViTConfig field of a timm VisionTransformer whose keys cannot tell its options (RMSNorm: a norm with no
+    bias could be either kind; a patch-embedding norm; no projection biases; timm's unpacked SwiGLU): read from the
+    built modules, as `_read_eva` does for timm's Eva (AIMv2, test_vit4). A distillation token or a NaFlexVit with
+    them is refused by name."""
+    import torch.nn as nn
+    from timm.models.deit import VisionTransformerDistilled
+
+    opts = [o for o, on in (("RMSNorm", kind == "rms"), ("a patch-embedding norm", patch_norm),
+                            ("no projection biases (proj_bias=False)", not proj_bias),
+                            ("an unpacked SwiGLU MLP", facts["mlp"] == "swiglu_unpacked")) if on]
+    if naflex or type(model) is VisionTransformerDistilled:
+        _refuse(arch, f"is a {_tname(model)} with {', '.join(opts)}: read only in timm's VisionTransformer")
+    blk = model.blocks[0]
+    a, m, pe = blk.attn, blk.mlp, model.patch_embed
+    has_cls, final, fc = layout
+    n0 = int(model.num_prefix_tokens)
+    reg = int(model.reg_token.shape[1]) if model.reg_token is not None else 0
+    n_cls = model.head.out_features if isinstance(model.head, nn.Linear) else 0
+    swiglu = facts["mlp"] != "gelu"
+    return dict(
+        name=arch, image_size=tuple(int(s) for s in pe.img_size), in_chans=int(pe.proj.in_channels),
+        patch_size=int(pe.proj.kernel_size[0]), patch_bias=pe.proj.bias is not None, patch_norm=patch_norm,
+        embed_dim=int(model.embed_dim), depth=len(model.blocks), num_heads=facts["num_heads"],
+        mlp_dim=int(m.fc2.in_features), swiglu=swiglu, swiglu_unpacked=facts["mlp"] == "swiglu_unpacked",
+        qkv_bias=a.qkv.bias is not None, proj_bias=proj_bias, qk_norm=type(a.q_norm) is not nn.Identity,
+        init_values=facts.get("init_values"), class_token="learned" if has_cls else "none", reg_tokens=reg,
+        pool=facts["pool"], pos_embed="learned" if model.pos_embed is not None else "none",
+        pos_prefix_tokens=0 if model.pos_embed is not None and facts.get("pos_rows") == "none" and n0 else None,
+        resize_kernel="bicubic_antialias",  # timm's resample_abs_pos_embed (shared.convert.timm.TIMM_RESIZE_KERNEL)
+        gelu=facts.get("gelu", "erf"), layer_norm_eps=facts["layer_norm_eps"], norm_kind=kind,
+        norm_pre=bool(facts["norm_pre"]), final_norm=bool(final), fc_norm=bool(fc), num_classes=int(n_cls))
 
 
 #: NaFlexVit's (interpolation mode, antialias) for its position table -> the canonical resize kernel

@@ -32,7 +32,8 @@ divergence is the runtime's, never a tracer's. What the graph is:
     MLP's inner norms, timm's unpacked SwiGLU (fc1_g, fc1_x), ls_attn_only, post-norm blocks (block_norm 'post':
     the block's norms at the end of each branch), grouped-query attention (num_kv_heads:
     each k / v head tiled for its group of q heads by Unsqueeze, Tile, Reshape), parallel blocks (num_parallel: each
-    branch's output summed by Add, then the residual Add), and RMSNorm (norm_kind 'rms', every
+    branch's output summed by Add, then the residual Add), AIMv2's patch norm (patch_norm: stage
+    `patch_norm`) and bias-free attn.proj / MLP linears (proj_bias=False), and RMSNorm (norm_kind 'rms', every
     norm of the model but the MAP head's) built as x / Sqrt(ReduceMean(x * x) + eps) * weight: opset 23's
     RMSNormalization runs in both runtimes too, but measured no more accurate on tiny_rope_mixed (logits 6.6e-7 in
     ONNX Runtime against 4.9e-7 from these primitives, the same in OpenVINO) and would raise every export's opset;
@@ -98,7 +99,8 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              "block_norm",
              # NaFlexVit's tables (computed at export by shared.posemb: aspect-preserving, factorized)
              "pos_ar_preserving",
-             "num_kv_heads", "num_parallel"}
+             "num_kv_heads", "num_parallel",
+             "patch_norm", "proj_bias"}  # AIMv2's
     unknown = fields_off_default(cfg, known)
     return [f"config field {k}={getattr(cfg, k)!r} is not expressed by the ONNX exporter (shared/deploy/onnx_graph.py)"
             for k in unknown]
@@ -187,19 +189,20 @@ class _Builder:
         raise UnsupportedError(f"ONNX export: activation {kind!r} is not expressed")
 
     def mlp(self, x: str, prefix: str, *, hidden: int, act: str = "erf", gated: bool = False, unpacked: bool = False,
-            inner_norm: bool = False, norm_eps: float = 1e-6, norm: str = "layer", dropout: float = 0.0,
-            dim=None) -> str:
+            inner_norm: bool = False, bias: bool = True, norm_eps: float = 1e-6, norm: str = "layer",
+            dropout: float = 0.0, dim=None) -> str:
         g = self.g
         if unpacked:  # timm's SwiGLU: the gate from fc1_g, the value from fc1_x
-            h = g.op("Mul", self.act(self.linear(x, _key(prefix, "fc1_g")), act), self.linear(x, _key(prefix, "fc1_x")))
+            h = g.op("Mul", self.act(self.linear(x, _key(prefix, "fc1_g"), bias), act),
+                     self.linear(x, _key(prefix, "fc1_x"), bias))
         elif gated:  # the gate first, then the value (timm's packed SwiGLU)
-            a, b = g.op("Split", self.linear(x, _key(prefix, "fc1")), axis=-1, num_outputs=2, outputs=2)
+            a, b = g.op("Split", self.linear(x, _key(prefix, "fc1"), bias), axis=-1, num_outputs=2, outputs=2)
             h = g.op("Mul", self.act(a, act), b)
         else:
-            h = self.act(self.linear(x, _key(prefix, "fc1")), act)
+            h = self.act(self.linear(x, _key(prefix, "fc1"), bias), act)
         if inner_norm:
             h = self.norm(h, _key(prefix, "norm"), norm_eps, norm)
-        return self.linear(h, _key(prefix, "fc2"))
+        return self.linear(h, _key(prefix, "fc2"), bias)
 
     def rotate(self, x: str, rope: tuple[str, str], hd: int) -> str:
         """The reference's rotate: the last N tokens of x (B, H, T, hd) as x cos + r sin, r = (-x1, x0, -x3, x2, ...)
@@ -249,8 +252,8 @@ class _Builder:
     def attention(self, x: str, prefix: str, *, num_heads: int, num_kv_heads: int | None = None,
                   width: int | None = None, qkv_bias: bool = True,
                   qkv_fused: bool = True, k_bias: bool = True, qk_norm: bool = False, inner_norm: bool = False,
-                  scale: float | None = None, value_skip: bool = False, norm_eps: float = 1e-6,
-                  norm: str = "layer", dim=None, attn_drop=0.0, proj_drop=0.0, rotate_half=False,
+                  scale: float | None = None, value_skip: bool = False, proj_bias: bool = True,
+                  norm_eps: float = 1e-6, norm: str = "layer", dim=None, attn_drop=0.0, proj_drop=0.0, rotate_half=False,
                   rope: tuple[str, str] | None = None, attn_bias: str | None = None) -> str:
         g, A, H = self.g, width, num_heads
         hd = A // H
@@ -284,7 +287,7 @@ class _Builder:
         out = g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]), g.ints(0, 0, A))
         if inner_norm:
             out = self.norm(out, _key(prefix, "norm"), norm_eps, norm)
-        out = self.linear(out, _key(prefix, "proj"))
+        out = self.linear(out, _key(prefix, "proj"), proj_bias)
         if value_skip:  # T2T: v (heads merged: v itself) + proj(attention)
             out = g.op("Add", v, out)
         return out
@@ -378,6 +381,9 @@ class _Builder:
         if cfg.patch_bias:
             x = g.op("Add", x, "patch_embed.proj.bias")
         out["patch_embed"] = x
+        if cfg.patch_norm:  # AIMv2: a norm over each projected patch
+            x = self.norm(x, "patch_embed.norm", cfg.layer_norm_eps, cfg.norm_kind)
+            out["patch_norm"] = x
 
         ones = g.op("Shape", INPUT_NAME, start=0, end=1)  # (B,)
         bshape = g.op("Concat", ones, g.ints(1, 1), axis=0)  # (B, 1, 1): Expand broadcasts the rest
@@ -460,7 +466,8 @@ class _Builder:
 def stage_shapes(cfg: ViTConfig) -> dict[str, list]:
     """Each stage's shape with a symbolic batch (what reference.forward returns for a batch)."""
     T, Wd = cfg.num_tokens, cfg.width
-    shapes = {"patch_embed": ["batch", cfg.num_patches, cfg.embed_dim], "embed": ["batch", T, cfg.embed_dim],
+    shapes = {"patch_embed": ["batch", cfg.num_patches, cfg.embed_dim],
+              "patch_norm": ["batch", cfg.num_patches, cfg.embed_dim], "embed": ["batch", T, cfg.embed_dim],
               "norm_pre": ["batch", T, cfg.embed_dim]}
     shapes.update({f"block_{i}": ["batch", T, Wd] for i in range(cfg.depth)})
     shapes.update(norm=["batch", T, Wd], pre_logits=["batch", cfg.feature_dim],

@@ -40,7 +40,9 @@ def test_family_preset_is_timms_architecture(name):
     else:
         assert type(blk.mlp).__name__ == "Mlp"
         assert _gelu_form(blk.mlp.act) == cfg.gelu
-    assert blk.norm1.eps == cfg.layer_norm_eps and m.norm.eps == cfg.layer_norm_eps
+    assert blk.norm1.eps == cfg.layer_norm_eps and (m.fc_norm if cfg.fc_norm else m.norm).eps == cfg.layer_norm_eps
+    assert (type(blk.attn.norm).__name__ != "Identity", type(blk.mlp.norm).__name__ != "Identity") == \
+        (cfg.attn_inner_norm, cfg.mlp_inner_norm)
     assert m.num_prefix_tokens == cfg.num_prefix_tokens
     assert m.no_embed_class == (cfg.num_pos_prefix == 0 and cfg.num_prefix_tokens > 0)
     assert {"token": "token", "avg": "mean", "map": "map"}[m.global_pool] == cfg.pool

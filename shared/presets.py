@@ -59,6 +59,10 @@ _DINOV2 = dict(init_values=1e-5)
 _CLIP = dict(norm_pre=True, patch_bias=False, layer_norm_eps=1e-5)  # timm pre_norm=True: no patch bias
 _SIGLIP = dict(class_token="none", pool="map")  # timm's SigLIP uses erf GELU (HF's uses tanh)
 _GAP = dict(class_token="none", pool="mean")  # global_pool='avg', fc_norm=False: the final norm stays
+#: BEiT3 (timm's VisionTransformer with scale_attn_norm / scale_mlp_norm): a LayerNorm before attn.proj and before
+#: mlp.fc2 (the sub-LNs), eps 1e-5, class token, mean of the patch tokens then fc_norm (global_pool='avg')
+_BEIT3 = dict(attn_inner_norm=True, mlp_inner_norm=True, pool="mean", final_norm=False, fc_norm=True,
+              layer_norm_eps=1e-5)
 _FAMILY = [
     # name, patch, image, dim, depth, heads, mlp, classes, options
     ("deit_tiny_distilled_patch16_224", 16, 224, 192, 12, 3, 768, 1000, dict(dist_token=True)),
@@ -99,6 +103,10 @@ _FAMILY = [
     ("vit_medium_patch16_gap_256", 16, 256, 512, 12, 8, 2048, 1000, dict(_GAP, qkv_bias=False, init_values=1e-6)),
     ("vit_medium_patch16_gap_384", 16, 384, 512, 12, 8, 2048, 1000, dict(_GAP, qkv_bias=False, init_values=1e-6)),
     ("vit_base_patch16_gap_224", 16, 224, 768, 12, 16, 3072, 1000, _GAP),
+    ("beit3_base_patch16_224", 16, 224, 768, 12, 12, 3072, 1000, _BEIT3),
+    ("beit3_large_patch16_224", 16, 224, 1024, 24, 16, 4096, 1000, _BEIT3),
+    ("beit3_giant_patch14_224", 14, 224, 1408, 40, 16, 6144, 1000, _BEIT3),
+    ("beit3_giant_patch14_336", 14, 336, 1408, 40, 16, 6144, 1000, _BEIT3),
 ]
 for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _FAMILY:
     PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
@@ -309,6 +317,14 @@ PRESETS["tiny_rope_mixed"] = ViTConfig(
     norm_kind="rms", init_values=0.1, ls_attn_only=True, reg_tokens=1, pos_prefix_tokens=0, num_classes=4,
     notes="RoPE-ViT mixed (learned per-block, per-head frequencies, rope.freqs) with an absolute table (_ape), "
           "fused qkv with q and v biases, RMSNorm everywhere with qk-norm, LayerScale on attention only (Sapiens2)")
+
+# --- tiny option presets tested on the primary backends (not in FAMILY_TINY's matrix) ----------------------------
+PRESETS["tiny_beit3"] = ViTConfig(
+    name="tiny_beit3", image_size=(32, 24), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64,
+    attn_inner_norm=True, mlp_inner_norm=True, pool="mean", final_norm=False, fc_norm=True, layer_norm_eps=1e-5,
+    num_classes=5,
+    notes="BEiT3 (timm's VisionTransformer with scale_attn_norm / scale_mlp_norm): a LayerNorm over the merged heads "
+          "before attn.proj and over the MLP's hidden width before fc2, mean of the patch tokens then fc_norm")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

@@ -6,7 +6,9 @@ What a timm state dict determines, and so is read from it (the file wins over a 
   (their count from `reg_token`'s shape), LayerScale (`ls1.gamma`, `ls2.gamma`; old `gamma_1`/`gamma_2` are renamed
   as timm's own filter does), qk-norm (and with it num_heads: the norms' width is the head dim), `norm_pre`, the final
   `norm` vs `fc_norm`, the attention-pool head (`attn_pool.*`), old pre-logits, num_classes (`head`, 0 without),
-  and whether the MLP is gated (fc1 with twice fc2's input rows: timm's packed GluMlp, DINOv2-giant's SwiGLUPacked).
+  and whether the MLP is gated (fc1 with twice fc2's input rows: timm's packed GluMlp, DINOv2-giant's SwiGLUPacked);
+  BEiT3's sub-LNs (`attn.norm` before attn.proj: scale_attn_norm -> attn_inner_norm; `mlp.norm` before fc2:
+  scale_mlp_norm -> mlp_inner_norm).
   The pooling where the keys settle it: `attn_pool.*` -> 'map', a distillation token -> 'token', no class token ->
   'mean' (timm 'avg' over the patch tokens).
 What it cannot tell, and so must be stated:
@@ -51,7 +53,7 @@ named architecture resolves to timm's Eva, the whole config comes from it (timm'
 a fused projection's q_bias / v_bias); the export writes the same keys, and `eva_model_kwargs` builds the Eva that
 loads them strictly.
 
-Refused by name in a VisionTransformer file (the canonical model cannot run them there): norms inside the patch embedding / attention / MLP, unpacked
+Refused by name in a VisionTransformer file (the canonical model cannot run them there): a norm inside the patch embedding, unpacked
 gated MLPs (timm SwiGLU: fc1_g / fc1_x), hybrid CNN stems, separate q/k/v projections, a per-block relative bias
 summed with a shared one, Swin-v2's relative MLP, an attention pool with its own positions or qk-norm, pooling timm
 calls 'avgmax', 'max', 'prr' or '' (none).
@@ -117,8 +119,6 @@ MLP_KINDS = ("swiglu", "gelu")
 _UNSUPPORTED = [
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (embed_norm_layer, key patch_embed.norm)",
      "the canonical patch embedding is a plain strided conv"),
-    (r"\.attn\.norm\.", "a norm inside attention (scale_attn_norm=True)", "canonical attention has no inner norm"),
-    (r"\.mlp\.norm\.", "a norm inside the MLP (scale_mlp_norm=True)", "the canonical MLP has no inner norm"),
     (r"\.mlp\.fc1_[gx]\.|\.mlp\.w12\.|\.mlp\.w3\.", "an unpacked gated MLP (timm SwiGLU, keys mlp.fc1_g / "
      "fc1_x / w12)", "the canonical gated MLP is timm's SwiGLUPacked (one fc1 holding [gate; value])"),
     (r"^patch_embed\.backbone\.", "a hybrid CNN stem (patch_embed.backbone)", "canonical patches come from one conv"),
@@ -194,6 +194,8 @@ def _preset_facts(p: ViTConfig) -> dict[str, Any]:
         facts.update(mlp="gelu", gelu=p.gelu)
     if p.init_values is not None:
         facts["init_values"] = p.init_values
+    if p.attn_inner_norm or p.mlp_inner_norm:  # BEiT3's sub-LNs (the file's keys show them too)
+        facts.update(attn_inner_norm=p.attn_inner_norm, mlp_inner_norm=p.mlp_inner_norm)
     return facts
 
 
@@ -512,7 +514,9 @@ def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
                         final_norm="norm.weight" in st, fc_norm="fc_norm.weight" in st,
                         rep=int(np.shape(st["pre_logits.fc.weight"])[0]) if "pre_logits.fc.weight" in st else None,
                         num_classes=int(np.shape(st["head.weight"])[0]) if "head.weight" in st else 0,
-                        qk_norm="blocks.0.attn.q_norm.weight" in st, heads=None)
+                        qk_norm="blocks.0.attn.q_norm.weight" in st, heads=None,
+                        attn_inner_norm="blocks.0.attn.norm.weight" in st,  # BEiT3's sub-LNs (scale_attn_norm,
+                        mlp_inner_norm="blocks.0.mlp.norm.weight" in st)  # scale_mlp_norm): every block's, by take
     _rel_pos_facts(f, st, source)
     if f.final_norm and f.fc_norm:
         raise ConversionError(f"{source}: both 'norm' and 'fc_norm' present; timm uses one or the other")
@@ -793,7 +797,8 @@ def _tell_preset_conflicts(f: SimpleNamespace, k: _Known, st: Mapping[str, Any],
                          reg_tokens=f.reg_tokens, pos_embed="learned" if f.has_pos else "none", norm_pre=f.norm_pre,
                          final_norm=f.final_norm, fc_norm=f.fc_norm, representation_size=f.rep,
                          num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
-                         rel_pos_shared=f.rel_pos_shared)
+                         rel_pos_shared=f.rel_pos_shared, attn_inner_norm=f.attn_inner_norm,
+                         mlp_inner_norm=f.mlp_inner_norm)
         conflicts = [f"{key}: preset {getattr(p_cfg, key)!r}, file {v!r}" for key, v in file_vals.items()
                      if getattr(p_cfg, key) != v]
         if (p_cfg.init_values is not None) != f.layer_scale:
@@ -846,6 +851,7 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
             resize_kernel=p_cfg.resize_kernel if p_cfg is not None else TIMM_RESIZE_KERNEL,  # timm's own, fixed
             gelu=act, layer_norm_eps=float(eps), norm_pre=f.norm_pre, final_norm=f.final_norm, fc_norm=f.fc_norm,
             representation_size=f.rep, num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
+            attn_inner_norm=f.attn_inner_norm, mlp_inner_norm=f.mlp_inner_norm,
             rel_pos_shared=f.rel_pos_shared, rel_pos_dim=f.rel_pos_dim,
             notes=f"imported from timm checkpoint {k.source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
@@ -951,6 +957,9 @@ def _naflex_problems(cfg: ViTConfig) -> list[str]:
         p.append("a packed SwiGLU MLP: NaFlexVit's swiglu_mlp builds EVA blocks with an unpacked SwiGLU")
     if cfg.layer_norm_eps != TIMM_DEFAULT_EPS:
         p.append(f"LayerNorm eps {cfg.layer_norm_eps}: NaFlexVit's norm_layer is named by a string (eps 1e-6)")
+    if cfg.attn_inner_norm or cfg.mlp_inner_norm:
+        p.append("a norm inside attention or the MLP (attn_inner_norm / mlp_inner_norm): NaFlexVitCfg has no "
+                 "scale_attn_norm / scale_mlp_norm")
     return p
 
 
@@ -968,10 +977,11 @@ def key_map(cfg: ViTConfig, extra: Sequence[Entry] = ()) -> list[Entry]:
 # ---------------------------------------------------------------------------- timm's Eva class
 def is_eva(cfg: ViTConfig) -> bool:
     """Whether `cfg` is a timm `Eva` (an Eva option on: rotary positions, q/v biases without k, separate q/k/v,
-    inner norms, an unpacked SwiGLU, RMSNorm, attention-only LayerScale) rather than a VisionTransformer."""
+    an unpacked SwiGLU, RMSNorm, attention-only LayerScale) rather than a VisionTransformer. The inner norms alone
+    (attn_inner_norm, mlp_inner_norm) are timm's VisionTransformer with scale_attn_norm / scale_mlp_norm (BEiT3)."""
     return cfg.rel_pos == "none" and (  # q/v biases with a relative position bias: timm's Beit
-        cfg.rope != "none" or not cfg.qkv_fused or (cfg.qkv_bias and not cfg.k_bias) or cfg.attn_inner_norm
-        or cfg.mlp_inner_norm or cfg.swiglu_unpacked or cfg.norm_kind != "layer" or cfg.ls_attn_only)
+        cfg.rope != "none" or not cfg.qkv_fused or (cfg.qkv_bias and not cfg.k_bias) or cfg.swiglu_unpacked
+        or cfg.norm_kind != "layer" or cfg.ls_attn_only)
 
 
 def eva_key_map(cfg: ViTConfig) -> list[Entry]:
@@ -1107,7 +1117,8 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
 #: the ViT-family options (words of ViTConfig.family_options' names) timm's VisionTransformer holds: all but DINOv2's
 #: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
 TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row", "norm_pre", "qk-norm",
-               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU")
+               "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU", "a norm inside attention",
+               "a norm inside the MLP")
 
 
 def rel_pos_class(cfg: ViTConfig) -> str | None:
@@ -1333,6 +1344,8 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
         reg_tokens=cfg.reg_tokens, pre_norm=cfg.norm_pre, final_norm=cfg.final_norm or cfg.fc_norm,
         fc_norm=cfg.fc_norm, act_layer="silu" if cfg.swiglu else TIMM_ACT[cfg.gelu],
     )
+    if cfg.attn_inner_norm or cfg.mlp_inner_norm:  # BEiT3's sub-LNs (only when on: other configs' args unchanged)
+        kw.update(scale_attn_norm=cfg.attn_inner_norm, scale_mlp_norm=cfg.mlp_inner_norm)
     if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid:
         kw["dynamic_img_size"] = True
     return kw

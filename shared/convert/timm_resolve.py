@@ -264,7 +264,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         norms.append((where, float(m.eps)))
         return True
 
-    gelus, heads, mlps, inits = set(), set(), set(), set()
+    gelus, heads, mlps, inits, inner = set(), set(), set(), set(), set()
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block:
             _refuse(arch, f"builds {_tname(blk)} blocks: "
@@ -275,8 +275,10 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         if type(a) is not Attention:
             _refuse(arch, f"has {_tname(a)} attention: "
                           f"{_ATTN_REASONS.get(_tname(a), 'not the timm Attention the canonical model runs')}")
-        if type(a.norm) is not nn.Identity or getattr(a, "gate", None) is not None:
-            _refuse(arch, "has a norm or a gate inside attention (scale_attn_norm / gated attention)")
+        if getattr(a, "gate", None) is not None:
+            _refuse(arch, "has gated attention (a sigmoid gate before attn.proj): the canonical attention has none")
+        inner.add((norm(a.norm, f"blocks.{i}.attn.norm"), norm(getattr(blk.mlp, "norm", nn.Identity()),
+                                                               f"blocks.{i}.mlp.norm")))  # BEiT3's sub-LNs
         if a.attn_dim != blk.norm1.normalized_shape[0] or not math.isclose(a.scale, a.head_dim ** -0.5):
             _refuse(arch, "has an attention width or scale other than embed_dim and head_dim**-0.5")
         norm(a.q_norm, f"blocks.{i}.attn.q_norm")
@@ -284,17 +286,17 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         heads.add(int(a.num_heads))
         _layer_scales(blk, arch, inits)
         m = blk.mlp
-        if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity:
+        if type(m) is Mlp and type(m.fc1) is nn.Linear:
             gelus.add(_gelu_form(m.act, arch, f"blocks.{i}.mlp"))
             mlps.add("gelu")
-        elif type(m) is GluMlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity \
+        elif type(m) is GluMlp and type(m.fc1) is nn.Linear \
                 and type(m.act) is nn.SiLU and not m.gate_last and m.chunk_dim == -1:
             mlps.add("swiglu")
         else:
             _refuse(arch, f"has a {_tname(m)} MLP{' with ' + _tname(getattr(m, 'act', None)) if hasattr(m, 'act') else ''}"
                           f" (the canonical MLP is timm's Mlp with a GELU form, or SwiGLUPacked)")
-    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1:
-        _refuse(arch, "varies heads, MLP kind, activation or LayerScale init across its blocks")
+    if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1 or len(inner) > 1:
+        _refuse(arch, "varies heads, MLP kind, activation, inner norms or LayerScale init across its blocks")
     pre = norm(model.norm_pre, "norm_pre")
     final = norm(model.norm, "norm")
     fc = norm(model.fc_norm, "fc_norm")
@@ -324,6 +326,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     facts: dict[str, Any] = dict(name=arch, num_heads=heads.pop(), layer_norm_eps=norms[0][1],
                                  pool={"token": "token", "avg": "mean", "map": "map"}[gp],
                                  image_size=image_size, mlp=mlps.pop())
+    facts["attn_inner_norm"], facts["mlp_inner_norm"] = inner.pop()  # scale_attn_norm / scale_mlp_norm (BEiT3)
     if facts["mlp"] == "gelu" or gelus:
         facts["gelu"] = gelus.pop()
     if naflex:  # the table has rows for the patches only (added before the prefix tokens are joined)

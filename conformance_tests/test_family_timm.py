@@ -432,8 +432,7 @@ RESOLVED = [("deit_tiny_patch16_224", 96), ("vit_so150m_patch16_reg4_map_256", 1
             ("vit_wee_patch16_reg1_gap_256", 96), ("vit_xsmall_patch16_clip_224", 96),
             ("vit_intern300m_patch14_448", 96)]
 #: timm architectures whose keys are a supported model's but whose modules are not: refused by name, with flags too
-REFUSED = [("vit_pe_core_small_patch16_384", "pools its prefix tokens too in the attention pool"),
-           ("vit_base_patch16_rpn_224", "builds ResPostBlock blocks: norms after each branch (post-norm): its keys "
+REFUSED = [("vit_base_patch16_rpn_224", "builds ResPostBlock blocks: norms after each branch (post-norm): its keys "
                                         "are exactly a pre-norm block's")]
 
 
@@ -504,10 +503,10 @@ _ALL_FLAGS = ["--gelu", "erf", "--num-heads", "6", "--layer-norm-eps", "1e-6", "
 
 @pytest.mark.parametrize("arch,why", REFUSED)
 def test_unsupported_architecture_refused_by_name_with_or_without_flags(refused_dirs, arch, why, tmp_path, capsys):
-    """Post-norm blocks (rpn) and PE-core's attention pool over the class token too have keys a supported model
-    has too: imported through flags rpn was exit 0 and wrong against timm (0.86). Their hub
-    directory, and their state dict under `--preset ARCH`, are refused by name with the reason, with every flag too:
-    exit 4, nothing written. (The rotary-position Eva models that were here port now: test_family_eva.py.)"""
+    """Post-norm blocks (rpn) have keys a supported model has too: imported through flags rpn was exit 0 and
+    wrong against timm (0.86). Its hub directory, and its state dict under `--preset ARCH`, are refused by name with
+    the reason, with every flag too: exit 4, nothing written. (The rotary-position Eva models and PE core's pool over the class token, once here,
+    port now: test_family_eva.py, test_family_beit3_pool.py.)"""
     d = refused_dirs[arch]
     dst = str(tmp_path / "no.safetensors")
     for args in ([str(d["hub"]), dst], [str(d["hub"]), dst, *_ALL_FLAGS],

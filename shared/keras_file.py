@@ -65,7 +65,9 @@ KNOWN_FIELDS = frozenset({
     "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid", "qkv_fused",
     "k_bias", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only",
     # relative position biases
-    "rel_pos", "rel_pos_shared", "rel_pos_dim"})
+    "rel_pos", "rel_pos_shared", "rel_pos_dim",
+    # the pool over the prefix tokens too, the attention pool's heads (no variable of their own: the config says them)
+    "pool_include_prefix", "pool_heads"})
 
 
 # ------------------------------------------------------------------ the layout

@@ -326,6 +326,12 @@ PRESETS["tiny_beit3"] = ViTConfig(
     notes="BEiT3 (timm's VisionTransformer with scale_attn_norm / scale_mlp_norm): a LayerNorm over the merged heads "
           "before attn.proj and over the MLP's hidden width before fc2, mean of the patch tokens then fc_norm")
 
+PRESETS["tiny_prefix_pool"] = ViTConfig(
+    name="tiny_prefix_pool", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+    mlp_dim=64, reg_tokens=1, pool="map", pool_include_prefix=True, pool_heads=4, init_values=0.1, num_classes=5,
+    notes="timm's test_vit3 / Perception Encoder core head: the attention pool (4 heads, the blocks have 2) sees the "
+          "class and register tokens too (pool_include_prefix)")
+
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(
     name="seed_t2t_walkthrough", image_size=(60, 100), in_chans=1, patch_size=20, embed_dim=768, depth=12,

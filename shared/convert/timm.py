@@ -140,7 +140,8 @@ _resolve_preset, _unresolved = resolve_preset, unresolved
 def _resolved_facts(r: Resolved) -> dict[str, Any]:
     """What timm's built model states about a file's unknowns (as _preset_facts does for a preset)."""
     return {k: r.facts[k] for k in ("num_heads", "layer_norm_eps", "gelu", "mlp", "pool", "image_size",
-                                    "pos_rows", "init_values", "name") if r.facts.get(k) is not None}
+                                    "pos_rows", "init_values", "name", "pool_include_prefix", "pool_heads")
+            if r.facts.get(k) is not None}
 
 
 def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -196,6 +197,10 @@ def _preset_facts(p: ViTConfig) -> dict[str, Any]:
         facts["init_values"] = p.init_values
     if p.attn_inner_norm or p.mlp_inner_norm:  # BEiT3's sub-LNs (the file's keys show them too)
         facts.update(attn_inner_norm=p.attn_inner_norm, mlp_inner_norm=p.mlp_inner_norm)
+    if p.pool_include_prefix:  # what the keys cannot show: the pool sees the prefix tokens too
+        facts["pool_include_prefix"] = True
+    if p.pool_heads is not None:
+        facts["pool_heads"] = p.pool_heads
     return facts
 
 
@@ -220,9 +225,11 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
         if args.get(bad) is not None:
             raise ConversionError(f"{source}: config.json sets model_args.{bad}={args[bad]!r}, which this converter "
                                   f"cannot interpret; pass --preset NAME with the model's numerics instead")
-    if args.get("pool_include_prefix"):
-        raise ConversionError(f"{source}: config.json sets model_args.pool_include_prefix=true: the pool sees the "
-                              f"prefix tokens too; canonical pooling ('avg', 'map') sees the patch tokens only")
+    if "pool_include_prefix" in args:  # the pool ('avg', 'map') sees the prefix tokens too
+        if not isinstance(args["pool_include_prefix"], bool):
+            raise ConfigError(f"{where}: 'pool_include_prefix' must be true or false, got "
+                              f"{shown(args['pool_include_prefix'])}")
+        facts["pool_include_prefix"] = args["pool_include_prefix"]
     if "num_heads" in merged:
         v = merged["num_heads"]
         if not (is_int(v) and 1 <= v <= L.MAX_HEADS):
@@ -852,6 +859,8 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
             gelu=act, layer_norm_eps=float(eps), norm_pre=f.norm_pre, final_norm=f.final_norm, fc_norm=f.fc_norm,
             representation_size=f.rep, num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
             attn_inner_norm=f.attn_inner_norm, mlp_inner_norm=f.mlp_inner_norm,
+            pool_include_prefix=bool(known.get("pool_include_prefix")) and pool in ("mean", "map") and f.n0 > 0,
+            pool_heads=known.get("pool_heads") if pool == "map" else None,
             rel_pos_shared=f.rel_pos_shared, rel_pos_dim=f.rel_pos_dim,
             notes=f"imported from timm checkpoint {k.source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
@@ -1052,8 +1061,11 @@ def _eva_problems(cfg: ViTConfig) -> list[str]:
     if cfg.patch_bias == cfg.norm_pre:
         p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm's Eva builds the patch projection "
                  f"with bias = not use_pre_transformer_norm")
-    if cfg.pool == "map" and cfg.num_prefix_tokens:
-        p.append("pool='map' with prefix tokens: timm's Eva pools every token")
+    if cfg.pool == "map" and cfg.num_prefix_tokens and not cfg.pool_include_prefix:
+        p.append("pool='map' over the patch tokens only with prefix tokens: timm's Eva's attention pool sees every "
+                 "token (pool_include_prefix)")
+    if cfg.pool == "mean" and cfg.pool_include_prefix:
+        p.append("pool='mean' over the prefix tokens too (pool_include_prefix): timm's Eva averages the patch tokens")
     return p
 
 
@@ -1076,10 +1088,16 @@ def eva_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
     return kw
 
 
-#: the architecture an exported Eva config is built on, by its norm (kind, eps): only the norm layer, which JSON
-#: model_args cannot name, comes from it; every size and option is given
-_EVA_BASES = {("layer", 1e-6): "eva02_tiny_patch14_224", ("layer", 1e-5): "vit_base_patch16_dinov3",
-              ("rms", 1e-6): "vit_base_patch16_sapiens2"}
+#: the architectures an exported Eva config is built on, by its norm (kind, eps), the first that fits: only the norm
+#: layer, which JSON model_args cannot name, comes from it; every size and option is given
+_EVA_BASES = {("layer", 1e-6): ("eva02_tiny_patch14_224", "eva_giant_patch14_224"),
+              ("layer", 1e-5): ("vit_base_patch16_dinov3", "vit_pe_core_base_patch16_224"),
+              ("rms", 1e-6): ("vit_base_patch16_sapiens2",)}
+#: the Eva arguments each base sets that a config's null would not override (create_model drops a None kwarg, so the
+#: base's LayerScale init or rope reference grid would stay): a base fits a config that has its own of each
+_EVA_BASE_SETS = {"eva02_tiny_patch14_224": {"ref_feat_shape"}, "eva_giant_patch14_224": set(),
+                  "vit_base_patch16_dinov3": {"init_values"}, "vit_pe_core_base_patch16_224": {"ref_feat_shape"},
+                  "vit_base_patch16_sapiens2": {"init_values"}}
 
 
 def _refuse_for_eva(cfg: ViTConfig) -> None:
@@ -1109,7 +1127,7 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
         kw.update(rope_type=cfg.rope, rope_temperature=cfg.rope_temperature, rope_grid_indexing=cfg.rope_indexing,
                   rope_rotate_half=cfg.rope_rotate_half, rope_grid_offset=cfg.rope_offset)
     if cfg.pool == "map":
-        kw.update(attn_pool_num_heads=cfg.num_heads, attn_pool_mlp_ratio=ratio)
+        kw.update(attn_pool_num_heads=cfg.pool_heads or cfg.num_heads, attn_pool_mlp_ratio=ratio)
     return kw
 
 
@@ -1118,7 +1136,7 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
 #: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
 TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row", "norm_pre", "qk-norm",
                "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU", "a norm inside attention",
-               "a norm inside the MLP")
+               "a norm inside the MLP", "over the prefix tokens too")
 
 
 def rel_pos_class(cfg: ViTConfig) -> str | None:
@@ -1150,6 +1168,9 @@ def _rel_pos_problems(cfg: ViTConfig) -> list[str]:
         p.append("norm_pre / a patch projection without bias: not in timm's Beit / VisionTransformerRelPos")
     if cfg.pool not in ("token", "mean"):
         p.append(f"pool={cfg.pool!r} with a relative position bias: timm's classes pool 'token' or 'avg'")
+    if cfg.pool_include_prefix:
+        p.append("pool_include_prefix with a relative position bias: timm's Beit and VisionTransformerRelPos average "
+                 "the patch tokens only")
     if cfg.final_norm == cfg.fc_norm:
         p.append("timm's Beit and VisionTransformerRelPos have a final norm or fc_norm, exactly one")
     if cls == "Beit":
@@ -1274,14 +1295,18 @@ def timm_architecture(cfg: ViTConfig) -> str:
     name when that is a timm one (the family presets carry timm's names), else a base whose model class
     (VisionTransformer, or deit's VisionTransformerDistilled for a distillation token) and LayerNorm (eps 1e-6, or
     CLIP's 1e-5) fit; the kwargs give every size and option. A timm Eva config: its own name when timm's Eva of
-    that name (an Eva preset), else an Eva whose norm layer (kind and eps) fits (_EVA_BASES)."""
+    that name (an Eva preset), else an Eva whose norm layer (kind and eps) fits and that sets nothing the config
+    leaves unset (_EVA_BASES, _EVA_BASE_SETS: a null kwarg is dropped by create_model)."""
     if is_eva(cfg):
         if cfg.name in EVA_PRESETS:
             return cfg.name
-        base = _EVA_BASES.get((cfg.norm_kind, cfg.layer_norm_eps))
+        nulls = {k for k, v in eva_model_args(cfg).items() if v is None}
+        base = next((b for b in _EVA_BASES.get((cfg.norm_kind, cfg.layer_norm_eps), ())
+                     if not _EVA_BASE_SETS[b] & nulls), None)
         if base is None:
             raise ConversionError(f"config {cfg.name!r}: no timm Eva architecture builds {cfg.norm_kind} norms with "
-                                  f"eps {cfg.layer_norm_eps} (known: {sorted(_EVA_BASES)}); build "
+                                  f"eps {cfg.layer_norm_eps} without setting what the config leaves unset "
+                                  f"({', '.join(sorted(nulls)) or 'nothing'}; known: {_EVA_BASES}); build "
                                   f"timm.models.eva.Eva(**eva_model_kwargs(cfg)) instead")
         return base
     if is_naflex(cfg):
@@ -1317,7 +1342,8 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
                     pos_embed="learned" if cfg.pos_embed == "learned" else "none",
                     pos_embed_grid_size=list(cfg.table_grid), pos_embed_interp_mode=mode, pos_embed_antialias=aa,
                     pos_embed_align_corners=False, pos_embed_ar_preserving=False, pre_norm=cfg.norm_pre,
-                    final_norm=cfg.final_norm or cfg.fc_norm, fc_norm=cfg.fc_norm, act_layer=TIMM_ACT[cfg.gelu])
+                    final_norm=cfg.final_norm or cfg.fc_norm, fc_norm=cfg.fc_norm, act_layer=TIMM_ACT[cfg.gelu],
+                    **({"pool_include_prefix": True} if cfg.pool_include_prefix else {}))
     gh, gw = cfg.table_grid if cfg.pos_embed == "learned" else cfg.grid
     if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos arguments
         kw = dict(img_size=[gh * cfg.patch_size, gw * cfg.patch_size], patch_size=cfg.patch_size,
@@ -1346,6 +1372,8 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     )
     if cfg.attn_inner_norm or cfg.mlp_inner_norm:  # BEiT3's sub-LNs (only when on: other configs' args unchanged)
         kw.update(scale_attn_norm=cfg.attn_inner_norm, scale_mlp_norm=cfg.mlp_inner_norm)
+    if cfg.pool_include_prefix:
+        kw["pool_include_prefix"] = True
     if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid:
         kw["dynamic_img_size"] = True
     return kw

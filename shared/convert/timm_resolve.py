@@ -247,8 +247,6 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
             _refuse(arch, "has a norm inside the patch embedding")
         if getattr(pe, "dynamic_img_pad", False):
             _refuse(arch, "pads images to a patch multiple (dynamic_img_pad)")
-    if getattr(model, "pool_include_prefix", False):
-        _refuse(arch, "pools the prefix tokens too (pool_include_prefix)")
     if getattr(model, "rope", None) is not None:
         _refuse(arch, "has rotary position embeddings, which its keys do not show")
 
@@ -308,9 +306,9 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         ap = model.attn_pool
         if type(ap) is not AttentionPoolLatent or ap.latent_len != 1 or ap.pos_embed is not None \
                 or type(ap.q) is not nn.Linear or type(ap.q_norm) is not nn.Identity \
-                or ap.latent_dim != ap.kv.in_features or ap.num_heads not in heads or type(ap.mlp) is not Mlp:
+                or ap.latent_dim != ap.kv.in_features or type(ap.mlp) is not Mlp:
             _refuse(arch, "has an attention pool other than the canonical MAP head (one latent, no positions, no "
-                          "qk-norm, the blocks' heads)")
+                          "qk-norm)")
         norm(ap.norm, "attn_pool.norm", optional=False)
         form = _gelu_form(ap.mlp.act, arch, "attn_pool.mlp")
         if gelus and form not in gelus:
@@ -327,6 +325,10 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
                                  pool={"token": "token", "avg": "mean", "map": "map"}[gp],
                                  image_size=image_size, mlp=mlps.pop())
     facts["attn_inner_norm"], facts["mlp_inner_norm"] = inner.pop()  # scale_attn_norm / scale_mlp_norm (BEiT3)
+    # the pool over the prefix tokens too (timm's pool_include_prefix: 'avg' and 'map'), the attention pool's heads
+    facts["pool_include_prefix"] = bool(getattr(model, "pool_include_prefix", False)) and gp != "token" and n0 > 0
+    if gp == "map" and int(model.attn_pool.num_heads) != facts["num_heads"]:
+        facts["pool_heads"] = int(model.attn_pool.num_heads)
     if facts["mlp"] == "gelu" or gelus:
         facts["gelu"] = gelus.pop()
     if naflex:  # the table has rows for the patches only (added before the prefix tokens are joined)
@@ -518,16 +520,12 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         _refuse(arch, f"pools with global_pool={gp!r} (canonical pooling: 'token', 'avg' over the patch tokens, "
                       f"'map')")
     n0 = int(model.num_prefix_tokens)
-    if gp == "map":
+    if gp == "map":  # timm's Eva hands its attention pool every token: the prefix tokens too (pool_include_prefix)
         ap = model.attn_pool
-        if n0:
-            _refuse(arch, "pools its prefix tokens too in the attention pool (timm's Eva hands it every token; the "
-                          "canonical MAP head sees the patch tokens only)")
         if type(ap) is not AttentionPoolLatent or ap.latent_len != 1 or ap.pos_embed is not None \
-                or type(ap.q_norm) is not nn.Identity or ap.num_heads != H or type(ap.mlp) is not Mlp \
-                or ap.mlp.fc1.out_features != M:
+                or type(ap.q_norm) is not nn.Identity or type(ap.mlp) is not Mlp or ap.mlp.fc1.out_features != M:
             _refuse(arch, "has an attention pool other than the canonical MAP head (one latent, no positions, no "
-                          "qk-norm, the blocks' heads and MLP width)")
+                          "qk-norm, the blocks' MLP width)")
         _norm_kind(ap.norm, arch, "attn_pool.norm", norms)
         form = _gelu_form(ap.mlp.act, arch, "attn_pool.mlp")
         if gelu is not None and form != gelu:
@@ -546,7 +544,8 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         k_bias=k_bias or not qkv_bias, qk_norm=qk, attn_inner_norm=inner, mlp_inner_norm=mnorm,
         init_values=float(init) if g1 else None, ls_attn_only=g1 and not g2,
         class_token="learned" if model.cls_token is not None else "none", reg_tokens=reg,
-        pool={"token": "token", "avg": "mean", "map": "map"}[gp],
+        pool={"token": "token", "avg": "mean", "map": "map"}[gp], pool_include_prefix=gp == "map" and n0 > 0,
+        pool_heads=int(model.attn_pool.num_heads) if gp == "map" and model.attn_pool.num_heads != H else None,
         pos_embed="learned" if model.pos_embed is not None else "none",
         pos_prefix_tokens=0 if model.pos_embed is not None and model.no_embed_class and n0 else None,
         gelu=gelu or "erf", layer_norm_eps=norms[0][2], norm_kind=norms[0][1], norm_pre=bool(pre),

@@ -32,7 +32,7 @@ def runtimes():
     return {name: get_backend(name) for name in RUNTIMES}
 
 
-@pytest.mark.parametrize("preset", TINY_PRESETS + ["tiny_relpos"] + SEED_FAST)
+@pytest.mark.parametrize("preset", TINY_PRESETS + ["tiny_relpos", "tiny_prefix_pool"] + SEED_FAST)
 def test_every_preset_exports_and_conforms_on_both_runtimes(runtimes, preset):
     """Built from the canonical state into an in-memory graph with every stage an output, run by each runtime:
     every stage within the float32 bound of the float64 reference; the initializers read back bit-exact."""

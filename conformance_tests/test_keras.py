@@ -295,7 +295,8 @@ def test_family_files_round_trip_bit_exact(preset, tmp_path):
 #: LayerScale with registers, norm_pre without a patch bias, the attention pool, relative tables per block (the MLP
 #: form shared by the blocks: slow-marked below, its layers are the same kind)
 FILE_PRESETS = ["tiny_t2t", "tiny_pretrain", "tiny_meanpool", "tiny_deit", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip", "tiny_beit",
-                "tiny_eva02", "tiny_rope_mixed", pytest.param("tiny_relpos", marks=pytest.mark.slow)]
+                "tiny_eva02", "tiny_rope_mixed", pytest.param("tiny_relpos", marks=pytest.mark.slow),
+                pytest.param("tiny_prefix_pool", marks=pytest.mark.slow)]  # the pool's own heads and MLP width
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the files are the same under every Keras "

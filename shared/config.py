@@ -71,6 +71,7 @@ _INT_BOUNDS = {"in_chans": (1, L.MAX_CHANNELS), "patch_size": (1, L.MAX_PATCH), 
 _INT_BOUNDS["reg_tokens"] = (0, L.MAX_PREFIX_TOKENS)
 _INT_BOUNDS["rel_pos_dim"] = (1, L.MAX_WIDTH)
 _OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH), "pool_heads": (1, L.MAX_HEADS),
+                   "pool_mlp_dim": (1, L.MAX_WIDTH),
                    "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
           "patch_bias", "qk_norm", "swiglu",
@@ -156,6 +157,7 @@ class ViTConfig:
     # tokens: timm's pool_include_prefix (test_vit3), and timm's Eva attention pool, which every token reaches (PE core)
     pool_include_prefix: bool = False
     pool_heads: int | None = None  # the attention pool's heads (timm attn_pool_num_heads); None: the blocks' heads
+    pool_mlp_dim: int | None = None  # the attention pool's MLP width (timm attn_pool_mlp_ratio); None: mlp_dim
     pos_embed: str = "learned"  # learned | sincos1d | sincos2d | none
     # how many leading prefix tokens have a row in a learned table: None = all (timm), 0 = none (timm
     # no_embed_class: DeiT III, DINOv2 with registers), 1 = the class token only (HF DINOv2 with registers)
@@ -261,6 +263,8 @@ class ViTConfig:
             need(self.pool in ("mean", "map") and self.num_prefix_tokens > 0,
                  f"pool_include_prefix needs pool 'mean' or 'map' and a prefix token to include (pool "
                  f"{self.pool!r}, {self.num_prefix_tokens} prefix tokens)")
+        need(self.pool_mlp_dim is None or self.pool == "map", "pool_mlp_dim applies to the attention pool (pool='map') "
+                                                                "only")
         if self.pool_heads is not None:
             need(self.pool == "map", "pool_heads applies to the attention pool (pool='map') only")
             need(self.width % self.pool_heads == 0, f"pool_heads {self.pool_heads} does not divide the width "
@@ -428,8 +432,8 @@ class ViTConfig:
     def pool_args(self) -> dict[str, Any]:
         """The attention pool (pool='map'): the keyword arguments of the backends' pool layer and of
         `shared.reference.attention_pool` (timm's AttentionPoolLatent: GELU MLP, no dropout)."""
-        return dict(dim=self.width, num_heads=self.pool_heads or self.num_heads, hidden=self.mlp_dim, act=self.gelu,
-                    norm_eps=self.layer_norm_eps)
+        return dict(dim=self.width, num_heads=self.pool_heads or self.num_heads, hidden=self.pool_mlp_dim or self.mlp_dim,
+                    act=self.gelu, norm_eps=self.layer_norm_eps)
 
     @property
     def pool_start(self) -> int:
@@ -461,7 +465,8 @@ class ViTConfig:
         n += len(self.rel_pos_prefixes) * sum(math.prod(v) for v in self.rel_pos_shapes().values())
         n += self.rope_mixed_shape[0] * self.depth * self.num_heads * self.head_dim // 2 if self.rope == "mixed" else 0
         if self.pool == "map":  # latent, q, kv, proj, norm, mlp
-            n += W + (W * W + W) + (2 * W * W + 2 * W) + (W * W + W) + 2 * W + (M * W + M + W * M + W)
+            P = self.pool_mlp_dim or M
+            n += W + (W * W + W) + (2 * W * W + 2 * W) + (W * W + W) + 2 * W + (P * W + P + W * P + W)
         n += nb * W if self.final_norm else 0
         n += nb * W if self.fc_norm else 0
         if self.representation_size:
@@ -543,6 +548,8 @@ class ViTConfig:
                  (self.pool_include_prefix, f"a {self.pool} pool over the prefix tokens too (pool_include_prefix)"),
                  (self.pool_heads is not None, f"an attention pool with {self.pool_heads} heads, not the blocks' "
                                                f"{self.num_heads} (pool_heads)"),
+                 (self.pool_mlp_dim is not None, f"an attention pool whose MLP is {self.pool_mlp_dim} wide, not the "
+                                                 f"blocks' {self.mlp_dim} (pool_mlp_dim)"),
                  (not self.patch_bias, "a patch projection without bias (patch_bias=False)"),
                  (self.swiglu, "a SwiGLU MLP (swiglu: mlp.fc1 packs the gate and value halves)"),
                  (self.gelu == "quick", "QuickGELU (gelu='quick')"),
@@ -581,6 +588,7 @@ class ViTConfig:
             "pool": self.pool,
             "pool_include_prefix": self.pool_include_prefix,
             "pool_heads": self.pool_heads,
+            "pool_mlp_dim": self.pool_mlp_dim,
             "pos_embed": self.pos_embed,
             "pos_table_grid": list(self.table_grid) if self.pos_embed == "learned" else None,
             "resize_kernel": self.resize_kernel,

@@ -67,7 +67,7 @@ KNOWN_FIELDS = frozenset({
     # relative position biases
     "rel_pos", "rel_pos_shared", "rel_pos_dim",
     # the pool over the prefix tokens too, the attention pool's heads (no variable of their own: the config says them)
-    "pool_include_prefix", "pool_heads"})
+    "pool_include_prefix", "pool_heads", "pool_mlp_dim"})
 
 
 # ------------------------------------------------------------------ the layout

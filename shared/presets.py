@@ -328,9 +328,10 @@ PRESETS["tiny_beit3"] = ViTConfig(
 
 PRESETS["tiny_prefix_pool"] = ViTConfig(
     name="tiny_prefix_pool", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-    mlp_dim=64, reg_tokens=1, pool="map", pool_include_prefix=True, pool_heads=4, init_values=0.1, num_classes=5,
-    notes="timm's test_vit3 / Perception Encoder core head: the attention pool (4 heads, the blocks have 2) sees the "
-          "class and register tokens too (pool_include_prefix)")
+    mlp_dim=64, reg_tokens=1, pool="map", pool_include_prefix=True, pool_heads=4, pool_mlp_dim=48, init_values=0.1,
+    num_classes=5,
+    notes="timm's test_vit3 / Perception Encoder core head: the attention pool (4 heads, the blocks have 2; an MLP 48 "
+          "wide, the blocks' 64) sees the class and register tokens too (pool_include_prefix)")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

@@ -536,6 +536,8 @@ def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
                                   f"embed_dim {D} into heads")
         f.heads = D // hd
     f.pool = "map" if f.has_map else "token" if f.has_dist else "mean" if not f.has_cls else None
+    fc1 = np.shape(st.get("attn_pool.mlp.fc1.weight", ()))  # the attention pool's MLP width (NaFlexVit may differ)
+    f.pool_mlp_dim = int(fc1[0]) if len(fc1) == 2 and int(fc1[0]) != f.mlp_dim else None
     f.n0 = int(f.has_cls) + int(f.has_dist) + f.reg_tokens
     return f
 
@@ -860,7 +862,7 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
             representation_size=f.rep, num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
             attn_inner_norm=f.attn_inner_norm, mlp_inner_norm=f.mlp_inner_norm,
             pool_include_prefix=bool(known.get("pool_include_prefix")) and pool in ("mean", "map") and f.n0 > 0,
-            pool_heads=known.get("pool_heads") if pool == "map" else None,
+            pool_heads=known.get("pool_heads") if pool == "map" else None, pool_mlp_dim=f.pool_mlp_dim,
             rel_pos_shared=f.rel_pos_shared, rel_pos_dim=f.rel_pos_dim,
             notes=f"imported from timm checkpoint {k.source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
@@ -1127,7 +1129,9 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
         kw.update(rope_type=cfg.rope, rope_temperature=cfg.rope_temperature, rope_grid_indexing=cfg.rope_indexing,
                   rope_rotate_half=cfg.rope_rotate_half, rope_grid_offset=cfg.rope_offset)
     if cfg.pool == "map":
-        kw.update(attn_pool_num_heads=cfg.pool_heads or cfg.num_heads, attn_pool_mlp_ratio=ratio)
+        P = cfg.pool_args()["hidden"]  # timm sizes the pool's MLP int(D * attn_pool_mlp_ratio)
+        kw.update(attn_pool_num_heads=cfg.pool_heads or cfg.num_heads,
+                  attn_pool_mlp_ratio=P / D if int(D * (P / D)) == P else (P + 0.5) / D)
     return kw
 
 

@@ -8,8 +8,9 @@ no memory), and read for what a timm state dict cannot tell.
 Every fact is read from the BUILT MODULES (model, block, norm, attention, MLP and activation classes; the pool,
 the tokens, the position table), never from the name. Only what the canonical model runs is accepted: timm's
 `VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm, `Attention`, `Mlp` with a GELU form or
-the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked), a plain-conv `PatchEmbed`, the one-latent
-`AttentionPoolLatent` MAP head; timm's `Beit` and `VisionTransformerRelPos` with pre-norm blocks and a relative
+the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked; BEiT3's sub-LNs `attn.norm` / `mlp.norm`), a plain-conv
+`PatchEmbed`, the one-latent `AttentionPoolLatent` MAP head (its own heads; over the prefix tokens too with timm's
+`pool_include_prefix`, as timm's Eva's always is); timm's `Beit` and `VisionTransformerRelPos` with pre-norm blocks and a relative
 position bias (a learned table or the 'cr' RelPosMlp, per block or shared: `_read_rel_pos`). Anything else is refused by name with the reason (ConversionError), whatever
 else is stated: several of them (rotary positions, post-norm blocks) have keys a supported model also has, so any
 reading of their files would be silently wrong.
@@ -523,9 +524,9 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
     if gp == "map":  # timm's Eva hands its attention pool every token: the prefix tokens too (pool_include_prefix)
         ap = model.attn_pool
         if type(ap) is not AttentionPoolLatent or ap.latent_len != 1 or ap.pos_embed is not None \
-                or type(ap.q_norm) is not nn.Identity or type(ap.mlp) is not Mlp or ap.mlp.fc1.out_features != M:
+                or type(ap.q_norm) is not nn.Identity or type(ap.mlp) is not Mlp:
             _refuse(arch, "has an attention pool other than the canonical MAP head (one latent, no positions, no "
-                          "qk-norm, the blocks' MLP width)")
+                          "qk-norm)")
         _norm_kind(ap.norm, arch, "attn_pool.norm", norms)
         form = _gelu_form(ap.mlp.act, arch, "attn_pool.mlp")
         if gelu is not None and form != gelu:
@@ -546,6 +547,8 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         class_token="learned" if model.cls_token is not None else "none", reg_tokens=reg,
         pool={"token": "token", "avg": "mean", "map": "map"}[gp], pool_include_prefix=gp == "map" and n0 > 0,
         pool_heads=int(model.attn_pool.num_heads) if gp == "map" and model.attn_pool.num_heads != H else None,
+        pool_mlp_dim=int(model.attn_pool.mlp.fc1.out_features)
+        if gp == "map" and model.attn_pool.mlp.fc1.out_features != M else None,
         pos_embed="learned" if model.pos_embed is not None else "none",
         pos_prefix_tokens=0 if model.pos_embed is not None and model.no_embed_class and n0 else None,
         gelu=gelu or "erf", layer_norm_eps=norms[0][2], norm_kind=norms[0][1], norm_pre=bool(pre),

@@ -88,6 +88,7 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              "resize_kernel", "gelu", "layer_norm_eps", "norm_pre", "final_norm", "fc_norm", "representation_size",
              "num_classes", "output_softmax", "dropout", "attn_dropout", "drop_path", "k_bias", "rel_pos",
              "rel_pos_shared", "rel_pos_dim", "notes", "pool_include_prefix", "pool_heads",
+             "pool_mlp_dim",
              # the Eva options
              "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid",
              "qkv_fused", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only"}

@@ -505,8 +505,8 @@ _ALL_FLAGS = ["--gelu", "erf", "--num-heads", "6", "--layer-norm-eps", "1e-6", "
 def test_unsupported_architecture_refused_by_name_with_or_without_flags(refused_dirs, arch, why, tmp_path, capsys):
     """Post-norm blocks (rpn) have keys a supported model has too: imported through flags rpn was exit 0 and
     wrong against timm (0.86). Its hub directory, and its state dict under `--preset ARCH`, are refused by name with
-    the reason, with every flag too: exit 4, nothing written. (The rotary-position Eva models and PE core's pool over the class token, once here,
-    port now: test_family_eva.py, test_family_beit3_pool.py.)"""
+    the reason, with every flag too: exit 4, nothing written. (The rotary-position Eva models and PE core's pool
+    over the class token, once here, port now: test_family_eva.py, test_family_beit3_pool.py.)"""
     d = refused_dirs[arch]
     dst = str(tmp_path / "no.safetensors")
     for args in ([str(d["hub"]), dst], [str(d["hub"]), dst, *_ALL_FLAGS],

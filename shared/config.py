@@ -70,8 +70,8 @@ _INT_BOUNDS = {"in_chans": (1, L.MAX_CHANNELS), "patch_size": (1, L.MAX_PATCH), 
                "num_classes": (0, L.MAX_CLASSES)}
 _INT_BOUNDS["reg_tokens"] = (0, L.MAX_PREFIX_TOKENS)
 _INT_BOUNDS["rel_pos_dim"] = (1, L.MAX_WIDTH)
-_OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH), "pool_heads": (1, L.MAX_HEADS),
-                   "pool_mlp_dim": (1, L.MAX_WIDTH),
+_OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH),
+                   "pool_heads": (1, L.MAX_HEADS), "pool_mlp_dim": (1, L.MAX_WIDTH),
                    "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
           "patch_bias", "qk_norm", "swiglu",

@@ -33,7 +33,7 @@ def runtimes():
 
 
 @pytest.mark.parametrize("preset", TINY_PRESETS + ["tiny_relpos", "tiny_rpn", "tiny_naflex_par", "tiny_naflex_parfac",
-                                    "tiny_sapiens2_gqa", "tiny_parallel"] + SEED_FAST)
+                                    "tiny_sapiens2_gqa", "tiny_parallel", "tiny_prefix_pool"] + SEED_FAST)
 def test_every_preset_exports_and_conforms_on_both_runtimes(runtimes, preset):
     """Built from the canonical state into an in-memory graph with every stage an output, run by each runtime:
     every stage within the float32 bound of the float64 reference; the initializers read back bit-exact."""

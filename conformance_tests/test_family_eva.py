@@ -119,12 +119,14 @@ def test_timm_eva_imports_and_exports(arch):
         np.testing.assert_allclose(m2(torch.from_numpy(x)).numpy(), want.astype(np.float32), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch,why", [
-    ("vit_pe_core_base_patch16_224", "pools its prefix tokens too"),
+@pytest.mark.parametrize("arch,args,why", [
+    ("vit_base_patch16_rope_reg1_gap_256", {"rope_type": "mrope"}, "has RotaryEmbeddingMRope rotary positions"),
 ])
-def test_eva_architectures_the_canonical_model_cannot_run_are_refused_by_name(arch, why):
+def test_eva_architectures_the_canonical_model_cannot_run_are_refused_by_name(arch, args, why):
+    """Every registered Eva ports now (the post-norm, GQA and prefix-pool ones once here included); an Eva built with
+    an option the canonical model lacks (multimodal RoPE) is still refused, naming the part."""
     with pytest.raises(ConversionError, match=why) as e:
-        resolve_timm_architecture(arch, {})
+        resolve_timm_architecture(arch, {"depth": 1, **args})
     assert arch in str(e.value)
 
 

@@ -52,6 +52,8 @@ def test_family_preset_is_timms_architecture(name):
     # the block class: its keys are the same either way (res-post-norm ResPostBlock, or the pre-norm Block)
     want = {"ParallelThingsBlock"} if cfg.num_parallel > 1 else {"post": {"ResPostBlock"}, "pre": {"Block"}}[cfg.block_norm]
     assert {type(b).__name__ for b in m.blocks} == want
+    assert (type(attn.norm).__name__ != "Identity", type(getattr(mlp, "norm", torch.nn.Identity())).__name__ != "Identity") == \
+        (cfg.attn_inner_norm, cfg.mlp_inner_norm)
     assert m.num_prefix_tokens == cfg.num_prefix_tokens
     assert m.no_embed_class == (cfg.num_pos_prefix == 0 and cfg.num_prefix_tokens > 0)
     assert {"token": "token", "avg": "mean", "map": "map"}[m.global_pool] == cfg.pool

@@ -432,7 +432,7 @@ RESOLVED = [("deit_tiny_patch16_224", 96), ("vit_so150m_patch16_reg4_map_256", 1
             ("vit_wee_patch16_reg1_gap_256", 96), ("vit_xsmall_patch16_clip_224", 96),
             ("vit_intern300m_patch14_448", 96)]
 #: timm architectures whose keys are a supported model's but whose modules are not: refused by name, with flags too
-REFUSED = [("vit_pe_core_small_patch16_384", "pools its prefix tokens too in the attention pool")]
+REFUSED = [("vit_dwee_patch16_reg1_gap_256", "has DiffAttention attention")]
 
 
 @pytest.fixture(scope="module")
@@ -502,11 +502,12 @@ _ALL_FLAGS = ["--gelu", "erf", "--num-heads", "6", "--layer-norm-eps", "1e-6", "
 
 @pytest.mark.parametrize("arch,why", REFUSED)
 def test_unsupported_architecture_refused_by_name_with_or_without_flags(refused_dirs, arch, why, tmp_path, capsys):
-    """PE-core's attention pool over the class token too has keys a supported model has too. Its hub
-    directory, and its state dict under `--preset ARCH`, are refused by name with the reason, with every flag too:
-    exit 4, nothing written. (The rotary-position Eva models and the post-norm rpn blocks that were here port now:
-    test_family_eva.py, test_family_postnorm.py; imported through flags alone, rpn was read as pre-norm and was
-    wrong against timm (0.86): its block type now comes from the architecture, never from the keys.)"""
+    """An architecture the canonical model cannot run (differential attention) is refused by name, its hub
+    directory and its state dict under `--preset ARCH`, with every flag too: exit 4, nothing written. (The
+    rotary-position Eva models, the post-norm rpn blocks and PE core's pool over the class token, once here, port
+    now: test_family_eva.py, test_family_postnorm.py, test_family_beit3_pool.py; imported through flags alone, rpn was
+    read as pre-norm and was wrong against timm (0.86): its block type now comes from the architecture, never from
+    the keys.)"""
     d = refused_dirs[arch]
     dst = str(tmp_path / "no.safetensors")
     for args in ([str(d["hub"]), dst], [str(d["hub"]), dst, *_ALL_FLAGS],

@@ -297,7 +297,8 @@ def test_family_files_round_trip_bit_exact(preset, tmp_path):
 FILE_PRESETS = ["tiny_t2t", "tiny_pretrain", "tiny_meanpool", "tiny_deit", "tiny_dinov2_reg", "tiny_clip", "tiny_siglip", "tiny_beit",
                 "tiny_eva02", "tiny_rope_mixed", pytest.param("tiny_relpos", marks=pytest.mark.slow), "tiny_aimv2",
                 "tiny_naflex_parfac",  # NaFlexVit's factorized tables (pos_embed_y / pos_embed_x), aspect-preserving
-                pytest.param("tiny_rpn", marks=pytest.mark.slow)]  # post-norm: the same layers, block_norm in config
+                pytest.param("tiny_rpn", marks=pytest.mark.slow),  # post-norm: the same layers, block_norm in config
+                pytest.param("tiny_prefix_pool", marks=pytest.mark.slow)]  # the pool's own heads and MLP width
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the files are the same under every Keras "

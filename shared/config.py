@@ -78,6 +78,7 @@ _INT_BOUNDS["reg_tokens"] = (0, L.MAX_PREFIX_TOKENS)
 _INT_BOUNDS["rel_pos_dim"] = (1, L.MAX_WIDTH)
 _INT_BOUNDS["num_parallel"] = (1, 64)
 _OPT_INT_BOUNDS = {"attn_dim": (1, L.MAX_WIDTH), "representation_size": (1, L.MAX_WIDTH),
+                   "pool_heads": (1, L.MAX_HEADS), "pool_mlp_dim": (1, L.MAX_WIDTH),
                    "pos_prefix_tokens": (0, L.MAX_PREFIX_TOKENS + 2)}
 _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softmax", "dist_token", "norm_pre",
           "patch_bias", "qk_norm", "swiglu",
@@ -86,7 +87,7 @@ _BOOLS = ("qkv_bias", "attn_value_skip", "final_norm", "fc_norm", "output_softma
           "pos_ar_preserving")
 _STRS = ("name", "class_token", "pool", "pos_embed", "resize_kernel", "gelu", "notes", "rope", "rope_indexing",
          "norm_kind", "rel_pos", "block_norm")
-_BOOLS += ("rel_pos_shared", "patch_norm", "proj_bias")
+_BOOLS += ("rel_pos_shared", "patch_norm", "proj_bias", "pool_include_prefix")
 _RATES = ("dropout", "attn_dropout", "drop_path")
 
 
@@ -180,6 +181,11 @@ class ViTConfig:
     # token | mean (over patch tokens only, timm 'avg') | map (attention pool `attn_pool`) | token_mean
     # (concat(class token, mean over the patch tokens): DINOv2's linear-probe head, 2 * width wide)
     pool: str = "token"
+    # the pool ('mean' or 'map') sees the prefix tokens (class, distillation, registers) too, not only the patch
+    # tokens: timm's pool_include_prefix (test_vit3), and timm's Eva attention pool, which every token reaches (PE core)
+    pool_include_prefix: bool = False
+    pool_heads: int | None = None  # the attention pool's heads (timm attn_pool_num_heads); None: the blocks' heads
+    pool_mlp_dim: int | None = None  # the attention pool's MLP width (timm attn_pool_mlp_ratio); None: mlp_dim
     pos_embed: str = "learned"  # learned | sincos1d | sincos2d | none | factorized (POS_EMBED_KINDS)
     # how many leading prefix tokens have a row in a learned table: None = all (timm), 0 = none (timm
     # no_embed_class: DeiT III, DINOv2 with registers), 1 = the class token only (HF DINOv2 with registers)
@@ -294,6 +300,16 @@ class ViTConfig:
             need(not self.representation_size, "pool='map' with a pre-logits layer is not a known layout")
             need(not self.swiglu, "pool='map' with a SwiGLU MLP is not a known layout (timm's attention pool would "
                                   "build a GELU MLP of the packed width)")
+        if self.pool_include_prefix:
+            need(self.pool in ("mean", "map") and self.num_prefix_tokens > 0,
+                 f"pool_include_prefix needs pool 'mean' or 'map' and a prefix token to include (pool "
+                 f"{self.pool!r}, {self.num_prefix_tokens} prefix tokens)")
+        need(self.pool_mlp_dim is None or self.pool == "map", "pool_mlp_dim applies to the attention pool (pool='map') "
+                                                                "only")
+        if self.pool_heads is not None:
+            need(self.pool == "map", "pool_heads applies to the attention pool (pool='map') only")
+            need(self.width % self.pool_heads == 0, f"pool_heads {self.pool_heads} does not divide the width "
+                                                    f"{self.width}")
         need(self.pos_grid is None or self.learned_table, "pos_grid only applies to a learned position table")
         need(not self.pos_ar_preserving or self.learned_table, "pos_ar_preserving only applies to a learned position "
                                                                "table (learned or factorized)")
@@ -501,8 +517,13 @@ class ViTConfig:
     def pool_args(self) -> dict[str, Any]:
         """The attention pool (pool='map'): the keyword arguments of the backends' pool layer and of
         `shared.reference.attention_pool` (timm's AttentionPoolLatent: GELU MLP, no dropout)."""
-        return dict(dim=self.width, num_heads=self.num_heads, hidden=self.mlp_dim, act=self.gelu,
-                    norm_eps=self.layer_norm_eps)
+        return dict(dim=self.width, num_heads=self.pool_heads or self.num_heads, hidden=self.pool_mlp_dim or self.mlp_dim,
+                    act=self.gelu, norm_eps=self.layer_norm_eps)
+
+    @property
+    def pool_start(self) -> int:
+        """The first token the pool ('mean', 'map') sees: 0 with pool_include_prefix, else the first patch token."""
+        return 0 if self.pool_include_prefix else self.num_prefix_tokens
 
     @property
     def num_parameters(self) -> int:
@@ -538,7 +559,8 @@ class ViTConfig:
         n += len(self.rel_pos_prefixes) * sum(math.prod(v) for v in self.rel_pos_shapes().values())
         n += self.rope_mixed_shape[0] * self.depth * self.num_heads * self.head_dim // 2 if self.rope == "mixed" else 0
         if self.pool == "map":  # latent, q, kv, proj, norm, mlp
-            n += W + (W * W + W) + (2 * W * W + 2 * W) + (W * W + W) + 2 * W + (M * W + M + W * M + W)
+            P = self.pool_mlp_dim or M
+            n += W + (W * W + W) + (2 * W * W + 2 * W) + (W * W + W) + 2 * W + (P * W + P + W * P + W)
         n += nb * W if self.final_norm else 0
         n += nb * W if self.fc_norm else 0
         if self.representation_size:
@@ -623,6 +645,11 @@ class ViTConfig:
                  (self.qk_norm, "qk-norm (attn.q_norm, attn.k_norm)"),
                  (self.pool == "map", "the attention-pool head (pool='map', attn_pool)"),
                  (self.pool == "token_mean", "the concat(class token, patch mean) head (pool='token_mean')"),
+                 (self.pool_include_prefix, f"a {self.pool} pool over the prefix tokens too (pool_include_prefix)"),
+                 (self.pool_heads is not None, f"an attention pool with {self.pool_heads} heads, not the blocks' "
+                                               f"{self.num_heads} (pool_heads)"),
+                 (self.pool_mlp_dim is not None, f"an attention pool whose MLP is {self.pool_mlp_dim} wide, not the "
+                                                 f"blocks' {self.mlp_dim} (pool_mlp_dim)"),
                  (not self.patch_bias, "a patch projection without bias (patch_bias=False)"),
                  (self.patch_norm, "a norm inside the patch embedding (patch_norm: patch_embed.norm)"),
                  (not self.proj_bias, "attn.proj and MLP linears without biases (proj_bias=False)"),
@@ -670,6 +697,9 @@ class ViTConfig:
             "attn_value_skip": self.attn_value_skip,
             "class_token": self.class_token,
             "pool": self.pool,
+            "pool_include_prefix": self.pool_include_prefix,
+            "pool_heads": self.pool_heads,
+            "pool_mlp_dim": self.pool_mlp_dim,
             "pos_embed": self.pos_embed,
             "pos_table_grid": list(self.table_grid) if self.learned_table else None,
             "resize_kernel": self.resize_kernel,

@@ -71,7 +71,9 @@ KNOWN_FIELDS = frozenset({
     # NaFlexVit's tables: aspect-preserving resampling; factorized tables (pos_embed 'factorized': pos_embed_y / _x)
     "pos_ar_preserving",
     # AIMv2's patch norm and bias-free projections (the Dense layers without a bias variable)
-    "patch_norm", "proj_bias"})
+    "patch_norm", "proj_bias",
+    # the pool over the prefix tokens too, the attention pool's heads (no variable of their own: the config says them)
+    "pool_include_prefix", "pool_heads", "pool_mlp_dim"})
 
 
 # ------------------------------------------------------------------ the layout

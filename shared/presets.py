@@ -59,6 +59,10 @@ _DINOV2 = dict(init_values=1e-5)
 _CLIP = dict(norm_pre=True, patch_bias=False, layer_norm_eps=1e-5)  # timm pre_norm=True: no patch bias
 _SIGLIP = dict(class_token="none", pool="map")  # timm's SigLIP uses erf GELU (HF's uses tanh)
 _GAP = dict(class_token="none", pool="mean")  # global_pool='avg', fc_norm=False: the final norm stays
+#: BEiT3 (timm's VisionTransformer with scale_attn_norm / scale_mlp_norm): a LayerNorm before attn.proj and before
+#: mlp.fc2 (the sub-LNs), eps 1e-5, class token, mean of the patch tokens then fc_norm (global_pool='avg')
+_BEIT3 = dict(attn_inner_norm=True, mlp_inner_norm=True, pool="mean", final_norm=False, fc_norm=True,
+              layer_norm_eps=1e-5)
 _FAMILY = [
     # name, patch, image, dim, depth, heads, mlp, classes, options
     ("deit_tiny_distilled_patch16_224", 16, 224, 192, 12, 3, 768, 1000, dict(dist_token=True)),
@@ -105,6 +109,10 @@ _FAMILY = [
     # timm's ParallelThingsBlock ("Three things everyone should know about ViTs"): 18 blocks of 2 parallel branches
     ("vit_small_patch16_18x2_224", 16, 224, 384, 18, 6, 1536, 1000, dict(init_values=1e-5, num_parallel=2)),
     ("vit_base_patch16_18x2_224", 16, 224, 768, 18, 12, 3072, 1000, dict(init_values=1e-5, num_parallel=2)),
+    ("beit3_base_patch16_224", 16, 224, 768, 12, 12, 3072, 1000, _BEIT3),
+    ("beit3_large_patch16_224", 16, 224, 1024, 24, 16, 4096, 1000, _BEIT3),
+    ("beit3_giant_patch14_224", 14, 224, 1408, 40, 16, 6144, 1000, _BEIT3),
+    ("beit3_giant_patch14_336", 14, 336, 1408, 40, 16, 6144, 1000, _BEIT3),
 ]
 for _name, _p, _i, _d, _depth, _h, _m, _k, _opts in _FAMILY:
     PRESETS[_name] = _family(_name, _p, _i, _d, _depth, _h, _m, _k, **_opts)
@@ -403,6 +411,21 @@ PRESETS["tiny_aimv2"] = ViTConfig(
     proj_bias=False, class_token="none", pool="mean", layer_norm_eps=1e-5, num_classes=3,
     notes="AIMv2: RMSNorm after the patch projection (patch_norm) and everywhere else, no qkv, proj or MLP biases "
           "(proj_bias=False), unpacked SwiGLU, no class token, final norm then the mean of the patch tokens")
+
+# --- tiny option presets tested on the primary backends (not in FAMILY_TINY's matrix) ----------------------------
+PRESETS["tiny_beit3"] = ViTConfig(
+    name="tiny_beit3", image_size=(32, 24), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64,
+    attn_inner_norm=True, mlp_inner_norm=True, pool="mean", final_norm=False, fc_norm=True, layer_norm_eps=1e-5,
+    num_classes=5,
+    notes="BEiT3 (timm's VisionTransformer with scale_attn_norm / scale_mlp_norm): a LayerNorm over the merged heads "
+          "before attn.proj and over the MLP's hidden width before fc2, mean of the patch tokens then fc_norm")
+
+PRESETS["tiny_prefix_pool"] = ViTConfig(
+    name="tiny_prefix_pool", image_size=(24, 32), in_chans=3, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+    mlp_dim=64, reg_tokens=1, pool="map", pool_include_prefix=True, pool_heads=4, pool_mlp_dim=48, init_values=0.1,
+    num_classes=5,
+    notes="timm's test_vit3 / Perception Encoder core head: the attention pool (4 heads, the blocks have 2; an MLP 48 "
+          "wide, the blocks' 64) sees the class and register tokens too (pool_include_prefix)")
 
 # --- the seed tutorials ----------------------------------------------------------
 PRESETS["seed_t2t_walkthrough"] = ViTConfig(

@@ -452,12 +452,12 @@ def forward(cfg: ViTConfig, params: dict[str, np.ndarray], images: np.ndarray, d
         x = nm.r((x_cls + x_dist) / 2)
     elif cfg.pool == "token":
         x = x[:, 0]
-    elif cfg.pool == "mean":
-        x = nm.r(x[:, n0:].mean(axis=1))
+    elif cfg.pool == "mean":  # the patch tokens (with pool_include_prefix every token: cfg.pool_start)
+        x = nm.r(x[:, cfg.pool_start:].mean(axis=1))
     elif cfg.pool == "token_mean":  # HF Dinov2ForImageClassification: the registers are in neither half
         x = np.concatenate([x[:, 0], nm.r(x[:, n0:].mean(axis=1))], axis=-1)
-    else:  # map: the attention pool sees the patch tokens only (timm's pool_include_prefix=False)
-        x = attention_pool(nm, p, "attn_pool", x[:, n0:], **cfg.pool_args())
+    else:  # map: the attention pool sees the patch tokens (with pool_include_prefix every token: cfg.pool_start)
+        x = attention_pool(nm, p, "attn_pool", x[:, cfg.pool_start:], **cfg.pool_args())
     if cfg.fc_norm:
         x = nm.norm(p, "fc_norm", x, cfg.layer_norm_eps, cfg.norm_kind)
     if cfg.representation_size:

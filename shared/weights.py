@@ -23,7 +23,8 @@ Keys and shapes (D = embed_dim, W = width, M = mlp_dim, F = feature dim, K = cla
                                             mlp.fc1 (rel_pos_dim, 2), mlp.fc2 (heads, rel_pos_dim) (+ biases) for 'mlp'
   norm.{weight,bias} (W,)                   if final_norm
   attn_pool.latent (1, 1, W), attn_pool.q (W, W), attn_pool.kv (2W, W), attn_pool.proj (W, W) (weights and
-  biases), attn_pool.norm (W,), attn_pool.mlp.fc1 (M, W), attn_pool.mlp.fc2 (W, M)   if pool == "map"
+  biases), attn_pool.norm (W,), attn_pool.mlp.fc1 (P, W), attn_pool.mlp.fc2 (W, P)   if pool == "map"
+                                            (P: pool_mlp_dim, else M)
   fc_norm.{weight,bias} (W,)                if fc_norm
   pre_logits.fc.{weight (F, Wp), bias (F,)} if representation_size (Wp = pooled_dim: 2W for pool='token_mean')
   head.{weight (K, F), bias (K,)}           if num_classes (F = representation_size, else Wp)
@@ -152,8 +153,9 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         s["attn_pool.kv.weight"], s["attn_pool.kv.bias"] = (2 * W, W), (2 * W,)
         s["attn_pool.proj.weight"], s["attn_pool.proj.bias"] = (W, W), (W,)
         s["attn_pool.norm.weight"] = s["attn_pool.norm.bias"] = (W,)
-        s["attn_pool.mlp.fc1.weight"], s["attn_pool.mlp.fc1.bias"] = (M, W), (M,)
-        s["attn_pool.mlp.fc2.weight"], s["attn_pool.mlp.fc2.bias"] = (W, M), (W,)
+        P = cfg.pool_args()["hidden"]  # pool_mlp_dim, else mlp_dim
+        s["attn_pool.mlp.fc1.weight"], s["attn_pool.mlp.fc1.bias"] = (P, W), (P,)
+        s["attn_pool.mlp.fc2.weight"], s["attn_pool.mlp.fc2.bias"] = (W, P), (W,)
     if cfg.fc_norm:
         norm("fc_norm", W)
     if cfg.representation_size:

@@ -249,12 +249,12 @@ class VisionTransformer(keras.Model):
             x = (x[:, 0] + x[:, 1]) / 2
         elif c.pool == "token":
             x = x[:, 0]
-        elif c.pool == "mean":
-            x = self._patch_mean(x[:, n0:], dt)
+        elif c.pool == "mean":  # the patch tokens (every token with pool_include_prefix: c.pool_start)
+            x = self._patch_mean(x[:, c.pool_start:], dt)
         elif c.pool == "token_mean":  # DINOv2's linear head: the registers are in neither half
             x = ops.concatenate([x[:, 0], self._patch_mean(x[:, n0:], dt)], axis=-1)
-        else:  # map: the attention pool sees the patch tokens only
-            x = self.attn_pool(x[:, n0:])
+        else:  # map: the attention pool sees the patch tokens (every token with pool_include_prefix)
+            x = self.attn_pool(x[:, c.pool_start:])
         if self.fc_norm is not None:
             x = self.fc_norm(x)
         if self.pre_logits is not None:

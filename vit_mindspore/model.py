@@ -189,6 +189,7 @@ class VisionTransformer(_Cell):
         self.has_norm_pre = cfg.norm_pre
         self.has_patch_norm = cfg.patch_norm
         self.pool_kind = cfg.pool
+        self.pool_start = cfg.pool_start  # the first token the pool sees (0 with pool_include_prefix)
         self.has_final_norm = cfg.final_norm
         self.has_fc_norm = cfg.fc_norm
         self.has_pre_logits = bool(cfg.representation_size)
@@ -308,9 +309,10 @@ class VisionTransformer(_Cell):
             return x[:, self.num_prefix:]
         return x
 
-    def _patch_mean(self, x):
-        """The mean of the patch tokens, accumulated in float32, rounded once to the compute dtype."""
-        return self.back(self.reduce_mean(self.f32(self.patch_tokens(x)), 1))
+    def _patch_mean(self, x, start=None):
+        """The mean of the tokens from `start` (default: the patch tokens), accumulated in float32, rounded once to
+        the compute dtype."""
+        return self.back(self.reduce_mean(self.f32(self.patch_tokens(x) if start is None else x[:, start:]), 1))
 
     def pool(self, x):
         """norm stage in, pre_logits stage out (pool, fc_norm, Linear-Tanh). With a distillation token: the mean
@@ -319,12 +321,12 @@ class VisionTransformer(_Cell):
             x = self.back((self.f32(x[:, 0]) + self.f32(x[:, 1])) / 2)
         elif self.pool_kind == "token":
             x = x[:, 0]
-        elif self.pool_kind == "mean":
-            x = self._patch_mean(x)
+        elif self.pool_kind == "mean":  # the patch tokens (every token with pool_include_prefix)
+            x = self._patch_mean(x, self.pool_start)
         elif self.pool_kind == "token_mean":  # DINOv2's linear head: the registers are in neither half
             x = self.concat_last((x[:, 0], self._patch_mean(x)))
-        else:  # map: the attention pool sees the patch tokens only
-            x = self.attn_pool(self.patch_tokens(x))
+        else:  # map: the attention pool sees the patch tokens (every token with pool_include_prefix)
+            x = self.attn_pool(x[:, self.pool_start:] if self.pool_start else x)
         if self.has_fc_norm:
             x = self.fc_norm(x)
         if self.has_pre_logits:

@@ -242,18 +242,20 @@ class VisionTransformer(nn.Module):
             return self._finish(sum(self.head_outputs(x)) / 2)
         if cfg.pool == "token":
             x = x[:, 0]
-        elif cfg.pool == "mean":  # mean over patch tokens only, accumulated in at least float32
-            x = self._patch_mean(x)
+        elif cfg.pool == "mean":  # mean over the patch tokens (every token: pool_include_prefix), in >= float32
+            x = self._patch_mean(x, cfg.pool_start)
         elif cfg.pool == "token_mean":  # DINOv2's linear head: the registers are in neither half
             x = torch.cat([x[:, 0], self._patch_mean(x)], dim=-1)
-        else:  # map: the attention pool sees the patch tokens only (timm's pool_include_prefix=False)
-            x = self.attn_pool(x[:, cfg.num_prefix_tokens:])
+        else:  # map: the attention pool sees the patch tokens (every token with pool_include_prefix)
+            x = self.attn_pool(x[:, cfg.pool_start:])
         x = self.pre_logits(self.fc_norm(x))
         return x if pre_logits else self._finish(self.head(x))
 
-    def _patch_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of the patch tokens (the prefix excluded), accumulated in at least float32, rounded once."""
-        return x[:, self.config.num_prefix_tokens:].to(_at_least_f32(x)).mean(dim=1).to(x.dtype)
+    def _patch_mean(self, x: torch.Tensor, start: int | None = None) -> torch.Tensor:
+        """The mean of the tokens from `start` (default: the patch tokens, the prefix excluded), accumulated in at
+        least float32, rounded once."""
+        start = self.config.num_prefix_tokens if start is None else start
+        return x[:, start:].to(_at_least_f32(x)).mean(dim=1).to(x.dtype)
 
     def head_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Head outputs before any output softmax, from the final-norm tokens: (logits,), or for a distilled model

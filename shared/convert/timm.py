@@ -6,7 +6,9 @@ What a timm state dict determines, and so is read from it (the file wins over a 
   (their count from `reg_token`'s shape), LayerScale (`ls1.gamma`, `ls2.gamma`; old `gamma_1`/`gamma_2` are renamed
   as timm's own filter does), qk-norm (and with it num_heads: the norms' width is the head dim), `norm_pre`, the final
   `norm` vs `fc_norm`, the attention-pool head (`attn_pool.*`), old pre-logits, num_classes (`head`, 0 without),
-  and whether the MLP is gated (fc1 with twice fc2's input rows: timm's packed GluMlp, DINOv2-giant's SwiGLUPacked).
+  and whether the MLP is gated (fc1 with twice fc2's input rows: timm's packed GluMlp, DINOv2-giant's SwiGLUPacked);
+  BEiT3's sub-LNs (`attn.norm` before attn.proj: scale_attn_norm -> attn_inner_norm; `mlp.norm` before fc2:
+  scale_mlp_norm -> mlp_inner_norm).
   The pooling where the keys settle it: `attn_pool.*` -> 'map', a distillation token -> 'token', no class token ->
   'mean' (timm 'avg' over the patch tokens).
 What it cannot tell, and so must be stated:
@@ -66,8 +68,7 @@ states the whole config (`timm_resolve._vit_config`), the keys are read as thems
 that builds them, `_STATED_BASES`).
 
 Refused by name in a VisionTransformer file no architecture names (the canonical model cannot tell them from the
-keys): norms inside the patch embedding, unpacked gated MLPs (timm SwiGLU: fc1_g / fc1_x); always: norms inside
-attention / MLP, hybrid CNN stems, separate q/k/v projections, a per-block relative bias
+keys): norms inside the patch embedding, unpacked gated MLPs (timm SwiGLU: fc1_g / fc1_x); always: hybrid CNN stems, separate q/k/v projections, a per-block relative bias
 summed with a shared one, Swin-v2's relative MLP, an attention pool with its own positions or qk-norm, pooling timm
 calls 'avgmax', 'max', 'prr' or '' (none).
 
@@ -137,8 +138,6 @@ _UNSUPPORTED = [
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (embed_norm_layer, key patch_embed.norm)",
      "its kind and eps are not in the keys: name the architecture (config.json, --preset) and timm's model states "
      "them (AIMv2)"),
-    (r"\.attn\.norm\.", "a norm inside attention (scale_attn_norm=True)", "canonical attention has no inner norm"),
-    (r"\.mlp\.norm\.", "a norm inside the MLP (scale_mlp_norm=True)", "the canonical MLP has no inner norm"),
     (r"\.mlp\.w12\.|\.mlp\.w3\.", "a gated MLP with keys mlp.w12 / w3", "the canonical gated MLPs are timm's "
      "SwiGLUPacked (one fc1 holding [gate; value]) and SwiGLU (fc1_g, fc1_x)"),
     (r"\.mlp\.fc1_[gx]\.", "an unpacked gated MLP (timm SwiGLU, keys mlp.fc1_g / fc1_x)", "its activation and "
@@ -162,7 +161,8 @@ _resolve_preset, _unresolved = resolve_preset, unresolved
 def _resolved_facts(r: Resolved) -> dict[str, Any]:
     """What timm's built model states about a file's unknowns (as _preset_facts does for a preset)."""
     return {k: r.facts[k] for k in ("num_heads", "layer_norm_eps", "gelu", "mlp", "pool", "image_size",
-                                    "pos_rows", "init_values", "name", "block_norm") if r.facts.get(k) is not None}
+                                    "pos_rows", "init_values", "name", "block_norm", "pool_include_prefix",
+                                    "pool_heads") if r.facts.get(k) is not None}
 
 
 def _shape_conflicts(st: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -226,6 +226,12 @@ def _preset_facts(p: ViTConfig) -> dict[str, Any]:
         facts.update(mlp="gelu", gelu=p.gelu)
     if p.init_values is not None:
         facts["init_values"] = p.init_values
+    if p.attn_inner_norm or p.mlp_inner_norm:  # BEiT3's sub-LNs (the file's keys show them too)
+        facts.update(attn_inner_norm=p.attn_inner_norm, mlp_inner_norm=p.mlp_inner_norm)
+    if p.pool_include_prefix:  # what the keys cannot show: the pool sees the prefix tokens too
+        facts["pool_include_prefix"] = True
+    if p.pool_heads is not None:
+        facts["pool_heads"] = p.pool_heads
     return facts
 
 
@@ -250,9 +256,11 @@ def _facts_from_timm_config(tc: Mapping[str, Any], source: str) -> dict[str, Any
         if args.get(bad) is not None:
             raise ConversionError(f"{source}: config.json sets model_args.{bad}={args[bad]!r}, which this converter "
                                   f"cannot interpret; pass --preset NAME with the model's numerics instead")
-    if args.get("pool_include_prefix"):
-        raise ConversionError(f"{source}: config.json sets model_args.pool_include_prefix=true: the pool sees the "
-                              f"prefix tokens too; canonical pooling ('avg', 'map') sees the patch tokens only")
+    if "pool_include_prefix" in args:  # the pool ('avg', 'map') sees the prefix tokens too
+        if not isinstance(args["pool_include_prefix"], bool):
+            raise ConfigError(f"{where}: 'pool_include_prefix' must be true or false, got "
+                              f"{shown(args['pool_include_prefix'])}")
+        facts["pool_include_prefix"] = args["pool_include_prefix"]
     if "num_heads" in merged:
         v = merged["num_heads"]
         if not (is_int(v) and 1 <= v <= L.MAX_HEADS):
@@ -573,7 +581,9 @@ def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
                         final_norm="norm.weight" in st, fc_norm="fc_norm.weight" in st,
                         rep=int(np.shape(st["pre_logits.fc.weight"])[0]) if "pre_logits.fc.weight" in st else None,
                         num_classes=int(np.shape(st["head.weight"])[0]) if "head.weight" in st else 0,
-                        qk_norm="blocks.0.attn.q_norm.weight" in st, heads=None, num_parallel=num_parallel)
+                        qk_norm="blocks.0.attn.q_norm.weight" in st, heads=None, num_parallel=num_parallel,
+                        attn_inner_norm="blocks.0.attn.norm.weight" in st,  # BEiT3's sub-LNs (scale_attn_norm,
+                        mlp_inner_norm="blocks.0.mlp.norm.weight" in st)  # scale_mlp_norm): every block's, by take
     _rel_pos_facts(f, st, source)
     if f.final_norm and f.fc_norm:
         raise ConversionError(f"{source}: both 'norm' and 'fc_norm' present; timm uses one or the other")
@@ -586,6 +596,8 @@ def facts(st: Mapping[str, Any], source: str) -> SimpleNamespace:
                                   f"embed_dim {D} into heads")
         f.heads = D // hd
     f.pool = "map" if f.has_map else "token" if f.has_dist else "mean" if not f.has_cls else None
+    fc1 = np.shape(st.get("attn_pool.mlp.fc1.weight", ()))  # the attention pool's MLP width (NaFlexVit may differ)
+    f.pool_mlp_dim = int(fc1[0]) if len(fc1) == 2 and int(fc1[0]) != f.mlp_dim else None
     f.n0 = int(f.has_cls) + int(f.has_dist) + f.reg_tokens
     return f
 
@@ -854,7 +866,8 @@ def _tell_preset_conflicts(f: SimpleNamespace, k: _Known, st: Mapping[str, Any],
                          reg_tokens=f.reg_tokens, pos_embed="learned" if f.has_pos else "none", norm_pre=f.norm_pre,
                          final_norm=f.final_norm, fc_norm=f.fc_norm, representation_size=f.rep,
                          num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
-                         rel_pos_shared=f.rel_pos_shared)
+                         rel_pos_shared=f.rel_pos_shared, attn_inner_norm=f.attn_inner_norm,
+                         mlp_inner_norm=f.mlp_inner_norm)
         conflicts = [f"{key}: preset {getattr(p_cfg, key)!r}, file {v!r}" for key, v in file_vals.items()
                      if getattr(p_cfg, key) != v]
         if (p_cfg.init_values is not None) != f.layer_scale:
@@ -912,6 +925,9 @@ def _timm_config(f: SimpleNamespace, k: _Known, *, H, eps, act, pool, pool_by, n
             representation_size=f.rep, num_classes=f.num_classes, k_bias=f.k_bias, rel_pos=f.rel_pos,
             rel_pos_shared=f.rel_pos_shared, rel_pos_dim=f.rel_pos_dim, block_norm=block_norm,
             num_parallel=f.num_parallel,
+            attn_inner_norm=f.attn_inner_norm, mlp_inner_norm=f.mlp_inner_norm,
+            pool_include_prefix=bool(known.get("pool_include_prefix")) and pool in ("mean", "map") and f.n0 > 0,
+            pool_heads=known.get("pool_heads") if pool == "map" else None, pool_mlp_dim=f.pool_mlp_dim,
             notes=f"imported from timm checkpoint {k.source}; what the file does not determine: {told}", **extra)
     except ConfigError as e:
         raise ConversionError(f"{k.source}: the imported model is not a valid ViTConfig: {e}") from None
@@ -1031,6 +1047,9 @@ def _naflex_problems(cfg: ViTConfig) -> list[str]:
         p.append("a packed SwiGLU MLP: NaFlexVit's swiglu_mlp builds EVA blocks with an unpacked SwiGLU")
     if cfg.layer_norm_eps != TIMM_DEFAULT_EPS:
         p.append(f"LayerNorm eps {cfg.layer_norm_eps}: NaFlexVit's norm_layer is named by a string (eps 1e-6)")
+    if cfg.attn_inner_norm or cfg.mlp_inner_norm:
+        p.append("a norm inside attention or the MLP (attn_inner_norm / mlp_inner_norm): NaFlexVitCfg has no "
+                 "scale_attn_norm / scale_mlp_norm")
     return p
 
 
@@ -1048,10 +1067,11 @@ def key_map(cfg: ViTConfig, extra: Sequence[Entry] = ()) -> list[Entry]:
 # ---------------------------------------------------------------------------- timm's Eva class
 def is_eva(cfg: ViTConfig) -> bool:
     """Whether `cfg` is a timm `Eva` (an option only timm's Eva has on: rotary positions, q/v biases without k,
-    separate q/k/v, inner norms, attention-only LayerScale) rather than a VisionTransformer."""
+    separate q/k/v, attention-only LayerScale) rather than a VisionTransformer. The inner norms alone (attn_inner_norm,
+    mlp_inner_norm) are timm's VisionTransformer with scale_attn_norm / scale_mlp_norm (BEiT3); RMSNorm and timm's
+    unpacked SwiGLU alone are a stated VisionTransformer (`is_vit_stated`: AIMv2)."""
     return cfg.rel_pos == "none" and (  # q/v biases with a relative position bias: timm's Beit
-        cfg.rope != "none" or not cfg.qkv_fused or (cfg.qkv_bias and not cfg.k_bias) or cfg.attn_inner_norm
-        or cfg.mlp_inner_norm or cfg.ls_attn_only)
+        cfg.rope != "none" or not cfg.qkv_fused or (cfg.qkv_bias and not cfg.k_bias) or cfg.ls_attn_only)
 
 
 def is_vit_stated(cfg: ViTConfig) -> bool:
@@ -1142,8 +1162,11 @@ def _eva_problems(cfg: ViTConfig) -> list[str]:
     if cfg.patch_bias == cfg.norm_pre:
         p.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}: timm's Eva builds the patch projection "
                  f"with bias = not use_pre_transformer_norm")
-    if cfg.pool == "map" and cfg.num_prefix_tokens:
-        p.append("pool='map' with prefix tokens: timm's Eva pools every token")
+    if cfg.pool == "map" and cfg.num_prefix_tokens and not cfg.pool_include_prefix:
+        p.append("pool='map' over the patch tokens only with prefix tokens: timm's Eva's attention pool sees every "
+                 "token (pool_include_prefix)")
+    if cfg.pool == "mean" and cfg.pool_include_prefix:
+        p.append("pool='mean' over the prefix tokens too (pool_include_prefix): timm's Eva averages the patch tokens")
     if cfg.block_norm == "post" and (cfg.qk_norm or cfg.ls_attn_only):
         p.append("post-norm blocks with qk-norm or attention-only LayerScale: timm's Eva refuses them with "
                  "use_post_norm")
@@ -1175,10 +1198,16 @@ def eva_model_kwargs(cfg: ViTConfig) -> dict[str, Any]:
     return kw
 
 
-#: the architecture an exported Eva config is built on, by its norm (kind, eps): only the norm layer, which JSON
-#: model_args cannot name, comes from it; every size and option is given
-_EVA_BASES = {("layer", 1e-6): "eva02_tiny_patch14_224", ("layer", 1e-5): "vit_base_patch16_dinov3",
-              ("rms", 1e-6): "vit_base_patch16_sapiens2"}
+#: the architectures an exported Eva config is built on, by its norm (kind, eps), the first that fits: only the norm
+#: layer, which JSON model_args cannot name, comes from it; every size and option is given
+_EVA_BASES = {("layer", 1e-6): ("eva02_tiny_patch14_224", "eva_giant_patch14_224"),
+              ("layer", 1e-5): ("vit_base_patch16_dinov3", "vit_pe_core_base_patch16_224"),
+              ("rms", 1e-6): ("vit_base_patch16_sapiens2",)}
+#: the Eva arguments each base sets that a config's null would not override (create_model drops a None kwarg, so the
+#: base's LayerScale init or rope reference grid would stay): a base fits a config that has its own of each
+_EVA_BASE_SETS = {"eva02_tiny_patch14_224": {"ref_feat_shape"}, "eva_giant_patch14_224": set(),
+                  "vit_base_patch16_dinov3": {"init_values"}, "vit_pe_core_base_patch16_224": {"ref_feat_shape"},
+                  "vit_base_patch16_sapiens2": {"init_values"}}
 
 
 def _refuse_for_eva(cfg: ViTConfig) -> None:
@@ -1210,7 +1239,9 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
         kw.update(rope_type=cfg.rope, rope_temperature=cfg.rope_temperature, rope_grid_indexing=cfg.rope_indexing,
                   rope_rotate_half=cfg.rope_rotate_half, rope_grid_offset=cfg.rope_offset)
     if cfg.pool == "map":
-        kw.update(attn_pool_num_heads=cfg.num_heads, attn_pool_mlp_ratio=ratio)
+        P = cfg.pool_args()["hidden"]  # timm sizes the pool's MLP int(D * attn_pool_mlp_ratio)
+        kw.update(attn_pool_num_heads=cfg.pool_heads or cfg.num_heads,
+                  attn_pool_mlp_ratio=P / D if int(D * (P / D)) == P else (P + 0.5) / D)
     return kw
 
 
@@ -1219,8 +1250,8 @@ def eva_model_args(cfg: ViTConfig) -> dict[str, Any]:
 #: concat head (prefix tokens without a position row: no_embed_class, or folded into their tokens by timm_form)
 TIMM_FAMILY = ("LayerScale", "distillation", "register", "without a position row", "norm_pre", "qk-norm",
                "attention-pool", "patch_bias=False", "SwiGLU", "QuickGELU", "post-norm", "parallel blocks",
-               "patch_norm", "proj_bias=False",
-               "RMSNorm")
+               "patch_norm", "proj_bias=False", "RMSNorm", "a norm inside attention", "a norm inside the MLP",
+               "over the prefix tokens too")
 #: the architecture a stated VisionTransformer config (`is_vit_stated`) is built on from a config.json, by (norm kind,
 #: eps, MLP): model_args cannot name a norm layer with its eps or an MLP class, the base builds them
 _STATED_BASES = {("rms", 1e-5, "swiglu_unpacked"): "aimv2_large_patch14_224", ("rms", 1e-6, "gelu"): "test_vit4",
@@ -1263,6 +1294,9 @@ def _rel_pos_problems(cfg: ViTConfig) -> list[str]:
         p.append("norm_pre / a patch projection without bias: not in timm's Beit / VisionTransformerRelPos")
     if cfg.pool not in ("token", "mean"):
         p.append(f"pool={cfg.pool!r} with a relative position bias: timm's classes pool 'token' or 'avg'")
+    if cfg.pool_include_prefix:
+        p.append("pool_include_prefix with a relative position bias: timm's Beit and VisionTransformerRelPos average "
+                 "the patch tokens only")
     if cfg.final_norm == cfg.fc_norm:
         p.append("timm's Beit and VisionTransformerRelPos have a final norm or fc_norm, exactly one")
     if cls == "Beit" and cfg.block_norm == "post":
@@ -1401,14 +1435,18 @@ def timm_architecture(cfg: ViTConfig) -> str:
     name when that is a timm one (the family presets carry timm's names), else a base whose model class
     (VisionTransformer, or deit's VisionTransformerDistilled for a distillation token) and LayerNorm (eps 1e-6, or
     CLIP's 1e-5) fit; the kwargs give every size and option. A timm Eva config: its own name when timm's Eva of
-    that name (an Eva preset), else an Eva whose norm layer (kind and eps) fits (_EVA_BASES)."""
+    that name (an Eva preset), else an Eva whose norm layer (kind and eps) fits and that sets nothing the config
+    leaves unset (_EVA_BASES, _EVA_BASE_SETS: a null kwarg is dropped by create_model)."""
     if is_eva(cfg):
         if cfg.name in EVA_PRESETS:
             return cfg.name
-        base = _EVA_BASES.get((cfg.norm_kind, cfg.layer_norm_eps))
+        nulls = {k for k, v in eva_model_args(cfg).items() if v is None}
+        base = next((b for b in _EVA_BASES.get((cfg.norm_kind, cfg.layer_norm_eps), ())
+                     if not _EVA_BASE_SETS[b] & nulls), None)
         if base is None:
             raise ConversionError(f"config {cfg.name!r}: no timm Eva architecture builds {cfg.norm_kind} norms with "
-                                  f"eps {cfg.layer_norm_eps} (known: {sorted(_EVA_BASES)}); build "
+                                  f"eps {cfg.layer_norm_eps} without setting what the config leaves unset "
+                                  f"({', '.join(sorted(nulls)) or 'nothing'}; known: {_EVA_BASES}); build "
                                   f"timm.models.eva.Eva(**eva_model_kwargs(cfg)) instead")
         return base
     if is_naflex(cfg):
@@ -1457,7 +1495,8 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
                     pos_embed_grid_size=list(cfg.table_grid), pos_embed_interp_mode=mode, pos_embed_antialias=aa,
                     pos_embed_align_corners=False, pos_embed_ar_preserving=cfg.pos_ar_preserving,
                     pre_norm=cfg.norm_pre,
-                    final_norm=cfg.final_norm or cfg.fc_norm, fc_norm=cfg.fc_norm, act_layer=TIMM_ACT[cfg.gelu])
+                    final_norm=cfg.final_norm or cfg.fc_norm, fc_norm=cfg.fc_norm, act_layer=TIMM_ACT[cfg.gelu],
+                    **({"pool_include_prefix": True} if cfg.pool_include_prefix else {}))
     gh, gw = cfg.table_grid if cfg.pos_embed == "learned" else cfg.grid
     if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos arguments
         kw = dict(img_size=[gh * cfg.patch_size, gw * cfg.patch_size], patch_size=cfg.patch_size,
@@ -1484,6 +1523,10 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
         reg_tokens=cfg.reg_tokens, pre_norm=cfg.norm_pre, final_norm=cfg.final_norm or cfg.fc_norm,
         fc_norm=cfg.fc_norm, act_layer="silu" if cfg.swiglu else TIMM_ACT[cfg.gelu],
     )
+    if cfg.attn_inner_norm or cfg.mlp_inner_norm:  # BEiT3's sub-LNs (only when on: other configs' args unchanged)
+        kw.update(scale_attn_norm=cfg.attn_inner_norm, scale_mlp_norm=cfg.mlp_inner_norm)
+    if cfg.pool_include_prefix:
+        kw["pool_include_prefix"] = True
     if cfg.pos_embed == "learned" and cfg.table_grid != cfg.grid:
         kw["dynamic_img_size"] = True
     if is_vit_stated(cfg):  # what its base does not build: the projection biases, the patch norm (by name)

@@ -9,15 +9,16 @@ Every fact is read from the BUILT MODULES (model, block, norm, attention, MLP an
 the tokens, the position table), never from the name. Only what the canonical model runs is accepted: timm's
 `VisionTransformer` / `VisionTransformerDistilled` of `Block`s (LayerNorm or RmsNorm, one kind for the whole model,
 `Attention`, `Mlp` with a GELU form or the packed `GluMlp` with SiLU, DINOv2-giant's SwiGLUPacked, timm's unpacked
-`SwiGLU`; projection biases on or off together), a plain-conv `PatchEmbed` (with a norm: AIMv2; a model with options
-its keys cannot tell gets its whole config in facts['vit_config']: `_vit_config`), the one-latent
-`AttentionPoolLatent` MAP head; timm's `Beit` and `VisionTransformerRelPos` with pre-norm blocks and a relative
-position bias (a learned table or the 'cr' RelPosMlp, per block or shared: `_read_rel_pos`). The res-post-norm
-blocks (`ResPostBlock`, `ResPostRelPosBlock`, Eva's `EvaBlockPostNorm`) are read from their class as
-facts['block_norm'] = 'post': their keys are exactly a pre-norm block's, so the block type comes from the built
-model only, never from a file. Anything else is refused by name with the reason (ConversionError), whatever
-else is stated: several of them (rotary positions in a VisionTransformer) have keys a supported model also has, so
-any reading of their files would be silently wrong.
+`SwiGLU`; projection biases on or off together; BEiT3's sub-LNs `attn.norm` / `mlp.norm`), timm's `ParallelThingsBlock`
+(facts['num_parallel']), a plain-conv `PatchEmbed` (with a norm: AIMv2; a model with options its keys cannot tell gets
+its whole config in facts['vit_config']: `_vit_config`), the one-latent `AttentionPoolLatent` MAP head (its own heads;
+over the prefix tokens too with timm's `pool_include_prefix`, as timm's Eva's always is); timm's `Beit` and
+`VisionTransformerRelPos` with pre-norm blocks and a relative position bias (a learned table or the 'cr' RelPosMlp, per
+block or shared: `_read_rel_pos`). The res-post-norm blocks (`ResPostBlock`, `ResPostRelPosBlock`, Eva's
+`EvaBlockPostNorm`) are read from their class as facts['block_norm'] = 'post': their keys are exactly a pre-norm
+block's, so the block type comes from the built model only, never from a file. Anything else is refused by name with
+the reason (ConversionError), whatever else is stated: several of them (rotary positions in a VisionTransformer) have
+keys a supported model also has, so any reading of their files would be silently wrong.
 
 timm and torch are imported lazily; `timm_knows(name)` says whether a resolution is possible at all.
 """
@@ -255,8 +256,6 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
             patch_norm = bool(_norm_kind(pe.norm, arch, "patch_embed.norm", norms))
         if getattr(pe, "dynamic_img_pad", False):
             _refuse(arch, "pads images to a patch multiple (dynamic_img_pad)")
-    if getattr(model, "pool_include_prefix", False):
-        _refuse(arch, "pools the prefix tokens too (pool_include_prefix)")
     if getattr(model, "rope", None) is not None:
         _refuse(arch, "has rotary position embeddings, which its keys do not show")
 
@@ -273,7 +272,7 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
                           "proj_bias is one switch for them)")
         return got.pop()
 
-    gelus, heads, mlps, inits, biases, pars = set(), set(), set(), set(), set(), set()
+    gelus, heads, mlps, inits, biases, pars, inner = set(), set(), set(), set(), set(), set(), set()
     kinds_of_block = {type(blk) for blk in model.blocks}
     branches = []  # (where, norm before attention, attention, where, norm before the MLP, MLP): blocks / branches
     for i, blk in enumerate(model.blocks):
@@ -298,31 +297,33 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         if type(a) is not Attention:
             _refuse(arch, f"has {_tname(a)} attention: "
                           f"{_ATTN_REASONS.get(_tname(a), 'not the timm Attention the canonical model runs')}")
-        if type(a.norm) is not nn.Identity or getattr(a, "gate", None) is not None:
-            _refuse(arch, "has a norm or a gate inside attention (scale_attn_norm / gated attention)")
+        if getattr(a, "gate", None) is not None:
+            _refuse(arch, "has gated attention (a sigmoid gate before attn.proj): the canonical attention has none")
+        inner.add((norm(a.norm, f"{wa}.attn.norm"), norm(getattr(m, "norm", nn.Identity()),
+                                                         f"{wm}.mlp.norm")))  # BEiT3's sub-LNs
         if a.attn_dim != n1.normalized_shape[0] or not math.isclose(a.scale, a.head_dim ** -0.5):
             _refuse(arch, "has an attention width or scale other than embed_dim and head_dim**-0.5")
         norm(a.q_norm, f"{wa}.attn.q_norm")
         norm(a.k_norm, f"{wa}.attn.k_norm")
         heads.add(int(a.num_heads))
-        if type(m) is Mlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity:
+        if type(m) is Mlp and type(m.fc1) is nn.Linear:
             gelus.add(_gelu_form(m.act, arch, f"{wm}.mlp"))
             mlps.add("gelu")
             biases.add(has_bias(a.proj, m.fc1, m.fc2))
-        elif type(m) is GluMlp and type(m.fc1) is nn.Linear and type(m.norm) is nn.Identity \
+        elif type(m) is GluMlp and type(m.fc1) is nn.Linear \
                 and type(m.act) is nn.SiLU and not m.gate_last and m.chunk_dim == -1:
             mlps.add("swiglu")
             biases.add(has_bias(a.proj, m.fc1, m.fc2))
-        elif type(m) is SwiGLU and type(m.act) is nn.SiLU and type(m.norm) is nn.Identity:  # AIMv2: fc1_g, fc1_x
+        elif type(m) is SwiGLU and type(m.act) is nn.SiLU:  # AIMv2: fc1_g, fc1_x
             mlps.add("swiglu_unpacked")
             biases.add(has_bias(a.proj, m.fc1_g, m.fc1_x, m.fc2))
         else:
             _refuse(arch, f"has a {_tname(m)} MLP{' with ' + _tname(getattr(m, 'act', None)) if hasattr(m, 'act') else ''}"
                           f" (the canonical MLP is timm's Mlp with a GELU form, SwiGLUPacked or SwiGLU)")
     if len(heads) > 1 or len(mlps) > 1 or len(gelus) > 1 or len(inits) > 1 or len(biases) > 1 or len(pars) > 1 \
-            or len(kinds_of_block) > 1:
-        _refuse(arch, "varies heads, MLP kind, activation, projection biases, LayerScale init or block type across "
-                      "its blocks")
+            or len(kinds_of_block) > 1 or len(inner) > 1:
+        _refuse(arch, "varies heads, MLP kind, activation, projection biases, inner norms, LayerScale init or block "
+                      "type across its blocks")
     pre = norm(model.norm_pre, "norm_pre")
     final = norm(model.norm, "norm")
     fc = norm(model.fc_norm, "fc_norm")
@@ -334,9 +335,9 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
         ap = model.attn_pool
         if type(ap) is not AttentionPoolLatent or ap.latent_len != 1 or ap.pos_embed is not None \
                 or type(ap.q) is not nn.Linear or type(ap.q_norm) is not nn.Identity \
-                or ap.latent_dim != ap.kv.in_features or ap.num_heads not in heads or type(ap.mlp) is not Mlp:
+                or ap.latent_dim != ap.kv.in_features or type(ap.mlp) is not Mlp:
             _refuse(arch, "has an attention pool other than the canonical MAP head (one latent, no positions, no "
-                          "qk-norm, the blocks' heads)")
+                          "qk-norm)")
         if type(ap.norm) is not nn.LayerNorm and _tname(ap.norm) != "LayerNorm":
             _refuse(arch, f"has a {_tname(ap.norm)} as attn_pool.norm (the canonical MAP head's norm is a LayerNorm)")
         norm(ap.norm, "attn_pool.norm", optional=False)
@@ -361,6 +362,11 @@ def _read(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]]:
     facts: dict[str, Any] = dict(name=arch, num_heads=heads.pop(), layer_norm_eps=norms[0][2],
                                  pool={"token": "token", "avg": "mean", "map": "map"}[gp],
                                  image_size=image_size, mlp=mlps.pop())
+    facts["attn_inner_norm"], facts["mlp_inner_norm"] = inner.pop()  # scale_attn_norm / scale_mlp_norm (BEiT3)
+    # the pool over the prefix tokens too (timm's pool_include_prefix: 'avg' and 'map'), the attention pool's heads
+    facts["pool_include_prefix"] = bool(getattr(model, "pool_include_prefix", False)) and gp != "token" and n0 > 0
+    if gp == "map" and int(model.attn_pool.num_heads) != facts["num_heads"]:
+        facts["pool_heads"] = int(model.attn_pool.num_heads)
     if facts["mlp"] == "gelu" or gelus:
         facts["gelu"] = gelus.pop()
     if naflex:  # the table has rows for the patches only (added before the prefix tokens are joined)
@@ -593,16 +599,12 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         _refuse(arch, f"pools with global_pool={gp!r} (canonical pooling: 'token', 'avg' over the patch tokens, "
                       f"'map')")
     n0 = int(model.num_prefix_tokens)
-    if gp == "map":
+    if gp == "map":  # timm's Eva hands its attention pool every token: the prefix tokens too (pool_include_prefix)
         ap = model.attn_pool
-        if n0:
-            _refuse(arch, "pools its prefix tokens too in the attention pool (timm's Eva hands it every token; the "
-                          "canonical MAP head sees the patch tokens only)")
         if type(ap) is not AttentionPoolLatent or ap.latent_len != 1 or ap.pos_embed is not None \
-                or type(ap.q_norm) is not nn.Identity or ap.num_heads != H or type(ap.mlp) is not Mlp \
-                or ap.mlp.fc1.out_features != M:
+                or type(ap.q_norm) is not nn.Identity or type(ap.mlp) is not Mlp:
             _refuse(arch, "has an attention pool other than the canonical MAP head (one latent, no positions, no "
-                          "qk-norm, the blocks' heads and MLP width)")
+                          "qk-norm)")
         _norm_kind(ap.norm, arch, "attn_pool.norm", norms)
         form = _gelu_form(ap.mlp.act, arch, "attn_pool.mlp")
         if gelu is not None and form != gelu:
@@ -621,7 +623,10 @@ def _read_eva(model, arch: str) -> tuple[dict[str, Any], tuple[bool, bool, bool]
         k_bias=k_bias or not qkv_bias, qk_norm=qk, attn_inner_norm=inner, mlp_inner_norm=mnorm,
         init_values=float(init) if g1 else None, ls_attn_only=g1 and not g2, block_norm="post" if post else "pre",
         class_token="learned" if model.cls_token is not None else "none", reg_tokens=reg,
-        pool={"token": "token", "avg": "mean", "map": "map"}[gp],
+        pool={"token": "token", "avg": "mean", "map": "map"}[gp], pool_include_prefix=gp == "map" and n0 > 0,
+        pool_heads=int(model.attn_pool.num_heads) if gp == "map" and model.attn_pool.num_heads != H else None,
+        pool_mlp_dim=int(model.attn_pool.mlp.fc1.out_features)
+        if gp == "map" and model.attn_pool.mlp.fc1.out_features != M else None,
         pos_embed="learned" if model.pos_embed is not None else "none",
         pos_prefix_tokens=0 if model.pos_embed is not None and model.no_embed_class and n0 else None,
         gelu=gelu or "erf", layer_norm_eps=norms[0][2], norm_kind=norms[0][1], norm_pre=bool(pre),

@@ -92,7 +92,8 @@ def export_problems(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = Non
              "class_token", "dist_token", "reg_tokens", "pool", "pos_embed", "pos_prefix_tokens", "pos_grid",
              "resize_kernel", "gelu", "layer_norm_eps", "norm_pre", "final_norm", "fc_norm", "representation_size",
              "num_classes", "output_softmax", "dropout", "attn_dropout", "drop_path", "k_bias", "rel_pos",
-             "rel_pos_shared", "rel_pos_dim", "notes",
+             "rel_pos_shared", "rel_pos_dim", "notes", "pool_include_prefix", "pool_heads",
+             "pool_mlp_dim",
              # the Eva options
              "rope", "rope_temperature", "rope_offset", "rope_indexing", "rope_rotate_half", "rope_ref_grid",
              "qkv_fused", "attn_inner_norm", "mlp_inner_norm", "swiglu_unpacked", "norm_kind", "ls_attn_only",
@@ -422,12 +423,13 @@ class _Builder:
             x = g.op("Mul", g.op("Add", x_cls, x_dist), g.scalar(0.5))
         elif cfg.pool == "token":
             x = self.token(x, 0)
-        elif cfg.pool in ("mean", "token_mean"):
-            patches = g.op("Slice", x, g.ints(n0), g.ints(n0 + N), g.ints(1))
+        elif cfg.pool in ("mean", "token_mean"):  # the patch tokens (every token: pool_include_prefix)
+            start = cfg.pool_start if cfg.pool == "mean" else n0
+            patches = g.op("Slice", x, g.ints(start), g.ints(n0 + N), g.ints(1))
             mean = g.op("ReduceMean", patches, g.ints(1), keepdims=0)
             x = mean if cfg.pool == "mean" else g.op("Concat", self.token(x, 0), mean, axis=-1)
-        else:  # map, over the patch tokens only
-            patches = g.op("Slice", x, g.ints(n0), g.ints(n0 + N), g.ints(1))
+        else:  # map, over the patch tokens (every token: pool_include_prefix), with cfg.pool_args()'s heads
+            patches = g.op("Slice", x, g.ints(cfg.pool_start), g.ints(n0 + N), g.ints(1))
             x = self.attention_pool(patches, "attn_pool", **cfg.pool_args())
         if cfg.fc_norm:
             x = self.norm(x, "fc_norm", cfg.layer_norm_eps, cfg.norm_kind)

@@ -32,10 +32,11 @@ os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "upb")
 # share of the files): pinned to the frameworks' own default, every core.
 for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
     os.environ.setdefault(_v, str(os.cpu_count() or 1))
-# OpenMP threads (torch, MindSpore's kernels) that run out of work sleep instead of spinning: the suite's processes
-# (two pytest-xdist workers, the children of the CLI tests) share the cores, and a thread spinning between two tiny
-# ops takes the core from the other process. It changes who waits how, not how work is split: the same numbers
-# (bit-identical forwards measured), a third of the CPU time for test_torch.py on a loaded machine (21.4 -> 6.8 s).
+# OpenMP threads (torch's) that run out of work sleep instead of spinning: the suite's processes (two pytest-xdist
+# workers, the children of the CLI tests) share the cores, and a thread spinning between two tiny ops takes the core
+# from the other process. It changes who waits how, not how work is split: the same numbers (torch and MindSpore
+# forwards bit-identical), a third of the CPU time for test_torch.py on a loaded machine (21.4 -> 6.8 s); MindSpore's
+# and TensorFlow's own thread pools ignore it (test_mindspore.py 58.5 -> 58.4 s).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if importlib.util.find_spec("mindspore") is not None:
     import mindspore  # noqa: F401  (must precede tensorflow, see above)

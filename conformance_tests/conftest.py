@@ -3,8 +3,9 @@
 The `backend` fixture is every registered backend this process can run: the built-ins, their configuration
 variants (explicit attention, XLA, PyNative, the expm1 softmax) and any third-party one registered through the
 `vit_suite.backends` entry point or VIT_SUITE_BACKENDS. `--backends a,b` narrows it. Keras reads
-KERAS_BACKEND once per process, so this process runs Keras on TensorFlow (`keras`, `keras-xla`); test_keras.py
-runs the Keras matrix again in a process per other Keras backend (`keras-jax`, `keras-torch`); Keras on OpenVINO
+KERAS_BACKEND once per process, so this process runs Keras on TensorFlow (`keras`, `keras-xla`);
+test_keras_backends.py runs the Keras matrix again in a process per other Keras backend (`keras-jax`,
+`keras-torch`); Keras on OpenVINO
 (`keras-openvino`, inference only) and the deployment variants (shared.backend.DEPLOYMENT: `litert`,
 `keras-openvino-ir`, `keras-onnx`, whose every new model is an export taking seconds) are tested by test_artifacts.py,
 and join this matrix only when named with --backends. A registered backend that is not installed FAILS its tests: CI must run all of them. `primary_backend` leaves the variants out, for what a
@@ -31,6 +32,12 @@ os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "upb")
 # share of the files): pinned to the frameworks' own default, every core.
 for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
     os.environ.setdefault(_v, str(os.cpu_count() or 1))
+# OpenMP threads (torch's) that run out of work sleep instead of spinning: the suite's processes (two pytest-xdist
+# workers, the children of the CLI tests) share the cores, and a thread spinning between two tiny ops takes the core
+# from the other process. It changes who waits how, not how work is split: the same numbers (torch and MindSpore
+# forwards bit-identical), a third of the CPU time for test_torch.py on a loaded machine (21.4 -> 6.8 s); MindSpore's
+# and TensorFlow's own thread pools ignore it (test_mindspore.py 58.5 -> 58.4 s).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if importlib.util.find_spec("mindspore") is not None:
     import mindspore  # noqa: F401  (must precede tensorflow, see above)
 
@@ -88,6 +95,34 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend_pair", pairs, ids=[f"{a}-{b}" for a, b in pairs], scope="session")
 
 
+#: the test files that take longest in a worker, longest first (their tests' seconds plus their children's, from the
+#: CI line's --durations and per-file CPU times; an estimate: a file missing here only starts later).
+#: Under `-n 2 --dist loadfile --no-loadscope-reorder` pytest-xdist hands out whole files in collection order, so
+#: these start first and the short files fill in at the end (longest-first keeps both workers busy to the end;
+#: xdist's own order, by number of tests, left the minutes-long subprocess files for last). The other files follow
+#: by number of tests. Only the order changes: every file still runs whole in one worker.
+HEAVIEST_FIRST = ("test_keras_backends.py", "test_cli.py", "test_training.py", "test_conformance.py", "test_sweep.py",
+                  "test_family_hf.py", "test_family_timm.py", "test_keras.py", "test_ecosystems_keras_mindspore.py",
+                  "test_oracles.py", "test_ecosystems.py", "test_grad.py", "test_mindspore.py", "test_importers.py")
+
+
+class _HeaviestFilesFirst:
+    """The files in the order pytest-xdist hands them out (HEAVIEST_FIRST, then by number of tests), after pytest's
+    own reordering (which interleaves the files by the session-scoped backend parameter) and after deselection."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item.path.name] = counts.get(item.path.name, 0) + 1
+        first = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+        items.sort(key=lambda item: (first.get(item.path.name, len(first)), -counts[item.path.name]))  # stable
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # an xdist worker collects; one process keeps pytest's own order
+        config.pluginmanager.register(_HeaviestFilesFirst(), "vit-suite-heaviest-files-first")
+
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
     """A variant's runs on the 12-block seed T2T model are slow-marked: in the CI-sized set the variants run on the
@@ -118,6 +153,7 @@ def pytest_collection_modifyitems(config, items):
         if params.get("preset") in FAMILY_TINY + HEAD_TINY and "batch" in params and (
                 params["batch"] != 2 or params.get("kind") == "uniform" or (variant and params.get("kind") != "normal")):
             item.add_marker(pytest.mark.slow)
+
 
 
 def _get(name: str):

@@ -1,0 +1,102 @@
+"""test_keras.py and the Keras matrix under every Keras backend: this process runs Keras on TensorFlow (conftest), one
+test per other Keras backend runs them again in a process of its own (`keras-jax`, `keras-torch`), and one checks that
+a file written under each Keras backend loads bit-exactly under the other two. A file of its own, apart from
+test_keras.py: these are the suite's longest tests (the JAX matrix takes minutes), and pytest-xdist's
+`--dist loadfile` gives each file whole to one worker, so here they run beside test_keras.py's in the other.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import keras  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the suite's backend for each Keras backend
+TARGETS = {"tensorflow": "keras", "jax": "keras-jax", "torch": "keras-torch"}
+OUTER = keras.backend.backend() == "tensorflow"  # the outer run starts the others; inside them this would recurse
+
+
+@pytest.mark.skipif(not OUTER, reason="run by the TensorFlow process, which starts one process per Keras backend")
+@pytest.mark.parametrize("keras_backend", ["jax", "torch"])
+def test_the_keras_matrix_under_every_keras_backend(keras_backend):
+    """test_keras.py, the forward and gradient matrix and the training checks, for `keras-jax` and `keras-torch`,
+    each in a process whose Keras runs on that backend."""
+    here = Path(__file__).parent
+    target = TARGETS[keras_backend]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                        str(here / "test_keras.py"), str(here / "test_conformance.py"), str(here / "test_grad.py"),
+                        str(here / "test_training.py::test_short_training_beats_chance"),
+                        str(here / "test_training.py::test_shipped_model_reproduces_recorded_accuracy"),
+                        "--backends", target,
+                        # the family's finite-difference, fit and decay-mask checks stay in the TensorFlow run
+                        # (test_grad's oracle comparison covers the family's gradients, and its optimiser-step test
+                        # the optimisers, under every Keras backend)
+                        "-k", "not variant_agrees and not steps_agree and not oracle_matches and not grad_command and "
+                              "not finite_differences_of_the_reference and not family_models_train and "
+                              "not family_optimiser_step"],
+                       capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=keras_backend),
+                       timeout=1800, cwd=str(ROOT))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", r.stdout)
+    assert passed and int(passed.group(1)) >= 60, r.stdout[-2000:]  # the whole matrix ran, not a stray subset
+
+
+@pytest.mark.skipif(not OUTER, reason="run by the TensorFlow process, which starts the JAX and torch ones")
+def test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others(tmp_path):
+    """.keras and .weights.h5 of every keras_files.PRESETS model (tiny_pretrain and the family presets) from each of
+    TensorFlow, JAX and torch, read by the other two: canonical weights bit-exact, forward within the float32 bound
+    (conformance_tests/keras_files.py)."""
+    from . import keras_files
+
+    def under(keras_backend, *actions):
+        r = subprocess.run([sys.executable, "-m", "conformance_tests.keras_files", str(tmp_path), *actions],
+                           capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=keras_backend),
+                           timeout=600, cwd=str(ROOT))
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["keras_backend"] == keras_backend
+        return out["read"]
+
+    keras_files.write(tmp_path)                  # TensorFlow, in this process
+    results = {"jax": under("jax", "write")}
+    results["torch"] = under("torch", "write", "read")   # reads the TensorFlow and JAX files
+    results["jax"] = under("jax", "read")                 # reads the TensorFlow and torch files
+    results["tensorflow"] = keras_files.read(tmp_path)   # reads the JAX and torch files
+    for reader, files in results.items():
+        others = {kb for kb in TARGETS if kb != reader}
+        expected = {f"{kb}.{p}{suffix}" for kb in others for p in keras_files.PRESETS for suffix in keras_files.SUFFIXES}
+        assert set(files) == expected, (reader, sorted(set(files) ^ expected))
+        for name, res in files.items():
+            assert res["bit_exact"] and res["conforms"], (reader, name, res)
+
+
+@pytest.mark.skipif(not OUTER, reason="one check, run from the TensorFlow process")
+def test_a_process_runs_keras_on_one_backend_and_refuses_another_by_name():
+    """Making Keras backend objects starts no framework (the tool's parent lists every Keras target's modes); the
+    first model fixes the process's Keras backend, and a model for another is refused with both named."""
+    code = (
+        "import sys\n"
+        "from shared.backend import get_backend\n"
+        "from shared.errors import BackendError\n"
+        "from shared.presets import get_preset\n"
+        "jx, tf = get_backend('keras-jax'), get_backend('keras')\n"
+        "assert 'keras' not in sys.modules, 'making a backend object imported keras'\n"
+        "jx.build(get_preset('tiny'))\n"
+        "try:\n"
+        "    tf.build(get_preset('tiny'))\n"
+        "except BackendError as e:\n"
+        "    print(e)\n"
+        "else:\n"
+        "    raise SystemExit('a TensorFlow model was built in a process whose Keras runs on JAX')\n")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=str(ROOT))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "'keras' needs Keras on tensorflow, but this process already runs Keras on jax" in r.stdout

@@ -146,7 +146,8 @@ def ray_cluster():
     (cluster, {name: node}); a node's `tmp` is its temp folder."""
     from ray.cluster_utils import Cluster
 
-    root = Path(tempfile.mkdtemp(prefix="vsr-"))  # short: Ray's socket paths must fit in 107 bytes
+    # short, so under /tmp itself (not the xdist worker's temp folder): Ray's socket paths must fit in 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="vsr-", dir="/tmp" if os.path.isdir("/tmp") else None))
     env = {"RAY_TMPDIR": str(root), "RAY_memory_monitor_refresh_ms": "0"}  # also for the sweeps the tests start
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

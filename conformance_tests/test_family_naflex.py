@@ -301,19 +301,13 @@ def test_tiny_naflex_tables_on_every_primary_backend(primary_backend, preset, si
     at a low precision within the bound of the reference run at that precision, and its loss gradients (the
     tables' included) within the gradient bound of the float64 oracle (torch in the CI-sized set, all three with
     -m slow)."""
-    from shared.testing import assert_conforms, case
+    from shared.testing import assert_backend_conforms, case
     from shared.training import grad as G
 
     be = primary_backend
     cfg, state, x = case(preset, image_size=size)
     cfg = cfg if size is None else cfg.with_image_size(size)  # the tables stay at their grid
-    kw = {} if size is None else dict(image_size=size)
-    v = assert_conforms(preset, "float32", be.forward(be.build(cfg, state), x), **kw)
-    print(f"{be.name} {preset} {size or ''} float32: worst stage at {max(s.rel_l2 / s.bound for s in v.stages):.3f} "
-          f"of its bound")
-    low = next(d for d in ("bfloat16", "float16") if d in be.dtypes)
-    v = assert_conforms(preset, low, be.forward(be.build(cfg, state, dtype=low), x), **kw)
-    print(f"{be.name} {low}: {v.summary()}")
+    assert_backend_conforms(be, preset, cfg, **({} if size is None else dict(image_size=size)))
     y = np.random.default_rng(3).integers(0, cfg.num_classes, x.shape[0])
     _, grads = be.loss_and_grads(cfg, state, x, y, 0.1)
     _, g64 = _oracle(cfg, state, x, y)

@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import reference, tolerances
+from .config import ViTConfig
 from .init import init_weights, random_images
 from .presets import get_preset
 
@@ -83,3 +84,18 @@ def assert_conforms(preset: str, dtype: str, actual: dict[str, np.ndarray], **ca
                       for s in v.stages)
     assert v.passed, f"{preset} {dtype}: {v.summary()}\n{table}"
     return v
+
+
+def assert_backend_conforms(be, preset: str, cfg: ViTConfig | None = None,
+                            **case_kw) -> tuple[tolerances.Verdict, tolerances.Verdict]:
+    """A backend's float32 forward of a preset's case, and its low precision's (bfloat16, else float16), each stage
+    within the policy's bound (`assert_conforms`); prints each one's margin. `cfg`: the model to build when it is not
+    the case's own (a NaFlex model built for another image size). Returns (float32 verdict, low-precision verdict)."""
+    cfg0, state, x = case(preset, **case_kw)
+    cfg = cfg or cfg0
+    v32 = assert_conforms(preset, "float32", be.forward(be.build(cfg, state), x), **case_kw)
+    print(f"{be.name} {preset} float32: worst stage at {max(s.rel_l2 / s.bound for s in v32.stages):.3f} of its bound")
+    low = next(d for d in ("bfloat16", "float16") if d in be.dtypes)
+    vlo = assert_conforms(preset, low, be.forward(be.build(cfg, state, dtype=low), x), **case_kw)
+    print(f"{be.name} {preset} {low}: {vlo.summary()}")
+    return v32, vlo

@@ -87,6 +87,7 @@ Decisions:
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -678,6 +679,13 @@ def _variant(cfg: ViTConfig, mt: str) -> tuple[str, str]:
     return "model", fam.classes[0]
 
 
+#: model types with an exporter module of their own (file layout only): (module, function, what they are)
+_OWN_EXPORTERS = {HF_CLIP_TYPES: (".hf_clip", "export_hf_clip", "CLIP and SigLIP"),
+                  HF_BEIT_TYPES: (".hf_beit", "export_hf_beit", "BEiT and data2vec-vision"),
+                  HF_DINOV3_TYPES: (".hf_dinov3", "export_hf_dinov3", "DINOv3"),
+                  HF_AIMV2_TYPES: (".hf_aimv2", "export_hf_aimv2", "AIMv2")}
+
+
 def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "file",
               model_type: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Canonical -> (HF state dict, config.json dict) of model type `model_type` (default: hf_model_type(cfg)).
@@ -695,31 +703,11 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'file' or 'module', got {layout!r}")
     mt = model_type or hf_model_type(cfg)
-    if mt in HF_CLIP_TYPES:
-        if layout != "file":
-            raise ValueError(f"layout={layout!r}: CLIP and SigLIP are exported in the file layout only")
-        from .hf_clip import export_hf_clip
-
-        return export_hf_clip(cfg, state, mt)
-    if mt in HF_BEIT_TYPES:
-        if layout != "file":
-            raise ValueError(f"layout={layout!r}: BEiT and data2vec-vision are exported in the file layout only")
-        from .hf_beit import export_hf_beit
-
-        return export_hf_beit(cfg, state, mt)
-    if mt in HF_DINOV3_TYPES:
-        if layout != "file":
-            raise ValueError(f"layout={layout!r}: DINOv3 is exported in the file layout only")
-        from .hf_dinov3 import export_hf_dinov3
-
-        return export_hf_dinov3(cfg, state, mt)
-
-    if mt in HF_AIMV2_TYPES:
-        if layout != "file":
-            raise ValueError(f"layout={layout!r}: AIMv2 is exported in the file layout only")
-        from .hf_aimv2 import export_hf_aimv2
-
-        return export_hf_aimv2(cfg, state, mt)
+    for types, (module, function, what) in _OWN_EXPORTERS.items():  # the types with an exporter of their own
+        if mt in types:
+            if layout != "file":
+                raise ValueError(f"layout={layout!r}: {what} are exported in the file layout only")
+            return getattr(importlib.import_module(module, __package__), function)(cfg, state, mt)
     fam = _FAMILIES.get(mt)
     if fam is None:
         raise ConversionError(f"model_type {mt!r} is not a Hugging Face type vit-suite writes "

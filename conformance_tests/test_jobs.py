@@ -55,6 +55,17 @@ def test_the_thread_count_does_not_depend_on_the_jobs():
     assert J.thread_env(3)["OMP_NUM_THREADS"] == "3"
 
 
+def test_the_costliest_children_start_first():
+    """Longest-first: the default check's Keras children before torch and the runtimes; a backend without a
+    measured cost (a plug-in, a deployment variant) first of all; every name once, ties in the order asked for."""
+    from shared.backend import START_COST, available_backends, start_order
+
+    assert all(b in START_COST for b in available_backends())  # every primary backend has a measured cost
+    order = start_order(["onnxruntime", "torch", "keras-jax", "plugin", "keras", "mindspore"])
+    assert order == ["plugin", "keras", "keras-jax", "mindspore", "torch", "onnxruntime"]
+    assert start_order(["torch-explicit", "torch"]) == ["torch-explicit", "torch"]
+
+
 def test_a_crashing_task_takes_down_only_its_warm_worker(tiny, tmp_path, monkeypatch):
     """One worker serves batch 2 twice; a batch of 3 aborts it: that task alone is reported crashed (with the
     worker's exit code and last stderr lines), the next task starts a fresh worker, and a warm worker's output is a

@@ -17,7 +17,7 @@ import numpy as np
 from .. import reference, tolerances
 from .. import fileio as F
 from .. import weights as W
-from ..backend import available_backends, backend_names
+from ..backend import available_backends, backend_names, start_order
 from ..config import ViTConfig
 from ..errors import EXIT_OK, EXIT_USAGE, InvalidFileError, NonFiniteError, SuiteError, UsageError
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
@@ -61,8 +61,8 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
               jobs: int | None = None, threads: int | None = None, runner=None) -> CheckResult:
     """Reference + every backend (each in its own process, `env` added to its environment) + pairwise comparison.
 
-    The children start first and run `jobs` at once (default: as many as the cores and memory hold,
-    shared/jobs.py) while this process computes the float64 reference. Each child gets `threads` threads
+    The children start first, the costliest first (`start_order`), and run `jobs` at once (default: as many as
+    the cores and memory hold, shared/jobs.py) while this process computes the float64 reference. Each child gets `threads` threads
     (default `jobs.child_threads()`, fixed per machine), so the numbers do not depend on `jobs`; `env` (the
     sweep's) overrides them. `runner`: how a child runs (`run_child`, or a sweep's warm workers). The runs come
     back in the order of `backends`; `on_event(backend, status)` as each finishes."""
@@ -83,7 +83,7 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
         spec = {"weights": str(weights), "input": str(images_path), "dtype": dtype, "stages": True,
                 "image_size": list(image_size) if image_size != tuple(cfg.image_size) else None}
         futures = {pool.submit("forward", {**spec, "backend": b}, Path(tmp), name=b, env=child_env): b
-                   for b in backends}
+                   for b in start_order(backends)}
         notify("reference", "float64 reference" + (f"; {len(backends)} backend(s) started, {slots} at once"
                                                     if backends else ""))
         ref64 = reference.forward(cfg, state, images)

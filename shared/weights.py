@@ -186,6 +186,16 @@ def _shape_of(v) -> tuple:
         return ()
 
 
+def non_finite(a: np.ndarray) -> int:
+    """How many NaN / Inf values a floating array holds. A finite sum proves there are none (a NaN or an Inf makes
+    any sum non-finite), at the speed of reading the array and without a mask as large as it; only a non-finite sum
+    (a NaN or Inf, or finite values whose sum overflows) counts them one by one."""
+    with np.errstate(all="ignore"):
+        if a.size and np.isfinite(np.add.reduce(a, axis=None)):
+            return 0
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
 def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<state dict>",
                    check_dtype: bool = True) -> None:
     """Raise MismatchError naming every missing/unexpected key, wrong shape/dtype and non-finite tensor.
@@ -214,10 +224,9 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
         if check_dtype and dt != "float32":
             problems.append(f"key {k!r}: expected dtype float32, got {dt}")
         elif dt in ("float16", "float32", "float64") and not isinstance(v, TensorSpec):
-            finite = np.isfinite(np.asarray(v))
-            if not finite.all():
-                problems.append(f"key {k!r}: {int(finite.size - np.count_nonzero(finite))} non-finite value(s) "
-                                f"(NaN or Inf)")
+            bad = non_finite(np.asarray(v))
+            if bad:
+                problems.append(f"key {k!r}: {bad} non-finite value(s) (NaN or Inf)")
     if problems:
         raise MismatchError(source, problems)
 
@@ -331,34 +340,44 @@ def header_specs(header: Mapping) -> dict[str, TensorSpec]:
             if k != "__metadata__"}
 
 
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Any safetensors file -> (tensors as NumPy, metadata). bfloat16 is upcast to float32 (exact)."""
-    header = read_safetensors_header(path)
-    from safetensors import SafetensorError, safe_open
+def read_tensors(path: str | os.PathLike, *, writable: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Any safetensors file -> (tensors as NumPy, metadata). bfloat16 is upcast to float32 (exact).
 
+    The tensors are views of one memory map of the file, placed by its checked header (`read_safetensors_header`):
+    nothing is copied until it is used. writable: a private (copy-on-write) map, so writing to an array changes the
+    process's copy, never the file; writable=False: read-only arrays (what the importers read, which
+    `shared.convert.common.to_float32` then takes without a copy)."""
+    import mmap
+
+    header = read_safetensors_header(path)
+    meta = dict(header.get("__metadata__") or {})
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0 or size == 8 + n:  # no data bytes: nothing to map (mmap refuses an empty span)
+            buf = memoryview(bytearray(0))
+        else:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
+    base = 8 + n
+    need = base + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if len(buf) < need and need > base:
+        raise InvalidFileError(f"{path}: {len(buf):,} bytes, shorter than its header claims (changed while read?)")
     tensors: dict[str, np.ndarray] = {}
-    try:
-        bf16 = [k for k, v in header.items() if k != "__metadata__" and v.get("dtype") == "BF16"]
-        if bf16:
-            import ml_dtypes  # safetensors' numpy API has no bfloat16: read raw bytes
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            for k in f.keys():
-                if k in bf16:
-                    continue
-                tensors[k] = f.get_tensor(k)
-        if bf16:
-            with open(path, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                base = 8 + n
-                for k in bf16:
-                    s, e = header[k]["data_offsets"]
-                    fh.seek(base + s)
-                    arr = np.frombuffer(fh.read(e - s), dtype=ml_dtypes.bfloat16).reshape(header[k]["shape"])
-                    tensors[k] = arr.astype(np.float32)
-    except SafetensorError as e:
-        raise InvalidFileError(f"{path}: unreadable safetensors file: {e}") from None
-    return tensors, dict(meta)
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        s, e = v["data_offsets"]
+        if v["dtype"] == "BF16":  # NumPy has no bfloat16: ml_dtypes reads it, upcast to float32
+            import ml_dtypes
+
+            raw = np.frombuffer(buf, np.uint8, e - s, base + s) if e > s else np.zeros(0, np.uint8)
+            tensors[k] = raw.view(ml_dtypes.bfloat16).reshape(v["shape"]).astype(np.float32)
+            continue
+        dtype = np.dtype(SAFETENSORS_DTYPES[v["dtype"]][0]).newbyteorder("<")
+        count = (e - s) // dtype.itemsize
+        arr = np.frombuffer(buf, dtype, count, base + s) if count else np.zeros(0, dtype)
+        tensors[k] = arr.reshape(v["shape"])
+    return tensors, meta
 
 
 def config_from_metadata(meta: Mapping[str, str], source: str) -> ViTConfig:

@@ -23,6 +23,7 @@ dataset (an optimizer's are ignored): MismatchError / InvalidFileError naming th
 """
 from __future__ import annotations
 
+import bisect
 import datetime
 import io
 import json
@@ -287,6 +288,173 @@ def _h5_image(cfg: ViTConfig, state: Mapping[str, np.ndarray], *, standalone: bo
     return bio.getbuffer()
 
 
+def _address(data) -> int:
+    return np.frombuffer(data, np.uint8).ctypes.data if memoryview(data).nbytes else 0
+
+
+class _Fallback(Exception):
+    """HDF5 did something `_Recorder` does not model: the image is made the plain way (`_h5_image`)."""
+
+
+class _Recorder:
+    """The file object HDF5 writes a `.keras` member's weights file into (h5py's file-object driver: the same
+    layout as a BytesIO), keeping what it writes as pieces, last write winning: metadata as bytes, and each tensor's
+    data, written by HDF5 straight from the buffer h5py was given, as a reference to the canonical tensor. Nothing
+    of the tensor data is copied, transposed or even read while HDF5 lays the file out: `emit` writes the image,
+    producing each tensor in Keras' layout as it goes."""
+
+    def __init__(self):
+        self.pos = self.size = 0
+        self.segs: list[list] = []  # [start, end, bytes | (key, kind), offset into it], sorted, not overlapping
+        self.starts: list[int] = []  # the pieces' starts (bisect)
+        self.expect: tuple[int, int, tuple[str, str]] | None = None  # (address, nbytes, (key, kind)) being written
+        self.seen: list[tuple[str, str]] = []
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        pass
+
+    def _cut(self, start: int, end: int) -> int:
+        """Drop what [start, end) overwrites (pieces cut at its edges); returns where a piece at `start` goes."""
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        j = bisect.bisect_left(self.starts, end)
+        kept = []
+        for seg in self.segs[i:j]:
+            s, e, what, off = seg
+            if e <= start or s >= end:
+                kept.append(seg)
+                continue
+            if s < start:
+                kept.append([s, start, what, off])
+            if e > end:
+                kept.append([end, e, what, off + end - s])
+        self.segs[i:j] = kept
+        self.starts[i:j] = [x[0] for x in kept]
+        return bisect.bisect_left(self.starts, start)
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if n == 0:
+            return 0
+        start, end = self.pos, self.pos + n
+        at = self._cut(start, end)
+        if self.expect is not None and n == self.expect[1] and _address(data) == self.expect[0]:
+            what = self.expect[2]
+            self.seen.append(what)
+            self.expect = None
+        else:
+            what = bytes(data)
+        self.segs.insert(at, [start, end, what, 0])
+        self.starts.insert(at, start)
+        self.pos, self.size = end, max(self.size, end)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if size < self.size:  # as a BytesIO: cut short, never extended
+            self._cut(size, self.size)
+            self.size = size
+        return size
+
+    def readinto(self, b) -> int:
+        out = memoryview(b).cast("B")
+        start, end = self.pos, min(self.pos + len(out), self.size)
+        if end <= start:
+            return 0
+        out[:end - start] = bytes(end - start)
+        for s, e, what, off in self.segs:
+            if e <= start or s >= end:
+                continue
+            if not isinstance(what, bytes):  # HDF5 reading tensor data back: not modelled
+                raise _Fallback(f"HDF5 read back tensor data at {s}")
+            lo, hi = max(s, start), min(e, end)
+            out[lo - start:hi - start] = what[off + lo - s:off + hi - s]
+        self.pos = end
+        return end - start
+
+    def read(self, n: int = -1) -> bytes:
+        buf = bytearray(max(0, (self.size - self.pos) if n < 0 else n))
+        return bytes(buf[:self.readinto(buf)])
+
+    def emit(self, w, state: Mapping[str, np.ndarray]) -> None:
+        """Write the image to `w` (a zip member open for writing), gaps as zeros (as a BytesIO holds them)."""
+        at = 0
+        for s, e, what, off in self.segs:
+            if s > at:
+                w.write(bytes(s - at))
+            if isinstance(what, bytes):
+                w.write(what[off:off + e - s])
+            else:
+                key, kind = what
+                _write_keras_layout(w, kind, np.asarray(state[key], np.float32))
+            at = e
+        if self.size > at:
+            w.write(bytes(self.size - at))
+
+
+#: the tile of a transposed Dense kernel written at a time: TILE_ROWS rows of the output (columns of the canonical
+#: weight), filled TILE_COLS canonical rows at a time (both stay in cache)
+TILE_ROWS, TILE_COLS = 64, 256
+
+
+def _write_keras_layout(w, kind: str, value: np.ndarray) -> None:
+    """`to_keras_layout(kind, value)`'s bytes, written to `w`: a Dense kernel transposed a band of rows at a time
+    through one small buffer, never whole."""
+    if kind != "dense" or value.ndim != 2:
+        w.write(memoryview(np.ascontiguousarray(to_keras_layout(kind, value))).cast("B"))
+        return
+    rows, cols = value.shape
+    buf = np.empty((min(TILE_ROWS, cols), rows), np.float32)
+    for i in range(0, cols, TILE_ROWS):
+        b = min(TILE_ROWS, cols - i)
+        for j in range(0, rows, TILE_COLS):
+            buf[:b, j:j + TILE_COLS] = value[j:j + TILE_COLS, i:i + b].T
+        w.write(memoryview(buf[:b]).cast("B"))
+
+
+def _h5_member(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> _Recorder | None:
+    """The `.keras` member's weights file as a `_Recorder` (HDF5 lays it out on placeholders that are never touched;
+    each tensor's bytes are referenced, and checked to be each written exactly once), or None where HDF5 did
+    something the recorder does not model (then `_h5_image` makes it)."""
+    import h5py
+
+    W.validate_state(cfg, state, source=f"model {cfg.name!r}")
+    layout = keras_layout(cfg)
+    shapes = W.expected_shapes(cfg)
+    biggest = max([int(np.prod(shapes[k])) * 4 for _, _, v in layout for k, _ in v] + [4])
+    placeholder = np.empty(biggest, np.uint8)  # never written or read: its pages are never even mapped
+    rec = _Recorder()
+    wanted = []
+    try:
+        with h5py.File(rec, "w") as f:
+            for path, name, variables in layout:
+                g = f.create_group(path)
+                g.attrs["name"] = name
+                for i, (key, kind) in enumerate(variables):
+                    shape = keras_shape(kind, shapes[key])
+                    if kind == "direct":
+                        data = np.ascontiguousarray(np.asarray(state[key], np.float32))
+                    else:
+                        data = placeholder[:int(np.prod(shape)) * 4].view(np.float32).reshape(shape)
+                    if data.nbytes:
+                        rec.expect = (_address(data), data.nbytes, (key, kind))
+                        wanted.append((key, kind))
+                    g[str(i)] = data
+                    if rec.expect is not None:  # not written straight from the buffer
+                        raise _Fallback(f"{key}: not written from its buffer")
+    except _Fallback:
+        return None
+    if rec.seen != wanted or sum(not isinstance(x[2], bytes) for x in rec.segs) != len(wanted):
+        return None
+    return rec
+
+
 def _write_member(path: str, data) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -301,14 +469,18 @@ def save_weights_h5(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str,
 
 def save_keras(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray], *,
                overwrite: bool = True) -> Path:
-    """`model.save(path)` of the model build_model(cfg, state) makes, atomically."""
+    """`model.save(path)` of the model build_model(cfg, state) makes, atomically. The weights member is laid out by
+    HDF5 without its data (`_h5_member`) and streamed into the zip, each tensor put in Keras' layout as it is
+    written: the bytes `zipfile.writestr` of the whole image writes, with no copy of the model in memory."""
+    import time
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         keras_version = version("keras")
     except PackageNotFoundError:
         keras_version = KERAS_VERSION
-    image = _h5_image(cfg, state, standalone=False)
+    member = _h5_member(cfg, state)
+    image = _h5_image(cfg, state, standalone=False) if member is None else None
     metadata = json.dumps({"keras_version": keras_version,
                            "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")})
     config = json.dumps(keras_config(cfg))
@@ -319,7 +491,14 @@ def save_keras(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.n
                 m.write(metadata.encode())
             with zf.open("config.json", "w") as m:
                 m.write(config.encode())
-            zf.writestr(WEIGHTS_MEMBER, image)
+            if member is None:
+                zf.writestr(WEIGHTS_MEMBER, image)
+                return
+            # the ZipInfo zipfile.writestr makes for a name, its size known before the header is written
+            info = zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=time.localtime(time.time())[:6])
+            info.compress_type, info.external_attr, info.file_size = zf.compression, 0o600 << 16, member.size
+            with zf.open(info, "w") as m:
+                member.emit(m, state)
 
     return atomic_write(path, write, overwrite=overwrite)
 

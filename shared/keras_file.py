@@ -519,8 +519,63 @@ def read_keras_config(path: str | os.PathLike) -> ViTConfig:
         raise InvalidFileError(f"{path}: invalid model config in config.json: {e}") from None
 
 
+class _View:
+    """A read-only file object over a buffer (a memory map of the file, or of a `.keras` member's span) for h5py:
+    HDF5 reads the file's structure through it; the tensors are then read as views of the same buffer."""
+
+    def __init__(self, buf):
+        self.buf, self.pos = memoryview(buf).cast("B"), 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else len(self.buf) + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b) -> int:
+        out = memoryview(b).cast("B")
+        chunk = self.buf[self.pos:self.pos + len(out)]
+        out[:len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.buf[self.pos:] if n < 0 else self.buf[self.pos:self.pos + n]
+        self.pos += len(chunk)
+        return bytes(chunk)
+
+
+def _map(path) -> memoryview:
+    """A private (copy-on-write) memory map of a file: arrays on it are writable and never change the file."""
+    import mmap
+
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY))
+
+
+def _dataset_view(obj, buf: memoryview, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A float32 dataset's data as a view of `buf` (the file), where HDF5 stores it in one contiguous span of the
+    file; None otherwise (chunked, compact, external, unallocated: read through HDF5)."""
+    from h5py import h5d
+
+    try:
+        if obj.id.get_create_plist().get_layout() != h5d.CONTIGUOUS or obj.dtype != np.dtype("<f4"):
+            return None
+        offset, nbytes = obj.id.get_offset(), int(np.prod(shape)) * 4
+    except Exception:  # noqa: BLE001 - h5py raises for what it cannot tell: read through HDF5 instead
+        return None
+    if offset is None or obj.id.get_storage_size() != nbytes or not nbytes or offset + nbytes > len(buf):
+        return None
+    return np.frombuffer(buf, np.float32, nbytes // 4, offset).reshape(shape)
+
+
 def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
-    """The canonical state of a weights file (a path or bytes), every dataset checked against keras_layout(cfg)."""
+    """The canonical state of a weights file (its bytes: a memory map of the file or of a `.keras` member), every
+    dataset checked against keras_layout(cfg). Contiguous datasets are read as views of those bytes (a Dense kernel
+    then transposed into a new array, the rest taken as they are)."""
     import h5py
 
     shapes = W.expected_shapes(cfg)
@@ -529,7 +584,8 @@ def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     problems: list[str] = []
     try:
-        with h5py.File(io.BytesIO(data) if isinstance(data, (bytes, memoryview)) else data, "r") as f:
+        with h5py.File(_View(data), "r") as f:
+            direct = f.userblock_size == 0  # dataset offsets are then offsets into `data`
             found: list[str] = []
 
             def visit(name, obj):
@@ -554,9 +610,11 @@ def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
                     problems.append(f"key {name!r} (canonical {key!r}): shape {tuple(obj.shape)}, expected {expect}")
                     continue
                 if not problems:
-                    arr = np.empty(expect, np.float32)
-                    if arr.size:
-                        obj.read_direct(arr)
+                    arr = _dataset_view(obj, data, expect) if direct else None
+                    if arr is None:
+                        arr = np.empty(expect, np.float32)
+                        if arr.size:
+                            obj.read_direct(arr)
                     state[key] = from_keras_layout(kind, arr)
     except (InvalidFileError, MismatchError):
         raise
@@ -575,7 +633,31 @@ def load_weights_h5(path: str | os.PathLike, cfg: ViTConfig | None) -> tuple[ViT
                            f"(from Python: the cfg argument)")
     if not Path(path).is_file():
         raise InvalidFileError(f"{path}: no such file")
-    return cfg, _read_h5(str(path), cfg, str(path))
+    return cfg, _read_h5(_map(path), cfg, str(path))
+
+
+def _member_bytes(path) -> memoryview:
+    """The weights member of a `.keras` zip: a stored member (as Keras writes it) as the span of a memory map of the
+    file, its CRC-32 checked as zipfile's reader checks it; any other member read by zipfile."""
+    import struct
+    import zlib
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(WEIGHTS_MEMBER)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+            return memoryview(z.read(WEIGHTS_MEMBER))  # its size bounded by check_zip
+    buf = _map(path)
+    head = bytes(buf[info.header_offset:info.header_offset + 30])
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local file header of {WEIGHTS_MEMBER!r}")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data = buf[start:start + info.file_size]
+    if len(data) != info.file_size:
+        raise zipfile.BadZipFile(f"{WEIGHTS_MEMBER!r} runs past the end of the file")
+    if zlib.crc32(data) != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {WEIGHTS_MEMBER!r}")
+    return data
 
 
 def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
@@ -589,8 +671,7 @@ def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None) -> tupl
         raise MismatchError(str(path), [f"file config {cfg.name!r} differs from the expected config "
                                         f"{expect.name!r}: {cfg.to_dict()} != {expect.to_dict()}"])
     try:
-        with zipfile.ZipFile(path) as z:
-            data = z.read(WEIGHTS_MEMBER)  # its size bounded by check_zip
+        data = _member_bytes(path)
     except KeyError:
         raise InvalidFileError(f"{path}: not a .keras file: no member {WEIGHTS_MEMBER!r}") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:

@@ -398,24 +398,13 @@ class _Recorder:
             w.write(bytes(self.size - at))
 
 
-#: the tile of a transposed Dense kernel written at a time: TILE_ROWS rows of the output (columns of the canonical
-#: weight), filled TILE_COLS canonical rows at a time (both stay in cache)
-TILE_ROWS, TILE_COLS = 64, 256
-
-
 def _write_keras_layout(w, kind: str, value: np.ndarray) -> None:
-    """`to_keras_layout(kind, value)`'s bytes, written to `w`: a Dense kernel transposed a band of rows at a time
-    through one small buffer, never whole."""
-    if kind != "dense" or value.ndim != 2:
-        w.write(memoryview(np.ascontiguousarray(to_keras_layout(kind, value))).cast("B"))
-        return
-    rows, cols = value.shape
-    buf = np.empty((min(TILE_ROWS, cols), rows), np.float32)
-    for i in range(0, cols, TILE_ROWS):
-        b = min(TILE_ROWS, cols - i)
-        for j in range(0, rows, TILE_COLS):
-            buf[:b, j:j + TILE_COLS] = value[j:j + TILE_COLS, i:i + b].T
-        w.write(memoryview(buf[:b]).cast("B"))
+    """`to_keras_layout(kind, value)`'s bytes, written to `w`: a Dense kernel as its transposed view
+    (`weights.write_c_order`: a band of rows at a time, never whole)."""
+    if kind == "dense" and value.ndim == 2:
+        W.write_c_order(w, value.T)
+    else:
+        W.write_c_order(w, np.ascontiguousarray(to_keras_layout(kind, value)))
 
 
 def _h5_member(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> _Recorder | None:
@@ -574,8 +563,9 @@ def _dataset_view(obj, buf: memoryview, shape: tuple[int, ...]) -> np.ndarray | 
 
 def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
     """The canonical state of a weights file (its bytes: a memory map of the file or of a `.keras` member), every
-    dataset checked against keras_layout(cfg). Contiguous datasets are read as views of those bytes (a Dense kernel
-    then transposed into a new array, the rest taken as they are)."""
+    dataset checked against keras_layout(cfg). Contiguous datasets are read as views of those bytes, a Dense kernel
+    as its transposed view (the canonical (out, in) in Fortran order, nothing copied: `weights.write_c_order` writes
+    it in C order)."""
     import h5py
 
     shapes = W.expected_shapes(cfg)
@@ -615,7 +605,7 @@ def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
                         arr = np.empty(expect, np.float32)
                         if arr.size:
                             obj.read_direct(arr)
-                    state[key] = from_keras_layout(kind, arr)
+                    state[key] = arr.T if kind == "dense" else from_keras_layout(kind, arr)
     except (InvalidFileError, MismatchError):
         raise
     except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... for a damaged file

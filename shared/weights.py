@@ -234,15 +234,69 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
 # ------------------------------------------------------------------- writing
 def save(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray],
          metadata: Mapping[str, str] | None = None, *, overwrite: bool = True) -> Path:
-    """Validate and write a canonical file atomically (overwrite=False: only if `path` does not exist)."""
-    from safetensors.numpy import save_file
-
+    """Validate and write a canonical file atomically (overwrite=False: only if `path` does not exist), each tensor
+    as it is (`write_safetensors`)."""
     validate_state(cfg, state, source=str(path))
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "vit_config": cfg.to_json()}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     validate_metadata(meta, cfg, str(path))  # never write what the reader refuses
-    tensors = {k: np.ascontiguousarray(state[k]) for k in expected_shapes(cfg)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
+    tensors = {k: np.asarray(state[k]) for k in expected_shapes(cfg)}
+    return atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, meta), overwrite=overwrite)
+
+
+#: the tile of a transposed matrix written at a time (`write_c_order`): TILE_ROWS rows of the output, filled
+#: TILE_COLS source rows at a time, so both stay in cache
+TILE_ROWS, TILE_COLS = 64, 256
+
+
+def write_c_order(w, a: np.ndarray) -> None:
+    """An array's bytes in C order, written to `w` (a file, a zip member) without a copy of it: a C-contiguous
+    array as it is; a transposed matrix (a Keras kernel read as its canonical transpose) a band of rows at a time
+    through one small buffer; anything else copied first."""
+    if a.flags.c_contiguous:
+        if a.size:
+            w.write(memoryview(a.reshape(-1)).cast("B"))
+        return
+    if a.ndim != 2 or not a.T.flags.c_contiguous:
+        w.write(memoryview(np.ascontiguousarray(a).reshape(-1)).cast("B"))
+        return
+    rows, cols = a.shape
+    buf = np.empty((min(TILE_ROWS, rows), cols), a.dtype)
+    for i in range(0, rows, TILE_ROWS):
+        b = min(TILE_ROWS, rows - i)
+        for j in range(0, cols, TILE_COLS):
+            buf[:b, j:j + TILE_COLS] = a[i:i + b, j:j + TILE_COLS]
+        w.write(memoryview(buf[:b].reshape(-1)).cast("B"))
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """The bytes `safetensors.numpy.save_file(tensors, path, metadata)` writes for tensors of one dtype (the canonical
+    float32), each tensor written as it is (`write_c_order`: no contiguous copy of a transposed one): the header
+    JSON as safetensors' serde writes it (compact, UTF-8 unescaped, padded with spaces to 8 bytes), the tensors
+    sorted by name, their bytes back to back. safetensors writes `__metadata__` in a random order (a Rust HashMap);
+    this writes it in the given order, one of those. Other dtypes, or several, go to safetensors itself."""
+    import json
+
+    dtypes = {a.dtype for a in tensors.values()}
+    if dtypes != {np.dtype("<f4")} or not metadata:
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=dict(metadata))
+        return
+    header: dict = {"__metadata__": dict(metadata)}
+    names = sorted(tensors, key=lambda k: k.encode())
+    offset = 0
+    for k in names:
+        n = tensors[k].nbytes
+        header[k] = {"dtype": "F32", "shape": list(tensors[k].shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for k in names:
+            write_c_order(f, tensors[k])
 
 
 # ------------------------------------------------------------------- reading

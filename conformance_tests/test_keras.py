@@ -312,6 +312,7 @@ def test_frameworkless_keras_files_are_keras_own(preset, tmp_path):
     cfg, state, _ = helpers.case(preset)
     m = BE.build(cfg, state)
     fw_k, fw_h = save_keras(m, tmp_path / "fw.keras"), save_weights_h5(m, tmp_path / "fw.weights.h5")
+    assert KF._h5_member(cfg, state) is not None  # the member streamed by the recorder, not the whole-image fallback
     nf_k, nf_h = KF.save_keras(tmp_path / "nf.keras", cfg, state), KF.save_weights_h5(tmp_path / "nf.weights.h5", cfg, state)
     assert nf_h.read_bytes() == fw_h.read_bytes()
     with zipfile.ZipFile(fw_k) as a, zipfile.ZipFile(nf_k) as b:

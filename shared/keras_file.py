@@ -305,10 +305,11 @@ class _Recorder:
 
     def __init__(self):
         self.pos = self.size = 0
-        self.segs: list[list] = []  # [start, end, bytes | (key, kind), offset into it], sorted, not overlapping
+        self.segs: list[list] = []  # [start, end, bytes | (key, kind, nbytes), offset into it], sorted, disjoint
         self.starts: list[int] = []  # the pieces' starts (bisect)
-        self.expect: tuple[int, int, tuple[str, str]] | None = None  # (address, nbytes, (key, kind)) being written
-        self.seen: list[tuple[str, str]] = []
+        self.expect: tuple[int, int, tuple] | None = None  # (address, nbytes, (key, kind, nbytes)) being written
+        self.seen: list[tuple[str, str, int]] = []
+        self.broken = False
 
     def seek(self, offset: int, whence: int = 0) -> int:
         self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
@@ -371,8 +372,9 @@ class _Recorder:
         for s, e, what, off in self.segs:
             if e <= start or s >= end:
                 continue
-            if not isinstance(what, bytes):  # HDF5 reading tensor data back: not modelled
-                raise _Fallback(f"HDF5 read back tensor data at {s}")
+            if not isinstance(what, bytes):  # HDF5 reading tensor data back: not modelled (an exception here
+                self.broken = True             # would reach h5py as an HDF5 error): `_h5_member` falls back
+                continue
             lo, hi = max(s, start), min(e, end)
             out[lo - start:hi - start] = what[off + lo - s:off + hi - s]
         self.pos = end
@@ -391,7 +393,7 @@ class _Recorder:
             if isinstance(what, bytes):
                 w.write(what[off:off + e - s])
             else:
-                key, kind = what
+                key, kind, _ = what
                 _write_keras_layout(w, kind, np.asarray(state[key], np.float32))
             at = e
         if self.size > at:
@@ -432,14 +434,16 @@ def _h5_member(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> _Recorder | N
                     else:
                         data = placeholder[:int(np.prod(shape)) * 4].view(np.float32).reshape(shape)
                     if data.nbytes:
-                        rec.expect = (_address(data), data.nbytes, (key, kind))
-                        wanted.append((key, kind))
+                        rec.expect = (_address(data), data.nbytes, (key, kind, data.nbytes))
+                        wanted.append((key, kind, data.nbytes))
                     g[str(i)] = data
                     if rec.expect is not None:  # not written straight from the buffer
                         raise _Fallback(f"{key}: not written from its buffer")
-    except _Fallback:
+    except Exception:  # noqa: BLE001 - _Fallback, or HDF5 failing on what the recorder does not model
         return None
-    if rec.seen != wanted or sum(not isinstance(x[2], bytes) for x in rec.segs) != len(wanted):
+    refs = [(what, off, e - s) for s, e, what, off in rec.segs if not isinstance(what, bytes)]
+    whole = all(off == 0 and length == what[2] for what, off, length in refs)
+    if rec.broken or rec.seen != wanted or not whole or sorted(w for w, _, _ in refs) != sorted(wanted):
         return None
     return rec
 

@@ -14,12 +14,17 @@ The files written here hold the same groups, datasets, attributes, dtypes and by
 creation order, as Keras' (only HDF5's object timestamps and metadata.json's date differ, as between two Keras
 saves); `keras.saving.load_model(path, safe_mode=True)` and `model.load_weights` load them.
 
+Without a copy of the model in memory: a `.keras` weights member is laid out by HDF5 on placeholders and streamed
+into the zip, each tensor put in Keras' layout as it is written (`_Recorder`); the files are read through a memory
+map, HDF5 reading the structure and each contiguous dataset taken in place (a Dense kernel as its transposed view).
+
 A config field this layout does not know (outside KNOWN_FIELDS), off its default, is refused by name
 (UnsupportedError, `file_problems`), writing and reading, rather than laid out silently wrong.
 
 Reading is strict: the config (classes refused unless Keras' own or vit_keras', as for the framework's loader, then
 a valid ViTConfig), then every dataset of the layout present with its exact shape and dtype float32, and no other
-dataset (an optimizer's are ignored): MismatchError / InvalidFileError naming the file and the key.
+dataset (an optimizer's are ignored): MismatchError / InvalidFileError naming the file and the key. A `.keras`
+weights member's CRC-32 is checked, as zipfile's reader checks it.
 """
 from __future__ import annotations
 

@@ -176,6 +176,18 @@ def _rezip(src: Path, dst: Path, member: str, cut: int) -> None:
             zout.writestr(info, data[:cut] if info.filename == member else data)
 
 
+def _flip_last_member_byte(src: Path) -> bytes:
+    """A .keras file with the last byte of its (stored) weights member flipped: the HDF5 structure intact."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        info = z.getinfo("model.weights.h5")
+    raw = bytearray(src.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + info.file_size - 1] ^= 0x01
+    return bytes(raw)
+
+
 #: hostile Keras and MindSpore files, read as data: (name, source format, make(valid, dst), exit code, in the message)
 FRAMEWORK_FILE_CASES = [
     ("ckpt-truncated", "mindspore", lambda v, d: d.write_bytes(v.read_bytes()[:len(v.read_bytes()) // 2]), 3,
@@ -200,6 +212,8 @@ FRAMEWORK_FILE_CASES = [
      "not a readable"),
     ("keras-h5-member-cut", "keras", lambda v, d: _rezip(v, d, "model.weights.h5", 2000), 3,
      "model.weights.h5: not a readable HDF5 weights file"),
+    # one bit of tensor data flipped in place (the member is read as a span of the file: its CRC-32 is checked)
+    ("keras-member-bit-flip", "keras", lambda v, d: d.write_bytes(_flip_last_member_byte(v)), 3, "Bad CRC-32"),
 ]
 
 

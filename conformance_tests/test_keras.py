@@ -312,6 +312,7 @@ def test_frameworkless_keras_files_are_keras_own(preset, tmp_path):
     cfg, state, _ = helpers.case(preset)
     m = BE.build(cfg, state)
     fw_k, fw_h = save_keras(m, tmp_path / "fw.keras"), save_weights_h5(m, tmp_path / "fw.weights.h5")
+    assert KF._h5_member(cfg, state) is not None  # the member streamed by the recorder, not the whole-image fallback
     nf_k, nf_h = KF.save_keras(tmp_path / "nf.keras", cfg, state), KF.save_weights_h5(tmp_path / "nf.weights.h5", cfg, state)
     assert nf_h.read_bytes() == fw_h.read_bytes()
     with zipfile.ZipFile(fw_k) as a, zipfile.ZipFile(nf_k) as b:
@@ -328,6 +329,23 @@ def test_frameworkless_keras_files_are_keras_own(preset, tmp_path):
                  KF.load_keras(fw_k)[1], KF.load_weights_h5(fw_h, cfg)[1]):
         assert set(back) == set(state) and all(np.array_equal(back[k], state[k]) for k in state)
     assert KF.load_keras(fw_k)[0] == cfg
+
+
+def test_frameworkless_keras_writer_falls_back_to_the_whole_image(tmp_path, monkeypatch):
+    """Where HDF5 does not write a tensor straight from the buffer it was given (here: no address ever matches), the
+    recorder is given up and the whole image is made the plain way: the same member bytes either way."""
+    from shared import keras_file as KF
+
+    cfg, state, _ = helpers.case("tiny_eva02")
+    streamed = KF.save_keras(tmp_path / "streamed.keras", cfg, state)
+    calls = iter(range(-1, -10**9, -1))
+    monkeypatch.setattr(KF, "_address", lambda data: next(calls))  # a new address at every call: none matches
+    assert KF._h5_member(cfg, state) is None
+    plain = KF.save_keras(tmp_path / "plain.keras", cfg, state)
+    with zipfile.ZipFile(streamed) as a, zipfile.ZipFile(plain) as b:
+        assert a.read("model.weights.h5") == b.read("model.weights.h5")
+        assert [(i.filename, i.file_size, i.CRC, i.header_offset) for i in a.infolist()] == \
+               [(i.filename, i.file_size, i.CRC, i.header_offset) for i in b.infolist()]
 
 
 def test_frameworkless_keras_files_refuse_a_field_they_do_not_know(tmp_path, monkeypatch):

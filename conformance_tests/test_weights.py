@@ -323,3 +323,32 @@ def test_error_lists_are_capped(tmp_path, tiny):
     msg = str(e.value)
     assert msg.count("\n") == limits.MAX_LISTED_PROBLEMS + 1 and f"... and {100_000 - 20:,} more" in msg
     assert len(msg) < 3000
+
+
+def test_canonical_writer_is_safetensors_own_bytes(tmp_path):
+    """write_safetensors (W.save's writer: each tensor written as it is, a transposed view in bands) against
+    safetensors' save_file of the contiguous copies: the same bytes (one metadata key: safetensors orders several
+    at random), for names out of order and non-ASCII, a zero-size tensor, a transposed view larger than one band,
+    and metadata that JSON must escape."""
+    rng = np.random.default_rng(0)
+    tensors = {"b.x": rng.random((5, 7), dtype=np.float32).T, "a": rng.random(3, dtype=np.float32),
+               "é.w": rng.random((2, 1, 3), dtype=np.float32), "Z": np.zeros((0, 4), np.float32),
+               "big": rng.random((300, 700), dtype=np.float32).T, "sliced": rng.random((6, 8), dtype=np.float32)[:, ::2]}
+    meta = {"vit_config": 'a "quoted"\n\t\x01 é ✓ \u2028 /\\ value'}
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp_path / "lib.safetensors"), metadata=meta)
+    W.write_safetensors(tmp_path / "ours.safetensors", tensors, meta)
+    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "lib.safetensors").read_bytes()
+
+
+def test_read_tensors_maps_the_file_without_letting_it_change(tmp_path, tiny):
+    """read_tensors' arrays are views of a memory map: writable ones write the process's copy, never the file; the
+    importers' read-only ones refuse writes."""
+    cfg, state = tiny
+    path = W.save(tmp_path / "w.safetensors", cfg, state)
+    before = path.read_bytes()
+    got, _ = W.read_tensors(path)
+    got["head.weight"][...] = 7.0
+    assert path.read_bytes() == before and np.array_equal(W.load(path)[1]["head.weight"], state["head.weight"])
+    frozen, _ = W.read_tensors(path, writable=False)
+    with pytest.raises(ValueError):
+        frozen["head.weight"][...] = 7.0

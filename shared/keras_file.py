@@ -14,15 +14,21 @@ The files written here hold the same groups, datasets, attributes, dtypes and by
 creation order, as Keras' (only HDF5's object timestamps and metadata.json's date differ, as between two Keras
 saves); `keras.saving.load_model(path, safe_mode=True)` and `model.load_weights` load them.
 
+Without a copy of the model in memory: a `.keras` weights member is laid out by HDF5 on placeholders and streamed
+into the zip, each tensor put in Keras' layout as it is written (`_Recorder`); the files are read through a memory
+map, HDF5 reading the structure and each contiguous dataset taken in place (a Dense kernel as its transposed view).
+
 A config field this layout does not know (outside KNOWN_FIELDS), off its default, is refused by name
 (UnsupportedError, `file_problems`), writing and reading, rather than laid out silently wrong.
 
 Reading is strict: the config (classes refused unless Keras' own or vit_keras', as for the framework's loader, then
 a valid ViTConfig), then every dataset of the layout present with its exact shape and dtype float32, and no other
-dataset (an optimizer's are ignored): MismatchError / InvalidFileError naming the file and the key.
+dataset (an optimizer's are ignored): MismatchError / InvalidFileError naming the file and the key. A `.keras`
+weights member's CRC-32 is checked, as zipfile's reader checks it.
 """
 from __future__ import annotations
 
+import bisect
 import datetime
 import io
 import json
@@ -287,6 +293,166 @@ def _h5_image(cfg: ViTConfig, state: Mapping[str, np.ndarray], *, standalone: bo
     return bio.getbuffer()
 
 
+def _address(data) -> int:
+    return np.frombuffer(data, np.uint8).ctypes.data if memoryview(data).nbytes else 0
+
+
+class _Fallback(Exception):
+    """HDF5 did something `_Recorder` does not model: the image is made the plain way (`_h5_image`)."""
+
+
+class _Recorder:
+    """The file object HDF5 writes a `.keras` member's weights file into (h5py's file-object driver: the same
+    layout as a BytesIO), keeping what it writes as pieces, last write winning: metadata as bytes, and each tensor's
+    data, written by HDF5 straight from the buffer h5py was given, as a reference to the canonical tensor. Nothing
+    of the tensor data is copied, transposed or even read while HDF5 lays the file out: `emit` writes the image,
+    producing each tensor in Keras' layout as it goes."""
+
+    def __init__(self):
+        self.pos = self.size = 0
+        self.segs: list[list] = []  # [start, end, bytes | (key, kind, nbytes), offset into it], sorted, disjoint
+        self.starts: list[int] = []  # the pieces' starts (bisect)
+        self.expect: tuple[int, int, tuple] | None = None  # (address, nbytes, (key, kind, nbytes)) being written
+        self.seen: list[tuple[str, str, int]] = []
+        self.broken = False
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        pass
+
+    def _cut(self, start: int, end: int) -> int:
+        """Drop what [start, end) overwrites (pieces cut at its edges); returns where a piece at `start` goes."""
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        j = bisect.bisect_left(self.starts, end)
+        kept = []
+        for seg in self.segs[i:j]:
+            s, e, what, off = seg
+            if e <= start or s >= end:
+                kept.append(seg)
+                continue
+            if s < start:
+                kept.append([s, start, what, off])
+            if e > end:
+                kept.append([end, e, what, off + end - s])
+        self.segs[i:j] = kept
+        self.starts[i:j] = [x[0] for x in kept]
+        return bisect.bisect_left(self.starts, start)
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if n == 0:
+            return 0
+        start, end = self.pos, self.pos + n
+        at = self._cut(start, end)
+        if self.expect is not None and n == self.expect[1] and _address(data) == self.expect[0]:
+            what = self.expect[2]
+            self.seen.append(what)
+            self.expect = None
+        else:
+            what = bytes(data)
+        self.segs.insert(at, [start, end, what, 0])
+        self.starts.insert(at, start)
+        self.pos, self.size = end, max(self.size, end)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if size < self.size:  # as a BytesIO: cut short, never extended
+            self._cut(size, self.size)
+            self.size = size
+        return size
+
+    def readinto(self, b) -> int:
+        out = memoryview(b).cast("B")
+        start, end = self.pos, min(self.pos + len(out), self.size)
+        if end <= start:
+            return 0
+        out[:end - start] = bytes(end - start)
+        for s, e, what, off in self.segs:
+            if e <= start or s >= end:
+                continue
+            if not isinstance(what, bytes):  # HDF5 reading tensor data back: not modelled (an exception here
+                self.broken = True             # would reach h5py as an HDF5 error): `_h5_member` falls back
+                continue
+            lo, hi = max(s, start), min(e, end)
+            out[lo - start:hi - start] = what[off + lo - s:off + hi - s]
+        self.pos = end
+        return end - start
+
+    def read(self, n: int = -1) -> bytes:
+        buf = bytearray(max(0, (self.size - self.pos) if n < 0 else n))
+        return bytes(buf[:self.readinto(buf)])
+
+    def emit(self, w, state: Mapping[str, np.ndarray]) -> None:
+        """Write the image to `w` (a zip member open for writing), gaps as zeros (as a BytesIO holds them)."""
+        at = 0
+        for s, e, what, off in self.segs:
+            if s > at:
+                w.write(bytes(s - at))
+            if isinstance(what, bytes):
+                w.write(what[off:off + e - s])
+            else:
+                key, kind, _ = what
+                _write_keras_layout(w, kind, np.asarray(state[key], np.float32))
+            at = e
+        if self.size > at:
+            w.write(bytes(self.size - at))
+
+
+def _write_keras_layout(w, kind: str, value: np.ndarray) -> None:
+    """`to_keras_layout(kind, value)`'s bytes, written to `w`: a Dense kernel as its transposed view
+    (`weights.write_c_order`: a band of rows at a time, never whole)."""
+    if kind == "dense" and value.ndim == 2:
+        W.write_c_order(w, value.T)
+    else:
+        W.write_c_order(w, np.ascontiguousarray(to_keras_layout(kind, value)))
+
+
+def _h5_member(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> _Recorder | None:
+    """The `.keras` member's weights file as a `_Recorder` (HDF5 lays it out on placeholders that are never touched;
+    each tensor's bytes are referenced, and checked to be each written exactly once), or None where HDF5 did
+    something the recorder does not model (then `_h5_image` makes it)."""
+    import h5py
+
+    W.validate_state(cfg, state, source=f"model {cfg.name!r}")
+    layout = keras_layout(cfg)
+    shapes = W.expected_shapes(cfg)
+    biggest = max([int(np.prod(shapes[k])) * 4 for _, _, v in layout for k, _ in v] + [4])
+    placeholder = np.empty(biggest, np.uint8)  # never written or read: its pages are never even mapped
+    rec = _Recorder()
+    wanted = []
+    try:
+        with h5py.File(rec, "w") as f:
+            for path, name, variables in layout:
+                g = f.create_group(path)
+                g.attrs["name"] = name
+                for i, (key, kind) in enumerate(variables):
+                    shape = keras_shape(kind, shapes[key])
+                    if kind == "direct":
+                        data = np.ascontiguousarray(np.asarray(state[key], np.float32))
+                    else:
+                        data = placeholder[:int(np.prod(shape)) * 4].view(np.float32).reshape(shape)
+                    if data.nbytes:
+                        rec.expect = (_address(data), data.nbytes, (key, kind, data.nbytes))
+                        wanted.append((key, kind, data.nbytes))
+                    g[str(i)] = data
+                    if rec.expect is not None:  # not written straight from the buffer
+                        raise _Fallback(f"{key}: not written from its buffer")
+    except Exception:  # noqa: BLE001 - _Fallback, or HDF5 failing on what the recorder does not model
+        return None
+    refs = [(what, off, e - s) for s, e, what, off in rec.segs if not isinstance(what, bytes)]
+    whole = all(off == 0 and length == what[2] for what, off, length in refs)
+    if rec.broken or rec.seen != wanted or not whole or sorted(w for w, _, _ in refs) != sorted(wanted):
+        return None
+    return rec
+
+
 def _write_member(path: str, data) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -301,14 +467,18 @@ def save_weights_h5(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str,
 
 def save_keras(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray], *,
                overwrite: bool = True) -> Path:
-    """`model.save(path)` of the model build_model(cfg, state) makes, atomically."""
+    """`model.save(path)` of the model build_model(cfg, state) makes, atomically. The weights member is laid out by
+    HDF5 without its data (`_h5_member`) and streamed into the zip, each tensor put in Keras' layout as it is
+    written: the bytes `zipfile.writestr` of the whole image writes, with no copy of the model in memory."""
+    import time
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         keras_version = version("keras")
     except PackageNotFoundError:
         keras_version = KERAS_VERSION
-    image = _h5_image(cfg, state, standalone=False)
+    member = _h5_member(cfg, state)
+    image = _h5_image(cfg, state, standalone=False) if member is None else None
     metadata = json.dumps({"keras_version": keras_version,
                            "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")})
     config = json.dumps(keras_config(cfg))
@@ -319,7 +489,14 @@ def save_keras(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.n
                 m.write(metadata.encode())
             with zf.open("config.json", "w") as m:
                 m.write(config.encode())
-            zf.writestr(WEIGHTS_MEMBER, image)
+            if member is None:
+                zf.writestr(WEIGHTS_MEMBER, image)
+                return
+            # the ZipInfo zipfile.writestr makes for a name, its size known before the header is written
+            info = zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=time.localtime(time.time())[:6])
+            info.compress_type, info.external_attr, info.file_size = zf.compression, 0o600 << 16, member.size
+            with zf.open(info, "w") as m:
+                member.emit(m, state)
 
     return atomic_write(path, write, overwrite=overwrite)
 
@@ -340,8 +517,64 @@ def read_keras_config(path: str | os.PathLike) -> ViTConfig:
         raise InvalidFileError(f"{path}: invalid model config in config.json: {e}") from None
 
 
+class _View:
+    """A read-only file object over a buffer (a memory map of the file, or of a `.keras` member's span) for h5py:
+    HDF5 reads the file's structure through it; the tensors are then read as views of the same buffer."""
+
+    def __init__(self, buf):
+        self.buf, self.pos = memoryview(buf).cast("B"), 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else len(self.buf) + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b) -> int:
+        out = memoryview(b).cast("B")
+        chunk = self.buf[self.pos:self.pos + len(out)]
+        out[:len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.buf[self.pos:] if n < 0 else self.buf[self.pos:self.pos + n]
+        self.pos += len(chunk)
+        return bytes(chunk)
+
+
+def _map(path) -> memoryview:
+    """A private (copy-on-write) memory map of a file: arrays on it are writable and never change the file."""
+    import mmap
+
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY))
+
+
+def _dataset_view(obj, buf: memoryview, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A float32 dataset's data as a view of `buf` (the file), where HDF5 stores it in one contiguous span of the
+    file; None otherwise (chunked, compact, external, unallocated: read through HDF5)."""
+    from h5py import h5d
+
+    try:
+        if obj.id.get_create_plist().get_layout() != h5d.CONTIGUOUS or obj.dtype != np.dtype("<f4"):
+            return None
+        offset, nbytes = obj.id.get_offset(), int(np.prod(shape)) * 4
+    except Exception:  # noqa: BLE001 - h5py raises for what it cannot tell: read through HDF5 instead
+        return None
+    if offset is None or obj.id.get_storage_size() != nbytes or not nbytes or offset + nbytes > len(buf):
+        return None
+    return np.frombuffer(buf, np.float32, nbytes // 4, offset).reshape(shape)
+
+
 def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
-    """The canonical state of a weights file (a path or bytes), every dataset checked against keras_layout(cfg)."""
+    """The canonical state of a weights file (its bytes: a memory map of the file or of a `.keras` member), every
+    dataset checked against keras_layout(cfg). Contiguous datasets are read as views of those bytes, a Dense kernel
+    as its transposed view (the canonical (out, in) in Fortran order, nothing copied: `weights.write_c_order` writes
+    it in C order)."""
     import h5py
 
     shapes = W.expected_shapes(cfg)
@@ -350,7 +583,8 @@ def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     problems: list[str] = []
     try:
-        with h5py.File(io.BytesIO(data) if isinstance(data, (bytes, memoryview)) else data, "r") as f:
+        with h5py.File(_View(data), "r") as f:
+            direct = f.userblock_size == 0  # dataset offsets are then offsets into `data`
             found: list[str] = []
 
             def visit(name, obj):
@@ -375,10 +609,12 @@ def _read_h5(data, cfg: ViTConfig, source: str) -> dict[str, np.ndarray]:
                     problems.append(f"key {name!r} (canonical {key!r}): shape {tuple(obj.shape)}, expected {expect}")
                     continue
                 if not problems:
-                    arr = np.empty(expect, np.float32)
-                    if arr.size:
-                        obj.read_direct(arr)
-                    state[key] = from_keras_layout(kind, arr)
+                    arr = _dataset_view(obj, data, expect) if direct else None
+                    if arr is None:
+                        arr = np.empty(expect, np.float32)
+                        if arr.size:
+                            obj.read_direct(arr)
+                    state[key] = arr.T if kind == "dense" else from_keras_layout(kind, arr)
     except (InvalidFileError, MismatchError):
         raise
     except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... for a damaged file
@@ -396,7 +632,31 @@ def load_weights_h5(path: str | os.PathLike, cfg: ViTConfig | None) -> tuple[ViT
                            f"(from Python: the cfg argument)")
     if not Path(path).is_file():
         raise InvalidFileError(f"{path}: no such file")
-    return cfg, _read_h5(str(path), cfg, str(path))
+    return cfg, _read_h5(_map(path), cfg, str(path))
+
+
+def _member_bytes(path) -> memoryview:
+    """The weights member of a `.keras` zip: a stored member (as Keras writes it) as the span of a memory map of the
+    file, its CRC-32 checked as zipfile's reader checks it; any other member read by zipfile."""
+    import struct
+    import zlib
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(WEIGHTS_MEMBER)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+            return memoryview(z.read(WEIGHTS_MEMBER))  # its size bounded by check_zip
+    buf = _map(path)
+    head = bytes(buf[info.header_offset:info.header_offset + 30])
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local file header of {WEIGHTS_MEMBER!r}")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data = buf[start:start + info.file_size]
+    if len(data) != info.file_size:
+        raise zipfile.BadZipFile(f"{WEIGHTS_MEMBER!r} runs past the end of the file")
+    if zlib.crc32(data) != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {WEIGHTS_MEMBER!r}")
+    return data
 
 
 def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
@@ -410,8 +670,7 @@ def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None) -> tupl
         raise MismatchError(str(path), [f"file config {cfg.name!r} differs from the expected config "
                                         f"{expect.name!r}: {cfg.to_dict()} != {expect.to_dict()}"])
     try:
-        with zipfile.ZipFile(path) as z:
-            data = z.read(WEIGHTS_MEMBER)  # its size bounded by check_zip
+        data = _member_bytes(path)
     except KeyError:
         raise InvalidFileError(f"{path}: not a .keras file: no member {WEIGHTS_MEMBER!r}") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:

@@ -81,8 +81,11 @@ def _value_head(tag: str, dims: Iterable[int], tensor_type: str, content_len: in
 
 
 def _records(items: Iterable[tuple[str, np.ndarray | str]]):
-    """(head bytes, content buffer) per Value, as mindspore.save_checkpoint splits them."""
+    """(head bytes, content buffer) per Value, as mindspore.save_checkpoint splits them. A callable is a string
+    record computed while the records before it are written (the digest)."""
     for name, data in items:
+        if callable(data):
+            data = data()
         if isinstance(data, str):
             arr = np.array(data)
             pieces = np.array_split(arr, -(-arr.nbytes // SLICE_BYTES)) if arr.nbytes > SLICE_BYTES else [arr]
@@ -102,7 +105,8 @@ def _records(items: Iterable[tuple[str, np.ndarray | str]]):
 
 def write_ckpt(path: str | os.PathLike, items: Iterable[tuple[str, np.ndarray | str]], *,
                overwrite: bool = True) -> Path:
-    """Write (name, array or string) records as mindspore.save_checkpoint does, atomically."""
+    """Write (name, array or string) records as mindspore.save_checkpoint does, atomically (a callable in place of a
+    string: called when its record is reached)."""
     records = list(items)
 
     def write(tmp: str) -> None:
@@ -208,7 +212,10 @@ def _parse(buf: memoryview, source: str) -> list[tuple[str, list[int] | None, st
 
 def read_ckpt_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every record of a MindSpore checkpoint, in file order: (tensors, string records). The tensors are views of
-    one buffer holding the file (writable, read once)."""
+    one private (copy-on-write) memory map of the file: writable, and writing changes the process's copy, never the
+    file."""
+    import mmap
+
     path = Path(path)
     if not path.is_file():
         raise InvalidFileError(f"{path}: no such file")
@@ -218,10 +225,10 @@ def read_ckpt_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict
     limit = L.MAX_PARAMETERS * 8 + (1 << 30)
     if size > limit:
         raise InvalidFileError(f"{path}: {size:,} bytes, over the {limit:,}-byte limit of a checkpoint")
-    buf = bytearray(size)
     with open(path, "rb") as f:
-        if f.readinto(buf) != size:
-            raise InvalidFileError(f"{path}: shorter than its size while read")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    if len(buf) != size:
+        raise InvalidFileError(f"{path}: shorter than its size while read")
     view = memoryview(buf)
     if bytes(view[-17:-10]) == b"crc_num":  # save_checkpoint(crc_check=True)'s trailer
         view = view[:-17]
@@ -331,10 +338,17 @@ def save_suite_ckpt(cfg: ViTConfig, state: Mapping[str, np.ndarray], path: str |
         keys = list(W.expected_shapes(cfg))
     else:
         keys = list(state)
+    from concurrent.futures import ThreadPoolExecutor
+
     arrays = [(k, np.ascontiguousarray(np.asarray(state[k]))) for k in keys]
-    records = [(FORMAT_KEY, f"{W.FORMAT_NAME}/{W.FORMAT_VERSION}"), (CONFIG_KEY, cfg.to_json()),
-               (DIGEST_KEY, digest(arrays))]
-    return write_ckpt(path, [*arrays, *records], overwrite=overwrite)
+    with ThreadPoolExecutor(1) as pool:  # the digest is hashed beside the writing (hashlib releases the GIL)
+        pending = pool.submit(digest, arrays)
+        records = [(FORMAT_KEY, f"{W.FORMAT_NAME}/{W.FORMAT_VERSION}"), (CONFIG_KEY, cfg.to_json()),
+                   (DIGEST_KEY, pending.result)]
+        try:
+            return write_ckpt(path, [*arrays, *records], overwrite=overwrite)
+        finally:
+            pending.cancel()
 
 
 def read_suite_ckpt(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -186,6 +186,16 @@ def _shape_of(v) -> tuple:
         return ()
 
 
+def non_finite(a: np.ndarray) -> int:
+    """How many NaN / Inf values a floating array holds. A finite sum proves there are none (a NaN or an Inf makes
+    any sum non-finite), at the speed of reading the array and without a mask as large as it; only a non-finite sum
+    (a NaN or Inf, or finite values whose sum overflows) counts them one by one."""
+    with np.errstate(all="ignore"):
+        if a.size and np.isfinite(np.add.reduce(a, axis=None)):
+            return 0
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
 def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<state dict>",
                    check_dtype: bool = True) -> None:
     """Raise MismatchError naming every missing/unexpected key, wrong shape/dtype and non-finite tensor.
@@ -214,10 +224,9 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
         if check_dtype and dt != "float32":
             problems.append(f"key {k!r}: expected dtype float32, got {dt}")
         elif dt in ("float16", "float32", "float64") and not isinstance(v, TensorSpec):
-            finite = np.isfinite(np.asarray(v))
-            if not finite.all():
-                problems.append(f"key {k!r}: {int(finite.size - np.count_nonzero(finite))} non-finite value(s) "
-                                f"(NaN or Inf)")
+            bad = non_finite(np.asarray(v))
+            if bad:
+                problems.append(f"key {k!r}: {bad} non-finite value(s) (NaN or Inf)")
     if problems:
         raise MismatchError(source, problems)
 
@@ -225,15 +234,69 @@ def validate_state(cfg: ViTConfig, state: Mapping[str, object], source: str = "<
 # ------------------------------------------------------------------- writing
 def save(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray],
          metadata: Mapping[str, str] | None = None, *, overwrite: bool = True) -> Path:
-    """Validate and write a canonical file atomically (overwrite=False: only if `path` does not exist)."""
-    from safetensors.numpy import save_file
-
+    """Validate and write a canonical file atomically (overwrite=False: only if `path` does not exist), each tensor
+    as it is (`write_safetensors`)."""
     validate_state(cfg, state, source=str(path))
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "vit_config": cfg.to_json()}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     validate_metadata(meta, cfg, str(path))  # never write what the reader refuses
-    tensors = {k: np.ascontiguousarray(state[k]) for k in expected_shapes(cfg)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
+    tensors = {k: np.asarray(state[k]) for k in expected_shapes(cfg)}
+    return atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, meta), overwrite=overwrite)
+
+
+#: the tile of a transposed matrix written at a time (`write_c_order`): TILE_ROWS rows of the output, filled
+#: TILE_COLS source rows at a time, so both stay in cache
+TILE_ROWS, TILE_COLS = 64, 256
+
+
+def write_c_order(w, a: np.ndarray) -> None:
+    """An array's bytes in C order, written to `w` (a file, a zip member) without a copy of it: a C-contiguous
+    array as it is; a transposed matrix (a Keras kernel read as its canonical transpose) a band of rows at a time
+    through one small buffer; anything else copied first."""
+    if a.flags.c_contiguous:
+        if a.size:
+            w.write(memoryview(a.reshape(-1)).cast("B"))
+        return
+    if a.ndim != 2 or not a.T.flags.c_contiguous:
+        w.write(memoryview(np.ascontiguousarray(a).reshape(-1)).cast("B"))
+        return
+    rows, cols = a.shape
+    buf = np.empty((min(TILE_ROWS, rows), cols), a.dtype)
+    for i in range(0, rows, TILE_ROWS):
+        b = min(TILE_ROWS, rows - i)
+        for j in range(0, cols, TILE_COLS):
+            buf[:b, j:j + TILE_COLS] = a[i:i + b, j:j + TILE_COLS]
+        w.write(memoryview(buf[:b].reshape(-1)).cast("B"))
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """The bytes `safetensors.numpy.save_file(tensors, path, metadata)` writes for tensors of one dtype (the canonical
+    float32), each tensor written as it is (`write_c_order`: no contiguous copy of a transposed one): the header
+    JSON as safetensors' serde writes it (compact, UTF-8 unescaped, padded with spaces to 8 bytes), the tensors
+    sorted by name, their bytes back to back. safetensors writes `__metadata__` in a random order (a Rust HashMap);
+    this writes it in the given order, one of those. Other dtypes, or several, go to safetensors itself."""
+    import json
+
+    dtypes = {a.dtype for a in tensors.values()}
+    if dtypes != {np.dtype("<f4")} or not metadata:
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=dict(metadata))
+        return
+    header: dict = {"__metadata__": dict(metadata)}
+    names = sorted(tensors, key=lambda k: k.encode())
+    offset = 0
+    for k in names:
+        n = tensors[k].nbytes
+        header[k] = {"dtype": "F32", "shape": list(tensors[k].shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for k in names:
+            write_c_order(f, tensors[k])
 
 
 # ------------------------------------------------------------------- reading
@@ -331,34 +394,44 @@ def header_specs(header: Mapping) -> dict[str, TensorSpec]:
             if k != "__metadata__"}
 
 
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Any safetensors file -> (tensors as NumPy, metadata). bfloat16 is upcast to float32 (exact)."""
-    header = read_safetensors_header(path)
-    from safetensors import SafetensorError, safe_open
+def read_tensors(path: str | os.PathLike, *, writable: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Any safetensors file -> (tensors as NumPy, metadata). bfloat16 is upcast to float32 (exact).
 
+    The tensors are views of one memory map of the file, placed by its checked header (`read_safetensors_header`):
+    nothing is copied until it is used. writable: a private (copy-on-write) map, so writing to an array changes the
+    process's copy, never the file; writable=False: read-only arrays (what the importers read, which
+    `shared.convert.common.to_float32` then takes without a copy)."""
+    import mmap
+
+    header = read_safetensors_header(path)
+    meta = dict(header.get("__metadata__") or {})
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0 or size == 8 + n:  # no data bytes: nothing to map (mmap refuses an empty span)
+            buf = memoryview(bytearray(0))
+        else:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
+    base = 8 + n
+    need = base + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if len(buf) < need and need > base:
+        raise InvalidFileError(f"{path}: {len(buf):,} bytes, shorter than its header claims (changed while read?)")
     tensors: dict[str, np.ndarray] = {}
-    try:
-        bf16 = [k for k, v in header.items() if k != "__metadata__" and v.get("dtype") == "BF16"]
-        if bf16:
-            import ml_dtypes  # safetensors' numpy API has no bfloat16: read raw bytes
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            for k in f.keys():
-                if k in bf16:
-                    continue
-                tensors[k] = f.get_tensor(k)
-        if bf16:
-            with open(path, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                base = 8 + n
-                for k in bf16:
-                    s, e = header[k]["data_offsets"]
-                    fh.seek(base + s)
-                    arr = np.frombuffer(fh.read(e - s), dtype=ml_dtypes.bfloat16).reshape(header[k]["shape"])
-                    tensors[k] = arr.astype(np.float32)
-    except SafetensorError as e:
-        raise InvalidFileError(f"{path}: unreadable safetensors file: {e}") from None
-    return tensors, dict(meta)
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        s, e = v["data_offsets"]
+        if v["dtype"] == "BF16":  # NumPy has no bfloat16: ml_dtypes reads it, upcast to float32
+            import ml_dtypes
+
+            raw = np.frombuffer(buf, np.uint8, e - s, base + s) if e > s else np.zeros(0, np.uint8)
+            tensors[k] = raw.view(ml_dtypes.bfloat16).reshape(v["shape"]).astype(np.float32)
+            continue
+        dtype = np.dtype(SAFETENSORS_DTYPES[v["dtype"]][0]).newbyteorder("<")
+        count = (e - s) // dtype.itemsize
+        arr = np.frombuffer(buf, dtype, count, base + s) if count else np.zeros(0, dtype)
+        tensors[k] = arr.reshape(v["shape"])
+    return tensors, meta
 
 
 def config_from_metadata(meta: Mapping[str, str], source: str) -> ViTConfig:

@@ -62,15 +62,29 @@ def flatten_checkpoint(obj: Any) -> dict[str, Any]:
 
 
 def to_float32(name: str, value: Any, source: str) -> np.ndarray:
-    """A stored tensor as the canonical float32 (a MismatchError naming the key for a non-float one; a
-    ConversionWarning when a wider float rounds)."""
+    """A stored tensor as the canonical float32, a copy (a MismatchError naming the key for a non-float one; a
+    ConversionWarning when a wider float rounds). A read-only float32 array (a file's, `read_tensors(...,
+    writable=False)`) is taken as it is: nothing can change it under the canonical state."""
     arr = np.asarray(value)
     if not np.issubdtype(arr.dtype, np.floating):
         raise MismatchError(source, [f"key {name!r}: expected a floating tensor, got dtype {arr.dtype}"])
+    if arr.dtype == CANONICAL_DTYPE and not arr.flags.writeable:
+        return arr
     out = arr.astype(CANONICAL_DTYPE)
     if arr.dtype.itemsize > 4 and not np.array_equal(out.astype(arr.dtype), arr):
         warnings.warn(f"{source}: {name!r} is {arr.dtype}; rounded to float32 (the canonical dtype)",
                       ConversionWarning, stacklevel=3)
+    return out
+
+
+def float32_view(value: Any) -> np.ndarray:
+    """A tensor as float32 for an exporter's output: converted (a new array) where it is another dtype, else the same
+    memory without a copy, as a read-only view, so nothing written through the export can change its source."""
+    arr = np.asarray(value)
+    out = arr.astype(CANONICAL_DTYPE, copy=False)
+    if out is arr:
+        out = arr.view()
+        out.flags.writeable = False
     return out
 
 
@@ -122,7 +136,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A state dict file: .safetensors, or .pt/.pth/.bin through read_torch_checkpoint."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        tensors, _ = read_tensors(path)
+        tensors, _ = read_tensors(path, writable=False)
         return tensors
     if path.suffix in (".pt", ".pth", ".bin"):
         return read_torch_checkpoint(path)

@@ -818,10 +818,10 @@ def load_hf_dir(directory: str | os.PathLike, image_size=None) -> tuple[ViTConfi
         raise InvalidFileError(f"{cj}: must be a JSON object, got {type(conf).__name__}")
     state: dict[str, np.ndarray] = {}
     if (d / "model.safetensors").is_file():
-        state, _ = read_tensors(d / "model.safetensors")
+        state, _ = read_tensors(d / "model.safetensors", writable=False)
     elif (d / "model.safetensors.index.json").is_file():
         for shard in _index_shards(d / "model.safetensors.index.json"):
-            part, _ = read_tensors(shard)
+            part, _ = read_tensors(shard, writable=False)
             state.update(part)
     elif (d / "pytorch_model.bin").is_file():
         state = flatten_checkpoint(read_torch_checkpoint(d / "pytorch_model.bin"))

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import MismatchError
 from ..weights import CANONICAL_DTYPE
-from .common import fuse_rows, split_rows, to_float32
+from .common import float32_view, fuse_rows, split_rows, to_float32
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -277,14 +277,15 @@ def take(entries: Sequence[Entry], src: Mapping[str, Any], source: str, *,
 
 
 def put(entries: Sequence[Entry], state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Apply a map canonical -> file: every entry's source keys, as float32 copies."""
+    """Apply a map canonical -> file: every entry's source keys, as float32 (read-only views where a transform
+    returns the canonical tensor itself or part of it: `float32_view`)."""
     check_map(entries)
     out: dict[str, np.ndarray] = {}
     for e in entries:
         canon = [np.asarray(state[k]) for k in e.dst]
         got = e.transform.backward(canon, len(e.src))
         for k, v in zip(e.src, got):
-            out[k] = np.array(v, dtype=CANONICAL_DTYPE, copy=True)
+            out[k] = float32_view(v)
     return out
 
 

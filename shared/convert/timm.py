@@ -100,8 +100,8 @@ from ..posemb import factorized_grid, resample_pos_embed
 from ..presets import EVA_PRESETS, PRESETS
 from ..safeio import read_json_file
 from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
-from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, image_size_arg, is_suite_preset, isqrt_exact,
-                     pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
+from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, float32_view, image_size_arg, is_suite_preset,
+                     isqrt_exact, pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
 from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
 from .keymap import Entry, Fold, expand, linear_patches, put, take
 from .timm_resolve import Resolved, resolve_timm_architecture, timm_knows
@@ -1381,7 +1381,8 @@ def _refuse_for_timm(cfg: ViTConfig) -> None:
 
 
 def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfig, dict[str, np.ndarray]]:
-    """(config, canonical state) -> the same model as timm holds it: (its config, timm's state dict, copied).
+    """(config, canonical state) -> the same model as timm holds it: (its config, timm's state dict: float32,
+    read-only views of the canonical tensors where they are unchanged, `float32_view`).
 
     Position rows for only some prefix tokens (HF's DINOv2 with registers: the class token has a row, the
     registers none) have no timm form: each row is added to its token, in float32, and dropped from the table
@@ -1405,12 +1406,14 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
                 b[W:2 * W] = 0.0
                 state[f"blocks.{i}.attn.qkv.bias"] = b
         return cfg, put(key_map(cfg, extra=_export_entries(cfg)), state)
-    out = {k: np.array(v, dtype=CANONICAL_DTYPE, copy=True) for k, v in state.items()}
+    out = {k: float32_view(v) for k, v in state.items()}
     n_pos, n0 = cfg.num_pos_prefix, cfg.num_prefix_tokens
     if cfg.pos_embed == "learned" and 0 < n_pos and (n_pos < n0 or is_naflex(cfg)):
         owners = ([("cls_token", 0)] if cfg.class_token == "learned" else []) + \
                  ([("dist_token", 0)] if cfg.dist_token else []) + [("reg_token", j) for j in range(cfg.reg_tokens)]
         pe = out["pos_embed"]
+        for key in {k for k, _ in owners[:n_pos]}:
+            out[key] = np.array(out[key], CANONICAL_DTYPE, copy=True)  # the folded tokens: new arrays
         for i, (key, j) in enumerate(owners[:n_pos]):
             out[key][:, j] = out[key][:, j] + pe[:, i]
         out["pos_embed"] = np.ascontiguousarray(pe[:, n_pos:])
@@ -1425,7 +1428,7 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
 
 
 def export_timm(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Canonical state -> timm state dict (the same keys and arrays, copied; see `timm_form` for the one fold; a
+    """Canonical state -> timm state dict (the same keys and arrays, as `timm_form` gives them, with its one fold; a
     timm Eva config through `eva_key_map`: `eva_model_kwargs` builds the model that loads it)."""
     return timm_form(cfg, state)[1]
 

@@ -300,7 +300,7 @@ def read_torchvision_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A torchvision state dict file -> NumPy dict: safetensors, or .pt/.pth through torch.load(weights_only=True)."""
     path = Path(path)
     if _safetensors_kind(path):  # the file's content decides, not its suffix
-        return read_tensors(path)[0]
+        return read_tensors(path, writable=False)[0]
     return read_torch_checkpoint(path)
 
 

@@ -52,12 +52,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N`: each worker gets its own te
     os.environ["TMPDIR"] = tempfile.tempdir = _tmp  # child processes inherit TMPDIR
     atexit.register(shutil.rmtree, _tmp, True)
 
-# JAX's persistent compilation cache, for this test session only (a folder of its own, removed at exit; inherited by
-# the children: the Keras-on-JAX matrix of test_keras_backends.py, the CLI's keras-jax children). JAX keeps compiled
-# programs per jitted function object, so every new model (`jax.jit` over a new closure) and every `loss_and_grads`
-# call compiled again the XLA program it had already compiled: the same HLO (same config, dtype, input shape; the
-# weights are arguments) is now read back from the cache. A cached executable is the one XLA compiled from that
-# HLO: the same numbers (Keras-on-JAX forwards in three dtypes and gradients bit-identical with and without it).
+# JAX's persistent compilation cache, for this test run only: a folder of its own made by the first pytest process (under
+# pytest-xdist the controller, whose environment the workers inherit), removed when it exits, inherited by every child
+# (the Keras-on-JAX matrix of test_keras_backends.py and its .keras / .weights.h5 children, the CLI's keras-jax
+# children). JAX keeps compiled programs per jitted function object, so every new model (`jax.jit` over a new
+# closure) and every `loss_and_grads` call compiled again an XLA program it had already compiled: the same HLO (same
+# config, dtype and input shape; the weights are arguments) is now read back. A cached executable is the one XLA
+# compiled from that HLO: the same numbers (Keras-on-JAX forwards in three dtypes and gradients bit-identical with
+# and without it, in the process that wrote it and in a fresh one). Two processes writing one entry at once is
+# harmless: a reader that meets a half-written entry cannot decompress it and compiles instead.
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     import atexit
     import shutil

@@ -52,6 +52,26 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N`: each worker gets its own te
     os.environ["TMPDIR"] = tempfile.tempdir = _tmp  # child processes inherit TMPDIR
     atexit.register(shutil.rmtree, _tmp, True)
 
+# JAX's persistent compilation cache, for this test run only: a folder of its own made by the first pytest process (under
+# pytest-xdist the controller, whose environment the workers inherit), removed when it exits, inherited by every child
+# (the Keras-on-JAX matrix of test_keras_backends.py and its .keras / .weights.h5 children, the CLI's keras-jax
+# children). JAX keeps compiled programs per jitted function object, so every new model (`jax.jit` over a new
+# closure) and every `loss_and_grads` call compiled again an XLA program it had already compiled: the same HLO (same
+# config, dtype and input shape; the weights are arguments) is now read back. A cached executable is the one XLA
+# compiled from that HLO: the same numbers (Keras-on-JAX forwards in three dtypes and gradients bit-identical with
+# and without it, in the process that wrote it and in a fresh one). Two processes writing one entry at once is
+# harmless: a reader that meets a half-written entry cannot decompress it and compiles instead.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache = tempfile.mkdtemp(prefix="vit-suite-jax-cache-")
+    atexit.register(shutil.rmtree, _jax_cache, True)
+    # the default (1 s) would skip most of the models' programs; JAX's eager ops (milliseconds each) stay out
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 @pytest.fixture(autouse=True)
 def _environment_restored():

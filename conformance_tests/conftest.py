@@ -52,6 +52,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N`: each worker gets its own te
     os.environ["TMPDIR"] = tempfile.tempdir = _tmp  # child processes inherit TMPDIR
     atexit.register(shutil.rmtree, _tmp, True)
 
+# Where the environment sets PYTHONDONTWRITEBYTECODE (CI's does), every child process the tests start (hundreds:
+# the CLI's backends, the Keras matrix runs) compiled the suite's own modules again (about 0.5 CPU s for all of them).
+# The first pytest process compiles them once into their __pycache__ folders (git-ignored): the variable only stops
+# Python from writing bytecode, every process still reads it. Site-packages hold pip's compiled files already.
+if not os.environ.get("PYTEST_XDIST_WORKER"):
+    import compileall
+
+    for _pkg in ("shared", "vit_torch", "vit_keras", "vit_mindspore", "conformance_tests"):
+        compileall.compile_dir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), _pkg), quiet=2)
+
 # JAX's persistent compilation cache, for this test run only: a folder of its own made by the first pytest process (under
 # pytest-xdist the controller, whose environment the workers inherit), removed when it exits, inherited by every child
 # (the Keras-on-JAX matrix of test_keras_backends.py and its .keras / .weights.h5 children, the CLI's keras-jax

@@ -8,7 +8,8 @@ interleaved with its peer, medians written to JSON. Not a test: these machines a
 Each run records wall seconds, CPU seconds (user + system of the whole process tree) and peak RSS (the largest
 process of the tree, from wait4), and the job's own figures where it writes JSON (a check's per-backend seconds,
 threads and child peak RSS; bench's peak RSS per mode, timm's included; a sweep's cells/min). With --baseline,
-every job runs on both trees in alternation (A B A B ...), so a change of load hits both alike.
+every job runs on both trees in alternation (A B A B ...), so a change of load hits both alike. Each tree's modules
+are compiled to bytecode first, as a user's Python does on first use.
 
 Rows: check (the default `check`, all targets, and each target alone), check-b16 (a B/16 file on torch, keras,
 mindspore), convert (B/16 to .keras / .ckpt / timm / HF and back), sweep (a zoo of tiny models: cells/min),
@@ -131,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": {"cores": os.cpu_count(), "load_before": os.getloadavg()}, "repeats": args.repeats,
                      "trees": {k: str(v) for k, v in trees.items()}, "jobs": {}}
     plan = jobs_of(rows, work, backends)
+    for tree in trees.values():  # as a user's Python would have them: bytecode written once, not per job (an
+        import compileall        # environment with PYTHONDONTWRITEBYTECODE, CI's, compiles every module per process)
+
+        for pkg in ("shared", "vit_torch", "vit_keras", "vit_mindspore", "benchmarks"):
+            if (tree / pkg).is_dir():
+                compileall.compile_dir(tree / pkg, quiet=2)
     for rep in range(args.repeats):
         for row, name, cmd, json_out in plan:
             for tree_name, tree in trees.items():

@@ -5,8 +5,8 @@
 Modes
   eager    the model as `build_model` makes it (SDPA attention), weights in `dtype`.
   fast     the documented fast path: every Linear's weight is reordered once into oneDNN's blocked
-           layout (`torch.ops.mkldnn._reorder_linear_weight`) and run by `mkldnn._linear_pointwise`,
-           with the MLP's GELU (cfg.gelu's form) fused into fc1; weights in `dtype` (bfloat16 uses
+           layout (`torch.ops.mkldnn._reorder_linear_weight`, in the model built for it: no second
+           copy of the weights) and run by `mkldnn._linear_pointwise`, with the MLP's GELU (cfg.gelu's form) fused into fc1; weights in `dtype` (bfloat16 uses
            the CPU's AVX512-BF16/AMX kernels). Numerically this is a different kernel, so it is a
            benchmark path, not the conformance path (`fast_conformance` reports its verdict).
   compile  `torch.compile(model)` (inductor; compile time is reported separately).
@@ -61,9 +61,14 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.attr, [], self.algorithm)
 
 
-def make_fast(model: VisionTransformer) -> VisionTransformer:
-    """Inference-only copy of `model` with prepacked oneDNN Linears and GELU fused into fc1."""
-    fast = copy.deepcopy(model).eval()
+def make_fast(model: VisionTransformer, *, inplace: bool = False) -> VisionTransformer:
+    """Inference-only copy of `model` with prepacked oneDNN Linears and GELU fused into fc1.
+
+    inplace: convert `model` itself (its Linears are replaced, so it is the fast model afterwards) in place of a
+    deep copy: a caller that built the model for this (`prepare`) holds one copy of the weights, never two, and each
+    Linear's weight is released as its packed form is made.
+    """
+    fast = (model if inplace else copy.deepcopy(model)).eval()
     # oneDNN has no QuickGELU or SwiGLU: those stay unfused
     gelu = None if model.config.swiglu else {"erf": "none", "tanh": "tanh"}.get(model.config.gelu)
     with torch.no_grad():
@@ -88,7 +93,7 @@ def fast_conformance(preset: str = "tiny", dtype: str = "float32") -> str:
 
     cfg = get_preset(preset)
     state, x = init_weights(cfg, 0), random_images(cfg, 2, 0)
-    model = make_fast(build_model(cfg, state, dtype=dtype))
+    model = make_fast(build_model(cfg, state, dtype=dtype), inplace=True)
     with torch.inference_mode():
         st = model.forward_stages(torch.from_numpy(x).to(TORCH_DTYPES[dtype]))
     out = {k: v.float().numpy() for k, v in st.items()}
@@ -110,7 +115,7 @@ def prepare(cfg: ViTConfig, dtype: str = "float32", mode: str = "eager", seed: i
     if mode == "eager":
         fn = model
     elif mode == "fast":
-        fn = make_fast(model)
+        fn = make_fast(model, inplace=True)  # the only copy of the weights: eager's is not kept alive
     elif mode == "compile":
         fn = torch.compile(model)
     else:

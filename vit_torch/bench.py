@@ -6,9 +6,10 @@ Modes
   eager    the model as `build_model` makes it (SDPA attention), weights in `dtype`.
   fast     the documented fast path: every Linear's weight is reordered once into oneDNN's blocked
            layout (`torch.ops.mkldnn._reorder_linear_weight`, in the model built for it: no second
-           copy of the weights) and run by `mkldnn._linear_pointwise`, with the MLP's GELU (cfg.gelu's form) fused into fc1; weights in `dtype` (bfloat16 uses
-           the CPU's AVX512-BF16/AMX kernels). Numerically this is a different kernel, so it is a
-           benchmark path, not the conformance path (`fast_conformance` reports its verdict).
+           copy of the weights) and run by `mkldnn._linear_pointwise`, with the MLP's GELU (cfg.gelu's
+           form) fused into fc1; weights in `dtype` (bfloat16 uses the CPU's AVX512-BF16/AMX kernels).
+           Numerically this is a different kernel, so it is a benchmark path, not the conformance path
+           (`fast_conformance` reports its verdict).
   compile  `torch.compile(model)` (inductor; compile time is reported separately).
 
 Threads: `torch.set_num_threads(threads)` is set explicitly (default: all cores).

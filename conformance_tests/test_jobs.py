@@ -47,6 +47,31 @@ def test_backends_side_by_side_give_the_sequential_numbers(tiny):
     assert [(p.a, p.b, p.rel_l2) for p in together.pairs] == [(p.a, p.b, p.rel_l2) for p in alone.pairs]
 
 
+def test_a_warm_worker_reusing_its_model_gives_a_fresh_builds_numbers(tiny, tmp_path):
+    """A warm MindSpore worker runs two checkpoints of one architecture: the second goes into the model (and graph)
+    compiled for the first, and gives a fresh process's stages bit for bit (written with set_data, the compiled
+    graph would still read the first checkpoint's weights)."""
+    cfg, _, path = tiny
+    other = W.save(tmp_path / "other.safetensors", cfg, init_weights(cfg, 4))
+    np.save(tmp_path / "x.npy", random_images(cfg, 2, 0))
+    env = J.thread_env(1)
+
+    def spec(weights):
+        return {"backend": "mindspore", "weights": str(weights), "input": str(tmp_path / "x.npy"), "dtype": "float32",
+                "stages": True, "image_size": None}
+
+    with WarmWorkers(tmp_path, max_workers=1) as workers:
+        first = workers.run("forward", spec(other), tmp_path, name="a", env=env)
+        reused = workers.run("forward", spec(path), tmp_path, name="b", env=env)
+        assert workers.started == {"mindspore": 1}
+    fresh = run_child("forward", spec(path), tmp_path, name="fresh", env=env)
+    for got in (first, reused, fresh):
+        assert got.arrays is not None, got.error
+    assert not np.array_equal(first.arrays["logits"], fresh.arrays["logits"])  # two checkpoints, two outputs
+    for k in fresh.arrays:
+        np.testing.assert_array_equal(reused.arrays[k], fresh.arrays[k], err_msg=k)
+
+
 def test_the_thread_count_does_not_depend_on_the_jobs():
     assert J.child_threads() == max(1, J.cores() // min(J.cores(), J.CHILD_SLOTS))
     assert J.concurrent_children(5, 1, jobs=3) == 3 and J.concurrent_children(2, 1, jobs=8) == 2

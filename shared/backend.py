@@ -7,6 +7,7 @@ A backend turns canonical weights into a native model and runs it on NumPy input
     stages = be.forward(model, images)                # NCHW float32 in, every named stage out
     state2 = be.export(model)                         # canonical state dict back, bit-exact
     be.save_native(model, path); be.load_native(path, cfg)
+    be.load_weights(model, state2)                    # optional: new weights into a built model (warm workers)
 
 and, optionally, trains it and times it (every `vit-suite` command reaches these through the interface, so a
 third-party backend gets `check --grad`, `train`, `evaluate`, `predict` and `bench` by providing them: a

@@ -523,7 +523,8 @@ def run_local(todo: list[tuple[Cell, Prepared]], jobs: int, threads: int, on_sta
     backend's cells, those of one architecture and dtype come one after another, so the worker reuses its model
     (shared/cli/worker.py `_KeptModel`). A slot that finds every backend taken helps with the one with the most
     cells left, starting a second worker for it, only where those cells would take longer than that backend's
-    first cell did (its worker's start-up included): else it stops. Results as they complete."""
+    first cell did (its worker's start-up included), and takes them from the other end of that backend's list (each
+    worker keeps meeting one architecture after another); else it stops. Results as they complete."""
     env = cell_env(threads)
     groups: dict[tuple, list] = {}
     for cp in todo:
@@ -543,7 +544,9 @@ def run_local(todo: list[tuple[Cell, Prepared]], jobs: int, threads: int, on_sta
             return left >= HELP_MIN_CELLS
         return left * sum(later) / len(later) > first_s[g]
 
-    def next_cell(slot: int, last: tuple | None):
+    def next_cell(slot: int, last: tuple | None, from_end: bool):
+        """(group, cell, from_end): a helper takes its cells from the group's other end, so that each worker
+        still meets one architecture after another (and keeps its model)."""
         with lock:
             left = [g for g, cells in groups.items() if cells]
             if not left:
@@ -552,15 +555,16 @@ def run_local(todo: list[tuple[Cell, Prepared]], jobs: int, threads: int, on_sta
             if last in left:
                 g = last
             elif free:
-                g = free[0]
+                g, from_end = free[0], False
             else:
-                g = max(left, key=lambda g: len(groups[g]))
+                g, from_end = max(left, key=lambda g: len(groups[g])), True
                 if not worth_helping(g):
                     return None
-            owners[g] = owners.get(g, 0) + 1
-            if last is not None and last != g:
-                owners[last] -= 1
-            return g, groups[g].pop(0)
+            if g != last:
+                owners[g] = owners.get(g, 0) + 1
+                if last is not None:
+                    owners[last] -= 1
+            return g, groups[g].pop(-1 if from_end else 0), from_end
 
     def record(g, seconds: float) -> None:
         with lock:
@@ -570,12 +574,12 @@ def run_local(todo: list[tuple[Cell, Prepared]], jobs: int, threads: int, on_sta
                 first_s[g] = seconds
 
     def slot_loop(slot: int) -> None:
-        last = None
+        last, from_end = None, False
         while not stop.is_set():
-            picked = next_cell(slot, last)
+            picked = next_cell(slot, last, from_end)
             if picked is None:
                 break
-            last, (cell, p) = picked
+            last, (cell, p), from_end = picked
             on_start(cell)
             result = run_cell(_cell_dict(cell), str(p.weights), env, workers.run)
             record(last, result["seconds"])

@@ -187,7 +187,8 @@ class WarmWorkers:
     (`sweep`'s cells) pays each framework's start-up once, not once per task. `run` has `run_child`'s signature
     and results. A task that crashes its worker (a segfault, an abort, a timeout) takes down only that worker:
     the task's result is the crash (the worker's last stderr lines and exit code), and the next task on that
-    backend starts a fresh worker. At most `max_workers` live at once: an idle one is ended to make room."""
+    backend starts a fresh worker. At most `max_workers` live at once: the least recently used idle one is ended to
+    make room; of two idle workers for a task, the most recently used serves it."""
 
     def __init__(self, logdir: Path, max_workers: int = 4):
         self.logdir = Path(logdir)
@@ -200,7 +201,7 @@ class WarmWorkers:
 
     def _take(self, key: tuple, backend: str, env: dict[str, str]) -> _Warm:
         with self._lock:
-            for w in self._idle:
+            for w in reversed(self._idle):  # the most recent: likely the one that holds the next cell's model
                 if w.key == key and w.proc.poll() is None:
                     self._idle.remove(w)
                     self._busy += 1

@@ -12,7 +12,10 @@ every job runs on both trees in alternation (A B A B ...), so a change of load h
 are compiled to bytecode first, as a user's Python does on first use.
 
 Rows: check (the default `check`, all targets, and each target alone), check-b16 (a B/16 file on torch, keras,
-mindspore), convert (B/16 to .keras / .ckpt / timm / HF and back), sweep (a zoo of tiny models: cells/min),
+mindspore), convert (B/16 to .keras / .ckpt / timm / HF and back), sweep (a zoo of tiny models: 3 checkpoints x
+the sweep backends, 12 cells, cells/min: mostly the workers' framework start-up), sweep-large (12 checkpoints of
+6 tiny architectures, 48 cells; with both sweep rows the JSON's `sweep_marginal` gives each tree's marginal rate,
+(48 - 12) cells / (its two median walls' difference): the cells/min once the workers run, start-up excluded),
 rss (`bench` B/16 batch 1: our torch modes against timm's), ci (the CI-sized test set; not in the default rows:
 about 20 minutes).
 """
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ROWS = ("check", "check-b16", "convert", "sweep", "rss")
+DEFAULT_ROWS = ("check", "check-b16", "convert", "sweep", "sweep-large", "rss")
 SWEEP_ZOO = """
 [sweep]
 backends = {backends}
@@ -46,6 +49,13 @@ seed = 2
 preset = "tiny_meanpool"
 seed = 3
 """
+
+#: 12 checkpoints, 6 architectures (some share one, as a zoo's fine-tunes do), the same [sweep] as SWEEP_ZOO
+SWEEP_ZOO_LARGE = SWEEP_ZOO.split("[[checkpoints]]")[0] + "".join(
+    f'[[checkpoints]]\npreset = "{preset}"\nseed = {seed}\n'
+    for preset, seed in [("tiny", 1), ("tiny", 2), ("tiny", 4), ("tiny_meanpool", 3), ("tiny_meanpool", 5),
+                         ("tiny_deit", 6), ("tiny_deit", 7), ("tiny_clip", 8), ("tiny_clip", 9), ("tiny_siglip", 10),
+                         ("tiny_siglip", 11), ("tiny_pretrain", 12)])
 
 
 def run(argv: list[str], tree: Path, cwd: Path, timeout: float = 3600) -> dict:
@@ -88,6 +98,9 @@ def jobs_of(rows: list[str], work: Path, backends: list[str]) -> list[tuple[str,
     if "sweep" in rows:
         out.append(("sweep", "sweep of tiny models", ["shared.cli", "sweep", str(work / "zoo.toml"), "--out",
                                                        "{sweep_out}"], None))
+    if "sweep-large" in rows:
+        out.append(("sweep-large", "sweep of 12 tiny models", ["shared.cli", "sweep", str(work / "zoo-large.toml"),
+                                                                "--out", "{sweep_out}"], None))
     if "rss" in rows:
         out.append(("rss", "bench B/16 batch 1, torch vs timm",
                     ["shared.cli", "bench", "--backends", "torch", "--preset", "B/16", "--batch", "1", "--iters",
@@ -125,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = args.backends.split(",")
     trees = {"this": ROOT} | ({"baseline": Path(args.baseline).resolve()} if args.baseline else {})
     work = Path(tempfile.mkdtemp(prefix="vit-suite-jobs-"))
-    (work / "zoo.toml").write_text(SWEEP_ZOO.format(backends=json.dumps(args.sweep_backends.split(","))))
+    for name, zoo in (("zoo.toml", SWEEP_ZOO), ("zoo-large.toml", SWEEP_ZOO_LARGE)):
+        (work / name).write_text(zoo.format(backends=json.dumps(args.sweep_backends.split(","))))
     if {"check-b16", "convert"} & set(rows):
         subprocess.run([sys.executable, "-m", "shared.cli", "init", "B/16", str(work / "b16.safetensors"),
                         "--force"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
@@ -142,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         for row, name, cmd, json_out in plan:
             for tree_name, tree in trees.items():
                 j = work / f"out-{tree_name}.json"
-                sweep_out = work / f"sweep-{tree_name}-{rep}"
+                sweep_out = work / f"{row}-{tree_name}-{rep}"
                 argv_ = [a.replace("{json}", str(j)).replace("{sweep_out}", str(sweep_out)) for a in cmd]
                 r = run(argv_, tree, ROOT if tree_name == "this" else tree)
                 data = None
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     data = json.loads(j.read_text())
                     j.unlink()
                 r.update(figures(row, data, r))
-                if row == "sweep" and (sweep_out / "sweep.json").exists():
+                if row.startswith("sweep") and (sweep_out / "sweep.json").exists():
                     s = json.loads((sweep_out / "sweep.json").read_text())
                     r["cells"] = len(s["cells"])
                     r["cells_per_min"] = len(s["cells"]) / r["wall_s"] * 60
@@ -167,6 +181,16 @@ def main(argv: list[str] | None = None) -> int:
             entry.setdefault("median", {})[tree_name] = {
                 k: statistics.median(r[k] for r in runs if k in r)
                 for k in ("wall_s", "cpu_s", "peak_rss_mb", "cells_per_min") if any(k in r for r in runs)}
+    small, large = (next((e for e in results["jobs"].values() if e["row"] == r), None)
+                    for r in ("sweep", "sweep-large"))
+    if small and large:  # cells/min once the workers run: the large zoo's extra cells over its extra wall (and CPU)
+        n = large[next(iter(trees))][0].get("cells", 0) - small[next(iter(trees))][0].get("cells", 0)
+        results["sweep_marginal"] = {t: {
+            "cells": n,
+            "cells_per_min": n / max(large["median"][t]["wall_s"] - small["median"][t]["wall_s"], 1e-9) * 60,
+            "cpu_s_per_cell": (large["median"][t]["cpu_s"] - small["median"][t]["cpu_s"]) / max(n, 1)} for t in trees}
+        for t, m in results["sweep_marginal"].items():
+            print(f"{t:8s} sweep, marginal: {m['cells_per_min']:.1f} cells/min, {m['cpu_s_per_cell']:.2f} CPU s a cell")
     results["machine"]["load_after"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))
     print(f"wrote {args.out}")

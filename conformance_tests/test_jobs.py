@@ -28,13 +28,19 @@ def tiny(tmp_path_factory):
     return cfg, state, path
 
 
-def test_backends_side_by_side_give_the_sequential_numbers(tiny):
+@pytest.fixture(scope="module")
+def alone(tiny):
+    """torch and MindSpore one after another, each in a fresh child of 1 thread."""
+    cfg, state, path = tiny
+    return run_check(cfg, path, random_images(cfg, 2, 0), ["torch", "mindspore"], state=state, jobs=1, threads=1)
+
+
+def test_backends_side_by_side_give_the_sequential_numbers(tiny, alone):
     """torch and MindSpore at once (each 1 thread) and one after another: every stage bit for bit, the same
     verdicts, and each run records its thread count."""
     cfg, state, path = tiny
     x = random_images(cfg, 2, 0)
     together = run_check(cfg, path, x, ["torch", "mindspore"], state=state, jobs=2, threads=1)
-    alone = run_check(cfg, path, x, ["torch", "mindspore"], state=state, jobs=1, threads=1)
     assert [r.backend for r in together.runs] == ["torch", "mindspore"]  # the order asked for, not of finishing
     for a, b in zip(together.runs, alone.runs):
         assert a.status == b.status == "pass", (a.error, b.error)
@@ -45,6 +51,33 @@ def test_backends_side_by_side_give_the_sequential_numbers(tiny):
             np.testing.assert_array_equal(a.stages[k], b.stages[k], err_msg=f"{a.backend} {k}")
         assert [s.rel_l2 for s in a.verdict.stages] == [s.rel_l2 for s in b.verdict.stages]
     assert [(p.a, p.b, p.rel_l2) for p in together.pairs] == [(p.a, p.b, p.rel_l2) for p in alone.pairs]
+
+
+def test_a_warm_worker_reusing_its_model_gives_a_fresh_builds_numbers(tiny, alone, tmp_path):
+    """A warm MindSpore worker runs two checkpoints of one architecture: the second goes into the model (and graph)
+    compiled for the first, and gives a fresh child's stages bit for bit (written with set_data, the compiled
+    graph would still read the first checkpoint's weights)."""
+    cfg, _, path = tiny
+    other = W.save(tmp_path / "other.safetensors", cfg, init_weights(cfg, 4))
+    np.save(tmp_path / "x.npy", random_images(cfg, 2, 0).astype(np.float32))  # the images `alone` ran
+    env = J.thread_env(1)
+
+    def spec(weights):
+        return {"backend": "mindspore", "weights": str(weights), "input": str(tmp_path / "x.npy"), "dtype": "float32",
+                "stages": True, "image_size": None}
+
+    with WarmWorkers(tmp_path, max_workers=1) as workers:
+        first = workers.run("forward", spec(other), tmp_path, name="a", env=env)
+        reused = workers.run("forward", spec(path), tmp_path, name="b", env=env)
+        assert workers.started == {"mindspore": 1}
+    fresh = alone.runs[1]
+    assert fresh.backend == "mindspore" and fresh.stages is not None, fresh.error
+    for got in (first, reused):
+        assert got.arrays is not None, got.error
+    assert not np.array_equal(first.arrays["logits"], fresh.stages["logits"])  # two checkpoints, two outputs
+    assert reused.arrays.keys() == fresh.stages.keys()
+    for k in fresh.stages:
+        np.testing.assert_array_equal(reused.arrays[k], fresh.stages[k], err_msg=k)
 
 
 def test_the_thread_count_does_not_depend_on_the_jobs():

@@ -7,6 +7,7 @@ A backend turns canonical weights into a native model and runs it on NumPy input
     stages = be.forward(model, images)                # NCHW float32 in, every named stage out
     state2 = be.export(model)                         # canonical state dict back, bit-exact
     be.save_native(model, path); be.load_native(path, cfg)
+    be.load_weights(model, state2)                    # optional: new weights into a built model (warm workers)
 
 and, optionally, trains it and times it (every `vit-suite` command reaches these through the interface, so a
 third-party backend gets `check --grad`, `train`, `evaluate`, `predict` and `bench` by providing them: a
@@ -41,6 +42,7 @@ or, without packaging, with the environment variable (inherited by the tool's ch
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import importlib.util
 import os
@@ -114,6 +116,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load_native(self, path: str | os.PathLike, cfg: ViTConfig | None = None, *, dtype: str = "float32") -> Any:
         """Read the framework's own weight file strictly (every key, shape and dtype checked)."""
+
+    # ------------------------------------------------------------- optional
+    def load_weights(self, model: Any, state: Mapping[str, np.ndarray]) -> None:
+        """Put a canonical state dict into `model`, a model this backend's own `build` made for the same config and
+        dtype, replacing every weight (validated strictly, as `build` does). A warm worker (`sweep`) then reuses
+        the model, and what the framework compiled for it, for the next checkpoint of that architecture: its
+        forward must equal a fresh build's, bit for bit. Not implemented: every task builds its own model."""
+        raise self._unsupported("load_weights")
 
     # ------------------------------------------------------------- provided
     def load_file(self, path: str | os.PathLike, *, dtype: str = "float32") -> Any:
@@ -351,20 +361,22 @@ def available_backends(variants: bool = False) -> list[str]:
 def module_versions(modules: Iterable[str]) -> dict[str, str]:
     """module -> its installed distribution's version ("unknown" where none is found), without importing it.
 
-    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`)."""
+    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`). Looked up once
+    per process and module (a lookup scans every installed distribution: about 0.3 s, which a warm worker would
+    otherwise pay for every task)."""
+    return {module: _module_version(module) for module in modules}
+
+
+@functools.lru_cache(maxsize=None)
+def _module_version(module: str) -> str:
     from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
-    out = {}
-    for module in modules:
-        for dist in (module, *packages_distributions().get(module, ())):
-            try:
-                out[module] = version(dist)
-                break
-            except PackageNotFoundError:
-                continue
-        else:
-            out[module] = "unknown"
-    return out
+    for dist in (module, *packages_distributions().get(module, ())):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def backend_versions(name: str) -> dict[str, str]:

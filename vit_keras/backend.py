@@ -106,6 +106,11 @@ class KerasBackend(Backend):
 
         return to_canonical(model)
 
+    def load_weights(self, model, state: Mapping[str, np.ndarray]) -> None:
+        from .model import load_canonical
+
+        load_canonical(model, state)
+
     # ---------------------------------------------------------------- forward
     def _stage_fn(self, model, shape: tuple[int, ...]):
         keras = _keras()
@@ -285,6 +290,9 @@ class KerasDeployedBackend(KerasBackend):
 
     def export(self, model) -> dict[str, np.ndarray]:
         return super().export(model.keras_model)
+
+    def load_weights(self, model, state) -> None:  # the exported artifact holds its weights as constants
+        raise self._unsupported("load_weights")
 
     def forward(self, model, images: np.ndarray) -> dict[str, np.ndarray]:
         images = np.asarray(images, dtype=np.float32)

@@ -32,7 +32,7 @@ from shared.errors import BackendError, UnsupportedError
 from shared.reference import check_images
 
 from . import convert
-from .model import StageNet, VisionTransformer, build_model, configure_runtime, to_canonical
+from .model import StageNet, VisionTransformer, build_model, configure_runtime, load_canonical, to_canonical
 
 MODES = ("graph", "pynative")
 
@@ -84,6 +84,9 @@ class MindSporeBackend(Backend):
 
     def export(self, model: VisionTransformer) -> dict[str, np.ndarray]:
         return to_canonical(model)
+
+    def load_weights(self, model: VisionTransformer, state: Mapping[str, np.ndarray]) -> None:
+        load_canonical(model, state, in_place=True)
 
     # ---------------------------------------------------------------- forward
     def stage_net(self, model: VisionTransformer, image_size: tuple[int, int]):

@@ -422,12 +422,20 @@ class StageNet(nn.Cell):
         return res
 
 
-def load_canonical(model, state: Mapping[str, np.ndarray], source: str = "<state dict>") -> None:
-    """Validate a canonical float32 state dict strictly, then set every parameter (cast to its dtype)."""
+def load_canonical(model, state: Mapping[str, np.ndarray], source: str = "<state dict>", *,
+                   in_place: bool = False) -> None:
+    """Validate a canonical float32 state dict strictly, then set every parameter (cast to its dtype).
+
+    in_place: write into each parameter's own storage (ops.assign), for a model that already ran: a graph compiled
+    for it reads that storage, and would not see the new tensor `set_data` puts in its place."""
     cfg = model.config
     validate_state(cfg, state, source=source)
     for p in model.get_parameters():  # names are the canonical keys (checked when the model is built)
-        p.set_data(Tensor(np.ascontiguousarray(state[p.name], np.float32)).astype(p.dtype))
+        value = Tensor(np.ascontiguousarray(state[p.name], np.float32)).astype(p.dtype)
+        if in_place:
+            ops.assign(p, value)
+        else:
+            p.set_data(value)
 
 
 def to_canonical(model) -> dict[str, np.ndarray]:

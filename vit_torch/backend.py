@@ -23,7 +23,7 @@ from shared.config import ViTConfig
 from shared.reference import check_images
 
 from . import convert
-from .model import TORCH_DTYPES, VisionTransformer, build_model, to_canonical
+from .model import TORCH_DTYPES, VisionTransformer, build_model, load_canonical, to_canonical
 
 
 def pin_float32_numerics() -> None:
@@ -57,6 +57,9 @@ class TorchBackend(Backend):
 
     def export(self, model: VisionTransformer) -> dict[str, np.ndarray]:
         return to_canonical(model)
+
+    def load_weights(self, model: VisionTransformer, state: Mapping[str, np.ndarray]) -> None:
+        load_canonical(model, state)
 
     def forward(self, model: VisionTransformer, images: np.ndarray) -> dict[str, np.ndarray]:
         images = np.asarray(images)

@@ -36,7 +36,9 @@ and a killed sweep loses only the cells in flight. OUT gets sweep.json, sweep.ht
 
 Executors. `local` runs --jobs cells at once through warm workers (shared/cli/worker.py `WarmWorkers`): one
 long-lived child per framework in use, reused across cells, so a framework's start-up is paid once per sweep, not
-once per cell; a cell that crashes its worker takes down only that worker, is reported as crashed (status "error",
+once per cell, and a backend's cells of one architecture and dtype run one after another, so its worker puts each
+checkpoint's weights into the model it built (and compiled) for the previous one (bit for bit a fresh build's
+output); a cell that crashes its worker takes down only that worker, is reported as crashed (status "error",
 the worker's last stderr lines), and the next cell on that backend starts a fresh one. `ray` makes each cell a Ray
 task (a fresh child per cell, as before) declaring its CPUs and an estimate of its memory; a checkpoint's
 canonical file is put into Ray's object store once and written to a node-local cache once per node (not per cell),
@@ -78,6 +80,8 @@ from .worker import WarmWorkers
 RESULT_FORMAT = 1
 DTYPES = ("float32", "bfloat16", "float16")
 INPUT_KINDS = ("normal", "uniform", "zeros", "large")
+#: the cells a backend must have left before an idle slot starts a second worker for it, when none has finished yet
+HELP_MIN_CELLS = 4
 #: [sweep] keys and their defaults, parsed (image size None: the checkpoint's own, "native" in a manifest); each may
 #: be overridden in a [[checkpoints]] entry
 SWEEP_DEFAULTS: dict[str, Any] = {"backends": None, "dtypes": ["float32"], "image_sizes": [None],
@@ -515,38 +519,71 @@ def cell_env(threads: int) -> dict[str, str]:
 def run_local(todo: list[tuple[Cell, Prepared]], jobs: int, threads: int, on_start: Callable[[Cell], None],
               workers: WarmWorkers) -> Iterator[tuple[Cell, dict]]:
     """`jobs` cells at once, each driving a child process of `workers` (warm: kept alive across cells). Each of
-    the `jobs` slots takes the cells of one backend (kind) after another, so that backend's worker is reused;
-    a slot that finds every backend taken helps with the one with the most cells left. Results as they complete."""
+    the `jobs` slots takes the cells of one backend (kind) after another, so that backend's worker is reused; in a
+    backend's cells, those of one architecture and dtype come one after another, so the worker reuses its model
+    (shared/cli/worker.py `_KeptModel`). A slot that finds every backend taken helps with the one with the most
+    cells left, starting a second worker for it, only where those cells would take longer than that backend's
+    first cell did (its worker's start-up included), and takes them from the other end of that backend's list (each
+    worker keeps meeting one architecture after another); else it stops. Results as they complete."""
     env = cell_env(threads)
     groups: dict[tuple, list] = {}
     for cp in todo:
         groups.setdefault((cp[0].backend, cp[0].kind), []).append(cp)
+    for cells in groups.values():  # stable: the manifest's order within one architecture
+        cells.sort(key=lambda cp: (cp[1].cfg.to_json(), cp[0].dtype, cp[0].image_size or ()))
     owners: dict[tuple, int] = {}
+    first_s: dict[tuple, float] = {}  # group -> seconds of its first cell (a worker's start-up included)
+    later_s: dict[tuple, list] = {}   # group -> seconds of its other cells
     lock = threading.Lock()
     results: queue.Queue = queue.Queue()
     stop = threading.Event()
 
-    def next_cell(slot: int, last: tuple | None):
+    def worth_helping(g) -> bool:
+        left, later = len(groups[g]), later_s.get(g)
+        if g not in first_s or not later:  # nothing measured yet: a second worker pays off on many cells only
+            return left >= HELP_MIN_CELLS
+        return left * sum(later) / len(later) > first_s[g]
+
+    def next_cell(slot: int, last: tuple | None, from_end: bool):
+        """(group, cell, from_end): a helper takes its cells from the group's other end, so that each worker
+        still meets one architecture after another (and keeps its model)."""
         with lock:
             left = [g for g, cells in groups.items() if cells]
             if not left:
                 return None
             free = [g for g in left if owners.get(g, 0) == 0]
-            g = last if last in left else (free[0] if free else max(left, key=lambda g: len(groups[g])))
-            owners[g] = owners.get(g, 0) + 1
-            if last is not None and last != g:
-                owners[last] -= 1
-            return g, groups[g].pop(0)
+            if last in left:
+                g = last
+            elif free:
+                g, from_end = free[0], False
+            else:
+                g, from_end = max(left, key=lambda g: len(groups[g])), True
+                if not worth_helping(g):
+                    return None
+            if g != last:
+                owners[g] = owners.get(g, 0) + 1
+                if last is not None:
+                    owners[last] -= 1
+            return g, groups[g].pop(-1 if from_end else 0), from_end
+
+    def record(g, seconds: float) -> None:
+        with lock:
+            if g in first_s:
+                later_s.setdefault(g, []).append(seconds)
+            else:
+                first_s[g] = seconds
 
     def slot_loop(slot: int) -> None:
-        last = None
+        last, from_end = None, False
         while not stop.is_set():
-            picked = next_cell(slot, last)
+            picked = next_cell(slot, last, from_end)
             if picked is None:
                 break
-            last, (cell, p) = picked
+            last, (cell, p), from_end = picked
             on_start(cell)
-            results.put((cell, run_cell(_cell_dict(cell), str(p.weights), env, workers.run)))
+            result = run_cell(_cell_dict(cell), str(p.weights), env, workers.run)
+            record(last, result["seconds"])
+            results.put((cell, result))
         results.put(None)
 
     slots = [threading.Thread(target=slot_loop, args=(i,), name=f"sweep-slot-{i}", daemon=True)

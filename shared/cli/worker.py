@@ -7,7 +7,8 @@ AdamW step), `bench` (timed forwards in one mode) or `source` (the source librar
 `check --against`). Why a process each: TensorFlow imported before MindSpore aborts a process, the frameworks'
 thread pools should not share one, and the peak memory of a benchmark must belong to that run alone (see
 peak_rss_mb). `python -m shared.cli.worker serve` is a warm worker instead: it runs such tasks one after another
-for one backend (`WarmWorkers`, what `sweep` uses), paying the framework's start-up once.
+for one backend (`WarmWorkers`, what `sweep` uses), paying the framework's start-up once, and building (and
+compiling) a model once per architecture and dtype (`_KeptModel`).
 
 The parent calls `run_child(task, spec, workdir, name=...)`, or runs several at once through a `ChildPool`. The
 child writes its arrays and a JSON `__meta__` to OUT, or exits with the code of the error it met
@@ -36,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from .. import weights as W
-from ..backend import backend_env, get_backend, import_frameworks_in_safe_order
+from ..backend import Backend, backend_env, get_backend, import_frameworks_in_safe_order
 from ..errors import EXIT_CRASH, EXIT_UNSUPPORTED, SuiteError, UnsupportedError, UsageError
 from .common import load_npy, read_npz, write_npz
 
@@ -186,7 +187,8 @@ class WarmWorkers:
     (`sweep`'s cells) pays each framework's start-up once, not once per task. `run` has `run_child`'s signature
     and results. A task that crashes its worker (a segfault, an abort, a timeout) takes down only that worker:
     the task's result is the crash (the worker's last stderr lines and exit code), and the next task on that
-    backend starts a fresh worker. At most `max_workers` live at once: an idle one is ended to make room."""
+    backend starts a fresh worker. At most `max_workers` live at once: the least recently used idle one is ended to
+    make room; of two idle workers for a task, the most recently used serves it."""
 
     def __init__(self, logdir: Path, max_workers: int = 4):
         self.logdir = Path(logdir)
@@ -199,7 +201,7 @@ class WarmWorkers:
 
     def _take(self, key: tuple, backend: str, env: dict[str, str]) -> _Warm:
         with self._lock:
-            for w in self._idle:
+            for w in reversed(self._idle):  # the most recent: likely the one that holds the next cell's model
                 if w.key == key and w.proc.poll() is None:
                     self._idle.remove(w)
                     self._busy += 1
@@ -288,7 +290,7 @@ def run_forward(backend: str, weights: str | Path, input_path: str | Path, dtype
     if size != tuple(cfg.image_size):
         cfg = cfg.with_image_size(size)
     t0 = time.perf_counter()
-    model = be.build(cfg, state, dtype=dtype)
+    model = _KEPT.model_for(be, backend, cfg, state, dtype) if _KEPT.active else be.build(cfg, state, dtype=dtype)
     t1 = time.perf_counter()
     out = be.forward(model, x)
     t2 = time.perf_counter()
@@ -374,23 +376,90 @@ def _run_task(task: str, spec_path: str, out: str) -> tuple[int, str | None]:
     return 0, None
 
 
-def _forget_models() -> None:
-    """Between a warm worker's tasks: drop the last task's models (Keras keeps its graph state per session)."""
+def _clear_session() -> None:
+    """Keras keeps its graph state (and its layer-name counters) per session: a fresh build starts a fresh one."""
     if "keras" in sys.modules:
         with contextlib.suppress(Exception):
             sys.modules["keras"].backend.clear_session()
+
+
+class _KeptModel:
+    """A warm worker's last forward model, kept for its next task of the same backend, config and dtype: that task
+    puts its checkpoint's weights into it (`Backend.load_weights`) instead of building, so what the framework
+    compiled or traced for the model (MindSpore's graph, XLA's program, a tf.function) serves every checkpoint of
+    one architecture. Only for a backend whose `build` is the one that came with its `load_weights` (a subclass
+    that changes the built model, as the deliberately broken test backends do, always builds), and only for a model
+    of at most KEEP_BYTES of float32 parameters (an idle worker holds it). Any other task drops it first, and a
+    fresh build starts from a cleared Keras session, as every build did before."""
+
+    KEEP_BYTES = 256 << 20
+
+    def __init__(self) -> None:
+        self.active = False  # serve() only: a one-shot child or `vit-suite forward` builds as ever
+        self.key: tuple | None = None
+        self.model = None
+        self.hits = 0
+
+    @staticmethod
+    def reusable(be) -> bool:
+        owner = next(c for c in type(be).__mro__ if "load_weights" in c.__dict__)
+        return owner is not Backend and type(be).build is owner.build
+
+    def model_for(self, be, backend: str, cfg, state, dtype: str):
+        key = (backend, cfg.to_json(), dtype)
+        if key == self.key:
+            try:
+                be.load_weights(self.model, state)
+            except BaseException:
+                self.drop()
+                raise
+            self.hits += 1
+            return self.model
+        self.drop()
+        model = be.build(cfg, state, dtype=dtype)
+        if self.reusable(be) and W.parameter_count(cfg) * 4 <= self.KEEP_BYTES:
+            self.key, self.model = key, model
+        return model
+
+    def drop(self) -> None:
+        """Release the kept model, clear Keras' session and collect (the model was frozen with the rest of the
+        heap after the first task: unfreeze, collect, freeze again)."""
+        if self.model is None:
+            return
+        self.key = self.model = None
+        _clear_session()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+
+_KEPT = _KeptModel()
+
+
+def _forget_models(first: bool = False) -> None:
+    """Between a warm worker's tasks: collect the last task's garbage (a model not kept, its session cleared).
+    After the first task, everything still alive (the frameworks' own objects, most of the heap) is frozen out of
+    later collections (gc.freeze), which then cost milliseconds, not the 0.1 to 0.5 s of a full collection."""
+    if _KEPT.model is None:
+        _clear_session()
     gc.collect()
+    if first:
+        gc.freeze()
 
 
 def serve() -> int:
     """A warm worker (`WarmWorkers`): one request a line on stdin, {"task", "spec", "out"}, one answer a line,
-    {"rc", "error"}, on the original stdout; whatever a framework prints goes to stderr instead."""
+    {"rc", "error"}, on the original stdout; whatever a framework prints goes to stderr instead. Forward tasks
+    reuse the last one's model where they can (`_KeptModel`)."""
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    for line in sys.stdin:
+    _KEPT.active = True
+    for n, line in enumerate(sys.stdin):
         req = json.loads(line)
+        if req["task"] != "forward":
+            _KEPT.drop()
         rc, error = _run_task(req["task"], req["spec"], req["out"])
-        _forget_models()
+        _forget_models(first=n == 0)
         answers.write(json.dumps({"rc": rc, "error": error}) + "\n")
     return 0
 

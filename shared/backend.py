@@ -41,6 +41,7 @@ or, without packaging, with the environment variable (inherited by the tool's ch
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import importlib.util
 import os
@@ -337,12 +338,18 @@ def available_backends(variants: bool = False) -> list[str]:
 def module_versions(modules: Iterable[str]) -> dict[str, str]:
     """module -> its installed distribution's version ("unknown" where none is found), without importing it.
 
-    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`)."""
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`): only then is
+    the map of every installed distribution's modules read (once per process: it scans them all)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     out = {}
     for module in modules:
-        for dist in (module, *packages_distributions().get(module, ())):
+        try:
+            out[module] = version(module)
+            continue
+        except PackageNotFoundError:
+            pass
+        for dist in _packages_distributions().get(module, ()):
             try:
                 out[module] = version(dist)
                 break
@@ -351,6 +358,13 @@ def module_versions(modules: Iterable[str]) -> dict[str, str]:
         else:
             out[module] = "unknown"
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
 
 
 def backend_versions(name: str) -> dict[str, str]:

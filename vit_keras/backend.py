@@ -20,8 +20,8 @@ refuses, naming both, if this process already runs Keras on another backend (the
 variable from the registry). Keras is imported lazily, so importing this module imports no framework
 (TensorFlow must not precede MindSpore in a process).
 
-Forward modes: "eager", "graph" (tf.function, TensorFlow only) and "jit" (XLA: tf.function(jit_compile=True) on
-TensorFlow, jax.jit on JAX); the torch Keras backend runs eagerly. The training hooks (shared.backend.Backend) run vit_keras.train (`keras.Model.fit`, the
+Forward modes: "eager", "graph" (tf.function without AutoGraph, TensorFlow only: model.tf_function) and "jit" (XLA:
+tf.function(jit_compile=True) on TensorFlow, jax.jit on JAX); the torch Keras backend runs eagerly. The training hooks (shared.backend.Backend) run vit_keras.train (`keras.Model.fit`, the
 backend's autodiff) on a model from `trainable`, in NCHW (`data_format="channels_first"`), so the shared
 pipeline's arrays go in unchanged; the benchmark hooks run vit_keras.bench.
 """
@@ -119,9 +119,9 @@ class KerasBackend(Backend):
 
         fn = run
         if keras.backend.backend() == "tensorflow" and self.mode != "eager":
-            import tensorflow as tf
+            from .model import tf_function
 
-            fn = tf.function(run, jit_compile=(self.mode == "jit"), reduce_retracing=False)
+            fn = tf_function(run, jit_compile=(self.mode == "jit"))
         elif keras.backend.backend() == "jax" and self.mode == "jit":
             from .model import jax_jit
 

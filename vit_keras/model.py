@@ -429,6 +429,18 @@ def jax_jit(model: VisionTransformer, fn):
     return lambda x: jitted([v.value for v in variables], x)
 
 
+def tf_function(fn, jit_compile: bool = False):
+    """`fn` as a TensorFlow graph (`tf.function`; jit_compile=True: XLA), traced without AutoGraph.
+
+    AutoGraph rewrites a function's Python control flow into graph ops; most of a first call's trace time went into
+    that rewrite. Code that also runs under jax.jit (this model, keras-hub's) has no control flow on tensor values
+    for it to rewrite: its Python branches and loops depend on the config and shapes only, so the graph is the same
+    op for op, and the outputs bit-identical."""
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=jit_compile, reduce_retracing=False, autograph=False)
+
+
 def new_model(cfg: ViTConfig, *, dtype: str = "float32", data_format: str = "channels_last",
               name: str = "vision_transformer") -> VisionTransformer:
     """A built model for `cfg` with zero-initialised variables (`build_model` fills them; `.weights.h5` loads them).

@@ -338,8 +338,10 @@ def available_backends(variants: bool = False) -> list[str]:
 def module_versions(modules: Iterable[str]) -> dict[str, str]:
     """module -> its installed distribution's version ("unknown" where none is found), without importing it.
 
-    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`): only then is
-    the map of every installed distribution's modules read (once per process: it scans them all)."""
+    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`): then the
+    distributions whose name starts with the module's and that provide it are asked first (`tensorflow_cpu`), and
+    only where none does the map of every installed distribution's modules is read (once per process: it scans
+    them all, seconds)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -349,7 +351,8 @@ def module_versions(modules: Iterable[str]) -> dict[str, str]:
             continue
         except PackageNotFoundError:
             pass
-        for dist in _packages_distributions().get(module, ()):
+        named_like = _distributions_named_like(module)
+        for dist in named_like or _packages_distributions().get(module, ()):
             try:
                 out[module] = version(dist)
                 break
@@ -358,6 +361,30 @@ def module_versions(modules: Iterable[str]) -> dict[str, str]:
         else:
             out[module] = "unknown"
     return out
+
+
+def _distributions_named_like(module: str) -> list[str]:
+    """The installed distributions named `module` + "-" or "_" + anything whose top-level modules include `module`
+    (what packages_distributions() would say for them), found from the .dist-info folder names alone."""
+    import re
+    import sys
+    from importlib.metadata import Distribution
+
+    pattern = re.compile(rf"^{re.escape(module)}[-_.][^-]*-[^-]*\.dist-info$", re.IGNORECASE)
+    found = []
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if not pattern.match(name):
+                continue
+            dist = Distribution.at(os.path.join(entry or ".", name))
+            top = (dist.read_text("top_level.txt") or "").split()
+            if module in top or not top and any(f.parts[0] == module for f in dist.files or ()):
+                found.append(dist.metadata["Name"])
+    return found
 
 
 @functools.lru_cache(maxsize=1)

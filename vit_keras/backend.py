@@ -42,7 +42,28 @@ from shared.reference import check_images
 MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torch": ("eager",), "openvino": ("eager",)}
 
 
+#: optional modules that `import keras` imports whenever they are installed, for Keras features this tool never
+#: uses: scikit-learn (keras.wrappers' estimators, ~0.7 CPU s) and, under another Keras backend, JAX (a monitoring
+#: shim in the Orbax checkpoint callback, ~0.5 CPU s)
+KERAS_UNUSED_IMPORTS = ("sklearn", "jax")
+
+
 def _keras():
+    """Keras, imported on first use with KERAS_UNUSED_IMPORTS hidden (each Keras import of them is guarded by an
+    `except ImportError`), unless this process imported them already or Keras runs on that one (JAX). They are
+    importable again as soon as Keras is: only Keras' unused features go without them."""
+    import sys
+
+    if "keras" not in sys.modules:
+        running = os.environ.get("KERAS_BACKEND", "tensorflow")
+        hidden = [m for m in KERAS_UNUSED_IMPORTS if m not in sys.modules and m != running]
+        sys.modules.update(dict.fromkeys(hidden))
+        try:
+            import keras  # noqa: F401
+        finally:
+            for m in hidden:
+                if sys.modules.get(m, 0) is None:
+                    del sys.modules[m]
     import keras
 
     return keras

@@ -36,6 +36,7 @@ dtype="bfloat16")` picks the mixed policy): float32 variables, compute in the ha
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping
 
 import numpy as np
@@ -443,7 +444,8 @@ def tf_function(fn, jit_compile: bool = False):
 
 def new_model(cfg: ViTConfig, *, dtype: str = "float32", data_format: str = "channels_last",
               name: str = "vision_transformer") -> VisionTransformer:
-    """A built model for `cfg` with zero-initialised variables (`build_model` fills them; `.weights.h5` loads them).
+    """A built model for `cfg` with zero-initialised variables (`build_model` fills them; `.weights.h5` loads them;
+    on JAX every variable starts at zero, Keras' own initializers are not run: `_zeros_without_compiling`).
 
     `dtype` is "float32", "bfloat16", "float16" (the mixed policies) or any Keras dtype policy (name or object).
     """
@@ -451,8 +453,39 @@ def new_model(cfg: ViTConfig, *, dtype: str = "float32", data_format: str = "cha
     model = VisionTransformer(cfg.to_dict(), data_format=data_format, name=name, dtype=policy)
     H, W = cfg.image_size
     shape = (None, cfg.in_chans, H, W) if data_format == "channels_first" else (None, H, W, cfg.in_chans)
-    model.build(shape)
+    with _zeros_without_compiling():
+        model.build(shape)
     return model
+
+
+@contextlib.contextmanager
+def _zeros_without_compiling():
+    """On JAX: the variables created inside start as NumPy zeros (put on the device, not computed).
+
+    Keras on JAX runs each variable's initializer as a jitted op, one XLA compile per distinct shape and
+    initializer (about 14 for a ViT: seconds of a child's start-up), for values `build_model` and `.weights.h5`
+    loading overwrite anyway. Inside a StatelessScope Keras defers the initializers instead (its mechanism for
+    building inside a traced function); on leaving it the deferred variables are taken off Keras' list and the
+    trainable ones given zeros (any other runs its own initializer). Other backends initialize without compiling:
+    there this does nothing."""
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    if keras.backend.backend() != "jax" or in_stateless_scope():
+        yield
+        return
+    key = "uninitialized_variables"
+    before = list(global_state.get_global_attribute(key, []) or [])
+    with keras.StatelessScope(initialize_variables=False):
+        yield
+    pending = global_state.get_global_attribute(key, []) or []
+    global_state.set_global_attribute(key, before)
+    for v in pending[len(before):]:
+        if not v.trainable:  # a state of its own (none in this model today): its own initializer
+            v._deferred_initialize()
+            continue
+        v._initialize(keras.ops.convert_to_tensor(np.zeros(v.shape, np.float32), dtype=v.dtype))
+        v._initializer = None
 
 
 def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *, dtype: str = "float32",

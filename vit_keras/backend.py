@@ -43,9 +43,10 @@ MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torc
 
 
 #: optional modules that `import keras` imports whenever they are installed, for Keras features this tool never
-#: uses: scikit-learn (keras.wrappers' estimators, ~0.7 CPU s) and, under another Keras backend, JAX (a monitoring
-#: shim in the Orbax checkpoint callback, ~0.5 CPU s)
-KERAS_UNUSED_IMPORTS = ("sklearn", "jax")
+#: uses: scikit-learn (keras.wrappers' estimators), matplotlib (keras.visualization's plots), IPython (the
+#: notebook check of keras.saving's file editor) and, under another Keras backend, JAX (a monitoring shim in the
+#: Orbax checkpoint callback): together 1 to 2 CPU s of a Keras child's start-up
+KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib", "IPython", "jax")
 
 
 def _keras():

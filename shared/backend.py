@@ -361,22 +361,54 @@ def available_backends(variants: bool = False) -> list[str]:
 def module_versions(modules: Iterable[str]) -> dict[str, str]:
     """module -> its installed distribution's version ("unknown" where none is found), without importing it.
 
-    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`). Looked up once
-    per process and module (a lookup scans every installed distribution: about 0.3 s, which a warm worker would
-    otherwise pay for every task)."""
+    The distribution may be named otherwise than the module (tensorflow-cpu provides `tensorflow`): then the
+    distributions whose name starts with the module's and that provide it are asked first (`tensorflow_cpu`), and
+    only where none does the map of every installed distribution's modules is read (once per process: it scans
+    them all, seconds). Looked up once per process and module (a warm worker asks for every task)."""
     return {module: _module_version(module) for module in modules}
 
 
 @functools.lru_cache(maxsize=None)
 def _module_version(module: str) -> str:
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+    from importlib.metadata import PackageNotFoundError, version
 
-    for dist in (module, *packages_distributions().get(module, ())):
+    for dist in (module, *(_distributions_named_like(module) or _packages_distributions().get(module, ()))):
         try:
             return version(dist)
         except PackageNotFoundError:
             continue
     return "unknown"
+
+
+def _distributions_named_like(module: str) -> list[str]:
+    """The installed distributions named `module` + "-" or "_" + anything whose top-level modules include `module`
+    (what packages_distributions() would say for them), found from the .dist-info folder names alone."""
+    import re
+    import sys
+    from importlib.metadata import Distribution
+
+    pattern = re.compile(rf"^{re.escape(module)}[-_.][^-]*-[^-]*\.dist-info$", re.IGNORECASE)
+    found = []
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if not pattern.match(name):
+                continue
+            dist = Distribution.at(os.path.join(entry or ".", name))
+            top = (dist.read_text("top_level.txt") or "").split()
+            if module in top or not top and any(f.parts[0] == module for f in dist.files or ()):
+                found.append(dist.metadata["Name"])
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
 
 
 def backend_versions(name: str) -> dict[str, str]:

@@ -20,8 +20,8 @@ refuses, naming both, if this process already runs Keras on another backend (the
 variable from the registry). Keras is imported lazily, so importing this module imports no framework
 (TensorFlow must not precede MindSpore in a process).
 
-Forward modes: "eager", "graph" (tf.function, TensorFlow only) and "jit" (XLA: tf.function(jit_compile=True) on
-TensorFlow, jax.jit on JAX); the torch Keras backend runs eagerly. The training hooks (shared.backend.Backend) run vit_keras.train (`keras.Model.fit`, the
+Forward modes: "eager", "graph" (tf.function without AutoGraph, TensorFlow only: model.tf_function) and "jit" (XLA:
+tf.function(jit_compile=True) on TensorFlow, jax.jit on JAX); the torch Keras backend runs eagerly. The training hooks (shared.backend.Backend) run vit_keras.train (`keras.Model.fit`, the
 backend's autodiff) on a model from `trainable`, in NCHW (`data_format="channels_first"`), so the shared
 pipeline's arrays go in unchanged; the benchmark hooks run vit_keras.bench.
 """
@@ -42,7 +42,31 @@ from shared.reference import check_images
 MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torch": ("eager",), "openvino": ("eager",)}
 
 
+#: optional modules that `import keras` imports whenever they are installed, for Keras features this tool never
+#: uses: scikit-learn (keras.wrappers' estimators), matplotlib (keras.visualization's plots), IPython (the
+#: notebook check of keras.saving's file editor) and, under another Keras backend, JAX (a monitoring shim in the
+#: Orbax checkpoint callback): together 1 to 2 CPU s of a Keras child's start-up
+KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib", "IPython", "jax")
+
+
 def _keras():
+    """Keras, imported on first use. In a process the tool started for one job (VIT_SUITE_CHILD, set by
+    shared.cli.worker's parents) with KERAS_UNUSED_IMPORTS hidden (each Keras import of them is guarded by an
+    `except ImportError`), unless this process imported them already or Keras runs on that one (JAX). They are
+    importable again as soon as Keras is: only Keras' unused features go without them, which is why a user's own
+    process (vit_keras as a library) imports Keras whole."""
+    import sys
+
+    if "keras" not in sys.modules and os.environ.get("VIT_SUITE_CHILD") == "1":
+        running = os.environ.get("KERAS_BACKEND", "tensorflow")
+        hidden = [m for m in KERAS_UNUSED_IMPORTS if m not in sys.modules and m != running]
+        sys.modules.update(dict.fromkeys(hidden))
+        try:
+            import keras  # noqa: F401
+        finally:
+            for m in hidden:
+                if sys.modules.get(m, 0) is None:
+                    del sys.modules[m]
     import keras
 
     return keras
@@ -124,9 +148,9 @@ class KerasBackend(Backend):
 
         fn = run
         if keras.backend.backend() == "tensorflow" and self.mode != "eager":
-            import tensorflow as tf
+            from .model import tf_function
 
-            fn = tf.function(run, jit_compile=(self.mode == "jit"), reduce_retracing=False)
+            fn = tf_function(run, jit_compile=(self.mode == "jit"))
         elif keras.backend.backend() == "jax" and self.mode == "jit":
             from .model import jax_jit
 

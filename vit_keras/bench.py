@@ -28,7 +28,8 @@ PEER_MODE = {"tensorflow": "graph", "jax": "jit", "torch": "eager"}
 
 
 def _compile(fn, mode: str, model):
-    """`fn` (which calls `model`) in a mode: as it is, a tf.function (graph / XLA), or jax.jit."""
+    """`fn` (which calls `model`) in a mode: as it is, a tf.function without AutoGraph (graph / XLA:
+    model.tf_function), or jax.jit."""
     import keras
 
     kb = keras.backend.backend()
@@ -40,9 +41,9 @@ def _compile(fn, mode: str, model):
         return jax_jit(model, fn)
     if kb != "tensorflow":
         raise ValueError(f"mode {mode!r} does not run on Keras' {kb} backend")
-    import tensorflow as tf
+    from .model import tf_function
 
-    return tf.function(fn, jit_compile=(mode == "jit"))
+    return tf_function(fn, jit_compile=(mode == "jit"))
 
 
 def _time(fn, x, passes: int, iters: int, warmup: int) -> list[float]:

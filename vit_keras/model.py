@@ -36,6 +36,7 @@ dtype="bfloat16")` picks the mixed policy): float32 variables, compute in the ha
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping
 
 import numpy as np
@@ -402,7 +403,11 @@ def load_canonical(model: VisionTransformer, state: Mapping[str, np.ndarray], so
     if stray:
         raise MismatchError(source, [f"model variable {p!r} has no canonical key" for p in stray])
     for key, (var, _) in mapping.items():
-        var.assign(values[key])  # Keras casts to the variable dtype (bfloat16 for a pure "bfloat16" policy)
+        if var._value is None:  # unfilled (build_model): its first value; an array of its own, never the caller's
+            value = values[key]
+            _fill(var, value.copy() if np.may_share_memory(value, state[key]) else value)
+        else:
+            var.assign(values[key])  # Keras casts to the variable dtype (bfloat16 for a pure "bfloat16" policy)
 
 
 def to_canonical(model: VisionTransformer) -> dict[str, np.ndarray]:
@@ -429,27 +434,99 @@ def jax_jit(model: VisionTransformer, fn):
     return lambda x: jitted([v.value for v in variables], x)
 
 
+def tf_function(fn, jit_compile: bool = False):
+    """`fn` as a TensorFlow graph (`tf.function`; jit_compile=True: XLA), traced without AutoGraph.
+
+    AutoGraph rewrites a function's Python control flow into graph ops; most of a first call's trace time went into
+    that rewrite. Code that also runs under jax.jit (this model, keras-hub's) has no control flow on tensor values
+    for it to rewrite: its Python branches and loops depend on the config and shapes only, so the graph is the same
+    op for op, and the outputs bit-identical."""
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=jit_compile, reduce_retracing=False, autograph=False)
+
+
 def new_model(cfg: ViTConfig, *, dtype: str = "float32", data_format: str = "channels_last",
               name: str = "vision_transformer") -> VisionTransformer:
-    """A built model for `cfg` with zero-initialised variables (`build_model` fills them; `.weights.h5` loads them).
+    """A built model for `cfg` whose variables `build_model` fills and `.weights.h5` loading overwrites: on JAX
+    all zeros (put on the device, not computed: Keras on JAX compiles each initializer, once per distinct shape),
+    elsewhere as Keras' initializers make them.
 
     `dtype` is "float32", "bfloat16", "float16" (the mixed policies) or any Keras dtype policy (name or object).
     """
+    model, unfilled = _unfilled_model(cfg, dtype, data_format, name)
+    if keras.backend.backend() == "jax":
+        for v in unfilled:
+            if v.trainable:
+                _fill(v, np.zeros(v.shape, np.float32))
+    return _finish(model, unfilled)
+
+
+def _unfilled_model(cfg: ViTConfig, dtype, data_format: str, name: str) -> tuple[VisionTransformer, list]:
+    """A built model whose variables hold no value yet, and those variables: each must get one (`_fill`, or its
+    own initializer: `_deferred_initialize()`) before the model is used.
+
+    Keras defers the initializers of variables created inside a StatelessScope (its mechanism for building inside
+    a traced function); here they are taken off Keras' list of pending variables, so that a model's variables are
+    written once, with their final values, not computed by an initializer first and overwritten. Inside a
+    caller's StatelessScope Keras' own deferral is left alone (no variable is returned)."""
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
     policy = POLICIES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     model = VisionTransformer(cfg.to_dict(), data_format=data_format, name=name, dtype=policy)
     H, W = cfg.image_size
     shape = (None, cfg.in_chans, H, W) if data_format == "channels_first" else (None, H, W, cfg.in_chans)
-    model.build(shape)
+    if in_stateless_scope():
+        model.build(shape)
+        return model, []
+    key = "uninitialized_variables"
+    before = list(global_state.get_global_attribute(key, []) or [])
+    with keras.StatelessScope(initialize_variables=False):
+        model.build(shape)
+    unfilled = (global_state.get_global_attribute(key, []) or [])[len(before):]
+    global_state.set_global_attribute(key, before)
+    return model, unfilled
+
+
+def _fill(var, value: np.ndarray) -> None:
+    """Give an unfilled variable (`_unfilled_model`) its first value, converted as `assign` converts it; `value`
+    must be an array no one else holds (a backend may keep it without copying). On TensorFlow the variable is made
+    in the name scope of its Keras path, as Keras' own initialization makes it (graphs and exports name it so)."""
+    scope = contextlib.nullcontext()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        scope = tf.name_scope(var.path.rpartition("/")[0] + "/")
+    with scope:
+        var._initialize(var._convert_to_tensor(value, dtype=var.dtype))
+    var._initializer = None
+
+
+def _finish(model: VisionTransformer, unfilled: list) -> VisionTransformer:
+    """After `_fill`: any variable still unfilled gets its own initializer's value (none in this model today:
+    every trainable variable has a canonical key), then every layer runs the backend's post-build hook that Keras
+    skips inside a StatelessScope (on torch: registering the variables as the layer's torch parameters)."""
+    for v in unfilled:
+        if v._value is None:
+            v._deferred_initialize()
+    if unfilled:
+        from keras.src.utils.python_utils import is_default
+
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            if layer.built and not is_default(layer.build):  # a default build's hook ran in __init__, unskipped
+                layer._post_build()
     return model
 
 
 def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *, dtype: str = "float32",
                 seed: int = 0, data_format: str = "channels_last") -> VisionTransformer:
     """A model holding canonical weights (`state`, or init_weights(cfg, seed)); compute dtype float32 / bfloat16 /
-    float16 (the mixed policies: float32 variables) or a Keras dtype policy.
+    float16 (the mixed policies: float32 variables) or a Keras dtype policy. Each variable is written once, with
+    its weight (no initializer runs first).
 
     data_format: "channels_last" (NHWC, Keras' convention) or "channels_first" (NCHW).
     """
-    model = new_model(cfg, dtype=dtype, data_format=data_format)
+    model, unfilled = _unfilled_model(cfg, dtype, data_format, "vision_transformer")
     load_canonical(model, init_weights(cfg, seed) if state is None else state)
-    return model
+    return _finish(model, unfilled)

@@ -41,8 +41,10 @@ from ..backend import Backend, backend_env, get_backend, import_frameworks_in_sa
 from ..errors import EXIT_CRASH, EXIT_UNSUPPORTED, SuiteError, UnsupportedError, UsageError
 from .common import load_npy, read_npz, write_npz
 
-#: environment of every child: quiet TensorFlow and Python warnings (stderr carries the error, if any)
-CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+#: environment of every child: quiet TensorFlow and Python warnings (stderr carries the error, if any), and
+#: VIT_SUITE_CHILD: a process of the tool's own, which may leave out what only a user's session needs
+#: (vit_keras.backend.KERAS_UNUSED_IMPORTS)
+CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore", "VIT_SUITE_CHILD": "1"}
 
 
 @dataclass

@@ -686,16 +686,16 @@ def test_sigterm_and_ctrl_c_during_a_write_leave_nothing_behind(tmp_path, monkey
     import signal
     import time
 
-    import safetensors.numpy
+    from shared import weights
 
-    def interrupted_save(tensors, path, metadata=None):
+    def interrupted_save(path, tensors, metadata=None):
         with open(path, "wb") as f:
             f.write(b"half a file")
         os.kill(os.getpid(), getattr(signal, signal_name))
         time.sleep(5)  # the handler raises in the main thread before this returns
         raise AssertionError("the signal did not interrupt the write")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", interrupted_save)
+    monkeypatch.setattr(weights, "write_safetensors", interrupted_save)  # the canonical writer
     assert main(["init", "tiny", str(tmp_path / "out.safetensors")]) == code
     assert list(tmp_path.iterdir()) == []
 
@@ -703,18 +703,18 @@ def test_sigterm_and_ctrl_c_during_a_write_leave_nothing_behind(tmp_path, monkey
 def test_an_unwritable_or_full_destination_is_a_typed_error(tmp_path, tiny_file, monkeypatch, capsys):
     import errno
 
-    import safetensors.numpy
+    from shared import weights
 
     (tmp_path / "a_file").write_text("x")
     assert main(["init", "tiny", str(tmp_path / "a_file" / "out.safetensors")]) == E.EXIT_USAGE
     assert "cannot write there" in capsys.readouterr().err
 
-    def full_disk(tensors, path, metadata=None):
+    def full_disk(path, tensors, metadata=None):
         with open(path, "wb") as f:
             f.write(b"some bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    monkeypatch.setattr(weights, "write_safetensors", full_disk)
     assert main(["init", "tiny", str(tmp_path / "out.safetensors")]) == E.EXIT_USAGE
     assert "No space left on device" in " ".join(capsys.readouterr().err.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -88,6 +88,29 @@ def float32_view(value: Any) -> np.ndarray:
     return out
 
 
+def check_hf_export(cfg: ViTConfig, mt: str, problems: list[str], state: Mapping[str, np.ndarray]) -> None:
+    """Before a Hugging Face export of model type `mt`: refuse a config it cannot express (every problem named),
+    then check the state against the config."""
+    from ..weights import validate_state
+
+    if problems:
+        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face {mt} model:\n  "
+                              + "\n  ".join(problems))
+    validate_state(cfg, state, source="<canonical state>")
+
+
+def without_k_bias(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`state` (a new dict, the caller's arrays untouched) with the k third of every fused qkv bias zeroed, for the
+    formats that store no k bias (BEiT's, HF's k_proj): a k_bias=False model never reads it, so what it holds must
+    not reach the file."""
+    out, W = dict(state), cfg.width
+    for i in range(cfg.depth):
+        b = np.array(state[f"blocks.{i}.attn.qkv.bias"], CANONICAL_DTYPE, copy=True)
+        b[W:2 * W] = 0.0
+        out[f"blocks.{i}.attn.qkv.bias"] = b
+    return out
+
+
 def refuse_unsupported(keys, source: str, table) -> None:
     """A ConversionError naming every (pattern, what, why) row of `table` that one of `keys` matches."""
     problems = []

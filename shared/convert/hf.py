@@ -115,8 +115,8 @@ from .hf_aimv2 import MODEL_TYPES as HF_AIMV2_TYPES
 from .hf_aimv2 import REFUSED as HF_AIMV2_REFUSED
 from .hf_clip import NAFLEX_TYPES as HF_NAFLEX_TYPES
 from .hfconfig import ConfigFacts
-from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, flatten_checkpoint,
-                     image_size_arg, read_torch_checkpoint, resize_state, strip_prefixes)
+from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_hf_export, check_numbering, family_refusals,
+                     flatten_checkpoint, image_size_arg, read_torch_checkpoint, resize_state, strip_prefixes)
 from .keymap import FUSE, Entry, expand, put, take
 
 HF_DEFAULT_EPS = 1e-12  # ViTConfig's (vit, deit, vit_mae, ijepa); DINOv2's and ViTMSN's are 1e-6 (_DEFAULTS)
@@ -712,11 +712,7 @@ def export_hf(cfg: ViTConfig, state: Mapping[str, np.ndarray], layout: str = "fi
     if fam is None:
         raise ConversionError(f"model_type {mt!r} is not a Hugging Face type vit-suite writes "
                               f"({', '.join(HF_MODEL_TYPES)})")
-    problems = _export_problems(cfg, fam)
-    if problems:
-        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face {mt} model:\n  "
-                              + "\n  ".join(problems))
-    validate_state(cfg, state, source="<canonical state>")
+    check_hf_export(cfg, mt, _export_problems(cfg, fam), state)
     if cfg.resize_kernel != fam.resize_kernel:
         warnings.warn(f"config {cfg.name!r} resamples its table with {cfg.resize_kernel!r}; HF {mt}'s "
                       f"interpolate_pos_encoding uses {fam.resize_kernel!r}: outputs at other image sizes will differ",

@@ -37,7 +37,7 @@ import numpy as np
 from ..config import ViTConfig, shown
 from ..errors import ConfigError, ConversionError, MismatchError
 from ..weights import expected_shapes, validate_state
-from .common import block_ids, check_numbering, family_refusals
+from .common import block_ids, check_hf_export, check_numbering, family_refusals
 from .hfconfig import ConfigFacts
 from .keymap import FUSE, Entry, Reshape, expand, put, take
 
@@ -147,11 +147,7 @@ def export_problems(cfg: ViTConfig, mt: str = "aimv2_vision_model") -> list[str]
 def export_hf_aimv2(cfg: ViTConfig, state: Mapping[str, np.ndarray], mt: str = "aimv2_vision_model"
                     ) -> tuple[dict, dict]:
     """Canonical -> (HF state dict, config.json) of an Aimv2VisionModel (use_head=False)."""
-    problems = export_problems(cfg, mt)
-    if problems:
-        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face {mt} model:\n  "
-                              + "\n  ".join(problems))
-    validate_state(cfg, state, source="<canonical state>")
+    check_hf_export(cfg, mt, export_problems(cfg, mt), state)
     out = put(key_map(cfg), state)
     conf: dict[str, Any] = {
         "architectures": [ARCHITECTURES[mt][0]], "model_type": mt, "hidden_size": cfg.embed_dim,

@@ -40,7 +40,8 @@ import numpy as np
 from ..config import ViTConfig, shown
 from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchError
 from ..weights import expected_shapes, validate_state
-from .common import HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, image_size_arg
+from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_hf_export, check_numbering, family_refusals, image_size_arg,
+                     without_k_bias)
 from .hfconfig import ConfigFacts
 from .keymap import FUSE, Entry, Fold, expand, put, take
 
@@ -189,17 +190,8 @@ def export_problems(cfg: ViTConfig, mt: str) -> list[str]:
 def export_hf_beit(cfg: ViTConfig, state: Mapping[str, np.ndarray], mt: str) -> tuple[dict, dict]:
     """Canonical -> (HF file-layout state dict, config.json) of model type `mt`: the ForImageClassification class
     with a head, else the base model (with its pooler)."""
-    problems = export_problems(cfg, mt)
-    if problems:
-        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face {mt} model:\n  "
-                              + "\n  ".join(problems))
-    validate_state(cfg, state, source="<canonical state>")
-    state = dict(state)
-    W = cfg.width
-    for i in range(cfg.depth):  # the k third is never read: HF's key has no bias
-        b = np.array(state[f"blocks.{i}.attn.qkv.bias"], np.float32, copy=True)
-        b[W:2 * W] = 0.0
-        state[f"blocks.{i}.attn.qkv.bias"] = b
+    check_hf_export(cfg, mt, export_problems(cfg, mt), state)
+    state = without_k_bias(cfg, state)  # the k third is never read: HF's key has no bias
     classifier = cfg.num_classes > 0
     out = put(key_map(cfg, _PREFIX[mt] if classifier else "", classifier), state)
     h, w = cfg.image_size

@@ -57,7 +57,8 @@ from .. import limits as L
 from ..config import ViTConfig, is_int, shown
 from ..errors import ConfigError, ConversionError, ConversionWarning, MismatchError
 from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
-from .common import HF_GELU, HF_GELU_OUT, block_ids, check_numbering, family_refusals, image_size_arg
+from .common import (HF_GELU, HF_GELU_OUT, block_ids, check_hf_export, check_numbering, family_refusals, image_size_arg,
+                     without_k_bias)
 from .hfconfig import ConfigFacts
 from .keymap import FUSE, Entry, Fold, expand, put, take
 
@@ -248,18 +249,9 @@ def export_problems(cfg: ViTConfig, mt: str = "dinov3_vit") -> list[str]:
 def export_hf_dinov3(cfg: ViTConfig, state: Mapping[str, np.ndarray],
                      mt: str = "dinov3_vit") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Canonical -> (HF file-layout state dict, config.json) of a DINOv3ViTModel."""
-    problems = export_problems(cfg, mt)
-    if problems:
-        raise ConversionError(f"config {cfg.name!r} cannot be expressed as a Hugging Face {mt} model:\n  "
-                              + "\n  ".join(problems))
-    validate_state(cfg, state, source="<canonical state>")
-    state = dict(state)
-    W = cfg.width
+    check_hf_export(cfg, mt, export_problems(cfg, mt), state)
     if cfg.qkv_fused and cfg.qkv_bias and not cfg.k_bias:  # the k third is never read: HF's k_proj has no bias
-        for i in range(cfg.depth):
-            b = np.array(state[f"blocks.{i}.attn.qkv.bias"], np.float32, copy=True)
-            b[W:2 * W] = 0.0
-            state[f"blocks.{i}.attn.qkv.bias"] = b
+        state = without_k_bias(cfg, state)
     for name, rate in (("drop_path", cfg.drop_path), ("dropout", cfg.dropout)):
         if rate:
             warnings.warn(f"config {cfg.name!r}: {name}={rate} (training only) has no form in HF {mt} "

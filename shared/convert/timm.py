@@ -101,7 +101,8 @@ from ..presets import EVA_PRESETS, PRESETS
 from ..safeio import read_json_file
 from ..weights import CANONICAL_DTYPE, expected_shapes, validate_state
 from .common import (GELU_OF_ACT, TIMM_ACT, block_ids, family_refusals, float32_view, image_size_arg, is_suite_preset,
-                     isqrt_exact, pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved)
+                     isqrt_exact, pair, read_checkpoint, refuse_unsupported, resolve_preset, strip_prefixes, unresolved,
+                     without_k_bias)
 from .common import read_torch_checkpoint  # noqa: F401 - callers reach it here too (shared.cli, sources)
 from .keymap import Entry, Fold, expand, linear_patches, put, take
 from .timm_resolve import Resolved, resolve_timm_architecture, timm_knows
@@ -1398,13 +1399,8 @@ def timm_form(cfg: ViTConfig, state: Mapping[str, np.ndarray]) -> tuple[ViTConfi
     _refuse_for_timm(cfg)
     validate_state(cfg, state, source="<canonical state>")
     if cfg.rel_pos != "none":  # timm's Beit / VisionTransformerRelPos: their own names, through the key map
-        state = dict(state)
         if cfg.qkv_bias and not cfg.k_bias:  # the k third is never read (k_bias=False): BEiT's file has no k bias
-            W = cfg.width
-            for i in range(cfg.depth):
-                b = np.array(state[f"blocks.{i}.attn.qkv.bias"], CANONICAL_DTYPE, copy=True)
-                b[W:2 * W] = 0.0
-                state[f"blocks.{i}.attn.qkv.bias"] = b
+            state = without_k_bias(cfg, state)
         return cfg, put(key_map(cfg, extra=_export_entries(cfg)), state)
     out = {k: float32_view(v) for k, v in state.items()}
     n_pos, n0 = cfg.num_pos_prefix, cfg.num_prefix_tokens

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from shared import reference, tolerances
-from shared.backend import get_backend, variant_of
+from shared.backend import Backend, get_backend, variant_of
 from shared.errors import BackendError, MismatchError
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
@@ -48,10 +48,22 @@ def test_float32_every_stage(backend, preset, kind, batch):
     # zeros inputs leave only biases after the patch projection: small-variance LayerNorm inputs make a wrong
     # layer_norm_eps (1e-5 vs 1e-6) visible, which O(1) normal inputs do not
     _, _, x = case(preset, kind=kind, batch=batch)
-    out = backend.forward(model_for(backend, preset), x)
+    model = model_for(backend, preset)
+    out = backend.forward(model, x)
     assert list(out) == get_preset(preset).stage_names()
     assert all(v.dtype == np.float32 for v in out.values())
     assert_conforms(preset, "float32", out, kind=kind, batch=batch)
+    if (kind, batch) == ("normal", 2):
+        assert_once_is_forward(backend, model, x, out)
+
+
+def assert_once_is_forward(backend, model, x, out) -> None:
+    """A backend's own `forward_once` (what a `check` child runs) is its `forward`, bit for bit, every stage."""
+    if type(backend).forward_once is Backend.forward_once:
+        return  # not overridden: it is `forward` itself
+    once = backend.forward_once(model, x)
+    for s, v in out.items():
+        np.testing.assert_array_equal(once[s], v, err_msg=f"{backend.name}: forward_once differs at stage {s}")
 
 
 @pytest.mark.parametrize("preset", TINY_PRESETS + SEED_FAST)
@@ -63,8 +75,10 @@ def test_low_precision_every_stage(backend, preset, dtype):
             backend.build(get_preset(preset), init_weights(get_preset(preset)), dtype=dtype)
         return
     _, _, x = case(preset)
-    out = backend.forward(model_for(backend, preset, dtype), x)
+    model = model_for(backend, preset, dtype)
+    out = backend.forward(model, x)
     assert_conforms(preset, dtype, out)
+    assert_once_is_forward(backend, model, x, out)
 
 
 @pytest.mark.slow

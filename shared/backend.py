@@ -108,6 +108,17 @@ class Backend(abc.ABC):
         `shared.reference.forward`.
         """
 
+    def forward_once(self, model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+        """`forward` for a model that runs no other forward (a `check` child, `vit-suite forward`).
+
+        A backend whose compiled mode costs more to compile than one run saves may run it uncompiled here, where
+        the two are bit-identical (a test proves it) and says so in `once_note`. Default: `forward`."""
+        return self.forward(model, images)
+
+    def once_note(self, dtype: str) -> str | None:
+        """How `forward_once` ran a `dtype` model, where that differs from `forward`; None where it does not."""
+        return None
+
     @abc.abstractmethod
     def save_native(self, model: Any, path: str | os.PathLike) -> Path:
         """Write the framework's own weight file through shared.fileio.atomic_write (nothing left behind on failure;

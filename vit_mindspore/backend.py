@@ -89,21 +89,38 @@ class MindSporeBackend(Backend):
         load_canonical(model, state, in_place=True)
 
     # ---------------------------------------------------------------- forward
-    def stage_net(self, model: VisionTransformer, image_size: tuple[int, int]):
-        """The (cached) callable returning all stages at one input size in this backend's mode."""
+    def stage_net(self, model: VisionTransformer, image_size: tuple[int, int], mode: str | None = None):
+        """The (cached) callable returning all stages at one input size in `mode` (default: this backend's)."""
+        mode = mode or self.mode
         cache = model.__dict__.setdefault("_vit_stage_nets", {})
-        key = (self.mode, tuple(image_size))
+        key = (mode, tuple(image_size))
         if key not in cache:
             net = StageNet(model, image_size)
-            cache[key] = ms.jit(net) if self.mode == "graph" else net
+            cache[key] = ms.jit(net) if mode == "graph" else net
         return cache[key]
 
     def forward(self, model: VisionTransformer, images: np.ndarray) -> dict[str, np.ndarray]:
+        return self._forward(model, images, self.mode)
+
+    def _once_uncompiled(self, dtype: str) -> bool:
+        # float32 only: in float16 the compiled graph and the op-by-op run differ (the patch embedding first)
+        return self.mode == "graph" and dtype == "float32"
+
+    def forward_once(self, model: VisionTransformer, images: np.ndarray) -> dict[str, np.ndarray]:
+        """One forward, op by op where that is bit-identical to the compiled graph (float32: every matrix case,
+        test_conformance.py): the graph's compile (4 s for B/16) would serve no second run."""
+        return self._forward(model, images, "pynative" if self._once_uncompiled(model.dtype_name) else self.mode)
+
+    def once_note(self, dtype: str) -> str | None:
+        return ("ran op by op (PyNative): bit-identical to the compiled graph in float32, without its compile"
+                if self._once_uncompiled(dtype) else None)
+
+    def _forward(self, model: VisionTransformer, images: np.ndarray, mode: str) -> dict[str, np.ndarray]:
         images = np.asarray(images)
         cfg = model.config
         check_images(cfg, images)
         size = (int(images.shape[2]), int(images.shape[3]))
-        net = self.stage_net(model, size)
+        net = self.stage_net(model, size, mode)
         was_training = model.training
         if was_training:
             model.set_train(False)

@@ -378,6 +378,9 @@ def print_check(c, result: CheckResult, show_stages: bool) -> None:
             row.append(acc)
         t.add_row(*row)
     c.print(t)
+    for r in result.runs:
+        if r.meta.get("note"):
+            c.print(f"  {r.backend}: {escape(r.meta['note'])}")
     if show_stages:
         ok = [r for r in result.runs if r.verdict is not None]
         st = Table(title="per-stage relative L2 error / bound")

@@ -41,7 +41,8 @@ def cmd_forward(args) -> int:
     write_npz(args.output, out, meta, overwrite=args.force)
     if not args.quiet:
         console(stderr=True).print(f"{args.backend}: build {meta['build_s']:.2f} s, forward {meta['forward_s']:.2f} s "
-                                   f"-> {args.output}", markup=False)
+                                   f"-> {args.output}" + (f" ({meta['note']})" if meta.get("note") else ""),
+                                   markup=False)
     return _warn_nonfinite(args.backend, out, args.output)
 
 

@@ -54,9 +54,9 @@ def test_backends_side_by_side_give_the_sequential_numbers(tiny, alone):
 
 
 def test_a_warm_worker_reusing_its_model_gives_a_fresh_builds_numbers(tiny, alone, tmp_path):
-    """A warm MindSpore worker runs two checkpoints of one architecture: the second goes into the model (and graph)
-    compiled for the first, and gives a fresh child's stages bit for bit (written with set_data, the compiled
-    graph would still read the first checkpoint's weights)."""
+    """A warm MindSpore worker runs two checkpoints of one architecture: the second's weights go into the model
+    built for the first (Backend.load_weights), and give a fresh child's stages bit for bit. (A compiled graph
+    reading the new weights: test_mindspore.py.)"""
     cfg, _, path = tiny
     other = W.save(tmp_path / "other.safetensors", cfg, init_weights(cfg, 4))
     np.save(tmp_path / "x.npy", random_images(cfg, 2, 0).astype(np.float32))  # the images `alone` ran

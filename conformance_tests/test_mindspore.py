@@ -208,6 +208,21 @@ def test_fixed_tables_and_zero_token_are_not_parameters():
         assert "pos_embed" not in names and "cls_token" not in names
 
 
+def test_weights_loaded_into_a_compiled_model_reach_its_graph():
+    """load_weights writes each parameter's own storage: the graph compiled before reads the new weights (with
+    set_data it kept reading the old ones), and computes what a fresh build of them computes, bit for bit."""
+    cfg, state, x = helpers.case("tiny")
+    other = init_weights(cfg, 4)
+    be = BACKENDS["graph"]
+    model = be.build(cfg, state)
+    before = be.forward(model, x)
+    be.load_weights(model, other)
+    after, fresh = be.forward(model, x), be.forward(be.build(cfg, other), x)
+    assert not np.array_equal(after["logits"], before["logits"])
+    for s in fresh:
+        np.testing.assert_array_equal(after[s], fresh[s], err_msg=s)
+
+
 # ---------------------------------------------------------- position resampling
 def test_with_image_size_model_matches_dynamic_forward():
     preset, size = "tiny_pretrain", (40, 56)

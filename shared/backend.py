@@ -109,10 +109,12 @@ class Backend(abc.ABC):
         """
 
     def forward_once(self, model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
-        """`forward` for a model that runs no other forward (a `check` child, `vit-suite forward`).
+        """`forward` in a job that runs each weights once: a `check` child, `vit-suite forward`, a sweep cell (a
+        warm worker's kept model gets the next checkpoint's weights, then runs once more).
 
-        A backend whose compiled mode costs more to compile than one run saves may run it uncompiled here, where
-        the two are bit-identical (a test proves it) and says so in `once_note`. Default: `forward`."""
+        A backend whose compiled mode costs more to compile than such runs save may run uncompiled here, where the
+        two are bit-identical (test_conformance.py asserts it on every matrix case), and says so in `once_note`.
+        Default: `forward`."""
         return self.forward(model, images)
 
     def once_note(self, dtype: str) -> str | None:

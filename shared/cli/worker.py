@@ -292,12 +292,11 @@ def run_forward(backend: str, weights: str | Path, input_path: str | Path, dtype
     if size != tuple(cfg.image_size):
         cfg = cfg.with_image_size(size)
     t0 = time.perf_counter()
-    once = not _KEPT.active  # a kept model (a sweep's warm worker) runs again: compiling it pays
-    model = be.build(cfg, state, dtype=dtype) if once else _KEPT.model_for(be, backend, cfg, state, dtype)
+    model = _KEPT.model_for(be, backend, cfg, state, dtype) if _KEPT.active else be.build(cfg, state, dtype=dtype)
     t1 = time.perf_counter()
-    out = be.forward_once(model, x) if once else be.forward(model, x)
+    out = be.forward_once(model, x)  # one forward per weights, even in a warm worker
     t2 = time.perf_counter()
-    note = be.once_note(dtype) if once else None
+    note = be.once_note(dtype)
     return out, {"backend": backend, "dtype": dtype, "build_s": t1 - t0, "forward_s": t2 - t1,
                  "peak_rss_mb": peak_rss_mb(), "versions": be.versions(), **({"note": note} if note else {})}
 

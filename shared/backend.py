@@ -385,7 +385,12 @@ def module_versions(modules: Iterable[str]) -> dict[str, str]:
 def _module_version(module: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    for dist in (module, *(_distributions_named_like(module) or _packages_distributions().get(module, ()))):
+    def candidates():  # lazily: each later source only where the earlier found nothing (the last scans them all)
+        yield module
+        named = _distributions_named_like(module)
+        yield from named or _packages_distributions().get(module, ())
+
+    for dist in candidates():
         try:
             return version(dist)
         except PackageNotFoundError:

@@ -142,3 +142,22 @@ def test_the_digits_are_scikit_learns_without_importing_it():
     d = load_digits()
     np.testing.assert_array_equal(x, (d.images.astype(np.float64) / 16.0)[:, None])
     np.testing.assert_array_equal(y, d.target.astype(np.int64))
+
+
+def test_versions_scan_every_distribution_only_where_no_name_matches(monkeypatch):
+    """A module whose distribution bears its name (torch) or its name plus a suffix (tensorflow from tensorflow-cpu
+    or tensorflow) is looked up directly; only a module no distribution is named after reads the map of every
+    installed distribution (a scan of seconds, which each child and sweep worker used to pay)."""
+    import importlib.metadata as md
+
+    import shared.backend as B
+
+    scans = []
+    monkeypatch.setattr(B, "_packages_distributions", lambda: scans.append(1) or {"fake_mod": ["numpy"]})
+    B._module_version.cache_clear()
+    try:
+        got = B.module_versions(["torch", "tensorflow", "fake_mod"])
+        assert got["torch"] == md.version("torch") and got["tensorflow"] != "unknown"
+        assert scans == [1] and got["fake_mod"] == md.version("numpy")  # the scan, for fake_mod alone
+    finally:
+        B._module_version.cache_clear()

@@ -191,6 +191,51 @@ def _staging(stage: Path):
         stages.remove(stage)
 
 
+#: checks that refuse a write before it is moved into place (`checks_before_commit`), per thread
+_commit = threading.local()
+
+
+@contextlib.contextmanager
+def checks_before_commit(checks: list):
+    """While the `with` runs, every atomic writer of this thread calls each of `checks` (callables that raise to
+    refuse) once its writer has written and before the result is moved into place: a source's own verification (a
+    digest, a CRC-32, started on a thread by `in_background`) runs beside the writing, and a source that fails it
+    leaves nothing behind, with the error it would have raised before anything was written. The list is read when
+    each writer finishes: checks appended meanwhile count."""
+    outer = getattr(_commit, "checks", None)
+    _commit.checks = checks if outer is None else outer + checks
+    try:
+        yield
+    finally:
+        _commit.checks = outer
+
+
+def _run_commit_checks() -> None:
+    for check in getattr(_commit, "checks", None) or ():
+        check()
+
+
+def in_background(fn, *args):
+    """fn(*args) started on a daemon thread (for work that releases the GIL: hashing, CRC-32, NumPy); returns a
+    callable that waits for it and raises what it raised (each call)."""
+    outcome: list = []
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised by settle, in the caller's thread
+            outcome.append(e)
+
+    t = threading.Thread(target=run, daemon=True, name=f"vit-suite-{getattr(fn, '__name__', 'check')}")
+    t.start()
+
+    def settle() -> None:
+        t.join()
+        if outcome:
+            raise outcome[0]
+    return settle
+
+
 #: what an I/O failure says when a library does not raise it as an OSError
 _IO_MARKERS = ("I/O error", "os error", "No space left", "Disk quota", "Read-only file system", "Permission denied",
                "File too large", "[Errno", "errno =", "file write failed", "inline_container", "PytorchStreamWriter")
@@ -241,6 +286,7 @@ def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -
             write_fn(str(tmp))
         if not tmp.is_file():
             raise UnwritableError(f"{path}: the writer wrote nothing")
+        _run_commit_checks()
         os.chmod(tmp, umask_mode())
         if overwrite:
             _move_into_place(tmp, path)
@@ -324,6 +370,7 @@ def write_dir_atomically(directory: str | os.PathLike, write_files, *, overwrite
         os.mkdir(tmp)
         with _staging(stage):
             write_files(tmp)
+        _run_commit_checks()
         for root, dirs, files in os.walk(tmp):
             for d in dirs:
                 os.chmod(os.path.join(root, d), umask_mode(directory=True))

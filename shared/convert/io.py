@@ -39,11 +39,15 @@ STATED_FACT_FORMATS = ("timm", "torch")
 
 
 def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = None,
-             image_size: tuple[int, int] | None = None, **stated) -> tuple[ViTConfig, dict]:
+             image_size: tuple[int, int] | None = None, *, deferred: list | None = None,
+             **stated) -> tuple[ViTConfig, dict]:
     """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
     tell. `stated` (pool=, gelu=, mlp=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
     the questions a timm state dict leaves open; other formats refuse them (UsageError). The reader is the format's
-    row of TABLE."""
+    row of TABLE. `deferred` (a list) given, a format whose file carries its own check (the `.ckpt` digest, the
+    `.keras` member's CRC-32) may return before that check is done, appending the callable that waits for it (and
+    raises its error): call each before using the state for anything but a staged write
+    (`fileio.checks_before_commit`)."""
     fmt = fmt or detect_format(src)
     stated = {k: v for k, v in stated.items() if v is not None}
     if stated and fmt not in STATED_FACT_FORMATS:
@@ -55,10 +59,21 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
         raise UsageError(f"unknown source format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt not in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
         preset = _preset_hint(preset, fmt) if preset else None
-    cfg, state = reader(src, fmt, preset, image_size, stated)
+    pending: list = []
+    cfg, state = reader(src, fmt, preset, image_size, stated, **({"deferred": pending} if TABLE[fmt].defers and
+                                                                    deferred is not None else {}))
     if not TABLE[fmt].sized_by_importer and image_size and tuple(image_size) != tuple(cfg.image_size):
+        settle(pending)  # arithmetic on the tensors: only on checked ones
         cfg, state = resize_state(cfg, state, image_size)
+    if deferred is not None:
+        deferred.extend(pending)
     return cfg, state
+
+
+def settle(deferred: list) -> None:
+    """Wait for each check `read_any(..., deferred=)` left pending; the first that fails raises its error."""
+    for check in deferred:
+        check()
 
 
 def _read_foreign(src, fmt, preset, image_size, stated):
@@ -100,20 +115,21 @@ def _read_torch(src, fmt, cfg_hint, image_size, stated):
         return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
 
 
-def _read_keras(src, fmt, cfg_hint, image_size, stated):
+def _read_keras(src, fmt, cfg_hint, image_size, stated, deferred=None):
     """A vit_keras .keras (its config; --preset serves nothing) or .weights.h5 (the config from --preset), as data."""
     from ..keras_file import load_keras, load_weights_h5
 
     if fmt == "keras-h5":
         return load_weights_h5(src, cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
-    return load_keras(src)
+    return load_keras(src, deferred=deferred)
 
 
-def _read_mindspore(src, fmt, cfg_hint, image_size, stated):
+def _read_mindspore(src, fmt, cfg_hint, image_size, stated, deferred=None):
     """The MindSpore backend's .ckpt, as data: its own config, or --preset's for a file that records none."""
     from ..ms_ckpt import load_suite_ckpt
 
-    return load_suite_ckpt(src, None, default=cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
+    return load_suite_ckpt(src, None, default=cfg_hint if isinstance(cfg_hint, ViTConfig) else None,
+                           deferred=deferred)
 
 
 def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
@@ -333,11 +349,13 @@ class Format:
     """One format's row: its reader (src, fmt, preset or its hint, image_size, stated facts) -> (config, canonical
     state), its writer (dst, fmt, config, canonical state, overwrite), and, for a peer format, why an export refuses
     a config (export_problems(cfg, state) -> the problems, empty when it can be written). sized_by_importer: the
-    importer takes image_size itself (it may state the table's grid, not only resize it)."""
+    importer takes image_size itself (it may state the table's grid, not only resize it). defers: the reader takes
+    deferred= (read_any's: the file's own check may be left pending)."""
     read: Callable | None
     write: Callable | None
     export_problems: Callable[..., list[str]] | None = None
     sized_by_importer: bool = False
+    defers: bool = False
 
 
 #: every format (FORMATS) -> its row: read_any and write_any dispatch through this table
@@ -346,9 +364,9 @@ TABLE: dict[str, Format] = {
     "timm": Format(_read_timm, _write_timm, _problems("timm", "export_problems"), sized_by_importer=True),
     "hf": Format(_read_hf, _write_hf, _problems("hf", "export_problems")),
     "torch": Format(_read_torch, _write_native),
-    "keras": Format(_read_keras, _write_keras),
+    "keras": Format(_read_keras, _write_keras, defers=True),
     "keras-h5": Format(_read_keras, _write_keras),
-    "mindspore": Format(_read_mindspore, _write_mindspore),
+    "mindspore": Format(_read_mindspore, _write_mindspore, defers=True),
     "torchvision": Format(_read_torchvision, _write_torchvision, _problems("torchvision", "torchvision_problems"),
                           sized_by_importer=True),
     "bigvision": Format(_read_bigvision, _write_bigvision, sized_by_importer=True),

@@ -236,6 +236,106 @@ def in_background(fn, *args):
     return settle
 
 
+class BackgroundWriter:
+    """A file object (`w`: a file, a zip member) written in order on one thread, so that producing the next bytes
+    (a transposed band: `weights.write_c_order`) overlaps writing the last (and a zip member's CRC-32 of it). write()
+    returns at once with a ticket: what was passed must stay unchanged until `wait(ticket)`; pieces under
+    COALESCE_BYTES are copied (free at once) and handed over together, so the thread is not woken per piece.
+    `band(shape, dtype)` lends one of BANDS buffers, reused round the ring (each allocated once: fresh pages are
+    what costs), free once the write that follows it is done. close() (the `with`'s end) waits for every write; the
+    first failure is raised by the next call, and by close."""
+
+    COALESCE_BYTES, BANDS = 64 << 10, 3
+
+    def __init__(self, w):
+        import queue
+
+        self.w, self.queue, self.issued, self.done = w, queue.SimpleQueue(), 0, 0
+        self.small = bytearray()
+        self.ring: list = [None] * self.BANDS
+        self.ring_tickets, self.lent, self.next = [0] * self.BANDS, None, 0
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="vit-suite-writer")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.w.write(data)
+                except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by the next call
+                    self.error = e
+            with self.cond:
+                self.done += 1
+                self.cond.notify_all()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _put(self, data) -> int:
+        self.queue.put(data)
+        self.issued += 1
+        return self.issued
+
+    def _put_small(self) -> None:
+        if self.small:
+            self._put(self.small)
+            self.small = bytearray()
+
+    def write(self, data) -> int:
+        self._raise()
+        data = memoryview(data).cast("B")
+        if len(data) < self.COALESCE_BYTES:
+            self.small += data
+            if len(self.small) >= self.COALESCE_BYTES:
+                self._put_small()
+            ticket = self.issued
+        else:
+            self._put_small()
+            ticket = self._put(data)
+        if self.lent is not None:  # the write of the band lent last: its buffer is free once this is done
+            self.ring_tickets[self.lent], self.lent = ticket, None
+        return ticket
+
+    def band(self, shape: tuple[int, ...], dtype):
+        """A buffer of `shape` and `dtype` from the ring, free to fill (its last write done); write it next."""
+        import numpy as np
+
+        k, self.next = self.next, (self.next + 1) % self.BANDS
+        self.wait(self.ring_tickets[k])
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if self.ring[k] is None or self.ring[k].nbytes < nbytes:
+            self.ring[k] = np.empty(nbytes, np.uint8)
+        self.lent = k
+        return self.ring[k][:nbytes].view(dtype).reshape(shape)
+
+    def wait(self, ticket: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.done >= ticket)
+        self._raise()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self._put_small()
+            self.queue.put(None)
+            self.thread.join()
+        self._raise()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+            return
+        self.error = self.error or exc[1]  # a failing caller: the queued writes are dropped, the thread ends
+        self.queue.put(None)
+        self.thread.join()
+
+
 #: what an I/O failure says when a library does not raise it as an OSError
 _IO_MARKERS = ("I/O error", "os error", "No space left", "Disk quota", "Read-only file system", "Permission denied",
                "File too large", "[Errno", "errno =", "file write failed", "inline_container", "PytorchStreamWriter")

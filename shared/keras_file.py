@@ -44,7 +44,7 @@ from . import limits as L
 from . import weights as W
 from .config import ViTConfig, fields_off_default
 from .errors import BackendError, ConfigError, InvalidFileError, MismatchError, UnsupportedError
-from .fileio import atomic_write, in_background
+from .fileio import BackgroundWriter, atomic_write, in_background
 from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_classes
 
 #: vit_keras' registered classes (keras.saving.register_keras_serializable(package="vit_keras")): the only
@@ -495,8 +495,8 @@ def save_keras(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.n
             # the ZipInfo zipfile.writestr makes for a name, its size known before the header is written
             info = zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=time.localtime(time.time())[:6])
             info.compress_type, info.external_attr, info.file_size = zf.compression, 0o600 << 16, member.size
-            with zf.open(info, "w") as m:
-                member.emit(m, state)
+            with zf.open(info, "w") as m, BackgroundWriter(m) as w:  # CRC-32 and writing beside the transposes
+                member.emit(w, state)
 
     return atomic_write(path, write, overwrite=overwrite)
 

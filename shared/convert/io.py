@@ -28,10 +28,6 @@ from ..fileio import atomic_write, write_dir_atomically
 from ..presets import get_preset
 from .common import resize_state
 from .formats import FORMATS, SUFFIX, detect_format, native_backend
-from .hf import load_hf_dir, save_hf_dir
-from .bigvision import load_bigvision_file
-from .torchvision import load_torchvision_file, save_torchvision_file
-from .timm import export_timm, load_timm_file, read_checkpoint, timm_form, timm_hub_config
 
 #: the formats whose importer takes stated facts (`read_any(..., pool=, gelu=, mlp=, grid=, num_heads=,
 #: layer_norm_eps=)`)
@@ -88,23 +84,33 @@ def _read_canonical(src, fmt, cfg_hint, image_size, stated):
 
 
 def _read_timm(src, fmt, cfg_hint, image_size, stated):
+    from .timm import load_timm_file
+
     return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
 
 
 def _read_torchvision(src, fmt, cfg_hint, image_size, stated):
+    from .torchvision import load_torchvision_file
+
     return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
 
 
 def _read_bigvision(src, fmt, cfg_hint, image_size, stated):
+    from .bigvision import load_bigvision_file
+
     return load_bigvision_file(src, preset=cfg_hint, image_size=image_size)
 
 
 def _read_hf(src, fmt, cfg_hint, image_size, stated):
+    from .hf import load_hf_dir
+
     return load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
 
 
 def _read_torch(src, fmt, cfg_hint, image_size, stated):
     """A plain state dict carries no config: the named preset if it fits exactly, else sizes from the file."""
+    from .timm import load_timm_file, read_checkpoint
+
     state = read_checkpoint(src)
     try:
         if not isinstance(cfg_hint, ViTConfig) or stated:
@@ -203,6 +209,8 @@ def _write_canonical(dst, fmt, cfg, state, overwrite):
 
 
 def _write_timm(dst, fmt, cfg, state, overwrite):
+    from .timm import export_timm
+
     if not Path(dst).suffix:
         save_timm_hub_dir(dst, cfg, state, overwrite=overwrite)
         return
@@ -219,10 +227,14 @@ def _write_timm(dst, fmt, cfg, state, overwrite):
 
 
 def _write_hf(dst, fmt, cfg, state, overwrite):
+    from .hf import save_hf_dir
+
     save_hf_dir(dst, cfg, state, overwrite=overwrite)
 
 
 def _write_torchvision(dst, fmt, cfg, state, overwrite):
+    from .torchvision import save_torchvision_file
+
     save_torchvision_file(dst, cfg, state, overwrite=overwrite)
 
 
@@ -317,6 +329,8 @@ def save_timm_hub_dir(directory: str | os.PathLike, cfg: ViTConfig, state: dict,
     model.safetensors (the timm state dict), atomically; `timm.create_model('local-dir:DIR', pretrained=True)` loads
     it strictly."""
     from safetensors.numpy import save_file
+
+    from .timm import timm_form, timm_hub_config
 
     cfg_t, timm_state = timm_form(cfg, state)
     conf = timm_hub_config(cfg_t)

@@ -687,7 +687,7 @@ def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None, *, defe
     settle = in_background(_check_crc, path, data, crc)
     try:
         state = _read_h5(data, cfg, f"{path}: {WEIGHTS_MEMBER}")
-    except BaseException:
+    except Exception:
         settle()  # a damaged member's own error first
         raise
     if deferred is None:

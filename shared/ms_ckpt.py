@@ -390,7 +390,7 @@ def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None, *, de
     try:
         cfg = _suite_config(path, records, cfg, default)
         W.validate_state(cfg, tensors, str(path))
-    except BaseException:
+    except Exception:
         settle()  # a corrupted file's own error first
         raise
     if deferred is None:

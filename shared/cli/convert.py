@@ -58,7 +58,7 @@ def cmd_convert(args) -> int:
             return stop
         with F.checks_before_commit(deferred):
             write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force, stages=args.stages)
-    except BaseException:
+    except Exception:  # (Ctrl-C and SIGTERM go on at once)
         settle(deferred)  # a damaged source's own error first, as if it had been checked before anything else
         raise
     settle(deferred)

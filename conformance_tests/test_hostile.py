@@ -188,6 +188,18 @@ def _flip_last_member_byte(src: Path) -> bytes:
     return bytes(raw)
 
 
+def _flip_first_tensor_byte(src: Path) -> bytes:
+    """A suite .ckpt with the first byte of its first tensor's content flipped (shared.ms_ckpt's framing)."""
+    from shared.ms_ckpt import read_ckpt_file
+
+    tensors, _ = read_ckpt_file(src)
+    first = next(iter(tensors.values()))
+    raw = bytearray(src.read_bytes())
+    at = raw.index(first.tobytes())
+    raw[at] ^= 0x01
+    return bytes(raw)
+
+
 #: hostile Keras and MindSpore files, read as data: (name, source format, make(valid, dst), exit code, in the message)
 FRAMEWORK_FILE_CASES = [
     ("ckpt-truncated", "mindspore", lambda v, d: d.write_bytes(v.read_bytes()[:len(v.read_bytes()) // 2]), 3,
@@ -214,6 +226,10 @@ FRAMEWORK_FILE_CASES = [
      "model.weights.h5: not a readable HDF5 weights file"),
     # one bit of tensor data flipped in place (the member is read as a span of the file: its CRC-32 is checked)
     ("keras-member-bit-flip", "keras", lambda v, d: d.write_bytes(_flip_last_member_byte(v)), 3, "Bad CRC-32"),
+    # one low mantissa bit of the first tensor flipped: the file parses and validates, its digest (checked beside the
+    # writing) refuses it before anything is moved into place
+    ("ckpt-tensor-bit-flip", "mindspore", lambda v, d: d.write_bytes(_flip_first_tensor_byte(v)), 3,
+     "does not match the file's digest"),
 ]
 
 

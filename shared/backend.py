@@ -46,7 +46,6 @@ import functools
 import importlib
 import importlib.util
 import os
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping
 
@@ -55,7 +54,6 @@ import numpy as np
 from . import weights as _weights
 from .config import TrainConfig, ViTConfig
 from .errors import BackendError, UnsupportedError
-from .reference import check_images
 
 ENTRY_POINT_GROUP = "vit_suite.backends"
 ENV_VAR = "VIT_SUITE_BACKENDS"
@@ -153,6 +151,8 @@ class Backend(abc.ABC):
 
         Runs the train module's `predict_logits` (the plain forward); without one, `forward`'s last stage.
         """
+        from .reference import check_images  # (imported here: `convert` imports this module, never the reference)
+
         check_images(model.config, np.asarray(images))  # the same checks and messages in every backend
         if self.train_module is not None:
             return self._module("train_module", "predict").predict_logits(model, images, batch)
@@ -295,6 +295,8 @@ def register_backend(name: str, target: str | type[Backend], variant_of: str | N
 def _load_entry_points() -> None:
     global _entry_points_loaded
     if not _entry_points_loaded:
+        from importlib.metadata import entry_points  # (imported here: about 20 ms, which `convert` never needs)
+
         _entry_points_loaded = True
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             _REGISTRY.setdefault(ep.name, ep.value)

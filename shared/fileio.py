@@ -9,11 +9,12 @@ Every file or directory the suite writes goes through `atomic_write` or `write_d
                                      writer runs (Keras' `tmpXXXX/assets`), and a library that writes `NAME.tmp`
                                      beside its target (MindSpore) writes it here too
 
-then NAME is moved into place (replaced, or created exclusively) and the staging folder is removed, on success and
-on every failure path (SIGTERM and Ctrl-C included: the tool turns both into exceptions). A writer called inside
-another's staging folder writes directly: no writer wraps a second atomic writer around the first. After a SIGKILL
-the next write to the same destination removes the staging folders of dead processes (and the nested temporary
-names an earlier version of the suite left: `..NAME.PID.XXXX.partial.SUFFIX.PID.YYYY.partial...`).
+then NAME is moved into place (replaced: an existing file is swapped into the staging folder; or created
+exclusively) and the staging folder is removed, on success and on every failure path (SIGTERM and Ctrl-C included:
+the tool turns both into exceptions). A writer called inside another's staging folder writes directly: no writer
+wraps a second atomic writer around the first. After a SIGKILL the next write to the same destination removes the
+staging folders of dead processes (and the nested temporary names an earlier version of the suite left:
+`..NAME.PID.XXXX.partial.SUFFIX.PID.YYYY.partial...`).
 
 Any I/O failure of a writer (an OSError, safetensors' "Error while serializing: I/O error", torch's
 "[enforce fail at inline_container...]", HDF5's "file write failed") is an UnwritableError (exit 2) naming the
@@ -29,6 +30,7 @@ import glob
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -189,6 +191,151 @@ def _staging(stage: Path):
         stages.remove(stage)
 
 
+#: checks that refuse a write before it is moved into place (`checks_before_commit`), per thread
+_commit = threading.local()
+
+
+@contextlib.contextmanager
+def checks_before_commit(checks: list):
+    """While the `with` runs, every atomic writer of this thread calls each of `checks` (callables that raise to
+    refuse) once its writer has written and before the result is moved into place: a source's own verification (a
+    digest, a CRC-32, started on a thread by `in_background`) runs beside the writing, and a source that fails it
+    leaves nothing behind, with the error it would have raised before anything was written. The list is read when
+    each writer finishes: checks appended meanwhile count."""
+    outer = getattr(_commit, "checks", None)
+    _commit.checks = checks if outer is None else outer + checks
+    try:
+        yield
+    finally:
+        _commit.checks = outer
+
+
+def _run_commit_checks() -> None:
+    for check in getattr(_commit, "checks", None) or ():
+        check()
+
+
+def in_background(fn, *args):
+    """fn(*args) started on a daemon thread (for work that releases the GIL: hashing, CRC-32, NumPy); returns a
+    callable that waits for it and raises what it raised (each call)."""
+    outcome: list = []
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised by settle, in the caller's thread
+            outcome.append(e)
+
+    t = threading.Thread(target=run, daemon=True, name=f"vit-suite-{getattr(fn, '__name__', 'check')}")
+    t.start()
+
+    def settle() -> None:
+        t.join()
+        if outcome:
+            raise outcome[0]
+    return settle
+
+
+class BackgroundWriter:
+    """A file object (`w`: a file, a zip member) written in order on one thread, so that producing the next bytes
+    (a transposed band: `weights.write_c_order`) overlaps writing the last (and a zip member's CRC-32 of it). write()
+    returns at once with a ticket: what was passed must stay unchanged until `wait(ticket)`; pieces under
+    COALESCE_BYTES are copied (free at once) and handed over together, so the thread is not woken per piece.
+    `band(shape, dtype)` lends one of BANDS buffers, reused round the ring (each allocated once: fresh pages are
+    what costs), free once the write that follows it is done. close() (the `with`'s end) waits for every write; the
+    first failure is raised by the next call, and by close."""
+
+    COALESCE_BYTES, BANDS = 64 << 10, 3
+
+    def __init__(self, w):
+        import queue
+
+        self.w, self.queue, self.issued, self.done = w, queue.SimpleQueue(), 0, 0
+        self.small = bytearray()
+        self.ring: list = [None] * self.BANDS
+        self.ring_tickets, self.lent, self.next = [0] * self.BANDS, None, 0
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="vit-suite-writer")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.w.write(data)
+                except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by the next call
+                    self.error = e
+            with self.cond:
+                self.done += 1
+                self.cond.notify_all()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _put(self, data) -> int:
+        self.queue.put(data)
+        self.issued += 1
+        return self.issued
+
+    def _put_small(self) -> None:
+        if self.small:
+            self._put(self.small)
+            self.small = bytearray()
+
+    def write(self, data) -> int:
+        self._raise()
+        data = memoryview(data).cast("B")
+        if len(data) < self.COALESCE_BYTES:
+            self.small += data
+            if len(self.small) >= self.COALESCE_BYTES:
+                self._put_small()
+            ticket = self.issued
+        else:
+            self._put_small()
+            ticket = self._put(data)
+        if self.lent is not None:  # the write of the band lent last: its buffer is free once this is done
+            self.ring_tickets[self.lent], self.lent = ticket, None
+        return ticket
+
+    def band(self, shape: tuple[int, ...], dtype):
+        """A buffer of `shape` and `dtype` from the ring, free to fill (its last write done); write it next."""
+        import numpy as np
+
+        k, self.next = self.next, (self.next + 1) % self.BANDS
+        self.wait(self.ring_tickets[k])
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if self.ring[k] is None or self.ring[k].nbytes < nbytes:
+            self.ring[k] = np.empty(nbytes, np.uint8)
+        self.lent = k
+        return self.ring[k][:nbytes].view(dtype).reshape(shape)
+
+    def wait(self, ticket: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.done >= ticket)
+        self._raise()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self._put_small()
+            self.queue.put(None)
+            self.thread.join()
+        self._raise()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+            return
+        self.error = self.error or exc[1]  # a failing caller: the queued writes are dropped, the thread ends
+        self.queue.put(None)
+        self.thread.join()
+
+
 #: what an I/O failure says when a library does not raise it as an OSError
 _IO_MARKERS = ("I/O error", "os error", "No space left", "Disk quota", "Read-only file system", "Permission denied",
                "File too large", "[Errno", "errno =", "file write failed", "inline_container", "PytorchStreamWriter")
@@ -239,9 +386,10 @@ def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -
             write_fn(str(tmp))
         if not tmp.is_file():
             raise UnwritableError(f"{path}: the writer wrote nothing")
+        _run_commit_checks()
         os.chmod(tmp, umask_mode())
         if overwrite:
-            os.replace(tmp, path)
+            _move_into_place(tmp, path)
         else:
             _create_exclusively(tmp, path)
     except BaseException as e:
@@ -253,6 +401,45 @@ def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -
         raise err from None
     shutil.rmtree(stage, ignore_errors=True)
     return path
+
+
+#: renameat2's flag that swaps two names atomically (Linux >= 3.15; ext4, xfs, btrfs, tmpfs)
+_RENAME_EXCHANGE = 2
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """os.replace(tmp, path), but an existing regular file (or symlink) at `path` is swapped with `tmp` by
+    renameat2(RENAME_EXCHANGE): the new file takes its name and the old one lands at `tmp`, in the staging folder, and
+    is removed with it. Either way a reader of `path` sees the old file or the new one, whole, at every moment. The
+    swap spares the writer ext4's replace-by-rename flush (auto_da_alloc: a rename over an existing file starts the
+    writeback of the new file's data and waits on it, about 0.25 s for a 350 MB file); the suite never syncs what it
+    writes (no fsync), so no durability is given up that it promised. Where renameat2 or the exchange is not
+    available (another OS, an older libc, a filesystem that refuses it): os.replace."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = 0
+    if (stat.S_ISREG(mode) or stat.S_ISLNK(mode)) and _exchange(tmp, path):
+        return
+    os.replace(tmp, path)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names `a` and `b` atomically (renameat2 RENAME_EXCHANGE); False where that is not possible here."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (ImportError, OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _create_exclusively(tmp: Path, path: Path) -> None:
@@ -283,6 +470,7 @@ def write_dir_atomically(directory: str | os.PathLike, write_files, *, overwrite
         os.mkdir(tmp)
         with _staging(stage):
             write_files(tmp)
+        _run_commit_checks()
         for root, dirs, files in os.walk(tmp):
             for d in dirs:
                 os.chmod(os.path.join(root, d), umask_mode(directory=True))

@@ -44,7 +44,7 @@ from . import limits as L
 from . import weights as W
 from .config import ViTConfig, fields_off_default
 from .errors import BackendError, ConfigError, InvalidFileError, MismatchError, UnsupportedError
-from .fileio import atomic_write
+from .fileio import BackgroundWriter, atomic_write, in_background
 from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_classes
 
 #: vit_keras' registered classes (keras.saving.register_keras_serializable(package="vit_keras")): the only
@@ -495,8 +495,8 @@ def save_keras(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.n
             # the ZipInfo zipfile.writestr makes for a name, its size known before the header is written
             info = zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=time.localtime(time.time())[:6])
             info.compress_type, info.external_attr, info.file_size = zf.compression, 0o600 << 16, member.size
-            with zf.open(info, "w") as m:
-                member.emit(m, state)
+            with zf.open(info, "w") as m, BackgroundWriter(m) as w:  # CRC-32 and writing beside the transposes
+                member.emit(w, state)
 
     return atomic_write(path, write, overwrite=overwrite)
 
@@ -635,16 +635,15 @@ def load_weights_h5(path: str | os.PathLike, cfg: ViTConfig | None) -> tuple[ViT
     return cfg, _read_h5(_map(path), cfg, str(path))
 
 
-def _member_bytes(path) -> memoryview:
-    """The weights member of a `.keras` zip: a stored member (as Keras writes it) as the span of a memory map of the
-    file, its CRC-32 checked as zipfile's reader checks it; any other member read by zipfile."""
+def _member_bytes(path) -> tuple[memoryview, int | None]:
+    """The weights member of a `.keras` zip and the CRC-32 it must have (`_check_crc`): a stored member (as Keras
+    writes it) as the span of a memory map of the file; any other member read (and checked) by zipfile, with None."""
     import struct
-    import zlib
 
     with zipfile.ZipFile(path) as z:
         info = z.getinfo(WEIGHTS_MEMBER)
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
-            return memoryview(z.read(WEIGHTS_MEMBER))  # its size bounded by check_zip
+            return memoryview(z.read(WEIGHTS_MEMBER)), None  # its size bounded by check_zip
     buf = _map(path)
     head = bytes(buf[info.header_offset:info.header_offset + 30])
     if len(head) < 30 or head[:4] != b"PK\x03\x04":
@@ -654,14 +653,24 @@ def _member_bytes(path) -> memoryview:
     data = buf[start:start + info.file_size]
     if len(data) != info.file_size:
         raise zipfile.BadZipFile(f"{WEIGHTS_MEMBER!r} runs past the end of the file")
-    if zlib.crc32(data) != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {WEIGHTS_MEMBER!r}")
-    return data
+    return data, info.CRC
 
 
-def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+def _check_crc(path, data: memoryview, crc: int | None) -> None:
+    """The member's CRC-32 checked as zipfile's reader checks it; a mismatch is load_keras' InvalidFileError."""
+    import zlib
+
+    if crc is not None and zlib.crc32(data) != crc:
+        raise InvalidFileError(f"{path}: member {WEIGHTS_MEMBER!r} is unreadable (BadZipFile: Bad CRC-32 for file "
+                               f"{WEIGHTS_MEMBER!r})")
+
+
+def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None, *, deferred: list | None = None
+               ) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """A vit_keras `.keras` file read strictly as data: (its config, canonical state); `expect` given, the file's
-    config must equal it."""
+    config must equal it. The weights member's CRC-32 is computed on a thread beside reading it (any failure of the
+    reading waits for it, so a damaged member is refused by its CRC first); `deferred` (a list) given, the callable
+    that waits for it is appended there instead (ms_ckpt.load_suite_ckpt's rule)."""
     if not Path(path).is_file():
         raise InvalidFileError(f"{path}: no such file")
     check_zip(path, ".keras file")
@@ -670,12 +679,22 @@ def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None) -> tupl
         raise MismatchError(str(path), [f"file config {cfg.name!r} differs from the expected config "
                                         f"{expect.name!r}: {cfg.to_dict()} != {expect.to_dict()}"])
     try:
-        data = _member_bytes(path)
+        data, crc = _member_bytes(path)
     except KeyError:
         raise InvalidFileError(f"{path}: not a .keras file: no member {WEIGHTS_MEMBER!r}") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise InvalidFileError(f"{path}: member {WEIGHTS_MEMBER!r} is unreadable ({type(e).__name__}: {e})") from None
-    return cfg, _read_h5(data, cfg, f"{path}: {WEIGHTS_MEMBER}")
+    settle = in_background(_check_crc, path, data, crc)
+    try:
+        state = _read_h5(data, cfg, f"{path}: {WEIGHTS_MEMBER}")
+    except Exception:
+        settle()  # a damaged member's own error first
+        raise
+    if deferred is None:
+        settle()
+    else:
+        deferred.append(settle)
+    return cfg, state
 
 
 __all__ = ["ALLOWED_CLASSES", "KNOWN_FIELDS", "file_problems", "keras_layout", "keras_config", "save_keras", "save_weights_h5", "load_keras",

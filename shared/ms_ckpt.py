@@ -36,7 +36,7 @@ from . import limits as L
 from . import weights as W
 from .config import ViTConfig
 from .errors import ConfigError, InvalidFileError, MismatchError
-from .fileio import atomic_write
+from .fileio import atomic_write, in_background
 
 CONFIG_KEY = "vit_config"
 DIGEST_KEY = "vit_suite_digest"
@@ -353,23 +353,55 @@ def save_suite_ckpt(cfg: ViTConfig, state: Mapping[str, np.ndarray], path: str |
 
 def read_suite_ckpt(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Parse a suite checkpoint and verify its digest: (tensors in file order, string records)."""
+    tensors, records = _read_with_digest(path)
+    _check_digest(path, tensors, records[DIGEST_KEY])
+    return tensors, records
+
+
+def _read_with_digest(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """read_ckpt_file, refusing a file with no digest record (not yet checked against it: `_check_digest`)."""
     tensors, records = read_ckpt_file(path)
     if DIGEST_KEY not in records:
         raise InvalidFileError(
             f"{path}: no {DIGEST_KEY!r} record: the file is truncated, or was not written by vit-suite; a "
             f"foreign ViT checkpoint (mindcv's, or any saved with mindspore.save_checkpoint) is read as format "
             f"'mindcv': --from mindcv --preset NAME")
-    if digest(tensors.items()) != records[DIGEST_KEY]:
-        raise InvalidFileError(f"{path}: tensor data does not match the file's digest (corrupted or altered file)")
     return tensors, records
 
 
-def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None, *, default: ViTConfig | None = None
-                    ) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+def _check_digest(path, tensors: Mapping[str, np.ndarray], recorded: str) -> None:
+    if digest(tensors.items()) != recorded:
+        raise InvalidFileError(f"{path}: tensor data does not match the file's digest (corrupted or altered file)")
+
+
+def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None, *, default: ViTConfig | None = None,
+                    deferred: list | None = None) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     """Read a suite checkpoint strictly: (config, canonical float32 state dict). `cfg` given: the file must hold
     exactly that model's parameters (and, if it records a config, the same architecture); None: the file's config,
-    or `default` for a file that records none."""
-    tensors, records = read_suite_ckpt(path)
+    or `default` for a file that records none.
+
+    The digest is hashed on a thread beside the other checks; any of them failing waits for it, so a corrupted file
+    is refused by its digest first, as if it had been checked first. `deferred` (a list) given, a file that passes
+    the other checks is returned before its digest is known, and the callable that waits for it (and raises the
+    digest's InvalidFileError) is appended to `deferred`: the caller must call it before using the tensors for
+    anything but writing a staged file (`fileio.checks_before_commit`)."""
+    tensors, records = _read_with_digest(path)
+    settle = in_background(_check_digest, path, tensors, records[DIGEST_KEY])
+    try:
+        cfg = _suite_config(path, records, cfg, default)
+        W.validate_state(cfg, tensors, str(path))
+    except Exception:
+        settle()  # a corrupted file's own error first
+        raise
+    if deferred is None:
+        settle()
+    else:
+        deferred.append(settle)
+    return cfg, {k: tensors[k] for k in W.expected_shapes(cfg)}
+
+
+def _suite_config(path, records: Mapping[str, str], cfg: ViTConfig | None, default: ViTConfig | None) -> ViTConfig:
+    """The config to read a suite checkpoint as (load_suite_ckpt's rule), held against the file's own record."""
     file_cfg = None
     if CONFIG_KEY in records:
         try:
@@ -385,8 +417,7 @@ def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None, *, de
     elif file_cfg is not None and W.expected_shapes(file_cfg) != W.expected_shapes(cfg):
         raise MismatchError(str(path), [f"checkpoint was written for config {file_cfg.name!r}, whose parameters "
                                         f"differ from those of {cfg.name!r}"])
-    W.validate_state(cfg, tensors, str(path))
-    return cfg, {k: tensors[k] for k in W.expected_shapes(cfg)}
+    return cfg
 
 
 __all__ = ["write_ckpt", "read_ckpt_file", "looks_like_ckpt", "ckpt_names", "save_suite_ckpt", "read_suite_ckpt", "load_suite_ckpt", "digest",

@@ -55,7 +55,7 @@ import numpy as np
 from . import limits as L
 from .config import ViTConfig
 from .errors import ConfigError, InvalidFileError, MismatchError
-from .fileio import atomic_write
+from .fileio import BackgroundWriter, atomic_write
 
 FORMAT_NAME = "vit-suite"
 FORMAT_VERSION = "1"
@@ -247,12 +247,15 @@ def save(path: str | os.PathLike, cfg: ViTConfig, state: Mapping[str, np.ndarray
 #: the tile of a transposed matrix written at a time (`write_c_order`): TILE_ROWS rows of the output, filled
 #: TILE_COLS source rows at a time, so both stay in cache
 TILE_ROWS, TILE_COLS = 64, 256
+#: the rows of a band handed to a BackgroundWriter at a time (whole tiles)
+BAND_ROWS = 2 * TILE_ROWS
 
 
 def write_c_order(w, a: np.ndarray) -> None:
-    """An array's bytes in C order, written to `w` (a file, a zip member) without a copy of it: a C-contiguous
-    array as it is; a transposed matrix (a Keras kernel read as its canonical transpose) a band of rows at a time
-    through one small buffer; anything else copied first."""
+    """An array's bytes in C order, written to `w` (a file, a zip member, a fileio.BackgroundWriter) without a copy
+    of it: a C-contiguous array as it is; a transposed matrix (a Keras kernel read as its canonical transpose) a
+    band of TILE_ROWS rows at a time through a small buffer (to a BackgroundWriter: its ring of band buffers, the
+    next band filled while the last is written); anything else copied first."""
     if a.flags.c_contiguous:
         if a.size:
             w.write(memoryview(a.reshape(-1)).cast("B"))
@@ -261,12 +264,16 @@ def write_c_order(w, a: np.ndarray) -> None:
         w.write(memoryview(np.ascontiguousarray(a).reshape(-1)).cast("B"))
         return
     rows, cols = a.shape
-    buf = np.empty((min(TILE_ROWS, rows), cols), a.dtype)
-    for i in range(0, rows, TILE_ROWS):
-        b = min(TILE_ROWS, rows - i)
-        for j in range(0, cols, TILE_COLS):
-            buf[:b, j:j + TILE_COLS] = a[i:i + b, j:j + TILE_COLS]
-        w.write(memoryview(buf[:b].reshape(-1)).cast("B"))
+    band = getattr(w, "band", None)
+    step = BAND_ROWS if band else TILE_ROWS
+    buf = None if band else np.empty((min(TILE_ROWS, rows), cols), a.dtype)
+    for i in range(0, rows, step):
+        b = min(step, rows - i)
+        out = band((b, cols), a.dtype) if band else buf[:b]
+        for r in range(0, b, TILE_ROWS):
+            for j in range(0, cols, TILE_COLS):
+                out[r:r + TILE_ROWS, j:j + TILE_COLS] = a[i + r:i + min(r + TILE_ROWS, b), j:j + TILE_COLS]
+        w.write(memoryview(out.reshape(-1)).cast("B"))
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
@@ -292,11 +299,11 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         offset += n
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
+    with open(path, "wb") as f, BackgroundWriter(f) as w:  # a transposed tensor's next band made while one is written
+        w.write(struct.pack("<Q", len(raw)))
+        w.write(raw)
         for k in names:
-            write_c_order(f, tensors[k])
+            write_c_order(w, tensors[k])
 
 
 # ------------------------------------------------------------------- reading

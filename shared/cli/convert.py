@@ -18,7 +18,7 @@ from .. import fileio as F
 from .. import weights as W
 from ..backend import import_frameworks_in_safe_order
 from ..convert.formats import FORMATS, detect_format
-from ..convert.io import frameworks_needed, read_any, target_format, write_any
+from ..convert.io import frameworks_needed, read_any, settle, target_format, write_any
 from ..errors import EXIT_MISMATCH, EXIT_OK, UsageError
 from .common import claim_output, console, esc, float_arg, int_arg, parse_size
 
@@ -49,11 +49,19 @@ def cmd_convert(args) -> int:
     claim_output(args.dst, "DST", force=args.force, inputs=(args.src,))
     import_frameworks_in_safe_order(frameworks_needed(src_fmt, dst_fmt))
     c = console()
-    cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size), **stated_facts(args))
-    stop = prove_import(c, args, src_fmt, cfg, state)
-    if stop is not None:
-        return stop
-    write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force, stages=args.stages)
+    deferred: list = []  # the source's own check (a .ckpt digest, a .keras CRC-32), computed beside the writing
+    cfg, state = read_any(args.src, src_fmt, args.preset, parse_size(args.image_size), deferred=deferred,
+                          **stated_facts(args))
+    try:
+        stop = prove_import(c, args, src_fmt, cfg, state, deferred)
+        if stop is not None:
+            return stop
+        with F.checks_before_commit(deferred):
+            write_any(args.dst, dst_fmt, cfg, state, overwrite=args.force, stages=args.stages)
+    except Exception:  # (Ctrl-C and SIGTERM go on at once)
+        settle(deferred)  # a damaged source's own error first, as if it had been checked before anything else
+        raise
+    settle(deferred)
     c.print(f"{args.src} ({src_fmt}) -> {args.dst} ({dst_fmt}): {cfg.name}, {W.parameter_count(cfg):,} parameters",
             markup=False)
     told = cfg.notes.find("what the file does not determine")  # a timm import says who stated each open fact
@@ -79,14 +87,16 @@ def cmd_convert(args) -> int:
     return EXIT_OK
 
 
-def prove_import(c, args, src_fmt: str, cfg, state) -> int | None:
+def prove_import(c, args, src_fmt: str, cfg, state, deferred: list = ()) -> int | None:
     """The default proof of an import (module docstring): prints its row; returns the exit code to stop with
-    (nothing written), or None to go on and write."""
+    (nothing written), or None to go on and write. The source's pending checks (`deferred`) are settled before
+    its tensors are used."""
     from ..convert.sources import source_library
 
     library = source_library(src_fmt)
     if library is None:  # the suite's own formats carry the model itself: nothing to prove against
         return None
+    settle(deferred)
     if args.no_verify:
         c.print(f"not verified against the source: --no-verify skipped the proof against {library}'s own output")
         return None

@@ -24,16 +24,22 @@ Anything the canonical format (or the target) cannot represent is refused by nam
 """
 from __future__ import annotations
 
-from .timm import export_timm, import_timm, load_timm_file, timm_model_kwargs
-from .hf import export_hf, import_hf, load_hf_dir, save_hf_dir
-from .torchvision import (export_torchvision, import_torchvision, load_torchvision_file, save_torchvision_file,
-                          torchvision_source_output)
-from .bigvision import bigvision_source_output, import_bigvision, load_bigvision_file
+import importlib
 
-__all__ = [
-    "import_timm", "export_timm", "timm_model_kwargs", "load_timm_file",
-    "import_hf", "export_hf", "save_hf_dir", "load_hf_dir",
-    "import_torchvision", "export_torchvision", "load_torchvision_file", "save_torchvision_file",
-    "torchvision_source_output",
-    "import_bigvision", "load_bigvision_file", "bigvision_source_output",
-]
+#: each public name -> the module of this package that defines it: imported on first use (PEP 562), so a command
+#: that needs one format (`convert` to `.ckpt`) does not import every format's module
+_HOME = {
+    **dict.fromkeys(("import_timm", "export_timm", "timm_model_kwargs", "load_timm_file"), "timm"),
+    **dict.fromkeys(("import_hf", "export_hf", "save_hf_dir", "load_hf_dir"), "hf"),
+    **dict.fromkeys(("import_torchvision", "export_torchvision", "load_torchvision_file", "save_torchvision_file",
+                     "torchvision_source_output"), "torchvision"),
+    **dict.fromkeys(("import_bigvision", "load_bigvision_file", "bigvision_source_output"), "bigvision"),
+}
+
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,10 +28,6 @@ from ..fileio import atomic_write, write_dir_atomically
 from ..presets import get_preset
 from .common import resize_state
 from .formats import FORMATS, SUFFIX, detect_format, native_backend
-from .hf import load_hf_dir, save_hf_dir
-from .bigvision import load_bigvision_file
-from .torchvision import load_torchvision_file, save_torchvision_file
-from .timm import export_timm, load_timm_file, read_checkpoint, timm_form, timm_hub_config
 
 #: the formats whose importer takes stated facts (`read_any(..., pool=, gelu=, mlp=, grid=, num_heads=,
 #: layer_norm_eps=)`)
@@ -39,11 +35,15 @@ STATED_FACT_FORMATS = ("timm", "torch")
 
 
 def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = None,
-             image_size: tuple[int, int] | None = None, **stated) -> tuple[ViTConfig, dict]:
+             image_size: tuple[int, int] | None = None, *, deferred: list | None = None,
+             **stated) -> tuple[ViTConfig, dict]:
     """Any supported file -> (config, canonical state); `preset` (a name or a config) supplies what a file cannot
     tell. `stated` (pool=, gelu=, mlp=, grid=, num_heads=, layer_norm_eps=: see shared.convert.timm.import_timm) answers
     the questions a timm state dict leaves open; other formats refuse them (UsageError). The reader is the format's
-    row of TABLE."""
+    row of TABLE. `deferred` (a list) given, a format whose file carries its own check (the `.ckpt` digest, the
+    `.keras` member's CRC-32) may return before that check is done, appending the callable that waits for it (and
+    raises its error): call each before using the state for anything but a staged write
+    (`fileio.checks_before_commit`)."""
     fmt = fmt or detect_format(src)
     stated = {k: v for k, v in stated.items() if v is not None}
     if stated and fmt not in STATED_FACT_FORMATS:
@@ -55,10 +55,21 @@ def read_any(src: str, fmt: str | None = None, preset: str | ViTConfig | None = 
         raise UsageError(f"unknown source format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt not in ("kerashub", "mindcv"):  # foreign files: their modules take --preset (mindcv's model names too)
         preset = _preset_hint(preset, fmt) if preset else None
-    cfg, state = reader(src, fmt, preset, image_size, stated)
+    pending: list = []
+    cfg, state = reader(src, fmt, preset, image_size, stated, **({"deferred": pending} if TABLE[fmt].defers and
+                                                                    deferred is not None else {}))
     if not TABLE[fmt].sized_by_importer and image_size and tuple(image_size) != tuple(cfg.image_size):
+        settle(pending)  # arithmetic on the tensors: only on checked ones
         cfg, state = resize_state(cfg, state, image_size)
+    if deferred is not None:
+        deferred.extend(pending)
     return cfg, state
+
+
+def settle(deferred: list) -> None:
+    """Wait for each check `read_any(..., deferred=)` left pending; the first that fails raises its error."""
+    for check in deferred:
+        check()
 
 
 def _read_foreign(src, fmt, preset, image_size, stated):
@@ -73,23 +84,33 @@ def _read_canonical(src, fmt, cfg_hint, image_size, stated):
 
 
 def _read_timm(src, fmt, cfg_hint, image_size, stated):
+    from .timm import load_timm_file
+
     return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
 
 
 def _read_torchvision(src, fmt, cfg_hint, image_size, stated):
+    from .torchvision import load_torchvision_file
+
     return load_torchvision_file(src, preset=cfg_hint, image_size=image_size)
 
 
 def _read_bigvision(src, fmt, cfg_hint, image_size, stated):
+    from .bigvision import load_bigvision_file
+
     return load_bigvision_file(src, preset=cfg_hint, image_size=image_size)
 
 
 def _read_hf(src, fmt, cfg_hint, image_size, stated):
+    from .hf import load_hf_dir
+
     return load_hf_dir(src if Path(src).is_dir() else Path(src).parent)
 
 
 def _read_torch(src, fmt, cfg_hint, image_size, stated):
     """A plain state dict carries no config: the named preset if it fits exactly, else sizes from the file."""
+    from .timm import load_timm_file, read_checkpoint
+
     state = read_checkpoint(src)
     try:
         if not isinstance(cfg_hint, ViTConfig) or stated:
@@ -100,20 +121,21 @@ def _read_torch(src, fmt, cfg_hint, image_size, stated):
         return load_timm_file(src, preset=cfg_hint, image_size=image_size, **stated)
 
 
-def _read_keras(src, fmt, cfg_hint, image_size, stated):
+def _read_keras(src, fmt, cfg_hint, image_size, stated, deferred=None):
     """A vit_keras .keras (its config; --preset serves nothing) or .weights.h5 (the config from --preset), as data."""
     from ..keras_file import load_keras, load_weights_h5
 
     if fmt == "keras-h5":
         return load_weights_h5(src, cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
-    return load_keras(src)
+    return load_keras(src, deferred=deferred)
 
 
-def _read_mindspore(src, fmt, cfg_hint, image_size, stated):
+def _read_mindspore(src, fmt, cfg_hint, image_size, stated, deferred=None):
     """The MindSpore backend's .ckpt, as data: its own config, or --preset's for a file that records none."""
     from ..ms_ckpt import load_suite_ckpt
 
-    return load_suite_ckpt(src, None, default=cfg_hint if isinstance(cfg_hint, ViTConfig) else None)
+    return load_suite_ckpt(src, None, default=cfg_hint if isinstance(cfg_hint, ViTConfig) else None,
+                           deferred=deferred)
 
 
 def read_stored_tensors(src: str, fmt: str) -> dict[str, np.ndarray]:
@@ -187,6 +209,8 @@ def _write_canonical(dst, fmt, cfg, state, overwrite):
 
 
 def _write_timm(dst, fmt, cfg, state, overwrite):
+    from .timm import export_timm
+
     if not Path(dst).suffix:
         save_timm_hub_dir(dst, cfg, state, overwrite=overwrite)
         return
@@ -203,10 +227,14 @@ def _write_timm(dst, fmt, cfg, state, overwrite):
 
 
 def _write_hf(dst, fmt, cfg, state, overwrite):
+    from .hf import save_hf_dir
+
     save_hf_dir(dst, cfg, state, overwrite=overwrite)
 
 
 def _write_torchvision(dst, fmt, cfg, state, overwrite):
+    from .torchvision import save_torchvision_file
+
     save_torchvision_file(dst, cfg, state, overwrite=overwrite)
 
 
@@ -302,6 +330,8 @@ def save_timm_hub_dir(directory: str | os.PathLike, cfg: ViTConfig, state: dict,
     it strictly."""
     from safetensors.numpy import save_file
 
+    from .timm import timm_form, timm_hub_config
+
     cfg_t, timm_state = timm_form(cfg, state)
     conf = timm_hub_config(cfg_t)
 
@@ -333,11 +363,13 @@ class Format:
     """One format's row: its reader (src, fmt, preset or its hint, image_size, stated facts) -> (config, canonical
     state), its writer (dst, fmt, config, canonical state, overwrite), and, for a peer format, why an export refuses
     a config (export_problems(cfg, state) -> the problems, empty when it can be written). sized_by_importer: the
-    importer takes image_size itself (it may state the table's grid, not only resize it)."""
+    importer takes image_size itself (it may state the table's grid, not only resize it). defers: the reader takes
+    deferred= (read_any's: the file's own check may be left pending)."""
     read: Callable | None
     write: Callable | None
     export_problems: Callable[..., list[str]] | None = None
     sized_by_importer: bool = False
+    defers: bool = False
 
 
 #: every format (FORMATS) -> its row: read_any and write_any dispatch through this table
@@ -346,9 +378,9 @@ TABLE: dict[str, Format] = {
     "timm": Format(_read_timm, _write_timm, _problems("timm", "export_problems"), sized_by_importer=True),
     "hf": Format(_read_hf, _write_hf, _problems("hf", "export_problems")),
     "torch": Format(_read_torch, _write_native),
-    "keras": Format(_read_keras, _write_keras),
+    "keras": Format(_read_keras, _write_keras, defers=True),
     "keras-h5": Format(_read_keras, _write_keras),
-    "mindspore": Format(_read_mindspore, _write_mindspore),
+    "mindspore": Format(_read_mindspore, _write_mindspore, defers=True),
     "torchvision": Format(_read_torchvision, _write_torchvision, _problems("torchvision", "torchvision_problems"),
                           sized_by_importer=True),
     "bigvision": Format(_read_bigvision, _write_bigvision, sized_by_importer=True),

@@ -9,12 +9,11 @@ Every file or directory the suite writes goes through `atomic_write` or `write_d
                                      writer runs (Keras' `tmpXXXX/assets`), and a library that writes `NAME.tmp`
                                      beside its target (MindSpore) writes it here too
 
-then NAME is moved into place (replaced: an existing file is swapped into the staging folder; or created
-exclusively) and the staging folder is removed, on success and on every failure path (SIGTERM and Ctrl-C included:
-the tool turns both into exceptions). A writer called inside another's staging folder writes directly: no writer
-wraps a second atomic writer around the first. After a SIGKILL the next write to the same destination removes the
-staging folders of dead processes (and the nested temporary names an earlier version of the suite left:
-`..NAME.PID.XXXX.partial.SUFFIX.PID.YYYY.partial...`).
+then NAME is moved into place (replaced, or created exclusively) and the staging folder is removed, on success and
+on every failure path (SIGTERM and Ctrl-C included: the tool turns both into exceptions). A writer called inside
+another's staging folder writes directly: no writer wraps a second atomic writer around the first. After a SIGKILL
+the next write to the same destination removes the staging folders of dead processes (and the nested temporary
+names an earlier version of the suite left: `..NAME.PID.XXXX.partial.SUFFIX.PID.YYYY.partial...`).
 
 Any I/O failure of a writer (an OSError, safetensors' "Error while serializing: I/O error", torch's
 "[enforce fail at inline_container...]", HDF5's "file write failed") is an UnwritableError (exit 2) naming the
@@ -30,7 +29,6 @@ import glob
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -389,7 +387,7 @@ def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -
         _run_commit_checks()
         os.chmod(tmp, umask_mode())
         if overwrite:
-            _move_into_place(tmp, path)
+            os.replace(tmp, path)
         else:
             _create_exclusively(tmp, path)
     except BaseException as e:
@@ -401,45 +399,6 @@ def atomic_write(path: str | os.PathLike, write_fn, *, overwrite: bool = True) -
         raise err from None
     shutil.rmtree(stage, ignore_errors=True)
     return path
-
-
-#: renameat2's flag that swaps two names atomically (Linux >= 3.15; ext4, xfs, btrfs, tmpfs)
-_RENAME_EXCHANGE = 2
-
-
-def _move_into_place(tmp: Path, path: Path) -> None:
-    """os.replace(tmp, path), but an existing regular file (or symlink) at `path` is swapped with `tmp` by
-    renameat2(RENAME_EXCHANGE): the new file takes its name and the old one lands at `tmp`, in the staging folder, and
-    is removed with it. Either way a reader of `path` sees the old file or the new one, whole, at every moment. The
-    swap spares the writer ext4's replace-by-rename flush (auto_da_alloc: a rename over an existing file starts the
-    writeback of the new file's data and waits on it, about 0.25 s for a 350 MB file); the suite never syncs what it
-    writes (no fsync), so no durability is given up that it promised. Where renameat2 or the exchange is not
-    available (another OS, an older libc, a filesystem that refuses it): os.replace."""
-    import stat
-
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        mode = 0
-    if (stat.S_ISREG(mode) or stat.S_ISLNK(mode)) and _exchange(tmp, path):
-        return
-    os.replace(tmp, path)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap the names `a` and `b` atomically (renameat2 RENAME_EXCHANGE); False where that is not possible here."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (ImportError, OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd = -100
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _create_exclusively(tmp: Path, path: Path) -> None:

@@ -12,7 +12,9 @@ every job runs on both trees in alternation (A B A B ...), so a change of load h
 are compiled to bytecode first, as a user's Python does on first use.
 
 Rows: check (the default `check`, all targets, and each target alone), check-b16 (a B/16 file on torch, keras,
-mindspore), convert (B/16 to .keras / .ckpt / timm / HF and back), sweep (a zoo of tiny models: 3 checkpoints x
+mindspore), convert (B/16 to .keras / .ckpt / timm / HF and back; each run writes a new file, the previous run's
+output removed first: replacing a file adds ext4's flush of the new data, about 0.25 s for B/16, which `--force`
+keeps for an overwrite's crash safety), sweep (a zoo of tiny models: 3 checkpoints x
 the sweep backends, 12 cells, cells/min: mostly the workers' framework start-up), sweep-large (12 checkpoints of
 6 tiny architectures, 48 cells; with both sweep rows the JSON's `sweep_marginal` gives each tree's marginal rate,
 (48 - 12) cells / (its two median walls' difference): the cells/min once the workers run, start-up excluded),
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -158,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                 j = work / f"out-{tree_name}.json"
                 sweep_out = work / f"{row}-{tree_name}-{rep}"
                 argv_ = [a.replace("{json}", str(j)).replace("{sweep_out}", str(sweep_out)) for a in cmd]
+                if row == "convert":  # into a new file: see the module docstring
+                    shutil.rmtree(argv_[3], ignore_errors=True) if Path(argv_[3]).is_dir() else \
+                        Path(argv_[3]).unlink(missing_ok=True)
                 r = run(argv_, tree, ROOT if tree_name == "this" else tree)
                 data = None
                 if json_out and j.exists():

@@ -161,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 j = work / f"out-{tree_name}.json"
                 sweep_out = work / f"{row}-{tree_name}-{rep}"
                 argv_ = [a.replace("{json}", str(j)).replace("{sweep_out}", str(sweep_out)) for a in cmd]
-                if row == "convert":  # into a new file: see the module docstring
-                    shutil.rmtree(argv_[3], ignore_errors=True) if Path(argv_[3]).is_dir() else \
-                        Path(argv_[3]).unlink(missing_ok=True)
+                if row == "convert" and Path(argv_[3]).is_dir():  # into a new file: see the module docstring
+                    shutil.rmtree(argv_[3])
+                elif row == "convert":
+                    Path(argv_[3]).unlink(missing_ok=True)
                 r = run(argv_, tree, ROOT if tree_name == "this" else tree)
                 data = None
                 if json_out and j.exists():

@@ -37,11 +37,31 @@ def _write_weights_h5(model: VisionTransformer, path: str) -> None:
         shutil.copyfile(inner, path)
 
 
+def keras_save(model: "keras.Model", path) -> None:
+    """Keras' own `model.save` of any Keras model. Keras' serializer asks whether TensorFlow is installed only to
+    test whether a config value is a TensorFlow object (TensorShape, DType, TypeSpec); under Keras on JAX or torch,
+    in a process that has not imported TensorFlow, none can be, and asking imported it (about 5 CPU s): for the
+    save the answer is "no", without the import. The file is the same, byte for byte (config.json and
+    model.weights.h5; metadata.json holds the date)."""
+    import sys
+
+    from keras.src.utils.module_utils import tensorflow as tf
+
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules or tf._available is not None:
+        model.save(path)
+        return
+    tf._available = False
+    try:
+        model.save(path)
+    finally:
+        tf._available = None  # asked again (and imported) by whoever needs TensorFlow later
+
+
 def save_keras(model: VisionTransformer, path) -> Path:
     """Whole model (architecture + config + weights) as a `.keras` zip, atomically."""
     path = Path(path)
     _check_suffix(path, ".keras")
-    return atomic_write(path, lambda p: model.save(p))  # Keras' own temporary folders land in the staging folder
+    return atomic_write(path, lambda p: keras_save(model, p))  # Keras' temporary folders land in the staging folder
 
 
 def save_weights_h5(model: VisionTransformer, path) -> Path:

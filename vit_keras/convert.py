@@ -18,7 +18,7 @@ from shared.errors import InvalidFileError, MismatchError
 from shared.fileio import atomic_write, work_dir
 from shared import keras_file
 
-from .model import VisionTransformer, new_model
+from .model import VisionTransformer, new_model, without_tensorflow
 
 
 # ------------------------------------------------------------------ native files
@@ -38,23 +38,11 @@ def _write_weights_h5(model: VisionTransformer, path: str) -> None:
 
 
 def keras_save(model: "keras.Model", path) -> None:
-    """Keras' own `model.save` of any Keras model. Keras' serializer asks whether TensorFlow is installed only to
-    test whether a config value is a TensorFlow object (TensorShape, DType, TypeSpec); under Keras on JAX or torch,
-    in a process that has not imported TensorFlow, none can be, and asking imported it (about 5 CPU s): for the
-    save the answer is "no", without the import. The file is the same, byte for byte (config.json and
-    model.weights.h5; metadata.json holds the date)."""
-    import sys
-
-    from keras.src.utils.module_utils import tensorflow as tf
-
-    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules or tf._available is not None:
+    """Keras' own `model.save` of any Keras model; under Keras on JAX or torch without importing TensorFlow
+    (`without_tensorflow`: Keras' serializer asked only whether a config value is a TensorFlow object). The file is
+    the same, byte for byte (config.json and model.weights.h5; metadata.json holds the date)."""
+    with without_tensorflow():
         model.save(path)
-        return
-    tf._available = False
-    try:
-        model.save(path)
-    finally:
-        tf._available = None  # asked again (and imported) by whoever needs TensorFlow later
 
 
 def save_keras(model: VisionTransformer, path) -> Path:

@@ -508,6 +508,27 @@ def _deferred(build) -> list:
     return unfilled
 
 
+@contextlib.contextmanager
+def without_tensorflow():
+    """Under Keras on JAX or torch, in a process that has not imported TensorFlow: Keras' "is TensorFlow installed?"
+    answers no for the block, instead of importing it (about 5 CPU s); asked again afterwards, it imports TensorFlow
+    as before. For Keras' serializer (`keras_save`), which asks only to test whether a value is a TensorFlow object:
+    none can be. Not for `set_random_seed`: importing TensorFlow draws from Python's and NumPy's global random
+    states, so a training's dropout on JAX depends on it (seeded, then disturbed by the import, as before)."""
+    import sys
+
+    from keras.src.utils.module_utils import tensorflow as tf
+
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules or tf._available is not None:
+        yield
+        return
+    tf._available = False
+    try:
+        yield
+    finally:
+        tf._available = None
+
+
 def _fill(var, value: np.ndarray) -> None:
     """Give an unfilled variable (`_unfilled_model`) its first value, converted as `assign` converts it; `value`
     must be an array no one else holds (a backend may keep it without copying). On TensorFlow the variable is made

@@ -1,6 +1,9 @@
-"""Keras files across Keras backends: `python -m conformance_tests.keras_files DIR [write] [read]` under a KERAS_BACKEND.
+"""Keras files across Keras backends: `python -m conformance_tests.keras_files DIR [write] [wait] [read]` under a
+KERAS_BACKEND.
 
 write: for each of PRESETS, the model's `.keras` and `.weights.h5` files, named `{keras backend}.{preset}.{suffix}`.
+wait:  print `written` and wait for a line on stdin (the other Keras backends write their files meanwhile): one
+       process writes and, later, reads, instead of paying the framework's start-up twice.
 read:  every such file another Keras backend wrote: its canonical weights must be bit-exact and its forward within
        the float32 bound of the reference. Prints one JSON line: {"keras_backend": ..., "read": {file: result}}.
 """
@@ -65,6 +68,9 @@ def main(directory: str, *actions: str) -> int:
     d = Path(directory)
     if "write" in actions:
         write(d)
+    if "wait" in actions:
+        print("written", flush=True)
+        sys.stdin.readline()
     print(json.dumps({"keras_backend": keras.backend.backend(), "read": read(d) if "read" in actions else {}}))
     return 0
 

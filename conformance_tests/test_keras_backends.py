@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,19 +56,41 @@ def test_files_written_under_one_keras_backend_load_bit_exactly_under_the_others
     (conformance_tests/keras_files.py)."""
     from . import keras_files
 
-    def under(keras_backend, *actions):
-        r = subprocess.run([sys.executable, "-m", "conformance_tests.keras_files", str(tmp_path), *actions],
-                           capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=keras_backend),
-                           timeout=600, cwd=str(ROOT))
-        assert r.returncode == 0, r.stderr[-3000:]
-        out = json.loads(r.stdout.strip().splitlines()[-1])
+    logs = tmp_path / "logs"  # the children's stderr (a pipe nobody reads could fill and block them); read globs
+    logs.mkdir()              # tmp_path's own files only
+
+    def start(keras_backend, *actions):
+        err = open(logs / f"{keras_backend}.{'-'.join(actions)}.err", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "conformance_tests.keras_files", str(tmp_path), *actions],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=dict(os.environ, KERAS_BACKEND=keras_backend), cwd=str(ROOT))
+        proc.err = err
+        return proc
+
+    def finish(proc, keras_backend, stdin=""):
+        try:
+            out, _ = proc.communicate(stdin, timeout=600)
+        finally:
+            proc.kill()
+            proc.err.close()
+        assert proc.returncode == 0, (logs / Path(proc.err.name).name).read_text()[-3000:]
+        out = json.loads(out.strip().splitlines()[-1])
         assert out["keras_backend"] == keras_backend
         return out["read"]
 
-    keras_files.write(tmp_path)                  # TensorFlow, in this process
-    results = {"jax": under("jax", "write")}
-    results["torch"] = under("torch", "write", "read")   # reads the TensorFlow and JAX files
-    results["jax"] = under("jax", "read")                 # reads the TensorFlow and torch files
+    # one JAX process writes its files, waits while TensorFlow (here) and torch write theirs, then reads the others'
+    # (one JAX start-up, not two)
+    jax = start("jax", "write", "wait", "read")
+    stuck = threading.Timer(1200, jax.kill)  # a JAX child that never says "written" fails the test, not hangs it
+    stuck.start()
+    try:
+        keras_files.write(tmp_path)                  # TensorFlow, in this process
+        assert jax.stdout.readline().strip() == "written", (logs / Path(jax.err.name).name).read_text()[-3000:]
+        results = {"torch": finish(start("torch", "write", "read"), "torch")}  # reads the TensorFlow and JAX files
+        results["jax"] = finish(jax, "jax", "read\n")  # reads the TensorFlow and torch files
+    finally:
+        stuck.cancel()
+        jax.kill()
     results["tensorflow"] = keras_files.read(tmp_path)   # reads the JAX and torch files
     for reader, files in results.items():
         others = {kb for kb in TARGETS if kb != reader}

@@ -18,7 +18,7 @@ from shared.errors import InvalidFileError, MismatchError
 from shared.fileio import atomic_write, work_dir
 from shared import keras_file
 
-from .model import VisionTransformer, new_model
+from .model import VisionTransformer, new_model, without_tensorflow
 
 
 # ------------------------------------------------------------------ native files
@@ -37,11 +37,19 @@ def _write_weights_h5(model: VisionTransformer, path: str) -> None:
         shutil.copyfile(inner, path)
 
 
+def keras_save(model: "keras.Model", path) -> None:
+    """Keras' own `model.save` of any Keras model; under Keras on JAX or torch without importing TensorFlow
+    (`without_tensorflow`: Keras' serializer asked only whether a config value is a TensorFlow object). The file is
+    the same, byte for byte (config.json and model.weights.h5; metadata.json holds the date)."""
+    with without_tensorflow():
+        model.save(path)
+
+
 def save_keras(model: VisionTransformer, path) -> Path:
     """Whole model (architecture + config + weights) as a `.keras` zip, atomically."""
     path = Path(path)
     _check_suffix(path, ".keras")
-    return atomic_write(path, lambda p: model.save(p))  # Keras' own temporary folders land in the staging folder
+    return atomic_write(path, lambda p: keras_save(model, p))  # Keras' temporary folders land in the staging folder
 
 
 def save_weights_h5(model: VisionTransformer, path) -> Path:

@@ -357,6 +357,19 @@ class VisionTransformer(keras.Model):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
 
+    def build_from_config(self, config):
+        """Keras' loader (`load_model`) builds the model from the file's build config, then assigns every variable
+        its value from the file. On JAX the variables are first made as `new_model` makes them (zeros put on the
+        device): Keras on JAX compiles each initializer (a random program per distinct shape) for values the file
+        then replaces."""
+        if keras.backend.backend() != "jax":
+            return super().build_from_config(config)
+        unfilled = _deferred(lambda: super(VisionTransformer, self).build_from_config(config))
+        for v in unfilled:
+            if v.trainable:
+                _fill(v, np.zeros(v.shape, np.float32))
+        _finish(self, unfilled)
+
 
 def to_keras_layout(kind: str, value: np.ndarray) -> np.ndarray:
     """One canonical tensor in the Keras variable's layout (kind from `VisionTransformer.canonical_variables`)."""
@@ -470,23 +483,50 @@ def _unfilled_model(cfg: ViTConfig, dtype, data_format: str, name: str) -> tuple
     a traced function); here they are taken off Keras' list of pending variables, so that a model's variables are
     written once, with their final values, not computed by an initializer first and overwritten. Inside a
     caller's StatelessScope Keras' own deferral is left alone (no variable is returned)."""
-    from keras.src.backend.common import global_state
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-
     policy = POLICIES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     model = VisionTransformer(cfg.to_dict(), data_format=data_format, name=name, dtype=policy)
     H, W = cfg.image_size
     shape = (None, cfg.in_chans, H, W) if data_format == "channels_first" else (None, H, W, cfg.in_chans)
+    return model, _deferred(lambda: model.build(shape))
+
+
+def _deferred(build) -> list:
+    """`build()` (which makes variables) with their initializers deferred (`_unfilled_model`); returns the variables
+    it made, each still to be given a value."""
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
     if in_stateless_scope():
-        model.build(shape)
-        return model, []
+        build()
+        return []
     key = "uninitialized_variables"
     before = list(global_state.get_global_attribute(key, []) or [])
     with keras.StatelessScope(initialize_variables=False):
-        model.build(shape)
+        build()
     unfilled = (global_state.get_global_attribute(key, []) or [])[len(before):]
     global_state.set_global_attribute(key, before)
-    return model, unfilled
+    return unfilled
+
+
+@contextlib.contextmanager
+def without_tensorflow():
+    """Under Keras on JAX or torch, in a process that has not imported TensorFlow: Keras' "is TensorFlow installed?"
+    answers no for the block, instead of importing it (about 5 CPU s); asked again afterwards, it imports TensorFlow
+    as before. For Keras' serializer (`keras_save`), which asks only to test whether a value is a TensorFlow object:
+    none can be. Not for `set_random_seed`: importing TensorFlow draws from Python's and NumPy's global random
+    states, so a training's dropout on JAX depends on it (seeded, then disturbed by the import, as before)."""
+    import sys
+
+    from keras.src.utils.module_utils import tensorflow as tf
+
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules or tf._available is not None:
+        yield
+        return
+    tf._available = False
+    try:
+        yield
+    finally:
+        tf._available = None
 
 
 def _fill(var, value: np.ndarray) -> None:

@@ -7,7 +7,7 @@ interleaved with its peer, medians written to JSON. Not a test: these machines a
 
 Each run records wall seconds, CPU seconds (user + system of the whole process tree) and peak RSS (the largest
 process of the tree, from wait4), and the job's own figures where it writes JSON (a check's per-backend seconds,
-threads and child peak RSS; bench's peak RSS per mode, timm's included; a sweep's cells/min). With --baseline,
+threads and child peak RSS; bench's peak RSS per mode, the peers' included; a sweep's cells/min). With --baseline,
 every job runs on both trees in alternation (A B A B ...), so a change of load hits both alike. Each tree's modules
 are compiled to bytecode first, as a user's Python does on first use.
 
@@ -18,7 +18,8 @@ keeps for an overwrite's crash safety), sweep (a zoo of tiny models: 3 checkpoin
 the sweep backends, 12 cells, cells/min: mostly the workers' framework start-up), sweep-large (12 checkpoints of
 6 tiny architectures, 48 cells; with both sweep rows the JSON's `sweep_marginal` gives each tree's marginal rate,
 (48 - 12) cells / (its two median walls' difference): the cells/min once the workers run, start-up excluded),
-rss (`bench` B/16 batch 1: our torch modes against timm's), ci (the CI-sized test set; not in the default rows:
+rss (`bench` B/16 batch 1: our torch, keras and mindspore modes against each framework's peer: timm, keras-hub,
+mindcv), ci (the CI-sized test set; not in the default rows:
 about 20 minutes).
 """
 from __future__ import annotations
@@ -105,9 +106,9 @@ def jobs_of(rows: list[str], work: Path, backends: list[str]) -> list[tuple[str,
         out.append(("sweep-large", "sweep of 12 tiny models", ["shared.cli", "sweep", str(work / "zoo-large.toml"),
                                                                 "--out", "{sweep_out}"], None))
     if "rss" in rows:
-        out.append(("rss", "bench B/16 batch 1, torch vs timm",
-                    ["shared.cli", "bench", "--backends", "torch", "--preset", "B/16", "--batch", "1", "--iters",
-                     "2", "--json", "{json}", "--force"], "{json}"))
+        out.append(("rss", "bench B/16 batch 1, torch / keras / mindspore vs timm / keras-hub / mindcv",
+                    ["shared.cli", "bench", "--backends", "torch,keras,mindspore", "--preset", "B/16", "--batch", "1",
+                     "--iters", "2", "--json", "{json}", "--force"], "{json}"))
     if "ci" in rows:
         out.append(("ci", "CI-sized test set", ["pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
                                                 str(ROOT / "conformance_tests")], None))
@@ -122,8 +123,9 @@ def figures(row: str, data: dict | None, result: dict) -> dict:
                                  "child_peak_rss_mb": (d.get("meta") or {}).get("peak_rss_mb")}
                              for b, d in data["backends"].items()}}
     if row == "rss" and data:
-        return {"modes": {f"{r['mode']} b{r['batch']}": {"peak_rss_mb": r["peak_rss_mb"],
-                                                          "images_per_s": r["images_per_s"]} for r in data["rows"]}}
+        return {"modes": {f"{r['backend']} {r['mode']} b{r['batch']}": {"peak_rss_mb": r["peak_rss_mb"],
+                                                                           "images_per_s": r["images_per_s"]}
+                          for r in data["rows"]}}
     return {}
 
 

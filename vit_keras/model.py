@@ -46,9 +46,10 @@ from keras import ops
 
 from shared.config import ViTConfig
 from shared.errors import MismatchError
-from shared.init import init_weights
+from shared.init import init_tensors
+from shared.keras_file import keras_shape
 from shared.posemb import fixed_table, model_rope_table, rope_grid
-from shared.weights import validate_state
+from shared.weights import expected_shapes, validate_state
 
 from .layers import _f32
 from .layers import (PACKAGE, AttentionPool, Block, PatchEmbed, RelPosBias, _dense, _norm, as_config,
@@ -390,37 +391,45 @@ def from_keras_layout(kind: str, value: np.ndarray) -> np.ndarray:
 
 
 def load_canonical(model: VisionTransformer, state: Mapping[str, np.ndarray], source: str = "<state dict>") -> None:
-    """Assign a canonical state dict to every variable of `model` (strict)."""
-    cfg = model.cfg
-    validate_state(cfg, state, source=source)
+    """Assign a canonical state dict to every variable of `model` (strict). Every key and shape is checked before
+    anything is assigned; then each tensor is laid out and assigned in turn, so no second copy of the whole state
+    is ever held (the state's arrays may be views of a memory-mapped file: each is read once, as it is used)."""
+    validate_state(model.cfg, state, source=source)
     mapping = model.canonical_variables()
-    problems = []
-    unassigned = [k for k in mapping if k not in state]
-    problems += [f"model variable for key {k!r} has no value in the state dict" for k in unassigned]
-    problems += [f"unexpected key {k!r}: the model has no variable for it" for k in state if k not in mapping]
-    values = {}
+    _check(model, mapping, {k: np.shape(v) for k, v in state.items()}, source)
+    _assign(mapping, ((key, state[key]) for key in mapping), owned=False)
+
+
+def _check(model: VisionTransformer, mapping: dict, shapes: Mapping[str, tuple], source: str) -> None:
+    """Raise MismatchError unless `shapes` (canonical key -> shape) has every key of `mapping` and no other, each
+    shape laid out as its variable's, and every trainable variable of the model has a key (none left unset)."""
+    problems = [f"model variable for key {k!r} has no value in the state dict" for k in mapping if k not in shapes]
+    problems += [f"unexpected key {k!r}: the model has no variable for it" for k in shapes if k not in mapping]
     for key, (var, kind) in mapping.items():
-        if key not in state:
-            continue
-        native = to_keras_layout(kind, np.asarray(state[key], np.float32))
-        if tuple(native.shape) != tuple(var.shape):
-            problems.append(f"key {key!r}: canonical shape {tuple(np.shape(state[key]))} gives Keras shape "
-                            f"{tuple(native.shape)}, variable {var.path!r} has {tuple(var.shape)}")
-            continue
-        values[key] = native
+        if key in shapes and keras_shape(kind, tuple(shapes[key])) != tuple(var.shape):
+            problems.append(f"key {key!r}: canonical shape {tuple(shapes[key])} gives Keras shape "
+                            f"{keras_shape(kind, tuple(shapes[key]))}, variable {var.path!r} has {tuple(var.shape)}")
     if problems:
         raise MismatchError(source, problems)
-    # every variable of the model must be covered by the mapping (nothing left at its initial value)
     mapped = {id(var) for var, _ in mapping.values()}
     stray = [v.path for v in model.weights if id(v) not in mapped and v.trainable]
     if stray:
         raise MismatchError(source, [f"model variable {p!r} has no canonical key" for p in stray])
-    for key, (var, _) in mapping.items():
-        if var._value is None:  # unfilled (build_model): its first value; an array of its own, never the caller's
-            value = values[key]
-            _fill(var, value.copy() if np.may_share_memory(value, state[key]) else value)
+
+
+def _assign(mapping: dict, items, *, owned: bool) -> None:
+    """Assign (canonical key, float32 array) pairs to their variables one at a time, each laid out as it is
+    assigned. owned: the arrays are the caller's to give away (init_tensors'), so an unfilled variable may keep one
+    without a copy; otherwise it keeps a copy of its own, never a view of the caller's array."""
+    for key, value in items:
+        var, kind = mapping[key]
+        value = np.asarray(value, np.float32)
+        native = to_keras_layout(kind, value)
+        if var._value is None:  # unfilled (build_model): its first value
+            _fill(var, native if owned or not np.may_share_memory(native, value) else native.copy())
         else:
-            var.assign(values[key])  # Keras casts to the variable dtype (bfloat16 for a pure "bfloat16" policy)
+            var.assign(native)  # Keras casts to the variable dtype (bfloat16 for a pure "bfloat16" policy)
+        del value, native
 
 
 def to_canonical(model: VisionTransformer) -> dict[str, np.ndarray]:
@@ -561,12 +570,17 @@ def _finish(model: VisionTransformer, unfilled: list) -> VisionTransformer:
 
 def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *, dtype: str = "float32",
                 seed: int = 0, data_format: str = "channels_last") -> VisionTransformer:
-    """A model holding canonical weights (`state`, or init_weights(cfg, seed)); compute dtype float32 / bfloat16 /
+    """A model holding canonical weights (`state`, or init_weights(cfg, seed), drawn by init_tensors); compute dtype float32 / bfloat16 /
     float16 (the mixed policies: float32 variables) or a Keras dtype policy. Each variable is written once, with
     its weight (no initializer runs first).
 
     data_format: "channels_last" (NHWC, Keras' convention) or "channels_first" (NCHW).
     """
     model, unfilled = _unfilled_model(cfg, dtype, data_format, "vision_transformer")
-    load_canonical(model, init_weights(cfg, seed) if state is None else state)
+    if state is not None:
+        load_canonical(model, state)
+    else:  # seeded weights, each array assigned as it is drawn (never the whole state beside the variables)
+        mapping = model.canonical_variables()
+        _check(model, mapping, expected_shapes(cfg), f"init_tensors({cfg.name!r})")
+        _assign(mapping, init_tensors(cfg, seed), owned=True)
     return _finish(model, unfilled)

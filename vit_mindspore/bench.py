@@ -81,12 +81,27 @@ MODES = {
     "graph": "Graph mode (mindspore.jit, jit_level O0), the backend's default",
     "graph_expm1": "Graph mode with the expm1-based attention softmax (fused_softmax=False)",
     "pynative_nice": "PyNative with the launching Python thread at nice 19 (see below)",
+    "mindcv": "peer: mindcv's VisionTransformer with the same sizes (random init, no download), in Graph mode "
+              "(if mindcv is installed)",
 }
 # Why pynative_nice: MindSpore's CPU ThreadPool::ParallelLaunch hands a kernel's tasks to the pool workers and, when
 # called from a thread outside the pool (PyNative's Python thread), busy-waits on sched_yield until they finish
 # (perf: ~20 % of CPU samples; strace: ~20k sched_yield calls/s). Graph mode launches from a pool thread, which computes a
 # share itself. At nice 19 the waiting thread stops taking CPU from the workers. A benchmark-only demonstration:
 # the backend does not renice threads it does not own.
+
+
+def mindcv_model(cfg: ViTConfig):
+    """mindcv's ViT with the same sizes (its own numerics and init), in inference mode; the peer of `bench`."""
+    try:
+        from mindcv.models.vit import VisionTransformer as MindcvViT
+    except ImportError:
+        raise RuntimeError("mindcv is not installed") from None
+    model = MindcvViT(image_size=cfg.image_size[0], patch_size=cfg.patch_size, in_channels=cfg.in_chans,
+                      embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                      mlp_ratio=cfg.mlp_dim / cfg.embed_dim, num_classes=max(cfg.num_classes, 1))
+    model.set_train(False)
+    return model
 
 
 def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str, n_warmup: int = 2,
@@ -99,7 +114,12 @@ def bench(cfg: ViTConfig, *, batch: int = 8, dtype: str = "float32", mode: str, 
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     configure_runtime(threads)
-    model = build_model(cfg, dtype=dtype, fused_softmax=mode != "graph_expm1")
+    if mode == "mindcv":
+        if dtype != "float32":
+            raise ValueError(f"the mindcv peer runs in float32, not {dtype!r}")
+        model = mindcv_model(cfg)
+    else:
+        model = build_model(cfg, dtype=dtype, fused_softmax=mode != "graph_expm1")
     fn = model if mode.startswith("pynative") else ms.jit(model, jit_level="O0")
     x = Tensor(random_images(cfg, batch))
     if dtype != "float32":

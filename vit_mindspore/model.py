@@ -29,7 +29,7 @@ from mindspore import Tensor, nn, ops
 from mindspore import dtype as mstype
 
 from shared.config import ViTConfig
-from shared.init import init_weights
+from shared.init import init_tensors
 from shared.posemb import (fixed_table, model_resample_matrices, model_resamples, model_rope_table, rel_log_coords,
                             rel_pos_index, rope_grid)
 from shared.weights import expected_shapes, validate_state
@@ -430,12 +430,20 @@ def load_canonical(model, state: Mapping[str, np.ndarray], source: str = "<state
     for it reads that storage, and would not see the new tensor `set_data` puts in its place."""
     cfg = model.config
     validate_state(cfg, state, source=source)
-    for p in model.get_parameters():  # names are the canonical keys (checked when the model is built)
-        value = Tensor(np.ascontiguousarray(state[p.name], np.float32)).astype(p.dtype)
+    _set(model, ((key, state[key]) for key in expected_shapes(cfg)), in_place=in_place)
+
+
+def _set(model, items, *, in_place: bool = False) -> None:
+    """Set each (canonical key, array) pair's parameter (cast to its dtype), one at a time (in_place: see
+    load_canonical)."""
+    params = {p.name: p for p in model.get_parameters()}  # the canonical keys (checked when the model is built)
+    for key, value in items:
+        p = params[key]
+        tensor = Tensor(np.ascontiguousarray(value, np.float32)).astype(p.dtype)
         if in_place:
-            ops.assign(p, value)
+            ops.assign(p, tensor)
         else:
-            p.set_data(value)
+            p.set_data(tensor)
 
 
 def to_canonical(model) -> dict[str, np.ndarray]:
@@ -446,7 +454,8 @@ def to_canonical(model) -> dict[str, np.ndarray]:
 
 def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *, dtype: str = "float32",
                 seed: int = 0, fused_softmax: bool = True) -> VisionTransformer:
-    """A VisionTransformer in inference mode holding canonical weights (`state`, or init_weights(cfg, seed)).
+    """A VisionTransformer in inference mode holding canonical weights (`state`, or init_weights(cfg, seed), drawn by
+    init_tensors).
 
     fused_softmax: the attention uses MindSpore's Softmax kernel (default; ~15x faster), False: the
     expm1-based one. Equally accurate overall, see vit_mindspore.layers.Softmax. The output softmax
@@ -454,6 +463,9 @@ def build_model(cfg: ViTConfig, state: Mapping[str, np.ndarray] | None = None, *
     """
     configure_runtime()
     model = VisionTransformer(cfg, dtype, fused_softmax)
-    load_canonical(model, init_weights(cfg, seed) if state is None else state)
+    if state is None:  # seeded weights, each array set as it is drawn (never the whole state beside the parameters)
+        _set(model, init_tensors(cfg, seed))
+    else:
+        load_canonical(model, state)
     model.set_train(False)
     return model

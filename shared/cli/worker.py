@@ -293,6 +293,7 @@ def run_forward(backend: str, weights: str | Path, input_path: str | Path, dtype
         cfg = cfg.with_image_size(size)
     t0 = time.perf_counter()
     model = _KEPT.model_for(be, backend, cfg, state, dtype) if _KEPT.active else be.build(cfg, state, dtype=dtype)
+    del state  # the model holds copies: the file's memory map (every page read) is released before the forward
     t1 = time.perf_counter()
     out = be.forward_once(model, x)  # one forward per weights, even in a warm worker
     t2 = time.perf_counter()

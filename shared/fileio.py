@@ -234,6 +234,24 @@ def in_background(fn, *args):
     return settle
 
 
+def checked_beside(check, deferred: list | None, work):
+    """work() while `check` (a source's own verification: fn and args for `in_background`) runs on a thread. If work
+    raises, the check's error comes first (a damaged source says so, not what its damage broke). Then the check is
+    waited for now, or, with `deferred` (`checks_before_commit`'s list), appended to it: the caller writes with the
+    result, and the check settles before the write is moved into place."""
+    settle = in_background(*check)
+    try:
+        out = work()
+    except Exception:
+        settle()
+        raise
+    if deferred is None:
+        settle()
+    else:
+        deferred.append(settle)
+    return out
+
+
 class BackgroundWriter:
     """A file object (`w`: a file, a zip member) written in order on one thread, so that producing the next bytes
     (a transposed band: `weights.write_c_order`) overlaps writing the last (and a zip member's CRC-32 of it). write()

@@ -44,7 +44,7 @@ from . import limits as L
 from . import weights as W
 from .config import ViTConfig, fields_off_default
 from .errors import BackendError, ConfigError, InvalidFileError, MismatchError, UnsupportedError
-from .fileio import BackgroundWriter, atomic_write, in_background
+from .fileio import BackgroundWriter, atomic_write, checked_beside
 from .safeio import check_zip, load_json, read_zip_member, refuse_unsafe_keras_classes
 
 #: vit_keras' registered classes (keras.saving.register_keras_serializable(package="vit_keras")): the only
@@ -684,16 +684,8 @@ def load_keras(path: str | os.PathLike, expect: ViTConfig | None = None, *, defe
         raise InvalidFileError(f"{path}: not a .keras file: no member {WEIGHTS_MEMBER!r}") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise InvalidFileError(f"{path}: member {WEIGHTS_MEMBER!r} is unreadable ({type(e).__name__}: {e})") from None
-    settle = in_background(_check_crc, path, data, crc)
-    try:
-        state = _read_h5(data, cfg, f"{path}: {WEIGHTS_MEMBER}")
-    except Exception:
-        settle()  # a damaged member's own error first
-        raise
-    if deferred is None:
-        settle()
-    else:
-        deferred.append(settle)
+    state = checked_beside((_check_crc, path, data, crc), deferred,
+                           lambda: _read_h5(data, cfg, f"{path}: {WEIGHTS_MEMBER}"))
     return cfg, state
 
 

@@ -36,7 +36,7 @@ from . import limits as L
 from . import weights as W
 from .config import ViTConfig
 from .errors import ConfigError, InvalidFileError, MismatchError
-from .fileio import atomic_write, in_background
+from .fileio import atomic_write, checked_beside
 
 CONFIG_KEY = "vit_config"
 DIGEST_KEY = "vit_suite_digest"
@@ -386,17 +386,12 @@ def load_suite_ckpt(path: str | os.PathLike, cfg: ViTConfig | None = None, *, de
     digest's InvalidFileError) is appended to `deferred`: the caller must call it before using the tensors for
     anything but writing a staged file (`fileio.checks_before_commit`)."""
     tensors, records = _read_with_digest(path)
-    settle = in_background(_check_digest, path, tensors, records[DIGEST_KEY])
-    try:
-        cfg = _suite_config(path, records, cfg, default)
-        W.validate_state(cfg, tensors, str(path))
-    except Exception:
-        settle()  # a corrupted file's own error first
-        raise
-    if deferred is None:
-        settle()
-    else:
-        deferred.append(settle)
+    def validated():
+        c = _suite_config(path, records, cfg, default)
+        W.validate_state(c, tensors, str(path))
+        return c
+
+    cfg = checked_beside((_check_digest, path, tensors, records[DIGEST_KEY]), deferred, validated)
     return cfg, {k: tensors[k] for k in W.expected_shapes(cfg)}
 
 

@@ -59,3 +59,16 @@ class Aborting(TorchBackend):
 
             os.abort()
         return super().forward(model, images)
+
+
+class Slow(TorchBackend):
+    """torch's numbers, a second late per forward: a sweep of it can be killed part-way at a known point (torch's own
+    cells in a warm worker take milliseconds, so a whole small sweep can finish between two looks)."""
+
+    name = "slow"
+
+    def forward(self, model, images):
+        import time
+
+        time.sleep(1.0)
+        return super().forward(model, images)

@@ -31,6 +31,7 @@ from shared.presets import get_preset
 
 BROKEN = ("broken_qk=conformance_tests.broken_backends:SwappedQK,"
           "crashing=conformance_tests.broken_backends:Crashing")
+SLOW = "slow=conformance_tests.broken_backends:Slow"
 #: the fields of a cell that depend on the run (time, whether it came from the cache, the Ray node), not on the result
 RUN_FIELDS = ("seconds", "cached", "node")
 
@@ -289,11 +290,12 @@ def test_a_rerun_does_nothing_and_the_cache_key_follows_what_the_result_depends_
 def test_a_killed_sweep_resumes_without_redoing_its_done_cells(zoo, tmp_path):
     manifest = tmp_path / "m.toml"
     shutil.copy(zoo / "tiny.safetensors", tmp_path)
-    manifest.write_text('[sweep]\nbackends = ["torch"]\ndtypes = ["float32", "float16"]\nbatches = [1, 2, 3]\n'
+    manifest.write_text('[sweep]\nbackends = ["slow"]\ndtypes = ["float32", "float16"]\nbatches = [1, 2, 3]\n'
                         '[[checkpoints]]\npath = "tiny.safetensors"\n')
     out = tmp_path / "m.sweep"
+    env = {"VIT_SUITE_BACKENDS": SLOW}  # torch, a second per forward: killed while a cell is in flight
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "sweep", str(manifest), "--jobs", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
     deadline = time.time() + 300
     while len(list((out / "cells").glob("*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -301,7 +303,7 @@ def test_a_killed_sweep_resumes_without_redoing_its_done_cells(zoo, tmp_path):
     proc.wait()
     done = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert 2 <= len(done) < 6, "the sweep should have been killed part-way"
-    resumed = sweep(manifest, "--jobs", "1")
+    resumed = sweep(manifest, "--jobs", "1", env=env)
     assert resumed.returncode == EXIT_OK, resumed.stdout + resumed.stderr
     assert f"{len(done)} already done" in said(resumed)
     assert {n: m for n, m in ((p.name, p.stat().st_mtime_ns) for p in (out / "cells").glob("*.json"))

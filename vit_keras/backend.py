@@ -170,6 +170,10 @@ class KerasBackend(Backend):
         check_images(model.cfg, images)
         x = images if model.data_format == "channels_first" else np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         out = self._stage_fn(model, x.shape)(keras.ops.convert_to_tensor(x))
+        if keras.backend.backend() == "openvino":  # one OpenVINO compile for every stage, not one per stage
+            from .model import openvino_numpy
+
+            out = openvino_numpy(out)
         stages = {k: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32) for k, v in out.items()}
         return {k: stages[k] for k in model.cfg.stage_names()}
 

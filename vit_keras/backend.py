@@ -47,6 +47,36 @@ MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torc
 #: notebook check of keras.saving's file editor) and, under another Keras backend, JAX (a monitoring shim in the
 #: Orbax checkpoint callback): together 1 to 2 CPU s of a Keras child's start-up
 KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib", "IPython", "jax")
+#: modules a Keras backend imports at start for functions this tool never calls: in such a child process they are
+#: imported on first use instead (SciPy's signal package, about 1 CPU s, for Keras-on-OpenVINO's stft windows)
+KERAS_DEFERRED_IMPORTS = {"openvino": ("scipy.signal",)}
+
+
+def _defer_import(name: str) -> None:
+    """Put a stand-in for module `name` in sys.modules: `import name` succeeds without running the module, and the
+    first attribute the stand-in lacks imports the module whole (which then replaces it) and comes from it.
+    (importlib's LazyLoader would not do: Python 3.11's import statement reads `__spec__`, which loads it.)"""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return
+
+    class Deferred(types.ModuleType):
+        def __getattr__(self, attr):
+            if sys.modules.get(name) is self:
+                del sys.modules[name]
+            return getattr(importlib.import_module(name), attr)
+
+    stand_in = Deferred(name)
+    stand_in.__spec__ = spec
+    sys.modules[name] = stand_in
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, stand_in)
 
 
 def _keras():
@@ -54,12 +84,15 @@ def _keras():
     shared.cli.worker's parents) with KERAS_UNUSED_IMPORTS hidden (each Keras import of them is guarded by an
     `except ImportError`), unless this process imported them already or Keras runs on that one (JAX). They are
     importable again as soon as Keras is: only Keras' unused features go without them, which is why a user's own
-    process (vit_keras as a library) imports Keras whole."""
+    process (vit_keras as a library) imports Keras whole. KERAS_DEFERRED_IMPORTS are imported on first use there."""
     import sys
 
     if "keras" not in sys.modules and os.environ.get("VIT_SUITE_CHILD") == "1":
         running = os.environ.get("KERAS_BACKEND", "tensorflow")
         hidden = [m for m in KERAS_UNUSED_IMPORTS if m not in sys.modules and m != running]
+        for m in KERAS_DEFERRED_IMPORTS.get(running, ()):
+            if m not in sys.modules:
+                _defer_import(m)
         sys.modules.update(dict.fromkeys(hidden))
         try:
             import keras  # noqa: F401

@@ -476,13 +476,13 @@ def openvino_numpy(tensors: dict) -> dict[str, np.ndarray]:
     model with all of them as results runs with the same compile option as Keras' (f32 inference precision); its
     outputs are bit-identical to the per-tensor ones (23 tiny and seed presets, 3 inputs each: 519 stages)."""
     import openvino as ov
-    from keras.src.backend.openvino.core import OpenVINOKerasTensor
+    from keras.src.backend.openvino.core import OpenVINOKerasTensor, get_device
 
     lazy = [k for k, v in tensors.items() if isinstance(v, OpenVINOKerasTensor)]
     out = {k: keras.ops.convert_to_numpy(v) for k, v in tensors.items() if k not in lazy}
     if lazy:
         model = ov.Model(results=[tensors[k].output for k in lazy], parameters=[])
-        results = ov.compile_model(model, "CPU", config={"INFERENCE_PRECISION_HINT": "f32"})({})
+        results = ov.compile_model(model, get_device(), config={"INFERENCE_PRECISION_HINT": "f32"})({})
         out.update((k, np.asarray(results[i])) for i, k in enumerate(lazy))
     return {k: out[k] for k in tensors}
 

@@ -188,6 +188,11 @@ class KerasBackend(Backend):
             from .model import jax_jit
 
             fn = jax_jit(model, run)
+        elif keras.backend.backend() == "openvino":  # one OpenVINO compile for every stage, not one per stage
+            from .model import openvino_numpy
+
+            def fn(x):  # noqa: F811
+                return openvino_numpy(run(x))
         elif keras.backend.backend() == "torch":
             import torch
 
@@ -203,10 +208,6 @@ class KerasBackend(Backend):
         check_images(model.cfg, images)
         x = images if model.data_format == "channels_first" else np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         out = self._stage_fn(model, x.shape)(keras.ops.convert_to_tensor(x))
-        if keras.backend.backend() == "openvino":  # one OpenVINO compile for every stage, not one per stage
-            from .model import openvino_numpy
-
-            out = openvino_numpy(out)
         stages = {k: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32) for k, v in out.items()}
         return {k: stages[k] for k in model.cfg.stage_names()}
 

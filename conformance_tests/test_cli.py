@@ -1,6 +1,7 @@
 """The vit-suite command line end to end: check (a process per backend), convert, forward, reference, inspect."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -360,6 +361,36 @@ def test_a_child_reports_its_own_peak_memory():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout) < 256, f"child reports {float(r.stdout):.0f} MB with a {ballast.nbytes >> 20} MiB parent"
+
+
+_ENDING = """
+import atexit, os, sys
+from shared.cli.common import exit_process
+
+class Torn:  # what Python's teardown does: deallocate the modules' objects (late: names bound now)
+    def __del__(self, path=sys.argv[1] + "/torn", os=os):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY))
+
+kept = Torn()
+atexit.register(lambda: open(sys.argv[1] + "/atexit", "w").close())
+print("said", end="")  # no newline: still in the pipe's buffer
+{end}(7)
+"""
+
+
+@pytest.mark.parametrize("end", ["exit_process", "sys.exit"])
+def test_the_tools_processes_end_without_the_teardown_but_with_atexit_and_their_output(tmp_path, end):
+    """The console script, `python -m shared.cli` and the child worker end through exit_process: the command's
+    exit code, its buffered output and the atexit handlers (the frameworks' clean-up) as with sys.exit, but no
+    teardown of the modules' objects (seconds of CPU after TensorFlow). sys.exit, the contrast, tears down."""
+    scripts = {e.name: e.value for e in importlib.metadata.distribution("vit-suite").entry_points
+               if e.group == "console_scripts"}
+    assert scripts == {"vit-suite": "shared.cli:run"}
+    r = subprocess.run([sys.executable, "-c", _ENDING.format(end=end), str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (7, "said"), r.stderr
+    assert (tmp_path / "atexit").exists()
+    assert (tmp_path / "torn").exists() == (end == "sys.exit")
 
 
 # ------------------------------------------------------------ outputs never clobber, flags are validated

@@ -18,7 +18,7 @@ import importlib
 import sys
 
 from ..errors import EXIT_CODES, EXIT_USAGE
-from .common import run_guarded
+from .common import exit_process, run_guarded
 
 #: the command modules, in the order `--help` lists them, and the commands each defines. A command line naming
 #: one command imports only its module: `convert` never pays for the backend registry and the reference.
@@ -59,3 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     return run_guarded(args.func, args, debug=debug)
+
+
+def run() -> None:
+    """The console script `vit-suite`: main(), then the process ends without Python's teardown (exit_process)."""
+    exit_process(main())

@@ -1,6 +1,5 @@
 """`python -m shared.cli` = `vit-suite`."""
-import sys
-
 from . import main
+from .common import exit_process
 
-sys.exit(main())
+exit_process(main())

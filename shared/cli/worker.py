@@ -39,7 +39,7 @@ import numpy as np
 from .. import weights as W
 from ..backend import Backend, backend_env, get_backend, import_frameworks_in_safe_order
 from ..errors import EXIT_CRASH, EXIT_UNSUPPORTED, SuiteError, UnsupportedError, UsageError
-from .common import load_npy, read_npz, write_npz
+from .common import exit_process, load_npy, read_npz, write_npz
 
 #: environment of every child: quiet TensorFlow and Python warnings (stderr carries the error, if any), and
 #: VIT_SUITE_CHILD: a process of the tool's own, which may leave out what only a user's session needs
@@ -485,4 +485,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

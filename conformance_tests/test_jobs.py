@@ -80,6 +80,40 @@ def test_a_warm_worker_reusing_its_model_gives_a_fresh_builds_numbers(tiny, alon
         np.testing.assert_array_equal(reused.arrays[k], fresh.stages[k], err_msg=k)
 
 
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def test_a_prestarted_worker_imports_its_framework_before_its_first_task_and_gives_a_fresh_childs_numbers(
+        tiny, alone, tmp_path):
+    """`sweep` starts a worker for each backend at once (WarmWorkers.prestart): torch's library is mapped into it
+    before any task is sent; a second prestart for the same backend, or one beyond max_workers, starts nothing;
+    the first task runs in that worker and gives a fresh child's stages bit for bit."""
+    import time
+
+    cfg, _, path = tiny
+    np.save(tmp_path / "x.npy", random_images(cfg, 2, 0).astype(np.float32))  # the images `alone` ran
+    env = J.thread_env(1)
+    with WarmWorkers(tmp_path, max_workers=1) as workers:
+        assert workers.prestart("torch", env) and not workers.prestart("torch", env)
+        assert not workers.prestart("mindspore", env)  # no room: max_workers is 1
+        (w,) = workers._idle
+        deadline = time.monotonic() + 120
+        while "libtorch_cpu" not in _maps(w.proc.pid):
+            assert w.proc.poll() is None and time.monotonic() < deadline, w.stderr_tail()
+            time.sleep(0.1)
+        got = workers.run("forward", {"backend": "torch", "weights": str(path), "input": str(tmp_path / "x.npy"),
+                                      "dtype": "float32", "stages": True, "image_size": None},
+                          tmp_path, name="a", env=env)
+        assert workers.started == {"torch": 1} and workers._idle == [w]  # the prestarted worker ran it
+    fresh = alone.runs[0]
+    assert fresh.backend == "torch" and fresh.stages is not None and got.arrays is not None, (fresh.error, got.error)
+    assert got.arrays.keys() == fresh.stages.keys()
+    for k in fresh.stages:
+        np.testing.assert_array_equal(got.arrays[k], fresh.stages[k], err_msg=k)
+
+
 def test_the_thread_count_does_not_depend_on_the_jobs():
     assert J.child_threads() == max(1, J.cores() // min(J.cores(), J.CHILD_SLOTS))
     assert J.concurrent_children(5, 1, jobs=3) == 3 and J.concurrent_children(2, 1, jobs=8) == 2

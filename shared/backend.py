@@ -81,6 +81,13 @@ class Backend(abc.ABC):
         """The installed versions of the modules the backend requires (recorded with every result)."""
         return module_versions(self.requires)
 
+    def start(self) -> None:
+        """Import the framework, so that the first `build` does not: a warm worker started ahead of its first task
+        (shared/cli/worker.py `serve --backend`) pays its start-up while the cores are otherwise idle. Default:
+        the modules the backend requires; a backend whose framework needs set-up before its import overrides it."""
+        for module in self.requires:
+            importlib.import_module(module)
+
     def _unsupported(self, hook: str) -> UnsupportedError:
         return UnsupportedError(f"backend {self.name!r} does not implement the optional hook {hook!r}")
 

@@ -168,6 +168,9 @@ class KerasBackend(Backend):
 
         load_canonical(model, state)
 
+    def start(self) -> None:
+        use_keras_backend(self.keras_backend, self.name)
+
     # ---------------------------------------------------------------- forward
     def _stage_fn(self, model, shape: tuple[int, ...]):
         keras = _keras()

@@ -531,6 +531,9 @@ def run_local(todo: list[tuple[Cell, Prepared]], jobs: int, threads: int, on_sta
         groups.setdefault((cp[0].backend, cp[0].kind), []).append(cp)
     for cells in groups.values():  # stable: the manifest's order within one architecture
         cells.sort(key=lambda cp: (cp[1].cfg.to_json(), cp[0].dtype, cp[0].image_size or ()))
+    for backend, kind in list(groups)[:workers.max_workers]:  # every framework starts at once (see prestart)
+        if kind == "forward":  # a gradient or --against cell's workers run other backends (the oracle, the source)
+            workers.prestart(backend, env)
     owners: dict[tuple, int] = {}
     first_s: dict[tuple, float] = {}  # group -> seconds of its first cell (a worker's start-up included)
     later_s: dict[tuple, list] = {}   # group -> seconds of its other cells

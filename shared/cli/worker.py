@@ -146,12 +146,12 @@ class ChildPool:
 class _Warm:
     """One warm worker process (`python -m shared.cli.worker serve`) and the file its stderr goes to."""
 
-    def __init__(self, key: tuple, backend: str, env: dict[str, str], logdir: Path, n: int):
+    def __init__(self, key: tuple, backend: str, env: dict[str, str], logdir: Path, n: int, start: bool = False):
         self.key = key
         self.log = Path(logdir) / f"worker-{n}.stderr"
+        cmd = [sys.executable, "-m", "shared.cli.worker", "serve"] + (["--backend", backend] if start else [])
         with open(self.log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "shared.cli.worker", "serve"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=err, text=True,
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                          env={**os.environ, **CHILD_ENV, **backend_env(backend), **env})
 
     def request(self, req: dict, timeout: float) -> dict | None:
@@ -202,6 +202,7 @@ class WarmWorkers:
         self.crashed: dict[str, int] = {}  # backend -> workers lost to a task
 
     def _take(self, key: tuple, backend: str, env: dict[str, str]) -> _Warm:
+        self._reap()
         with self._lock:
             for w in reversed(self._idle):  # the most recent: likely the one that holds the next cell's model
                 if w.key == key and w.proc.poll() is None:
@@ -215,6 +216,31 @@ class WarmWorkers:
         if evict is not None:
             evict.close()
         return _Warm(key, backend, env, self.logdir, n)
+
+    def _reap(self) -> None:
+        """Drop the idle workers that died (a prestarted one whose framework would not start, one killed from
+        outside): they hold no place among `max_workers`."""
+        with self._lock:
+            dead = [w for w in self._idle if w.proc.poll() is not None]
+            self._idle = [w for w in self._idle if w not in dead]
+        for w in dead:
+            w.close()
+
+    def prestart(self, backend: str, env: dict[str, str] | None = None) -> bool:
+        """Start a worker for `backend` now, importing its framework before any task needs it (`serve --backend`),
+        where none is alive for it and fewer than `max_workers` are: a job that knows its backends starts them all
+        at once, so that one framework's start-up runs while the other workers compute and no core idles at the
+        end. Whether one was started."""
+        env = dict(env or {})
+        key = (backend, tuple(sorted(env.items())))
+        self._reap()
+        with self._lock:
+            if len(self._idle) + self._busy >= self.max_workers or any(w.key == key for w in self._idle):
+                return False
+            n = sum(self.started.values())
+            self.started[backend] = self.started.get(backend, 0) + 1
+            self._idle.append(_Warm(key, backend, env, self.logdir, n, start=True))
+        return True
 
     def _give(self, w: _Warm, alive: bool) -> None:
         with self._lock:
@@ -451,13 +477,18 @@ def _forget_models(first: bool = False) -> None:
         gc.freeze()
 
 
-def serve() -> int:
+def serve(backend: str | None = None) -> int:
     """A warm worker (`WarmWorkers`): one request a line on stdin, {"task", "spec", "out"}, one answer a line,
     {"rc", "error"}, on the original stdout; whatever a framework prints goes to stderr instead. Forward tasks
-    reuse the last one's model where they can (`_KeptModel`)."""
+    reuse the last one's model where they can (`_KeptModel`). With `backend` (`WarmWorkers.prestart`) it imports
+    that backend's framework first (`Backend.start`); an error there is left for the first task to meet."""
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     _KEPT.active = True
+    if backend is not None:
+        with contextlib.suppress(Exception):
+            import_frameworks_in_safe_order([backend])
+            get_backend(backend).start()
     for n, line in enumerate(sys.stdin):
         req = json.loads(line)
         if req["task"] != "forward":
@@ -473,9 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("task", choices=sorted(TASKS) + ["serve"])
     p.add_argument("--spec", help="JSON file with the task's arguments")
     p.add_argument("--out", help=".npz the results are written to")
+    p.add_argument("--backend", help="serve: import this backend's framework before the first task")
     args = p.parse_args(argv)
     if args.task == "serve":
-        return serve()
+        return serve(args.backend)
     if not (args.spec and args.out):
         p.error(f"{args.task} needs --spec and --out")
     rc, error = _run_task(args.task, args.spec, args.out)

@@ -6,9 +6,10 @@ TASK is `forward` (every named stage of one backend's forward), `grad` (loss, gr
 AdamW step), `bench` (timed forwards in one mode) or `source` (the source library's own output, for
 `check --against`). Why a process each: TensorFlow imported before MindSpore aborts a process, the frameworks'
 thread pools should not share one, and the peak memory of a benchmark must belong to that run alone (see
-peak_rss_mb). `python -m shared.cli.worker serve` is a warm worker instead: it runs such tasks one after another
-for one backend (`WarmWorkers`, what `sweep` uses), paying the framework's start-up once, and building (and
-compiling) a model once per architecture and dtype (`_KeptModel`).
+peak_rss_mb). `python -m shared.cli.worker serve [--backend NAME]` is a warm worker instead: it runs such tasks one
+after another for one backend (`WarmWorkers`, what `sweep` uses), paying the framework's start-up once (with
+--backend before its first task: `WarmWorkers.prestart`), and building (and compiling) a model once per
+architecture and dtype (`_KeptModel`). A child ends without Python's teardown (`exit_process`).
 
 The parent calls `run_child(task, spec, workdir, name=...)`, or runs several at once through a `ChildPool`. The
 child writes its arrays and a JSON `__meta__` to OUT, or exits with the code of the error it met

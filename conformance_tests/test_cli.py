@@ -364,7 +364,7 @@ def test_a_child_reports_its_own_peak_memory():
 
 
 _ENDING = """
-import atexit, os, sys
+import atexit, os, sys, threading
 from shared.cli.common import exit_process
 
 class Torn:  # what Python's teardown does: deallocate the modules' objects (late: names bound now)
@@ -373,6 +373,13 @@ class Torn:  # what Python's teardown does: deallocate the modules' objects (lat
 
 kept = Torn()
 atexit.register(lambda: open(sys.argv[1] + "/atexit", "w").close())
+
+def late():  # a thread still running when the command returns: the exit waits for it
+    import time
+    time.sleep(0.3)
+    open(sys.argv[1] + "/thread", "w").close()
+
+threading.Thread(target=late).start()
 print("said", end="")  # no newline: still in the pipe's buffer
 {end}(7)
 """
@@ -381,15 +388,16 @@ print("said", end="")  # no newline: still in the pipe's buffer
 @pytest.mark.parametrize("end", ["exit_process", "sys.exit"])
 def test_the_tools_processes_end_without_the_teardown_but_with_atexit_and_their_output(tmp_path, end):
     """The console script, `python -m shared.cli` and the child worker end through exit_process: the command's
-    exit code, its buffered output and the atexit handlers (the frameworks' clean-up) as with sys.exit, but no
-    teardown of the modules' objects (seconds of CPU after TensorFlow). sys.exit, the contrast, tears down."""
+    exit code, its buffered output, a thread still running, and the atexit handlers (the frameworks' clean-up) as
+    with sys.exit, but no teardown of the modules' objects (seconds of CPU after TensorFlow). sys.exit, the
+    contrast, tears down."""
     scripts = {e.name: e.value for e in importlib.metadata.distribution("vit-suite").entry_points
                if e.group == "console_scripts"}
     assert scripts == {"vit-suite": "shared.cli:run"}
     r = subprocess.run([sys.executable, "-c", _ENDING.format(end=end), str(tmp_path)], capture_output=True,
                        text=True, timeout=120)
     assert (r.returncode, r.stdout) == (7, "said"), r.stderr
-    assert (tmp_path / "atexit").exists()
+    assert (tmp_path / "atexit").exists() and (tmp_path / "thread").exists()
     assert (tmp_path / "torn").exists() == (end == "sys.exit")
 
 

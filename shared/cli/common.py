@@ -31,13 +31,18 @@ def _on_sigterm(signum, frame):
 def exit_process(code: int) -> NoReturn:
     """End this process with `code`, skipping the interpreter's teardown: Python's exit deallocates every module
     the frameworks imported, one object at a time, which costs a process that imported TensorFlow about 1 CPU
-    second, torch about 0.6, and does nothing a finished command needs. What an exit must do still happens: the
-    atexit handlers run (the frameworks' own clean-up: TensorFlow's AutoGraph files, Ray's shutdown, temporary
-    folders), then stdout and stderr are flushed. For the tool's own entry points only (the console script,
-    `python -m shared.cli`, the child worker): a program that calls `main()` keeps its process."""
+    second, torch about 0.6, and does nothing a finished command needs. What an exit must do still happens, in
+    Py_Finalize's order: the threads still running are joined (with threading's exit callbacks: a thread pool's
+    queued work), the atexit handlers run (the frameworks' own clean-up: TensorFlow's AutoGraph files, Ray's
+    shutdown, temporary folders), then stdout and stderr are flushed. What no longer happens: the `__del__` of
+    objects alive at exit and C++ static destructors. For the tool's own entry points only, from the main thread
+    (the console script, `python -m shared.cli`, the child worker): a program that calls `main()` keeps its
+    process."""
     import atexit
+    import threading
 
-    atexit._run_exitfuncs()  # what Py_Finalize runs first (CPython's private name, there since Python 3.0)
+    threading._shutdown()  # CPython's own names for the first two steps of Py_Finalize, private but long-lived
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

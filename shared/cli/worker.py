@@ -212,11 +212,16 @@ class WarmWorkers:
                     return w
             evict = self._idle.pop(0) if self._idle and len(self._idle) + self._busy >= self.max_workers else None
             self._busy += 1
-            n = sum(self.started.values())
-            self.started[backend] = self.started.get(backend, 0) + 1
+            n = self._count_start(backend)
         if evict is not None:
             evict.close()
         return _Warm(key, backend, env, self.logdir, n)
+
+    def _count_start(self, backend: str) -> int:
+        """Count a worker started for `backend` (under the lock); its number among all started (its log's name)."""
+        n = sum(self.started.values())
+        self.started[backend] = self.started.get(backend, 0) + 1
+        return n
 
     def _reap(self) -> None:
         """Drop the idle workers that died (a prestarted one whose framework would not start, one killed from
@@ -238,9 +243,7 @@ class WarmWorkers:
         with self._lock:
             if len(self._idle) + self._busy >= self.max_workers or any(w.key == key for w in self._idle):
                 return False
-            n = sum(self.started.values())
-            self.started[backend] = self.started.get(backend, 0) + 1
-            self._idle.append(_Warm(key, backend, env, self.logdir, n, start=True))
+            self._idle.append(_Warm(key, backend, env, self.logdir, self._count_start(backend), start=True))
         return True
 
     def _give(self, w: _Warm, alive: bool) -> None:

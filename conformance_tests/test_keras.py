@@ -8,9 +8,11 @@ checks that a file written under each Keras backend loads bit-exactly under the 
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
+import types
 import zipfile
 
 import numpy as np
@@ -336,6 +338,12 @@ def test_frameworkless_keras_writer_falls_back_to_the_whole_image(tmp_path, monk
     recorder is given up and the whole image is made the plain way: the same member bytes either way."""
     from shared import keras_file as KF
 
+    class Saved(datetime.datetime):  # one clock for both files: metadata.json's date_saved has 1 s resolution
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(KF, "datetime", types.SimpleNamespace(datetime=Saved))
     cfg, state, _ = helpers.case("tiny_eva02")
     streamed = KF.save_keras(tmp_path / "streamed.keras", cfg, state)
     calls = iter(range(-1, -10**9, -1))

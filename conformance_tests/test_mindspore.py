@@ -10,6 +10,7 @@ tolerances.fp32_bound); none are invented here.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -221,6 +222,33 @@ def test_weights_loaded_into_a_compiled_model_reach_its_graph():
     assert not np.array_equal(after["logits"], before["logits"])
     for s in fresh:
         np.testing.assert_array_equal(after[s], fresh[s], err_msg=s)
+
+
+def test_blocks_share_one_compiled_graph_only_when_every_argument_is_equal(monkeypatch):
+    """SharedBlock: blocks without a random op and with equal arguments are compiled from one graph, and the model
+    computes what the same model of plain Blocks computes, bit for bit; a block whose arguments differ (tiny_t2t's
+    first block reads the narrower token width) gets a graph of its own; a block with a random op is a plain Block."""
+    from vit_mindspore.layers import Block, SharedBlock
+
+    assert len({blk.cell_init_args for blk in _model("seed_t2t_walkthrough").blocks}) == 1  # 12 equal blocks
+    t2t = _model("tiny_t2t").blocks
+    assert all(type(blk) is SharedBlock for blk in t2t) and t2t[0].cell_init_args != t2t[1].cell_init_args
+
+    cfg, state, x = helpers.case("tiny")
+    be = BACKENDS["graph"]
+    shared = be.forward(be.build(cfg, state), x)
+    monkeypatch.setattr(SharedBlock, "applies", staticmethod(lambda args: False))
+    plain_model = be.build(cfg, state)
+    assert all(type(blk) is Block for blk in plain_model.blocks)
+    plain = be.forward(plain_model, x)
+    for s in plain:
+        np.testing.assert_array_equal(shared[s], plain[s], err_msg=s)
+
+    monkeypatch.undo()
+    for rates in (dict(drop_path=0.1), dict(dropout=0.1), dict(attn_dropout=0.1)):
+        model = be.build(dataclasses.replace(cfg, **rates), state)
+        assert all(type(blk) is Block for blk in model.blocks[1:]), rates  # block 0's drop-path rate is 0
+        assert all(type(blk) is Block for blk in model.blocks) or "drop_path" in rates, rates
 
 
 # ---------------------------------------------------------- position resampling

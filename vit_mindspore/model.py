@@ -34,8 +34,8 @@ from shared.posemb import (fixed_table, model_resample_matrices, model_resamples
                             rel_pos_index, rope_grid)
 from shared.weights import expected_shapes, validate_state
 
-from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, Linear, PatchEmbed, RelPosBias, Softmax, _Cell,
-                     _param, norm_layer)
+from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, Linear, PatchEmbed, RelPosBias, SharedBlock, Softmax,
+                     _Cell, _param, norm_layer)
 
 
 _configured = False
@@ -212,7 +212,9 @@ class VisionTransformer(_Cell):
         self.norm_pre = norm_layer(D, eps, mdt, nk) if cfg.norm_pre else None
         self.rope_mixed = cfg.rope == "mixed"
         self.rope = RopeMixed(cfg, mdt) if self.rope_mixed else None
-        blocks = [Block(**cfg.block_args(i), dtype=mdt, fused_softmax=fused_softmax) for i in range(cfg.depth)]
+        args = [cfg.block_args(i) for i in range(cfg.depth)]
+        blocks = [(SharedBlock if SharedBlock.applies(a) else Block)(**a, dtype=mdt, fused_softmax=fused_softmax)
+                  for a in args]
         # relative position bias (cfg.rel_pos_prefixes): one cell `rel_pos`, or one per block held by its attention
         # (`blocks.i.attn.rel_pos`, which the block never calls: the model builds each bias once per forward)
         rel = [RelPosBias(cfg.rel_pos, cfg.rel_pos_shapes(), cfg.num_prefix_tokens, mdt) for _ in cfg.rel_pos_prefixes]

@@ -18,6 +18,8 @@ from shared.convert.io import read_any, write_any
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
 
+from . import PYTEST_CHILD
+
 # the default check: every installed target, the deployment runtimes included
 BUILTIN = ["torch", "keras", "keras-jax", "keras-torch", "mindspore", "keras-openvino", "onnxruntime", "openvino"]
 
@@ -338,7 +340,7 @@ def test_a_hook_a_backend_lacks_is_unsupported(tmp_path, monkeypatch, capsys):
 def test_a_third_party_backend_runs_the_suite_against_itself(entry_point_env):
     """The conformance matrix for a backend registered by entry point (an env-registered broken one must fail)."""
     env = dict(entry_point_env, VIT_SUITE_BACKENDS="broken_qk=conformance_tests.broken_backends:SwappedQK")
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "conformance_tests/test_conformance.py",
+    args = [*PYTEST_CHILD, "conformance_tests/test_conformance.py",
             "-k", "golden_files or export_round_trip"]
     from shared.testing import TINY_PRESETS
 

@@ -18,6 +18,8 @@ import pytest
 
 import keras  # noqa: E402
 
+from . import PYTEST_CHILD
+
 ROOT = Path(__file__).resolve().parents[1]
 #: the suite's backend for each Keras backend
 TARGETS = {"tensorflow": "keras", "jax": "keras-jax", "torch": "keras-torch"}
@@ -31,7 +33,7 @@ def test_the_keras_matrix_under_every_keras_backend(keras_backend):
     each in a process whose Keras runs on that backend."""
     here = Path(__file__).parent
     target = TARGETS[keras_backend]
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+    r = subprocess.run([*PYTEST_CHILD, "-m", "not slow",
                         str(here / "test_keras.py"), str(here / "test_conformance.py"), str(here / "test_grad.py"),
                         str(here / "test_training.py::test_short_training_beats_chance"),
                         str(here / "test_training.py::test_shipped_model_reproduces_recorded_accuracy"),

@@ -108,9 +108,9 @@ class MindSporeBackend(Backend):
 
     def forward_once(self, model: VisionTransformer, images: np.ndarray) -> dict[str, np.ndarray]:
         """Op by op where that is bit-identical to the compiled graph (float32: every matrix case,
-        test_conformance.py). The compile costs 1.6 s for a tiny model, 4.4 s for B/16; one op-by-op forward
+        test_conformance.py). The compile costs about 1.1 s for a tiny model, 2.1 s for B/16; one op-by-op forward
         costs the tiny model 0.02 s (the graph as much), B/16 1.3 s (the graph 1.1 s): the compile pays back only
-        after dozens of forwards of one architecture, which these jobs do not run."""
+        after about ten forwards of one architecture, which these jobs do not run."""
         return self._forward(model, images, "pynative" if self._once_uncompiled(model.dtype_name) else self.mode)
 
     def once_note(self, dtype: str) -> str | None:

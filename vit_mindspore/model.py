@@ -34,8 +34,8 @@ from shared.posemb import (fixed_table, model_resample_matrices, model_resamples
                             rel_pos_index, rope_grid)
 from shared.weights import expected_shapes, validate_state
 
-from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, Linear, PatchEmbed, RelPosBias, SharedBlock, Softmax,
-                     _Cell, _param, norm_layer)
+from .layers import (MS_DTYPES, AttentionPoolLatent, Block, Dropout, Linear, PatchEmbed, RelPosBias, SharedBlock,
+                     Softmax, _Cell, _param, norm_layer)
 
 
 _configured = False

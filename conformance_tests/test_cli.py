@@ -737,7 +737,13 @@ def test_sigterm_and_ctrl_c_during_a_write_leave_nothing_behind(tmp_path, monkey
         raise AssertionError("the signal did not interrupt the write")
 
     monkeypatch.setattr(weights, "write_safetensors", interrupted_save)  # the canonical writer
-    assert main(["init", "tiny", str(tmp_path / "out.safetensors")]) == code
+    # Ctrl-C is Python's own KeyboardInterrupt, which a process started in the background by a non-interactive
+    # shell does not get (SIGINT ignored from the start, as POSIX says): give this test the interactive handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["init", "tiny", str(tmp_path / "out.safetensors")]) == code
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert list(tmp_path.iterdir()) == []
 
 

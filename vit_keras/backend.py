@@ -27,7 +27,12 @@ pipeline's arrays go in unchanged; the benchmark hooks run vit_keras.bench.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 import os
+import sys
+import types
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -48,31 +53,52 @@ MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torc
 #: Orbax checkpoint callback): together 1 to 2 CPU s of a Keras child's start-up
 KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib", "IPython", "jax")
 #: modules a Keras backend imports at start for functions this tool never calls: in such a child process they are
-#: imported on first use instead (SciPy's signal package, about 1 CPU s, for Keras-on-OpenVINO's stft windows)
-KERAS_DEFERRED_IMPORTS = {"openvino": ("scipy.signal",)}
+#: imported on first use instead (SciPy's signal package, about 1 CPU s, for Keras-on-OpenVINO's stft windows; torch's
+#: compiler, dynamo, 1.2 CPU s, of which Keras-on-torch uses `disable` at import: see `_dynamo_disable`)
+KERAS_DEFERRED_IMPORTS = {"openvino": ("scipy.signal",), "torch": ("torch._dynamo",)}
+
+
+class _Deferred(types.ModuleType):
+    """The stand-in `_defer_import` puts in sys.modules: the first attribute it lacks imports the module whole
+    (which then replaces it in sys.modules and in its parent) and comes from it."""
+
+    def __getattr__(self, attr):
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def _dynamo_disable(fn=None, recursive=True, **kwargs):
+    """`torch._dynamo.disable` while dynamo is not imported. Keras-on-torch decorates two functions with it when it is
+    imported. Dynamo's wrapper matters only to a frame dynamo compiles, and nothing compiles before dynamo is
+    imported, so until then the function runs as it is; once something has imported dynamo (torch.compile, the
+    ONNX exporter), each call goes through dynamo's own `disable`."""
+    def decorate(f):
+        @functools.wraps(f)
+        def call(*args, **kw):
+            dynamo = sys.modules.get("torch._dynamo")
+            if dynamo is None or isinstance(dynamo, _Deferred):
+                return f(*args, **kw)
+            return dynamo.disable(f, recursive=recursive, **kwargs)(*args, **kw)
+        return call
+    return decorate if fn is None else decorate(fn)
+
+
+#: what a stand-in serves itself, without importing its module
+_DEFERRED_PROVIDES = {"torch._dynamo": {"disable": _dynamo_disable}}
 
 
 def _defer_import(name: str) -> None:
     """Put a stand-in for module `name` in sys.modules: `import name` succeeds without running the module, and the
-    first attribute the stand-in lacks imports the module whole (which then replaces it) and comes from it.
+    first attribute the stand-in lacks (not in _DEFERRED_PROVIDES) imports the module whole.
     (importlib's LazyLoader would not do: Python 3.11's import statement reads `__spec__`, which loads it.)"""
-    import importlib
-    import importlib.util
-    import sys
-    import types
-
     spec = importlib.util.find_spec(name)
     if spec is None:
         return
-
-    class Deferred(types.ModuleType):
-        def __getattr__(self, attr):
-            if sys.modules.get(name) is self:
-                del sys.modules[name]
-            return getattr(importlib.import_module(name), attr)
-
-    stand_in = Deferred(name)
+    stand_in = _Deferred(name)
     stand_in.__spec__ = spec
+    for attr, value in _DEFERRED_PROVIDES.get(name, {}).items():
+        setattr(stand_in, attr, value)
     sys.modules[name] = stand_in
     parent, _, child = name.rpartition(".")
     if parent:
@@ -85,8 +111,6 @@ def _keras():
     `except ImportError`), unless this process imported them already or Keras runs on that one (JAX). They are
     importable again as soon as Keras is: only Keras' unused features go without them, which is why a user's own
     process (vit_keras as a library) imports Keras whole. KERAS_DEFERRED_IMPORTS are imported on first use there."""
-    import sys
-
     if "keras" not in sys.modules and os.environ.get("VIT_SUITE_CHILD") == "1":
         running = os.environ.get("KERAS_BACKEND", "tensorflow")
         hidden = [m for m in KERAS_UNUSED_IMPORTS if m not in sys.modules and m != running]
@@ -109,8 +133,6 @@ def use_keras_backend(keras_backend: str, who: str, *, start: bool = True) -> No
     """Make this process's Keras run on `keras_backend`: set KERAS_BACKEND before Keras is imported, or check it.
     start=False leaves Keras unimported when it is not yet (making a backend object starts no framework: the tool's
     parent process lists several Keras backends' modes)."""
-    import sys
-
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = keras_backend
         if not start:

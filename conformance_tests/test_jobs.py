@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from shared import jobs as J
+from shared import tolerances
 from shared import weights as W
 from shared.cli.check import run_check
 from shared.cli.worker import WarmWorkers, run_child
@@ -51,6 +52,13 @@ def test_backends_side_by_side_give_the_sequential_numbers(tiny, alone):
             np.testing.assert_array_equal(a.stages[k], b.stages[k], err_msg=f"{a.backend} {k}")
         assert [s.rel_l2 for s in a.verdict.stages] == [s.rel_l2 for s in b.verdict.stages]
     assert [(p.a, p.b, p.rel_l2) for p in together.pairs] == [(p.a, p.b, p.rel_l2) for p in alone.pairs]
+    # each pair is compared as its second run comes in (here MindSpore, started first, before torch), and is the
+    # pair of the runs in the order asked for
+    t, m = alone.runs
+    want = tolerances.compare_pair(cfg, "torch", t.stages, t.verdict, "mindspore", m.stages, m.verdict)
+    assert [vars(p) for p in alone.pairs] == [vars(want)]
+    assert want.rel_l2 != tolerances.compare_pair(cfg, "mindspore", m.stages, m.verdict, "torch", t.stages,
+                                                  t.verdict).rel_l2  # the order shows (relative to the second)
 
 
 def test_a_warm_worker_reusing_its_model_gives_a_fresh_builds_numbers(tiny, alone, tmp_path):

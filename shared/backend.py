@@ -273,12 +273,12 @@ RUNTIMES = ("onnxruntime", "openvino")
 #: (conformance_tests/conftest.py) leaves them out unless named with --backends; test_artifacts.py tests them
 DEPLOYMENT = ("litert", "keras-openvino-ir", "keras-onnx")
 #: CPU seconds a `check` child of each built-in spends on the shipped digits model (framework import, build, first
-#: trace; measured on 2 Zen 4 cores): `check` starts the costliest children first, so that no core idles while one
-#: long child runs at the end (longest-first scheduling). An order only: no number depends on it.
-START_COST: dict[str, float] = {"keras": 12.0, "keras-xla": 12.0, "keras-jax": 11.0, "keras-openvino": 10.0,
-                                "keras-torch": 10.0, "mindspore": 6.5, "mindspore-pynative": 6.5,
-                                "mindspore-expm1": 6.5, "torch": 4.0, "torch-explicit": 4.0, "openvino": 1.5,
-                                "onnxruntime": 1.2}
+#: trace; one thread, medians of 3 on 2 Zen 4 cores; the variants as their primary): `check` starts the costliest
+#: children first, so that no core idles while one long child runs at the end (longest-first scheduling). An order
+#: only: no number depends on it.
+START_COST: dict[str, float] = {"keras": 3.9, "keras-xla": 3.9, "keras-jax": 3.6, "keras-torch": 2.6,
+                                "mindspore": 2.5, "mindspore-pynative": 2.5, "mindspore-expm1": 2.5, "torch": 2.3,
+                                "torch-explicit": 2.3, "keras-openvino": 2.0, "openvino": 0.65, "onnxruntime": 0.5}
 _REGISTRY: dict[str, str | type[Backend]] = {name: entry[0] for name, entry in _BUILTIN.items()}
 #: variant -> the primary backend it is a configuration of (known without importing anything)
 _VARIANTS: dict[str, str] = {name: entry[2] for name, entry in _BUILTIN.items() if entry[2]}

@@ -59,7 +59,8 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
               state: dict | None = None, labels: np.ndarray | None = None,
               on_event: Callable[[str, str], None] | None = None, env: dict[str, str] | None = None,
               jobs: int | None = None, threads: int | None = None, runner=None) -> CheckResult:
-    """Reference + every backend (each in its own process, `env` added to its environment) + pairwise comparison.
+    """Reference + every backend (each in its own process, `env` added to its environment) + pairwise comparison
+    (each run against the runs judged before it, as it comes in: little is left to do after the last child).
 
     The children start first, the costliest first (`start_order`), and run `jobs` at once (default: as many as
     the cores and memory hold, shared/jobs.py) while this process computes the float64 reference. Each child gets `threads` threads
@@ -89,6 +90,8 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
         ref64 = reference.forward(cfg, state, images)
         ref_lowp = reference.forward(cfg, state, images, dtype=dtype) if dtype != "float32" else None
         _check_references(dtype, ref64, ref_lowp)
+        position = {b: i for i, b in enumerate(backends)}
+        compared: dict[tuple[str, str], tolerances.PairResult] = {}
         for fut in as_completed(futures):
             b, child = futures[fut], fut.result()
             run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
@@ -97,11 +100,16 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
             if run.stages is not None:
                 _judge(run, cfg, dtype, ref64, ref_lowp)
             notify(b, run.status)
+            if run.verdict is not None:  # against each run judged before it, while the other children still run
+                for other in runs.values():
+                    if other.verdict is not None:
+                        x, y = sorted((run, other), key=lambda r: position[r.backend])
+                        compared[x.backend, y.backend] = tolerances.compare_pair(cfg, x.backend, x.stages, x.verdict,
+                                                                                 y.backend, y.stages, y.verdict)
             runs[b] = run
     ordered = [runs[b] for b in backends]
     ok = [r for r in ordered if r.verdict is not None]
-    pairs = [tolerances.compare_pair(cfg, a.backend, a.stages, a.verdict, b.backend, b.stages, b.verdict)
-             for i, a in enumerate(ok) for b in ok[i + 1:]]
+    pairs = [compared[a.backend, b.backend] for i, a in enumerate(ok) for b in ok[i + 1:]]
     return CheckResult(cfg, dtype, images, ref64, ref_lowp, ordered, pairs, labels)
 
 

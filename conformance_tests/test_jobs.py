@@ -203,3 +203,24 @@ def test_versions_scan_every_distribution_only_where_no_name_matches(monkeypatch
         assert scans == [1] and got["fake_mod"] == md.version("numpy")  # the scan, for fake_mod alone
     finally:
         B._module_version.cache_clear()
+
+
+def test_the_metrics_do_not_depend_on_the_parents_blas_threads():
+    """The parent's error metrics (tolerances.stage_metrics, rel_l2) give the same bits with 1 BLAS thread or every
+    core (a BLAS dot splits its sum between threads), and match an exactly rounded sum (math.fsum)."""
+    import math
+
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((37, 17, 64))
+    a = (e + 1e-6 * rng.standard_normal(e.shape)).astype(np.float32)
+    with threadpool_limits(1):
+        one = vars(tolerances.stage_metrics("block_0", a, e, 1.0))
+    with threadpool_limits(J.cores()):
+        every = vars(tolerances.stage_metrics("block_0", a, e, 1.0))
+    assert one == every
+    d = a.astype(np.float64) - e
+    exact = math.sqrt(math.fsum((d * d).ravel())) / math.sqrt(math.fsum((e * e).ravel()))
+    assert one["rel_l2"] == tolerances.rel_l2(a, e)
+    assert abs(one["rel_l2"] - exact) <= 1e-13 * exact

@@ -52,7 +52,7 @@ import numpy as np
 
 from .. import tolerances
 from ..config import ViTConfig
-from ..tolerances import GRAD_FACTOR, GRAD_FLOOR, STEP_ROUNDING, grad_bound  # the one policy
+from ..tolerances import GRAD_FACTOR, GRAD_FLOOR, STEP_ROUNDING, grad_bound, l2_norm  # the one policy
 from . import recipe as T
 
 #: the backend whose float64 autograd is the oracle (its `loss_and_grads` accepts dtype="float64")
@@ -85,7 +85,7 @@ def grad_errors(oracle: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> 
             out[k] = float("inf")
             continue
         d = np.asarray(grads[k], np.float64) - g64
-        out[k] = float(np.linalg.norm(d)) / max(float(np.linalg.norm(g64)), floor, 1e-300)
+        out[k] = l2_norm(d) / max(l2_norm(g64), floor, 1e-300)
     return out
 
 
@@ -111,21 +111,20 @@ def step_errors(kind: str, cfg: ViTConfig, state, new_state, own_grads, oracle_g
     for k, p in state.items():
         p = np.asarray(p, np.float64)
         new = np.asarray(new_state[k], np.float64)
-        delta = max(float(np.linalg.norm(ref_oracle[k] - p)), 1e-30)
-        rounding = STEP_ROUNDING * U32 * (float(np.linalg.norm(ref_oracle[k])) + lr * math.sqrt(p.size))
+        delta = max(l2_norm(ref_oracle[k] - p), 1e-30)
+        rounding = STEP_ROUNDING * U32 * (l2_norm(ref_oracle[k]) + lr * math.sqrt(p.size))
         g64 = np.asarray(oracle_grads[k], np.float64)
         if kind == "sgd":
-            prop = lr * gb * float(np.linalg.norm(g64))
+            prop = lr * gb * l2_norm(g64)
         else:
-            tau = gb * float(np.linalg.norm(g64))
+            tau = gb * l2_norm(g64)
             f0 = _adam_dir(g64)
-            prop = lr * float(np.linalg.norm(np.maximum(np.abs(_adam_dir(g64 + tau) - f0),
-                                                        np.abs(_adam_dir(g64 - tau) - f0))))
+            prop = lr * l2_norm(np.maximum(np.abs(_adam_dir(g64 + tau) - f0), np.abs(_adam_dir(g64 - tau) - f0)))
             # frameworks hold beta1, beta2 in float32: 1 - beta carries a relative error up to u32 / (1 - beta),
             # which scales the whole update (bias corrections m / (1 - b1), sqrt(v / (1 - b2)))
             rounding += U32 * (1 / (1 - ADAM_BETAS[0]) + 0.5 / (1 - ADAM_BETAS[1])) * delta
-        out[k] = {"opt_err": float(np.linalg.norm(new - ref_own[k])) / delta, "opt_bound": rounding / delta,
-                  "e2e_err": float(np.linalg.norm(new - ref_oracle[k])) / delta, "e2e_bound": (prop + rounding) / delta}
+        out[k] = {"opt_err": l2_norm(new - ref_own[k]) / delta, "opt_bound": rounding / delta,
+                  "e2e_err": l2_norm(new - ref_oracle[k]) / delta, "e2e_bound": (prop + rounding) / delta}
     return out
 
 

@@ -74,12 +74,16 @@ def _dynamo_disable(fn=None, recursive=True, **kwargs):
     imported, so until then the function runs as it is; once something has imported dynamo (torch.compile, the
     ONNX exporter), each call goes through dynamo's own `disable`."""
     def decorate(f):
+        disabled = []  # dynamo's own wrapper, made once dynamo is imported
+
         @functools.wraps(f)
         def call(*args, **kw):
-            dynamo = sys.modules.get("torch._dynamo")
-            if dynamo is None or isinstance(dynamo, _Deferred):
-                return f(*args, **kw)
-            return dynamo.disable(f, recursive=recursive, **kwargs)(*args, **kw)
+            if not disabled:
+                dynamo = sys.modules.get("torch._dynamo")
+                if dynamo is None or isinstance(dynamo, _Deferred):
+                    return f(*args, **kw)
+                disabled.append(dynamo.disable(f, recursive=recursive, **kwargs))
+            return disabled[0](*args, **kw)
         return call
     return decorate if fn is None else decorate(fn)
 

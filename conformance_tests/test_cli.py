@@ -45,6 +45,7 @@ def test_init_and_inspect_json(tmp_path, capsys):
 def test_usage_errors_exit_2(tmp_path, tiny_file):
     assert main(["init", "no_such_preset", str(tmp_path / "x.safetensors")]) == E.EXIT_USAGE
     assert main(["check", str(tiny_file), "--backends", "nope"]) == E.EXIT_USAGE
+    assert main(["check", str(tiny_file), "--backends", "torch,keras,torch"]) == E.EXIT_USAGE
     assert main(["check", str(tiny_file), "--image-size", "banana"]) == E.EXIT_USAGE
     assert main(["frobnicate"]) == E.EXIT_USAGE
 

@@ -302,6 +302,9 @@ def selected_backends(arg: str | None) -> list[str]:
     unknown = [b for b in wanted if b not in backend_names()]
     if unknown:
         raise UsageError(f"unknown backend(s) {unknown}; registered: {backend_names()}")
+    twice = sorted({b for b in wanted if wanted.count(b) > 1})
+    if twice:  # one child per backend: a second would write the first's files
+        raise UsageError(f"--backends names {', '.join(twice)} more than once")
     if not wanted:
         raise UsageError("no backend is installed: pip install 'vit-suite[all]'")
     return wanted

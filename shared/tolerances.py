@@ -110,8 +110,8 @@ def lowp_bound(dtype: str, reference_error: float) -> float:
 def l2_norm(x: np.ndarray) -> float:
     """The L2 norm of every element, the same bits whatever the core count: NumPy's own sum of products, where
     np.linalg.norm's BLAS dot splits the sum between its threads (so its last bits followed the machine's cores),
-    and, beside busy child processes, spent most of its time waiting for them."""
-    v = np.ravel(x)
+    and, beside busy child processes, spent most of its time waiting for them. Summed in float64."""
+    v = np.ravel(np.asarray(x, dtype=np.float64))
     return math.sqrt(float(np.einsum("i,i->", v, v)))
 
 

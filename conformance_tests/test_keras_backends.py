@@ -137,13 +137,15 @@ from shared.testing import assert_conforms, case
 be = get_backend("keras-torch")
 cfg, state, x = case("tiny")
 v = assert_conforms("tiny", "float32", be.forward(be.build(cfg, state), x))
-out = {"dynamo_ran": "torch._dynamo.convert_frame" in sys.modules}
 import keras, torch
+keras.backend.clear_session()  # as a warm worker does after each task: Keras resets dynamo there
+out = {"dynamo_ran": "torch._dynamo.convert_frame" in sys.modules}
 # a seeded draw goes through the one function Keras wraps in dynamo's `disable` (torch_seed_generator)
 draw = lambda: keras.ops.convert_to_numpy(keras.random.normal((6,), seed=3)).tolist()
 out["before"] = draw()
 compiled = torch.compile(lambda t: t + keras.random.normal((6,), seed=3), backend="eager")
 out["compiled"] = compiled(torch.zeros(6)).numpy().tolist()
+keras.backend.clear_session()  # now the real dynamo's reset
 out["after"] = draw()
 out["real_after_use"] = (type(sys.modules["torch._dynamo"]) is types.ModuleType
                          and torch._dynamo is sys.modules["torch._dynamo"])
@@ -154,7 +156,8 @@ print(json.dumps(out))
 @pytest.mark.skipif(not OUTER, reason="one check, run from the TensorFlow process")
 def test_keras_on_torch_defers_dynamo_in_the_tools_processes_and_keeps_its_numbers():
     """In the tool's own processes Keras-on-torch imports torch's compiler (dynamo, 1.2 CPU s) on first use only.
-    The forward conforms with dynamo never run; a seeded draw (through the function Keras wraps in dynamo's
+    The forward conforms with dynamo never run, nor imported by Keras' `clear_session` (which resets it); a seeded
+    draw (through the function Keras wraps in dynamo's
     `disable`) gives the same bits before dynamo, under torch.compile (which imports the real dynamo) and after."""
     env = dict(os.environ, KERAS_BACKEND="torch", VIT_SUITE_CHILD="1")
     r = subprocess.run([sys.executable, "-c", _DYNAMO], capture_output=True, text=True, timeout=300,

@@ -54,7 +54,8 @@ MODES = {"tensorflow": ("eager", "graph", "jit"), "jax": ("eager", "jit"), "torc
 KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib", "IPython", "jax")
 #: modules a Keras backend imports at start for functions this tool never calls: in such a child process they are
 #: imported on first use instead (SciPy's signal package, about 1 CPU s, for Keras-on-OpenVINO's stft windows; torch's
-#: compiler, dynamo, 1.2 CPU s, of which Keras-on-torch uses `disable` at import: see `_dynamo_disable`)
+#: compiler, dynamo, 1.2 CPU s, of which Keras-on-torch uses `disable` at import and `reset` in `clear_session`: see
+#: `_dynamo_disable`, `_dynamo_reset`)
 KERAS_DEFERRED_IMPORTS = {"openvino": ("scipy.signal",), "torch": ("torch._dynamo",)}
 
 
@@ -88,8 +89,17 @@ def _dynamo_disable(fn=None, recursive=True, **kwargs):
     return decorate if fn is None else decorate(fn)
 
 
+def _dynamo_reset() -> None:
+    """`torch._dynamo.reset` while dynamo may not be imported: Keras' `clear_session` calls it on torch (a warm
+    worker clears its session after each task), to drop what dynamo compiled and cached; until dynamo is imported
+    there is nothing, and importing it for that would cost 1.2 CPU s."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None and not isinstance(dynamo, _Deferred):
+        dynamo.reset()
+
+
 #: what a stand-in serves itself, without importing its module
-_DEFERRED_PROVIDES = {"torch._dynamo": {"disable": _dynamo_disable}}
+_DEFERRED_PROVIDES = {"torch._dynamo": {"disable": _dynamo_disable, "reset": _dynamo_reset}}
 
 
 def _defer_import(name: str) -> None:

@@ -5,6 +5,7 @@ Timings are not asserted here (the machines are noisy): benchmarks/jobs.py measu
 """
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -140,6 +141,61 @@ def test_the_costliest_children_start_first():
     order = start_order(["onnxruntime", "torch", "keras-jax", "plugin", "keras", "mindspore"])
     assert order == ["plugin", "keras", "keras-jax", "mindspore", "torch", "onnxruntime"]
     assert start_order(["torch-explicit", "torch"]) == ["torch-explicit", "torch"]
+
+
+def test_keras_on_jax_children_load_their_compiled_forward_from_the_cache_with_the_same_bits(tiny, tmp_path,
+                                                                                              monkeypatch):
+    """The tool's Keras-on-JAX children keep XLA's programs in the suite's cache (shared/cache.py): the first run
+    writes the forward's program, the second reads it back (its access stamp moves), and both give the bits of a
+    run without the cache; VIT_SUITE_CACHE_DIR=off writes nothing."""
+    cfg, _, path = tiny
+    np.save(tmp_path / "x.npy", random_images(cfg, 2, 0))
+    spec = {"backend": "keras-jax", "weights": str(path), "input": str(tmp_path / "x.npy"), "dtype": "float32",
+            "stages": True, "image_size": None}
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # the test run's own (conftest): not here
+    runs = {}
+    monkeypatch.setenv("VIT_SUITE_CACHE_DIR", "off")
+    runs["off"] = run_child("forward", spec, tmp_path, name="off", env=J.thread_env(1))
+    root = tmp_path / "cache"
+    monkeypatch.setenv("VIT_SUITE_CACHE_DIR", str(root))
+    runs["cold"] = run_child("forward", spec, tmp_path, name="cold", env=J.thread_env(1))
+    (jax_dir,) = root.iterdir()
+    assert jax_dir.name.startswith("jax-")
+    stamps = {p.name: p.read_bytes() for p in jax_dir.glob("jit_stateless-*-atime")}  # the model's forward
+    assert len(stamps) == 1 and len(list(jax_dir.glob("jit_stateless-*-cache"))) == 1
+    runs["warm"] = run_child("forward", spec, tmp_path, name="warm", env=J.thread_env(1))
+    assert {p.name: p.read_bytes() for p in jax_dir.glob("jit_stateless-*-atime")}.keys() == stamps.keys()
+    assert all((jax_dir / name).read_bytes() != stamp for name, stamp in stamps.items())  # read back
+    for name, run in runs.items():
+        assert run.arrays is not None, (name, run.error)
+        for k in runs["off"].arrays:
+            np.testing.assert_array_equal(run.arrays[k], runs["off"].arrays[k], err_msg=f"{name} {k}")
+
+
+def test_the_cache_directory_names_the_machine_and_can_be_turned_off(tmp_path, monkeypatch):
+    """One cache per kind of machine and thread settings (a compiled program may depend on them); off, or where
+    the directory cannot be made, none (the framework compiles as without one)."""
+    from shared import cache
+
+    for off in ("off", "", "0"):
+        monkeypatch.setenv("VIT_SUITE_CACHE_DIR", off)
+        assert cache.cache_root() is None and cache.cache_dir("jax") is None
+    monkeypatch.delenv("VIT_SUITE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_root() == tmp_path / "xdg" / "vit-suite"
+    monkeypatch.setenv("VIT_SUITE_CACHE_DIR", str(tmp_path / "c"))
+    key = cache.host_key()
+    assert cache.cache_dir("jax") == tmp_path / "c" / f"jax-{key}" and (tmp_path / "c" / f"jax-{key}").is_dir()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", threads + "7")
+    assert cache.host_key() != key
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    assert cache.host_key() == key
+    monkeypatch.setattr(cache, "_cpu_identity", lambda: "another CPU")
+    assert cache.host_key() != key
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("VIT_SUITE_CACHE_DIR", str(tmp_path / "file"))  # not a directory: no cache
+    assert cache.cache_dir("jax") is None
 
 
 def test_a_crashing_task_takes_down_only_its_warm_worker(tiny, tmp_path, monkeypatch):

@@ -30,7 +30,8 @@ PRODUCT = ("shared", "vit_torch", "vit_keras", "vit_mindspore")
 BACKEND_PACKAGES = {"torch": "vit_torch", "keras": "vit_keras", "mindspore": "vit_mindspore"}
 CONTRACT = {"shared", "shared.errors", "shared.config", "shared.presets", "shared.reference", "shared.posemb",
             "shared.weights", "shared.init", "shared.tolerances", "shared.backend", "shared.bench",
-            "shared.limits", "shared.safeio", "shared.fileio", "shared.keras_file", "shared.ms_ckpt", "shared.jobs"}
+            "shared.limits", "shared.safeio", "shared.fileio", "shared.keras_file", "shared.ms_ckpt", "shared.jobs",
+            "shared.cache"}
 
 
 def _module_name(path: Path) -> str:

@@ -14,7 +14,7 @@ from shared import jobs as J
 from shared import tolerances
 from shared import weights as W
 from shared.cli.check import run_check
-from shared.cli.worker import WarmWorkers, run_child
+from shared.cli.worker import WarmWorkers, run_child, run_shared
 from shared.errors import EXIT_CRASH
 from shared.init import init_weights, random_images
 from shared.presets import get_preset
@@ -141,6 +141,67 @@ def test_the_costliest_children_start_first():
     order = start_order(["onnxruntime", "torch", "keras-jax", "plugin", "keras", "mindspore"])
     assert order == ["plugin", "keras", "keras-jax", "mindspore", "torch", "onnxruntime"]
     assert start_order(["torch-explicit", "torch"]) == ["torch-explicit", "torch"]
+
+
+def test_backends_that_import_one_framework_are_grouped_where_their_environments_agree():
+    """The default check's 8 targets in 5 processes (torch with Keras-on-torch; OpenVINO with Keras-on-OpenVINO and
+    ONNX Runtime, which share onnx), costliest group first; a group never mixes Keras backends (KERAS_BACKEND),
+    nor TensorFlow with MindSpore; a plug-in runs alone."""
+    from shared.backend import _BUILTIN, backend_env, process_groups
+
+    default = ["torch", "keras", "keras-jax", "keras-torch", "mindspore", "onnxruntime", "openvino", "keras-openvino"]
+    assert process_groups(default) == [["keras-torch", "torch"], ["keras"], ["keras-jax"],
+                                       ["keras-openvino", "openvino", "onnxruntime"], ["mindspore"]]
+    every = [b for b in _BUILTIN] + ["plugin"]
+    groups = process_groups(every)
+    assert sorted(b for g in groups for b in g) == sorted(every) and ["plugin"] in groups
+    for g in groups:
+        for var in {k for b in g for k in backend_env(b)}:
+            assert len({backend_env(b)[var] for b in g if var in backend_env(b)}) == 1, g
+        assert not {"tensorflow", "mindspore"} <= {m for b in g for m in _BUILTIN.get(b, ("", ()))[1]}, g
+    assert process_groups(["mindspore", "keras"]) == [["keras"], ["mindspore"]]
+
+
+def test_backends_sharing_a_process_give_a_process_each_numbers(tiny, alone):
+    """More backends than run at once (jobs=1): torch and Keras-on-torch share one process, ONNX Runtime and
+    OpenVINO another. Every stage is the bits of a process each (isolate=True, and the torch run of `alone`), each
+    run names the backends it shared its process with."""
+    cfg, state, path = tiny
+    x = random_images(cfg, 2, 0)
+    names = ["torch", "keras-torch", "onnxruntime", "openvino"]
+    together = run_check(cfg, path, x, names, state=state, jobs=1, threads=1)
+    apart = run_check(cfg, path, x, names, state=state, jobs=2, threads=1, isolate=True)
+    assert [r.backend for r in together.runs] == names
+    for a, b in zip(together.runs, apart.runs):
+        assert a.status == b.status == "pass", (a.backend, a.error, b.error)
+        assert "process" not in b.meta
+        assert a.stages.keys() == b.stages.keys()
+        for k in a.stages:
+            np.testing.assert_array_equal(a.stages[k], b.stages[k], err_msg=f"{a.backend} {k}")
+    assert [r.meta["process"] for r in together.runs] == [["keras-torch", "torch"]] * 2 + [["openvino",
+                                                                                            "onnxruntime"]] * 2
+    for k in alone.runs[0].stages:
+        np.testing.assert_array_equal(together.runs[0].stages[k], alone.runs[0].stages[k], err_msg=k)
+    assert [(p.a, p.b, p.rel_l2) for p in together.pairs] == [(p.a, p.b, p.rel_l2) for p in apart.pairs]
+    # more cores than backends: a process each
+    assert all("process" not in r.meta for r in run_check(cfg, path, x, ["torch"], state=state, jobs=2).runs)
+
+
+def test_a_task_that_crashes_a_shared_process_takes_down_only_its_own_result(tiny, tmp_path, monkeypatch):
+    """Of two tasks in one process, the first aborts it: that task alone is reported crashed, and the next runs in
+    a fresh process, with a process of its own's numbers."""
+    cfg, _, path = tiny
+    monkeypatch.setenv("VIT_SUITE_BACKENDS", ABORTING)
+    np.save(tmp_path / "x3.npy", random_images(cfg, 3, 0))
+    specs = [{"backend": b, "weights": str(path), "input": str(tmp_path / "x3.npy"), "dtype": "float32",
+              "stages": True, "image_size": None} for b in ("aborting", "torch")]
+    crashed, after = run_shared("forward", specs, tmp_path, env=J.thread_env(1))
+    assert crashed.arrays is None and crashed.exit_code == EXIT_CRASH
+    assert "worker crashed" in crashed.error and str(-6) in crashed.error  # SIGABRT
+    fresh = run_child("forward", specs[1], tmp_path, name="fresh", env=J.thread_env(1))
+    assert after.arrays is not None and fresh.arrays is not None, (after.error, fresh.error)
+    for k in fresh.arrays:
+        np.testing.assert_array_equal(after.arrays[k], fresh.arrays[k], err_msg=k)
 
 
 def test_keras_on_jax_children_load_their_compiled_forward_from_the_cache_with_the_same_bits(tiny, tmp_path,

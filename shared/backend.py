@@ -275,7 +275,8 @@ DEPLOYMENT = ("litert", "keras-openvino-ir", "keras-onnx")
 #: CPU seconds a `check` child of each built-in spends on the shipped digits model (framework import, build, first
 #: trace; one thread, medians of 3 on 2 Zen 4 cores; the variants as their primary): `check` starts the costliest
 #: children first, so that no core idles while one long child runs at the end (longest-first scheduling). An order
-#: only: no number depends on it.
+#: only: no number depends on it. (keras-jax's is a first run's: with its forward in the compile cache,
+#: shared/cache.py, about 1.3.)
 START_COST: dict[str, float] = {"keras": 3.9, "keras-xla": 3.9, "keras-jax": 3.6, "keras-torch": 2.6,
                                 "mindspore": 2.5, "mindspore-pynative": 2.5, "mindspore-expm1": 2.5, "torch": 2.3,
                                 "torch-explicit": 2.3, "keras-openvino": 2.0, "openvino": 0.65, "onnxruntime": 0.5}
@@ -335,6 +336,36 @@ def start_order(names: Iterable[str]) -> list[str]:
     variant or a plug-in, counts as costlier than any it does: starting it late could leave it running alone)."""
     names = list(names)
     return sorted(names, key=lambda n: (-START_COST.get(n, float("inf")), names.index(n)))
+
+
+#: frameworks a process imports once for every backend it runs: `check` runs the backends that import the same one
+#: (torch and keras-torch; openvino, keras-openvino and onnxruntime, which share onnx) one after another in one child
+#: process, where their environments agree (`process_groups`). A framework's import is most of a child's CPU time
+#: on a small model (torch's about 1 CPU s).
+SHARED_FRAMEWORKS = ("torch", "tensorflow", "jax", "mindspore", "openvino", "onnx")
+
+
+def process_groups(names: Iterable[str]) -> list[list[str]]:
+    """`names` in `start_order`, as the child processes of a `check`: a built-in backend joins the first group with
+    a backend that imports one of its SHARED_FRAMEWORKS, where every environment variable either sets agrees and
+    TensorFlow would not meet MindSpore (importing it first aborts the process); any other backend (a plug-in)
+    runs alone. The groups come costliest first (the sum of their START_COST), each in start order."""
+    groups: list[tuple[list[str], set[str], dict[str, str]]] = []
+    for name in start_order(names):
+        needs = set(_BUILTIN[name][1]) if name in _BUILTIN else set()
+        env = backend_env(name)
+        for members, frameworks, group_env in groups:
+            if (needs & frameworks & set(SHARED_FRAMEWORKS)
+                    and all(group_env.get(k, v) == v for k, v in env.items())
+                    and not {"tensorflow", "mindspore"} <= needs | frameworks):
+                members.append(name)
+                frameworks |= needs
+                group_env.update(env)
+                break
+        else:
+            groups.append(([name], needs if name in _BUILTIN else set(), env))
+    cost = {members[0]: sum(START_COST.get(m, float("inf")) for m in members) for members, _, _ in groups}
+    return sorted((members for members, _, _ in groups), key=lambda g: -cost[g[0]])
 
 
 def is_runtime(name: str) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 from .. import reference, tolerances
 from .. import fileio as F
 from .. import weights as W
-from ..backend import available_backends, backend_names, start_order
+from ..backend import available_backends, backend_names, process_groups, start_order
 from ..config import ViTConfig
 from ..errors import EXIT_OK, EXIT_USAGE, InvalidFileError, NonFiniteError, SuiteError, UsageError
 from ..presets import ALIASES, DEFAULT_PRESET, get_preset
@@ -58,15 +58,19 @@ def _judge(run: BackendRun, cfg: ViTConfig, dtype: str, ref64: dict, ref_lowp: d
 def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[str], dtype: str = "float32",
               state: dict | None = None, labels: np.ndarray | None = None,
               on_event: Callable[[str, str], None] | None = None, env: dict[str, str] | None = None,
-              jobs: int | None = None, threads: int | None = None, runner=None) -> CheckResult:
-    """Reference + every backend (each in its own process, `env` added to its environment) + pairwise comparison
+              jobs: int | None = None, threads: int | None = None, runner=None, isolate: bool = False
+              ) -> CheckResult:
+    """Reference + every backend (in child processes, `env` added to their environment) + pairwise comparison
     (each run against the runs judged before it, as it comes in: little is left to do after the last child).
 
     The children start first, the costliest first (`start_order`), and run `jobs` at once (default: as many as
-    the cores and memory hold, shared/jobs.py) while this process computes the float64 reference. Each child gets `threads` threads
-    (default `jobs.child_threads()`, fixed per machine), so the numbers do not depend on `jobs`; `env` (the
-    sweep's) overrides them. `runner`: how a child runs (`run_child`, or a sweep's warm workers). The runs come
-    back in the order of `backends`; `on_event(backend, status)` as each finishes."""
+    the cores and memory hold, shared/jobs.py) while this process computes the float64 reference. Each child gets
+    `threads` threads (default `jobs.child_threads()`, fixed per machine), so the numbers do not depend on `jobs`;
+    `env` (the sweep's) overrides them. Each backend has a process of its own while the cores run them all at
+    once; with more backends than that, those that import the same framework share one (`process_groups`: torch
+    and keras-torch, the OpenVINO and ONNX ones), one after another, unless `isolate`. `runner`: how a child runs
+    (`run_child`, or a sweep's warm workers: then each backend is a task of its own). The runs come back in the
+    order of `backends`; `on_event(backend, status)` as each finishes."""
     from .. import jobs as J
 
     notify = on_event or (lambda who, what: None)
@@ -77,14 +81,26 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
     threads = threads or J.child_threads()
     child_env = {**J.thread_env(threads), **(env or {})}
     slots = J.concurrent_children(len(backends), J.child_memory(cfg, images.shape[0], image_size), jobs, threads)
+    # more backends than the cores run at once: those that import the same framework share a process, which
+    # imports it once (their tasks run one after another there; the numbers are the same bits)
+    groups = ([[b] for b in start_order(backends)] if isolate or runner is not None or len(backends) <= slots
+              else process_groups(backends))
+    slots = min(slots, len(groups)) if groups else slots
     runs: dict[str, BackendRun] = {}
     with F.work_dir("check") as tmp, ChildPool(slots, runner) as pool:
         images_path = Path(tmp) / "images.npy"
         np.save(images_path, images.astype(np.float32))
         spec = {"weights": str(weights), "input": str(images_path), "dtype": dtype, "stages": True,
                 "image_size": list(image_size) if image_size != tuple(cfg.image_size) else None}
-        futures = {pool.submit("forward", {**spec, "backend": b}, Path(tmp), name=b, env=child_env): b
-                   for b in start_order(backends)}
+        futures = {}
+        for group in groups:
+            if len(group) == 1:
+                futures[pool.submit("forward", {**spec, "backend": group[0]}, Path(tmp), name=group[0],
+                                    env=child_env)] = group[0]
+            else:
+                futures.update(zip(pool.submit_group("forward", [{**spec, "backend": b} for b in group], Path(tmp),
+                                                     env=child_env), group))
+        shared_with = {b: group for group in groups if len(group) > 1 for b in group}
         notify("reference", "float64 reference" + (f"; {len(backends)} backend(s) started, {slots} at once"
                                                     if backends else ""))
         ref64 = reference.forward(cfg, state, images)
@@ -96,7 +112,8 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
             b, child = futures[fut], fut.result()
             run = BackendRun(b, stages=child.arrays, error=child.error, unsupported=child.unsupported,
                              seconds=child.seconds,
-                             meta={**child.meta, "threads": int(child_env["OMP_NUM_THREADS"]), "jobs": slots})
+                             meta={**child.meta, "threads": int(child_env["OMP_NUM_THREADS"]), "jobs": slots,
+                                   **({"process": shared_with[b]} if b in shared_with else {})})
             if run.stages is not None:
                 _judge(run, cfg, dtype, ref64, ref_lowp)
             notify(b, run.status)
@@ -338,7 +355,7 @@ def cmd_check(args) -> int:
                     c.print(f"  {who}: {what}")
 
             result = run_check(run_cfg, weights_path, images, wanted, args.dtype, state=state, labels=labels,
-                               on_event=on_event, jobs=args.jobs, threads=args.threads)
+                               on_event=on_event, jobs=args.jobs, threads=args.threads, isolate=args.isolate)
             if args.against:
                 status.update(f"[bold]source[/]: running {args.against} in its own library")
                 if is_artifact(args.against):
@@ -435,6 +452,9 @@ def add_parser(sub) -> None:
     c.add_argument("--threads", type=int_arg(1, 1024),
                    help="threads of each backend's process (default: cores / 4, at least 1; fixed per machine, so "
                         "the numbers do not depend on --jobs)")
+    c.add_argument("--isolate", action="store_true",
+                   help="every backend in a process of its own (by default, with more backends than run at once, "
+                        "those that import the same framework share one: the same numbers, one import)")
     c.add_argument("--stages", action="store_true", help="print the per-stage table")
     c.add_argument("--json", help="write every metric to this JSON file")
     c.add_argument("--report", help="write a self-contained HTML report with plots")

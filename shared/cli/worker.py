@@ -33,7 +33,7 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -94,6 +94,42 @@ def run_child(task: str, spec: dict, workdir: Path, *, name: str, timeout: float
     return ChildResult(arrays, meta, seconds=seconds)
 
 
+def run_shared(task: str, specs: list[dict], workdir: Path, *, timeout: float = 1800,
+               env: dict[str, str] | None = None, procs: "ChildPool | None" = None) -> Iterator[ChildResult]:
+    """Each spec's task, one after another, in one child process (a `serve` worker) with every backend's
+    environment (`shared.backend.process_groups` says which agree): their shared framework is imported once. Each
+    result as its task finishes, `run_child`'s, with its own seconds; a backend's files are named after it. A task
+    that crashes the process is that task's result, and the tasks after it start a fresh one. `procs`: the pool
+    whose `kill()` ends the process early."""
+    group_env = {k: v for spec in specs for k, v in backend_env(spec["backend"]).items()}
+    w = None
+    try:
+        for spec in specs:
+            name = spec["backend"]
+            spec_path, out = Path(workdir) / f"{name}.spec.json", Path(workdir) / f"{name}.npz"
+            spec_path.write_text(json.dumps(spec))
+            if w is None:
+                w = _Warm((), name, {**group_env, **(env or {})}, workdir, name)
+                if procs is not None:
+                    procs._started(w.proc)
+            t0 = time.perf_counter()
+            answer = w.request({"task": task, "spec": str(spec_path), "out": str(out)}, timeout)
+            result = w.result(answer, out, time.perf_counter() - t0, timeout)
+            if answer is None:
+                _end(w, procs)
+                w = None
+            yield result
+    finally:
+        if w is not None:
+            _end(w, procs)
+
+
+def _end(w: "_Warm", procs: "ChildPool | None") -> None:
+    w.close()
+    if procs is not None:
+        procs._ended(w.proc)
+
+
 class ChildPool:
     """Children run `jobs` at once, each waited on by a thread of this process; `submit` returns a Future of its
     ChildResult. `runner` runs one child (`run_child`, or a `WarmWorkers.run`). Leaving the `with` block on an
@@ -109,6 +145,31 @@ class ChildPool:
 
     def submit(self, task: str, spec: dict, workdir: Path, *, name: str, env: dict[str, str] | None = None) -> Future:
         return self._pool.submit(self._run, task, spec, workdir, name, env)
+
+    def submit_group(self, task: str, specs: list[dict], workdir: Path, *, env: dict[str, str] | None = None
+                     ) -> list[Future]:
+        """Several backends' tasks one after another in one child process (`run_shared`, names from each spec's
+        backend): a Future for each, set as its task finishes."""
+        futures = [Future() for _ in specs]
+        for f in futures:
+            f.set_running_or_notify_cancel()
+
+        def run_all() -> None:
+            results = run_shared(task, specs, workdir, env=env, procs=self)
+            try:
+                for f in futures:
+                    result = None if self._stopped else next(results, None)
+                    f.set_result(result or ChildResult(error="cancelled", exit_code=EXIT_CRASH))
+            except BaseException as e:  # a Future left unset would hang its reader
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(e)
+                raise
+            finally:
+                results.close()  # ends the process
+
+        self._pool.submit(run_all)
+        return futures
 
     def _run(self, task, spec, workdir, name, env) -> ChildResult:
         if self._stopped:
@@ -147,13 +208,26 @@ class ChildPool:
 class _Warm:
     """One warm worker process (`python -m shared.cli.worker serve`) and the file its stderr goes to."""
 
-    def __init__(self, key: tuple, backend: str, env: dict[str, str], logdir: Path, n: int, start: bool = False):
+    def __init__(self, key: tuple, backend: str, env: dict[str, str], logdir: Path, n: int | str,
+                 start: bool = False):
         self.key = key
         self.log = Path(logdir) / f"worker-{n}.stderr"
         cmd = [sys.executable, "-m", "shared.cli.worker", "serve"] + (["--backend", backend] if start else [])
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                          env={**os.environ, **CHILD_ENV, **backend_env(backend), **env})
+
+    def result(self, answer: dict | None, out: Path, seconds: float, timeout: float) -> ChildResult:
+        """The ChildResult of a request's `answer` (None: the worker died with the task, or timed out)."""
+        if answer is None:
+            code = self.proc.returncode
+            why = self.stderr_tail() if code not in (None, -9) else f"timed out after {timeout:.0f} s"
+            return ChildResult(error=f"the worker crashed (exit code {code})" + (f": {why}" if why else ""),
+                               exit_code=EXIT_CRASH, seconds=seconds)
+        if answer["rc"] != 0:
+            return ChildResult(error=answer["error"], exit_code=answer["rc"], seconds=seconds)
+        arrays, meta = read_npz(out)
+        return ChildResult(arrays, meta, seconds=seconds)
 
     def request(self, req: dict, timeout: float) -> dict | None:
         """The worker's answer, or None when it died (or timed out: then it is killed)."""
@@ -261,19 +335,11 @@ class WarmWorkers:
         t0 = time.perf_counter()
         answer = w.request({"task": task, "spec": str(spec_path), "out": str(out)}, timeout)
         seconds = time.perf_counter() - t0
+        self._give(w, alive=answer is not None)
         if answer is None:  # the worker died with the task: report the crash, start afresh next time
-            self._give(w, alive=False)
             with self._lock:
                 self.crashed[backend] = self.crashed.get(backend, 0) + 1
-            code = w.proc.returncode
-            why = w.stderr_tail() if w.proc.returncode not in (None, -9) else f"timed out after {timeout:.0f} s"
-            return ChildResult(error=f"the worker crashed (exit code {code})" + (f": {why}" if why else ""),
-                               exit_code=EXIT_CRASH, seconds=seconds)
-        self._give(w, alive=True)
-        if answer["rc"] != 0:
-            return ChildResult(error=answer["error"], exit_code=answer["rc"], seconds=seconds)
-        arrays, meta = read_npz(out)
-        return ChildResult(arrays, meta, seconds=seconds)
+        return w.result(answer, out, seconds, timeout)
 
     def close(self) -> None:
         with self._lock:

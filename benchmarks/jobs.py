@@ -11,7 +11,10 @@ threads and child peak RSS; bench's peak RSS per mode, the peers' included; a sw
 every job runs on both trees in alternation (A B A B ...), so a change of load hits both alike. Each tree's modules
 are compiled to bytecode first, as a user's Python does on first use.
 
-Rows: check (the default `check`, all targets, and each target alone), check-b16 (a B/16 file on torch, keras,
+The compile caches (shared/cache.py) are the run's own, warmed by one unrecorded default check per tree, as a
+user's second check finds them; the row "first run (no compile cache)" runs the default check without them.
+
+Rows: check (the default `check`, all targets, without its compile cache, and each target alone), check-b16 (a B/16 file on torch, keras,
 mindspore), convert (B/16 to .keras / .ckpt / timm / HF and back; each run writes a new file, the previous run's
 output removed first: replacing a file adds ext4's flush of the new data, about 0.25 s for B/16, which `--force`
 keeps for an overwrite's crash safety), sweep (a zoo of tiny models: 3 checkpoints x
@@ -62,9 +65,9 @@ SWEEP_ZOO_LARGE = SWEEP_ZOO.split("[[checkpoints]]")[0] + "".join(
                          ("tiny_siglip", 11), ("tiny_pretrain", 12)])
 
 
-def run(argv: list[str], tree: Path, cwd: Path, timeout: float = 3600) -> dict:
+def run(argv: list[str], tree: Path, cwd: Path, timeout: float = 3600, env: dict | None = None) -> dict:
     """One command in `tree` (PYTHONPATH): wall, CPU of the process tree, peak RSS of its largest process."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONWARNINGS": "ignore", **(env or {})}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -77,13 +80,19 @@ def run(argv: list[str], tree: Path, cwd: Path, timeout: float = 3600) -> dict:
             "peak_rss_mb": usage.ru_maxrss / 1024, "rc": proc.returncode, "tail": "".join(out[-3:])[-400:]}
 
 
-def jobs_of(rows: list[str], work: Path, backends: list[str]) -> list[tuple[str, str, list[str], str | None]]:
-    """(row, job name, argv after `python -m`, a JSON file the job writes)."""
+#: the environment of a job that runs as on a first use: no compile cache to read (shared/cache.py)
+NO_CACHE = {"VIT_SUITE_CACHE_DIR": "off"}
+
+
+def jobs_of(rows: list[str], work: Path, backends: list[str]) -> list[tuple]:
+    """(row, job name, argv after `python -m`, a JSON file the job writes[, environment])."""
     b16 = work / "b16.safetensors"
     out: list = []
     if "check" in rows:
         out.append(("check", "check default, all targets", ["shared.cli", "check", "--json", "{json}", "--force"],
                     "{json}"))
+        out.append(("check", "check default, all targets, first run (no compile cache)",
+                    ["shared.cli", "check", "--json", "{json}", "--force"], "{json}", NO_CACHE))
         out += [("check", f"check default, {b} alone", ["shared.cli", "check", "--backends", b, "--json", "{json}",
                                                         "--force"], "{json}") for b in backends]
     if "check-b16" in rows:
@@ -157,8 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         for pkg in ("shared", "vit_torch", "vit_keras", "vit_mindspore", "benchmarks"):
             if (tree / pkg).is_dir():
                 compileall.compile_dir(tree / pkg, quiet=2)
+    # the compile caches (shared/cache.py) of this run only, warmed by one unrecorded default check per tree: the
+    # user's second run on; the "first run" row runs without them
+    os.environ["VIT_SUITE_CACHE_DIR"] = str(work / "cache")
+    if "check" in rows:
+        for tree_name, tree in trees.items():
+            run(["shared.cli", "check", "--json", str(work / "warm.json"), "--force"], tree,
+                ROOT if tree_name == "this" else tree)
     for rep in range(args.repeats):
-        for row, name, cmd, json_out in plan:
+        for row, name, cmd, json_out, *job_env in plan:
             for tree_name, tree in trees.items():
                 j = work / f"out-{tree_name}.json"
                 sweep_out = work / f"{row}-{tree_name}-{rep}"
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(argv_[3])
                 elif row == "convert":
                     Path(argv_[3]).unlink(missing_ok=True)
-                r = run(argv_, tree, ROOT if tree_name == "this" else tree)
+                r = run(argv_, tree, ROOT if tree_name == "this" else tree, env=job_env[0] if job_env else None)
                 data = None
                 if json_out and j.exists():
                     data = json.loads(j.read_text())

@@ -1,8 +1,9 @@
-"""`vit-suite check`: identical weights and inputs into every backend, each in its own process.
+"""`vit-suite check`: identical weights and inputs into every backend, in child processes.
 
-Each backend runs in a child process (`shared.cli.worker forward`: TensorFlow imported before MindSpore aborts
-a process, and the frameworks' thread pools should not share one) and returns every named stage; this process
-compares each stage with the float64 reference and every pair of backends under shared/tolerances.py.
+Each backend runs in a child process (`shared.cli.worker`: TensorFlow imported before MindSpore aborts a process,
+and the frameworks' thread pools should not share one), alone or after backends that import the same framework
+(`run_check`), and returns every named stage; this process compares each stage with the float64 reference and
+every pair of backends under shared/tolerances.py.
 """
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def run_check(cfg: ViTConfig, weights: Path, images: np.ndarray, backends: list[
     # imports it once (their tasks run one after another there; the numbers are the same bits)
     groups = ([[b] for b in start_order(backends)] if isolate or runner is not None or len(backends) <= slots
               else process_groups(backends))
-    slots = min(slots, len(groups)) if groups else slots
+    slots = min(slots, max(1, len(groups)))
     runs: dict[str, BackendRun] = {}
     with F.work_dir("check") as tmp, ChildPool(slots, runner) as pool:
         images_path = Path(tmp) / "images.npy"

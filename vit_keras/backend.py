@@ -39,7 +39,6 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from shared.backend import Backend
-from shared.cache import cache_dir
 from shared.config import ViTConfig
 from shared.errors import BackendError, InvalidFileError, UnsupportedError
 from shared.reference import check_images
@@ -130,6 +129,8 @@ def _jax_compile_cache() -> None:
     """In a tool's child on JAX: keep the programs XLA compiles in the suite's cache (shared/cache.py), so that a
     second run of the same model and batch loads its forward instead of compiling it (a Keras-on-JAX `check` child:
     3.8 -> 1.3 CPU s on the digits model, the same bits). A user's own JAX_COMPILATION_CACHE_DIR is left as it is."""
+    from shared.cache import cache_dir
+
     if "JAX_COMPILATION_CACHE_DIR" in os.environ or importlib.util.find_spec("filelock") is None:
         return
     path = cache_dir("jax")

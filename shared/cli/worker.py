@@ -61,6 +61,13 @@ class ChildResult:
         return self.exit_code == EXIT_UNSUPPORTED
 
 
+def _task_files(workdir: Path, name: str, spec: dict) -> tuple[Path, Path]:
+    """A task's spec, written to NAME.spec.json in `workdir`, and the .npz its child writes the results to."""
+    spec_path, out = Path(workdir) / f"{name}.spec.json", Path(workdir) / f"{name}.npz"
+    spec_path.write_text(json.dumps(spec))
+    return spec_path, out
+
+
 def run_child(task: str, spec: dict, workdir: Path, *, name: str, timeout: float = 1800,
               env: dict[str, str] | None = None, procs: "ChildPool | None" = None) -> ChildResult:
     """Run one task in a fresh Python process; `name` keeps the files of several children in `workdir` apart.
@@ -68,8 +75,7 @@ def run_child(task: str, spec: dict, workdir: Path, *, name: str, timeout: float
     The child gets the environment its backend needs (`shared.backend.backend_env`: KERAS_BACKEND for a Keras
     backend), then `env`. `procs`: the pool whose `kill()` ends this child early.
     """
-    spec_path, out = Path(workdir) / f"{name}.spec.json", Path(workdir) / f"{name}.npz"
-    spec_path.write_text(json.dumps(spec))
+    spec_path, out = _task_files(workdir, name, spec)
     cmd = [sys.executable, "-m", "shared.cli.worker", task, "--spec", str(spec_path), "--out", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -106,8 +112,7 @@ def run_shared(task: str, specs: list[dict], workdir: Path, *, timeout: float = 
     try:
         for spec in specs:
             name = spec["backend"]
-            spec_path, out = Path(workdir) / f"{name}.spec.json", Path(workdir) / f"{name}.npz"
-            spec_path.write_text(json.dumps(spec))
+            spec_path, out = _task_files(workdir, name, spec)
             if w is None:
                 w = _Warm((), name, {**group_env, **(env or {})}, workdir, name)
                 if procs is not None:
@@ -329,8 +334,7 @@ class WarmWorkers:
     def run(self, task: str, spec: dict, workdir: Path, *, name: str, timeout: float = 1800,
             env: dict[str, str] | None = None) -> ChildResult:
         backend, env = spec["backend"], dict(env or {})
-        spec_path, out = Path(workdir) / f"{name}.spec.json", Path(workdir) / f"{name}.npz"
-        spec_path.write_text(json.dumps(spec))
+        spec_path, out = _task_files(workdir, name, spec)
         w = self._take((backend, tuple(sorted(env.items()))), backend, env)
         t0 = time.perf_counter()
         answer = w.request({"task": task, "spec": str(spec_path), "out": str(out)}, timeout)

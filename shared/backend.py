@@ -363,7 +363,7 @@ def process_groups(names: Iterable[str]) -> list[list[str]]:
                 group_env.update(env)
                 break
         else:
-            groups.append(([name], needs if name in _BUILTIN else set(), env))
+            groups.append(([name], needs, env))
     cost = {members[0]: sum(START_COST.get(m, float("inf")) for m in members) for members, _, _ in groups}
     return sorted((members for members, _, _ in groups), key=lambda g: -cost[g[0]])
 
